@@ -1,0 +1,70 @@
+//! The HTTP face of Steward: REST under `/api/v1`, its OpenAPI document, health probes.
+//! Only this crate knows HTTP and JSON wire shapes.
+
+pub mod error;
+mod extract;
+mod routes;
+pub mod wire;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use steward_engine::Engine;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Steward", description = "The control plane under AI agents."),
+    paths(
+        routes::healthz,
+        routes::readyz,
+        routes::apply,
+        routes::list_agents,
+        routes::get_agent,
+        routes::create_run,
+        routes::list_runs,
+        routes::get_run,
+        routes::journal,
+        routes::cancel_run,
+        routes::resolve_run
+    ),
+    components(schemas(
+        wire::Agent,
+        wire::AgentList,
+        wire::AppliedAgent,
+        wire::ApplyResult,
+        wire::CreateRun,
+        wire::Run,
+        wire::RunError,
+        wire::RunList,
+        wire::JournalItem,
+        wire::Journal,
+        wire::CancelRun,
+        wire::ResolveRun,
+        wire::ResolveAction,
+        wire::Health,
+        error::ErrorBody,
+        error::ErrorDetail
+    ))
+)]
+pub struct ApiDoc;
+
+/// The whole application.
+pub fn router(engine: Engine, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/agents", post(routes::apply).get(routes::list_agents))
+        .route("/agents/{name}", get(routes::get_agent))
+        .route("/runs", post(routes::create_run).get(routes::list_runs))
+        .route("/runs/{id}", get(routes::get_run))
+        .route("/runs/{id}/journal", get(routes::journal))
+        .route("/runs/{id}/cancel", post(routes::cancel_run))
+        .route("/runs/{id}/resolve", post(routes::resolve_run));
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .nest("/api/v1", api)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(engine)
+}

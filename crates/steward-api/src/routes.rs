@@ -1,0 +1,196 @@
+//! Handlers under `/api/v1`, plus health.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use steward_engine::Engine;
+use steward_store::RunFilter;
+use steward_types::{ErrorCode, RunId, RunState};
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, Text};
+use crate::wire::*;
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(e): State<Engine>) -> ApiResult<Json<Health>> {
+    e.ready().await?;
+    Ok(Json(Health {
+        status: "ready".into(),
+        backend: e.store().backend().into(),
+        node: e.node().to_string(),
+        active_runs: e.active_runs(),
+    }))
+}
+
+/// Applies agent manifests (YAML or JSON; several documents allowed). All or nothing.
+#[utoipa::path(post, path = "/api/v1/agents", request_body(content = String, content_type = "application/yaml"),
+    responses((status = 200, body = ApplyResult), (status = 400, body = ErrorBody)))]
+pub async fn apply(State(e): State<Engine>, Text(body): Text) -> ApiResult<Json<ApplyResult>> {
+    let applied = e.apply(&body).await?;
+    Ok(Json(ApplyResult {
+        agents: applied
+            .into_iter()
+            .map(|a| AppliedAgent {
+                name: a.agent.name,
+                version: a.agent.version,
+                changed: a.changed,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
+pub async fn list_agents(State(e): State<Engine>) -> ApiResult<Json<AgentList>> {
+    Ok(Json(AgentList {
+        agents: e
+            .list_agents()
+            .await?
+            .into_iter()
+            .map(Agent::from)
+            .collect(),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuery {
+    pub version: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/agents/{name}", params(("name" = String, Path), AgentQuery),
+    responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
+pub async fn get_agent(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<AgentQuery>,
+) -> ApiResult<Json<Agent>> {
+    Ok(Json(e.get_agent(&name, q.version).await?.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/runs", request_body = CreateRun,
+    responses((status = 201, body = Run), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn create_run(
+    State(e): State<Engine>,
+    ApiJson(req): ApiJson<CreateRun>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let run = e.create_run(&req.agent, &req.input).await?;
+    Ok((StatusCode::CREATED, Json(run.into())))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunQuery {
+    pub state: Option<String>,
+    pub agent: Option<String>,
+    pub parent: Option<String>,
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs", params(RunQuery), responses((status = 200, body = RunList)))]
+pub async fn list_runs(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<RunQuery>,
+) -> ApiResult<Json<RunList>> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidRequest, format!("state: {s:?} is not one of queued, running, waiting, succeeded, failed, cancelled"))
+        })?),
+    };
+    let parent = match q.parent.as_deref() {
+        None => None,
+        Some(p) => Some(RunId::parse(p).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.0))?),
+    };
+    let filter = RunFilter {
+        state,
+        agent: q.agent,
+        parent,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(Json(RunList {
+        runs: e
+            .list_runs(&filter)
+            .await?
+            .into_iter()
+            .map(Run::from)
+            .collect(),
+    }))
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    RunId::parse(id)
+        .map(|_| ())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidId, e.0))
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Run), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_run(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+    check_id(&id)?;
+    Ok(Json(e.get_run(&id).await?.into()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JournalQuery {
+    /// Only entries with a larger `seq`.
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}/journal", params(("id" = String, Path), JournalQuery),
+    responses((status = 200, body = Journal), (status = 404, body = ErrorBody)))]
+pub async fn journal(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<JournalQuery>,
+) -> ApiResult<Json<Journal>> {
+    check_id(&id)?;
+    // Read the state first: a client that sees a terminal state knows the entries are complete.
+    let run = e.get_run(&id).await?;
+    let entries = e.journal(&id, q.after, q.limit.unwrap_or(1000)).await?;
+    Ok(Json(Journal {
+        run_id: run.id.to_string(),
+        state: run.state.to_string(),
+        entries: entries.into_iter().map(JournalItem::from).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", params(("id" = String, Path)), request_body = CancelRun,
+    responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_run(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CancelRun>,
+) -> ApiResult<Json<Run>> {
+    check_id(&id)?;
+    Ok(Json(e.cancel(&id, &req.reason).await?.into()))
+}
+
+/// Answers a run waiting for a human after an in-doubt step: retry the step or fail the run.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/resolve", params(("id" = String, Path)), request_body = ResolveRun,
+    responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resolve_run(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ResolveRun>,
+) -> ApiResult<Json<Run>> {
+    check_id(&id)?;
+    Ok(Json(
+        e.resolve(&id, matches!(req.action, ResolveAction::Retry))
+            .await?
+            .into(),
+    ))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
+}

@@ -1,0 +1,188 @@
+//! The API's JSON shapes — the only `Serialize` types the outside world sees. Domain records
+//! are converted here, at the boundary.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use steward_store::{AgentRecord, JournalEntry, RunRecord, PHASE_INTENT};
+use utoipa::ToSchema;
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub name: String,
+    pub version: i64,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl From<AgentRecord> for Agent {
+    fn from(a: AgentRecord) -> Self {
+        Agent {
+            spec: serde_json::from_str(&a.spec).unwrap_or(Value::Null),
+            name: a.name,
+            version: a.version,
+            created_at: a.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AppliedAgent {
+    pub name: String,
+    pub version: i64,
+    /// False when the applied spec equals the current version.
+    pub changed: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ApplyResult {
+    pub agents: Vec<AppliedAgent>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// The agent's `metadata.name`; the run uses its latest version.
+    pub agent: String,
+    pub input: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RunError {
+    /// Stable: divergence, in_doubt, max_steps_exceeded, run_timeout, step_timeout, model_error,
+    /// child_failed, cancelled, internal.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    pub id: String,
+    pub agent: String,
+    pub agent_version: i64,
+    pub parent_id: Option<String>,
+    pub input: String,
+    /// queued, running, waiting, succeeded, failed, cancelled.
+    pub state: String,
+    /// With `waiting`: `child` (a child run) or `human` (someone must resolve the run).
+    pub wait_kind: Option<String>,
+    pub result: Option<String>,
+    pub error: Option<RunError>,
+    pub cancel_reason: Option<String>,
+    /// The node driving the run now, if any.
+    pub lease_owner: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<RunRecord> for Run {
+    fn from(r: RunRecord) -> Self {
+        let error = r.error_code.map(|code| RunError {
+            code,
+            message: r.error_message.unwrap_or_default(),
+        });
+        Run {
+            id: r.id.to_string(),
+            agent: r.agent,
+            agent_version: r.agent_version,
+            parent_id: r.parent_id.map(|p| p.to_string()),
+            input: r.input,
+            state: r.state.to_string(),
+            wait_kind: r.wait_kind,
+            result: r.result,
+            error,
+            cancel_reason: r.cancel_reason,
+            lease_owner: r.lease_owner,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<Run>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct JournalItem {
+    pub seq: i64,
+    /// `intent` (recorded before acting) or `outcome` (after).
+    pub phase: String,
+    /// `model` or `tool`.
+    pub kind: String,
+    /// The model or tool name.
+    pub name: String,
+    pub idempotency_key: String,
+    #[schema(value_type = Object)]
+    pub body: Value,
+    pub ok: bool,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub at: i64,
+    /// How long the action itself took (outcomes only).
+    pub duration_us: i64,
+}
+
+impl From<JournalEntry> for JournalItem {
+    fn from(e: JournalEntry) -> Self {
+        JournalItem {
+            seq: e.seq,
+            phase: if e.phase == PHASE_INTENT {
+                "intent"
+            } else {
+                "outcome"
+            }
+            .to_string(),
+            kind: e.kind,
+            name: e.name,
+            idempotency_key: e.idempotency_key,
+            body: serde_json::from_str(&e.body).unwrap_or(Value::Null),
+            ok: e.ok == 1,
+            tokens_in: e.tokens_in,
+            tokens_out: e.tokens_out,
+            at: e.at,
+            duration_us: e.duration_us,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Journal {
+    pub run_id: String,
+    pub state: String,
+    pub entries: Vec<JournalItem>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolveAction {
+    Retry,
+    Fail,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRun {
+    pub action: ResolveAction,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub backend: String,
+    pub node: String,
+    pub active_runs: usize,
+}

@@ -1,0 +1,23 @@
+//! Time and ids come from here, not from globals, so tests can control them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use steward_types::{Millis, RunId};
+
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> Millis;
+    fn new_run_id(&self) -> RunId;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Millis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    }
+    fn new_run_id(&self) -> RunId {
+        RunId::from_uuid(uuid::Uuid::now_v7())
+    }
+}

@@ -1,0 +1,409 @@
+//! The Kernel: the one path every effectful action of a run takes.
+//!
+//! 1 identify (the `RunCtx` names the run and its agent version), 2 authorize (an agent may call
+//! only the tools its spec lists; Cedar policy arrives with governance), 3 reserve (budgets
+//! arrive with the gateway), 4 journal the intent — durable before acting, 5 act, 6 journal the
+//! outcome, 7 record (a tracing span per syscall).
+//!
+//! Replay: a step already in the journal returns its recorded outcome without acting. A step
+//! with an intent and no outcome is in doubt: idempotent actions are retried under the same
+//! idempotency key; others follow the agent's recovery policy. A request that differs from
+//! the journal at the same position is a divergence and stops the run.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use steward_llm::{ChatRequest, ChatResponse, Providers};
+use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
+use steward_tools::{ToolContext, ToolHost, Tools};
+use steward_types::{AgentSpec, RecoveryPolicy};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+
+/// An effectful action a run asks the Kernel to perform.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Model { request: ChatRequest },
+    Tool { name: String, args: Value },
+}
+
+/// What an action produced, as journaled.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Model(ChatResponse),
+    /// A tool's result, or the error it reported (errors are shown to the model, not fatal).
+    Tool(Result<Value, String>),
+}
+
+/// Why a run cannot take its next step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepError {
+    /// The run asked for something other than what its journal holds at this position.
+    Divergence(String),
+    /// An interrupted non-idempotent step; the policy says what happens to the run.
+    InDoubt {
+        seq: i64,
+        what: String,
+        policy: RecoveryPolicy,
+    },
+    Model(String),
+    ModelTimeout(String),
+    /// The node is shutting down: stop before the next step; another life picks the run up.
+    Draining,
+    Store(String),
+}
+
+#[derive(Default, Clone)]
+struct Recorded {
+    intent: Option<JournalEntry>,
+    outcome: Option<JournalEntry>,
+}
+
+/// Everything the Kernel knows about the run it is acting for.
+pub struct RunCtx {
+    pub run: RunRecord,
+    pub spec: Arc<AgentSpec>,
+    next_seq: i64,
+    journal: BTreeMap<i64, Recorded>,
+}
+
+impl RunCtx {
+    pub fn new(run: RunRecord, spec: Arc<AgentSpec>, entries: Vec<JournalEntry>) -> Self {
+        let mut journal: BTreeMap<i64, Recorded> = BTreeMap::new();
+        for e in entries {
+            let slot = journal.entry(e.seq).or_default();
+            if e.phase == PHASE_INTENT {
+                slot.intent = Some(e);
+            } else {
+                slot.outcome = Some(e);
+            }
+        }
+        RunCtx {
+            run,
+            spec,
+            next_seq: 0,
+            journal,
+        }
+    }
+
+    /// Steps taken so far in this life (replayed ones included).
+    pub fn steps(&self) -> i64 {
+        self.next_seq
+    }
+}
+
+/// Per-step overhead samples (Kernel time minus the action's own time), in microseconds.
+#[derive(Default)]
+pub struct StepStats {
+    samples: Mutex<Vec<u32>>,
+}
+
+impl StepStats {
+    fn record(&self, us: u64) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.push(us.min(u32::MAX as u64) as u32);
+        }
+    }
+    pub fn take(&self) -> Vec<u32> {
+        self.samples
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
+
+pub struct Kernel {
+    pub(crate) journal: JournalWriter,
+    pub(crate) providers: Providers,
+    pub(crate) tools: Tools,
+    pub(crate) host: Arc<dyn ToolHost>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) draining: CancellationToken,
+    pub(crate) stats: Option<Arc<StepStats>>,
+}
+
+fn request_of(action: &Action) -> (&'static str, String, Value) {
+    match action {
+        Action::Model { request } => (
+            "model",
+            request.model.clone(),
+            serde_json::to_value(request).unwrap_or(Value::Null),
+        ),
+        Action::Tool { name, args } => ("tool", name.clone(), args.clone()),
+    }
+}
+
+fn hash(kind: &str, name: &str, req: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(req.to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Kernel {
+    pub async fn call(&self, ctx: &mut RunCtx, action: Action) -> Result<Outcome, StepError> {
+        let seq = ctx.next_seq;
+        ctx.next_seq += 1;
+        let (kind, name, request) = request_of(&action);
+        let span = tracing::info_span!("syscall", run_id = %ctx.run.id, seq, kind, name = %name);
+        self.call_inner(ctx, seq, kind, name, request, action)
+            .instrument(span)
+            .await
+    }
+
+    async fn call_inner(
+        &self,
+        ctx: &mut RunCtx,
+        seq: i64,
+        kind: &'static str,
+        name: String,
+        request: Value,
+        action: Action,
+    ) -> Result<Outcome, StepError> {
+        let started = Instant::now();
+        let request_hash = hash(kind, &name, &request);
+        let idempotency_key = format!("{}:{seq}", ctx.run.id);
+        let recorded = ctx.journal.get(&seq).cloned().unwrap_or_default();
+
+        if let Some(intent) = &recorded.intent {
+            if intent.request_hash != request_hash || intent.kind != kind {
+                return Err(StepError::Divergence(format!(
+                    "step {seq}: the journal holds {} {:?} but the run now asks for {kind} {name:?}",
+                    intent.kind, intent.name
+                )));
+            }
+            if let Some(out) = &recorded.outcome {
+                return decode_outcome(kind, out); // completed: never act again
+            }
+            // In doubt: the process died between intent and outcome.
+            let idempotent = self.idempotent(&action);
+            let human_said_retry = ctx.run.retry_seq == Some(seq);
+            if !(idempotent || human_said_retry || ctx.spec.recovery == RecoveryPolicy::Retry) {
+                return Err(StepError::InDoubt {
+                    seq,
+                    what: format!("{kind} {name}"),
+                    policy: ctx.spec.recovery,
+                });
+            }
+            tracing::info!(
+                seq,
+                "retrying an in-doubt step under idempotency key {idempotency_key}"
+            );
+        } else {
+            if self.draining.is_cancelled() {
+                return Err(StepError::Draining);
+            }
+            let intent = JournalEntry {
+                run_id: ctx.run.id.to_string(),
+                seq,
+                phase: PHASE_INTENT,
+                kind: kind.to_string(),
+                name: name.clone(),
+                request_hash: request_hash.clone(),
+                idempotency_key: idempotency_key.clone(),
+                body: intent_body(&action).to_string(),
+                ok: 1,
+                tokens_in: 0,
+                tokens_out: 0,
+                at: self.clock.now_ms(),
+                duration_us: 0,
+            };
+            self.journal
+                .append(vec![intent.clone()])
+                .await
+                .map_err(|e| StepError::Store(e.to_string()))?;
+            ctx.journal.entry(seq).or_default().intent = Some(intent);
+        }
+
+        let act_started = Instant::now();
+        let result = match self.act(ctx, seq, &idempotency_key, action).await {
+            Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => Err(e),
+            Err(other) => return Err(other),
+            Ok(o) => Ok(o),
+        };
+        let act_us = act_started.elapsed().as_micros() as i64;
+
+        let (body, ok, tokens_in, tokens_out) = match &result {
+            Ok(Outcome::Model(r)) => (
+                serde_json::to_value(r).unwrap_or(Value::Null),
+                1,
+                r.usage.input_tokens as i64,
+                r.usage.output_tokens as i64,
+            ),
+            Ok(Outcome::Tool(Ok(v))) => (json!({ "ok": v }), 1, 0, 0),
+            Ok(Outcome::Tool(Err(e))) => (json!({ "error": e }), 0, 0, 0),
+            Err(StepError::ModelTimeout(e)) => (json!({ "error": e, "timeout": true }), 0, 0, 0),
+            Err(e) => (json!({ "error": step_error_text(e) }), 0, 0, 0),
+        };
+        let entry = JournalEntry {
+            run_id: ctx.run.id.to_string(),
+            seq,
+            phase: PHASE_OUTCOME,
+            kind: kind.to_string(),
+            name,
+            request_hash,
+            idempotency_key,
+            body: body.to_string(),
+            ok,
+            tokens_in,
+            tokens_out,
+            at: self.clock.now_ms(),
+            duration_us: act_us,
+        };
+        self.journal
+            .append(vec![entry.clone()])
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?;
+        ctx.journal.entry(seq).or_default().outcome = Some(entry);
+        if let Some(stats) = &self.stats {
+            stats.record((started.elapsed().as_micros() as u64).saturating_sub(act_us as u64));
+        }
+        result
+    }
+
+    fn idempotent(&self, action: &Action) -> bool {
+        match action {
+            // A model call has no effect beyond its cost; re-asking is safe.
+            Action::Model { .. } => true,
+            Action::Tool { name, args } => self.tools.get(name).is_some_and(|t| t.idempotent(args)),
+        }
+    }
+
+    async fn act(
+        &self,
+        ctx: &RunCtx,
+        seq: i64,
+        key: &str,
+        action: Action,
+    ) -> Result<Outcome, StepError> {
+        let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
+        match action {
+            Action::Model { request } => {
+                let (provider, _) = self
+                    .providers
+                    .resolve(&ctx.spec)
+                    .map_err(|e| StepError::Model(e.to_string()))?;
+                let attempt = async {
+                    let mut delay = Duration::from_millis(200);
+                    let mut tries = 0;
+                    loop {
+                        match provider.chat(&request).await {
+                            Ok(r) => return Ok(r),
+                            Err(e) if e.is_transient() && tries < 2 => {
+                                tracing::warn!(error = %e, "model call failed; retrying");
+                                tries += 1;
+                                tokio::time::sleep(delay).await;
+                                delay *= 4;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+                match tokio::time::timeout(step_timeout, attempt).await {
+                    Ok(Ok(r)) => Ok(Outcome::Model(r)),
+                    Ok(Err(e)) => Err(StepError::Model(e.to_string())),
+                    Err(_) => Err(StepError::ModelTimeout(format!(
+                        "the model call did not finish within the agent's stepTimeout ({} ms)",
+                        ctx.spec.step_timeout
+                    ))),
+                }
+            }
+            Action::Tool { name, args } => {
+                // Authorize: an agent calls only the tools its spec lists.
+                if !ctx.spec.tools.iter().any(|t| t == &name) {
+                    return Ok(Outcome::Tool(Err(format!(
+                        "tool {name:?} is not available to this agent"
+                    ))));
+                }
+                let Some(tool) = self.tools.get(&name) else {
+                    return Ok(Outcome::Tool(Err(format!("no tool named {name:?} exists"))));
+                };
+                let tctx = ToolContext {
+                    run_id: ctx.run.id.clone(),
+                    seq,
+                    idempotency_key: key.to_string(),
+                    host: self.host.clone(),
+                };
+                // A child run may take as long as its own run timeout: spawn_agent is not
+                // bounded by the parent's step timeout.
+                let result = if name == "spawn_agent" {
+                    // Waiting on a child is abandoned on shutdown without an outcome: the spawn is
+                    // idempotent, so the next life finds the same child and waits again.
+                    tokio::select! {
+                        r = tool.call(&tctx, args) => r.map_err(|e| e.to_string()),
+                        _ = self.draining.cancelled() => return Err(StepError::Draining),
+                    }
+                } else {
+                    match tokio::time::timeout(step_timeout, tool.call(&tctx, args)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "the tool did not finish within stepTimeout ({} ms)",
+                            ctx.spec.step_timeout
+                        )),
+                    }
+                };
+                Ok(Outcome::Tool(result))
+            }
+        }
+    }
+}
+
+/// What the journal keeps of a request: enough to read the timeline. The hash covers the whole.
+fn intent_body(action: &Action) -> Value {
+    match action {
+        Action::Model { request } => json!({
+            "model": request.model,
+            "messages": request.messages.len(),
+            "last": request.messages.last().and_then(|m| m.content.clone()),
+            "tools": request.tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        }),
+        Action::Tool { args, .. } => args.clone(),
+    }
+}
+
+fn decode_outcome(kind: &str, e: &JournalEntry) -> Result<Outcome, StepError> {
+    let v: Value = serde_json::from_str(&e.body)
+        .map_err(|err| StepError::Store(format!("journal entry {} is corrupt: {err}", e.seq)))?;
+    if kind == "model" {
+        if let Some(err) = v.get("error") {
+            let msg = err.as_str().unwrap_or_default().to_string();
+            return Err(if v.get("timeout").is_some() {
+                StepError::ModelTimeout(msg)
+            } else {
+                StepError::Model(msg)
+            });
+        }
+        serde_json::from_value(v)
+            .map(Outcome::Model)
+            .map_err(|err| StepError::Store(format!("journal entry {} is corrupt: {err}", e.seq)))
+    } else if let Some(err) = v.get("error") {
+        Ok(Outcome::Tool(Err(err
+            .as_str()
+            .unwrap_or_default()
+            .to_string())))
+    } else {
+        Ok(Outcome::Tool(Ok(v
+            .get("ok")
+            .cloned()
+            .unwrap_or(Value::Null))))
+    }
+}
+
+pub(crate) fn step_error_text(e: &StepError) -> String {
+    match e {
+        StepError::Divergence(m) | StepError::Model(m) | StepError::ModelTimeout(m) | StepError::Store(m) => m.clone(),
+        StepError::InDoubt { seq, what, policy } => format!(
+            "step {seq} ({what}) was interrupted by a crash before its outcome was recorded and is not idempotent; recovery policy: {}",
+            policy.as_str()
+        ),
+        StepError::Draining => "the node is shutting down".into(),
+    }
+}

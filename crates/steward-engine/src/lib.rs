@@ -1,0 +1,350 @@
+//! The engine: the Kernel (the syscall path), durable runs driven from their journal, and the
+//! scheduler that leases runs to this node and keeps the leases alive.
+
+mod agent_loop;
+mod clock;
+mod error;
+mod host;
+mod kernel;
+mod runs;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use steward_llm::Providers;
+use steward_store::{
+    AgentRecord, JournalEntry, JournalWriter, NewAgent, NewRun, RunFilter, RunRecord, Store,
+};
+use steward_tools::Tools;
+use steward_types::config::EngineConfig;
+use steward_types::manifest::parse_manifests;
+use steward_types::{AgentName, AgentSpec, NodeId, RunId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Error, Result};
+pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
+
+use host::{Host, Shared};
+
+/// Why a run task was told to stop.
+#[derive(Clone, Debug)]
+enum Stop {
+    Cancel(String),
+    LeaseLost,
+}
+
+struct Active {
+    token: CancellationToken,
+    stop: Arc<Mutex<Option<Stop>>>,
+}
+
+pub struct EngineOptions {
+    pub cfg: EngineConfig,
+    pub node: NodeId,
+    pub group_commit_max_batch: usize,
+    pub providers: Providers,
+    pub tools: Tools,
+    pub clock: Arc<dyn Clock>,
+    /// Collect per-step overhead samples (for benchmarks).
+    pub stats: Option<Arc<StepStats>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    kernel: Kernel,
+    cfg: EngineConfig,
+    active: Mutex<HashMap<RunId, Active>>,
+    draining: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A handle to the running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// What `apply` did to one agent.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub agent: AgentRecord,
+    pub changed: bool,
+}
+
+impl Engine {
+    /// Starts the engine: releases leases a previous life of this node held, then starts the
+    /// scheduler and the lease heartbeat.
+    pub async fn start(store: Arc<dyn Store>, opts: EngineOptions) -> Result<Engine> {
+        let released = store.release_node(&opts.node).await?;
+        if released > 0 {
+            tracing::info!(released, node = %opts.node, "took back runs this node held before it stopped");
+        }
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            node: opts.node.clone(),
+            clock: opts.clock.clone(),
+            wake: tokio::sync::Notify::new(),
+            finished: tokio::sync::Notify::new(),
+        });
+        let draining = CancellationToken::new();
+        let kernel = Kernel {
+            journal: JournalWriter::start(store, opts.group_commit_max_batch),
+            providers: opts.providers,
+            tools: opts.tools,
+            host: Arc::new(Host(shared.clone())),
+            clock: opts.clock,
+            draining: draining.clone(),
+            stats: opts.stats,
+        };
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                shared,
+                kernel,
+                cfg: opts.cfg,
+                active: Mutex::new(HashMap::new()),
+                draining,
+                tracker: TaskTracker::new(),
+            }),
+        };
+        tokio::spawn(runs::schedule(engine.inner.clone()));
+        tokio::spawn(runs::heartbeat(engine.inner.clone()));
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.shared.store
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.inner.shared.node
+    }
+
+    pub fn tool_names(&self) -> Vec<String> {
+        self.inner
+            .kernel
+            .tools
+            .names()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Creates or updates every agent in a YAML/JSON manifest stream, all or nothing.
+    pub async fn apply(&self, text: &str) -> Result<Vec<Applied>> {
+        let manifests = parse_manifests(text).map_err(|e| Error::InvalidManifest(e.0))?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut new = Vec::with_capacity(manifests.len());
+        for m in &manifests {
+            let name = &m.metadata.name;
+            if !seen.insert(name.clone()) {
+                return Err(Error::InvalidManifest(format!(
+                    "metadata.name: {name} appears twice in one apply"
+                )));
+            }
+            self.check_spec(name, &m.spec)?;
+            let spec_json = serde_json::to_string(&m.spec)
+                .map_err(|e| Error::InvalidManifest(e.to_string()))?;
+            let spec_hash = Sha256::digest(spec_json.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            new.push(NewAgent {
+                name: name.clone(),
+                spec_json,
+                spec_hash,
+            });
+        }
+        let now = self.inner.shared.clock.now_ms();
+        let stored = self.store().put_agents(&new, now).await?;
+        Ok(stored
+            .into_iter()
+            .map(|(agent, changed)| Applied { agent, changed })
+            .collect())
+    }
+
+    fn check_spec(&self, name: &AgentName, spec: &AgentSpec) -> Result<()> {
+        self.inner
+            .kernel
+            .providers
+            .check_route(spec)
+            .map_err(|e| Error::InvalidManifest(format!("{name}: spec.model: {e}")))?;
+        for (i, t) in spec.tools.iter().enumerate() {
+            if self.inner.kernel.tools.get(t).is_none() {
+                return Err(Error::InvalidManifest(format!(
+                    "{name}: spec.tools[{i}]: no tool named {t:?}; available: {}",
+                    self.tool_names().join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get_agent(&self, name: &str, version: Option<i64>) -> Result<AgentRecord> {
+        let n = AgentName::parse(name).map_err(|e| Error::InvalidRequest(e.0))?;
+        self.store().get_agent(&n, version).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no agent named {name:?}{}",
+                version
+                    .map(|v| format!(" at version {v}"))
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        Ok(self.store().list_agents().await?)
+    }
+
+    /// Queues a run of the agent's latest version.
+    pub async fn create_run(&self, agent: &str, input: &str) -> Result<RunRecord> {
+        let max = self.inner.cfg.max_input_bytes;
+        if input.len() > max {
+            return Err(Error::PayloadTooLarge(format!(
+                "input is {} bytes; the limit is {max} (engine.max_input_bytes)",
+                input.len()
+            )));
+        }
+        let a = self.get_agent(agent, None).await?;
+        let run = NewRun {
+            id: self.inner.shared.clock.new_run_id(),
+            agent: AgentName::parse(&a.name).map_err(|e| Error::InvalidRequest(e.0))?,
+            agent_version: a.version,
+            parent_id: None,
+            input: input.to_string(),
+        };
+        let (rec, _) = self
+            .store()
+            .create_run(&run, self.inner.shared.clock.now_ms())
+            .await?;
+        self.inner.shared.wake.notify_one();
+        Ok(rec)
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<RunRecord> {
+        let id = RunId::parse(id).map_err(|e| Error::InvalidRequest(e.0))?;
+        self.store()
+            .get_run(&id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no run {id}")))
+    }
+
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        Ok(self.store().list_runs(filter).await?)
+    }
+
+    pub async fn journal(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<JournalEntry>> {
+        let run = self.get_run(id).await?;
+        Ok(self
+            .store()
+            .load_journal(&run.id, after, limit.clamp(1, 10_000))
+            .await?)
+    }
+
+    /// Cancels a run and, below it, every unfinished child run.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<RunRecord> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 1000 {
+            return Err(Error::InvalidRequest(
+                "reason: required, at most 1000 characters".into(),
+            ));
+        }
+        let run = self.get_run(id).await?;
+        if run.state.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "run {} has already {}",
+                run.id, run.state
+            )));
+        }
+        let mut stack = vec![(run.id.clone(), reason.to_string())];
+        while let Some((rid, why)) = stack.pop() {
+            self.store()
+                .request_cancel(&rid, &why, self.inner.shared.clock.now_ms())
+                .await?;
+            self.stop_local(&rid, Stop::Cancel(why.clone()));
+            let children = self
+                .store()
+                .list_runs(&RunFilter {
+                    parent: Some(rid.clone()),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await?;
+            for c in children.into_iter().filter(|c| !c.state.is_terminal()) {
+                stack.push((c.id, format!("parent {rid} cancelled: {why}")));
+            }
+        }
+        self.get_run(id).await
+    }
+
+    /// A human's answer to a run parked on an in-doubt step: retry the step, or fail the run.
+    pub async fn resolve(&self, id: &str, retry: bool) -> Result<RunRecord> {
+        let run = self.get_run(id).await?;
+        let rec = self
+            .store()
+            .resolve_waiting(&run.id, retry, self.inner.shared.clock.now_ms())
+            .await
+            .map_err(|e| match e {
+                steward_store::Error::Conflict(m) => Error::Conflict(m),
+                other => other.into(),
+            })?
+            .ok_or_else(|| Error::NotFound(format!("no run {id}")))?;
+        self.inner.shared.wake.notify_one();
+        Ok(rec)
+    }
+
+    fn stop_local(&self, id: &RunId, why: Stop) {
+        if let Ok(active) = self.inner.active.lock() {
+            if let Some(a) = active.get(id) {
+                if let Ok(mut s) = a.stop.lock() {
+                    s.get_or_insert(why);
+                }
+                a.token.cancel();
+            }
+        }
+    }
+
+    pub async fn ready(&self) -> Result<()> {
+        if self.inner.draining.is_cancelled() {
+            return Err(Error::Unavailable("shutting down".into()));
+        }
+        self.store()
+            .ping()
+            .await
+            .map_err(|e| Error::Unavailable(format!("store: {e}")))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// Stops taking work, lets in-flight steps finish and journal (up to `grace`), then hands
+    /// this node's runs back so a restart or another node resumes them at once.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.draining.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace period over with runs still mid-step; their journals resume them"
+            );
+        }
+        if let Err(e) = self.store().release_node(self.node()).await {
+            tracing::warn!(error = %e, "could not release leases; they expire on their own");
+        }
+    }
+
+    /// How many runs this node is driving now.
+    pub fn active_runs(&self) -> usize {
+        self.inner.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}

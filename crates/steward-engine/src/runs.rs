@@ -1,0 +1,274 @@
+//! Driving runs: the scheduler claims runs for this node, one task drives each from its
+//! journal, and the heartbeat keeps the leases alive (and carries cancel requests made
+//! through other nodes).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use steward_store::{RunRecord, RunUpdate, WAIT_HUMAN};
+use steward_types::error::run_error;
+use steward_types::{AgentName, AgentSpec, RecoveryPolicy, RunId, RunState};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::agent_loop::{self, LoopEnd};
+use crate::kernel::{step_error_text, RunCtx, StepError};
+use crate::{Active, Inner, Stop};
+
+/// Most runs claimed in one query.
+const CLAIM_BATCH: usize = 256;
+
+pub(crate) async fn schedule(inner: Arc<Inner>) {
+    let s = &inner.shared;
+    let poll = Duration::from_millis(inner.cfg.poll_ms.max(10));
+    loop {
+        if inner.draining.is_cancelled() {
+            return;
+        }
+        let free = inner
+            .cfg
+            .max_concurrent_runs
+            .saturating_sub(active_count(&inner));
+        let mut claimed_full = false;
+        if free > 0 {
+            let limit = free.min(CLAIM_BATCH);
+            match s
+                .store
+                .claim_runs(
+                    &s.node,
+                    s.clock.now_ms(),
+                    inner.cfg.lease_ttl_ms as i64,
+                    limit as i64,
+                )
+                .await
+            {
+                Ok(runs) => {
+                    claimed_full = runs.len() == limit;
+                    for run in runs {
+                        start_run(&inner, run);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming runs failed; retrying"),
+            }
+        }
+        if claimed_full {
+            continue;
+        }
+        tokio::select! {
+            _ = s.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = inner.draining.cancelled() => return,
+        }
+    }
+}
+
+fn active_count(inner: &Inner) -> usize {
+    inner.active.lock().map(|a| a.len()).unwrap_or(usize::MAX)
+}
+
+fn start_run(inner: &Arc<Inner>, run: RunRecord) {
+    let token = CancellationToken::new();
+    let stop = Arc::new(Mutex::new(None));
+    if let Ok(mut a) = inner.active.lock() {
+        a.insert(
+            run.id.clone(),
+            Active {
+                token: token.clone(),
+                stop: stop.clone(),
+            },
+        );
+    }
+    let inner2 = inner.clone();
+    let span = tracing::info_span!("run", run_id = %run.id, agent = %run.agent);
+    inner.tracker.spawn(async move {
+        let id = run.id.clone();
+        let update = execute(&inner2, run, &token, &stop).await;
+        let s = &inner2.shared;
+        if let Some(u) = update {
+            match s.store.update_run(&id, &s.node, &u, s.clock.now_ms()).await {
+                Ok(true) => tracing::info!(run_id = %id, state = %u.state, "run ended its turn on this node"),
+                Ok(false) => tracing::warn!(run_id = %id, "lease lost before the run's state was saved; its new owner replays it"),
+                Err(e) => tracing::warn!(run_id = %id, error = %e, "saving the run's state failed; the lease will expire and the run replays"),
+            }
+        }
+        if let Ok(mut a) = inner2.active.lock() {
+            a.remove(&id);
+        }
+        s.finished.notify_waiters();
+        s.wake.notify_one();
+    }.instrument(span));
+}
+
+fn fail(code: &str, message: String) -> Option<RunUpdate> {
+    Some(RunUpdate {
+        error_code: Some(code.to_string()),
+        error_message: Some(message),
+        ..RunUpdate::state(RunState::Failed)
+    })
+}
+
+fn cancelled(reason: String) -> Option<RunUpdate> {
+    Some(RunUpdate {
+        error_code: Some("cancelled".into()),
+        error_message: Some(reason),
+        ..RunUpdate::state(RunState::Cancelled)
+    })
+}
+
+/// Drives one run as far as it goes in this life. Returns the state to save, or `None` to
+/// leave the run as it is for whoever holds it next.
+async fn execute(
+    inner: &Arc<Inner>,
+    run: RunRecord,
+    token: &CancellationToken,
+    stop: &Mutex<Option<Stop>>,
+) -> Option<RunUpdate> {
+    let s = &inner.shared;
+    if let Some(reason) = run.cancel_reason.clone() {
+        return cancelled(reason);
+    }
+    let name = match AgentName::parse(&run.agent) {
+        Ok(n) => n,
+        Err(e) => return fail(run_error::INTERNAL, e.0),
+    };
+    let spec: AgentSpec = match s.store.get_agent(&name, Some(run.agent_version)).await {
+        Ok(Some(a)) => match serde_json::from_str(&a.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return fail(
+                    run_error::INTERNAL,
+                    format!("stored spec of {name} v{} is unreadable: {e}", a.version),
+                )
+            }
+        },
+        Ok(None) => {
+            return fail(
+                run_error::INTERNAL,
+                format!("agent {name} v{} is missing", run.agent_version),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the agent failed; the run will be retried");
+            return None;
+        }
+    };
+    let entries = match s.store.load_journal(&run.id, None, i64::MAX).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the journal failed; the run will be retried");
+            return None;
+        }
+    };
+    let replaying = entries.len();
+    let deadline = run.created_at.saturating_add(spec.run_timeout as i64);
+    let remaining = deadline - s.clock.now_ms();
+    if remaining <= 0 {
+        return fail(
+            run_error::RUN_TIMEOUT,
+            format!("the run passed its runTimeout ({} ms)", spec.run_timeout),
+        );
+    }
+    if replaying > 0 {
+        tracing::info!(run_id = %run.id, entries = replaying, "resuming from the journal");
+    }
+    let run_timeout = spec.run_timeout;
+    let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(Duration::from_millis(remaining as u64), agent_loop::run(&inner.kernel, &mut ctx)) => r,
+        _ = token.cancelled() => {
+            let why = stop.lock().ok().and_then(|s| s.clone());
+            return match why {
+                Some(Stop::Cancel(reason)) => cancelled(reason),
+                Some(Stop::LeaseLost) | None => None,
+            };
+        }
+    };
+    match outcome {
+        Err(_) => fail(run_error::RUN_TIMEOUT, format!("the run passed its runTimeout ({run_timeout} ms)")),
+        Ok(LoopEnd::Answer(a)) => Some(RunUpdate { result: Some(a), ..RunUpdate::state(RunState::Succeeded) }),
+        Ok(LoopEnd::MaxSteps(n)) => fail(run_error::MAX_STEPS, format!("no final answer within maxSteps ({n}) model turns")),
+        Ok(LoopEnd::Step(e)) => match &e {
+            StepError::Draining => None,
+            StepError::Store(m) => {
+                tracing::warn!(error = %m, "storage failed mid-run; the lease will expire and the run replays");
+                None
+            }
+            StepError::Divergence(m) => fail(run_error::DIVERGENCE, m.clone()),
+            StepError::Model(m) => fail(run_error::MODEL_ERROR, m.clone()),
+            StepError::ModelTimeout(m) => fail(run_error::STEP_TIMEOUT, m.clone()),
+            StepError::InDoubt { policy: RecoveryPolicy::WaitForHuman, .. } => Some(RunUpdate {
+                wait_kind: Some(WAIT_HUMAN.into()),
+                error_code: Some(run_error::IN_DOUBT.into()),
+                error_message: Some(format!(
+                    "{}; waiting for a human: POST /api/v1/runs/{}/resolve with {{\"action\":\"retry\"}} or {{\"action\":\"fail\"}}",
+                    step_error_text(&e),
+                    ctx.run.id
+                )),
+                ..RunUpdate::state(RunState::Waiting)
+            }),
+            StepError::InDoubt { .. } => fail(run_error::IN_DOUBT, step_error_text(&e)),
+        },
+    }
+}
+
+/// Renews this node's leases; stops runs whose lease was lost or whose cancel was requested
+/// through another node.
+pub(crate) async fn heartbeat(inner: Arc<Inner>) {
+    let s = &inner.shared;
+    let every = Duration::from_millis(inner.cfg.heartbeat_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = inner.draining.cancelled() => {
+                // Keep renewing while in-flight steps finish, then stop with the tracker.
+                if inner.tracker.is_empty() { return; }
+                tokio::time::sleep(every.min(Duration::from_millis(200))).await;
+            }
+        }
+        let ids: Vec<RunId> = match inner.active.lock() {
+            Ok(a) => a.keys().cloned().collect(),
+            Err(_) => continue,
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        match s
+            .store
+            .renew_leases(
+                &s.node,
+                &ids,
+                s.clock.now_ms(),
+                inner.cfg.lease_ttl_ms as i64,
+            )
+            .await
+        {
+            Ok(held) => {
+                let held_ids: std::collections::HashSet<&RunId> =
+                    held.iter().map(|(id, _)| id).collect();
+                let Ok(active) = inner.active.lock() else {
+                    continue;
+                };
+                for id in &ids {
+                    if !held_ids.contains(id) {
+                        if let Some(a) = active.get(id) {
+                            tracing::warn!(run_id = %id, "lease lost to another node; stopping here");
+                            if let Ok(mut st) = a.stop.lock() {
+                                st.get_or_insert(Stop::LeaseLost);
+                            }
+                            a.token.cancel();
+                        }
+                    }
+                }
+                for (id, reason) in held {
+                    if let (Some(reason), Some(a)) = (reason, active.get(&id)) {
+                        if let Ok(mut st) = a.stop.lock() {
+                            st.get_or_insert(Stop::Cancel(reason));
+                        }
+                        a.token.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Anthropic Messages with tools, translated to and from the neutral chat shapes: the system
+//! prompt moves to `system`, tool calls become `tool_use` blocks and tool results `tool_result`
+//! blocks inside a user turn.
+
+use serde_json::{json, Value};
+
+use crate::http::{client, garbage, join, post_json};
+use crate::{ChatRequest, ChatResponse, Provider, Result, Role, ToolCall, Usage};
+
+const API_VERSION: &str = "2023-06-01";
+/// Anthropic requires `max_tokens`; this is used when the agent sets none.
+const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+pub struct AnthropicProvider {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    timeout_ms: u64,
+    http: reqwest::Client,
+}
+
+impl AnthropicProvider {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout_ms: u64,
+    ) -> Result<Self> {
+        Ok(AnthropicProvider {
+            name: name.to_string(),
+            base_url: base_url.to_string(),
+            api_key,
+            timeout_ms,
+            http: client(timeout_ms)?,
+        })
+    }
+}
+
+pub(crate) fn wire_request(req: &ChatRequest) -> Value {
+    let mut system = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    for m in &req.messages {
+        let (role, block) = match m.role {
+            Role::System => {
+                system.push(m.content.clone().unwrap_or_default());
+                continue;
+            }
+            Role::User => (
+                "user",
+                vec![json!({"type": "text", "text": m.content.clone().unwrap_or_default()})],
+            ),
+            Role::Assistant => {
+                let mut blocks = Vec::new();
+                if let Some(t) = m.content.as_ref().filter(|t| !t.is_empty()) {
+                    blocks.push(json!({"type": "text", "text": t}));
+                }
+                for c in &m.tool_calls {
+                    blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}));
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => (
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
+                    "content": m.content.clone().unwrap_or_default(),
+                })],
+            ),
+        };
+        // Anthropic wants alternating turns: consecutive same-role turns are merged.
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(arr) = last["content"].as_array_mut() {
+                    arr.extend(block);
+                }
+            }
+            _ => messages.push(json!({"role": role, "content": block})),
+        }
+    }
+    let mut body = json!({
+        "model": req.model,
+        "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        "messages": messages,
+    });
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .collect();
+    }
+    body
+}
+
+pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
+    let blocks = v
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| garbage(provider, "no content array"))?;
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for b in blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default())
+            }
+            Some("tool_use") => tool_calls.push(ToolCall {
+                id: b
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                name: b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| garbage(provider, "tool_use block without a name"))?
+                    .to_string(),
+                arguments: b.get("input").cloned().unwrap_or(json!({})),
+            }),
+            _ => {} // thinking and other blocks carry nothing the loop acts on
+        }
+    }
+    Ok(ChatResponse {
+        content: if text.is_empty() && !tool_calls.is_empty() {
+            None
+        } else {
+            Some(text)
+        },
+        tool_calls,
+        usage: Usage {
+            input_tokens: v
+                .pointer("/usage/input_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            output_tokens: v
+                .pointer("/usage/output_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        },
+        provider: provider.to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+#[async_trait::async_trait]
+impl Provider for AnthropicProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse> {
+        let url = join(&self.base_url, "v1/messages");
+        let mut rb = self
+            .http
+            .post(&url)
+            .header("anthropic-version", API_VERSION)
+            .json(&wire_request(req));
+        if let Some(k) = &self.api_key {
+            rb = rb.header("x-api-key", k);
+        }
+        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
+        let mut out = parse_response(&self.name, &v)?;
+        if out.model.is_empty() {
+            out.model = req.model.clone();
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Message;
+
+    #[test]
+    fn tool_turns_translate_to_blocks() {
+        let req = ChatRequest {
+            model: "claude".into(),
+            messages: vec![
+                Message::text(Role::System, "be brief"),
+                Message::text(Role::User, "hi"),
+                Message {
+                    role: Role::Assistant,
+                    content: None,
+                    tool_calls: vec![
+                        ToolCall {
+                            id: "a".into(),
+                            name: "echo".into(),
+                            arguments: json!({"x": 1}),
+                        },
+                        ToolCall {
+                            id: "b".into(),
+                            name: "echo".into(),
+                            arguments: json!({"x": 2}),
+                        },
+                    ],
+                    tool_call_id: None,
+                },
+                Message::tool_result("a", "1"),
+                Message::tool_result("b", "2"),
+            ],
+            tools: vec![],
+            max_tokens: None,
+        };
+        let w = wire_request(&req);
+        assert_eq!(w["system"], "be brief");
+        let msgs = w["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3, "tool results merge into one user turn: {w}");
+        assert_eq!(msgs[1]["content"][1]["type"], "tool_use");
+        assert_eq!(msgs[2]["content"][1]["tool_use_id"], "b");
+    }
+}

@@ -1,0 +1,90 @@
+//! What the HTTP providers share: one client per provider with bounded waits, and the
+//! translation of transport failures into errors that say what happened.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Bodies larger than this are refused: no chat completion is this big, a runaway upstream is.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+pub(crate) fn client(timeout_ms: u64) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .connect_timeout(Duration::from_millis(timeout_ms.min(10_000)))
+        .build()
+        .map_err(|e| Error::Route(format!("cannot build an HTTP client: {e}")))
+}
+
+/// Joins a path onto a base URL, keeping any query string (Azure-style `?api-version=`).
+pub(crate) fn join(base: &str, path: &str) -> String {
+    match base.split_once('?') {
+        Some((b, q)) => format!("{}/{}?{}", b.trim_end_matches('/'), path, q),
+        None => format!("{}/{}", base.trim_end_matches('/'), path),
+    }
+}
+
+/// Sends a JSON request and returns the JSON body of a 2xx answer.
+pub(crate) async fn post_json(
+    provider: &str,
+    timeout_ms: u64,
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<serde_json::Value> {
+    let map_send = |e: reqwest::Error| {
+        if e.is_timeout() {
+            Error::Timeout {
+                provider: provider.to_string(),
+                timeout_ms,
+            }
+        } else {
+            Error::Connect {
+                provider: provider.to_string(),
+                url: url.to_string(),
+                detail: root_cause(&e),
+            }
+        }
+    };
+    let mut resp = req.send().await.map_err(map_send)?;
+    let status = resp.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(map_send)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_RESPONSE_BYTES {
+            return Err(Error::Garbage {
+                provider: provider.to_string(),
+                detail: format!("body larger than {MAX_RESPONSE_BYTES} bytes"),
+            });
+        }
+    }
+    if !status.is_success() {
+        return Err(Error::Status {
+            provider: provider.to_string(),
+            status: status.as_u16(),
+            body: snippet(&body),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| Error::Garbage {
+        provider: provider.to_string(),
+        detail: format!("{e}; body starts {:?}", snippet(&body)),
+    })
+}
+
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+pub(crate) fn garbage(provider: &str, detail: impl Into<String>) -> Error {
+    Error::Garbage {
+        provider: provider.to_string(),
+        detail: detail.into(),
+    }
+}

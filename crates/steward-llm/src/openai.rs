@@ -1,0 +1,172 @@
+//! OpenAI-compatible chat completions with tool calling: OpenAI, vLLM, Ollama, LiteLLM,
+//! and Azure-style base URLs (a query string on the base URL is kept).
+
+use serde_json::{json, Value};
+
+use crate::http::{client, garbage, join, post_json};
+use crate::{ChatRequest, ChatResponse, Message, Provider, Result, Role, ToolCall, Usage};
+
+pub struct OpenAiProvider {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    timeout_ms: u64,
+    http: reqwest::Client,
+}
+
+impl OpenAiProvider {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout_ms: u64,
+    ) -> Result<Self> {
+        Ok(OpenAiProvider {
+            name: name.to_string(),
+            base_url: base_url.to_string(),
+            api_key,
+            timeout_ms,
+            http: client(timeout_ms)?,
+        })
+    }
+}
+
+fn wire_message(m: &Message) -> Value {
+    let role = match m.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    let mut v = json!({ "role": role, "content": m.content });
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": c.arguments.to_string() }
+                })
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
+}
+
+pub(crate) fn wire_request(req: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": req.model,
+        "messages": req.messages.iter().map(wire_message).collect::<Vec<_>>(),
+    });
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters }})
+            })
+            .collect();
+    }
+    if let Some(n) = req.max_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    body
+}
+
+pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
+    let msg = v
+        .pointer("/choices/0/message")
+        .ok_or_else(|| garbage(provider, "no choices[0].message"))?;
+    let content = msg
+        .get("content")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut tool_calls = Vec::new();
+    for (i, c) in msg
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let name = c
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| garbage(provider, format!("tool_calls[{i}] has no function.name")))?;
+        let raw = c
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
+        // Models do emit broken JSON here; the tool gets the raw text rather than a silent `{}`.
+        let arguments =
+            serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        tool_calls.push(ToolCall {
+            id: c
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            name: name.to_string(),
+            arguments,
+        });
+    }
+    let usage = Usage {
+        input_tokens: v
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        output_tokens: v
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
+    Ok(ChatResponse {
+        content,
+        tool_calls,
+        usage,
+        provider: provider.to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+#[async_trait::async_trait]
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse> {
+        let url = join(&self.base_url, "chat/completions");
+        let mut rb = self.http.post(&url).json(&wire_request(req));
+        if let Some(k) = &self.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
+        let mut out = parse_response(&self.name, &v)?;
+        if out.model.is_empty() {
+            out.model = req.model.clone();
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("OpenAiProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}

@@ -1,0 +1,77 @@
+//! Group commit for the journal. Every step waits for its journal entry to be durable before
+//! it acts, so with one transaction per entry an fsync would bound the whole engine. Instead
+//! one writer task takes whatever entries are waiting, commits them in one transaction, then
+//! answers every waiter: the fsync is shared by all the steps that arrived together.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Error, JournalEntry, Result, Store};
+
+type Waiter = oneshot::Sender<Result<()>>;
+
+/// A handle to the journal's group-commit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct JournalWriter {
+    tx: mpsc::Sender<(Vec<JournalEntry>, Waiter)>,
+}
+
+impl JournalWriter {
+    /// Starts the writer task. It ends when every handle is dropped.
+    pub fn start(store: Arc<dyn Store>, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        tokio::spawn(run(store, rx, max_batch.max(1)));
+        JournalWriter { tx }
+    }
+
+    /// Appends entries and returns once they are durable.
+    pub async fn append(&self, entries: Vec<JournalEntry>) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((entries, done))
+            .await
+            .map_err(|_| Error::Config("the journal writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| Error::Config("the journal writer stopped before committing".into()))?
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(Vec<JournalEntry>, Waiter)>,
+    max_batch: usize,
+) {
+    let mut pending: Vec<(Vec<JournalEntry>, Waiter)> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut count = first.0.len();
+        pending.push(first);
+        while count < max_batch {
+            match rx.try_recv() {
+                Ok(next) => {
+                    count += next.0.len();
+                    pending.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let batch: Vec<JournalEntry> = pending
+            .iter()
+            .flat_map(|(e, _)| e.iter().cloned())
+            .collect();
+        match store.append_journal(&batch).await {
+            Ok(()) => {
+                for (_, w) in pending.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            // One bad request (say, a step a stale node already recorded) must not fail the
+            // others that shared its transaction: retry each on its own.
+            Err(_) => {
+                for (entries, w) in pending.drain(..) {
+                    let _ = w.send(store.append_journal(&entries).await);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Persistence. One trait per aggregate, a SQLite and a PostgreSQL implementation sharing
+//! their SQL where the dialects agree, and one conformance suite (`tests/conformance.rs`)
+//! run against both. The store is the only durable state.
+
+mod error;
+mod group_commit;
+mod model;
+mod sql;
+
+use async_trait::async_trait;
+use steward_types::{AgentName, Millis, NodeId, RunId, RunState};
+
+pub use error::{Error, Result};
+pub use group_commit::JournalWriter;
+pub use model::*;
+pub use sql::{PgStore, SqliteStore};
+
+/// Versioned agent definitions.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// Stores every spec in one transaction. An unchanged spec keeps its version; a changed one
+    /// gets the next. Returns each agent's current record and whether it changed.
+    async fn put_agents(&self, specs: &[NewAgent], now: Millis)
+        -> Result<Vec<(AgentRecord, bool)>>;
+    /// A given version, or the latest when `version` is `None`.
+    async fn get_agent(
+        &self,
+        name: &AgentName,
+        version: Option<i64>,
+    ) -> Result<Option<AgentRecord>>;
+    /// The latest version of every agent.
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>>;
+}
+
+/// Runs, their states and their leases.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Creates a run unless one with its id exists; returns the stored run and whether it is new.
+    async fn create_run(&self, run: &NewRun, now: Millis) -> Result<(RunRecord, bool)>;
+    async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    /// Leases up to `limit` runs that need a node: queued, running or waiting on a child, whose
+    /// lease is absent or expired. Claimed runs move to `running` unless waiting on a child.
+    async fn claim_runs(
+        &self,
+        node: &NodeId,
+        now: Millis,
+        ttl_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>>;
+    /// Extends this node's leases on `ids`; returns the ids it still holds, each with its cancel
+    /// request if one was made (possibly through another node).
+    async fn renew_leases(
+        &self,
+        node: &NodeId,
+        ids: &[RunId],
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Vec<(RunId, Option<String>)>>;
+    /// Drops every lease `node` holds (at start: nothing of a previous life is running).
+    async fn release_node(&self, node: &NodeId) -> Result<u64>;
+    /// Changes a run's state if `node` still holds its lease. Terminal and human-wait states
+    /// release the lease. Returns false when the lease was lost (another node owns the run).
+    async fn update_run(
+        &self,
+        id: &RunId,
+        node: &NodeId,
+        update: &RunUpdate,
+        now: Millis,
+    ) -> Result<bool>;
+    /// Records a cancel request. A run nobody is executing (queued, waiting for a human, or with an
+    /// expired lease) is cancelled at once; a leased one is stopped by its node.
+    async fn request_cancel(
+        &self,
+        id: &RunId,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Option<RunRecord>>;
+    /// A human's answer to a run waiting on an in-doubt step: retry it (`retry_seq`) or fail the run.
+    async fn resolve_waiting(
+        &self,
+        id: &RunId,
+        retry: bool,
+        now: Millis,
+    ) -> Result<Option<RunRecord>>;
+}
+
+/// The append-only record of every step's intent and outcome.
+#[async_trait]
+pub trait JournalStore: Send + Sync {
+    /// Appends all entries in one transaction, or none.
+    async fn append_journal(&self, entries: &[JournalEntry]) -> Result<()>;
+    /// A run's entries with `seq > after`, in order.
+    async fn load_journal(
+        &self,
+        run: &RunId,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<JournalEntry>>;
+}
+
+/// The run-scoped key-value scratchpad.
+#[async_trait]
+pub trait ScratchpadStore: Send + Sync {
+    async fn scratch_put(&self, run: &RunId, key: &str, value: &str, now: Millis) -> Result<()>;
+    async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>>;
+}
+
+/// Everything durable, behind one handle.
+#[async_trait]
+pub trait Store: AgentStore + RunStore + JournalStore + ScratchpadStore {
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens (creating if needed) and migrates the store a URL names:
+/// `postgres://…` or `sqlite://PATH`.
+pub async fn open(
+    url: &str,
+    cfg: &steward_types::config::StoreConfig,
+) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::connect(url, cfg).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::connect(url, cfg).await?))
+    } else {
+        Err(Error::Config(format!(
+            "database url {:?}: expected postgres://… or sqlite://PATH",
+            redact(url)
+        )))
+    }
+}
+
+/// A URL with any password removed, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Whether a state is one a node executes (vs. one that waits for a person or has ended).
+pub fn needs_node(state: RunState, wait_kind: Option<&str>) -> bool {
+    match state {
+        RunState::Queued | RunState::Running => true,
+        RunState::Waiting => wait_kind == Some(WAIT_CHILD),
+        _ => false,
+    }
+}

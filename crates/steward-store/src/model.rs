@@ -1,0 +1,163 @@
+//! Rows as the store hands them out. Times are milliseconds since the epoch.
+
+use steward_types::{AgentName, Millis, RunId, RunState};
+
+use crate::{Error, Result};
+
+/// `runs.wait_kind` when the run waits for a child run: a node keeps driving it.
+pub const WAIT_CHILD: &str = "child";
+/// `runs.wait_kind` when the run waits for a human: nobody drives it until they answer.
+pub const WAIT_HUMAN: &str = "human";
+
+#[derive(Clone, Debug)]
+pub struct NewAgent {
+    pub name: AgentName,
+    pub spec_json: String,
+    pub spec_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct AgentRecord {
+    pub name: String,
+    pub version: i64,
+    pub spec: String,
+    pub spec_hash: String,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub id: RunId,
+    pub agent: AgentName,
+    pub agent_version: i64,
+    pub parent_id: Option<RunId>,
+    pub input: String,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: String,
+    pub agent: String,
+    pub agent_version: i64,
+    pub parent_id: Option<String>,
+    pub input: String,
+    pub state: String,
+    pub wait_kind: Option<String>,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub retry_seq: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires: Option<i64>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A run as stored, with its state parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub agent: String,
+    pub agent_version: i64,
+    pub parent_id: Option<RunId>,
+    pub input: String,
+    pub state: RunState,
+    pub wait_kind: Option<String>,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub retry_seq: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires: Option<i64>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = Error;
+    fn try_from(r: RunRow) -> Result<Self> {
+        let state = RunState::parse(&r.state).ok_or_else(|| {
+            Error::Corrupt(format!("run {} has unknown state {:?}", r.id, r.state))
+        })?;
+        let id = RunId::parse(&r.id).map_err(|e| Error::Corrupt(e.0))?;
+        let parent_id = match r.parent_id {
+            Some(p) => Some(RunId::parse(&p).map_err(|e| Error::Corrupt(e.0))?),
+            None => None,
+        };
+        Ok(RunRecord {
+            id,
+            agent: r.agent,
+            agent_version: r.agent_version,
+            parent_id,
+            input: r.input,
+            state,
+            wait_kind: r.wait_kind,
+            result: r.result,
+            error_code: r.error_code,
+            error_message: r.error_message,
+            cancel_reason: r.cancel_reason,
+            retry_seq: r.retry_seq,
+            lease_owner: r.lease_owner,
+            lease_expires: r.lease_expires,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub agent: Option<String>,
+    pub parent: Option<RunId>,
+    pub limit: i64,
+}
+
+/// A state change. `None` fields are cleared, so every update states the whole outcome.
+#[derive(Clone, Debug)]
+pub struct RunUpdate {
+    pub state: RunState,
+    pub wait_kind: Option<String>,
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl RunUpdate {
+    pub fn state(state: RunState) -> Self {
+        RunUpdate {
+            state,
+            wait_kind: None,
+            result: None,
+            error_code: None,
+            error_message: None,
+        }
+    }
+}
+
+pub const PHASE_INTENT: i64 = 0;
+pub const PHASE_OUTCOME: i64 = 1;
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct JournalEntry {
+    pub run_id: String,
+    pub seq: i64,
+    /// `PHASE_INTENT` or `PHASE_OUTCOME`.
+    pub phase: i64,
+    /// `model` or `tool`.
+    pub kind: String,
+    /// The model route or tool name.
+    pub name: String,
+    pub request_hash: String,
+    pub idempotency_key: String,
+    /// JSON: the request on an intent, the response (or error) on an outcome.
+    pub body: String,
+    /// 1 when the outcome succeeded; 1 on intents.
+    pub ok: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub at: Millis,
+    pub duration_us: i64,
+}

@@ -1,0 +1,444 @@
+//! The SQLite and PostgreSQL implementations. Both dialects accept the same SQL for almost
+//! everything here (`$N` placeholders, `ON CONFLICT`, `RETURNING`), so one macro writes both
+//! and the few differences are passed in.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use steward_types::config::StoreConfig;
+use steward_types::{AgentName, Millis, NodeId, RunId};
+
+use crate::model::*;
+use crate::{AgentStore, Error, JournalStore, Result, RunStore, ScratchpadStore, Store};
+
+/// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
+/// in-process instead of failing with `SQLITE_BUSY`; reads use a pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+/// Cluster storage: many nodes share one database.
+#[derive(Clone)]
+pub struct PgStore {
+    read: PgPool,
+    write: PgPool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, cfg: &StoreConfig) -> Result<Self> {
+        let sync = match cfg.sqlite_synchronous.as_str() {
+            "full" => SqliteSynchronous::Full,
+            "normal" => SqliteSynchronous::Normal,
+            other => {
+                return Err(Error::Config(format!(
+                    "store.sqlite_synchronous: expected \"full\" or \"normal\", found {other:?}"
+                )))
+            }
+        };
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("database url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(cfg.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteStore { read, write })
+    }
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, cfg: &StoreConfig) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("database url {:?}: {e}", crate::redact(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore {
+            read: pool.clone(),
+            write: pool,
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "id, agent, agent_version, parent_id, input, state, wait_kind, result, \
+     error_code, error_message, cancel_reason, retry_seq, lease_owner, lease_expires, created_at, updated_at";
+
+/// States a node executes, as SQL.
+const CLAIMABLE: &str =
+    "(state IN ('queued', 'running') OR (state = 'waiting' AND wait_kind = 'child'))";
+
+const TERMINAL: &str = "('succeeded', 'failed', 'cancelled')";
+
+/// Rows per multi-row INSERT: 13 columns × 500 stays under both backends' parameter limits.
+const JOURNAL_CHUNK: usize = 500;
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, backend = $backend:literal, lock = $lock:literal) => {
+        #[async_trait]
+        impl AgentStore for $store {
+            async fn put_agents(&self, specs: &[NewAgent], now: Millis) -> Result<Vec<(AgentRecord, bool)>> {
+                let mut tx = self.write.begin().await?;
+                let mut out = Vec::with_capacity(specs.len());
+                for s in specs {
+                    let latest: Option<AgentRecord> = sqlx::query_as(
+                        "SELECT name, version, spec, spec_hash, created_at FROM agents \
+                         WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                    )
+                    .bind(s.name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match latest {
+                        Some(a) if a.spec_hash == s.spec_hash => out.push((a, false)),
+                        prev => {
+                            let version = prev.map_or(1, |a| a.version + 1);
+                            let rec: AgentRecord = sqlx::query_as(
+                                "INSERT INTO agents (name, version, spec, spec_hash, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5) \
+                                 RETURNING name, version, spec, spec_hash, created_at",
+                            )
+                            .bind(s.name.as_str())
+                            .bind(version)
+                            .bind(&s.spec_json)
+                            .bind(&s.spec_hash)
+                            .bind(now)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            out.push((rec, true));
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn get_agent(&self, name: &AgentName, version: Option<i64>) -> Result<Option<AgentRecord>> {
+                let q = match version {
+                    Some(v) => sqlx::query_as(
+                        "SELECT name, version, spec, spec_hash, created_at FROM agents \
+                         WHERE name = $1 AND version = $2",
+                    )
+                    .bind(name.as_str())
+                    .bind(v),
+                    None => sqlx::query_as(
+                        "SELECT name, version, spec, spec_hash, created_at FROM agents \
+                         WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                    )
+                    .bind(name.as_str()),
+                };
+                Ok(q.fetch_optional(&self.read).await?)
+            }
+
+            async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT a.name, a.version, a.spec, a.spec_hash, a.created_at FROM agents a \
+                     WHERE a.version = (SELECT MAX(b.version) FROM agents b WHERE b.name = a.name) \
+                     ORDER BY a.name",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+        }
+
+        #[async_trait]
+        impl RunStore for $store {
+            async fn create_run(&self, run: &NewRun, now: Millis) -> Result<(RunRecord, bool)> {
+                let mut tx = self.write.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(run.id.as_str())
+                .bind(run.agent.as_str())
+                .bind(run.agent_version)
+                .bind(run.parent_id.as_ref().map(|p| p.as_str().to_string()))
+                .bind(&run.input)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(run.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok((row.try_into()?, inserted == 1))
+            }
+
+            async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>> {
+                let row: Option<RunRow> = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.read)
+                    .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"));
+                if let Some(s) = f.state {
+                    qb.push(" AND state = ").push_bind(s.as_str());
+                }
+                if let Some(a) = &f.agent {
+                    qb.push(" AND agent = ").push_bind(a.clone());
+                }
+                if let Some(p) = &f.parent {
+                    qb.push(" AND parent_id = ").push_bind(p.as_str().to_string());
+                }
+                let limit = if f.limit <= 0 { 100 } else { f.limit.min(10_000) };
+                qb.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(limit);
+                let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.read).await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn claim_runs(&self, node: &NodeId, now: Millis, ttl_ms: i64, limit: i64) -> Result<Vec<RunRecord>> {
+                let rows: Vec<RunRow> = sqlx::query_as(&format!(
+                    "UPDATE runs SET lease_owner = $1, lease_expires = $2, updated_at = $3, \
+                       state = CASE WHEN state = 'queued' THEN 'running' ELSE state END \
+                     WHERE id IN (SELECT id FROM runs WHERE {CLAIMABLE} \
+                       AND (lease_expires IS NULL OR lease_expires < $3) \
+                       ORDER BY created_at LIMIT $4 {lock}) \
+                     RETURNING {RUN_COLUMNS}",
+                    lock = $lock
+                ))
+                .bind(&node.0)
+                .bind(now + ttl_ms)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.write)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn renew_leases(&self, node: &NodeId, ids: &[RunId], now: Millis, ttl_ms: i64) -> Result<Vec<(RunId, Option<String>)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut held = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE runs SET lease_expires = ");
+                    qb.push_bind(now + ttl_ms);
+                    qb.push(" WHERE lease_owner = ").push_bind(node.0.clone());
+                    qb.push(" AND id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.as_str().to_string());
+                    }
+                    qb.push(") RETURNING id, cancel_reason");
+                    let rows: Vec<(String, Option<String>)> = qb.build_query_as().fetch_all(&self.write).await?;
+                    for (id, cancel) in rows {
+                        held.push((RunId::parse(&id).map_err(|e| Error::Corrupt(e.0))?, cancel));
+                    }
+                }
+                Ok(held)
+            }
+
+            async fn release_node(&self, node: &NodeId) -> Result<u64> {
+                Ok(sqlx::query("UPDATE runs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = $1")
+                    .bind(&node.0)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn update_run(&self, id: &RunId, node: &NodeId, u: &RunUpdate, now: Millis) -> Result<bool> {
+                let release = u.state.is_terminal() || u.wait_kind.as_deref() == Some(WAIT_HUMAN);
+                let sql = format!(
+                    "UPDATE runs SET state = $1, wait_kind = $2, result = $3, error_code = $4, \
+                       error_message = $5, updated_at = $6{} \
+                     WHERE id = $7 AND lease_owner = $8",
+                    if release { ", lease_owner = NULL, lease_expires = NULL, retry_seq = NULL" } else { "" }
+                );
+                let n = sqlx::query(&sql)
+                    .bind(u.state.as_str())
+                    .bind(&u.wait_kind)
+                    .bind(&u.result)
+                    .bind(&u.error_code)
+                    .bind(&u.error_message)
+                    .bind(now)
+                    .bind(id.as_str())
+                    .bind(&node.0)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn request_cancel(&self, id: &RunId, reason: &str, now: Millis) -> Result<Option<RunRecord>> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query(&format!(
+                    "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $1), updated_at = $2 \
+                     WHERE id = $3 AND state NOT IN {TERMINAL}"
+                ))
+                .bind(reason)
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&format!(
+                    "UPDATE runs SET state = 'cancelled', wait_kind = NULL, lease_owner = NULL, lease_expires = NULL, \
+                       error_code = 'cancelled', error_message = cancel_reason \
+                     WHERE id = $1 AND state NOT IN {TERMINAL} \
+                       AND (state = 'queued' OR wait_kind = 'human' OR lease_owner IS NULL OR lease_expires < $2)"
+                ))
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let row: Option<RunRow> = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn resolve_waiting(&self, id: &RunId, retry: bool, now: Millis) -> Result<Option<RunRecord>> {
+                let mut tx = self.write.begin().await?;
+                let n = if retry {
+                    sqlx::query(
+                        "UPDATE runs SET state = 'queued', wait_kind = NULL, error_code = NULL, error_message = NULL, \
+                           retry_seq = (SELECT MAX(seq) FROM journal WHERE run_id = $1), updated_at = $2 \
+                         WHERE id = $1 AND state = 'waiting' AND wait_kind = 'human'",
+                    )
+                } else {
+                    sqlx::query(
+                        "UPDATE runs SET state = 'failed', wait_kind = NULL, error_code = 'in_doubt', \
+                           error_message = 'a step was in doubt after a crash; a human chose to fail the run', \
+                           updated_at = $2 \
+                         WHERE id = $1 AND state = 'waiting' AND wait_kind = 'human'",
+                    )
+                }
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let row: Option<RunRow> = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                match row {
+                    None => Ok(None),
+                    Some(r) if n == 0 => Err(Error::Conflict(format!(
+                        "run {} is {}, not waiting for a human",
+                        r.id, r.state
+                    ))),
+                    Some(r) => Ok(Some(r.try_into()?)),
+                }
+            }
+        }
+
+        #[async_trait]
+        impl JournalStore for $store {
+            async fn append_journal(&self, entries: &[JournalEntry]) -> Result<()> {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.write.begin().await?;
+                for chunk in entries.chunks(JOURNAL_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO journal (run_id, seq, phase, kind, name, request_hash, idempotency_key, \
+                         body, ok, tokens_in, tokens_out, at, duration_us) ",
+                    );
+                    qb.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.run_id.clone())
+                            .push_bind(e.seq)
+                            .push_bind(e.phase)
+                            .push_bind(e.kind.clone())
+                            .push_bind(e.name.clone())
+                            .push_bind(e.request_hash.clone())
+                            .push_bind(e.idempotency_key.clone())
+                            .push_bind(e.body.clone())
+                            .push_bind(e.ok)
+                            .push_bind(e.tokens_in)
+                            .push_bind(e.tokens_out)
+                            .push_bind(e.at)
+                            .push_bind(e.duration_us);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn load_journal(&self, run: &RunId, after: Option<i64>, limit: i64) -> Result<Vec<JournalEntry>> {
+                Ok(sqlx::query_as(
+                    "SELECT run_id, seq, phase, kind, name, request_hash, idempotency_key, body, ok, \
+                       tokens_in, tokens_out, at, duration_us \
+                     FROM journal WHERE run_id = $1 AND seq > $2 ORDER BY seq, phase LIMIT $3",
+                )
+                .bind(run.as_str())
+                .bind(after.unwrap_or(-1))
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+        }
+
+        #[async_trait]
+        impl ScratchpadStore for $store {
+            async fn scratch_put(&self, run: &RunId, key: &str, value: &str, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO scratchpad (run_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(run.as_str())
+                .bind(key)
+                .bind(value)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT value FROM scratchpad WHERE run_id = $1 AND key = $2")
+                    .bind(run.as_str())
+                    .bind(key)
+                    .fetch_optional(&self.read)
+                    .await?;
+                Ok(row.map(|r| r.0))
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, backend = "sqlite", lock = "");
+impl_store!(
+    PgStore,
+    sqlx::Postgres,
+    backend = "postgres",
+    lock = "FOR UPDATE SKIP LOCKED"
+);

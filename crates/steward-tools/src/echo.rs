@@ -1,0 +1,23 @@
+use serde_json::{json, Value};
+
+use crate::{Result, Tool, ToolContext, ToolInfo};
+
+/// Returns its arguments. No effect: the benchmark's no-op tool, and handy for tests.
+pub struct Echo;
+
+#[async_trait::async_trait]
+impl Tool for Echo {
+    fn info(&self) -> ToolInfo {
+        ToolInfo {
+            name: "echo",
+            description: "Returns its arguments unchanged.",
+            parameters: json!({"type": "object"}),
+        }
+    }
+    fn idempotent(&self, _: &Value) -> bool {
+        true
+    }
+    async fn call(&self, _: &ToolContext, args: Value) -> Result<Value> {
+        Ok(args)
+    }
+}

@@ -1,0 +1,119 @@
+//! Tools an agent can call, behind one `Tool` trait. Tools act and report; they never touch the
+//! store. What they need from the engine (the scratchpad, child runs) comes through `ToolHost`.
+
+mod echo;
+mod http_request;
+mod scratchpad;
+mod spawn_agent;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use steward_types::config::ToolsConfig;
+use steward_types::RunId;
+
+pub use echo::Echo;
+pub use http_request::HttpRequest;
+pub use scratchpad::{ScratchpadGet, ScratchpadSet};
+pub use spawn_agent::SpawnAgent;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ToolError {
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = ToolError> = std::result::Result<T, E>;
+
+/// How a tool describes itself to a model.
+#[derive(Clone, Debug)]
+pub struct ToolInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+/// What a child run ended as.
+#[derive(Clone, Debug)]
+pub struct ChildOutcome {
+    pub run_id: RunId,
+    pub state: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Engine capabilities lent to tools for one call.
+#[async_trait::async_trait]
+pub trait ToolHost: Send + Sync {
+    async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<()>;
+    async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>>;
+    /// Starts (or finds, on replay) the child `child` of agent `agent`, and waits for it to end.
+    async fn spawn_and_wait(
+        &self,
+        parent: &RunId,
+        child: &RunId,
+        agent: &str,
+        input: &str,
+    ) -> Result<ChildOutcome>;
+}
+
+pub struct ToolContext {
+    pub run_id: RunId,
+    /// The step's journal position.
+    pub seq: i64,
+    /// `run:seq`, the same on every retry of this step: upstreams can deduplicate on it.
+    pub idempotency_key: String,
+    pub host: Arc<dyn ToolHost>,
+}
+
+#[async_trait::async_trait]
+pub trait Tool: Send + Sync {
+    fn info(&self) -> ToolInfo;
+    /// Whether running this call twice has the effect of running it once. Decides whether a
+    /// call interrupted by a crash may be retried without asking anyone.
+    fn idempotent(&self, args: &Value) -> bool;
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value>;
+}
+
+/// The tools an agent may name in `spec.tools`.
+#[derive(Clone, Default)]
+pub struct Tools {
+    by_name: BTreeMap<String, Arc<dyn Tool>>,
+}
+
+impl Tools {
+    pub fn builtin(cfg: &ToolsConfig) -> Result<Self> {
+        let mut t = Tools::default();
+        t.insert(Arc::new(Echo));
+        t.insert(Arc::new(HttpRequest::new(&cfg.http)?));
+        t.insert(Arc::new(ScratchpadSet));
+        t.insert(Arc::new(ScratchpadGet));
+        t.insert(Arc::new(SpawnAgent));
+        Ok(t)
+    }
+
+    pub fn insert(&mut self, tool: Arc<dyn Tool>) {
+        self.by_name.insert(tool.info().name.to_string(), tool);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// Reads a required string argument.
+pub(crate) fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str> {
+    args.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::InvalidArgs(format!("`{key}` is required and must be a string")))
+}

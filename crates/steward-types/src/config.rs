@@ -1,0 +1,265 @@
+//! Configuration: `steward.toml`, then `STEWARD_*` environment variables, then flags — each
+//! layer overriding the one before. One `Config`, one section per subsystem.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `STEWARD_STORE__DATABASE_URL=postgres://…` sets `[store] database_url`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub engine: EngineConfig,
+    pub llm: LlmConfig,
+    pub tools: ToolsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for in-flight steps before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8420".into(),
+            data_dir: PathBuf::from(".steward"),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`. Empty: `steward.db` in the data directory.
+    pub database_url: Option<String>,
+    /// SQLite `synchronous` pragma: `full` (durable on power loss) or `normal`.
+    pub sqlite_synchronous: String,
+    pub max_connections: u32,
+    /// Most journal entries written in one group commit.
+    pub group_commit_max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            database_url: None,
+            sqlite_synchronous: "full".into(),
+            max_connections: 8,
+            group_commit_max_batch: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// This node's lease-owner id. Empty: read from (or written to) `node-id` in the data dir,
+    /// so a restarted node recognises its own leases at once.
+    pub node_id: Option<String>,
+    pub lease_ttl_ms: u64,
+    pub heartbeat_ms: u64,
+    /// How often to look for claimable runs when nothing woke the scheduler.
+    pub poll_ms: u64,
+    pub max_concurrent_runs: usize,
+    /// Largest accepted run input.
+    pub max_input_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: None,
+            lease_ttl_ms: 15_000,
+            heartbeat_ms: 5_000,
+            poll_ms: 500,
+            max_concurrent_runs: 10_000,
+            max_input_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Upper bound of any model call, unless the provider sets its own.
+    pub timeout_ms: u64,
+    /// Named upstreams; an agent's `model: NAME/MODEL` picks one.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            timeout_ms: 120_000,
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// The name of an environment variable holding the key; keys never live in config files.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI chat completions: OpenAI, vLLM, Ollama, LiteLLM, Azure-style base URLs.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    pub http: HttpToolConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpToolConfig {
+    pub timeout_ms: u64,
+    pub max_response_bytes: usize,
+    /// Let `http_request` reach loopback and private addresses. Off by default: an agent
+    /// should not probe the network Steward runs in.
+    pub allow_private_networks: bool,
+}
+
+impl Default for HttpToolConfig {
+    fn default() -> Self {
+        HttpToolConfig {
+            timeout_ms: 10_000,
+            max_response_bytes: 1024 * 1024,
+            allow_private_networks: false,
+        }
+    }
+}
+
+impl Config {
+    /// Layers a TOML file's text, then `STEWARD_*` variables, then `key.path=value` overrides.
+    pub fn load(
+        file_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = match file_text {
+            Some(t) => toml::from_str(t).map_err(|e| ConfigError(format!("steward.toml: {e}")))?,
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let Some(path) = k.strip_prefix("STEWARD_") else {
+                continue;
+            };
+            if !path.contains("__") {
+                continue; // not a config key (e.g. STEWARD_URL for the CLI)
+            }
+            let path = path.to_ascii_lowercase().replace("__", ".");
+            set_path(&mut root, &path, &v).map_err(|e| ConfigError(format!("{k}: {e}")))?;
+        }
+        for (path, v) in overrides {
+            set_path(&mut root, path, v)?;
+        }
+        toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))
+    }
+}
+
+fn set_path(root: &mut toml::Table, path: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| ConfigError("empty configuration key".into()))?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError(format!("{path}: {p} is not a section")))?;
+    }
+    // A value that parses as TOML keeps its type (numbers, booleans); anything else is a string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let file = "[server]\nlisten = \"0.0.0.0:1\"\n[engine]\nlease_ttl_ms = 100\n";
+        let env = vec![
+            (
+                "STEWARD_ENGINE__LEASE_TTL_MS".to_string(),
+                "200".to_string(),
+            ),
+            ("STEWARD_URL".to_string(), "ignored".to_string()),
+            ("HOME".to_string(), "/x".to_string()),
+        ];
+        let flags = vec![("server.listen".to_string(), "127.0.0.1:9".to_string())];
+        let c = Config::load(Some(file), env, &flags).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9");
+        assert_eq!(c.engine.lease_ttl_ms, 200);
+        assert_eq!(c.engine.heartbeat_ms, 5_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let e = Config::load(Some("[server]\nlisen = 1\n"), vec![], &[]).unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        let env = vec![(
+            "STEWARD_ENGINE__LEASE_TTL_MS".to_string(),
+            "soon".to_string(),
+        )];
+        assert!(Config::load(None, env, &[]).is_err());
+    }
+
+    #[test]
+    fn providers_come_from_nested_keys() {
+        let env = vec![
+            (
+                "STEWARD_LLM__PROVIDERS__LOCAL__KIND".to_string(),
+                "openai".to_string(),
+            ),
+            (
+                "STEWARD_LLM__PROVIDERS__LOCAL__BASE_URL".to_string(),
+                "http://127.0.0.1:1/v1".to_string(),
+            ),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.llm.providers["local"].kind, ProviderKind::Openai);
+    }
+}

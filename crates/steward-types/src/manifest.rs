@@ -1,0 +1,352 @@
+//! Agent manifests: Kubernetes-style YAML documents (`kind: Agent`, `metadata`, `spec`).
+//!
+//! Parsing rejects unknown fields and wrong types with the path of the offending field
+//! (`spec.maxSteps: invalid type: string "ten", expected u32`), then checks the values.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::AgentName;
+
+pub const API_VERSION: &str = "steward.dev/v1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ManifestError(pub String);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentManifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: AgentSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: AgentName,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What an agent is: the version of this a run starts with is the version it keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// `provider/model` (e.g. `openai/gpt-4o-mini`), or `scripted` with a `script`.
+    pub model: String,
+    #[serde(default)]
+    pub system_prompt: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    #[serde(default = "default_step_timeout", with = "duration")]
+    pub step_timeout: u64,
+    #[serde(default = "default_run_timeout", with = "duration")]
+    pub run_timeout: u64,
+    #[serde(default)]
+    pub recovery: RecoveryPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The turns the `scripted` provider plays, in order. Only with `model: scripted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub script: Vec<ScriptTurn>,
+}
+
+fn default_max_steps() -> u32 {
+    20
+}
+fn default_step_timeout() -> u64 {
+    60_000
+}
+fn default_run_timeout() -> u64 {
+    3_600_000
+}
+
+/// What to do with a step whose intent is journaled but whose outcome is not (the process died
+/// while acting) and whose action is not idempotent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryPolicy {
+    /// Act again. Only for tools whose double effect is harmless.
+    Retry,
+    /// Fail the run with `in_doubt`.
+    Fail,
+    /// Park the run in `waiting` until a human resolves it.
+    #[default]
+    WaitForHuman,
+}
+
+impl RecoveryPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Retry => "retry",
+            RecoveryPolicy::Fail => "fail",
+            RecoveryPolicy::WaitForHuman => "wait_for_human",
+        }
+    }
+}
+
+/// One reply of the scripted model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScriptTurn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ScriptToolCall>,
+    /// Simulated model latency.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delay_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptToolCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: serde_json::Value,
+}
+
+/// Parses every document of a YAML (or JSON) stream into agent manifests.
+/// Documents are all-or-nothing: one bad document rejects the whole stream.
+pub fn parse_manifests(text: &str) -> Result<Vec<AgentManifest>, ManifestError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| ManifestError(format!("document {}: malformed YAML: {e}", i + 1)))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. a trailing `---`
+        }
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind != "Agent" {
+            return Err(ManifestError(format!(
+                "document {}: kind: expected \"Agent\", found {:?}",
+                i + 1,
+                value
+                    .get("kind")
+                    .map(yaml_brief)
+                    .unwrap_or_else(|| "nothing".into())
+            )));
+        }
+        let manifest: AgentManifest = serde_path_to_error::deserialize(value).map_err(|e| {
+            ManifestError(format!("document {}: {}: {}", i + 1, e.path(), e.inner()))
+        })?;
+        manifest.validate().map_err(|e| {
+            ManifestError(format!(
+                "document {} ({}): {e}",
+                i + 1,
+                manifest.metadata.name
+            ))
+        })?;
+        out.push(manifest);
+    }
+    if out.is_empty() {
+        return Err(ManifestError(
+            "no manifest found: expected at least one `kind: Agent` document".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn yaml_brief(v: &serde_yaml::Value) -> String {
+    serde_yaml::to_string(v)
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(40)
+        .collect()
+}
+
+impl AgentManifest {
+    fn validate(&self) -> Result<(), ManifestError> {
+        if self.api_version != API_VERSION {
+            return Err(ManifestError(format!(
+                "apiVersion: expected {API_VERSION:?}, found {:?}",
+                self.api_version
+            )));
+        }
+        self.spec.validate()
+    }
+}
+
+impl AgentSpec {
+    pub fn is_scripted(&self) -> bool {
+        self.model == "scripted"
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let err = |m: String| Err(ManifestError(m));
+        if self.is_scripted() {
+            if self.script.is_empty() {
+                return err("spec.script: required with `model: scripted` (the turns the scripted model plays)".into());
+            }
+        } else {
+            match self.model.split_once('/') {
+                Some((p, m)) if !p.is_empty() && !m.is_empty() => {}
+                _ => {
+                    return err(format!(
+                        "spec.model: expected `provider/model` (e.g. openai/gpt-4o-mini) or `scripted`, found {:?}",
+                        self.model
+                    ))
+                }
+            }
+            if !self.script.is_empty() {
+                return err("spec.script: only allowed with `model: scripted`".into());
+            }
+        }
+        if self.max_steps == 0 || self.max_steps > 10_000 {
+            return err(format!(
+                "spec.maxSteps: must be between 1 and 10000, found {}",
+                self.max_steps
+            ));
+        }
+        if self.step_timeout == 0 || self.run_timeout == 0 {
+            return err("spec.stepTimeout / spec.runTimeout: must be greater than zero".into());
+        }
+        if self.system_prompt.len() > 256 * 1024 {
+            return err("spec.systemPrompt: longer than 256 KiB".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            if !seen.insert(t) {
+                return err(format!("spec.tools[{i}]: {t:?} is listed twice"));
+            }
+        }
+        for (i, turn) in self.script.iter().enumerate() {
+            if turn.content.is_none() && turn.tool_calls.is_empty() {
+                return err(format!(
+                    "spec.script[{i}]: a turn needs `content` or `toolCalls`"
+                ));
+            }
+            for (j, call) in turn.tool_calls.iter().enumerate() {
+                if !self.tools.contains(&call.name) {
+                    return err(format!(
+                        "spec.script[{i}].toolCalls[{j}].name: {:?} is not in spec.tools",
+                        call.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durations as `250ms`, `30s`, `5m`, `2h`, or a bare number of milliseconds.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: use e.g. 250ms, 30s, 5m, 2h"))?;
+        let mult = match unit {
+            "" | "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: use e.g. 250ms, 30s, 5m, 2h"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+
+    pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{ms}ms"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(n),
+            Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: steward.dev/v1
+kind: Agent
+metadata: {name: greeter}
+spec:
+  model: scripted
+  tools: [echo]
+  stepTimeout: 5s
+  script:
+    - toolCalls: [{name: echo, arguments: {x: 1}}]
+    - content: done
+"#;
+
+    #[test]
+    fn parses_a_scripted_agent_with_defaults() {
+        let m = parse_manifests(GOOD).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].spec.step_timeout, 5_000);
+        assert_eq!(m[0].spec.max_steps, 20);
+        assert_eq!(m[0].spec.recovery, RecoveryPolicy::WaitForHuman);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let bad = GOOD.replace("stepTimeout: 5s", "stepTimeout: 5s\n  colour: blue");
+        let e = parse_manifests(&bad).unwrap_err().0;
+        assert!(e.contains("spec: unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_with_their_path() {
+        let bad = GOOD.replace("stepTimeout: 5s", "maxSteps: ten");
+        let e = parse_manifests(&bad).unwrap_err().0;
+        assert!(e.contains("spec.maxSteps"), "{e}");
+        let bad = GOOD.replace("stepTimeout: 5s", "stepTimeout: soon");
+        assert!(parse_manifests(&bad)
+            .unwrap_err()
+            .0
+            .contains("spec.stepTimeout"));
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let bad = GOOD.replace("[{name: echo", "[{name: rm_rf");
+        assert!(parse_manifests(&bad)
+            .unwrap_err()
+            .0
+            .contains("not in spec.tools"));
+        let bad = GOOD.replace("model: scripted", "model: gpt4");
+        assert!(parse_manifests(&bad).unwrap_err().0.contains("spec.model"));
+        let bad = GOOD.replace("kind: Agent", "kind: Pod");
+        assert!(parse_manifests(&bad).unwrap_err().0.contains("kind"));
+        assert!(parse_manifests(": : :\n  - [").is_err());
+        assert!(parse_manifests("").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(duration::parse("250ms"), Ok(250));
+        assert_eq!(duration::parse("2m"), Ok(120_000));
+        assert!(duration::parse("5 parsecs").is_err());
+        assert!(duration::parse("99999999999999999999h").is_err());
+    }
+}

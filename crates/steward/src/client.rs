@@ -1,0 +1,436 @@
+//! The CLI verbs: each is an HTTP call (or a few) to a Steward server, and nothing else.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use steward_api::wire::{Agent, AgentList, ApplyResult, Journal, JournalItem, Run, RunList};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GetWhat {
+    Agents,
+    Runs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ResolveWhat {
+    Retry,
+    Fail,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let resp = rb.send().await.with_context(|| {
+            format!(
+                "cannot reach Steward at {} (is `steward serve` running? set --server)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let msg = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            let code = v
+                .pointer("/error/code")
+                .and_then(Value::as_str)
+                .unwrap_or("http_error");
+            bail!("{msg} ({code}, HTTP {})", status.as_u16());
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| "the server sent a response this client cannot read")
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    pub async fn apply_text(&self, text: String) -> anyhow::Result<ApplyResult> {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/agents", self.base))
+                .header("content-type", "application/yaml")
+                .body(text),
+        )
+        .await
+    }
+
+    pub async fn apply(&self, path: &Path) -> anyhow::Result<()> {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            for e in
+                std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+            {
+                let p = e?.path();
+                if matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("yaml" | "yml" | "json")
+                ) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                bail!("{} has no .yaml, .yml or .json files", path.display());
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        // One request for all files: the server applies them all or none.
+        let mut text = String::new();
+        for f in &files {
+            let t =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            text.push_str("---\n");
+            text.push_str(&t);
+            text.push('\n');
+        }
+        let res = self.apply_text(text).await?;
+        for a in res.agents {
+            println!(
+                "agent/{} {} (version {})",
+                a.name,
+                if a.changed { "configured" } else { "unchanged" },
+                a.version
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn create_run(&self, agent: &str, input: &str) -> anyhow::Result<Run> {
+        self.post_json("/api/v1/runs", &json!({"agent": agent, "input": input}))
+            .await
+    }
+
+    pub async fn run(&self, agent: &str, input: &str, detach: bool) -> anyhow::Result<()> {
+        let run = self.create_run(agent, input).await?;
+        if detach {
+            println!("{}", run.id);
+            return Ok(());
+        }
+        let a: Agent = self
+            .get_json(&format!(
+                "/api/v1/agents/{agent}?version={}",
+                run.agent_version
+            ))
+            .await?;
+        let max_steps = a.spec.get("maxSteps").and_then(Value::as_u64).unwrap_or(0);
+        println!("run {} of {agent} v{} started", run.id, run.agent_version);
+        let end = self.follow(&run.id, max_steps).await?;
+        print_end(&end);
+        if end.state != "succeeded" {
+            bail!("run {} ended {}", end.id, end.state);
+        }
+        Ok(())
+    }
+
+    /// Prints journal entries as they appear until the run ends (or waits for a human).
+    pub async fn follow(&self, id: &str, max_steps: u64) -> anyhow::Result<Run> {
+        let mut seen: BTreeSet<(i64, String)> = BTreeSet::new();
+        let mut turns = 0;
+        let mut after: i64 = -1;
+        loop {
+            let j: Journal = self
+                .get_json(&format!("/api/v1/runs/{id}/journal?after={after}"))
+                .await?;
+            for e in &j.entries {
+                if !seen.insert((e.seq, e.phase.clone())) {
+                    continue;
+                }
+                if e.phase == "intent" && e.kind == "model" {
+                    turns += 1;
+                }
+                if e.phase == "outcome" {
+                    println!("  [turn {turns}/{max_steps}] {}", describe(e));
+                    after = after.max(e.seq);
+                }
+            }
+            let terminal = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
+            if terminal || j.state == "waiting" {
+                let run: Run = self.get_json(&format!("/api/v1/runs/{id}")).await?;
+                if terminal || run.wait_kind.as_deref() == Some("human") {
+                    return Ok(run);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    pub async fn get(&self, what: GetWhat, state: Option<&str>, limit: i64) -> anyhow::Result<()> {
+        match what {
+            GetWhat::Agents => {
+                let l: AgentList = self.get_json("/api/v1/agents").await?;
+                println!("{:<24} {:>7}  {:<28} TOOLS", "NAME", "VERSION", "MODEL");
+                for a in l.agents {
+                    let tools: Vec<&str> = a
+                        .spec
+                        .get("tools")
+                        .and_then(Value::as_array)
+                        .map(|t| t.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    let model = a.spec.get("model").and_then(Value::as_str).unwrap_or("");
+                    println!(
+                        "{:<24} {:>7}  {:<28} {}",
+                        a.name,
+                        a.version,
+                        model,
+                        tools.join(",")
+                    );
+                }
+            }
+            GetWhat::Runs => {
+                let mut q = format!("/api/v1/runs?limit={limit}");
+                if let Some(s) = state {
+                    q.push_str(&format!("&state={s}"));
+                }
+                let l: RunList = self.get_json(&q).await?;
+                println!(
+                    "{:<38} {:<20} {:<10} {:<8} RESULT",
+                    "ID", "AGENT", "STATE", "AGE"
+                );
+                let now = now_ms();
+                for r in l.runs {
+                    let summary = r
+                        .result
+                        .clone()
+                        .or(r
+                            .error
+                            .as_ref()
+                            .map(|e| format!("{}: {}", e.code, e.message)))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<38} {:<20} {:<10} {:<8} {}",
+                        r.id,
+                        r.agent,
+                        r.state,
+                        age(now - r.created_at),
+                        clip(&summary, 60)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn logs(&self, id: &str) -> anyhow::Result<()> {
+        let run: Run = self.get_json(&format!("/api/v1/runs/{id}")).await?;
+        let j: Journal = self
+            .get_json(&format!("/api/v1/runs/{id}/journal?limit=10000"))
+            .await?;
+        println!(
+            "run {} · agent {} v{} · {}",
+            run.id, run.agent, run.agent_version, run.state
+        );
+        println!("input: {}", clip(&run.input, 200));
+        let start = run.created_at;
+        let (mut tin, mut tout) = (0, 0);
+        for e in j.entries.iter().filter(|e| e.phase == "outcome") {
+            tin += e.tokens_in;
+            tout += e.tokens_out;
+            let tokens = if e.kind == "model" {
+                format!("{:>5}→{:<5}", e.tokens_in, e.tokens_out)
+            } else {
+                " ".repeat(11)
+            };
+            println!(
+                "  +{:>8}  #{:<3} {:>9}  {tokens}  {}",
+                format_ms(e.at - start),
+                e.seq,
+                format_us(e.duration_us),
+                describe(e)
+            );
+        }
+        let pending: Vec<&JournalItem> = j
+            .entries
+            .iter()
+            .filter(|e| {
+                e.phase == "intent"
+                    && !j
+                        .entries
+                        .iter()
+                        .any(|o| o.seq == e.seq && o.phase == "outcome")
+            })
+            .collect();
+        for e in pending {
+            println!(
+                "  +{:>8}  #{:<3} {:>9}  {:11}  {} {} — intent recorded, no outcome yet",
+                format_ms(e.at - start),
+                e.seq,
+                "…",
+                "",
+                e.kind,
+                e.name
+            );
+        }
+        println!("tokens: {tin} in, {tout} out");
+        print_end(&run);
+        Ok(())
+    }
+
+    pub async fn cancel(&self, id: &str, reason: &str) -> anyhow::Result<()> {
+        let r: Run = self
+            .post_json(
+                &format!("/api/v1/runs/{id}/cancel"),
+                &json!({"reason": reason}),
+            )
+            .await?;
+        println!(
+            "run {} {}",
+            r.id,
+            if r.state == "cancelled" {
+                "cancelled"
+            } else {
+                "cancelling"
+            }
+        );
+        Ok(())
+    }
+
+    pub async fn resolve(&self, id: &str, action: ResolveWhat) -> anyhow::Result<()> {
+        let a = match action {
+            ResolveWhat::Retry => "retry",
+            ResolveWhat::Fail => "fail",
+        };
+        let r: Run = self
+            .post_json(&format!("/api/v1/runs/{id}/resolve"), &json!({"action": a}))
+            .await?;
+        println!("run {} is now {}", r.id, r.state);
+        Ok(())
+    }
+}
+
+/// One line for a journal outcome; scripted model output is labelled as such.
+pub fn describe(e: &JournalItem) -> String {
+    let status = if e.ok { "" } else { "FAILED " };
+    if e.kind == "model" {
+        let provider = e.body.get("provider").and_then(Value::as_str).unwrap_or("");
+        let label = if provider == "scripted" {
+            "[scripted] ".to_string()
+        } else {
+            String::new()
+        };
+        if let Some(err) = e.body.get("error").and_then(Value::as_str) {
+            return format!("model {}: {status}{}", e.name, clip(err, 100));
+        }
+        let calls: Vec<String> = e
+            .body
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if calls.is_empty() {
+            let content = e.body.get("content").and_then(Value::as_str).unwrap_or("");
+            format!("model {label}answered: {}", clip(content, 80))
+        } else {
+            format!("model {label}asked for: {}", calls.join(", "))
+        }
+    } else {
+        let detail = match (e.body.get("ok"), e.body.get("error")) {
+            (_, Some(err)) => clip(err.as_str().unwrap_or(""), 80),
+            (Some(v), _) => clip(&v.to_string(), 80),
+            _ => String::new(),
+        };
+        format!("tool {} {status}→ {detail}", e.name)
+    }
+}
+
+fn print_end(r: &Run) {
+    match r.state.as_str() {
+        "succeeded" => println!("✔ succeeded: {}", r.result.as_deref().unwrap_or("")),
+        _ => {
+            let err = r
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_default();
+            println!(
+                "✘ {}{}{}",
+                r.state,
+                if err.is_empty() { "" } else { " — " },
+                err
+            );
+        }
+    }
+}
+
+pub fn clip(s: &str, n: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(n).collect::<String>())
+    }
+}
+
+fn format_ms(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    }
+}
+
+fn format_us(us: i64) -> String {
+    if us < 1000 {
+        format!("{us}µs")
+    } else {
+        format_ms(us / 1000)
+    }
+}
+
+fn age(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

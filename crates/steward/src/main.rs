@@ -1,0 +1,118 @@
+//! `steward`: the server and its command-line client. `main` parses flags and dispatches;
+//! every verb but `serve` (and `demo`, which runs `serve`) is an HTTP client of the API.
+
+mod bench;
+mod client;
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "steward",
+    version,
+    about = "The infrastructure layer underneath AI agents"
+)]
+struct Cli {
+    /// The Steward server the client verbs talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_URL",
+        default_value = "http://127.0.0.1:8420"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve(serve::ServeArgs),
+    /// Create or update agents from a manifest file or a directory of them.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Start a run and follow its steps until it ends.
+    Run {
+        agent: String,
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Print the run id and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List agents or runs.
+    Get {
+        #[arg(value_enum)]
+        what: client::GetWhat,
+        /// With `runs`: only runs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// A run's journal as a timeline.
+    Logs { run: String },
+    /// Cancel a run (and its children).
+    Cancel {
+        run: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Answer a run waiting for a human after an in-doubt step.
+    Resolve {
+        run: String,
+        #[arg(value_enum)]
+        action: client::ResolveWhat,
+    },
+    /// Start an embedded Steward, run an example fleet, crash it mid-run, and show recovery.
+    Demo(demo::DemoArgs),
+    /// Benchmarks (see bench/README.md).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let c = client::Client::new(&cli.server);
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Apply { file } => c?.apply(&file).await,
+            Command::Run {
+                agent,
+                input,
+                detach,
+            } => c?.run(&agent, &input, detach).await,
+            Command::Get { what, state, limit } => c?.get(what, state.as_deref(), limit).await,
+            Command::Logs { run } => c?.logs(&run).await,
+            Command::Cancel { run, reason } => c?.cancel(&run, &reason).await,
+            Command::Resolve { run, action } => c?.resolve(&run, action).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `steward serve`: load configuration, open and migrate the store, start the engine and the
+//! HTTP server, and shut down gracefully on SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use steward_engine::{Engine, EngineOptions, StepStats, SystemClock};
+use steward_llm::Providers;
+use steward_tools::Tools;
+use steward_types::{Config, NodeId};
+
+#[derive(clap::Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Configuration file (default: ./steward.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the chosen one is printed).
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` for a cluster, or `sqlite://PATH`. Default: a SQLite file in the data dir.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let path = args
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from("steward.toml")).filter(|p| p.exists()));
+    let text = match &path {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut flags = Vec::new();
+    if let Some(l) = &args.listen {
+        flags.push(("server.listen".to_string(), format!("{l:?}")));
+    }
+    if let Some(d) = &args.data_dir {
+        flags.push((
+            "server.data_dir".to_string(),
+            format!("{:?}", d.display().to_string()),
+        ));
+    }
+    if let Some(u) = &args.database_url {
+        flags.push(("store.database_url".to_string(), format!("{u:?}")));
+    }
+    Ok(Config::load(text.as_deref(), std::env::vars(), &flags)?)
+}
+
+/// This node's id: configured, or kept in the data dir so a restart knows its own leases.
+fn node_id(cfg: &Config) -> anyhow::Result<NodeId> {
+    if let Some(id) = &cfg.engine.node_id {
+        return Ok(NodeId(id.clone()));
+    }
+    let path = cfg.server.data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(NodeId(s.trim().to_string())),
+        _ => {
+            let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(NodeId(id))
+        }
+    }
+}
+
+pub fn database_url(cfg: &Config) -> String {
+    match &cfg.store.database_url {
+        Some(u) if !u.is_empty() => u.clone(),
+        _ => format!(
+            "sqlite://{}",
+            cfg.server.data_dir.join("steward.db").display()
+        ),
+    }
+}
+
+/// Opens the store and starts an engine as configured.
+pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow::Result<Engine> {
+    std::fs::create_dir_all(&cfg.server.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            cfg.server.data_dir.display()
+        )
+    })?;
+    let url = database_url(cfg);
+    let store = steward_store::open(&url, &cfg.store)
+        .await
+        .with_context(|| format!("opening the store at {}", steward_store::redact(&url)))?;
+    let providers = Providers::from_config(&cfg.llm, |v| std::env::var(v).ok())?;
+    let tools = Tools::builtin(&cfg.tools)?;
+    let opts = EngineOptions {
+        cfg: cfg.engine.clone(),
+        node: node_id(cfg)?,
+        group_commit_max_batch: cfg.store.group_commit_max_batch,
+        providers,
+        tools,
+        clock: Arc::new(SystemClock),
+        stats,
+    };
+    Ok(Engine::start(store, opts).await?)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let cfg = load_config(&args)?;
+    if cfg.engine.heartbeat_ms >= cfg.engine.lease_ttl_ms {
+        bail!("engine.heartbeat_ms must be shorter than engine.lease_ttl_ms, or leases expire between renewals");
+    }
+    let engine = start_engine(&cfg, None).await?;
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.server.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and the demo read this line to find the port.
+    println!(
+        "steward listening on http://{addr} (store: {}, node: {})",
+        engine.store().backend(),
+        engine.node()
+    );
+    tracing::info!(%addr, data_dir = %cfg.server.data_dir.display(), "serving");
+
+    let app = steward_api::router(engine.clone(), cfg.server.max_body_bytes);
+    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let engine2 = engine.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new work; finishing in-flight steps");
+            engine2.shutdown(grace).await;
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
