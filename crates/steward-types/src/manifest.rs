@@ -312,7 +312,7 @@ spec:
     fn unknown_fields_are_rejected_with_their_path() {
         let bad = GOOD.replace("stepTimeout: 5s", "stepTimeout: 5s\n  colour: blue");
         let e = parse_manifests(&bad).unwrap_err().0;
-        assert!(e.contains("spec: unknown field `colour`"), "{e}");
+        assert!(e.contains("spec.colour: unknown field `colour`"), "{e}");
     }
 
     #[test]

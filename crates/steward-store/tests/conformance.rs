@@ -1,0 +1,482 @@
+//! The store conformance suite: the same assertions against SQLite and PostgreSQL, each test on
+//! a fresh database (a new SQLite file; a new PostgreSQL schema).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use steward_store::*;
+use steward_types::config::StoreConfig;
+use steward_types::{AgentName, NodeId, RunId, RunState};
+
+struct Fresh {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Fresh {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    Fresh {
+        store: open(&url, &StoreConfig::default()).await.unwrap(),
+        _dir: Some(dir),
+    }
+}
+
+/// A PostgreSQL store in a schema of its own, so tests never see each other's rows.
+async fn postgres() -> Fresh {
+    let base = std::env::var("STEWARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL at STEWARD_TEST_PG_URL (default 127.0.0.1:5432/test)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    Fresh {
+        store: open(&url, &StoreConfig::default()).await.unwrap(),
+        _dir: None,
+    }
+}
+
+fn name(s: &str) -> AgentName {
+    AgentName::parse(s).unwrap()
+}
+
+fn new_id() -> RunId {
+    RunId::from_uuid(uuid::Uuid::now_v7())
+}
+
+fn agent(n: &str, spec: &str) -> NewAgent {
+    NewAgent {
+        name: name(n),
+        spec_json: spec.into(),
+        spec_hash: format!("h-{spec}"),
+    }
+}
+
+async fn with_agent(s: &dyn Store) {
+    s.put_agents(&[agent("a", "{}")], 1).await.unwrap();
+}
+
+fn new_run(id: &RunId) -> NewRun {
+    NewRun {
+        id: id.clone(),
+        agent: name("a"),
+        agent_version: 1,
+        parent_id: None,
+        input: "in".into(),
+    }
+}
+
+fn entry(run: &RunId, seq: i64, phase: i64) -> JournalEntry {
+    JournalEntry {
+        run_id: run.to_string(),
+        seq,
+        phase,
+        kind: "tool".into(),
+        name: "echo".into(),
+        request_hash: "h".into(),
+        idempotency_key: format!("{run}:{seq}"),
+        body: "{}".into(),
+        ok: 1,
+        tokens_in: 0,
+        tokens_out: 0,
+        at: 5,
+        duration_us: 0,
+    }
+}
+
+async fn agents_are_versioned(s: &dyn Store) {
+    let r = s
+        .put_agents(&[agent("a", "one"), agent("b", "x")], 10)
+        .await
+        .unwrap();
+    assert!(r.iter().all(|(_, changed)| *changed));
+    let r = s.put_agents(&[agent("a", "one")], 11).await.unwrap();
+    assert_eq!(
+        (r[0].0.version, r[0].1),
+        (1, false),
+        "an unchanged spec keeps its version"
+    );
+    let r = s.put_agents(&[agent("a", "two")], 12).await.unwrap();
+    assert_eq!((r[0].0.version, r[0].1), (2, true));
+    assert_eq!(
+        s.get_agent(&name("a"), Some(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .spec,
+        "one"
+    );
+    assert_eq!(
+        s.get_agent(&name("a"), None).await.unwrap().unwrap().spec,
+        "two"
+    );
+    assert!(s.get_agent(&name("zz"), None).await.unwrap().is_none());
+    let all = s.list_agents().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|a| (a.name.as_str(), a.version))
+            .collect::<Vec<_>>(),
+        vec![("a", 2), ("b", 1)]
+    );
+}
+
+async fn runs_are_created_once(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    let (r, created) = s.create_run(&new_run(&id), 100).await.unwrap();
+    assert!(created);
+    assert_eq!(r.state, RunState::Queued);
+    let (again, created) = s.create_run(&new_run(&id), 200).await.unwrap();
+    assert!(!created, "the same id finds the existing run");
+    assert_eq!(again.created_at, 100);
+    let unknown_agent = NewRun {
+        agent: name("ghost"),
+        ..new_run(&new_id())
+    };
+    assert!(
+        s.create_run(&unknown_agent, 1).await.is_err(),
+        "a run must reference a stored agent version"
+    );
+}
+
+async fn leases_give_a_run_to_one_node(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    let (n1, n2) = (NodeId("n1".into()), NodeId("n2".into()));
+    let got = s.claim_runs(&n1, 1000, 500, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].state, RunState::Running);
+    assert!(
+        s.claim_runs(&n2, 1100, 500, 10).await.unwrap().is_empty(),
+        "a live lease is exclusive"
+    );
+    let held = s.renew_leases(&n1, &[id.clone()], 1400, 500).await.unwrap();
+    assert_eq!(held, vec![(id.clone(), None)]);
+    assert!(
+        s.claim_runs(&n2, 1600, 500, 10).await.unwrap().is_empty(),
+        "renewed until 1900"
+    );
+    let taken = s.claim_runs(&n2, 2000, 500, 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "an expired lease is taken over");
+    assert!(
+        s.renew_leases(&n1, &[id.clone()], 2001, 500)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the old owner learns it lost the run"
+    );
+    assert!(
+        !s.update_run(&id, &n1, &RunUpdate::state(RunState::Succeeded), 2002)
+            .await
+            .unwrap(),
+        "a stale owner cannot change the run"
+    );
+    let done = RunUpdate {
+        result: Some("ok".into()),
+        ..RunUpdate::state(RunState::Succeeded)
+    };
+    assert!(s.update_run(&id, &n2, &done, 2003).await.unwrap());
+    let r = s.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.result.as_deref(), r.lease_owner.as_deref()),
+        (RunState::Succeeded, Some("ok"), None)
+    );
+    assert!(
+        s.claim_runs(&n1, 9999, 500, 10).await.unwrap().is_empty(),
+        "ended runs are never claimed"
+    );
+}
+
+async fn release_node_frees_its_runs(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    let n1 = NodeId("n1".into());
+    s.claim_runs(&n1, 10, 60_000, 10).await.unwrap();
+    assert_eq!(s.release_node(&n1).await.unwrap(), 1);
+    assert_eq!(
+        s.claim_runs(&NodeId("n2".into()), 11, 60_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn cancel_stops_unleased_runs_at_once(s: &dyn Store) {
+    with_agent(s).await;
+    let (queued, leased) = (new_id(), new_id());
+    s.create_run(&new_run(&queued), 1).await.unwrap();
+    let r = s
+        .request_cancel(&queued, "not needed", 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.cancel_reason.as_deref()),
+        (RunState::Cancelled, Some("not needed"))
+    );
+    s.create_run(&new_run(&leased), 3).await.unwrap();
+    let n = NodeId("n".into());
+    s.claim_runs(&n, 4, 60_000, 10).await.unwrap();
+    let r = s.request_cancel(&leased, "stop", 5).await.unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        RunState::Running,
+        "the owning node stops a leased run"
+    );
+    let held = s
+        .renew_leases(&n, &[leased.clone()], 6, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        held[0].1.as_deref(),
+        Some("stop"),
+        "the cancel reaches the owner with its heartbeat"
+    );
+    assert!(s.request_cancel(&new_id(), "x", 7).await.unwrap().is_none());
+}
+
+async fn human_waits_are_resolved(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    let n = NodeId("n".into());
+    s.claim_runs(&n, 2, 60_000, 10).await.unwrap();
+    s.append_journal(&[entry(&id, 0, PHASE_INTENT)])
+        .await
+        .unwrap();
+    let wait = RunUpdate {
+        wait_kind: Some(WAIT_HUMAN.into()),
+        error_code: Some("in_doubt".into()),
+        ..RunUpdate::state(RunState::Waiting)
+    };
+    assert!(s.update_run(&id, &n, &wait, 3).await.unwrap());
+    assert!(
+        s.claim_runs(&n, 4, 60_000, 10).await.unwrap().is_empty(),
+        "nobody drives a run waiting for a human"
+    );
+    let r = s.resolve_waiting(&id, true, 5).await.unwrap().unwrap();
+    assert_eq!((r.state, r.retry_seq), (RunState::Queued, Some(0)));
+    assert!(
+        matches!(
+            s.resolve_waiting(&id, true, 6).await,
+            Err(Error::Conflict(_))
+        ),
+        "only a waiting run can be resolved"
+    );
+    assert!(s
+        .resolve_waiting(&new_id(), false, 7)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn journal_appends_are_atomic_and_unique(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    s.append_journal(&[
+        entry(&id, 0, PHASE_INTENT),
+        entry(&id, 0, PHASE_OUTCOME),
+        entry(&id, 1, PHASE_INTENT),
+    ])
+    .await
+    .unwrap();
+    // A batch holding one duplicate is refused whole: nothing half-written.
+    let dup = s
+        .append_journal(&[entry(&id, 2, PHASE_INTENT), entry(&id, 1, PHASE_INTENT)])
+        .await;
+    assert!(matches!(dup, Err(Error::Conflict(_))), "{dup:?}");
+    let all = s.load_journal(&id, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| (e.seq, e.phase)).collect::<Vec<_>>(),
+        vec![(0, 0), (0, 1), (1, 0)]
+    );
+    let later = s.load_journal(&id, Some(0), 100).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        all[0],
+        entry(&id, 0, PHASE_INTENT),
+        "entries round-trip unchanged"
+    );
+}
+
+async fn big_journal_batches_commit(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    let batch: Vec<_> = (0..1200).map(|i| entry(&id, i, PHASE_INTENT)).collect();
+    s.append_journal(&batch).await.unwrap();
+    assert_eq!(s.load_journal(&id, None, 5000).await.unwrap().len(), 1200);
+}
+
+async fn scratchpad_is_run_scoped(s: &dyn Store) {
+    let (a, b) = (new_id(), new_id());
+    s.scratch_put(&a, "k", "1", 1).await.unwrap();
+    s.scratch_put(&a, "k", "2", 2).await.unwrap();
+    assert_eq!(s.scratch_get(&a, "k").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(s.scratch_get(&b, "k").await.unwrap(), None);
+}
+
+async fn runs_filter(s: &dyn Store) {
+    with_agent(s).await;
+    s.put_agents(&[agent("b", "{}")], 1).await.unwrap();
+    let parent = new_id();
+    s.create_run(&new_run(&parent), 1).await.unwrap();
+    let child = NewRun {
+        parent_id: Some(parent.clone()),
+        agent: name("b"),
+        ..new_run(&new_id())
+    };
+    s.create_run(&child, 2).await.unwrap();
+    let by_parent = s
+        .list_runs(&RunFilter {
+            parent: Some(parent.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_parent.len(), 1);
+    assert_eq!(by_parent[0].parent_id.as_ref(), Some(&parent));
+    let by_agent = s
+        .list_runs(&RunFilter {
+            agent: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_agent.len(), 1);
+    let queued = s
+        .list_runs(&RunFilter {
+            state: Some(RunState::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!(queued[0].created_at, 2, "newest first");
+}
+
+async fn concurrent_claims_never_share_a_run(s: Arc<dyn Store>) {
+    with_agent(&*s).await;
+    for _ in 0..200 {
+        s.create_run(&new_run(&new_id()), 1).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = NodeId(format!("n{n}"));
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_runs(&node, 10, 60_000, 7).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|r| r.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every run claimed");
+    assert_eq!(unique.len(), 200, "no run claimed twice");
+}
+
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test]
+            async fn agents_are_versioned() {
+                super::agents_are_versioned(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn runs_are_created_once() {
+                super::runs_are_created_once(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn leases_give_a_run_to_one_node() {
+                super::leases_give_a_run_to_one_node(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn release_node_frees_its_runs() {
+                super::release_node_frees_its_runs(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn cancel_stops_unleased_runs_at_once() {
+                super::cancel_stops_unleased_runs_at_once(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn human_waits_are_resolved() {
+                super::human_waits_are_resolved(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn journal_appends_are_atomic_and_unique() {
+                super::journal_appends_are_atomic_and_unique(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn big_journal_batches_commit() {
+                super::big_journal_batches_commit(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn scratchpad_is_run_scoped() {
+                super::scratchpad_is_run_scoped(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn runs_filter() {
+                super::runs_filter(&*super::$backend().await.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_claims_never_share_a_run() {
+                let f = super::$backend().await;
+                super::concurrent_claims_never_share_a_run(f.store.clone()).await
+            }
+        }
+    };
+}
+
+conformance!(sqlite);
+conformance!(postgres);
+
+#[tokio::test]
+async fn postgres_tests_really_use_their_own_schema() {
+    let a = postgres().await;
+    let b = postgres().await;
+    a.store
+        .put_agents(&[agent("only-in-a", "{}")], 1)
+        .await
+        .unwrap();
+    assert!(b.store.list_agents().await.unwrap().is_empty());
+    assert_eq!(a.store.backend(), "postgres");
+}
+
+#[tokio::test]
+async fn bad_urls_are_explained() {
+    let e = open("mysql://x", &StoreConfig::default())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("postgres://"), "{e}");
+    let e = open("postgres://u:secret@127.0.0.1:1/x", &StoreConfig::default())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        !e.contains("secret"),
+        "passwords never appear in errors: {e}"
+    );
+}

@@ -1,0 +1,397 @@
+//! The REST API against the real binary, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+fn agent(name: &str, tools: &str, script: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [{tools}]\n{extra}  script:\n{script}"
+    )
+}
+
+async fn runs_complete_and_keep_their_version(b: Backend) {
+    let s = TestServer::start(b).await;
+    let v1 = agent("greeter", "echo", "    - {delayMs: 1500, toolCalls: [{name: echo, arguments: {said: \"{{input}}\"}}]}\n    - content: \"v1 says {{input}}\"\n", "");
+    let applied = s.apply(&v1).await;
+    assert_eq!(
+        applied["agents"][0],
+        json!({"name": "greeter", "version": 1, "changed": true})
+    );
+    let first = s.start_run("greeter", "hello").await;
+    // Re-applying the same spec changes nothing; a changed one is version 2.
+    assert_eq!(s.apply(&v1).await["agents"][0]["changed"], false);
+    let v2 = v1
+        .replace("v1 says", "v2 says")
+        .replace("delayMs: 1500", "delayMs: 0");
+    assert_eq!(s.apply(&v2).await["agents"][0]["version"], 2);
+    let second = s.start_run("greeter", "again").await;
+
+    let r1 = s.wait_run(&first).await;
+    assert_eq!(r1["state"], "succeeded", "{r1}");
+    assert_eq!(
+        r1["result"], "v1 says hello",
+        "a run keeps the version it started with"
+    );
+    assert_eq!(r1["agent_version"], 1);
+    let r2 = s.wait_run(&second).await;
+    assert_eq!(r2["result"], "v2 says again");
+
+    let j = s.journal(&first).await;
+    let shape: Vec<(i64, &str, &str)> = j
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["phase"].as_str().unwrap(),
+                e["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, "intent", "model"),
+            (0, "outcome", "model"),
+            (1, "intent", "tool"),
+            (1, "outcome", "tool"),
+            (2, "intent", "model"),
+            (2, "outcome", "model")
+        ]
+    );
+    assert_eq!(
+        j[1]["body"]["provider"], "scripted",
+        "scripted output is labelled"
+    );
+    assert_eq!(j[3]["body"]["ok"], json!({"said": "hello"}));
+    assert_eq!(j[3]["idempotency_key"], format!("{first}:1"));
+    assert!(j[1]["tokens_out"].as_i64().unwrap() > 0);
+
+    let (_, list) = s.get("/api/v1/runs?agent=greeter&state=succeeded").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 2);
+    let (_, a) = s.get("/api/v1/agents/greeter?version=1").await;
+    assert_eq!(a["spec"]["script"][1]["content"], "v1 says {{input}}");
+}
+both_backends!(
+    runs_complete_and_keep_their_version,
+    runs_complete_and_keep_their_version
+);
+
+async fn child_runs_are_spawned_and_awaited(b: Backend) {
+    let s = TestServer::start(b).await;
+    let child = agent(
+        "child",
+        "echo",
+        "    - content: \"child got {{input}}\"\n",
+        "",
+    );
+    let parent = agent("parent", "spawn_agent", "    - toolCalls: [{name: spawn_agent, arguments: {agent: child, input: \"from {{input}}\"}}]\n    - content: parent done\n", "");
+    s.apply(&format!("{child}\n---\n{parent}")).await;
+    let id = s.start_run("parent", "p1").await;
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let j = s.journal(&id).await;
+    let spawn = &j[3]["body"]["ok"];
+    assert_eq!(spawn["state"], "succeeded");
+    assert_eq!(spawn["result"], "child got from p1");
+    let (_, kids) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+    assert_eq!(kids["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(kids["runs"][0]["id"], spawn["run_id"]);
+    assert_eq!(kids["runs"][0]["parent_id"], id);
+}
+both_backends!(
+    child_runs_are_spawned_and_awaited,
+    child_runs_are_spawned_and_awaited
+);
+
+async fn cancel_takes_a_reason_and_reaches_children(b: Backend) {
+    let s = TestServer::start(b).await;
+    let slow = agent(
+        "slow",
+        "echo",
+        "    - {delayMs: 30000, content: never}\n",
+        "",
+    );
+    let boss = agent("boss", "spawn_agent", "    - toolCalls: [{name: spawn_agent, arguments: {agent: slow, input: x}}]\n    - content: never\n", "");
+    s.apply(&format!("{slow}\n---\n{boss}")).await;
+    let id = s.start_run("boss", "go").await;
+    // Wait for the child to exist.
+    let child = loop {
+        let (_, kids) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+        if let Some(k) = kids["runs"].as_array().unwrap().first() {
+            break k["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, body) = s
+        .post(&format!("/api/v1/runs/{id}/cancel"), json!({"reason": ""}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, _) = s
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            json!({"reason": "wrong input"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "cancelled");
+    assert_eq!(r["cancel_reason"], "wrong input");
+    let c = s.wait_run(&child).await;
+    assert_eq!(c["state"], "cancelled");
+    assert!(c["cancel_reason"].as_str().unwrap().contains("wrong input"));
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            json!({"reason": "again"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+}
+both_backends!(
+    cancel_takes_a_reason_and_reaches_children,
+    cancel_takes_a_reason_and_reaches_children
+);
+
+async fn expect_error(r: (u16, Value), status: u16, code: &str, mentions: &str) {
+    let (st, body) = r;
+    assert_eq!(st, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(mentions),
+        "{msg:?} should mention {mentions:?}"
+    );
+}
+
+async fn bad_input_is_rejected_and_nothing_is_half_written(b: Backend) {
+    let s = TestServer::start(b).await;
+    let good = agent("good", "echo", "    - content: ok\n", "");
+    let y = "application/yaml";
+    expect_error(
+        s.post_raw("/api/v1/agents", y, "kind: Agent\nspec: [unclosed")
+            .await,
+        400,
+        "invalid_manifest",
+        "malformed YAML",
+    )
+    .await;
+    expect_error(
+        s.post_raw(
+            "/api/v1/agents",
+            y,
+            good.replace("tools:", "colour: red\n  tools:"),
+        )
+        .await,
+        400,
+        "invalid_manifest",
+        "spec.colour: unknown field `colour`",
+    )
+    .await;
+    expect_error(
+        s.post_raw(
+            "/api/v1/agents",
+            y,
+            good.replace("tools:", "maxSteps: lots\n  tools:"),
+        )
+        .await,
+        400,
+        "invalid_manifest",
+        "spec.maxSteps",
+    )
+    .await;
+    expect_error(
+        s.post_raw("/api/v1/agents", y, good.replace("[echo]", "[rm_rf]"))
+            .await,
+        400,
+        "invalid_manifest",
+        "spec.tools[0]",
+    )
+    .await;
+    expect_error(
+        s.post_raw(
+            "/api/v1/agents",
+            y,
+            good.replace("model: scripted", "model: nowhere/gpt")
+                .replace("  script:\n    - content: ok\n", ""),
+        )
+        .await,
+        400,
+        "invalid_manifest",
+        "nowhere",
+    )
+    .await;
+    expect_error(
+        s.post_raw(
+            "/api/v1/agents",
+            y,
+            good.replace("name: good", "name: \"../etc\""),
+        )
+        .await,
+        400,
+        "invalid_manifest",
+        "metadata.name",
+    )
+    .await;
+    // Two documents, the second bad: neither is stored.
+    let two = format!(
+        "{good}\n---\n{}",
+        good.replace("name: good", "name: other")
+            .replace("maxSteps", "x")
+            .replace("tools:", "maxSteps: -1\n  tools:")
+    );
+    expect_error(
+        s.post_raw("/api/v1/agents", y, two).await,
+        400,
+        "invalid_manifest",
+        "document 2",
+    )
+    .await;
+    let (_, agents) = s.get("/api/v1/agents").await;
+    assert_eq!(
+        agents["agents"],
+        json!([]),
+        "a rejected apply stores nothing"
+    );
+    s.apply(&good).await;
+
+    expect_error(
+        s.post("/api/v1/runs", json!({"agent": "ghost", "input": "x"}))
+            .await,
+        404,
+        "not_found",
+        "ghost",
+    )
+    .await;
+    expect_error(
+        s.post("/api/v1/runs", json!({"agent": "good"})).await,
+        400,
+        "invalid_request",
+        "input",
+    )
+    .await;
+    expect_error(
+        s.post("/api/v1/runs", json!({"agent": "good", "input": 5}))
+            .await,
+        400,
+        "invalid_request",
+        "input",
+    )
+    .await;
+    expect_error(
+        s.post(
+            "/api/v1/runs",
+            json!({"agent": "good", "input": "x", "extra": 1}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "extra",
+    )
+    .await;
+    expect_error(
+        s.post_raw("/api/v1/runs", "application/json", "{\"agent\": ")
+            .await,
+        400,
+        "invalid_request",
+        "request body",
+    )
+    .await;
+    expect_error(
+        s.post(
+            "/api/v1/runs",
+            json!({"agent": "good", "input": "x".repeat(300 * 1024)}),
+        )
+        .await,
+        413,
+        "payload_too_large",
+        "max_input_bytes",
+    )
+    .await;
+    expect_error(
+        s.post(
+            "/api/v1/runs",
+            json!({"agent": "good", "input": "x".repeat(2 * 1024 * 1024)}),
+        )
+        .await,
+        413,
+        "payload_too_large",
+        "max_body_bytes",
+    )
+    .await;
+    expect_error(
+        s.get("/api/v1/runs/not-a-run").await,
+        400,
+        "invalid_id",
+        "run_",
+    )
+    .await;
+    expect_error(
+        s.get("/api/v1/runs/run_00000000000000000000000000000000")
+            .await,
+        404,
+        "not_found",
+        "run_0000",
+    )
+    .await;
+    expect_error(
+        s.get("/api/v1/runs/run_00000000000000000000000000000000/journal")
+            .await,
+        404,
+        "not_found",
+        "run_0000",
+    )
+    .await;
+    expect_error(
+        s.get("/api/v1/runs?state=sleepy").await,
+        400,
+        "invalid_request",
+        "sleepy",
+    )
+    .await;
+    expect_error(
+        s.get("/api/v1/runs?bogus=1").await,
+        400,
+        "invalid_request",
+        "bogus",
+    )
+    .await;
+    expect_error(s.get("/api/v1/nowhere").await, 404, "not_found", "openapi").await;
+    let (_, runs) = s.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"], json!([]), "no rejected request created a run");
+}
+both_backends!(
+    bad_input_is_rejected_and_nothing_is_half_written,
+    bad_input_is_rejected_and_nothing_is_half_written
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_openapi() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let (st, body) = s.get("/healthz").await;
+    assert_eq!((st, body), (200, Value::String("ok".into())));
+    let (st, ready) = s.get("/readyz").await;
+    assert_eq!(st, 200);
+    assert_eq!(ready["backend"], "sqlite");
+    let (st, doc) = s.get("/openapi.json").await;
+    assert_eq!(st, 200);
+    for p in [
+        "/api/v1/runs",
+        "/api/v1/runs/{id}/journal",
+        "/api/v1/agents",
+        "/api/v1/runs/{id}/cancel",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+    assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
+}

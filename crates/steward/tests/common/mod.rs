@@ -1,0 +1,311 @@
+//! Test support: start the real `steward` binary on port 0 with a fresh database (a new SQLite
+//! file, or a new PostgreSQL schema), restart it on the same database, kill it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestServer {
+    pub backend: Backend,
+    pub url: String,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+pub fn pg_base() -> String {
+    std::env::var("STEWARD_TEST_PG_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into())
+}
+
+/// A fresh database URL for `backend`.
+pub async fn fresh_db(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("steward.db").display()),
+        Backend::Postgres => {
+            let base = pg_base();
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(&base)
+                .await
+                .expect("PostgreSQL must be running (STEWARD_TEST_PG_URL)");
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}options=-c%20search_path%3D{schema}")
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = fresh_db(backend, dir.path()).await;
+        let mut s = TestServer {
+            backend,
+            url: String::new(),
+            db_url,
+            dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts the binary (again) on the same database and data dir.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &self.db_url,
+            "--data-dir",
+        ])
+        .arg(self.dir.path())
+        .env("STEWARD_TOOLS__HTTP__ALLOW_PRIVATE_NETWORKS", "true")
+        .env("STEWARD_ENGINE__POLL_MS", "50")
+        .env("STEWARD_ENGINE__LEASE_TTL_MS", "3000")
+        .env("STEWARD_ENGINE__HEARTBEAT_MS", "500")
+        .env("STEWARD_LOG", "info,sqlx=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("server.log"))
+                .unwrap(),
+        ));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn steward");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("listening on"),
+            "server did not start: {line:?}\n{}",
+            self.log()
+        );
+        self.url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn child_id(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn apply(&self, yaml: &str) -> Value {
+        let (status, body) = self
+            .post_raw("/api/v1/agents", "application/yaml", yaml.to_string())
+            .await;
+        assert_eq!(status, 200, "apply failed: {body}");
+        body
+    }
+
+    pub async fn start_run(&self, agent: &str, input: &str) -> String {
+        let (status, body) = self
+            .post("/api/v1/runs", json!({"agent": agent, "input": input}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the run is terminal (or waits for a human) and returns it.
+    pub async fn wait_run(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, r) = self.get(&format!("/api/v1/runs/{id}")).await;
+            let st = r["state"].as_str().unwrap_or("");
+            if matches!(st, "succeeded" | "failed" | "cancelled") || r["wait_kind"] == "human" {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} stuck in {st}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn journal(&self, id: &str) -> Vec<Value> {
+        let (status, j) = self
+            .get(&format!("/api/v1/runs/{id}/journal?limit=10000"))
+            .await;
+        assert_eq!(status, 200, "{j}");
+        j["entries"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTP server on loopback that counts requests per `Idempotency-Key`: the side effect
+/// tests assert was done once.
+pub struct Counter {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+}
+
+impl Counter {
+    pub async fn start() -> Self {
+        use axum::routing::any;
+        let hits: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>> =
+            Default::default();
+        let h = hits.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            any(
+                move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+                    let h = h.clone();
+                    async move {
+                        let key = headers
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("none")
+                            .to_string();
+                        *h.lock().unwrap().entry(key).or_insert(0) += 1;
+                        // `/slow/…` answers after 2 s: long enough to kill the server mid-request.
+                        if uri.path().starts_with("/slow") {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        "counted"
+                    }
+                },
+            ),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        Counter { url, hits }
+    }
+
+    pub fn count(&self, key: &str) -> u32 {
+        self.hits.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    pub fn total_for_run(&self, run: &str) -> u32 {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(run))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Runs an async test body once per backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+}
