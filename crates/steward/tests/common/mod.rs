@@ -309,3 +309,25 @@ macro_rules! both_backends {
         }
     };
 }
+
+impl TestServer {
+    /// The journal's (seq, phase) pairs read straight from the database (no server needed).
+    pub async fn journal_offline(&self, run: &str) -> Vec<(i64, i64)> {
+        let sql =
+            format!("SELECT seq, phase FROM journal WHERE run_id = '{run}' ORDER BY seq, phase");
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.db_url).await.unwrap();
+                let rows: Vec<(i64, i64)> = sqlx::query_as(&sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                rows
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.db_url).await.unwrap();
+                let rows: Vec<(i64, i64)> = sqlx::query_as(&sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                rows
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Recovery against the real binary: in-doubt steps under each policy, divergence, and a
+//! graceful SIGTERM — on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Counter, TestServer};
+use serde_json::json;
+
+fn http_agent(name: &str, method: &str, url: &str, recovery: &str) -> String {
+    format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [http_request]\n  recovery: {recovery}\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{method: {method}, url: \"{url}\"}}}}]\n    - content: done\n"
+    )
+}
+
+/// Waits until the counter has seen `key`, i.e. the request is in flight at the upstream.
+async fn until_hit(c: &Counter, key: &str) {
+    for _ in 0..400 {
+        if c.count(key) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the upstream never saw {key}");
+}
+
+async fn interrupted_post_waits_for_a_human_then_retries_with_the_same_key(b: Backend) {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(b).await;
+    s.apply(&http_agent(
+        "payer",
+        "POST",
+        &format!("{}/slow/pay", c.url),
+        "wait_for_human",
+    ))
+    .await;
+    let id = s.start_run("payer", "x").await;
+    let key = format!("{id}:1");
+    until_hit(&c, &key).await;
+    s.kill9(); // the POST reached the upstream; its outcome was never journaled
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(
+        (r["state"].as_str(), r["wait_kind"].as_str()),
+        (Some("waiting"), Some("human")),
+        "{r}"
+    );
+    assert_eq!(r["error"]["code"], "in_doubt");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.count(&key),
+        1,
+        "a non-idempotent step in doubt is not redone without a human"
+    );
+
+    let (st, body) = s
+        .post(
+            &format!("/api/v1/runs/{id}/resolve"),
+            json!({"action": "retry"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(
+        c.count(&key),
+        2,
+        "retried once, at a human's word, under the same idempotency key"
+    );
+    let (st, body) = s
+        .post(
+            &format!("/api/v1/runs/{id}/resolve"),
+            json!({"action": "retry"}),
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+}
+both_backends!(
+    interrupted_post_waits_for_a_human_then_retries_with_the_same_key,
+    interrupted_post_waits_for_a_human_then_retries_with_the_same_key
+);
+
+async fn interrupted_post_fails_the_run_under_policy_fail(b: Backend) {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(b).await;
+    s.apply(&http_agent(
+        "payer",
+        "POST",
+        &format!("{}/slow/pay", c.url),
+        "fail",
+    ))
+    .await;
+    let id = s.start_run("payer", "x").await;
+    until_hit(&c, &format!("{id}:1")).await;
+    s.kill9();
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["error"]["code"], "in_doubt");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("http_request"));
+    assert_eq!(c.count(&format!("{id}:1")), 1);
+}
+both_backends!(
+    interrupted_post_fails_the_run_under_policy_fail,
+    interrupted_post_fails_the_run_under_policy_fail
+);
+
+async fn interrupted_put_is_retried_automatically(b: Backend) {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(b).await;
+    s.apply(&http_agent(
+        "putter",
+        "PUT",
+        &format!("{}/slow/doc", c.url),
+        "fail",
+    ))
+    .await;
+    let id = s.start_run("putter", "x").await;
+    let key = format!("{id}:1");
+    until_hit(&c, &key).await;
+    s.kill9();
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(
+        r["state"], "succeeded",
+        "an idempotent step in doubt is retried: {r}"
+    );
+    assert_eq!(c.count(&key), 2, "same idempotency key on the retry");
+}
+both_backends!(
+    interrupted_put_is_retried_automatically,
+    interrupted_put_is_retried_automatically
+);
+
+async fn a_tampered_journal_is_reported_as_divergence(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: d}\nspec:\n  model: scripted\n  tools: [echo]\n  script:\n    - toolCalls: [{name: echo, arguments: {n: 1}}]\n    - {delayMs: 30000, content: late}\n",
+    )
+    .await;
+    let id = s.start_run("d", "x").await;
+    // Wait until the echo step is journaled and the slow model turn is under way.
+    loop {
+        if s.journal(&id).await.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill9();
+    let sql =
+        format!("UPDATE journal SET request_hash = 'tampered' WHERE run_id = '{id}' AND seq = 1");
+    match b {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&s.db_url).await.unwrap();
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&s.db_url).await.unwrap();
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "divergence");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("step 1"),
+        "{r}"
+    );
+}
+both_backends!(
+    a_tampered_journal_is_reported_as_divergence,
+    a_tampered_journal_is_reported_as_divergence
+);
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_step_in_flight_then_exits() {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(Backend::Sqlite).await;
+    s.apply(
+        &http_agent("getter", "GET", &format!("{}/slow/read", c.url), "fail").replace(
+            "    - content: done\n",
+            "    - {delayMs: 200, content: done}\n",
+        ),
+    )
+    .await;
+    let id = s.start_run("getter", "x").await;
+    let key = format!("{id}:1");
+    until_hit(&c, &key).await;
+    let mut child = s.take_child();
+    #[allow(unsafe_code)]
+    // SAFETY: sending a signal to a child process this test owns.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "graceful exit: {status:?}");
+    let j = s.journal_offline(&id).await;
+    assert!(
+        j.contains(&(1, 1)),
+        "the in-flight step finished and was journaled before exit: {j:?}"
+    );
+    assert!(
+        !j.contains(&(2, 0)),
+        "no new step started after SIGTERM: {j:?}"
+    );
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "succeeded");
+    assert_eq!(
+        c.count(&key),
+        1,
+        "the finished step is not redone after restart"
+    );
+}
