@@ -158,7 +158,10 @@ async fn leases_give_a_run_to_one_node(s: &dyn Store) {
         s.claim_runs(&n2, 1100, 500, 10).await.unwrap().is_empty(),
         "a live lease is exclusive"
     );
-    let held = s.renew_leases(&n1, &[id.clone()], 1400, 500).await.unwrap();
+    let held = s
+        .renew_leases(&n1, std::slice::from_ref(&id), 1400, 500)
+        .await
+        .unwrap();
     assert_eq!(held, vec![(id.clone(), None)]);
     assert!(
         s.claim_runs(&n2, 1600, 500, 10).await.unwrap().is_empty(),
@@ -167,7 +170,7 @@ async fn leases_give_a_run_to_one_node(s: &dyn Store) {
     let taken = s.claim_runs(&n2, 2000, 500, 10).await.unwrap();
     assert_eq!(taken.len(), 1, "an expired lease is taken over");
     assert!(
-        s.renew_leases(&n1, &[id.clone()], 2001, 500)
+        s.renew_leases(&n1, std::slice::from_ref(&id), 2001, 500)
             .await
             .unwrap()
             .is_empty(),
@@ -234,7 +237,7 @@ async fn cancel_stops_unleased_runs_at_once(s: &dyn Store) {
         "the owning node stops a leased run"
     );
     let held = s
-        .renew_leases(&n, &[leased.clone()], 6, 60_000)
+        .renew_leases(&n, std::slice::from_ref(&leased), 6, 60_000)
         .await
         .unwrap();
     assert_eq!(

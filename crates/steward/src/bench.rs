@@ -1,6 +1,162 @@
-//! Benchmarks run from the binary so they measure the real engine. See bench/README.md.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
-}
+//! `steward bench engine`: N concurrent runs × M steps with the scripted model and the no-op
+//! `echo` tool, on SQLite (fsync on: `synchronous=FULL`) and on PostgreSQL. Reports journaled
+//! steps per second and the per-step overhead the Kernel adds (its time minus the action's
+//! own). The last line printed is one JSON object. See bench/README.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use steward_engine::{Engine, EngineOptions, StepStats, SystemClock};
+use steward_llm::Providers;
+use steward_store::{NewAgent, NewRun, RunFilter, Store};
+use steward_tools::Tools;
+use steward_types::config::{EngineConfig, StoreConfig, ToolsConfig};
+use steward_types::{AgentName, NodeId, RunId, RunState};
+
 #[derive(clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Which benchmark: `engine`.
+    name: String,
+    /// Concurrent runs.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Tool calls per run; each run journals 2 × this + 1 steps (model turns and tool calls).
+    #[arg(long, default_value_t = 25)]
+    tool_calls: usize,
+    /// PostgreSQL to measure; a fresh schema is made for the run and dropped after.
+    #[arg(long, default_value = "postgres://127.0.0.1:5432/test")]
+    postgres_url: String,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.name != "engine" {
+        bail!("unknown benchmark {:?}; available: engine", args.name);
+    }
+    let dir = std::env::temp_dir().join(format!("steward-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let sqlite_url = format!("sqlite://{}", dir.join("bench.db").display());
+    eprintln!(
+        "engine: {} runs × {} steps, scripted model, echo tool",
+        args.runs,
+        2 * args.tool_calls + 1
+    );
+    let sqlite = measure("sqlite", &sqlite_url, &args).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let sqlite = sqlite?;
+
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&args.postgres_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await?;
+    let sep = if args.postgres_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let pg_url = format!(
+        "{}{sep}options=-c%20search_path%3D{schema}",
+        args.postgres_url
+    );
+    let postgres = measure("postgres", &pg_url, &args).await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await?;
+    let postgres = postgres?;
+
+    println!(
+        "{}",
+        json!({"bench": "engine", "runs": args.runs, "steps_per_run": 2 * args.tool_calls + 1, "sqlite": sqlite, "postgres": postgres})
+    );
+    Ok(())
+}
+
+fn spec(tool_calls: usize) -> Value {
+    let mut script: Vec<Value> = (0..tool_calls)
+        .map(|i| json!({"toolCalls": [{"name": "echo", "arguments": {"i": i}}]}))
+        .collect();
+    script.push(json!({"content": "done"}));
+    json!({
+        "model": "scripted", "systemPrompt": "", "tools": ["echo"], "maxSteps": tool_calls + 1,
+        "stepTimeout": "60000ms", "runTimeout": "3600000ms", "recovery": "fail", "script": script
+    })
+}
+
+async fn measure(backend: &str, url: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+    let store: Arc<dyn Store> = steward_store::open(url, &StoreConfig::default()).await?;
+    let name = AgentName::parse("bench").map_err(|e| anyhow::anyhow!(e.0))?;
+    let spec_json = spec(args.tool_calls).to_string();
+    let agent = NewAgent {
+        name: name.clone(),
+        spec_hash: spec_json.clone(),
+        spec_json,
+    };
+    let version = store.put_agents(&[agent], 0).await?[0].0.version;
+    for _ in 0..args.runs {
+        let run = NewRun {
+            id: RunId::from_uuid(uuid::Uuid::now_v7()),
+            agent: name.clone(),
+            agent_version: version,
+            parent_id: None,
+            input: "bench".into(),
+        };
+        store.create_run(&run, crate::client::now_ms()).await?;
+    }
+    let stats = Arc::new(StepStats::default());
+    let opts = EngineOptions {
+        cfg: EngineConfig {
+            poll_ms: 20,
+            ..EngineConfig::default()
+        },
+        node: NodeId(format!("bench-{backend}")),
+        group_commit_max_batch: StoreConfig::default().group_commit_max_batch,
+        providers: Providers::default(),
+        tools: Tools::builtin(&ToolsConfig::default())?,
+        clock: Arc::new(SystemClock),
+        stats: Some(stats.clone()),
+    };
+    let started = Instant::now();
+    let engine = Engine::start(store.clone(), opts).await?;
+    let filter = RunFilter {
+        state: Some(RunState::Succeeded),
+        limit: 10_000,
+        ..Default::default()
+    };
+    loop {
+        let done = store.list_runs(&filter).await?.len();
+        if done == args.runs {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "{backend}: only {done} of {} runs finished in 10 minutes",
+                args.runs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    engine.shutdown(Duration::from_secs(5)).await;
+    let mut samples = stats.take();
+    samples.sort_unstable();
+    let steps = args.runs * (2 * args.tool_calls + 1);
+    if samples.len() != steps {
+        bail!(
+            "{backend}: expected {steps} journaled steps, measured {}",
+            samples.len()
+        );
+    }
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    let out = json!({
+        "steps_per_s": (steps as f64 / elapsed).round(),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "wall_s": (elapsed * 1000.0).round() / 1000.0,
+    });
+    eprintln!("{backend}: {out}");
+    Ok(out)
+}
