@@ -395,3 +395,63 @@ async fn health_and_openapi() {
     }
     assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
 }
+
+async fn limits_end_runs_with_the_reason(b: Backend) {
+    let s = TestServer::start(b).await;
+    let slow_model = agent(
+        "slow-model",
+        "echo",
+        "    - {delayMs: 5000, content: late}\n",
+        "  stepTimeout: 200ms\n",
+    );
+    let slow_run = agent(
+        "slow-run",
+        "echo",
+        "    - {delayMs: 5000, content: late}\n",
+        "  runTimeout: 300ms\n",
+    );
+    let chatty = agent(
+        "chatty",
+        "echo",
+        "    - toolCalls: [{name: echo, arguments: {}}]\n    - toolCalls: [{name: echo, arguments: {}}]\n    - content: never\n",
+        "  maxSteps: 2\n",
+    );
+    let notes = agent(
+        "notes",
+        "scratchpad_set, scratchpad_get",
+        "    - toolCalls: [{name: scratchpad_set, arguments: {key: k, value: \"{{input}}\"}}]\n    - toolCalls: [{name: scratchpad_get, arguments: {key: k}}, {name: scratchpad_get, arguments: {key: missing}}]\n    - content: noted\n",
+        "",
+    );
+    s.apply(&[slow_model, slow_run, chatty, notes].join("\n---\n"))
+        .await;
+    let ids: Vec<String> = futures::future::join_all(
+        ["slow-model", "slow-run", "chatty", "notes"].map(|a| s.start_run(a, "remember me")),
+    )
+    .await;
+    let codes: Vec<Value> = futures::future::join_all(ids.iter().map(|id| s.wait_run(id))).await;
+    assert_eq!(codes[0]["error"]["code"], "step_timeout", "{}", codes[0]);
+    assert_eq!(codes[1]["error"]["code"], "run_timeout", "{}", codes[1]);
+    assert_eq!(
+        codes[2]["error"]["code"], "max_steps_exceeded",
+        "{}",
+        codes[2]
+    );
+    assert_eq!(codes[3]["state"], "succeeded", "{}", codes[3]);
+    let j = s.journal(&ids[3]).await;
+    let outcomes: Vec<&Value> = j
+        .iter()
+        .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .collect();
+    assert_eq!(
+        outcomes[1]["body"]["ok"],
+        json!({"key": "k", "value": "remember me"})
+    );
+    assert_eq!(
+        outcomes[2]["body"]["ok"],
+        json!({"key": "missing", "value": null})
+    );
+}
+both_backends!(
+    limits_end_runs_with_the_reason,
+    limits_end_runs_with_the_reason
+);

@@ -226,3 +226,41 @@ async fn sigterm_finishes_the_step_in_flight_then_exits() {
         "the finished step is not redone after restart"
     );
 }
+
+async fn a_parent_waiting_on_a_child_survives_a_crash(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    s.apply(concat!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: kid}\nspec:\n  model: scripted\n  script:\n    - {delayMs: 1500, content: \"kid did {{input}}\"}\n",
+        "---\n",
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: mom}\nspec:\n  model: scripted\n  tools: [spawn_agent]\n  recovery: fail\n  script:\n",
+        "    - toolCalls: [{name: spawn_agent, arguments: {agent: kid, input: chores}}]\n    - content: family done\n",
+    ))
+    .await;
+    let id = s.start_run("mom", "x").await;
+    loop {
+        let (_, r) = s.get(&format!("/api/v1/runs/{id}")).await;
+        if r["state"] == "waiting" && r["wait_kind"] == "child" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill9();
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let (_, kids) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+    let kids = kids["runs"].as_array().unwrap();
+    assert_eq!(kids.len(), 1, "the replayed spawn found the same child");
+    assert_eq!(kids[0]["result"], "kid did chores");
+    let spawn = s
+        .journal(&id)
+        .await
+        .into_iter()
+        .find(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .unwrap();
+    assert_eq!(spawn["body"]["ok"]["result"], "kid did chores");
+}
+both_backends!(
+    a_parent_waiting_on_a_child_survives_a_crash,
+    a_parent_waiting_on_a_child_survives_a_crash
+);
