@@ -14,10 +14,11 @@ pub(crate) enum LoopEnd {
 
 pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     let spec = ctx.spec.clone();
-    let (_, model) = match kernel.providers.resolve(&spec) {
+    let (provider, model) = match kernel.providers.resolve(&spec) {
         Ok(p) => p,
         Err(e) => return LoopEnd::Step(StepError::Model(e.to_string())),
     };
+    ctx.provider = Some(provider);
     let tools: Vec<ToolSpec> = spec
         .tools
         .iter()
@@ -31,20 +32,23 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
             }
         })
         .collect();
-    let mut messages = Vec::new();
+    let mut request = ChatRequest {
+        model,
+        messages: Vec::new(),
+        tools,
+        max_tokens: spec.max_tokens,
+    };
     if !spec.system_prompt.is_empty() {
-        messages.push(Message::text(Role::System, spec.system_prompt.clone()));
+        request
+            .messages
+            .push(Message::text(Role::System, spec.system_prompt.clone()));
     }
-    messages.push(Message::text(Role::User, ctx.run.input.clone()));
+    request
+        .messages
+        .push(Message::text(Role::User, ctx.run.input.clone()));
 
     for _ in 0..spec.max_steps {
-        let request = ChatRequest {
-            model: model.clone(),
-            messages: messages.clone(),
-            tools: tools.clone(),
-            max_tokens: spec.max_tokens,
-        };
-        let reply = match kernel.call(ctx, Action::Model { request }).await {
+        let reply = match kernel.call(ctx, Action::Model { request: &request }).await {
             Ok(Outcome::Model(r)) => r,
             Ok(Outcome::Tool(_)) => {
                 return LoopEnd::Step(StepError::Divergence(
@@ -53,22 +57,18 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
             }
             Err(e) => return LoopEnd::Step(e),
         };
-        messages.push(Message {
-            role: Role::Assistant,
-            content: reply.content.clone(),
-            tool_calls: reply.tool_calls.clone(),
-            tool_call_id: None,
-        });
         if reply.tool_calls.is_empty() {
             return LoopEnd::Answer(reply.content.unwrap_or_default());
         }
-        for call in reply.tool_calls {
+        let calls = reply.tool_calls;
+        let mut results = Vec::with_capacity(calls.len());
+        for call in &calls {
             let out = match kernel
                 .call(
                     ctx,
                     Action::Tool {
-                        name: call.name.clone(),
-                        args: call.arguments.clone(),
+                        name: &call.name,
+                        args: &call.arguments,
                     },
                 )
                 .await
@@ -86,8 +86,15 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
                 Ok(v) => v.to_string(),
                 Err(e) => format!("error: {e}"),
             };
-            messages.push(Message::tool_result(&call.id, text));
+            results.push(Message::tool_result(&call.id, text));
         }
+        request.messages.push(Message {
+            role: Role::Assistant,
+            content: reply.content,
+            tool_calls: calls,
+            tool_call_id: None,
+        });
+        request.messages.extend(results);
     }
     LoopEnd::MaxSteps(spec.max_steps)
 }

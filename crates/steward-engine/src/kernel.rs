@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use steward_llm::{ChatRequest, ChatResponse, Providers};
+use steward_llm::{ChatRequest, ChatResponse, Provider, Providers};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
 use steward_tools::{ToolContext, ToolHost, Tools};
 use steward_types::{AgentSpec, RecoveryPolicy};
@@ -25,11 +25,12 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 
-/// An effectful action a run asks the Kernel to perform.
-#[derive(Clone, Debug)]
-pub enum Action {
-    Model { request: ChatRequest },
-    Tool { name: String, args: Value },
+/// An effectful action a run asks the Kernel to perform. Borrowed: the loop keeps its
+/// conversation and the Kernel never needs a copy of it.
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    Model { request: &'a ChatRequest },
+    Tool { name: &'a str, args: &'a Value },
 }
 
 /// What an action produced, as journaled.
@@ -68,7 +69,11 @@ struct Recorded {
 pub struct RunCtx {
     pub run: RunRecord,
     pub spec: Arc<AgentSpec>,
+    /// The provider the agent's route selects, resolved once per run.
+    pub provider: Option<Arc<dyn Provider>>,
     next_seq: i64,
+    /// What earlier lives recorded, for replay. Steps taken in this life are not kept: the loop
+    /// never asks for the same position twice.
     journal: BTreeMap<i64, Recorded>,
 }
 
@@ -86,6 +91,7 @@ impl RunCtx {
         RunCtx {
             run,
             spec,
+            provider: None,
             next_seq: 0,
             journal,
         }
@@ -127,51 +133,54 @@ pub struct Kernel {
     pub(crate) stats: Option<Arc<StepStats>>,
 }
 
-fn request_of(action: &Action) -> (&'static str, String, Value) {
+fn kind_and_name<'a>(action: &Action<'a>) -> (&'static str, &'a str) {
     match action {
-        Action::Model { request } => (
-            "model",
-            request.model.clone(),
-            serde_json::to_value(request).unwrap_or(Value::Null),
-        ),
-        Action::Tool { name, args } => ("tool", name.clone(), args.clone()),
+        Action::Model { request } => ("model", request.model.as_str()),
+        Action::Tool { name, .. } => ("tool", name),
     }
 }
 
-fn hash(kind: &str, name: &str, req: &Value) -> String {
+/// The request's fingerprint, serialized straight into the hasher: no copy is made of a
+/// conversation that grows with every step.
+fn hash(action: &Action) -> String {
+    let (kind, name) = kind_and_name(action);
     let mut h = Sha256::new();
     h.update(kind.as_bytes());
     h.update([0]);
     h.update(name.as_bytes());
     h.update([0]);
-    h.update(req.to_string().as_bytes());
+    let written = match action {
+        Action::Model { request } => serde_json::to_writer(&mut h, request),
+        Action::Tool { args, .. } => serde_json::to_writer(&mut h, args),
+    };
+    if written.is_err() {
+        h.update(b"unserializable");
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Kernel {
-    pub async fn call(&self, ctx: &mut RunCtx, action: Action) -> Result<Outcome, StepError> {
+    pub async fn call(&self, ctx: &mut RunCtx, action: Action<'_>) -> Result<Outcome, StepError> {
         let seq = ctx.next_seq;
         ctx.next_seq += 1;
-        let (kind, name, request) = request_of(&action);
+        let (kind, name) = kind_and_name(&action);
         let span = tracing::info_span!("syscall", run_id = %ctx.run.id, seq, kind, name = %name);
-        self.call_inner(ctx, seq, kind, name, request, action)
-            .instrument(span)
-            .await
+        self.call_inner(ctx, seq, action).instrument(span).await
     }
 
     async fn call_inner(
         &self,
         ctx: &mut RunCtx,
         seq: i64,
-        kind: &'static str,
-        name: String,
-        request: Value,
-        action: Action,
+        action: Action<'_>,
     ) -> Result<Outcome, StepError> {
         let started = Instant::now();
-        let request_hash = hash(kind, &name, &request);
+        let (kind, name) = kind_and_name(&action);
+        let name = name.to_string();
+        let request_hash = hash(&action);
         let idempotency_key = format!("{}:{seq}", ctx.run.id);
-        let recorded = ctx.journal.get(&seq).cloned().unwrap_or_default();
+        // Taken, not cloned: this life never asks for the same position twice.
+        let recorded = ctx.journal.remove(&seq).unwrap_or_default();
 
         if let Some(intent) = &recorded.intent {
             if intent.request_hash != request_hash || intent.kind != kind {
@@ -217,10 +226,9 @@ impl Kernel {
                 duration_us: 0,
             };
             self.journal
-                .append(vec![intent.clone()])
+                .append(vec![intent])
                 .await
                 .map_err(|e| StepError::Store(e.to_string()))?;
-            ctx.journal.entry(seq).or_default().intent = Some(intent);
         }
 
         let act_started = Instant::now();
@@ -233,15 +241,17 @@ impl Kernel {
 
         let (body, ok, tokens_in, tokens_out) = match &result {
             Ok(Outcome::Model(r)) => (
-                serde_json::to_value(r).unwrap_or(Value::Null),
+                serde_json::to_string(r).unwrap_or_default(),
                 1,
                 r.usage.input_tokens as i64,
                 r.usage.output_tokens as i64,
             ),
-            Ok(Outcome::Tool(Ok(v))) => (json!({ "ok": v }), 1, 0, 0),
-            Ok(Outcome::Tool(Err(e))) => (json!({ "error": e }), 0, 0, 0),
-            Err(StepError::ModelTimeout(e)) => (json!({ "error": e, "timeout": true }), 0, 0, 0),
-            Err(e) => (json!({ "error": step_error_text(e) }), 0, 0, 0),
+            Ok(Outcome::Tool(Ok(v))) => (json!({ "ok": v }).to_string(), 1, 0, 0),
+            Ok(Outcome::Tool(Err(e))) => (json!({ "error": e }).to_string(), 0, 0, 0),
+            Err(StepError::ModelTimeout(e)) => {
+                (json!({ "error": e, "timeout": true }).to_string(), 0, 0, 0)
+            }
+            Err(e) => (json!({ "error": step_error_text(e) }).to_string(), 0, 0, 0),
         };
         let entry = JournalEntry {
             run_id: ctx.run.id.to_string(),
@@ -251,7 +261,7 @@ impl Kernel {
             name,
             request_hash,
             idempotency_key,
-            body: body.to_string(),
+            body,
             ok,
             tokens_in,
             tokens_out,
@@ -259,17 +269,16 @@ impl Kernel {
             duration_us: act_us,
         };
         self.journal
-            .append(vec![entry.clone()])
+            .append(vec![entry])
             .await
             .map_err(|e| StepError::Store(e.to_string()))?;
-        ctx.journal.entry(seq).or_default().outcome = Some(entry);
         if let Some(stats) = &self.stats {
             stats.record((started.elapsed().as_micros() as u64).saturating_sub(act_us as u64));
         }
         result
     }
 
-    fn idempotent(&self, action: &Action) -> bool {
+    fn idempotent(&self, action: &Action<'_>) -> bool {
         match action {
             // A model call has no effect beyond its cost; re-asking is safe.
             Action::Model { .. } => true,
@@ -282,20 +291,25 @@ impl Kernel {
         ctx: &RunCtx,
         seq: i64,
         key: &str,
-        action: Action,
+        action: Action<'_>,
     ) -> Result<Outcome, StepError> {
         let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
         match action {
             Action::Model { request } => {
-                let (provider, _) = self
-                    .providers
-                    .resolve(&ctx.spec)
-                    .map_err(|e| StepError::Model(e.to_string()))?;
+                let provider = match &ctx.provider {
+                    Some(p) => p.clone(),
+                    None => {
+                        self.providers
+                            .resolve(&ctx.spec)
+                            .map_err(|e| StepError::Model(e.to_string()))?
+                            .0
+                    }
+                };
                 let attempt = async {
                     let mut delay = Duration::from_millis(200);
                     let mut tries = 0;
                     loop {
-                        match provider.chat(&request).await {
+                        match provider.chat(request).await {
                             Ok(r) => return Ok(r),
                             Err(e) if e.is_transient() && tries < 2 => {
                                 tracing::warn!(error = %e, "model call failed; retrying");
@@ -318,12 +332,12 @@ impl Kernel {
             }
             Action::Tool { name, args } => {
                 // Authorize: an agent calls only the tools its spec lists.
-                if !ctx.spec.tools.iter().any(|t| t == &name) {
+                if !ctx.spec.tools.iter().any(|t| t == name) {
                     return Ok(Outcome::Tool(Err(format!(
                         "tool {name:?} is not available to this agent"
                     ))));
                 }
-                let Some(tool) = self.tools.get(&name) else {
+                let Some(tool) = self.tools.get(name) else {
                     return Ok(Outcome::Tool(Err(format!("no tool named {name:?} exists"))));
                 };
                 let tctx = ToolContext {
@@ -338,11 +352,11 @@ impl Kernel {
                     // Waiting on a child is abandoned on shutdown without an outcome: the spawn is
                     // idempotent, so the next life finds the same child and waits again.
                     tokio::select! {
-                        r = tool.call(&tctx, args) => r.map_err(|e| e.to_string()),
+                        r = tool.call(&tctx, args.clone()) => r.map_err(|e| e.to_string()),
                         _ = self.draining.cancelled() => return Err(StepError::Draining),
                     }
                 } else {
-                    match tokio::time::timeout(step_timeout, tool.call(&tctx, args)).await {
+                    match tokio::time::timeout(step_timeout, tool.call(&tctx, args.clone())).await {
                         Ok(r) => r.map_err(|e| e.to_string()),
                         Err(_) => Err(format!(
                             "the tool did not finish within stepTimeout ({} ms)",
@@ -357,7 +371,7 @@ impl Kernel {
 }
 
 /// What the journal keeps of a request: enough to read the timeline. The hash covers the whole.
-fn intent_body(action: &Action) -> Value {
+fn intent_body(action: &Action<'_>) -> Value {
     match action {
         Action::Model { request } => json!({
             "model": request.model,
@@ -365,7 +379,7 @@ fn intent_body(action: &Action) -> Value {
             "last": request.messages.last().and_then(|m| m.content.clone()),
             "tools": request.tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         }),
-        Action::Tool { args, .. } => args.clone(),
+        Action::Tool { args, .. } => (*args).clone(),
     }
 }
 
