@@ -71,6 +71,7 @@ pub struct RunCtx {
     pub spec: Arc<AgentSpec>,
     /// The provider the agent's route selects, resolved once per run.
     pub provider: Option<Arc<dyn Provider>>,
+    conversation: ConversationHash,
     next_seq: i64,
     /// What earlier lives recorded, for replay. Steps taken in this life are not kept: the loop
     /// never asks for the same position twice.
@@ -92,6 +93,7 @@ impl RunCtx {
             run,
             spec,
             provider: None,
+            conversation: ConversationHash::default(),
             next_seq: 0,
             journal,
         }
@@ -140,23 +142,53 @@ fn kind_and_name<'a>(action: &Action<'a>) -> (&'static str, &'a str) {
     }
 }
 
-/// The request's fingerprint, serialized straight into the hasher: no copy is made of a
-/// conversation that grows with every step.
-fn hash(action: &Action) -> String {
+/// The request's fingerprint, serialized straight into the hasher. A model request's
+/// conversation only grows, so its messages are hashed once each into a running state kept in
+/// the `RunCtx` (`conversation`): the cost of a step does not grow with the run's length.
+fn hash(action: &Action, conversation: &mut ConversationHash) -> String {
     let (kind, name) = kind_and_name(action);
-    let mut h = Sha256::new();
+    let mut h = match action {
+        Action::Model { request } => conversation.absorb(&request.messages),
+        Action::Tool { .. } => Sha256::new(),
+    };
     h.update(kind.as_bytes());
     h.update([0]);
     h.update(name.as_bytes());
     h.update([0]);
     let written = match action {
-        Action::Model { request } => serde_json::to_writer(&mut h, request),
+        Action::Model { request } => {
+            serde_json::to_writer(&mut h, &(&request.tools, request.max_tokens))
+        }
         Action::Tool { args, .. } => serde_json::to_writer(&mut h, args),
     };
     if written.is_err() {
         h.update(b"unserializable");
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running SHA-256 over the messages of a run's conversation.
+#[derive(Clone, Default)]
+pub(crate) struct ConversationHash {
+    state: Sha256,
+    absorbed: usize,
+}
+
+impl ConversationHash {
+    /// Absorbs the messages not seen yet and returns a hasher continuing from them.
+    fn absorb(&mut self, messages: &[steward_llm::Message]) -> Sha256 {
+        if messages.len() < self.absorbed {
+            *self = ConversationHash::default(); // a conversation that shrank: start over
+        }
+        for m in &messages[self.absorbed..] {
+            if serde_json::to_writer(&mut self.state, m).is_err() {
+                self.state.update(b"unserializable");
+            }
+            self.state.update([0x1e]);
+        }
+        self.absorbed = messages.len();
+        self.state.clone()
+    }
 }
 
 impl Kernel {
@@ -177,7 +209,7 @@ impl Kernel {
         let started = Instant::now();
         let (kind, name) = kind_and_name(&action);
         let name = name.to_string();
-        let request_hash = hash(&action);
+        let request_hash = hash(&action, &mut ctx.conversation);
         let idempotency_key = format!("{}:{seq}", ctx.run.id);
         // Taken, not cloned: this life never asks for the same position twice.
         let recorded = ctx.journal.remove(&seq).unwrap_or_default();
@@ -419,5 +451,84 @@ pub(crate) fn step_error_text(e: &StepError) -> String {
             policy.as_str()
         ),
         StepError::Draining => "the node is shutting down".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_llm::{Message, Role};
+
+    fn req(messages: &[Message]) -> ChatRequest {
+        ChatRequest {
+            model: "m".into(),
+            messages: messages.to_vec(),
+            tools: vec![],
+            max_tokens: None,
+        }
+    }
+
+    #[test]
+    fn a_conversation_hashed_step_by_step_matches_one_hashed_at_once() {
+        let msgs = [
+            Message::text(Role::User, "a"),
+            Message::text(Role::Assistant, "b"),
+            Message::text(Role::User, "c"),
+        ];
+        let mut live = ConversationHash::default();
+        let _ = hash(
+            &Action::Model {
+                request: &req(&msgs[..2]),
+            },
+            &mut live,
+        );
+        let stepwise = hash(
+            &Action::Model {
+                request: &req(&msgs),
+            },
+            &mut live,
+        );
+        let replayed = hash(
+            &Action::Model {
+                request: &req(&msgs),
+            },
+            &mut ConversationHash::default(),
+        );
+        assert_eq!(
+            stepwise, replayed,
+            "a replay from scratch computes the same hashes"
+        );
+        let other = [
+            Message::text(Role::User, "a"),
+            Message::text(Role::Assistant, "B"),
+            Message::text(Role::User, "c"),
+        ];
+        assert_ne!(
+            stepwise,
+            hash(
+                &Action::Model {
+                    request: &req(&other)
+                },
+                &mut ConversationHash::default()
+            )
+        );
+        let args = serde_json::json!({"x": 1});
+        let tool = hash(
+            &Action::Tool {
+                name: "echo",
+                args: &args,
+            },
+            &mut live,
+        );
+        assert_ne!(
+            tool,
+            hash(
+                &Action::Tool {
+                    name: "echo2",
+                    args: &args
+                },
+                &mut live
+            )
+        );
     }
 }

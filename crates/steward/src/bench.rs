@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use steward_engine::{Engine, EngineOptions, StepStats, SystemClock};
 use steward_llm::Providers;
-use steward_store::{NewAgent, NewRun, RunFilter, Store};
+use steward_store::{NewAgent, NewRun, Store};
 use steward_tools::Tools;
 use steward_types::config::{EngineConfig, StoreConfig, ToolsConfig};
 use steward_types::{AgentName, NodeId, RunId, RunState};
@@ -126,6 +126,7 @@ async fn drive(
         spec_json,
     };
     let version = store.put_agents(&[agent], 0).await?[0].0.version;
+    let mut ids = Vec::with_capacity(runs);
     for _ in 0..runs {
         let run = NewRun {
             id: RunId::from_uuid(uuid::Uuid::now_v7()),
@@ -135,6 +136,7 @@ async fn drive(
             input: "bench".into(),
         };
         store.create_run(&run, crate::client::now_ms()).await?;
+        ids.push(run.id);
     }
     let stats = Arc::new(StepStats::default());
     let opts = EngineOptions {
@@ -151,21 +153,30 @@ async fn drive(
     };
     let started = Instant::now();
     let engine = Engine::start(store.clone(), opts).await?;
-    let filter = RunFilter {
-        state: Some(RunState::Succeeded),
-        agent: Some(name.to_string()),
-        limit: 10_000,
-        ..Default::default()
-    };
-    loop {
-        let done = store.list_runs(&filter).await?.len();
-        if done == runs {
-            break;
+    // Wait on one unfinished run at a time: polling a single row keeps the measuring itself
+    // from loading the store.
+    let mut pending = ids.iter();
+    let mut current = pending.next();
+    while let Some(id) = current {
+        let run = store
+            .get_run(id)
+            .await?
+            .context("a benchmark run vanished")?;
+        if run.state == RunState::Succeeded {
+            current = pending.next();
+            continue;
+        }
+        if run.state.is_terminal() {
+            bail!(
+                "{backend}: run {id} ended {}: {:?}",
+                run.state,
+                run.error_message
+            );
         }
         if started.elapsed() > Duration::from_secs(600) {
-            bail!("{backend}: only {done} of {runs} runs finished in 10 minutes");
+            bail!("{backend}: runs did not finish in 10 minutes");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     engine.shutdown(Duration::from_secs(5)).await;
