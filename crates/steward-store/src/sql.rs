@@ -355,28 +355,37 @@ macro_rules! impl_store {
                 if entries.is_empty() {
                     return Ok(());
                 }
-                let mut tx = self.write.begin().await?;
-                for chunk in entries.chunks(JOURNAL_CHUNK) {
+                fn insert<'a>(chunk: &'a [JournalEntry]) -> sqlx::QueryBuilder<'a, $db> {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO journal (run_id, seq, phase, kind, name, request_hash, idempotency_key, \
                          body, ok, tokens_in, tokens_out, at, duration_us) ",
                     );
                     qb.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.run_id.clone())
+                        b.push_bind(e.run_id.as_str())
                             .push_bind(e.seq)
                             .push_bind(e.phase)
-                            .push_bind(e.kind.clone())
-                            .push_bind(e.name.clone())
-                            .push_bind(e.request_hash.clone())
-                            .push_bind(e.idempotency_key.clone())
-                            .push_bind(e.body.clone())
+                            .push_bind(e.kind.as_str())
+                            .push_bind(e.name.as_str())
+                            .push_bind(e.request_hash.as_str())
+                            .push_bind(e.idempotency_key.as_str())
+                            .push_bind(e.body.as_str())
                             .push_bind(e.ok)
                             .push_bind(e.tokens_in)
                             .push_bind(e.tokens_out)
                             .push_bind(e.at)
                             .push_bind(e.duration_us);
                     });
-                    qb.build().execute(&mut *tx).await?;
+                    qb
+                }
+                // One statement is atomic on its own: no BEGIN/COMMIT round trips for the
+                // common case of a batch that fits in one INSERT.
+                if entries.len() <= JOURNAL_CHUNK {
+                    insert(entries).build().execute(&self.write).await?;
+                    return Ok(());
+                }
+                let mut tx = self.write.begin().await?;
+                for chunk in entries.chunks(JOURNAL_CHUNK) {
+                    insert(chunk).build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
