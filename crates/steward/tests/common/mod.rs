@@ -331,3 +331,23 @@ impl TestServer {
         }
     }
 }
+
+impl TestServer {
+    /// A second node on the same database (its own data dir, so its own node id).
+    pub fn join(other: &TestServer) -> Self {
+        let mut s = TestServer {
+            backend: other.backend,
+            url: String::new(),
+            db_url: other.db_url.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            env: other.env.clone(),
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        s.spawn();
+        s
+    }
+}
