@@ -1,6 +1,8 @@
 //! The SQLite and PostgreSQL implementations. Both dialects accept the same SQL for almost
 //! everything here (`$N` placeholders, `ON CONFLICT`, `RETURNING`), so one macro writes both
-//! and the few differences are passed in.
+//! and the few differences are passed in. The schema is portable too (TEXT and BIGINT only),
+//! so both run the migrations in `migrations/`; a backend gets a directory of its own the day
+//! its schema must differ.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,7 +56,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        sqlx::migrate!("./migrations").run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(cfg.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
@@ -73,7 +75,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(PgStore {
             read: pool.clone(),
             write: pool,

@@ -57,15 +57,35 @@ impl TestServer {
     pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db_url = fresh_db(backend, dir.path()).await;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawned(backend, db_url, dir, env)
+    }
+
+    /// A second node on the same database (its own data dir, so its own node id).
+    pub fn join(other: &TestServer) -> Self {
+        Self::spawned(
+            other.backend,
+            other.db_url.clone(),
+            tempfile::tempdir().unwrap(),
+            other.env.clone(),
+        )
+    }
+
+    fn spawned(
+        backend: Backend,
+        db_url: String,
+        dir: tempfile::TempDir,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let mut s = TestServer {
             backend,
             url: String::new(),
             db_url,
             dir,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -329,25 +349,5 @@ impl TestServer {
                 rows
             }
         }
-    }
-}
-
-impl TestServer {
-    /// A second node on the same database (its own data dir, so its own node id).
-    pub fn join(other: &TestServer) -> Self {
-        let mut s = TestServer {
-            backend: other.backend,
-            url: String::new(),
-            db_url: other.db_url.clone(),
-            dir: tempfile::tempdir().unwrap(),
-            env: other.env.clone(),
-            child: None,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        };
-        s.spawn();
-        s
     }
 }
