@@ -6,10 +6,17 @@ mod extract;
 mod routes;
 pub mod wire;
 
-use axum::extract::DefaultBodyLimit;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use error::ApiError;
 use steward_engine::Engine;
+use steward_types::config::ServerConfig;
+use steward_types::ErrorCode;
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -49,8 +56,20 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
+/// Bounds every request, reading its body included, so a stalled client cannot hold a handler.
+async fn deadline(State(ms): State<u64>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(Duration::from_millis(ms), next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            ErrorCode::Timeout,
+            format!("the request did not complete within {ms} ms (server.request_timeout_ms)"),
+        )
+        .into_response(),
+    }
+}
+
 /// The whole application.
-pub fn router(engine: Engine, max_body_bytes: usize) -> Router {
+pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
     let api = Router::new()
         .route("/agents", post(routes::apply).get(routes::list_agents))
         .route("/agents/{name}", get(routes::get_agent))
@@ -65,6 +84,10 @@ pub fn router(engine: Engine, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .nest("/api/v1", api)
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            cfg.request_timeout_ms,
+            deadline,
+        ))
         .with_state(engine)
 }

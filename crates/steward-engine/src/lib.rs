@@ -110,6 +110,17 @@ impl Engine {
                 tracker: TaskTracker::new(),
             }),
         };
+        if let Some(mut wakeups) = engine.inner.shared.store.wakeups().await? {
+            let shared = engine.inner.shared.clone();
+            tokio::spawn(async move {
+                while let Some(what) = wakeups.recv().await {
+                    if what == steward_store::WAKE_DONE {
+                        shared.finished.notify_waiters();
+                    }
+                    shared.wake.notify_one();
+                }
+            });
+        }
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)

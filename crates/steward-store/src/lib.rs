@@ -110,6 +110,9 @@ pub trait ScratchpadStore: Send + Sync {
 #[async_trait]
 pub trait Store: AgentStore + RunStore + JournalStore + ScratchpadStore {
     fn backend(&self) -> &'static str;
+    /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend
+    /// can announce them (PostgreSQL `LISTEN/NOTIFY`); `None` for a single-process store.
+    async fn wakeups(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
     async fn ping(&self) -> Result<()>;
 }
 

@@ -137,6 +137,10 @@ impl RunUpdate {
     }
 }
 
+/// Wake-up payloads: a run became claimable, or a run ended.
+pub const WAKE_RUN: &str = "run";
+pub const WAKE_DONE: &str = "done";
+
 pub const PHASE_INTENT: i64 = 0;
 pub const PHASE_OUTCOME: i64 = 1;
 

@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use steward_types::config::StoreConfig;
 use steward_types::{AgentName, Millis, NodeId, RunId};
+use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{AgentStore, Error, JournalStore, Result, RunStore, ScratchpadStore, Store};
@@ -184,6 +185,9 @@ macro_rules! impl_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                if inserted == 1 {
+                    self.wake(WAKE_RUN).await;
+                }
                 Ok((row.try_into()?, inserted == 1))
             }
 
@@ -282,6 +286,9 @@ macro_rules! impl_store {
                     .execute(&self.write)
                     .await?
                     .rows_affected();
+                if n == 1 && u.state.is_terminal() {
+                    self.wake(WAKE_DONE).await;
+                }
                 Ok(n == 1)
             }
 
@@ -346,7 +353,10 @@ macro_rules! impl_store {
                         "run {} is {}, not waiting for a human",
                         r.id, r.state
                     ))),
-                    Some(r) => Ok(Some(r.try_into()?)),
+                    Some(r) => {
+                        self.wake(WAKE_RUN).await;
+                        Ok(Some(r.try_into()?))
+                    }
                 }
             }
         }
@@ -438,12 +448,68 @@ macro_rules! impl_store {
             fn backend(&self) -> &'static str {
                 $backend
             }
+            async fn wakeups(&self) -> Result<Option<mpsc::Receiver<String>>> {
+                self.listen().await
+            }
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
             }
         }
     };
+}
+
+/// The channel other nodes' changes are announced on (PostgreSQL `NOTIFY`).
+const WAKE_CHANNEL: &str = "steward_wake";
+
+impl SqliteStore {
+    /// One process owns a SQLite file: its engine is woken in-process, nobody else to tell.
+    async fn wake(&self, _what: &str) {}
+
+    async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {
+        Ok(None)
+    }
+}
+
+impl PgStore {
+    /// Tells every node listening that a run was queued (`run`) or ended (`done`). Best effort:
+    /// nodes also poll, so a lost notification only costs latency.
+    async fn wake(&self, what: &str) {
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(what)
+            .execute(&self.write)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "NOTIFY failed; other nodes will find the change by polling");
+        }
+    }
+
+    async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.read).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        // A full channel means wake-ups are pending anyway: drop this one.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(n.payload().to_string())
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // PgListener reconnects on the next recv; meanwhile nodes poll.
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, backend = "sqlite", lock = "");

@@ -10,6 +10,7 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 struct Fresh {
     store: Arc<dyn Store>,
+    url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -18,6 +19,7 @@ async fn sqlite() -> Fresh {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     Fresh {
         store: open(&url, &StoreConfig::default()).await.unwrap(),
+        url,
         _dir: Some(dir),
     }
 }
@@ -39,6 +41,7 @@ async fn postgres() -> Fresh {
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     Fresh {
         store: open(&url, &StoreConfig::default()).await.unwrap(),
+        url,
         _dir: None,
     }
 }
@@ -482,4 +485,33 @@ async fn bad_urls_are_explained() {
         !e.contains("secret"),
         "passwords never appear in errors: {e}"
     );
+}
+
+#[tokio::test]
+async fn postgres_announces_queued_and_ended_runs_to_other_nodes() {
+    let a = postgres().await;
+    let b = open(&a.url, &StoreConfig::default()).await.unwrap();
+    let mut wakeups = b.wakeups().await.unwrap().expect("PostgreSQL listens");
+    with_agent(&*a.store).await;
+    let id = new_id();
+    a.store.create_run(&new_run(&id), 1).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), wakeups.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(WAKE_RUN));
+    let n = NodeId("n".into());
+    a.store.claim_runs(&n, 2, 60_000, 1).await.unwrap();
+    a.store
+        .update_run(&id, &n, &RunUpdate::state(RunState::Succeeded), 3)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), wakeups.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(WAKE_DONE));
+}
+
+#[tokio::test]
+async fn sqlite_has_nobody_to_announce_to() {
+    assert!(sqlite().await.store.wakeups().await.unwrap().is_none());
 }

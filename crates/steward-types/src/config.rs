@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for in-flight steps before exiting anyway.
     pub shutdown_grace_ms: u64,
+    /// Bound on one API request, body included: a client that stalls is cut off.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(".steward"),
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            request_timeout_ms: 30_000,
         }
     }
 }

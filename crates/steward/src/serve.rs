@@ -124,7 +124,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!(%addr, data_dir = %cfg.server.data_dir.display(), "serving");
 
-    let app = steward_api::router(engine.clone(), cfg.server.max_body_bytes);
+    let app = steward_api::router(engine.clone(), &cfg.server);
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     let engine2 = engine.clone();
     axum::serve(listener, app)

@@ -264,3 +264,34 @@ both_backends!(
     a_parent_waiting_on_a_child_survives_a_crash,
     a_parent_waiting_on_a_child_survives_a_crash
 );
+
+async fn interrupted_post_is_redone_under_policy_retry(b: Backend) {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(b).await;
+    s.apply(&http_agent(
+        "eager",
+        "POST",
+        &format!("{}/slow/notify", c.url),
+        "retry",
+    ))
+    .await;
+    let id = s.start_run("eager", "x").await;
+    let key = format!("{id}:1");
+    until_hit(&c, &key).await;
+    s.kill9();
+    s.spawn();
+    let r = s.wait_run(&id).await;
+    assert_eq!(
+        r["state"], "succeeded",
+        "the agent's policy says act again: {r}"
+    );
+    assert_eq!(
+        c.count(&key),
+        2,
+        "redone once, under the same idempotency key"
+    );
+}
+both_backends!(
+    interrupted_post_is_redone_under_policy_retry,
+    interrupted_post_is_redone_under_policy_retry
+);

@@ -1,0 +1,88 @@
+//! Router tests with `oneshot`: the application in-process, no socket, a real SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use steward_engine::{Engine, EngineOptions, SystemClock};
+use steward_types::config::{EngineConfig, ServerConfig, StoreConfig, ToolsConfig};
+use steward_types::NodeId;
+use tower::ServiceExt;
+
+async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = steward_store::open(&url, &StoreConfig::default())
+        .await
+        .unwrap();
+    let engine = Engine::start(
+        store,
+        EngineOptions {
+            cfg: EngineConfig::default(),
+            node: NodeId("test".into()),
+            group_commit_max_batch: 64,
+            providers: steward_llm::Providers::default(),
+            tools: steward_tools::Tools::builtin(&ToolsConfig::default()).unwrap(),
+            clock: Arc::new(SystemClock),
+            stats: None,
+        },
+    )
+    .await
+    .unwrap();
+    (steward_api::router(engine, &cfg), dir)
+}
+
+async fn body_json(resp: axum::response::Response) -> Value {
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn errors_have_the_stable_shape() {
+    let (app, _dir) = app(ServerConfig::default()).await;
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/runs")
+                .header("content-type", "application/json")
+                .body(Body::from("{"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v = body_json(resp).await;
+    assert_eq!(v["error"]["code"], "invalid_request");
+    let resp = app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_json(resp).await["backend"], "sqlite");
+}
+
+#[tokio::test]
+async fn a_stalled_request_is_cut_off() {
+    let cfg = ServerConfig {
+        request_timeout_ms: 200,
+        ..ServerConfig::default()
+    };
+    let (app, _dir) = app(cfg).await;
+    // A body that never finishes arriving.
+    let stalled = Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+    let resp = app
+        .oneshot(Request::post("/api/v1/agents").body(stalled).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    let v = body_json(resp).await;
+    assert_eq!(v["error"]["code"], "timeout");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("request_timeout_ms"));
+}
