@@ -98,11 +98,6 @@ impl RunCtx {
             journal,
         }
     }
-
-    /// Steps taken so far in this life (replayed ones included).
-    pub fn steps(&self) -> i64 {
-        self.next_seq
-    }
 }
 
 /// Per-step overhead samples (Kernel time minus the action's own time), in microseconds.

@@ -332,10 +332,6 @@ impl Engine {
             .map_err(|e| Error::Unavailable(format!("store: {e}")))
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.is_cancelled()
-    }
-
     /// Stops taking work, lets in-flight steps finish and journal (up to `grace`), then hands
     /// this node's runs back so a restart or another node resumes them at once.
     pub async fn shutdown(&self, grace: Duration) {

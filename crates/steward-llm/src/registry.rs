@@ -46,10 +46,6 @@ impl Providers {
         Ok(Providers { by_name })
     }
 
-    pub fn insert(&mut self, name: &str, p: Arc<dyn Provider>) {
-        self.by_name.insert(name.to_string(), p);
-    }
-
     /// Checks that an agent's route names a provider that exists.
     pub fn check_route(&self, spec: &AgentSpec) -> Result<()> {
         self.resolve(spec).map(|_| ())

@@ -8,7 +8,7 @@ mod model;
 mod sql;
 
 use async_trait::async_trait;
-use steward_types::{AgentName, Millis, NodeId, RunId, RunState};
+use steward_types::{AgentName, Millis, NodeId, RunId};
 
 pub use error::{Error, Result};
 pub use group_commit::JournalWriter;
@@ -139,14 +139,5 @@ pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
         _ => url.to_string(),
-    }
-}
-
-/// Whether a state is one a node executes (vs. one that waits for a person or has ended).
-pub fn needs_node(state: RunState, wait_kind: Option<&str>) -> bool {
-    match state {
-        RunState::Queued | RunState::Running => true,
-        RunState::Waiting => wait_kind == Some(WAIT_CHILD),
-        _ => false,
     }
 }
