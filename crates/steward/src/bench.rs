@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// PostgreSQL to measure; a fresh schema is made for the run and dropped after.
     #[arg(long, default_value = "postgres://127.0.0.1:5432/test")]
     postgres_url: String,
+    /// SQLite `synchronous`: `full` (the target's setting) or `normal`, to see what fsync costs.
+    #[arg(long, default_value = "full")]
+    sqlite_synchronous: String,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -89,7 +92,11 @@ fn spec(tool_calls: usize) -> Value {
 }
 
 async fn measure(backend: &str, url: &str, args: &BenchArgs) -> anyhow::Result<Value> {
-    let store: Arc<dyn Store> = steward_store::open(url, &StoreConfig::default()).await?;
+    let cfg = StoreConfig {
+        sqlite_synchronous: args.sqlite_synchronous.clone(),
+        ..StoreConfig::default()
+    };
+    let store: Arc<dyn Store> = steward_store::open(url, &cfg).await?;
     let idle = drive(backend, &store, 1, args.tool_calls.max(50)).await?;
     let loaded = drive(backend, &store, args.runs, args.tool_calls).await?;
     let out = json!({
