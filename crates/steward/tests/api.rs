@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Backend, TestServer};
 use serde_json::{json, Value};
 
@@ -120,13 +118,15 @@ async fn cancel_takes_a_reason_and_reaches_children(b: Backend) {
     s.apply(&format!("{slow}\n---\n{boss}")).await;
     let id = s.start_run("boss", "go").await;
     // Wait for the child to exist.
-    let child = loop {
+    let child = common::eventually("the child run", || async {
         let (_, kids) = s.get(&format!("/api/v1/runs?parent={id}")).await;
-        if let Some(k) = kids["runs"].as_array().unwrap().first() {
-            break k["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        kids["runs"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+    })
+    .await;
     let (status, body) = s
         .post(&format!("/api/v1/runs/{id}/cancel"), json!({"reason": ""}))
         .await;

@@ -17,13 +17,10 @@ fn http_agent(name: &str, method: &str, url: &str, recovery: &str) -> String {
 
 /// Waits until the counter has seen `key`, i.e. the request is in flight at the upstream.
 async fn until_hit(c: &Counter, key: &str) {
-    for _ in 0..400 {
-        if c.count(key) > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the upstream never saw {key}");
+    common::eventually(&format!("the upstream to see {key}"), || async {
+        (c.count(key) > 0).then_some(())
+    })
+    .await;
 }
 
 async fn interrupted_post_waits_for_a_human_then_retries_with_the_same_key(b: Backend) {
@@ -148,12 +145,10 @@ async fn a_tampered_journal_is_reported_as_divergence(b: Backend) {
     .await;
     let id = s.start_run("d", "x").await;
     // Wait until the echo step is journaled and the slow model turn is under way.
-    loop {
-        if s.journal(&id).await.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the echo step's outcome", || async {
+        (s.journal(&id).await.len() >= 5).then_some(())
+    })
+    .await;
     s.kill9();
     let sql =
         format!("UPDATE journal SET request_hash = 'tampered' WHERE run_id = '{id}' AND seq = 1");
@@ -237,13 +232,11 @@ async fn a_parent_waiting_on_a_child_survives_a_crash(b: Backend) {
     ))
     .await;
     let id = s.start_run("mom", "x").await;
-    loop {
+    common::eventually("the parent waiting on its child", || async {
         let (_, r) = s.get(&format!("/api/v1/runs/{id}")).await;
-        if r["state"] == "waiting" && r["wait_kind"] == "child" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (r["state"] == "waiting" && r["wait_kind"] == "child").then_some(())
+    })
+    .await;
     s.kill9();
     s.spawn();
     let r = s.wait_run(&id).await;
