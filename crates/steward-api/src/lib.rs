@@ -2,6 +2,7 @@
 //! Only this crate knows HTTP and JSON wire shapes.
 
 pub mod error;
+mod events;
 mod extract;
 mod routes;
 pub mod wire;
@@ -32,6 +33,7 @@ use utoipa::OpenApi;
         routes::list_runs,
         routes::get_run,
         routes::journal,
+        events::run_events,
         routes::cancel_run,
         routes::resolve_run
     ),
@@ -76,6 +78,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs", post(routes::create_run).get(routes::list_runs))
         .route("/runs/{id}", get(routes::get_run))
         .route("/runs/{id}/journal", get(routes::journal))
+        .route("/runs/{id}/events", get(events::run_events))
         .route("/runs/{id}/cancel", post(routes::cancel_run))
         .route("/runs/{id}/resolve", post(routes::resolve_run));
     Router::new()

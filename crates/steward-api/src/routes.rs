@@ -125,7 +125,7 @@ pub async fn list_runs(
     }))
 }
 
-fn check_id(id: &str) -> ApiResult<()> {
+pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     RunId::parse(id)
         .map(|_| ())
         .map_err(|e| ApiError::new(ErrorCode::InvalidId, e.0))

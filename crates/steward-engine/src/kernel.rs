@@ -128,6 +128,8 @@ pub struct Kernel {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) draining: CancellationToken,
     pub(crate) stats: Option<Arc<StepStats>>,
+    /// Signalled after every journal append, for live followers of runs on this node.
+    pub(crate) journal_tick: Arc<tokio::sync::Notify>,
 }
 
 fn kind_and_name<'a>(action: &Action<'a>) -> (&'static str, &'a str) {
@@ -256,6 +258,7 @@ impl Kernel {
                 .append(vec![intent])
                 .await
                 .map_err(|e| StepError::Store(e.to_string()))?;
+            self.journal_tick.notify_waiters();
         }
 
         let act_started = Instant::now();
@@ -299,6 +302,7 @@ impl Kernel {
             .append(vec![entry])
             .await
             .map_err(|e| StepError::Store(e.to_string()))?;
+        self.journal_tick.notify_waiters();
         if let Some(stats) = &self.stats {
             stats.record((started.elapsed().as_micros() as u64).saturating_sub(act_us as u64));
         }

@@ -99,6 +99,7 @@ impl Engine {
             clock: opts.clock,
             draining: draining.clone(),
             stats: opts.stats,
+            journal_tick: Arc::new(tokio::sync::Notify::new()),
         };
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -348,6 +349,13 @@ impl Engine {
         if let Err(e) = self.store().release_node(self.node()).await {
             tracing::warn!(error = %e, "could not release leases; they expire on their own");
         }
+    }
+
+    /// Signalled after every journal append on this node. Followers take a `notified()` before
+    /// reading the journal, then wait on it with a bound: runs on other nodes are only seen by
+    /// reading again.
+    pub fn journal_tick(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.kernel.journal_tick.clone()
     }
 
     /// How many runs this node is driving now.

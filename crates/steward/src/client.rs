@@ -1,6 +1,5 @@
 //! The CLI verbs: each is an HTTP call (or a few) to a Steward server, and nothing else.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,6 +23,9 @@ pub enum ResolveWhat {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// For event streams: no bound on the whole response, only on silence between chunks
+    /// (the server sends keep-alives).
+    stream: reqwest::Client,
 }
 
 impl Client {
@@ -32,9 +34,14 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()?;
+        let stream = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(60))
+            .build()?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
+            stream,
         })
     }
 
@@ -160,36 +167,59 @@ impl Client {
         Ok(())
     }
 
-    /// Prints journal entries as they appear until the run ends (or waits for a human).
+    /// Prints journal entries as they appear (the run's event stream) until the run ends or
+    /// waits for a human.
     pub async fn follow(&self, id: &str, max_steps: u64) -> anyhow::Result<Run> {
-        let mut seen: BTreeSet<(i64, String)> = BTreeSet::new();
-        let mut turns = 0;
-        let mut after: i64 = -1;
-        loop {
-            let j: Journal = self
-                .get_json(&format!("/api/v1/runs/{id}/journal?after={after}"))
-                .await?;
-            for e in &j.entries {
-                if !seen.insert((e.seq, e.phase.clone())) {
-                    continue;
-                }
-                if e.phase == "intent" && e.kind == "model" {
-                    turns += 1;
-                }
-                if e.phase == "outcome" {
-                    println!("  [turn {turns}/{max_steps}] {}", describe(e));
-                    after = after.max(e.seq);
-                }
-            }
-            let terminal = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
-            if terminal || j.state == "waiting" {
-                let run: Run = self.get_json(&format!("/api/v1/runs/{id}")).await?;
-                if terminal || run.wait_kind.as_deref() == Some("human") {
-                    return Ok(run);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+        let url = format!("{}/api/v1/runs/{id}/events", self.base);
+        let mut resp = self
+            .stream
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Steward at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!(
+                "{} (HTTP {status})",
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the event stream failed")
+            );
         }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut turns = 0;
+        while let Some(chunk) = resp.chunk().await.context("the event stream broke off")? {
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = buf.drain(..pos + 2).collect();
+                let block = String::from_utf8_lossy(&block);
+                let mut event = "message";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                match event {
+                    "entry" => {
+                        let e: JournalItem = serde_json::from_str(&data)?;
+                        if e.phase == "intent" && e.kind == "model" {
+                            turns += 1;
+                        }
+                        if e.phase == "outcome" {
+                            println!("  [turn {turns}/{max_steps}] {}", describe(&e));
+                        }
+                    }
+                    "end" => return Ok(serde_json::from_str(&data)?),
+                    "error" => bail!("{data}"),
+                    _ => {} // keep-alives
+                }
+            }
+        }
+        bail!("the server closed the event stream before the run ended")
     }
 
     pub async fn get(&self, what: GetWhat, state: Option<&str>, limit: i64) -> anyhow::Result<()> {

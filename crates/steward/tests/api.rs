@@ -455,3 +455,64 @@ both_backends!(
     limits_end_runs_with_the_reason,
     limits_end_runs_with_the_reason
 );
+
+/// Reads a whole SSE response into (event, data) pairs.
+async fn read_events(url: &str) -> Vec<(String, Value)> {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event.to_string(), serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+async fn events_stream_a_run_live_and_end(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(&agent(
+        "stepper",
+        "echo",
+        "    - {delayMs: 300, toolCalls: [{name: echo, arguments: {n: 1}}]}\n    - {delayMs: 300, toolCalls: [{name: echo, arguments: {n: 2}}]}\n    - {delayMs: 300, content: fin}\n",
+        "",
+    ))
+    .await;
+    let id = s.start_run("stepper", "x").await;
+    // Opened while the run is under way: entries arrive as they are journaled.
+    let live = read_events(&format!("{}/api/v1/runs/{id}/events", s.url)).await;
+    let (last, entries) = live.split_last().unwrap();
+    assert_eq!(last.0, "end");
+    assert_eq!(last.1["state"], "succeeded");
+    assert_eq!(last.1["result"], "fin");
+    let order: Vec<(i64, String)> = entries
+        .iter()
+        .map(|(_, e)| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["phase"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, String)> = (0..5)
+        .flat_map(|s| [(s, "intent".to_string()), (s, "outcome".to_string())])
+        .collect();
+    assert_eq!(order, expected, "every entry once, in order");
+    // Opened after the end: the whole journal, then `end`. `after` skips what was seen.
+    let again = read_events(&format!("{}/api/v1/runs/{id}/events?after=2", s.url)).await;
+    assert_eq!(
+        again.len(),
+        5,
+        "steps 3 and 4, both phases, then end: {again:?}"
+    );
+    let (st, body) = s
+        .get("/api/v1/runs/run_00000000000000000000000000000000/events")
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+both_backends!(
+    events_stream_a_run_live_and_end,
+    events_stream_a_run_live_and_end
+);
