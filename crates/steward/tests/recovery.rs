@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Counter, TestServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn http_agent(name: &str, method: &str, url: &str, recovery: &str) -> String {
     format!(
@@ -23,22 +23,34 @@ async fn until_hit(c: &Counter, key: &str) {
     .await;
 }
 
-async fn interrupted_post_waits_for_a_human_then_retries_with_the_same_key(b: Backend) {
+/// Starts a run whose first tool call is an HTTP request that hangs at the upstream, SIGKILLs
+/// the server once the upstream has received it (its outcome never journaled), restarts, and
+/// returns the server, the upstream's counter, the step's idempotency key and the run as it ends.
+async fn crash_mid_request(
+    b: Backend,
+    method: &str,
+    policy: &str,
+) -> (TestServer, Counter, String, String, Value) {
     let c = Counter::start().await;
     let mut s = TestServer::start(b).await;
     s.apply(&http_agent(
-        "payer",
-        "POST",
-        &format!("{}/slow/pay", c.url),
-        "wait_for_human",
+        "caller",
+        method,
+        &format!("{}/slow/call", c.url),
+        policy,
     ))
     .await;
-    let id = s.start_run("payer", "x").await;
+    let id = s.start_run("caller", "x").await;
     let key = format!("{id}:1");
     until_hit(&c, &key).await;
-    s.kill9(); // the POST reached the upstream; its outcome was never journaled
+    s.kill9();
     s.spawn();
     let r = s.wait_run(&id).await;
+    (s, c, id, key, r)
+}
+
+async fn interrupted_post_waits_for_a_human_then_retries_with_the_same_key(b: Backend) {
+    let (s, c, id, key, r) = crash_mid_request(b, "POST", "wait_for_human").await;
     assert_eq!(
         (r["state"].as_str(), r["wait_kind"].as_str()),
         (Some("waiting"), Some("human")),
@@ -83,27 +95,14 @@ both_backends!(
 );
 
 async fn interrupted_post_fails_the_run_under_policy_fail(b: Backend) {
-    let c = Counter::start().await;
-    let mut s = TestServer::start(b).await;
-    s.apply(&http_agent(
-        "payer",
-        "POST",
-        &format!("{}/slow/pay", c.url),
-        "fail",
-    ))
-    .await;
-    let id = s.start_run("payer", "x").await;
-    until_hit(&c, &format!("{id}:1")).await;
-    s.kill9();
-    s.spawn();
-    let r = s.wait_run(&id).await;
+    let (_s, c, _id, key, r) = crash_mid_request(b, "POST", "fail").await;
     assert_eq!(r["state"], "failed");
     assert_eq!(r["error"]["code"], "in_doubt");
     assert!(r["error"]["message"]
         .as_str()
         .unwrap()
         .contains("http_request"));
-    assert_eq!(c.count(&format!("{id}:1")), 1);
+    assert_eq!(c.count(&key), 1);
 }
 both_backends!(
     interrupted_post_fails_the_run_under_policy_fail,
@@ -111,21 +110,7 @@ both_backends!(
 );
 
 async fn interrupted_put_is_retried_automatically(b: Backend) {
-    let c = Counter::start().await;
-    let mut s = TestServer::start(b).await;
-    s.apply(&http_agent(
-        "putter",
-        "PUT",
-        &format!("{}/slow/doc", c.url),
-        "fail",
-    ))
-    .await;
-    let id = s.start_run("putter", "x").await;
-    let key = format!("{id}:1");
-    until_hit(&c, &key).await;
-    s.kill9();
-    s.spawn();
-    let r = s.wait_run(&id).await;
+    let (_s, c, _id, key, r) = crash_mid_request(b, "PUT", "fail").await;
     assert_eq!(
         r["state"], "succeeded",
         "an idempotent step in doubt is retried: {r}"
@@ -259,21 +244,7 @@ both_backends!(
 );
 
 async fn interrupted_post_is_redone_under_policy_retry(b: Backend) {
-    let c = Counter::start().await;
-    let mut s = TestServer::start(b).await;
-    s.apply(&http_agent(
-        "eager",
-        "POST",
-        &format!("{}/slow/notify", c.url),
-        "retry",
-    ))
-    .await;
-    let id = s.start_run("eager", "x").await;
-    let key = format!("{id}:1");
-    until_hit(&c, &key).await;
-    s.kill9();
-    s.spawn();
-    let r = s.wait_run(&id).await;
+    let (_s, c, _id, key, r) = crash_mid_request(b, "POST", "retry").await;
     assert_eq!(
         r["state"], "succeeded",
         "the agent's policy says act again: {r}"
