@@ -188,6 +188,18 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Like `post`, but a transport error (e.g. the server closing mid-upload) is returned.
+    pub async fn try_post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,
