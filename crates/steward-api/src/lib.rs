@@ -4,6 +4,7 @@
 pub mod error;
 mod events;
 mod extract;
+pub mod openai;
 mod routes;
 pub mod wire;
 
@@ -35,7 +36,9 @@ use utoipa::OpenApi;
         routes::journal,
         events::run_events,
         routes::cancel_run,
-        routes::resolve_run
+        routes::resolve_run,
+        routes::create_key,
+        routes::list_calls
     ),
     components(schemas(
         wire::Agent,
@@ -52,6 +55,10 @@ use utoipa::OpenApi;
         wire::ResolveRun,
         wire::ResolveAction,
         wire::Health,
+        wire::CreateKey,
+        wire::ApiKey,
+        wire::Call,
+        wire::CallList,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -80,12 +87,19 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs/{id}/journal", get(routes::journal))
         .route("/runs/{id}/events", get(events::run_events))
         .route("/runs/{id}/cancel", post(routes::cancel_run))
-        .route("/runs/{id}/resolve", post(routes::resolve_run));
+        .route("/runs/{id}/resolve", post(routes::resolve_run))
+        .route("/keys", post(routes::create_key))
+        .route("/calls", get(routes::list_calls));
+    let v1 = Router::new()
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/models", get(openai::models))
+        .fallback(openai::not_found);
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .nest("/api/v1", api)
+        .nest("/v1", v1)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(

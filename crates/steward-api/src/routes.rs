@@ -191,6 +191,46 @@ pub async fn resolve_run(
     ))
 }
 
+/// Issues an API key for the `/v1` gateway. The secret is in this response only.
+#[utoipa::path(post, path = "/api/v1/keys", request_body = CreateKey,
+    responses((status = 201, body = ApiKey), (status = 400, body = ErrorBody)))]
+pub async fn create_key(
+    State(e): State<Engine>,
+    ApiJson(req): ApiJson<CreateKey>,
+) -> ApiResult<(StatusCode, Json<ApiKey>)> {
+    let (rec, key) = e.create_key(&req.agent).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiKey {
+            id: rec.id,
+            agent: rec.agent,
+            key,
+            created_at: rec.created_at,
+        }),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CallQuery {
+    pub agent: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Gateway calls, most recent first.
+#[utoipa::path(get, path = "/api/v1/calls", params(CallQuery), responses((status = 200, body = CallList)))]
+pub async fn list_calls(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<CallQuery>,
+) -> ApiResult<Json<CallList>> {
+    let calls = e
+        .list_calls(q.agent.as_deref(), q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(CallList {
+        calls: calls.into_iter().map(Call::from).collect(),
+    }))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
 }

@@ -186,3 +186,62 @@ pub struct Health {
     pub node: String,
     pub active_runs: usize,
 }
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// The agent the key identifies (an external agent needs no manifest).
+    pub agent: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub agent: String,
+    /// The secret, shown this once; only its hash is stored.
+    pub key: String,
+    pub created_at: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Call {
+    pub id: String,
+    pub agent: String,
+    pub run_id: Option<String>,
+    /// The model name asked for (an alias or provider/model).
+    pub model: String,
+    /// The deployment that answered.
+    pub deployment: Option<String>,
+    /// started, ok or error.
+    pub status: String,
+    pub error: Option<String>,
+    pub stream: bool,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub started_at: i64,
+    pub duration_us: i64,
+}
+
+impl From<steward_store::CallRecord> for Call {
+    fn from(c: steward_store::CallRecord) -> Self {
+        Call {
+            id: c.id,
+            agent: c.agent,
+            run_id: c.run_id,
+            model: c.model,
+            deployment: c.deployment,
+            status: c.status,
+            error: c.error,
+            stream: c.stream == 1,
+            tokens_in: c.tokens_in,
+            tokens_out: c.tokens_out,
+            started_at: c.started_at,
+            duration_us: c.duration_us,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CallList {
+    pub calls: Vec<Call>,
+}

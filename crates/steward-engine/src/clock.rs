@@ -7,6 +7,8 @@ use steward_types::{Millis, RunId};
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> Millis;
     fn new_run_id(&self) -> RunId;
+    /// A fresh unique id with a prefix (`call_…`, `key_…`).
+    fn new_id(&self, prefix: &str) -> String;
 }
 
 pub struct SystemClock;
@@ -19,5 +21,8 @@ impl Clock for SystemClock {
     }
     fn new_run_id(&self) -> RunId {
         RunId::from_uuid(uuid::Uuid::now_v7())
+    }
+    fn new_id(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
     }
 }

@@ -4,6 +4,7 @@
 mod agent_loop;
 mod clock;
 mod error;
+mod gateway;
 mod host;
 mod kernel;
 mod runs;
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{Error, Result};
+pub use gateway::{GatewayError, GatewayReply, Principal};
 pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
@@ -49,6 +51,8 @@ pub struct EngineOptions {
     pub providers: Providers,
     pub tools: Tools,
     pub clock: Arc<dyn Clock>,
+    /// Upper bound of one gateway model call.
+    pub llm_timeout_ms: u64,
     /// Collect per-step overhead samples (for benchmarks).
     pub stats: Option<Arc<StepStats>>,
 }
@@ -56,6 +60,7 @@ pub struct EngineOptions {
 struct Inner {
     shared: Arc<Shared>,
     kernel: Kernel,
+    gateway: gateway::Gateway,
     cfg: EngineConfig,
     active: Mutex<HashMap<RunId, Active>>,
     draining: CancellationToken,
@@ -91,6 +96,12 @@ impl Engine {
             finished: tokio::sync::Notify::new(),
         });
         let draining = CancellationToken::new();
+        let gateway = gateway::Gateway {
+            store: store.clone(),
+            providers: opts.providers.clone(),
+            clock: opts.clock.clone(),
+            timeout_ms: opts.llm_timeout_ms,
+        };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             providers: opts.providers,
@@ -105,6 +116,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 shared,
                 kernel,
+                gateway,
                 cfg: opts.cfg,
                 active: Mutex::new(HashMap::new()),
                 draining,
@@ -356,6 +368,53 @@ impl Engine {
     /// reading again.
     pub fn journal_tick(&self) -> Arc<tokio::sync::Notify> {
         self.inner.kernel.journal_tick.clone()
+    }
+
+    /// Issues an API key for an agent. The secret is returned once and stored only as a hash.
+    pub async fn create_key(&self, agent: &str) -> Result<(steward_store::ApiKeyRecord, String)> {
+        let name = AgentName::parse(agent)
+            .map_err(|e| Error::InvalidRequest(format!("agent: {}", e.0)))?;
+        self.inner
+            .gateway
+            .create_key(&name)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    /// Identifies a gateway caller by its API key (and the run it names, if any).
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        run: Option<&str>,
+    ) -> Result<Principal, GatewayError> {
+        self.inner.gateway.authenticate(bearer, run).await
+    }
+
+    /// An OpenAI-format chat completion for an external agent, through the syscall path.
+    pub async fn gateway_chat(
+        &self,
+        who: &Principal,
+        body: serde_json::Value,
+    ) -> Result<GatewayReply, GatewayError> {
+        self.inner.gateway.chat(who, body).await
+    }
+
+    /// The model aliases the gateway serves.
+    pub fn gateway_models(&self) -> Vec<String> {
+        self.inner
+            .gateway
+            .providers
+            .aliases()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub async fn list_calls(
+        &self,
+        agent: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<steward_store::CallRecord>> {
+        Ok(self.store().list_calls(agent, limit).await?)
     }
 
     /// How many runs this node is driving now.

@@ -22,6 +22,10 @@ pub enum Error {
     Script(String),
     #[error("model route {0}")]
     Route(String),
+    #[error("{0}")]
+    Request(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Error {

@@ -8,9 +8,11 @@ use crate::{Error, Result};
 /// Bodies larger than this are refused: no chat completion is this big, a runaway upstream is.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
+/// A client whose waits are bounded by silence (`read_timeout`), so streams may run long;
+/// whole non-streaming requests are bounded per request (`RequestBuilder::timeout`).
 pub(crate) fn client(timeout_ms: u64) -> Result<reqwest::Client> {
     reqwest::Client::builder()
-        .timeout(Duration::from_millis(timeout_ms))
+        .read_timeout(Duration::from_millis(timeout_ms))
         .connect_timeout(Duration::from_millis(timeout_ms.min(10_000)))
         .build()
         .map_err(|e| Error::Route(format!("cannot build an HTTP client: {e}")))
@@ -45,7 +47,11 @@ pub(crate) async fn post_json(
             }
         }
     };
-    let mut resp = req.send().await.map_err(map_send)?;
+    let mut resp = req
+        .timeout(Duration::from_millis(timeout_ms))
+        .send()
+        .await
+        .map_err(map_send)?;
     let status = resp.status();
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(map_send)? {
@@ -87,4 +93,58 @@ pub(crate) fn garbage(provider: &str, detail: impl Into<String>) -> Error {
         provider: provider.to_string(),
         detail: detail.into(),
     }
+}
+
+/// Sends a streaming request; returns the body as a stream once the upstream answered 2xx.
+pub(crate) async fn post_stream(
+    provider: &str,
+    timeout_ms: u64,
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<crate::ByteStream> {
+    use futures::StreamExt;
+    let p = provider.to_string();
+    let map_send = |e: reqwest::Error| {
+        if e.is_timeout() {
+            Error::Timeout {
+                provider: p.clone(),
+                timeout_ms,
+            }
+        } else {
+            Error::Connect {
+                provider: p.clone(),
+                url: url.to_string(),
+                detail: root_cause(&e),
+            }
+        }
+    };
+    let resp = req.send().await.map_err(map_send)?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        return Err(Error::Status {
+            provider: provider.to_string(),
+            status: status.as_u16(),
+            body: snippet(&body),
+        });
+    }
+    let p = provider.to_string();
+    Ok(resp
+        .bytes_stream()
+        .map(move |chunk| {
+            chunk.map_err(|e| {
+                if e.is_timeout() {
+                    Error::Timeout {
+                        provider: p.clone(),
+                        timeout_ms,
+                    }
+                } else {
+                    Error::Garbage {
+                        provider: p.clone(),
+                        detail: format!("the stream broke off: {}", root_cause(&e)),
+                    }
+                }
+            })
+        })
+        .boxed())
 }

@@ -7,13 +7,17 @@ mod chat;
 mod error;
 mod http;
 mod openai;
+pub mod openai_wire;
 mod registry;
 mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};
 pub use error::{Error, Result};
-pub use registry::Providers;
+pub use registry::{Deployment, Providers};
 pub use scripted::{ScriptedProvider, SCRIPTED_LABEL};
+
+/// An upstream's streamed response body (Server-Sent Events in OpenAI's chunk format).
+pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes>>;
 
 /// One upstream model API.
 #[async_trait::async_trait]
@@ -21,6 +25,29 @@ pub trait Provider: Send + Sync {
     /// The provider's name as it appears in routes and journals (`openai`, `scripted`, …).
     fn name(&self) -> &str;
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse>;
+
+    /// Answers an OpenAI-format request body in OpenAI format, for the `/v1` gateway. This
+    /// default translates through the neutral shapes (fields they cannot carry are dropped);
+    /// OpenAI-compatible upstreams pass the body through untouched.
+    async fn chat_openai(
+        &self,
+        body: serde_json::Value,
+        model: &str,
+        id: &str,
+        created: i64,
+    ) -> Result<serde_json::Value> {
+        let req = openai_wire::request_from_openai(&body, model)?;
+        let r = self.chat(&req).await?;
+        Ok(openai_wire::response_to_openai(&r, id, model, created))
+    }
+
+    /// Streams an OpenAI-format request's answer as OpenAI chunks.
+    async fn stream_openai(&self, _body: serde_json::Value, _model: &str) -> Result<ByteStream> {
+        Err(Error::Unsupported(format!(
+            "{}: streaming through the gateway is only supported for OpenAI-compatible deployments so far",
+            self.name()
+        )))
+    }
 }
 
 pub use anthropic::AnthropicProvider;

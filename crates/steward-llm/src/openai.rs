@@ -159,6 +159,44 @@ impl Provider for OpenAiProvider {
         }
         Ok(out)
     }
+
+    /// Passes the body through untouched but for the upstream model name.
+    async fn chat_openai(
+        &self,
+        mut body: Value,
+        model: &str,
+        _id: &str,
+        _created: i64,
+    ) -> Result<Value> {
+        let url = join(&self.base_url, "chat/completions");
+        body["model"] = json!(model);
+        body["stream"] = json!(false);
+        let v = post_json(&self.name, self.timeout_ms, self.request(&url, &body), &url).await?;
+        if v.pointer("/choices/0").is_none() {
+            return Err(crate::http::garbage(
+                &self.name,
+                "no choices[0] in the response",
+            ));
+        }
+        Ok(v)
+    }
+
+    async fn stream_openai(&self, mut body: Value, model: &str) -> Result<crate::ByteStream> {
+        let url = join(&self.base_url, "chat/completions");
+        body["model"] = json!(model);
+        body["stream"] = json!(true);
+        crate::http::post_stream(&self.name, self.timeout_ms, self.request(&url, &body), &url).await
+    }
+}
+
+impl OpenAiProvider {
+    fn request(&self, url: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        let mut rb = self.http.post(url).json(body);
+        if let Some(k) = &self.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        rb
+    }
 }
 
 impl std::fmt::Debug for OpenAiProvider {

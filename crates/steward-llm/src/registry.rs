@@ -11,6 +11,16 @@ use crate::{AnthropicProvider, Error, OpenAiProvider, Provider, Result, Scripted
 #[derive(Clone, Default)]
 pub struct Providers {
     by_name: BTreeMap<String, Arc<dyn Provider>>,
+    routes: BTreeMap<String, Vec<String>>,
+}
+
+/// One place a model request can go: a provider and the model name it knows.
+#[derive(Clone)]
+pub struct Deployment {
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    /// `provider/model`, as configured.
+    pub label: String,
 }
 
 impl Providers {
@@ -43,7 +53,68 @@ impl Providers {
             };
             by_name.insert(name.clone(), provider);
         }
-        Ok(Providers { by_name })
+        let mut routes = BTreeMap::new();
+        for (alias, r) in &cfg.routes {
+            if r.deployments.is_empty() {
+                return Err(Error::Route(format!(
+                    "llm.routes.{alias}.deployments: name at least one provider/model"
+                )));
+            }
+            for (i, d) in r.deployments.iter().enumerate() {
+                let known = d
+                    .split_once('/')
+                    .is_some_and(|(p, m)| by_name.contains_key(p) && !m.is_empty());
+                if !known {
+                    return Err(Error::Route(format!(
+                        "llm.routes.{alias}.deployments[{i}]: {d:?} is not provider/model with a configured provider"
+                    )));
+                }
+            }
+            routes.insert(alias.clone(), r.deployments.clone());
+        }
+        Ok(Providers { by_name, routes })
+    }
+
+    /// The model aliases the gateway serves.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+
+    /// Where a gateway model name goes: an alias's deployments in priority order, or the one
+    /// deployment a `provider/model` name designates.
+    pub fn deployments(&self, model: &str) -> Result<Vec<Deployment>> {
+        let labels: Vec<String> = match self.routes.get(model) {
+            Some(d) => d.clone(),
+            None => vec![model.to_string()],
+        };
+        labels
+            .into_iter()
+            .map(|label| {
+                let (p, m) = label.split_once('/').ok_or_else(|| {
+                    let aliases: Vec<&str> = self.aliases().collect();
+                    Error::Route(format!(
+                        "{model:?}: not a configured model alias ({}) nor provider/model",
+                        if aliases.is_empty() {
+                            "none configured".to_string()
+                        } else {
+                            aliases.join(", ")
+                        }
+                    ))
+                })?;
+                let provider = self
+                    .by_name
+                    .get(p)
+                    .ok_or_else(|| {
+                        Error::Route(format!("{model:?}: no provider named {p:?} is configured"))
+                    })?
+                    .clone();
+                Ok(Deployment {
+                    provider,
+                    model: m.to_string(),
+                    label,
+                })
+            })
+            .collect()
     }
 
     /// Checks that an agent's route names a provider that exists.

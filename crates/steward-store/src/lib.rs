@@ -106,9 +106,27 @@ pub trait ScratchpadStore: Send + Sync {
     async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>>;
 }
 
+/// API keys and the record of gateway calls.
+#[async_trait]
+pub trait GatewayStore: Send + Sync {
+    async fn create_key(
+        &self,
+        id: &str,
+        key_hash: &str,
+        agent: &AgentName,
+        now: Millis,
+    ) -> Result<ApiKeyRecord>;
+    /// The live (not revoked) key with this hash.
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn call_started(&self, call: &NewCall, now: Millis) -> Result<()>;
+    async fn call_finished(&self, id: &str, outcome: &CallOutcome) -> Result<()>;
+    /// Most recent first; `agent` filters.
+    async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
+}
+
 /// Everything durable, behind one handle.
 #[async_trait]
-pub trait Store: AgentStore + RunStore + JournalStore + ScratchpadStore {
+pub trait Store: AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend
     /// can announce them (PostgreSQL `LISTEN/NOTIFY`); `None` for a single-process store.

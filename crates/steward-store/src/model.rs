@@ -165,3 +165,51 @@ pub struct JournalEntry {
     pub at: Millis,
     pub duration_us: i64,
 }
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub key_hash: String,
+    pub agent: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// A gateway call as first recorded, before the upstream is asked.
+#[derive(Clone, Debug)]
+pub struct NewCall {
+    pub id: String,
+    pub agent: String,
+    pub run_id: Option<String>,
+    pub model: String,
+    pub stream: bool,
+}
+
+/// How a gateway call ended.
+#[derive(Clone, Debug)]
+pub struct CallOutcome {
+    pub deployment: Option<String>,
+    /// `ok` or `error`.
+    pub status: String,
+    pub error: Option<String>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub duration_us: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct CallRecord {
+    pub id: String,
+    pub agent: String,
+    pub run_id: Option<String>,
+    pub model: String,
+    pub deployment: Option<String>,
+    /// `started` until it ends, then `ok` or `error`.
+    pub status: String,
+    pub error: Option<String>,
+    pub stream: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub started_at: Millis,
+    pub duration_us: i64,
+}

@@ -17,7 +17,9 @@ use steward_types::{AgentName, Millis, NodeId, RunId};
 use tokio::sync::mpsc;
 
 use crate::model::*;
-use crate::{AgentStore, Error, JournalStore, Result, RunStore, ScratchpadStore, Store};
+use crate::{
+    AgentStore, Error, GatewayStore, JournalStore, Result, RunStore, ScratchpadStore, Store,
+};
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
 /// in-process instead of failing with `SQLITE_BUSY`; reads use a pool.
@@ -440,6 +442,77 @@ macro_rules! impl_store {
                     .fetch_optional(&self.read)
                     .await?;
                 Ok(row.map(|r| r.0))
+            }
+        }
+
+        #[async_trait]
+        impl GatewayStore for $store {
+            async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, now: Millis) -> Result<ApiKeyRecord> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO api_keys (id, key_hash, agent, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id, key_hash, agent, created_at, revoked_at",
+                )
+                .bind(id)
+                .bind(key_hash)
+                .bind(agent.as_str())
+                .bind(now)
+                .fetch_one(&self.write)
+                .await?)
+            }
+
+            async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, key_hash, agent, created_at, revoked_at FROM api_keys \
+                     WHERE key_hash = $1 AND revoked_at IS NULL",
+                )
+                .bind(key_hash)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn call_started(&self, c: &NewCall, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
+                       started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
+                )
+                .bind(&c.id)
+                .bind(&c.agent)
+                .bind(&c.run_id)
+                .bind(&c.model)
+                .bind(i64::from(c.stream))
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn call_finished(&self, id: &str, o: &CallOutcome) -> Result<()> {
+                sqlx::query(
+                    "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
+                       tokens_out = $5, duration_us = $6 WHERE id = $7",
+                )
+                .bind(&o.deployment)
+                .bind(&o.status)
+                .bind(&o.error)
+                .bind(o.tokens_in)
+                .bind(o.tokens_out)
+                .bind(o.duration_us)
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, agent, run_id, model, deployment, status, error, stream, tokens_in, tokens_out, \
+                       started_at, duration_us FROM gateway_calls WHERE 1 = 1",
+                );
+                if let Some(a) = agent {
+                    qb.push(" AND agent = ").push_bind(a.to_string());
+                }
+                qb.push(" ORDER BY started_at DESC, id DESC LIMIT ").push_bind(limit.clamp(1, 10_000));
+                Ok(qb.build_query_as().fetch_all(&self.read).await?)
             }
         }
 

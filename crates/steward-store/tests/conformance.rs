@@ -401,6 +401,57 @@ async fn concurrent_claims_never_share_a_run(s: Arc<dyn Store>) {
     assert_eq!(unique.len(), 200, "no run claimed twice");
 }
 
+async fn keys_and_calls_are_kept(s: &dyn Store) {
+    let k = s
+        .create_key("key_1", "hash-1", &name("ext"), 5)
+        .await
+        .unwrap();
+    assert_eq!((k.agent.as_str(), k.revoked_at), ("ext", None));
+    assert!(
+        matches!(
+            s.create_key("key_2", "hash-1", &name("ext"), 6).await,
+            Err(Error::Conflict(_))
+        ),
+        "hashes are unique"
+    );
+    assert_eq!(s.find_key("hash-1").await.unwrap().unwrap().id, "key_1");
+    assert!(s.find_key("hash-2").await.unwrap().is_none());
+    let call = NewCall {
+        id: "call_1".into(),
+        agent: "ext".into(),
+        run_id: None,
+        model: "smart".into(),
+        stream: true,
+    };
+    s.call_started(&call, 7).await.unwrap();
+    let c = &s.list_calls(Some("ext"), 10).await.unwrap()[0];
+    assert_eq!(
+        (c.status.as_str(), c.stream),
+        ("started", 1),
+        "recorded before the upstream is asked"
+    );
+    let done = CallOutcome {
+        deployment: Some("mock/m".into()),
+        status: "ok".into(),
+        error: None,
+        tokens_in: 3,
+        tokens_out: 4,
+        duration_us: 9,
+    };
+    s.call_finished("call_1", &done).await.unwrap();
+    let c = &s.list_calls(None, 10).await.unwrap()[0];
+    assert_eq!(
+        (
+            c.status.as_str(),
+            c.tokens_in,
+            c.tokens_out,
+            c.deployment.as_deref()
+        ),
+        ("ok", 3, 4, Some("mock/m"))
+    );
+    assert!(s.list_calls(Some("other"), 10).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -439,6 +490,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn scratchpad_is_run_scoped() {
                 super::scratchpad_is_run_scoped(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn keys_and_calls_are_kept() {
+                super::keys_and_calls_are_kept(&*super::$backend().await.store).await
             }
             #[tokio::test]
             async fn runs_filter() {

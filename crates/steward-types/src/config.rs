@@ -106,6 +106,15 @@ pub struct LlmConfig {
     pub timeout_ms: u64,
     /// Named upstreams; an agent's `model: NAME/MODEL` picks one.
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases for the `/v1` gateway: each names its deployments (`provider/model`) in
+    /// priority order; a deployment that fails with a transient error falls back to the next.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub deployments: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -113,6 +122,7 @@ impl Default for LlmConfig {
         LlmConfig {
             timeout_ms: 120_000,
             providers: BTreeMap::new(),
+            routes: BTreeMap::new(),
         }
     }
 }

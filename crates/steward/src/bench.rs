@@ -156,6 +156,7 @@ async fn drive(
         providers: Providers::default(),
         tools: Tools::builtin(&ToolsConfig::default())?,
         clock: Arc::new(SystemClock),
+        llm_timeout_ms: 60_000,
         stats: Some(stats.clone()),
     };
     let started = Instant::now();

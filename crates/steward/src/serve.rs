@@ -100,6 +100,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         providers,
         tools,
         clock: Arc::new(SystemClock),
+        llm_timeout_ms: cfg.llm.timeout_ms,
         stats,
     };
     Ok(Engine::start(store, opts).await?)

@@ -1,0 +1,164 @@
+//! The OpenAI-compatible gateway under `/v1`: what an agent written with any framework points
+//! its base URL at. Requests and errors follow OpenAI's shapes, so the official SDKs work
+//! unchanged; every call is a syscall through the engine (`Engine::gateway_chat`).
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use steward_engine::{Engine, GatewayError, GatewayReply, Principal};
+
+/// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
+pub struct OaiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+}
+
+impl OaiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        OaiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<GatewayError> for OaiError {
+    fn from(e: GatewayError) -> Self {
+        let message = e.to_string();
+        match e {
+            GatewayError::Unauthorized(_) => OaiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                message,
+            ),
+            GatewayError::BadRequest(_) => OaiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                message,
+            ),
+            GatewayError::ModelNotFound(_) => OaiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                message,
+            ),
+            GatewayError::Upstream { timeout: true, .. } => OaiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "api_error",
+                "upstream_timeout",
+                message,
+            ),
+            GatewayError::Upstream {
+                status: Some(429), ..
+            } => OaiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "upstream_rate_limited",
+                message,
+            ),
+            GatewayError::Upstream { .. } => OaiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_error",
+                message,
+            ),
+            GatewayError::Internal(_) => {
+                tracing::error!(error = %message, "gateway internal error");
+                OaiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "internal_error",
+                    "internal error; the server log has the details",
+                )
+            }
+        }
+    }
+}
+
+async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, OaiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let run = headers.get("x-steward-run").and_then(|v| v.to_str().ok());
+    Ok(engine.authenticate(bearer, run).await?)
+}
+
+pub async fn chat_completions(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let who = principal(&engine, &headers).await?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        OaiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    if !body.is_object() {
+        return Err(OaiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            "request body must be a JSON object",
+        ));
+    }
+    match engine.gateway_chat(&who, body).await? {
+        GatewayReply::Json(v) => Ok(Json(v).into_response()),
+        GatewayReply::Stream(s) => Ok((
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(s),
+        )
+            .into_response()),
+    }
+}
+
+pub async fn models(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, OaiError> {
+    principal(&engine, &headers).await?;
+    let data: Vec<Value> = engine
+        .gateway_models()
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "steward"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn not_found() -> OaiError {
+    OaiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "no such endpoint under /v1",
+    )
+}

@@ -1,0 +1,363 @@
+//! The `/v1` gateway's syscall: an OpenAI-format chat request from an external agent, on the
+//! same path as a managed agent's model call. 1 identify (the API key names the agent; a
+//! request may name its run), 2 authorize (a live key), 3 reserve (budgets: later), 4 record the
+//! call as started — durably, before any upstream is asked, 5 act through the route's
+//! deployments in priority order, falling back on transient failures, 6 record the outcome with
+//! its usage, 7 a span with the OpenTelemetry GenAI attributes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use steward_llm::{ByteStream, Deployment, Providers};
+use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
+use steward_types::{AgentName, RunId};
+use tracing::Instrument;
+
+use crate::clock::Clock;
+
+/// Who is calling: the agent an API key names, and the run it says it is acting for.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub agent: AgentName,
+    pub key_id: String,
+    pub run: Option<RunId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// Every deployment failed; carries the last upstream error and its HTTP status, if any.
+    #[error("{message}")]
+    Upstream {
+        status: Option<u16>,
+        timeout: bool,
+        message: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub enum GatewayReply {
+    Json(Value),
+    /// OpenAI `chat.completion.chunk` events, as the upstream sent them.
+    Stream(ByteStream),
+}
+
+pub(crate) struct Gateway {
+    pub store: Arc<dyn Store>,
+    pub providers: Providers,
+    pub clock: Arc<dyn Clock>,
+    pub timeout_ms: u64,
+}
+
+/// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
+pub(crate) fn key_hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn internal(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Internal(e.to_string())
+}
+
+impl Gateway {
+    pub async fn create_key(
+        &self,
+        agent: &AgentName,
+    ) -> Result<(ApiKeyRecord, String), GatewayError> {
+        let secret = format!(
+            "sk-steward-{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let id = self.clock.new_id("key");
+        let rec = self
+            .store
+            .create_key(&id, &key_hash(&secret), agent, self.clock.now_ms())
+            .await
+            .map_err(internal)?;
+        Ok((rec, secret))
+    }
+
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        run: Option<&str>,
+    ) -> Result<Principal, GatewayError> {
+        let secret = bearer.ok_or_else(|| {
+            GatewayError::Unauthorized(
+                "missing API key: send `Authorization: Bearer sk-steward-…`".into(),
+            )
+        })?;
+        let key = self
+            .store
+            .find_key(&key_hash(secret))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| GatewayError::Unauthorized("invalid API key".into()))?;
+        let agent = AgentName::parse(&key.agent).map_err(|e| internal(e.0))?;
+        let run = match run {
+            None => None,
+            Some(r) => {
+                let id = RunId::parse(r)
+                    .map_err(|e| GatewayError::BadRequest(format!("X-Steward-Run: {}", e.0)))?;
+                if self.store.get_run(&id).await.map_err(internal)?.is_none() {
+                    return Err(GatewayError::BadRequest(format!(
+                        "X-Steward-Run: no run {id}"
+                    )));
+                }
+                Some(id)
+            }
+        };
+        Ok(Principal {
+            agent,
+            key_id: key.id,
+            run,
+        })
+    }
+
+    pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GatewayError::BadRequest("model: required, a string".into()))?
+            .to_string();
+        if !body.get("messages").is_some_and(Value::is_array) {
+            return Err(GatewayError::BadRequest(
+                "messages: required, an array".into(),
+            ));
+        }
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let deployments = self
+            .providers
+            .deployments(&model)
+            .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
+        let call = NewCall {
+            id: self.clock.new_id("call"),
+            agent: who.agent.to_string(),
+            run_id: who.run.as_ref().map(|r| r.to_string()),
+            model: model.clone(),
+            stream,
+        };
+        self.store
+            .call_started(&call, self.clock.now_ms())
+            .await
+            .map_err(internal)?;
+        let span = tracing::info_span!(
+            "chat",
+            "gen_ai.operation.name" = "chat",
+            "gen_ai.request.model" = %model,
+            "gen_ai.provider.name" = tracing::field::Empty,
+            "gen_ai.usage.input_tokens" = tracing::field::Empty,
+            "gen_ai.usage.output_tokens" = tracing::field::Empty,
+            agent = %who.agent,
+            call_id = %call.id,
+        );
+        let started = Instant::now();
+        let result = if stream {
+            self.stream(&call, deployments, body, started)
+                .instrument(span)
+                .await
+        } else {
+            self.complete(&call, deployments, body, started)
+                .instrument(span)
+                .await
+        };
+        if let Err(e) = &result {
+            let outcome = CallOutcome {
+                deployment: None,
+                status: "error".into(),
+                error: Some(e.to_string()),
+                tokens_in: 0,
+                tokens_out: 0,
+                duration_us: started.elapsed().as_micros() as i64,
+            };
+            let _ = self.store.call_finished(&call.id, &outcome).await;
+        }
+        result
+    }
+
+    async fn complete(
+        &self,
+        call: &NewCall,
+        deployments: Vec<Deployment>,
+        body: Value,
+        started: Instant,
+    ) -> Result<GatewayReply, GatewayError> {
+        let created = self.clock.now_ms() / 1000;
+        let mut last = None;
+        for d in &deployments {
+            let attempt = d
+                .provider
+                .chat_openai(body.clone(), &d.model, &call.id, created);
+            let r =
+                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(steward_llm::Error::Timeout {
+                        provider: d.label.clone(),
+                        timeout_ms: self.timeout_ms,
+                    }),
+                };
+            match r {
+                Ok(v) => {
+                    let tin = v
+                        .pointer("/usage/prompt_tokens")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    let tout = v
+                        .pointer("/usage/completion_tokens")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    let span = tracing::Span::current();
+                    span.record("gen_ai.provider.name", d.provider.name());
+                    span.record("gen_ai.usage.input_tokens", tin);
+                    span.record("gen_ai.usage.output_tokens", tout);
+                    let outcome = CallOutcome {
+                        deployment: Some(d.label.clone()),
+                        status: "ok".into(),
+                        error: None,
+                        tokens_in: tin,
+                        tokens_out: tout,
+                        duration_us: started.elapsed().as_micros() as i64,
+                    };
+                    self.store
+                        .call_finished(&call.id, &outcome)
+                        .await
+                        .map_err(internal)?;
+                    return Ok(GatewayReply::Json(v));
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(deployment = %d.label, error = %e, "deployment failed; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(upstream(e)),
+            }
+        }
+        Err(last
+            .map(upstream)
+            .unwrap_or_else(|| GatewayError::Internal("no deployment was tried".into())))
+    }
+
+    async fn stream(
+        &self,
+        call: &NewCall,
+        deployments: Vec<Deployment>,
+        body: Value,
+        started: Instant,
+    ) -> Result<GatewayReply, GatewayError> {
+        let mut last = None;
+        for d in &deployments {
+            match d.provider.stream_openai(body.clone(), &d.model).await {
+                Ok(upstream_stream) => {
+                    tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
+                    return Ok(GatewayReply::Stream(self.metered(
+                        call.id.clone(),
+                        d.label.clone(),
+                        upstream_stream,
+                        started,
+                    )));
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(deployment = %d.label, error = %e, "deployment failed; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(upstream(e)),
+            }
+        }
+        Err(last
+            .map(upstream)
+            .unwrap_or_else(|| GatewayError::Internal("no deployment was tried".into())))
+    }
+
+    /// Passes the upstream's chunks through, reading usage from them (`stream_options.
+    /// include_usage`), and records the call's outcome when the stream ends.
+    fn metered(
+        &self,
+        call_id: String,
+        deployment: String,
+        upstream: ByteStream,
+        started: Instant,
+    ) -> ByteStream {
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
+        tokio::spawn(async move {
+            let mut upstream = upstream;
+            let mut pending = String::new();
+            let (mut tin, mut tout) = (0i64, 0i64);
+            let mut error = None;
+            while let Some(chunk) = upstream.next().await {
+                match &chunk {
+                    Ok(bytes) => {
+                        pending.push_str(&String::from_utf8_lossy(bytes));
+                        while let Some(nl) = pending.find('\n') {
+                            let line: String = pending.drain(..=nl).collect();
+                            let Some(data) = line.trim().strip_prefix("data:") else {
+                                continue;
+                            };
+                            let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                                continue;
+                            };
+                            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                                tin = u
+                                    .get("prompt_tokens")
+                                    .and_then(Value::as_i64)
+                                    .unwrap_or(tin);
+                                tout = u
+                                    .get("completion_tokens")
+                                    .and_then(Value::as_i64)
+                                    .unwrap_or(tout);
+                            }
+                        }
+                    }
+                    Err(e) => error = Some(e.to_string()),
+                }
+                // A client that hung up stops the stream; its cost so far is still recorded.
+                if tx.send(chunk).await.is_err() {
+                    error.get_or_insert_with(|| "the client closed the stream".into());
+                    break;
+                }
+            }
+            let outcome = CallOutcome {
+                deployment: Some(deployment),
+                status: if error.is_some() { "error" } else { "ok" }.into(),
+                error,
+                tokens_in: tin,
+                tokens_out: tout,
+                duration_us: started.elapsed().as_micros() as i64,
+            };
+            if let Err(e) = store.call_finished(&call_id, &outcome).await {
+                tracing::warn!(%call_id, error = %e, "could not record the end of a streamed call");
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .boxed()
+    }
+}
+
+fn upstream(e: steward_llm::Error) -> GatewayError {
+    let status = match &e {
+        steward_llm::Error::Status { status, .. } => Some(*status),
+        _ => None,
+    };
+    let timeout = matches!(e, steward_llm::Error::Timeout { .. });
+    match e {
+        steward_llm::Error::Request(m) | steward_llm::Error::Unsupported(m) => {
+            GatewayError::BadRequest(m)
+        }
+        other => GatewayError::Upstream {
+            status,
+            timeout,
+            message: other.to_string(),
+        },
+    }
+}

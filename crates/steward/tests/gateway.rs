@@ -1,0 +1,146 @@
+//! The `/v1` gateway with the official `openai` Python SDK (installed by `.ci/run`) as the
+//! client, and a mock OpenAI-compatible upstream on loopback, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Json;
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+type Seen = Arc<Mutex<Vec<Value>>>;
+
+/// A mock upstream: echoes, calls `get_weather` when tools are offered, answers JSON when asked,
+/// and streams "Hello" with usage.
+async fn mock_upstream() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock().unwrap().push(body.clone());
+                let usage = json!({"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13});
+                if body["stream"] == true {
+                    let chunk = |delta: Value, finish: Value| {
+                        json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                    };
+                    let mut events = vec![
+                        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                        chunk(json!({"content": "Hel"}), Value::Null),
+                        chunk(json!({"content": "lo"}), Value::Null),
+                        chunk(json!({}), json!("stop")),
+                    ];
+                    if body.pointer("/stream_options/include_usage") == Some(&json!(true)) {
+                        events.push(json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                            "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}}));
+                    }
+                    let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+                    text.push_str("data: [DONE]\n\n");
+                    return ([("content-type", "text/event-stream")], text).into_response();
+                }
+                let msgs = body["messages"].as_array().unwrap();
+                let last = msgs.last().unwrap();
+                let message = if last["role"] == "tool" {
+                    json!({"role": "assistant", "content": format!("It is {} in Paris", last["content"].as_str().unwrap())})
+                } else if body.get("tools").is_some() {
+                    json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+                } else if body.pointer("/response_format/type") == Some(&json!("json_object")) {
+                    json!({"role": "assistant", "content": "{\"ok\": true}"})
+                } else {
+                    json!({"role": "assistant", "content": format!("echo: {}", last["content"].as_str().unwrap_or(""))})
+                };
+                let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}))
+                .into_response()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+async fn the_openai_sdk_works_unchanged(b: Backend) {
+    let (upstream, seen) = mock_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__DEAD__KIND", "openai"),
+            (
+                "STEWARD_LLM__PROVIDERS__DEAD__BASE_URL",
+                "http://127.0.0.1:1/v1",
+            ),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"dead/gpt-x\", \"mock/gpt-mock\"]",
+            ),
+        ],
+    )
+    .await;
+    let (st, key) = s
+        .post("/api/v1/keys", json!({"agent": "notebook-agent"}))
+        .await;
+    assert_eq!(st, 201, "{key}");
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: host}\nspec:\n  model: scripted\n  script:\n    - {delayMs: 20000, content: x}\n").await;
+    let run = s.start_run("host", "x").await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", key["key"].as_str().unwrap())
+        .env("STEWARD_RUN", &run)
+        .output()
+        .await
+        .expect("python3 with the openai package (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "the openai SDK script failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+
+    // The upstream saw the SDK's fields passed through, under the deployment's model name.
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|b| b["model"] == "gpt-mock"));
+    assert!(seen.iter().any(|b| b["tool_choice"] == "auto"));
+    assert!(seen
+        .iter()
+        .any(|b| b["response_format"]["type"] == "json_object"));
+
+    // Every call is on the record, attributed to the key's agent, with its usage.
+    let (_, calls) = s.get("/api/v1/calls?agent=notebook-agent").await;
+    let calls = calls["calls"].as_array().unwrap();
+    let ok: Vec<&Value> = calls.iter().filter(|c| c["status"] == "ok").collect();
+    assert_eq!(ok.len(), 6, "{calls:?}");
+    assert!(ok
+        .iter()
+        .all(|c| c["deployment"] == "mock/gpt-mock" && c["model"] == "smart"));
+    let streamed = ok.iter().find(|c| c["stream"] == true).unwrap();
+    assert_eq!(
+        (
+            streamed["tokens_in"].as_i64(),
+            streamed["tokens_out"].as_i64()
+        ),
+        (Some(11), Some(2))
+    );
+    assert_eq!(ok.iter().filter(|c| c["run_id"] == run.as_str()).count(), 1);
+    assert_eq!(calls.len(), 6, "requests refused before reaching an upstream (bad key, unknown model, malformed body) record no call");
+}
+both_backends!(
+    the_openai_sdk_works_unchanged,
+    the_openai_sdk_works_unchanged
+);
