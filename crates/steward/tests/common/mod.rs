@@ -189,9 +189,9 @@ impl TestServer {
     }
 
     /// Like `post`, but a transport error (e.g. the server closing mid-upload) is returned.
+    /// Uses a connection of its own, so one the server closes is never reused by later requests.
     pub async fn try_post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
-        let r = self
-            .http
+        let r = reqwest::Client::new()
             .post(format!("{}{path}", self.url))
             .json(&body)
             .send()
