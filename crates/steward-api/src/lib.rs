@@ -92,6 +92,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/calls", get(routes::list_calls));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
+        .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
         .fallback(openai::not_found);
     Router::new()

@@ -106,13 +106,8 @@ async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, Oa
     Ok(engine.authenticate(bearer, run).await?)
 }
 
-pub async fn chat_completions(
-    State(engine): State<Engine>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, OaiError> {
-    let who = principal(&engine, &headers).await?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+fn json_object(body: &Bytes) -> Result<Value, OaiError> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| {
         OaiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -128,7 +123,33 @@ pub async fn chat_completions(
             "request body must be a JSON object",
         ));
     }
-    match engine.gateway_chat(&who, body).await? {
+    Ok(body)
+}
+
+pub async fn embeddings(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let who = principal(&engine, &headers).await?;
+    match engine.gateway_embeddings(&who, json_object(&body)?).await? {
+        GatewayReply::Json(v) => Ok(Json(v).into_response()),
+        GatewayReply::Stream(_) => Err(OaiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "internal_error",
+            "embeddings do not stream",
+        )),
+    }
+}
+
+pub async fn chat_completions(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let who = principal(&engine, &headers).await?;
+    match engine.gateway_chat(&who, json_object(&body)?).await? {
         GatewayReply::Json(v) => Ok(Json(v).into_response()),
         GatewayReply::Stream(s) => Ok((
             [

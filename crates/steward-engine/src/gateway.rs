@@ -127,17 +127,46 @@ impl Gateway {
     }
 
     pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
+        self.call(who, body, Op::Chat).await
+    }
+
+    pub async fn embeddings(
+        &self,
+        who: &Principal,
+        body: Value,
+    ) -> Result<GatewayReply, GatewayError> {
+        self.call(who, body, Op::Embeddings).await
+    }
+
+    async fn call(
+        &self,
+        who: &Principal,
+        body: Value,
+        op: Op,
+    ) -> Result<GatewayReply, GatewayError> {
         let model = body
             .get("model")
             .and_then(Value::as_str)
             .ok_or_else(|| GatewayError::BadRequest("model: required, a string".into()))?
             .to_string();
-        if !body.get("messages").is_some_and(Value::is_array) {
-            return Err(GatewayError::BadRequest(
-                "messages: required, an array".into(),
-            ));
+        match op {
+            Op::Chat if !body.get("messages").is_some_and(Value::is_array) => {
+                return Err(GatewayError::BadRequest(
+                    "messages: required, an array".into(),
+                ));
+            }
+            Op::Embeddings
+                if !body
+                    .get("input")
+                    .is_some_and(|i| i.is_string() || i.is_array()) =>
+            {
+                return Err(GatewayError::BadRequest(
+                    "input: required, a string or an array".into(),
+                ));
+            }
+            _ => {}
         }
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let stream = op == Op::Chat && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let deployments = self
             .providers
             .deployments(&model)
@@ -154,8 +183,8 @@ impl Gateway {
             .await
             .map_err(internal)?;
         let span = tracing::info_span!(
-            "chat",
-            "gen_ai.operation.name" = "chat",
+            "gen_ai",
+            "gen_ai.operation.name" = op.name(),
             "gen_ai.request.model" = %model,
             "gen_ai.provider.name" = tracing::field::Empty,
             "gen_ai.usage.input_tokens" = tracing::field::Empty,
@@ -169,7 +198,7 @@ impl Gateway {
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, deployments, body, started)
+            self.complete(&call, deployments, body, started, op)
                 .instrument(span)
                 .await
         };
@@ -193,13 +222,21 @@ impl Gateway {
         deployments: Vec<Deployment>,
         body: Value,
         started: Instant,
+        op: Op,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
         let mut last = None;
         for d in &deployments {
-            let attempt = d
-                .provider
-                .chat_openai(body.clone(), &d.model, &call.id, created);
+            let attempt = async {
+                match op {
+                    Op::Chat => {
+                        d.provider
+                            .chat_openai(body.clone(), &d.model, &call.id, created)
+                            .await
+                    }
+                    Op::Embeddings => d.provider.embeddings_openai(body.clone(), &d.model).await,
+                }
+            };
             let r =
                 match tokio::time::timeout(Duration::from_millis(self.timeout_ms), attempt).await {
                     Ok(r) => r,
@@ -341,6 +378,21 @@ impl Gateway {
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .boxed()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Chat,
+    Embeddings,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Chat => "chat",
+            Op::Embeddings => "embeddings",
+        }
     }
 }
 

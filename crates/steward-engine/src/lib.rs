@@ -399,6 +399,15 @@ impl Engine {
         self.inner.gateway.chat(who, body).await
     }
 
+    /// OpenAI-format embeddings for an external agent, through the same path.
+    pub async fn gateway_embeddings(
+        &self,
+        who: &Principal,
+        body: serde_json::Value,
+    ) -> Result<GatewayReply, GatewayError> {
+        self.inner.gateway.embeddings(who, body).await
+    }
+
     /// The model aliases the gateway serves.
     pub fn gateway_models(&self) -> Vec<String> {
         self.inner

@@ -41,6 +41,18 @@ pub trait Provider: Send + Sync {
         Ok(openai_wire::response_to_openai(&r, id, model, created))
     }
 
+    /// Answers an OpenAI-format `/embeddings` request body in OpenAI format.
+    async fn embeddings_openai(
+        &self,
+        _body: serde_json::Value,
+        _model: &str,
+    ) -> Result<serde_json::Value> {
+        Err(Error::Unsupported(format!(
+            "{}: this provider offers no embeddings",
+            self.name()
+        )))
+    }
+
     /// Streams an OpenAI-format request's answer as OpenAI chunks.
     async fn stream_openai(&self, _body: serde_json::Value, _model: &str) -> Result<ByteStream> {
         Err(Error::Unsupported(format!(

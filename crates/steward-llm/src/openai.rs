@@ -181,6 +181,19 @@ impl Provider for OpenAiProvider {
         Ok(v)
     }
 
+    async fn embeddings_openai(&self, mut body: Value, model: &str) -> Result<Value> {
+        let url = join(&self.base_url, "embeddings");
+        body["model"] = json!(model);
+        let v = post_json(&self.name, self.timeout_ms, self.request(&url, &body), &url).await?;
+        if !v.get("data").is_some_and(Value::is_array) {
+            return Err(crate::http::garbage(
+                &self.name,
+                "no data array in the embeddings response",
+            ));
+        }
+        Ok(v)
+    }
+
     async fn stream_openai(&self, mut body: Value, model: &str) -> Result<crate::ByteStream> {
         let url = join(&self.base_url, "chat/completions");
         body["model"] = json!(model);

@@ -64,6 +64,23 @@ async fn mock_upstream() -> (String, Seen) {
             }
         }),
     );
+    let s3 = seen.clone();
+    let app = app.route(
+        "/v1/embeddings",
+        post(move |Json(body): Json<Value>| {
+            let s3 = s3.clone();
+            async move {
+                s3.lock().unwrap().push(body.clone());
+                let inputs = body["input"].as_array().cloned().unwrap_or_else(|| vec![body["input"].clone()]);
+                let data: Vec<Value> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": [t.as_str().unwrap_or("").len() as f64, 0.5]}))
+                    .collect();
+                Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 3, "total_tokens": 3}}))
+            }
+        }),
+    );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -85,6 +102,10 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
             (
                 "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
                 "[\"dead/gpt-x\", \"mock/gpt-mock\"]",
+            ),
+            (
+                "STEWARD_LLM__ROUTES__EMBED__DEPLOYMENTS",
+                "[\"mock/text-embed\"]",
             ),
         ],
     )
@@ -115,7 +136,9 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
 
     // The upstream saw the SDK's fields passed through, under the deployment's model name.
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.iter().all(|b| b["model"] == "gpt-mock"));
+    assert!(seen
+        .iter()
+        .all(|b| b["model"] == "gpt-mock" || b["model"] == "text-embed"));
     assert!(seen.iter().any(|b| b["tool_choice"] == "auto"));
     assert!(seen
         .iter()
@@ -125,10 +148,16 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
     let (_, calls) = s.get("/api/v1/calls?agent=notebook-agent").await;
     let calls = calls["calls"].as_array().unwrap();
     let ok: Vec<&Value> = calls.iter().filter(|c| c["status"] == "ok").collect();
-    assert_eq!(ok.len(), 6, "{calls:?}");
+    assert_eq!(ok.len(), 7, "{calls:?}");
+    let embed = ok.iter().find(|c| c["model"] == "embed").unwrap();
+    assert_eq!(
+        (embed["deployment"].as_str(), embed["tokens_in"].as_i64()),
+        (Some("mock/text-embed"), Some(3))
+    );
     assert!(ok
         .iter()
-        .all(|c| c["deployment"] == "mock/gpt-mock" && c["model"] == "smart"));
+        .filter(|c| c["model"] == "smart")
+        .all(|c| c["deployment"] == "mock/gpt-mock"));
     let streamed = ok.iter().find(|c| c["stream"] == true).unwrap();
     assert_eq!(
         (
@@ -138,7 +167,7 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         (Some(11), Some(2))
     );
     assert_eq!(ok.iter().filter(|c| c["run_id"] == run.as_str()).count(), 1);
-    assert_eq!(calls.len(), 6, "requests refused before reaching an upstream (bad key, unknown model, malformed body) record no call");
+    assert_eq!(calls.len(), 7, "requests refused before reaching an upstream (bad key, unknown model, malformed body) record no call");
 }
 both_backends!(
     the_openai_sdk_works_unchanged,

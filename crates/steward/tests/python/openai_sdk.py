@@ -58,6 +58,11 @@ for chunk in stream:
 assert text == "Hello", text
 assert usage is not None and usage.completion_tokens == 2, usage
 
+# Embeddings.
+e = client.embeddings.create(model="embed", input=["a", "bb"])
+assert [d.embedding for d in e.data] == [[1.0, 0.5], [2.0, 0.5]], e
+assert e.usage.prompt_tokens == 3, e.usage
+
 # Attribution to a run.
 r = client.chat.completions.create(
     model="smart",
