@@ -38,7 +38,8 @@ use utoipa::OpenApi;
         routes::cancel_run,
         routes::resolve_run,
         routes::create_key,
-        routes::list_calls
+        routes::list_calls,
+        routes::costs
     ),
     components(schemas(
         wire::Agent,
@@ -59,6 +60,8 @@ use utoipa::OpenApi;
         wire::ApiKey,
         wire::Call,
         wire::CallList,
+        wire::CostLine,
+        wire::CostReport,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -89,7 +92,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs/{id}/cancel", post(routes::cancel_run))
         .route("/runs/{id}/resolve", post(routes::resolve_run))
         .route("/keys", post(routes::create_key))
-        .route("/calls", get(routes::list_calls));
+        .route("/calls", get(routes::list_calls))
+        .route("/costs", get(routes::costs));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))

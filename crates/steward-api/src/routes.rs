@@ -231,6 +231,49 @@ pub async fn list_calls(
     }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CostQuery {
+    /// agent (default), model, run or day.
+    pub by: Option<String>,
+    /// Only usage from the last this many days (default 30).
+    pub days: Option<i64>,
+}
+
+/// Model spend of managed runs and gateway calls, priced and grouped.
+#[utoipa::path(get, path = "/api/v1/costs", params(CostQuery),
+    responses((status = 200, body = CostReport), (status = 400, body = ErrorBody)))]
+pub async fn costs(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<CostQuery>,
+) -> ApiResult<Json<CostReport>> {
+    let by = q.by.unwrap_or_else(|| "agent".into());
+    let days = q.days.unwrap_or(30);
+    if !(1..=36_500).contains(&days) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "days: between 1 and 36500",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let since = now - days * 86_400_000;
+    let lines: Vec<CostLine> = e
+        .costs(&by, since)
+        .await?
+        .into_iter()
+        .map(CostLine::from)
+        .collect();
+    let total_usd = lines.iter().map(|l| l.cost_usd).sum();
+    Ok(Json(CostReport {
+        by,
+        since,
+        lines,
+        total_usd,
+    }))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
 }

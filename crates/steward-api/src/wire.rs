@@ -245,3 +245,38 @@ impl From<steward_store::CallRecord> for Call {
 pub struct CallList {
     pub calls: Vec<Call>,
 }
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CostLine {
+    /// The agent, model, run id or day (YYYY-MM-DD), per the report's `by`.
+    pub key: String,
+    pub calls: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    /// US dollars at the price table's prices.
+    pub cost_usd: f64,
+    /// Calls whose model has no price; add one under [llm.prices].
+    pub unpriced_calls: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CostReport {
+    pub by: String,
+    /// Start of the period, milliseconds since the Unix epoch.
+    pub since: i64,
+    pub lines: Vec<CostLine>,
+    pub total_usd: f64,
+}
+
+impl From<steward_engine::CostLine> for CostLine {
+    fn from(l: steward_engine::CostLine) -> Self {
+        CostLine {
+            key: l.key,
+            calls: l.calls,
+            tokens_in: l.tokens_in,
+            tokens_out: l.tokens_out,
+            cost_usd: l.cost_usd,
+            unpriced_calls: l.unpriced_calls,
+        }
+    }
+}

@@ -27,6 +27,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             tools: steward_tools::Tools::builtin(&ToolsConfig::default()).unwrap(),
             clock: Arc::new(SystemClock),
             llm_timeout_ms: 60_000,
+            prices: steward_llm::Prices::default(),
             stats: None,
         },
     )

@@ -3,6 +3,7 @@
 
 mod agent_loop;
 mod clock;
+mod costs;
 mod error;
 mod gateway;
 mod host;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, SystemClock};
+pub use costs::{CostBy, CostLine};
 pub use error::{Error, Result};
 pub use gateway::{GatewayError, GatewayReply, Principal};
 pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
@@ -53,12 +55,14 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// Upper bound of one gateway model call.
     pub llm_timeout_ms: u64,
+    pub prices: steward_llm::Prices,
     /// Collect per-step overhead samples (for benchmarks).
     pub stats: Option<Arc<StepStats>>,
 }
 
 struct Inner {
     shared: Arc<Shared>,
+    prices: steward_llm::Prices,
     kernel: Kernel,
     gateway: gateway::Gateway,
     cfg: EngineConfig,
@@ -115,6 +119,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
+                prices: opts.prices,
                 kernel,
                 gateway,
                 cfg: opts.cfg,
@@ -424,6 +429,13 @@ impl Engine {
         limit: i64,
     ) -> Result<Vec<steward_store::CallRecord>> {
         Ok(self.store().list_calls(agent, limit).await?)
+    }
+
+    /// Model spend since `since`, grouped `by` agent, model, run or day, most expensive first.
+    pub async fn costs(&self, by: &str, since: steward_types::Millis) -> Result<Vec<CostLine>> {
+        let by = CostBy::parse(by)?;
+        let rows = self.store().usage(since).await?;
+        Ok(costs::report(&rows, &self.inner.prices, by))
     }
 
     /// How many runs this node is driving now.

@@ -8,11 +8,13 @@ mod error;
 mod http;
 mod openai;
 pub mod openai_wire;
+mod prices;
 mod registry;
 mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};
 pub use error::{Error, Result};
+pub use prices::Prices;
 pub use registry::{Deployment, Providers};
 pub use scripted::{ScriptedProvider, SCRIPTED_LABEL};
 

@@ -122,6 +122,8 @@ pub trait GatewayStore: Send + Sync {
     async fn call_finished(&self, id: &str, outcome: &CallOutcome) -> Result<()>;
     /// Most recent first; `agent` filters.
     async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
+    /// Usage of models since a time, managed runs and gateway calls together.
+    async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>>;
 }
 
 /// Everything durable, behind one handle.

@@ -213,3 +213,18 @@ pub struct CallRecord {
     pub started_at: Millis,
     pub duration_us: i64,
 }
+
+/// Token usage summed per agent, model, run and day, from managed runs' model steps and from
+/// gateway calls alike.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct UsageRow {
+    pub agent: String,
+    /// The model name of a managed step; the deployment label (`provider/model`) of a gateway call.
+    pub model: String,
+    pub run_id: Option<String>,
+    /// Days since the Unix epoch (UTC).
+    pub day: i64,
+    pub calls: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}

@@ -514,6 +514,25 @@ macro_rules! impl_store {
                 qb.push(" ORDER BY started_at DESC, id DESC LIMIT ").push_bind(limit.clamp(1, 10_000));
                 Ok(qb.build_query_as().fetch_all(&self.read).await?)
             }
+
+            async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT r.agent AS agent, j.name AS model, j.run_id AS run_id, j.at / 86400000 AS day, \
+                       COUNT(*) AS calls, CAST(SUM(j.tokens_in) AS BIGINT) AS tokens_in, \
+                       CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out \
+                     FROM journal j JOIN runs r ON r.id = j.run_id \
+                     WHERE j.phase = 1 AND j.kind = 'model' AND j.at >= $1 \
+                     GROUP BY r.agent, j.name, j.run_id, j.at / 86400000 \
+                     UNION ALL \
+                     SELECT agent, COALESCE(deployment, model), run_id, started_at / 86400000, COUNT(*), \
+                       CAST(SUM(tokens_in) AS BIGINT), CAST(SUM(tokens_out) AS BIGINT) \
+                     FROM gateway_calls WHERE status <> 'started' AND started_at >= $1 \
+                     GROUP BY agent, COALESCE(deployment, model), run_id, started_at / 86400000",
+                )
+                .bind(since)
+                .fetch_all(&self.read)
+                .await?)
+            }
         }
 
         #[async_trait]

@@ -109,6 +109,17 @@ pub struct LlmConfig {
     /// Model aliases for the `/v1` gateway: each names its deployments (`provider/model`) in
     /// priority order; a deployment that fails with a transient error falls back to the next.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Price overrides and additions, US dollars per million tokens, by model.
+    pub prices: BTreeMap<String, Price>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -123,6 +134,7 @@ impl Default for LlmConfig {
             timeout_ms: 120_000,
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
+            prices: BTreeMap::new(),
         }
     }
 }

@@ -157,6 +157,7 @@ async fn drive(
         tools: Tools::builtin(&ToolsConfig::default())?,
         clock: Arc::new(SystemClock),
         llm_timeout_ms: 60_000,
+        prices: steward_llm::Prices::default(),
         stats: Some(stats.clone()),
     };
     let started = Instant::now();

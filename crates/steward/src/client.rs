@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use steward_api::wire::{Agent, AgentList, ApplyResult, Journal, JournalItem, Run, RunList};
+use steward_api::wire::{
+    Agent, AgentList, ApplyResult, CostReport, Journal, JournalItem, Run, RunList,
+};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum GetWhat {
@@ -330,6 +332,40 @@ impl Client {
         }
         println!("tokens: {tin} in, {tout} out");
         print_end(&run);
+        Ok(())
+    }
+
+    pub async fn cost(&self, by: &str, days: i64) -> anyhow::Result<()> {
+        let r: CostReport = self
+            .get_json(&format!("/api/v1/costs?by={by}&days={days}"))
+            .await?;
+        println!(
+            "{:<40} {:>7} {:>12} {:>12} {:>12}",
+            by.to_uppercase(),
+            "CALLS",
+            "TOKENS IN",
+            "TOKENS OUT",
+            "COST USD"
+        );
+        for l in &r.lines {
+            let unpriced = if l.unpriced_calls > 0 {
+                format!("  ({} unpriced)", l.unpriced_calls)
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<40} {:>7} {:>12} {:>12} {:>12.6}{unpriced}",
+                clip(&l.key, 40),
+                l.calls,
+                l.tokens_in,
+                l.tokens_out,
+                l.cost_usd
+            );
+        }
+        println!(
+            "{:<40} {:>7} {:>12} {:>12} {:>12.6}",
+            "TOTAL", "", "", "", r.total_usd
+        );
         Ok(())
     }
 

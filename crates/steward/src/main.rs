@@ -71,6 +71,14 @@ enum Command {
         #[arg(value_enum)]
         action: client::ResolveWhat,
     },
+    /// Model spend by agent, model, run or day.
+    Cost {
+        #[arg(long, default_value = "agent")]
+        by: String,
+        /// The last this many days.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
     /// Start an embedded Steward, run an example fleet, crash it mid-run, and show recovery.
     Demo(demo::DemoArgs),
     /// Benchmarks (see bench/README.md).
@@ -104,6 +112,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs { run } => c?.logs(&run).await,
             Command::Cancel { run, reason } => c?.cancel(&run, &reason).await,
             Command::Resolve { run, action } => c?.resolve(&run, action).await,
+            Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

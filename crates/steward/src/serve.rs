@@ -101,6 +101,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         tools,
         clock: Arc::new(SystemClock),
         llm_timeout_ms: cfg.llm.timeout_ms,
+        prices: steward_llm::Prices::new(&cfg.llm.prices)?,
         stats,
     };
     Ok(Engine::start(store, opts).await?)

@@ -86,6 +86,18 @@ async fn the_cli_drives_a_server() {
         "{out}"
     );
 
+    let (ok, out, err) = steward(&s, &["cost", "--by", "model"]);
+    assert!(ok, "{err}");
+    let scripted = out
+        .lines()
+        .find(|l| l.starts_with("scripted"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        scripted.contains("0.000000"),
+        "the scripted model costs nothing: {scripted}"
+    );
+    assert!(out.lines().last().unwrap().starts_with("TOTAL"), "{out}");
+
     let (ok, _, err) = steward(&s, &["cancel", &run_id, "--reason", "too late"]);
     assert!(
         !ok && err.contains("already succeeded") && err.contains("conflict"),

@@ -107,6 +107,10 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
                 "STEWARD_LLM__ROUTES__EMBED__DEPLOYMENTS",
                 "[\"mock/text-embed\"]",
             ),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+            ("STEWARD_LLM__PRICES__TEXT-EMBED__INPUT", "0.5"),
+            ("STEWARD_LLM__PRICES__TEXT-EMBED__OUTPUT", "0.0"),
         ],
     )
     .await;
@@ -168,6 +172,46 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
     );
     assert_eq!(ok.iter().filter(|c| c["run_id"] == run.as_str()).count(), 1);
     assert_eq!(calls.len(), 7, "requests refused before reaching an upstream (bad key, unknown model, malformed body) record no call");
+
+    // Costs: the usage above at the configured prices (dollars per million tokens).
+    let (st, by_model) = s.get("/api/v1/costs?by=model").await;
+    assert_eq!(st, 200, "{by_model}");
+    let line = |key: &str| {
+        by_model["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["key"] == key)
+            .cloned()
+            .unwrap()
+    };
+    let chat = line("mock/gpt-mock");
+    assert_eq!(
+        (
+            chat["calls"].as_i64(),
+            chat["tokens_in"].as_i64(),
+            chat["tokens_out"].as_i64()
+        ),
+        (Some(6), Some(61), Some(17))
+    );
+    assert!(
+        (chat["cost_usd"].as_f64().unwrap() - 95e-6).abs() < 1e-12,
+        "{chat}"
+    );
+    assert!((line("mock/text-embed")["cost_usd"].as_f64().unwrap() - 1.5e-6).abs() < 1e-12);
+    let (_, by_run) = s.get("/api/v1/costs?by=run").await;
+    let run_line = by_run["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["key"] == run.as_str())
+        .unwrap();
+    assert_eq!(run_line["calls"], 1);
+    let (st, bad) = s.get("/api/v1/costs?by=week").await;
+    assert_eq!(
+        (st, bad["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
 }
 both_backends!(
     the_openai_sdk_works_unchanged,
