@@ -39,7 +39,9 @@ use utoipa::OpenApi;
         routes::resolve_run,
         routes::create_key,
         routes::list_calls,
-        routes::costs
+        routes::costs,
+        routes::put_budget,
+        routes::list_budgets
     ),
     components(schemas(
         wire::Agent,
@@ -62,6 +64,9 @@ use utoipa::OpenApi;
         wire::CallList,
         wire::CostLine,
         wire::CostReport,
+        wire::PutBudget,
+        wire::Budget,
+        wire::BudgetList,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -93,7 +98,9 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs/{id}/resolve", post(routes::resolve_run))
         .route("/keys", post(routes::create_key))
         .route("/calls", get(routes::list_calls))
-        .route("/costs", get(routes::costs));
+        .route("/costs", get(routes::costs))
+        .route("/budgets", get(routes::list_budgets))
+        .route("/budgets/{account}", axum::routing::put(routes::put_budget));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))

@@ -57,6 +57,13 @@ impl From<GatewayError> for OaiError {
                 "invalid_request",
                 message,
             ),
+            // 402, not 429: an SDK must not retry a call the budget refused.
+            GatewayError::BudgetExceeded { .. } => OaiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                "budget_exceeded",
+                message,
+            ),
             GatewayError::ModelNotFound(_) => OaiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",

@@ -274,6 +274,34 @@ pub async fn costs(
     }))
 }
 
+/// Creates or changes a budget account (`org`, `team:x`, `agent:NAME`, `run:RUN_ID`, …).
+#[utoipa::path(put, path = "/api/v1/budgets/{account}", params(("account" = String, Path)), request_body = PutBudget,
+    responses((status = 200, body = Budget), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_budget(
+    State(e): State<Engine>,
+    Path(account): Path<String>,
+    ApiJson(req): ApiJson<PutBudget>,
+) -> ApiResult<Json<Budget>> {
+    let period = req.period.unwrap_or_else(|| "total".into());
+    Ok(Json(
+        e.put_budget(&account, req.parent.as_deref(), req.cap_usd, &period)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/budgets", responses((status = 200, body = BudgetList)))]
+pub async fn list_budgets(State(e): State<Engine>) -> ApiResult<Json<BudgetList>> {
+    Ok(Json(BudgetList {
+        budgets: e
+            .list_budgets()
+            .await?
+            .into_iter()
+            .map(Budget::from)
+            .collect(),
+    }))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
 }

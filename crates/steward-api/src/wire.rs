@@ -280,3 +280,49 @@ impl From<steward_engine::CostLine> for CostLine {
         }
     }
 }
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutBudget {
+    /// The account above this one; holds and spend count against it too.
+    pub parent: Option<String>,
+    pub cap_usd: f64,
+    /// `total` (default) or `day` (resets at 00:00 UTC).
+    pub period: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Budget {
+    pub account: String,
+    pub parent: Option<String>,
+    pub cap_usd: f64,
+    pub period: String,
+    pub spent_usd: f64,
+    /// Held for calls in flight.
+    pub reserved_usd: f64,
+    /// Exact amounts, in nano-dollars.
+    pub cap_nanos: i64,
+    pub spent_nanos: i64,
+    pub reserved_nanos: i64,
+}
+
+impl From<steward_store::BudgetRecord> for Budget {
+    fn from(b: steward_store::BudgetRecord) -> Self {
+        Budget {
+            account: b.account,
+            parent: b.parent,
+            cap_usd: b.cap_nanos as f64 / 1e9,
+            period: b.period,
+            spent_usd: b.spent_nanos as f64 / 1e9,
+            reserved_usd: b.reserved_nanos as f64 / 1e9,
+            cap_nanos: b.cap_nanos,
+            spent_nanos: b.spent_nanos,
+            reserved_nanos: b.reserved_nanos,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BudgetList {
+    pub budgets: Vec<Budget>,
+}

@@ -34,6 +34,9 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     ModelNotFound(String),
+    /// A hold for the call's worst case would pass this account's cap.
+    #[error("budget exceeded on account {account:?}: {message}")]
+    BudgetExceeded { account: String, message: String },
     /// Every deployment failed; carries the last upstream error and its HTTP status, if any.
     #[error("{message}")]
     Upstream {
@@ -54,6 +57,7 @@ pub enum GatewayReply {
 pub(crate) struct Gateway {
     pub store: Arc<dyn Store>,
     pub providers: Providers,
+    pub prices: steward_llm::Prices,
     pub clock: Arc<dyn Clock>,
     pub timeout_ms: u64,
 }
@@ -64,6 +68,29 @@ pub(crate) fn key_hash(secret: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A budget hold taken for one call: the accounts up the chain and the amount on each.
+#[derive(Clone, Debug)]
+pub(crate) struct Hold {
+    accounts: Vec<String>,
+    nanos: i64,
+}
+
+/// Output tokens assumed for the worst case when a request sets no limit.
+const DEFAULT_MAX_OUTPUT: i64 = 4096;
+
+/// Nano-dollars for tokens at a deployment's price (rounded up: a hold never falls short).
+fn cost_nanos(
+    prices: &steward_llm::Prices,
+    label: &str,
+    tokens_in: i64,
+    tokens_out: i64,
+) -> Option<i64> {
+    prices.get(label).map(|p| {
+        ((tokens_in.max(0) as f64 * p.input + tokens_out.max(0) as f64 * p.output) * 1000.0).ceil()
+            as i64
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> GatewayError {
@@ -126,6 +153,104 @@ impl Gateway {
         })
     }
 
+    /// The budget accounts that govern a call, leaf to root: the run's, the agent's, and their
+    /// ancestors. Accounts that do not exist are skipped: no budget, no limit.
+    async fn chain(&self, who: &Principal) -> Result<Vec<String>, GatewayError> {
+        let mut start = Vec::new();
+        if let Some(run) = &who.run {
+            start.push(format!("run:{run}"));
+        }
+        start.push(format!("agent:{}", who.agent));
+        let mut chain: Vec<String> = Vec::new();
+        for first in start {
+            let mut next = Some(first);
+            while let Some(account) = next.take() {
+                if chain.contains(&account) || chain.len() >= 16 {
+                    break;
+                }
+                match self.store.get_budget(&account).await.map_err(internal)? {
+                    Some(b) => {
+                        chain.push(account);
+                        next = b.parent;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Reserves the call's worst case on every account up the chain, or refuses the call.
+    async fn hold(
+        &self,
+        who: &Principal,
+        deployments: &[Deployment],
+        body: &Value,
+        op: Op,
+    ) -> Result<Option<Hold>, GatewayError> {
+        let accounts = self.chain(who).await?;
+        if accounts.is_empty() {
+            return Ok(None);
+        }
+        // A token is at least a byte: the request's size bounds its input tokens from above.
+        let input = match op {
+            Op::Chat => body.get("messages"),
+            Op::Embeddings => body.get("input"),
+        };
+        let tokens_in = input.map_or(0, |v| v.to_string().len() as i64);
+        let tokens_out = match op {
+            Op::Chat => body
+                .get("max_completion_tokens")
+                .or_else(|| body.get("max_tokens"))
+                .and_then(Value::as_i64)
+                .unwrap_or(DEFAULT_MAX_OUTPUT),
+            Op::Embeddings => 0,
+        };
+        let mut worst = 0;
+        for d in deployments {
+            let cost =
+                cost_nanos(&self.prices, &d.label, tokens_in, tokens_out).ok_or_else(|| {
+                    GatewayError::BadRequest(format!(
+                        "{} has no price, and this agent has a budget: add it under [llm.prices]",
+                        d.label
+                    ))
+                })?;
+            worst = worst.max(cost);
+        }
+        let now = self.clock.now_ms();
+        let day_start = now - now.rem_euclid(86_400_000);
+        match self
+            .store
+            .reserve(&accounts, worst, day_start, now)
+            .await
+            .map_err(internal)?
+        {
+            None => Ok(Some(Hold {
+                accounts,
+                nanos: worst,
+            })),
+            Some(account) => Err(GatewayError::BudgetExceeded {
+                account,
+                message: format!(
+                    "the call's worst case (${:.6}) does not fit what is left",
+                    worst as f64 / 1e9
+                ),
+            }),
+        }
+    }
+
+    async fn settle(&self, hold: &Option<Hold>, spent: i64) {
+        if let Some(h) = hold {
+            if let Err(e) = self
+                .store
+                .settle(&h.accounts, h.nanos, spent, self.clock.now_ms())
+                .await
+            {
+                tracing::error!(error = %e, accounts = ?h.accounts, "settling a budget hold failed; the hold stays until fixed");
+            }
+        }
+    }
+
     pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
         self.call(who, body, Op::Chat).await
     }
@@ -171,6 +296,7 @@ impl Gateway {
             .providers
             .deployments(&model)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
+        let hold = self.hold(who, &deployments, &body, op).await?;
         let call = NewCall {
             id: self.clock.new_id("call"),
             agent: who.agent.to_string(),
@@ -194,11 +320,11 @@ impl Gateway {
         );
         let started = Instant::now();
         let result = if stream {
-            self.stream(&call, deployments, body, started)
+            self.stream(&call, deployments, body, started, hold.clone())
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, deployments, body, started, op)
+            self.complete(&call, deployments, body, started, op, &hold)
                 .instrument(span)
                 .await
         };
@@ -212,6 +338,7 @@ impl Gateway {
                 duration_us: started.elapsed().as_micros() as i64,
             };
             let _ = self.store.call_finished(&call.id, &outcome).await;
+            self.settle(&hold, 0).await;
         }
         result
     }
@@ -223,6 +350,7 @@ impl Gateway {
         body: Value,
         started: Instant,
         op: Op,
+        hold: &Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
         let mut last = None;
@@ -267,10 +395,16 @@ impl Gateway {
                         tokens_out: tout,
                         duration_us: started.elapsed().as_micros() as i64,
                     };
-                    self.store
-                        .call_finished(&call.id, &outcome)
-                        .await
-                        .map_err(internal)?;
+                    // The upstream has answered and charged: book it, and from here on the
+                    // call succeeds even if the record cannot be written.
+                    self.settle(
+                        hold,
+                        cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0),
+                    )
+                    .await;
+                    if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
+                        tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
+                    }
                     return Ok(GatewayReply::Json(v));
                 }
                 Err(e) if e.is_transient() => {
@@ -291,6 +425,7 @@ impl Gateway {
         deployments: Vec<Deployment>,
         body: Value,
         started: Instant,
+        hold: Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
         let mut last = None;
         for d in &deployments {
@@ -302,6 +437,7 @@ impl Gateway {
                         d.label.clone(),
                         upstream_stream,
                         started,
+                        hold,
                     )));
                 }
                 Err(e) if e.is_transient() => {
@@ -324,8 +460,11 @@ impl Gateway {
         deployment: String,
         upstream: ByteStream,
         started: Instant,
+        hold: Option<Hold>,
     ) -> ByteStream {
         let store = self.store.clone();
+        let prices = self.prices.clone();
+        let clock = self.clock.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
         tokio::spawn(async move {
             let mut upstream = upstream;
@@ -372,6 +511,21 @@ impl Gateway {
                 tokens_out: tout,
                 duration_us: started.elapsed().as_micros() as i64,
             };
+            if let Some(h) = &hold {
+                let spent = cost_nanos(
+                    &prices,
+                    &outcome.deployment.clone().unwrap_or_default(),
+                    tin,
+                    tout,
+                )
+                .unwrap_or(0);
+                if let Err(e) = store
+                    .settle(&h.accounts, h.nanos, spent, clock.now_ms())
+                    .await
+                {
+                    tracing::error!(%call_id, error = %e, "settling a budget hold failed");
+                }
+            }
             if let Err(e) = store.call_finished(&call_id, &outcome).await {
                 tracing::warn!(%call_id, error = %e, "could not record the end of a streamed call");
             }

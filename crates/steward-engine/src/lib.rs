@@ -103,6 +103,7 @@ impl Engine {
         let gateway = gateway::Gateway {
             store: store.clone(),
             providers: opts.providers.clone(),
+            prices: opts.prices.clone(),
             clock: opts.clock.clone(),
             timeout_ms: opts.llm_timeout_ms,
         };
@@ -436,6 +437,74 @@ impl Engine {
         let by = CostBy::parse(by)?;
         let rows = self.store().usage(since).await?;
         Ok(costs::report(&rows, &self.inner.prices, by))
+    }
+
+    /// Creates or changes a budget account. `cap_usd` per `period` (`total` or `day`).
+    pub async fn put_budget(
+        &self,
+        account: &str,
+        parent: Option<&str>,
+        cap_usd: f64,
+        period: &str,
+    ) -> Result<steward_store::BudgetRecord> {
+        let valid = |a: &str| {
+            !a.is_empty()
+                && a.len() <= 200
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+        };
+        if !valid(account) {
+            return Err(Error::InvalidRequest(format!("account {account:?}: use letters, digits and - _ : . (e.g. org, team:search, agent:NAME, run:RUN_ID)")));
+        }
+        if !(cap_usd.is_finite() && (0.0..=1e9).contains(&cap_usd)) {
+            return Err(Error::InvalidRequest(
+                "cap_usd: a number from 0 to 1e9".into(),
+            ));
+        }
+        if !matches!(period, "total" | "day") {
+            return Err(Error::InvalidRequest(format!(
+                "period: {period:?} is not total or day"
+            )));
+        }
+        if let Some(p) = parent {
+            // The parent must exist, and the account must not be among its ancestors.
+            let mut cur = Some(p.to_string());
+            let mut depth = 0;
+            while let Some(a) = cur {
+                if a == account {
+                    return Err(Error::InvalidRequest(format!(
+                        "parent: {p:?} would make a cycle through {account:?}"
+                    )));
+                }
+                depth += 1;
+                if depth > 16 {
+                    return Err(Error::InvalidRequest(
+                        "parent: budget hierarchies are at most 16 deep".into(),
+                    ));
+                }
+                cur = self
+                    .store()
+                    .get_budget(&a)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("parent: no budget account {a:?}")))?
+                    .parent;
+            }
+        }
+        let cap = (cap_usd * 1e9).round() as i64;
+        Ok(self
+            .store()
+            .put_budget(
+                account,
+                parent,
+                cap,
+                period,
+                self.inner.shared.clock.now_ms(),
+            )
+            .await?)
+    }
+
+    pub async fn list_budgets(&self) -> Result<Vec<steward_store::BudgetRecord>> {
+        Ok(self.store().list_budgets().await?)
     }
 
     /// How many runs this node is driving now.

@@ -126,9 +126,45 @@ pub trait GatewayStore: Send + Sync {
     async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>>;
 }
 
+/// Budget accounts and their ledger.
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// Creates or changes an account's cap, period and parent; spending so far is kept.
+    async fn put_budget(
+        &self,
+        account: &str,
+        parent: Option<&str>,
+        cap_nanos: i64,
+        period: &str,
+        now: Millis,
+    ) -> Result<BudgetRecord>;
+    async fn get_budget(&self, account: &str) -> Result<Option<BudgetRecord>>;
+    async fn list_budgets(&self) -> Result<Vec<BudgetRecord>>;
+    /// Holds `amount` on every account in `accounts`, all or none, in one transaction. A daily
+    /// account whose period began before `day_start` starts a new period first. Returns the
+    /// first account whose cap the hold would pass, or `None` when the hold is in place.
+    async fn reserve(
+        &self,
+        accounts: &[String],
+        amount: i64,
+        day_start: Millis,
+        now: Millis,
+    ) -> Result<Option<String>>;
+    /// Releases a hold of `reserved` and books `spent` on every account in `accounts`.
+    async fn settle(
+        &self,
+        accounts: &[String],
+        reserved: i64,
+        spent: i64,
+        now: Millis,
+    ) -> Result<()>;
+}
+
 /// Everything durable, behind one handle.
 #[async_trait]
-pub trait Store: AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore {
+pub trait Store:
+    AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore + BudgetStore
+{
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend
     /// can announce them (PostgreSQL `LISTEN/NOTIFY`); `None` for a single-process store.

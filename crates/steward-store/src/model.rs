@@ -228,3 +228,16 @@ pub struct UsageRow {
     pub tokens_in: i64,
     pub tokens_out: i64,
 }
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct BudgetRecord {
+    pub account: String,
+    pub parent: Option<String>,
+    pub cap_nanos: i64,
+    /// `total` (never resets) or `day` (resets at 00:00 UTC).
+    pub period: String,
+    pub period_start: Millis,
+    pub spent_nanos: i64,
+    pub reserved_nanos: i64,
+    pub updated_at: Millis,
+}

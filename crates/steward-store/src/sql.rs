@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    AgentStore, Error, GatewayStore, JournalStore, Result, RunStore, ScratchpadStore, Store,
+    AgentStore, BudgetStore, Error, GatewayStore, JournalStore, Result, RunStore, ScratchpadStore,
+    Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -532,6 +533,96 @@ macro_rules! impl_store {
                 .bind(since)
                 .fetch_all(&self.read)
                 .await?)
+            }
+        }
+
+        #[async_trait]
+        impl BudgetStore for $store {
+            async fn put_budget(&self, account: &str, parent: Option<&str>, cap: i64, period: &str, now: Millis) -> Result<BudgetRecord> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO budgets (account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, 0, $5) \
+                     ON CONFLICT (account) DO UPDATE SET parent = excluded.parent, cap_nanos = excluded.cap_nanos, \
+                       period = excluded.period, updated_at = excluded.updated_at \
+                     RETURNING account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at",
+                )
+                .bind(account)
+                .bind(parent)
+                .bind(cap)
+                .bind(period)
+                .bind(now)
+                .fetch_one(&self.write)
+                .await?)
+            }
+
+            async fn get_budget(&self, account: &str) -> Result<Option<BudgetRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at \
+                     FROM budgets WHERE account = $1",
+                )
+                .bind(account)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn list_budgets(&self) -> Result<Vec<BudgetRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at \
+                     FROM budgets ORDER BY account",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn reserve(&self, accounts: &[String], amount: i64, day_start: Millis, now: Millis) -> Result<Option<String>> {
+                let mut tx = self.write.begin().await?;
+                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
+                // take their row locks in the same order and cannot deadlock.
+                for account in accounts {
+                    sqlx::query(
+                        "UPDATE budgets SET spent_nanos = 0, period_start = $1 \
+                         WHERE account = $2 AND period = 'day' AND period_start < $1",
+                    )
+                    .bind(day_start)
+                    .bind(account)
+                    .execute(&mut *tx)
+                    .await?;
+                    // The check and the hold are one statement: exact under any concurrency.
+                    let held = sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
+                         WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
+                    )
+                    .bind(amount)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if held == 0 {
+                        tx.rollback().await?;
+                        return Ok(Some(account.clone()));
+                    }
+                }
+                tx.commit().await?;
+                Ok(None)
+            }
+
+            async fn settle(&self, accounts: &[String], reserved: i64, spent: i64, now: Millis) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                for account in accounts {
+                    sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
+                           updated_at = $3 WHERE account = $4",
+                    )
+                    .bind(reserved)
+                    .bind(spent)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
         }
 
