@@ -26,7 +26,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             providers: steward_llm::Providers::default(),
             tools: steward_tools::Tools::builtin(&ToolsConfig::default()).unwrap(),
             clock: Arc::new(SystemClock),
-            llm_timeout_ms: 60_000,
+            llm: Default::default(),
             prices: steward_llm::Prices::default(),
             stats: None,
         },

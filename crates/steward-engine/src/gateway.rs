@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use steward_llm::resilience::retry_delay;
 use steward_llm::{ByteStream, Deployment, Providers};
 use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
 use steward_types::{AgentName, RunId};
@@ -54,7 +55,13 @@ pub enum GatewayReply {
     Stream(ByteStream),
 }
 
+/// A retry that would wait longer than this falls back to the next deployment instead.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Gateway {
+    pub breakers: steward_llm::resilience::Breakers,
+    pub retries: u32,
+    pub retry_base: Duration,
     pub store: Arc<dyn Store>,
     pub providers: Providers,
     pub prices: steward_llm::Prices,
@@ -343,6 +350,64 @@ impl Gateway {
         result
     }
 
+    /// Tries the deployments in priority order. A transient failure is retried on the same
+    /// deployment (backoff with jitter, or the upstream's `Retry-After`) while its breaker stays
+    /// closed, then the next deployment is tried; a deployment whose breaker is open is skipped.
+    async fn try_deployments<'d, T, F, Fut>(
+        &self,
+        call_id: &str,
+        deployments: &'d [Deployment],
+        act: F,
+    ) -> Result<(T, &'d Deployment), GatewayError>
+    where
+        F: Fn(&'d Deployment) -> Fut,
+        Fut: std::future::Future<Output = steward_llm::Result<T>>,
+    {
+        let seed = call_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let mut last: Option<steward_llm::Error> = None;
+        for d in deployments {
+            if !self.breakers.allow(&d.label, Instant::now()) {
+                tracing::info!(deployment = %d.label, "skipped: its circuit is open");
+                continue;
+            }
+            let mut attempt = 0;
+            loop {
+                match act(d).await {
+                    Ok(v) => {
+                        self.breakers.success(&d.label);
+                        return Ok((v, d));
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.breakers.failure(&d.label, Instant::now());
+                        let delay = retry_delay(attempt, self.retry_base, e.retry_after(), seed);
+                        let retry = attempt < self.retries
+                            && delay <= MAX_RETRY_WAIT
+                            && self.breakers.allow(&d.label, Instant::now());
+                        tracing::warn!(deployment = %d.label, error = %e, retry, "deployment failed");
+                        last = Some(e);
+                        if !retry {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    // The request itself is at fault: another deployment would refuse it too.
+                    Err(e) => return Err(upstream(e)),
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => upstream(e),
+            None => GatewayError::Upstream {
+                status: Some(503),
+                timeout: false,
+                message: "every deployment of this model is failing and was skipped (circuits open); try again shortly".into(),
+            },
+        })
+    }
+
     async fn complete(
         &self,
         call: &NewCall,
@@ -353,70 +418,63 @@ impl Gateway {
         hold: &Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
-        let mut last = None;
-        for d in &deployments {
-            let attempt = async {
-                match op {
-                    Op::Chat => {
-                        d.provider
-                            .chat_openai(body.clone(), &d.model, &call.id, created)
-                            .await
-                    }
-                    Op::Embeddings => d.provider.embeddings_openai(body.clone(), &d.model).await,
-                }
-            };
-            let r =
-                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(steward_llm::Error::Timeout {
-                        provider: d.label.clone(),
-                        timeout_ms: self.timeout_ms,
-                    }),
-                };
-            match r {
-                Ok(v) => {
-                    let tin = v
-                        .pointer("/usage/prompt_tokens")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0);
-                    let tout = v
-                        .pointer("/usage/completion_tokens")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0);
-                    let span = tracing::Span::current();
-                    span.record("gen_ai.provider.name", d.provider.name());
-                    span.record("gen_ai.usage.input_tokens", tin);
-                    span.record("gen_ai.usage.output_tokens", tout);
-                    let outcome = CallOutcome {
-                        deployment: Some(d.label.clone()),
-                        status: "ok".into(),
-                        error: None,
-                        tokens_in: tin,
-                        tokens_out: tout,
-                        duration_us: started.elapsed().as_micros() as i64,
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let (v, d) = self
+            .try_deployments(&call.id, &deployments, |d| {
+                let body = body.clone();
+                let call_id = call.id.clone();
+                async move {
+                    let attempt = async {
+                        match op {
+                            Op::Chat => {
+                                d.provider
+                                    .chat_openai(body, &d.model, &call_id, created)
+                                    .await
+                            }
+                            Op::Embeddings => d.provider.embeddings_openai(body, &d.model).await,
+                        }
                     };
-                    // The upstream has answered and charged: book it, and from here on the
-                    // call succeeds even if the record cannot be written.
-                    self.settle(
-                        hold,
-                        cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0),
-                    )
-                    .await;
-                    if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
-                        tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
+                    match tokio::time::timeout(timeout, attempt).await {
+                        Ok(r) => r,
+                        Err(_) => Err(steward_llm::Error::Timeout {
+                            provider: d.label.clone(),
+                            timeout_ms: timeout.as_millis() as u64,
+                        }),
                     }
-                    return Ok(GatewayReply::Json(v));
                 }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(deployment = %d.label, error = %e, "deployment failed; trying the next");
-                    last = Some(e);
-                }
-                Err(e) => return Err(upstream(e)),
-            }
+            })
+            .await?;
+        let tin = v
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let tout = v
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let span = tracing::Span::current();
+        span.record("gen_ai.provider.name", d.provider.name());
+        span.record("gen_ai.usage.input_tokens", tin);
+        span.record("gen_ai.usage.output_tokens", tout);
+        let outcome = CallOutcome {
+            deployment: Some(d.label.clone()),
+            status: "ok".into(),
+            error: None,
+            tokens_in: tin,
+            tokens_out: tout,
+            duration_us: started.elapsed().as_micros() as i64,
+        };
+        // The upstream has answered and charged: book it, and from here on the call succeeds
+        // even if the record cannot be written.
+        self.settle(
+            hold,
+            cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0),
+        )
+        .await;
+        if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
+            tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
         }
-        Err(last
-            .map(upstream)
-            .unwrap_or_else(|| GatewayError::Internal("no deployment was tried".into())))
+        Ok(GatewayReply::Json(v))
     }
 
     async fn stream(
@@ -427,29 +485,19 @@ impl Gateway {
         started: Instant,
         hold: Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
-        let mut last = None;
-        for d in &deployments {
-            match d.provider.stream_openai(body.clone(), &d.model).await {
-                Ok(upstream_stream) => {
-                    tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
-                    return Ok(GatewayReply::Stream(self.metered(
-                        call.id.clone(),
-                        d.label.clone(),
-                        upstream_stream,
-                        started,
-                        hold,
-                    )));
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(deployment = %d.label, error = %e, "deployment failed; trying the next");
-                    last = Some(e);
-                }
-                Err(e) => return Err(upstream(e)),
-            }
-        }
-        Err(last
-            .map(upstream)
-            .unwrap_or_else(|| GatewayError::Internal("no deployment was tried".into())))
+        let (upstream_stream, d) = self
+            .try_deployments(&call.id, &deployments, |d| {
+                d.provider.stream_openai(body.clone(), &d.model)
+            })
+            .await?;
+        tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
+        Ok(GatewayReply::Stream(self.metered(
+            call.id.clone(),
+            d.label.clone(),
+            upstream_stream,
+            started,
+            hold,
+        )))
     }
 
     /// Passes the upstream's chunks through, reading usage from them (`stream_options.

@@ -53,8 +53,8 @@ pub struct EngineOptions {
     pub providers: Providers,
     pub tools: Tools,
     pub clock: Arc<dyn Clock>,
-    /// Upper bound of one gateway model call.
-    pub llm_timeout_ms: u64,
+    /// Timeouts, retries and breakers of gateway model calls.
+    pub llm: steward_types::config::LlmConfig,
     pub prices: steward_llm::Prices,
     /// Collect per-step overhead samples (for benchmarks).
     pub stats: Option<Arc<StepStats>>,
@@ -105,7 +105,13 @@ impl Engine {
             providers: opts.providers.clone(),
             prices: opts.prices.clone(),
             clock: opts.clock.clone(),
-            timeout_ms: opts.llm_timeout_ms,
+            timeout_ms: opts.llm.timeout_ms,
+            retries: opts.llm.retries,
+            retry_base: Duration::from_millis(opts.llm.retry_base_ms),
+            breakers: steward_llm::resilience::Breakers::new(
+                opts.llm.breaker_failures,
+                Duration::from_millis(opts.llm.breaker_cooldown_ms),
+            ),
         };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),

@@ -15,6 +15,8 @@ pub enum Error {
         provider: String,
         status: u16,
         body: String,
+        /// The upstream's `Retry-After`, when it sent one in seconds.
+        retry_after: Option<std::time::Duration>,
     },
     #[error("{provider}: upstream sent a response that is not a valid chat completion: {detail}")]
     Garbage { provider: String, detail: String },
@@ -30,6 +32,13 @@ pub enum Error {
 
 impl Error {
     /// Whether trying again could help (the request itself was fine).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Timeout { .. } | Error::Connect { .. } => true,

@@ -53,6 +53,7 @@ pub(crate) async fn post_json(
         .await
         .map_err(map_send)?;
     let status = resp.status();
+    let retry_after = retry_after(resp.headers());
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(map_send)? {
         body.extend_from_slice(&chunk);
@@ -68,6 +69,7 @@ pub(crate) async fn post_json(
             provider: provider.to_string(),
             status: status.as_u16(),
             body: snippet(&body),
+            retry_after,
         });
     }
     serde_json::from_slice(&body).map_err(|e| Error::Garbage {
@@ -121,11 +123,13 @@ pub(crate) async fn post_stream(
     let resp = req.send().await.map_err(map_send)?;
     let status = resp.status();
     if !status.is_success() {
+        let retry_after = retry_after(resp.headers());
         let body = resp.bytes().await.unwrap_or_default();
         return Err(Error::Status {
             provider: provider.to_string(),
             status: status.as_u16(),
             body: snippet(&body),
+            retry_after,
         });
     }
     let p = provider.to_string();
@@ -147,4 +151,17 @@ pub(crate) async fn post_stream(
             })
         })
         .boxed())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from model APIs and is ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }

@@ -10,6 +10,7 @@ mod openai;
 pub mod openai_wire;
 mod prices;
 mod registry;
+pub mod resilience;
 mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};

@@ -111,6 +111,14 @@ pub struct LlmConfig {
     pub routes: BTreeMap<String, RouteConfig>,
     /// Price overrides and additions, US dollars per million tokens, by model.
     pub prices: BTreeMap<String, Price>,
+    /// Retries of a transient failure on the same deployment before falling back.
+    pub retries: u32,
+    /// First retry delay; doubles each time, with jitter. `Retry-After` wins when sent.
+    pub retry_base_ms: u64,
+    /// Consecutive failures that open a deployment's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit skips its deployment before one probe.
+    pub breaker_cooldown_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +143,10 @@ impl Default for LlmConfig {
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
             prices: BTreeMap::new(),
+            retries: 2,
+            retry_base_ms: 200,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 30_000,
         }
     }
 }

@@ -156,7 +156,7 @@ async fn drive(
         providers: Providers::default(),
         tools: Tools::builtin(&ToolsConfig::default())?,
         clock: Arc::new(SystemClock),
-        llm_timeout_ms: 60_000,
+        llm: Default::default(),
         prices: steward_llm::Prices::default(),
         stats: Some(stats.clone()),
     };

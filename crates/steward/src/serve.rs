@@ -100,7 +100,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         providers,
         tools,
         clock: Arc::new(SystemClock),
-        llm_timeout_ms: cfg.llm.timeout_ms,
+        llm: cfg.llm.clone(),
         prices: steward_llm::Prices::new(&cfg.llm.prices)?,
         stats,
     };

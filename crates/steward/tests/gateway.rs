@@ -217,3 +217,116 @@ both_backends!(
     the_openai_sdk_works_unchanged,
     the_openai_sdk_works_unchanged
 );
+
+/// An upstream answering 503 to everything, counting requests; and one that answers 429 with
+/// `Retry-After: 0` to every other request.
+async fn troubled_upstreams() -> (String, String, Arc<Mutex<u32>>) {
+    let failing_hits: Arc<Mutex<u32>> = Default::default();
+    let h = failing_hits.clone();
+    let flaky_calls: Arc<Mutex<u32>> = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/failing/v1/chat/completions",
+            post(move || {
+                let h = h.clone();
+                async move {
+                    *h.lock().unwrap() += 1;
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+                }
+            }),
+        )
+        .route(
+            "/flaky/v1/chat/completions",
+            post(move |Json(body): Json<Value>| {
+                let f = flaky_calls.clone();
+                async move {
+                    let n = {
+                        let mut n = f.lock().unwrap();
+                        *n += 1;
+                        *n
+                    };
+                    if n % 2 == 1 {
+                        return (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "0")], "slow down").into_response();
+                    }
+                    Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "after a retry"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+                    .into_response()
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (
+        format!("{base}/failing/v1"),
+        format!("{base}/flaky/v1"),
+        failing_hits,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_deployments_are_retried_then_skipped() {
+    let (mock, _) = mock_upstream().await;
+    let (failing, flaky, failing_hits) = troubled_upstreams().await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_LLM__PROVIDERS__FAILING__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__FAILING__BASE_URL", &failing),
+            ("STEWARD_LLM__PROVIDERS__FLAKY__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__FLAKY__BASE_URL", &flaky),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &mock),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"failing/m\", \"mock/gpt-mock\"]",
+            ),
+            ("STEWARD_LLM__RETRIES", "2"),
+            ("STEWARD_LLM__RETRY_BASE_MS", "1"),
+            ("STEWARD_LLM__BREAKER_FAILURES", "3"),
+            ("STEWARD_LLM__BREAKER_COOLDOWN_MS", "600000"),
+        ],
+    )
+    .await;
+    let (_, key) = s.post("/api/v1/keys", json!({"agent": "resilient"})).await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let ask = |model: &'static str| {
+        let (http, key, url) = (
+            http.clone(),
+            key.clone(),
+            format!("{}/v1/chat/completions", s.url),
+        );
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    for _ in 0..10 {
+        let (st, body) = ask("smart").await;
+        assert_eq!(
+            st, 200,
+            "the alias falls back to the healthy deployment: {body}"
+        );
+        assert_eq!(body["choices"][0]["message"]["content"], "echo: hi");
+    }
+    assert_eq!(
+        *failing_hits.lock().unwrap(),
+        3,
+        "one try and two retries opened the circuit; later calls skipped it"
+    );
+
+    let (st, body) = ask("flaky/m").await;
+    assert_eq!(
+        (st, body["choices"][0]["message"]["content"].as_str()),
+        (200, Some("after a retry")),
+        "a 429 with Retry-After is retried: {body}"
+    );
+}
