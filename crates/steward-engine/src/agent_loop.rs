@@ -14,11 +14,12 @@ pub(crate) enum LoopEnd {
 
 pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     let spec = ctx.spec.clone();
-    let (provider, model) = match kernel.providers.resolve(&spec) {
-        Ok(p) => p,
-        Err(e) => return LoopEnd::Step(StepError::Model(e.to_string())),
+    let model = if spec.is_scripted() {
+        ctx.provider = kernel.router.providers().scripted(&spec);
+        steward_llm::SCRIPTED_LABEL.to_string()
+    } else {
+        spec.model.clone() // an alias or provider/model: the router resolves it per attempt
     };
-    ctx.provider = Some(provider);
     let tools: Vec<ToolSpec> = spec
         .tools
         .iter()

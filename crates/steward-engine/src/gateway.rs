@@ -6,13 +6,12 @@
 //! its usage, 7 a span with the OpenTelemetry GenAI attributes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use steward_llm::resilience::retry_delay;
-use steward_llm::{ByteStream, Deployment, Providers};
+use steward_llm::{ByteStream, Deployment, Router};
 use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
@@ -55,18 +54,11 @@ pub enum GatewayReply {
     Stream(ByteStream),
 }
 
-/// A retry that would wait longer than this falls back to the next deployment instead.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
-
 pub(crate) struct Gateway {
-    pub breakers: steward_llm::resilience::Breakers,
-    pub retries: u32,
-    pub retry_base: Duration,
+    pub router: Arc<Router>,
     pub store: Arc<dyn Store>,
-    pub providers: Providers,
     pub prices: steward_llm::Prices,
     pub clock: Arc<dyn Clock>,
-    pub timeout_ms: u64,
 }
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
@@ -300,7 +292,7 @@ impl Gateway {
         }
         let stream = op == Op::Chat && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let deployments = self
-            .providers
+            .router
             .deployments(&model)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
         let hold = self.hold(who, &deployments, &body, op).await?;
@@ -350,64 +342,6 @@ impl Gateway {
         result
     }
 
-    /// Tries the deployments in priority order. A transient failure is retried on the same
-    /// deployment (backoff with jitter, or the upstream's `Retry-After`) while its breaker stays
-    /// closed, then the next deployment is tried; a deployment whose breaker is open is skipped.
-    async fn try_deployments<'d, T, F, Fut>(
-        &self,
-        call_id: &str,
-        deployments: &'d [Deployment],
-        act: F,
-    ) -> Result<(T, &'d Deployment), GatewayError>
-    where
-        F: Fn(&'d Deployment) -> Fut,
-        Fut: std::future::Future<Output = steward_llm::Result<T>>,
-    {
-        let seed = call_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        let mut last: Option<steward_llm::Error> = None;
-        for d in deployments {
-            if !self.breakers.allow(&d.label, Instant::now()) {
-                tracing::info!(deployment = %d.label, "skipped: its circuit is open");
-                continue;
-            }
-            let mut attempt = 0;
-            loop {
-                match act(d).await {
-                    Ok(v) => {
-                        self.breakers.success(&d.label);
-                        return Ok((v, d));
-                    }
-                    Err(e) if e.is_transient() => {
-                        self.breakers.failure(&d.label, Instant::now());
-                        let delay = retry_delay(attempt, self.retry_base, e.retry_after(), seed);
-                        let retry = attempt < self.retries
-                            && delay <= MAX_RETRY_WAIT
-                            && self.breakers.allow(&d.label, Instant::now());
-                        tracing::warn!(deployment = %d.label, error = %e, retry, "deployment failed");
-                        last = Some(e);
-                        if !retry {
-                            break;
-                        }
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
-                    }
-                    // The request itself is at fault: another deployment would refuse it too.
-                    Err(e) => return Err(upstream(e)),
-                }
-            }
-        }
-        Err(match last {
-            Some(e) => upstream(e),
-            None => GatewayError::Upstream {
-                status: Some(503),
-                timeout: false,
-                message: "every deployment of this model is failing and was skipped (circuits open); try again shortly".into(),
-            },
-        })
-    }
-
     async fn complete(
         &self,
         call: &NewCall,
@@ -418,32 +352,24 @@ impl Gateway {
         hold: &Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
-        let timeout = Duration::from_millis(self.timeout_ms);
         let (v, d) = self
-            .try_deployments(&call.id, &deployments, |d| {
+            .router
+            .run(&call.id, &deployments, |d| {
                 let body = body.clone();
                 let call_id = call.id.clone();
                 async move {
-                    let attempt = async {
-                        match op {
-                            Op::Chat => {
-                                d.provider
-                                    .chat_openai(body, &d.model, &call_id, created)
-                                    .await
-                            }
-                            Op::Embeddings => d.provider.embeddings_openai(body, &d.model).await,
+                    match op {
+                        Op::Chat => {
+                            d.provider
+                                .chat_openai(body, &d.model, &call_id, created)
+                                .await
                         }
-                    };
-                    match tokio::time::timeout(timeout, attempt).await {
-                        Ok(r) => r,
-                        Err(_) => Err(steward_llm::Error::Timeout {
-                            provider: d.label.clone(),
-                            timeout_ms: timeout.as_millis() as u64,
-                        }),
+                        Op::Embeddings => d.provider.embeddings_openai(body, &d.model).await,
                     }
                 }
             })
-            .await?;
+            .await
+            .map_err(upstream)?;
         let tin = v
             .pointer("/usage/prompt_tokens")
             .and_then(Value::as_i64)
@@ -486,10 +412,12 @@ impl Gateway {
         hold: Option<Hold>,
     ) -> Result<GatewayReply, GatewayError> {
         let (upstream_stream, d) = self
-            .try_deployments(&call.id, &deployments, |d| {
+            .router
+            .run(&call.id, &deployments, |d| {
                 d.provider.stream_openai(body.clone(), &d.model)
             })
-            .await?;
+            .await
+            .map_err(upstream)?;
         tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
         Ok(GatewayReply::Stream(self.metered(
             call.id.clone(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use steward_llm::{ChatRequest, ChatResponse, Provider, Providers};
+use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
 use steward_tools::{ToolContext, ToolHost, Tools};
 use steward_types::{AgentSpec, RecoveryPolicy};
@@ -122,7 +122,7 @@ impl StepStats {
 
 pub struct Kernel {
     pub(crate) journal: JournalWriter,
-    pub(crate) providers: Providers,
+    pub(crate) router: Arc<Router>,
     pub(crate) tools: Tools,
     pub(crate) host: Arc<dyn ToolHost>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -327,29 +327,12 @@ impl Kernel {
         let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
         match action {
             Action::Model { request } => {
-                let provider = match &ctx.provider {
-                    Some(p) => p.clone(),
-                    None => {
-                        self.providers
-                            .resolve(&ctx.spec)
-                            .map_err(|e| StepError::Model(e.to_string()))?
-                            .0
-                    }
-                };
+                // The scripted provider plays its script; every real model goes through the
+                // router (fallbacks, retries, breakers), the same path as the gateway's.
                 let attempt = async {
-                    let mut delay = Duration::from_millis(200);
-                    let mut tries = 0;
-                    loop {
-                        match provider.chat(request).await {
-                            Ok(r) => return Ok(r),
-                            Err(e) if e.is_transient() && tries < 2 => {
-                                tracing::warn!(error = %e, "model call failed; retrying");
-                                tries += 1;
-                                tokio::time::sleep(delay).await;
-                                delay *= 4;
-                            }
-                            Err(e) => return Err(e),
-                        }
+                    match &ctx.provider {
+                        Some(p) => p.chat(request).await,
+                        None => self.router.chat(key, &ctx.spec.model, request).await,
                     }
                 };
                 match tokio::time::timeout(step_timeout, attempt).await {

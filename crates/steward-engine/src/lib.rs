@@ -100,22 +100,16 @@ impl Engine {
             finished: tokio::sync::Notify::new(),
         });
         let draining = CancellationToken::new();
+        let router = Arc::new(steward_llm::Router::new(opts.providers, &opts.llm));
         let gateway = gateway::Gateway {
+            router: router.clone(),
             store: store.clone(),
-            providers: opts.providers.clone(),
             prices: opts.prices.clone(),
             clock: opts.clock.clone(),
-            timeout_ms: opts.llm.timeout_ms,
-            retries: opts.llm.retries,
-            retry_base: Duration::from_millis(opts.llm.retry_base_ms),
-            breakers: steward_llm::resilience::Breakers::new(
-                opts.llm.breaker_failures,
-                Duration::from_millis(opts.llm.breaker_cooldown_ms),
-            ),
         };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
-            providers: opts.providers,
+            router,
             tools: opts.tools,
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
@@ -204,7 +198,8 @@ impl Engine {
     fn check_spec(&self, name: &AgentName, spec: &AgentSpec) -> Result<()> {
         self.inner
             .kernel
-            .providers
+            .router
+            .providers()
             .check_route(spec)
             .map_err(|e| Error::InvalidManifest(format!("{name}: spec.model: {e}")))?;
         for (i, t) in spec.tools.iter().enumerate() {
@@ -424,7 +419,8 @@ impl Engine {
     pub fn gateway_models(&self) -> Vec<String> {
         self.inner
             .gateway
-            .providers
+            .router
+            .providers()
             .aliases()
             .map(str::to_string)
             .collect()

@@ -28,6 +28,8 @@ pub enum Error {
     Request(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {

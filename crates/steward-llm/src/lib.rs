@@ -11,12 +11,14 @@ pub mod openai_wire;
 mod prices;
 mod registry;
 pub mod resilience;
+mod router;
 mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};
 pub use error::{Error, Result};
 pub use prices::Prices;
 pub use registry::{Deployment, Providers};
+pub use router::Router;
 pub use scripted::{ScriptedProvider, SCRIPTED_LABEL};
 
 /// An upstream's streamed response body (Server-Sent Events in OpenAI's chunk format).

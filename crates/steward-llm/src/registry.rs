@@ -105,7 +105,11 @@ impl Providers {
                     .by_name
                     .get(p)
                     .ok_or_else(|| {
-                        Error::Route(format!("{model:?}: no provider named {p:?} is configured"))
+                        let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+                        Error::Route(format!(
+                            "{model:?}: no provider named {p:?} is configured (configured: {}); add [llm.providers.{p}] to steward.toml",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ))
                     })?
                     .clone();
                 Ok(Deployment {
@@ -117,31 +121,18 @@ impl Providers {
             .collect()
     }
 
-    /// Checks that an agent's route names a provider that exists.
+    /// Checks that an agent's model route leads somewhere: `scripted`, an alias, or
+    /// `provider/model` with a configured provider.
     pub fn check_route(&self, spec: &AgentSpec) -> Result<()> {
-        self.resolve(spec).map(|_| ())
+        if spec.is_scripted() {
+            return Ok(());
+        }
+        self.deployments(&spec.model).map(|_| ())
     }
 
-    /// The provider and upstream model name an agent's route selects.
-    pub fn resolve(&self, spec: &AgentSpec) -> Result<(Arc<dyn Provider>, String)> {
-        if spec.is_scripted() {
-            return Ok((
-                Arc::new(ScriptedProvider::new(spec.script.clone())),
-                crate::SCRIPTED_LABEL.into(),
-            ));
-        }
-        let (provider, model) = spec
-            .model
-            .split_once('/')
-            .ok_or_else(|| Error::Route(format!("{:?}: expected provider/model", spec.model)))?;
-        let p = self.by_name.get(provider).ok_or_else(|| {
-            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            Error::Route(format!(
-                "{:?}: no provider named {provider:?} is configured (configured: {}); add [llm.providers.{provider}] to steward.toml",
-                spec.model,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            ))
-        })?;
-        Ok((p.clone(), model.to_string()))
+    /// The scripted provider playing an agent's script, for `model: scripted`.
+    pub fn scripted(&self, spec: &AgentSpec) -> Option<Arc<dyn Provider>> {
+        spec.is_scripted()
+            .then(|| Arc::new(ScriptedProvider::new(spec.script.clone())) as Arc<dyn Provider>)
     }
 }

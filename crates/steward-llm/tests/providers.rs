@@ -201,7 +201,7 @@ fn routes_name_what_is_missing() {
     let providers = Providers::default();
     let spec: steward_types::AgentSpec =
         serde_json::from_value(json!({"model": "nowhere/gpt"})).unwrap();
-    let e = providers.resolve(&spec).err().unwrap().to_string();
+    let e = providers.check_route(&spec).err().unwrap().to_string();
     assert!(e.contains("[llm.providers.nowhere]"), "{e}");
     let cfg: steward_types::config::LlmConfig = serde_json::from_value(json!({
         "timeout_ms": 1000, "providers": {"oai": {"kind": "openai", "base_url": "http://x", "api_key_env": "STEWARD_TEST_UNSET_KEY"}}

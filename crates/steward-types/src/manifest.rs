@@ -34,7 +34,8 @@ pub struct Metadata {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentSpec {
-    /// `provider/model` (e.g. `openai/gpt-4o-mini`), or `scripted` with a `script`.
+    /// `provider/model` (e.g. `openai/gpt-4o-mini`), a model alias from `[llm.routes]`, or
+    /// `scripted` with a `script`.
     pub model: String,
     #[serde(default)]
     pub system_prompt: String,
@@ -188,14 +189,19 @@ impl AgentSpec {
                 return err("spec.script: required with `model: scripted` (the turns the scripted model plays)".into());
             }
         } else {
-            match self.model.split_once('/') {
-                Some((p, m)) if !p.is_empty() && !m.is_empty() => {}
-                _ => {
-                    return err(format!(
-                        "spec.model: expected `provider/model` (e.g. openai/gpt-4o-mini) or `scripted`, found {:?}",
-                        self.model
-                    ))
-                }
+            // `provider/model`, or a model alias from [llm.routes] (the engine checks it exists).
+            let well_formed = !self.model.is_empty()
+                && self.model.len() <= 200
+                && !self.model.chars().any(char::is_whitespace)
+                && match self.model.split_once('/') {
+                    Some((p, m)) => !p.is_empty() && !m.is_empty(),
+                    None => true,
+                };
+            if !well_formed {
+                return err(format!(
+                    "spec.model: expected `provider/model` (e.g. openai/gpt-4o-mini), a model alias, or `scripted`; found {:?}",
+                    self.model
+                ));
             }
             if !self.script.is_empty() {
                 return err("spec.script: only allowed with `model: scripted`".into());
@@ -334,7 +340,7 @@ spec:
             .unwrap_err()
             .0
             .contains("not in spec.tools"));
-        let bad = GOOD.replace("model: scripted", "model: gpt4");
+        let bad = GOOD.replace("model: scripted", "model: /gpt4");
         assert!(parse_manifests(&bad).unwrap_err().0.contains("spec.model"));
         let bad = GOOD.replace("kind: Agent", "kind: Pod");
         assert!(parse_manifests(&bad).unwrap_err().0.contains("kind"));

@@ -323,6 +323,17 @@ async fn failing_deployments_are_retried_then_skipped() {
         "one try and two retries opened the circuit; later calls skipped it"
     );
 
+    // A managed agent naming the alias takes the same path: same router, same breaker.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: routed}\nspec:\n  model: smart\n").await;
+    let run = s.start_run("routed", "from a managed run").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["result"], "echo: from a managed run", "{r}");
+    assert_eq!(
+        *failing_hits.lock().unwrap(),
+        3,
+        "the open circuit is skipped by managed runs too"
+    );
+
     let (st, body) = ask("flaky/m").await;
     assert_eq!(
         (st, body["choices"][0]["message"]["content"].as_str()),
