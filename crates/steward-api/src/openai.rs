@@ -12,6 +12,7 @@ use steward_engine::{Engine, GatewayError, GatewayReply, Principal};
 
 /// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
 pub struct OaiError {
+    retry_after_s: Option<u64>,
     status: StatusCode,
     kind: &'static str,
     code: &'static str,
@@ -26,6 +27,7 @@ impl OaiError {
         message: impl Into<String>,
     ) -> Self {
         OaiError {
+            retry_after_s: None,
             status,
             kind,
             code,
@@ -37,7 +39,11 @@ impl OaiError {
 impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -57,6 +63,15 @@ impl From<GatewayError> for OaiError {
                 "invalid_request",
                 message,
             ),
+            GatewayError::RateLimited { retry_after_s, .. } => OaiError {
+                retry_after_s: Some(retry_after_s),
+                ..OaiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    message,
+                )
+            },
             // 402, not 429: an SDK must not retry a call the budget refused.
             GatewayError::BudgetExceeded { .. } => OaiError::new(
                 StatusCode::PAYMENT_REQUIRED,

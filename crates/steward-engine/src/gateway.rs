@@ -34,6 +34,9 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     ModelNotFound(String),
+    /// The scope (`key:…`, `agent:…`, `model:…`) is at its per-minute limit.
+    #[error("rate limit reached for {scope}; retry in {retry_after_s} s")]
+    RateLimited { scope: String, retry_after_s: u64 },
     /// A hold for the call's worst case would pass this account's cap.
     #[error("budget exceeded on account {account:?}: {message}")]
     BudgetExceeded { account: String, message: String },
@@ -56,6 +59,7 @@ pub enum GatewayReply {
 
 pub(crate) struct Gateway {
     pub router: Arc<Router>,
+    pub limits: steward_types::config::RateLimits,
     pub store: Arc<dyn Store>,
     pub prices: steward_llm::Prices,
     pub clock: Arc<dyn Clock>,
@@ -67,6 +71,20 @@ pub(crate) fn key_hash(secret: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The rate-limit windows a call was counted in; its tokens are added when it ends.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RateTicket {
+    scopes: Vec<String>,
+    window: i64,
+}
+
+/// What a call is metered against: its budget hold and its rate-limit windows.
+#[derive(Clone, Debug)]
+pub(crate) struct Meters {
+    hold: Option<Hold>,
+    rate: RateTicket,
 }
 
 /// A budget hold taken for one call: the accounts up the chain and the amount on each.
@@ -250,6 +268,47 @@ impl Gateway {
         }
     }
 
+    /// Counts the call against every configured per-minute limit, or refuses it.
+    async fn take_rate(&self, who: &Principal, model: &str) -> Result<RateTicket, GatewayError> {
+        let l = &self.limits;
+        let scopes: Vec<(String, i64, i64)> = [
+            (l.key, format!("key:{}", who.key_id)),
+            (l.agent, format!("agent:{}", who.agent)),
+            (l.model, format!("model:{model}")),
+        ]
+        .into_iter()
+        .filter_map(|(limit, scope)| limit.map(|lim| (scope, lim.rpm, lim.tpm)))
+        .collect();
+        if scopes.is_empty() {
+            return Ok(RateTicket::default());
+        }
+        let now = self.clock.now_ms();
+        let window = now - now.rem_euclid(60_000);
+        match self
+            .store
+            .take_request(&scopes, window)
+            .await
+            .map_err(internal)?
+        {
+            None => Ok(RateTicket {
+                scopes: scopes.into_iter().map(|(s, _, _)| s).collect(),
+                window,
+            }),
+            Some(scope) => Err(GatewayError::RateLimited {
+                scope,
+                retry_after_s: ((window + 60_000 - now) / 1000 + 1) as u64,
+            }),
+        }
+    }
+
+    async fn count_tokens(store: &dyn Store, rate: &RateTicket, tokens: i64) {
+        if !rate.scopes.is_empty() {
+            if let Err(e) = store.add_tokens(&rate.scopes, rate.window, tokens).await {
+                tracing::warn!(error = %e, "could not count a call's tokens against its rate limits");
+            }
+        }
+    }
+
     pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
         self.call(who, body, Op::Chat).await
     }
@@ -295,7 +354,11 @@ impl Gateway {
             .router
             .deployments(&model)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
-        let hold = self.hold(who, &deployments, &body, op).await?;
+        let rate = self.take_rate(who, &model).await?;
+        let meters = Meters {
+            hold: self.hold(who, &deployments, &body, op).await?,
+            rate,
+        };
         let call = NewCall {
             id: self.clock.new_id("call"),
             agent: who.agent.to_string(),
@@ -319,11 +382,11 @@ impl Gateway {
         );
         let started = Instant::now();
         let result = if stream {
-            self.stream(&call, deployments, body, started, hold.clone())
+            self.stream(&call, deployments, body, started, meters.clone())
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, deployments, body, started, op, &hold)
+            self.complete(&call, deployments, body, started, op, &meters)
                 .instrument(span)
                 .await
         };
@@ -337,7 +400,7 @@ impl Gateway {
                 duration_us: started.elapsed().as_micros() as i64,
             };
             let _ = self.store.call_finished(&call.id, &outcome).await;
-            self.settle(&hold, 0).await;
+            self.settle(&meters.hold, 0).await;
         }
         result
     }
@@ -349,7 +412,7 @@ impl Gateway {
         body: Value,
         started: Instant,
         op: Op,
-        hold: &Option<Hold>,
+        meters: &Meters,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
         let (v, d) = self
@@ -393,10 +456,11 @@ impl Gateway {
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
         self.settle(
-            hold,
+            &meters.hold,
             cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0),
         )
         .await;
+        Self::count_tokens(&*self.store, &meters.rate, tin + tout).await;
         if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
             tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
         }
@@ -409,7 +473,7 @@ impl Gateway {
         deployments: Vec<Deployment>,
         body: Value,
         started: Instant,
-        hold: Option<Hold>,
+        meters: Meters,
     ) -> Result<GatewayReply, GatewayError> {
         let (upstream_stream, d) = self
             .router
@@ -424,7 +488,7 @@ impl Gateway {
             d.label.clone(),
             upstream_stream,
             started,
-            hold,
+            meters,
         )))
     }
 
@@ -436,8 +500,9 @@ impl Gateway {
         deployment: String,
         upstream: ByteStream,
         started: Instant,
-        hold: Option<Hold>,
+        meters: Meters,
     ) -> ByteStream {
+        let Meters { hold, rate } = meters;
         let store = self.store.clone();
         let prices = self.prices.clone();
         let clock = self.clock.clone();
@@ -502,6 +567,7 @@ impl Gateway {
                     tracing::error!(%call_id, error = %e, "settling a budget hold failed");
                 }
             }
+            Self::count_tokens(&*store, &rate, tin + tout).await;
             if let Err(e) = store.call_finished(&call_id, &outcome).await {
                 tracing::warn!(%call_id, error = %e, "could not record the end of a streamed call");
             }

@@ -103,6 +103,7 @@ impl Engine {
         let router = Arc::new(steward_llm::Router::new(opts.providers, &opts.llm));
         let gateway = gateway::Gateway {
             router: router.clone(),
+            limits: opts.llm.rate_limits.clone(),
             store: store.clone(),
             prices: opts.prices.clone(),
             clock: opts.clock.clone(),

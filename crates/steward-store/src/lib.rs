@@ -160,10 +160,25 @@ pub trait BudgetStore: Send + Sync {
     ) -> Result<()>;
 }
 
+/// Request and token counters in one-minute windows, for rate limits shared across nodes.
+#[async_trait]
+pub trait RateStore: Send + Sync {
+    /// Counts one request in `window` for every scope, all or none, provided each scope is
+    /// under its request and token limits `(scope, rpm, tpm)`. Returns the first scope at its
+    /// limit, or `None` when the request was counted.
+    async fn take_request(
+        &self,
+        scopes: &[(String, i64, i64)],
+        window: Millis,
+    ) -> Result<Option<String>>;
+    /// Adds a finished call's tokens to its window.
+    async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()>;
+}
+
 /// Everything durable, behind one handle.
 #[async_trait]
 pub trait Store:
-    AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore + BudgetStore
+    AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore + BudgetStore + RateStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    AgentStore, BudgetStore, Error, GatewayStore, JournalStore, Result, RunStore, ScratchpadStore,
-    Store,
+    AgentStore, BudgetStore, Error, GatewayStore, JournalStore, RateStore, Result, RunStore,
+    ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -622,6 +622,46 @@ macro_rules! impl_store {
                     .await?;
                 }
                 tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl RateStore for $store {
+            async fn take_request(&self, scopes: &[(String, i64, i64)], window: Millis) -> Result<Option<String>> {
+                let mut tx = self.write.begin().await?;
+                for (scope, rpm, tpm) in scopes {
+                    // Counting and checking in one statement keeps the limit exact across nodes.
+                    let counted: Option<(i64,)> = sqlx::query_as(
+                        "INSERT INTO rate_windows (scope, window_start, requests, tokens) VALUES ($1, $2, 1, 0) \
+                         ON CONFLICT (scope, window_start) DO UPDATE SET requests = rate_windows.requests + 1 \
+                         WHERE rate_windows.requests < $3 AND rate_windows.tokens < $4 \
+                         RETURNING requests",
+                    )
+                    .bind(scope)
+                    .bind(window)
+                    .bind(rpm)
+                    .bind(tpm)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if counted.is_none() || *rpm < 1 {
+                        tx.rollback().await?;
+                        return Ok(Some(scope.clone()));
+                    }
+                }
+                tx.commit().await?;
+                Ok(None)
+            }
+
+            async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()> {
+                for scope in scopes {
+                    sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
+                        .bind(tokens)
+                        .bind(scope)
+                        .bind(window)
+                        .execute(&self.write)
+                        .await?;
+                }
                 Ok(())
             }
         }

@@ -119,6 +119,29 @@ pub struct LlmConfig {
     pub breaker_failures: u32,
     /// How long an open circuit skips its deployment before one probe.
     pub breaker_cooldown_ms: u64,
+    /// Gateway rate limits, each applying to every key, agent or model separately.
+    pub rate_limits: RateLimits,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub key: Option<RateLimit>,
+    pub agent: Option<RateLimit>,
+    pub model: Option<RateLimit>,
+}
+
+/// Requests and tokens per minute.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rpm: i64,
+    #[serde(default = "unlimited")]
+    pub tpm: i64,
+}
+
+fn unlimited() -> i64 {
+    i64::MAX
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +170,7 @@ impl Default for LlmConfig {
             retry_base_ms: 200,
             breaker_failures: 3,
             breaker_cooldown_ms: 30_000,
+            rate_limits: RateLimits::default(),
         }
     }
 }
