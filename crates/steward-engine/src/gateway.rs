@@ -85,6 +85,8 @@ pub(crate) struct RateTicket {
 pub(crate) struct Meters {
     hold: Option<Hold>,
     rate: RateTicket,
+    /// Where to keep the answer, and until when, when the route caches.
+    cache: Option<(String, i64)>,
 }
 
 /// A budget hold taken for one call: the accounts up the chain and the amount on each.
@@ -309,6 +311,77 @@ impl Gateway {
         }
     }
 
+    /// The cache key and expiry for a request, when its route caches and the request may be
+    /// answered from a cache: not streamed, and not sampled unless the route says so. The key
+    /// covers the agent, so agents never see each other's answers.
+    fn cache_slot(
+        &self,
+        who: &Principal,
+        model: &str,
+        body: &Value,
+        op: Op,
+        stream: bool,
+    ) -> Option<(String, i64)> {
+        let route = self.router.providers().route(model)?;
+        let ttl = route.cache_ttl_ms?;
+        let deterministic =
+            op == Op::Embeddings || body.get("temperature").and_then(Value::as_f64) == Some(0.0);
+        if stream || !(deterministic || route.cache_sampled) {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(who.agent.as_str().as_bytes());
+        h.update([0]);
+        h.update(model.as_bytes());
+        h.update([0]);
+        h.update(body.to_string().as_bytes()); // serde_json maps are sorted: a canonical form
+        let key = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Some((key, self.clock.now_ms().saturating_add(ttl as i64)))
+    }
+
+    /// Answers from the cache, recording the call (at no cost), if a live entry exists.
+    async fn cache_hit(
+        &self,
+        who: &Principal,
+        call_id: &str,
+        model: &str,
+        key: &str,
+    ) -> Result<Option<GatewayReply>, GatewayError> {
+        let Some((body, deployment)) = self
+            .store
+            .cache_get(key, self.clock.now_ms())
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_str(&body).map_err(internal)?;
+        let call = NewCall {
+            id: call_id.to_string(),
+            agent: who.agent.to_string(),
+            run_id: who.run.as_ref().map(|r| r.to_string()),
+            model: model.to_string(),
+            stream: false,
+        };
+        self.store
+            .call_started(&call, self.clock.now_ms())
+            .await
+            .map_err(internal)?;
+        let outcome = CallOutcome {
+            deployment: Some(format!("cache:{deployment}")),
+            status: "ok".into(),
+            error: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            duration_us: 0,
+        };
+        self.store
+            .call_finished(call_id, &outcome)
+            .await
+            .map_err(internal)?;
+        Ok(Some(GatewayReply::Json(v)))
+    }
+
     pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
         self.call(who, body, Op::Chat).await
     }
@@ -350,17 +423,25 @@ impl Gateway {
             _ => {}
         }
         let stream = op == Op::Chat && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let call_id = self.clock.new_id("call");
         let deployments = self
             .router
-            .deployments(&model)
+            .deployments(&model, &call_id)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
         let rate = self.take_rate(who, &model).await?;
+        let cache = self.cache_slot(who, &model, &body, op, stream);
+        if let Some((key, _)) = &cache {
+            if let Some(hit) = self.cache_hit(who, &call_id, &model, key).await? {
+                return Ok(hit);
+            }
+        }
         let meters = Meters {
             hold: self.hold(who, &deployments, &body, op).await?,
             rate,
+            cache,
         };
         let call = NewCall {
-            id: self.clock.new_id("call"),
+            id: call_id,
             agent: who.agent.to_string(),
             run_id: who.run.as_ref().map(|r| r.to_string()),
             model: model.clone(),
@@ -461,6 +542,15 @@ impl Gateway {
         )
         .await;
         Self::count_tokens(&*self.store, &meters.rate, tin + tout).await;
+        if let Some((key, expires_at)) = &meters.cache {
+            if let Err(e) = self
+                .store
+                .cache_put(key, &v.to_string(), &d.label, *expires_at)
+                .await
+            {
+                tracing::warn!(error = %e, "could not cache a response");
+            }
+        }
         if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
             tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
         }
@@ -502,7 +592,7 @@ impl Gateway {
         started: Instant,
         meters: Meters,
     ) -> ByteStream {
-        let Meters { hold, rate } = meters;
+        let Meters { hold, rate, .. } = meters;
         let store = self.store.clone();
         let prices = self.prices.clone();
         let clock = self.clock.clone();

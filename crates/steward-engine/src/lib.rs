@@ -100,7 +100,11 @@ impl Engine {
             finished: tokio::sync::Notify::new(),
         });
         let draining = CancellationToken::new();
-        let router = Arc::new(steward_llm::Router::new(opts.providers, &opts.llm));
+        let router = Arc::new(steward_llm::Router::new(
+            opts.providers,
+            opts.prices.clone(),
+            &opts.llm,
+        ));
         let gateway = gateway::Gateway {
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),

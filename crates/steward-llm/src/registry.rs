@@ -11,7 +11,7 @@ use crate::{AnthropicProvider, Error, OpenAiProvider, Provider, Result, Scripted
 #[derive(Clone, Default)]
 pub struct Providers {
     by_name: BTreeMap<String, Arc<dyn Provider>>,
-    routes: BTreeMap<String, Vec<String>>,
+    routes: BTreeMap<String, steward_types::config::RouteConfig>,
 }
 
 /// One place a model request can go: a provider and the model name it knows.
@@ -70,9 +70,22 @@ impl Providers {
                     )));
                 }
             }
-            routes.insert(alias.clone(), r.deployments.clone());
+            if r.strategy == steward_types::config::Strategy::Weighted
+                && (r.weights.len() != r.deployments.len() || r.weights.iter().all(|w| *w == 0))
+            {
+                return Err(Error::Route(format!(
+                    "llm.routes.{alias}.weights: give one weight per deployment ({}), not all zero",
+                    r.deployments.len()
+                )));
+            }
+            routes.insert(alias.clone(), r.clone());
         }
         Ok(Providers { by_name, routes })
+    }
+
+    /// An alias's configuration, if `model` is one.
+    pub fn route(&self, model: &str) -> Option<&steward_types::config::RouteConfig> {
+        self.routes.get(model)
     }
 
     /// The model aliases the gateway serves.
@@ -84,7 +97,7 @@ impl Providers {
     /// deployment a `provider/model` name designates.
     pub fn deployments(&self, model: &str) -> Result<Vec<Deployment>> {
         let labels: Vec<String> = match self.routes.get(model) {
-            Some(d) => d.clone(),
+            Some(r) => r.deployments.clone(),
             None => vec![model.to_string()],
         };
         labels

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use steward_types::config::LlmConfig;
 
+use steward_types::config::Strategy;
+
 use crate::resilience::{retry_delay, Breakers};
 use crate::{ChatRequest, ChatResponse, Deployment, Error, Providers, Result};
 
@@ -15,6 +17,9 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Router {
     providers: Providers,
+    prices: crate::Prices,
+    /// Recent latency per deployment label, in milliseconds (EWMA).
+    latency: std::sync::Mutex<std::collections::HashMap<String, f64>>,
     breakers: Breakers,
     retries: u32,
     retry_base: Duration,
@@ -22,9 +27,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(providers: Providers, cfg: &LlmConfig) -> Self {
+    pub fn new(providers: Providers, prices: crate::Prices, cfg: &LlmConfig) -> Self {
         Router {
             providers,
+            prices,
+            latency: Default::default(),
             breakers: Breakers::new(
                 cfg.breaker_failures,
                 Duration::from_millis(cfg.breaker_cooldown_ms),
@@ -39,9 +46,63 @@ impl Router {
         &self.providers
     }
 
-    /// Where a model name goes (see `Providers::deployments`).
-    pub fn deployments(&self, model: &str) -> Result<Vec<Deployment>> {
-        self.providers.deployments(model)
+    /// Where a model name goes, in the order to try: the route's strategy picks who goes
+    /// first (`seed` makes a weighted pick reproducible), the rest follow as fallbacks.
+    pub fn deployments(&self, model: &str, seed: &str) -> Result<Vec<Deployment>> {
+        let mut ds = self.providers.deployments(model)?;
+        let Some(route) = self.providers.route(model) else {
+            return Ok(ds);
+        };
+        match route.strategy {
+            Strategy::Priority => {}
+            Strategy::Weighted => {
+                let total: u64 = route.weights.iter().map(|w| u64::from(*w)).sum();
+                if total > 0 {
+                    let mut pick = hash(seed) % total;
+                    let first = route
+                        .weights
+                        .iter()
+                        .position(|w| {
+                            let w = u64::from(*w);
+                            if pick < w {
+                                true
+                            } else {
+                                pick -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0);
+                    let d = ds.remove(first);
+                    ds.insert(0, d);
+                }
+            }
+            Strategy::Latency => {
+                let lat = self.latency.lock().map(|l| l.clone()).unwrap_or_default();
+                // Unmeasured deployments go first, so each gets measured.
+                ds.sort_by(|a, b| {
+                    let la = lat.get(&a.label).copied().unwrap_or(0.0);
+                    let lb = lat.get(&b.label).copied().unwrap_or(0.0);
+                    la.total_cmp(&lb)
+                });
+            }
+            Strategy::Cost => {
+                let price = |d: &Deployment| {
+                    self.prices
+                        .get(&d.label)
+                        .map_or(f64::INFINITY, |p| p.input + p.output)
+                };
+                ds.sort_by(|a, b| price(a).total_cmp(&price(b)));
+            }
+        }
+        Ok(ds)
+    }
+
+    fn observe(&self, label: &str, elapsed: Duration) {
+        if let Ok(mut l) = self.latency.lock() {
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            let e = l.entry(label.to_string()).or_insert(ms);
+            *e = 0.8 * *e + 0.2 * ms;
+        }
     }
 
     /// Runs `act` against the deployments until one succeeds. `seed` (e.g. the call's id)
@@ -67,6 +128,7 @@ impl Router {
             }
             let mut attempt = 0;
             loop {
+                let started = Instant::now();
                 let r = match tokio::time::timeout(self.timeout, act(d)).await {
                     Ok(r) => r,
                     Err(_) => Err(Error::Timeout {
@@ -77,6 +139,7 @@ impl Router {
                 match r {
                     Ok(v) => {
                         self.breakers.success(&d.label);
+                        self.observe(&d.label, started.elapsed());
                         return Ok((v, d));
                     }
                     Err(e) if e.is_transient() => {
@@ -105,7 +168,7 @@ impl Router {
 
     /// A neutral chat call through the route `model` names (an alias or `provider/model`).
     pub async fn chat(&self, seed: &str, model: &str, req: &ChatRequest) -> Result<ChatResponse> {
-        let deployments = self.deployments(model)?;
+        let deployments = self.deployments(model, seed)?;
         let (r, _) = self
             .run(seed, &deployments, |d| {
                 let mut req = req.clone();
@@ -114,5 +177,130 @@ impl Router {
             })
             .await?;
         Ok(r)
+    }
+}
+
+/// FNV-1a: a stable spread of a seed string.
+fn hash(seed: &str) -> u64 {
+    seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_types::config::{Price, ProviderConfig, ProviderKind, RouteConfig};
+
+    fn router(strategy: Strategy, weights: Vec<u32>) -> Router {
+        let mut cfg = LlmConfig::default();
+        for p in ["a", "b", "c"] {
+            cfg.providers.insert(
+                p.into(),
+                ProviderConfig {
+                    kind: ProviderKind::Openai,
+                    base_url: "http://127.0.0.1:1".into(),
+                    api_key_env: None,
+                    timeout_ms: None,
+                },
+            );
+        }
+        cfg.routes.insert(
+            "r".into(),
+            RouteConfig {
+                deployments: vec!["a/m".into(), "b/m".into(), "c/m".into()],
+                strategy,
+                weights,
+                cache_ttl_ms: None,
+                cache_sampled: false,
+            },
+        );
+        let mut prices = std::collections::BTreeMap::new();
+        prices.insert(
+            "a/m".to_string(),
+            Price {
+                input: 3.0,
+                output: 3.0,
+                cached_input: None,
+            },
+        );
+        prices.insert(
+            "b/m".to_string(),
+            Price {
+                input: 1.0,
+                output: 1.0,
+                cached_input: None,
+            },
+        );
+        let providers = Providers::from_config(&cfg, |_| None).unwrap();
+        Router::new(providers, crate::Prices::new(&prices).unwrap(), &cfg)
+    }
+
+    fn first(r: &Router, seed: &str) -> String {
+        r.deployments("r", seed).unwrap()[0].label.clone()
+    }
+
+    #[test]
+    fn strategies_choose_who_goes_first() {
+        assert_eq!(first(&router(Strategy::Priority, vec![]), "x"), "a/m");
+        let cost = router(Strategy::Cost, vec![]);
+        let order: Vec<String> = cost
+            .deployments("r", "x")
+            .unwrap()
+            .into_iter()
+            .map(|d| d.label)
+            .collect();
+        assert_eq!(
+            order,
+            ["b/m", "a/m", "c/m"],
+            "cheapest first, unpriced last"
+        );
+        let lat = router(Strategy::Latency, vec![]);
+        lat.observe("a/m", Duration::from_millis(50));
+        lat.observe("b/m", Duration::from_millis(5));
+        lat.observe("c/m", Duration::from_millis(20));
+        assert_eq!(first(&lat, "x"), "b/m");
+        let weighted = router(Strategy::Weighted, vec![1, 0, 3]);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..4000 {
+            *counts
+                .entry(first(&weighted, &format!("call_{i}")))
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("b/m"), None, "weight 0 is never first");
+        let c = counts["c/m"] as f64 / 4000.0;
+        assert!(
+            (0.70..0.80).contains(&c),
+            "c/m first {c} of the time, expected 0.75"
+        );
+    }
+
+    #[test]
+    fn bad_weights_are_refused() {
+        let mut cfg = LlmConfig::default();
+        cfg.providers.insert(
+            "a".into(),
+            ProviderConfig {
+                kind: ProviderKind::Openai,
+                base_url: "http://x".into(),
+                api_key_env: None,
+                timeout_ms: None,
+            },
+        );
+        cfg.routes.insert(
+            "r".into(),
+            RouteConfig {
+                deployments: vec!["a/m".into()],
+                strategy: Strategy::Weighted,
+                weights: vec![],
+                cache_ttl_ms: None,
+                cache_sampled: false,
+            },
+        );
+        assert!(Providers::from_config(&cfg, |_| None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("weights"));
     }
 }

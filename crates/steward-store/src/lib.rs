@@ -175,10 +175,31 @@ pub trait RateStore: Send + Sync {
     async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()>;
 }
 
+/// Cached gateway responses.
+#[async_trait]
+pub trait CacheStore: Send + Sync {
+    /// The cached body and the deployment that produced it, unless absent or expired.
+    async fn cache_get(&self, key: &str, now: Millis) -> Result<Option<(String, String)>>;
+    async fn cache_put(
+        &self,
+        key: &str,
+        body: &str,
+        deployment: &str,
+        expires_at: Millis,
+    ) -> Result<()>;
+}
+
 /// Everything durable, behind one handle.
 #[async_trait]
 pub trait Store:
-    AgentStore + RunStore + JournalStore + ScratchpadStore + GatewayStore + BudgetStore + RateStore
+    AgentStore
+    + RunStore
+    + JournalStore
+    + ScratchpadStore
+    + GatewayStore
+    + BudgetStore
+    + RateStore
+    + CacheStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

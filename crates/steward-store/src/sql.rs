@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    AgentStore, BudgetStore, Error, GatewayStore, JournalStore, RateStore, Result, RunStore,
-    ScratchpadStore, Store,
+    AgentStore, BudgetStore, CacheStore, Error, GatewayStore, JournalStore, RateStore, Result,
+    RunStore, ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -662,6 +662,32 @@ macro_rules! impl_store {
                         .execute(&self.write)
                         .await?;
                 }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl CacheStore for $store {
+            async fn cache_get(&self, key: &str, now: Millis) -> Result<Option<(String, String)>> {
+                Ok(sqlx::query_as("SELECT body, deployment FROM response_cache WHERE cache_key = $1 AND expires_at > $2")
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn cache_put(&self, key: &str, body: &str, deployment: &str, expires_at: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO response_cache (cache_key, body, deployment, expires_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (cache_key) DO UPDATE SET body = excluded.body, deployment = excluded.deployment, \
+                       expires_at = excluded.expires_at",
+                )
+                .bind(key)
+                .bind(body)
+                .bind(deployment)
+                .bind(expires_at)
+                .execute(&self.write)
+                .await?;
                 Ok(())
             }
         }

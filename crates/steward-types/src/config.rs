@@ -157,6 +157,33 @@ pub struct Price {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub deployments: Vec<String>,
+    /// How the first deployment to try is chosen; the rest follow as fallbacks.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// With `weighted`: one weight per deployment.
+    #[serde(default)]
+    pub weights: Vec<u32>,
+    /// Cache identical requests' answers for this long (exact match, per agent). Off when unset.
+    #[serde(default)]
+    pub cache_ttl_ms: Option<u64>,
+    /// Also cache sampled requests (temperature above 0, or unset). Off by default: a sampled
+    /// request asks for a fresh answer.
+    #[serde(default)]
+    pub cache_sampled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In the order listed.
+    #[default]
+    Priority,
+    /// First pick at random in proportion to `weights`.
+    Weighted,
+    /// Lowest recent latency first (an exponentially weighted moving average per deployment).
+    Latency,
+    /// Cheapest first, by the price table.
+    Cost,
 }
 
 impl Default for LlmConfig {
