@@ -19,8 +19,17 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`.
+    /// Which benchmark: `engine` or `gateway`.
     name: String,
+    /// gateway: requests a second for the latency measurement.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// gateway: seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// gateway: concurrent clients for the throughput measurement.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
     /// Concurrent runs.
     #[arg(long, default_value_t = 200)]
     runs: usize,
@@ -36,8 +45,14 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.name == "gateway" {
+        return crate::bench_gateway::run(args.rate, args.seconds, args.clients).await;
+    }
     if args.name != "engine" {
-        bail!("unknown benchmark {:?}; available: engine", args.name);
+        bail!(
+            "unknown benchmark {:?}; available: engine, gateway",
+            args.name
+        );
     }
     let dir = std::env::temp_dir().join(format!("steward-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;

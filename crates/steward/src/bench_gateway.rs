@@ -1,0 +1,366 @@
+//! `steward bench gateway`: the latency Steward's `/v1` adds and its maximum throughput, against
+//! a mock OpenAI-compatible upstream with a fixed 20 ms latency on loopback — and the same for
+//! the LiteLLM proxy when `litellm` is installed. Budgets and call records are on. The last line
+//! printed is one JSON object. See bench/README.md.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::routing::post;
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const UPSTREAM_LATENCY: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+async fn mock_upstream() -> anyhow::Result<String> {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            tokio::time::sleep(UPSTREAM_LATENCY).await;
+            Json(json!({"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "pong"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", l.local_addr()?);
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(url)
+}
+
+fn request_body(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "ping"}]})
+}
+
+/// Open-loop load: `rate` requests a second for `seconds`, each timed from send to full body.
+async fn fixed_rate(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+    rate: u32,
+    seconds: u64,
+) -> Figures {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        tick.tick().await;
+        let req = http.post(url).bearer_auth(key).json(&request_body(model));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.ok().map(|_| t.elapsed()),
+                _ => None,
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some(d) => lat.push(d.as_secs_f64() * 1000.0),
+            None => errors += 1,
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Figures {
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        errors,
+    }
+}
+
+/// Closed-loop load: `clients` callers back to back for `seconds`; successful requests a second.
+async fn max_rps(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+    clients: usize,
+    seconds: u64,
+) -> f64 {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, key, model, done) = (
+            http.clone(),
+            url.to_string(),
+            key.to_string(),
+            model.to_string(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let ok = match http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&request_body(&model))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / seconds as f64
+}
+
+async fn first_line_url(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .context("server exited")?;
+    Ok(line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .context("no URL printed")?
+        .to_string())
+}
+
+async fn start_steward(
+    dir: &Path,
+    upstream: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai")
+        .env("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", upstream)
+        .env(
+            "STEWARD_LLM__ROUTES__BENCH__DEPLOYMENTS",
+            "[\"mock/gpt-mock\"]",
+        )
+        .env("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0")
+        .env("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0")
+        .env("STEWARD_LOG", "info,sqlx=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = first_line_url(&mut child).await?;
+    Ok((child, url))
+}
+
+async fn start_litellm(
+    dir: &Path,
+    upstream: &str,
+) -> anyhow::Result<Option<(tokio::process::Child, String)>> {
+    let Ok(exe) = which("litellm") else {
+        return Ok(None);
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let cfg = dir.join("litellm.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/gpt-mock\n      api_base: {upstream}\n      api_key: sk-none\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("litellm.log"))?;
+    let child = tokio::process::Command::new(exe)
+        .args(["--config"])
+        .arg(&cfg)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            "1",
+        ])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/health/liveliness")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "LiteLLM did not start within 120 s; see {}",
+                dir.join("litellm.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(Some((child, url)))
+}
+
+fn which(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").context("no PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .context("not found")
+}
+
+pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> {
+    let upstream = mock_upstream().await?;
+    let dir = std::env::temp_dir().join(format!(
+        "steward-bench-gw-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    eprintln!("gateway: upstream latency {} ms, {rate} rps for {seconds} s, {clients} clients for max throughput", UPSTREAM_LATENCY.as_millis());
+
+    let direct = fixed_rate(
+        &http,
+        &format!("{upstream}/chat/completions"),
+        "none",
+        "gpt-mock",
+        rate,
+        seconds,
+    )
+    .await;
+    eprintln!("direct to upstream: {direct:?}");
+
+    let (mut steward, url) = start_steward(&dir, &upstream).await?;
+    let key: Value = http
+        .post(format!("{url}/api/v1/keys"))
+        .json(&json!({"agent": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = key["key"].as_str().context("no key")?.to_string();
+    http.put(format!("{url}/api/v1/budgets/agent:bench"))
+        .json(&json!({"cap_usd": 1.0e6}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let _ = fixed_rate(
+        &http,
+        &format!("{url}/v1/chat/completions"),
+        &key,
+        "bench",
+        rate,
+        1,
+    )
+    .await; // warm up
+    let s = fixed_rate(
+        &http,
+        &format!("{url}/v1/chat/completions"),
+        &key,
+        "bench",
+        rate,
+        seconds,
+    )
+    .await;
+    let s_rps = max_rps(
+        &http,
+        &format!("{url}/v1/chat/completions"),
+        &key,
+        "bench",
+        clients,
+        seconds,
+    )
+    .await;
+    eprintln!("steward: {s:?}, max {s_rps:.0} rps");
+    steward.start_kill()?;
+    let steward_json = json!({
+        "p50_added_ms": round(s.p50_ms - direct.p50_ms),
+        "p99_added_ms": round(s.p99_ms - direct.p99_ms),
+        "max_rps": s_rps.round(),
+        "errors": s.errors,
+    });
+
+    let litellm_json = match start_litellm(&dir, &upstream).await {
+        Ok(Some((mut child, url))) => {
+            let _ = fixed_rate(
+                &http,
+                &format!("{url}/v1/chat/completions"),
+                "sk-none",
+                "bench",
+                rate.min(50),
+                1,
+            )
+            .await;
+            let l = fixed_rate(
+                &http,
+                &format!("{url}/v1/chat/completions"),
+                "sk-none",
+                "bench",
+                rate,
+                seconds,
+            )
+            .await;
+            let l_rps = max_rps(
+                &http,
+                &format!("{url}/v1/chat/completions"),
+                "sk-none",
+                "bench",
+                clients,
+                seconds,
+            )
+            .await;
+            eprintln!("litellm: {l:?}, max {l_rps:.0} rps");
+            child.start_kill()?;
+            json!({"p50_added_ms": round(l.p50_ms - direct.p50_ms), "p99_added_ms": round(l.p99_ms - direct.p99_ms), "max_rps": l_rps.round(), "errors": l.errors})
+        }
+        Ok(None) => {
+            eprintln!("litellm: not installed (pip install 'litellm[proxy]'); skipped");
+            Value::Null
+        }
+        Err(e) => {
+            eprintln!("litellm: {e:#}");
+            Value::Null
+        }
+    };
+    let ratio = litellm_json
+        .get("max_rps")
+        .and_then(Value::as_f64)
+        .filter(|r| *r > 0.0)
+        .map(|l| round(s_rps / l));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{}",
+        json!({"bench": "gateway", "rate": rate, "seconds": seconds, "steward": steward_json, "litellm": litellm_json, "rps_ratio": ratio})
+    );
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
