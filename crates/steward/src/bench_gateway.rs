@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const UPSTREAM_LATENCY: Duration = Duration::from_millis(20);
+/// LiteLLM refuses to start without a master key; the benchmark's callers present it.
+const LITELLM_KEY: &str = "sk-litellm-bench-0123456789abcdef0123456789abcdef";
 
 #[derive(Clone, Copy, Debug)]
 struct Figures {
@@ -200,6 +202,7 @@ async fn start_litellm(
             "--num_workers",
             "1",
         ])
+        .env("LITELLM_MASTER_KEY", LITELLM_KEY)
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -311,7 +314,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             let _ = fixed_rate(
                 &http,
                 &format!("{url}/v1/chat/completions"),
-                "sk-none",
+                LITELLM_KEY,
                 "bench",
                 rate.min(50),
                 1,
@@ -320,7 +323,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             let l = fixed_rate(
                 &http,
                 &format!("{url}/v1/chat/completions"),
-                "sk-none",
+                LITELLM_KEY,
                 "bench",
                 rate,
                 seconds,
@@ -329,7 +332,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             let l_rps = max_rps(
                 &http,
                 &format!("{url}/v1/chat/completions"),
-                "sk-none",
+                LITELLM_KEY,
                 "bench",
                 clients,
                 seconds,
