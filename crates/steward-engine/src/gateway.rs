@@ -199,7 +199,8 @@ impl Gateway {
         Ok(chain)
     }
 
-    /// Reserves the call's worst case on every account up the chain, or refuses the call.
+    /// The call's worst case and the accounts up the chain it must be held on (the hold itself
+    /// is taken with the call's start record, in one transaction: `begin_call`).
     async fn hold(
         &self,
         who: &Principal,
@@ -236,37 +237,30 @@ impl Gateway {
                 })?;
             worst = worst.max(cost);
         }
-        let now = self.clock.now_ms();
-        let day_start = now - now.rem_euclid(86_400_000);
-        match self
-            .store
-            .reserve(&accounts, worst, day_start, now)
-            .await
-            .map_err(internal)?
-        {
-            None => Ok(Some(Hold {
-                accounts,
-                nanos: worst,
-            })),
-            Some(account) => Err(GatewayError::BudgetExceeded {
-                account,
-                message: format!(
-                    "the call's worst case (${:.6}) does not fit what is left",
-                    worst as f64 / 1e9
-                ),
-            }),
-        }
+        Ok(Some(Hold {
+            accounts,
+            nanos: worst,
+        }))
     }
 
-    async fn settle(&self, hold: &Option<Hold>, spent: i64) {
-        if let Some(h) = hold {
-            if let Err(e) = self
-                .store
-                .settle(&h.accounts, h.nanos, spent, self.clock.now_ms())
-                .await
-            {
-                tracing::error!(error = %e, accounts = ?h.accounts, "settling a budget hold failed; the hold stays until fixed");
-            }
+    /// Settles the call's hold and records its outcome, in one commit.
+    async fn finish(&self, call_id: &str, outcome: &CallOutcome, hold: &Option<Hold>, spent: i64) {
+        let (accounts, reserved) = hold
+            .as_ref()
+            .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
+        if let Err(e) = self
+            .store
+            .end_call(
+                call_id,
+                outcome,
+                accounts,
+                reserved,
+                spent,
+                self.clock.now_ms(),
+            )
+            .await
+        {
+            tracing::error!(%call_id, error = %e, ?accounts, "recording a call's end failed; its budget hold stays until fixed");
         }
     }
 
@@ -447,10 +441,28 @@ impl Gateway {
             model: model.clone(),
             stream,
         };
-        self.store
-            .call_started(&call, self.clock.now_ms())
+        // Record the call as started and take its budget hold in one commit, before any upstream
+        // is asked.
+        let (accounts, amount) = meters
+            .hold
+            .as_ref()
+            .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
+        let now = self.clock.now_ms();
+        let day_start = now - now.rem_euclid(86_400_000);
+        if let Some(account) = self
+            .store
+            .begin_call(&call, accounts, amount, day_start, now)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+        {
+            return Err(GatewayError::BudgetExceeded {
+                account,
+                message: format!(
+                    "the call's worst case (${:.6}) does not fit what is left",
+                    amount as f64 / 1e9
+                ),
+            });
+        }
         let span = tracing::info_span!(
             "gen_ai",
             "gen_ai.operation.name" = op.name(),
@@ -480,8 +492,7 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            let _ = self.store.call_finished(&call.id, &outcome).await;
-            self.settle(&meters.hold, 0).await;
+            self.finish(&call.id, &outcome, &meters.hold, 0).await;
         }
         result
     }
@@ -536,11 +547,8 @@ impl Gateway {
         };
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
-        self.settle(
-            &meters.hold,
-            cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0),
-        )
-        .await;
+        let spent = cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0);
+        self.finish(&call.id, &outcome, &meters.hold, spent).await;
         Self::count_tokens(&*self.store, &meters.rate, tin + tout).await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
@@ -550,9 +558,6 @@ impl Gateway {
             {
                 tracing::warn!(error = %e, "could not cache a response");
             }
-        }
-        if let Err(e) = self.store.call_finished(&call.id, &outcome).await {
-            tracing::error!(call_id = %call.id, error = %e, "could not record a finished call");
         }
         Ok(GatewayReply::Json(v))
     }
@@ -642,25 +647,30 @@ impl Gateway {
                 tokens_out: tout,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            if let Some(h) = &hold {
-                let spent = cost_nanos(
-                    &prices,
-                    &outcome.deployment.clone().unwrap_or_default(),
-                    tin,
-                    tout,
+            let spent = cost_nanos(
+                &prices,
+                &outcome.deployment.clone().unwrap_or_default(),
+                tin,
+                tout,
+            )
+            .unwrap_or(0);
+            let (accounts, reserved) = hold
+                .as_ref()
+                .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
+            if let Err(e) = store
+                .end_call(
+                    &call_id,
+                    &outcome,
+                    accounts,
+                    reserved,
+                    spent,
+                    clock.now_ms(),
                 )
-                .unwrap_or(0);
-                if let Err(e) = store
-                    .settle(&h.accounts, h.nanos, spent, clock.now_ms())
-                    .await
-                {
-                    tracing::error!(%call_id, error = %e, "settling a budget hold failed");
-                }
+                .await
+            {
+                tracing::error!(%call_id, error = %e, "recording the end of a streamed call failed; its budget hold stays until fixed");
             }
             Self::count_tokens(&*store, &rate, tin + tout).await;
-            if let Err(e) = store.call_finished(&call_id, &outcome).await {
-                tracing::warn!(%call_id, error = %e, "could not record the end of a streamed call");
-            }
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .boxed()

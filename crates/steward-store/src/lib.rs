@@ -120,6 +120,28 @@ pub trait GatewayStore: Send + Sync {
     async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     async fn call_started(&self, call: &NewCall, now: Millis) -> Result<()>;
     async fn call_finished(&self, id: &str, outcome: &CallOutcome) -> Result<()>;
+    /// Holds `amount` on every account in `accounts` (none: no hold) and records the call as
+    /// started — one transaction, one commit. Returns the account whose cap the hold would pass,
+    /// in which case nothing is written.
+    async fn begin_call(
+        &self,
+        call: &NewCall,
+        accounts: &[String],
+        amount: i64,
+        day_start: Millis,
+        now: Millis,
+    ) -> Result<Option<String>>;
+    /// Settles the call's hold (releasing `reserved`, booking `spent`) and records its outcome —
+    /// one transaction, one commit.
+    async fn end_call(
+        &self,
+        id: &str,
+        outcome: &CallOutcome,
+        accounts: &[String],
+        reserved: i64,
+        spent: i64,
+        now: Millis,
+    ) -> Result<()>;
     /// Most recent first; `agent` filters.
     async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
     /// Usage of models since a time, managed runs and gateway calls together.

@@ -452,6 +452,49 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
     assert!(s.list_calls(Some("other"), 10).await.unwrap().is_empty());
 }
 
+async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
+    s.put_budget("org", None, 100, "total", 1).await.unwrap();
+    let org = vec!["org".to_string()];
+    let call = |id: &str| NewCall {
+        id: id.into(),
+        agent: "a".into(),
+        run_id: None,
+        model: "m".into(),
+        stream: false,
+    };
+    assert_eq!(
+        s.begin_call(&call("c1"), &org, 60, 0, 2).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.begin_call(&call("c2"), &org, 60, 0, 3)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("org"),
+        "60 + 60 > 100"
+    );
+    let calls = s.list_calls(None, 10).await.unwrap();
+    assert_eq!(calls.len(), 1, "a refused call writes nothing");
+    let done = CallOutcome {
+        deployment: Some("p/m".into()),
+        status: "ok".into(),
+        error: None,
+        tokens_in: 1,
+        tokens_out: 1,
+        duration_us: 1,
+    };
+    s.end_call("c1", &done, &org, 60, 25, 4).await.unwrap();
+    let b = s.get_budget("org").await.unwrap().unwrap();
+    assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 25));
+    assert_eq!(s.list_calls(None, 10).await.unwrap()[0].status, "ok");
+    assert_eq!(
+        s.begin_call(&call("c3"), &[], 0, 0, 5).await.unwrap(),
+        None,
+        "no accounts: no hold"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -494,6 +537,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn keys_and_calls_are_kept() {
                 super::keys_and_calls_are_kept(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn calls_begin_and_end_with_their_holds() {
+                super::calls_begin_and_end_with_their_holds(&*super::$backend().await.store).await
             }
             #[tokio::test]
             async fn runs_filter() {
