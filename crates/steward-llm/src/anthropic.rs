@@ -173,6 +173,47 @@ impl Provider for AnthropicProvider {
         }
         Ok(out)
     }
+
+    /// Streams Anthropic's events back as OpenAI chunks (text, tool calls, usage).
+    async fn stream_openai(&self, body: Value, model: &str) -> Result<crate::ByteStream> {
+        use futures::StreamExt;
+        let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
+        let req = crate::openai_wire::request_from_openai(&body, model)?;
+        let mut wire = wire_request(&req);
+        wire["stream"] = json!(true);
+        let url = join(&self.base_url, "v1/messages");
+        let mut rb = self
+            .http
+            .post(&url)
+            .header("anthropic-version", API_VERSION)
+            .json(&wire);
+        if let Some(k) = &self.api_key {
+            rb = rb.header("x-api-key", k);
+        }
+        let upstream = crate::http::post_stream(&self.name, self.timeout_ms, rb, &url).await?;
+        let translator =
+            crate::anthropic_stream::Translator::new("chatcmpl-anthropic", model, include_usage);
+        let out = futures::stream::unfold(
+            (upstream, translator, false),
+            |(mut up, mut t, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match up.next().await {
+                    Some(Ok(bytes)) => {
+                        let text = t.feed(&bytes);
+                        Some((Ok(bytes::Bytes::from(text)), (up, t, false)))
+                    }
+                    Some(Err(e)) => Some((Err(e), (up, t, true))),
+                    None => {
+                        let tail = t.finish();
+                        Some((Ok(bytes::Bytes::from(tail)), (up, t, true)))
+                    }
+                }
+            },
+        );
+        Ok(out.boxed())
+    }
 }
 
 #[cfg(test)]

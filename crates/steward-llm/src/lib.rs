@@ -3,6 +3,7 @@
 //! it never bills, authorizes or stores — the Kernel does that around it.
 
 mod anthropic;
+mod anthropic_stream;
 mod chat;
 mod error;
 mod http;

@@ -213,3 +213,52 @@ fn routes_name_what_is_missing() {
         .to_string();
     assert!(e.contains("STEWARD_TEST_UNSET_KEY"), "{e}");
 }
+
+#[tokio::test]
+async fn anthropic_streams_as_openai_chunks() {
+    use futures::StreamExt;
+    let url = serve(axum::Router::new().route(
+        "/v1/messages",
+        post(|Json(body): Json<Value>| async move {
+            assert_eq!(body["stream"], true);
+            let events = [
+                json!({"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 9}}}),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+                json!({"type": "message_stop"}),
+            ];
+            let text: String = events.iter().map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())).collect();
+            ([("content-type", "text/event-stream")], text)
+        }),
+    ))
+    .await;
+    let p = AnthropicProvider::new("claude", &url, Some("ak".into()), 5_000).unwrap();
+    let body = json!({"model": "smart", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut s = p.stream_openai(body, "claude-x").await.unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = s.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(content, "Hello");
+    assert!(chunks
+        .iter()
+        .any(|c| c.pointer("/choices/0/finish_reason") == Some(&json!("stop"))));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 2);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
