@@ -357,8 +357,9 @@ impl Gateway {
             model: model.to_string(),
             stream: false,
         };
+        let now = self.clock.now_ms();
         self.store
-            .call_started(&call, self.clock.now_ms())
+            .begin_call(&call, &[], 0, now, now)
             .await
             .map_err(internal)?;
         let outcome = CallOutcome {
@@ -370,7 +371,7 @@ impl Gateway {
             duration_us: 0,
         };
         self.store
-            .call_finished(call_id, &outcome)
+            .end_call(call_id, &outcome, &[], 0, 0, now)
             .await
             .map_err(internal)?;
         Ok(Some(GatewayReply::Json(v)))

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::http::{client, garbage, join, post_json};
-use crate::{ChatRequest, ChatResponse, Message, Provider, Result, Role, ToolCall, Usage};
+use crate::{ChatRequest, ChatResponse, Message, Provider, Result, Role, Usage};
 
 pub struct OpenAiProvider {
     name: String,
@@ -87,36 +87,8 @@ pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> 
         .get("content")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let mut tool_calls = Vec::new();
-    for (i, c) in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let name = c
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| garbage(provider, format!("tool_calls[{i}] has no function.name")))?;
-        let raw = c
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
-        // Models do emit broken JSON here; the tool gets the raw text rather than a silent `{}`.
-        let arguments =
-            serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-        tool_calls.push(ToolCall {
-            id: c
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            name: name.to_string(),
-            arguments,
-        });
-    }
+    let tool_calls = crate::openai_wire::tool_calls(msg)
+        .map_err(|i| garbage(provider, format!("tool_calls[{i}] has no function.name")))?;
     let usage = Usage {
         input_tokens: v
             .pointer("/usage/prompt_tokens")

@@ -24,6 +24,41 @@ fn content_text(v: &Value) -> Option<String> {
     }
 }
 
+/// The `tool_calls` of an OpenAI message (request or response). Arguments arrive as a JSON
+/// string; models do emit broken JSON there, so unparsable text is kept as a string rather than
+/// silently replaced. Errs with the index of a call that has no function name.
+pub(crate) fn tool_calls(message: &Value) -> Result<Vec<ToolCall>, usize> {
+    let calls = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = c
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or(i)?;
+            let raw = c
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            Ok(ToolCall {
+                id: c
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                name: name.to_string(),
+                arguments: serde_json::from_str(raw)
+                    .unwrap_or_else(|_| Value::String(raw.to_string())),
+            })
+        })
+        .collect()
+}
+
 /// Reads an OpenAI request body into the neutral shape (fields it has no place for are dropped).
 pub fn request_from_openai(body: &Value, model: &str) -> Result<ChatRequest, Error> {
     let msgs = body
@@ -39,38 +74,11 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<ChatRequest, Err
             Some("tool") => Role::Tool,
             other => return Err(bad(format!("messages[{i}].role: unknown role {other:?}"))),
         };
-        let mut tool_calls = Vec::new();
-        for (j, c) in m
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let name = c
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "messages[{i}].tool_calls[{j}].function.name: required"
-                    ))
-                })?;
-            let raw = c
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            tool_calls.push(ToolCall {
-                id: c
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                name: name.to_string(),
-                arguments: serde_json::from_str(raw)
-                    .unwrap_or_else(|_| Value::String(raw.to_string())),
-            });
-        }
+        let tool_calls = tool_calls(m).map_err(|j| {
+            bad(format!(
+                "messages[{i}].tool_calls[{j}].function.name: required"
+            ))
+        })?;
         messages.push(Message {
             role,
             content: m.get("content").and_then(content_text),

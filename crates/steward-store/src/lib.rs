@@ -118,8 +118,6 @@ pub trait GatewayStore: Send + Sync {
     ) -> Result<ApiKeyRecord>;
     /// The live (not revoked) key with this hash.
     async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
-    async fn call_started(&self, call: &NewCall, now: Millis) -> Result<()>;
-    async fn call_finished(&self, id: &str, outcome: &CallOutcome) -> Result<()>;
     /// Holds `amount` on every account in `accounts` (none: no hold) and records the call as
     /// started — one transaction, one commit. Returns the account whose cap the hold would pass,
     /// in which case nothing is written.
@@ -148,7 +146,8 @@ pub trait GatewayStore: Send + Sync {
     async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>>;
 }
 
-/// Budget accounts and their ledger.
+/// Budget accounts. Holds and settlements are taken with the call they belong to
+/// (`GatewayStore::begin_call`, `GatewayStore::end_call`).
 #[async_trait]
 pub trait BudgetStore: Send + Sync {
     /// Creates or changes an account's cap, period and parent; spending so far is kept.
@@ -162,24 +161,6 @@ pub trait BudgetStore: Send + Sync {
     ) -> Result<BudgetRecord>;
     async fn get_budget(&self, account: &str) -> Result<Option<BudgetRecord>>;
     async fn list_budgets(&self) -> Result<Vec<BudgetRecord>>;
-    /// Holds `amount` on every account in `accounts`, all or none, in one transaction. A daily
-    /// account whose period began before `day_start` starts a new period first. Returns the
-    /// first account whose cap the hold would pass, or `None` when the hold is in place.
-    async fn reserve(
-        &self,
-        accounts: &[String],
-        amount: i64,
-        day_start: Millis,
-        now: Millis,
-    ) -> Result<Option<String>>;
-    /// Releases a hold of `reserved` and books `spent` on every account in `accounts`.
-    async fn settle(
-        &self,
-        accounts: &[String],
-        reserved: i64,
-        spent: i64,
-        now: Millis,
-    ) -> Result<()>;
 }
 
 /// Request and token counters in one-minute windows, for rate limits shared across nodes.

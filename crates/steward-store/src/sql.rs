@@ -471,41 +471,10 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn call_started(&self, c: &NewCall, now: Millis) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
-                       started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
-                )
-                .bind(&c.id)
-                .bind(&c.agent)
-                .bind(&c.run_id)
-                .bind(&c.model)
-                .bind(i64::from(c.stream))
-                .bind(now)
-                .execute(&self.write)
-                .await?;
-                Ok(())
-            }
-
-            async fn call_finished(&self, id: &str, o: &CallOutcome) -> Result<()> {
-                sqlx::query(
-                    "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
-                       tokens_out = $5, duration_us = $6 WHERE id = $7",
-                )
-                .bind(&o.deployment)
-                .bind(&o.status)
-                .bind(&o.error)
-                .bind(o.tokens_in)
-                .bind(o.tokens_out)
-                .bind(o.duration_us)
-                .bind(id)
-                .execute(&self.write)
-                .await?;
-                Ok(())
-            }
-
             async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, day_start: Millis, now: Millis) -> Result<Option<String>> {
                 let mut tx = self.write.begin().await?;
+                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
+                // take their row locks in the same order and cannot deadlock.
                 for account in accounts {
                     sqlx::query(
                         "UPDATE budgets SET spent_nanos = 0, period_start = $1 \
@@ -515,6 +484,7 @@ macro_rules! impl_store {
                     .bind(account)
                     .execute(&mut *tx)
                     .await?;
+                    // The check and the hold are one statement: exact under any concurrency.
                     let held = sqlx::query(
                         "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
                          WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
@@ -645,57 +615,6 @@ macro_rules! impl_store {
                 )
                 .fetch_all(&self.read)
                 .await?)
-            }
-
-            async fn reserve(&self, accounts: &[String], amount: i64, day_start: Millis, now: Millis) -> Result<Option<String>> {
-                let mut tx = self.write.begin().await?;
-                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
-                // take their row locks in the same order and cannot deadlock.
-                for account in accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET spent_nanos = 0, period_start = $1 \
-                         WHERE account = $2 AND period = 'day' AND period_start < $1",
-                    )
-                    .bind(day_start)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?;
-                    // The check and the hold are one statement: exact under any concurrency.
-                    let held = sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
-                         WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
-                    )
-                    .bind(amount)
-                    .bind(now)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if held == 0 {
-                        tx.rollback().await?;
-                        return Ok(Some(account.clone()));
-                    }
-                }
-                tx.commit().await?;
-                Ok(None)
-            }
-
-            async fn settle(&self, accounts: &[String], reserved: i64, spent: i64, now: Millis) -> Result<()> {
-                let mut tx = self.write.begin().await?;
-                for account in accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
-                           updated_at = $3 WHERE account = $4",
-                    )
-                    .bind(reserved)
-                    .bind(spent)
-                    .bind(now)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
             }
         }
 

@@ -423,7 +423,7 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         model: "smart".into(),
         stream: true,
     };
-    s.call_started(&call, 7).await.unwrap();
+    assert_eq!(s.begin_call(&call, &[], 0, 0, 7).await.unwrap(), None);
     let c = &s.list_calls(Some("ext"), 10).await.unwrap()[0];
     assert_eq!(
         (c.status.as_str(), c.stream),
@@ -438,7 +438,7 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         tokens_out: 4,
         duration_us: 9,
     };
-    s.call_finished("call_1", &done).await.unwrap();
+    s.end_call("call_1", &done, &[], 0, 0, 8).await.unwrap();
     let c = &s.list_calls(None, 10).await.unwrap()[0];
     assert_eq!(
         (
