@@ -85,6 +85,12 @@ impl From<GatewayError> for OaiError {
                 "model_not_found",
                 message,
             ),
+            GatewayError::Refused { code, .. } => OaiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                code,
+                message,
+            ),
             GatewayError::Upstream { timeout: true, .. } => OaiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "api_error",

@@ -2,7 +2,8 @@
 //! same path as a managed agent's model call. 1 identify (the API key names the agent; a
 //! request may name its run), 2 authorize (a live key), 3 reserve (budgets: later), 4 record the
 //! call as started — durably, before any upstream is asked, 5 act through the route's
-//! deployments in priority order, falling back on transient failures, 6 record the outcome with
+//! deployments by strategy, retrying and falling back on transient failures, and to the
+//! route's chains for context-window overflows and content-filter refusals, 6 record the outcome with
 //! its usage, 7 a span with the OpenTelemetry GenAI attributes.
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use steward_llm::{ByteStream, Deployment, Router};
+use steward_llm::{ByteStream, Failure, Plan, Router};
 use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
@@ -40,6 +41,10 @@ pub enum GatewayError {
     /// A hold for the call's worst case would pass this account's cap.
     #[error("budget exceeded on account {account:?}: {message}")]
     BudgetExceeded { account: String, message: String },
+    /// The prompt does not fit any deployment's context window (`context_length_exceeded`),
+    /// or a content filter refused (`content_filter`): fallbacks, if any, were tried.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     /// Every deployment failed; carries the last upstream error and its HTTP status, if any.
     #[error("{message}")]
     Upstream {
@@ -204,7 +209,7 @@ impl Gateway {
     async fn hold(
         &self,
         who: &Principal,
-        deployments: &[Deployment],
+        plan: &Plan,
         body: &Value,
         op: Op,
     ) -> Result<Option<Hold>, GatewayError> {
@@ -227,7 +232,7 @@ impl Gateway {
             Op::Embeddings => 0,
         };
         let mut worst = 0;
-        for d in deployments {
+        for d in plan.all() {
             let cost =
                 cost_nanos(&self.prices, &d.label, tokens_in, tokens_out).ok_or_else(|| {
                     GatewayError::BadRequest(format!(
@@ -419,9 +424,9 @@ impl Gateway {
         }
         let stream = op == Op::Chat && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let call_id = self.clock.new_id("call");
-        let deployments = self
+        let plan = self
             .router
-            .deployments(&model, &call_id)
+            .plan(&model, &call_id)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
         let rate = self.take_rate(who, &model).await?;
         let cache = self.cache_slot(who, &model, &body, op, stream);
@@ -431,7 +436,7 @@ impl Gateway {
             }
         }
         let meters = Meters {
-            hold: self.hold(who, &deployments, &body, op).await?,
+            hold: self.hold(who, &plan, &body, op).await?,
             rate,
             cache,
         };
@@ -476,11 +481,11 @@ impl Gateway {
         );
         let started = Instant::now();
         let result = if stream {
-            self.stream(&call, deployments, body, started, meters.clone())
+            self.stream(&call, plan, body, started, meters.clone())
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, deployments, body, started, op, &meters)
+            self.complete(&call, plan, body, started, op, &meters)
                 .instrument(span)
                 .await
         };
@@ -501,7 +506,7 @@ impl Gateway {
     async fn complete(
         &self,
         call: &NewCall,
-        deployments: Vec<Deployment>,
+        plan: Plan,
         body: Value,
         started: Instant,
         op: Op,
@@ -510,7 +515,7 @@ impl Gateway {
         let created = self.clock.now_ms() / 1000;
         let (v, d) = self
             .router
-            .run(&call.id, &deployments, |d| {
+            .run(&call.id, &plan, refused, |d| {
                 let body = body.clone();
                 let call_id = call.id.clone();
                 async move {
@@ -566,16 +571,19 @@ impl Gateway {
     async fn stream(
         &self,
         call: &NewCall,
-        deployments: Vec<Deployment>,
+        plan: Plan,
         body: Value,
         started: Instant,
         meters: Meters,
     ) -> Result<GatewayReply, GatewayError> {
         let (upstream_stream, d) = self
             .router
-            .run(&call.id, &deployments, |d| {
-                d.provider.stream_openai(body.clone(), &d.model)
-            })
+            .run(
+                &call.id,
+                &plan,
+                |_| false,
+                |d| d.provider.stream_openai(body.clone(), &d.model),
+            )
             .await
             .map_err(upstream)?;
         tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
@@ -693,12 +701,34 @@ impl Op {
     }
 }
 
+/// An OpenAI-shaped answer that is a content-filter refusal.
+fn refused(v: &Value) -> bool {
+    v.pointer("/choices/0/finish_reason")
+        .and_then(Value::as_str)
+        == Some("content_filter")
+}
+
 fn upstream(e: steward_llm::Error) -> GatewayError {
     let status = match &e {
         steward_llm::Error::Status { status, .. } => Some(*status),
         _ => None,
     };
     let timeout = matches!(e, steward_llm::Error::Timeout { .. });
+    match e.failure() {
+        Failure::ContextWindow => {
+            return GatewayError::Refused {
+                code: "context_length_exceeded",
+                message: e.to_string(),
+            }
+        }
+        Failure::ContentFilter => {
+            return GatewayError::Refused {
+                code: "content_filter",
+                message: e.to_string(),
+            }
+        }
+        _ => {}
+    }
     match e {
         steward_llm::Error::Request(m) | steward_llm::Error::Unsupported(m) => {
             GatewayError::BadRequest(m)

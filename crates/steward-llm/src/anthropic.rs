@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::http::{client, garbage, join, post_json};
-use crate::{ChatRequest, ChatResponse, Provider, Result, Role, ToolCall, Usage};
+use crate::{ChatRequest, ChatResponse, Error, Provider, Result, Role, ToolCall, Usage};
 
 const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; this is used when the agent sets none.
@@ -97,6 +97,12 @@ pub(crate) fn wire_request(req: &ChatRequest) -> Value {
 }
 
 pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
+    if v.get("stop_reason").and_then(Value::as_str) == Some("refusal") {
+        return Err(Error::Refused {
+            provider: provider.to_string(),
+            detail: "stop_reason refusal".into(),
+        });
+    }
     let blocks = v
         .get("content")
         .and_then(Value::as_array)

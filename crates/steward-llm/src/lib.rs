@@ -16,9 +16,9 @@ mod router;
 mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};
-pub use error::{Error, Result};
+pub use error::{Error, Failure, Result};
 pub use prices::Prices;
-pub use registry::{Deployment, Providers};
+pub use registry::{Deployment, Plan, Providers};
 pub use router::Router;
 pub use scripted::{ScriptedProvider, SCRIPTED_LABEL};
 

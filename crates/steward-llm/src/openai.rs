@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::http::{client, garbage, join, post_json};
-use crate::{ChatRequest, ChatResponse, Message, Provider, Result, Role, Usage};
+use crate::{ChatRequest, ChatResponse, Error, Message, Provider, Result, Role, Usage};
 
 pub struct OpenAiProvider {
     name: String,
@@ -80,6 +80,15 @@ pub(crate) fn wire_request(req: &ChatRequest) -> Value {
 }
 
 pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
+    if v.pointer("/choices/0/finish_reason")
+        .and_then(Value::as_str)
+        == Some("content_filter")
+    {
+        return Err(Error::Refused {
+            provider: provider.to_string(),
+            detail: "finish_reason content_filter".into(),
+        });
+    }
     let msg = v
         .pointer("/choices/0/message")
         .ok_or_else(|| garbage(provider, "no choices[0].message"))?;

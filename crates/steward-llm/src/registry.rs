@@ -14,6 +14,27 @@ pub struct Providers {
     routes: BTreeMap<String, steward_types::config::RouteConfig>,
 }
 
+/// Where one request may go: the route's deployments in the order to try, and the chains it
+/// falls back to when the failure is of a kind the route's own deployments cannot fix.
+#[derive(Clone, Default)]
+pub struct Plan {
+    pub deployments: Vec<Deployment>,
+    /// For a prompt too long for the context window.
+    pub context_window: Vec<Deployment>,
+    /// For a content-filter refusal.
+    pub content_filter: Vec<Deployment>,
+}
+
+impl Plan {
+    /// Every deployment the request could reach, fallbacks included.
+    pub fn all(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments
+            .iter()
+            .chain(&self.context_window)
+            .chain(&self.content_filter)
+    }
+}
+
 /// One place a model request can go: a provider and the model name it knows.
 #[derive(Clone)]
 pub struct Deployment {
@@ -60,14 +81,28 @@ impl Providers {
                     "llm.routes.{alias}.deployments: name at least one provider/model"
                 )));
             }
+            let known = |d: &str| {
+                d.split_once('/')
+                    .is_some_and(|(p, m)| by_name.contains_key(p) && !m.is_empty())
+            };
             for (i, d) in r.deployments.iter().enumerate() {
-                let known = d
-                    .split_once('/')
-                    .is_some_and(|(p, m)| by_name.contains_key(p) && !m.is_empty());
-                if !known {
+                if !known(d) {
                     return Err(Error::Route(format!(
                         "llm.routes.{alias}.deployments[{i}]: {d:?} is not provider/model with a configured provider"
                     )));
+                }
+            }
+            // A fallback may name another alias; aliases are checked once all are known.
+            for (field, list) in [
+                ("context_window_fallbacks", &r.context_window_fallbacks),
+                ("content_filter_fallbacks", &r.content_filter_fallbacks),
+            ] {
+                for (i, d) in list.iter().enumerate() {
+                    if !known(d) && !cfg.routes.contains_key(d) {
+                        return Err(Error::Route(format!(
+                            "llm.routes.{alias}.{field}[{i}]: {d:?} is neither a model alias nor provider/model with a configured provider"
+                        )));
+                    }
                 }
             }
             if r.strategy == steward_types::config::Strategy::Weighted
@@ -132,6 +167,25 @@ impl Providers {
                 })
             })
             .collect()
+    }
+
+    /// A route's fallback chains by failure kind (empty for a `provider/model` name). A
+    /// fallback naming an alias contributes that alias's deployments, in its listed order.
+    pub fn fallbacks(&self, model: &str) -> Result<(Vec<Deployment>, Vec<Deployment>)> {
+        let Some(r) = self.routes.get(model) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let resolve = |list: &[String]| -> Result<Vec<Deployment>> {
+            let mut out = Vec::new();
+            for name in list {
+                out.extend(self.deployments(name)?);
+            }
+            Ok(out)
+        };
+        Ok((
+            resolve(&r.context_window_fallbacks)?,
+            resolve(&r.content_filter_fallbacks)?,
+        ))
     }
 
     /// Checks that an agent's model route leads somewhere: `scripted`, an alias, or

@@ -10,7 +10,7 @@ use steward_types::config::LlmConfig;
 use steward_types::config::Strategy;
 
 use crate::resilience::{retry_delay, Breakers};
-use crate::{ChatRequest, ChatResponse, Deployment, Error, Providers, Result};
+use crate::{ChatRequest, ChatResponse, Deployment, Error, Failure, Plan, Providers, Result};
 
 /// A retry that would wait longer than this falls back to the next deployment instead.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
@@ -105,76 +105,154 @@ impl Router {
         }
     }
 
-    /// Runs `act` against the deployments until one succeeds. `seed` (e.g. the call's id)
-    /// spreads retry jitter between calls.
+    /// Where a request for `model` goes: [`Router::deployments`] and the route's fallback
+    /// chains by failure kind.
+    pub fn plan(&self, model: &str, seed: &str) -> Result<Plan> {
+        let (context_window, content_filter) = self.providers.fallbacks(model)?;
+        Ok(Plan {
+            deployments: self.deployments(model, seed)?,
+            context_window,
+            content_filter,
+        })
+    }
+
+    /// Runs `act` against the plan's deployments until one succeeds. A transient failure is
+    /// retried on the same deployment, then the next is tried; a prompt too long for the
+    /// context window, or a content-filter refusal, moves to that kind's fallback chain (each
+    /// chain taken at most once). `refused` recognises an answer that is itself a refusal
+    /// (`finish_reason: content_filter`): it moves on to the content-filter chain when one is
+    /// left, and is returned as it is otherwise. `seed` (e.g. the call's id) spreads retry
+    /// jitter between calls.
     pub async fn run<'d, T, F, Fut>(
         &self,
         seed: &str,
-        deployments: &'d [Deployment],
+        plan: &'d Plan,
+        refused: impl Fn(&T) -> bool,
         act: F,
     ) -> Result<(T, &'d Deployment)>
     where
         F: Fn(&'d Deployment) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let seed = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let seed = hash(seed);
+        let mut chain: (Failure, &'d [Deployment]) = (Failure::Transient, &plan.deployments);
+        let mut taken: Vec<Failure> = Vec::new();
+        let mut next = 0;
         let mut last: Option<Error> = None;
-        for d in deployments {
+        let mut last_refusal: Option<(T, &'d Deployment)> = None;
+        // Switches to the fallback chain for `kind`, if the plan has one not yet taken.
+        let mut fall_back = |kind: Failure, chain: &mut (Failure, &'d [Deployment])| {
+            let list = match kind {
+                Failure::ContextWindow => &plan.context_window,
+                Failure::ContentFilter => &plan.content_filter,
+                _ => return false,
+            };
+            if list.is_empty() || taken.contains(&kind) {
+                return false;
+            }
+            taken.push(kind);
+            *chain = (kind, list);
+            tracing::info!(?kind, "falling back to the route's chain for this failure");
+            true
+        };
+        while let Some(d) = chain.1.get(next) {
+            next += 1;
             if !self.breakers.allow(&d.label, Instant::now()) {
                 tracing::info!(deployment = %d.label, "skipped: its circuit is open");
                 continue;
             }
-            let mut attempt = 0;
-            loop {
-                let started = Instant::now();
-                let r = match tokio::time::timeout(self.timeout, act(d)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout {
-                        provider: d.label.clone(),
-                        timeout_ms: self.timeout.as_millis() as u64,
-                    }),
-                };
-                match r {
-                    Ok(v) => {
-                        self.breakers.success(&d.label);
-                        self.observe(&d.label, started.elapsed());
-                        return Ok((v, d));
+            let failure = match self.attempt(seed, d, &act).await {
+                Ok(v) if refused(&v) => {
+                    last_refusal = Some((v, d));
+                    Failure::ContentFilter
+                }
+                Ok(v) => return Ok((v, d)),
+                Err(e) => {
+                    let kind = e.failure();
+                    last = Some(e);
+                    kind
+                }
+            };
+            match failure {
+                Failure::Transient => {}
+                // Within a chain for this very failure, the next deployment may fit.
+                kind if kind == chain.0 => {}
+                kind => {
+                    if fall_back(kind, &mut chain) {
+                        next = 0;
+                    } else if kind == Failure::ContentFilter && last_refusal.is_some() {
+                        break;
+                    } else {
+                        return Err(
+                            last.unwrap_or_else(|| Error::Unavailable("the request failed".into()))
+                        );
                     }
-                    Err(e) if e.is_transient() => {
-                        self.breakers.failure(&d.label, Instant::now());
-                        let delay = retry_delay(attempt, self.retry_base, e.retry_after(), seed);
-                        let retry = attempt < self.retries
-                            && delay <= MAX_RETRY_WAIT
-                            && self.breakers.allow(&d.label, Instant::now());
-                        tracing::warn!(deployment = %d.label, error = %e, retry, "deployment failed");
-                        last = Some(e);
-                        if !retry {
-                            break;
-                        }
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
-                    }
-                    // The request itself is at fault: another deployment would refuse it too.
-                    Err(e) => return Err(e),
                 }
             }
+        }
+        if let Some(r) = last_refusal {
+            return Ok(r);
         }
         Err(last.unwrap_or_else(|| {
             Error::Unavailable("every deployment of this model is failing and was skipped (circuits open); try again shortly".into())
         }))
     }
 
+    /// One deployment: `act`, bounded by the timeout, retried while the failure is transient,
+    /// retries remain, and the deployment's circuit stays closed.
+    async fn attempt<'d, T, F, Fut>(&self, seed: u64, d: &'d Deployment, act: &F) -> Result<T>
+    where
+        F: Fn(&'d Deployment) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let r = match tokio::time::timeout(self.timeout, act(d)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    provider: d.label.clone(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                }),
+            };
+            match r {
+                Ok(v) => {
+                    self.breakers.success(&d.label);
+                    self.observe(&d.label, started.elapsed());
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() => {
+                    self.breakers.failure(&d.label, Instant::now());
+                    let delay = retry_delay(attempt, self.retry_base, e.retry_after(), seed);
+                    let retry = attempt < self.retries
+                        && delay <= MAX_RETRY_WAIT
+                        && self.breakers.allow(&d.label, Instant::now());
+                    tracing::warn!(deployment = %d.label, error = %e, retry, "deployment failed");
+                    if !retry {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// A neutral chat call through the route `model` names (an alias or `provider/model`).
     pub async fn chat(&self, seed: &str, model: &str, req: &ChatRequest) -> Result<ChatResponse> {
-        let deployments = self.deployments(model, seed)?;
+        let plan = self.plan(model, seed)?;
         let (r, _) = self
-            .run(seed, &deployments, |d| {
-                let mut req = req.clone();
-                req.model = d.model.clone();
-                async move { d.provider.chat(&req).await }
-            })
+            .run(
+                seed,
+                &plan,
+                |_| false,
+                |d| {
+                    let mut req = req.clone();
+                    req.model = d.model.clone();
+                    async move { d.provider.chat(&req).await }
+                },
+            )
             .await?;
         Ok(r)
     }
@@ -213,6 +291,8 @@ mod tests {
                 weights,
                 cache_ttl_ms: None,
                 cache_sampled: false,
+                context_window_fallbacks: vec![],
+                content_filter_fallbacks: vec![],
             },
         );
         let mut prices = std::collections::BTreeMap::new();
@@ -295,6 +375,8 @@ mod tests {
                 weights: vec![],
                 cache_ttl_ms: None,
                 cache_sampled: false,
+                context_window_fallbacks: vec![],
+                content_filter_fallbacks: vec![],
             },
         );
         assert!(Providers::from_config(&cfg, |_| None)

@@ -170,6 +170,13 @@ pub struct RouteConfig {
     /// request asks for a fresh answer.
     #[serde(default)]
     pub cache_sampled: bool,
+    /// Where a request goes, in order, when its prompt does not fit the deployments above'
+    /// context windows (models with larger windows). An alias or `provider/model` each.
+    #[serde(default)]
+    pub context_window_fallbacks: Vec<String>,
+    /// Where a request goes, in order, when a deployment's content filter refuses it.
+    #[serde(default)]
+    pub content_filter_fallbacks: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
