@@ -212,6 +212,37 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         (st, bad["error"]["code"].as_str()),
         (400, Some("invalid_request"))
     );
+
+    // LangChain's ChatOpenAI and OpenAIEmbeddings, with a key of their own.
+    let (_, key) = s
+        .post("/api/v1/keys", json!({"agent": "langchain-agent"}))
+        .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/langchain_chatopenai.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", key["key"].as_str().unwrap())
+        .output()
+        .await
+        .expect("python3 with langchain-openai (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "the LangChain script failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    let (_, calls) = s.get("/api/v1/calls?agent=langchain-agent").await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(
+        calls.len(),
+        5,
+        "invoke, two tool turns, a stream, embeddings: {calls:?}"
+    );
+    assert!(calls.iter().all(|c| c["status"] == "ok"), "{calls:?}");
 }
 both_backends!(
     the_openai_sdk_works_unchanged,
