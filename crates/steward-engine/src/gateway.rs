@@ -17,6 +17,7 @@ use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
 
+use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
 
 /// Who is calling: the agent an API key names, and the run it says it is acting for.
@@ -66,7 +67,7 @@ pub(crate) struct Gateway {
     pub router: Arc<Router>,
     pub limits: steward_types::config::RateLimits,
     pub store: Arc<dyn Store>,
-    pub prices: steward_llm::Prices,
+    pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -94,27 +95,12 @@ pub(crate) struct Meters {
     cache: Option<(String, i64)>,
 }
 
-/// A budget hold taken for one call: the accounts up the chain and the amount on each.
+/// A budget hold taken for one call (its id is the call's): the accounts up the chain and the
+/// amount on each.
 #[derive(Clone, Debug)]
 pub(crate) struct Hold {
     accounts: Vec<String>,
     nanos: i64,
-}
-
-/// Output tokens assumed for the worst case when a request sets no limit.
-const DEFAULT_MAX_OUTPUT: i64 = 4096;
-
-/// Nano-dollars for tokens at a deployment's price (rounded up: a hold never falls short).
-fn cost_nanos(
-    prices: &steward_llm::Prices,
-    label: &str,
-    tokens_in: i64,
-    tokens_out: i64,
-) -> Option<i64> {
-    prices.get(label).map(|p| {
-        ((tokens_in.max(0) as f64 * p.input + tokens_out.max(0) as f64 * p.output) * 1000.0).ceil()
-            as i64
-    })
 }
 
 fn internal(e: impl std::fmt::Display) -> GatewayError {
@@ -177,33 +163,6 @@ impl Gateway {
         })
     }
 
-    /// The budget accounts that govern a call, leaf to root: the run's, the agent's, and their
-    /// ancestors. Accounts that do not exist are skipped: no budget, no limit.
-    async fn chain(&self, who: &Principal) -> Result<Vec<String>, GatewayError> {
-        let mut start = Vec::new();
-        if let Some(run) = &who.run {
-            start.push(format!("run:{run}"));
-        }
-        start.push(format!("agent:{}", who.agent));
-        let mut chain: Vec<String> = Vec::new();
-        for first in start {
-            let mut next = Some(first);
-            while let Some(account) = next.take() {
-                if chain.contains(&account) || chain.len() >= 16 {
-                    break;
-                }
-                match self.store.get_budget(&account).await.map_err(internal)? {
-                    Some(b) => {
-                        chain.push(account);
-                        next = b.parent;
-                    }
-                    None => break,
-                }
-            }
-        }
-        Ok(chain)
-    }
-
     /// The call's worst case and the accounts up the chain it must be held on (the hold itself
     /// is taken with the call's start record, in one transaction: `begin_call`).
     async fn hold(
@@ -213,7 +172,11 @@ impl Gateway {
         body: &Value,
         op: Op,
     ) -> Result<Option<Hold>, GatewayError> {
-        let accounts = self.chain(who).await?;
+        let accounts = self
+            .budgets
+            .chain(who.agent.as_str(), who.run.as_ref())
+            .await
+            .map_err(internal)?;
         if accounts.is_empty() {
             return Ok(None);
         }
@@ -231,41 +194,21 @@ impl Gateway {
                 .unwrap_or(DEFAULT_MAX_OUTPUT),
             Op::Embeddings => 0,
         };
-        let mut worst = 0;
-        for d in plan.all() {
-            let cost =
-                cost_nanos(&self.prices, &d.label, tokens_in, tokens_out).ok_or_else(|| {
-                    GatewayError::BadRequest(format!(
-                        "{} has no price, and this agent has a budget: add it under [llm.prices]",
-                        d.label
-                    ))
-                })?;
-            worst = worst.max(cost);
-        }
+        let worst = self
+            .budgets
+            .worst_case(plan, tokens_in, tokens_out)
+            .map_err(GatewayError::BadRequest)?;
         Ok(Some(Hold {
             accounts,
             nanos: worst,
         }))
     }
 
-    /// Settles the call's hold and records its outcome, in one commit.
-    async fn finish(&self, call_id: &str, outcome: &CallOutcome, hold: &Option<Hold>, spent: i64) {
-        let (accounts, reserved) = hold
-            .as_ref()
-            .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
-        if let Err(e) = self
-            .store
-            .end_call(
-                call_id,
-                outcome,
-                accounts,
-                reserved,
-                spent,
-                self.clock.now_ms(),
-            )
-            .await
-        {
-            tracing::error!(%call_id, error = %e, ?accounts, "recording a call's end failed; its budget hold stays until fixed");
+    /// Settles the call's hold, if it took one, and records its outcome, in one commit.
+    async fn finish(&self, call_id: &str, outcome: &CallOutcome, spent: i64) {
+        let now = self.clock.now_ms();
+        if let Err(e) = self.store.end_call(call_id, outcome, spent, now).await {
+            tracing::error!(%call_id, error = %e, "recording a call's end failed; its budget hold is released when it goes stale");
         }
     }
 
@@ -364,7 +307,7 @@ impl Gateway {
         };
         let now = self.clock.now_ms();
         self.store
-            .begin_call(&call, &[], 0, now, now)
+            .begin_call(&call, &[], 0, now)
             .await
             .map_err(internal)?;
         let outcome = CallOutcome {
@@ -376,7 +319,7 @@ impl Gateway {
             duration_us: 0,
         };
         self.store
-            .end_call(call_id, &outcome, &[], 0, 0, now)
+            .end_call(call_id, &outcome, 0, now)
             .await
             .map_err(internal)?;
         Ok(Some(GatewayReply::Json(v)))
@@ -453,11 +396,9 @@ impl Gateway {
             .hold
             .as_ref()
             .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
-        let now = self.clock.now_ms();
-        let day_start = now - now.rem_euclid(86_400_000);
         if let Some(account) = self
             .store
-            .begin_call(&call, accounts, amount, day_start, now)
+            .begin_call(&call, accounts, amount, self.clock.now_ms())
             .await
             .map_err(internal)?
         {
@@ -498,7 +439,7 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            self.finish(&call.id, &outcome, &meters.hold, 0).await;
+            self.finish(&call.id, &outcome, 0).await;
         }
         result
     }
@@ -553,8 +494,8 @@ impl Gateway {
         };
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
-        let spent = cost_nanos(&self.prices, &d.label, tin, tout).unwrap_or(0);
-        self.finish(&call.id, &outcome, &meters.hold, spent).await;
+        let spent = self.budgets.cost(&d.label, tin, tout).unwrap_or(0);
+        self.finish(&call.id, &outcome, spent).await;
         Self::count_tokens(&*self.store, &meters.rate, tin + tout).await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
@@ -606,9 +547,9 @@ impl Gateway {
         started: Instant,
         meters: Meters,
     ) -> ByteStream {
-        let Meters { hold, rate, .. } = meters;
+        let rate = meters.rate;
         let store = self.store.clone();
-        let prices = self.prices.clone();
+        let budgets = self.budgets.clone();
         let clock = self.clock.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
         tokio::spawn(async move {
@@ -656,28 +597,16 @@ impl Gateway {
                 tokens_out: tout,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            let spent = cost_nanos(
-                &prices,
-                &outcome.deployment.clone().unwrap_or_default(),
-                tin,
-                tout,
-            )
-            .unwrap_or(0);
-            let (accounts, reserved) = hold
-                .as_ref()
-                .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
+            let spent = outcome
+                .deployment
+                .as_deref()
+                .and_then(|d| budgets.cost(d, tin, tout))
+                .unwrap_or(0);
             if let Err(e) = store
-                .end_call(
-                    &call_id,
-                    &outcome,
-                    accounts,
-                    reserved,
-                    spent,
-                    clock.now_ms(),
-                )
+                .end_call(&call_id, &outcome, spent, clock.now_ms())
                 .await
             {
-                tracing::error!(%call_id, error = %e, "recording the end of a streamed call failed; its budget hold stays until fixed");
+                tracing::error!(%call_id, error = %e, "recording the end of a streamed call failed; its budget hold is released when it goes stale");
             }
             Self::count_tokens(&*store, &rate, tin + tout).await;
         });

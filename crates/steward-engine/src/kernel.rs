@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
+use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
 use steward_tools::{ToolContext, ToolHost, Tools};
-use steward_types::{AgentSpec, RecoveryPolicy};
+use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
 
 /// An effectful action a run asks the Kernel to perform. Borrowed: the loop keeps its
@@ -54,6 +56,12 @@ pub enum StepError {
     },
     Model(String),
     ModelTimeout(String),
+    /// The next model call's worst case does not fit a budget; the policy says what happens.
+    BudgetExceeded {
+        account: String,
+        message: String,
+        policy: BudgetPolicy,
+    },
     /// The node is shutting down: stop before the next step; another life picks the run up.
     Draining,
     Store(String),
@@ -123,6 +131,7 @@ impl StepStats {
 pub struct Kernel {
     pub(crate) journal: JournalWriter,
     pub(crate) router: Arc<Router>,
+    pub(crate) budgets: Budgets,
     pub(crate) tools: Tools,
     pub(crate) host: Arc<dyn ToolHost>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -235,10 +244,15 @@ impl Kernel {
                 seq,
                 "retrying an in-doubt step under idempotency key {idempotency_key}"
             );
-        } else {
-            if self.draining.is_cancelled() {
-                return Err(StepError::Draining);
-            }
+        } else if self.draining.is_cancelled() {
+            return Err(StepError::Draining);
+        }
+        // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
+        let held = match (&action, &ctx.provider) {
+            (Action::Model { request }, None) => self.hold(ctx, request, &idempotency_key).await?,
+            _ => false,
+        };
+        if recorded.intent.is_none() {
             let intent = JournalEntry {
                 run_id: ctx.run.id.to_string(),
                 seq,
@@ -262,12 +276,22 @@ impl Kernel {
         }
 
         let act_started = Instant::now();
-        let result = match self.act(ctx, seq, &idempotency_key, action).await {
-            Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => Err(e),
+        let (result, spent) = match self.act(ctx, seq, &idempotency_key, action).await {
+            Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => (Err(e), 0),
+            // The hold stays open: the step is replayed and finds it.
             Err(other) => return Err(other),
-            Ok(o) => Ok(o),
+            Ok((o, spent)) => (Ok(o), spent),
         };
         let act_us = act_started.elapsed().as_micros() as i64;
+        if held {
+            // Settled before the outcome is journaled: a crash in between replays the step,
+            // which then really costs twice, and is booked twice.
+            self.budgets
+                .store
+                .settle(&idempotency_key, spent, self.clock.now_ms())
+                .await
+                .map_err(|e| StepError::Store(e.to_string()))?;
+        }
 
         let (body, ok, tokens_in, tokens_out) = match &result {
             Ok(Outcome::Model(r)) => (
@@ -317,13 +341,90 @@ impl Kernel {
         }
     }
 
+    /// Holds the worst case of a model call on every budget account that governs the run
+    /// (creating the run's own account from `spec.budget.perRunUsd` on first use). The hold's
+    /// id is the step's idempotency key, so a replayed step keeps its first hold. Returns
+    /// whether a hold was taken.
+    async fn hold(
+        &self,
+        ctx: &RunCtx,
+        request: &ChatRequest,
+        key: &str,
+    ) -> Result<bool, StepError> {
+        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
+        let store = &self.budgets.store;
+        let now = self.clock.now_ms();
+        let agent_account = format!("agent:{}", ctx.run.agent);
+        if let Some(usd) = ctx.spec.budget.as_ref().and_then(|b| b.per_run_usd) {
+            let account = format!("run:{}", ctx.run.id);
+            if store
+                .get_budget(&account)
+                .await
+                .map_err(store_err)?
+                .is_none()
+            {
+                let parent = store.get_budget(&agent_account).await.map_err(store_err)?;
+                let cap = (usd * 1e9).round() as i64;
+                store
+                    .put_budget(
+                        &account,
+                        parent.map(|_| agent_account.as_str()),
+                        cap,
+                        "total",
+                        now,
+                    )
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        let accounts = self
+            .budgets
+            .chain(&ctx.run.agent, Some(&ctx.run.id))
+            .await
+            .map_err(store_err)?;
+        if accounts.is_empty() {
+            return Ok(false);
+        }
+        let plan = self
+            .router
+            .plan(&ctx.spec.model, key)
+            .map_err(|e| StepError::Model(e.to_string()))?;
+        // A token is at least a byte: the request's size bounds its input tokens from above.
+        let tokens_in =
+            serde_json::to_vec(&(&request.messages, &request.tools)).map_or(0, |v| v.len() as i64);
+        let tokens_out = request.max_tokens.map_or(DEFAULT_MAX_OUTPUT, i64::from);
+        let amount = self
+            .budgets
+            .worst_case(&plan, tokens_in, tokens_out)
+            .map_err(StepError::Model)?;
+        let hold = NewHold {
+            id: key,
+            kind: HOLD_STEP,
+            run_id: Some(ctx.run.id.as_str()),
+            accounts: &accounts,
+            amount,
+        };
+        match store.hold(&hold, now).await.map_err(store_err)? {
+            HoldResult::Held | HoldResult::AlreadyHeld => Ok(true),
+            HoldResult::Exceeded(account) => Err(StepError::BudgetExceeded {
+                message: format!(
+                    "budget exceeded on account {account:?}: the next model call's worst case (${:.6}) does not fit what is left",
+                    amount as f64 / 1e9
+                ),
+                account,
+                policy: ctx.spec.budget.as_ref().map(|b| b.on_exceeded).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Performs the action; for a model call also returns what it cost, in nano-dollars.
     async fn act(
         &self,
         ctx: &RunCtx,
         seq: i64,
         key: &str,
         action: Action<'_>,
-    ) -> Result<Outcome, StepError> {
+    ) -> Result<(Outcome, i64), StepError> {
         let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
         match action {
             Action::Model { request } => {
@@ -331,12 +432,21 @@ impl Kernel {
                 // router (fallbacks, retries, breakers), the same path as the gateway's.
                 let attempt = async {
                     match &ctx.provider {
-                        Some(p) => p.chat(request).await,
-                        None => self.router.chat(key, &ctx.spec.model, request).await,
+                        Some(p) => p.chat(request).await.map(|r| (r, 0)),
+                        None => {
+                            let (r, label) =
+                                self.router.chat(key, &ctx.spec.model, request).await?;
+                            let spent = self.budgets.cost(
+                                &label,
+                                r.usage.input_tokens as i64,
+                                r.usage.output_tokens as i64,
+                            );
+                            Ok((r, spent.unwrap_or(0)))
+                        }
                     }
                 };
                 match tokio::time::timeout(step_timeout, attempt).await {
-                    Ok(Ok(r)) => Ok(Outcome::Model(r)),
+                    Ok(Ok((r, spent))) => Ok((Outcome::Model(r), spent)),
                     Ok(Err(e)) => Err(StepError::Model(e.to_string())),
                     Err(_) => Err(StepError::ModelTimeout(format!(
                         "the model call did not finish within the agent's stepTimeout ({} ms)",
@@ -347,12 +457,16 @@ impl Kernel {
             Action::Tool { name, args } => {
                 // Authorize: an agent calls only the tools its spec lists.
                 if !ctx.spec.tools.iter().any(|t| t == name) {
-                    return Ok(Outcome::Tool(Err(format!(
-                        "tool {name:?} is not available to this agent"
-                    ))));
+                    return Ok((
+                        Outcome::Tool(Err(format!("tool {name:?} is not available to this agent"))),
+                        0,
+                    ));
                 }
                 let Some(tool) = self.tools.get(name) else {
-                    return Ok(Outcome::Tool(Err(format!("no tool named {name:?} exists"))));
+                    return Ok((
+                        Outcome::Tool(Err(format!("no tool named {name:?} exists"))),
+                        0,
+                    ));
                 };
                 let tctx = ToolContext {
                     run_id: ctx.run.id.clone(),
@@ -378,7 +492,7 @@ impl Kernel {
                         )),
                     }
                 };
-                Ok(Outcome::Tool(result))
+                Ok((Outcome::Tool(result), 0))
             }
         }
     }
@@ -432,6 +546,7 @@ pub(crate) fn step_error_text(e: &StepError) -> String {
             "step {seq} ({what}) was interrupted by a crash before its outcome was recorded and is not idempotent; recovery policy: {}",
             policy.as_str()
         ),
+        StepError::BudgetExceeded { message, .. } => message.clone(),
         StepError::Draining => "the node is shutting down".into(),
     }
 }

@@ -2,6 +2,7 @@
 //! scheduler that leases runs to this node and keeps the leases alive.
 
 mod agent_loop;
+mod budgets;
 mod clock;
 mod costs;
 mod error;
@@ -105,16 +106,21 @@ impl Engine {
             opts.prices.clone(),
             &opts.llm,
         ));
+        let budgets = budgets::Budgets {
+            store: store.clone(),
+            prices: opts.prices.clone(),
+        };
         let gateway = gateway::Gateway {
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
             store: store.clone(),
-            prices: opts.prices.clone(),
+            budgets: budgets.clone(),
             clock: opts.clock.clone(),
         };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
+            budgets,
             tools: opts.tools,
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
@@ -145,6 +151,11 @@ impl Engine {
                 }
             });
         }
+        tokio::spawn(budgets::sweep_stale_holds(
+            engine.inner.shared.store.clone(),
+            engine.inner.shared.clock.clone(),
+            engine.inner.draining.clone(),
+        ));
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)
@@ -468,9 +479,9 @@ impl Engine {
                 "cap_usd: a number from 0 to 1e9".into(),
             ));
         }
-        if !matches!(period, "total" | "day") {
+        if !matches!(period, "total" | "day" | "month") {
             return Err(Error::InvalidRequest(format!(
-                "period: {period:?} is not total or day"
+                "period: {period:?} is not total, day or month"
             )));
         }
         if let Some(p) = parent {

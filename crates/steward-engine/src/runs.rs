@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use steward_store::{RunRecord, RunUpdate, WAIT_HUMAN};
 use steward_types::error::run_error;
-use steward_types::{AgentName, AgentSpec, RecoveryPolicy, RunId, RunState};
+use steward_types::{AgentName, AgentSpec, BudgetPolicy, RecoveryPolicy, RunId, RunState};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -207,6 +207,16 @@ async fn execute(
                 ..RunUpdate::state(RunState::Waiting)
             }),
             StepError::InDoubt { .. } => fail(run_error::IN_DOUBT, step_error_text(&e)),
+            StepError::BudgetExceeded { policy: BudgetPolicy::WaitForHuman, message, .. } => Some(RunUpdate {
+                wait_kind: Some(WAIT_HUMAN.into()),
+                error_code: Some(run_error::BUDGET_EXCEEDED.into()),
+                error_message: Some(format!(
+                    "{message}; waiting for a human: raise the budget (PUT /api/v1/budgets/{{account}}) and POST /api/v1/runs/{}/resolve with {{\"action\":\"retry\"}}, or {{\"action\":\"fail\"}}",
+                    ctx.run.id
+                )),
+                ..RunUpdate::state(RunState::Waiting)
+            }),
+            StepError::BudgetExceeded { message, .. } => fail(run_error::BUDGET_EXCEEDED, message.clone()),
         },
     }
 }

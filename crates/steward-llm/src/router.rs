@@ -240,9 +240,15 @@ impl Router {
     }
 
     /// A neutral chat call through the route `model` names (an alias or `provider/model`).
-    pub async fn chat(&self, seed: &str, model: &str, req: &ChatRequest) -> Result<ChatResponse> {
+    /// Returns the answer and the label of the deployment that gave it.
+    pub async fn chat(
+        &self,
+        seed: &str,
+        model: &str,
+        req: &ChatRequest,
+    ) -> Result<(ChatResponse, String)> {
         let plan = self.plan(model, seed)?;
-        let (r, _) = self
+        let (r, d) = self
             .run(
                 seed,
                 &plan,
@@ -254,7 +260,7 @@ impl Router {
                 },
             )
             .await?;
-        Ok(r)
+        Ok((r, d.label.clone()))
     }
 }
 

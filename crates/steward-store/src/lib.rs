@@ -118,25 +118,22 @@ pub trait GatewayStore: Send + Sync {
     ) -> Result<ApiKeyRecord>;
     /// The live (not revoked) key with this hash.
     async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
-    /// Holds `amount` on every account in `accounts` (none: no hold) and records the call as
-    /// started — one transaction, one commit. Returns the account whose cap the hold would pass,
-    /// in which case nothing is written.
+    /// Holds `amount` on every account in `accounts` (none: no hold; the hold's id is the
+    /// call's) and records the call as started — one transaction, one commit. Returns the
+    /// account whose cap the hold would pass, in which case nothing is written.
     async fn begin_call(
         &self,
         call: &NewCall,
         accounts: &[String],
         amount: i64,
-        day_start: Millis,
         now: Millis,
     ) -> Result<Option<String>>;
-    /// Settles the call's hold (releasing `reserved`, booking `spent`) and records its outcome —
-    /// one transaction, one commit.
+    /// Settles the call's hold, if it has one (releasing it, booking `spent`), and records its
+    /// outcome — one transaction, one commit.
     async fn end_call(
         &self,
         id: &str,
         outcome: &CallOutcome,
-        accounts: &[String],
-        reserved: i64,
         spent: i64,
         now: Millis,
     ) -> Result<()>;
@@ -161,6 +158,15 @@ pub trait BudgetStore: Send + Sync {
     ) -> Result<BudgetRecord>;
     async fn get_budget(&self, account: &str) -> Result<Option<BudgetRecord>>;
     async fn list_budgets(&self) -> Result<Vec<BudgetRecord>>;
+    /// Holds `hold.amount` on each of its accounts unless that would pass a cap — one
+    /// statement per account, exact under concurrency. A hold whose id is already open is
+    /// left as it is (a replayed step keeps the hold its first life took).
+    async fn hold(&self, hold: &NewHold<'_>, now: Millis) -> Result<HoldResult>;
+    /// Releases hold `id` and books `spent` on its accounts; nothing if it is not open.
+    async fn settle(&self, id: &str, spent: i64, now: Millis) -> Result<()>;
+    /// Releases holds whose owner is gone: gateway calls started before `calls_before` (no
+    /// call outlives its timeout; those are marked interrupted) and steps of runs that ended.
+    async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64>;
 }
 
 /// Request and token counters in one-minute windows, for rate limits shared across nodes.

@@ -234,10 +234,78 @@ pub struct BudgetRecord {
     pub account: String,
     pub parent: Option<String>,
     pub cap_nanos: i64,
-    /// `total` (never resets) or `day` (resets at 00:00 UTC).
+    /// `total` (never resets), `day` (resets at 00:00 UTC) or `month` (resets on the 1st, UTC).
     pub period: String,
     pub period_start: Millis,
     pub spent_nanos: i64,
     pub reserved_nanos: i64,
     pub updated_at: Millis,
+}
+
+/// A hold's kinds: a `/v1` gateway call, or a managed run's step.
+pub const HOLD_CALL: &str = "call";
+pub const HOLD_STEP: &str = "step";
+
+/// A budget hold to take: `amount` nano-dollars on each account, leaf to root.
+#[derive(Clone, Debug)]
+pub struct NewHold<'a> {
+    /// The call's id, or a step's idempotency key (`run:seq`).
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub run_id: Option<&'a str>,
+    pub accounts: &'a [String],
+    pub amount: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldResult {
+    Held,
+    /// A hold with this id is open already (a replayed step).
+    AlreadyHeld,
+    /// The hold would pass this account's cap; nothing was held.
+    Exceeded(String),
+}
+
+/// Where the current budget periods began (UTC), in Unix milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeriodStarts {
+    pub day: Millis,
+    pub month: Millis,
+}
+
+impl PeriodStarts {
+    pub fn at(now: Millis) -> Self {
+        const DAY: Millis = 86_400_000;
+        let days = now.div_euclid(DAY);
+        // Civil date from days since 1970-01-01 (proleptic Gregorian), H. Hinnant's algorithm.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day_of_month = doy - (153 * mp + 2) / 5; // 0-based
+        PeriodStarts {
+            day: days * DAY,
+            month: (days - day_of_month) * DAY,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeriodStarts;
+
+    #[test]
+    fn periods_begin_at_midnight_and_on_the_first() {
+        // 2026-11-21T07:30:00Z
+        let p = PeriodStarts::at(1_795_246_200_000);
+        assert_eq!(p.day, 1_795_219_200_000); // 2026-11-21T00:00:00Z
+        assert_eq!(p.month, 1_793_491_200_000); // 2026-11-01T00:00:00Z
+                                                // 2024-03-01T00:00:00Z, just after a leap day: the month begins that very instant.
+        let p = PeriodStarts::at(1_709_251_200_000);
+        assert_eq!((p.day, p.month), (1_709_251_200_000, 1_709_251_200_000));
+        // One millisecond earlier is still February.
+        assert_eq!(PeriodStarts::at(1_709_251_199_999).month, 1_706_745_600_000);
+    }
 }

@@ -334,8 +334,8 @@ macro_rules! impl_store {
                     )
                 } else {
                     sqlx::query(
-                        "UPDATE runs SET state = 'failed', wait_kind = NULL, error_code = 'in_doubt', \
-                           error_message = 'a step was in doubt after a crash; a human chose to fail the run', \
+                        "UPDATE runs SET state = 'failed', wait_kind = NULL, error_code = COALESCE(error_code, 'in_doubt'), \
+                           error_message = 'a human chose to fail the run: ' || COALESCE(error_message, 'it was waiting'), \
                            updated_at = $2 \
                          WHERE id = $1 AND state = 'waiting' AND wait_kind = 'human'",
                     )
@@ -471,33 +471,13 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, day_start: Millis, now: Millis) -> Result<Option<String>> {
+            async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, now: Millis) -> Result<Option<String>> {
                 let mut tx = self.write.begin().await?;
-                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
-                // take their row locks in the same order and cannot deadlock.
-                for account in accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET spent_nanos = 0, period_start = $1 \
-                         WHERE account = $2 AND period = 'day' AND period_start < $1",
-                    )
-                    .bind(day_start)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?;
-                    // The check and the hold are one statement: exact under any concurrency.
-                    let held = sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
-                         WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
-                    )
-                    .bind(amount)
-                    .bind(now)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if held == 0 {
+                if !accounts.is_empty() {
+                    let hold = NewHold { id: &c.id, kind: HOLD_CALL, run_id: c.run_id.as_deref(), accounts, amount };
+                    if let Some(account) = Self::hold_in(&mut tx, &hold, now).await? {
                         tx.rollback().await?;
-                        return Ok(Some(account.clone()));
+                        return Ok(Some(account));
                     }
                 }
                 sqlx::query(
@@ -516,20 +496,9 @@ macro_rules! impl_store {
                 Ok(None)
             }
 
-            async fn end_call(&self, id: &str, o: &CallOutcome, accounts: &[String], reserved: i64, spent: i64, now: Millis) -> Result<()> {
+            async fn end_call(&self, id: &str, o: &CallOutcome, spent: i64, now: Millis) -> Result<()> {
                 let mut tx = self.write.begin().await?;
-                for account in accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
-                           updated_at = $3 WHERE account = $4",
-                    )
-                    .bind(reserved)
-                    .bind(spent)
-                    .bind(now)
-                    .bind(account)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                Self::settle_in(&mut tx, id, spent, now).await?;
                 sqlx::query(
                     "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
                        tokens_out = $5, duration_us = $6 WHERE id = $7",
@@ -579,8 +548,139 @@ macro_rules! impl_store {
             }
         }
 
+        impl $store {
+            /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
+            /// inside `tx`. Returns the account whose cap the hold would pass; the caller then
+            /// rolls back.
+            async fn hold_in(tx: &mut sqlx::Transaction<'static, $db>, h: &NewHold<'_>, now: Millis) -> Result<Option<String>> {
+                let periods = PeriodStarts::at(now);
+                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
+                // take their row locks in the same order and cannot deadlock.
+                for account in h.accounts {
+                    sqlx::query(
+                        "UPDATE budgets SET spent_nanos = 0, \
+                           period_start = CASE WHEN period = 'day' THEN $1 ELSE $2 END \
+                         WHERE account = $3 AND ((period = 'day' AND period_start < $1) \
+                           OR (period = 'month' AND period_start < $2))",
+                    )
+                    .bind(periods.day)
+                    .bind(periods.month)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?;
+                    // The check and the hold are one statement: exact under any concurrency.
+                    let held = sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
+                         WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
+                    )
+                    .bind(h.amount)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if held == 0 {
+                        return Ok(Some(account.clone()));
+                    }
+                }
+                let accounts = serde_json::to_string(h.accounts).map_err(|e| Error::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO budget_holds (id, kind, run_id, accounts, amount, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(h.id)
+                .bind(h.kind)
+                .bind(h.run_id)
+                .bind(accounts)
+                .bind(h.amount)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(None)
+            }
+
+            /// Settles hold `id`, if there is one: releases what it held and books `spent` on
+            /// the same accounts, inside `tx`.
+            async fn settle_in(tx: &mut sqlx::Transaction<'static, $db>, id: &str, spent: i64, now: Millis) -> Result<()> {
+                // Deleting first makes settling once a matter of the row: a second settle finds
+                // nothing.
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("DELETE FROM budget_holds WHERE id = $1 RETURNING accounts, amount")
+                        .bind(id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let Some((accounts, amount)) = row else { return Ok(()) };
+                let accounts: Vec<String> = serde_json::from_str(&accounts)
+                    .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
+                for account in &accounts {
+                    sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
+                           updated_at = $3 WHERE account = $4",
+                    )
+                    .bind(amount)
+                    .bind(spent)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait]
         impl BudgetStore for $store {
+            async fn hold(&self, h: &NewHold<'_>, now: Millis) -> Result<HoldResult> {
+                let mut tx = self.write.begin().await?;
+                let exists: Option<(i64,)> = sqlx::query_as("SELECT amount FROM budget_holds WHERE id = $1")
+                    .bind(h.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_some() {
+                    return Ok(HoldResult::AlreadyHeld);
+                }
+                if let Some(account) = Self::hold_in(&mut tx, h, now).await? {
+                    tx.rollback().await?;
+                    return Ok(HoldResult::Exceeded(account));
+                }
+                tx.commit().await?;
+                Ok(HoldResult::Held)
+            }
+
+            async fn settle(&self, id: &str, spent: i64, now: Millis) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::settle_in(&mut tx, id, spent, now).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64> {
+                let stale: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT h.id, h.kind FROM budget_holds h LEFT JOIN runs r ON r.id = h.run_id \
+                     WHERE (h.kind = 'call' AND h.created_at < $1) \
+                        OR (h.kind = 'step' AND (r.id IS NULL OR r.state IN ('succeeded', 'failed', 'cancelled')))",
+                )
+                .bind(calls_before)
+                .fetch_all(&self.read)
+                .await?;
+                for (id, kind) in &stale {
+                    let mut tx = self.write.begin().await?;
+                    Self::settle_in(&mut tx, id, 0, now).await?;
+                    if kind == HOLD_CALL {
+                        sqlx::query(
+                            "UPDATE gateway_calls SET status = 'error', \
+                               error = 'interrupted: the node stopped before the call ended' \
+                             WHERE id = $1 AND status = 'started'",
+                        )
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(stale.len() as u64)
+            }
+
             async fn put_budget(&self, account: &str, parent: Option<&str>, cap: i64, period: &str, now: Millis) -> Result<BudgetRecord> {
                 Ok(sqlx::query_as(
                     "INSERT INTO budgets (account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at) \

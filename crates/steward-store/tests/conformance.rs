@@ -423,7 +423,7 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         model: "smart".into(),
         stream: true,
     };
-    assert_eq!(s.begin_call(&call, &[], 0, 0, 7).await.unwrap(), None);
+    assert_eq!(s.begin_call(&call, &[], 0, 7).await.unwrap(), None);
     let c = &s.list_calls(Some("ext"), 10).await.unwrap()[0];
     assert_eq!(
         (c.status.as_str(), c.stream),
@@ -438,7 +438,7 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         tokens_out: 4,
         duration_us: 9,
     };
-    s.end_call("call_1", &done, &[], 0, 0, 8).await.unwrap();
+    s.end_call("call_1", &done, 0, 8).await.unwrap();
     let c = &s.list_calls(None, 10).await.unwrap()[0];
     assert_eq!(
         (
@@ -462,12 +462,9 @@ async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
         model: "m".into(),
         stream: false,
     };
+    assert_eq!(s.begin_call(&call("c1"), &org, 60, 2).await.unwrap(), None);
     assert_eq!(
-        s.begin_call(&call("c1"), &org, 60, 0, 2).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.begin_call(&call("c2"), &org, 60, 0, 3)
+        s.begin_call(&call("c2"), &org, 60, 3)
             .await
             .unwrap()
             .as_deref(),
@@ -484,20 +481,142 @@ async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
         tokens_out: 1,
         duration_us: 1,
     };
-    s.end_call("c1", &done, &org, 60, 25, 4).await.unwrap();
+    s.end_call("c1", &done, 25, 4).await.unwrap();
     let b = s.get_budget("org").await.unwrap().unwrap();
     assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 25));
     assert_eq!(s.list_calls(None, 10).await.unwrap()[0].status, "ok");
     assert_eq!(
-        s.begin_call(&call("c3"), &[], 0, 0, 5).await.unwrap(),
+        s.begin_call(&call("c3"), &[], 0, 5).await.unwrap(),
         None,
         "no accounts: no hold"
+    );
+}
+
+async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
+    s.put_budget("agent:a", None, 1_000, "total", 1)
+        .await
+        .unwrap();
+    let accounts = vec!["agent:a".to_string()];
+    with_agent(s).await;
+    let run = new_id();
+    s.create_run(&new_run(&run), 1).await.unwrap();
+    let hold = |id: &'static str, amount| NewHold {
+        id,
+        kind: HOLD_STEP,
+        run_id: Some(run.as_str()),
+        accounts: &accounts[..],
+        amount,
+    };
+    assert_eq!(
+        s.hold(&hold("r:0", 400), 2).await.unwrap(),
+        HoldResult::Held
+    );
+    assert_eq!(
+        s.hold(&hold("r:0", 400), 3).await.unwrap(),
+        HoldResult::AlreadyHeld,
+        "a replayed step keeps its first hold"
+    );
+    assert_eq!(
+        s.hold(&hold("r:1", 700), 3).await.unwrap(),
+        HoldResult::Exceeded("agent:a".into())
+    );
+    s.settle("r:0", 150, 4).await.unwrap();
+    s.settle("r:0", 150, 5).await.unwrap();
+    let b = s.get_budget("agent:a").await.unwrap().unwrap();
+    assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 150), "settled once");
+
+    // A hold whose run ended, and a gateway call cut off by a crash, are released; a live
+    // run's hold and a recent call's are not.
+    assert_eq!(
+        s.hold(&hold("r:2", 100), 6).await.unwrap(),
+        HoldResult::Held
+    );
+    let call = NewCall {
+        id: "call_old".into(),
+        agent: "a".into(),
+        run_id: None,
+        model: "m".into(),
+        stream: false,
+    };
+    assert_eq!(s.begin_call(&call, &accounts, 200, 7).await.unwrap(), None);
+    assert_eq!(s.release_stale_holds(5, 8).await.unwrap(), 0);
+    assert_eq!(
+        s.release_stale_holds(10, 8).await.unwrap(),
+        1,
+        "the old call"
+    );
+    assert_eq!(s.list_calls(None, 1).await.unwrap()[0].status, "error");
+    let b = s.get_budget("agent:a").await.unwrap().unwrap();
+    assert_eq!((b.reserved_nanos, b.spent_nanos), (100, 150));
+    s.request_cancel(&run, "done", 9).await.unwrap();
+    assert_eq!(
+        s.release_stale_holds(0, 10).await.unwrap(),
+        1,
+        "the ended run's"
+    );
+    let b = s.get_budget("agent:a").await.unwrap().unwrap();
+    assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 150));
+}
+
+async fn budget_periods_reset(s: &dyn Store) {
+    const DAY: i64 = 86_400_000;
+    let nov_30 = 1_795_996_800_000; // 2026-11-30T00:00:00Z
+    for (account, period) in [("d", "day"), ("m", "month"), ("t", "total")] {
+        s.put_budget(account, None, 100, period, nov_30)
+            .await
+            .unwrap();
+    }
+    let spend = |id: &'static str, account: &'static str, at: i64| async move {
+        let accounts = vec![account.to_string()];
+        let h = NewHold {
+            id,
+            kind: HOLD_STEP,
+            run_id: None,
+            accounts: &accounts,
+            amount: 80,
+        };
+        let r = s.hold(&h, at).await.unwrap();
+        if r == HoldResult::Held {
+            s.settle(id, 80, at).await.unwrap();
+        }
+        r
+    };
+    for account in ["d", "m", "t"] {
+        assert_eq!(spend("a", account, nov_30 + 1).await, HoldResult::Held);
+    }
+    // The next day: only the daily budget has room again.
+    let dec_1 = nov_30 + DAY;
+    assert_eq!(
+        spend("b", "d", nov_30 + DAY / 2).await,
+        HoldResult::Exceeded("d".into())
+    );
+    assert_eq!(spend("c", "d", dec_1 + 1).await, HoldResult::Held);
+    // December: the monthly one too; the total one never.
+    assert_eq!(
+        spend("e", "m", dec_1 - 1).await,
+        HoldResult::Exceeded("m".into())
+    );
+    assert_eq!(spend("f", "m", dec_1 + 1).await, HoldResult::Held);
+    assert_eq!(
+        spend("g", "t", dec_1 + 40 * DAY).await,
+        HoldResult::Exceeded("t".into())
     );
 }
 
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn step_holds_are_taken_once_and_released_when_stale() {
+                super::step_holds_are_taken_once_and_released_when_stale(
+                    &*super::$backend().await.store,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn budget_periods_reset() {
+                super::budget_periods_reset(&*super::$backend().await.store).await
+            }
             #[tokio::test]
             async fn agents_are_versioned() {
                 super::agents_are_versioned(&*super::$backend().await.store).await

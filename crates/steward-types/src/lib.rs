@@ -10,7 +10,7 @@ pub mod state;
 pub use config::Config;
 pub use error::ErrorCode;
 pub use ids::{AgentName, NodeId, RunId};
-pub use manifest::{AgentManifest, AgentSpec, RecoveryPolicy, ScriptTurn};
+pub use manifest::{AgentManifest, AgentSpec, BudgetPolicy, RecoveryPolicy, ScriptTurn};
 pub use state::RunState;
 
 /// Milliseconds since the Unix epoch: the one time unit stored anywhere.

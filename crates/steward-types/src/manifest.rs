@@ -51,6 +51,10 @@ pub struct AgentSpec {
     pub recovery: RecoveryPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Spending limits of the agent's runs, and what a run does when a model call would pass
+    /// one (of the run's own account or any above it: `agent:<name>`, its team, its org).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RunBudget>,
     /// The turns the `scripted` provider plays, in order. Only with `model: scripted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<ScriptTurn>,
@@ -88,6 +92,29 @@ impl RecoveryPolicy {
             RecoveryPolicy::WaitForHuman => "wait_for_human",
         }
     }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunBudget {
+    /// Each run's cap, US dollars: the run gets the budget account `run:<id>` with this cap,
+    /// under `agent:<name>` when that account exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_run_usd: Option<f64>,
+    #[serde(default)]
+    pub on_exceeded: BudgetPolicy,
+}
+
+/// What a run does when its next model call's worst case does not fit a budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPolicy {
+    /// Fail the run with `budget_exceeded`.
+    #[default]
+    Fail,
+    /// Park the run in `waiting` until a human raises the budget and resolves it (`retry`),
+    /// or fails it.
+    WaitForHuman,
 }
 
 /// One reply of the scripted model.
@@ -215,6 +242,13 @@ impl AgentSpec {
         }
         if self.step_timeout == 0 || self.run_timeout == 0 {
             return err("spec.stepTimeout / spec.runTimeout: must be greater than zero".into());
+        }
+        if let Some(usd) = self.budget.as_ref().and_then(|b| b.per_run_usd) {
+            if !usd.is_finite() || !(0.0..=1e9).contains(&usd) {
+                return err(format!(
+                    "spec.budget.perRunUsd: a number of US dollars from 0 to 1e9, found {usd}"
+                ));
+            }
         }
         if self.system_prompt.len() > 256 * 1024 {
             return err("spec.systemPrompt: longer than 256 KiB".into());
@@ -346,6 +380,28 @@ spec:
         assert!(parse_manifests(&bad).unwrap_err().0.contains("kind"));
         assert!(parse_manifests(": : :\n  - [").is_err());
         assert!(parse_manifests("").is_err());
+    }
+
+    #[test]
+    fn budgets_are_checked() {
+        let with = |b: &str| {
+            GOOD.replace(
+                "stepTimeout: 5s",
+                &format!("stepTimeout: 5s\n  budget: {b}"),
+            )
+        };
+        let m = parse_manifests(&with("{perRunUsd: 0.5, onExceeded: wait_for_human}")).unwrap();
+        let b = m[0].spec.budget.clone().unwrap();
+        assert_eq!(
+            (b.per_run_usd, b.on_exceeded),
+            (Some(0.5), BudgetPolicy::WaitForHuman)
+        );
+        let e = parse_manifests(&with("{perRunUsd: -1}")).unwrap_err().0;
+        assert!(e.contains("spec.budget.perRunUsd"), "{e}");
+        let e = parse_manifests(&with("{onExceeded: shrug}")).unwrap_err().0;
+        assert!(e.contains("spec.budget.onExceeded"), "{e}");
+        let e = parse_manifests(&with("{perRunUsd: lots}")).unwrap_err().0;
+        assert!(e.contains("spec.budget.perRunUsd"), "{e}");
     }
 
     #[test]

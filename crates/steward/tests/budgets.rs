@@ -167,3 +167,125 @@ both_backends!(
     concurrent_calls_never_overspend,
     concurrent_calls_never_overspend
 );
+
+/// A managed run's model calls hold and settle on the same ledger; when the next call does
+/// not fit, the run fails or waits for a human, as its agent's `budget.onExceeded` says.
+async fn managed_runs_follow_their_budget_policy(b: Backend) {
+    let upstream = mock_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let put = |account: &str, cap_usd: f64| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/budgets/{account}", s.url);
+        async move {
+            let r = http
+                .put(url)
+                .json(&json!({ "cap_usd": cap_usd }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let budget = |account: String| {
+        let s = &s;
+        async move {
+            let (_, all) = s.get("/api/v1/budgets").await;
+            all["budgets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["account"] == account.as_str())
+                .cloned()
+                .unwrap_or_else(|| panic!("no account {account}: {all}"))
+        }
+    };
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: roomy}\nspec:\n  model: mock/gpt-mock\n  maxTokens: 100\n  budget: {perRunUsd: 1.0}\n\
+---\napiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: tight}\nspec:\n  model: mock/gpt-mock\n  maxTokens: 100\n  budget: {perRunUsd: 0.000001}\n\
+---\napiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: patient}\nspec:\n  model: mock/gpt-mock\n  maxTokens: 100\n  budget: {onExceeded: wait_for_human}\n",
+    )
+    .await;
+
+    // Room enough: the call is held, then settled at its real cost on the run's account.
+    let run = s.start_run("roomy", "hi").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let acct = budget(format!("run:{run}")).await;
+    assert_eq!(
+        (
+            acct["spent_nanos"].as_i64(),
+            acct["reserved_nanos"].as_i64()
+        ),
+        (Some(ACTUAL_NANOS), Some(0)),
+        "{acct}"
+    );
+
+    // A per-run cap below one call's worst case: the run fails, naming its account.
+    let run = s.start_run("tight", "hi").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(
+        (r["state"].as_str(), r["error"]["code"].as_str()),
+        (Some("failed"), Some("budget_exceeded")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("\"run:{run}\"")),
+        "{r}"
+    );
+    assert!(
+        s.journal(&run).await.is_empty(),
+        "a refused call leaves no step behind"
+    );
+
+    // The agent's own account is too small: the run waits for a human, who raises the cap and
+    // says retry; the run then finishes, its spend booked once.
+    put("agent:patient", 0.000001).await;
+    let run = s.start_run("patient", "hi").await;
+    let waiting = s.wait_run(&run).await;
+    assert_eq!(waiting["state"], "waiting", "{waiting}");
+    assert_eq!(waiting["error"]["code"], "budget_exceeded", "{waiting}");
+    assert!(waiting["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("\"agent:patient\""));
+    put("agent:patient", 1.0).await;
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/runs/{run}/resolve"),
+            json!({"action": "retry"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let r = s.wait_run(&run).await;
+    assert_eq!(
+        (r["state"].as_str(), r["result"].as_str()),
+        (Some("succeeded"), Some("ok")),
+        "{r}"
+    );
+    let acct = budget("agent:patient".into()).await;
+    assert_eq!(
+        (
+            acct["spent_nanos"].as_i64(),
+            acct["reserved_nanos"].as_i64()
+        ),
+        (Some(ACTUAL_NANOS), Some(0)),
+        "{acct}"
+    );
+}
+both_backends!(
+    managed_runs_follow_their_budget_policy,
+    managed_runs_follow_their_budget_policy
+);

@@ -1,0 +1,109 @@
+//! Budget accounts as one call sees them — the gateway's and the managed loop's alike: the chain
+//! of accounts that govern it, and its worst case at the prices of every deployment it might
+//! reach. The hold itself is one conditional update per account in the store.
+
+use std::sync::Arc;
+
+use steward_llm::{Plan, Prices};
+use steward_store::Store;
+use steward_types::RunId;
+
+/// Output tokens assumed for the worst case when a request sets no limit.
+pub(crate) const DEFAULT_MAX_OUTPUT: i64 = 4096;
+
+/// Accounts deeper than this are ignored: a parent cycle cannot loop forever.
+const MAX_DEPTH: usize = 16;
+
+#[derive(Clone)]
+pub(crate) struct Budgets {
+    pub store: Arc<dyn Store>,
+    pub prices: Prices,
+}
+
+impl Budgets {
+    /// The accounts that govern a call, leaf to root: the run's, the agent's, and their
+    /// ancestors. Accounts that do not exist are skipped: no budget, no limit.
+    pub async fn chain(
+        &self,
+        agent: &str,
+        run: Option<&RunId>,
+    ) -> steward_store::Result<Vec<String>> {
+        let mut starts = Vec::with_capacity(2);
+        if let Some(run) = run {
+            starts.push(format!("run:{run}"));
+        }
+        starts.push(format!("agent:{agent}"));
+        let mut chain: Vec<String> = Vec::new();
+        for first in starts {
+            let mut next = Some(first);
+            while let Some(account) = next.take() {
+                if chain.contains(&account) || chain.len() >= MAX_DEPTH {
+                    break;
+                }
+                match self.store.get_budget(&account).await? {
+                    Some(b) => {
+                        chain.push(account);
+                        next = b.parent;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The most the call can cost: `tokens_in` and `tokens_out` at the dearest deployment it
+    /// may reach, fallbacks included. Errs naming a deployment that has no price.
+    pub fn worst_case(&self, plan: &Plan, tokens_in: i64, tokens_out: i64) -> Result<i64, String> {
+        let mut worst = 0;
+        for d in plan.all() {
+            let cost = self.cost(&d.label, tokens_in, tokens_out).ok_or_else(|| {
+                format!(
+                    "{} has no price, and a budget applies: add it under [llm.prices]",
+                    d.label
+                )
+            })?;
+            worst = worst.max(cost);
+        }
+        Ok(worst)
+    }
+
+    /// Nano-dollars for tokens at a deployment's price (rounded up: a hold never falls short).
+    pub fn cost(&self, label: &str, tokens_in: i64, tokens_out: i64) -> Option<i64> {
+        self.prices.get(label).map(|p| {
+            ((tokens_in.max(0) as f64 * p.input + tokens_out.max(0) as f64 * p.output) * 1000.0)
+                .ceil() as i64
+        })
+    }
+}
+
+/// No gateway call is expected to outlive this; one still open after it was cut off by a crash.
+const STALE_CALL_MS: i64 = 3_600_000;
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Releases, now and every minute, budget holds whose owner is gone: gateway calls cut off by a
+/// crash, and steps of runs that ended. Without this, a hold would count against its accounts
+/// forever.
+pub(crate) async fn sweep_stale_holds(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn crate::clock::Clock>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let now = clock.now_ms();
+        match store.release_stale_holds(now - STALE_CALL_MS, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                released = n,
+                "released budget holds whose call or run is gone"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release stale budget holds; will retry")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
