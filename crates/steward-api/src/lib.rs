@@ -26,6 +26,7 @@ use utoipa::OpenApi;
     info(title = "Steward", description = "The control plane under AI agents."),
     paths(
         routes::healthz,
+        routes::metrics,
         routes::readyz,
         routes::apply,
         routes::list_agents,
@@ -109,6 +110,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .nest("/api/v1", api)
         .nest("/v1", v1)

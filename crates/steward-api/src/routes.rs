@@ -18,6 +18,18 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// The engine's metrics, Prometheus text format: among them the time Steward adds to each call.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(State(e): State<Engine>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        e.metrics_text(),
+    )
+}
+
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(e): State<Engine>) -> ApiResult<Json<Health>> {

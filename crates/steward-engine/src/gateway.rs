@@ -7,7 +7,7 @@
 //! its usage, 7 a span with the OpenTelemetry GenAI attributes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 
 /// Who is calling: the agent an API key names, and the run it says it is acting for.
 #[derive(Clone, Debug)]
@@ -69,6 +70,7 @@ pub(crate) struct Gateway {
     pub store: Arc<dyn Store>,
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
@@ -337,11 +339,35 @@ impl Gateway {
         self.call(who, body, Op::Embeddings).await
     }
 
+    /// One call, measured: the time Steward adds is the whole minus the time spent waiting on
+    /// upstreams.
     async fn call(
         &self,
         who: &Principal,
         body: Value,
         op: Op,
+    ) -> Result<GatewayReply, GatewayError> {
+        let entered = Instant::now();
+        let mut upstream = Duration::ZERO;
+        let result = self.call_inner(who, body, op, &mut upstream).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. }) => {
+                "refused"
+            }
+            Err(_) => "error",
+        };
+        self.metrics
+            .gateway_call(op.name(), outcome, entered.elapsed(), upstream);
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        who: &Principal,
+        body: Value,
+        op: Op,
+        upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let model = body
             .get("model")
@@ -422,11 +448,11 @@ impl Gateway {
         );
         let started = Instant::now();
         let result = if stream {
-            self.stream(&call, plan, body, started, meters.clone())
+            self.stream(&call, plan, body, started, meters.clone(), upstream)
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, plan, body, started, op, &meters)
+            self.complete(&call, plan, body, started, op, &meters, upstream)
                 .instrument(span)
                 .await
         };
@@ -452,9 +478,11 @@ impl Gateway {
         started: Instant,
         op: Op,
         meters: &Meters,
+        upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
-        let (v, d) = self
+        let asked = Instant::now();
+        let answer = self
             .router
             .run(&call.id, &plan, refused, |d| {
                 let body = body.clone();
@@ -470,8 +498,9 @@ impl Gateway {
                     }
                 }
             })
-            .await
-            .map_err(upstream)?;
+            .await;
+        *upstream = asked.elapsed();
+        let (v, d) = answer.map_err(upstream_error)?;
         let tin = v
             .pointer("/usage/prompt_tokens")
             .and_then(Value::as_i64)
@@ -516,8 +545,10 @@ impl Gateway {
         body: Value,
         started: Instant,
         meters: Meters,
+        upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
-        let (upstream_stream, d) = self
+        let asked = Instant::now();
+        let answer = self
             .router
             .run(
                 &call.id,
@@ -525,8 +556,9 @@ impl Gateway {
                 |_| false,
                 |d| d.provider.stream_openai(body.clone(), &d.model),
             )
-            .await
-            .map_err(upstream)?;
+            .await;
+        *upstream = asked.elapsed();
+        let (upstream_stream, d) = answer.map_err(upstream_error)?;
         tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
         Ok(GatewayReply::Stream(self.metered(
             call.id.clone(),
@@ -637,7 +669,7 @@ fn refused(v: &Value) -> bool {
         == Some("content_filter")
 }
 
-fn upstream(e: steward_llm::Error) -> GatewayError {
+fn upstream_error(e: steward_llm::Error) -> GatewayError {
     let status = match &e {
         steward_llm::Error::Status { status, .. } => Some(*status),
         _ => None,

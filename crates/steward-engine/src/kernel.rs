@@ -137,6 +137,7 @@ pub struct Kernel {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) draining: CancellationToken,
     pub(crate) stats: Option<Arc<StepStats>>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Signalled after every journal append, for live followers of runs on this node.
     pub(crate) journal_tick: Arc<tokio::sync::Notify>,
 }
@@ -327,8 +328,13 @@ impl Kernel {
             .await
             .map_err(|e| StepError::Store(e.to_string()))?;
         self.journal_tick.notify_waiters();
+        let added_us = (started.elapsed().as_micros() as u64).saturating_sub(act_us as u64);
+        self.metrics
+            .step_added
+            .get_or_create(&crate::metrics::StepLabels { kind })
+            .observe(added_us as f64 / 1e6);
         if let Some(stats) = &self.stats {
-            stats.record((started.elapsed().as_micros() as u64).saturating_sub(act_us as u64));
+            stats.record(added_us);
         }
         result
     }

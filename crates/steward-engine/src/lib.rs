@@ -9,6 +9,7 @@ mod error;
 mod gateway;
 mod host;
 mod kernel;
+mod metrics;
 mod runs;
 
 use std::collections::HashMap;
@@ -63,6 +64,7 @@ pub struct EngineOptions {
 
 struct Inner {
     shared: Arc<Shared>,
+    metrics: Arc<metrics::Metrics>,
     prices: steward_llm::Prices,
     kernel: Kernel,
     gateway: gateway::Gateway,
@@ -106,6 +108,7 @@ impl Engine {
             opts.prices.clone(),
             &opts.llm,
         ));
+        let metrics = Arc::new(metrics::Metrics::default());
         let budgets = budgets::Budgets {
             store: store.clone(),
             prices: opts.prices.clone(),
@@ -116,6 +119,7 @@ impl Engine {
             store: store.clone(),
             budgets: budgets.clone(),
             clock: opts.clock.clone(),
+            metrics: metrics.clone(),
         };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
@@ -126,11 +130,13 @@ impl Engine {
             clock: opts.clock,
             draining: draining.clone(),
             stats: opts.stats,
+            metrics: metrics.clone(),
             journal_tick: Arc::new(tokio::sync::Notify::new()),
         };
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
+                metrics,
                 prices: opts.prices,
                 kernel,
                 gateway,
@@ -356,6 +362,11 @@ impl Engine {
                 a.token.cancel();
             }
         }
+    }
+
+    /// The engine's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
     }
 
     pub async fn ready(&self) -> Result<()> {

@@ -372,3 +372,91 @@ async fn failing_deployments_are_retried_then_skipped() {
         "a 429 with Retry-After is retried: {body}"
     );
 }
+
+/// One sample from a Prometheus text exposition, by its full name and labels.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_tell_steward_s_time_from_the_upstream_s() {
+    // An upstream that takes a whole second to answer.
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "slow"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_LLM__PROVIDERS__SLOW__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__SLOW__BASE_URL", &url),
+        ],
+    )
+    .await;
+    let (_, key) = s.post("/api/v1/keys", json!({"agent": "measured"})).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{}/v1/chat/completions", s.url))
+            .bearer_auth(key["key"].as_str().unwrap())
+            .json(&json!({"model": "slow/m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = http
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&json!({"model": "nowhere/m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: local}\nspec:\n  model: scripted\n  script: [{content: done}]\n").await;
+    let run = s.start_run("local", "x").await;
+    s.wait_run(&run).await;
+
+    let r = http.get(format!("{}/metrics", s.url)).send().await.unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    let ok = r#"steward_gateway_calls_total{op="chat",outcome="ok"}"#;
+    assert_eq!(sample(&text, ok), 2.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"steward_gateway_calls_total{op="chat",outcome="error"}"#
+        ),
+        1.0
+    );
+    let upstream = sample(&text, r#"steward_gateway_upstream_seconds_sum{op="chat"}"#);
+    let added = sample(&text, r#"steward_gateway_added_seconds_sum{op="chat"}"#);
+    assert!(upstream >= 2.0, "two one-second answers: {upstream}");
+    assert!(
+        added < upstream,
+        "the upstream's second is not counted as Steward's: added {added}, upstream {upstream}"
+    );
+    assert_eq!(
+        sample(&text, r#"steward_gateway_added_seconds_count{op="chat"}"#),
+        3.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"steward_kernel_step_added_seconds_count{kind="model"}"#
+        ) >= 1.0
+    );
+}
