@@ -95,6 +95,8 @@ pub(crate) struct Meters {
     rate: RateTicket,
     /// Where to keep the answer, and until when, when the route caches.
     cache: Option<(String, i64)>,
+    /// When the call went to its first upstream.
+    started: Instant,
 }
 
 /// A budget hold taken for one call (its id is the call's): the accounts up the chain and the
@@ -408,6 +410,7 @@ impl Gateway {
             hold: self.hold(who, &plan, &body, op).await?,
             rate,
             cache,
+            started: Instant::now(),
         };
         let call = NewCall {
             id: call_id,
@@ -446,13 +449,15 @@ impl Gateway {
             agent = %who.agent,
             call_id = %call.id,
         );
-        let started = Instant::now();
+        let mut meters = meters;
+        meters.started = Instant::now();
+        let started = meters.started;
         let result = if stream {
-            self.stream(&call, plan, body, started, meters.clone(), upstream)
+            self.stream(&call, plan, body, meters.clone(), upstream)
                 .instrument(span)
                 .await
         } else {
-            self.complete(&call, plan, body, started, op, &meters, upstream)
+            self.complete(&call, plan, body, op, &meters, upstream)
                 .instrument(span)
                 .await
         };
@@ -475,7 +480,6 @@ impl Gateway {
         call: &NewCall,
         plan: Plan,
         body: Value,
-        started: Instant,
         op: Op,
         meters: &Meters,
         upstream: &mut Duration,
@@ -519,7 +523,7 @@ impl Gateway {
             error: None,
             tokens_in: tin,
             tokens_out: tout,
-            duration_us: started.elapsed().as_micros() as i64,
+            duration_us: meters.started.elapsed().as_micros() as i64,
         };
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
@@ -543,7 +547,6 @@ impl Gateway {
         call: &NewCall,
         plan: Plan,
         body: Value,
-        started: Instant,
         meters: Meters,
         upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
@@ -564,7 +567,6 @@ impl Gateway {
             call.id.clone(),
             d.label.clone(),
             upstream_stream,
-            started,
             meters,
         )))
     }
@@ -576,10 +578,9 @@ impl Gateway {
         call_id: String,
         deployment: String,
         upstream: ByteStream,
-        started: Instant,
         meters: Meters,
     ) -> ByteStream {
-        let rate = meters.rate;
+        let (rate, started) = (meters.rate, meters.started);
         let store = self.store.clone();
         let budgets = self.budgets.clone();
         let clock = self.clock.clone();
