@@ -441,6 +441,8 @@ impl Gateway {
         }
         let span = tracing::info_span!(
             "gen_ai",
+            "otel.name" = %format_args!("{} {model}", op.name()),
+            "otel.kind" = "client",
             "gen_ai.operation.name" = op.name(),
             "gen_ai.request.model" = %model,
             "gen_ai.provider.name" = tracing::field::Empty,

@@ -203,7 +203,30 @@ impl Kernel {
         let seq = ctx.next_seq;
         ctx.next_seq += 1;
         let (kind, name) = kind_and_name(&action);
-        let span = tracing::info_span!("syscall", run_id = %ctx.run.id, seq, kind, name = %name);
+        // Named and attributed per the OpenTelemetry GenAI conventions, for trace export.
+        let span = match action {
+            Action::Model { .. } => tracing::info_span!(
+                "syscall",
+                "otel.name" = %format_args!("chat {}", ctx.spec.model),
+                run_id = %ctx.run.id,
+                seq,
+                kind,
+                "gen_ai.operation.name" = "chat",
+                "gen_ai.request.model" = %ctx.spec.model,
+                "gen_ai.provider.name" = tracing::field::Empty,
+                "gen_ai.usage.input_tokens" = tracing::field::Empty,
+                "gen_ai.usage.output_tokens" = tracing::field::Empty,
+            ),
+            Action::Tool { .. } => tracing::info_span!(
+                "syscall",
+                "otel.name" = %format_args!("execute_tool {name}"),
+                run_id = %ctx.run.id,
+                seq,
+                kind,
+                "gen_ai.operation.name" = "execute_tool",
+                "gen_ai.tool.name" = %name,
+            ),
+        };
         self.call_inner(ctx, seq, action).instrument(span).await
     }
 
@@ -294,6 +317,13 @@ impl Kernel {
                 .map_err(|e| StepError::Store(e.to_string()))?;
         }
 
+        if let Ok(Outcome::Model(r)) = &result {
+            let span = tracing::Span::current();
+            span.record("gen_ai.provider.name", r.provider.as_str());
+            // As i64: exporters carry u64 as strings.
+            span.record("gen_ai.usage.input_tokens", r.usage.input_tokens as i64);
+            span.record("gen_ai.usage.output_tokens", r.usage.output_tokens as i64);
+        }
         let (body, ok, tokens_in, tokens_out) = match &result {
             Ok(Outcome::Model(r)) => (
                 serde_json::to_string(r).unwrap_or_default(),

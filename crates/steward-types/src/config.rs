@@ -21,6 +21,33 @@ pub struct Config {
     pub engine: EngineConfig,
     pub llm: LlmConfig,
     pub tools: ToolsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where traces go. Spans (one per syscall and per gateway call, with the OpenTelemetry GenAI
+/// attributes) are exported over OTLP/HTTP when an endpoint is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (spans are posted to
+    /// `/v1/traces` under it). Unset: no export.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// How often batched spans are sent.
+    pub export_interval_ms: u64,
+    /// Bound on one export request: a collector that hangs cannot hold spans forever.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "steward".into(),
+            export_interval_ms: 5_000,
+            export_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ mod bench_gateway;
 mod client;
 mod demo;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 

@@ -108,8 +108,10 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing();
     let cfg = load_config(&args)?;
+    // The exporter's HTTP client is a blocking one, which must be built off the async threads.
+    let tcfg = cfg.telemetry.clone();
+    let telemetry = tokio::task::spawn_blocking(move || crate::telemetry::init(&tcfg)).await??;
     if cfg.engine.heartbeat_ms >= cfg.engine.lease_ttl_ms {
         bail!("engine.heartbeat_ms must be shorter than engine.lease_ttl_ms, or leases expire between renewals");
     }
@@ -137,6 +139,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await?;
     tracing::info!("stopped");
+    // Sends the spans still buffered; blocking, so off the async threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }
 
@@ -160,13 +164,4 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
