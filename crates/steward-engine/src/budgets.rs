@@ -76,34 +76,3 @@ impl Budgets {
         })
     }
 }
-
-/// No gateway call is expected to outlive this; one still open after it was cut off by a crash.
-const STALE_CALL_MS: i64 = 3_600_000;
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Releases, now and every minute, budget holds whose owner is gone: gateway calls cut off by a
-/// crash, and steps of runs that ended. Without this, a hold would count against its accounts
-/// forever.
-pub(crate) async fn sweep_stale_holds(
-    store: Arc<dyn Store>,
-    clock: Arc<dyn crate::clock::Clock>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let now = clock.now_ms();
-        match store.release_stale_holds(now - STALE_CALL_MS, now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                released = n,
-                "released budget holds whose call or run is gone"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release stale budget holds; will retry")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_EVERY) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}

@@ -8,6 +8,7 @@ mod costs;
 mod error;
 mod gateway;
 mod host;
+mod housekeeping;
 mod kernel;
 mod metrics;
 mod runs;
@@ -157,7 +158,7 @@ impl Engine {
                 }
             });
         }
-        tokio::spawn(budgets::sweep_stale_holds(
+        tokio::spawn(housekeeping::run(
             engine.inner.shared.store.clone(),
             engine.inner.shared.clock.clone(),
             engine.inner.draining.clone(),

@@ -182,6 +182,8 @@ pub trait RateStore: Send + Sync {
     ) -> Result<Option<String>>;
     /// Adds a finished call's tokens to its window.
     async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()>;
+    /// Deletes windows that began before `before`; returns how many.
+    async fn purge_windows(&self, before: Millis) -> Result<u64>;
 }
 
 /// Cached gateway responses.
@@ -196,6 +198,8 @@ pub trait CacheStore: Send + Sync {
         deployment: &str,
         expires_at: Millis,
     ) -> Result<()>;
+    /// Deletes entries expired by `now`; returns how many.
+    async fn purge_cache(&self, now: Millis) -> Result<u64>;
 }
 
 /// Everything durable, behind one handle.

@@ -756,6 +756,14 @@ macro_rules! impl_store {
                 }
                 Ok(())
             }
+
+            async fn purge_windows(&self, before: Millis) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM rate_windows WHERE window_start < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
+            }
         }
 
         #[async_trait]
@@ -781,6 +789,14 @@ macro_rules! impl_store {
                 .execute(&self.write)
                 .await?;
                 Ok(())
+            }
+
+            async fn purge_cache(&self, now: Millis) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM response_cache WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
             }
         }
 

@@ -603,12 +603,54 @@ async fn budget_periods_reset(s: &dyn Store) {
     );
 }
 
+async fn rate_windows_and_cache_entries_are_counted_then_purged(s: &dyn Store) {
+    let scopes = vec![("key:k".to_string(), 2, 100)];
+    assert_eq!(s.take_request(&scopes, 60_000).await.unwrap(), None);
+    assert_eq!(s.take_request(&scopes, 60_000).await.unwrap(), None);
+    assert_eq!(
+        s.take_request(&scopes, 60_000).await.unwrap().as_deref(),
+        Some("key:k"),
+        "two requests per minute"
+    );
+    assert_eq!(
+        s.take_request(&scopes, 120_000).await.unwrap(),
+        None,
+        "a new minute"
+    );
+    assert_eq!(
+        s.purge_windows(120_000).await.unwrap(),
+        1,
+        "the older window"
+    );
+    assert_eq!(
+        s.take_request(&scopes, 120_000).await.unwrap(),
+        None,
+        "the current window is kept"
+    );
+
+    s.cache_put("a", "{}", "p/m", 10).await.unwrap();
+    s.cache_put("b", "{}", "p/m", 20).await.unwrap();
+    assert!(s.cache_get("a", 10).await.unwrap().is_none(), "expired");
+    assert_eq!(s.purge_cache(10).await.unwrap(), 1);
+    assert_eq!(
+        s.cache_get("b", 11).await.unwrap(),
+        Some(("{}".to_string(), "p/m".to_string()))
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
             #[tokio::test]
             async fn step_holds_are_taken_once_and_released_when_stale() {
                 super::step_holds_are_taken_once_and_released_when_stale(
+                    &*super::$backend().await.store,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn rate_windows_and_cache_entries_are_counted_then_purged() {
+                super::rate_windows_and_cache_entries_are_counted_then_purged(
                     &*super::$backend().await.store,
                 )
                 .await
