@@ -42,7 +42,8 @@ use utoipa::OpenApi;
         routes::list_calls,
         routes::costs,
         routes::put_budget,
-        routes::list_budgets
+        routes::list_budgets,
+        routes::list_circuits
     ),
     components(schemas(
         wire::Agent,
@@ -68,6 +69,8 @@ use utoipa::OpenApi;
         wire::PutBudget,
         wire::Budget,
         wire::BudgetList,
+        wire::OpenCircuit,
+        wire::CircuitList,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -101,6 +104,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/calls", get(routes::list_calls))
         .route("/costs", get(routes::costs))
         .route("/budgets", get(routes::list_budgets))
+        .route("/circuits", get(routes::list_circuits))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))

@@ -317,3 +317,18 @@ pub async fn list_budgets(State(e): State<Engine>) -> ApiResult<Json<BudgetList>
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
 }
+
+/// The circuits open on this node: deployments skipped until their cooldown ends.
+#[utoipa::path(get, path = "/api/v1/circuits", responses((status = 200, body = CircuitList)))]
+pub async fn list_circuits(State(e): State<Engine>) -> Json<CircuitList> {
+    Json(CircuitList {
+        circuits: e
+            .open_circuits()
+            .into_iter()
+            .map(|(deployment, open_for_ms)| OpenCircuit {
+                deployment,
+                open_for_ms,
+            })
+            .collect(),
+    })
+}

@@ -326,3 +326,16 @@ impl From<steward_store::BudgetRecord> for Budget {
 pub struct BudgetList {
     pub budgets: Vec<Budget>,
 }
+
+/// A deployment this node skips because its circuit is open (opened here or by another node).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OpenCircuit {
+    pub deployment: String,
+    /// How long until one probe call is let through.
+    pub open_for_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CircuitList {
+    pub circuits: Vec<OpenCircuit>,
+}

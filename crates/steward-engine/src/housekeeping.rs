@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use steward_llm::Router;
 use steward_store::Store;
+use steward_types::NodeId;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -39,6 +41,41 @@ pub(crate) async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, stop: Canc
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Shares circuit breakers across the nodes on one database, every `every`: the circuits this
+/// node opened go to the store, and those other nodes opened are applied here, so a deployment
+/// one node found failing is skipped fleet-wide until its cooldown ends.
+pub(crate) async fn share_breakers(
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    clock: Arc<dyn Clock>,
+    node: NodeId,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let (now, now_ms) = (std::time::Instant::now(), clock.now_ms());
+        for (label, until) in router.breakers().take_opened() {
+            let until_ms = now_ms + until.saturating_duration_since(now).as_millis() as i64;
+            if let Err(e) = store.share_breaker(&label, until_ms, &node, now_ms).await {
+                tracing::warn!(deployment = %label, error = %e, "could not share an open circuit with the fleet");
+            }
+        }
+        match store.open_breakers(now_ms).await {
+            Ok(open) => {
+                for b in open.into_iter().filter(|b| b.opened_by != node.0) {
+                    let left = Duration::from_millis((b.open_until - now_ms).max(0) as u64);
+                    router.breakers().open_elsewhere(&b.deployment, now + left);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the fleet's open circuits"),
         }
     }
 }

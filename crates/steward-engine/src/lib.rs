@@ -110,6 +110,7 @@ impl Engine {
             &opts.llm,
         ));
         let metrics = Arc::new(metrics::Metrics::default());
+        let breaker_sync_ms = opts.llm.breaker_sync_ms;
         let budgets = budgets::Budgets {
             store: store.clone(),
             prices: opts.prices.clone(),
@@ -158,6 +159,14 @@ impl Engine {
                 }
             });
         }
+        tokio::spawn(housekeeping::share_breakers(
+            engine.inner.shared.store.clone(),
+            engine.inner.kernel.router.clone(),
+            engine.inner.shared.clock.clone(),
+            engine.inner.shared.node.clone(),
+            Duration::from_millis(breaker_sync_ms.max(10)),
+            engine.inner.draining.clone(),
+        ));
         tokio::spawn(housekeeping::run(
             engine.inner.shared.store.clone(),
             engine.inner.shared.clock.clone(),
@@ -363,6 +372,19 @@ impl Engine {
                 a.token.cancel();
             }
         }
+    }
+
+    /// The circuits open on this node (opened here or by another node), and the milliseconds
+    /// each stays open.
+    pub fn open_circuits(&self) -> Vec<(String, u64)> {
+        self.inner
+            .kernel
+            .router
+            .breakers()
+            .open_now(std::time::Instant::now())
+            .into_iter()
+            .map(|(l, d)| (l, d.as_millis() as u64))
+            .collect()
     }
 
     /// The engine's metrics in the Prometheus text format.

@@ -35,12 +35,16 @@ struct Breaker {
     probing: bool,
 }
 
-/// One breaker per deployment label, in this process.
+/// One breaker per deployment label, in this process. Circuits this process opens are handed
+/// out once (`take_opened`) for the engine to share with the fleet, and circuits other nodes
+/// opened are applied here (`open_elsewhere`): one node's bad news spares the others the same
+/// failures.
 #[derive(Debug)]
 pub struct Breakers {
     threshold: u32,
     cooldown: Duration,
     states: Mutex<HashMap<String, Breaker>>,
+    opened: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Breakers {
@@ -49,7 +53,48 @@ impl Breakers {
             threshold: threshold.max(1),
             cooldown,
             states: Mutex::new(HashMap::new()),
+            opened: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Circuits opened here since the last call, with when each reopens for a probe.
+    pub fn take_opened(&self) -> Vec<(String, Instant)> {
+        self.opened
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+    }
+
+    /// Applies a circuit another node opened: calls here skip `label` until `until` too. A
+    /// circuit already open for longer stays as it is.
+    pub fn open_elsewhere(&self, label: &str, until: Instant) {
+        let Ok(mut states) = self.states.lock() else {
+            return;
+        };
+        let b = states.entry(label.to_string()).or_default();
+        if b.open_until.is_none_or(|u| u < until) {
+            if b.open_until.is_none() {
+                tracing::warn!(deployment = label, "circuit opened by another node");
+            }
+            b.open_until = Some(until);
+            b.probing = false;
+        }
+    }
+
+    /// The circuits open now, and how long each stays open.
+    pub fn open_now(&self, now: Instant) -> Vec<(String, Duration)> {
+        let Ok(states) = self.states.lock() else {
+            return Vec::new();
+        };
+        let mut open: Vec<(String, Duration)> = states
+            .iter()
+            .filter_map(|(l, b)| {
+                let until = b.open_until?;
+                (until > now).then(|| (l.clone(), until - now))
+            })
+            .collect();
+        open.sort();
+        open
     }
 
     /// Whether a call may go to `label` now. After the cooldown one call is let through as a
@@ -85,6 +130,9 @@ impl Breakers {
         if b.probing || b.consecutive_failures >= self.threshold {
             b.open_until = Some(now + self.cooldown);
             b.probing = false;
+            if let Ok(mut o) = self.opened.lock() {
+                o.push((label.to_string(), now + self.cooldown));
+            }
             tracing::warn!(
                 deployment = label,
                 failures = b.consecutive_failures,

@@ -46,6 +46,10 @@ impl Router {
         &self.providers
     }
 
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
     /// Where a model name goes, in the order to try: the route's strategy picks who goes
     /// first (`seed` makes a weighted pick reproducible), the rest follow as fallbacks.
     pub fn deployments(&self, model: &str, seed: &str) -> Result<Vec<Deployment>> {

@@ -186,6 +186,22 @@ pub trait RateStore: Send + Sync {
     async fn purge_windows(&self, before: Millis) -> Result<u64>;
 }
 
+/// Circuit breakers shared by the nodes on one database.
+#[async_trait]
+pub trait BreakerStore: Send + Sync {
+    /// Records that `node` opened `deployment`'s circuit until `open_until`; a later
+    /// `open_until` already recorded is kept.
+    async fn share_breaker(
+        &self,
+        deployment: &str,
+        open_until: Millis,
+        node: &NodeId,
+        now: Millis,
+    ) -> Result<()>;
+    /// Circuits still open at `now`, whoever opened them.
+    async fn open_breakers(&self, now: Millis) -> Result<Vec<BreakerRecord>>;
+}
+
 /// Cached gateway responses.
 #[async_trait]
 pub trait CacheStore: Send + Sync {
@@ -211,6 +227,7 @@ pub trait Store:
     + ScratchpadStore
     + GatewayStore
     + BudgetStore
+    + BreakerStore
     + RateStore
     + CacheStore
 {

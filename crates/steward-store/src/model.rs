@@ -309,3 +309,11 @@ mod tests {
         assert_eq!(PeriodStarts::at(1_709_251_199_999).month, 1_706_745_600_000);
     }
 }
+
+/// A circuit some node opened.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct BreakerRecord {
+    pub deployment: String,
+    pub open_until: Millis,
+    pub opened_by: String,
+}

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    AgentStore, BudgetStore, CacheStore, Error, GatewayStore, JournalStore, RateStore, Result,
-    RunStore, ScratchpadStore, Store,
+    AgentStore, BreakerStore, BudgetStore, CacheStore, Error, GatewayStore, JournalStore,
+    RateStore, Result, RunStore, ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -763,6 +763,34 @@ macro_rules! impl_store {
                     .execute(&self.write)
                     .await?
                     .rows_affected())
+            }
+        }
+
+        #[async_trait]
+        impl BreakerStore for $store {
+            async fn share_breaker(&self, deployment: &str, open_until: Millis, node: &NodeId, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO breakers (deployment, open_until, opened_by, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (deployment) DO UPDATE SET open_until = excluded.open_until, \
+                       opened_by = excluded.opened_by, updated_at = excluded.updated_at \
+                     WHERE breakers.open_until < excluded.open_until",
+                )
+                .bind(deployment)
+                .bind(open_until)
+                .bind(&node.0)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn open_breakers(&self, now: Millis) -> Result<Vec<BreakerRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT deployment, open_until, opened_by FROM breakers WHERE open_until > $1 ORDER BY deployment",
+                )
+                .bind(now)
+                .fetch_all(&self.read)
+                .await?)
             }
         }
 

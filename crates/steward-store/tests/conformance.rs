@@ -638,6 +638,24 @@ async fn rate_windows_and_cache_entries_are_counted_then_purged(s: &dyn Store) {
     );
 }
 
+async fn open_circuits_are_shared(s: &dyn Store) {
+    let (n1, n2) = (NodeId("n1".into()), NodeId("n2".into()));
+    s.share_breaker("p/m", 500, &n1, 1).await.unwrap();
+    s.share_breaker("p/m", 300, &n2, 2).await.unwrap();
+    let open = s.open_breakers(100).await.unwrap();
+    assert_eq!(
+        (open.len(), open[0].open_until, open[0].opened_by.as_str()),
+        (1, 500, "n1"),
+        "the later reopening wins"
+    );
+    s.share_breaker("p/m", 900, &n2, 3).await.unwrap();
+    assert_eq!(s.open_breakers(600).await.unwrap()[0].opened_by, "n2");
+    assert!(
+        s.open_breakers(900).await.unwrap().is_empty(),
+        "closed by now"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -654,6 +672,10 @@ macro_rules! conformance {
                     &*super::$backend().await.store,
                 )
                 .await
+            }
+            #[tokio::test]
+            async fn open_circuits_are_shared() {
+                super::open_circuits_are_shared(&*super::$backend().await.store).await
             }
             #[tokio::test]
             async fn budget_periods_reset() {

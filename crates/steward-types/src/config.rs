@@ -146,6 +146,8 @@ pub struct LlmConfig {
     pub breaker_failures: u32,
     /// How long an open circuit skips its deployment before one probe.
     pub breaker_cooldown_ms: u64,
+    /// How often a node shares the circuits it opened and applies those others opened.
+    pub breaker_sync_ms: u64,
     /// Gateway rate limits, each applying to every key, agent or model separately.
     pub rate_limits: RateLimits,
 }
@@ -231,6 +233,7 @@ impl Default for LlmConfig {
             retry_base_ms: 200,
             breaker_failures: 3,
             breaker_cooldown_ms: 30_000,
+            breaker_sync_ms: 1_000,
             rate_limits: RateLimits::default(),
         }
     }

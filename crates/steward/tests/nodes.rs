@@ -76,3 +76,97 @@ async fn a_surviving_node_takes_over_a_dead_nodes_runs() {
     );
     assert_ne!(a_node, b_node);
 }
+
+/// Circuit breakers are shared: once one node opens a failing deployment's circuit, the other
+/// skips that deployment too, without paying for its own failures first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_one_node_opens_is_open_on_the_other() {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    let hits: Arc<Mutex<u32>> = Default::default();
+    let h = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/failing/v1/chat/completions",
+            post(move || {
+                let h = h.clone();
+                async move {
+                    *h.lock().unwrap() += 1;
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                }
+            }),
+        )
+        .route(
+            "/ok/v1/chat/completions",
+            post(|axum::Json(body): axum::Json<serde_json::Value>| async move {
+                axum::Json(serde_json::json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let (failing, ok) = (format!("{base}/failing/v1"), format!("{base}/ok/v1"));
+    let a = TestServer::start_with(
+        Backend::Postgres,
+        &[
+            ("STEWARD_LLM__PROVIDERS__FAILING__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__FAILING__BASE_URL", &failing),
+            ("STEWARD_LLM__PROVIDERS__OK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__OK__BASE_URL", &ok),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"failing/m\", \"ok/m\"]",
+            ),
+            ("STEWARD_LLM__RETRIES", "0"),
+            ("STEWARD_LLM__BREAKER_FAILURES", "3"),
+            ("STEWARD_LLM__BREAKER_COOLDOWN_MS", "600000"),
+            ("STEWARD_LLM__BREAKER_SYNC_MS", "50"),
+        ],
+    )
+    .await;
+    let b = TestServer::join(&a);
+    let (_, key) = a
+        .post("/api/v1/keys", serde_json::json!({"agent": "x"}))
+        .await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let ask = |node: &TestServer| {
+        let (url, key) = (format!("{}/v1/chat/completions", node.url), key.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .json(&serde_json::json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "the alias falls back to ok/m");
+        }
+    };
+    for _ in 0..3 {
+        ask(&a).await;
+    }
+    assert_eq!(*hits.lock().unwrap(), 3, "node a opened the circuit");
+    common::eventually("node b learns of the open circuit", || {
+        let b = &b;
+        async move {
+            let (_, c) = b.get("/api/v1/circuits").await;
+            c["circuits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["deployment"] == "failing/m" && c["open_for_ms"].as_u64() > Some(0))
+                .then_some(())
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        ask(&b).await;
+    }
+    assert_eq!(
+        *hits.lock().unwrap(),
+        3,
+        "node b skipped the failing deployment without trying it"
+    );
+}
