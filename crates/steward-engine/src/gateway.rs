@@ -13,13 +13,14 @@ use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use steward_llm::{ByteStream, Failure, Plan, Router};
-use steward_store::{ApiKeyRecord, CallOutcome, NewCall, Store};
+use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, NewCall, SettleWriter, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
 
 use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::ttl_cache::TtlCache;
 
 /// Who is calling: the agent an API key names, and the run it says it is acting for.
 #[derive(Clone, Debug)]
@@ -71,7 +72,16 @@ pub(crate) struct Gateway {
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    pub settler: SettleWriter,
+    /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
+    /// every call would otherwise make. A key created is usable at once; a new account or
+    /// parent applies to calls within the TTL.
+    pub keys: TtlCache<String, ApiKeyRecord>,
+    pub chains: TtlCache<(String, Option<RunId>), Vec<String>>,
 }
+
+/// How long a key or a budget chain read for one call serves the next ones.
+pub(crate) const LOOKUP_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
 pub(crate) fn key_hash(secret: &str) -> String {
@@ -140,12 +150,20 @@ impl Gateway {
                 "missing API key: send `Authorization: Bearer sk-steward-…`".into(),
             )
         })?;
-        let key = self
-            .store
-            .find_key(&key_hash(secret))
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| GatewayError::Unauthorized("invalid API key".into()))?;
+        let hash = key_hash(secret);
+        let key = match self.keys.get(&hash) {
+            Some(k) => k,
+            None => {
+                let k = self
+                    .store
+                    .find_key(&hash)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| GatewayError::Unauthorized("invalid API key".into()))?;
+                self.keys.put(hash, k.clone());
+                k
+            }
+        };
         let agent = AgentName::parse(&key.agent).map_err(|e| internal(e.0))?;
         let run = match run {
             None => None,
@@ -176,11 +194,19 @@ impl Gateway {
         body: &Value,
         op: Op,
     ) -> Result<Option<Hold>, GatewayError> {
-        let accounts = self
-            .budgets
-            .chain(who.agent.as_str(), who.run.as_ref())
-            .await
-            .map_err(internal)?;
+        let slot = (who.agent.to_string(), who.run.clone());
+        let accounts = match self.chains.get(&slot) {
+            Some(a) => a,
+            None => {
+                let a = self
+                    .budgets
+                    .chain(who.agent.as_str(), who.run.as_ref())
+                    .await
+                    .map_err(internal)?;
+                self.chains.put(slot, a.clone());
+                a
+            }
+        };
         if accounts.is_empty() {
             return Ok(None);
         }
@@ -208,12 +234,19 @@ impl Gateway {
         }))
     }
 
-    /// Settles the call's hold, if it took one, and records its outcome, in one commit.
-    async fn finish(&self, call_id: &str, outcome: &CallOutcome, spent: i64) {
-        let now = self.clock.now_ms();
-        if let Err(e) = self.store.end_call(call_id, outcome, spent, now).await {
-            tracing::error!(%call_id, error = %e, "recording a call's end failed; its budget hold is released when it goes stale");
-        }
+    /// Queues the call's end for the settle writer: its hold settled, its outcome recorded, its
+    /// tokens counted — durably moments later, in a batch with other calls'.
+    async fn finish(&self, call_id: &str, outcome: CallOutcome, spent: i64, rate: &RateTicket) {
+        self.settler
+            .settle(CallEnd {
+                id: call_id.to_string(),
+                outcome,
+                spent,
+                rate_scopes: rate.scopes.clone(),
+                rate_window: rate.window,
+                at: self.clock.now_ms(),
+            })
+            .await;
     }
 
     /// Counts the call against every configured per-minute limit, or refuses it.
@@ -246,14 +279,6 @@ impl Gateway {
                 scope,
                 retry_after_s: ((window + 60_000 - now) / 1000 + 1) as u64,
             }),
-        }
-    }
-
-    async fn count_tokens(store: &dyn Store, rate: &RateTicket, tokens: i64) {
-        if !rate.scopes.is_empty() {
-            if let Err(e) = store.add_tokens(&rate.scopes, rate.window, tokens).await {
-                tracing::warn!(error = %e, "could not count a call's tokens against its rate limits");
-            }
         }
     }
 
@@ -322,10 +347,8 @@ impl Gateway {
             tokens_out: 0,
             duration_us: 0,
         };
-        self.store
-            .end_call(call_id, &outcome, 0, now)
-            .await
-            .map_err(internal)?;
+        self.finish(call_id, outcome, 0, &RateTicket::default())
+            .await;
         Ok(Some(GatewayReply::Json(v)))
     }
 
@@ -472,7 +495,7 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            self.finish(&call.id, &outcome, 0).await;
+            self.finish(&call.id, outcome, 0, &meters.rate).await;
         }
         result
     }
@@ -530,8 +553,7 @@ impl Gateway {
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
         let spent = self.budgets.cost(&d.label, tin, tout).unwrap_or(0);
-        self.finish(&call.id, &outcome, spent).await;
-        Self::count_tokens(&*self.store, &meters.rate, tin + tout).await;
+        self.finish(&call.id, outcome, spent, &meters.rate).await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
                 .store
@@ -583,7 +605,7 @@ impl Gateway {
         meters: Meters,
     ) -> ByteStream {
         let (rate, started) = (meters.rate, meters.started);
-        let store = self.store.clone();
+        let settler = self.settler.clone();
         let budgets = self.budgets.clone();
         let clock = self.clock.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
@@ -637,13 +659,16 @@ impl Gateway {
                 .as_deref()
                 .and_then(|d| budgets.cost(d, tin, tout))
                 .unwrap_or(0);
-            if let Err(e) = store
-                .end_call(&call_id, &outcome, spent, clock.now_ms())
-                .await
-            {
-                tracing::error!(%call_id, error = %e, "recording the end of a streamed call failed; its budget hold is released when it goes stale");
-            }
-            Self::count_tokens(&*store, &rate, tin + tout).await;
+            settler
+                .settle(CallEnd {
+                    id: call_id,
+                    outcome,
+                    spent,
+                    rate_scopes: rate.scopes,
+                    rate_window: rate.window,
+                    at: clock.now_ms(),
+                })
+                .await;
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .boxed()

@@ -12,6 +12,7 @@ mod housekeeping;
 mod kernel;
 mod metrics;
 mod runs;
+mod ttl_cache;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -122,6 +123,9 @@ impl Engine {
             budgets: budgets.clone(),
             clock: opts.clock.clone(),
             metrics: metrics.clone(),
+            settler: steward_store::SettleWriter::start(store.clone()),
+            keys: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
+            chains: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
         };
         let kernel = Kernel {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
@@ -417,6 +421,13 @@ impl Engine {
         }
         if let Err(e) = self.store().release_node(self.node()).await {
             tracing::warn!(error = %e, "could not release leases; they expire on their own");
+        }
+        // Gateway calls answered but not yet settled are settled before the process ends.
+        if tokio::time::timeout(grace, self.inner.gateway.settler.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("calls still unsettled at exit; the stale-hold sweep books them");
         }
     }
 

@@ -5,6 +5,7 @@
 mod error;
 mod group_commit;
 mod model;
+mod settle_writer;
 mod sql;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use steward_types::{AgentName, Millis, NodeId, RunId};
 pub use error::{Error, Result};
 pub use group_commit::JournalWriter;
 pub use model::*;
+pub use settle_writer::SettleWriter;
 pub use sql::{PgStore, SqliteStore};
 
 /// Versioned agent definitions.
@@ -128,15 +130,10 @@ pub trait GatewayStore: Send + Sync {
         amount: i64,
         now: Millis,
     ) -> Result<Option<String>>;
-    /// Settles the call's hold, if it has one (releasing it, booking `spent`), and records its
-    /// outcome — one transaction, one commit.
-    async fn end_call(
-        &self,
-        id: &str,
-        outcome: &CallOutcome,
-        spent: i64,
-        now: Millis,
-    ) -> Result<()>;
+    /// Ends calls — each: settles its hold, if it has one (releasing it, booking `spent`),
+    /// records its outcome, and adds its tokens to its rate windows — all in one transaction,
+    /// one commit. Usually through the [`SettleWriter`], which batches them.
+    async fn end_calls(&self, ends: &[CallEnd]) -> Result<()>;
     /// Most recent first; `agent` filters.
     async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
     /// Usage of models since a time, managed runs and gateway calls together.
@@ -164,8 +161,10 @@ pub trait BudgetStore: Send + Sync {
     async fn hold(&self, hold: &NewHold<'_>, now: Millis) -> Result<HoldResult>;
     /// Releases hold `id` and books `spent` on its accounts; nothing if it is not open.
     async fn settle(&self, id: &str, spent: i64, now: Millis) -> Result<()>;
-    /// Releases holds whose owner is gone: gateway calls started before `calls_before` (no
-    /// call outlives its timeout; those are marked interrupted) and steps of runs that ended.
+    /// Settles holds whose owner is gone — gateway calls started before `calls_before` (no
+    /// call outlives its timeout; those are marked interrupted) and steps of runs that ended —
+    /// booking each in full: whether the upstream charged is unknown, and a budget must never
+    /// be under-counted.
     async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64>;
 }
 
@@ -180,8 +179,6 @@ pub trait RateStore: Send + Sync {
         scopes: &[(String, i64, i64)],
         window: Millis,
     ) -> Result<Option<String>>;
-    /// Adds a finished call's tokens to its window.
-    async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()>;
     /// Deletes windows that began before `before`; returns how many.
     async fn purge_windows(&self, before: Millis) -> Result<u64>;
 }

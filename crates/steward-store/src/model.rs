@@ -197,6 +197,19 @@ pub struct CallOutcome {
     pub duration_us: i64,
 }
 
+/// How a gateway call ended, to settle and record.
+#[derive(Clone, Debug)]
+pub struct CallEnd {
+    pub id: String,
+    pub outcome: CallOutcome,
+    /// What it cost, in nano-dollars, booked on the accounts its hold was on.
+    pub spent: i64,
+    /// The rate-limit scopes and window it was counted in, to add its tokens to.
+    pub rate_scopes: Vec<String>,
+    pub rate_window: Millis,
+    pub at: Millis,
+}
+
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct CallRecord {
     pub id: String,

@@ -496,22 +496,34 @@ macro_rules! impl_store {
                 Ok(None)
             }
 
-            async fn end_call(&self, id: &str, o: &CallOutcome, spent: i64, now: Millis) -> Result<()> {
+            async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {
                 let mut tx = self.write.begin().await?;
-                Self::settle_in(&mut tx, id, spent, now).await?;
-                sqlx::query(
-                    "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
-                       tokens_out = $5, duration_us = $6 WHERE id = $7",
-                )
-                .bind(&o.deployment)
-                .bind(&o.status)
-                .bind(&o.error)
-                .bind(o.tokens_in)
-                .bind(o.tokens_out)
-                .bind(o.duration_us)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                for e in ends {
+                    Self::settle_in(&mut tx, &e.id, e.spent, e.at).await?;
+                    let o = &e.outcome;
+                    sqlx::query(
+                        "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
+                           tokens_out = $5, duration_us = $6 WHERE id = $7",
+                    )
+                    .bind(&o.deployment)
+                    .bind(&o.status)
+                    .bind(&o.error)
+                    .bind(o.tokens_in)
+                    .bind(o.tokens_out)
+                    .bind(o.duration_us)
+                    .bind(&e.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let tokens = o.tokens_in + o.tokens_out;
+                    for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
+                        sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
+                            .bind(tokens)
+                            .bind(scope)
+                            .bind(e.rate_window)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
                 tx.commit().await?;
                 Ok(())
             }
@@ -557,22 +569,20 @@ macro_rules! impl_store {
                 // Leaf to root, always in that order, so concurrent holds on a shared ancestor
                 // take their row locks in the same order and cannot deadlock.
                 for account in h.accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET spent_nanos = 0, \
-                           period_start = CASE WHEN period = 'day' THEN $1 ELSE $2 END \
-                         WHERE account = $3 AND ((period = 'day' AND period_start < $1) \
-                           OR (period = 'month' AND period_start < $2))",
+                    // One statement checks the cap and takes the hold — exact under any
+                    // concurrency — and starts a new period when the current one is over.
+                    let held = sqlx::query(
+                        "UPDATE budgets SET \
+                           spent_nanos = CASE WHEN (period = 'day' AND period_start < $1) \
+                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END, \
+                           period_start = CASE WHEN period = 'day' AND period_start < $1 THEN $1 \
+                             WHEN period = 'month' AND period_start < $2 THEN $2 ELSE period_start END, \
+                           reserved_nanos = reserved_nanos + $3, updated_at = $4 \
+                         WHERE account = $5 AND reserved_nanos + $3 + CASE WHEN (period = 'day' AND period_start < $1) \
+                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END <= cap_nanos",
                     )
                     .bind(periods.day)
                     .bind(periods.month)
-                    .bind(account)
-                    .execute(&mut **tx)
-                    .await?;
-                    // The check and the hold are one statement: exact under any concurrency.
-                    let held = sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos + $1, updated_at = $2 \
-                         WHERE account = $3 AND spent_nanos + reserved_nanos + $1 <= cap_nanos",
-                    )
                     .bind(h.amount)
                     .bind(now)
                     .bind(account)
@@ -655,17 +665,17 @@ macro_rules! impl_store {
             }
 
             async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64> {
-                let stale: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT h.id, h.kind FROM budget_holds h LEFT JOIN runs r ON r.id = h.run_id \
+                let stale: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT h.id, h.kind, h.amount FROM budget_holds h LEFT JOIN runs r ON r.id = h.run_id \
                      WHERE (h.kind = 'call' AND h.created_at < $1) \
                         OR (h.kind = 'step' AND (r.id IS NULL OR r.state IN ('succeeded', 'failed', 'cancelled')))",
                 )
                 .bind(calls_before)
                 .fetch_all(&self.read)
                 .await?;
-                for (id, kind) in &stale {
+                for (id, kind, amount) in &stale {
                     let mut tx = self.write.begin().await?;
-                    Self::settle_in(&mut tx, id, 0, now).await?;
+                    Self::settle_in(&mut tx, id, *amount, now).await?;
                     if kind == HOLD_CALL {
                         sqlx::query(
                             "UPDATE gateway_calls SET status = 'error', \
@@ -743,18 +753,6 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(None)
-            }
-
-            async fn add_tokens(&self, scopes: &[String], window: Millis, tokens: i64) -> Result<()> {
-                for scope in scopes {
-                    sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
-                        .bind(tokens)
-                        .bind(scope)
-                        .bind(window)
-                        .execute(&self.write)
-                        .await?;
-                }
-                Ok(())
             }
 
             async fn purge_windows(&self, before: Millis) -> Result<u64> {

@@ -438,7 +438,7 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         tokens_out: 4,
         duration_us: 9,
     };
-    s.end_call("call_1", &done, 0, 8).await.unwrap();
+    end(s, "call_1", done, 0, 8).await;
     let c = &s.list_calls(None, 10).await.unwrap()[0];
     assert_eq!(
         (
@@ -450,6 +450,18 @@ async fn keys_and_calls_are_kept(s: &dyn Store) {
         ("ok", 3, 4, Some("mock/m"))
     );
     assert!(s.list_calls(Some("other"), 10).await.unwrap().is_empty());
+}
+
+async fn end(s: &dyn Store, id: &str, outcome: CallOutcome, spent: i64, at: i64) {
+    let e = CallEnd {
+        id: id.into(),
+        outcome,
+        spent,
+        rate_scopes: vec![],
+        rate_window: 0,
+        at,
+    };
+    s.end_calls(&[e]).await.unwrap();
 }
 
 async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
@@ -481,7 +493,7 @@ async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
         tokens_out: 1,
         duration_us: 1,
     };
-    s.end_call("c1", &done, 25, 4).await.unwrap();
+    end(s, "c1", done, 25, 4).await;
     let b = s.get_budget("org").await.unwrap().unwrap();
     assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 25));
     assert_eq!(s.list_calls(None, 10).await.unwrap()[0].status, "ok");
@@ -547,7 +559,11 @@ async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
     );
     assert_eq!(s.list_calls(None, 1).await.unwrap()[0].status, "error");
     let b = s.get_budget("agent:a").await.unwrap().unwrap();
-    assert_eq!((b.reserved_nanos, b.spent_nanos), (100, 150));
+    assert_eq!(
+        (b.reserved_nanos, b.spent_nanos),
+        (100, 350),
+        "booked in full: what the upstream charged is unknown"
+    );
     s.request_cancel(&run, "done", 9).await.unwrap();
     assert_eq!(
         s.release_stale_holds(0, 10).await.unwrap(),
@@ -555,7 +571,7 @@ async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
         "the ended run's"
     );
     let b = s.get_budget("agent:a").await.unwrap().unwrap();
-    assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 150));
+    assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 450));
 }
 
 async fn budget_periods_reset(s: &dyn Store) {

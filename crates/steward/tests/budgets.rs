@@ -97,6 +97,7 @@ async fn concurrent_calls_never_overspend(b: Backend) {
         }
     });
     let results = futures::future::join_all(calls).await;
+    common::settled(&s).await;
     let ok = results.iter().filter(|(st, _)| *st == 200).count() as i64;
     let refused: Vec<&Value> = results
         .iter()

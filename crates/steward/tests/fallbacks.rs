@@ -157,6 +157,7 @@ async fn failures_go_to_the_chain_for_their_kind() {
     assert_eq!((count("big"), count("lenient")), (1, 1));
 
     // The record names the deployment that answered.
+    common::settled(&s).await;
     let (_, calls) = s.get("/api/v1/calls?agent=chains").await;
     let deployments: Vec<&str> = calls["calls"]
         .as_array()

@@ -138,6 +138,7 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         s.log()
     );
 
+    common::settled(&s).await;
     // The upstream saw the SDK's fields passed through, under the deployment's model name.
     let seen = seen.lock().unwrap().clone();
     assert!(seen
@@ -235,6 +236,7 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         String::from_utf8_lossy(&out.stderr),
         s.log()
     );
+    common::settled(&s).await;
     let (_, calls) = s.get("/api/v1/calls?agent=langchain-agent").await;
     let calls = calls["calls"].as_array().unwrap();
     assert_eq!(

@@ -379,3 +379,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until every gateway call the server answered is settled (the ledger is written
+/// moments after the answer is sent).
+pub async fn settled(s: &TestServer) {
+    eventually("every gateway call to be settled", || async move {
+        let (_, calls) = s.get("/api/v1/calls?limit=1000").await;
+        calls["calls"]
+            .as_array()?
+            .iter()
+            .all(|c| c["status"] != "started")
+            .then_some(())
+    })
+    .await
+}
