@@ -1,4 +1,4 @@
-//! Every minute, this node clears what nothing will come back for: budget holds whose owner is
+//! Every `engine.housekeeping_ms` (a minute), this node clears what nothing will come back for: budget holds whose owner is
 //! gone (a gateway call cut off by a crash, a step of a run that ended — without this a hold
 //! would count against its accounts forever), rate-limit windows long past, and expired cached
 //! answers. Every statement is idempotent, so nodes sharing a database may all run it.
@@ -13,16 +13,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 
-/// No gateway call is expected to outlive this; one still open after it was cut off by a crash.
-const STALE_CALL_MS: i64 = 3_600_000;
 /// Rate windows are one minute long; the one before the current one is kept for reading.
 const KEEP_WINDOWS_MS: i64 = 120_000;
-const EVERY: Duration = Duration::from_secs(60);
 
-pub(crate) async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, stop: CancellationToken) {
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    stale_call_ms: i64,
+    stop: CancellationToken,
+) {
     loop {
         let now = clock.now_ms();
-        match store.release_stale_holds(now - STALE_CALL_MS, now).await {
+        match store.release_stale_holds(now - stale_call_ms, now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 released = n,
@@ -39,7 +42,7 @@ pub(crate) async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, stop: Canc
             tracing::warn!(error = %e, "could not purge expired cached answers; will retry");
         }
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
     }

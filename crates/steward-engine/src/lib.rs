@@ -174,6 +174,8 @@ impl Engine {
         tokio::spawn(housekeeping::run(
             engine.inner.shared.store.clone(),
             engine.inner.shared.clock.clone(),
+            Duration::from_millis(engine.inner.cfg.housekeeping_ms.max(10)),
+            engine.inner.cfg.stale_call_ms as i64,
             engine.inner.draining.clone(),
         ));
         tokio::spawn(runs::schedule(engine.inner.clone()));

@@ -111,6 +111,11 @@ pub struct EngineConfig {
     pub max_concurrent_runs: usize,
     /// Largest accepted run input.
     pub max_input_bytes: usize,
+    /// How often stale budget holds, old rate windows and expired cache entries are cleared.
+    pub housekeeping_ms: u64,
+    /// A gateway call still open this long after it started was cut off by a crash: its
+    /// budget hold is booked in full. Keep it above any call's possible duration.
+    pub stale_call_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -122,6 +127,8 @@ impl Default for EngineConfig {
             poll_ms: 500,
             max_concurrent_runs: 10_000,
             max_input_bytes: 256 * 1024,
+            housekeeping_ms: 60_000,
+            stale_call_ms: 3_600_000,
         }
     }
 }

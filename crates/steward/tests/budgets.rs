@@ -290,3 +290,81 @@ both_backends!(
     managed_runs_follow_their_budget_policy,
     managed_runs_follow_their_budget_policy
 );
+
+/// `kill -9` while a gateway call waits on its upstream: the answer never comes, the hold is
+/// left open. After a restart the stale-hold sweep books it in full (what the upstream charged
+/// is unknown, and spend must never be under-counted) and marks the call interrupted.
+async fn a_call_cut_off_by_a_crash_is_booked_in_full(b: Backend) {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "never"
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__SLOW__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__SLOW__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__SLOW-M__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__SLOW-M__OUTPUT", "2.0"),
+            ("STEWARD_ENGINE__HOUSEKEEPING_MS", "100"),
+            ("STEWARD_ENGINE__STALE_CALL_MS", "1000"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    http.put(format!("{}/api/v1/budgets/agent:cut", s.url))
+        .json(&json!({"cap_usd": 1.0}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let (_, key) = s.post("/api/v1/keys", json!({"agent": "cut"})).await;
+    let call = tokio::spawn(
+        http.post(format!("{}/v1/chat/completions", s.url))
+            .bearer_auth(key["key"].as_str().unwrap())
+            .json(&json!({"model": "slow/slow-m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}))
+            .send(),
+    );
+    let held = common::eventually("the call's hold", || {
+        let s = &s;
+        async move {
+            let (_, b) = s.get("/api/v1/budgets").await;
+            let r = b["budgets"][0]["reserved_nanos"].as_i64()?;
+            (r > 0).then_some(r)
+        }
+    })
+    .await;
+    s.kill9();
+    assert!(
+        call.await.unwrap().is_err(),
+        "the client saw the connection drop"
+    );
+    s.spawn();
+    let booked = common::eventually("the stale hold to be booked", || {
+        let s = &s;
+        async move {
+            let (_, b) = s.get("/api/v1/budgets").await;
+            let a = &b["budgets"][0];
+            (a["reserved_nanos"] == 0).then(|| a["spent_nanos"].as_i64().unwrap())
+        }
+    })
+    .await;
+    assert_eq!(booked, held, "the whole hold is booked");
+    let (_, calls) = s.get("/api/v1/calls?agent=cut").await;
+    assert_eq!(calls["calls"][0]["status"], "error", "{calls}");
+    assert!(calls["calls"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+}
+both_backends!(
+    a_call_cut_off_by_a_crash_is_booked_in_full,
+    a_call_cut_off_by_a_crash_is_booked_in_full
+);
