@@ -4,6 +4,7 @@
 
 mod error;
 mod group_commit;
+pub mod merkle;
 mod model;
 mod settle_writer;
 mod sql;
@@ -199,6 +200,26 @@ pub trait BreakerStore: Send + Sync {
     async fn open_breakers(&self, now: Millis) -> Result<Vec<BreakerRecord>>;
 }
 
+/// The audit log's rows, its Merkle head and its signed checkpoints.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends records in order — `(at, body)` each — numbering them after the last one, all in
+    /// one transaction; returns the tree's size and root (hex) after them. Appenders on several
+    /// nodes are serialised by the head row, so numbers never collide or skip.
+    async fn append_audit(&self, entries: &[(Millis, String)]) -> Result<(i64, String)>;
+    /// The tree's size and root (hex) now.
+    async fn audit_head(&self) -> Result<(i64, String)>;
+    async fn put_checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()>;
+    /// Every checkpoint, smallest size first.
+    async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>>;
+    /// Up to `limit` rows from `from_seq` on, in order (whatever the table holds, tampered or
+    /// not: verification reads through this).
+    async fn audit_rows(&self, from_seq: i64, limit: i64) -> Result<Vec<AuditRow>>;
+    /// Retention: clears the bodies of records older than `before`, keeping their leaf hashes
+    /// so the tree stays verifiable. Returns how many were cleared.
+    async fn prune_audit(&self, before: Millis) -> Result<u64>;
+}
+
 /// Cached gateway responses.
 #[async_trait]
 pub trait CacheStore: Send + Sync {
@@ -225,6 +246,7 @@ pub trait Store:
     + GatewayStore
     + BudgetStore
     + BreakerStore
+    + AuditStore
     + RateStore
     + CacheStore
 {

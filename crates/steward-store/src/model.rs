@@ -330,3 +330,25 @@ pub struct BreakerRecord {
     pub open_until: Millis,
     pub opened_by: String,
 }
+
+/// One row of the audit log as stored. `body` is `None` once retention cleared it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: Millis,
+    pub body: Option<String>,
+    pub leaf_hash: String,
+}
+
+/// The audit tree's root at a size, signed by a node's audit key.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditCheckpoint {
+    pub size: i64,
+    /// Hex SHA-256.
+    pub root: String,
+    pub at: Millis,
+    /// Hex of the ed25519 public key that signed.
+    pub key_id: String,
+    /// Hex ed25519 signature over the checkpoint's signed text.
+    pub signature: String,
+}

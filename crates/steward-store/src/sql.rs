@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    AgentStore, BreakerStore, BudgetStore, CacheStore, Error, GatewayStore, JournalStore,
-    RateStore, Result, RunStore, ScratchpadStore, Store,
+    merkle, AgentStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error, GatewayStore,
+    JournalStore, RateStore, Result, RunStore, ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -789,6 +789,96 @@ macro_rules! impl_store {
                 .bind(now)
                 .fetch_all(&self.read)
                 .await?)
+            }
+        }
+
+        #[async_trait]
+        impl AuditStore for $store {
+            async fn append_audit(&self, entries: &[(Millis, String)]) -> Result<(i64, String)> {
+                let mut tx = self.write.begin().await?;
+                // Taking the head row first serialises appenders, on one node or many.
+                let (size, frontier): (i64, String) = sqlx::query_as(
+                    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier",
+                )
+                .bind(entries.len() as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+                let first = size - entries.len() as i64;
+                let mut tree = merkle::Frontier::from_json(first as u64, &frontier)
+                    .ok_or_else(|| Error::Corrupt(format!("audit_head holds no valid frontier for size {first}")))?;
+                let leaves: Vec<String> = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, body))| {
+                        let leaf = merkle::leaf_hash(first + i as i64, body.as_bytes());
+                        tree.push(leaf);
+                        merkle::hex(&leaf)
+                    })
+                    .collect();
+                // 4 values a row, under SQLite's 32,766 bound variables a statement.
+                for (c, chunk) in entries.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_log (seq, at, body, leaf_hash) ");
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, (at, body))| {
+                        let n = c * 1000 + i;
+                        b.push_bind(first + n as i64).push_bind(*at).push_bind(body).push_bind(&leaves[n]);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                sqlx::query("UPDATE audit_head SET frontier = $1 WHERE id = 0")
+                    .bind(tree.to_json())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok((size, merkle::hex(&tree.root())))
+            }
+
+            async fn audit_head(&self) -> Result<(i64, String)> {
+                let (size, frontier): (i64, String) =
+                    sqlx::query_as("SELECT size, frontier FROM audit_head WHERE id = 0")
+                        .fetch_one(&self.read)
+                        .await?;
+                let tree = merkle::Frontier::from_json(size as u64, &frontier)
+                    .ok_or_else(|| Error::Corrupt(format!("audit_head holds no valid frontier for size {size}")))?;
+                Ok((size, merkle::hex(&tree.root())))
+            }
+
+            async fn put_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (size, root, at, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (size) DO NOTHING",
+                )
+                .bind(c.size)
+                .bind(&c.root)
+                .bind(c.at)
+                .bind(&c.key_id)
+                .bind(&c.signature)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn audit_checkpoints(&self) -> Result<Vec<AuditCheckpoint>> {
+                Ok(sqlx::query_as("SELECT size, root, at, key_id, signature FROM audit_checkpoints ORDER BY size")
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn audit_rows(&self, from_seq: i64, limit: i64) -> Result<Vec<AuditRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT seq, at, body, leaf_hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(from_seq)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn prune_audit(&self, before: Millis) -> Result<u64> {
+                Ok(sqlx::query("UPDATE audit_log SET body = NULL WHERE at < $1 AND body IS NOT NULL")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
             }
         }
 

@@ -1,0 +1,11 @@
+//! Governance: who may do what, and the record that proves what was done. This crate holds the
+//! tamper-evident audit log's signing and verification (the log's rows and Merkle head live in
+//! the store); identities, delegation and policy build on it.
+
+pub mod audit_key;
+pub mod checkpointer;
+pub mod proof;
+pub mod verify;
+
+pub use audit_key::AuditKey;
+pub use verify::{verify_log, Problem, Report};
