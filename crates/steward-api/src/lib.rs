@@ -43,7 +43,9 @@ use utoipa::OpenApi;
         routes::costs,
         routes::put_budget,
         routes::list_budgets,
-        routes::list_circuits
+        routes::list_circuits,
+        routes::verify_audit,
+        routes::export_audit
     ),
     components(schemas(
         wire::Agent,
@@ -71,6 +73,8 @@ use utoipa::OpenApi;
         wire::BudgetList,
         wire::OpenCircuit,
         wire::CircuitList,
+        wire::AuditProblem,
+        wire::AuditReport,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -105,6 +109,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/costs", get(routes::costs))
         .route("/budgets", get(routes::list_budgets))
         .route("/circuits", get(routes::list_circuits))
+        .route("/audit/verify", get(routes::verify_audit))
+        .route("/audit/export", get(routes::export_audit))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))

@@ -339,3 +339,45 @@ pub struct OpenCircuit {
 pub struct CircuitList {
     pub circuits: Vec<OpenCircuit>,
 }
+
+/// One thing verification found wrong, and the records it concerns.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AuditProblem {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub what: String,
+}
+
+/// The audit log checked as the database holds it now.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub records: i64,
+    /// Records whose body retention cleared (their hashes remain).
+    pub pruned: i64,
+    pub checkpoints: usize,
+    /// The largest log size a valid signature covers.
+    pub signed_size: i64,
+    pub problems: Vec<AuditProblem>,
+}
+
+impl From<steward_gov::Report> for AuditReport {
+    fn from(r: steward_gov::Report) -> Self {
+        AuditReport {
+            ok: r.ok(),
+            records: r.records,
+            pruned: r.pruned,
+            checkpoints: r.checkpoints,
+            signed_size: r.signed_size,
+            problems: r
+                .problems
+                .into_iter()
+                .map(|p| AuditProblem {
+                    first_seq: p.first_seq,
+                    last_seq: p.last_seq,
+                    what: p.what,
+                })
+                .collect(),
+        }
+    }
+}

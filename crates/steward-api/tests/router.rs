@@ -29,6 +29,10 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             llm: Default::default(),
             prices: steward_llm::Prices::default(),
             stats: None,
+            audit_key: Arc::new(
+                steward_gov::AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap(),
+            ),
+            gov: Default::default(),
         },
     )
     .await

@@ -236,15 +236,24 @@ impl Gateway {
 
     /// Queues the call's end for the settle writer: its hold settled, its outcome recorded, its
     /// tokens counted — durably moments later, in a batch with other calls'.
-    async fn finish(&self, call_id: &str, outcome: CallOutcome, spent: i64, rate: &RateTicket) {
+    async fn finish(
+        &self,
+        call: &NewCall,
+        op: Op,
+        outcome: CallOutcome,
+        spent: i64,
+        rate: &RateTicket,
+    ) {
+        let at = self.clock.now_ms();
         self.settler
             .settle(CallEnd {
-                id: call_id.to_string(),
+                id: call.id.clone(),
+                audit: Some(call_audit(call, op, &outcome, spent, at)),
                 outcome,
                 spent,
                 rate_scopes: rate.scopes.clone(),
                 rate_window: rate.window,
-                at: self.clock.now_ms(),
+                at,
             })
             .await;
     }
@@ -317,6 +326,7 @@ impl Gateway {
         call_id: &str,
         model: &str,
         key: &str,
+        op: Op,
     ) -> Result<Option<GatewayReply>, GatewayError> {
         let Some((body, deployment)) = self
             .store
@@ -347,7 +357,7 @@ impl Gateway {
             tokens_out: 0,
             duration_us: 0,
         };
-        self.finish(call_id, outcome, 0, &RateTicket::default())
+        self.finish(&call, op, outcome, 0, &RateTicket::default())
             .await;
         Ok(Some(GatewayReply::Json(v)))
     }
@@ -425,7 +435,7 @@ impl Gateway {
         let rate = self.take_rate(who, &model).await?;
         let cache = self.cache_slot(who, &model, &body, op, stream);
         if let Some((key, _)) = &cache {
-            if let Some(hit) = self.cache_hit(who, &call_id, &model, key).await? {
+            if let Some(hit) = self.cache_hit(who, &call_id, &model, key, op).await? {
                 return Ok(hit);
             }
         }
@@ -495,7 +505,7 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            self.finish(&call.id, outcome, 0, &meters.rate).await;
+            self.finish(&call, op, outcome, 0, &meters.rate).await;
         }
         result
     }
@@ -553,7 +563,7 @@ impl Gateway {
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
         let spent = self.budgets.cost(&d.label, tin, tout).unwrap_or(0);
-        self.finish(&call.id, outcome, spent, &meters.rate).await;
+        self.finish(call, op, outcome, spent, &meters.rate).await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
                 .store
@@ -588,7 +598,7 @@ impl Gateway {
         let (upstream_stream, d) = answer.map_err(upstream_error)?;
         tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
         Ok(GatewayReply::Stream(self.metered(
-            call.id.clone(),
+            call.clone(),
             d.label.clone(),
             upstream_stream,
             meters,
@@ -599,7 +609,7 @@ impl Gateway {
     /// include_usage`), and records the call's outcome when the stream ends.
     fn metered(
         &self,
-        call_id: String,
+        call: NewCall,
         deployment: String,
         upstream: ByteStream,
         meters: Meters,
@@ -659,14 +669,16 @@ impl Gateway {
                 .as_deref()
                 .and_then(|d| budgets.cost(d, tin, tout))
                 .unwrap_or(0);
+            let at = clock.now_ms();
             settler
                 .settle(CallEnd {
-                    id: call_id,
+                    id: call.id.clone(),
+                    audit: Some(call_audit(&call, Op::Chat, &outcome, spent, at)),
                     outcome,
                     spent,
                     rate_scopes: rate.scopes,
                     rate_window: rate.window,
-                    at: clock.now_ms(),
+                    at,
                 })
                 .await;
         });
@@ -695,6 +707,34 @@ fn refused(v: &Value) -> bool {
     v.pointer("/choices/0/finish_reason")
         .and_then(Value::as_str)
         == Some("content_filter")
+}
+
+/// The audit record of a finished gateway call.
+fn call_audit(call: &NewCall, op: Op, outcome: &CallOutcome, spent: i64, at: i64) -> String {
+    steward_gov::AuditRecord {
+        at,
+        event: "syscall",
+        principal: format!("agent:{}", call.agent),
+        chain: vec![format!("agent:{}", call.agent)],
+        action: match op {
+            Op::Chat => "llm.call",
+            Op::Embeddings => "llm.embeddings",
+        }
+        .into(),
+        resource: outcome
+            .deployment
+            .clone()
+            .unwrap_or_else(|| call.model.clone()),
+        run_id: call.run_id.clone(),
+        step: Some(call.id.clone()),
+        outcome: Some(outcome.status.clone()),
+        error: outcome.error.clone(),
+        tokens_in: outcome.tokens_in,
+        tokens_out: outcome.tokens_out,
+        cost_nanos: spent,
+        ..Default::default()
+    }
+    .to_json()
 }
 
 fn upstream_error(e: steward_llm::Error) -> GatewayError {

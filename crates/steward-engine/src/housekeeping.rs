@@ -1,7 +1,7 @@
 //! Every `engine.housekeeping_ms` (a minute), this node clears what nothing will come back for: budget holds whose owner is
 //! gone (a gateway call cut off by a crash, a step of a run that ended — without this a hold
-//! would count against its accounts forever), rate-limit windows long past, and expired cached
-//! answers. Every statement is idempotent, so nodes sharing a database may all run it.
+//! would count against its accounts forever), rate-limit windows long past, expired cached
+//! answers, and the bodies of audit records past their retention. Every statement is idempotent, so nodes sharing a database may all run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,21 @@ pub(crate) async fn run(
     clock: Arc<dyn Clock>,
     every: Duration,
     stale_call_ms: i64,
+    audit_retention_ms: Option<i64>,
     stop: CancellationToken,
 ) {
     loop {
         let now = clock.now_ms();
+        if let Some(keep) = audit_retention_ms {
+            match store.prune_audit(now - keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    cleared = n,
+                    "cleared the bodies of audit records past retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not apply audit retention; will retry"),
+            }
+        }
         match store.release_stale_holds(now - stale_call_ms, now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(

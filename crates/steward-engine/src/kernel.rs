@@ -353,8 +353,32 @@ impl Kernel {
             at: self.clock.now_ms(),
             duration_us: act_us,
         };
+        // The outcome and its audit record are durable together, in one commit.
+        let audit = steward_gov::AuditRecord {
+            at: entry.at,
+            event: "syscall",
+            principal: format!("run:{}", ctx.run.id),
+            chain: vec![
+                format!("agent:{}", ctx.run.agent),
+                format!("run:{}", ctx.run.id),
+            ],
+            action: match kind {
+                "model" => "llm.call",
+                _ => "tool.call",
+            }
+            .into(),
+            resource: entry.name.clone(),
+            run_id: Some(entry.run_id.clone()),
+            step: Some(seq.to_string()),
+            outcome: Some(if entry.ok == 1 { "ok" } else { "error" }.into()),
+            tokens_in,
+            tokens_out,
+            cost_nanos: spent,
+            ..Default::default()
+        }
+        .to_json();
         self.journal
-            .append(vec![entry])
+            .append_audited(vec![entry], vec![(self.clock.now_ms(), audit)])
             .await
             .map_err(|e| StepError::Store(e.to_string()))?;
         self.journal_tick.notify_waiters();

@@ -62,10 +62,15 @@ pub struct EngineOptions {
     pub prices: steward_llm::Prices,
     /// Collect per-step overhead samples (for benchmarks).
     pub stats: Option<Arc<StepStats>>,
+    /// Signs the audit log's checkpoints.
+    pub audit_key: Arc<steward_gov::AuditKey>,
+    pub gov: steward_types::config::GovConfig,
 }
 
 struct Inner {
     shared: Arc<Shared>,
+    audit_key: Arc<steward_gov::AuditKey>,
+    gov: steward_types::config::GovConfig,
     metrics: Arc<metrics::Metrics>,
     prices: steward_llm::Prices,
     kernel: Kernel,
@@ -142,6 +147,8 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
+                audit_key: opts.audit_key,
+                gov: opts.gov,
                 metrics,
                 prices: opts.prices,
                 kernel,
@@ -176,8 +183,24 @@ impl Engine {
             engine.inner.shared.clock.clone(),
             Duration::from_millis(engine.inner.cfg.housekeeping_ms.max(10)),
             engine.inner.cfg.stale_call_ms as i64,
+            engine
+                .inner
+                .gov
+                .audit_retention_days
+                .map(|d| d as i64 * 86_400_000),
             engine.inner.draining.clone(),
         ));
+        {
+            let clock = engine.inner.shared.clock.clone();
+            let draining = engine.inner.draining.clone();
+            tokio::spawn(steward_gov::checkpointer::run(
+                engine.inner.shared.store.clone(),
+                engine.inner.audit_key.clone(),
+                Duration::from_millis(engine.inner.gov.checkpoint_ms.max(10)),
+                move || clock.now_ms(),
+                async move { draining.cancelled().await },
+            ));
+        }
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)
@@ -391,6 +414,38 @@ impl Engine {
             .into_iter()
             .map(|(l, d)| (l, d.as_millis() as u64))
             .collect()
+    }
+
+    /// Verifies the audit log as the database holds it, against this node's key and the
+    /// configured trusted keys.
+    pub async fn verify_audit(&self) -> Result<steward_gov::Report> {
+        let mut trusted = vec![self.inner.audit_key.verifying_key()];
+        for k in &self.inner.gov.audit_trusted_keys {
+            trusted.push(
+                steward_gov::audit_key::public_key(k)
+                    .map_err(|e| Error::InvalidRequest(format!("gov.audit_trusted_keys: {e}")))?,
+            );
+        }
+        Ok(steward_gov::verify_log(self.store().as_ref(), &trusted).await?)
+    }
+
+    /// Signs a checkpoint now if the log grew since the last one (so an export or a
+    /// verification covers the newest records).
+    pub async fn checkpoint_audit(&self) -> Result<()> {
+        steward_gov::checkpointer::checkpoint_now(
+            self.store().as_ref(),
+            &self.inner.audit_key,
+            self.inner.shared.clock.now_ms(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The audit records since `since` (Unix ms) as JSON lines with inclusion proofs, after
+    /// signing a checkpoint that covers the newest.
+    pub async fn export_audit(&self, since: i64) -> Result<Vec<String>> {
+        self.checkpoint_audit().await?;
+        Ok(steward_gov::export::export_lines(self.store().as_ref(), since).await?)
     }
 
     /// The engine's metrics in the Prometheus text format.

@@ -4,8 +4,11 @@
 
 pub mod audit_key;
 pub mod checkpointer;
+pub mod export;
 pub mod proof;
+pub mod record;
 pub mod verify;
 
 pub use audit_key::AuditKey;
+pub use record::AuditRecord;
 pub use verify::{verify_log, Problem, Report};

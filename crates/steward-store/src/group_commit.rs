@@ -1,20 +1,23 @@
 //! Group commit for the journal. Every step waits for its journal entry to be durable before
 //! it acts, so with one transaction per entry an fsync would bound the whole engine. Instead
 //! one writer task takes whatever entries are waiting, commits them in one transaction, then
-//! answers every waiter: the fsync is shared by all the steps that arrived together.
+//! answers every waiter: the fsync is shared by all the steps that arrived together. Audit
+//! records that go with the entries (a syscall's outcome, a policy decision) share that
+//! transaction: auditing costs no commit of its own.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, JournalEntry, Result, Store};
+use crate::{Error, JournalEntry, Millis, Result, Store};
 
 type Waiter = oneshot::Sender<Result<()>>;
+type Audit = Vec<(Millis, String)>;
 
 /// A handle to the journal's group-commit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct JournalWriter {
-    tx: mpsc::Sender<(Vec<JournalEntry>, Waiter)>,
+    tx: mpsc::Sender<(Vec<JournalEntry>, Audit, Waiter)>,
 }
 
 impl JournalWriter {
@@ -27,9 +30,15 @@ impl JournalWriter {
 
     /// Appends entries and returns once they are durable.
     pub async fn append(&self, entries: Vec<JournalEntry>) -> Result<()> {
+        self.append_audited(entries, Vec::new()).await
+    }
+
+    /// Appends entries and the audit records that go with them — `(at, body)` — atomically,
+    /// and returns once both are durable.
+    pub async fn append_audited(&self, entries: Vec<JournalEntry>, audit: Audit) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((entries, done))
+            .send((entries, audit, done))
             .await
             .map_err(|_| Error::Config("the journal writer has stopped".into()))?;
         wait.await
@@ -39,10 +48,10 @@ impl JournalWriter {
 
 async fn run(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(Vec<JournalEntry>, Waiter)>,
+    mut rx: mpsc::Receiver<(Vec<JournalEntry>, Audit, Waiter)>,
     max_batch: usize,
 ) {
-    let mut pending: Vec<(Vec<JournalEntry>, Waiter)> = Vec::new();
+    let mut pending: Vec<(Vec<JournalEntry>, Audit, Waiter)> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut count = first.0.len();
         pending.push(first);
@@ -57,19 +66,23 @@ async fn run(
         }
         let batch: Vec<JournalEntry> = pending
             .iter()
-            .flat_map(|(e, _)| e.iter().cloned())
+            .flat_map(|(e, _, _)| e.iter().cloned())
             .collect();
-        match store.append_journal(&batch).await {
+        let audit: Audit = pending
+            .iter()
+            .flat_map(|(_, a, _)| a.iter().cloned())
+            .collect();
+        match store.append_journal(&batch, &audit).await {
             Ok(()) => {
-                for (_, w) in pending.drain(..) {
+                for (_, _, w) in pending.drain(..) {
                     let _ = w.send(Ok(()));
                 }
             }
             // One bad request (say, a step a stale node already recorded) must not fail the
             // others that shared its transaction: retry each on its own.
             Err(_) => {
-                for (entries, w) in pending.drain(..) {
-                    let _ = w.send(store.append_journal(&entries).await);
+                for (entries, audit, w) in pending.drain(..) {
+                    let _ = w.send(store.append_journal(&entries, &audit).await);
                 }
             }
         }

@@ -92,7 +92,12 @@ pub trait RunStore: Send + Sync {
 #[async_trait]
 pub trait JournalStore: Send + Sync {
     /// Appends all entries in one transaction, or none.
-    async fn append_journal(&self, entries: &[JournalEntry]) -> Result<()>;
+    /// Appends journal entries and audit records (`(at, body)`) in one transaction.
+    async fn append_journal(
+        &self,
+        entries: &[JournalEntry],
+        audit: &[(Millis, String)],
+    ) -> Result<()>;
     /// A run's entries with `seq > after`, in order.
     async fn load_journal(
         &self,

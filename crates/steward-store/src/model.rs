@@ -208,6 +208,8 @@ pub struct CallEnd {
     pub rate_scopes: Vec<String>,
     pub rate_window: Millis,
     pub at: Millis,
+    /// The call's audit record, appended with it.
+    pub audit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]

@@ -366,8 +366,8 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl JournalStore for $store {
-            async fn append_journal(&self, entries: &[JournalEntry]) -> Result<()> {
-                if entries.is_empty() {
+            async fn append_journal(&self, entries: &[JournalEntry], audit: &[(Millis, String)]) -> Result<()> {
+                if entries.is_empty() && audit.is_empty() {
                     return Ok(());
                 }
                 fn insert<'a>(chunk: &'a [JournalEntry]) -> sqlx::QueryBuilder<'a, $db> {
@@ -394,13 +394,16 @@ macro_rules! impl_store {
                 }
                 // One statement is atomic on its own: no BEGIN/COMMIT round trips for the
                 // common case of a batch that fits in one INSERT.
-                if entries.len() <= JOURNAL_CHUNK {
+                if audit.is_empty() && entries.len() <= JOURNAL_CHUNK {
                     insert(entries).build().execute(&self.write).await?;
                     return Ok(());
                 }
                 let mut tx = self.write.begin().await?;
                 for chunk in entries.chunks(JOURNAL_CHUNK) {
                     insert(chunk).build().execute(&mut *tx).await?;
+                }
+                if !audit.is_empty() {
+                    Self::append_audit_in(&mut tx, audit).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -498,6 +501,11 @@ macro_rules! impl_store {
 
             async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {
                 let mut tx = self.write.begin().await?;
+                let audit: Vec<(Millis, String)> =
+                    ends.iter().filter_map(|e| Some((e.at, e.audit.clone()?))).collect();
+                if !audit.is_empty() {
+                    Self::append_audit_in(&mut tx, &audit).await?;
+                }
                 for e in ends {
                     Self::settle_in(&mut tx, &e.id, e.spent, e.at).await?;
                     let o = &e.outcome;
@@ -607,6 +615,44 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await?;
                 Ok(None)
+            }
+
+            /// Appends audit records inside `tx`, numbering them after the last; returns the
+            /// tree's size and root after them.
+            async fn append_audit_in(tx: &mut sqlx::Transaction<'static, $db>, entries: &[(Millis, String)]) -> Result<(i64, String)> {
+                // Taking the head row first serialises appenders, on one node or many.
+                let (size, frontier): (i64, String) = sqlx::query_as(
+                    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier",
+                )
+                .bind(entries.len() as i64)
+                .fetch_one(&mut **tx)
+                .await?;
+                let first = size - entries.len() as i64;
+                let mut tree = merkle::Frontier::from_json(first as u64, &frontier)
+                    .ok_or_else(|| Error::Corrupt(format!("audit_head holds no valid frontier for size {first}")))?;
+                let leaves: Vec<String> = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, body))| {
+                        let leaf = merkle::leaf_hash(first + i as i64, body.as_bytes());
+                        tree.push(leaf);
+                        merkle::hex(&leaf)
+                    })
+                    .collect();
+                // 4 values a row, under SQLite's 32,766 bound variables a statement.
+                for (c, chunk) in entries.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_log (seq, at, body, leaf_hash) ");
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, (at, body))| {
+                        let n = c * 1000 + i;
+                        b.push_bind(first + n as i64).push_bind(*at).push_bind(body).push_bind(&leaves[n]);
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                sqlx::query("UPDATE audit_head SET frontier = $1 WHERE id = 0")
+                    .bind(tree.to_json())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok((size, merkle::hex(&tree.root())))
             }
 
             /// Settles hold `id`, if there is one: releases what it held and books `spent` on
@@ -796,40 +842,9 @@ macro_rules! impl_store {
         impl AuditStore for $store {
             async fn append_audit(&self, entries: &[(Millis, String)]) -> Result<(i64, String)> {
                 let mut tx = self.write.begin().await?;
-                // Taking the head row first serialises appenders, on one node or many.
-                let (size, frontier): (i64, String) = sqlx::query_as(
-                    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier",
-                )
-                .bind(entries.len() as i64)
-                .fetch_one(&mut *tx)
-                .await?;
-                let first = size - entries.len() as i64;
-                let mut tree = merkle::Frontier::from_json(first as u64, &frontier)
-                    .ok_or_else(|| Error::Corrupt(format!("audit_head holds no valid frontier for size {first}")))?;
-                let leaves: Vec<String> = entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (_, body))| {
-                        let leaf = merkle::leaf_hash(first + i as i64, body.as_bytes());
-                        tree.push(leaf);
-                        merkle::hex(&leaf)
-                    })
-                    .collect();
-                // 4 values a row, under SQLite's 32,766 bound variables a statement.
-                for (c, chunk) in entries.chunks(1000).enumerate() {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_log (seq, at, body, leaf_hash) ");
-                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, (at, body))| {
-                        let n = c * 1000 + i;
-                        b.push_bind(first + n as i64).push_bind(*at).push_bind(body).push_bind(&leaves[n]);
-                    });
-                    qb.build().execute(&mut *tx).await?;
-                }
-                sqlx::query("UPDATE audit_head SET frontier = $1 WHERE id = 0")
-                    .bind(tree.to_json())
-                    .execute(&mut *tx)
-                    .await?;
+                let head = Self::append_audit_in(&mut tx, entries).await?;
                 tx.commit().await?;
-                Ok((size, merkle::hex(&tree.root())))
+                Ok(head)
             }
 
             async fn audit_head(&self) -> Result<(i64, String)> {

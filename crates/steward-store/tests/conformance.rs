@@ -257,7 +257,7 @@ async fn human_waits_are_resolved(s: &dyn Store) {
     s.create_run(&new_run(&id), 1).await.unwrap();
     let n = NodeId("n".into());
     s.claim_runs(&n, 2, 60_000, 10).await.unwrap();
-    s.append_journal(&[entry(&id, 0, PHASE_INTENT)])
+    s.append_journal(&[entry(&id, 0, PHASE_INTENT)], &[])
         .await
         .unwrap();
     let wait = RunUpdate {
@@ -290,16 +290,22 @@ async fn journal_appends_are_atomic_and_unique(s: &dyn Store) {
     with_agent(s).await;
     let id = new_id();
     s.create_run(&new_run(&id), 1).await.unwrap();
-    s.append_journal(&[
-        entry(&id, 0, PHASE_INTENT),
-        entry(&id, 0, PHASE_OUTCOME),
-        entry(&id, 1, PHASE_INTENT),
-    ])
+    s.append_journal(
+        &[
+            entry(&id, 0, PHASE_INTENT),
+            entry(&id, 0, PHASE_OUTCOME),
+            entry(&id, 1, PHASE_INTENT),
+        ],
+        &[],
+    )
     .await
     .unwrap();
     // A batch holding one duplicate is refused whole: nothing half-written.
     let dup = s
-        .append_journal(&[entry(&id, 2, PHASE_INTENT), entry(&id, 1, PHASE_INTENT)])
+        .append_journal(
+            &[entry(&id, 2, PHASE_INTENT), entry(&id, 1, PHASE_INTENT)],
+            &[],
+        )
         .await;
     assert!(matches!(dup, Err(Error::Conflict(_))), "{dup:?}");
     let all = s.load_journal(&id, None, 100).await.unwrap();
@@ -321,7 +327,7 @@ async fn big_journal_batches_commit(s: &dyn Store) {
     let id = new_id();
     s.create_run(&new_run(&id), 1).await.unwrap();
     let batch: Vec<_> = (0..1200).map(|i| entry(&id, i, PHASE_INTENT)).collect();
-    s.append_journal(&batch).await.unwrap();
+    s.append_journal(&batch, &[]).await.unwrap();
     assert_eq!(s.load_journal(&id, None, 5000).await.unwrap().len(), 1200);
 }
 
@@ -460,6 +466,7 @@ async fn end(s: &dyn Store, id: &str, outcome: CallOutcome, spent: i64, at: i64)
         rate_scopes: vec![],
         rate_window: 0,
         at,
+        audit: None,
     };
     s.end_calls(&[e]).await.unwrap();
 }

@@ -22,6 +22,35 @@ pub struct Config {
     pub llm: LlmConfig,
     pub tools: ToolsConfig,
     pub telemetry: TelemetryConfig,
+    pub gov: GovConfig,
+}
+
+/// Governance: the audit log's signing, verification and retention.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovConfig {
+    /// This node's audit signing key (a hex ed25519 seed). Unset: `audit.key` in the data
+    /// directory, created on first start.
+    pub audit_key_file: Option<PathBuf>,
+    /// Public keys (hex) whose checkpoints verification accepts, besides this node's own: the
+    /// other nodes of a cluster.
+    pub audit_trusted_keys: Vec<String>,
+    /// How often the audit tree's head is signed, when it has grown.
+    pub checkpoint_ms: u64,
+    /// Records older than this many days have their bodies cleared (their hashes stay, so the
+    /// log remains verifiable). Unset: kept for ever.
+    pub audit_retention_days: Option<u64>,
+}
+
+impl Default for GovConfig {
+    fn default() -> Self {
+        GovConfig {
+            audit_key_file: None,
+            audit_trusted_keys: Vec::new(),
+            checkpoint_ms: 1_000,
+            audit_retention_days: None,
+        }
+    }
 }
 
 /// Where traces go. Spans (one per syscall and per gateway call, with the OpenTelemetry GenAI

@@ -174,6 +174,13 @@ async fn drive(
         llm: Default::default(),
         prices: steward_llm::Prices::default(),
         stats: Some(stats.clone()),
+        audit_key: Arc::new(steward_gov::AuditKey::load_or_create(
+            &std::env::temp_dir().join(format!(
+                "steward-bench-audit-{}.key",
+                uuid::Uuid::new_v4().simple()
+            )),
+        )?),
+        gov: Default::default(),
     };
     let started = Instant::now();
     let engine = Engine::start(store.clone(), opts).await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use steward_api::wire::{
-    Agent, AgentList, ApplyResult, CostReport, Journal, JournalItem, Run, RunList,
+    Agent, AgentList, ApplyResult, AuditReport, CostReport, Journal, JournalItem, Run, RunList,
 };
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -19,6 +19,19 @@ pub enum GetWhat {
 pub enum ResolveWhat {
     Retry,
     Fail,
+}
+
+#[derive(Clone, clap::Subcommand)]
+pub enum AuditWhat {
+    /// Check every record, the numbering and the signed checkpoints; exits 1 when anything was
+    /// changed, deleted, inserted or reordered, naming the records.
+    Verify,
+    /// Write records as JSON lines with inclusion proofs, to stdout.
+    Export {
+        /// Only records from this long ago on (e.g. 24h, 30m), or since a Unix time in ms.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Clone)]
@@ -386,6 +399,55 @@ impl Client {
             }
         );
         Ok(())
+    }
+
+    pub async fn audit(&self, what: AuditWhat) -> anyhow::Result<()> {
+        match what {
+            AuditWhat::Verify => {
+                let r: AuditReport = self.get_json("/api/v1/audit/verify").await?;
+                println!(
+                    "{} records ({} past retention), {} checkpoints, signed up to {}",
+                    r.records, r.pruned, r.checkpoints, r.signed_size
+                );
+                if r.ok {
+                    println!("✔ the audit log verifies");
+                    return Ok(());
+                }
+                for p in &r.problems {
+                    println!("✘ {}", p.what);
+                }
+                bail!(
+                    "the audit log does not verify: {} problem(s)",
+                    r.problems.len()
+                )
+            }
+            AuditWhat::Export { since } => {
+                let since = match since.as_deref() {
+                    None => 0,
+                    Some(s) => match s.parse::<i64>() {
+                        Ok(ms) => ms,
+                        Err(_) => {
+                            let ago = steward_types::manifest::duration::parse(s)
+                                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)?
+                                .as_millis() as i64;
+                            now - ago as i64
+                        }
+                    },
+                };
+                let resp = self
+                    .http
+                    .get(format!("{}/api/v1/audit/export?since={since}", self.base))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("export failed: HTTP {}", resp.status().as_u16());
+                }
+                print!("{}", resp.text().await?);
+                Ok(())
+            }
+        }
     }
 
     pub async fn resolve(&self, id: &str, action: ResolveWhat) -> anyhow::Result<()> {

@@ -81,6 +81,11 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
+    /// The tamper-evident audit log: `verify` it, or `export` records with inclusion proofs.
+    Audit {
+        #[command(subcommand)]
+        what: client::AuditWhat,
+    },
     /// Start an embedded Steward, run an example fleet, crash it mid-run, and show recovery.
     Demo(demo::DemoArgs),
     /// Benchmarks (see bench/README.md).
@@ -115,6 +120,7 @@ fn main() -> std::process::ExitCode {
             Command::Cancel { run, reason } => c?.cancel(&run, &reason).await,
             Command::Resolve { run, action } => c?.resolve(&run, action).await,
             Command::Cost { by, days } => c?.cost(&by, days).await,
+            Command::Audit { what } => c?.audit(what).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -103,6 +103,13 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         llm: cfg.llm.clone(),
         prices: steward_llm::Prices::new(&cfg.llm.prices)?,
         stats,
+        audit_key: Arc::new(steward_gov::AuditKey::load_or_create(
+            &cfg.gov
+                .audit_key_file
+                .clone()
+                .unwrap_or_else(|| cfg.server.data_dir.join("audit.key")),
+        )?),
+        gov: cfg.gov.clone(),
     };
     Ok(Engine::start(store, opts).await?)
 }

@@ -1,0 +1,38 @@
+//! What one audit record says. Records are JSON objects with a fixed field order, so the same
+//! event always serialises — and hashes — the same way.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditRecord {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `syscall` (an action and its outcome) or `decision` (an authorization).
+    pub event: &'static str,
+    /// Who acted: `agent:<name>`, or `run:<id>` for a managed run.
+    pub principal: String,
+    /// The delegation chain, outermost first (the human or team, the agent, the sub-agents).
+    pub chain: Vec<String>,
+    /// The syscall kind: `llm.call`, `tool.call`, …
+    pub action: String,
+    /// What it acted on: the model, the tool, …
+    pub resource: String,
+    pub run_id: Option<String>,
+    /// The step within the run, or the gateway call's id.
+    pub step: Option<String>,
+    pub decision: Option<String>,
+    pub policy_hash: Option<String>,
+    pub policy_ids: Vec<String>,
+    /// `ok` or `error`.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_nanos: i64,
+}
+
+impl AuditRecord {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"unserializable":"{e}"}}"#))
+    }
+}
