@@ -19,7 +19,7 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine` or `gateway`.
+    /// Which benchmark: `engine`, `gateway` or `governance`.
     name: String,
     /// gateway: requests a second for the latency measurement.
     #[arg(long, default_value_t = 500)]
@@ -27,7 +27,11 @@ pub struct BenchArgs {
     /// gateway: seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// gateway: concurrent clients for the throughput measurement.
+    /// governance: records in the log whose verification is timed.
+    #[arg(long, default_value_t = 1_000_000)]
+    verify_records: i64,
+    /// gateway: concurrent clients for the throughput measurement; governance: concurrent
+    /// audit writers.
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Concurrent runs.
@@ -48,9 +52,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.name == "gateway" {
         return crate::bench_gateway::run(args.rate, args.seconds, args.clients).await;
     }
+    if args.name == "governance" {
+        return crate::bench_governance::run(args.seconds, args.clients, args.verify_records).await;
+    }
     if args.name != "engine" {
         bail!(
-            "unknown benchmark {:?}; available: engine, gateway",
+            "unknown benchmark {:?}; available: engine, gateway, governance",
             args.name
         );
     }

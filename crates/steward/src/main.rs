@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_gateway;
+mod bench_governance;
 mod client;
 mod demo;
 mod serve;
