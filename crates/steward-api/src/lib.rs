@@ -45,7 +45,9 @@ use utoipa::OpenApi;
         routes::list_budgets,
         routes::list_circuits,
         routes::verify_audit,
-        routes::export_audit
+        routes::export_audit,
+        routes::get_policies,
+        routes::put_policies
     ),
     components(schemas(
         wire::Agent,
@@ -75,6 +77,7 @@ use utoipa::OpenApi;
         wire::CircuitList,
         wire::AuditProblem,
         wire::AuditReport,
+        wire::PolicySet,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -110,6 +113,10 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/budgets", get(routes::list_budgets))
         .route("/circuits", get(routes::list_circuits))
         .route("/audit/verify", get(routes::verify_audit))
+        .route(
+            "/policies",
+            get(routes::get_policies).put(routes::put_policies),
+        )
         .route("/audit/export", get(routes::export_audit))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget));
     let v1 = Router::new()

@@ -85,6 +85,12 @@ impl From<GatewayError> for OaiError {
                 "model_not_found",
                 message,
             ),
+            GatewayError::Forbidden(_) => OaiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "policy_denied",
+                message,
+            ),
             GatewayError::Refused { code, .. } => OaiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",

@@ -364,3 +364,28 @@ pub async fn export_audit(
         lines,
     ))
 }
+
+/// The Cedar policies in force.
+#[utoipa::path(get, path = "/api/v1/policies", responses((status = 200, body = PolicySet)))]
+pub async fn get_policies(State(e): State<Engine>) -> ApiResult<Json<PolicySet>> {
+    let (version, hash, text) = e.policies().await?;
+    Ok(Json(PolicySet {
+        version,
+        hash,
+        text,
+    }))
+}
+
+/// Replaces the policy set: the body is Cedar policy text. It is validated against the
+/// schema first; a set that does not parse or validate is refused with Cedar's diagnostics and
+/// the active set stays in force.
+#[utoipa::path(put, path = "/api/v1/policies", request_body(content = String, content_type = "text/plain"),
+    responses((status = 200, body = PolicySet), (status = 400, body = ErrorBody)))]
+pub async fn put_policies(State(e): State<Engine>, body: String) -> ApiResult<Json<PolicySet>> {
+    let rec = e.put_policies(&body).await?;
+    Ok(Json(PolicySet {
+        version: rec.version,
+        hash: rec.hash,
+        text: rec.text,
+    }))
+}

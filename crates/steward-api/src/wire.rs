@@ -381,3 +381,13 @@ impl From<steward_gov::Report> for AuditReport {
         }
     }
 }
+
+/// The Cedar policy set in force.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PolicySet {
+    /// 0 for the built-in default; then 1, 2, … as sets are put in force.
+    pub version: i64,
+    /// Hex SHA-256 of the text: what every decision records.
+    pub hash: String,
+    pub text: String,
+}

@@ -33,6 +33,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
                 steward_gov::AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap(),
             ),
             gov: Default::default(),
+            policies: Arc::new(steward_gov::Policies::new(None).unwrap()),
         },
     )
     .await

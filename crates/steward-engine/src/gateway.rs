@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use steward_gov::{Decision, Policies, Query};
 use steward_llm::{ByteStream, Failure, Plan, Router};
 use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, NewCall, SettleWriter, Store};
 use steward_types::{AgentName, RunId};
@@ -44,6 +45,9 @@ pub enum GatewayError {
     /// A hold for the call's worst case would pass this account's cap.
     #[error("budget exceeded on account {account:?}: {message}")]
     BudgetExceeded { account: String, message: String },
+    /// The policy does not permit the call.
+    #[error("{0}")]
+    Forbidden(String),
     /// The prompt does not fit any deployment's context window (`context_length_exceeded`),
     /// or a content filter refused (`content_filter`): fallbacks, if any, were tried.
     #[error("{message}")]
@@ -72,6 +76,7 @@ pub(crate) struct Gateway {
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    pub policies: Arc<Policies>,
     pub settler: SettleWriter,
     /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
     /// every call would otherwise make. A key created is usable at once; a new account or
@@ -107,6 +112,8 @@ pub(crate) struct Meters {
     cache: Option<(String, i64)>,
     /// When the call went to its first upstream.
     started: Instant,
+    /// The policy's decision, recorded with the call.
+    decision: Decision,
 }
 
 /// A budget hold taken for one call (its id is the call's): the accounts up the chain and the
@@ -187,12 +194,83 @@ impl Gateway {
 
     /// The call's worst case and the accounts up the chain it must be held on (the hold itself
     /// is taken with the call's start record, in one transaction: `begin_call`).
+    /// The most the call can cost, or why that cannot be known (a deployment without a price).
+    fn estimate(&self, plan: &Plan, body: &Value, op: Op) -> Result<i64, String> {
+        // A token is at least a byte: the request's size bounds its input tokens from above.
+        let input = match op {
+            Op::Chat => body.get("messages"),
+            Op::Embeddings => body.get("input"),
+        };
+        let tokens_in = input.map_or(0, |v| v.to_string().len() as i64);
+        let tokens_out = match op {
+            Op::Chat => body
+                .get("max_completion_tokens")
+                .or_else(|| body.get("max_tokens"))
+                .and_then(Value::as_i64)
+                .unwrap_or(DEFAULT_MAX_OUTPUT),
+            Op::Embeddings => 0,
+        };
+        self.budgets.worst_case(plan, tokens_in, tokens_out)
+    }
+
+    /// Asks the policy whether the agent may make this call. A denial is audited at once, and
+    /// durably, before the caller hears of it.
+    async fn authorize(
+        &self,
+        who: &Principal,
+        call_id: &str,
+        model: &str,
+        cost_nanos: i64,
+    ) -> Result<Decision, GatewayError> {
+        let chain = [format!("agent:{}", who.agent)];
+        let now = self.clock.now_ms();
+        let d = self.policies.decide(&Query {
+            agent: who.agent.as_str(),
+            run: who.run.as_ref().map(RunId::as_str),
+            action: "llm.call",
+            resource: model,
+            cost_nanos,
+            time_ms: now,
+            chain: &chain,
+        });
+        if d.allow {
+            return Ok(d);
+        }
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "decision",
+            principal: chain[0].clone(),
+            chain: chain.to_vec(),
+            action: "llm.call".into(),
+            resource: model.into(),
+            run_id: who.run.as_ref().map(|r| r.to_string()),
+            step: Some(call_id.into()),
+            decision: Some("deny".into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
+            cost_nanos,
+            ..Default::default()
+        }
+        .to_json();
+        self.store
+            .append_audit(&[(now, record)])
+            .await
+            .map_err(internal)?;
+        Err(GatewayError::Forbidden(if d.policy_ids.is_empty() {
+            format!("no policy permits agent {} to call {model}", who.agent)
+        } else {
+            format!(
+                "agent {} may not call {model}: forbidden by {}",
+                who.agent,
+                d.policy_ids.join(", ")
+            )
+        }))
+    }
+
     async fn hold(
         &self,
         who: &Principal,
-        plan: &Plan,
-        body: &Value,
-        op: Op,
+        estimate: Result<i64, String>,
     ) -> Result<Option<Hold>, GatewayError> {
         let slot = (who.agent.to_string(), who.run.clone());
         let accounts = match self.chains.get(&slot) {
@@ -210,27 +288,9 @@ impl Gateway {
         if accounts.is_empty() {
             return Ok(None);
         }
-        // A token is at least a byte: the request's size bounds its input tokens from above.
-        let input = match op {
-            Op::Chat => body.get("messages"),
-            Op::Embeddings => body.get("input"),
-        };
-        let tokens_in = input.map_or(0, |v| v.to_string().len() as i64);
-        let tokens_out = match op {
-            Op::Chat => body
-                .get("max_completion_tokens")
-                .or_else(|| body.get("max_tokens"))
-                .and_then(Value::as_i64)
-                .unwrap_or(DEFAULT_MAX_OUTPUT),
-            Op::Embeddings => 0,
-        };
-        let worst = self
-            .budgets
-            .worst_case(plan, tokens_in, tokens_out)
-            .map_err(GatewayError::BadRequest)?;
         Ok(Some(Hold {
             accounts,
-            nanos: worst,
+            nanos: estimate.map_err(GatewayError::BadRequest)?,
         }))
     }
 
@@ -240,6 +300,7 @@ impl Gateway {
         &self,
         call: &NewCall,
         op: Op,
+        decision: &Decision,
         outcome: CallOutcome,
         spent: i64,
         rate: &RateTicket,
@@ -248,7 +309,7 @@ impl Gateway {
         self.settler
             .settle(CallEnd {
                 id: call.id.clone(),
-                audit: Some(call_audit(call, op, &outcome, spent, at)),
+                audit: Some(call_audit(call, op, decision, &outcome, spent, at)),
                 outcome,
                 spent,
                 rate_scopes: rate.scopes.clone(),
@@ -327,6 +388,7 @@ impl Gateway {
         model: &str,
         key: &str,
         op: Op,
+        decision: &Decision,
     ) -> Result<Option<GatewayReply>, GatewayError> {
         let Some((body, deployment)) = self
             .store
@@ -357,7 +419,7 @@ impl Gateway {
             tokens_out: 0,
             duration_us: 0,
         };
-        self.finish(&call, op, outcome, 0, &RateTicket::default())
+        self.finish(&call, op, decision, outcome, 0, &RateTicket::default())
             .await;
         Ok(Some(GatewayReply::Json(v)))
     }
@@ -432,15 +494,23 @@ impl Gateway {
             .router
             .plan(&model, &call_id)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
+        let estimate = self.estimate(&plan, &body, op);
+        let decision = self
+            .authorize(who, &call_id, &model, estimate.clone().unwrap_or(0))
+            .await?;
         let rate = self.take_rate(who, &model).await?;
         let cache = self.cache_slot(who, &model, &body, op, stream);
         if let Some((key, _)) = &cache {
-            if let Some(hit) = self.cache_hit(who, &call_id, &model, key, op).await? {
+            if let Some(hit) = self
+                .cache_hit(who, &call_id, &model, key, op, &decision)
+                .await?
+            {
                 return Ok(hit);
             }
         }
         let meters = Meters {
-            hold: self.hold(who, &plan, &body, op).await?,
+            hold: self.hold(who, estimate).await?,
+            decision,
             rate,
             cache,
             started: Instant::now(),
@@ -505,7 +575,8 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            self.finish(&call, op, outcome, 0, &meters.rate).await;
+            self.finish(&call, op, &meters.decision, outcome, 0, &meters.rate)
+                .await;
         }
         result
     }
@@ -563,7 +634,8 @@ impl Gateway {
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
         let spent = self.budgets.cost(&d.label, tin, tout).unwrap_or(0);
-        self.finish(call, op, outcome, spent, &meters.rate).await;
+        self.finish(call, op, &meters.decision, outcome, spent, &meters.rate)
+            .await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
                 .store
@@ -614,7 +686,7 @@ impl Gateway {
         upstream: ByteStream,
         meters: Meters,
     ) -> ByteStream {
-        let (rate, started) = (meters.rate, meters.started);
+        let (rate, started, decision) = (meters.rate, meters.started, meters.decision);
         let settler = self.settler.clone();
         let budgets = self.budgets.clone();
         let clock = self.clock.clone();
@@ -673,7 +745,7 @@ impl Gateway {
             settler
                 .settle(CallEnd {
                     id: call.id.clone(),
-                    audit: Some(call_audit(&call, Op::Chat, &outcome, spent, at)),
+                    audit: Some(call_audit(&call, Op::Chat, &decision, &outcome, spent, at)),
                     outcome,
                     spent,
                     rate_scopes: rate.scopes,
@@ -710,7 +782,14 @@ fn refused(v: &Value) -> bool {
 }
 
 /// The audit record of a finished gateway call.
-fn call_audit(call: &NewCall, op: Op, outcome: &CallOutcome, spent: i64, at: i64) -> String {
+fn call_audit(
+    call: &NewCall,
+    op: Op,
+    decision: &Decision,
+    outcome: &CallOutcome,
+    spent: i64,
+    at: i64,
+) -> String {
     steward_gov::AuditRecord {
         at,
         event: "syscall",
@@ -727,12 +806,14 @@ fn call_audit(call: &NewCall, op: Op, outcome: &CallOutcome, spent: i64, at: i64
             .unwrap_or_else(|| call.model.clone()),
         run_id: call.run_id.clone(),
         step: Some(call.id.clone()),
+        decision: Some(if decision.allow { "allow" } else { "deny" }.into()),
+        policy_hash: Some(decision.policy_hash.clone()),
+        policy_ids: decision.policy_ids.clone(),
         outcome: Some(outcome.status.clone()),
         error: outcome.error.clone(),
         tokens_in: outcome.tokens_in,
         tokens_out: outcome.tokens_out,
         cost_nanos: spent,
-        ..Default::default()
     }
     .to_json()
 }

@@ -93,3 +93,43 @@ pub(crate) async fn share_breakers(
         }
     }
 }
+
+/// Puts a stored policy set in force here, unless it is already.
+pub(crate) fn apply_policy_set(
+    policies: &steward_gov::Policies,
+    rec: &steward_store::PolicySetRecord,
+) {
+    if policies.active().hash == rec.hash {
+        return;
+    }
+    match policies.check(&rec.text) {
+        Ok(checked) => {
+            tracing::info!(version = rec.version, hash = %rec.hash, "policy set in force");
+            policies.activate(checked);
+        }
+        Err(e) => {
+            tracing::error!(version = rec.version, error = %e, "the stored policy set no longer validates; the active set stays")
+        }
+    }
+}
+
+/// Follows the database's latest policy set, so a set put in force through one node is in
+/// force on every node within `every`.
+pub(crate) async fn follow_policies(
+    store: Arc<dyn Store>,
+    policies: Arc<steward_gov::Policies>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.latest_policy_set().await {
+            Ok(Some(rec)) => apply_policy_set(&policies, &rec),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the policy set in force"),
+        }
+    }
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use steward_gov::{Decision, Policies, Query};
 use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
 use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
@@ -132,6 +133,7 @@ pub struct Kernel {
     pub(crate) journal: JournalWriter,
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
+    pub(crate) policies: Arc<Policies>,
     pub(crate) tools: Tools,
     pub(crate) host: Arc<dyn ToolHost>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -271,12 +273,27 @@ impl Kernel {
         } else if self.draining.is_cancelled() {
             return Err(StepError::Draining);
         }
+        let estimate = match (&action, &ctx.provider) {
+            (Action::Model { request }, None) => {
+                Some(self.estimate(ctx, request, &idempotency_key))
+            }
+            _ => None,
+        };
+        // Authorize: the policy decides, and its decision is audited with the intent.
+        let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
+        let (decision, decision_record) = self.authorize(ctx, &action, cost.unwrap_or(0), seq);
         // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
-        let held = match (&action, &ctx.provider) {
-            (Action::Model { request }, None) => self.hold(ctx, request, &idempotency_key).await?,
+        let held = match estimate {
+            Some(e) if decision.allow => self.hold(ctx, e, &idempotency_key).await?,
             _ => false,
         };
-        if recorded.intent.is_none() {
+        if recorded.intent.is_some() {
+            // An in-doubt step retried: its new decision is audited on its own.
+            self.journal
+                .append_audited(Vec::new(), vec![(self.clock.now_ms(), decision_record)])
+                .await
+                .map_err(|e| StepError::Store(e.to_string()))?;
+        } else {
             let intent = JournalEntry {
                 run_id: ctx.run.id.to_string(),
                 seq,
@@ -293,14 +310,19 @@ impl Kernel {
                 duration_us: 0,
             };
             self.journal
-                .append(vec![intent])
+                .append_audited(vec![intent], vec![(self.clock.now_ms(), decision_record)])
                 .await
                 .map_err(|e| StepError::Store(e.to_string()))?;
             self.journal_tick.notify_waiters();
         }
 
         let act_started = Instant::now();
-        let (result, spent) = match self.act(ctx, seq, &idempotency_key, action).await {
+        let acted = if decision.allow {
+            self.act(ctx, seq, &idempotency_key, action).await
+        } else {
+            denied(&decision, &action)
+        };
+        let (result, spent) = match acted {
             Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => (Err(e), 0),
             // The hold stays open: the step is replayed and finds it.
             Err(other) => return Err(other),
@@ -405,10 +427,72 @@ impl Kernel {
     /// (creating the run's own account from `spec.budget.perRunUsd` on first use). The hold's
     /// id is the step's idempotency key, so a replayed step keeps its first hold. Returns
     /// whether a hold was taken.
+    /// The most a model call can cost — its size in tokens plus its output limit, at the
+    /// dearest deployment its route may reach — or why that cannot be known (a deployment
+    /// without a price). For the policy's context and the budget hold alike.
+    fn estimate(&self, ctx: &RunCtx, request: &ChatRequest, key: &str) -> Result<i64, String> {
+        let plan = self
+            .router
+            .plan(&ctx.spec.model, key)
+            .map_err(|e| e.to_string())?;
+        // A token is at least a byte: the request's size bounds its input tokens from above.
+        let tokens_in =
+            serde_json::to_vec(&(&request.messages, &request.tools)).map_or(0, |v| v.len() as i64);
+        let tokens_out = request.max_tokens.map_or(DEFAULT_MAX_OUTPUT, i64::from);
+        self.budgets.worst_case(&plan, tokens_in, tokens_out)
+    }
+
+    /// Asks the policy whether the run may take this step; the decision's audit record goes
+    /// with the step's intent.
+    fn authorize(
+        &self,
+        ctx: &RunCtx,
+        action: &Action<'_>,
+        cost_nanos: i64,
+        seq: i64,
+    ) -> (Decision, String) {
+        let (act, resource) = match action {
+            Action::Model { .. } => ("llm.call", ctx.spec.model.as_str()),
+            Action::Tool { name, .. } => ("tool.call", *name),
+        };
+        let chain = [
+            format!("agent:{}", ctx.run.agent),
+            format!("run:{}", ctx.run.id),
+        ];
+        let now = self.clock.now_ms();
+        let d = self.policies.decide(&Query {
+            agent: &ctx.run.agent,
+            run: Some(ctx.run.id.as_str()),
+            action: act,
+            resource,
+            cost_nanos,
+            time_ms: now,
+            chain: &chain,
+        });
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "decision",
+            principal: format!("run:{}", ctx.run.id),
+            chain: chain.to_vec(),
+            action: act.into(),
+            resource: resource.into(),
+            run_id: Some(ctx.run.id.to_string()),
+            step: Some(seq.to_string()),
+            decision: Some(if d.allow { "allow" } else { "deny" }.into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
+            error: (!d.errors.is_empty()).then(|| d.errors.join("; ")),
+            cost_nanos,
+            ..Default::default()
+        }
+        .to_json();
+        (d, record)
+    }
+
     async fn hold(
         &self,
         ctx: &RunCtx,
-        request: &ChatRequest,
+        estimate: Result<i64, String>,
         key: &str,
     ) -> Result<bool, StepError> {
         let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
@@ -445,18 +529,7 @@ impl Kernel {
         if accounts.is_empty() {
             return Ok(false);
         }
-        let plan = self
-            .router
-            .plan(&ctx.spec.model, key)
-            .map_err(|e| StepError::Model(e.to_string()))?;
-        // A token is at least a byte: the request's size bounds its input tokens from above.
-        let tokens_in =
-            serde_json::to_vec(&(&request.messages, &request.tools)).map_or(0, |v| v.len() as i64);
-        let tokens_out = request.max_tokens.map_or(DEFAULT_MAX_OUTPUT, i64::from);
-        let amount = self
-            .budgets
-            .worst_case(&plan, tokens_in, tokens_out)
-            .map_err(StepError::Model)?;
+        let amount = estimate.map_err(StepError::Model)?;
         let hold = NewHold {
             id: key,
             kind: HOLD_STEP,
@@ -557,6 +630,29 @@ impl Kernel {
         }
     }
 }
+
+/// The outcome of a step the policy denied: a tool call's error is shown to the model (it may
+/// do something else); a model call ends the run.
+fn denied(d: &Decision, action: &Action<'_>) -> Result<(Outcome, i64), StepError> {
+    let by = if d.policy_ids.is_empty() {
+        "no policy permits it".to_string()
+    } else {
+        format!("forbidden by {}", d.policy_ids.join(", "))
+    };
+    match action {
+        Action::Tool { name, .. } => Ok((
+            Outcome::Tool(Err(format!("tool {name:?} denied by policy: {by}"))),
+            0,
+        )),
+        Action::Model { .. } => Err(StepError::Model(format!(
+            "{POLICY_DENIED}: the model call was denied by policy: {by}"
+        ))),
+    }
+}
+
+/// The prefix that marks a model error as a policy denial (the run fails with
+/// `policy_denied`).
+pub(crate) const POLICY_DENIED: &str = "policy_denied";
 
 /// What the journal keeps of a request: enough to read the timeline. The hash covers the whole.
 fn intent_body(action: &Action<'_>) -> Value {

@@ -65,6 +65,8 @@ pub struct EngineOptions {
     /// Signs the audit log's checkpoints.
     pub audit_key: Arc<steward_gov::AuditKey>,
     pub gov: steward_types::config::GovConfig,
+    /// Decides every syscall.
+    pub policies: Arc<steward_gov::Policies>,
 }
 
 struct Inner {
@@ -122,6 +124,7 @@ impl Engine {
             prices: opts.prices.clone(),
         };
         let gateway = gateway::Gateway {
+            policies: opts.policies.clone(),
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
             store: store.clone(),
@@ -136,6 +139,7 @@ impl Engine {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
             budgets,
+            policies: opts.policies.clone(),
             tools: opts.tools,
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
@@ -159,6 +163,16 @@ impl Engine {
                 tracker: TaskTracker::new(),
             }),
         };
+        // The policy set in force is the database's latest, when there is one.
+        if let Some(latest) = engine.inner.shared.store.latest_policy_set().await? {
+            housekeeping::apply_policy_set(&engine.inner.kernel.policies, &latest);
+        }
+        tokio::spawn(housekeeping::follow_policies(
+            engine.inner.shared.store.clone(),
+            engine.inner.kernel.policies.clone(),
+            Duration::from_millis(breaker_sync_ms.max(10)),
+            engine.inner.draining.clone(),
+        ));
         if let Some(mut wakeups) = engine.inner.shared.store.wakeups().await? {
             let shared = engine.inner.shared.clone();
             tokio::spawn(async move {
@@ -446,6 +460,34 @@ impl Engine {
     pub async fn export_audit(&self, since: i64) -> Result<Vec<String>> {
         self.checkpoint_audit().await?;
         Ok(steward_gov::export::export_lines(self.store().as_ref(), since).await?)
+    }
+
+    /// Validates Cedar policies against the schema and, when they pass, records them as the
+    /// next version and puts them in force on every node. When they do not, the active set
+    /// stays and the error carries Cedar's diagnostics.
+    pub async fn put_policies(&self, text: &str) -> Result<steward_store::PolicySetRecord> {
+        let policies = &self.inner.kernel.policies;
+        let checked = policies
+            .check(text)
+            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let rec = self
+            .store()
+            .put_policy_set(&checked.hash, text, self.inner.shared.clock.now_ms())
+            .await?;
+        policies.activate(checked);
+        Ok(rec)
+    }
+
+    /// The policy set in force: its version (0 for the built-in default), hash and text.
+    pub async fn policies(&self) -> Result<(i64, String, String)> {
+        let active = self.inner.kernel.policies.active();
+        let version = self
+            .store()
+            .latest_policy_set()
+            .await?
+            .filter(|l| l.hash == active.hash)
+            .map_or(0, |l| l.version);
+        Ok((version, active.hash.clone(), active.text().to_string()))
     }
 
     /// The engine's metrics in the Prometheus text format.

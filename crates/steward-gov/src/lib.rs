@@ -5,10 +5,12 @@
 pub mod audit_key;
 pub mod checkpointer;
 pub mod export;
+pub mod policy;
 pub mod proof;
 pub mod record;
 pub mod verify;
 
 pub use audit_key::AuditKey;
+pub use policy::{Decision, Policies, Query};
 pub use record::AuditRecord;
 pub use verify::{verify_log, Problem, Report};

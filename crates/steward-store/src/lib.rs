@@ -225,6 +225,15 @@ pub trait AuditStore: Send + Sync {
     async fn prune_audit(&self, before: Millis) -> Result<u64>;
 }
 
+/// Versions of the policy set.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Records `text` as the next version, unless it is the latest already; returns the
+    /// latest version.
+    async fn put_policy_set(&self, hash: &str, text: &str, now: Millis) -> Result<PolicySetRecord>;
+    async fn latest_policy_set(&self) -> Result<Option<PolicySetRecord>>;
+}
+
 /// Cached gateway responses.
 #[async_trait]
 pub trait CacheStore: Send + Sync {
@@ -252,6 +261,7 @@ pub trait Store:
     + BudgetStore
     + BreakerStore
     + AuditStore
+    + PolicyStore
     + RateStore
     + CacheStore
 {

@@ -354,3 +354,12 @@ pub struct AuditCheckpoint {
     /// Hex ed25519 signature over the checkpoint's signed text.
     pub signature: String,
 }
+
+/// One version of the policy set.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PolicySetRecord {
+    pub version: i64,
+    pub hash: String,
+    pub text: String,
+    pub created_at: Millis,
+}

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::model::*;
 use crate::{
     merkle, AgentStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error, GatewayStore,
-    JournalStore, RateStore, Result, RunStore, ScratchpadStore, Store,
+    JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -894,6 +894,43 @@ macro_rules! impl_store {
                     .execute(&self.write)
                     .await?
                     .rows_affected())
+            }
+        }
+
+        #[async_trait]
+        impl PolicyStore for $store {
+            async fn put_policy_set(&self, hash: &str, text: &str, now: Millis) -> Result<PolicySetRecord> {
+                let mut tx = self.write.begin().await?;
+                let latest: Option<PolicySetRecord> = sqlx::query_as(
+                    "SELECT version, hash, text, created_at FROM policy_sets ORDER BY version DESC LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(l) = latest.as_ref().filter(|l| l.hash == hash) {
+                    tx.commit().await?;
+                    return Ok(l.clone());
+                }
+                // Two writers racing for the same version: the primary key lets one win.
+                let rec: PolicySetRecord = sqlx::query_as(
+                    "INSERT INTO policy_sets (version, hash, text, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING version, hash, text, created_at",
+                )
+                .bind(latest.map_or(1, |l| l.version + 1))
+                .bind(hash)
+                .bind(text)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rec)
+            }
+
+            async fn latest_policy_set(&self) -> Result<Option<PolicySetRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT version, hash, text, created_at FROM policy_sets ORDER BY version DESC LIMIT 1",
+                )
+                .fetch_optional(&self.read)
+                .await?)
             }
         }
 

@@ -35,6 +35,10 @@ pub struct GovConfig {
     /// Public keys (hex) whose checkpoints verification accepts, besides this node's own: the
     /// other nodes of a cluster.
     pub audit_trusted_keys: Vec<String>,
+    /// Cedar policies to put in force at start (when they differ from the active set). Unset:
+    /// the active set stays; on a new database, the default (agents may call models and the
+    /// tools their manifests list).
+    pub policy_file: Option<PathBuf>,
     /// How often the audit tree's head is signed, when it has grown.
     pub checkpoint_ms: u64,
     /// Records older than this many days have their bodies cleared (their hashes stay, so the
@@ -47,6 +51,7 @@ impl Default for GovConfig {
         GovConfig {
             audit_key_file: None,
             audit_trusted_keys: Vec::new(),
+            policy_file: None,
             checkpoint_ms: 1_000,
             audit_retention_days: None,
         }

@@ -110,6 +110,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
                 .unwrap_or_else(|| cfg.server.data_dir.join("audit.key")),
         )?),
         gov: cfg.gov.clone(),
+        policies: Arc::new(steward_gov::Policies::new(None)?),
     };
     Ok(Engine::start(store, opts).await?)
 }
@@ -123,6 +124,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         bail!("engine.heartbeat_ms must be shorter than engine.lease_ttl_ms, or leases expire between renewals");
     }
     let engine = start_engine(&cfg, None).await?;
+    if let Some(path) = &cfg.gov.policy_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading gov.policy_file {}", path.display()))?;
+        let rec = engine
+            .put_policies(&text)
+            .await
+            .with_context(|| format!("gov.policy_file {}", path.display()))?;
+        tracing::info!(version = rec.version, hash = %rec.hash, "policies from gov.policy_file in force");
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.server.listen))?;

@@ -59,8 +59,13 @@ async fn every_syscall_is_audited_and_tampering_is_named(b: Backend) {
         .collect();
     let ours: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["record"]["run_id"] == run.as_str())
+        .filter(|l| l["record"]["run_id"] == run.as_str() && l["record"]["event"] == "syscall")
         .collect();
+    let decisions = lines
+        .iter()
+        .filter(|l| l["record"]["run_id"] == run.as_str() && l["record"]["event"] == "decision")
+        .count();
+    assert_eq!(decisions, 3, "one decision per step");
     let actions: Vec<&str> = ours
         .iter()
         .map(|l| l["record"]["action"].as_str().unwrap())
@@ -111,14 +116,18 @@ async fn every_syscall_is_audited_and_tampering_is_named(b: Backend) {
     }
 
     // A record changed behind Steward's back is named.
+    let tool_seq = ours[1]["seq"].as_i64().unwrap();
     tamper(
         &s,
-        "UPDATE audit_log SET body = replace(body, '\"tool.call\"', '\"llm.call\"') WHERE seq = 1",
+        &format!("UPDATE audit_log SET body = replace(body, '\"tool.call\"', '\"llm.call\"') WHERE seq = {tool_seq}"),
     )
     .await;
     let (ok, out, err) = steward(&s, &["audit", "verify"]);
     assert!(!ok, "{out}");
-    assert!(out.contains("record 1 was changed"), "{out}{err}");
+    assert!(
+        out.contains(&format!("record {tool_seq} was changed")),
+        "{out}{err}"
+    );
 }
 both_backends!(
     every_syscall_is_audited_and_tampering_is_named,

@@ -1,0 +1,305 @@
+//! Policy: Cedar decides every syscall. The principal is an agent, or a run of one (a run is
+//! in its agent, so `principal in Steward::Agent::"x"` covers both); the action is the syscall
+//! kind; the resource is the model or the tool; the context carries the estimated cost, the time
+//! and the delegation chain. Policies are validated against [`SCHEMA`] before they replace the
+//! active set, and every decision names the set's hash and the policies that decided it.
+//! Without a permit, the answer is no.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+/// The entity types, actions and context every policy is checked against.
+pub const SCHEMA: &str = r#"
+namespace Steward {
+  entity Agent;
+  entity Run in [Agent];
+  entity Model;
+  entity Tool;
+  type Ctx = {
+    "cost_nanos": Long,
+    "time_ms": Long,
+    "chain": Set<String>,
+  };
+  action "llm.call" appliesTo { principal: [Agent, Run], resource: [Model], context: Ctx };
+  action "tool.call" appliesTo { principal: [Agent, Run], resource: [Tool], context: Ctx };
+}
+"#;
+
+/// In force until policies are configured: agents may call models and the tools their
+/// manifests list (the Kernel checks the list before asking).
+pub const DEFAULT_POLICIES: &str = r#"
+@id("default-allow-models-and-listed-tools")
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("the policies do not parse: {0}")]
+    Parse(String),
+    #[error("the policies do not match the schema: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A validated policy set, ready to decide.
+#[derive(Debug)]
+pub struct PolicySetVersion {
+    set: PolicySet,
+    text: String,
+    /// Hex SHA-256 of the policy text: what each decision records.
+    pub hash: String,
+}
+
+impl PolicySetVersion {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// What to decide: who, doing what, to what, at what estimated cost.
+pub struct Query<'a> {
+    pub agent: &'a str,
+    pub run: Option<&'a str>,
+    /// `llm.call` or `tool.call`.
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub cost_nanos: i64,
+    pub time_ms: i64,
+    pub chain: &'a [String],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// The policies that decided: the permits that allowed, or the forbids that denied (none
+    /// when nothing permitted).
+    pub policy_ids: Vec<String>,
+    pub policy_hash: String,
+    /// Policies that failed to evaluate (they are skipped, as Cedar does).
+    pub errors: Vec<String>,
+}
+
+pub struct Policies {
+    schema: Schema,
+    active: RwLock<Arc<PolicySetVersion>>,
+    authorizer: Authorizer,
+}
+
+impl Policies {
+    /// Starts with `text`, or the default policies when `None`.
+    pub fn new(text: Option<&str>) -> Result<Self, PolicyError> {
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
+            .map_err(|e| PolicyError::Internal(format!("the built-in schema: {e}")))?;
+        let first = compile(&schema, text.unwrap_or(DEFAULT_POLICIES))?;
+        Ok(Policies {
+            schema,
+            active: RwLock::new(Arc::new(first)),
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// Checks `text` without putting it in force.
+    pub fn check(&self, text: &str) -> Result<PolicySetVersion, PolicyError> {
+        compile(&self.schema, text)
+    }
+
+    /// Puts a checked set in force.
+    pub fn activate(&self, version: PolicySetVersion) {
+        if let Ok(mut a) = self.active.write() {
+            *a = Arc::new(version);
+        }
+    }
+
+    pub fn active(&self) -> Arc<PolicySetVersion> {
+        self.active
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn decide(&self, q: &Query<'_>) -> Decision {
+        let active = self.active();
+        let deny = |why: String| Decision {
+            allow: false,
+            policy_ids: Vec::new(),
+            policy_hash: active.hash.clone(),
+            errors: vec![why],
+        };
+        let agent = match uid("Agent", q.agent) {
+            Ok(u) => u,
+            Err(e) => return deny(e),
+        };
+        let mut entities = vec![Entity::new_no_attrs(agent.clone(), HashSet::new())];
+        let principal = match q.run {
+            Some(run) => match uid("Run", run) {
+                Ok(r) => {
+                    entities.push(Entity::new_no_attrs(
+                        r.clone(),
+                        HashSet::from([agent.clone()]),
+                    ));
+                    r
+                }
+                Err(e) => return deny(e),
+            },
+            None => agent,
+        };
+        let (rtype, action) = match q.action {
+            "llm.call" => ("Model", r#"Steward::Action::"llm.call""#),
+            "tool.call" => ("Tool", r#"Steward::Action::"tool.call""#),
+            other => return deny(format!("no such action {other:?}")),
+        };
+        let resource = match uid(rtype, q.resource) {
+            Ok(u) => u,
+            Err(e) => return deny(e),
+        };
+        let Ok(action) = EntityUid::from_str(action) else {
+            return deny("the action does not parse".into());
+        };
+        let context = Context::from_pairs([
+            (
+                "cost_nanos".to_string(),
+                RestrictedExpression::new_long(q.cost_nanos),
+            ),
+            (
+                "time_ms".to_string(),
+                RestrictedExpression::new_long(q.time_ms),
+            ),
+            (
+                "chain".to_string(),
+                RestrictedExpression::new_set(
+                    q.chain
+                        .iter()
+                        .map(|c| RestrictedExpression::new_string(c.clone())),
+                ),
+            ),
+        ]);
+        let context = match context {
+            Ok(c) => c,
+            Err(e) => return deny(e.to_string()),
+        };
+        let request = match Request::new(principal, action, resource, context, Some(&self.schema)) {
+            Ok(r) => r,
+            Err(e) => return deny(e.to_string()),
+        };
+        let entities = match Entities::from_entities(entities, Some(&self.schema)) {
+            Ok(e) => e,
+            Err(e) => return deny(e.to_string()),
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &active.set, &entities);
+        let diagnostics = response.diagnostics();
+        Decision {
+            allow: response.decision() == CedarDecision::Allow,
+            policy_ids: diagnostics
+                .reason()
+                .map(|id| {
+                    active
+                        .set
+                        .annotation(id, "id")
+                        .map_or_else(|| id.to_string(), str::to_string)
+                })
+                .collect(),
+            policy_hash: active.hash.clone(),
+            errors: diagnostics.errors().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let escaped = id.replace('\\', "\\\\").replace('"', "\\\"");
+    EntityUid::from_str(&format!(r#"Steward::{kind}::"{escaped}""#))
+        .map_err(|e| format!("{kind} {id:?}: {e}"))
+}
+
+fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError> {
+    let set = PolicySet::from_str(text).map_err(|e| {
+        let all: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        PolicyError::Parse(all.join("; "))
+    })?;
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let all: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+        return Err(PolicyError::Invalid(all.join("; ")));
+    }
+    Ok(PolicySetVersion {
+        hash: Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        text: text.to_string(),
+        set,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q<'a>(agent: &'a str, action: &'a str, resource: &'a str, cost: i64) -> Query<'a> {
+        Query {
+            agent,
+            run: Some("run_1"),
+            action,
+            resource,
+            cost_nanos: cost,
+            time_ms: 0,
+            chain: &[],
+        }
+    }
+
+    #[test]
+    fn the_default_allows_and_names_its_policy() {
+        let p = Policies::new(None).unwrap();
+        let d = p.decide(&q("a", "tool.call", "echo", 0));
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.policy_ids, ["default-allow-models-and-listed-tools"]);
+        assert_eq!(d.policy_hash.len(), 64);
+    }
+
+    #[test]
+    fn forbids_win_nothing_permitted_is_denied_and_runs_are_in_their_agent() {
+        let p = Policies::new(Some(
+            r#"
+            @id("models-for-researchers")
+            permit (principal in Steward::Agent::"researcher", action == Steward::Action::"llm.call", resource);
+            @id("no-dear-calls")
+            forbid (principal, action, resource) when { context.cost_nanos > 1000000000 };
+            "#,
+        ))
+        .unwrap();
+        let d = p.decide(&q("researcher", "llm.call", "openai/gpt-4o", 10));
+        assert!(d.allow, "a run is in its agent: {d:?}");
+        let d = p.decide(&q("researcher", "llm.call", "openai/gpt-4o", 2_000_000_000));
+        assert_eq!(
+            (d.allow, d.policy_ids),
+            (false, vec!["no-dear-calls".to_string()])
+        );
+        let d = p.decide(&q("researcher", "tool.call", "http_request", 0));
+        assert!(!d.allow && d.policy_ids.is_empty(), "default deny: {d:?}");
+        let d = p.decide(&q("intruder", "llm.call", "openai/gpt-4o", 0));
+        assert!(!d.allow);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_diagnostics_and_the_active_set_stays() {
+        let p = Policies::new(None).unwrap();
+        let before = p.active().hash.clone();
+        let e = p.check("permit (principal, action, resource").unwrap_err();
+        assert!(matches!(e, PolicyError::Parse(_)), "{e}");
+        let e = p
+            .check(r#"permit (principal == Steward::Wizard::"x", action, resource);"#)
+            .unwrap_err();
+        assert!(matches!(e, PolicyError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("Wizard"), "{e}");
+        assert_eq!(p.active().hash, before);
+    }
+}
