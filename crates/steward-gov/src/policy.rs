@@ -5,13 +5,14 @@
 //! active set, and every decision names the set's hash and the policies that decided it.
 //! Without a permit, the answer is no.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid,
+    Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -56,6 +57,69 @@ pub struct PolicySetVersion {
     text: String,
     /// Hex SHA-256 of the policy text: what each decision records.
     pub hash: String,
+    /// The policies whose scope can match an (agent, action, resource), by that triple: Cedar
+    /// evaluates every policy it is given, so each decision is handed only these. A policy
+    /// scoped to a run goes into every slice of its kind (runs are many; such policies few).
+    slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
+}
+
+/// Agent, action, resource.
+type SliceKey = (String, &'static str, String);
+
+/// Slices kept per policy set before the cache starts over.
+const MAX_SLICES: usize = 10_000;
+
+impl PolicySetVersion {
+    fn slice(
+        &self,
+        agent: &EntityUid,
+        action_name: &'static str,
+        action: &EntityUid,
+        resource: &EntityUid,
+    ) -> Result<Arc<PolicySet>, String> {
+        let key = (agent.to_string(), action_name, resource.to_string());
+        if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(s);
+        }
+        let slice = PolicySet::from_policies(
+            self.set
+                .policies()
+                .filter(|p| may_apply(p, agent, action, resource))
+                .cloned(),
+        )
+        .map_err(|e| e.to_string())?;
+        let slice = Arc::new(slice);
+        if let Ok(mut m) = self.slices.lock() {
+            if m.len() >= MAX_SLICES {
+                m.clear();
+            }
+            m.insert(key, slice.clone());
+        }
+        Ok(slice)
+    }
+}
+
+/// Whether `p`'s scope can match a request by `agent` or any of its runs, doing `action` to
+/// `resource`. Conditions (`when`, `unless`) are left to Cedar.
+fn may_apply(p: &Policy, agent: &EntityUid, action: &EntityUid, resource: &EntityUid) -> bool {
+    let principal = match p.principal_constraint() {
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => true,
+        PrincipalConstraint::Eq(u)
+        | PrincipalConstraint::In(u)
+        | PrincipalConstraint::IsIn(_, u) => &u == agent || u.type_name().basename() == "Run",
+    };
+    let act = match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => &a == action,
+        ActionConstraint::In(list) => list.iter().any(|a| a == action),
+    };
+    let res = match p.resource_constraint() {
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => true,
+        ResourceConstraint::Eq(u) | ResourceConstraint::In(u) | ResourceConstraint::IsIn(_, u) => {
+            &u == resource
+        }
+    };
+    principal && act && res
 }
 
 impl PolicySetVersion {
@@ -137,6 +201,7 @@ impl Policies {
             Ok(u) => u,
             Err(e) => return deny(e),
         };
+        let agent_uid = agent.clone();
         let mut entities = vec![Entity::new_no_attrs(agent.clone(), HashSet::new())];
         let principal = match q.run {
             Some(run) => match uid("Run", run) {
@@ -151,9 +216,9 @@ impl Policies {
             },
             None => agent,
         };
-        let (rtype, action) = match q.action {
-            "llm.call" => ("Model", r#"Steward::Action::"llm.call""#),
-            "tool.call" => ("Tool", r#"Steward::Action::"tool.call""#),
+        let (rtype, action_name, action) = match q.action {
+            "llm.call" => ("Model", "llm.call", r#"Steward::Action::"llm.call""#),
+            "tool.call" => ("Tool", "tool.call", r#"Steward::Action::"tool.call""#),
             other => return deny(format!("no such action {other:?}")),
         };
         let resource = match uid(rtype, q.resource) {
@@ -162,6 +227,10 @@ impl Policies {
         };
         let Ok(action) = EntityUid::from_str(action) else {
             return deny("the action does not parse".into());
+        };
+        let slice = match active.slice(&agent_uid, action_name, &action, &resource) {
+            Ok(s) => s,
+            Err(e) => return deny(e),
         };
         let context = Context::from_pairs([
             (
@@ -185,17 +254,17 @@ impl Policies {
             Ok(c) => c,
             Err(e) => return deny(e.to_string()),
         };
-        let request = match Request::new(principal, action, resource, context, Some(&self.schema)) {
+        // Built here from known types, so checking them against the schema again on every
+        // decision would only cost time; the policies were validated against it.
+        let request = match Request::new(principal, action, resource, context, None) {
             Ok(r) => r,
             Err(e) => return deny(e.to_string()),
         };
-        let entities = match Entities::from_entities(entities, Some(&self.schema)) {
+        let entities = match Entities::from_entities(entities, None) {
             Ok(e) => e,
             Err(e) => return deny(e.to_string()),
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &active.set, &entities);
+        let response = self.authorizer.is_authorized(&request, &slice, &entities);
         let diagnostics = response.diagnostics();
         Decision {
             allow: response.decision() == CedarDecision::Allow,
@@ -231,6 +300,7 @@ fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError>
         return Err(PolicyError::Invalid(all.join("; ")));
     }
     Ok(PolicySetVersion {
+        slices: Mutex::new(HashMap::new()),
         hash: Sha256::digest(text.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -287,6 +357,40 @@ mod tests {
         assert!(!d.allow && d.policy_ids.is_empty(), "default deny: {d:?}");
         let d = p.decide(&q("intruder", "llm.call", "openai/gpt-4o", 0));
         assert!(!d.allow);
+    }
+
+    #[test]
+    fn slices_keep_every_policy_that_can_apply() {
+        let p = Policies::new(Some(
+            r#"
+            @id("this-run")
+            permit (principal == Steward::Run::"run_1", action, resource == Steward::Tool::"echo");
+            @id("tools-by-list")
+            permit (principal, action in [Steward::Action::"tool.call"], resource == Steward::Tool::"calc");
+            @id("is-model")
+            permit (principal is Steward::Agent, action, resource is Steward::Model);
+            "#,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.decide(&q("a", "tool.call", "echo", 0)).policy_ids,
+            ["this-run"]
+        );
+        assert_eq!(
+            p.decide(&q("b", "tool.call", "calc", 0)).policy_ids,
+            ["tools-by-list"]
+        );
+        assert!(!p.decide(&q("b", "tool.call", "grep", 0)).allow);
+        let other_run = Query {
+            run: Some("run_2"),
+            ..q("a", "tool.call", "echo", 0)
+        };
+        assert!(!p.decide(&other_run).allow, "scoped to run_1 only");
+        let as_agent = Query {
+            run: None,
+            ..q("a", "llm.call", "m", 0)
+        };
+        assert_eq!(p.decide(&as_agent).policy_ids, ["is-model"]);
     }
 
     #[test]
