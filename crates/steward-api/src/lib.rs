@@ -47,7 +47,10 @@ use utoipa::OpenApi;
         routes::verify_audit,
         routes::export_audit,
         routes::get_policies,
-        routes::put_policies
+        routes::put_policies,
+        routes::list_approvals,
+        routes::approve,
+        routes::deny
     ),
     components(schemas(
         wire::Agent,
@@ -78,6 +81,9 @@ use utoipa::OpenApi;
         wire::AuditProblem,
         wire::AuditReport,
         wire::PolicySet,
+        wire::Approval,
+        wire::ApprovalList,
+        wire::ApprovalDecision,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -113,6 +119,9 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/budgets", get(routes::list_budgets))
         .route("/circuits", get(routes::list_circuits))
         .route("/audit/verify", get(routes::verify_audit))
+        .route("/approvals", get(routes::list_approvals))
+        .route("/approvals/{id}/approve", post(routes::approve))
+        .route("/approvals/{id}/deny", post(routes::deny))
         .route(
             "/policies",
             get(routes::get_policies).put(routes::put_policies),

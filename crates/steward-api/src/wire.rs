@@ -391,3 +391,59 @@ pub struct PolicySet {
     pub hash: String,
     pub text: String,
 }
+
+/// An approval a policy asked for before a step may act.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    pub id: String,
+    pub run_id: String,
+    pub seq: i64,
+    /// The group the policy names.
+    pub approvers: String,
+    pub action: String,
+    pub resource: String,
+    pub policy_ids: Vec<String>,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub decided_by: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+}
+
+impl From<steward_store::ApprovalRecord> for Approval {
+    fn from(a: steward_store::ApprovalRecord) -> Self {
+        Approval {
+            policy_ids: serde_json::from_str(&a.policy_ids).unwrap_or_default(),
+            id: a.id,
+            run_id: a.run_id,
+            seq: a.seq,
+            approvers: a.approvers,
+            action: a.action,
+            resource: a.resource,
+            state: a.state,
+            reason: a.reason,
+            decided_by: a.decided_by,
+            created_at: a.created_at,
+            expires_at: a.expires_at,
+            decided_at: a.decided_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ApprovalList {
+    pub approvals: Vec<Approval>,
+}
+
+/// An approver's answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecision {
+    /// Why: it goes into the audit log.
+    pub reason: String,
+    /// Who decides (default: `api`).
+    #[serde(default)]
+    pub by: Option<String>,
+}

@@ -233,7 +233,7 @@ impl Gateway {
             time_ms: now,
             chain: &chain,
         });
-        if d.allow {
+        if d.allow && d.approval.is_none() {
             return Ok(d);
         }
         let record = steward_gov::AuditRecord {
@@ -245,7 +245,7 @@ impl Gateway {
             resource: model.into(),
             run_id: who.run.as_ref().map(|r| r.to_string()),
             step: Some(call_id.into()),
-            decision: Some("deny".into()),
+            decision: Some(if d.allow { "approval_required" } else { "deny" }.into()),
             policy_hash: Some(d.policy_hash.clone()),
             policy_ids: d.policy_ids.clone(),
             cost_nanos,
@@ -256,6 +256,12 @@ impl Gateway {
             .append_audit(&[(now, record)])
             .await
             .map_err(internal)?;
+        if let Some(group) = &d.approval {
+            // A gateway call cannot wait for a person; managed runs can.
+            return Err(GatewayError::Forbidden(format!(
+                "calling {model} needs approval from {group}, which only managed runs can wait for"
+            )));
+        }
         Err(GatewayError::Forbidden(if d.policy_ids.is_empty() {
             format!("no policy permits agent {} to call {model}", who.agent)
         } else {
@@ -809,6 +815,7 @@ fn call_audit(
         decision: Some(if decision.allow { "allow" } else { "deny" }.into()),
         policy_hash: Some(decision.policy_hash.clone()),
         policy_ids: decision.policy_ids.clone(),
+        approval: None,
         outcome: Some(outcome.status.clone()),
         error: outcome.error.clone(),
         tokens_in: outcome.tokens_in,

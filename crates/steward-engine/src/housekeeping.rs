@@ -46,6 +46,14 @@ pub(crate) async fn run(
                 tracing::warn!(error = %e, "could not release stale budget holds; will retry")
             }
         }
+        match store.expire_approvals(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                expired = n,
+                "approvals nobody decided in time count as denied"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not expire approvals; will retry"),
+        }
         if let Err(e) = store.purge_windows(now - KEEP_WINDOWS_MS).await {
             tracing::warn!(error = %e, "could not purge old rate-limit windows; will retry");
         }

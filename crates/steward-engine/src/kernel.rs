@@ -63,6 +63,12 @@ pub enum StepError {
         message: String,
         policy: BudgetPolicy,
     },
+    /// A policy asked for approval of this step; the run waits until it is decided.
+    AwaitingApproval {
+        id: String,
+        approvers: String,
+        what: String,
+    },
     /// The node is shutting down: stop before the next step; another life picks the run up.
     Draining,
     Store(String),
@@ -134,6 +140,8 @@ pub struct Kernel {
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
     pub(crate) policies: Arc<Policies>,
+    /// How long an approval may stay pending before it counts as denied.
+    pub(crate) approval_timeout_ms: i64,
     pub(crate) tools: Tools,
     pub(crate) host: Arc<dyn ToolHost>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -281,7 +289,8 @@ impl Kernel {
         };
         // Authorize: the policy decides, and its decision is audited with the intent.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
-        let (decision, decision_record) = self.authorize(ctx, &action, cost.unwrap_or(0), seq);
+        let (decision, approval_note, decision_record) =
+            self.authorize(ctx, &action, cost.unwrap_or(0), seq).await?;
         // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
         let held = match estimate {
             Some(e) if decision.allow => self.hold(ctx, e, &idempotency_key).await?,
@@ -320,7 +329,7 @@ impl Kernel {
         let acted = if decision.allow {
             self.act(ctx, seq, &idempotency_key, action).await
         } else {
-            denied(&decision, &action)
+            denied(&decision, approval_note.as_deref(), &action)
         };
         let (result, spent) = match acted {
             Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => (Err(e), 0),
@@ -443,14 +452,16 @@ impl Kernel {
     }
 
     /// Asks the policy whether the run may take this step; the decision's audit record goes
-    /// with the step's intent.
-    fn authorize(
+    /// with the step's intent. A permit that asks for approval makes the run wait for it: the
+    /// approval is requested once per step, and the step, decided again when the run resumes,
+    /// acts if it was approved and is denied if it was denied or expired.
+    async fn authorize(
         &self,
         ctx: &RunCtx,
         action: &Action<'_>,
         cost_nanos: i64,
         seq: i64,
-    ) -> (Decision, String) {
+    ) -> Result<(Decision, Option<String>, String), StepError> {
         let (act, resource) = match action {
             Action::Model { .. } => ("llm.call", ctx.spec.model.as_str()),
             Action::Tool { name, .. } => ("tool.call", *name),
@@ -460,7 +471,7 @@ impl Kernel {
             format!("run:{}", ctx.run.id),
         ];
         let now = self.clock.now_ms();
-        let d = self.policies.decide(&Query {
+        let mut d = self.policies.decide(&Query {
             agent: &ctx.run.agent,
             run: Some(ctx.run.id.as_str()),
             action: act,
@@ -469,24 +480,85 @@ impl Kernel {
             time_ms: now,
             chain: &chain,
         });
-        let record = steward_gov::AuditRecord {
-            at: now,
-            event: "decision",
-            principal: format!("run:{}", ctx.run.id),
-            chain: chain.to_vec(),
-            action: act.into(),
-            resource: resource.into(),
-            run_id: Some(ctx.run.id.to_string()),
-            step: Some(seq.to_string()),
-            decision: Some(if d.allow { "allow" } else { "deny" }.into()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
-            error: (!d.errors.is_empty()).then(|| d.errors.join("; ")),
-            cost_nanos,
-            ..Default::default()
+        let record = |d: &Decision, verdict: &str, approval: Option<String>| {
+            steward_gov::AuditRecord {
+                at: now,
+                event: "decision",
+                principal: format!("run:{}", ctx.run.id),
+                chain: chain.to_vec(),
+                action: act.into(),
+                resource: resource.into(),
+                run_id: Some(ctx.run.id.to_string()),
+                step: Some(seq.to_string()),
+                decision: Some(verdict.into()),
+                policy_hash: Some(d.policy_hash.clone()),
+                policy_ids: d.policy_ids.clone(),
+                approval,
+                error: (!d.errors.is_empty()).then(|| d.errors.join("; ")),
+                cost_nanos,
+                ..Default::default()
+            }
+            .to_json()
+        };
+        let mut note = None;
+        if let (true, Some(group)) = (d.allow, d.approval.clone()) {
+            let store = &self.budgets.store;
+            let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
+            let run = ctx.run.id.as_str();
+            let existing = store.approval_for(run, seq).await.map_err(store_err)?;
+            match existing {
+                Some(a) if a.state == "approved" => {
+                    note = Some(format!(
+                        "{} approved by {}: {}",
+                        a.id,
+                        a.decided_by.unwrap_or_default(),
+                        a.reason.unwrap_or_default()
+                    ));
+                }
+                Some(a) if a.state != "pending" => {
+                    d.allow = false;
+                    note = Some(format!(
+                        "{} {}{}: {}",
+                        a.id,
+                        a.state,
+                        a.decided_by.map(|b| format!(" by {b}")).unwrap_or_default(),
+                        a.reason.unwrap_or_default()
+                    ));
+                }
+                existing => {
+                    let a = match existing {
+                        Some(a) => a,
+                        None => {
+                            let new = steward_store::NewApproval {
+                                id: self.clock.new_id("apr"),
+                                run_id: run.to_string(),
+                                seq,
+                                approvers: group.clone(),
+                                action: act.to_string(),
+                                resource: resource.to_string(),
+                                policy_ids: serde_json::to_string(&d.policy_ids)
+                                    .unwrap_or_default(),
+                                expires_at: now + self.approval_timeout_ms,
+                            };
+                            store.request_approval(&new, now).await.map_err(store_err)?
+                        }
+                    };
+                    let r = record(&d, "approval_required", Some(a.id.clone()));
+                    self.journal
+                        .append_audited(Vec::new(), vec![(now, r)])
+                        .await
+                        .map_err(|e| StepError::Store(e.to_string()))?;
+                    return Err(StepError::AwaitingApproval {
+                        id: a.id,
+                        approvers: group,
+                        what: format!("{act} {resource}"),
+                    });
+                }
+            }
         }
-        .to_json();
-        (d, record)
+        let verdict = if d.allow { "allow" } else { "deny" };
+        let r = record(&d, verdict, note.clone());
+        Ok((d, note, r))
     }
 
     async fn hold(
@@ -633,11 +705,15 @@ impl Kernel {
 
 /// The outcome of a step the policy denied: a tool call's error is shown to the model (it may
 /// do something else); a model call ends the run.
-fn denied(d: &Decision, action: &Action<'_>) -> Result<(Outcome, i64), StepError> {
-    let by = if d.policy_ids.is_empty() {
-        "no policy permits it".to_string()
-    } else {
-        format!("forbidden by {}", d.policy_ids.join(", "))
+fn denied(
+    d: &Decision,
+    approval: Option<&str>,
+    action: &Action<'_>,
+) -> Result<(Outcome, i64), StepError> {
+    let by = match approval {
+        Some(a) => format!("approval {a}"),
+        None if d.policy_ids.is_empty() => "no policy permits it".to_string(),
+        None => format!("forbidden by {}", d.policy_ids.join(", ")),
     };
     match action {
         Action::Tool { name, .. } => Ok((
@@ -703,6 +779,9 @@ pub(crate) fn step_error_text(e: &StepError) -> String {
             policy.as_str()
         ),
         StepError::BudgetExceeded { message, .. } => message.clone(),
+        StepError::AwaitingApproval { id, approvers, what } => format!(
+            "{what} needs approval from {approvers}: steward approve {id} --reason … (or deny)"
+        ),
         StepError::Draining => "the node is shutting down".into(),
     }
 }

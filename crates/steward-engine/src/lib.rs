@@ -140,6 +140,7 @@ impl Engine {
             router,
             budgets,
             policies: opts.policies.clone(),
+            approval_timeout_ms: opts.gov.approval_timeout_ms as i64,
             tools: opts.tools,
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
@@ -488,6 +489,49 @@ impl Engine {
             .filter(|l| l.hash == active.hash)
             .map_or(0, |l| l.version);
         Ok((version, active.hash.clone(), active.text().to_string()))
+    }
+
+    /// Approvals policies asked for, newest first; `state` filters (`pending`, `approved`,
+    /// `denied`, `expired`).
+    pub async fn list_approvals(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<steward_store::ApprovalRecord>> {
+        if let Some(s) = state {
+            if !matches!(s, "pending" | "approved" | "denied" | "expired") {
+                return Err(Error::InvalidRequest(format!(
+                    "state: {s:?} is not pending, approved, denied or expired"
+                )));
+            }
+        }
+        Ok(self.store().list_approvals(state, limit).await?)
+    }
+
+    /// Approves or denies a pending approval; its run resumes and its step acts, or is denied.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        by: &str,
+    ) -> Result<steward_store::ApprovalRecord> {
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest(
+                "reason: required — say why, for the audit log".into(),
+            ));
+        }
+        let rec = self
+            .store()
+            .decide_approval(id, approve, reason, by, self.inner.shared.clock.now_ms())
+            .await
+            .map_err(|e| match e {
+                steward_store::Error::Conflict(m) => Error::Conflict(m),
+                other => other.into(),
+            })?
+            .ok_or_else(|| Error::NotFound(format!("no approval {id}")))?;
+        self.inner.shared.wake.notify_one();
+        Ok(rec)
     }
 
     /// The engine's metrics in the Prometheus text format.

@@ -220,6 +220,12 @@ async fn execute(
                 ..RunUpdate::state(RunState::Waiting)
             }),
             StepError::BudgetExceeded { message, .. } => fail(run_error::BUDGET_EXCEEDED, message.clone()),
+            StepError::AwaitingApproval { .. } => Some(RunUpdate {
+                wait_kind: Some(steward_store::WAIT_APPROVAL.into()),
+                error_code: Some(run_error::AWAITING_APPROVAL.into()),
+                error_message: Some(step_error_text(&e)),
+                ..RunUpdate::state(RunState::Waiting)
+            }),
         },
     }
 }

@@ -149,6 +149,9 @@ pub struct Decision {
     pub policy_hash: String,
     /// Policies that failed to evaluate (they are skipped, as Cedar does).
     pub errors: Vec<String>,
+    /// When a permit that allowed carries `@approval("group")`: the group that must approve
+    /// before the step may act.
+    pub approval: Option<String>,
 }
 
 pub struct Policies {
@@ -196,6 +199,7 @@ impl Policies {
             policy_ids: Vec::new(),
             policy_hash: active.hash.clone(),
             errors: vec![why],
+            approval: None,
         };
         let agent = match uid("Agent", q.agent) {
             Ok(u) => u,
@@ -266,8 +270,15 @@ impl Policies {
         };
         let response = self.authorizer.is_authorized(&request, &slice, &entities);
         let diagnostics = response.diagnostics();
+        let allow = response.decision() == CedarDecision::Allow;
+        let approval: Option<String> = diagnostics
+            .reason()
+            .find_map(|id| slice.annotation(id, "approval"))
+            .filter(|_| allow)
+            .map(str::to_string);
         Decision {
-            allow: response.decision() == CedarDecision::Allow,
+            allow,
+            approval,
             policy_ids: diagnostics
                 .reason()
                 .map(|id| {
@@ -391,6 +402,21 @@ mod tests {
             ..q("a", "llm.call", "m", 0)
         };
         assert_eq!(p.decide(&as_agent).policy_ids, ["is-model"]);
+    }
+
+    #[test]
+    fn a_permit_can_ask_for_approval() {
+        let p = Policies::new(Some(
+            r#"
+            @id("payments-need-finance") @approval("finance")
+            permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"pay");
+            @id("echo") permit (principal, action, resource == Steward::Tool::"echo");
+            "#,
+        ))
+        .unwrap();
+        let d = p.decide(&q("a", "tool.call", "pay", 0));
+        assert_eq!((d.allow, d.approval.as_deref()), (true, Some("finance")));
+        assert_eq!(p.decide(&q("a", "tool.call", "echo", 0)).approval, None);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct AuditRecord {
     pub decision: Option<String>,
     pub policy_hash: Option<String>,
     pub policy_ids: Vec<String>,
+    /// The approval a policy asked for, and what became of it.
+    pub approval: Option<String>,
     /// `ok` or `error`.
     pub outcome: Option<String>,
     pub error: Option<String>,

@@ -225,6 +225,29 @@ pub trait AuditStore: Send + Sync {
     async fn prune_audit(&self, before: Millis) -> Result<u64>;
 }
 
+/// Approvals policies ask for.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
+    /// Asks for an approval, unless one exists for the same step; returns the step's approval.
+    async fn request_approval(&self, a: &NewApproval, now: Millis) -> Result<ApprovalRecord>;
+    async fn approval_for(&self, run_id: &str, seq: i64) -> Result<Option<ApprovalRecord>>;
+    async fn get_approval(&self, id: &str) -> Result<Option<ApprovalRecord>>;
+    /// Newest first; `state` filters.
+    async fn list_approvals(&self, state: Option<&str>, limit: i64) -> Result<Vec<ApprovalRecord>>;
+    /// Approves or denies a pending approval and requeues its run — one transaction. `None`
+    /// when there is no such approval; `Conflict` when it was decided already.
+    async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        by: &str,
+        now: Millis,
+    ) -> Result<Option<ApprovalRecord>>;
+    /// Marks pending approvals past their expiry `expired` (a denial) and requeues their runs.
+    async fn expire_approvals(&self, now: Millis) -> Result<u64>;
+}
+
 /// Versions of the policy set.
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
@@ -262,6 +285,7 @@ pub trait Store:
     + BreakerStore
     + AuditStore
     + PolicyStore
+    + ApprovalStore
     + RateStore
     + CacheStore
 {

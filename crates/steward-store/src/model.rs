@@ -8,6 +8,8 @@ use crate::{Error, Result};
 pub const WAIT_CHILD: &str = "child";
 /// `runs.wait_kind` when the run waits for a human: nobody drives it until they answer.
 pub const WAIT_HUMAN: &str = "human";
+/// `runs.wait_kind` when the run waits for an approval a policy asked for.
+pub const WAIT_APPROVAL: &str = "approval";
 
 #[derive(Clone, Debug)]
 pub struct NewAgent {
@@ -362,4 +364,37 @@ pub struct PolicySetRecord {
     pub hash: String,
     pub text: String,
     pub created_at: Millis,
+}
+
+/// An approval to ask for.
+#[derive(Clone, Debug)]
+pub struct NewApproval {
+    pub id: String,
+    pub run_id: String,
+    pub seq: i64,
+    /// The group the policy names (`@approval("finance")`).
+    pub approvers: String,
+    pub action: String,
+    pub resource: String,
+    /// JSON array of the policy ids that asked.
+    pub policy_ids: String,
+    pub expires_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub run_id: String,
+    pub seq: i64,
+    pub approvers: String,
+    pub action: String,
+    pub resource: String,
+    pub policy_ids: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub decided_by: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub decided_at: Option<Millis>,
 }

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    merkle, AgentStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error, GatewayStore,
-    JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore, Store,
+    merkle, AgentStore, ApprovalStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error,
+    GatewayStore, JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -95,6 +95,10 @@ const CLAIMABLE: &str =
     "(state IN ('queued', 'running') OR (state = 'waiting' AND wait_kind = 'child'))";
 
 const TERMINAL: &str = "('succeeded', 'failed', 'cancelled')";
+
+const APPROVAL_COLUMNS: &str =
+    "id, run_id, seq, approvers, action, resource, policy_ids, state, reason, \
+     decided_by, created_at, expires_at, decided_at";
 
 /// Rows per multi-row INSERT: 13 columns × 500 stays under both backends' parameter limits.
 const JOURNAL_CHUNK: usize = 500;
@@ -270,7 +274,8 @@ macro_rules! impl_store {
             }
 
             async fn update_run(&self, id: &RunId, node: &NodeId, u: &RunUpdate, now: Millis) -> Result<bool> {
-                let release = u.state.is_terminal() || u.wait_kind.as_deref() == Some(WAIT_HUMAN);
+                let release = u.state.is_terminal()
+                    || matches!(u.wait_kind.as_deref(), Some(WAIT_HUMAN | WAIT_APPROVAL));
                 let sql = format!(
                     "UPDATE runs SET state = $1, wait_kind = $2, result = $3, error_code = $4, \
                        error_message = $5, updated_at = $6{} \
@@ -310,7 +315,7 @@ macro_rules! impl_store {
                     "UPDATE runs SET state = 'cancelled', wait_kind = NULL, lease_owner = NULL, lease_expires = NULL, \
                        error_code = 'cancelled', error_message = cancel_reason \
                      WHERE id = $1 AND state NOT IN {TERMINAL} \
-                       AND (state = 'queued' OR wait_kind = 'human' OR lease_owner IS NULL OR lease_expires < $2)"
+                       AND (state = 'queued' OR wait_kind IN ('human', 'approval') OR lease_owner IS NULL OR lease_expires < $2)"
                 ))
                 .bind(id.as_str())
                 .bind(now)
@@ -655,6 +660,20 @@ macro_rules! impl_store {
                 Ok((size, merkle::hex(&tree.root())))
             }
 
+            /// Puts a run waiting for an approval back in the queue, inside `tx`: its step is
+            /// decided again, and finds the approval's answer.
+            async fn requeue_approval_wait(tx: &mut sqlx::Transaction<'static, $db>, run: &str, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "UPDATE runs SET state = 'queued', wait_kind = NULL, error_code = NULL, error_message = NULL, \
+                       updated_at = $1 WHERE id = $2 AND state = 'waiting' AND wait_kind = 'approval'",
+                )
+                .bind(now)
+                .bind(run)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Settles hold `id`, if there is one: releases what it held and books `spent` on
             /// the same accounts, inside `tx`.
             async fn settle_in(tx: &mut sqlx::Transaction<'static, $db>, id: &str, spent: i64, now: Millis) -> Result<()> {
@@ -894,6 +913,111 @@ macro_rules! impl_store {
                     .execute(&self.write)
                     .await?
                     .rows_affected())
+            }
+        }
+
+        #[async_trait]
+        impl ApprovalStore for $store {
+            async fn request_approval(&self, a: &NewApproval, now: Millis) -> Result<ApprovalRecord> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query(
+                    "INSERT INTO approvals (id, run_id, seq, approvers, action, resource, policy_ids, state, \
+                       created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) \
+                     ON CONFLICT (run_id, seq) DO NOTHING",
+                )
+                .bind(&a.id)
+                .bind(&a.run_id)
+                .bind(a.seq)
+                .bind(&a.approvers)
+                .bind(&a.action)
+                .bind(&a.resource)
+                .bind(&a.policy_ids)
+                .bind(now)
+                .bind(a.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                let rec: ApprovalRecord = sqlx::query_as(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE run_id = $1 AND seq = $2"))
+                    .bind(&a.run_id)
+                    .bind(a.seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rec)
+            }
+
+            async fn approval_for(&self, run_id: &str, seq: i64) -> Result<Option<ApprovalRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE run_id = $1 AND seq = $2"))
+                    .bind(run_id)
+                    .bind(seq)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn get_approval(&self, id: &str) -> Result<Option<ApprovalRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_approvals(&self, state: Option<&str>, limit: i64) -> Result<Vec<ApprovalRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE ($1 IS NULL OR state = $1) \
+                     ORDER BY created_at DESC, id LIMIT $2"
+                ))
+                .bind(state)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn decide_approval(&self, id: &str, approve: bool, reason: &str, by: &str, now: Millis) -> Result<Option<ApprovalRecord>> {
+                let mut tx = self.write.begin().await?;
+                let n = sqlx::query(
+                    "UPDATE approvals SET state = $1, reason = $2, decided_by = $3, decided_at = $4 \
+                     WHERE id = $5 AND state = 'pending'",
+                )
+                .bind(if approve { "approved" } else { "denied" })
+                .bind(reason)
+                .bind(by)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let rec: Option<ApprovalRecord> = sqlx::query_as(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(rec) = rec else {
+                    return Ok(None);
+                };
+                if n == 0 {
+                    return Err(Error::Conflict(format!("approval {id} is {} already", rec.state)));
+                }
+                Self::requeue_approval_wait(&mut tx, &rec.run_id, now).await?;
+                tx.commit().await?;
+                self.wake(WAKE_RUN).await;
+                Ok(Some(rec))
+            }
+
+            async fn expire_approvals(&self, now: Millis) -> Result<u64> {
+                let mut tx = self.write.begin().await?;
+                let expired: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE approvals SET state = 'expired', decided_at = $1, reason = 'no approver decided in time' \
+                     WHERE state = 'pending' AND expires_at <= $1 RETURNING run_id",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (run,) in &expired {
+                    Self::requeue_approval_wait(&mut tx, run, now).await?;
+                }
+                tx.commit().await?;
+                if !expired.is_empty() {
+                    self.wake(WAKE_RUN).await;
+                }
+                Ok(expired.len() as u64)
             }
         }
 

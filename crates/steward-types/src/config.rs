@@ -39,6 +39,8 @@ pub struct GovConfig {
     /// the active set stays; on a new database, the default (agents may call models and the
     /// tools their manifests list).
     pub policy_file: Option<PathBuf>,
+    /// How long an approval a policy asked for may stay pending; then it counts as denied.
+    pub approval_timeout_ms: u64,
     /// How often the audit tree's head is signed, when it has grown.
     pub checkpoint_ms: u64,
     /// Records older than this many days have their bodies cleared (their hashes stay, so the
@@ -52,6 +54,7 @@ impl Default for GovConfig {
             audit_key_file: None,
             audit_trusted_keys: Vec::new(),
             policy_file: None,
+            approval_timeout_ms: 86_400_000,
             checkpoint_ms: 1_000,
             audit_retention_days: None,
         }

@@ -44,5 +44,6 @@ pub mod run_error {
     pub const CHILD_FAILED: &str = "child_failed";
     pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
     pub const POLICY_DENIED: &str = "policy_denied";
+    pub const AWAITING_APPROVAL: &str = "awaiting_approval";
     pub const INTERNAL: &str = "internal";
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use steward_api::wire::{
-    Agent, AgentList, ApplyResult, AuditReport, CostReport, Journal, JournalItem, Run, RunList,
+    Agent, AgentList, ApplyResult, Approval, ApprovalList, AuditReport, CostReport, Journal,
+    JournalItem, Run, RunList,
 };
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -448,6 +449,40 @@ impl Client {
                 Ok(())
             }
         }
+    }
+
+    pub async fn approvals(&self, state: &str) -> anyhow::Result<()> {
+        let r: ApprovalList = self
+            .get_json(&format!("/api/v1/approvals?state={state}"))
+            .await?;
+        println!(
+            "{:<38} {:<10} {:<12} {:<30} RUN",
+            "ID", "STATE", "APPROVERS", "STEP"
+        );
+        for a in &r.approvals {
+            println!(
+                "{:<38} {:<10} {:<12} {:<30} {}",
+                a.id,
+                a.state,
+                clip(&a.approvers, 12),
+                clip(&format!("{} {}", a.action, a.resource), 30),
+                a.run_id
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn decide(&self, id: &str, approve: bool, reason: &str) -> anyhow::Result<()> {
+        let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        let verb = if approve { "approve" } else { "deny" };
+        let a: Approval = self
+            .post_json(
+                &format!("/api/v1/approvals/{id}/{verb}"),
+                &serde_json::json!({"reason": reason, "by": who}),
+            )
+            .await?;
+        println!("approval {} {}; run {} resumes", a.id, a.state, a.run_id);
+        Ok(())
     }
 
     pub async fn resolve(&self, id: &str, action: ResolveWhat) -> anyhow::Result<()> {

@@ -82,6 +82,23 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
+    /// Approvals policies asked for (pending ones unless --state says otherwise).
+    Approvals {
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Approve a pending approval: its run resumes and the step acts.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny a pending approval: its run resumes and the step is denied.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// The tamper-evident audit log: `verify` it, or `export` records with inclusion proofs.
     Audit {
         #[command(subcommand)]
@@ -122,6 +139,9 @@ fn main() -> std::process::ExitCode {
             Command::Resolve { run, action } => c?.resolve(&run, action).await,
             Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Audit { what } => c?.audit(what).await,
+            Command::Approvals { state } => c?.approvals(&state).await,
+            Command::Approve { id, reason } => c?.decide(&id, true, &reason).await,
+            Command::Deny { id, reason } => c?.decide(&id, false, &reason).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

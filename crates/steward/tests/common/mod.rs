@@ -240,7 +240,9 @@ impl TestServer {
         loop {
             let (_, r) = self.get(&format!("/api/v1/runs/{id}")).await;
             let st = r["state"].as_str().unwrap_or("");
-            if matches!(st, "succeeded" | "failed" | "cancelled") || r["wait_kind"] == "human" {
+            if matches!(st, "succeeded" | "failed" | "cancelled")
+                || matches!(r["wait_kind"].as_str(), Some("human" | "approval"))
+            {
                 return r;
             }
             assert!(
