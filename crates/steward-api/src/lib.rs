@@ -50,7 +50,10 @@ use utoipa::OpenApi;
         routes::put_policies,
         routes::list_approvals,
         routes::approve,
-        routes::deny
+        routes::deny,
+        routes::put_secret,
+        routes::list_secrets,
+        routes::delete_secret
     ),
     components(schemas(
         wire::Agent,
@@ -84,6 +87,9 @@ use utoipa::OpenApi;
         wire::Approval,
         wire::ApprovalList,
         wire::ApprovalDecision,
+        wire::PutSecret,
+        wire::Secret,
+        wire::SecretList,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -120,6 +126,11 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/circuits", get(routes::list_circuits))
         .route("/audit/verify", get(routes::verify_audit))
         .route("/approvals", get(routes::list_approvals))
+        .route("/secrets", get(routes::list_secrets))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(routes::put_secret).delete(routes::delete_secret),
+        )
         .route("/approvals/{id}/approve", post(routes::approve))
         .route("/approvals/{id}/deny", post(routes::deny))
         .route(

@@ -447,3 +447,22 @@ pub struct ApprovalDecision {
     #[serde(default)]
     pub by: Option<String>,
 }
+
+/// A secret's value, to seal in the vault. It is never returned.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    pub value: String,
+}
+
+/// A secret as the API shows it: its name and when it was set, never its value.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Secret {
+    pub name: String,
+    pub updated_at: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<Secret>,
+}

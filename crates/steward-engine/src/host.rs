@@ -22,6 +22,8 @@ pub(crate) struct Shared {
     pub wake: Notify,
     /// Signalled whenever a run this node drove has ended.
     pub finished: Notify,
+    /// Credentials for tools (`{{secret:NAME}}`), when a vault is configured.
+    pub vault: Option<Arc<crate::vault::Vault>>,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);
@@ -32,6 +34,11 @@ fn failed(e: impl std::fmt::Display) -> ToolError {
 
 #[async_trait::async_trait]
 impl ToolHost for Host {
+    fn secret(&self, name: &str) -> Option<String> {
+        use steward_llm::SecretSource;
+        self.0.vault.as_ref()?.secret(name)
+    }
+
     async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<(), ToolError> {
         self.0
             .store

@@ -121,11 +121,12 @@ pub(crate) fn apply_policy_set(
     }
 }
 
-/// Follows the database's latest policy set, so a set put in force through one node is in
-/// force on every node within `every`.
+/// Follows the database's latest policy set and the vault's secrets, so a set put in force or
+/// a key rotated through one node applies on every node within `every`.
 pub(crate) async fn follow_policies(
     store: Arc<dyn Store>,
     policies: Arc<steward_gov::Policies>,
+    vault: Option<Arc<crate::vault::Vault>>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -133,6 +134,12 @@ pub(crate) async fn follow_policies(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
+        }
+        // Secrets another node set or rotated.
+        if let Some(v) = &vault {
+            if let Err(e) = v.refresh().await {
+                tracing::warn!(error = %e, "could not re-read the vault");
+            }
         }
         match store.latest_policy_set().await {
             Ok(Some(rec)) => apply_policy_set(&policies, &rec),

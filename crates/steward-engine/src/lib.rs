@@ -13,6 +13,7 @@ mod kernel;
 mod metrics;
 mod runs;
 mod ttl_cache;
+pub mod vault;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,8 @@ pub struct EngineOptions {
     pub gov: steward_types::config::GovConfig,
     /// Decides every syscall.
     pub policies: Arc<steward_gov::Policies>,
+    /// Provider and tool credentials, encrypted at rest.
+    pub vault: Option<Arc<vault::Vault>>,
 }
 
 struct Inner {
@@ -110,6 +113,7 @@ impl Engine {
             clock: opts.clock.clone(),
             wake: tokio::sync::Notify::new(),
             finished: tokio::sync::Notify::new(),
+            vault: opts.vault.clone(),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(
@@ -171,6 +175,7 @@ impl Engine {
         tokio::spawn(housekeeping::follow_policies(
             engine.inner.shared.store.clone(),
             engine.inner.kernel.policies.clone(),
+            engine.inner.shared.vault.clone(),
             Duration::from_millis(breaker_sync_ms.max(10)),
             engine.inner.draining.clone(),
         ));
@@ -532,6 +537,34 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(format!("no approval {id}")))?;
         self.inner.shared.wake.notify_one();
         Ok(rec)
+    }
+
+    fn vault(&self) -> Result<&Arc<vault::Vault>> {
+        self.inner
+            .shared
+            .vault
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("no vault is configured on this node".into()))
+    }
+
+    /// Seals and stores a secret; its value is never returned.
+    pub async fn put_secret(&self, name: &str, value: &str) -> Result<i64> {
+        let now = self.inner.shared.clock.now_ms();
+        self.vault()?.put(name, value, now).await?;
+        Ok(now)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<()> {
+        if self.vault()?.delete(name).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("no secret {name}")))
+        }
+    }
+
+    /// The secrets' names and when each was set.
+    pub async fn secret_names(&self) -> Result<Vec<(String, i64)>> {
+        self.vault()?.names().await
     }
 
     /// The engine's metrics in the Prometheus text format.

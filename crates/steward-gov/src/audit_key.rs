@@ -118,7 +118,8 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     parse_hex(s)?.try_into().ok()
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a new file readable by its owner only.
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

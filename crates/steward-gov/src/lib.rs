@@ -8,6 +8,7 @@ pub mod export;
 pub mod policy;
 pub mod proof;
 pub mod record;
+pub mod vault;
 pub mod verify;
 
 pub use audit_key::AuditKey;

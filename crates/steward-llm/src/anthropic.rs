@@ -14,7 +14,7 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub struct AnthropicProvider {
     name: String,
     base_url: String,
-    api_key: Option<String>,
+    api_key: crate::ApiKey,
     timeout_ms: u64,
     http: reqwest::Client,
 }
@@ -29,10 +29,16 @@ impl AnthropicProvider {
         Ok(AnthropicProvider {
             name: name.to_string(),
             base_url: base_url.to_string(),
-            api_key,
+            api_key: api_key.map_or(crate::ApiKey::None, crate::ApiKey::Static),
             timeout_ms,
             http: client(timeout_ms)?,
         })
+    }
+
+    /// Takes the key from `key` at every call instead (e.g. from the vault).
+    pub fn with_key(mut self, key: crate::ApiKey) -> Self {
+        self.api_key = key;
+        self
     }
 }
 
@@ -169,7 +175,7 @@ impl Provider for AnthropicProvider {
             .post(&url)
             .header("anthropic-version", API_VERSION)
             .json(&wire_request(req));
-        if let Some(k) = &self.api_key {
+        if let Some(k) = &self.api_key.current() {
             rb = rb.header("x-api-key", k);
         }
         let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
@@ -193,7 +199,7 @@ impl Provider for AnthropicProvider {
             .post(&url)
             .header("anthropic-version", API_VERSION)
             .json(&wire);
-        if let Some(k) = &self.api_key {
+        if let Some(k) = &self.api_key.current() {
             rb = rb.header("x-api-key", k);
         }
         let upstream = crate::http::post_stream(&self.name, self.timeout_ms, rb, &url).await?;

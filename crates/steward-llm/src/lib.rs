@@ -68,5 +68,33 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// Where a provider's key comes from.
+#[derive(Clone, Default)]
+pub enum ApiKey {
+    #[default]
+    None,
+    Static(String),
+    /// Read from the vault by name on every call, so a rotated key applies at once.
+    Secret {
+        name: String,
+        source: std::sync::Arc<dyn SecretSource>,
+    },
+}
+
+impl ApiKey {
+    pub fn current(&self) -> Option<String> {
+        match self {
+            ApiKey::None => None,
+            ApiKey::Static(k) => Some(k.clone()),
+            ApiKey::Secret { name, source } => source.secret(name),
+        }
+    }
+}
+
+/// Credentials by name, decrypted, at call time (the engine's vault).
+pub trait SecretSource: Send + Sync {
+    fn secret(&self, name: &str) -> Option<String>;
+}
+
 pub use anthropic::AnthropicProvider;
 pub use openai::OpenAiProvider;

@@ -9,7 +9,7 @@ use crate::{ChatRequest, ChatResponse, Error, Message, Provider, Result, Role, U
 pub struct OpenAiProvider {
     name: String,
     base_url: String,
-    api_key: Option<String>,
+    api_key: crate::ApiKey,
     timeout_ms: u64,
     http: reqwest::Client,
 }
@@ -24,10 +24,16 @@ impl OpenAiProvider {
         Ok(OpenAiProvider {
             name: name.to_string(),
             base_url: base_url.to_string(),
-            api_key,
+            api_key: api_key.map_or(crate::ApiKey::None, crate::ApiKey::Static),
             timeout_ms,
             http: client(timeout_ms)?,
         })
+    }
+
+    /// Takes the key from `key` at every call instead (e.g. from the vault).
+    pub fn with_key(mut self, key: crate::ApiKey) -> Self {
+        self.api_key = key;
+        self
     }
 }
 
@@ -130,7 +136,7 @@ impl Provider for OpenAiProvider {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse> {
         let url = join(&self.base_url, "chat/completions");
         let mut rb = self.http.post(&url).json(&wire_request(req));
-        if let Some(k) = &self.api_key {
+        if let Some(k) = &self.api_key.current() {
             rb = rb.bearer_auth(k);
         }
         let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
@@ -186,7 +192,7 @@ impl Provider for OpenAiProvider {
 impl OpenAiProvider {
     fn request(&self, url: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
         let mut rb = self.http.post(url).json(body);
-        if let Some(k) = &self.api_key {
+        if let Some(k) = &self.api_key.current() {
             rb = rb.bearer_auth(k);
         }
         rb

@@ -48,6 +48,15 @@ impl Providers {
     /// Builds every configured provider. Keys are read from the environment variable each
     /// provider names; a missing variable is an error now rather than a 401 later.
     pub fn from_config(cfg: &LlmConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::with_secrets(cfg, env, None)
+    }
+
+    /// As `from_config`, with the vault for providers that name an `api_key_secret`.
+    pub fn with_secrets(
+        cfg: &LlmConfig,
+        env: impl Fn(&str) -> Option<String>,
+        secrets: Option<Arc<dyn crate::SecretSource>>,
+    ) -> Result<Self> {
         let mut by_name: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
         for (name, p) in &cfg.providers {
             if name == crate::SCRIPTED_LABEL {
@@ -63,13 +72,36 @@ impl Providers {
                 })?),
                 None => None,
             };
+            let vault_key = match (&p.api_key_secret, &secrets) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(Error::Route(format!(
+                        "llm.providers.{name}.api_key_secret: no vault is available here"
+                    )))
+                }
+                (Some(_), Some(_)) if p.api_key_env.is_some() => {
+                    return Err(Error::Route(format!(
+                        "llm.providers.{name}: give api_key_env or api_key_secret, not both"
+                    )))
+                }
+                (Some(secret), Some(source)) => Some(crate::ApiKey::Secret {
+                    name: secret.clone(),
+                    source: source.clone(),
+                }),
+            };
             let timeout = p.timeout_ms.unwrap_or(cfg.timeout_ms);
-            let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::Openai => {
+            let provider: Arc<dyn Provider> = match (p.kind, vault_key) {
+                (ProviderKind::Openai, None) => {
                     Arc::new(OpenAiProvider::new(name, &p.base_url, key, timeout)?)
                 }
-                ProviderKind::Anthropic => {
+                (ProviderKind::Openai, Some(k)) => {
+                    Arc::new(OpenAiProvider::new(name, &p.base_url, None, timeout)?.with_key(k))
+                }
+                (ProviderKind::Anthropic, None) => {
                     Arc::new(AnthropicProvider::new(name, &p.base_url, key, timeout)?)
+                }
+                (ProviderKind::Anthropic, Some(k)) => {
+                    Arc::new(AnthropicProvider::new(name, &p.base_url, None, timeout)?.with_key(k))
                 }
             };
             by_name.insert(name.clone(), provider);

@@ -289,6 +289,7 @@ mod tests {
                     kind: ProviderKind::Openai,
                     base_url: "http://127.0.0.1:1".into(),
                     api_key_env: None,
+                    api_key_secret: None,
                     timeout_ms: None,
                 },
             );
@@ -374,6 +375,7 @@ mod tests {
                 kind: ProviderKind::Openai,
                 base_url: "http://x".into(),
                 api_key_env: None,
+                api_key_secret: None,
                 timeout_ms: None,
             },
         );

@@ -248,6 +248,16 @@ pub trait ApprovalStore: Send + Sync {
     async fn expire_approvals(&self, now: Millis) -> Result<u64>;
 }
 
+/// The vault's encrypted values.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    async fn put_secret(&self, name: &str, sealed: &str, now: Millis) -> Result<()>;
+    /// Every secret: `(name, sealed, updated_at)`, by name.
+    async fn secrets(&self) -> Result<Vec<(String, String, Millis)>>;
+    /// Whether there was one.
+    async fn delete_secret(&self, name: &str) -> Result<bool>;
+}
+
 /// Versions of the policy set.
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
@@ -286,6 +296,7 @@ pub trait Store:
     + AuditStore
     + PolicyStore
     + ApprovalStore
+    + SecretStore
     + RateStore
     + CacheStore
 {

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use crate::model::*;
 use crate::{
     merkle, AgentStore, ApprovalStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error,
-    GatewayStore, JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore, Store,
+    GatewayStore, JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore,
+    SecretStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -1018,6 +1019,37 @@ macro_rules! impl_store {
                     self.wake(WAKE_RUN).await;
                 }
                 Ok(expired.len() as u64)
+            }
+        }
+
+        #[async_trait]
+        impl SecretStore for $store {
+            async fn put_secret(&self, name: &str, sealed: &str, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO secrets (name, sealed, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(sealed)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn secrets(&self) -> Result<Vec<(String, String, Millis)>> {
+                Ok(sqlx::query_as("SELECT name, sealed, updated_at FROM secrets ORDER BY name")
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn delete_secret(&self, name: &str) -> Result<bool> {
+                Ok(sqlx::query("DELETE FROM secrets WHERE name = $1")
+                    .bind(name)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected()
+                    > 0)
             }
         }
 

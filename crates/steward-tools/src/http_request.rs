@@ -139,6 +139,8 @@ impl Tool for HttpRequest {
             .client
             .request(method, url.clone())
             .header("Idempotency-Key", &ctx.idempotency_key);
+        // Secrets used in headers, to keep out of whatever this tool returns.
+        let mut used: Vec<(String, String)> = Vec::new();
         if let Some(h) = args.get("headers") {
             let h = h
                 .as_object()
@@ -147,9 +149,15 @@ impl Tool for HttpRequest {
                 let v = v.as_str().ok_or_else(|| {
                     ToolError::InvalidArgs(format!("`headers.{k}` must be a string"))
                 })?;
+                let v = with_secrets(v, &*ctx.host, &mut used)?;
                 rb = rb.header(k.as_str(), v);
             }
         }
+        let redact = |text: String| {
+            used.iter().fold(text, |t, (name, value)| {
+                t.replace(value.as_str(), &format!("[secret:{name}]"))
+            })
+        };
         match args.get("body") {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => rb = rb.body(s.clone()),
@@ -166,7 +174,7 @@ impl Tool for HttpRequest {
             if e.is_timeout() {
                 ToolError::Failed(format!("{url}: no answer within {timeout_ms} ms"))
             } else {
-                ToolError::Failed(format!("{url}: {e}"))
+                ToolError::Failed(redact(format!("{url}: {e}")))
             }
         };
         let mut resp = rb.send().await.map_err(fail)?;
@@ -191,10 +199,37 @@ impl Tool for HttpRequest {
         Ok(json!({
             "status": status,
             "content_type": content_type,
-            "body": String::from_utf8_lossy(&body),
+            "body": redact(String::from_utf8_lossy(&body).into_owned()),
             "truncated": truncated,
         }))
     }
+}
+
+/// `{{secret:NAME}}` in a header value, replaced by the vault's value at call time. The
+/// arguments — journaled, and written by the model — only ever hold the placeholder.
+fn with_secrets(
+    value: &str,
+    host: &dyn crate::ToolHost,
+    used: &mut Vec<(String, String)>,
+) -> Result<String, ToolError> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("{{secret:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "{{secret:".len()..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| ToolError::InvalidArgs("`{{secret:` without its closing `}}`".into()))?;
+        let name = &after[..end];
+        let secret = host.secret(name).ok_or_else(|| {
+            ToolError::InvalidArgs(format!("no secret named {name:?} in the vault"))
+        })?;
+        out.push_str(&secret);
+        used.push((name.to_string(), secret));
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ pub struct ChildOutcome {
 /// Engine capabilities lent to tools for one call.
 #[async_trait::async_trait]
 pub trait ToolHost: Send + Sync {
+    /// A credential from the vault, by name, for the tool to use but never to return.
+    fn secret(&self, _name: &str) -> Option<String> {
+        None
+    }
     async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<()>;
     async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>>;
     /// Starts (or finds, on replay) the child `child` of agent `agent`, and waits for it to end.

@@ -32,6 +32,9 @@ pub struct GovConfig {
     /// This node's audit signing key (a hex ed25519 seed). Unset: `audit.key` in the data
     /// directory, created on first start.
     pub audit_key_file: Option<PathBuf>,
+    /// The vault's key (64 hex characters). `STEWARD_VAULT_KEY` wins when set. Unset:
+    /// `vault.key` in the data directory, created on first start.
+    pub vault_key_file: Option<PathBuf>,
     /// Public keys (hex) whose checkpoints verification accepts, besides this node's own: the
     /// other nodes of a cluster.
     pub audit_trusted_keys: Vec<String>,
@@ -52,6 +55,7 @@ impl Default for GovConfig {
     fn default() -> Self {
         GovConfig {
             audit_key_file: None,
+            vault_key_file: None,
             audit_trusted_keys: Vec::new(),
             policy_file: None,
             approval_timeout_ms: 86_400_000,
@@ -291,6 +295,10 @@ pub struct ProviderConfig {
     /// The name of an environment variable holding the key; keys never live in config files.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// The name of a vault secret holding the key (`PUT /api/v1/secrets/{name}`), read at every
+    /// call, so a rotated key applies at once.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
 }

@@ -189,6 +189,7 @@ async fn drive(
         )?),
         gov: Default::default(),
         policies: Arc::new(steward_gov::Policies::new(None)?),
+        vault: None,
     };
     let started = Instant::now();
     let engine = Engine::start(store.clone(), opts).await?;

@@ -91,7 +91,20 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
     let store = steward_store::open(&url, &cfg.store)
         .await
         .with_context(|| format!("opening the store at {}", steward_store::redact(&url)))?;
-    let providers = Providers::from_config(&cfg.llm, |v| std::env::var(v).ok())?;
+    // The vault's key: STEWARD_VAULT_KEY, else a file (created on first start).
+    let cipher = steward_gov::vault::VaultCipher::load(
+        std::env::var("STEWARD_VAULT_KEY").ok().as_deref(),
+        &cfg.gov
+            .vault_key_file
+            .clone()
+            .unwrap_or_else(|| cfg.server.data_dir.join("vault.key")),
+    )?;
+    let vault = steward_engine::vault::Vault::load(cipher, store.clone()).await?;
+    let providers = Providers::with_secrets(
+        &cfg.llm,
+        |v| std::env::var(v).ok(),
+        Some(vault.clone() as Arc<dyn steward_llm::SecretSource>),
+    )?;
     let tools = Tools::builtin(&cfg.tools)?;
     let opts = EngineOptions {
         cfg: cfg.engine.clone(),
@@ -111,6 +124,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         )?),
         gov: cfg.gov.clone(),
         policies: Arc::new(steward_gov::Policies::new(None)?),
+        vault: Some(vault),
     };
     Ok(Engine::start(store, opts).await?)
 }

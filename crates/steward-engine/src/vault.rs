@@ -1,0 +1,104 @@
+//! The engine's vault: secrets sealed in the store (`steward_gov::vault`), decrypted into memory
+//! and handed out by name at call time — to providers (`api_key_secret`) and to tools
+//! (`{{secret:NAME}}` in `http_request` headers). The API lists names only; no value is ever
+//! returned, logged, journaled or shown to a model.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use steward_gov::vault::VaultCipher;
+use steward_store::Store;
+
+use crate::{Error, Result};
+
+pub struct Vault {
+    cipher: VaultCipher,
+    store: Arc<dyn Store>,
+    open: RwLock<HashMap<String, String>>,
+}
+
+/// Largest secret value accepted.
+const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+impl Vault {
+    /// Opens every stored secret. One that cannot be decrypted (another key, or altered) is
+    /// reported and left out: calls that need it fail saying so.
+    pub async fn load(cipher: VaultCipher, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+        let v = Arc::new(Vault {
+            cipher,
+            store,
+            open: RwLock::new(HashMap::new()),
+        });
+        v.refresh().await?;
+        Ok(v)
+    }
+
+    /// Re-reads the store (secrets another node wrote).
+    pub async fn refresh(&self) -> Result<()> {
+        let mut open = HashMap::new();
+        for (name, sealed, _) in self.store.secrets().await? {
+            match self.cipher.open(&name, &sealed) {
+                Ok(v) => {
+                    open.insert(name, v);
+                }
+                Err(e) => tracing::error!(error = %e, "a vault secret is unusable"),
+            }
+        }
+        if let Ok(mut o) = self.open.write() {
+            *o = open;
+        }
+        Ok(())
+    }
+
+    pub async fn put(&self, name: &str, value: &str, now: i64) -> Result<()> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(Error::InvalidRequest(format!(
+                "secret name {name:?}: 1-64 of a-z A-Z 0-9 - _ ."
+            )));
+        }
+        if value.is_empty() || value.len() > MAX_VALUE_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "value: between 1 and {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+        let sealed = self
+            .cipher
+            .seal(name, value)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.store.put_secret(name, &sealed, now).await?;
+        if let Ok(mut o) = self.open.write() {
+            o.insert(name.to_string(), value.to_string());
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<bool> {
+        let found = self.store.delete_secret(name).await?;
+        if let Ok(mut o) = self.open.write() {
+            o.remove(name);
+        }
+        Ok(found)
+    }
+
+    /// Names and when each was last set; never values.
+    pub async fn names(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .store
+            .secrets()
+            .await?
+            .into_iter()
+            .map(|(n, _, at)| (n, at))
+            .collect())
+    }
+}
+
+impl steward_llm::SecretSource for Vault {
+    fn secret(&self, name: &str) -> Option<String> {
+        self.open.read().ok()?.get(name).cloned()
+    }
+}

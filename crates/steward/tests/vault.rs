@@ -1,0 +1,196 @@
+//! The vault through the real binary: a provider key and a tool credential are sealed at rest,
+//! injected at call time, rotated without a restart, and never returned by the API, written to
+//! the journal, the audit log or the log, or shown to the model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Json;
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// An upstream recording the Authorization header of each chat call, and an endpoint echoing
+/// it back (as a careless API might).
+async fn upstream() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(move |headers: HeaderMap, Json(body): Json<Value>| {
+                let s2 = s2.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    s2.lock().unwrap().push(auth);
+                    Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+                }
+            }),
+        )
+        .route(
+            "/echo",
+            get(|headers: HeaderMap| async move {
+                format!(
+                    "you sent {}",
+                    headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                )
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+async fn put_secret(s: &TestServer, name: &str, body: Value) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/secrets/{name}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Everything a table holds, as text. SQLite's is read off its files, WAL included: no page may
+/// hold a secret in the clear.
+async fn dump(s: &TestServer, table: &str) -> String {
+    if let Some(path) = s.db_url.strip_prefix("sqlite://") {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal"] {
+            if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+                all.extend(b);
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    } else {
+        let pool = sqlx::PgPool::connect(&s.db_url).await.unwrap();
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT CAST(t.* AS TEXT) FROM {table} t"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        rows.into_iter().map(|r| r.0).collect()
+    }
+}
+
+async fn credentials_are_sealed_injected_and_never_shown(b: Backend) {
+    let (base, seen) = upstream().await;
+    let mut s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__SEALED__KIND", "openai"),
+            (
+                "STEWARD_LLM__PROVIDERS__SEALED__BASE_URL",
+                &format!("{base}/v1"),
+            ),
+            (
+                "STEWARD_LLM__PROVIDERS__SEALED__API_KEY_SECRET",
+                "upstream-key",
+            ),
+        ],
+    )
+    .await;
+    const FIRST: &str = "sk-vault-first-0123456789";
+    const SECOND: &str = "sk-vault-second-9876543210";
+    let (st, body) = put_secret(&s, "upstream-key", json!({ "value": FIRST })).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains(FIRST), "the value is never returned: {body}");
+    // Bad input is refused.
+    assert_eq!(
+        put_secret(&s, "upstream-key", json!({"value": 5})).await.0,
+        400
+    );
+    assert_eq!(
+        put_secret(&s, "bad name!", json!({"value": "x"})).await.0,
+        400
+    );
+    assert_eq!(put_secret(&s, "empty", json!({"value": ""})).await.0, 400);
+    let (_, list) = s.get("/api/v1/secrets").await;
+    assert_eq!(list["secrets"][0]["name"], "upstream-key");
+    assert!(!list.to_string().contains(FIRST));
+
+    // The provider's key comes from the vault, at call time: a rotation applies at once.
+    let (_, key) = s.post("/api/v1/keys", json!({"agent": "vaulted"})).await;
+    let k = key["key"].as_str().unwrap().to_string();
+    let call = |url: String| {
+        let k = k.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(k)
+                .json(
+                    &json!({"model": "sealed/m", "messages": [{"role": "user", "content": "hi"}]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    call(s.url.clone()).await;
+    assert_eq!(
+        put_secret(&s, "upstream-key", json!({ "value": SECOND }))
+            .await
+            .0,
+        200
+    );
+    call(s.url.clone()).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [format!("Bearer {FIRST}"), format!("Bearer {SECOND}")]
+    );
+
+    // A tool uses it by name; the model sees neither the value nor its echo.
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: caller}}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{url: \"{base}/echo\", headers: {{Authorization: \"Bearer {{{{secret:upstream-key}}}}\"}}}}}}]\n    - content: done\n"
+    ))
+    .await;
+    let run = s.start_run("caller", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = serde_json::to_string(&s.journal(&run).await).unwrap();
+    assert!(
+        journal.contains("you sent Bearer [secret:upstream-key]"),
+        "{journal}"
+    );
+    assert!(!journal.contains(SECOND), "{journal}");
+
+    // Nowhere at rest, nowhere in the log.
+    common::settled(&s).await;
+    for table in ["secrets", "journal", "audit_log", "gateway_calls"] {
+        let rows = dump(&s, table).await;
+        assert!(
+            !rows.contains(FIRST) && !rows.contains(SECOND),
+            "{table} holds a secret in the clear"
+        );
+    }
+    assert!(!s.log().contains(FIRST) && !s.log().contains(SECOND));
+
+    // After a restart the sealed value opens with the same key file.
+    s.kill9();
+    s.spawn();
+    call(s.url.clone()).await;
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &format!("Bearer {SECOND}")
+    );
+}
+both_backends!(
+    credentials_are_sealed_injected_and_never_shown,
+    credentials_are_sealed_injected_and_never_shown
+);
