@@ -53,7 +53,14 @@ use utoipa::OpenApi;
         routes::deny,
         routes::put_secret,
         routes::list_secrets,
-        routes::delete_secret
+        routes::delete_secret,
+        routes::list_keys,
+        routes::revoke_key,
+        routes::rotate_key,
+        routes::suspend_agent,
+        routes::resume_agent,
+        routes::revoke_agent,
+        routes::get_identity
     ),
     components(schemas(
         wire::Agent,
@@ -90,6 +97,10 @@ use utoipa::OpenApi;
         wire::PutSecret,
         wire::Secret,
         wire::SecretList,
+        wire::KeyInfo,
+        wire::KeyList,
+        wire::Reason,
+        wire::Identity,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -119,7 +130,13 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs/{id}/events", get(events::run_events))
         .route("/runs/{id}/cancel", post(routes::cancel_run))
         .route("/runs/{id}/resolve", post(routes::resolve_run))
-        .route("/keys", post(routes::create_key))
+        .route("/keys", post(routes::create_key).get(routes::list_keys))
+        .route("/keys/{id}/revoke", post(routes::revoke_key))
+        .route("/keys/{id}/rotate", post(routes::rotate_key))
+        .route("/agents/{name}/suspend", post(routes::suspend_agent))
+        .route("/agents/{name}/resume", post(routes::resume_agent))
+        .route("/agents/{name}/revoke", post(routes::revoke_agent))
+        .route("/agents/{name}/identity", get(routes::get_identity))
         .route("/calls", get(routes::list_calls))
         .route("/costs", get(routes::costs))
         .route("/budgets", get(routes::list_budgets))

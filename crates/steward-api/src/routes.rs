@@ -210,7 +210,7 @@ pub async fn create_key(
     State(e): State<Engine>,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<ApiKey>)> {
-    let (rec, key) = e.create_key(&req.agent).await?;
+    let (rec, key) = e.create_key(&req.agent, req.ttl_s).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKey {
@@ -218,8 +218,127 @@ pub async fn create_key(
             agent: rec.agent,
             key,
             created_at: rec.created_at,
+            expires_at: rec.expires_at,
         }),
     ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    pub agent: Option<String>,
+}
+
+/// API keys, newest first, without their secrets.
+#[utoipa::path(get, path = "/api/v1/keys", params(KeyQuery), responses((status = 200, body = KeyList)))]
+pub async fn list_keys(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
+) -> ApiResult<Json<KeyList>> {
+    Ok(Json(KeyList {
+        keys: e
+            .list_keys(q.agent.as_deref())
+            .await?
+            .into_iter()
+            .map(KeyInfo::from)
+            .collect(),
+    }))
+}
+
+/// Revokes a key, with the reason; calls with it are refused from now on.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = KeyInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke_key(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<Reason>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(e.revoke_key(&id, &r.reason).await?.into()))
+}
+
+/// Replaces a key: a new one for the same agent (shown once) and the old one revoked.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", params(("id" = String, Path)),
+    responses((status = 201, body = ApiKey), (status = 404, body = ErrorBody)))]
+pub async fn rotate_key(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<ApiKey>)> {
+    let (rec, key) = e.rotate_key(&id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiKey {
+            id: rec.id,
+            agent: rec.agent,
+            key,
+            created_at: rec.created_at,
+            expires_at: rec.expires_at,
+        }),
+    ))
+}
+
+async fn set_identity(
+    e: &Engine,
+    name: &str,
+    status: &str,
+    r: Reason,
+) -> ApiResult<Json<Identity>> {
+    Ok(Json(
+        e.set_identity(name, status, r.owner.as_deref(), &r.reason)
+            .await?
+            .into(),
+    ))
+}
+
+/// Suspends an agent: its runs' steps and its `/v1` calls are refused until resumed.
+#[utoipa::path(post, path = "/api/v1/agents/{name}/suspend", params(("name" = String, Path)), request_body = Reason,
+    responses((status = 200, body = Identity), (status = 409, body = ErrorBody)))]
+pub async fn suspend_agent(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<Reason>,
+) -> ApiResult<Json<Identity>> {
+    set_identity(&e, &name, "suspended", r).await
+}
+
+/// Lets a suspended agent act again (and records its owner, when given).
+#[utoipa::path(post, path = "/api/v1/agents/{name}/resume", params(("name" = String, Path)), request_body = Reason,
+    responses((status = 200, body = Identity), (status = 409, body = ErrorBody)))]
+pub async fn resume_agent(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<Reason>,
+) -> ApiResult<Json<Identity>> {
+    set_identity(&e, &name, "active", r).await
+}
+
+/// Revokes an agent for good: nothing it does is allowed again.
+#[utoipa::path(post, path = "/api/v1/agents/{name}/revoke", params(("name" = String, Path)), request_body = Reason,
+    responses((status = 200, body = Identity), (status = 409, body = ErrorBody)))]
+pub async fn revoke_agent(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<Reason>,
+) -> ApiResult<Json<Identity>> {
+    set_identity(&e, &name, "revoked", r).await
+}
+
+/// An agent's identity (active, with no owner recorded, until changed).
+#[utoipa::path(get, path = "/api/v1/agents/{name}/identity", params(("name" = String, Path)),
+    responses((status = 200, body = Identity)))]
+pub async fn get_identity(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Identity>> {
+    Ok(Json(match e.identity(&name).await? {
+        Some(i) => i.into(),
+        None => Identity {
+            agent: name,
+            owner: None,
+            status: "active".into(),
+            reason: None,
+            updated_at: None,
+        },
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

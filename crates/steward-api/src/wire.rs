@@ -192,6 +192,9 @@ pub struct Health {
 pub struct CreateKey {
     /// The agent the key identifies (an external agent needs no manifest).
     pub agent: String,
+    /// A short-lived key: it stops working after this many seconds.
+    #[serde(default)]
+    pub ttl_s: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -201,6 +204,69 @@ pub struct ApiKey {
     /// The secret, shown this once; only its hash is stored.
     pub key: String,
     pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+/// A key as listed: never its secret.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct KeyInfo {
+    pub id: String,
+    pub agent: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<String>,
+}
+
+impl From<steward_store::ApiKeyRecord> for KeyInfo {
+    fn from(k: steward_store::ApiKeyRecord) -> Self {
+        KeyInfo {
+            id: k.id,
+            agent: k.agent,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            revoke_reason: k.revoke_reason,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Why: every lifecycle change is audited with its reason.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    pub reason: String,
+    /// With suspend/resume: record the identity's owner (a human or a team).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// An agent's identity: its owner and whether it may act.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Identity {
+    pub agent: String,
+    pub owner: Option<String>,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub updated_at: Option<i64>,
+}
+
+impl From<steward_store::IdentityRecord> for Identity {
+    fn from(i: steward_store::IdentityRecord) -> Self {
+        Identity {
+            agent: i.agent,
+            owner: i.owner,
+            status: i.status,
+            reason: i.reason,
+            updated_at: Some(i.updated_at),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

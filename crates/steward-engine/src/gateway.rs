@@ -77,6 +77,7 @@ pub(crate) struct Gateway {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub policies: Arc<Policies>,
+    pub identities: Arc<crate::identities::Identities>,
     pub settler: SettleWriter,
     /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
     /// every call would otherwise make. A key created is usable at once; a new account or
@@ -132,6 +133,7 @@ impl Gateway {
     pub async fn create_key(
         &self,
         agent: &AgentName,
+        ttl_ms: Option<i64>,
     ) -> Result<(ApiKeyRecord, String), GatewayError> {
         let secret = format!(
             "sk-steward-{}{}",
@@ -139,12 +141,18 @@ impl Gateway {
             uuid::Uuid::new_v4().simple()
         );
         let id = self.clock.new_id("key");
+        let now = self.clock.now_ms();
         let rec = self
             .store
-            .create_key(&id, &key_hash(&secret), agent, self.clock.now_ms())
+            .create_key(&id, &key_hash(&secret), agent, ttl_ms.map(|t| now + t), now)
             .await
             .map_err(internal)?;
         Ok((rec, secret))
+    }
+
+    /// Forgets cached keys, so a revocation applies on this node at once.
+    pub fn forget_keys(&self) {
+        self.keys.clear();
     }
 
     pub async fn authenticate(
@@ -171,6 +179,20 @@ impl Gateway {
                 k
             }
         };
+        if key.revoked_at.is_some() {
+            return Err(GatewayError::Unauthorized(format!(
+                "this API key was revoked: {}",
+                key.revoke_reason.unwrap_or_default()
+            )));
+        }
+        if key.expires_at.is_some_and(|t| t <= self.clock.now_ms()) {
+            return Err(GatewayError::Unauthorized(
+                "this API key has expired; ask for a new one".into(),
+            ));
+        }
+        if let Some(why) = self.identities.barred(&key.agent).await.map_err(internal)? {
+            return Err(GatewayError::Forbidden(why));
+        }
         let agent = AgentName::parse(&key.agent).map_err(|e| internal(e.0))?;
         let run = match run {
             None => None,

@@ -140,6 +140,7 @@ pub struct Kernel {
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
     pub(crate) policies: Arc<Policies>,
+    pub(crate) identities: Arc<crate::identities::Identities>,
     /// How long an approval may stay pending before it counts as denied.
     pub(crate) approval_timeout_ms: i64,
     pub(crate) tools: Tools,
@@ -501,6 +502,16 @@ impl Kernel {
             .to_json()
         };
         let mut note = None;
+        // A suspended or revoked agent may not act, whatever the policy says.
+        if let Some(why) = self
+            .identities
+            .barred(&ctx.run.agent)
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?
+        {
+            d.allow = false;
+            note = Some(why);
+        }
         if let (true, Some(group)) = (d.allow, d.approval.clone()) {
             let store = &self.budgets.store;
             let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
@@ -509,7 +520,7 @@ impl Kernel {
             match existing {
                 Some(a) if a.state == "approved" => {
                     note = Some(format!(
-                        "{} approved by {}: {}",
+                        "approval {} approved by {}: {}",
                         a.id,
                         a.decided_by.unwrap_or_default(),
                         a.reason.unwrap_or_default()
@@ -518,7 +529,7 @@ impl Kernel {
                 Some(a) if a.state != "pending" => {
                     d.allow = false;
                     note = Some(format!(
-                        "{} {}{}: {}",
+                        "approval {} {}{}: {}",
                         a.id,
                         a.state,
                         a.decided_by.map(|b| format!(" by {b}")).unwrap_or_default(),
@@ -711,7 +722,7 @@ fn denied(
     action: &Action<'_>,
 ) -> Result<(Outcome, i64), StepError> {
     let by = match approval {
-        Some(a) => format!("approval {a}"),
+        Some(why) => why.to_string(),
         None if d.policy_ids.is_empty() => "no policy permits it".to_string(),
         None => format!("forbidden by {}", d.policy_ids.join(", ")),
     };

@@ -9,6 +9,7 @@ mod error;
 mod gateway;
 mod host;
 mod housekeeping;
+mod identities;
 mod kernel;
 mod metrics;
 mod runs;
@@ -127,7 +128,9 @@ impl Engine {
             store: store.clone(),
             prices: opts.prices.clone(),
         };
+        let identities = Arc::new(identities::Identities::new(store.clone()));
         let gateway = gateway::Gateway {
+            identities: identities.clone(),
             policies: opts.policies.clone(),
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
@@ -143,6 +146,7 @@ impl Engine {
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
             budgets,
+            identities,
             policies: opts.policies.clone(),
             approval_timeout_ms: opts.gov.approval_timeout_ms as i64,
             tools: opts.tools,
@@ -615,14 +619,134 @@ impl Engine {
     }
 
     /// Issues an API key for an agent. The secret is returned once and stored only as a hash.
-    pub async fn create_key(&self, agent: &str) -> Result<(steward_store::ApiKeyRecord, String)> {
+    pub async fn create_key(
+        &self,
+        agent: &str,
+        ttl_s: Option<i64>,
+    ) -> Result<(steward_store::ApiKeyRecord, String)> {
         let name = AgentName::parse(agent)
             .map_err(|e| Error::InvalidRequest(format!("agent: {}", e.0)))?;
-        self.inner
+        if let Some(t) = ttl_s {
+            if !(1..=366 * 86_400).contains(&t) {
+                return Err(Error::InvalidRequest(
+                    "ttl_s: from 1 second to a year".into(),
+                ));
+            }
+        }
+        let (rec, secret) = self
+            .inner
             .gateway
-            .create_key(&name)
+            .create_key(&name, ttl_s.map(|t| t * 1000))
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.audit_lifecycle("key.create", &format!("agent:{agent}"), &rec.id, "")
+            .await?;
+        Ok((rec, secret))
+    }
+
+    /// Revokes a key at once (on this node; on others within a second), with the reason.
+    pub async fn revoke_key(&self, id: &str, reason: &str) -> Result<steward_store::ApiKeyRecord> {
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest("reason: required".into()));
+        }
+        let rec = self
+            .store()
+            .revoke_key(id, reason, self.inner.shared.clock.now_ms())
+            .await
+            .map_err(|e| match e {
+                steward_store::Error::Conflict(m) => Error::Conflict(m),
+                other => other.into(),
+            })?
+            .ok_or_else(|| Error::NotFound(format!("no key {id}")))?;
+        self.inner.gateway.forget_keys();
+        self.audit_lifecycle("key.revoke", &format!("agent:{}", rec.agent), id, reason)
+            .await?;
+        Ok(rec)
+    }
+
+    /// A new key for the same agent (and the same lifetime), and the old one revoked.
+    pub async fn rotate_key(&self, id: &str) -> Result<(steward_store::ApiKeyRecord, String)> {
+        let old = self
+            .store()
+            .get_key(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no key {id}")))?;
+        let ttl_s = old.expires_at.map(|e| ((e - old.created_at) / 1000).max(1));
+        let fresh = self.create_key(&old.agent, ttl_s).await?;
+        self.revoke_key(id, &format!("rotated; replaced by {}", fresh.0.id))
+            .await?;
+        Ok(fresh)
+    }
+
+    pub async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<steward_store::ApiKeyRecord>> {
+        Ok(self.store().list_keys(agent).await?)
+    }
+
+    /// Suspends (`suspended`), resumes (`active`) or revokes (`revoked`, for good) an agent's
+    /// identity, with the reason; optionally records its owner.
+    pub async fn set_identity(
+        &self,
+        agent: &str,
+        status: &str,
+        owner: Option<&str>,
+        reason: &str,
+    ) -> Result<steward_store::IdentityRecord> {
+        AgentName::parse(agent).map_err(|e| Error::InvalidRequest(format!("agent: {}", e.0)))?;
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest("reason: required".into()));
+        }
+        let rec = self
+            .store()
+            .set_identity(
+                agent,
+                status,
+                owner,
+                reason,
+                self.inner.shared.clock.now_ms(),
+            )
+            .await
+            .map_err(|e| match e {
+                steward_store::Error::Conflict(m) => Error::Conflict(m),
+                other => other.into(),
+            })?;
+        self.inner.kernel.identities.forget();
+        self.audit_lifecycle(
+            &format!("identity.{status}"),
+            &format!("agent:{agent}"),
+            agent,
+            reason,
+        )
+        .await?;
+        Ok(rec)
+    }
+
+    pub async fn identity(&self, agent: &str) -> Result<Option<steward_store::IdentityRecord>> {
+        Ok(self.store().get_identity(agent).await?)
+    }
+
+    /// Appends a lifecycle event (a key created or revoked, an identity changed) to the audit
+    /// log, durably, before the caller hears it was done.
+    async fn audit_lifecycle(
+        &self,
+        action: &str,
+        principal: &str,
+        resource: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let now = self.inner.shared.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "lifecycle",
+            principal: principal.to_string(),
+            chain: vec![principal.to_string()],
+            action: action.to_string(),
+            resource: resource.to_string(),
+            error: (!reason.is_empty()).then(|| reason.to_string()),
+            ..Default::default()
+        }
+        .to_json();
+        self.store().append_audit(&[(now, record)]).await?;
+        Ok(())
     }
 
     /// Identifies a gateway caller by its API key (and the run it names, if any).

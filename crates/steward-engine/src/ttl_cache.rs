@@ -28,6 +28,12 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+
     pub fn put(&self, key: K, value: V) {
         if let Ok(mut map) = self.map.lock() {
             if map.len() >= MAX_ENTRIES {

@@ -122,10 +122,17 @@ pub trait GatewayStore: Send + Sync {
         id: &str,
         key_hash: &str,
         agent: &AgentName,
+        expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<ApiKeyRecord>;
-    /// The live (not revoked) key with this hash.
+    /// The key with this hash, revoked or expired included (the caller says which).
     async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Newest first; `agent` filters.
+    async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes a live key; `None` when there is no such key, `Conflict` when it was revoked.
+    async fn revoke_key(&self, id: &str, reason: &str, now: Millis)
+        -> Result<Option<ApiKeyRecord>>;
     /// Holds `amount` on every account in `accounts` (none: no hold; the hold's id is the
     /// call's) and records the call as started — one transaction, one commit. Returns the
     /// account whose cap the hold would pass, in which case nothing is written.
@@ -248,6 +255,22 @@ pub trait ApprovalStore: Send + Sync {
     async fn expire_approvals(&self, now: Millis) -> Result<u64>;
 }
 
+/// Agents' identities: owner and status.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    async fn get_identity(&self, agent: &str) -> Result<Option<IdentityRecord>>;
+    /// Sets the status (with its reason) and, when given, the owner. A revoked identity stays
+    /// revoked: `Conflict`.
+    async fn set_identity(
+        &self,
+        agent: &str,
+        status: &str,
+        owner: Option<&str>,
+        reason: &str,
+        now: Millis,
+    ) -> Result<IdentityRecord>;
+}
+
 /// The vault's encrypted values.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
@@ -297,6 +320,7 @@ pub trait Store:
     + PolicyStore
     + ApprovalStore
     + SecretStore
+    + IdentityStore
     + RateStore
     + CacheStore
 {

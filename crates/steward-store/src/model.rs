@@ -175,6 +175,20 @@ pub struct ApiKeyRecord {
     pub agent: String,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// A short-lived key stops working at this time.
+    pub expires_at: Option<Millis>,
+    pub revoke_reason: Option<String>,
+}
+
+/// An agent's identity. `status` is `active`, `suspended` (may be resumed) or `revoked` (for
+/// good).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct IdentityRecord {
+    pub agent: String,
+    pub owner: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub updated_at: Millis,
 }
 
 /// A gateway call as first recorded, before the upstream is asked.

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use crate::model::*;
 use crate::{
     merkle, AgentStore, ApprovalStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error,
-    GatewayStore, JournalStore, PolicyStore, RateStore, Result, RunStore, ScratchpadStore,
-    SecretStore, Store,
+    GatewayStore, IdentityStore, JournalStore, PolicyStore, RateStore, Result, RunStore,
+    ScratchpadStore, SecretStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -96,6 +96,8 @@ const CLAIMABLE: &str =
     "(state IN ('queued', 'running') OR (state = 'waiting' AND wait_kind = 'child'))";
 
 const TERMINAL: &str = "('succeeded', 'failed', 'cancelled')";
+
+const KEY_COLUMNS: &str = "id, key_hash, agent, created_at, revoked_at, expires_at, revoke_reason";
 
 const APPROVAL_COLUMNS: &str =
     "id, run_id, seq, approvers, action, resource, policy_ids, state, reason, \
@@ -457,27 +459,61 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl GatewayStore for $store {
-            async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, now: Millis) -> Result<ApiKeyRecord> {
-                Ok(sqlx::query_as(
-                    "INSERT INTO api_keys (id, key_hash, agent, created_at) VALUES ($1, $2, $3, $4) \
-                     RETURNING id, key_hash, agent, created_at, revoked_at",
-                )
+            async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, expires_at: Option<Millis>, now: Millis) -> Result<ApiKeyRecord> {
+                Ok(sqlx::query_as(&format!(
+                    "INSERT INTO api_keys (id, key_hash, agent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING {KEY_COLUMNS}"
+                ))
                 .bind(id)
                 .bind(key_hash)
                 .bind(agent.as_str())
                 .bind(now)
+                .bind(expires_at)
                 .fetch_one(&self.write)
                 .await?)
             }
 
             async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, key_hash, agent, created_at, revoked_at FROM api_keys \
-                     WHERE key_hash = $1 AND revoked_at IS NULL",
-                )
-                .bind(key_hash)
-                .fetch_optional(&self.read)
+                Ok(sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
+                    .bind(key_hash)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR agent = $1) ORDER BY created_at DESC, id"
+                ))
+                .bind(agent)
+                .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn revoke_key(&self, id: &str, reason: &str, now: Millis) -> Result<Option<ApiKeyRecord>> {
+                let mut tx = self.write.begin().await?;
+                let n = sqlx::query("UPDATE api_keys SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let rec: Option<ApiKeyRecord> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                match rec {
+                    Some(_) if n == 0 => Err(Error::Conflict(format!("key {id} is revoked already"))),
+                    r => Ok(r),
+                }
             }
 
             async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, now: Millis) -> Result<Option<String>> {
@@ -1019,6 +1055,43 @@ macro_rules! impl_store {
                     self.wake(WAKE_RUN).await;
                 }
                 Ok(expired.len() as u64)
+            }
+        }
+
+        #[async_trait]
+        impl IdentityStore for $store {
+            async fn get_identity(&self, agent: &str) -> Result<Option<IdentityRecord>> {
+                Ok(sqlx::query_as("SELECT agent, owner, status, reason, updated_at FROM identities WHERE agent = $1")
+                    .bind(agent)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn set_identity(&self, agent: &str, status: &str, owner: Option<&str>, reason: &str, now: Millis) -> Result<IdentityRecord> {
+                let mut tx = self.write.begin().await?;
+                let current: Option<IdentityRecord> =
+                    sqlx::query_as("SELECT agent, owner, status, reason, updated_at FROM identities WHERE agent = $1")
+                        .bind(agent)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if current.as_ref().is_some_and(|c| c.status == "revoked") {
+                    return Err(Error::Conflict(format!("agent {agent} was revoked; a revoked identity stays revoked")));
+                }
+                let rec: IdentityRecord = sqlx::query_as(
+                    "INSERT INTO identities (agent, owner, status, reason, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (agent) DO UPDATE SET owner = COALESCE(excluded.owner, identities.owner), \
+                       status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at \
+                     RETURNING agent, owner, status, reason, updated_at",
+                )
+                .bind(agent)
+                .bind(owner)
+                .bind(status)
+                .bind(reason)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rec)
             }
         }
 

@@ -409,19 +409,60 @@ async fn concurrent_claims_never_share_a_run(s: Arc<dyn Store>) {
 
 async fn keys_and_calls_are_kept(s: &dyn Store) {
     let k = s
-        .create_key("key_1", "hash-1", &name("ext"), 5)
+        .create_key("key_1", "hash-1", &name("ext"), None, 5)
         .await
         .unwrap();
     assert_eq!((k.agent.as_str(), k.revoked_at), ("ext", None));
     assert!(
         matches!(
-            s.create_key("key_2", "hash-1", &name("ext"), 6).await,
+            s.create_key("key_2", "hash-1", &name("ext"), None, 6).await,
             Err(Error::Conflict(_))
         ),
         "hashes are unique"
     );
     assert_eq!(s.find_key("hash-1").await.unwrap().unwrap().id, "key_1");
     assert!(s.find_key("hash-2").await.unwrap().is_none());
+    let revoked = s.revoke_key("key_1", "leaked", 7).await.unwrap().unwrap();
+    assert_eq!(
+        (revoked.revoked_at, revoked.revoke_reason.as_deref()),
+        (Some(7), Some("leaked"))
+    );
+    assert!(matches!(
+        s.revoke_key("key_1", "again", 8).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(s.revoke_key("key_9", "none", 8).await.unwrap().is_none());
+    assert_eq!(
+        s.find_key("hash-1").await.unwrap().unwrap().revoked_at,
+        Some(7)
+    );
+    assert_eq!(s.list_keys(Some("ext")).await.unwrap().len(), 1);
+
+    // Identities: suspended and resumed with reasons; revoked for good.
+    assert!(s.get_identity("ext").await.unwrap().is_none());
+    let i = s
+        .set_identity("ext", "suspended", Some("team:a"), "audit", 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        (i.status.as_str(), i.owner.as_deref()),
+        ("suspended", Some("team:a"))
+    );
+    let i = s
+        .set_identity("ext", "active", None, "cleared", 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (i.status.as_str(), i.owner.as_deref()),
+        ("active", Some("team:a"))
+    );
+    s.set_identity("ext", "revoked", None, "retired", 11)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.set_identity("ext", "active", None, "oops", 12).await,
+        Err(Error::Conflict(_))
+    ));
     let call = NewCall {
         id: "call_1".into(),
         agent: "ext".into(),
