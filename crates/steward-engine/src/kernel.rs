@@ -288,22 +288,16 @@ impl Kernel {
             }
             _ => None,
         };
-        // Authorize: the policy decides, and its decision is audited with the intent.
+        // Authorize: the policy decides; the decision is audited with the step's outcome.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
-        let (decision, approval_note, decision_record) =
+        let (decision, approval_note) =
             self.authorize(ctx, &action, cost.unwrap_or(0), seq).await?;
         // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
         let held = match estimate {
             Some(e) if decision.allow => self.hold(ctx, e, &idempotency_key).await?,
             _ => false,
         };
-        if recorded.intent.is_some() {
-            // An in-doubt step retried: its new decision is audited on its own.
-            self.journal
-                .append_audited(Vec::new(), vec![(self.clock.now_ms(), decision_record)])
-                .await
-                .map_err(|e| StepError::Store(e.to_string()))?;
-        } else {
+        if recorded.intent.is_none() {
             let intent = JournalEntry {
                 run_id: ctx.run.id.to_string(),
                 seq,
@@ -320,7 +314,7 @@ impl Kernel {
                 duration_us: 0,
             };
             self.journal
-                .append_audited(vec![intent], vec![(self.clock.now_ms(), decision_record)])
+                .append(vec![intent])
                 .await
                 .map_err(|e| StepError::Store(e.to_string()))?;
             self.journal_tick.notify_waiters();
@@ -402,7 +396,12 @@ impl Kernel {
             resource: entry.name.clone(),
             run_id: Some(entry.run_id.clone()),
             step: Some(seq.to_string()),
+            decision: Some(if decision.allow { "allow" } else { "deny" }.into()),
+            policy_hash: Some(decision.policy_hash.clone()),
+            policy_ids: decision.policy_ids.clone(),
+            approval: approval_note.clone().filter(|_| decision.allow),
             outcome: Some(if entry.ok == 1 { "ok" } else { "error" }.into()),
+            error: approval_note.filter(|_| !decision.allow),
             tokens_in,
             tokens_out,
             cost_nanos: spent,
@@ -452,8 +451,8 @@ impl Kernel {
         self.budgets.worst_case(&plan, tokens_in, tokens_out)
     }
 
-    /// Asks the policy whether the run may take this step; the decision's audit record goes
-    /// with the step's intent. A permit that asks for approval makes the run wait for it: the
+    /// Asks the policy whether the run may take this step (the decision is audited with the
+    /// step's outcome). A permit that asks for approval makes the run wait for it: the
     /// approval is requested once per step, and the step, decided again when the run resumes,
     /// acts if it was approved and is denied if it was denied or expired.
     async fn authorize(
@@ -462,7 +461,7 @@ impl Kernel {
         action: &Action<'_>,
         cost_nanos: i64,
         seq: i64,
-    ) -> Result<(Decision, Option<String>, String), StepError> {
+    ) -> Result<(Decision, Option<String>), StepError> {
         let (act, resource) = match action {
             Action::Model { .. } => ("llm.call", ctx.spec.model.as_str()),
             Action::Tool { name, .. } => ("tool.call", *name),
@@ -567,9 +566,7 @@ impl Kernel {
                 }
             }
         }
-        let verdict = if d.allow { "allow" } else { "deny" };
-        let r = record(&d, verdict, note.clone());
-        Ok((d, note, r))
+        Ok((d, note))
     }
 
     async fn hold(

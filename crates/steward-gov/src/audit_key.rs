@@ -104,7 +104,8 @@ pub fn check_signature(c: &AuditCheckpoint, trusted: &[VerifyingKey]) -> Result<
     .map_err(|_| "its signature does not match its size and root".to_string())
 }
 
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex, or `None` when it is not hex.
+pub(crate) fn parse_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

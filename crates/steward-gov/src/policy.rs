@@ -10,9 +10,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid,
-    Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
-    Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -156,6 +156,7 @@ pub struct Decision {
 
 pub struct Policies {
     schema: Schema,
+    names: Names,
     active: RwLock<Arc<PolicySetVersion>>,
     authorizer: Authorizer,
 }
@@ -167,6 +168,7 @@ impl Policies {
             .map_err(|e| PolicyError::Internal(format!("the built-in schema: {e}")))?;
         let first = compile(&schema, text.unwrap_or(DEFAULT_POLICIES))?;
         Ok(Policies {
+            names: Names::new().map_err(PolicyError::Internal)?,
             schema,
             active: RwLock::new(Arc::new(first)),
             authorizer: Authorizer::new(),
@@ -201,37 +203,27 @@ impl Policies {
             errors: vec![why],
             approval: None,
         };
-        let agent = match uid("Agent", q.agent) {
-            Ok(u) => u,
-            Err(e) => return deny(e),
-        };
+        let n = &self.names;
+        let agent = uid(&n.agent, q.agent);
         let agent_uid = agent.clone();
         let mut entities = vec![Entity::new_no_attrs(agent.clone(), HashSet::new())];
         let principal = match q.run {
-            Some(run) => match uid("Run", run) {
-                Ok(r) => {
-                    entities.push(Entity::new_no_attrs(
-                        r.clone(),
-                        HashSet::from([agent.clone()]),
-                    ));
-                    r
-                }
-                Err(e) => return deny(e),
-            },
+            Some(run) => {
+                let r = uid(&n.run, run);
+                entities.push(Entity::new_no_attrs(
+                    r.clone(),
+                    HashSet::from([agent.clone()]),
+                ));
+                r
+            }
             None => agent,
         };
         let (rtype, action_name, action) = match q.action {
-            "llm.call" => ("Model", "llm.call", r#"Steward::Action::"llm.call""#),
-            "tool.call" => ("Tool", "tool.call", r#"Steward::Action::"tool.call""#),
+            "llm.call" => (&n.model, "llm.call", n.llm_call.clone()),
+            "tool.call" => (&n.tool, "tool.call", n.tool_call.clone()),
             other => return deny(format!("no such action {other:?}")),
         };
-        let resource = match uid(rtype, q.resource) {
-            Ok(u) => u,
-            Err(e) => return deny(e),
-        };
-        let Ok(action) = EntityUid::from_str(action) else {
-            return deny("the action does not parse".into());
-        };
+        let resource = uid(rtype, q.resource);
         let slice = match active.slice(&agent_uid, action_name, &action, &resource) {
             Ok(s) => s,
             Err(e) => return deny(e),
@@ -294,10 +286,34 @@ impl Policies {
     }
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let escaped = id.replace('\\', "\\\\").replace('"', "\\\"");
-    EntityUid::from_str(&format!(r#"Steward::{kind}::"{escaped}""#))
-        .map_err(|e| format!("{kind} {id:?}: {e}"))
+/// The entity types and actions every decision uses, parsed once: Cedar's parser is far too
+/// slow to run per decision.
+struct Names {
+    agent: EntityTypeName,
+    run: EntityTypeName,
+    model: EntityTypeName,
+    tool: EntityTypeName,
+    llm_call: EntityUid,
+    tool_call: EntityUid,
+}
+
+impl Names {
+    fn new() -> Result<Self, String> {
+        let t = |n: &str| EntityTypeName::from_str(n).map_err(|e| e.to_string());
+        let a = |n: &str| EntityUid::from_str(n).map_err(|e| e.to_string());
+        Ok(Names {
+            agent: t("Steward::Agent")?,
+            run: t("Steward::Run")?,
+            model: t("Steward::Model")?,
+            tool: t("Steward::Tool")?,
+            llm_call: a(r#"Steward::Action::"llm.call""#)?,
+            tool_call: a(r#"Steward::Action::"tool.call""#)?,
+        })
+    }
+}
+
+fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
 fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError> {

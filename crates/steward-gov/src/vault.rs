@@ -67,7 +67,8 @@ impl VaultCipher {
     }
 
     pub fn open(&self, name: &str, sealed: &str) -> Result<String, VaultError> {
-        let bytes = unhex_any(sealed).ok_or_else(|| VaultError::Decrypt(name.into()))?;
+        let bytes =
+            crate::audit_key::parse_hex(sealed).ok_or_else(|| VaultError::Decrypt(name.into()))?;
         if bytes.len() < 24 + 16 {
             return Err(VaultError::Decrypt(name.into()));
         }
@@ -84,16 +85,6 @@ impl VaultCipher {
             .map_err(|_| VaultError::Decrypt(name.into()))?;
         String::from_utf8(pt).map_err(|_| VaultError::Decrypt(name.into()))
     }
-}
-
-fn unhex_any(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

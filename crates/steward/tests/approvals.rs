@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::Command;
+use common::cli as steward;
 
 use common::{Backend, Counter, TestServer};
 use serde_json::{json, Value};
@@ -18,19 +18,6 @@ permit (principal, action == Steward::Action::"tool.call", resource == Steward::
 "#;
 
 const AGENT: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: payer}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]\n    - content: done\n";
-
-fn steward(server: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(args)
-        .env("STEWARD_URL", &server.url)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn setup(s: &TestServer) {
     let r = reqwest::Client::new()
@@ -112,15 +99,26 @@ async fn an_approved_step_acts_once_after_a_restart(b: Backend) {
         .text()
         .await
         .unwrap();
-    let decisions: Vec<String> = export
+    let decisions: Vec<(String, String)> = export
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
-        .filter(|r| r["event"] == "decision" && r["resource"] == "http_request")
-        .map(|r| r["decision"].as_str().unwrap().to_string())
+        .filter(|r| r["resource"] == "http_request")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_string(),
+                r["decision"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
+    let want = [
+        ("decision", "approval_required"),
+        ("syscall", "allow"),
+        ("decision", "approval_required"),
+        ("syscall", "deny"),
+    ];
     assert_eq!(
         decisions,
-        ["approval_required", "allow", "approval_required", "deny"],
+        want.map(|(a, b)| (a.to_string(), b.to_string())),
         "{export}"
     );
 }

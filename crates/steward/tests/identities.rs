@@ -6,25 +6,8 @@
 
 mod common;
 
-use axum::routing::post;
-use axum::Json;
 use common::{Backend, TestServer};
 use serde_json::{json, Value};
-
-async fn mock_upstream() -> String {
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(|Json(body): Json<Value>| async move {
-            Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
-}
 
 async fn call(s: &TestServer, key: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -38,7 +21,7 @@ async fn call(s: &TestServer, key: &str) -> (u16, Value) {
 }
 
 async fn revoked_expired_and_suspended_credentials_are_refused(b: Backend) {
-    let upstream = mock_upstream().await;
+    let upstream = common::ok_upstream().await;
     let s = TestServer::start_with(
         b,
         &[

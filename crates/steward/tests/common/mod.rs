@@ -395,3 +395,36 @@ pub async fn settled(s: &TestServer) {
     })
     .await
 }
+
+/// Runs the `steward` CLI against `server`: (succeeded, stdout, stderr).
+pub fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(args)
+        .env("STEWARD_URL", &server.url)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A mock OpenAI-compatible upstream on loopback answering every chat call with "ok" (1 token
+/// in, 1 out). Returns its `/v1` base URL.
+pub async fn ok_upstream() -> String {
+    use axum::routing::post;
+    use axum::Json;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            Json(serde_json::json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
