@@ -405,7 +405,6 @@ impl Kernel {
             tokens_in,
             tokens_out,
             cost_nanos: spent,
-            ..Default::default()
         }
         .to_json();
         self.journal
