@@ -1,5 +1,6 @@
 //! What one audit record says. Records are JSON objects with a fixed field order, so the same
-//! event always serialises — and hashes — the same way.
+//! event always serialises — and hashes — the same way. Empty fields are left out: records are
+//! written for every syscall, and their bytes are the audit log's cost.
 
 use serde::Serialize;
 
@@ -17,19 +18,30 @@ pub struct AuditRecord {
     pub action: String,
     /// What it acted on: the model, the tool, …
     pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     /// The step within the run, or the gateway call's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_ids: Vec<String>,
     /// The approval a policy asked for, and what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
     /// `ok` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "is_zero")]
     pub tokens_in: i64,
+    #[serde(skip_serializing_if = "is_zero")]
     pub tokens_out: i64,
+    #[serde(skip_serializing_if = "is_zero")]
     pub cost_nanos: i64,
 }
 
@@ -37,4 +49,8 @@ impl AuditRecord {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"unserializable":"{e}"}}"#))
     }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
