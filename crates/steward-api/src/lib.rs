@@ -119,6 +119,35 @@ async fn deadline(State(ms): State<u64>, req: Request, next: Next) -> Response {
     }
 }
 
+/// Guards the management API: when an admin token is configured, a request must carry it.
+async fn admin_only(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in constant time: the token is a secret.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "the management API needs `Authorization: Bearer <admin token>` (STEWARD_TOKEN for the CLI)",
+        )
+        .into_response()
+    }
+}
+
 /// The whole application.
 pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
     let api = Router::new()
@@ -155,7 +184,11 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(routes::get_policies).put(routes::put_policies),
         )
         .route("/audit/export", get(routes::export_audit))
-        .route("/budgets/{account}", axum::routing::put(routes::put_budget));
+        .route("/budgets/{account}", axum::routing::put(routes::put_budget))
+        .layer(middleware::from_fn_with_state(
+            cfg.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_only,
+        ));
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Bound on one API request, body included: a client that stalls is cut off.
     pub request_timeout_ms: u64,
+    /// When set, every `/api/v1` request must carry `Authorization: Bearer <this>` (set it with
+    /// `STEWARD_SERVER__ADMIN_TOKEN`, not in the file). Unset: the management API is open, for
+    /// a trusted network only.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +116,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
             request_timeout_ms: 30_000,
+            admin_token: None,
         }
     }
 }

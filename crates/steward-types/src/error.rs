@@ -14,6 +14,7 @@ pub enum ErrorCode {
     Timeout,
     Unavailable,
     Internal,
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -28,6 +29,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }

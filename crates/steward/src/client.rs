@@ -46,11 +46,21 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> anyhow::Result<Self> {
+        // The admin token, when the server asks for one.
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::env::var("STEWARD_TOKEN") {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("STEWARD_TOKEN holds characters a header cannot")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers.clone())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         let stream = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(60))
             .build()?;

@@ -158,6 +158,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine.node()
     );
     tracing::info!(%addr, data_dir = %cfg.server.data_dir.display(), "serving");
+    if cfg.server.admin_token.as_deref().unwrap_or("").is_empty() {
+        tracing::warn!("no server.admin_token: the management API (/api/v1) is open to anyone who can reach it; set STEWARD_SERVER__ADMIN_TOKEN");
+    }
 
     let app = steward_api::router(engine.clone(), &cfg.server);
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
