@@ -93,15 +93,9 @@ async fn an_approved_step_acts_once_after_a_restart(b: Backend) {
     assert_eq!(paid, 1, "the denied step did not act");
 
     // The audit log has the request, the approval and the denial.
-    let export = reqwest::get(format!("{}/api/v1/audit/export", s.url))
+    let decisions: Vec<(String, String)> = common::audit_records(&s)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let decisions: Vec<(String, String)> = export
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
+        .into_iter()
         .filter(|r| r["resource"] == "http_request")
         .map(|r| {
             (
@@ -119,7 +113,7 @@ async fn an_approved_step_acts_once_after_a_restart(b: Backend) {
     assert_eq!(
         decisions,
         want.map(|(a, b)| (a.to_string(), b.to_string())),
-        "{export}"
+        "the audit log"
     );
 }
 both_backends!(

@@ -28,13 +28,11 @@ async fn mock_upstream() -> String {
     url
 }
 
-/// At $1 / $2 per million tokens: 10 in + 3 out.
-const ACTUAL_NANOS: i64 = 10 * 1000 + 3 * 2000;
-const CAP_NANOS: i64 = 2_000_000;
-
-async fn concurrent_calls_never_overspend(b: Backend) {
+/// A server whose `mock/gpt-mock` answers through the mock upstream, priced at $1 / $2 per
+/// million tokens.
+async fn priced_server(b: Backend) -> TestServer {
     let upstream = mock_upstream().await;
-    let s = TestServer::start_with(
+    TestServer::start_with(
         b,
         &[
             ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
@@ -43,7 +41,15 @@ async fn concurrent_calls_never_overspend(b: Backend) {
             ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
         ],
     )
-    .await;
+    .await
+}
+
+/// At $1 / $2 per million tokens: 10 in + 3 out.
+const ACTUAL_NANOS: i64 = 10 * 1000 + 3 * 2000;
+const CAP_NANOS: i64 = 2_000_000;
+
+async fn concurrent_calls_never_overspend(b: Backend) {
+    let s = priced_server(b).await;
     let http = reqwest::Client::new();
     let put = |account: &str, body: Value| {
         let http = http.clone();
@@ -172,17 +178,7 @@ both_backends!(
 /// A managed run's model calls hold and settle on the same ledger; when the next call does
 /// not fit, the run fails or waits for a human, as its agent's `budget.onExceeded` says.
 async fn managed_runs_follow_their_budget_policy(b: Backend) {
-    let upstream = mock_upstream().await;
-    let s = TestServer::start_with(
-        b,
-        &[
-            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
-            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
-            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
-            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
-        ],
-    )
-    .await;
+    let s = priced_server(b).await;
     let http = reqwest::Client::new();
     let put = |account: &str, cap_usd: f64| {
         let http = http.clone();

@@ -151,15 +151,9 @@ async fn revoked_expired_and_suspended_credentials_are_refused(b: Backend) {
     assert_eq!(st, 400, "a reason is required");
 
     // Every change is on the record, with its reason.
-    let export = reqwest::get(format!("{}/api/v1/audit/export", s.url))
+    let lifecycle: Vec<(String, String)> = common::audit_records(&s)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lifecycle: Vec<(String, String)> = export
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
+        .into_iter()
         .filter(|r| r["event"] == "lifecycle")
         .map(|r| {
             (

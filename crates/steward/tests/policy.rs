@@ -117,18 +117,7 @@ async fn policy_decides_every_syscall(b: Backend) {
     common::settled(&s).await;
 
     // Every decision is on the record with the set's hash and the policies that decided.
-    let export = http
-        .get(format!("{}/api/v1/audit/export", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let records: Vec<Value> = export
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
-        .collect();
+    let records = common::audit_records(&s).await;
     let denied_tool = records
         .iter()
         .find(|r| r["resource"] == "http_request")

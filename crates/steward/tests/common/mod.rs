@@ -428,3 +428,17 @@ pub async fn ok_upstream() -> String {
     tokio::spawn(async move { axum::serve(l, app).await });
     url
 }
+
+/// Every audit record the server exports, in order (the `record` of each JSON line).
+pub async fn audit_records(s: &TestServer) -> Vec<Value> {
+    let export = reqwest::get(format!("{}/api/v1/audit/export", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
+        .collect()
+}
