@@ -60,7 +60,10 @@ use utoipa::OpenApi;
         routes::suspend_agent,
         routes::resume_agent,
         routes::revoke_agent,
-        routes::get_identity
+        routes::get_identity,
+        routes::list_delegations,
+        routes::get_delegation,
+        routes::revoke_delegation
     ),
     components(schemas(
         wire::Agent,
@@ -101,6 +104,11 @@ use utoipa::OpenApi;
         wire::KeyList,
         wire::Reason,
         wire::Identity,
+        wire::DelegationRequest,
+        wire::DelegationScope,
+        wire::Delegation,
+        wire::DelegationList,
+        wire::Revoked,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -166,6 +174,9 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/agents/{name}/resume", post(routes::resume_agent))
         .route("/agents/{name}/revoke", post(routes::revoke_agent))
         .route("/agents/{name}/identity", get(routes::get_identity))
+        .route("/delegations", get(routes::list_delegations))
+        .route("/delegations/{id}", get(routes::get_delegation))
+        .route("/delegations/{id}/revoke", post(routes::revoke_delegation))
         .route("/calls", get(routes::list_calls))
         .route("/costs", get(routes::costs))
         .route("/budgets", get(routes::list_budgets))
@@ -193,6 +204,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
+        .route("/delegations", post(openai::delegate))
         .fallback(openai::not_found);
     Router::new()
         .route("/healthz", get(routes::healthz))

@@ -217,3 +217,60 @@ pub async fn not_found() -> OaiError {
         "no such endpoint under /v1",
     )
 }
+
+/// `POST /v1/delegations`: the caller (an API key, or a delegated token) mints a token for
+/// another agent, no wider than its own credential.
+pub async fn delegate(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let who = principal(&engine, &headers).await?;
+    let req: crate::wire::DelegationRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| {
+                OaiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    format!("request body: {}: {}", e.path(), e.inner()),
+                )
+            })?;
+    let bad = |m: &str| {
+        OaiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            m,
+        )
+    };
+    let budget_nanos = match req.budget_usd {
+        Some(b) if !(0.0..=1e6).contains(&b) || b.is_nan() => {
+            return Err(bad("budget_usd: from 0 to 1,000,000"))
+        }
+        b => b.map(|b| (b * 1e9).round() as i64),
+    };
+    let expires_at = match req.ttl_s {
+        Some(t) if !(1..=366 * 86_400).contains(&t) => {
+            return Err(bad("ttl_s: from 1 second to a year"))
+        }
+        t => t.map(|t| engine.now_ms() + t * 1000),
+    };
+    let set = |l: Option<Vec<String>>| l.map(|l| l.into_iter().collect());
+    let (rec, token) = engine
+        .delegate(
+            &who,
+            &req.to,
+            steward_gov::delegation::Requested {
+                actions: set(req.actions),
+                models: set(req.models),
+                tools: set(req.tools),
+                budget_nanos,
+                expires_at,
+            },
+        )
+        .await?;
+    let mut out = crate::wire::Delegation::from(rec);
+    out.token = Some(token);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}

@@ -532,3 +532,89 @@ pub struct Secret {
 pub struct SecretList {
     pub secrets: Vec<Secret>,
 }
+
+/// `POST /v1/delegations`: a token for another agent, narrower than the caller's own
+/// credential. Every list left out is inherited from the caller's credential.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationRequest {
+    /// The agent that will hold the token.
+    pub to: String,
+    /// Of `llm.call`, `tool.call`.
+    #[serde(default)]
+    pub actions: Option<Vec<String>>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// Most the holder and everyone it delegates to may spend, in US dollars.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Lifetime in seconds (default one hour; never past the delegator's own expiry).
+    #[serde(default)]
+    pub ttl_s: Option<i64>,
+}
+
+/// What a delegation allows.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DelegationScope {
+    pub actions: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub tools: Option<Vec<String>>,
+    pub budget_usd: Option<f64>,
+    pub expires_at: i64,
+}
+
+/// One link of a delegation chain; `token` only when it is minted.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Delegation {
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub issuer: String,
+    pub holder: String,
+    pub scope: DelegationScope,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<String>,
+    /// The bearer token, shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<steward_store::DelegationRecord> for Delegation {
+    fn from(d: steward_store::DelegationRecord) -> Self {
+        let s: steward_gov::Scope = serde_json::from_str(&d.scope).unwrap_or_default();
+        let list =
+            |l: Option<std::collections::BTreeSet<String>>| l.map(|l| l.into_iter().collect());
+        Delegation {
+            id: d.id,
+            parent_id: d.parent_id,
+            issuer: d.issuer,
+            holder: d.holder,
+            scope: DelegationScope {
+                actions: list(s.actions),
+                models: list(s.models),
+                tools: list(s.tools),
+                budget_usd: s.budget_nanos.map(|n| n as f64 / 1e9),
+                expires_at: s.expires_at,
+            },
+            created_at: d.created_at,
+            expires_at: d.expires_at,
+            revoked_at: d.revoked_at,
+            revoke_reason: d.revoke_reason,
+            token: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DelegationList {
+    pub delegations: Vec<Delegation>,
+}
+
+/// The links a revocation cut off: the one named and every link below it still open.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Revoked {
+    pub revoked: Vec<String>,
+}

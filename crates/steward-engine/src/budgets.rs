@@ -33,6 +33,11 @@ impl Budgets {
             starts.push(format!("run:{run}"));
         }
         starts.push(format!("agent:{agent}"));
+        self.chain_from(starts).await
+    }
+
+    /// The accounts from each of `starts` up to its root, each account once.
+    pub async fn chain_from(&self, starts: Vec<String>) -> steward_store::Result<Vec<String>> {
         let mut chain: Vec<String> = Vec::new();
         for first in starts {
             let mut next = Some(first);

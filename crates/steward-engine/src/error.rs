@@ -12,6 +12,8 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
@@ -28,6 +30,7 @@ impl Error {
             Error::Conflict(_) | Error::Store(steward_store::Error::Conflict(_)) => {
                 ErrorCode::Conflict
             }
+            Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Store(_) => ErrorCode::Internal,

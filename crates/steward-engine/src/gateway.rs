@@ -1,6 +1,7 @@
 //! The `/v1` gateway's syscall: an OpenAI-format chat request from an external agent, on the
-//! same path as a managed agent's model call. 1 identify (the API key names the agent; a
-//! request may name its run), 2 authorize (a live key), 3 reserve (budgets: later), 4 record the
+//! same path as a managed agent's model call. 1 identify (an API key names the agent, a
+//! delegated token the whole chain; a request may name its own run), 2 authorize (the token's
+//! scope, then the policy), 3 reserve (a budget hold up every chain), 4 record the
 //! call as started — durably, before any upstream is asked, 5 act through the route's
 //! deployments by strategy, retrying and falling back on transient failures, and to the
 //! route's chains for context-window overflows and content-filter refusals, 6 record the outcome with
@@ -20,15 +21,48 @@ use tracing::Instrument;
 
 use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
+use crate::delegations::{Delegated, Delegations, Refusal, ScopeError};
 use crate::metrics::Metrics;
 use crate::ttl_cache::TtlCache;
 
-/// Who is calling: the agent an API key names, and the run it says it is acting for.
-#[derive(Clone, Debug)]
+/// Who is calling: the agent an API key or a delegated token names, on whose behalf, and the
+/// run it says it is acting for.
+#[derive(Clone)]
 pub struct Principal {
     pub agent: AgentName,
+    /// The API key's id, or the last delegation link's.
     pub key_id: String,
     pub run: Option<RunId>,
+    /// Outermost first: `user:<owner>` of the agent that began it, each agent that delegated,
+    /// and the caller.
+    pub chain: Vec<String>,
+    /// The owner of the agent that began the chain: on whose behalf the call is made.
+    pub on_behalf_of: Option<String>,
+    /// The caller's own owner.
+    pub owner: Option<String>,
+    /// The verified delegation chain, when the caller presented a token.
+    pub delegated: Option<Arc<Delegated>>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("agent", &self.agent)
+            .field("key_id", &self.key_id)
+            .field("run", &self.run)
+            .field("chain", &self.chain)
+            .field("links", &self.link_ids())
+            .finish()
+    }
+}
+
+impl Principal {
+    pub fn link_ids(&self) -> Vec<String> {
+        self.delegated
+            .as_ref()
+            .map(|d| d.link_ids())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +112,7 @@ pub(crate) struct Gateway {
     pub metrics: Arc<Metrics>,
     pub policies: Arc<Policies>,
     pub identities: Arc<crate::identities::Identities>,
+    pub delegations: Arc<Delegations>,
     pub settler: SettleWriter,
     /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
     /// every call would otherwise make. A key created is usable at once; a new account or
@@ -115,6 +150,8 @@ pub(crate) struct Meters {
     started: Instant,
     /// The policy's decision, recorded with the call.
     decision: Decision,
+    /// Who called, for the call's audit record.
+    who: Principal,
 }
 
 /// A budget hold taken for one call (its id is the call's): the accounts up the chain and the
@@ -153,6 +190,7 @@ impl Gateway {
     /// Forgets cached keys, so a revocation applies on this node at once.
     pub fn forget_keys(&self) {
         self.keys.clear();
+        self.delegations.forget();
     }
 
     pub async fn authenticate(
@@ -162,56 +200,323 @@ impl Gateway {
     ) -> Result<Principal, GatewayError> {
         let secret = bearer.ok_or_else(|| {
             GatewayError::Unauthorized(
-                "missing API key: send `Authorization: Bearer sk-steward-…`".into(),
+                "missing credential: send `Authorization: Bearer sk-steward-…` (an API key) or a delegated token".into(),
             )
         })?;
+        let who = if secret.starts_with("sk-") {
+            self.authenticate_key(secret).await?
+        } else {
+            self.authenticate_token(secret).await?
+        };
+        self.attach_run(who, run).await
+    }
+
+    /// Refuses a credential, audited before the caller hears of it.
+    async fn refuse(
+        &self,
+        principal: &str,
+        chain: Vec<String>,
+        delegations: Vec<String>,
+        resource: &str,
+        error: GatewayError,
+    ) -> GatewayError {
+        self.refuse_as(
+            ("authentication", "authenticate"),
+            principal,
+            chain,
+            delegations,
+            resource,
+            error,
+        )
+        .await
+    }
+
+    /// Refuses a request, audited (as `event`) before the caller hears of it.
+    async fn refuse_as(
+        &self,
+        (event, action): (&'static str, &str),
+        principal: &str,
+        chain: Vec<String>,
+        delegations: Vec<String>,
+        resource: &str,
+        error: GatewayError,
+    ) -> GatewayError {
+        let now = self.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event,
+            principal: principal.to_string(),
+            chain,
+            delegations,
+            action: action.into(),
+            resource: resource.into(),
+            decision: Some("deny".into()),
+            error: Some(error.to_string()),
+            ..Default::default()
+        }
+        .to_json();
+        match self.store.append_audit(&[(now, record)]).await {
+            Ok(_) => error,
+            Err(e) => internal(e),
+        }
+    }
+
+    /// A token for agent `to`, no wider than the caller's own credential (its API key, or
+    /// the token it presented), hop by hop. Granted or refused, it is audited.
+    pub async fn delegate(
+        &self,
+        who: &Principal,
+        to: &str,
+        req: steward_gov::delegation::Requested,
+    ) -> Result<(steward_store::DelegationRecord, String), GatewayError> {
+        let holder =
+            AgentName::parse(to).map_err(|e| GatewayError::BadRequest(format!("to: {}", e.0)))?;
+        let mut chain = who.chain.clone();
+        chain.push(format!("agent:{holder}"));
+        let principal = format!("agent:{}", who.agent);
+        let resource = format!("agent:{holder}");
+        let refused = self
+            .identities
+            .barred(holder.as_str())
+            .await
+            .map_err(internal)?;
+        if let Some(why) = refused {
+            let error = GatewayError::Forbidden(why);
+            return Err(self
+                .refuse_as(
+                    ("delegation", "agent.delegate"),
+                    &principal,
+                    chain,
+                    who.link_ids(),
+                    &resource,
+                    error,
+                )
+                .await);
+        }
+        let key_expires = match &who.delegated {
+            Some(_) => None,
+            None => self
+                .store
+                .get_key(&who.key_id)
+                .await
+                .map_err(internal)?
+                .and_then(|k| k.expires_at),
+        };
+        let scope = match self
+            .delegations
+            .child_scope(who.delegated.as_deref(), key_expires, req)
+        {
+            Ok(s) => s,
+            Err(ScopeError::Invalid(p)) => return Err(GatewayError::BadRequest(p.join("; "))),
+            Err(ScopeError::Wider(p)) => {
+                let error = GatewayError::Forbidden(format!(
+                    "agent {} may not delegate to {holder} more than it holds: {}",
+                    who.agent,
+                    p.join("; ")
+                ));
+                return Err(self
+                    .refuse_as(
+                        ("delegation", "agent.delegate"),
+                        &principal,
+                        chain,
+                        who.link_ids(),
+                        &resource,
+                        error,
+                    )
+                    .await);
+            }
+        };
+        let key_id = who.delegated.is_none().then_some(who.key_id.as_str());
+        let (rec, token) = self
+            .delegations
+            .mint(
+                who.delegated.as_deref(),
+                key_id,
+                who.agent.as_str(),
+                holder.as_str(),
+                &scope,
+            )
+            .await
+            .map_err(|r| match r {
+                Refusal::Internal(m) => GatewayError::Internal(m),
+                other => GatewayError::Internal(format!("{other:?}")),
+            })?;
+        let now = self.clock.now_ms();
+        let mut links = who.link_ids();
+        links.push(rec.id.clone());
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "delegation",
+            principal,
+            chain,
+            delegations: links,
+            action: "agent.delegate".into(),
+            resource,
+            decision: Some("allow".into()),
+            outcome: Some(rec.scope.clone()),
+            ..Default::default()
+        }
+        .to_json();
+        self.store
+            .append_audit(&[(now, record)])
+            .await
+            .map_err(internal)?;
+        Ok((rec, token))
+    }
+
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, GatewayError> {
+        let d = match self.delegations.open(token).await {
+            Ok(d) => d,
+            Err(r) => {
+                let (error, what) = match r {
+                    Refusal::Forged(m) => (
+                        GatewayError::Unauthorized(format!("invalid delegated token: {m}")),
+                        "token",
+                    ),
+                    Refusal::Revoked(m) | Refusal::Expired(m) => {
+                        (GatewayError::Unauthorized(m), "token")
+                    }
+                    Refusal::Barred(m) => (GatewayError::Forbidden(m), "token"),
+                    Refusal::Internal(m) => return Err(GatewayError::Internal(m)),
+                };
+                return Err(self
+                    .refuse("unknown", Vec::new(), Vec::new(), what, error)
+                    .await);
+            }
+        };
+        let last = d.last();
+        let agent = AgentName::parse(&last.holder).map_err(|e| internal(e.0))?;
+        let on_behalf_of = self
+            .identities
+            .owner(d.root_agent())
+            .await
+            .map_err(internal)?;
+        let owner = self
+            .identities
+            .owner(agent.as_str())
+            .await
+            .map_err(internal)?;
+        let mut chain: Vec<String> = on_behalf_of.iter().map(|o| format!("user:{o}")).collect();
+        chain.push(format!("agent:{}", d.root_agent()));
+        chain.extend(d.links.iter().map(|l| format!("agent:{}", l.holder)));
+        Ok(Principal {
+            agent,
+            key_id: last.id.clone(),
+            run: None,
+            chain,
+            on_behalf_of,
+            owner,
+            delegated: Some(Arc::new(d)),
+        })
+    }
+
+    async fn authenticate_key(&self, secret: &str) -> Result<Principal, GatewayError> {
         let hash = key_hash(secret);
         let key = match self.keys.get(&hash) {
             Some(k) => k,
             None => {
-                let k = self
-                    .store
-                    .find_key(&hash)
-                    .await
-                    .map_err(internal)?
-                    .ok_or_else(|| GatewayError::Unauthorized("invalid API key".into()))?;
+                let Some(k) = self.store.find_key(&hash).await.map_err(internal)? else {
+                    return Err(self
+                        .refuse(
+                            "unknown",
+                            Vec::new(),
+                            Vec::new(),
+                            "api_key",
+                            GatewayError::Unauthorized("invalid API key".into()),
+                        )
+                        .await);
+                };
                 self.keys.put(hash, k.clone());
                 k
             }
         };
-        if key.revoked_at.is_some() {
-            return Err(GatewayError::Unauthorized(format!(
+        let refusal = if key.revoked_at.is_some() {
+            Some(GatewayError::Unauthorized(format!(
                 "this API key was revoked: {}",
-                key.revoke_reason.unwrap_or_default()
-            )));
-        }
-        if key.expires_at.is_some_and(|t| t <= self.clock.now_ms()) {
-            return Err(GatewayError::Unauthorized(
+                key.revoke_reason.clone().unwrap_or_default()
+            )))
+        } else if key.expires_at.is_some_and(|t| t <= self.clock.now_ms()) {
+            Some(GatewayError::Unauthorized(
                 "this API key has expired; ask for a new one".into(),
-            ));
-        }
-        if let Some(why) = self.identities.barred(&key.agent).await.map_err(internal)? {
-            return Err(GatewayError::Forbidden(why));
+            ))
+        } else {
+            self.identities
+                .barred(&key.agent)
+                .await
+                .map_err(internal)?
+                .map(GatewayError::Forbidden)
+        };
+        if let Some(error) = refusal {
+            let who = format!("agent:{}", key.agent);
+            return Err(self
+                .refuse(&who, vec![who.clone()], Vec::new(), &key.id, error)
+                .await);
         }
         let agent = AgentName::parse(&key.agent).map_err(|e| internal(e.0))?;
-        let run = match run {
+        let owner = self
+            .identities
+            .owner(agent.as_str())
+            .await
+            .map_err(internal)?;
+        let mut chain: Vec<String> = owner.iter().map(|o| format!("user:{o}")).collect();
+        chain.push(format!("agent:{agent}"));
+        Ok(Principal {
+            agent,
+            key_id: key.id,
+            run: None,
+            chain,
+            on_behalf_of: owner.clone(),
+            owner,
+            delegated: None,
+        })
+    }
+
+    /// The run a request says it acts for: it must exist and be a run of an agent on the
+    /// caller's chain or of the same owner — never another owner's, whose budget and record
+    /// it would use.
+    async fn attach_run(
+        &self,
+        mut who: Principal,
+        run: Option<&str>,
+    ) -> Result<Principal, GatewayError> {
+        who.run = match run {
             None => None,
             Some(r) => {
                 let id = RunId::parse(r)
                     .map_err(|e| GatewayError::BadRequest(format!("X-Steward-Run: {}", e.0)))?;
-                if self.store.get_run(&id).await.map_err(internal)?.is_none() {
+                let Some(rec) = self.store.get_run(&id).await.map_err(internal)? else {
                     return Err(GatewayError::BadRequest(format!(
                         "X-Steward-Run: no run {id}"
                     )));
+                };
+                let run_owner = self
+                    .identities
+                    .owner(rec.agent.as_str())
+                    .await
+                    .map_err(internal)?;
+                let own = who.chain.contains(&format!("agent:{}", rec.agent))
+                    || run_owner == who.on_behalf_of;
+                if !own {
+                    let error = GatewayError::Forbidden(format!(
+                        "run {id} belongs to agent {} of owner {}, and this credential acts for {}: an agent may only act for runs of its own owner",
+                        rec.agent,
+                        run_owner.as_deref().unwrap_or("(none)"),
+                        who.on_behalf_of.as_deref().unwrap_or("(no owner)")
+                    ));
+                    return Err(self
+                        .refuse(
+                            &format!("agent:{}", who.agent),
+                            who.chain.clone(),
+                            who.link_ids(),
+                            &format!("run:{id}"),
+                            error,
+                        )
+                        .await);
                 }
                 Some(id)
             }
         };
-        Ok(Principal {
-            agent,
-            key_id: key.id,
-            run,
-        })
+        Ok(who)
     }
 
     /// The call's worst case and the accounts up the chain it must be held on (the hold itself
@@ -244,8 +549,29 @@ impl Gateway {
         model: &str,
         cost_nanos: i64,
     ) -> Result<Decision, GatewayError> {
-        let chain = [format!("agent:{}", who.agent)];
         let now = self.clock.now_ms();
+        if let Some(d) = &who.delegated {
+            if let Err(e) = self
+                .delegations
+                .delegator
+                .allows(&d.token, "llm.call", "model", model, now)
+            {
+                let error = GatewayError::Forbidden(format!(
+                    "the delegated token of agent {} does not allow calling {model}: {e}",
+                    who.agent
+                ));
+                return Err(self
+                    .refuse_as(
+                        ("decision", "llm.call"),
+                        &format!("agent:{}", who.agent),
+                        who.chain.clone(),
+                        who.link_ids(),
+                        model,
+                        error,
+                    )
+                    .await);
+            }
+        }
         let d = self.policies.decide(&Query {
             agent: who.agent.as_str(),
             run: who.run.as_ref().map(RunId::as_str),
@@ -253,7 +579,9 @@ impl Gateway {
             resource: model,
             cost_nanos,
             time_ms: now,
-            chain: &chain,
+            chain: &who.chain,
+            owner: who.owner.as_deref(),
+            on_behalf_of: who.on_behalf_of.as_deref(),
         });
         if d.allow && d.approval.is_none() {
             return Ok(d);
@@ -261,8 +589,9 @@ impl Gateway {
         let record = steward_gov::AuditRecord {
             at: now,
             event: "decision",
-            principal: chain[0].clone(),
-            chain: chain.to_vec(),
+            principal: format!("agent:{}", who.agent),
+            chain: who.chain.clone(),
+            delegations: who.link_ids(),
             action: "llm.call".into(),
             resource: model.into(),
             run_id: who.run.as_ref().map(|r| r.to_string()),
@@ -300,15 +629,19 @@ impl Gateway {
         who: &Principal,
         estimate: Result<i64, String>,
     ) -> Result<Option<Hold>, GatewayError> {
-        let slot = (who.agent.to_string(), who.run.clone());
+        let slot = (who.key_id.clone(), who.run.clone());
         let accounts = match self.chains.get(&slot) {
             Some(a) => a,
             None => {
-                let a = self
-                    .budgets
-                    .chain(who.agent.as_str(), who.run.as_ref())
-                    .await
-                    .map_err(internal)?;
+                // A delegated call spends under its links and the agent that began the chain,
+                // as well as under the caller's own accounts.
+                let mut starts: Vec<String> = who.run.iter().map(|r| format!("run:{r}")).collect();
+                starts.push(format!("agent:{}", who.agent));
+                if let Some(d) = &who.delegated {
+                    starts.extend(d.budget_account());
+                    starts.push(format!("agent:{}", d.root_agent()));
+                }
+                let a = self.budgets.chain_from(starts).await.map_err(internal)?;
                 self.chains.put(slot, a.clone());
                 a
             }
@@ -324,10 +657,12 @@ impl Gateway {
 
     /// Queues the call's end for the settle writer: its hold settled, its outcome recorded, its
     /// tokens counted — durably moments later, in a batch with other calls'.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         call: &NewCall,
         op: Op,
+        who: &Principal,
         decision: &Decision,
         outcome: CallOutcome,
         spent: i64,
@@ -337,7 +672,15 @@ impl Gateway {
         self.settler
             .settle(CallEnd {
                 id: call.id.clone(),
-                audit: Some(call_audit(call, op, decision, &outcome, spent, at)),
+                audit: Some(call_audit(
+                    call,
+                    op,
+                    (who, crate::trace_id()),
+                    decision,
+                    &outcome,
+                    spent,
+                    at,
+                )),
                 outcome,
                 spent,
                 rate_scopes: rate.scopes.clone(),
@@ -447,7 +790,7 @@ impl Gateway {
             tokens_out: 0,
             duration_us: 0,
         };
-        self.finish(&call, op, decision, outcome, 0, &RateTicket::default())
+        self.finish(&call, op, who, decision, outcome, 0, &RateTicket::default())
             .await;
         Ok(Some(GatewayReply::Json(v)))
     }
@@ -539,6 +882,7 @@ impl Gateway {
         let meters = Meters {
             hold: self.hold(who, estimate).await?,
             decision,
+            who: who.clone(),
             rate,
             cache,
             started: Instant::now(),
@@ -603,8 +947,16 @@ impl Gateway {
                 tokens_out: 0,
                 duration_us: started.elapsed().as_micros() as i64,
             };
-            self.finish(&call, op, &meters.decision, outcome, 0, &meters.rate)
-                .await;
+            self.finish(
+                &call,
+                op,
+                &meters.who,
+                &meters.decision,
+                outcome,
+                0,
+                &meters.rate,
+            )
+            .await;
         }
         result
     }
@@ -662,8 +1014,16 @@ impl Gateway {
         // The upstream has answered and charged: book it, and from here on the call succeeds
         // even if the record cannot be written.
         let spent = self.budgets.cost(&d.label, tin, tout).unwrap_or(0);
-        self.finish(call, op, &meters.decision, outcome, spent, &meters.rate)
-            .await;
+        self.finish(
+            call,
+            op,
+            &meters.who,
+            &meters.decision,
+            outcome,
+            spent,
+            &meters.rate,
+        )
+        .await;
         if let Some((key, expires_at)) = &meters.cache {
             if let Err(e) = self
                 .store
@@ -714,7 +1074,10 @@ impl Gateway {
         upstream: ByteStream,
         meters: Meters,
     ) -> ByteStream {
-        let (rate, started, decision) = (meters.rate, meters.started, meters.decision);
+        let (rate, started, decision, who) =
+            (meters.rate, meters.started, meters.decision, meters.who);
+        // The stream is read by a task of its own, outside the call's span.
+        let trace_id = crate::trace_id();
         let settler = self.settler.clone();
         let budgets = self.budgets.clone();
         let clock = self.clock.clone();
@@ -773,7 +1136,15 @@ impl Gateway {
             settler
                 .settle(CallEnd {
                     id: call.id.clone(),
-                    audit: Some(call_audit(&call, Op::Chat, &decision, &outcome, spent, at)),
+                    audit: Some(call_audit(
+                        &call,
+                        Op::Chat,
+                        (&who, trace_id),
+                        &decision,
+                        &outcome,
+                        spent,
+                        at,
+                    )),
                     outcome,
                     spent,
                     rate_scopes: rate.scopes,
@@ -813,6 +1184,7 @@ fn refused(v: &Value) -> bool {
 fn call_audit(
     call: &NewCall,
     op: Op,
+    (who, trace_id): (&Principal, Option<String>),
     decision: &Decision,
     outcome: &CallOutcome,
     spent: i64,
@@ -822,7 +1194,8 @@ fn call_audit(
         at,
         event: "syscall",
         principal: format!("agent:{}", call.agent),
-        chain: vec![format!("agent:{}", call.agent)],
+        chain: who.chain.clone(),
+        delegations: who.link_ids(),
         action: match op {
             Op::Chat => "llm.call",
             Op::Embeddings => "llm.embeddings",
@@ -843,6 +1216,7 @@ fn call_audit(
         tokens_in: outcome.tokens_in,
         tokens_out: outcome.tokens_out,
         cost_nanos: spent,
+        trace_id,
     }
     .to_json()
 }

@@ -21,16 +21,25 @@ impl Identities {
         }
     }
 
-    /// Why `agent` may not act now, if it may not.
-    pub async fn barred(&self, agent: &str) -> steward_store::Result<Option<String>> {
-        let rec = match self.cache.get(&agent.to_string()) {
+    async fn record(&self, agent: &str) -> steward_store::Result<Option<IdentityRecord>> {
+        Ok(match self.cache.get(&agent.to_string()) {
             Some(r) => r,
             None => {
                 let r = self.store.get_identity(agent).await?;
                 self.cache.put(agent.to_string(), r.clone());
                 r
             }
-        };
+        })
+    }
+
+    /// The human or team that owns `agent`, if one was recorded.
+    pub async fn owner(&self, agent: &str) -> steward_store::Result<Option<String>> {
+        Ok(self.record(agent).await?.and_then(|r| r.owner))
+    }
+
+    /// Why `agent` may not act now, if it may not.
+    pub async fn barred(&self, agent: &str) -> steward_store::Result<Option<String>> {
+        let rec = self.record(agent).await?;
         Ok(rec.filter(|r| r.status != "active").map(|r| {
             format!(
                 "agent {agent} is {}: {}",

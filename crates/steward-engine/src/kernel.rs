@@ -153,6 +153,21 @@ pub struct Kernel {
     pub(crate) journal_tick: Arc<tokio::sync::Notify>,
 }
 
+/// Who a run's step acts for, outermost first: its agent's owner, the run that spawned it (if
+/// any), its agent, the run.
+fn run_chain(ctx: &RunCtx, owner: Option<&str>) -> Vec<String> {
+    let mut chain = Vec::with_capacity(4);
+    if let Some(o) = owner {
+        chain.push(format!("user:{o}"));
+    }
+    if let Some(p) = &ctx.run.parent_id {
+        chain.push(format!("run:{p}"));
+    }
+    chain.push(format!("agent:{}", ctx.run.agent));
+    chain.push(format!("run:{}", ctx.run.id));
+    chain
+}
+
 fn kind_and_name<'a>(action: &Action<'a>) -> (&'static str, &'a str) {
     match action {
         Action::Model { request } => ("model", request.model.as_str()),
@@ -290,8 +305,22 @@ impl Kernel {
         };
         // Authorize: the policy decides; the decision is audited with the step's outcome.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
-        let (decision, approval_note) =
-            self.authorize(ctx, &action, cost.unwrap_or(0), seq).await?;
+        let owner = self
+            .identities
+            .owner(&ctx.run.agent)
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?;
+        let chain = run_chain(ctx, owner.as_deref());
+        let (decision, approval_note) = self
+            .authorize(
+                ctx,
+                &action,
+                cost.unwrap_or(0),
+                seq,
+                &chain,
+                owner.as_deref(),
+            )
+            .await?;
         // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
         let held = match estimate {
             Some(e) if decision.allow => self.hold(ctx, e, &idempotency_key).await?,
@@ -384,10 +413,7 @@ impl Kernel {
             at: entry.at,
             event: "syscall",
             principal: format!("run:{}", ctx.run.id),
-            chain: vec![
-                format!("agent:{}", ctx.run.agent),
-                format!("run:{}", ctx.run.id),
-            ],
+            chain,
             action: match kind {
                 "model" => "llm.call",
                 _ => "tool.call",
@@ -405,6 +431,8 @@ impl Kernel {
             tokens_in,
             tokens_out,
             cost_nanos: spent,
+            trace_id: crate::trace_id(),
+            ..Default::default()
         }
         .to_json();
         self.journal
@@ -460,15 +488,13 @@ impl Kernel {
         action: &Action<'_>,
         cost_nanos: i64,
         seq: i64,
+        chain: &[String],
+        owner: Option<&str>,
     ) -> Result<(Decision, Option<String>), StepError> {
         let (act, resource) = match action {
             Action::Model { .. } => ("llm.call", ctx.spec.model.as_str()),
             Action::Tool { name, .. } => ("tool.call", *name),
         };
-        let chain = [
-            format!("agent:{}", ctx.run.agent),
-            format!("run:{}", ctx.run.id),
-        ];
         let now = self.clock.now_ms();
         let mut d = self.policies.decide(&Query {
             agent: &ctx.run.agent,
@@ -477,7 +503,10 @@ impl Kernel {
             resource,
             cost_nanos,
             time_ms: now,
-            chain: &chain,
+            chain,
+            owner,
+            // A managed run acts for its agent's owner.
+            on_behalf_of: owner,
         });
         let record = |d: &Decision, verdict: &str, approval: Option<String>| {
             steward_gov::AuditRecord {
@@ -485,6 +514,7 @@ impl Kernel {
                 event: "decision",
                 principal: format!("run:{}", ctx.run.id),
                 chain: chain.to_vec(),
+                trace_id: crate::trace_id(),
                 action: act.into(),
                 resource: resource.into(),
                 run_id: Some(ctx.run.id.to_string()),

@@ -5,6 +5,7 @@ mod agent_loop;
 mod budgets;
 mod clock;
 mod costs;
+mod delegations;
 mod error;
 mod gateway;
 mod host;
@@ -34,11 +35,22 @@ use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, SystemClock};
 pub use costs::{CostBy, CostLine};
+pub use delegations::Delegated;
 pub use error::{Error, Result};
 pub use gateway::{GatewayError, GatewayReply, Principal};
 pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
+
+/// The OpenTelemetry trace id of the current span, when traces are exported.
+pub(crate) fn trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
 
 /// Why a run task was told to stop.
 #[derive(Clone, Debug)]
@@ -129,7 +141,35 @@ impl Engine {
             prices: opts.prices.clone(),
         };
         let identities = Arc::new(identities::Identities::new(store.clone()));
+        // Tokens minted on one node must verify on every other: the signing key is shared
+        // through the store, sealed with the vault key. Without a vault (benchmarks), a key
+        // for this process only.
+        let delegator = match &opts.vault {
+            Some(v) => {
+                let (local, fresh) = steward_gov::Delegator::generate();
+                let shared = v
+                    .shared_key("delegation", &fresh, opts.clock.now_ms())
+                    .await
+                    .and_then(|secret| {
+                        steward_gov::Delegator::from_hex(&secret)
+                            .map_err(|e| Error::Unavailable(e.to_string()))
+                    });
+                // Like a secret sealed under another key: reported, not fatal.
+                shared.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "delegated tokens minted on other nodes will not verify here, nor these there: give every node the same vault key (STEWARD_VAULT_KEY)");
+                    local
+                })
+            }
+            None => steward_gov::Delegator::generate().0,
+        };
+        let delegations = Arc::new(delegations::Delegations::new(
+            store.clone(),
+            opts.clock.clone(),
+            delegator,
+            identities.clone(),
+        ));
         let gateway = gateway::Gateway {
+            delegations,
             identities: identities.clone(),
             policies: opts.policies.clone(),
             router: router.clone(),
@@ -475,17 +515,119 @@ impl Engine {
     /// Validates Cedar policies against the schema and, when they pass, records them as the
     /// next version and puts them in force on every node. When they do not, the active set
     /// stays and the error carries Cedar's diagnostics.
+    ///
+    /// The administrator is a principal: the active set must let them update policies, and a
+    /// set that would stop them doing so again is refused. Every attempt is audited.
     pub async fn put_policies(&self, text: &str) -> Result<steward_store::PolicySetRecord> {
         let policies = &self.inner.kernel.policies;
-        let checked = policies
-            .check(text)
-            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let now = self.inner.shared.clock.now_ms();
+        if let Err(by) = policies.admin_may_update(now) {
+            let why = format!(
+                "the policies in force do not let administrators update them ({})",
+                by.join(", ")
+            );
+            self.audit_admin("policy.update", "policies", false, &why)
+                .await?;
+            return Err(Error::Forbidden(why));
+        }
+        let checked = match policies.check(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = e.to_string();
+                self.audit_admin("policy.update", "policies", false, &why)
+                    .await?;
+                return Err(Error::InvalidRequest(why));
+            }
+        };
         let rec = self
             .store()
-            .put_policy_set(&checked.hash, text, self.inner.shared.clock.now_ms())
+            .put_policy_set(&checked.hash, text, now)
             .await?;
+        self.audit_admin(
+            "policy.update",
+            &format!("policies:{}", checked.hash),
+            true,
+            "",
+        )
+        .await?;
         policies.activate(checked);
         Ok(rec)
+    }
+
+    /// Appends an administrator's action and its decision to the audit log, durably.
+    async fn audit_admin(
+        &self,
+        action: &str,
+        resource: &str,
+        allowed: bool,
+        error: &str,
+    ) -> Result<()> {
+        let now = self.inner.shared.clock.now_ms();
+        let principal = format!("admin:{}", steward_gov::policy::ADMIN);
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "admin",
+            chain: vec![principal.clone()],
+            principal,
+            action: action.to_string(),
+            resource: resource.to_string(),
+            decision: Some(if allowed { "allow" } else { "deny" }.into()),
+            policy_hash: Some(self.inner.kernel.policies.active().hash.clone()),
+            error: (!error.is_empty()).then(|| error.to_string()),
+            ..Default::default()
+        }
+        .to_json();
+        self.store().append_audit(&[(now, record)]).await?;
+        Ok(())
+    }
+
+    /// The engine clock's time, Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.shared.clock.now_ms()
+    }
+
+    /// A delegated token for agent `to`, narrower than the caller's own credential.
+    pub async fn delegate(
+        &self,
+        who: &Principal,
+        to: &str,
+        req: steward_gov::delegation::Requested,
+    ) -> Result<(steward_store::DelegationRecord, String), GatewayError> {
+        self.inner.gateway.delegate(who, to, req).await
+    }
+
+    /// Revokes a delegation link and everything below it, at once on this node (within a
+    /// second on the others); audited with the reason and the links it cut off.
+    pub async fn revoke_delegation(&self, id: &str, reason: &str) -> Result<Vec<String>> {
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest("reason: required".into()));
+        }
+        let cut = self
+            .store()
+            .revoke_delegation(id, reason, self.inner.shared.clock.now_ms())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no delegation {id}")))?;
+        self.inner.gateway.delegations.forget();
+        self.inner.gateway.chains.clear();
+        self.audit_admin(
+            "delegation.revoke",
+            id,
+            true,
+            &format!("{reason} (cuts off {})", cut.join(", ")),
+        )
+        .await?;
+        Ok(cut)
+    }
+
+    pub async fn delegations(&self, limit: i64) -> Result<Vec<steward_store::DelegationRecord>> {
+        Ok(self.store().list_delegations(limit.clamp(1, 1000)).await?)
+    }
+
+    pub async fn delegation(&self, id: &str) -> Result<steward_store::DelegationRecord> {
+        self.store()
+            .get_delegation(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no delegation {id}")))
     }
 
     /// The policy set in force: its version (0 for the built-in default), hash and text.

@@ -85,6 +85,20 @@ impl Vault {
         Ok(found)
     }
 
+    /// The signing key `name` every node shares: `fresh` (hex) is kept when none exists yet.
+    /// Kept apart from the secrets, so it is never listed.
+    pub async fn shared_key(&self, name: &str, fresh: &str, now: i64) -> Result<String> {
+        let ad = format!("signing-key:{name}");
+        let sealed = self
+            .cipher
+            .seal(&ad, fresh)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let stored = self.store.ensure_signing_key(name, &sealed, now).await?;
+        self.cipher
+            .open(&ad, &stored)
+            .map_err(|e| Error::Unavailable(format!("the {name} signing key: {e}")))
+    }
+
     /// Names and when each was last set; never values.
     pub async fn names(&self) -> Result<Vec<(String, i64)>> {
         Ok(self

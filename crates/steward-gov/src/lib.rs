@@ -4,6 +4,7 @@
 
 pub mod audit_key;
 pub mod checkpointer;
+pub mod delegation;
 pub mod export;
 pub mod policy;
 pub mod proof;
@@ -12,6 +13,7 @@ pub mod vault;
 pub mod verify;
 
 pub use audit_key::AuditKey;
+pub use delegation::{Delegator, Scope};
 pub use policy::{Decision, Policies, Query};
 pub use record::AuditRecord;
 pub use verify::{verify_log, Problem, Report};

@@ -1,9 +1,14 @@
 //! Policy: Cedar decides every syscall. The principal is an agent, or a run of one (a run is
-//! in its agent, so `principal in Steward::Agent::"x"` covers both); the action is the syscall
-//! kind; the resource is the model or the tool; the context carries the estimated cost, the time
-//! and the delegation chain. Policies are validated against [`SCHEMA`] before they replace the
-//! active set, and every decision names the set's hash and the policies that decided it.
-//! Without a permit, the answer is no.
+//! in its agent, so `principal in Steward::Agent::"x"` covers both), each with its `owner`; the
+//! action is the syscall kind; the resource is the model or the tool; the context carries the
+//! estimated cost, the time, the delegation chain and the owner on whose behalf it acts.
+//! Policies are validated against [`SCHEMA`] before they replace the active set, and every
+//! decision names the set's hash and the policies that decided it. Without a permit, the
+//! answer is no.
+//!
+//! Administrators are principals too (`Steward::Admin`): every set carries a built-in permit
+//! for them to update policies, and a set under which they could not — a forbid that catches
+//! them — is refused, so no upload can lock the administrators out.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -11,27 +16,48 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
+    ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
 /// The entity types, actions and context every policy is checked against.
 pub const SCHEMA: &str = r#"
 namespace Steward {
-  entity Agent;
-  entity Run in [Agent];
+  entity Agent { "owner": String };
+  entity Run in [Agent] { "owner": String };
+  entity Admin { "owner": String };
   entity Model;
   entity Tool;
+  entity PolicySet;
+  entity Sandbox;
+  entity Namespace;
+  entity Account;
+  entity Mailbox;
   type Ctx = {
     "cost_nanos": Long,
     "time_ms": Long,
     "chain": Set<String>,
+    "on_behalf_of": String,
   };
   action "llm.call" appliesTo { principal: [Agent, Run], resource: [Model], context: Ctx };
   action "tool.call" appliesTo { principal: [Agent, Run], resource: [Tool], context: Ctx };
+  action "agent.spawn" appliesTo { principal: [Agent, Run], resource: [Agent], context: Ctx };
+  action "sandbox.exec" appliesTo { principal: [Agent, Run], resource: [Sandbox], context: Ctx };
+  action "memory.read", "memory.write" appliesTo { principal: [Agent, Run], resource: [Namespace], context: Ctx };
+  action "spend" appliesTo { principal: [Agent, Run], resource: [Account], context: Ctx };
+  action "message.send" appliesTo { principal: [Agent, Run], resource: [Mailbox], context: Ctx };
+  action "policy.update" appliesTo { principal: [Admin], resource: [PolicySet], context: Ctx };
 }
 "#;
+
+/// Part of every set: administrators may update the policies. Only a forbid can take that
+/// away, and a set with such a forbid is refused ([`PolicyError::LocksOutAdmins`]).
+pub const ADMIN_POLICY: &str = r#"permit (principal is Steward::Admin, action == Steward::Action::"policy.update", resource);"#;
+const ADMIN_POLICY_ID: &str = "steward-admins-update-policies";
+
+/// The administrator every management request acts as.
+pub const ADMIN: &str = "admin";
 
 /// In force until policies are configured: agents may call models and the tools their
 /// manifests list (the Kernel checks the list before asking).
@@ -46,6 +72,8 @@ pub enum PolicyError {
     Parse(String),
     #[error("the policies do not match the schema: {0}")]
     Invalid(String),
+    #[error("these policies would lock the administrators out (they could no longer update policies): {0}; narrow the forbid so it does not apply to Steward::Admin")]
+    LocksOutAdmins(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -138,6 +166,10 @@ pub struct Query<'a> {
     pub cost_nanos: i64,
     pub time_ms: i64,
     pub chain: &'a [String],
+    /// The principal agent's owner.
+    pub owner: Option<&'a str>,
+    /// The owner on whose behalf the chain acts (that of the agent that began it).
+    pub on_behalf_of: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +226,12 @@ impl Policies {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// Whether the administrator may update the policies now, under the active set; the ids
+    /// of the policies that stop them when they may not.
+    pub fn admin_may_update(&self, time_ms: i64) -> Result<(), Vec<String>> {
+        admins_may_update(&self.active().set, time_ms)
+    }
+
     pub fn decide(&self, q: &Query<'_>) -> Decision {
         let active = self.active();
         let deny = |why: String| Decision {
@@ -206,22 +244,30 @@ impl Policies {
         let n = &self.names;
         let agent = uid(&n.agent, q.agent);
         let agent_uid = agent.clone();
-        let mut entities = vec![Entity::new_no_attrs(agent.clone(), HashSet::new())];
+        let owner = || {
+            HashMap::from([(
+                "owner".to_string(),
+                RestrictedExpression::new_string(q.owner.unwrap_or_default().to_string()),
+            )])
+        };
+        let mut entities = Vec::with_capacity(2);
+        match Entity::new(agent.clone(), owner(), HashSet::new()) {
+            Ok(e) => entities.push(e),
+            Err(e) => return deny(e.to_string()),
+        }
         let principal = match q.run {
             Some(run) => {
                 let r = uid(&n.run, run);
-                entities.push(Entity::new_no_attrs(
-                    r.clone(),
-                    HashSet::from([agent.clone()]),
-                ));
+                match Entity::new(r.clone(), owner(), HashSet::from([agent.clone()])) {
+                    Ok(e) => entities.push(e),
+                    Err(e) => return deny(e.to_string()),
+                }
                 r
             }
             None => agent,
         };
-        let (rtype, action_name, action) = match q.action {
-            "llm.call" => (&n.model, "llm.call", n.llm_call.clone()),
-            "tool.call" => (&n.tool, "tool.call", n.tool_call.clone()),
-            other => return deny(format!("no such action {other:?}")),
+        let Some((action_name, rtype, action)) = n.action(q.action) else {
+            return deny(format!("no such action {:?}", q.action));
         };
         let resource = uid(rtype, q.resource);
         let slice = match active.slice(&agent_uid, action_name, &action, &resource) {
@@ -244,6 +290,10 @@ impl Policies {
                         .iter()
                         .map(|c| RestrictedExpression::new_string(c.clone())),
                 ),
+            ),
+            (
+                "on_behalf_of".to_string(),
+                RestrictedExpression::new_string(q.on_behalf_of.unwrap_or_default().to_string()),
             ),
         ]);
         let context = match context {
@@ -286,30 +336,103 @@ impl Policies {
     }
 }
 
+/// The syscall kinds agents' requests are decided for, and the type of their resources.
+const AGENT_ACTIONS: &[(&str, &str)] = &[
+    ("llm.call", "Steward::Model"),
+    ("tool.call", "Steward::Tool"),
+    ("agent.spawn", "Steward::Agent"),
+    ("sandbox.exec", "Steward::Sandbox"),
+    ("memory.read", "Steward::Namespace"),
+    ("memory.write", "Steward::Namespace"),
+    ("spend", "Steward::Account"),
+    ("message.send", "Steward::Mailbox"),
+];
+
 /// The entity types and actions every decision uses, parsed once: Cedar's parser is far too
 /// slow to run per decision.
 struct Names {
     agent: EntityTypeName,
     run: EntityTypeName,
-    model: EntityTypeName,
-    tool: EntityTypeName,
-    llm_call: EntityUid,
-    tool_call: EntityUid,
+    /// By action name: the action and its resource type.
+    actions: Vec<(&'static str, EntityTypeName, EntityUid)>,
 }
 
 impl Names {
     fn new() -> Result<Self, String> {
         let t = |n: &str| EntityTypeName::from_str(n).map_err(|e| e.to_string());
-        let a = |n: &str| EntityUid::from_str(n).map_err(|e| e.to_string());
+        let mut actions = Vec::new();
+        for (name, rtype) in AGENT_ACTIONS {
+            actions.push((
+                *name,
+                t(rtype)?,
+                EntityUid::from_str(&format!(r#"Steward::Action::"{name}""#))
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
         Ok(Names {
             agent: t("Steward::Agent")?,
             run: t("Steward::Run")?,
-            model: t("Steward::Model")?,
-            tool: t("Steward::Tool")?,
-            llm_call: a(r#"Steward::Action::"llm.call""#)?,
-            tool_call: a(r#"Steward::Action::"tool.call""#)?,
+            actions,
         })
     }
+
+    fn action(&self, name: &str) -> Option<(&'static str, &EntityTypeName, EntityUid)> {
+        self.actions
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(n, t, a)| (*n, t, a.clone()))
+    }
+}
+
+/// Whether the administrator may update the policies under `set`, at `time_ms`; the ids of
+/// the forbids that stop them when they may not.
+fn admins_may_update(set: &PolicySet, time_ms: i64) -> Result<(), Vec<String>> {
+    let parse = |s: &str| EntityUid::from_str(s).map_err(|e| vec![e.to_string()]);
+    let admin = parse(&format!(r#"Steward::Admin::"{ADMIN}""#))?;
+    let action = parse(r#"Steward::Action::"policy.update""#)?;
+    let resource = parse(r#"Steward::PolicySet::"active""#)?;
+    let context = Context::from_pairs([
+        ("cost_nanos".to_string(), RestrictedExpression::new_long(0)),
+        (
+            "time_ms".to_string(),
+            RestrictedExpression::new_long(time_ms),
+        ),
+        (
+            "chain".to_string(),
+            RestrictedExpression::new_set([RestrictedExpression::new_string(format!(
+                "admin:{ADMIN}"
+            ))]),
+        ),
+        (
+            "on_behalf_of".to_string(),
+            RestrictedExpression::new_string(String::new()),
+        ),
+    ])
+    .map_err(|e| vec![e.to_string()])?;
+    let request = Request::new(admin.clone(), action, resource, context, None)
+        .map_err(|e| vec![e.to_string()])?;
+    let entity = Entity::new(
+        admin.clone(),
+        HashMap::from([(
+            "owner".to_string(),
+            RestrictedExpression::new_string(String::new()),
+        )]),
+        HashSet::new(),
+    )
+    .map_err(|e| vec![e.to_string()])?;
+    let entities = Entities::from_entities([entity], None).map_err(|e| vec![e.to_string()])?;
+    let response = Authorizer::new().is_authorized(&request, set, &entities);
+    if response.decision() == CedarDecision::Allow {
+        return Ok(());
+    }
+    Err(response
+        .diagnostics()
+        .reason()
+        .map(|id| {
+            set.annotation(id, "id")
+                .map_or_else(|| id.to_string(), str::to_string)
+        })
+        .collect())
 }
 
 fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
@@ -317,14 +440,28 @@ fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
 }
 
 fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError> {
-    let set = PolicySet::from_str(text).map_err(|e| {
+    let mut set = PolicySet::from_str(text).map_err(|e| {
         let all: Vec<String> = e.iter().map(|d| d.to_string()).collect();
         PolicyError::Parse(all.join("; "))
     })?;
+    let admin = Policy::parse(Some(PolicyId::new(ADMIN_POLICY_ID)), ADMIN_POLICY)
+        .map_err(|e| PolicyError::Internal(format!("the built-in admin policy: {e}")))?;
+    set.add(admin)
+        .map_err(|e| PolicyError::Internal(format!("the built-in admin policy: {e}")))?;
     let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     if !result.validation_passed() {
         let all: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
         return Err(PolicyError::Invalid(all.join("; ")));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let Err(by) = admins_may_update(&set, now) {
+        return Err(PolicyError::LocksOutAdmins(if by.is_empty() {
+            "nothing permits it".into()
+        } else {
+            format!("forbidden by {}", by.join(", "))
+        }));
     }
     Ok(PolicySetVersion {
         slices: Mutex::new(HashMap::new()),
@@ -350,6 +487,8 @@ mod tests {
             cost_nanos: cost,
             time_ms: 0,
             chain: &[],
+            owner: Some("alice"),
+            on_behalf_of: Some("alice"),
         }
     }
 
@@ -418,6 +557,57 @@ mod tests {
             ..q("a", "llm.call", "m", 0)
         };
         assert_eq!(p.decide(&as_agent).policy_ids, ["is-model"]);
+    }
+
+    #[test]
+    fn owners_are_in_every_decision() {
+        let p = Policies::new(Some(
+            r#"
+            @id("models") permit (principal, action == Steward::Action::"llm.call", resource);
+            @id("only-for-its-own-owner")
+            forbid (principal, action, resource) unless { principal.owner == context.on_behalf_of };
+            "#,
+        ))
+        .unwrap();
+        assert!(p.decide(&q("a", "llm.call", "m", 0)).allow);
+        let for_bob = Query {
+            on_behalf_of: Some("bob"),
+            ..q("a", "llm.call", "m", 0)
+        };
+        let d = p.decide(&for_bob);
+        assert_eq!(
+            (d.allow, d.policy_ids),
+            (false, vec!["only-for-its-own-owner".to_string()])
+        );
+    }
+
+    #[test]
+    fn every_action_of_the_schema_can_be_decided() {
+        let p = Policies::new(Some(
+            r#"@id("spawn") permit (principal, action == Steward::Action::"agent.spawn", resource == Steward::Agent::"helper");"#,
+        ))
+        .unwrap();
+        assert!(p.decide(&q("a", "agent.spawn", "helper", 0)).allow);
+        assert!(!p.decide(&q("a", "agent.spawn", "other", 0)).allow);
+        assert!(!p.decide(&q("a", "sandbox.exec", "sb", 0)).allow);
+        assert!(!p.decide(&q("a", "wizardry", "x", 0)).allow);
+    }
+
+    #[test]
+    fn a_set_that_would_lock_out_administrators_is_refused() {
+        let p = Policies::new(None).unwrap();
+        let before = p.active().hash.clone();
+        let e = p
+            .check(r#"@id("freeze-everything") forbid (principal, action, resource);"#)
+            .unwrap_err();
+        assert!(matches!(e, PolicyError::LocksOutAdmins(_)), "{e}");
+        assert!(e.to_string().contains("freeze-everything"), "{e}");
+        assert_eq!(p.active().hash, before);
+        assert!(p.admin_may_update(0).is_ok());
+        // Forbids that leave administrators alone are fine.
+        p.check(r#"forbid (principal is Steward::Agent, action, resource);"#)
+            .unwrap();
+        assert!(Policies::new(Some("forbid (principal, action, resource);")).is_err());
     }
 
     #[test]

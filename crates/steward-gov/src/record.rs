@@ -14,6 +14,10 @@ pub struct AuditRecord {
     pub principal: String,
     /// The delegation chain, outermost first (the human or team, the agent, the sub-agents).
     pub chain: Vec<String>,
+    /// The delegation links the request came through, first to last, when it came with a
+    /// delegated token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delegations: Vec<String>,
     /// The syscall kind: `llm.call`, `tool.call`, …
     pub action: String,
     /// What it acted on: the model, the tool, …
@@ -43,6 +47,9 @@ pub struct AuditRecord {
     pub tokens_out: i64,
     #[serde(skip_serializing_if = "is_zero")]
     pub cost_nanos: i64,
+    /// The OpenTelemetry trace the action ran in, when traces are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl AuditRecord {

@@ -271,6 +271,28 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<IdentityRecord>;
 }
 
+/// Delegated credentials: the links of every chain, found by the token block that made them.
+#[async_trait]
+pub trait DelegationStore: Send + Sync {
+    /// `Conflict` when the id or the revocation id exists already.
+    async fn create_delegation(&self, rec: &DelegationRecord) -> Result<()>;
+    async fn get_delegation(&self, id: &str) -> Result<Option<DelegationRecord>>;
+    async fn delegation_by_revocation(
+        &self,
+        revocation_id: &str,
+    ) -> Result<Option<DelegationRecord>>;
+    /// Newest first, at most `limit`.
+    async fn list_delegations(&self, limit: i64) -> Result<Vec<DelegationRecord>>;
+    /// Revokes link `id` and every link below it that is still open, in one transaction;
+    /// returns the ids revoked now (empty when all were revoked before), `None` without it.
+    async fn revoke_delegation(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Option<Vec<String>>>;
+}
+
 /// The vault's encrypted values.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
@@ -279,6 +301,9 @@ pub trait SecretStore: Send + Sync {
     async fn secrets(&self) -> Result<Vec<(String, String, Millis)>>;
     /// Whether there was one.
     async fn delete_secret(&self, name: &str) -> Result<bool>;
+    /// The sealed signing key `name`: `sealed` is stored when there is none yet (the first
+    /// node to ask creates it; the others read the same).
+    async fn ensure_signing_key(&self, name: &str, sealed: &str, now: Millis) -> Result<String>;
 }
 
 /// Versions of the policy set.
@@ -321,6 +346,7 @@ pub trait Store:
     + ApprovalStore
     + SecretStore
     + IdentityStore
+    + DelegationStore
     + RateStore
     + CacheStore
 {

@@ -191,6 +191,22 @@ pub struct IdentityRecord {
     pub updated_at: Millis,
 }
 
+/// One link of a delegation chain (see migration 0013).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct DelegationRecord {
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub revocation_id: String,
+    pub issuer: String,
+    pub holder: String,
+    pub key_id: Option<String>,
+    pub scope: String,
+    pub expires_at: Millis,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+    pub revoke_reason: Option<String>,
+}
+
 /// A gateway call as first recorded, before the upstream is asked.
 #[derive(Clone, Debug)]
 pub struct NewCall {

@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::model::*;
 use crate::{
-    merkle, AgentStore, ApprovalStore, AuditStore, BreakerStore, BudgetStore, CacheStore, Error,
-    GatewayStore, IdentityStore, JournalStore, PolicyStore, RateStore, Result, RunStore,
-    ScratchpadStore, SecretStore, Store,
+    merkle, AgentStore, ApprovalStore, AuditStore, BreakerStore, BudgetStore, CacheStore,
+    DelegationStore, Error, GatewayStore, IdentityStore, JournalStore, PolicyStore, RateStore,
+    Result, RunStore, ScratchpadStore, SecretStore, Store,
 };
 
 /// Embedded storage: one file, WAL. Writes go through a single connection so writers queue
@@ -105,6 +105,13 @@ const APPROVAL_COLUMNS: &str =
 
 /// Rows per multi-row INSERT: 13 columns × 500 stays under both backends' parameter limits.
 const JOURNAL_CHUNK: usize = 500;
+
+/// The columns of `DelegationRecord`, in its order.
+macro_rules! delegation_cols {
+    () => {
+        "id, parent_id, revocation_id, issuer, holder, key_id, scope, expires_at, created_at, revoked_at, revoke_reason"
+    };
+}
 
 macro_rules! impl_store {
     ($store:ty, $db:ty, backend = $backend:literal, lock = $lock:literal) => {
@@ -1096,6 +1103,79 @@ macro_rules! impl_store {
         }
 
         #[async_trait]
+        impl DelegationStore for $store {
+            async fn create_delegation(&self, r: &DelegationRecord) -> Result<()> {
+                let done = sqlx::query(
+                    "INSERT INTO delegations (id, parent_id, revocation_id, issuer, holder, key_id, scope, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                )
+                .bind(&r.id)
+                .bind(&r.parent_id)
+                .bind(&r.revocation_id)
+                .bind(&r.issuer)
+                .bind(&r.holder)
+                .bind(&r.key_id)
+                .bind(&r.scope)
+                .bind(r.expires_at)
+                .bind(r.created_at)
+                .execute(&self.write)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::Conflict(format!("delegation {} exists already", r.id)));
+                }
+                Ok(())
+            }
+
+            async fn get_delegation(&self, id: &str) -> Result<Option<DelegationRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", delegation_cols!(), " FROM delegations WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn delegation_by_revocation(&self, rid: &str) -> Result<Option<DelegationRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", delegation_cols!(), " FROM delegations WHERE revocation_id = $1"))
+                    .bind(rid)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_delegations(&self, limit: i64) -> Result<Vec<DelegationRecord>> {
+                Ok(sqlx::query_as(concat!("SELECT ", delegation_cols!(), " FROM delegations ORDER BY created_at DESC, id DESC LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn revoke_delegation(&self, id: &str, reason: &str, now: Millis) -> Result<Option<Vec<String>>> {
+                let mut tx = self.write.begin().await?;
+                let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM delegations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let revoked: Vec<(String,)> = sqlx::query_as(
+                    "WITH RECURSIVE below(id) AS ( \
+                       SELECT id FROM delegations WHERE id = $1 \
+                       UNION SELECT d.id FROM delegations d JOIN below b ON d.parent_id = b.id) \
+                     UPDATE delegations SET revoked_at = $2, revoke_reason = $3 \
+                     WHERE id IN (SELECT id FROM below) AND revoked_at IS NULL RETURNING id",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(reason)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let mut ids: Vec<String> = revoked.into_iter().map(|(i,)| i).collect();
+                ids.sort();
+                Ok(Some(ids))
+            }
+        }
+
+        #[async_trait]
         impl SecretStore for $store {
             async fn put_secret(&self, name: &str, sealed: &str, now: Millis) -> Result<()> {
                 sqlx::query(
@@ -1108,6 +1188,20 @@ macro_rules! impl_store {
                 .execute(&self.write)
                 .await?;
                 Ok(())
+            }
+
+            async fn ensure_signing_key(&self, name: &str, sealed: &str, now: Millis) -> Result<String> {
+                sqlx::query("INSERT INTO signing_keys (name, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                    .bind(name)
+                    .bind(sealed)
+                    .bind(now)
+                    .execute(&self.write)
+                    .await?;
+                let (stored,): (String,) = sqlx::query_as("SELECT sealed FROM signing_keys WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&self.write)
+                    .await?;
+                Ok(stored)
             }
 
             async fn secrets(&self) -> Result<Vec<(String, String, Millis)>> {

@@ -15,6 +15,7 @@ pub enum ErrorCode {
     Unavailable,
     Internal,
     Unauthorized,
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -30,6 +31,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -158,6 +158,8 @@ fn decisions(n: usize) -> anyhow::Result<(f64, f64, f64)> {
             cost_nanos: (k % 2_000_000) as i64,
             time_ms: 1,
             chain: &chain,
+            owner: Some("team-a"),
+            on_behalf_of: Some("team-a"),
         });
         samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
         allowed += usize::from(d.allow);

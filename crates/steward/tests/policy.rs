@@ -68,8 +68,36 @@ async fn policy_decides_every_syscall(b: Backend) {
         e["error"]["message"].as_str().unwrap().contains("Wizard"),
         "{e}"
     );
+    // A set that would stop administrators from ever changing the policies again is refused,
+    // and the attempt is on the record.
+    let (st, e) = put(
+        &s,
+        r#"@id("freeze-everything") forbid (principal, action, resource);"#,
+    )
+    .await;
+    assert_eq!(st, 400, "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("lock the administrators out") && msg.contains("freeze-everything"),
+        "{e}"
+    );
     let (_, still) = s.get("/api/v1/policies").await;
     assert_eq!(still["hash"], before["hash"]);
+    let refused: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["event"] == "admin" && r["action"] == "policy.update")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        3,
+        "every refused upload is audited: {refused:?}"
+    );
+    assert!(refused.iter().all(|r| r["decision"] == "deny"));
+    assert!(refused[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("freeze-everything"));
 
     let (st, set) = put(&s, POLICIES).await;
     assert_eq!((st, set["version"].as_i64()), (200, Some(1)), "{set}");

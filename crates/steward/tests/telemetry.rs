@@ -140,4 +140,19 @@ async fn spans_reach_the_collector_with_genai_attributes() {
     assert_eq!(attr(&step, "run_id"), run.as_str());
     assert_eq!(attr(&step, "gen_ai.provider.name"), "mock");
     assert_eq!(attr(&step, "gen_ai.usage.output_tokens"), 3);
+
+    // Each audit record names the trace its action ran in.
+    common::settled(&s).await;
+    let records = common::audit_records(&s).await;
+    let syscall = |pick: &dyn Fn(&Value) -> bool| {
+        records
+            .iter()
+            .find(|r| r["event"] == "syscall" && pick(r))
+            .cloned()
+            .expect("an audited syscall")
+    };
+    let gw_record = syscall(&|r| r["principal"] == "agent:traced");
+    assert_eq!(gw_record["trace_id"], gw["traceId"], "{gw_record}");
+    let step_record = syscall(&|r| r["run_id"] == run.as_str() && r["action"] == "llm.call");
+    assert_eq!(step_record["trace_id"], step["traceId"], "{step_record}");
 }
