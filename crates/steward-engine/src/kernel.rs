@@ -496,10 +496,10 @@ impl Kernel {
             Action::Tool { name, .. } => ("tool.call", *name),
         };
         let now = self.clock.now_ms();
-        let mut d = self.policies.decide(&Query {
+        let query = |action, resource| Query {
             agent: &ctx.run.agent,
             run: Some(ctx.run.id.as_str()),
-            action: act,
+            action,
             resource,
             cost_nanos,
             time_ms: now,
@@ -507,7 +507,29 @@ impl Kernel {
             owner,
             // A managed run acts for its agent's owner.
             on_behalf_of: owner,
-        });
+        };
+        let mut d = self.policies.decide(&query(act, resource));
+        // Starting another agent is also `agent.spawn` on that agent: both must allow it.
+        if let (
+            true,
+            Action::Tool {
+                name: "spawn_agent",
+                args,
+            },
+        ) = (d.allow, action)
+        {
+            let child = args
+                .get("agent")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let spawn = self.policies.decide(&query("agent.spawn", child));
+            if spawn.allow {
+                d.policy_ids.extend(spawn.policy_ids);
+                d.approval = d.approval.or(spawn.approval);
+            } else {
+                d = spawn;
+            }
+        }
         let record = |d: &Decision, verdict: &str, approval: Option<String>| {
             steward_gov::AuditRecord {
                 at: now,

@@ -60,10 +60,10 @@ const ADMIN_POLICY_ID: &str = "steward-admins-update-policies";
 pub const ADMIN: &str = "admin";
 
 /// In force until policies are configured: agents may call models and the tools their
-/// manifests list (the Kernel checks the list before asking).
+/// manifests list (the Kernel checks the list before asking), and start other agents.
 pub const DEFAULT_POLICIES: &str = r#"
 @id("default-allow-models-and-listed-tools")
-permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn"], resource);
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -189,3 +189,50 @@ const DEFAULT_AGAIN: &str = r#"
 @id("everyone")
 permit (principal, action, resource);
 "#;
+
+/// `spawn_agent` is a tool call and also `agent.spawn` on the agent it starts: a policy can let
+/// a run start one agent and not another.
+async fn spawning_is_decided_on_the_agent_spawned(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, e) = put(
+        &s,
+        r#"
+@id("models-and-tools")
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);
+@id("helpers-only")
+permit (principal, action == Steward::Action::"agent.spawn", resource == Steward::Agent::"helper");
+"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    for name in ["helper", "rogue"] {
+        s.apply(&format!("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  script: [{{content: done}}]\n")).await;
+    }
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: boss}\nspec:\n  model: scripted\n  tools: [spawn_agent]\n  script:\n    - toolCalls: [{name: spawn_agent, arguments: {agent: rogue, input: x}}]\n    - toolCalls: [{name: spawn_agent, arguments: {agent: helper, input: x}}]\n    - content: boss done\n").await;
+    let run = s.start_run("boss", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let outcomes: Vec<Value> = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0]["ok"], false, "{}", outcomes[0]);
+    assert!(
+        outcomes[0]["body"]
+            .to_string()
+            .contains("no policy permits it"),
+        "{}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[1]["ok"], true, "{}", outcomes[1]);
+    let (_, runs) = s.get("/api/v1/runs?agent=rogue").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "{runs}");
+    let (_, runs) = s.get("/api/v1/runs?agent=helper").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
+both_backends!(
+    spawning_is_decided_on_the_agent_spawned,
+    spawning_is_decided_on_the_agent_spawned
+);
