@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use steward_llm::{Plan, Prices};
 use steward_store::Store;
-use steward_types::RunId;
 
 /// Output tokens assumed for the worst case when a request sets no limit.
 pub(crate) const DEFAULT_MAX_OUTPUT: i64 = 4096;
@@ -21,22 +20,9 @@ pub(crate) struct Budgets {
 }
 
 impl Budgets {
-    /// The accounts that govern a call, leaf to root: the run's, the agent's, and their
-    /// ancestors. Accounts that do not exist are skipped: no budget, no limit.
-    pub async fn chain(
-        &self,
-        agent: &str,
-        run: Option<&RunId>,
-    ) -> steward_store::Result<Vec<String>> {
-        let mut starts = Vec::with_capacity(2);
-        if let Some(run) = run {
-            starts.push(format!("run:{run}"));
-        }
-        starts.push(format!("agent:{agent}"));
-        self.chain_from(starts).await
-    }
-
-    /// The accounts from each of `starts` up to its root, each account once.
+    /// The accounts that govern a call, leaf to root, from each of `starts` (the run's, the
+    /// agent's, a delegation's) up to its root, each account once. Accounts that do not exist
+    /// are skipped: no budget, no limit.
     pub async fn chain_from(&self, starts: Vec<String>) -> steward_store::Result<Vec<String>> {
         let mut chain: Vec<String> = Vec::new();
         for first in starts {

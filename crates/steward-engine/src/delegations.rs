@@ -116,7 +116,7 @@ impl Delegations {
         self.keys.clear();
     }
 
-    async fn link(&self, revocation_id: &str) -> Result<Option<DelegationRecord>, Refusal> {
+    pub async fn link(&self, revocation_id: &str) -> Result<Option<DelegationRecord>, Refusal> {
         if let Some(l) = self.links.get(&revocation_id.to_string()) {
             return Ok(l);
         }

@@ -352,6 +352,7 @@ impl Gateway {
             delegations: links,
             action: "agent.delegate".into(),
             resource,
+            run_id: who.run.as_ref().map(|r| r.to_string()),
             decision: Some("allow".into()),
             outcome: Some(rec.scope.clone()),
             ..Default::default()

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_store::{NewRun, RunUpdate, Store, WAIT_CHILD};
-use steward_tools::{ChildOutcome, ToolError, ToolHost};
+use steward_gov::delegation::Requested;
+use steward_gov::Scope;
+use steward_store::{DelegationRecord, NewRun, RunUpdate, Store, WAIT_CHILD};
+use steward_tools::{ChildOutcome, Grant, ToolError, ToolHost};
 use steward_types::{AgentName, NodeId, RunId, RunState};
 use tokio::sync::Notify;
 
@@ -32,6 +34,100 @@ fn failed(e: impl std::fmt::Display) -> ToolError {
     ToolError::Failed(e.to_string())
 }
 
+/// The delegation link that holds what a run was granted by the run that spawned it.
+pub(crate) fn run_link(run: &RunId) -> String {
+    format!("run:{run}")
+}
+
+impl Host {
+    /// Records what `parent` grants `child`: a link below the parent's own, when the parent was
+    /// granted less than everything or grants less now. Never wider than the parent holds.
+    async fn grant(
+        &self,
+        parent: &RunId,
+        child: &RunId,
+        child_agent: &str,
+        grant: Option<Grant>,
+    ) -> Result<(), ToolError> {
+        let s = &self.0;
+        let above = s
+            .store
+            .get_delegation(&run_link(parent))
+            .await
+            .map_err(failed)?;
+        if grant.is_none() && above.is_none() {
+            return Ok(());
+        }
+        let held = match &above {
+            Some(l) => serde_json::from_str::<Scope>(&l.scope).map_err(failed)?,
+            None => Scope {
+                expires_at: i64::MAX,
+                ..Scope::default()
+            },
+        };
+        let g = grant.unwrap_or_default();
+        let set = |l: Option<Vec<String>>| l.map(|l| l.into_iter().collect());
+        let scope = held
+            .narrow(Requested {
+                tools: set(g.tools),
+                models: set(g.models),
+                budget_nanos: g.budget_usd.map(|b| (b * 1e9).round() as i64),
+                ..Requested::default()
+            })
+            .map_err(|wider| {
+                ToolError::Denied(format!(
+                    "spawn_agent: a child may not be granted more than this run holds: {}",
+                    wider.join("; ")
+                ))
+            })?;
+        let issuer = s
+            .store
+            .get_run(parent)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the parent run vanished"))?
+            .agent;
+        let now = s.clock.now_ms();
+        let id = run_link(child);
+        if let Some(cap) = scope.budget_nanos {
+            // The child's spending also counts against what the parent was granted, or else
+            // against the parent run's own account.
+            let parent_account = match &above {
+                Some(l) if held.budget_nanos.is_some() => format!("delegation:{}", l.id),
+                _ => format!("run:{parent}"),
+            };
+            s.store
+                .put_budget(
+                    &format!("delegation:{id}"),
+                    Some(&parent_account),
+                    cap,
+                    "total",
+                    now,
+                )
+                .await
+                .map_err(failed)?;
+        }
+        let rec = DelegationRecord {
+            id: id.clone(),
+            parent_id: above.map(|l| l.id),
+            revocation_id: id,
+            issuer: issuer.to_string(),
+            holder: child_agent.to_string(),
+            key_id: None,
+            scope: serde_json::to_string(&scope).map_err(failed)?,
+            expires_at: scope.expires_at,
+            created_at: now,
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        match s.store.create_delegation(&rec).await {
+            // A replayed spawn finds the link its first life made.
+            Ok(()) | Err(steward_store::Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(failed(e)),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ToolHost for Host {
     fn secret(&self, name: &str) -> Option<String> {
@@ -57,6 +153,7 @@ impl ToolHost for Host {
         child: &RunId,
         agent: &str,
         input: &str,
+        grant: Option<Grant>,
     ) -> Result<ChildOutcome, ToolError> {
         let s = &self.0;
         let name = AgentName::parse(agent).map_err(|e| ToolError::InvalidArgs(e.0))?;
@@ -92,6 +189,7 @@ impl ToolHost for Host {
                         "no agent named {agent:?}; apply its manifest first"
                     ))
                 })?;
+            self.grant(parent, child, name.as_str(), grant).await?;
             let new = NewRun {
                 id: child.clone(),
                 agent: name,

@@ -141,6 +141,8 @@ pub struct Kernel {
     pub(crate) budgets: Budgets,
     pub(crate) policies: Arc<Policies>,
     pub(crate) identities: Arc<crate::identities::Identities>,
+    /// What child runs were granted by the runs that spawned them.
+    pub(crate) delegations: Arc<crate::delegations::Delegations>,
     /// How long an approval may stay pending before it counts as denied.
     pub(crate) approval_timeout_ms: i64,
     pub(crate) tools: Tools,
@@ -451,6 +453,48 @@ impl Kernel {
         result
     }
 
+    /// Why this step is outside the grant its run was spawned with, if it is.
+    async fn outside_grant(
+        &self,
+        ctx: &RunCtx,
+        act: &str,
+        resource: &str,
+        now: i64,
+    ) -> Result<Option<String>, StepError> {
+        let Some(link) = self
+            .delegations
+            .link(&crate::host::run_link(&ctx.run.id))
+            .await
+            .map_err(|e| StepError::Store(format!("{e:?}")))?
+        else {
+            return Ok(None);
+        };
+        let by = ctx.run.parent_id.as_ref().map_or("", |p| p.as_str());
+        if link.revoked_at.is_some() {
+            return Ok(Some(format!(
+                "the grant run {by} gave this run was revoked: {}",
+                link.revoke_reason.unwrap_or_default()
+            )));
+        }
+        if link.expires_at <= now {
+            return Ok(Some(format!(
+                "the grant run {by} gave this run has expired"
+            )));
+        }
+        let scope = crate::delegations::scope_of(&link).map_err(StepError::Store)?;
+        let within = |list: &Option<std::collections::BTreeSet<String>>, what: &str| {
+            list.as_ref().is_none_or(|l| l.contains(what))
+        };
+        let allowed = within(&scope.actions, act)
+            && match act {
+                "llm.call" => within(&scope.models, resource),
+                "tool.call" => within(&scope.tools, resource),
+                _ => true,
+            };
+        Ok((!allowed)
+            .then(|| format!("{act} {resource} is outside what run {by} granted this run")))
+    }
+
     fn idempotent(&self, action: &Action<'_>) -> bool {
         match action {
             // A model call has no effect beyond its cost; re-asking is safe.
@@ -562,6 +606,13 @@ impl Kernel {
             d.allow = false;
             note = Some(why);
         }
+        // A child run may do only what the run that spawned it granted, while the grant stands.
+        if d.allow && ctx.run.parent_id.is_some() {
+            if let Some(why) = self.outside_grant(ctx, act, resource, now).await? {
+                d.allow = false;
+                note = Some(why);
+            }
+        }
         if let (true, Some(group)) = (d.allow, d.approval.clone()) {
             let store = &self.budgets.store;
             let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
@@ -652,11 +703,12 @@ impl Kernel {
                     .map_err(store_err)?;
             }
         }
-        let accounts = self
-            .budgets
-            .chain(&ctx.run.agent, Some(&ctx.run.id))
-            .await
-            .map_err(store_err)?;
+        let mut starts = vec![format!("run:{}", ctx.run.id), agent_account];
+        if ctx.run.parent_id.is_some() {
+            // A grant's budget holds the child and everything it spawns.
+            starts.push(format!("delegation:{}", crate::host::run_link(&ctx.run.id)));
+        }
+        let accounts = self.budgets.chain_from(starts).await.map_err(store_err)?;
         if accounts.is_empty() {
             return Ok(false);
         }

@@ -169,7 +169,7 @@ impl Engine {
             identities.clone(),
         ));
         let gateway = gateway::Gateway {
-            delegations,
+            delegations: delegations.clone(),
             identities: identities.clone(),
             policies: opts.policies.clone(),
             router: router.clone(),
@@ -183,6 +183,7 @@ impl Engine {
             chains: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
         };
         let kernel = Kernel {
+            delegations: delegations.clone(),
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
             budgets,

@@ -39,6 +39,15 @@ pub struct ToolInfo {
     pub parameters: Value,
 }
 
+/// What a parent run grants the child it spawns: never more than it holds itself. A list
+/// left out is inherited from the parent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Grant {
+    pub tools: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub budget_usd: Option<f64>,
+}
+
 /// What a child run ended as.
 #[derive(Clone, Debug)]
 pub struct ChildOutcome {
@@ -64,6 +73,7 @@ pub trait ToolHost: Send + Sync {
         child: &RunId,
         agent: &str,
         input: &str,
+        grant: Option<Grant>,
     ) -> Result<ChildOutcome>;
 }
 

@@ -22,7 +22,14 @@ impl ToolHost for NoHost {
     async fn scratch_get(&self, _: &RunId, _: &str) -> Result<Option<String>> {
         unreachable!()
     }
-    async fn spawn_and_wait(&self, _: &RunId, _: &RunId, _: &str, _: &str) -> Result<ChildOutcome> {
+    async fn spawn_and_wait(
+        &self,
+        _: &RunId,
+        _: &RunId,
+        _: &str,
+        _: &str,
+        _: Option<steward_tools::Grant>,
+    ) -> Result<ChildOutcome> {
         unreachable!()
     }
 }

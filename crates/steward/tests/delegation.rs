@@ -458,3 +458,106 @@ async fn tokens_and_revocations_hold_across_nodes() {
     })
     .await;
 }
+
+/// A managed run delegates too: `spawn_agent` may grant the child fewer tools (or models, or a
+/// budget); the child may use nothing beyond the grant, may not grant its own children more,
+/// and revoking the grant stops the child's next step.
+async fn a_run_grants_its_child_less_than_it_holds(b: Backend) {
+    let s = TestServer::start(b).await;
+    // The worker's manifest lists three tools; its parent grants it one, plus spawn_agent.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: worker}\nspec:\n  model: scripted\n  tools: [echo, scratchpad_set, spawn_agent]\n  script:\n    - toolCalls: [{name: echo, arguments: {x: 1}}]\n    - toolCalls: [{name: scratchpad_set, arguments: {key: k, value: v}}]\n    - toolCalls: [{name: spawn_agent, arguments: {agent: sub, input: x, tools: [echo, scratchpad_set]}}]\n    - toolCalls: [{name: spawn_agent, arguments: {agent: sub, input: x, tools: [echo]}}]\n    - {delayMs: 1500, toolCalls: [{name: echo, arguments: {x: 2}}]}\n    - content: worker done\n").await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: sub}\nspec:\n  model: scripted\n  tools: [echo]\n  script: [{content: sub done}]\n").await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: boss}\nspec:\n  model: scripted\n  tools: [spawn_agent]\n  script:\n    - toolCalls: [{name: spawn_agent, arguments: {agent: worker, input: go, tools: [echo, spawn_agent]}}]\n    - content: boss done\n").await;
+    let boss = s.start_run("boss", "go").await;
+    let worker = common::eventually("the worker run", || async {
+        let (_, runs) = s.get("/api/v1/runs?agent=worker").await;
+        runs["runs"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    // While the worker thinks, its grant is revoked: its next tool call is refused.
+    common::eventually("the worker's spawns are done", || async {
+        let tools = s
+            .journal(&worker)
+            .await
+            .into_iter()
+            .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+            .count();
+        (tools >= 4).then_some(())
+    })
+    .await;
+    let (st, r) = s
+        .post(
+            &format!("/api/v1/delegations/run:{worker}/revoke"),
+            json!({"reason": "task reassigned"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(s.wait_run(&boss).await["state"], "succeeded");
+    // Its next model turn is refused too, which ends it.
+    let (_, w) = s.get(&format!("/api/v1/runs/{worker}")).await;
+    assert_eq!(w["state"], "failed", "{w}");
+
+    let tools: Vec<Value> = s
+        .journal(&worker)
+        .await
+        .into_iter()
+        .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .collect();
+    let ok: Vec<bool> = tools.iter().map(|t| t["ok"] == true).collect();
+    assert_eq!(ok, [true, false, false, true, false], "{tools:#?}");
+    assert!(
+        tools[1]["body"].to_string().contains("outside what run"),
+        "{}",
+        tools[1]
+    );
+    assert!(
+        tools[2]["body"].to_string().contains("scratchpad_set"),
+        "{}",
+        tools[2]
+    );
+    assert!(
+        tools[4]["body"].to_string().contains("task reassigned"),
+        "{}",
+        tools[4]
+    );
+    let (_, link) = s.get(&format!("/api/v1/delegations/run:{worker}")).await;
+    assert_eq!(link["issuer"], "boss", "{link}");
+    assert_eq!(
+        link["scope"]["tools"],
+        json!(["echo", "spawn_agent"]),
+        "{link}"
+    );
+}
+both_backends!(
+    a_run_grants_its_child_less_than_it_holds,
+    a_run_grants_its_child_less_than_it_holds
+);
+
+/// A grant's budget bounds the child's model calls: a worst case that does not fit is refused,
+/// naming the grant's account; a child granted enough runs.
+async fn a_granted_budget_bounds_the_child(b: Backend) {
+    let s = server(b).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: priced}\nspec:\n  model: mock/gpt-mock\n").await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: boss}\nspec:\n  model: scripted\n  tools: [spawn_agent]\n  script:\n    - toolCalls: [{name: spawn_agent, arguments: {agent: priced, input: hi, budget_usd: 0.00000001}}]\n    - toolCalls: [{name: spawn_agent, arguments: {agent: priced, input: hi, budget_usd: 1}}]\n    - content: boss done\n").await;
+    let boss = s.start_run("boss", "go").await;
+    assert_eq!(s.wait_run(&boss).await["state"], "succeeded");
+    let (_, runs) = s.get("/api/v1/runs?agent=priced").await;
+    let mut runs = runs["runs"].as_array().unwrap().clone();
+    runs.sort_by_key(|r| r["created_at"].as_i64());
+    assert_eq!(runs.len(), 2);
+    let starved = &runs[0];
+    assert_eq!(starved["error"]["code"], "budget_exceeded", "{starved}");
+    let id = starved["id"].as_str().unwrap();
+    assert!(
+        starved["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("delegation:run:{id}")),
+        "{starved}"
+    );
+    assert_eq!(runs[1]["state"], "succeeded", "{}", runs[1]);
+}
+both_backends!(
+    a_granted_budget_bounds_the_child,
+    a_granted_budget_bounds_the_child
+);
