@@ -60,6 +60,7 @@ use utoipa::OpenApi;
         routes::suspend_agent,
         routes::resume_agent,
         routes::revoke_agent,
+        routes::delete_agent,
         routes::get_identity,
         routes::list_delegations,
         routes::get_delegation,
@@ -173,6 +174,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/agents/{name}/suspend", post(routes::suspend_agent))
         .route("/agents/{name}/resume", post(routes::resume_agent))
         .route("/agents/{name}/revoke", post(routes::revoke_agent))
+        .route("/agents/{name}/delete", post(routes::delete_agent))
         .route("/agents/{name}/identity", get(routes::get_identity))
         .route("/delegations", get(routes::list_delegations))
         .route("/delegations/{id}", get(routes::get_delegation))

@@ -322,6 +322,18 @@ pub async fn revoke_agent(
     set_identity(&e, &name, "revoked", r).await
 }
 
+/// Deletes an agent's identity for good: every key it has is revoked, nothing it does is allowed
+/// again, and the identity stays on record with the reason.
+#[utoipa::path(post, path = "/api/v1/agents/{name}/delete", params(("name" = String, Path)), request_body = Reason,
+    responses((status = 200, body = Identity), (status = 409, body = ErrorBody)))]
+pub async fn delete_agent(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<Reason>,
+) -> ApiResult<Json<Identity>> {
+    set_identity(&e, &name, "deleted", r).await
+}
+
 /// An agent's identity (active, with no owner recorded, until changed).
 #[utoipa::path(get, path = "/api/v1/agents/{name}/identity", params(("name" = String, Path)),
     responses((status = 200, body = Identity)))]

@@ -825,8 +825,9 @@ impl Engine {
         Ok(self.store().list_keys(agent).await?)
     }
 
-    /// Suspends (`suspended`), resumes (`active`) or revokes (`revoked`, for good) an agent's
-    /// identity, with the reason; optionally records its owner.
+    /// Suspends (`suspended`), resumes (`active`), revokes (`revoked`, for good) or deletes
+    /// (`deleted`: for good, and every key it has is revoked) an agent's identity, with the
+    /// reason; optionally records its owner.
     pub async fn set_identity(
         &self,
         agent: &str,
@@ -853,6 +854,14 @@ impl Engine {
                 other => other.into(),
             })?;
         self.inner.kernel.identities.forget();
+        if status == "deleted" {
+            for k in self.store().list_keys(Some(agent)).await? {
+                if k.revoked_at.is_none() {
+                    let why = format!("agent deleted: {reason}");
+                    self.revoke_key(&k.id, &why).await?;
+                }
+            }
+        }
         self.audit_lifecycle(
             &format!("identity.{status}"),
             &format!("agent:{agent}"),

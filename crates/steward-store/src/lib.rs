@@ -259,8 +259,8 @@ pub trait ApprovalStore: Send + Sync {
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
     async fn get_identity(&self, agent: &str) -> Result<Option<IdentityRecord>>;
-    /// Sets the status (with its reason) and, when given, the owner. A revoked identity stays
-    /// revoked: `Conflict`.
+    /// Sets the status (with its reason) and, when given, the owner. A revoked identity may
+    /// only be deleted, and a deleted one changes no more: `Conflict`.
     async fn set_identity(
         &self,
         agent: &str,

@@ -180,8 +180,8 @@ pub struct ApiKeyRecord {
     pub revoke_reason: Option<String>,
 }
 
-/// An agent's identity. `status` is `active`, `suspended` (may be resumed) or `revoked` (for
-/// good).
+/// An agent's identity. `status` is `active`, `suspended` (may be resumed), `revoked` (for
+/// good) or `deleted` (for good, its keys revoked; the row stays as the record of it).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct IdentityRecord {
     pub agent: String,

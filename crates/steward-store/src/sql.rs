@@ -1081,8 +1081,14 @@ macro_rules! impl_store {
                         .bind(agent)
                         .fetch_optional(&mut *tx)
                         .await?;
-                if current.as_ref().is_some_and(|c| c.status == "revoked") {
-                    return Err(Error::Conflict(format!("agent {agent} was revoked; a revoked identity stays revoked")));
+                match current.as_ref().map(|c| c.status.as_str()) {
+                    Some("deleted") => {
+                        return Err(Error::Conflict(format!("agent {agent} was deleted; a deleted identity stays deleted")));
+                    }
+                    Some("revoked") if status != "deleted" => {
+                        return Err(Error::Conflict(format!("agent {agent} was revoked; a revoked identity stays revoked")));
+                    }
+                    _ => {}
                 }
                 let rec: IdentityRecord = sqlx::query_as(
                     "INSERT INTO identities (agent, owner, status, reason, updated_at) VALUES ($1, $2, $3, $4, $5) \

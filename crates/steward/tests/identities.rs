@@ -150,6 +150,33 @@ async fn revoked_expired_and_suspended_credentials_are_refused(b: Backend) {
     let (st, _) = s.post("/api/v1/agents/ext/suspend", json!({})).await;
     assert_eq!(st, 400, "a reason is required");
 
+    // Deleted: its keys are revoked with the reason, and it stays deleted.
+    let (_, other) = s.post("/api/v1/keys", json!({"agent": "temp"})).await;
+    assert_eq!(call(&s, &key(&other)).await.0, 200);
+    let (st, i) = s
+        .post(
+            "/api/v1/agents/temp/delete",
+            json!({"reason": "project over"}),
+        )
+        .await;
+    assert_eq!((st, i["status"].as_str()), (200, Some("deleted")), "{i}");
+    let (st, e) = call(&s, &key(&other)).await;
+    assert_eq!(st, 401, "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("project over"));
+    let (_, keys) = s.get("/api/v1/keys?agent=temp").await;
+    assert!(keys["keys"][0]["revoked_at"].as_i64().is_some(), "{keys}");
+    let (st, _) = s
+        .post("/api/v1/agents/temp/resume", json!({"reason": "undo"}))
+        .await;
+    assert_eq!(st, 409);
+    let (st, _) = s
+        .post("/api/v1/agents/ext/delete", json!({"reason": "cleanup"}))
+        .await;
+    assert_eq!(st, 200, "a revoked identity can still be deleted");
+
     // Every change is on the record, with its reason.
     let lifecycle: Vec<(String, String)> = common::audit_records(&s)
         .await
@@ -167,6 +194,7 @@ async fn revoked_expired_and_suspended_credentials_are_refused(b: Backend) {
         ("identity.suspended", "under review"),
         ("identity.active", "review passed"),
         ("identity.revoked", "decommissioned"),
+        ("identity.deleted", "project over"),
     ] {
         assert!(
             lifecycle.iter().any(|(a, r)| a == want.0 && r == want.1),
