@@ -35,6 +35,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             gov: Default::default(),
             policies: Arc::new(steward_gov::Policies::new(None).unwrap()),
             vault: None,
+            sandboxes: None,
         },
     )
     .await

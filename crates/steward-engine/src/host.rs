@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub finished: Notify,
     /// Credentials for tools (`{{secret:NAME}}`), when a vault is configured.
     pub vault: Option<Arc<crate::vault::Vault>>,
+    /// Runs' sandboxes, when code execution is configured.
+    pub sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);
@@ -40,6 +42,13 @@ pub(crate) fn run_link(run: &RunId) -> String {
 }
 
 impl Host {
+    fn sandboxes(&self) -> Result<&crate::sandboxes::SandboxService, ToolError> {
+        self.0
+            .sandboxes
+            .as_deref()
+            .ok_or_else(|| ToolError::Denied("sandboxes are not enabled on this server".into()))
+    }
+
     /// Records what `parent` grants `child`: a link below the parent's own, when the parent was
     /// granted less than everything or grants less now. Never wider than the parent holds.
     async fn grant(
@@ -145,6 +154,28 @@ impl ToolHost for Host {
 
     async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>, ToolError> {
         self.0.store.scratch_get(run, key).await.map_err(failed)
+    }
+
+    async fn sandbox_exec(
+        &self,
+        run: &RunId,
+        command: &str,
+        stdin: &str,
+    ) -> Result<serde_json::Value, ToolError> {
+        self.sandboxes()?.exec(run, command, stdin).await
+    }
+
+    async fn workspace_write(
+        &self,
+        run: &RunId,
+        path: &str,
+        content: &[u8],
+    ) -> Result<(), ToolError> {
+        self.sandboxes()?.write(run, path, content).await
+    }
+
+    async fn workspace_read(&self, run: &RunId, path: &str) -> Result<Vec<u8>, ToolError> {
+        self.sandboxes()?.read(run, path).await
     }
 
     async fn spawn_and_wait(

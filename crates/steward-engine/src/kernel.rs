@@ -553,25 +553,32 @@ impl Kernel {
             on_behalf_of: owner,
         };
         let mut d = self.policies.decide(&query(act, resource));
-        // Starting another agent is also `agent.spawn` on that agent: both must allow it.
-        if let (
-            true,
+        // Starting another agent is also `agent.spawn` on that agent, running code is also
+        // `sandbox.exec` on the run's sandbox: both decisions must allow it.
+        let sandbox = format!("run:{}", ctx.run.id);
+        let also = match action {
             Action::Tool {
                 name: "spawn_agent",
                 args,
-            },
-        ) = (d.allow, action)
-        {
-            let child = args
-                .get("agent")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let spawn = self.policies.decide(&query("agent.spawn", child));
-            if spawn.allow {
-                d.policy_ids.extend(spawn.policy_ids);
-                d.approval = d.approval.or(spawn.approval);
+            } => Some((
+                "agent.spawn",
+                args.get("agent")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            )),
+            Action::Tool {
+                name: "sandbox_exec",
+                ..
+            } => Some(("sandbox.exec", sandbox.as_str())),
+            _ => None,
+        };
+        if let (true, Some((also_act, also_resource))) = (d.allow, also) {
+            let second = self.policies.decide(&query(also_act, also_resource));
+            if second.allow {
+                d.policy_ids.extend(second.policy_ids);
+                d.approval = d.approval.or(second.approval);
             } else {
-                d = spawn;
+                d = second;
             }
         }
         let record = |d: &Decision, verdict: &str, approval: Option<String>| {

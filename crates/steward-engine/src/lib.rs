@@ -14,6 +14,7 @@ mod identities;
 mod kernel;
 mod metrics;
 mod runs;
+pub mod sandboxes;
 mod ttl_cache;
 pub mod vault;
 
@@ -83,6 +84,8 @@ pub struct EngineOptions {
     pub policies: Arc<steward_gov::Policies>,
     /// Provider and tool credentials, encrypted at rest.
     pub vault: Option<Arc<vault::Vault>>,
+    /// Runs' sandboxes, when code execution is configured.
+    pub sandboxes: Option<Arc<sandboxes::SandboxService>>,
 }
 
 struct Inner {
@@ -127,6 +130,7 @@ impl Engine {
             wake: tokio::sync::Notify::new(),
             finished: tokio::sync::Notify::new(),
             vault: opts.vault.clone(),
+            sandboxes: opts.sandboxes.clone(),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(

@@ -63,7 +63,7 @@ pub const ADMIN: &str = "admin";
 /// manifests list (the Kernel checks the list before asking), and start other agents.
 pub const DEFAULT_POLICIES: &str = r#"
 @id("default-allow-models-and-listed-tools")
-permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn"], resource);
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec"], resource);
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 mod echo;
 mod http_request;
+mod sandbox;
 mod scratchpad;
 mod spawn_agent;
 
@@ -15,6 +16,7 @@ use steward_types::RunId;
 
 pub use echo::Echo;
 pub use http_request::HttpRequest;
+pub use sandbox::{SandboxExec, SandboxReadFile, SandboxWriteFile};
 pub use scratchpad::{ScratchpadGet, ScratchpadSet};
 pub use spawn_agent::SpawnAgent;
 
@@ -75,6 +77,23 @@ pub trait ToolHost: Send + Sync {
         input: &str,
         grant: Option<Grant>,
     ) -> Result<ChildOutcome>;
+    /// Runs `command` with `/bin/sh -c` in the run's sandbox, on its workspace.
+    async fn sandbox_exec(&self, _run: &RunId, _command: &str, _stdin: &str) -> Result<Value> {
+        Err(ToolError::Denied(
+            "sandboxes are not available on this server".into(),
+        ))
+    }
+    /// Writes a file (a path relative to the run's workspace, never leaving it).
+    async fn workspace_write(&self, _run: &RunId, _path: &str, _content: &[u8]) -> Result<()> {
+        Err(ToolError::Denied(
+            "sandboxes are not available on this server".into(),
+        ))
+    }
+    async fn workspace_read(&self, _run: &RunId, _path: &str) -> Result<Vec<u8>> {
+        Err(ToolError::Denied(
+            "sandboxes are not available on this server".into(),
+        ))
+    }
 }
 
 pub struct ToolContext {
@@ -109,6 +128,9 @@ impl Tools {
         t.insert(Arc::new(ScratchpadSet));
         t.insert(Arc::new(ScratchpadGet));
         t.insert(Arc::new(SpawnAgent));
+        t.insert(Arc::new(SandboxExec));
+        t.insert(Arc::new(SandboxWriteFile));
+        t.insert(Arc::new(SandboxReadFile));
         Ok(t)
     }
 

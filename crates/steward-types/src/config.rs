@@ -23,6 +23,42 @@ pub struct Config {
     pub tools: ToolsConfig,
     pub telemetry: TelemetryConfig,
     pub gov: GovConfig,
+    pub sandbox: SandboxConfig,
+}
+
+/// Sandboxes for agents' code (`sandbox_exec` and friends).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    pub enabled: bool,
+    /// Run code even when the host lacks an isolation layer (the probe at start says which).
+    /// Off: sandbox tools are refused on such a host, saying what is missing.
+    pub allow_missing_layers: bool,
+    pub memory_mb: u64,
+    /// Processes and threads per sandbox.
+    pub pids: u64,
+    /// CPU per sandbox, in thousandths of a core.
+    pub cpu_millicores: u64,
+    /// Wall-clock limit of one exec; the whole process tree is killed at it.
+    pub timeout_ms: u64,
+    pub tmp_mb: u64,
+    /// Each of stdout and stderr is kept up to this many bytes.
+    pub output_bytes: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            enabled: true,
+            allow_missing_layers: false,
+            memory_mb: 256,
+            pids: 128,
+            cpu_millicores: 1000,
+            timeout_ms: 30_000,
+            tmp_mb: 64,
+            output_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Governance: the audit log's signing, verification and retention.

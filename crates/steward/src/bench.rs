@@ -19,7 +19,7 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `gateway` or `governance`.
+    /// Which benchmark: `engine`, `gateway`, `governance` or `sandbox`.
     name: String,
     /// gateway: requests a second for the latency measurement.
     #[arg(long, default_value_t = 500)]
@@ -52,12 +52,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.name == "gateway" {
         return crate::bench_gateway::run(args.rate, args.seconds, args.clients).await;
     }
+    if args.name == "sandbox" {
+        return crate::bench_sandbox::run().await;
+    }
     if args.name == "governance" {
         return crate::bench_governance::run(args.seconds, args.clients, args.verify_records).await;
     }
     if args.name != "engine" {
         bail!(
-            "unknown benchmark {:?}; available: engine, gateway, governance",
+            "unknown benchmark {:?}; available: engine, gateway, governance, sandbox",
             args.name
         );
     }
@@ -190,6 +193,7 @@ async fn drive(
         gov: Default::default(),
         policies: Arc::new(steward_gov::Policies::new(None)?),
         vault: None,
+        sandboxes: None,
     };
     let started = Instant::now();
     let engine = Engine::start(store.clone(), opts).await?;

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_gateway;
 mod bench_governance;
+mod bench_sandbox;
 mod client;
 mod demo;
 mod serve;
@@ -112,6 +113,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The sandbox helper must start single-threaded: before the runtime, before anything.
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(steward_sandbox::INIT_ARG) {
+        steward_sandbox::init::main(&args.next().unwrap_or_default());
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -125,8 +125,54 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         gov: cfg.gov.clone(),
         policies: Arc::new(steward_gov::Policies::new(None)?),
         vault: Some(vault),
+        sandboxes: sandboxes(cfg).await,
     };
     Ok(Engine::start(store, opts).await?)
+}
+
+/// Runs' sandboxes: the isolation this host enforces is probed at start and reported; without
+/// a required layer, code is refused (saying what is missing) unless
+/// `sandbox.allow_missing_layers`.
+async fn sandboxes(cfg: &Config) -> Option<Arc<steward_engine::sandboxes::SandboxService>> {
+    let c = &cfg.sandbox;
+    if !c.enabled {
+        return None;
+    }
+    let limits = steward_sandbox::Limits {
+        memory_bytes: c.memory_mb << 20,
+        pids: c.pids,
+        cpu_millicores: Some(c.cpu_millicores),
+        wall: std::time::Duration::from_millis(c.timeout_ms),
+        tmp_bytes: c.tmp_mb << 20,
+        output_bytes: c.output_bytes,
+    };
+    let dir = cfg.server.data_dir.join("sandboxes");
+    let ready = async {
+        let helper = std::env::current_exe().map_err(|e| e.to_string())?;
+        let s = steward_sandbox::Sandboxes::new(helper, dir.join("roots"), c.allow_missing_layers)
+            .map_err(|e| e.to_string())?;
+        let probe_ws = dir.join("probe");
+        std::fs::create_dir_all(&probe_ws).map_err(|e| e.to_string())?;
+        let layers = steward_sandbox::probe(&s, &probe_ws).await;
+        let missing = layers.missing();
+        tracing::info!(layers = %serde_json::to_string(&layers).unwrap_or_default(), "sandbox isolation in force");
+        if !missing.is_empty() && !c.allow_missing_layers {
+            return Err(format!(
+                "missing isolation layers: {} (set sandbox.allow_missing_layers to run code anyway)",
+                missing.join(", ")
+            ));
+        }
+        Ok(s)
+    }
+    .await;
+    if let Err(why) = &ready {
+        tracing::warn!(%why, "sandboxes are unavailable: sandbox tools will be refused");
+    }
+    Some(Arc::new(steward_engine::sandboxes::SandboxService::new(
+        ready,
+        dir.join("workspaces"),
+        limits,
+    )))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {

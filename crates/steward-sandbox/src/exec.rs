@@ -1,0 +1,231 @@
+//! Running one command in a fresh sandbox: a cgroup with its limits, the helper that builds the
+//! isolation and becomes the command, its output collected up to a bound, a wall-clock timeout
+//! that kills the whole tree, and a report of how it ended and what it used.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::cgroup::CgroupRoot;
+use crate::init::{InitSpec, SETUP_FAILED};
+use crate::{Error, Result};
+
+/// What one sandbox may use.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// Processes and threads, all told.
+    pub pids: u64,
+    /// CPU, in thousandths of a core (`None`: unlimited).
+    pub cpu_millicores: Option<u64>,
+    pub wall: Duration,
+    pub tmp_bytes: u64,
+    /// Each of stdout and stderr is kept up to this many bytes.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            pids: 128,
+            cpu_millicores: Some(1000),
+            wall: Duration::from_secs(30),
+            tmp_bytes: 64 << 20,
+            output_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    /// Host directory mounted at `/workspace` (the command starts there).
+    pub workspace: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub limits: Limits,
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exit(i32),
+    /// Killed by a signal it did not arrange (its own, or another process's in the sandbox).
+    Signal(i32),
+    /// Still running at the wall-clock limit: the whole tree was killed.
+    Timeout,
+    /// Killed by the kernel for passing the memory limit.
+    OomKilled,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecResult {
+    pub ended: Ended,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Whether output past `output_bytes` was dropped.
+    pub truncated: bool,
+    pub cpu: Duration,
+    pub peak_memory_bytes: u64,
+    pub wall: Duration,
+}
+
+/// Starts sandboxes: where the helper binary is, where roots are built, where cgroups go.
+#[derive(Clone, Debug)]
+pub struct Sandboxes {
+    helper: PathBuf,
+    scratch: PathBuf,
+    cgroups: Option<CgroupRoot>,
+}
+
+impl Sandboxes {
+    /// `helper` is the `steward` binary; `scratch` a directory for the sandboxes' roots. Fails
+    /// when cgroups are missing unless `allow_without_cgroups` (then limits are not enforced —
+    /// and [`crate::probe`] says so).
+    pub fn new(helper: PathBuf, scratch: PathBuf, allow_without_cgroups: bool) -> Result<Self> {
+        let cgroups = CgroupRoot::detect();
+        if cgroups.is_none() && !allow_without_cgroups {
+            return Err(Error::Missing(
+                "cgroups (memory and pids controllers, writable): without them memory and process limits cannot be enforced".into(),
+            ));
+        }
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Sandboxes {
+            helper,
+            scratch,
+            cgroups,
+        })
+    }
+
+    pub fn cgroups(&self) -> Option<&CgroupRoot> {
+        self.cgroups.as_ref()
+    }
+
+    /// Runs `req` in a fresh sandbox and reports how it ended.
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecResult> {
+        if req.argv.is_empty() {
+            return Err(Error::Setup("no command".into()));
+        }
+        // Unique across every process on the host: cgroups are shared by all of them.
+        let name = format!("sbx-{}", uuid::Uuid::new_v4().simple());
+        let root = self.scratch.join(&name);
+        std::fs::create_dir_all(&root)?;
+        let group = match &self.cgroups {
+            Some(c) => Some(c.create(&name, &req.limits)?),
+            None => None,
+        };
+        let spec = InitSpec {
+            root: root.clone(),
+            workspace: req.workspace.clone(),
+            argv: req.argv.clone(),
+            env: req.env.clone(),
+            cgroup_procs: group.as_ref().map(|g| g.procs_files()).unwrap_or_default(),
+            tmp_bytes: req.limits.tmp_bytes,
+        };
+        let spec = serde_json::to_string(&spec).map_err(|e| Error::Setup(e.to_string()))?;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&self.helper)
+            .arg(crate::INIT_ARG)
+            .arg(spec)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Setup(format!("starting {}: {e}", self.helper.display())))?;
+        let mut stdin = child.stdin.take();
+        let input = req.stdin.clone();
+        let feed = async move {
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write_all(&input).await;
+            }
+            drop(stdin);
+        };
+        let cap = req.limits.output_bytes;
+        let out = read_bounded(child.stdout.take(), cap);
+        let err = read_bounded(child.stderr.take(), cap);
+        let waited = async {
+            let (_, out, err, status) = tokio::join!(feed, out, err, child.wait());
+            (out, err, status)
+        };
+        let outcome = tokio::time::timeout(req.limits.wall, waited).await;
+        let (ended, stdout, stderr) = match outcome {
+            Ok(((stdout, t1), (stderr, t2), status)) => {
+                let status = status?;
+                use std::os::unix::process::ExitStatusExt;
+                let ended = match (status.code(), status.signal()) {
+                    (Some(SETUP_FAILED), _) if is_setup_failure(&stderr.0) => {
+                        let why = String::from_utf8_lossy(&stderr.0).trim().to_string();
+                        if let Some(g) = group {
+                            g.remove();
+                        }
+                        let _ = std::fs::remove_dir_all(&root);
+                        return Err(Error::Setup(why));
+                    }
+                    (Some(c), _) if c > 128 => Ended::Signal(c - 128),
+                    (Some(c), _) => Ended::Exit(c),
+                    (None, Some(s)) => Ended::Signal(s),
+                    (None, None) => Ended::Signal(0),
+                };
+                ((ended, t1 || t2), stdout.0, stderr.0)
+            }
+            Err(_) => {
+                // The helper dies; its pid namespace dies with it; the cgroup catches strays.
+                if let Some(g) = &group {
+                    g.kill_all();
+                }
+                ((Ended::Timeout, false), Vec::new(), Vec::new())
+            }
+        };
+        let (mut ended, truncated) = ended;
+        let usage = group.as_ref().map(|g| g.usage()).unwrap_or_default();
+        if usage.oom_killed && ended != Ended::Timeout {
+            ended = Ended::OomKilled;
+        }
+        if let Some(g) = group {
+            g.remove();
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(ExecResult {
+            ended,
+            stdout,
+            stderr,
+            truncated,
+            cpu: Duration::from_nanos(usage.cpu_ns),
+            peak_memory_bytes: usage.peak_memory_bytes,
+            wall: started.elapsed(),
+        })
+    }
+}
+
+/// Stderr of a helper that could not build the sandbox (the command never ran).
+fn is_setup_failure(stderr: &[u8]) -> bool {
+    stderr.starts_with(b"sandbox setup failed:")
+}
+
+struct Bounded(Vec<u8>);
+
+/// Reads a pipe to its end, keeping at most `cap` bytes; whether any were dropped.
+async fn read_bounded(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> (Bounded, bool) {
+    let Some(mut pipe) = pipe else {
+        return (Bounded(Vec::new()), false);
+    };
+    let mut kept = Vec::new();
+    let mut dropped = false;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                dropped |= n > room;
+            }
+        }
+    }
+    (Bounded(kept), dropped)
+}

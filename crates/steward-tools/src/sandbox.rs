@@ -1,0 +1,83 @@
+//! Code execution for managed agents, in the run's own sandbox: `sandbox_exec` runs a shell
+//! command there (a fresh, isolated process tree each time, on the run's persistent
+//! workspace), `sandbox_write_file` and `sandbox_read_file` move files in and out of that
+//! workspace. The isolation itself is the engine's (`ToolHost`), from `steward-sandbox`.
+
+use serde_json::{json, Value};
+
+use crate::{str_arg, Result, Tool, ToolContext, ToolError, ToolInfo};
+
+pub struct SandboxExec;
+pub struct SandboxWriteFile;
+pub struct SandboxReadFile;
+
+#[async_trait::async_trait]
+impl Tool for SandboxExec {
+    fn info(&self) -> ToolInfo {
+        ToolInfo {
+            name: "sandbox_exec",
+            description: "Runs a shell command in this run's isolated sandbox (no network; the workspace persists between calls; bash, python3 and the host's other interpreters). Returns the exit code, stdout and stderr.",
+            parameters: json!({"type": "object", "required": ["command"],
+                "properties": {
+                    "command": {"type": "string", "description": "a /bin/sh command line"},
+                    "stdin": {"type": "string"}}}),
+        }
+    }
+    fn idempotent(&self, _: &Value) -> bool {
+        false // a command may do anything to its workspace
+    }
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
+        let command = str_arg(&args, "command")?;
+        let stdin = match args.get("stdin") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(ToolError::InvalidArgs("`stdin` must be a string".into())),
+        };
+        ctx.host.sandbox_exec(&ctx.run_id, command, stdin).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Tool for SandboxWriteFile {
+    fn info(&self) -> ToolInfo {
+        ToolInfo {
+            name: "sandbox_write_file",
+            description:
+                "Writes a text file into this run's sandbox workspace (a path relative to it).",
+            parameters: json!({"type": "object", "required": ["path", "content"],
+                "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}),
+        }
+    }
+    fn idempotent(&self, _: &Value) -> bool {
+        true // the same content at the same path
+    }
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
+        let path = str_arg(&args, "path")?;
+        let content = str_arg(&args, "content")?;
+        ctx.host
+            .workspace_write(&ctx.run_id, path, content.as_bytes())
+            .await?;
+        Ok(json!({"path": path, "bytes": content.len()}))
+    }
+}
+
+#[async_trait::async_trait]
+impl Tool for SandboxReadFile {
+    fn info(&self) -> ToolInfo {
+        ToolInfo {
+            name: "sandbox_read_file",
+            description:
+                "Reads a text file from this run's sandbox workspace (a path relative to it).",
+            parameters: json!({"type": "object", "required": ["path"],
+                "properties": {"path": {"type": "string"}}}),
+        }
+    }
+    fn idempotent(&self, _: &Value) -> bool {
+        true
+    }
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
+        let path = str_arg(&args, "path")?;
+        let bytes = ctx.host.workspace_read(&ctx.run_id, path).await?;
+        Ok(json!({"path": path, "content": String::from_utf8_lossy(&bytes)}))
+    }
+}

@@ -1,0 +1,378 @@
+//! Sandboxes, with the real helper (`steward __sandbox-init`), on this host — the escape battery:
+//! each attempt to get out is contained, and reported as what it was. Reading host files,
+//! writing the system, seeing host processes, reaching the network (loopback included),
+//! a fork bomb, a memory bomb, filling /tmp past its size, ptrace, mount, a set-uid program,
+//! killing a process outside, and a command that never ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use steward_sandbox::{Ended, ExecRequest, ExecResult, Limits, Sandboxes};
+
+fn sandboxes(scratch: &Path) -> Sandboxes {
+    Sandboxes::new(
+        env!("CARGO_BIN_EXE_steward").into(),
+        scratch.to_path_buf(),
+        false,
+    )
+    .expect("this host has the cgroups sandboxes need")
+}
+
+async fn sh(s: &Sandboxes, ws: &Path, script: &str, limits: Limits) -> ExecResult {
+    s.exec(ExecRequest {
+        workspace: ws.to_path_buf(),
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        stdin: Vec::new(),
+        limits,
+    })
+    .await
+    .expect("the sandbox starts")
+}
+
+fn out(r: &ExecResult) -> String {
+    format!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        r.ended,
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_command_runs_in_its_workspace_and_reports_its_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("in.txt"), "from the host\n").unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let r = s
+        .exec(ExecRequest {
+            workspace: ws.clone(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "pwd; cat in.txt; read line; echo \"got $line\"; echo result > out.txt; echo oops >&2; exit 3".into(),
+            ],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: b"hello\n".to_vec(),
+            limits: Limits::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.ended, Ended::Exit(3), "{}", out(&r));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "/workspace\nfrom the host\ngot hello\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "oops\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out.txt")).unwrap(),
+        "result\n"
+    );
+    assert!(r.peak_memory_bytes > 0, "{r:?}");
+
+    // Interpreters the host has run too.
+    let r = sh(&s, &ws, "python3 -c 'print(6 * 7)'", Limits::default()).await;
+    assert_eq!(
+        (r.ended.clone(), String::from_utf8_lossy(&r.stdout).trim()),
+        (Ended::Exit(0), "42"),
+        "{}",
+        out(&r)
+    );
+}
+
+#[tokio::test]
+async fn the_host_stays_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "host secret").unwrap();
+    let l = Limits::default;
+
+    // Host files outside the workspace are not there at all.
+    let r = sh(
+        &s,
+        &ws,
+        &format!(
+            "cat {} /etc/shadow /root/.bashrc 2>&1; ls /home /var /work 2>&1; echo done",
+            secret.display()
+        ),
+        l(),
+    )
+    .await;
+    let o = out(&r);
+    assert!(!o.contains("host secret"), "{o}");
+    assert!(o.contains("No such file"), "{o}");
+    // The system is read-only; only /workspace and /tmp take writes.
+    let r = sh(
+        &s,
+        &ws,
+        "touch /usr/x 2>&1; touch /x 2>&1; touch /etc/x 2>&1; touch /tmp/ok && echo tmp-ok",
+        l(),
+    )
+    .await;
+    let o = out(&r);
+    assert_eq!(o.matches("Read-only file system").count(), 3, "{o}");
+    assert!(o.contains("tmp-ok"), "{o}");
+    // Only its own processes: it is process 2 (after the namespace's init), and the host's
+    // are invisible.
+    let r = sh(&s, &ws, "echo $$; ls /proc | grep -c '^[0-9]'", l()).await;
+    let lines: Vec<String> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines[0], "2", "{}", out(&r));
+    assert!(lines[1].parse::<u32>().unwrap() <= 4, "{}", out(&r));
+    // Killing a process outside: there is none to see, and the host's pids are not its.
+    let r = sh(
+        &s,
+        &ws,
+        &format!("kill -9 {} 2>&1; echo rc=$?", std::process::id()),
+        l(),
+    )
+    .await;
+    assert!(out(&r).contains("rc=1"), "{}", out(&r));
+    // No network, loopback included: a server listening on the host's loopback is unreachable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let r = sh(
+        &s,
+        &ws,
+        &format!(
+            "python3 -c \"import socket; s=socket.socket(); s.settimeout(2); s.connect(('127.0.0.1', {port}))\" 2>&1; echo rc=$?"
+        ),
+        l(),
+    )
+    .await;
+    let o = out(&r);
+    assert!(
+        o.contains("rc=1")
+            && (o.contains("Network is unreachable") || o.contains("Connection refused")),
+        "{o}"
+    );
+    let r = sh(&s, &ws, "cat /proc/net/dev | tail -n +3 | cut -d: -f1", l()).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "lo",
+        "{}",
+        out(&r)
+    );
+}
+
+#[tokio::test]
+async fn privileged_system_calls_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    // ptrace, mount, unshare, and a new user namespace through clone: all EPERM.
+    let py = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def rc(r):
+    return 'ok' if r == 0 else errno.errorcode[ctypes.get_errno()]
+print('ptrace', rc(libc.ptrace(16, 1, 0, 0)))
+print('mount', rc(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)))
+print('unshare', rc(libc.unshare(0x10000000)))
+print('uid', os.getuid())
+"#;
+    std::fs::write(ws.join("probe.py"), py).unwrap();
+    let r = sh(&s, &ws, "python3 probe.py", Limits::default()).await;
+    let o = out(&r);
+    for want in ["ptrace EPERM", "mount EPERM", "unshare EPERM"] {
+        assert!(o.contains(want), "{want}: {o}");
+    }
+    // A set-uid program gains nothing: no_new_privs, nosuid mounts, no capabilities.
+    let r = sh(
+        &s,
+        &ws,
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+        Limits::default(),
+    )
+    .await;
+    let o = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(o.contains("CapEff:\t0000000000000000"), "{o}");
+    assert!(o.contains("CapBnd:\t0000000000000000"), "{o}");
+    assert!(o.contains("NoNewPrivs:\t1"), "{o}");
+    assert!(o.contains("Seccomp:\t2"), "{o}");
+    let r = sh(
+        &s,
+        &ws,
+        "ls -l /usr/bin/su /usr/bin/passwd 2>/dev/null | head -1; su -c id 2>&1; echo rc=$?",
+        Limits::default(),
+    )
+    .await;
+    assert!(!out(&r).contains("rc=0"), "{}", out(&r));
+}
+
+#[tokio::test]
+async fn bombs_and_runaways_are_contained_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+
+    // A fork bomb meets the process limit; the wall clock ends it.
+    let r = sh(
+        &s,
+        &ws,
+        "bomb() { bomb | bomb & }; bomb; sleep 1; echo survived",
+        Limits {
+            pids: 32,
+            wall: Duration::from_secs(3),
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(r.ended, Ended::Exit(_) | Ended::Timeout),
+        "{}",
+        out(&r)
+    );
+    // A memory bomb is killed by the kernel, and reported as such.
+    let r = sh(
+        &s,
+        &ws,
+        "python3 -c \"x = bytearray(512 * 1024 * 1024); print(len(x))\"",
+        Limits {
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.ended, Ended::OomKilled, "{}", out(&r));
+    // Filling /tmp past its size fails inside; the host's disk is untouched.
+    let r = sh(
+        &s,
+        &ws,
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; echo rc=$?",
+        Limits {
+            tmp_bytes: 8 << 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let o = out(&r);
+    assert!(
+        o.contains("No space left on device") && o.contains("rc=1"),
+        "{o}"
+    );
+    // A command that never ends is killed at the wall-clock limit, with everything it started.
+    let r = sh(
+        &s,
+        &ws,
+        "sleep 600 & sleep 600",
+        Limits {
+            wall: Duration::from_millis(500),
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.ended, Ended::Timeout, "{}", out(&r));
+    let strays = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| c.as_slice() == b"sleep\x00600\x00")
+        .count();
+    assert_eq!(
+        strays, 0,
+        "nothing the timed-out command started is left running"
+    );
+    // A process that kills itself is reported as killed by that signal.
+    let r = sh(&s, &ws, "kill -TERM $$; sleep 5", Limits::default()).await;
+    assert_eq!(r.ended, Ended::Signal(15), "{}", out(&r));
+}
+
+#[tokio::test]
+async fn the_probe_reports_what_is_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let layers = steward_sandbox::probe(&s, &ws).await;
+    assert!(layers.missing().is_empty(), "{layers:?}");
+    assert!(layers.cgroup.is_some());
+}
+
+mod common;
+use common::{Backend, TestServer};
+use serde_json::Value;
+
+/// A managed run's code runs in its own sandbox, through the Kernel: files in, a command, files
+/// out, on a workspace that lasts the run — and the file tools never follow what a command
+/// leaves behind out of it. A policy decides `sandbox.exec` like any other syscall.
+async fn a_run_works_in_its_own_sandbox(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(concat!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: coder}\nspec:\n  model: scripted\n",
+        "  tools: [sandbox_write_file, sandbox_exec, sandbox_read_file]\n  script:\n",
+        "    - toolCalls: [{name: sandbox_write_file, arguments: {path: src/hello.py, content: \"print('hi from', open('/etc/hostname').read().strip())\"}}]\n",
+        "    - toolCalls: [{name: sandbox_exec, arguments: {command: \"python3 src/hello.py > out.txt; cat out.txt; exit 4\"}}]\n",
+        "    - toolCalls: [{name: sandbox_read_file, arguments: {path: out.txt}}]\n",
+        "    - toolCalls: [{name: sandbox_exec, arguments: {command: \"ln -s /etc/passwd leak; mkdir d; ln -s / d/up\"}}]\n",
+        "    - toolCalls: [{name: sandbox_read_file, arguments: {path: leak}}]\n",
+        "    - toolCalls: [{name: sandbox_write_file, arguments: {path: d/up/tmp/x, content: y}}]\n",
+        "    - toolCalls: [{name: sandbox_read_file, arguments: {path: ../../vault.key}}]\n",
+        "    - content: done\n",
+    ))
+    .await;
+    let run = s.start_run("coder", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let tools: Vec<Value> = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .map(|e| e["body"].clone())
+        .collect();
+    assert_eq!(tools.len(), 7, "{tools:#?}");
+    let exec = &tools[1]["ok"];
+    assert_eq!(
+        (exec["ended"].as_str(), exec["exit_code"].as_i64()),
+        (Some("exit"), Some(4)),
+        "{exec}"
+    );
+    assert_eq!(exec["stdout"], "hi from sandbox\n", "{exec}");
+    assert_eq!(
+        tools[2]["ok"]["content"], "hi from sandbox\n",
+        "{}",
+        tools[2]
+    );
+    for (i, why) in [(4, "leak"), (5, "link"), (6, "..")] {
+        assert!(tools[i].get("error").is_some(), "step {i}: {}", tools[i]);
+        assert!(
+            tools[i]["error"].to_string().contains(why),
+            "step {i}: {}",
+            tools[i]
+        );
+    }
+
+    // Forbidden by policy, code does not run.
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(concat!(
+            "@id(\"all\") permit (principal, action, resource);\n",
+            "@id(\"no-code\") forbid (principal, action == Steward::Action::\"sandbox.exec\", resource);\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let run = s.start_run("coder", "again").await;
+    s.wait_run(&run).await;
+    let denied = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .find(|e| e["phase"] == "outcome" && e["name"] == "sandbox_exec")
+        .unwrap();
+    assert!(denied["body"].to_string().contains("no-code"), "{denied}");
+}
+both_backends!(
+    a_run_works_in_its_own_sandbox,
+    a_run_works_in_its_own_sandbox
+);
