@@ -50,7 +50,7 @@ impl SandboxService {
         let ws = self.workspace(run)?;
         let r = sandboxes
             .exec(ExecRequest {
-                workspace: ws,
+                workspace: ws.into(),
                 argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
                 env: vec![
                     ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),

@@ -39,10 +39,30 @@ impl Default for Limits {
     }
 }
 
+/// What is mounted at `/workspace` (where the command starts).
+#[derive(Clone, Debug)]
+pub enum Workspace {
+    /// A host directory, read-write.
+    Dir(PathBuf),
+    /// A persistent sandbox's layers (`crate::layers`).
+    Layered(crate::Layered),
+}
+
+impl From<PathBuf> for Workspace {
+    fn from(p: PathBuf) -> Self {
+        Workspace::Dir(p)
+    }
+}
+
+impl From<&std::path::Path> for Workspace {
+    fn from(p: &std::path::Path) -> Self {
+        Workspace::Dir(p.to_path_buf())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ExecRequest {
-    /// Host directory mounted at `/workspace` (the command starts there).
-    pub workspace: PathBuf,
+    pub workspace: Workspace,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub stdin: Vec<u8>,
@@ -117,9 +137,14 @@ impl Sandboxes {
             Some(c) => Some(c.create(&name, &req.limits)?),
             None => None,
         };
+        let (workspace, layers) = match &req.workspace {
+            Workspace::Dir(d) => (d.clone(), None),
+            Workspace::Layered(l) => (l.upper.clone(), Some(l.clone())),
+        };
         let spec = InitSpec {
             root: root.clone(),
-            workspace: req.workspace.clone(),
+            workspace,
+            layers,
             argv: req.argv.clone(),
             env: req.env.clone(),
             cgroup_procs: group.as_ref().map(|g| g.procs_files()).unwrap_or_default(),

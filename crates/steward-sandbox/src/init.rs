@@ -26,8 +26,11 @@ use serde::{Deserialize, Serialize};
 pub struct InitSpec {
     /// An empty directory to build the new root in.
     pub root: PathBuf,
-    /// The host directory mounted read-write at `/workspace`.
+    /// The host directory mounted read-write at `/workspace`, unless `layers` is given.
     pub workspace: PathBuf,
+    /// A layered workspace (overlayfs) mounted at `/workspace` instead.
+    #[serde(default)]
+    pub layers: Option<crate::Layered>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     /// `cgroup.procs` files to join before anything else.
@@ -234,14 +237,39 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     // A workspace of its own, writable; no set-uid programs, no devices.
     let ws = at("/workspace");
     mkdir(&ws)?;
-    mount(
-        Some(&spec.workspace),
-        &ws,
-        NONE,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        NONE,
-    )
-    .map_err(err("workspace"))?;
+    match &spec.layers {
+        None => mount(
+            Some(&spec.workspace),
+            &ws,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(err("workspace"))?,
+        Some(l) => {
+            let list = |ps: &[PathBuf]| -> Result<String, String> {
+                let parts: Vec<String> = ps.iter().map(|p| p.display().to_string()).collect();
+                if parts.iter().any(|p| p.contains([',', ':'])) {
+                    return Err("workspace layers: a path with ',' or ':'".into());
+                }
+                Ok(parts.join(":"))
+            };
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                list(&l.lower)?,
+                list(std::slice::from_ref(&l.upper))?,
+                list(std::slice::from_ref(&l.work))?
+            );
+            mount(
+                Some("overlay"),
+                &ws,
+                Some("overlay"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(err("layered workspace"))?;
+        }
+    }
     mount(
         NONE,
         &ws,

@@ -13,10 +13,12 @@
 pub mod cgroup;
 mod exec;
 pub mod init;
+pub mod layers;
 mod probe;
 mod seccomp;
 
-pub use exec::{Ended, ExecRequest, ExecResult, Limits, Sandboxes};
+pub use exec::{Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
+pub use layers::Layered;
 pub use probe::{probe, Layers};
 
 /// The argument that makes the `steward` binary act as the sandbox helper.

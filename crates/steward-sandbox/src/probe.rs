@@ -66,7 +66,7 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
         layers.cpu_limit = has("cpu");
     }
     let req = ExecRequest {
-        workspace: workspace.to_path_buf(),
+        workspace: workspace.into(),
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),

@@ -1,14 +1,15 @@
 //! `bench/run sandbox`: cold start to the exit of `true` in a fresh sandbox (every layer:
 //! namespaces, pivot_root, capabilities, seccomp, cgroups), side by side with bubblewrap
-//! running the same command with comparable namespaces and mounts, in the same run; and
-//! sandboxes created per second with several at once.
+//! running the same command with comparable namespaces and mounts, in the same run; sandboxes
+//! created per second with several at once; and, on a persistent sandbox holding 100 MB, an
+//! exec, a snapshot and a fork.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use steward_sandbox::{Ended, ExecRequest, Limits, Sandboxes};
+use steward_sandbox::{layers, Ended, ExecRequest, Limits, Sandboxes, Workspace};
 
 const STARTS: usize = 200;
 
@@ -19,7 +20,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn true_in(ws: &Path) -> ExecRequest {
     ExecRequest {
-        workspace: ws.to_path_buf(),
+        workspace: ws.into(),
         argv: vec!["/bin/true".into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
@@ -141,9 +142,61 @@ async fn measure(base: &Path, ws: &Path) -> anyhow::Result<()> {
     }
     let creates_per_s = (created as f64 / started.elapsed().as_secs_f64()).round();
 
+    // A persistent sandbox with 100 MB of random data in its workspace.
+    let store = layers::Store::open(base.join("persistent"))?;
+    store.create("big", None)?;
+    let run_in = |id: &str, cmd: &str| -> anyhow::Result<ExecRequest> {
+        Ok(ExecRequest {
+            workspace: Workspace::Layered(store.layered(id)?),
+            argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: Vec::new(),
+            limits: Limits {
+                wall: Duration::from_secs(120),
+                ..Limits::default()
+            },
+        })
+    };
+    let r = sandboxes
+        .exec(run_in("big", "head -c 104857600 /dev/urandom > blob")?)
+        .await?;
+    if r.ended != Ended::Exit(0) {
+        bail!(
+            "filling the workspace: {:?} {}",
+            r.ended,
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        sandboxes.exec(run_in("big", "true")?).await?;
+        warm.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    warm.sort_by(f64::total_cmp);
+    let t = Instant::now();
+    let snap = store.snapshot("big")?;
+    let snapshot_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    store.create("fork", Some(&snap))?;
+    let fork_create_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let r = sandboxes.exec(run_in("fork", "test -s blob")?).await?;
+    let fork_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if r.ended != Ended::Exit(0) {
+        bail!("the fork does not see the data: {:?}", r.ended);
+    }
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+
     let (p50, p95) = (percentile(&ours, 0.5), percentile(&ours, 0.95));
     let (b50, b95) = (percentile(&theirs, 0.5), percentile(&theirs, 0.95));
     eprintln!("steward: cold start p50 {p50} ms, p95 {p95} ms; bwrap: p50 {b50} ms, p95 {b95} ms; {creates_per_s} creates/s (4 at a time)");
+    eprintln!(
+        "100 MB workspace: exec p50 {} ms, snapshot {} ms (hashing included), fork {} ms to a first exec ({} ms to create)",
+        percentile(&warm, 0.5),
+        round(snapshot_ms),
+        round(fork_ms),
+        round(fork_create_ms)
+    );
     println!(
         "{}",
         json!({
@@ -153,9 +206,10 @@ async fn measure(base: &Path, ws: &Path) -> anyhow::Result<()> {
             "bwrap_p50_ms": b50,
             "bwrap_p95_ms": b95,
             "creates_per_s": creates_per_s,
-            "warm_exec_p50_ms": null,
-            "snapshot_100mb_ms": null,
-            "fork_100mb_ms": null,
+            "warm_exec_p50_ms": percentile(&warm, 0.5),
+            "snapshot_100mb_ms": round(snapshot_ms),
+            "fork_100mb_ms": round(fork_ms),
+            "fork_create_100mb_ms": round(fork_create_ms),
         })
     );
     Ok(())

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use steward_sandbox::{Ended, ExecRequest, ExecResult, Limits, Sandboxes};
+use steward_sandbox::{layers, Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
 
 fn sandboxes(scratch: &Path) -> Sandboxes {
     Sandboxes::new(
@@ -21,7 +21,7 @@ fn sandboxes(scratch: &Path) -> Sandboxes {
 
 async fn sh(s: &Sandboxes, ws: &Path, script: &str, limits: Limits) -> ExecResult {
     s.exec(ExecRequest {
-        workspace: ws.to_path_buf(),
+        workspace: ws.into(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
@@ -49,7 +49,7 @@ async fn a_command_runs_in_its_workspace_and_reports_its_usage() {
     let s = sandboxes(&dir.path().join("scratch"));
     let r = s
         .exec(ExecRequest {
-            workspace: ws.clone(),
+            workspace: ws.clone().into(),
             argv: vec![
                 "/bin/sh".into(),
                 "-c".into(),
@@ -296,6 +296,74 @@ async fn the_probe_reports_what_is_in_force() {
     let layers = steward_sandbox::probe(&s, &ws).await;
     assert!(layers.missing().is_empty(), "{layers:?}");
     assert!(layers.cgroup.is_some());
+}
+
+async fn in_layers(s: &Sandboxes, store: &layers::Store, id: &str, script: &str) -> String {
+    let r = s
+        .exec(ExecRequest {
+            workspace: Workspace::Layered(store.layered(id).unwrap()),
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: Vec::new(),
+            limits: Limits::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.ended, Ended::Exit(0), "{}", out(&r));
+    String::from_utf8_lossy(&r.stdout).to_string()
+}
+
+/// A persistent sandbox keeps its workspace between execs; a snapshot freezes it (content-
+/// addressed: equal workspaces make the same snapshot), forks start from it without copying and
+/// do not see each other's changes, and a restore goes back to it.
+#[tokio::test]
+async fn snapshots_fork_and_restore_workspaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let store = layers::Store::open(dir.path().join("sandboxes")).unwrap();
+    store.create("main", None).unwrap();
+    assert!(store.create("main", None).is_err(), "an id is used once");
+    assert!(store.create("../x", None).is_err());
+    in_layers(&s, &store, "main", "echo 1 > a; mkdir d; echo deep > d/f").await;
+    assert_eq!(
+        in_layers(&s, &store, "main", "cat a").await,
+        "1\n",
+        "persists"
+    );
+    let snap = store.snapshot("main").unwrap();
+    in_layers(&s, &store, "main", "echo 2 > a; echo new > b; rm d/f").await;
+
+    for i in 0..3 {
+        store.create(&format!("fork{i}"), Some(&snap)).unwrap();
+    }
+    assert_eq!(
+        in_layers(&s, &store, "fork0", "cat a d/f; ls").await,
+        "1\ndeep\na\nd\n"
+    );
+    in_layers(&s, &store, "fork1", "echo mine > a").await;
+    assert_eq!(
+        in_layers(&s, &store, "fork2", "cat a").await,
+        "1\n",
+        "forks are apart"
+    );
+    assert_eq!(
+        in_layers(&s, &store, "main", "cat a b; ls d | wc -l").await,
+        "2\nnew\n0\n"
+    );
+
+    store.restore("main", &snap).unwrap();
+    assert_eq!(
+        in_layers(&s, &store, "main", "cat a; ls").await,
+        "1\na\nd\n"
+    );
+
+    // Content-addressed: another sandbox that writes the same files makes the same snapshot.
+    store.create("twin", None).unwrap();
+    in_layers(&s, &store, "twin", "echo 1 > a; mkdir d; echo deep > d/f").await;
+    assert_eq!(store.snapshot("twin").unwrap(), snap);
+    assert!(store.create("ghost", Some(&"0".repeat(64))).is_err());
+    store.remove("fork1").unwrap();
+    assert!(!store.exists("fork1"));
 }
 
 mod common;
