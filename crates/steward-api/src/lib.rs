@@ -64,7 +64,13 @@ use utoipa::OpenApi;
         routes::get_identity,
         routes::list_delegations,
         routes::get_delegation,
-        routes::revoke_delegation
+        routes::revoke_delegation,
+        routes::create_sandboxes,
+        routes::list_sandboxes,
+        routes::sandbox_exec,
+        routes::snapshot_sandbox,
+        routes::restore_sandbox,
+        routes::delete_sandbox
     ),
     components(schemas(
         wire::Agent,
@@ -110,6 +116,14 @@ use utoipa::OpenApi;
         wire::Delegation,
         wire::DelegationList,
         wire::Revoked,
+        wire::CreateSandboxes,
+        wire::SandboxIds,
+        wire::SandboxInfo,
+        wire::SandboxList,
+        wire::SandboxExec,
+        wire::SandboxExecResult,
+        wire::Snapshot,
+        wire::RestoreSandbox,
         error::ErrorBody,
         error::ErrorDetail
     ))
@@ -177,6 +191,17 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/agents/{name}/delete", post(routes::delete_agent))
         .route("/agents/{name}/identity", get(routes::get_identity))
         .route("/delegations", get(routes::list_delegations))
+        .route(
+            "/sandboxes",
+            post(routes::create_sandboxes).get(routes::list_sandboxes),
+        )
+        .route(
+            "/sandboxes/{id}",
+            axum::routing::delete(routes::delete_sandbox),
+        )
+        .route("/sandboxes/{id}/exec", post(routes::sandbox_exec))
+        .route("/sandboxes/{id}/snapshot", post(routes::snapshot_sandbox))
+        .route("/sandboxes/{id}/restore", post(routes::restore_sandbox))
         .route("/delegations/{id}", get(routes::get_delegation))
         .route("/delegations/{id}/revoke", post(routes::revoke_delegation))
         .route("/calls", get(routes::list_calls))

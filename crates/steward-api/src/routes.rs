@@ -649,3 +649,81 @@ pub async fn revoke_delegation(
         revoked: e.revoke_delegation(&id, &r.reason).await?,
     }))
 }
+
+/// Creates persistent sandboxes: one empty, or `count` forks of a snapshot (no copy).
+#[utoipa::path(post, path = "/api/v1/sandboxes", request_body = CreateSandboxes,
+    responses((status = 201, body = SandboxIds), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_sandboxes(
+    State(e): State<Engine>,
+    ApiJson(r): ApiJson<CreateSandboxes>,
+) -> ApiResult<(StatusCode, Json<SandboxIds>)> {
+    let ids = e
+        .create_sandboxes(r.from_snapshot.as_deref(), r.count.unwrap_or(1))
+        .await?;
+    Ok((StatusCode::CREATED, Json(SandboxIds { sandboxes: ids })))
+}
+
+#[utoipa::path(get, path = "/api/v1/sandboxes", responses((status = 200, body = SandboxList)))]
+pub async fn list_sandboxes(State(e): State<Engine>) -> ApiResult<Json<SandboxList>> {
+    Ok(Json(SandboxList {
+        sandboxes: e
+            .sandboxes()
+            .await?
+            .into_iter()
+            .map(|s| SandboxInfo {
+                id: s.id,
+                layers: s.layers,
+            })
+            .collect(),
+    }))
+}
+
+/// Runs a command in a persistent sandbox: a fresh isolated process tree on its workspace.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/exec", params(("id" = String, Path)), request_body = SandboxExec,
+    responses((status = 200, body = SandboxExecResult), (status = 404, body = ErrorBody)))]
+pub async fn sandbox_exec(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<SandboxExec>,
+) -> ApiResult<Json<SandboxExecResult>> {
+    let stdin = r.stdin.unwrap_or_default();
+    Ok(Json(
+        e.sandbox_exec(&id, &r.command, stdin.as_bytes())
+            .await?
+            .into(),
+    ))
+}
+
+/// Freezes a sandbox's workspace into a content-addressed snapshot.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/snapshot", params(("id" = String, Path)),
+    responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(Snapshot {
+        snapshot: e.sandbox_snapshot(&id).await?,
+    }))
+}
+
+/// Puts a sandbox back on a snapshot, discarding what it wrote since.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/restore", params(("id" = String, Path)), request_body = RestoreSandbox,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn restore_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<RestoreSandbox>,
+) -> ApiResult<StatusCode> {
+    e.sandbox_restore(&id, &r.snapshot).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/sandboxes/{id}", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    e.remove_sandbox(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

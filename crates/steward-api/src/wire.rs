@@ -618,3 +618,87 @@ pub struct DelegationList {
 pub struct Revoked {
     pub revoked: Vec<String>,
 }
+
+/// `POST /api/v1/sandboxes`: one empty persistent sandbox, or `count` forks of a snapshot.
+#[derive(Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxes {
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxIds {
+    pub sandboxes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxInfo {
+    pub id: String,
+    /// Read-only layers under its own writable one, top first (content addresses).
+    pub layers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxExec {
+    /// A `/bin/sh -c` command line, run in `/workspace`.
+    pub command: String,
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+/// How an exec ended: `ended` is `exit`, `signal`, `timeout` or `oom_killed`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxExecResult {
+    pub ended: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+    pub wall_ms: u64,
+}
+
+impl From<steward_sandbox::ExecResult> for SandboxExecResult {
+    fn from(r: steward_sandbox::ExecResult) -> Self {
+        use steward_sandbox::Ended;
+        let (ended, exit_code, signal) = match r.ended {
+            Ended::Exit(c) => ("exit", Some(c), None),
+            Ended::Signal(s) => ("signal", None, Some(s)),
+            Ended::Timeout => ("timeout", None, None),
+            Ended::OomKilled => ("oom_killed", None, None),
+        };
+        SandboxExecResult {
+            ended: ended.into(),
+            exit_code,
+            signal,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            truncated: r.truncated,
+            cpu_ms: r.cpu.as_millis() as u64,
+            peak_memory_bytes: r.peak_memory_bytes,
+            wall_ms: r.wall.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub snapshot: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSandbox {
+    pub snapshot: String,
+}

@@ -43,6 +43,19 @@ pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
 
+fn sandbox_error(e: steward_tools::ToolError) -> Error {
+    use steward_tools::ToolError;
+    match e {
+        ToolError::InvalidArgs(m)
+            if m.starts_with("no sandbox") || m.starts_with("no snapshot") =>
+        {
+            Error::NotFound(m)
+        }
+        ToolError::InvalidArgs(m) => Error::InvalidRequest(m),
+        ToolError::Denied(m) | ToolError::Failed(m) => Error::Unavailable(m),
+    }
+}
+
 /// The OpenTelemetry trace id of the current span, when traces are exported.
 pub(crate) fn trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
@@ -584,6 +597,83 @@ impl Engine {
         .to_json();
         self.store().append_audit(&[(now, record)]).await?;
         Ok(())
+    }
+
+    fn sandbox_service(&self) -> Result<&sandboxes::SandboxService> {
+        self.inner.shared.sandboxes.as_deref().ok_or_else(|| {
+            Error::Unavailable("sandboxes are disabled on this server ([sandbox] enabled)".into())
+        })
+    }
+
+    /// New persistent sandboxes: `count` forks of `snapshot`, or one empty sandbox.
+    pub async fn create_sandboxes(
+        &self,
+        snapshot: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        let ids = self
+            .sandbox_service()?
+            .create(snapshot, count)
+            .map_err(sandbox_error)?;
+        self.audit_admin(
+            "sandbox.create",
+            &ids.join(","),
+            true,
+            &snapshot
+                .map(|s| format!("from snapshot {s}"))
+                .unwrap_or_default(),
+        )
+        .await?;
+        Ok(ids)
+    }
+
+    pub async fn sandboxes(&self) -> Result<Vec<sandboxes::SandboxInfo>> {
+        self.sandbox_service()?.list().map_err(sandbox_error)
+    }
+
+    /// Runs `command` (`/bin/sh -c`) in persistent sandbox `id`; audited with how it ended.
+    pub async fn sandbox_exec(
+        &self,
+        id: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> Result<steward_sandbox::ExecResult> {
+        let r = self
+            .sandbox_service()?
+            .exec_in(id, command, stdin)
+            .await
+            .map_err(sandbox_error)?;
+        self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))
+            .await?;
+        Ok(r)
+    }
+
+    pub async fn sandbox_snapshot(&self, id: &str) -> Result<String> {
+        let snap = self
+            .sandbox_service()?
+            .snapshot(id)
+            .await
+            .map_err(sandbox_error)?;
+        self.audit_admin("sandbox.snapshot", id, true, &snap)
+            .await?;
+        Ok(snap)
+    }
+
+    pub async fn sandbox_restore(&self, id: &str, snapshot: &str) -> Result<()> {
+        self.sandbox_service()?
+            .restore(id, snapshot)
+            .await
+            .map_err(sandbox_error)?;
+        self.audit_admin("sandbox.restore", id, true, snapshot)
+            .await
+    }
+
+    pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        self.sandbox_service()?
+            .remove(id)
+            .await
+            .map_err(sandbox_error)?;
+        self.audit_admin("sandbox.remove", id, true, "").await
     }
 
     /// The engine clock's time, Unix milliseconds.

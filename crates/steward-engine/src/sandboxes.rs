@@ -1,15 +1,19 @@
-//! Each managed run's sandbox, as the tools see it: a workspace directory the run keeps for its
-//! lifetime (`<data_dir>/workspaces/<run id>`), where every `sandbox_exec` runs a fresh,
-//! isolated process tree (`steward-sandbox`), and whose files `sandbox_write_file` and
-//! `sandbox_read_file` move in and out — never following a link, so nothing a sandboxed command
-//! leaves behind can point them at the host.
+//! Sandboxes as the engine offers them. Each managed run's sandbox, as the tools see it: a
+//! workspace directory the run keeps for its lifetime (`<data_dir>/workspaces/<run id>`), where
+//! every `sandbox_exec` runs a fresh, isolated process tree (`steward-sandbox`), and whose files
+//! `sandbox_write_file` and `sandbox_read_file` move in and out — never following a link, so
+//! nothing a sandboxed command leaves behind can point them at the host. And standalone,
+//! persistent sandboxes for the API and CLI, with snapshots and forks (`steward_sandbox::layers`):
+//! one exec or snapshot at a time per sandbox; their files move through the sandbox itself.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
-use steward_sandbox::{Ended, ExecRequest, Limits, Sandboxes};
+use steward_sandbox::{layers, Ended, ExecRequest, Limits, Sandboxes, Workspace};
 use steward_tools::ToolError;
 use steward_types::RunId;
 
@@ -21,18 +25,167 @@ pub struct SandboxService {
     sandboxes: Result<Sandboxes, String>,
     workspaces: PathBuf,
     limits: Limits,
+    persistent: Option<layers::Store>,
+    /// One exec or snapshot at a time per persistent sandbox.
+    busy: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A persistent sandbox as listed.
+#[derive(Clone, Debug)]
+pub struct SandboxInfo {
+    pub id: String,
+    /// Read-only layers under its own, top first.
+    pub layers: Vec<String>,
 }
 
 fn failed(e: impl std::fmt::Display) -> ToolError {
     ToolError::Failed(e.to_string())
 }
 
+/// A request the sandbox store refused (no such sandbox or snapshot, a bad id).
+fn refused(e: steward_sandbox::Error) -> ToolError {
+    match e {
+        steward_sandbox::Error::Setup(m) => ToolError::InvalidArgs(m),
+        other => failed(other),
+    }
+}
+
 impl SandboxService {
-    pub fn new(sandboxes: Result<Sandboxes, String>, workspaces: PathBuf, limits: Limits) -> Self {
+    /// `persistent`: where standalone sandboxes, their layers and snapshots live.
+    pub fn new(
+        sandboxes: Result<Sandboxes, String>,
+        workspaces: PathBuf,
+        persistent: PathBuf,
+        limits: Limits,
+    ) -> Self {
+        let persistent = match layers::Store::open(persistent) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "persistent sandboxes are unavailable");
+                None
+            }
+        };
         SandboxService {
             sandboxes,
             workspaces,
             limits,
+            persistent,
+            busy: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ready(&self) -> Result<(&Sandboxes, &layers::Store), ToolError> {
+        let s = self
+            .sandboxes
+            .as_ref()
+            .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
+        let p = self
+            .persistent
+            .as_ref()
+            .ok_or_else(|| ToolError::Denied("persistent sandboxes are unavailable here".into()))?;
+        Ok((s, p))
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.entry(id.to_string()).or_default().clone()
+    }
+
+    /// New persistent sandboxes: `count` of them on `snapshot` (forks), or one empty.
+    pub fn create(&self, snapshot: Option<&str>, count: usize) -> Result<Vec<String>, ToolError> {
+        let (_, store) = self.ready()?;
+        if !(1..=64).contains(&count) {
+            return Err(ToolError::InvalidArgs("count: from 1 to 64".into()));
+        }
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = format!("sbx_{}", uuid::Uuid::now_v7().simple());
+            store.create(&id, snapshot).map_err(refused)?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    pub fn list(&self) -> Result<Vec<SandboxInfo>, ToolError> {
+        let (_, store) = self.ready()?;
+        let mut out = Vec::new();
+        for id in store.ids().map_err(failed)? {
+            let layers = store.stack_of(&id).map_err(failed)?;
+            out.push(SandboxInfo { id, layers });
+        }
+        Ok(out)
+    }
+
+    fn known(&self, store: &layers::Store, id: &str) -> Result<(), ToolError> {
+        if store.exists(id) {
+            Ok(())
+        } else {
+            Err(ToolError::InvalidArgs(format!("no sandbox {id}")))
+        }
+    }
+
+    /// Runs `command` in persistent sandbox `id`, on its layered workspace.
+    pub async fn exec_in(
+        &self,
+        id: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> Result<steward_sandbox::ExecResult, ToolError> {
+        let (sandboxes, store) = self.ready()?;
+        self.known(store, id)?;
+        let lock = self.lock(id);
+        let _one = lock.lock().await;
+        let ws = store.layered(id).map_err(failed)?;
+        sandboxes
+            .exec(self.request(Workspace::Layered(ws), command, stdin))
+            .await
+            .map_err(failed)
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<String, ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        let lock = self.lock(id);
+        let _one = lock.lock().await;
+        let (store, id) = (store.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || store.snapshot(&id))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    pub async fn restore(&self, id: &str, snapshot: &str) -> Result<(), ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        let lock = self.lock(id);
+        let _one = lock.lock().await;
+        store.restore(id, snapshot).map_err(refused)
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        let lock = self.lock(id);
+        let _one = lock.lock().await;
+        store.remove(id).map_err(failed)?;
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    fn request(&self, workspace: Workspace, command: &str, stdin: &[u8]) -> ExecRequest {
+        ExecRequest {
+            workspace,
+            argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
+            env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), "/workspace".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            stdin: stdin.to_vec(),
+            limits: self.limits.clone(),
         }
     }
 
@@ -49,36 +202,10 @@ impl SandboxService {
             .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
         let ws = self.workspace(run)?;
         let r = sandboxes
-            .exec(ExecRequest {
-                workspace: ws.into(),
-                argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
-                env: vec![
-                    ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-                    ("HOME".into(), "/workspace".into()),
-                    ("LANG".into(), "C.UTF-8".into()),
-                ],
-                stdin: stdin.as_bytes().to_vec(),
-                limits: self.limits.clone(),
-            })
+            .exec(self.request(ws.into(), command, stdin.as_bytes()))
             .await
             .map_err(failed)?;
-        let (ended, code, signal) = match r.ended {
-            Ended::Exit(c) => ("exit", Some(c), None),
-            Ended::Signal(s) => ("signal", None, Some(s)),
-            Ended::Timeout => ("timeout", None, None),
-            Ended::OomKilled => ("oom_killed", None, None),
-        };
-        Ok(json!({
-            "ended": ended,
-            "exit_code": code,
-            "signal": signal,
-            "stdout": String::from_utf8_lossy(&r.stdout),
-            "stderr": String::from_utf8_lossy(&r.stderr),
-            "truncated": r.truncated,
-            "cpu_ms": r.cpu.as_millis() as u64,
-            "peak_memory_bytes": r.peak_memory_bytes,
-            "wall_ms": r.wall.as_millis() as u64,
-        }))
+        Ok(report(r))
     }
 
     pub async fn write(&self, run: &RunId, path: &str, content: &[u8]) -> Result<(), ToolError> {
@@ -161,4 +288,25 @@ fn walk(ws: &Path, rel: &str, create: bool) -> Result<PathBuf, ToolError> {
         }
     }
     Ok(cur.join(last))
+}
+
+/// How an exec ended, as tools and the API report it.
+pub fn report(r: steward_sandbox::ExecResult) -> Value {
+    let (ended, code, signal) = match r.ended {
+        Ended::Exit(c) => ("exit", Some(c), None),
+        Ended::Signal(s) => ("signal", None, Some(s)),
+        Ended::Timeout => ("timeout", None, None),
+        Ended::OomKilled => ("oom_killed", None, None),
+    };
+    json!({
+        "ended": ended,
+        "exit_code": code,
+        "signal": signal,
+        "stdout": String::from_utf8_lossy(&r.stdout),
+        "stderr": String::from_utf8_lossy(&r.stderr),
+        "truncated": r.truncated,
+        "cpu_ms": r.cpu.as_millis() as u64,
+        "peak_memory_bytes": r.peak_memory_bytes,
+        "wall_ms": r.wall.as_millis() as u64,
+    })
 }

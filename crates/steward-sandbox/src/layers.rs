@@ -96,6 +96,22 @@ impl Store {
         self.write_stack(id, &stack)
     }
 
+    /// Every sandbox, by id.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.root.join("sandboxes"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|id| self.exists(id))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The read-only layers under sandbox `id`'s own, top first.
+    pub fn stack_of(&self, id: &str) -> Result<Vec<String>> {
+        valid_id(id)?;
+        self.stack(id)
+    }
+
     pub fn exists(&self, id: &str) -> bool {
         valid_id(id).is_ok() && self.dir(id).join("stack").exists()
     }

@@ -607,3 +607,167 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[derive(clap::Subcommand)]
+pub enum SandboxWhat {
+    /// A new, empty persistent sandbox (or `--from SNAPSHOT`: a fork of it).
+    Create {
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Runs a command (`/bin/sh -c`) in a sandbox; exits with its exit code.
+    Exec {
+        id: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copies a file into or out of a sandbox: `cp local ID:path` or `cp ID:path local`.
+    Cp { from: String, to: String },
+    /// Freezes a sandbox's workspace into a snapshot; prints its id.
+    Snapshot { id: String },
+    /// New sandboxes from a snapshot (nothing is copied).
+    Fork {
+        snapshot: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Puts a sandbox back on a snapshot.
+    Restore { id: String, snapshot: String },
+    /// Lists sandboxes.
+    Ls,
+    /// Removes a sandbox.
+    Rm { id: String },
+}
+
+/// `'…'` for a shell, whatever the text holds.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Client {
+    async fn sandbox_run(&self, id: &str, command: &str, stdin: &str) -> anyhow::Result<Value> {
+        self.post_json(
+            &format!("/api/v1/sandboxes/{id}/exec"),
+            &json!({"command": command, "stdin": stdin}),
+        )
+        .await
+    }
+
+    pub async fn sandbox(&self, what: SandboxWhat) -> anyhow::Result<()> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match what {
+            SandboxWhat::Create { from } => {
+                let r: Value = self
+                    .post_json("/api/v1/sandboxes", &json!({"from_snapshot": from}))
+                    .await?;
+                println!("{}", r["sandboxes"][0].as_str().unwrap_or_default());
+            }
+            SandboxWhat::Fork { snapshot, count } => {
+                let r: Value = self
+                    .post_json(
+                        "/api/v1/sandboxes",
+                        &json!({"from_snapshot": snapshot, "count": count}),
+                    )
+                    .await?;
+                for id in r["sandboxes"].as_array().into_iter().flatten() {
+                    println!("{}", id.as_str().unwrap_or_default());
+                }
+            }
+            SandboxWhat::Exec { id, command } => {
+                let r = self.sandbox_run(&id, &command.join(" "), "").await?;
+                print!("{}", r["stdout"].as_str().unwrap_or_default());
+                eprint!("{}", r["stderr"].as_str().unwrap_or_default());
+                match r["ended"].as_str() {
+                    Some("exit") => {
+                        let code = r["exit_code"].as_i64().unwrap_or(1);
+                        if code != 0 {
+                            std::process::exit(code as i32);
+                        }
+                    }
+                    other => bail!(
+                        "the command ended: {}{}",
+                        other.unwrap_or("?"),
+                        r["signal"]
+                            .as_i64()
+                            .map(|s| format!(" (signal {s})"))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+            SandboxWhat::Cp { from, to } => match (from.split_once(':'), to.split_once(':')) {
+                (None, Some((id, path))) => {
+                    let bytes = std::fs::read(&from).with_context(|| format!("reading {from}"))?;
+                    let p = shell_quote(path);
+                    let r = self
+                        .sandbox_run(
+                            id,
+                            &format!("mkdir -p \"$(dirname -- {p})\" && base64 -d > {p}"),
+                            &b64.encode(bytes),
+                        )
+                        .await?;
+                    if r["exit_code"] != 0 {
+                        bail!("{}", r["stderr"].as_str().unwrap_or("copy failed"));
+                    }
+                }
+                (Some((id, path)), None) => {
+                    let r = self
+                        .sandbox_run(id, &format!("base64 -w0 -- {}", shell_quote(path)), "")
+                        .await?;
+                    if r["exit_code"] != 0 || r["truncated"] == true {
+                        bail!(
+                            "{}",
+                            r["stderr"]
+                                .as_str()
+                                .filter(|s| !s.is_empty())
+                                .unwrap_or("the file is larger than a sandbox's output limit")
+                        );
+                    }
+                    let bytes = b64
+                        .decode(r["stdout"].as_str().unwrap_or_default().trim())
+                        .context("decoding the file")?;
+                    std::fs::write(&to, bytes).with_context(|| format!("writing {to}"))?;
+                }
+                _ => bail!("cp: exactly one side must be ID:path"),
+            },
+            SandboxWhat::Snapshot { id } => {
+                let r: Value = self
+                    .post_json(&format!("/api/v1/sandboxes/{id}/snapshot"), &json!({}))
+                    .await?;
+                println!("{}", r["snapshot"].as_str().unwrap_or_default());
+            }
+            SandboxWhat::Restore { id, snapshot } => {
+                let resp = self
+                    .http
+                    .post(format!("{}/api/v1/sandboxes/{id}/restore", self.base))
+                    .json(&json!({"snapshot": snapshot}))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("{}", resp.text().await.unwrap_or_default());
+                }
+            }
+            SandboxWhat::Ls => {
+                let r: Value = self.get_json("/api/v1/sandboxes").await?;
+                for s in r["sandboxes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {} layer(s)",
+                        s["id"].as_str().unwrap_or_default(),
+                        s["layers"].as_array().map_or(0, Vec::len)
+                    );
+                }
+            }
+            SandboxWhat::Rm { id } => {
+                let resp = self
+                    .http
+                    .delete(format!("{}/api/v1/sandboxes/{id}", self.base))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("{}", resp.text().await.unwrap_or_default());
+                }
+            }
+        }
+        Ok(())
+    }
+}

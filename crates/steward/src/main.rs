@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         what: client::AuditWhat,
     },
+    /// Persistent sandboxes: create, exec, cp, snapshot, fork, restore, ls, rm.
+    Sandbox {
+        #[command(subcommand)]
+        what: client::SandboxWhat,
+    },
     /// Start an embedded Steward, run an example fleet, crash it mid-run, and show recovery.
     Demo(demo::DemoArgs),
     /// Benchmarks (see bench/README.md).
@@ -145,6 +150,7 @@ fn main() -> std::process::ExitCode {
             Command::Resolve { run, action } => c?.resolve(&run, action).await,
             Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Audit { what } => c?.audit(what).await,
+            Command::Sandbox { what } => c?.sandbox(what).await,
             Command::Approvals { state } => c?.approvals(&state).await,
             Command::Approve { id, reason } => c?.decide(&id, true, &reason).await,
             Command::Deny { id, reason } => c?.decide(&id, false, &reason).await,

@@ -171,6 +171,7 @@ async fn sandboxes(cfg: &Config) -> Option<Arc<steward_engine::sandboxes::Sandbo
     Some(Arc::new(steward_engine::sandboxes::SandboxService::new(
         ready,
         dir.join("workspaces"),
+        dir.join("persistent"),
         limits,
     )))
 }
