@@ -42,6 +42,63 @@ pub(crate) fn run_link(run: &RunId) -> String {
 }
 
 impl Host {
+    /// The run's egress allow-list (its agent's `spec.sandbox.egress`), with every connection
+    /// appended to the audit log; `None` when it may reach nothing.
+    async fn egress(&self, run: &RunId) -> Result<Option<steward_sandbox::Egress>, ToolError> {
+        let s = &self.0;
+        let rec = s
+            .store
+            .get_run(run)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the run vanished"))?;
+        let name = AgentName::parse(&rec.agent).map_err(|e| failed(e.0))?;
+        let spec: steward_types::AgentSpec = match s
+            .store
+            .get_agent(&name, Some(rec.agent_version))
+            .await
+            .map_err(failed)?
+        {
+            Some(a) => serde_json::from_str(&a.spec).map_err(failed)?,
+            None => return Ok(None),
+        };
+        let entries = spec.sandbox.map(|sb| sb.egress).unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let allow = steward_sandbox::egress::AllowList::parse(&entries).map_err(failed)?;
+        let (store, clock, run_id, agent) = (
+            s.store.clone(),
+            s.clock.clone(),
+            run.to_string(),
+            rec.agent.clone(),
+        );
+        let report: steward_sandbox::egress::Reporter = Arc::new(move |e| {
+            let at = clock.now_ms();
+            let record = steward_gov::AuditRecord {
+                at,
+                event: "egress",
+                principal: format!("run:{run_id}"),
+                chain: vec![format!("agent:{agent}"), format!("run:{run_id}")],
+                action: "sandbox.connect".into(),
+                resource: e.target.clone(),
+                run_id: Some(run_id.clone()),
+                decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
+                outcome: e.address.map(|a| a.to_string()),
+                error: e.reason.clone(),
+                ..Default::default()
+            }
+            .to_json();
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.append_audit(&[(at, record)]).await {
+                    tracing::error!(error = %err, "an egress connection could not be audited");
+                }
+            });
+        });
+        Ok(Some(steward_sandbox::Egress { allow, report }))
+    }
+
     fn sandboxes(&self) -> Result<&crate::sandboxes::SandboxService, ToolError> {
         self.0
             .sandboxes
@@ -162,7 +219,8 @@ impl ToolHost for Host {
         command: &str,
         stdin: &str,
     ) -> Result<serde_json::Value, ToolError> {
-        self.sandboxes()?.exec(run, command, stdin).await
+        let egress = self.egress(run).await?;
+        self.sandboxes()?.exec(run, command, stdin, egress).await
     }
 
     async fn workspace_write(

@@ -345,6 +345,10 @@ impl Engine {
             .providers()
             .check_route(spec)
             .map_err(|e| Error::InvalidManifest(format!("{name}: spec.model: {e}")))?;
+        if let Some(sb) = &spec.sandbox {
+            steward_sandbox::egress::AllowList::parse(&sb.egress)
+                .map_err(|e| Error::InvalidManifest(format!("{name}: spec.sandbox: {e}")))?;
+        }
         for (i, t) in spec.tools.iter().enumerate() {
             if self.inner.kernel.tools.get(t).is_none() {
                 return Err(Error::InvalidManifest(format!(

@@ -185,6 +185,7 @@ impl SandboxService {
                 ("LANG".into(), "C.UTF-8".into()),
             ],
             stdin: stdin.to_vec(),
+            egress: None,
             limits: self.limits.clone(),
         }
     }
@@ -195,16 +196,21 @@ impl SandboxService {
         Ok(dir)
     }
 
-    pub async fn exec(&self, run: &RunId, command: &str, stdin: &str) -> Result<Value, ToolError> {
+    pub async fn exec(
+        &self,
+        run: &RunId,
+        command: &str,
+        stdin: &str,
+        egress: Option<steward_sandbox::Egress>,
+    ) -> Result<Value, ToolError> {
         let sandboxes = self
             .sandboxes
             .as_ref()
             .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
         let ws = self.workspace(run)?;
-        let r = sandboxes
-            .exec(self.request(ws.into(), command, stdin.as_bytes()))
-            .await
-            .map_err(failed)?;
+        let mut req = self.request(ws.into(), command, stdin.as_bytes());
+        req.egress = egress;
+        let r = sandboxes.exec(req).await.map_err(failed)?;
         Ok(report(r))
     }
 

@@ -66,7 +66,24 @@ pub struct ExecRequest {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub stdin: Vec<u8>,
+    /// `None`: no network at all. Some: the only way out, through the egress proxy.
+    pub egress: Option<Egress>,
     pub limits: Limits,
+}
+
+/// What a sandbox may connect to, and who hears of each connection.
+#[derive(Clone)]
+pub struct Egress {
+    pub allow: crate::egress::AllowList,
+    pub report: crate::egress::Reporter,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("allow", &self.allow)
+            .finish()
+    }
 }
 
 /// How a command ended.
@@ -137,6 +154,23 @@ impl Sandboxes {
             Some(c) => Some(c.create(&name, &req.limits)?),
             None => None,
         };
+        // The proxy lives as long as this exec.
+        let mut env = req.env.clone();
+        let proxy = match &req.egress {
+            None => None,
+            Some(e) => {
+                let p = crate::egress::EgressProxy::start(
+                    self.scratch.join(format!("{name}.sock")),
+                    e.allow.clone(),
+                    e.report.clone(),
+                )?;
+                let url = format!("http://{}", crate::egress::INSIDE_PROXY);
+                for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    env.push((k.into(), url.clone()));
+                }
+                Some(p)
+            }
+        };
         let (workspace, layers) = match &req.workspace {
             Workspace::Dir(d) => (d.clone(), None),
             Workspace::Layered(l) => (l.upper.clone(), Some(l.clone())),
@@ -146,7 +180,8 @@ impl Sandboxes {
             workspace,
             layers,
             argv: req.argv.clone(),
-            env: req.env.clone(),
+            env,
+            egress_socket: proxy.as_ref().map(|p| p.socket.clone()),
             cgroup_procs: group.as_ref().map(|g| g.procs_files()).unwrap_or_default(),
             tmp_bytes: req.limits.tmp_bytes,
         };

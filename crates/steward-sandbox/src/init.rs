@@ -33,6 +33,9 @@ pub struct InitSpec {
     pub layers: Option<crate::Layered>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The egress proxy's socket, bound into the sandbox; none: no network at all.
+    #[serde(default)]
+    pub egress_socket: Option<PathBuf>,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
     /// Size of the private `/tmp`.
@@ -142,12 +145,18 @@ enum Never {}
 /// forks inherits all of it), starts the command and reaps until the command ends.
 fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(err("pdeathsig"))?;
+    if spec.egress_socket.is_some() {
+        loopback_up()?;
+    }
     build_root(spec)?;
     sethostname("sandbox").map_err(err("hostname"))?;
     drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs"))?;
     crate::seccomp::apply()?;
     let (argv, env) = command_line(spec)?;
+    if spec.egress_socket.is_some() {
+        start_relay()?;
+    }
     // SAFETY: still single-threaded.
     #[allow(unsafe_code)]
     let command = match unsafe { fork() }.map_err(err("fork"))? {
@@ -176,6 +185,64 @@ fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
             Ok(_) => continue,
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(format!("waiting for the command: {e}")),
+        }
+    }
+}
+
+/// Brings the namespace's loopback up, for the relay to listen on.
+fn loopback_up() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("loopback: {e}"))?;
+    // SAFETY: `ifreq` is plain data, zeroed then given a NUL-terminated name; the two ioctls
+    // read and write only that struct.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(format!("loopback: {}", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(format!("loopback: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// A process in the sandbox relaying `127.0.0.1:3128` to the egress proxy's socket: the
+/// command's only way out. Listening before the command starts, so it never finds it absent.
+fn start_relay() -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(crate::egress::INSIDE_PROXY)
+        .map_err(|e| format!("egress relay: {e}"))?;
+    // SAFETY: still single-threaded; the relay starts its threads after the fork.
+    #[allow(unsafe_code)]
+    match unsafe { fork() }.map_err(err("fork"))? {
+        ForkResult::Parent { .. } => Ok(()),
+        ForkResult::Child => {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let Ok(out) =
+                        std::os::unix::net::UnixStream::connect(crate::egress::INSIDE_SOCKET)
+                    else {
+                        return;
+                    };
+                    let (Ok(mut a), Ok(mut b)) = (conn.try_clone(), out.try_clone()) else {
+                        return;
+                    };
+                    let (mut conn, mut out) = (conn, out);
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut out, &mut conn);
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+            std::process::exit(0)
         }
     }
 }
@@ -319,6 +386,13 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     )
     .map_err(err("/proc"))?;
     bind_read_only(&proc_dir.join("sys"), &proc_dir.join("sys"))?;
+    if let Some(sock) = &spec.egress_socket {
+        let run = at("/run");
+        mkdir(&run)?;
+        let inside = at(crate::egress::INSIDE_SOCKET);
+        std::fs::write(&inside, b"").map_err(|e| format!("egress socket: {e}"))?;
+        mount(Some(sock), &inside, NONE, MsFlags::MS_BIND, NONE).map_err(err("egress socket"))?;
+    }
     // Enough of /etc for programs that look up their user.
     let etc = at("/etc");
     mkdir(&etc)?;

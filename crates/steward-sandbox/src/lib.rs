@@ -11,13 +11,14 @@
 //! the engine: it runs a command and reports what happened.
 
 pub mod cgroup;
+pub mod egress;
 mod exec;
 pub mod init;
 pub mod layers;
 mod probe;
 mod seccomp;
 
-pub use exec::{Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
+pub use exec::{Egress, Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
 pub use layers::Layered;
 pub use probe::{probe, Layers};
 

@@ -55,6 +55,9 @@ pub struct AgentSpec {
     /// one (of the run's own account or any above it: `agent:<name>`, its team, its org).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RunBudget>,
+    /// The run's sandbox (for `sandbox_exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
     /// The turns the `scripted` provider plays, in order. Only with `model: scripted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<ScriptTurn>,
@@ -411,4 +414,15 @@ spec:
         assert!(duration::parse("5 parsecs").is_err());
         assert!(duration::parse("99999999999999999999h").is_err());
     }
+}
+
+/// A run's sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SandboxSpec {
+    /// Where its code may connect, through the egress proxy: `host:port` (`*` for any port,
+    /// `*.example.com` for subdomains) or CIDR blocks (`10.0.0.0/8`, `10.0.0.0/8:443`).
+    /// Empty: no network at all.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }

@@ -24,6 +24,7 @@ fn true_in(ws: &Path) -> ExecRequest {
         argv: vec!["/bin/true".into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
+        egress: None,
         limits: Limits::default(),
     }
 }
@@ -151,6 +152,7 @@ async fn measure(base: &Path, ws: &Path) -> anyhow::Result<()> {
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
+            egress: None,
             limits: Limits {
                 wall: Duration::from_secs(120),
                 ..Limits::default()

@@ -25,6 +25,7 @@ async fn sh(s: &Sandboxes, ws: &Path, script: &str, limits: Limits) -> ExecResul
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
+        egress: None,
         limits,
     })
     .await
@@ -57,6 +58,7 @@ async fn a_command_runs_in_its_workspace_and_reports_its_usage() {
             ],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: b"hello\n".to_vec(),
+            egress: None,
             limits: Limits::default(),
         })
         .await
@@ -305,6 +307,7 @@ async fn in_layers(s: &Sandboxes, store: &layers::Store, id: &str, script: &str)
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
+            egress: None,
             limits: Limits::default(),
         })
         .await
@@ -364,6 +367,84 @@ async fn snapshots_fork_and_restore_workspaces() {
     assert!(store.create("ghost", Some(&"0".repeat(64))).is_err());
     store.remove("fork1").unwrap();
     assert!(!store.exists("fork1"));
+}
+
+/// With an allow-list, the sandbox's only way out is the egress proxy: allowed targets are
+/// reached (HTTP and CONNECT), others refused, and every connection is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_goes_only_where_the_allow_list_says() {
+    use std::sync::{Arc, Mutex};
+    use steward_sandbox::egress::{AllowList, EgressEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    // Two servers on the host's loopback: one allowed, one not.
+    let serve = |body: &'static str| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for c in l.incoming().flatten() {
+                let mut c = c;
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    };
+    let (open, closed) = (serve("allowed"), serve("secret"));
+    let events: Arc<Mutex<Vec<EgressEvent>>> = Arc::default();
+    let seen = events.clone();
+    let egress = steward_sandbox::Egress {
+        allow: AllowList::parse(&[format!("127.0.0.1:{open}")]).unwrap(),
+        report: Arc::new(move |e| seen.lock().unwrap().push(e)),
+    };
+    let py = format!(
+        r#"
+import urllib.request, socket
+def get(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{{port}}/", timeout=5).read().decode()
+    except Exception as e:
+        return f"refused: {{e}}"
+print("open", get({open}))
+print("closed", get({closed}))
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect(("127.0.0.1", {closed})); print("direct connected")
+except Exception as e:
+    print("direct", type(e).__name__)
+"#
+    );
+    std::fs::write(ws.join("net.py"), py).unwrap();
+    let r = s
+        .exec(ExecRequest {
+            workspace: ws.clone().into(),
+            argv: vec!["python3".into(), "net.py".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: Vec::new(),
+            egress: Some(egress),
+            limits: Limits::default(),
+        })
+        .await
+        .unwrap();
+    let o = out(&r);
+    assert!(o.contains("open allowed"), "{o}");
+    assert!(o.contains("closed refused") && o.contains("403"), "{o}");
+    assert!(
+        !o.contains("secret") && !o.contains("direct connected"),
+        "{o}"
+    );
+    let events = events.lock().unwrap().clone();
+    let allowed: Vec<bool> = events.iter().map(|e| e.allowed).collect();
+    assert_eq!(allowed, [true, false], "{events:?}");
+    assert_eq!(events[1].target, format!("127.0.0.1:{closed}"));
 }
 
 mod common;
@@ -540,3 +621,74 @@ async fn the_cli_drives_persistent_sandboxes() {
         assert!(audited.iter().any(|a| a == want), "{want} in {audited:?}");
     }
 }
+
+/// A manifest's `spec.sandbox.egress` opens the run's sandbox to those targets only, and every
+/// connection — allowed or refused — is in the audit log.
+async fn a_runs_egress_follows_its_manifest_and_is_audited(b: Backend) {
+    let s = TestServer::start(b).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in listener.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    // A wrong entry is refused when applied, naming it.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/agents", s.url))
+        .body("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: bad}\nspec:\n  model: scripted\n  sandbox: {egress: [\"example.com\"]}\n  script: [{content: x}]\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("spec.sandbox"));
+
+    let fetch = |p: u16| {
+        format!("python3 -c \\\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{p}/', timeout=5).read().decode())\\\"")
+    };
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: fetcher}}\nspec:\n  model: scripted\n  tools: [sandbox_exec]\n  sandbox: {{egress: [\"127.0.0.1:{port}\"]}}\n  script:\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - content: done\n",
+        fetch(port),
+        fetch(port + 1)
+    ))
+    .await;
+    let run = s.start_run("fetcher", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let execs: Vec<Value> = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .filter(|e| e["phase"] == "outcome" && e["name"] == "sandbox_exec")
+        .map(|e| e["body"]["ok"].clone())
+        .collect();
+    assert_eq!(execs[0]["stdout"], "hello\n", "{}", execs[0]);
+    assert_eq!(execs[1]["exit_code"], 1, "{}", execs[1]);
+    assert!(
+        execs[1]["stderr"].to_string().contains("403"),
+        "{}",
+        execs[1]
+    );
+    let egress = common::eventually("both connections audited", || async {
+        let e: Vec<Value> = common::audit_records(&s)
+            .await
+            .into_iter()
+            .filter(|r| r["event"] == "egress")
+            .collect();
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    assert_eq!(egress[0]["decision"], "allow", "{egress:?}");
+    assert_eq!(egress[1]["decision"], "deny", "{egress:?}");
+    assert_eq!(egress[1]["resource"], format!("127.0.0.1:{}", port + 1));
+    assert_eq!(egress[0]["run_id"], run.as_str());
+}
+both_backends!(
+    a_runs_egress_follows_its_manifest_and_is_audited,
+    a_runs_egress_follows_its_manifest_and_is_audited
+);
