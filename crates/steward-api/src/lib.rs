@@ -68,6 +68,7 @@ use utoipa::OpenApi;
         routes::create_sandboxes,
         routes::list_sandboxes,
         routes::sandbox_exec,
+        routes::sandbox_exec_stream,
         routes::snapshot_sandbox,
         routes::restore_sandbox,
         routes::delete_sandbox
@@ -200,6 +201,10 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             axum::routing::delete(routes::delete_sandbox),
         )
         .route("/sandboxes/{id}/exec", post(routes::sandbox_exec))
+        .route(
+            "/sandboxes/{id}/exec/stream",
+            post(routes::sandbox_exec_stream),
+        )
         .route("/sandboxes/{id}/snapshot", post(routes::snapshot_sandbox))
         .route("/sandboxes/{id}/restore", post(routes::restore_sandbox))
         .route("/delegations/{id}", get(routes::get_delegation))

@@ -688,10 +688,55 @@ pub async fn sandbox_exec(
 ) -> ApiResult<Json<SandboxExecResult>> {
     let stdin = r.stdin.unwrap_or_default();
     Ok(Json(
-        e.sandbox_exec(&id, &r.command, stdin.as_bytes())
+        e.sandbox_exec(&id, &r.command, stdin.as_bytes(), None)
             .await?
             .into(),
     ))
+}
+
+/// The same, with stdout and stderr streamed as they come: Server-Sent Events `stdout` and
+/// `stderr` (text), then `end` (the result, output included) or `error`.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/exec/stream", params(("id" = String, Path)), request_body = SandboxExec,
+    responses((status = 200, description = "text/event-stream of `stdout`, `stderr` and a final `end` (SandboxExecResult) or `error`")))]
+pub async fn sandbox_exec_stream(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<SandboxExec>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stdin = r.stdin.unwrap_or_default();
+    let done = tokio::spawn(async move {
+        e.sandbox_exec(&id, &r.command, stdin.as_bytes(), Some(tx))
+            .await
+    });
+    let live = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        let event = match chunk {
+            steward_sandbox::Output::Stdout(b) => Event::default()
+                .event("stdout")
+                .data(String::from_utf8_lossy(&b)),
+            steward_sandbox::Output::Stderr(b) => Event::default()
+                .event("stderr")
+                .data(String::from_utf8_lossy(&b)),
+        };
+        Some((Ok(event), rx))
+    });
+    let end = futures::stream::once(async move {
+        let event = match done.await {
+            Ok(Ok(result)) => Event::default()
+                .event("end")
+                .json_data(SandboxExecResult::from(result))
+                .unwrap_or_else(|_| Event::default().event("end")),
+            Ok(Err(err)) => Event::default().event("error").data(err.to_string()),
+            Err(err) => Event::default().event("error").data(err.to_string()),
+        };
+        Ok(event)
+    });
+    Sse::new(live.chain(end)).keep_alive(KeepAlive::default())
 }
 
 /// Freezes a sandbox's workspace into a content-addressed snapshot.

@@ -636,15 +636,17 @@ impl Engine {
     }
 
     /// Runs `command` (`/bin/sh -c`) in persistent sandbox `id`; audited with how it ended.
+    /// With `output`, stdout and stderr are also sent there as they come.
     pub async fn sandbox_exec(
         &self,
         id: &str,
         command: &str,
         stdin: &[u8],
+        output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
     ) -> Result<steward_sandbox::ExecResult> {
         let r = self
             .sandbox_service()?
-            .exec_in(id, command, stdin)
+            .exec_in(id, command, stdin, output)
             .await
             .map_err(sandbox_error)?;
         self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))

@@ -130,16 +130,16 @@ impl SandboxService {
         id: &str,
         command: &str,
         stdin: &[u8],
+        output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
     ) -> Result<steward_sandbox::ExecResult, ToolError> {
         let (sandboxes, store) = self.ready()?;
         self.known(store, id)?;
         let lock = self.lock(id);
         let _one = lock.lock().await;
         let ws = store.layered(id).map_err(failed)?;
-        sandboxes
-            .exec(self.request(Workspace::Layered(ws), command, stdin))
-            .await
-            .map_err(failed)
+        let mut req = self.request(Workspace::Layered(ws), command, stdin);
+        req.output = output;
+        sandboxes.exec(req).await.map_err(failed)
     }
 
     pub async fn snapshot(&self, id: &str) -> Result<String, ToolError> {
@@ -186,6 +186,7 @@ impl SandboxService {
             ],
             stdin: stdin.to_vec(),
             egress: None,
+            output: None,
             limits: self.limits.clone(),
         }
     }

@@ -68,7 +68,16 @@ pub struct ExecRequest {
     pub stdin: Vec<u8>,
     /// `None`: no network at all. Some: the only way out, through the egress proxy.
     pub egress: Option<Egress>,
+    /// Where to send output as it comes (it is collected for the result as well).
+    pub output: Option<tokio::sync::mpsc::Sender<Output>>,
     pub limits: Limits,
+}
+
+/// A piece of a command's output, as it came.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
 }
 
 /// What a sandbox may connect to, and who hears of each connection.
@@ -206,8 +215,8 @@ impl Sandboxes {
             drop(stdin);
         };
         let cap = req.limits.output_bytes;
-        let out = read_bounded(child.stdout.take(), cap);
-        let err = read_bounded(child.stderr.take(), cap);
+        let out = read_bounded(child.stdout.take(), cap, req.output.clone(), Output::Stdout);
+        let err = read_bounded(child.stderr.take(), cap, req.output.clone(), Output::Stderr);
         let waited = async {
             let (_, out, err, status) = tokio::join!(feed, out, err, child.wait());
             (out, err, status)
@@ -269,8 +278,14 @@ fn is_setup_failure(stderr: &[u8]) -> bool {
 
 struct Bounded(Vec<u8>);
 
-/// Reads a pipe to its end, keeping at most `cap` bytes; whether any were dropped.
-async fn read_bounded(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> (Bounded, bool) {
+/// Reads a pipe to its end, keeping at most `cap` bytes (whether any were dropped), and
+/// passing every piece on to `live` while it listens.
+async fn read_bounded(
+    pipe: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+    mut live: Option<tokio::sync::mpsc::Sender<Output>>,
+    wrap: fn(Vec<u8>) -> Output,
+) -> (Bounded, bool) {
     let Some(mut pipe) = pipe else {
         return (Bounded(Vec::new()), false);
     };
@@ -281,6 +296,11 @@ async fn read_bounded(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> (Boun
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(tx) = &live {
+                    if tx.send(wrap(buf[..n].to_vec())).await.is_err() {
+                        live = None; // nobody listens any more; keep collecting
+                    }
+                }
                 let room = cap.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 dropped |= n > room;

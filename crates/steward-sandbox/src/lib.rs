@@ -18,7 +18,7 @@ pub mod layers;
 mod probe;
 mod seccomp;
 
-pub use exec::{Egress, Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
+pub use exec::{Egress, Ended, ExecRequest, ExecResult, Limits, Output, Sandboxes, Workspace};
 pub use layers::Layered;
 pub use probe::{probe, Layers};
 

@@ -75,6 +75,7 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
         egress: None,
+        output: None,
         limits: Limits {
             wall: Duration::from_secs(10),
             ..Limits::default()

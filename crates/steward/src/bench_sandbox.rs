@@ -25,6 +25,7 @@ fn true_in(ws: &Path) -> ExecRequest {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
         egress: None,
+        output: None,
         limits: Limits::default(),
     }
 }
@@ -153,6 +154,7 @@ async fn measure(base: &Path, ws: &Path) -> anyhow::Result<()> {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
             egress: None,
+            output: None,
             limits: Limits {
                 wall: Duration::from_secs(120),
                 ..Limits::default()

@@ -26,6 +26,7 @@ async fn sh(s: &Sandboxes, ws: &Path, script: &str, limits: Limits) -> ExecResul
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
         egress: None,
+        output: None,
         limits,
     })
     .await
@@ -59,6 +60,7 @@ async fn a_command_runs_in_its_workspace_and_reports_its_usage() {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: b"hello\n".to_vec(),
             egress: None,
+            output: None,
             limits: Limits::default(),
         })
         .await
@@ -308,6 +310,7 @@ async fn in_layers(s: &Sandboxes, store: &layers::Store, id: &str, script: &str)
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
             egress: None,
+            output: None,
             limits: Limits::default(),
         })
         .await
@@ -430,6 +433,7 @@ except Exception as e:
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
             egress: Some(egress),
+            output: None,
             limits: Limits::default(),
         })
         .await
@@ -605,6 +609,21 @@ async fn the_cli_drives_persistent_sandboxes() {
         )
         .await;
     assert_eq!(st, 400);
+    // Output streamed as it comes: stdout and stderr events, then the result.
+    let body = reqwest::Client::new()
+        .post(format!("{}/api/v1/sandboxes/{id}/exec/stream", s.url))
+        .json(&serde_json::json!({"command": "echo first; echo oops >&2; exit 3"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stdout = body.find("event: stdout\ndata: first").expect(&body);
+    let end = body.find("event: end").expect(&body);
+    assert!(body.contains("event: stderr\ndata: oops"), "{body}");
+    assert!(stdout < end, "{body}");
+    assert!(body[end..].contains("\"exit_code\":3"), "{body}");
     let audited: Vec<String> = common::audit_records(&s)
         .await
         .into_iter()
