@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// Runs' sandboxes, when code execution is configured.
     pub sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+    /// Decides which secrets may enter a run's sandbox.
+    pub policies: Arc<steward_gov::Policies>,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);
@@ -42,9 +44,11 @@ pub(crate) fn run_link(run: &RunId) -> String {
 }
 
 impl Host {
-    /// The run's egress allow-list (its agent's `spec.sandbox.egress`), with every connection
-    /// appended to the audit log; `None` when it may reach nothing.
-    async fn egress(&self, run: &RunId) -> Result<Option<steward_sandbox::Egress>, ToolError> {
+    /// The run's agent and the spec it runs with.
+    async fn spec_of(
+        &self,
+        run: &RunId,
+    ) -> Result<Option<(String, steward_types::AgentSpec)>, ToolError> {
         let s = &self.0;
         let rec = s
             .store
@@ -53,16 +57,100 @@ impl Host {
             .map_err(failed)?
             .ok_or_else(|| failed("the run vanished"))?;
         let name = AgentName::parse(&rec.agent).map_err(|e| failed(e.0))?;
-        let spec: steward_types::AgentSpec = match s
-            .store
-            .get_agent(&name, Some(rec.agent_version))
-            .await
-            .map_err(failed)?
-        {
-            Some(a) => serde_json::from_str(&a.spec).map_err(failed)?,
-            None => return Ok(None),
+        Ok(
+            match s
+                .store
+                .get_agent(&name, Some(rec.agent_version))
+                .await
+                .map_err(failed)?
+            {
+                Some(a) => Some((rec.agent, serde_json::from_str(&a.spec).map_err(failed)?)),
+                None => None,
+            },
+        )
+    }
+
+    /// The secrets the run's spec asks for, each decided by policy (`secret.use`) and audited:
+    /// one refused, or missing from the vault, refuses the exec.
+    async fn granted_secrets(
+        &self,
+        run: &RunId,
+        spec: Option<&(String, steward_types::AgentSpec)>,
+    ) -> Result<Vec<(String, String)>, ToolError> {
+        let Some((agent, spec)) = spec else {
+            return Ok(Vec::new());
         };
-        let entries = spec.sandbox.map(|sb| sb.egress).unwrap_or_default();
+        let names = spec
+            .sandbox
+            .as_ref()
+            .map(|sb| sb.secrets.clone())
+            .unwrap_or_default();
+        let s = &self.0;
+        let chain = [format!("agent:{agent}"), format!("run:{run}")];
+        let mut granted = Vec::new();
+        for name in names {
+            let now = s.clock.now_ms();
+            let d = s.policies.decide(&steward_gov::Query {
+                agent,
+                run: Some(run.as_str()),
+                action: "secret.use",
+                resource: &name,
+                cost_nanos: 0,
+                time_ms: now,
+                chain: &chain,
+                owner: None,
+                on_behalf_of: None,
+            });
+            let record = steward_gov::AuditRecord {
+                at: now,
+                event: "decision",
+                principal: format!("run:{run}"),
+                chain: chain.to_vec(),
+                action: "secret.use".into(),
+                resource: name.clone(),
+                run_id: Some(run.to_string()),
+                decision: Some(if d.allow { "allow" } else { "deny" }.into()),
+                policy_hash: Some(d.policy_hash.clone()),
+                policy_ids: d.policy_ids.clone(),
+                ..Default::default()
+            }
+            .to_json();
+            s.store
+                .append_audit(&[(now, record)])
+                .await
+                .map_err(failed)?;
+            if !d.allow {
+                return Err(ToolError::Denied(format!(
+                    "secret {name:?} may not enter this run's sandbox: no policy permits secret.use on it"
+                )));
+            }
+            use steward_llm::SecretSource;
+            let value = s
+                .vault
+                .as_ref()
+                .and_then(|v| v.secret(&name))
+                .ok_or_else(|| ToolError::Failed(format!("no secret {name:?} in the vault")))?;
+            granted.push((name, value));
+        }
+        Ok(granted)
+    }
+
+    /// The run's egress allow-list (its agent's `spec.sandbox.egress`), with every connection
+    /// appended to the audit log; `None` when it may reach nothing.
+    fn egress(
+        &self,
+        run: &RunId,
+        spec: Option<&(String, steward_types::AgentSpec)>,
+    ) -> Result<Option<steward_sandbox::Egress>, ToolError> {
+        let s = &self.0;
+        let Some((agent, spec)) = spec else {
+            return Ok(None);
+        };
+        let entries = spec
+            .sandbox
+            .as_ref()
+            .map(|sb| sb.egress.clone())
+            .unwrap_or_default();
         if entries.is_empty() {
             return Ok(None);
         }
@@ -71,7 +159,7 @@ impl Host {
             s.store.clone(),
             s.clock.clone(),
             run.to_string(),
-            rec.agent.clone(),
+            agent.clone(),
         );
         let report: steward_sandbox::egress::Reporter = Arc::new(move |e| {
             let at = clock.now_ms();
@@ -219,8 +307,12 @@ impl ToolHost for Host {
         command: &str,
         stdin: &str,
     ) -> Result<serde_json::Value, ToolError> {
-        let egress = self.egress(run).await?;
-        self.sandboxes()?.exec(run, command, stdin, egress).await
+        let spec = self.spec_of(run).await?;
+        let egress = self.egress(run, spec.as_ref())?;
+        let secrets = self.granted_secrets(run, spec.as_ref()).await?;
+        self.sandboxes()?
+            .exec(run, command, stdin, egress, secrets)
+            .await
     }
 
     async fn workspace_write(

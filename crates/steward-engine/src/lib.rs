@@ -144,6 +144,7 @@ impl Engine {
             finished: tokio::sync::Notify::new(),
             vault: opts.vault.clone(),
             sandboxes: opts.sandboxes.clone(),
+            policies: opts.policies.clone(),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(

@@ -203,6 +203,7 @@ impl SandboxService {
         command: &str,
         stdin: &str,
         egress: Option<steward_sandbox::Egress>,
+        secrets: Vec<(String, String)>,
     ) -> Result<Value, ToolError> {
         let sandboxes = self
             .sandboxes
@@ -211,7 +212,13 @@ impl SandboxService {
         let ws = self.workspace(run)?;
         let mut req = self.request(ws.into(), command, stdin.as_bytes());
         req.egress = egress;
-        let r = sandboxes.exec(req).await.map_err(failed)?;
+        req.env.extend(secrets.iter().cloned());
+        let mut r = sandboxes.exec(req).await.map_err(failed)?;
+        // What a command prints goes to a model: granted values never do.
+        for (name, value) in &secrets {
+            r.stdout = mask(&r.stdout, value, name);
+            r.stderr = mask(&r.stderr, value, name);
+        }
         Ok(report(r))
     }
 
@@ -262,6 +269,26 @@ impl SandboxService {
         .await
         .map_err(failed)?
     }
+}
+
+/// `text` with every occurrence of `value` replaced by `[secret:NAME]`.
+fn mask(text: &[u8], value: &str, name: &str) -> Vec<u8> {
+    let v = value.as_bytes();
+    if v.is_empty() {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(v) {
+            out.extend_from_slice(format!("[secret:{name}]").as_bytes());
+            i += v.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// `rel` inside `ws`: relative, no `..`, and no link on the way (directories made as needed

@@ -34,6 +34,7 @@ namespace Steward {
   entity Namespace;
   entity Account;
   entity Mailbox;
+  entity Secret;
   type Ctx = {
     "cost_nanos": Long,
     "time_ms": Long,
@@ -47,6 +48,7 @@ namespace Steward {
   action "memory.read", "memory.write" appliesTo { principal: [Agent, Run], resource: [Namespace], context: Ctx };
   action "spend" appliesTo { principal: [Agent, Run], resource: [Account], context: Ctx };
   action "message.send" appliesTo { principal: [Agent, Run], resource: [Mailbox], context: Ctx };
+  action "secret.use" appliesTo { principal: [Agent, Run], resource: [Secret], context: Ctx };
   action "policy.update" appliesTo { principal: [Admin], resource: [PolicySet], context: Ctx };
 }
 "#;
@@ -346,6 +348,7 @@ const AGENT_ACTIONS: &[(&str, &str)] = &[
     ("memory.write", "Steward::Namespace"),
     ("spend", "Steward::Account"),
     ("message.send", "Steward::Mailbox"),
+    ("secret.use", "Steward::Secret"),
 ];
 
 /// The entity types and actions every decision uses, parsed once: Cedar's parser is far too

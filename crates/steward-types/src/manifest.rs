@@ -425,4 +425,9 @@ pub struct SandboxSpec {
     /// Empty: no network at all.
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Vault secrets set as environment variables of its commands — each only if a policy
+    /// permits `secret.use` on `Steward::Secret::"NAME"` for the run; never otherwise. Their
+    /// values are masked in what the commands print.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }

@@ -711,3 +711,73 @@ both_backends!(
     a_runs_egress_follows_its_manifest_and_is_audited,
     a_runs_egress_follows_its_manifest_and_is_audited
 );
+
+/// Secrets never enter a sandbox unless a policy grants one by name; a granted one is an
+/// environment variable of the commands, masked in what they print, and each use is audited.
+async fn secrets_enter_a_sandbox_only_by_policy(b: Backend) {
+    let s = TestServer::start(b).await;
+    let value = "s3cr3t-v4lue-that-must-not-leak";
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/secrets/DEPLOY_TOKEN", s.url))
+        .json(&serde_json::json!({"value": value}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    s.apply(concat!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: deployer}\nspec:\n  model: scripted\n",
+        "  tools: [sandbox_exec]\n  sandbox: {secrets: [DEPLOY_TOKEN]}\n  script:\n",
+        "    - toolCalls: [{name: sandbox_exec, arguments: {command: \"printf %s \\\"$DEPLOY_TOKEN\\\" | wc -c; echo token=$DEPLOY_TOKEN\"}}]\n",
+        "    - content: done\n",
+    ))
+    .await;
+    let exec_of = |run: String| {
+        let s = &s;
+        async move {
+            s.wait_run(&run).await;
+            s.journal(&run)
+                .await
+                .into_iter()
+                .find(|e| e["phase"] == "outcome" && e["name"] == "sandbox_exec")
+                .unwrap()["body"]
+                .clone()
+        }
+    };
+    // The default policy does not grant secrets: the exec is refused, nothing runs.
+    let denied = exec_of(s.start_run("deployer", "go").await).await;
+    assert!(
+        denied["error"]
+            .to_string()
+            .contains("no policy permits secret.use"),
+        "{denied}"
+    );
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(concat!(
+            "@id(\"all\") permit (principal, action in [Steward::Action::\"llm.call\", Steward::Action::\"tool.call\", Steward::Action::\"sandbox.exec\"], resource);\n",
+            "@id(\"deployer-token\") permit (principal in Steward::Agent::\"deployer\", action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"DEPLOY_TOKEN\");\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ok = exec_of(s.start_run("deployer", "go").await).await;
+    let stdout = ok["ok"]["stdout"].as_str().unwrap();
+    assert_eq!(
+        stdout,
+        format!("{}\ntoken=[secret:DEPLOY_TOKEN]\n", value.len()),
+        "{ok}"
+    );
+    let audit = common::audit_records(&s).await;
+    assert!(!serde_json::to_string(&audit).unwrap().contains(value));
+    let uses: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["action"] == "secret.use")
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(uses, ["deny", "allow"]);
+}
+both_backends!(
+    secrets_enter_a_sandbox_only_by_policy,
+    secrets_enter_a_sandbox_only_by_policy
+);
