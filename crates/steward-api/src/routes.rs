@@ -657,10 +657,27 @@ pub async fn create_sandboxes(
     State(e): State<Engine>,
     ApiJson(r): ApiJson<CreateSandboxes>,
 ) -> ApiResult<(StatusCode, Json<SandboxIds>)> {
-    let ids = e
-        .create_sandboxes(r.from_snapshot.as_deref(), r.count.unwrap_or(1))
+    if r.ttl_s.is_some_and(|t| !(1..=366 * 86_400).contains(&t)) {
+        return Err(crate::error::ApiError::new(
+            steward_types::ErrorCode::InvalidRequest,
+            "ttl_s: from 1 second to a year",
+        ));
+    }
+    let (ids, snapshot) = e
+        .create_sandboxes(
+            r.from_snapshot.as_deref(),
+            r.template.as_deref(),
+            r.count.unwrap_or(1),
+            r.ttl_s.map(|t| t * 1000),
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(SandboxIds { sandboxes: ids })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxIds {
+            sandboxes: ids,
+            snapshot,
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/sandboxes", responses((status = 200, body = SandboxList)))]

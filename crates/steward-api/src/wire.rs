@@ -625,13 +625,22 @@ pub struct Revoked {
 pub struct CreateSandboxes {
     #[serde(default)]
     pub from_snapshot: Option<String>,
+    /// Setup commands run once in a fresh sandbox; the snapshot they leave is kept and reused
+    /// by every later request with the same commands.
+    #[serde(default)]
+    pub template: Option<Vec<String>>,
     #[serde(default)]
     pub count: Option<usize>,
+    /// Removed after this many seconds unused.
+    #[serde(default)]
+    pub ttl_s: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SandboxIds {
     pub sandboxes: Vec<String>,
+    /// The snapshot they start from, if any.
+    pub snapshot: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -284,6 +284,25 @@ impl Engine {
                 async move { draining.cancelled().await },
             ));
         }
+        if let Some(sandboxes) = engine.inner.shared.sandboxes.clone() {
+            // Persistent sandboxes left unused past their lifetime are removed.
+            let (clock, draining) = (
+                engine.inner.shared.clock.clone(),
+                engine.inner.draining.clone(),
+            );
+            let every = Duration::from_millis(engine.inner.cfg.housekeeping_ms.max(10));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = draining.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    for id in sandboxes.sweep(clock.now_ms()).await {
+                        tracing::info!(sandbox = %id, "removed a sandbox past its idle lifetime");
+                    }
+                }
+            });
+        }
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)
@@ -611,25 +630,40 @@ impl Engine {
     }
 
     /// New persistent sandboxes: `count` forks of `snapshot`, or one empty sandbox.
+    /// With `template` (setup commands), the sandboxes start from the snapshot it builds
+    /// (once; the same setup reuses it). Returns the ids and the snapshot they stand on.
     pub async fn create_sandboxes(
         &self,
         snapshot: Option<&str>,
+        template: Option<&[String]>,
         count: usize,
-    ) -> Result<Vec<String>> {
-        let ids = self
-            .sandbox_service()?
-            .create(snapshot, count)
+        ttl_ms: Option<i64>,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let service = self.sandbox_service()?;
+        let snapshot = match (snapshot, template) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidRequest(
+                    "from_snapshot and template: one or the other".into(),
+                ))
+            }
+            (Some(s), None) => Some(s.to_string()),
+            (None, Some(setup)) => Some(service.template(setup).await.map_err(sandbox_error)?),
+            (None, None) => None,
+        };
+        let ids = service
+            .create(snapshot.as_deref(), count, ttl_ms, self.now_ms())
             .map_err(sandbox_error)?;
         self.audit_admin(
             "sandbox.create",
             &ids.join(","),
             true,
             &snapshot
+                .as_ref()
                 .map(|s| format!("from snapshot {s}"))
                 .unwrap_or_default(),
         )
         .await?;
-        Ok(ids)
+        Ok((ids, snapshot))
     }
 
     pub async fn sandboxes(&self) -> Result<Vec<sandboxes::SandboxInfo>> {
@@ -647,7 +681,7 @@ impl Engine {
     ) -> Result<steward_sandbox::ExecResult> {
         let r = self
             .sandbox_service()?
-            .exec_in(id, command, stdin, output)
+            .exec_in(id, command, stdin, output, self.now_ms())
             .await
             .map_err(sandbox_error)?;
         self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))

@@ -91,19 +91,91 @@ impl SandboxService {
         busy.entry(id.to_string()).or_default().clone()
     }
 
-    /// New persistent sandboxes: `count` of them on `snapshot` (forks), or one empty.
-    pub fn create(&self, snapshot: Option<&str>, count: usize) -> Result<Vec<String>, ToolError> {
+    /// New persistent sandboxes: `count` of them on `snapshot` (forks), or empty; with
+    /// `ttl_ms`, each expires after that long unused.
+    pub fn create(
+        &self,
+        snapshot: Option<&str>,
+        count: usize,
+        ttl_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Vec<String>, ToolError> {
         let (_, store) = self.ready()?;
         if !(1..=64).contains(&count) {
             return Err(ToolError::InvalidArgs("count: from 1 to 64".into()));
+        }
+        if ttl_ms.is_some_and(|t| t < 1000) {
+            return Err(ToolError::InvalidArgs("ttl_s: at least 1".into()));
         }
         let mut ids = Vec::with_capacity(count);
         for _ in 0..count {
             let id = format!("sbx_{}", uuid::Uuid::now_v7().simple());
             store.create(&id, snapshot).map_err(refused)?;
+            if let Some(t) = ttl_ms {
+                store.set_ttl(&id, t, now_ms).map_err(failed)?;
+            }
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// The snapshot a template's `setup` commands build, run once in a fresh sandbox and kept:
+    /// the same setup later reuses it. A command that fails fails the template.
+    pub async fn template(&self, setup: &[String]) -> Result<String, ToolError> {
+        let (sandboxes, store) = self.ready()?;
+        if setup.is_empty() || setup.len() > 64 {
+            return Err(ToolError::InvalidArgs("template: 1 to 64 commands".into()));
+        }
+        let key: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(serde_json::to_vec(setup).unwrap_or_default())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let lock = self.lock(&format!("template-{key}"));
+        let _one = lock.lock().await;
+        if let Some(snap) = store.template(&key) {
+            return Ok(snap);
+        }
+        let id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
+        store.create(&id, None).map_err(failed)?;
+        let built = async {
+            for (i, cmd) in setup.iter().enumerate() {
+                let ws = store.layered(&id).map_err(failed)?;
+                let r = sandboxes
+                    .exec(self.request(Workspace::Layered(ws), cmd, b""))
+                    .await
+                    .map_err(failed)?;
+                if r.ended != Ended::Exit(0) {
+                    return Err(ToolError::InvalidArgs(format!(
+                        "template: command {i} ended {:?}: {}",
+                        r.ended,
+                        String::from_utf8_lossy(&r.stderr).trim()
+                    )));
+                }
+            }
+            store.snapshot(&id).map_err(failed)
+        }
+        .await;
+        let _ = store.remove(&id);
+        let snap = built?;
+        store.save_template(&key, &snap).map_err(failed)?;
+        Ok(snap)
+    }
+
+    /// Removes sandboxes left unused past their idle lifetime; returns them.
+    pub async fn sweep(&self, now_ms: i64) -> Vec<String> {
+        let Ok((_, store)) = self.ready() else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for id in store.expired(now_ms).unwrap_or_default() {
+            if self.remove(&id).await.is_ok() {
+                gone.push(id);
+            }
+        }
+        gone
     }
 
     pub fn list(&self) -> Result<Vec<SandboxInfo>, ToolError> {
@@ -131,12 +203,14 @@ impl SandboxService {
         command: &str,
         stdin: &[u8],
         output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
+        now_ms: i64,
     ) -> Result<steward_sandbox::ExecResult, ToolError> {
         let (sandboxes, store) = self.ready()?;
         self.known(store, id)?;
         let lock = self.lock(id);
         let _one = lock.lock().await;
         let ws = store.layered(id).map_err(failed)?;
+        let _ = store.touch(id, now_ms);
         let mut req = self.request(Workspace::Layered(ws), command, stdin);
         req.output = output;
         sandboxes.exec(req).await.map_err(failed)

@@ -10,6 +10,8 @@
 //! <root>/snapshots/<sha256>          a stack: the layers' names, top first (JSON)
 //! <root>/sandboxes/<id>/upper|work   the sandbox's writable layer and overlayfs' work dir
 //! <root>/sandboxes/<id>/stack        the layers below it (JSON)
+//! <root>/sandboxes/<id>/ttl, used    idle lifetime and last use (Unix ms), when it has one
+//! <root>/templates/<sha256>          the snapshot a template's setup built (by the setup's hash)
 //! ```
 
 use std::io::Read;
@@ -56,7 +58,7 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Store {
     pub fn open(root: PathBuf) -> Result<Store> {
-        for d in ["layers", "snapshots", "sandboxes"] {
+        for d in ["layers", "snapshots", "sandboxes", "templates"] {
             std::fs::create_dir_all(root.join(d))?;
         }
         Ok(Store { root })
@@ -184,6 +186,54 @@ impl Store {
             std::fs::create_dir(dir.join(d))?;
         }
         self.write_stack(id, &stack)
+    }
+
+    /// Gives sandbox `id` an idle lifetime: unused for `ttl_ms`, it expires.
+    pub fn set_ttl(&self, id: &str, ttl_ms: i64, now_ms: i64) -> Result<()> {
+        valid_id(id)?;
+        std::fs::write(self.dir(id).join("ttl"), ttl_ms.to_string())?;
+        self.touch(id, now_ms)
+    }
+
+    /// Records a use of sandbox `id` (its idle lifetime starts again).
+    pub fn touch(&self, id: &str, now_ms: i64) -> Result<()> {
+        valid_id(id)?;
+        if self.dir(id).join("ttl").exists() {
+            std::fs::write(self.dir(id).join("used"), now_ms.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Sandboxes whose idle lifetime has run out at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<String>> {
+        let read =
+            |p: PathBuf| -> Option<i64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+        Ok(self
+            .ids()?
+            .into_iter()
+            .filter(|id| {
+                let d = self.dir(id);
+                match (read(d.join("ttl")), read(d.join("used"))) {
+                    (Some(ttl), Some(used)) => used.saturating_add(ttl) <= now_ms,
+                    _ => false,
+                }
+            })
+            .collect())
+    }
+
+    /// The snapshot a template with this setup built before, if any.
+    pub fn template(&self, setup_hash: &str) -> Option<String> {
+        let s = std::fs::read_to_string(self.root.join("templates").join(setup_hash)).ok()?;
+        let s = s.trim().to_string();
+        self.snapshot_stack(&s).is_ok().then_some(s)
+    }
+
+    pub fn save_template(&self, setup_hash: &str, snapshot: &str) -> Result<()> {
+        let path = self.root.join("templates").join(setup_hash);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, snapshot)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
     }
 
     /// Removes the sandbox (its layers below stay for the snapshots that use them).

@@ -781,3 +781,69 @@ both_backends!(
     secrets_enter_a_sandbox_only_by_policy,
     secrets_enter_a_sandbox_only_by_policy
 );
+
+/// Templates: setup commands run once; every later request with the same setup starts from the
+/// snapshot they left. TTLs: a sandbox unused past its lifetime is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_built_once_and_idle_sandboxes_expire() {
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[("STEWARD_ENGINE__HOUSEKEEPING_MS", "50")],
+    )
+    .await;
+    let setup = serde_json::json!([
+        "mkdir -p lib && date +%s%N > lib/built",
+        "echo ready > status"
+    ]);
+    let (st, a) = s
+        .post("/api/v1/sandboxes", serde_json::json!({"template": setup}))
+        .await;
+    assert_eq!(st, 201, "{a}");
+    let (_, b) = s
+        .post(
+            "/api/v1/sandboxes",
+            serde_json::json!({"template": setup, "count": 2}),
+        )
+        .await;
+    assert_eq!(a["snapshot"], b["snapshot"], "the same setup is built once");
+    let built = |id: Value| {
+        let s = &s;
+        async move {
+            let (_, r) = s
+                .post(
+                    &format!("/api/v1/sandboxes/{}/exec", id.as_str().unwrap()),
+                    serde_json::json!({"command": "cat lib/built status"}),
+                )
+                .await;
+            r["stdout"].as_str().unwrap().to_string()
+        }
+    };
+    let first = built(a["sandboxes"][0].clone()).await;
+    assert!(first.ends_with("ready\n"), "{first}");
+    assert_eq!(built(b["sandboxes"][1].clone()).await, first);
+    let (st, e) = s
+        .post(
+            "/api/v1/sandboxes",
+            serde_json::json!({"template": ["exit 9"]}),
+        )
+        .await;
+    assert_eq!(st, 400, "a failing setup fails the template: {e}");
+
+    let (_, brief) = s
+        .post("/api/v1/sandboxes", serde_json::json!({"ttl_s": 1}))
+        .await;
+    let brief = brief["sandboxes"][0].as_str().unwrap().to_string();
+    let (_, listed) = s.get("/api/v1/sandboxes").await;
+    assert!(listed.to_string().contains(&brief));
+    common::eventually("the idle sandbox is removed", || async {
+        let (_, listed) = s.get("/api/v1/sandboxes").await;
+        (!listed.to_string().contains(&brief)).then_some(())
+    })
+    .await;
+    let (_, listed) = s.get("/api/v1/sandboxes").await;
+    assert_eq!(
+        listed["sandboxes"].as_array().unwrap().len(),
+        3,
+        "the others stay"
+    );
+}
