@@ -141,6 +141,8 @@ pub struct Kernel {
     pub(crate) budgets: Budgets,
     pub(crate) policies: Arc<Policies>,
     pub(crate) identities: Arc<crate::identities::Identities>,
+    /// Runs' sandboxes (for what their CPU costs).
+    pub(crate) sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
     /// What child runs were granted by the runs that spawned them.
     pub(crate) delegations: Arc<crate::delegations::Delegations>,
     /// How long an approval may stay pending before it counts as denied.
@@ -303,6 +305,18 @@ impl Kernel {
             (Action::Model { request }, None) => {
                 Some(self.estimate(ctx, request, &idempotency_key))
             }
+            // Sandbox CPU, when charged: the exec's worst case is held like a model call's.
+            (
+                Action::Tool {
+                    name: "sandbox_exec",
+                    ..
+                },
+                _,
+            ) => self
+                .sandboxes
+                .as_ref()
+                .and_then(|s| s.worst_case_nanos())
+                .map(Ok),
             _ => None,
         };
         // Authorize: the policy decides; the decision is audited with the step's outcome.
@@ -815,7 +829,14 @@ impl Kernel {
                         )),
                     }
                 };
-                Ok((Outcome::Tool(result), 0))
+                // Sandbox CPU is charged at what the exec used.
+                let spent = match (&result, &self.sandboxes) {
+                    (Ok(v), Some(s)) if name == "sandbox_exec" => {
+                        s.cpu_cost_nanos(v.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0))
+                    }
+                    _ => 0,
+                };
+                Ok((Outcome::Tool(result), spent))
             }
         }
     }

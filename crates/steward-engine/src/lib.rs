@@ -201,6 +201,7 @@ impl Engine {
             chains: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
         };
         let kernel = Kernel {
+            sandboxes: opts.sandboxes.clone(),
             delegations: delegations.clone(),
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,

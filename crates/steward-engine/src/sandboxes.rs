@@ -26,6 +26,8 @@ pub struct SandboxService {
     workspaces: PathBuf,
     limits: Limits,
     persistent: Option<layers::Store>,
+    /// Nano-dollars per CPU-millisecond, when sandbox CPU is charged.
+    cpu_nanos_per_ms: Option<f64>,
     /// One exec or snapshot at a time per persistent sandbox.
     busy: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -57,6 +59,7 @@ impl SandboxService {
         workspaces: PathBuf,
         persistent: PathBuf,
         limits: Limits,
+        cpu_second_usd: Option<f64>,
     ) -> Self {
         let persistent = match layers::Store::open(persistent) {
             Ok(s) => Some(s),
@@ -70,8 +73,23 @@ impl SandboxService {
             workspaces,
             limits,
             persistent,
+            cpu_nanos_per_ms: cpu_second_usd.map(|usd| usd * 1e9 / 1000.0),
             busy: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What one exec may cost at most (its wall-clock limit at its CPU limit, or a whole core
+    /// when unlimited), in nano-dollars, when sandbox CPU is charged.
+    pub fn worst_case_nanos(&self) -> Option<i64> {
+        let per_ms = self.cpu_nanos_per_ms?;
+        let cores = self.limits.cpu_millicores.unwrap_or(1000) as f64 / 1000.0;
+        Some((self.limits.wall.as_millis() as f64 * cores * per_ms).ceil() as i64)
+    }
+
+    /// What `cpu_ms` of sandbox CPU costs, in nano-dollars (0 when not charged).
+    pub fn cpu_cost_nanos(&self, cpu_ms: u64) -> i64 {
+        self.cpu_nanos_per_ms
+            .map_or(0, |per_ms| (cpu_ms as f64 * per_ms).ceil() as i64)
     }
 
     fn ready(&self) -> Result<(&Sandboxes, &layers::Store), ToolError> {

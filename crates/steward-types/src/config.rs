@@ -44,6 +44,10 @@ pub struct SandboxConfig {
     pub tmp_mb: u64,
     /// Each of stdout and stderr is kept up to this many bytes.
     pub output_bytes: usize,
+    /// The price of a CPU-second, in US dollars: a run's `sandbox_exec` holds its worst case
+    /// (timeout × CPU limit) on the run's budget accounts and settles the CPU time it used.
+    /// Unset: sandbox CPU is not charged.
+    pub cpu_second_usd: Option<f64>,
 }
 
 impl Default for SandboxConfig {
@@ -57,6 +61,7 @@ impl Default for SandboxConfig {
             timeout_ms: 30_000,
             tmp_mb: 64,
             output_bytes: 1 << 20,
+            cpu_second_usd: None,
         }
     }
 }

@@ -173,6 +173,7 @@ async fn sandboxes(cfg: &Config) -> Option<Arc<steward_engine::sandboxes::Sandbo
         dir.join("workspaces"),
         dir.join("persistent"),
         limits,
+        c.cpu_second_usd,
     )))
 }
 

@@ -847,3 +847,55 @@ async fn templates_are_built_once_and_idle_sandboxes_expire() {
         "the others stay"
     );
 }
+
+/// With a price per CPU-second, a run's `sandbox_exec` holds its worst case (timeout × CPU
+/// limit) on the run's budget before it runs, and settles the CPU time it used after.
+async fn sandbox_cpu_is_charged_to_the_runs_budget(b: Backend) {
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_SANDBOX__CPU_SECOND_USD", "0.01"),
+            ("STEWARD_SANDBOX__TIMEOUT_MS", "10000"),
+        ],
+    )
+    .await;
+    // The worst case of one exec: 10 s at one core, $0.10.
+    let agent = |name: &str, cap: &str| {
+        format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [sandbox_exec]\n  budget: {{perRunUsd: {cap}, onExceeded: fail}}\n  script:\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"python3 -c 'sum(range(3000000))'\"}}}}]\n    - content: done\n"
+        )
+    };
+    s.apply(&agent("tight", "0.05")).await;
+    s.apply(&agent("roomy", "1.0")).await;
+    let run = s.start_run("tight", "go").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(
+        (r["state"].as_str(), r["error"]["code"].as_str()),
+        (Some("failed"), Some("budget_exceeded")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .to_string()
+            .contains(&format!("run:{run}")),
+        "{r}"
+    );
+
+    let run = s.start_run("roomy", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let (_, all) = s.get("/api/v1/budgets").await;
+    let acct = all["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["account"] == format!("run:{run}"))
+        .cloned()
+        .unwrap();
+    let spent = acct["spent_nanos"].as_i64().unwrap();
+    assert!(spent > 0 && spent <= 100_000_000, "{acct}");
+    assert_eq!(acct["reserved_nanos"], 0, "{acct}");
+}
+both_backends!(
+    sandbox_cpu_is_charged_to_the_runs_budget,
+    sandbox_cpu_is_charged_to_the_runs_budget
+);
