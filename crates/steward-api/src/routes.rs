@@ -669,6 +669,7 @@ pub async fn create_sandboxes(
             r.template.as_deref(),
             r.count.unwrap_or(1),
             r.ttl_s.map(|t| t * 1000),
+            &r.egress,
         )
         .await?;
     Ok((

@@ -634,6 +634,9 @@ pub struct CreateSandboxes {
     /// Removed after this many seconds unused.
     #[serde(default)]
     pub ttl_s: Option<i64>,
+    /// Where its commands may connect (`host:port`, `*.domain:port`, CIDR); none: nowhere.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

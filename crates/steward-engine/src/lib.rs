@@ -639,6 +639,7 @@ impl Engine {
         template: Option<&[String]>,
         count: usize,
         ttl_ms: Option<i64>,
+        egress: &[String],
     ) -> Result<(Vec<String>, Option<String>)> {
         let service = self.sandbox_service()?;
         let snapshot = match (snapshot, template) {
@@ -652,7 +653,7 @@ impl Engine {
             (None, None) => None,
         };
         let ids = service
-            .create(snapshot.as_deref(), count, ttl_ms, self.now_ms())
+            .create(snapshot.as_deref(), count, ttl_ms, egress, self.now_ms())
             .map_err(sandbox_error)?;
         self.audit_admin(
             "sandbox.create",
@@ -682,12 +683,51 @@ impl Engine {
     ) -> Result<steward_sandbox::ExecResult> {
         let r = self
             .sandbox_service()?
-            .exec_in(id, command, stdin, output, self.now_ms())
+            .exec_in(
+                id,
+                command,
+                stdin,
+                output,
+                self.egress_reporter(id),
+                self.now_ms(),
+            )
             .await
             .map_err(sandbox_error)?;
         self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))
             .await?;
         Ok(r)
+    }
+
+    /// Appends each connection a persistent sandbox asks for, allowed or refused, to the
+    /// audit log.
+    fn egress_reporter(&self, id: &str) -> steward_sandbox::egress::Reporter {
+        let (store, clock, id) = (
+            self.store().clone(),
+            self.inner.shared.clock.clone(),
+            id.to_string(),
+        );
+        Arc::new(move |e| {
+            let at = clock.now_ms();
+            let record = steward_gov::AuditRecord {
+                at,
+                event: "egress",
+                principal: format!("sandbox:{id}"),
+                chain: vec![format!("admin:{}", steward_gov::policy::ADMIN)],
+                action: "sandbox.connect".into(),
+                resource: e.target.clone(),
+                decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
+                outcome: e.address.map(|a| a.to_string()),
+                error: e.reason.clone(),
+                ..Default::default()
+            }
+            .to_json();
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.append_audit(&[(at, record)]).await {
+                    tracing::error!(error = %err, "an egress connection could not be audited");
+                }
+            });
+        })
     }
 
     pub async fn sandbox_snapshot(&self, id: &str) -> Result<String> {

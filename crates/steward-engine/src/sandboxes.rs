@@ -116,9 +116,11 @@ impl SandboxService {
         snapshot: Option<&str>,
         count: usize,
         ttl_ms: Option<i64>,
+        egress: &[String],
         now_ms: i64,
     ) -> Result<Vec<String>, ToolError> {
         let (_, store) = self.ready()?;
+        steward_sandbox::egress::AllowList::parse(egress).map_err(ToolError::InvalidArgs)?;
         if !(1..=64).contains(&count) {
             return Err(ToolError::InvalidArgs("count: from 1 to 64".into()));
         }
@@ -131,6 +133,9 @@ impl SandboxService {
             store.create(&id, snapshot).map_err(refused)?;
             if let Some(t) = ttl_ms {
                 store.set_ttl(&id, t, now_ms).map_err(failed)?;
+            }
+            if !egress.is_empty() {
+                store.set_egress(&id, egress).map_err(failed)?;
             }
             ids.push(id);
         }
@@ -221,6 +226,7 @@ impl SandboxService {
         command: &str,
         stdin: &[u8],
         output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
+        report: steward_sandbox::egress::Reporter,
         now_ms: i64,
     ) -> Result<steward_sandbox::ExecResult, ToolError> {
         let (sandboxes, store) = self.ready()?;
@@ -231,6 +237,14 @@ impl SandboxService {
         let _ = store.touch(id, now_ms);
         let mut req = self.request(Workspace::Layered(ws), command, stdin);
         req.output = output;
+        let entries = store.egress(id).map_err(failed)?;
+        if !entries.is_empty() {
+            req.egress = Some(steward_sandbox::Egress {
+                allow: steward_sandbox::egress::AllowList::parse(&entries)
+                    .map_err(ToolError::InvalidArgs)?,
+                report,
+            });
+        }
         sandboxes.exec(req).await.map_err(failed)
     }
 

@@ -98,6 +98,28 @@ impl Store {
         self.write_stack(id, &stack)
     }
 
+    /// Sets the egress allow-list entries of sandbox `id` (none: no network).
+    pub fn set_egress(&self, id: &str, entries: &[String]) -> Result<()> {
+        valid_id(id)?;
+        std::fs::write(
+            self.dir(id).join("egress"),
+            serde_json::to_string(entries).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// Sandbox `id`'s egress allow-list entries.
+    pub fn egress(&self, id: &str) -> Result<Vec<String>> {
+        valid_id(id)?;
+        match std::fs::read_to_string(self.dir(id).join("egress")) {
+            Ok(t) => {
+                serde_json::from_str(&t).map_err(|e| Error::Setup(format!("sandbox {id}: {e}")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every sandbox, by id.
     pub fn ids(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = std::fs::read_dir(self.root.join("sandboxes"))?

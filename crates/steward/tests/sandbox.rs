@@ -899,3 +899,67 @@ both_backends!(
     sandbox_cpu_is_charged_to_the_runs_budget,
     sandbox_cpu_is_charged_to_the_runs_budget
 );
+
+/// A persistent sandbox created with an egress list reaches those targets only, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_sandboxes_take_an_egress_list() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in listener.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
+        }
+    });
+    let (st, _) = s
+        .post(
+            "/api/v1/sandboxes",
+            serde_json::json!({"egress": ["nowhere"]}),
+        )
+        .await;
+    assert_eq!(st, 400, "a bad entry is refused");
+    let (st, c) = s
+        .post(
+            "/api/v1/sandboxes",
+            serde_json::json!({"egress": [format!("127.0.0.1:{port}")]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    let id = c["sandboxes"][0].as_str().unwrap().to_string();
+    let fetch = |p: u16| {
+        format!("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{p}/', timeout=5).read().decode())\"")
+    };
+    let (_, ok) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/exec"),
+            serde_json::json!({"command": fetch(port)}),
+        )
+        .await;
+    assert_eq!(ok["stdout"], "hi\n", "{ok}");
+    let (_, refused) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/exec"),
+            serde_json::json!({"command": fetch(port + 1)}),
+        )
+        .await;
+    assert!(refused["stderr"].to_string().contains("403"), "{refused}");
+    let egress = common::eventually("both connections audited", || async {
+        let e: Vec<Value> = common::audit_records(&s)
+            .await
+            .into_iter()
+            .filter(|r| r["event"] == "egress" && r["principal"] == format!("sandbox:{id}"))
+            .collect();
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    let decisions: Vec<&str> = egress
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["allow", "deny"]);
+}
