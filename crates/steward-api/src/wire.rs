@@ -683,13 +683,7 @@ pub struct SandboxExecResult {
 
 impl From<steward_sandbox::ExecResult> for SandboxExecResult {
     fn from(r: steward_sandbox::ExecResult) -> Self {
-        use steward_sandbox::Ended;
-        let (ended, exit_code, signal) = match r.ended {
-            Ended::Exit(c) => ("exit", Some(c), None),
-            Ended::Signal(s) => ("signal", None, Some(s)),
-            Ended::Timeout => ("timeout", None, None),
-            Ended::OomKilled => ("oom_killed", None, None),
-        };
+        let (ended, exit_code, signal) = r.ended.parts();
         SandboxExecResult {
             ended: ended.into(),
             exit_code,

@@ -155,35 +155,13 @@ impl Host {
             return Ok(None);
         }
         let allow = steward_sandbox::egress::AllowList::parse(&entries).map_err(failed)?;
-        let (store, clock, run_id, agent) = (
+        let report = crate::sandboxes::audit_egress(
             s.store.clone(),
             s.clock.clone(),
-            run.to_string(),
-            agent.clone(),
+            format!("run:{run}"),
+            vec![format!("agent:{agent}"), format!("run:{run}")],
+            Some(run.to_string()),
         );
-        let report: steward_sandbox::egress::Reporter = Arc::new(move |e| {
-            let at = clock.now_ms();
-            let record = steward_gov::AuditRecord {
-                at,
-                event: "egress",
-                principal: format!("run:{run_id}"),
-                chain: vec![format!("agent:{agent}"), format!("run:{run_id}")],
-                action: "sandbox.connect".into(),
-                resource: e.target.clone(),
-                run_id: Some(run_id.clone()),
-                decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
-                outcome: e.address.map(|a| a.to_string()),
-                error: e.reason.clone(),
-                ..Default::default()
-            }
-            .to_json();
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(err) = store.append_audit(&[(at, record)]).await {
-                    tracing::error!(error = %err, "an egress connection could not be audited");
-                }
-            });
-        });
         Ok(Some(steward_sandbox::Egress { allow, report }))
     }
 

@@ -688,7 +688,13 @@ impl Engine {
                 command,
                 stdin,
                 output,
-                self.egress_reporter(id),
+                sandboxes::audit_egress(
+                    self.store().clone(),
+                    self.inner.shared.clock.clone(),
+                    format!("sandbox:{id}"),
+                    vec![format!("admin:{}", steward_gov::policy::ADMIN)],
+                    None,
+                ),
                 self.now_ms(),
             )
             .await
@@ -696,38 +702,6 @@ impl Engine {
         self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))
             .await?;
         Ok(r)
-    }
-
-    /// Appends each connection a persistent sandbox asks for, allowed or refused, to the
-    /// audit log.
-    fn egress_reporter(&self, id: &str) -> steward_sandbox::egress::Reporter {
-        let (store, clock, id) = (
-            self.store().clone(),
-            self.inner.shared.clock.clone(),
-            id.to_string(),
-        );
-        Arc::new(move |e| {
-            let at = clock.now_ms();
-            let record = steward_gov::AuditRecord {
-                at,
-                event: "egress",
-                principal: format!("sandbox:{id}"),
-                chain: vec![format!("admin:{}", steward_gov::policy::ADMIN)],
-                action: "sandbox.connect".into(),
-                resource: e.target.clone(),
-                decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
-                outcome: e.address.map(|a| a.to_string()),
-                error: e.reason.clone(),
-                ..Default::default()
-            }
-            .to_json();
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(err) = store.append_audit(&[(at, record)]).await {
-                    tracing::error!(error = %err, "an egress connection could not be audited");
-                }
-            });
-        })
     }
 
     pub async fn sandbox_snapshot(&self, id: &str) -> Result<String> {

@@ -432,12 +432,7 @@ fn walk(ws: &Path, rel: &str, create: bool) -> Result<PathBuf, ToolError> {
 
 /// How an exec ended, as tools and the API report it.
 pub fn report(r: steward_sandbox::ExecResult) -> Value {
-    let (ended, code, signal) = match r.ended {
-        Ended::Exit(c) => ("exit", Some(c), None),
-        Ended::Signal(s) => ("signal", None, Some(s)),
-        Ended::Timeout => ("timeout", None, None),
-        Ended::OomKilled => ("oom_killed", None, None),
-    };
+    let (ended, code, signal) = r.ended.parts();
     json!({
         "ended": ended,
         "exit_code": code,
@@ -448,5 +443,39 @@ pub fn report(r: steward_sandbox::ExecResult) -> Value {
         "cpu_ms": r.cpu.as_millis() as u64,
         "peak_memory_bytes": r.peak_memory_bytes,
         "wall_ms": r.wall.as_millis() as u64,
+    })
+}
+
+/// A reporter that appends each connection a sandbox asks for, allowed or refused, to the audit
+/// log, as `principal` (on `chain`, for `run_id` when a run's).
+pub(crate) fn audit_egress(
+    store: Arc<dyn steward_store::Store>,
+    clock: Arc<dyn crate::clock::Clock>,
+    principal: String,
+    chain: Vec<String>,
+    run_id: Option<String>,
+) -> steward_sandbox::egress::Reporter {
+    Arc::new(move |e| {
+        let at = clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at,
+            event: "egress",
+            principal: principal.clone(),
+            chain: chain.clone(),
+            action: "sandbox.connect".into(),
+            resource: e.target.clone(),
+            run_id: run_id.clone(),
+            decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
+            outcome: e.address.map(|a| a.to_string()),
+            error: e.reason.clone(),
+            ..Default::default()
+        }
+        .to_json();
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.append_audit(&[(at, record)]).await {
+                tracing::error!(error = %err, "an egress connection could not be audited");
+            }
+        });
     })
 }

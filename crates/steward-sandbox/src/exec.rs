@@ -107,6 +107,19 @@ pub enum Ended {
     OomKilled,
 }
 
+impl Ended {
+    /// As reports name it: `exit`, `signal`, `timeout` or `oom_killed`, with the exit code or
+    /// the signal when there is one.
+    pub fn parts(&self) -> (&'static str, Option<i32>, Option<i32>) {
+        match *self {
+            Ended::Exit(c) => ("exit", Some(c), None),
+            Ended::Signal(s) => ("signal", None, Some(s)),
+            Ended::Timeout => ("timeout", None, None),
+            Ended::OomKilled => ("oom_killed", None, None),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ExecResult {
     pub ended: Ended,
