@@ -54,6 +54,27 @@ impl<S: Send + Sync> FromRequest<S> for Text {
     }
 }
 
+/// The raw body, for files.
+pub struct Raw(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Raw {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Raw(b)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the file is larger than this endpoint takes",
+            )),
+            Err(r) => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("request body: {}", r.body_text()),
+            )),
+        }
+    }
+}
+
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {

@@ -71,7 +71,15 @@ use utoipa::OpenApi;
         routes::sandbox_exec_stream,
         routes::snapshot_sandbox,
         routes::restore_sandbox,
-        routes::delete_sandbox
+        routes::delete_sandbox,
+        routes::cancel_sandbox,
+        routes::pause_sandbox,
+        routes::resume_sandbox,
+        routes::sandbox_processes,
+        routes::kill_sandbox_process,
+        routes::upload_file,
+        routes::download_file,
+        routes::list_files
     ),
     components(schemas(
         wire::Agent,
@@ -123,6 +131,12 @@ use utoipa::OpenApi;
         wire::SandboxList,
         wire::SandboxExec,
         wire::SandboxExecResult,
+        wire::SandboxProcess,
+        wire::SandboxProcesses,
+        wire::KillProcess,
+        wire::FilePath,
+        wire::FileEntry,
+        wire::FileList,
         wire::Snapshot,
         wire::RestoreSandbox,
         error::ErrorBody,
@@ -207,6 +221,23 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         )
         .route("/sandboxes/{id}/snapshot", post(routes::snapshot_sandbox))
         .route("/sandboxes/{id}/restore", post(routes::restore_sandbox))
+        .route("/sandboxes/{id}/cancel", post(routes::cancel_sandbox))
+        .route("/sandboxes/{id}/pause", post(routes::pause_sandbox))
+        .route("/sandboxes/{id}/resume", post(routes::resume_sandbox))
+        .route("/sandboxes/{id}/processes", get(routes::sandbox_processes))
+        .route(
+            "/sandboxes/{id}/processes/{pid}/kill",
+            post(routes::kill_sandbox_process),
+        )
+        .route(
+            "/sandboxes/{id}/files",
+            get(routes::download_file)
+                .put(routes::upload_file)
+                .layer(DefaultBodyLimit::max(
+                    steward_engine::sandboxes::MAX_TRANSFER_BYTES,
+                )),
+        )
+        .route("/sandboxes/{id}/files/list", get(routes::list_files))
         .route("/delegations/{id}", get(routes::get_delegation))
         .route("/delegations/{id}/revoke", post(routes::revoke_delegation))
         .route("/calls", get(routes::list_calls))

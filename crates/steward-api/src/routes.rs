@@ -10,7 +10,7 @@ use steward_types::{ErrorCode, RunId, RunState};
 use utoipa::IntoParams;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery, Text};
+use crate::extract::{ApiJson, ApiQuery, Raw, Text};
 use crate::wire::*;
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
@@ -691,6 +691,7 @@ pub async fn list_sandboxes(State(e): State<Engine>) -> ApiResult<Json<SandboxLi
             .map(|s| SandboxInfo {
                 id: s.id,
                 layers: s.layers,
+                state: s.state.into(),
             })
             .collect(),
     }))
@@ -704,12 +705,25 @@ pub async fn sandbox_exec(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<SandboxExec>,
 ) -> ApiResult<Json<SandboxExecResult>> {
-    let stdin = r.stdin.unwrap_or_default();
+    let stdin = r.stdin.clone().unwrap_or_default();
     Ok(Json(
-        e.sandbox_exec(&id, &r.command, stdin.as_bytes(), None)
+        e.sandbox_exec(&id, &command(r)?, stdin.as_bytes(), None)
             .await?
             .into(),
     ))
+}
+
+/// What an exec request asks to run: `command`, or `code` in `language`.
+fn command(r: SandboxExec) -> ApiResult<steward_engine::sandboxes::Command> {
+    use steward_engine::sandboxes::Command;
+    match (r.command, r.code, r.language) {
+        (Some(c), None, None) => Ok(Command::Shell(c)),
+        (None, Some(code), Some(language)) => Ok(Command::Code { language, code }),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "give `command`, or `code` and `language`",
+        )),
+    }
 }
 
 /// The same, with stdout and stderr streamed as they come: Server-Sent Events `stdout` and
@@ -720,16 +734,20 @@ pub async fn sandbox_exec_stream(
     State(e): State<Engine>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<SandboxExec>,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let stdin = r.stdin.unwrap_or_default();
+    let stdin = r.stdin.clone().unwrap_or_default();
+    let command = command(r)?;
     let done = tokio::spawn(async move {
-        e.sandbox_exec(&id, &r.command, stdin.as_bytes(), Some(tx))
+        e.sandbox_exec(&id, &command, stdin.as_bytes(), Some(tx))
             .await
+            .map_err(|e| e.to_string())
     });
     let live = futures::stream::unfold(rx, |mut rx| async move {
         let chunk = rx.recv().await?;
@@ -749,12 +767,142 @@ pub async fn sandbox_exec_stream(
                 .event("end")
                 .json_data(SandboxExecResult::from(result))
                 .unwrap_or_else(|_| Event::default().event("end")),
-            Ok(Err(err)) => Event::default().event("error").data(err.to_string()),
+            Ok(Err(err)) => Event::default().event("error").data(err),
             Err(err) => Event::default().event("error").data(err.to_string()),
         };
         Ok(event)
     });
-    Sse::new(live.chain(end)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(live.chain(end)).keep_alive(KeepAlive::default()))
+}
+
+/// Ends what a sandbox is running: its whole process tree is killed and the exec reports
+/// `cancelled`.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    e.sandbox_control(&id, steward_engine::SandboxAction::Cancel)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses a sandbox: what it runs is frozen (its time limit stops counting) and nothing new
+/// starts until it is resumed.
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/pause", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn pause_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    e.sandbox_control(&id, steward_engine::SandboxAction::Pause)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/resume", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn resume_sandbox(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    e.sandbox_control(&id, steward_engine::SandboxAction::Resume)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The processes of what a sandbox is running (none when idle).
+#[utoipa::path(get, path = "/api/v1/sandboxes/{id}/processes", params(("id" = String, Path)),
+    responses((status = 200, body = SandboxProcesses), (status = 404, body = ErrorBody)))]
+pub async fn sandbox_processes(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxProcesses>> {
+    Ok(Json(SandboxProcesses {
+        processes: e
+            .sandbox_processes(&id)
+            .await?
+            .into_iter()
+            .map(|p| SandboxProcess {
+                pid: p.pid,
+                ppid: p.ppid,
+                state: p.state,
+                command: p.command,
+            })
+            .collect(),
+    }))
+}
+
+/// Signals one process of a sandbox (its pid as the sandbox numbers it).
+#[utoipa::path(post, path = "/api/v1/sandboxes/{id}/processes/{pid}/kill",
+    params(("id" = String, Path), ("pid" = i32, Path)), request_body = KillProcess,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn kill_sandbox_process(
+    State(e): State<Engine>,
+    Path((id, pid)): Path<(String, i32)>,
+    ApiJson(r): ApiJson<KillProcess>,
+) -> ApiResult<StatusCode> {
+    e.sandbox_kill(&id, pid, r.signal.unwrap_or(15)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn file_path(q: FilePath) -> ApiResult<String> {
+    q.path
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "query: `path` is required"))
+}
+
+/// Writes the request body to a file in a sandbox's workspace (directories made as needed).
+#[utoipa::path(put, path = "/api/v1/sandboxes/{id}/files", params(("id" = String, Path), FilePath),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn upload_file(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilePath>,
+    Raw(body): Raw,
+) -> ApiResult<StatusCode> {
+    e.sandbox_upload(&id, &file_path(q)?, &body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A file of a sandbox's workspace, as bytes.
+#[utoipa::path(get, path = "/api/v1/sandboxes/{id}/files", params(("id" = String, Path), FilePath),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400, body = ErrorBody)))]
+pub async fn download_file(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilePath>,
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let bytes = e.sandbox_download(&id, &file_path(q)?).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    ))
+}
+
+/// What a directory of a sandbox's workspace holds (`path` defaults to the workspace).
+#[utoipa::path(get, path = "/api/v1/sandboxes/{id}/files/list", params(("id" = String, Path), FilePath),
+    responses((status = 200, body = FileList), (status = 400, body = ErrorBody)))]
+pub async fn list_files(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilePath>,
+) -> ApiResult<Json<FileList>> {
+    let path = q.path.unwrap_or_else(|| "/workspace".into());
+    let entries = e.sandbox_files(&id, &path).await?;
+    Ok(Json(FileList {
+        path,
+        entries: entries
+            .into_iter()
+            .map(|f| FileEntry {
+                name: f.name,
+                kind: f.kind.into(),
+                size: f.size,
+                modified_ms: f.modified_ms,
+            })
+            .collect(),
+    }))
 }
 
 /// Freezes a sandbox's workspace into a content-addressed snapshot.

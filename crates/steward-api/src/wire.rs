@@ -651,6 +651,8 @@ pub struct SandboxInfo {
     pub id: String,
     /// Read-only layers under its own writable one, top first (content addresses).
     pub layers: Vec<String>,
+    /// `idle`, `running` (an exec is under way) or `paused`.
+    pub state: String,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -661,13 +663,67 @@ pub struct SandboxList {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxExec {
-    /// A `/bin/sh -c` command line, run in `/workspace`.
-    pub command: String,
+    /// A `/bin/sh -c` command line, run in `/workspace`; or give `code` and `language`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A snippet for `language`'s interpreter on the host.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// `bash`, `sh`, `python3` or `node`.
+    #[serde(default)]
+    pub language: Option<String>,
     #[serde(default)]
     pub stdin: Option<String>,
 }
 
-/// How an exec ended: `ended` is `exit`, `signal`, `timeout` or `oom_killed`.
+/// A running process of a sandbox, numbered as inside it.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The kernel's letter: `R` running, `S` sleeping, `D` disk wait, `T` stopped, `Z` zombie.
+    pub state: String,
+    pub command: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SandboxProcesses {
+    pub processes: Vec<SandboxProcess>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KillProcess {
+    /// Signal number; 15 (SIGTERM) unless given.
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+/// `?path=`: a path in the workspace (relative, or absolute under `/workspace`).
+#[derive(Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FilePath {
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `link` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+}
+
+/// How an exec ended: `ended` is `exit`, `signal`, `timeout`, `oom_killed`, `disk_quota` or
+/// `cancelled`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SandboxExecResult {
     pub ended: String,

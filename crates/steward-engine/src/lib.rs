@@ -43,6 +43,14 @@ pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
 
+/// What can be done to a running persistent sandbox.
+#[derive(Clone, Copy, Debug)]
+pub enum SandboxAction {
+    Cancel,
+    Pause,
+    Resume,
+}
+
 fn sandbox_error(e: steward_tools::ToolError) -> Error {
     use steward_tools::ToolError;
     match e {
@@ -52,6 +60,11 @@ fn sandbox_error(e: steward_tools::ToolError) -> Error {
             Error::NotFound(m)
         }
         ToolError::InvalidArgs(m) => Error::InvalidRequest(m),
+        ToolError::Denied(m)
+            if m.ends_with("resume it first") || m.ends_with("not running anything") =>
+        {
+            Error::Conflict(m)
+        }
         ToolError::Denied(m) | ToolError::Failed(m) => Error::Unavailable(m),
     }
 }
@@ -672,12 +685,12 @@ impl Engine {
         self.sandbox_service()?.list().map_err(sandbox_error)
     }
 
-    /// Runs `command` (`/bin/sh -c`) in persistent sandbox `id`; audited with how it ended.
+    /// Runs `command` in persistent sandbox `id`; audited with how it ended.
     /// With `output`, stdout and stderr are also sent there as they come.
     pub async fn sandbox_exec(
         &self,
         id: &str,
-        command: &str,
+        command: &sandboxes::Command,
         stdin: &[u8],
         output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
     ) -> Result<steward_sandbox::ExecResult> {
@@ -702,6 +715,65 @@ impl Engine {
         self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))
             .await?;
         Ok(r)
+    }
+
+    /// Cancels, pauses or resumes what persistent sandbox `id` runs; audited.
+    pub async fn sandbox_control(&self, id: &str, action: SandboxAction) -> Result<()> {
+        let service = self.sandbox_service()?;
+        let (name, done) = match action {
+            SandboxAction::Cancel => ("sandbox.cancel", service.cancel(id)),
+            SandboxAction::Pause => ("sandbox.pause", service.pause(id)),
+            SandboxAction::Resume => ("sandbox.resume", service.resume(id)),
+        };
+        done.map_err(sandbox_error)?;
+        self.audit_admin(name, id, true, "").await
+    }
+
+    pub async fn sandbox_processes(&self, id: &str) -> Result<Vec<steward_sandbox::Process>> {
+        self.sandbox_service()?.processes(id).map_err(sandbox_error)
+    }
+
+    /// Signals one process of what sandbox `id` runs; audited.
+    pub async fn sandbox_kill(&self, id: &str, pid: i32, signal: i32) -> Result<()> {
+        self.sandbox_service()?
+            .kill(id, pid, signal)
+            .map_err(sandbox_error)?;
+        self.audit_admin(
+            "sandbox.kill",
+            id,
+            true,
+            &format!("pid {pid} signal {signal}"),
+        )
+        .await
+    }
+
+    /// Writes a file into persistent sandbox `id`'s workspace; audited.
+    pub async fn sandbox_upload(&self, id: &str, path: &str, content: &[u8]) -> Result<()> {
+        self.sandbox_service()?
+            .upload(id, path, content, self.now_ms())
+            .await
+            .map_err(sandbox_error)?;
+        self.audit_admin(
+            "sandbox.upload",
+            id,
+            true,
+            &format!("{path} ({} bytes)", content.len()),
+        )
+        .await
+    }
+
+    pub async fn sandbox_download(&self, id: &str, path: &str) -> Result<Vec<u8>> {
+        self.sandbox_service()?
+            .download(id, path, self.now_ms())
+            .await
+            .map_err(sandbox_error)
+    }
+
+    pub async fn sandbox_files(&self, id: &str, path: &str) -> Result<Vec<sandboxes::FileEntry>> {
+        self.sandbox_service()?
+            .list_files(id, path, self.now_ms())
+            .await
+            .map_err(sandbox_error)
     }
 
     pub async fn sandbox_snapshot(&self, id: &str) -> Result<String> {

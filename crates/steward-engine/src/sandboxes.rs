@@ -4,7 +4,9 @@
 //! `sandbox_write_file` and `sandbox_read_file` move in and out — never following a link, so
 //! nothing a sandboxed command leaves behind can point them at the host. And standalone,
 //! persistent sandboxes for the API and CLI, with snapshots and forks (`steward_sandbox::layers`):
-//! one exec or snapshot at a time per sandbox; their files move through the sandbox itself.
+//! one exec or snapshot at a time per sandbox, which can be cancelled, paused (frozen: a paused
+//! sandbox runs nothing until resumed) and inspected while it runs; their files move through
+//! the sandbox itself.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,12 +15,16 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use steward_sandbox::{layers, Ended, ExecRequest, Limits, Sandboxes, Workspace};
+use steward_sandbox::{layers, Control, Ended, ExecRequest, Limits, Sandboxes, Workspace};
 use steward_tools::ToolError;
 use steward_types::RunId;
 
 /// Largest file the file tools move.
 const MAX_FILE_BYTES: usize = 1 << 20;
+/// Largest file moved in or out of a persistent sandbox through the API.
+pub const MAX_TRANSFER_BYTES: usize = 64 << 20;
+/// Largest snippet of code an exec takes.
+const MAX_CODE_BYTES: usize = 100 << 10;
 
 pub struct SandboxService {
     /// `Err`: why code may not run here (a missing isolation layer, no helper…).
@@ -30,6 +36,55 @@ pub struct SandboxService {
     cpu_nanos_per_ms: Option<f64>,
     /// One exec or snapshot at a time per persistent sandbox.
     busy: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The exec each persistent sandbox is running, if any.
+    running: std::sync::Mutex<HashMap<String, Arc<Control>>>,
+}
+
+/// What an exec in a persistent sandbox runs.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// A `/bin/sh -c` command line.
+    Shell(String),
+    /// A snippet of code for an interpreter on the host: `bash`, `sh`, `python3` or `node`.
+    Code { language: String, code: String },
+}
+
+impl Command {
+    fn argv(&self) -> Result<Vec<String>, ToolError> {
+        let (program, flag, text) = match self {
+            Command::Shell(c) => ("/bin/sh", "-c", c),
+            Command::Code { language, code } => {
+                let (program, flag) = match language.as_str() {
+                    "bash" => ("bash", "-c"),
+                    "sh" => ("/bin/sh", "-c"),
+                    "python3" | "python" => ("python3", "-c"),
+                    "node" | "javascript" => ("node", "-e"),
+                    other => {
+                        return Err(ToolError::InvalidArgs(format!(
+                            "language {other:?}: one of bash, sh, python3, node"
+                        )))
+                    }
+                };
+                (program, flag, code)
+            }
+        };
+        if text.is_empty() || text.len() > MAX_CODE_BYTES || text.contains('\0') {
+            return Err(ToolError::InvalidArgs(format!(
+                "command: 1 to {MAX_CODE_BYTES} bytes, no NUL"
+            )));
+        }
+        Ok(vec![program.into(), flag.into(), text.clone()])
+    }
+}
+
+/// A file or directory in a sandbox's workspace, as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `link` or `other`.
+    pub kind: &'static str,
+    pub size: u64,
+    pub modified_ms: i64,
 }
 
 /// A persistent sandbox as listed.
@@ -38,6 +93,8 @@ pub struct SandboxInfo {
     pub id: String,
     /// Read-only layers under its own, top first.
     pub layers: Vec<String>,
+    /// `idle`, `running` or `paused`.
+    pub state: &'static str,
 }
 
 fn failed(e: impl std::fmt::Display) -> ToolError {
@@ -75,6 +132,7 @@ impl SandboxService {
             persistent,
             cpu_nanos_per_ms: cpu_second_usd.map(|usd| usd * 1e9 / 1000.0),
             busy: std::sync::Mutex::new(HashMap::new()),
+            running: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,7 +225,7 @@ impl SandboxService {
             for (i, cmd) in setup.iter().enumerate() {
                 let ws = store.layered(&id).map_err(failed)?;
                 let r = sandboxes
-                    .exec(self.request(Workspace::Layered(ws), cmd, b""))
+                    .exec(self.request(Workspace::Layered(ws), shell(cmd), b""))
                     .await
                     .map_err(failed)?;
                 if r.ended != Ended::Exit(0) {
@@ -206,7 +264,14 @@ impl SandboxService {
         let mut out = Vec::new();
         for id in store.ids().map_err(failed)? {
             let layers = store.stack_of(&id).map_err(failed)?;
-            out.push(SandboxInfo { id, layers });
+            let state = if store.paused(&id) {
+                "paused"
+            } else if self.running_map().contains_key(&id) {
+                "running"
+            } else {
+                "idle"
+            };
+            out.push(SandboxInfo { id, layers, state });
         }
         Ok(out)
     }
@@ -223,29 +288,218 @@ impl SandboxService {
     pub async fn exec_in(
         &self,
         id: &str,
-        command: &str,
+        command: &Command,
         stdin: &[u8],
         output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
         report: steward_sandbox::egress::Reporter,
+        now_ms: i64,
+    ) -> Result<steward_sandbox::ExecResult, ToolError> {
+        let argv = command.argv()?;
+        self.run_in(id, argv, stdin, output, None, Some(report), now_ms)
+            .await
+    }
+
+    /// Runs `argv` in persistent sandbox `id` once it is free and not paused; its egress list
+    /// applies when `report` hears of the connections.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_in(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        stdin: &[u8],
+        output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
+        output_bytes: Option<usize>,
+        report: Option<steward_sandbox::egress::Reporter>,
         now_ms: i64,
     ) -> Result<steward_sandbox::ExecResult, ToolError> {
         let (sandboxes, store) = self.ready()?;
         self.known(store, id)?;
         let lock = self.lock(id);
         let _one = lock.lock().await;
+        if store.paused(id) {
+            return Err(ToolError::Denied(format!(
+                "sandbox {id} is paused: resume it first"
+            )));
+        }
         let ws = store.layered(id).map_err(failed)?;
         let _ = store.touch(id, now_ms);
-        let mut req = self.request(Workspace::Layered(ws), command, stdin);
+        let mut req = self.request(Workspace::Layered(ws), argv, stdin);
         req.output = output;
+        if let Some(n) = output_bytes {
+            req.limits.output_bytes = n;
+        }
         let entries = store.egress(id).map_err(failed)?;
-        if !entries.is_empty() {
+        if let (false, Some(report)) = (entries.is_empty(), report) {
             req.egress = Some(steward_sandbox::Egress {
                 allow: steward_sandbox::egress::AllowList::parse(&entries)
                     .map_err(ToolError::InvalidArgs)?,
                 report,
             });
         }
-        sandboxes.exec(req).await.map_err(failed)
+        let control = Arc::new(Control::default());
+        req.control = Some(control.clone());
+        self.running_map().insert(id.to_string(), control);
+        let r = sandboxes.exec(req).await.map_err(failed);
+        self.running_map().remove(id);
+        r
+    }
+
+    fn running_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Control>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The exec sandbox `id` is running.
+    fn current(&self, id: &str) -> Result<Arc<Control>, ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        self.running_map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ToolError::Denied(format!("sandbox {id} is not running anything")))
+    }
+
+    /// Ends what sandbox `id` is running (it reports `cancelled`).
+    pub fn cancel(&self, id: &str) -> Result<(), ToolError> {
+        self.current(id)?.cancel();
+        Ok(())
+    }
+
+    /// Pauses sandbox `id`: what it runs is frozen (its time limit stops counting), and
+    /// nothing new starts until [`Self::resume`]. Lasts across restarts.
+    pub fn pause(&self, id: &str) -> Result<(), ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        store.set_paused(id, true).map_err(failed)?;
+        if let Some(c) = self.running_map().get(id) {
+            c.pause().map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        if let Some(c) = self.running_map().get(id) {
+            c.resume().map_err(failed)?;
+        }
+        store.set_paused(id, false).map_err(failed)
+    }
+
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.persistent.as_ref().is_some_and(|s| s.paused(id))
+    }
+
+    /// The processes of what sandbox `id` runs (none when idle).
+    pub fn processes(&self, id: &str) -> Result<Vec<steward_sandbox::Process>, ToolError> {
+        let (_, store) = self.ready()?;
+        self.known(store, id)?;
+        Ok(self
+            .running_map()
+            .get(id)
+            .map(|c| c.processes())
+            .unwrap_or_default())
+    }
+
+    /// Sends `signal` to process `pid` (as the sandbox numbers it) of sandbox `id`.
+    pub fn kill(&self, id: &str, pid: i32, signal: i32) -> Result<(), ToolError> {
+        self.current(id)?.kill(pid, signal).map_err(refused)
+    }
+
+    /// Writes `content` to `path` (under `/workspace`) in sandbox `id`, making its directories.
+    pub async fn upload(
+        &self,
+        id: &str,
+        path: &str,
+        content: &[u8],
+        now_ms: i64,
+    ) -> Result<(), ToolError> {
+        if content.len() > MAX_TRANSFER_BYTES {
+            return Err(ToolError::InvalidArgs(format!(
+                "a file of at most {MAX_TRANSFER_BYTES} bytes"
+            )));
+        }
+        let path = inside_workspace(path)?;
+        let script = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
+        let r = self
+            .run_in(
+                id,
+                script_argv(script, &path),
+                content,
+                None,
+                None,
+                None,
+                now_ms,
+            )
+            .await?;
+        file_op(&path, r).map(|_| ())
+    }
+
+    /// The content of `path` (under `/workspace`) in sandbox `id`.
+    pub async fn download(&self, id: &str, path: &str, now_ms: i64) -> Result<Vec<u8>, ToolError> {
+        let path = inside_workspace(path)?;
+        let script = r#"test -f "$1" || { echo "not a file" >&2; exit 1; }; cat -- "$1""#;
+        let r = self
+            .run_in(
+                id,
+                script_argv(script, &path),
+                b"",
+                None,
+                Some(MAX_TRANSFER_BYTES),
+                None,
+                now_ms,
+            )
+            .await?;
+        if r.truncated {
+            return Err(ToolError::InvalidArgs(format!(
+                "{path}: larger than {MAX_TRANSFER_BYTES} bytes"
+            )));
+        }
+        file_op(&path, r)
+    }
+
+    /// What directory `path` (under `/workspace`) of sandbox `id` holds, by name.
+    pub async fn list_files(
+        &self,
+        id: &str,
+        path: &str,
+        now_ms: i64,
+    ) -> Result<Vec<FileEntry>, ToolError> {
+        let path = inside_workspace(path)?;
+        let script = r#"test -d "$1" || { echo "not a directory" >&2; exit 1; }; find "$1" -mindepth 1 -maxdepth 1 -printf '%y\t%s\t%T@\t%f\0'"#;
+        let r = self
+            .run_in(
+                id,
+                script_argv(script, &path),
+                b"",
+                None,
+                Some(MAX_TRANSFER_BYTES),
+                None,
+                now_ms,
+            )
+            .await?;
+        let out = file_op(&path, r)?;
+        let mut entries: Vec<FileEntry> = out
+            .split(|b| *b == 0)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| {
+                let e = String::from_utf8_lossy(e);
+                let mut f = e.splitn(4, '\t');
+                let (kind, size, mtime, name) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                Some(FileEntry {
+                    name: name.to_string(),
+                    kind: match kind {
+                        "f" => "file",
+                        "d" => "dir",
+                        "l" => "link",
+                        _ => "other",
+                    },
+                    size: size.parse().ok()?,
+                    modified_ms: (mtime.parse::<f64>().ok()? * 1000.0) as i64,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 
     pub async fn snapshot(&self, id: &str) -> Result<String, ToolError> {
@@ -281,10 +535,10 @@ impl SandboxService {
         Ok(())
     }
 
-    fn request(&self, workspace: Workspace, command: &str, stdin: &[u8]) -> ExecRequest {
+    fn request(&self, workspace: Workspace, argv: Vec<String>, stdin: &[u8]) -> ExecRequest {
         ExecRequest {
             workspace,
-            argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
+            argv,
             env: vec![
                 ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
                 ("HOME".into(), "/workspace".into()),
@@ -293,6 +547,7 @@ impl SandboxService {
             stdin: stdin.to_vec(),
             egress: None,
             output: None,
+            control: None,
             limits: self.limits.clone(),
         }
     }
@@ -316,7 +571,7 @@ impl SandboxService {
             .as_ref()
             .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
         let ws = self.workspace(run)?;
-        let mut req = self.request(ws.into(), command, stdin.as_bytes());
+        let mut req = self.request(ws.into(), shell(command), stdin.as_bytes());
         req.egress = egress;
         req.env.extend(secrets.iter().cloned());
         let mut r = sandboxes.exec(req).await.map_err(failed)?;
@@ -374,6 +629,58 @@ impl SandboxService {
         })
         .await
         .map_err(failed)?
+    }
+}
+
+fn shell(command: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), command.into()]
+}
+
+/// `script` run by `/bin/sh` with `arg` as `$1` (never parsed by the shell).
+fn script_argv(script: &str, arg: &str) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        arg.into(),
+    ]
+}
+
+/// `path` as an absolute path under `/workspace` (relative paths are taken from there).
+fn inside_workspace(path: &str) -> Result<String, ToolError> {
+    let bad = |why: &str| ToolError::InvalidArgs(format!("path {path:?}: {why}"));
+    if path.len() > 4096 || path.contains('\0') {
+        return Err(bad("at most 4096 characters, no NUL"));
+    }
+    let rel = match path.strip_prefix("/workspace") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_start_matches('/'),
+        _ if path.starts_with('/') => return Err(bad("must be under /workspace")),
+        _ => path,
+    };
+    if Path::new(rel)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad("no `..`"));
+    }
+    Ok(format!("/workspace/{rel}")
+        .trim_end_matches('/')
+        .to_string())
+}
+
+/// The output of a file operation that ended well, or why it did not.
+fn file_op(path: &str, r: steward_sandbox::ExecResult) -> Result<Vec<u8>, ToolError> {
+    match r.ended {
+        Ended::Exit(0) => Ok(r.stdout),
+        Ended::Exit(_) => Err(ToolError::InvalidArgs(format!(
+            "{path}: {}",
+            String::from_utf8_lossy(&r.stderr).trim()
+        ))),
+        Ended::DiskQuota => Err(ToolError::InvalidArgs(format!(
+            "{path}: the workspace's disk quota is used up"
+        ))),
+        other => Err(ToolError::Failed(format!("{path}: ended {other:?}"))),
     }
 }
 

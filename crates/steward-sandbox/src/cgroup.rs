@@ -17,7 +17,7 @@ pub enum Version {
 pub struct CgroupRoot {
     pub version: Version,
     /// v2: the one parent directory; v1: the parent per controller (`memory`, `pids`, `cpu`,
-    /// `cpuacct`).
+    /// `cpuacct`, `freezer`).
     parents: Vec<(String, PathBuf)>,
 }
 
@@ -56,7 +56,7 @@ impl CgroupRoot {
             });
         }
         let mut parents = Vec::new();
-        for controller in ["memory", "pids", "cpu", "cpuacct"] {
+        for controller in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
             let path = own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -189,7 +189,8 @@ impl Cgroup {
             .collect()
     }
 
-    fn pids(&self) -> Vec<i32> {
+    /// Host pids of every process in the group.
+    pub fn pids(&self) -> Vec<i32> {
         let Some(d) = self.dir("pids").or_else(|| self.dir("memory")) else {
             return Vec::new();
         };
@@ -200,8 +201,24 @@ impl Cgroup {
             .collect()
     }
 
+    /// Stops (`true`) or restarts every process in the group: they keep their memory and
+    /// files but get no CPU, whatever signals they are sent, until thawed.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        match self.version {
+            Version::V2 => write(&self.dirs[0].1, "cgroup.freeze", u8::from(frozen)),
+            Version::V1 => {
+                let d = self.dir("freezer").ok_or_else(|| {
+                    Error::Missing("the freezer cgroup controller (pause needs it)".into())
+                })?;
+                write(d, "freezer.state", if frozen { "FROZEN" } else { "THAWED" })
+            }
+        }
+    }
+
     /// Kills every process in the group, however many it forks meanwhile.
     pub fn kill_all(&self) {
+        // Frozen processes cannot act on a kill until thawed.
+        let _ = self.freeze(false);
         if self.version == Version::V2 && write(&self.dirs[0].1, "cgroup.kill", 1).is_ok() {
             return;
         }
@@ -249,7 +266,7 @@ impl Cgroup {
     }
 
     /// Kills what is left and removes the group.
-    pub fn remove(self) {
+    pub fn remove(&self) {
         self.kill_all();
         for (_, d) in &self.dirs {
             for _ in 0..50 {

@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::cgroup::CgroupRoot;
+use crate::control::Control;
 use crate::init::{InitSpec, SETUP_FAILED};
 use crate::{Error, Result};
 
@@ -24,6 +26,10 @@ pub struct Limits {
     pub tmp_bytes: u64,
     /// Each of stdout and stderr is kept up to this many bytes.
     pub output_bytes: usize,
+    /// What the workspace may hold (for a layered one: what the sandbox wrote over its
+    /// layers). No file may grow past the room left when the exec starts, and the exec ends
+    /// `disk_quota` as soon as the workspace is seen past the quota.
+    pub workspace_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -35,6 +41,7 @@ impl Default for Limits {
             wall: Duration::from_secs(30),
             tmp_bytes: 64 << 20,
             output_bytes: 1 << 20,
+            workspace_bytes: Some(1 << 30),
         }
     }
 }
@@ -71,6 +78,8 @@ pub struct ExecRequest {
     /// Where to send output as it comes (it is collected for the result as well).
     pub output: Option<tokio::sync::mpsc::Sender<Output>>,
     pub limits: Limits,
+    /// A handle to cancel, pause, inspect or signal the exec while it runs.
+    pub control: Option<Arc<Control>>,
 }
 
 /// A piece of a command's output, as it came.
@@ -105,17 +114,23 @@ pub enum Ended {
     Timeout,
     /// Killed by the kernel for passing the memory limit.
     OomKilled,
+    /// Stopped for passing the workspace's disk quota.
+    DiskQuota,
+    /// Cancelled through its [`Control`]: the whole tree was killed.
+    Cancelled,
 }
 
 impl Ended {
-    /// As reports name it: `exit`, `signal`, `timeout` or `oom_killed`, with the exit code or
-    /// the signal when there is one.
+    /// As reports name it: `exit`, `signal`, `timeout`, `oom_killed`, `disk_quota` or
+    /// `cancelled`, with the exit code or the signal when there is one.
     pub fn parts(&self) -> (&'static str, Option<i32>, Option<i32>) {
         match *self {
             Ended::Exit(c) => ("exit", Some(c), None),
             Ended::Signal(s) => ("signal", None, Some(s)),
             Ended::Timeout => ("timeout", None, None),
             Ended::OomKilled => ("oom_killed", None, None),
+            Ended::DiskQuota => ("disk_quota", None, None),
+            Ended::Cancelled => ("cancelled", None, None),
         }
     }
 }
@@ -173,9 +188,16 @@ impl Sandboxes {
         let root = self.scratch.join(&name);
         std::fs::create_dir_all(&root)?;
         let group = match &self.cgroups {
-            Some(c) => Some(c.create(&name, &req.limits)?),
+            Some(c) => Some(Arc::new(c.create(&name, &req.limits)?)),
             None => None,
         };
+        let control = req.control.clone().unwrap_or_default();
+        if let Some(g) = &group {
+            if let Err(e) = control.attach(g.clone()) {
+                g.remove();
+                return Err(e);
+            }
+        }
         // The proxy lives as long as this exec.
         let mut env = req.env.clone();
         let proxy = match &req.egress {
@@ -197,6 +219,13 @@ impl Sandboxes {
             Workspace::Dir(d) => (d.clone(), None),
             Workspace::Layered(l) => (l.upper.clone(), Some(l.clone())),
         };
+        // What the sandbox has written: the whole directory, or its own layer.
+        let written = workspace.clone();
+        let quota = req.limits.workspace_bytes;
+        let file_size_limit = match quota {
+            Some(q) => Some(q.saturating_sub(crate::quota::usage(written.clone()).await)),
+            None => None,
+        };
         let spec = InitSpec {
             root: root.clone(),
             workspace,
@@ -206,6 +235,7 @@ impl Sandboxes {
             egress_socket: proxy.as_ref().map(|p| p.socket.clone()),
             cgroup_procs: group.as_ref().map(|g| g.procs_files()).unwrap_or_default(),
             tmp_bytes: req.limits.tmp_bytes,
+            file_size_limit,
         };
         let spec = serde_json::to_string(&spec).map_err(|e| Error::Setup(e.to_string()))?;
         let started = Instant::now();
@@ -219,6 +249,7 @@ impl Sandboxes {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Setup(format!("starting {}: {e}", self.helper.display())))?;
+        let helper = child.id();
         let mut stdin = child.stdin.take();
         let input = req.stdin.clone();
         let feed = async move {
@@ -234,12 +265,63 @@ impl Sandboxes {
             let (_, out, err, status) = tokio::join!(feed, out, err, child.wait());
             (out, err, status)
         };
-        let outcome = tokio::time::timeout(req.limits.wall, waited).await;
-        let (ended, stdout, stderr) = match outcome {
-            Ok(((stdout, t1), (stderr, t2), status)) => {
+        tokio::pin!(waited);
+        let wall = req.limits.wall;
+        let mut quota_check = tokio::time::interval_at(
+            (Instant::now() + crate::quota::CHECK_EVERY).into(),
+            crate::quota::CHECK_EVERY,
+        );
+        // Why the exec was stopped from outside, if it was.
+        let stopped = loop {
+            // A pause stops the clock: the deadline moves by however long it lasted.
+            let deadline = started + wall + control.paused_for();
+            tokio::select! {
+                done = &mut waited => break Ok(done),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if !control.is_paused() && started + wall + control.paused_for() <= Instant::now() {
+                        break Err(Ended::Timeout);
+                    }
+                }
+                _ = control.changed.notified() => {
+                    if control.is_cancelled() {
+                        break Err(Ended::Cancelled);
+                    }
+                }
+                _ = quota_check.tick(), if quota.is_some() => {
+                    let used = crate::quota::usage(written.clone()).await;
+                    if quota.is_some_and(|q| used > q) {
+                        break Err(Ended::DiskQuota);
+                    }
+                }
+            }
+        };
+        let (done, stopped) = match stopped {
+            Ok(done) => (Some(done), None),
+            Err(why) => {
+                // Every process of the tree, the helper included, is in the group: once they
+                // are killed the pipes close and what was printed so far can be read.
+                match (&group, helper) {
+                    (Some(g), _) => g.kill_all(),
+                    // Without a group: the helper's death takes the sandbox with it.
+                    (None, Some(pid)) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    (None, None) => {}
+                }
+                let done = tokio::time::timeout(Duration::from_secs(5), &mut waited).await;
+                (done.ok(), Some(why))
+            }
+        };
+        control.detach();
+        let ended = match done {
+            Some(((stdout, t1), (stderr, t2), status)) => {
                 let status = status?;
                 use std::os::unix::process::ExitStatusExt;
                 let ended = match (status.code(), status.signal()) {
+                    _ if stopped.is_some() => stopped.unwrap_or(Ended::Cancelled),
                     (Some(SETUP_FAILED), _) if is_setup_failure(&stderr.0) => {
                         let why = String::from_utf8_lossy(&stderr.0).trim().to_string();
                         if let Some(g) = group {
@@ -255,18 +337,21 @@ impl Sandboxes {
                 };
                 ((ended, t1 || t2), stdout.0, stderr.0)
             }
-            Err(_) => {
-                // The helper dies; its pid namespace dies with it; the cgroup catches strays.
-                if let Some(g) = &group {
-                    g.kill_all();
-                }
-                ((Ended::Timeout, false), Vec::new(), Vec::new())
-            }
+            None => (
+                (stopped.unwrap_or(Ended::Cancelled), false),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
+        let (ended, stdout, stderr) = ended;
         let (mut ended, truncated) = ended;
         let usage = group.as_ref().map(|g| g.usage()).unwrap_or_default();
-        if usage.oom_killed && ended != Ended::Timeout {
+        if usage.oom_killed && matches!(ended, Ended::Exit(_) | Ended::Signal(_)) {
             ended = Ended::OomKilled;
+        }
+        // A file grown past the room left is stopped by the kernel with SIGXFSZ.
+        if quota.is_some() && ended == Ended::Signal(libc::SIGXFSZ) {
+            ended = Ended::DiskQuota;
         }
         if let Some(g) = group {
             g.remove();

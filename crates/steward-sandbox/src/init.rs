@@ -40,6 +40,9 @@ pub struct InitSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Size of the private `/tmp`.
     pub tmp_bytes: u64,
+    /// The largest file the command may write (`RLIMIT_FSIZE`): the workspace quota's room.
+    #[serde(default)]
+    pub file_size_limit: Option<u64>,
 }
 
 /// Exit status of the helper when the sandbox could not be built (the command never ran).
@@ -161,6 +164,13 @@ fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
     #[allow(unsafe_code)]
     let command = match unsafe { fork() }.map_err(err("fork"))? {
         ForkResult::Child => {
+            if let Some(max) = spec.file_size_limit {
+                use nix::sys::resource::{setrlimit, Resource};
+                if let Err(e) = setrlimit(Resource::RLIMIT_FSIZE, max, max) {
+                    eprintln!("sandbox setup failed: file size limit: {e}");
+                    std::process::exit(SETUP_FAILED)
+                }
+            }
             let e = match execvpe(&argv[0], &argv, &env) {
                 Err(e) => format!("{}: {e}", spec.argv[0]),
                 Ok(never) => match never {},

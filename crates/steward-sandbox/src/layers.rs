@@ -11,6 +11,8 @@
 //! <root>/sandboxes/<id>/upper|work   the sandbox's writable layer and overlayfs' work dir
 //! <root>/sandboxes/<id>/stack        the layers below it (JSON)
 //! <root>/sandboxes/<id>/ttl, used    idle lifetime and last use (Unix ms), when it has one
+//! <root>/sandboxes/<id>/egress       its egress allow-list (JSON), when it has one
+//! <root>/sandboxes/<id>/paused       present while it is paused
 //! <root>/templates/<sha256>          the snapshot a template's setup built (by the setup's hash)
 //! ```
 
@@ -106,6 +108,24 @@ impl Store {
             serde_json::to_string(entries).unwrap_or_default(),
         )?;
         Ok(())
+    }
+
+    /// Marks sandbox `id` paused, or not.
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
+        valid_id(id)?;
+        let mark = self.dir(id).join("paused");
+        if paused {
+            std::fs::write(mark, b"")?;
+        } else if let Err(e) = std::fs::remove_file(mark) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn paused(&self, id: &str) -> bool {
+        valid_id(id).is_ok() && self.dir(id).join("paused").exists()
     }
 
     /// Sandbox `id`'s egress allow-list entries.

@@ -11,13 +11,16 @@
 //! the engine: it runs a command and reports what happened.
 
 pub mod cgroup;
+mod control;
 pub mod egress;
 mod exec;
 pub mod init;
 pub mod layers;
 mod probe;
+mod quota;
 mod seccomp;
 
+pub use control::{Control, Process};
 pub use exec::{Egress, Ended, ExecRequest, ExecResult, Limits, Output, Sandboxes, Workspace};
 pub use layers::Layered;
 pub use probe::{probe, Layers};

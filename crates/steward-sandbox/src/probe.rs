@@ -24,6 +24,8 @@ pub struct Layers {
     pub memory_limit: bool,
     pub pids_limit: bool,
     pub cpu_limit: bool,
+    /// Running execs can be paused (the cgroup freezer).
+    pub pause: bool,
     /// Why the trial sandbox failed, if it did.
     pub error: Option<String>,
 }
@@ -64,6 +66,7 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
         layers.memory_limit = has("memory");
         layers.pids_limit = has("pids");
         layers.cpu_limit = has("cpu");
+        layers.pause = c.version == crate::cgroup::Version::V2 || has("freezer");
     }
     let req = ExecRequest {
         workspace: workspace.into(),
@@ -76,6 +79,7 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
         stdin: Vec::new(),
         egress: None,
         output: None,
+        control: None,
         limits: Limits {
             wall: Duration::from_secs(10),
             ..Limits::default()

@@ -42,6 +42,9 @@ pub struct SandboxConfig {
     /// Wall-clock limit of one exec; the whole process tree is killed at it.
     pub timeout_ms: u64,
     pub tmp_mb: u64,
+    /// Disk quota of a sandbox's workspace (for a persistent sandbox: what it wrote over the
+    /// snapshot it started from); 0: none.
+    pub workspace_mb: u64,
     /// Each of stdout and stderr is kept up to this many bytes.
     pub output_bytes: usize,
     /// The price of a CPU-second, in US dollars: a run's `sandbox_exec` holds its worst case
@@ -60,6 +63,7 @@ impl Default for SandboxConfig {
             cpu_millicores: 1000,
             timeout_ms: 30_000,
             tmp_mb: 64,
+            workspace_mb: 1024,
             output_bytes: 1 << 20,
             cpu_second_usd: None,
         }

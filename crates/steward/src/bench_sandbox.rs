@@ -26,6 +26,7 @@ fn true_in(ws: &Path) -> ExecRequest {
         stdin: Vec::new(),
         egress: None,
         output: None,
+        control: None,
         limits: Limits::default(),
     }
 }
@@ -155,6 +156,7 @@ async fn measure(base: &Path, ws: &Path) -> anyhow::Result<()> {
             stdin: Vec::new(),
             egress: None,
             output: None,
+            control: None,
             limits: Limits {
                 wall: Duration::from_secs(120),
                 ..Limits::default()

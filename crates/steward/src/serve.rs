@@ -145,6 +145,7 @@ async fn sandboxes(cfg: &Config) -> Option<Arc<steward_engine::sandboxes::Sandbo
         wall: std::time::Duration::from_millis(c.timeout_ms),
         tmp_bytes: c.tmp_mb << 20,
         output_bytes: c.output_bytes,
+        workspace_bytes: (c.workspace_mb > 0).then_some(c.workspace_mb << 20),
     };
     let dir = cfg.server.data_dir.join("sandboxes");
     let ready = async {

@@ -1,8 +1,8 @@
 //! Sandboxes, with the real helper (`steward __sandbox-init`), on this host — the escape battery:
 //! each attempt to get out is contained, and reported as what it was. Reading host files,
 //! writing the system, seeing host processes, reaching the network (loopback included),
-//! a fork bomb, a memory bomb, filling /tmp past its size, ptrace, mount, a set-uid program,
-//! killing a process outside, and a command that never ends.
+//! a fork bomb, a memory bomb, filling /tmp past its size or the workspace past its quota,
+//! ptrace, mount, a set-uid program, killing a process outside, and a command that never ends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -27,6 +27,7 @@ async fn sh(s: &Sandboxes, ws: &Path, script: &str, limits: Limits) -> ExecResul
         stdin: Vec::new(),
         egress: None,
         output: None,
+        control: None,
         limits,
     })
     .await
@@ -61,6 +62,7 @@ async fn a_command_runs_in_its_workspace_and_reports_its_usage() {
             stdin: b"hello\n".to_vec(),
             egress: None,
             output: None,
+            control: None,
             limits: Limits::default(),
         })
         .await
@@ -311,6 +313,7 @@ async fn in_layers(s: &Sandboxes, store: &layers::Store, id: &str, script: &str)
             stdin: Vec::new(),
             egress: None,
             output: None,
+            control: None,
             limits: Limits::default(),
         })
         .await
@@ -434,6 +437,7 @@ except Exception as e:
             stdin: Vec::new(),
             egress: Some(egress),
             output: None,
+            control: None,
             limits: Limits::default(),
         })
         .await
@@ -962,4 +966,271 @@ async fn api_sandboxes_take_an_egress_list() {
         .map(|r| r["decision"].as_str().unwrap())
         .collect();
     assert_eq!(decisions, ["allow", "deny"]);
+}
+
+/// The workspace's disk quota: one large file is stopped by the kernel, many small ones by the
+/// watch; either way the exec reports `disk_quota`, the next exec has no room to grow, and
+/// removing files gives the room back.
+#[tokio::test]
+async fn filling_the_workspace_past_its_quota_is_stopped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let quota = Limits {
+        workspace_bytes: Some(8 << 20),
+        ..Limits::default()
+    };
+    let used = |ws: &Path| -> u64 {
+        std::fs::read_dir(ws)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let r = sh(
+        &s,
+        &ws,
+        "dd if=/dev/zero of=big bs=1M count=64",
+        quota.clone(),
+    )
+    .await;
+    assert_eq!(r.ended, Ended::DiskQuota, "{}", out(&r));
+    assert!(used(&ws) <= 8 << 20, "{} bytes written", used(&ws));
+    std::fs::remove_file(ws.join("big")).unwrap();
+    let r = sh(
+        &s,
+        &ws,
+        "i=0; while true; do i=$((i+1)); head -c 1048576 /dev/zero > f$i; sleep 0.01; done",
+        quota.clone(),
+    )
+    .await;
+    assert_eq!(r.ended, Ended::DiskQuota, "{}", out(&r));
+    let over = used(&ws);
+    assert!(over > 8 << 20, "the watch ended it past the quota: {over}");
+    assert!(over < 64 << 20, "and soon after: {over}");
+    // No room: nothing grows; removing files is still allowed, and frees the room again.
+    let r = sh(&s, &ws, "echo more >> f1", quota.clone()).await;
+    assert_eq!(r.ended, Ended::DiskQuota, "{}", out(&r));
+    let r = sh(&s, &ws, "rm f*", quota.clone()).await;
+    assert_eq!(r.ended, Ended::Exit(0), "{}", out(&r));
+    let r = sh(&s, &ws, "echo ok > small; cat small", quota.clone()).await;
+    assert_eq!(r.ended, Ended::Exit(0), "{}", out(&r));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "ok\n");
+}
+
+/// A persistent sandbox through the API: snippets in the host's interpreters, files in and
+/// out, its running processes listed and signalled, a cancel, and a pause that freezes what
+/// runs (its time limit stops counting) and lets nothing new start until resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_sandboxes_run_code_move_files_and_are_controlled_while_they_run() {
+    let s =
+        TestServer::start_with(Backend::Sqlite, &[("STEWARD_SANDBOX__TIMEOUT_MS", "3000")]).await;
+    let (_, c) = s.post("/api/v1/sandboxes", serde_json::json!({})).await;
+    let id = c["sandboxes"][0].as_str().unwrap().to_string();
+    let exec = format!("/api/v1/sandboxes/{id}/exec");
+
+    // Code in the host's interpreters; a bad request says what it needs.
+    let (st, r) = s
+        .post(&exec, serde_json::json!({"language": "python3", "code": "import sys; print(6 * 7, sys.stdin.read())", "stdin": "in"}))
+        .await;
+    assert_eq!((st, r["stdout"].as_str()), (200, Some("42 in\n")), "{r}");
+    let (_, r) = s
+        .post(
+            &exec,
+            serde_json::json!({"language": "bash", "code": "echo $((2 ** 10))"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "1024\n", "{r}");
+    for bad in [
+        serde_json::json!({"language": "cobol", "code": "x"}),
+        serde_json::json!({"command": "true", "code": "x", "language": "sh"}),
+        serde_json::json!({"code": "x"}),
+        serde_json::json!({}),
+    ] {
+        let (st, r) = s.post(&exec, bad.clone()).await;
+        assert_eq!(st, 400, "{bad} -> {r}");
+    }
+
+    // Files: binary content up and down, directories made, listed; no way out of /workspace.
+    let http = reqwest::Client::new();
+    let files = format!("{}/api/v1/sandboxes/{id}/files", s.url);
+    let content: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let put = http
+        .put(format!("{files}?path=data/blob.bin"))
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let got = http
+        .get(format!("{files}?path=/workspace/data/blob.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), content.as_slice());
+    let (_, r) = s
+        .post(
+            &exec,
+            serde_json::json!({"command": "wc -c < data/blob.bin"}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "300000\n", "the sandbox sees the upload");
+    let (st, list) = s
+        .get(&format!("/api/v1/sandboxes/{id}/files/list?path=data"))
+        .await;
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list["entries"][0]["name"], "blob.bin", "{list}");
+    assert_eq!(list["entries"][0]["kind"], "file");
+    assert_eq!(list["entries"][0]["size"], 300_000);
+    let (_, top) = s.get(&format!("/api/v1/sandboxes/{id}/files/list")).await;
+    assert_eq!(top["entries"][0]["kind"], "dir", "{top}");
+    for bad in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "data/../../x",
+        "nothing-here",
+    ] {
+        let st = http
+            .get(format!("{files}?path={bad}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, 400, "{bad}");
+    }
+    let st = http.get(&files).send().await.unwrap().status();
+    assert_eq!(st, 400, "a path is required");
+
+    // Processes of a running exec, by the sandbox's own pids; one is signalled.
+    let s = std::sync::Arc::new(s);
+    let running = {
+        let (s, exec) = (s.clone(), exec.clone());
+        tokio::spawn(async move {
+            s.post(
+                &exec,
+                serde_json::json!({"command": "sleep 2.5 & sleep 2.6; echo rc=$?"}),
+            )
+            .await
+        })
+    };
+    let procs = common::eventually("the exec's processes listed", || async {
+        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
+        let p = p["processes"].as_array().cloned().unwrap_or_default();
+        p.iter()
+            .any(|p| p["command"] == serde_json::json!(["sleep", "2.6"]))
+            .then_some(p)
+    })
+    .await;
+    assert!(
+        procs
+            .iter()
+            .all(|p| !p["command"].to_string().contains("__sandbox-init")),
+        "the sandbox's own helpers are not listed: {procs:?}"
+    );
+    let target = procs
+        .iter()
+        .find(|p| p["command"] == serde_json::json!(["sleep", "2.6"]))
+        .unwrap();
+    let pid = target["pid"].as_i64().unwrap();
+    assert!(pid < 10, "numbered inside the sandbox: {target}");
+    let (_, list) = s.get("/api/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"][0]["state"], "running", "{list}");
+    let (st, r) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/processes/{pid}/kill"),
+            serde_json::json!({"signal": 9}),
+        )
+        .await;
+    assert_eq!(st, 204, "{r}");
+    let (_, r) = running.await.unwrap();
+    assert_eq!(r["stdout"], "rc=137\n", "{r}");
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/processes/{pid}/kill"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 409, "nothing runs any more");
+
+    // A cancel ends the whole tree at once, reported as such.
+    let running = {
+        let (s, exec) = (s.clone(), exec.clone());
+        tokio::spawn(async move {
+            s.post(&exec, serde_json::json!({"command": "sleep 60"}))
+                .await
+        })
+    };
+    common::eventually("the exec started", || async {
+        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
+        (!p["processes"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (_, r) = running.await.unwrap();
+    assert_eq!(r["ended"], "cancelled", "{r}");
+
+    // A pause freezes what runs: a 1 s sleep does not end during a 4 s pause, and the 3 s
+    // limit does not count the pause; nothing new starts meanwhile.
+    let running = {
+        let (s, exec) = (s.clone(), exec.clone());
+        tokio::spawn(async move {
+            s.post(&exec, serde_json::json!({"command": "sleep 1; echo woke"}))
+                .await
+        })
+    };
+    common::eventually("the exec started", || async {
+        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
+        (!p["processes"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/pause"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (_, list) = s.get("/api/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"][0]["state"], "paused", "{list}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!running.is_finished(), "a paused exec does not run on");
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/sandboxes/{id}/resume"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (_, r) = running.await.unwrap();
+    assert_eq!(
+        (r["ended"].as_str(), r["stdout"].as_str()),
+        (Some("exit"), Some("woke\n")),
+        "{r}"
+    );
+    assert!(r["wall_ms"].as_u64().unwrap() >= 4000, "{r}");
+    let (_, list) = s.get("/api/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"][0]["state"], "idle", "{list}");
+    // Paused while idle: nothing starts until it is resumed.
+    s.post(
+        &format!("/api/v1/sandboxes/{id}/pause"),
+        serde_json::json!({}),
+    )
+    .await;
+    let (st, r) = s.post(&exec, serde_json::json!({"command": "true"})).await;
+    assert_eq!(st, 409, "{r}");
+    assert!(r.to_string().contains("resume it first"), "{r}");
+    s.post(
+        &format!("/api/v1/sandboxes/{id}/resume"),
+        serde_json::json!({}),
+    )
+    .await;
+    let (st, r) = s.post(&exec, serde_json::json!({"command": "true"})).await;
+    assert_eq!((st, r["ended"].as_str()), (200, Some("exit")), "{r}");
 }
