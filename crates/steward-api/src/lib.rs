@@ -5,6 +5,7 @@ pub mod error;
 mod events;
 mod extract;
 pub mod openai;
+mod queues;
 mod routes;
 pub mod wire;
 
@@ -79,7 +80,18 @@ use utoipa::OpenApi;
         routes::kill_sandbox_process,
         routes::upload_file,
         routes::download_file,
-        routes::list_files
+        routes::list_files,
+        queues::put_queue,
+        queues::get_queue,
+        queues::list_queues,
+        queues::enqueue,
+        queues::lease,
+        queues::heartbeat,
+        queues::complete,
+        queues::fail,
+        queues::requeue,
+        queues::get_task,
+        queues::list_tasks
     ),
     components(schemas(
         wire::Agent,
@@ -137,6 +149,15 @@ use utoipa::OpenApi;
         wire::FilePath,
         wire::FileEntry,
         wire::FileList,
+        wire::QueueSettings,
+        wire::QueueInfo,
+        wire::QueueList,
+        wire::EnqueueTask,
+        wire::LeaseTasks,
+        wire::TaskReport,
+        wire::Task,
+        wire::Enqueued,
+        wire::TaskList,
         wire::Snapshot,
         wire::RestoreSandbox,
         error::ErrorBody,
@@ -238,6 +259,19 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
                 )),
         )
         .route("/sandboxes/{id}/files/list", get(routes::list_files))
+        .route("/queues", get(queues::list_queues))
+        .route(
+            "/queues/{name}",
+            get(queues::get_queue).put(queues::put_queue),
+        )
+        .route("/queues/{name}/tasks", post(queues::enqueue))
+        .route("/queues/{name}/lease", post(queues::lease))
+        .route("/tasks", get(queues::list_tasks))
+        .route("/tasks/{id}", get(queues::get_task))
+        .route("/tasks/{id}/heartbeat", post(queues::heartbeat))
+        .route("/tasks/{id}/complete", post(queues::complete))
+        .route("/tasks/{id}/fail", post(queues::fail))
+        .route("/tasks/{id}/requeue", post(queues::requeue))
         .route("/delegations/{id}", get(routes::get_delegation))
         .route("/delegations/{id}/revoke", post(routes::revoke_delegation))
         .route("/calls", get(routes::list_calls))

@@ -764,3 +764,163 @@ pub struct Snapshot {
 pub struct RestoreSandbox {
     pub snapshot: String,
 }
+
+/// `PUT /api/v1/queues/{name}`: a queue's settings (absent: the default).
+#[derive(Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Tasks leased at once, all workers together; absent: no limit.
+    #[serde(default)]
+    pub max_in_flight: Option<i64>,
+    /// Tasks leased at once by one worker (or one agent's runs); absent: no limit.
+    #[serde(default)]
+    pub per_worker: Option<i64>,
+    /// Leases a task gets before it is dead-lettered (default 3).
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    /// Backoff before the n-th retry: this × 2^(n-1), with jitter (default 1000).
+    #[serde(default)]
+    pub retry_base_ms: Option<i64>,
+    /// How long a lease lasts without a heartbeat (default 30000).
+    #[serde(default)]
+    pub lease_ms: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct QueueInfo {
+    pub name: String,
+    pub max_in_flight: Option<i64>,
+    pub per_worker: Option<i64>,
+    pub max_attempts: i64,
+    pub retry_base_ms: i64,
+    pub lease_ms: i64,
+    /// Tasks per state: `pending`, `leased`, `done`, `dead`.
+    pub depth: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+}
+
+/// `POST /api/v1/queues/{name}/tasks`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueTask {
+    /// Any JSON; a managed agent's run gets it (as JSON text) as its input.
+    pub payload: Value,
+    /// Who the task is for: leasing interleaves tenants (default `default`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Higher first, from -1000 to 1000 (default 0).
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// A task with a key the queue holds already is not enqueued again: that task is returned.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    /// Not leased before this many milliseconds from now.
+    #[serde(default)]
+    pub delay_ms: Option<i64>,
+    /// Dead-lettered if no worker took it within this many milliseconds.
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
+}
+
+/// `POST /api/v1/queues/{name}/lease`: an external worker asking for work.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTasks {
+    pub worker: String,
+    /// At most this many tasks (default 1, up to 1000).
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// Wait up to this long for a task when none is ready (default 0, up to 25000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A worker's word on a task it leased: `attempt` is the task's `attempts` when leased.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskReport {
+    pub worker: String,
+    pub attempt: i64,
+    /// complete: the task's result (any JSON).
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// fail: what went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// fail: try again after a backoff while attempts remain (default true); false: dead-letter.
+    #[serde(default)]
+    pub retry: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: String,
+    pub queue: String,
+    pub tenant: String,
+    pub priority: i64,
+    pub payload: Value,
+    pub dedup_key: Option<String>,
+    /// `pending`, `leased`, `done` or `dead`.
+    pub state: String,
+    pub run_at: i64,
+    pub deadline: Option<i64>,
+    /// Leases so far; a worker reports with the value it leased the task at.
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    /// The run serving it, when an agent's run leased it.
+    pub run_id: Option<String>,
+    pub result: Option<Value>,
+    /// The last failure; for a dead task, why it is dead.
+    pub error: Option<String>,
+    pub enqueued_at: i64,
+    pub leased_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+fn json_or_text(s: String) -> Value {
+    serde_json::from_str(&s).unwrap_or(Value::String(s))
+}
+
+impl From<steward_store::TaskRecord> for Task {
+    fn from(t: steward_store::TaskRecord) -> Self {
+        Task {
+            payload: json_or_text(t.payload),
+            result: t.result.map(json_or_text),
+            id: t.id,
+            queue: t.queue,
+            tenant: t.tenant,
+            priority: t.priority,
+            dedup_key: t.dedup_key,
+            state: t.state,
+            run_at: t.run_at,
+            deadline: t.deadline,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            lease_owner: t.lease_owner,
+            lease_until: t.lease_until,
+            run_id: t.run_id,
+            error: t.error,
+            enqueued_at: t.enqueued_at,
+            leased_at: t.leased_at,
+            finished_at: t.finished_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Enqueued {
+    pub task: Task,
+    /// True when the dedup key matched a task already there (which is `task`).
+    pub deduplicated: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
     /// Decides which secrets may enter a run's sandbox.
     pub policies: Arc<steward_gov::Policies>,
+    /// Task queues, and the tasks runs serve.
+    pub tasks: crate::tasks::Tasks,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);

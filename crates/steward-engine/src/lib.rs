@@ -15,6 +15,7 @@ mod kernel;
 mod metrics;
 mod runs;
 pub mod sandboxes;
+pub mod tasks;
 mod ttl_cache;
 pub mod vault;
 
@@ -158,6 +159,7 @@ impl Engine {
             vault: opts.vault.clone(),
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
+            tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(
@@ -318,8 +320,14 @@ impl Engine {
             });
         }
         tokio::spawn(runs::schedule(engine.inner.clone()));
+        tokio::spawn(runs::serve_queues(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)
+    }
+
+    /// Task queues.
+    pub fn tasks(&self) -> &tasks::Tasks {
+        &self.inner.shared.tasks
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -382,6 +390,15 @@ impl Engine {
         if let Some(sb) = &spec.sandbox {
             steward_sandbox::egress::AllowList::parse(&sb.egress)
                 .map_err(|e| Error::InvalidManifest(format!("{name}: spec.sandbox: {e}")))?;
+        }
+        if let Some(t) = &spec.tasks {
+            tasks::check_name("queue", &t.queue)
+                .map_err(|e| Error::InvalidManifest(format!("{name}: spec.tasks: {e}")))?;
+            if !(1..=1000).contains(&t.concurrency) {
+                return Err(Error::InvalidManifest(format!(
+                    "{name}: spec.tasks.concurrency: from 1 to 1000"
+                )));
+            }
         }
         for (i, t) in spec.tools.iter().enumerate() {
             if self.inner.kernel.tools.get(t).is_none() {

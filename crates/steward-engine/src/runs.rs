@@ -62,6 +62,24 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
     }
 }
 
+/// Keeps the task queues moving: expired leases and deadlines, tasks of ended runs, and tasks
+/// handed to the agents that serve their queues (new runs wake the scheduler).
+pub(crate) async fn serve_queues(inner: Arc<Inner>) {
+    let s = &inner.shared;
+    let every = Duration::from_millis(inner.cfg.poll_ms.max(10));
+    loop {
+        match s.tasks.upkeep().await {
+            Ok(true) => s.wake.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "task queue upkeep failed; retrying"),
+        }
+        tokio::select! {
+            _ = s.tasks.changed(every) => {}
+            _ = inner.draining.cancelled() => return,
+        }
+    }
+}
+
 fn active_count(inner: &Inner) -> usize {
     inner.active.lock().map(|a| a.len()).unwrap_or(usize::MAX)
 }
@@ -86,7 +104,15 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
         let s = &inner2.shared;
         if let Some(u) = update {
             match s.store.update_run(&id, &s.node, &u, s.clock.now_ms()).await {
-                Ok(true) => tracing::info!(run_id = %id, state = %u.state, "run ended its turn on this node"),
+                Ok(true) => {
+                    tracing::info!(run_id = %id, state = %u.state, "run ended its turn on this node");
+                    if let Some((state, detail)) = crate::tasks::ended(&u) {
+                        // If this fails (or the node dies first), upkeep finishes the task.
+                        if let Err(e) = s.tasks.finish_run(&id, state, &detail).await {
+                            tracing::warn!(run_id = %id, error = %e, "finishing the run's task failed; upkeep will");
+                        }
+                    }
+                }
                 Ok(false) => tracing::warn!(run_id = %id, "lease lost before the run's state was saved; its new owner replays it"),
                 Err(e) => tracing::warn!(run_id = %id, error = %e, "saving the run's state failed; the lease will expire and the run replays"),
             }

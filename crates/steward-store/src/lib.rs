@@ -8,6 +8,8 @@ pub mod merkle;
 mod model;
 mod settle_writer;
 mod sql;
+mod task_writer;
+mod tasks;
 
 use async_trait::async_trait;
 use steward_types::{AgentName, Millis, NodeId, RunId};
@@ -17,6 +19,8 @@ pub use group_commit::JournalWriter;
 pub use model::*;
 pub use settle_writer::SettleWriter;
 pub use sql::{PgStore, SqliteStore};
+pub use task_writer::TaskWriter;
+pub use tasks::*;
 
 /// Versioned agent definitions.
 #[async_trait]
@@ -349,6 +353,7 @@ pub trait Store:
     + DelegationStore
     + RateStore
     + CacheStore
+    + TaskStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

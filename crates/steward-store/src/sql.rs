@@ -27,15 +27,15 @@ use crate::{
 /// in-process instead of failing with `SQLITE_BUSY`; reads use a pool.
 #[derive(Clone)]
 pub struct SqliteStore {
-    read: SqlitePool,
-    write: SqlitePool,
+    pub(crate) read: SqlitePool,
+    pub(crate) write: SqlitePool,
 }
 
 /// Cluster storage: many nodes share one database.
 #[derive(Clone)]
 pub struct PgStore {
-    read: PgPool,
-    write: PgPool,
+    pub(crate) read: PgPool,
+    pub(crate) write: PgPool,
 }
 
 impl SqliteStore {
@@ -1318,7 +1318,7 @@ const WAKE_CHANNEL: &str = "steward_wake";
 
 impl SqliteStore {
     /// One process owns a SQLite file: its engine is woken in-process, nobody else to tell.
-    async fn wake(&self, _what: &str) {}
+    pub(crate) async fn wake(&self, _what: &str) {}
 
     async fn listen(&self) -> Result<Option<mpsc::Receiver<String>>> {
         Ok(None)
@@ -1328,7 +1328,7 @@ impl SqliteStore {
 impl PgStore {
     /// Tells every node listening that a run was queued (`run`) or ended (`done`). Best effort:
     /// nodes also poll, so a lost notification only costs latency.
-    async fn wake(&self, what: &str) {
+    pub(crate) async fn wake(&self, what: &str) {
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(WAKE_CHANNEL)
             .bind(what)

@@ -58,6 +58,10 @@ pub struct AgentSpec {
     /// The run's sandbox (for `sandbox_exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
+    /// A task queue the agent serves: each task it leases becomes a run of the agent with the
+    /// task's payload as input, and the run's end finishes the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskSource>,
     /// The turns the `scripted` provider plays, in order. Only with `model: scripted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<ScriptTurn>,
@@ -414,6 +418,20 @@ spec:
         assert!(duration::parse("5 parsecs").is_err());
         assert!(duration::parse("99999999999999999999h").is_err());
     }
+}
+
+/// The queue an agent takes tasks from, and how many of its runs may serve it at once
+/// (across every node).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskSource {
+    pub queue: String,
+    #[serde(default = "default_task_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_task_concurrency() -> u32 {
+    1
 }
 
 /// A run's sandbox.

@@ -19,7 +19,7 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `gateway`, `governance` or `sandbox`.
+    /// Which benchmark: `engine`, `gateway`, `governance`, `queue` or `sandbox`.
     name: String,
     /// gateway: requests a second for the latency measurement.
     #[arg(long, default_value_t = 500)]
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// audit writers.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// queue: tasks per throughput measurement.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
     /// Concurrent runs.
     #[arg(long, default_value_t = 200)]
     runs: usize,
@@ -55,12 +58,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.name == "sandbox" {
         return crate::bench_sandbox::run().await;
     }
+    if args.name == "queue" {
+        return crate::bench_queue::run(args.tasks, &args.postgres_url).await;
+    }
     if args.name == "governance" {
         return crate::bench_governance::run(args.seconds, args.clients, args.verify_records).await;
     }
     if args.name != "engine" {
         bail!(
-            "unknown benchmark {:?}; available: engine, gateway, governance, sandbox",
+            "unknown benchmark {:?}; available: engine, gateway, governance, queue, sandbox",
             args.name
         );
     }

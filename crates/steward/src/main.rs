@@ -4,6 +4,7 @@
 mod bench;
 mod bench_gateway;
 mod bench_governance;
+mod bench_queue;
 mod bench_sandbox;
 mod client;
 mod demo;

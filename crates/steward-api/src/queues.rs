@@ -1,0 +1,219 @@
+//! Task queues over HTTP: settings, enqueue, lease (long-polling), heartbeat, complete, fail,
+//! the dead-letter queue and requeue.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use steward_engine::tasks::Enqueue;
+use steward_engine::Engine;
+use steward_store::{QueueConfig, TaskFilter};
+use steward_types::ErrorCode;
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::wire::*;
+
+async fn info(e: &Engine, q: QueueConfig) -> ApiResult<QueueInfo> {
+    let depth = e.tasks().depths(&q.name).await?.into_iter().collect();
+    Ok(QueueInfo {
+        name: q.name,
+        max_in_flight: q.max_in_flight,
+        per_worker: q.per_worker,
+        max_attempts: q.max_attempts,
+        retry_base_ms: q.retry_base_ms,
+        lease_ms: q.lease_ms,
+        depth,
+    })
+}
+
+/// Sets a queue's limits and retry policy (each absent field takes its default).
+#[utoipa::path(put, path = "/api/v1/queues/{name}", params(("name" = String, Path)), request_body = QueueSettings,
+    responses((status = 200, body = QueueInfo), (status = 400, body = ErrorBody)))]
+pub async fn put_queue(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(s): ApiJson<QueueSettings>,
+) -> ApiResult<Json<QueueInfo>> {
+    let d = QueueConfig::named(&name);
+    let q = QueueConfig {
+        max_in_flight: s.max_in_flight,
+        per_worker: s.per_worker,
+        max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
+        retry_base_ms: s.retry_base_ms.unwrap_or(d.retry_base_ms),
+        lease_ms: s.lease_ms.unwrap_or(d.lease_ms),
+        ..d
+    };
+    e.tasks().put_queue(&q).await?;
+    Ok(Json(info(&e, q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/queues/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = QueueInfo), (status = 400, body = ErrorBody)))]
+pub async fn get_queue(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueInfo>> {
+    let q = e.tasks().queue(&name).await?;
+    Ok(Json(info(&e, q).await?))
+}
+
+/// Every queue configured or holding tasks, with its depth per state.
+#[utoipa::path(get, path = "/api/v1/queues", responses((status = 200, body = QueueList)))]
+pub async fn list_queues(State(e): State<Engine>) -> ApiResult<Json<QueueList>> {
+    let mut queues = Vec::new();
+    for q in e.tasks().queues().await? {
+        queues.push(info(&e, q).await?);
+    }
+    Ok(Json(QueueList { queues }))
+}
+
+/// Enqueues a task: 201, or 200 with `deduplicated` when its dedup key was there already.
+#[utoipa::path(post, path = "/api/v1/queues/{name}/tasks", params(("name" = String, Path)), request_body = EnqueueTask,
+    responses((status = 201, body = Enqueued), (status = 200, body = Enqueued), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn enqueue(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(t): ApiJson<EnqueueTask>,
+) -> ApiResult<(StatusCode, Json<Enqueued>)> {
+    let (task, new) = e
+        .tasks()
+        .enqueue(Enqueue {
+            queue: name,
+            payload: t.payload,
+            tenant: t.tenant,
+            priority: t.priority,
+            dedup_key: t.dedup_key,
+            delay_ms: t.delay_ms,
+            deadline_ms: t.deadline_ms,
+        })
+        .await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Enqueued {
+            task: task.into(),
+            deduplicated: !new,
+        }),
+    ))
+}
+
+/// Leases tasks to an external worker, waiting up to `wait_ms` for one. The worker keeps each
+/// with heartbeats and reports it with its `attempts` as leased.
+#[utoipa::path(post, path = "/api/v1/queues/{name}/lease", params(("name" = String, Path)), request_body = LeaseTasks,
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+pub async fn lease(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(l): ApiJson<LeaseTasks>,
+) -> ApiResult<Json<TaskList>> {
+    let tasks = e
+        .tasks()
+        .lease(
+            &name,
+            &l.worker,
+            l.max.unwrap_or(1),
+            Duration::from_millis(l.wait_ms.unwrap_or(0)),
+        )
+        .await?;
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(Task::from).collect(),
+    }))
+}
+
+/// Keeps a lease: it lasts the queue's `lease_ms` from now. 409 when it was lost.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/heartbeat", params(("id" = String, Path)), request_body = TaskReport,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<TaskReport>,
+) -> ApiResult<StatusCode> {
+    e.tasks().heartbeat(&id, &r.worker, r.attempt).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Completes a leased task with its `result`. 409 when the lease was lost: another worker
+/// has the task now, and this result is not taken.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", params(("id" = String, Path)), request_body = TaskReport,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn complete(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<TaskReport>,
+) -> ApiResult<StatusCode> {
+    let result = r.result.unwrap_or(serde_json::Value::Null);
+    e.tasks()
+        .complete(&id, &r.worker, r.attempt, &result)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fails a leased task: retried after a backoff while attempts remain (unless `retry` is
+/// false), then dead-lettered with `error` as the reason.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", params(("id" = String, Path)), request_body = TaskReport,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn fail(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<TaskReport>,
+) -> ApiResult<StatusCode> {
+    let error = r.error.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "error: say what went wrong (it is kept as the task's error)",
+        )
+    })?;
+    e.tasks()
+        .fail(&id, &r.worker, r.attempt, &error, r.retry.unwrap_or(true))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Puts a dead task back in its queue, its attempts reset.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/requeue", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn requeue(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(e.tasks().requeue(&id).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
+pub async fn get_task(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(e.tasks().get(&id).await?.into()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    pub queue: Option<String>,
+    /// `pending`, `leased`, `done` or `dead` (the dead-letter queue).
+    pub state: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Tasks, newest first: `?state=dead` is the dead-letter queue, each with why.
+#[utoipa::path(get, path = "/api/v1/tasks", params(TaskQuery), responses((status = 200, body = TaskList)))]
+pub async fn list_tasks(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<TaskQuery>,
+) -> ApiResult<Json<TaskList>> {
+    let tasks = e
+        .tasks()
+        .list(&TaskFilter {
+            queue: q.queue,
+            state: q.state,
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(Task::from).collect(),
+    }))
+}

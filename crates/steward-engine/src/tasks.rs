@@ -1,0 +1,436 @@
+//! Task queues as the engine serves them. External workers lease tasks over the API (a lease
+//! request waits up to its `wait_ms` for one to come: enqueues on this node wake it at once,
+//! other nodes' within a poll), keep them with heartbeats, and complete or fail them; a failed
+//! task is retried with exponential backoff and jitter until its queue's attempts run out, then
+//! dead-lettered with the reason. Managed agents serve a queue by manifest (`spec.tasks`): the
+//! maintenance loop leases tasks to new runs of the agent (in the same transaction as the runs,
+//! so no task gets two) within the agent's concurrency, and a run's end finishes its task —
+//! when the run ends, or, if its node died first, on the next pass of the loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use steward_store::{
+    LeaseRequest, NewTask, QueueConfig, RunUpdate, Store, TaskEnd, TaskFilter, TaskFinish,
+    TaskRecord, TaskWriter, TASK_DEAD,
+};
+use steward_types::{AgentName, AgentSpec, RunId, RunState};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::{Error, Result};
+
+/// Largest task payload (JSON text).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Longest a lease request waits for a task.
+pub const MAX_WAIT_MS: u64 = 25_000;
+
+pub struct Tasks {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Enqueues and task ends, many to a commit.
+    writer: TaskWriter,
+    /// Wakes one waiting lease request per task that may have become ready on this node.
+    ready: Notify,
+    /// Wakes the upkeep loop: tasks for agents may be ready, or an agent's run freed a slot.
+    upkeep: Notify,
+}
+
+/// A task to enqueue, as the API takes it.
+#[derive(Clone, Debug, Default)]
+pub struct Enqueue {
+    pub queue: String,
+    pub payload: Value,
+    pub tenant: Option<String>,
+    pub priority: Option<i64>,
+    pub dedup_key: Option<String>,
+    /// Not leased before this many milliseconds from now.
+    pub delay_ms: Option<i64>,
+    /// Dead-lettered if no worker has taken it this many milliseconds from now.
+    pub deadline_ms: Option<i64>,
+}
+
+/// Names of queues and tenants: 1-64 of `a-z A-Z 0-9 - _ . :`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "{what} {name:?}: 1 to 64 of a-z A-Z 0-9 - _ . :"
+        )))
+    }
+}
+
+impl Tasks {
+    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Tasks {
+            writer: TaskWriter::start(store.clone()),
+            store,
+            clock,
+            ready: Notify::new(),
+            upkeep: Notify::new(),
+        }
+    }
+
+    pub async fn put_queue(&self, q: &QueueConfig) -> Result<()> {
+        check_name("queue", &q.name)?;
+        let positive = |v: Option<i64>| v.is_none_or(|n| n >= 1);
+        if !positive(q.max_in_flight) || !positive(q.per_worker) {
+            return Err(Error::InvalidRequest(
+                "max_in_flight and per_worker: at least 1 (or absent: no limit)".into(),
+            ));
+        }
+        if !(1..=100).contains(&q.max_attempts) {
+            return Err(Error::InvalidRequest("max_attempts: from 1 to 100".into()));
+        }
+        if !(0..=86_400_000).contains(&q.retry_base_ms) {
+            return Err(Error::InvalidRequest(
+                "retry_base_ms: from 0 to 86400000".into(),
+            ));
+        }
+        if !(100..=86_400_000).contains(&q.lease_ms) {
+            return Err(Error::InvalidRequest(
+                "lease_ms: from 100 to 86400000".into(),
+            ));
+        }
+        self.store.put_queue(q, self.clock.now_ms()).await?;
+        self.wake_all();
+        Ok(())
+    }
+
+    pub async fn queue(&self, name: &str) -> Result<QueueConfig> {
+        check_name("queue", name)?;
+        Ok(self.store.queue(name).await?)
+    }
+
+    pub async fn queues(&self) -> Result<Vec<QueueConfig>> {
+        Ok(self.store.queues().await?)
+    }
+
+    pub async fn depths(&self, queue: &str) -> Result<Vec<(String, i64)>> {
+        check_name("queue", queue)?;
+        Ok(self.store.queue_depths(queue).await?)
+    }
+
+    /// Enqueues a task; with a dedup key its queue already holds, returns that task instead
+    /// (and `false`).
+    pub async fn enqueue(&self, e: Enqueue) -> Result<(TaskRecord, bool)> {
+        check_name("queue", &e.queue)?;
+        let tenant = e.tenant.unwrap_or_else(|| "default".into());
+        check_name("tenant", &tenant)?;
+        let priority = e.priority.unwrap_or(0);
+        if !(-1000..=1000).contains(&priority) {
+            return Err(Error::InvalidRequest("priority: from -1000 to 1000".into()));
+        }
+        if let Some(k) = &e.dedup_key {
+            if k.is_empty() || k.len() > 256 {
+                return Err(Error::InvalidRequest("dedup_key: 1 to 256 bytes".into()));
+            }
+        }
+        let payload = e.payload.to_string();
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::PayloadTooLarge(format!(
+                "payload: at most {MAX_PAYLOAD_BYTES} bytes of JSON"
+            )));
+        }
+        let year = 366 * 86_400_000;
+        if e.delay_ms.is_some_and(|d| !(0..=year).contains(&d))
+            || e.deadline_ms.is_some_and(|d| !(1..=year).contains(&d))
+        {
+            return Err(Error::InvalidRequest(
+                "delay_ms and deadline_ms: from 0 (1 for a deadline) to a year".into(),
+            ));
+        }
+        let now = self.clock.now_ms();
+        let task = NewTask {
+            id: format!("task_{}", uuid::Uuid::now_v7().simple()),
+            queue: e.queue,
+            tenant,
+            priority,
+            payload,
+            dedup_key: e.dedup_key,
+            run_at: now + e.delay_ms.unwrap_or(0),
+            deadline: e.deadline_ms.map(|d| now + d),
+        };
+        let out = self.writer.enqueue(task, now).await?;
+        if out.1 {
+            self.ready.notify_one();
+            self.upkeep.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `max` tasks of `queue` to `worker`, waiting up to `wait` for the first.
+    pub async fn lease(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: i64,
+        wait: Duration,
+    ) -> Result<Vec<TaskRecord>> {
+        check_name("queue", queue)?;
+        check_name("worker", worker)?;
+        if !(1..=1000).contains(&max) {
+            return Err(Error::InvalidRequest("max: from 1 to 1000".into()));
+        }
+        let until = tokio::time::Instant::now() + wait.min(Duration::from_millis(MAX_WAIT_MS));
+        loop {
+            // Listening before looking, so an enqueue in between is not missed.
+            let woken = self.ready.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let leased = self
+                .writer
+                .lease(LeaseRequest {
+                    queue: queue.to_string(),
+                    worker: worker.to_string(),
+                    max,
+                    now: self.clock.now_ms(),
+                })
+                .await?;
+            if !leased.is_empty() || tokio::time::Instant::now() >= until {
+                return Ok(leased);
+            }
+            // Other nodes' enqueues, delayed tasks coming due and freed limits are found by
+            // looking again.
+            let recheck = (tokio::time::Instant::now() + Duration::from_millis(100)).min(until);
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    fn lost(id: &str) -> Error {
+        Error::Conflict(format!(
+            "task {id}: this lease is no longer held (it expired and the task went to another worker, or it ended)"
+        ))
+    }
+
+    pub async fn heartbeat(&self, id: &str, worker: &str, attempt: i64) -> Result<()> {
+        if self
+            .store
+            .heartbeat_task(id, worker, attempt, self.clock.now_ms())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(self.missing_or_lost(id).await)
+        }
+    }
+
+    async fn missing_or_lost(&self, id: &str) -> Error {
+        match self.store.get_task(id).await {
+            Ok(None) => Error::NotFound(format!("no task {id}")),
+            _ => Self::lost(id),
+        }
+    }
+
+    pub async fn complete(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: i64,
+        result: &Value,
+    ) -> Result<()> {
+        let end = TaskEnd::Done {
+            result: result.to_string(),
+        };
+        self.finish(id, worker, attempt, end).await
+    }
+
+    /// Fails attempt `attempt`; with `retry`, the task is tried again after a backoff while
+    /// its queue's attempts last.
+    pub async fn fail(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: i64,
+        error: &str,
+        retry: bool,
+    ) -> Result<()> {
+        let Some(t) = self.store.get_task(id).await? else {
+            return Err(Error::NotFound(format!("no task {id}")));
+        };
+        let end = TaskEnd::Failed {
+            error: error.chars().take(4096).collect(),
+            retry_at: match retry {
+                true => Some(self.retry_at(&t).await?),
+                false => None,
+            },
+        };
+        self.finish(id, worker, attempt, end).await
+    }
+
+    async fn finish(&self, id: &str, worker: &str, attempt: i64, end: TaskEnd) -> Result<()> {
+        let end = TaskFinish {
+            id: id.to_string(),
+            worker: worker.to_string(),
+            attempt,
+            end,
+        };
+        if self.writer.finish(end, self.clock.now_ms()).await? {
+            // A slot under the queue's limits is free (or a retried task will be due).
+            self.ready.notify_one();
+            Ok(())
+        } else {
+            Err(self.missing_or_lost(id).await)
+        }
+    }
+
+    /// Wakes every waiting lease request and the upkeep loop (settings changed, tasks moved).
+    fn wake_all(&self) {
+        self.ready.notify_waiters();
+        self.upkeep.notify_one();
+    }
+
+    /// When a task that failed its `attempts`-th time is tried again: the same backoff as
+    /// model calls' retries — the queue's base doubled per attempt, scaled by a jitter in
+    /// [0.5, 1) seeded by the task (so a fleet of failures does not come back in step).
+    async fn retry_at(&self, t: &TaskRecord) -> Result<i64> {
+        use std::hash::{Hash, Hasher};
+        let q = self.store.queue(&t.queue).await?;
+        let mut seed = std::collections::hash_map::DefaultHasher::new();
+        t.id.hash(&mut seed);
+        let delay = steward_llm::resilience::retry_delay(
+            (t.attempts.max(1) - 1) as u32,
+            Duration::from_millis(q.retry_base_ms as u64),
+            None,
+            seed.finish(),
+        );
+        Ok(self.clock.now_ms() + delay.as_millis().min(86_400_000) as i64)
+    }
+
+    pub async fn requeue(&self, id: &str) -> Result<TaskRecord> {
+        match self.store.requeue_task(id, self.clock.now_ms()).await? {
+            Some(t) => {
+                self.wake_all();
+                Ok(t)
+            }
+            None => match self.store.get_task(id).await? {
+                None => Err(Error::NotFound(format!("no task {id}"))),
+                Some(t) => Err(Error::Conflict(format!(
+                    "task {id} is {}: only dead tasks are requeued",
+                    t.state
+                ))),
+            },
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<TaskRecord> {
+        self.store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no task {id}")))
+    }
+
+    pub async fn list(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        if let Some(q) = &f.queue {
+            check_name("queue", q)?;
+        }
+        if let Some(s) = &f.state {
+            if !["pending", "leased", "done", TASK_DEAD].contains(&s.as_str()) {
+                return Err(Error::InvalidRequest(
+                    "state: pending, leased, done or dead".into(),
+                ));
+            }
+        }
+        Ok(self.store.list_tasks(f).await?)
+    }
+
+    /// One pass of upkeep: expired leases and deadlines, tasks of runs that ended, and tasks
+    /// handed to the agents that serve their queues. Returns whether any run was created.
+    pub(crate) async fn upkeep(&self) -> Result<bool> {
+        let now = self.clock.now_ms();
+        if self.store.sweep_tasks(now).await? > 0 {
+            self.ready.notify_waiters();
+        }
+        for (t, state, detail) in self.store.tasks_of_ended_runs(256).await? {
+            if let (Some(run), Some(state)) = (t.run_id.as_deref(), RunState::parse(&state)) {
+                if let Ok(run) = RunId::parse(run) {
+                    self.finish_run(&run, state, &detail).await?;
+                }
+            }
+        }
+        let mut started = false;
+        for agent in self.store.list_agents().await? {
+            let Ok(spec) = serde_json::from_str::<AgentSpec>(&agent.spec) else {
+                continue;
+            };
+            let (Some(source), Ok(name)) = (spec.tasks, AgentName::parse(&agent.name)) else {
+                continue;
+            };
+            let busy = self.store.leased_to_agent(&source.queue, &name).await?;
+            let room = i64::from(source.concurrency) - busy;
+            if room > 0 {
+                let leased = self
+                    .store
+                    .lease_tasks_to_runs(&source.queue, &name, agent.version, room, now)
+                    .await?;
+                started |= !leased.is_empty();
+            }
+        }
+        Ok(started)
+    }
+
+    /// Finishes the task run `run` served (if it served one), now that the run has ended in
+    /// `state`: done with the run's result, or failed with its error — retried by a new run
+    /// after a backoff while attempts remain; a cancelled run's task is dead-lettered at once.
+    pub(crate) async fn finish_run(
+        &self,
+        run: &RunId,
+        state: RunState,
+        detail: &str,
+    ) -> Result<()> {
+        let Some(task) = self.store.task_of_run(run).await? else {
+            return Ok(());
+        };
+        let end = match state {
+            RunState::Succeeded => TaskEnd::Done {
+                result: detail.to_string(),
+            },
+            RunState::Cancelled => TaskEnd::Failed {
+                error: format!("its run {run} was cancelled: {detail}"),
+                retry_at: None,
+            },
+            _ => TaskEnd::Failed {
+                error: format!("its run {run} failed: {detail}"),
+                retry_at: Some(self.retry_at(&task).await?),
+            },
+        };
+        if self
+            .store
+            .finish_run_task(run, &end, self.clock.now_ms())
+            .await?
+            .is_some()
+        {
+            self.wake_all();
+        }
+        Ok(())
+    }
+
+    /// Waits until a task may have become ready, or `every` has passed.
+    pub(crate) async fn changed(&self, every: Duration) {
+        tokio::select! {
+            _ = self.upkeep.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// What a run's end says to its task: its state and its result or error.
+pub(crate) fn ended(u: &RunUpdate) -> Option<(RunState, String)> {
+    u.state.is_terminal().then(|| {
+        let detail = match u.state {
+            RunState::Succeeded => u.result.clone().unwrap_or_default(),
+            _ => u.error_message.clone().unwrap_or_default(),
+        };
+        (u.state, detail)
+    })
+}

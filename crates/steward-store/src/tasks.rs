@@ -1,0 +1,641 @@
+//! Task queues, for both backends: enqueue (deduplicated by key), lease in priority order and
+//! fairly between tenants within each queue's concurrency limits, heartbeat, complete, fail
+//! (retried with backoff, then dead-lettered with the reason), requeue; and tasks leased to
+//! managed runs, created in the same transaction as their run so a task never gets two.
+
+use async_trait::async_trait;
+use steward_types::{AgentName, Millis, RunId};
+
+use crate::{PgStore, Result, SqliteStore};
+
+pub const TASK_PENDING: &str = "pending";
+pub const TASK_LEASED: &str = "leased";
+pub const TASK_DONE: &str = "done";
+pub const TASK_DEAD: &str = "dead";
+
+/// A queue's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Tasks leased at once, all workers together (`None`: no limit).
+    pub max_in_flight: Option<i64>,
+    /// Tasks leased at once by one worker (or one agent's runs).
+    pub per_worker: Option<i64>,
+    /// Leases a task gets before it is dead-lettered.
+    pub max_attempts: i64,
+    /// Backoff before the n-th retry: `retry_base_ms × 2^(n-1)`, with jitter.
+    pub retry_base_ms: i64,
+    /// How long a worker's lease lasts without a heartbeat.
+    pub lease_ms: i64,
+}
+
+impl QueueConfig {
+    pub fn named(name: &str) -> Self {
+        QueueConfig {
+            name: name.to_string(),
+            max_in_flight: None,
+            per_worker: None,
+            max_attempts: 3,
+            retry_base_ms: 1000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub id: String,
+    pub queue: String,
+    pub tenant: String,
+    pub priority: i64,
+    pub payload: String,
+    pub dedup_key: Option<String>,
+    pub run_at: Millis,
+    pub deadline: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct TaskRecord {
+    pub id: String,
+    pub queue: String,
+    pub tenant: String,
+    /// The task's place among its tenant's tasks in the queue.
+    pub tenant_seq: i64,
+    pub priority: i64,
+    pub payload: String,
+    pub dedup_key: Option<String>,
+    pub state: String,
+    pub run_at: Millis,
+    pub deadline: Option<Millis>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub run_id: Option<String>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub enqueued_at: Millis,
+    pub leased_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+const TASK_COLUMNS: &str =
+    "id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, run_at, \
+    deadline, attempts, max_attempts, lease_owner, lease_until, run_id, result, error, \
+    enqueued_at, leased_at, finished_at";
+
+/// Which tasks to list.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub queue: Option<String>,
+    pub state: Option<String>,
+    pub limit: i64,
+}
+
+/// A worker asking for up to `max` tasks of `queue`.
+#[derive(Clone, Debug)]
+pub struct LeaseRequest {
+    pub queue: String,
+    pub worker: String,
+    pub max: i64,
+    pub now: Millis,
+}
+
+/// Attempt `attempt` of task `id`, leased to `worker`, ended as `end` says.
+#[derive(Clone, Debug)]
+pub struct TaskFinish {
+    pub id: String,
+    pub worker: String,
+    pub attempt: i64,
+    pub end: TaskEnd,
+}
+
+/// How a leased task ended, as its worker reports it.
+#[derive(Clone, Debug)]
+pub enum TaskEnd {
+    Done {
+        result: String,
+    },
+    /// Retried at `retry_at` while attempts remain (never, when `None`), else dead-lettered.
+    Failed {
+        error: String,
+        retry_at: Option<Millis>,
+    },
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    async fn put_queue(&self, q: &QueueConfig, now: Millis) -> Result<()>;
+    /// The queue's settings (the defaults for a queue never configured).
+    async fn queue(&self, name: &str) -> Result<QueueConfig>;
+    async fn queues(&self) -> Result<Vec<QueueConfig>>;
+    /// Enqueues each task (at its time) unless its queue holds one with the same dedup key,
+    /// all in one transaction; returns each stored task and whether it is new.
+    async fn enqueue_tasks(&self, tasks: &[(NewTask, Millis)]) -> Result<Vec<(TaskRecord, bool)>>;
+    /// For each request, leases up to `max` ready tasks of `queue` to `worker` for the queue's
+    /// lease time — highest priority first and fairly between tenants, within the queue's
+    /// limits — all in one transaction.
+    async fn lease_tasks(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskRecord>>>;
+    /// Leases up to `max` ready tasks of `queue` to new runs of `agent` (one each, created in
+    /// the same transaction, input = the payload); the run finishes the task.
+    async fn lease_tasks_to_runs(
+        &self,
+        queue: &str,
+        agent: &AgentName,
+        agent_version: i64,
+        max: i64,
+        now: Millis,
+    ) -> Result<Vec<TaskRecord>>;
+    /// Extends `worker`'s lease on attempt `attempt` of task `id`; false when it is lost.
+    async fn heartbeat_task(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: i64,
+        now: Millis,
+    ) -> Result<bool>;
+    /// Ends each attempt, in one transaction; for each, false when the worker's lease was lost
+    /// (expired and taken by another worker, or ended already) and nothing changed.
+    async fn finish_tasks(&self, ends: &[(TaskFinish, Millis)]) -> Result<Vec<bool>>;
+    /// Ends the task leased to run `run`, if any; returns it.
+    async fn finish_run_task(
+        &self,
+        run: &RunId,
+        end: &TaskEnd,
+        now: Millis,
+    ) -> Result<Option<TaskRecord>>;
+    /// The task leased to run `run`, if any.
+    async fn task_of_run(&self, run: &RunId) -> Result<Option<TaskRecord>>;
+    /// Tasks leased to runs that have ended, with each run's state and result or error (so a
+    /// run that ended while its node died still finishes its task).
+    async fn tasks_of_ended_runs(&self, limit: i64) -> Result<Vec<(TaskRecord, String, String)>>;
+    /// Expired worker leases go back to pending (or dead, out of attempts); pending tasks past
+    /// their deadline go dead. Returns how many tasks moved.
+    async fn sweep_tasks(&self, now: Millis) -> Result<u64>;
+    /// A dead task back to pending, its attempts reset; `None` when it is not dead.
+    async fn requeue_task(&self, id: &str, now: Millis) -> Result<Option<TaskRecord>>;
+    async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>>;
+    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>>;
+    /// Per state, how many tasks `queue` holds.
+    async fn queue_depths(&self, queue: &str) -> Result<Vec<(String, i64)>>;
+    /// Tasks of agents' runs currently leased, by the agent (`run:<agent>` owners).
+    async fn leased_to_agent(&self, queue: &str, agent: &AgentName) -> Result<i64>;
+}
+
+/// A run's input from its task's payload: a JSON string as the text it holds, anything else
+/// as JSON.
+fn run_input(payload: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => payload.to_string(),
+    }
+}
+
+/// The lease owner of tasks given to an agent's runs.
+pub fn agent_owner(agent: &AgentName) -> String {
+    format!("agent:{}", agent.as_str())
+}
+
+macro_rules! impl_tasks {
+    ($store:ty, $db:ty, lock = $lock:literal, queue_lock = $queue_lock:literal) => {
+        impl $store {
+            /// How many tasks `worker` may lease from `q` now (at most `max`), within the queue's
+            /// limits; on PostgreSQL the queue's row stays locked to the end of the transaction,
+            /// so the limits hold across nodes.
+            async fn room(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                q: &QueueConfig,
+                worker: &str,
+                max: i64,
+            ) -> Result<i64> {
+                let mut room = max;
+                if q.max_in_flight.is_none() && q.per_worker.is_none() {
+                    return Ok(room);
+                }
+                sqlx::query(concat!("SELECT name FROM queues WHERE name = $1 ", $queue_lock))
+                    .bind(&q.name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if let Some(limit) = q.max_in_flight {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM tasks WHERE queue = $1 AND state = 'leased'",
+                    )
+                    .bind(&q.name)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    room = room.min(limit - n);
+                }
+                if let Some(limit) = q.per_worker {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM tasks WHERE queue = $1 AND state = 'leased' AND lease_owner = $2",
+                    )
+                    .bind(&q.name)
+                    .bind(worker)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    room = room.min(limit - n);
+                }
+                Ok(room)
+            }
+
+            /// Leases up to `room` ready tasks of `q` to `owner` in one statement: highest
+            /// priority first, then each tenant's n-th task before anyone's (n+1)-th.
+            async fn lease_ready(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                q: &QueueConfig,
+                owner: &str,
+                until: Option<Millis>,
+                room: i64,
+                now: Millis,
+            ) -> Result<Vec<TaskRecord>> {
+                if room <= 0 {
+                    return Ok(Vec::new());
+                }
+                let mut leased: Vec<TaskRecord> = sqlx::query_as(&format!(
+                    "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_until = $2,                        leased_at = $3, attempts = attempts + 1, updated_at = $3                      WHERE id IN (SELECT id FROM tasks WHERE queue = $4 AND state = 'pending' AND run_at <= $3                        AND (deadline IS NULL OR deadline > $3)                        ORDER BY priority DESC, tenant_seq, enqueued_at LIMIT $5 {})                      RETURNING {TASK_COLUMNS}",
+                    $lock
+                ))
+                .bind(owner)
+                .bind(until)
+                .bind(now)
+                .bind(&q.name)
+                .bind(room)
+                .fetch_all(&mut **tx)
+                .await?;
+                leased.sort_by(|a, b| {
+                    (b.priority, a.tenant_seq, a.enqueued_at).cmp(&(a.priority, b.tenant_seq, b.enqueued_at))
+                });
+                Ok(leased)
+            }
+
+            fn end_columns(end: &TaskEnd) -> (&'static str, Option<&str>, Option<&str>, Option<Millis>) {
+                match end {
+                    TaskEnd::Done { result } => ("done", Some(result.as_str()), None, None),
+                    TaskEnd::Failed { error, retry_at } => ("failed", None, Some(error.as_str()), *retry_at),
+                }
+            }
+        }
+
+        #[async_trait]
+        impl TaskStore for $store {
+            async fn put_queue(&self, q: &QueueConfig, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO queues (name, max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (name) DO UPDATE SET max_in_flight = $2, per_worker = $3, \
+                       max_attempts = $4, retry_base_ms = $5, lease_ms = $6, updated_at = $7",
+                )
+                .bind(&q.name)
+                .bind(q.max_in_flight)
+                .bind(q.per_worker)
+                .bind(q.max_attempts)
+                .bind(q.retry_base_ms)
+                .bind(q.lease_ms)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn queue(&self, name: &str) -> Result<QueueConfig> {
+                let row: Option<(Option<i64>, Option<i64>, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms FROM queues WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
+                Ok(match row {
+                    Some((max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms)) => QueueConfig {
+                        name: name.to_string(),
+                        max_in_flight,
+                        per_worker,
+                        max_attempts,
+                        retry_base_ms,
+                        lease_ms,
+                    },
+                    None => QueueConfig::named(name),
+                })
+            }
+
+            async fn queues(&self) -> Result<Vec<QueueConfig>> {
+                let rows: Vec<(String, Option<i64>, Option<i64>, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT name, max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms FROM queues \
+                     UNION SELECT DISTINCT queue, NULL, NULL, 3, 1000, 30000 FROM tasks \
+                       WHERE queue NOT IN (SELECT name FROM queues) ORDER BY 1",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms)| QueueConfig {
+                        name,
+                        max_in_flight,
+                        per_worker,
+                        max_attempts,
+                        retry_base_ms,
+                        lease_ms,
+                    })
+                    .collect())
+            }
+
+            async fn enqueue_tasks(&self, tasks: &[(NewTask, Millis)]) -> Result<Vec<(TaskRecord, bool)>> {
+                let mut attempts: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+                for (t, _) in tasks {
+                    if !attempts.contains_key(t.queue.as_str()) {
+                        attempts.insert(&t.queue, self.queue(&t.queue).await?.max_attempts);
+                    }
+                }
+                let mut out = Vec::with_capacity(tasks.len());
+                let mut tx = self.write.begin().await?;
+                for (t, now) in tasks {
+                    if let Some(key) = &t.dedup_key {
+                        let found: Option<TaskRecord> = sqlx::query_as(&format!(
+                            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = $1 AND dedup_key = $2"
+                        ))
+                        .bind(&t.queue)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(found) = found {
+                            out.push((found, false));
+                            continue;
+                        }
+                    }
+                    let (seq,): (i64,) = sqlx::query_as(
+                        "INSERT INTO task_tenants (queue, tenant, next_seq) VALUES ($1, $2, 1)                          ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + 1                          RETURNING next_seq",
+                    )
+                    .bind(&t.queue)
+                    .bind(&t.tenant)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    // A unique violation here (another node enqueued the same key meanwhile)
+                    // fails the transaction; the writer then enqueues each task on its own,
+                    // and the retry finds the other node's task.
+                    let rec: TaskRecord = sqlx::query_as(&format!(
+                        "INSERT INTO tasks (id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, \
+                           run_at, deadline, attempts, max_attempts, enqueued_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, 0, $10, $11, $11) \
+                         RETURNING {TASK_COLUMNS}"
+                    ))
+                    .bind(&t.id)
+                    .bind(&t.queue)
+                    .bind(&t.tenant)
+                    .bind(seq)
+                    .bind(t.priority)
+                    .bind(&t.payload)
+                    .bind(&t.dedup_key)
+                    .bind(t.run_at)
+                    .bind(t.deadline)
+                    .bind(attempts.get(t.queue.as_str()).copied().unwrap_or(3))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    out.push((rec, true));
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn lease_tasks(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskRecord>>> {
+                let mut queues: std::collections::HashMap<&str, QueueConfig> = std::collections::HashMap::new();
+                for r in requests {
+                    if !queues.contains_key(r.queue.as_str()) {
+                        queues.insert(&r.queue, self.queue(&r.queue).await?);
+                    }
+                }
+                let mut out = Vec::with_capacity(requests.len());
+                let mut tx = self.write.begin().await?;
+                for r in requests {
+                    let q = &queues[r.queue.as_str()];
+                    let room = Self::room(&mut tx, q, &r.worker, r.max).await?;
+                    out.push(Self::lease_ready(&mut tx, q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?);
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn lease_tasks_to_runs(
+                &self,
+                queue: &str,
+                agent: &AgentName,
+                agent_version: i64,
+                max: i64,
+                now: Millis,
+            ) -> Result<Vec<TaskRecord>> {
+                let q = self.queue(queue).await?;
+                let owner = agent_owner(agent);
+                let mut tx = self.write.begin().await?;
+                let room = Self::room(&mut tx, &q, &owner, max).await?;
+                let mut leased = Self::lease_ready(&mut tx, &q, &owner, None, room, now).await?;
+                if leased.is_empty() {
+                    return Ok(leased);
+                }
+                for t in &mut leased {
+                    let run = RunId::from_uuid(uuid::Uuid::now_v7());
+                    sqlx::query("UPDATE tasks SET run_id = $1 WHERE id = $2")
+                        .bind(run.as_str())
+                        .bind(&t.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    t.run_id = Some(run.as_str().to_string());
+                    sqlx::query(
+                        "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
+                         VALUES ($1, $2, $3, NULL, $4, 'queued', $5, $5)",
+                    )
+                    .bind(&t.run_id)
+                    .bind(agent.as_str())
+                    .bind(agent_version)
+                    .bind(run_input(&t.payload))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                self.wake(crate::WAKE_RUN).await;
+                Ok(leased)
+            }
+
+            async fn heartbeat_task(&self, id: &str, worker: &str, attempt: i64, now: Millis) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE tasks SET lease_until = $1 + (SELECT COALESCE(MAX(lease_ms), 30000) FROM queues WHERE name = tasks.queue), \
+                       updated_at = $1 \
+                     WHERE id = $2 AND state = 'leased' AND lease_owner = $3 AND attempts = $4 AND run_id IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(worker)
+                .bind(attempt)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn finish_tasks(&self, ends: &[(TaskFinish, Millis)]) -> Result<Vec<bool>> {
+                let mut out = Vec::with_capacity(ends.len());
+                let mut tx = self.write.begin().await?;
+                for (f, now) in ends {
+                    let (how, result, error, retry_at) = Self::end_columns(&f.end);
+                    let n = sqlx::query(
+                        "UPDATE tasks SET \
+                           state = CASE WHEN $1 = 'done' THEN 'done' \
+                                        WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
+                                        ELSE 'dead' END, \
+                           run_at = COALESCE($2, run_at), result = $3, error = $4, \
+                           lease_owner = NULL, lease_until = NULL, \
+                           finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
+                           updated_at = $5 \
+                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL",
+                    )
+                    .bind(how)
+                    .bind(retry_at)
+                    .bind(result)
+                    .bind(error)
+                    .bind(now)
+                    .bind(&f.id)
+                    .bind(&f.worker)
+                    .bind(f.attempt)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    out.push(n == 1);
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn finish_run_task(&self, run: &RunId, end: &TaskEnd, now: Millis) -> Result<Option<TaskRecord>> {
+                let (how, result, error, retry_at) = Self::end_columns(end);
+                let t: Option<TaskRecord> = sqlx::query_as(&format!(
+                    "UPDATE tasks SET \
+                       state = CASE WHEN $1 = 'done' THEN 'done' \
+                                    WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
+                                    ELSE 'dead' END, \
+                       run_at = COALESCE($2, run_at), result = $3, error = $4, \
+                       lease_owner = NULL, lease_until = NULL, run_id = NULL, \
+                       finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
+                       updated_at = $5 \
+                     WHERE run_id = $6 AND state = 'leased' RETURNING {TASK_COLUMNS}"
+                ))
+                .bind(how)
+                .bind(retry_at)
+                .bind(result)
+                .bind(error)
+                .bind(now)
+                .bind(run.as_str())
+                .fetch_optional(&self.write)
+                .await?;
+                Ok(t)
+            }
+
+            async fn task_of_run(&self, run: &RunId) -> Result<Option<TaskRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = $1 AND state = 'leased'"
+                ))
+                .bind(run.as_str())
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn tasks_of_ended_runs(&self, limit: i64) -> Result<Vec<(TaskRecord, String, String)>> {
+                let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT t.id, r.state, r.result, r.error_message FROM tasks t JOIN runs r ON r.id = t.run_id \
+                     WHERE t.state = 'leased' AND r.state IN ('succeeded', 'failed', 'cancelled') LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, state, result, error) in rows {
+                    if let Some(t) = self.get_task(&id).await? {
+                        let detail = if state == "succeeded" { result } else { error };
+                        out.push((t, state, detail.unwrap_or_default()));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn sweep_tasks(&self, now: Millis) -> Result<u64> {
+                let lost = sqlx::query(
+                    "UPDATE tasks SET \
+                       state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END, \
+                       error = 'the worker stopped answering (its lease expired)', \
+                       finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
+                       lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                     WHERE state = 'leased' AND run_id IS NULL AND lease_until < $1",
+                )
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                let late = sqlx::query(
+                    "UPDATE tasks SET state = 'dead', error = 'its deadline passed before a worker took it', \
+                       finished_at = $1, updated_at = $1 \
+                     WHERE state = 'pending' AND deadline IS NOT NULL AND deadline <= $1",
+                )
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                Ok(lost + late)
+            }
+
+            async fn requeue_task(&self, id: &str, now: Millis) -> Result<Option<TaskRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "UPDATE tasks SET state = 'pending', attempts = 0, run_at = $1, deadline = NULL, \
+                       error = NULL, finished_at = NULL, updated_at = $1 \
+                     WHERE id = $2 AND state = 'dead' RETURNING {TASK_COLUMNS}"
+                ))
+                .bind(now)
+                .bind(id)
+                .fetch_optional(&self.write)
+                .await?)
+            }
+
+            async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1"));
+                if let Some(q) = &f.queue {
+                    qb.push(" AND queue = ").push_bind(q.clone());
+                }
+                if let Some(s) = &f.state {
+                    qb.push(" AND state = ").push_bind(s.clone());
+                }
+                qb.push(" ORDER BY enqueued_at DESC, id DESC LIMIT ").push_bind(f.limit.clamp(1, 1000));
+                Ok(qb.build_query_as().fetch_all(&self.read).await?)
+            }
+
+            async fn queue_depths(&self, queue: &str) -> Result<Vec<(String, i64)>> {
+                Ok(sqlx::query_as("SELECT state, COUNT(*) FROM tasks WHERE queue = $1 GROUP BY state ORDER BY state")
+                    .bind(queue)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn leased_to_agent(&self, queue: &str, agent: &AgentName) -> Result<i64> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM tasks WHERE queue = $1 AND state = 'leased' AND lease_owner = $2",
+                )
+                .bind(queue)
+                .bind(agent_owner(agent))
+                .fetch_one(&self.read)
+                .await?;
+                Ok(n)
+            }
+        }
+    };
+}
+
+impl_tasks!(SqliteStore, sqlx::Sqlite, lock = "", queue_lock = "");
+impl_tasks!(
+    PgStore,
+    sqlx::Postgres,
+    lock = "FOR UPDATE SKIP LOCKED",
+    queue_lock = "FOR UPDATE"
+);

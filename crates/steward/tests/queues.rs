@@ -1,0 +1,434 @@
+//! Task queues through the real binary, on SQLite and PostgreSQL: priority and fairness between
+//! tenants, dedup keys, concurrency limits, leases that expire and move to another worker (and
+//! a late result refused), heartbeats, retries with backoff, the dead-letter queue and requeue,
+//! delays and deadlines, agents serving a queue with one run per task — and a killed server
+//! whose tasks finish once each.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Counter, TestServer};
+use serde_json::{json, Value};
+
+async fn put_queue(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/queues/{name}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn enqueue(s: &TestServer, queue: &str, body: Value) -> Value {
+    let (st, r) = s.post(&format!("/api/v1/queues/{queue}/tasks"), body).await;
+    assert!(st == 201 || st == 200, "{st} {r}");
+    r["task"].clone()
+}
+
+async fn lease(s: &TestServer, queue: &str, worker: &str, max: i64) -> Vec<Value> {
+    let (st, r) = s
+        .post(
+            &format!("/api/v1/queues/{queue}/lease"),
+            json!({"worker": worker, "max": max}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    r["tasks"].as_array().unwrap().clone()
+}
+
+async fn report(s: &TestServer, t: &Value, worker: &str, verb: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({"worker": worker, "attempt": t["attempts"]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    s.post(
+        &format!("/api/v1/tasks/{}/{verb}", t["id"].as_str().unwrap()),
+        body,
+    )
+    .await
+}
+
+fn payloads(tasks: &[Value]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|t| t["payload"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn tasks_are_leased_by_priority_fairly_once_and_within_limits(b: Backend) {
+    let s = TestServer::start(b).await;
+    // Tenant a enqueues a burst before tenant b; a higher priority goes first whoever sent it.
+    for i in 0..3 {
+        enqueue(
+            &s,
+            "work",
+            json!({"payload": format!("a{i}"), "tenant": "a"}),
+        )
+        .await;
+    }
+    for i in 0..2 {
+        enqueue(
+            &s,
+            "work",
+            json!({"payload": format!("b{i}"), "tenant": "b"}),
+        )
+        .await;
+    }
+    enqueue(
+        &s,
+        "work",
+        json!({"payload": "urgent", "tenant": "a", "priority": 10}),
+    )
+    .await;
+    let got = lease(&s, "work", "w1", 10).await;
+    assert_eq!(payloads(&got), ["urgent", "a0", "b0", "a1", "b1", "a2"]);
+    assert!(
+        lease(&s, "work", "w2", 10).await.is_empty(),
+        "each task leased once"
+    );
+
+    // A dedup key the queue holds returns that task.
+    let first = enqueue(&s, "dedup", json!({"payload": 1, "dedup_key": "order-7"})).await;
+    let (st, again) = s
+        .post(
+            "/api/v1/queues/dedup/tasks",
+            json!({"payload": 2, "dedup_key": "order-7"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["deduplicated"], true);
+    assert_eq!(again["task"]["id"], first["id"]);
+    assert_eq!(again["task"]["payload"], 1);
+
+    // Limits: at most 3 leased at once in the queue, 2 per worker.
+    let (st, q) = put_queue(&s, "limited", json!({"max_in_flight": 3, "per_worker": 2})).await;
+    assert_eq!(st, 200, "{q}");
+    for i in 0..6 {
+        enqueue(&s, "limited", json!({"payload": i})).await;
+    }
+    let w1 = lease(&s, "limited", "w1", 10).await;
+    assert_eq!(w1.len(), 2, "per worker");
+    let w2 = lease(&s, "limited", "w2", 10).await;
+    assert_eq!(w2.len(), 1, "per queue");
+    assert!(lease(&s, "limited", "w3", 10).await.is_empty());
+    let (st, _) = report(
+        &s,
+        &w1[0],
+        "w1",
+        "complete",
+        json!({"result": {"ok": true}}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        lease(&s, "limited", "w3", 10).await.len(),
+        1,
+        "a slot freed"
+    );
+    let (_, q) = s.get("/api/v1/queues/limited").await;
+    assert_eq!(q["depth"]["done"], 1, "{q}");
+    assert_eq!(q["depth"]["leased"], 3, "{q}");
+    assert_eq!(q["depth"]["pending"], 2, "{q}");
+    let (_, t) = s
+        .get(&format!("/api/v1/tasks/{}", w1[0]["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (t["state"].as_str(), &t["result"]),
+        (Some("done"), &json!({"ok": true}))
+    );
+
+    // Bad input is refused, saying what is wrong; nothing is enqueued.
+    for (path, body, want) in [
+        (
+            "/api/v1/queues/bad%20name/tasks",
+            json!({"payload": 1}),
+            400,
+        ),
+        ("/api/v1/queues/work/tasks", json!({}), 400),
+        (
+            "/api/v1/queues/work/tasks",
+            json!({"payload": 1, "priority": 5000}),
+            400,
+        ),
+        (
+            "/api/v1/queues/work/tasks",
+            json!({"payload": 1, "colour": "red"}),
+            400,
+        ),
+        (
+            "/api/v1/queues/work/tasks",
+            json!({"payload": 1, "delay_ms": -5}),
+            400,
+        ),
+        (
+            "/api/v1/queues/work/tasks",
+            json!({"payload": "x".repeat(300_000)}),
+            413,
+        ),
+        (
+            "/api/v1/queues/work/lease",
+            json!({"worker": "w", "max": 0}),
+            400,
+        ),
+        ("/api/v1/queues/work/lease", json!({"max": 1}), 400),
+    ] {
+        let (st, r) = s.post(path, body).await;
+        assert_eq!(st, want, "{path}: {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+    }
+    let (st, _) = put_queue(&s, "work", json!({"max_attempts": 0})).await;
+    assert_eq!(st, 400);
+    let (_, q) = s.get("/api/v1/queues/work").await;
+    assert_eq!(q["depth"]["leased"], 6, "nothing more was enqueued: {q}");
+    let (st, _) = s.get("/api/v1/tasks/task_nope").await;
+    assert_eq!(st, 404);
+}
+
+both_backends!(
+    tasks_are_leased_by_priority_fairly_once_and_within_limits_on,
+    tasks_are_leased_by_priority_fairly_once_and_within_limits
+);
+
+async fn failures_retry_with_backoff_then_dead_letter_and_lost_leases_move_on(b: Backend) {
+    let s = TestServer::start(b).await;
+    put_queue(
+        &s,
+        "jobs",
+        json!({"max_attempts": 2, "retry_base_ms": 400, "lease_ms": 300}),
+    )
+    .await;
+    let t = enqueue(&s, "jobs", json!({"payload": "flaky"})).await;
+
+    // Failure 1: back after a backoff (at least half the base), not at once.
+    let got = lease(&s, "jobs", "w1", 1).await;
+    assert_eq!(got[0]["attempts"], 1);
+    let before = std::time::Instant::now();
+    let (st, r) = report(&s, &got[0], "w1", "fail", json!({"error": "upstream 503"})).await;
+    assert_eq!(st, 204, "{r}");
+    let (_, now) = s
+        .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(now["state"], "pending");
+    assert_eq!(now["error"], "upstream 503");
+    assert!(lease(&s, "jobs", "w1", 1).await.is_empty(), "backing off");
+    let again = common::eventually("the retry comes due", || async {
+        let got = lease(&s, "jobs", "w2", 1).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert!(before.elapsed() >= Duration::from_millis(200));
+    assert_eq!(again[0]["attempts"], 2);
+    // Failure 2 uses up the attempts: dead-lettered, with the reason.
+    report(
+        &s,
+        &again[0],
+        "w2",
+        "fail",
+        json!({"error": "upstream 503 again"}),
+    )
+    .await;
+    let (_, dead) = s.get("/api/v1/tasks?state=dead&queue=jobs").await;
+    assert_eq!(dead["tasks"][0]["id"], t["id"], "{dead}");
+    assert_eq!(dead["tasks"][0]["error"], "upstream 503 again");
+    // Requeued: its attempts start over; a failure marked final dead-letters it at once.
+    let (st, r) = s
+        .post(
+            &format!("/api/v1/tasks/{}/requeue", t["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["state"].as_str(), r["attempts"].as_i64()),
+        (200, Some("pending"), Some(0))
+    );
+    let (st, _) = s
+        .post(
+            &format!("/api/v1/tasks/{}/requeue", t["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 409, "only dead tasks are requeued");
+    let got = lease(&s, "jobs", "w1", 1).await;
+    let (st, _) = report(&s, &got[0], "w1", "fail", json!({})).await;
+    assert_eq!(st, 400, "a failure says what went wrong");
+    report(
+        &s,
+        &got[0],
+        "w1",
+        "fail",
+        json!({"error": "bad input", "retry": false}),
+    )
+    .await;
+    let (_, r) = s
+        .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_i64()),
+        (Some("dead"), Some(1))
+    );
+
+    // A worker that stops answering loses its lease; the task goes to another worker, and the
+    // first worker's late result is refused — the task is done once.
+    let t = enqueue(&s, "jobs", json!({"payload": "slow"})).await;
+    let mine = lease(&s, "jobs", "stalled", 1).await;
+    let theirs = common::eventually("the lease expires and the task moves", || async {
+        let got = lease(&s, "jobs", "healthy", 1).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(theirs[0]["id"], t["id"]);
+    assert_eq!(theirs[0]["attempts"], 2);
+    let (st, r) = report(
+        &s,
+        &mine[0],
+        "stalled",
+        "complete",
+        json!({"result": "late"}),
+    )
+    .await;
+    assert_eq!(st, 409, "{r}");
+    let (st, _) = report(&s, &mine[0], "stalled", "heartbeat", json!({})).await;
+    assert_eq!(st, 409);
+    let (st, _) = report(
+        &s,
+        &theirs[0],
+        "healthy",
+        "complete",
+        json!({"result": "on time"}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (_, r) = s
+        .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(r["result"], "on time");
+
+    // Heartbeats keep a lease past its time.
+    let t = enqueue(&s, "jobs", json!({"payload": "long"})).await;
+    let held = lease(&s, "jobs", "steady", 1).await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (st, _) = report(&s, &held[0], "steady", "heartbeat", json!({})).await;
+        assert_eq!(st, 204);
+        assert!(lease(&s, "jobs", "thief", 1).await.is_empty());
+    }
+    let (st, _) = report(&s, &held[0], "steady", "complete", json!({})).await;
+    assert_eq!(st, 204);
+    let (_, r) = s
+        .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(r["attempts"], 1);
+
+    // A delayed task waits its time; one nobody takes by its deadline is dead-lettered.
+    enqueue(&s, "later", json!({"payload": "soon", "delay_ms": 600})).await;
+    assert!(lease(&s, "later", "w", 1).await.is_empty());
+    let got = common::eventually("the delayed task comes due", || async {
+        let got = lease(&s, "later", "w", 1).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got[0]["payload"], "soon");
+    let t = enqueue(&s, "nobody", json!({"payload": "x", "deadline_ms": 200})).await;
+    let r = common::eventually("the deadline passes", || async {
+        let (_, r) = s
+            .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+            .await;
+        (r["state"] == "dead").then_some(r)
+    })
+    .await;
+    assert!(r["error"].as_str().unwrap().contains("deadline"), "{r}");
+}
+
+both_backends!(
+    failures_retry_with_backoff_then_dead_letter_and_lost_leases_move_on_on,
+    failures_retry_with_backoff_then_dead_letter_and_lost_leases_move_on
+);
+
+/// An agent serves a queue: one run per task, at most `concurrency` at once, the run's result
+/// the task's; a run that fails is retried by a new run, then the task is dead-lettered. A
+/// server killed mid-way finishes every task once, its side effects done once.
+async fn an_agent_serves_a_queue_one_run_per_task_across_a_crash(b: Backend) {
+    let c = Counter::start().await;
+    let mut s = TestServer::start(b).await;
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: clerk}\nspec:\n  model: scripted\n  tools: [http_request]\n  recovery: fail\n  tasks: {queue: inbox, concurrency: 2}\n  script:\n    - {delayMs: 150, toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]}\n    - {delayMs: 150, content: filed}\n",
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let t = enqueue(&s, "inbox", json!({"payload": format!("{}/t/{i}", c.url)})).await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    // Never more than two of its runs at once.
+    for _ in 0..5 {
+        let (_, q) = s.get("/api/v1/queues/inbox").await;
+        assert!(q["depth"]["leased"].as_i64().unwrap_or(0) <= 2, "{q}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    s.kill9();
+    s.spawn();
+    let mut runs = std::collections::BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let t = common::eventually("every task done", || async {
+            let (_, t) = s.get(&format!("/api/v1/tasks/{id}")).await;
+            (t["state"] == "done").then_some(t)
+        })
+        .await;
+        assert_eq!(t["result"], "filed", "{t}");
+        assert_eq!(t["attempts"], 1, "one run per task: {t}");
+        let (_, list) = s.get("/api/v1/runs?agent=clerk&limit=100").await;
+        let served: Vec<&Value> = list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["input"].as_str().unwrap().ends_with(&format!("/t/{i}")))
+            .collect();
+        assert_eq!(served.len(), 1, "{list}");
+        runs.insert(served[0]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(runs.len(), 6);
+    for run in &runs {
+        // The PUT carries the run's idempotency key: a step the crash cut off may be retried
+        // under the same key, and is never done under two.
+        let n = c.total_for_run(run);
+        assert!((1..=2).contains(&n), "{run}: {n}");
+    }
+
+    // A failing agent: its task is retried by a new run, then dead-lettered with the reason.
+    put_queue(
+        &s,
+        "doomed",
+        json!({"max_attempts": 2, "retry_base_ms": 100}),
+    )
+    .await;
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: doomed}\nspec:\n  model: scripted\n  runTimeout: 100ms\n  tasks: {queue: doomed}\n  script:\n    - {delayMs: 1000, content: never}\n",
+    )
+    .await;
+    let t = enqueue(&s, "doomed", json!({"payload": "x"})).await;
+    let dead = common::eventually("dead-lettered after two runs", || async {
+        let (_, r) = s
+            .get(&format!("/api/v1/tasks/{}", t["id"].as_str().unwrap()))
+            .await;
+        (r["state"] == "dead").then_some(r)
+    })
+    .await;
+    assert_eq!(dead["attempts"], 2, "{dead}");
+    assert!(dead["error"].as_str().unwrap().contains("failed"), "{dead}");
+    let (_, list) = s.get("/api/v1/runs?agent=doomed&limit=10").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 2, "{list}");
+}
+
+both_backends!(
+    an_agent_serves_a_queue_one_run_per_task_across_a_crash_on,
+    an_agent_serves_a_queue_one_run_per_task_across_a_crash
+);
