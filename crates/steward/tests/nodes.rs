@@ -170,3 +170,62 @@ async fn a_circuit_one_node_opens_is_open_on_the_other() {
         "node b skipped the failing deployment without trying it"
     );
 }
+
+/// Three nodes on one PostgreSQL share a queue's tasks through an agent that serves it. One
+/// node is killed mid-way: its runs move to the others once their leases expire, and every task
+/// is done once, by one run, with no completed step done twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_a_queue_and_survive_losing_one() {
+    let c = Counter::start().await;
+    let a = TestServer::start(Backend::Postgres).await;
+    let mut b = TestServer::join(&a);
+    let nodes = [a, TestServer::join(&b)];
+    let script = "    - {delayMs: 200, toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]}\n    - {delayMs: 200, content: done}\n";
+    nodes[0]
+        .apply(&format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: shared}}\nspec:\n  model: scripted\n  tools: [http_request]\n  recovery: fail\n  tasks: {{queue: shared, concurrency: 9}}\n  script:\n{script}"
+        ))
+        .await;
+    let mut tasks = Vec::new();
+    for i in 0..18 {
+        let (st, t) = nodes[i % 2]
+            .post(
+                "/api/v1/queues/shared/tasks",
+                serde_json::json!({"payload": format!("{}/q/{i}", c.url)}),
+            )
+            .await;
+        assert_eq!(st, 201, "{t}");
+        tasks.push(t["task"]["id"].as_str().unwrap().to_string());
+    }
+    // Wait until node b drives some of the runs, then kill it.
+    let b_node = std::fs::read_to_string(b.dir.path().join("node-id")).unwrap();
+    common::eventually("node b drives a run", || async {
+        let (_, runs) = nodes[0].get("/api/v1/runs?agent=shared&limit=100").await;
+        runs["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| r["lease_owner"] == b_node.as_str() && r["state"] == "running")
+            .then_some(())
+    })
+    .await;
+    b.kill9();
+    for id in &tasks {
+        let t = common::eventually("every task done", || async {
+            let (_, t) = nodes[1].get(&format!("/api/v1/tasks/{id}")).await;
+            (t["state"] == "done").then_some(t)
+        })
+        .await;
+        assert_eq!(t["attempts"], 1, "one run per task: {t}");
+        assert_eq!(t["result"], "done");
+    }
+    let (_, runs) = nodes[0].get("/api/v1/runs?agent=shared&limit=100").await;
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 18, "one run per task");
+    for r in runs {
+        assert_eq!(r["state"], "succeeded", "{r}");
+        let id = r["id"].as_str().unwrap();
+        // The PUT went out once; one cut off by the kill is retried under the same key.
+        let n = c.count(&format!("{id}:1"));
+        assert!((1..=2).contains(&n), "{id}: {n}");
+    }
+}
