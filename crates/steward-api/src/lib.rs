@@ -91,7 +91,11 @@ use utoipa::OpenApi;
         queues::fail,
         queues::requeue,
         queues::get_task,
-        queues::list_tasks
+        queues::list_tasks,
+        queues::put_schedule,
+        queues::get_schedule,
+        queues::list_schedules,
+        queues::delete_schedule
     ),
     components(schemas(
         wire::Agent,
@@ -158,6 +162,9 @@ use utoipa::OpenApi;
         wire::Task,
         wire::Enqueued,
         wire::TaskList,
+        wire::PutSchedule,
+        wire::Schedule,
+        wire::ScheduleList,
         wire::Snapshot,
         wire::RestoreSandbox,
         error::ErrorBody,
@@ -272,6 +279,13 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/tasks/{id}/complete", post(queues::complete))
         .route("/tasks/{id}/fail", post(queues::fail))
         .route("/tasks/{id}/requeue", post(queues::requeue))
+        .route("/schedules", get(queues::list_schedules))
+        .route(
+            "/schedules/{name}",
+            get(queues::get_schedule)
+                .put(queues::put_schedule)
+                .delete(queues::delete_schedule),
+        )
         .route("/delegations/{id}", get(routes::get_delegation))
         .route("/delegations/{id}/revoke", post(routes::revoke_delegation))
         .route("/calls", get(routes::list_calls))

@@ -1,5 +1,5 @@
 //! Task queues over HTTP: settings, enqueue, lease (long-polling), heartbeat, complete, fail,
-//! the dead-letter queue and requeue.
+//! the dead-letter queue and requeue; and schedules, which feed queues and start runs.
 
 use std::time::Duration;
 
@@ -216,4 +216,72 @@ pub async fn list_tasks(
     Ok(Json(TaskList {
         tasks: tasks.into_iter().map(Task::from).collect(),
     }))
+}
+
+/// Creates or replaces a schedule: a durable timer that enqueues a task or starts a run.
+#[utoipa::path(put, path = "/api/v1/schedules/{name}", params(("name" = String, Path)), request_body = PutSchedule,
+    responses((status = 200, body = Schedule), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_schedule(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(p): ApiJson<PutSchedule>,
+) -> ApiResult<Json<Schedule>> {
+    use steward_engine::schedules::{NewSchedule, Target};
+    let bad = |m: &str| ApiError::new(ErrorCode::InvalidRequest, m);
+    let at_ms = match (p.at_ms, p.delay_ms) {
+        (Some(_), Some(_)) => return Err(bad("at_ms or delay_ms: one or the other")),
+        (Some(t), None) => Some(t),
+        (None, Some(d)) if (0..=366 * 86_400_000).contains(&d) => Some(e.now_ms() + d),
+        (None, Some(_)) => return Err(bad("delay_ms: from 0 to a year")),
+        (None, None) => None,
+    };
+    let target = match (p.queue, p.agent) {
+        (Some(q), None) => Target::Queue(q),
+        (None, Some(a)) => Target::Agent(a),
+        _ => return Err(bad("give `queue` or `agent`: what the schedule fires")),
+    };
+    let s = e
+        .schedules()
+        .put(NewSchedule {
+            name,
+            cron: p.cron,
+            at_ms,
+            target,
+            payload: p.payload,
+            missed: p.missed.unwrap_or_else(|| "once".into()),
+        })
+        .await?;
+    Ok(Json(s.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/schedules/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+pub async fn get_schedule(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Schedule>> {
+    Ok(Json(e.schedules().get(&name).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/schedules", responses((status = 200, body = ScheduleList)))]
+pub async fn list_schedules(State(e): State<Engine>) -> ApiResult<Json<ScheduleList>> {
+    Ok(Json(ScheduleList {
+        schedules: e
+            .schedules()
+            .list()
+            .await?
+            .into_iter()
+            .map(Schedule::from)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/schedules/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_schedule(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    e.schedules().delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -924,3 +924,67 @@ pub struct Enqueued {
 pub struct TaskList {
     pub tasks: Vec<Task>,
 }
+
+/// `PUT /api/v1/schedules/{name}`: when (`cron`, or once: `at_ms` or `delay_ms`) and what (a
+/// task on `queue`, or a run of `agent`).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSchedule {
+    /// A cron pattern in UTC: five fields, or six with seconds first.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Fire once at this Unix time (ms).
+    #[serde(default)]
+    pub at_ms: Option<i64>,
+    /// Fire once this many milliseconds from now.
+    #[serde(default)]
+    pub delay_ms: Option<i64>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The task's payload, or the run's input (a string as it is, anything else as JSON).
+    #[serde(default)]
+    pub payload: Value,
+    /// Times passed while no node ran: `skip` them, fire `once` for them all (default), or
+    /// fire `all` of them.
+    #[serde(default)]
+    pub missed: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: Option<String>,
+    pub queue: Option<String>,
+    pub agent: Option<String>,
+    pub payload: Value,
+    pub missed: String,
+    /// When it fires next; null once a one-shot schedule has fired.
+    pub next_at: Option<i64>,
+    pub last_fired_at: Option<i64>,
+    pub fired: i64,
+    pub created_at: i64,
+}
+
+impl From<steward_store::ScheduleRecord> for Schedule {
+    fn from(s: steward_store::ScheduleRecord) -> Self {
+        Schedule {
+            payload: json_or_text(s.payload),
+            name: s.name,
+            cron: s.cron,
+            queue: s.queue,
+            agent: s.agent,
+            missed: s.missed,
+            next_at: s.next_at,
+            last_fired_at: s.last_fired_at,
+            fired: s.fired,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}

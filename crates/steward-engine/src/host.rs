@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub policies: Arc<steward_gov::Policies>,
     /// Task queues, and the tasks runs serve.
     pub tasks: crate::tasks::Tasks,
+    /// Durable timers that enqueue tasks and start runs.
+    pub schedules: crate::schedules::Schedules,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);

@@ -15,6 +15,7 @@ mod kernel;
 mod metrics;
 mod runs;
 pub mod sandboxes;
+pub mod schedules;
 pub mod tasks;
 mod ttl_cache;
 pub mod vault;
@@ -160,6 +161,7 @@ impl Engine {
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
+            schedules: schedules::Schedules::new(store.clone(), opts.clock.clone()),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(
@@ -328,6 +330,11 @@ impl Engine {
     /// Task queues.
     pub fn tasks(&self) -> &tasks::Tasks {
         &self.inner.shared.tasks
+    }
+
+    /// Schedules: cron and one-shot timers.
+    pub fn schedules(&self) -> &schedules::Schedules {
+        &self.inner.shared.schedules
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -62,12 +62,18 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
     }
 }
 
-/// Keeps the task queues moving: expired leases and deadlines, tasks of ended runs, and tasks
-/// handed to the agents that serve their queues (new runs wake the scheduler).
+/// Keeps the task queues moving: expired leases and deadlines, tasks of ended runs, tasks
+/// handed to the agents that serve their queues, and schedules that are due (new runs wake
+/// the scheduler).
 pub(crate) async fn serve_queues(inner: Arc<Inner>) {
     let s = &inner.shared;
     let every = Duration::from_millis(inner.cfg.poll_ms.max(10));
     loop {
+        match s.schedules.fire_due(&s.tasks).await {
+            Ok(true) => s.wake.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "firing schedules failed; retrying"),
+        }
         match s.tasks.upkeep().await {
             Ok(true) => s.wake.notify_one(),
             Ok(false) => {}

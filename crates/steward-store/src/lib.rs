@@ -6,6 +6,7 @@ mod error;
 mod group_commit;
 pub mod merkle;
 mod model;
+mod schedules;
 mod settle_writer;
 mod sql;
 mod task_writer;
@@ -17,6 +18,7 @@ use steward_types::{AgentName, Millis, NodeId, RunId};
 pub use error::{Error, Result};
 pub use group_commit::JournalWriter;
 pub use model::*;
+pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use settle_writer::SettleWriter;
 pub use sql::{PgStore, SqliteStore};
 pub use task_writer::TaskWriter;
@@ -354,6 +356,7 @@ pub trait Store:
     + RateStore
     + CacheStore
     + TaskStore
+    + ScheduleStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

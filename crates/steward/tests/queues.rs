@@ -432,3 +432,113 @@ both_backends!(
     an_agent_serves_a_queue_one_run_per_task_across_a_crash_on,
     an_agent_serves_a_queue_one_run_per_task_across_a_crash
 );
+
+async fn put_schedule(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/schedules/{name}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A cron schedule feeds a queue every second; a one-shot delayed run set before a restart
+/// fires after it, once; bad schedules are refused.
+async fn schedules_fire_on_time_and_survive_a_restart(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: reminder}\nspec:\n  model: scripted\n  script:\n    - {content: reminded}\n")
+        .await;
+    let (st, tick) = put_schedule(
+        &s,
+        "tick",
+        json!({"cron": "* * * * * *", "queue": "ticks", "payload": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{tick}");
+    assert_eq!(tick["missed"], "once");
+    let (st, later) = put_schedule(
+        &s,
+        "later",
+        json!({"delay_ms": 1500, "agent": "reminder", "payload": "call back"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{later}");
+    for (body, want) in [
+        (json!({"cron": "every tuesday", "queue": "q"}), 400),
+        (json!({"queue": "q"}), 400),
+        (json!({"cron": "* * * * *"}), 400),
+        (
+            json!({"cron": "* * * * *", "queue": "q", "agent": "reminder"}),
+            400,
+        ),
+        (
+            json!({"cron": "* * * * *", "queue": "q", "missed": "sometimes"}),
+            400,
+        ),
+        (json!({"delay_ms": 10, "agent": "nobody"}), 404),
+        (
+            json!({"cron": "* * * * *", "queue": "q", "when": "now"}),
+            400,
+        ),
+    ] {
+        let (st, r) = put_schedule(&s, "bad", body.clone()).await;
+        assert_eq!(st, want, "{body}: {r}");
+    }
+    let (st, _) = s.get("/api/v1/schedules/bad").await;
+    assert_eq!(st, 404, "nothing was kept of the bad ones");
+    // Restarted before the one-shot is due: it still fires, once.
+    s.kill9();
+    s.spawn();
+    let run = common::eventually("the delayed run", || async {
+        let (_, runs) = s.get("/api/v1/runs?agent=reminder").await;
+        let r = runs["runs"].as_array()?.first()?.clone();
+        (r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+    assert_eq!(run["input"], "call back");
+    let (_, later) = s.get("/api/v1/schedules/later").await;
+    assert_eq!(
+        (later["fired"].as_i64(), &later["next_at"]),
+        (Some(1), &Value::Null),
+        "{later}"
+    );
+    // The cron schedule's tasks, one per second, each named by its second.
+    let keys = common::eventually("three ticks", || async {
+        let (_, t) = s.get("/api/v1/tasks?queue=ticks").await;
+        let mut keys: Vec<i64> = t["tasks"]
+            .as_array()?
+            .iter()
+            .map(|t| {
+                t["dedup_key"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        keys.sort();
+        (keys.len() >= 3).then_some(keys)
+    })
+    .await;
+    assert!(keys.iter().all(|k| k % 1000 == 0), "{keys:?}");
+    let (_, runs) = s.get("/api/v1/runs?agent=reminder").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "fired once");
+    let del = reqwest::Client::new()
+        .delete(format!("{}/api/v1/schedules/tick", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let (st, _) = s.get("/api/v1/schedules/tick").await;
+    assert_eq!(st, 404);
+}
+
+both_backends!(
+    schedules_fire_on_time_and_survive_a_restart_on,
+    schedules_fire_on_time_and_survive_a_restart
+);
