@@ -118,6 +118,7 @@ use utoipa::OpenApi;
         wire::CallList,
         wire::CostLine,
         wire::CostReport,
+        wire::OutcomeCosts,
         wire::PutBudget,
         wire::Budget,
         wire::BudgetList,

@@ -402,18 +402,15 @@ pub async fn costs(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let since = now - days * 86_400_000;
-    let lines: Vec<CostLine> = e
-        .costs(&by, since)
-        .await?
-        .into_iter()
-        .map(CostLine::from)
-        .collect();
+    let (lines, outcomes) = e.costs(&by, since).await?;
+    let lines: Vec<CostLine> = lines.into_iter().map(CostLine::from).collect();
     let total_usd = lines.iter().map(|l| l.cost_usd).sum();
     Ok(Json(CostReport {
         by,
         since,
         lines,
         total_usd,
+        outcomes: outcomes.into(),
     }))
 }
 

@@ -314,9 +314,17 @@ pub struct CallList {
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CostLine {
-    /// The agent, model, run id or day (YYYY-MM-DD), per the report's `by`.
+    /// The agent, model, run id, task id, tool, outcome or day (YYYY-MM-DD), per the report's
+    /// `by`.
     pub key: String,
+    /// Model calls (tool calls, by tool).
     pub calls: i64,
+    /// Managed runs' tool calls.
+    #[serde(default)]
+    pub tool_calls: i64,
+    /// By run or by task: how it ended (or its state now).
+    #[serde(default)]
+    pub outcome: Option<String>,
     pub tokens_in: i64,
     pub tokens_out: i64,
     /// US dollars at the price table's prices.
@@ -332,6 +340,33 @@ pub struct CostReport {
     pub since: i64,
     pub lines: Vec<CostLine>,
     pub total_usd: f64,
+    /// What outcomes cost over the period.
+    pub outcomes: OutcomeCosts,
+}
+
+/// All spend on runs over the runs that succeeded; all spend on tasks' runs (failed attempts
+/// included) over the tasks done. Null without a success.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OutcomeCosts {
+    pub runs: i64,
+    pub successful_runs: i64,
+    pub cost_per_successful_run_usd: Option<f64>,
+    pub tasks: i64,
+    pub successful_tasks: i64,
+    pub cost_per_successful_task_usd: Option<f64>,
+}
+
+impl From<steward_engine::OutcomeCosts> for OutcomeCosts {
+    fn from(o: steward_engine::OutcomeCosts) -> Self {
+        OutcomeCosts {
+            runs: o.runs,
+            successful_runs: o.successful_runs,
+            cost_per_successful_run_usd: o.cost_per_successful_run_usd,
+            tasks: o.tasks,
+            successful_tasks: o.successful_tasks,
+            cost_per_successful_task_usd: o.cost_per_successful_task_usd,
+        }
+    }
 }
 
 impl From<steward_engine::CostLine> for CostLine {
@@ -339,6 +374,8 @@ impl From<steward_engine::CostLine> for CostLine {
         CostLine {
             key: l.key,
             calls: l.calls,
+            tool_calls: l.tool_calls,
+            outcome: l.outcome,
             tokens_in: l.tokens_in,
             tokens_out: l.tokens_out,
             cost_usd: l.cost_usd,

@@ -9,6 +9,11 @@ use crate::kernel::{Action, Kernel, Outcome, RunCtx, StepError};
 pub(crate) enum LoopEnd {
     Answer(String),
     MaxSteps(u32),
+    /// The same tool call was asked for once more than `liveness.maxRepeats` allows.
+    Looping {
+        tool: String,
+        times: u32,
+    },
     Step(StepError),
 }
 
@@ -48,6 +53,11 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         .messages
         .push(Message::text(Role::User, ctx.run.input.clone()));
 
+    // The last tool call and how many times in a row it was made. The model's replies come
+    // from the journal on replay, so the count is the same in every life of the run.
+    let max_repeats = spec.liveness.as_ref().map(|l| l.max_repeats);
+    let mut last: Option<(String, String)> = None;
+    let mut repeats = 0u32;
     for _ in 0..spec.max_steps {
         let reply = match kernel.call(ctx, Action::Model { request: &request }).await {
             Ok(Outcome::Model(r)) => r,
@@ -64,6 +74,19 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         let calls = reply.tool_calls;
         let mut results = Vec::with_capacity(calls.len());
         for call in &calls {
+            let this = (call.name.clone(), call.arguments.to_string());
+            repeats = if last.as_ref() == Some(&this) {
+                repeats + 1
+            } else {
+                1
+            };
+            last = Some(this);
+            if max_repeats.is_some_and(|m| repeats > m) {
+                return LoopEnd::Looping {
+                    tool: call.name.clone(),
+                    times: repeats,
+                };
+            }
             let out = match kernel
                 .call(
                     ctx,

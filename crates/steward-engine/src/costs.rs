@@ -1,5 +1,7 @@
 //! Cost reports: token usage from managed runs and gateway calls, priced with the price table,
-//! grouped by agent, model, run or day.
+//! grouped by agent, model, run, task, tool, outcome or day — and what an outcome costs: all
+//! spend on runs (or tasks, failed attempts included) over the runs that succeeded (the tasks
+//! done).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,12 @@ pub enum CostBy {
     Model,
     Run,
     Day,
+    /// The task a run served (`(no task)` for the rest).
+    Task,
+    /// Tool calls by tool.
+    Tool,
+    /// How the run ended (`succeeded`, `failed`, …; `(no run)` for gateway calls outside runs).
+    Outcome,
 }
 
 impl CostBy {
@@ -23,8 +31,11 @@ impl CostBy {
             "model" => Ok(CostBy::Model),
             "run" => Ok(CostBy::Run),
             "day" => Ok(CostBy::Day),
+            "task" => Ok(CostBy::Task),
+            "tool" => Ok(CostBy::Tool),
+            "outcome" => Ok(CostBy::Outcome),
             other => Err(Error::InvalidRequest(format!(
-                "by: {other:?} is not one of agent, model, run, day"
+                "by: {other:?} is not one of agent, model, run, task, tool, outcome, day"
             ))),
         }
     }
@@ -33,7 +44,12 @@ impl CostBy {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CostLine {
     pub key: String,
+    /// Model calls (tool calls, for a report by tool).
     pub calls: i64,
+    /// Tool calls of managed runs.
+    pub tool_calls: i64,
+    /// How the run or task ended, in a report by run or by task.
+    pub outcome: Option<String>,
     pub tokens_in: i64,
     pub tokens_out: i64,
     /// US dollars, for the calls whose model has a price.
@@ -57,19 +73,47 @@ pub fn date_of(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+fn is_tool(r: &UsageRow) -> bool {
+    r.kind == "tool"
+}
+
 pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
     let mut lines: BTreeMap<String, CostLine> = BTreeMap::new();
     for r in rows {
-        let key = match by {
-            CostBy::Agent => r.agent.clone(),
-            CostBy::Model => r.model.clone(),
-            CostBy::Run => r.run_id.clone().unwrap_or_else(|| "(no run)".into()),
-            CostBy::Day => date_of(r.day),
+        if by == CostBy::Tool && !is_tool(r) {
+            continue;
+        }
+        let (key, outcome) = match by {
+            CostBy::Agent => (r.agent.clone(), None),
+            CostBy::Model if is_tool(r) => continue,
+            CostBy::Model => (r.model.clone(), None),
+            CostBy::Run => (
+                r.run_id.clone().unwrap_or_else(|| "(no run)".into()),
+                r.run_state.clone(),
+            ),
+            CostBy::Day => (date_of(r.day), None),
+            CostBy::Task => (
+                r.task_id.clone().unwrap_or_else(|| "(no task)".into()),
+                r.task_state.clone(),
+            ),
+            CostBy::Tool => (r.model.clone(), None),
+            CostBy::Outcome => (
+                r.run_state.clone().unwrap_or_else(|| "(no run)".into()),
+                None,
+            ),
         };
         let line = lines.entry(key.clone()).or_insert_with(|| CostLine {
             key,
+            outcome,
             ..CostLine::default()
         });
+        if is_tool(r) {
+            line.tool_calls += r.calls;
+            if by == CostBy::Tool {
+                line.calls += r.calls;
+            }
+            continue;
+        }
         line.calls += r.calls;
         line.tokens_in += r.tokens_in;
         line.tokens_out += r.tokens_out;
@@ -83,15 +127,56 @@ pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
     out
 }
 
+/// What outcomes cost: every run's spend over the runs that succeeded, and every task's spend
+/// (all its runs, failed attempts included) over the tasks done.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutcomeCosts {
+    pub runs: i64,
+    pub successful_runs: i64,
+    pub cost_per_successful_run_usd: Option<f64>,
+    pub tasks: i64,
+    pub successful_tasks: i64,
+    pub cost_per_successful_task_usd: Option<f64>,
+}
+
+pub fn outcomes(rows: &[UsageRow], prices: &Prices) -> OutcomeCosts {
+    let runs = report(rows, prices, CostBy::Run);
+    let runs: Vec<&CostLine> = runs.iter().filter(|l| l.outcome.is_some()).collect();
+    let tasks = report(rows, prices, CostBy::Task);
+    let tasks: Vec<&CostLine> = tasks.iter().filter(|l| l.outcome.is_some()).collect();
+    let per = |lines: &[&CostLine], ok: &str| {
+        let n = lines
+            .iter()
+            .filter(|l| l.outcome.as_deref() == Some(ok))
+            .count() as i64;
+        let spent: f64 = lines.iter().map(|l| l.cost_usd).sum();
+        (n, (n > 0).then(|| spent / n as f64))
+    };
+    let (successful_runs, cost_per_successful_run_usd) = per(&runs, "succeeded");
+    let (successful_tasks, cost_per_successful_task_usd) = per(&tasks, "done");
+    OutcomeCosts {
+        runs: runs.len() as i64,
+        successful_runs,
+        cost_per_successful_run_usd,
+        tasks: tasks.len() as i64,
+        successful_tasks,
+        cost_per_successful_task_usd,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn row(agent: &str, model: &str, day: i64, tin: i64, tout: i64) -> UsageRow {
         UsageRow {
+            kind: "model".into(),
             agent: agent.into(),
             model: model.into(),
             run_id: None,
+            task_id: None,
+            task_state: None,
+            run_state: None,
             day,
             calls: 1,
             tokens_in: tin,
@@ -120,6 +205,46 @@ mod tests {
             vec!["1970-01-01", "1970-01-02"]
         );
         assert!(CostBy::parse("week").is_err());
+    }
+
+    /// A task done on its second run costs both runs; a failed task counts in the spend, not in
+    /// the successes; tool calls are counted by tool.
+    #[test]
+    fn outcomes_carry_their_failed_attempts() {
+        let prices = Prices::new(&BTreeMap::new()).unwrap();
+        let run = |run: &str, run_state: &str, task: &str, task_state: &str| UsageRow {
+            run_id: Some(run.into()),
+            run_state: Some(run_state.into()),
+            task_id: Some(task.into()),
+            task_state: Some(task_state.into()),
+            // $1 of gpt-4o-mini output.
+            ..row("a", "gpt-4o-mini", 0, 0, 1_666_667)
+        };
+        let rows = [
+            run("r1", "failed", "t1", "done"),
+            run("r2", "succeeded", "t1", "done"),
+            run("r3", "failed", "t2", "dead"),
+            UsageRow {
+                kind: "tool".into(),
+                calls: 3,
+                ..run("r2", "succeeded", "t1", "done")
+            },
+        ];
+        let o = outcomes(&rows, &prices);
+        assert_eq!(
+            (o.runs, o.successful_runs, o.tasks, o.successful_tasks),
+            (3, 1, 2, 1)
+        );
+        let per_task = o.cost_per_successful_task_usd.unwrap();
+        assert!((per_task - 3.0).abs() < 1e-3, "{o:?}");
+        let by_task = report(&rows, &prices, CostBy::Task);
+        assert_eq!(by_task[0].key, "t1");
+        assert_eq!(by_task[0].outcome.as_deref(), Some("done"));
+        assert_eq!((by_task[0].calls, by_task[0].tool_calls), (2, 3));
+        let by_tool = report(&rows, &prices, CostBy::Tool);
+        assert_eq!((by_tool.len(), by_tool[0].calls), (1, 3));
+        let by_outcome = report(&rows, &prices, CostBy::Outcome);
+        assert_eq!(by_outcome[0].key, "failed");
     }
 
     #[test]

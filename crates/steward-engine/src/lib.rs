@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::{Clock, SystemClock};
-pub use costs::{CostBy, CostLine};
+pub use costs::{CostBy, CostLine, OutcomeCosts};
 pub use delegations::Delegated;
 pub use error::{Error, Result};
 pub use gateway::{GatewayError, GatewayReply, Principal};
@@ -1194,10 +1194,18 @@ impl Engine {
     }
 
     /// Model spend since `since`, grouped `by` agent, model, run or day, most expensive first.
-    pub async fn costs(&self, by: &str, since: steward_types::Millis) -> Result<Vec<CostLine>> {
+    /// Spend since `since`, grouped `by`, and what outcomes cost over the same period.
+    pub async fn costs(
+        &self,
+        by: &str,
+        since: steward_types::Millis,
+    ) -> Result<(Vec<CostLine>, OutcomeCosts)> {
         let by = CostBy::parse(by)?;
         let rows = self.store().usage(since).await?;
-        Ok(costs::report(&rows, &self.inner.prices, by))
+        Ok((
+            costs::report(&rows, &self.inner.prices, by),
+            costs::outcomes(&rows, &self.inner.prices),
+        ))
     }
 
     /// Creates or changes a budget account. `cap_usd` per `period` (`total` or `day`).

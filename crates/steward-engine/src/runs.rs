@@ -219,6 +219,10 @@ async fn execute(
         Err(_) => fail(run_error::RUN_TIMEOUT, format!("the run passed its runTimeout ({run_timeout} ms)")),
         Ok(LoopEnd::Answer(a)) => Some(RunUpdate { result: Some(a), ..RunUpdate::state(RunState::Succeeded) }),
         Ok(LoopEnd::MaxSteps(n)) => fail(run_error::MAX_STEPS, format!("no final answer within maxSteps ({n}) model turns")),
+        Ok(LoopEnd::Looping { tool, times }) => fail(
+            run_error::LOOP_DETECTED,
+            format!("the model asked for the same {tool} call {times} times in a row (liveness.maxRepeats); stopped instead of making it again"),
+        ),
         Ok(LoopEnd::Step(e)) => match &e {
             StepError::Draining => None,
             StepError::Store(m) => {

@@ -265,10 +265,17 @@ pub struct CallRecord {
 /// gateway calls alike.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct UsageRow {
+    /// `model` (a model call) or `tool` (a managed run's tool call).
+    pub kind: String,
     pub agent: String,
-    /// The model name of a managed step; the deployment label (`provider/model`) of a gateway call.
+    /// The model name of a managed step (the tool's name for a tool call); the deployment label
+    /// (`provider/model`) of a gateway call.
     pub model: String,
     pub run_id: Option<String>,
+    /// The task the run served, its state, and the run's state.
+    pub task_id: Option<String>,
+    pub task_state: Option<String>,
+    pub run_state: Option<String>,
     /// Days since the Unix epoch (UTC).
     pub day: i64,
     pub calls: i64,

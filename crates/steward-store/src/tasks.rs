@@ -439,14 +439,15 @@ macro_rules! impl_tasks {
                         .await?;
                     t.run_id = Some(run.as_str().to_string());
                     sqlx::query(
-                        "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
-                         VALUES ($1, $2, $3, NULL, $4, 'queued', $5, $5)",
+                        "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at, task_id) \
+                         VALUES ($1, $2, $3, NULL, $4, 'queued', $5, $5, $6)",
                     )
                     .bind(&t.run_id)
                     .bind(agent.as_str())
                     .bind(agent_version)
                     .bind(run_input(&t.payload))
                     .bind(now)
+                    .bind(&t.id)
                     .execute(&mut *tx)
                     .await?;
                 }

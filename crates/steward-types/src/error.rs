@@ -41,6 +41,7 @@ pub mod run_error {
     pub const DIVERGENCE: &str = "divergence";
     pub const IN_DOUBT: &str = "in_doubt";
     pub const MAX_STEPS: &str = "max_steps_exceeded";
+    pub const LOOP_DETECTED: &str = "loop_detected";
     pub const RUN_TIMEOUT: &str = "run_timeout";
     pub const STEP_TIMEOUT: &str = "step_timeout";
     pub const MODEL_ERROR: &str = "model_error";

@@ -58,6 +58,10 @@ pub struct AgentSpec {
     /// The run's sandbox (for `sandbox_exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
+    /// Progress checks beyond `stepTimeout`: a run that keeps making the same tool call is
+    /// stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Liveness>,
     /// A task queue the agent serves: each task it leases becomes a run of the agent with the
     /// task's payload as input, and the run's end finishes the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -418,6 +422,15 @@ spec:
         assert!(duration::parse("5 parsecs").is_err());
         assert!(duration::parse("99999999999999999999h").is_err());
     }
+}
+
+/// When a run counts as stuck.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Liveness {
+    /// The same tool call (name and arguments) made this many times in a row is a loop: the
+    /// run fails with `loop_detected` instead of making it again.
+    pub max_repeats: u32,
 }
 
 /// The queue an agent takes tasks from, and how many of its runs may serve it at once

@@ -372,11 +372,14 @@ impl Client {
             "COST USD"
         );
         for l in &r.lines {
-            let unpriced = if l.unpriced_calls > 0 {
+            let mut unpriced = if l.unpriced_calls > 0 {
                 format!("  ({} unpriced)", l.unpriced_calls)
             } else {
                 String::new()
             };
+            if let Some(o) = &l.outcome {
+                unpriced = format!("  {o}{unpriced}");
+            }
             println!(
                 "{:<40} {:>7} {:>12} {:>12} {:>12.6}{unpriced}",
                 clip(&l.key, 40),
@@ -389,6 +392,17 @@ impl Client {
         println!(
             "{:<40} {:>7} {:>12} {:>12} {:>12.6}",
             "TOTAL", "", "", "", r.total_usd
+        );
+        let o = &r.outcomes;
+        let per = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.6}"));
+        println!(
+            "per successful run: {} USD ({} of {} runs); per successful task: {} USD ({} of {} tasks)",
+            per(o.cost_per_successful_run_usd),
+            o.successful_runs,
+            o.runs,
+            per(o.cost_per_successful_task_usd),
+            o.successful_tasks,
+            o.tasks
         );
         Ok(())
     }

@@ -76,7 +76,8 @@ enum Command {
         #[arg(value_enum)]
         action: client::ResolveWhat,
     },
-    /// Model spend by agent, model, run or day.
+    /// Spend by agent, model, run, task, tool, outcome or day, and the cost per successful
+    /// run and task.
     Cost {
         #[arg(long, default_value = "agent")]
         by: String,

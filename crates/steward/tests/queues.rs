@@ -542,3 +542,97 @@ both_backends!(
     schedules_fire_on_time_and_survive_a_restart_on,
     schedules_fire_on_time_and_survive_a_restart
 );
+
+/// What each task cost and how it ended, and the cost per successful task, from a real
+/// (loopback) OpenAI-compatible upstream's token counts at the price table's prices.
+async fn costs_are_reported_per_task_and_per_outcome(b: Backend) {
+    let upstream = common::ok_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+        ],
+    )
+    .await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: priced}\nspec:\n  model: mock/gpt-4o-mini\n  tasks: {queue: priced, concurrency: 2}\n")
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let t = enqueue(&s, "priced", json!({"payload": format!("job {i}")})).await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        common::eventually("the task done", || async {
+            let (_, t) = s.get(&format!("/api/v1/tasks/{id}")).await;
+            (t["state"] == "done").then_some(())
+        })
+        .await;
+    }
+    let (st, r) = s.get("/api/v1/costs?by=task").await;
+    assert_eq!(st, 200, "{r}");
+    // One model call each: 1 token in at $0.15/M and 1 out at $0.60/M.
+    let each = 0.75e-6;
+    let lines = r["lines"].as_array().unwrap();
+    for id in &ids {
+        let line = lines.iter().find(|l| l["key"] == id.as_str()).unwrap();
+        assert_eq!(
+            (line["calls"].as_i64(), line["outcome"].as_str()),
+            (Some(1), Some("done")),
+            "{line}"
+        );
+        assert!(
+            (line["cost_usd"].as_f64().unwrap() - each).abs() < 1e-12,
+            "{line}"
+        );
+    }
+    let o = &r["outcomes"];
+    assert_eq!(
+        (o["tasks"].as_i64(), o["successful_tasks"].as_i64()),
+        (Some(2), Some(2)),
+        "{o}"
+    );
+    assert!(
+        (o["cost_per_successful_task_usd"].as_f64().unwrap() - each).abs() < 1e-12,
+        "{o}"
+    );
+    assert_eq!(o["successful_runs"], 2);
+    let (_, by_outcome) = s.get("/api/v1/costs?by=outcome").await;
+    assert_eq!(by_outcome["lines"][0]["key"], "succeeded", "{by_outcome}");
+    assert_eq!(by_outcome["lines"][0]["calls"], 2);
+    let (st, _) = s.get("/api/v1/costs?by=mood").await;
+    assert_eq!(st, 400);
+}
+
+both_backends!(
+    costs_are_reported_per_task_and_per_outcome_on,
+    costs_are_reported_per_task_and_per_outcome
+);
+
+/// A run that keeps making the same tool call is stopped as a loop, before the extra call is
+/// made; a run that varies its calls is not.
+async fn a_looping_run_is_stopped(b: Backend) {
+    let c = Counter::start().await;
+    let s = TestServer::start(b).await;
+    let same =
+        "    - {toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]}\n";
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: looper}}\nspec:\n  model: scripted\n  tools: [http_request]\n  liveness: {{maxRepeats: 2}}\n  script:\n{same}{same}{same}    - {{content: never}}\n"
+    ))
+    .await;
+    let id = s.start_run("looper", &format!("{}/loop", c.url)).await;
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "loop_detected", "{r}");
+    assert_eq!(
+        c.total_for_run(&id),
+        2,
+        "the third identical call was not made"
+    );
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: varied}\nspec:\n  model: scripted\n  tools: [echo]\n  liveness: {maxRepeats: 1}\n  script:\n    - {toolCalls: [{name: echo, arguments: {n: 1}}]}\n    - {toolCalls: [{name: echo, arguments: {n: 2}}]}\n    - {content: fine}\n")
+        .await;
+    let id = s.start_run("varied", "x").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+}
+
+both_backends!(a_looping_run_is_stopped_on, a_looping_run_is_stopped);
