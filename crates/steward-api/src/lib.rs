@@ -95,7 +95,12 @@ use utoipa::OpenApi;
         queues::put_schedule,
         queues::get_schedule,
         queues::list_schedules,
-        queues::delete_schedule
+        queues::delete_schedule,
+        queues::put_supervisor,
+        queues::get_supervisor,
+        queues::list_supervisors,
+        queues::list_incidents,
+        queues::resolve_incident
     ),
     components(schemas(
         wire::Agent,
@@ -166,6 +171,11 @@ use utoipa::OpenApi;
         wire::PutSchedule,
         wire::Schedule,
         wire::ScheduleList,
+        wire::Supervisor,
+        wire::SupervisorList,
+        wire::Incident,
+        wire::IncidentList,
+        wire::ResolveIncident,
         wire::Snapshot,
         wire::RestoreSandbox,
         error::ErrorBody,
@@ -281,6 +291,13 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/tasks/{id}/fail", post(queues::fail))
         .route("/tasks/{id}/requeue", post(queues::requeue))
         .route("/schedules", get(queues::list_schedules))
+        .route("/supervisors", get(queues::list_supervisors))
+        .route(
+            "/supervisors/{name}",
+            get(queues::get_supervisor).put(queues::put_supervisor),
+        )
+        .route("/incidents", get(queues::list_incidents))
+        .route("/incidents/{id}/resolve", post(queues::resolve_incident))
         .route(
             "/schedules/{name}",
             get(queues::get_schedule)

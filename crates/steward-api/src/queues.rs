@@ -285,3 +285,80 @@ pub async fn delete_schedule(
     e.schedules().delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Creates or replaces a supervisor (JSON: `strategy` one_for_one | one_for_all | rest_for_one,
+/// `maxRestarts`, `withinMs`, `backoff {initialMs, maxMs}`, `children [{name, agent, input} |
+/// {name, supervisor}]`, `evaluator {contains | agent, maxRounds}`): it starts its children now.
+#[utoipa::path(put, path = "/api/v1/supervisors/{name}", params(("name" = String, Path)), request_body = Value,
+    responses((status = 200, body = Supervisor), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_supervisor(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(spec): ApiJson<serde_json::Value>,
+) -> ApiResult<Json<Supervisor>> {
+    let spec = serde_json::from_value(spec).map_err(|err| {
+        ApiError::new(ErrorCode::InvalidRequest, format!("supervisor spec: {err}"))
+    })?;
+    Ok(Json(e.supervisors().put(&name, spec).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/supervisors/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Supervisor), (status = 404, body = ErrorBody)))]
+pub async fn get_supervisor(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Supervisor>> {
+    Ok(Json(e.supervisors().get(&name).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/supervisors", responses((status = 200, body = SupervisorList)))]
+pub async fn list_supervisors(State(e): State<Engine>) -> ApiResult<Json<SupervisorList>> {
+    Ok(Json(SupervisorList {
+        supervisors: e
+            .supervisors()
+            .list()
+            .await?
+            .into_iter()
+            .map(Supervisor::from)
+            .collect(),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    /// `open` or `resolved`; absent: both.
+    pub state: Option<String>,
+}
+
+/// What root supervisors escalated to a human when they gave up, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", params(IncidentQuery), responses((status = 200, body = IncidentList)))]
+pub async fn list_incidents(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<IncidentQuery>,
+) -> ApiResult<Json<IncidentList>> {
+    Ok(Json(IncidentList {
+        incidents: e
+            .supervisors()
+            .incidents(q.state.as_deref())
+            .await?
+            .into_iter()
+            .map(Incident::from)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", params(("id" = String, Path)), request_body = ResolveIncident,
+    responses((status = 200, body = Incident), (status = 404, body = ErrorBody)))]
+pub async fn resolve_incident(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<ResolveIncident>,
+) -> ApiResult<Json<Incident>> {
+    Ok(Json(
+        e.supervisors()
+            .resolve_incident(&id, &r.resolution)
+            .await?
+            .into(),
+    ))
+}

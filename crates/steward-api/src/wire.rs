@@ -1025,3 +1025,70 @@ impl From<steward_store::ScheduleRecord> for Schedule {
 pub struct ScheduleList {
     pub schedules: Vec<Schedule>,
 }
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Supervisor {
+    pub name: String,
+    /// `running`, `completed` or `failed` (it gave up and escalated).
+    pub status: String,
+    /// As given: strategy, maxRestarts, withinMs, backoff, children, evaluator.
+    pub spec: Value,
+    /// Its children (each with its attempts, current run, result and feedback), its restarts
+    /// within the window, and why it gave up.
+    pub state: Value,
+    pub updated_at: i64,
+}
+
+impl From<steward_store::SupervisorRecord> for Supervisor {
+    fn from(r: steward_store::SupervisorRecord) -> Self {
+        Supervisor {
+            name: r.name,
+            status: r.status,
+            spec: json_or_text(r.spec),
+            state: json_or_text(r.state),
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SupervisorList {
+    pub supervisors: Vec<Supervisor>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Incident {
+    pub id: String,
+    pub supervisor: String,
+    pub reason: String,
+    /// `open` or `resolved`.
+    pub state: String,
+    pub created_at: i64,
+    pub resolved_at: Option<i64>,
+    pub resolution: Option<String>,
+}
+
+impl From<steward_store::IncidentRecord> for Incident {
+    fn from(i: steward_store::IncidentRecord) -> Self {
+        Incident {
+            id: i.id,
+            supervisor: i.supervisor,
+            reason: i.reason,
+            state: i.state,
+            created_at: i.created_at,
+            resolved_at: i.resolved_at,
+            resolution: i.resolution,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct IncidentList {
+    pub incidents: Vec<Incident>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveIncident {
+    pub resolution: String,
+}

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub tasks: crate::tasks::Tasks,
     /// Durable timers that enqueue tasks and start runs.
     pub schedules: crate::schedules::Schedules,
+    /// Supervision trees.
+    pub supervisors: crate::supervisors::Supervisors,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);

@@ -16,6 +16,7 @@ mod metrics;
 mod runs;
 pub mod sandboxes;
 pub mod schedules;
+pub mod supervisors;
 pub mod tasks;
 mod ttl_cache;
 pub mod vault;
@@ -162,6 +163,7 @@ impl Engine {
             policies: opts.policies.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
             schedules: schedules::Schedules::new(store.clone(), opts.clock.clone()),
+            supervisors: supervisors::Supervisors::new(store.clone(), opts.clock.clone()),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(
@@ -330,6 +332,11 @@ impl Engine {
     /// Task queues.
     pub fn tasks(&self) -> &tasks::Tasks {
         &self.inner.shared.tasks
+    }
+
+    /// Supervision trees and the incidents they escalate to.
+    pub fn supervisors(&self) -> &supervisors::Supervisors {
+        &self.inner.shared.supervisors
     }
 
     /// Schedules: cron and one-shot timers.

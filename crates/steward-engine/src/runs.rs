@@ -79,6 +79,11 @@ pub(crate) async fn serve_queues(inner: Arc<Inner>) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "task queue upkeep failed; retrying"),
         }
+        match s.supervisors.drive().await {
+            Ok(true) => s.wake.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "supervising failed; retrying"),
+        }
         tokio::select! {
             _ = s.tasks.changed(every) => {}
             _ = inner.draining.cancelled() => return,

@@ -9,6 +9,7 @@ mod model;
 mod schedules;
 mod settle_writer;
 mod sql;
+mod supervisors;
 mod task_writer;
 mod tasks;
 
@@ -21,6 +22,7 @@ pub use model::*;
 pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use settle_writer::SettleWriter;
 pub use sql::{PgStore, SqliteStore};
+pub use supervisors::{IncidentRecord, SupervisorRecord, SupervisorStore};
 pub use task_writer::TaskWriter;
 pub use tasks::*;
 
@@ -357,6 +359,7 @@ pub trait Store:
     + CacheStore
     + TaskStore
     + ScheduleStore
+    + SupervisorStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

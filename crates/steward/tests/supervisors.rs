@@ -1,0 +1,290 @@
+//! Supervision trees through the real binary, on SQLite and PostgreSQL: restarts by strategy
+//! with backoff and an intensity limit, escalation to a parent and, at the root, an incident
+//! for a human; evaluators (a rule and a reviewer agent) that accept, send back with
+//! feedback, or escalate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+async fn put(s: &TestServer, name: &str, spec: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/supervisors/{name}", s.url))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+fn agent(name: &str, body: &str) -> String {
+    format!("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n{body}")
+}
+
+async fn status(s: &TestServer, name: &str, want: &str) -> Value {
+    common::eventually(&format!("supervisor {name} {want}"), || async {
+        let (_, r) = s.get(&format!("/api/v1/supervisors/{name}")).await;
+        (r["status"] == want).then_some(r)
+    })
+    .await
+}
+
+/// Runs of `agent`, oldest first.
+async fn runs_of(s: &TestServer, agent: &str) -> Vec<Value> {
+    let (_, r) = s
+        .get(&format!("/api/v1/runs?agent={agent}&limit=100"))
+        .await;
+    let mut runs = r["runs"].as_array().unwrap().clone();
+    runs.sort_by_key(|r| r["created_at"].as_i64().unwrap());
+    runs
+}
+
+async fn supervisors_restart_back_off_give_up_and_escalate(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(&agent(
+        "steady",
+        "  script:\n    - {content: steady done}\n",
+    ))
+    .await;
+    s.apply(&agent(
+        "flaky",
+        "  runTimeout: 100ms\n  script:\n    - {delayMs: 2000, content: never}\n",
+    ))
+    .await;
+    s.apply(&agent(
+        "slow",
+        "  script:\n    - {delayMs: 60000, content: late}\n",
+    ))
+    .await;
+
+    // Bad specs are refused, naming the problem.
+    for (spec, want) in [
+        (
+            json!({"strategy": "one_for_some", "children": [{"name": "a", "agent": "steady"}]}),
+            400,
+        ),
+        (json!({"strategy": "one_for_one", "children": []}), 400),
+        (
+            json!({"strategy": "one_for_one", "children": [{"name": "a"}]}),
+            400,
+        ),
+        (
+            json!({"strategy": "one_for_one", "children": [{"name": "a", "agent": "ghost"}]}),
+            404,
+        ),
+        (
+            json!({"strategy": "one_for_one", "children": [{"name": "a", "agent": "steady"}, {"name": "a", "agent": "steady"}]}),
+            400,
+        ),
+        (
+            json!({"strategy": "one_for_one", "children": [{"name": "a", "agent": "steady"}], "evaluator": {}}),
+            400,
+        ),
+    ] {
+        let (st, r) = put(&s, "bad", spec.clone()).await;
+        assert_eq!(st, want, "{spec}: {r}");
+    }
+
+    // one_for_one: the failing child is restarted with growing backoff until the intensity
+    // limit; its sibling is left alone; at the root, giving up opens an incident.
+    let (st, r) = put(&s, "team", json!({
+        "strategy": "one_for_one", "maxRestarts": 2, "withinMs": 60000,
+        "backoff": {"initialMs": 300, "maxMs": 5000},
+        "children": [{"name": "s", "agent": "steady", "input": "go"}, {"name": "f", "agent": "flaky", "input": "go"}]
+    })).await;
+    assert_eq!(st, 200, "{r}");
+    let team = status(&s, "team", "failed").await;
+    assert!(
+        team["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("child f failed"),
+        "{team}"
+    );
+    assert_eq!(
+        runs_of(&s, "steady").await.len(),
+        1,
+        "the sibling was not restarted"
+    );
+    let flaky = runs_of(&s, "flaky").await;
+    assert_eq!(flaky.len(), 3, "first run and two restarts");
+    let at: Vec<i64> = flaky
+        .iter()
+        .map(|r| r["created_at"].as_i64().unwrap())
+        .collect();
+    assert!(
+        at[1] - at[0] >= 300 + 100,
+        "backoff 300 ms after a 100 ms run: {at:?}"
+    );
+    assert!(at[2] - at[1] >= 600 + 100, "then 600 ms: {at:?}");
+    let (_, inc) = s.get("/api/v1/incidents?state=open").await;
+    let incident = inc["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["supervisor"] == "team")
+        .cloned()
+        .unwrap();
+    assert!(
+        incident["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maxRestarts 2"),
+        "{incident}"
+    );
+    let (st, r) = s
+        .post(
+            &format!(
+                "/api/v1/incidents/{}/resolve",
+                incident["id"].as_str().unwrap()
+            ),
+            json!({"resolution": "flaky fixed"}),
+        )
+        .await;
+    assert_eq!((st, r["state"].as_str()), (200, Some("resolved")), "{r}");
+    let (st, _) = s
+        .post(
+            &format!(
+                "/api/v1/incidents/{}/resolve",
+                incident["id"].as_str().unwrap()
+            ),
+            json!({"resolution": "again"}),
+        )
+        .await;
+    assert_eq!(st, 404, "resolved already");
+
+    // one_for_all: a failure stops and restarts the running sibling too.
+    put(&s, "pair", json!({
+        "strategy": "one_for_all", "maxRestarts": 1, "backoff": {"initialMs": 100, "maxMs": 100},
+        "children": [{"name": "slow", "agent": "slow"}, {"name": "f", "agent": "flaky"}]
+    })).await;
+    status(&s, "pair", "failed").await;
+    let slow = common::eventually("the slow sibling's runs stopped", || async {
+        let runs = runs_of(&s, "slow").await;
+        runs.iter()
+            .all(|r| r["state"] == "cancelled")
+            .then_some(runs)
+    })
+    .await;
+    assert_eq!(
+        slow.len(),
+        2,
+        "restarted with its sibling, then stopped when the supervisor gave up"
+    );
+
+    // A child supervisor that gives up escalates to its parent, which restarts it; when the
+    // parent gives up, only the root opens an incident.
+    put(&s, "inner", json!({"strategy": "one_for_one", "maxRestarts": 0, "children": [{"name": "f", "agent": "flaky"}]})).await;
+    put(&s, "outer", json!({"strategy": "one_for_one", "maxRestarts": 1, "backoff": {"initialMs": 100, "maxMs": 100},
+        "children": [{"name": "inner", "supervisor": "inner"}]})).await;
+    let outer = status(&s, "outer", "failed").await;
+    assert!(
+        outer["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("supervisor inner gave up"),
+        "{outer}"
+    );
+    let (_, inner) = s.get("/api/v1/supervisors/inner").await;
+    assert_eq!(
+        inner["state"]["generation"], 1,
+        "restarted once by its parent: {inner}"
+    );
+    let (_, inc) = s.get("/api/v1/incidents?state=open").await;
+    let by: Vec<&str> = inc["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["supervisor"].as_str().unwrap())
+        .collect();
+    assert!(by.contains(&"outer") && !by.contains(&"inner"), "{by:?}");
+}
+
+both_backends!(
+    supervision_on,
+    supervisors_restart_back_off_give_up_and_escalate
+);
+
+async fn evaluators_accept_send_back_or_escalate(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(&agent(
+        "writer",
+        "  script:\n    - {content: a first draft}\n",
+    ))
+    .await;
+    s.apply(&agent(
+        "reviewer",
+        "  script:\n    - {content: ACCEPT looks good}\n",
+    ))
+    .await;
+
+    // A rule the answer meets: accepted at once.
+    put(
+        &s,
+        "kind",
+        json!({"strategy": "one_for_one", "evaluator": {"contains": "draft"},
+        "children": [{"name": "w", "agent": "writer", "input": "write"}]}),
+    )
+    .await;
+    let kind = status(&s, "kind", "completed").await;
+    assert_eq!(
+        kind["state"]["children"][0]["result"], "a first draft",
+        "{kind}"
+    );
+
+    // A rule it never meets: sent back with feedback (the next run sees it), then escalated.
+    put(
+        &s,
+        "strict",
+        json!({"strategy": "one_for_one", "evaluator": {"contains": "FINAL", "maxRounds": 1},
+        "children": [{"name": "w", "agent": "writer", "input": "write the essay"}]}),
+    )
+    .await;
+    let strict = status(&s, "strict", "failed").await;
+    assert!(
+        strict["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("evaluator rejected w"),
+        "{strict}"
+    );
+    let runs = runs_of(&s, "writer").await;
+    let second = runs.last().unwrap();
+    assert!(
+        second["input"]
+            .as_str()
+            .unwrap()
+            .contains("must contain \"FINAL\""),
+        "{second}"
+    );
+    let (_, inc) = s.get("/api/v1/incidents").await;
+    assert!(inc["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["supervisor"] == "strict"));
+
+    // A reviewer agent that accepts.
+    put(
+        &s,
+        "reviewed",
+        json!({"strategy": "one_for_one", "evaluator": {"agent": "reviewer"},
+        "children": [{"name": "w", "agent": "writer", "input": "write"}]}),
+    )
+    .await;
+    status(&s, "reviewed", "completed").await;
+    let reviews = runs_of(&s, "reviewer").await;
+    assert_eq!(reviews.len(), 1);
+    assert!(
+        reviews[0]["input"]
+            .as_str()
+            .unwrap()
+            .contains("a first draft"),
+        "the reviewer saw the answer"
+    );
+}
+
+both_backends!(evaluators_on, evaluators_accept_send_back_or_escalate);
