@@ -1,13 +1,16 @@
 //! Group commit for task queues. Enqueues, leases and task ends are small writes, so with one
 //! transaction each a commit (an fsync on SQLite) would bound the queue. One writer task takes
-//! whatever is waiting, commits the enqueues in one transaction, then the leases (so they see
-//! those tasks), then the ends, and answers every caller with its own result.
+//! whatever is waiting and commits it in one transaction — the enqueues first, then the leases
+//! (so they see those tasks), then the ends — and answers every caller with its own result.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, LeaseRequest, Millis, NewTask, Result, Store, TaskFinish, TaskRecord};
+use crate::{
+    Error, LeaseRequest, Millis, NewTask, Result, Store, TaskBatch, TaskBatchResult, TaskFinish,
+    TaskRecord,
+};
 
 enum Op {
     Enqueue(NewTask, Millis, oneshot::Sender<Result<(TaskRecord, bool)>>),
@@ -68,68 +71,88 @@ impl TaskWriter {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
     while let Some(first) = rx.recv().await {
-        let mut enqueues = Vec::new();
-        let mut leases = Vec::new();
-        let mut finishes = Vec::new();
+        let mut batch = TaskBatch::default();
+        let mut waiters = Waiters::default();
         let mut next = Some(first);
+        let mut n = 0;
         while let Some(op) = next.take() {
             match op {
-                Op::Enqueue(t, now, w) => enqueues.push(((t, now), w)),
-                Op::Lease(r, w) => leases.push((r, w)),
-                Op::Finish(f, now, w) => finishes.push(((f, now), w)),
+                Op::Enqueue(t, now, w) => {
+                    batch.enqueues.push((t, now));
+                    waiters.enqueues.push(w);
+                }
+                Op::Lease(r, w) => {
+                    batch.leases.push(r);
+                    waiters.leases.push(w);
+                }
+                Op::Finish(f, now, w) => {
+                    batch.finishes.push((f, now));
+                    waiters.finishes.push(w);
+                }
             }
-            if enqueues.len() + leases.len() + finishes.len() < MAX_BATCH {
+            n += 1;
+            if n < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !enqueues.is_empty() {
-            let (items, waiters): (Vec<_>, Vec<_>) = enqueues.into_iter().unzip();
-            answer(&items, waiters, store.enqueue_tasks(&items).await, |one| {
-                let store = store.clone();
-                async move { Ok(store.enqueue_tasks(&[one]).await?.remove(0)) }
-            })
-            .await;
-        }
-        if !leases.is_empty() {
-            let (items, waiters): (Vec<_>, Vec<_>) = leases.into_iter().unzip();
-            answer(&items, waiters, store.lease_tasks(&items).await, |one| {
-                let store = store.clone();
-                async move { Ok(store.lease_tasks(&[one]).await?.remove(0)) }
-            })
-            .await;
-        }
-        if !finishes.is_empty() {
-            let (items, waiters): (Vec<_>, Vec<_>) = finishes.into_iter().unzip();
-            answer(&items, waiters, store.finish_tasks(&items).await, |one| {
-                let store = store.clone();
-                async move { Ok(store.finish_tasks(&[one]).await?.remove(0)) }
-            })
-            .await;
+        match store.task_batch(&batch).await {
+            Ok(r) => waiters.answer(r),
+            // One bad item (a dedup key another node took meanwhile) must fail nobody else:
+            // each item again, on its own.
+            Err(_) => {
+                for ((t, now), w) in batch.enqueues.into_iter().zip(waiters.enqueues) {
+                    let one = TaskBatch {
+                        enqueues: vec![(t, now)],
+                        ..TaskBatch::default()
+                    };
+                    let _ = w.send(
+                        store
+                            .task_batch(&one)
+                            .await
+                            .map(|mut r| r.enqueued.remove(0)),
+                    );
+                }
+                for (r, w) in batch.leases.into_iter().zip(waiters.leases) {
+                    let one = TaskBatch {
+                        leases: vec![r],
+                        ..TaskBatch::default()
+                    };
+                    let _ = w.send(store.task_batch(&one).await.map(|mut r| r.leased.remove(0)));
+                }
+                for ((f, now), w) in batch.finishes.into_iter().zip(waiters.finishes) {
+                    let one = TaskBatch {
+                        finishes: vec![(f, now)],
+                        ..TaskBatch::default()
+                    };
+                    let _ = w.send(
+                        store
+                            .task_batch(&one)
+                            .await
+                            .map(|mut r| r.finished.remove(0)),
+                    );
+                }
+            }
         }
     }
 }
 
-/// Gives each waiter its result; when the shared transaction failed, each item is tried on its
-/// own, so one bad item (a dedup key another node took meanwhile) fails nobody else.
-async fn answer<I: Clone, T, F, Fut>(
-    items: &[I],
-    waiters: Vec<oneshot::Sender<Result<T>>>,
-    together: Result<Vec<T>>,
-    alone: F,
-) where
-    F: Fn(I) -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    match together {
-        Ok(results) => {
-            for (w, r) in waiters.into_iter().zip(results) {
-                let _ = w.send(Ok(r));
-            }
+#[derive(Default)]
+struct Waiters {
+    enqueues: Vec<oneshot::Sender<Result<(TaskRecord, bool)>>>,
+    leases: Vec<oneshot::Sender<Result<Vec<TaskRecord>>>>,
+    finishes: Vec<oneshot::Sender<Result<bool>>>,
+}
+
+impl Waiters {
+    fn answer(self, r: TaskBatchResult) {
+        for (w, v) in self.enqueues.into_iter().zip(r.enqueued) {
+            let _ = w.send(Ok(v));
         }
-        Err(_) => {
-            for (w, item) in waiters.into_iter().zip(items.iter().cloned()) {
-                let _ = w.send(alone(item).await);
-            }
+        for (w, v) in self.leases.into_iter().zip(r.leased) {
+            let _ = w.send(Ok(v));
+        }
+        for (w, v) in self.finishes.into_iter().zip(r.finished) {
+            let _ = w.send(Ok(v));
         }
     }
 }

@@ -92,6 +92,23 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
+/// Enqueues, lease requests and task ends to commit together.
+#[derive(Clone, Debug, Default)]
+pub struct TaskBatch {
+    pub enqueues: Vec<(NewTask, Millis)>,
+    pub leases: Vec<LeaseRequest>,
+    pub finishes: Vec<(TaskFinish, Millis)>,
+}
+
+/// What each item of a [`TaskBatch`] came to, in its order.
+#[derive(Clone, Debug, Default)]
+pub struct TaskBatchResult {
+    /// Each stored task and whether it is new (false: its dedup key was there).
+    pub enqueued: Vec<(TaskRecord, bool)>,
+    pub leased: Vec<Vec<TaskRecord>>,
+    pub finished: Vec<bool>,
+}
+
 /// A worker asking for up to `max` tasks of `queue`.
 #[derive(Clone, Debug)]
 pub struct LeaseRequest {
@@ -129,13 +146,12 @@ pub trait TaskStore: Send + Sync {
     /// The queue's settings (the defaults for a queue never configured).
     async fn queue(&self, name: &str) -> Result<QueueConfig>;
     async fn queues(&self) -> Result<Vec<QueueConfig>>;
-    /// Enqueues each task (at its time) unless its queue holds one with the same dedup key,
-    /// all in one transaction; returns each stored task and whether it is new.
-    async fn enqueue_tasks(&self, tasks: &[(NewTask, Millis)]) -> Result<Vec<(TaskRecord, bool)>>;
-    /// For each request, leases up to `max` ready tasks of `queue` to `worker` for the queue's
-    /// lease time — highest priority first and fairly between tenants, within the queue's
-    /// limits — all in one transaction.
-    async fn lease_tasks(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskRecord>>>;
+    /// In one transaction: enqueues each task (at its time) unless its queue holds one with the
+    /// same dedup key; then serves each lease request — up to `max` ready tasks of `queue` to
+    /// `worker` for the queue's lease time, highest priority first and fairly between tenants,
+    /// within the queue's limits; then ends each attempt (false when the worker's lease was
+    /// lost — expired and taken by another worker, or ended already — and nothing changed).
+    async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult>;
     /// Leases up to `max` ready tasks of `queue` to new runs of `agent` (one each, created in
     /// the same transaction, input = the payload); the run finishes the task.
     async fn lease_tasks_to_runs(
@@ -154,9 +170,6 @@ pub trait TaskStore: Send + Sync {
         attempt: i64,
         now: Millis,
     ) -> Result<bool>;
-    /// Ends each attempt, in one transaction; for each, false when the worker's lease was lost
-    /// (expired and taken by another worker, or ended already) and nothing changed.
-    async fn finish_tasks(&self, ends: &[(TaskFinish, Millis)]) -> Result<Vec<bool>>;
     /// Ends the task leased to run `run`, if any; returns it.
     async fn finish_run_task(
         &self,
@@ -268,6 +281,223 @@ macro_rules! impl_tasks {
                 Ok(leased)
             }
 
+            async fn enqueue_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                tasks: &[(NewTask, Millis)],
+                queues: &std::collections::HashMap<String, QueueConfig>,
+            ) -> Result<Vec<(TaskRecord, bool)>> {
+                use std::collections::HashMap;
+                let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; tasks.len()];
+                // A task with a dedup key the queue holds is that task.
+                for (i, (t, _)) in tasks.iter().enumerate() {
+                    if let Some(key) = &t.dedup_key {
+                        let found: Option<TaskRecord> = sqlx::query_as(&format!(
+                            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = $1 AND dedup_key = $2"
+                        ))
+                        .bind(&t.queue)
+                        .bind(key)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        out[i] = found.map(|f| (f, false));
+                    }
+                }
+                let mut fresh: Vec<usize> = (0..tasks.len()).filter(|i| out[*i].is_none()).collect();
+                // Two tasks of one batch with the same key: the first is enqueued, the second
+                // is it.
+                let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
+                let mut same_as: Vec<(usize, usize)> = Vec::new();
+                fresh.retain(|&i| match &tasks[i].0.dedup_key {
+                    Some(k) => match keys.get(&(tasks[i].0.queue.as_str(), k.as_str())) {
+                        Some(&first) => {
+                            same_as.push((i, first));
+                            false
+                        }
+                        None => {
+                            keys.insert((tasks[i].0.queue.as_str(), k.as_str()), i);
+                            true
+                        }
+                    },
+                    None => true,
+                });
+                // Each tenant's places, one statement per (queue, tenant).
+                let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+                for &i in &fresh {
+                    groups
+                        .entry((tasks[i].0.queue.as_str(), tasks[i].0.tenant.as_str()))
+                        .or_default()
+                        .push(i);
+                }
+                let mut seq = vec![0i64; tasks.len()];
+                for ((queue, tenant), members) in &groups {
+                    let k = members.len() as i64;
+                    let (last,): (i64,) = sqlx::query_as(
+                        "INSERT INTO task_tenants (queue, tenant, next_seq) VALUES ($1, $2, $3) \
+                         ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + $3 \
+                         RETURNING next_seq",
+                    )
+                    .bind(*queue)
+                    .bind(*tenant)
+                    .bind(k)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    for (n, &i) in members.iter().enumerate() {
+                        seq[i] = last - k + 1 + n as i64;
+                    }
+                }
+                // The tasks, many rows to a statement. A unique violation (another node
+                // enqueued the same key meanwhile) fails the transaction; the writer then
+                // enqueues each task on its own, and the retry finds the other node's task.
+                for chunk in fresh.chunks(256) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO tasks (id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, \
+                           run_at, deadline, attempts, max_attempts, enqueued_at, updated_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, &i| {
+                        let (t, now) = &tasks[i];
+                        b.push_bind(t.id.clone())
+                            .push_bind(t.queue.clone())
+                            .push_bind(t.tenant.clone())
+                            .push_bind(seq[i])
+                            .push_bind(t.priority)
+                            .push_bind(t.payload.clone())
+                            .push_bind(t.dedup_key.clone())
+                            .push_bind(TASK_PENDING)
+                            .push_bind(t.run_at)
+                            .push_bind(t.deadline)
+                            .push_bind(0i64)
+                            .push_bind(queues.get(&t.queue).map_or(3, |q| q.max_attempts))
+                            .push_bind(*now)
+                            .push_bind(*now);
+                    });
+                    qb.push(format!(" RETURNING {TASK_COLUMNS}"));
+                    let rows: Vec<TaskRecord> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                    let mut by_id: HashMap<String, TaskRecord> =
+                        rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+                    for &i in chunk {
+                        let rec = by_id.remove(&tasks[i].0.id).ok_or_else(|| {
+                            crate::Error::Corrupt(format!("task {} was not stored", tasks[i].0.id))
+                        })?;
+                        out[i] = Some((rec, true));
+                    }
+                }
+                for (i, first) in same_as {
+                    out[i] = out[first].clone().map(|(r, _)| (r, false));
+                }
+                out.into_iter()
+                    .map(|o| o.ok_or_else(|| crate::Error::Corrupt("a task was lost in its batch".into())))
+                    .collect()
+            }
+
+            async fn lease_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                requests: &[LeaseRequest],
+                queues: &std::collections::HashMap<String, QueueConfig>,
+            ) -> Result<Vec<Vec<TaskRecord>>> {
+                let mut out = Vec::with_capacity(requests.len());
+                for r in requests {
+                    let q = queues.get(&r.queue).cloned().unwrap_or_else(|| QueueConfig::named(&r.queue));
+                    let room = Self::room(tx, &q, &r.worker, r.max).await?;
+                    out.push(Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?);
+                }
+                Ok(out)
+            }
+
+            async fn finish_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                ends: &[(TaskFinish, Millis)],
+            ) -> Result<Vec<bool>> {
+                let mut out = vec![false; ends.len()];
+                // Completions, many to a statement; each must still hold its lease.
+                // A second report of one attempt in the same batch finds the lease gone.
+                let mut seen = std::collections::HashSet::new();
+                let done: Vec<usize> = (0..ends.len())
+                    .filter(|&i| matches!(ends[i].0.end, TaskEnd::Done { .. }))
+                    .filter(|&i| seen.insert(ends[i].0.id.as_str()))
+                    .collect();
+                for chunk in done.chunks(256) {
+                    let now = chunk.iter().map(|&i| ends[i].1).max().unwrap_or_default();
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE tasks SET state = 'done', result = CASE id");
+                    for &i in chunk {
+                        let result = match &ends[i].0.end {
+                            TaskEnd::Done { result } => result.clone(),
+                            TaskEnd::Failed { .. } => String::new(),
+                        };
+                        qb.push(" WHEN ").push_bind(ends[i].0.id.clone()).push(" THEN ").push_bind(result);
+                    }
+                    qb.push(" END, error = NULL, lease_owner = NULL, lease_until = NULL, finished_at = ")
+                        .push_bind(now)
+                        .push(", updated_at = ")
+                        .push_bind(now)
+                        .push(" WHERE state = 'leased' AND run_id IS NULL AND (");
+                    for (n, &i) in chunk.iter().enumerate() {
+                        let f = &ends[i].0;
+                        if n > 0 {
+                            qb.push(" OR ");
+                        }
+                        qb.push("(id = ")
+                            .push_bind(f.id.clone())
+                            .push(" AND lease_owner = ")
+                            .push_bind(f.worker.clone())
+                            .push(" AND attempts = ")
+                            .push_bind(f.attempt)
+                            .push(")");
+                    }
+                    qb.push(") RETURNING id");
+                    let held: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                    let held: std::collections::HashSet<String> = held.into_iter().map(|(id,)| id).collect();
+                    for &i in chunk {
+                        out[i] = held.contains(&ends[i].0.id);
+                    }
+                }
+                // Failures one by one: each decides between a retry and the dead-letter queue.
+                for (i, (f, now)) in ends.iter().enumerate() {
+                    if matches!(f.end, TaskEnd::Done { .. }) {
+                        continue;
+                    }
+                    let (how, result, error, retry_at) = Self::end_columns(&f.end);
+                    let n = sqlx::query(
+                        "UPDATE tasks SET \
+                           state = CASE WHEN $1 = 'done' THEN 'done' \
+                                        WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
+                                        ELSE 'dead' END, \
+                           run_at = COALESCE($2, run_at), result = $3, error = $4, \
+                           lease_owner = NULL, lease_until = NULL, \
+                           finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
+                           updated_at = $5 \
+                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL",
+                    )
+                    .bind(how)
+                    .bind(retry_at)
+                    .bind(result)
+                    .bind(error)
+                    .bind(now)
+                    .bind(&f.id)
+                    .bind(&f.worker)
+                    .bind(f.attempt)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    out[i] = n == 1;
+                }
+                Ok(out)
+            }
+
+            /// The settings of every queue `batch` names.
+            async fn configs(&self, batch: &TaskBatch) -> Result<std::collections::HashMap<String, QueueConfig>> {
+                let mut queues = std::collections::HashMap::new();
+                let names = batch
+                    .enqueues
+                    .iter()
+                    .map(|(t, _)| &t.queue)
+                    .chain(batch.leases.iter().map(|r| &r.queue));
+                for name in names {
+                    if !queues.contains_key(name) {
+                        queues.insert(name.clone(), self.queue(name).await?);
+                    }
+                }
+                Ok(queues)
+            }
+
             fn end_columns(end: &TaskEnd) -> (&'static str, Option<&str>, Option<&str>, Option<Millis>) {
                 match end {
                     TaskEnd::Done { result } => ("done", Some(result.as_str()), None, None),
@@ -338,80 +568,14 @@ macro_rules! impl_tasks {
                     .collect())
             }
 
-            async fn enqueue_tasks(&self, tasks: &[(NewTask, Millis)]) -> Result<Vec<(TaskRecord, bool)>> {
-                let mut attempts: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-                for (t, _) in tasks {
-                    if !attempts.contains_key(t.queue.as_str()) {
-                        attempts.insert(&t.queue, self.queue(&t.queue).await?.max_attempts);
-                    }
-                }
-                let mut out = Vec::with_capacity(tasks.len());
+            async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult> {
+                let queues = self.configs(batch).await?;
                 let mut tx = self.write.begin().await?;
-                for (t, now) in tasks {
-                    if let Some(key) = &t.dedup_key {
-                        let found: Option<TaskRecord> = sqlx::query_as(&format!(
-                            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = $1 AND dedup_key = $2"
-                        ))
-                        .bind(&t.queue)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some(found) = found {
-                            out.push((found, false));
-                            continue;
-                        }
-                    }
-                    let (seq,): (i64,) = sqlx::query_as(
-                        "INSERT INTO task_tenants (queue, tenant, next_seq) VALUES ($1, $2, 1)                          ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + 1                          RETURNING next_seq",
-                    )
-                    .bind(&t.queue)
-                    .bind(&t.tenant)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    // A unique violation here (another node enqueued the same key meanwhile)
-                    // fails the transaction; the writer then enqueues each task on its own,
-                    // and the retry finds the other node's task.
-                    let rec: TaskRecord = sqlx::query_as(&format!(
-                        "INSERT INTO tasks (id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, \
-                           run_at, deadline, attempts, max_attempts, enqueued_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, 0, $10, $11, $11) \
-                         RETURNING {TASK_COLUMNS}"
-                    ))
-                    .bind(&t.id)
-                    .bind(&t.queue)
-                    .bind(&t.tenant)
-                    .bind(seq)
-                    .bind(t.priority)
-                    .bind(&t.payload)
-                    .bind(&t.dedup_key)
-                    .bind(t.run_at)
-                    .bind(t.deadline)
-                    .bind(attempts.get(t.queue.as_str()).copied().unwrap_or(3))
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    out.push((rec, true));
-                }
+                let enqueued = Self::enqueue_in(&mut tx, &batch.enqueues, &queues).await?;
+                let leased = Self::lease_in(&mut tx, &batch.leases, &queues).await?;
+                let finished = Self::finish_in(&mut tx, &batch.finishes).await?;
                 tx.commit().await?;
-                Ok(out)
-            }
-
-            async fn lease_tasks(&self, requests: &[LeaseRequest]) -> Result<Vec<Vec<TaskRecord>>> {
-                let mut queues: std::collections::HashMap<&str, QueueConfig> = std::collections::HashMap::new();
-                for r in requests {
-                    if !queues.contains_key(r.queue.as_str()) {
-                        queues.insert(&r.queue, self.queue(&r.queue).await?);
-                    }
-                }
-                let mut out = Vec::with_capacity(requests.len());
-                let mut tx = self.write.begin().await?;
-                for r in requests {
-                    let q = &queues[r.queue.as_str()];
-                    let room = Self::room(&mut tx, q, &r.worker, r.max).await?;
-                    out.push(Self::lease_ready(&mut tx, q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?);
-                }
-                tx.commit().await?;
-                Ok(out)
+                Ok(TaskBatchResult { enqueued, leased, finished })
             }
 
             async fn lease_tasks_to_runs(
@@ -470,39 +634,6 @@ macro_rules! impl_tasks {
                 .await?
                 .rows_affected();
                 Ok(n == 1)
-            }
-
-            async fn finish_tasks(&self, ends: &[(TaskFinish, Millis)]) -> Result<Vec<bool>> {
-                let mut out = Vec::with_capacity(ends.len());
-                let mut tx = self.write.begin().await?;
-                for (f, now) in ends {
-                    let (how, result, error, retry_at) = Self::end_columns(&f.end);
-                    let n = sqlx::query(
-                        "UPDATE tasks SET \
-                           state = CASE WHEN $1 = 'done' THEN 'done' \
-                                        WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
-                                        ELSE 'dead' END, \
-                           run_at = COALESCE($2, run_at), result = $3, error = $4, \
-                           lease_owner = NULL, lease_until = NULL, \
-                           finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
-                           updated_at = $5 \
-                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL",
-                    )
-                    .bind(how)
-                    .bind(retry_at)
-                    .bind(result)
-                    .bind(error)
-                    .bind(now)
-                    .bind(&f.id)
-                    .bind(&f.worker)
-                    .bind(f.attempt)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    out.push(n == 1);
-                }
-                tx.commit().await?;
-                Ok(out)
             }
 
             async fn finish_run_task(&self, run: &RunId, end: &TaskEnd, now: Millis) -> Result<Option<TaskRecord>> {
