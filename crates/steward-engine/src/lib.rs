@@ -413,6 +413,18 @@ impl Engine {
                     "{name}: spec.tasks.concurrency: from 1 to 1000"
                 )));
             }
+            if t.max_concurrency
+                .is_some_and(|m| m < t.concurrency || m > 1000)
+            {
+                return Err(Error::InvalidManifest(format!(
+                    "{name}: spec.tasks.maxConcurrency: from concurrency to 1000"
+                )));
+            }
+            if t.tasks_per_run == 0 {
+                return Err(Error::InvalidManifest(format!(
+                    "{name}: spec.tasks.tasksPerRun: at least 1"
+                )));
+            }
         }
         for (i, t) in spec.tools.iter().enumerate() {
             if self.inner.kernel.tools.get(t).is_none() {

@@ -367,7 +367,17 @@ impl Tasks {
                 continue;
             };
             let busy = self.store.leased_to_agent(&source.queue, &name).await?;
-            let room = i64::from(source.concurrency) - busy;
+            let waiting = match source.max_concurrency {
+                Some(_) => self
+                    .store
+                    .queue_depths(&source.queue)
+                    .await?
+                    .into_iter()
+                    .find(|(state, _)| state == "pending")
+                    .map_or(0, |(_, n)| n),
+                None => 0,
+            };
+            let room = source.desired(waiting, busy) - busy;
             if room > 0 {
                 let leased = self
                     .store

@@ -439,8 +439,32 @@ pub struct Liveness {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TaskSource {
     pub queue: String,
+    /// Runs serving the queue at once: the pool's size, or its floor when it autoscales.
     #[serde(default = "default_task_concurrency")]
     pub concurrency: u32,
+    /// Autoscaling: up to this many runs, one per `tasksPerRun` tasks waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    #[serde(default = "default_tasks_per_run")]
+    pub tasks_per_run: u32,
+}
+
+fn default_tasks_per_run() -> u32 {
+    1
+}
+
+impl TaskSource {
+    /// How many runs should serve the queue with `waiting` tasks ready and `busy` runs
+    /// serving it: the floor, or one per `tasksPerRun` of the work in hand, up to the ceiling.
+    pub fn desired(&self, waiting: i64, busy: i64) -> i64 {
+        let floor = i64::from(self.concurrency);
+        let Some(max) = self.max_concurrency else {
+            return floor;
+        };
+        let per = i64::from(self.tasks_per_run.max(1));
+        let wanted = (waiting + busy + per - 1) / per;
+        wanted.clamp(floor, i64::from(max).max(floor))
+    }
 }
 
 fn default_task_concurrency() -> u32 {

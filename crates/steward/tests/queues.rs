@@ -636,3 +636,37 @@ async fn a_looping_run_is_stopped(b: Backend) {
 }
 
 both_backends!(a_looping_run_is_stopped_on, a_looping_run_is_stopped);
+
+/// An agent pool that autoscales on its queue's depth: from its floor up to its ceiling while
+/// tasks wait, and never past it.
+async fn an_agent_pool_scales_with_its_queue(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: pool}\nspec:\n  model: scripted\n  tasks: {queue: deep, concurrency: 1, maxConcurrency: 4, tasksPerRun: 2}\n  script:\n    - {delayMs: 400, content: ok}\n")
+        .await;
+    let (st, r) = s
+        .post_raw("/api/v1/agents", "application/yaml", "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: badpool}\nspec:\n  model: scripted\n  tasks: {queue: deep, concurrency: 3, maxConcurrency: 2}\n  script:\n    - {content: ok}\n")
+        .await;
+    assert_eq!(st, 400, "{r}");
+    for i in 0..12 {
+        enqueue(&s, "deep", json!({"payload": i})).await;
+    }
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, q) = s.get("/api/v1/queues/deep").await;
+        let leased = q["depth"]["leased"].as_i64().unwrap_or(0);
+        most = most.max(leased);
+        assert!(leased <= 4, "never past the ceiling: {q}");
+        if q["depth"]["done"] == 12 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 4, "scaled up to the ceiling while tasks waited");
+}
+
+both_backends!(
+    an_agent_pool_scales_with_its_queue_on,
+    an_agent_pool_scales_with_its_queue
+);
