@@ -394,10 +394,21 @@ macro_rules! impl_tasks {
                 queues: &std::collections::HashMap<String, QueueConfig>,
             ) -> Result<Vec<Vec<TaskRecord>>> {
                 let mut out = Vec::with_capacity(requests.len());
+                // Queues this batch found nothing more ready in: later requests in the same
+                // transaction would find nothing either.
+                let mut drained: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 for r in requests {
+                    if drained.contains(r.queue.as_str()) {
+                        out.push(Vec::new());
+                        continue;
+                    }
                     let q = queues.get(&r.queue).cloned().unwrap_or_else(|| QueueConfig::named(&r.queue));
                     let room = Self::room(tx, &q, &r.worker, r.max).await?;
-                    out.push(Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?);
+                    let leased = Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?;
+                    if (leased.len() as i64) < room {
+                        drained.insert(&r.queue);
+                    }
+                    out.push(leased);
                 }
                 Ok(out)
             }
