@@ -475,6 +475,38 @@ impl Client {
         }
     }
 
+    pub async fn incidents(
+        &self,
+        state: &str,
+        resolve: Option<&str>,
+        resolution: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(id) = resolve {
+            let i: steward_api::wire::Incident = self
+                .post_json(
+                    &format!("/api/v1/incidents/{id}/resolve"),
+                    &serde_json::json!({"resolution": resolution}),
+                )
+                .await?;
+            println!("incident {} {}", i.id, i.state);
+            return Ok(());
+        }
+        let r: steward_api::wire::IncidentList = self
+            .get_json(&format!("/api/v1/incidents?state={state}"))
+            .await?;
+        println!("{:<38} {:<10} {:<20} REASON", "ID", "STATE", "SUPERVISOR");
+        for i in &r.incidents {
+            println!(
+                "{:<38} {:<10} {:<20} {}",
+                i.id,
+                i.state,
+                clip(&i.supervisor, 20),
+                i.reason
+            );
+        }
+        Ok(())
+    }
+
     pub async fn approvals(&self, state: &str) -> anyhow::Result<()> {
         let r: ApprovalList = self
             .get_json(&format!("/api/v1/approvals?state={state}"))

@@ -85,6 +85,16 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
+    /// Incidents supervisors escalated to a human (open ones unless --state says otherwise);
+    /// `--resolve ID --resolution "…"` closes one.
+    Incidents {
+        #[arg(long, default_value = "open")]
+        state: String,
+        #[arg(long)]
+        resolve: Option<String>,
+        #[arg(long, default_value = "resolved")]
+        resolution: String,
+    },
     /// Approvals policies asked for (pending ones unless --state says otherwise).
     Approvals {
         #[arg(long, default_value = "pending")]
@@ -154,6 +164,11 @@ fn main() -> std::process::ExitCode {
             Command::Audit { what } => c?.audit(what).await,
             Command::Sandbox { what } => c?.sandbox(what).await,
             Command::Approvals { state } => c?.approvals(&state).await,
+            Command::Incidents {
+                state,
+                resolve,
+                resolution,
+            } => c?.incidents(&state, resolve.as_deref(), &resolution).await,
             Command::Approve { id, reason } => c?.decide(&id, true, &reason).await,
             Command::Deny { id, reason } => c?.decide(&id, false, &reason).await,
             Command::Demo(args) => demo::run(args).await,

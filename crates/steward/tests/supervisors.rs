@@ -288,3 +288,46 @@ async fn evaluators_accept_send_back_or_escalate(b: Backend) {
 }
 
 both_backends!(evaluators_on, evaluators_accept_send_back_or_escalate);
+
+/// The CLI lists the incidents a root supervisor opened, and resolves one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_resolves_incidents() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.apply(&agent(
+        "flaky",
+        "  runTimeout: 100ms\n  script:\n    - {delayMs: 2000, content: never}\n",
+    ))
+    .await;
+    put(&s, "solo", json!({"strategy": "one_for_one", "maxRestarts": 0, "children": [{"name": "f", "agent": "flaky"}]})).await;
+    status(&s, "solo", "failed").await;
+    let (ok, out, err) = common::cli(&s, &["incidents"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("solo") && out.contains("child f failed"),
+        "{out}"
+    );
+    let id = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = common::cli(
+        &s,
+        &[
+            "incidents",
+            "--resolve",
+            &id,
+            "--resolution",
+            "fixed the agent",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("resolved"), "{out}");
+    let (_, out, _) = common::cli(&s, &["incidents"]);
+    assert!(!out.contains("solo"), "no open incident left: {out}");
+    let (ok, _, err) = common::cli(&s, &["incidents", "--resolve", &id]);
+    assert!(!ok && err.contains("no open incident"), "{err}");
+}
