@@ -46,8 +46,9 @@ pub async fn readyz(State(e): State<Engine>) -> ApiResult<Json<Health>> {
 #[utoipa::path(post, path = "/api/v1/agents", request_body(content = String, content_type = "application/yaml"),
     responses((status = 200, body = ApplyResult), (status = 400, body = ErrorBody)))]
 pub async fn apply(State(e): State<Engine>, Text(body): Text) -> ApiResult<Json<ApplyResult>> {
-    let applied = e.apply(&body).await?;
+    let (applied, supervisors) = e.apply_documents(&body).await?;
     Ok(Json(ApplyResult {
+        supervisors,
         agents: applied
             .into_iter()
             .map(|a| AppliedAgent {

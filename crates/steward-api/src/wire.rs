@@ -38,6 +38,9 @@ pub struct AppliedAgent {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ApplyResult {
     pub agents: Vec<AppliedAgent>,
+    /// Supervisors applied (`kind: Supervisor` documents).
+    #[serde(default)]
+    pub supervisors: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

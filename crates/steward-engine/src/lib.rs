@@ -32,7 +32,7 @@ use steward_store::{
 };
 use steward_tools::Tools;
 use steward_types::config::EngineConfig;
-use steward_types::manifest::parse_manifests;
+use steward_types::manifest::parse_documents;
 use steward_types::{AgentName, AgentSpec, NodeId, RunId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -363,7 +363,44 @@ impl Engine {
 
     /// Creates or updates every agent in a YAML/JSON manifest stream, all or nothing.
     pub async fn apply(&self, text: &str) -> Result<Vec<Applied>> {
-        let manifests = parse_manifests(text).map_err(|e| Error::InvalidManifest(e.0))?;
+        Ok(self.apply_documents(text).await?.0)
+    }
+
+    /// Applies agents (`kind: Agent`), then supervisors (`kind: Supervisor`, which may name
+    /// those agents); returns the agents and the names of the supervisors applied.
+    pub async fn apply_documents(&self, text: &str) -> Result<(Vec<Applied>, Vec<String>)> {
+        let (manifests, supervisors) =
+            parse_documents(text).map_err(|e| Error::InvalidManifest(e.0))?;
+        let mut specs = Vec::with_capacity(supervisors.len());
+        for s in &supervisors {
+            let spec: supervisors::SupervisorSpec = serde_json::from_value(s.spec.clone())
+                .map_err(|e| Error::InvalidManifest(format!("{}: spec: {e}", s.name)))?;
+            specs.push((s.name.clone(), spec));
+        }
+        let agents = self.apply_agents(manifests).await?;
+        let mut names = Vec::with_capacity(specs.len());
+        for (name, spec) in specs {
+            self.supervisors()
+                .put(&name, spec)
+                .await
+                .map_err(|e| match e {
+                    Error::InvalidRequest(m) | Error::NotFound(m) => {
+                        Error::InvalidManifest(format!("{name}: {m}"))
+                    }
+                    other => other,
+                })?;
+            names.push(name);
+        }
+        Ok((agents, names))
+    }
+
+    async fn apply_agents(
+        &self,
+        manifests: Vec<steward_types::AgentManifest>,
+    ) -> Result<Vec<Applied>> {
+        if manifests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut seen = std::collections::BTreeSet::new();
         let mut new = Vec::with_capacity(manifests.len());
         for m in &manifests {

@@ -187,12 +187,19 @@ impl Supervisors {
         if spec.backoff.initial_ms > spec.backoff.max_ms || spec.within_ms == 0 {
             return bad("backoff.initialMs at most maxMs, and withinMs above 0".into());
         }
+        let spec_json = serde_json::to_string(&spec).unwrap_or_default();
+        // The same spec again (a manifest re-applied) changes nothing and restarts nothing.
+        if let Some(current) = self.store.get_supervisor(name).await? {
+            if current.spec == spec_json {
+                return Ok(current);
+            }
+        }
         let state = fresh(&spec, 0);
         Ok(self
             .store
             .put_supervisor(
                 name,
-                &serde_json::to_string(&spec).unwrap_or_default(),
+                &spec_json,
                 &serde_json::to_string(&state).unwrap_or_default(),
                 "running",
                 self.clock.now_ms(),

@@ -153,10 +153,32 @@ pub struct ScriptToolCall {
     pub arguments: serde_json::Value,
 }
 
+/// A `kind: Supervisor` document: its name and its spec, checked by the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SupervisorDoc {
+    pub name: String,
+    pub spec: serde_json::Value,
+}
+
 /// Parses every document of a YAML (or JSON) stream into agent manifests.
 /// Documents are all-or-nothing: one bad document rejects the whole stream.
 pub fn parse_manifests(text: &str) -> Result<Vec<AgentManifest>, ManifestError> {
+    let (agents, supervisors) = parse_documents(text)?;
+    if !supervisors.is_empty() {
+        return Err(ManifestError(
+            "kind: Supervisor documents are applied through the engine".into(),
+        ));
+    }
+    Ok(agents)
+}
+
+/// Parses every document of a YAML (or JSON) stream: agents (`kind: Agent`) and supervisors
+/// (`kind: Supervisor`). All-or-nothing: one bad document rejects the whole stream.
+pub fn parse_documents(
+    text: &str,
+) -> Result<(Vec<AgentManifest>, Vec<SupervisorDoc>), ManifestError> {
     let mut out = Vec::new();
+    let mut supervisors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| ManifestError(format!("document {}: malformed YAML: {e}", i + 1)))?;
@@ -164,9 +186,25 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AgentManifest>, ManifestError> 
             continue; // an empty document, e.g. a trailing `---`
         }
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind == "Supervisor" {
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| {
+                    ManifestError(format!("document {}: metadata.name: missing", i + 1))
+                })?;
+            let spec = serde_json::to_value(value.get("spec").cloned().unwrap_or_default())
+                .map_err(|e| ManifestError(format!("document {}: spec: {e}", i + 1)))?;
+            supervisors.push(SupervisorDoc {
+                name: name.to_string(),
+                spec,
+            });
+            continue;
+        }
         if kind != "Agent" {
             return Err(ManifestError(format!(
-                "document {}: kind: expected \"Agent\", found {:?}",
+                "document {}: kind: expected \"Agent\" or \"Supervisor\", found {:?}",
                 i + 1,
                 value
                     .get("kind")
@@ -186,12 +224,13 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AgentManifest>, ManifestError> 
         })?;
         out.push(manifest);
     }
-    if out.is_empty() {
+    if out.is_empty() && supervisors.is_empty() {
         return Err(ManifestError(
-            "no manifest found: expected at least one `kind: Agent` document".into(),
+            "no manifest found: expected at least one `kind: Agent` or `kind: Supervisor` document"
+                .into(),
         ));
     }
-    Ok(out)
+    Ok((out, supervisors))
 }
 
 fn yaml_brief(v: &serde_yaml::Value) -> String {

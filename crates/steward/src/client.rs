@@ -163,6 +163,9 @@ impl Client {
                 a.version
             );
         }
+        for s in res.supervisors {
+            println!("supervisor/{s} applied");
+        }
         Ok(())
     }
 

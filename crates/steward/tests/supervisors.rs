@@ -331,3 +331,35 @@ async fn the_cli_lists_and_resolves_incidents() {
     let (ok, _, err) = common::cli(&s, &["incidents", "--resolve", &id]);
     assert!(!ok && err.contains("no open incident"), "{err}");
 }
+
+/// Supervisors come in manifests too: `steward apply` takes agents and `kind: Supervisor`
+/// documents in one file; applying it again restarts nothing; a bad one is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisors_are_applied_from_manifests() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let file = s.dir.path().join("team.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: helper}\nspec:\n  model: scripted\n  script:\n    - {content: helped}\n---\napiVersion: steward.dev/v1\nkind: Supervisor\nmetadata: {name: crew}\nspec:\n  strategy: rest_for_one\n  children:\n    - {name: a, agent: helper, input: one}\n    - {name: b, agent: helper, input: two}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = common::cli(&s, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("agent/helper") && out.contains("supervisor/crew"),
+        "{out}"
+    );
+    let crew = status(&s, "crew", "completed").await;
+    assert_eq!(crew["spec"]["strategy"], "rest_for_one");
+    let (ok, _, err) = common::cli(&s, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_, again) = s.get("/api/v1/supervisors/crew").await;
+    assert_eq!(
+        again["status"], "completed",
+        "re-applied unchanged: nothing restarted"
+    );
+    assert_eq!(runs_of(&s, "helper").await.len(), 2);
+    std::fs::write(&file, "apiVersion: steward.dev/v1\nkind: Supervisor\nmetadata: {name: broken}\nspec:\n  strategy: one_for_one\n  children: [{name: x, agent: nobody}]\n").unwrap();
+    let (ok, _, err) = common::cli(&s, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("no agent nobody"), "{err}");
+}
