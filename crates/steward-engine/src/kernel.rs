@@ -813,7 +813,10 @@ impl Kernel {
                 };
                 // A child run may take as long as its own run timeout: spawn_agent is not
                 // bounded by the parent's step timeout.
-                let result = if name == "spawn_agent" {
+                let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
+                    self.resilient_tool(ctx, name, args, &tctx, p, step_timeout)
+                        .await
+                } else if name == "spawn_agent" {
                     // Waiting on a child is abandoned on shutdown without an outcome: the spawn is
                     // idempotent, so the next life finds the same child and waits again.
                     tokio::select! {
@@ -838,6 +841,110 @@ impl Kernel {
                 };
                 Ok((Outcome::Tool(result), spent))
             }
+        }
+    }
+}
+
+impl Kernel {
+    /// A tool call under its agent's `toolPolicies` entry: each attempt bounded by the policy's
+    /// timeout, failures of the classes it names retried with the router's backoff, the
+    /// fleet-wide circuit breaker `tool:<name>` consulted and fed, and the fallback tool tried
+    /// with the same arguments when all that still fails. All within the one journaled step.
+    async fn resilient_tool(
+        &self,
+        ctx: &RunCtx,
+        name: &str,
+        args: &Value,
+        tctx: &ToolContext,
+        p: &steward_types::manifest::ToolPolicy,
+        step_timeout: Duration,
+    ) -> Result<Value, String> {
+        let timeout = p
+            .timeout_ms
+            .map_or(step_timeout, |t| Duration::from_millis(t).min(step_timeout));
+        let attempts = p.retry.as_ref().map_or(1, |r| r.max_attempts.max(1));
+        let retried = |class: &str| {
+            p.retry
+                .as_ref()
+                .is_some_and(|r| r.on.iter().any(|c| c == class))
+        };
+        let label = format!("tool:{name}");
+        let breakers = self.router.breakers();
+        let mut last = Err(format!("tool {name:?} was not called"));
+        for attempt in 0..attempts {
+            if p.breaker && !breakers.allow(&label, Instant::now()) {
+                last = Err(format!(
+                    "tool {name:?}: its circuit is open after repeated failures across the fleet; not called"
+                ));
+                break;
+            }
+            let Some(tool) = self.tools.get(name) else {
+                return Err(format!("no tool named {name:?} exists"));
+            };
+            let (result, class) =
+                match tokio::time::timeout(timeout, tool.call(tctx, args.clone())).await {
+                    Ok(Ok(v))
+                        if v.get("status")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s >= 500) =>
+                    {
+                        (Ok(v), Some("5xx"))
+                    }
+                    Ok(Ok(v)) => (Ok(v), None),
+                    Ok(Err(e)) => (Err(e.to_string()), Some("error")),
+                    Err(_) => (
+                        Err(format!(
+                            "the tool did not finish within {} ms",
+                            timeout.as_millis()
+                        )),
+                        Some("timeout"),
+                    ),
+                };
+            last = result;
+            let Some(class) = class else {
+                if p.breaker {
+                    breakers.success(&label);
+                }
+                return last;
+            };
+            if p.breaker {
+                breakers.failure(&label, Instant::now());
+            }
+            if !retried(class) || attempt + 1 == attempts {
+                break;
+            }
+            let initial = p.retry.as_ref().map_or(200, |r| r.initial_ms);
+            let seed = ctx.run.id.as_str().bytes().fold(tctx.seq as u64, |h, b| {
+                h.wrapping_mul(31).wrapping_add(u64::from(b))
+            });
+            tokio::time::sleep(steward_llm::resilience::retry_delay(
+                attempt,
+                Duration::from_millis(initial),
+                None,
+                seed,
+            ))
+            .await;
+        }
+        match &p.fallback {
+            Some(other)
+                if last.is_err()
+                    || last.as_ref().is_ok_and(|v| {
+                        v.get("status")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s >= 500)
+                    }) =>
+            {
+                let Some(tool) = self.tools.get(other) else {
+                    return last;
+                };
+                match tokio::time::timeout(step_timeout, tool.call(tctx, args.clone())).await {
+                    Ok(r) => r.map_err(|e| format!("fallback {other:?} failed too: {e}")),
+                    Err(_) => Err(format!(
+                        "fallback {other:?} did not finish within stepTimeout"
+                    )),
+                }
+            }
+            _ => last,
         }
     }
 }

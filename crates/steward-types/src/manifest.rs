@@ -58,6 +58,10 @@ pub struct AgentSpec {
     /// The run's sandbox (for `sandbox_exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
+    /// Failure handling per tool: timeout, retries, a circuit breaker shared by the fleet, a
+    /// fallback tool.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tool_policies: std::collections::BTreeMap<String, ToolPolicy>,
     /// Progress checks beyond `stepTimeout`: a run that keeps making the same tool call is
     /// stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +265,37 @@ impl AgentSpec {
 
     fn validate(&self) -> Result<(), ManifestError> {
         let err = |m: String| Err(ManifestError(m));
+        for (name, p) in &self.tool_policies {
+            let at = format!("spec.toolPolicies.{name}");
+            if !self.tools.contains(name) {
+                return err(format!("{at}: {name:?} is not in spec.tools"));
+            }
+            if let Some(f) = &p.fallback {
+                if !self.tools.contains(f) || f == name {
+                    return err(format!(
+                        "{at}.fallback: {f:?} must be another tool in spec.tools"
+                    ));
+                }
+            }
+            if p.timeout_ms == Some(0) {
+                return err(format!("{at}.timeoutMs: above 0"));
+            }
+            if let Some(r) = &p.retry {
+                if !(1..=10).contains(&r.max_attempts) || r.initial_ms > 60_000 {
+                    return err(format!(
+                        "{at}.retry: maxAttempts from 1 to 10, initialMs at most 60000"
+                    ));
+                }
+                if let Some(bad) =
+                    r.on.iter()
+                        .find(|c| !["error", "timeout", "5xx"].contains(&c.as_str()))
+                {
+                    return err(format!(
+                        "{at}.retry.on: {bad:?} is not error, timeout or 5xx"
+                    ));
+                }
+            }
+        }
         if self.is_scripted() {
             if self.script.is_empty() {
                 return err("spec.script: required with `model: scripted` (the turns the scripted model plays)".into());
@@ -461,6 +496,48 @@ spec:
         assert!(duration::parse("5 parsecs").is_err());
         assert!(duration::parse("99999999999999999999h").is_err());
     }
+}
+
+/// How one tool's failures are handled, in the same vocabulary as model calls' resilience.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ToolPolicy {
+    /// Bound on one attempt (at most the agent's `stepTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<ToolRetry>,
+    /// Share a circuit breaker for this tool with every run on every node: after
+    /// `[llm] breaker_failures` failures in a row the tool is not called (the step fails at
+    /// once, or goes to the fallback) until `breaker_cooldown_ms` has passed.
+    #[serde(default)]
+    pub breaker: bool,
+    /// Another tool (one the agent lists) called with the same arguments when this one still
+    /// fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ToolRetry {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the n-th retry: `initialMs × 2^(n-1)` with jitter.
+    #[serde(default = "default_retry_initial")]
+    pub initial_ms: u64,
+    /// Which failures are retried: `error` (the tool failed), `timeout`, `5xx` (an HTTP
+    /// result with a server-error status). Default: error and timeout.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+}
+
+fn default_retry_initial() -> u64 {
+    200
+}
+
+fn default_retry_on() -> Vec<String> {
+    vec!["error".into(), "timeout".into()]
 }
 
 /// When a run counts as stuck.

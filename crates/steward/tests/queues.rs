@@ -670,3 +670,106 @@ both_backends!(
     an_agent_pool_scales_with_its_queue_on,
     an_agent_pool_scales_with_its_queue
 );
+
+/// A loopback HTTP server whose first `slow` requests hang for a second; it counts requests.
+async fn flaky_server(slow: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::any(move || {
+            let h = h.clone();
+            async move {
+                if h.fetch_add(1, Ordering::SeqCst) < slow {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                "fine"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, hits)
+}
+
+/// Tool failure patterns from the manifest: a hanging tool is timed out and retried until it
+/// answers; one that keeps failing trips a circuit breaker shared by every run, after which it
+/// is not called and its fallback answers instead.
+async fn tool_policies_time_out_retry_break_and_fall_back(b: Backend) {
+    use std::sync::atomic::Ordering;
+    let s = TestServer::start(b).await;
+    let (url, hits) = flaky_server(2).await;
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: patient}}\nspec:\n  model: scripted\n  tools: [http_request]\n  toolPolicies:\n    http_request: {{timeoutMs: 200, retry: {{maxAttempts: 3, initialMs: 50}}}}\n  script:\n    - {{toolCalls: [{{name: http_request, arguments: {{url: \"{url}/x\"}}}}]}}\n    - {{content: done}}\n"
+    ))
+    .await;
+    let id = s.start_run("patient", "x").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    let outcome = s
+        .journal(&id)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "tool" && e["phase"] == "outcome")
+        .unwrap();
+    assert_eq!(
+        (
+            outcome["ok"].as_bool(),
+            outcome["body"]["ok"]["status"].as_i64()
+        ),
+        (Some(true), Some(200)),
+        "{outcome}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "two timed out, the third answered"
+    );
+
+    let (url, hits) = flaky_server(usize::MAX).await;
+    let call = |i: usize| {
+        format!(
+            "    - {{toolCalls: [{{name: http_request, arguments: {{url: \"{url}/{i}\"}}}}]}}\n"
+        )
+    };
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: guarded}}\nspec:\n  model: scripted\n  tools: [http_request, echo]\n  toolPolicies:\n    http_request: {{timeoutMs: 100, breaker: true, fallback: echo}}\n  script:\n{}{}{}{}    - {{content: done}}\n",
+        call(1), call(2), call(3), call(4)
+    ))
+    .await;
+    let id = s.start_run("guarded", "x").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "the breaker opened after 3 failures"
+    );
+    let outcomes: Vec<Value> = s
+        .journal(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "tool" && e["phase"] == "outcome")
+        .collect();
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(
+        outcomes[3]["body"]["ok"]["url"],
+        format!("{url}/4"),
+        "the fallback answered: {}",
+        outcomes[3]
+    );
+    // Another run finds the circuit open: the tool is not called at all.
+    let id = s.start_run("guarded", "y").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "shared by every run");
+    // A policy for a tool the agent does not list is refused.
+    let (st, r) = s
+        .post_raw("/api/v1/agents", "application/yaml", "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: odd}\nspec:\n  model: scripted\n  tools: [echo]\n  toolPolicies:\n    http_request: {timeoutMs: 10}\n  script:\n    - {content: x}\n")
+        .await;
+    assert_eq!(st, 400, "{r}");
+}
+
+both_backends!(
+    tool_policies_on,
+    tool_policies_time_out_retry_break_and_fall_back
+);
