@@ -85,7 +85,14 @@ async fn the_cli_drives_a_server() {
         scripted.contains("0.000000"),
         "the scripted model costs nothing: {scripted}"
     );
-    assert!(out.lines().last().unwrap().starts_with("TOTAL"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("TOTAL")), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("per successful run: 0.000000 USD (2 of 2 runs)"),
+        "{out}"
+    );
 
     let (ok, _, err) = steward(&s, &["cancel", &run_id, "--reason", "too late"]);
     assert!(
