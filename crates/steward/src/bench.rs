@@ -148,6 +148,38 @@ struct Figures {
     p99_ms: f64,
 }
 
+/// An engine as the benchmarks run it: polling every 20 ms, no providers but `scripted`, the
+/// native tools, a throwaway audit key, no policies, no vault, no sandboxes.
+pub(crate) fn engine_options(
+    node: &str,
+    stats: Option<Arc<StepStats>>,
+) -> anyhow::Result<EngineOptions> {
+    Ok(EngineOptions {
+        cfg: EngineConfig {
+            poll_ms: 20,
+            ..EngineConfig::default()
+        },
+        node: NodeId(node.to_string()),
+        group_commit_max_batch: StoreConfig::default().group_commit_max_batch,
+        providers: Providers::default(),
+        tools: Tools::builtin(&ToolsConfig::default())?,
+        clock: Arc::new(SystemClock),
+        llm: Default::default(),
+        prices: steward_llm::Prices::default(),
+        stats,
+        audit_key: Arc::new(steward_gov::AuditKey::load_or_create(
+            &std::env::temp_dir().join(format!(
+                "steward-bench-audit-{}.key",
+                uuid::Uuid::new_v4().simple()
+            )),
+        )?),
+        gov: Default::default(),
+        policies: Arc::new(steward_gov::Policies::new(None)?),
+        vault: None,
+        sandboxes: None,
+    })
+}
+
 /// Runs `runs` concurrent runs of `tool_calls` echo calls each to completion.
 async fn drive(
     backend: &str,
@@ -177,30 +209,7 @@ async fn drive(
         ids.push(run.id);
     }
     let stats = Arc::new(StepStats::default());
-    let opts = EngineOptions {
-        cfg: EngineConfig {
-            poll_ms: 20,
-            ..EngineConfig::default()
-        },
-        node: NodeId(format!("bench-{backend}-{runs}")),
-        group_commit_max_batch: StoreConfig::default().group_commit_max_batch,
-        providers: Providers::default(),
-        tools: Tools::builtin(&ToolsConfig::default())?,
-        clock: Arc::new(SystemClock),
-        llm: Default::default(),
-        prices: steward_llm::Prices::default(),
-        stats: Some(stats.clone()),
-        audit_key: Arc::new(steward_gov::AuditKey::load_or_create(
-            &std::env::temp_dir().join(format!(
-                "steward-bench-audit-{}.key",
-                uuid::Uuid::new_v4().simple()
-            )),
-        )?),
-        gov: Default::default(),
-        policies: Arc::new(steward_gov::Policies::new(None)?),
-        vault: None,
-        sandboxes: None,
-    };
+    let opts = engine_options(&format!("bench-{backend}-{runs}"), Some(stats.clone()))?;
     let started = Instant::now();
     let engine = Engine::start(store.clone(), opts).await?;
     // Wait on one unfinished run at a time: polling a single row keeps the measuring itself

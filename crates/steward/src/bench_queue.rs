@@ -11,12 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use steward_engine::{tasks::Enqueue, Engine, EngineOptions, SystemClock};
-use steward_llm::Providers;
+use steward_engine::{tasks::Enqueue, Engine};
 use steward_store::Store;
-use steward_tools::Tools;
-use steward_types::config::{EngineConfig, StoreConfig, ToolsConfig};
-use steward_types::NodeId;
+use steward_types::config::StoreConfig;
 
 const PRODUCERS: usize = 16;
 const LEASE_BATCH: i64 = 32;
@@ -75,30 +72,7 @@ async fn measure(backend: &str, url: &str, tasks: usize) -> anyhow::Result<Value
 }
 
 async fn start(backend: &str, store: Arc<dyn Store>) -> anyhow::Result<Engine> {
-    let opts = EngineOptions {
-        cfg: EngineConfig {
-            poll_ms: 20,
-            ..EngineConfig::default()
-        },
-        node: NodeId(format!("bench-queue-{backend}")),
-        group_commit_max_batch: StoreConfig::default().group_commit_max_batch,
-        providers: Providers::default(),
-        tools: Tools::builtin(&ToolsConfig::default())?,
-        clock: Arc::new(SystemClock),
-        llm: Default::default(),
-        prices: steward_llm::Prices::default(),
-        stats: None,
-        audit_key: Arc::new(steward_gov::AuditKey::load_or_create(
-            &std::env::temp_dir().join(format!(
-                "steward-bench-audit-{}.key",
-                uuid::Uuid::new_v4().simple()
-            )),
-        )?),
-        gov: Default::default(),
-        policies: Arc::new(steward_gov::Policies::new(None)?),
-        vault: None,
-        sandboxes: None,
-    };
+    let opts = crate::bench::engine_options(&format!("bench-queue-{backend}"), None)?;
     Ok(Engine::start(store, opts).await?)
 }
 

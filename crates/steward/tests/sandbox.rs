@@ -1018,6 +1018,29 @@ async fn filling_the_workspace_past_its_quota_is_stopped_and_reported() {
     assert_eq!(String::from_utf8_lossy(&r.stdout), "ok\n");
 }
 
+/// Starts `command` in sandbox `id` and returns once its processes are seen; the task ends
+/// with the exec's answer.
+async fn started(
+    s: &std::sync::Arc<TestServer>,
+    id: &str,
+    command: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let running = {
+        let (s, exec, command) = (
+            s.clone(),
+            format!("/api/v1/sandboxes/{id}/exec"),
+            command.to_string(),
+        );
+        tokio::spawn(async move { s.post(&exec, serde_json::json!({"command": command})).await })
+    };
+    common::eventually("the exec started", || async {
+        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
+        (!p["processes"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    running
+}
+
 /// A persistent sandbox through the API: snippets in the host's interpreters, files in and
 /// out, its running processes listed and signalled, a cancel, and a pause that freezes what
 /// runs (its time limit stops counting) and lets nothing new start until resumed.
@@ -1154,18 +1177,7 @@ async fn api_sandboxes_run_code_move_files_and_are_controlled_while_they_run() {
     assert_eq!(st, 409, "nothing runs any more");
 
     // A cancel ends the whole tree at once, reported as such.
-    let running = {
-        let (s, exec) = (s.clone(), exec.clone());
-        tokio::spawn(async move {
-            s.post(&exec, serde_json::json!({"command": "sleep 60"}))
-                .await
-        })
-    };
-    common::eventually("the exec started", || async {
-        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
-        (!p["processes"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    let running = started(&s, &id, "sleep 60").await;
     let (st, _) = s
         .post(
             &format!("/api/v1/sandboxes/{id}/cancel"),
@@ -1178,18 +1190,7 @@ async fn api_sandboxes_run_code_move_files_and_are_controlled_while_they_run() {
 
     // A pause freezes what runs: a 1 s sleep does not end during a 4 s pause, and the 3 s
     // limit does not count the pause; nothing new starts meanwhile.
-    let running = {
-        let (s, exec) = (s.clone(), exec.clone());
-        tokio::spawn(async move {
-            s.post(&exec, serde_json::json!({"command": "sleep 1; echo woke"}))
-                .await
-        })
-    };
-    common::eventually("the exec started", || async {
-        let (_, p) = s.get(&format!("/api/v1/sandboxes/{id}/processes")).await;
-        (!p["processes"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    let running = started(&s, &id, "sleep 1; echo woke").await;
     let (st, _) = s
         .post(
             &format!("/api/v1/sandboxes/{id}/pause"),
