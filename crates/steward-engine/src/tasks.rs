@@ -35,7 +35,13 @@ pub struct Tasks {
     ready: Notify,
     /// Wakes the upkeep loop: tasks for agents may be ready, or an agent's run freed a slot.
     upkeep: Notify,
+    /// When expired leases and deadlines were last swept.
+    last_sweep: std::sync::Mutex<i64>,
 }
+
+/// How often expired leases and passed deadlines are swept (lease times and deadlines are
+/// honoured to within this).
+const SWEEP_EVERY_MS: i64 = 1_000;
 
 /// A task to enqueue, as the API takes it.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +81,7 @@ impl Tasks {
             clock,
             ready: Notify::new(),
             upkeep: Notify::new(),
+            last_sweep: std::sync::Mutex::new(0),
         }
     }
 
@@ -348,7 +355,16 @@ impl Tasks {
     /// handed to the agents that serve their queues. Returns whether any run was created.
     pub(crate) async fn upkeep(&self) -> Result<bool> {
         let now = self.clock.now_ms();
-        if self.store.sweep_tasks(now).await? > 0 {
+        // Sweeping writes: at most once a second, however often upkeep is woken.
+        let due = {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now - *last >= SWEEP_EVERY_MS;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if due && self.store.sweep_tasks(now).await? > 0 {
             self.ready.notify_waiters();
         }
         for (t, state, detail) in self.store.tasks_of_ended_runs(256).await? {

@@ -102,7 +102,7 @@ macro_rules! impl_schedules {
                 ))
                 .bind(now)
                 .bind(limit)
-                .fetch_all(&self.write)
+                .fetch_all(&self.read)
                 .await?)
             }
 
