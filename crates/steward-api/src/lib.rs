@@ -100,7 +100,14 @@ use utoipa::OpenApi;
         queues::get_supervisor,
         queues::list_supervisors,
         queues::list_incidents,
-        queues::resolve_incident
+        queues::resolve_incident,
+        queues::put_repo,
+        queues::list_repos,
+        queues::submit,
+        queues::list_submissions,
+        queues::lease_paths,
+        queues::path_leases,
+        queues::release_paths
     ),
     components(schemas(
         wire::Agent,
@@ -176,6 +183,16 @@ use utoipa::OpenApi;
         wire::Incident,
         wire::IncidentList,
         wire::ResolveIncident,
+        wire::PutRepo,
+        wire::Repo,
+        wire::RepoList,
+        wire::Submit,
+        wire::Submission,
+        wire::SubmissionList,
+        wire::LeasePaths,
+        wire::ReleasePaths,
+        wire::PathLeaseInfo,
+        wire::PathLeases,
         wire::Snapshot,
         wire::RestoreSandbox,
         error::ErrorBody,
@@ -297,6 +314,17 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(queues::get_supervisor).put(queues::put_supervisor),
         )
         .route("/incidents", get(queues::list_incidents))
+        .route("/repos", get(queues::list_repos))
+        .route("/repos/{name}", axum::routing::put(queues::put_repo))
+        .route(
+            "/repos/{name}/submissions",
+            post(queues::submit).get(queues::list_submissions),
+        )
+        .route(
+            "/repos/{name}/leases",
+            post(queues::lease_paths).get(queues::path_leases),
+        )
+        .route("/repos/{name}/leases/release", post(queues::release_paths))
         .route("/incidents/{id}/resolve", post(queues::resolve_incident))
         .route(
             "/schedules/{name}",

@@ -362,3 +362,101 @@ pub async fn resolve_incident(
             .into(),
     ))
 }
+
+/// Registers a git repository for the merge queue (its target branch must exist).
+#[utoipa::path(put, path = "/api/v1/repos/{name}", params(("name" = String, Path)), request_body = PutRepo,
+    responses((status = 200, body = Repo), (status = 400, body = ErrorBody)))]
+pub async fn put_repo(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<PutRepo>,
+) -> ApiResult<Json<Repo>> {
+    let rec = steward_store::RepoRecord {
+        name,
+        path: r.path,
+        target: r.target,
+        check_cmd: r.check,
+    };
+    Ok(Json(e.merges().put_repo(rec).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/repos", responses((status = 200, body = RepoList)))]
+pub async fn list_repos(State(e): State<Engine>) -> ApiResult<Json<RepoList>> {
+    Ok(Json(RepoList {
+        repos: e
+            .merges()
+            .repos()
+            .await?
+            .into_iter()
+            .map(Repo::from)
+            .collect(),
+    }))
+}
+
+/// Submits a branch to land: `conflict` at once when it conflicts with the target already,
+/// else queued behind the others.
+#[utoipa::path(post, path = "/api/v1/repos/{name}/submissions", params(("name" = String, Path)), request_body = Submit,
+    responses((status = 201, body = Submission), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn submit(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(s): ApiJson<Submit>,
+) -> ApiResult<(StatusCode, Json<Submission>)> {
+    let sub = e.merges().submit(&name, &s.branch, &s.submitter).await?;
+    Ok((StatusCode::CREATED, Json(sub.into())))
+}
+
+/// The repository's submissions, in the order they were made.
+#[utoipa::path(get, path = "/api/v1/repos/{name}/submissions", params(("name" = String, Path)),
+    responses((status = 200, body = SubmissionList), (status = 404, body = ErrorBody)))]
+pub async fn list_submissions(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SubmissionList>> {
+    Ok(Json(SubmissionList {
+        submissions: e
+            .merges()
+            .submissions(&name)
+            .await?
+            .into_iter()
+            .map(Submission::from)
+            .collect(),
+    }))
+}
+
+/// Leases paths of the repository to a holder (all or none): 409 naming a lease in the way.
+#[utoipa::path(post, path = "/api/v1/repos/{name}/leases", params(("name" = String, Path)), request_body = LeasePaths,
+    responses((status = 200, body = PathLeases), (status = 409, body = ErrorBody)))]
+pub async fn lease_paths(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(l): ApiJson<LeasePaths>,
+) -> ApiResult<Json<PathLeases>> {
+    Ok(Json(
+        e.merges()
+            .lease(&name, &l.holder, &l.paths, l.ttl_ms)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/repos/{name}/leases", params(("name" = String, Path)),
+    responses((status = 200, body = PathLeases)))]
+pub async fn path_leases(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PathLeases>> {
+    Ok(Json(e.merges().leases(&name).await?.into()))
+}
+
+/// Releases every lease a holder has on the repository.
+#[utoipa::path(post, path = "/api/v1/repos/{name}/leases/release", params(("name" = String, Path)), request_body = ReleasePaths,
+    responses((status = 204)))]
+pub async fn release_paths(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<ReleasePaths>,
+) -> ApiResult<StatusCode> {
+    e.merges().release(&name, &r.holder).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1095,3 +1095,125 @@ pub struct IncidentList {
 pub struct ResolveIncident {
     pub resolution: String,
 }
+
+/// `PUT /api/v1/repos/{name}`: a git repository agents' branches land on.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutRepo {
+    /// An absolute path to the repository on the server's host.
+    pub path: String,
+    /// The branch submissions land on.
+    pub target: String,
+    /// What must pass on the merged tree (`/bin/sh -c`, run in a sandbox).
+    pub check: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Repo {
+    pub name: String,
+    pub path: String,
+    pub target: String,
+    pub check: String,
+}
+
+impl From<steward_store::RepoRecord> for Repo {
+    fn from(r: steward_store::RepoRecord) -> Self {
+        Repo {
+            name: r.name,
+            path: r.path,
+            target: r.target,
+            check: r.check_cmd,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RepoList {
+    pub repos: Vec<Repo>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    pub branch: String,
+    /// Who submits it (an agent's name, say).
+    pub submitter: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Submission {
+    pub id: String,
+    pub repo: String,
+    pub branch: String,
+    pub submitter: String,
+    /// `queued`, `checking`, `landed`, `conflict` (an incident is opened) or `failed`.
+    pub state: String,
+    pub detail: Option<String>,
+    /// The merge commit, once landed.
+    pub merged: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<steward_store::SubmissionRecord> for Submission {
+    fn from(s: steward_store::SubmissionRecord) -> Self {
+        Submission {
+            id: s.id,
+            repo: s.repo,
+            branch: s.branch,
+            submitter: s.submitter,
+            state: s.state,
+            detail: s.detail,
+            merged: s.merged,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SubmissionList {
+    pub submissions: Vec<Submission>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeasePaths {
+    pub holder: String,
+    /// Repository paths; a directory covers what is below it.
+    pub paths: Vec<String>,
+    pub ttl_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePaths {
+    pub holder: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PathLeaseInfo {
+    pub path: String,
+    pub holder: String,
+    pub expires_at: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PathLeases {
+    pub leases: Vec<PathLeaseInfo>,
+}
+
+impl From<Vec<steward_store::PathLease>> for PathLeases {
+    fn from(l: Vec<steward_store::PathLease>) -> Self {
+        PathLeases {
+            leases: l
+                .into_iter()
+                .map(|l| PathLeaseInfo {
+                    path: l.path,
+                    holder: l.holder,
+                    expires_at: l.expires_at,
+                })
+                .collect(),
+        }
+    }
+}

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub schedules: crate::schedules::Schedules,
     /// Supervision trees.
     pub supervisors: crate::supervisors::Supervisors,
+    /// Agents' branches landing on git repositories.
+    pub merges: Arc<crate::merge_queue::MergeQueue>,
 }
 
 pub(crate) struct Host(pub Arc<Shared>);

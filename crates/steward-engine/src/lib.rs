@@ -12,6 +12,7 @@ mod host;
 mod housekeeping;
 mod identities;
 mod kernel;
+pub mod merge_queue;
 mod metrics;
 mod runs;
 pub mod sandboxes;
@@ -164,6 +165,11 @@ impl Engine {
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
             schedules: schedules::Schedules::new(store.clone(), opts.clock.clone()),
             supervisors: supervisors::Supervisors::new(store.clone(), opts.clock.clone()),
+            merges: Arc::new(merge_queue::MergeQueue::new(
+                store.clone(),
+                opts.clock.clone(),
+                opts.sandboxes.clone(),
+            )),
         });
         let draining = CancellationToken::new();
         let router = Arc::new(steward_llm::Router::new(
@@ -332,6 +338,11 @@ impl Engine {
     /// Task queues.
     pub fn tasks(&self) -> &tasks::Tasks {
         &self.inner.shared.tasks
+    }
+
+    /// The merge queue.
+    pub fn merges(&self) -> &merge_queue::MergeQueue {
+        &self.inner.shared.merges
     }
 
     /// Supervision trees and the incidents they escalate to.

@@ -84,6 +84,9 @@ pub(crate) async fn serve_queues(inner: Arc<Inner>) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "supervising failed; retrying"),
         }
+        if let Err(e) = s.merges.drive().await {
+            tracing::warn!(error = %e, "the merge queue failed; retrying");
+        }
         tokio::select! {
             _ = s.tasks.changed(every) => {}
             _ = inner.draining.cancelled() => return,

@@ -552,6 +552,23 @@ impl SandboxService {
         }
     }
 
+    /// Runs `command` in a fresh sandbox on the host directory `dir` (a merge check's
+    /// checkout). `Denied` when sandboxes are unavailable here.
+    pub async fn exec_dir(
+        &self,
+        dir: &Path,
+        command: &str,
+    ) -> Result<steward_sandbox::ExecResult, ToolError> {
+        let sandboxes = self
+            .sandboxes
+            .as_ref()
+            .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
+        sandboxes
+            .exec(self.request(Workspace::Dir(dir.to_path_buf()), shell(command), b""))
+            .await
+            .map_err(failed)
+    }
+
     fn workspace(&self, run: &RunId) -> Result<PathBuf, ToolError> {
         let dir = self.workspaces.join(run.as_str());
         std::fs::create_dir_all(&dir).map_err(failed)?;

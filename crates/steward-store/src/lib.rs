@@ -4,6 +4,7 @@
 
 mod error;
 mod group_commit;
+mod merges;
 pub mod merkle;
 mod model;
 mod schedules;
@@ -18,6 +19,7 @@ use steward_types::{AgentName, Millis, NodeId, RunId};
 
 pub use error::{Error, Result};
 pub use group_commit::JournalWriter;
+pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use settle_writer::SettleWriter;
@@ -360,6 +362,7 @@ pub trait Store:
     + TaskStore
     + ScheduleStore
     + SupervisorStore
+    + MergeStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -58,6 +58,8 @@ pub trait SupervisorStore: Send + Sync {
         now: Millis,
     ) -> Result<bool>;
     async fn list_incidents(&self, state: Option<&str>) -> Result<Vec<IncidentRecord>>;
+    /// Opens an incident that no supervisor state goes with (a merge conflict for a human).
+    async fn open_incident(&self, i: &IncidentRecord) -> Result<()>;
     /// Marks an open incident resolved; `None` when there is no open incident `id`.
     async fn resolve_incident(
         &self,
@@ -148,6 +150,19 @@ macro_rules! impl_supervisors {
                 .bind(state)
                 .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn open_incident(&self, i: &IncidentRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4)",
+                )
+                .bind(&i.id)
+                .bind(&i.supervisor)
+                .bind(&i.reason)
+                .bind(i.created_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
             }
 
             async fn resolve_incident(&self, id: &str, resolution: &str, now: Millis) -> Result<Option<IncidentRecord>> {

@@ -1,0 +1,450 @@
+//! The merge queue for agents' parallel work on git repositories. Agents submit branches; a
+//! submission that conflicts with the target already is refused at once (`git merge-tree`).
+//! Submissions are checked one at a time per repository, in order: merged onto the target as
+//! it is then (so each is checked on top of the ones that landed before it), the repository's
+//! check command run on the merged tree in a sandbox (a plain subprocess where sandboxes are
+//! off), and landed with a compare-and-set of the target ref — or reported `conflict` (an
+//! incident for a human to resolve) or `failed` (with the check's output). Path leases let
+//! agents claim files before they start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_store::{IncidentRecord, PathLease, RepoRecord, Store, SubmissionRecord};
+
+use crate::clock::Clock;
+use crate::tasks::check_name;
+use crate::{Error, Result};
+
+/// A check still `checking` after this long was left by a node that died: it is queued again.
+const CHECK_STALE_MS: i64 = 30 * 60_000;
+/// Bound on one git command.
+const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct MergeQueue {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+    /// Repositories this node is checking a submission of right now.
+    busy: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+async fn git(repo: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let run = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Steward merge queue")
+        .env("GIT_AUTHOR_EMAIL", "merge-queue@steward.invalid")
+        .env("GIT_COMMITTER_NAME", "Steward merge queue")
+        .env("GIT_COMMITTER_EMAIL", "merge-queue@steward.invalid")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(GIT_TIMEOUT, run)
+        .await
+        .map_err(|_| Error::Unavailable(format!("git {}: timed out", args.join(" "))))?
+        .map_err(|e| Error::Unavailable(format!("running git: {e}")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+async fn rev(repo: &Path, name: &str) -> Result<Option<String>> {
+    let (ok, out) = git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{name}^{{commit}}"),
+        ],
+    )
+    .await?;
+    Ok(ok.then(|| out.trim().to_string()))
+}
+
+/// Branch names as git takes them, and nothing a command line could mistake for an option.
+fn check_branch(branch: &str) -> Result<()> {
+    let ok = !branch.is_empty()
+        && branch.len() <= 200
+        && !branch.starts_with('-')
+        && !branch.contains("..")
+        && branch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "branch {branch:?}: 1 to 200 of a-z A-Z 0-9 - _ . /, not starting with -"
+        )))
+    }
+}
+
+/// What merging `branch` onto `target` gives: the tree, or the conflicting paths.
+enum Merged {
+    Tree(String),
+    Conflicts(Vec<String>),
+}
+
+async fn merge_tree(repo: &Path, target: &str, branch: &str) -> Result<Merged> {
+    let (ok, out) = git(
+        repo,
+        &["merge-tree", "--write-tree", "--name-only", target, branch],
+    )
+    .await?;
+    let mut lines = out.lines();
+    let tree = lines.next().unwrap_or_default().trim().to_string();
+    if ok {
+        return Ok(Merged::Tree(tree));
+    }
+    if tree.len() != 40 && tree.len() != 64 {
+        return Err(Error::Unavailable(format!(
+            "git merge-tree: {}",
+            out.trim()
+        )));
+    }
+    // After the tree: the conflicting paths, a blank line, then messages.
+    let paths = lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(Merged::Conflicts(paths))
+}
+
+impl MergeQueue {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+    ) -> Self {
+        MergeQueue {
+            store,
+            clock,
+            sandboxes,
+            busy: Default::default(),
+        }
+    }
+
+    pub async fn put_repo(&self, r: RepoRecord) -> Result<RepoRecord> {
+        check_name("repository", &r.name)?;
+        check_branch(&r.target)?;
+        if r.check_cmd.trim().is_empty() || r.check_cmd.len() > 4096 {
+            return Err(Error::InvalidRequest("check: 1 to 4096 bytes".into()));
+        }
+        let path = Path::new(&r.path);
+        if !path.is_absolute() {
+            return Err(Error::InvalidRequest("path: an absolute path".into()));
+        }
+        if rev(path, &format!("refs/heads/{}", r.target))
+            .await?
+            .is_none()
+        {
+            return Err(Error::InvalidRequest(format!(
+                "{}: not a git repository with a branch {:?}",
+                r.path, r.target
+            )));
+        }
+        self.store.put_repo(&r, self.clock.now_ms()).await?;
+        Ok(r)
+    }
+
+    pub async fn repo(&self, name: &str) -> Result<RepoRecord> {
+        self.store
+            .get_repo(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no repository {name}")))
+    }
+
+    pub async fn repos(&self) -> Result<Vec<RepoRecord>> {
+        Ok(self.store.list_repos().await?)
+    }
+
+    /// Queues `branch` to land on `repo`'s target — or, when it conflicts with the target
+    /// already, records it as `conflict` with the paths at once.
+    pub async fn submit(
+        &self,
+        repo: &str,
+        branch: &str,
+        submitter: &str,
+    ) -> Result<SubmissionRecord> {
+        let r = self.repo(repo).await?;
+        check_branch(branch)?;
+        check_name("submitter", submitter)?;
+        let path = Path::new(&r.path);
+        if rev(path, &format!("refs/heads/{branch}")).await?.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "no branch {branch:?} in {repo}"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let (state, detail) = match merge_tree(
+            path,
+            &format!("refs/heads/{}", r.target),
+            &format!("refs/heads/{branch}"),
+        )
+        .await?
+        {
+            Merged::Tree(_) => ("queued", None),
+            Merged::Conflicts(paths) => (
+                "conflict",
+                Some(format!("conflicts with {}: {}", r.target, paths.join(", "))),
+            ),
+        };
+        let s = SubmissionRecord {
+            id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+            repo: repo.to_string(),
+            branch: branch.to_string(),
+            submitter: submitter.to_string(),
+            state: state.into(),
+            detail,
+            merged: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.add_submission(&s).await?;
+        Ok(s)
+    }
+
+    pub async fn submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>> {
+        self.repo(repo).await?;
+        Ok(self.store.list_submissions(repo).await?)
+    }
+
+    /// Claims `paths` of `repo` for `holder` for `ttl_ms`; the leases of others in the way
+    /// are a conflict.
+    pub async fn lease(
+        &self,
+        repo: &str,
+        holder: &str,
+        paths: &[String],
+        ttl_ms: i64,
+    ) -> Result<Vec<PathLease>> {
+        self.repo(repo).await?;
+        check_name("holder", holder)?;
+        if paths.is_empty()
+            || paths.len() > 1000
+            || paths.iter().any(|p| p.len() > 1024 || p.contains(".."))
+        {
+            return Err(Error::InvalidRequest(
+                "paths: 1 to 1000 repository paths, no `..`".into(),
+            ));
+        }
+        if !(1..=7 * 86_400_000).contains(&ttl_ms) {
+            return Err(Error::InvalidRequest("ttl_ms: from 1 to a week".into()));
+        }
+        let now = self.clock.now_ms();
+        let in_way = self
+            .store
+            .lease_paths(repo, holder, paths, now + ttl_ms, now)
+            .await?;
+        if let Some(l) = in_way.first() {
+            return Err(Error::Conflict(format!(
+                "{} is leased by {} until {}",
+                l.path, l.holder, l.expires_at
+            )));
+        }
+        Ok(self.store.path_leases(repo, now).await?)
+    }
+
+    pub async fn release(&self, repo: &str, holder: &str) -> Result<u64> {
+        Ok(self.store.release_paths(repo, holder).await?)
+    }
+
+    pub async fn leases(&self, repo: &str) -> Result<Vec<PathLease>> {
+        Ok(self.store.path_leases(repo, self.clock.now_ms()).await?)
+    }
+
+    /// Starts checking the next submission of every repository this node is not checking
+    /// already (each check runs on its own task).
+    pub(crate) async fn drive(self: &Arc<Self>) -> Result<()> {
+        for r in self.store.list_repos().await? {
+            if self
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&r.name)
+            {
+                continue;
+            }
+            let now = self.clock.now_ms();
+            let Some(sub) = self
+                .store
+                .claim_submission(&r.name, now, now - CHECK_STALE_MS)
+                .await?
+            else {
+                continue;
+            };
+            self.busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r.name.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let (state, detail, merged) = match me.check(&r, &sub).await {
+                    Ok(v) => v,
+                    Err(e) => (
+                        "queued",
+                        format!("the check could not run and will be tried again: {e}"),
+                        None,
+                    ),
+                };
+                if state == "conflict" {
+                    let incident = IncidentRecord {
+                        id: format!("inc_{}", uuid::Uuid::now_v7().simple()),
+                        supervisor: format!("merge:{}", r.name),
+                        reason: format!("{} ({}) {detail}", sub.branch, sub.id),
+                        state: "open".into(),
+                        created_at: me.clock.now_ms(),
+                        resolved_at: None,
+                        resolution: None,
+                    };
+                    if let Err(e) = me.store.open_incident(&incident).await {
+                        tracing::warn!(error = %e, "opening the merge conflict's incident failed");
+                    }
+                }
+                if let Err(e) = me
+                    .store
+                    .finish_submission(
+                        &sub.id,
+                        state,
+                        &detail,
+                        merged.as_deref(),
+                        me.clock.now_ms(),
+                    )
+                    .await
+                {
+                    tracing::warn!(submission = %sub.id, error = %e, "recording the merge check failed; it is retried when stale");
+                }
+                me.busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&r.name);
+            });
+        }
+        Ok(())
+    }
+
+    /// Merges, checks and lands one submission: its end state, what happened, the merge commit.
+    async fn check(
+        &self,
+        r: &RepoRecord,
+        sub: &SubmissionRecord,
+    ) -> Result<(&'static str, String, Option<String>)> {
+        let path = Path::new(&r.path);
+        let target_ref = format!("refs/heads/{}", r.target);
+        let Some(base) = rev(path, &target_ref).await? else {
+            return Ok(("failed", format!("the target {} is gone", r.target), None));
+        };
+        let Some(head) = rev(path, &format!("refs/heads/{}", sub.branch)).await? else {
+            return Ok(("failed", format!("the branch {} is gone", sub.branch), None));
+        };
+        let tree = match merge_tree(path, &base, &head).await? {
+            Merged::Tree(t) => t,
+            Merged::Conflicts(paths) => {
+                return Ok((
+                    "conflict",
+                    format!(
+                        "conflicts with {} as it is now: {}",
+                        r.target,
+                        paths.join(", ")
+                    ),
+                    None,
+                ))
+            }
+        };
+        let message = format!(
+            "Merge {} ({}, submitted by {})",
+            sub.branch, sub.id, sub.submitter
+        );
+        let (ok, commit) = git(
+            path,
+            &[
+                "commit-tree",
+                &tree,
+                "-p",
+                &base,
+                "-p",
+                &head,
+                "-m",
+                &message,
+            ],
+        )
+        .await?;
+        if !ok {
+            return Err(Error::Unavailable(format!(
+                "git commit-tree: {}",
+                commit.trim()
+            )));
+        }
+        let commit = commit.trim().to_string();
+        // The merged tree, checked out on its own.
+        let dir = std::env::temp_dir().join(format!("steward-merge-{}", sub.id));
+        let dir_s = dir.display().to_string();
+        let (ok, out) = git(path, &["worktree", "add", "--detach", &dir_s, &commit]).await?;
+        if !ok {
+            return Err(Error::Unavailable(format!(
+                "git worktree add: {}",
+                out.trim()
+            )));
+        }
+        let checked = self.run_check(&dir, &r.check_cmd).await;
+        let _ = git(path, &["worktree", "remove", "--force", &dir_s]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let (passed, output) = checked?;
+        if !passed {
+            return Ok(("failed", format!("the check failed: {output}"), None));
+        }
+        // Lands only if the target has not moved meanwhile; if it has, check again on top.
+        let (ok, out) = git(path, &["update-ref", &target_ref, &commit, &base]).await?;
+        if !ok {
+            return Ok((
+                "queued",
+                format!("{} moved during the check: {}", r.target, out.trim()),
+                None,
+            ));
+        }
+        Ok((
+            "landed",
+            format!("landed on {} as {commit}", r.target),
+            Some(commit),
+        ))
+    }
+
+    /// Runs the check in `dir`: in a sandbox when this server has them, else a subprocess.
+    async fn run_check(&self, dir: &PathBuf, command: &str) -> Result<(bool, String)> {
+        // The last 2,000 characters: where a failing check says why.
+        let tail = |b: &[u8]| {
+            let s = String::from_utf8_lossy(b);
+            let chars: Vec<char> = s.chars().collect();
+            let start = chars.len().saturating_sub(2000);
+            chars[start..].iter().collect::<String>().trim().to_string()
+        };
+        if let Some(sb) = &self.sandboxes {
+            match sb.exec_dir(dir, command).await {
+                Ok(r) => {
+                    let mut out = r.stdout.clone();
+                    out.extend_from_slice(&r.stderr);
+                    return Ok((r.ended == steward_sandbox::Ended::Exit(0), tail(&out)));
+                }
+                // Sandboxes off on this host: the check runs as a plain subprocess.
+                Err(steward_tools::ToolError::Denied(_)) => {}
+                Err(e) => return Err(Error::Unavailable(e.to_string())),
+            }
+        }
+        let run = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(dir)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(600), run)
+            .await
+            .map_err(|_| Error::Unavailable("the check timed out after 10 minutes".into()))?
+            .map_err(|e| Error::Unavailable(format!("running the check: {e}")))?;
+        let mut text = out.stdout.clone();
+        text.extend_from_slice(&out.stderr);
+        Ok((out.status.success(), tail(&text)))
+    }
+}

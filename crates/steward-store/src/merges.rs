@@ -1,0 +1,266 @@
+//! The merge queue's records: repositories, submissions in order, path leases.
+
+use async_trait::async_trait;
+use steward_types::Millis;
+
+use crate::{PgStore, Result, SqliteStore};
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RepoRecord {
+    pub name: String,
+    /// A git repository on this host (every node must see it at the same path).
+    pub path: String,
+    /// The branch submissions land on.
+    pub target: String,
+    /// The command that must pass on the merged tree (`/bin/sh -c`, in a sandbox).
+    pub check_cmd: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct SubmissionRecord {
+    pub id: String,
+    pub repo: String,
+    pub branch: String,
+    pub submitter: String,
+    /// `queued`, `checking`, `landed`, `conflict` or `failed`.
+    pub state: String,
+    pub detail: Option<String>,
+    /// The merge commit, once landed.
+    pub merged: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PathLease {
+    pub repo: String,
+    pub path: String,
+    pub holder: String,
+    pub expires_at: Millis,
+}
+
+const SUB: &str = "id, repo, branch, submitter, state, detail, merged, created_at, updated_at";
+
+#[async_trait]
+pub trait MergeStore: Send + Sync {
+    async fn put_repo(&self, r: &RepoRecord, now: Millis) -> Result<()>;
+    async fn get_repo(&self, name: &str) -> Result<Option<RepoRecord>>;
+    async fn list_repos(&self) -> Result<Vec<RepoRecord>>;
+    async fn add_submission(&self, s: &SubmissionRecord) -> Result<()>;
+    async fn get_submission(&self, id: &str) -> Result<Option<SubmissionRecord>>;
+    async fn list_submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>>;
+    /// The oldest queued submission of `repo`, now `checking` — unless one is being checked
+    /// already (one at a time per repository, across nodes). A check left behind by a node
+    /// that died (older than `stale_before`) goes back to the queue first.
+    async fn claim_submission(
+        &self,
+        repo: &str,
+        now: Millis,
+        stale_before: Millis,
+    ) -> Result<Option<SubmissionRecord>>;
+    /// Ends a check: `state` (`landed`, `conflict`, `failed`, or `queued` to try again).
+    async fn finish_submission(
+        &self,
+        id: &str,
+        state: &str,
+        detail: &str,
+        merged: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
+    /// Takes `paths` of `repo` for `holder` until `expires_at`, all or none; returns the
+    /// leases of others in the way (then nothing was taken). A path covers the paths below it.
+    async fn lease_paths(
+        &self,
+        repo: &str,
+        holder: &str,
+        paths: &[String],
+        expires_at: Millis,
+        now: Millis,
+    ) -> Result<Vec<PathLease>>;
+    /// Releases `holder`'s leases on `repo`; returns how many.
+    async fn release_paths(&self, repo: &str, holder: &str) -> Result<u64>;
+    async fn path_leases(&self, repo: &str, now: Millis) -> Result<Vec<PathLease>>;
+}
+
+/// Whether two repository paths overlap: one is the other or lies below it.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    a == b
+        || a.is_empty()
+        || b.is_empty()
+        || b.starts_with(&format!("{a}/"))
+        || a.starts_with(&format!("{b}/"))
+}
+
+macro_rules! impl_merges {
+    ($store:ty) => {
+        #[async_trait]
+        impl MergeStore for $store {
+            async fn put_repo(&self, r: &RepoRecord, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO repos (name, path, target, check_cmd, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (name) DO UPDATE SET path = $2, target = $3, check_cmd = $4, updated_at = $5",
+                )
+                .bind(&r.name)
+                .bind(&r.path)
+                .bind(&r.target)
+                .bind(&r.check_cmd)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_repo(&self, name: &str) -> Result<Option<RepoRecord>> {
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd FROM repos WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_repos(&self) -> Result<Vec<RepoRecord>> {
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd FROM repos ORDER BY name")
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn add_submission(&self, s: &SubmissionRecord) -> Result<()> {
+                sqlx::query(&format!(
+                    "INSERT INTO submissions ({SUB}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                ))
+                .bind(&s.id)
+                .bind(&s.repo)
+                .bind(&s.branch)
+                .bind(&s.submitter)
+                .bind(&s.state)
+                .bind(&s.detail)
+                .bind(&s.merged)
+                .bind(s.created_at)
+                .bind(s.updated_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_submission(&self, id: &str) -> Result<Option<SubmissionRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {SUB} FROM submissions WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {SUB} FROM submissions WHERE repo = $1 ORDER BY created_at, id"
+                ))
+                .bind(repo)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn claim_submission(&self, repo: &str, now: Millis, stale_before: Millis) -> Result<Option<SubmissionRecord>> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query(
+                    "UPDATE submissions SET state = 'queued', updated_at = $1 \
+                     WHERE repo = $2 AND state = 'checking' AND updated_at < $3",
+                )
+                .bind(now)
+                .bind(repo)
+                .bind(stale_before)
+                .execute(&mut *tx)
+                .await?;
+                let claimed: Option<SubmissionRecord> = sqlx::query_as(&format!(
+                    "UPDATE submissions SET state = 'checking', updated_at = $1 \
+                     WHERE id = (SELECT id FROM submissions WHERE repo = $2 AND state = 'queued' \
+                                 ORDER BY created_at, id LIMIT 1) \
+                       AND NOT EXISTS (SELECT 1 FROM submissions WHERE repo = $2 AND state = 'checking') \
+                     RETURNING {SUB}"
+                ))
+                .bind(now)
+                .bind(repo)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn finish_submission(&self, id: &str, state: &str, detail: &str, merged: Option<&str>, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "UPDATE submissions SET state = $1, detail = $2, merged = $3, updated_at = $4 WHERE id = $5",
+                )
+                .bind(state)
+                .bind(detail)
+                .bind(merged)
+                .bind(now)
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn lease_paths(&self, repo: &str, holder: &str, paths: &[String], expires_at: Millis, now: Millis) -> Result<Vec<PathLease>> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query("DELETE FROM path_leases WHERE repo = $1 AND expires_at <= $2")
+                    .bind(repo)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                // On PostgreSQL two nodes leasing at once serialize on the repository's row.
+                sqlx::query("UPDATE repos SET updated_at = updated_at WHERE name = $1")
+                    .bind(repo)
+                    .execute(&mut *tx)
+                    .await?;
+                let held: Vec<PathLease> = sqlx::query_as(
+                    "SELECT repo, path, holder, expires_at FROM path_leases WHERE repo = $1 AND holder <> $2",
+                )
+                .bind(repo)
+                .bind(holder)
+                .fetch_all(&mut *tx)
+                .await?;
+                let in_way: Vec<PathLease> = held
+                    .into_iter()
+                    .filter(|l| paths.iter().any(|p| overlaps(p, &l.path)))
+                    .collect();
+                if !in_way.is_empty() {
+                    return Ok(in_way);
+                }
+                for p in paths {
+                    sqlx::query(
+                        "INSERT INTO path_leases (repo, path, holder, expires_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (repo, path) DO UPDATE SET holder = $3, expires_at = $4",
+                    )
+                    .bind(repo)
+                    .bind(p.trim_end_matches('/'))
+                    .bind(holder)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Vec::new())
+            }
+
+            async fn release_paths(&self, repo: &str, holder: &str) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM path_leases WHERE repo = $1 AND holder = $2")
+                    .bind(repo)
+                    .bind(holder)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn path_leases(&self, repo: &str, now: Millis) -> Result<Vec<PathLease>> {
+                Ok(sqlx::query_as(
+                    "SELECT repo, path, holder, expires_at FROM path_leases WHERE repo = $1 AND expires_at > $2 ORDER BY path",
+                )
+                .bind(repo)
+                .bind(now)
+                .fetch_all(&self.read)
+                .await?)
+            }
+        }
+    };
+}
+
+impl_merges!(SqliteStore);
+impl_merges!(PgStore);

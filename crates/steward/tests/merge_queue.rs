@@ -1,0 +1,230 @@
+//! The merge queue on a real git repository, through the real binary, on SQLite and
+//! PostgreSQL: branches land in order after their check passes in a sandbox on the merged
+//! tree; one that conflicts with what landed before it is routed to a human (an incident); one
+//! whose check fails is refused with the check's output; a conflict with the target is caught
+//! at submission. Path leases keep agents off each other's files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A branch off `main` as it was at the start, with `file` set to `text`.
+fn branch(dir: &Path, name: &str, file: &str, text: &str) {
+    git(dir, &["checkout", "-q", "-b", name, "start"]);
+    std::fs::write(dir.join(file), text).unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", name]);
+    git(dir, &["checkout", "-q", "main"]);
+}
+
+async fn put_repo(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/repos/{name}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
+    let s = TestServer::start(b).await;
+    let repo = s.dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a.txt"), "one\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "start"]);
+    git(&repo, &["tag", "start"]);
+    branch(&repo, "feat-b", "b.txt", "bee\n");
+    branch(&repo, "edit-a", "a.txt", "two\n");
+    branch(&repo, "edit-a-again", "a.txt", "three\n");
+    branch(&repo, "breaks", "FAIL", "x\n");
+    let path = repo.to_str().unwrap();
+
+    for (body, want) in [
+        (
+            json!({"path": "/nowhere/at/all", "target": "main", "check": "true"}),
+            400,
+        ),
+        (
+            json!({"path": path, "target": "trunk", "check": "true"}),
+            400,
+        ),
+        (
+            json!({"path": "relative", "target": "main", "check": "true"}),
+            400,
+        ),
+        (json!({"path": path, "target": "main"}), 400),
+    ] {
+        let (st, r) = put_repo(&s, "app", body.clone()).await;
+        assert_eq!(st, want, "{body}: {r}");
+    }
+    let (st, r) = put_repo(&s, "app", json!({"path": path, "target": "main", "check": "hostname; test ! -e FAIL && test -f a.txt"})).await;
+    assert_eq!(st, 200, "{r}");
+    for (body, want) in [
+        (json!({"branch": "-x", "submitter": "a"}), 400),
+        (json!({"branch": "nope", "submitter": "a"}), 400),
+        (json!({"branch": "feat-b"}), 400),
+    ] {
+        let (st, r) = s.post("/api/v1/repos/app/submissions", body.clone()).await;
+        assert_eq!(st, want, "{body}: {r}");
+    }
+    let (st, _) = s
+        .post(
+            "/api/v1/repos/ghost/submissions",
+            json!({"branch": "feat-b", "submitter": "a"}),
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    let mut ids = Vec::new();
+    for (branch, who) in [
+        ("feat-b", "alice"),
+        ("edit-a", "bob"),
+        ("edit-a-again", "carol"),
+        ("breaks", "dave"),
+    ] {
+        let (st, r) = s
+            .post(
+                "/api/v1/repos/app/submissions",
+                json!({"branch": branch, "submitter": who}),
+            )
+            .await;
+        assert_eq!((st, r["state"].as_str()), (201, Some("queued")), "{r}");
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    let subs = common::eventually("every submission decided", || async {
+        let (_, r) = s.get("/api/v1/repos/app/submissions").await;
+        let subs = r["submissions"].as_array()?.clone();
+        subs.iter()
+            .all(|x| !["queued", "checking"].contains(&x["state"].as_str().unwrap()))
+            .then_some(subs)
+    })
+    .await;
+    let states: Vec<&str> = subs.iter().map(|x| x["state"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        ["landed", "landed", "conflict", "failed"],
+        "{subs:?}"
+    );
+    assert!(
+        subs[2]["detail"].as_str().unwrap().contains("a.txt"),
+        "{}",
+        subs[2]
+    );
+    let failed = subs[3]["detail"].as_str().unwrap();
+    assert!(
+        failed.contains("check failed") && failed.contains("sandbox"),
+        "checked in a sandbox: {failed}"
+    );
+    // main holds what landed, in order, and nothing else.
+    assert_eq!(git(&repo, &["show", "main:a.txt"]), "two\n");
+    assert_eq!(git(&repo, &["show", "main:b.txt"]), "bee\n");
+    assert!(
+        Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["cat-file", "-e", "main:FAIL"])
+            .status()
+            .unwrap()
+            .code()
+            != Some(0)
+    );
+    let log = git(&repo, &["log", "--format=%s", "main"]);
+    let merges: Vec<&str> = log.lines().filter(|l| l.starts_with("Merge")).collect();
+    assert_eq!(merges.len(), 2, "{log}");
+    assert!(
+        merges[1].contains("feat-b") && merges[0].contains("edit-a"),
+        "landed in order: {log}"
+    );
+    assert_eq!(
+        subs[1]["merged"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"]).trim()
+    );
+    // The conflict went to a human.
+    let (_, inc) = s.get("/api/v1/incidents?state=open").await;
+    let i = inc["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["supervisor"] == "merge:app")
+        .cloned()
+        .unwrap();
+    assert!(
+        i["reason"].as_str().unwrap().contains("edit-a-again"),
+        "{i}"
+    );
+    // Submitted again, it conflicts with main at once.
+    let (_, r) = s
+        .post(
+            "/api/v1/repos/app/submissions",
+            json!({"branch": "edit-a-again", "submitter": "carol"}),
+        )
+        .await;
+    assert_eq!(r["state"], "conflict", "{r}");
+
+    // Path leases: a directory covers what is below it; all or none; released, free again.
+    let lease = |holder: &str, paths: Value| {
+        let s = &s;
+        let body = json!({"holder": holder, "paths": paths, "ttl_ms": 60000});
+        async move { s.post("/api/v1/repos/app/leases", body).await }
+    };
+    assert_eq!(lease("alice", json!(["src"])).await.0, 200);
+    let (st, r) = lease("bob", json!(["docs", "src/lib.rs"])).await;
+    assert_eq!(st, 409, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("leased by alice"),
+        "{r}"
+    );
+    let (_, held) = s.get("/api/v1/repos/app/leases").await;
+    assert_eq!(
+        held["leases"].as_array().unwrap().len(),
+        1,
+        "nothing of bob's was taken: {held}"
+    );
+    assert_eq!(lease("bob", json!(["docs"])).await.0, 200);
+    let (st, _) = s
+        .post(
+            "/api/v1/repos/app/leases/release",
+            json!({"holder": "alice"}),
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(lease("bob", json!(["src/lib.rs"])).await.0, 200);
+    let (st, _) = lease("carol", json!(["../etc"])).await;
+    assert_eq!(st, 400);
+}
+
+both_backends!(
+    merge_queue_on,
+    branches_land_in_order_and_conflicts_go_to_a_human
+);
