@@ -62,12 +62,18 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
     }
 }
 
+/// The shortest interval between timed upkeep passes.
+const UPKEEP_MIN_MS: u64 = 250;
+
 /// Keeps the task queues moving: expired leases and deadlines, tasks of ended runs, tasks
 /// handed to the agents that serve their queues, and schedules that are due (new runs wake
 /// the scheduler).
 pub(crate) async fn serve_queues(inner: Arc<Inner>) {
     let s = &inner.shared;
-    let every = Duration::from_millis(inner.cfg.poll_ms.max(10));
+    // Enqueues and run ends wake it at once; the timer only finds what changed elsewhere
+    // (other nodes, schedules coming due, backoffs ending). Not more often than 4 times a
+    // second, however fast runs are polled for: each pass reads the store.
+    let every = Duration::from_millis(inner.cfg.poll_ms.max(UPKEEP_MIN_MS));
     loop {
         match s.schedules.fire_due(&s.tasks).await {
             Ok(true) => s.wake.notify_one(),
