@@ -4,6 +4,7 @@
 mod agent_loop;
 mod budgets;
 mod clock;
+mod compensation;
 mod costs;
 mod delegations;
 mod error;

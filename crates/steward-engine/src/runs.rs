@@ -62,6 +62,36 @@ pub(crate) async fn schedule(inner: Arc<Inner>) {
     }
 }
 
+/// Creates the compensation run of `run`, which is ending failed or cancelled, if its agent
+/// registers undo steps for tool calls it completed.
+async fn plan_compensation(
+    inner: &Arc<Inner>,
+    run: &RunId,
+    agent: &str,
+    version: i64,
+) -> Result<(), String> {
+    let s = &inner.shared;
+    let name = AgentName::parse(agent).map_err(|e| e.0)?;
+    let Some(rec) = s
+        .store
+        .get_agent(&name, Some(version))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let spec: AgentSpec = serde_json::from_str(&rec.spec).map_err(|e| e.to_string())?;
+    let created =
+        crate::compensation::schedule(&s.store, run, &name, version, &spec, s.clock.now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+    if created {
+        tracing::info!(run_id = %run, "the run's completed steps will be undone by its compensation run");
+        s.wake.notify_one();
+    }
+    Ok(())
+}
+
 /// The shortest interval between timed upkeep passes.
 const UPKEEP_MIN_MS: u64 = 250;
 
@@ -120,8 +150,25 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
     let span = tracing::info_span!("run", run_id = %run.id, agent = %run.agent);
     inner.tracker.spawn(async move {
         let id = run.id.clone();
+        let (agent, version) = (run.agent.clone(), run.agent_version);
+        let compensates = crate::compensation::steps_of(&run).is_some();
         let update = execute(&inner2, run, &token, &stop).await;
         let s = &inner2.shared;
+        // Undo steps are planned before the failure is recorded: a crash in between plans the
+        // same compensation run again, never a second one. If planning fails, the end is not
+        // recorded: the lease lapses and the run replays.
+        let update = match update {
+            Some(u) if matches!(u.state, RunState::Failed | RunState::Cancelled) && !compensates => {
+                match plan_compensation(&inner2, &id, &agent, version).await {
+                    Ok(()) => Some(u),
+                    Err(e) => {
+                        tracing::warn!(run_id = %id, error = %e, "planning the run's compensation failed; the run is left to replay");
+                        None
+                    }
+                }
+            }
+            other => other,
+        };
         if let Some(u) = update {
             match s.store.update_run(&id, &s.node, &u, s.clock.now_ms()).await {
                 Ok(true) => {
@@ -219,6 +266,9 @@ async fn execute(
     }
     let run_timeout = spec.run_timeout;
     let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
+    if let Some(steps) = crate::compensation::steps_of(&ctx.run) {
+        return crate::compensation::execute(&inner.kernel, &s.store, &mut ctx, steps).await;
+    }
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_millis(remaining as u64), agent_loop::run(&inner.kernel, &mut ctx)) => r,
         _ = token.cancelled() => {

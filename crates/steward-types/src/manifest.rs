@@ -62,6 +62,10 @@ pub struct AgentSpec {
     /// fallback tool.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tool_policies: std::collections::BTreeMap<String, ToolPolicy>,
+    /// Undo steps: when a run fails or is cancelled part-way, each of its successful calls of a
+    /// tool named here is undone by the step given — in reverse order, in a compensation run.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub compensation: std::collections::BTreeMap<String, Compensation>,
     /// Progress checks beyond `stepTimeout`: a run that keeps making the same tool call is
     /// stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,6 +269,14 @@ impl AgentSpec {
 
     fn validate(&self) -> Result<(), ManifestError> {
         let err = |m: String| Err(ManifestError(m));
+        for (name, c) in &self.compensation {
+            if !self.tools.contains(name) || !self.tools.contains(&c.tool) {
+                return err(format!(
+                    "spec.compensation.{name}: both {name:?} and its undo tool {:?} must be in spec.tools",
+                    c.tool
+                ));
+            }
+        }
         for (name, p) in &self.tool_policies {
             let at = format!("spec.toolPolicies.{name}");
             if !self.tools.contains(name) {
@@ -496,6 +508,17 @@ spec:
         assert!(duration::parse("5 parsecs").is_err());
         assert!(duration::parse("99999999999999999999h").is_err());
     }
+}
+
+/// The call that undoes a tool call. String values of `arguments` may hold `{{args.NAME}}`
+/// and `{{result.NAME}}`, filled from the original call's arguments and result (a string that
+/// is only a placeholder takes the value as it is, JSON and all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Compensation {
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: serde_json::Value,
 }
 
 /// How one tool's failures are handled, in the same vocabulary as model calls' resilience.

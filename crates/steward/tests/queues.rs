@@ -773,3 +773,84 @@ both_backends!(
     tool_policies_on,
     tool_policies_time_out_retry_break_and_fall_back
 );
+
+/// A loopback HTTP server that records each request's method and path, in order.
+async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::any(move |method: axum::http::Method, uri: axum::http::Uri| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock().unwrap().push(format!("{method} {}", uri.path()));
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+/// A run that fails part-way has what it did undone: each completed call of a tool with an
+/// undo step registered, newest first, by a compensation run; a run that succeeds keeps its
+/// effects.
+async fn a_failed_run_is_compensated(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (url, seen) = recording_server().await;
+    let put = |p: &str| {
+        format!("    - {{toolCalls: [{{name: http_request, arguments: {{method: PUT, url: \"{url}/{p}\"}}}}]}}\n")
+    };
+    let manifest = |name: &str, max_steps: u32| {
+        format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [http_request, echo]\n  maxSteps: {max_steps}\n  compensation:\n    http_request: {{tool: http_request, arguments: {{method: DELETE, url: \"{{{{args.url}}}}\"}}}}\n  script:\n{}{}    - {{toolCalls: [{{name: echo, arguments: {{n: 1}}}}]}}\n    - {{content: booked}}\n",
+            put("flight"),
+            put("hotel")
+        )
+    };
+    // Three model turns allowed, four needed: it fails after booking both.
+    s.apply(&manifest("booker", 3)).await;
+    let id = s.start_run("booker", "trip").await;
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["error"]["code"], "max_steps_exceeded", "{r}");
+    let comp = common::eventually("the compensation run", || async {
+        let (_, runs) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+        let c = runs["runs"].as_array()?.first()?.clone();
+        (c["state"] == "succeeded").then_some(c)
+    })
+    .await;
+    assert!(
+        comp["result"].as_str().unwrap().contains("undid 2 steps"),
+        "{comp}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "PUT /flight",
+            "PUT /hotel",
+            "DELETE /hotel",
+            "DELETE /flight"
+        ]
+    );
+    let j = s.journal(comp["id"].as_str().unwrap()).await;
+    assert_eq!(
+        j.iter().filter(|e| e["phase"] == "outcome").count(),
+        2,
+        "journaled like any step"
+    );
+
+    seen.lock().unwrap().clear();
+    s.apply(&manifest("lucky", 4)).await;
+    let id = s.start_run("lucky", "trip").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    let (_, runs) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+    assert!(
+        runs["runs"].as_array().unwrap().is_empty(),
+        "nothing to undo"
+    );
+    assert_eq!(*seen.lock().unwrap(), ["PUT /flight", "PUT /hotel"]);
+}
+
+both_backends!(compensation_on, a_failed_run_is_compensated);
