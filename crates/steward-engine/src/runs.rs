@@ -92,6 +92,75 @@ async fn plan_compensation(
     Ok(())
 }
 
+/// Acts on a run stopped as a loop, per its `liveness.onLoop`: an incident for a human, or the
+/// same run started over (its id derived from this one's, so a replay starts it once).
+/// Returns what was done, for the run's error message.
+async fn looped(inner: &Arc<Inner>, ctx: &RunCtx, why: &str) -> Result<String, String> {
+    let s = &inner.shared;
+    let Some(l) = &ctx.spec.liveness else {
+        return Ok(String::new());
+    };
+    let run = &ctx.run;
+    match l.on_loop.as_str() {
+        "escalate" => {
+            let incident = steward_store::IncidentRecord {
+                id: format!("inc_loop_{}", run.id.as_str().trim_start_matches("run_")),
+                supervisor: format!("run:{}", run.id),
+                reason: format!("{} ({}): {why}", run.id, run.agent),
+                state: "open".into(),
+                created_at: s.clock.now_ms(),
+                resolved_at: None,
+                resolution: None,
+            };
+            s.store
+                .open_incident(&incident)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!("; incident {} opened", incident.id))
+        }
+        "restart" => {
+            // How many restarts in a row led here.
+            let mut depth = 0;
+            let mut cur = run.clone();
+            while let Some(parent) = cur.parent_id.clone() {
+                if restart_id(&parent) != cur.id {
+                    break;
+                }
+                depth += 1;
+                match s.store.get_run(&parent).await.map_err(|e| e.to_string())? {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+            }
+            if depth >= l.max_restarts {
+                return Ok(format!(
+                    "; not restarted: {depth} restarts in a row already"
+                ));
+            }
+            let next = steward_store::NewRun {
+                id: restart_id(&run.id),
+                agent: AgentName::parse(&run.agent).map_err(|e| e.0)?,
+                agent_version: run.agent_version,
+                parent_id: Some(run.id.clone()),
+                input: run.input.clone(),
+            };
+            s.store
+                .create_run(&next, s.clock.now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.wake.notify_one();
+            Ok(format!("; restarted as {}", next.id))
+        }
+        _ => Ok(String::new()),
+    }
+}
+
+/// The run that starts `run` over after a loop.
+fn restart_id(run: &RunId) -> RunId {
+    let ns = uuid::Uuid::from_bytes([0x5a; 16]);
+    RunId::from_uuid(uuid::Uuid::new_v5(&ns, format!("restart:{run}").as_bytes()))
+}
+
 /// The shortest interval between timed upkeep passes.
 const UPKEEP_MIN_MS: u64 = 250;
 
@@ -283,10 +352,16 @@ async fn execute(
         Err(_) => fail(run_error::RUN_TIMEOUT, format!("the run passed its runTimeout ({run_timeout} ms)")),
         Ok(LoopEnd::Answer(a)) => Some(RunUpdate { result: Some(a), ..RunUpdate::state(RunState::Succeeded) }),
         Ok(LoopEnd::MaxSteps(n)) => fail(run_error::MAX_STEPS, format!("no final answer within maxSteps ({n}) model turns")),
-        Ok(LoopEnd::Looping { tool, times }) => fail(
-            run_error::LOOP_DETECTED,
-            format!("the model asked for the same {tool} call {times} times in a row (liveness.maxRepeats); stopped instead of making it again"),
-        ),
+        Ok(LoopEnd::Looping { tool, times }) => {
+            let why = format!("the model asked for the same {tool} call {times} times in a row (liveness.maxRepeats); stopped instead of making it again");
+            match looped(inner, &ctx, &why).await {
+                Ok(more) => fail(run_error::LOOP_DETECTED, format!("{why}{more}")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "acting on a loop failed; the run replays");
+                    None
+                }
+            }
+        }
         Ok(LoopEnd::Step(e)) => match &e {
             StepError::Draining => None,
             StepError::Store(m) => {

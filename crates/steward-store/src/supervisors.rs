@@ -154,7 +154,8 @@ macro_rules! impl_supervisors {
 
             async fn open_incident(&self, i: &IncidentRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4)",
+                    "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4) \
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&i.id)
                 .bind(&i.supervisor)

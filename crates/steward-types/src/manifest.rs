@@ -269,6 +269,17 @@ impl AgentSpec {
 
     fn validate(&self) -> Result<(), ManifestError> {
         let err = |m: String| Err(ManifestError(m));
+        if let Some(l) = &self.liveness {
+            if !["fail", "escalate", "restart"].contains(&l.on_loop.as_str()) {
+                return err(format!(
+                    "spec.liveness.onLoop: {:?} is not fail, escalate or restart",
+                    l.on_loop
+                ));
+            }
+            if l.max_repeats == 0 || l.max_restarts > 10 {
+                return err("spec.liveness: maxRepeats at least 1, maxRestarts at most 10".into());
+            }
+        }
         for (name, c) in &self.compensation {
             if !self.tools.contains(name) || !self.tools.contains(&c.tool) {
                 return err(format!(
@@ -570,6 +581,21 @@ pub struct Liveness {
     /// The same tool call (name and arguments) made this many times in a row is a loop: the
     /// run fails with `loop_detected` instead of making it again.
     pub max_repeats: u32,
+    /// What else a loop does: nothing more (`fail`), open an incident for a human
+    /// (`escalate`), or start the run over with the same input (`restart`, at most
+    /// `maxRestarts` times in a row).
+    #[serde(default = "default_on_loop")]
+    pub on_loop: String,
+    #[serde(default = "default_loop_restarts")]
+    pub max_restarts: u32,
+}
+
+fn default_on_loop() -> String {
+    "fail".into()
+}
+
+fn default_loop_restarts() -> u32 {
+    1
 }
 
 /// The queue an agent takes tasks from, and how many of its runs may serve it at once

@@ -633,6 +633,68 @@ async fn a_looping_run_is_stopped(b: Backend) {
         .await;
     let id = s.start_run("varied", "x").await;
     assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+
+    // A loop escalated: an incident for a human. A loop restarted: the run starts over with
+    // the same input, at most maxRestarts times in a row.
+    let looping = |name: &str, on_loop: &str| {
+        format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [echo]\n  liveness: {{maxRepeats: 1, onLoop: {on_loop}, maxRestarts: 1}}\n  script:\n    - {{toolCalls: [{{name: echo, arguments: {{n: 1}}}}]}}\n    - {{toolCalls: [{{name: echo, arguments: {{n: 1}}}}]}}\n    - {{content: never}}\n"
+        )
+    };
+    s.apply(&looping("escalator", "escalate")).await;
+    let id = s.start_run("escalator", "x").await;
+    let r = s.wait_run(&id).await;
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("incident"),
+        "{r}"
+    );
+    let (_, inc) = s.get("/api/v1/incidents?state=open").await;
+    assert!(
+        inc["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["supervisor"] == format!("run:{id}")),
+        "{inc}"
+    );
+    s.apply(&looping("restarter", "restart")).await;
+    let id = s.start_run("restarter", "again").await;
+    let first = s.wait_run(&id).await;
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restarted as"),
+        "{first}"
+    );
+    let second = common::eventually("the restart ends", || async {
+        let (_, runs) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+        let r = runs["runs"].as_array()?.first()?.clone();
+        (r["state"] == "failed").then_some(r)
+    })
+    .await;
+    assert_eq!(second["input"], "again");
+    assert!(
+        second["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not restarted"),
+        "{second}"
+    );
+    let (_, all) = s.get("/api/v1/runs?agent=restarter").await;
+    assert_eq!(
+        all["runs"].as_array().unwrap().len(),
+        2,
+        "one restart, then no more"
+    );
+    let (st, r) = s
+        .post_raw(
+            "/api/v1/agents",
+            "application/yaml",
+            looping("bad", "panic"),
+        )
+        .await;
+    assert_eq!(st, 400, "{r}");
 }
 
 both_backends!(a_looping_run_is_stopped_on, a_looping_run_is_stopped);
