@@ -376,6 +376,7 @@ pub async fn put_repo(
         path: r.path,
         target: r.target,
         check_cmd: r.check,
+        resolver: r.resolver,
     };
     Ok(Json(e.merges().put_repo(rec).await?.into()))
 }

@@ -1106,6 +1106,9 @@ pub struct PutRepo {
     pub target: String,
     /// What must pass on the merged tree (`/bin/sh -c`, run in a sandbox).
     pub check: String,
+    /// An agent conflicts are routed to (a run per conflict); absent: a human (an incident).
+    #[serde(default)]
+    pub resolver: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -1114,6 +1117,7 @@ pub struct Repo {
     pub path: String,
     pub target: String,
     pub check: String,
+    pub resolver: Option<String>,
 }
 
 impl From<steward_store::RepoRecord> for Repo {
@@ -1123,6 +1127,7 @@ impl From<steward_store::RepoRecord> for Repo {
             path: r.path,
             target: r.target,
             check: r.check_cmd,
+            resolver: r.resolver,
         }
     }
 }

@@ -130,6 +130,13 @@ impl MergeQueue {
     pub async fn put_repo(&self, r: RepoRecord) -> Result<RepoRecord> {
         check_name("repository", &r.name)?;
         check_branch(&r.target)?;
+        if let Some(a) = &r.resolver {
+            let name =
+                steward_types::AgentName::parse(a).map_err(|e| Error::InvalidRequest(e.0))?;
+            if self.store.get_agent(&name, None).await?.is_none() {
+                return Err(Error::NotFound(format!("resolver: no agent {a}")));
+            }
+        }
         if r.check_cmd.trim().is_empty() || r.check_cmd.len() > 4096 {
             return Err(Error::InvalidRequest("check: 1 to 4096 bytes".into()));
         }
@@ -203,6 +210,10 @@ impl MergeQueue {
             created_at: now,
             updated_at: now,
         };
+        let mut s = s;
+        if let (true, Some(d)) = (s.state == "conflict", s.detail.clone()) {
+            s.detail = Some(format!("{d}{}", self.route_conflict(&r, &s, &d).await));
+        }
         self.store.add_submission(&s).await?;
         Ok(s)
     }
@@ -210,6 +221,59 @@ impl MergeQueue {
     pub async fn submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>> {
         self.repo(repo).await?;
         Ok(self.store.list_submissions(repo).await?)
+    }
+
+    /// Sends a conflict to the repository's resolver agent (a run, once per submission) or,
+    /// without one, to a human (an incident); says which, for the submission's detail.
+    async fn route_conflict(&self, r: &RepoRecord, sub: &SubmissionRecord, detail: &str) -> String {
+        let now = self.clock.now_ms();
+        if let Some(resolver) = &r.resolver {
+            let started = async {
+                let name = steward_types::AgentName::parse(resolver).map_err(|e| e.0)?;
+                let agent = self
+                    .store
+                    .get_agent(&name, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no agent {resolver}"))?;
+                let ns = uuid::Uuid::from_bytes([0x59; 16]);
+                let run = steward_store::NewRun {
+                    id: steward_types::RunId::from_uuid(uuid::Uuid::new_v5(&ns, sub.id.as_bytes())),
+                    agent: name,
+                    agent_version: agent.version,
+                    parent_id: None,
+                    input: format!(
+                        "Resolve a merge conflict in the git repository at {}: branch {} does not merge onto {} ({detail}). Rebase or merge {} onto {}, resolve the conflicts, and submit {} again.",
+                        r.path, sub.branch, r.target, sub.branch, r.target, sub.branch
+                    ),
+                };
+                self.store.create_run(&run, now).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(run.id)
+            }
+            .await;
+            match started {
+                Ok(id) => return format!("; routed to {resolver} (run {id})"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing a merge conflict to its resolver failed; a human gets it")
+                }
+            }
+        }
+        let incident = IncidentRecord {
+            id: format!("inc_{}", uuid::Uuid::now_v7().simple()),
+            supervisor: format!("merge:{}", r.name),
+            reason: format!("{} ({}) {detail}", sub.branch, sub.id),
+            state: "open".into(),
+            created_at: now,
+            resolved_at: None,
+            resolution: None,
+        };
+        match self.store.open_incident(&incident).await {
+            Ok(()) => format!("; incident {} opened", incident.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "opening the merge conflict's incident failed");
+                String::new()
+            }
+        }
     }
 
     /// Claims `paths` of `repo` for `holder` for `ttl_ms`; the leases of others in the way
@@ -290,20 +354,11 @@ impl MergeQueue {
                         None,
                     ),
                 };
-                if state == "conflict" {
-                    let incident = IncidentRecord {
-                        id: format!("inc_{}", uuid::Uuid::now_v7().simple()),
-                        supervisor: format!("merge:{}", r.name),
-                        reason: format!("{} ({}) {detail}", sub.branch, sub.id),
-                        state: "open".into(),
-                        created_at: me.clock.now_ms(),
-                        resolved_at: None,
-                        resolution: None,
-                    };
-                    if let Err(e) = me.store.open_incident(&incident).await {
-                        tracing::warn!(error = %e, "opening the merge conflict's incident failed");
-                    }
-                }
+                let detail = if state == "conflict" {
+                    format!("{detail}{}", me.route_conflict(&r, &sub, &detail).await)
+                } else {
+                    detail
+                };
                 if let Err(e) = me
                     .store
                     .finish_submission(

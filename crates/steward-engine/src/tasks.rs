@@ -393,7 +393,15 @@ impl Tasks {
                     .map_or(0, |(_, n)| n),
                 None => 0,
             };
-            let room = source.desired(waiting, busy) - busy;
+            let oldest = match source.target_wait_ms {
+                Some(_) => self
+                    .store
+                    .oldest_ready(&source.queue, now)
+                    .await?
+                    .map(|at| now - at),
+                None => None,
+            };
+            let room = source.desired(waiting, busy, oldest) - busy;
             if room > 0 {
                 let leased = self
                     .store

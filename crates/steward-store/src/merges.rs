@@ -14,6 +14,8 @@ pub struct RepoRecord {
     pub target: String,
     /// The command that must pass on the merged tree (`/bin/sh -c`, in a sandbox).
     pub check_cmd: String,
+    /// The agent conflicts are routed to; none: a human, through an incident.
+    pub resolver: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -98,28 +100,29 @@ macro_rules! impl_merges {
         impl MergeStore for $store {
             async fn put_repo(&self, r: &RepoRecord, now: Millis) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO repos (name, path, target, check_cmd, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (name) DO UPDATE SET path = $2, target = $3, check_cmd = $4, updated_at = $5",
+                    "INSERT INTO repos (name, path, target, check_cmd, updated_at, resolver) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (name) DO UPDATE SET path = $2, target = $3, check_cmd = $4, updated_at = $5, resolver = $6",
                 )
                 .bind(&r.name)
                 .bind(&r.path)
                 .bind(&r.target)
                 .bind(&r.check_cmd)
                 .bind(now)
+                .bind(&r.resolver)
                 .execute(&self.write)
                 .await?;
                 Ok(())
             }
 
             async fn get_repo(&self, name: &str) -> Result<Option<RepoRecord>> {
-                Ok(sqlx::query_as("SELECT name, path, target, check_cmd FROM repos WHERE name = $1")
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver FROM repos WHERE name = $1")
                     .bind(name)
                     .fetch_optional(&self.read)
                     .await?)
             }
 
             async fn list_repos(&self) -> Result<Vec<RepoRecord>> {
-                Ok(sqlx::query_as("SELECT name, path, target, check_cmd FROM repos ORDER BY name")
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver FROM repos ORDER BY name")
                     .fetch_all(&self.read)
                     .await?)
             }

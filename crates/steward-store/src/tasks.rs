@@ -191,6 +191,8 @@ pub trait TaskStore: Send + Sync {
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>>;
     /// Per state, how many tasks `queue` holds.
     async fn queue_depths(&self, queue: &str) -> Result<Vec<(String, i64)>>;
+    /// When the oldest task of `queue` ready by `now` was enqueued.
+    async fn oldest_ready(&self, queue: &str, now: Millis) -> Result<Option<Millis>>;
     /// Tasks of agents' runs currently leased, by the agent (`run:<agent>` owners).
     async fn leased_to_agent(&self, queue: &str, agent: &AgentName) -> Result<i64>;
 }
@@ -759,6 +761,17 @@ macro_rules! impl_tasks {
                     .bind(queue)
                     .fetch_all(&self.read)
                     .await?)
+            }
+
+            async fn oldest_ready(&self, queue: &str, now: Millis) -> Result<Option<Millis>> {
+                let (at,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MIN(enqueued_at) FROM tasks WHERE queue = $1 AND state = 'pending' AND run_at <= $2",
+                )
+                .bind(queue)
+                .bind(now)
+                .fetch_one(&self.read)
+                .await?;
+                Ok(at)
             }
 
             async fn leased_to_agent(&self, queue: &str, agent: &AgentName) -> Result<i64> {

@@ -612,6 +612,10 @@ pub struct TaskSource {
     pub max_concurrency: Option<u32>,
     #[serde(default = "default_tasks_per_run")]
     pub tasks_per_run: u32,
+    /// Autoscaling on latency: while the oldest waiting task has waited longer than this, one
+    /// more run (up to `maxConcurrency`) whatever the depth says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_wait_ms: Option<u64>,
 }
 
 fn default_tasks_per_run() -> u32 {
@@ -621,13 +625,20 @@ fn default_tasks_per_run() -> u32 {
 impl TaskSource {
     /// How many runs should serve the queue with `waiting` tasks ready and `busy` runs
     /// serving it: the floor, or one per `tasksPerRun` of the work in hand, up to the ceiling.
-    pub fn desired(&self, waiting: i64, busy: i64) -> i64 {
+    pub fn desired(&self, waiting: i64, busy: i64, oldest_wait_ms: Option<i64>) -> i64 {
         let floor = i64::from(self.concurrency);
         let Some(max) = self.max_concurrency else {
             return floor;
         };
         let per = i64::from(self.tasks_per_run.max(1));
-        let wanted = (waiting + busy + per - 1) / per;
+        let mut wanted = (waiting + busy + per - 1) / per;
+        let late = match (self.target_wait_ms, oldest_wait_ms) {
+            (Some(target), Some(waited)) => waited > target as i64,
+            _ => false,
+        };
+        if late {
+            wanted = wanted.max(busy + 1);
+        }
         wanted.clamp(floor, i64::from(max).max(floor))
     }
 }

@@ -188,6 +188,40 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
         )
         .await;
     assert_eq!(r["state"], "conflict", "{r}");
+    // With a resolver agent, a conflict becomes its run instead.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: fixer}\nspec:\n  model: scripted\n  script:\n    - {content: resolved}\n")
+        .await;
+    let (st, _) = put_repo(
+        &s,
+        "app",
+        json!({"path": path, "target": "main", "check": "true", "resolver": "ghost"}),
+    )
+    .await;
+    assert_eq!(st, 404, "the resolver must exist");
+    let (st, _) = put_repo(
+        &s,
+        "app",
+        json!({"path": path, "target": "main", "check": "true", "resolver": "fixer"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, r) = s
+        .post(
+            "/api/v1/repos/app/submissions",
+            json!({"branch": "edit-a-again", "submitter": "carol"}),
+        )
+        .await;
+    assert!(
+        r["detail"].as_str().unwrap().contains("routed to fixer"),
+        "{r}"
+    );
+    let (_, runs) = s.get("/api/v1/runs?agent=fixer").await;
+    let fix = &runs["runs"][0];
+    assert!(
+        fix["input"].as_str().unwrap().contains("edit-a-again")
+            && fix["input"].as_str().unwrap().contains("a.txt"),
+        "{fix}"
+    );
 
     // Path leases: a directory covers what is below it; all or none; released, free again.
     let lease = |holder: &str, paths: Value| {

@@ -726,6 +726,30 @@ async fn an_agent_pool_scales_with_its_queue(b: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(most, 4, "scaled up to the ceiling while tasks waited");
+
+    // On latency: the depth alone asks for one run (100 tasks per run), but tasks wait longer
+    // than 100 ms, so the pool grows, up to its ceiling.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: prompt}\nspec:\n  model: scripted\n  tasks: {queue: slow, concurrency: 1, maxConcurrency: 3, tasksPerRun: 100, targetWaitMs: 100}\n  script:\n    - {delayMs: 400, content: ok}\n")
+        .await;
+    for i in 0..9 {
+        enqueue(&s, "slow", json!({"payload": i})).await;
+    }
+    let mut most = 0;
+    loop {
+        let (_, q) = s.get("/api/v1/queues/slow").await;
+        let leased = q["depth"]["leased"].as_i64().unwrap_or(0);
+        most = most.max(leased);
+        assert!(leased <= 3, "{q}");
+        if q["depth"]["done"] == 9 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(30),
+            "{q}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 3, "grew on latency to the ceiling");
 }
 
 both_backends!(
