@@ -74,18 +74,21 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         let calls = reply.tool_calls;
         let mut results = Vec::with_capacity(calls.len());
         for call in &calls {
-            let this = (call.name.clone(), call.arguments.to_string());
-            repeats = if last.as_ref() == Some(&this) {
-                repeats + 1
-            } else {
-                1
-            };
-            last = Some(this);
-            if max_repeats.is_some_and(|m| repeats > m) {
-                return LoopEnd::Looping {
-                    tool: call.name.clone(),
-                    times: repeats,
+            // Only agents that ask for loop detection pay for comparing calls.
+            if let Some(max) = max_repeats {
+                let this = (call.name.clone(), call.arguments.to_string());
+                repeats = if last.as_ref() == Some(&this) {
+                    repeats + 1
+                } else {
+                    1
                 };
+                last = Some(this);
+                if repeats > max {
+                    return LoopEnd::Looping {
+                        tool: call.name.clone(),
+                        times: repeats,
+                    };
+                }
             }
             let out = match kernel
                 .call(

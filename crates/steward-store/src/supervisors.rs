@@ -69,6 +69,24 @@ pub trait SupervisorStore: Send + Sync {
     ) -> Result<Option<IncidentRecord>>;
 }
 
+/// An open incident; one with its id already there stays as it is (a replay opens it once).
+fn insert_incident<DB: sqlx::Database>(
+    i: &IncidentRecord,
+) -> sqlx::query::Query<'_, DB, <DB as sqlx::Database>::Arguments<'_>>
+where
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(i.id.clone())
+    .bind(i.supervisor.clone())
+    .bind(i.reason.clone())
+    .bind(i.created_at)
+}
+
 macro_rules! impl_supervisors {
     ($store:ty) => {
         #[async_trait]
@@ -129,15 +147,7 @@ macro_rules! impl_supervisors {
                     return Ok(false);
                 }
                 if let Some(i) = incident {
-                    sqlx::query(
-                        "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4)",
-                    )
-                    .bind(&i.id)
-                    .bind(&i.supervisor)
-                    .bind(&i.reason)
-                    .bind(i.created_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    insert_incident(i).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -153,16 +163,7 @@ macro_rules! impl_supervisors {
             }
 
             async fn open_incident(&self, i: &IncidentRecord) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO incidents (id, supervisor, reason, state, created_at) VALUES ($1, $2, $3, 'open', $4) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&i.id)
-                .bind(&i.supervisor)
-                .bind(&i.reason)
-                .bind(i.created_at)
-                .execute(&self.write)
-                .await?;
+                insert_incident(i).execute(&self.write).await?;
                 Ok(())
             }
 

@@ -42,14 +42,7 @@ fn branch(dir: &Path, name: &str, file: &str, text: &str) {
 }
 
 async fn put_repo(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/repos/{name}", s.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or(Value::Null))
+    s.put(&format!("/api/v1/repos/{name}"), body).await
 }
 
 async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {

@@ -13,14 +13,7 @@ use common::{Backend, Counter, TestServer};
 use serde_json::{json, Value};
 
 async fn put_queue(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/queues/{name}", s.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or(Value::Null))
+    s.put(&format!("/api/v1/queues/{name}"), body).await
 }
 
 async fn enqueue(s: &TestServer, queue: &str, body: Value) -> Value {
@@ -434,14 +427,7 @@ both_backends!(
 );
 
 async fn put_schedule(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/schedules/{name}", s.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or(Value::Null))
+    s.put(&format!("/api/v1/schedules/{name}"), body).await
 }
 
 /// A cron schedule feeds a queue every second; a one-shot delayed run set before a restart

@@ -10,14 +10,7 @@ use common::{Backend, TestServer};
 use serde_json::{json, Value};
 
 async fn put(s: &TestServer, name: &str, spec: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/supervisors/{name}", s.url))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status().as_u16();
-    (st, r.json().await.unwrap_or(Value::Null))
+    s.put(&format!("/api/v1/supervisors/{name}"), spec).await
 }
 
 fn agent(name: &str, body: &str) -> String {
