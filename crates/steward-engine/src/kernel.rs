@@ -21,7 +21,7 @@ use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
 use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
 use steward_tools::{ToolContext, ToolHost, Tools};
-use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy};
+use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy, RunId};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -815,7 +815,7 @@ impl Kernel {
                 // bounded by the parent's step timeout.
                 let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
                     self.resilient_tool(ctx, name, args, &tctx, p, step_timeout)
-                        .await
+                        .await?
                 } else if name == "spawn_agent" {
                     // Waiting on a child is abandoned on shutdown without an outcome: the spawn is
                     // idempotent, so the next life finds the same child and waits again.
@@ -849,7 +849,8 @@ impl Kernel {
     /// A tool call under its agent's `toolPolicies` entry: each attempt bounded by the policy's
     /// timeout, failures of the classes it names retried with the router's backoff, the
     /// fleet-wide circuit breaker `tool:<name>` consulted and fed, and the fallback tool tried
-    /// with the same arguments when all that still fails. All within the one journaled step.
+    /// with the same arguments when all that still fails, then the fallback agent. All within
+    /// the one journaled step.
     async fn resilient_tool(
         &self,
         ctx: &RunCtx,
@@ -858,7 +859,7 @@ impl Kernel {
         tctx: &ToolContext,
         p: &steward_types::manifest::ToolPolicy,
         step_timeout: Duration,
-    ) -> Result<Value, String> {
+    ) -> Result<Result<Value, String>, StepError> {
         let timeout = p
             .timeout_ms
             .map_or(step_timeout, |t| Duration::from_millis(t).min(step_timeout));
@@ -879,7 +880,7 @@ impl Kernel {
                 break;
             }
             let Some(tool) = self.tools.get(name) else {
-                return Err(format!("no tool named {name:?} exists"));
+                return Ok(Err(format!("no tool named {name:?} exists")));
             };
             let (result, class) =
                 match tokio::time::timeout(timeout, tool.call(tctx, args.clone())).await {
@@ -905,7 +906,7 @@ impl Kernel {
                 if p.breaker {
                     breakers.success(&label);
                 }
-                return last;
+                return Ok(last);
             };
             if p.breaker {
                 breakers.failure(&label, Instant::now());
@@ -925,27 +926,139 @@ impl Kernel {
             ))
             .await;
         }
-        match &p.fallback {
-            Some(other)
-                if last.is_err()
-                    || last.as_ref().is_ok_and(|v| {
-                        v.get("status")
-                            .and_then(Value::as_u64)
-                            .is_some_and(|s| s >= 500)
-                    }) =>
-            {
-                let Some(tool) = self.tools.get(other) else {
-                    return last;
-                };
-                match tokio::time::timeout(step_timeout, tool.call(tctx, args.clone())).await {
+        let failed = |r: &Result<Value, String>| match r {
+            Err(_) => true,
+            Ok(v) => v
+                .get("status")
+                .and_then(Value::as_u64)
+                .is_some_and(|s| s >= 500),
+        };
+        if let (true, Some(other)) = (failed(&last), &p.fallback) {
+            if let Some(tool) = self.tools.get(other) {
+                last = match tokio::time::timeout(step_timeout, tool.call(tctx, args.clone())).await
+                {
                     Ok(r) => r.map_err(|e| format!("fallback {other:?} failed too: {e}")),
                     Err(_) => Err(format!(
                         "fallback {other:?} did not finish within stepTimeout"
                     )),
-                }
+                };
             }
-            _ => last,
         }
+        match (failed(&last), &p.fallback_agent) {
+            (true, Some(agent)) => {
+                let why = match &last {
+                    Err(e) => e.clone(),
+                    Ok(v) => format!("the tool answered with status {}", v["status"]),
+                };
+                self.fallback_agent(ctx, name, args, tctx.seq, agent, &why)
+                    .await
+            }
+            _ => Ok(last),
+        }
+    }
+
+    /// Hands a failed tool call to the policy's fallback agent: a child run (id derived from
+    /// the step, so a replayed step finds it again), started only if `agent.spawn` on that
+    /// agent is allowed — the decision audited like any other — whose answer is the result.
+    async fn fallback_agent(
+        &self,
+        ctx: &RunCtx,
+        tool: &str,
+        args: &Value,
+        seq: i64,
+        agent: &str,
+        why: &str,
+    ) -> Result<Result<Value, String>, StepError> {
+        if let Some(refused) = self.may_spawn(ctx, agent, seq).await? {
+            return Ok(Err(format!(
+                "{why}; the fallback agent {agent:?} was not started: {refused}"
+            )));
+        }
+        let child = RunId::child_of(&ctx.run.id, seq);
+        let input = json!({ "tool": tool, "arguments": args, "error": why }).to_string();
+        // Waiting is abandoned on shutdown; the next life finds the same child and waits again.
+        let waited = tokio::select! {
+            r = self.host.spawn_and_wait(&ctx.run.id, &child, agent, &input, None) => r,
+            _ = self.draining.cancelled() => return Err(StepError::Draining),
+        };
+        Ok(match waited {
+            Ok(o) if o.state == "succeeded" => {
+                Ok(json!({ "fallback_agent": agent, "run_id": o.run_id, "result": o.result }))
+            }
+            Ok(o) => Err(format!(
+                "{why}; the fallback agent {agent:?} (run {}) {}: {}",
+                o.run_id,
+                o.state,
+                o.error.unwrap_or_default()
+            )),
+            Err(e) => Err(format!("{why}; the fallback agent {agent:?}: {e}")),
+        })
+    }
+
+    /// Whether this run may start `agent` as a child outside a `spawn_agent` call (a fallback):
+    /// the policy's `agent.spawn` decision and the run's own grant, audited. A permit that asks
+    /// for approval counts as no: a fallback does not wait for a human.
+    async fn may_spawn(
+        &self,
+        ctx: &RunCtx,
+        agent: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StepError> {
+        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
+        let owner = self
+            .identities
+            .owner(&ctx.run.agent)
+            .await
+            .map_err(store_err)?;
+        let chain = run_chain(ctx, owner.as_deref());
+        let now = self.clock.now_ms();
+        let d = self.policies.decide(&Query {
+            agent: &ctx.run.agent,
+            run: Some(ctx.run.id.as_str()),
+            action: "agent.spawn",
+            resource: agent,
+            cost_nanos: 0,
+            time_ms: now,
+            chain: &chain,
+            owner: owner.as_deref(),
+            on_behalf_of: owner.as_deref(),
+        });
+        let mut refused = if !d.allow {
+            Some(if d.policy_ids.is_empty() {
+                "no policy permits agent.spawn on it".to_string()
+            } else {
+                format!("forbidden by {}", d.policy_ids.join(", "))
+            })
+        } else if d.approval.is_some() {
+            Some("starting it needs approval, which a fallback does not wait for".to_string())
+        } else {
+            None
+        };
+        if refused.is_none() && ctx.run.parent_id.is_some() {
+            refused = self.outside_grant(ctx, "agent.spawn", agent, now).await?;
+        }
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "decision",
+            principal: format!("run:{}", ctx.run.id),
+            chain,
+            trace_id: crate::trace_id(),
+            action: "agent.spawn".into(),
+            resource: agent.into(),
+            run_id: Some(ctx.run.id.to_string()),
+            step: Some(seq.to_string()),
+            decision: Some(if refused.is_none() { "allow" } else { "deny" }.into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
+            error: refused.clone(),
+            ..Default::default()
+        }
+        .to_json();
+        self.journal
+            .append_audited(Vec::new(), vec![(now, record)])
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?;
+        Ok(refused)
     }
 }
 

@@ -300,6 +300,11 @@ impl AgentSpec {
                     ));
                 }
             }
+            if let Some(a) = &p.fallback_agent {
+                if let Err(e) = AgentName::parse(a) {
+                    return err(format!("{at}.fallbackAgent: {}", e.0));
+                }
+            }
             if p.timeout_ms == Some(0) {
                 return err(format!("{at}.timeoutMs: above 0"));
             }
@@ -550,6 +555,11 @@ pub struct ToolPolicy {
     /// fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// An agent that takes over when the tool (and its fallback tool) still fails: a child
+    /// run, started under the `agent.spawn` decision, whose input is the call and its error
+    /// and whose answer becomes the call's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_agent: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -847,6 +847,82 @@ both_backends!(
     tool_policies_time_out_retry_break_and_fall_back
 );
 
+/// A tool that still fails after its retries hands the call to its fallback agent: a child run
+/// given the call and its error, whose answer becomes the call's result — started only where
+/// the policy allows `agent.spawn` on that agent.
+async fn a_failing_tool_falls_back_to_an_agent(b: Backend) {
+    use std::sync::atomic::Ordering;
+    let s = TestServer::start(b).await;
+    let (url, hits) = flaky_server(usize::MAX).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: fixer}\nspec:\n  model: scripted\n  script:\n    - {content: fixed by hand}\n")
+        .await;
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: careful}}\nspec:\n  model: scripted\n  tools: [http_request]\n  toolPolicies:\n    http_request: {{timeoutMs: 100, retry: {{maxAttempts: 2, initialMs: 10}}, fallbackAgent: fixer}}\n  script:\n    - {{toolCalls: [{{name: http_request, arguments: {{url: \"{url}/x\"}}}}]}}\n    - {{content: done}}\n"
+    ))
+    .await;
+    let tool_outcome = |journal: Vec<Value>| {
+        journal
+            .into_iter()
+            .find(|e| e["kind"] == "tool" && e["phase"] == "outcome")
+            .unwrap()
+    };
+    let id = s.start_run("careful", "x").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "both attempts were made first"
+    );
+    let outcome = tool_outcome(s.journal(&id).await);
+    assert_eq!(
+        outcome["body"]["ok"]["result"], "fixed by hand",
+        "{outcome}"
+    );
+    let child = outcome["body"]["ok"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, c) = s.get(&format!("/api/v1/runs/{child}")).await;
+    assert_eq!(c["parent_id"], id.as_str());
+    assert_eq!(c["agent"], "fixer");
+    let given: Value = serde_json::from_str(c["input"].as_str().unwrap()).unwrap();
+    assert_eq!(given["tool"], "http_request");
+    assert_eq!(given["arguments"]["url"], format!("{url}/x"));
+    assert!(
+        given["error"].as_str().unwrap().contains("100 ms"),
+        "the child is told why: {given}"
+    );
+
+    // Where the policy forbids starting the fixer, the call fails as it would have, and no
+    // child run exists.
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(
+            r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn"], resource);
+@id("no-fixer") forbid (principal, action == Steward::Action::"agent.spawn", resource == Steward::Agent::"fixer");"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let id = s.start_run("careful", "y").await;
+    assert_eq!(s.wait_run(&id).await["state"], "succeeded");
+    let outcome = tool_outcome(s.journal(&id).await);
+    let err = outcome["body"]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("was not started") && err.contains("no-fixer"),
+        "{outcome}"
+    );
+    let (_, runs) = s.get("/api/v1/runs?agent=fixer").await;
+    assert_eq!(
+        runs["runs"].as_array().map(Vec::len),
+        Some(1),
+        "only the first run's fixer: {runs}"
+    );
+}
+
+both_backends!(fallback_agent_on, a_failing_tool_falls_back_to_an_agent);
+
 /// A loopback HTTP server that records each request's method and path, in order.
 async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
