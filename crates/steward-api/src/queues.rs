@@ -377,6 +377,7 @@ pub async fn put_repo(
         target: r.target,
         check_cmd: r.check,
         resolver: r.resolver,
+        strategy: r.strategy.unwrap_or_else(|| "rebase".into()),
     };
     Ok(Json(e.merges().put_repo(rec).await?.into()))
 }

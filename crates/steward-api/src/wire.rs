@@ -1109,6 +1109,10 @@ pub struct PutRepo {
     /// An agent conflicts are routed to (a run per conflict); absent: a human (an incident).
     #[serde(default)]
     pub resolver: Option<String>,
+    /// How submissions land: `rebase` (default: the branch's commits replayed onto the
+    /// target, a linear history) or `merge` (one merge commit per submission).
+    #[serde(default)]
+    pub strategy: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -1118,6 +1122,7 @@ pub struct Repo {
     pub target: String,
     pub check: String,
     pub resolver: Option<String>,
+    pub strategy: String,
 }
 
 impl From<steward_store::RepoRecord> for Repo {
@@ -1128,6 +1133,7 @@ impl From<steward_store::RepoRecord> for Repo {
             target: r.target,
             check: r.check_cmd,
             resolver: r.resolver,
+            strategy: r.strategy,
         }
     }
 }

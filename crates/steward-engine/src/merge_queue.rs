@@ -1,11 +1,12 @@
 //! The merge queue for agents' parallel work on git repositories. Agents submit branches; a
 //! submission that conflicts with the target already is refused at once (`git merge-tree`).
-//! Submissions are checked one at a time per repository, in order: merged onto the target as
-//! it is then (so each is checked on top of the ones that landed before it), the repository's
-//! check command run on the merged tree in a sandbox (a plain subprocess where sandboxes are
-//! off), and landed with a compare-and-set of the target ref — or reported `conflict` (an
-//! incident for a human to resolve) or `failed` (with the check's output). Path leases let
-//! agents claim files before they start.
+//! Submissions are checked one at a time per repository, in order: rebased onto the target as
+//! it is then — each commit replayed with `git merge-tree`, or one merge commit where the
+//! repository asks for `merge` — so each is checked on top of the ones that landed before it;
+//! the repository's check command run on the result in a sandbox (a plain subprocess where
+//! sandboxes are off), and landed with a compare-and-set of the target ref — or reported
+//! `conflict` (routed to the resolver agent or a human) or `failed` (with the check's output).
+//! Path leases let agents claim files before they start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,16 +32,29 @@ pub struct MergeQueue {
 }
 
 async fn git(repo: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let run = tokio::process::Command::new("git")
-        .arg("-C")
+    git_as(repo, args, None).await
+}
+
+/// The author of a commit being replayed: name, email, date.
+type Author = (String, String, String);
+
+/// Runs git; commits it makes are committed by the merge queue and authored by `author`, or
+/// by the merge queue too.
+async fn git_as(repo: &Path, args: &[&str], author: Option<&Author>) -> Result<(bool, String)> {
+    let queue = ("Steward merge queue", "merge-queue@steward.invalid");
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("-C")
         .arg(repo)
         .args(args)
-        .env("GIT_AUTHOR_NAME", "Steward merge queue")
-        .env("GIT_AUTHOR_EMAIL", "merge-queue@steward.invalid")
-        .env("GIT_COMMITTER_NAME", "Steward merge queue")
-        .env("GIT_COMMITTER_EMAIL", "merge-queue@steward.invalid")
-        .kill_on_drop(true)
-        .output();
+        .env("GIT_AUTHOR_NAME", author.map_or(queue.0, |a| &a.0))
+        .env("GIT_AUTHOR_EMAIL", author.map_or(queue.1, |a| &a.1))
+        .env("GIT_COMMITTER_NAME", queue.0)
+        .env("GIT_COMMITTER_EMAIL", queue.1)
+        .kill_on_drop(true);
+    if let Some(a) = author {
+        cmd.env("GIT_AUTHOR_DATE", &a.2);
+    }
+    let run = cmd.output();
     let out = tokio::time::timeout(GIT_TIMEOUT, run)
         .await
         .map_err(|_| Error::Unavailable(format!("git {}: timed out", args.join(" "))))?
@@ -89,11 +103,21 @@ enum Merged {
 }
 
 async fn merge_tree(repo: &Path, target: &str, branch: &str) -> Result<Merged> {
-    let (ok, out) = git(
-        repo,
-        &["merge-tree", "--write-tree", "--name-only", target, branch],
-    )
-    .await?;
+    merge_tree_from(repo, None, target, branch).await
+}
+
+/// As `merge_tree`, with the merge base given (`None`: git finds it).
+async fn merge_tree_from(
+    repo: &Path,
+    base: Option<&str>,
+    target: &str,
+    branch: &str,
+) -> Result<Merged> {
+    let base = base.map(|b| format!("--merge-base={b}"));
+    let mut args = vec!["merge-tree", "--write-tree", "--name-only"];
+    args.extend(base.as_deref());
+    args.extend([target, branch]);
+    let (ok, out) = git(repo, &args).await?;
     let mut lines = out.lines();
     let tree = lines.next().unwrap_or_default().trim().to_string();
     if ok {
@@ -111,6 +135,96 @@ async fn merge_tree(repo: &Path, target: &str, branch: &str) -> Result<Merged> {
         .map(str::to_string)
         .collect();
     Ok(Merged::Conflicts(paths))
+}
+
+/// What replaying a branch onto the target gives.
+enum Rebased {
+    /// The new tip (the target itself when nothing was left to replay).
+    Tip(String),
+    /// A commit that does not apply, and the paths in conflict.
+    Conflict { commit: String, paths: Vec<String> },
+    /// Why this branch cannot be rebased at all.
+    Refused(String),
+}
+
+/// Replays the commits of `head` that `base` lacks onto `base`, oldest first, as `git rebase`
+/// does: merge commits left out, a commit whose change the target has already dropped, each
+/// keeping its author and message. Nothing is checked out: each step is a `git merge-tree`
+/// of the commit against its parent, onto the tip so far.
+async fn rebase(repo: &Path, base: &str, head: &str) -> Result<Rebased> {
+    let range = format!("{base}..{head}");
+    let (ok, list) = git(
+        repo,
+        &[
+            "rev-list",
+            "--reverse",
+            "--topo-order",
+            "--no-merges",
+            &range,
+        ],
+    )
+    .await?;
+    if !ok {
+        return Err(Error::Unavailable(format!("git rev-list: {}", list.trim())));
+    }
+    let mut onto = base.to_string();
+    for commit in list.split_whitespace() {
+        let Some(parent) = rev(repo, &format!("{commit}^")).await? else {
+            return Ok(Rebased::Refused(format!(
+                "commit {commit} has no parent: a branch with its own history cannot be rebased (use strategy merge)"
+            )));
+        };
+        let tree = match merge_tree_from(repo, Some(&parent), &onto, commit).await? {
+            Merged::Tree(t) => t,
+            Merged::Conflicts(paths) => {
+                return Ok(Rebased::Conflict {
+                    commit: commit.to_string(),
+                    paths,
+                })
+            }
+        };
+        if rev_tree(repo, &onto).await? == tree {
+            continue; // its change is on the target already
+        }
+        let (ok, meta) = git(
+            repo,
+            &["log", "-1", "--format=%an%x00%ae%x00%aI%x00%B", commit],
+        )
+        .await?;
+        let mut parts = meta.splitn(4, '\0');
+        let (Some(name), Some(email), Some(date), Some(message), true) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), ok)
+        else {
+            return Err(Error::Unavailable(format!(
+                "git log {commit}: {}",
+                meta.trim()
+            )));
+        };
+        let author = (name.to_string(), email.to_string(), date.to_string());
+        let message = message.trim_end();
+        let (ok, out) = git_as(
+            repo,
+            &["commit-tree", &tree, "-p", &onto, "-m", message],
+            Some(&author),
+        )
+        .await?;
+        if !ok {
+            return Err(Error::Unavailable(format!(
+                "git commit-tree: {}",
+                out.trim()
+            )));
+        }
+        onto = out.trim().to_string();
+    }
+    Ok(Rebased::Tip(onto))
+}
+
+async fn rev_tree(repo: &Path, commit: &str) -> Result<String> {
+    let (ok, out) = git(repo, &["rev-parse", &format!("{commit}^{{tree}}")]).await?;
+    if !ok {
+        return Err(Error::Unavailable(format!("git rev-parse: {}", out.trim())));
+    }
+    Ok(out.trim().to_string())
 }
 
 impl MergeQueue {
@@ -136,6 +250,12 @@ impl MergeQueue {
             if self.store.get_agent(&name, None).await?.is_none() {
                 return Err(Error::NotFound(format!("resolver: no agent {a}")));
             }
+        }
+        if !matches!(r.strategy.as_str(), "rebase" | "merge") {
+            return Err(Error::InvalidRequest(format!(
+                "strategy {:?}: rebase or merge",
+                r.strategy
+            )));
         }
         if r.check_cmd.trim().is_empty() || r.check_cmd.len() > 4096 {
             return Err(Error::InvalidRequest("check: 1 to 4096 bytes".into()));
@@ -381,7 +501,8 @@ impl MergeQueue {
         Ok(())
     }
 
-    /// Merges, checks and lands one submission: its end state, what happened, the merge commit.
+    /// Rebases (or merges), checks and lands one submission: its end state, what happened,
+    /// the commit the target now points at.
     async fn check(
         &self,
         r: &RepoRecord,
@@ -395,46 +516,46 @@ impl MergeQueue {
         let Some(head) = rev(path, &format!("refs/heads/{}", sub.branch)).await? else {
             return Ok(("failed", format!("the branch {} is gone", sub.branch), None));
         };
-        let tree = match merge_tree(path, &base, &head).await? {
-            Merged::Tree(t) => t,
-            Merged::Conflicts(paths) => {
-                return Ok((
-                    "conflict",
-                    format!(
-                        "conflicts with {} as it is now: {}",
-                        r.target,
-                        paths.join(", ")
-                    ),
-                    None,
-                ))
+        let commit = if r.strategy == "merge" {
+            match self.merge_commit(path, &base, &head, sub).await? {
+                Ok(c) => c,
+                Err(paths) => {
+                    return Ok((
+                        "conflict",
+                        format!(
+                            "conflicts with {} as it is now: {}",
+                            r.target,
+                            paths.join(", ")
+                        ),
+                        None,
+                    ))
+                }
+            }
+        } else {
+            match rebase(path, &base, &head).await? {
+                Rebased::Tip(t) if t == base => {
+                    return Ok((
+                        "landed",
+                        format!("nothing to land: {} has all of it already", r.target),
+                        Some(base),
+                    ))
+                }
+                Rebased::Tip(t) => t,
+                Rebased::Conflict { commit, paths } => {
+                    return Ok((
+                        "conflict",
+                        format!(
+                            "commit {commit} conflicts with {} as it is now: {}",
+                            r.target,
+                            paths.join(", ")
+                        ),
+                        None,
+                    ))
+                }
+                Rebased::Refused(why) => return Ok(("failed", why, None)),
             }
         };
-        let message = format!(
-            "Merge {} ({}, submitted by {})",
-            sub.branch, sub.id, sub.submitter
-        );
-        let (ok, commit) = git(
-            path,
-            &[
-                "commit-tree",
-                &tree,
-                "-p",
-                &base,
-                "-p",
-                &head,
-                "-m",
-                &message,
-            ],
-        )
-        .await?;
-        if !ok {
-            return Err(Error::Unavailable(format!(
-                "git commit-tree: {}",
-                commit.trim()
-            )));
-        }
-        let commit = commit.trim().to_string();
-        // The merged tree, checked out on its own.
+        // The result, checked out on its own.
         let dir = std::env::temp_dir().join(format!("steward-merge-{}", sub.id));
         let dir_s = dir.display().to_string();
         let (ok, out) = git(path, &["worktree", "add", "--detach", &dir_s, &commit]).await?;
@@ -465,6 +586,36 @@ impl MergeQueue {
             format!("landed on {} as {commit}", r.target),
             Some(commit),
         ))
+    }
+
+    /// One merge commit of `head` onto `base`, or the paths in conflict.
+    async fn merge_commit(
+        &self,
+        path: &Path,
+        base: &str,
+        head: &str,
+        sub: &SubmissionRecord,
+    ) -> Result<std::result::Result<String, Vec<String>>> {
+        let tree = match merge_tree(path, base, head).await? {
+            Merged::Tree(t) => t,
+            Merged::Conflicts(paths) => return Ok(Err(paths)),
+        };
+        let message = format!(
+            "Merge {} ({}, submitted by {})",
+            sub.branch, sub.id, sub.submitter
+        );
+        let (ok, commit) = git(
+            path,
+            &["commit-tree", &tree, "-p", base, "-p", head, "-m", &message],
+        )
+        .await?;
+        if !ok {
+            return Err(Error::Unavailable(format!(
+                "git commit-tree: {}",
+                commit.trim()
+            )));
+        }
+        Ok(Ok(commit.trim().to_string()))
     }
 
     /// Runs the check in `dir`: in a sandbox when this server has them, else a subprocess.

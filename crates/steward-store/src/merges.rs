@@ -16,6 +16,8 @@ pub struct RepoRecord {
     pub check_cmd: String,
     /// The agent conflicts are routed to; none: a human, through an incident.
     pub resolver: Option<String>,
+    /// `rebase` (the branch's commits replayed onto the target) or `merge` (a merge commit).
+    pub strategy: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -27,7 +29,7 @@ pub struct SubmissionRecord {
     /// `queued`, `checking`, `landed`, `conflict` or `failed`.
     pub state: String,
     pub detail: Option<String>,
-    /// The merge commit, once landed.
+    /// What the target pointed at once this landed: the rebased tip or the merge commit.
     pub merged: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -100,8 +102,8 @@ macro_rules! impl_merges {
         impl MergeStore for $store {
             async fn put_repo(&self, r: &RepoRecord, now: Millis) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO repos (name, path, target, check_cmd, updated_at, resolver) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (name) DO UPDATE SET path = $2, target = $3, check_cmd = $4, updated_at = $5, resolver = $6",
+                    "INSERT INTO repos (name, path, target, check_cmd, updated_at, resolver, strategy) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (name) DO UPDATE SET path = $2, target = $3, check_cmd = $4, updated_at = $5, resolver = $6, strategy = $7",
                 )
                 .bind(&r.name)
                 .bind(&r.path)
@@ -109,20 +111,21 @@ macro_rules! impl_merges {
                 .bind(&r.check_cmd)
                 .bind(now)
                 .bind(&r.resolver)
+                .bind(&r.strategy)
                 .execute(&self.write)
                 .await?;
                 Ok(())
             }
 
             async fn get_repo(&self, name: &str) -> Result<Option<RepoRecord>> {
-                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver FROM repos WHERE name = $1")
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver, strategy FROM repos WHERE name = $1")
                     .bind(name)
                     .fetch_optional(&self.read)
                     .await?)
             }
 
             async fn list_repos(&self) -> Result<Vec<RepoRecord>> {
-                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver FROM repos ORDER BY name")
+                Ok(sqlx::query_as("SELECT name, path, target, check_cmd, resolver, strategy FROM repos ORDER BY name")
                     .fetch_all(&self.read)
                     .await?)
             }

@@ -1,6 +1,6 @@
 //! The merge queue on a real git repository, through the real binary, on SQLite and
-//! PostgreSQL: branches land in order after their check passes in a sandbox on the merged
-//! tree; one that conflicts with what landed before it is routed to a human (an incident); one
+//! PostgreSQL: branches are rebased and land in order after their check passes in a sandbox
+//! on the result (or land as merge commits where the repository asks for that); one that conflicts with what landed before it is routed to a human (an incident); one
 //! whose check fails is refused with the check's output; a conflict with the target is caught
 //! at submission. Path leases keep agents off each other's files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -55,6 +55,12 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
     git(&repo, &["commit", "-q", "-m", "start"]);
     git(&repo, &["tag", "start"]);
     branch(&repo, "feat-b", "b.txt", "bee\n");
+    // feat-b has two commits: both are replayed, in order.
+    git(&repo, &["checkout", "-q", "feat-b"]);
+    std::fs::write(repo.join("c.txt"), "sea\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "feat-b too"]);
+    git(&repo, &["checkout", "-q", "main"]);
     branch(&repo, "edit-a", "a.txt", "two\n");
     branch(&repo, "edit-a-again", "a.txt", "three\n");
     branch(&repo, "breaks", "FAIL", "x\n");
@@ -74,6 +80,10 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
             400,
         ),
         (json!({"path": path, "target": "main"}), 400),
+        (
+            json!({"path": path, "target": "main", "check": "true", "strategy": "squash"}),
+            400,
+        ),
     ] {
         let (st, r) = put_repo(&s, "app", body.clone()).await;
         assert_eq!(st, want, "{body}: {r}");
@@ -149,13 +159,26 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
             .code()
             != Some(0)
     );
-    let log = git(&repo, &["log", "--format=%s", "main"]);
-    let merges: Vec<&str> = log.lines().filter(|l| l.starts_with("Merge")).collect();
-    assert_eq!(merges.len(), 2, "{log}");
-    assert!(
-        merges[1].contains("feat-b") && merges[0].contains("edit-a"),
-        "landed in order: {log}"
+    // Rebased: a line of the branches' own commits, in order, authors kept, no merges.
+    let log = git(&repo, &["log", "--format=%s|%an|%cn|%p", "main"]);
+    let lines: Vec<(&str, &str, &str, usize)> = log
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f[0], f[1], f[2], f[3].split_whitespace().count())
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("edit-a", "t", "Steward merge queue", 1),
+            ("feat-b too", "t", "Steward merge queue", 1),
+            ("feat-b", "t", "Steward merge queue", 1),
+            ("start", "t", "t", 0),
+        ],
+        "{log}"
     );
+    assert_eq!(git(&repo, &["show", "main:c.txt"]), "sea\n");
     assert_eq!(
         subs[1]["merged"].as_str().unwrap(),
         git(&repo, &["rev-parse", "main"]).trim()
@@ -207,6 +230,47 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
     assert!(
         r["detail"].as_str().unwrap().contains("routed to fixer"),
         "{r}"
+    );
+    // A repository that asks for merge commits gets one per submission.
+    branch(&repo, "feat-d", "d.txt", "dee\n");
+    let (st, r) = put_repo(
+        &s,
+        "app",
+        json!({"path": path, "target": "main", "check": "true", "strategy": "merge"}),
+    )
+    .await;
+    assert_eq!((st, r["strategy"].as_str()), (200, Some("merge")), "{r}");
+    let (_, r) = s
+        .post(
+            "/api/v1/repos/app/submissions",
+            json!({"branch": "feat-d", "submitter": "erin"}),
+        )
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let landed = common::eventually("feat-d decided", || async {
+        let (_, r) = s.get("/api/v1/repos/app/submissions").await;
+        r["submissions"]
+            .as_array()?
+            .iter()
+            .find(|x| {
+                x["id"] == id.as_str()
+                    && !["queued", "checking"].contains(&x["state"].as_str().unwrap())
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(landed["state"], "landed", "{landed}");
+    let parents = git(&repo, &["log", "-1", "--format=%p|%s", "main"]);
+    assert!(
+        parents
+            .split('|')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .count()
+            == 2
+            && parents.contains("Merge feat-d"),
+        "{parents}"
     );
     let (_, runs) = s.get("/api/v1/runs?agent=fixer").await;
     let fix = &runs["runs"][0];
