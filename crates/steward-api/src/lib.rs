@@ -224,14 +224,7 @@ async fn admin_only(State(token): State<Option<String>>, req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Compared in constant time: the token is a secret.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if same_secret(given, &token) {
         next.run(req).await
     } else {
         ApiError::new(
@@ -240,6 +233,16 @@ async fn admin_only(State(token): State<Option<String>>, req: Request, next: Nex
         )
         .into_response()
     }
+}
+
+/// Compared in constant time: the token is a secret.
+pub(crate) fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The whole application.
@@ -299,13 +302,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             "/queues/{name}",
             get(queues::get_queue).put(queues::put_queue),
         )
-        .route("/queues/{name}/tasks", post(queues::enqueue))
-        .route("/queues/{name}/lease", post(queues::lease))
         .route("/tasks", get(queues::list_tasks))
         .route("/tasks/{id}", get(queues::get_task))
-        .route("/tasks/{id}/heartbeat", post(queues::heartbeat))
-        .route("/tasks/{id}/complete", post(queues::complete))
-        .route("/tasks/{id}/fail", post(queues::fail))
         .route("/tasks/{id}/requeue", post(queues::requeue))
         .route("/schedules", get(queues::list_schedules))
         .route("/supervisors", get(queues::list_supervisors))
@@ -357,6 +355,21 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             cfg.admin_token.clone().filter(|t| !t.is_empty()),
             admin_only,
         ));
+    // What a task worker does, open to the admin token and to agents' own credentials.
+    let workers = Router::new()
+        .route("/queues/{name}/tasks", post(queues::enqueue))
+        .route("/queues/{name}/lease", post(queues::lease))
+        .route("/tasks/{id}/heartbeat", post(queues::heartbeat))
+        .route("/tasks/{id}/complete", post(queues::complete))
+        .route("/tasks/{id}/fail", post(queues::fail))
+        .layer(middleware::from_fn_with_state(
+            (
+                engine.clone(),
+                cfg.admin_token.clone().filter(|t| !t.is_empty()),
+            ),
+            queues::worker_auth,
+        ));
+    let api = api.merge(workers);
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))

@@ -1,14 +1,17 @@
 //! Task queues over HTTP: settings, enqueue, lease (long-polling), heartbeat, complete, fail,
 //! the dead-letter queue and requeue; and schedules, which feed queues and start runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use steward_engine::tasks::Enqueue;
-use steward_engine::Engine;
+use steward_engine::{Engine, GatewayError, Principal};
 use steward_store::{QueueConfig, TaskFilter};
 use steward_types::ErrorCode;
 use utoipa::IntoParams;
@@ -71,14 +74,94 @@ pub async fn list_queues(State(e): State<Engine>) -> ApiResult<Json<QueueList>> 
     Ok(Json(QueueList { queues }))
 }
 
+/// Who calls a task worker's endpoint: the administrator (the admin token, or anyone when
+/// none is set), or an agent with its own API key or delegated token — which may use only
+/// queues a policy opens to it (`task.enqueue`, `task.lease` on `Steward::Queue`) and worker
+/// names of its own (`<agent>` or `<agent>:<anything>`), so it reports only its own leases.
+#[derive(Clone)]
+pub enum Caller {
+    Admin,
+    Agent(Arc<Principal>),
+}
+
+fn refused(e: GatewayError) -> ApiError {
+    match e {
+        GatewayError::Unauthorized(m) => ApiError::new(ErrorCode::Unauthorized, m),
+        GatewayError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
+        other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+impl Caller {
+    async fn may(&self, e: &Engine, action: &str, queue: &str) -> ApiResult<()> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Agent(p) => e.authorize_queue(p, action, queue).await.map_err(refused),
+        }
+    }
+
+    fn owns(&self, worker: &str) -> ApiResult<()> {
+        match self {
+            Caller::Agent(p)
+                if worker != p.agent.as_str()
+                    && !worker
+                        .strip_prefix(p.agent.as_str())
+                        .is_some_and(|rest| rest.starts_with(':')) =>
+            {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "worker {worker:?}: with agent {0}'s credential a worker is named {0} or {0}:<anything>",
+                        p.agent
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Identifies the caller of a task worker's endpoint (see [`Caller`]).
+pub async fn worker_auth(
+    State((engine, token)): State<(Engine, Option<String>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let caller = match (&token, given) {
+        (Some(t), Some(g)) if crate::same_secret(&g, t) => Caller::Admin,
+        (None, None) => Caller::Admin,
+        (_, Some(g)) => match engine.authenticate(Some(&g), None).await {
+            Ok(p) => Caller::Agent(Arc::new(p)),
+            Err(e) => return refused(e).into_response(),
+        },
+        (Some(_), None) => {
+            return ApiError::new(
+                ErrorCode::Unauthorized,
+                "task workers send `Authorization: Bearer` with the admin token or an agent's own API key",
+            )
+            .into_response()
+        }
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
 /// Enqueues a task: 201, or 200 with `deduplicated` when its dedup key was there already.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/tasks", params(("name" = String, Path)), request_body = EnqueueTask,
     responses((status = 201, body = Enqueued), (status = 200, body = Enqueued), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn enqueue(
     State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(t): ApiJson<EnqueueTask>,
 ) -> ApiResult<(StatusCode, Json<Enqueued>)> {
+    caller.may(&e, "task.enqueue", &name).await?;
     let (task, new) = e
         .tasks()
         .enqueue(Enqueue {
@@ -111,9 +194,12 @@ pub async fn enqueue(
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn lease(
     State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(l): ApiJson<LeaseTasks>,
 ) -> ApiResult<Json<TaskList>> {
+    caller.owns(&l.worker)?;
+    caller.may(&e, "task.lease", &name).await?;
     let tasks = e
         .tasks()
         .lease(
@@ -133,9 +219,11 @@ pub async fn lease(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn heartbeat(
     State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<TaskReport>,
 ) -> ApiResult<StatusCode> {
+    caller.owns(&r.worker)?;
     e.tasks().heartbeat(&id, &r.worker, r.attempt).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -146,9 +234,11 @@ pub async fn heartbeat(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn complete(
     State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<TaskReport>,
 ) -> ApiResult<StatusCode> {
+    caller.owns(&r.worker)?;
     let result = r.result.unwrap_or(serde_json::Value::Null);
     e.tasks()
         .complete(&id, &r.worker, r.attempt, &result)
@@ -162,9 +252,11 @@ pub async fn complete(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn fail(
     State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<TaskReport>,
 ) -> ApiResult<StatusCode> {
+    caller.owns(&r.worker)?;
     let error = r.error.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidRequest,

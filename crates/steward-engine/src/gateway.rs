@@ -261,6 +261,87 @@ impl Gateway {
         }
     }
 
+    /// Whether an agent working a task queue with its own credential may `task.enqueue` or
+    /// `task.lease` on `queue`: its delegated token's scope, if it presented one, then the
+    /// policy (a permit that asks for approval is no: a worker cannot wait for a person). A
+    /// refusal is audited before the caller hears of it.
+    pub async fn authorize_queue(
+        &self,
+        who: &Principal,
+        action: &str,
+        queue: &str,
+    ) -> Result<(), GatewayError> {
+        let now = self.clock.now_ms();
+        let scoped = who.delegated.as_ref().and_then(|d| {
+            self.delegations
+                .delegator
+                .allows(&d.token, action, "queue", queue, now)
+                .err()
+        });
+        let (d, why) = match scoped {
+            Some(e) => (
+                None,
+                format!(
+                    "the delegated token of agent {} does not allow {action} on queue {queue}: {e}",
+                    who.agent
+                ),
+            ),
+            None => {
+                let d = self.policies.decide(&Query {
+                    agent: who.agent.as_str(),
+                    run: who.run.as_ref().map(RunId::as_str),
+                    action,
+                    resource: queue,
+                    cost_nanos: 0,
+                    time_ms: now,
+                    chain: &who.chain,
+                    owner: who.owner.as_deref(),
+                    on_behalf_of: who.on_behalf_of.as_deref(),
+                });
+                if d.allow && d.approval.is_none() {
+                    return Ok(());
+                }
+                let why = if d.allow {
+                    format!(
+                        "{action} on queue {queue} needs approval, which a worker cannot wait for"
+                    )
+                } else if d.policy_ids.is_empty() {
+                    format!(
+                        "no policy permits agent {} to {action} on queue {queue} (permit Steward::Action::\"{action}\" on Steward::Queue::\"{queue}\")",
+                        who.agent
+                    )
+                } else {
+                    format!(
+                        "agent {} may not {action} on queue {queue}: forbidden by {}",
+                        who.agent,
+                        d.policy_ids.join(", ")
+                    )
+                };
+                (Some(d), why)
+            }
+        };
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "decision",
+            principal: format!("agent:{}", who.agent),
+            chain: who.chain.clone(),
+            delegations: who.link_ids(),
+            action: action.into(),
+            resource: queue.into(),
+            decision: Some("deny".into()),
+            policy_hash: d.as_ref().map(|d| d.policy_hash.clone()),
+            policy_ids: d.map(|d| d.policy_ids).unwrap_or_default(),
+            error: Some(why.clone()),
+            ..Default::default()
+        }
+        .to_json();
+        self.store
+            .append_audit(&[(now, record)])
+            .await
+            .map_err(internal)?;
+        Err(GatewayError::Forbidden(why))
+    }
+
     /// A token for agent `to`, no wider than the caller's own credential (its API key, or
     /// the token it presented), hop by hop. Granted or refused, it is audited.
     pub async fn delegate(

@@ -1224,6 +1224,16 @@ impl Engine {
         self.inner.gateway.authenticate(bearer, run).await
     }
 
+    /// See `Gateway::authorize_queue`.
+    pub async fn authorize_queue(
+        &self,
+        who: &Principal,
+        action: &str,
+        queue: &str,
+    ) -> Result<(), GatewayError> {
+        self.inner.gateway.authorize_queue(who, action, queue).await
+    }
+
     /// An OpenAI-format chat completion for an external agent, through the syscall path.
     pub async fn gateway_chat(
         &self,

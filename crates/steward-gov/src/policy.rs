@@ -35,6 +35,7 @@ namespace Steward {
   entity Account;
   entity Mailbox;
   entity Secret;
+  entity Queue;
   type Ctx = {
     "cost_nanos": Long,
     "time_ms": Long,
@@ -49,6 +50,7 @@ namespace Steward {
   action "spend" appliesTo { principal: [Agent, Run], resource: [Account], context: Ctx };
   action "message.send" appliesTo { principal: [Agent, Run], resource: [Mailbox], context: Ctx };
   action "secret.use" appliesTo { principal: [Agent, Run], resource: [Secret], context: Ctx };
+  action "task.enqueue", "task.lease" appliesTo { principal: [Agent, Run], resource: [Queue], context: Ctx };
   action "policy.update" appliesTo { principal: [Admin], resource: [PolicySet], context: Ctx };
 }
 "#;
@@ -349,6 +351,8 @@ const AGENT_ACTIONS: &[(&str, &str)] = &[
     ("spend", "Steward::Account"),
     ("message.send", "Steward::Mailbox"),
     ("secret.use", "Steward::Secret"),
+    ("task.enqueue", "Steward::Queue"),
+    ("task.lease", "Steward::Queue"),
 ];
 
 /// The entity types and actions every decision uses, parsed once: Cedar's parser is far too

@@ -923,6 +923,116 @@ async fn a_failing_tool_falls_back_to_an_agent(b: Backend) {
 
 both_backends!(fallback_agent_on, a_failing_tool_falls_back_to_an_agent);
 
+/// POSTs `body` to `path` with `bearer` as the credential: (status, body).
+async fn post_as(s: &TestServer, bearer: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", s.url))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// External workers may hold their agent's own API key instead of the admin token: they
+/// enqueue and lease only where a policy opens the queue to them, under worker names of their
+/// own, refusals are audited, and the rest of the management API stays closed to them.
+async fn workers_use_their_agents_own_keys(b: Backend) {
+    const TOKEN: &str = "adm-5c1d7e9f0a2b4c6d";
+    let s = TestServer::start_with(b, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: crawler}\nspec:\n  model: scripted\n  script:\n    - {content: x}\n")
+        .await;
+    let (st, key) = s.post("/api/v1/keys", json!({"agent": "crawler"})).await;
+    assert!(st < 300, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    for q in ["pages", "payroll"] {
+        let (st, r) = s
+            .post(&format!("/api/v1/queues/{q}/tasks"), json!({"payload": q}))
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    let lease = |q: &str, worker: &str| {
+        let (s, key) = (&s, key.clone());
+        let path = format!("/api/v1/queues/{q}/lease");
+        let body = json!({"worker": worker, "max": 5});
+        async move { post_as(s, &key, &path, body).await }
+    };
+    let (st, r) = lease("pages", "crawler").await;
+    assert_eq!(st, 403, "no policy opens the queue yet: {r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("task.lease"),
+        "{r}"
+    );
+    let (st, r) = post_as(
+        &s,
+        "sk-steward-not-a-real-key",
+        "/api/v1/queues/pages/lease",
+        json!({"worker": "crawler"}),
+    )
+    .await;
+    assert_eq!(st, 401, "{r}");
+
+    let policy = r#"permit (principal == Steward::Agent::"crawler", action in [Steward::Action::"task.lease", Steward::Action::"task.enqueue"], resource == Steward::Queue::"pages");"#;
+    let r = s
+        .http
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (st, r) = lease("pages", "someone-else").await;
+    assert_eq!(st, 403, "not its worker name: {r}");
+    let (st, r) = lease("pages", "crawler:1").await;
+    assert_eq!(st, 200, "{r}");
+    let tasks = r["tasks"].as_array().unwrap().clone();
+    assert_eq!(tasks.len(), 1, "{r}");
+    assert_eq!(tasks[0]["payload"], "pages");
+    let (st, r) = lease("payroll", "crawler:1").await;
+    assert_eq!(st, 403, "a queue not opened to it: {r}");
+
+    let id = tasks[0]["id"].as_str().unwrap();
+    let report =
+        |worker: &str| json!({"worker": worker, "attempt": tasks[0]["attempts"], "result": "ok"});
+    let complete = format!("/api/v1/tasks/{id}/complete");
+    let (st, r) = post_as(&s, &key, &complete, report("crawler-2")).await;
+    assert_eq!(st, 403, "another's worker name: {r}");
+    let (st, r) = post_as(&s, &key, &complete, report("crawler:1")).await;
+    assert_eq!(st, 204, "{r}");
+    let (_, t) = s.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(t["state"], "done", "{t}");
+    let (st, r) = post_as(
+        &s,
+        &key,
+        "/api/v1/queues/pages/tasks",
+        json!({"payload": "more"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+
+    // Everything else stays the administrator's.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/tasks", s.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let denials = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "task.lease" && r["decision"] == "deny")
+        .count();
+    assert_eq!(denials, 2, "each refused lease is audited");
+}
+
+both_backends!(worker_keys_on, workers_use_their_agents_own_keys);
+
 /// A loopback HTTP server that records each request's method and path, in order.
 async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();

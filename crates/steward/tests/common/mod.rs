@@ -21,7 +21,23 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub env: Vec<(String, String)>,
     child: Option<Child>,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
+}
+
+/// The tests' own HTTP client: it carries the admin token when the server has one.
+fn admin_client(env: &[(String, String)]) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some((_, t)) = env.iter().find(|(k, _)| k == "STEWARD_SERVER__ADMIN_TOKEN") {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 pub fn pg_base() -> String {
@@ -80,6 +96,7 @@ impl TestServer {
         dir: tempfile::TempDir,
         env: Vec<(String, String)>,
     ) -> Self {
+        let http = admin_client(&env);
         let mut s = TestServer {
             backend,
             url: String::new(),
@@ -87,10 +104,7 @@ impl TestServer {
             dir,
             env,
             child: None,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http,
         };
         s.spawn();
         s
@@ -443,7 +457,10 @@ pub async fn ok_upstream() -> String {
 
 /// Every audit record the server exports, in order (the `record` of each JSON line).
 pub async fn audit_records(s: &TestServer) -> Vec<Value> {
-    let export = reqwest::get(format!("{}/api/v1/audit/export", s.url))
+    let export = s
+        .http
+        .get(format!("{}/api/v1/audit/export", s.url))
+        .send()
         .await
         .unwrap()
         .text()
