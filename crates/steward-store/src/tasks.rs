@@ -321,7 +321,8 @@ macro_rules! impl_tasks {
                     },
                     None => true,
                 });
-                // Each tenant's places, one statement per (queue, tenant).
+                // Each tenant's places: every (queue, tenant) of the batch advanced in one
+                // statement (each statement is a round trip to the database's thread).
                 let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
                 for &i in &fresh {
                     groups
@@ -330,20 +331,27 @@ macro_rules! impl_tasks {
                         .push(i);
                 }
                 let mut seq = vec![0i64; tasks.len()];
-                for ((queue, tenant), members) in &groups {
-                    let k = members.len() as i64;
-                    let (last,): (i64,) = sqlx::query_as(
-                        "INSERT INTO task_tenants (queue, tenant, next_seq) VALUES ($1, $2, $3) \
-                         ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + $3 \
-                         RETURNING next_seq",
-                    )
-                    .bind(*queue)
-                    .bind(*tenant)
-                    .bind(k)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    for (n, &i) in members.iter().enumerate() {
-                        seq[i] = last - k + 1 + n as i64;
+                let keys: Vec<(&(&str, &str), &Vec<usize>)> = groups.iter().collect();
+                for chunk in keys.chunks(256) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO task_tenants (queue, tenant, next_seq) ");
+                    qb.push_values(chunk, |mut b, ((queue, tenant), members)| {
+                        b.push_bind(queue.to_string())
+                            .push_bind(tenant.to_string())
+                            .push_bind(members.len() as i64);
+                    });
+                    qb.push(
+                        " ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + excluded.next_seq \
+                         RETURNING queue, tenant, next_seq",
+                    );
+                    let rows: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                    for (queue, tenant, last) in rows {
+                        let members = groups.get(&(queue.as_str(), tenant.as_str())).ok_or_else(|| {
+                            crate::Error::Corrupt(format!("tenant {tenant} of {queue} was not counted"))
+                        })?;
+                        let k = members.len() as i64;
+                        for (n, &i) in members.iter().enumerate() {
+                            seq[i] = last - k + 1 + n as i64;
+                        }
                     }
                 }
                 // The tasks, many rows to a statement. A unique violation (another node

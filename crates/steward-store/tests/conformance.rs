@@ -788,9 +788,75 @@ async fn delegations_revoke_everything_below(s: &dyn Store) {
     );
 }
 
+/// Tasks of several tenants enqueued in one batch, then another, are numbered per tenant in
+/// order, and leased each tenant's n-th before anyone's (n+1)-th.
+async fn tenants_take_turns_across_batches(s: &dyn Store) {
+    use steward_store::{LeaseRequest, NewTask, TaskBatch};
+    let task = |id: &str, tenant: &str| {
+        (
+            NewTask {
+                id: id.into(),
+                queue: "turns".into(),
+                tenant: tenant.into(),
+                priority: 0,
+                payload: "{}".into(),
+                dedup_key: None,
+                run_at: 0,
+                deadline: None,
+            },
+            1,
+        )
+    };
+    let first = TaskBatch {
+        enqueues: vec![
+            task("a1", "a"),
+            task("a2", "a"),
+            task("b1", "b"),
+            task("a3", "a"),
+        ],
+        ..TaskBatch::default()
+    };
+    let r = s.task_batch(&first).await.unwrap();
+    let seqs: Vec<i64> = r.enqueued.iter().map(|(t, _)| t.tenant_seq).collect();
+    assert_eq!(seqs, [1, 2, 1, 3]);
+    let second = TaskBatch {
+        enqueues: vec![task("b2", "b"), task("c1", "c"), task("a4", "a")],
+        leases: vec![LeaseRequest {
+            queue: "turns".into(),
+            worker: "w".into(),
+            max: 10,
+            now: 2,
+        }],
+        ..TaskBatch::default()
+    };
+    let r = s.task_batch(&second).await.unwrap();
+    let seqs: Vec<i64> = r.enqueued.iter().map(|(t, _)| t.tenant_seq).collect();
+    assert_eq!(seqs, [2, 1, 4]);
+    let order: Vec<&str> = r.leased[0].iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(order.len(), 7);
+    let place = |id: &str| order.iter().position(|o| *o == id).unwrap();
+    for (before, after) in [
+        ("a1", "a2"),
+        ("b1", "a2"),
+        ("c1", "a2"),
+        ("a2", "a3"),
+        ("b2", "a3"),
+        ("a3", "a4"),
+    ] {
+        assert!(
+            place(before) < place(after),
+            "{before} before {after}: {order:?}"
+        );
+    }
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn tenants_take_turns_across_batches() {
+                super::tenants_take_turns_across_batches(&*super::$backend().await.store).await
+            }
             #[tokio::test]
             async fn step_holds_are_taken_once_and_released_when_stale() {
                 super::step_holds_are_taken_once_and_released_when_stale(
