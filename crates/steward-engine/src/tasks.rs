@@ -31,8 +31,6 @@ pub struct Tasks {
     clock: Arc<dyn Clock>,
     /// Enqueues and task ends, many to a commit.
     writer: TaskWriter,
-    /// Wakes one waiting lease request per task that may have become ready on this node.
-    ready: Notify,
     /// Wakes the upkeep loop: tasks for agents may be ready, or an agent's run freed a slot.
     upkeep: Notify,
     /// When expired leases and deadlines were last swept.
@@ -79,7 +77,6 @@ impl Tasks {
             writer: TaskWriter::start(store.clone()),
             store,
             clock,
-            ready: Notify::new(),
             upkeep: Notify::new(),
             last_sweep: std::sync::Mutex::new(0),
         }
@@ -167,7 +164,6 @@ impl Tasks {
         };
         let out = self.writer.enqueue(task, now).await?;
         if out.1 {
-            self.ready.notify_one();
             self.upkeep.notify_one();
         }
         Ok(out)
@@ -186,32 +182,19 @@ impl Tasks {
         if !(1..=1000).contains(&max) {
             return Err(Error::InvalidRequest("max: from 1 to 1000".into()));
         }
-        let until = tokio::time::Instant::now() + wait.min(Duration::from_millis(MAX_WAIT_MS));
-        loop {
-            // Listening before looking, so an enqueue in between is not missed.
-            let woken = self.ready.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let leased = self
-                .writer
-                .lease(LeaseRequest {
+        // The writer keeps a request that finds nothing until tasks come or `wait` ends.
+        Ok(self
+            .writer
+            .lease(
+                LeaseRequest {
                     queue: queue.to_string(),
                     worker: worker.to_string(),
                     max,
                     now: self.clock.now_ms(),
-                })
-                .await?;
-            if !leased.is_empty() || tokio::time::Instant::now() >= until {
-                return Ok(leased);
-            }
-            // Other nodes' enqueues, delayed tasks coming due and freed limits are found by
-            // looking again.
-            let recheck = (tokio::time::Instant::now() + Duration::from_millis(100)).min(until);
-            tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep_until(recheck) => {}
-            }
-        }
+                },
+                wait.min(Duration::from_millis(MAX_WAIT_MS)),
+            )
+            .await?)
     }
 
     fn lost(id: &str) -> Error {
@@ -282,9 +265,8 @@ impl Tasks {
             attempt,
             end,
         };
+        // A slot under the queue's limits frees up: the writer lets waiting requests look.
         if self.writer.finish(end, self.clock.now_ms()).await? {
-            // A slot under the queue's limits is free (or a retried task will be due).
-            self.ready.notify_one();
             Ok(())
         } else {
             Err(self.missing_or_lost(id).await)
@@ -293,7 +275,7 @@ impl Tasks {
 
     /// Wakes every waiting lease request and the upkeep loop (settings changed, tasks moved).
     fn wake_all(&self) {
-        self.ready.notify_waiters();
+        self.writer.recheck();
         self.upkeep.notify_one();
     }
 
@@ -365,7 +347,7 @@ impl Tasks {
             due
         };
         if due && self.store.sweep_tasks(now).await? > 0 {
-            self.ready.notify_waiters();
+            self.writer.recheck();
         }
         for (t, state, detail) in self.store.tasks_of_ended_runs(256).await? {
             if let (Some(run), Some(state)) = (t.run_id.as_deref(), RunState::parse(&state)) {

@@ -2,23 +2,54 @@
 //! transaction each a commit (an fsync on SQLite) would bound the queue. One writer task takes
 //! whatever is waiting and commits it in one transaction — the enqueues first, then the leases
 //! (so they see those tasks), then the ends — and answers every caller with its own result.
+//!
+//! A lease request that finds nothing waits here, parked, for up to its `wait`: it joins every
+//! cycle that enqueues on its queue or ends a task (which may free room under the queue's
+//! limits), and a cycle every `RECHECK` (tasks from other nodes, delayed tasks coming due). A
+//! task enqueued for a waiting worker is so leased in the very transaction that enqueues it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::{
-    Error, LeaseRequest, Millis, NewTask, Result, Store, TaskBatch, TaskBatchResult, TaskFinish,
-    TaskRecord,
+    Error, LeaseRequest, Millis, NewTask, Result, Store, TaskBatch, TaskFinish, TaskRecord,
 };
+
+type LeaseReply = oneshot::Sender<Result<Vec<TaskRecord>>>;
 
 enum Op {
     Enqueue(NewTask, Millis, oneshot::Sender<Result<(TaskRecord, bool)>>),
-    Lease(LeaseRequest, oneshot::Sender<Result<Vec<TaskRecord>>>),
+    Lease(LeaseRequest, Duration, LeaseReply),
     Finish(TaskFinish, Millis, oneshot::Sender<Result<bool>>),
+    /// Look again for every parked request now (queue settings changed, leases swept).
+    Recheck,
 }
 
 const MAX_BATCH: usize = 512;
+/// How often parked lease requests look again when nothing on this node wakes them.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// A lease request waiting for tasks.
+struct Parked {
+    request: LeaseRequest,
+    /// When it was asked, by the caller's clock and by this process's.
+    asked: (Millis, Instant),
+    until: Instant,
+    reply: LeaseReply,
+}
+
+impl Parked {
+    /// The request as of now: leases it takes run from now.
+    fn now(&self) -> LeaseRequest {
+        let mut r = self.request.clone();
+        r.now = self.asked.0 + self.asked.1.elapsed().as_millis() as Millis;
+        r
+    }
+}
 
 /// A handle to the task writer. Cheap to clone.
 #[derive(Clone)]
@@ -48,14 +79,20 @@ impl TaskWriter {
         wait.await.map_err(stopped)?
     }
 
-    /// Leases tasks (see `TaskStore::lease_tasks`).
-    pub async fn lease(&self, request: LeaseRequest) -> Result<Vec<TaskRecord>> {
-        let (done, wait) = oneshot::channel();
+    /// Leases tasks (see `TaskStore::lease_tasks`), waiting up to `wait` for some.
+    pub async fn lease(&self, request: LeaseRequest, wait: Duration) -> Result<Vec<TaskRecord>> {
+        let (done, answer) = oneshot::channel();
         self.tx
-            .send(Op::Lease(request, done))
+            .send(Op::Lease(request, wait, done))
             .await
             .map_err(stopped)?;
-        wait.await.map_err(stopped)?
+        answer.await.map_err(stopped)?
+    }
+
+    /// Makes every waiting lease request look again at once.
+    pub fn recheck(&self) {
+        // A full channel means a cycle is coming anyway.
+        let _ = self.tx.try_send(Op::Recheck);
     }
 
     /// Ends a leased task (see `TaskStore::finish_tasks`) once it is durable.
@@ -70,10 +107,29 @@ impl TaskWriter {
 }
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
-    while let Some(first) = rx.recv().await {
+    let mut parked: Vec<Parked> = Vec::new();
+    let mut last_recheck = Instant::now();
+    loop {
+        // Work, or — while requests wait — the next time to look again for them.
+        let first = if parked.is_empty() {
+            match rx.recv().await {
+                Some(op) => Some(op),
+                None => break,
+            }
+        } else {
+            let next = (last_recheck + RECHECK)
+                .min(parked.iter().map(|p| p.until).min().unwrap_or(last_recheck));
+            match tokio::time::timeout_at(next, rx.recv()).await {
+                Ok(Some(op)) => Some(op),
+                Ok(None) => break,
+                Err(_) => None,
+            }
+        };
         let mut batch = TaskBatch::default();
         let mut waiters = Waiters::default();
-        let mut next = Some(first);
+        let mut fresh: Vec<(LeaseRequest, Duration, LeaseReply)> = Vec::new();
+        let mut recheck = first.is_none() || last_recheck.elapsed() >= RECHECK;
+        let mut next = first;
         let mut n = 0;
         while let Some(op) = next.take() {
             match op {
@@ -81,22 +137,58 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
                     batch.enqueues.push((t, now));
                     waiters.enqueues.push(w);
                 }
-                Op::Lease(r, w) => {
-                    batch.leases.push(r);
-                    waiters.leases.push(w);
-                }
+                Op::Lease(r, wait, w) => fresh.push((r, wait, w)),
                 Op::Finish(f, now, w) => {
                     batch.finishes.push((f, now));
                     waiters.finishes.push(w);
                 }
+                Op::Recheck => recheck = true,
             }
             n += 1;
             if n < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
+        // Parked requests go first (they asked first), when this cycle may have tasks for them.
+        let enqueued: HashSet<String> = batch
+            .enqueues
+            .iter()
+            .map(|(t, _)| t.queue.clone())
+            .collect();
+        let freed = !batch.finishes.is_empty();
+        if recheck {
+            last_recheck = Instant::now();
+        }
+        let (joining, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut parked)
+            .into_iter()
+            .filter(|p| !p.reply.is_closed())
+            .partition(|p| recheck || freed || enqueued.contains(&p.request.queue));
+        parked = waiting;
+        let at = Instant::now();
+        for p in &joining {
+            batch.leases.push(p.now());
+        }
+        let mut leasers: Vec<Parked> = joining;
+        for (r, wait, reply) in fresh {
+            batch.leases.push(r.clone());
+            leasers.push(Parked {
+                asked: (r.now, at),
+                request: r,
+                until: at + wait,
+                reply,
+            });
+        }
         match store.task_batch(&batch).await {
-            Ok(r) => waiters.answer(r),
+            Ok(r) => {
+                for (p, leased) in leasers.into_iter().zip(r.leased) {
+                    if leased.is_empty() && Instant::now() < p.until {
+                        parked.push(p);
+                    } else {
+                        let _ = p.reply.send(Ok(leased));
+                    }
+                }
+                waiters.answer(r.enqueued, r.finished);
+            }
             // One bad item (a dedup key another node took meanwhile) must fail nobody else:
             // each item again, on its own.
             Err(_) => {
@@ -112,12 +204,20 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
                             .map(|mut r| r.enqueued.remove(0)),
                     );
                 }
-                for (r, w) in batch.leases.into_iter().zip(waiters.leases) {
+                for p in leasers {
                     let one = TaskBatch {
-                        leases: vec![r],
+                        leases: vec![p.now()],
                         ..TaskBatch::default()
                     };
-                    let _ = w.send(store.task_batch(&one).await.map(|mut r| r.leased.remove(0)));
+                    match store.task_batch(&one).await {
+                        Ok(mut r) if r.leased[0].is_empty() && Instant::now() < p.until => {
+                            drop(r.leased.remove(0));
+                            parked.push(p);
+                        }
+                        other => {
+                            let _ = p.reply.send(other.map(|mut r| r.leased.remove(0)));
+                        }
+                    }
                 }
                 for ((f, now), w) in batch.finishes.into_iter().zip(waiters.finishes) {
                     let one = TaskBatch {
@@ -139,19 +239,15 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
 #[derive(Default)]
 struct Waiters {
     enqueues: Vec<oneshot::Sender<Result<(TaskRecord, bool)>>>,
-    leases: Vec<oneshot::Sender<Result<Vec<TaskRecord>>>>,
     finishes: Vec<oneshot::Sender<Result<bool>>>,
 }
 
 impl Waiters {
-    fn answer(self, r: TaskBatchResult) {
-        for (w, v) in self.enqueues.into_iter().zip(r.enqueued) {
+    fn answer(self, enqueued: Vec<(TaskRecord, bool)>, finished: Vec<bool>) {
+        for (w, v) in self.enqueues.into_iter().zip(enqueued) {
             let _ = w.send(Ok(v));
         }
-        for (w, v) in self.leases.into_iter().zip(r.leased) {
-            let _ = w.send(Ok(v));
-        }
-        for (w, v) in self.finishes.into_iter().zip(r.finished) {
+        for (w, v) in self.finishes.into_iter().zip(finished) {
             let _ = w.send(Ok(v));
         }
     }

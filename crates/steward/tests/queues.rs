@@ -923,6 +923,49 @@ async fn a_failing_tool_falls_back_to_an_agent(b: Backend) {
 
 both_backends!(fallback_agent_on, a_failing_tool_falls_back_to_an_agent);
 
+/// A worker's lease waits (`wait_ms`) for tasks: a task enqueued meanwhile is handed to the
+/// waiting worker, and a wait with nothing to lease ends empty.
+async fn a_waiting_lease_gets_the_next_task(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, r) = s
+        .post(
+            "/api/v1/queues/poll/lease",
+            json!({"worker": "w1", "wait_ms": 300}),
+        )
+        .await;
+    assert_eq!(
+        (st, r["tasks"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{r}"
+    );
+    let url = s.url.clone();
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/api/v1/queues/poll/lease"))
+            .json(&json!({"worker": "w2", "wait_ms": 10000}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, r) = s
+        .post("/api/v1/queues/poll/tasks", json!({"payload": "late"}))
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let got = waiting.await.unwrap();
+    let tasks = got["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{got}");
+    assert_eq!(
+        (&tasks[0]["payload"], &tasks[0]["lease_owner"]),
+        (&json!("late"), &json!("w2"))
+    );
+}
+
+both_backends!(long_poll_on, a_waiting_lease_gets_the_next_task);
+
 /// POSTs `body` to `path` with `bearer` as the credential: (status, body).
 async fn post_as(s: &TestServer, bearer: &str, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
