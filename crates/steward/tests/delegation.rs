@@ -31,14 +31,7 @@ async fn server(b: Backend) -> TestServer {
 }
 
 async fn send(s: &TestServer, path: &str, bearer: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}{path}", s.url))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    s.post_as(bearer, path, body).await
 }
 
 async fn call(s: &TestServer, bearer: &str, model: &str) -> (u16, Value) {

@@ -966,19 +966,6 @@ async fn a_waiting_lease_gets_the_next_task(b: Backend) {
 
 both_backends!(long_poll_on, a_waiting_lease_gets_the_next_task);
 
-/// POSTs `body` to `path` with `bearer` as the credential: (status, body).
-async fn post_as(s: &TestServer, bearer: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}{path}", s.url))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// External workers may hold their agent's own API key instead of the admin token: they
 /// enqueue and lease only where a policy opens the queue to them, under worker names of their
 /// own, refusals are audited, and the rest of the management API stays closed to them.
@@ -1000,7 +987,7 @@ async fn workers_use_their_agents_own_keys(b: Backend) {
         let (s, key) = (&s, key.clone());
         let path = format!("/api/v1/queues/{q}/lease");
         let body = json!({"worker": worker, "max": 5});
-        async move { post_as(s, &key, &path, body).await }
+        async move { s.post_as(&key, &path, body).await }
     };
     let (st, r) = lease("pages", "crawler").await;
     assert_eq!(st, 403, "no policy opens the queue yet: {r}");
@@ -1011,13 +998,13 @@ async fn workers_use_their_agents_own_keys(b: Backend) {
             .contains("task.lease"),
         "{r}"
     );
-    let (st, r) = post_as(
-        &s,
-        "sk-steward-not-a-real-key",
-        "/api/v1/queues/pages/lease",
-        json!({"worker": "crawler"}),
-    )
-    .await;
+    let (st, r) = s
+        .post_as(
+            "sk-steward-not-a-real-key",
+            "/api/v1/queues/pages/lease",
+            json!({"worker": "crawler"}),
+        )
+        .await;
     assert_eq!(st, 401, "{r}");
 
     let policy = r#"permit (principal == Steward::Agent::"crawler", action in [Steward::Action::"task.lease", Steward::Action::"task.enqueue"], resource == Steward::Queue::"pages");"#;
@@ -1043,19 +1030,19 @@ async fn workers_use_their_agents_own_keys(b: Backend) {
     let report =
         |worker: &str| json!({"worker": worker, "attempt": tasks[0]["attempts"], "result": "ok"});
     let complete = format!("/api/v1/tasks/{id}/complete");
-    let (st, r) = post_as(&s, &key, &complete, report("crawler-2")).await;
+    let (st, r) = s.post_as(&key, &complete, report("crawler-2")).await;
     assert_eq!(st, 403, "another's worker name: {r}");
-    let (st, r) = post_as(&s, &key, &complete, report("crawler:1")).await;
+    let (st, r) = s.post_as(&key, &complete, report("crawler:1")).await;
     assert_eq!(st, 204, "{r}");
     let (_, t) = s.get(&format!("/api/v1/tasks/{id}")).await;
     assert_eq!(t["state"], "done", "{t}");
-    let (st, r) = post_as(
-        &s,
-        &key,
-        "/api/v1/queues/pages/tasks",
-        json!({"payload": "more"}),
-    )
-    .await;
+    let (st, r) = s
+        .post_as(
+            &key,
+            "/api/v1/queues/pages/tasks",
+            json!({"payload": "more"}),
+        )
+        .await;
     assert_eq!(st, 201, "{r}");
 
     // Everything else stays the administrator's.
