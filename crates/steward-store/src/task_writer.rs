@@ -234,6 +234,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
             }
         }
     }
+    // Shutting down: whoever still waits hears that nothing came.
+    for p in parked {
+        let _ = p.reply.send(Ok(Vec::new()));
+    }
 }
 
 #[derive(Default)]

@@ -715,10 +715,12 @@ async fn an_agent_pool_scales_with_its_queue(b: Backend) {
 
     // On latency: the depth alone asks for one run (100 tasks per run), but tasks wait longer
     // than 100 ms, so the pool grows, up to its ceiling.
-    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: prompt}\nspec:\n  model: scripted\n  tasks: {queue: slow, concurrency: 1, maxConcurrency: 3, tasksPerRun: 100, targetWaitMs: 100}\n  script:\n    - {delayMs: 300, content: ok}\n")
+    // Runs long next to the pause between one run's end and its replacement's start, so
+    // that once grown the pool is seen at its ceiling however loaded the machine.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: prompt}\nspec:\n  model: scripted\n  tasks: {queue: slow, concurrency: 1, maxConcurrency: 3, tasksPerRun: 100, targetWaitMs: 100}\n  script:\n    - {delayMs: 1000, content: ok}\n")
         .await;
     // Enough work that the backlog outlasts the growth by far (one run more per pass).
-    for i in 0..24 {
+    for i in 0..12 {
         enqueue(&s, "slow", json!({"payload": i})).await;
     }
     let mut most = 0;
@@ -727,7 +729,7 @@ async fn an_agent_pool_scales_with_its_queue(b: Backend) {
         let leased = q["depth"]["leased"].as_i64().unwrap_or(0);
         most = most.max(leased);
         assert!(leased <= 3, "{q}");
-        if q["depth"]["done"] == 24 {
+        if q["depth"]["done"] == 12 {
             break;
         }
         assert!(
