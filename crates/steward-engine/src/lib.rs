@@ -1047,6 +1047,7 @@ impl Engine {
     /// this node's runs back so a restart or another node resumes them at once.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.draining.cancel();
+        self.tasks().drain();
         self.inner.tracker.close();
         if tokio::time::timeout(grace, self.inner.tracker.wait())
             .await

@@ -273,6 +273,11 @@ impl Tasks {
         }
     }
 
+    /// Shutting down: lease requests stop waiting (see `TaskWriter::drain`).
+    pub(crate) fn drain(&self) {
+        self.writer.drain();
+    }
+
     /// Wakes every waiting lease request and the upkeep loop (settings changed, tasks moved).
     fn wake_all(&self) {
         self.writer.recheck();

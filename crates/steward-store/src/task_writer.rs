@@ -9,6 +9,7 @@
 //! task enqueued for a waiting worker is so leased in the very transaction that enqueues it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ impl Parked {
 #[derive(Clone)]
 pub struct TaskWriter {
     tx: mpsc::Sender<Op>,
+    /// Set when the server shuts down: no request waits any more.
+    draining: Arc<AtomicBool>,
 }
 
 fn stopped<T>(_: T) -> Error {
@@ -65,8 +68,16 @@ impl TaskWriter {
     /// Starts the writer task. It ends when every handle is dropped.
     pub fn start(store: Arc<dyn Store>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(store, rx));
-        TaskWriter { tx }
+        let draining = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(store, rx, draining.clone()));
+        TaskWriter { tx, draining }
+    }
+
+    /// Shutting down: waiting lease requests are answered with what there is (often nothing)
+    /// at once, and new ones do not wait, so no long poll holds the server open.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.recheck();
     }
 
     /// Enqueues `task` (see `TaskStore::enqueue_tasks`) once it is durable.
@@ -106,7 +117,7 @@ impl TaskWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>, draining: Arc<AtomicBool>) {
     let mut parked: Vec<Parked> = Vec::new();
     let mut last_recheck = Instant::now();
     loop {
@@ -180,8 +191,9 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
         }
         match store.task_batch(&batch).await {
             Ok(r) => {
+                let wait = !draining.load(Ordering::SeqCst);
                 for (p, leased) in leasers.into_iter().zip(r.leased) {
-                    if leased.is_empty() && Instant::now() < p.until {
+                    if wait && leased.is_empty() && Instant::now() < p.until {
                         parked.push(p);
                     } else {
                         let _ = p.reply.send(Ok(leased));
@@ -210,7 +222,11 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>) {
                         ..TaskBatch::default()
                     };
                     match store.task_batch(&one).await {
-                        Ok(mut r) if r.leased[0].is_empty() && Instant::now() < p.until => {
+                        Ok(mut r)
+                            if r.leased[0].is_empty()
+                                && Instant::now() < p.until
+                                && !draining.load(Ordering::SeqCst) =>
+                        {
                             drop(r.leased.remove(0));
                             parked.push(p);
                         }

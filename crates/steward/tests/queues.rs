@@ -968,6 +968,45 @@ async fn a_waiting_lease_gets_the_next_task(b: Backend) {
 
 both_backends!(long_poll_on, a_waiting_lease_gets_the_next_task);
 
+/// A server told to stop (SIGTERM) answers the workers waiting in lease requests at once — with
+/// nothing — and exits, rather than holding on for their whole wait.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_waiting_workers() {
+    let mut s = TestServer::start(Backend::Sqlite).await;
+    let url = s.url.clone();
+    let waiting = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/api/v1/queues/idle/lease"))
+            .json(&json!({"worker": "w", "wait_ms": 25000}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    // Let the request arrive and settle into its wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut child = s.take_child();
+    #[allow(unsafe_code)]
+    // SAFETY: sending a signal to a child process this test owns.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let (st, r) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the waiting worker was answered well before its 25 s wait")
+        .unwrap();
+    assert_eq!(
+        (st, r["tasks"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{r}"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "graceful exit: {status:?}");
+}
+
 /// External workers may hold their agent's own API key instead of the admin token: they
 /// enqueue and lease only where a policy opens the queue to them, under worker names of their
 /// own, refusals are audited, and the rest of the management API stays closed to them.
