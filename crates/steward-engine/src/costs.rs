@@ -127,8 +127,9 @@ pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
     out
 }
 
-/// What outcomes cost: every run's spend over the runs that succeeded, and every task's spend
-/// (all its runs, failed attempts included) over the tasks done.
+/// What outcomes cost: every run's spend over the runs that succeeded (and were not rejected by
+/// an evaluator: `succeeded` or `accepted`), and every task's spend (all its runs, failed
+/// attempts included) over the tasks done.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OutcomeCosts {
     pub runs: i64,
@@ -144,16 +145,16 @@ pub fn outcomes(rows: &[UsageRow], prices: &Prices) -> OutcomeCosts {
     let runs: Vec<&CostLine> = runs.iter().filter(|l| l.outcome.is_some()).collect();
     let tasks = report(rows, prices, CostBy::Task);
     let tasks: Vec<&CostLine> = tasks.iter().filter(|l| l.outcome.is_some()).collect();
-    let per = |lines: &[&CostLine], ok: &str| {
+    let per = |lines: &[&CostLine], ok: &[&str]| {
         let n = lines
             .iter()
-            .filter(|l| l.outcome.as_deref() == Some(ok))
+            .filter(|l| l.outcome.as_deref().is_some_and(|o| ok.contains(&o)))
             .count() as i64;
         let spent: f64 = lines.iter().map(|l| l.cost_usd).sum();
         (n, (n > 0).then(|| spent / n as f64))
     };
-    let (successful_runs, cost_per_successful_run_usd) = per(&runs, "succeeded");
-    let (successful_tasks, cost_per_successful_task_usd) = per(&tasks, "done");
+    let (successful_runs, cost_per_successful_run_usd) = per(&runs, &["succeeded", "accepted"]);
+    let (successful_tasks, cost_per_successful_task_usd) = per(&tasks, &["done"]);
     OutcomeCosts {
         runs: runs.len() as i64,
         successful_runs,

@@ -305,9 +305,11 @@ impl Supervisors {
                 match self.seen(&review).await? {
                     Seen::Running => {}
                     Seen::Succeeded(answer) if answer.trim_start().starts_with("ACCEPT") => {
+                        self.store.set_run_verdict(&run, "accepted").await?;
                         accept(&mut st.children[i])
                     }
                     Seen::Succeeded(answer) => {
+                        self.store.set_run_verdict(&run, "rejected").await?;
                         let feedback = answer
                             .trim_start()
                             .trim_start_matches("REJECT")
@@ -336,7 +338,13 @@ impl Supervisors {
                         ..
                     }) => {
                         st.children[i].result = Some(result.clone());
-                        if result.contains(needle.as_str()) {
+                        let verdict = if result.contains(needle.as_str()) {
+                            "accepted"
+                        } else {
+                            "rejected"
+                        };
+                        self.store.set_run_verdict(&run, verdict).await?;
+                        if verdict == "accepted" {
                             accept(&mut st.children[i]);
                         } else {
                             let feedback = format!("the answer must contain {needle:?}");

@@ -275,6 +275,7 @@ pub struct UsageRow {
     /// The task the run served, its state, and the run's state.
     pub task_id: Option<String>,
     pub task_state: Option<String>,
+    /// The run's state, or an evaluator's verdict on it (`accepted`, `rejected`) when it had one.
     pub run_state: Option<String>,
     /// Days since the Unix epoch (UTC).
     pub day: i64,

@@ -600,18 +600,18 @@ macro_rules! impl_store {
             async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>> {
                 Ok(sqlx::query_as(
                     "SELECT j.kind AS kind, r.agent AS agent, j.name AS model, j.run_id AS run_id, \
-                       r.task_id AS task_id, t.state AS task_state, r.state AS run_state, j.at / 86400000 AS day, \
+                       r.task_id AS task_id, t.state AS task_state, COALESCE(r.verdict, r.state) AS run_state, j.at / 86400000 AS day, \
                        COUNT(*) AS calls, CAST(SUM(j.tokens_in) AS BIGINT) AS tokens_in, \
                        CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out \
                      FROM journal j JOIN runs r ON r.id = j.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE j.phase = 1 AND j.kind IN ('model', 'tool') AND j.at >= $1 \
-                     GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, j.at / 86400000 \
+                     GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, r.verdict, j.at / 86400000 \
                      UNION ALL \
-                     SELECT 'model', g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, \
+                     SELECT 'model', g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), \
                        g.started_at / 86400000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT) \
                      FROM gateway_calls g LEFT JOIN runs r ON r.id = g.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE g.status <> 'started' AND g.started_at >= $1 \
-                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, g.started_at / 86400000",
+                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 86400000",
                 )
                 .bind(since)
                 .fetch_all(&self.read)

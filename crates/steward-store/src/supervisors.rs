@@ -67,6 +67,8 @@ pub trait SupervisorStore: Send + Sync {
         resolution: &str,
         now: Millis,
     ) -> Result<Option<IncidentRecord>>;
+    /// Records an evaluator's verdict on a run's result: `accepted` or `rejected`.
+    async fn set_run_verdict(&self, run: &str, verdict: &str) -> Result<()>;
 }
 
 /// An open incident; one with its id already there stays as it is (a replay opens it once).
@@ -177,6 +179,15 @@ macro_rules! impl_supervisors {
                 .bind(id)
                 .fetch_optional(&self.write)
                 .await?)
+            }
+
+            async fn set_run_verdict(&self, run: &str, verdict: &str) -> Result<()> {
+                sqlx::query("UPDATE runs SET verdict = $1 WHERE id = $2")
+                    .bind(verdict)
+                    .bind(run)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
             }
         }
     };

@@ -278,6 +278,23 @@ async fn evaluators_accept_send_back_or_escalate(b: Backend) {
             .contains("a first draft"),
         "the reviewer saw the answer"
     );
+
+    // What outcomes cost: a run its evaluator sent back is `rejected`, not a success.
+    let (_, by) = s.get("/api/v1/costs?by=outcome").await;
+    let calls = |key: &str| {
+        by["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["key"] == key)
+            .and_then(|l| l["calls"].as_i64())
+    };
+    assert_eq!(
+        (calls("accepted"), calls("rejected"), calls("succeeded")),
+        (Some(2), Some(2), Some(1)),
+        "two writers accepted, two sent back, the reviewer's own run: {by}"
+    );
+    assert_eq!(by["outcomes"]["successful_runs"], 3, "{by}");
 }
 
 both_backends!(evaluators_on, evaluators_accept_send_back_or_escalate);
