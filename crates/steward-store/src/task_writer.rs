@@ -119,9 +119,6 @@ impl TaskWriter {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>, draining: Arc<AtomicBool>) {
     let mut parked: Vec<Parked> = Vec::new();
-    // Queues found out of ready tasks since anything on this node could have filled them: a
-    // waiting request for one parks at once instead of asking (rechecks still look).
-    let mut drained: HashSet<String> = HashSet::new();
     let mut last_recheck = Instant::now();
     loop {
         // Work, or — while requests wait — the next time to look again for them.
@@ -173,13 +170,6 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>, draining: Arc<At
         if recheck {
             last_recheck = Instant::now();
         }
-        if recheck || freed {
-            drained.clear();
-        }
-        for q in &enqueued {
-            drained.remove(q);
-        }
-        let stopping = draining.load(Ordering::SeqCst);
         let (joining, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut parked)
             .into_iter()
             .filter(|p| !p.reply.is_closed())
@@ -191,25 +181,16 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>, draining: Arc<At
         }
         let mut leasers: Vec<Parked> = joining;
         for (r, wait, reply) in fresh {
-            let p = Parked {
+            batch.leases.push(r.clone());
+            leasers.push(Parked {
                 asked: (r.now, at),
-                until: at + wait,
                 request: r,
+                until: at + wait,
                 reply,
-            };
-            if !wait.is_zero() && !stopping && drained.contains(&p.request.queue) {
-                parked.push(p);
-            } else {
-                batch.leases.push(p.request.clone());
-                leasers.push(p);
-            }
-        }
-        if batch.enqueues.is_empty() && batch.leases.is_empty() && batch.finishes.is_empty() {
-            continue;
+            });
         }
         match store.task_batch(&batch).await {
             Ok(r) => {
-                drained.extend(r.drained);
                 let wait = !draining.load(Ordering::SeqCst);
                 for (p, leased) in leasers.into_iter().zip(r.leased) {
                     if wait && leased.is_empty() && Instant::now() < p.until {

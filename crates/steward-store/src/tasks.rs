@@ -107,9 +107,6 @@ pub struct TaskBatchResult {
     pub enqueued: Vec<(TaskRecord, bool)>,
     pub leased: Vec<Vec<TaskRecord>>,
     pub finished: Vec<bool>,
-    /// Queues a lease of this batch found out of ready tasks (it got fewer than it had room
-    /// for): until something is enqueued or ends, asking them again finds nothing.
-    pub drained: std::collections::HashSet<String>,
 }
 
 /// A worker asking for up to `max` tasks of `queue`.
@@ -405,13 +402,13 @@ macro_rules! impl_tasks {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 requests: &[LeaseRequest],
                 queues: &std::collections::HashMap<String, QueueConfig>,
-            ) -> Result<(Vec<Vec<TaskRecord>>, std::collections::HashSet<String>)> {
+            ) -> Result<Vec<Vec<TaskRecord>>> {
                 let mut out = Vec::with_capacity(requests.len());
                 // Queues this batch found nothing more ready in: later requests in the same
                 // transaction would find nothing either.
-                let mut drained: std::collections::HashSet<String> = std::collections::HashSet::new();
+                let mut drained: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 for r in requests {
-                    if drained.contains(&r.queue) {
+                    if drained.contains(r.queue.as_str()) {
                         out.push(Vec::new());
                         continue;
                     }
@@ -419,11 +416,11 @@ macro_rules! impl_tasks {
                     let room = Self::room(tx, &q, &r.worker, r.max).await?;
                     let leased = Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?;
                     if (leased.len() as i64) < room {
-                        drained.insert(r.queue.clone());
+                        drained.insert(&r.queue);
                     }
                     out.push(leased);
                 }
-                Ok((out, drained))
+                Ok(out)
             }
 
             async fn finish_in(
@@ -596,10 +593,10 @@ macro_rules! impl_tasks {
                 let queues = self.configs(batch).await?;
                 let mut tx = self.write.begin().await?;
                 let enqueued = Self::enqueue_in(&mut tx, &batch.enqueues, &queues).await?;
-                let (leased, drained) = Self::lease_in(&mut tx, &batch.leases, &queues).await?;
+                let leased = Self::lease_in(&mut tx, &batch.leases, &queues).await?;
                 let finished = Self::finish_in(&mut tx, &batch.finishes).await?;
                 tx.commit().await?;
-                Ok(TaskBatchResult { enqueued, leased, finished, drained })
+                Ok(TaskBatchResult { enqueued, leased, finished })
             }
 
             async fn lease_tasks_to_runs(
