@@ -24,6 +24,13 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
+/// Sends `body` as JSON: (status, the answer — `null` when it is not JSON).
+async fn json_call(rb: reqwest::RequestBuilder, body: Value) -> (u16, Value) {
+    let r = rb.json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// The tests' own HTTP client: it carries the admin token when the server has one.
 fn admin_client(env: &[(String, String)]) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -191,41 +198,20 @@ impl TestServer {
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .put(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        json_call(self.http.put(format!("{}{path}", self.url)), body).await
     }
 
     /// POSTs `body` to `path` with `bearer` as the credential (an agent's key or token, not
     /// the admin token): (status, body).
     pub async fn post_as(&self, bearer: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let rb = reqwest::Client::new()
             .post(format!("{}{path}", self.url))
-            .bearer_auth(bearer)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+            .bearer_auth(bearer);
+        json_call(rb, body).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        json_call(self.http.post(format!("{}{path}", self.url)), body).await
     }
 
     /// Like `post`, but a transport error (e.g. the server closing mid-upload) is returned.
