@@ -22,7 +22,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable: invalid_request, invalid_manifest, invalid_id, not_found, conflict,
-    /// payload_too_large, timeout, unavailable, internal.
+    /// payload_too_large, timeout, unavailable, busy, internal.
     pub code: String,
     pub message: String,
 }
@@ -48,6 +48,7 @@ impl ApiError {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

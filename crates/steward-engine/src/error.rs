@@ -17,6 +17,9 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Capacity is used up for now; the same request may succeed later.
+    #[error("{0}")]
+    Busy(String),
     #[error("storage: {0}")]
     Store(#[from] steward_store::Error),
 }
@@ -33,6 +36,7 @@ impl Error {
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Busy(_) => ErrorCode::Busy,
             Error::Store(_) => ErrorCode::Internal,
         }
     }

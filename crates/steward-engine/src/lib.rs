@@ -71,6 +71,7 @@ fn sandbox_error(e: steward_tools::ToolError) -> Error {
             Error::Conflict(m)
         }
         ToolError::Denied(m) | ToolError::Failed(m) => Error::Unavailable(m),
+        ToolError::Busy(m) => Error::Busy(m),
     }
 }
 

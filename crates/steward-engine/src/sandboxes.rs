@@ -101,6 +101,14 @@ fn failed(e: impl std::fmt::Display) -> ToolError {
     ToolError::Failed(e.to_string())
 }
 
+/// An exec that could not run: `Busy` when every slot is taken, else a failure.
+fn exec_failed(e: steward_sandbox::Error) -> ToolError {
+    match e {
+        steward_sandbox::Error::Busy(m) => ToolError::Busy(m),
+        other => failed(other),
+    }
+}
+
 /// A request the sandbox store refused (no such sandbox or snapshot, a bad id).
 fn refused(e: steward_sandbox::Error) -> ToolError {
     match e {
@@ -227,7 +235,7 @@ impl SandboxService {
                 let r = sandboxes
                     .exec(self.request(Workspace::Layered(ws), shell(cmd), b""))
                     .await
-                    .map_err(failed)?;
+                    .map_err(exec_failed)?;
                 if r.ended != Ended::Exit(0) {
                     return Err(ToolError::InvalidArgs(format!(
                         "template: command {i} ended {:?}: {}",
@@ -339,7 +347,7 @@ impl SandboxService {
         let control = Arc::new(Control::default());
         req.control = Some(control.clone());
         self.running_map().insert(id.to_string(), control);
-        let r = sandboxes.exec(req).await.map_err(failed);
+        let r = sandboxes.exec(req).await.map_err(exec_failed);
         self.running_map().remove(id);
         r
     }
@@ -419,7 +427,8 @@ impl SandboxService {
             )));
         }
         let path = inside_workspace(path)?;
-        let script = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
+        // Only a regular file is written (a FIFO would hold the exec until its time limit).
+        let script = r#"if [ -e "$1" ] || [ -L "$1" ]; then { [ -f "$1" ] && [ ! -L "$1" ]; } || { echo "not a regular file" >&2; exit 1; }; fi; mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
         let r = self
             .run_in(
                 id,
@@ -437,7 +446,7 @@ impl SandboxService {
     /// The content of `path` (under `/workspace`) in sandbox `id`.
     pub async fn download(&self, id: &str, path: &str, now_ms: i64) -> Result<Vec<u8>, ToolError> {
         let path = inside_workspace(path)?;
-        let script = r#"test -f "$1" || { echo "not a file" >&2; exit 1; }; cat -- "$1""#;
+        let script = r#"{ test -f "$1" && test ! -L "$1"; } || { echo "not a regular file" >&2; exit 1; }; cat -- "$1""#;
         let r = self
             .run_in(
                 id,
@@ -563,15 +572,22 @@ impl SandboxService {
             .sandboxes
             .as_ref()
             .map_err(|why| ToolError::Denied(format!("sandboxes are unavailable here: {why}")))?;
+        // The checkout is the server's; the check may write in it (a build's output).
+        sandboxes.give(dir).map_err(failed)?;
         sandboxes
             .exec(self.request(Workspace::Dir(dir.to_path_buf()), shell(command), b""))
             .await
-            .map_err(failed)
+            .map_err(exec_failed)
     }
 
     fn workspace(&self, run: &RunId) -> Result<PathBuf, ToolError> {
         let dir = self.workspaces.join(run.as_str());
-        std::fs::create_dir_all(&dir).map_err(failed)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(failed)?;
+            if let Some((uid, gid)) = self.owner() {
+                std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
+            }
+        }
         Ok(dir)
     }
 
@@ -591,8 +607,10 @@ impl SandboxService {
         let mut req = self.request(ws.into(), shell(command), stdin.as_bytes());
         req.egress = egress;
         req.env.extend(secrets.iter().cloned());
-        let mut r = sandboxes.exec(req).await.map_err(failed)?;
-        // What a command prints goes to a model: granted values never do.
+        let mut r = sandboxes.exec(req).await.map_err(exec_failed)?;
+        // What a command prints goes to a model: the literal values granted never do. This is a
+        // convenience, not a guarantee: a granted secret is readable by the code it is granted
+        // to, which can print it reversed or encoded.
         for (name, value) in &secrets {
             r.stdout = mask(&r.stdout, value, name);
             r.stderr = mask(&r.stderr, value, name);
@@ -607,17 +625,25 @@ impl SandboxService {
             )));
         }
         let ws = self.workspace(run)?;
+        let owner = self.owner();
         let (path, content) = (path.to_string(), content.to_vec());
         tokio::task::spawn_blocking(move || {
-            let target = walk(&ws, &path, true)?;
+            let target = walk(&ws, &path, true, owner)?;
+            // Never blocking (a FIFO with no reader) and never through a link; truncated only
+            // once it is known to be a regular file.
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&target)
-                .map_err(|e| failed(format!("{path}: {e}")))?;
-            f.write_all(&content).map_err(failed)
+                .map_err(|e| file_error(&path, e))?;
+            regular(&f, &path)?;
+            f.set_len(0).map_err(failed)?;
+            f.write_all(&content).map_err(failed)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(failed)?;
+            }
+            Ok(())
         })
         .await
         .map_err(failed)?
@@ -627,12 +653,13 @@ impl SandboxService {
         let ws = self.workspace(run)?;
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
-            let target = walk(&ws, &path, false)?;
+            let target = walk(&ws, &path, false, None)?;
             let f = std::fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&target)
-                .map_err(|e| failed(format!("{path}: {e}")))?;
+                .map_err(|e| file_error(&path, e))?;
+            regular(&f, &path)?;
             let mut buf = Vec::new();
             f.take(MAX_FILE_BYTES as u64 + 1)
                 .read_to_end(&mut buf)
@@ -646,6 +673,37 @@ impl SandboxService {
         })
         .await
         .map_err(failed)?
+    }
+
+    /// Who root inside the sandboxes is on the host, when it is not the server itself.
+    fn owner(&self) -> Option<(u32, u32)> {
+        self.sandboxes.as_ref().ok().and_then(|s| s.owner())
+    }
+}
+
+/// Refuses anything but a regular file (a FIFO, a socket, a device, a directory).
+fn regular(f: &std::fs::File, path: &str) -> Result<(), ToolError> {
+    let m = f.metadata().map_err(failed)?;
+    if m.is_file() {
+        Ok(())
+    } else {
+        Err(ToolError::InvalidArgs(format!(
+            "{path}: not a regular file"
+        )))
+    }
+}
+
+/// Why a file could not be opened, in the caller's terms.
+fn file_error(path: &str, e: std::io::Error) -> ToolError {
+    match e.raw_os_error() {
+        // O_NOFOLLOW on a link; a FIFO opened for writing with no reader.
+        Some(libc::ELOOP) | Some(libc::ENXIO) => {
+            ToolError::InvalidArgs(format!("{path}: not a regular file"))
+        }
+        _ if e.kind() == std::io::ErrorKind::NotFound => {
+            ToolError::InvalidArgs(format!("{path}: no such file"))
+        }
+        _ => failed(format!("{path}: {e}")),
     }
 }
 
@@ -723,7 +781,12 @@ fn mask(text: &[u8], value: &str, name: &str) -> Vec<u8> {
 
 /// `rel` inside `ws`: relative, no `..`, and no link on the way (directories made as needed
 /// when `create`). The last component is left to an `O_NOFOLLOW` open.
-fn walk(ws: &Path, rel: &str, create: bool) -> Result<PathBuf, ToolError> {
+fn walk(
+    ws: &Path,
+    rel: &str,
+    create: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, ToolError> {
     let bad = |why: &str| ToolError::InvalidArgs(format!("path {rel:?}: {why}"));
     if rel.is_empty() || rel.len() > 4096 || rel.contains('\0') {
         return Err(bad("1 to 4096 characters"));
@@ -746,7 +809,10 @@ fn walk(ws: &Path, rel: &str, create: bool) -> Result<PathBuf, ToolError> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(bad("goes through a file")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                std::fs::create_dir(&cur).map_err(failed)?
+                std::fs::create_dir(&cur).map_err(failed)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::lchown(&cur, Some(uid), Some(gid)).map_err(failed)?;
+                }
             }
             Err(e) => return Err(failed(format!("{rel}: {e}"))),
         }

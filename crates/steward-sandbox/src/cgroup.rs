@@ -81,6 +81,79 @@ impl CgroupRoot {
         })
     }
 
+    /// A group of its own below this one, named `name`, for one server's sandboxes.
+    pub fn scoped(&self, name: &str) -> Result<CgroupRoot> {
+        let mut parents = Vec::new();
+        for (controller, parent) in &self.parents {
+            let dir = parent.join(name);
+            std::fs::create_dir_all(&dir)?;
+            if self.version == Version::V2 {
+                let enable: Vec<String> =
+                    self.controllers().iter().map(|c| format!("+{c}")).collect();
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+            }
+            parents.push((controller.clone(), dir));
+        }
+        Ok(CgroupRoot {
+            version: self.version.clone(),
+            parents,
+        })
+    }
+
+    /// Kills and removes every sandbox group below this one; returns how many there were.
+    pub fn sweep(&self) -> usize {
+        let mut names: Vec<String> = Vec::new();
+        for (_, parent) in &self.parents {
+            for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("sbx-") && e.path().is_dir() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        for name in &names {
+            let g = Cgroup {
+                version: self.version.clone(),
+                dirs: self
+                    .parents
+                    .iter()
+                    .map(|(c, p)| (c.clone(), p.join(name)))
+                    .filter(|(_, d)| d.is_dir())
+                    .collect(),
+            };
+            g.remove();
+        }
+        names.len()
+    }
+
+    /// Caps the processes and memory of every sandbox below this group, all together.
+    pub fn limit_total(&self, pids: Option<u64>, memory_bytes: Option<u64>) -> Result<()> {
+        let dir = |c: &str| {
+            self.parents
+                .iter()
+                .find(|(n, _)| n == c || n == "unified")
+                .map(|(_, d)| d.clone())
+        };
+        let (pids_file, memory_file) = match self.version {
+            Version::V2 => ("pids.max", "memory.max"),
+            Version::V1 => ("pids.max", "memory.limit_in_bytes"),
+        };
+        let value =
+            |v: Option<u64>, unlimited: &str| v.map_or(unlimited.to_string(), |v| v.to_string());
+        if let Some(d) = dir("pids") {
+            write(&d, pids_file, value(pids, "max"))?;
+        }
+        if let Some(d) = dir("memory") {
+            let unlimited = if self.version == Version::V2 {
+                "max"
+            } else {
+                "-1"
+            };
+            write(&d, memory_file, value(memory_bytes, unlimited))?;
+        }
+        Ok(())
+    }
+
     pub fn controllers(&self) -> Vec<String> {
         match self.version {
             Version::V2 => {

@@ -2,8 +2,12 @@
 //! into the sandbox, that checks every connection against the sandbox's allow-list. Inside,
 //! the namespace's init relays `127.0.0.1:3128` to that socket and the command is given
 //! `HTTP_PROXY`/`HTTPS_PROXY`; there is no other route (the network namespace has only
-//! loopback). A name is resolved here, once, and the address checked is the address connected
-//! to. Every connection, allowed or denied, is reported to the caller (for the audit log).
+//! loopback). A name is resolved here, once, and every rule is checked against the address
+//! actually connected to: whatever the list says, the proxy never connects to loopback,
+//! link-local, unspecified, multicast or broadcast addresses, nor to any address of this host
+//! (where Steward's own API listens), and reaches private ranges (RFC 1918, CGNAT, IPv6 ULA)
+//! only when the server's `sandbox.egress_private` setting allows them. Every attempt, allowed,
+//! denied or malformed, is reported to the caller (for the audit log).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -37,6 +41,60 @@ enum Rule {
 #[derive(Clone, Debug, Default)]
 pub struct AllowList {
     rules: Vec<Rule>,
+    /// Whether private ranges may be reached at all (a server setting, not the list's).
+    pub private: bool,
+}
+
+/// Why an address may never be reached, whatever a list says; `None` when it may.
+pub fn forbidden(ip: IpAddr, private_allowed: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            // NAT64 (64:ff9b::/96) carries an IPv4 address too.
+            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+                let o = v6.octets();
+                IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            }
+            None => ip,
+        },
+        v4 => v4,
+    };
+    let private = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() || o[0] == 0 {
+                return Some("loopback or unspecified");
+            }
+            if v4.is_link_local() {
+                return Some("link-local");
+            }
+            if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
+                return Some("multicast, broadcast or reserved");
+            }
+            v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_loopback() || v6.is_unspecified() {
+                return Some("loopback or unspecified");
+            }
+            if (s[0] & 0xffc0) == 0xfe80 {
+                return Some("link-local");
+            }
+            if v6.is_multicast() {
+                return Some("multicast");
+            }
+            (s[0] & 0xfe00) == 0xfc00
+        }
+    };
+    if private && !private_allowed {
+        return Some("a private range (sandbox.egress_private is off)");
+    }
+    // An address this host holds: where Steward itself (and every local service) listens.
+    if std::net::UdpSocket::bind((ip, 0)).is_ok() {
+        return Some("an address of this host");
+    }
+    None
 }
 
 fn port_of(p: &str) -> Result<Option<u16>, String> {
@@ -81,7 +139,10 @@ impl AllowList {
             };
             rules.push(rule);
         }
-        Ok(AllowList { rules })
+        Ok(AllowList {
+            rules,
+            private: false,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,6 +219,8 @@ impl Drop for EgressProxy {
 /// Longest request head read from the sandbox.
 const MAX_HEAD: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request head may take to arrive.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl EgressProxy {
     pub fn start(socket: PathBuf, allow: AllowList, report: Reporter) -> std::io::Result<Self> {
@@ -179,8 +242,21 @@ impl EgressProxy {
 async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
+    // A malformed attempt is audited too, under what it asked for as far as it could be read.
+    let malformed = |target: String, why: &str| EgressEvent {
+        target,
+        address: None,
+        allowed: false,
+        reason: Some(format!("malformed: {why}")),
+    };
     let end = loop {
-        let n = conn.read(&mut buf).await?;
+        let n = match tokio::time::timeout(HEAD_TIMEOUT, conn.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                report(malformed(String::new(), "no request head in time"));
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -189,6 +265,7 @@ async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> st
             break i + 4;
         }
         if head.len() > MAX_HEAD {
+            report(malformed(String::new(), "request head too large"));
             return refuse(&mut conn, 431, "request head too large").await;
         }
     };
@@ -200,6 +277,7 @@ async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> st
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or("HTTP/1.1"),
     );
+    let asked: String = target.chars().take(300).collect();
     // CONNECT host:port, or a plain-HTTP request in absolute form.
     let (authority, rewritten) = if method.eq_ignore_ascii_case("CONNECT") {
         (target.to_string(), None)
@@ -208,7 +286,7 @@ async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> st
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let auth = if auth.contains(':') {
+        let auth = if auth.contains(':') && !auth.ends_with(']') {
             auth.to_string()
         } else {
             format!("{auth}:80")
@@ -218,9 +296,14 @@ async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> st
         h.extend_from_slice(&head[end..]);
         (auth, Some(h))
     } else {
+        report(malformed(
+            asked,
+            "only CONNECT and absolute http:// requests",
+        ));
         return refuse(&mut conn, 400, "only CONNECT and absolute http:// requests").await;
     };
     let Some((host, port)) = authority.rsplit_once(':') else {
+        report(malformed(asked, "no port"));
         return refuse(&mut conn, 400, "no port").await;
     };
     let host = host
@@ -228,30 +311,51 @@ async fn serve(mut conn: UnixStream, allow: &AllowList, report: &Reporter) -> st
         .trim_end_matches(']')
         .to_string();
     let Ok(port) = port.parse::<u16>() else {
+        report(malformed(asked, "bad port"));
         return refuse(&mut conn, 400, "bad port").await;
     };
+    if host.is_empty() || host.len() > 253 || host.contains(['@', '/', ' ', '%']) {
+        report(malformed(asked, "bad host"));
+        return refuse(&mut conn, 400, "bad host").await;
+    }
     let event = |address, allowed, reason: Option<String>| EgressEvent {
         target: authority.clone(),
         address,
         allowed,
         reason,
     };
-    let address = match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(mut addrs) => addrs.next(),
-        Err(_) => None,
+    let addresses: Vec<SocketAddr> = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => Vec::new(),
     };
-    let Some(address) = address else {
+    if addresses.is_empty() {
         report(event(None, false, Some("does not resolve".into())));
         return refuse(&mut conn, 502, "the name does not resolve").await;
-    };
-    if !allow.allows(&host, &address) {
-        report(event(
-            Some(address),
-            false,
-            Some("not on the sandbox's egress allow-list".into()),
-        ));
-        return refuse(&mut conn, 403, "not on this sandbox's egress allow-list").await;
     }
+    // The first address the list allows and that may be reached at all: the one connected to.
+    let mut why = "not on the sandbox's egress allow-list".to_string();
+    let mut chosen = None;
+    for a in &addresses {
+        if !allow.allows(&host, a) {
+            continue;
+        }
+        match forbidden(a.ip(), allow.private) {
+            Some(w) => why = format!("{w}: never reachable from a sandbox"),
+            None => {
+                chosen = Some(*a);
+                break;
+            }
+        }
+    }
+    let Some(address) = chosen else {
+        report(event(Some(addresses[0]), false, Some(why.clone())));
+        return refuse(&mut conn, 403, &why).await;
+    };
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -302,6 +406,40 @@ async fn refuse(conn: &mut UnixStream, status: u16, why: &str) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn some_addresses_are_never_reachable() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for never in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "169.254.169.254",
+            "::1",
+            "::",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::7f00:1",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(forbidden(ip(never), true).is_some(), "{never}");
+        }
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(forbidden(ip(private), false).is_some(), "{private}");
+        }
+        // Public addresses are left to the list (an address this host holds aside).
+        assert_eq!(forbidden(ip("93.184.216.34"), false), None);
+        assert_eq!(forbidden(ip("2606:4700::1111"), false), None);
+    }
 
     #[test]
     fn entries_match_hosts_ports_and_blocks() {

@@ -2,6 +2,7 @@
 //! isolation and becomes the command, its output collected up to a bound, a wall-clock timeout
 //! that kills the whole tree, and a report of how it ended and what it used.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -24,12 +25,17 @@ pub struct Limits {
     pub cpu_millicores: Option<u64>,
     pub wall: Duration,
     pub tmp_bytes: u64,
+    /// Files and directories the private `/tmp` may hold.
+    pub tmp_inodes: u64,
     /// Each of stdout and stderr is kept up to this many bytes.
     pub output_bytes: usize,
     /// What the workspace may hold (for a layered one: what the sandbox wrote over its
     /// layers). No file may grow past the room left when the exec starts, and the exec ends
     /// `disk_quota` as soon as the workspace is seen past the quota.
     pub workspace_bytes: Option<u64>,
+    /// How many files and directories the workspace may hold (as for `workspace_bytes`, the
+    /// exec ends `disk_quota` once the workspace is seen past it).
+    pub workspace_inodes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -40,8 +46,10 @@ impl Default for Limits {
             cpu_millicores: Some(1000),
             wall: Duration::from_secs(30),
             tmp_bytes: 64 << 20,
+            tmp_inodes: 16_384,
             output_bytes: 1 << 20,
             workspace_bytes: Some(1 << 30),
+            workspace_inodes: Some(100_000),
         }
     }
 }
@@ -147,30 +155,127 @@ pub struct ExecResult {
     pub wall: Duration,
 }
 
+/// The host uid (and gid) root inside a sandbox maps to when the server runs as root: one of a
+/// range set aside for containers, never 0 and never the server's own. Configurable.
+pub const DEFAULT_HOST_UID: u32 = 1_879_048_192;
+
+/// How sandboxes are built and how many may run, beyond one exec's [`Limits`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The host uid and gid root inside maps to when the server is root (an unprivileged
+    /// server can map only its own uid).
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Execs running at once, all sandboxes together.
+    pub max_concurrent: usize,
+    /// How long an exec waits for one of those slots before it is refused ([`Error::Busy`]).
+    pub queue_wait: Duration,
+    /// Processes and memory of all sandboxes together (the cgroup above theirs).
+    pub total_pids: Option<u64>,
+    pub total_memory_bytes: Option<u64>,
+    /// System calls denied unless opted in.
+    pub allow_io_uring: bool,
+    pub allow_vsock: bool,
+    /// Whether egress may reach private ranges (RFC 1918, CGNAT, IPv6 ULA) when a sandbox's
+    /// list allows them; loopback, link-local and this host's own addresses never.
+    pub egress_private: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host_uid: DEFAULT_HOST_UID,
+            host_gid: DEFAULT_HOST_UID,
+            max_concurrent: 64,
+            queue_wait: Duration::from_secs(10),
+            total_pids: Some(4096),
+            total_memory_bytes: None,
+            allow_io_uring: false,
+            allow_vsock: false,
+            egress_private: false,
+        }
+    }
+}
+
 /// Starts sandboxes: where the helper binary is, where roots are built, where cgroups go.
 #[derive(Clone, Debug)]
 pub struct Sandboxes {
     helper: PathBuf,
     scratch: PathBuf,
     cgroups: Option<CgroupRoot>,
+    options: Options,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Sandboxes {
-    /// `helper` is the `steward` binary; `scratch` a directory for the sandboxes' roots. Fails
-    /// when cgroups are missing unless `allow_without_cgroups` (then limits are not enforced —
-    /// and [`crate::probe`] says so).
+    /// `helper` is the `steward` binary; `scratch` a directory for the sandboxes' roots (made
+    /// private to this user). Fails when cgroups are missing unless `allow_without_cgroups`
+    /// (then limits are not enforced — and [`crate::probe`] says so). What an earlier life of
+    /// a server on the same `scratch` left running is killed and removed.
     pub fn new(helper: PathBuf, scratch: PathBuf, allow_without_cgroups: bool) -> Result<Self> {
-        let cgroups = CgroupRoot::detect();
+        Self::with_options(helper, scratch, allow_without_cgroups, Options::default())
+    }
+
+    pub fn with_options(
+        helper: PathBuf,
+        scratch: PathBuf,
+        allow_without_cgroups: bool,
+        options: Options,
+    ) -> Result<Self> {
+        let root = nix::unistd::geteuid().is_root();
+        if root && (options.host_uid == 0 || options.host_gid == 0) {
+            return Err(Error::Setup(
+                "sandbox.host_uid: root inside a sandbox must not be root outside (0)".into(),
+            ));
+        }
+        private_dir(&scratch)?;
+        // This server's own group of groups, named for its scratch directory: what is found
+        // there at start was left by an earlier life and is killed.
+        let scope = {
+            use sha2::{Digest, Sha256};
+            let key = std::fs::canonicalize(&scratch).unwrap_or_else(|_| scratch.clone());
+            let h = Sha256::digest(key.as_os_str().as_encoded_bytes());
+            format!(
+                "srv-{}",
+                h[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        let cgroups = match CgroupRoot::detect() {
+            Some(c) => Some(c.scoped(&scope)?),
+            None => None,
+        };
         if cgroups.is_none() && !allow_without_cgroups {
             return Err(Error::Missing(
                 "cgroups (memory and pids controllers, writable): without them memory and process limits cannot be enforced".into(),
             ));
         }
-        std::fs::create_dir_all(&scratch)?;
+        if let Some(c) = &cgroups {
+            let left = c.sweep();
+            if left > 0 {
+                tracing::warn!(
+                    groups = left,
+                    "killed sandboxes an earlier life of this server left running"
+                );
+            }
+            c.limit_total(options.total_pids, options.total_memory_bytes)?;
+        }
+        // Roots and sockets of execs cut off by a crash.
+        for e in std::fs::read_dir(&scratch)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("sbx-") {
+                let p = e.path();
+                let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
         Ok(Sandboxes {
             helper,
             scratch,
             cgroups,
+            slots: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent.max(1))),
+            options,
         })
     }
 
@@ -178,12 +283,47 @@ impl Sandboxes {
         self.cgroups.as_ref()
     }
 
+    /// The host uid and gid of root inside, when it is not this process's own (the server is
+    /// root): what the server gives the files it puts in a workspace.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        nix::unistd::geteuid()
+            .is_root()
+            .then_some((self.options.host_uid, self.options.host_gid))
+    }
+
+    /// Gives `path` and everything under it (links not followed) to the sandbox's uid, so that
+    /// a command may change what the host put there.
+    pub fn give(&self, path: &std::path::Path) -> std::io::Result<()> {
+        match self.owner() {
+            Some((uid, gid)) => crate::quota::chown_tree(path, uid, gid),
+            None => Ok(()),
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// Runs `req` in a fresh sandbox and reports how it ended.
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecResult> {
         if req.argv.is_empty() {
             return Err(Error::Setup("no command".into()));
         }
-        // Unique across every process on the host: cgroups are shared by all of them.
+        let _slot = match tokio::time::timeout(
+            self.options.queue_wait,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(Error::Busy(format!(
+                    "{} sandbox commands are running, the most this server runs at once (sandbox.max_concurrent); try again later",
+                    self.options.max_concurrent
+                )))
+            }
+        };
+        let owner = self.owner();
         let name = format!("sbx-{}", uuid::Uuid::new_v4().simple());
         let root = self.scratch.join(&name);
         std::fs::create_dir_all(&root)?;
@@ -203,11 +343,16 @@ impl Sandboxes {
         let proxy = match &req.egress {
             None => None,
             Some(e) => {
+                let mut allow = e.allow.clone();
+                allow.private = self.options.egress_private;
                 let p = crate::egress::EgressProxy::start(
                     self.scratch.join(format!("{name}.sock")),
-                    e.allow.clone(),
+                    allow,
                     e.report.clone(),
                 )?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&p.socket, Some(uid), Some(gid))?;
+                }
                 let url = format!("http://{}", crate::egress::INSIDE_PROXY);
                 for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                     env.push((k.into(), url.clone()));
@@ -219,11 +364,29 @@ impl Sandboxes {
             Workspace::Dir(d) => (d.clone(), None),
             Workspace::Layered(l) => (l.upper.clone(), Some(l.clone())),
         };
+        // Root inside must own its workspace: a directory the host made (or that an earlier
+        // version left to the host's root) is given to it whole, once.
+        if let Some((uid, gid)) = owner {
+            let mut own = vec![workspace.clone()];
+            if let Some(l) = &layers {
+                own.push(l.work.clone());
+                own.extend(l.lower.iter().cloned());
+            }
+            for d in own {
+                if std::fs::symlink_metadata(&d)?.uid() != uid {
+                    let d = d.clone();
+                    tokio::task::spawn_blocking(move || crate::quota::chown_tree(&d, uid, gid))
+                        .await
+                        .map_err(|e| Error::Setup(e.to_string()))??;
+                }
+            }
+        }
         // What the sandbox has written: the whole directory, or its own layer.
         let written = workspace.clone();
         let quota = req.limits.workspace_bytes;
+        let inode_quota = req.limits.workspace_inodes;
         let file_size_limit = match quota {
-            Some(q) => Some(q.saturating_sub(crate::quota::usage(written.clone()).await)),
+            Some(q) => Some(q.saturating_sub(crate::quota::usage(written.clone()).await.bytes)),
             None => None,
         };
         let spec = InitSpec {
@@ -235,13 +398,23 @@ impl Sandboxes {
             egress_socket: proxy.as_ref().map(|p| p.socket.clone()),
             cgroup_procs: group.as_ref().map(|g| g.procs_files()).unwrap_or_default(),
             tmp_bytes: req.limits.tmp_bytes,
+            tmp_inodes: req.limits.tmp_inodes,
             file_size_limit,
+            host_uid: self.options.host_uid,
+            host_gid: self.options.host_gid,
+            parent_pid: std::process::id(),
+            // The server ends the exec at its limit; this is the init's own, a little later.
+            deadline_s: req.limits.wall.as_secs() + 5,
+            allow_io_uring: self.options.allow_io_uring,
+            allow_vsock: self.options.allow_vsock,
         };
-        let spec = serde_json::to_string(&spec).map_err(|e| Error::Setup(e.to_string()))?;
+        // The spec goes in ahead of the command's input: never on a command line or in an
+        // environment, where any host user could read the secrets in it.
+        let spec = crate::init::encode(&spec).map_err(Error::Setup)?;
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&self.helper)
+            .arg0("steward-sandbox")
             .arg(crate::INIT_ARG)
-            .arg(spec)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -254,7 +427,9 @@ impl Sandboxes {
         let input = req.stdin.clone();
         let feed = async move {
             if let Some(s) = stdin.as_mut() {
-                let _ = s.write_all(&input).await;
+                if s.write_all(&spec).await.is_ok() {
+                    let _ = s.write_all(&input).await;
+                }
             }
             drop(stdin);
         };
@@ -287,9 +462,11 @@ impl Sandboxes {
                         break Err(Ended::Cancelled);
                     }
                 }
-                _ = quota_check.tick(), if quota.is_some() => {
+                _ = quota_check.tick(), if quota.is_some() || inode_quota.is_some() => {
                     let used = crate::quota::usage(written.clone()).await;
-                    if quota.is_some_and(|q| used > q) {
+                    if quota.is_some_and(|q| used.bytes > q)
+                        || inode_quota.is_some_and(|q| used.inodes > q)
+                    {
                         break Err(Ended::DiskQuota);
                     }
                 }
@@ -357,6 +534,8 @@ impl Sandboxes {
             g.remove();
         }
         let _ = std::fs::remove_dir_all(&root);
+        // Nothing the sandbox wrote stays a set-uid or set-gid program on the host.
+        let _ = tokio::task::spawn_blocking(move || crate::quota::strip_set_id(&written)).await;
         Ok(ExecResult {
             ended,
             stdout,
@@ -367,6 +546,13 @@ impl Sandboxes {
             wall: started.elapsed(),
         })
     }
+}
+
+/// Makes `dir` (and what is missing above it) with mode 0700: nothing in it is for other users.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Stderr of a helper that could not build the sandbox (the command never ran).

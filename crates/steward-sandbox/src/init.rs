@@ -1,24 +1,33 @@
-//! The helper that builds the sandbox and runs the command: `steward __sandbox-init SPEC`.
-//! It runs single-threaded, in this order: join the sandbox's cgroups (so everything it starts
-//! is counted), leave every namespace, map root inside to its own uid outside, fork the pid
-//! namespace's first process, and there: a private mount tree, the new root, `pivot_root`, the
-//! capabilities dropped, `no_new_privs`, the seccomp filter — then fork the command and `exec`
-//! it. The first process stays as the namespace's init: it reaps orphans and, when the command
-//! ends, tells the helper how (a process 1 cannot be killed by its own namespace's signals, so
-//! the command must not be it). The helper then ends the same way — the same exit code, or
-//! killed by the same signal. If the helper dies, everything in the sandbox dies with it.
+//! The helper that builds the sandbox and runs the command: `steward __sandbox-init`, told what
+//! to build on its standard input (a length-prefixed JSON [`InitSpec`], followed by the
+//! command's own input) — never on its command line or in its environment, which any host user
+//! can read in `ps`. It runs single-threaded, in this order: close every descriptor its
+//! launcher left open, end with its parent (the server), leave the server's session, join the
+//! sandbox's cgroups, drop supplementary groups, then clone the pid namespace's first process
+//! into new user, mount, pid, network, ipc and uts namespaces and map root inside to the
+//! sandbox's host uid — a dedicated unprivileged uid when the server is root, never root and
+//! never the server's own. That first process builds a private mount tree and the new root,
+//! enters it with `pivot_root`, masks the kernel's knobs in `/proc`, drops its capabilities,
+//! sets `no_new_privs` and the seccomp filter — then forks the command and `exec`s it. It stays
+//! as the namespace's init: it reaps orphans, ends everything itself past its own deadline (a
+//! backstop to the server's), and when the command ends tells the helper how (a process 1
+//! cannot be killed by its own namespace's signals, so the command must not be it). The helper
+//! then ends the same way — the same exit code, or killed by the same signal. If the server
+//! dies, the helper dies (parent-death signal), and with it everything in the sandbox.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 
 use nix::sys::signal::{raise, signal, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{chdir, execvpe, fork, pivot_root, sethostname, ForkResult, Pid};
+use nix::unistd::{chdir, execvpe, fork, pivot_root, sethostname, ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 /// What the helper is told to build.
@@ -38,32 +47,95 @@ pub struct InitSpec {
     pub egress_socket: Option<PathBuf>,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Size of the private `/tmp`.
+    /// Size of the private `/tmp`, and how many files it may hold.
     pub tmp_bytes: u64,
+    pub tmp_inodes: u64,
     /// The largest file the command may write (`RLIMIT_FSIZE`): the workspace quota's room.
     #[serde(default)]
     pub file_size_limit: Option<u64>,
+    /// The host uid and gid root inside is mapped to (used when the helper is root; otherwise
+    /// root inside is the helper's own uid, the only one an unprivileged process may map).
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// The server's pid: a helper whose parent is already another has lost its server.
+    pub parent_pid: u32,
+    /// Seconds the command may run, counting only time it was not frozen, before the
+    /// namespace's init ends everything itself.
+    pub deadline_s: u64,
+    /// System calls the filter denies unless opted in.
+    #[serde(default)]
+    pub allow_io_uring: bool,
+    #[serde(default)]
+    pub allow_vsock: bool,
 }
 
 /// Exit status of the helper when the sandbox could not be built (the command never ran).
 pub const SETUP_FAILED: i32 = 125;
+/// The largest spec the helper reads.
+const MAX_SPEC: usize = 16 << 20;
+
+/// The bytes the helper reads before the command's own input: the spec, length first.
+pub fn encode(spec: &InitSpec) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
+    if json.len() > MAX_SPEC {
+        return Err(format!("the sandbox spec is over {MAX_SPEC} bytes"));
+    }
+    let mut out = (json.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    Ok(out)
+}
 
 /// Runs the helper; never returns.
-pub fn main(spec: &str) -> ! {
-    let code = match serde_json::from_str::<InitSpec>(spec) {
-        Ok(spec) => match run(&spec) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("sandbox setup failed: {e}");
-                SETUP_FAILED
-            }
-        },
+pub fn main() -> ! {
+    // Nothing the launcher left open reaches the sandbox (a leaked directory walks to `/`).
+    close_inherited();
+    let code = match read_spec().and_then(|spec| run(&spec)) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("sandbox setup failed: bad spec: {e}");
+            eprintln!("sandbox setup failed: {e}");
             SETUP_FAILED
         }
     };
     std::process::exit(code)
+}
+
+/// Closes every descriptor above 2.
+fn close_inherited() {
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The listing's own descriptor is among them, closed already: closing it again is harmless.
+    for fd in open.into_iter().filter(|fd| *fd > 2) {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// The spec from standard input, read exactly: what follows is the command's input.
+fn read_spec() -> Result<InitSpec, String> {
+    let read_exact = |buf: &mut [u8]| -> Result<(), String> {
+        let mut at = 0;
+        while at < buf.len() {
+            match nix::unistd::read(0, &mut buf[at..]) {
+                Ok(0) => return Err("bad spec: input ended early".into()),
+                Ok(n) => at += n,
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(format!("bad spec: {e}")),
+            }
+        }
+        Ok(())
+    };
+    let mut len = [0u8; 4];
+    read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_SPEC {
+        return Err(format!("bad spec: {len} bytes"));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(&mut buf)?;
+    serde_json::from_slice(&buf).map_err(|e| format!("bad spec: {e}"))
 }
 
 fn err(what: &str) -> impl Fn(nix::Error) -> String + '_ {
@@ -71,63 +143,103 @@ fn err(what: &str) -> impl Fn(nix::Error) -> String + '_ {
 }
 
 fn run(spec: &InitSpec) -> Result<i32, String> {
+    // When the server goes, so does the helper — and the sandbox with it.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(err("pdeathsig"))?;
+    if nix::unistd::getppid().as_raw() as u32 != spec.parent_pid {
+        return Err("the server is gone".into());
+    }
+    // No controlling terminal: nothing below can reach the operator's.
+    nix::unistd::setsid().map_err(err("setsid"))?;
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, std::process::id().to_string())
             .map_err(|e| format!("joining {}: {e}", procs.display()))?;
     }
-    let uid = nix::unistd::geteuid();
-    let gid = nix::unistd::getegid();
-    unshare(
-        CloneFlags::CLONE_NEWUSER
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS,
-    )
-    .map_err(err("unshare"))?;
-    // Root inside is this process's own uid outside: nothing more.
-    std::fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))
-        .map_err(|e| format!("uid_map: {e}"))?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))
-        .map_err(|e| format!("gid_map: {e}"))?;
-    // How the command ended, from the namespace's init (close-on-exec: the command never
-    // holds it).
+    let root_helper = nix::unistd::geteuid().is_root();
+    let (host_uid, host_gid) = if root_helper {
+        if spec.host_uid == 0 || spec.host_gid == 0 {
+            return Err("the sandbox's host uid and gid must not be 0".into());
+        }
+        // The root group and the rest stay outside.
+        nix::unistd::setgroups(&[]).map_err(err("setgroups"))?;
+        (spec.host_uid, spec.host_gid)
+    } else {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    };
+    // The first process waits for its uid map, then tells how the command ended (both
+    // close-on-exec: the command never holds them).
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err("pipe"))?;
     let (status_r, status_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err("pipe"))?;
-    // The first process of the new pid namespace; when it ends, the kernel ends the rest.
+    let mut stack = vec![0u8; 1 << 20];
+    let mut go = Some(go_r);
+    let mut status = Some(status_w);
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
     // SAFETY: this process is single-threaded (the helper is a fresh exec, and nothing above
-    // starts a thread), so the child may do anything after fork.
+    // starts a thread), and without CLONE_VM the child has its own copy of memory, as after
+    // fork; the child's stack is `stack`, ample for the setup it runs.
     #[allow(unsafe_code)]
-    match unsafe { fork() }.map_err(err("fork"))? {
-        ForkResult::Parent { child } => {
-            drop(status_w);
-            let init = loop {
-                match waitpid(child, None).map_err(err("wait"))? {
-                    s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => break s,
-                    _ => continue,
-                }
-            };
-            let mut told = String::new();
-            let _ = std::fs::File::from(status_r).read_to_string(&mut told);
-            match (told.split_once(' '), init) {
-                (Some(("exit", code)), _) => Ok(code.trim().parse().unwrap_or(SETUP_FAILED)),
-                (Some(("signal", sig)), _) => die_by(sig.trim().parse().unwrap_or(9)),
-                (_, WaitStatus::Signaled(_, sig, _)) => die_by(sig as i32),
-                (_, WaitStatus::Exited(_, code)) => Ok(code),
-                _ => Ok(SETUP_FAILED),
-            }
+    let child = unsafe {
+        nix::sched::clone(
+            Box::new(|| {
+                let (Some(go), Some(status)) = (go.take(), status.take()) else {
+                    return SETUP_FAILED as isize;
+                };
+                let e = match namespace_init(spec, go, status) {
+                    Ok(never) => match never {},
+                    Err(e) => e,
+                };
+                eprintln!("sandbox setup failed: {e}");
+                std::process::exit(SETUP_FAILED)
+            }),
+            &mut stack,
+            flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(err("clone"))?;
+    drop(go);
+    drop(status);
+    // Root inside is the sandbox's host uid: written from here, the parent namespace, which
+    // as root may map any uid (an unprivileged helper only its own).
+    let map = |file: &str, text: String| {
+        std::fs::write(format!("/proc/{child}/{file}"), text).map_err(|e| format!("{file}: {e}"))
+    };
+    let mapped = map("setgroups", "deny".into())
+        .and_then(|_| map("uid_map", format!("0 {host_uid} 1")))
+        .and_then(|_| map("gid_map", format!("0 {host_gid} 1")))
+        .and_then(|_| {
+            std::fs::File::from(go_w)
+                .write_all(b"g")
+                .map_err(|e| format!("starting the sandbox: {e}"))
+        });
+    if let Err(e) = mapped {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
+    let init = loop {
+        match waitpid(child, None) {
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break s,
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(format!("wait: {e}")),
         }
-        ForkResult::Child => {
-            drop(status_r);
-            let e = match namespace_init(spec, status_w) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            eprintln!("sandbox setup failed: {e}");
-            std::process::exit(SETUP_FAILED)
-        }
+    };
+    let mut told = String::new();
+    let _ = std::fs::File::from(status_r).read_to_string(&mut told);
+    match (told.split_once(' '), init) {
+        (Some(("exit", code)), _) => Ok(code.trim().parse().unwrap_or(SETUP_FAILED)),
+        (Some(("signal", sig)), _) => die_by(sig.trim().parse().unwrap_or(9)),
+        (_, WaitStatus::Signaled(_, sig, _)) => die_by(sig as i32),
+        (_, WaitStatus::Exited(_, code)) => Ok(code),
+        _ => Ok(SETUP_FAILED),
     }
 }
 
@@ -144,18 +256,35 @@ fn die_by(sig: i32) -> Result<i32, String> {
 
 enum Never {}
 
-/// The pid namespace's first process: builds the root, enters it, locks itself down (what it
-/// forks inherits all of it), starts the command and reaps until the command ends.
-fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
+/// Seconds the namespace's init has seen pass while not frozen (a frozen process takes one
+/// pending alarm when thawed, however long it was frozen).
+static TICKS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn tick(_: libc::c_int) {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The pid namespace's first process: waits for its uid map, builds the root, enters it, locks
+/// itself down (what it forks inherits all of it), starts the command and reaps until the
+/// command ends or its deadline passes.
+fn namespace_init(spec: &InitSpec, go: OwnedFd, status: OwnedFd) -> Result<Never, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(err("pdeathsig"))?;
+    let mut byte = [0u8; 1];
+    match std::fs::File::from(go).read(&mut byte) {
+        Ok(1) => {}
+        _ => return Err("the helper did not map the sandbox's uid".into()),
+    }
     if spec.egress_socket.is_some() {
         loopback_up()?;
     }
-    build_root(spec)?;
+    {
+        use std::os::fd::AsFd;
+        build_root(spec, status.as_fd())?;
+    }
     sethostname("sandbox").map_err(err("hostname"))?;
     drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(err("no_new_privs"))?;
-    crate::seccomp::apply()?;
+    crate::seccomp::apply(spec.allow_io_uring, spec.allow_vsock)?;
     let (argv, env) = command_line(spec)?;
     if spec.egress_socket.is_some() {
         start_relay()?;
@@ -164,6 +293,8 @@ fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
     #[allow(unsafe_code)]
     let command = match unsafe { fork() }.map_err(err("fork"))? {
         ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            close_inherited();
             if let Some(max) = spec.file_size_limit {
                 use nix::sys::resource::{setrlimit, Resource};
                 if let Err(e) = setrlimit(Resource::RLIMIT_FSIZE, max, max) {
@@ -181,6 +312,18 @@ fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
         }
         ForkResult::Parent { child } => child,
     };
+    // The backstop deadline: a tick a second, without SA_RESTART so the wait below wakes.
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigSet};
+    // SAFETY: the handler only adds to an atomic, which is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        sigaction(
+            Signal::SIGALRM,
+            &SigAction::new(SigHandler::Handler(tick), SaFlags::empty(), SigSet::empty()),
+        )
+    }
+    .map_err(err("deadline"))?;
+    nix::unistd::alarm::set(1);
     let mut status = std::fs::File::from(status);
     loop {
         match waitpid(Pid::from_raw(-1), None) {
@@ -193,7 +336,16 @@ fn namespace_init(spec: &InitSpec, status: OwnedFd) -> Result<Never, String> {
                 std::process::exit(0)
             }
             Ok(_) => continue,
-            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EINTR) => {
+                if u64::from(TICKS.load(Ordering::Relaxed)) >= spec.deadline_s {
+                    // Everything else in the namespace, then this process: the kernel ends
+                    // whatever is left when its first process exits.
+                    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+                    let _ = write!(status, "signal 9");
+                    std::process::exit(0)
+                }
+                nix::unistd::alarm::set(1);
+            }
             Err(e) => return Err(format!("waiting for the command: {e}")),
         }
     }
@@ -283,23 +435,97 @@ const NONE: Option<&str> = None;
 const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
-/// Device files the sandbox gets (bound from the host's).
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Device files the sandbox gets (bound from the host's). No terminal: `/dev/tty` would be the
+/// server's controlling terminal, open to keystroke injection.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// What `/proc` hides: what container runtimes mask (runc's defaults), the kernel's memory and
+/// symbol maps, and the magic SysRq key.
+pub const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+    "kpageflags",
+    "kpagecount",
+    "kpagecgroup",
+    "slabinfo",
+    "vmallocinfo",
+    "kallsyms",
+    "kmsg",
+    "sysrq-trigger",
+];
+/// What `/proc` shows read-only: the kernel's knobs.
+pub const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys"];
 
-fn build_root(spec: &InitSpec) -> Result<(), String> {
+/// Where a host path of the spec is mounted from once this process is the sandbox's uid: the
+/// descriptor opened while it could still reach the path.
+fn by_fd(f: &std::fs::File) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", f.as_raw_fd())
+}
+
+fn open_path(p: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(p)
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Fails when nobody holds the read end of `status` any more: the helper is gone.
+fn parent_alive(status: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(status, PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).map_err(err("poll"))?;
+    match fds[0].revents() {
+        Some(r) if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) => {
+            Err("the helper is gone".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn build_root(spec: &InitSpec, status: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
     // Nothing mounted here propagates back to the host.
     mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
         .map_err(err("making mounts private"))?;
-    let root = &spec.root;
+    // The new root, entered while this process still reaches the host path to it (which may
+    // be private to the server); everything below is built relative to it.
     mount(
         Some("tmpfs"),
-        root,
+        &spec.root,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=1m,mode=0755"),
+        Some("size=1m,mode=0755,uid=0,gid=0"),
     )
     .map_err(err("root tmpfs"))?;
-    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    chdir(&spec.root).map_err(err("entering the root"))?;
+    let workspace = match &spec.layers {
+        None => vec![open_path(&spec.workspace)?],
+        Some(l) => {
+            let mut fds = vec![open_path(&l.upper)?, open_path(&l.work)?];
+            for p in &l.lower {
+                fds.push(open_path(p)?);
+            }
+            fds
+        }
+    };
+    let socket = spec.egress_socket.as_deref().map(open_path).transpose()?;
+    // From here on this process is root inside: the sandbox's uid outside.
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(err("setresgid"))?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(err("setresuid"))?;
+    // A change of uid clears the parent-death signal: set it again, then make sure the parent
+    // did not die in between (its end of the status pipe would be closed).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(err("pdeathsig"))?;
+    parent_alive(status)?;
+    let at = |p: &str| PathBuf::from(p.trim_start_matches('/'));
     for dir in SYSTEM_DIRS {
         let host = Path::new(dir);
         match std::fs::symlink_metadata(host) {
@@ -316,26 +542,20 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     mkdir(&ws)?;
     match &spec.layers {
         None => mount(
-            Some(&spec.workspace),
+            Some(by_fd(&workspace[0]).as_str()),
             &ws,
             NONE,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             NONE,
         )
         .map_err(err("workspace"))?,
-        Some(l) => {
-            let list = |ps: &[PathBuf]| -> Result<String, String> {
-                let parts: Vec<String> = ps.iter().map(|p| p.display().to_string()).collect();
-                if parts.iter().any(|p| p.contains([',', ':'])) {
-                    return Err("workspace layers: a path with ',' or ':'".into());
-                }
-                Ok(parts.join(":"))
-            };
+        Some(_) => {
+            let lower: Vec<String> = workspace[2..].iter().map(by_fd).collect();
             let options = format!(
                 "lowerdir={},upperdir={},workdir={}",
-                list(&l.lower)?,
-                list(std::slice::from_ref(&l.upper))?,
-                list(std::slice::from_ref(&l.work))?
+                lower.join(":"),
+                by_fd(&workspace[0]),
+                by_fd(&workspace[1]),
             );
             mount(
                 Some("overlay"),
@@ -355,6 +575,7 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
         NONE,
     )
     .map_err(err("workspace flags"))?;
+    drop(workspace);
     let tmp = at("/tmp");
     mkdir(&tmp)?;
     mount(
@@ -362,7 +583,14 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
         &tmp,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(format!("size={},mode=1777", spec.tmp_bytes).as_str()),
+        Some(
+            format!(
+                "size={},nr_inodes={},mode=1777",
+                spec.tmp_bytes,
+                spec.tmp_inodes.max(16)
+            )
+            .as_str(),
+        ),
     )
     .map_err(err("/tmp"))?;
     let dev = at("/dev");
@@ -372,7 +600,7 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("size=64k,mode=0755"),
+        Some("size=64k,nr_inodes=64,mode=0755"),
     )
     .map_err(err("/dev"))?;
     for d in DEVICES {
@@ -395,14 +623,22 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
         NONE,
     )
     .map_err(err("/proc"))?;
-    bind_read_only(&proc_dir.join("sys"), &proc_dir.join("sys"))?;
-    if let Some(sock) = &spec.egress_socket {
+    mask_proc(&proc_dir, &dev.join("null"))?;
+    if let Some(sock) = &socket {
         let run = at("/run");
         mkdir(&run)?;
         let inside = at(crate::egress::INSIDE_SOCKET);
         std::fs::write(&inside, b"").map_err(|e| format!("egress socket: {e}"))?;
-        mount(Some(sock), &inside, NONE, MsFlags::MS_BIND, NONE).map_err(err("egress socket"))?;
+        mount(
+            Some(by_fd(sock).as_str()),
+            &inside,
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .map_err(err("egress socket"))?;
     }
+    drop(socket);
     // Enough of /etc for programs that look up their user.
     let etc = at("/etc");
     mkdir(&etc)?;
@@ -413,13 +649,11 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     std::fs::write(etc.join("group"), "root:x:0:\n").map_err(|e| e.to_string())?;
     std::fs::write(etc.join("hostname"), "sandbox\n").map_err(|e| e.to_string())?;
-    // The root itself becomes read-only: only /workspace and /tmp can be written.
-    let old = at("/.old-root");
-    mkdir(&old)?;
-    pivot_root(root, &old).map_err(err("pivot_root"))?;
+    // Into the new root; the host's is detached (pivot_root(2)'s "." and "." sequence).
+    pivot_root(".", ".").map_err(err("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the host root"))?;
     chdir("/").map_err(err("chdir"))?;
-    umount2("/.old-root", MntFlags::MNT_DETACH).map_err(err("detaching the host root"))?;
-    std::fs::remove_dir("/.old-root").map_err(|e| format!("/.old-root: {e}"))?;
+    // The root itself becomes read-only: only /workspace and /tmp can be written.
     mount(
         NONE,
         "/",
@@ -429,6 +663,33 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     )
     .map_err(err("read-only root"))?;
     chdir("/workspace").map_err(err("chdir /workspace"))?;
+    Ok(())
+}
+
+/// Masks what `/proc` must not show (files under `/dev/null`, directories under an empty
+/// read-only tmpfs) and makes its knobs read-only.
+fn mask_proc(proc_dir: &Path, null: &Path) -> Result<(), String> {
+    for name in PROC_MASKED {
+        let p = proc_dir.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=4k,nr_inodes=1,mode=0555"),
+            ),
+            Ok(_) => mount(Some(null), &p, NONE, MsFlags::MS_BIND, NONE),
+            Err(_) => continue,
+        }
+        .map_err(|e| format!("masking /proc/{name}: {e}"))?;
+    }
+    for name in PROC_READ_ONLY {
+        let p = proc_dir.join(name);
+        if p.exists() {
+            bind_read_only(&p, &p)?;
+        }
+    }
     Ok(())
 }
 

@@ -185,6 +185,7 @@ impl Store {
         let dir = self.dir(id);
         let upper = dir.join("upper");
         if !is_empty(&upper)? {
+            crate::quota::strip_set_id(&upper);
             let layer = hash_tree(&upper)?;
             let target = self.root.join("layers").join(&layer);
             if target.exists() {

@@ -6,7 +6,7 @@
 //! timeout that kills the whole tree. [`probe`] reports which of these the host enforces.
 //!
 //! The isolation is set up by a helper process — the `steward` binary re-executed as
-//! `steward __sandbox-init SPEC` ([`init::main`]) — because namespaces, mounts and `fork` need a
+//! `steward __sandbox-init`, told what to build on its standard input ([`init::main`]) — because namespaces, mounts and `fork` need a
 //! single-threaded process, which the server is not. This crate knows nothing of the store or
 //! the engine: it runs a command and reports what happened.
 
@@ -21,7 +21,10 @@ mod quota;
 mod seccomp;
 
 pub use control::{Control, Process};
-pub use exec::{Egress, Ended, ExecRequest, ExecResult, Limits, Output, Sandboxes, Workspace};
+pub use exec::{
+    Egress, Ended, ExecRequest, ExecResult, Limits, Options, Output, Sandboxes, Workspace,
+    DEFAULT_HOST_UID,
+};
 pub use layers::Layered;
 pub use probe::{probe, Layers};
 
@@ -36,6 +39,9 @@ pub enum Error {
     Missing(String),
     #[error("sandbox: {0}")]
     Io(#[from] std::io::Error),
+    /// Every slot for a running command is taken: try again later.
+    #[error("sandbox: {0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

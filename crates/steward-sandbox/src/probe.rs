@@ -26,6 +26,18 @@ pub struct Layers {
     pub cpu_limit: bool,
     /// Running execs can be paused (the cgroup freezer).
     pub pause: bool,
+    /// Root inside, as the host sees it (`/proc/self/uid_map` inside: `0 <host uid> 1`).
+    pub root_maps_to: Option<u32>,
+    /// Root inside is an unprivileged host uid: neither root nor the server's own.
+    pub root_unprivileged: bool,
+    /// Every capability dropped (effective and bounding sets empty), `no_new_privs` and a
+    /// seccomp filter in force, as the command sees itself.
+    pub capabilities_dropped: bool,
+    /// The command has no controlling terminal and no `/dev/tty`.
+    pub no_terminal: bool,
+    /// `/proc/kcore` and the rest of the masked paths read as empty, and `/proc/sys` is
+    /// read-only.
+    pub proc_masked: bool,
     /// Why the trial sandbox failed, if it did.
     pub error: Option<String>,
 }
@@ -36,6 +48,15 @@ impl Layers {
         let mut m = Vec::new();
         if !self.namespaces_and_seccomp {
             m.push("namespaces, pivot_root, capabilities, no_new_privs, seccomp");
+        }
+        if !self.capabilities_dropped {
+            m.push("capabilities, no_new_privs, seccomp (as the command sees itself)");
+        }
+        if !self.no_terminal {
+            m.push("no controlling terminal");
+        }
+        if !self.proc_masked {
+            m.push("masked /proc");
         }
         if !self.pid_namespace {
             m.push("pid namespace");
@@ -52,6 +73,19 @@ impl Layers {
         m
     }
 }
+
+/// What the trial command reports, a `key=value` line each.
+const PROBE: &str = r#"echo pid=$$
+echo ifaces=$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\n' ',')
+echo uid_map=$(cat /proc/self/uid_map)
+echo caps=$(grep -E '^(CapEff|CapBnd):' /proc/self/status | cut -f2 | tr '\n' ',' | sed 's/,$//')
+echo nnp=$(grep '^NoNewPrivs:' /proc/self/status | cut -f2)
+echo seccomp=$(grep '^Seccomp:' /proc/self/status | cut -f2)
+echo tty=$(cut -d' ' -f7 /proc/self/stat)
+echo dev_tty=$(test -e /dev/tty && echo yes || echo no)
+echo kcore=$(cat /proc/kcore 2>/dev/null | wc -c)
+echo proc_sys=$(grep ' /proc/sys ' /proc/self/mountinfo | cut -d' ' -f6)
+"#;
 
 /// Tries the isolation on this host with `sandboxes`, in a scratch workspace `workspace`.
 pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers {
@@ -70,11 +104,7 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
     }
     let req = ExecRequest {
         workspace: workspace.into(),
-        argv: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "echo pid=$$; ls /sys/class/net 2>/dev/null | tr '\\n' ' '; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\\n' ','".into(),
-        ],
+        argv: vec!["/bin/sh".into(), "-c".into(), PROBE.into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: Vec::new(),
         egress: None,
@@ -88,21 +118,34 @@ pub async fn probe(sandboxes: &Sandboxes, workspace: &std::path::Path) -> Layers
     match sandboxes.exec(req).await {
         Ok(r) if r.ended == crate::Ended::Exit(0) => {
             let out = String::from_utf8_lossy(&r.stdout);
+            let field = |k: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
             layers.namespaces_and_seccomp = true;
             // The namespace's init is process 1 and the command the next.
-            layers.pid_namespace = out
-                .lines()
-                .find_map(|l| l.strip_prefix("pid="))
-                .and_then(|p| p.trim().parse::<u32>().ok())
-                .is_some_and(|p| p <= 3);
-            let interfaces: Vec<&str> = out
-                .lines()
-                .last()
-                .unwrap_or_default()
+            layers.pid_namespace = field("pid").parse::<u32>().is_ok_and(|p| p <= 3);
+            let interfaces: Vec<String> = field("ifaces")
                 .split(',')
                 .filter(|s| !s.is_empty())
+                .map(str::to_string)
                 .collect();
             layers.network_namespace = interfaces == ["lo"];
+            let map: Vec<u32> = field("uid_map")
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            layers.root_maps_to = (map.len() == 3 && map[0] == 0).then(|| map[1]);
+            let own = nix::unistd::geteuid().as_raw();
+            layers.root_unprivileged = layers.root_maps_to.is_some_and(|u| u != 0 && u != own);
+            layers.capabilities_dropped = field("caps") == "0000000000000000,0000000000000000"
+                && field("nnp") == "1"
+                && field("seccomp") == "2";
+            layers.no_terminal = field("tty") == "0" && field("dev_tty") == "no";
+            layers.proc_masked = field("kcore") == "0" && field("proc_sys").starts_with("ro");
         }
         Ok(r) => {
             layers.error = Some(format!(

@@ -1,7 +1,10 @@
 //! The seccomp filter: system calls sandboxed code never needs are refused with `EPERM` —
 //! mounting, tracing other processes, loading kernel code, keyrings, BPF, new namespaces,
-//! rebooting, changing the clock — and `clone3` says it does not exist, so C libraries fall back
-//! to `clone`, whose flags the filter can read (no new user namespace).
+//! rebooting, changing the clock, pushing keystrokes into a terminal (`TIOCSTI`), and, unless a
+//! setting opts in, `io_uring` (a second system-call path the filter cannot see into) and
+//! `AF_VSOCK` sockets (not namespaced: a path toward the hypervisor) — and `clone3` says it does
+//! not exist, so C libraries fall back to `clone`, whose flags the filter can read (no new user
+//! namespace).
 
 use std::collections::BTreeMap;
 
@@ -66,10 +69,26 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProg
     filter.try_into().map_err(|e| format!("seccomp: {e:?}"))
 }
 
+const IO_URING: &[i64] = &[
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
+/// A rule matching argument `arg` equal to `value`.
+fn arg_is(arg: u8, len: SeccompCmpArgLen, value: u64) -> Result<SeccompRule, String> {
+    let c = SeccompCondition::new(arg, len, SeccompCmpOp::Eq, value)
+        .map_err(|e| format!("seccomp: {e}"))?;
+    SeccompRule::new(vec![c]).map_err(|e| format!("seccomp: {e}"))
+}
+
 /// Installs the filter on the calling thread (inherited across fork and exec).
-pub(crate) fn apply() -> Result<(), String> {
+pub(crate) fn apply(allow_io_uring: bool, allow_vsock: bool) -> Result<(), String> {
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&n| (n, Vec::new())).collect();
+    if !allow_io_uring {
+        deny.extend(IO_URING.iter().map(|&n| (n, Vec::new())));
+    }
     let new_user_ns = SeccompCondition::new(
         0,
         SeccompCmpArgLen::Qword,
@@ -81,6 +100,22 @@ pub(crate) fn apply() -> Result<(), String> {
         libc::SYS_clone,
         vec![SeccompRule::new(vec![new_user_ns]).map_err(|e| format!("seccomp: {e}"))?],
     );
+    // Faking terminal input, whatever terminal a descriptor might reach.
+    deny.insert(
+        libc::SYS_ioctl,
+        vec![
+            arg_is(1, SeccompCmpArgLen::Dword, libc::TIOCSTI)?,
+            arg_is(1, SeccompCmpArgLen::Dword, libc::TIOCLINUX)?,
+        ],
+    );
+    if !allow_vsock {
+        for call in [libc::SYS_socket, libc::SYS_socketpair] {
+            deny.insert(
+                call,
+                vec![arg_is(0, SeccompCmpArgLen::Dword, libc::AF_VSOCK as u64)?],
+            );
+        }
+    }
     let no_clone3: BTreeMap<i64, Vec<SeccompRule>> =
         BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     for program in [

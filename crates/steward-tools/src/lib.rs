@@ -28,6 +28,9 @@ pub enum ToolError {
     Denied(String),
     #[error("{0}")]
     Failed(String),
+    /// Capacity is used up for now (sandbox slots): the same call may succeed later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = ToolError> = std::result::Result<T, E>;

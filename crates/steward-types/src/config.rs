@@ -45,8 +45,31 @@ pub struct SandboxConfig {
     /// Disk quota of a sandbox's workspace (for a persistent sandbox: what it wrote over the
     /// snapshot it started from); 0: none.
     pub workspace_mb: u64,
+    /// Files and directories a sandbox's workspace may hold; 0: no limit.
+    pub workspace_inodes: u64,
+    /// Files and directories a sandbox's private `/tmp` may hold.
+    pub tmp_inodes: u64,
     /// Each of stdout and stderr is kept up to this many bytes.
     pub output_bytes: usize,
+    /// The host uid and gid root inside a sandbox maps to when the server runs as root: an
+    /// unprivileged id of its own, never 0 (an unprivileged server maps its own uid).
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Sandbox commands running at once, all sandboxes together; more wait up to `queue_ms`,
+    /// then are refused (HTTP 429, `busy`).
+    pub max_concurrent: usize,
+    pub queue_ms: u64,
+    /// Processes and threads of all sandboxes together; 0: no limit beyond each one's.
+    pub total_pids: u64,
+    /// Memory of all sandboxes together; 0: no limit beyond each one's.
+    pub total_memory_mb: u64,
+    /// Egress may reach private ranges (RFC 1918, CGNAT, IPv6 ULA) that a sandbox's list
+    /// allows. Loopback, link-local and this host's own addresses are never reachable.
+    pub egress_private: bool,
+    /// System calls the sandbox's filter denies unless opted in: `io_uring` (a path the filter
+    /// cannot see into) and `AF_VSOCK` sockets (a path toward the hypervisor).
+    pub allow_io_uring: bool,
+    pub allow_vsock: bool,
     /// The price of a CPU-second, in US dollars: a run's `sandbox_exec` holds its worst case
     /// (timeout × CPU limit) on the run's budget accounts and settles the CPU time it used.
     /// Unset: sandbox CPU is not charged.
@@ -64,7 +87,18 @@ impl Default for SandboxConfig {
             timeout_ms: 30_000,
             tmp_mb: 64,
             workspace_mb: 1024,
+            workspace_inodes: 100_000,
+            tmp_inodes: 16_384,
             output_bytes: 1 << 20,
+            host_uid: 1_879_048_192,
+            host_gid: 1_879_048_192,
+            max_concurrent: 64,
+            queue_ms: 10_000,
+            total_pids: 4096,
+            total_memory_mb: 0,
+            egress_private: false,
+            allow_io_uring: false,
+            allow_vsock: false,
             cpu_second_usd: None,
         }
     }

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Internal,
     Unauthorized,
     Forbidden,
+    /// Capacity is used up for now; try again later (HTTP 429).
+    Busy,
 }
 
 impl ErrorCode {
@@ -32,6 +34,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Busy => "busy",
         }
     }
 }

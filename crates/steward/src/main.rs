@@ -133,7 +133,7 @@ fn main() -> std::process::ExitCode {
     // The sandbox helper must start single-threaded: before the runtime, before anything.
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(steward_sandbox::INIT_ARG) {
-        steward_sandbox::init::main(&args.next().unwrap_or_default());
+        steward_sandbox::init::main();
     }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

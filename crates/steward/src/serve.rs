@@ -144,14 +144,39 @@ async fn sandboxes(cfg: &Config) -> Option<Arc<steward_engine::sandboxes::Sandbo
         cpu_millicores: Some(c.cpu_millicores),
         wall: std::time::Duration::from_millis(c.timeout_ms),
         tmp_bytes: c.tmp_mb << 20,
+        tmp_inodes: c.tmp_inodes,
         output_bytes: c.output_bytes,
         workspace_bytes: (c.workspace_mb > 0).then_some(c.workspace_mb << 20),
+        workspace_inodes: (c.workspace_inodes > 0).then_some(c.workspace_inodes),
+    };
+    let options = steward_sandbox::Options {
+        host_uid: c.host_uid,
+        host_gid: c.host_gid,
+        max_concurrent: c.max_concurrent,
+        queue_wait: std::time::Duration::from_millis(c.queue_ms),
+        total_pids: (c.total_pids > 0).then_some(c.total_pids),
+        total_memory_bytes: (c.total_memory_mb > 0).then_some(c.total_memory_mb << 20),
+        allow_io_uring: c.allow_io_uring,
+        allow_vsock: c.allow_vsock,
+        egress_private: c.egress_private,
     };
     let dir = cfg.server.data_dir.join("sandboxes");
     let ready = async {
+        // Workspaces, layers and roots are for this server alone.
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
         let helper = std::env::current_exe().map_err(|e| e.to_string())?;
-        let s = steward_sandbox::Sandboxes::new(helper, dir.join("roots"), c.allow_missing_layers)
-            .map_err(|e| e.to_string())?;
+        let s = steward_sandbox::Sandboxes::with_options(
+            helper,
+            dir.join("roots"),
+            c.allow_missing_layers,
+            options,
+        )
+        .map_err(|e| e.to_string())?;
         let probe_ws = dir.join("probe");
         std::fs::create_dir_all(&probe_ws).map_err(|e| e.to_string())?;
         let layers = steward_sandbox::probe(&s, &probe_ws).await;

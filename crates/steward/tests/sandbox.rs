@@ -377,61 +377,17 @@ async fn snapshots_fork_and_restore_workspaces() {
 
 /// With an allow-list, the sandbox's only way out is the egress proxy: allowed targets are
 /// reached (HTTP and CONNECT), others refused, and every connection is reported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn egress_goes_only_where_the_allow_list_says() {
-    use std::sync::{Arc, Mutex};
-    use steward_sandbox::egress::{AllowList, EgressEvent};
-    let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path().join("ws");
-    std::fs::create_dir(&ws).unwrap();
-    let s = sandboxes(&dir.path().join("scratch"));
-    // Two servers on the host's loopback: one allowed, one not.
-    let serve = |body: &'static str| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            for c in l.incoming().flatten() {
-                let mut c = c;
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf);
-                let _ = write!(
-                    c,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        port
-    };
-    let (open, closed) = (serve("allowed"), serve("secret"));
-    let events: Arc<Mutex<Vec<EgressEvent>>> = Arc::default();
-    let seen = events.clone();
-    let egress = steward_sandbox::Egress {
-        allow: AllowList::parse(&[format!("127.0.0.1:{open}")]).unwrap(),
-        report: Arc::new(move |e| seen.lock().unwrap().push(e)),
-    };
-    let py = format!(
-        r#"
-import urllib.request, socket
-def get(port):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{{port}}/", timeout=5).read().decode()
-    except Exception as e:
-        return f"refused: {{e}}"
-print("open", get({open}))
-print("closed", get({closed}))
-s = socket.socket(); s.settimeout(2)
-try:
-    s.connect(("127.0.0.1", {closed})); print("direct connected")
-except Exception as e:
-    print("direct", type(e).__name__)
-"#
-    );
+/// Runs `net.py` (written to `ws`) with `egress`, on sandboxes `s`.
+async fn with_egress(
+    s: &Sandboxes,
+    ws: &Path,
+    py: &str,
+    egress: steward_sandbox::Egress,
+) -> String {
     std::fs::write(ws.join("net.py"), py).unwrap();
     let r = s
         .exec(ExecRequest {
-            workspace: ws.clone().into(),
+            workspace: ws.into(),
             argv: vec!["python3".into(), "net.py".into()],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             stdin: Vec::new(),
@@ -442,7 +398,65 @@ except Exception as e:
         })
         .await
         .unwrap();
-    let o = out(&r);
+    out(&r)
+}
+
+/// Python that fetches each `(label, url)` through the proxy and prints what it got.
+fn fetches(targets: &[(&str, String)]) -> String {
+    let mut py = String::from(
+        r#"
+import urllib.request
+def get(url):
+    try:
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+    except Exception as e:
+        return f"refused: {e}"
+"#,
+    );
+    for (label, url) in targets {
+        py.push_str(&format!("print({label:?}, get({url:?}))\n"));
+    }
+    py
+}
+
+type Events = std::sync::Arc<std::sync::Mutex<Vec<steward_sandbox::egress::EgressEvent>>>;
+
+fn egress(entries: &[String]) -> (steward_sandbox::Egress, Events) {
+    let events: Events = Default::default();
+    let seen = events.clone();
+    let e = steward_sandbox::Egress {
+        allow: steward_sandbox::egress::AllowList::parse(entries).unwrap(),
+        report: std::sync::Arc::new(move |e| seen.lock().unwrap().push(e)),
+    };
+    (e, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_goes_only_where_the_allow_list_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    // Two hosts of their own: one allowed, one not.
+    let open = common::NetHost::start("allowed", false);
+    let closed = common::NetHost::start("secret", false);
+    let (e, events) = egress(&[open.target()]);
+    let mut py = fetches(&[
+        ("open", format!("http://{}/", open.target())),
+        ("closed", format!("http://{}/", closed.target())),
+    ]);
+    py.push_str(&format!(
+        r#"
+import socket
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect(("{}", {})); print("direct connected")
+except Exception as e:
+    print("direct", type(e).__name__)
+"#,
+        closed.ip, closed.port
+    ));
+    let o = with_egress(&s, &ws, &py, e).await;
     assert!(o.contains("open allowed"), "{o}");
     assert!(o.contains("closed refused") && o.contains("403"), "{o}");
     assert!(
@@ -452,7 +466,106 @@ except Exception as e:
     let events = events.lock().unwrap().clone();
     let allowed: Vec<bool> = events.iter().map(|e| e.allowed).collect();
     assert_eq!(allowed, [true, false], "{events:?}");
-    assert_eq!(events[1].target, format!("127.0.0.1:{closed}"));
+    assert_eq!(events[1].target, closed.target());
+}
+
+/// Whatever a list says, egress never reaches loopback (where Steward's own API listens),
+/// link-local or unspecified addresses, nor any address of this host — by address, by a name
+/// that resolves there, or by another spelling of it; private ranges only under the server's
+/// separate setting. Every attempt, malformed ones included, is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_never_reaches_the_control_plane_or_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    // A stand-in for Steward's API on loopback, and on every address of this host.
+    let api = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = api.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in api.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nreached",
+            );
+        }
+    });
+    let public = common::NetHost::start("public", false);
+    let private = common::NetHost::start("private", true);
+    let lists = [
+        "127.0.0.1/32".to_string(),
+        "127.0.0.0/8".into(),
+        "*.localhost:*".into(),
+        "localhost:*".into(),
+        "0.0.0.0/0".into(),
+        "::/0".into(),
+        "169.254.0.0/16".into(),
+        "10.0.0.0/8".into(),
+    ];
+    let (e, events) = egress(&lists);
+    let targets = [
+        ("v4", format!("http://127.0.0.1:{port}/")),
+        ("v4-other", format!("http://127.1.2.3:{port}/")),
+        ("name", format!("http://localhost:{port}/")),
+        ("sub", format!("http://api.localhost:{port}/")),
+        ("v6", format!("http://[::1]:{port}/")),
+        ("mapped", format!("http://[::ffff:127.0.0.1]:{port}/")),
+        ("zero", format!("http://0.0.0.0:{port}/")),
+        ("own", format!("http://{}:{port}/", public.host_side)),
+        ("metadata", "http://169.254.169.254/".to_string()),
+        ("private", format!("http://{}/", private.target())),
+        ("public", format!("http://{}/", public.target())),
+    ];
+    let o = with_egress(&s, &ws, &fetches(&targets), e.clone()).await;
+    assert!(!o.contains("reached"), "{o}");
+    for (label, _) in &targets[..10] {
+        assert!(o.contains(&format!("{label} refused")), "{label}: {o}");
+    }
+    assert!(o.contains("public public"), "{o}");
+    let refused = events.lock().unwrap().iter().filter(|e| !e.allowed).count();
+    assert_eq!(refused, 10, "{:?}", events.lock().unwrap());
+
+    // Malformed attempts straight at the proxy are refused and reported all the same.
+    let (e2, events) = egress(&[public.target()]);
+    let raw = r#"
+import socket
+for req in [b"GARBAGE\r\n\r\n", b"CONNECT nohost\r\n\r\n", b"CONNECT h:99999 HTTP/1.1\r\n\r\n"]:
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+    s.sendall(req)
+    print(s.recv(100).split(b"\r\n")[0].decode())
+"#;
+    let o = with_egress(&s, &ws, raw, e2).await;
+    assert_eq!(o.matches("400 Bad Request").count(), 3, "{o}");
+    let reasons: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.reason.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("malformed")),
+        "{reasons:?}"
+    );
+
+    // With private ranges allowed by the server, the private host is reached; this host and
+    // loopback still are not.
+    let s = Sandboxes::with_options(
+        env!("CARGO_BIN_EXE_steward").into(),
+        dir.path().join("scratch2"),
+        false,
+        steward_sandbox::Options {
+            egress_private: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (e, _) = egress(&lists);
+    let o = with_egress(&s, &ws, &fetches(&targets), e).await;
+    assert!(o.contains("private private"), "{o}");
+    assert!(!o.contains("reached"), "{o}");
 }
 
 mod common;
@@ -474,6 +587,9 @@ async fn a_run_works_in_its_own_sandbox(b: Backend) {
         "    - toolCalls: [{name: sandbox_read_file, arguments: {path: leak}}]\n",
         "    - toolCalls: [{name: sandbox_write_file, arguments: {path: d/up/tmp/x, content: y}}]\n",
         "    - toolCalls: [{name: sandbox_read_file, arguments: {path: ../../vault.key}}]\n",
+        "    - toolCalls: [{name: sandbox_exec, arguments: {command: \"mkfifo pipe && echo '# more' >> src/hello.py && echo appended\"}}]\n",
+        "    - toolCalls: [{name: sandbox_read_file, arguments: {path: pipe}}]\n",
+        "    - toolCalls: [{name: sandbox_write_file, arguments: {path: pipe, content: y}}]\n",
         "    - content: done\n",
     ))
     .await;
@@ -486,7 +602,7 @@ async fn a_run_works_in_its_own_sandbox(b: Backend) {
         .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
         .map(|e| e["body"].clone())
         .collect();
-    assert_eq!(tools.len(), 7, "{tools:#?}");
+    assert_eq!(tools.len(), 10, "{tools:#?}");
     let exec = &tools[1]["ok"];
     assert_eq!(
         (exec["ended"].as_str(), exec["exit_code"].as_i64()),
@@ -499,7 +615,15 @@ async fn a_run_works_in_its_own_sandbox(b: Backend) {
         "{}",
         tools[2]
     );
-    for (i, why) in [(4, "leak"), (5, "link"), (6, "..")] {
+    // What the server wrote is the sandbox's to change; a FIFO is refused, not waited on.
+    assert_eq!(tools[7]["ok"]["stdout"], "appended\n", "{}", tools[7]);
+    for (i, why) in [
+        (4, "leak"),
+        (5, "link"),
+        (6, ".."),
+        (8, "not a regular file"),
+        (9, "not a regular file"),
+    ] {
         assert!(tools[i].get("error").is_some(), "step {i}: {}", tools[i]);
         assert!(
             tools[i]["error"].to_string().contains(why),
@@ -649,19 +773,7 @@ async fn the_cli_drives_persistent_sandboxes() {
 /// connection — allowed or refused — is in the audit log.
 async fn a_runs_egress_follows_its_manifest_and_is_audited(b: Backend) {
     let s = TestServer::start(b).await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for c in listener.incoming().flatten() {
-            let mut c = c;
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf);
-            let _ = c.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-            );
-        }
-    });
+    let host = common::NetHost::start("hello", false);
     // A wrong entry is refused when applied, naming it.
     let r = reqwest::Client::new()
         .post(format!("{}/api/v1/agents", s.url))
@@ -672,11 +784,12 @@ async fn a_runs_egress_follows_its_manifest_and_is_audited(b: Backend) {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("spec.sandbox"));
 
+    let (ip, port) = (host.ip.clone(), host.port);
     let fetch = |p: u16| {
-        format!("python3 -c \\\"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{p}/', timeout=5).read().decode())\\\"")
+        format!("python3 -c \\\"import urllib.request as u; print(u.urlopen('http://{ip}:{p}/', timeout=5).read().decode())\\\"")
     };
     s.apply(&format!(
-        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: fetcher}}\nspec:\n  model: scripted\n  tools: [sandbox_exec]\n  sandbox: {{egress: [\"127.0.0.1:{port}\"]}}\n  script:\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - content: done\n",
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: fetcher}}\nspec:\n  model: scripted\n  tools: [sandbox_exec]\n  sandbox: {{egress: [\"{ip}:{port}\"]}}\n  script:\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - toolCalls: [{{name: sandbox_exec, arguments: {{command: \"{}\"}}}}]\n    - content: done\n",
         fetch(port),
         fetch(port + 1)
     ))
@@ -708,7 +821,7 @@ async fn a_runs_egress_follows_its_manifest_and_is_audited(b: Backend) {
     .await;
     assert_eq!(egress[0]["decision"], "allow", "{egress:?}");
     assert_eq!(egress[1]["decision"], "deny", "{egress:?}");
-    assert_eq!(egress[1]["resource"], format!("127.0.0.1:{}", port + 1));
+    assert_eq!(egress[1]["resource"], format!("{ip}:{}", port + 1));
     assert_eq!(egress[0]["run_id"], run.as_str());
 }
 both_backends!(
@@ -908,18 +1021,8 @@ both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_sandboxes_take_an_egress_list() {
     let s = TestServer::start(Backend::Sqlite).await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for c in listener.incoming().flatten() {
-            let mut c = c;
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf);
-            let _ =
-                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
-        }
-    });
+    let host = common::NetHost::start("hi", false);
+    let (ip, port) = (host.ip.clone(), host.port);
     let (st, _) = s
         .post(
             "/api/v1/sandboxes",
@@ -930,13 +1033,13 @@ async fn api_sandboxes_take_an_egress_list() {
     let (st, c) = s
         .post(
             "/api/v1/sandboxes",
-            serde_json::json!({"egress": [format!("127.0.0.1:{port}")]}),
+            serde_json::json!({"egress": [format!("{ip}:{port}")]}),
         )
         .await;
     assert_eq!(st, 201, "{c}");
     let id = c["sandboxes"][0].as_str().unwrap().to_string();
     let fetch = |p: u16| {
-        format!("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{p}/', timeout=5).read().decode())\"")
+        format!("python3 -c \"import urllib.request as u; print(u.urlopen('http://{ip}:{p}/', timeout=5).read().decode())\"")
     };
     let (_, ok) = s
         .post(
@@ -1234,4 +1337,352 @@ async fn api_sandboxes_run_code_move_files_and_are_controlled_while_they_run() {
     .await;
     let (st, r) = s.post(&exec, serde_json::json!({"command": "true"})).await;
     assert_eq!((st, r["ended"].as_str()), (200, Some("exit")), "{r}");
+}
+
+/// Root inside is an unprivileged uid outside: what a command writes is that uid's, a set-uid
+/// copy of a shell keeps no set-uid bit on the host (plain and layered workspaces, and the
+/// snapshots made of them), no device node can be made, and the sandboxes' directories are
+/// private to the server.
+#[tokio::test]
+async fn root_inside_is_an_unprivileged_uid_outside() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let scratch = dir.path().join("scratch");
+    let s = sandboxes(&scratch);
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let outside = if me == 0 {
+        steward_sandbox::DEFAULT_HOST_UID
+    } else {
+        me
+    };
+    assert_ne!(outside, 0);
+    let plant = "id -u; cat /proc/self/uid_map; cp /bin/sh suid-sh && chmod 4755 suid-sh; \
+                 mkdir -p d && cp /bin/sh d/sgid-sh && chmod 2755 d/sgid-sh; \
+                 mknod dev-null c 1 3 2>&1; echo mknod=$?; ls -l suid-sh";
+    let r = sh(&s, &ws, plant, Limits::default()).await;
+    let o = out(&r);
+    assert!(o.contains("stdout: 0\n"), "{o}");
+    let words = o.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains(&format!("0 {outside} 1")), "{o}");
+    assert!(
+        o.contains("mknod=1") && !ws.join("dev-null").exists(),
+        "{o}"
+    );
+    // Inside, the bit was set (on a nosuid mount, where it does nothing) …
+    assert!(o.contains("-rwsr-xr-x"), "{o}");
+    // … and outside it is gone, and the file is not root's.
+    for f in ["suid-sh", "d/sgid-sh"] {
+        let m = std::fs::metadata(ws.join(f)).unwrap();
+        assert_eq!(m.uid(), outside, "{f}");
+        assert_eq!(m.mode() & 0o6000, 0, "{f}: mode {:o}", m.mode());
+    }
+    assert_eq!(
+        std::fs::metadata(&scratch).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // A persistent sandbox: its own layer, and the snapshot frozen from it.
+    let store = layers::Store::open(dir.path().join("persistent")).unwrap();
+    store.create("p1", None).unwrap();
+    let o = in_layers(&s, &store, "p1", "cp /bin/sh x && chmod 6755 x && ls -l x").await;
+    assert!(o.contains("-rwsr-sr-x"), "{o}");
+    let upper = store.layered("p1").unwrap().upper;
+    let m = std::fs::metadata(upper.join("x")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o6000), (outside, 0));
+    let snap = store.snapshot("p1").unwrap();
+    store.create("p2", Some(&snap)).unwrap();
+    let o = in_layers(&s, &store, "p2", "chmod 4755 x; stat -c %a x").await;
+    assert!(o.contains("4755"), "{o}");
+    let l = store.layered("p2").unwrap();
+    for layer in &l.lower {
+        if let Ok(m) = std::fs::metadata(layer.join("x")) {
+            assert_eq!(m.mode() & 0o6000, 0, "layer {}", layer.display());
+        }
+    }
+    let m = std::fs::metadata(l.upper.join("x")).unwrap();
+    assert_eq!(m.mode() & 0o6000, 0);
+}
+
+/// A command has no terminal to reach (no `/dev/tty`, its own session, `TIOCSTI` refused), no
+/// descriptor its launcher leaked (a directory left open walks nowhere), and nothing on any
+/// command line that names a host path or a secret.
+#[tokio::test]
+async fn no_terminal_no_leaked_descriptors_no_secrets_on_command_lines() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    // Leaked by "the launcher": the host's root, without close-on-exec.
+    let root = std::fs::File::open("/").unwrap();
+    let leaked = root.as_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on a descriptor this test owns.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::fcntl(leaked, libc::F_SETFD, 0), 0);
+    }
+    let py = format!(
+        r#"
+import os, fcntl, termios, errno
+print("fds", len(os.listdir("/proc/self/fd")))
+try:
+    os.listdir("/proc/self/fd/{leaked}/"); print("walked")
+except OSError as e:
+    print("leak", errno.errorcode[e.errno])
+print("tty", os.path.exists("/dev/tty"))
+print("tty_nr", open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4])
+print("session", os.getsid(0) == os.getppid())
+for fd in (0, 1):
+    try:
+        fcntl.ioctl(fd, termios.TIOCSTI, b"x"); print("sti ok")
+    except OSError as e:
+        print("sti", errno.errorcode[e.errno])
+print("cmdline1", open("/proc/1/cmdline").read().replace("\0", " "))
+"#
+    );
+    std::fs::write(ws.join("t.py"), py).unwrap();
+    let secret = format!("s3cret-{}", uuid::Uuid::new_v4().simple());
+    let run = s.exec(ExecRequest {
+        workspace: ws.clone().into(),
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "python3 t.py; sleep 1".into(),
+        ],
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("TOKEN".into(), secret.clone()),
+        ],
+        stdin: Vec::new(),
+        egress: None,
+        output: None,
+        control: None,
+        limits: Limits::default(),
+    });
+    // While it runs, no host process's command line carries the secret or the spec.
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut seen = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+                let c = String::from_utf8_lossy(&c).to_string();
+                if c.contains(&secret) || c.contains(&dir.path().display().to_string()) {
+                    seen.push(c);
+                }
+            }
+        }
+        seen
+    };
+    let (r, seen) = tokio::join!(run, watch);
+    let r = r.unwrap();
+    drop(root);
+    assert!(seen.is_empty(), "{seen:?}");
+    let o = out(&r);
+    // 0, 1, 2 and the listing's own.
+    assert!(o.contains("fds 4"), "{o}");
+    assert!(o.contains("cmdline1 steward-sandbox __sandbox-init"), "{o}");
+    assert!(o.contains("leak ENOENT"), "{o}");
+    assert!(o.contains("tty False") && o.contains("tty_nr 0"), "{o}");
+    assert!(o.contains("session True"), "{o}");
+    assert_eq!(o.matches("sti EPERM").count(), 2, "{o}");
+    assert!(!o.contains(&dir.path().display().to_string()), "{o}");
+}
+
+/// `/proc` shows its own processes but not the kernel's knobs: masked paths read as empty,
+/// the rest is read-only; AF_VSOCK sockets and io_uring are refused unless a setting opts in.
+#[tokio::test]
+async fn proc_knobs_vsock_and_io_uring_are_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = sandboxes(&dir.path().join("scratch"));
+    let script = r#"
+for f in kcore kpageflags kpagecount slabinfo timer_list vmallocinfo keys sched_debug kallsyms sysrq-trigger; do
+  test -e /proc/$f || continue
+  printf '%s=%s\n' $f "$(cat /proc/$f 2>/dev/null | wc -c)"
+done
+for f in /proc/sys/kernel/hostname /proc/sysrq-trigger /proc/irq/default_smp_affinity; do
+  test -e $f && { echo 1 > $f 2>/dev/null && echo "wrote $f" || echo "refused $f"; }
+done
+grep -c ' /proc/\(sys\|irq\|bus\|fs\) ro,' /proc/self/mountinfo | sed 's/^/ro-mounts=/'
+"#;
+    let r = sh(&s, &ws, script, Limits::default()).await;
+    let o = out(&r);
+    assert!(
+        o.contains("kpageflags=0") && o.contains("slabinfo=0"),
+        "{o}"
+    );
+    for line in o
+        .lines()
+        .filter(|l| l.contains('=') && !l.starts_with("ro-"))
+    {
+        assert!(line.ends_with("=0"), "{line}: {o}");
+    }
+    assert!(!o.contains("wrote"), "{o}");
+    assert!(o.contains("refused /proc/sys/kernel/hostname"), "{o}");
+    let ro: u32 = o
+        .lines()
+        .find_map(|l| l.strip_prefix("ro-mounts="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ro >= 2, "{o}");
+
+    let py = r#"
+import ctypes, errno, socket
+try:
+    socket.socket(40, socket.SOCK_STREAM); print("vsock ok")
+except OSError as e:
+    print("vsock", errno.errorcode[e.errno])
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+r = libc.syscall(425, 4, params)
+print("io_uring", "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+    std::fs::write(ws.join("p.py"), py).unwrap();
+    let r = sh(&s, &ws, "python3 p.py", Limits::default()).await;
+    let o = out(&r);
+    assert!(o.contains("vsock EPERM"), "{o}");
+    assert!(o.contains("io_uring EPERM"), "{o}");
+    // Opted in, io_uring is the kernel's to allow (it may still refuse it for other reasons).
+    let s = Sandboxes::with_options(
+        env!("CARGO_BIN_EXE_steward").into(),
+        dir.path().join("scratch2"),
+        false,
+        steward_sandbox::Options {
+            allow_io_uring: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = sh(&s, &ws, "python3 p.py", Limits::default()).await;
+    assert!(!out(&r).contains("io_uring EPERM"), "{}", out(&r));
+}
+
+/// Many empty files meet the workspace's file quota, and /tmp's; all sandboxes together meet
+/// the server's caps: more commands than it runs at once wait, then are refused (`Busy`), and
+/// processes of every sandbox together stop at the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_counts_and_totals_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let s = Sandboxes::with_options(
+        env!("CARGO_BIN_EXE_steward").into(),
+        dir.path().join("scratch"),
+        false,
+        steward_sandbox::Options {
+            max_concurrent: 1,
+            queue_wait: Duration::from_millis(300),
+            total_pids: Some(40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = sh(
+        &s,
+        &ws,
+        "i=0; while [ $i -lt 20000 ]; do : > f$i; i=$((i+1)); done; echo finished",
+        Limits {
+            workspace_inodes: Some(500),
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.ended, Ended::DiskQuota, "{}", out(&r));
+    assert!(std::fs::read_dir(&ws).unwrap().count() < 20000);
+    std::fs::remove_dir_all(&ws).unwrap();
+    std::fs::create_dir(&ws).unwrap();
+    let r = sh(
+        &s,
+        &ws,
+        "i=0; while [ $i -lt 300 ]; do touch /tmp/f$i 2>/dev/null || break; i=$((i+1)); done; echo made=$i",
+        Limits {
+            tmp_inodes: 100,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let made: u32 = String::from_utf8_lossy(&r.stdout)
+        .trim()
+        .strip_prefix("made=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(made < 100, "{}", out(&r));
+
+    // Every slot taken: the next command waits, then is refused.
+    let long = sh(&s, &ws, "sleep 2", Limits::default());
+    let next = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.exec(ExecRequest {
+            workspace: ws.clone().into(),
+            argv: vec!["true".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: Vec::new(),
+            egress: None,
+            output: None,
+            control: None,
+            limits: Limits::default(),
+        })
+        .await
+    };
+    let (_, refused) = tokio::join!(long, next);
+    assert!(
+        matches!(refused, Err(steward_sandbox::Error::Busy(_))),
+        "{refused:?}"
+    );
+    // 100 processes asked for, each sandbox allowed 128: the total of 40 holds.
+    std::fs::write(
+        ws.join("many.py"),
+        "import subprocess\nok = 0\nfor i in range(100):\n    try:\n        subprocess.Popen(['sleep', '3']); ok += 1\n    except OSError:\n        pass\nprint(ok)\n",
+    )
+    .unwrap();
+    let r = sh(&s, &ws, "python3 many.py", Limits::default()).await;
+    let started: u32 = String::from_utf8_lossy(&r.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(started > 0 && started < 40, "{}", out(&r));
+}
+
+/// `kill -9` of the server ends what its sandboxes run: nothing goes on writing to the
+/// workspace, and nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_takes_its_sandboxes_with_it() {
+    let mut s = TestServer::start(Backend::Sqlite).await;
+    let (st, c) = s.post("/api/v1/sandboxes", serde_json::json!({})).await;
+    assert_eq!(st, 201, "{c}");
+    let id = c["sandboxes"][0].as_str().unwrap().to_string();
+    let marker = format!("m{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/api/v1/sandboxes/{id}/exec", s.url);
+    let command = format!("{marker}=1; while true; do date +%s%N >> ticks; sleep 0.05; done");
+    let http = s.http.clone();
+    tokio::spawn(async move {
+        let _ = http
+            .post(url)
+            .json(&serde_json::json!({"command": command}))
+            .send()
+            .await;
+    });
+    let running = |m: &str| {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(m))
+            .count()
+    };
+    common::eventually("the command runs", || async {
+        (running(&marker) > 0).then_some(())
+    })
+    .await;
+    s.kill9();
+    common::eventually("nothing of it is left running", || async {
+        (running(&marker) == 0).then_some(())
+    })
+    .await;
 }

@@ -471,3 +471,116 @@ pub async fn audit_records(s: &TestServer) -> Vec<Value> {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone())
         .collect()
 }
+
+/// A host of the tests' own, as a sandbox's egress sees one: an HTTP server in a network
+/// namespace of its own, reached over a veth pair — an address that is neither loopback nor
+/// one of this host's (which egress never reaches). Public-looking (TEST-NET-2,
+/// 198.51.100.0/24) or private (10.0.0.0/8). Removed when dropped.
+pub struct NetHost {
+    /// Its address, and the address of this host's end of the link.
+    pub ip: String,
+    pub host_side: String,
+    /// Where its server answers `body` to any request.
+    pub port: u16,
+    ns: String,
+    server: Child,
+}
+
+impl NetHost {
+    pub fn start(body: &str, private: bool) -> NetHost {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let k = (std::process::id() * 7 + n) % 60 + 1;
+        let ns = format!("stw{}n{n}", std::process::id());
+        let (outside, inside) = (
+            format!("sw{k}o{}", std::process::id() % 1000),
+            format!("sw{k}i{}", std::process::id() % 1000),
+        );
+        let net = |last: u32| {
+            if private {
+                format!("10.231.{k}.{last}")
+            } else {
+                format!("198.51.100.{}", k * 4 + last - 1)
+            }
+        };
+        let (host_side, ip) = (net(1), net(2));
+        let ip_cmd = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("iproute2's ip");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &outside]).output();
+        ip_cmd(&["netns", "add", &ns]);
+        ip_cmd(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+        ]);
+        ip_cmd(&["link", "set", &inside, "netns", &ns]);
+        ip_cmd(&["addr", "add", &format!("{host_side}/30"), "dev", &outside]);
+        ip_cmd(&["link", "set", &outside, "up"]);
+        ip_cmd(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/30"),
+            "dev",
+            &inside,
+        ]);
+        ip_cmd(&["-n", &ns, "link", "set", &inside, "up"]);
+        ip_cmd(&["-n", &ns, "link", "set", "lo", "up"]);
+        let port = 8080;
+        let script = r#"
+import http.server, sys
+body = sys.argv[2].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", str(len(body)))
+        self.send_header("connection", "close"); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer((sys.argv[1], 8080), H)
+print("ready", flush=True)
+s.serve_forever()
+"#;
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", script, &ip, body])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 in the namespace");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the namespace's server did not start");
+        NetHost {
+            ip,
+            host_side,
+            port,
+            ns,
+            server,
+        }
+    }
+
+    /// `host:port` of its server.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+impl Drop for NetHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // The namespace takes its end of the pair with it, and the pair this host's end.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
