@@ -58,6 +58,9 @@ impl Layers {
         if !self.proc_masked {
             m.push("masked /proc");
         }
+        if nix::unistd::geteuid().is_root() && !self.root_unprivileged {
+            m.push("root inside mapped to an unprivileged host uid");
+        }
         if !self.pid_namespace {
             m.push("pid namespace");
         }

@@ -302,6 +302,16 @@ async fn the_probe_reports_what_is_in_force() {
     let layers = steward_sandbox::probe(&s, &ws).await;
     assert!(layers.missing().is_empty(), "{layers:?}");
     assert!(layers.cgroup.is_some());
+    // Each containment layer is reported as the trial command saw it.
+    assert!(layers.capabilities_dropped && layers.no_terminal && layers.proc_masked);
+    let me = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    if me.unwrap() == 0 {
+        assert_eq!(layers.root_maps_to, Some(steward_sandbox::DEFAULT_HOST_UID));
+        assert!(layers.root_unprivileged, "{layers:?}");
+    }
 }
 
 async fn in_layers(s: &Sandboxes, store: &layers::Store, id: &str, script: &str) -> String {
