@@ -2,7 +2,12 @@
 //! each attempt to get out is contained, and reported as what it was. Reading host files,
 //! writing the system, seeing host processes, reaching the network (loopback included),
 //! a fork bomb, a memory bomb, filling /tmp past its size or the workspace past its quota,
-//! ptrace, mount, a set-uid program, killing a process outside, and a command that never ends.
+//! ptrace, mount, a set-uid program, killing a process outside, and a command that never ends;
+//! root inside being root outside (set-uid copies left for the host), the operator's terminal,
+//! descriptors leaked by the launcher, secrets and host paths on command lines, the kernel's
+//! knobs in /proc, vsock and io_uring, empty files past an inode quota, every sandbox together
+//! past the server's caps, FIFOs handed to the file tools, egress toward the control plane or
+//! this host, and sandboxes outliving a killed server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
