@@ -16,10 +16,15 @@ use std::time::Duration;
 use steward_sandbox::{layers, Ended, ExecRequest, ExecResult, Limits, Sandboxes, Workspace};
 
 fn sandboxes(scratch: &Path) -> Sandboxes {
-    Sandboxes::new(
+    sandboxes_with(scratch, steward_sandbox::Options::default())
+}
+
+fn sandboxes_with(scratch: &Path, options: steward_sandbox::Options) -> Sandboxes {
+    Sandboxes::with_options(
         env!("CARGO_BIN_EXE_steward").into(),
         scratch.to_path_buf(),
         false,
+        options,
     )
     .expect("this host has the cgroups sandboxes need")
 }
@@ -567,16 +572,13 @@ for req in [b"GARBAGE\r\n\r\n", b"CONNECT nohost\r\n\r\n", b"CONNECT h:99999 HTT
 
     // With private ranges allowed by the server, the private host is reached; this host and
     // loopback still are not.
-    let s = Sandboxes::with_options(
-        env!("CARGO_BIN_EXE_steward").into(),
-        dir.path().join("scratch2"),
-        false,
+    let s = sandboxes_with(
+        &dir.path().join("scratch2"),
         steward_sandbox::Options {
             egress_private: true,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let (e, _) = egress(&lists);
     let o = with_egress(&s, &ws, &fetches(&targets), e).await;
     assert!(o.contains("private private"), "{o}");
@@ -1563,16 +1565,13 @@ print("io_uring", "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
     assert!(o.contains("vsock EPERM"), "{o}");
     assert!(o.contains("io_uring EPERM"), "{o}");
     // Opted in, io_uring is the kernel's to allow (it may still refuse it for other reasons).
-    let s = Sandboxes::with_options(
-        env!("CARGO_BIN_EXE_steward").into(),
-        dir.path().join("scratch2"),
-        false,
+    let s = sandboxes_with(
+        &dir.path().join("scratch2"),
         steward_sandbox::Options {
             allow_io_uring: true,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let r = sh(&s, &ws, "python3 p.py", Limits::default()).await;
     assert!(!out(&r).contains("io_uring EPERM"), "{}", out(&r));
 }
@@ -1585,18 +1584,15 @@ async fn file_counts_and_totals_are_capped() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
-    let s = Sandboxes::with_options(
-        env!("CARGO_BIN_EXE_steward").into(),
-        dir.path().join("scratch"),
-        false,
+    let s = sandboxes_with(
+        &dir.path().join("scratch"),
         steward_sandbox::Options {
             max_concurrent: 1,
             queue_wait: Duration::from_millis(300),
             total_pids: Some(40),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let r = sh(
         &s,
         &ws,
