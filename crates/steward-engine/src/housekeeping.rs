@@ -102,23 +102,20 @@ pub(crate) async fn share_breakers(
     }
 }
 
-/// Puts a stored policy set in force here, unless it is already.
+/// Puts a stored policy set in force here, unless it is already. A stored set is taken as it
+/// was stored (it passed every check then); one that no longer parses is an error, and the
+/// caller decides: at start the server refuses to start, later the set in force stays.
 pub(crate) fn apply_policy_set(
     policies: &steward_gov::Policies,
     rec: &steward_store::PolicySetRecord,
-) {
+) -> Result<(), steward_gov::PolicyError> {
     if policies.active().hash == rec.hash {
-        return;
+        return Ok(());
     }
-    match policies.check(&rec.text) {
-        Ok(checked) => {
-            tracing::info!(version = rec.version, hash = %rec.hash, "policy set in force");
-            policies.activate(checked);
-        }
-        Err(e) => {
-            tracing::error!(version = rec.version, error = %e, "the stored policy set no longer validates; the active set stays")
-        }
-    }
+    let loaded = policies.load(&rec.text)?;
+    tracing::info!(version = rec.version, hash = %rec.hash, "policy set in force");
+    policies.activate(loaded);
+    Ok(())
 }
 
 /// Follows the database's latest policy set and the vault's secrets, so a set put in force or
@@ -142,7 +139,11 @@ pub(crate) async fn follow_policies(
             }
         }
         match store.latest_policy_set().await {
-            Ok(Some(rec)) => apply_policy_set(&policies, &rec),
+            Ok(Some(rec)) => {
+                if let Err(e) = apply_policy_set(&policies, &rec) {
+                    tracing::error!(version = rec.version, error = %e, "the stored policy set does not load here; the set in force stays");
+                }
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the policy set in force"),
         }

@@ -14,6 +14,6 @@ pub mod verify;
 
 pub use audit_key::AuditKey;
 pub use delegation::{Delegator, Scope};
-pub use policy::{Decision, Policies, Query};
+pub use policy::{Decision, Policies, PolicyError, Query};
 pub use record::AuditRecord;
 pub use verify::{verify_log, Problem, Report};

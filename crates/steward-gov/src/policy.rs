@@ -49,7 +49,15 @@ namespace Steward {
   action "memory.read", "memory.write" appliesTo { principal: [Agent, Run], resource: [Namespace], context: Ctx };
   action "spend" appliesTo { principal: [Agent, Run], resource: [Account], context: Ctx };
   action "message.send" appliesTo { principal: [Agent, Run], resource: [Mailbox], context: Ctx };
-  action "secret.use" appliesTo { principal: [Agent, Run], resource: [Secret], context: Ctx };
+  type SecretCtx = {
+    "cost_nanos": Long,
+    "time_ms": Long,
+    "chain": Set<String>,
+    "on_behalf_of": String,
+    "destination": String,
+  };
+  action "secret.use" appliesTo { principal: [Agent, Run], resource: [Secret], context: SecretCtx };
+  action "agent.delegate" appliesTo { principal: [Agent, Run], resource: [Agent], context: Ctx };
   action "task.enqueue", "task.lease" appliesTo { principal: [Agent, Run], resource: [Queue], context: Ctx };
   action "policy.update" appliesTo { principal: [Admin], resource: [PolicySet], context: Ctx };
 }
@@ -64,10 +72,11 @@ const ADMIN_POLICY_ID: &str = "steward-admins-update-policies";
 pub const ADMIN: &str = "admin";
 
 /// In force until policies are configured: agents may call models and the tools their
-/// manifests list (the Kernel checks the list before asking), and start other agents.
+/// manifests list (the Kernel checks the list before asking), start other agents and
+/// delegate to them (never more than they hold). Secrets are used only where a policy says so.
 pub const DEFAULT_POLICIES: &str = r#"
 @id("default-allow-models-and-listed-tools")
-permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec"], resource);
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec", Steward::Action::"agent.delegate"], resource);
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +183,8 @@ pub struct Query<'a> {
     pub owner: Option<&'a str>,
     /// The owner on whose behalf the chain acts (that of the agent that began it).
     pub on_behalf_of: Option<&'a str>,
+    /// For `secret.use`: where the secret is going (a host name, or `sandbox`).
+    pub destination: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +213,7 @@ impl Policies {
     pub fn new(text: Option<&str>) -> Result<Self, PolicyError> {
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
             .map_err(|e| PolicyError::Internal(format!("the built-in schema: {e}")))?;
-        let first = compile(&schema, text.unwrap_or(DEFAULT_POLICIES))?;
+        let first = compile(&schema, text.unwrap_or(DEFAULT_POLICIES), Guard::Admins)?;
         Ok(Policies {
             names: Names::new().map_err(PolicyError::Internal)?,
             schema,
@@ -211,9 +222,17 @@ impl Policies {
         })
     }
 
-    /// Checks `text` without putting it in force.
+    /// Checks `text` without putting it in force: it parses, matches the schema, and can never
+    /// stop the administrators from updating policies, at any time.
     pub fn check(&self, text: &str) -> Result<PolicySetVersion, PolicyError> {
-        compile(&self.schema, text)
+        compile(&self.schema, text, Guard::Admins)
+    }
+
+    /// Checks a set that was stored after passing [`Policies::check`]: it must still parse and
+    /// match the schema, and is taken as it is — a stored set is never swapped for a more
+    /// permissive one because some check gives a different answer today.
+    pub fn load(&self, text: &str) -> Result<PolicySetVersion, PolicyError> {
+        compile(&self.schema, text, Guard::None)
     }
 
     /// Puts a checked set in force.
@@ -278,7 +297,7 @@ impl Policies {
             Ok(s) => s,
             Err(e) => return deny(e),
         };
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "cost_nanos".to_string(),
                 RestrictedExpression::new_long(q.cost_nanos),
@@ -299,8 +318,14 @@ impl Policies {
                 "on_behalf_of".to_string(),
                 RestrictedExpression::new_string(q.on_behalf_of.unwrap_or_default().to_string()),
             ),
-        ]);
-        let context = match context {
+        ];
+        if action_name == "secret.use" {
+            pairs.push((
+                "destination".to_string(),
+                RestrictedExpression::new_string(q.destination.unwrap_or_default().to_string()),
+            ));
+        }
+        let context = match Context::from_pairs(pairs) {
             Ok(c) => c,
             Err(e) => return deny(e.to_string()),
         };
@@ -351,6 +376,7 @@ const AGENT_ACTIONS: &[(&str, &str)] = &[
     ("spend", "Steward::Account"),
     ("message.send", "Steward::Mailbox"),
     ("secret.use", "Steward::Secret"),
+    ("agent.delegate", "Steward::Agent"),
     ("task.enqueue", "Steward::Queue"),
     ("task.lease", "Steward::Queue"),
 ];
@@ -446,7 +472,56 @@ fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
-fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError> {
+/// Whether [`compile`] refuses a set that could stop the administrators.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    Admins,
+    None,
+}
+
+/// Deepest nesting of brackets, `if`s and unary operators a policy text may have. Cedar's
+/// parser recurses on nesting; real policies stay far below this.
+pub const MAX_NESTING: usize = 48;
+
+/// Most operators one policy may have. A chain of operators is a tree as deep as it is long,
+/// and Cedar evaluates it recursively on whatever thread decides: a policy it could not
+/// evaluate there would be skipped, and a skipped forbid is a permit.
+pub const MAX_OPERATORS: usize = 256;
+
+/// Stack for parsing and validating a policy set, whatever thread asked: with nesting bounded,
+/// far more than the parser needs.
+const COMPILE_STACK: usize = 32 * 1024 * 1024;
+
+/// Parses, validates and (with [`Guard::Admins`]) checks a set on a thread with a known stack,
+/// after bounding its nesting: a hostile text is an error, never a crashed server.
+fn compile(schema: &Schema, text: &str, guard: Guard) -> Result<PolicySetVersion, PolicyError> {
+    let depth = nesting_depth(text);
+    if depth > MAX_NESTING {
+        return Err(PolicyError::Parse(format!(
+            "the policies nest {depth} levels deep (brackets, `if`s and unary operators); at most {MAX_NESTING} are accepted"
+        )));
+    }
+    let operators = most_operators(text);
+    if operators > MAX_OPERATORS {
+        return Err(PolicyError::Parse(format!(
+            "a policy has {operators} operators; at most {MAX_OPERATORS} are accepted in one policy (split it, or test membership with `in [..]` or `.contains(..)`)"
+        )));
+    }
+    let (schema, owned) = (schema.clone(), text.to_string());
+    std::thread::Builder::new()
+        .name("policy-compile".into())
+        .stack_size(COMPILE_STACK)
+        .spawn(move || compile_here(&schema, &owned, guard))
+        .map_err(|e| PolicyError::Internal(format!("cannot start the policy checker: {e}")))?
+        .join()
+        .map_err(|_| PolicyError::Internal("the policy checker failed".into()))?
+}
+
+fn compile_here(
+    schema: &Schema,
+    text: &str,
+    guard: Guard,
+) -> Result<PolicySetVersion, PolicyError> {
     let mut set = PolicySet::from_str(text).map_err(|e| {
         let all: Vec<String> = e.iter().map(|d| d.to_string()).collect();
         PolicyError::Parse(all.join("; "))
@@ -460,15 +535,8 @@ fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError>
         let all: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
         return Err(PolicyError::Invalid(all.join("; ")));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    if let Err(by) = admins_may_update(&set, now) {
-        return Err(PolicyError::LocksOutAdmins(if by.is_empty() {
-            "nothing permits it".into()
-        } else {
-            format!("forbidden by {}", by.join(", "))
-        }));
+    if guard == Guard::Admins {
+        admins_never_locked_out(&set)?;
     }
     Ok(PolicySetVersion {
         slices: Mutex::new(HashMap::new()),
@@ -479,6 +547,197 @@ fn compile(schema: &Schema, text: &str) -> Result<PolicySetVersion, PolicyError>
         text: text.to_string(),
         set,
     })
+}
+
+/// Whether `set` lets the administrators update policies at every moment, not only now. An
+/// administrator's request is the same every time except for `context.time_ms`, so a forbid
+/// that can catch it either reads the time — refused, since it may catch them later — or
+/// gives the same answer always, which one evaluation finds.
+fn admins_never_locked_out(set: &PolicySet) -> Result<(), PolicyError> {
+    let timed: Vec<String> = set
+        .policies()
+        .filter(|p| p.effect() == cedar_policy::Effect::Forbid && may_catch_admins(p))
+        .filter(|p| reads_the_time(p))
+        .map(|p| {
+            p.annotation("id")
+                .map_or_else(|| p.id().to_string(), str::to_string)
+        })
+        .collect();
+    if !timed.is_empty() {
+        return Err(PolicyError::LocksOutAdmins(format!(
+            "{} depend on the time and could apply to Steward::Admin at some moment (scope them with `principal is Steward::Agent`, or to other actions)",
+            timed.join(", ")
+        )));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    admins_may_update(set, now).map_err(|by| {
+        PolicyError::LocksOutAdmins(if by.is_empty() {
+            "nothing permits it".into()
+        } else {
+            format!("forbidden by {}", by.join(", "))
+        })
+    })
+}
+
+/// Whether `p`'s scope takes in the administrator updating the policy set.
+fn may_catch_admins(p: &Policy) -> bool {
+    let is = |t: &EntityTypeName, name: &str| t.to_string() == name;
+    let admin = |u: &EntityUid| is(u.type_name(), "Steward::Admin") && u.id().unescaped() == ADMIN;
+    let principal = match p.principal_constraint() {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Is(t) => is(&t, "Steward::Admin"),
+        PrincipalConstraint::Eq(u) | PrincipalConstraint::In(u) => admin(&u),
+        PrincipalConstraint::IsIn(t, u) => is(&t, "Steward::Admin") && admin(&u),
+    };
+    let update = |a: &EntityUid| a.id().unescaped() == "policy.update";
+    let action = match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => update(&a),
+        ActionConstraint::In(list) => list.iter().any(update),
+    };
+    let set = |u: &EntityUid| is(u.type_name(), "Steward::PolicySet");
+    let resource = match p.resource_constraint() {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Is(t) => is(&t, "Steward::PolicySet"),
+        ResourceConstraint::Eq(u) | ResourceConstraint::In(u) | ResourceConstraint::IsIn(_, u) => {
+            set(&u)
+        }
+    };
+    principal && action && resource
+}
+
+/// Whether `p`'s conditions can read `context.time_ms`. Cedar has no computed attribute names,
+/// so any access names it; read from the policy's JSON form, where escapes are already undone.
+/// A policy that cannot be shown as JSON counts as reading it.
+fn reads_the_time(p: &Policy) -> bool {
+    p.to_json()
+        .map_or(true, |j| j.to_string().contains("time_ms"))
+}
+
+/// How deeply `text` nests: brackets, plus every `if` and unary `!`/`-` inside a bracket
+/// (counted as if each opened a level until the bracket closes, which over-counts, never
+/// under). Strings and `//` comments are skipped.
+pub fn nesting_depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    // Per open bracket: the `if`s and unary operators seen inside it.
+    let mut levels: Vec<usize> = vec![0];
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut prev_operand = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                prev_operand = true;
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                levels.push(0);
+                depth += 1;
+                prev_operand = false;
+            }
+            b')' | b']' | b'}' => {
+                if levels.len() > 1 {
+                    depth -= 1 + levels.pop().unwrap_or(0);
+                }
+                prev_operand = true;
+            }
+            b'!' if b.get(i + 1) != Some(&b'=') => {
+                bump(&mut levels, &mut depth);
+                prev_operand = false;
+            }
+            b'-' if !prev_operand => {
+                bump(&mut levels, &mut depth);
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                let word = &b[start..i];
+                if word == b"if" {
+                    bump(&mut levels, &mut depth);
+                }
+                prev_operand = !matches!(
+                    word,
+                    b"if" | b"then" | b"else" | b"in" | b"has" | b"like" | b"is"
+                );
+                max = max.max(depth);
+                continue;
+            }
+            c if c.is_ascii_whitespace() => {}
+            _ => prev_operand = false,
+        }
+        max = max.max(depth);
+        i += 1;
+    }
+    max
+}
+
+/// The most operators (comparisons, arithmetic, `&&`, `||`, `.`, `in`, `has`, `like`, `is`,
+/// `if`) in any one policy of `text` (policies end at a `;` outside brackets). Strings and
+/// comments are skipped.
+pub fn most_operators(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut count, mut max, mut depth) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b';' if depth == 0 => count = 0,
+            b'&' | b'|' | b'=' if b.get(i + 1) == Some(&b[i]) => {
+                count += 1;
+                i += 1;
+            }
+            b'!' | b'<' | b'>' | b'+' | b'-' | b'*' | b'.' => count += 1,
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(&b[start..i], b"in" | b"has" | b"like" | b"is" | b"if") {
+                    count += 1;
+                }
+                max = max.max(count);
+                continue;
+            }
+            _ => {}
+        }
+        max = max.max(count);
+        i += 1;
+    }
+    max
+}
+
+fn bump(levels: &mut [usize], depth: &mut usize) {
+    if let Some(l) = levels.last_mut() {
+        *l += 1;
+    }
+    *depth += 1;
 }
 
 #[cfg(test)]
@@ -496,6 +755,7 @@ mod tests {
             chain: &[],
             owner: Some("alice"),
             on_behalf_of: Some("alice"),
+            destination: None,
         }
     }
 
@@ -644,5 +904,109 @@ mod tests {
         assert!(matches!(e, PolicyError::Invalid(_)), "{e}");
         assert!(e.to_string().contains("Wizard"), "{e}");
         assert_eq!(p.active().hash, before);
+    }
+
+    #[test]
+    fn a_forbid_that_could_catch_administrators_at_some_time_is_refused() {
+        let p = Policies::new(None).unwrap();
+        let soon = 4_102_444_800_000i64; // 2100: "now" passes, a later moment would not
+        for text in [
+            format!("@id(\"bomb\") forbid (principal, action, resource) when {{ context.time_ms > {soon} }};"),
+            format!("@id(\"bomb\") forbid (principal, action, resource) unless {{ context.time_ms < {soon} }};"),
+            format!("@id(\"bomb\") forbid (principal is Steward::Admin, action, resource) when {{ context[\"time\\u{{5f}}ms\"] > {soon} }};"),
+            format!("@id(\"bomb\") forbid (principal, action == Steward::Action::\"policy.update\", resource) when {{ context.time_ms * 2 > {soon} }};"),
+            format!("@id(\"bomb\") forbid (principal, action, resource == Steward::PolicySet::\"active\") when {{ context == {{\"cost_nanos\": 0, \"time_ms\": {soon}, \"chain\": [\"admin:admin\"], \"on_behalf_of\": \"\"}} }};"),
+        ] {
+            let e = p.check(&text).unwrap_err();
+            assert!(matches!(e, PolicyError::LocksOutAdmins(_)), "{text}: {e}");
+            assert!(e.to_string().contains("bomb"), "{e}");
+        }
+        // Time windows that cannot reach administrators are fine.
+        for text in [
+            format!("forbid (principal is Steward::Agent, action, resource) when {{ context.time_ms > {soon} }};"),
+            format!("forbid (principal, action == Steward::Action::\"llm.call\", resource) when {{ context.time_ms > {soon} }};"),
+            format!("forbid (principal, action, resource is Steward::Model) when {{ context.time_ms > {soon} }};"),
+            // Conditions that never read the time are decided by one evaluation.
+            "forbid (principal, action, resource) when { context.cost_nanos > 5 };".to_string(),
+        ] {
+            p.check(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn deeply_nested_policies_are_refused_not_crashed_on() {
+        let p = Policies::new(None).unwrap();
+        let wrap = |open: &str, close: &str, n: usize| {
+            format!(
+                "permit (principal, action, resource) when {{ {}true{} }};",
+                open.repeat(n),
+                close.repeat(n)
+            )
+        };
+        let ifs = format!(
+            "permit (principal, action, resource) when {{ {}true }};",
+            "if true then ".repeat(400) + "true" + &" else false".repeat(400)
+        );
+        for text in [
+            wrap("(", ")", 150),
+            wrap("(", ")", 100_000),
+            wrap("[", "].contains(true)", 300),
+            wrap("!", "", 5_000),
+            wrap("-", " == 0", 5_000),
+            ifs,
+        ] {
+            let e = p.check(&text).unwrap_err();
+            assert!(matches!(e, PolicyError::Parse(_)), "{e}");
+        }
+        // Shallow nesting, strings and comments full of brackets are fine.
+        p.check(&wrap("(", ")", 20)).unwrap();
+        p.check(
+            "// ((((((((((((((((((((((((((((((((((((((((((((((((((((((\n\
+             permit (principal, action, resource) when { \"((((((((((((((((((((((((((((((((((((((((((((((((((((\" != \"\" };",
+        )
+        .unwrap();
+        // A chain too long to evaluate on an ordinary thread is refused…
+        let chain = |n: usize| {
+            format!(
+                "permit (principal, action == Steward::Action::\"llm.call\", resource) when {{ {} }};",
+                vec!["true"; n].join(" && ")
+            )
+        };
+        let e = p.check(&chain(2_000)).unwrap_err();
+        assert!(e.to_string().contains("operators"), "{e}");
+        // …and the longest accepted decides on one.
+        p.activate(p.check(&chain(MAX_OPERATORS)).unwrap());
+        let d = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024) // a Tokio worker's
+            .spawn(move || p.decide(&q("a", "llm.call", "m", 0)).allow)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(d);
+    }
+
+    #[test]
+    fn a_stored_set_loads_as_it_is() {
+        let p = Policies::new(None).unwrap();
+        // A set that would no longer pass the guard is still loaded as stored, never replaced.
+        let text = "@id(\"freeze\") forbid (principal, action, resource);";
+        assert!(p.check(text).is_err());
+        let loaded = p.load(text).unwrap();
+        p.activate(loaded);
+        assert!(!p.decide(&q("a", "llm.call", "m", 0)).allow);
+        assert!(p.load("permit (principal, action, resource").is_err());
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings_and_comments() {
+        assert_eq!(nesting_depth("permit (principal, action, resource);"), 1);
+        assert_eq!(nesting_depth("when { ((x)) }"), 3);
+        assert_eq!(nesting_depth("when { \"(((\" }"), 1);
+        assert_eq!(nesting_depth("// (((\nwhen { x }"), 1);
+        assert_eq!(
+            nesting_depth("when { if a then if b then c else d else e }"),
+            3
+        );
+        assert_eq!(nesting_depth("when { a - b > -1 }"), 2);
     }
 }

@@ -160,6 +160,7 @@ fn decisions(n: usize) -> anyhow::Result<(f64, f64, f64)> {
             chain: &chain,
             owner: Some("team-a"),
             on_behalf_of: Some("team-a"),
+            destination: None,
         });
         samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
         allowed += usize::from(d.allow);

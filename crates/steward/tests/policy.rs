@@ -236,3 +236,356 @@ both_backends!(
     spawning_is_decided_on_the_agent_spawned,
     spawning_is_decided_on_the_agent_spawned
 );
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn gateway_server(b: Backend, extra: &[(&str, &str)]) -> TestServer {
+    let upstream = common::ok_upstream().await;
+    let mut env = vec![
+        ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+        ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", upstream.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start_with(b, &env).await
+}
+
+async fn chat(s: &TestServer, key: &str, model: &str) -> (u16, Value) {
+    s.post_as(
+        key,
+        "/v1/chat/completions",
+        json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+}
+
+async fn key_for(s: &TestServer, agent: &str) -> String {
+    let (st, k) = s.post("/api/v1/keys", json!({"agent": agent})).await;
+    assert_eq!(st, 201, "{k}");
+    k["key"].as_str().unwrap().to_string()
+}
+
+/// A stored set is the set in force after a restart, exactly as stored — a time window that
+/// began while the server ran still forbids after it restarts — and never the permissive
+/// default in its place.
+async fn a_stored_set_is_in_force_after_a_restart(b: Backend) {
+    let mut s = gateway_server(b, &[]).await;
+    let key = key_for(&s, "worker").await;
+    let from = now_ms() + 1_500;
+    let text = format!(
+        "@id(\"models\") permit (principal, action == Steward::Action::\"llm.call\", resource);\n\
+         @id(\"maintenance-window\") forbid (principal is Steward::Agent, action, resource) when {{ context.time_ms > {from} }};\n"
+    );
+    let (st, e) = put(&s, &text).await;
+    assert_eq!(st, 200, "{e}");
+    let (_, before) = s.get("/api/v1/policies").await;
+    assert_eq!(chat(&s, &key, "mock/m").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (from - now_ms()).max(0) as u64 + 100,
+    ))
+    .await;
+    let (st, e) = chat(&s, &key, "mock/m").await;
+    assert_eq!(st, 403, "{e}");
+    for _ in 0..2 {
+        s.kill9();
+        s.spawn();
+        let (st, e) = chat(&s, &key, "mock/m").await;
+        assert_eq!(st, 403, "the window still forbids after a restart: {e}");
+        assert!(e.to_string().contains("maintenance-window"), "{e}");
+        let (_, after) = s.get("/api/v1/policies").await;
+        assert_eq!(after["version"], before["version"], "{after}");
+        assert_eq!(after["hash"], before["hash"], "{after}");
+        assert_ne!(after["version"], 0);
+    }
+}
+both_backends!(
+    a_stored_set_is_in_force_after_a_restart,
+    a_stored_set_is_in_force_after_a_restart
+);
+
+/// A set stored by an earlier build that this one cannot load stops the server at start, with
+/// the reason — it never starts on the default instead. One an earlier guard let through (an
+/// administrators' time bomb) is loaded as it is.
+async fn a_stored_set_that_does_not_load_stops_the_start(b: Backend) {
+    let mut s = gateway_server(b, &[]).await;
+    let (st, e) = put(
+        &s,
+        "@id(\"models\") permit (principal, action, resource is Steward::Model);",
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    s.kill9();
+    let sha = |text: &str| {
+        use std::io::Write;
+        let mut c = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    };
+    let db_url = s.db_url.clone();
+    let store = |version: i64, text: &'static str| {
+        let url = db_url.clone();
+        let hash = sha(text);
+        async move {
+            let q =
+                "INSERT INTO policy_sets (version, hash, text, created_at) VALUES ($1, $2, $3, $4)";
+            match b {
+                Backend::Sqlite => {
+                    let p = sqlx::SqlitePool::connect(&url).await.unwrap();
+                    sqlx::query(q)
+                        .bind(version)
+                        .bind(&hash)
+                        .bind(text)
+                        .bind(0i64)
+                        .execute(&p)
+                        .await
+                        .unwrap();
+                    p.close().await;
+                }
+                Backend::Postgres => {
+                    let p = sqlx::PgPool::connect(&url).await.unwrap();
+                    sqlx::query(q)
+                        .bind(version)
+                        .bind(&hash)
+                        .bind(text)
+                        .bind(0i64)
+                        .execute(&p)
+                        .await
+                        .unwrap();
+                    p.close().await;
+                }
+            }
+        }
+    };
+    // A time bomb an older guard accepted: loaded as stored, not swapped for the default.
+    store(
+        2,
+        "@id(\"agents-off\") forbid (principal is Steward::Agent, action, resource);\n@id(\"bomb\") forbid (principal, action, resource) when { context.time_ms > 0 };",
+    )
+    .await;
+    s.spawn();
+    let key = key_for(&s, "worker").await;
+    let (st, e) = chat(&s, &key, "mock/m").await;
+    assert_eq!(st, 403, "{e}");
+    let (_, p) = s.get("/api/v1/policies").await;
+    assert_eq!(p["version"], 2, "{p}");
+    s.kill9();
+    // A set that does not parse: the server refuses to start, and says why.
+    store(3, "permit (principal, action, resource").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &s.db_url,
+            "--data-dir",
+        ])
+        .arg(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("version 3") && said.contains("does not load"),
+        "{said}"
+    );
+}
+both_backends!(
+    a_stored_set_that_does_not_load_stops_the_start,
+    a_stored_set_that_does_not_load_stops_the_start
+);
+
+/// The lockout guard reasons over the policy, not over the moment of upload: a forbid that
+/// could catch administrators at any later time is refused; hostile nesting is a 400, and the
+/// server goes on answering.
+async fn no_upload_can_lock_out_administrators_or_crash_the_server(b: Backend) {
+    let s = gateway_server(b, &[]).await;
+    let soon = now_ms() + 4_000;
+    for text in [
+        format!("@id(\"bomb\") forbid (principal, action, resource) when {{ context.time_ms > {soon} }};"),
+        format!("@id(\"bomb\") forbid (principal is Steward::Admin, action, resource) unless {{ context.time_ms < {soon} }};"),
+        format!("@id(\"bomb\") forbid (principal, action == Steward::Action::\"policy.update\", resource) when {{ context.time_ms - {soon} > 0 }};"),
+    ] {
+        let (st, e) = put(&s, &text).await;
+        assert_eq!(st, 400, "{text}: {e}");
+        assert!(e.to_string().contains("bomb"), "{e}");
+    }
+    let nested = [
+        format!(
+            "permit (principal, action, resource) when {{ {}true{} }};",
+            "(".repeat(150),
+            ")".repeat(150)
+        ),
+        format!(
+            "permit (principal, action, resource) when {{ {}true{} }};",
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        format!(
+            "permit (principal, action, resource) when {{ {}true{} }};",
+            "if true then ".repeat(300),
+            " else false".repeat(300)
+        ),
+        format!(
+            "permit (principal, action, resource) when {{ {}true }};",
+            "!".repeat(20_000)
+        ),
+        format!(
+            "permit (principal, action, resource) when {{ {} }};",
+            vec!["true"; 50_000].join(" || ")
+        ),
+    ];
+    for text in nested {
+        let (st, e) = put(&s, &text).await;
+        assert_eq!(st, 400, "{e}");
+    }
+    // Still up, still deciding, and still the administrators' to change.
+    let (st, p) = s.get("/api/v1/policies").await;
+    assert_eq!((st, &p["version"]), (200, &json!(0)), "{p}");
+    let later = now_ms() + 3_000;
+    let (st, e) = put(
+        &s,
+        &format!("permit (principal, action, resource is Steward::Model);\nforbid (principal is Steward::Agent, action, resource) when {{ context.time_ms > {later} }};"),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = put(
+        &s,
+        "permit (principal, action, resource is Steward::Model);",
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+}
+both_backends!(
+    no_upload_can_lock_out_administrators_or_crash_the_server,
+    no_upload_can_lock_out_administrators_or_crash_the_server
+);
+
+/// What is decided is what is called: a forbid on a deployment holds whatever alias routes to
+/// it; an alias with a permitted deployment beside it uses only that one.
+async fn a_forbidden_deployment_is_not_reached_through_an_alias(b: Backend) {
+    let s = gateway_server(
+        b,
+        &[
+            ("STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS", "[\"mock/big\"]"),
+            (
+                "STEWARD_LLM__ROUTES__MIXED__DEPLOYMENTS",
+                "[\"mock/big\", \"mock/small\"]",
+            ),
+        ],
+    )
+    .await;
+    let key = key_for(&s, "worker").await;
+    let (st, e) = put(
+        &s,
+        "@id(\"models\") permit (principal, action == Steward::Action::\"llm.call\", resource);\n\
+         @id(\"no-big\") forbid (principal, action, resource == Steward::Model::\"mock/big\");",
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = chat(&s, &key, "mock/big").await;
+    assert_eq!(st, 403, "{e}");
+    let (st, e) = chat(&s, &key, "smart").await;
+    assert_eq!(st, 403, "{e}");
+    assert!(
+        e.to_string().contains("mock/big") && e.to_string().contains("no-big"),
+        "{e}"
+    );
+    let (st, r) = chat(&s, &key, "mixed").await;
+    assert_eq!(st, 200, "{r}");
+    common::settled(&s).await;
+    let (_, calls) = s.get("/api/v1/calls?limit=50").await;
+    let used: Vec<&str> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["deployment"].as_str())
+        .collect();
+    assert!(!used.contains(&"mock/big"), "{calls}");
+    assert!(used.contains(&"mock/small"), "{calls}");
+    let records = common::audit_records(&s).await;
+    assert!(records.iter().any(|r| r["action"] == "llm.call"
+        && r["resource"] == "mock/big"
+        && r["decision"] == "deny"));
+}
+both_backends!(
+    a_forbidden_deployment_is_not_reached_through_an_alias,
+    a_forbidden_deployment_is_not_reached_through_an_alias
+);
+
+/// A fallback is a tool call of its own: decided and audited like the call it replaces, and
+/// never run on that call's permit.
+async fn a_fallback_tool_is_decided_on_its_own(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, e) = put(
+        &s,
+        r#"
+@id("calls-and-http") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);
+@id("no-notes") forbid (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"scratchpad_set");
+"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let agent = |name: &str, tools: &str, fallback: &str| {
+        format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: scripted\n  tools: [{tools}]\n  toolPolicies:\n    http_request: {{timeoutMs: 500, fallback: {fallback}}}\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{url: \"http://127.0.0.1:1/\", key: k, value: v, text: hi}}}}]\n    - content: done\n"
+        )
+    };
+    for (name, tools, fallback, says) in [(
+        "forbidden-fallback",
+        "http_request, scratchpad_set",
+        "scratchpad_set",
+        "forbidden by no-notes",
+    )] {
+        s.apply(&agent(name, tools, fallback)).await;
+        let run = s.start_run(name, "go").await;
+        assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+        let outcome = s
+            .journal(&run)
+            .await
+            .into_iter()
+            .find(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+            .unwrap();
+        assert_eq!(outcome["ok"], false, "{outcome}");
+        let body = outcome["body"].to_string();
+        assert!(
+            body.contains(&format!("fallback tool \\\"{fallback}\\\" was not called")),
+            "{body}"
+        );
+        assert!(body.contains(says), "{body}");
+    }
+    // An allowed fallback still runs, and its decision is on the record too.
+    s.apply(&agent("echoing", "http_request, echo", "echo"))
+        .await;
+    let run = s.start_run("echoing", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let outcome = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .find(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let records = common::audit_records(&s).await;
+    assert!(records.iter().any(|r| r["action"] == "tool.call"
+        && r["resource"] == "scratchpad_set"
+        && r["decision"] == "deny"
+        && r["policy_ids"] == json!(["no-notes"])));
+    assert!(records.iter().any(|r| r["action"] == "tool.call"
+        && r["resource"] == "echo"
+        && r["decision"] == "allow"
+        && r["run_id"] == run.as_str()));
+}
+both_backends!(
+    a_fallback_tool_is_decided_on_its_own,
+    a_fallback_tool_is_decided_on_its_own
+);
