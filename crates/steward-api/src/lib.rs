@@ -374,6 +374,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/chat/completions", post(openai::chat_completions))
         .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
+        .route("/models/{*id}", get(openai::model))
         .route("/delegations", post(openai::delegate))
         .fallback(openai::not_found);
     Router::new()

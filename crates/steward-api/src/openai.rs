@@ -104,11 +104,37 @@ impl From<GatewayError> for OaiError {
                 message,
             ),
             GatewayError::Upstream {
-                status: Some(429), ..
+                status: Some(429),
+                retry_after_s,
+                ..
+            } => OaiError {
+                retry_after_s,
+                ..OaiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "upstream_rate_limited",
+                    message,
+                )
+            },
+            // Steward's own credential for the upstream was refused: not the caller's to fix.
+            GatewayError::Upstream {
+                status: Some(401 | 403),
+                ..
             } => OaiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "upstream_rate_limited",
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_auth_error",
+                format!("{message} (the upstream refused the provider credential Steward holds; an operator must fix it)"),
+            ),
+            // The upstream rejected the request itself: the caller hears it as it is, and an
+            // SDK does not retry it.
+            GatewayError::Upstream {
+                status: Some(s @ 400..=499),
+                ..
+            } => OaiError::new(
+                StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+                "invalid_request_error",
+                "upstream_rejected",
                 message,
             ),
             GatewayError::Upstream { .. } => OaiError::new(
@@ -137,7 +163,11 @@ async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, Oa
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let run = headers.get("x-steward-run").and_then(|v| v.to_str().ok());
-    Ok(engine.authenticate(bearer, run).await?)
+    let delegation = headers
+        .get("x-steward-delegation")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    Ok(engine.authenticate(bearer, delegation, run).await?)
 }
 
 fn json_object(body: &Bytes) -> Result<Value, OaiError> {
@@ -207,6 +237,26 @@ pub async fn models(
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "steward"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /v1/models/{id}`: one model the caller may name, or 404.
+pub async fn model(
+    State(engine): State<Engine>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, OaiError> {
+    principal(&engine, &headers).await?;
+    if !engine.gateway_routes(&id) {
+        return Err(OaiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("no model {id:?}: GET /v1/models lists them"),
+        ));
+    }
+    Ok(Json(
+        json!({"id": id, "object": "model", "created": 0, "owned_by": "steward"}),
+    ))
 }
 
 pub async fn not_found() -> OaiError {

@@ -75,7 +75,7 @@ pub async fn list_queues(State(e): State<Engine>) -> ApiResult<Json<QueueList>> 
 }
 
 /// Who calls a task worker's endpoint: the administrator (the admin token, or anyone when
-/// none is set), or an agent with its own API key or delegated token — which may use only
+/// none is set), or an agent with its own API key (and a delegated token it holds) — which may use only
 /// queues a policy opens to it (`task.enqueue`, `task.lease` on `Steward::Queue`) and worker
 /// names of its own (`<agent>` or `<agent>:<anything>`), so it reports only its own leases.
 #[derive(Clone)]
@@ -133,10 +133,18 @@ pub async fn worker_auth(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
+    let delegation = req
+        .headers()
+        .get("x-steward-delegation")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
     let caller = match (&token, given) {
         (Some(t), Some(g)) if crate::same_secret(&g, t) => Caller::Admin,
         (None, None) => Caller::Admin,
-        (_, Some(g)) => match engine.authenticate(Some(&g), None).await {
+        (_, Some(g)) => match engine
+            .authenticate(Some(&g), delegation.as_deref(), None)
+            .await
+        {
             Ok(p) => Caller::Agent(Arc::new(p)),
             Err(e) => return refused(e).into_response(),
         },

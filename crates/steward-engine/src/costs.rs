@@ -119,6 +119,8 @@ pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
         line.tokens_out += r.tokens_out;
         match prices.cost(&r.model, r.tokens_in, r.tokens_out) {
             Some(c) => line.cost_usd += c,
+            // A call that used no tokens (refused, failed upstream) cost nothing, priced or not.
+            None if r.tokens_in == 0 && r.tokens_out == 0 => {}
             None => line.unpriced_calls += r.calls,
         }
     }

@@ -86,11 +86,13 @@ pub enum GatewayError {
     /// or a content filter refused (`content_filter`): fallbacks, if any, were tried.
     #[error("{message}")]
     Refused { code: &'static str, message: String },
-    /// Every deployment failed; carries the last upstream error and its HTTP status, if any.
+    /// Every deployment failed; carries the last upstream error, its HTTP status and its
+    /// `Retry-After` in seconds, if any.
     #[error("{message}")]
     Upstream {
         status: Option<u16>,
         timeout: bool,
+        retry_after_s: Option<u64>,
         message: String,
     },
     #[error("{0}")]
@@ -152,6 +154,13 @@ pub(crate) struct Meters {
     decision: Decision,
     /// Who called, for the call's audit record.
     who: Principal,
+    /// The most tokens in and out the call can use: what it is charged when the upstream
+    /// reports no usage (a stream cut short, an upstream that does not count).
+    bounds: (i64, i64),
+    /// Whether a streaming client asked for the usage chunk (it is always asked of upstreams).
+    wants_usage: bool,
+    /// The deployment last tried, for the record of a call that failed.
+    tried: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A budget hold taken for one call (its id is the call's): the accounts up the chain and the
@@ -193,22 +202,131 @@ impl Gateway {
         self.delegations.forget();
     }
 
+    /// Identifies a caller: by its API key (`Authorization: Bearer sk-steward-…`), and, when it
+    /// presents a delegated token too, by the chain that token carries — which must name the
+    /// key's agent as its holder. A token alone is never enough: whoever holds a copy of it is
+    /// not the agent it was minted for.
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
+        delegation: Option<&str>,
         run: Option<&str>,
     ) -> Result<Principal, GatewayError> {
         let secret = bearer.ok_or_else(|| {
             GatewayError::Unauthorized(
-                "missing credential: send `Authorization: Bearer sk-steward-…` (an API key) or a delegated token".into(),
+                "missing credential: send `Authorization: Bearer sk-steward-…` (the agent's own API key), with `X-Steward-Delegation: <token>` to act under a delegated token".into(),
             )
         })?;
-        let who = if secret.starts_with("sk-") {
-            self.authenticate_key(secret).await?
-        } else {
-            self.authenticate_token(secret).await?
+        if !secret.starts_with("sk-") {
+            return Err(self
+                .refuse(
+                    "unknown",
+                    Vec::new(),
+                    Vec::new(),
+                    "api_key",
+                    GatewayError::Unauthorized(
+                        "`Authorization: Bearer` takes the agent's own API key (sk-steward-…); a delegated token goes in `X-Steward-Delegation`, beside its holder's key".into(),
+                    ),
+                )
+                .await);
+        }
+        let own = self.authenticate_key(secret).await?;
+        let who = match delegation {
+            None => own,
+            Some(token) => {
+                let held = self.authenticate_token(token).await?;
+                if held.agent != own.agent {
+                    let error = GatewayError::Forbidden(format!(
+                        "this delegated token was minted for agent {}; agent {} (whose API key came with it) may not use it",
+                        held.agent, own.agent
+                    ));
+                    return Err(self
+                        .refuse(
+                            &format!("agent:{}", own.agent),
+                            held.chain.clone(),
+                            held.link_ids(),
+                            "token",
+                            error,
+                        )
+                        .await);
+                }
+                held
+            }
         };
         self.attach_run(who, run).await
+    }
+
+    /// The agents whose authority a call by `who` uses: the one that began its delegation chain
+    /// and every holder after it, or the caller alone. Each must be allowed what the call does.
+    fn authorities(who: &Principal) -> Vec<&str> {
+        let mut agents: Vec<&str> = match &who.delegated {
+            Some(d) => std::iter::once(d.root_agent())
+                .chain(d.links.iter().map(|l| l.holder.as_str()))
+                .collect(),
+            None => Vec::new(),
+        };
+        agents.push(who.agent.as_str());
+        let mut seen = std::collections::HashSet::new();
+        agents.retain(|a| seen.insert(*a));
+        agents
+    }
+
+    /// The policy's decision for `action` on `resource`, made for every agent whose authority
+    /// the call uses (see [`Gateway::authorities`]): allowed only if allowed for each. A denial
+    /// for an agent up the chain names it.
+    async fn decide_chain(
+        &self,
+        who: &Principal,
+        action: &str,
+        resource: &str,
+        cost_nanos: i64,
+        destination: Option<&str>,
+    ) -> Result<(Decision, Option<String>), GatewayError> {
+        let now = self.clock.now_ms();
+        let mut allowed: Option<Decision> = None;
+        for agent in Self::authorities(who) {
+            let caller = agent == who.agent.as_str();
+            let owner = if caller {
+                who.owner.clone()
+            } else {
+                self.identities.owner(agent).await.map_err(internal)?
+            };
+            let d = self.policies.decide(&Query {
+                agent,
+                run: if caller {
+                    who.run.as_ref().map(RunId::as_str)
+                } else {
+                    None
+                },
+                action,
+                resource,
+                cost_nanos,
+                time_ms: now,
+                chain: &who.chain,
+                owner: owner.as_deref(),
+                on_behalf_of: who.on_behalf_of.as_deref(),
+                destination,
+            });
+            if !d.allow {
+                return Ok((d, (!caller).then(|| agent.to_string())));
+            }
+            allowed = Some(match allowed {
+                None => d,
+                Some(mut all) => {
+                    for id in d.policy_ids {
+                        if !all.policy_ids.contains(&id) {
+                            all.policy_ids.push(id);
+                        }
+                    }
+                    all.approval = all.approval.or(d.approval);
+                    all.errors.extend(d.errors);
+                    all
+                }
+            });
+        }
+        allowed
+            .map(|d| (d, None))
+            .ok_or_else(|| internal("a call with no agent behind it"))
     }
 
     /// Refuses a credential, audited before the caller hears of it.
@@ -261,6 +379,39 @@ impl Gateway {
         }
     }
 
+    /// Refuses a request a policy decided against, audited with the decision before the caller
+    /// hears of it.
+    async fn refuse_decided(
+        &self,
+        (event, action): (&'static str, &str),
+        who: &Principal,
+        resource: &str,
+        d: &Decision,
+        error: GatewayError,
+    ) -> GatewayError {
+        let now = self.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event,
+            principal: format!("agent:{}", who.agent),
+            chain: who.chain.clone(),
+            delegations: who.link_ids(),
+            action: action.into(),
+            resource: resource.into(),
+            run_id: who.run.as_ref().map(|r| r.to_string()),
+            decision: Some("deny".into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
+            error: Some(error.to_string()),
+            ..Default::default()
+        }
+        .to_json();
+        match self.store.append_audit(&[(now, record)]).await {
+            Ok(_) => error,
+            Err(e) => internal(e),
+        }
+    }
+
     /// Whether an agent working a task queue with its own credential may `task.enqueue` or
     /// `task.lease` on `queue`: its delegated token's scope, if it presented one, then the
     /// policy (a permit that asks for approval is no: a worker cannot wait for a person). A
@@ -287,33 +438,22 @@ impl Gateway {
                 ),
             ),
             None => {
-                let d = self.policies.decide(&Query {
-                    agent: who.agent.as_str(),
-                    run: who.run.as_ref().map(RunId::as_str),
-                    action,
-                    resource: queue,
-                    cost_nanos: 0,
-                    time_ms: now,
-                    chain: &who.chain,
-                    owner: who.owner.as_deref(),
-                    on_behalf_of: who.on_behalf_of.as_deref(),
-                });
+                let (d, up_chain) = self.decide_chain(who, action, queue, 0, None).await?;
                 if d.allow && d.approval.is_none() {
                     return Ok(());
                 }
+                let by = up_chain.unwrap_or_else(|| who.agent.to_string());
                 let why = if d.allow {
                     format!(
                         "{action} on queue {queue} needs approval, which a worker cannot wait for"
                     )
                 } else if d.policy_ids.is_empty() {
                     format!(
-                        "no policy permits agent {} to {action} on queue {queue} (permit Steward::Action::\"{action}\" on Steward::Queue::\"{queue}\")",
-                        who.agent
+                        "no policy permits agent {by} to {action} on queue {queue} (permit Steward::Action::\"{action}\" on Steward::Queue::\"{queue}\")"
                     )
                 } else {
                     format!(
-                        "agent {} may not {action} on queue {queue}: forbidden by {}",
-                        who.agent,
+                        "agent {by} may not {action} on queue {queue}: forbidden by {}",
                         d.policy_ids.join(", ")
                     )
                 };
@@ -372,6 +512,31 @@ impl Gateway {
                     &resource,
                     error,
                 )
+                .await);
+        }
+        // Minting is an action like any other: decided for every agent whose authority the
+        // new token would carry.
+        let (d, up_chain) = self
+            .decide_chain(who, "agent.delegate", holder.as_str(), 0, None)
+            .await?;
+        if !d.allow || d.approval.is_some() {
+            let by = up_chain.as_deref().unwrap_or(who.agent.as_str());
+            let error = GatewayError::Forbidden(if d.allow {
+                format!(
+                    "delegating to {holder} needs approval, which a token request cannot wait for"
+                )
+            } else if d.policy_ids.is_empty() {
+                format!(
+                    "no policy permits agent {by} to delegate to {holder} (permit Steward::Action::\"agent.delegate\" on Steward::Agent::\"{holder}\")"
+                )
+            } else {
+                format!(
+                    "agent {by} may not delegate to {holder}: forbidden by {}",
+                    d.policy_ids.join(", ")
+                )
+            });
+            return Err(self
+                .refuse_decided(("delegation", "agent.delegate"), who, &resource, &d, error)
                 .await);
         }
         let key_expires = match &who.delegated {
@@ -435,6 +600,8 @@ impl Gateway {
             resource,
             run_id: who.run.as_ref().map(|r| r.to_string()),
             decision: Some("allow".into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
             outcome: Some(rec.scope.clone()),
             ..Default::default()
         }
@@ -576,8 +743,10 @@ impl Gateway {
                     .owner(rec.agent.as_str())
                     .await
                     .map_err(internal)?;
+                // The same owner, when both have one: two agents without an owner share
+                // nothing.
                 let own = who.chain.contains(&format!("agent:{}", rec.agent))
-                    || run_owner == who.on_behalf_of;
+                    || (run_owner.is_some() && run_owner == who.on_behalf_of);
                 if !own {
                     let error = GatewayError::Forbidden(format!(
                         "run {id} belongs to agent {} of owner {}, and this credential acts for {}: an agent may only act for runs of its own owner",
@@ -601,24 +770,43 @@ impl Gateway {
         Ok(who)
     }
 
-    /// The call's worst case and the accounts up the chain it must be held on (the hold itself
-    /// is taken with the call's start record, in one transaction: `begin_call`).
+    /// The most tokens the call can take in and give out, from the request: a token is at
+    /// least a byte, so the body's size bounds what goes in; what comes out is bounded by the
+    /// output limit — the client's, or DEFAULT_MAX_OUTPUT, which is then sent to the upstream
+    /// (`bound_output`) — times the choices asked for. Malformed limits are refused.
+    fn bounds(body: &Value, op: Op) -> Result<(i64, i64), GatewayError> {
+        match op {
+            Op::Embeddings => Ok((
+                body.get("input").map_or(0, |v| v.to_string().len() as i64),
+                0,
+            )),
+            Op::Chat => {
+                let positive = |field: &str, max: u64| -> Result<Option<i64>, GatewayError> {
+                    match body.get(field) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(v) => match v.as_u64() {
+                            Some(n) if (1..=max).contains(&n) => Ok(Some(n as i64)),
+                            _ => Err(GatewayError::BadRequest(format!(
+                                "{field}: a whole number from 1 to {max}, not {v}"
+                            ))),
+                        },
+                    }
+                };
+                let limit = match positive("max_completion_tokens", 10_000_000)? {
+                    Some(n) => Some(n),
+                    None => positive("max_tokens", 10_000_000)?,
+                };
+                let choices = positive("n", 128)?.unwrap_or(1);
+                Ok((
+                    body.to_string().len() as i64,
+                    limit.unwrap_or(DEFAULT_MAX_OUTPUT) * choices,
+                ))
+            }
+        }
+    }
+
     /// The most the call can cost, or why that cannot be known (a deployment without a price).
-    fn estimate(&self, plan: &Plan, body: &Value, op: Op) -> Result<i64, String> {
-        // A token is at least a byte: the request's size bounds its input tokens from above.
-        let input = match op {
-            Op::Chat => body.get("messages"),
-            Op::Embeddings => body.get("input"),
-        };
-        let tokens_in = input.map_or(0, |v| v.to_string().len() as i64);
-        let tokens_out = match op {
-            Op::Chat => body
-                .get("max_completion_tokens")
-                .or_else(|| body.get("max_tokens"))
-                .and_then(Value::as_i64)
-                .unwrap_or(DEFAULT_MAX_OUTPUT),
-            Op::Embeddings => 0,
-        };
+    fn estimate(&self, plan: &Plan, (tokens_in, tokens_out): (i64, i64)) -> Result<i64, String> {
         self.budgets.worst_case(plan, tokens_in, tokens_out)
     }
 
@@ -629,6 +817,7 @@ impl Gateway {
         who: &Principal,
         call_id: &str,
         model: &str,
+        plan: &mut Plan,
         cost_nanos: i64,
     ) -> Result<Decision, GatewayError> {
         let now = self.clock.now_ms();
@@ -654,20 +843,83 @@ impl Gateway {
                     .await);
             }
         }
-        let d = self.policies.decide(&Query {
-            agent: who.agent.as_str(),
-            run: who.run.as_ref().map(RunId::as_str),
-            action: "llm.call",
-            resource: model,
-            cost_nanos,
-            time_ms: now,
-            chain: &who.chain,
-            owner: who.owner.as_deref(),
-            on_behalf_of: who.on_behalf_of.as_deref(),
-        });
-        if d.allow && d.approval.is_none() {
-            return Ok(d);
+        let (d, up_chain) = self
+            .decide_chain(who, "llm.call", model, cost_nanos, None)
+            .await?;
+        if !d.allow || d.approval.is_some() {
+            return Err(self
+                .refuse_call(who, call_id, model, cost_nanos, &d, up_chain)
+                .await);
         }
+        // Decide on what is actually called, not only on the name sent: an alias routes to
+        // deployments (`provider/model`) a policy may forbid. A forbidden one is left out of
+        // the plan; a call none of whose deployments may be called is refused.
+        let mut decided: Vec<(String, Decision, Option<String>)> = Vec::new();
+        for label in plan.all().map(|d| d.label.clone()) {
+            if label == model || decided.iter().any(|(l, _, _)| *l == label) {
+                continue;
+            }
+            let (dd, by) = self
+                .decide_chain(who, "llm.call", &label, cost_nanos, None)
+                .await?;
+            decided.push((label, dd, by));
+        }
+        let refused: Vec<&(String, Decision, Option<String>)> = decided
+            .iter()
+            .filter(|(_, dd, _)| !dd.allow || dd.approval.is_some())
+            .collect();
+        for (label, dd, by) in &refused {
+            let e = self
+                .refuse_call(who, call_id, label, cost_nanos, dd, by.clone())
+                .await;
+            if let GatewayError::Internal(_) = e {
+                return Err(e);
+            }
+        }
+        let off = |l: &String| refused.iter().any(|(r, _, _)| r == l);
+        plan.deployments.retain(|d| !off(&d.label));
+        plan.context_window.retain(|d| !off(&d.label));
+        plan.content_filter.retain(|d| !off(&d.label));
+        if plan.deployments.is_empty() {
+            let names: Vec<String> = refused
+                .iter()
+                .map(|(l, dd, _)| {
+                    if dd.policy_ids.is_empty() {
+                        format!("{l} (no policy permits it)")
+                    } else {
+                        format!("{l} (forbidden by {})", dd.policy_ids.join(", "))
+                    }
+                })
+                .collect();
+            return Err(GatewayError::Forbidden(format!(
+                "agent {} may not call {model}: every deployment it routes to is refused: {}",
+                who.agent,
+                names.join("; ")
+            )));
+        }
+        let mut d = d;
+        for (_, dd, _) in decided {
+            for id in dd.policy_ids {
+                if !d.policy_ids.contains(&id) {
+                    d.policy_ids.push(id);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Audits a refused model call (a denial, or a permit that needs an approval no gateway
+    /// call can wait for) and says why.
+    async fn refuse_call(
+        &self,
+        who: &Principal,
+        call_id: &str,
+        model: &str,
+        cost_nanos: i64,
+        d: &Decision,
+        up_chain: Option<String>,
+    ) -> GatewayError {
+        let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             at: now,
             event: "decision",
@@ -685,25 +937,24 @@ impl Gateway {
             ..Default::default()
         }
         .to_json();
-        self.store
-            .append_audit(&[(now, record)])
-            .await
-            .map_err(internal)?;
+        if let Err(e) = self.store.append_audit(&[(now, record)]).await {
+            return internal(e);
+        }
         if let Some(group) = &d.approval {
             // A gateway call cannot wait for a person; managed runs can.
-            return Err(GatewayError::Forbidden(format!(
+            return GatewayError::Forbidden(format!(
                 "calling {model} needs approval from {group}, which only managed runs can wait for"
-            )));
+            ));
         }
-        Err(GatewayError::Forbidden(if d.policy_ids.is_empty() {
-            format!("no policy permits agent {} to call {model}", who.agent)
+        let by = up_chain.unwrap_or_else(|| who.agent.to_string());
+        GatewayError::Forbidden(if d.policy_ids.is_empty() {
+            format!("no policy permits agent {by} to call {model}")
         } else {
             format!(
-                "agent {} may not call {model}: forbidden by {}",
-                who.agent,
+                "agent {by} may not call {model}: forbidden by {}",
                 d.policy_ids.join(", ")
             )
-        }))
+        })
     }
 
     async fn hold(
@@ -942,14 +1193,31 @@ impl Gateway {
             _ => {}
         }
         let stream = op == Op::Chat && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let bounds = Self::bounds(&body, op)?;
+        let mut body = body;
+        let wants_usage = body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+        if op == Op::Chat {
+            bound_output(&mut body);
+            if stream {
+                // Usage is what a stream is charged by: always asked for, and passed on only
+                // to clients that asked for it.
+                ask_for_usage(&mut body);
+            }
+        }
         let call_id = self.clock.new_id("call");
-        let plan = self
+        let mut plan = self
             .router
             .plan(&model, &call_id)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
-        let estimate = self.estimate(&plan, &body, op);
+        let estimate = self.estimate(&plan, bounds);
         let decision = self
-            .authorize(who, &call_id, &model, estimate.clone().unwrap_or(0))
+            .authorize(
+                who,
+                &call_id,
+                &model,
+                &mut plan,
+                estimate.clone().unwrap_or(0),
+            )
             .await?;
         let rate = self.take_rate(who, &model).await?;
         let cache = self.cache_slot(who, &model, &body, op, stream);
@@ -963,6 +1231,9 @@ impl Gateway {
         }
         let meters = Meters {
             hold: self.hold(who, estimate).await?,
+            bounds,
+            wants_usage,
+            tried: Arc::new(std::sync::Mutex::new(None)),
             decision,
             who: who.clone(),
             rate,
@@ -1021,8 +1292,9 @@ impl Gateway {
                 .await
         };
         if let Err(e) = &result {
+            let tried = meters.tried.lock().ok().and_then(|t| t.clone());
             let outcome = CallOutcome {
-                deployment: None,
+                deployment: tried,
                 status: "error".into(),
                 error: Some(e.to_string()),
                 tokens_in: 0,
@@ -1059,6 +1331,9 @@ impl Gateway {
             .run(&call.id, &plan, refused, |d| {
                 let body = body.clone();
                 let call_id = call.id.clone();
+                if let Ok(mut t) = meters.tried.lock() {
+                    *t = Some(d.label.clone());
+                }
                 async move {
                     match op {
                         Op::Chat => {
@@ -1073,14 +1348,21 @@ impl Gateway {
             .await;
         *upstream = asked.elapsed();
         let (v, d) = answer.map_err(upstream_error)?;
-        let tin = v
-            .pointer("/usage/prompt_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let tout = v
-            .pointer("/usage/completion_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        // An answer without usage is charged its bounds: never nothing.
+        let (tin, tout) = match (
+            v.pointer("/usage/prompt_tokens").and_then(Value::as_i64),
+            v.pointer("/usage/completion_tokens")
+                .and_then(Value::as_i64),
+        ) {
+            (Some(i), Some(o)) => (i, o),
+            _ if op == Op::Embeddings => (
+                v.pointer("/usage/prompt_tokens")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(meters.bounds.0),
+                0,
+            ),
+            _ => meters.bounds,
+        };
         let span = tracing::Span::current();
         span.record("gen_ai.provider.name", d.provider.name());
         span.record("gen_ai.usage.input_tokens", tin);
@@ -1133,7 +1415,12 @@ impl Gateway {
                 &call.id,
                 &plan,
                 |_| false,
-                |d| d.provider.stream_openai(body.clone(), &d.model),
+                |d| {
+                    if let Ok(mut t) = meters.tried.lock() {
+                        *t = Some(d.label.clone());
+                    }
+                    d.provider.stream_openai(body.clone(), &d.model)
+                },
             )
             .await;
         *upstream = asked.elapsed();
@@ -1147,8 +1434,10 @@ impl Gateway {
         )))
     }
 
-    /// Passes the upstream's chunks through, reading usage from them (`stream_options.
-    /// include_usage`), and records the call's outcome when the stream ends.
+    /// Passes the upstream's events through, reading usage from them (always asked for; the
+    /// usage chunk is passed on only if the client asked for it), and records the call's
+    /// outcome when the stream ends. A stream that ends without usage — the client hung up,
+    /// the upstream broke off or does not count — is charged its bounds, never nothing.
     fn metered(
         &self,
         call: NewCall,
@@ -1158,6 +1447,7 @@ impl Gateway {
     ) -> ByteStream {
         let (rate, started, decision, who) =
             (meters.rate, meters.started, meters.decision, meters.who);
+        let (bounds, wants_usage) = (meters.bounds, meters.wants_usage);
         // The stream is read by a task of its own, outside the call's span.
         let trace_id = crate::trace_id();
         let settler = self.settler.clone();
@@ -1166,45 +1456,76 @@ impl Gateway {
         let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
         tokio::spawn(async move {
             let mut upstream = upstream;
-            let mut pending = String::new();
-            let (mut tin, mut tout) = (0i64, 0i64);
+            let mut events = SseLines::default();
+            let mut usage: Option<(i64, i64)> = None;
             let mut error = None;
             while let Some(chunk) = upstream.next().await {
-                match &chunk {
+                let out = match chunk {
                     Ok(bytes) => {
-                        pending.push_str(&String::from_utf8_lossy(bytes));
-                        while let Some(nl) = pending.find('\n') {
-                            let line: String = pending.drain(..=nl).collect();
-                            let Some(data) = line.trim().strip_prefix("data:") else {
-                                continue;
-                            };
-                            let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
-                                continue;
-                            };
-                            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                                tin = u
-                                    .get("prompt_tokens")
-                                    .and_then(Value::as_i64)
-                                    .unwrap_or(tin);
-                                tout = u
-                                    .get("completion_tokens")
-                                    .and_then(Value::as_i64)
-                                    .unwrap_or(tout);
+                        let mut out = String::new();
+                        for line in events.feed(&bytes) {
+                            let event = line
+                                .trim()
+                                .strip_prefix("data:")
+                                .and_then(|d| serde_json::from_str::<Value>(d.trim()).ok());
+                            let mut pass = true;
+                            if let Some(u) = event
+                                .as_ref()
+                                .and_then(|v| v.get("usage"))
+                                .filter(|u| u.is_object())
+                            {
+                                let (i, o) = usage.unwrap_or((0, 0));
+                                usage = Some((
+                                    u.get("prompt_tokens").and_then(Value::as_i64).unwrap_or(i),
+                                    u.get("completion_tokens")
+                                        .and_then(Value::as_i64)
+                                        .unwrap_or(o),
+                                ));
+                                // The usage chunk carries no choices; one the client did not
+                                // ask for is dropped, with the blank line that ends it.
+                                let bare = event
+                                    .as_ref()
+                                    .and_then(|v| v.get("choices"))
+                                    .and_then(Value::as_array)
+                                    .is_none_or(Vec::is_empty);
+                                pass = wants_usage || !bare;
+                                events.skip_blank = !pass;
+                            } else if events.skip_blank && line.trim().is_empty() {
+                                events.skip_blank = false;
+                                pass = false;
+                            }
+                            if pass {
+                                out.push_str(&line);
                             }
                         }
+                        Ok(bytes::Bytes::from(out))
                     }
-                    Err(e) => error = Some(e.to_string()),
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        Err(e)
+                    }
+                };
+                if matches!(&out, Ok(b) if b.is_empty()) {
+                    continue;
                 }
                 // A client that hung up stops the stream; its cost so far is still recorded.
-                if tx.send(chunk).await.is_err() {
+                if tx.send(out).await.is_err() {
                     error.get_or_insert_with(|| "the client closed the stream".into());
                     break;
                 }
             }
+            let rest = events.rest();
+            if !rest.is_empty() && error.is_none() {
+                let _ = tx.send(Ok(bytes::Bytes::from(rest))).await;
+            }
+            let (tin, tout) = usage.unwrap_or(bounds);
             let outcome = CallOutcome {
                 deployment: Some(deployment),
                 status: if error.is_some() { "error" } else { "ok" }.into(),
-                error,
+                error: match (&error, usage) {
+                    (Some(e), None) => Some(format!("{e}; no usage was reported, so the call is charged its bounds ({tin} tokens in, {tout} out)")),
+                    (e, _) => e.clone(),
+                },
                 tokens_in: tin,
                 tokens_out: tout,
                 duration_us: started.elapsed().as_micros() as i64,
@@ -1237,6 +1558,54 @@ impl Gateway {
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .boxed()
+    }
+}
+
+/// Server-sent events split into whole lines (each with its `\n`), whatever the chunking.
+#[derive(Default)]
+struct SseLines {
+    pending: Vec<u8>,
+    /// The blank line after a dropped event is dropped too.
+    skip_blank: bool,
+}
+
+impl SseLines {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        while let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=nl).collect();
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        lines
+    }
+
+    /// What is left after the last newline.
+    fn rest(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+    }
+}
+
+/// Sends the upstream the output limit the hold was sized for, when the client set none.
+fn bound_output(body: &mut Value) {
+    let set = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|f| body.get(f).is_some_and(|v| !v.is_null()));
+    if !set {
+        body["max_completion_tokens"] = Value::from(DEFAULT_MAX_OUTPUT);
+    }
+}
+
+/// Asks a streaming upstream for its usage chunk.
+fn ask_for_usage(body: &mut Value) {
+    match body
+        .get_mut("stream_options")
+        .and_then(Value::as_object_mut)
+    {
+        Some(o) => {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+        None => body["stream_options"] = serde_json::json!({"include_usage": true}),
     }
 }
 
@@ -1309,6 +1678,7 @@ fn upstream_error(e: steward_llm::Error) -> GatewayError {
         _ => None,
     };
     let timeout = matches!(e, steward_llm::Error::Timeout { .. });
+    let retry_after_s = e.retry_after().map(|d| d.as_secs().max(1));
     match e.failure() {
         Failure::ContextWindow => {
             return GatewayError::Refused {
@@ -1331,6 +1701,7 @@ fn upstream_error(e: steward_llm::Error) -> GatewayError {
         other => GatewayError::Upstream {
             status,
             timeout,
+            retry_after_s,
             message: other.to_string(),
         },
     }

@@ -93,54 +93,76 @@ impl Host {
             .as_ref()
             .map(|sb| sb.secrets.clone())
             .unwrap_or_default();
-        let s = &self.0;
-        let chain = [format!("agent:{agent}"), format!("run:{run}")];
         let mut granted = Vec::new();
         for name in names {
-            let now = s.clock.now_ms();
-            let d = s.policies.decide(&steward_gov::Query {
-                agent,
-                run: Some(run.as_str()),
-                action: "secret.use",
-                resource: &name,
-                cost_nanos: 0,
-                time_ms: now,
-                chain: &chain,
-                owner: None,
-                on_behalf_of: None,
-            });
-            let record = steward_gov::AuditRecord {
-                at: now,
-                event: "decision",
-                principal: format!("run:{run}"),
-                chain: chain.to_vec(),
-                action: "secret.use".into(),
-                resource: name.clone(),
-                run_id: Some(run.to_string()),
-                decision: Some(if d.allow { "allow" } else { "deny" }.into()),
-                policy_hash: Some(d.policy_hash.clone()),
-                policy_ids: d.policy_ids.clone(),
-                ..Default::default()
-            }
-            .to_json();
-            s.store
-                .append_audit(&[(now, record)])
-                .await
-                .map_err(failed)?;
-            if !d.allow {
-                return Err(ToolError::Denied(format!(
-                    "secret {name:?} may not enter this run's sandbox: no policy permits secret.use on it"
-                )));
-            }
-            use steward_llm::SecretSource;
-            let value = s
-                .vault
-                .as_ref()
-                .and_then(|v| v.secret(&name))
-                .ok_or_else(|| ToolError::Failed(format!("no secret {name:?} in the vault")))?;
+            let value = self.decided_secret(run, agent, &name, "sandbox").await?;
             granted.push((name, value));
         }
         Ok(granted)
+    }
+
+    /// A vault secret for `run` of `agent` to send to `destination` (a host name, or
+    /// `sandbox`): `secret.use` on it decided by policy with the destination in
+    /// `context.destination`, and audited, before the value is read.
+    async fn decided_secret(
+        &self,
+        run: &RunId,
+        agent: &str,
+        name: &str,
+        destination: &str,
+    ) -> Result<String, ToolError> {
+        let s = &self.0;
+        let chain = [format!("agent:{agent}"), format!("run:{run}")];
+        let now = s.clock.now_ms();
+        let d = s.policies.decide(&steward_gov::Query {
+            agent,
+            run: Some(run.as_str()),
+            action: "secret.use",
+            resource: name,
+            cost_nanos: 0,
+            time_ms: now,
+            chain: &chain,
+            owner: None,
+            on_behalf_of: None,
+            destination: Some(destination),
+        });
+        let allow = d.allow && d.approval.is_none();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "decision",
+            principal: format!("run:{run}"),
+            chain: chain.to_vec(),
+            action: "secret.use".into(),
+            resource: name.to_string(),
+            run_id: Some(run.to_string()),
+            decision: Some(if allow { "allow" } else { "deny" }.into()),
+            policy_hash: Some(d.policy_hash.clone()),
+            policy_ids: d.policy_ids.clone(),
+            outcome: Some(format!("destination:{destination}")),
+            ..Default::default()
+        }
+        .to_json();
+        s.store
+            .append_audit(&[(now, record)])
+            .await
+            .map_err(failed)?;
+        if !allow {
+            return Err(ToolError::Denied(format!(
+                "secret {name:?} may not be sent to {destination}: {} (permit Steward::Action::\"secret.use\" on Steward::Secret::\"{name}\", with `context.destination` to bind it to hosts)",
+                if d.approval.is_some() {
+                    "its permit needs an approval, which a secret's use does not wait for".to_string()
+                } else if d.policy_ids.is_empty() {
+                    "no policy permits secret.use on it".to_string()
+                } else {
+                    format!("forbidden by {}", d.policy_ids.join(", "))
+                }
+            )));
+        }
+        use steward_llm::SecretSource;
+        s.vault
+            .as_ref()
+            .and_then(|v| v.secret(name))
+            .ok_or_else(|| ToolError::Failed(format!("no secret {name:?} in the vault")))
     }
 
     /// The run's egress allow-list (its agent's `spec.sandbox.egress`), with every connection
@@ -270,9 +292,21 @@ impl Host {
 
 #[async_trait::async_trait]
 impl ToolHost for Host {
-    fn secret(&self, name: &str) -> Option<String> {
-        use steward_llm::SecretSource;
-        self.0.vault.as_ref()?.secret(name)
+    async fn use_secret(
+        &self,
+        run: &RunId,
+        name: &str,
+        destination: &str,
+    ) -> Result<String, ToolError> {
+        let rec = self
+            .0
+            .store
+            .get_run(run)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the run vanished"))?;
+        self.decided_secret(run, &rec.agent, name, destination)
+            .await
     }
 
     async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<(), ToolError> {

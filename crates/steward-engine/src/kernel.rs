@@ -565,6 +565,7 @@ impl Kernel {
             owner,
             // A managed run acts for its agent's owner.
             on_behalf_of: owner,
+            destination: None,
         };
         let mut d = self.policies.decide(&query(act, resource));
         // Starting another agent is also `agent.spawn` on that agent, running code is also
@@ -771,6 +772,18 @@ impl Kernel {
                     match &ctx.provider {
                         Some(p) => p.chat(request).await.map(|r| (r, 0)),
                         None => {
+                            // The hold assumed at most DEFAULT_MAX_OUTPUT tokens when the agent
+                            // set no limit: the upstream is held to it too.
+                            let bounded;
+                            let request = if request.max_tokens.is_none() {
+                                bounded = ChatRequest {
+                                    max_tokens: Some(DEFAULT_MAX_OUTPUT as u32),
+                                    ..request.clone()
+                                };
+                                &bounded
+                            } else {
+                                request
+                            };
                             let (r, label) =
                                 self.router.chat(key, &ctx.spec.model, request).await?;
                             let spent = self.budgets.cost(
@@ -934,6 +947,17 @@ impl Kernel {
                 .is_some_and(|s| s >= 500),
         };
         if let (true, Some(other)) = (failed(&last), &p.fallback) {
+            // The fallback is a tool call of its own: listed, decided and audited like the
+            // first, never run on the first one's permit.
+            if let Some(refused) = self.may_fallback(ctx, other, args, tctx.seq).await? {
+                let why = match &last {
+                    Err(e) => e.clone(),
+                    Ok(v) => format!("the tool answered with status {}", v["status"]),
+                };
+                return Ok(Err(format!(
+                    "{why}; the fallback tool {other:?} was not called: {refused}"
+                )));
+            }
             if let Some(tool) = self.tools.get(other) {
                 last = match tokio::time::timeout(step_timeout, tool.call(tctx, args.clone())).await
                 {
@@ -1004,6 +1028,55 @@ impl Kernel {
         agent: &str,
         seq: i64,
     ) -> Result<Option<String>, StepError> {
+        self.may_act_unattended(ctx, "agent.spawn", agent, seq)
+            .await
+    }
+
+    /// Whether the fallback tool `tool` may be called with `args` in place of a failed one:
+    /// it must be one of the agent's tools, and `tool.call` on it — and what the tool does
+    /// besides (`agent.spawn`, `sandbox.exec`) — must be allowed without an approval.
+    async fn may_fallback(
+        &self,
+        ctx: &RunCtx,
+        tool: &str,
+        args: &Value,
+        seq: i64,
+    ) -> Result<Option<String>, StepError> {
+        if !ctx.spec.tools.iter().any(|t| t == tool) {
+            return Ok(Some(
+                "it is not one of this agent's tools (spec.tools)".to_string(),
+            ));
+        }
+        if let Some(refused) = self.may_act_unattended(ctx, "tool.call", tool, seq).await? {
+            return Ok(Some(refused));
+        }
+        let sandbox = format!("run:{}", ctx.run.id);
+        let also = match tool {
+            "spawn_agent" => Some((
+                "agent.spawn",
+                args.get("agent")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            )),
+            "sandbox_exec" => Some(("sandbox.exec", sandbox.as_str())),
+            _ => None,
+        };
+        match also {
+            Some((act, resource)) => self.may_act_unattended(ctx, act, resource, seq).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Whether this run may do `action` on `resource` where no one can be asked (a fallback):
+    /// the policy's decision and the run's own grant, audited. A permit that asks for
+    /// approval counts as no.
+    async fn may_act_unattended(
+        &self,
+        ctx: &RunCtx,
+        action: &str,
+        resource: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StepError> {
         let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
         let owner = self
             .identities
@@ -1015,27 +1088,40 @@ impl Kernel {
         let d = self.policies.decide(&Query {
             agent: &ctx.run.agent,
             run: Some(ctx.run.id.as_str()),
-            action: "agent.spawn",
-            resource: agent,
+            action,
+            resource,
             cost_nanos: 0,
             time_ms: now,
             chain: &chain,
             owner: owner.as_deref(),
             on_behalf_of: owner.as_deref(),
+            destination: None,
         });
         let mut refused = if !d.allow {
             Some(if d.policy_ids.is_empty() {
-                "no policy permits agent.spawn on it".to_string()
+                format!("no policy permits {action} on it")
             } else {
                 format!("forbidden by {}", d.policy_ids.join(", "))
             })
         } else if d.approval.is_some() {
-            Some("starting it needs approval, which a fallback does not wait for".to_string())
+            Some(format!(
+                "{action} on it needs approval, which a fallback does not wait for"
+            ))
         } else {
             None
         };
+        if refused.is_none() {
+            if let Some(why) = self
+                .identities
+                .barred(&ctx.run.agent)
+                .await
+                .map_err(store_err)?
+            {
+                refused = Some(why);
+            }
+        }
         if refused.is_none() && ctx.run.parent_id.is_some() {
-            refused = self.outside_grant(ctx, "agent.spawn", agent, now).await?;
+            refused = self.outside_grant(ctx, action, resource, now).await?;
         }
         let record = steward_gov::AuditRecord {
             at: now,
@@ -1043,8 +1129,8 @@ impl Kernel {
             principal: format!("run:{}", ctx.run.id),
             chain,
             trace_id: crate::trace_id(),
-            action: "agent.spawn".into(),
-            resource: agent.into(),
+            action: action.into(),
+            resource: resource.into(),
             run_id: Some(ctx.run.id.to_string()),
             step: Some(seq.to_string()),
             decision: Some(if refused.is_none() { "allow" } else { "deny" }.into()),

@@ -259,9 +259,17 @@ impl Engine {
                 tracker: TaskTracker::new(),
             }),
         };
-        // The policy set in force is the database's latest, when there is one.
+        // The policy set in force is the database's latest, when there is one: as it was
+        // stored, or not at all — never the permissive default in its place.
         if let Some(latest) = engine.inner.shared.store.latest_policy_set().await? {
-            housekeeping::apply_policy_set(&engine.inner.kernel.policies, &latest);
+            housekeeping::apply_policy_set(&engine.inner.kernel.policies, &latest).map_err(
+                |e| {
+                    Error::Unavailable(format!(
+                        "the stored policy set (version {}) does not load: {e}; fix it with a build that accepts it, or put a new set in with `steward policy apply` on a server started with an empty database",
+                        latest.version
+                    ))
+                },
+            )?;
         }
         tokio::spawn(housekeeping::follow_policies(
             engine.inner.shared.store.clone(),
@@ -1217,13 +1225,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Identifies a gateway caller by its API key (and the run it names, if any).
+    /// Identifies a gateway caller by its API key, the delegated token it holds (if any) and
+    /// the run it names (if any).
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
+        delegation: Option<&str>,
         run: Option<&str>,
     ) -> Result<Principal, GatewayError> {
-        self.inner.gateway.authenticate(bearer, run).await
+        self.inner
+            .gateway
+            .authenticate(bearer, delegation, run)
+            .await
     }
 
     /// See `Gateway::authorize_queue`.
@@ -1255,6 +1268,16 @@ impl Engine {
     }
 
     /// The model aliases the gateway serves.
+    /// Whether `/v1` can route `model`: an alias, or `provider/model` of a configured provider.
+    pub fn gateway_routes(&self, model: &str) -> bool {
+        self.inner
+            .gateway
+            .router
+            .providers()
+            .deployments(model)
+            .is_ok()
+    }
+
     pub fn gateway_models(&self) -> Vec<String> {
         self.inner
             .gateway

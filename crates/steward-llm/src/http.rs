@@ -47,11 +47,10 @@ pub(crate) async fn post_json(
             }
         }
     };
-    let mut resp = req
-        .timeout(Duration::from_millis(timeout_ms))
-        .send()
-        .await
-        .map_err(map_send)?;
+    let (client, req) = req.timeout(Duration::from_millis(timeout_ms)).build_split();
+    let req = req.map_err(map_send)?;
+    let creds = credentials(&req);
+    let mut resp = client.execute(req).await.map_err(map_send)?;
     let status = resp.status();
     let retry_after = retry_after(resp.headers());
     let mut body = Vec::new();
@@ -68,18 +67,64 @@ pub(crate) async fn post_json(
         return Err(Error::Status {
             provider: provider.to_string(),
             status: status.as_u16(),
-            body: snippet(&body),
+            body: snippet(&body, &creds),
             retry_after,
         });
     }
     serde_json::from_slice(&body).map_err(|e| Error::Garbage {
         provider: provider.to_string(),
-        detail: format!("{e}; body starts {:?}", snippet(&body)),
+        detail: format!("{e}; body starts {:?}", snippet(&body, &creds)),
     })
 }
 
-fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+/// The start of an upstream's body, for an error, with every credential the request carried
+/// taken out: an upstream that echoes the key it was sent must not hand it to the caller, the
+/// call log or the audit record.
+fn snippet(body: &[u8], creds: &[String]) -> String {
+    const SHOWN: usize = 300;
+    // Redact over more than is shown, so a key that straddles the cut is caught whole.
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
+    for c in creds {
+        text = text.replace(c.as_str(), "[redacted]");
+    }
+    match text.char_indices().nth(SHOWN) {
+        Some((i, _)) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// The secrets a request carries: credential headers (without their scheme) and credential
+/// query parameters. Short values are not secrets worth the name, and would redact noise.
+fn credentials(req: &reqwest::Request) -> Vec<String> {
+    let secretish = |name: &str| {
+        let n = name.to_ascii_lowercase();
+        n == "authorization"
+            || n == "proxy-authorization"
+            || ["key", "token", "secret", "signature", "sig"]
+                .iter()
+                .any(|w| n.contains(w))
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (name, value) in req.headers() {
+        if !secretish(name.as_str()) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            let v = v.trim();
+            let bare = v.split_once(' ').map_or(v, |(_, rest)| rest.trim());
+            out.extend([v, bare].into_iter().map(str::to_string));
+        }
+    }
+    for (k, v) in req.url().query_pairs() {
+        if secretish(&k) {
+            out.push(v.into_owned());
+        }
+    }
+    out.retain(|c| c.len() >= 8);
+    // Longest first, so a whole header value goes before the key inside it.
+    out.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    out.dedup();
+    out
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -120,15 +165,23 @@ pub(crate) async fn post_stream(
             }
         }
     };
-    let resp = req.send().await.map_err(map_send)?;
+    let (client, req) = req.build_split();
+    let req = req.map_err(map_send)?;
+    let creds = credentials(&req);
+    let resp = client.execute(req).await.map_err(map_send)?;
     let status = resp.status();
     if !status.is_success() {
         let retry_after = retry_after(resp.headers());
-        let body = resp.bytes().await.unwrap_or_default();
+        // Bounded like any wait on this upstream: an error body that never ends is cut off.
+        let body = match tokio::time::timeout(Duration::from_millis(timeout_ms), resp.bytes()).await
+        {
+            Ok(Ok(b)) => b,
+            _ => Default::default(),
+        };
         return Err(Error::Status {
             provider: provider.to_string(),
             status: status.as_u16(),
-            body: snippet(&body),
+            body: snippet(&body, &creds),
             retry_after,
         });
     }
@@ -164,4 +217,33 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_a_request_carried_never_come_back_in_an_error() {
+        let key = "sk-proj-0123456789abcdefSECRET";
+        let req = reqwest::Client::new()
+            .post("http://upstream.test/v1/chat?api-key=q-9876543210&x=1")
+            .bearer_auth(key)
+            .header("x-api-key", "xk-ABCDEFGHIJKL")
+            .build()
+            .unwrap();
+        let creds = credentials(&req);
+        let body = format!(
+            "{{\"error\": \"Incorrect API key provided: {key}. Also Bearer {key}, xk-ABCDEFGHIJKL, q-9876543210\"}}"
+        );
+        let shown = snippet(body.as_bytes(), &creds);
+        for secret in [key, "xk-ABCDEFGHIJKL", "q-9876543210"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("[redacted]"), "{shown}");
+        // A key past the shown part, or straddling its end, is never shown in part either.
+        let long = format!("{}{key}", "x".repeat(290));
+        let shown = snippet(long.as_bytes(), &creds);
+        assert!(!shown.contains("sk-proj-0"), "{shown}");
+    }
 }

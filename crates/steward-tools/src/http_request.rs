@@ -19,13 +19,63 @@ pub struct HttpRequest {
     allow_private: bool,
 }
 
+/// Resolves host names for the client and refuses any name with a private address among its
+/// answers. The check happens here, in the one lookup whose answers the client connects to:
+/// a name that resolves differently a moment later (DNS rebinding) cannot slip past it.
+struct PublicOnly;
+
+/// A name that resolved to an address `http_request` may not reach.
+#[derive(Debug)]
+struct PrivateAddress(String);
+
+impl std::fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PrivateAddress {}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| is_private(&a.ip())) {
+                return Err(Box::new(PrivateAddress(format!(
+                    "{host} resolves to the private address {}; set tools.http.allow_private_networks to allow it",
+                    a.ip()
+                ))) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The refusal inside a client error, if the resolver refused the name.
+fn private_address(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(p) = err.downcast_ref::<PrivateAddress>() {
+            return Some(p.0.clone());
+        }
+        source = err.source();
+    }
+    None
+}
+
 impl HttpRequest {
     pub fn new(cfg: &HttpToolConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(10_000)))
             // A redirect could lead to an address the checks below never saw.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if !cfg.allow_private_networks {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+        }
+        let client = builder
             .build()
             .map_err(|e| ToolError::Failed(format!("cannot build an HTTP client: {e}")))?;
         Ok(HttpRequest {
@@ -49,22 +99,17 @@ impl HttpRequest {
         let host = url
             .host_str()
             .ok_or_else(|| ToolError::InvalidArgs("`url` has no host".into()))?;
-        let port = url.port_or_known_default().unwrap_or(80);
-        let addrs: Vec<IpAddr> = match host
+        // An address written in the URL is never looked up; a name is checked by the client's
+        // resolver (`PublicOnly`), on the very answers it connects to.
+        if let Ok(ip) = host
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
         {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| ToolError::Failed(format!("cannot resolve {host}: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
-        };
-        if let Some(ip) = addrs.iter().find(|ip| is_private(ip)) {
-            return Err(ToolError::Denied(format!(
-                "{host} resolves to the private address {ip}; set tools.http.allow_private_networks to allow it"
-            )));
+            if is_private(&ip) {
+                return Err(ToolError::Denied(format!(
+                    "{host} is the private address {ip}; set tools.http.allow_private_networks to allow it"
+                )));
+            }
         }
         Ok(())
     }
@@ -149,7 +194,7 @@ impl Tool for HttpRequest {
                 let v = v.as_str().ok_or_else(|| {
                     ToolError::InvalidArgs(format!("`headers.{k}` must be a string"))
                 })?;
-                let v = with_secrets(v, &*ctx.host, &mut used)?;
+                let v = with_secrets(v, ctx, url.host_str().unwrap_or_default(), &mut used).await?;
                 rb = rb.header(k.as_str(), v);
             }
         }
@@ -171,7 +216,9 @@ impl Tool for HttpRequest {
         }
         let timeout_ms = self.timeout_ms;
         let fail = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if let Some(why) = private_address(&e) {
+                ToolError::Denied(why)
+            } else if e.is_timeout() {
                 ToolError::Failed(format!("{url}: no answer within {timeout_ms} ms"))
             } else {
                 ToolError::Failed(redact(format!("{url}: {e}")))
@@ -205,11 +252,13 @@ impl Tool for HttpRequest {
     }
 }
 
-/// `{{secret:NAME}}` in a header value, replaced by the vault's value at call time. The
-/// arguments — journaled, and written by the model — only ever hold the placeholder.
-fn with_secrets(
+/// `{{secret:NAME}}` in a header value, replaced by the vault's value at call time — if a
+/// policy lets this run send that secret to `destination` (decided and audited by the host).
+/// The arguments — journaled, and written by the model — only ever hold the placeholder.
+async fn with_secrets(
     value: &str,
-    host: &dyn crate::ToolHost,
+    ctx: &ToolContext,
+    destination: &str,
     used: &mut Vec<(String, String)>,
 ) -> Result<String, ToolError> {
     let mut out = String::new();
@@ -221,9 +270,7 @@ fn with_secrets(
             .find("}}")
             .ok_or_else(|| ToolError::InvalidArgs("`{{secret:` without its closing `}}`".into()))?;
         let name = &after[..end];
-        let secret = host.secret(name).ok_or_else(|| {
-            ToolError::InvalidArgs(format!("no secret named {name:?} in the vault"))
-        })?;
+        let secret = ctx.host.use_secret(&ctx.run_id, name, destination).await?;
         out.push_str(&secret);
         used.push((name.to_string(), secret));
         rest = &after[end + 2..];
@@ -254,6 +301,44 @@ mod tests {
         for ip in ["93.184.216.34", "2606:4700::1111"] {
             assert!(!is_private(&ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// Names are checked by the resolver the client connects with, so the addresses checked
+    /// are the addresses dialled: a name that resolves to loopback is never connected to, even
+    /// with a live server there.
+    #[tokio::test]
+    async fn the_client_never_dials_a_name_that_resolves_privately() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { l.accept().await.is_ok() });
+        let t = HttpRequest::new(&HttpToolConfig::default()).unwrap();
+        let e = t
+            .client
+            .get(format!("http://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let why = private_address(&e).expect("refused by the resolver");
+        assert!(
+            why.contains("localhost resolves to the private address"),
+            "{why}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!accepted.is_finished(), "no connection was made");
+        accepted.abort();
+        // Allowed, the same name connects.
+        let open = HttpRequest::new(&HttpToolConfig {
+            allow_private_networks: true,
+            ..HttpToolConfig::default()
+        })
+        .unwrap();
+        let e = open
+            .client
+            .get(format!("http://localhost:{port}/"))
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await;
+        assert!(e.as_ref().err().and_then(private_address).is_none());
     }
 
     #[test]

@@ -65,9 +65,12 @@ pub struct ChildOutcome {
 /// Engine capabilities lent to tools for one call.
 #[async_trait::async_trait]
 pub trait ToolHost: Send + Sync {
-    /// A credential from the vault, by name, for the tool to use but never to return.
-    fn secret(&self, _name: &str) -> Option<String> {
-        None
+    /// A credential from the vault, by name, for the tool to send to `destination` (a host)
+    /// but never to return: its use is decided by policy and audited first.
+    async fn use_secret(&self, _run: &RunId, name: &str, _destination: &str) -> Result<String> {
+        Err(ToolError::Denied(format!(
+            "secret {name:?}: there is no vault on this server"
+        )))
     }
     async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<()>;
     async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>>;

@@ -44,14 +44,31 @@ async fn call(s: &TestServer, bearer: &str, model: &str) -> (u16, Value) {
     .await
 }
 
-/// Mints a token with `bearer` for `body.to`; returns the link's id and the token.
+/// Mints a token with `bearer` for `body.to`; returns the link's id and the holder's
+/// credential: an API key of its own (made here) with the token (`key|token`).
 async fn delegate(s: &TestServer, bearer: &str, body: Value) -> (String, String) {
-    let (st, d) = send(s, "/v1/delegations", bearer, body).await;
+    let (st, d) = send(s, "/v1/delegations", bearer, body.clone()).await;
     assert_eq!(st, 201, "{d}");
+    let (st, k) = s
+        .post(
+            "/api/v1/keys",
+            json!({"agent": body["to"].as_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(st, 201, "{k}");
     (
         d["id"].as_str().unwrap().to_string(),
-        d["token"].as_str().unwrap().to_string(),
+        format!(
+            "{}|{}",
+            k["key"].as_str().unwrap(),
+            d["token"].as_str().unwrap()
+        ),
     )
+}
+
+/// The token of a `key|token` credential.
+fn token(credential: &str) -> &str {
+    credential.split_once('|').unwrap().1
 }
 
 async fn api_key(s: &TestServer, agent: &str, owner: &str) -> String {
@@ -301,6 +318,9 @@ async fn forged_altered_and_truncated_tokens_are_refused(b: Backend) {
         .unwrap()
         .to_base64()
         .unwrap();
+    let intern_key = intern.split_once('|').unwrap().0.to_string();
+    let with_key = |t: String| format!("{intern_key}|{t}");
+    let intern = token(&intern).to_string();
     // Cut short, and altered in the middle.
     let cut = intern[..intern.len() - 12].to_string();
     let mut altered = intern.clone().into_bytes();
@@ -319,19 +339,20 @@ async fn forged_altered_and_truncated_tokens_are_refused(b: Backend) {
         base64::engine::general_purpose::URL_SAFE.encode(proto.encode_to_vec())
     };
     for (what, t) in [
-        ("forged", &forged),
-        ("cut", &cut),
-        ("altered", &altered),
-        ("truncated", &truncated),
-        ("junk", &"not-a-token".to_string()),
+        ("forged", with_key(forged)),
+        ("cut", with_key(cut)),
+        ("altered", with_key(altered)),
+        ("truncated", with_key(truncated)),
+        ("junk", with_key("not-a-token".to_string())),
     ] {
-        let (st, e) = call(&s, t, MODEL).await;
+        let (st, e) = call(&s, &t, MODEL).await;
         assert_eq!(st, 401, "{what}: {e}");
     }
 
     // Offline attenuation by the holder is honoured, and can only narrow: the helper adds a
     // block of its own that allows only MODEL.
-    let narrowed = UnverifiedBiscuit::from_base64(&helper)
+    let helper_key = helper.split_once('|').unwrap().0;
+    let narrowed = UnverifiedBiscuit::from_base64(token(&helper))
         .unwrap()
         .append(
             BlockBuilder::new()
@@ -343,6 +364,7 @@ async fn forged_altered_and_truncated_tokens_are_refused(b: Backend) {
         .unwrap()
         .to_base64()
         .unwrap();
+    let narrowed = format!("{helper_key}|{narrowed}");
     assert_eq!(call(&s, &narrowed, MODEL).await.0, 200);
     assert_eq!(call(&s, &narrowed, "mock/other").await.0, 403);
     assert_eq!(call(&s, &helper, "mock/other").await.0, 200);
@@ -386,7 +408,7 @@ async fn another_owners_runs_and_principals_are_off_limits(b: Backend) {
         .put(format!("{}/api/v1/policies", s.url))
         .body(
             r#"
-@id("models") permit (principal, action == Steward::Action::"llm.call", resource);
+@id("models") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate"], resource);
 @id("only-for-its-own-owner")
 forbid (principal, action, resource) unless { principal.owner == context.on_behalf_of };
 "#,
@@ -554,3 +576,165 @@ both_backends!(
     a_granted_budget_bounds_the_child,
     a_granted_budget_bounds_the_child
 );
+
+/// A token is usable only by the agent it names, with that agent's own key: not by the agent
+/// that minted it, not by anyone who copied it, not alone.
+async fn a_token_is_bound_to_its_holder(b: Backend) {
+    let s = server(b).await;
+    let a_key = api_key(&s, "a", "alice").await;
+    let b_key = api_key(&s, "b", "alice").await;
+    let c_key = api_key(&s, "c", "alice").await;
+    let (st, d) = send(&s, "/v1/delegations", &a_key, json!({"to": "b"})).await;
+    assert_eq!(st, 201, "{d}");
+    let t = d["token"].as_str().unwrap();
+    // The minter using the token it minted for b, a bystander with a copy, the token alone.
+    for (who, cred) in [
+        ("the minter", format!("{a_key}|{t}")),
+        ("a bystander", format!("{c_key}|{t}")),
+    ] {
+        let (st, e) = call(&s, &cred, MODEL).await;
+        assert_eq!(st, 403, "{who}: {e}");
+        assert!(message(&e).contains("minted for agent b"), "{who}: {e}");
+        let (st, _) = send(&s, "/v1/delegations", &cred, json!({"to": "c"})).await;
+        assert_eq!(st, 403, "{who} may not mint below it");
+    }
+    let (st, e) = call(&s, t, MODEL).await;
+    assert_eq!(st, 401, "{e}");
+    assert!(message(&e).contains("X-Steward-Delegation"), "{e}");
+    // Its holder, with its own key.
+    assert_eq!(call(&s, &format!("{b_key}|{t}"), MODEL).await.0, 200);
+
+    // A worker may not complete another agent's leased task with a token minted "for" it.
+    let (st, e) = put_policies(
+        &s,
+        r#"@id("work") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate", Steward::Action::"task.enqueue", Steward::Action::"task.lease"], resource);"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = s
+        .post_as(&b_key, "/api/v1/queues/jobs/tasks", json!({"payload": "x"}))
+        .await;
+    assert_eq!(st, 201, "{e}");
+    let (st, lease) = s
+        .post_as(&b_key, "/api/v1/queues/jobs/lease", json!({"worker": "b"}))
+        .await;
+    assert_eq!(st, 200, "{lease}");
+    let (_, d) = send(&s, "/v1/delegations", &a_key, json!({"to": "b"})).await;
+    let as_b = format!("{a_key}|{}", d["token"].as_str().unwrap());
+    let (st, e) = s
+        .post_as(&as_b, "/api/v1/queues/jobs/lease", json!({"worker": "b"}))
+        .await;
+    assert_eq!(st, 403, "{e}");
+
+    let records = common::audit_records(&s).await;
+    let refused = records
+        .iter()
+        .filter(|r| r["event"] == "authentication" && r["decision"] == "deny")
+        .count();
+    assert!(refused >= 5, "each misuse is audited: {refused}");
+}
+both_backends!(
+    a_token_is_bound_to_its_holder,
+    a_token_is_bound_to_its_holder
+);
+
+async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(text.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// A delegated call carries no more authority than every agent on its chain holds: an agent
+/// the policy refuses gains nothing by delegating to one it permits, and minting is itself
+/// decided (`agent.delegate`) and audited.
+async fn every_agent_on_a_chain_is_decided(b: Backend) {
+    let s = server(b).await;
+    let lowly = api_key(&s, "lowly", "alice").await;
+    let vip = api_key(&s, "vip", "alice").await;
+    let (st, e) = put_policies(
+        &s,
+        r#"
+@id("vip-calls") permit (principal == Steward::Agent::"vip", action == Steward::Action::"llm.call", resource);
+@id("anyone-delegates") permit (principal, action == Steward::Action::"agent.delegate", resource);
+@id("never-to-root") forbid (principal, action == Steward::Action::"agent.delegate", resource == Steward::Agent::"root");
+@id("queues") permit (principal == Steward::Agent::"vip", action in [Steward::Action::"task.enqueue", Steward::Action::"task.lease"], resource);
+"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(call(&s, &lowly, MODEL).await.0, 403);
+    assert_eq!(call(&s, &vip, MODEL).await.0, 200);
+    // lowly delegates to vip: the token's calls are lowly's authority too, and lowly has none.
+    let (_, d) = send(&s, "/v1/delegations", &lowly, json!({"to": "vip"})).await;
+    let under_lowly = format!("{vip}|{}", d["token"].as_str().unwrap());
+    let (st, e) = call(&s, &under_lowly, MODEL).await;
+    assert_eq!(st, 403, "{e}");
+    assert!(message(&e).contains("lowly"), "{e}");
+    let (st, e) = s
+        .post_as(
+            &under_lowly,
+            "/api/v1/queues/jobs/tasks",
+            json!({"payload": "x"}),
+        )
+        .await;
+    assert_eq!(st, 403, "{e}");
+    assert!(message(&e).contains("lowly"), "{e}");
+    // vip delegating to lowly does not make lowly a vip either: each link is decided.
+    let (_, d) = send(&s, "/v1/delegations", &vip, json!({"to": "lowly"})).await;
+    let under_vip = format!("{lowly}|{}", d["token"].as_str().unwrap());
+    let (st, e) = call(&s, &under_vip, MODEL).await;
+    assert_eq!(st, 403, "{e}");
+    // Minting is decided: a forbid on delegating to root holds.
+    let (st, e) = send(&s, "/v1/delegations", &vip, json!({"to": "root"})).await;
+    assert_eq!(st, 403, "{e}");
+    assert!(message(&e).contains("never-to-root"), "{e}");
+    // Without a permit, nothing is minted.
+    let (st, e) = put_policies(
+        &s,
+        r#"@id("calls") permit (principal, action == Steward::Action::"llm.call", resource);"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = send(&s, "/v1/delegations", &vip, json!({"to": "lowly"})).await;
+    assert_eq!(st, 403, "{e}");
+    assert!(message(&e).contains("agent.delegate"), "{e}");
+
+    let records = common::audit_records(&s).await;
+    let denied: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "agent.delegate" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(denied[0]["policy_ids"], json!(["never-to-root"]));
+    assert!(records.iter().any(|r| r["action"] == "agent.delegate"
+        && r["decision"] == "allow"
+        && r["policy_ids"] == json!(["anyone-delegates"])));
+}
+both_backends!(
+    every_agent_on_a_chain_is_decided,
+    every_agent_on_a_chain_is_decided
+);
+
+/// Agents with no recorded owner share nothing: neither may attach its calls to the other's
+/// runs.
+async fn no_owner_matches_no_owner(b: Backend) {
+    let s = server(b).await;
+    let (_, k) = s.post("/api/v1/keys", json!({"agent": "stray"})).await;
+    let stray = k["key"].as_str().unwrap().to_string();
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: loner}\nspec:\n  model: scripted\n  script: [{content: hi}]\n").await;
+    let run = s.start_run("loner", "go").await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&stray)
+        .header("X-Steward-Run", &run)
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
+both_backends!(no_owner_matches_no_owner, no_owner_matches_no_owner);

@@ -139,8 +139,8 @@ async fn failures_go_to_the_chain_for_their_kind() {
     let (st, body) = ask("guarded", "a malformed request").await;
     assert_eq!(
         (st, body["error"]["code"].as_str()),
-        (502, Some("upstream_error")),
-        "a request the upstream rejects for another reason falls back nowhere: {body}"
+        (400, Some("upstream_rejected")),
+        "a request the upstream rejects for another reason falls back nowhere, and is told so as it is: {body}"
     );
     assert_eq!((count("big"), count("lenient")), (1, 1));
 

@@ -114,6 +114,16 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         ],
     )
     .await;
+    // The notebook's agent attaches its calls to a run of the same owner's agent.
+    for agent in ["notebook-agent", "host"] {
+        let (st, e) = s
+            .post(
+                &format!("/api/v1/agents/{agent}/resume"),
+                json!({"reason": "registered", "owner": "team-a"}),
+            )
+            .await;
+        assert_eq!(st, 200, "{e}");
+    }
     let (st, key) = s
         .post("/api/v1/keys", json!({"agent": "notebook-agent"}))
         .await;

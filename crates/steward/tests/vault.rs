@@ -56,6 +56,19 @@ async fn upstream() -> (String, Seen) {
     (url, seen)
 }
 
+/// What the built-in default permits, for sets that add to it.
+const DEFAULTS: &str = r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec", Steward::Action::"agent.delegate"], resource);"#;
+
+async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/policies", s.url))
+        .body(text.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 async fn put_secret(s: &TestServer, name: &str, body: Value) -> (u16, String) {
     let r = reqwest::Client::new()
         .put(format!("{}/api/v1/secrets/{name}", s.url))
@@ -156,7 +169,21 @@ async fn credentials_are_sealed_injected_and_never_shown(b: Backend) {
         [format!("Bearer {FIRST}"), format!("Bearer {SECOND}")]
     );
 
-    // A tool uses it by name; the model sees neither the value nor its echo.
+    // A tool uses it by name — where a policy lets it go — and the model sees neither the
+    // value nor its echo.
+    let host = reqwest::Url::parse(&base)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_string();
+    let (st, e) = put_policies(
+        &s,
+        &format!(
+            "{DEFAULTS}\n@id(\"upstream-key-to-its-host\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"upstream-key\") when {{ context.destination == \"{host}\" }};"
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
     s.apply(&format!(
         "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: caller}}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{url: \"{base}/echo\", headers: {{Authorization: \"Bearer {{{{secret:upstream-key}}}}\"}}}}}}]\n    - content: done\n"
     ))
@@ -193,4 +220,106 @@ async fn credentials_are_sealed_injected_and_never_shown(b: Backend) {
 both_backends!(
     credentials_are_sealed_injected_and_never_shown,
     credentials_are_sealed_injected_and_never_shown
+);
+
+/// A secret leaves Steward in a tool's request only by a decision: `secret.use` on it, with
+/// where it is going (`context.destination`), audited — allowed or not. With no permit, with a
+/// permit for another host, or a forbid, the request is never sent.
+async fn secrets_in_tools_are_decided_and_bound_to_hosts(b: Backend) {
+    let (base, _) = upstream().await;
+    let s = TestServer::start_with(b, &[("STEWARD_VAULT_KEY", &"cd".repeat(32))]).await;
+    assert_eq!(
+        put_secret(&s, "api-key", json!({"value": "sk-live-do-not-leak"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        put_secret(
+            &s,
+            "provider-key",
+            json!({"value": "sk-provider-do-not-leak"})
+        )
+        .await
+        .0,
+        200
+    );
+    let host = reqwest::Url::parse(&base)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_string();
+    let (st, e) = put_policies(
+        &s,
+        &format!(
+            "{DEFAULTS}\n@id(\"api-key-to-the-api\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ context.destination == \"api.example.com\" }};"
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let run_with = |secret: &str| {
+        format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: caller}}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{url: \"{base}/echo\", headers: {{Authorization: \"{{{{secret:{secret}}}}}\"}}}}}}]\n    - content: done\n"
+        )
+    };
+    for (secret, why) in [
+        ("provider-key", "no policy permits secret.use"),
+        ("api-key", "may not be sent to"),
+    ] {
+        s.apply(&run_with(secret)).await;
+        let run = s.start_run("caller", "go").await;
+        assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+        let journal = serde_json::to_string(&s.journal(&run).await).unwrap();
+        assert!(journal.contains(why), "{secret}: {journal}");
+        assert!(!journal.contains("do-not-leak"), "{journal}");
+        assert!(
+            !journal.contains("you sent"),
+            "the request was never sent: {journal}"
+        );
+    }
+    // Bound to this host, it goes.
+    let (st, e) = put_policies(
+        &s,
+        &format!(
+            "{DEFAULTS}\n@id(\"api-key-here\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ context.destination == \"{host}\" }};"
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    s.apply(&run_with("api-key")).await;
+    let run = s.start_run("caller", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = serde_json::to_string(&s.journal(&run).await).unwrap();
+    assert!(journal.contains("[secret:api-key]"), "{journal}");
+    assert!(!journal.contains("do-not-leak"), "{journal}");
+
+    let uses: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "secret.use")
+        .collect();
+    let verdicts: Vec<(&str, &str)> = uses
+        .iter()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("provider-key", "deny"),
+            ("api-key", "deny"),
+            ("api-key", "allow")
+        ],
+        "{uses:?}"
+    );
+    assert_eq!(uses[2]["outcome"], format!("destination:{host}"));
+    assert_eq!(uses[2]["policy_ids"], json!(["api-key-here"]));
+}
+both_backends!(
+    secrets_in_tools_are_decided_and_bound_to_hosts,
+    secrets_in_tools_are_decided_and_bound_to_hosts
 );

@@ -201,12 +201,13 @@ impl TestServer {
         json_call(self.http.put(format!("{}{path}", self.url)), body).await
     }
 
-    /// POSTs `body` to `path` with `bearer` as the credential (an agent's key or token, not
-    /// the admin token): (status, body).
-    pub async fn post_as(&self, bearer: &str, path: &str, body: Value) -> (u16, Value) {
-        let rb = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(bearer);
+    /// POSTs with an agent's credential: its API key, or `key|token` for a key and the
+    /// delegated token it holds (sent as `X-Steward-Delegation`).
+    pub async fn post_as(&self, credential: &str, path: &str, body: Value) -> (u16, Value) {
+        let rb = as_agent(
+            reqwest::Client::new().post(format!("{}{path}", self.url)),
+            credential,
+        );
         json_call(rb, body).await
     }
 
@@ -582,5 +583,14 @@ impl Drop for NetHost {
         let _ = self.server.wait();
         // The namespace takes its end of the pair with it, and the pair this host's end.
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Authenticates `rb` as an agent: `credential` is its API key, or `key|token` for a key and
+/// the delegated token it holds.
+pub fn as_agent(rb: reqwest::RequestBuilder, credential: &str) -> reqwest::RequestBuilder {
+    match credential.split_once('|') {
+        Some((key, token)) => rb.bearer_auth(key).header("X-Steward-Delegation", token),
+        None => rb.bearer_auth(credential),
     }
 }
