@@ -187,6 +187,13 @@ pub fn parse_documents(
 ) -> Result<(Vec<AgentManifest>, Vec<SupervisorDoc>), ManifestError> {
     let mut out = Vec::new();
     let mut supervisors = Vec::new();
+    // Aliases are expanded when a document is read: measure first, so a small text of many
+    // aliases of a large anchor never becomes gigabytes of values.
+    let mut left = MAX_EXPANDED_BYTES;
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        serde::de::DeserializeSeed::deserialize(expanded::Measure(&mut left), doc)
+            .map_err(|e| ManifestError(format!("document {}: malformed YAML: {e}", i + 1)))?;
+    }
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| ManifestError(format!("document {}: malformed YAML: {e}", i + 1)))?;
@@ -239,6 +246,99 @@ pub fn parse_documents(
         ));
     }
     Ok((out, supervisors))
+}
+
+/// The most a manifest stream may expand to, aliases expanded (bytes of scalars, plus a few
+/// per node).
+pub const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Walks a YAML document as the deserializer expands it, without keeping anything, and stops
+/// once it has grown past a budget.
+mod expanded {
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Bytes charged for a node besides its scalar's length.
+    const NODE: usize = 16;
+
+    pub struct Measure<'a>(pub &'a mut usize);
+
+    impl Measure<'_> {
+        fn take<E: de::Error>(&mut self, n: usize) -> Result<(), E> {
+            match self.0.checked_sub(n) {
+                Some(left) => {
+                    *self.0 = left;
+                    Ok(())
+                }
+                None => Err(E::custom(format!(
+                    "with its aliases expanded the manifest is larger than {} MiB; write it out, or use fewer aliases",
+                    super::MAX_EXPANDED_BYTES / (1024 * 1024)
+                ))),
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Measure<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Measure<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any YAML value")
+        }
+        fn visit_bool<E: de::Error>(mut self, _: bool) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_i64<E: de::Error>(mut self, _: i64) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_u64<E: de::Error>(mut self, _: u64) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_f64<E: de::Error>(mut self, _: f64) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
+            self.take(NODE.saturating_add(v.len()))
+        }
+        fn visit_bytes<E: de::Error>(mut self, v: &[u8]) -> Result<(), E> {
+            self.take(NODE.saturating_add(v.len()))
+        }
+        fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_none<E: de::Error>(mut self) -> Result<(), E> {
+            self.take(NODE)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            self.take(NODE)?;
+            while seq.next_element_seed(Measure(&mut *self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            self.take(NODE)?;
+            while map.next_key_seed(Measure(&mut *self.0))?.is_some() {
+                map.next_value_seed(Measure(&mut *self.0))?;
+            }
+            Ok(())
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+            use de::VariantAccess;
+            self.take(NODE)?;
+            let (_, variant) = data.variant::<de::IgnoredAny>()?;
+            variant.newtype_variant_seed(Measure(&mut *self.0))
+        }
+    }
 }
 
 fn yaml_brief(v: &serde_yaml::Value) -> String {
@@ -451,6 +551,30 @@ spec:
     - toolCalls: [{name: echo, arguments: {x: 1}}]
     - content: done
 "#;
+
+    #[test]
+    fn aliases_that_expand_past_the_bound_are_refused_quickly() {
+        // One large anchor and many aliases of it: small text, huge expansion.
+        let big = "x".repeat(400 * 1024);
+        let text = format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  model: scripted\n  systemPrompt: &s {big}\n  script: [{}]\n",
+            vec!["*s"; 200_000].join(", ")
+        );
+        let started = std::time::Instant::now();
+        let e = parse_manifests(&text).unwrap_err();
+        assert!(e.0.contains("aliases expanded"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Nested aliases (each level doubling) likewise.
+        let mut nested = String::from("a0: &a0 [xxxxxxxxxxxxxxxx]\n");
+        for i in 1..40 {
+            nested.push_str(&format!("a{i}: &a{i} [*a{}, *a{}]\n", i - 1, i - 1));
+        }
+        let e = parse_manifests(&nested).unwrap_err();
+        assert!(e.0.contains("malformed YAML"), "{e}");
+        // A few aliases are fine.
+        let ok = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: a}\nspec:\n  model: scripted\n  systemPrompt: &p hello\n  script: [{content: *p}, {content: *p}]\n";
+        assert_eq!(parse_manifests(ok).unwrap().len(), 1);
+    }
 
     #[test]
     fn parses_a_scripted_agent_with_defaults() {

@@ -202,6 +202,22 @@ async fn bad_input_is_rejected_and_nothing_is_half_written(b: Backend) {
         "repetition limit",
     )
     .await;
+    // Flat, not nested: one 400 kB anchor and 200k aliases of it, under 1 MB of text and
+    // 80 GB expanded. Refused by its expanded size, in moments, and the server stays up.
+    let anchor = "x".repeat(400 * 1024);
+    let wide = format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: wide}}\nspec:\n  model: scripted\n  systemPrompt: &s {anchor}\n  script: [{}]\n",
+        vec!["*s"; 120_000].join(",")
+    );
+    assert!(wide.len() < 1024 * 1024, "{}", wide.len());
+    expect_error(
+        s.post_raw("/api/v1/agents", y, wide).await,
+        400,
+        "invalid_manifest",
+        "aliases expanded",
+    )
+    .await;
+    assert_eq!(s.get("/healthz").await.0, 200);
     expect_error(
         s.post_raw(
             "/api/v1/agents",
