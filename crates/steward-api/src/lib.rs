@@ -22,9 +22,12 @@ use steward_types::config::ServerConfig;
 use steward_types::ErrorCode;
 use utoipa::OpenApi;
 
+use crate::openapi::CommonResponses;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Steward", description = "The control plane under AI agents."),
+    modifiers(&CommonResponses),
     paths(
         routes::healthz,
         routes::metrics,
@@ -200,6 +203,8 @@ use utoipa::OpenApi;
     ))
 )]
 pub struct ApiDoc;
+
+mod openapi;
 
 /// Bounds every request, reading its body included, so a stalled client cannot hold a handler.
 async fn deadline(State(ms): State<u64>, req: Request, next: Next) -> Response {

@@ -162,7 +162,7 @@ pub async fn worker_auth(
 
 /// Enqueues a task: 201, or 200 with `deduplicated` when its dedup key was there already.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/tasks", params(("name" = String, Path)), request_body = EnqueueTask,
-    responses((status = 201, body = Enqueued), (status = 200, body = Enqueued), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 403, body = ErrorBody, description = "An agent's credential may not do this on that queue or task"), (status = 201, body = Enqueued), (status = 200, body = Enqueued), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn enqueue(
     State(e): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -199,7 +199,7 @@ pub async fn enqueue(
 /// Leases tasks to an external worker, waiting up to `wait_ms` for one. The worker keeps each
 /// with heartbeats and reports it with its `attempts` as leased.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/lease", params(("name" = String, Path)), request_body = LeaseTasks,
-    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
+    responses((status = 403, body = ErrorBody, description = "An agent's credential may not do this on that queue or task"), (status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn lease(
     State(e): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -224,7 +224,7 @@ pub async fn lease(
 
 /// Keeps a lease: it lasts the queue's `lease_ms` from now. 409 when it was lost.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/heartbeat", params(("id" = String, Path)), request_body = TaskReport,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 403, body = ErrorBody, description = "An agent's credential may not do this on that queue or task"), (status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn heartbeat(
     State(e): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -239,7 +239,7 @@ pub async fn heartbeat(
 /// Completes a leased task with its `result`. 409 when the lease was lost: another worker
 /// has the task now, and this result is not taken.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", params(("id" = String, Path)), request_body = TaskReport,
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 403, body = ErrorBody, description = "An agent's credential may not do this on that queue or task"), (status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn complete(
     State(e): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -257,7 +257,7 @@ pub async fn complete(
 /// Fails a leased task: retried after a backoff while attempts remain (unless `retry` is
 /// false), then dead-lettered with `error` as the reason.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", params(("id" = String, Path)), request_body = TaskReport,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 403, body = ErrorBody, description = "An agent's credential may not do this on that queue or task"), (status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn fail(
     State(e): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -291,6 +291,7 @@ pub async fn get_task(State(e): State<Engine>, Path(id): Path<String>) -> ApiRes
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     pub queue: Option<String>,
@@ -425,6 +426,7 @@ pub async fn list_supervisors(State(e): State<Engine>) -> ApiResult<Json<Supervi
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentQuery {
     /// `open` or `resolved`; absent: both.

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Raw, Text};
 use crate::wire::*;
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -73,6 +73,7 @@ pub async fn list_agents(State(e): State<Engine>) -> ApiResult<Json<AgentList>> 
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AgentQuery {
     pub version: Option<i64>,
@@ -99,6 +100,7 @@ pub async fn create_run(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RunQuery {
     pub state: Option<String>,
@@ -152,6 +154,7 @@ pub async fn get_run(State(e): State<Engine>, Path(id): Path<String>) -> ApiResu
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JournalQuery {
     /// Only entries with a larger `seq`.
@@ -225,6 +228,7 @@ pub async fn create_key(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuery {
     pub agent: Option<String>,
@@ -355,6 +359,7 @@ pub async fn get_identity(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CallQuery {
     pub agent: Option<String>,
@@ -376,6 +381,7 @@ pub async fn list_calls(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CostQuery {
     /// agent (default), model, run or day.
@@ -470,6 +476,7 @@ pub async fn verify_audit(State(e): State<Engine>) -> ApiResult<Json<AuditReport
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditExportQuery {
     /// Only records from this time on (Unix milliseconds; default: all).
@@ -520,6 +527,7 @@ pub async fn put_policies(State(e): State<Engine>, body: String) -> ApiResult<Js
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalQuery {
     /// pending, approved, denied or expired.

@@ -741,6 +741,7 @@ pub struct KillProcess {
 
 /// `?path=`: a path in the workspace (relative, or absolute under `/workspace`).
 #[derive(Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FilePath {
     #[serde(default)]

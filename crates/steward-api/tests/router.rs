@@ -95,3 +95,48 @@ async fn a_stalled_request_is_cut_off() {
         .unwrap()
         .contains("request_timeout_ms"));
 }
+
+/// The document generated clients are built from: a path parameter is in its path, a query
+/// parameter is never declared as a path one, every operation documents the errors every
+/// management request can meet, and every response names its content type.
+#[test]
+fn the_openapi_document_says_where_each_parameter_goes() {
+    use utoipa::OpenApi;
+    let doc = serde_json::to_value(steward_api::ApiDoc::openapi()).unwrap();
+    let mut problems = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" && !path.contains(&format!("{{{name}}}")) {
+                    problems.push(format!("{method} {path}: {name} is declared in the path"));
+                }
+            }
+            for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = seg.trim_matches(|c| c == '{' || c == '}');
+                if !params
+                    .iter()
+                    .any(|p| p["name"] == name && p["in"] == "path")
+                {
+                    problems.push(format!("{method} {path}: {name} is not declared"));
+                }
+            }
+            if path.starts_with("/api/") {
+                for status in ["400", "401", "500", "503"] {
+                    if op["responses"].get(status).is_none() {
+                        problems.push(format!("{method} {path}: {status} undocumented"));
+                    }
+                }
+            }
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if let Some(content) = r.get("content").and_then(Value::as_object) {
+                    if content.is_empty() {
+                        problems.push(format!("{method} {path} {status}: empty content"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

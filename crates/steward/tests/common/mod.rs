@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod openapi;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Backend {
     Sqlite,
@@ -26,9 +28,56 @@ pub struct TestServer {
 
 /// Sends `body` as JSON: (status, the answer — `null` when it is not JSON).
 async fn json_call(rb: reqwest::RequestBuilder, body: Value) -> (u16, Value) {
-    let r = rb.json(&body).send().await.unwrap();
+    let (status, v) = exchange(rb.json(&body)).await.unwrap();
+    (status, v.as_json())
+}
+
+/// An answer's body: JSON when it parses, else its text.
+pub struct Answer(Vec<u8>);
+
+impl Answer {
+    fn as_json(&self) -> Value {
+        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
+    }
+    fn as_json_or_text(&self) -> Value {
+        serde_json::from_slice(&self.0)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.0).into_owned()))
+    }
+}
+
+/// The server's OpenAPI document, read once per test process.
+static SPEC: tokio::sync::OnceCell<openapi::Spec> = tokio::sync::OnceCell::const_new();
+
+/// Sends a request and reads its whole answer — and checks the answer against the server's
+/// OpenAPI document, so every test that goes through these helpers keeps the document true.
+async fn exchange(rb: reqwest::RequestBuilder) -> Result<(u16, Answer), reqwest::Error> {
+    let (client, req) = rb.build_split();
+    let req = req?;
+    let (method, url) = (req.method().to_string(), req.url().clone());
+    let r = client.execute(req).await?;
     let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let content_type = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = r.bytes().await?.to_vec();
+    let origin = url.origin().ascii_serialization();
+    let spec = SPEC
+        .get_or_init(|| async move {
+            let doc: Value = reqwest::get(format!("{origin}/openapi.json"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            openapi::Spec::new(doc)
+        })
+        .await;
+    if let Err(why) = spec.check(&method, url.path(), status, content_type.as_deref(), &body) {
+        panic!("the OpenAPI document does not describe this answer: {why}");
+    }
+    Ok((status, Answer(body)))
 }
 
 /// The tests' own HTTP client: it carries the admin token when the server has one.
@@ -183,18 +232,10 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
+        let (status, a) = exchange(self.http.get(format!("{}{path}", self.url)))
             .await
             .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, a.as_json_or_text())
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
@@ -218,13 +259,13 @@ impl TestServer {
     /// Like `post`, but a transport error (e.g. the server closing mid-upload) is returned.
     /// Uses a connection of its own, so one the server closes is never reused by later requests.
     pub async fn try_post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
-        let r = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        let (status, a) = exchange(
+            reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .json(&body),
+        )
+        .await?;
+        Ok((status, a.as_json()))
     }
 
     pub async fn post_raw(
@@ -233,16 +274,15 @@ impl TestServer {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, a) = exchange(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+        .unwrap();
+        (status, a.as_json())
     }
 
     pub async fn apply(&self, yaml: &str) -> Value {
