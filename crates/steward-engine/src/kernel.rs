@@ -766,6 +766,11 @@ impl Kernel {
         let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
         match action {
             Action::Model { request } => {
+                // What is actually called is decided, not only the name the spec gives.
+                let plan = match &ctx.provider {
+                    Some(_) => None,
+                    None => Some(self.permitted_plan(ctx, key, seq).await?),
+                };
                 // The scripted provider plays its script; every real model goes through the
                 // router (fallbacks, retries, breakers), the same path as the gateway's.
                 let attempt = async {
@@ -784,8 +789,10 @@ impl Kernel {
                             } else {
                                 request
                             };
-                            let (r, label) =
-                                self.router.chat(key, &ctx.spec.model, request).await?;
+                            let plan = plan.as_ref().ok_or_else(|| {
+                                steward_llm::Error::Route("no plan for the model call".into())
+                            })?;
+                            let (r, label) = self.router.chat_planned(key, plan, request).await?;
                             let spent = self.budgets.cost(
                                 &label,
                                 r.usage.input_tokens as i64,
@@ -1017,6 +1024,107 @@ impl Kernel {
             )),
             Err(e) => Err(format!("{why}; the fallback agent {agent:?}: {e}")),
         })
+    }
+
+    /// The plan for this run's model call with every deployment the policy refuses left out
+    /// (`llm.call` on `provider/model`, decided beside the one on the name the spec gives): a
+    /// forbidden deployment is never reached through an alias. Refusals are audited; a call
+    /// none of whose deployments may be called is denied.
+    async fn permitted_plan(
+        &self,
+        ctx: &RunCtx,
+        key: &str,
+        seq: i64,
+    ) -> Result<steward_llm::Plan, StepError> {
+        let model = ctx.spec.model.as_str();
+        let mut plan = self
+            .router
+            .plan(model, key)
+            .map_err(|e| StepError::Model(e.to_string()))?;
+        let labels: std::collections::BTreeSet<String> = plan
+            .all()
+            .map(|d| d.label.clone())
+            .filter(|l| l != model)
+            .collect();
+        if labels.is_empty() {
+            return Ok(plan);
+        }
+        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
+        let owner = self
+            .identities
+            .owner(&ctx.run.agent)
+            .await
+            .map_err(store_err)?;
+        let chain = run_chain(ctx, owner.as_deref());
+        let now = self.clock.now_ms();
+        let mut refused: Vec<(String, Decision)> = Vec::new();
+        let mut records = Vec::new();
+        for label in labels {
+            let d = self.policies.decide(&Query {
+                agent: &ctx.run.agent,
+                run: Some(ctx.run.id.as_str()),
+                action: "llm.call",
+                resource: &label,
+                cost_nanos: 0,
+                time_ms: now,
+                chain: &chain,
+                owner: owner.as_deref(),
+                on_behalf_of: owner.as_deref(),
+                destination: None,
+            });
+            if d.allow && d.approval.is_none() {
+                continue;
+            }
+            records.push((
+                now,
+                steward_gov::AuditRecord {
+                    at: now,
+                    event: "decision",
+                    principal: format!("run:{}", ctx.run.id),
+                    chain: chain.clone(),
+                    trace_id: crate::trace_id(),
+                    action: "llm.call".into(),
+                    resource: label.clone(),
+                    run_id: Some(ctx.run.id.to_string()),
+                    step: Some(seq.to_string()),
+                    decision: Some("deny".into()),
+                    policy_hash: Some(d.policy_hash.clone()),
+                    policy_ids: d.policy_ids.clone(),
+                    error: Some(format!("deployment of {model} left out of the call")),
+                    ..Default::default()
+                }
+                .to_json(),
+            ));
+            refused.push((label, d));
+        }
+        if refused.is_empty() {
+            return Ok(plan);
+        }
+        self.journal
+            .append_audited(Vec::new(), records)
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?;
+        let off = |l: &String| refused.iter().any(|(r, _)| r == l);
+        plan.deployments.retain(|d| !off(&d.label));
+        plan.context_window.retain(|d| !off(&d.label));
+        plan.content_filter.retain(|d| !off(&d.label));
+        if plan.deployments.is_empty() {
+            let names: Vec<String> = refused
+                .iter()
+                .map(|(l, d)| {
+                    if d.policy_ids.is_empty() {
+                        format!("{l} (no policy permits it)")
+                    } else {
+                        format!("{l} (forbidden by {})", d.policy_ids.join(", "))
+                    }
+                })
+                .collect();
+            return Err(StepError::Model(format!(
+                "{POLICY_DENIED}: the model call was denied by policy: every deployment {model} routes to is refused: {}",
+                names.join("; ")
+            )));
+        }
+        Ok(plan)
     }
 
     /// Whether this run may start `agent` as a child outside a `spawn_agent` call (a fallback):

@@ -252,10 +252,20 @@ impl Router {
         req: &ChatRequest,
     ) -> Result<(ChatResponse, String)> {
         let plan = self.plan(model, seed)?;
+        self.chat_planned(seed, &plan, req).await
+    }
+
+    /// A neutral chat call through a plan the caller made (and may have narrowed).
+    pub async fn chat_planned(
+        &self,
+        seed: &str,
+        plan: &Plan,
+        req: &ChatRequest,
+    ) -> Result<(ChatResponse, String)> {
         let (r, d) = self
             .run(
                 seed,
-                &plan,
+                plan,
                 |_| false,
                 |d| {
                     let mut req = req.clone();

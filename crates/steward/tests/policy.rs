@@ -516,6 +516,39 @@ async fn a_forbidden_deployment_is_not_reached_through_an_alias(b: Backend) {
     assert!(records.iter().any(|r| r["action"] == "llm.call"
         && r["resource"] == "mock/big"
         && r["decision"] == "deny"));
+
+    // Managed runs the same: an alias is no way around a forbidden deployment.
+    for (name, model) in [("via-smart", "smart"), ("via-mixed", "mixed")] {
+        s.apply(&format!(
+            "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  model: {model}\n"
+        ))
+        .await;
+    }
+    let run = s.start_run("via-smart", "hi").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r.to_string().contains("policy_denied") && r.to_string().contains("no-big"),
+        "{r}"
+    );
+    let run = s.start_run("via-mixed", "hi").await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let outcome = s
+        .journal(&run)
+        .await
+        .into_iter()
+        .find(|e| e["phase"] == "outcome" && e["kind"] == "model")
+        .unwrap();
+    let body = outcome["body"].to_string();
+    assert!(
+        body.contains("small") && !body.contains("big"),
+        "answered by mock/small: {body}"
+    );
+    let records = common::audit_records(&s).await;
+    assert!(records.iter().any(|r| r["run_id"] == run.as_str()
+        && r["resource"] == "mock/big"
+        && r["decision"] == "deny"));
 }
 both_backends!(
     a_forbidden_deployment_is_not_reached_through_an_alias,
