@@ -482,3 +482,71 @@ both_backends!(
     upstream_rejections_pass_through_and_credentials_never_do,
     upstream_rejections_pass_through_and_credentials_never_do
 );
+
+/// An Anthropic upstream streaming its own events: usage comes in `message_start` and
+/// `message_delta`, and a client that did not ask for usage is still charged it.
+async fn anthropic_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        post(|Json(_body): Json<Value>| async move {
+            let events = [
+                json!({"type": "message_start", "message": {"id": "m1", "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+                json!({"type": "content_block_stop", "index": 0}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}),
+                json!({"type": "message_stop"}),
+            ];
+            let text: String = events
+                .iter()
+                .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+                .collect();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(axum::body::Body::from(text))
+                .unwrap()
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+async fn anthropic_streams_are_charged_too(b: Backend) {
+    let url = anthropic_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__CLAUDE__KIND", "anthropic"),
+            ("STEWARD_LLM__PROVIDERS__CLAUDE__BASE_URL", &url),
+            ("STEWARD_LLM__PRICES__SONNET__INPUT", "3.0"),
+            ("STEWARD_LLM__PRICES__SONNET__OUTPUT", "15.0"),
+        ],
+    )
+    .await;
+    let k = key(&s, "claude-user").await;
+    let events = stream(
+        &s,
+        &k,
+        json!({"model": "claude/sonnet", "stream": true, "max_tokens": 50,
+               "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(events.iter().any(|e| e.contains("Hi")), "{events:?}");
+    assert!(
+        !events.iter().any(|e| e.contains("\"usage\":{")),
+        "{events:?}"
+    );
+    let c = calls(&s, "claude-user").await;
+    assert_eq!(
+        (c[0]["tokens_in"].as_i64(), c[0]["tokens_out"].as_i64()),
+        (Some(12), Some(7)),
+        "{c:?}"
+    );
+}
+both_backends!(
+    anthropic_streams_are_charged_too,
+    anthropic_streams_are_charged_too
+);
