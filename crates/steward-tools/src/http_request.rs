@@ -22,7 +22,25 @@ pub struct HttpRequest {
 /// Resolves host names for the client and refuses any name with a private address among its
 /// answers. The check happens here, in the one lookup whose answers the client connects to:
 /// a name that resolves differently a moment later (DNS rebinding) cannot slip past it.
-struct PublicOnly;
+struct PublicOnly {
+    lookup: Lookup,
+}
+
+/// A name's addresses (the system resolver; tests give their own).
+type Lookup = std::sync::Arc<
+    dyn Fn(
+            String,
+        )
+            -> futures::future::BoxFuture<'static, std::io::Result<Vec<std::net::SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
+fn system_lookup() -> Lookup {
+    std::sync::Arc::new(|host: String| {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
+    })
+}
 
 /// A name that resolved to an address `http_request` may not reach.
 #[derive(Debug)]
@@ -38,10 +56,10 @@ impl std::error::Error for PrivateAddress {}
 
 impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs = lookup(host.clone()).await?;
             if let Some(a) = addrs.iter().find(|a| is_private(&a.ip())) {
                 return Err(Box::new(PrivateAddress(format!(
                     "{host} resolves to the private address {}; set tools.http.allow_private_networks to allow it",
@@ -67,13 +85,17 @@ fn private_address(e: &reqwest::Error) -> Option<String> {
 
 impl HttpRequest {
     pub fn new(cfg: &HttpToolConfig) -> Result<Self> {
+        Self::with_lookup(cfg, system_lookup())
+    }
+
+    fn with_lookup(cfg: &HttpToolConfig, lookup: Lookup) -> Result<Self> {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(10_000)))
             // A redirect could lead to an address the checks below never saw.
             .redirect(reqwest::redirect::Policy::none());
         if !cfg.allow_private_networks {
-            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly { lookup }));
         }
         let client = builder
             .build()
@@ -339,6 +361,42 @@ mod tests {
             .send()
             .await;
         assert!(e.as_ref().err().and_then(private_address).is_none());
+    }
+
+    /// A name that answers a public address when checked and loopback a moment later: the
+    /// address dialled is the one checked, and the second answer is refused — the live server
+    /// on loopback is never reached.
+    #[tokio::test]
+    async fn a_rebinding_name_never_reaches_what_it_rebinds_to() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { l.accept().await.is_ok() });
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(vec![
+            // Second answer: loopback, where the server listens.
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            // First answer: a public address (TEST-NET-2) that cannot be reached from here.
+            std::net::SocketAddr::from(([198, 51, 100, 7], port)),
+        ]));
+        let lookup: Lookup = std::sync::Arc::new(move |_host: String| {
+            let next = answers.lock().unwrap().pop();
+            Box::pin(async move { Ok(next.into_iter().collect()) })
+        });
+        let cfg = HttpToolConfig {
+            timeout_ms: 300,
+            ..HttpToolConfig::default()
+        };
+        let t = HttpRequest::with_lookup(&cfg, lookup).unwrap();
+        let url = format!("http://rebind.test:{port}/");
+        let first = t.client.get(&url).send().await.unwrap_err();
+        assert!(private_address(&first).is_none(), "{first}");
+        let second = t.client.get(&url).send().await.unwrap_err();
+        let why = private_address(&second).unwrap_or_else(|| {
+            panic!("the rebound answer is refused: {second:?} (first: {first:?})")
+        });
+        assert!(why.contains("127.0.0.1"), "{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!accepted.is_finished(), "loopback was never dialled");
+        accepted.abort();
     }
 
     #[test]
