@@ -131,12 +131,31 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
     s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: host}\nspec:\n  model: scripted\n  script:\n    - {delayMs: 20000, content: x}\n").await;
     let run = s.start_run("host", "x").await;
 
+    // A token another agent of the same owner minted for the notebook's agent.
+    let (st, e) = s
+        .post(
+            "/api/v1/agents/lead/resume",
+            json!({"reason": "registered", "owner": "team-a"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (_, lead) = s.post("/api/v1/keys", json!({"agent": "lead"})).await;
+    let (st, minted) = s
+        .post_as(
+            lead["key"].as_str().unwrap(),
+            "/v1/delegations",
+            json!({"to": "notebook-agent", "models": ["smart"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{minted}");
+
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_sdk.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
         .env("STEWARD_BASE", &s.url)
         .env("STEWARD_KEY", key["key"].as_str().unwrap())
         .env("STEWARD_RUN", &run)
+        .env("STEWARD_TOKEN", minted["token"].as_str().unwrap())
         .output()
         .await
         .expect("python3 with the openai package (installed by .ci/run)");
@@ -163,7 +182,11 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
     let (_, calls) = s.get("/api/v1/calls?agent=notebook-agent").await;
     let calls = calls["calls"].as_array().unwrap();
     let ok: Vec<&Value> = calls.iter().filter(|c| c["status"] == "ok").collect();
-    assert_eq!(ok.len(), 7, "{calls:?}");
+    assert_eq!(
+        ok.len(),
+        8,
+        "seven calls and one under a delegated token: {calls:?}"
+    );
     let embed = ok.iter().find(|c| c["model"] == "embed").unwrap();
     assert_eq!(
         (embed["deployment"].as_str(), embed["tokens_in"].as_i64()),
@@ -182,7 +205,7 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
         (Some(11), Some(2))
     );
     assert_eq!(ok.iter().filter(|c| c["run_id"] == run.as_str()).count(), 1);
-    assert_eq!(calls.len(), 7, "requests refused before reaching an upstream (bad key, unknown model, malformed body) record no call");
+    assert_eq!(calls.len(), 8, "requests refused before reaching an upstream (bad key, lone token, unknown model, malformed body or limit) record no call");
 
     // Costs: the usage above at the configured prices (dollars per million tokens).
     let (st, by_model) = s.get("/api/v1/costs?by=model").await;
@@ -203,10 +226,10 @@ async fn the_openai_sdk_works_unchanged(b: Backend) {
             chat["tokens_in"].as_i64(),
             chat["tokens_out"].as_i64()
         ),
-        (Some(6), Some(61), Some(17))
+        (Some(7), Some(71), Some(20))
     );
     assert!(
-        (chat["cost_usd"].as_f64().unwrap() - 95e-6).abs() < 1e-12,
+        (chat["cost_usd"].as_f64().unwrap() - 111e-6).abs() < 1e-12,
         "{chat}"
     );
     assert!((line("mock/text-embed")["cost_usd"].as_f64().unwrap() - 1.5e-6).abs() < 1e-12);

@@ -1,6 +1,7 @@
 """The official `openai` Python SDK against Steward's /v1 gateway, unchanged but for base_url.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE, STEWARD_KEY and STEWARD_RUN set.
+Run by crates/steward/tests/gateway.rs with STEWARD_BASE, STEWARD_KEY, STEWARD_RUN and
+STEWARD_TOKEN (a delegated token minted for the key's agent) set.
 Exits non-zero (with the failing assertion) if the gateway does not behave as the SDK expects.
 """
 import json
@@ -89,5 +90,35 @@ try:
     raise AssertionError("malformed messages were accepted")
 except openai.BadRequestError as e:
     assert "messages" in str(e), e
+
+# A delegated token works beside its holder's own key, as a default header; never alone.
+delegated = OpenAI(
+    base_url=base,
+    api_key=os.environ["STEWARD_KEY"],
+    default_headers={"X-Steward-Delegation": os.environ["STEWARD_TOKEN"]},
+    max_retries=0,
+)
+r = delegated.chat.completions.create(model="smart", messages=[{"role": "user", "content": "delegated"}])
+assert r.choices[0].message.content == "echo: delegated", r
+try:
+    OpenAI(base_url=base, api_key=os.environ["STEWARD_TOKEN"], max_retries=0).chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "x"}]
+    )
+    raise AssertionError("a token without its holder's key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and "X-Steward-Delegation" in str(e), e
+
+# A malformed limit is the caller's to fix (400), and an unknown model's lookup is a 404.
+try:
+    client.chat.completions.create(model="smart", max_tokens=0, messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("max_tokens=0 was accepted")
+except openai.BadRequestError as e:
+    assert "max_tokens" in str(e), e
+assert client.models.retrieve("smart").id == "smart"
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("an unknown model was found")
+except openai.NotFoundError:
+    pass
 
 print("openai sdk: all checks passed")
