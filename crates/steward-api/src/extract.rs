@@ -1,6 +1,6 @@
 //! Extractors whose rejections speak the API's error format instead of axum's plain text.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -14,22 +14,67 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
+    /// A JSON object, sent as JSON: anything else (another content type, an array or a scalar
+    /// where an object is expected — serde would read `[null, null]` as a struct) is a 400
+    /// that names the problem, with the path of a field that is wrong.
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(r))
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::new(
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|m| {
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "request body: send a JSON object with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
                     ErrorCode::PayloadTooLarge,
                     "request body is larger than server.max_body_bytes",
                 ))
             }
-            Err(r) => Err(ApiError::new(
+            Err(r) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("request body: {}", r.body_text()),
+                ))
+            }
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("request body: {}", r.body_text()),
-            )),
+                "request body: expected a JSON object (`{...}`)",
+            ));
         }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("request body: {at}{}", e.inner()),
+            )
+        })?;
+        de.end()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("request body: {e}")))?;
+        Ok(ApiJson(v))
     }
 }
 

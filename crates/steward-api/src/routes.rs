@@ -263,7 +263,7 @@ pub async fn revoke_key(
 
 /// Replaces a key: a new one for the same agent (shown once) and the old one revoked.
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", params(("id" = String, Path)),
-    responses((status = 201, body = ApiKey), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = ApiKey), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The key is revoked already")))]
 pub async fn rotate_key(
     State(e): State<Engine>,
     Path(id): Path<String>,
@@ -516,8 +516,17 @@ pub async fn get_policies(State(e): State<Engine>) -> ApiResult<Json<PolicySet>>
 /// schema first; a set that does not parse or validate is refused with Cedar's diagnostics and
 /// the active set stays in force.
 #[utoipa::path(put, path = "/api/v1/policies", request_body(content = String, content_type = "text/plain"),
-    responses((status = 200, body = PolicySet), (status = 400, body = ErrorBody)))]
-pub async fn put_policies(State(e): State<Engine>, body: String) -> ApiResult<Json<PolicySet>> {
+    responses((status = 200, body = PolicySet), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "The policies in force do not let administrators update them")))]
+pub async fn put_policies(
+    State(e): State<Engine>,
+    crate::extract::Text(body): crate::extract::Text,
+) -> ApiResult<Json<PolicySet>> {
+    if body.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body is the Cedar policy text, and it is empty: an empty set would deny every agent everything; send the policies (a bare `forbid (principal is Steward::Agent, action, resource);` if that is what you mean)",
+        ));
+    }
     let rec = e.put_policies(&body).await?;
     Ok(Json(PolicySet {
         version: rec.version,
@@ -846,9 +855,15 @@ pub async fn sandbox_processes(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn kill_sandbox_process(
     State(e): State<Engine>,
-    Path((id, pid)): Path<(String, i32)>,
+    Path((id, pid)): Path<(String, String)>,
     ApiJson(r): ApiJson<KillProcess>,
 ) -> ApiResult<StatusCode> {
+    let pid: i32 = pid.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("pid {pid:?}: a process id, a whole number from 1 to 2147483647"),
+        )
+    })?;
     e.sandbox_kill(&id, pid, r.signal.unwrap_or(15)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

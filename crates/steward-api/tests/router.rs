@@ -140,3 +140,94 @@ fn the_openapi_document_says_where_each_parameter_goes() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// A body is a JSON object sent as JSON, or a 400 that says what is wrong — never a struct
+/// read from an array, a body with trailing bytes, or a policy set that is empty.
+#[tokio::test]
+async fn bodies_that_are_not_what_they_claim_are_refused() {
+    let (app, _dir) = app(ServerConfig::default()).await;
+    let send = |method: &str, path: &str, ct: Option<&str>, body: &str| {
+        let mut r = Request::builder().method(method).uri(path);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        let req = r.body(Body::from(body.to_string())).unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+            (status, ct, body_json(resp).await)
+        }
+    };
+    let json = Some("application/json");
+    for (method, path, ct, body, says) in [
+        (
+            "POST",
+            "/api/v1/queues/q/tasks",
+            json,
+            "[null, null]",
+            "JSON object",
+        ),
+        (
+            "PUT",
+            "/api/v1/queues/q",
+            json,
+            "[null, null]",
+            "JSON object",
+        ),
+        ("POST", "/api/v1/sandboxes", json, "[1]", "JSON object"),
+        ("POST", "/api/v1/runs", json, "\"run\"", "JSON object"),
+        (
+            "POST",
+            "/api/v1/runs",
+            json,
+            "{\"agent\": \"a\", \"input\": \"x\"} trailing",
+            "trailing",
+        ),
+        (
+            "POST",
+            "/api/v1/runs",
+            Some("text/plain"),
+            "{\"agent\": \"a\"}",
+            "Content-Type",
+        ),
+        (
+            "POST",
+            "/api/v1/runs",
+            None,
+            "{\"agent\": \"a\"}",
+            "Content-Type",
+        ),
+        ("POST", "/api/v1/runs", json, "{\"agent\": 7}", "agent"),
+        ("PUT", "/api/v1/policies", Some("text/plain"), "", "empty"),
+        ("PUT", "/api/v1/policies", None, "  \n ", "empty"),
+        (
+            "POST",
+            "/api/v1/sandboxes/sbx_x/processes/2147483648/kill",
+            json,
+            "{}",
+            "pid",
+        ),
+        (
+            "POST",
+            "/api/v1/sandboxes/sbx_x/processes/-1/kill",
+            json,
+            "{}",
+            "pid",
+        ),
+    ] {
+        let (status, ct, v) = send(method, path, ct, body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {v}"
+        );
+        assert!(ct.starts_with("application/json"), "{ct}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{method} {path} {body}: {v}"
+        );
+    }
+}
