@@ -166,6 +166,7 @@ pub struct Journal {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRun {
+    #[schema(pattern = r"\S")]
     pub reason: String,
 }
 
@@ -194,6 +195,7 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// The agent the key identifies (an external agent needs no manifest).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub agent: String,
     /// A short-lived key: it stops working after this many seconds.
     #[serde(default)]
@@ -243,6 +245,7 @@ pub struct KeyList {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
+    #[schema(pattern = r"\S")]
     pub reason: String,
     /// With suspend/resume: record the identity's owner (a human or a team).
     #[serde(default)]
@@ -394,6 +397,7 @@ pub struct PutBudget {
     pub parent: Option<String>,
     pub cap_usd: f64,
     /// `total` (default) or `day` (resets at 00:00 UTC).
+    #[schema(pattern = r"^(total|day|month)$")]
     pub period: Option<String>,
 }
 
@@ -548,6 +552,7 @@ pub struct ApprovalList {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalDecision {
     /// Why: it goes into the audit log.
+    #[schema(pattern = r"\S")]
     pub reason: String,
     /// Who decides (default: `api`).
     #[serde(default)]
@@ -852,6 +857,7 @@ pub struct EnqueueTask {
     pub payload: Value,
     /// Who the task is for: leasing interleaves tenants (default `default`).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,64}$")]
     pub tenant: Option<String>,
     /// Higher first, from -1000 to 1000 (default 0).
     #[serde(default)]
@@ -871,6 +877,7 @@ pub struct EnqueueTask {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseTasks {
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,64}$")]
     pub worker: String,
     /// At most this many tasks (default 1, up to 1000).
     #[serde(default)]
@@ -884,6 +891,7 @@ pub struct LeaseTasks {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskReport {
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,64}$")]
     pub worker: String,
     pub attempt: i64,
     /// complete: the task's result (any JSON).
