@@ -20,13 +20,13 @@ permit (principal, action == Steward::Action::"tool.call", resource == Steward::
 const AGENT: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: payer}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]\n    - content: done\n";
 
 async fn setup(s: &TestServer) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(POLICIES)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (st, e) = common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(POLICIES),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
     s.apply(AGENT).await;
 }
 

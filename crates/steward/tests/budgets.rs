@@ -54,10 +54,7 @@ async fn concurrent_calls_never_overspend(b: Backend) {
     let put = |account: &str, body: Value| {
         let http = http.clone();
         let url = format!("{}/api/v1/budgets/{account}", s.url);
-        async move {
-            let r = http.put(url).json(&body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
+        async move { common::send(http.put(url).json(&body)).await }
     };
     assert_eq!(
         put("org", json!({"cap_usd": CAP_NANOS as f64 / 1e9}))
@@ -184,13 +181,8 @@ async fn managed_runs_follow_their_budget_policy(b: Backend) {
         let http = http.clone();
         let url = format!("{}/api/v1/budgets/{account}", s.url);
         async move {
-            let r = http
-                .put(url)
-                .json(&json!({ "cap_usd": cap_usd }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            let (st, e) = common::send(http.put(url).json(&json!({ "cap_usd": cap_usd }))).await;
+            assert_eq!(st, 200, "{e}");
         }
     };
     let budget = |account: String| {

@@ -404,19 +404,16 @@ async fn another_owners_runs_and_principals_are_off_limits(b: Backend) {
     assert!(message(&e).contains("bobs-agent"), "{e}");
 
     // Owners are in every policy decision: here, no agent may act for another owner.
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(
-            r#"
+    let (st, e) = put_policies(
+        &s,
+        r#"
 @id("models") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate"], resource);
 @id("only-for-its-own-owner")
 forbid (principal, action, resource) unless { principal.owner == context.on_behalf_of };
 "#,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
     assert_eq!(call(&s, &alice_key, MODEL).await.0, 200);
     let (_, for_bob) = delegate(&s, &alice_key, json!({"to": "contractor"})).await;
     let (st, e) = call(&s, &for_bob, MODEL).await;
@@ -639,13 +636,12 @@ both_backends!(
 );
 
 async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(text.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(text.to_string()),
+    )
+    .await
 }
 
 /// A delegated call carries no more authority than every agent on its chain holds: an agent

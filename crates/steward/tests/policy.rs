@@ -22,13 +22,12 @@ forbid (principal, action == Steward::Action::"tool.call", resource == Steward::
 "#;
 
 async fn put(s: &TestServer, text: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(text.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(text.to_string()),
+    )
+    .await
 }
 
 async fn policy_decides_every_syscall(b: Backend) {

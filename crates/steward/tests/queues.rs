@@ -514,12 +514,10 @@ async fn schedules_fire_on_time_and_survive_a_restart(b: Backend) {
     assert!(keys.iter().all(|k| k % 1000 == 0), "{keys:?}");
     let (_, runs) = s.get("/api/v1/runs?agent=reminder").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "fired once");
-    let del = reqwest::Client::new()
-        .delete(format!("{}/api/v1/schedules/tick", s.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 204);
+    let (st, _) =
+        common::send(reqwest::Client::new().delete(format!("{}/api/v1/schedules/tick", s.url)))
+            .await;
+    assert_eq!(st, 204);
     let (st, _) = s.get("/api/v1/schedules/tick").await;
     assert_eq!(st, 404);
 }
@@ -897,16 +895,16 @@ async fn a_failing_tool_falls_back_to_an_agent(b: Backend) {
 
     // Where the policy forbids starting the fixer, the call fails as it would have, and no
     // child run exists.
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(
-            r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn"], resource);
+    let (st, e) = common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(
+                r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn"], resource);
 @id("no-fixer") forbid (principal, action == Steward::Action::"agent.spawn", resource == Steward::Agent::"fixer");"#,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+            ),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
     let id = s.start_run("careful", "y").await;
     assert_eq!(s.wait_run(&id).await["state"], "succeeded");
     let outcome = tool_outcome(s.journal(&id).await);

@@ -60,23 +60,22 @@ async fn upstream() -> (String, Seen) {
 const DEFAULTS: &str = r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec", Steward::Action::"agent.delegate"], resource);"#;
 
 async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/policies", s.url))
-        .body(text.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(text.to_string()),
+    )
+    .await
 }
 
 async fn put_secret(s: &TestServer, name: &str, body: Value) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/secrets/{name}", s.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let (st, v) = common::send(
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/secrets/{name}", s.url))
+            .json(&body),
+    )
+    .await;
+    (st, v.to_string())
 }
 
 /// Everything a table holds, as text. SQLite's is read off its files, WAL included: no page may

@@ -32,6 +32,13 @@ async fn json_call(rb: reqwest::RequestBuilder, body: Value) -> (u16, Value) {
     (status, v.as_json())
 }
 
+/// Sends any request and reads its whole answer, checked against the OpenAPI document like
+/// every helper's: (status, the body as JSON, or as text when it is not JSON).
+pub async fn send(rb: reqwest::RequestBuilder) -> (u16, Value) {
+    let (status, a) = exchange(rb).await.unwrap();
+    (status, a.as_json_or_text())
+}
+
 /// An answer's body: JSON when it parses, else its text.
 pub struct Answer(Vec<u8>);
 
