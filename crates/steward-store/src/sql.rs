@@ -59,6 +59,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| Box::pin(still_sound(conn)))
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&write).await?;
@@ -78,6 +79,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(|conn, _| Box::pin(still_sound(conn)))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -86,6 +88,27 @@ impl PgStore {
             write: pool,
         })
     }
+}
+
+/// Whether a connection going back to its pool is fit to be used again: not still inside a
+/// transaction. A transaction dropped without a commit queues its rollback, which has run by
+/// the time a ping comes back. One that stays "inside" — a COMMIT or ROLLBACK that failed, as
+/// when SQLite finds the disk full and rolls back by itself while the driver still counts the
+/// transaction as open — would turn every later transaction into a savepoint of one that never
+/// commits: acknowledged writes that are never durable. Such a connection is closed, and the
+/// pool opens a fresh one.
+async fn still_sound<C: sqlx::Connection>(conn: &mut C) -> std::result::Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "a database connection was left inside a transaction after an error; replacing it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 const RUN_COLUMNS: &str = "id, agent, agent_version, parent_id, input, state, wait_kind, result, \
