@@ -56,6 +56,15 @@ impl ApiError {
 impl From<steward_engine::Error> for ApiError {
     fn from(e: steward_engine::Error) -> Self {
         let code = e.code();
+        if let steward_engine::Error::Store(store) = &e {
+            if let Some(why) = store.unavailable() {
+                tracing::warn!(error = %e, "the store cannot serve");
+                return ApiError::new(
+                    code,
+                    format!("the store cannot take this now: {why}; nothing was written — try again once it can"),
+                );
+            }
+        }
         if code == ErrorCode::Internal {
             tracing::error!(error = %e, "internal error");
             return ApiError::new(code, "internal error; the server log has the details");

@@ -37,6 +37,8 @@ impl Error {
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Busy(_) => ErrorCode::Busy,
+            // The store cannot write now (a full disk, a lost database): worth retrying later.
+            Error::Store(e) if e.unavailable().is_some() => ErrorCode::Unavailable,
             Error::Store(_) => ErrorCode::Internal,
         }
     }

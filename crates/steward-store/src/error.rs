@@ -21,4 +21,44 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl Error {
+    /// Why the store cannot take writes now, when that is what went wrong — a full disk, a
+    /// read-only or failing device, a database that is gone or out of connections — as opposed
+    /// to a request the store refused. Such a failure is worth retrying once the cause is gone,
+    /// and is answered `503`, not `500`.
+    pub fn unavailable(&self) -> Option<String> {
+        let Error::Database(e) = self else {
+            return None;
+        };
+        match e {
+            sqlx::Error::Io(io) => Some(format!("the database cannot be reached: {io}")),
+            sqlx::Error::PoolTimedOut => {
+                Some("no database connection came free in time".to_string())
+            }
+            sqlx::Error::PoolClosed => Some("the database pool is closed".to_string()),
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                let why = match code.as_ref() {
+                    // SQLite: FULL, IOERR (and its extended codes), READONLY, CANTOPEN.
+                    "13" => "the disk holding the database is full",
+                    c if c == "10"
+                        || (c.len() > 2 && c.parse::<i64>().is_ok_and(|n| n & 0xff == 10)) =>
+                    {
+                        "the device holding the database fails to read or write"
+                    }
+                    "8" => "the database is read-only",
+                    "14" => "the database file cannot be opened",
+                    // PostgreSQL: insufficient resources (53xxx), shutting down (57P0x).
+                    "53100" => "the disk holding the database is full",
+                    c if c.starts_with("53") => "the database is out of resources",
+                    c if c.starts_with("57P0") => "the database is shutting down or restarting",
+                    _ => return None,
+                };
+                Some(format!("{why} ({})", db.message()))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -82,10 +82,10 @@ async fn writes_after_a_full_disk_are_durable_once_space_returns() {
             Ok(_) => acknowledged.push(id),
             Err(e) => {
                 refused += 1;
-                assert!(
-                    e.to_string().contains("full") || e.to_string().contains("disk"),
-                    "{e}"
-                );
+                let why = e
+                    .unavailable()
+                    .unwrap_or_else(|| panic!("not told apart: {e}"));
+                assert!(why.contains("disk holding the database is full"), "{why}");
             }
         }
     }

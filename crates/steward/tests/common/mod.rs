@@ -143,6 +143,21 @@ impl TestServer {
         Self::spawned(backend, db_url, dir, env)
     }
 
+    /// A server whose data directory (and SQLite database) is `dir`, e.g. a small filesystem.
+    pub fn start_in(backend: Backend, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        assert_eq!(
+            backend,
+            Backend::Sqlite,
+            "a data directory of its own holds SQLite's file"
+        );
+        let db_url = format!("sqlite://{}", dir.path().join("steward.db").display());
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawned(backend, db_url, dir, env)
+    }
+
     /// A second node on the same database (its own data dir, so its own node id).
     pub fn join(other: &TestServer) -> Self {
         Self::spawned(

@@ -1,0 +1,108 @@
+//! The real binary with its data directory on a small filesystem that fills up (a tmpfs
+//! mounted for the test; the tests run as root). New work the store cannot write is answered
+//! `503` with the reason, never acknowledged; once space returns the server takes work again
+//! with no restart, and after a restart every acknowledged run is there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Backend, TestServer};
+use serde_json::json;
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory.
+fn small_disk(mib: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir.path())
+        .output()
+        .expect("mount(8)");
+    assert!(
+        out.status.success(),
+        "this test mounts a small tmpfs and needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_503_and_acknowledged_runs_survive_it() {
+    let dir = small_disk(16);
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let mount = dir.path().to_path_buf();
+    let mut s = TestServer::start_in(Backend::Sqlite, dir, &[]);
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: waiter}\nspec:\n  model: scripted\n  script:\n    - {delayMs: 600000, content: x}\n")
+        .await;
+    let ballast = mount.join("ballast");
+    let room = free_bytes(&mount).saturating_sub(256 * 1024);
+    std::fs::write(&ballast, vec![0u8; room as usize]).unwrap();
+    let big = "x".repeat(32 * 1024);
+    let mut acknowledged = Vec::new();
+    let mut unavailable = None;
+    for _ in 0..100 {
+        let (st, r) = s
+            .post("/api/v1/runs", json!({"agent": "waiter", "input": big}))
+            .await;
+        match st {
+            201 => acknowledged.push(r["id"].as_str().unwrap().to_string()),
+            503 => {
+                unavailable = Some(r);
+                break;
+            }
+            other => panic!("neither acknowledged nor 503: {other} {r}"),
+        }
+    }
+    let e = unavailable.expect("the disk never filled");
+    assert_eq!(e["error"]["code"], "unavailable", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("disk"),
+        "{e}"
+    );
+    // Space returns: work is taken again, with no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    common::eventually("the server takes runs again", || async {
+        let (st, r) = s
+            .post("/api/v1/runs", json!({"agent": "waiter", "input": "after"}))
+            .await;
+        (st == 201).then(|| r["id"].as_str().unwrap().to_string())
+    })
+    .await;
+    for _ in 0..5 {
+        let (st, r) = s
+            .post("/api/v1/runs", json!({"agent": "waiter", "input": "after"}))
+            .await;
+        assert_eq!(st, 201, "{r}");
+        acknowledged.push(r["id"].as_str().unwrap().to_string());
+    }
+    s.kill9();
+    s.spawn();
+    for id in &acknowledged {
+        let (st, r) = s.get(&format!("/api/v1/runs/{id}")).await;
+        assert_eq!(st, 200, "acknowledged run {id} is gone: {r}");
+    }
+}
