@@ -1049,7 +1049,17 @@ impl Engine {
         self.store()
             .ping()
             .await
-            .map_err(|e| Error::Unavailable(format!("store: {e}")))
+            .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+        // Reads working is not enough: a node whose store cannot take writes must not get work.
+        self.store()
+            .probe_write(&self.node().0, self.inner.shared.clock.now_ms())
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "the store cannot take writes: {}",
+                    e.unavailable().unwrap_or_else(|| e.to_string())
+                ))
+            })
     }
 
     /// Stops taking work, lets in-flight steps finish and journal (up to `grace`), then hands

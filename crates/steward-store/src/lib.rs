@@ -369,6 +369,8 @@ pub trait Store:
     /// can announce them (PostgreSQL `LISTEN/NOTIFY`); `None` for a single-process store.
     async fn wakeups(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
     async fn ping(&self) -> Result<()>;
+    /// Commits one small row for `node`: whether the store takes writes now.
+    async fn probe_write(&self, node: &str, now: Millis) -> Result<()>;
 }
 
 /// Opens (creating if needed) and migrates the store a URL names:

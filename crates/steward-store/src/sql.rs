@@ -1334,6 +1334,17 @@ macro_rules! impl_store {
                 sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
             }
+            async fn probe_write(&self, node: &str, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO write_probes (node, at) VALUES ($1, $2) \
+                     ON CONFLICT (node) DO UPDATE SET at = excluded.at",
+                )
+                .bind(node)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
         }
     };
 }

@@ -130,6 +130,14 @@ async fn agents_are_versioned(s: &dyn Store) {
     );
 }
 
+async fn a_write_probe_commits_again_and_again(s: &dyn Store) {
+    for now in [1, 2, 3] {
+        s.probe_write("node-a", now).await.unwrap();
+        s.probe_write("node-b", now).await.unwrap();
+    }
+    s.ping().await.unwrap();
+}
+
 async fn runs_are_created_once(s: &dyn Store) {
     with_agent(s).await;
     let id = new_id();
@@ -886,6 +894,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn agents_are_versioned() {
                 super::agents_are_versioned(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn a_write_probe_commits_again_and_again() {
+                super::a_write_probe_commits_again_and_again(&*super::$backend().await.store).await
             }
             #[tokio::test]
             async fn runs_are_created_once() {

@@ -1,7 +1,8 @@
 //! The real binary with its data directory on a small filesystem that fills up (a tmpfs
 //! mounted for the test; the tests run as root). New work the store cannot write is answered
-//! `503` with the reason, never acknowledged; once space returns the server takes work again
-//! with no restart, and after a restart every acknowledged run is there.
+//! `503` with the reason, never acknowledged, and `/readyz` fails; once space returns the
+//! server is ready and takes work again with no restart, and after a restart every
+//! acknowledged run is there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -83,8 +84,23 @@ async fn a_full_disk_is_a_503_and_acknowledged_runs_survive_it() {
         e["error"]["message"].as_str().unwrap().contains("disk"),
         "{e}"
     );
-    // Space returns: work is taken again, with no restart.
+    // Not ready while the store cannot take writes, though reads still work.
+    let (st, r) = s.get("/readyz").await;
+    assert_eq!(st, 503, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot take writes"),
+        "{r}"
+    );
+    assert_eq!(s.get("/api/v1/runs?limit=1").await.0, 200);
+    // Space returns: ready again and work is taken again, with no restart.
     std::fs::remove_file(&ballast).unwrap();
+    common::eventually("ready again", || async {
+        (s.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     common::eventually("the server takes runs again", || async {
         let (st, r) = s
             .post("/api/v1/runs", json!({"agent": "waiter", "input": "after"}))
