@@ -122,3 +122,63 @@ async fn a_full_disk_is_a_503_and_acknowledged_runs_survive_it() {
         assert_eq!(st, 200, "acknowledged run {id} is gone: {r}");
     }
 }
+
+/// A run in the middle of its steps when the disk fills pauses — it does not fail — and carries
+/// on from its journal once space returns, with no restart and no completed step done twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_pauses_on_a_full_disk_and_carries_on() {
+    let dir = small_disk(16);
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let mount = dir.path().to_path_buf();
+    let s = TestServer::start_in(Backend::Sqlite, dir, &[]);
+    let steps: String = (0..12)
+        .map(|i| format!("    - {{delayMs: 150, toolCalls: [{{name: echo, arguments: {{text: step-{i}}}}}]}}\n"))
+        .collect();
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: stepper}}\nspec:\n  model: scripted\n  tools: [echo]\n  script:\n{steps}    - content: done\n"
+    ))
+    .await;
+    let run = s.start_run("stepper", "go").await;
+    common::eventually("the run is under way", || async {
+        let outcomes = s
+            .journal(&run)
+            .await
+            .iter()
+            .filter(|e| e["phase"] == "outcome")
+            .count();
+        (outcomes >= 2).then_some(())
+    })
+    .await;
+    let ballast = mount.join("ballast");
+    let room = free_bytes(&mount).saturating_sub(16 * 1024);
+    std::fs::write(&ballast, vec![0u8; room as usize]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let (_, r) = s.get(&format!("/api/v1/runs/{run}")).await;
+    assert_ne!(
+        r["state"], "failed",
+        "a full disk must not fail the run: {r}"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let journal = s.journal(&run).await;
+    let mut outcomes: Vec<i64> = journal
+        .iter()
+        .filter(|e| e["phase"] == "outcome")
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    let all = outcomes.len();
+    outcomes.dedup();
+    assert_eq!(all, outcomes.len(), "a completed step was done twice");
+    assert_eq!(
+        all, 25,
+        "twelve model turns, twelve tool calls and the answer"
+    );
+    // It did stop while the disk was full (its lease ran out and it was taken up again).
+    let at: Vec<i64> = journal.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    let longest = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest >= 1_000,
+        "the run never paused: {longest} ms at most between entries"
+    );
+}
