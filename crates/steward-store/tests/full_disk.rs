@@ -133,3 +133,91 @@ fn nix_free(path: &std::path::Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// PostgreSQL: every connection of the store killed by the server (as a failover or an
+/// operator's `pg_terminate_backend` does) in the middle of its work. Writes that failed are
+/// errors the store tells apart (the database cannot be reached), never acknowledgements; the
+/// pool replaces its connections, writes go on, and every acknowledged run is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_their_connections_being_killed() {
+    let base = std::env::var("STEWARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
+    let store = open(&url, &StoreConfig::default()).await.unwrap();
+    store
+        .put_agents(
+            &[NewAgent {
+                name: AgentName::parse("a").unwrap(),
+                spec_json: "{}".into(),
+                spec_hash: "h".into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+            for i in 0..300 {
+                let id = RunId::from_uuid(uuid::Uuid::now_v7());
+                match store.create_run(&run(&id, format!("{i}")), i).await {
+                    Ok(_) => acknowledged.push(id),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (acknowledged, failed)
+        })
+    };
+    let mut killed = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let rows: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&schema)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        killed += rows.iter().filter(|(k,)| *k).count();
+    }
+    let (acknowledged, failed) = writer.await.unwrap();
+    assert!(killed > 0, "no connection was killed");
+    eprintln!(
+        "{killed} connections killed; {} writes acknowledged, {} refused",
+        acknowledged.len(),
+        failed.len()
+    );
+    assert!(
+        acknowledged.len() > 100,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    for e in &failed {
+        assert!(e.unavailable().is_some(), "not told apart: {e}");
+    }
+    // Writes go on on fresh connections.
+    let id = RunId::from_uuid(uuid::Uuid::now_v7());
+    store
+        .create_run(&run(&id, "after".into()), 1_000)
+        .await
+        .unwrap();
+    let reopened = open(&url, &StoreConfig::default()).await.unwrap();
+    for id in acknowledged.iter().chain([&id]) {
+        assert!(
+            reopened.get_run(id).await.unwrap().is_some(),
+            "acknowledged run {id} is not in the database"
+        );
+    }
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
