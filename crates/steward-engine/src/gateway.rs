@@ -876,25 +876,11 @@ impl Gateway {
                 return Err(e);
             }
         }
-        let off = |l: &String| refused.iter().any(|(r, _, _)| r == l);
-        plan.deployments.retain(|d| !off(&d.label));
-        plan.context_window.retain(|d| !off(&d.label));
-        plan.content_filter.retain(|d| !off(&d.label));
-        if plan.deployments.is_empty() {
-            let names: Vec<String> = refused
-                .iter()
-                .map(|(l, dd, _)| {
-                    if dd.policy_ids.is_empty() {
-                        format!("{l} (no policy permits it)")
-                    } else {
-                        format!("{l} (forbidden by {})", dd.policy_ids.join(", "))
-                    }
-                })
-                .collect();
+        if !plan.retain_allowed(|l| refused.iter().any(|(r, _, _)| r == l)) {
             return Err(GatewayError::Forbidden(format!(
                 "agent {} may not call {model}: every deployment it routes to is refused: {}",
                 who.agent,
-                names.join("; ")
+                refused_deployments(refused.iter().map(|(l, dd, _)| (l.as_str(), dd)))
             )));
         }
         let mut d = d;
@@ -1559,6 +1545,22 @@ impl Gateway {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .boxed()
     }
+}
+
+/// The deployments a policy refused, each with why: for the error of a call left with none.
+pub(crate) fn refused_deployments<'a>(
+    refused: impl Iterator<Item = (&'a str, &'a Decision)>,
+) -> String {
+    refused
+        .map(|(label, d)| {
+            if d.policy_ids.is_empty() {
+                format!("{label} (no policy permits it)")
+            } else {
+                format!("{label} (forbidden by {})", d.policy_ids.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Server-sent events split into whole lines (each with its `\n`), whatever the chunking.

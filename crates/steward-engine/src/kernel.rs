@@ -1104,24 +1104,10 @@ impl Kernel {
             .append_audited(Vec::new(), records)
             .await
             .map_err(|e| StepError::Store(e.to_string()))?;
-        let off = |l: &String| refused.iter().any(|(r, _)| r == l);
-        plan.deployments.retain(|d| !off(&d.label));
-        plan.context_window.retain(|d| !off(&d.label));
-        plan.content_filter.retain(|d| !off(&d.label));
-        if plan.deployments.is_empty() {
-            let names: Vec<String> = refused
-                .iter()
-                .map(|(l, d)| {
-                    if d.policy_ids.is_empty() {
-                        format!("{l} (no policy permits it)")
-                    } else {
-                        format!("{l} (forbidden by {})", d.policy_ids.join(", "))
-                    }
-                })
-                .collect();
+        if !plan.retain_allowed(|l| refused.iter().any(|(r, _)| r == l)) {
             return Err(StepError::Model(format!(
                 "{POLICY_DENIED}: the model call was denied by policy: every deployment {model} routes to is refused: {}",
-                names.join("; ")
+                crate::gateway::refused_deployments(refused.iter().map(|(l, d)| (l.as_str(), d)))
             )));
         }
         Ok(plan)

@@ -26,6 +26,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Leaves out every deployment `off` says no to, from the route and from its fallback
+    /// chains; whether any deployment of the route itself is left.
+    pub fn retain_allowed(&mut self, off: impl Fn(&str) -> bool) -> bool {
+        for list in [
+            &mut self.deployments,
+            &mut self.context_window,
+            &mut self.content_filter,
+        ] {
+            list.retain(|d| !off(&d.label));
+        }
+        !self.deployments.is_empty()
+    }
+
     /// Every deployment the request could reach, fallbacks included.
     pub fn all(&self) -> impl Iterator<Item = &Deployment> {
         self.deployments
