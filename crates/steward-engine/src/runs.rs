@@ -207,6 +207,13 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
     let token = CancellationToken::new();
     let stop = Arc::new(Mutex::new(None));
     if let Ok(mut a) = inner.active.lock() {
+        // This node stalled past the run's lease (a pause, a late heartbeat) and claimed it
+        // back while its task still drives it: the claim renewed the lease, and that task
+        // goes on. A second task would drive the run twice.
+        if a.contains_key(&run.id) {
+            tracing::info!(run_id = %run.id, "reclaimed a run this node still drives; its task goes on");
+            return;
+        }
         a.insert(
             run.id.clone(),
             Active {
