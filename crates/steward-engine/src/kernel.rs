@@ -91,9 +91,26 @@ pub struct RunCtx {
     /// What earlier lives recorded, for replay. Steps taken in this life are not kept: the loop
     /// never asks for the same position twice.
     journal: BTreeMap<i64, Recorded>,
+    /// Until when this node holds the run's lease (as the heartbeat last renewed it), and how
+    /// much of it must be left to start a step: one heartbeat interval.
+    lease: Option<(Arc<std::sync::atomic::AtomicI64>, i64)>,
 }
 
 impl RunCtx {
+    /// Starts steps only while the lease `until` says this node holds has at least `margin` ms
+    /// left.
+    pub(crate) fn hold_lease(&mut self, until: Arc<std::sync::atomic::AtomicI64>, margin: i64) {
+        self.lease = Some((until, margin));
+    }
+
+    /// Whether the lease is too near its end (or past it) to start a step: the heartbeat has
+    /// not renewed it for longer than it should (a stalled process, a slow store).
+    fn lease_short(&self, now: i64) -> bool {
+        self.lease.as_ref().is_some_and(|(until, margin)| {
+            until.load(std::sync::atomic::Ordering::Acquire) - now < *margin
+        })
+    }
+
     pub fn new(run: RunRecord, spec: Arc<AgentSpec>, entries: Vec<JournalEntry>) -> Self {
         let mut journal: BTreeMap<i64, Recorded> = BTreeMap::new();
         for e in entries {
@@ -105,6 +122,7 @@ impl RunCtx {
             }
         }
         RunCtx {
+            lease: None,
             run,
             spec,
             provider: None,
@@ -299,6 +317,11 @@ impl Kernel {
                 "retrying an in-doubt step under idempotency key {idempotency_key}"
             );
         } else if self.draining.is_cancelled() {
+            return Err(StepError::Draining);
+        } else if ctx.lease_short(self.clock.now_ms()) {
+            // Another node may hold the run by now: act no further; whoever holds the lease
+            // replays from the journal.
+            tracing::warn!(run_id = %ctx.run.id, seq, "the run's lease is nearly gone and not renewed; stopping before the next step");
             return Err(StepError::Draining);
         }
         let estimate = match (&action, &ctx.provider) {

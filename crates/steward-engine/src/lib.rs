@@ -95,6 +95,8 @@ enum Stop {
 struct Active {
     token: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
+    /// Until when this node holds the run's lease, as last claimed or renewed (Unix ms).
+    lease_until: Arc<std::sync::atomic::AtomicI64>,
 }
 
 pub struct EngineOptions {

@@ -206,11 +206,19 @@ fn active_count(inner: &Inner) -> usize {
 fn start_run(inner: &Arc<Inner>, run: RunRecord) {
     let token = CancellationToken::new();
     let stop = Arc::new(Mutex::new(None));
+    let lease_until = Arc::new(std::sync::atomic::AtomicI64::new(
+        run.lease_expires.unwrap_or(i64::MAX),
+    ));
     if let Ok(mut a) = inner.active.lock() {
         // This node stalled past the run's lease (a pause, a late heartbeat) and claimed it
         // back while its task still drives it: the claim renewed the lease, and that task
         // goes on. A second task would drive the run twice.
-        if a.contains_key(&run.id) {
+        if let Some(existing) = a.get(&run.id) {
+            if let Some(until) = run.lease_expires {
+                existing
+                    .lease_until
+                    .store(until, std::sync::atomic::Ordering::Release);
+            }
             tracing::info!(run_id = %run.id, "reclaimed a run this node still drives; its task goes on");
             return;
         }
@@ -219,6 +227,7 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
             Active {
                 token: token.clone(),
                 stop: stop.clone(),
+                lease_until: lease_until.clone(),
             },
         );
     }
@@ -228,7 +237,7 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
         let id = run.id.clone();
         let (agent, version) = (run.agent.clone(), run.agent_version);
         let compensates = crate::compensation::steps_of(&run).is_some();
-        let update = execute(&inner2, run, &token, &stop).await;
+        let update = execute(&inner2, run, &token, &stop, lease_until).await;
         let s = &inner2.shared;
         // Undo steps are planned before the failure is recorded: a crash in between plans the
         // same compensation run again, never a second one. If planning fails, the end is not
@@ -291,6 +300,7 @@ async fn execute(
     run: RunRecord,
     token: &CancellationToken,
     stop: &Mutex<Option<Stop>>,
+    lease_until: Arc<std::sync::atomic::AtomicI64>,
 ) -> Option<RunUpdate> {
     let s = &inner.shared;
     if let Some(reason) = run.cancel_reason.clone() {
@@ -342,6 +352,7 @@ async fn execute(
     }
     let run_timeout = spec.run_timeout;
     let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
+    ctx.hold_lease(lease_until, inner.cfg.heartbeat_ms as i64);
     if let Some(steps) = crate::compensation::steps_of(&ctx.run) {
         return crate::compensation::execute(&inner.kernel, &s.store, &mut ctx, steps).await;
     }
@@ -433,22 +444,21 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
         if ids.is_empty() {
             continue;
         }
-        match s
-            .store
-            .renew_leases(
-                &s.node,
-                &ids,
-                s.clock.now_ms(),
-                inner.cfg.lease_ttl_ms as i64,
-            )
-            .await
-        {
+        let now = s.clock.now_ms();
+        let ttl = inner.cfg.lease_ttl_ms as i64;
+        match s.store.renew_leases(&s.node, &ids, now, ttl).await {
             Ok(held) => {
                 let held_ids: std::collections::HashSet<&RunId> =
                     held.iter().map(|(id, _)| id).collect();
                 let Ok(active) = inner.active.lock() else {
                     continue;
                 };
+                for id in &held_ids {
+                    if let Some(a) = active.get(*id) {
+                        a.lease_until
+                            .store(now + ttl, std::sync::atomic::Ordering::Release);
+                    }
+                }
                 for id in &ids {
                     if !held_ids.contains(id) {
                         if let Some(a) = active.get(id) {
