@@ -259,12 +259,12 @@ impl Gateway {
     /// The agents whose authority a call by `who` uses: the one that began its delegation chain
     /// and every holder after it, or the caller alone. Each must be allowed what the call does.
     fn authorities(who: &Principal) -> Vec<&str> {
-        let mut agents: Vec<&str> = match &who.delegated {
-            Some(d) => std::iter::once(d.root_agent())
-                .chain(d.links.iter().map(|l| l.holder.as_str()))
-                .collect(),
-            None => Vec::new(),
+        let Some(d) = &who.delegated else {
+            return vec![who.agent.as_str()];
         };
+        let mut agents: Vec<&str> = std::iter::once(d.root_agent())
+            .chain(d.links.iter().map(|l| l.holder.as_str()))
+            .collect();
         agents.push(who.agent.as_str());
         let mut seen = std::collections::HashSet::new();
         agents.retain(|a| seen.insert(*a));
@@ -359,24 +359,16 @@ impl Gateway {
         resource: &str,
         error: GatewayError,
     ) -> GatewayError {
-        let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
-            at: now,
             event,
             principal: principal.to_string(),
             chain,
             delegations,
             action: action.into(),
             resource: resource.into(),
-            decision: Some("deny".into()),
-            error: Some(error.to_string()),
             ..Default::default()
-        }
-        .to_json();
-        match self.store.append_audit(&[(now, record)]).await {
-            Ok(_) => error,
-            Err(e) => internal(e),
-        }
+        };
+        self.deny(record, error).await
     }
 
     /// Refuses a request a policy decided against, audited with the decision before the caller
@@ -389,9 +381,7 @@ impl Gateway {
         d: &Decision,
         error: GatewayError,
     ) -> GatewayError {
-        let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
-            at: now,
             event,
             principal: format!("agent:{}", who.agent),
             chain: who.chain.clone(),
@@ -399,11 +389,22 @@ impl Gateway {
             action: action.into(),
             resource: resource.into(),
             run_id: who.run.as_ref().map(|r| r.to_string()),
-            decision: Some("deny".into()),
             policy_hash: Some(d.policy_hash.clone()),
             policy_ids: d.policy_ids.clone(),
-            error: Some(error.to_string()),
             ..Default::default()
+        };
+        self.deny(record, error).await
+    }
+
+    /// Appends `record` as a denial carrying `error`, durably, then hands the error back (or
+    /// the store's, when the record could not be written).
+    async fn deny(&self, record: steward_gov::AuditRecord, error: GatewayError) -> GatewayError {
+        let now = self.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            decision: Some("deny".into()),
+            error: Some(error.to_string()),
+            ..record
         }
         .to_json();
         match self.store.append_audit(&[(now, record)]).await {

@@ -41,6 +41,15 @@ impl Drop for SmallDisk {
     }
 }
 
+async fn with_agent(store: &dyn Store) {
+    let agent = NewAgent {
+        name: AgentName::parse("a").unwrap(),
+        spec_json: "{}".into(),
+        spec_hash: "h".into(),
+    };
+    store.put_agents(&[agent], 1).await.unwrap();
+}
+
 fn run(id: &RunId, input: String) -> NewRun {
     NewRun {
         id: id.clone(),
@@ -56,17 +65,7 @@ async fn writes_after_a_full_disk_are_durable_once_space_returns() {
     let disk = SmallDisk::mount(4);
     let url = format!("sqlite://{}", disk.dir.path().join("t.db").display());
     let store = open(&url, &StoreConfig::default()).await.unwrap();
-    store
-        .put_agents(
-            &[NewAgent {
-                name: AgentName::parse("a").unwrap(),
-                spec_json: "{}".into(),
-                spec_hash: "h".into(),
-            }],
-            1,
-        )
-        .await
-        .unwrap();
+    with_agent(&*store).await;
     // Fill the disk: a ballast file, then runs with large inputs until SQLite says it is full.
     let ballast = disk.dir.path().join("ballast");
     let free = {
@@ -151,17 +150,7 @@ async fn writes_survive_their_connections_being_killed() {
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
     let store = open(&url, &StoreConfig::default()).await.unwrap();
-    store
-        .put_agents(
-            &[NewAgent {
-                name: AgentName::parse("a").unwrap(),
-                spec_json: "{}".into(),
-                spec_hash: "h".into(),
-            }],
-            1,
-        )
-        .await
-        .unwrap();
+    with_agent(&*store).await;
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
