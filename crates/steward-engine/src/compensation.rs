@@ -180,7 +180,7 @@ pub(crate) async fn execute(
             Ok(Outcome::Tool(Ok(_))) => {}
             Ok(Outcome::Tool(Err(e))) => return failed(e),
             Ok(Outcome::Model(_)) => return failed("the journal holds a model step here".into()),
-            Err(StepError::Draining | StepError::Store(_)) => return None,
+            Err(StepError::Draining | StepError::LeaseLost | StepError::Store(_)) => return None,
             Err(e) => return failed(crate::kernel::step_error_text(&e)),
         }
     }

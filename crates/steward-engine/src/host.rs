@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub wake: Notify,
     /// Signalled whenever a run this node drove has ended.
     pub finished: Notify,
+    /// The runs this node drives now, each with the claim it drives it under.
+    pub active: std::sync::Mutex<std::collections::HashMap<RunId, crate::Active>>,
     /// Credentials for tools (`{{secret:NAME}}`), when a vault is configured.
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// Runs' sandboxes, when code execution is configured.
@@ -38,6 +40,14 @@ pub(crate) struct Shared {
     pub supervisors: crate::supervisors::Supervisors,
     /// Agents' branches landing on git repositories.
     pub merges: Arc<crate::merge_queue::MergeQueue>,
+}
+
+impl Shared {
+    /// The claim this node drives `run` under, if it drives it.
+    pub(crate) fn claim_of(&self, run: &RunId) -> Option<steward_store::Claim> {
+        let active = self.active.lock().ok()?;
+        active.get(run).map(|a| a.held.claim())
+    }
 }
 
 pub(crate) struct Host(pub Arc<Shared>);
@@ -407,9 +417,13 @@ impl ToolHost for Host {
             wait_kind: Some(WAIT_CHILD.into()),
             ..RunUpdate::state(RunState::Waiting)
         };
+        let claim = || {
+            s.claim_of(parent)
+                .ok_or_else(|| failed("this node no longer drives the run"))
+        };
         if !s
             .store
-            .update_run(parent, &s.node, &waiting, s.clock.now_ms())
+            .update_run(&claim()?, &waiting, s.clock.now_ms())
             .await
             .map_err(failed)?
         {
@@ -436,8 +450,7 @@ impl ToolHost for Host {
         };
         s.store
             .update_run(
-                parent,
-                &s.node,
+                &claim()?,
                 &RunUpdate::state(RunState::Running),
                 s.clock.now_ms(),
             )

@@ -44,6 +44,39 @@ pub enum Outcome {
     Tool(Result<Value, String>),
 }
 
+impl Kernel {
+    /// Journals `entries` and `audit` for the run under the claim it is driven under. If this
+    /// node claimed the run again while the write was on its way (it stalled and came back:
+    /// its claim's epoch moved on under it, with no one else's in between), the write is made
+    /// again under the new claim; a claim another node took fences it off for good.
+    async fn record(
+        &self,
+        ctx: &RunCtx,
+        entries: Vec<JournalEntry>,
+        audit: Vec<(i64, String)>,
+    ) -> Result<(), StepError> {
+        loop {
+            let claim = ctx.claim();
+            match self
+                .journal
+                .append_audited(claim.as_ref(), entries.clone(), audit.clone())
+                .await
+            {
+                Err(steward_store::Error::Fenced(_)) if ctx.claim() != claim => continue,
+                r => return r.map_err(unjournaled),
+            }
+        }
+    }
+}
+
+/// A journal write that did not commit, as the step sees it.
+fn unjournaled(e: steward_store::Error) -> StepError {
+    match e {
+        steward_store::Error::Fenced(_) => StepError::LeaseLost,
+        e => StepError::Store(e.to_string()),
+    }
+}
+
 /// Why a run cannot take its next step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepError {
@@ -71,6 +104,9 @@ pub enum StepError {
     },
     /// The node is shutting down: stop before the next step; another life picks the run up.
     Draining,
+    /// The run was claimed again since this node took it (this node stalled past its lease):
+    /// nothing more is written for it here; its new holder replays it.
+    LeaseLost,
     Store(String),
 }
 
@@ -91,24 +127,29 @@ pub struct RunCtx {
     /// What earlier lives recorded, for replay. Steps taken in this life are not kept: the loop
     /// never asks for the same position twice.
     journal: BTreeMap<i64, Recorded>,
-    /// Until when this node holds the run's lease (as the heartbeat last renewed it), and how
-    /// much of it must be left to start a step: one heartbeat interval.
-    lease: Option<(Arc<std::sync::atomic::AtomicI64>, i64)>,
+    /// The claim this node drives the run under (its epoch, until when its lease lasts), and
+    /// how much of the lease must be left to start a step: one heartbeat interval.
+    lease: Option<(Arc<crate::runs::Held>, i64)>,
 }
 
 impl RunCtx {
-    /// Starts steps only while the lease `until` says this node holds has at least `margin` ms
-    /// left.
-    pub(crate) fn hold_lease(&mut self, until: Arc<std::sync::atomic::AtomicI64>, margin: i64) {
-        self.lease = Some((until, margin));
+    /// Writes for the run under `held`'s claim, and starts steps only while its lease has at
+    /// least `margin` ms left.
+    pub(crate) fn hold_lease(&mut self, held: Arc<crate::runs::Held>, margin: i64) {
+        self.lease = Some((held, margin));
     }
 
     /// Whether the lease is too near its end (or past it) to start a step: the heartbeat has
     /// not renewed it for longer than it should (a stalled process, a slow store).
     fn lease_short(&self, now: i64) -> bool {
-        self.lease.as_ref().is_some_and(|(until, margin)| {
-            until.load(std::sync::atomic::Ordering::Acquire) - now < *margin
-        })
+        self.lease
+            .as_ref()
+            .is_some_and(|(held, margin)| held.until() - now < *margin)
+    }
+
+    /// The claim the run's journal is written under, when it is driven under a lease.
+    pub(crate) fn claim(&self) -> Option<steward_store::Claim> {
+        self.lease.as_ref().map(|(held, _)| held.claim())
     }
 
     pub fn new(run: RunRecord, spec: Arc<AgentSpec>, entries: Vec<JournalEntry>) -> Self {
@@ -381,10 +422,7 @@ impl Kernel {
                 at: self.clock.now_ms(),
                 duration_us: 0,
             };
-            self.journal
-                .append(vec![intent])
-                .await
-                .map_err(|e| StepError::Store(e.to_string()))?;
+            self.record(ctx, vec![intent], Vec::new()).await?;
             self.journal_tick.notify_waiters();
         }
 
@@ -474,10 +512,8 @@ impl Kernel {
             ..Default::default()
         }
         .to_json();
-        self.journal
-            .append_audited(vec![entry], vec![(self.clock.now_ms(), audit)])
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?;
+        self.record(ctx, vec![entry], vec![(self.clock.now_ms(), audit)])
+            .await?;
         self.journal_tick.notify_waiters();
         let added_us = (started.elapsed().as_micros() as u64).saturating_sub(act_us as u64);
         self.metrics
@@ -701,10 +737,7 @@ impl Kernel {
                         }
                     };
                     let r = record(&d, "approval_required", Some(a.id.clone()));
-                    self.journal
-                        .append_audited(Vec::new(), vec![(now, r)])
-                        .await
-                        .map_err(|e| StepError::Store(e.to_string()))?;
+                    self.record(ctx, Vec::new(), vec![(now, r)]).await?;
                     return Err(StepError::AwaitingApproval {
                         id: a.id,
                         approvers: group,
@@ -1123,10 +1156,7 @@ impl Kernel {
         if refused.is_empty() {
             return Ok(plan);
         }
-        self.journal
-            .append_audited(Vec::new(), records)
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?;
+        self.record(ctx, Vec::new(), records).await?;
         if !plan.retain_allowed(|l| refused.iter().any(|(r, _)| r == l)) {
             return Err(StepError::Model(format!(
                 "{POLICY_DENIED}: the model call was denied by policy: every deployment {model} routes to is refused: {}",
@@ -1257,10 +1287,7 @@ impl Kernel {
             ..Default::default()
         }
         .to_json();
-        self.journal
-            .append_audited(Vec::new(), vec![(now, record)])
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?;
+        self.record(ctx, Vec::new(), vec![(now, record)]).await?;
         Ok(refused)
     }
 }
@@ -1345,6 +1372,7 @@ pub(crate) fn step_error_text(e: &StepError) -> String {
             "{what} needs approval from {approvers}: steward approve {id} --reason … (or deny)"
         ),
         StepError::Draining => "the node is shutting down".into(),
+        StepError::LeaseLost => "the run was claimed again since this node took it".into(),
     }
 }
 

@@ -95,8 +95,12 @@ enum Stop {
 struct Active {
     token: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
-    /// Until when this node holds the run's lease, as last claimed or renewed (Unix ms).
-    lease_until: Arc<std::sync::atomic::AtomicI64>,
+    /// The claim the task drives the run under, and until when its lease lasts.
+    held: Arc<runs::Held>,
+    /// A later claim of the run, made while this task still drove it under an earlier one
+    /// that another node held in between: the task is stopped, and the run starts afresh from
+    /// its journal under this claim once the task has ended.
+    successor: Option<steward_store::RunRecord>,
 }
 
 pub struct EngineOptions {
@@ -131,7 +135,6 @@ struct Inner {
     kernel: Kernel,
     gateway: gateway::Gateway,
     cfg: EngineConfig,
-    active: Mutex<HashMap<RunId, Active>>,
     draining: CancellationToken,
     tracker: TaskTracker,
 }
@@ -163,6 +166,7 @@ impl Engine {
             clock: opts.clock.clone(),
             wake: tokio::sync::Notify::new(),
             finished: tokio::sync::Notify::new(),
+            active: Mutex::new(HashMap::new()),
             vault: opts.vault.clone(),
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
@@ -256,7 +260,6 @@ impl Engine {
                 kernel,
                 gateway,
                 cfg: opts.cfg,
-                active: Mutex::new(HashMap::new()),
                 draining,
                 tracker: TaskTracker::new(),
             }),
@@ -616,7 +619,7 @@ impl Engine {
     }
 
     fn stop_local(&self, id: &RunId, why: Stop) {
-        if let Ok(active) = self.inner.active.lock() {
+        if let Ok(active) = self.inner.shared.active.lock() {
             if let Some(a) = active.get(id) {
                 if let Ok(mut s) = a.stop.lock() {
                     s.get_or_insert(why);
@@ -1393,6 +1396,11 @@ impl Engine {
 
     /// How many runs this node is driving now.
     pub fn active_runs(&self) -> usize {
-        self.inner.active.lock().map(|a| a.len()).unwrap_or(0)
+        self.inner
+            .shared
+            .active
+            .lock()
+            .map(|a| a.len())
+            .unwrap_or(0)
     }
 }

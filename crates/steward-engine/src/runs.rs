@@ -2,12 +2,13 @@
 //! journal, and the heartbeat keeps the leases alive (and carries cancel requests made
 //! through other nodes).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use steward_store::{RunRecord, RunUpdate, WAIT_HUMAN};
+use steward_store::{Claim, RunRecord, RunUpdate, WAIT_HUMAN};
 use steward_types::error::run_error;
-use steward_types::{AgentName, AgentSpec, BudgetPolicy, RecoveryPolicy, RunId, RunState};
+use steward_types::{AgentName, AgentSpec, BudgetPolicy, NodeId, RecoveryPolicy, RunId, RunState};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -17,6 +18,45 @@ use crate::{Active, Inner, Stop};
 
 /// Most runs claimed in one query.
 const CLAIM_BATCH: usize = 256;
+
+/// This node's hold on a run it drives, shared by the run's task (which writes under its
+/// epoch and starts no step near the lease's end), the heartbeat (which extends the lease) and
+/// the scheduler (which, claiming the run back after a stall, hands the task the new epoch).
+pub(crate) struct Held {
+    run: RunId,
+    node: NodeId,
+    epoch: AtomicI64,
+    /// Until when the lease lasts, as last claimed or renewed (Unix ms).
+    until: AtomicI64,
+}
+
+impl Held {
+    fn new(run: &RunRecord, node: &NodeId) -> Arc<Held> {
+        Arc::new(Held {
+            run: run.id.clone(),
+            node: node.clone(),
+            epoch: AtomicI64::new(run.lease_epoch),
+            until: AtomicI64::new(run.lease_expires.unwrap_or(i64::MAX)),
+        })
+    }
+
+    /// The claim to write under now.
+    pub(crate) fn claim(&self) -> Claim {
+        Claim {
+            run: self.run.clone(),
+            node: self.node.clone(),
+            epoch: self.epoch.load(Ordering::Acquire),
+        }
+    }
+
+    pub(crate) fn until(&self) -> i64 {
+        self.until.load(Ordering::Acquire)
+    }
+
+    fn extend(&self, until: i64) {
+        self.until.store(until, Ordering::Release);
+    }
+}
 
 pub(crate) async fn schedule(inner: Arc<Inner>) {
     let s = &inner.shared;
@@ -200,26 +240,44 @@ pub(crate) async fn serve_queues(inner: Arc<Inner>) {
 }
 
 fn active_count(inner: &Inner) -> usize {
-    inner.active.lock().map(|a| a.len()).unwrap_or(usize::MAX)
+    inner
+        .shared
+        .active
+        .lock()
+        .map(|a| a.len())
+        .unwrap_or(usize::MAX)
 }
 
 fn start_run(inner: &Arc<Inner>, run: RunRecord) {
+    let s = &inner.shared;
     let token = CancellationToken::new();
     let stop = Arc::new(Mutex::new(None));
-    let lease_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        run.lease_expires.unwrap_or(i64::MAX),
-    ));
-    if let Ok(mut a) = inner.active.lock() {
-        // This node stalled past the run's lease (a pause, a late heartbeat) and claimed it
-        // back while its task still drives it: the claim renewed the lease, and that task
-        // goes on. A second task would drive the run twice.
-        if let Some(existing) = a.get(&run.id) {
-            if let Some(until) = run.lease_expires {
+    let held = Held::new(&run, &s.node);
+    if let Ok(mut a) = s.active.lock() {
+        if let Some(existing) = a.get_mut(&run.id) {
+            // This node stalled past the run's lease (a pause, a late heartbeat, a lost
+            // database connection) and claimed it back while its task still drives it. A
+            // second task would drive the run twice.
+            if run.lease_epoch == existing.held.epoch.load(Ordering::Acquire) + 1 {
+                // No one claimed it in between, so no one wrote for it: the task goes on,
+                // under the new claim.
                 existing
-                    .lease_until
-                    .store(until, std::sync::atomic::Ordering::Release);
+                    .held
+                    .epoch
+                    .store(run.lease_epoch, Ordering::Release);
+                existing.held.extend(run.lease_expires.unwrap_or(i64::MAX));
+                tracing::info!(run_id = %run.id, "reclaimed a run this node still drives; its task goes on");
+            } else {
+                // Another node held it in between and may have taken steps the task does not
+                // know of: the task (fenced off already) stops, and the run starts afresh
+                // from its journal when it has.
+                tracing::warn!(run_id = %run.id, "reclaimed a run another node held since this node's task took it; restarting it from the journal");
+                if let Ok(mut st) = existing.stop.lock() {
+                    st.get_or_insert(Stop::LeaseLost);
+                }
+                existing.token.cancel();
+                existing.successor = Some(run);
             }
-            tracing::info!(run_id = %run.id, "reclaimed a run this node still drives; its task goes on");
             return;
         }
         a.insert(
@@ -227,7 +285,8 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
             Active {
                 token: token.clone(),
                 stop: stop.clone(),
-                lease_until: lease_until.clone(),
+                held: held.clone(),
+                successor: None,
             },
         );
     }
@@ -237,7 +296,7 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
         let id = run.id.clone();
         let (agent, version) = (run.agent.clone(), run.agent_version);
         let compensates = crate::compensation::steps_of(&run).is_some();
-        let update = execute(&inner2, run, &token, &stop, lease_until).await;
+        let update = execute(&inner2, run, &token, &stop, held.clone()).await;
         let s = &inner2.shared;
         // Undo steps are planned before the failure is recorded: a crash in between plans the
         // same compensation run again, never a second one. If planning fails, the end is not
@@ -255,7 +314,7 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
             other => other,
         };
         if let Some(u) = update {
-            match s.store.update_run(&id, &s.node, &u, s.clock.now_ms()).await {
+            match s.store.update_run(&held.claim(), &u, s.clock.now_ms()).await {
                 Ok(true) => {
                     tracing::info!(run_id = %id, state = %u.state, "run ended its turn on this node");
                     if let Some((state, detail)) = crate::tasks::ended(&u) {
@@ -265,12 +324,16 @@ fn start_run(inner: &Arc<Inner>, run: RunRecord) {
                         }
                     }
                 }
-                Ok(false) => tracing::warn!(run_id = %id, "lease lost before the run's state was saved; its new owner replays it"),
+                Ok(false) => tracing::warn!(run_id = %id, "the run was claimed again before its state was saved; its new holder replays it"),
                 Err(e) => tracing::warn!(run_id = %id, error = %e, "saving the run's state failed; the lease will expire and the run replays"),
             }
         }
-        if let Ok(mut a) = inner2.active.lock() {
-            a.remove(&id);
+        let successor = match s.active.lock() {
+            Ok(mut a) => a.remove(&id).and_then(|e| e.successor),
+            Err(_) => None,
+        };
+        if let Some(next) = successor {
+            start_run(&inner2, next);
         }
         s.finished.notify_waiters();
         s.wake.notify_one();
@@ -300,7 +363,7 @@ async fn execute(
     run: RunRecord,
     token: &CancellationToken,
     stop: &Mutex<Option<Stop>>,
-    lease_until: Arc<std::sync::atomic::AtomicI64>,
+    held: Arc<Held>,
 ) -> Option<RunUpdate> {
     let s = &inner.shared;
     if let Some(reason) = run.cancel_reason.clone() {
@@ -352,7 +415,7 @@ async fn execute(
     }
     let run_timeout = spec.run_timeout;
     let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
-    ctx.hold_lease(lease_until, inner.cfg.heartbeat_ms as i64);
+    ctx.hold_lease(held, inner.cfg.heartbeat_ms as i64);
     if let Some(steps) = crate::compensation::steps_of(&ctx.run) {
         return crate::compensation::execute(&inner.kernel, &s.store, &mut ctx, steps).await;
     }
@@ -382,6 +445,10 @@ async fn execute(
         }
         Ok(LoopEnd::Step(e)) => match &e {
             StepError::Draining => None,
+            StepError::LeaseLost => {
+                tracing::warn!("the run was claimed again since this node took it; stopping here, its new holder replays it");
+                None
+            }
             StepError::Store(m) => {
                 tracing::warn!(error = %m, "storage failed mid-run; the lease will expire and the run replays");
                 None
@@ -437,7 +504,7 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
                 tokio::time::sleep(every.min(Duration::from_millis(200))).await;
             }
         }
-        let ids: Vec<RunId> = match inner.active.lock() {
+        let ids: Vec<RunId> = match s.active.lock() {
             Ok(a) => a.keys().cloned().collect(),
             Err(_) => continue,
         };
@@ -450,13 +517,12 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
             Ok(held) => {
                 let held_ids: std::collections::HashSet<&RunId> =
                     held.iter().map(|(id, _)| id).collect();
-                let Ok(active) = inner.active.lock() else {
+                let Ok(active) = s.active.lock() else {
                     continue;
                 };
                 for id in &held_ids {
                     if let Some(a) = active.get(*id) {
-                        a.lease_until
-                            .store(now + ttl, std::sync::atomic::Ordering::Release);
+                        a.held.extend(now + ttl);
                     }
                 }
                 for id in &ids {

@@ -8,6 +8,10 @@ pub enum Error {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A write made under a claim of a run that a later claim has replaced: this node no
+    /// longer holds the run, and whoever does replays it from its journal.
+    #[error("run {0} was claimed again since this node took it; it writes nothing more for it")]
+    Fenced(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -3,21 +3,23 @@
 //! one writer task takes whatever entries are waiting, commits them in one transaction, then
 //! answers every waiter: the fsync is shared by all the steps that arrived together. Audit
 //! records that go with the entries (a syscall's outcome, a policy decision) share that
-//! transaction: auditing costs no commit of its own.
+//! transaction: auditing costs no commit of its own. A request made under a run's claim is
+//! committed only while the claim holds (checked in the same transaction).
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, JournalEntry, Millis, Result, Store};
+use crate::{Claim, Error, JournalEntry, Millis, Result, Store};
 
 type Waiter = oneshot::Sender<Result<()>>;
 type Audit = Vec<(Millis, String)>;
+type Request = (Vec<JournalEntry>, Audit, Option<Claim>, Waiter);
 
 /// A handle to the journal's group-commit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct JournalWriter {
-    tx: mpsc::Sender<(Vec<JournalEntry>, Audit, Waiter)>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl JournalWriter {
@@ -29,16 +31,22 @@ impl JournalWriter {
     }
 
     /// Appends entries and returns once they are durable.
-    pub async fn append(&self, entries: Vec<JournalEntry>) -> Result<()> {
-        self.append_audited(entries, Vec::new()).await
+    pub async fn append(&self, claim: Option<&Claim>, entries: Vec<JournalEntry>) -> Result<()> {
+        self.append_audited(claim, entries, Vec::new()).await
     }
 
     /// Appends entries and the audit records that go with them — `(at, body)` — atomically,
-    /// and returns once both are durable.
-    pub async fn append_audited(&self, entries: Vec<JournalEntry>, audit: Audit) -> Result<()> {
+    /// and returns once both are durable; with a `claim`, only while its run is held under it
+    /// ([`Error::Fenced`] otherwise, and nothing is written).
+    pub async fn append_audited(
+        &self,
+        claim: Option<&Claim>,
+        entries: Vec<JournalEntry>,
+        audit: Audit,
+    ) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((entries, audit, done))
+            .send((entries, audit, claim.cloned(), done))
             .await
             .map_err(|_| Error::Config("the journal writer has stopped".into()))?;
         wait.await
@@ -46,12 +54,8 @@ impl JournalWriter {
     }
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(Vec<JournalEntry>, Audit, Waiter)>,
-    max_batch: usize,
-) {
-    let mut pending: Vec<(Vec<JournalEntry>, Audit, Waiter)> = Vec::new();
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+    let mut pending: Vec<Request> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut count = first.0.len();
         pending.push(first);
@@ -66,23 +70,30 @@ async fn run(
         }
         let batch: Vec<JournalEntry> = pending
             .iter()
-            .flat_map(|(e, _, _)| e.iter().cloned())
+            .flat_map(|(e, _, _, _)| e.iter().cloned())
             .collect();
         let audit: Audit = pending
             .iter()
-            .flat_map(|(_, a, _)| a.iter().cloned())
+            .flat_map(|(_, a, _, _)| a.iter().cloned())
             .collect();
-        match store.append_journal(&batch, &audit).await {
+        let mut claims: Vec<Claim> = pending
+            .iter()
+            .filter_map(|(_, _, c, _)| c.clone())
+            .collect();
+        claims.sort_by(|a, b| a.run.as_str().cmp(b.run.as_str()));
+        claims.dedup();
+        match store.append_journal(&batch, &audit, &claims).await {
             Ok(()) => {
-                for (_, _, w) in pending.drain(..) {
+                for (_, _, _, w) in pending.drain(..) {
                     let _ = w.send(Ok(()));
                 }
             }
-            // One bad request (say, a step a stale node already recorded) must not fail the
-            // others that shared its transaction: retry each on its own.
+            // One bad request (a step a stale node already recorded, a claim since replaced)
+            // must not fail the others that shared its transaction: retry each on its own.
             Err(_) => {
-                for (entries, audit, w) in pending.drain(..) {
-                    let _ = w.send(store.append_journal(&entries, &audit).await);
+                for (entries, audit, claim, w) in pending.drain(..) {
+                    let claims: Vec<Claim> = claim.into_iter().collect();
+                    let _ = w.send(store.append_journal(&entries, &audit, &claims).await);
                 }
             }
         }

@@ -54,6 +54,7 @@ pub trait RunStore: Send + Sync {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     /// Leases up to `limit` runs that need a node: queued, running or waiting on a child, whose
     /// lease is absent or expired. Claimed runs move to `running` unless waiting on a child.
+    /// Each claim gives its run the next `lease_epoch` (see [`Claim`]).
     async fn claim_runs(
         &self,
         node: &NodeId,
@@ -72,15 +73,9 @@ pub trait RunStore: Send + Sync {
     ) -> Result<Vec<(RunId, Option<String>)>>;
     /// Drops every lease `node` holds (at start: nothing of a previous life is running).
     async fn release_node(&self, node: &NodeId) -> Result<u64>;
-    /// Changes a run's state if `node` still holds its lease. Terminal and human-wait states
-    /// release the lease. Returns false when the lease was lost (another node owns the run).
-    async fn update_run(
-        &self,
-        id: &RunId,
-        node: &NodeId,
-        update: &RunUpdate,
-        now: Millis,
-    ) -> Result<bool>;
+    /// Changes a run's state if it is still held under `claim`. Terminal and human-wait states
+    /// release the lease. Returns false when the claim was replaced (the run was claimed again).
+    async fn update_run(&self, claim: &Claim, update: &RunUpdate, now: Millis) -> Result<bool>;
     /// Records a cancel request. A run nobody is executing (queued, waiting for a human, or with an
     /// expired lease) is cancelled at once; a leased one is stopped by its node.
     async fn request_cancel(
@@ -101,12 +96,13 @@ pub trait RunStore: Send + Sync {
 /// The append-only record of every step's intent and outcome.
 #[async_trait]
 pub trait JournalStore: Send + Sync {
-    /// Appends all entries in one transaction, or none.
-    /// Appends journal entries and audit records (`(at, body)`) in one transaction.
+    /// Appends journal entries and audit records (`(at, body)`) in one transaction, or none:
+    /// none, with [`Error::Fenced`], when any of `claims` is no longer how its run is held.
     async fn append_journal(
         &self,
         entries: &[JournalEntry],
         audit: &[(Millis, String)],
+        claims: &[Claim],
     ) -> Result<()>;
     /// A run's entries with `seq > after`, in order.
     async fn load_journal(

@@ -1,6 +1,6 @@
 //! Rows as the store hands them out. Times are milliseconds since the epoch.
 
-use steward_types::{AgentName, Millis, RunId, RunState};
+use steward_types::{AgentName, Millis, NodeId, RunId, RunState};
 
 use crate::{Error, Result};
 
@@ -52,6 +52,7 @@ pub struct RunRow {
     pub retry_seq: Option<i64>,
     pub lease_owner: Option<String>,
     pub lease_expires: Option<i64>,
+    pub lease_epoch: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -73,8 +74,32 @@ pub struct RunRecord {
     pub retry_seq: Option<i64>,
     pub lease_owner: Option<String>,
     pub lease_expires: Option<i64>,
+    /// Which claim of the run this is: each claim takes the next epoch (see [`Claim`]).
+    pub lease_epoch: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+impl RunRecord {
+    /// The claim `node` holds on this run, as the claim that returned this record gave it.
+    pub fn claim(&self, node: &NodeId) -> Claim {
+        Claim {
+            run: self.id.clone(),
+            node: node.clone(),
+            epoch: self.lease_epoch,
+        }
+    }
+}
+
+/// A node's hold on a run as one claim gave it. Writes made for the run under a claim —
+/// journal entries, the run's state — commit only while no later claim has taken the run:
+/// a node that stalled past its lease (a pause, a GC, a lost database connection) and was
+/// replaced is fenced off, even if its lease has since come back to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub run: RunId,
+    pub node: NodeId,
+    pub epoch: i64,
 }
 
 impl TryFrom<RunRow> for RunRecord {
@@ -103,6 +128,7 @@ impl TryFrom<RunRow> for RunRecord {
             retry_seq: r.retry_seq,
             lease_owner: r.lease_owner,
             lease_expires: r.lease_expires,
+            lease_epoch: r.lease_epoch,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })

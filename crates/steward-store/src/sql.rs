@@ -112,7 +112,7 @@ async fn still_sound<C: sqlx::Connection>(conn: &mut C) -> std::result::Result<b
 }
 
 const RUN_COLUMNS: &str = "id, agent, agent_version, parent_id, input, state, wait_kind, result, \
-     error_code, error_message, cancel_reason, retry_seq, lease_owner, lease_expires, created_at, updated_at";
+     error_code, error_message, cancel_reason, retry_seq, lease_owner, lease_expires, lease_epoch, created_at, updated_at";
 
 /// States a node executes, as SQL.
 const CLAIMABLE: &str =
@@ -137,7 +137,7 @@ macro_rules! delegation_cols {
 }
 
 macro_rules! impl_store {
-    ($store:ty, $db:ty, backend = $backend:literal, lock = $lock:literal) => {
+    ($store:ty, $db:ty, backend = $backend:literal, lock = $lock:literal, row_lock = $row_lock:literal, share = $share:literal) => {
         #[async_trait]
         impl AgentStore for $store {
             async fn put_agents(&self, specs: &[NewAgent], now: Millis) -> Result<Vec<(AgentRecord, bool)>> {
@@ -259,6 +259,7 @@ macro_rules! impl_store {
             async fn claim_runs(&self, node: &NodeId, now: Millis, ttl_ms: i64, limit: i64) -> Result<Vec<RunRecord>> {
                 let rows: Vec<RunRow> = sqlx::query_as(&format!(
                     "UPDATE runs SET lease_owner = $1, lease_expires = $2, updated_at = $3, \
+                       lease_epoch = lease_epoch + 1, \
                        state = CASE WHEN state = 'queued' THEN 'running' ELSE state END \
                      WHERE id IN (SELECT id FROM runs WHERE {CLAIMABLE} \
                        AND (lease_expires IS NULL OR lease_expires < $3) \
@@ -283,13 +284,15 @@ macro_rules! impl_store {
                 for chunk in ids.chunks(500) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE runs SET lease_expires = ");
                     qb.push_bind(now + ttl_ms);
-                    qb.push(" WHERE lease_owner = ").push_bind(node.0.clone());
+                    // Rows locked in id order, as journal writes lock them (`check_claims_in`):
+                    // two transactions that lock rows in one order never wait on each other.
+                    qb.push(" WHERE id IN (SELECT id FROM runs WHERE lease_owner = ").push_bind(node.0.clone());
                     qb.push(" AND id IN (");
                     let mut sep = qb.separated(", ");
                     for id in chunk {
                         sep.push_bind(id.as_str().to_string());
                     }
-                    qb.push(") RETURNING id, cancel_reason");
+                    qb.push(format!(") ORDER BY id {}) RETURNING id, cancel_reason", $row_lock));
                     let rows: Vec<(String, Option<String>)> = qb.build_query_as().fetch_all(&self.write).await?;
                     for (id, cancel) in rows {
                         held.push((RunId::parse(&id).map_err(|e| Error::Corrupt(e.0))?, cancel));
@@ -306,13 +309,13 @@ macro_rules! impl_store {
                     .rows_affected())
             }
 
-            async fn update_run(&self, id: &RunId, node: &NodeId, u: &RunUpdate, now: Millis) -> Result<bool> {
+            async fn update_run(&self, claim: &Claim, u: &RunUpdate, now: Millis) -> Result<bool> {
                 let release = u.state.is_terminal()
                     || matches!(u.wait_kind.as_deref(), Some(WAIT_HUMAN | WAIT_APPROVAL));
                 let sql = format!(
                     "UPDATE runs SET state = $1, wait_kind = $2, result = $3, error_code = $4, \
                        error_message = $5, updated_at = $6{} \
-                     WHERE id = $7 AND lease_owner = $8",
+                     WHERE id = $7 AND lease_owner = $8 AND lease_epoch = $9",
                     if release { ", lease_owner = NULL, lease_expires = NULL, retry_seq = NULL" } else { "" }
                 );
                 let n = sqlx::query(&sql)
@@ -322,8 +325,9 @@ macro_rules! impl_store {
                     .bind(&u.error_code)
                     .bind(&u.error_message)
                     .bind(now)
-                    .bind(id.as_str())
-                    .bind(&node.0)
+                    .bind(claim.run.as_str())
+                    .bind(&claim.node.0)
+                    .bind(claim.epoch)
                     .execute(&self.write)
                     .await?
                     .rows_affected();
@@ -404,7 +408,7 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl JournalStore for $store {
-            async fn append_journal(&self, entries: &[JournalEntry], audit: &[(Millis, String)]) -> Result<()> {
+            async fn append_journal(&self, entries: &[JournalEntry], audit: &[(Millis, String)], claims: &[Claim]) -> Result<()> {
                 if entries.is_empty() && audit.is_empty() {
                     return Ok(());
                 }
@@ -431,8 +435,8 @@ macro_rules! impl_store {
                     qb
                 }
                 // One statement is atomic on its own: no BEGIN/COMMIT round trips for the
-                // common case of a batch that fits in one INSERT.
-                if audit.is_empty() && entries.len() <= JOURNAL_CHUNK {
+                // common case of an unfenced batch that fits in one INSERT.
+                if audit.is_empty() && claims.is_empty() && entries.len() <= JOURNAL_CHUNK {
                     insert(entries).build().execute(&self.write).await?;
                     return Ok(());
                 }
@@ -440,6 +444,9 @@ macro_rules! impl_store {
                 for chunk in entries.chunks(JOURNAL_CHUNK) {
                     insert(chunk).build().execute(&mut *tx).await?;
                 }
+                // Before the audit head is taken: every transaction that locks runs rows takes
+                // them before the head, so the two never wait on each other in a cycle.
+                Self::check_claims_in(&mut tx, claims).await?;
                 if !audit.is_empty() {
                     Self::append_audit_in(&mut tx, audit).await?;
                 }
@@ -689,6 +696,32 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await?;
                 Ok(None)
+            }
+
+            /// Fails with [`Error::Fenced`] unless every run of `claims` is still held under it.
+            /// The rows are locked (shared, in id order) until `tx` ends, so a claim cannot take
+            /// a run between this check and the commit: whoever claims next sees what `tx`
+            /// wrote.
+            async fn check_claims_in(tx: &mut sqlx::Transaction<'static, $db>, claims: &[Claim]) -> Result<()> {
+                if claims.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for c in claims {
+                    sep.push_bind(c.run.as_str().to_string());
+                }
+                qb.push(format!(") ORDER BY id {}", $share));
+                let rows: Vec<(String, Option<String>, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                for c in claims {
+                    let held = rows.iter().any(|(id, owner, epoch)| {
+                        id == c.run.as_str() && owner.as_deref() == Some(c.node.0.as_str()) && *epoch == c.epoch
+                    });
+                    if !held {
+                        return Err(Error::Fenced(c.run.to_string()));
+                    }
+                }
+                Ok(())
             }
 
             /// Appends audit records inside `tx`, numbering them after the last; returns the
@@ -1402,10 +1435,20 @@ impl PgStore {
     }
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, backend = "sqlite", lock = "");
+// SQLite needs no row locks: a transaction that writes holds the database's one write lock.
+impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    backend = "sqlite",
+    lock = "",
+    row_lock = "",
+    share = ""
+);
 impl_store!(
     PgStore,
     sqlx::Postgres,
     backend = "postgres",
-    lock = "FOR UPDATE SKIP LOCKED"
+    lock = "FOR UPDATE SKIP LOCKED",
+    row_lock = "FOR UPDATE",
+    share = "FOR SHARE"
 );

@@ -180,6 +180,11 @@ async fn leases_give_a_run_to_one_node(s: &dyn Store) {
     );
     let taken = s.claim_runs(&n2, 2000, 500, 10).await.unwrap();
     assert_eq!(taken.len(), 1, "an expired lease is taken over");
+    assert_eq!(
+        taken[0].lease_epoch,
+        got[0].lease_epoch + 1,
+        "each claim takes the next epoch"
+    );
     assert!(
         s.renew_leases(&n1, std::slice::from_ref(&id), 2001, 500)
             .await
@@ -188,16 +193,23 @@ async fn leases_give_a_run_to_one_node(s: &dyn Store) {
         "the old owner learns it lost the run"
     );
     assert!(
-        !s.update_run(&id, &n1, &RunUpdate::state(RunState::Succeeded), 2002)
-            .await
-            .unwrap(),
+        !s.update_run(
+            &got[0].claim(&n1),
+            &RunUpdate::state(RunState::Succeeded),
+            2002
+        )
+        .await
+        .unwrap(),
         "a stale owner cannot change the run"
     );
     let done = RunUpdate {
         result: Some("ok".into()),
         ..RunUpdate::state(RunState::Succeeded)
     };
-    assert!(s.update_run(&id, &n2, &done, 2003).await.unwrap());
+    assert!(s
+        .update_run(&taken[0].claim(&n2), &done, 2003)
+        .await
+        .unwrap());
     let r = s.get_run(&id).await.unwrap().unwrap();
     assert_eq!(
         (r.state, r.result.as_deref(), r.lease_owner.as_deref()),
@@ -207,6 +219,124 @@ async fn leases_give_a_run_to_one_node(s: &dyn Store) {
         s.claim_runs(&n1, 9999, 500, 10).await.unwrap().is_empty(),
         "ended runs are never claimed"
     );
+}
+
+async fn a_replaced_claim_writes_nothing(s: &dyn Store) {
+    with_agent(s).await;
+    let (id, other) = (new_id(), new_id());
+    s.create_run(&new_run(&id), 1).await.unwrap();
+    let n = NodeId("n".into());
+    let first = s.claim_runs(&n, 10, 100, 10).await.unwrap()[0].claim(&n);
+    s.append_journal(
+        &[entry(&id, 0, PHASE_INTENT)],
+        &[],
+        std::slice::from_ref(&first),
+    )
+    .await
+    .unwrap();
+    // The node stalls past its lease and claims the run again: the same node, a new epoch.
+    let second = s.claim_runs(&n, 500, 100, 10).await.unwrap()[0].claim(&n);
+    assert_eq!(second.epoch, first.epoch + 1);
+    let stale = s
+        .append_journal(
+            &[entry(&id, 0, PHASE_OUTCOME)],
+            &[(501, "{\"event\":\"stale\"}".into())],
+            std::slice::from_ref(&first),
+        )
+        .await;
+    assert!(matches!(stale, Err(Error::Fenced(_))), "{stale:?}");
+    assert!(
+        !s.update_run(&first, &RunUpdate::state(RunState::Succeeded), 502)
+            .await
+            .unwrap(),
+        "a replaced claim cannot change the run's state"
+    );
+    // A batch that holds one stale claim commits nothing, not even the other run's entries.
+    s.create_run(&new_run(&other), 503).await.unwrap();
+    let theirs = s.claim_runs(&n, 504, 100, 10).await.unwrap()[0].claim(&n);
+    let mixed = s
+        .append_journal(
+            &[entry(&other, 0, PHASE_INTENT), entry(&id, 1, PHASE_INTENT)],
+            &[],
+            &[theirs.clone(), first.clone()],
+        )
+        .await;
+    assert!(matches!(mixed, Err(Error::Fenced(_))), "{mixed:?}");
+    assert!(s.load_journal(&other, None, 10).await.unwrap().is_empty());
+    assert_eq!(s.load_journal(&id, None, 10).await.unwrap().len(), 1);
+    assert_eq!(s.audit_head().await.unwrap().0, 0, "no audit record either");
+    // Under the current claim all of it goes in.
+    s.append_journal(
+        &[entry(&id, 0, PHASE_OUTCOME), entry(&other, 0, PHASE_INTENT)],
+        &[],
+        &[second.clone(), theirs],
+    )
+    .await
+    .unwrap();
+    // A claim another node takes fences this node off as well, and a released run too.
+    let away = s
+        .claim_runs(&NodeId("m".into()), 900, 100, 10)
+        .await
+        .unwrap();
+    assert_eq!(away.len(), 2);
+    let fenced = s
+        .append_journal(&[entry(&id, 1, PHASE_INTENT)], &[], &[second])
+        .await;
+    assert!(matches!(fenced, Err(Error::Fenced(_))), "{fenced:?}");
+    let m = NodeId("m".into());
+    let held = away.iter().find(|r| r.id == id).unwrap().claim(&m);
+    s.release_node(&m).await.unwrap();
+    let released = s
+        .append_journal(&[entry(&id, 1, PHASE_INTENT)], &[], &[held])
+        .await;
+    assert!(matches!(released, Err(Error::Fenced(_))), "{released:?}");
+}
+
+/// A node writes steps as fast as it can while another takes the run over: whatever the
+/// taker reads from the journal just after its claim is all there ever is — nothing the first
+/// node wrote commits after the claim that replaced it.
+async fn a_takeover_sees_every_step_that_committed(s: Arc<dyn Store>) {
+    with_agent(&*s).await;
+    for round in 0..16 {
+        let id = new_id();
+        s.create_run(&new_run(&id), 1).await.unwrap();
+        let (a, b) = (NodeId("a".into()), NodeId("b".into()));
+        let claim = s.claim_runs(&a, 2, 1, 10).await.unwrap()[0].claim(&a);
+        let writer = {
+            let (s, id) = (s.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut written = 0;
+                for seq in 0..10_000 {
+                    match s
+                        .append_journal(
+                            &[entry(&id, seq, PHASE_INTENT)],
+                            &[],
+                            std::slice::from_ref(&claim),
+                        )
+                        .await
+                    {
+                        Ok(()) => written += 1,
+                        Err(Error::Fenced(_)) => return written,
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                }
+                written
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(2 + round * 2)).await;
+        let taken = loop {
+            if !s.claim_runs(&b, 1000, 60_000, 10).await.unwrap().is_empty() {
+                break s.load_journal(&id, None, 100_000).await.unwrap().len();
+            }
+        };
+        let written = writer.await.unwrap();
+        let after = s.load_journal(&id, None, 100_000).await.unwrap().len();
+        assert_eq!(
+            (taken, after),
+            (written, written),
+            "round {round}: the taker saw {taken} steps at its claim; {after} committed in all"
+        );
+    }
 }
 
 async fn release_node_frees_its_runs(s: &dyn Store) {
@@ -264,16 +394,20 @@ async fn human_waits_are_resolved(s: &dyn Store) {
     let id = new_id();
     s.create_run(&new_run(&id), 1).await.unwrap();
     let n = NodeId("n".into());
-    s.claim_runs(&n, 2, 60_000, 10).await.unwrap();
-    s.append_journal(&[entry(&id, 0, PHASE_INTENT)], &[])
-        .await
-        .unwrap();
+    let claim = s.claim_runs(&n, 2, 60_000, 10).await.unwrap()[0].claim(&n);
+    s.append_journal(
+        &[entry(&id, 0, PHASE_INTENT)],
+        &[],
+        std::slice::from_ref(&claim),
+    )
+    .await
+    .unwrap();
     let wait = RunUpdate {
         wait_kind: Some(WAIT_HUMAN.into()),
         error_code: Some("in_doubt".into()),
         ..RunUpdate::state(RunState::Waiting)
     };
-    assert!(s.update_run(&id, &n, &wait, 3).await.unwrap());
+    assert!(s.update_run(&claim, &wait, 3).await.unwrap());
     assert!(
         s.claim_runs(&n, 4, 60_000, 10).await.unwrap().is_empty(),
         "nobody drives a run waiting for a human"
@@ -305,6 +439,7 @@ async fn journal_appends_are_atomic_and_unique(s: &dyn Store) {
             entry(&id, 1, PHASE_INTENT),
         ],
         &[],
+        &[],
     )
     .await
     .unwrap();
@@ -312,6 +447,7 @@ async fn journal_appends_are_atomic_and_unique(s: &dyn Store) {
     let dup = s
         .append_journal(
             &[entry(&id, 2, PHASE_INTENT), entry(&id, 1, PHASE_INTENT)],
+            &[],
             &[],
         )
         .await;
@@ -335,7 +471,7 @@ async fn big_journal_batches_commit(s: &dyn Store) {
     let id = new_id();
     s.create_run(&new_run(&id), 1).await.unwrap();
     let batch: Vec<_> = (0..1200).map(|i| entry(&id, i, PHASE_INTENT)).collect();
-    s.append_journal(&batch, &[]).await.unwrap();
+    s.append_journal(&batch, &[], &[]).await.unwrap();
     assert_eq!(s.load_journal(&id, None, 5000).await.unwrap().len(), 1200);
 }
 
@@ -908,6 +1044,17 @@ macro_rules! conformance {
                 super::leases_give_a_run_to_one_node(&*super::$backend().await.store).await
             }
             #[tokio::test]
+            async fn a_replaced_claim_writes_nothing() {
+                super::a_replaced_claim_writes_nothing(&*super::$backend().await.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_takeover_sees_every_step_that_committed() {
+                super::a_takeover_sees_every_step_that_committed(
+                    super::$backend().await.store.clone(),
+                )
+                .await
+            }
+            #[tokio::test]
             async fn release_node_frees_its_runs() {
                 super::release_node_frees_its_runs(&*super::$backend().await.store).await
             }
@@ -999,9 +1146,9 @@ async fn postgres_announces_queued_and_ended_runs_to_other_nodes() {
         .unwrap();
     assert_eq!(got.as_deref(), Some(WAKE_RUN));
     let n = NodeId("n".into());
-    a.store.claim_runs(&n, 2, 60_000, 1).await.unwrap();
+    let claim = a.store.claim_runs(&n, 2, 60_000, 1).await.unwrap()[0].claim(&n);
     a.store
-        .update_run(&id, &n, &RunUpdate::state(RunState::Succeeded), 3)
+        .update_run(&claim, &RunUpdate::state(RunState::Succeeded), 3)
         .await
         .unwrap();
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), wakeups.recv())

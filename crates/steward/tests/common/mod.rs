@@ -168,6 +168,18 @@ impl TestServer {
         )
     }
 
+    /// A second node on the same PostgreSQL database whose connections carry
+    /// `application_name`, so a test can find them in `pg_stat_activity` (and cut them).
+    pub fn join_named(other: &TestServer, application_name: &str) -> Self {
+        assert_eq!(other.backend, Backend::Postgres);
+        Self::spawned(
+            other.backend,
+            format!("{}&application_name={application_name}", other.db_url),
+            tempfile::tempdir().unwrap(),
+            other.env.clone(),
+        )
+    }
+
     fn spawned(
         backend: Backend,
         db_url: String,
