@@ -62,6 +62,35 @@ pub(crate) fn run_link(run: &RunId) -> String {
 }
 
 impl Host {
+    /// Before sandbox step `seq` of `run`: its workspace here is as its last saved state left
+    /// it (restored, if the run moved here); returns that state's hash.
+    async fn follow(
+        &self,
+        run: &RunId,
+        seq: i64,
+        changes: bool,
+    ) -> Result<Option<String>, ToolError> {
+        let sandboxes = self.sandboxes()?;
+        let dir = sandboxes.workspace(run)?;
+        crate::workspace_sync::follow(&*self.0.store, run, seq, &dir, sandboxes.owner(), changes)
+            .await
+    }
+
+    /// After sandbox step `seq` of `run`: its workspace is saved where every node can read it,
+    /// before the step's outcome is journaled.
+    async fn keep(&self, run: &RunId, seq: i64, before: Option<&str>) -> Result<(), ToolError> {
+        let dir = self.sandboxes()?.workspace(run)?;
+        crate::workspace_sync::keep(
+            &*self.0.store,
+            run,
+            seq,
+            &dir,
+            before,
+            self.0.clock.now_ms(),
+        )
+        .await
+    }
+
     /// The run's agent and the spec it runs with.
     async fn spec_of(
         &self,
@@ -334,27 +363,43 @@ impl ToolHost for Host {
     async fn sandbox_exec(
         &self,
         run: &RunId,
+        seq: i64,
         command: &str,
         stdin: &str,
     ) -> Result<serde_json::Value, ToolError> {
         let spec = self.spec_of(run).await?;
         let egress = self.egress(run, spec.as_ref())?;
         let secrets = self.granted_secrets(run, spec.as_ref()).await?;
-        self.sandboxes()?
-            .exec(run, command, stdin, egress, secrets)
-            .await
+        let sandboxes = self.sandboxes()?;
+        let before = self.follow(run, seq, true).await?;
+        // Kept whatever the exec came to: a command that failed or timed out may still have
+        // changed the workspace, and its outcome is journaled like any other.
+        let out = sandboxes.exec(run, command, stdin, egress, secrets).await;
+        self.keep(run, seq, before.as_deref()).await?;
+        out
     }
 
     async fn workspace_write(
         &self,
         run: &RunId,
+        seq: i64,
         path: &str,
         content: &[u8],
     ) -> Result<(), ToolError> {
-        self.sandboxes()?.write(run, path, content).await
+        let sandboxes = self.sandboxes()?;
+        let before = self.follow(run, seq, true).await?;
+        let out = sandboxes.write(run, path, content).await;
+        self.keep(run, seq, before.as_deref()).await?;
+        out
     }
 
-    async fn workspace_read(&self, run: &RunId, path: &str) -> Result<Vec<u8>, ToolError> {
+    async fn workspace_read(
+        &self,
+        run: &RunId,
+        seq: i64,
+        path: &str,
+    ) -> Result<Vec<u8>, ToolError> {
+        self.follow(run, seq, false).await?;
         self.sandboxes()?.read(run, path).await
     }
 

@@ -1,7 +1,8 @@
 //! Every `engine.housekeeping_ms` (a minute), this node clears what nothing will come back for: budget holds whose owner is
 //! gone (a gateway call cut off by a crash, a step of a run that ended — without this a hold
 //! would count against its accounts forever), rate-limit windows long past, expired cached
-//! answers, and the bodies of audit records past their retention. Every statement is idempotent, so nodes sharing a database may all run it.
+//! answers, the bodies of audit records past their retention, and the kept workspaces of runs
+//! long ended. Every statement is idempotent, so nodes sharing a database may all run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::clock::Clock;
 
 /// Rate windows are one minute long; the one before the current one is kept for reading.
 const KEEP_WINDOWS_MS: i64 = 120_000;
+/// How long an ended run's kept workspace, and content no run uses, stay in the store.
+const KEEP_WORKSPACES_MS: i64 = 3_600_000;
 
 pub(crate) async fn run(
     store: Arc<dyn Store>,
@@ -59,6 +62,16 @@ pub(crate) async fn run(
         }
         if let Err(e) = store.purge_cache(now).await {
             tracing::warn!(error = %e, "could not purge expired cached answers; will retry");
+        }
+        let keep = now - KEEP_WORKSPACES_MS;
+        match store.sweep_workspaces(keep, keep).await {
+            Ok((0, 0)) => {}
+            Ok((states, blobs)) => tracing::info!(
+                states,
+                blobs,
+                "forgot the kept workspaces of runs long ended"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not sweep kept workspaces; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -22,6 +22,7 @@ pub mod supervisors;
 pub mod tasks;
 mod ttl_cache;
 pub mod vault;
+mod workspace_sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

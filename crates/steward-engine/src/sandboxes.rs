@@ -580,7 +580,7 @@ impl SandboxService {
             .map_err(exec_failed)
     }
 
-    fn workspace(&self, run: &RunId) -> Result<PathBuf, ToolError> {
+    pub(crate) fn workspace(&self, run: &RunId) -> Result<PathBuf, ToolError> {
         let dir = self.workspaces.join(run.as_str());
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(failed)?;
@@ -676,7 +676,7 @@ impl SandboxService {
     }
 
     /// Who root inside the sandboxes is on the host, when it is not the server itself.
-    fn owner(&self) -> Option<(u32, u32)> {
+    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
         self.sandboxes.as_ref().ok().and_then(|s| s.owner())
     }
 }

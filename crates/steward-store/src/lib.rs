@@ -13,6 +13,7 @@ mod sql;
 mod supervisors;
 mod task_writer;
 mod tasks;
+mod workspaces;
 
 use async_trait::async_trait;
 use steward_types::{AgentName, Millis, NodeId, RunId};
@@ -27,6 +28,7 @@ pub use sql::{PgStore, SqliteStore};
 pub use supervisors::{IncidentRecord, SupervisorRecord, SupervisorStore};
 pub use task_writer::TaskWriter;
 pub use tasks::*;
+pub use workspaces::{Blob, WorkspaceState, WorkspaceStore};
 
 /// Versioned agent definitions.
 #[async_trait]
@@ -359,6 +361,7 @@ pub trait Store:
     + ScheduleStore
     + SupervisorStore
     + MergeStore
+    + WorkspaceStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

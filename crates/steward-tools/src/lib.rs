@@ -83,19 +83,31 @@ pub trait ToolHost: Send + Sync {
         input: &str,
         grant: Option<Grant>,
     ) -> Result<ChildOutcome>;
-    /// Runs `command` with `/bin/sh -c` in the run's sandbox, on its workspace.
-    async fn sandbox_exec(&self, _run: &RunId, _command: &str, _stdin: &str) -> Result<Value> {
+    /// Runs `command` with `/bin/sh -c` in the run's sandbox, on its workspace, as step `seq`.
+    async fn sandbox_exec(
+        &self,
+        _run: &RunId,
+        _seq: i64,
+        _command: &str,
+        _stdin: &str,
+    ) -> Result<Value> {
         Err(ToolError::Denied(
             "sandboxes are not available on this server".into(),
         ))
     }
     /// Writes a file (a path relative to the run's workspace, never leaving it).
-    async fn workspace_write(&self, _run: &RunId, _path: &str, _content: &[u8]) -> Result<()> {
+    async fn workspace_write(
+        &self,
+        _run: &RunId,
+        _seq: i64,
+        _path: &str,
+        _content: &[u8],
+    ) -> Result<()> {
         Err(ToolError::Denied(
             "sandboxes are not available on this server".into(),
         ))
     }
-    async fn workspace_read(&self, _run: &RunId, _path: &str) -> Result<Vec<u8>> {
+    async fn workspace_read(&self, _run: &RunId, _seq: i64, _path: &str) -> Result<Vec<u8>> {
         Err(ToolError::Denied(
             "sandboxes are not available on this server".into(),
         ))

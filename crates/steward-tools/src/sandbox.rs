@@ -33,7 +33,9 @@ impl Tool for SandboxExec {
             Some(Value::String(s)) => s,
             Some(_) => return Err(ToolError::InvalidArgs("`stdin` must be a string".into())),
         };
-        ctx.host.sandbox_exec(&ctx.run_id, command, stdin).await
+        ctx.host
+            .sandbox_exec(&ctx.run_id, ctx.seq, command, stdin)
+            .await
     }
 }
 
@@ -55,7 +57,7 @@ impl Tool for SandboxWriteFile {
         let path = str_arg(&args, "path")?;
         let content = str_arg(&args, "content")?;
         ctx.host
-            .workspace_write(&ctx.run_id, path, content.as_bytes())
+            .workspace_write(&ctx.run_id, ctx.seq, path, content.as_bytes())
             .await?;
         Ok(json!({"path": path, "bytes": content.len()}))
     }
@@ -77,7 +79,7 @@ impl Tool for SandboxReadFile {
     }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let path = str_arg(&args, "path")?;
-        let bytes = ctx.host.workspace_read(&ctx.run_id, path).await?;
+        let bytes = ctx.host.workspace_read(&ctx.run_id, ctx.seq, path).await?;
         Ok(json!({"path": path, "content": String::from_utf8_lossy(&bytes)}))
     }
 }
