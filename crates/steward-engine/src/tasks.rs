@@ -199,7 +199,7 @@ impl Tasks {
 
     fn lost(id: &str) -> Error {
         Error::Conflict(format!(
-            "task {id}: this lease is no longer held (it expired and the task went to another worker, or it ended)"
+            "task {id}: this lease is no longer held (its time ran out before this report, it went to another worker, or the task ended); heartbeat more often than the queue's leaseMs"
         ))
     }
 
@@ -388,11 +388,13 @@ impl Tasks {
                     .map(|at| now - at),
                 None => None,
             };
-            let room = source.desired(waiting, busy, oldest) - busy;
-            if room > 0 {
+            // How many runs the pool wants; the store counts the busy ones again inside the
+            // transaction that starts more, so nodes racing here never exceed it together.
+            let pool = source.desired(waiting, busy, oldest);
+            if pool > busy {
                 let leased = self
                     .store
-                    .lease_tasks_to_runs(&source.queue, &name, agent.version, room, now)
+                    .lease_tasks_to_runs(&source.queue, &name, agent.version, pool, now)
                     .await?;
                 started |= !leased.is_empty();
             }

@@ -152,14 +152,16 @@ pub trait TaskStore: Send + Sync {
     /// within the queue's limits; then ends each attempt (false when the worker's lease was
     /// lost — expired and taken by another worker, or ended already — and nothing changed).
     async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult>;
-    /// Leases up to `max` ready tasks of `queue` to new runs of `agent` (one each, created in
-    /// the same transaction, input = the payload); the run finishes the task.
+    /// Leases ready tasks of `queue` to new runs of `agent` (one each, created in the same
+    /// transaction, input = the payload) until `pool` of the agent's tasks are leased, counted
+    /// inside that transaction (and, on PostgreSQL, under a lock of the agent's pool): the
+    /// limit holds across every node. The run finishes the task.
     async fn lease_tasks_to_runs(
         &self,
         queue: &str,
         agent: &AgentName,
         agent_version: i64,
-        max: i64,
+        pool: i64,
         now: Millis,
     ) -> Result<Vec<TaskRecord>>;
     /// Extends `worker`'s lease on attempt `attempt` of task `id`; false when it is lost.
@@ -212,7 +214,13 @@ pub fn agent_owner(agent: &AgentName) -> String {
 }
 
 macro_rules! impl_tasks {
-    ($store:ty, $db:ty, lock = $lock:literal, queue_lock = $queue_lock:literal) => {
+    (
+        $store:ty,
+        $db:ty,
+        lock = $lock:literal,
+        queue_lock = $queue_lock:literal,
+        pool_lock = $pool_lock:literal
+    ) => {
         impl $store {
             /// How many tasks `worker` may lease from `q` now (at most `max`), within the queue's
             /// limits; on PostgreSQL the queue's row stays locked to the end of the transaction,
@@ -428,46 +436,19 @@ macro_rules! impl_tasks {
                 ends: &[(TaskFinish, Millis)],
             ) -> Result<Vec<bool>> {
                 let mut out = vec![false; ends.len()];
-                // Completions, many to a statement; each must still hold its lease.
-                // A second report of one attempt in the same batch finds the lease gone.
-                let mut seen = std::collections::HashSet::new();
+                // Completions, many to a statement; each must still hold its lease (owner, attempt,
+                // and time). Reports of one task go to separate statements, in batch order, so a
+                // stale worker's report can never stand in for the holder's: at most one matches
+                // the lease, and once it has, the others find it gone.
                 let done: Vec<usize> = (0..ends.len())
                     .filter(|&i| matches!(ends[i].0.end, TaskEnd::Done { .. }))
-                    .filter(|&i| seen.insert(ends[i].0.id.as_str()))
                     .collect();
-                for chunk in done.chunks(256) {
-                    let now = chunk.iter().map(|&i| ends[i].1).max().unwrap_or_default();
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE tasks SET state = 'done', result = CASE id");
-                    for &i in chunk {
-                        let result = match &ends[i].0.end {
-                            TaskEnd::Done { result } => result.clone(),
-                            TaskEnd::Failed { .. } => String::new(),
-                        };
-                        qb.push(" WHEN ").push_bind(ends[i].0.id.clone()).push(" THEN ").push_bind(result);
-                    }
-                    qb.push(" END, error = NULL, lease_owner = NULL, lease_until = NULL, finished_at = ")
-                        .push_bind(now)
-                        .push(", updated_at = ")
-                        .push_bind(now)
-                        .push(" WHERE state = 'leased' AND run_id IS NULL AND (");
-                    for (n, &i) in chunk.iter().enumerate() {
-                        let f = &ends[i].0;
-                        if n > 0 {
-                            qb.push(" OR ");
+                for round in Self::one_per_task(ends, &done) {
+                    for chunk in round.chunks(256) {
+                        let held = Self::complete_held(tx, ends, chunk).await?;
+                        for &i in chunk {
+                            out[i] = held.contains(&ends[i].0.id);
                         }
-                        qb.push("(id = ")
-                            .push_bind(f.id.clone())
-                            .push(" AND lease_owner = ")
-                            .push_bind(f.worker.clone())
-                            .push(" AND attempts = ")
-                            .push_bind(f.attempt)
-                            .push(")");
-                    }
-                    qb.push(") RETURNING id");
-                    let held: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                    let held: std::collections::HashSet<String> = held.into_iter().map(|(id,)| id).collect();
-                    for &i in chunk {
-                        out[i] = held.contains(&ends[i].0.id);
                     }
                 }
                 // Failures one by one: each decides between a retry and the dead-letter queue.
@@ -485,7 +466,8 @@ macro_rules! impl_tasks {
                            lease_owner = NULL, lease_until = NULL, \
                            finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
                            updated_at = $5 \
-                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL",
+                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL \
+                           AND lease_until >= $5",
                     )
                     .bind(how)
                     .bind(retry_at)
@@ -501,6 +483,63 @@ macro_rules! impl_tasks {
                     out[i] = n == 1;
                 }
                 Ok(out)
+            }
+
+            /// `picked` (indexes into `ends`) split into rounds with each task at most once per
+            /// round, keeping batch order: the n-th report of a task goes to round n.
+            fn one_per_task(ends: &[(TaskFinish, Millis)], picked: &[usize]) -> Vec<Vec<usize>> {
+                let mut rounds: Vec<Vec<usize>> = Vec::new();
+                let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+                for &i in picked {
+                    let n = seen.entry(ends[i].0.id.as_str()).or_insert(0);
+                    if rounds.len() <= *n {
+                        rounds.push(Vec::new());
+                    }
+                    rounds[*n].push(i);
+                    *n += 1;
+                }
+                rounds
+            }
+
+            /// Marks done the tasks of `chunk` (distinct ids) whose report matches a lease still
+            /// in force; returns their ids.
+            async fn complete_held(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                ends: &[(TaskFinish, Millis)],
+                chunk: &[usize],
+            ) -> Result<std::collections::HashSet<String>> {
+                let now = chunk.iter().map(|&i| ends[i].1).max().unwrap_or_default();
+                let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE tasks SET state = 'done', result = CASE id");
+                for &i in chunk {
+                    let result = match &ends[i].0.end {
+                        TaskEnd::Done { result } => result.clone(),
+                        TaskEnd::Failed { .. } => String::new(),
+                    };
+                    qb.push(" WHEN ").push_bind(ends[i].0.id.clone()).push(" THEN ").push_bind(result);
+                }
+                qb.push(" END, error = NULL, lease_owner = NULL, lease_until = NULL, finished_at = ")
+                    .push_bind(now)
+                    .push(", updated_at = ")
+                    .push_bind(now)
+                    .push(" WHERE state = 'leased' AND run_id IS NULL AND (");
+                for (n, &i) in chunk.iter().enumerate() {
+                    let (f, at) = &ends[i];
+                    if n > 0 {
+                        qb.push(" OR ");
+                    }
+                    qb.push("(id = ")
+                        .push_bind(f.id.clone())
+                        .push(" AND lease_owner = ")
+                        .push_bind(f.worker.clone())
+                        .push(" AND attempts = ")
+                        .push_bind(f.attempt)
+                        .push(" AND lease_until >= ")
+                        .push_bind(*at)
+                        .push(")");
+                }
+                qb.push(") RETURNING id");
+                let held: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                Ok(held.into_iter().map(|(id,)| id).collect())
             }
 
             /// The settings of every queue `batch` names.
@@ -604,13 +643,26 @@ macro_rules! impl_tasks {
                 queue: &str,
                 agent: &AgentName,
                 agent_version: i64,
-                max: i64,
+                pool: i64,
                 now: Millis,
             ) -> Result<Vec<TaskRecord>> {
                 let q = self.queue(queue).await?;
                 let owner = agent_owner(agent);
                 let mut tx = self.write.begin().await?;
-                let room = Self::room(&mut tx, &q, &owner, max).await?;
+                // One pool's leases at a time across nodes, so its count below is the truth
+                // until commit (SQLite's writer is one at a time already).
+                sqlx::query($pool_lock)
+                    .bind(format!("pool:{queue}:{owner}"))
+                    .execute(&mut *tx)
+                    .await?;
+                let (busy,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM tasks WHERE queue = $1 AND state = 'leased' AND lease_owner = $2",
+                )
+                .bind(queue)
+                .bind(&owner)
+                .fetch_one(&mut *tx)
+                .await?;
+                let room = Self::room(&mut tx, &q, &owner, pool - busy).await?;
                 let mut leased = Self::lease_ready(&mut tx, &q, &owner, None, room, now).await?;
                 if leased.is_empty() {
                     return Ok(leased);
@@ -645,7 +697,8 @@ macro_rules! impl_tasks {
                 let n = sqlx::query(
                     "UPDATE tasks SET lease_until = $1 + (SELECT COALESCE(MAX(lease_ms), 30000) FROM queues WHERE name = tasks.queue), \
                        updated_at = $1 \
-                     WHERE id = $2 AND state = 'leased' AND lease_owner = $3 AND attempts = $4 AND run_id IS NULL",
+                     WHERE id = $2 AND state = 'leased' AND lease_owner = $3 AND attempts = $4 AND run_id IS NULL \
+                       AND lease_until >= $1",
                 )
                 .bind(now)
                 .bind(id)
@@ -796,10 +849,17 @@ macro_rules! impl_tasks {
     };
 }
 
-impl_tasks!(SqliteStore, sqlx::Sqlite, lock = "", queue_lock = "");
+impl_tasks!(
+    SqliteStore,
+    sqlx::Sqlite,
+    lock = "",
+    queue_lock = "",
+    pool_lock = "SELECT $1"
+);
 impl_tasks!(
     PgStore,
     sqlx::Postgres,
     lock = "FOR UPDATE SKIP LOCKED",
-    queue_lock = "FOR UPDATE"
+    queue_lock = "FOR UPDATE",
+    pool_lock = "SELECT pg_advisory_xact_lock(hashtext($1))"
 );

@@ -633,6 +633,75 @@ async fn concurrent_claims_never_share_a_run(s: Arc<dyn Store>) {
     assert_eq!(unique.len(), 200, "no run claimed twice");
 }
 
+/// An agent's pool of task runs stays within its size however many nodes fill it at once.
+async fn an_agent_pool_holds_its_size_across_racing_nodes(s: Arc<dyn Store>) {
+    use steward_store::{NewTask, TaskBatch};
+    with_agent(&*s).await;
+    let enqueues = (0..40)
+        .map(|i| {
+            (
+                NewTask {
+                    id: format!("p{i}"),
+                    queue: "pool".into(),
+                    tenant: "t".into(),
+                    priority: 0,
+                    payload: "{}".into(),
+                    dedup_key: None,
+                    run_at: 0,
+                    deadline: None,
+                },
+                0,
+            )
+        })
+        .collect();
+    s.task_batch(&TaskBatch {
+        enqueues,
+        ..TaskBatch::default()
+    })
+    .await
+    .unwrap();
+    let agent = name("a");
+    for round in 0..5 {
+        let mut racers = Vec::new();
+        for _ in 0..6 {
+            let (s, agent) = (s.clone(), agent.clone());
+            racers.push(tokio::spawn(async move {
+                s.lease_tasks_to_runs("pool", &agent, 1, 3, 10 + round)
+                    .await
+                    .unwrap()
+                    .len()
+            }));
+        }
+        let mut leased = 0;
+        for r in racers {
+            leased += r.await.unwrap();
+        }
+        assert_eq!(
+            leased, 3,
+            "round {round}: the pool filled to its size, no more"
+        );
+        assert_eq!(s.leased_to_agent("pool", &agent).await.unwrap(), 3);
+        // The pool's runs end; their tasks are finished, making room again.
+        for t in s
+            .list_tasks(&steward_store::TaskFilter {
+                queue: Some("pool".into()),
+                state: Some("leased".into()),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+        {
+            let run = RunId::parse(t.run_id.as_deref().unwrap()).unwrap();
+            let end = steward_store::TaskEnd::Done { result: "1".into() };
+            assert!(s
+                .finish_run_task(&run, &end, 20 + round)
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
+}
+
 async fn keys_and_calls_are_kept(s: &dyn Store) {
     let k = s
         .create_key("key_1", "hash-1", &name("ext"), None, 5)
@@ -1076,9 +1145,162 @@ async fn tenants_take_turns_across_batches(s: &dyn Store) {
     }
 }
 
+/// Whatever else a batch holds, only the report matching the task's current lease counts: a
+/// stale worker's report, before or after the holder's, neither wins nor hides it; a report or
+/// heartbeat after the lease's time is refused even before the sweep has run.
+async fn only_the_lease_holder_reports(s: &dyn Store) {
+    use steward_store::{LeaseRequest, NewTask, TaskBatch, TaskEnd, TaskFinish};
+    let lease_ms = steward_store::QueueConfig::named("holders").lease_ms;
+    let enqueue = |id: &str| TaskBatch {
+        enqueues: vec![(
+            NewTask {
+                id: id.into(),
+                queue: "holders".into(),
+                tenant: "t".into(),
+                priority: 0,
+                payload: "{}".into(),
+                dedup_key: None,
+                run_at: 0,
+                deadline: None,
+            },
+            0,
+        )],
+        ..TaskBatch::default()
+    };
+    let lease = |worker: &str, now: i64| TaskBatch {
+        leases: vec![LeaseRequest {
+            queue: "holders".into(),
+            worker: worker.into(),
+            max: 10,
+            now,
+        }],
+        ..TaskBatch::default()
+    };
+    let done = |id: &str, worker: &str, attempt: i64, now: i64| {
+        (
+            TaskFinish {
+                id: id.into(),
+                worker: worker.into(),
+                attempt,
+                end: TaskEnd::Done {
+                    result: format!("\"{worker}\""),
+                },
+            },
+            now,
+        )
+    };
+    let failed = |id: &str, worker: &str, attempt: i64, now: i64| {
+        (
+            TaskFinish {
+                id: id.into(),
+                worker: worker.into(),
+                attempt,
+                end: TaskEnd::Failed {
+                    error: "boom".into(),
+                    retry_at: Some(now),
+                },
+            },
+            now,
+        )
+    };
+    // Each task: leased by "old", lost (swept), leased by "new" as attempt 2.
+    let t0 = 1_000;
+    let expired = t0 + lease_ms + 1;
+    for id in ["k1", "k2", "k3", "k4", "k5"] {
+        s.task_batch(&enqueue(id)).await.unwrap();
+        assert_eq!(
+            s.task_batch(&lease("old", t0)).await.unwrap().leased[0].len(),
+            1
+        );
+        assert_eq!(s.sweep_tasks(expired).await.unwrap(), 1);
+        let again = s.task_batch(&lease("new", expired)).await.unwrap();
+        assert_eq!(again.leased[0][0].attempts, 2, "{id}");
+    }
+    let now = expired + 10;
+    let batch = TaskBatch {
+        finishes: vec![
+            // The stale report first, then the holder's.
+            done("k1", "old", 1, now),
+            done("k1", "new", 2, now),
+            // The holder's first, then the stale one.
+            done("k2", "new", 2, now),
+            done("k2", "old", 1, now),
+            // The holder's twice: the second finds the lease gone.
+            done("k3", "new", 2, now),
+            done("k3", "new", 2, now),
+            // A stale completion beside the holder's failure.
+            done("k4", "old", 1, now),
+            failed("k4", "new", 2, now),
+            // A stale failure beside the holder's completion.
+            failed("k5", "old", 1, now),
+            done("k5", "new", 2, now),
+        ],
+        ..TaskBatch::default()
+    };
+    let r = s.task_batch(&batch).await.unwrap();
+    assert_eq!(
+        r.finished,
+        [false, true, true, false, true, false, false, true, false, true]
+    );
+    for id in ["k1", "k2", "k3", "k5"] {
+        let t = s.get_task(id).await.unwrap().unwrap();
+        assert_eq!(
+            (t.state.as_str(), t.result.as_deref()),
+            ("done", Some("\"new\"")),
+            "{id}"
+        );
+    }
+    let k4 = s.get_task("k4").await.unwrap().unwrap();
+    assert_eq!(
+        (k4.state.as_str(), k4.error.as_deref()),
+        ("pending", Some("boom"))
+    );
+
+    // A lease whose time has run out, not yet swept: its heartbeat and reports are refused,
+    // and the sweep then hands the task on.
+    s.task_batch(&enqueue("late")).await.unwrap();
+    let t1 = now + 1;
+    let got = s.task_batch(&lease("slow", t1)).await.unwrap();
+    let late = got.leased[0].iter().find(|t| t.id == "late").unwrap();
+    let until = late.lease_until.unwrap();
+    assert!(
+        s.heartbeat_task("late", "slow", 1, until).await.unwrap(),
+        "in time"
+    );
+    let until = s
+        .get_task("late")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_until
+        .unwrap();
+    assert!(!s
+        .heartbeat_task("late", "slow", 1, until + 1)
+        .await
+        .unwrap());
+    let r = s
+        .task_batch(&TaskBatch {
+            finishes: vec![
+                done("late", "slow", 1, until + 1),
+                failed("late", "slow", 1, until + 1),
+            ],
+            ..TaskBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.finished, [false, false]);
+    assert_eq!(s.get_task("late").await.unwrap().unwrap().state, "leased");
+    assert!(s.sweep_tasks(until + 1).await.unwrap() >= 1);
+    assert_eq!(s.get_task("late").await.unwrap().unwrap().state, "pending");
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn only_the_lease_holder_reports() {
+                super::only_the_lease_holder_reports(&*super::$backend().await.store).await
+            }
             #[tokio::test]
             async fn tenants_take_turns_across_batches() {
                 super::tenants_take_turns_across_batches(&*super::$backend().await.store).await
@@ -1175,6 +1397,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn runs_filter() {
                 super::runs_filter(&*super::$backend().await.store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn an_agent_pool_holds_its_size_across_racing_nodes() {
+                let f = super::$backend().await;
+                super::an_agent_pool_holds_its_size_across_racing_nodes(f.store.clone()).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_claims_never_share_a_run() {
