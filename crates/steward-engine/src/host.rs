@@ -25,7 +25,7 @@ pub(crate) struct Shared {
     /// Signalled whenever a run this node drove has ended.
     pub finished: Notify,
     /// The runs this node drives now, each with the claim it drives it under.
-    pub active: std::sync::Mutex<std::collections::HashMap<RunId, crate::Active>>,
+    pub active: Arc<crate::ActiveRuns>,
     /// Credentials for tools (`{{secret:NAME}}`), when a vault is configured.
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// Runs' sandboxes, when code execution is configured.

@@ -88,12 +88,50 @@ pub(crate) fn trace_id() -> Option<String> {
 
 /// Why a run task was told to stop.
 #[derive(Clone, Debug)]
-enum Stop {
+pub(crate) enum Stop {
     Cancel(String),
     LeaseLost,
 }
 
-struct Active {
+/// Stops run `id` with its recorded cancel reason, if this node drives it.
+async fn stop_cancelled(shared: &Shared, id: &RunId) {
+    if shared.claim_of(id).is_none() {
+        return;
+    }
+    if let Ok(Some(run)) = shared.store.get_run(id).await {
+        if let Some(reason) = run.cancel_reason {
+            shared.active.stop(id, Stop::Cancel(reason));
+        }
+    }
+}
+
+/// The runs this node drives now, each with the claim it drives it under; shared by the
+/// scheduler, the heartbeat, and everything that stops runs (cancels, supervisors).
+#[derive(Default)]
+pub(crate) struct ActiveRuns(Mutex<HashMap<RunId, Active>>);
+
+impl std::ops::Deref for ActiveRuns {
+    type Target = Mutex<HashMap<RunId, Active>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl ActiveRuns {
+    /// Stops run `id`'s task now, if this node drives it (the first reason given wins).
+    pub(crate) fn stop(&self, id: &RunId, why: Stop) {
+        if let Ok(active) = self.0.lock() {
+            if let Some(a) = active.get(id) {
+                if let Ok(mut s) = a.stop.lock() {
+                    s.get_or_insert(why);
+                }
+                a.token.cancel();
+            }
+        }
+    }
+}
+
+pub(crate) struct Active {
     token: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
     /// The claim the task drives the run under, and until when its lease lasts.
@@ -161,19 +199,20 @@ impl Engine {
         if released > 0 {
             tracing::info!(released, node = %opts.node, "took back runs this node held before it stopped");
         }
+        let active = Arc::new(ActiveRuns::default());
         let shared = Arc::new(Shared {
             store: store.clone(),
             node: opts.node.clone(),
             clock: opts.clock.clone(),
             wake: tokio::sync::Notify::new(),
             finished: tokio::sync::Notify::new(),
-            active: Mutex::new(HashMap::new()),
+            active: active.clone(),
             vault: opts.vault.clone(),
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
             schedules: schedules::Schedules::new(store.clone(), opts.clock.clone()),
-            supervisors: supervisors::Supervisors::new(store.clone(), opts.clock.clone()),
+            supervisors: supervisors::Supervisors::new(store.clone(), opts.clock.clone(), active),
             merges: Arc::new(merge_queue::MergeQueue::new(
                 store.clone(),
                 opts.clock.clone(),
@@ -288,6 +327,14 @@ impl Engine {
             let shared = engine.inner.shared.clone();
             tokio::spawn(async move {
                 while let Some(what) = wakeups.recv().await {
+                    // A cancel requested through another node stops the run here at once,
+                    // not at this node's next heartbeat.
+                    if let Some(run) = what.strip_prefix(steward_store::WAKE_CANCEL) {
+                        if let Ok(id) = RunId::parse(run) {
+                            stop_cancelled(&shared, &id).await;
+                        }
+                        continue;
+                    }
                     if what == steward_store::WAKE_DONE {
                         shared.finished.notify_waiters();
                     }
@@ -587,7 +634,10 @@ impl Engine {
             self.store()
                 .request_cancel(&rid, &why, self.inner.shared.clock.now_ms())
                 .await?;
-            self.stop_local(&rid, Stop::Cancel(why.clone()));
+            self.inner
+                .shared
+                .active
+                .stop(&rid, Stop::Cancel(why.clone()));
             let children = self
                 .store()
                 .list_runs(&RunFilter {
@@ -617,17 +667,6 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(format!("no run {id}")))?;
         self.inner.shared.wake.notify_one();
         Ok(rec)
-    }
-
-    fn stop_local(&self, id: &RunId, why: Stop) {
-        if let Ok(active) = self.inner.shared.active.lock() {
-            if let Some(a) = active.get(id) {
-                if let Ok(mut s) = a.stop.lock() {
-                    s.get_or_insert(why);
-                }
-                a.token.cancel();
-            }
-        }
     }
 
     /// The circuits open on this node (opened here or by another node), and the milliseconds

@@ -135,11 +135,29 @@ pub struct ChildState {
     pub feedback: Option<String>,
     #[serde(default)]
     pub rounds: u32,
+    /// Runs of its earlier attempts (or generations) told to stop and not yet ended: its next
+    /// run starts only once they have, so two copies of a child never run at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopping: Vec<String>,
+}
+
+impl ChildState {
+    /// The runs of this child that may still be going: the stopping ones, and the current
+    /// run (and its review) unless it was accepted.
+    fn live_runs(&self) -> Vec<String> {
+        let mut runs = self.stopping.clone();
+        if !self.done {
+            runs.extend(self.run_id.iter().chain(&self.review_run).cloned());
+        }
+        runs
+    }
 }
 
 pub struct Supervisors {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// This node's runs, stopped at once when a restart retires them.
+    active: Arc<crate::ActiveRuns>,
 }
 
 enum Seen {
@@ -149,11 +167,20 @@ enum Seen {
 }
 
 impl Supervisors {
-    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Supervisors { store, clock }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        active: Arc<crate::ActiveRuns>,
+    ) -> Self {
+        Supervisors {
+            store,
+            clock,
+            active,
+        }
     }
 
-    /// Creates or replaces supervisor `name`: a fresh state, every child started anew.
+    /// Creates or replaces supervisor `name`: a fresh generation, every child started anew once
+    /// the runs of the one it replaces have stopped.
     pub async fn put(&self, name: &str, spec: SupervisorSpec) -> Result<SupervisorRecord> {
         check_name("supervisor", name)?;
         let bad = |m: String| Err(Error::InvalidRequest(m));
@@ -188,13 +215,16 @@ impl Supervisors {
             return bad("backoff.initialMs at most maxMs, and withinMs above 0".into());
         }
         let spec_json = serde_json::to_string(&spec).unwrap_or_default();
-        // The same spec again (a manifest re-applied) changes nothing and restarts nothing.
-        if let Some(current) = self.store.get_supervisor(name).await? {
-            if current.spec == spec_json {
-                return Ok(current);
+        let state = match self.store.get_supervisor(name).await? {
+            // The same spec again (a manifest re-applied) changes nothing and restarts nothing.
+            Some(current) if current.spec == spec_json => return Ok(current),
+            Some(current) => {
+                let old: SupervisorState = serde_json::from_str(&current.state).unwrap_or_default();
+                self.succeed(&old, &spec, "its supervisor was replaced")
+                    .await
             }
-        }
-        let state = fresh(&spec, 0);
+            None => fresh(&spec, 0),
+        };
         Ok(self
             .store
             .put_supervisor(
@@ -296,7 +326,9 @@ impl Supervisors {
                 continue;
             }
             let Some(run) = st.children[i].run_id.clone() else {
-                if st.children[i].start_at.is_none_or(|t| t <= now) {
+                if st.children[i].start_at.is_none_or(|t| t <= now)
+                    && self.stopped(&mut st.children[i]).await?
+                {
                     started |= self.start_child(rec, &spec, &mut st, i).await?;
                 }
                 continue;
@@ -430,10 +462,11 @@ impl Supervisors {
         };
         if let Some(why) = &give_up {
             st.reason = Some(why.clone());
-            // Nothing it started runs on once it has given up.
+            // Nothing it started runs on once it has given up; a parent restarting it waits
+            // for these to end (see `succeed`).
             for c in &st.children {
-                if let (false, Some(run)) = (c.done, &c.run_id) {
-                    self.cancel(run, "its supervisor gave up").await;
+                for run in c.live_runs() {
+                    self.stop(&run, "its supervisor gave up").await;
                 }
             }
         }
@@ -510,13 +543,55 @@ impl Supervisors {
         Ok(self.store.create_run(&run, self.clock.now_ms()).await?.1)
     }
 
-    async fn cancel(&self, run: &str, why: &str) {
+    /// Asks run `run` to stop: at once on this node, through the store (and its
+    /// announcement) on the node that drives it, or by cancelling it outright when nobody does.
+    async fn stop(&self, run: &str, why: &str) {
         if let Ok(id) = RunId::parse(run) {
             let _ = self
                 .store
                 .request_cancel(&id, why, self.clock.now_ms())
                 .await;
+            self.active.stop(&id, crate::Stop::Cancel(why.to_string()));
         }
+    }
+
+    /// Whether every run `c` is waiting on to stop has ended; asks the others again (a node
+    /// that missed the announcement, or whose lease has since run out).
+    async fn stopped(&self, c: &mut ChildState) -> Result<bool> {
+        let mut still = Vec::new();
+        for run in std::mem::take(&mut c.stopping) {
+            let id = RunId::parse(&run).map_err(|e| Error::InvalidRequest(e.0))?;
+            match self.store.get_run(&id).await? {
+                Some(r) if !r.state.is_terminal() => {
+                    self.stop(&run, "restarted by its supervisor").await;
+                    still.push(run);
+                }
+                _ => {}
+            }
+        }
+        c.stopping = still;
+        Ok(c.stopping.is_empty())
+    }
+
+    /// The next generation of a supervisor after `old`: every child anew, each first waiting
+    /// for whatever of its runs in `old` may still be going (all told to stop, `why`).
+    async fn succeed(
+        &self,
+        old: &SupervisorState,
+        spec: &SupervisorSpec,
+        why: &str,
+    ) -> SupervisorState {
+        let mut next = fresh(spec, old.generation + 1);
+        for before in &old.children {
+            let runs = before.live_runs();
+            for run in &runs {
+                self.stop(run, why).await;
+            }
+            if let Some(c) = next.children.iter_mut().find(|c| c.name == before.name) {
+                c.stopping = runs;
+            }
+        }
+        next
     }
 
     /// Child `j` starts over at `at`: its run stopped, or, for a child supervisor, a fresh
@@ -530,9 +605,11 @@ impl Supervisors {
         all: &[SupervisorRecord],
     ) -> Result<()> {
         let c = &mut st.children[j];
-        if let (false, Some(run)) = (c.done, &c.run_id) {
-            self.cancel(run, "restarted by its supervisor").await;
+        let live = c.live_runs();
+        for run in &live {
+            self.stop(run, "restarted by its supervisor").await;
         }
+        c.stopping = live;
         c.run_id = None;
         c.review_run = None;
         c.done = false;
@@ -544,7 +621,9 @@ impl Supervisors {
                 let child_spec: SupervisorSpec = serde_json::from_str(&r.spec)
                     .map_err(|e| Error::InvalidRequest(e.to_string()))?;
                 let old: SupervisorState = serde_json::from_str(&r.state).unwrap_or_default();
-                let mut fresh = fresh(&child_spec, old.generation + 1);
+                let mut fresh = self
+                    .succeed(&old, &child_spec, "restarted by its parent supervisor")
+                    .await;
                 for ch in &mut fresh.children {
                     ch.start_at = Some(at);
                 }

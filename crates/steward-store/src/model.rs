@@ -168,6 +168,8 @@ impl RunUpdate {
 /// Wake-up payloads: a run became claimable, or a run ended.
 pub const WAKE_RUN: &str = "run";
 pub const WAKE_DONE: &str = "done";
+/// Prefix of a cancel request's announcement; the run's id follows.
+pub const WAKE_CANCEL: &str = "cancel:";
 
 pub const PHASE_INTENT: i64 = 0;
 pub const PHASE_OUTCOME: i64 = 1;

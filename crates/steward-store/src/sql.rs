@@ -363,7 +363,12 @@ macro_rules! impl_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                row.map(TryInto::try_into).transpose()
+                let run: Option<RunRecord> = row.map(TryInto::try_into).transpose()?;
+                // A node drives it still: tell that node now rather than at its next heartbeat.
+                if run.as_ref().is_some_and(|r| !r.state.is_terminal() && r.lease_owner.is_some()) {
+                    self.wake(&format!("{WAKE_CANCEL}{id}")).await;
+                }
+                Ok(run)
             }
 
             async fn resolve_waiting(&self, id: &RunId, retry: bool, now: Millis) -> Result<Option<RunRecord>> {

@@ -373,3 +373,91 @@ async fn supervisors_are_applied_from_manifests() {
     let (ok, _, err) = common::cli(&s, &["apply", "-f", file.to_str().unwrap()]);
     assert!(!ok && err.contains("no agent nobody"), "{err}");
 }
+
+/// Each run ended no later than the next one started: never two copies at once.
+fn one_at_a_time(runs: &[Value]) {
+    for pair in runs.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let ended = old["updated_at"].as_i64().unwrap();
+        let started = new["created_at"].as_i64().unwrap();
+        assert!(
+            ["succeeded", "failed", "cancelled"].contains(&old["state"].as_str().unwrap())
+                && ended <= started,
+            "{} ({}) still going when {} started: ended {ended}, started {started}",
+            old["id"],
+            old["state"],
+            new["id"]
+        );
+    }
+}
+
+/// A supervisor restarting a group, giving up, or replaced by a new spec stops the old runs
+/// before their replacements start — on this node, or on whichever node drives them.
+async fn restarted_children_never_overlap(s: &TestServer) {
+    s.apply(&agent(
+        "worker",
+        "  script:\n    - {delayMs: 1500, content: worked}\n",
+    ))
+    .await;
+    s.apply(&agent(
+        "failing",
+        "  runTimeout: 100ms\n  script:\n    - {delayMs: 2000, content: never}\n",
+    ))
+    .await;
+    put(s, "pair", json!({
+        "strategy": "one_for_all", "maxRestarts": 2, "backoff": {"initialMs": 100, "maxMs": 100},
+        "children": [{"name": "w", "agent": "worker"}, {"name": "f", "agent": "failing"}]
+    }))
+    .await;
+    status(s, "pair", "failed").await;
+    let workers = common::eventually("every worker run ended", || async {
+        let runs = runs_of(s, "worker").await;
+        runs.iter()
+            .all(|r| r["state"] == "cancelled" || r["state"] == "succeeded")
+            .then_some(runs)
+    })
+    .await;
+    assert_eq!(workers.len(), 3, "the first and two restarts: {workers:?}");
+    one_at_a_time(&workers);
+
+    // A new spec for a running supervisor: a new generation, whose run starts once the old
+    // generation's has stopped (and is a new run, not the old one found again).
+    put(s, "solo", json!({"strategy": "one_for_one", "children": [{"name": "w", "agent": "worker", "input": "one"}]})).await;
+    let first = common::eventually("solo's first run started", || async {
+        runs_of(s, "worker")
+            .await
+            .into_iter()
+            .find(|r| r["input"] == "one")
+    })
+    .await;
+    let (st, r) = put(s, "solo", json!({"strategy": "one_for_one", "children": [{"name": "w", "agent": "worker", "input": "two"}]})).await;
+    assert_eq!(st, 200, "{r}");
+    let solo = status(s, "solo", "completed").await;
+    assert_eq!(solo["state"]["generation"], 1, "{solo}");
+    let mut runs = vec![s
+        .get(&format!("/api/v1/runs/{}", first["id"].as_str().unwrap()))
+        .await
+        .1];
+    runs.extend(
+        runs_of(s, "worker")
+            .await
+            .into_iter()
+            .filter(|r| r["input"] == "two"),
+    );
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1]["state"], "succeeded");
+    one_at_a_time(&runs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_children_never_overlap_on_sqlite() {
+    restarted_children_never_overlap(&TestServer::start(Backend::Sqlite).await).await
+}
+
+/// Two nodes drive the runs and the supervisors: a stop reaches the node that drives a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_children_never_overlap_across_nodes() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let _b = TestServer::join(&a);
+    restarted_children_never_overlap(&a).await
+}
