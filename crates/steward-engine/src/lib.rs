@@ -199,6 +199,12 @@ impl Engine {
         if released > 0 {
             tracing::info!(released, node = %opts.node, "took back runs this node held before it stopped");
         }
+        let checks = store
+            .release_checks(&opts.node.0, opts.clock.now_ms())
+            .await?;
+        if checks > 0 {
+            tracing::info!(checks, node = %opts.node, "merge checks this node was running when it stopped are queued again");
+        }
         let active = Arc::new(ActiveRuns::default());
         let shared = Arc::new(Shared {
             store: store.clone(),
@@ -217,6 +223,9 @@ impl Engine {
                 store.clone(),
                 opts.clock.clone(),
                 opts.sandboxes.clone(),
+                &opts.node,
+                Duration::from_millis(opts.cfg.lease_ttl_ms.max(10)),
+                Duration::from_millis(opts.cfg.heartbeat_ms.max(10)),
             )),
         });
         let draining = CancellationToken::new();

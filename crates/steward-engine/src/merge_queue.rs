@@ -18,8 +18,9 @@ use crate::clock::Clock;
 use crate::tasks::check_name;
 use crate::{Error, Result};
 
-/// A check still `checking` after this long was left by a node that died: it is queued again.
-const CHECK_STALE_MS: i64 = 30 * 60_000;
+/// A check that could not run this many times (git or the sandbox failing, not the check
+/// itself) is failed, so the submissions behind it move on.
+const MAX_CHECK_ATTEMPTS: i64 = 3;
 /// Bound on one git command.
 const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,7 +30,14 @@ pub struct MergeQueue {
     sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
     /// Repositories this node is checking a submission of right now.
     busy: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This node: a check is leased to it, renewed while it runs, for `lease` at a time.
+    node: String,
+    lease: Duration,
+    renew_every: Duration,
 }
+
+/// What a check came to: the submission's end state, what happened, where the target is.
+type Checked = (&'static str, String, Option<String>);
 
 async fn git(repo: &Path, args: &[&str]) -> Result<(bool, String)> {
     git_as(repo, args, None).await
@@ -219,6 +227,41 @@ async fn rebase(repo: &Path, base: &str, head: &str) -> Result<Rebased> {
     Ok(Rebased::Tip(onto))
 }
 
+/// Whether `commit` is in the history of `of`.
+async fn is_ancestor(repo: &Path, commit: &str, of: &str) -> Result<bool> {
+    let (ok, out) = git(repo, &["merge-base", "--is-ancestor", commit, of]).await?;
+    // Exit 1 is "no"; anything else git prints is an error.
+    if !ok && !out.trim().is_empty() {
+        return Err(Error::Unavailable(format!(
+            "git merge-base: {}",
+            out.trim()
+        )));
+    }
+    Ok(ok)
+}
+
+/// Removes whatever a check that died left at `dir`: the worktree, its files, and git's
+/// record of it.
+async fn clear_worktree(repo: &Path, dir: &Path) -> Result<()> {
+    let dir_s = dir.display().to_string();
+    if dir.exists() {
+        let _ = git(repo, &["worktree", "remove", "--force", &dir_s]).await?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                Error::Unavailable(format!("removing the check's leftover {dir_s}: {e}"))
+            })?;
+        }
+    }
+    let (ok, out) = git(repo, &["worktree", "prune"]).await?;
+    if !ok {
+        return Err(Error::Unavailable(format!(
+            "git worktree prune: {}",
+            out.trim()
+        )));
+    }
+    Ok(())
+}
+
 async fn rev_tree(repo: &Path, commit: &str) -> Result<String> {
     let (ok, out) = git(repo, &["rev-parse", &format!("{commit}^{{tree}}")]).await?;
     if !ok {
@@ -228,17 +271,29 @@ async fn rev_tree(repo: &Path, commit: &str) -> Result<String> {
 }
 
 impl MergeQueue {
+    /// Checks are leased to `node` for `lease`, renewed every `renew_every` (the engine's run
+    /// lease and heartbeat).
     pub(crate) fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+        node: &steward_types::NodeId,
+        lease: Duration,
+        renew_every: Duration,
     ) -> Self {
         MergeQueue {
             store,
             clock,
             sandboxes,
             busy: Default::default(),
+            node: node.to_string(),
+            lease,
+            renew_every,
         }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
     }
 
     pub async fn put_repo(&self, r: RepoRecord) -> Result<RepoRecord> {
@@ -329,6 +384,7 @@ impl MergeQueue {
             merged: None,
             created_at: now,
             updated_at: now,
+            attempts: 0,
         };
         let mut s = s;
         if let (true, Some(d)) = (s.state == "conflict", s.detail.clone()) {
@@ -441,7 +497,7 @@ impl MergeQueue {
     }
 
     /// Starts checking the next submission of every repository this node is not checking
-    /// already (each check runs on its own task).
+    /// already (each check runs on its own task, under a lease it renews).
     pub(crate) async fn drive(self: &Arc<Self>) -> Result<()> {
         for r in self.store.list_repos().await? {
             if self
@@ -455,7 +511,7 @@ impl MergeQueue {
             let now = self.clock.now_ms();
             let Some(sub) = self
                 .store
-                .claim_submission(&r.name, now, now - CHECK_STALE_MS)
+                .claim_submission(&r.name, &self.node, now, now + self.lease_ms())
                 .await?
             else {
                 continue;
@@ -466,32 +522,7 @@ impl MergeQueue {
                 .insert(r.name.clone());
             let me = self.clone();
             tokio::spawn(async move {
-                let (state, detail, merged) = match me.check(&r, &sub).await {
-                    Ok(v) => v,
-                    Err(e) => (
-                        "queued",
-                        format!("the check could not run and will be tried again: {e}"),
-                        None,
-                    ),
-                };
-                let detail = if state == "conflict" {
-                    format!("{detail}{}", me.route_conflict(&r, &sub, &detail).await)
-                } else {
-                    detail
-                };
-                if let Err(e) = me
-                    .store
-                    .finish_submission(
-                        &sub.id,
-                        state,
-                        &detail,
-                        merged.as_deref(),
-                        me.clock.now_ms(),
-                    )
-                    .await
-                {
-                    tracing::warn!(submission = %sub.id, error = %e, "recording the merge check failed; it is retried when stale");
-                }
+                me.check_leased(&r, &sub).await;
                 me.busy
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -501,13 +532,83 @@ impl MergeQueue {
         Ok(())
     }
 
+    /// Runs the check of `sub` while renewing its lease, and records how it ended. A check
+    /// whose lease is lost (this node stalled, and another took the submission over) stops at
+    /// once — its git and check processes are killed with it — and records nothing.
+    async fn check_leased(&self, r: &RepoRecord, sub: &SubmissionRecord) {
+        let checked = tokio::select! {
+            c = self.check(r, sub) => c,
+            () = self.keep_lease(sub) => {
+                tracing::warn!(submission = %sub.id, "the merge check's lease was lost; another node has it");
+                return;
+            }
+        };
+        let (state, detail, merged) = match checked {
+            Ok(v) => v,
+            Err(e) if sub.attempts >= MAX_CHECK_ATTEMPTS => (
+                "failed",
+                format!("the check could not run ({} tries): {e}", sub.attempts),
+                None,
+            ),
+            Err(e) => (
+                "queued",
+                format!("the check could not run and will be tried again: {e}"),
+                None,
+            ),
+        };
+        let detail = if state == "conflict" {
+            format!("{detail}{}", self.route_conflict(r, sub, &detail).await)
+        } else {
+            detail
+        };
+        let recorded = self
+            .store
+            .finish_submission(
+                &sub.id,
+                &self.node,
+                sub.attempts,
+                state,
+                &detail,
+                merged.as_deref(),
+                self.clock.now_ms(),
+            )
+            .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(submission = %sub.id, "the merge check ended after its lease was lost; the node that took it over decides")
+            }
+            Err(e) => {
+                tracing::warn!(submission = %sub.id, error = %e, "recording the merge check failed; it is checked again once its lease runs out")
+            }
+        }
+    }
+
+    /// Renews the lease on `sub`'s check until it is lost (returns then). A renewal the store
+    /// cannot take is tried again while the lease lasts.
+    async fn keep_lease(&self, sub: &SubmissionRecord) {
+        let mut held_until = self.clock.now_ms() + self.lease_ms();
+        loop {
+            tokio::time::sleep(self.renew_every).await;
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .renew_check(&sub.id, &self.node, sub.attempts, now + self.lease_ms())
+                .await
+            {
+                Ok(true) => held_until = now + self.lease_ms(),
+                Ok(false) => return,
+                Err(e) if now < held_until => {
+                    tracing::warn!(submission = %sub.id, error = %e, "renewing the merge check's lease failed; retrying")
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Rebases (or merges), checks and lands one submission: its end state, what happened,
     /// the commit the target now points at.
-    async fn check(
-        &self,
-        r: &RepoRecord,
-        sub: &SubmissionRecord,
-    ) -> Result<(&'static str, String, Option<String>)> {
+    async fn check(&self, r: &RepoRecord, sub: &SubmissionRecord) -> Result<Checked> {
         let path = Path::new(&r.path);
         let target_ref = format!("refs/heads/{}", r.target);
         let Some(base) = rev(path, &target_ref).await? else {
@@ -516,6 +617,15 @@ impl MergeQueue {
         let Some(head) = rev(path, &format!("refs/heads/{}", sub.branch)).await? else {
             return Ok(("failed", format!("the branch {} is gone", sub.branch), None));
         };
+        // Landed already (by a check that stopped before it could record so): nothing to land.
+        // Rebasing finds this on its own (every commit's change is on the target).
+        if r.strategy == "merge" && is_ancestor(path, &head, &base).await? {
+            return Ok((
+                "landed",
+                format!("nothing to land: {} has all of it already", r.target),
+                Some(base),
+            ));
+        }
         let commit = if r.strategy == "merge" {
             match self.merge_commit(path, &base, &head, sub).await? {
                 Ok(c) => c,
@@ -558,6 +668,7 @@ impl MergeQueue {
         // The result, checked out on its own.
         let dir = std::env::temp_dir().join(format!("steward-merge-{}", sub.id));
         let dir_s = dir.display().to_string();
+        clear_worktree(path, &dir).await?;
         let (ok, out) = git(path, &["worktree", "add", "--detach", &dir_s, &commit]).await?;
         if !ok {
             return Err(Error::Unavailable(format!(

@@ -33,6 +33,8 @@ pub struct SubmissionRecord {
     pub merged: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Checks begun: the one in progress is the `attempts`-th (its fencing token).
+    pub attempts: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -43,7 +45,8 @@ pub struct PathLease {
     pub expires_at: Millis,
 }
 
-const SUB: &str = "id, repo, branch, submitter, state, detail, merged, created_at, updated_at";
+const SUB: &str =
+    "id, repo, branch, submitter, state, detail, merged, created_at, updated_at, attempts";
 
 #[async_trait]
 pub trait MergeStore: Send + Sync {
@@ -53,24 +56,34 @@ pub trait MergeStore: Send + Sync {
     async fn add_submission(&self, s: &SubmissionRecord) -> Result<()>;
     async fn get_submission(&self, id: &str) -> Result<Option<SubmissionRecord>>;
     async fn list_submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>>;
-    /// The oldest queued submission of `repo`, now `checking` — unless one is being checked
-    /// already (one at a time per repository, across nodes). A check left behind by a node
-    /// that died (older than `stale_before`) goes back to the queue first.
+    /// The oldest queued submission of `repo`, now `checking` under a lease to `node` until
+    /// `until` (its `attempts` one more) — unless one is being checked already (one at a time
+    /// per repository, across nodes). A check whose lease ran out goes back to the queue first.
     async fn claim_submission(
         &self,
         repo: &str,
+        node: &str,
         now: Millis,
-        stale_before: Millis,
+        until: Millis,
     ) -> Result<Option<SubmissionRecord>>;
-    /// Ends a check: `state` (`landed`, `conflict`, `failed`, or `queued` to try again).
+    /// Extends `node`'s lease on check `attempt` of submission `id`; false when it is lost.
+    async fn renew_check(&self, id: &str, node: &str, attempt: i64, until: Millis) -> Result<bool>;
+    /// Ends check `attempt` of `id`, if `node` still holds it: `state` (`landed`, `conflict`,
+    /// `failed`, or `queued` to try again). False: the check was lost, nothing recorded.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_submission(
         &self,
         id: &str,
+        node: &str,
+        attempt: i64,
         state: &str,
         detail: &str,
         merged: Option<&str>,
         now: Millis,
-    ) -> Result<()>;
+    ) -> Result<bool>;
+    /// Checks `node` was running when it stopped go back to the queue (it is starting again);
+    /// returns how many.
+    async fn release_checks(&self, node: &str, now: Millis) -> Result<u64>;
     /// Takes `paths` of `repo` for `holder` until `expires_at`, all or none; returns the
     /// leases of others in the way (then nothing was taken). A path covers the paths below it.
     async fn lease_paths(
@@ -132,7 +145,7 @@ macro_rules! impl_merges {
 
             async fn add_submission(&self, s: &SubmissionRecord) -> Result<()> {
                 sqlx::query(&format!(
-                    "INSERT INTO submissions ({SUB}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    "INSERT INTO submissions ({SUB}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
                 ))
                 .bind(&s.id)
                 .bind(&s.repo)
@@ -143,6 +156,7 @@ macro_rules! impl_merges {
                 .bind(&s.merged)
                 .bind(s.created_at)
                 .bind(s.updated_at)
+                .bind(s.attempts)
                 .execute(&self.write)
                 .await?;
                 Ok(())
@@ -164,44 +178,91 @@ macro_rules! impl_merges {
                 .await?)
             }
 
-            async fn claim_submission(&self, repo: &str, now: Millis, stale_before: Millis) -> Result<Option<SubmissionRecord>> {
+            async fn claim_submission(&self, repo: &str, node: &str, now: Millis, until: Millis) -> Result<Option<SubmissionRecord>> {
                 let mut tx = self.write.begin().await?;
                 sqlx::query(
-                    "UPDATE submissions SET state = 'queued', updated_at = $1 \
-                     WHERE repo = $2 AND state = 'checking' AND updated_at < $3",
+                    "UPDATE submissions SET state = 'queued', checker = NULL, check_until = NULL, updated_at = $1 \
+                     WHERE repo = $2 AND state = 'checking' AND (check_until IS NULL OR check_until < $1)",
                 )
                 .bind(now)
                 .bind(repo)
-                .bind(stale_before)
                 .execute(&mut *tx)
                 .await?;
+                // `state = 'queued'` again outside the sub-select: a node that waited on the
+                // row's lock while another claimed it re-checks this, and takes nothing.
                 let claimed: Option<SubmissionRecord> = sqlx::query_as(&format!(
-                    "UPDATE submissions SET state = 'checking', updated_at = $1 \
+                    "UPDATE submissions SET state = 'checking', checker = $3, check_until = $4, \
+                       attempts = attempts + 1, updated_at = $1 \
                      WHERE id = (SELECT id FROM submissions WHERE repo = $2 AND state = 'queued' \
                                  ORDER BY created_at, id LIMIT 1) \
+                       AND state = 'queued' \
                        AND NOT EXISTS (SELECT 1 FROM submissions WHERE repo = $2 AND state = 'checking') \
                      RETURNING {SUB}"
                 ))
                 .bind(now)
                 .bind(repo)
+                .bind(node)
+                .bind(until)
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(claimed)
             }
 
-            async fn finish_submission(&self, id: &str, state: &str, detail: &str, merged: Option<&str>, now: Millis) -> Result<()> {
-                sqlx::query(
-                    "UPDATE submissions SET state = $1, detail = $2, merged = $3, updated_at = $4 WHERE id = $5",
+            async fn renew_check(&self, id: &str, node: &str, attempt: i64, until: Millis) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE submissions SET check_until = $1 \
+                     WHERE id = $2 AND state = 'checking' AND checker = $3 AND attempts = $4",
+                )
+                .bind(until)
+                .bind(id)
+                .bind(node)
+                .bind(attempt)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            async fn finish_submission(
+                &self,
+                id: &str,
+                node: &str,
+                attempt: i64,
+                state: &str,
+                detail: &str,
+                merged: Option<&str>,
+                now: Millis,
+            ) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE submissions SET state = $1, detail = $2, merged = $3, updated_at = $4, \
+                       checker = NULL, check_until = NULL \
+                     WHERE id = $5 AND state = 'checking' AND checker = $6 AND attempts = $7",
                 )
                 .bind(state)
                 .bind(detail)
                 .bind(merged)
                 .bind(now)
                 .bind(id)
+                .bind(node)
+                .bind(attempt)
                 .execute(&self.write)
-                .await?;
-                Ok(())
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn release_checks(&self, node: &str, now: Millis) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE submissions SET state = 'queued', checker = NULL, check_until = NULL, updated_at = $1 \
+                     WHERE state = 'checking' AND checker = $2",
+                )
+                .bind(now)
+                .bind(node)
+                .execute(&self.write)
+                .await?
+                .rows_affected())
             }
 
             async fn lease_paths(&self, repo: &str, holder: &str, paths: &[String], expires_at: Millis, now: Millis) -> Result<Vec<PathLease>> {

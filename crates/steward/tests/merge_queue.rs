@@ -319,3 +319,120 @@ both_backends!(
     merge_queue_on,
     branches_land_in_order_and_conflicts_go_to_a_human
 );
+
+async fn submit(s: &TestServer, branch: &str) -> String {
+    let (st, r) = s
+        .post(
+            "/api/v1/repos/app/submissions",
+            json!({"branch": branch, "submitter": "a"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    r["id"].as_str().unwrap().to_string()
+}
+
+/// Submission `id` of `repo`, once its check has decided it.
+async fn decided(s: &TestServer, repo: &str, id: &str) -> Value {
+    common::eventually(&format!("submission {id} decided"), || async {
+        let (_, r) = s.get(&format!("/api/v1/repos/{repo}/submissions")).await;
+        r["submissions"]
+            .as_array()?
+            .iter()
+            .find(|x| {
+                x["id"] == id && !["queued", "checking"].contains(&x["state"].as_str().unwrap())
+            })
+            .cloned()
+    })
+    .await
+}
+
+/// kill -9 in the middle of a check, and again just after the target ref moved: the node
+/// starting again takes its own dead check back at once (not after a timeout), clears the
+/// worktree it left, and lands each branch exactly once.
+async fn a_crashed_check_is_taken_back_and_lands_once(b: Backend) {
+    // A git that, while `stall` exists, hangs just after moving a ref: a crash lands there.
+    let tools = tempfile::tempdir().unwrap();
+    let stall = tools.path().join("stall");
+    std::fs::write(
+        tools.path().join("git"),
+        "#!/bin/sh\nPATH=\"${PATH#*:}\"\ngit \"$@\"; rc=$?\nif [ $rc -eq 0 ] && [ \"$3\" = update-ref ] && [ -e \"$MQ_STALL\" ]; then touch \"$MQ_STALL.hit\"; sleep 60; fi\nexit $rc\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", tools.path().join("git").to_str().unwrap()])
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut s =
+        TestServer::start_with(b, &[("PATH", &path), ("MQ_STALL", stall.to_str().unwrap())]).await;
+    let repo = s.dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a.txt"), "one\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "start"]);
+    git(&repo, &["tag", "start"]);
+    branch(&repo, "slow", "s.txt", "ess\n");
+    branch(&repo, "feat", "f.txt", "eff\n");
+    let (st, r) = put_repo(
+        &s,
+        "app",
+        json!({"path": repo.to_str().unwrap(), "target": "main", "check": "sleep 2", "strategy": "merge"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    // Killed while the check runs.
+    let slow = submit(&s, "slow").await;
+    common::eventually("the check started", || async {
+        let (_, r) = s.get("/api/v1/repos/app/submissions").await;
+        (r["submissions"][0]["state"] == "checking").then_some(())
+    })
+    .await;
+    s.kill9();
+    s.spawn();
+    let landed = decided(&s, "app", &slow).await;
+    assert_eq!(landed["state"], "landed", "{landed}");
+    let worktrees = git(&repo, &["worktree", "list", "--porcelain"]);
+    assert_eq!(
+        worktrees.matches("worktree ").count(),
+        1,
+        "the dead check's worktree is gone: {worktrees}"
+    );
+
+    // Killed after the target moved and before the landing was recorded.
+    std::fs::write(&stall, "").unwrap();
+    let feat = submit(&s, "feat").await;
+    let hit = std::path::PathBuf::from(format!("{}.hit", stall.display()));
+    common::eventually("the target ref moved", || async {
+        hit.exists().then_some(())
+    })
+    .await;
+    s.kill9();
+    std::fs::remove_file(&stall).unwrap();
+    s.spawn();
+    let landed = decided(&s, "app", &feat).await;
+    assert_eq!(landed["state"], "landed", "{landed}");
+    assert_eq!(
+        landed["merged"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"]).trim()
+    );
+    let merges = git(&repo, &["log", "--merges", "--format=%s", "main"]);
+    assert_eq!(
+        merges
+            .lines()
+            .filter(|l| l.starts_with("Merge feat "))
+            .count(),
+        1,
+        "feat landed once: {merges}"
+    );
+    assert_eq!(git(&repo, &["show", "main:f.txt"]), "eff\n");
+}
+
+both_backends!(
+    a_crashed_check_on,
+    a_crashed_check_is_taken_back_and_lands_once
+);
