@@ -434,10 +434,11 @@ async fn restarted_children_never_overlap(s: &TestServer) {
     assert_eq!(st, 200, "{r}");
     let solo = status(s, "solo", "completed").await;
     assert_eq!(solo["state"]["generation"], 1, "{solo}");
-    let mut runs = vec![s
-        .get(&format!("/api/v1/runs/{}", first["id"].as_str().unwrap()))
-        .await
-        .1];
+    let mut runs = vec![
+        s.get(&format!("/api/v1/runs/{}", first["id"].as_str().unwrap()))
+            .await
+            .1,
+    ];
     runs.extend(
         runs_of(s, "worker")
             .await
