@@ -117,6 +117,8 @@ pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
         line.calls += r.calls;
         line.tokens_in += r.tokens_in;
         line.tokens_out += r.tokens_out;
+        // Calls cut off before their answer was recorded: booked in dollars, tokens unknown.
+        line.cost_usd += r.booked_nanos as f64 / 1e9;
         match prices.cost(&r.model, r.tokens_in, r.tokens_out) {
             Some(c) => line.cost_usd += c,
             // A call that used no tokens (refused, failed upstream) cost nothing, priced or not.
@@ -184,6 +186,7 @@ mod tests {
             calls: 1,
             tokens_in: tin,
             tokens_out: tout,
+            booked_nanos: 0,
         }
     }
 
@@ -194,19 +197,25 @@ mod tests {
             row("a", "openai/gpt-4o", 0, 1_000_000, 0),
             row("a", "gpt-4o-mini", 1, 0, 1_000_000),
             row("b", "mystery", 1, 5, 5),
+            // A call cut off before its answer was recorded, booked at its $0.25 hold.
+            UsageRow {
+                booked_nanos: 250_000_000,
+                ..row("c", "openai/gpt-4o", 1, 0, 0)
+            },
         ];
         let by_agent = report(&rows, &prices, CostBy::Agent);
         assert_eq!(by_agent[0].key, "a");
         assert!((by_agent[0].cost_usd - 3.1).abs() < 1e-9, "{by_agent:?}");
-        assert_eq!(
-            (by_agent[1].key.as_str(), by_agent[1].unpriced_calls),
-            ("b", 1)
-        );
+        let b = by_agent.iter().find(|l| l.key == "b").unwrap();
+        assert_eq!(b.unpriced_calls, 1);
         let by_day = report(&rows, &prices, CostBy::Day);
         assert_eq!(
             by_day.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
             vec!["1970-01-01", "1970-01-02"]
         );
+        let c = by_agent.iter().find(|l| l.key == "c").unwrap();
+        assert_eq!((c.calls, c.unpriced_calls), (1, 0));
+        assert!((c.cost_usd - 0.25).abs() < 1e-9, "{c:?}");
         assert!(CostBy::parse("week").is_err());
     }
 

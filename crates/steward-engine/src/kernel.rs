@@ -55,11 +55,28 @@ impl Kernel {
         entries: Vec<JournalEntry>,
         audit: Vec<(i64, String)>,
     ) -> Result<(), StepError> {
+        self.record_settling(ctx, entries, audit, Vec::new()).await
+    }
+
+    /// As [`record`](Self::record), settling budget holds (`(hold id, spent)`) in the same
+    /// commit.
+    async fn record_settling(
+        &self,
+        ctx: &RunCtx,
+        entries: Vec<JournalEntry>,
+        audit: Vec<(i64, String)>,
+        settles: Vec<(String, i64)>,
+    ) -> Result<(), StepError> {
         loop {
             let claim = ctx.claim();
             match self
                 .journal
-                .append_audited(claim.as_ref(), entries.clone(), audit.clone())
+                .append_audited(
+                    claim.as_ref(),
+                    entries.clone(),
+                    audit.clone(),
+                    settles.clone(),
+                )
                 .await
             {
                 Err(steward_store::Error::Fenced(_)) if ctx.claim() != claim => continue,
@@ -401,6 +418,26 @@ impl Kernel {
                 owner.as_deref(),
             )
             .await?;
+        // The intent is journaled and the outcome is not: an earlier life of this run made
+        // this model call and ended before recording its answer. The upstream may have
+        // answered (and billed) it, so it is booked as a call of its own — its hold in full,
+        // or its worst case — before this life makes it again under a new hold.
+        if kind == "model" && recorded.intent.is_some() {
+            let booked = self
+                .budgets
+                .store
+                .book_interrupted(
+                    &ctx.run.id,
+                    seq,
+                    &name,
+                    &idempotency_key,
+                    cost.unwrap_or(0),
+                    self.clock.now_ms(),
+                )
+                .await
+                .map_err(|e| StepError::Store(e.to_string()))?;
+            tracing::warn!(run_id = %ctx.run.id, seq, booked_nanos = booked, "a model call cut off before its answer was recorded is made again; the first is booked at its worst case");
+        }
         // Reserve: before the intent, so a call the budget refuses leaves no trace to replay.
         let held = match estimate {
             Some(e) if decision.allow => self.hold(ctx, e, &idempotency_key).await?,
@@ -439,15 +476,12 @@ impl Kernel {
             Ok((o, spent)) => (Ok(o), spent),
         };
         let act_us = act_started.elapsed().as_micros() as i64;
-        if held {
-            // Settled before the outcome is journaled: a crash in between replays the step,
-            // which then really costs twice, and is booked twice.
-            self.budgets
-                .store
-                .settle(&idempotency_key, spent, self.clock.now_ms())
-                .await
-                .map_err(|e| StepError::Store(e.to_string()))?;
-        }
+        // Settled in the commit that records the outcome: a crash before it leaves the hold
+        // open, and the step made again books this call in full (see above).
+        let settles = match held {
+            true => vec![(idempotency_key.clone(), spent)],
+            false => Vec::new(),
+        };
 
         if let Ok(Outcome::Model(r)) = &result {
             let span = tracing::Span::current();
@@ -512,8 +546,13 @@ impl Kernel {
             ..Default::default()
         }
         .to_json();
-        self.record(ctx, vec![entry], vec![(self.clock.now_ms(), audit)])
-            .await?;
+        self.record_settling(
+            ctx,
+            vec![entry],
+            vec![(self.clock.now_ms(), audit)],
+            settles,
+        )
+        .await?;
         self.journal_tick.notify_waiters();
         let added_us = (started.elapsed().as_micros() as u64).saturating_sub(act_us as u64);
         self.metrics

@@ -14,7 +14,16 @@ use crate::{Claim, Error, JournalEntry, Millis, Result, Store};
 
 type Waiter = oneshot::Sender<Result<()>>;
 type Audit = Vec<(Millis, String)>;
-type Request = (Vec<JournalEntry>, Audit, Option<Claim>, Waiter);
+/// Budget holds to settle with the entries: `(hold id, spent)`.
+type Settles = Vec<(String, i64)>;
+
+struct Request {
+    entries: Vec<JournalEntry>,
+    audit: Audit,
+    claim: Option<Claim>,
+    settles: Settles,
+    done: Waiter,
+}
 
 /// A handle to the journal's group-commit writer. Cheap to clone.
 #[derive(Clone)]
@@ -32,21 +41,31 @@ impl JournalWriter {
 
     /// Appends entries and returns once they are durable.
     pub async fn append(&self, claim: Option<&Claim>, entries: Vec<JournalEntry>) -> Result<()> {
-        self.append_audited(claim, entries, Vec::new()).await
+        self.append_audited(claim, entries, Vec::new(), Vec::new())
+            .await
     }
 
-    /// Appends entries and the audit records that go with them — `(at, body)` — atomically,
-    /// and returns once both are durable; with a `claim`, only while its run is held under it
-    /// ([`Error::Fenced`] otherwise, and nothing is written).
+    /// Appends entries, the audit records that go with them — `(at, body)` — and the
+    /// settlement of budget holds — `(hold id, spent)` — atomically, and returns once all are
+    /// durable; with a `claim`, only while its run is held under it ([`Error::Fenced`]
+    /// otherwise, and nothing is written).
     pub async fn append_audited(
         &self,
         claim: Option<&Claim>,
         entries: Vec<JournalEntry>,
         audit: Audit,
+        settles: Settles,
     ) -> Result<()> {
         let (done, wait) = oneshot::channel();
+        let request = Request {
+            entries,
+            audit,
+            claim: claim.cloned(),
+            settles,
+            done,
+        };
         self.tx
-            .send((entries, audit, claim.cloned(), done))
+            .send(request)
             .await
             .map_err(|_| Error::Config("the journal writer has stopped".into()))?;
         wait.await
@@ -57,12 +76,12 @@ impl JournalWriter {
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
     let mut pending: Vec<Request> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut count = first.0.len();
+        let mut count = first.entries.len();
         pending.push(first);
         while count < max_batch {
             match rx.try_recv() {
                 Ok(next) => {
-                    count += next.0.len();
+                    count += next.entries.len();
                     pending.push(next);
                 }
                 Err(_) => break,
@@ -70,30 +89,37 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_batch: 
         }
         let batch: Vec<JournalEntry> = pending
             .iter()
-            .flat_map(|(e, _, _, _)| e.iter().cloned())
+            .flat_map(|r| r.entries.iter().cloned())
             .collect();
         let audit: Audit = pending
             .iter()
-            .flat_map(|(_, a, _, _)| a.iter().cloned())
+            .flat_map(|r| r.audit.iter().cloned())
             .collect();
-        let mut claims: Vec<Claim> = pending
+        let settles: Settles = pending
             .iter()
-            .filter_map(|(_, _, c, _)| c.clone())
+            .flat_map(|r| r.settles.iter().cloned())
             .collect();
+        let mut claims: Vec<Claim> = pending.iter().filter_map(|r| r.claim.clone()).collect();
         claims.sort_by(|a, b| a.run.as_str().cmp(b.run.as_str()));
         claims.dedup();
-        match store.append_journal(&batch, &audit, &claims).await {
+        match store
+            .append_settling(&batch, &audit, &claims, &settles)
+            .await
+        {
             Ok(()) => {
-                for (_, _, _, w) in pending.drain(..) {
-                    let _ = w.send(Ok(()));
+                for r in pending.drain(..) {
+                    let _ = r.done.send(Ok(()));
                 }
             }
             // One bad request (a step a stale node already recorded, a claim since replaced)
             // must not fail the others that shared its transaction: retry each on its own.
             Err(_) => {
-                for (entries, audit, claim, w) in pending.drain(..) {
-                    let claims: Vec<Claim> = claim.into_iter().collect();
-                    let _ = w.send(store.append_journal(&entries, &audit, &claims).await);
+                for r in pending.drain(..) {
+                    let claims: Vec<Claim> = r.claim.into_iter().collect();
+                    let result = store
+                        .append_settling(&r.entries, &r.audit, &claims, &r.settles)
+                        .await;
+                    let _ = r.done.send(result);
                 }
             }
         }

@@ -105,6 +105,18 @@ pub trait JournalStore: Send + Sync {
         entries: &[JournalEntry],
         audit: &[(Millis, String)],
         claims: &[Claim],
+    ) -> Result<()> {
+        self.append_settling(entries, audit, claims, &[]).await
+    }
+    /// As [`append_journal`](Self::append_journal), settling budget holds in the same
+    /// transaction (`(hold id, spent)`): a model step's cost is booked exactly when its outcome
+    /// is recorded, so a crash leaves both undone or both done.
+    async fn append_settling(
+        &self,
+        entries: &[JournalEntry],
+        audit: &[(Millis, String)],
+        claims: &[Claim],
+        settles: &[(String, i64)],
     ) -> Result<()>;
     /// A run's entries with `seq > after`, in order.
     async fn load_journal(
@@ -187,6 +199,18 @@ pub trait BudgetStore: Send + Sync {
     /// booking each in full: whether the upstream charged is unknown, and a budget must never
     /// be under-counted.
     async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64>;
+    /// Books a model call of step `seq` of `run` that was made without its answer being
+    /// recorded (the upstream may have billed it): hold `hold`, if open, settled at its full
+    /// amount, else `worst_case`; recorded for the cost report. Returns what was booked.
+    async fn book_interrupted(
+        &self,
+        run: &RunId,
+        seq: i64,
+        name: &str,
+        hold: &str,
+        worst_case: i64,
+        now: Millis,
+    ) -> Result<i64>;
 }
 
 /// Request and token counters in one-minute windows, for rate limits shared across nodes.

@@ -310,6 +310,9 @@ pub struct UsageRow {
     pub calls: i64,
     pub tokens_in: i64,
     pub tokens_out: i64,
+    /// Nano-dollars booked for calls whose tokens are unknown (cut off before their answer
+    /// was recorded): their full hold, or their worst case.
+    pub booked_nanos: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]

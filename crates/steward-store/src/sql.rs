@@ -413,8 +413,14 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl JournalStore for $store {
-            async fn append_journal(&self, entries: &[JournalEntry], audit: &[(Millis, String)], claims: &[Claim]) -> Result<()> {
-                if entries.is_empty() && audit.is_empty() {
+            async fn append_settling(
+                &self,
+                entries: &[JournalEntry],
+                audit: &[(Millis, String)],
+                claims: &[Claim],
+                settles: &[(String, i64)],
+            ) -> Result<()> {
+                if entries.is_empty() && audit.is_empty() && settles.is_empty() {
                     return Ok(());
                 }
                 fn insert<'a>(chunk: &'a [JournalEntry]) -> sqlx::QueryBuilder<'a, $db> {
@@ -441,7 +447,7 @@ macro_rules! impl_store {
                 }
                 // One statement is atomic on its own: no BEGIN/COMMIT round trips for the
                 // common case of an unfenced batch that fits in one INSERT.
-                if audit.is_empty() && claims.is_empty() && entries.len() <= JOURNAL_CHUNK {
+                if audit.is_empty() && claims.is_empty() && settles.is_empty() && entries.len() <= JOURNAL_CHUNK {
                     insert(entries).build().execute(&self.write).await?;
                     return Ok(());
                 }
@@ -452,6 +458,11 @@ macro_rules! impl_store {
                 // Before the audit head is taken: every transaction that locks runs rows takes
                 // them before the head, so the two never wait on each other in a cycle.
                 Self::check_claims_in(&mut tx, claims).await?;
+                // Budget rows after runs rows and before the audit head, as everywhere.
+                let now = entries.iter().map(|e| e.at).chain(audit.iter().map(|a| a.0)).max().unwrap_or_default();
+                for (hold, spent) in settles {
+                    Self::settle_in(&mut tx, hold, *spent, now).await?;
+                }
                 if !audit.is_empty() {
                     Self::append_audit_in(&mut tx, audit).await?;
                 }
@@ -637,16 +648,23 @@ macro_rules! impl_store {
                     "SELECT j.kind AS kind, r.agent AS agent, j.name AS model, j.run_id AS run_id, \
                        r.task_id AS task_id, t.state AS task_state, COALESCE(r.verdict, r.state) AS run_state, j.at / 86400000 AS day, \
                        COUNT(*) AS calls, CAST(SUM(j.tokens_in) AS BIGINT) AS tokens_in, \
-                       CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out \
+                       CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out, CAST(0 AS BIGINT) AS booked_nanos \
                      FROM journal j JOIN runs r ON r.id = j.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE j.phase = 1 AND j.kind IN ('model', 'tool') AND j.at >= $1 \
                      GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, r.verdict, j.at / 86400000 \
                      UNION ALL \
                      SELECT 'model', g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), \
-                       g.started_at / 86400000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT) \
+                       g.started_at / 86400000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT), \
+                       CAST(SUM(COALESCE(g.booked_nanos, 0)) AS BIGINT) \
                      FROM gateway_calls g LEFT JOIN runs r ON r.id = g.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE g.status <> 'started' AND g.started_at >= $1 \
-                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 86400000",
+                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 86400000 \
+                     UNION ALL \
+                     SELECT 'model', r.agent, i.name, i.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), i.at / 86400000, \
+                       COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(SUM(i.booked_nanos) AS BIGINT) \
+                     FROM interrupted_steps i JOIN runs r ON r.id = i.run_id LEFT JOIN tasks t ON t.id = r.task_id \
+                     WHERE i.at >= $1 \
+                     GROUP BY r.agent, i.name, i.run_id, r.task_id, t.state, r.state, r.verdict, i.at / 86400000",
                 )
                 .bind(since)
                 .fetch_all(&self.read)
@@ -781,6 +799,29 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Records, for the cost report, a model call booked at `booked` without its tokens.
+            async fn note_interrupted_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                run: &str,
+                seq: i64,
+                name: &str,
+                booked: i64,
+                now: Millis,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO interrupted_steps (id, run_id, seq, name, booked_nanos, at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(uuid::Uuid::now_v7().simple().to_string())
+                .bind(run)
+                .bind(seq)
+                .bind(name)
+                .bind(booked)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Settles hold `id`, if there is one: releases what it held and books `spent` on
             /// the same accounts, inside `tx`.
             async fn settle_in(tx: &mut sqlx::Transaction<'static, $db>, id: &str, spent: i64, now: Millis) -> Result<()> {
@@ -837,30 +878,51 @@ macro_rules! impl_store {
             }
 
             async fn release_stale_holds(&self, calls_before: Millis, now: Millis) -> Result<u64> {
-                let stale: Vec<(String, String, i64)> = sqlx::query_as(
-                    "SELECT h.id, h.kind, h.amount FROM budget_holds h LEFT JOIN runs r ON r.id = h.run_id \
+                let stale: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+                    "SELECT h.id, h.kind, h.amount, h.run_id FROM budget_holds h LEFT JOIN runs r ON r.id = h.run_id \
                      WHERE (h.kind = 'call' AND h.created_at < $1) \
                         OR (h.kind = 'step' AND (r.id IS NULL OR r.state IN ('succeeded', 'failed', 'cancelled')))",
                 )
                 .bind(calls_before)
                 .fetch_all(&self.read)
                 .await?;
-                for (id, kind, amount) in &stale {
+                for (id, kind, amount, run_id) in &stale {
                     let mut tx = self.write.begin().await?;
                     Self::settle_in(&mut tx, id, *amount, now).await?;
                     if kind == HOLD_CALL {
                         sqlx::query(
-                            "UPDATE gateway_calls SET status = 'error', \
+                            "UPDATE gateway_calls SET status = 'error', booked_nanos = $2, \
                                error = 'interrupted: the node stopped before the call ended' \
                              WHERE id = $1 AND status = 'started'",
                         )
                         .bind(id)
+                        .bind(amount)
                         .execute(&mut *tx)
                         .await?;
+                    } else if let Some(run) = run_id {
+                        Self::note_interrupted_in(&mut tx, run, -1, "(interrupted step)", *amount, now).await?;
                     }
                     tx.commit().await?;
                 }
                 Ok(stale.len() as u64)
+            }
+
+            async fn book_interrupted(&self, run: &RunId, seq: i64, name: &str, hold: &str, worst_case: i64, now: Millis) -> Result<i64> {
+                let mut tx = self.write.begin().await?;
+                let open: Option<(i64,)> = sqlx::query_as("SELECT amount FROM budget_holds WHERE id = $1")
+                    .bind(hold)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let booked = match open {
+                    Some((amount,)) => {
+                        Self::settle_in(&mut tx, hold, amount, now).await?;
+                        amount
+                    }
+                    None => worst_case,
+                };
+                Self::note_interrupted_in(&mut tx, run.as_str(), seq, name, booked, now).await?;
+                tx.commit().await?;
+                Ok(booked)
             }
 
             async fn put_budget(&self, account: &str, parent: Option<&str>, cap: i64, period: &str, now: Millis) -> Result<BudgetRecord> {

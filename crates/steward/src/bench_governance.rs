@@ -73,7 +73,7 @@ async fn measure(
                 while Instant::now() < deadline {
                     let i = (w as u64) << 32 | n;
                     journal
-                        .append_audited(None, Vec::new(), vec![(0, record(i))])
+                        .append_audited(None, Vec::new(), vec![(0, record(i))], Vec::new())
                         .await?;
                     n += 1;
                 }

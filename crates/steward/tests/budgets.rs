@@ -356,3 +356,90 @@ both_backends!(
     a_call_cut_off_by_a_crash_is_booked_in_full,
     a_call_cut_off_by_a_crash_is_booked_in_full
 );
+
+/// A model call cut off by kill -9 after it reached the upstream is made again on replay: the
+/// upstream answered (and billed) twice, so the ledger books two calls — the first at its full
+/// hold, the second at its cost — and the cost report says the same.
+async fn a_replayed_model_call_is_booked_as_a_call_of_its_own(b: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // The first call hangs long enough for the node to be killed under it.
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: cut}\nspec:\n  model: mock/gpt-mock\n  maxTokens: 100\n  budget: {perRunUsd: 1.0}\n")
+        .await;
+    let run = s.start_run("cut", "hi").await;
+    common::eventually("the first call reached the upstream", || async {
+        (calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    s.kill9();
+    s.spawn();
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the upstream answered twice"
+    );
+
+    let (_, all) = s.get("/api/v1/budgets").await;
+    let account = all["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == format!("run:{run}").as_str())
+        .cloned()
+        .unwrap();
+    let spent = account["spent_nanos"].as_i64().unwrap();
+    assert_eq!(account["reserved_nanos"], 0, "{account}");
+    // 100 output tokens at most, at $2 per million, and the prompt: the first call's hold.
+    assert!(
+        spent > ACTUAL_NANOS + 100 * 2000,
+        "both calls booked, the first at its worst case: {account}"
+    );
+    let (_, by_run) = s.get("/api/v1/costs?by=run").await;
+    let line = by_run["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["key"] == run.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(line["calls"], 2, "{line}");
+    let reported = (line["cost_usd"].as_f64().unwrap() * 1e9).round() as i64;
+    assert_eq!(
+        reported, spent,
+        "the cost report agrees with the ledger: {line}"
+    );
+}
+both_backends!(
+    a_replayed_model_call_is_booked_as_a_call_of_its_own,
+    a_replayed_model_call_is_booked_as_a_call_of_its_own
+);
