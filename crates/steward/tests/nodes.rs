@@ -232,3 +232,60 @@ async fn three_nodes_share_a_queue_and_survive_losing_one() {
         assert!((1..=2).contains(&n), "{id}: {n}");
     }
 }
+
+/// An agent pool of at most two runs, filled by two nodes at once, never has a third run alive:
+/// the limit holds across the cluster. Runs are counted where they act — a loopback server
+/// each run's tool call waits on (longer or shorter by task), which records how many are in
+/// flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_pool_holds_its_size_across_two_nodes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, m) = (now.clone(), most.clone());
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::any(move |uri: axum::http::Uri| {
+            let (n, m) = (n.clone(), m.clone());
+            async move {
+                let inside = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(inside, Ordering::SeqCst);
+                // Runs of uneven length, so one ends while another is still busy.
+                let i: u64 = uri.path().rsplit('/').next().unwrap().parse().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(100 + (i % 4) * 250)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gauge = format!("http://{}/busy", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = TestServer::join(&a);
+    a.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: pooled}}\nspec:\n  model: scripted\n  tools: [http_request]\n  tasks: {{queue: work, concurrency: 1, maxConcurrency: 2}}\n  script:\n    - {{toolCalls: [{{name: http_request, arguments: {{method: GET, url: \"{gauge}/{{{{input}}}}\"}}}}]}}\n    - {{content: done}}\n"
+    ))
+    .await;
+    for i in 0..16 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (st, r) = node
+            .post(
+                "/api/v1/queues/work/tasks",
+                serde_json::json!({"payload": i}),
+            )
+            .await;
+        assert!(st == 201 || st == 200, "{st} {r}");
+    }
+    common::eventually("every task done", || async {
+        let (_, q) = a.get("/api/v1/queues/work").await;
+        (q["depth"]["done"] == 16).then_some(())
+    })
+    .await;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "the pool grew to its ceiling of 2 and never past it"
+    );
+}
