@@ -4,6 +4,7 @@
 pub mod error;
 mod events;
 mod extract;
+pub mod messages;
 pub mod openai;
 mod queues;
 mod routes;
@@ -377,6 +378,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
     let api = api.merge(workers);
     let v1 = Router::new()
         .route("/chat/completions", post(openai::chat_completions))
+        .route("/messages", post(messages::create))
+        .route("/messages/count_tokens", post(messages::count_tokens))
         .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
         .route("/models/{*id}", get(openai::model))

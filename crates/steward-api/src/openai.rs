@@ -12,11 +12,11 @@ use steward_engine::{Engine, GatewayError, GatewayReply, Principal};
 
 /// An error in OpenAI's format: `{"error": {"message", "type", "param", "code"}}`.
 pub struct OaiError {
-    retry_after_s: Option<u64>,
-    status: StatusCode,
+    pub(crate) retry_after_s: Option<u64>,
+    pub(crate) status: StatusCode,
     kind: &'static str,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl OaiError {
@@ -156,7 +156,7 @@ impl From<GatewayError> for OaiError {
     }
 }
 
-async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, OaiError> {
+pub(crate) async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, OaiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -170,7 +170,7 @@ async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Principal, Oa
     Ok(engine.authenticate(bearer, delegation, run).await?)
 }
 
-fn json_object(body: &Bytes) -> Result<Value, OaiError> {
+pub(crate) fn json_object(body: &Bytes) -> Result<Value, OaiError> {
     let body: Value = serde_json::from_slice(body).map_err(|e| {
         OaiError::new(
             StatusCode::BAD_REQUEST,

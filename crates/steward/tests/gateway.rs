@@ -284,6 +284,102 @@ both_backends!(
     the_openai_sdk_works_unchanged
 );
 
+/// The official Anthropic SDK, pointed at Steward, speaks the Messages API through the same
+/// governed path: plain, tools over two turns, a stream, token counting and typed errors; every
+/// model call recorded with its usage and priced.
+async fn the_anthropic_sdk_works_unchanged(b: Backend) {
+    let (upstream, seen) = mock_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__DEAD__KIND", "openai"),
+            (
+                "STEWARD_LLM__PROVIDERS__DEAD__BASE_URL",
+                "http://127.0.0.1:1/v1",
+            ),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"dead/gpt-x\", \"mock/gpt-mock\"]",
+            ),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    let (st, e) = s
+        .post(
+            "/api/v1/agents/claude-agent/resume",
+            json!({"reason": "registered", "owner": "team-a"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, key) = s
+        .post("/api/v1/keys", json!({"agent": "claude-agent"}))
+        .await;
+    assert_eq!(st, 201, "{key}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/anthropic_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", key["key"].as_str().unwrap())
+        .output()
+        .await
+        .expect("python3 with the anthropic package (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "the anthropic SDK script failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+
+    common::settled(&s).await;
+    // The system prompt and stop sequences reached the upstream in its own terms.
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|b| b["messages"][0]
+        == json!({"role": "system", "content": "You are terse."})
+        && b["stop"] == json!(["END"])));
+    // Every model call is on the record with its usage (the stream's too), and priced.
+    let (_, calls) = s.get("/api/v1/calls?agent=claude-agent").await;
+    let calls = calls["calls"].as_array().unwrap();
+    let ok: Vec<&Value> = calls.iter().filter(|c| c["status"] == "ok").collect();
+    assert_eq!(ok.len(), 4, "plain, two tool turns, one stream: {calls:?}");
+    assert!(ok.iter().all(|c| c["deployment"] == "mock/gpt-mock"));
+    let streamed = ok.iter().find(|c| c["stream"] == true).unwrap();
+    assert_eq!(
+        (
+            streamed["tokens_in"].as_i64(),
+            streamed["tokens_out"].as_i64()
+        ),
+        (Some(11), Some(2))
+    );
+    assert_eq!(calls.len(), 4, "refused requests record no call: {calls:?}");
+    let (_, by_agent) = s.get("/api/v1/costs?by=agent").await;
+    let line = by_agent["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["key"] == "claude-agent")
+        .cloned()
+        .unwrap();
+    // 3 × (10 in, 3 out) + (11 in, 2 out) at $1 / $2 per million: $48 + $15 per million.
+    assert_eq!(
+        (line["tokens_in"].as_i64(), line["tokens_out"].as_i64()),
+        (Some(41), Some(11))
+    );
+    assert!(
+        (line["cost_usd"].as_f64().unwrap() - 63e-6).abs() < 1e-12,
+        "{line}"
+    );
+}
+
+both_backends!(
+    the_anthropic_sdk_works_unchanged_on,
+    the_anthropic_sdk_works_unchanged
+);
+
 /// An upstream answering 503 to everything, counting requests; and one that answers 429 with
 /// `Retry-After: 0` to every other request.
 async fn troubled_upstreams() -> (String, String, Arc<Mutex<u32>>) {
