@@ -7,7 +7,9 @@ mod extract;
 pub mod messages;
 pub mod openai;
 mod queues;
+pub mod responses;
 mod routes;
+mod sse;
 pub mod wire;
 
 use std::time::Duration;
@@ -380,6 +382,12 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/chat/completions", post(openai::chat_completions))
         .route("/messages", post(messages::create))
         .route("/messages/count_tokens", post(messages::count_tokens))
+        .route("/responses", post(responses::create))
+        .route(
+            "/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route("/responses/{id}/input_items", get(responses::input_items))
         .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::models))
         .route("/models/{*id}", get(openai::model))

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use steward_engine::{Engine, GatewayReply};
 
 use crate::openai::{json_object, principal, OaiError};
+use crate::sse::DataLines;
 
 /// An error as the Messages API gives it: `{"type": "error", "error": {"type", "message"}}`.
 pub struct MessagesError {
@@ -407,8 +408,7 @@ pub fn from_chat(resp: &Value, model: &str) -> Value {
 /// `message_stop`.
 pub struct Events {
     model: String,
-    /// Bytes of an event not yet complete.
-    pending: Vec<u8>,
+    lines: DataLines,
     started: bool,
     /// The content block open now: its index, and whether it is text (else a tool use).
     open: Option<(usize, bool)>,
@@ -421,14 +421,14 @@ pub struct Events {
 }
 
 fn event(kind: &str, data: Value) -> String {
-    format!("event: {kind}\ndata: {data}\n\n")
+    crate::sse::event(kind, &data)
 }
 
 impl Events {
     pub fn new(model: String) -> Self {
         Events {
             model,
-            pending: Vec::new(),
+            lines: DataLines::default(),
             started: false,
             open: None,
             blocks: 0,
@@ -441,20 +441,12 @@ impl Events {
 
     /// The events for the next bytes of the chat stream.
     pub fn feed(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
-        while let Some(end) = find(&self.pending, b"\n\n") {
-            let raw: Vec<u8> = self.pending.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&raw);
-            for line in text.lines() {
-                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    out.push_str(&self.finish());
-                } else if let Ok(chunk) = serde_json::from_str::<Value>(data) {
-                    out.push_str(&self.chunk(&chunk));
-                }
+        for data in self.lines.feed(bytes) {
+            if data == "[DONE]" {
+                out.push_str(&self.finish());
+            } else if let Ok(chunk) = serde_json::from_str::<Value>(&data) {
+                out.push_str(&self.chunk(&chunk));
             }
         }
         out
@@ -579,10 +571,6 @@ impl Events {
             json!({"type": "error", "error": {"type": "api_error", "message": message}}),
         )
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

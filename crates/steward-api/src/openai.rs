@@ -20,7 +20,7 @@ pub struct OaiError {
 }
 
 impl OaiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         kind: &'static str,
         code: &'static str,

@@ -7,6 +7,7 @@ mod group_commit;
 mod merges;
 pub mod merkle;
 mod model;
+mod responses;
 mod schedules;
 mod settle_writer;
 mod sql;
@@ -22,6 +23,7 @@ pub use error::{Error, Result};
 pub use group_commit::JournalWriter;
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
+pub use responses::{ResponseStore, StoredResponse};
 pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use settle_writer::SettleWriter;
 pub use sql::{PgStore, SqliteStore};
@@ -386,6 +388,7 @@ pub trait Store:
     + SupervisorStore
     + MergeStore
     + WorkspaceStore
+    + ResponseStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -1294,9 +1294,32 @@ async fn only_the_lease_holder_reports(s: &dyn Store) {
     assert_eq!(s.get_task("late").await.unwrap().unwrap().state, "pending");
 }
 
+/// A stored response is read and deleted only in the scope it was made in.
+async fn responses_are_kept_per_scope(s: &dyn Store) {
+    let r = StoredResponse {
+        id: "resp_1".into(),
+        scope: "owner:a".into(),
+        body: "{}".into(),
+        input_items: "[]".into(),
+        conversation: "[]".into(),
+        created_at: 5,
+    };
+    s.put_response(&r).await.unwrap();
+    assert!(s.put_response(&r).await.is_err(), "an id is taken once");
+    assert_eq!(s.get_response("resp_1", "owner:a").await.unwrap(), Some(r));
+    assert_eq!(s.get_response("resp_1", "owner:b").await.unwrap(), None);
+    assert!(!s.delete_response("resp_1", "owner:b").await.unwrap());
+    assert!(s.delete_response("resp_1", "owner:a").await.unwrap());
+    assert_eq!(s.get_response("resp_1", "owner:a").await.unwrap(), None);
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn responses_are_kept_per_scope() {
+                super::responses_are_kept_per_scope(&*super::$backend().await.store).await
+            }
             #[tokio::test]
             async fn only_the_lease_holder_reports() {
                 super::only_the_lease_holder_reports(&*super::$backend().await.store).await

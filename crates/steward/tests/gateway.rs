@@ -31,12 +31,32 @@ async fn mock_upstream() -> (String, Seen) {
                         json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
                     };
-                    let mut events = vec![
-                        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-                        chunk(json!({"content": "Hel"}), Value::Null),
-                        chunk(json!({"content": "lo"}), Value::Null),
-                        chunk(json!({}), json!("stop")),
-                    ];
+                    let last = body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+                    let mut events = if last["role"] == "tool" {
+                        // A tool's answer: the text that uses it, in two pieces.
+                        let text = format!("It is {} in Paris", last["content"].as_str().unwrap_or(""));
+                        let (a, b) = text.split_at(6);
+                        vec![
+                            chunk(json!({"role": "assistant", "content": a}), Value::Null),
+                            chunk(json!({"content": b}), Value::Null),
+                            chunk(json!({}), json!("stop")),
+                        ]
+                    } else if body.get("tools").is_some() {
+                        // Tools offered: a call of get_weather, its arguments in two pieces.
+                        vec![
+                            chunk(json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_9",
+                                "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\""}}]}), Value::Null),
+                            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":\"Paris\"}"}}]}), Value::Null),
+                            chunk(json!({}), json!("tool_calls")),
+                        ]
+                    } else {
+                        vec![
+                            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                            chunk(json!({"content": "Hel"}), Value::Null),
+                            chunk(json!({"content": "lo"}), Value::Null),
+                            chunk(json!({}), json!("stop")),
+                        ]
+                    };
                     if body.pointer("/stream_options/include_usage") == Some(&json!(true)) {
                         events.push(json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
                             "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}}));
@@ -378,6 +398,129 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend) {
 both_backends!(
     the_anthropic_sdk_works_unchanged_on,
     the_anthropic_sdk_works_unchanged
+);
+
+/// Runs a Python script of the SDK tests with the server's URL and `env`; fails with its output.
+async fn python(s: &TestServer, script: &str, env: &[(&str, &str)]) {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .env("STEWARD_BASE", &s.url)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("python3 with the SDKs .ci/run installs");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+}
+
+/// A key for `agent`, registered under `owner`.
+async fn key_of(s: &TestServer, agent: &str, owner: &str) -> String {
+    let (st, e) = s
+        .post(
+            &format!("/api/v1/agents/{agent}/resume"),
+            json!({"reason": "registered", "owner": owner}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, key) = s.post("/api/v1/keys", json!({"agent": agent})).await;
+    assert_eq!(st, 201, "{key}");
+    key["key"].as_str().unwrap().to_string()
+}
+
+/// The Responses API, driven by the `openai` SDK's `responses` (create, stream, tools,
+/// structured output, `previous_response_id`, retrieve, input items, delete, `store: false`,
+/// another owner kept out) and by the OpenAI Agents SDK's default path (`Runner.run` and
+/// `Runner.run_streamed` with a function tool): every model call on the record, priced.
+async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend) {
+    let (upstream, seen) = mock_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"mock/gpt-mock\"]",
+            ),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    let key = key_of(&s, "resp-agent", "team-a").await;
+    let other = key_of(&s, "stranger", "team-b").await;
+    python(
+        &s,
+        "openai_responses.py",
+        &[("STEWARD_KEY", &key), ("STEWARD_OTHER_KEY", &other)],
+    )
+    .await;
+    let agents_key = key_of(&s, "agents-sdk", "team-a").await;
+    python(&s, "openai_agents_sdk.py", &[("STEWARD_KEY", &agents_key)]).await;
+
+    common::settled(&s).await;
+    let seen = seen.lock().unwrap().clone();
+    // previous_response_id: the upstream saw the earlier turn before the new one; the first
+    // request's instructions are its own, not carried over.
+    assert!(
+        seen.iter().any(|b| b["messages"]
+            == json!([{"role": "user", "content": "hi there"},
+                {"role": "assistant", "content": "echo: hi there"},
+                {"role": "user", "content": "and again"}])),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|b| b["response_format"]["type"] == "json_schema"
+            && b["response_format"]["json_schema"]["name"] == "verdict"
+            && b["max_tokens"] == 64));
+
+    let calls = |agent: &str| {
+        let s = &s;
+        let agent = agent.to_string();
+        async move {
+            let (_, c) = s.get(&format!("/api/v1/calls?agent={agent}")).await;
+            c["calls"].as_array().unwrap().clone()
+        }
+    };
+    let mine = calls("resp-agent").await;
+    assert!(mine.iter().all(|c| c["status"] == "ok"), "{mine:?}");
+    assert_eq!(
+        mine.len(),
+        9,
+        "requests refused before the gateway record no call: {mine:?}"
+    );
+    let streamed: Vec<&Value> = mine.iter().filter(|c| c["stream"] == true).collect();
+    assert_eq!(streamed.len(), 2);
+    assert!(
+        streamed.iter().all(|c| c["tokens_out"].as_i64() == Some(2)),
+        "{streamed:?}"
+    );
+    assert!(calls("stranger").await.is_empty());
+    let agents = calls("agents-sdk").await;
+    assert_eq!(agents.len(), 4, "two runs of two turns: {agents:?}");
+    assert_eq!(agents.iter().filter(|c| c["stream"] == true).count(), 2);
+    let (_, by_agent) = s.get("/api/v1/costs?by=agent").await;
+    let line = by_agent["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["key"] == "resp-agent")
+        .cloned()
+        .unwrap();
+    assert_eq!(line["calls"], 9, "{line}");
+    assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
+}
+
+both_backends!(
+    the_responses_api_serves_the_openai_and_agents_sdks_on,
+    the_responses_api_serves_the_openai_and_agents_sdks
 );
 
 /// An upstream answering 503 to everything, counting requests; and one that answers 429 with
