@@ -45,12 +45,17 @@ fn request_body(model: &str) -> Value {
     json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "ping"}]})
 }
 
+/// The same call in the Responses API's terms.
+fn responses_body(model: &str) -> Value {
+    json!({"model": model, "max_output_tokens": 16, "input": "ping"})
+}
+
 /// Open-loop load: `rate` requests a second for `seconds`, each timed from send to full body.
 async fn fixed_rate(
     http: &reqwest::Client,
     url: &str,
     key: &str,
-    model: &str,
+    body: &Value,
     rate: u32,
     seconds: u64,
 ) -> Figures {
@@ -60,7 +65,7 @@ async fn fixed_rate(
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tick.tick().await;
-        let req = http.post(url).bearer_auth(key).json(&request_body(model));
+        let req = http.post(url).bearer_auth(key).json(body);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             match req.send().await {
@@ -252,7 +257,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
         &http,
         &format!("{upstream}/chat/completions"),
         "none",
-        "gpt-mock",
+        &request_body("gpt-mock"),
         rate,
         seconds,
     )
@@ -277,7 +282,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
         &http,
         &format!("{url}/v1/chat/completions"),
         &key,
-        "bench",
+        &request_body("bench"),
         rate,
         1,
     )
@@ -286,11 +291,31 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
         &http,
         &format!("{url}/v1/chat/completions"),
         &key,
-        "bench",
+        &request_body("bench"),
         rate,
         seconds,
     )
     .await;
+    // The same calls through the Responses and Messages APIs (translated onto the same path).
+    let responses = fixed_rate(
+        &http,
+        &format!("{url}/v1/responses"),
+        &key,
+        &responses_body("bench"),
+        rate,
+        seconds,
+    )
+    .await;
+    let messages = fixed_rate(
+        &http,
+        &format!("{url}/v1/messages"),
+        &key,
+        &request_body("bench"),
+        rate,
+        seconds,
+    )
+    .await;
+    eprintln!("steward /v1/responses: {responses:?}; /v1/messages: {messages:?}");
     let s_rps = max_rps(
         &http,
         &format!("{url}/v1/chat/completions"),
@@ -302,11 +327,14 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
     .await;
     eprintln!("steward: {s:?}, max {s_rps:.0} rps");
     steward.start_kill()?;
+    let added = |f: &Figures| json!({"p50_added_ms": round(f.p50_ms - direct.p50_ms), "p99_added_ms": round(f.p99_ms - direct.p99_ms), "errors": f.errors});
     let steward_json = json!({
         "p50_added_ms": round(s.p50_ms - direct.p50_ms),
         "p99_added_ms": round(s.p99_ms - direct.p99_ms),
         "max_rps": s_rps.round(),
         "errors": s.errors,
+        "responses": added(&responses),
+        "messages": added(&messages),
     });
 
     let litellm_json = match start_litellm(&dir, &upstream).await {
@@ -315,7 +343,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
                 &http,
                 &format!("{url}/v1/chat/completions"),
                 LITELLM_KEY,
-                "bench",
+                &request_body("bench"),
                 rate.min(50),
                 1,
             )
@@ -324,7 +352,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
                 &http,
                 &format!("{url}/v1/chat/completions"),
                 LITELLM_KEY,
-                "bench",
+                &request_body("bench"),
                 rate,
                 seconds,
             )
