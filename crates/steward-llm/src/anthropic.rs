@@ -102,6 +102,47 @@ pub(crate) fn wire_request(req: &ChatRequest) -> Value {
     body
 }
 
+/// An OpenAI-format request as Anthropic's wire request: the neutral translation, plus the
+/// fields the neutral shapes do not carry — stop sequences, sampling, tool choice, parallel tool
+/// use and the end user — so a gateway caller's request reaches an Anthropic deployment whole.
+pub(crate) fn wire_from_openai(body: &Value, model: &str) -> Result<Value> {
+    let req = crate::openai_wire::request_from_openai(body, model)?;
+    let mut wire = wire_request(&req);
+    match body.get("stop") {
+        Some(Value::String(s)) => wire["stop_sequences"] = json!([s]),
+        Some(Value::Array(a)) if !a.is_empty() => wire["stop_sequences"] = Value::Array(a.clone()),
+        _ => {}
+    }
+    for field in ["temperature", "top_p"] {
+        if let Some(v) = body.get(field).filter(|v| v.is_number()) {
+            wire[field] = v.clone();
+        }
+    }
+    if !req.tools.is_empty() {
+        let mut choice = match body.get("tool_choice") {
+            Some(Value::String(c)) if c == "required" => Some(json!({"type": "any"})),
+            Some(Value::String(c)) if c == "none" => Some(json!({"type": "none"})),
+            Some(Value::String(c)) if c == "auto" => Some(json!({"type": "auto"})),
+            Some(c) => c
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .map(|n| json!({"type": "tool", "name": n})),
+            None => None,
+        };
+        if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+            let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+            c["disable_parallel_tool_use"] = json!(true);
+        }
+        if let Some(c) = choice {
+            wire["tool_choice"] = c;
+        }
+    }
+    if let Some(u) = body.get("user").and_then(Value::as_str) {
+        wire["metadata"] = json!({"user_id": u});
+    }
+    Ok(wire)
+}
+
 pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
     if v.get("stop_reason").and_then(Value::as_str) == Some("refusal") {
         return Err(Error::Refused {
@@ -162,6 +203,27 @@ pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> 
     })
 }
 
+impl AnthropicProvider {
+    /// Posts a Messages request and reads its answer.
+    async fn send(&self, wire: &Value, model: &str) -> Result<ChatResponse> {
+        let url = join(&self.base_url, "v1/messages");
+        let mut rb = self
+            .http
+            .post(&url)
+            .header("anthropic-version", API_VERSION)
+            .json(wire);
+        if let Some(k) = &self.api_key.current() {
+            rb = rb.header("x-api-key", k);
+        }
+        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
+        let mut out = parse_response(&self.name, &v)?;
+        if out.model.is_empty() {
+            out.model = model.to_string();
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait::async_trait]
 impl Provider for AnthropicProvider {
     fn name(&self) -> &str {
@@ -169,29 +231,23 @@ impl Provider for AnthropicProvider {
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse> {
-        let url = join(&self.base_url, "v1/messages");
-        let mut rb = self
-            .http
-            .post(&url)
-            .header("anthropic-version", API_VERSION)
-            .json(&wire_request(req));
-        if let Some(k) = &self.api_key.current() {
-            rb = rb.header("x-api-key", k);
-        }
-        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
-        let mut out = parse_response(&self.name, &v)?;
-        if out.model.is_empty() {
-            out.model = req.model.clone();
-        }
-        Ok(out)
+        self.send(&wire_request(req), &req.model).await
+    }
+
+    /// The gateway's OpenAI-format request, with what only the wire can carry (stop sequences,
+    /// sampling, tool choice) passed on.
+    async fn chat_openai(&self, body: Value, model: &str, id: &str, created: i64) -> Result<Value> {
+        let r = self.send(&wire_from_openai(&body, model)?, model).await?;
+        Ok(crate::openai_wire::response_to_openai(
+            &r, id, model, created,
+        ))
     }
 
     /// Streams Anthropic's events back as OpenAI chunks (text, tool calls, usage).
     async fn stream_openai(&self, body: Value, model: &str) -> Result<crate::ByteStream> {
         use futures::StreamExt;
         let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
-        let req = crate::openai_wire::request_from_openai(&body, model)?;
-        let mut wire = wire_request(&req);
+        let mut wire = wire_from_openai(&body, model)?;
         wire["stream"] = json!(true);
         let url = join(&self.base_url, "v1/messages");
         let mut rb = self
@@ -269,5 +325,33 @@ mod tests {
         assert_eq!(msgs.len(), 3, "tool results merge into one user turn: {w}");
         assert_eq!(msgs[1]["content"][1]["type"], "tool_use");
         assert_eq!(msgs[2]["content"][1]["tool_use_id"], "b");
+    }
+
+    #[test]
+    fn what_the_neutral_shapes_drop_reaches_the_wire() {
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "stop": "END",
+            "temperature": 0.2, "top_p": 0.9, "user": "u1", "parallel_tool_calls": false,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}}});
+        let w = wire_from_openai(&body, "claude").unwrap();
+        assert_eq!(w["stop_sequences"], json!(["END"]));
+        assert_eq!(
+            (w["temperature"].as_f64(), w["top_p"].as_f64()),
+            (Some(0.2), Some(0.9))
+        );
+        assert_eq!(
+            w["tool_choice"],
+            json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(w["metadata"]["user_id"], "u1");
+        let plain = wire_from_openai(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}),
+            "c",
+        )
+        .unwrap();
+        assert!(
+            plain.get("tool_choice").is_none(),
+            "no tools, no choice: {plain}"
+        );
     }
 }

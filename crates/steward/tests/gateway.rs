@@ -304,11 +304,105 @@ both_backends!(
     the_openai_sdk_works_unchanged
 );
 
+/// A mock Anthropic upstream (`/v1/messages`) that behaves as `mock_upstream` does: echoes,
+/// calls `get_weather` when tools are offered, answers a tool's result, streams "Hello" (or the
+/// tool call, or the answer) with usage in `message_start` and `message_delta`.
+async fn mock_anthropic() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        post(move |Json(body): Json<Value>| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock().unwrap().push(body.clone());
+                let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+                let blocks = last["content"].as_array().cloned().unwrap_or_default();
+                let result = blocks
+                    .iter()
+                    .find(|b| b["type"] == "tool_result")
+                    .map(|b| b["content"].as_str().unwrap_or("").to_string());
+                let said: String = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
+                let stream = body["stream"] == true;
+                let (block, stop) = match result {
+                    Some(r) => (json!({"type": "text", "text": format!("It is {r} in Paris")}), "end_turn"),
+                    None if body.get("tools").is_some() => (
+                        json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}),
+                        "tool_use",
+                    ),
+                    None if stream => (json!({"type": "text", "text": "Hello"}), "end_turn"),
+                    None => (json!({"type": "text", "text": format!("echo: {said}")}), "end_turn"),
+                };
+                if !stream {
+                    return Json(json!({"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+                        "content": [block], "stop_reason": stop, "stop_sequence": null,
+                        "usage": {"input_tokens": 10, "output_tokens": 3}}))
+                    .into_response();
+                }
+                let (start, deltas) = if block["type"] == "tool_use" {
+                    (
+                        json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}),
+                        vec![json!({"type": "input_json_delta", "partial_json": "{\"city\""}),
+                            json!({"type": "input_json_delta", "partial_json": ":\"Paris\"}"})],
+                    )
+                } else {
+                    let text = block["text"].as_str().unwrap().to_string();
+                    let (a, b) = text.split_at(3);
+                    (
+                        json!({"type": "text", "text": ""}),
+                        vec![json!({"type": "text_delta", "text": a}), json!({"type": "text_delta", "text": b})],
+                    )
+                };
+                let mut events = vec![
+                    json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                        "content": [], "model": body["model"], "usage": {"input_tokens": 11, "output_tokens": 1}}}),
+                    json!({"type": "content_block_start", "index": 0, "content_block": start}),
+                ];
+                events.extend(deltas.into_iter().map(|d| json!({"type": "content_block_delta", "index": 0, "delta": d})));
+                events.push(json!({"type": "content_block_stop", "index": 0}));
+                events.push(json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": 2}}));
+                events.push(json!({"type": "message_stop"}));
+                let text: String = events
+                    .iter()
+                    .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+                    .collect();
+                ([("content-type", "text/event-stream")], text).into_response()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+/// Which API the mock deployment behind the `smart` route speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    OpenAi,
+    Anthropic,
+}
+
+/// The mock upstream of `kind`: its base URL as the provider takes it, what it saw, and the
+/// provider kind to configure.
+async fn upstream_of(kind: Kind) -> (String, Seen, &'static str) {
+    match kind {
+        Kind::OpenAi => {
+            let (url, seen) = mock_upstream().await;
+            (url, seen, "openai")
+        }
+        Kind::Anthropic => {
+            let (url, seen) = mock_anthropic().await;
+            (url, seen, "anthropic")
+        }
+    }
+}
+
 /// The official Anthropic SDK, pointed at Steward, speaks the Messages API through the same
 /// governed path: plain, tools over two turns, a stream, token counting and typed errors; every
 /// model call recorded with its usage and priced.
-async fn the_anthropic_sdk_works_unchanged(b: Backend) {
-    let (upstream, seen) = mock_upstream().await;
+async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
+    let (upstream, seen, provider) = upstream_of(kind).await;
     let s = TestServer::start_with(
         b,
         &[
@@ -317,7 +411,7 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend) {
                 "STEWARD_LLM__PROVIDERS__DEAD__BASE_URL",
                 "http://127.0.0.1:1/v1",
             ),
-            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", provider),
             ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
             (
                 "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
@@ -358,9 +452,16 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend) {
     common::settled(&s).await;
     // The system prompt and stop sequences reached the upstream in its own terms.
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|b| b["messages"][0]
-        == json!({"role": "system", "content": "You are terse."})
-        && b["stop"] == json!(["END"])));
+    assert!(
+        seen.iter().any(|b| match kind {
+            Kind::OpenAi =>
+                b["messages"][0] == json!({"role": "system", "content": "You are terse."})
+                    && b["stop"] == json!(["END"]),
+            Kind::Anthropic =>
+                b["system"] == "You are terse." && b["stop_sequences"] == json!(["END"]),
+        }),
+        "{seen:?}"
+    );
     // Every model call is on the record with its usage (the stream's too), and priced.
     let (_, calls) = s.get("/api/v1/calls?agent=claude-agent").await;
     let calls = calls["calls"].as_array().unwrap();
@@ -395,9 +496,19 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend) {
     );
 }
 
+async fn the_anthropic_sdk_over_openai(b: Backend) {
+    the_anthropic_sdk_works_unchanged(b, Kind::OpenAi).await
+}
+async fn the_anthropic_sdk_over_anthropic(b: Backend) {
+    the_anthropic_sdk_works_unchanged(b, Kind::Anthropic).await
+}
 both_backends!(
-    the_anthropic_sdk_works_unchanged_on,
-    the_anthropic_sdk_works_unchanged
+    the_anthropic_sdk_over_an_openai_deployment,
+    the_anthropic_sdk_over_openai
+);
+both_backends!(
+    the_anthropic_sdk_over_an_anthropic_deployment,
+    the_anthropic_sdk_over_anthropic
 );
 
 /// Runs a Python script of the SDK tests with the server's URL and `env`; fails with its output.
@@ -437,12 +548,12 @@ async fn key_of(s: &TestServer, agent: &str, owner: &str) -> String {
 /// structured output, `previous_response_id`, retrieve, input items, delete, `store: false`,
 /// another owner kept out) and by the OpenAI Agents SDK's default path (`Runner.run` and
 /// `Runner.run_streamed` with a function tool): every model call on the record, priced.
-async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend) {
-    let (upstream, seen) = mock_upstream().await;
+async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: Kind) {
+    let (upstream, seen, provider) = upstream_of(kind).await;
     let s = TestServer::start_with(
         b,
         &[
-            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", provider),
             ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
             (
                 "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
@@ -468,18 +579,21 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend) {
     let seen = seen.lock().unwrap().clone();
     // previous_response_id: the upstream saw the earlier turn before the new one; the first
     // request's instructions are its own, not carried over.
-    assert!(
-        seen.iter().any(|b| b["messages"]
-            == json!([{"role": "user", "content": "hi there"},
-                {"role": "assistant", "content": "echo: hi there"},
-                {"role": "user", "content": "and again"}])),
-        "{seen:?}"
-    );
-    assert!(seen
-        .iter()
-        .any(|b| b["response_format"]["type"] == "json_schema"
-            && b["response_format"]["json_schema"]["name"] == "verdict"
-            && b["max_tokens"] == 64));
+    let text = |t: &str| json!([{"type": "text", "text": t}]);
+    let continued = match kind {
+        Kind::OpenAi => json!([{"role": "user", "content": "hi there"},
+            {"role": "assistant", "content": "echo: hi there"},
+            {"role": "user", "content": "and again"}]),
+        Kind::Anthropic => json!([{"role": "user", "content": text("hi there")},
+            {"role": "assistant", "content": text("echo: hi there")},
+            {"role": "user", "content": text("and again")}]),
+    };
+    assert!(seen.iter().any(|b| b["messages"] == continued), "{seen:?}");
+    // The output limit reaches either kind; a JSON schema, the kind that takes one.
+    assert!(seen.iter().any(|b| b["max_tokens"] == 64
+        && (kind == Kind::Anthropic
+            || (b["response_format"]["type"] == "json_schema"
+                && b["response_format"]["json_schema"]["name"] == "verdict"))));
 
     let calls = |agent: &str| {
         let s = &s;
@@ -518,9 +632,19 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend) {
     assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
 }
 
+async fn the_responses_api_over_openai(b: Backend) {
+    the_responses_api_serves_the_openai_and_agents_sdks(b, Kind::OpenAi).await
+}
+async fn the_responses_api_over_anthropic(b: Backend) {
+    the_responses_api_serves_the_openai_and_agents_sdks(b, Kind::Anthropic).await
+}
 both_backends!(
-    the_responses_api_serves_the_openai_and_agents_sdks_on,
-    the_responses_api_serves_the_openai_and_agents_sdks
+    the_responses_api_over_an_openai_deployment,
+    the_responses_api_over_openai
+);
+both_backends!(
+    the_responses_api_over_an_anthropic_deployment,
+    the_responses_api_over_anthropic
 );
 
 /// An upstream answering 503 to everything, counting requests; and one that answers 429 with
