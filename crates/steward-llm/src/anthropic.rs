@@ -43,9 +43,46 @@ impl AnthropicProvider {
 }
 
 pub(crate) fn wire_request(req: &ChatRequest) -> Value {
+    wire_with(req, &[])
+}
+
+/// An image part's URL as an Anthropic image block: a `data:` URL as base64, else by URL.
+fn image_block(url: &str) -> Value {
+    if let Some((media_type, data)) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+    {
+        return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
+    }
+    json!({"type": "image", "source": {"type": "url", "url": url}})
+}
+
+/// An OpenAI user content (a string, or text and image parts) as Anthropic content blocks.
+fn user_blocks(content: &Value) -> Vec<Value> {
+    match content {
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") => Some(
+                    json!({"type": "text", "text": p.get("text").cloned().unwrap_or_default()}),
+                ),
+                Some("image_url") => p
+                    .pointer("/image_url/url")
+                    .and_then(Value::as_str)
+                    .map(image_block),
+                _ => None,
+            })
+            .collect(),
+        other => vec![json!({"type": "text", "text": other.as_str().unwrap_or_default()})],
+    }
+}
+
+/// The wire request; `raw` (the OpenAI messages `req` was read from, one for one) supplies
+/// the user turns' images, which the neutral shapes do not carry.
+fn wire_with(req: &ChatRequest, raw: &[Value]) -> Value {
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let (role, block) = match m.role {
             Role::System => {
                 system.push(m.content.clone().unwrap_or_default());
@@ -53,7 +90,12 @@ pub(crate) fn wire_request(req: &ChatRequest) -> Value {
             }
             Role::User => (
                 "user",
-                vec![json!({"type": "text", "text": m.content.clone().unwrap_or_default()})],
+                match raw.get(i) {
+                    Some(r) => user_blocks(&r["content"]),
+                    None => {
+                        vec![json!({"type": "text", "text": m.content.clone().unwrap_or_default()})]
+                    }
+                },
             ),
             Role::Assistant => {
                 let mut blocks = Vec::new();
@@ -107,7 +149,12 @@ pub(crate) fn wire_request(req: &ChatRequest) -> Value {
 /// use and the end user — so a gateway caller's request reaches an Anthropic deployment whole.
 pub(crate) fn wire_from_openai(body: &Value, model: &str) -> Result<Value> {
     let req = crate::openai_wire::request_from_openai(body, model)?;
-    let mut wire = wire_request(&req);
+    let raw = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut wire = wire_with(&req, raw);
     match body.get("stop") {
         Some(Value::String(s)) => wire["stop_sequences"] = json!([s]),
         Some(Value::Array(a)) if !a.is_empty() => wire["stop_sequences"] = Value::Array(a.clone()),
@@ -344,6 +391,21 @@ mod tests {
             json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true})
         );
         assert_eq!(w["metadata"]["user_id"], "u1");
+        let img = wire_from_openai(
+            &json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}),
+            "c",
+        )
+        .unwrap();
+        assert_eq!(
+            img["messages"][0]["content"],
+            json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}])
+        );
         let plain = wire_from_openai(
             &json!({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}),
             "c",

@@ -75,7 +75,14 @@ async fn mock_upstream() -> (String, Seen) {
                 } else if body.pointer("/response_format/type") == Some(&json!("json_object")) {
                     json!({"role": "assistant", "content": "{\"ok\": true}"})
                 } else {
-                    json!({"role": "assistant", "content": format!("echo: {}", last["content"].as_str().unwrap_or(""))})
+                    {
+                    // The text of the last turn: a string, or its text parts.
+                    let said: String = match &last["content"] {
+                        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+                        other => other.as_str().unwrap_or("").to_string(),
+                    };
+                    json!({"role": "assistant", "content": format!("echo: {said}")})
+                }
                 };
                 let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
                 Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
@@ -462,11 +469,27 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         }),
         "{seen:?}"
     );
+    let image = match kind {
+        Kind::OpenAi => {
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}})
+        }
+        Kind::Anthropic => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+        }
+    };
+    assert!(
+        seen.iter().any(|b| b["messages"][0]["content"][1] == image),
+        "{seen:?}"
+    );
     // Every model call is on the record with its usage (the stream's too), and priced.
     let (_, calls) = s.get("/api/v1/calls?agent=claude-agent").await;
     let calls = calls["calls"].as_array().unwrap();
     let ok: Vec<&Value> = calls.iter().filter(|c| c["status"] == "ok").collect();
-    assert_eq!(ok.len(), 4, "plain, two tool turns, one stream: {calls:?}");
+    assert_eq!(
+        ok.len(),
+        5,
+        "plain, an image, two tool turns, one stream: {calls:?}"
+    );
     assert!(ok.iter().all(|c| c["deployment"] == "mock/gpt-mock"));
     let streamed = ok.iter().find(|c| c["stream"] == true).unwrap();
     assert_eq!(
@@ -476,7 +499,7 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         ),
         (Some(11), Some(2))
     );
-    assert_eq!(calls.len(), 4, "refused requests record no call: {calls:?}");
+    assert_eq!(calls.len(), 5, "refused requests record no call: {calls:?}");
     let (_, by_agent) = s.get("/api/v1/costs?by=agent").await;
     let line = by_agent["lines"]
         .as_array()
@@ -485,13 +508,13 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         .find(|l| l["key"] == "claude-agent")
         .cloned()
         .unwrap();
-    // 3 × (10 in, 3 out) + (11 in, 2 out) at $1 / $2 per million: $48 + $15 per million.
+    // 4 × (10 in, 3 out) + (11 in, 2 out) at $1 / $2 per million: $64 + $15 per million.
     assert_eq!(
         (line["tokens_in"].as_i64(), line["tokens_out"].as_i64()),
-        (Some(41), Some(11))
+        (Some(51), Some(14))
     );
     assert!(
-        (line["cost_usd"].as_f64().unwrap() - 63e-6).abs() < 1e-12,
+        (line["cost_usd"].as_f64().unwrap() - 79e-6).abs() < 1e-12,
         "{line}"
     );
 }

@@ -18,6 +18,13 @@ assert [b.type for b in r.content] == ["text"] and r.content[0].text == "echo: h
 assert r.stop_reason == "end_turn", r
 assert r.usage.input_tokens == 10 and r.usage.output_tokens == 3, r.usage
 
+# An image travels with the text (checked at the upstream by the test).
+r = client.messages.create(model="smart", max_tokens=100, messages=[{"role": "user", "content": [
+    {"type": "text", "text": "look"},
+    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+]}])
+assert r.content[0].text == "echo: look", r
+
 # Tools over two turns, with a system prompt and stop sequences.
 tools = [{
     "name": "get_weather",
