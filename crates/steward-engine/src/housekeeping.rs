@@ -1,8 +1,8 @@
 //! Every `engine.housekeeping_ms` (a minute), this node clears what nothing will come back for: budget holds whose owner is
 //! gone (a gateway call cut off by a crash, a step of a run that ended — without this a hold
 //! would count against its accounts forever), rate-limit windows long past, expired cached
-//! answers, the bodies of audit records past their retention, and the kept workspaces of runs
-//! long ended. Every statement is idempotent, so nodes sharing a database may all run it.
+//! answers, the bodies of audit records past their retention, the kept workspaces of runs
+//! long ended, and stored Responses API responses past 30 days. Every statement is idempotent, so nodes sharing a database may all run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,9 @@ use crate::clock::Clock;
 const KEEP_WINDOWS_MS: i64 = 120_000;
 /// How long an ended run's kept workspace, and content no run uses, stay in the store.
 const KEEP_WORKSPACES_MS: i64 = 3_600_000;
+/// How long a stored response can be read or continued (`previous_response_id`): 30 days, as
+/// the Responses API keeps them.
+const KEEP_RESPONSES_MS: i64 = 30 * 86_400_000;
 
 pub(crate) async fn run(
     store: Arc<dyn Store>,
@@ -72,6 +75,11 @@ pub(crate) async fn run(
                 "forgot the kept workspaces of runs long ended"
             ),
             Err(e) => tracing::warn!(error = %e, "could not sweep kept workspaces; will retry"),
+        }
+        match store.sweep_responses(now - KEEP_RESPONSES_MS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted stored responses past 30 days"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep stored responses; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -9,3 +9,5 @@ CREATE TABLE responses (
     conversation TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+-- Swept after their retention (housekeeping).
+CREATE INDEX responses_created ON responses (created_at);

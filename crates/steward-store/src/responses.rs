@@ -27,6 +27,8 @@ pub trait ResponseStore: Send + Sync {
     async fn get_response(&self, id: &str, scope: &str) -> Result<Option<StoredResponse>>;
     /// Deletes response `id` made in `scope`; false when there is none.
     async fn delete_response(&self, id: &str, scope: &str) -> Result<bool>;
+    /// Deletes the responses stored before `before`; returns how many.
+    async fn sweep_responses(&self, before: Millis) -> Result<u64>;
 }
 
 macro_rules! impl_responses {
@@ -68,6 +70,14 @@ macro_rules! impl_responses {
                     .await?
                     .rows_affected();
                 Ok(n == 1)
+            }
+
+            async fn sweep_responses(&self, before: Millis) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM responses WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
             }
         }
     };
