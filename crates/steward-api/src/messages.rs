@@ -101,7 +101,10 @@ pub async fn create(
     let req = json_object(&body)?;
     let chat = to_chat(&req, true).map_err(MessagesError::invalid)?;
     let model = req["model"].as_str().unwrap_or_default().to_string();
-    match engine.gateway_chat(&who, chat).await? {
+    match engine
+        .gateway_chat_via(&who, chat, steward_engine::GatewayApi::Messages)
+        .await?
+    {
         GatewayReply::Json(v) => Ok(Json(from_chat(&v, &model)).into_response()),
         GatewayReply::Stream(upstream) => {
             let events = futures::stream::unfold(

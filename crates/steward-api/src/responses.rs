@@ -532,7 +532,10 @@ pub async fn create(
         conversation,
     };
     let mut shell = Shell::new(&req);
-    match engine.gateway_chat(&who, t.chat).await? {
+    match engine
+        .gateway_chat_via(&who, t.chat, steward_engine::GatewayApi::Responses)
+        .await?
+    {
         GatewayReply::Json(v) => {
             let answer = Answer::from_chat(&v);
             let body = shell.object(Some(&answer));

@@ -1115,8 +1115,13 @@ impl Gateway {
         Ok(Some(GatewayReply::Json(v)))
     }
 
-    pub async fn chat(&self, who: &Principal, body: Value) -> Result<GatewayReply, GatewayError> {
-        self.call(who, body, Op::Chat).await
+    pub async fn chat(
+        &self,
+        who: &Principal,
+        body: Value,
+        api: GatewayApi,
+    ) -> Result<GatewayReply, GatewayError> {
+        self.call(who, body, Op::Chat, api.name()).await
     }
 
     pub async fn embeddings(
@@ -1124,7 +1129,7 @@ impl Gateway {
         who: &Principal,
         body: Value,
     ) -> Result<GatewayReply, GatewayError> {
-        self.call(who, body, Op::Embeddings).await
+        self.call(who, body, Op::Embeddings, "embeddings").await
     }
 
     /// One call, measured: the time Steward adds is the whole minus the time spent waiting on
@@ -1134,6 +1139,7 @@ impl Gateway {
         who: &Principal,
         body: Value,
         op: Op,
+        api: &'static str,
     ) -> Result<GatewayReply, GatewayError> {
         let entered = Instant::now();
         let mut upstream = Duration::ZERO;
@@ -1146,7 +1152,7 @@ impl Gateway {
             Err(_) => "error",
         };
         self.metrics
-            .gateway_call(op.name(), outcome, entered.elapsed(), upstream);
+            .gateway_call(op.name(), api, outcome, entered.elapsed(), upstream);
         result
     }
 
@@ -1616,6 +1622,24 @@ fn ask_for_usage(body: &mut Value) {
 enum Op {
     Chat,
     Embeddings,
+}
+
+/// The API a chat call came through (its `api` label in `/metrics`): all take the same path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayApi {
+    ChatCompletions,
+    Responses,
+    Messages,
+}
+
+impl GatewayApi {
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayApi::ChatCompletions => "chat_completions",
+            GatewayApi::Responses => "responses",
+            GatewayApi::Messages => "messages",
+        }
+    }
 }
 
 impl Op {

@@ -44,7 +44,7 @@ pub use clock::{Clock, SystemClock};
 pub use costs::{CostBy, CostLine, OutcomeCosts};
 pub use delegations::Delegated;
 pub use error::{Error, Result};
-pub use gateway::{GatewayError, GatewayReply, Principal};
+pub use gateway::{GatewayApi, GatewayError, GatewayReply, Principal};
 pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
@@ -1319,7 +1319,20 @@ impl Engine {
         who: &Principal,
         body: serde_json::Value,
     ) -> Result<GatewayReply, GatewayError> {
-        self.inner.gateway.chat(who, body).await
+        self.inner
+            .gateway
+            .chat(who, body, GatewayApi::ChatCompletions)
+            .await
+    }
+
+    /// A chat call that came through another API (translated to chat form), labelled so.
+    pub async fn gateway_chat_via(
+        &self,
+        who: &Principal,
+        body: serde_json::Value,
+        api: GatewayApi,
+    ) -> Result<GatewayReply, GatewayError> {
+        self.inner.gateway.chat(who, body, api).await
     }
 
     /// OpenAI-format embeddings for an external agent, through the same path.

@@ -19,6 +19,8 @@ pub(crate) struct OpLabels {
 pub(crate) struct CallLabels {
     pub op: &'static str,
     pub outcome: &'static str,
+    /// The API it came through: `chat_completions`, `responses`, `messages`, `embeddings`.
+    pub api: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,7 +68,7 @@ impl Default for Metrics {
         );
         registry.register(
             "gateway_calls",
-            "/v1 calls by operation and outcome",
+            "/v1 calls by operation, outcome and the API they came through",
             gateway_calls.clone(),
         );
         registry.register(
@@ -88,12 +90,13 @@ impl Metrics {
     pub(crate) fn gateway_call(
         &self,
         op: &'static str,
+        api: &'static str,
         outcome: &'static str,
         total: Duration,
         upstream: Duration,
     ) {
         self.gateway_calls
-            .get_or_create(&CallLabels { op, outcome })
+            .get_or_create(&CallLabels { op, outcome, api })
             .inc();
         self.gateway_upstream
             .get_or_create(&OpLabels { op })

@@ -653,6 +653,24 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
         .unwrap();
     assert_eq!(line["calls"], 9, "{line}");
     assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
+    // Metrics tell the Responses API's calls from the others: 9 here, 4 from the Agents SDK.
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"steward_gateway_calls_total{op="chat",outcome="ok",api="responses"}"#
+        ),
+        13.0,
+        "{text}"
+    );
 }
 
 async fn the_responses_api_over_openai(b: Backend) {
@@ -854,12 +872,12 @@ async fn metrics_tell_steward_s_time_from_the_upstream_s() {
         .unwrap()
         .starts_with("text/plain"));
     let text = r.text().await.unwrap();
-    let ok = r#"steward_gateway_calls_total{op="chat",outcome="ok"}"#;
+    let ok = r#"steward_gateway_calls_total{op="chat",outcome="ok",api="chat_completions"}"#;
     assert_eq!(sample(&text, ok), 2.0);
     assert_eq!(
         sample(
             &text,
-            r#"steward_gateway_calls_total{op="chat",outcome="error"}"#
+            r#"steward_gateway_calls_total{op="chat",outcome="error",api="chat_completions"}"#
         ),
         1.0
     );
