@@ -1143,7 +1143,7 @@ impl Gateway {
     ) -> Result<GatewayReply, GatewayError> {
         let entered = Instant::now();
         let mut upstream = Duration::ZERO;
-        let result = self.call_inner(who, body, op, &mut upstream).await;
+        let result = self.call_inner(who, body, op, api, &mut upstream).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. }) => {
@@ -1161,6 +1161,7 @@ impl Gateway {
         who: &Principal,
         body: Value,
         op: Op,
+        api: &'static str,
         upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let model = body
@@ -1265,6 +1266,7 @@ impl Gateway {
             "otel.name" = %format_args!("{} {model}", op.name()),
             "otel.kind" = "client",
             "gen_ai.operation.name" = op.name(),
+            "steward.api" = api,
             "gen_ai.request.model" = %model,
             "gen_ai.provider.name" = tracing::field::Empty,
             "gen_ai.usage.input_tokens" = tracing::field::Empty,

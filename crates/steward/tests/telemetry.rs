@@ -131,6 +131,7 @@ async fn spans_reach_the_collector_with_genai_attributes() {
     let gw = find("chat mock/m", |s| attr(s, "agent") == "traced").await;
     assert_eq!(gw["service"], "steward-under-test");
     assert_eq!(attr(&gw, "gen_ai.operation.name"), "chat");
+    assert_eq!(attr(&gw, "steward.api"), "chat_completions");
     assert_eq!(attr(&gw, "gen_ai.request.model"), "mock/m");
     assert_eq!(attr(&gw, "gen_ai.provider.name"), "mock");
     assert_eq!(attr(&gw, "gen_ai.usage.input_tokens"), 10);
