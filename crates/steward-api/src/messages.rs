@@ -5,7 +5,7 @@
 //! stream, is translated back, and errors come in Anthropic's shape and status codes (which the
 //! SDKs map to their exception types). `x-api-key` is accepted as the Steward key.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -121,14 +121,7 @@ pub async fn create(
                     Some((Ok::<_, std::io::Error>(Bytes::from(out)), (up, ev, done)))
                 },
             );
-            Ok((
-                [
-                    (header::CONTENT_TYPE, "text/event-stream"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                Body::from_stream(events),
-            )
-                .into_response())
+            Ok(crate::sse::response(events))
         }
     }
 }

@@ -6,9 +6,9 @@
 //! keeps the conversation it ends, so `previous_response_id` continues it; it is readable and
 //! deletable only by callers of the same owner. `store: false` keeps nothing.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -557,14 +557,7 @@ pub async fn create(
                     Some((Ok::<_, std::io::Error>(Bytes::from(out)), (up, ev, done)))
                 },
             );
-            Ok((
-                [
-                    (header::CONTENT_TYPE, "text/event-stream"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                Body::from_stream(events),
-            )
-                .into_response())
+            Ok(crate::sse::response(events))
         }
     }
 }

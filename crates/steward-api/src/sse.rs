@@ -29,3 +29,20 @@ impl DataLines {
 pub fn event(kind: &str, data: &serde_json::Value) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
+
+/// An HTTP response streaming `events` as server-sent events.
+pub fn response<S>(events: S) -> axum::response::Response
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
+{
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(events),
+    )
+        .into_response()
+}

@@ -429,32 +429,8 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         ],
     )
     .await;
-    let (st, e) = s
-        .post(
-            "/api/v1/agents/claude-agent/resume",
-            json!({"reason": "registered", "owner": "team-a"}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    let (st, key) = s
-        .post("/api/v1/keys", json!({"agent": "claude-agent"}))
-        .await;
-    assert_eq!(st, 201, "{key}");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/anthropic_sdk.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("STEWARD_BASE", &s.url)
-        .env("STEWARD_KEY", key["key"].as_str().unwrap())
-        .output()
-        .await
-        .expect("python3 with the anthropic package (installed by .ci/run)");
-    assert!(
-        out.status.success(),
-        "the anthropic SDK script failed:\n{}\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        s.log()
-    );
+    let key = key_of(&s, "claude-agent", "team-a").await;
+    python(&s, "anthropic_sdk.py", &[("STEWARD_KEY", &key)]).await;
 
     common::settled(&s).await;
     // The system prompt and stop sequences reached the upstream in its own terms.

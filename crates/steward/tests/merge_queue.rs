@@ -41,12 +41,8 @@ fn branch(dir: &Path, name: &str, file: &str, text: &str) {
     git(dir, &["checkout", "-q", "main"]);
 }
 
-async fn put_repo(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
-    s.put(&format!("/api/v1/repos/{name}"), body).await
-}
-
-async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
-    let s = TestServer::start(b).await;
+/// A git repository in the server's directory: `main` with one commit, tagged `start`.
+fn new_repo(s: &TestServer) -> std::path::PathBuf {
     let repo = s.dir.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
@@ -54,6 +50,16 @@ async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "start"]);
     git(&repo, &["tag", "start"]);
+    repo
+}
+
+async fn put_repo(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
+    s.put(&format!("/api/v1/repos/{name}"), body).await
+}
+
+async fn branches_land_in_order_and_conflicts_go_to_a_human(b: Backend) {
+    let s = TestServer::start(b).await;
+    let repo = new_repo(&s);
     branch(&repo, "feat-b", "b.txt", "bee\n");
     // feat-b has two commits: both are replayed, in order.
     git(&repo, &["checkout", "-q", "feat-b"]);
@@ -369,13 +375,7 @@ async fn a_crashed_check_is_taken_back_and_lands_once(b: Backend) {
     );
     let mut s =
         TestServer::start_with(b, &[("PATH", &path), ("MQ_STALL", stall.to_str().unwrap())]).await;
-    let repo = s.dir.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("a.txt"), "one\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "start"]);
-    git(&repo, &["tag", "start"]);
+    let repo = new_repo(&s);
     branch(&repo, "slow", "s.txt", "ess\n");
     branch(&repo, "feat", "f.txt", "eff\n");
     let (st, r) = put_repo(
