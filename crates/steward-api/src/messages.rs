@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use steward_engine::{Engine, GatewayReply};
 
-use crate::openai::{json_object, principal, OaiError};
+use crate::openai::{content_text, json_object, principal, OaiError};
 use crate::sse::DataLines;
 
 /// An error as the Messages API gives it: `{"type": "error", "error": {"type", "message"}}`.
@@ -138,7 +138,7 @@ pub async fn count_tokens(
     let chat = to_chat(&req, false).map_err(MessagesError::invalid)?;
     let mut chars = 0usize;
     for m in chat["messages"].as_array().into_iter().flatten() {
-        chars += text_of(&m["content"]).chars().count();
+        chars += content_text(&m["content"], "\n").chars().count();
         for c in m["tool_calls"].as_array().into_iter().flatten() {
             chars += c["function"].to_string().chars().count();
         }
@@ -147,19 +147,6 @@ pub async fn count_tokens(
         .get("tools")
         .map_or(0, |t| t.to_string().chars().count());
     Ok(Json(json!({"input_tokens": chars.div_ceil(4).max(1)})))
-}
-
-/// The text a chat message's content holds (a string, or the text of its parts).
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
 }
 
 /// A Messages API request as a chat completion request. `needs_max_tokens`: `create` requires
@@ -307,7 +294,7 @@ fn user_turn(content: &Value, out: &mut Vec<Value>) -> Result<(), String> {
                 let id = b["tool_use_id"]
                     .as_str()
                     .ok_or(format!("[{i}].tool_use_id: required"))?;
-                let mut text = text_of(&b["content"]);
+                let mut text = content_text(&b["content"], "\n");
                 if b["is_error"] == true {
                     text = format!("error: {text}");
                 }

@@ -170,6 +170,20 @@ pub(crate) async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Pr
     Ok(engine.authenticate(bearer, delegation, run).await?)
 }
 
+/// The text a message's content holds: a string, or its parts' text joined by `sep` (the
+/// Messages and Responses APIs both give content either way).
+pub(crate) fn content_text(content: &Value, sep: &str) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(sep),
+        _ => String::new(),
+    }
+}
+
 pub(crate) fn json_object(body: &Bytes) -> Result<Value, OaiError> {
     let body: Value = serde_json::from_slice(body).map_err(|e| {
         OaiError::new(

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use steward_engine::{Engine, GatewayReply, Principal};
 use steward_store::StoredResponse;
 
-use crate::openai::{json_object, principal, OaiError};
+use crate::openai::{content_text, json_object, principal, OaiError};
 use crate::sse::{event, DataLines};
 
 fn invalid(message: impl Into<String>) -> OaiError {
@@ -67,19 +67,6 @@ pub struct Translated {
     pub added: Vec<Value>,
 }
 
-/// Text of a content given as a string or as parts (`input_text`, `output_text`, `text`).
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
 /// Input items as chat messages: consecutive function calls become one assistant message.
 fn messages_of(items: &[Value]) -> Result<Vec<Value>, String> {
     let mut out: Vec<Value> = Vec::new();
@@ -123,7 +110,7 @@ fn messages_of(items: &[Value]) -> Result<Vec<Value>, String> {
                         }
                         Value::Array(chat_parts)
                     }
-                    Value::Array(_) => Value::String(text_of(&item["content"])),
+                    Value::Array(_) => Value::String(content_text(&item["content"], "")),
                     _ => return Err(format!("input[{i}].content: a string or an array of parts")),
                 };
                 out.push(json!({"role": role, "content": content}));
@@ -151,7 +138,7 @@ fn messages_of(items: &[Value]) -> Result<Vec<Value>, String> {
                 let call_id = item["call_id"]
                     .as_str()
                     .ok_or(format!("input[{i}].call_id: required"))?;
-                out.push(json!({"role": "tool", "tool_call_id": call_id, "content": text_of(&item["output"])}));
+                out.push(json!({"role": "tool", "tool_call_id": call_id, "content": content_text(&item["output"], "")}));
             }
             // Reasoning carries nothing a chat upstream takes back.
             "reasoning" => {}
