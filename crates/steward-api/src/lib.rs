@@ -8,6 +8,7 @@ pub mod messages;
 pub mod openai;
 mod queues;
 pub mod responses;
+mod responses_native;
 mod routes;
 mod sse;
 pub mod wire;

@@ -1,8 +1,9 @@
 //! The Anthropic Messages API under `/v1/messages`: what the Anthropic SDKs, and the agents
-//! built on them, speak. A request is translated onto the gateway's one chat path
-//! (`Engine::gateway_chat`), so it is identified, decided, budgeted, rate-limited, cached,
-//! recorded and audited exactly as a chat completion is, on any deployment; the answer, or the
-//! stream, is translated back, and errors come in Anthropic's shape and status codes (which the
+//! built on them, speak. A request takes the gateway's one chat path (`Engine::gateway_chat_via`),
+//! so it is identified, decided, budgeted, rate-limited, cached, recorded and audited exactly as
+//! a chat completion is, on any deployment: an Anthropic deployment gets the request whole and
+//! its answer, or stream, comes back unchanged; any other gets its translation onto chat
+//! completions, translated back. Errors come in Anthropic's shape and status codes (which the
 //! SDKs map to their exception types). `x-api-key` is accepted as the Steward key.
 
 use axum::body::Bytes;
@@ -13,6 +14,7 @@ use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use steward_engine::{Engine, GatewayReply};
+use steward_llm::{NativeApi, NativeRequest};
 
 use crate::openai::{content_text, json_object, principal, OaiError};
 use crate::sse::DataLines;
@@ -91,6 +93,18 @@ fn with_bearer(headers: &HeaderMap) -> HeaderMap {
     h
 }
 
+/// The client's headers an Anthropic upstream reads (the API version and beta features),
+/// passed on with a request passed through whole. Credentials never are.
+fn passed_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    ["anthropic-version", "anthropic-beta"]
+        .iter()
+        .filter_map(|name| {
+            let v = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// `POST /v1/messages`.
 pub async fn create(
     State(engine): State<Engine>,
@@ -101,10 +115,16 @@ pub async fn create(
     let req = json_object(&body)?;
     let chat = to_chat(&req, true).map_err(MessagesError::invalid)?;
     let model = req["model"].as_str().unwrap_or_default().to_string();
-    match engine
-        .gateway_chat_via(&who, chat, steward_engine::GatewayApi::Messages)
-        .await?
-    {
+    let native = NativeRequest {
+        api: NativeApi::Messages,
+        body: req,
+        headers: passed_headers(&headers),
+    };
+    match engine.gateway_chat_via(&who, chat, native).await? {
+        GatewayReply::Native(v) => Ok(Json(v).into_response()),
+        GatewayReply::NativeStream(s) => Ok(crate::sse::response(
+            s.map(|c| c.map_err(std::io::Error::other)),
+        )),
         GatewayReply::Json(v) => Ok(Json(from_chat(&v, &model)).into_response()),
         GatewayReply::Stream(upstream) => {
             let events = futures::stream::unfold(

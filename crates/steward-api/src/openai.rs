@@ -211,8 +211,8 @@ pub async fn embeddings(
 ) -> Result<Response, OaiError> {
     let who = principal(&engine, &headers).await?;
     match engine.gateway_embeddings(&who, json_object(&body)?).await? {
-        GatewayReply::Json(v) => Ok(Json(v).into_response()),
-        GatewayReply::Stream(_) => Err(OaiError::new(
+        GatewayReply::Json(v) | GatewayReply::Native(v) => Ok(Json(v).into_response()),
+        GatewayReply::Stream(_) | GatewayReply::NativeStream(_) => Err(OaiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
             "internal_error",
@@ -227,9 +227,10 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, OaiError> {
     let who = principal(&engine, &headers).await?;
+    // Chat completions are every deployment's own API: the answer is the upstream's.
     match engine.gateway_chat(&who, json_object(&body)?).await? {
-        GatewayReply::Json(v) => Ok(Json(v).into_response()),
-        GatewayReply::Stream(s) => Ok((
+        GatewayReply::Json(v) | GatewayReply::Native(v) => Ok(Json(v).into_response()),
+        GatewayReply::Stream(s) | GatewayReply::NativeStream(s) => Ok((
             [
                 (header::CONTENT_TYPE, "text/event-stream"),
                 (header::CACHE_CONTROL, "no-cache"),

@@ -1,8 +1,9 @@
 //! The OpenAI Responses API under `/v1/responses`: the default of the OpenAI Agents SDK and of
-//! `client.responses.create`. A request is translated onto the gateway's one chat path
-//! (`Engine::gateway_chat`) — identified, decided, budgeted, rate-limited, cached, recorded and
-//! audited as a chat completion is, on any deployment — and the answer (or the stream, as the
-//! Responses API's events) translated back. Conversation state is Steward's: a stored response
+//! `client.responses.create`. A request takes the gateway's one chat path
+//! (`Engine::gateway_chat_via`) — identified, decided, budgeted, rate-limited, cached, recorded
+//! and audited as a chat completion is, on any deployment. A deployment that speaks Responses
+//! itself gets the request whole (`responses_native`); any other its translation onto chat
+//! completions, and the answer (or the stream, as the Responses API's events) is translated back. Conversation state is Steward's: a stored response
 //! keeps the conversation it ends, so `previous_response_id` continues it; it is readable and
 //! deletable only by callers of the same owner. `store: false` keeps nothing.
 
@@ -14,9 +15,11 @@ use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use steward_engine::{Engine, GatewayReply, Principal};
+use steward_llm::{NativeApi, NativeRequest};
 use steward_store::StoredResponse;
 
 use crate::openai::{content_text, json_object, principal, OaiError};
+use crate::responses_native;
 use crate::sse::{event, DataLines};
 
 fn invalid(message: impl Into<String>) -> OaiError {
@@ -458,7 +461,7 @@ impl Shell {
 }
 
 /// What stays of a request to store its response once it has one.
-struct Keep {
+pub(crate) struct Keep {
     engine: Engine,
     scope: String,
     store: bool,
@@ -468,7 +471,11 @@ struct Keep {
 }
 
 impl Keep {
-    async fn save(&self, body: &Value, answer: &Answer) -> Result<(), steward_store::Error> {
+    pub(crate) async fn save(
+        &self,
+        body: &Value,
+        answer: &Answer,
+    ) -> Result<(), steward_store::Error> {
         if !self.store {
             return Ok(());
         }
@@ -509,6 +516,11 @@ pub async fn create(
         Some(v) => return Err(invalid(format!("previous_response_id: a string, not {v}"))),
     };
     let t = to_chat(&req, &previous).map_err(invalid)?;
+    let native = NativeRequest {
+        api: NativeApi::Responses,
+        body: responses_native::request(&req, &previous),
+        headers: Vec::new(),
+    };
     let mut conversation = previous;
     conversation.extend(t.added.iter().cloned());
     let keep = Keep {
@@ -519,10 +531,34 @@ pub async fn create(
         conversation,
     };
     let mut shell = Shell::new(&req);
-    match engine
-        .gateway_chat_via(&who, t.chat, steward_engine::GatewayApi::Responses)
-        .await?
-    {
+    match engine.gateway_chat_via(&who, t.chat, native).await? {
+        GatewayReply::Native(v) => {
+            let body = responses_native::finish(v, &shell.id, &req, &keep)
+                .await
+                .map_err(store_failed)?;
+            Ok(Json(body).into_response())
+        }
+        GatewayReply::NativeStream(upstream) => {
+            let events = futures::stream::unfold(
+                (
+                    upstream,
+                    responses_native::Events::new(shell.id, req, keep),
+                    false,
+                ),
+                |(mut up, mut ev, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    let (out, done) = match up.next().await {
+                        Some(Ok(bytes)) => (ev.feed(&bytes).await, false),
+                        Some(Err(e)) => (ev.fail(&e.to_string()), true),
+                        None => return None,
+                    };
+                    Some((Ok::<_, std::io::Error>(Bytes::from(out)), (up, ev, done)))
+                },
+            );
+            Ok(crate::sse::response(events))
+        }
         GatewayReply::Json(v) => {
             let answer = Answer::from_chat(&v);
             let body = shell.object(Some(&answer));

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use steward_gov::{Decision, Policies, Query};
-use steward_llm::{ByteStream, Failure, Plan, Router};
+use steward_llm::{ByteStream, Failure, NativeApi, NativeRequest, Plan, Router};
 use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, NewCall, SettleWriter, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
@@ -103,7 +103,14 @@ pub enum GatewayReply {
     Json(Value),
     /// OpenAI `chat.completion.chunk` events, as the upstream sent them.
     Stream(ByteStream),
+    /// The answer in the client's own API, from an upstream that speaks it, unchanged.
+    Native(Value),
+    /// That API's events, as the upstream sent them.
+    NativeStream(ByteStream),
 }
+
+/// A cached answer given in a client's own API is kept wrapped, so it is served as such.
+const CACHED_NATIVE: &str = "steward.native";
 
 pub(crate) struct Gateway {
     pub router: Arc<Router>,
@@ -1053,6 +1060,7 @@ impl Gateway {
         body: &Value,
         op: Op,
         stream: bool,
+        native: Option<&NativeRequest>,
     ) -> Option<(String, i64)> {
         let route = self.router.providers().route(model)?;
         let ttl = route.cache_ttl_ms?;
@@ -1067,6 +1075,14 @@ impl Gateway {
         h.update(model.as_bytes());
         h.update([0]);
         h.update(body.to_string().as_bytes()); // serde_json maps are sorted: a canonical form
+                                               // A request in another API is answered in it: its answers are kept apart, and keyed
+                                               // by what it passes through whole.
+        if let Some(n) = native {
+            h.update([0]);
+            h.update(format!("{:?}", n.api).as_bytes());
+            h.update([0]);
+            h.update(n.body.to_string().as_bytes());
+        }
         let key = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Some((key, self.clock.now_ms().saturating_add(ttl as i64)))
     }
@@ -1089,7 +1105,11 @@ impl Gateway {
         else {
             return Ok(None);
         };
-        let v: Value = serde_json::from_str(&body).map_err(internal)?;
+        let mut v: Value = serde_json::from_str(&body).map_err(internal)?;
+        let native = v.get(CACHED_NATIVE).is_some();
+        if native {
+            v = v["body"].take();
+        }
         let call = NewCall {
             id: call_id.to_string(),
             agent: who.agent.to_string(),
@@ -1112,7 +1132,11 @@ impl Gateway {
         };
         self.finish(&call, op, who, decision, outcome, 0, &RateTicket::default())
             .await;
-        Ok(Some(GatewayReply::Json(v)))
+        Ok(Some(if native {
+            GatewayReply::Native(v)
+        } else {
+            GatewayReply::Json(v)
+        }))
     }
 
     pub async fn chat(
@@ -1121,7 +1145,22 @@ impl Gateway {
         body: Value,
         api: GatewayApi,
     ) -> Result<GatewayReply, GatewayError> {
-        self.call(who, body, Op::Chat, api.name()).await
+        self.call(who, body, Op::Chat, api.name(), None).await
+    }
+
+    /// A call in another client API: `body` its chat translation, `native` the request as sent.
+    pub async fn chat_native(
+        &self,
+        who: &Principal,
+        body: Value,
+        native: NativeRequest,
+    ) -> Result<GatewayReply, GatewayError> {
+        let api = match native.api {
+            NativeApi::Messages => GatewayApi::Messages,
+            NativeApi::Responses => GatewayApi::Responses,
+        };
+        self.call(who, body, Op::Chat, api.name(), Some(native))
+            .await
     }
 
     pub async fn embeddings(
@@ -1129,7 +1168,8 @@ impl Gateway {
         who: &Principal,
         body: Value,
     ) -> Result<GatewayReply, GatewayError> {
-        self.call(who, body, Op::Embeddings, "embeddings").await
+        self.call(who, body, Op::Embeddings, "embeddings", None)
+            .await
     }
 
     /// One call, measured: the time Steward adds is the whole minus the time spent waiting on
@@ -1140,10 +1180,13 @@ impl Gateway {
         body: Value,
         op: Op,
         api: &'static str,
+        native: Option<NativeRequest>,
     ) -> Result<GatewayReply, GatewayError> {
         let entered = Instant::now();
         let mut upstream = Duration::ZERO;
-        let result = self.call_inner(who, body, op, api, &mut upstream).await;
+        let result = self
+            .call_inner(who, body, op, api, native, &mut upstream)
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. }) => {
@@ -1162,6 +1205,7 @@ impl Gateway {
         body: Value,
         op: Op,
         api: &'static str,
+        native: Option<NativeRequest>,
         upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let model = body
@@ -1190,6 +1234,10 @@ impl Gateway {
         let bounds = Self::bounds(&body, op)?;
         let mut body = body;
         let wants_usage = body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+        let mut native = native;
+        if let Some(n) = &mut native {
+            bound_native_output(n, bounds.1);
+        }
         if op == Op::Chat {
             bound_output(&mut body);
             if stream {
@@ -1214,7 +1262,7 @@ impl Gateway {
             )
             .await?;
         let rate = self.take_rate(who, &model).await?;
-        let cache = self.cache_slot(who, &model, &body, op, stream);
+        let cache = self.cache_slot(who, &model, &body, op, stream, native.as_ref());
         if let Some((key, _)) = &cache {
             if let Some(hit) = self
                 .cache_hit(who, &call_id, &model, key, op, &decision)
@@ -1278,11 +1326,17 @@ impl Gateway {
         meters.started = Instant::now();
         let started = meters.started;
         let result = if stream {
-            self.stream(&call, plan, body, meters.clone(), upstream)
-                .instrument(span)
-                .await
+            self.stream(
+                &call,
+                plan,
+                Asked { body, native },
+                meters.clone(),
+                upstream,
+            )
+            .instrument(span)
+            .await
         } else {
-            self.complete(&call, plan, body, op, &meters, upstream)
+            self.complete(&call, plan, Asked { body, native }, op, &meters, upstream)
                 .instrument(span)
                 .await
         };
@@ -1314,48 +1368,57 @@ impl Gateway {
         &self,
         call: &NewCall,
         plan: Plan,
-        body: Value,
+        Asked { body, native }: Asked,
         op: Op,
         meters: &Meters,
         upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let created = self.clock.now_ms() / 1000;
         let asked = Instant::now();
+        let native = native.as_ref();
         let answer = self
             .router
-            .run(&call.id, &plan, refused, |d| {
+            .run(&call.id, &plan, Answer::refused, |d| {
                 let body = body.clone();
                 let call_id = call.id.clone();
                 if let Ok(mut t) = meters.tried.lock() {
                     *t = Some(d.label.clone());
                 }
                 async move {
-                    match op {
-                        Op::Chat => {
-                            d.provider
-                                .chat_openai(body, &d.model, &call_id, created)
-                                .await
-                        }
-                        Op::Embeddings => d.provider.embeddings_openai(body, &d.model).await,
+                    match (op, native) {
+                        (Op::Chat, Some(n)) if d.provider.speaks(n.api) => d
+                            .provider
+                            .native(n, &d.model)
+                            .await
+                            .map(|v| Answer::Native(n.api, v)),
+                        (Op::Chat, _) => d
+                            .provider
+                            .chat_openai(body, &d.model, &call_id, created)
+                            .await
+                            .map(Answer::Chat),
+                        (Op::Embeddings, _) => d
+                            .provider
+                            .embeddings_openai(body, &d.model)
+                            .await
+                            .map(Answer::Chat),
                     }
                 }
             })
             .await;
         *upstream = asked.elapsed();
-        let (v, d) = answer.map_err(upstream_error)?;
+        let (answer, d) = answer.map_err(upstream_error)?;
         // An answer without usage is charged its bounds: never nothing.
-        let (tin, tout) = match (
-            v.pointer("/usage/prompt_tokens").and_then(Value::as_i64),
-            v.pointer("/usage/completion_tokens")
-                .and_then(Value::as_i64),
-        ) {
-            (Some(i), Some(o)) => (i, o),
-            _ if op == Op::Embeddings => (
-                v.pointer("/usage/prompt_tokens")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(meters.bounds.0),
-                0,
+        let counted = match &answer {
+            Answer::Chat(v) => (
+                v.pointer("/usage/prompt_tokens").and_then(Value::as_i64),
+                v.pointer("/usage/completion_tokens")
+                    .and_then(Value::as_i64),
             ),
+            Answer::Native(api, v) => steward_llm::native::usage(*api, v),
+        };
+        let (tin, tout) = match counted {
+            (Some(i), Some(o)) => (i, o),
+            (i, _) if op == Op::Embeddings => (i.unwrap_or(meters.bounds.0), 0),
             _ => meters.bounds,
         };
         let span = tracing::Span::current();
@@ -1384,26 +1447,36 @@ impl Gateway {
         )
         .await;
         if let Some((key, expires_at)) = &meters.cache {
+            let kept = match &answer {
+                Answer::Chat(v) => v.to_string(),
+                Answer::Native(_, v) => {
+                    serde_json::json!({CACHED_NATIVE: true, "body": v}).to_string()
+                }
+            };
             if let Err(e) = self
                 .store
-                .cache_put(key, &v.to_string(), &d.label, *expires_at)
+                .cache_put(key, &kept, &d.label, *expires_at)
                 .await
             {
                 tracing::warn!(error = %e, "could not cache a response");
             }
         }
-        Ok(GatewayReply::Json(v))
+        Ok(match answer {
+            Answer::Chat(v) => GatewayReply::Json(v),
+            Answer::Native(_, v) => GatewayReply::Native(v),
+        })
     }
 
     async fn stream(
         &self,
         call: &NewCall,
         plan: Plan,
-        body: Value,
+        Asked { body, native }: Asked,
         meters: Meters,
         upstream: &mut Duration,
     ) -> Result<GatewayReply, GatewayError> {
         let asked = Instant::now();
+        let native = native.as_ref();
         let answer = self
             .router
             .run(
@@ -1414,19 +1487,32 @@ impl Gateway {
                     if let Ok(mut t) = meters.tried.lock() {
                         *t = Some(d.label.clone());
                     }
-                    d.provider.stream_openai(body.clone(), &d.model)
+                    let body = body.clone();
+                    async move {
+                        match native {
+                            Some(n) if d.provider.speaks(n.api) => d
+                                .provider
+                                .native_stream(n, &d.model)
+                                .await
+                                .map(|s| (Some(n.api), s)),
+                            _ => d
+                                .provider
+                                .stream_openai(body, &d.model)
+                                .await
+                                .map(|s| (None, s)),
+                        }
+                    }
                 },
             )
             .await;
         *upstream = asked.elapsed();
-        let (upstream_stream, d) = answer.map_err(upstream_error)?;
+        let ((wire, upstream_stream), d) = answer.map_err(upstream_error)?;
         tracing::Span::current().record("gen_ai.provider.name", d.provider.name());
-        Ok(GatewayReply::Stream(self.metered(
-            call.clone(),
-            d.label.clone(),
-            upstream_stream,
-            meters,
-        )))
+        let metered = self.metered(call.clone(), d.label.clone(), upstream_stream, wire, meters);
+        Ok(match wire {
+            None => GatewayReply::Stream(metered),
+            Some(_) => GatewayReply::NativeStream(metered),
+        })
     }
 
     /// Passes the upstream's events through, reading usage from them (always asked for; the
@@ -1438,6 +1524,7 @@ impl Gateway {
         call: NewCall,
         deployment: String,
         upstream: ByteStream,
+        native: Option<NativeApi>,
         meters: Meters,
     ) -> ByteStream {
         let (rate, started, decision, who) =
@@ -1464,7 +1551,14 @@ impl Gateway {
                                 .strip_prefix("data:")
                                 .and_then(|d| serde_json::from_str::<Value>(d.trim()).ok());
                             let mut pass = true;
-                            if let Some(u) = event
+                            if let (Some(api), Some(e)) = (native, &event) {
+                                // Another API's events pass through whole; usage is read off.
+                                let (i, o) = steward_llm::native::event_usage(api, e);
+                                if i.is_some() || o.is_some() {
+                                    let (pi, po) = usage.unwrap_or((0, 0));
+                                    usage = Some((i.unwrap_or(pi), o.unwrap_or(po)));
+                                }
+                            } else if let Some(u) = event
                                 .as_ref()
                                 .and_then(|v| v.get("usage"))
                                 .filter(|u| u.is_object())
@@ -1604,6 +1698,42 @@ fn bound_output(body: &mut Value) {
         .any(|f| body.get(f).is_some_and(|v| !v.is_null()));
     if !set {
         body["max_completion_tokens"] = Value::from(DEFAULT_MAX_OUTPUT);
+    }
+}
+
+/// Sends a passed-through request the output limit the hold was sized for. Messages
+/// requests always carry theirs (`max_tokens` is required); a Responses request without
+/// `max_output_tokens` gets the bound.
+fn bound_native_output(native: &mut NativeRequest, limit: i64) {
+    if native.api == NativeApi::Responses
+        && native
+            .body
+            .get("max_output_tokens")
+            .is_none_or(Value::is_null)
+    {
+        native.body["max_output_tokens"] = Value::from(limit);
+    }
+}
+
+/// What a call asks: its chat completions form, and the request as sent in another API.
+struct Asked {
+    body: Value,
+    native: Option<NativeRequest>,
+}
+
+/// An upstream's whole answer: in chat completions' form, or in a client API it speaks.
+enum Answer {
+    Chat(Value),
+    Native(NativeApi, Value),
+}
+
+impl Answer {
+    /// Whether the answer is a content-filter refusal (a route may fall back on one).
+    fn refused(&self) -> bool {
+        match self {
+            Answer::Chat(v) => refused(v),
+            Answer::Native(api, v) => steward_llm::native::refused(*api, v),
+        }
     }
 }
 

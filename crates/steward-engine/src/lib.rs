@@ -1325,14 +1325,16 @@ impl Engine {
             .await
     }
 
-    /// A chat call that came through another API (translated to chat form), labelled so.
+    /// A chat call that came through another API: `chat` is its translation onto chat
+    /// completions (what bounds, authorizes and reaches translated deployments), `native` the
+    /// request as sent, passed through whole to deployments that speak its API.
     pub async fn gateway_chat_via(
         &self,
         who: &Principal,
-        body: serde_json::Value,
-        api: GatewayApi,
+        chat: serde_json::Value,
+        native: steward_llm::NativeRequest,
     ) -> Result<GatewayReply, GatewayError> {
-        self.inner.gateway.chat(who, body, api).await
+        self.inner.gateway.chat_native(who, chat, native).await
     }
 
     /// OpenAI-format embeddings for an external agent, through the same path.

@@ -8,6 +8,9 @@ use crate::http::{client, garbage, join, post_json};
 use crate::{ChatRequest, ChatResponse, Error, Provider, Result, Role, ToolCall, Usage};
 
 const API_VERSION: &str = "2023-06-01";
+/// The tool a structured-output request is answered through: Anthropic has no response format,
+/// so the schema becomes this tool's input, and its input the answer's text.
+pub(crate) const STRUCTURED_TOOL: &str = "structured_output";
 /// Anthropic requires `max_tokens`; this is used when the agent sets none.
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 
@@ -187,7 +190,50 @@ pub(crate) fn wire_from_openai(body: &Value, model: &str) -> Result<Value> {
     if let Some(u) = body.get("user").and_then(Value::as_str) {
         wire["metadata"] = json!({"user_id": u});
     }
+    if let Some(schema) = structured_schema(body)? {
+        if req.tools.iter().any(|t| t.name == STRUCTURED_TOOL) {
+            return Err(Error::Unsupported(format!(
+                "a tool named {STRUCTURED_TOOL} cannot be given with response_format to an Anthropic deployment"
+            )));
+        }
+        let tool = json!({"name": STRUCTURED_TOOL, "input_schema": schema,
+            "description": "Give your final answer as this tool's input, in exactly this format."});
+        match wire["tools"].as_array_mut() {
+            // The caller's own tools stay usable; the answer comes through this one.
+            Some(tools) => tools.push(tool),
+            None => {
+                wire["tools"] = json!([tool]);
+                wire["tool_choice"] = json!({"type": "tool", "name": STRUCTURED_TOOL});
+            }
+        }
+    }
     Ok(wire)
+}
+
+/// The JSON schema a request's `response_format` asks the answer to follow, if any.
+fn structured_schema(body: &Value) -> Result<Option<Value>> {
+    let format = &body["response_format"];
+    match format["type"].as_str() {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "object"}))),
+        Some("json_schema") => match format.pointer("/json_schema/schema") {
+            Some(s) if s.is_object() => Ok(Some(s.clone())),
+            _ => Err(Error::Unsupported(
+                "response_format.json_schema.schema: required, an object".into(),
+            )),
+        },
+        Some(other) => Err(Error::Unsupported(format!(
+            "response_format.type {other:?} is not offered on an Anthropic deployment"
+        ))),
+    }
+}
+
+/// A structured answer's tool call becomes the answer's text.
+fn unfold_structured(r: &mut ChatResponse) {
+    if let Some(at) = r.tool_calls.iter().position(|c| c.name == STRUCTURED_TOOL) {
+        let call = r.tool_calls.remove(at);
+        r.content = Some(call.arguments.to_string());
+    }
 }
 
 pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> {
@@ -251,17 +297,30 @@ pub(crate) fn parse_response(provider: &str, v: &Value) -> Result<ChatResponse> 
 }
 
 impl AnthropicProvider {
-    /// Posts a Messages request and reads its answer.
-    async fn send(&self, wire: &Value, model: &str) -> Result<ChatResponse> {
+    /// A Messages request to the upstream, with the key, the API version and `headers` (a
+    /// passed-through request's own `anthropic-version` and `anthropic-beta`).
+    fn request(
+        &self,
+        wire: &Value,
+        headers: &[(String, String)],
+    ) -> (reqwest::RequestBuilder, String) {
         let url = join(&self.base_url, "v1/messages");
-        let mut rb = self
-            .http
-            .post(&url)
-            .header("anthropic-version", API_VERSION)
-            .json(wire);
+        let mut rb = self.http.post(&url).json(wire);
+        if !headers.iter().any(|(k, _)| k == "anthropic-version") {
+            rb = rb.header("anthropic-version", API_VERSION);
+        }
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
         if let Some(k) = &self.api_key.current() {
             rb = rb.header("x-api-key", k);
         }
+        (rb, url)
+    }
+
+    /// Posts a Messages request and reads its answer.
+    async fn send(&self, wire: &Value, model: &str) -> Result<ChatResponse> {
+        let (rb, url) = self.request(wire, &[]);
         let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
         let mut out = parse_response(&self.name, &v)?;
         if out.model.is_empty() {
@@ -284,7 +343,8 @@ impl Provider for AnthropicProvider {
     /// The gateway's OpenAI-format request, with what only the wire can carry (stop sequences,
     /// sampling, tool choice) passed on.
     async fn chat_openai(&self, body: Value, model: &str, id: &str, created: i64) -> Result<Value> {
-        let r = self.send(&wire_from_openai(&body, model)?, model).await?;
+        let mut r = self.send(&wire_from_openai(&body, model)?, model).await?;
+        unfold_structured(&mut r);
         Ok(crate::openai_wire::response_to_openai(
             &r, id, model, created,
         ))
@@ -296,15 +356,7 @@ impl Provider for AnthropicProvider {
         let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
         let mut wire = wire_from_openai(&body, model)?;
         wire["stream"] = json!(true);
-        let url = join(&self.base_url, "v1/messages");
-        let mut rb = self
-            .http
-            .post(&url)
-            .header("anthropic-version", API_VERSION)
-            .json(&wire);
-        if let Some(k) = &self.api_key.current() {
-            rb = rb.header("x-api-key", k);
-        }
+        let (rb, url) = self.request(&wire, &[]);
         let upstream = crate::http::post_stream(&self.name, self.timeout_ms, rb, &url).await?;
         let translator =
             crate::anthropic_stream::Translator::new("chatcmpl-anthropic", model, include_usage);
@@ -328,6 +380,47 @@ impl Provider for AnthropicProvider {
             },
         );
         Ok(out.boxed())
+    }
+
+    fn speaks(&self, api: crate::NativeApi) -> bool {
+        api == crate::NativeApi::Messages
+    }
+
+    /// A Messages request passed through whole: only the model is the deployment's.
+    async fn native(&self, req: &crate::NativeRequest, model: &str) -> Result<Value> {
+        let mut wire = self.native_wire(req, model)?;
+        wire["stream"] = json!(false);
+        let (rb, url) = self.request(&wire, &req.headers);
+        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
+        if !v.get("content").is_some_and(Value::is_array) {
+            return Err(garbage(&self.name, "no content array"));
+        }
+        Ok(v)
+    }
+
+    async fn native_stream(
+        &self,
+        req: &crate::NativeRequest,
+        model: &str,
+    ) -> Result<crate::ByteStream> {
+        let mut wire = self.native_wire(req, model)?;
+        wire["stream"] = json!(true);
+        let (rb, url) = self.request(&wire, &req.headers);
+        crate::http::post_stream(&self.name, self.timeout_ms, rb, &url).await
+    }
+}
+
+impl AnthropicProvider {
+    fn native_wire(&self, req: &crate::NativeRequest, model: &str) -> Result<Value> {
+        if req.api != crate::NativeApi::Messages {
+            return Err(Error::Unsupported(format!(
+                "{}: does not speak {:?} natively",
+                self.name, req.api
+            )));
+        }
+        let mut wire = req.body.clone();
+        wire["model"] = json!(model);
+        Ok(wire)
     }
 }
 

@@ -14,6 +14,8 @@ pub(crate) struct Translator {
     output_tokens: u64,
     /// Anthropic content-block index → OpenAI tool-call index.
     tool_index: std::collections::HashMap<u64, u64>,
+    /// The block of the structured-output tool, whose input is told as the answer's text.
+    structured: Option<u64>,
     done: bool,
 }
 
@@ -27,6 +29,7 @@ impl Translator {
             input_tokens: 0,
             output_tokens: 0,
             tool_index: Default::default(),
+            structured: None,
             done: false,
         }
     }
@@ -64,6 +67,14 @@ impl Translator {
                 self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)
             }
             "content_block_start"
+                if ev.pointer("/content_block/type") == Some(&json!("tool_use"))
+                    && ev.pointer("/content_block/name")
+                        == Some(&json!(crate::anthropic::STRUCTURED_TOOL)) =>
+            {
+                self.structured = ev.get("index").and_then(Value::as_u64);
+                String::new()
+            }
+            "content_block_start"
                 if ev.pointer("/content_block/type") == Some(&json!("tool_use")) =>
             {
                 let block = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -78,6 +89,14 @@ impl Translator {
             "content_block_delta" => match ev.pointer("/delta/type").and_then(Value::as_str) {
                 Some("text_delta") => {
                     self.chunk(json!({"content": ev.pointer("/delta/text")}), Value::Null)
+                }
+                Some("input_json_delta")
+                    if ev.get("index").and_then(Value::as_u64) == self.structured =>
+                {
+                    self.chunk(
+                        json!({"content": ev.pointer("/delta/partial_json")}),
+                        Value::Null,
+                    )
                 }
                 Some("input_json_delta") => {
                     let block = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -95,7 +114,7 @@ impl Translator {
                     .and_then(Value::as_u64)
                     .unwrap_or(self.output_tokens);
                 let finish = match ev.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    Some("tool_use") => "tool_calls",
+                    Some("tool_use") if !self.tool_index.is_empty() => "tool_calls",
                     Some("max_tokens") => "length",
                     _ => "stop",
                 };
@@ -169,5 +188,36 @@ mod tests {
         );
         assert!(out.ends_with("data: [DONE]\n\n"));
         assert_eq!(t.finish(), "", "finish is once");
+    }
+
+    #[test]
+    fn a_structured_answer_streams_as_text() {
+        let mut t = Translator::new("c1", "claude", false);
+        let events = [
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t1", "name": "structured_output"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"ok\""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ": true}"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}}),
+        ];
+        let sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        let out = t.feed(sse.as_bytes());
+        let chunks: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "{\"ok\": true}");
+        assert!(chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
     }
 }

@@ -7,6 +7,7 @@ mod anthropic_stream;
 mod chat;
 mod error;
 mod http;
+pub mod native;
 mod openai;
 pub mod openai_wire;
 mod prices;
@@ -17,6 +18,7 @@ mod scripted;
 
 pub use chat::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolSpec, Usage};
 pub use error::{Error, Failure, Result};
+pub use native::{NativeApi, NativeRequest};
 pub use prices::Prices;
 pub use registry::{Deployment, Plan, Providers};
 pub use router::Router;
@@ -64,6 +66,29 @@ pub trait Provider: Send + Sync {
         Err(Error::Unsupported(format!(
             "{}: streaming through the gateway is only supported for OpenAI-compatible deployments so far",
             self.name()
+        )))
+    }
+
+    /// Whether the upstream speaks `api` itself, so a request in it can be passed through whole.
+    fn speaks(&self, _api: NativeApi) -> bool {
+        false
+    }
+
+    /// Answers a request in an API the upstream speaks (`speaks`), in that API.
+    async fn native(&self, req: &NativeRequest, _model: &str) -> Result<serde_json::Value> {
+        Err(Error::Unsupported(format!(
+            "{}: does not speak {:?} natively",
+            self.name(),
+            req.api
+        )))
+    }
+
+    /// Streams the answer to a request in an API the upstream speaks, as that API's events.
+    async fn native_stream(&self, req: &NativeRequest, _model: &str) -> Result<ByteStream> {
+        Err(Error::Unsupported(format!(
+            "{}: does not speak {:?} natively",
+            self.name(),
+            req.api
         )))
     }
 }

@@ -12,6 +12,9 @@ pub struct OpenAiProvider {
     api_key: crate::ApiKey,
     timeout_ms: u64,
     http: reqwest::Client,
+    /// The upstream serves OpenAI's Responses API too (`/responses`), so Responses requests
+    /// are passed through to it whole instead of translated onto chat completions.
+    responses_api: bool,
 }
 
 impl OpenAiProvider {
@@ -27,7 +30,14 @@ impl OpenAiProvider {
             api_key: api_key.map_or(crate::ApiKey::None, crate::ApiKey::Static),
             timeout_ms,
             http: client(timeout_ms)?,
+            responses_api: false,
         })
+    }
+
+    /// Says the upstream serves the Responses API (`llm.providers.<name>.responses_api`).
+    pub fn with_responses_api(mut self, on: bool) -> Self {
+        self.responses_api = on;
+        self
     }
 
     /// Takes the key from `key` at every call instead (e.g. from the vault).
@@ -186,6 +196,45 @@ impl Provider for OpenAiProvider {
         body["model"] = json!(model);
         body["stream"] = json!(true);
         crate::http::post_stream(&self.name, self.timeout_ms, self.request(&url, &body), &url).await
+    }
+
+    fn speaks(&self, api: crate::NativeApi) -> bool {
+        api == crate::NativeApi::Responses && self.responses_api
+    }
+
+    /// A Responses request passed through whole: only the model is the deployment's.
+    async fn native(&self, req: &crate::NativeRequest, model: &str) -> Result<Value> {
+        let (url, mut body) = self.native_wire(req, model)?;
+        body["stream"] = json!(false);
+        let v = post_json(&self.name, self.timeout_ms, self.request(&url, &body), &url).await?;
+        if !v.get("output").is_some_and(Value::is_array) {
+            return Err(garbage(&self.name, "no output array in the response"));
+        }
+        Ok(v)
+    }
+
+    async fn native_stream(
+        &self,
+        req: &crate::NativeRequest,
+        model: &str,
+    ) -> Result<crate::ByteStream> {
+        let (url, mut body) = self.native_wire(req, model)?;
+        body["stream"] = json!(true);
+        crate::http::post_stream(&self.name, self.timeout_ms, self.request(&url, &body), &url).await
+    }
+}
+
+impl OpenAiProvider {
+    fn native_wire(&self, req: &crate::NativeRequest, model: &str) -> Result<(String, Value)> {
+        if !self.speaks(req.api) {
+            return Err(Error::Unsupported(format!(
+                "{}: does not speak {:?} natively",
+                self.name, req.api
+            )));
+        }
+        let mut body = req.body.clone();
+        body["model"] = json!(model);
+        Ok((join(&self.base_url, "responses"), body))
     }
 }
 

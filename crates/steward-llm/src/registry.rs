@@ -103,13 +103,21 @@ impl Providers {
                 }),
             };
             let timeout = p.timeout_ms.unwrap_or(cfg.timeout_ms);
+            if p.responses_api && p.kind != ProviderKind::Openai {
+                return Err(Error::Route(format!(
+                    "llm.providers.{name}.responses_api: only an openai provider can serve the Responses API"
+                )));
+            }
             let provider: Arc<dyn Provider> = match (p.kind, vault_key) {
-                (ProviderKind::Openai, None) => {
-                    Arc::new(OpenAiProvider::new(name, &p.base_url, key, timeout)?)
-                }
-                (ProviderKind::Openai, Some(k)) => {
-                    Arc::new(OpenAiProvider::new(name, &p.base_url, None, timeout)?.with_key(k))
-                }
+                (ProviderKind::Openai, None) => Arc::new(
+                    OpenAiProvider::new(name, &p.base_url, key, timeout)?
+                        .with_responses_api(p.responses_api),
+                ),
+                (ProviderKind::Openai, Some(k)) => Arc::new(
+                    OpenAiProvider::new(name, &p.base_url, None, timeout)?
+                        .with_key(k)
+                        .with_responses_api(p.responses_api),
+                ),
                 (ProviderKind::Anthropic, None) => {
                     Arc::new(AnthropicProvider::new(name, &p.base_url, key, timeout)?)
                 }

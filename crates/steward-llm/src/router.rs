@@ -301,6 +301,7 @@ mod tests {
                     api_key_env: None,
                     api_key_secret: None,
                     timeout_ms: None,
+                    responses_api: false,
                 },
             );
         }
@@ -387,6 +388,7 @@ mod tests {
                 api_key_env: None,
                 api_key_secret: None,
                 timeout_ms: None,
+                responses_api: false,
             },
         );
         cfg.routes.insert(
@@ -406,5 +408,45 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("weights"));
+    }
+
+    #[test]
+    fn only_an_openai_provider_serves_the_responses_api() {
+        let provider = |kind, responses_api| {
+            let mut cfg = LlmConfig::default();
+            cfg.providers.insert(
+                "a".into(),
+                ProviderConfig {
+                    kind,
+                    base_url: "http://x".into(),
+                    api_key_env: None,
+                    api_key_secret: None,
+                    timeout_ms: None,
+                    responses_api,
+                },
+            );
+            Providers::from_config(&cfg, |_| None)
+                .map(|p| p.deployments("a/m").unwrap().remove(0).provider)
+        };
+        let e = provider(ProviderKind::Anthropic, true).err().unwrap();
+        assert!(e.to_string().contains("responses_api"), "{e}");
+        let speaks = |p: std::sync::Arc<dyn crate::Provider>| {
+            (
+                p.speaks(crate::NativeApi::Responses),
+                p.speaks(crate::NativeApi::Messages),
+            )
+        };
+        assert_eq!(
+            speaks(provider(ProviderKind::Openai, true).unwrap()),
+            (true, false)
+        );
+        assert_eq!(
+            speaks(provider(ProviderKind::Openai, false).unwrap()),
+            (false, false)
+        );
+        assert_eq!(
+            speaks(provider(ProviderKind::Anthropic, false).unwrap()),
+            (false, true)
+        );
     }
 }

@@ -385,6 +385,11 @@ pub struct ProviderConfig {
     pub api_key_secret: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// An `openai` upstream that also serves OpenAI's Responses API (`<base_url>/responses`):
+    /// `/v1/responses` calls routed to it are passed through whole (hosted tools, reasoning
+    /// items and all) instead of being translated onto chat completions.
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,6 +41,13 @@ async fn mock_upstream() -> (String, Seen) {
                             chunk(json!({"content": b}), Value::Null),
                             chunk(json!({}), json!("stop")),
                         ]
+                    } else if body.pointer("/response_format/type").is_some() {
+                        // A structured answer, in two pieces.
+                        vec![
+                            chunk(json!({"role": "assistant", "content": "{\"ok\""}), Value::Null),
+                            chunk(json!({"content": ": true}"}), Value::Null),
+                            chunk(json!({}), json!("stop")),
+                        ]
                     } else if body.get("tools").is_some() {
                         // Tools offered: a call of get_weather, its arguments in two pieces.
                         vec![
@@ -72,7 +79,7 @@ async fn mock_upstream() -> (String, Seen) {
                 } else if body.get("tools").is_some() {
                     json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
                         "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
-                } else if body.pointer("/response_format/type") == Some(&json!("json_object")) {
+                } else if body.pointer("/response_format/type").is_some() {
                     json!({"role": "assistant", "content": "{\"ok\": true}"})
                 } else {
                     {
@@ -324,15 +331,25 @@ async fn mock_anthropic() -> (String, Seen) {
             async move {
                 s2.lock().unwrap().push(body.clone());
                 let last = body["messages"].as_array().unwrap().last().unwrap().clone();
-                let blocks = last["content"].as_array().cloned().unwrap_or_default();
+                // Content is a string or blocks; a string is one text block.
+                let blocks = match &last["content"] {
+                    Value::String(t) => vec![json!({"type": "text", "text": t})],
+                    other => other.as_array().cloned().unwrap_or_default(),
+                };
                 let result = blocks
                     .iter()
                     .find(|b| b["type"] == "tool_result")
                     .map(|b| b["content"].as_str().unwrap_or("").to_string());
                 let said: String = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
                 let stream = body["stream"] == true;
+                let forced = body["tool_choice"]["name"].as_str().map(str::to_string);
                 let (block, stop) = match result {
                     Some(r) => (json!({"type": "text", "text": format!("It is {r} in Paris")}), "end_turn"),
+                    // Made to use one tool (structured output's, say): its input is {"ok": true}.
+                    None if forced.is_some() => (
+                        json!({"type": "tool_use", "id": "toolu_2", "name": forced, "input": {"ok": true}}),
+                        "tool_use",
+                    ),
                     None if body.get("tools").is_some() => (
                         json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}),
                         "tool_use",
@@ -347,10 +364,12 @@ async fn mock_anthropic() -> (String, Seen) {
                     .into_response();
                 }
                 let (start, deltas) = if block["type"] == "tool_use" {
+                    let input = block["input"].to_string();
+                    let (a, b) = input.split_at(input.len() / 2);
                     (
-                        json!({"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}),
-                        vec![json!({"type": "input_json_delta", "partial_json": "{\"city\""}),
-                            json!({"type": "input_json_delta", "partial_json": ":\"Paris\"}"})],
+                        json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                        vec![json!({"type": "input_json_delta", "partial_json": a}),
+                            json!({"type": "input_json_delta", "partial_json": b})],
                     )
                 } else {
                     let text = block["text"].as_str().unwrap().to_string();
@@ -383,11 +402,118 @@ async fn mock_anthropic() -> (String, Seen) {
     (url, seen)
 }
 
+/// A mock OpenAI upstream that serves the Responses API itself (`/v1/responses`), as
+/// `mock_upstream` serves chat: echoes the last message, calls `get_weather` when tools are
+/// offered, answers a tool's output, streams "Hello" (or the call) as the Responses events.
+async fn mock_responses() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/responses",
+        post(move |Json(body): Json<Value>| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock().unwrap().push(body.clone());
+                let last = match &body["input"] {
+                    Value::String(s) => json!({"type": "message", "role": "user", "content": s}),
+                    input => input.as_array().unwrap().last().unwrap().clone(),
+                };
+                let said: String = match &last["content"] {
+                    Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+                    other => other.as_str().unwrap_or("").to_string(),
+                };
+                let stream = body["stream"] == true;
+                let item = if last["type"] == "function_call_output" {
+                    let text = format!("It is {} in Paris", last["output"].as_str().unwrap());
+                    json!({"type": "message", "id": "msg_up", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+                } else if body.get("tools").is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
+                    json!({"type": "function_call", "id": "fc_up", "call_id": "call_up", "name": "get_weather",
+                        "arguments": "{\"city\":\"Paris\"}", "status": "completed"})
+                } else {
+                    let text = if body.pointer("/text/format/type").is_some_and(|t| t != "text") {
+                        "{\"ok\": true}".to_string()
+                    } else if stream {
+                        "Hello".to_string()
+                    } else {
+                        format!("echo: {said}")
+                    };
+                    json!({"type": "message", "id": "msg_up", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+                };
+                let response = |status: &str, output: Vec<Value>, usage: Value| json!({
+                    "id": "resp_upstream", "object": "response", "created_at": 1, "status": status,
+                    "model": body["model"], "output": output, "usage": usage, "error": null,
+                    "incomplete_details": null, "instructions": body["instructions"],
+                    "metadata": body.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
+                    "text": {"format": {"type": "text"}}, "store": body["store"]});
+                if !stream {
+                    let usage = json!({"input_tokens": 10, "output_tokens": 3, "total_tokens": 13});
+                    return Json(response("completed", vec![item], usage)).into_response();
+                }
+                let mut events = vec![
+                    json!({"type": "response.created", "response": response("in_progress", vec![], Value::Null)}),
+                    json!({"type": "response.in_progress", "response": response("in_progress", vec![], Value::Null)}),
+                ];
+                if item["type"] == "message" {
+                    let text = item["content"][0]["text"].as_str().unwrap().to_string();
+                    let (a, b) = text.split_at(3);
+                    let mut open = item.clone();
+                    open["content"] = json!([]);
+                    open["status"] = "in_progress".into();
+                    events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": open}));
+                    events.push(json!({"type": "response.content_part.added", "item_id": "msg_up", "output_index": 0,
+                        "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
+                    for d in [a, b] {
+                        events.push(json!({"type": "response.output_text.delta", "item_id": "msg_up",
+                            "output_index": 0, "content_index": 0, "delta": d, "logprobs": []}));
+                    }
+                    events.push(json!({"type": "response.output_text.done", "item_id": "msg_up", "output_index": 0,
+                        "content_index": 0, "text": text, "logprobs": []}));
+                    events.push(json!({"type": "response.content_part.done", "item_id": "msg_up", "output_index": 0,
+                        "content_index": 0, "part": item["content"][0]}));
+                } else {
+                    let mut open = item.clone();
+                    open["arguments"] = "".into();
+                    open["status"] = "in_progress".into();
+                    events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": open}));
+                    for d in ["{\"city\"", ":\"Paris\"}"] {
+                        events.push(json!({"type": "response.function_call_arguments.delta", "item_id": "fc_up",
+                            "output_index": 0, "delta": d}));
+                    }
+                    events.push(json!({"type": "response.function_call_arguments.done", "item_id": "fc_up",
+                        "output_index": 0, "arguments": item["arguments"]}));
+                }
+                events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+                let usage = json!({"input_tokens": 11, "output_tokens": 2, "total_tokens": 13});
+                events.push(json!({"type": "response.completed", "response": response("completed", vec![item], usage)}));
+                let text: String = events
+                    .iter()
+                    .enumerate()
+                    .map(|(n, e)| {
+                        let mut e = e.clone();
+                        e["sequence_number"] = n.into();
+                        format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())
+                    })
+                    .collect();
+                ([("content-type", "text/event-stream")], text).into_response()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
 /// Which API the mock deployment behind the `smart` route speaks.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     OpenAi,
     Anthropic,
+    /// OpenAI-compatible, serving the Responses API too (`responses_api: true`).
+    OpenAiResponses,
 }
 
 /// The mock upstream of `kind`: its base URL as the provider takes it, what it saw, and the
@@ -401,6 +527,10 @@ async fn upstream_of(kind: Kind) -> (String, Seen, &'static str) {
         Kind::Anthropic => {
             let (url, seen) = mock_anthropic().await;
             (url, seen, "anthropic")
+        }
+        Kind::OpenAiResponses => {
+            let (url, seen) = mock_responses().await;
+            (url, seen, "openai")
         }
     }
 }
@@ -442,6 +572,7 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
                     && b["stop"] == json!(["END"]),
             Kind::Anthropic =>
                 b["system"] == "You are terse." && b["stop_sequences"] == json!(["END"]),
+            Kind::OpenAiResponses => unreachable!("a Messages test"),
         }),
         "{seen:?}"
     );
@@ -452,11 +583,16 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         Kind::Anthropic => {
             json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
         }
+        Kind::OpenAiResponses => unreachable!("a Messages test"),
     };
     assert!(
         seen.iter().any(|b| b["messages"][0]["content"][1] == image),
         "{seen:?}"
     );
+    // An Anthropic deployment gets the request whole, with what only its API carries (top_k);
+    // another gets the translation, which has no place for it.
+    let passed_whole = seen.iter().any(|b| b["top_k"] == 5);
+    assert_eq!(passed_whole, kind == Kind::Anthropic, "{seen:?}");
     // Every model call is on the record with its usage (the stream's too), and priced.
     let (_, calls) = s.get("/api/v1/calls?agent=claude-agent").await;
     let calls = calls["calls"].as_array().unwrap();
@@ -510,6 +646,64 @@ both_backends!(
     the_anthropic_sdk_over_anthropic
 );
 
+/// A Messages answer passed through from an Anthropic deployment is cached as it came, and
+/// served from the cache in the Messages API; a chat completion asking the same is answered in
+/// its own API, never with the cached Messages body.
+async fn passed_through_answers_are_cached_in_their_own_api(b: Backend) {
+    let (upstream, seen) = mock_anthropic().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "anthropic"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            (
+                "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
+                "[\"mock/claude-mock\"]",
+            ),
+            ("STEWARD_LLM__ROUTES__SMART__CACHE_TTL_MS", "60000"),
+        ],
+    )
+    .await;
+    let key = key_of(&s, "cached-agent", "team-a").await;
+    let ask = |path: &'static str, body: Value| {
+        let (s, key) = (&s, key.clone());
+        async move {
+            let r = s
+                .http
+                .post(format!("{}{path}", s.url))
+                .header("x-api-key", key.as_str())
+                .bearer_auth(key.as_str())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let message = json!({"model": "smart", "max_tokens": 50, "temperature": 0,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (st, first) = ask("/v1/messages", message.clone()).await;
+    assert_eq!(st, 200, "{first}");
+    assert_eq!(first["type"], "message", "{first}");
+    let (st, again) = ask("/v1/messages", message).await;
+    assert_eq!((st, &again), (200, &first));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the second came from the cache"
+    );
+    let chat = json!({"model": "smart", "max_tokens": 50, "temperature": 0,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (st, c) = ask("/v1/chat/completions", chat).await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["object"], "chat.completion", "{c}");
+    assert_eq!(c["choices"][0]["message"]["content"], "echo: hi");
+}
+both_backends!(
+    passed_through_answers_are_cached_in_their_own_api,
+    passed_through_answers_are_cached_in_their_own_api
+);
+
 /// Runs a Python script of the SDK tests with the server's URL and `env`; fails with its output.
 async fn python(s: &TestServer, script: &str, env: &[(&str, &str)]) {
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
@@ -555,6 +749,14 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
             ("STEWARD_LLM__PROVIDERS__MOCK__KIND", provider),
             ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
             (
+                "STEWARD_LLM__PROVIDERS__MOCK__RESPONSES_API",
+                if kind == Kind::OpenAiResponses {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+            (
                 "STEWARD_LLM__ROUTES__SMART__DEPLOYMENTS",
                 "[\"mock/gpt-mock\"]",
             ),
@@ -586,13 +788,37 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
         Kind::Anthropic => json!([{"role": "user", "content": text("hi there")},
             {"role": "assistant", "content": text("echo: hi there")},
             {"role": "user", "content": text("and again")}]),
+        Kind::OpenAiResponses => json!([{"type": "message", "role": "user", "content": "hi there"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "echo: hi there"}]},
+            {"type": "message", "role": "user", "content": "and again"}]),
     };
-    assert!(seen.iter().any(|b| b["messages"] == continued), "{seen:?}");
-    // The output limit reaches either kind; a JSON schema, the kind that takes one.
-    assert!(seen.iter().any(|b| b["max_tokens"] == 64
-        && (kind == Kind::Anthropic
-            || (b["response_format"]["type"] == "json_schema"
-                && b["response_format"]["json_schema"]["name"] == "verdict"))));
+    let conversation = |b: &Value| match kind {
+        Kind::OpenAiResponses => b["input"].clone(),
+        _ => b["messages"].clone(),
+    };
+    assert!(
+        seen.iter().any(|b| conversation(b) == continued),
+        "{seen:?}"
+    );
+    // The output limit reaches every kind; a JSON schema, the kinds that take one.
+    assert!(
+        seen.iter().any(|b| match kind {
+            Kind::OpenAi =>
+                b["max_tokens"] == 64 && b["response_format"]["json_schema"]["name"] == "verdict",
+            Kind::Anthropic => b["max_tokens"] == 64,
+            Kind::OpenAiResponses =>
+                b["max_output_tokens"] == 64 && b["text"]["format"]["name"] == "verdict",
+        }),
+        "{seen:?}"
+    );
+    // Passed through whole, a request keeps nothing upstream: the conversation is Steward's.
+    if kind == Kind::OpenAiResponses {
+        assert!(
+            seen.iter()
+                .all(|b| b["store"] == false && b.get("previous_response_id").is_none()),
+            "{seen:?}"
+        );
+    }
 
     let calls = |agent: &str| {
         let s = &s;
@@ -606,11 +832,11 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
     assert!(mine.iter().all(|c| c["status"] == "ok"), "{mine:?}");
     assert_eq!(
         mine.len(),
-        9,
+        10,
         "requests refused before the gateway record no call: {mine:?}"
     );
     let streamed: Vec<&Value> = mine.iter().filter(|c| c["stream"] == true).collect();
-    assert_eq!(streamed.len(), 2);
+    assert_eq!(streamed.len(), 3);
     assert!(
         streamed.iter().all(|c| c["tokens_out"].as_i64() == Some(2)),
         "{streamed:?}"
@@ -627,9 +853,9 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
         .find(|l| l["key"] == "resp-agent")
         .cloned()
         .unwrap();
-    assert_eq!(line["calls"], 9, "{line}");
+    assert_eq!(line["calls"], 10, "{line}");
     assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
-    // Metrics tell the Responses API's calls from the others: 9 here, 4 from the Agents SDK.
+    // Metrics tell the Responses API's calls from the others: 10 here, 4 from the Agents SDK.
     let text = s
         .http
         .get(format!("{}/metrics", s.url))
@@ -644,7 +870,7 @@ async fn the_responses_api_serves_the_openai_and_agents_sdks(b: Backend, kind: K
             &text,
             r#"steward_gateway_calls_total{op="chat",outcome="ok",api="responses"}"#
         ),
-        13.0,
+        14.0,
         "{text}"
     );
 }
@@ -655,6 +881,13 @@ async fn the_responses_api_over_openai(b: Backend) {
 async fn the_responses_api_over_anthropic(b: Backend) {
     the_responses_api_serves_the_openai_and_agents_sdks(b, Kind::Anthropic).await
 }
+async fn the_responses_api_passed_through(b: Backend) {
+    the_responses_api_serves_the_openai_and_agents_sdks(b, Kind::OpenAiResponses).await
+}
+both_backends!(
+    the_responses_api_passed_through_to_an_upstream_that_speaks_it,
+    the_responses_api_passed_through
+);
 both_backends!(
     the_responses_api_over_an_openai_deployment,
     the_responses_api_over_openai

@@ -44,7 +44,10 @@ r = client.messages.create(model="smart", max_tokens=100, tools=tools, messages=
 assert r.content[0].text == "It is sunny in Paris", r
 
 # Streaming: the SDK's helper assembles text and the final message, usage included.
-with client.messages.stream(model="smart", max_tokens=100, messages=[{"role": "user", "content": "stream"}]) as s:
+# top_k is Anthropic's own: an Anthropic deployment gets it (checked at the upstream by the test).
+with client.messages.stream(
+    model="smart", max_tokens=100, messages=[{"role": "user", "content": "stream"}], extra_body={"top_k": 5}
+) as s:
     text = "".join(s.text_stream)
     final = s.get_final_message()
 assert text == "Hello", text

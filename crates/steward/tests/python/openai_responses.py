@@ -76,14 +76,15 @@ r = client.responses.create(
 )
 assert r.output_text == "It is sunny in Paris", r
 
-# Structured output and an output limit reach the upstream (checked there by the test).
-r = client.responses.create(
-    model="smart",
-    input="json please",
-    max_output_tokens=64,
-    text={"format": {"type": "json_schema", "name": "verdict", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}},
-)
+# Structured output and an output limit reach the upstream (checked there by the test), and
+# the answer is the JSON asked for, on every kind of deployment (Anthropic's through a tool).
+verdict = {"format": {"type": "json_schema", "name": "verdict", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}}
+r = client.responses.create(model="smart", input="json please", max_output_tokens=64, text=verdict)
 assert r.status == "completed", r
+assert json.loads(r.output_text) == {"ok": True}, r.output
+stream = client.responses.create(model="smart", input="json stream", text=verdict, stream=True)
+text = "".join(ev.delta for ev in stream if ev.type == "response.output_text.delta")
+assert json.loads(text) == {"ok": True}, text
 
 # Streaming: the Responses events in order, the text, and the completed response with usage.
 stream = client.responses.create(model="smart", input="stream", stream=True)
