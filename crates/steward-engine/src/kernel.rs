@@ -107,6 +107,8 @@ pub enum StepError {
     },
     Model(String),
     ModelTimeout(String),
+    /// The policy refused the model call (every deployment, or the call itself).
+    PolicyDenied(String),
     /// The next model call's worst case does not fit a budget; the policy says what happens.
     BudgetExceeded {
         account: String,
@@ -470,7 +472,9 @@ impl Kernel {
             denied(&decision, approval_note.as_deref(), &action)
         };
         let (result, spent) = match acted {
-            Err(e @ (StepError::Model(_) | StepError::ModelTimeout(_))) => (Err(e), 0),
+            Err(
+                e @ (StepError::Model(_) | StepError::ModelTimeout(_) | StepError::PolicyDenied(_)),
+            ) => (Err(e), 0),
             // The hold stays open: the step is replayed and finds it.
             Err(other) => return Err(other),
             Ok((o, spent)) => (Ok(o), spent),
@@ -501,6 +505,9 @@ impl Kernel {
             Ok(Outcome::Tool(Err(e))) => (json!({ "error": e }).to_string(), 0, 0, 0),
             Err(StepError::ModelTimeout(e)) => {
                 (json!({ "error": e, "timeout": true }).to_string(), 0, 0, 0)
+            }
+            Err(StepError::PolicyDenied(e)) => {
+                (json!({ "error": e, "denied": true }).to_string(), 0, 0, 0)
             }
             Err(e) => (json!({ "error": step_error_text(e) }).to_string(), 0, 0, 0),
         };
@@ -1197,8 +1204,8 @@ impl Kernel {
         }
         self.record(ctx, Vec::new(), records).await?;
         if !plan.retain_allowed(|l| refused.iter().any(|(r, _)| r == l)) {
-            return Err(StepError::Model(format!(
-                "{POLICY_DENIED}: the model call was denied by policy: every deployment {model} routes to is refused: {}",
+            return Err(StepError::PolicyDenied(format!(
+                "the model call was denied by policy: every deployment {model} routes to is refused: {}",
                 crate::gateway::refused_deployments(refused.iter().map(|(l, d)| (l.as_str(), d)))
             )));
         }
@@ -1348,15 +1355,15 @@ fn denied(
             Outcome::Tool(Err(format!("tool {name:?} denied by policy: {by}"))),
             0,
         )),
-        Action::Model { .. } => Err(StepError::Model(format!(
-            "{POLICY_DENIED}: the model call was denied by policy: {by}"
+        Action::Model { .. } => Err(StepError::PolicyDenied(format!(
+            "the model call was denied by policy: {by}"
         ))),
     }
 }
 
-/// The prefix that marks a model error as a policy denial (the run fails with
-/// `policy_denied`).
-pub(crate) const POLICY_DENIED: &str = "policy_denied";
+/// How journals written before denials were marked (`"denied": true`) told one: by this prefix
+/// on the error's text. Read only to replay those journals.
+const LEGACY_DENIAL_PREFIX: &str = "policy_denied:";
 
 /// What the journal keeps of a request: enough to read the timeline. The hash covers the whole.
 fn intent_body(action: &Action<'_>) -> Value {
@@ -1379,6 +1386,10 @@ fn decode_outcome(kind: &str, e: &JournalEntry) -> Result<Outcome, StepError> {
             let msg = err.as_str().unwrap_or_default().to_string();
             return Err(if v.get("timeout").is_some() {
                 StepError::ModelTimeout(msg)
+            } else if v.get("denied").is_some() {
+                StepError::PolicyDenied(msg)
+            } else if let Some(rest) = msg.strip_prefix(LEGACY_DENIAL_PREFIX) {
+                StepError::PolicyDenied(rest.trim_start().to_string())
             } else {
                 StepError::Model(msg)
             });
@@ -1401,7 +1412,11 @@ fn decode_outcome(kind: &str, e: &JournalEntry) -> Result<Outcome, StepError> {
 
 pub(crate) fn step_error_text(e: &StepError) -> String {
     match e {
-        StepError::Divergence(m) | StepError::Model(m) | StepError::ModelTimeout(m) | StepError::Store(m) => m.clone(),
+        StepError::Divergence(m)
+        | StepError::Model(m)
+        | StepError::ModelTimeout(m)
+        | StepError::PolicyDenied(m)
+        | StepError::Store(m) => m.clone(),
         StepError::InDoubt { seq, what, policy } => format!(
             "step {seq} ({what}) was interrupted by a crash before its outcome was recorded and is not idempotent; recovery policy: {}",
             policy.as_str()
@@ -1427,6 +1442,44 @@ mod tests {
             tools: vec![],
             max_tokens: None,
         }
+    }
+
+    fn model_outcome(body: Value) -> JournalEntry {
+        JournalEntry {
+            run_id: "run_1".into(),
+            seq: 3,
+            phase: PHASE_OUTCOME,
+            kind: "model".into(),
+            name: "smart".into(),
+            request_hash: String::new(),
+            idempotency_key: String::new(),
+            body: body.to_string(),
+            ok: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            at: 0,
+            duration_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_journaled_denial_replays_as_a_denial_in_either_format() {
+        let replay = |body: Value| decode_outcome("model", &model_outcome(body)).err().unwrap();
+        // Written now: marked.
+        let e = replay(json!({"error": "the model call was denied by policy: x", "denied": true}));
+        assert!(
+            matches!(&e, StepError::PolicyDenied(m) if m == "the model call was denied by policy: x")
+        );
+        // Written before the marker: the text's prefix.
+        let e = replay(json!({"error": "policy_denied: the model call was denied by policy: x"}));
+        assert!(
+            matches!(&e, StepError::PolicyDenied(m) if m == "the model call was denied by policy: x")
+        );
+        // Any other model error stays one, whatever it says.
+        let e = replay(json!({"error": "upstream said policy_denied"}));
+        assert!(matches!(e, StepError::Model(_)));
+        let e = replay(json!({"error": "slow", "timeout": true}));
+        assert!(matches!(e, StepError::ModelTimeout(_)));
     }
 
     #[test]

@@ -454,9 +454,7 @@ async fn execute(
                 None
             }
             StepError::Divergence(m) => fail(run_error::DIVERGENCE, m.clone()),
-            StepError::Model(m) if m.starts_with(crate::kernel::POLICY_DENIED) => {
-                fail(run_error::POLICY_DENIED, m.clone())
-            }
+            StepError::PolicyDenied(m) => fail(run_error::POLICY_DENIED, m.clone()),
             StepError::Model(m) => fail(run_error::MODEL_ERROR, m.clone()),
             StepError::ModelTimeout(m) => fail(run_error::STEP_TIMEOUT, m.clone()),
             StepError::InDoubt { policy: RecoveryPolicy::WaitForHuman, .. } => Some(RunUpdate {
