@@ -57,20 +57,13 @@ pub enum SandboxAction {
     Resume,
 }
 
+/// A sandbox error as the management API's, by its kind (never by its wording).
 fn sandbox_error(e: steward_tools::ToolError) -> Error {
     use steward_tools::ToolError;
     match e {
-        ToolError::InvalidArgs(m)
-            if m.starts_with("no sandbox") || m.starts_with("no snapshot") =>
-        {
-            Error::NotFound(m)
-        }
+        ToolError::NotFound(m) => Error::NotFound(m),
         ToolError::InvalidArgs(m) => Error::InvalidRequest(m),
-        ToolError::Denied(m)
-            if m.ends_with("resume it first") || m.ends_with("not running anything") =>
-        {
-            Error::Conflict(m)
-        }
+        ToolError::Conflict(m) => Error::Conflict(m),
         ToolError::Denied(m) | ToolError::Failed(m) => Error::Unavailable(m),
         ToolError::Busy(m) => Error::Busy(m),
     }

@@ -112,6 +112,7 @@ fn exec_failed(e: steward_sandbox::Error) -> ToolError {
 /// A request the sandbox store refused (no such sandbox or snapshot, a bad id).
 fn refused(e: steward_sandbox::Error) -> ToolError {
     match e {
+        steward_sandbox::Error::NotFound(m) => ToolError::NotFound(m),
         steward_sandbox::Error::Setup(m) => ToolError::InvalidArgs(m),
         other => failed(other),
     }
@@ -288,7 +289,7 @@ impl SandboxService {
         if store.exists(id) {
             Ok(())
         } else {
-            Err(ToolError::InvalidArgs(format!("no sandbox {id}")))
+            Err(ToolError::NotFound(format!("no sandbox {id}")))
         }
     }
 
@@ -325,7 +326,7 @@ impl SandboxService {
         let lock = self.lock(id);
         let _one = lock.lock().await;
         if store.paused(id) {
-            return Err(ToolError::Denied(format!(
+            return Err(ToolError::Conflict(format!(
                 "sandbox {id} is paused: resume it first"
             )));
         }
@@ -363,7 +364,7 @@ impl SandboxService {
         self.running_map()
             .get(id)
             .cloned()
-            .ok_or_else(|| ToolError::Denied(format!("sandbox {id} is not running anything")))
+            .ok_or_else(|| ToolError::Conflict(format!("sandbox {id} is not running anything")))
     }
 
     /// Ends what sandbox `id` is running (it reports `cancelled`).

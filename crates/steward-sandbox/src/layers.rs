@@ -71,8 +71,11 @@ impl Store {
     }
 
     fn stack(&self, id: &str) -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(self.dir(id).join("stack"))
-            .map_err(|e| Error::Setup(format!("no sandbox {id}: {e}")))?;
+        let text =
+            std::fs::read_to_string(self.dir(id).join("stack")).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(format!("no sandbox {id}")),
+                _ => Error::Setup(format!("sandbox {id}: {e}")),
+            })?;
         serde_json::from_str(&text).map_err(|e| Error::Setup(format!("sandbox {id}: {e}")))
     }
 
@@ -212,10 +215,14 @@ impl Store {
 
     fn snapshot_stack(&self, snapshot: &str) -> Result<Vec<String>> {
         if snapshot.len() != 64 || !snapshot.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::Setup(format!("no snapshot {snapshot:?}")));
+            return Err(Error::NotFound(format!("no snapshot {snapshot:?}")));
         }
-        let text = std::fs::read_to_string(self.root.join("snapshots").join(snapshot))
-            .map_err(|_| Error::Setup(format!("no snapshot {snapshot}")))?;
+        let text = std::fs::read_to_string(self.root.join("snapshots").join(snapshot)).map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(format!("no snapshot {snapshot}")),
+                _ => Error::Setup(format!("snapshot {snapshot}: {e}")),
+            },
+        )?;
         serde_json::from_str(&text).map_err(|e| Error::Setup(format!("snapshot {snapshot}: {e}")))
     }
 

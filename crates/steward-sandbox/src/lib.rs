@@ -42,6 +42,9 @@ pub enum Error {
     /// Every slot for a running command is taken: try again later.
     #[error("sandbox: {0}")]
     Busy(String),
+    /// No such sandbox or snapshot.
+    #[error("sandbox: {0}")]
+    NotFound(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

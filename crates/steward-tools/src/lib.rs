@@ -31,6 +31,12 @@ pub enum ToolError {
     /// Capacity is used up for now (sandbox slots): the same call may succeed later.
     #[error("{0}")]
     Busy(String),
+    /// What the call names does not exist (a sandbox, a snapshot).
+    #[error("{0}")]
+    NotFound(String),
+    /// What the call names is not in a state that allows it (a paused sandbox).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = ToolError> = std::result::Result<T, E>;
