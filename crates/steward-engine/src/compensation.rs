@@ -92,12 +92,12 @@ fn render(template: &Value, args: &Value, result: &Value) -> Value {
 /// completed any tool call `spec` registers an undo step for.
 pub(crate) async fn schedule(
     store: &Arc<dyn Store>,
+    launch: &crate::launch::Launcher,
     run: &RunId,
     agent: &steward_types::AgentName,
     version: i64,
     spec: &AgentSpec,
-    now: i64,
-) -> steward_store::Result<bool> {
+) -> Result<bool, crate::launch::LaunchError> {
     if spec.compensation.is_empty() {
         return Ok(false);
     }
@@ -133,7 +133,10 @@ pub(crate) async fn schedule(
         parent_id: Some(run.clone()),
         input: json!({ "compensate": steps }).to_string(),
     };
-    Ok(store.create_run(&child, now).await?.1)
+    Ok(launch
+        .create(child, crate::launch::Origin::Compensation)
+        .await?
+        .1)
 }
 
 /// Carries out a compensation run's steps, each a journaled tool call.

@@ -45,3 +45,12 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::launch::LaunchError> for Error {
+    fn from(e: crate::launch::LaunchError) -> Self {
+        match e {
+            crate::launch::LaunchError::TooLarge { .. } => Error::PayloadTooLarge(e.to_string()),
+            crate::launch::LaunchError::Store(e) => e.into(),
+        }
+    }
+}

@@ -18,6 +18,8 @@ pub const MAX_SPAWN_DEPTH: usize = 8;
 /// State the scheduler, the run tasks and the tool host share.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// Where every new run is created.
+    pub launch: crate::launch::Launcher,
     pub node: NodeId,
     pub clock: Arc<dyn Clock>,
     /// Wakes the scheduler: there may be a run to claim.
@@ -453,10 +455,15 @@ impl ToolHost for Host {
                 parent_id: Some(parent.clone()),
                 input: input.to_string(),
             };
-            s.store
-                .create_run(&new, s.clock.now_ms())
+            s.launch
+                .create(new, crate::launch::Origin::Spawn)
                 .await
-                .map_err(failed)?;
+                .map_err(|e| match e {
+                    crate::launch::LaunchError::TooLarge { .. } => {
+                        ToolError::InvalidArgs(e.to_string())
+                    }
+                    other => failed(other),
+                })?;
         }
         let waiting = RunUpdate {
             wait_kind: Some(WAIT_CHILD.into()),

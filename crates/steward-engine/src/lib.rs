@@ -13,6 +13,7 @@ mod host;
 mod housekeeping;
 mod identities;
 mod kernel;
+mod launch;
 pub mod merge_queue;
 mod metrics;
 mod runs;
@@ -199,7 +200,10 @@ impl Engine {
             tracing::info!(checks, node = %opts.node, "merge checks this node was running when it stopped are queued again");
         }
         let active = Arc::new(ActiveRuns::default());
+        let launch =
+            launch::Launcher::new(store.clone(), opts.clock.clone(), opts.cfg.max_input_bytes);
         let shared = Arc::new(Shared {
+            launch: launch.clone(),
             store: store.clone(),
             node: opts.node.clone(),
             clock: opts.clock.clone(),
@@ -210,10 +214,16 @@ impl Engine {
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
-            schedules: schedules::Schedules::new(store.clone(), opts.clock.clone()),
-            supervisors: supervisors::Supervisors::new(store.clone(), opts.clock.clone(), active),
+            schedules: schedules::Schedules::new(store.clone(), opts.clock.clone(), launch.clone()),
+            supervisors: supervisors::Supervisors::new(
+                store.clone(),
+                opts.clock.clone(),
+                active,
+                launch.clone(),
+            ),
             merges: Arc::new(merge_queue::MergeQueue::new(
                 store.clone(),
+                launch,
                 opts.clock.clone(),
                 opts.sandboxes.clone(),
                 &opts.node,
@@ -568,13 +578,6 @@ impl Engine {
 
     /// Queues a run of the agent's latest version.
     pub async fn create_run(&self, agent: &str, input: &str) -> Result<RunRecord> {
-        let max = self.inner.cfg.max_input_bytes;
-        if input.len() > max {
-            return Err(Error::PayloadTooLarge(format!(
-                "input is {} bytes; the limit is {max} (engine.max_input_bytes)",
-                input.len()
-            )));
-        }
         let a = self.get_agent(agent, None).await?;
         let run = NewRun {
             id: self.inner.shared.clock.new_run_id(),
@@ -584,8 +587,10 @@ impl Engine {
             input: input.to_string(),
         };
         let (rec, _) = self
-            .store()
-            .create_run(&run, self.inner.shared.clock.now_ms())
+            .inner
+            .shared
+            .launch
+            .create(run, launch::Origin::Api)
             .await?;
         self.inner.shared.wake.notify_one();
         Ok(rec)

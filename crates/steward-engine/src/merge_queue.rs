@@ -26,6 +26,7 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct MergeQueue {
     store: Arc<dyn Store>,
+    launch: crate::launch::Launcher,
     clock: Arc<dyn Clock>,
     sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
     /// Repositories this node is checking a submission of right now.
@@ -275,6 +276,7 @@ impl MergeQueue {
     /// lease and heartbeat).
     pub(crate) fn new(
         store: Arc<dyn Store>,
+        launch: crate::launch::Launcher,
         clock: Arc<dyn Clock>,
         sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
         node: &steward_types::NodeId,
@@ -283,6 +285,7 @@ impl MergeQueue {
     ) -> Self {
         MergeQueue {
             store,
+            launch,
             clock,
             sandboxes,
             busy: Default::default(),
@@ -423,8 +426,12 @@ impl MergeQueue {
                         r.path, sub.branch, r.target, sub.branch, r.target, sub.branch
                     ),
                 };
-                self.store.create_run(&run, now).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(run.id)
+                let id = run.id.clone();
+                self.launch
+                    .create(run, crate::launch::Origin::MergeResolver(r.path.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(id)
             }
             .await;
             match started {

@@ -121,10 +121,9 @@ async fn plan_compensation(
         return Ok(());
     };
     let spec: AgentSpec = serde_json::from_str(&rec.spec).map_err(|e| e.to_string())?;
-    let created =
-        crate::compensation::schedule(&s.store, run, &name, version, &spec, s.clock.now_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+    let created = crate::compensation::schedule(&s.store, &s.launch, run, &name, version, &spec)
+        .await
+        .map_err(|e| e.to_string())?;
     if created {
         tracing::info!(run_id = %run, "the run's completed steps will be undone by its compensation run");
         s.wake.notify_one();
@@ -184,12 +183,13 @@ async fn looped(inner: &Arc<Inner>, ctx: &RunCtx, why: &str) -> Result<String, S
                 parent_id: Some(run.id.clone()),
                 input: run.input.clone(),
             };
-            s.store
-                .create_run(&next, s.clock.now_ms())
+            let next_id = next.id.clone();
+            s.launch
+                .create(next, crate::launch::Origin::Restart)
                 .await
                 .map_err(|e| e.to_string())?;
             s.wake.notify_one();
-            Ok(format!("; restarted as {}", next.id))
+            Ok(format!("; restarted as {next_id}"))
         }
         _ => Ok(String::new()),
     }

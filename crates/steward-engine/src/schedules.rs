@@ -66,15 +66,21 @@ fn next_after(cron: &croner::Cron, after: Millis) -> Option<Millis> {
 pub struct Schedules {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    launch: crate::launch::Launcher,
     /// When this node's last complete pass looked (what came due after it is on time).
     last_pass: std::sync::Mutex<Option<Millis>>,
 }
 
 impl Schedules {
-    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        launch: crate::launch::Launcher,
+    ) -> Self {
         Schedules {
             store,
             clock,
+            launch,
             last_pass: std::sync::Mutex::new(None),
         }
     }
@@ -228,7 +234,10 @@ impl Schedules {
                 other => other.to_string(),
             },
         };
-        let (_, new) = self.store.create_run(&run, self.clock.now_ms()).await?;
+        let (_, new) = self
+            .launch
+            .create(run, crate::launch::Origin::Schedule(s.name.clone()))
+            .await?;
         Ok(new)
     }
 }
@@ -270,7 +279,11 @@ mod tests {
         let t0 = 1_800_000_000_000; // on a minute
         let clock = Arc::new(ManualClock(AtomicI64::new(t0 - 10)));
         let tasks = Tasks::new(store.clone(), clock.clone());
-        let schedules = Schedules::new(store.clone(), clock.clone());
+        let schedules = Schedules::new(
+            store.clone(),
+            clock.clone(),
+            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+        );
         for missed in ["skip", "once", "all"] {
             schedules
                 .put(NewSchedule {
@@ -341,7 +354,11 @@ mod tests {
         let t0 = 1_800_000_000_000;
         let clock = Arc::new(ManualClock(AtomicI64::new(t0 - 10)));
         let tasks = Tasks::new(store.clone(), clock.clone());
-        let schedules = Schedules::new(store.clone(), clock.clone());
+        let schedules = Schedules::new(
+            store.clone(),
+            clock.clone(),
+            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+        );
         for missed in ["skip", "once"] {
             schedules
                 .put(NewSchedule {
@@ -366,7 +383,11 @@ mod tests {
         }
         assert_eq!((fired("skip").await, fired("once").await), (6, 6));
         // The node stops; another starts 10.5 s later: t0+6..t0+15 passed with nobody looking.
-        let restarted = Schedules::new(store.clone(), clock.clone());
+        let restarted = Schedules::new(
+            store.clone(),
+            clock.clone(),
+            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+        );
         clock.0.store(t0 + 15_500, Ordering::SeqCst);
         restarted.fire_due(&tasks).await.unwrap();
         // On time: t0+15 s. `once` also fires the latest missed time, t0+14 s.

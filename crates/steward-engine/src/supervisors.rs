@@ -156,6 +156,7 @@ impl ChildState {
 pub struct Supervisors {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    launch: crate::launch::Launcher,
     /// This node's runs, stopped at once when a restart retires them.
     active: Arc<crate::ActiveRuns>,
 }
@@ -171,10 +172,12 @@ impl Supervisors {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         active: Arc<crate::ActiveRuns>,
+        launch: crate::launch::Launcher,
     ) -> Self {
         Supervisors {
             store,
             clock,
+            launch,
             active,
         }
     }
@@ -402,7 +405,9 @@ impl Supervisors {
                             "Review this answer to the task {:?}. Reply ACCEPT, or REJECT: followed by what to fix.\n\n{result}",
                             c.input
                         );
-                        started |= self.create_run(id.clone(), agent, version, input).await?;
+                        started |= self
+                            .create_run(&rec.name, id.clone(), agent, version, input)
+                            .await?;
                         st.children[i].review_run = Some(id.as_str().to_string());
                     }
                     Some(_) => accept(&mut st.children[i]),
@@ -523,11 +528,12 @@ impl Supervisors {
         };
         child.run_id = Some(id.as_str().to_string());
         child.start_at = None;
-        self.create_run(id, agent, version, input).await
+        self.create_run(&rec.name, id, agent, version, input).await
     }
 
     async fn create_run(
         &self,
+        supervisor: &str,
         id: RunId,
         agent: AgentName,
         version: i64,
@@ -540,7 +546,8 @@ impl Supervisors {
             parent_id: None,
             input,
         };
-        Ok(self.store.create_run(&run, self.clock.now_ms()).await?.1)
+        let origin = crate::launch::Origin::Supervisor(supervisor.to_string());
+        Ok(self.launch.create(run, origin).await?.1)
     }
 
     /// Asks run `run` to stop: at once on this node, through the store (and its

@@ -54,6 +54,13 @@ pub trait AgentStore: Send + Sync {
 pub trait RunStore: Send + Sync {
     /// Creates a run unless one with its id exists; returns the stored run and whether it is new.
     async fn create_run(&self, run: &NewRun, now: Millis) -> Result<(RunRecord, bool)>;
+    /// As `create_run`, with an audit record of a run created now in the same commit.
+    async fn create_run_audited(
+        &self,
+        run: &NewRun,
+        audit: &str,
+        now: Millis,
+    ) -> Result<(RunRecord, bool)>;
     async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     /// Leases up to `limit` runs that need a node: queued, running or waiting on a child, whose

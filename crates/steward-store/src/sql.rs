@@ -206,29 +206,11 @@ macro_rules! impl_store {
         #[async_trait]
         impl RunStore for $store {
             async fn create_run(&self, run: &NewRun, now: Millis) -> Result<(RunRecord, bool)> {
-                let mut tx = self.write.begin().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(run.id.as_str())
-                .bind(run.agent.as_str())
-                .bind(run.agent_version)
-                .bind(run.parent_id.as_ref().map(|p| p.as_str().to_string()))
-                .bind(&run.input)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
-                    .bind(run.id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                if inserted == 1 {
-                    self.wake(WAKE_RUN).await;
-                }
-                Ok((row.try_into()?, inserted == 1))
+                self.create_run_with(run, None, now).await
+            }
+
+            async fn create_run_audited(&self, run: &NewRun, audit: &str, now: Millis) -> Result<(RunRecord, bool)> {
+                self.create_run_with(run, Some(audit), now).await
             }
 
             async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>> {
@@ -673,6 +655,36 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            /// Creates a run unless its id exists, with `audit` (for a new one) in the same commit.
+            async fn create_run_with(&self, run: &NewRun, audit: Option<&str>, now: Millis) -> Result<(RunRecord, bool)> {
+                let mut tx = self.write.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(run.id.as_str())
+                .bind(run.agent.as_str())
+                .bind(run.agent_version)
+                .bind(run.parent_id.as_ref().map(|p| p.as_str().to_string()))
+                .bind(&run.input)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(run.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if let (1, Some(record)) = (inserted, audit) {
+                    Self::append_audit_in(&mut tx, &[(now, record.to_string())]).await?;
+                }
+                tx.commit().await?;
+                if inserted == 1 {
+                    self.wake(WAKE_RUN).await;
+                }
+                Ok((row.try_into()?, inserted == 1))
+            }
+
             /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
             /// inside `tx`. Returns the account whose cap the hold would pass; the caller then
             /// rolls back.

@@ -157,6 +157,34 @@ async fn runs_are_created_once(s: &dyn Store) {
     );
 }
 
+async fn a_new_run_is_audited_in_its_own_commit(s: &dyn Store) {
+    with_agent(s).await;
+    let id = new_id();
+    let (before, _) = s.audit_head().await.unwrap();
+    let (_, created) = s
+        .create_run_audited(&new_run(&id), r#"{"action":"run.create"}"#, 100)
+        .await
+        .unwrap();
+    assert!(created);
+    let (_, again) = s
+        .create_run_audited(&new_run(&id), r#"{"action":"run.create"}"#, 200)
+        .await
+        .unwrap();
+    assert!(!again);
+    let rows = s.audit_rows(before, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "audited once, when it was created: {rows:?}");
+    // A run that cannot be created leaves no record either.
+    let unknown_agent = NewRun {
+        agent: name("ghost"),
+        ..new_run(&new_id())
+    };
+    assert!(s
+        .create_run_audited(&unknown_agent, r#"{"action":"run.create"}"#, 300)
+        .await
+        .is_err());
+    assert_eq!(s.audit_rows(before, 10).await.unwrap().len(), 1);
+}
+
 async fn leases_give_a_run_to_one_node(s: &dyn Store) {
     with_agent(s).await;
     let id = new_id();
@@ -1340,6 +1368,10 @@ async fn responses_are_kept_per_scope(s: &dyn Store) {
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn a_new_run_is_audited_in_its_own_commit() {
+                super::a_new_run_is_audited_in_its_own_commit(&*super::$backend().await.store).await
+            }
             #[tokio::test]
             async fn responses_are_kept_per_scope() {
                 super::responses_are_kept_per_scope(&*super::$backend().await.store).await

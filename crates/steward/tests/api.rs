@@ -106,6 +106,58 @@ both_backends!(
     child_runs_are_spawned_and_awaited
 );
 
+/// Every way a run is created holds it to `engine.max_input_bytes` and audits it: a child whose
+/// `spawn_agent` input is too long is refused as the tool's error (the parent carries on), and
+/// each run created — by the API, by `spawn_agent` — has a `run.create` record naming where it
+/// came from.
+async fn every_new_run_is_held_to_the_input_limit_and_audited(b: Backend) {
+    let s = TestServer::start_with(b, &[("STEWARD_ENGINE__MAX_INPUT_BYTES", "64")]).await;
+    let child = agent(
+        "child",
+        "echo",
+        "    - content: \"child got {{input}}\"\n",
+        "",
+    );
+    let long = "y".repeat(100);
+    let parent = agent("parent", "spawn_agent", &format!("    - toolCalls: [{{name: spawn_agent, arguments: {{agent: child, input: {long}}}}}]\n    - toolCalls: [{{name: spawn_agent, arguments: {{agent: child, input: short}}}}]\n    - content: parent done\n"), "");
+    s.apply(&format!("{child}\n---\n{parent}")).await;
+    let id = s.start_run("parent", "p1").await;
+    let r = s.wait_run(&id).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let j = s.journal(&id).await;
+    let refused = j[3]["body"]["error"].as_str().unwrap_or_default();
+    assert!(refused.contains("max_input_bytes"), "{j:?}");
+    let (_, kids) = s.get(&format!("/api/v1/runs?parent={id}")).await;
+    let kids = kids["runs"].as_array().unwrap().clone();
+    assert_eq!(kids.len(), 1, "only the short input made a child: {kids:?}");
+    let creates: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "run.create")
+        .collect();
+    let origin_of = |run: &Value| {
+        creates
+            .iter()
+            .find(|c| c["run_id"] == *run)
+            .map(|c| c["outcome"].clone())
+    };
+    assert_eq!(
+        origin_of(&json!(id)),
+        Some(json!("origin:api")),
+        "{creates:?}"
+    );
+    assert_eq!(
+        origin_of(&kids[0]["id"]),
+        Some(json!("origin:spawn_agent")),
+        "{creates:?}"
+    );
+    assert_eq!(creates.len(), 2, "{creates:?}");
+}
+both_backends!(
+    every_new_run_is_held_to_the_input_limit_and_audited,
+    every_new_run_is_held_to_the_input_limit_and_audited
+);
+
 async fn cancel_takes_a_reason_and_reaches_children(b: Backend) {
     let s = TestServer::start(b).await;
     let slow = agent(

@@ -1,0 +1,105 @@
+//! The one place runs are created. Every path that starts a run — the API, `spawn_agent`,
+//! a restart, a compensation, a supervisor, a schedule, a merge conflict's resolver — comes here,
+//! so each new run is held to the input limit and leaves an audit record naming where it came
+//! from, written in the commit that creates it.
+
+use std::sync::Arc;
+
+use steward_store::{NewRun, RunRecord, Store};
+
+use crate::clock::Clock;
+
+/// Where a new run came from, for its audit record.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    /// `POST /api/v1/runs`.
+    Api,
+    /// A run's `spawn_agent` call (the parent is the run's `parent_id`).
+    Spawn,
+    /// Restarted after a failure, by its agent's recovery settings.
+    Restart,
+    /// Undoing a failed run's completed steps.
+    Compensation,
+    /// A supervision tree's child.
+    Supervisor(String),
+    /// A schedule that fired.
+    Schedule(String),
+    /// Resolving a merge conflict on a repository.
+    MergeResolver(String),
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        match self {
+            Origin::Api => "api".into(),
+            Origin::Spawn => "spawn_agent".into(),
+            Origin::Restart => "restart".into(),
+            Origin::Compensation => "compensation".into(),
+            Origin::Supervisor(n) => format!("supervisor:{n}"),
+            Origin::Schedule(n) => format!("schedule:{n}"),
+            Origin::MergeResolver(r) => format!("merge_resolver:{r}"),
+        }
+    }
+}
+
+/// Why a run was not created.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LaunchError {
+    #[error("input is {size} bytes; the limit is {limit} (engine.max_input_bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Store(#[from] steward_store::Error),
+}
+
+/// Creates runs: shared by every component that starts one.
+#[derive(Clone)]
+pub(crate) struct Launcher {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    max_input_bytes: usize,
+}
+
+impl Launcher {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        max_input_bytes: usize,
+    ) -> Self {
+        Launcher {
+            store,
+            clock,
+            max_input_bytes,
+        }
+    }
+
+    /// Creates `run` unless one with its id exists (ids of runs that must start once are
+    /// derived from what starts them); whether it was created now. Only a new run is audited.
+    pub(crate) async fn create(
+        &self,
+        run: NewRun,
+        origin: Origin,
+    ) -> Result<(RunRecord, bool), LaunchError> {
+        if run.input.len() > self.max_input_bytes {
+            return Err(LaunchError::TooLarge {
+                size: run.input.len(),
+                limit: self.max_input_bytes,
+            });
+        }
+        let now = self.clock.now_ms();
+        let audit = steward_gov::AuditRecord {
+            at: now,
+            event: "lifecycle",
+            principal: match &run.parent_id {
+                Some(p) => format!("run:{p}"),
+                None => format!("steward:{}", origin.describe()),
+            },
+            action: "run.create".into(),
+            resource: format!("agent:{}@{}", run.agent, run.agent_version),
+            run_id: Some(run.id.to_string()),
+            outcome: Some(format!("origin:{}", origin.describe())),
+            ..Default::default()
+        }
+        .to_json();
+        Ok(self.store.create_run_audited(&run, &audit, now).await?)
+    }
+}
