@@ -1,6 +1,7 @@
 //! The HTTP face of Steward: REST under `/api/v1`, its OpenAPI document, health probes.
 //! Only this crate knows HTTP and JSON wire shapes.
 
+mod change_audit;
 pub mod error;
 mod events;
 mod extract;
@@ -361,6 +362,10 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/audit/export", get(routes::export_audit))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget))
         .layer(middleware::from_fn_with_state(
+            engine.clone(),
+            change_audit::audit_changes,
+        ))
+        .layer(middleware::from_fn_with_state(
             cfg.admin_token.clone().filter(|t| !t.is_empty()),
             admin_only,
         ));
@@ -371,6 +376,10 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/tasks/{id}/heartbeat", post(queues::heartbeat))
         .route("/tasks/{id}/complete", post(queues::complete))
         .route("/tasks/{id}/fail", post(queues::fail))
+        .layer(middleware::from_fn_with_state(
+            engine.clone(),
+            change_audit::audit_changes,
+        ))
         .layer(middleware::from_fn_with_state(
             (
                 engine.clone(),

@@ -50,6 +50,20 @@ pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
 
 use host::{Host, Shared};
 
+/// A change made through the management API, for its audit record.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// `admin:…` or `agent:<name>`.
+    pub principal: String,
+    pub chain: Vec<String>,
+    /// The method and the route (`PUT /api/v1/schedules/{name}`).
+    pub action: String,
+    /// The path as called.
+    pub resource: String,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+}
+
 /// What can be done to a running persistent sandbox.
 #[derive(Clone, Copy, Debug)]
 pub enum SandboxAction {
@@ -761,6 +775,24 @@ impl Engine {
         .await?;
         policies.activate(checked);
         Ok(rec)
+    }
+
+    /// Records a change made through the management API, durably.
+    pub async fn audit_change(&self, change: Change) -> Result<()> {
+        let now = self.inner.shared.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            at: now,
+            event: "change",
+            principal: change.principal,
+            chain: change.chain,
+            action: change.action,
+            resource: change.resource,
+            outcome: Some(format!("status:{}", change.status)),
+            ..Default::default()
+        }
+        .to_json();
+        self.store().append_audit(&[(now, record)]).await?;
+        Ok(())
     }
 
     /// Appends an administrator's action and its decision to the audit log, durably.

@@ -120,3 +120,117 @@ both_backends!(
     every_syscall_is_audited_and_tampering_is_named,
     every_syscall_is_audited_and_tampering_is_named
 );
+
+/// Every change made through the management API is on the record — the administrator's and an
+/// agent's (a task worker with its own key), those refused too, with the route, the path and
+/// the status — and nothing of reads, of heartbeats, or of request bodies.
+async fn management_changes_are_audited(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: worker}\nspec:\n  model: scripted\n  script:\n    - {content: done}\n")
+        .await;
+    let (st, _) = s
+        .put(
+            "/api/v1/schedules/nightly",
+            json!({"cron": "0 0 3 * * *", "queue": "jobs", "payload": {"secret": "hunter2"}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .put(
+            "/api/v1/schedules/broken",
+            json!({"cron": "every tuesday", "queue": "q"}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = s.get("/api/v1/schedules/nightly").await;
+    assert_eq!(st, 200);
+    let (st, r) = s
+        .post(
+            "/api/v1/agents/worker/resume",
+            json!({"reason": "registered", "owner": "team-a"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, key) = s.post("/api/v1/keys", json!({"agent": "worker"})).await;
+    assert_eq!(st, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    // A task worker with the agent's own key: enqueue is refused (no policy lets it), and on
+    // the record under the agent's name.
+    let r = s
+        .http
+        .post(format!("{}/api/v1/queues/jobs/tasks", s.url))
+        .bearer_auth(&key)
+        .json(&json!({"payload": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let agent_status = r.status().as_u16();
+    // The administrator enqueues, leases and beats.
+    let (st, _) = s
+        .post("/api/v1/queues/jobs/tasks", json!({"payload": {"n": 2}}))
+        .await;
+    assert_eq!(st, 201);
+    let (st, leased) = s
+        .post(
+            "/api/v1/queues/jobs/lease",
+            json!({"worker": "w1", "max": 1}),
+        )
+        .await;
+    assert_eq!(st, 200, "{leased}");
+    let task = &leased["tasks"][0];
+    let (st, beat) = s
+        .post(
+            &format!("/api/v1/tasks/{}/heartbeat", task["id"].as_str().unwrap()),
+            json!({"worker": "w1", "attempt": task["attempts"]}),
+        )
+        .await;
+    assert_eq!(st, 204, "{beat}");
+
+    let changes: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["event"] == "change")
+        .collect();
+    let find = |action: &str, resource: &str| {
+        changes
+            .iter()
+            .find(|c| c["action"] == action && c["resource"] == resource)
+            .cloned()
+    };
+    let nightly = find("PUT /api/v1/schedules/{name}", "/api/v1/schedules/nightly")
+        .unwrap_or_else(|| panic!("{changes:?}"));
+    assert_eq!(nightly["outcome"], "status:200");
+    assert!(nightly["principal"].as_str().unwrap().starts_with("admin:"));
+    let broken = find("PUT /api/v1/schedules/{name}", "/api/v1/schedules/broken").unwrap();
+    assert_eq!(broken["outcome"], "status:400");
+    assert!(find(
+        "POST /api/v1/agents/{name}/resume",
+        "/api/v1/agents/worker/resume"
+    )
+    .is_some());
+    assert!(find("POST /api/v1/keys", "/api/v1/keys").is_some());
+    let by_agent: Vec<&Value> = changes
+        .iter()
+        .filter(|c| c["principal"] == "agent:worker")
+        .collect();
+    assert_eq!(by_agent.len(), 1, "{changes:?}");
+    assert_eq!(by_agent[0]["action"], "POST /api/v1/queues/{name}/tasks");
+    assert_eq!(by_agent[0]["outcome"], format!("status:{agent_status}"));
+    assert!(find(
+        "POST /api/v1/queues/{name}/lease",
+        "/api/v1/queues/jobs/lease"
+    )
+    .is_some());
+    assert!(
+        changes
+            .iter()
+            .all(|c| !c["action"].as_str().unwrap().starts_with("GET")
+                && !c["action"].as_str().unwrap().ends_with("/heartbeat")),
+        "{changes:?}"
+    );
+    assert!(!changes.iter().any(|c| c.to_string().contains("hunter2")));
+}
+both_backends!(
+    management_changes_are_audited,
+    management_changes_are_audited
+);
