@@ -105,8 +105,8 @@ impl Delegations {
             clock,
             delegator,
             identities,
-            links: TtlCache::new(crate::gateway::LOOKUP_TTL),
-            keys: TtlCache::new(crate::gateway::LOOKUP_TTL),
+            links: TtlCache::new(crate::ttl_cache::LOOKUP_TTL),
+            keys: TtlCache::new(crate::ttl_cache::LOOKUP_TTL),
         }
     }
 

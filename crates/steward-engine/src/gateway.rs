@@ -130,9 +130,6 @@ pub(crate) struct Gateway {
     pub chains: TtlCache<(String, Option<RunId>), Vec<String>>,
 }
 
-/// How long a key or a budget chain read for one call serves the next ones.
-pub(crate) const LOOKUP_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
 pub(crate) fn key_hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())

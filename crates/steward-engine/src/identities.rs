@@ -17,7 +17,7 @@ impl Identities {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Identities {
             store,
-            cache: TtlCache::new(crate::gateway::LOOKUP_TTL),
+            cache: TtlCache::new(crate::ttl_cache::LOOKUP_TTL),
         }
     }
 

@@ -296,8 +296,8 @@ impl Engine {
             clock: opts.clock.clone(),
             metrics: metrics.clone(),
             settler: steward_store::SettleWriter::start(store.clone()),
-            keys: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
-            chains: ttl_cache::TtlCache::new(gateway::LOOKUP_TTL),
+            keys: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
+            chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
         };
         let kernel = Kernel {
             sandboxes: opts.sandboxes.clone(),

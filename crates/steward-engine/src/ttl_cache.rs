@@ -6,6 +6,10 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long a lookup made for one call (a key, a budget chain, an identity, a delegation link)
+/// serves the next ones.
+pub(crate) const LOOKUP_TTL: Duration = Duration::from_secs(1);
+
 /// Entries beyond this are dropped wholesale: the map never grows without bound.
 const MAX_ENTRIES: usize = 10_000;
 
