@@ -6,7 +6,7 @@
 //! against the deployment; credentials an upstream echoes back are shown and stored nowhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

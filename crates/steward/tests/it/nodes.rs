@@ -2,7 +2,7 @@
 //! once their leases expire, finishing them with no completed step done twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

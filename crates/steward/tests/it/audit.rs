@@ -4,7 +4,7 @@
 //! proofs and checkpoint signatures check with the node's public key alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::cli as steward;
 

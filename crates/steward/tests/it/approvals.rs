@@ -4,7 +4,7 @@
 //! of it is in the audit log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::cli as steward;
 

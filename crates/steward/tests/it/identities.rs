@@ -4,7 +4,7 @@
 //! revoked; each change is audited with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use serde_json::{json, Value};

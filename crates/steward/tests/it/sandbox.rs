@@ -585,7 +585,7 @@ for req in [b"GARBAGE\r\n\r\n", b"CONNECT nohost\r\n\r\n", b"CONNECT h:99999 HTT
     assert!(!o.contains("reached"), "{o}");
 }
 
-mod common;
+use crate::common;
 use common::{Backend, TestServer};
 use serde_json::Value;
 

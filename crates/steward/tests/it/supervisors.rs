@@ -4,7 +4,7 @@
 //! feedback, or escalate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! the journal, the audit log or the log, or shown to the model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

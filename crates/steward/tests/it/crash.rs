@@ -4,7 +4,7 @@
 //! Asserts every run finishes and no completed step — model call or tool call — is done again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

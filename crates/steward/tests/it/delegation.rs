@@ -7,7 +7,7 @@
 //! another owner where the policy forbids it, is refused. Every refusal is audited.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use serde_json::{json, Value};

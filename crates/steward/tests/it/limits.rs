@@ -2,7 +2,7 @@
 //! sharing it enforces one limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The CLI verbs against a real server: apply, run (following steps live), get, logs, cancel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! whose tasks finish once each.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! at submission. Path leases keep agents off each other's files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

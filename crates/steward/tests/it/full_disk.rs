@@ -5,7 +5,7 @@
 //! acknowledged run is there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

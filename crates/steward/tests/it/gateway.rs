@@ -2,7 +2,7 @@
 //! client, and a mock OpenAI-compatible upstream on loopback, on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -3,7 +3,7 @@
 //! completed step left it — files, modes, directories and links.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! probes and the `/v1` gateway (which has its own API keys) are unaffected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! through one node is in force on the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! neither — through `/v1` and for managed runs alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

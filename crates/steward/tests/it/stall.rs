@@ -3,7 +3,7 @@
 //! by a real HTTP server; none may arrive twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The REST API against the real binary, on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer};
 use serde_json::{json, Value};

@@ -1,0 +1,33 @@
+//! Steward's integration tests, as one binary (built and linked once): each module drives the
+//! real `steward` binary, or the engine in process, over real SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+mod admin;
+mod api;
+mod approvals;
+mod audit;
+mod budgets;
+mod cache;
+mod cli;
+mod crash;
+mod delegation;
+mod fallbacks;
+mod full_disk;
+mod gateway;
+mod identities;
+mod limits;
+mod merge_queue;
+mod nodes;
+mod policy;
+mod queues;
+mod recovery;
+mod sandbox;
+mod spend;
+mod stall;
+mod supervisors;
+mod telemetry;
+mod vault;
+mod workspaces;
