@@ -25,15 +25,10 @@ async fn fresh(postgres: bool) -> Fresh {
     let url = if postgres {
         let base = std::env::var("STEWARD_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
+        steward_store::pg_schema::new_schema(&base, "t")
             .await
-            .unwrap();
-        admin.close().await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}options=-c%20search_path%3D{schema}")
+            .unwrap()
+            .1
     } else {
         format!("sqlite://{}", dir.path().join("t.db").display())
     };

@@ -7,6 +7,7 @@ mod group_commit;
 mod merges;
 pub mod merkle;
 mod model;
+pub mod pg_schema;
 mod responses;
 mod schedules;
 mod settle_writer;

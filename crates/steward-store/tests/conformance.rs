@@ -28,17 +28,9 @@ async fn sqlite() -> Fresh {
 async fn postgres() -> Fresh {
     let base = std::env::var("STEWARD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&base)
+    let (_, url) = steward_store::pg_schema::new_schema(&base, "t")
         .await
         .expect("PostgreSQL at STEWARD_TEST_PG_URL (default 127.0.0.1:5432/test)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     Fresh {
         store: open(&url, &StoreConfig::default()).await.unwrap(),
         url,

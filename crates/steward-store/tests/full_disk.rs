@@ -141,14 +141,11 @@ fn nix_free(path: &std::path::Path) -> u64 {
 async fn writes_survive_their_connections_being_killed() {
     let base = std::env::var("STEWARD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
+    let (schema, url) = steward_store::pg_schema::new_schema(&base, "t")
         .await
         .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let url = format!("{url}&application_name={schema}");
     let store = open(&url, &StoreConfig::default()).await.unwrap();
     with_agent(&*store).await;
     let writer = {

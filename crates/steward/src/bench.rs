@@ -82,22 +82,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let sqlite = sqlite?;
 
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let (schema, pg_url) = steward_store::pg_schema::new_schema(&args.postgres_url, "bench")
+        .await
+        .context("making a schema on PostgreSQL")?;
     let admin = sqlx::PgPool::connect(&args.postgres_url)
         .await
         .context("connecting to PostgreSQL")?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await?;
-    let sep = if args.postgres_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let pg_url = format!(
-        "{}{sep}options=-c%20search_path%3D{schema}",
-        args.postgres_url
-    );
     let postgres = measure("postgres", &pg_url, &args).await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)

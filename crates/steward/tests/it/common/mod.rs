@@ -112,18 +112,10 @@ pub async fn fresh_db(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.join("steward.db").display()),
         Backend::Postgres => {
-            let base = pg_base();
-            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&base)
+            steward_store::pg_schema::new_schema(&pg_base(), "t")
                 .await
-                .expect("PostgreSQL must be running (STEWARD_TEST_PG_URL)");
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let sep = if base.contains('?') { '&' } else { '?' };
-            format!("{base}{sep}options=-c%20search_path%3D{schema}")
+                .expect("PostgreSQL must be running (STEWARD_TEST_PG_URL)")
+                .1
         }
     }
 }
