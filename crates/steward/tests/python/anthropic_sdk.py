@@ -1,6 +1,6 @@
 """The official `anthropic` Python SDK against Steward's /v1/messages, unchanged but for base_url.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE and STEWARD_KEY set (the key is sent
+Run by crates/steward/tests/it/gateway.rs with STEWARD_BASE and STEWARD_KEY set (the key is sent
 as the SDK sends it, in `x-api-key`). Exits non-zero (with the failing assertion) if the gateway
 does not behave as the SDK expects.
 """

@@ -1,7 +1,7 @@
 """LangChain's ChatOpenAI and OpenAIEmbeddings against Steward's /v1 gateway, unchanged but for
 base_url.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE and STEWARD_KEY set, against the same
+Run by crates/steward/tests/it/gateway.rs with STEWARD_BASE and STEWARD_KEY set, against the same
 mock upstream as openai_sdk.py. Exits non-zero (with the failing assertion) if the gateway does
 not behave as LangChain expects.
 """

@@ -1,6 +1,6 @@
 """The OpenAI Agents SDK on its default path (the Responses API) against Steward.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE and STEWARD_KEY set. An agent with a
+Run by crates/steward/tests/it/gateway.rs with STEWARD_BASE and STEWARD_KEY set. An agent with a
 function tool answers over two turns, with `Runner.run` and with `Runner.run_streamed`.
 """
 import asyncio

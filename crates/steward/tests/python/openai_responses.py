@@ -1,6 +1,6 @@
 """The official `openai` Python SDK's Responses API against Steward's /v1/responses.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE, STEWARD_KEY (an agent's key) and
+Run by crates/steward/tests/it/gateway.rs with STEWARD_BASE, STEWARD_KEY (an agent's key) and
 STEWARD_OTHER_KEY (a key of another owner's agent) set. Exits non-zero (with the failing
 assertion) if the gateway does not behave as the SDK expects.
 """

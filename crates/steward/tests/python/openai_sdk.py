@@ -1,6 +1,6 @@
 """The official `openai` Python SDK against Steward's /v1 gateway, unchanged but for base_url.
 
-Run by crates/steward/tests/gateway.rs with STEWARD_BASE, STEWARD_KEY, STEWARD_RUN and
+Run by crates/steward/tests/it/gateway.rs with STEWARD_BASE, STEWARD_KEY, STEWARD_RUN and
 STEWARD_TOKEN (a delegated token minted for the key's agent) set.
 Exits non-zero (with the failing assertion) if the gateway does not behave as the SDK expects.
 """
