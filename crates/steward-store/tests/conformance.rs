@@ -177,6 +177,128 @@ async fn a_new_run_is_audited_in_its_own_commit(s: &dyn Store) {
     assert_eq!(s.audit_rows(before, 10).await.unwrap().len(), 1);
 }
 
+async fn policy_sets_are_versioned_and_a_repeat_is_not_a_version(s: &dyn Store) {
+    assert!(s.latest_policy_set().await.unwrap().is_none());
+    let v1 = s
+        .put_policy_set("h1", "permit(principal, action, resource);", 10)
+        .await
+        .unwrap();
+    let again = s
+        .put_policy_set("h1", "permit(principal, action, resource);", 20)
+        .await
+        .unwrap();
+    assert_eq!(again, v1, "the latest text again is not a new version");
+    let v2 = s
+        .put_policy_set("h2", "forbid(principal, action, resource);", 30)
+        .await
+        .unwrap();
+    assert_eq!(v2.version, v1.version + 1);
+    assert_eq!(s.latest_policy_set().await.unwrap(), Some(v2));
+}
+
+async fn an_approval_is_asked_once_per_step_and_decided_once(s: &dyn Store) {
+    with_agent(s).await;
+    let run = new_id();
+    s.create_run(&new_run(&run), 1).await.unwrap();
+    let ask = |id: &str| NewApproval {
+        id: id.into(),
+        run_id: run.to_string(),
+        seq: 2,
+        approvers: "finance".into(),
+        action: "tool.call".into(),
+        resource: "pay".into(),
+        policy_ids: "[\"p1\"]".into(),
+        expires_at: 1_000,
+    };
+    let first = s.request_approval(&ask("appr_1"), 10).await.unwrap();
+    assert_eq!(first.state, "pending");
+    let second = s.request_approval(&ask("appr_2"), 20).await.unwrap();
+    assert_eq!(second.id, "appr_1", "the same step finds its approval");
+    assert_eq!(
+        s.approval_for(&run.to_string(), 2).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        s.list_approvals(Some("pending"), 10).await.unwrap().len(),
+        1
+    );
+    let decided = s
+        .decide_approval("appr_1", true, "ok", "alice", 30)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (decided.state.as_str(), decided.decided_by.as_deref()),
+        ("approved", Some("alice"))
+    );
+    assert!(
+        matches!(
+            s.decide_approval("appr_1", false, "no", "bob", 40).await,
+            Err(Error::Conflict(_))
+        ),
+        "decided once"
+    );
+    assert!(s
+        .decide_approval("appr_none", true, "", "x", 40)
+        .await
+        .unwrap()
+        .is_none());
+    // One left pending past its expiry is expired (a denial), once.
+    let other = new_id();
+    s.create_run(&new_run(&other), 1).await.unwrap();
+    let late = NewApproval {
+        id: "appr_3".into(),
+        run_id: other.to_string(),
+        ..ask("appr_3")
+    };
+    s.request_approval(&late, 50).await.unwrap();
+    assert_eq!(s.expire_approvals(999).await.unwrap(), 0, "not yet");
+    assert_eq!(s.expire_approvals(1_001).await.unwrap(), 1);
+    assert_eq!(s.expire_approvals(2_000).await.unwrap(), 0);
+    assert_eq!(
+        s.get_approval("appr_3").await.unwrap().unwrap().state,
+        "expired"
+    );
+}
+
+async fn a_schedule_fires_once_for_each_time_it_is_due(s: &dyn Store) {
+    let sched = ScheduleRecord {
+        name: "nightly".into(),
+        cron: Some("0 0 3 * * *".into()),
+        queue: Some("jobs".into()),
+        agent: None,
+        payload: "{}".into(),
+        missed: "once".into(),
+        next_at: Some(100),
+        last_fired_at: None,
+        fired: 0,
+        created_at: 1,
+    };
+    s.put_schedule(&sched, 1).await.unwrap();
+    assert_eq!(
+        s.get_schedule("nightly").await.unwrap().unwrap().next_at,
+        Some(100)
+    );
+    assert!(s.due_schedules(99, 10).await.unwrap().is_empty());
+    assert_eq!(s.due_schedules(100, 10).await.unwrap().len(), 1);
+    // Two nodes saw it due at 100: one moves it on, the other finds it moved.
+    assert!(s
+        .advance_schedule("nightly", 100, Some(200), 1, 100)
+        .await
+        .unwrap());
+    assert!(!s
+        .advance_schedule("nightly", 100, Some(200), 1, 101)
+        .await
+        .unwrap());
+    let after = s.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!((after.next_at, after.fired), (Some(200), 1));
+    assert!(s.due_schedules(150, 10).await.unwrap().is_empty());
+    assert_eq!(s.list_schedules().await.unwrap().len(), 1);
+    assert!(s.delete_schedule("nightly").await.unwrap());
+    assert!(!s.delete_schedule("nightly").await.unwrap());
+    assert!(s.get_schedule("nightly").await.unwrap().is_none());
+}
+
 async fn leases_give_a_run_to_one_node(s: &dyn Store) {
     with_agent(s).await;
     let id = new_id();
@@ -1360,6 +1482,27 @@ async fn responses_are_kept_per_scope(s: &dyn Store) {
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
+            #[tokio::test]
+            async fn policy_sets_are_versioned_and_a_repeat_is_not_a_version() {
+                super::policy_sets_are_versioned_and_a_repeat_is_not_a_version(
+                    &*super::$backend().await.store,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn an_approval_is_asked_once_per_step_and_decided_once() {
+                super::an_approval_is_asked_once_per_step_and_decided_once(
+                    &*super::$backend().await.store,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn a_schedule_fires_once_for_each_time_it_is_due() {
+                super::a_schedule_fires_once_for_each_time_it_is_due(
+                    &*super::$backend().await.store,
+                )
+                .await
+            }
             #[tokio::test]
             async fn a_new_run_is_audited_in_its_own_commit() {
                 super::a_new_run_is_audited_in_its_own_commit(&*super::$backend().await.store).await
