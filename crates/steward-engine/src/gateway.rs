@@ -1071,9 +1071,10 @@ impl Gateway {
         h.update([0]);
         h.update(model.as_bytes());
         h.update([0]);
-        h.update(body.to_string().as_bytes()); // serde_json maps are sorted: a canonical form
-                                               // A request in another API is answered in it: its answers are kept apart, and keyed
-                                               // by what it passes through whole.
+        // serde_json maps are sorted: a canonical form.
+        h.update(body.to_string().as_bytes());
+        // A request in another API is answered in it: its answers are kept apart, and keyed
+        // by what it passes through whole.
         if let Some(n) = native {
             h.update([0]);
             h.update(format!("{:?}", n.api).as_bytes());
