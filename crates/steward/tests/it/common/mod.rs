@@ -235,6 +235,9 @@ impl TestServer {
             .unwrap()
             .to_string();
         self.child = Some(child);
+        // A new life may be given the port of the last one: connections pooled to that one are
+        // dead, and must not carry this life's first requests.
+        self.http = admin_client(&self.env);
     }
 
     pub fn log(&self) -> String {
@@ -260,7 +263,7 @@ impl TestServer {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let (status, a) = exchange(self.http.get(format!("{}{path}", self.url)))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}\nthe server's log:\n{}", self.log()));
         (status, a.as_json_or_text())
     }
 
