@@ -36,6 +36,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             policies: Arc::new(steward_gov::Policies::new(None).unwrap()),
             vault: None,
             sandboxes: None,
+            meters: Default::default(),
         },
     )
     .await

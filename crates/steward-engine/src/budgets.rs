@@ -13,6 +13,17 @@ pub(crate) const DEFAULT_MAX_OUTPUT: i64 = 4096;
 /// Accounts deeper than this are ignored: a parent cycle cannot loop forever.
 const MAX_DEPTH: usize = 16;
 
+/// The most tokens a managed run's model call can take in and give out. A token is at least a
+/// byte, so the request's size bounds its input from above; its output is its limit, or
+/// `DEFAULT_MAX_OUTPUT` (the upstream is then held to that too). The gateway bounds the body
+/// a client sent the same way (`Gateway::bounds`).
+pub(crate) fn bounds_of(request: &steward_llm::ChatRequest) -> (i64, i64) {
+    let tokens_in =
+        serde_json::to_vec(&(&request.messages, &request.tools)).map_or(0, |v| v.len() as i64);
+    let tokens_out = request.max_tokens.map_or(DEFAULT_MAX_OUTPUT, i64::from);
+    (tokens_in, tokens_out)
+}
+
 #[derive(Clone)]
 pub(crate) struct Budgets {
     pub store: Arc<dyn Store>,

@@ -343,7 +343,7 @@ impl Gateway {
         error: GatewayError,
     ) -> GatewayError {
         self.refuse_as(
-            ("authentication", "authenticate"),
+            (steward_gov::AuditEvent::Authentication, "authenticate"),
             principal,
             chain,
             delegations,
@@ -356,7 +356,7 @@ impl Gateway {
     /// Refuses a request, audited (as `event`) before the caller hears of it.
     async fn refuse_as(
         &self,
-        (event, action): (&'static str, &str),
+        (event, action): (steward_gov::AuditEvent, &str),
         principal: &str,
         chain: Vec<String>,
         delegations: Vec<String>,
@@ -379,7 +379,7 @@ impl Gateway {
     /// hears of it.
     async fn refuse_decided(
         &self,
-        (event, action): (&'static str, &str),
+        (event, action): (steward_gov::AuditEvent, &str),
         who: &Principal,
         resource: &str,
         d: &Decision,
@@ -467,7 +467,7 @@ impl Gateway {
         };
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "decision",
+            event: steward_gov::AuditEvent::Decision,
             principal: format!("agent:{}", who.agent),
             chain: who.chain.clone(),
             delegations: who.link_ids(),
@@ -510,7 +510,7 @@ impl Gateway {
             let error = GatewayError::Forbidden(why);
             return Err(self
                 .refuse_as(
-                    ("delegation", "agent.delegate"),
+                    (steward_gov::AuditEvent::Delegation, "agent.delegate"),
                     &principal,
                     chain,
                     who.link_ids(),
@@ -541,7 +541,13 @@ impl Gateway {
                 )
             });
             return Err(self
-                .refuse_decided(("delegation", "agent.delegate"), who, &resource, &d, error)
+                .refuse_decided(
+                    (steward_gov::AuditEvent::Delegation, "agent.delegate"),
+                    who,
+                    &resource,
+                    &d,
+                    error,
+                )
                 .await);
         }
         let key_expires = match &who.delegated {
@@ -567,7 +573,7 @@ impl Gateway {
                 ));
                 return Err(self
                     .refuse_as(
-                        ("delegation", "agent.delegate"),
+                        (steward_gov::AuditEvent::Delegation, "agent.delegate"),
                         &principal,
                         chain,
                         who.link_ids(),
@@ -597,7 +603,7 @@ impl Gateway {
         links.push(rec.id.clone());
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "delegation",
+            event: steward_gov::AuditEvent::Delegation,
             principal,
             chain,
             delegations: links,
@@ -811,10 +817,6 @@ impl Gateway {
     }
 
     /// The most the call can cost, or why that cannot be known (a deployment without a price).
-    fn estimate(&self, plan: &Plan, (tokens_in, tokens_out): (i64, i64)) -> Result<i64, String> {
-        self.budgets.worst_case(plan, tokens_in, tokens_out)
-    }
-
     /// Asks the policy whether the agent may make this call. A denial is audited at once, and
     /// durably, before the caller hears of it.
     async fn authorize(
@@ -838,7 +840,7 @@ impl Gateway {
                 ));
                 return Err(self
                     .refuse_as(
-                        ("decision", "llm.call"),
+                        (steward_gov::AuditEvent::Decision, "llm.call"),
                         &format!("agent:{}", who.agent),
                         who.chain.clone(),
                         who.link_ids(),
@@ -913,7 +915,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "decision",
+            event: steward_gov::AuditEvent::Decision,
             principal: format!("agent:{}", who.agent),
             chain: who.chain.clone(),
             delegations: who.link_ids(),
@@ -1249,7 +1251,7 @@ impl Gateway {
             .router
             .plan(&model, &call_id)
             .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
-        let estimate = self.estimate(&plan, bounds);
+        let estimate = self.budgets.worst_case(&plan, bounds.0, bounds.1);
         let decision = self
             .authorize(
                 who,
@@ -1800,7 +1802,7 @@ fn call_audit(
 ) -> String {
     steward_gov::AuditRecord {
         at,
-        event: "syscall",
+        event: steward_gov::AuditEvent::Syscall,
         principal: format!("agent:{}", call.agent),
         chain: who.chain.clone(),
         delegations: who.link_ids(),

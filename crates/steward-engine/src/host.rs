@@ -170,7 +170,7 @@ impl Host {
         let allow = d.allow && d.approval.is_none();
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "decision",
+            event: steward_gov::AuditEvent::Decision,
             principal: format!("run:{run}"),
             chain: chain.to_vec(),
             action: "secret.use".into(),

@@ -20,7 +20,7 @@ use steward_gov::{Decision, Policies, Query};
 use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
 use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
-use steward_tools::{ToolContext, ToolHost, Tools};
+use steward_tools::{ToolContext, ToolHost, Tools, Wait};
 use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy, RunId};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -219,8 +219,8 @@ pub struct Kernel {
     pub(crate) budgets: Budgets,
     pub(crate) policies: Arc<Policies>,
     pub(crate) identities: Arc<crate::identities::Identities>,
-    /// Runs' sandboxes (for what their CPU costs).
-    pub(crate) sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+    /// What metered resources (sandbox CPU) cost, for the tools that use them.
+    pub(crate) meters: crate::meters::Meters,
     /// What child runs were granted by the runs that spawned them.
     pub(crate) delegations: Arc<crate::delegations::Delegations>,
     /// How long an approval may stay pending before it counts as denied.
@@ -388,17 +388,13 @@ impl Kernel {
             (Action::Model { request }, None) => {
                 Some(self.estimate(ctx, request, &idempotency_key))
             }
-            // Sandbox CPU, when charged: the exec's worst case is held like a model call's.
-            (
-                Action::Tool {
-                    name: "sandbox_exec",
-                    ..
-                },
-                _,
-            ) => self
-                .sandboxes
-                .as_ref()
-                .and_then(|s| s.worst_case_nanos())
+            // A metered tool (sandbox CPU, when charged): the call's worst case is held like a
+            // model call's.
+            (Action::Tool { name, .. }, _) => self
+                .tools
+                .get(name)
+                .and_then(|t| t.meter())
+                .and_then(|m| self.meters.worst_case_nanos(m.name))
                 .map(Ok),
             _ => None,
         };
@@ -529,7 +525,7 @@ impl Kernel {
         // The outcome and its audit record are durable together, in one commit.
         let audit = steward_gov::AuditRecord {
             at: entry.at,
-            event: "syscall",
+            event: steward_gov::AuditEvent::Syscall,
             principal: format!("run:{}", ctx.run.id),
             chain,
             action: match kind {
@@ -634,10 +630,7 @@ impl Kernel {
             .router
             .plan(&ctx.spec.model, key)
             .map_err(|e| e.to_string())?;
-        // A token is at least a byte: the request's size bounds its input tokens from above.
-        let tokens_in =
-            serde_json::to_vec(&(&request.messages, &request.tools)).map_or(0, |v| v.len() as i64);
-        let tokens_out = request.max_tokens.map_or(DEFAULT_MAX_OUTPUT, i64::from);
+        let (tokens_in, tokens_out) = crate::budgets::bounds_of(request);
         self.budgets.worst_case(&plan, tokens_in, tokens_out)
     }
 
@@ -673,27 +666,18 @@ impl Kernel {
             destination: None,
         };
         let mut d = self.policies.decide(&query(act, resource));
-        // Starting another agent is also `agent.spawn` on that agent, running code is also
-        // `sandbox.exec` on the run's sandbox: both decisions must allow it.
-        let sandbox = format!("run:{}", ctx.run.id);
+        // What the tool does besides (starting another agent is also `agent.spawn` on that
+        // agent, running code is also `sandbox.exec` on the run's sandbox): both decisions
+        // must allow it.
         let also = match action {
-            Action::Tool {
-                name: "spawn_agent",
-                args,
-            } => Some((
-                "agent.spawn",
-                args.get("agent")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-            )),
-            Action::Tool {
-                name: "sandbox_exec",
-                ..
-            } => Some(("sandbox.exec", sandbox.as_str())),
-            _ => None,
+            Action::Tool { name, args } => self
+                .tools
+                .get(name)
+                .and_then(|t| t.also_decided(&ctx.run.id, args)),
+            Action::Model { .. } => None,
         };
-        if let (true, Some((also_act, also_resource))) = (d.allow, also) {
-            let second = self.policies.decide(&query(also_act, also_resource));
+        if let (true, Some(also)) = (d.allow, &also) {
+            let second = self.policies.decide(&query(also.action, &also.resource));
             if second.allow {
                 d.policy_ids.extend(second.policy_ids);
                 d.approval = d.approval.or(second.approval);
@@ -704,7 +688,7 @@ impl Kernel {
         let record = |d: &Decision, verdict: &str, approval: Option<String>| {
             steward_gov::AuditRecord {
                 at: now,
-                event: "decision",
+                event: steward_gov::AuditEvent::Decision,
                 principal: format!("run:{}", ctx.run.id),
                 chain: chain.to_vec(),
                 trace_id: crate::trace_id(),
@@ -933,14 +917,13 @@ impl Kernel {
                     idempotency_key: key.to_string(),
                     host: self.host.clone(),
                 };
-                // A child run may take as long as its own run timeout: spawn_agent is not
-                // bounded by the parent's step timeout.
                 let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
                     self.resilient_tool(ctx, name, args, &tctx, p, step_timeout)
                         .await?
-                } else if name == "spawn_agent" {
-                    // Waiting on a child is abandoned on shutdown without an outcome: the spawn is
-                    // idempotent, so the next life finds the same child and waits again.
+                } else if tool.wait() == Wait::UntilDone {
+                    // Waiting on work of its own (a child run, bounded by its own timeout) is
+                    // abandoned on shutdown without an outcome: such a tool is idempotent, so
+                    // the next life calls it again and finds the same work.
                     tokio::select! {
                         r = tool.call(&tctx, args.clone()) => r.map_err(|e| e.to_string()),
                         _ = self.draining.cancelled() => return Err(StepError::Draining),
@@ -954,11 +937,9 @@ impl Kernel {
                         )),
                     }
                 };
-                // Sandbox CPU is charged at what the exec used.
-                let spent = match (&result, &self.sandboxes) {
-                    (Ok(v), Some(s)) if name == "sandbox_exec" => {
-                        s.cpu_cost_nanos(v.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0))
-                    }
+                // A metered tool is charged at what the call used.
+                let spent = match (&result, tool.meter()) {
+                    (Ok(v), Some(m)) => self.meters.cost_nanos(m.name, (m.used)(v)),
                     _ => 0,
                 };
                 Ok((Outcome::Tool(result), spent))
@@ -1181,7 +1162,7 @@ impl Kernel {
                 now,
                 steward_gov::AuditRecord {
                     at: now,
-                    event: "decision",
+                    event: steward_gov::AuditEvent::Decision,
                     principal: format!("run:{}", ctx.run.id),
                     chain: chain.clone(),
                     trace_id: crate::trace_id(),
@@ -1212,7 +1193,7 @@ impl Kernel {
         Ok(plan)
     }
 
-    /// Whether this run may start `agent` as a child outside a `spawn_agent` call (a fallback):
+    /// Whether this run may start `agent` as a child other than by a tool call (a fallback):
     /// the policy's `agent.spawn` decision and the run's own grant, audited. A permit that asks
     /// for approval counts as no: a fallback does not wait for a human.
     async fn may_spawn(
@@ -1243,19 +1224,15 @@ impl Kernel {
         if let Some(refused) = self.may_act_unattended(ctx, "tool.call", tool, seq).await? {
             return Ok(Some(refused));
         }
-        let sandbox = format!("run:{}", ctx.run.id);
-        let also = match tool {
-            "spawn_agent" => Some((
-                "agent.spawn",
-                args.get("agent")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-            )),
-            "sandbox_exec" => Some(("sandbox.exec", sandbox.as_str())),
-            _ => None,
-        };
+        let also = self
+            .tools
+            .get(tool)
+            .and_then(|t| t.also_decided(&ctx.run.id, args));
         match also {
-            Some((act, resource)) => self.may_act_unattended(ctx, act, resource, seq).await,
+            Some(also) => {
+                self.may_act_unattended(ctx, also.action, &also.resource, seq)
+                    .await
+            }
             None => Ok(None),
         }
     }
@@ -1318,7 +1295,7 @@ impl Kernel {
         }
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "decision",
+            event: steward_gov::AuditEvent::Decision,
             principal: format!("run:{}", ctx.run.id),
             chain,
             trace_id: crate::trace_id(),

@@ -88,7 +88,7 @@ impl Launcher {
         let now = self.clock.now_ms();
         let audit = steward_gov::AuditRecord {
             at: now,
-            event: "lifecycle",
+            event: steward_gov::AuditEvent::Lifecycle,
             principal: match &run.parent_id {
                 Some(p) => format!("run:{p}"),
                 None => format!("steward:{}", origin.describe()),

@@ -15,6 +15,7 @@ mod identities;
 mod kernel;
 mod launch;
 pub mod merge_queue;
+pub mod meters;
 mod metrics;
 mod runs;
 pub mod sandboxes;
@@ -169,8 +170,10 @@ pub struct EngineOptions {
     pub policies: Arc<steward_gov::Policies>,
     /// Provider and tool credentials, encrypted at rest.
     pub vault: Option<Arc<vault::Vault>>,
-    /// Runs' sandboxes, when code execution is configured.
+    /// Runs' sandboxes, when code execution is configured (their CPU is metered on its own).
     pub sandboxes: Option<Arc<sandboxes::SandboxService>>,
+    /// What metered resources of other tools cost (`steward_tools::Tool::meter`).
+    pub meters: meters::Meters,
 }
 
 struct Inner {
@@ -299,8 +302,12 @@ impl Engine {
             keys: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
             chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
         };
+        let mut meters = opts.meters.clone();
+        if let Some(s) = &opts.sandboxes {
+            meters.insert(steward_tools::SANDBOX_CPU_MS, s.clone());
+        }
         let kernel = Kernel {
-            sandboxes: opts.sandboxes.clone(),
+            meters,
             delegations: delegations.clone(),
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
@@ -782,7 +789,7 @@ impl Engine {
         let now = self.inner.shared.clock.now_ms();
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "change",
+            event: steward_gov::AuditEvent::Change,
             principal: change.principal,
             chain: change.chain,
             action: change.action,
@@ -807,7 +814,7 @@ impl Engine {
         let principal = format!("admin:{}", steward_gov::policy::ADMIN);
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "admin",
+            event: steward_gov::AuditEvent::Admin,
             chain: vec![principal.clone()],
             principal,
             action: action.to_string(),
@@ -1306,7 +1313,7 @@ impl Engine {
         let now = self.inner.shared.clock.now_ms();
         let record = steward_gov::AuditRecord {
             at: now,
-            event: "lifecycle",
+            event: steward_gov::AuditEvent::Lifecycle,
             principal: principal.to_string(),
             chain: vec![principal.to_string()],
             action: action.to_string(),

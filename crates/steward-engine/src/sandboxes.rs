@@ -118,6 +118,16 @@ fn refused(e: steward_sandbox::Error) -> ToolError {
     }
 }
 
+/// Sandbox CPU, priced per millisecond when it is charged (`steward_tools::SANDBOX_CPU_MS`).
+impl crate::meters::Meter for SandboxService {
+    fn worst_case_nanos(&self) -> Option<i64> {
+        SandboxService::worst_case_nanos(self)
+    }
+    fn cost_nanos(&self, cpu_ms: u64) -> i64 {
+        self.cpu_cost_nanos(cpu_ms)
+    }
+}
+
 impl SandboxService {
     /// `persistent`: where standalone sandboxes, their layers and snapshots live.
     pub fn new(
@@ -850,7 +860,7 @@ pub(crate) fn audit_egress(
         let at = clock.now_ms();
         let record = steward_gov::AuditRecord {
             at,
-            event: "egress",
+            event: steward_gov::AuditEvent::Egress,
             principal: principal.clone(),
             chain: chain.clone(),
             action: "sandbox.connect".into(),

@@ -15,5 +15,5 @@ pub mod verify;
 pub use audit_key::AuditKey;
 pub use delegation::{Delegator, Scope};
 pub use policy::{Decision, Policies, PolicyError, Query};
-pub use record::AuditRecord;
+pub use record::{AuditEvent, AuditRecord};
 pub use verify::{verify_log, Problem, Report};

@@ -8,8 +8,8 @@ use serde::Serialize;
 pub struct AuditRecord {
     /// Unix milliseconds.
     pub at: i64,
-    /// `syscall` (an action and its outcome) or `decision` (an authorization).
-    pub event: &'static str,
+    /// What the record reports.
+    pub event: AuditEvent,
     /// Who acted: `agent:<name>`, or `run:<id>` for a managed run.
     pub principal: String,
     /// The delegation chain, outermost first (the human or team, the agent, the sub-agents).
@@ -52,6 +52,44 @@ pub struct AuditRecord {
     pub trace_id: Option<String>,
 }
 
+/// What an audit record reports: every record is one of these, written as its snake_case name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// An action and its outcome: a run's step, a gateway call.
+    #[default]
+    Syscall,
+    /// An authorization: what the policy (and approvals, grants) decided.
+    Decision,
+    /// A credential refused: an unknown, revoked or expired key or token.
+    Authentication,
+    /// A delegated token presented: its chain checked, allowed or refused.
+    Delegation,
+    /// A sandbox's outbound connection, allowed or refused.
+    Egress,
+    /// A run created, an identity suspended or restored, a key issued or revoked.
+    Lifecycle,
+    /// A change an administrator or agent made through the management API.
+    Change,
+    /// An administrator's own act under the admin policy (a policy update).
+    Admin,
+}
+
+impl AuditEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::Syscall => "syscall",
+            AuditEvent::Decision => "decision",
+            AuditEvent::Authentication => "authentication",
+            AuditEvent::Delegation => "delegation",
+            AuditEvent::Egress => "egress",
+            AuditEvent::Lifecycle => "lifecycle",
+            AuditEvent::Change => "change",
+            AuditEvent::Admin => "admin",
+        }
+    }
+}
+
 impl AuditRecord {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"unserializable":"{e}"}}"#))
@@ -60,4 +98,30 @@ impl AuditRecord {
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_written_by_their_names() {
+        for e in [
+            AuditEvent::Syscall,
+            AuditEvent::Decision,
+            AuditEvent::Authentication,
+            AuditEvent::Delegation,
+            AuditEvent::Egress,
+            AuditEvent::Lifecycle,
+            AuditEvent::Change,
+            AuditEvent::Admin,
+        ] {
+            let r = AuditRecord {
+                event: e,
+                ..Default::default()
+            };
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            assert_eq!(v["event"], e.as_str());
+        }
+    }
 }

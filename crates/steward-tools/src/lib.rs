@@ -135,8 +135,58 @@ pub trait Tool: Send + Sync {
     /// Whether running this call twice has the effect of running it once. Decides whether a
     /// call interrupted by a crash may be retried without asking anyone.
     fn idempotent(&self, args: &Value) -> bool;
+    /// What the call does besides calling this tool that policy must also allow (starting
+    /// another agent, running code in the run's sandbox). The Kernel decides `tool.call` on the
+    /// tool and then this; both must allow the call.
+    fn also_decided(&self, _run: &RunId, _args: &Value) -> Option<AlsoDecided> {
+        None
+    }
+    /// How long the call may take.
+    fn wait(&self) -> Wait {
+        Wait::StepTimeout
+    }
+    /// The metered resource the call uses, if any: its worst case is held against the run's
+    /// budgets before the call and what it used is charged after.
+    fn meter(&self) -> Option<Meter> {
+        None
+    }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value>;
 }
+
+/// A second policy decision a tool call needs: `action` on `resource`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlsoDecided {
+    pub action: &'static str,
+    pub resource: String,
+}
+
+/// How long a tool call may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// At most the agent's `stepTimeout`.
+    StepTimeout,
+    /// As long as the work it waits on (a child run, bounded by its own timeout). Abandoned
+    /// without an outcome when the server drains, so such a tool must be idempotent: the next
+    /// life calls it again and finds the same work.
+    UntilDone,
+}
+
+/// A resource the server prices, used by a tool call: `name` says which (the server holds
+/// its worst case before the call), `used` reads how much of it the call's result reports.
+#[derive(Clone, Copy)]
+pub struct Meter {
+    pub name: &'static str,
+    pub used: fn(&Value) -> u64,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter").field("name", &self.name).finish()
+    }
+}
+
+/// Sandbox CPU, in milliseconds: what `sandbox_exec` reports as `cpu_ms`.
+pub const SANDBOX_CPU_MS: &str = "sandbox.cpu_ms";
 
 /// The tools an agent may name in `spec.tools`.
 #[derive(Clone, Default)]

@@ -5,7 +5,11 @@
 
 use serde_json::{json, Value};
 
-use crate::{str_arg, Result, Tool, ToolContext, ToolError, ToolInfo};
+use steward_types::RunId;
+
+use crate::{
+    str_arg, AlsoDecided, Meter, Result, Tool, ToolContext, ToolError, ToolInfo, SANDBOX_CPU_MS,
+};
 
 pub struct SandboxExec;
 pub struct SandboxWriteFile;
@@ -25,6 +29,18 @@ impl Tool for SandboxExec {
     }
     fn idempotent(&self, _: &Value) -> bool {
         false // a command may do anything to its workspace
+    }
+    fn also_decided(&self, run: &RunId, _: &Value) -> Option<AlsoDecided> {
+        Some(AlsoDecided {
+            action: "sandbox.exec",
+            resource: format!("run:{run}"),
+        })
+    }
+    fn meter(&self) -> Option<Meter> {
+        Some(Meter {
+            name: SANDBOX_CPU_MS,
+            used: |result| result.get("cpu_ms").and_then(Value::as_u64).unwrap_or(0),
+        })
     }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let command = str_arg(&args, "command")?;

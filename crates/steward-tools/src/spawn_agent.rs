@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use steward_types::RunId;
 
-use crate::{str_arg, Grant, Result, Tool, ToolContext, ToolError, ToolInfo};
+use crate::{str_arg, AlsoDecided, Grant, Result, Tool, ToolContext, ToolError, ToolInfo, Wait};
 
 pub struct SpawnAgent;
 
@@ -27,6 +27,19 @@ impl Tool for SpawnAgent {
     }
     fn idempotent(&self, _: &Value) -> bool {
         true // the deterministic child id makes a second spawn find the first
+    }
+    fn also_decided(&self, _: &RunId, args: &Value) -> Option<AlsoDecided> {
+        Some(AlsoDecided {
+            action: "agent.spawn",
+            resource: args
+                .get("agent")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+    fn wait(&self) -> Wait {
+        Wait::UntilDone // a child run is bounded by its own timeout, not the parent's step's
     }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let agent = str_arg(&args, "agent")?;

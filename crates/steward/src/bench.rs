@@ -167,6 +167,7 @@ pub(crate) fn engine_options(
         policies: Arc::new(steward_gov::Policies::new(None)?),
         vault: None,
         sandboxes: None,
+        meters: Default::default(),
     })
 }
 

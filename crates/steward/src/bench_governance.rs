@@ -42,7 +42,7 @@ pub async fn run(seconds: u64, writers: usize, verify_records: i64) -> anyhow::R
 fn record(i: u64) -> String {
     steward_gov::AuditRecord {
         at: 1_800_000_000_000 + i as i64,
-        event: "syscall",
+        event: steward_gov::AuditEvent::Syscall,
         principal: format!("run:run_{i:032x}"),
         chain: vec!["agent:bench".into(), format!("run:run_{i:032x}")],
         action: "tool.call".into(),

@@ -126,6 +126,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         policies: Arc::new(steward_gov::Policies::new(None)?),
         vault: Some(vault),
         sandboxes: sandboxes(cfg).await,
+        meters: Default::default(),
     };
     Ok(Engine::start(store, opts).await?)
 }

@@ -20,6 +20,7 @@ mod gateway;
 mod identities;
 mod limits;
 mod merge_queue;
+mod new_tools;
 mod nodes;
 mod policy;
 mod queues;
