@@ -364,13 +364,15 @@ impl Gateway {
         error: GatewayError,
     ) -> GatewayError {
         let record = steward_gov::AuditRecord {
-            event,
-            principal: principal.to_string(),
-            chain,
             delegations,
-            action: action.into(),
-            resource: resource.into(),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                event,
+                0,
+                principal.to_string(),
+                chain,
+                action,
+                resource,
+            )
         };
         self.deny(record, error).await
     }
@@ -386,29 +388,29 @@ impl Gateway {
         error: GatewayError,
     ) -> GatewayError {
         let record = steward_gov::AuditRecord {
-            event,
-            principal: format!("agent:{}", who.agent),
-            chain: who.chain.clone(),
             delegations: who.link_ids(),
-            action: action.into(),
-            resource: resource.into(),
-            run_id: who.run.as_ref().map(|r| r.to_string()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                event,
+                0,
+                format!("agent:{}", who.agent),
+                who.chain.clone(),
+                action,
+                resource,
+            )
+            .in_run(who.run.as_ref().map(|r| r.to_string()), None)
+            .decided("deny", Some(d))
         };
         self.deny(record, error).await
     }
 
-    /// Appends `record` as a denial carrying `error`, durably, then hands the error back (or
-    /// the store's, when the record could not be written).
+    /// Appends `record` as a denial carrying `error`, now, durably, then hands the error back
+    /// (or the store's, when the record could not be written).
     async fn deny(&self, record: steward_gov::AuditRecord, error: GatewayError) -> GatewayError {
         let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             at: now,
-            decision: Some("deny".into()),
             error: Some(error.to_string()),
-            ..record
+            ..record.decided("deny", None)
         }
         .to_json();
         match self.store.append_audit(&[(now, record)]).await {
@@ -466,18 +468,17 @@ impl Gateway {
             }
         };
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Decision,
-            principal: format!("agent:{}", who.agent),
-            chain: who.chain.clone(),
             delegations: who.link_ids(),
-            action: action.into(),
-            resource: queue.into(),
-            decision: Some("deny".into()),
-            policy_hash: d.as_ref().map(|d| d.policy_hash.clone()),
-            policy_ids: d.map(|d| d.policy_ids).unwrap_or_default(),
             error: Some(why.clone()),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Decision,
+                now,
+                format!("agent:{}", who.agent),
+                who.chain.clone(),
+                action,
+                queue,
+            )
+            .decided("deny", d.as_ref())
         }
         .to_json();
         self.store
@@ -602,19 +603,18 @@ impl Gateway {
         let mut links = who.link_ids();
         links.push(rec.id.clone());
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Delegation,
-            principal,
-            chain,
             delegations: links,
-            action: "agent.delegate".into(),
-            resource,
-            run_id: who.run.as_ref().map(|r| r.to_string()),
-            decision: Some("allow".into()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
             outcome: Some(rec.scope.clone()),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Delegation,
+                now,
+                principal,
+                chain,
+                "agent.delegate",
+                &resource,
+            )
+            .in_run(who.run.as_ref().map(|r| r.to_string()), None)
+            .decided("allow", Some(&d))
         }
         .to_json();
         self.store
@@ -913,21 +913,23 @@ impl Gateway {
         up_chain: Option<String>,
     ) -> GatewayError {
         let now = self.clock.now_ms();
+        let verdict = if d.allow { "approval_required" } else { "deny" };
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Decision,
-            principal: format!("agent:{}", who.agent),
-            chain: who.chain.clone(),
             delegations: who.link_ids(),
-            action: "llm.call".into(),
-            resource: model.into(),
-            run_id: who.run.as_ref().map(|r| r.to_string()),
-            step: Some(call_id.into()),
-            decision: Some(if d.allow { "approval_required" } else { "deny" }.into()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
             cost_nanos,
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Decision,
+                now,
+                format!("agent:{}", who.agent),
+                who.chain.clone(),
+                "llm.call",
+                model,
+            )
+            .in_run(
+                who.run.as_ref().map(|r| r.to_string()),
+                Some(call_id.into()),
+            )
+            .decided(verdict, Some(d))
         }
         .to_json();
         if let Err(e) = self.store.append_audit(&[(now, record)]).await {
@@ -1800,33 +1802,30 @@ fn call_audit(
     spent: i64,
     at: i64,
 ) -> String {
+    let action = match op {
+        Op::Chat => "llm.call",
+        Op::Embeddings => "llm.embeddings",
+    };
+    let resource = outcome.deployment.as_deref().unwrap_or(&call.model);
+    let verdict = if decision.allow { "allow" } else { "deny" };
     steward_gov::AuditRecord {
-        at,
-        event: steward_gov::AuditEvent::Syscall,
-        principal: format!("agent:{}", call.agent),
-        chain: who.chain.clone(),
         delegations: who.link_ids(),
-        action: match op {
-            Op::Chat => "llm.call",
-            Op::Embeddings => "llm.embeddings",
-        }
-        .into(),
-        resource: outcome
-            .deployment
-            .clone()
-            .unwrap_or_else(|| call.model.clone()),
-        run_id: call.run_id.clone(),
-        step: Some(call.id.clone()),
-        decision: Some(if decision.allow { "allow" } else { "deny" }.into()),
-        policy_hash: Some(decision.policy_hash.clone()),
-        policy_ids: decision.policy_ids.clone(),
-        approval: None,
         outcome: Some(outcome.status.clone()),
         error: outcome.error.clone(),
         tokens_in: outcome.tokens_in,
         tokens_out: outcome.tokens_out,
         cost_nanos: spent,
         trace_id,
+        ..steward_gov::AuditRecord::new(
+            steward_gov::AuditEvent::Syscall,
+            at,
+            format!("agent:{}", call.agent),
+            who.chain.clone(),
+            action,
+            resource,
+        )
+        .in_run(call.run_id.clone(), Some(call.id.clone()))
+        .decided(verdict, Some(decision))
     }
     .to_json()
 }

@@ -169,18 +169,17 @@ impl Host {
         });
         let allow = d.allow && d.approval.is_none();
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Decision,
-            principal: format!("run:{run}"),
-            chain: chain.to_vec(),
-            action: "secret.use".into(),
-            resource: name.to_string(),
-            run_id: Some(run.to_string()),
-            decision: Some(if allow { "allow" } else { "deny" }.into()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
             outcome: Some(format!("destination:{destination}")),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Decision,
+                now,
+                format!("run:{run}"),
+                chain.to_vec(),
+                "secret.use",
+                name,
+            )
+            .in_run(Some(run.to_string()), None)
+            .decided(if allow { "allow" } else { "deny" }, Some(&d))
         }
         .to_json();
         s.store

@@ -523,22 +523,12 @@ impl Kernel {
             duration_us: act_us,
         };
         // The outcome and its audit record are durable together, in one commit.
+        let action = match kind {
+            "model" => "llm.call",
+            _ => "tool.call",
+        };
+        let verdict = if decision.allow { "allow" } else { "deny" };
         let audit = steward_gov::AuditRecord {
-            at: entry.at,
-            event: steward_gov::AuditEvent::Syscall,
-            principal: format!("run:{}", ctx.run.id),
-            chain,
-            action: match kind {
-                "model" => "llm.call",
-                _ => "tool.call",
-            }
-            .into(),
-            resource: entry.name.clone(),
-            run_id: Some(entry.run_id.clone()),
-            step: Some(seq.to_string()),
-            decision: Some(if decision.allow { "allow" } else { "deny" }.into()),
-            policy_hash: Some(decision.policy_hash.clone()),
-            policy_ids: decision.policy_ids.clone(),
             approval: approval_note.clone().filter(|_| decision.allow),
             outcome: Some(if entry.ok == 1 { "ok" } else { "error" }.into()),
             error: approval_note.filter(|_| !decision.allow),
@@ -546,7 +536,16 @@ impl Kernel {
             tokens_out,
             cost_nanos: spent,
             trace_id: crate::trace_id(),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Syscall,
+                entry.at,
+                format!("run:{}", ctx.run.id),
+                chain,
+                action,
+                &entry.name,
+            )
+            .in_run(Some(entry.run_id.clone()), Some(seq.to_string()))
+            .decided(verdict, Some(&decision))
         }
         .to_json();
         self.record_settling(
@@ -687,22 +686,9 @@ impl Kernel {
         }
         let record = |d: &Decision, verdict: &str, approval: Option<String>| {
             steward_gov::AuditRecord {
-                at: now,
-                event: steward_gov::AuditEvent::Decision,
-                principal: format!("run:{}", ctx.run.id),
-                chain: chain.to_vec(),
-                trace_id: crate::trace_id(),
-                action: act.into(),
-                resource: resource.into(),
-                run_id: Some(ctx.run.id.to_string()),
-                step: Some(seq.to_string()),
-                decision: Some(verdict.into()),
-                policy_hash: Some(d.policy_hash.clone()),
-                policy_ids: d.policy_ids.clone(),
                 approval,
-                error: (!d.errors.is_empty()).then(|| d.errors.join("; ")),
                 cost_nanos,
-                ..Default::default()
+                ..run_decision(ctx, chain, seq, (act, resource), now).decided(verdict, Some(d))
             }
             .to_json()
         };
@@ -1161,20 +1147,9 @@ impl Kernel {
             records.push((
                 now,
                 steward_gov::AuditRecord {
-                    at: now,
-                    event: steward_gov::AuditEvent::Decision,
-                    principal: format!("run:{}", ctx.run.id),
-                    chain: chain.clone(),
-                    trace_id: crate::trace_id(),
-                    action: "llm.call".into(),
-                    resource: label.clone(),
-                    run_id: Some(ctx.run.id.to_string()),
-                    step: Some(seq.to_string()),
-                    decision: Some("deny".into()),
-                    policy_hash: Some(d.policy_hash.clone()),
-                    policy_ids: d.policy_ids.clone(),
                     error: Some(format!("deployment of {model} left out of the call")),
-                    ..Default::default()
+                    ..run_decision(ctx, &chain, seq, ("llm.call", &label), now)
+                        .decided("deny", Some(&d))
                 }
                 .to_json(),
             ));
@@ -1293,25 +1268,37 @@ impl Kernel {
         if refused.is_none() && ctx.run.parent_id.is_some() {
             refused = self.outside_grant(ctx, action, resource, now).await?;
         }
+        let verdict = if refused.is_none() { "allow" } else { "deny" };
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Decision,
-            principal: format!("run:{}", ctx.run.id),
-            chain,
-            trace_id: crate::trace_id(),
-            action: action.into(),
-            resource: resource.into(),
-            run_id: Some(ctx.run.id.to_string()),
-            step: Some(seq.to_string()),
-            decision: Some(if refused.is_none() { "allow" } else { "deny" }.into()),
-            policy_hash: Some(d.policy_hash.clone()),
-            policy_ids: d.policy_ids.clone(),
             error: refused.clone(),
-            ..Default::default()
+            ..run_decision(ctx, &chain, seq, (action, resource), now).decided(verdict, Some(&d))
         }
         .to_json();
         self.record(ctx, Vec::new(), vec![(now, record)]).await?;
         Ok(refused)
+    }
+}
+
+/// The record of a decision on step `seq` of the run: `action` on `resource`, by the run, with
+/// the authority of `chain`, in the step's trace.
+fn run_decision(
+    ctx: &RunCtx,
+    chain: &[String],
+    seq: i64,
+    (action, resource): (&str, &str),
+    at: i64,
+) -> steward_gov::AuditRecord {
+    steward_gov::AuditRecord {
+        trace_id: crate::trace_id(),
+        ..steward_gov::AuditRecord::new(
+            steward_gov::AuditEvent::Decision,
+            at,
+            format!("run:{}", ctx.run.id),
+            chain.to_vec(),
+            action,
+            resource,
+        )
+        .in_run(Some(ctx.run.id.to_string()), Some(seq.to_string()))
     }
 }
 

@@ -86,18 +86,21 @@ impl Launcher {
             });
         }
         let now = self.clock.now_ms();
+        let principal = match &run.parent_id {
+            Some(p) => format!("run:{p}"),
+            None => format!("steward:{}", origin.describe()),
+        };
         let audit = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Lifecycle,
-            principal: match &run.parent_id {
-                Some(p) => format!("run:{p}"),
-                None => format!("steward:{}", origin.describe()),
-            },
-            action: "run.create".into(),
-            resource: format!("agent:{}@{}", run.agent, run.agent_version),
-            run_id: Some(run.id.to_string()),
             outcome: Some(format!("origin:{}", origin.describe())),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Lifecycle,
+                now,
+                principal,
+                Vec::new(),
+                "run.create",
+                &format!("agent:{}@{}", run.agent, run.agent_version),
+            )
+            .in_run(Some(run.id.to_string()), None)
         }
         .to_json();
         Ok(self.store.create_run_audited(&run, &audit, now).await?)

@@ -788,14 +788,15 @@ impl Engine {
     pub async fn audit_change(&self, change: Change) -> Result<()> {
         let now = self.inner.shared.clock.now_ms();
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Change,
-            principal: change.principal,
-            chain: change.chain,
-            action: change.action,
-            resource: change.resource,
             outcome: Some(format!("status:{}", change.status)),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Change,
+                now,
+                change.principal,
+                change.chain,
+                &change.action,
+                &change.resource,
+            )
         }
         .to_json();
         self.store().append_audit(&[(now, record)]).await?;
@@ -813,16 +814,17 @@ impl Engine {
         let now = self.inner.shared.clock.now_ms();
         let principal = format!("admin:{}", steward_gov::policy::ADMIN);
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Admin,
-            chain: vec![principal.clone()],
-            principal,
-            action: action.to_string(),
-            resource: resource.to_string(),
-            decision: Some(if allowed { "allow" } else { "deny" }.into()),
             policy_hash: Some(self.inner.kernel.policies.active().hash.clone()),
             error: (!error.is_empty()).then(|| error.to_string()),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Admin,
+                now,
+                principal.clone(),
+                vec![principal],
+                action,
+                resource,
+            )
+            .decided(if allowed { "allow" } else { "deny" }, None)
         }
         .to_json();
         self.store().append_audit(&[(now, record)]).await?;
@@ -1312,14 +1314,15 @@ impl Engine {
     ) -> Result<()> {
         let now = self.inner.shared.clock.now_ms();
         let record = steward_gov::AuditRecord {
-            at: now,
-            event: steward_gov::AuditEvent::Lifecycle,
-            principal: principal.to_string(),
-            chain: vec![principal.to_string()],
-            action: action.to_string(),
-            resource: resource.to_string(),
             error: (!reason.is_empty()).then(|| reason.to_string()),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Lifecycle,
+                now,
+                principal.to_string(),
+                vec![principal.to_string()],
+                action,
+                resource,
+            )
         }
         .to_json();
         self.store().append_audit(&[(now, record)]).await?;

@@ -859,17 +859,18 @@ pub(crate) fn audit_egress(
     Arc::new(move |e| {
         let at = clock.now_ms();
         let record = steward_gov::AuditRecord {
-            at,
-            event: steward_gov::AuditEvent::Egress,
-            principal: principal.clone(),
-            chain: chain.clone(),
-            action: "sandbox.connect".into(),
-            resource: e.target.clone(),
-            run_id: run_id.clone(),
-            decision: Some(if e.allowed { "allow" } else { "deny" }.into()),
             outcome: e.address.map(|a| a.to_string()),
             error: e.reason.clone(),
-            ..Default::default()
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Egress,
+                at,
+                principal.clone(),
+                chain.clone(),
+                "sandbox.connect",
+                &e.target,
+            )
+            .in_run(run_id.clone(), None)
+            .decided(if e.allowed { "allow" } else { "deny" }, None)
         }
         .to_json();
         let store = store.clone();

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::policy::Decision;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditRecord {
     /// Unix milliseconds.
@@ -91,6 +93,50 @@ impl AuditEvent {
 }
 
 impl AuditRecord {
+    /// A record of `event`: `principal` (acting with the authority of `chain`, outermost first)
+    /// did or asked for `action` on `resource` at `at`. The rest is added by the builders below
+    /// or by struct update.
+    pub fn new(
+        event: AuditEvent,
+        at: i64,
+        principal: String,
+        chain: Vec<String>,
+        action: &str,
+        resource: &str,
+    ) -> Self {
+        AuditRecord {
+            at,
+            event,
+            principal,
+            chain,
+            action: action.to_string(),
+            resource: resource.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// What was decided: `verdict` (`allow`, `deny`, `approval_required`), under the policy
+    /// decision `d` when one was made — its policy set's hash, the policies that decided, and
+    /// the policies that failed to evaluate.
+    pub fn decided(mut self, verdict: &str, d: Option<&Decision>) -> Self {
+        self.decision = Some(verdict.to_string());
+        if let Some(d) = d {
+            self.policy_hash = Some(d.policy_hash.clone());
+            self.policy_ids = d.policy_ids.clone();
+            if !d.errors.is_empty() {
+                self.error = Some(d.errors.join("; "));
+            }
+        }
+        self
+    }
+
+    /// The run, and the step within it (or the gateway call's id), the record belongs to.
+    pub fn in_run(mut self, run: Option<String>, step: Option<String>) -> Self {
+        self.run_id = run;
+        self.step = step;
+        self
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"unserializable":"{e}"}}"#))
     }
@@ -123,5 +169,46 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
             assert_eq!(v["event"], e.as_str());
         }
+    }
+
+    #[test]
+    fn a_decision_carries_what_decided_it() {
+        let d = Decision {
+            allow: false,
+            policy_ids: vec!["no-prod".into()],
+            policy_hash: "h1".into(),
+            errors: vec!["p7: bad attribute".into()],
+            approval: None,
+        };
+        let r = AuditRecord::new(
+            AuditEvent::Decision,
+            5,
+            "run:r1".into(),
+            vec!["agent:a".into(), "run:r1".into()],
+            "tool.call",
+            "http_request",
+        )
+        .decided("deny", Some(&d))
+        .in_run(Some("r1".into()), Some("3".into()));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"at": 5, "event": "decision", "principal": "run:r1",
+                "chain": ["agent:a", "run:r1"], "action": "tool.call", "resource": "http_request",
+                "run_id": "r1", "step": "3", "decision": "deny", "policy_hash": "h1",
+                "policy_ids": ["no-prod"], "error": "p7: bad attribute"})
+        );
+        // Without a policy decision (a credential refused before any policy ran): the verdict
+        // alone.
+        let r = AuditRecord::new(
+            AuditEvent::Authentication,
+            6,
+            "key:k".into(),
+            vec![],
+            "authenticate",
+            "k",
+        )
+        .decided("deny", None);
+        assert!(r.policy_hash.is_none() && r.policy_ids.is_empty() && r.error.is_none());
     }
 }
