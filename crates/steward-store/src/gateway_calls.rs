@@ -1,0 +1,211 @@
+//! API keys and the gateway's calls, from start to settlement.
+
+use crate::sql::prelude::*;
+
+/// API keys and the record of gateway calls.
+#[async_trait]
+pub trait GatewayStore: Send + Sync {
+    async fn create_key(
+        &self,
+        id: &str,
+        key_hash: &str,
+        agent: &AgentName,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<ApiKeyRecord>;
+    /// The key with this hash, revoked or expired included (the caller says which).
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Newest first; `agent` filters.
+    async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes a live key; `None` when there is no such key, `Conflict` when it was revoked.
+    async fn revoke_key(&self, id: &str, reason: &str, now: Millis)
+        -> Result<Option<ApiKeyRecord>>;
+    /// Holds `amount` on every account in `accounts` (none: no hold; the hold's id is the
+    /// call's) and records the call as started — one transaction, one commit. Returns the
+    /// account whose cap the hold would pass, in which case nothing is written.
+    async fn begin_call(
+        &self,
+        call: &NewCall,
+        accounts: &[String],
+        amount: i64,
+        now: Millis,
+    ) -> Result<Option<String>>;
+    /// Ends calls — each: settles its hold, if it has one (releasing it, booking `spent`),
+    /// records its outcome, and adds its tokens to its rate windows — all in one transaction,
+    /// one commit. Usually through the [`SettleWriter`], which batches them.
+    async fn end_calls(&self, ends: &[CallEnd]) -> Result<()>;
+    /// Most recent first; `agent` filters.
+    async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
+    /// Usage of models since a time, managed runs and gateway calls together.
+    async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>>;
+}
+
+macro_rules! impl_gateway_calls {
+    ($store:ty, $db:ty) => {
+        #[async_trait]
+        impl GatewayStore for $store {
+            async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, expires_at: Option<Millis>, now: Millis) -> Result<ApiKeyRecord> {
+                Ok(sqlx::query_as(&format!(
+                    "INSERT INTO api_keys (id, key_hash, agent, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING {KEY_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(key_hash)
+                .bind(agent.as_str())
+                .bind(now)
+                .bind(expires_at)
+                .fetch_one(&self.write)
+                .await?)
+            }
+
+            async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
+                    .bind(key_hash)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR agent = $1) ORDER BY created_at DESC, id"
+                ))
+                .bind(agent)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn revoke_key(&self, id: &str, reason: &str, now: Millis) -> Result<Option<ApiKeyRecord>> {
+                let mut tx = self.write.begin().await?;
+                let n = sqlx::query("UPDATE api_keys SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let rec: Option<ApiKeyRecord> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                match rec {
+                    Some(_) if n == 0 => Err(Error::Conflict(format!("key {id} is revoked already"))),
+                    r => Ok(r),
+                }
+            }
+
+            async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, now: Millis) -> Result<Option<String>> {
+                let mut tx = self.write.begin().await?;
+                if !accounts.is_empty() {
+                    let hold = NewHold { id: &c.id, kind: HOLD_CALL, run_id: c.run_id.as_deref(), accounts, amount };
+                    if let Some(account) = Self::hold_in(&mut tx, &hold, now).await? {
+                        tx.rollback().await?;
+                        return Ok(Some(account));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
+                       started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
+                )
+                .bind(&c.id)
+                .bind(&c.agent)
+                .bind(&c.run_id)
+                .bind(&c.model)
+                .bind(i64::from(c.stream))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(None)
+            }
+
+            async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                let audit: Vec<(Millis, String)> =
+                    ends.iter().filter_map(|e| Some((e.at, e.audit.clone()?))).collect();
+                if !audit.is_empty() {
+                    Self::append_audit_in(&mut tx, &audit).await?;
+                }
+                for e in ends {
+                    Self::settle_in(&mut tx, &e.id, e.spent, e.at).await?;
+                    let o = &e.outcome;
+                    sqlx::query(
+                        "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
+                           tokens_out = $5, duration_us = $6 WHERE id = $7",
+                    )
+                    .bind(&o.deployment)
+                    .bind(&o.status)
+                    .bind(&o.error)
+                    .bind(o.tokens_in)
+                    .bind(o.tokens_out)
+                    .bind(o.duration_us)
+                    .bind(&e.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let tokens = o.tokens_in + o.tokens_out;
+                    for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
+                        sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
+                            .bind(tokens)
+                            .bind(scope)
+                            .bind(e.rate_window)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, agent, run_id, model, deployment, status, error, stream, tokens_in, tokens_out, \
+                       started_at, duration_us FROM gateway_calls WHERE 1 = 1",
+                );
+                if let Some(a) = agent {
+                    qb.push(" AND agent = ").push_bind(a.to_string());
+                }
+                qb.push(" ORDER BY started_at DESC, id DESC LIMIT ").push_bind(limit.clamp(1, 10_000));
+                Ok(qb.build_query_as().fetch_all(&self.read).await?)
+            }
+
+            async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT j.kind AS kind, r.agent AS agent, j.name AS model, j.run_id AS run_id, \
+                       r.task_id AS task_id, t.state AS task_state, COALESCE(r.verdict, r.state) AS run_state, j.at / 86400000 AS day, \
+                       COUNT(*) AS calls, CAST(SUM(j.tokens_in) AS BIGINT) AS tokens_in, \
+                       CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out, CAST(0 AS BIGINT) AS booked_nanos \
+                     FROM journal j JOIN runs r ON r.id = j.run_id LEFT JOIN tasks t ON t.id = r.task_id \
+                     WHERE j.phase = 1 AND j.kind IN ('model', 'tool') AND j.at >= $1 \
+                     GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, r.verdict, j.at / 86400000 \
+                     UNION ALL \
+                     SELECT 'model', g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), \
+                       g.started_at / 86400000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT), \
+                       CAST(SUM(COALESCE(g.booked_nanos, 0)) AS BIGINT) \
+                     FROM gateway_calls g LEFT JOIN runs r ON r.id = g.run_id LEFT JOIN tasks t ON t.id = r.task_id \
+                     WHERE g.status <> 'started' AND g.started_at >= $1 \
+                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 86400000 \
+                     UNION ALL \
+                     SELECT 'model', r.agent, i.name, i.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), i.at / 86400000, \
+                       COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(SUM(i.booked_nanos) AS BIGINT) \
+                     FROM interrupted_steps i JOIN runs r ON r.id = i.run_id LEFT JOIN tasks t ON t.id = r.task_id \
+                     WHERE i.at >= $1 \
+                     GROUP BY r.agent, i.name, i.run_id, r.task_id, t.state, r.state, r.verdict, i.at / 86400000",
+                )
+                .bind(since)
+                .fetch_all(&self.read)
+                .await?)
+            }
+        }
+    };
+}
+
+impl_gateway_calls!(SqliteStore, sqlx::Sqlite);
+impl_gateway_calls!(PgStore, sqlx::Postgres);

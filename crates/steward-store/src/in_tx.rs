@@ -1,0 +1,222 @@
+//! Steps that run inside another aggregate's transaction: creating a run with its audit
+//! record, taking and settling budget holds, checking that claims still stand, appending to the
+//! audit log, putting a run waiting on an approval back in the queue. Each is written once and
+//! called from the aggregates whose commits must include it.
+
+use crate::sql::prelude::*;
+
+macro_rules! impl_in_tx {
+    ($store:ty, $db:ty, share = $share:literal) => {
+        impl $store {
+            /// Creates a run unless its id exists, with `audit` (for a new one) in the same commit.
+            pub(crate) async fn create_run_with(&self, run: &NewRun, audit: Option<&str>, now: Millis) -> Result<(RunRecord, bool)> {
+                let mut tx = self.write.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(run.id.as_str())
+                .bind(run.agent.as_str())
+                .bind(run.agent_version)
+                .bind(run.parent_id.as_ref().map(|p| p.as_str().to_string()))
+                .bind(&run.input)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(run.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if let (1, Some(record)) = (inserted, audit) {
+                    Self::append_audit_in(&mut tx, &[(now, record.to_string())]).await?;
+                }
+                tx.commit().await?;
+                if inserted == 1 {
+                    self.wake(WAKE_RUN).await;
+                }
+                Ok((row.try_into()?, inserted == 1))
+            }
+
+            /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
+            /// inside `tx`. Returns the account whose cap the hold would pass; the caller then
+            /// rolls back.
+            pub(crate) async fn hold_in(tx: &mut sqlx::Transaction<'static, $db>, h: &NewHold<'_>, now: Millis) -> Result<Option<String>> {
+                let periods = PeriodStarts::at(now);
+                // Leaf to root, always in that order, so concurrent holds on a shared ancestor
+                // take their row locks in the same order and cannot deadlock.
+                for account in h.accounts {
+                    // One statement checks the cap and takes the hold — exact under any
+                    // concurrency — and starts a new period when the current one is over.
+                    let held = sqlx::query(
+                        "UPDATE budgets SET \
+                           spent_nanos = CASE WHEN (period = 'day' AND period_start < $1) \
+                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END, \
+                           period_start = CASE WHEN period = 'day' AND period_start < $1 THEN $1 \
+                             WHEN period = 'month' AND period_start < $2 THEN $2 ELSE period_start END, \
+                           reserved_nanos = reserved_nanos + $3, updated_at = $4 \
+                         WHERE account = $5 AND reserved_nanos + $3 + CASE WHEN (period = 'day' AND period_start < $1) \
+                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END <= cap_nanos",
+                    )
+                    .bind(periods.day)
+                    .bind(periods.month)
+                    .bind(h.amount)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if held == 0 {
+                        return Ok(Some(account.clone()));
+                    }
+                }
+                let accounts = serde_json::to_string(h.accounts).map_err(|e| Error::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO budget_holds (id, kind, run_id, accounts, amount, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(h.id)
+                .bind(h.kind)
+                .bind(h.run_id)
+                .bind(accounts)
+                .bind(h.amount)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(None)
+            }
+
+            /// Fails with [`Error::Fenced`] unless every run of `claims` is still held under it.
+            /// The rows are locked (shared, in id order) until `tx` ends, so a claim cannot take
+            /// a run between this check and the commit: whoever claims next sees what `tx`
+            /// wrote.
+            pub(crate) async fn check_claims_in(tx: &mut sqlx::Transaction<'static, $db>, claims: &[Claim]) -> Result<()> {
+                if claims.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for c in claims {
+                    sep.push_bind(c.run.as_str().to_string());
+                }
+                qb.push(format!(") ORDER BY id {}", $share));
+                let rows: Vec<(String, Option<String>, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                for c in claims {
+                    let held = rows.iter().any(|(id, owner, epoch)| {
+                        id == c.run.as_str() && owner.as_deref() == Some(c.node.0.as_str()) && *epoch == c.epoch
+                    });
+                    if !held {
+                        return Err(Error::Fenced(c.run.to_string()));
+                    }
+                }
+                Ok(())
+            }
+
+            /// Appends audit records inside `tx`, numbering them after the last; returns the
+            /// tree's size and root after them.
+            pub(crate) async fn append_audit_in(tx: &mut sqlx::Transaction<'static, $db>, entries: &[(Millis, String)]) -> Result<(i64, String)> {
+                // Taking the head row first serialises appenders, on one node or many.
+                let (size, frontier): (i64, String) = sqlx::query_as(
+                    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier",
+                )
+                .bind(entries.len() as i64)
+                .fetch_one(&mut **tx)
+                .await?;
+                let first = size - entries.len() as i64;
+                let mut tree = merkle::Frontier::from_json(first as u64, &frontier)
+                    .ok_or_else(|| Error::Corrupt(format!("audit_head holds no valid frontier for size {first}")))?;
+                let leaves: Vec<String> = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, body))| {
+                        let leaf = merkle::leaf_hash(first + i as i64, body.as_bytes());
+                        tree.push(leaf);
+                        merkle::hex(&leaf)
+                    })
+                    .collect();
+                // 4 values a row, under SQLite's 32,766 bound variables a statement.
+                for (c, chunk) in entries.chunks(1000).enumerate() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_log (seq, at, body, leaf_hash) ");
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, (at, body))| {
+                        let n = c * 1000 + i;
+                        b.push_bind(first + n as i64).push_bind(*at).push_bind(body).push_bind(&leaves[n]);
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                sqlx::query("UPDATE audit_head SET frontier = $1 WHERE id = 0")
+                    .bind(tree.to_json())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok((size, merkle::hex(&tree.root())))
+            }
+
+            /// Puts a run waiting for an approval back in the queue, inside `tx`: its step is
+            /// decided again, and finds the approval's answer.
+            pub(crate) async fn requeue_approval_wait(tx: &mut sqlx::Transaction<'static, $db>, run: &str, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "UPDATE runs SET state = 'queued', wait_kind = NULL, error_code = NULL, error_message = NULL, \
+                       updated_at = $1 WHERE id = $2 AND state = 'waiting' AND wait_kind = 'approval'",
+                )
+                .bind(now)
+                .bind(run)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Records, for the cost report, a model call booked at `booked` without its tokens.
+            pub(crate) async fn note_interrupted_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                run: &str,
+                seq: i64,
+                name: &str,
+                booked: i64,
+                now: Millis,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO interrupted_steps (id, run_id, seq, name, booked_nanos, at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(uuid::Uuid::now_v7().simple().to_string())
+                .bind(run)
+                .bind(seq)
+                .bind(name)
+                .bind(booked)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Settles hold `id`, if there is one: releases what it held and books `spent` on
+            /// the same accounts, inside `tx`.
+            pub(crate) async fn settle_in(tx: &mut sqlx::Transaction<'static, $db>, id: &str, spent: i64, now: Millis) -> Result<()> {
+                // Deleting first makes settling once a matter of the row: a second settle finds
+                // nothing.
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("DELETE FROM budget_holds WHERE id = $1 RETURNING accounts, amount")
+                        .bind(id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let Some((accounts, amount)) = row else { return Ok(()) };
+                let accounts: Vec<String> = serde_json::from_str(&accounts)
+                    .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
+                for account in &accounts {
+                    sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
+                           updated_at = $3 WHERE account = $4",
+                    )
+                    .bind(amount)
+                    .bind(spent)
+                    .bind(now)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_in_tx!(SqliteStore, sqlx::Sqlite, share = "");
+impl_in_tx!(PgStore, sqlx::Postgres, share = "FOR SHARE");
