@@ -50,7 +50,7 @@ pub async fn audit_changes(State(engine): State<Engine>, req: Request, next: Nex
     };
     // The change has happened (or was refused) either way: a record that cannot be written is
     // logged loudly, and the answer stands.
-    if let Err(e) = engine.audit_change(change).await {
+    if let Err(e) = engine.audit().change(change).await {
         tracing::error!(error = %e, "a management API change could not be audited");
     }
     resp

@@ -323,7 +323,8 @@ pub async fn delegate(
     };
     let set = |l: Option<Vec<String>>| l.map(|l| l.into_iter().collect());
     let (rec, token) = engine
-        .delegate(
+        .delegations()
+        .mint(
             &who,
             &req.to,
             steward_gov::delegation::Requested {

@@ -214,7 +214,7 @@ pub async fn create_key(
     State(e): State<Engine>,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<ApiKey>)> {
-    let (rec, key) = e.create_key(&req.agent, req.ttl_s).await?;
+    let (rec, key) = e.keys().create(&req.agent, req.ttl_s).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKey {
@@ -242,7 +242,8 @@ pub async fn list_keys(
 ) -> ApiResult<Json<KeyList>> {
     Ok(Json(KeyList {
         keys: e
-            .list_keys(q.agent.as_deref())
+            .keys()
+            .list(q.agent.as_deref())
             .await?
             .into_iter()
             .map(KeyInfo::from)
@@ -258,7 +259,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<Reason>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(e.revoke_key(&id, &r.reason).await?.into()))
+    Ok(Json(e.keys().revoke(&id, &r.reason).await?.into()))
 }
 
 /// Replaces a key: a new one for the same agent (shown once) and the old one revoked.
@@ -268,7 +269,7 @@ pub async fn rotate_key(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<ApiKey>)> {
-    let (rec, key) = e.rotate_key(&id).await?;
+    let (rec, key) = e.keys().rotate(&id).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKey {
@@ -288,7 +289,8 @@ async fn set_identity(
     r: Reason,
 ) -> ApiResult<Json<Identity>> {
     Ok(Json(
-        e.set_identity(name, status, r.owner.as_deref(), &r.reason)
+        e.identities()
+            .set(name, status, r.owner.as_deref(), &r.reason)
             .await?
             .into(),
     ))
@@ -346,7 +348,7 @@ pub async fn get_identity(
     State(e): State<Engine>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Identity>> {
-    Ok(Json(match e.identity(&name).await? {
+    Ok(Json(match e.identities().get(&name).await? {
         Some(i) => i.into(),
         None => Identity {
             agent: name,
@@ -373,7 +375,8 @@ pub async fn list_calls(
     ApiQuery(q): ApiQuery<CallQuery>,
 ) -> ApiResult<Json<CallList>> {
     let calls = e
-        .list_calls(q.agent.as_deref(), q.limit.unwrap_or(100))
+        .budgets()
+        .calls(q.agent.as_deref(), q.limit.unwrap_or(100))
         .await?;
     Ok(Json(CallList {
         calls: calls.into_iter().map(Call::from).collect(),
@@ -409,7 +412,7 @@ pub async fn costs(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let since = now - days * 86_400_000;
-    let (lines, outcomes) = e.costs(&by, since).await?;
+    let (lines, outcomes) = e.budgets().costs(&by, since).await?;
     let lines: Vec<CostLine> = lines.into_iter().map(CostLine::from).collect();
     let total_usd = lines.iter().map(|l| l.cost_usd).sum();
     Ok(Json(CostReport {
@@ -431,7 +434,8 @@ pub async fn put_budget(
 ) -> ApiResult<Json<Budget>> {
     let period = req.period.unwrap_or_else(|| "total".into());
     Ok(Json(
-        e.put_budget(&account, req.parent.as_deref(), req.cap_usd, &period)
+        e.budgets()
+            .put(&account, req.parent.as_deref(), req.cap_usd, &period)
             .await?
             .into(),
     ))
@@ -441,7 +445,8 @@ pub async fn put_budget(
 pub async fn list_budgets(State(e): State<Engine>) -> ApiResult<Json<BudgetList>> {
     Ok(Json(BudgetList {
         budgets: e
-            .list_budgets()
+            .budgets()
+            .list()
             .await?
             .into_iter()
             .map(Budget::from)
@@ -472,7 +477,7 @@ pub async fn list_circuits(State(e): State<Engine>) -> Json<CircuitList> {
 /// against every signed checkpoint. Problems name the records concerned.
 #[utoipa::path(get, path = "/api/v1/audit/verify", responses((status = 200, body = AuditReport)))]
 pub async fn verify_audit(State(e): State<Engine>) -> ApiResult<Json<AuditReport>> {
-    Ok(Json(e.verify_audit().await?.into()))
+    Ok(Json(e.audit().verify().await?.into()))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -491,7 +496,7 @@ pub async fn export_audit(
     State(e): State<Engine>,
     ApiQuery(q): ApiQuery<AuditExportQuery>,
 ) -> ApiResult<impl axum::response::IntoResponse> {
-    let mut lines = e.export_audit(q.since.unwrap_or(0)).await?.join("\n");
+    let mut lines = e.audit().export(q.since.unwrap_or(0)).await?.join("\n");
     if !lines.is_empty() {
         lines.push('\n');
     }
@@ -504,7 +509,7 @@ pub async fn export_audit(
 /// The Cedar policies in force.
 #[utoipa::path(get, path = "/api/v1/policies", responses((status = 200, body = PolicySet)))]
 pub async fn get_policies(State(e): State<Engine>) -> ApiResult<Json<PolicySet>> {
-    let (version, hash, text) = e.policies().await?;
+    let (version, hash, text) = e.policies().active().await?;
     Ok(Json(PolicySet {
         version,
         hash,
@@ -527,7 +532,7 @@ pub async fn put_policies(
             "the body is the Cedar policy text, and it is empty: an empty set would deny every agent everything; send the policies (a bare `forbid (principal is Steward::Agent, action, resource);` if that is what you mean)",
         ));
     }
-    let rec = e.put_policies(&body).await?;
+    let rec = e.policies().put(&body).await?;
     Ok(Json(PolicySet {
         version: rec.version,
         hash: rec.hash,
@@ -554,7 +559,8 @@ pub async fn list_approvals(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(ApprovalList {
         approvals: e
-            .list_approvals(q.state.as_deref(), limit)
+            .approvals()
+            .list(q.state.as_deref(), limit)
             .await?
             .into_iter()
             .map(Approval::from)
@@ -573,7 +579,10 @@ pub async fn approve(
 ) -> ApiResult<Json<Approval>> {
     let by = d.by.unwrap_or_else(|| "api".into());
     Ok(Json(
-        e.decide_approval(&id, true, &d.reason, &by).await?.into(),
+        e.approvals()
+            .decide(&id, true, &d.reason, &by)
+            .await?
+            .into(),
     ))
 }
 
@@ -588,7 +597,10 @@ pub async fn deny(
 ) -> ApiResult<Json<Approval>> {
     let by = d.by.unwrap_or_else(|| "api".into());
     Ok(Json(
-        e.decide_approval(&id, false, &d.reason, &by).await?.into(),
+        e.approvals()
+            .decide(&id, false, &d.reason, &by)
+            .await?
+            .into(),
     ))
 }
 
@@ -602,7 +614,7 @@ pub async fn put_secret(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<PutSecret>,
 ) -> ApiResult<Json<Secret>> {
-    let updated_at = e.put_secret(&name, &b.value).await?;
+    let updated_at = e.secrets().put(&name, &b.value).await?;
     Ok(Json(Secret { name, updated_at }))
 }
 
@@ -611,7 +623,8 @@ pub async fn put_secret(
 pub async fn list_secrets(State(e): State<Engine>) -> ApiResult<Json<SecretList>> {
     Ok(Json(SecretList {
         secrets: e
-            .secret_names()
+            .secrets()
+            .names()
             .await?
             .into_iter()
             .map(|(name, updated_at)| Secret { name, updated_at })
@@ -625,7 +638,7 @@ pub async fn delete_secret(
     State(e): State<Engine>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    e.delete_secret(&name).await?;
+    e.secrets().delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -634,7 +647,8 @@ pub async fn delete_secret(
 pub async fn list_delegations(State(e): State<Engine>) -> ApiResult<Json<DelegationList>> {
     Ok(Json(DelegationList {
         delegations: e
-            .delegations(1000)
+            .delegations()
+            .list(1000)
             .await?
             .into_iter()
             .map(Delegation::from)
@@ -648,7 +662,7 @@ pub async fn get_delegation(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Delegation>> {
-    Ok(Json(e.delegation(&id).await?.into()))
+    Ok(Json(e.delegations().get(&id).await?.into()))
 }
 
 /// Revokes a delegation link, with the reason, and with it every link below: their tokens are
@@ -661,7 +675,7 @@ pub async fn revoke_delegation(
     ApiJson(r): ApiJson<Reason>,
 ) -> ApiResult<Json<Revoked>> {
     Ok(Json(Revoked {
-        revoked: e.revoke_delegation(&id, &r.reason).await?,
+        revoked: e.delegations().revoke(&id, &r.reason).await?,
     }))
 }
 
@@ -679,7 +693,8 @@ pub async fn create_sandboxes(
         ));
     }
     let (ids, snapshot) = e
-        .create_sandboxes(
+        .sandboxes()
+        .create(
             r.from_snapshot.as_deref(),
             r.template.as_deref(),
             r.count.unwrap_or(1),
@@ -701,6 +716,7 @@ pub async fn list_sandboxes(State(e): State<Engine>) -> ApiResult<Json<SandboxLi
     Ok(Json(SandboxList {
         sandboxes: e
             .sandboxes()
+            .list()
             .await?
             .into_iter()
             .map(|s| SandboxInfo {
@@ -722,7 +738,8 @@ pub async fn sandbox_exec(
 ) -> ApiResult<Json<SandboxExecResult>> {
     let stdin = r.stdin.clone().unwrap_or_default();
     Ok(Json(
-        e.sandbox_exec(&id, &command(r)?, stdin.as_bytes(), None)
+        e.sandboxes()
+            .exec(&id, &command(r)?, stdin.as_bytes(), None)
             .await?
             .into(),
     ))
@@ -760,7 +777,8 @@ pub async fn sandbox_exec_stream(
     let stdin = r.stdin.clone().unwrap_or_default();
     let command = command(r)?;
     let done = tokio::spawn(async move {
-        e.sandbox_exec(&id, &command, stdin.as_bytes(), Some(tx))
+        e.sandboxes()
+            .exec(&id, &command, stdin.as_bytes(), Some(tx))
             .await
             .map_err(|e| e.to_string())
     });
@@ -798,7 +816,8 @@ pub async fn cancel_sandbox(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    e.sandbox_control(&id, steward_engine::SandboxAction::Cancel)
+    e.sandboxes()
+        .control(&id, steward_engine::SandboxAction::Cancel)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -811,7 +830,8 @@ pub async fn pause_sandbox(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    e.sandbox_control(&id, steward_engine::SandboxAction::Pause)
+    e.sandboxes()
+        .control(&id, steward_engine::SandboxAction::Pause)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -822,7 +842,8 @@ pub async fn resume_sandbox(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    e.sandbox_control(&id, steward_engine::SandboxAction::Resume)
+    e.sandboxes()
+        .control(&id, steward_engine::SandboxAction::Resume)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -836,7 +857,8 @@ pub async fn sandbox_processes(
 ) -> ApiResult<Json<SandboxProcesses>> {
     Ok(Json(SandboxProcesses {
         processes: e
-            .sandbox_processes(&id)
+            .sandboxes()
+            .processes(&id)
             .await?
             .into_iter()
             .map(|p| SandboxProcess {
@@ -864,7 +886,7 @@ pub async fn kill_sandbox_process(
             format!("pid {pid:?}: a process id, a whole number from 1 to 2147483647"),
         )
     })?;
-    e.sandbox_kill(&id, pid, r.signal.unwrap_or(15)).await?;
+    e.sandboxes().kill(&id, pid, r.signal.unwrap_or(15)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -883,7 +905,7 @@ pub async fn upload_file(
     ApiQuery(q): ApiQuery<FilePath>,
     Raw(body): Raw,
 ) -> ApiResult<StatusCode> {
-    e.sandbox_upload(&id, &file_path(q)?, &body).await?;
+    e.sandboxes().upload(&id, &file_path(q)?, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -895,7 +917,7 @@ pub async fn download_file(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<FilePath>,
 ) -> ApiResult<impl axum::response::IntoResponse> {
-    let bytes = e.sandbox_download(&id, &file_path(q)?).await?;
+    let bytes = e.sandboxes().download(&id, &file_path(q)?).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         bytes,
@@ -911,7 +933,7 @@ pub async fn list_files(
     ApiQuery(q): ApiQuery<FilePath>,
 ) -> ApiResult<Json<FileList>> {
     let path = q.path.unwrap_or_else(|| "/workspace".into());
-    let entries = e.sandbox_files(&id, &path).await?;
+    let entries = e.sandboxes().files(&id, &path).await?;
     Ok(Json(FileList {
         path,
         entries: entries
@@ -934,7 +956,7 @@ pub async fn snapshot_sandbox(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Snapshot>> {
     Ok(Json(Snapshot {
-        snapshot: e.sandbox_snapshot(&id).await?,
+        snapshot: e.sandboxes().snapshot(&id).await?,
     }))
 }
 
@@ -946,7 +968,7 @@ pub async fn restore_sandbox(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<RestoreSandbox>,
 ) -> ApiResult<StatusCode> {
-    e.sandbox_restore(&id, &r.snapshot).await?;
+    e.sandboxes().restore(&id, &r.snapshot).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -956,6 +978,6 @@ pub async fn delete_sandbox(
     State(e): State<Engine>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    e.remove_sandbox(&id).await?;
+    e.sandboxes().remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

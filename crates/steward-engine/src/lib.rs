@@ -9,6 +9,7 @@ mod costs;
 mod delegations;
 mod error;
 mod gateway;
+pub mod handles;
 mod host;
 mod housekeeping;
 mod identities;
@@ -432,6 +433,51 @@ impl Engine {
     }
 
     /// Task queues.
+    /// Persistent sandboxes (the management API's `/api/v1/sandboxes`).
+    pub fn sandboxes(&self) -> handles::sandboxes::Sandboxes<'_> {
+        handles::sandboxes::Sandboxes(self)
+    }
+
+    /// The vault's secrets.
+    pub fn secrets(&self) -> handles::secrets::Secrets<'_> {
+        handles::secrets::Secrets(self)
+    }
+
+    /// Agents' API keys.
+    pub fn keys(&self) -> handles::keys::Keys<'_> {
+        handles::keys::Keys(self)
+    }
+
+    /// Agents' identities: owner and status.
+    pub fn identities(&self) -> handles::identities::Identities<'_> {
+        handles::identities::Identities(self)
+    }
+
+    /// Delegation links.
+    pub fn delegations(&self) -> handles::delegations::Delegations<'_> {
+        handles::delegations::Delegations(self)
+    }
+
+    /// The Cedar policy set.
+    pub fn policies(&self) -> handles::policies::Policies<'_> {
+        handles::policies::Policies(self)
+    }
+
+    /// Approvals a policy asked for.
+    pub fn approvals(&self) -> handles::approvals::Approvals<'_> {
+        handles::approvals::Approvals(self)
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> handles::audit::Audit<'_> {
+        handles::audit::Audit(self)
+    }
+
+    /// Budget accounts, calls and costs.
+    pub fn budgets(&self) -> handles::budgets::Budgets<'_> {
+        handles::budgets::Budgets(self)
+    }
+
     pub fn tasks(&self) -> &tasks::Tasks {
         &self.inner.shared.tasks
     }
@@ -710,99 +756,6 @@ impl Engine {
             .collect()
     }
 
-    /// Verifies the audit log as the database holds it, against this node's key and the
-    /// configured trusted keys.
-    pub async fn verify_audit(&self) -> Result<steward_gov::Report> {
-        let mut trusted = vec![self.inner.audit_key.verifying_key()];
-        for k in &self.inner.gov.audit_trusted_keys {
-            trusted.push(
-                steward_gov::audit_key::public_key(k)
-                    .map_err(|e| Error::InvalidRequest(format!("gov.audit_trusted_keys: {e}")))?,
-            );
-        }
-        Ok(steward_gov::verify_log(self.store().as_ref(), &trusted).await?)
-    }
-
-    /// Signs a checkpoint now if the log grew since the last one (so an export or a
-    /// verification covers the newest records).
-    pub async fn checkpoint_audit(&self) -> Result<()> {
-        steward_gov::checkpointer::checkpoint_now(
-            self.store().as_ref(),
-            &self.inner.audit_key,
-            self.inner.shared.clock.now_ms(),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// The audit records since `since` (Unix ms) as JSON lines with inclusion proofs, after
-    /// signing a checkpoint that covers the newest.
-    pub async fn export_audit(&self, since: i64) -> Result<Vec<String>> {
-        self.checkpoint_audit().await?;
-        Ok(steward_gov::export::export_lines(self.store().as_ref(), since).await?)
-    }
-
-    /// Validates Cedar policies against the schema and, when they pass, records them as the
-    /// next version and puts them in force on every node. When they do not, the active set
-    /// stays and the error carries Cedar's diagnostics.
-    ///
-    /// The administrator is a principal: the active set must let them update policies, and a
-    /// set that would stop them doing so again is refused. Every attempt is audited.
-    pub async fn put_policies(&self, text: &str) -> Result<steward_store::PolicySetRecord> {
-        let policies = &self.inner.kernel.policies;
-        let now = self.inner.shared.clock.now_ms();
-        if let Err(by) = policies.admin_may_update(now) {
-            let why = format!(
-                "the policies in force do not let administrators update them ({})",
-                by.join(", ")
-            );
-            self.audit_admin("policy.update", "policies", false, &why)
-                .await?;
-            return Err(Error::Forbidden(why));
-        }
-        let checked = match policies.check(text) {
-            Ok(c) => c,
-            Err(e) => {
-                let why = e.to_string();
-                self.audit_admin("policy.update", "policies", false, &why)
-                    .await?;
-                return Err(Error::InvalidRequest(why));
-            }
-        };
-        let rec = self
-            .store()
-            .put_policy_set(&checked.hash, text, now)
-            .await?;
-        self.audit_admin(
-            "policy.update",
-            &format!("policies:{}", checked.hash),
-            true,
-            "",
-        )
-        .await?;
-        policies.activate(checked);
-        Ok(rec)
-    }
-
-    /// Records a change made through the management API, durably.
-    pub async fn audit_change(&self, change: Change) -> Result<()> {
-        let now = self.inner.shared.clock.now_ms();
-        let record = steward_gov::AuditRecord {
-            outcome: Some(format!("status:{}", change.status)),
-            ..steward_gov::AuditRecord::new(
-                steward_gov::AuditEvent::Change,
-                now,
-                change.principal,
-                change.chain,
-                &change.action,
-                &change.resource,
-            )
-        }
-        .to_json();
-        self.store().append_audit(&[(now, record)]).await?;
-        Ok(())
-    }
-
     /// Appends an administrator's action and its decision to the audit log, durably.
     async fn audit_admin(
         &self,
@@ -831,303 +784,9 @@ impl Engine {
         Ok(())
     }
 
-    fn sandbox_service(&self) -> Result<&sandboxes::SandboxService> {
-        self.inner.shared.sandboxes.as_deref().ok_or_else(|| {
-            Error::Unavailable("sandboxes are disabled on this server ([sandbox] enabled)".into())
-        })
-    }
-
-    /// New persistent sandboxes: `count` forks of `snapshot`, or one empty sandbox.
-    /// With `template` (setup commands), the sandboxes start from the snapshot it builds
-    /// (once; the same setup reuses it). Returns the ids and the snapshot they stand on.
-    pub async fn create_sandboxes(
-        &self,
-        snapshot: Option<&str>,
-        template: Option<&[String]>,
-        count: usize,
-        ttl_ms: Option<i64>,
-        egress: &[String],
-    ) -> Result<(Vec<String>, Option<String>)> {
-        let service = self.sandbox_service()?;
-        let snapshot = match (snapshot, template) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidRequest(
-                    "from_snapshot and template: one or the other".into(),
-                ))
-            }
-            (Some(s), None) => Some(s.to_string()),
-            (None, Some(setup)) => Some(service.template(setup).await.map_err(sandbox_error)?),
-            (None, None) => None,
-        };
-        let ids = service
-            .create(snapshot.as_deref(), count, ttl_ms, egress, self.now_ms())
-            .map_err(sandbox_error)?;
-        self.audit_admin(
-            "sandbox.create",
-            &ids.join(","),
-            true,
-            &snapshot
-                .as_ref()
-                .map(|s| format!("from snapshot {s}"))
-                .unwrap_or_default(),
-        )
-        .await?;
-        Ok((ids, snapshot))
-    }
-
-    pub async fn sandboxes(&self) -> Result<Vec<sandboxes::SandboxInfo>> {
-        self.sandbox_service()?.list().map_err(sandbox_error)
-    }
-
-    /// Runs `command` in persistent sandbox `id`; audited with how it ended.
-    /// With `output`, stdout and stderr are also sent there as they come.
-    pub async fn sandbox_exec(
-        &self,
-        id: &str,
-        command: &sandboxes::Command,
-        stdin: &[u8],
-        output: Option<tokio::sync::mpsc::Sender<steward_sandbox::Output>>,
-    ) -> Result<steward_sandbox::ExecResult> {
-        let r = self
-            .sandbox_service()?
-            .exec_in(
-                id,
-                command,
-                stdin,
-                output,
-                sandboxes::audit_egress(
-                    self.store().clone(),
-                    self.inner.shared.clock.clone(),
-                    format!("sandbox:{id}"),
-                    vec![format!("admin:{}", steward_gov::policy::ADMIN)],
-                    None,
-                ),
-                self.now_ms(),
-            )
-            .await
-            .map_err(sandbox_error)?;
-        self.audit_admin("sandbox.exec", id, true, &format!("ended {:?}", r.ended))
-            .await?;
-        Ok(r)
-    }
-
-    /// Cancels, pauses or resumes what persistent sandbox `id` runs; audited.
-    pub async fn sandbox_control(&self, id: &str, action: SandboxAction) -> Result<()> {
-        let service = self.sandbox_service()?;
-        let (name, done) = match action {
-            SandboxAction::Cancel => ("sandbox.cancel", service.cancel(id)),
-            SandboxAction::Pause => ("sandbox.pause", service.pause(id)),
-            SandboxAction::Resume => ("sandbox.resume", service.resume(id)),
-        };
-        done.map_err(sandbox_error)?;
-        self.audit_admin(name, id, true, "").await
-    }
-
-    pub async fn sandbox_processes(&self, id: &str) -> Result<Vec<steward_sandbox::Process>> {
-        self.sandbox_service()?.processes(id).map_err(sandbox_error)
-    }
-
-    /// Signals one process of what sandbox `id` runs; audited.
-    pub async fn sandbox_kill(&self, id: &str, pid: i32, signal: i32) -> Result<()> {
-        self.sandbox_service()?
-            .kill(id, pid, signal)
-            .map_err(sandbox_error)?;
-        self.audit_admin(
-            "sandbox.kill",
-            id,
-            true,
-            &format!("pid {pid} signal {signal}"),
-        )
-        .await
-    }
-
-    /// Writes a file into persistent sandbox `id`'s workspace; audited.
-    pub async fn sandbox_upload(&self, id: &str, path: &str, content: &[u8]) -> Result<()> {
-        self.sandbox_service()?
-            .upload(id, path, content, self.now_ms())
-            .await
-            .map_err(sandbox_error)?;
-        self.audit_admin(
-            "sandbox.upload",
-            id,
-            true,
-            &format!("{path} ({} bytes)", content.len()),
-        )
-        .await
-    }
-
-    pub async fn sandbox_download(&self, id: &str, path: &str) -> Result<Vec<u8>> {
-        self.sandbox_service()?
-            .download(id, path, self.now_ms())
-            .await
-            .map_err(sandbox_error)
-    }
-
-    pub async fn sandbox_files(&self, id: &str, path: &str) -> Result<Vec<sandboxes::FileEntry>> {
-        self.sandbox_service()?
-            .list_files(id, path, self.now_ms())
-            .await
-            .map_err(sandbox_error)
-    }
-
-    pub async fn sandbox_snapshot(&self, id: &str) -> Result<String> {
-        let snap = self
-            .sandbox_service()?
-            .snapshot(id)
-            .await
-            .map_err(sandbox_error)?;
-        self.audit_admin("sandbox.snapshot", id, true, &snap)
-            .await?;
-        Ok(snap)
-    }
-
-    pub async fn sandbox_restore(&self, id: &str, snapshot: &str) -> Result<()> {
-        self.sandbox_service()?
-            .restore(id, snapshot)
-            .await
-            .map_err(sandbox_error)?;
-        self.audit_admin("sandbox.restore", id, true, snapshot)
-            .await
-    }
-
-    pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
-        self.sandbox_service()?
-            .remove(id)
-            .await
-            .map_err(sandbox_error)?;
-        self.audit_admin("sandbox.remove", id, true, "").await
-    }
-
     /// The engine clock's time, Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         self.inner.shared.clock.now_ms()
-    }
-
-    /// A delegated token for agent `to`, narrower than the caller's own credential.
-    pub async fn delegate(
-        &self,
-        who: &Principal,
-        to: &str,
-        req: steward_gov::delegation::Requested,
-    ) -> Result<(steward_store::DelegationRecord, String), GatewayError> {
-        self.inner.gateway.delegate(who, to, req).await
-    }
-
-    /// Revokes a delegation link and everything below it, at once on this node (within a
-    /// second on the others); audited with the reason and the links it cut off.
-    pub async fn revoke_delegation(&self, id: &str, reason: &str) -> Result<Vec<String>> {
-        if reason.trim().is_empty() {
-            return Err(Error::InvalidRequest("reason: required".into()));
-        }
-        let cut = self
-            .store()
-            .revoke_delegation(id, reason, self.inner.shared.clock.now_ms())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no delegation {id}")))?;
-        self.inner.gateway.delegations.forget();
-        self.inner.gateway.chains.clear();
-        self.audit_admin(
-            "delegation.revoke",
-            id,
-            true,
-            &format!("{reason} (cuts off {})", cut.join(", ")),
-        )
-        .await?;
-        Ok(cut)
-    }
-
-    pub async fn delegations(&self, limit: i64) -> Result<Vec<steward_store::DelegationRecord>> {
-        Ok(self.store().list_delegations(limit.clamp(1, 1000)).await?)
-    }
-
-    pub async fn delegation(&self, id: &str) -> Result<steward_store::DelegationRecord> {
-        self.store()
-            .get_delegation(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no delegation {id}")))
-    }
-
-    /// The policy set in force: its version (0 for the built-in default), hash and text.
-    pub async fn policies(&self) -> Result<(i64, String, String)> {
-        let active = self.inner.kernel.policies.active();
-        let version = self
-            .store()
-            .latest_policy_set()
-            .await?
-            .filter(|l| l.hash == active.hash)
-            .map_or(0, |l| l.version);
-        Ok((version, active.hash.clone(), active.text().to_string()))
-    }
-
-    /// Approvals policies asked for, newest first; `state` filters (`pending`, `approved`,
-    /// `denied`, `expired`).
-    pub async fn list_approvals(
-        &self,
-        state: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<steward_store::ApprovalRecord>> {
-        if let Some(s) = state {
-            if !matches!(s, "pending" | "approved" | "denied" | "expired") {
-                return Err(Error::InvalidRequest(format!(
-                    "state: {s:?} is not pending, approved, denied or expired"
-                )));
-            }
-        }
-        Ok(self.store().list_approvals(state, limit).await?)
-    }
-
-    /// Approves or denies a pending approval; its run resumes and its step acts, or is denied.
-    pub async fn decide_approval(
-        &self,
-        id: &str,
-        approve: bool,
-        reason: &str,
-        by: &str,
-    ) -> Result<steward_store::ApprovalRecord> {
-        if reason.trim().is_empty() {
-            return Err(Error::InvalidRequest(
-                "reason: required — say why, for the audit log".into(),
-            ));
-        }
-        let rec = self
-            .store()
-            .decide_approval(id, approve, reason, by, self.inner.shared.clock.now_ms())
-            .await
-            .map_err(|e| match e {
-                steward_store::Error::Conflict(m) => Error::Conflict(m),
-                other => other.into(),
-            })?
-            .ok_or_else(|| Error::NotFound(format!("no approval {id}")))?;
-        self.inner.shared.wake.notify_one();
-        Ok(rec)
-    }
-
-    fn vault(&self) -> Result<&Arc<vault::Vault>> {
-        self.inner
-            .shared
-            .vault
-            .as_ref()
-            .ok_or_else(|| Error::Unavailable("no vault is configured on this node".into()))
-    }
-
-    /// Seals and stores a secret; its value is never returned.
-    pub async fn put_secret(&self, name: &str, value: &str) -> Result<i64> {
-        let now = self.inner.shared.clock.now_ms();
-        self.vault()?.put(name, value, now).await?;
-        Ok(now)
-    }
-
-    pub async fn delete_secret(&self, name: &str) -> Result<()> {
-        if self.vault()?.delete(name).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!("no secret {name}")))
-        }
-    }
-
-    /// The secrets' names and when each was set.
-    pub async fn secret_names(&self) -> Result<Vec<(String, i64)>> {
-        self.vault()?.names().await
     }
 
     /// The engine's metrics in the Prometheus text format.
@@ -1186,121 +845,6 @@ impl Engine {
     /// reading again.
     pub fn journal_tick(&self) -> Arc<tokio::sync::Notify> {
         self.inner.kernel.journal_tick.clone()
-    }
-
-    /// Issues an API key for an agent. The secret is returned once and stored only as a hash.
-    pub async fn create_key(
-        &self,
-        agent: &str,
-        ttl_s: Option<i64>,
-    ) -> Result<(steward_store::ApiKeyRecord, String)> {
-        let name = AgentName::parse(agent)
-            .map_err(|e| Error::InvalidRequest(format!("agent: {}", e.0)))?;
-        if let Some(t) = ttl_s {
-            if !(1..=366 * 86_400).contains(&t) {
-                return Err(Error::InvalidRequest(
-                    "ttl_s: from 1 second to a year".into(),
-                ));
-            }
-        }
-        let (rec, secret) = self
-            .inner
-            .gateway
-            .create_key(&name, ttl_s.map(|t| t * 1000))
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        self.audit_lifecycle("key.create", &format!("agent:{agent}"), &rec.id, "")
-            .await?;
-        Ok((rec, secret))
-    }
-
-    /// Revokes a key at once (on this node; on others within a second), with the reason.
-    pub async fn revoke_key(&self, id: &str, reason: &str) -> Result<steward_store::ApiKeyRecord> {
-        if reason.trim().is_empty() {
-            return Err(Error::InvalidRequest("reason: required".into()));
-        }
-        let rec = self
-            .store()
-            .revoke_key(id, reason, self.inner.shared.clock.now_ms())
-            .await
-            .map_err(|e| match e {
-                steward_store::Error::Conflict(m) => Error::Conflict(m),
-                other => other.into(),
-            })?
-            .ok_or_else(|| Error::NotFound(format!("no key {id}")))?;
-        self.inner.gateway.forget_keys();
-        self.audit_lifecycle("key.revoke", &format!("agent:{}", rec.agent), id, reason)
-            .await?;
-        Ok(rec)
-    }
-
-    /// A new key for the same agent (and the same lifetime), and the old one revoked.
-    pub async fn rotate_key(&self, id: &str) -> Result<(steward_store::ApiKeyRecord, String)> {
-        let old = self
-            .store()
-            .get_key(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no key {id}")))?;
-        let ttl_s = old.expires_at.map(|e| ((e - old.created_at) / 1000).max(1));
-        let fresh = self.create_key(&old.agent, ttl_s).await?;
-        self.revoke_key(id, &format!("rotated; replaced by {}", fresh.0.id))
-            .await?;
-        Ok(fresh)
-    }
-
-    pub async fn list_keys(&self, agent: Option<&str>) -> Result<Vec<steward_store::ApiKeyRecord>> {
-        Ok(self.store().list_keys(agent).await?)
-    }
-
-    /// Suspends (`suspended`), resumes (`active`), revokes (`revoked`, for good) or deletes
-    /// (`deleted`: for good, and every key it has is revoked) an agent's identity, with the
-    /// reason; optionally records its owner.
-    pub async fn set_identity(
-        &self,
-        agent: &str,
-        status: &str,
-        owner: Option<&str>,
-        reason: &str,
-    ) -> Result<steward_store::IdentityRecord> {
-        AgentName::parse(agent).map_err(|e| Error::InvalidRequest(format!("agent: {}", e.0)))?;
-        if reason.trim().is_empty() {
-            return Err(Error::InvalidRequest("reason: required".into()));
-        }
-        let rec = self
-            .store()
-            .set_identity(
-                agent,
-                status,
-                owner,
-                reason,
-                self.inner.shared.clock.now_ms(),
-            )
-            .await
-            .map_err(|e| match e {
-                steward_store::Error::Conflict(m) => Error::Conflict(m),
-                other => other.into(),
-            })?;
-        self.inner.kernel.identities.forget();
-        if status == "deleted" {
-            for k in self.store().list_keys(Some(agent)).await? {
-                if k.revoked_at.is_none() {
-                    let why = format!("agent deleted: {reason}");
-                    self.revoke_key(&k.id, &why).await?;
-                }
-            }
-        }
-        self.audit_lifecycle(
-            &format!("identity.{status}"),
-            &format!("agent:{agent}"),
-            agent,
-            reason,
-        )
-        .await?;
-        Ok(rec)
-    }
-
-    pub async fn identity(&self, agent: &str) -> Result<Option<steward_store::IdentityRecord>> {
-        Ok(self.store().get_identity(agent).await?)
     }
 
     /// Appends a lifecycle event (a key created or revoked, an identity changed) to the audit
@@ -1405,97 +949,6 @@ impl Engine {
             .aliases()
             .map(str::to_string)
             .collect()
-    }
-
-    pub async fn list_calls(
-        &self,
-        agent: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<steward_store::CallRecord>> {
-        Ok(self.store().list_calls(agent, limit).await?)
-    }
-
-    /// Model spend since `since`, grouped `by` agent, model, run or day, most expensive first.
-    /// Spend since `since`, grouped `by`, and what outcomes cost over the same period.
-    pub async fn costs(
-        &self,
-        by: &str,
-        since: steward_types::Millis,
-    ) -> Result<(Vec<CostLine>, OutcomeCosts)> {
-        let by = CostBy::parse(by)?;
-        let rows = self.store().usage(since).await?;
-        Ok((
-            costs::report(&rows, &self.inner.prices, by),
-            costs::outcomes(&rows, &self.inner.prices),
-        ))
-    }
-
-    /// Creates or changes a budget account. `cap_usd` per `period` (`total` or `day`).
-    pub async fn put_budget(
-        &self,
-        account: &str,
-        parent: Option<&str>,
-        cap_usd: f64,
-        period: &str,
-    ) -> Result<steward_store::BudgetRecord> {
-        let valid = |a: &str| {
-            !a.is_empty()
-                && a.len() <= 200
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
-        };
-        if !valid(account) {
-            return Err(Error::InvalidRequest(format!("account {account:?}: use letters, digits and - _ : . (e.g. org, team:search, agent:NAME, run:RUN_ID)")));
-        }
-        if !(cap_usd.is_finite() && (0.0..=1e9).contains(&cap_usd)) {
-            return Err(Error::InvalidRequest(
-                "cap_usd: a number from 0 to 1e9".into(),
-            ));
-        }
-        if !matches!(period, "total" | "day" | "month") {
-            return Err(Error::InvalidRequest(format!(
-                "period: {period:?} is not total, day or month"
-            )));
-        }
-        if let Some(p) = parent {
-            // The parent must exist, and the account must not be among its ancestors.
-            let mut cur = Some(p.to_string());
-            let mut depth = 0;
-            while let Some(a) = cur {
-                if a == account {
-                    return Err(Error::InvalidRequest(format!(
-                        "parent: {p:?} would make a cycle through {account:?}"
-                    )));
-                }
-                depth += 1;
-                if depth > 16 {
-                    return Err(Error::InvalidRequest(
-                        "parent: budget hierarchies are at most 16 deep".into(),
-                    ));
-                }
-                cur = self
-                    .store()
-                    .get_budget(&a)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("parent: no budget account {a:?}")))?
-                    .parent;
-            }
-        }
-        let cap = (cap_usd * 1e9).round() as i64;
-        Ok(self
-            .store()
-            .put_budget(
-                account,
-                parent,
-                cap,
-                period,
-                self.inner.shared.clock.now_ms(),
-            )
-            .await?)
-    }
-
-    pub async fn list_budgets(&self) -> Result<Vec<steward_store::BudgetRecord>> {
-        Ok(self.store().list_budgets().await?)
     }
 
     /// How many runs this node is driving now.

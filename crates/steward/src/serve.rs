@@ -217,7 +217,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading gov.policy_file {}", path.display()))?;
         let rec = engine
-            .put_policies(&text)
+            .policies()
+            .put(&text)
             .await
             .with_context(|| format!("gov.policy_file {}", path.display()))?;
         tracing::info!(version = rec.version, hash = %rec.hash, "policies from gov.policy_file in force");

@@ -133,7 +133,7 @@ async fn a_new_tool_is_decided_held_charged_and_bounded_as_it_declares(b: Backen
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let e = engine(b, dir.path(), calls.clone()).await;
-    e.put_policies(
+    e.policies().put(
         r#"
 @id("everyone")
 permit (principal, action, resource);
@@ -165,7 +165,7 @@ forbid (principal, action == Steward::Action::"memory.write", resource == Stewar
     assert_eq!(outcomes[1].ok, 1, "{:?}", outcomes[1]);
     // Charged at what its meter says it used: five bytes; nothing left held.
     let account = format!("run:{}", run.id);
-    let budgets = e.list_budgets().await.unwrap();
+    let budgets = e.budgets().list().await.unwrap();
     let acct = budgets.iter().find(|a| a.account == account).unwrap();
     assert_eq!(
         (acct.spent_nanos, acct.reserved_nanos),

@@ -1,0 +1,13 @@
+//! The engine's resources as the management API sees them, one small handle each, got from
+//! `Engine` (`engine.secrets().put(..)`, `engine.sandboxes().exec(..)`): each route module
+//! of the API maps onto one of them.
+
+pub mod approvals;
+pub mod audit;
+pub mod budgets;
+pub mod delegations;
+pub mod identities;
+pub mod keys;
+pub mod policies;
+pub mod sandboxes;
+pub mod secrets;
