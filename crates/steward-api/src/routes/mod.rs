@@ -1,0 +1,41 @@
+//! Handlers under `/api/v1`, plus health: one module per resource, each mapping onto one
+//! handle of the engine (`Engine::keys()`, `Engine::sandboxes()`, …).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use steward_engine::Engine;
+use steward_store::RunFilter;
+use steward_types::{ErrorCode, RunId, RunState};
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, Raw, Text};
+use crate::wire::*;
+
+mod agents;
+mod approvals;
+mod audit;
+mod budgets;
+mod delegations;
+mod health;
+mod identities;
+mod keys;
+mod policies;
+mod runs;
+mod sandboxes;
+mod secrets;
+
+pub use agents::*;
+pub use approvals::*;
+pub use audit::*;
+pub use budgets::*;
+pub use delegations::*;
+pub use health::*;
+pub use identities::*;
+pub use keys::*;
+pub use policies::*;
+pub use runs::*;
+pub use sandboxes::*;
+pub use secrets::*;
