@@ -53,6 +53,14 @@ impl ApiError {
     }
 }
 
+/// Orchestration's errors (task queues, schedules, supervisors, the merge queue) answer as the
+/// engine's do.
+impl From<steward_engine::OrchestrateError> for ApiError {
+    fn from(e: steward_engine::OrchestrateError) -> Self {
+        steward_engine::Error::from(e).into()
+    }
+}
+
 impl From<steward_engine::Error> for ApiError {
     fn from(e: steward_engine::Error) -> Self {
         let code = e.code();

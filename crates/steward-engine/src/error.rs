@@ -54,3 +54,17 @@ impl From<crate::launch::LaunchError> for Error {
         }
     }
 }
+
+impl From<steward_orchestrate::Error> for Error {
+    fn from(e: steward_orchestrate::Error) -> Self {
+        use steward_orchestrate::Error as O;
+        match e {
+            O::InvalidRequest(m) => Error::InvalidRequest(m),
+            O::NotFound(m) => Error::NotFound(m),
+            O::Conflict(m) => Error::Conflict(m),
+            O::PayloadTooLarge(m) => Error::PayloadTooLarge(m),
+            O::Unavailable(m) => Error::Unavailable(m),
+            O::Store(e) => Error::Store(e),
+        }
+    }
+}

@@ -8,48 +8,7 @@ use std::sync::Arc;
 use steward_store::{NewRun, RunRecord, Store};
 
 use crate::clock::Clock;
-
-/// Where a new run came from, for its audit record.
-#[derive(Clone, Debug)]
-pub(crate) enum Origin {
-    /// `POST /api/v1/runs`.
-    Api,
-    /// A run's `spawn_agent` call (the parent is the run's `parent_id`).
-    Spawn,
-    /// Restarted after a failure, by its agent's recovery settings.
-    Restart,
-    /// Undoing a failed run's completed steps.
-    Compensation,
-    /// A supervision tree's child.
-    Supervisor(String),
-    /// A schedule that fired.
-    Schedule(String),
-    /// Resolving a merge conflict on a repository.
-    MergeResolver(String),
-}
-
-impl Origin {
-    fn describe(&self) -> String {
-        match self {
-            Origin::Api => "api".into(),
-            Origin::Spawn => "spawn_agent".into(),
-            Origin::Restart => "restart".into(),
-            Origin::Compensation => "compensation".into(),
-            Origin::Supervisor(n) => format!("supervisor:{n}"),
-            Origin::Schedule(n) => format!("schedule:{n}"),
-            Origin::MergeResolver(r) => format!("merge_resolver:{r}"),
-        }
-    }
-}
-
-/// Why a run was not created.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LaunchError {
-    #[error("input is {size} bytes; the limit is {limit} (engine.max_input_bytes)")]
-    TooLarge { size: usize, limit: usize },
-    #[error(transparent)]
-    Store(#[from] steward_store::Error),
-}
+pub(crate) use steward_orchestrate::{LaunchError, Origin};
 
 /// Creates runs: shared by every component that starts one.
 #[derive(Clone)]
@@ -104,5 +63,12 @@ impl Launcher {
         }
         .to_json();
         Ok(self.store.create_run_audited(&run, &audit, now).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl steward_orchestrate::Launch for Launcher {
+    async fn create(&self, run: NewRun, origin: Origin) -> Result<(RunRecord, bool), LaunchError> {
+        Launcher::create(self, run, origin).await
     }
 }

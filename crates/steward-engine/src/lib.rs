@@ -15,17 +15,17 @@ mod housekeeping;
 mod identities;
 mod kernel;
 mod launch;
-pub mod merge_queue;
 pub mod meters;
 mod metrics;
 mod runs;
 pub mod sandboxes;
-pub mod schedules;
-pub mod supervisors;
-pub mod tasks;
 mod ttl_cache;
 pub mod vault;
 mod workspace_sync;
+
+pub use steward_orchestrate::{
+    merge_queue, schedules, supervisors, tasks, Error as OrchestrateError,
+};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,6 +119,13 @@ async fn stop_cancelled(shared: &Shared, id: &RunId) {
 /// scheduler, the heartbeat, and everything that stops runs (cancels, supervisors).
 #[derive(Default)]
 pub(crate) struct ActiveRuns(Mutex<HashMap<RunId, Active>>);
+
+/// Supervisors stop the children they cancel through this.
+impl steward_orchestrate::StopRun for ActiveRuns {
+    fn cancel(&self, id: &RunId, why: &str) {
+        self.stop(id, Stop::Cancel(why.to_string()));
+    }
+}
 
 impl std::ops::Deref for ActiveRuns {
     type Target = Mutex<HashMap<RunId, Active>>;
@@ -232,18 +239,24 @@ impl Engine {
             sandboxes: opts.sandboxes.clone(),
             policies: opts.policies.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
-            schedules: schedules::Schedules::new(store.clone(), opts.clock.clone(), launch.clone()),
+            schedules: schedules::Schedules::new(
+                store.clone(),
+                opts.clock.clone(),
+                Arc::new(launch.clone()),
+            ),
             supervisors: supervisors::Supervisors::new(
                 store.clone(),
                 opts.clock.clone(),
                 active,
-                launch.clone(),
+                Arc::new(launch.clone()),
             ),
             merges: Arc::new(merge_queue::MergeQueue::new(
                 store.clone(),
-                launch,
+                Arc::new(launch),
                 opts.clock.clone(),
-                opts.sandboxes.clone(),
+                opts.sandboxes
+                    .clone()
+                    .map(|s| s as Arc<dyn steward_orchestrate::Isolated>),
                 &opts.node,
                 Duration::from_millis(opts.cfg.lease_ttl_ms.max(10)),
                 Duration::from_millis(opts.cfg.heartbeat_ms.max(10)),
@@ -537,10 +550,10 @@ impl Engine {
                 .put(&name, spec)
                 .await
                 .map_err(|e| match e {
-                    Error::InvalidRequest(m) | Error::NotFound(m) => {
+                    OrchestrateError::InvalidRequest(m) | OrchestrateError::NotFound(m) => {
                         Error::InvalidManifest(format!("{name}: {m}"))
                     }
-                    other => other,
+                    other => other.into(),
                 })?;
             names.push(name);
         }

@@ -118,6 +118,23 @@ fn refused(e: steward_sandbox::Error) -> ToolError {
     }
 }
 
+/// The merge queue's checks run in a sandbox of their own on the checkout.
+#[async_trait::async_trait]
+impl steward_orchestrate::Isolated for SandboxService {
+    async fn exec_dir(&self, dir: &Path, command: &str) -> Result<Option<(bool, Vec<u8>)>, String> {
+        match SandboxService::exec_dir(self, dir, command).await {
+            Ok(r) => {
+                let mut out = r.stdout;
+                out.extend_from_slice(&r.stderr);
+                Ok(Some((r.ended == steward_sandbox::Ended::Exit(0), out)))
+            }
+            // Sandboxes off on this host.
+            Err(ToolError::Denied(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// Sandbox CPU, priced per millisecond when it is charged (`steward_tools::SANDBOX_CPU_MS`).
 impl crate::meters::Meter for SandboxService {
     fn worst_case_nanos(&self) -> Option<i64> {

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use steward_store::{IncidentRecord, NewRun, Store, SupervisorRecord};
 use steward_types::{AgentName, Millis, RunId, RunState};
 
-use crate::clock::Clock;
 use crate::tasks::check_name;
 use crate::{Error, Result};
+use steward_types::clock::Clock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,9 +156,9 @@ impl ChildState {
 pub struct Supervisors {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    launch: crate::launch::Launcher,
+    launch: Arc<dyn crate::Launch>,
     /// This node's runs, stopped at once when a restart retires them.
-    active: Arc<crate::ActiveRuns>,
+    active: Arc<dyn crate::StopRun>,
 }
 
 enum Seen {
@@ -168,11 +168,11 @@ enum Seen {
 }
 
 impl Supervisors {
-    pub(crate) fn new(
+    pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        active: Arc<crate::ActiveRuns>,
-        launch: crate::launch::Launcher,
+        active: Arc<dyn crate::StopRun>,
+        launch: Arc<dyn crate::Launch>,
     ) -> Self {
         Supervisors {
             store,
@@ -273,7 +273,7 @@ impl Supervisors {
     }
 
     /// One pass over every running supervisor; returns whether a run was started.
-    pub(crate) async fn drive(&self) -> Result<bool> {
+    pub async fn drive(&self) -> Result<bool> {
         let all = self.store.list_supervisors().await?;
         let mut started = false;
         for rec in all.iter().filter(|r| r.status == "running") {
@@ -546,7 +546,7 @@ impl Supervisors {
             parent_id: None,
             input,
         };
-        let origin = crate::launch::Origin::Supervisor(supervisor.to_string());
+        let origin = crate::Origin::Supervisor(supervisor.to_string());
         Ok(self.launch.create(run, origin).await?.1)
     }
 
@@ -558,7 +558,7 @@ impl Supervisors {
                 .store
                 .request_cancel(&id, why, self.clock.now_ms())
                 .await;
-            self.active.stop(&id, crate::Stop::Cancel(why.to_string()));
+            self.active.cancel(&id, why);
         }
     }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use steward_store::{IncidentRecord, PathLease, RepoRecord, Store, SubmissionRecord};
 
-use crate::clock::Clock;
 use crate::tasks::check_name;
 use crate::{Error, Result};
+use steward_types::clock::Clock;
 
 /// A check that could not run this many times (git or the sandbox failing, not the check
 /// itself) is failed, so the submissions behind it move on.
@@ -26,9 +26,9 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct MergeQueue {
     store: Arc<dyn Store>,
-    launch: crate::launch::Launcher,
+    launch: Arc<dyn crate::Launch>,
     clock: Arc<dyn Clock>,
-    sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+    sandboxes: Option<Arc<dyn crate::Isolated>>,
     /// Repositories this node is checking a submission of right now.
     busy: std::sync::Mutex<std::collections::HashSet<String>>,
     /// This node: a check is leased to it, renewed while it runs, for `lease` at a time.
@@ -274,11 +274,11 @@ async fn rev_tree(repo: &Path, commit: &str) -> Result<String> {
 impl MergeQueue {
     /// Checks are leased to `node` for `lease`, renewed every `renew_every` (the engine's run
     /// lease and heartbeat).
-    pub(crate) fn new(
+    pub fn new(
         store: Arc<dyn Store>,
-        launch: crate::launch::Launcher,
+        launch: Arc<dyn crate::Launch>,
         clock: Arc<dyn Clock>,
-        sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
+        sandboxes: Option<Arc<dyn crate::Isolated>>,
         node: &steward_types::NodeId,
         lease: Duration,
         renew_every: Duration,
@@ -428,7 +428,7 @@ impl MergeQueue {
                 };
                 let id = run.id.clone();
                 self.launch
-                    .create(run, crate::launch::Origin::MergeResolver(r.path.clone()))
+                    .create(run, crate::Origin::MergeResolver(r.path.clone()))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>(id)
@@ -505,7 +505,7 @@ impl MergeQueue {
 
     /// Starts checking the next submission of every repository this node is not checking
     /// already (each check runs on its own task, under a lease it renews).
-    pub(crate) async fn drive(self: &Arc<Self>) -> Result<()> {
+    pub async fn drive(self: &Arc<Self>) -> Result<()> {
         for r in self.store.list_repos().await? {
             if self
                 .busy
@@ -747,14 +747,10 @@ impl MergeQueue {
         };
         if let Some(sb) = &self.sandboxes {
             match sb.exec_dir(dir, command).await {
-                Ok(r) => {
-                    let mut out = r.stdout.clone();
-                    out.extend_from_slice(&r.stderr);
-                    return Ok((r.ended == steward_sandbox::Ended::Exit(0), tail(&out)));
-                }
+                Ok(Some((passed, out))) => return Ok((passed, tail(&out))),
                 // Sandboxes off on this host: the check runs as a plain subprocess.
-                Err(steward_tools::ToolError::Denied(_)) => {}
-                Err(e) => return Err(Error::Unavailable(e.to_string())),
+                Ok(None) => {}
+                Err(e) => return Err(Error::Unavailable(e)),
             }
         }
         let run = tokio::process::Command::new("/bin/sh")

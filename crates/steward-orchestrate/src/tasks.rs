@@ -18,8 +18,8 @@ use steward_store::{
 use steward_types::{AgentName, AgentSpec, RunId, RunState};
 use tokio::sync::Notify;
 
-use crate::clock::Clock;
 use crate::{Error, Result};
+use steward_types::clock::Clock;
 
 /// Largest task payload (JSON text).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
@@ -72,7 +72,7 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 impl Tasks {
-    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         Tasks {
             writer: TaskWriter::start(store.clone()),
             store,
@@ -274,7 +274,7 @@ impl Tasks {
     }
 
     /// Shutting down: lease requests stop waiting (see `TaskWriter::drain`).
-    pub(crate) fn drain(&self) {
+    pub fn drain(&self) {
         self.writer.drain();
     }
 
@@ -340,7 +340,7 @@ impl Tasks {
 
     /// One pass of upkeep: expired leases and deadlines, tasks of runs that ended, and tasks
     /// handed to the agents that serve their queues. Returns whether any run was created.
-    pub(crate) async fn upkeep(&self) -> Result<bool> {
+    pub async fn upkeep(&self) -> Result<bool> {
         let now = self.clock.now_ms();
         // Sweeping writes: at most once a second, however often upkeep is woken.
         let due = {
@@ -405,12 +405,7 @@ impl Tasks {
     /// Finishes the task run `run` served (if it served one), now that the run has ended in
     /// `state`: done with the run's result, or failed with its error — retried by a new run
     /// after a backoff while attempts remain; a cancelled run's task is dead-lettered at once.
-    pub(crate) async fn finish_run(
-        &self,
-        run: &RunId,
-        state: RunState,
-        detail: &str,
-    ) -> Result<()> {
+    pub async fn finish_run(&self, run: &RunId, state: RunState, detail: &str) -> Result<()> {
         let Some(task) = self.store.task_of_run(run).await? else {
             return Ok(());
         };
@@ -439,7 +434,7 @@ impl Tasks {
     }
 
     /// Waits until a task may have become ready, or `every` has passed.
-    pub(crate) async fn changed(&self, every: Duration) {
+    pub async fn changed(&self, every: Duration) {
         tokio::select! {
             _ = self.upkeep.notified() => {}
             _ = tokio::time::sleep(every) => {}
@@ -448,7 +443,7 @@ impl Tasks {
 }
 
 /// What a run's end says to its task: its state and its result or error.
-pub(crate) fn ended(u: &RunUpdate) -> Option<(RunState, String)> {
+pub fn ended(u: &RunUpdate) -> Option<(RunState, String)> {
     u.state.is_terminal().then(|| {
         let detail = match u.state {
             RunState::Succeeded => u.result.clone().unwrap_or_default(),

@@ -15,9 +15,9 @@ use serde_json::Value;
 use steward_store::{NewRun, ScheduleRecord, Store};
 use steward_types::{AgentName, Millis, RunId};
 
-use crate::clock::Clock;
 use crate::tasks::{check_name, Enqueue, Tasks};
 use crate::{Error, Result};
+use steward_types::clock::Clock;
 
 /// On a node's first pass, a firing this close to its time is on time; later, it was missed
 /// (it came due while no node was looking). After that, whatever came due since the node's
@@ -66,16 +66,16 @@ fn next_after(cron: &croner::Cron, after: Millis) -> Option<Millis> {
 pub struct Schedules {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    launch: crate::launch::Launcher,
+    launch: Arc<dyn crate::Launch>,
     /// When this node's last complete pass looked (what came due after it is on time).
     last_pass: std::sync::Mutex<Option<Millis>>,
 }
 
 impl Schedules {
-    pub(crate) fn new(
+    pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        launch: crate::launch::Launcher,
+        launch: Arc<dyn crate::Launch>,
     ) -> Self {
         Schedules {
             store,
@@ -152,7 +152,7 @@ impl Schedules {
     }
 
     /// Fires every schedule due now; returns whether any run was created.
-    pub(crate) async fn fire_due(&self, tasks: &Tasks) -> Result<bool> {
+    pub async fn fire_due(&self, tasks: &Tasks) -> Result<bool> {
         let now = self.clock.now_ms();
         let last_pass = *self.last_pass.lock().unwrap_or_else(|p| p.into_inner());
         let mut started = false;
@@ -236,7 +236,7 @@ impl Schedules {
         };
         let (_, new) = self
             .launch
-            .create(run, crate::launch::Origin::Schedule(s.name.clone()))
+            .create(run, crate::Origin::Schedule(s.name.clone()))
             .await?;
         Ok(new)
     }
@@ -266,6 +266,21 @@ mod tests {
         }
     }
 
+    /// Starts runs straight in the store (the engine's launcher adds the input limit and the
+    /// audit record, which these tests do not look at).
+    struct StoreLaunch(Arc<dyn Store>);
+
+    #[async_trait::async_trait]
+    impl crate::Launch for StoreLaunch {
+        async fn create(
+            &self,
+            run: NewRun,
+            _: crate::Origin,
+        ) -> std::result::Result<(steward_store::RunRecord, bool), crate::LaunchError> {
+            Ok(self.0.create_run(&run, 0).await?)
+        }
+    }
+
     /// Five minutely firings pass while nothing runs: `skip` fires none of them, `once` the
     /// latest, `all` every one, each once however often the pass is repeated; then each goes on
     /// from the next minute.
@@ -282,7 +297,7 @@ mod tests {
         let schedules = Schedules::new(
             store.clone(),
             clock.clone(),
-            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+            Arc::new(StoreLaunch(store.clone())),
         );
         for missed in ["skip", "once", "all"] {
             schedules
@@ -357,7 +372,7 @@ mod tests {
         let schedules = Schedules::new(
             store.clone(),
             clock.clone(),
-            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+            Arc::new(StoreLaunch(store.clone())),
         );
         for missed in ["skip", "once"] {
             schedules
@@ -386,7 +401,7 @@ mod tests {
         let restarted = Schedules::new(
             store.clone(),
             clock.clone(),
-            crate::launch::Launcher::new(store.clone(), clock.clone(), 1 << 20),
+            Arc::new(StoreLaunch(store.clone())),
         );
         clock.0.store(t0 + 15_500, Ordering::SeqCst);
         restarted.fire_due(&tasks).await.unwrap();
