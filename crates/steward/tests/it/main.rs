@@ -18,6 +18,7 @@ mod fallbacks;
 mod full_disk;
 mod gateway;
 mod identities;
+mod journal_compat;
 mod limits;
 mod merge_queue;
 mod new_tools;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use steward_engine::meters::{Meter, Meters};
-use steward_engine::{Engine, EngineOptions, SystemClock};
+use steward_engine::Engine;
 use steward_tools::{AlsoDecided, Tool, ToolContext, ToolInfo, Tools, Wait};
-use steward_types::config::{EngineConfig, StoreConfig, ToolsConfig};
-use steward_types::{NodeId, RunId, RunState};
+use steward_types::config::ToolsConfig;
+use steward_types::{RunId, RunState};
 
-use crate::common::{self, Backend};
+use crate::common::{self, in_process, Backend};
 
 /// Writes a note into a namespace: also `memory.write` on that namespace, metered in bytes,
 /// and slower than the agents' step timeout (it waits on work of its own).
@@ -72,41 +72,12 @@ impl Meter for PerByte {
 }
 
 async fn engine(b: Backend, dir: &std::path::Path, calls: Arc<AtomicUsize>) -> Engine {
-    let url = common::fresh_db(b, dir).await;
-    let store = steward_store::open(&url, &StoreConfig::default())
-        .await
-        .unwrap();
+    let store = in_process::store(&common::fresh_db(b, dir).await).await;
     let mut tools = Tools::builtin(&ToolsConfig::default()).unwrap();
     tools.insert(Arc::new(NoteWrite { calls }));
     let mut meters = Meters::default();
     meters.insert(NOTE_BYTES, Arc::new(PerByte));
-    Engine::start(
-        store,
-        EngineOptions {
-            cfg: EngineConfig {
-                poll_ms: 20,
-                ..EngineConfig::default()
-            },
-            node: NodeId("new-tools".into()),
-            group_commit_max_batch: 64,
-            providers: steward_llm::Providers::default(),
-            tools,
-            clock: Arc::new(SystemClock),
-            llm: Default::default(),
-            prices: steward_llm::Prices::default(),
-            stats: None,
-            audit_key: Arc::new(
-                steward_gov::AuditKey::load_or_create(&dir.join("audit.key")).unwrap(),
-            ),
-            gov: Default::default(),
-            policies: Arc::new(steward_gov::Policies::new(None).unwrap()),
-            vault: None,
-            sandboxes: None,
-            meters,
-        },
-    )
-    .await
-    .unwrap()
+    in_process::engine(store, dir, "new-tools", tools, meters).await
 }
 
 async fn finished(e: &Engine, id: &RunId) -> steward_store::RunRecord {

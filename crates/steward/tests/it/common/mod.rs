@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod in_process;
 pub mod openapi;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
