@@ -4,7 +4,7 @@
 use serde_json::Value;
 use steward_llm::{ChatRequest, Message, Role, ToolSpec};
 
-use crate::kernel::{Action, Kernel, Outcome, RunCtx, StepError};
+use crate::kernel::{Kernel, ModelCall, RunCtx, StepError, ToolCall};
 
 pub(crate) enum LoopEnd {
     Answer(String),
@@ -59,13 +59,8 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     let mut last: Option<(String, String)> = None;
     let mut repeats = 0u32;
     for _ in 0..spec.max_steps {
-        let reply = match kernel.call(ctx, Action::Model { request: &request }).await {
-            Ok(Outcome::Model(r)) => r,
-            Ok(Outcome::Tool(_)) => {
-                return LoopEnd::Step(StepError::Divergence(
-                    "a model step replayed as a tool step".into(),
-                ))
-            }
+        let reply = match kernel.call(ctx, ModelCall { request: &request }).await {
+            Ok(r) => r,
             Err(e) => return LoopEnd::Step(e),
         };
         if reply.tool_calls.is_empty() {
@@ -93,19 +88,14 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
             let out = match kernel
                 .call(
                     ctx,
-                    Action::Tool {
+                    ToolCall {
                         name: &call.name,
                         args: &call.arguments,
                     },
                 )
                 .await
             {
-                Ok(Outcome::Tool(r)) => r,
-                Ok(Outcome::Model(_)) => {
-                    return LoopEnd::Step(StepError::Divergence(
-                        "a tool step replayed as a model step".into(),
-                    ))
-                }
+                Ok(r) => r,
                 Err(e) => return LoopEnd::Step(e),
             };
             let text = match out {

@@ -13,7 +13,7 @@ use steward_store::{NewRun, RunUpdate, Store, PHASE_INTENT};
 use steward_types::error::run_error;
 use steward_types::{AgentSpec, RunId, RunState};
 
-use crate::kernel::{Action, Kernel, Outcome, RunCtx, StepError};
+use crate::kernel::{Kernel, RunCtx, StepError, ToolCall};
 
 /// The id of the run that compensates `run`: the same however often it is planned.
 pub(crate) fn compensation_id(run: &RunId) -> RunId {
@@ -163,7 +163,7 @@ pub(crate) async fn execute(
         let done = kernel
             .call(
                 ctx,
-                Action::Tool {
+                ToolCall {
                     name: &tool,
                     args: &args,
                 },
@@ -180,9 +180,8 @@ pub(crate) async fn execute(
             })
         };
         match done {
-            Ok(Outcome::Tool(Ok(_))) => {}
-            Ok(Outcome::Tool(Err(e))) => return failed(e),
-            Ok(Outcome::Model(_)) => return failed("the journal holds a model step here".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return failed(e),
             Err(StepError::Draining | StepError::LeaseLost | StepError::Store(_)) => return None,
             Err(e) => return failed(crate::kernel::step_error_text(&e)),
         }

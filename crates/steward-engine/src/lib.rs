@@ -48,7 +48,9 @@ pub use costs::{CostBy, CostLine, OutcomeCosts};
 pub use delegations::Delegated;
 pub use error::{Error, Result};
 pub use gateway::{GatewayApi, GatewayError, GatewayReply, Principal};
-pub use kernel::{Action, Kernel, Outcome, RunCtx, StepError, StepStats};
+pub use kernel::{
+    Journaled, Kernel, ModelCall, RunCtx, StepError, StepStats, Syscall, ToolCall, ToolResult,
+};
 
 use host::{Host, Shared};
 

@@ -1,9 +1,13 @@
 //! The Kernel: the one path every effectful action of a run takes.
 //!
-//! 1 identify (the `RunCtx` names the run and its agent version), 2 authorize (an agent may call
-//! only the tools its spec lists; Cedar policy arrives with governance), 3 reserve (budgets
-//! arrive with the gateway), 4 journal the intent — durable before acting, 5 act, 6 journal the
-//! outcome, 7 record (a tracing span per syscall).
+//! 1 identify (the `RunCtx` names the run, its agent version and the chain it acts for),
+//! 2 authorize (the agent's identity and grant, Cedar policy, approvals), 3 reserve (the
+//! worst case held on every budget that governs the run), 4 journal the intent — durable before
+//! acting, 5 act, 6 journal the outcome with its audit record and budget settlement in one
+//! commit, 7 record (a span per syscall, metrics).
+//!
+//! The stages are written once, in [`Kernel::call`], over the [`Syscall`] trait; each kind of
+//! syscall is one type in a module of its own ([`ModelCall`], [`ToolCall`]).
 //!
 //! Replay: a step already in the journal returns its recorded outcome without acting. A step
 //! with an intent and no outcome is in doubt: idempotent actions are retried under the same
@@ -12,37 +16,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use steward_gov::{Decision, Policies, Query};
-use steward_llm::{ChatRequest, ChatResponse, Provider, Router};
+use steward_llm::{Provider, Router};
 use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
-use steward_tools::{ToolContext, ToolHost, Tools, Wait};
-use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy, RunId};
+use steward_tools::{ToolHost, Tools};
+use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
+use crate::budgets::Budgets;
 use crate::clock::Clock;
 
-/// An effectful action a run asks the Kernel to perform. Borrowed: the loop keeps its
-/// conversation and the Kernel never needs a copy of it.
-#[derive(Clone, Copy, Debug)]
-pub enum Action<'a> {
-    Model { request: &'a ChatRequest },
-    Tool { name: &'a str, args: &'a Value },
-}
+mod model_call;
+mod syscall;
+mod tool_call;
 
-/// What an action produced, as journaled.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    Model(ChatResponse),
-    /// A tool's result, or the error it reported (errors are shown to the model, not fatal).
-    Tool(Result<Value, String>),
-}
+pub use model_call::ModelCall;
+pub use syscall::{Journaled, Syscall};
+pub use tool_call::{ToolCall, ToolResult};
+
+use syscall::{is_outcome, journaled_error};
 
 impl Kernel {
     /// Journals `entries` and `audit` for the run under the claim it is driven under. If this
@@ -250,41 +247,9 @@ fn run_chain(ctx: &RunCtx, owner: Option<&str>) -> Vec<String> {
     chain
 }
 
-fn kind_and_name<'a>(action: &Action<'a>) -> (&'static str, &'a str) {
-    match action {
-        Action::Model { request } => ("model", request.model.as_str()),
-        Action::Tool { name, .. } => ("tool", name),
-    }
-}
-
-/// The request's fingerprint, serialized straight into the hasher. A model request's
-/// conversation only grows, so its messages are hashed once each into a running state kept in
-/// the `RunCtx` (`conversation`): the cost of a step does not grow with the run's length.
-fn hash(action: &Action, conversation: &mut ConversationHash) -> String {
-    let (kind, name) = kind_and_name(action);
-    let mut h = match action {
-        Action::Model { request } => conversation.absorb(&request.messages),
-        Action::Tool { .. } => Sha256::new(),
-    };
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(name.as_bytes());
-    h.update([0]);
-    let written = match action {
-        Action::Model { request } => {
-            serde_json::to_writer(&mut h, &(&request.tools, request.max_tokens))
-        }
-        Action::Tool { args, .. } => serde_json::to_writer(&mut h, args),
-    };
-    if written.is_err() {
-        h.update(b"unserializable");
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A running SHA-256 over the messages of a run's conversation.
 #[derive(Clone, Default)]
-pub(crate) struct ConversationHash {
+pub struct ConversationHash {
     state: Sha256,
     absorbed: usize,
 }
@@ -307,47 +272,30 @@ impl ConversationHash {
 }
 
 impl Kernel {
-    pub async fn call(&self, ctx: &mut RunCtx, action: Action<'_>) -> Result<Outcome, StepError> {
+    /// Takes one step of the run: `call`, governed, journaled and audited — or its outcome
+    /// replayed from the journal when an earlier life of the run already took it.
+    pub async fn call<S: Syscall>(
+        &self,
+        ctx: &mut RunCtx,
+        call: S,
+    ) -> Result<S::Outcome, StepError> {
         let seq = ctx.next_seq;
         ctx.next_seq += 1;
-        let (kind, name) = kind_and_name(&action);
         // Named and attributed per the OpenTelemetry GenAI conventions, for trace export.
-        let span = match action {
-            Action::Model { .. } => tracing::info_span!(
-                "syscall",
-                "otel.name" = %format_args!("chat {}", ctx.spec.model),
-                run_id = %ctx.run.id,
-                seq,
-                kind,
-                "gen_ai.operation.name" = "chat",
-                "gen_ai.request.model" = %ctx.spec.model,
-                "gen_ai.provider.name" = tracing::field::Empty,
-                "gen_ai.usage.input_tokens" = tracing::field::Empty,
-                "gen_ai.usage.output_tokens" = tracing::field::Empty,
-            ),
-            Action::Tool { .. } => tracing::info_span!(
-                "syscall",
-                "otel.name" = %format_args!("execute_tool {name}"),
-                run_id = %ctx.run.id,
-                seq,
-                kind,
-                "gen_ai.operation.name" = "execute_tool",
-                "gen_ai.tool.name" = %name,
-            ),
-        };
-        self.call_inner(ctx, seq, action).instrument(span).await
+        let span = call.span(ctx, seq);
+        self.call_inner(ctx, seq, &call).instrument(span).await
     }
 
-    async fn call_inner(
+    async fn call_inner<S: Syscall>(
         &self,
         ctx: &mut RunCtx,
         seq: i64,
-        action: Action<'_>,
-    ) -> Result<Outcome, StepError> {
+        call: &S,
+    ) -> Result<S::Outcome, StepError> {
         let started = Instant::now();
-        let (kind, name) = kind_and_name(&action);
-        let name = name.to_string();
-        let request_hash = hash(&action, &mut ctx.conversation);
+        let kind = S::KIND;
+        let name = call.name().to_string();
+        let request_hash = call.request_hash(&mut ctx.conversation);
         let idempotency_key = format!("{}:{seq}", ctx.run.id);
         // Taken, not cloned: this life never asks for the same position twice.
         let recorded = ctx.journal.remove(&seq).unwrap_or_default();
@@ -360,10 +308,10 @@ impl Kernel {
                 )));
             }
             if let Some(out) = &recorded.outcome {
-                return decode_outcome(kind, out); // completed: never act again
+                return S::replayed(out); // completed: never act again
             }
             // In doubt: the process died between intent and outcome.
-            let idempotent = self.idempotent(&action);
+            let idempotent = call.idempotent(self);
             let human_said_retry = ctx.run.retry_seq == Some(seq);
             if !(idempotent || human_said_retry || ctx.spec.recovery == RecoveryPolicy::Retry) {
                 return Err(StepError::InDoubt {
@@ -384,20 +332,7 @@ impl Kernel {
             tracing::warn!(run_id = %ctx.run.id, seq, "the run's lease is nearly gone and not renewed; stopping before the next step");
             return Err(StepError::Draining);
         }
-        let estimate = match (&action, &ctx.provider) {
-            (Action::Model { request }, None) => {
-                Some(self.estimate(ctx, request, &idempotency_key))
-            }
-            // A metered tool (sandbox CPU, when charged): the call's worst case is held like a
-            // model call's.
-            (Action::Tool { name, .. }, _) => self
-                .tools
-                .get(name)
-                .and_then(|t| t.meter())
-                .and_then(|m| self.meters.worst_case_nanos(m.name))
-                .map(Ok),
-            _ => None,
-        };
+        let estimate = call.worst_case(self, ctx, &idempotency_key);
         // Authorize: the policy decides; the decision is audited with the step's outcome.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
         let owner = self
@@ -407,20 +342,13 @@ impl Kernel {
             .map_err(|e| StepError::Store(e.to_string()))?;
         let chain = run_chain(ctx, owner.as_deref());
         let (decision, approval_note) = self
-            .authorize(
-                ctx,
-                &action,
-                cost.unwrap_or(0),
-                seq,
-                &chain,
-                owner.as_deref(),
-            )
+            .authorize(ctx, call, cost.unwrap_or(0), seq, &chain, owner.as_deref())
             .await?;
         // The intent is journaled and the outcome is not: an earlier life of this run made
         // this model call and ended before recording its answer. The upstream may have
         // answered (and billed) it, so it is booked as a call of its own — its hold in full,
         // or its worst case — before this life makes it again under a new hold.
-        if kind == "model" && recorded.intent.is_some() {
+        if S::BILLED_WHEN_INTERRUPTED && recorded.intent.is_some() {
             let booked = self
                 .budgets
                 .store
@@ -450,7 +378,7 @@ impl Kernel {
                 name: name.clone(),
                 request_hash: request_hash.clone(),
                 idempotency_key: idempotency_key.clone(),
-                body: intent_body(&action).to_string(),
+                body: call.intent_body().to_string(),
                 ok: 1,
                 tokens_in: 0,
                 tokens_out: 0,
@@ -463,14 +391,13 @@ impl Kernel {
 
         let act_started = Instant::now();
         let acted = if decision.allow {
-            self.act(ctx, seq, &idempotency_key, action).await
+            call.act(self, ctx, seq, &idempotency_key).await
         } else {
-            denied(&decision, approval_note.as_deref(), &action)
+            call.denied(&denial_reason(&decision, approval_note.as_deref()))
+                .map(|o| (o, 0))
         };
         let (result, spent) = match acted {
-            Err(
-                e @ (StepError::Model(_) | StepError::ModelTimeout(_) | StepError::PolicyDenied(_)),
-            ) => (Err(e), 0),
+            Err(e) if is_outcome(&e) => (Err(e), 0),
             // The hold stays open: the step is replayed and finds it.
             Err(other) => return Err(other),
             Ok((o, spent)) => (Ok(o), spent),
@@ -483,30 +410,17 @@ impl Kernel {
             false => Vec::new(),
         };
 
-        if let Ok(Outcome::Model(r)) = &result {
-            let span = tracing::Span::current();
-            span.record("gen_ai.provider.name", r.provider.as_str());
-            // As i64: exporters carry u64 as strings.
-            span.record("gen_ai.usage.input_tokens", r.usage.input_tokens as i64);
-            span.record("gen_ai.usage.output_tokens", r.usage.output_tokens as i64);
-        }
-        let (body, ok, tokens_in, tokens_out) = match &result {
-            Ok(Outcome::Model(r)) => (
-                serde_json::to_string(r).unwrap_or_default(),
-                1,
-                r.usage.input_tokens as i64,
-                r.usage.output_tokens as i64,
-            ),
-            Ok(Outcome::Tool(Ok(v))) => (json!({ "ok": v }).to_string(), 1, 0, 0),
-            Ok(Outcome::Tool(Err(e))) => (json!({ "error": e }).to_string(), 0, 0, 0),
-            Err(StepError::ModelTimeout(e)) => {
-                (json!({ "error": e, "timeout": true }).to_string(), 0, 0, 0)
-            }
-            Err(StepError::PolicyDenied(e)) => {
-                (json!({ "error": e, "denied": true }).to_string(), 0, 0, 0)
-            }
-            Err(e) => (json!({ "error": step_error_text(e) }).to_string(), 0, 0, 0),
+        let journaled = match &result {
+            Ok(o) => S::journaled(o),
+            Err(e) => journaled_error(e),
         };
+        let Journaled {
+            body,
+            ok,
+            tokens_in,
+            tokens_out,
+        } = journaled;
+        let ok = i64::from(ok);
         let entry = JournalEntry {
             run_id: ctx.run.id.to_string(),
             seq,
@@ -523,10 +437,7 @@ impl Kernel {
             duration_us: act_us,
         };
         // The outcome and its audit record are durable together, in one commit.
-        let action = match kind {
-            "model" => "llm.call",
-            _ => "tool.call",
-        };
+        let (action, _) = call.decided_as(ctx);
         let verdict = if decision.allow { "allow" } else { "deny" };
         let audit = steward_gov::AuditRecord {
             approval: approval_note.clone().filter(|_| decision.allow),
@@ -609,47 +520,20 @@ impl Kernel {
             .then(|| format!("{act} {resource} is outside what run {by} granted this run")))
     }
 
-    fn idempotent(&self, action: &Action<'_>) -> bool {
-        match action {
-            // A model call has no effect beyond its cost; re-asking is safe.
-            Action::Model { .. } => true,
-            Action::Tool { name, args } => self.tools.get(name).is_some_and(|t| t.idempotent(args)),
-        }
-    }
-
-    /// Holds the worst case of a model call on every budget account that governs the run
-    /// (creating the run's own account from `spec.budget.perRunUsd` on first use). The hold's
-    /// id is the step's idempotency key, so a replayed step keeps its first hold. Returns
-    /// whether a hold was taken.
-    /// The most a model call can cost — its size in tokens plus its output limit, at the
-    /// dearest deployment its route may reach — or why that cannot be known (a deployment
-    /// without a price). For the policy's context and the budget hold alike.
-    fn estimate(&self, ctx: &RunCtx, request: &ChatRequest, key: &str) -> Result<i64, String> {
-        let plan = self
-            .router
-            .plan(&ctx.spec.model, key)
-            .map_err(|e| e.to_string())?;
-        let (tokens_in, tokens_out) = crate::budgets::bounds_of(request);
-        self.budgets.worst_case(&plan, tokens_in, tokens_out)
-    }
-
     /// Asks the policy whether the run may take this step (the decision is audited with the
     /// step's outcome). A permit that asks for approval makes the run wait for it: the
     /// approval is requested once per step, and the step, decided again when the run resumes,
     /// acts if it was approved and is denied if it was denied or expired.
-    async fn authorize(
+    async fn authorize<S: Syscall>(
         &self,
         ctx: &RunCtx,
-        action: &Action<'_>,
+        call: &S,
         cost_nanos: i64,
         seq: i64,
         chain: &[String],
         owner: Option<&str>,
     ) -> Result<(Decision, Option<String>), StepError> {
-        let (act, resource) = match action {
-            Action::Model { .. } => ("llm.call", ctx.spec.model.as_str()),
-            Action::Tool { name, .. } => ("tool.call", *name),
-        };
+        let (act, resource) = call.decided_as(ctx);
         let now = self.clock.now_ms();
         let query = |action, resource| Query {
             agent: &ctx.run.agent,
@@ -668,13 +552,7 @@ impl Kernel {
         // What the tool does besides (starting another agent is also `agent.spawn` on that
         // agent, running code is also `sandbox.exec` on the run's sandbox): both decisions
         // must allow it.
-        let also = match action {
-            Action::Tool { name, args } => self
-                .tools
-                .get(name)
-                .and_then(|t| t.also_decided(&ctx.run.id, args)),
-            Action::Model { .. } => None,
-        };
+        let also = call.also_decided(self, ctx);
         if let (true, Some(also)) = (d.allow, &also) {
             let second = self.policies.decide(&query(also.action, &also.resource));
             if second.allow {
@@ -827,391 +705,6 @@ impl Kernel {
         }
     }
 
-    /// Performs the action; for a model call also returns what it cost, in nano-dollars.
-    async fn act(
-        &self,
-        ctx: &RunCtx,
-        seq: i64,
-        key: &str,
-        action: Action<'_>,
-    ) -> Result<(Outcome, i64), StepError> {
-        let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
-        match action {
-            Action::Model { request } => {
-                // What is actually called is decided, not only the name the spec gives.
-                let plan = match &ctx.provider {
-                    Some(_) => None,
-                    None => Some(self.permitted_plan(ctx, key, seq).await?),
-                };
-                // The scripted provider plays its script; every real model goes through the
-                // router (fallbacks, retries, breakers), the same path as the gateway's.
-                let attempt = async {
-                    match &ctx.provider {
-                        Some(p) => p.chat(request).await.map(|r| (r, 0)),
-                        None => {
-                            // The hold assumed at most DEFAULT_MAX_OUTPUT tokens when the agent
-                            // set no limit: the upstream is held to it too.
-                            let bounded;
-                            let request = if request.max_tokens.is_none() {
-                                bounded = ChatRequest {
-                                    max_tokens: Some(DEFAULT_MAX_OUTPUT as u32),
-                                    ..request.clone()
-                                };
-                                &bounded
-                            } else {
-                                request
-                            };
-                            let plan = plan.as_ref().ok_or_else(|| {
-                                steward_llm::Error::Route("no plan for the model call".into())
-                            })?;
-                            let (r, label) = self.router.chat_planned(key, plan, request).await?;
-                            let spent = self.budgets.cost(
-                                &label,
-                                r.usage.input_tokens as i64,
-                                r.usage.output_tokens as i64,
-                            );
-                            Ok((r, spent.unwrap_or(0)))
-                        }
-                    }
-                };
-                match tokio::time::timeout(step_timeout, attempt).await {
-                    Ok(Ok((r, spent))) => Ok((Outcome::Model(r), spent)),
-                    Ok(Err(e)) => Err(StepError::Model(e.to_string())),
-                    Err(_) => Err(StepError::ModelTimeout(format!(
-                        "the model call did not finish within the agent's stepTimeout ({} ms)",
-                        ctx.spec.step_timeout
-                    ))),
-                }
-            }
-            Action::Tool { name, args } => {
-                // Authorize: an agent calls only the tools its spec lists.
-                if !ctx.spec.tools.iter().any(|t| t == name) {
-                    return Ok((
-                        Outcome::Tool(Err(format!("tool {name:?} is not available to this agent"))),
-                        0,
-                    ));
-                }
-                let Some(tool) = self.tools.get(name) else {
-                    return Ok((
-                        Outcome::Tool(Err(format!("no tool named {name:?} exists"))),
-                        0,
-                    ));
-                };
-                let tctx = ToolContext {
-                    run_id: ctx.run.id.clone(),
-                    seq,
-                    idempotency_key: key.to_string(),
-                    host: self.host.clone(),
-                };
-                let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
-                    self.resilient_tool(ctx, name, args, &tctx, p, step_timeout)
-                        .await?
-                } else if tool.wait() == Wait::UntilDone {
-                    // Waiting on work of its own (a child run, bounded by its own timeout) is
-                    // abandoned on shutdown without an outcome: such a tool is idempotent, so
-                    // the next life calls it again and finds the same work.
-                    tokio::select! {
-                        r = tool.call(&tctx, args.clone()) => r.map_err(|e| e.to_string()),
-                        _ = self.draining.cancelled() => return Err(StepError::Draining),
-                    }
-                } else {
-                    match tokio::time::timeout(step_timeout, tool.call(&tctx, args.clone())).await {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!(
-                            "the tool did not finish within stepTimeout ({} ms)",
-                            ctx.spec.step_timeout
-                        )),
-                    }
-                };
-                // A metered tool is charged at what the call used.
-                let spent = match (&result, tool.meter()) {
-                    (Ok(v), Some(m)) => self.meters.cost_nanos(m.name, (m.used)(v)),
-                    _ => 0,
-                };
-                Ok((Outcome::Tool(result), spent))
-            }
-        }
-    }
-}
-
-impl Kernel {
-    /// A tool call under its agent's `toolPolicies` entry: each attempt bounded by the policy's
-    /// timeout, failures of the classes it names retried with the router's backoff, the
-    /// fleet-wide circuit breaker `tool:<name>` consulted and fed, and the fallback tool tried
-    /// with the same arguments when all that still fails, then the fallback agent. All within
-    /// the one journaled step.
-    async fn resilient_tool(
-        &self,
-        ctx: &RunCtx,
-        name: &str,
-        args: &Value,
-        tctx: &ToolContext,
-        p: &steward_types::manifest::ToolPolicy,
-        step_timeout: Duration,
-    ) -> Result<Result<Value, String>, StepError> {
-        let timeout = p
-            .timeout_ms
-            .map_or(step_timeout, |t| Duration::from_millis(t).min(step_timeout));
-        let attempts = p.retry.as_ref().map_or(1, |r| r.max_attempts.max(1));
-        let retried = |class: &str| {
-            p.retry
-                .as_ref()
-                .is_some_and(|r| r.on.iter().any(|c| c == class))
-        };
-        let label = format!("tool:{name}");
-        let breakers = self.router.breakers();
-        let mut last = Err(format!("tool {name:?} was not called"));
-        for attempt in 0..attempts {
-            if p.breaker && !breakers.allow(&label, Instant::now()) {
-                last = Err(format!(
-                    "tool {name:?}: its circuit is open after repeated failures across the fleet; not called"
-                ));
-                break;
-            }
-            let Some(tool) = self.tools.get(name) else {
-                return Ok(Err(format!("no tool named {name:?} exists")));
-            };
-            let (result, class) =
-                match tokio::time::timeout(timeout, tool.call(tctx, args.clone())).await {
-                    Ok(Ok(v))
-                        if v.get("status")
-                            .and_then(Value::as_u64)
-                            .is_some_and(|s| s >= 500) =>
-                    {
-                        (Ok(v), Some("5xx"))
-                    }
-                    Ok(Ok(v)) => (Ok(v), None),
-                    Ok(Err(e)) => (Err(e.to_string()), Some("error")),
-                    Err(_) => (
-                        Err(format!(
-                            "the tool did not finish within {} ms",
-                            timeout.as_millis()
-                        )),
-                        Some("timeout"),
-                    ),
-                };
-            last = result;
-            let Some(class) = class else {
-                if p.breaker {
-                    breakers.success(&label);
-                }
-                return Ok(last);
-            };
-            if p.breaker {
-                breakers.failure(&label, Instant::now());
-            }
-            if !retried(class) || attempt + 1 == attempts {
-                break;
-            }
-            let initial = p.retry.as_ref().map_or(200, |r| r.initial_ms);
-            let seed = ctx.run.id.as_str().bytes().fold(tctx.seq as u64, |h, b| {
-                h.wrapping_mul(31).wrapping_add(u64::from(b))
-            });
-            tokio::time::sleep(steward_llm::resilience::retry_delay(
-                attempt,
-                Duration::from_millis(initial),
-                None,
-                seed,
-            ))
-            .await;
-        }
-        let failed = |r: &Result<Value, String>| match r {
-            Err(_) => true,
-            Ok(v) => v
-                .get("status")
-                .and_then(Value::as_u64)
-                .is_some_and(|s| s >= 500),
-        };
-        if let (true, Some(other)) = (failed(&last), &p.fallback) {
-            // The fallback is a tool call of its own: listed, decided and audited like the
-            // first, never run on the first one's permit.
-            if let Some(refused) = self.may_fallback(ctx, other, args, tctx.seq).await? {
-                let why = match &last {
-                    Err(e) => e.clone(),
-                    Ok(v) => format!("the tool answered with status {}", v["status"]),
-                };
-                return Ok(Err(format!(
-                    "{why}; the fallback tool {other:?} was not called: {refused}"
-                )));
-            }
-            if let Some(tool) = self.tools.get(other) {
-                last = match tokio::time::timeout(step_timeout, tool.call(tctx, args.clone())).await
-                {
-                    Ok(r) => r.map_err(|e| format!("fallback {other:?} failed too: {e}")),
-                    Err(_) => Err(format!(
-                        "fallback {other:?} did not finish within stepTimeout"
-                    )),
-                };
-            }
-        }
-        match (failed(&last), &p.fallback_agent) {
-            (true, Some(agent)) => {
-                let why = match &last {
-                    Err(e) => e.clone(),
-                    Ok(v) => format!("the tool answered with status {}", v["status"]),
-                };
-                self.fallback_agent(ctx, name, args, tctx.seq, agent, &why)
-                    .await
-            }
-            _ => Ok(last),
-        }
-    }
-
-    /// Hands a failed tool call to the policy's fallback agent: a child run (id derived from
-    /// the step, so a replayed step finds it again), started only if `agent.spawn` on that
-    /// agent is allowed — the decision audited like any other — whose answer is the result.
-    async fn fallback_agent(
-        &self,
-        ctx: &RunCtx,
-        tool: &str,
-        args: &Value,
-        seq: i64,
-        agent: &str,
-        why: &str,
-    ) -> Result<Result<Value, String>, StepError> {
-        if let Some(refused) = self.may_spawn(ctx, agent, seq).await? {
-            return Ok(Err(format!(
-                "{why}; the fallback agent {agent:?} was not started: {refused}"
-            )));
-        }
-        let child = RunId::child_of(&ctx.run.id, seq);
-        let input = json!({ "tool": tool, "arguments": args, "error": why }).to_string();
-        // Waiting is abandoned on shutdown; the next life finds the same child and waits again.
-        let waited = tokio::select! {
-            r = self.host.spawn_and_wait(&ctx.run.id, &child, agent, &input, None) => r,
-            _ = self.draining.cancelled() => return Err(StepError::Draining),
-        };
-        Ok(match waited {
-            Ok(o) if o.state == "succeeded" => {
-                Ok(json!({ "fallback_agent": agent, "run_id": o.run_id, "result": o.result }))
-            }
-            Ok(o) => Err(format!(
-                "{why}; the fallback agent {agent:?} (run {}) {}: {}",
-                o.run_id,
-                o.state,
-                o.error.unwrap_or_default()
-            )),
-            Err(e) => Err(format!("{why}; the fallback agent {agent:?}: {e}")),
-        })
-    }
-
-    /// The plan for this run's model call with every deployment the policy refuses left out
-    /// (`llm.call` on `provider/model`, decided beside the one on the name the spec gives): a
-    /// forbidden deployment is never reached through an alias. Refusals are audited; a call
-    /// none of whose deployments may be called is denied.
-    async fn permitted_plan(
-        &self,
-        ctx: &RunCtx,
-        key: &str,
-        seq: i64,
-    ) -> Result<steward_llm::Plan, StepError> {
-        let model = ctx.spec.model.as_str();
-        let mut plan = self
-            .router
-            .plan(model, key)
-            .map_err(|e| StepError::Model(e.to_string()))?;
-        let labels: std::collections::BTreeSet<String> = plan
-            .all()
-            .map(|d| d.label.clone())
-            .filter(|l| l != model)
-            .collect();
-        if labels.is_empty() {
-            return Ok(plan);
-        }
-        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
-        let owner = self
-            .identities
-            .owner(&ctx.run.agent)
-            .await
-            .map_err(store_err)?;
-        let chain = run_chain(ctx, owner.as_deref());
-        let now = self.clock.now_ms();
-        let mut refused: Vec<(String, Decision)> = Vec::new();
-        let mut records = Vec::new();
-        for label in labels {
-            let d = self.policies.decide(&Query {
-                agent: &ctx.run.agent,
-                run: Some(ctx.run.id.as_str()),
-                action: "llm.call",
-                resource: &label,
-                cost_nanos: 0,
-                time_ms: now,
-                chain: &chain,
-                owner: owner.as_deref(),
-                on_behalf_of: owner.as_deref(),
-                destination: None,
-            });
-            if d.allow && d.approval.is_none() {
-                continue;
-            }
-            records.push((
-                now,
-                steward_gov::AuditRecord {
-                    error: Some(format!("deployment of {model} left out of the call")),
-                    ..run_decision(ctx, &chain, seq, ("llm.call", &label), now)
-                        .decided("deny", Some(&d))
-                }
-                .to_json(),
-            ));
-            refused.push((label, d));
-        }
-        if refused.is_empty() {
-            return Ok(plan);
-        }
-        self.record(ctx, Vec::new(), records).await?;
-        if !plan.retain_allowed(|l| refused.iter().any(|(r, _)| r == l)) {
-            return Err(StepError::PolicyDenied(format!(
-                "the model call was denied by policy: every deployment {model} routes to is refused: {}",
-                crate::gateway::refused_deployments(refused.iter().map(|(l, d)| (l.as_str(), d)))
-            )));
-        }
-        Ok(plan)
-    }
-
-    /// Whether this run may start `agent` as a child other than by a tool call (a fallback):
-    /// the policy's `agent.spawn` decision and the run's own grant, audited. A permit that asks
-    /// for approval counts as no: a fallback does not wait for a human.
-    async fn may_spawn(
-        &self,
-        ctx: &RunCtx,
-        agent: &str,
-        seq: i64,
-    ) -> Result<Option<String>, StepError> {
-        self.may_act_unattended(ctx, "agent.spawn", agent, seq)
-            .await
-    }
-
-    /// Whether the fallback tool `tool` may be called with `args` in place of a failed one:
-    /// it must be one of the agent's tools, and `tool.call` on it — and what the tool does
-    /// besides (`agent.spawn`, `sandbox.exec`) — must be allowed without an approval.
-    async fn may_fallback(
-        &self,
-        ctx: &RunCtx,
-        tool: &str,
-        args: &Value,
-        seq: i64,
-    ) -> Result<Option<String>, StepError> {
-        if !ctx.spec.tools.iter().any(|t| t == tool) {
-            return Ok(Some(
-                "it is not one of this agent's tools (spec.tools)".to_string(),
-            ));
-        }
-        if let Some(refused) = self.may_act_unattended(ctx, "tool.call", tool, seq).await? {
-            return Ok(Some(refused));
-        }
-        let also = self
-            .tools
-            .get(tool)
-            .and_then(|t| t.also_decided(&ctx.run.id, args));
-        match also {
-            Some(also) => {
-                self.may_act_unattended(ctx, also.action, &also.resource, seq)
-                    .await
-            }
-            None => Ok(None),
-        }
-    }
-
     /// Whether this run may do `action` on `resource` where no one can be asked (a fallback):
     /// the policy's decision and the run's own grant, audited. A permit that asks for
     /// approval counts as no.
@@ -1302,75 +795,12 @@ fn run_decision(
     }
 }
 
-/// The outcome of a step the policy denied: a tool call's error is shown to the model (it may
-/// do something else); a model call ends the run.
-fn denied(
-    d: &Decision,
-    approval: Option<&str>,
-    action: &Action<'_>,
-) -> Result<(Outcome, i64), StepError> {
-    let by = match approval {
+/// Why the policy denied a step, as its outcome says.
+fn denial_reason(d: &Decision, approval: Option<&str>) -> String {
+    match approval {
         Some(why) => why.to_string(),
         None if d.policy_ids.is_empty() => "no policy permits it".to_string(),
         None => format!("forbidden by {}", d.policy_ids.join(", ")),
-    };
-    match action {
-        Action::Tool { name, .. } => Ok((
-            Outcome::Tool(Err(format!("tool {name:?} denied by policy: {by}"))),
-            0,
-        )),
-        Action::Model { .. } => Err(StepError::PolicyDenied(format!(
-            "the model call was denied by policy: {by}"
-        ))),
-    }
-}
-
-/// How journals written before denials were marked (`"denied": true`) told one: by this prefix
-/// on the error's text. Read only to replay those journals.
-const LEGACY_DENIAL_PREFIX: &str = "policy_denied:";
-
-/// What the journal keeps of a request: enough to read the timeline. The hash covers the whole.
-fn intent_body(action: &Action<'_>) -> Value {
-    match action {
-        Action::Model { request } => json!({
-            "model": request.model,
-            "messages": request.messages.len(),
-            "last": request.messages.last().and_then(|m| m.content.clone()),
-            "tools": request.tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
-        }),
-        Action::Tool { args, .. } => (*args).clone(),
-    }
-}
-
-fn decode_outcome(kind: &str, e: &JournalEntry) -> Result<Outcome, StepError> {
-    let v: Value = serde_json::from_str(&e.body)
-        .map_err(|err| StepError::Store(format!("journal entry {} is corrupt: {err}", e.seq)))?;
-    if kind == "model" {
-        if let Some(err) = v.get("error") {
-            let msg = err.as_str().unwrap_or_default().to_string();
-            return Err(if v.get("timeout").is_some() {
-                StepError::ModelTimeout(msg)
-            } else if v.get("denied").is_some() {
-                StepError::PolicyDenied(msg)
-            } else if let Some(rest) = msg.strip_prefix(LEGACY_DENIAL_PREFIX) {
-                StepError::PolicyDenied(rest.trim_start().to_string())
-            } else {
-                StepError::Model(msg)
-            });
-        }
-        serde_json::from_value(v)
-            .map(Outcome::Model)
-            .map_err(|err| StepError::Store(format!("journal entry {} is corrupt: {err}", e.seq)))
-    } else if let Some(err) = v.get("error") {
-        Ok(Outcome::Tool(Err(err
-            .as_str()
-            .unwrap_or_default()
-            .to_string())))
-    } else {
-        Ok(Outcome::Tool(Ok(v
-            .get("ok")
-            .cloned()
-            .unwrap_or(Value::Null))))
     }
 }
 
@@ -1397,7 +827,8 @@ pub(crate) fn step_error_text(e: &StepError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use steward_llm::{Message, Role};
+    use serde_json::{json, Value};
+    use steward_llm::{ChatRequest, Message, Role};
 
     fn req(messages: &[Message]) -> ChatRequest {
         ChatRequest {
@@ -1428,7 +859,7 @@ mod tests {
 
     #[test]
     fn a_journaled_denial_replays_as_a_denial_in_either_format() {
-        let replay = |body: Value| decode_outcome("model", &model_outcome(body)).err().unwrap();
+        let replay = |body: Value| ModelCall::replayed(&model_outcome(body)).err().unwrap();
         // Written now: marked.
         let e = replay(json!({"error": "the model call was denied by policy: x", "denied": true}));
         assert!(
@@ -1447,31 +878,53 @@ mod tests {
     }
 
     #[test]
+    fn every_outcome_replays_as_it_was_journaled() {
+        let entry = |j: Journaled| JournalEntry {
+            body: j.body,
+            ok: i64::from(j.ok),
+            ..model_outcome(Value::Null)
+        };
+        for e in [
+            StepError::Model("upstream 500".into()),
+            StepError::ModelTimeout("slow".into()),
+            StepError::PolicyDenied("no".into()),
+        ] {
+            assert!(is_outcome(&e));
+            let back = ModelCall::replayed(&entry(journaled_error(&e))).err();
+            assert_eq!(back, Some(e));
+        }
+        for r in [
+            Ok(json!({"a": [1, 2]})),
+            Ok(Value::Null),
+            Err("boom".to_string()),
+        ] {
+            let back = ToolCall::replayed(&entry(ToolCall::journaled(&r))).unwrap();
+            assert_eq!(back, r);
+        }
+        assert!(!is_outcome(&StepError::Draining));
+        let corrupt = JournalEntry {
+            body: "{not json".into(),
+            ..model_outcome(Value::Null)
+        };
+        assert!(matches!(
+            ToolCall::replayed(&corrupt),
+            Err(StepError::Store(_))
+        ));
+    }
+
+    #[test]
     fn a_conversation_hashed_step_by_step_matches_one_hashed_at_once() {
         let msgs = [
             Message::text(Role::User, "a"),
             Message::text(Role::Assistant, "b"),
             Message::text(Role::User, "c"),
         ];
+        let hash =
+            |r: &ChatRequest, c: &mut ConversationHash| ModelCall { request: r }.request_hash(c);
         let mut live = ConversationHash::default();
-        let _ = hash(
-            &Action::Model {
-                request: &req(&msgs[..2]),
-            },
-            &mut live,
-        );
-        let stepwise = hash(
-            &Action::Model {
-                request: &req(&msgs),
-            },
-            &mut live,
-        );
-        let replayed = hash(
-            &Action::Model {
-                request: &req(&msgs),
-            },
-            &mut ConversationHash::default(),
-        );
+        let _ = hash(&req(&msgs[..2]), &mut live);
+        let stepwise = hash(&req(&msgs), &mut live);
+        let replayed = hash(&req(&msgs), &mut ConversationHash::default());
         assert_eq!(
             stepwise, replayed,
             "a replay from scratch computes the same hashes"
@@ -1483,30 +936,11 @@ mod tests {
         ];
         assert_ne!(
             stepwise,
-            hash(
-                &Action::Model {
-                    request: &req(&other)
-                },
-                &mut ConversationHash::default()
-            )
+            hash(&req(&other), &mut ConversationHash::default())
         );
         let args = serde_json::json!({"x": 1});
-        let tool = hash(
-            &Action::Tool {
-                name: "echo",
-                args: &args,
-            },
-            &mut live,
-        );
-        assert_ne!(
-            tool,
-            hash(
-                &Action::Tool {
-                    name: "echo2",
-                    args: &args
-                },
-                &mut live
-            )
-        );
+        let mut tool = |name| ToolCall { name, args: &args }.request_hash(&mut live);
+        let (a, b) = (tool("echo"), tool("echo2"));
+        assert_ne!(a, b);
     }
 }
