@@ -92,10 +92,18 @@ fn fixture() -> (Value, Vec<JournalEntry>) {
     (doc, entries)
 }
 
-/// The run of the fixture, interrupted after its first `cut` journal entries, handed to this
-/// build: it finishes with the fixture's result, acting only the steps the cut left out, and
-/// every step it journals hashes as the earlier build's did.
-async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
+/// The fixture's run as an earlier build left it after its first `cut` journal entries, handed
+/// to an engine of this build: the engine, the run's id, the fixture, its tally's call count.
+struct Interrupted {
+    engine: Engine,
+    id: RunId,
+    doc: Value,
+    entries: Vec<JournalEntry>,
+    calls: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+async fn interrupted(b: Backend, cut: usize) -> Interrupted {
     let (doc, entries) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let store = in_process::store(&common::fresh_db(b, dir.path()).await).await;
@@ -111,7 +119,6 @@ async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
     setup.apply(AGENT).await.unwrap();
     setup.shutdown(Duration::from_secs(5)).await;
 
-    // The interrupted run, as the earlier build left it in the store.
     let id = RunId::parse(doc["run"].as_str().unwrap()).unwrap();
     let new = NewRun {
         id: id.clone(),
@@ -125,8 +132,7 @@ async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
         .append_journal(&entries[..cut], &[], &[])
         .await
         .unwrap();
-
-    let e = in_process::engine(
+    let engine = in_process::engine(
         store,
         dir.path(),
         "after",
@@ -134,6 +140,28 @@ async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
         Meters::default(),
     )
     .await;
+    Interrupted {
+        engine,
+        id,
+        doc,
+        entries,
+        calls,
+        _dir: dir,
+    }
+}
+
+/// The run of the fixture, interrupted after its first `cut` journal entries, handed to this
+/// build: it finishes with the fixture's result, acting only the steps the cut left out, and
+/// every step it journals hashes as the earlier build's did.
+async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
+    let Interrupted {
+        engine: e,
+        id,
+        doc,
+        entries,
+        calls,
+        _dir,
+    } = interrupted(b, cut).await;
     let r = finished(&e, &id).await;
     assert_eq!(
         (r.state, r.result.as_deref()),
@@ -182,39 +210,15 @@ both_backends!(
 /// never run again behind the user's back; the run stops for a decision as the agent's
 /// recovery policy says.
 async fn an_earlier_builds_step_in_doubt_is_not_redone(b: Backend) {
-    let (doc, entries) = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let store = in_process::store(&common::fresh_db(b, dir.path()).await).await;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let setup = in_process::engine(
-        store.clone(),
-        dir.path(),
-        "setup",
-        tools(calls.clone()),
-        Meters::default(),
-    )
-    .await;
-    setup.apply(AGENT).await.unwrap();
-    setup.shutdown(Duration::from_secs(5)).await;
-    let id = RunId::parse(doc["run"].as_str().unwrap()).unwrap();
-    let new = NewRun {
-        id: id.clone(),
-        agent: AgentName::parse("counter").unwrap(),
-        agent_version: 1,
-        parent_id: None,
-        input: "count".into(),
-    };
-    store.create_run(&new, now_ms()).await.unwrap();
     // Through the first tally's intent: it may or may not have run.
-    store.append_journal(&entries[..3], &[], &[]).await.unwrap();
-    let e = in_process::engine(
-        store,
-        dir.path(),
-        "after",
-        tools(calls.clone()),
-        Meters::default(),
-    )
-    .await;
+    let Interrupted {
+        engine: e,
+        id,
+        doc,
+        calls,
+        _dir,
+        ..
+    } = interrupted(b, 3).await;
     let r = common::eventually("the run waits for a human", || async {
         let r = e.get_run(id.as_str()).await.unwrap();
         (r.state == RunState::Waiting).then_some(r)
