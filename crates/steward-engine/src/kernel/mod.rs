@@ -535,19 +535,8 @@ impl Kernel {
     ) -> Result<(Decision, Option<String>), StepError> {
         let (act, resource) = call.decided_as(ctx);
         let now = self.clock.now_ms();
-        let query = |action, resource| Query {
-            agent: &ctx.run.agent,
-            run: Some(ctx.run.id.as_str()),
-            action,
-            resource,
-            cost_nanos,
-            time_ms: now,
-            chain,
-            owner,
-            // A managed run acts for its agent's owner.
-            on_behalf_of: owner,
-            destination: None,
-        };
+        let query =
+            |action, resource| run_query(ctx, chain, owner, now, (action, resource), cost_nanos);
         let mut d = self.policies.decide(&query(act, resource));
         // What the tool does besides (starting another agent is also `agent.spawn` on that
         // agent, running code is also `sandbox.exec` on the run's sandbox): both decisions
@@ -723,18 +712,14 @@ impl Kernel {
             .map_err(store_err)?;
         let chain = run_chain(ctx, owner.as_deref());
         let now = self.clock.now_ms();
-        let d = self.policies.decide(&Query {
-            agent: &ctx.run.agent,
-            run: Some(ctx.run.id.as_str()),
-            action,
-            resource,
-            cost_nanos: 0,
-            time_ms: now,
-            chain: &chain,
-            owner: owner.as_deref(),
-            on_behalf_of: owner.as_deref(),
-            destination: None,
-        });
+        let d = self.policies.decide(&run_query(
+            ctx,
+            &chain,
+            owner.as_deref(),
+            now,
+            (action, resource),
+            0,
+        ));
         let mut refused = if !d.allow {
             Some(if d.policy_ids.is_empty() {
                 format!("no policy permits {action} on it")
@@ -769,6 +754,31 @@ impl Kernel {
         .to_json();
         self.record(ctx, Vec::new(), vec![(now, record)]).await?;
         Ok(refused)
+    }
+}
+
+/// What the policy is asked about a run's step: `action` on `resource`, by the run of its
+/// agent, acting for `chain` and — a managed run acts for its agent's owner — on `owner`'s
+/// behalf.
+pub(crate) fn run_query<'a>(
+    ctx: &'a RunCtx,
+    chain: &'a [String],
+    owner: Option<&'a str>,
+    now: i64,
+    (action, resource): (&'a str, &'a str),
+    cost_nanos: i64,
+) -> Query<'a> {
+    Query {
+        agent: &ctx.run.agent,
+        run: Some(ctx.run.id.as_str()),
+        action,
+        resource,
+        cost_nanos,
+        time_ms: now,
+        chain,
+        owner,
+        on_behalf_of: owner,
+        destination: None,
     }
 }
 

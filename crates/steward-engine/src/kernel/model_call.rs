@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use steward_gov::{Decision, Query};
+use steward_gov::Decision;
 use steward_llm::{ChatRequest, ChatResponse};
 use steward_store::JournalEntry;
 
 use super::syscall::{body_of, corrupt, fingerprint, Journaled, Syscall};
-use super::{run_chain, run_decision, ConversationHash, Kernel, RunCtx, StepError};
+use super::{run_chain, run_decision, run_query, ConversationHash, Kernel, RunCtx, StepError};
 use crate::budgets::DEFAULT_MAX_OUTPUT;
 
 /// How journals written before denials were marked (`"denied": true`) told one: by this prefix
@@ -234,18 +234,14 @@ impl Kernel {
         let mut refused: Vec<(String, Decision)> = Vec::new();
         let mut records = Vec::new();
         for label in labels {
-            let d = self.policies.decide(&Query {
-                agent: &ctx.run.agent,
-                run: Some(ctx.run.id.as_str()),
-                action: "llm.call",
-                resource: &label,
-                cost_nanos: 0,
-                time_ms: now,
-                chain: &chain,
-                owner: owner.as_deref(),
-                on_behalf_of: owner.as_deref(),
-                destination: None,
-            });
+            let d = self.policies.decide(&run_query(
+                ctx,
+                &chain,
+                owner.as_deref(),
+                now,
+                ("llm.call", &label),
+                0,
+            ));
             if d.allow && d.approval.is_none() {
                 continue;
             }
