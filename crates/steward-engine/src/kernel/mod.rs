@@ -335,12 +335,7 @@ impl Kernel {
         let estimate = call.worst_case(self, ctx, &idempotency_key);
         // Authorize: the policy decides; the decision is audited with the step's outcome.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
-        let owner = self
-            .identities
-            .owner(&ctx.run.agent)
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?;
-        let chain = run_chain(ctx, owner.as_deref());
+        let (owner, chain) = self.acts_for(ctx).await?;
         let (decision, approval_note) = self
             .authorize(ctx, call, cost.unwrap_or(0), seq, &chain, owner.as_deref())
             .await?;
@@ -476,6 +471,17 @@ impl Kernel {
             stats.record(added_us);
         }
         result
+    }
+
+    /// Whom a step of the run acts for: its agent's owner, and the chain (see [`run_chain`]).
+    async fn acts_for(&self, ctx: &RunCtx) -> Result<(Option<String>, Vec<String>), StepError> {
+        let owner = self
+            .identities
+            .owner(&ctx.run.agent)
+            .await
+            .map_err(|e| StepError::Store(e.to_string()))?;
+        let chain = run_chain(ctx, owner.as_deref());
+        Ok((owner, chain))
     }
 
     /// Why this step is outside the grant its run was spawned with, if it is.
@@ -705,12 +711,7 @@ impl Kernel {
         seq: i64,
     ) -> Result<Option<String>, StepError> {
         let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
-        let owner = self
-            .identities
-            .owner(&ctx.run.agent)
-            .await
-            .map_err(store_err)?;
-        let chain = run_chain(ctx, owner.as_deref());
+        let (owner, chain) = self.acts_for(ctx).await?;
         let now = self.clock.now_ms();
         let d = self.policies.decide(&run_query(
             ctx,

@@ -9,7 +9,7 @@ use steward_llm::{ChatRequest, ChatResponse};
 use steward_store::JournalEntry;
 
 use super::syscall::{body_of, corrupt, fingerprint, Journaled, Syscall};
-use super::{run_chain, run_decision, run_query, ConversationHash, Kernel, RunCtx, StepError};
+use super::{run_decision, run_query, ConversationHash, Kernel, RunCtx, StepError};
 use crate::budgets::DEFAULT_MAX_OUTPUT;
 
 /// How journals written before denials were marked (`"denied": true`) told one: by this prefix
@@ -223,13 +223,7 @@ impl Kernel {
         if labels.is_empty() {
             return Ok(plan);
         }
-        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
-        let owner = self
-            .identities
-            .owner(&ctx.run.agent)
-            .await
-            .map_err(store_err)?;
-        let chain = run_chain(ctx, owner.as_deref());
+        let (owner, chain) = self.acts_for(ctx).await?;
         let now = self.clock.now_ms();
         let mut refused: Vec<(String, Decision)> = Vec::new();
         let mut records = Vec::new();
