@@ -32,8 +32,8 @@ pub(crate) struct Shared {
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// Runs' sandboxes, when code execution is configured.
     pub sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
-    /// Decides which secrets may enter a run's sandbox.
-    pub policies: Arc<steward_gov::Policies>,
+    /// Decides the secrets a run's tools send (`secret.use`), as every other action of a run.
+    pub authority: crate::authority::RunAuthority,
     /// Task queues, and the tasks runs serve.
     pub tasks: crate::tasks::Tasks,
     /// Durable timers that enqueue tasks and start runs.
@@ -126,7 +126,7 @@ impl Host {
         run: &RunId,
         spec: Option<&(String, steward_types::AgentSpec)>,
     ) -> Result<Vec<(String, String)>, ToolError> {
-        let Some((agent, spec)) = spec else {
+        let Some((_, spec)) = spec else {
             return Ok(Vec::new());
         };
         let names = spec
@@ -136,66 +136,51 @@ impl Host {
             .unwrap_or_default();
         let mut granted = Vec::new();
         for name in names {
-            let value = self.decided_secret(run, agent, &name, "sandbox").await?;
+            let value = self.decided_secret(run, &name, "sandbox").await?;
             granted.push((name, value));
         }
         Ok(granted)
     }
 
-    /// A vault secret for `run` of `agent` to send to `destination` (a host name, or
-    /// `sandbox`): `secret.use` on it decided by policy with the destination in
-    /// `context.destination`, and audited, before the value is read.
+    /// A vault secret for `run` to send to `destination` (a host name, or `sandbox`):
+    /// `secret.use` on it decided as every other action of the run where nobody can be asked
+    /// (policy, with the destination in `context.destination`; the agent's identity; the run's
+    /// grant), and audited, before the value is read.
     async fn decided_secret(
         &self,
         run: &RunId,
-        agent: &str,
         name: &str,
         destination: &str,
     ) -> Result<String, ToolError> {
         let s = &self.0;
-        let chain = [format!("agent:{agent}"), format!("run:{run}")];
+        let rec = s
+            .store
+            .get_run(run)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the run vanished"))?;
+        let acts = s.authority.acts_for(&rec).await.map_err(failed)?;
         let now = s.clock.now_ms();
-        let d = s.policies.decide(&steward_gov::Query {
-            agent,
-            run: Some(run.as_str()),
-            action: "secret.use",
-            resource: name,
-            cost_nanos: 0,
-            time_ms: now,
-            chain: &chain,
-            owner: None,
-            on_behalf_of: None,
-            destination: Some(destination),
-        });
-        let allow = d.allow && d.approval.is_none();
+        let u = s
+            .authority
+            .unattended(&rec, &acts, ("secret.use", name), Some(destination), now)
+            .await
+            .map_err(failed)?;
+        let verdict = if u.refused.is_none() { "allow" } else { "deny" };
         let record = steward_gov::AuditRecord {
             outcome: Some(format!("destination:{destination}")),
-            ..steward_gov::AuditRecord::new(
-                steward_gov::AuditEvent::Decision,
-                now,
-                format!("run:{run}"),
-                chain.to_vec(),
-                "secret.use",
-                name,
-            )
-            .in_run(Some(run.to_string()), None)
-            .decided(if allow { "allow" } else { "deny" }, Some(&d))
+            error: u.refused.clone(),
+            ..crate::authority::decision_record(&rec, &acts.chain, None, ("secret.use", name), now)
+                .decided(verdict, Some(&u.decision))
         }
         .to_json();
         s.store
             .append_audit(&[(now, record)])
             .await
             .map_err(failed)?;
-        if !allow {
+        if let Some(why) = u.refused {
             return Err(ToolError::Denied(format!(
-                "secret {name:?} may not be sent to {destination}: {} (permit Steward::Action::\"secret.use\" on Steward::Secret::\"{name}\", with `context.destination` to bind it to hosts)",
-                if d.approval.is_some() {
-                    "its permit needs an approval, which a secret's use does not wait for".to_string()
-                } else if d.policy_ids.is_empty() {
-                    "no policy permits secret.use on it".to_string()
-                } else {
-                    format!("forbidden by {}", d.policy_ids.join(", "))
-                }
+                "secret {name:?} may not be sent to {destination}: {why} (permit Steward::Action::\"secret.use\" on Steward::Secret::\"{name}\", with `context.destination` to bind it to hosts)"
             )));
         }
         use steward_llm::SecretSource;
@@ -338,15 +323,7 @@ impl ToolHost for Host {
         name: &str,
         destination: &str,
     ) -> Result<String, ToolError> {
-        let rec = self
-            .0
-            .store
-            .get_run(run)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed("the run vanished"))?;
-        self.decided_secret(run, &rec.agent, name, destination)
-            .await
+        self.decided_secret(run, name, destination).await
     }
 
     async fn scratch_put(&self, run: &RunId, key: &str, value: &str) -> Result<(), ToolError> {

@@ -2,6 +2,7 @@
 //! scheduler that leases runs to this node and keeps the leases alive.
 
 mod agent_loop;
+mod authority;
 mod budgets;
 mod clock;
 mod compensation;
@@ -229,6 +230,39 @@ impl Engine {
         let active = Arc::new(ActiveRuns::default());
         let launch =
             launch::Launcher::new(store.clone(), opts.clock.clone(), opts.cfg.max_input_bytes);
+        let identities = Arc::new(identities::Identities::new(store.clone()));
+        // Tokens minted on one node must verify on every other: the signing key is shared
+        // through the store, sealed with the vault key. Without a vault (benchmarks), a key
+        // for this process only.
+        let delegator = match &opts.vault {
+            Some(v) => {
+                let (local, fresh) = steward_gov::Delegator::generate();
+                let shared = v
+                    .shared_key("delegation", &fresh, opts.clock.now_ms())
+                    .await
+                    .and_then(|secret| {
+                        steward_gov::Delegator::from_hex(&secret)
+                            .map_err(|e| Error::Unavailable(e.to_string()))
+                    });
+                // Like a secret sealed under another key: reported, not fatal.
+                shared.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "delegated tokens minted on other nodes will not verify here, nor these there: give every node the same vault key (STEWARD_VAULT_KEY)");
+                    local
+                })
+            }
+            None => steward_gov::Delegator::generate().0,
+        };
+        let delegations = Arc::new(delegations::Delegations::new(
+            store.clone(),
+            opts.clock.clone(),
+            delegator,
+            identities.clone(),
+        ));
+        let authority = authority::RunAuthority {
+            policies: opts.policies.clone(),
+            identities: identities.clone(),
+            delegations: delegations.clone(),
+        };
         let shared = Arc::new(Shared {
             launch: launch.clone(),
             store: store.clone(),
@@ -239,7 +273,7 @@ impl Engine {
             active: active.clone(),
             vault: opts.vault.clone(),
             sandboxes: opts.sandboxes.clone(),
-            policies: opts.policies.clone(),
+            authority: authority.clone(),
             tasks: tasks::Tasks::new(store.clone(), opts.clock.clone()),
             schedules: schedules::Schedules::new(
                 store.clone(),
@@ -276,34 +310,6 @@ impl Engine {
             store: store.clone(),
             prices: opts.prices.clone(),
         };
-        let identities = Arc::new(identities::Identities::new(store.clone()));
-        // Tokens minted on one node must verify on every other: the signing key is shared
-        // through the store, sealed with the vault key. Without a vault (benchmarks), a key
-        // for this process only.
-        let delegator = match &opts.vault {
-            Some(v) => {
-                let (local, fresh) = steward_gov::Delegator::generate();
-                let shared = v
-                    .shared_key("delegation", &fresh, opts.clock.now_ms())
-                    .await
-                    .and_then(|secret| {
-                        steward_gov::Delegator::from_hex(&secret)
-                            .map_err(|e| Error::Unavailable(e.to_string()))
-                    });
-                // Like a secret sealed under another key: reported, not fatal.
-                shared.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "delegated tokens minted on other nodes will not verify here, nor these there: give every node the same vault key (STEWARD_VAULT_KEY)");
-                    local
-                })
-            }
-            None => steward_gov::Delegator::generate().0,
-        };
-        let delegations = Arc::new(delegations::Delegations::new(
-            store.clone(),
-            opts.clock.clone(),
-            delegator,
-            identities.clone(),
-        ));
         let gateway = gateway::Gateway {
             delegations: delegations.clone(),
             identities: identities.clone(),
@@ -324,12 +330,10 @@ impl Engine {
         }
         let kernel = Kernel {
             meters,
-            delegations: delegations.clone(),
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
             budgets,
-            identities,
-            policies: opts.policies.clone(),
+            authority,
             approval_timeout_ms: opts.gov.approval_timeout_ms as i64,
             tools: opts.tools,
             host: Arc::new(Host(shared.clone())),
@@ -356,7 +360,7 @@ impl Engine {
         // The policy set in force is the database's latest, when there is one: as it was
         // stored, or not at all — never the permissive default in its place.
         if let Some(latest) = engine.inner.shared.store.latest_policy_set().await? {
-            housekeeping::apply_policy_set(&engine.inner.kernel.policies, &latest).map_err(
+            housekeeping::apply_policy_set(&engine.inner.kernel.authority.policies, &latest).map_err(
                 |e| {
                     Error::Unavailable(format!(
                         "the stored policy set (version {}) does not load: {e}; fix it with a build that accepts it, or put a new set in with `steward policy apply` on a server started with an empty database",
@@ -367,7 +371,7 @@ impl Engine {
         }
         tokio::spawn(housekeeping::follow_policies(
             engine.inner.shared.store.clone(),
-            engine.inner.kernel.policies.clone(),
+            engine.inner.kernel.authority.policies.clone(),
             engine.inner.shared.vault.clone(),
             Duration::from_millis(breaker_sync_ms.max(10)),
             engine.inner.draining.clone(),
@@ -782,7 +786,7 @@ impl Engine {
         let now = self.inner.shared.clock.now_ms();
         let principal = format!("admin:{}", steward_gov::policy::ADMIN);
         let record = steward_gov::AuditRecord {
-            policy_hash: Some(self.inner.kernel.policies.active().hash.clone()),
+            policy_hash: Some(self.inner.kernel.authority.policies.active().hash.clone()),
             error: (!error.is_empty()).then(|| error.to_string()),
             ..steward_gov::AuditRecord::new(
                 steward_gov::AuditEvent::Admin,

@@ -36,7 +36,7 @@ impl Identities<'_> {
                 steward_store::Error::Conflict(m) => Error::Conflict(m),
                 other => other.into(),
             })?;
-        self.0.inner.kernel.identities.forget();
+        self.0.inner.kernel.authority.identities.forget();
         if status == "deleted" {
             for k in self.0.store().list_keys(Some(agent)).await? {
                 if k.revoked_at.is_none() {

@@ -14,7 +14,7 @@ impl Policies<'_> {
     /// The administrator is a principal: the active set must let them update policies, and a
     /// set that would stop them doing so again is refused. Every attempt is audited.
     pub async fn put(&self, text: &str) -> Result<steward_store::PolicySetRecord> {
-        let policies = &self.0.inner.kernel.policies;
+        let policies = &self.0.inner.kernel.authority.policies;
         let now = self.0.inner.shared.clock.now_ms();
         if let Err(by) = policies.admin_may_update(now) {
             let why = format!(
@@ -55,7 +55,7 @@ impl Policies<'_> {
 
     /// The policy set in force: its version (0 for the built-in default), hash and text.
     pub async fn active(&self) -> Result<(i64, String, String)> {
-        let active = self.0.inner.kernel.policies.active();
+        let active = self.0.inner.kernel.authority.policies.active();
         let version = self
             .0
             .store()

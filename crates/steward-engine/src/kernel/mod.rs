@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use steward_gov::{Decision, Policies, Query};
+use steward_gov::Decision;
 use steward_llm::{Provider, Router};
 use steward_store::{HoldResult, NewHold, HOLD_STEP};
 use steward_store::{JournalEntry, JournalWriter, RunRecord, PHASE_INTENT, PHASE_OUTCOME};
@@ -28,6 +28,7 @@ use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::authority::{decision_record, run_query, ActsFor, RunAuthority};
 use crate::budgets::Budgets;
 use crate::clock::Clock;
 
@@ -214,12 +215,10 @@ pub struct Kernel {
     pub(crate) journal: JournalWriter,
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
-    pub(crate) policies: Arc<Policies>,
-    pub(crate) identities: Arc<crate::identities::Identities>,
+    /// The policy, identities and grants every decision on a run's action consults.
+    pub(crate) authority: RunAuthority,
     /// What metered resources (sandbox CPU) cost, for the tools that use them.
     pub(crate) meters: crate::meters::Meters,
-    /// What child runs were granted by the runs that spawned them.
-    pub(crate) delegations: Arc<crate::delegations::Delegations>,
     /// How long an approval may stay pending before it counts as denied.
     pub(crate) approval_timeout_ms: i64,
     pub(crate) tools: Tools,
@@ -230,21 +229,6 @@ pub struct Kernel {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Signalled after every journal append, for live followers of runs on this node.
     pub(crate) journal_tick: Arc<tokio::sync::Notify>,
-}
-
-/// Who a run's step acts for, outermost first: its agent's owner, the run that spawned it (if
-/// any), its agent, the run.
-fn run_chain(ctx: &RunCtx, owner: Option<&str>) -> Vec<String> {
-    let mut chain = Vec::with_capacity(4);
-    if let Some(o) = owner {
-        chain.push(format!("user:{o}"));
-    }
-    if let Some(p) = &ctx.run.parent_id {
-        chain.push(format!("run:{p}"));
-    }
-    chain.push(format!("agent:{}", ctx.run.agent));
-    chain.push(format!("run:{}", ctx.run.id));
-    chain
 }
 
 /// A running SHA-256 over the messages of a run's conversation.
@@ -335,9 +319,9 @@ impl Kernel {
         let estimate = call.worst_case(self, ctx, &idempotency_key);
         // Authorize: the policy decides; the decision is audited with the step's outcome.
         let cost = estimate.as_ref().and_then(|e| e.as_ref().ok()).copied();
-        let (owner, chain) = self.acts_for(ctx).await?;
+        let acts = self.acts_for(ctx).await?;
         let (decision, approval_note) = self
-            .authorize(ctx, call, cost.unwrap_or(0), seq, &chain, owner.as_deref())
+            .authorize(ctx, call, cost.unwrap_or(0), seq, &acts)
             .await?;
         // The intent is journaled and the outcome is not: an earlier life of this run made
         // this model call and ended before recording its answer. The upstream may have
@@ -446,7 +430,7 @@ impl Kernel {
                 steward_gov::AuditEvent::Syscall,
                 entry.at,
                 format!("run:{}", ctx.run.id),
-                chain,
+                acts.chain,
                 action,
                 &entry.name,
             )
@@ -473,57 +457,9 @@ impl Kernel {
         result
     }
 
-    /// Whom a step of the run acts for: its agent's owner, and the chain (see [`run_chain`]).
-    async fn acts_for(&self, ctx: &RunCtx) -> Result<(Option<String>, Vec<String>), StepError> {
-        let owner = self
-            .identities
-            .owner(&ctx.run.agent)
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?;
-        let chain = run_chain(ctx, owner.as_deref());
-        Ok((owner, chain))
-    }
-
-    /// Why this step is outside the grant its run was spawned with, if it is.
-    async fn outside_grant(
-        &self,
-        ctx: &RunCtx,
-        act: &str,
-        resource: &str,
-        now: i64,
-    ) -> Result<Option<String>, StepError> {
-        let Some(link) = self
-            .delegations
-            .link(&crate::host::run_link(&ctx.run.id))
-            .await
-            .map_err(|e| StepError::Store(format!("{e:?}")))?
-        else {
-            return Ok(None);
-        };
-        let by = ctx.run.parent_id.as_ref().map_or("", |p| p.as_str());
-        if link.revoked_at.is_some() {
-            return Ok(Some(format!(
-                "the grant run {by} gave this run was revoked: {}",
-                link.revoke_reason.unwrap_or_default()
-            )));
-        }
-        if link.expires_at <= now {
-            return Ok(Some(format!(
-                "the grant run {by} gave this run has expired"
-            )));
-        }
-        let scope = crate::delegations::scope_of(&link).map_err(StepError::Store)?;
-        let within = |list: &Option<std::collections::BTreeSet<String>>, what: &str| {
-            list.as_ref().is_none_or(|l| l.contains(what))
-        };
-        let allowed = within(&scope.actions, act)
-            && match act {
-                "llm.call" => within(&scope.models, resource),
-                "tool.call" => within(&scope.tools, resource),
-                _ => true,
-            };
-        Ok((!allowed)
-            .then(|| format!("{act} {resource} is outside what run {by} granted this run")))
+    /// Whom a step of the run acts for (see [`RunAuthority::acts_for`]).
+    async fn acts_for(&self, ctx: &RunCtx) -> Result<ActsFor, StepError> {
+        self.authority.acts_for(&ctx.run).await.map_err(store_error)
     }
 
     /// Asks the policy whether the run may take this step (the decision is audited with the
@@ -536,20 +472,19 @@ impl Kernel {
         call: &S,
         cost_nanos: i64,
         seq: i64,
-        chain: &[String],
-        owner: Option<&str>,
+        acts: &ActsFor,
     ) -> Result<(Decision, Option<String>), StepError> {
         let (act, resource) = call.decided_as(ctx);
         let now = self.clock.now_ms();
         let query =
-            |action, resource| run_query(ctx, chain, owner, now, (action, resource), cost_nanos);
-        let mut d = self.policies.decide(&query(act, resource));
+            |action, resource| run_query(&ctx.run, acts, now, (action, resource), cost_nanos);
+        let mut d = self.authority.decide(&query(act, resource));
         // What the tool does besides (starting another agent is also `agent.spawn` on that
         // agent, running code is also `sandbox.exec` on the run's sandbox): both decisions
         // must allow it.
         let also = call.also_decided(self, ctx);
         if let (true, Some(also)) = (d.allow, &also) {
-            let second = self.policies.decide(&query(also.action, &also.resource));
+            let second = self.authority.decide(&query(also.action, &also.resource));
             if second.allow {
                 d.policy_ids.extend(second.policy_ids);
                 d.approval = d.approval.or(second.approval);
@@ -561,24 +496,25 @@ impl Kernel {
             steward_gov::AuditRecord {
                 approval,
                 cost_nanos,
-                ..run_decision(ctx, chain, seq, (act, resource), now).decided(verdict, Some(d))
+                ..decision_record(&ctx.run, &acts.chain, Some(seq), (act, resource), now)
+                    .decided(verdict, Some(d))
             }
             .to_json()
         };
         let mut note = None;
         // A suspended or revoked agent may not act, whatever the policy says.
-        if let Some(why) = self
-            .identities
-            .barred(&ctx.run.agent)
-            .await
-            .map_err(|e| StepError::Store(e.to_string()))?
-        {
+        if let Some(why) = self.authority.barred(&ctx.run).await.map_err(store_error)? {
             d.allow = false;
             note = Some(why);
         }
         // A child run may do only what the run that spawned it granted, while the grant stands.
-        if d.allow && ctx.run.parent_id.is_some() {
-            if let Some(why) = self.outside_grant(ctx, act, resource, now).await? {
+        if d.allow {
+            if let Some(why) = self
+                .authority
+                .outside_grant(&ctx.run, act, resource, now)
+                .await
+                .map_err(store_error)?
+            {
                 d.allow = false;
                 note = Some(why);
             }
@@ -710,100 +646,27 @@ impl Kernel {
         resource: &str,
         seq: i64,
     ) -> Result<Option<String>, StepError> {
-        let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
-        let (owner, chain) = self.acts_for(ctx).await?;
+        let acts = self.acts_for(ctx).await?;
         let now = self.clock.now_ms();
-        let d = self.policies.decide(&run_query(
-            ctx,
-            &chain,
-            owner.as_deref(),
-            now,
-            (action, resource),
-            0,
-        ));
-        let mut refused = if !d.allow {
-            Some(if d.policy_ids.is_empty() {
-                format!("no policy permits {action} on it")
-            } else {
-                format!("forbidden by {}", d.policy_ids.join(", "))
-            })
-        } else if d.approval.is_some() {
-            Some(format!(
-                "{action} on it needs approval, which a fallback does not wait for"
-            ))
-        } else {
-            None
-        };
-        if refused.is_none() {
-            if let Some(why) = self
-                .identities
-                .barred(&ctx.run.agent)
-                .await
-                .map_err(store_err)?
-            {
-                refused = Some(why);
-            }
-        }
-        if refused.is_none() && ctx.run.parent_id.is_some() {
-            refused = self.outside_grant(ctx, action, resource, now).await?;
-        }
-        let verdict = if refused.is_none() { "allow" } else { "deny" };
+        let u = self
+            .authority
+            .unattended(&ctx.run, &acts, (action, resource), None, now)
+            .await
+            .map_err(store_error)?;
+        let verdict = if u.refused.is_none() { "allow" } else { "deny" };
         let record = steward_gov::AuditRecord {
-            error: refused.clone(),
-            ..run_decision(ctx, &chain, seq, (action, resource), now).decided(verdict, Some(&d))
+            error: u.refused.clone(),
+            ..decision_record(&ctx.run, &acts.chain, Some(seq), (action, resource), now)
+                .decided(verdict, Some(&u.decision))
         }
         .to_json();
         self.record(ctx, Vec::new(), vec![(now, record)]).await?;
-        Ok(refused)
+        Ok(u.refused)
     }
 }
 
-/// What the policy is asked about a run's step: `action` on `resource`, by the run of its
-/// agent, acting for `chain` and — a managed run acts for its agent's owner — on `owner`'s
-/// behalf.
-pub(crate) fn run_query<'a>(
-    ctx: &'a RunCtx,
-    chain: &'a [String],
-    owner: Option<&'a str>,
-    now: i64,
-    (action, resource): (&'a str, &'a str),
-    cost_nanos: i64,
-) -> Query<'a> {
-    Query {
-        agent: &ctx.run.agent,
-        run: Some(ctx.run.id.as_str()),
-        action,
-        resource,
-        cost_nanos,
-        time_ms: now,
-        chain,
-        owner,
-        on_behalf_of: owner,
-        destination: None,
-    }
-}
-
-/// The record of a decision on step `seq` of the run: `action` on `resource`, by the run, with
-/// the authority of `chain`, in the step's trace.
-fn run_decision(
-    ctx: &RunCtx,
-    chain: &[String],
-    seq: i64,
-    (action, resource): (&str, &str),
-    at: i64,
-) -> steward_gov::AuditRecord {
-    steward_gov::AuditRecord {
-        trace_id: crate::trace_id(),
-        ..steward_gov::AuditRecord::new(
-            steward_gov::AuditEvent::Decision,
-            at,
-            format!("run:{}", ctx.run.id),
-            chain.to_vec(),
-            action,
-            resource,
-        )
-        .in_run(Some(ctx.run.id.to_string()), Some(seq.to_string()))
-    }
+fn store_error(e: steward_store::Error) -> StepError {
+    StepError::Store(e.to_string())
 }
 
 /// Why the policy denied a step, as its outcome says.

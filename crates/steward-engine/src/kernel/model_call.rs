@@ -9,7 +9,8 @@ use steward_llm::{ChatRequest, ChatResponse};
 use steward_store::JournalEntry;
 
 use super::syscall::{body_of, corrupt, fingerprint, Journaled, Syscall};
-use super::{run_decision, run_query, ConversationHash, Kernel, RunCtx, StepError};
+use super::{ConversationHash, Kernel, RunCtx, StepError};
+use crate::authority::{decision_record, run_query};
 use crate::budgets::DEFAULT_MAX_OUTPUT;
 
 /// How journals written before denials were marked (`"denied": true`) told one: by this prefix
@@ -223,19 +224,14 @@ impl Kernel {
         if labels.is_empty() {
             return Ok(plan);
         }
-        let (owner, chain) = self.acts_for(ctx).await?;
+        let acts = self.acts_for(ctx).await?;
         let now = self.clock.now_ms();
         let mut refused: Vec<(String, Decision)> = Vec::new();
         let mut records = Vec::new();
         for label in labels {
-            let d = self.policies.decide(&run_query(
-                ctx,
-                &chain,
-                owner.as_deref(),
-                now,
-                ("llm.call", &label),
-                0,
-            ));
+            let d =
+                self.authority
+                    .decide(&run_query(&ctx.run, &acts, now, ("llm.call", &label), 0));
             if d.allow && d.approval.is_none() {
                 continue;
             }
@@ -243,7 +239,7 @@ impl Kernel {
                 now,
                 steward_gov::AuditRecord {
                     error: Some(format!("deployment of {model} left out of the call")),
-                    ..run_decision(ctx, &chain, seq, ("llm.call", &label), now)
+                    ..decision_record(&ctx.run, &acts.chain, Some(seq), ("llm.call", &label), now)
                         .decided("deny", Some(&d))
                 }
                 .to_json(),

@@ -322,3 +322,111 @@ both_backends!(
     secrets_in_tools_are_decided_and_bound_to_hosts,
     secrets_in_tools_are_decided_and_bound_to_hosts
 );
+
+/// A secret a tool sends is decided for the same principal as every other action of the run:
+/// a policy on the agent's owner (`principal.owner`, `context.on_behalf_of`) and on the chain
+/// it acts for (its owner, the run that spawned it) applies to `secret.use` as to `tool.call`.
+async fn secret_use_acts_for_the_runs_owner_and_chain(b: Backend) {
+    let (base, _) = upstream().await;
+    let s = TestServer::start_with(b, &[("STEWARD_VAULT_KEY", &"ef".repeat(32))]).await;
+    assert_eq!(
+        put_secret(&s, "api-key", json!({"value": "sk-live-do-not-leak"}))
+            .await
+            .0,
+        200
+    );
+    let (st, e) = put_policies(
+        &s,
+        &format!(
+            "{DEFAULTS}\n@id(\"payments-only\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ principal.owner == \"team:payments\" && context.on_behalf_of == \"team:payments\" && context.chain.contains(\"user:team:payments\") }};"
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: caller}}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{url: \"{base}/echo\", headers: {{Authorization: \"{{{{secret:api-key}}}}\"}}}}}}]\n    - content: done\n"
+    ))
+    .await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: boss}\nspec:\n  model: scripted\n  tools: [spawn_agent]\n  script:\n    - toolCalls: [{name: spawn_agent, arguments: {agent: caller, input: go, tools: [http_request]}}]\n    - content: boss done\n").await;
+    let sent = |journal: &Vec<Value>| {
+        let j = serde_json::to_string(journal).unwrap();
+        assert!(!j.contains("do-not-leak"), "{j}");
+        j.contains("you sent [secret:api-key]")
+    };
+
+    // No owner recorded: the permit does not apply.
+    let run = s.start_run("caller", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = s.journal(&run).await;
+    let text = serde_json::to_string(&journal).unwrap();
+    assert!(!sent(&journal), "{text}");
+    assert!(text.contains("no policy permits secret.use"), "{text}");
+
+    // Owned by another team: still no.
+    let (st, r) = s
+        .post(
+            "/api/v1/agents/caller/resume",
+            json!({"reason": "registered", "owner": "team:growth"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let run = s.start_run("caller", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    assert!(!sent(&s.journal(&run).await));
+
+    // Owned by the team the policy names: it goes, from a top-level run and from a child.
+    let (st, r) = s
+        .post(
+            "/api/v1/agents/caller/resume",
+            json!({"reason": "moved", "owner": "team:payments"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let run = s.start_run("caller", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = s.journal(&run).await;
+    assert!(sent(&journal), "{journal:?}");
+    let boss = s.start_run("boss", "go").await;
+    assert_eq!(s.wait_run(&boss).await["state"], "succeeded");
+
+    let uses: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "secret.use")
+        .collect();
+    let verdicts: Vec<&str> = uses
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["deny", "deny", "allow", "allow"], "{uses:?}");
+    assert_eq!(
+        uses[2]["chain"],
+        json!(["user:team:payments", "agent:caller", format!("run:{run}")])
+    );
+    // The child's use names the run that spawned it in its chain, as its steps do.
+    let child = uses[3]["run_id"].as_str().unwrap();
+    assert_ne!(child, run);
+    assert_eq!(
+        uses[3]["chain"],
+        json!([
+            "user:team:payments",
+            format!("run:{boss}"),
+            "agent:caller",
+            format!("run:{child}")
+        ])
+    );
+    let step_chains: Vec<Value> = common::audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "tool.call" && r["run_id"] == child)
+        .map(|r| r["chain"].clone())
+        .collect();
+    assert!(
+        step_chains.iter().all(|c| *c == uses[3]["chain"]),
+        "{step_chains:?}"
+    );
+}
+both_backends!(
+    secret_use_acts_for_the_runs_owner_and_chain,
+    secret_use_acts_for_the_runs_owner_and_chain
+);

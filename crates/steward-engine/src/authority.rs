@@ -1,0 +1,194 @@
+//! Whom a run acts for, and what it may do where nobody can be asked.
+//!
+//! One answer for every decision a run's action takes — the Kernel's steps, its fallbacks, and
+//! the secrets a tool sends on the run's behalf — so a policy on `principal.owner`,
+//! `context.on_behalf_of` or `context.chain` reads the same values wherever the run acts, and a
+//! suspended agent or a revoked grant stops all of them alike.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use steward_gov::{AuditEvent, AuditRecord, Decision, Policies, Query};
+use steward_store::RunRecord;
+
+use crate::delegations::Delegations;
+use crate::identities::Identities;
+
+/// Whom an action of a run acts for.
+pub(crate) struct ActsFor {
+    /// The run's agent's owner, on whose behalf a managed run acts.
+    pub owner: Option<String>,
+    /// Outermost first: the owner, the run that spawned this one (if any), the agent, the run.
+    pub chain: Vec<String>,
+}
+
+/// What a decision made where nobody can be asked came to.
+pub(crate) struct Unattended {
+    pub decision: Decision,
+    /// Why the action may not go ahead, when it may not.
+    pub refused: Option<String>,
+}
+
+/// The policy, identities and grants every decision on a run's action consults.
+#[derive(Clone)]
+pub(crate) struct RunAuthority {
+    pub policies: Arc<Policies>,
+    pub identities: Arc<Identities>,
+    pub delegations: Arc<Delegations>,
+}
+
+impl RunAuthority {
+    /// Whom `run` acts for.
+    pub async fn acts_for(&self, run: &RunRecord) -> steward_store::Result<ActsFor> {
+        let owner = self.identities.owner(&run.agent).await?;
+        let mut chain = Vec::with_capacity(4);
+        if let Some(o) = &owner {
+            chain.push(format!("user:{o}"));
+        }
+        if let Some(p) = &run.parent_id {
+            chain.push(format!("run:{p}"));
+        }
+        chain.push(format!("agent:{}", run.agent));
+        chain.push(format!("run:{}", run.id));
+        Ok(ActsFor { owner, chain })
+    }
+
+    /// Why `run`'s agent may not act now (suspended or revoked), if it may not.
+    pub async fn barred(&self, run: &RunRecord) -> steward_store::Result<Option<String>> {
+        self.identities.barred(&run.agent).await
+    }
+
+    /// Why `action` on `resource` is outside the grant `run` was spawned with, if it is: the
+    /// grant was revoked, has expired, or does not list it.
+    pub async fn outside_grant(
+        &self,
+        run: &RunRecord,
+        action: &str,
+        resource: &str,
+        now: i64,
+    ) -> steward_store::Result<Option<String>> {
+        let Some(parent) = &run.parent_id else {
+            return Ok(None);
+        };
+        let link = self
+            .delegations
+            .link(&crate::host::run_link(&run.id))
+            .await
+            .map_err(|e| steward_store::Error::Config(format!("{e:?}")))?;
+        let Some(link) = link else {
+            return Ok(None);
+        };
+        if link.revoked_at.is_some() {
+            return Ok(Some(format!(
+                "the grant run {parent} gave this run was revoked: {}",
+                link.revoke_reason.unwrap_or_default()
+            )));
+        }
+        if link.expires_at <= now {
+            return Ok(Some(format!(
+                "the grant run {parent} gave this run has expired"
+            )));
+        }
+        let scope = crate::delegations::scope_of(&link).map_err(steward_store::Error::Corrupt)?;
+        let within = |list: &Option<BTreeSet<String>>, what: &str| {
+            list.as_ref().is_none_or(|l| l.contains(what))
+        };
+        let allowed = within(&scope.actions, action)
+            && match action {
+                "llm.call" => within(&scope.models, resource),
+                "tool.call" => within(&scope.tools, resource),
+                _ => true,
+            };
+        Ok((!allowed)
+            .then(|| format!("{action} {resource} is outside what run {parent} granted this run")))
+    }
+
+    /// The policy's decision on `action` on `resource` by `run`.
+    pub fn decide(&self, q: &Query<'_>) -> Decision {
+        self.policies.decide(q)
+    }
+
+    /// Whether `run` may do `action` on `resource` where no one can be asked (a fallback, a
+    /// secret a tool sends): the policy (a permit that asks for approval counts as no), the
+    /// agent's identity, and the run's grant. The caller audits the result with
+    /// [`decision_record`].
+    pub async fn unattended(
+        &self,
+        run: &RunRecord,
+        acts: &ActsFor,
+        (action, resource): (&str, &str),
+        destination: Option<&str>,
+        now: i64,
+    ) -> steward_store::Result<Unattended> {
+        let decision = self.decide(&Query {
+            destination,
+            ..run_query(run, acts, now, (action, resource), 0)
+        });
+        let mut refused = if !decision.allow {
+            Some(if decision.policy_ids.is_empty() {
+                format!("no policy permits {action} on it")
+            } else {
+                format!("forbidden by {}", decision.policy_ids.join(", "))
+            })
+        } else if decision.approval.is_some() {
+            Some(format!(
+                "{action} on it needs approval, which nobody is asked for when a run acts unattended (a fallback, a secret a tool sends)"
+            ))
+        } else {
+            None
+        };
+        if refused.is_none() {
+            refused = self.barred(run).await?;
+        }
+        if refused.is_none() {
+            refused = self.outside_grant(run, action, resource, now).await?;
+        }
+        Ok(Unattended { decision, refused })
+    }
+}
+
+/// What the policy is asked about an action of `run`: `action` on `resource`, by the run of its
+/// agent, acting for `acts.chain` and on its owner's behalf.
+pub(crate) fn run_query<'a>(
+    run: &'a RunRecord,
+    acts: &'a ActsFor,
+    now: i64,
+    (action, resource): (&'a str, &'a str),
+    cost_nanos: i64,
+) -> Query<'a> {
+    Query {
+        agent: &run.agent,
+        run: Some(run.id.as_str()),
+        action,
+        resource,
+        cost_nanos,
+        time_ms: now,
+        chain: &acts.chain,
+        owner: acts.owner.as_deref(),
+        on_behalf_of: acts.owner.as_deref(),
+        destination: None,
+    }
+}
+
+/// The audit record of a decision on `action` on `resource` by `run` (at step `seq`, when
+/// the action is one), with the authority of `chain`, in the current trace.
+pub(crate) fn decision_record(
+    run: &RunRecord,
+    chain: &[String],
+    seq: Option<i64>,
+    (action, resource): (&str, &str),
+    at: i64,
+) -> AuditRecord {
+    AuditRecord {
+        trace_id: crate::trace_id(),
+        ..AuditRecord::new(
+            AuditEvent::Decision,
+            at,
+            format!("run:{}", run.id),
+            chain.to_vec(),
+            action,
+            resource,
+        )
+        .in_run(Some(run.id.to_string()), seq.map(|s| s.to_string()))
+    }
+}
