@@ -416,11 +416,33 @@ async fn execute(
     let run_timeout = spec.run_timeout;
     let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
     ctx.hold_lease(held, inner.cfg.heartbeat_ms as i64);
+    let update = drive(inner, &mut ctx, token, stop, remaining, run_timeout).await;
+    // The last step's outcome is committed before the run's state moves on, whichever way
+    // its loop ended; if it cannot be, the run is left for replay.
+    match inner.kernel.flush(&ctx).await {
+        Ok(()) => update,
+        Err(e) => {
+            tracing::warn!(run_id = %ctx.run.id, error = ?e, "the last step's outcome could not be committed; the run replays");
+            None
+        }
+    }
+}
+
+/// Runs the run's loop (or its compensation) to its end, and what the run becomes.
+async fn drive(
+    inner: &Arc<Inner>,
+    ctx: &mut RunCtx,
+    token: &CancellationToken,
+    stop: &Mutex<Option<Stop>>,
+    remaining: i64,
+    run_timeout: u64,
+) -> Option<RunUpdate> {
+    let s = &inner.shared;
     if let Some(steps) = crate::compensation::steps_of(&ctx.run) {
-        return crate::compensation::execute(&inner.kernel, &s.store, &mut ctx, steps).await;
+        return crate::compensation::execute(&inner.kernel, &s.store, ctx, steps).await;
     }
     let outcome = tokio::select! {
-        r = tokio::time::timeout(Duration::from_millis(remaining as u64), agent_loop::run(&inner.kernel, &mut ctx)) => r,
+        r = tokio::time::timeout(Duration::from_millis(remaining as u64), agent_loop::run(&inner.kernel, ctx)) => r,
         _ = token.cancelled() => {
             let why = stop.lock().ok().and_then(|s| s.clone());
             return match why {
@@ -435,7 +457,12 @@ async fn execute(
         Ok(LoopEnd::MaxSteps(n)) => fail(run_error::MAX_STEPS, format!("no final answer within maxSteps ({n}) model turns")),
         Ok(LoopEnd::Looping { tool, times }) => {
             let why = format!("the model asked for the same {tool} call {times} times in a row (liveness.maxRepeats); stopped instead of making it again");
-            match looped(inner, &ctx, &why).await {
+            // The run's journal is complete before anything acts on it.
+            if let Err(e) = inner.kernel.flush(ctx).await {
+                tracing::warn!(error = ?e, "the last step's outcome could not be committed; the run replays");
+                return None;
+            }
+            match looped(inner, ctx, &why).await {
                 Ok(more) => fail(run_error::LOOP_DETECTED, format!("{why}{more}")),
                 Err(e) => {
                     tracing::warn!(error = %e, "acting on a loop failed; the run replays");

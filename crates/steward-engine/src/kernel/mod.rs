@@ -65,22 +65,44 @@ impl Kernel {
         audit: Vec<(i64, String)>,
         settles: Vec<(String, i64)>,
     ) -> Result<(), StepError> {
+        let carried = ctx.take_unflushed();
+        let wrote_entries = !(entries.is_empty() && carried.entries.is_empty());
         loop {
             let claim = ctx.claim();
             match self
                 .journal
                 .append_audited(
                     claim.as_ref(),
-                    entries.clone(),
-                    audit.clone(),
-                    settles.clone(),
+                    [&carried.entries[..], &entries].concat(),
+                    [&carried.audit[..], &audit].concat(),
+                    [&carried.settles[..], &settles].concat(),
                 )
                 .await
             {
                 Err(steward_store::Error::Fenced(_)) if ctx.claim() != claim => continue,
-                r => return r.map_err(unjournaled),
+                Ok(()) => {
+                    if wrote_entries {
+                        self.journal_tick.notify_waiters();
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    ctx.restore_unflushed(carried);
+                    return Err(unjournaled(e));
+                }
             }
         }
+    }
+
+    /// Commits what the run's last step left uncommitted (see [`RunCtx::unflushed`]). Every
+    /// path by which a run's loop ends — an answer, a wait, a failure, a cancel, a drain —
+    /// calls it before the run's state changes.
+    pub(crate) async fn flush(&self, ctx: &RunCtx) -> Result<(), StepError> {
+        let pending = ctx.unflushed.lock().map(|u| !u.is_empty()).unwrap_or(false);
+        if !pending {
+            return Ok(());
+        }
+        self.record(ctx, Vec::new(), Vec::new()).await
     }
 }
 
@@ -147,9 +169,55 @@ pub struct RunCtx {
     /// The claim this node drives the run under (its epoch, until when its lease lasts), and
     /// how much of the lease must be left to start a step: one heartbeat interval.
     lease: Option<(Arc<crate::runs::Held>, i64)>,
+    /// The last step's outcome, its audit record and settlement, not yet committed: they go
+    /// in the commit of whatever the run writes next — the next step's intent, as a rule — so
+    /// a step costs one commit, not two. Nothing outside the run sees an outcome before that
+    /// commit (the next model call, tool or run end comes after it); a crash before it leaves
+    /// the step in doubt, as a crash during the step does. See [`Kernel::flush`].
+    unflushed: Mutex<Unflushed>,
+}
+
+/// Writes a run has made and not committed yet (see [`RunCtx::unflushed`]).
+#[derive(Default)]
+struct Unflushed {
+    entries: Vec<JournalEntry>,
+    audit: Vec<(i64, String)>,
+    settles: Vec<(String, i64)>,
+}
+
+impl Unflushed {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.audit.is_empty() && self.settles.is_empty()
+    }
 }
 
 impl RunCtx {
+    /// Takes what the run has not committed yet, to write it with what it writes next.
+    fn take_unflushed(&self) -> Unflushed {
+        self.unflushed
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default()
+    }
+
+    /// Leaves `writes` for the run's next commit.
+    fn defer(&self, writes: Unflushed) {
+        if let Ok(mut u) = self.unflushed.lock() {
+            u.entries.extend(writes.entries);
+            u.audit.extend(writes.audit);
+            u.settles.extend(writes.settles);
+        }
+    }
+
+    /// Puts back what a failed write carried, for the next write (or the final flush).
+    fn restore_unflushed(&self, carried: Unflushed) {
+        let later = self.take_unflushed();
+        if let Ok(mut u) = self.unflushed.lock() {
+            *u = carried;
+        }
+        self.defer(later);
+    }
+
     /// Writes for the run under `held`'s claim, and starts steps only while its lease has at
     /// least `margin` ms left.
     pub(crate) fn hold_lease(&mut self, held: Arc<crate::runs::Held>, margin: i64) {
@@ -187,6 +255,7 @@ impl RunCtx {
             conversation: ConversationHash::default(),
             next_seq: 0,
             journal,
+            unflushed: Mutex::default(),
         }
     }
 }
@@ -365,7 +434,6 @@ impl Kernel {
                 duration_us: 0,
             };
             self.record(ctx, vec![intent], Vec::new()).await?;
-            self.journal_tick.notify_waiters();
         }
 
         let act_started = Instant::now();
@@ -438,14 +506,12 @@ impl Kernel {
             .decided(verdict, Some(&decision))
         }
         .to_json();
-        self.record_settling(
-            ctx,
-            vec![entry],
-            vec![(self.clock.now_ms(), audit)],
+        // Committed with whatever the run writes next (see `RunCtx::unflushed`).
+        ctx.defer(Unflushed {
+            entries: vec![entry],
+            audit: vec![(self.clock.now_ms(), audit)],
             settles,
-        )
-        .await?;
-        self.journal_tick.notify_waiters();
+        });
         let added_us = (started.elapsed().as_micros() as u64).saturating_sub(act_us as u64);
         self.metrics
             .step_added

@@ -19,6 +19,7 @@ mod full_disk;
 mod gateway;
 mod identities;
 mod journal_compat;
+mod journal_complete;
 mod limits;
 mod merge_queue;
 mod new_tools;
