@@ -132,10 +132,7 @@ pub(crate) struct Gateway {
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.
 pub(crate) fn key_hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// The rate-limit windows a call was counted in; its tokens are added when it ends.
@@ -1085,7 +1082,7 @@ impl Gateway {
             h.update([0]);
             h.update(n.body.to_string().as_bytes());
         }
-        let key = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let key = hex::encode(h.finalize());
         Some((key, self.clock.now_ms().saturating_add(ttl as i64)))
     }
 

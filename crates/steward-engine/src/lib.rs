@@ -585,10 +585,7 @@ impl Engine {
             self.check_spec(name, &m.spec)?;
             let spec_json = serde_json::to_string(&m.spec)
                 .map_err(|e| Error::InvalidManifest(e.to_string()))?;
-            let spec_hash = Sha256::digest(spec_json.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let spec_hash = hex::encode(Sha256::digest(spec_json.as_bytes()));
             new.push(NewAgent {
                 name: name.clone(),
                 spec_json,

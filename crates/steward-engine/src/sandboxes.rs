@@ -245,10 +245,9 @@ impl SandboxService {
         }
         let key: String = {
             use sha2::{Digest, Sha256};
-            Sha256::digest(serde_json::to_vec(setup).unwrap_or_default())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            hex::encode(Sha256::digest(
+                serde_json::to_vec(setup).unwrap_or_default(),
+            ))
         };
         let lock = self.lock(&format!("template-{key}"));
         let _one = lock.lock().await;

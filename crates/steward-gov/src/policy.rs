@@ -102,6 +102,16 @@ pub struct PolicySetVersion {
     /// evaluates every policy it is given, so each decision is handed only these. A policy
     /// scoped to a run goes into every slice of its kind (runs are many; such policies few).
     slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
+    /// Each policy's `@id` (or Cedar's id) and `@approval`, read once: Cedar's
+    /// `annotation(id, key)` parses `key` on every call, which cost more than the decision.
+    labels: HashMap<PolicyId, Labels>,
+}
+
+/// What a decision reports of a policy that decided it.
+#[derive(Debug)]
+struct Labels {
+    id: String,
+    approval: Option<String>,
 }
 
 /// Agent, action, resource.
@@ -113,12 +123,13 @@ const MAX_SLICES: usize = 10_000;
 impl PolicySetVersion {
     fn slice(
         &self,
-        agent: &EntityUid,
+        (agent_id, agent): (&str, &EntityUid),
         action_name: &'static str,
         action: &EntityUid,
-        resource: &EntityUid,
+        (resource_id, resource): (&str, &EntityUid),
     ) -> Result<Arc<PolicySet>, String> {
-        let key = (agent.to_string(), action_name, resource.to_string());
+        // Keyed by the ids as given: the action fixes the resource's type.
+        let key = (agent_id.to_string(), action_name, resource_id.to_string());
         if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(s);
         }
@@ -293,7 +304,12 @@ impl Policies {
             return deny(format!("no such action {:?}", q.action));
         };
         let resource = uid(rtype, q.resource);
-        let slice = match active.slice(&agent_uid, action_name, &action, &resource) {
+        let slice = match active.slice(
+            (q.agent, &agent_uid),
+            action_name,
+            &action,
+            (q.resource, &resource),
+        ) {
             Ok(s) => s,
             Err(e) => return deny(e),
         };
@@ -342,22 +358,17 @@ impl Policies {
         let response = self.authorizer.is_authorized(&request, &slice, &entities);
         let diagnostics = response.diagnostics();
         let allow = response.decision() == CedarDecision::Allow;
+        let labels = |id: &PolicyId| active.labels.get(id);
         let approval: Option<String> = diagnostics
             .reason()
-            .find_map(|id| slice.annotation(id, "approval"))
-            .filter(|_| allow)
-            .map(str::to_string);
+            .find_map(|id| labels(id).and_then(|l| l.approval.clone()))
+            .filter(|_| allow);
         Decision {
             allow,
             approval,
             policy_ids: diagnostics
                 .reason()
-                .map(|id| {
-                    active
-                        .set
-                        .annotation(id, "id")
-                        .map_or_else(|| id.to_string(), str::to_string)
-                })
+                .map(|id| labels(id).map_or_else(|| id.to_string(), |l| l.id.clone()))
                 .collect(),
             policy_hash: active.hash.clone(),
             errors: diagnostics.errors().map(|e| e.to_string()).collect(),
@@ -538,12 +549,27 @@ fn compile_here(
     if guard == Guard::Admins {
         admins_never_locked_out(&set)?;
     }
+    let labels = set
+        .policies()
+        .map(|p| {
+            let mut labels = Labels {
+                id: p.id().to_string(),
+                approval: None,
+            };
+            for (key, value) in p.annotations() {
+                match key {
+                    "id" => labels.id = value.to_string(),
+                    "approval" => labels.approval = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+            (p.id().clone(), labels)
+        })
+        .collect();
     Ok(PolicySetVersion {
+        labels,
         slices: Mutex::new(HashMap::new()),
-        hash: Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
         text: text.to_string(),
         set,
     })

@@ -235,13 +235,7 @@ impl Sandboxes {
             use sha2::{Digest, Sha256};
             let key = std::fs::canonicalize(&scratch).unwrap_or_else(|_| scratch.clone());
             let h = Sha256::digest(key.as_os_str().as_encoded_bytes());
-            format!(
-                "srv-{}",
-                h[..6]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
+            format!("srv-{}", hex::encode(&h[..6]))
         };
         let cgroups = match CgroupRoot::detect() {
             Some(c) => Some(c.scoped(&scope)?),

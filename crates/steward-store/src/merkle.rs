@@ -90,7 +90,7 @@ impl Frontier {
 }
 
 pub fn hex(h: &[u8]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h)
 }
 
 pub fn unhex(s: &str) -> Option<Hash> {

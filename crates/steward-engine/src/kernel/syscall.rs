@@ -127,11 +127,7 @@ pub(crate) fn fingerprint(
     if serde_json::to_writer(&mut prefix, payload).is_err() {
         prefix.update(b"unserializable");
     }
-    prefix
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(prefix.finalize())
 }
 
 /// An outcome entry's body, or a clear error naming the entry when it is not JSON.
