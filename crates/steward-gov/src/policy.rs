@@ -101,7 +101,7 @@ pub struct PolicySetVersion {
     /// The policies whose scope can match an (agent, action, resource), by that triple: Cedar
     /// evaluates every policy it is given, so each decision is handed only these. A policy
     /// scoped to a run goes into every slice of its kind (runs are many; such policies few).
-    slices: Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
+    slices: Mutex<HashMap<SliceKey, Arc<Slice>>>,
     /// Each policy's `@id` (or Cedar's id) and `@approval`, read once: Cedar's
     /// `annotation(id, key)` parses `key` on every call, which cost more than the decision.
     labels: HashMap<PolicyId, Labels>,
@@ -112,6 +112,18 @@ pub struct PolicySetVersion {
 struct Labels {
     id: String,
     approval: Option<String>,
+}
+
+/// The policies that can apply to one (agent, action, resource).
+#[derive(Debug)]
+struct Slice {
+    set: PolicySet,
+    /// No policy of the slice has a condition (`when`, `unless`) or names a run: its decision
+    /// depends on nothing but whether the principal is a run or the agent itself, so it is
+    /// evaluated once for each and kept.
+    fixed: bool,
+    /// The decision of a fixed slice, for the agent ([0]) and for its runs ([1]).
+    decided: [std::sync::OnceLock<Decision>; 2],
 }
 
 /// Agent, action, resource.
@@ -127,20 +139,27 @@ impl PolicySetVersion {
         action_name: &'static str,
         action: &EntityUid,
         (resource_id, resource): (&str, &EntityUid),
-    ) -> Result<Arc<PolicySet>, String> {
+    ) -> Result<Arc<Slice>, String> {
         // Keyed by the ids as given: the action fixes the resource's type.
         let key = (agent_id.to_string(), action_name, resource_id.to_string());
         if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(s);
         }
-        let slice = PolicySet::from_policies(
+        let set = PolicySet::from_policies(
             self.set
                 .policies()
                 .filter(|p| may_apply(p, agent, action, resource))
                 .cloned(),
         )
         .map_err(|e| e.to_string())?;
-        let slice = Arc::new(slice);
+        let fixed = set
+            .policies()
+            .all(|p| !p.has_non_scope_constraint() && !names_a_run(p));
+        let slice = Arc::new(Slice {
+            set,
+            fixed,
+            decided: Default::default(),
+        });
         if let Ok(mut m) = self.slices.lock() {
             if m.len() >= MAX_SLICES {
                 m.clear();
@@ -148,6 +167,16 @@ impl PolicySetVersion {
             m.insert(key, slice.clone());
         }
         Ok(slice)
+    }
+}
+
+/// Whether `p`'s principal scope names a particular run.
+fn names_a_run(p: &Policy) -> bool {
+    match p.principal_constraint() {
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => false,
+        PrincipalConstraint::Eq(u)
+        | PrincipalConstraint::In(u)
+        | PrincipalConstraint::IsIn(_, u) => u.type_name().basename() == "Run",
     }
 }
 
@@ -277,7 +306,23 @@ impl Policies {
         };
         let n = &self.names;
         let agent = uid(&n.agent, q.agent);
-        let agent_uid = agent.clone();
+        let Some((action_name, rtype, action)) = n.action(q.action) else {
+            return deny(format!("no such action {:?}", q.action));
+        };
+        let resource = uid(rtype, q.resource);
+        let slice = match active.slice(
+            (q.agent, &agent),
+            action_name,
+            &action,
+            (q.resource, &resource),
+        ) {
+            Ok(s) => s,
+            Err(e) => return deny(e),
+        };
+        let by_run = usize::from(q.run.is_some());
+        if let Some(d) = slice.decided[by_run].get() {
+            return d.clone();
+        }
         let owner = || {
             HashMap::from([(
                 "owner".to_string(),
@@ -299,19 +344,6 @@ impl Policies {
                 r
             }
             None => agent,
-        };
-        let Some((action_name, rtype, action)) = n.action(q.action) else {
-            return deny(format!("no such action {:?}", q.action));
-        };
-        let resource = uid(rtype, q.resource);
-        let slice = match active.slice(
-            (q.agent, &agent_uid),
-            action_name,
-            &action,
-            (q.resource, &resource),
-        ) {
-            Ok(s) => s,
-            Err(e) => return deny(e),
         };
         let mut pairs = vec![
             (
@@ -355,7 +387,9 @@ impl Policies {
             Ok(e) => e,
             Err(e) => return deny(e.to_string()),
         };
-        let response = self.authorizer.is_authorized(&request, &slice, &entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &slice.set, &entities);
         let diagnostics = response.diagnostics();
         let allow = response.decision() == CedarDecision::Allow;
         let labels = |id: &PolicyId| active.labels.get(id);
@@ -363,7 +397,7 @@ impl Policies {
             .reason()
             .find_map(|id| labels(id).and_then(|l| l.approval.clone()))
             .filter(|_| allow);
-        Decision {
+        let decision = Decision {
             allow,
             approval,
             policy_ids: diagnostics
@@ -372,7 +406,11 @@ impl Policies {
                 .collect(),
             policy_hash: active.hash.clone(),
             errors: diagnostics.errors().map(|e| e.to_string()).collect(),
+        };
+        if slice.fixed && decision.errors.is_empty() {
+            let _ = slice.decided[by_run].set(decision.clone());
         }
+        decision
     }
 }
 
@@ -782,6 +820,59 @@ mod tests {
             owner: Some("alice"),
             on_behalf_of: Some("alice"),
             destination: None,
+        }
+    }
+
+    /// A slice with no conditions is evaluated once per principal kind and kept; anything that
+    /// can make two requests of one (agent, action, resource) differ — a condition, a run
+    /// named in a scope, a run or the agent itself as principal — decides each request anew.
+    #[test]
+    fn kept_decisions_are_the_decisions() {
+        let p = Policies::new(Some(
+            r#"
+            @id("runs-may-echo") @approval("ops")
+            permit (principal is Steward::Run, action == Steward::Action::"tool.call", resource == Steward::Tool::"echo");
+            @id("run-2-may-grep")
+            permit (principal == Steward::Run::"run_2", action == Steward::Action::"tool.call", resource == Steward::Tool::"grep");
+            @id("calc-in-office-hours")
+            permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"calc") when { context.time_ms < 1000 };
+            @id("no-calc-for-bob")
+            forbid (principal, action, resource == Steward::Tool::"calc") when { principal.owner == "bob" };
+            "#,
+        ))
+        .unwrap();
+        let as_agent = |r| Query {
+            run: None,
+            ..q("a", "tool.call", r, 0)
+        };
+        for _ in 0..3 {
+            let d = p.decide(&q("a", "tool.call", "echo", 0));
+            assert_eq!(
+                (d.allow, d.approval.as_deref(), d.policy_ids),
+                (true, Some("ops"), vec!["runs-may-echo".to_string()])
+            );
+            assert!(!p.decide(&as_agent("echo")).allow, "the agent is no run");
+        }
+        for _ in 0..3 {
+            assert!(!p.decide(&q("a", "tool.call", "grep", 0)).allow);
+            let run_2 = Query {
+                run: Some("run_2"),
+                ..q("a", "tool.call", "grep", 0)
+            };
+            assert!(p.decide(&run_2).allow, "run_2 is named");
+        }
+        for _ in 0..3 {
+            assert!(p.decide(&q("a", "tool.call", "calc", 0)).allow);
+            let later = Query {
+                time_ms: 5000,
+                ..q("a", "tool.call", "calc", 0)
+            };
+            assert!(!p.decide(&later).allow, "after hours");
+            let bobs = Query {
+                owner: Some("bob"),
+                ..q("a", "tool.call", "calc", 0)
+            };
+            assert_eq!(p.decide(&bobs).policy_ids, ["no-calc-for-bob"]);
         }
     }
 
