@@ -123,6 +123,8 @@ pub(crate) struct Gateway {
     pub identities: Arc<crate::identities::Identities>,
     pub delegations: Arc<Delegations>,
     pub settler: SettleWriter,
+    /// Takes calls' holds and records them as started, concurrent calls in one commit.
+    pub begins: steward_store::BeginWriter,
     /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
     /// every call would otherwise make. A key created is usable at once; a new account or
     /// parent applies to calls within the TTL.
@@ -1294,9 +1296,14 @@ impl Gateway {
             .hold
             .as_ref()
             .map_or((&[][..], 0), |h| (&h.accounts[..], h.nanos));
+        let begin = steward_store::CallBegin {
+            call: call.clone(),
+            accounts: accounts.to_vec(),
+            amount,
+        };
         if let Some(account) = self
-            .store
-            .begin_call(&call, accounts, amount, self.clock.now_ms())
+            .begins
+            .begin(begin, self.clock.now_ms())
             .await
             .map_err(internal)?
         {

@@ -321,6 +321,7 @@ impl Engine {
             clock: opts.clock.clone(),
             metrics: metrics.clone(),
             settler: steward_store::SettleWriter::start(store.clone()),
+            begins: steward_store::BeginWriter::start(store.clone()),
             keys: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
             chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
         };

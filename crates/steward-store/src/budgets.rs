@@ -55,7 +55,7 @@ macro_rules! impl_budgets {
                 if exists.is_some() {
                     return Ok(HoldResult::AlreadyHeld);
                 }
-                if let Some(account) = Self::hold_in(&mut tx, h, now).await? {
+                if let Some(account) = Self::hold_in(&mut *tx, h, now).await? {
                     tx.rollback().await?;
                     return Ok(HoldResult::Exceeded(account));
                 }

@@ -31,6 +31,11 @@ pub trait GatewayStore: Send + Sync {
         amount: i64,
         now: Millis,
     ) -> Result<Option<String>>;
+    /// [`begin_call`](Self::begin_call) for many calls in one commit: each call's hold is taken
+    /// or refused on its own (a refused one writes nothing and leaves the others be); returns,
+    /// per call in order, the account whose cap its hold would pass. Usually through the
+    /// [`BeginWriter`](crate::BeginWriter), which batches concurrent calls.
+    async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>>;
     /// Ends calls — each: settles its hold, if it has one (releasing it, booking `spent`),
     /// records its outcome, and adds its tokens to its rate windows — all in one transaction,
     /// one commit. Usually through the [`SettleWriter`], which batches them.
@@ -106,7 +111,7 @@ macro_rules! impl_gateway_calls {
                 let mut tx = self.write.begin().await?;
                 if !accounts.is_empty() {
                     let hold = NewHold { id: &c.id, kind: HOLD_CALL, run_id: c.run_id.as_deref(), accounts, amount };
-                    if let Some(account) = Self::hold_in(&mut tx, &hold, now).await? {
+                    if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
                         tx.rollback().await?;
                         return Ok(Some(account));
                     }
@@ -125,6 +130,39 @@ macro_rules! impl_gateway_calls {
                 .await?;
                 tx.commit().await?;
                 Ok(None)
+            }
+
+            async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
+                let mut tx = self.write.begin().await?;
+                let mut refused = Vec::with_capacity(calls.len());
+                for c in calls {
+                    if !c.accounts.is_empty() {
+                        // A savepoint per hold: one refused rolls back only its own updates.
+                        let mut one = sqlx::Acquire::begin(&mut *tx).await?;
+                        let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
+                        if let Some(account) = Self::hold_in(&mut *one, &hold, now).await? {
+                            one.rollback().await?;
+                            refused.push(Some(account));
+                            continue;
+                        }
+                        one.commit().await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
+                           started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
+                    )
+                    .bind(&c.call.id)
+                    .bind(&c.call.agent)
+                    .bind(&c.call.run_id)
+                    .bind(&c.call.model)
+                    .bind(i64::from(c.call.stream))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    refused.push(None);
+                }
+                tx.commit().await?;
+                Ok(refused)
             }
 
             async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {

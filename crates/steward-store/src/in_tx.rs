@@ -39,9 +39,9 @@ macro_rules! impl_in_tx {
             }
 
             /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
-            /// inside `tx`. Returns the account whose cap the hold would pass; the caller then
+            /// on `conn`, inside the caller's transaction. Returns the account whose cap the hold would pass; the caller then
             /// rolls back.
-            pub(crate) async fn hold_in(tx: &mut sqlx::Transaction<'static, $db>, h: &NewHold<'_>, now: Millis) -> Result<Option<String>> {
+            pub(crate) async fn hold_in(conn: &mut <$db as sqlx::Database>::Connection, h: &NewHold<'_>, now: Millis) -> Result<Option<String>> {
                 let periods = PeriodStarts::at(now);
                 // Leaf to root, always in that order, so concurrent holds on a shared ancestor
                 // take their row locks in the same order and cannot deadlock.
@@ -63,7 +63,7 @@ macro_rules! impl_in_tx {
                     .bind(h.amount)
                     .bind(now)
                     .bind(account)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await?
                     .rows_affected();
                     if held == 0 {
@@ -81,7 +81,7 @@ macro_rules! impl_in_tx {
                 .bind(accounts)
                 .bind(h.amount)
                 .bind(now)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await?;
                 Ok(None)
             }

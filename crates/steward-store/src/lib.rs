@@ -5,6 +5,7 @@
 mod agents;
 mod approvals;
 mod audit;
+mod begin_writer;
 mod breakers;
 mod budgets;
 mod cache;
@@ -39,6 +40,7 @@ use steward_types::Millis;
 pub use agents::AgentStore;
 pub use approvals::ApprovalStore;
 pub use audit::AuditStore;
+pub use begin_writer::BeginWriter;
 pub use breakers::BreakerStore;
 pub use budgets::BudgetStore;
 pub use cache::CacheStore;

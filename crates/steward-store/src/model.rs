@@ -257,6 +257,14 @@ pub struct CallOutcome {
     pub duration_us: i64,
 }
 
+/// A gateway call to record as started, with the hold it takes first (no accounts: none).
+#[derive(Clone, Debug)]
+pub struct CallBegin {
+    pub call: NewCall,
+    pub accounts: Vec<String>,
+    pub amount: i64,
+}
+
 /// How a gateway call ended, to settle and record.
 #[derive(Clone, Debug)]
 pub struct CallEnd {

@@ -1295,6 +1295,67 @@ async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
     );
 }
 
+/// Calls begun together share a commit, each hold taken or refused on its own: a refused one
+/// writes nothing and undoes none of the others, even when its hold passed a leaf and failed
+/// at the root. Through the group writer, a duplicate id fails alone.
+async fn calls_begun_together_are_held_each_on_its_own(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.put_budget("root", None, 100, "total", 1).await.unwrap();
+    s.put_budget("team", Some("root"), 1_000, "total", 1)
+        .await
+        .unwrap();
+    let chain = vec!["team".to_string(), "root".to_string()];
+    let begin = |id: &str, amount| CallBegin {
+        call: NewCall {
+            id: id.into(),
+            agent: "a".into(),
+            run_id: None,
+            model: "m".into(),
+            stream: false,
+        },
+        accounts: chain.clone(),
+        amount,
+    };
+    let free = CallBegin {
+        accounts: vec![],
+        amount: 0,
+        ..begin("b4", 0)
+    };
+    let refused = s
+        .begin_calls(
+            &[begin("b1", 40), begin("b2", 70), begin("b3", 50), free],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, [None, Some("root".to_string()), None, None]);
+    let mut ids: Vec<String> = s
+        .list_calls(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["b1", "b3", "b4"]);
+    for account in ["team", "root"] {
+        let b = s.get_budget(account).await.unwrap().unwrap();
+        assert_eq!(b.reserved_nanos, 90, "{account}: b2's hold undone at both");
+    }
+
+    let writer = BeginWriter::start(store.clone());
+    let (a, b, c) = tokio::join!(
+        writer.begin(begin("b5", 5), 3),
+        writer.begin(begin("b1", 5), 3),
+        writer.begin(begin("b6", 50), 3),
+    );
+    assert_eq!(a.unwrap(), None);
+    assert!(b.is_err(), "b1 was begun already");
+    assert_eq!(c.unwrap().as_deref(), Some("root"), "95 + 50 > 100");
+    let b = s.get_budget("root").await.unwrap().unwrap();
+    assert_eq!(b.reserved_nanos, 95);
+}
+
 async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
     s.put_budget("agent:a", None, 1_000, "total", 1)
         .await
@@ -1932,6 +1993,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn calls_begin_and_end_with_their_holds() {
                 super::calls_begin_and_end_with_their_holds(&*super::$backend().await.store).await
+            }
+            #[tokio::test]
+            async fn calls_begun_together_are_held_each_on_its_own() {
+                let fresh = super::$backend().await;
+                super::calls_begun_together_are_held_each_on_its_own(fresh.store.clone()).await
             }
             #[tokio::test]
             async fn runs_filter() {
