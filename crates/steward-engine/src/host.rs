@@ -93,18 +93,23 @@ impl Host {
         .await
     }
 
+    /// The run a tool acts for.
+    async fn run_record(&self, run: &RunId) -> Result<steward_store::RunRecord, ToolError> {
+        self.0
+            .store
+            .get_run(run)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the run vanished"))
+    }
+
     /// The run's agent and the spec it runs with.
     async fn spec_of(
         &self,
         run: &RunId,
     ) -> Result<Option<(String, steward_types::AgentSpec)>, ToolError> {
         let s = &self.0;
-        let rec = s
-            .store
-            .get_run(run)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed("the run vanished"))?;
+        let rec = self.run_record(run).await?;
         let name = AgentName::parse(&rec.agent).map_err(|e| failed(e.0))?;
         Ok(
             match s
@@ -153,12 +158,7 @@ impl Host {
         destination: &str,
     ) -> Result<String, ToolError> {
         let s = &self.0;
-        let rec = s
-            .store
-            .get_run(run)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed("the run vanished"))?;
+        let rec = self.run_record(run).await?;
         let acts = s.authority.acts_for(&rec).await.map_err(failed)?;
         let now = s.clock.now_ms();
         let u = s

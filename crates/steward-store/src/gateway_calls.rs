@@ -30,7 +30,14 @@ pub trait GatewayStore: Send + Sync {
         accounts: &[String],
         amount: i64,
         now: Millis,
-    ) -> Result<Option<String>>;
+    ) -> Result<Option<String>> {
+        let begin = CallBegin {
+            call: call.clone(),
+            accounts: accounts.to_vec(),
+            amount,
+        };
+        Ok(self.begin_calls(&[begin], now).await?.pop().flatten())
+    }
     /// [`begin_call`](Self::begin_call) for many calls in one commit: each call's hold is taken
     /// or refused on its own (a refused one writes nothing and leaves the others be); returns,
     /// per call in order, the account whose cap its hold would pass. Usually through the
@@ -105,31 +112,6 @@ macro_rules! impl_gateway_calls {
                     Some(_) if n == 0 => Err(Error::Conflict(format!("key {id} is revoked already"))),
                     r => Ok(r),
                 }
-            }
-
-            async fn begin_call(&self, c: &NewCall, accounts: &[String], amount: i64, now: Millis) -> Result<Option<String>> {
-                let mut tx = self.write.begin().await?;
-                if !accounts.is_empty() {
-                    let hold = NewHold { id: &c.id, kind: HOLD_CALL, run_id: c.run_id.as_deref(), accounts, amount };
-                    if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
-                        tx.rollback().await?;
-                        return Ok(Some(account));
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
-                       started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
-                )
-                .bind(&c.id)
-                .bind(&c.agent)
-                .bind(&c.run_id)
-                .bind(&c.model)
-                .bind(i64::from(c.stream))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(None)
             }
 
             async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
