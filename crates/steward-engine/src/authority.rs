@@ -5,7 +5,6 @@
 //! `context.on_behalf_of` or `context.chain` reads the same values wherever the run acts, and a
 //! suspended agent or a revoked grant stops all of them alike.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use steward_gov::{AuditEvent, AuditRecord, Decision, Policies, Query};
@@ -90,15 +89,7 @@ impl RunAuthority {
             )));
         }
         let scope = crate::delegations::scope_of(&link).map_err(steward_store::Error::Corrupt)?;
-        let within = |list: &Option<BTreeSet<String>>, what: &str| {
-            list.as_ref().is_none_or(|l| l.contains(what))
-        };
-        let allowed = within(&scope.actions, action)
-            && match action {
-                "llm.call" => within(&scope.models, resource),
-                "tool.call" => within(&scope.tools, resource),
-                _ => true,
-            };
+        let allowed = scope.covers(action, resource);
         Ok((!allowed)
             .then(|| format!("{action} {resource} is outside what run {parent} granted this run")))
     }

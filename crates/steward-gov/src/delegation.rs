@@ -45,6 +45,20 @@ pub struct Requested {
 }
 
 impl Scope {
+    /// Whether the scope lets its holder do `action` on `resource`: the action is listed (or
+    /// no list), and a model call's model or a tool call's tool is listed (or no list).
+    pub fn covers(&self, action: &str, resource: &str) -> bool {
+        let within = |list: &Option<BTreeSet<String>>, what: &str| {
+            list.as_ref().is_none_or(|l| l.contains(what))
+        };
+        within(&self.actions, action)
+            && match action {
+                "llm.call" => within(&self.models, resource),
+                "tool.call" => within(&self.tools, resource),
+                _ => true,
+            }
+    }
+
     /// The child scope `req` asks for under `self`, or every way in which it would be wider.
     pub fn narrow(&self, req: Requested) -> Result<Scope, Vec<String>> {
         let mut wider = Vec::new();
@@ -282,6 +296,27 @@ mod tests {
 
     fn set(v: &[&str]) -> Option<BTreeSet<String>> {
         Some(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_scope_covers_what_its_lists_name() {
+        let all = Scope::default();
+        assert!(all.covers("tool.call", "anything") && all.covers("secret.use", "k"));
+        let narrow = Scope {
+            actions: set(&["llm.call", "tool.call"]),
+            models: set(&["m"]),
+            tools: set(&["echo"]),
+            ..Scope::default()
+        };
+        assert!(narrow.covers("llm.call", "m") && narrow.covers("tool.call", "echo"));
+        assert!(!narrow.covers("llm.call", "other") && !narrow.covers("tool.call", "grep"));
+        assert!(!narrow.covers("secret.use", "k"), "an action not listed");
+        let tools_only = Scope {
+            tools: set(&["echo"]),
+            ..Scope::default()
+        };
+        assert!(tools_only.covers("llm.call", "any") && tools_only.covers("agent.spawn", "x"));
+        assert!(!tools_only.covers("tool.call", "grep"));
     }
 
     fn scope() -> Scope {
