@@ -1119,10 +1119,12 @@ impl Gateway {
             stream: false,
         };
         let now = self.clock.now_ms();
-        self.store
-            .begin_call(&call, &[], 0, now)
-            .await
-            .map_err(internal)?;
+        let begin = steward_store::CallBegin {
+            call: call.clone(),
+            accounts: Vec::new(),
+            amount: 0,
+        };
+        self.begins.begin(begin, now).await.map_err(internal)?;
         let outcome = CallOutcome {
             deployment: Some(format!("cache:{deployment}")),
             status: "ok".into(),
