@@ -404,9 +404,7 @@ async fn another_owners_runs_and_principals_are_off_limits(b: Backend) {
     assert!(message(&e).contains("bobs-agent"), "{e}");
 
     // Owners are in every policy decision: here, no agent may act for another owner.
-    let (st, e) = put_policies(
-        &s,
-        r#"
+    let (st, e) = s.put_policies(r#"
 @id("models") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate"], resource);
 @id("only-for-its-own-owner")
 forbid (principal, action, resource) unless { principal.owner == context.on_behalf_of };
@@ -602,9 +600,7 @@ async fn a_token_is_bound_to_its_holder(b: Backend) {
     assert_eq!(call(&s, &format!("{b_key}|{t}"), MODEL).await.0, 200);
 
     // A worker may not complete another agent's leased task with a token minted "for" it.
-    let (st, e) = put_policies(
-        &s,
-        r#"@id("work") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate", Steward::Action::"task.enqueue", Steward::Action::"task.lease"], resource);"#,
+    let (st, e) = s.put_policies(r#"@id("work") permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"agent.delegate", Steward::Action::"task.enqueue", Steward::Action::"task.lease"], resource);"#,
     )
     .await;
     assert_eq!(st, 200, "{e}");
@@ -635,15 +631,6 @@ both_backends!(
     a_token_is_bound_to_its_holder
 );
 
-async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
-    common::send(
-        reqwest::Client::new()
-            .put(format!("{}/api/v1/policies", s.url))
-            .body(text.to_string()),
-    )
-    .await
-}
-
 /// A delegated call carries no more authority than every agent on its chain holds: an agent
 /// the policy refuses gains nothing by delegating to one it permits, and minting is itself
 /// decided (`agent.delegate`) and audited.
@@ -651,9 +638,7 @@ async fn every_agent_on_a_chain_is_decided(b: Backend) {
     let s = server(b).await;
     let lowly = api_key(&s, "lowly", "alice").await;
     let vip = api_key(&s, "vip", "alice").await;
-    let (st, e) = put_policies(
-        &s,
-        r#"
+    let (st, e) = s.put_policies(r#"
 @id("vip-calls") permit (principal == Steward::Agent::"vip", action == Steward::Action::"llm.call", resource);
 @id("anyone-delegates") permit (principal, action == Steward::Action::"agent.delegate", resource);
 @id("never-to-root") forbid (principal, action == Steward::Action::"agent.delegate", resource == Steward::Agent::"root");
@@ -689,11 +674,11 @@ async fn every_agent_on_a_chain_is_decided(b: Backend) {
     assert_eq!(st, 403, "{e}");
     assert!(message(&e).contains("never-to-root"), "{e}");
     // Without a permit, nothing is minted.
-    let (st, e) = put_policies(
-        &s,
-        r#"@id("calls") permit (principal, action == Steward::Action::"llm.call", resource);"#,
-    )
-    .await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("calls") permit (principal, action == Steward::Action::"llm.call", resource);"#,
+        )
+        .await;
     assert_eq!(st, 200, "{e}");
     let (st, e) = send(&s, "/v1/delegations", &vip, json!({"to": "lowly"})).await;
     assert_eq!(st, 403, "{e}");

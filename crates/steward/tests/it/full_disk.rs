@@ -158,12 +158,7 @@ async fn a_running_run_pauses_on_a_full_disk_and_carries_on() {
     .await;
     let run = s.start_run("stepper", "go").await;
     common::eventually("the run is under way", || async {
-        let outcomes = s
-            .journal(&run)
-            .await
-            .iter()
-            .filter(|e| e["phase"] == "outcome")
-            .count();
+        let outcomes = s.outcomes(&run).await;
         (outcomes >= 2).then_some(())
     })
     .await;

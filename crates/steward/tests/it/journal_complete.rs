@@ -26,17 +26,14 @@ const ECHO: &str = "    - toolCalls: [{name: echo, arguments: {n: 1}}]\n";
 
 async fn every_ending_commits_the_last_outcome(b: Backend) {
     let s = TestServer::start(b).await;
-    let (st, e) = common::send(
-        reqwest::Client::new()
-            .put(format!("{}/api/v1/policies", s.url))
-            .body(
-                r#"@id("models") permit (principal, action == Steward::Action::"llm.call", resource);
+    let (st, e) = s
+        .put_policies(
+            r#"@id("models") permit (principal, action == Steward::Action::"llm.call", resource);
 @id("echo") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"echo");
 @id("requests-need-finance") @approval("finance")
 permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"http_request");"#,
-            ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(st, 200, "{e}");
 
     // An answer: five steps, all complete.
@@ -84,12 +81,7 @@ permit (principal, action == Steward::Action::"tool.call", resource == Steward::
             "{agent}: {r}"
         );
         assert_eq!(open_steps(&s, &run).await, Vec::<i64>::new(), "{agent}");
-        let outcomes = s
-            .journal(&run)
-            .await
-            .iter()
-            .filter(|e| e["phase"] == "outcome")
-            .count();
+        let outcomes = s.outcomes(&run).await;
         assert!(outcomes >= 2, "{agent}: {outcomes} outcomes");
     }
 

@@ -59,15 +59,6 @@ async fn upstream() -> (String, Seen) {
 /// What the built-in default permits, for sets that add to it.
 const DEFAULTS: &str = r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call", Steward::Action::"agent.spawn", Steward::Action::"sandbox.exec", Steward::Action::"agent.delegate"], resource);"#;
 
-async fn put_policies(s: &TestServer, text: &str) -> (u16, Value) {
-    common::send(
-        reqwest::Client::new()
-            .put(format!("{}/api/v1/policies", s.url))
-            .body(text.to_string()),
-    )
-    .await
-}
-
 async fn put_secret(s: &TestServer, name: &str, body: Value) -> (u16, String) {
     let (st, v) = common::send(
         reqwest::Client::new()
@@ -175,9 +166,7 @@ async fn credentials_are_sealed_injected_and_never_shown(b: Backend) {
         .host_str()
         .unwrap()
         .to_string();
-    let (st, e) = put_policies(
-        &s,
-        &format!(
+    let (st, e) = s.put_policies(&format!(
             "{DEFAULTS}\n@id(\"upstream-key-to-its-host\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"upstream-key\") when {{ context.destination == \"{host}\" }};"
         ),
     )
@@ -248,9 +237,7 @@ async fn secrets_in_tools_are_decided_and_bound_to_hosts(b: Backend) {
         .host_str()
         .unwrap()
         .to_string();
-    let (st, e) = put_policies(
-        &s,
-        &format!(
+    let (st, e) = s.put_policies(&format!(
             "{DEFAULTS}\n@id(\"api-key-to-the-api\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ context.destination == \"api.example.com\" }};"
         ),
     )
@@ -277,9 +264,7 @@ async fn secrets_in_tools_are_decided_and_bound_to_hosts(b: Backend) {
         );
     }
     // Bound to this host, it goes.
-    let (st, e) = put_policies(
-        &s,
-        &format!(
+    let (st, e) = s.put_policies(&format!(
             "{DEFAULTS}\n@id(\"api-key-here\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ context.destination == \"{host}\" }};"
         ),
     )
@@ -335,9 +320,7 @@ async fn secret_use_acts_for_the_runs_owner_and_chain(b: Backend) {
             .0,
         200
     );
-    let (st, e) = put_policies(
-        &s,
-        &format!(
+    let (st, e) = s.put_policies(&format!(
             "{DEFAULTS}\n@id(\"payments-only\") permit (principal, action == Steward::Action::\"secret.use\", resource == Steward::Secret::\"api-key\") when {{ principal.owner == \"team:payments\" && context.on_behalf_of == \"team:payments\" && context.chain.contains(\"user:team:payments\") }};"
         ),
     )

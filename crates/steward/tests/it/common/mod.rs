@@ -351,6 +351,25 @@ impl TestServer {
         }
     }
 
+    /// Replaces the active policy set with `text` (Cedar).
+    pub async fn put_policies(&self, text: &str) -> (u16, Value) {
+        send(
+            reqwest::Client::new()
+                .put(format!("{}/api/v1/policies", self.url))
+                .body(text.to_string()),
+        )
+        .await
+    }
+
+    /// How many steps of the run have their outcome journaled.
+    pub async fn outcomes(&self, id: &str) -> usize {
+        self.journal(id)
+            .await
+            .iter()
+            .filter(|e| e["phase"] == "outcome")
+            .count()
+    }
+
     pub async fn journal(&self, id: &str) -> Vec<Value> {
         let (status, j) = self
             .get(&format!("/api/v1/runs/{id}/journal?limit=10000"))
