@@ -67,8 +67,11 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>) {
             // transaction: each is tried on its own.
             _ => {
                 for r in pending.drain(..) {
-                    let result = store.begin_calls(&[r.begin], r.now).await;
-                    let _ = r.done.send(result.map(|mut v| v.pop().flatten()));
+                    let c = &r.begin;
+                    let result = store
+                        .begin_call(&c.call, &c.accounts, c.amount, r.now)
+                        .await;
+                    let _ = r.done.send(result);
                 }
             }
         }

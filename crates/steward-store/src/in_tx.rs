@@ -39,8 +39,8 @@ macro_rules! impl_in_tx {
             }
 
             /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
-            /// on `conn`, inside the caller's transaction. Returns the account whose cap the hold would pass; the caller then
-            /// rolls back.
+            /// on `conn`, inside the caller's transaction (or savepoint). Returns the account
+            /// whose cap the hold would pass; the caller then rolls back.
             pub(crate) async fn hold_in(conn: &mut <$db as sqlx::Database>::Connection, h: &NewHold<'_>, now: Millis) -> Result<Option<String>> {
                 let periods = PeriodStarts::at(now);
                 // Leaf to root, always in that order, so concurrent holds on a shared ancestor
