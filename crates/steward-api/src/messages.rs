@@ -146,16 +146,31 @@ pub async fn create(
     }
 }
 
-/// `POST /v1/messages/count_tokens`: an estimate (about four characters a token) of what the
-/// request's system prompt, messages and tools take; no model is called.
+/// `POST /v1/messages/count_tokens`: counted by the route's Anthropic deployment (decided as
+/// a call of the model is, charged nothing); where the route has none, or it does not answer,
+/// an estimate of about four characters a token of the system prompt, messages and tools.
 pub async fn count_tokens(
     State(engine): State<Engine>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, MessagesError> {
-    principal(&engine, &with_bearer(&headers)).await?;
+    let who = principal(&engine, &with_bearer(&headers)).await?;
     let req = json_object(&body)?;
     let chat = to_chat(&req, false).map_err(MessagesError::invalid)?;
+    let model = req["model"].as_str().unwrap_or_default().to_string();
+    let native = NativeRequest {
+        api: NativeApi::Messages,
+        body: req,
+        headers: passed_headers(&headers),
+    };
+    if let Some(n) = engine.gateway_count_tokens(&who, &model, &native).await? {
+        return Ok(Json(json!({ "input_tokens": n })));
+    }
+    Ok(Json(json!({ "input_tokens": estimate_tokens(&chat) })))
+}
+
+/// About four characters a token, of what a chat request sends.
+fn estimate_tokens(chat: &Value) -> usize {
     let mut chars = 0usize;
     for m in chat["messages"].as_array().into_iter().flatten() {
         chars += content_text(&m["content"], "\n").chars().count();
@@ -166,7 +181,7 @@ pub async fn count_tokens(
     chars += chat
         .get("tools")
         .map_or(0, |t| t.to_string().chars().count());
-    Ok(Json(json!({"input_tokens": chars.div_ceil(4).max(1)})))
+    chars.div_ceil(4).max(1)
 }
 
 /// A Messages API request as a chat completion request. `needs_max_tokens`: `create` requires

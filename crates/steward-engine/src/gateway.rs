@@ -1166,6 +1166,38 @@ impl Gateway {
             .await
     }
 
+    /// How many input tokens a request in another client API would take, counted by the first
+    /// deployment of its route that speaks that API (no model runs, nothing is charged); `None`
+    /// when none does or none answers, and the caller estimates. Counting reaches an upstream
+    /// with Steward's credential, so it is decided as a call of the model is: a principal that
+    /// may not call the model may not count for it (and the refusal is audited).
+    pub async fn count_tokens(
+        &self,
+        who: &Principal,
+        model: &str,
+        native: &NativeRequest,
+    ) -> Result<Option<i64>, GatewayError> {
+        let call_id = self.clock.new_id("call");
+        let mut plan = self
+            .router
+            .plan(model, &call_id)
+            .map_err(|e| GatewayError::ModelNotFound(e.to_string()))?;
+        self.authorize(who, &call_id, model, &mut plan, 0).await?;
+        for d in plan
+            .deployments
+            .iter()
+            .filter(|d| d.provider.speaks(native.api))
+        {
+            match d.provider.count_tokens(native, &d.model).await {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) => {
+                    tracing::warn!(deployment = %d.label, error = %e, "could not count tokens")
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn embeddings(
         &self,
         who: &Principal,

@@ -938,6 +938,16 @@ impl Engine {
         self.inner.gateway.chat_native(who, chat, native).await
     }
 
+    /// See `Gateway::count_tokens`.
+    pub async fn gateway_count_tokens(
+        &self,
+        who: &Principal,
+        model: &str,
+        native: &steward_llm::NativeRequest,
+    ) -> Result<Option<i64>, GatewayError> {
+        self.inner.gateway.count_tokens(who, model, native).await
+    }
+
     /// OpenAI-format embeddings for an external agent, through the same path.
     pub async fn gateway_embeddings(
         &self,

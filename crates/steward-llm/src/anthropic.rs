@@ -304,7 +304,17 @@ impl AnthropicProvider {
         wire: &Value,
         headers: &[(String, String)],
     ) -> (reqwest::RequestBuilder, String) {
-        let url = join(&self.base_url, "v1/messages");
+        self.request_to("v1/messages", wire, headers)
+    }
+
+    /// As `request`, to another endpoint of the Messages API (`path` under the base URL).
+    fn request_to(
+        &self,
+        path: &str,
+        wire: &Value,
+        headers: &[(String, String)],
+    ) -> (reqwest::RequestBuilder, String) {
+        let url = join(&self.base_url, path);
         let mut rb = self.http.post(&url).json(wire);
         if !headers.iter().any(|(k, _)| k == "anthropic-version") {
             rb = rb.header("anthropic-version", API_VERSION);
@@ -407,6 +417,17 @@ impl Provider for AnthropicProvider {
         wire["stream"] = json!(true);
         let (rb, url) = self.request(&wire, &req.headers);
         crate::http::post_stream(&self.name, self.timeout_ms, rb, &url).await
+    }
+
+    /// The upstream's own count (`/v1/messages/count_tokens`), which no model is run for.
+    async fn count_tokens(&self, req: &crate::NativeRequest, model: &str) -> Result<i64> {
+        let wire = self.native_wire(req, model)?;
+        let (rb, url) = self.request_to("v1/messages/count_tokens", &wire, &req.headers);
+        let v = post_json(&self.name, self.timeout_ms, rb, &url).await?;
+        v["input_tokens"]
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| garbage(&self.name, "no input_tokens count"))
     }
 }
 

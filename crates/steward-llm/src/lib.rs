@@ -83,6 +83,16 @@ pub trait Provider: Send + Sync {
         )))
     }
 
+    /// How many input tokens a request in an API the upstream speaks would take, counted by the
+    /// upstream (Anthropic's `count_tokens`); no model is run.
+    async fn count_tokens(&self, req: &NativeRequest, _model: &str) -> Result<i64> {
+        Err(Error::Unsupported(format!(
+            "{}: does not count tokens of {:?} requests",
+            self.name(),
+            req.api
+        )))
+    }
+
     /// Streams the answer to a request in an API the upstream speaks, as that API's events.
     async fn native_stream(&self, req: &NativeRequest, _model: &str) -> Result<ByteStream> {
         Err(Error::Unsupported(format!(

@@ -318,13 +318,25 @@ both_backends!(
     the_openai_sdk_works_unchanged
 );
 
-/// A mock Anthropic upstream (`/v1/messages`) that behaves as `mock_upstream` does: echoes,
+/// What the mock Anthropic upstream's `/v1/messages/count_tokens` says any request takes.
+const MOCK_COUNTED_TOKENS: i64 = 4242;
+
+/// A mock Anthropic upstream (`/v1/messages`, and `count_tokens`) that behaves as `mock_upstream` does: echoes,
 /// calls `get_weather` when tools are offered, answers a tool's result, streams "Hello" (or the
 /// tool call, or the answer) with usage in `message_start` and `message_delta`.
 async fn mock_anthropic() -> (String, Seen) {
     let seen: Seen = Default::default();
     let s2 = seen.clone();
-    let app = axum::Router::new().route(
+    let s3 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/messages/count_tokens",
+            post(move |Json(body): Json<Value>| {
+                s3.lock().unwrap().push(json!({"counted": body}));
+                async { Json(json!({"input_tokens": MOCK_COUNTED_TOKENS})) }
+            }),
+        )
+        .route(
         "/v1/messages",
         post(move |Json(body): Json<Value>| {
             let s2 = s2.clone();
@@ -560,7 +572,12 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
     )
     .await;
     let key = key_of(&s, "claude-agent", "team-a").await;
-    python(&s, "anthropic_sdk.py", &[("STEWARD_KEY", &key)]).await;
+    let counted = MOCK_COUNTED_TOKENS.to_string();
+    let mut env = vec![("STEWARD_KEY", key.as_str())];
+    if kind == Kind::Anthropic {
+        env.push(("COUNTED_TOKENS", &counted));
+    }
+    python(&s, "anthropic_sdk.py", &env).await;
 
     common::settled(&s).await;
     // The system prompt and stop sequences reached the upstream in its own terms.
@@ -589,6 +606,15 @@ async fn the_anthropic_sdk_works_unchanged(b: Backend, kind: Kind) {
         seen.iter().any(|b| b["messages"][0]["content"][1] == image),
         "{seen:?}"
     );
+    // Tokens were counted by an Anthropic deployment, with its own model name, and by no other.
+    let counted: Vec<&Value> = seen.iter().filter_map(|b| b.get("counted")).collect();
+    match kind {
+        Kind::Anthropic => assert!(
+            counted.len() == 1 && counted[0]["model"] == "gpt-mock",
+            "{counted:?}"
+        ),
+        _ => assert!(counted.is_empty(), "{counted:?}"),
+    }
     // An Anthropic deployment gets the request whole, with what only its API carries (top_k);
     // another gets the translation, which has no place for it.
     let passed_whole = seen.iter().any(|b| b["top_k"] == 5);

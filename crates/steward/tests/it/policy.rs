@@ -501,6 +501,23 @@ async fn a_forbidden_deployment_is_not_reached_through_an_alias(b: Backend) {
     );
     let (st, r) = chat(&s, &key, "mixed").await;
     assert_eq!(st, 200, "{r}");
+    // Counting tokens reaches an upstream too: decided as a call of the model is.
+    for (model, status) in [("smart", 403), ("mock/big", 403), ("mixed", 200)] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/messages/count_tokens", s.url))
+            .header("x-api-key", &key)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{model}");
+        let body: Value = r.json().await.unwrap();
+        if status == 403 {
+            assert_eq!(body["error"]["type"], "permission_error", "{body}");
+        } else {
+            assert!(body["input_tokens"].as_i64().unwrap() > 0, "{body}");
+        }
+    }
     common::settled(&s).await;
     let (_, calls) = s.get("/api/v1/calls?limit=50").await;
     let used: Vec<&str> = calls["calls"]
