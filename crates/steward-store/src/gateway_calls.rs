@@ -118,10 +118,17 @@ macro_rules! impl_gateway_calls {
                 let mut tx = self.write.begin().await?;
                 let mut refused = Vec::with_capacity(calls.len());
                 for c in calls {
-                    if !c.accounts.is_empty() {
+                    let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
+                    if !c.accounts.is_empty() && calls.len() == 1 {
+                        // Nothing else rides on this transaction: a refusal rolls it all back,
+                        // and no savepoint (two more statements) is needed.
+                        if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
+                            tx.rollback().await?;
+                            return Ok(vec![Some(account)]);
+                        }
+                    } else if !c.accounts.is_empty() {
                         // A savepoint per hold: one refused rolls back only its own updates.
                         let mut one = sqlx::Acquire::begin(&mut *tx).await?;
-                        let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
                         if let Some(account) = Self::hold_in(&mut *one, &hold, now).await? {
                             one.rollback().await?;
                             refused.push(Some(account));

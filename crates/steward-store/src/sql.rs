@@ -51,8 +51,11 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // A connection to a local file cannot go stale as a network one can: no ping (a round
+        // trip to SQLite's worker thread) before each use.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .after_release(|conn, _| Box::pin(still_sound(conn)))
             .connect_with(opts.clone())
@@ -60,6 +63,7 @@ impl SqliteStore {
         sqlx::migrate!("./migrations").run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(cfg.max_connections.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.read_only(true))
             .await?;

@@ -1274,6 +1274,20 @@ async fn calls_begin_and_end_with_their_holds(s: &dyn Store) {
         Some("org"),
         "60 + 60 > 100"
     );
+    // Refused at the root after its leaf took the hold: the leaf is left as it was.
+    s.put_budget("team", Some("org"), 1_000, "total", 1)
+        .await
+        .unwrap();
+    let team_org = vec!["team".to_string(), "org".to_string()];
+    assert_eq!(
+        s.begin_call(&call("c4"), &team_org, 60, 3)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("org")
+    );
+    let team = s.get_budget("team").await.unwrap().unwrap();
+    assert_eq!(team.reserved_nanos, 0, "the leaf's hold is rolled back");
     let calls = s.list_calls(None, 10).await.unwrap();
     assert_eq!(calls.len(), 1, "a refused call writes nothing");
     let done = CallOutcome {
