@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use steward_gov::{Decision, Policies, Query};
 use steward_llm::{ByteStream, Failure, NativeApi, NativeRequest, Plan, Router};
-use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, NewCall, SettleWriter, Store};
+use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, CallWriter, NewCall, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
 
@@ -122,9 +122,9 @@ pub(crate) struct Gateway {
     pub policies: Arc<Policies>,
     pub identities: Arc<crate::identities::Identities>,
     pub delegations: Arc<Delegations>,
-    pub settler: SettleWriter,
-    /// Takes calls' holds and records them as started, concurrent calls in one commit.
-    pub begins: steward_store::BeginWriter,
+    /// Takes calls' holds and records them as started (concurrent calls in one commit) and
+    /// settles them, the ends riding along with the starts.
+    pub calls: CallWriter,
     /// Live keys by hash, and budget chains by agent and run, for `LOOKUP_TTL`: the two reads
     /// every call would otherwise make. A key created is usable at once; a new account or
     /// parent applies to calls within the TTL.
@@ -996,7 +996,7 @@ impl Gateway {
         rate: &RateTicket,
     ) {
         let at = self.clock.now_ms();
-        self.settler
+        self.calls
             .settle(CallEnd {
                 id: call.id.clone(),
                 audit: Some(call_audit(
@@ -1124,7 +1124,7 @@ impl Gateway {
             accounts: Vec::new(),
             amount: 0,
         };
-        self.begins.begin(begin, now).await.map_err(internal)?;
+        self.calls.begin(begin, now).await.map_err(internal)?;
         let outcome = CallOutcome {
             deployment: Some(format!("cache:{deployment}")),
             status: "ok".into(),
@@ -1336,7 +1336,7 @@ impl Gateway {
             amount,
         };
         if let Some(account) = self
-            .begins
+            .calls
             .begin(begin, self.clock.now_ms())
             .await
             .map_err(internal)?
@@ -1572,7 +1572,7 @@ impl Gateway {
         let (bounds, wants_usage) = (meters.bounds, meters.wants_usage);
         // The stream is read by a task of its own, outside the call's span.
         let trace_id = crate::trace_id();
-        let settler = self.settler.clone();
+        let calls = self.calls.clone();
         let budgets = self.budgets.clone();
         let clock = self.clock.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<steward_llm::Result<bytes::Bytes>>(32);
@@ -1665,7 +1665,7 @@ impl Gateway {
                 .and_then(|d| budgets.cost(d, tin, tout))
                 .unwrap_or(0);
             let at = clock.now_ms();
-            settler
+            calls
                 .settle(CallEnd {
                     id: call.id.clone(),
                     audit: Some(call_audit(

@@ -320,8 +320,7 @@ impl Engine {
             budgets: budgets.clone(),
             clock: opts.clock.clone(),
             metrics: metrics.clone(),
-            settler: steward_store::SettleWriter::start(store.clone()),
-            begins: steward_store::BeginWriter::start(store.clone()),
+            calls: steward_store::CallWriter::start(store.clone()),
             keys: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
             chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
         };
@@ -849,7 +848,7 @@ impl Engine {
             tracing::warn!(error = %e, "could not release leases; they expire on their own");
         }
         // Gateway calls answered but not yet settled are settled before the process ends.
-        if tokio::time::timeout(grace, self.inner.gateway.settler.flush())
+        if tokio::time::timeout(grace, self.inner.gateway.calls.flush())
             .await
             .is_err()
         {

@@ -40,13 +40,25 @@ pub trait GatewayStore: Send + Sync {
     }
     /// [`begin_call`](Self::begin_call) for many calls in one commit: each call's hold is taken
     /// or refused on its own (a refused one writes nothing and leaves the others be); returns,
-    /// per call in order, the account whose cap its hold would pass. Usually through the
-    /// [`BeginWriter`](crate::BeginWriter), which batches concurrent calls.
-    async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>>;
+    /// per call in order, the account whose cap its hold would pass.
+    async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
+        self.write_calls(&[], calls, now).await
+    }
     /// Ends calls — each: settles its hold, if it has one (releasing it, booking `spent`),
     /// records its outcome, and adds its tokens to its rate windows — all in one transaction,
-    /// one commit. Usually through the [`SettleWriter`], which batches them.
-    async fn end_calls(&self, ends: &[CallEnd]) -> Result<()>;
+    /// one commit.
+    async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {
+        self.write_calls(ends, &[], 0).await.map(|_| ())
+    }
+    /// [`end_calls`](Self::end_calls) and then [`begin_calls`](Self::begin_calls) (at `now`)
+    /// in one transaction, one commit: what the [`CallWriter`](crate::CallWriter) writes, so
+    /// the ends of calls ride along with the starts of others instead of a commit of their own.
+    async fn write_calls(
+        &self,
+        ends: &[CallEnd],
+        begins: &[CallBegin],
+        now: Millis,
+    ) -> Result<Vec<Option<String>>>;
     /// Most recent first; `agent` filters.
     async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
     /// Usage of models since a time, managed runs and gateway calls together.
@@ -114,48 +126,9 @@ macro_rules! impl_gateway_calls {
                 }
             }
 
-            async fn begin_calls(&self, calls: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
+            async fn write_calls(&self, ends: &[CallEnd], begins: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
                 let mut tx = self.write.begin().await?;
-                let mut refused = Vec::with_capacity(calls.len());
-                for c in calls {
-                    let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
-                    if !c.accounts.is_empty() && calls.len() == 1 {
-                        // Nothing else rides on this transaction: a refusal rolls it all back,
-                        // and no savepoint (two more statements) is needed.
-                        if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
-                            tx.rollback().await?;
-                            return Ok(vec![Some(account)]);
-                        }
-                    } else if !c.accounts.is_empty() {
-                        // A savepoint per hold: one refused rolls back only its own updates.
-                        let mut one = sqlx::Acquire::begin(&mut *tx).await?;
-                        if let Some(account) = Self::hold_in(&mut *one, &hold, now).await? {
-                            one.rollback().await?;
-                            refused.push(Some(account));
-                            continue;
-                        }
-                        one.commit().await?;
-                    }
-                    sqlx::query(
-                        "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
-                           started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
-                    )
-                    .bind(&c.call.id)
-                    .bind(&c.call.agent)
-                    .bind(&c.call.run_id)
-                    .bind(&c.call.model)
-                    .bind(i64::from(c.call.stream))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    refused.push(None);
-                }
-                tx.commit().await?;
-                Ok(refused)
-            }
-
-            async fn end_calls(&self, ends: &[CallEnd]) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                // Ends first: a settled hold frees what a call begun in the same commit may take.
                 let audit: Vec<(Millis, String)> =
                     ends.iter().filter_map(|e| Some((e.at, e.audit.clone()?))).collect();
                 if !audit.is_empty() {
@@ -187,8 +160,48 @@ macro_rules! impl_gateway_calls {
                             .await?;
                     }
                 }
+                // A refused hold must undo what it took at the accounts it passed. A hold on one
+                // account takes nothing when refused; a lone call with nothing else in the
+                // transaction rolls the transaction back; only the rest need a savepoint (two
+                // more statements).
+                let alone = ends.is_empty() && begins.len() == 1;
+                let mut refused = Vec::with_capacity(begins.len());
+                for c in begins {
+                    let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
+                    if c.accounts.len() == 1 || (alone && !c.accounts.is_empty()) {
+                        if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
+                            if alone {
+                                tx.rollback().await?;
+                                return Ok(vec![Some(account)]);
+                            }
+                            refused.push(Some(account));
+                            continue;
+                        }
+                    } else if !c.accounts.is_empty() {
+                        let mut one = sqlx::Acquire::begin(&mut *tx).await?;
+                        if let Some(account) = Self::hold_in(&mut *one, &hold, now).await? {
+                            one.rollback().await?;
+                            refused.push(Some(account));
+                            continue;
+                        }
+                        one.commit().await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
+                           started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
+                    )
+                    .bind(&c.call.id)
+                    .bind(&c.call.agent)
+                    .bind(&c.call.run_id)
+                    .bind(&c.call.model)
+                    .bind(i64::from(c.call.stream))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    refused.push(None);
+                }
                 tx.commit().await?;
-                Ok(())
+                Ok(refused)
             }
 
             async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>> {

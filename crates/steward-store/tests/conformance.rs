@@ -1357,7 +1357,7 @@ async fn calls_begun_together_are_held_each_on_its_own(store: Arc<dyn Store>) {
         assert_eq!(b.reserved_nanos, 90, "{account}: b2's hold undone at both");
     }
 
-    let writer = BeginWriter::start(store.clone());
+    let writer = CallWriter::start(store.clone());
     let (a, b, c) = tokio::join!(
         writer.begin(begin("b5", 5), 3),
         writer.begin(begin("b1", 5), 3),
@@ -1368,6 +1368,70 @@ async fn calls_begun_together_are_held_each_on_its_own(store: Arc<dyn Store>) {
     assert_eq!(c.unwrap().as_deref(), Some("root"), "95 + 50 > 100");
     let b = s.get_budget("root").await.unwrap().unwrap();
     assert_eq!(b.reserved_nanos, 95);
+
+    // Ends and starts in one commit: the ends first, so what they free can be taken; a refused
+    // hold on one account or on two undoes only itself.
+    let ended = |id: &str, spent| CallEnd {
+        id: id.into(),
+        outcome: CallOutcome {
+            deployment: Some("p/m".into()),
+            status: "ok".into(),
+            error: None,
+            tokens_in: 1,
+            tokens_out: 1,
+            duration_us: 1,
+        },
+        spent,
+        rate_scopes: vec![],
+        rate_window: 0,
+        at: 4,
+        audit: None,
+    };
+    let on_root = |id: &str, amount| CallBegin {
+        accounts: vec!["root".to_string()],
+        ..begin(id, amount)
+    };
+    let refused = s
+        .write_calls(
+            &[ended("b3", 10)],
+            &[begin("b7", 45), on_root("b8", 1), begin("b9", 1)],
+            4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        [None, Some("root".to_string()), Some("root".to_string())],
+        "b3's 50 freed and 10 spent: 45 + 45 + 10 fills the cap"
+    );
+    let (root, team) = (
+        s.get_budget("root").await.unwrap().unwrap(),
+        s.get_budget("team").await.unwrap().unwrap(),
+    );
+    assert_eq!((root.reserved_nanos, root.spent_nanos), (90, 10));
+    assert_eq!(
+        (team.reserved_nanos, team.spent_nanos),
+        (90, 10),
+        "b9 undone"
+    );
+    let calls = s.list_calls(None, 20).await.unwrap();
+    let status = |id: &str| calls.iter().find(|c| c.id == id).map(|c| c.status.clone());
+    assert_eq!(status("b3").as_deref(), Some("ok"));
+    assert_eq!(status("b7").as_deref(), Some("started"));
+    assert_eq!((status("b8"), status("b9")), (None, None));
+
+    // Through the writer, a start that fails (an id begun already) does not lose the end that
+    // shared its batch.
+    writer.settle(ended("b1", 5)).await;
+    assert!(writer.begin(begin("b7", 1), 5).await.is_err());
+    writer.flush().await;
+    let calls = s.list_calls(None, 20).await.unwrap();
+    assert!(
+        calls.iter().any(|c| c.id == "b1" && c.status == "ok"),
+        "{calls:?}"
+    );
+    let root = s.get_budget("root").await.unwrap().unwrap();
+    assert_eq!((root.reserved_nanos, root.spent_nanos), (50, 15));
 }
 
 async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
