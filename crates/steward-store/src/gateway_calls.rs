@@ -67,6 +67,80 @@ pub trait GatewayStore: Send + Sync {
 
 macro_rules! impl_gateway_calls {
     ($store:ty, $db:ty) => {
+        impl $store {
+            /// Ends calls inside `tx` in a handful of statements whatever their number (each a
+            /// round trip, to SQLite's worker thread or to the server): their holds deleted in
+            /// one, each account charged once for all of them (in name order), their outcomes
+            /// recorded in one. A hold already settled is found gone and charged nothing.
+            async fn end_calls_in(tx: &mut sqlx::Transaction<'static, $db>, ends: &[CallEnd]) -> Result<()> {
+                let Some(at) = ends.iter().map(|e| e.at).max() else { return Ok(()) };
+                let mut charges: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+                // Under SQLite's 32,766 and PostgreSQL's 65,535 bound values a statement.
+                for chunk in ends.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM budget_holds WHERE id IN (");
+                    let mut ids = qb.separated(", ");
+                    for e in chunk {
+                        ids.push_bind(e.id.clone());
+                    }
+                    qb.push(") RETURNING id, accounts, amount");
+                    let held: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                    for (id, accounts, amount) in held {
+                        let spent = chunk.iter().find(|e| e.id == id).map_or(0, |e| e.spent);
+                        let accounts: Vec<String> = serde_json::from_str(&accounts)
+                            .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
+                        for account in accounts {
+                            let c = charges.entry(account).or_default();
+                            c.0 += amount;
+                            c.1 += spent;
+                        }
+                    }
+                }
+                for (account, (released, spent)) in &charges {
+                    sqlx::query(
+                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
+                           updated_at = $3 WHERE account = $4",
+                    )
+                    .bind(released)
+                    .bind(spent)
+                    .bind(at)
+                    .bind(account)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                // A VALUES list names its columns column1, column2, … in both engines.
+                for chunk in ends.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE gateway_calls SET deployment = v.column2, status = v.column3, error = v.column4, \
+                           tokens_in = v.column5, tokens_out = v.column6, duration_us = v.column7 FROM (",
+                    );
+                    qb.push_values(chunk, |mut b, e| {
+                        let o = &e.outcome;
+                        b.push_bind(e.id.clone())
+                            .push_bind(o.deployment.clone())
+                            .push_bind(o.status.clone())
+                            .push_bind(o.error.clone())
+                            .push_bind(o.tokens_in)
+                            .push_bind(o.tokens_out)
+                            .push_bind(o.duration_us);
+                    });
+                    qb.push(") AS v WHERE gateway_calls.id = v.column1");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                for e in ends {
+                    let tokens = e.outcome.tokens_in + e.outcome.tokens_out;
+                    for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
+                        sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
+                            .bind(tokens)
+                            .bind(scope)
+                            .bind(e.rate_window)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait]
         impl GatewayStore for $store {
             async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, expires_at: Option<Millis>, now: Millis) -> Result<ApiKeyRecord> {
@@ -134,32 +208,7 @@ macro_rules! impl_gateway_calls {
                 if !audit.is_empty() {
                     Self::append_audit_in(&mut tx, &audit).await?;
                 }
-                for e in ends {
-                    Self::settle_in(&mut tx, &e.id, e.spent, e.at).await?;
-                    let o = &e.outcome;
-                    sqlx::query(
-                        "UPDATE gateway_calls SET deployment = $1, status = $2, error = $3, tokens_in = $4, \
-                           tokens_out = $5, duration_us = $6 WHERE id = $7",
-                    )
-                    .bind(&o.deployment)
-                    .bind(&o.status)
-                    .bind(&o.error)
-                    .bind(o.tokens_in)
-                    .bind(o.tokens_out)
-                    .bind(o.duration_us)
-                    .bind(&e.id)
-                    .execute(&mut *tx)
-                    .await?;
-                    let tokens = o.tokens_in + o.tokens_out;
-                    for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
-                        sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
-                            .bind(tokens)
-                            .bind(scope)
-                            .bind(e.rate_window)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
+                Self::end_calls_in(&mut tx, ends).await?;
                 // A refused hold must undo what it took at the accounts it passed. A hold on one
                 // account takes nothing when refused; a lone call with nothing else in the
                 // transaction rolls the transaction back; only the rest need a savepoint (two

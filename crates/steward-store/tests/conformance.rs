@@ -1432,6 +1432,23 @@ async fn calls_begun_together_are_held_each_on_its_own(store: Arc<dyn Store>) {
     );
     let root = s.get_budget("root").await.unwrap().unwrap();
     assert_eq!((root.reserved_nanos, root.spent_nanos), (50, 15));
+
+    // Many ends in one commit: each account charged for each hold once; an end whose hold was
+    // settled already charges nothing again.
+    s.end_calls(&[ended("b5", 2), ended("b3", 10), ended("b7", 20)])
+        .await
+        .unwrap();
+    for account in ["team", "root"] {
+        let b = s.get_budget(account).await.unwrap().unwrap();
+        assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 37), "{account}");
+    }
+    let calls = s.list_calls(None, 20).await.unwrap();
+    assert!(
+        ["b5", "b7"]
+            .iter()
+            .all(|id| calls.iter().any(|c| c.id == *id && c.status == "ok")),
+        "{calls:?}"
+    );
 }
 
 async fn step_holds_are_taken_once_and_released_when_stale(s: &dyn Store) {
