@@ -410,6 +410,10 @@ impl Sandboxes {
             .arg0("steward-sandbox")
             .arg(crate::INIT_ARG)
             .env_clear()
+            // The helper lives for one command: a transparent huge page its allocator would ask
+            // for is 2 MiB zeroed per sandbox started, most of it never used. (The helper's own
+            // environment; the command's is the spec's.)
+            .env("MIMALLOC_ALLOW_THP", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

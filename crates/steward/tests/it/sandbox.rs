@@ -1457,6 +1457,7 @@ for fd in (0, 1):
     except OSError as e:
         print("sti", errno.errorcode[e.errno])
 print("cmdline1", open("/proc/1/cmdline").read().replace("\0", " "))
+print("env", sorted(os.environ))
 "#
     );
     std::fs::write(ws.join("t.py"), py).unwrap();
@@ -1500,6 +1501,8 @@ print("cmdline1", open("/proc/1/cmdline").read().replace("\0", " "))
     // 0, 1, 2 and the listing's own.
     assert!(o.contains("fds 4"), "{o}");
     assert!(o.contains("cmdline1 steward-sandbox __sandbox-init"), "{o}");
+    // The command's environment is what was asked for, nothing of the helper's own.
+    assert!(o.contains("'TOKEN'") && !o.contains("MIMALLOC"), "{o}");
     assert!(o.contains("leak ENOENT"), "{o}");
     assert!(o.contains("tty False") && o.contains("tty_nr 0"), "{o}");
     assert!(o.contains("session True"), "{o}");
