@@ -1,9 +1,11 @@
-//! Whom a run acts for, and what it may do where nobody can be asked.
+//! Whom an action acts for, and what the policy says of it: the one place a decision is made.
 //!
 //! One answer for every decision a run's action takes — the Kernel's steps, its fallbacks, and
 //! the secrets a tool sends on the run's behalf — so a policy on `principal.owner`,
 //! `context.on_behalf_of` or `context.chain` reads the same values wherever the run acts, and a
-//! suspended agent or a revoked grant stops all of them alike.
+//! suspended agent or a revoked grant stops all of them alike; and the same for an external
+//! caller of the gateway (a model call, a queue, a delegation), decided for every agent whose
+//! authority its call uses.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use steward_store::RunRecord;
 
 use crate::delegations::Delegations;
 use crate::identities::Identities;
+use crate::principal::Principal;
 
 /// Whom an action of a run acts for.
 pub(crate) struct ActsFor {
@@ -28,15 +31,15 @@ pub(crate) struct Unattended {
     pub refused: Option<String>,
 }
 
-/// The policy, identities and grants every decision on a run's action consults.
+/// The policy, identities and grants every decision consults.
 #[derive(Clone)]
-pub(crate) struct RunAuthority {
+pub(crate) struct Authority {
     pub policies: Arc<Policies>,
     pub identities: Arc<Identities>,
     pub delegations: Arc<Delegations>,
 }
 
-impl RunAuthority {
+impl Authority {
     /// Whom `run` acts for.
     pub async fn acts_for(&self, run: &RunRecord) -> steward_store::Result<ActsFor> {
         let owner = self.identities.owner(&run.agent).await?;
@@ -92,6 +95,63 @@ impl RunAuthority {
         let allowed = scope.covers(action, resource);
         Ok((!allowed)
             .then(|| format!("{action} {resource} is outside what run {parent} granted this run")))
+    }
+
+    /// The policy's decision on `action` on `resource` for an external caller, made for every
+    /// agent whose authority the call uses ([`Principal::authorities`]): allowed only if
+    /// allowed for each. A denial for an agent up the chain names it.
+    pub async fn decide_for_caller(
+        &self,
+        who: &Principal,
+        (action, resource): (&str, &str),
+        cost_nanos: i64,
+        destination: Option<&str>,
+        now: i64,
+    ) -> steward_store::Result<(Decision, Option<String>)> {
+        let mut allowed: Option<Decision> = None;
+        for agent in who.authorities() {
+            let caller = agent == who.agent.as_str();
+            let owner = if caller {
+                who.owner.clone()
+            } else {
+                self.identities.owner(agent).await?
+            };
+            let d = self.policies.decide(&Query {
+                agent,
+                run: if caller {
+                    who.run.as_ref().map(|r| r.as_str())
+                } else {
+                    None
+                },
+                action,
+                resource,
+                cost_nanos,
+                time_ms: now,
+                chain: &who.chain,
+                owner: owner.as_deref(),
+                on_behalf_of: who.on_behalf_of.as_deref(),
+                destination,
+            });
+            if !d.allow {
+                return Ok((d, (!caller).then(|| agent.to_string())));
+            }
+            allowed = Some(match allowed {
+                None => d,
+                Some(mut all) => {
+                    for id in d.policy_ids {
+                        if !all.policy_ids.contains(&id) {
+                            all.policy_ids.push(id);
+                        }
+                    }
+                    all.approval = all.approval.or(d.approval);
+                    all.errors.extend(d.errors);
+                    all
+                }
+            });
+        }
+        allowed
+            .map(|d| (d, None))
+            .ok_or_else(|| steward_store::Error::Config("a call with no agent behind it".into()))
     }
 
     /// The policy's decision on `action` on `resource` by `run`.

@@ -13,57 +13,19 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use steward_gov::{Decision, Policies, Query};
+use steward_gov::Decision;
 use steward_llm::{ByteStream, Failure, NativeApi, NativeRequest, Plan, Router};
 use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, CallWriter, NewCall, Store};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
 
+use crate::authority::Authority;
 use crate::budgets::{Budgets, DEFAULT_MAX_OUTPUT};
 use crate::clock::Clock;
-use crate::delegations::{Delegated, Delegations, Refusal, ScopeError};
+use crate::delegations::{Refusal, ScopeError};
 use crate::metrics::Metrics;
+pub use crate::principal::Principal;
 use crate::ttl_cache::TtlCache;
-
-/// Who is calling: the agent an API key or a delegated token names, on whose behalf, and the
-/// run it says it is acting for.
-#[derive(Clone)]
-pub struct Principal {
-    pub agent: AgentName,
-    /// The API key's id, or the last delegation link's.
-    pub key_id: String,
-    pub run: Option<RunId>,
-    /// Outermost first: `user:<owner>` of the agent that began it, each agent that delegated,
-    /// and the caller.
-    pub chain: Vec<String>,
-    /// The owner of the agent that began the chain: on whose behalf the call is made.
-    pub on_behalf_of: Option<String>,
-    /// The caller's own owner.
-    pub owner: Option<String>,
-    /// The verified delegation chain, when the caller presented a token.
-    pub delegated: Option<Arc<Delegated>>,
-}
-
-impl std::fmt::Debug for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Principal")
-            .field("agent", &self.agent)
-            .field("key_id", &self.key_id)
-            .field("run", &self.run)
-            .field("chain", &self.chain)
-            .field("links", &self.link_ids())
-            .finish()
-    }
-}
-
-impl Principal {
-    pub fn link_ids(&self) -> Vec<String> {
-        self.delegated
-            .as_ref()
-            .map(|d| d.link_ids())
-            .unwrap_or_default()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -119,9 +81,8 @@ pub(crate) struct Gateway {
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    pub policies: Arc<Policies>,
-    pub identities: Arc<crate::identities::Identities>,
-    pub delegations: Arc<Delegations>,
+    /// The policy, identities and grants every decision consults (the same as runs').
+    pub authority: Authority,
     /// Takes calls' holds and records them as started (concurrent calls in one commit) and
     /// settles them, the ends riding along with the starts.
     pub calls: CallWriter,
@@ -202,7 +163,7 @@ impl Gateway {
     /// Forgets cached keys, so a revocation applies on this node at once.
     pub fn forget_keys(&self) {
         self.keys.clear();
-        self.delegations.forget();
+        self.authority.delegations.forget();
     }
 
     /// Identifies a caller: by its API key (`Authorization: Bearer sk-steward-…`), and, when it
@@ -259,24 +220,7 @@ impl Gateway {
         self.attach_run(who, run).await
     }
 
-    /// The agents whose authority a call by `who` uses: the one that began its delegation chain
-    /// and every holder after it, or the caller alone. Each must be allowed what the call does.
-    fn authorities(who: &Principal) -> Vec<&str> {
-        let Some(d) = &who.delegated else {
-            return vec![who.agent.as_str()];
-        };
-        let mut agents: Vec<&str> = std::iter::once(d.root_agent())
-            .chain(d.links.iter().map(|l| l.holder.as_str()))
-            .collect();
-        agents.push(who.agent.as_str());
-        let mut seen = std::collections::HashSet::new();
-        agents.retain(|a| seen.insert(*a));
-        agents
-    }
-
-    /// The policy's decision for `action` on `resource`, made for every agent whose authority
-    /// the call uses (see [`Gateway::authorities`]): allowed only if allowed for each. A denial
-    /// for an agent up the chain names it.
+    /// See [`Authority::decide_for_caller`].
     async fn decide_chain(
         &self,
         who: &Principal,
@@ -286,50 +230,10 @@ impl Gateway {
         destination: Option<&str>,
     ) -> Result<(Decision, Option<String>), GatewayError> {
         let now = self.clock.now_ms();
-        let mut allowed: Option<Decision> = None;
-        for agent in Self::authorities(who) {
-            let caller = agent == who.agent.as_str();
-            let owner = if caller {
-                who.owner.clone()
-            } else {
-                self.identities.owner(agent).await.map_err(internal)?
-            };
-            let d = self.policies.decide(&Query {
-                agent,
-                run: if caller {
-                    who.run.as_ref().map(RunId::as_str)
-                } else {
-                    None
-                },
-                action,
-                resource,
-                cost_nanos,
-                time_ms: now,
-                chain: &who.chain,
-                owner: owner.as_deref(),
-                on_behalf_of: who.on_behalf_of.as_deref(),
-                destination,
-            });
-            if !d.allow {
-                return Ok((d, (!caller).then(|| agent.to_string())));
-            }
-            allowed = Some(match allowed {
-                None => d,
-                Some(mut all) => {
-                    for id in d.policy_ids {
-                        if !all.policy_ids.contains(&id) {
-                            all.policy_ids.push(id);
-                        }
-                    }
-                    all.approval = all.approval.or(d.approval);
-                    all.errors.extend(d.errors);
-                    all
-                }
-            });
-        }
-        allowed
-            .map(|d| (d, None))
-            .ok_or_else(|| internal("a call with no agent behind it"))
+        self.authority
+            .decide_for_caller(who, (action, resource), cost_nanos, destination, now)
+            .await
+            .map_err(internal)
     }
 
     /// Refuses a credential, audited before the caller hears of it.
@@ -430,7 +334,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let now = self.clock.now_ms();
         let scoped = who.delegated.as_ref().and_then(|d| {
-            self.delegations
+            self.authority
+                .delegations
                 .delegator
                 .allows(&d.token, action, "queue", queue, now)
                 .err()
@@ -502,6 +407,7 @@ impl Gateway {
         let principal = format!("agent:{}", who.agent);
         let resource = format!("agent:{holder}");
         let refused = self
+            .authority
             .identities
             .barred(holder.as_str())
             .await
@@ -559,32 +465,35 @@ impl Gateway {
                 .map_err(internal)?
                 .and_then(|k| k.expires_at),
         };
-        let scope = match self
-            .delegations
-            .child_scope(who.delegated.as_deref(), key_expires, req)
-        {
-            Ok(s) => s,
-            Err(ScopeError::Invalid(p)) => return Err(GatewayError::BadRequest(p.join("; "))),
-            Err(ScopeError::Wider(p)) => {
-                let error = GatewayError::Forbidden(format!(
-                    "agent {} may not delegate to {holder} more than it holds: {}",
-                    who.agent,
-                    p.join("; ")
-                ));
-                return Err(self
-                    .refuse_as(
-                        (steward_gov::AuditEvent::Delegation, "agent.delegate"),
-                        &principal,
-                        chain,
-                        who.link_ids(),
-                        &resource,
-                        error,
-                    )
-                    .await);
-            }
-        };
+        let scope =
+            match self
+                .authority
+                .delegations
+                .child_scope(who.delegated.as_deref(), key_expires, req)
+            {
+                Ok(s) => s,
+                Err(ScopeError::Invalid(p)) => return Err(GatewayError::BadRequest(p.join("; "))),
+                Err(ScopeError::Wider(p)) => {
+                    let error = GatewayError::Forbidden(format!(
+                        "agent {} may not delegate to {holder} more than it holds: {}",
+                        who.agent,
+                        p.join("; ")
+                    ));
+                    return Err(self
+                        .refuse_as(
+                            (steward_gov::AuditEvent::Delegation, "agent.delegate"),
+                            &principal,
+                            chain,
+                            who.link_ids(),
+                            &resource,
+                            error,
+                        )
+                        .await);
+                }
+            };
         let key_id = who.delegated.is_none().then_some(who.key_id.as_str());
         let (rec, token) = self
+            .authority
             .delegations
             .mint(
                 who.delegated.as_deref(),
@@ -624,7 +533,7 @@ impl Gateway {
     }
 
     async fn authenticate_token(&self, token: &str) -> Result<Principal, GatewayError> {
-        let d = match self.delegations.open(token).await {
+        let d = match self.authority.delegations.open(token).await {
             Ok(d) => d,
             Err(r) => {
                 let (error, what) = match r {
@@ -646,11 +555,13 @@ impl Gateway {
         let last = d.last();
         let agent = AgentName::parse(&last.holder).map_err(|e| internal(e.0))?;
         let on_behalf_of = self
+            .authority
             .identities
             .owner(d.root_agent())
             .await
             .map_err(internal)?;
         let owner = self
+            .authority
             .identities
             .owner(agent.as_str())
             .await
@@ -699,7 +610,8 @@ impl Gateway {
                 "this API key has expired; ask for a new one".into(),
             ))
         } else {
-            self.identities
+            self.authority
+                .identities
                 .barred(&key.agent)
                 .await
                 .map_err(internal)?
@@ -713,6 +625,7 @@ impl Gateway {
         }
         let agent = AgentName::parse(&key.agent).map_err(|e| internal(e.0))?;
         let owner = self
+            .authority
             .identities
             .owner(agent.as_str())
             .await
@@ -749,6 +662,7 @@ impl Gateway {
                     )));
                 };
                 let run_owner = self
+                    .authority
                     .identities
                     .owner(rec.agent.as_str())
                     .await
@@ -829,6 +743,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         if let Some(d) = &who.delegated {
             if let Err(e) = self
+                .authority
                 .delegations
                 .delegator
                 .allows(&d.token, "llm.call", "model", model, now)

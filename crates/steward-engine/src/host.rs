@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     /// Runs' sandboxes, when code execution is configured.
     pub sandboxes: Option<Arc<crate::sandboxes::SandboxService>>,
     /// Decides the secrets a run's tools send (`secret.use`), as every other action of a run.
-    pub authority: crate::authority::RunAuthority,
+    pub authority: crate::authority::Authority,
     /// Task queues, and the tasks runs serve.
     pub tasks: crate::tasks::Tasks,
     /// Durable timers that enqueue tasks and start runs.

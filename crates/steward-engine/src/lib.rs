@@ -18,6 +18,7 @@ mod kernel;
 mod launch;
 pub mod meters;
 mod metrics;
+mod principal;
 mod runs;
 pub mod sandboxes;
 mod ttl_cache;
@@ -258,7 +259,7 @@ impl Engine {
             delegator,
             identities.clone(),
         ));
-        let authority = authority::RunAuthority {
+        let authority = authority::Authority {
             policies: opts.policies.clone(),
             identities: identities.clone(),
             delegations: delegations.clone(),
@@ -311,9 +312,7 @@ impl Engine {
             prices: opts.prices.clone(),
         };
         let gateway = gateway::Gateway {
-            delegations: delegations.clone(),
-            identities: identities.clone(),
-            policies: opts.policies.clone(),
+            authority: authority.clone(),
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
             store: store.clone(),

@@ -29,7 +29,7 @@ impl Delegations<'_> {
             .revoke_delegation(id, reason, self.0.inner.shared.clock.now_ms())
             .await?
             .ok_or_else(|| Error::NotFound(format!("no delegation {id}")))?;
-        self.0.inner.gateway.delegations.forget();
+        self.0.inner.gateway.authority.delegations.forget();
         self.0.inner.gateway.chains.clear();
         self.0
             .audit_admin(

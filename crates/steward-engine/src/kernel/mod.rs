@@ -28,7 +28,7 @@ use steward_types::{AgentSpec, BudgetPolicy, RecoveryPolicy};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::authority::{decision_record, run_query, ActsFor, RunAuthority};
+use crate::authority::{decision_record, run_query, ActsFor, Authority};
 use crate::budgets::Budgets;
 use crate::clock::Clock;
 
@@ -285,7 +285,7 @@ pub struct Kernel {
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
     /// The policy, identities and grants every decision on a run's action consults.
-    pub(crate) authority: RunAuthority,
+    pub(crate) authority: Authority,
     /// What metered resources (sandbox CPU) cost, for the tools that use them.
     pub(crate) meters: crate::meters::Meters,
     /// How long an approval may stay pending before it counts as denied.
@@ -523,7 +523,7 @@ impl Kernel {
         result
     }
 
-    /// Whom a step of the run acts for (see [`RunAuthority::acts_for`]).
+    /// Whom a step of the run acts for (see [`Authority::acts_for`]).
     async fn acts_for(&self, ctx: &RunCtx) -> Result<ActsFor, StepError> {
         self.authority.acts_for(&ctx.run).await.map_err(store_error)
     }
