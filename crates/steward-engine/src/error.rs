@@ -30,16 +30,12 @@ impl Error {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::InvalidManifest(_) => ErrorCode::InvalidManifest,
             Error::NotFound(_) => ErrorCode::NotFound,
-            Error::Conflict(_) | Error::Store(steward_store::Error::Conflict(_)) => {
-                ErrorCode::Conflict
-            }
+            Error::Conflict(_) => ErrorCode::Conflict,
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Busy(_) => ErrorCode::Busy,
-            // The store cannot write now (a full disk, a lost database): worth retrying later.
-            Error::Store(e) if e.unavailable().is_some() => ErrorCode::Unavailable,
-            Error::Store(_) => ErrorCode::Internal,
+            Error::Store(e) => e.code(),
         }
     }
 }

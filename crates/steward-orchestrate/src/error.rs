@@ -1,6 +1,4 @@
-use steward_types::ErrorCode;
-
-/// Orchestration errors: each carries the stable code the API answers with.
+/// Orchestration errors; the engine maps each onto its own, which carry the API's codes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -15,22 +13,6 @@ pub enum Error {
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] steward_store::Error),
-}
-
-impl Error {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
-            Error::NotFound(_) => ErrorCode::NotFound,
-            Error::Conflict(_) | Error::Store(steward_store::Error::Conflict(_)) => {
-                ErrorCode::Conflict
-            }
-            Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
-            Error::Unavailable(_) => ErrorCode::Unavailable,
-            Error::Store(e) if e.unavailable().is_some() => ErrorCode::Unavailable,
-            Error::Store(_) => ErrorCode::Internal,
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -65,4 +65,34 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The stable code the API answers a store failure with: a conflict is the caller's to
+    /// resolve, a store that cannot write now is worth retrying later, the rest is ours.
+    pub fn code(&self) -> steward_types::ErrorCode {
+        use steward_types::ErrorCode;
+        match self {
+            Error::Conflict(_) => ErrorCode::Conflict,
+            e if e.unavailable().is_some() => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_types::ErrorCode;
+
+    #[test]
+    fn store_failures_answer_with_their_codes() {
+        assert_eq!(Error::Conflict("x".into()).code(), ErrorCode::Conflict);
+        assert_eq!(
+            Error::Database(sqlx::Error::PoolTimedOut).code(),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(Error::Corrupt("x".into()).code(), ErrorCode::Internal);
+        assert_eq!(Error::Fenced("r".into()).code(), ErrorCode::Internal);
+    }
+}
