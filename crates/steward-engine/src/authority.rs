@@ -43,15 +43,12 @@ impl Authority {
     /// Whom `run` acts for.
     pub async fn acts_for(&self, run: &RunRecord) -> steward_store::Result<ActsFor> {
         let owner = self.identities.owner(&run.agent).await?;
-        let mut chain = Vec::with_capacity(4);
-        if let Some(o) = &owner {
-            chain.push(format!("user:{o}"));
-        }
-        if let Some(p) = &run.parent_id {
-            chain.push(format!("run:{p}"));
-        }
-        chain.push(format!("agent:{}", run.agent));
-        chain.push(format!("run:{}", run.id));
+        let chain = run_chain(
+            owner.as_deref(),
+            run.parent_id.as_ref().map(|p| p.as_str()),
+            &run.agent,
+            run.id.as_str(),
+        );
         Ok(ActsFor { owner, chain })
     }
 
@@ -196,6 +193,26 @@ impl Authority {
         }
         Ok(Unattended { decision, refused })
     }
+}
+
+/// The chain of authority of run `run` of `agent`, outermost first: its agent's owner, the run
+/// that spawned it (if any), the agent, the run.
+pub(crate) fn run_chain(
+    owner: Option<&str>,
+    parent: Option<&str>,
+    agent: &str,
+    run: &str,
+) -> Vec<String> {
+    let mut chain = Vec::with_capacity(4);
+    if let Some(o) = owner {
+        chain.push(format!("user:{o}"));
+    }
+    if let Some(p) = parent {
+        chain.push(format!("run:{p}"));
+    }
+    chain.push(format!("agent:{agent}"));
+    chain.push(format!("run:{run}"));
+    chain
 }
 
 /// What the policy is asked about an action of `run`: `action` on `resource`, by the run of its

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use steward_store::{NewRun, RunRecord, Store};
 
 use crate::clock::Clock;
+use crate::identities::Identities;
 pub(crate) use steward_orchestrate::{LaunchError, Origin};
 
 /// Creates runs: shared by every component that starts one.
@@ -15,6 +16,7 @@ pub(crate) use steward_orchestrate::{LaunchError, Origin};
 pub(crate) struct Launcher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    identities: Arc<Identities>,
     max_input_bytes: usize,
 }
 
@@ -22,11 +24,13 @@ impl Launcher {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        identities: Arc<Identities>,
         max_input_bytes: usize,
     ) -> Self {
         Launcher {
             store,
             clock,
+            identities,
             max_input_bytes,
         }
     }
@@ -45,6 +49,14 @@ impl Launcher {
             });
         }
         let now = self.clock.now_ms();
+        // The new run's chain, as its own actions will carry it.
+        let owner = self.identities.owner(run.agent.as_str()).await?;
+        let chain = crate::authority::run_chain(
+            owner.as_deref(),
+            run.parent_id.as_ref().map(|p| p.as_str()),
+            run.agent.as_str(),
+            run.id.as_str(),
+        );
         let principal = match &run.parent_id {
             Some(p) => format!("run:{p}"),
             None => format!("steward:{}", origin.describe()),
@@ -55,7 +67,7 @@ impl Launcher {
                 steward_gov::AuditEvent::Lifecycle,
                 now,
                 principal,
-                Vec::new(),
+                chain,
                 "run.create",
                 &format!("agent:{}@{}", run.agent, run.agent_version),
             )

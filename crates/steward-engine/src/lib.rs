@@ -229,9 +229,13 @@ impl Engine {
             tracing::info!(checks, node = %opts.node, "merge checks this node was running when it stopped are queued again");
         }
         let active = Arc::new(ActiveRuns::default());
-        let launch =
-            launch::Launcher::new(store.clone(), opts.clock.clone(), opts.cfg.max_input_bytes);
         let identities = Arc::new(identities::Identities::new(store.clone()));
+        let launch = launch::Launcher::new(
+            store.clone(),
+            opts.clock.clone(),
+            identities.clone(),
+            opts.cfg.max_input_bytes,
+        );
         // Tokens minted on one node must verify on every other: the signing key is shared
         // through the store, sealed with the vault key. Without a vault (benchmarks), a key
         // for this process only.

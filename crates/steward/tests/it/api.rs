@@ -152,6 +152,26 @@ async fn every_new_run_is_held_to_the_input_limit_and_audited(b: Backend) {
         "{creates:?}"
     );
     assert_eq!(creates.len(), 2, "{creates:?}");
+    // Each names the chain of authority the new run will act with, as its steps' records do.
+    let chain_of = |run: &Value| {
+        creates
+            .iter()
+            .find(|c| c["run_id"] == *run)
+            .map(|c| c["chain"].clone())
+    };
+    let kid = kids[0]["id"].as_str().unwrap();
+    assert_eq!(
+        chain_of(&json!(id)),
+        Some(json!(["agent:parent", format!("run:{id}")]))
+    );
+    assert_eq!(
+        chain_of(&json!(kid)),
+        Some(json!([
+            format!("run:{id}"),
+            "agent:child",
+            format!("run:{kid}")
+        ]))
+    );
 }
 both_backends!(
     every_new_run_is_held_to_the_input_limit_and_audited,
