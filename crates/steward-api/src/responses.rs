@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use steward_engine::handles::responses::NewResponse;
 use steward_engine::{Engine, GatewayReply, Principal};
 use steward_llm::{NativeApi, NativeRequest};
 use steward_store::StoredResponse;
@@ -48,14 +49,6 @@ fn store_failed(e: steward_store::Error) -> OaiError {
         "store_unavailable",
         "the response store cannot be reached now; nothing was saved, try again",
     )
-}
-
-/// Who may read a stored response: callers of the same owner (or, without one, the agent).
-fn scope(who: &Principal) -> String {
-    match &who.owner {
-        Some(o) => format!("owner:{o}"),
-        None => format!("agent:{}", who.agent),
-    }
 }
 
 fn new_id(prefix: &str) -> String {
@@ -463,7 +456,7 @@ impl Shell {
 /// What stays of a request to store its response once it has one.
 pub(crate) struct Keep {
     engine: Engine,
-    scope: String,
+    who: Principal,
     store: bool,
     items: Vec<Value>,
     /// The conversation before this response: the previous one's and this input's.
@@ -481,15 +474,13 @@ impl Keep {
         }
         let mut conversation = self.conversation.clone();
         conversation.push(answer.message());
-        let r = StoredResponse {
+        let r = NewResponse {
             id: body["id"].as_str().unwrap_or_default().to_string(),
-            scope: self.scope.clone(),
             body: body.to_string(),
             input_items: Value::Array(self.items.clone()).to_string(),
             conversation: Value::Array(conversation).to_string(),
-            created_at: self.engine.now_ms(),
         };
-        self.engine.store().put_response(&r).await
+        self.engine.responses().put(&self.who, r).await
     }
 }
 
@@ -501,13 +492,12 @@ pub async fn create(
 ) -> Result<Response, OaiError> {
     let who = principal(&engine, &headers).await?;
     let req = json_object(&body)?;
-    let scope = scope(&who);
     let previous: Vec<Value> = match req.get("previous_response_id").filter(|v| !v.is_null()) {
         None => Vec::new(),
         Some(Value::String(id)) => {
             let stored = engine
-                .store()
-                .get_response(id, &scope)
+                .responses()
+                .get(&who, id)
                 .await
                 .map_err(store_failed)?
                 .ok_or_else(|| not_found(&format!("previous response with id '{id}'")))?;
@@ -525,7 +515,7 @@ pub async fn create(
     conversation.extend(t.added.iter().cloned());
     let keep = Keep {
         engine: engine.clone(),
-        scope,
+        who: who.clone(),
         store: req["store"] != false,
         items: t.items,
         conversation,
@@ -592,8 +582,8 @@ async fn stored(
 ) -> Result<StoredResponse, OaiError> {
     let who = principal(engine, headers).await?;
     engine
-        .store()
-        .get_response(id, &scope(&who))
+        .responses()
+        .get(&who, id)
         .await
         .map_err(store_failed)?
         .ok_or_else(|| not_found(&format!("response with id '{id}'")))
@@ -634,8 +624,8 @@ pub async fn delete(
 ) -> Result<Json<Value>, OaiError> {
     let who = principal(&engine, &headers).await?;
     let gone = engine
-        .store()
-        .delete_response(&id, &scope(&who))
+        .responses()
+        .delete(&who, &id)
         .await
         .map_err(store_failed)?;
     if !gone {

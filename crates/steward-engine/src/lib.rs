@@ -465,6 +465,11 @@ impl Engine {
         handles::secrets::Secrets(self)
     }
 
+    /// The Responses API's stored responses.
+    pub fn responses(&self) -> handles::responses::Responses<'_> {
+        handles::responses::Responses(self)
+    }
+
     /// Agents' API keys.
     pub fn keys(&self) -> handles::keys::Keys<'_> {
         handles::keys::Keys(self)

@@ -9,5 +9,6 @@ pub mod delegations;
 pub mod identities;
 pub mod keys;
 pub mod policies;
+pub mod responses;
 pub mod sandboxes;
 pub mod secrets;
