@@ -10,7 +10,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 
 from dbos import DBOS, DBOSConfig
 
@@ -45,7 +44,7 @@ def timed(steps: int) -> list:
 def main() -> None:
     url = os.environ["DBOS_SYSTEM_DATABASE_URL"]
     config: DBOSConfig = {
-        "name": f"bench{uuid.uuid4().hex[:8]}",
+        "name": "steward-bench-peer",
         "system_database_url": url,
         "max_executor_threads": 64,
     }
