@@ -1,7 +1,8 @@
 //! `steward bench gateway`: the latency Steward's `/v1` adds and its maximum throughput, against
 //! a mock OpenAI-compatible upstream with a fixed 20 ms latency on loopback — and the same for
-//! the LiteLLM proxy when `litellm` is installed. Budgets and call records are on. The last line
-//! printed is one JSON object. See bench/README.md.
+//! the LiteLLM proxy when `litellm` is installed and for Portkey's gateway when bench/run
+//! installed it. Budgets and call records are on. The last line printed is one JSON object.
+//! See bench/README.md.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -232,6 +233,52 @@ async fn start_litellm(
     Ok(Some((child, url)))
 }
 
+/// Portkey's open-source gateway (`@portkey-ai/gateway` on npm), when `STEWARD_BENCH_PORTKEY`
+/// names its `build/start-server.js` (bench/run installs it), routing to `upstream` per request
+/// (the `x-portkey-*` headers of the client it returns).
+async fn start_portkey(
+    upstream: &str,
+) -> anyhow::Result<Option<(tokio::process::Child, String, reqwest::Client)>> {
+    let Some(script) = std::env::var_os("STEWARD_BENCH_PORTKEY") else {
+        return Ok(None);
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("--port={port}"))
+        .arg("--headless")
+        .env("NODE_ENV", "production")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting node (Portkey's gateway runs on Node.js)")?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-portkey-provider", "openai".parse()?);
+    headers.insert("x-portkey-custom-host", upstream.parse()?);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()?;
+    for _ in 0..120 {
+        if http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(Some((child, url, http)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("Portkey's gateway did not start within 30 s")
+}
+
 fn which(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = std::env::var_os("PATH").context("no PATH")?;
     std::env::split_paths(&path)
@@ -379,6 +426,28 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             Value::Null
         }
     };
+    let portkey_json = match start_portkey(&upstream).await {
+        Ok(Some((mut child, url, http))) => {
+            let chat = format!("{url}/v1/chat/completions");
+            let body = request_body("gpt-mock");
+            let _ = fixed_rate(&http, &chat, "sk-none", &body, rate, 1).await;
+            let p = fixed_rate(&http, &chat, "sk-none", &body, rate, seconds).await;
+            let p_rps = max_rps(&http, &chat, "sk-none", "gpt-mock", clients, seconds).await;
+            eprintln!("portkey: {p:?}, max {p_rps:.0} rps");
+            child.start_kill()?;
+            json!({"p50_added_ms": round(p.p50_ms - direct.p50_ms), "p99_added_ms": round(p.p99_ms - direct.p99_ms), "max_rps": p_rps.round(), "errors": p.errors})
+        }
+        Ok(None) => {
+            eprintln!(
+                "portkey: not installed (bench/run gateway installs @portkey-ai/gateway); skipped"
+            );
+            Value::Null
+        }
+        Err(e) => {
+            eprintln!("portkey: {e:#}");
+            Value::Null
+        }
+    };
     let ratio = litellm_json
         .get("max_rps")
         .and_then(Value::as_f64)
@@ -387,7 +456,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{}",
-        json!({"bench": "gateway", "rate": rate, "seconds": seconds, "steward": steward_json, "litellm": litellm_json, "rps_ratio": ratio})
+        json!({"bench": "gateway", "rate": rate, "seconds": seconds, "steward": steward_json, "litellm": litellm_json, "portkey": portkey_json, "rps_ratio": ratio})
     );
     Ok(())
 }
