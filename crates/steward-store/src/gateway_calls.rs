@@ -96,16 +96,7 @@ macro_rules! impl_gateway_calls {
                     }
                 }
                 for (account, (released, spent)) in &charges {
-                    sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
-                           updated_at = $3 WHERE account = $4",
-                    )
-                    .bind(released)
-                    .bind(spent)
-                    .bind(at)
-                    .bind(account)
-                    .execute(&mut **tx)
-                    .await?;
+                    Self::charge_in(tx, account, *released, *spent, at).await?;
                 }
                 // A VALUES list names its columns column1, column2, … in both engines.
                 for chunk in ends.chunks(1000) {

@@ -201,17 +201,23 @@ macro_rules! impl_in_tx {
                 let accounts: Vec<String> = serde_json::from_str(&accounts)
                     .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
                 for account in &accounts {
-                    sqlx::query(
-                        "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
-                           updated_at = $3 WHERE account = $4",
-                    )
-                    .bind(amount)
-                    .bind(spent)
-                    .bind(now)
-                    .bind(account)
-                    .execute(&mut **tx)
-                    .await?;
+                    Self::charge_in(tx, account, amount, spent, now).await?;
                 }
+                Ok(())
+            }
+
+            /// Releases `released` held on `account` and books `spent` to it, inside `tx`.
+            pub(crate) async fn charge_in(tx: &mut sqlx::Transaction<'static, $db>, account: &str, released: i64, spent: i64, now: Millis) -> Result<()> {
+                sqlx::query(
+                    "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
+                       updated_at = $3 WHERE account = $4",
+                )
+                .bind(released)
+                .bind(spent)
+                .bind(now)
+                .bind(account)
+                .execute(&mut **tx)
+                .await?;
                 Ok(())
             }
         }
