@@ -281,24 +281,55 @@ mod tests {
         }
     }
 
+    /// A store of its own, a clock at `now` the test moves, and the tasks and schedules on them.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        tasks: Tasks,
+        schedules: Schedules,
+    }
+
+    impl Setup {
+        async fn at(now: Millis) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("s.db").display());
+            let store = steward_store::open(&url, &Default::default())
+                .await
+                .unwrap();
+            let clock = Arc::new(ManualClock(AtomicI64::new(now)));
+            Setup {
+                tasks: Tasks::new(store.clone(), clock.clone()),
+                schedules: Self::schedules(&store, &clock),
+                _dir: dir,
+                store,
+                clock,
+            }
+        }
+
+        /// Schedules on `store` and `clock`, as a node starting afresh would make them.
+        fn schedules(store: &Arc<dyn Store>, clock: &Arc<ManualClock>) -> Schedules {
+            Schedules::new(
+                store.clone(),
+                clock.clone(),
+                Arc::new(StoreLaunch(store.clone())),
+            )
+        }
+    }
+
     /// Five minutely firings pass while nothing runs: `skip` fires none of them, `once` the
     /// latest, `all` every one, each once however often the pass is repeated; then each goes on
     /// from the next minute.
     #[tokio::test]
     async fn missed_times_follow_the_schedules_policy() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = steward_store::open(&url, &Default::default())
-            .await
-            .unwrap();
         let t0 = 1_800_000_000_000; // on a minute
-        let clock = Arc::new(ManualClock(AtomicI64::new(t0 - 10)));
-        let tasks = Tasks::new(store.clone(), clock.clone());
-        let schedules = Schedules::new(
-            store.clone(),
-            clock.clone(),
-            Arc::new(StoreLaunch(store.clone())),
-        );
+        let Setup {
+            _dir,
+            store,
+            clock,
+            tasks,
+            schedules,
+        } = Setup::at(t0 - 10).await;
         for missed in ["skip", "once", "all"] {
             schedules
                 .put(NewSchedule {
@@ -361,19 +392,14 @@ mod tests {
     /// besides the firing that is on time in the same pass; `skip` fires only that one.
     #[tokio::test]
     async fn late_passes_on_a_running_node_miss_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = steward_store::open(&url, &Default::default())
-            .await
-            .unwrap();
         let t0 = 1_800_000_000_000;
-        let clock = Arc::new(ManualClock(AtomicI64::new(t0 - 10)));
-        let tasks = Tasks::new(store.clone(), clock.clone());
-        let schedules = Schedules::new(
-            store.clone(),
-            clock.clone(),
-            Arc::new(StoreLaunch(store.clone())),
-        );
+        let Setup {
+            _dir,
+            store,
+            clock,
+            tasks,
+            schedules,
+        } = Setup::at(t0 - 10).await;
         for missed in ["skip", "once"] {
             schedules
                 .put(NewSchedule {
@@ -398,11 +424,7 @@ mod tests {
         }
         assert_eq!((fired("skip").await, fired("once").await), (6, 6));
         // The node stops; another starts 10.5 s later: t0+6..t0+15 passed with nobody looking.
-        let restarted = Schedules::new(
-            store.clone(),
-            clock.clone(),
-            Arc::new(StoreLaunch(store.clone())),
-        );
+        let restarted = Setup::schedules(&store, &clock);
         clock.0.store(t0 + 15_500, Ordering::SeqCst);
         restarted.fire_due(&tasks).await.unwrap();
         // On time: t0+15 s. `once` also fires the latest missed time, t0+14 s.
