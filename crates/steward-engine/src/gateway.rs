@@ -406,6 +406,17 @@ impl Gateway {
         chain.push(format!("agent:{holder}"));
         let principal = format!("agent:{}", who.agent);
         let resource = format!("agent:{holder}");
+        // A refusal is audited with the chain the token would have made.
+        let refuse = |error: GatewayError| {
+            self.refuse_as(
+                (steward_gov::AuditEvent::Delegation, "agent.delegate"),
+                &principal,
+                chain.clone(),
+                who.link_ids(),
+                &resource,
+                error,
+            )
+        };
         let refused = self
             .authority
             .identities
@@ -414,16 +425,7 @@ impl Gateway {
             .map_err(internal)?;
         if let Some(why) = refused {
             let error = GatewayError::Forbidden(why);
-            return Err(self
-                .refuse_as(
-                    (steward_gov::AuditEvent::Delegation, "agent.delegate"),
-                    &principal,
-                    chain,
-                    who.link_ids(),
-                    &resource,
-                    error,
-                )
-                .await);
+            return Err(refuse(error).await);
         }
         // Minting is an action like any other: decided for every agent whose authority the
         // new token would carry.
@@ -479,16 +481,7 @@ impl Gateway {
                         who.agent,
                         p.join("; ")
                     ));
-                    return Err(self
-                        .refuse_as(
-                            (steward_gov::AuditEvent::Delegation, "agent.delegate"),
-                            &principal,
-                            chain,
-                            who.link_ids(),
-                            &resource,
-                            error,
-                        )
-                        .await);
+                    return Err(refuse(error).await);
                 }
             };
         let key_id = who.delegated.is_none().then_some(who.key_id.as_str());
