@@ -36,7 +36,7 @@ pub async fn run_events(
     ApiQuery(q): ApiQuery<JournalQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check_id(&id)?;
-    engine.get_run(&id).await?;
+    engine.runs().get(&id).await?;
     let start = Follow {
         engine,
         id,
@@ -62,7 +62,7 @@ async fn next_batch(f: &mut Follow) -> Vec<Event> {
         tokio::pin!(appended);
         appended.as_mut().enable();
         // The state first: if it is final, the entries read after it are complete.
-        let run = match f.engine.get_run(&f.id).await {
+        let run = match f.engine.runs().get(&f.id).await {
             Ok(r) => r,
             Err(e) => {
                 f.done = true;
@@ -70,7 +70,7 @@ async fn next_batch(f: &mut Follow) -> Vec<Event> {
             }
         };
         let after = f.cursor.map(|(seq, _)| seq - 1);
-        let entries = match f.engine.journal(&f.id, after, 1000).await {
+        let entries = match f.engine.runs().journal(&f.id, after, 1000).await {
             Ok(e) => e,
             Err(e) => {
                 f.done = true;

@@ -120,7 +120,7 @@ pub async fn create(
         body: req,
         headers: passed_headers(&headers),
     };
-    match engine.gateway_chat_via(&who, chat, native).await? {
+    match engine.gateway().chat_via(&who, chat, native).await? {
         GatewayReply::Native(v) => Ok(Json(v).into_response()),
         GatewayReply::NativeStream(s) => Ok(crate::sse::response(
             s.map(|c| c.map_err(std::io::Error::other)),
@@ -163,7 +163,7 @@ pub async fn count_tokens(
         body: req,
         headers: passed_headers(&headers),
     };
-    if let Some(n) = engine.gateway_count_tokens(&who, &model, &native).await? {
+    if let Some(n) = engine.gateway().count_tokens(&who, &model, &native).await? {
         return Ok(Json(json!({ "input_tokens": n })));
     }
     Ok(Json(json!({ "input_tokens": estimate_tokens(&chat) })))

@@ -167,7 +167,10 @@ pub(crate) async fn principal(engine: &Engine, headers: &HeaderMap) -> Result<Pr
         .get("x-steward-delegation")
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
-    Ok(engine.authenticate(bearer, delegation, run).await?)
+    Ok(engine
+        .gateway()
+        .authenticate(bearer, delegation, run)
+        .await?)
 }
 
 /// The text a message's content holds: a string, or its parts' text joined by `sep` (the
@@ -210,7 +213,11 @@ pub async fn embeddings(
     body: Bytes,
 ) -> Result<Response, OaiError> {
     let who = principal(&engine, &headers).await?;
-    match engine.gateway_embeddings(&who, json_object(&body)?).await? {
+    match engine
+        .gateway()
+        .embeddings(&who, json_object(&body)?)
+        .await?
+    {
         GatewayReply::Json(v) | GatewayReply::Native(v) => Ok(Json(v).into_response()),
         GatewayReply::Stream(_) | GatewayReply::NativeStream(_) => Err(OaiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -228,7 +235,7 @@ pub async fn chat_completions(
 ) -> Result<Response, OaiError> {
     let who = principal(&engine, &headers).await?;
     // Chat completions are every deployment's own API: the answer is the upstream's.
-    match engine.gateway_chat(&who, json_object(&body)?).await? {
+    match engine.gateway().chat(&who, json_object(&body)?).await? {
         GatewayReply::Json(v) | GatewayReply::Native(v) => Ok(Json(v).into_response()),
         GatewayReply::Stream(s) | GatewayReply::NativeStream(s) => Ok((
             [
@@ -247,7 +254,8 @@ pub async fn models(
 ) -> Result<Json<Value>, OaiError> {
     principal(&engine, &headers).await?;
     let data: Vec<Value> = engine
-        .gateway_models()
+        .gateway()
+        .models()
         .into_iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "steward"}))
         .collect();
@@ -261,7 +269,7 @@ pub async fn model(
     headers: HeaderMap,
 ) -> Result<Json<Value>, OaiError> {
     principal(&engine, &headers).await?;
-    if !engine.gateway_routes(&id) {
+    if !engine.gateway().routes(&id) {
         return Err(OaiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",

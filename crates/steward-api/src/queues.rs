@@ -96,7 +96,11 @@ impl Caller {
     async fn may(&self, e: &Engine, action: &str, queue: &str) -> ApiResult<()> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Agent(p) => e.authorize_queue(p, action, queue).await.map_err(refused),
+            Caller::Agent(p) => e
+                .gateway()
+                .authorize_queue(p, action, queue)
+                .await
+                .map_err(refused),
         }
     }
 
@@ -142,7 +146,7 @@ pub async fn worker_auth(
         (Some(t), Some(g)) if crate::same_secret(&g, t) => Caller::Admin,
         (None, None) => Caller::Admin,
         (_, Some(g)) => match engine
-            .authenticate(Some(&g), delegation.as_deref(), None)
+            .gateway().authenticate(Some(&g), delegation.as_deref(), None)
             .await
         {
             Ok(p) => Caller::Agent(Arc::new(p)),

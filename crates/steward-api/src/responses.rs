@@ -521,7 +521,7 @@ pub async fn create(
         conversation,
     };
     let mut shell = Shell::new(&req);
-    match engine.gateway_chat_via(&who, t.chat, native).await? {
+    match engine.gateway().chat_via(&who, t.chat, native).await? {
         GatewayReply::Native(v) => {
             let body = responses_native::finish(v, &shell.id, &req, &keep)
                 .await

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use steward_llm::{Plan, Prices};
-use steward_store::Store;
+use steward_store::BudgetStore;
 
 /// Output tokens assumed for the worst case when a request sets no limit.
 pub(crate) const DEFAULT_MAX_OUTPUT: i64 = 4096;
@@ -26,7 +26,7 @@ pub(crate) fn bounds_of(request: &steward_llm::ChatRequest) -> (i64, i64) {
 
 #[derive(Clone)]
 pub(crate) struct Budgets {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn BudgetStore>,
     pub prices: Prices,
 }
 

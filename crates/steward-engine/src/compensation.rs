@@ -6,10 +6,8 @@
 //! any other, so a crash mid-compensation resumes without undoing anything twice. A
 //! compensation run waits for its parent to have ended, and does nothing if it succeeded.
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
-use steward_store::{NewRun, RunUpdate, Store, PHASE_INTENT};
+use steward_store::{JournalStore, NewRun, RunStore, RunUpdate, PHASE_INTENT};
 use steward_types::error::run_error;
 use steward_types::{AgentSpec, RunId, RunState};
 
@@ -91,7 +89,7 @@ fn render(template: &Value, args: &Value, result: &Value) -> Value {
 /// Plans and creates the compensation run of `run`, which ended failed or cancelled, if it
 /// completed any tool call `spec` registers an undo step for.
 pub(crate) async fn schedule(
-    store: &Arc<dyn Store>,
+    journal: &dyn JournalStore,
     launch: &crate::launch::Launcher,
     run: &RunId,
     agent: &steward_types::AgentName,
@@ -101,7 +99,7 @@ pub(crate) async fn schedule(
     if spec.compensation.is_empty() {
         return Ok(false);
     }
-    let entries = store.load_journal(run, None, i64::MAX).await?;
+    let entries = journal.load_journal(run, None, i64::MAX).await?;
     let mut steps = Vec::new();
     for e in entries
         .iter()
@@ -142,12 +140,12 @@ pub(crate) async fn schedule(
 /// Carries out a compensation run's steps, each a journaled tool call.
 pub(crate) async fn execute(
     kernel: &Kernel,
-    store: &Arc<dyn Store>,
+    runs: &dyn RunStore,
     ctx: &mut RunCtx,
     steps: Vec<(String, Value)>,
 ) -> Option<RunUpdate> {
     let parent = ctx.run.parent_id.clone()?;
-    match store.get_run(&parent).await {
+    match runs.get_run(&parent).await {
         Ok(Some(p)) if p.state == RunState::Succeeded => {
             return Some(RunUpdate {
                 result: Some(format!("nothing to undo: run {parent} succeeded")),

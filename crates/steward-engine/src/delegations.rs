@@ -10,7 +10,9 @@ use std::sync::Arc;
 use biscuit_auth::Biscuit;
 use steward_gov::delegation::{revocation_ids, Delegator, Requested, TokenError, ACTIONS};
 use steward_gov::Scope;
-use steward_store::{ApiKeyRecord, DelegationRecord, Store};
+use steward_store::{
+    ApiKeyRecord, BudgetStore, DelegationRecord, DelegationStore, GatewayStore, Store,
+};
 
 use crate::clock::Clock;
 use crate::identities::Identities;
@@ -81,7 +83,9 @@ pub enum Refusal {
 }
 
 pub(crate) struct Delegations {
-    pub store: Arc<dyn Store>,
+    links_store: Arc<dyn DelegationStore>,
+    keys_store: Arc<dyn GatewayStore>,
+    budgets: Arc<dyn BudgetStore>,
     pub clock: Arc<dyn Clock>,
     pub delegator: Delegator,
     pub identities: Arc<Identities>,
@@ -101,7 +105,9 @@ impl Delegations {
         identities: Arc<Identities>,
     ) -> Self {
         Delegations {
-            store,
+            links_store: store.clone(),
+            keys_store: store.clone(),
+            budgets: store,
             clock,
             delegator,
             identities,
@@ -121,7 +127,7 @@ impl Delegations {
             return Ok(l);
         }
         let l = self
-            .store
+            .links_store
             .delegation_by_revocation(revocation_id)
             .await
             .map_err(internal)?;
@@ -133,7 +139,7 @@ impl Delegations {
         if let Some(k) = self.keys.get(&id.to_string()) {
             return Ok(k);
         }
-        let k = self.store.get_key(id).await.map_err(internal)?;
+        let k = self.keys_store.get_key(id).await.map_err(internal)?;
         self.keys.put(id.to_string(), k.clone());
         Ok(k)
     }
@@ -308,12 +314,15 @@ impl Delegations {
             let above = parent
                 .and_then(Delegated::budget_account)
                 .unwrap_or_else(|| format!("agent:{}", parent.map_or(issuer, |p| p.root_agent())));
-            self.store
+            self.budgets
                 .put_budget(&format!("delegation:{id}"), Some(&above), cap, "total", now)
                 .await
                 .map_err(internal)?;
         }
-        self.store.create_delegation(&rec).await.map_err(internal)?;
+        self.links_store
+            .create_delegation(&rec)
+            .await
+            .map_err(internal)?;
         Ok((rec, minted.token))
     }
 }

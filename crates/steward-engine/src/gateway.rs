@@ -15,7 +15,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use steward_gov::Decision;
 use steward_llm::{ByteStream, Failure, NativeApi, NativeRequest, Plan, Router};
-use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, CallWriter, NewCall, Store};
+use steward_store::{ApiKeyRecord, CallEnd, CallOutcome, CallWriter, NewCall};
+use steward_store::{AuditStore, CacheStore, GatewayStore, RateStore, RunStore};
 use steward_types::{AgentName, RunId};
 use tracing::Instrument;
 
@@ -77,7 +78,13 @@ const CACHED_NATIVE: &str = "steward.native";
 pub(crate) struct Gateway {
     pub router: Arc<Router>,
     pub limits: steward_types::config::RateLimits,
-    pub store: Arc<dyn Store>,
+    /// Where refusals are recorded, API keys kept, named runs read, rate windows counted and
+    /// answers cached.
+    pub audit_log: Arc<dyn AuditStore>,
+    pub key_store: Arc<dyn GatewayStore>,
+    pub run_store: Arc<dyn RunStore>,
+    pub rate_store: Arc<dyn RateStore>,
+    pub cache_store: Arc<dyn CacheStore>,
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
@@ -153,7 +160,7 @@ impl Gateway {
         let id = self.clock.new_id("key");
         let now = self.clock.now_ms();
         let rec = self
-            .store
+            .key_store
             .create_key(&id, &key_hash(&secret), agent, ttl_ms.map(|t| now + t), now)
             .await
             .map_err(internal)?;
@@ -316,7 +323,7 @@ impl Gateway {
             ..record.decided("deny", None)
         }
         .to_json();
-        match self.store.append_audit(&[(now, record)]).await {
+        match self.audit_log.append_audit(&[(now, record)]).await {
             Ok(_) => error,
             Err(e) => internal(e),
         }
@@ -385,7 +392,7 @@ impl Gateway {
             .decided("deny", d.as_ref())
         }
         .to_json();
-        self.store
+        self.audit_log
             .append_audit(&[(now, record)])
             .await
             .map_err(internal)?;
@@ -461,7 +468,7 @@ impl Gateway {
         let key_expires = match &who.delegated {
             Some(_) => None,
             None => self
-                .store
+                .key_store
                 .get_key(&who.key_id)
                 .await
                 .map_err(internal)?
@@ -518,7 +525,7 @@ impl Gateway {
             .decided("allow", Some(&d))
         }
         .to_json();
-        self.store
+        self.audit_log
             .append_audit(&[(now, record)])
             .await
             .map_err(internal)?;
@@ -578,7 +585,7 @@ impl Gateway {
         let key = match self.keys.get(&hash) {
             Some(k) => k,
             None => {
-                let Some(k) = self.store.find_key(&hash).await.map_err(internal)? else {
+                let Some(k) = self.key_store.find_key(&hash).await.map_err(internal)? else {
                     return Err(self
                         .refuse(
                             "unknown",
@@ -649,7 +656,7 @@ impl Gateway {
             Some(r) => {
                 let id = RunId::parse(r)
                     .map_err(|e| GatewayError::BadRequest(format!("X-Steward-Run: {}", e.0)))?;
-                let Some(rec) = self.store.get_run(&id).await.map_err(internal)? else {
+                let Some(rec) = self.run_store.get_run(&id).await.map_err(internal)? else {
                     return Err(GatewayError::BadRequest(format!(
                         "X-Steward-Run: no run {id}"
                     )));
@@ -839,7 +846,7 @@ impl Gateway {
             .decided(verdict, Some(d))
         }
         .to_json();
-        if let Err(e) = self.store.append_audit(&[(now, record)]).await {
+        if let Err(e) = self.audit_log.append_audit(&[(now, record)]).await {
             return internal(e);
         }
         if let Some(group) = &d.approval {
@@ -942,7 +949,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         let window = now - now.rem_euclid(60_000);
         match self
-            .store
+            .rate_store
             .take_request(&scopes, window)
             .await
             .map_err(internal)?
@@ -1007,7 +1014,7 @@ impl Gateway {
         decision: &Decision,
     ) -> Result<Option<GatewayReply>, GatewayError> {
         let Some((body, deployment)) = self
-            .store
+            .cache_store
             .cache_get(key, self.clock.now_ms())
             .await
             .map_err(internal)?
@@ -1402,7 +1409,7 @@ impl Gateway {
                 }
             };
             if let Err(e) = self
-                .store
+                .cache_store
                 .cache_put(key, &kept, &d.label, *expires_at)
                 .await
             {

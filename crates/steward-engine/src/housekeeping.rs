@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_llm::Router;
-use steward_store::Store;
+use steward_store::{BreakerStore, PolicyStore, Store};
 use steward_types::NodeId;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ const KEEP_WORKSPACES_MS: i64 = 3_600_000;
 /// the Responses API keeps them.
 const KEEP_RESPONSES_MS: i64 = 30 * 86_400_000;
 
+/// The one component that takes the whole store: its job is to sweep every aggregate.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -92,7 +93,7 @@ pub(crate) async fn run(
 /// node opened go to the store, and those other nodes opened are applied here, so a deployment
 /// one node found failing is skipped fleet-wide until its cooldown ends.
 pub(crate) async fn share_breakers(
-    store: Arc<dyn Store>,
+    store: Arc<dyn BreakerStore>,
     router: Arc<Router>,
     clock: Arc<dyn Clock>,
     node: NodeId,
@@ -142,7 +143,7 @@ pub(crate) fn apply_policy_set(
 /// Follows the database's latest policy set and the vault's secrets, so a set put in force or
 /// a key rotated through one node applies on every node within `every`.
 pub(crate) async fn follow_policies(
-    store: Arc<dyn Store>,
+    store: Arc<dyn PolicyStore>,
     policies: Arc<steward_gov::Policies>,
     vault: Option<Arc<crate::vault::Vault>>,
     every: Duration,

@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
-use steward_store::{IdentityRecord, Store};
+use steward_store::{IdentityRecord, IdentityStore};
 
 use crate::ttl_cache::TtlCache;
 
 pub(crate) struct Identities {
-    store: Arc<dyn Store>,
+    store: Arc<dyn IdentityStore>,
     cache: TtlCache<String, Option<IdentityRecord>>,
 }
 
 impl Identities {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn IdentityStore>) -> Self {
         Identities {
             store,
             cache: TtlCache::new(crate::ttl_cache::LOOKUP_TTL),

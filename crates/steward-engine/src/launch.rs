@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use steward_store::{NewRun, RunRecord, Store};
+use steward_store::{NewRun, RunRecord, RunStore};
 
 use crate::clock::Clock;
 use crate::identities::Identities;
@@ -14,7 +14,7 @@ pub(crate) use steward_orchestrate::{LaunchError, Origin};
 /// Creates runs: shared by every component that starts one.
 #[derive(Clone)]
 pub(crate) struct Launcher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RunStore>,
     clock: Arc<dyn Clock>,
     identities: Arc<Identities>,
     max_input_bytes: usize,
@@ -22,7 +22,7 @@ pub(crate) struct Launcher {
 
 impl Launcher {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RunStore>,
         clock: Arc<dyn Clock>,
         identities: Arc<Identities>,
         max_input_bytes: usize,

@@ -319,7 +319,11 @@ impl Engine {
             authority: authority.clone(),
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
-            store: store.clone(),
+            audit_log: store.clone(),
+            key_store: store.clone(),
+            run_store: store.clone(),
+            rate_store: store.clone(),
+            cache_store: store.clone(),
             budgets: budgets.clone(),
             clock: opts.clock.clone(),
             metrics: metrics.clone(),
@@ -333,6 +337,7 @@ impl Engine {
         }
         let kernel = Kernel {
             meters,
+            approvals: store.clone(),
             journal: JournalWriter::start(store, opts.group_commit_max_batch),
             router,
             budgets,
@@ -454,7 +459,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Task queues.
     /// Persistent sandboxes (the management API's `/api/v1/sandboxes`).
     pub fn sandboxes(&self) -> handles::sandboxes::Sandboxes<'_> {
         handles::sandboxes::Sandboxes(self)
@@ -500,11 +504,27 @@ impl Engine {
         handles::audit::Audit(self)
     }
 
+    /// Agents and their versions.
+    pub fn agents(&self) -> handles::agents::Agents<'_> {
+        handles::agents::Agents(self)
+    }
+
+    /// Runs: create, read, cancel, resolve.
+    pub fn runs(&self) -> handles::runs::Runs<'_> {
+        handles::runs::Runs(self)
+    }
+
+    /// The `/v1` gateway for external agents.
+    pub fn gateway(&self) -> handles::gateway::Gateway<'_> {
+        handles::gateway::Gateway(self)
+    }
+
     /// Budget accounts, calls and costs.
     pub fn budgets(&self) -> handles::budgets::Budgets<'_> {
         handles::budgets::Budgets(self)
     }
 
+    /// Task queues.
     pub fn tasks(&self) -> &tasks::Tasks {
         &self.inner.shared.tasks
     }
@@ -530,254 +550,6 @@ impl Engine {
 
     pub fn node(&self) -> &NodeId {
         &self.inner.shared.node
-    }
-
-    pub fn tool_names(&self) -> Vec<String> {
-        self.inner
-            .kernel
-            .tools
-            .names()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Creates or updates every agent in a YAML/JSON manifest stream, all or nothing.
-    pub async fn apply(&self, text: &str) -> Result<Vec<Applied>> {
-        Ok(self.apply_documents(text).await?.0)
-    }
-
-    /// Applies agents (`kind: Agent`), then supervisors (`kind: Supervisor`, which may name
-    /// those agents); returns the agents and the names of the supervisors applied.
-    pub async fn apply_documents(&self, text: &str) -> Result<(Vec<Applied>, Vec<String>)> {
-        let (manifests, supervisors) =
-            parse_documents(text).map_err(|e| Error::InvalidManifest(e.0))?;
-        let mut specs = Vec::with_capacity(supervisors.len());
-        for s in &supervisors {
-            let spec: supervisors::SupervisorSpec = serde_json::from_value(s.spec.clone())
-                .map_err(|e| Error::InvalidManifest(format!("{}: spec: {e}", s.name)))?;
-            specs.push((s.name.clone(), spec));
-        }
-        let agents = self.apply_agents(manifests).await?;
-        let mut names = Vec::with_capacity(specs.len());
-        for (name, spec) in specs {
-            self.supervisors()
-                .put(&name, spec)
-                .await
-                .map_err(|e| match e {
-                    OrchestrateError::InvalidRequest(m) | OrchestrateError::NotFound(m) => {
-                        Error::InvalidManifest(format!("{name}: {m}"))
-                    }
-                    other => other.into(),
-                })?;
-            names.push(name);
-        }
-        Ok((agents, names))
-    }
-
-    async fn apply_agents(
-        &self,
-        manifests: Vec<steward_types::AgentManifest>,
-    ) -> Result<Vec<Applied>> {
-        if manifests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        let mut new = Vec::with_capacity(manifests.len());
-        for m in &manifests {
-            let name = &m.metadata.name;
-            if !seen.insert(name.clone()) {
-                return Err(Error::InvalidManifest(format!(
-                    "metadata.name: {name} appears twice in one apply"
-                )));
-            }
-            self.check_spec(name, &m.spec)?;
-            let spec_json = serde_json::to_string(&m.spec)
-                .map_err(|e| Error::InvalidManifest(e.to_string()))?;
-            let spec_hash = hex::encode(Sha256::digest(spec_json.as_bytes()));
-            new.push(NewAgent {
-                name: name.clone(),
-                spec_json,
-                spec_hash,
-            });
-        }
-        let now = self.inner.shared.clock.now_ms();
-        let stored = self.store().put_agents(&new, now).await?;
-        Ok(stored
-            .into_iter()
-            .map(|(agent, changed)| Applied { agent, changed })
-            .collect())
-    }
-
-    fn check_spec(&self, name: &AgentName, spec: &AgentSpec) -> Result<()> {
-        self.inner
-            .kernel
-            .router
-            .providers()
-            .check_route(spec)
-            .map_err(|e| Error::InvalidManifest(format!("{name}: spec.model: {e}")))?;
-        if let Some(sb) = &spec.sandbox {
-            steward_sandbox::egress::AllowList::parse(&sb.egress)
-                .map_err(|e| Error::InvalidManifest(format!("{name}: spec.sandbox: {e}")))?;
-        }
-        if let Some(t) = &spec.tasks {
-            tasks::check_name("queue", &t.queue)
-                .map_err(|e| Error::InvalidManifest(format!("{name}: spec.tasks: {e}")))?;
-            if !(1..=1000).contains(&t.concurrency) {
-                return Err(Error::InvalidManifest(format!(
-                    "{name}: spec.tasks.concurrency: from 1 to 1000"
-                )));
-            }
-            if t.max_concurrency
-                .is_some_and(|m| m < t.concurrency || m > 1000)
-            {
-                return Err(Error::InvalidManifest(format!(
-                    "{name}: spec.tasks.maxConcurrency: from concurrency to 1000"
-                )));
-            }
-            if t.tasks_per_run == 0 {
-                return Err(Error::InvalidManifest(format!(
-                    "{name}: spec.tasks.tasksPerRun: at least 1"
-                )));
-            }
-        }
-        for (i, t) in spec.tools.iter().enumerate() {
-            if self.inner.kernel.tools.get(t).is_none() {
-                return Err(Error::InvalidManifest(format!(
-                    "{name}: spec.tools[{i}]: no tool named {t:?}; available: {}",
-                    self.tool_names().join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn get_agent(&self, name: &str, version: Option<i64>) -> Result<AgentRecord> {
-        let n = AgentName::parse(name).map_err(|e| Error::InvalidRequest(e.0))?;
-        self.store().get_agent(&n, version).await?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no agent named {name:?}{}",
-                version
-                    .map(|v| format!(" at version {v}"))
-                    .unwrap_or_default()
-            ))
-        })
-    }
-
-    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
-        Ok(self.store().list_agents().await?)
-    }
-
-    /// Queues a run of the agent's latest version.
-    pub async fn create_run(&self, agent: &str, input: &str) -> Result<RunRecord> {
-        let a = self.get_agent(agent, None).await?;
-        let run = NewRun {
-            id: self.inner.shared.clock.new_run_id(),
-            agent: AgentName::parse(&a.name).map_err(|e| Error::InvalidRequest(e.0))?,
-            agent_version: a.version,
-            parent_id: None,
-            input: input.to_string(),
-        };
-        let (rec, _) = self
-            .inner
-            .shared
-            .launch
-            .create(run, launch::Origin::Api)
-            .await?;
-        self.inner.shared.wake.notify_one();
-        Ok(rec)
-    }
-
-    pub async fn get_run(&self, id: &str) -> Result<RunRecord> {
-        let id = RunId::parse(id).map_err(|e| Error::InvalidRequest(e.0))?;
-        self.store()
-            .get_run(&id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no run {id}")))
-    }
-
-    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        Ok(self.store().list_runs(filter).await?)
-    }
-
-    pub async fn journal(
-        &self,
-        id: &str,
-        after: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<JournalEntry>> {
-        let run = self.get_run(id).await?;
-        Ok(self
-            .store()
-            .load_journal(&run.id, after, limit.clamp(1, 10_000))
-            .await?)
-    }
-
-    /// Cancels a run and, below it, every unfinished child run.
-    pub async fn cancel(&self, id: &str, reason: &str) -> Result<RunRecord> {
-        let reason = reason.trim();
-        if reason.is_empty() || reason.len() > 1000 {
-            return Err(Error::InvalidRequest(
-                "reason: required, at most 1000 characters".into(),
-            ));
-        }
-        let run = self.get_run(id).await?;
-        if run.state.is_terminal() {
-            return Err(Error::Conflict(format!(
-                "run {} has already {}",
-                run.id, run.state
-            )));
-        }
-        let mut stack = vec![(run.id.clone(), reason.to_string())];
-        while let Some((rid, why)) = stack.pop() {
-            self.store()
-                .request_cancel(&rid, &why, self.inner.shared.clock.now_ms())
-                .await?;
-            self.inner
-                .shared
-                .active
-                .stop(&rid, Stop::Cancel(why.clone()));
-            let children = self
-                .store()
-                .list_runs(&RunFilter {
-                    parent: Some(rid.clone()),
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await?;
-            for c in children.into_iter().filter(|c| !c.state.is_terminal()) {
-                stack.push((c.id, format!("parent {rid} cancelled: {why}")));
-            }
-        }
-        self.get_run(id).await
-    }
-
-    /// A human's answer to a run parked on an in-doubt step: retry the step, or fail the run.
-    pub async fn resolve(&self, id: &str, retry: bool) -> Result<RunRecord> {
-        let run = self.get_run(id).await?;
-        let rec = self
-            .store()
-            .resolve_waiting(&run.id, retry, self.inner.shared.clock.now_ms())
-            .await
-            .map_err(|e| match e {
-                steward_store::Error::Conflict(m) => Error::Conflict(m),
-                other => other.into(),
-            })?
-            .ok_or_else(|| Error::NotFound(format!("no run {id}")))?;
-        self.inner.shared.wake.notify_one();
-        Ok(rec)
-    }
-
-    /// The circuits open on this node (opened here or by another node), and the milliseconds
-    /// each stays open.
-    pub fn open_circuits(&self) -> Vec<(String, u64)> {
-        self.inner
-            .kernel
-            .router
-            .breakers()
-            .open_now(std::time::Instant::now())
-            .into_iter()
-            .map(|(l, d)| (l, d.as_millis() as u64))
-            .collect()
     }
 
     /// Appends an administrator's action and its decision to the audit log, durably.
@@ -895,94 +667,6 @@ impl Engine {
         .to_json();
         self.store().append_audit(&[(now, record)]).await?;
         Ok(())
-    }
-
-    /// Identifies a gateway caller by its API key, the delegated token it holds (if any) and
-    /// the run it names (if any).
-    pub async fn authenticate(
-        &self,
-        bearer: Option<&str>,
-        delegation: Option<&str>,
-        run: Option<&str>,
-    ) -> Result<Principal, GatewayError> {
-        self.inner
-            .gateway
-            .authenticate(bearer, delegation, run)
-            .await
-    }
-
-    /// See `Gateway::authorize_queue`.
-    pub async fn authorize_queue(
-        &self,
-        who: &Principal,
-        action: &str,
-        queue: &str,
-    ) -> Result<(), GatewayError> {
-        self.inner.gateway.authorize_queue(who, action, queue).await
-    }
-
-    /// An OpenAI-format chat completion for an external agent, through the syscall path.
-    pub async fn gateway_chat(
-        &self,
-        who: &Principal,
-        body: serde_json::Value,
-    ) -> Result<GatewayReply, GatewayError> {
-        self.inner
-            .gateway
-            .chat(who, body, GatewayApi::ChatCompletions)
-            .await
-    }
-
-    /// A chat call that came through another API: `chat` is its translation onto chat
-    /// completions (what bounds, authorizes and reaches translated deployments), `native` the
-    /// request as sent, passed through whole to deployments that speak its API.
-    pub async fn gateway_chat_via(
-        &self,
-        who: &Principal,
-        chat: serde_json::Value,
-        native: steward_llm::NativeRequest,
-    ) -> Result<GatewayReply, GatewayError> {
-        self.inner.gateway.chat_native(who, chat, native).await
-    }
-
-    /// See `Gateway::count_tokens`.
-    pub async fn gateway_count_tokens(
-        &self,
-        who: &Principal,
-        model: &str,
-        native: &steward_llm::NativeRequest,
-    ) -> Result<Option<i64>, GatewayError> {
-        self.inner.gateway.count_tokens(who, model, native).await
-    }
-
-    /// OpenAI-format embeddings for an external agent, through the same path.
-    pub async fn gateway_embeddings(
-        &self,
-        who: &Principal,
-        body: serde_json::Value,
-    ) -> Result<GatewayReply, GatewayError> {
-        self.inner.gateway.embeddings(who, body).await
-    }
-
-    /// The model aliases the gateway serves.
-    /// Whether `/v1` can route `model`: an alias, or `provider/model` of a configured provider.
-    pub fn gateway_routes(&self, model: &str) -> bool {
-        self.inner
-            .gateway
-            .router
-            .providers()
-            .deployments(model)
-            .is_ok()
-    }
-
-    pub fn gateway_models(&self) -> Vec<String> {
-        self.inner
-            .gateway
-            .router
-            .providers()
-            .aliases()
-            .map(str::to_string)
-            .collect()
     }
 
     /// How many runs this node is driving now.

@@ -121,7 +121,7 @@ async fn plan_compensation(
         return Ok(());
     };
     let spec: AgentSpec = serde_json::from_str(&rec.spec).map_err(|e| e.to_string())?;
-    let created = crate::compensation::schedule(&s.store, &s.launch, run, &name, version, &spec)
+    let created = crate::compensation::schedule(&*s.store, &s.launch, run, &name, version, &spec)
         .await
         .map_err(|e| e.to_string())?;
     if created {
@@ -439,7 +439,7 @@ async fn drive(
 ) -> Option<RunUpdate> {
     let s = &inner.shared;
     if let Some(steps) = crate::compensation::steps_of(&ctx.run) {
-        return crate::compensation::execute(&inner.kernel, &s.store, ctx, steps).await;
+        return crate::compensation::execute(&inner.kernel, &*s.store, ctx, steps).await;
     }
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_millis(remaining as u64), agent_loop::run(&inner.kernel, ctx)) => r,

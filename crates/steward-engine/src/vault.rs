@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use steward_gov::vault::VaultCipher;
-use steward_store::Store;
+use steward_store::SecretStore;
 
 use crate::{Error, Result};
 
 pub struct Vault {
     cipher: VaultCipher,
-    store: Arc<dyn Store>,
+    store: Arc<dyn SecretStore>,
     open: RwLock<HashMap<String, String>>,
 }
 
@@ -23,7 +23,7 @@ const MAX_VALUE_BYTES: usize = 16 * 1024;
 impl Vault {
     /// Opens every stored secret. One that cannot be decrypted (another key, or altered) is
     /// reported and left out: calls that need it fail saying so.
-    pub async fn load(cipher: VaultCipher, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+    pub async fn load(cipher: VaultCipher, store: Arc<dyn SecretStore>) -> Result<Arc<Self>> {
         let v = Arc::new(Vault {
             cipher,
             store,

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_store::Store;
+use steward_store::AuditStore;
 
 use crate::AuditKey;
 
 /// Signs one checkpoint now if the log grew past the last one; returns the size signed.
 pub async fn checkpoint_now(
-    store: &dyn Store,
+    store: &dyn AuditStore,
     key: &AuditKey,
     now: i64,
 ) -> steward_store::Result<Option<i64>> {
@@ -30,7 +30,7 @@ pub async fn checkpoint_now(
 
 /// Runs `checkpoint_now` every `every` until `stop` resolves, and once more at the end.
 pub async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn AuditStore>,
     key: Arc<AuditKey>,
     every: Duration,
     now: impl Fn() -> i64,

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use steward_store::{AgentStore, MergeStore, SupervisorStore};
 
 use steward_store::{IncidentRecord, PathLease, RepoRecord, Store, SubmissionRecord};
 
@@ -25,7 +26,9 @@ const MAX_CHECK_ATTEMPTS: i64 = 3;
 const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct MergeQueue {
-    store: Arc<dyn Store>,
+    merges: Arc<dyn MergeStore>,
+    agents: Arc<dyn AgentStore>,
+    incidents: Arc<dyn SupervisorStore>,
     launch: Arc<dyn crate::Launch>,
     clock: Arc<dyn Clock>,
     sandboxes: Option<Arc<dyn crate::Isolated>>,
@@ -284,7 +287,9 @@ impl MergeQueue {
         renew_every: Duration,
     ) -> Self {
         MergeQueue {
-            store,
+            merges: store.clone(),
+            agents: store.clone(),
+            incidents: store.clone(),
             launch,
             clock,
             sandboxes,
@@ -305,7 +310,7 @@ impl MergeQueue {
         if let Some(a) = &r.resolver {
             let name =
                 steward_types::AgentName::parse(a).map_err(|e| Error::InvalidRequest(e.0))?;
-            if self.store.get_agent(&name, None).await?.is_none() {
+            if self.agents.get_agent(&name, None).await?.is_none() {
                 return Err(Error::NotFound(format!("resolver: no agent {a}")));
             }
         }
@@ -331,19 +336,19 @@ impl MergeQueue {
                 r.path, r.target
             )));
         }
-        self.store.put_repo(&r, self.clock.now_ms()).await?;
+        self.merges.put_repo(&r, self.clock.now_ms()).await?;
         Ok(r)
     }
 
     pub async fn repo(&self, name: &str) -> Result<RepoRecord> {
-        self.store
+        self.merges
             .get_repo(name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no repository {name}")))
     }
 
     pub async fn repos(&self) -> Result<Vec<RepoRecord>> {
-        Ok(self.store.list_repos().await?)
+        Ok(self.merges.list_repos().await?)
     }
 
     /// Queues `branch` to land on `repo`'s target — or, when it conflicts with the target
@@ -393,13 +398,13 @@ impl MergeQueue {
         if let (true, Some(d)) = (s.state == "conflict", s.detail.clone()) {
             s.detail = Some(format!("{d}{}", self.route_conflict(&r, &s, &d).await));
         }
-        self.store.add_submission(&s).await?;
+        self.merges.add_submission(&s).await?;
         Ok(s)
     }
 
     pub async fn submissions(&self, repo: &str) -> Result<Vec<SubmissionRecord>> {
         self.repo(repo).await?;
-        Ok(self.store.list_submissions(repo).await?)
+        Ok(self.merges.list_submissions(repo).await?)
     }
 
     /// Sends a conflict to the repository's resolver agent (a run, once per submission) or,
@@ -410,7 +415,7 @@ impl MergeQueue {
             let started = async {
                 let name = steward_types::AgentName::parse(resolver).map_err(|e| e.0)?;
                 let agent = self
-                    .store
+                    .agents
                     .get_agent(&name, None)
                     .await
                     .map_err(|e| e.to_string())?
@@ -450,7 +455,7 @@ impl MergeQueue {
             resolved_at: None,
             resolution: None,
         };
-        match self.store.open_incident(&incident).await {
+        match self.incidents.open_incident(&incident).await {
             Ok(()) => format!("; incident {} opened", incident.id),
             Err(e) => {
                 tracing::warn!(error = %e, "opening the merge conflict's incident failed");
@@ -483,7 +488,7 @@ impl MergeQueue {
         }
         let now = self.clock.now_ms();
         let in_way = self
-            .store
+            .merges
             .lease_paths(repo, holder, paths, now + ttl_ms, now)
             .await?;
         if let Some(l) = in_way.first() {
@@ -492,21 +497,21 @@ impl MergeQueue {
                 l.path, l.holder, l.expires_at
             )));
         }
-        Ok(self.store.path_leases(repo, now).await?)
+        Ok(self.merges.path_leases(repo, now).await?)
     }
 
     pub async fn release(&self, repo: &str, holder: &str) -> Result<u64> {
-        Ok(self.store.release_paths(repo, holder).await?)
+        Ok(self.merges.release_paths(repo, holder).await?)
     }
 
     pub async fn leases(&self, repo: &str) -> Result<Vec<PathLease>> {
-        Ok(self.store.path_leases(repo, self.clock.now_ms()).await?)
+        Ok(self.merges.path_leases(repo, self.clock.now_ms()).await?)
     }
 
     /// Starts checking the next submission of every repository this node is not checking
     /// already (each check runs on its own task, under a lease it renews).
     pub async fn drive(self: &Arc<Self>) -> Result<()> {
-        for r in self.store.list_repos().await? {
+        for r in self.merges.list_repos().await? {
             if self
                 .busy
                 .lock()
@@ -517,7 +522,7 @@ impl MergeQueue {
             }
             let now = self.clock.now_ms();
             let Some(sub) = self
-                .store
+                .merges
                 .claim_submission(&r.name, &self.node, now, now + self.lease_ms())
                 .await?
             else {
@@ -569,7 +574,7 @@ impl MergeQueue {
             detail
         };
         let recorded = self
-            .store
+            .merges
             .finish_submission(
                 &sub.id,
                 &self.node,
@@ -599,7 +604,7 @@ impl MergeQueue {
             tokio::time::sleep(self.renew_every).await;
             let now = self.clock.now_ms();
             match self
-                .store
+                .merges
                 .renew_check(&sub.id, &self.node, sub.attempts, now + self.lease_ms())
                 .await
             {

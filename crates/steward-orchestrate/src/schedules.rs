@@ -9,6 +9,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use steward_store::{AgentStore, ScheduleStore};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
@@ -64,7 +65,8 @@ fn next_after(cron: &croner::Cron, after: Millis) -> Option<Millis> {
 }
 
 pub struct Schedules {
-    store: Arc<dyn Store>,
+    schedules: Arc<dyn ScheduleStore>,
+    agents: Arc<dyn AgentStore>,
     clock: Arc<dyn Clock>,
     launch: Arc<dyn crate::Launch>,
     /// When this node's last complete pass looked (what came due after it is on time).
@@ -78,7 +80,8 @@ impl Schedules {
         launch: Arc<dyn crate::Launch>,
     ) -> Self {
         Schedules {
-            store,
+            schedules: store.clone(),
+            agents: store.clone(),
             clock,
             launch,
             last_pass: std::sync::Mutex::new(None),
@@ -110,7 +113,7 @@ impl Schedules {
             }
             Target::Agent(a) => {
                 let name = AgentName::parse(a).map_err(|e| Error::InvalidRequest(e.0))?;
-                if self.store.get_agent(&name, None).await?.is_none() {
+                if self.agents.get_agent(&name, None).await?.is_none() {
                     return Err(Error::NotFound(format!("no agent {a}")));
                 }
                 (None, Some(a.clone()))
@@ -128,23 +131,23 @@ impl Schedules {
             fired: 0,
             created_at: now,
         };
-        self.store.put_schedule(&rec, now).await?;
+        self.schedules.put_schedule(&rec, now).await?;
         self.get(&rec.name).await
     }
 
     pub async fn get(&self, name: &str) -> Result<ScheduleRecord> {
-        self.store
+        self.schedules
             .get_schedule(name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no schedule {name}")))
     }
 
     pub async fn list(&self) -> Result<Vec<ScheduleRecord>> {
-        Ok(self.store.list_schedules().await?)
+        Ok(self.schedules.list_schedules().await?)
     }
 
     pub async fn delete(&self, name: &str) -> Result<()> {
-        if self.store.delete_schedule(name).await? {
+        if self.schedules.delete_schedule(name).await? {
             Ok(())
         } else {
             Err(Error::NotFound(format!("no schedule {name}")))
@@ -156,13 +159,13 @@ impl Schedules {
         let now = self.clock.now_ms();
         let last_pass = *self.last_pass.lock().unwrap_or_else(|p| p.into_inner());
         let mut started = false;
-        for s in self.store.due_schedules(now, 256).await? {
+        for s in self.schedules.due_schedules(now, 256).await? {
             let Some(due) = s.next_at else { continue };
             let cron = match s.cron.as_deref().map(parse_cron).transpose() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(schedule = %s.name, error = %e, "a stored schedule no longer parses; it is stopped");
-                    self.store
+                    self.schedules
                         .advance_schedule(&s.name, due, None, 0, now)
                         .await?;
                     continue;
@@ -192,7 +195,7 @@ impl Schedules {
                 started |= self.fire(&s, *t, tasks).await?;
             }
             let next = cron.as_ref().and_then(|c| next_after(c, now));
-            self.store
+            self.schedules
                 .advance_schedule(&s.name, due, next, fire.len() as i64, now)
                 .await?;
         }
@@ -219,7 +222,7 @@ impl Schedules {
             return Ok(false);
         };
         let name = AgentName::parse(agent).map_err(|e| Error::InvalidRequest(e.0))?;
-        let Some(rec) = self.store.get_agent(&name, None).await? else {
+        let Some(rec) = self.agents.get_agent(&name, None).await? else {
             tracing::warn!(schedule = %s.name, agent, "the schedule's agent is gone; nothing fired");
             return Ok(false);
         };

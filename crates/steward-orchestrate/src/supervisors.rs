@@ -14,6 +14,7 @@
 //! twice.
 
 use std::sync::Arc;
+use steward_store::{AgentStore, RunStore, SupervisorStore};
 
 use serde::{Deserialize, Serialize};
 use steward_store::{IncidentRecord, NewRun, Store, SupervisorRecord};
@@ -154,7 +155,9 @@ impl ChildState {
 }
 
 pub struct Supervisors {
-    store: Arc<dyn Store>,
+    supervisors: Arc<dyn SupervisorStore>,
+    runs: Arc<dyn RunStore>,
+    agents: Arc<dyn AgentStore>,
     clock: Arc<dyn Clock>,
     launch: Arc<dyn crate::Launch>,
     /// This node's runs, stopped at once when a restart retires them.
@@ -175,7 +178,9 @@ impl Supervisors {
         launch: Arc<dyn crate::Launch>,
     ) -> Self {
         Supervisors {
-            store,
+            supervisors: store.clone(),
+            runs: store.clone(),
+            agents: store.clone(),
             clock,
             launch,
             active,
@@ -218,7 +223,7 @@ impl Supervisors {
             return bad("backoff.initialMs at most maxMs, and withinMs above 0".into());
         }
         let spec_json = serde_json::to_string(&spec).unwrap_or_default();
-        let state = match self.store.get_supervisor(name).await? {
+        let state = match self.supervisors.get_supervisor(name).await? {
             // The same spec again (a manifest re-applied) changes nothing and restarts nothing.
             Some(current) if current.spec == spec_json => return Ok(current),
             Some(current) => {
@@ -229,7 +234,7 @@ impl Supervisors {
             None => fresh(&spec, 0),
         };
         Ok(self
-            .store
+            .supervisors
             .put_supervisor(
                 name,
                 &spec_json,
@@ -243,7 +248,7 @@ impl Supervisors {
     async fn agent(&self, name: &str) -> Result<(AgentName, i64)> {
         let a = AgentName::parse(name).map_err(|e| Error::InvalidRequest(e.0))?;
         let rec = self
-            .store
+            .agents
             .get_agent(&a, None)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no agent {name}")))?;
@@ -251,22 +256,22 @@ impl Supervisors {
     }
 
     pub async fn get(&self, name: &str) -> Result<SupervisorRecord> {
-        self.store
+        self.supervisors
             .get_supervisor(name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no supervisor {name}")))
     }
 
     pub async fn list(&self) -> Result<Vec<SupervisorRecord>> {
-        Ok(self.store.list_supervisors().await?)
+        Ok(self.supervisors.list_supervisors().await?)
     }
 
     pub async fn incidents(&self, state: Option<&str>) -> Result<Vec<IncidentRecord>> {
-        Ok(self.store.list_incidents(state).await?)
+        Ok(self.supervisors.list_incidents(state).await?)
     }
 
     pub async fn resolve_incident(&self, id: &str, resolution: &str) -> Result<IncidentRecord> {
-        self.store
+        self.supervisors
             .resolve_incident(id, resolution, self.clock.now_ms())
             .await?
             .ok_or_else(|| Error::NotFound(format!("no open incident {id}")))
@@ -274,7 +279,7 @@ impl Supervisors {
 
     /// One pass over every running supervisor; returns whether a run was started.
     pub async fn drive(&self) -> Result<bool> {
-        let all = self.store.list_supervisors().await?;
+        let all = self.supervisors.list_supervisors().await?;
         let mut started = false;
         for rec in all.iter().filter(|r| r.status == "running") {
             let has_parent = all.iter().any(|p| {
@@ -340,11 +345,11 @@ impl Supervisors {
                 match self.seen(&review).await? {
                     Seen::Running => {}
                     Seen::Succeeded(answer) if answer.trim_start().starts_with("ACCEPT") => {
-                        self.store.set_run_verdict(&run, "accepted").await?;
+                        self.supervisors.set_run_verdict(&run, "accepted").await?;
                         accept(&mut st.children[i])
                     }
                     Seen::Succeeded(answer) => {
-                        self.store.set_run_verdict(&run, "rejected").await?;
+                        self.supervisors.set_run_verdict(&run, "rejected").await?;
                         let feedback = answer
                             .trim_start()
                             .trim_start_matches("REJECT")
@@ -378,7 +383,7 @@ impl Supervisors {
                         } else {
                             "rejected"
                         };
-                        self.store.set_run_verdict(&run, verdict).await?;
+                        self.supervisors.set_run_verdict(&run, verdict).await?;
                         if verdict == "accepted" {
                             accept(&mut st.children[i]);
                         } else {
@@ -477,7 +482,7 @@ impl Supervisors {
         }
         if st != before || status != rec.status {
             let state = serde_json::to_string(&st).unwrap_or_default();
-            self.store
+            self.supervisors
                 .update_supervisor(
                     &rec.name,
                     rec.version,
@@ -493,7 +498,7 @@ impl Supervisors {
 
     async fn seen(&self, run: &str) -> Result<Seen> {
         let id = RunId::parse(run).map_err(|e| Error::InvalidRequest(e.0))?;
-        let Some(r) = self.store.get_run(&id).await? else {
+        let Some(r) = self.runs.get_run(&id).await? else {
             return Ok(Seen::Failed("the run vanished".into()));
         };
         Ok(match r.state {
@@ -555,7 +560,7 @@ impl Supervisors {
     async fn stop(&self, run: &str, why: &str) {
         if let Ok(id) = RunId::parse(run) {
             let _ = self
-                .store
+                .runs
                 .request_cancel(&id, why, self.clock.now_ms())
                 .await;
             self.active.cancel(&id, why);
@@ -568,7 +573,7 @@ impl Supervisors {
         let mut still = Vec::new();
         for run in std::mem::take(&mut c.stopping) {
             let id = RunId::parse(&run).map_err(|e| Error::InvalidRequest(e.0))?;
-            match self.store.get_run(&id).await? {
+            match self.runs.get_run(&id).await? {
                 Some(r) if !r.state.is_terminal() => {
                     self.stop(&run, "restarted by its supervisor").await;
                     still.push(run);
@@ -634,7 +639,7 @@ impl Supervisors {
                 for ch in &mut fresh.children {
                     ch.start_at = Some(at);
                 }
-                self.store
+                self.supervisors
                     .update_supervisor(
                         sup,
                         r.version,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use steward_store::{AgentStore, TaskStore};
 
 use serde_json::Value;
 use steward_store::{
@@ -27,7 +28,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_WAIT_MS: u64 = 25_000;
 
 pub struct Tasks {
-    store: Arc<dyn Store>,
+    tasks: Arc<dyn TaskStore>,
+    agents: Arc<dyn AgentStore>,
     clock: Arc<dyn Clock>,
     /// Enqueues and task ends, many to a commit.
     writer: TaskWriter,
@@ -75,7 +77,8 @@ impl Tasks {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         Tasks {
             writer: TaskWriter::start(store.clone()),
-            store,
+            tasks: store.clone(),
+            agents: store.clone(),
             clock,
             upkeep: Notify::new(),
             last_sweep: std::sync::Mutex::new(0),
@@ -103,23 +106,23 @@ impl Tasks {
                 "lease_ms: from 100 to 86400000".into(),
             ));
         }
-        self.store.put_queue(q, self.clock.now_ms()).await?;
+        self.tasks.put_queue(q, self.clock.now_ms()).await?;
         self.wake_all();
         Ok(())
     }
 
     pub async fn queue(&self, name: &str) -> Result<QueueConfig> {
         check_name("queue", name)?;
-        Ok(self.store.queue(name).await?)
+        Ok(self.tasks.queue(name).await?)
     }
 
     pub async fn queues(&self) -> Result<Vec<QueueConfig>> {
-        Ok(self.store.queues().await?)
+        Ok(self.tasks.queues().await?)
     }
 
     pub async fn depths(&self, queue: &str) -> Result<Vec<(String, i64)>> {
         check_name("queue", queue)?;
-        Ok(self.store.queue_depths(queue).await?)
+        Ok(self.tasks.queue_depths(queue).await?)
     }
 
     /// Enqueues a task; with a dedup key its queue already holds, returns that task instead
@@ -205,7 +208,7 @@ impl Tasks {
 
     pub async fn heartbeat(&self, id: &str, worker: &str, attempt: i64) -> Result<()> {
         if self
-            .store
+            .tasks
             .heartbeat_task(id, worker, attempt, self.clock.now_ms())
             .await?
         {
@@ -216,7 +219,7 @@ impl Tasks {
     }
 
     async fn missing_or_lost(&self, id: &str) -> Error {
-        match self.store.get_task(id).await {
+        match self.tasks.get_task(id).await {
             Ok(None) => Error::NotFound(format!("no task {id}")),
             _ => Self::lost(id),
         }
@@ -245,7 +248,7 @@ impl Tasks {
         error: &str,
         retry: bool,
     ) -> Result<()> {
-        let Some(t) = self.store.get_task(id).await? else {
+        let Some(t) = self.tasks.get_task(id).await? else {
             return Err(Error::NotFound(format!("no task {id}")));
         };
         let end = TaskEnd::Failed {
@@ -289,7 +292,7 @@ impl Tasks {
     /// [0.5, 1) seeded by the task (so a fleet of failures does not come back in step).
     async fn retry_at(&self, t: &TaskRecord) -> Result<i64> {
         use std::hash::{Hash, Hasher};
-        let q = self.store.queue(&t.queue).await?;
+        let q = self.tasks.queue(&t.queue).await?;
         let mut seed = std::collections::hash_map::DefaultHasher::new();
         t.id.hash(&mut seed);
         let delay = steward_llm::resilience::retry_delay(
@@ -302,12 +305,12 @@ impl Tasks {
     }
 
     pub async fn requeue(&self, id: &str) -> Result<TaskRecord> {
-        match self.store.requeue_task(id, self.clock.now_ms()).await? {
+        match self.tasks.requeue_task(id, self.clock.now_ms()).await? {
             Some(t) => {
                 self.wake_all();
                 Ok(t)
             }
-            None => match self.store.get_task(id).await? {
+            None => match self.tasks.get_task(id).await? {
                 None => Err(Error::NotFound(format!("no task {id}"))),
                 Some(t) => Err(Error::Conflict(format!(
                     "task {id} is {}: only dead tasks are requeued",
@@ -318,7 +321,7 @@ impl Tasks {
     }
 
     pub async fn get(&self, id: &str) -> Result<TaskRecord> {
-        self.store
+        self.tasks
             .get_task(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no task {id}")))
@@ -335,7 +338,7 @@ impl Tasks {
                 ));
             }
         }
-        Ok(self.store.list_tasks(f).await?)
+        Ok(self.tasks.list_tasks(f).await?)
     }
 
     /// One pass of upkeep: expired leases and deadlines, tasks of runs that ended, and tasks
@@ -351,10 +354,10 @@ impl Tasks {
             }
             due
         };
-        if due && self.store.sweep_tasks(now).await? > 0 {
+        if due && self.tasks.sweep_tasks(now).await? > 0 {
             self.writer.recheck();
         }
-        for (t, state, detail) in self.store.tasks_of_ended_runs(256).await? {
+        for (t, state, detail) in self.tasks.tasks_of_ended_runs(256).await? {
             if let (Some(run), Some(state)) = (t.run_id.as_deref(), RunState::parse(&state)) {
                 if let Ok(run) = RunId::parse(run) {
                     self.finish_run(&run, state, &detail).await?;
@@ -362,17 +365,17 @@ impl Tasks {
             }
         }
         let mut started = false;
-        for agent in self.store.list_agents().await? {
+        for agent in self.agents.list_agents().await? {
             let Ok(spec) = serde_json::from_str::<AgentSpec>(&agent.spec) else {
                 continue;
             };
             let (Some(source), Ok(name)) = (spec.tasks, AgentName::parse(&agent.name)) else {
                 continue;
             };
-            let busy = self.store.leased_to_agent(&source.queue, &name).await?;
+            let busy = self.tasks.leased_to_agent(&source.queue, &name).await?;
             let waiting = match source.max_concurrency {
                 Some(_) => self
-                    .store
+                    .tasks
                     .queue_depths(&source.queue)
                     .await?
                     .into_iter()
@@ -382,7 +385,7 @@ impl Tasks {
             };
             let oldest = match source.target_wait_ms {
                 Some(_) => self
-                    .store
+                    .tasks
                     .oldest_ready(&source.queue, now)
                     .await?
                     .map(|at| now - at),
@@ -393,7 +396,7 @@ impl Tasks {
             let pool = source.desired(waiting, busy, oldest);
             if pool > busy {
                 let leased = self
-                    .store
+                    .tasks
                     .lease_tasks_to_runs(&source.queue, &name, agent.version, pool, now)
                     .await?;
                 started |= !leased.is_empty();
@@ -406,7 +409,7 @@ impl Tasks {
     /// `state`: done with the run's result, or failed with its error — retried by a new run
     /// after a backoff while attempts remain; a cancelled run's task is dead-lettered at once.
     pub async fn finish_run(&self, run: &RunId, state: RunState, detail: &str) -> Result<()> {
-        let Some(task) = self.store.task_of_run(run).await? else {
+        let Some(task) = self.tasks.task_of_run(run).await? else {
             return Ok(());
         };
         let end = match state {
@@ -423,7 +426,7 @@ impl Tasks {
             },
         };
         if self
-            .store
+            .tasks
             .finish_run_task(run, &end, self.clock.now_ms())
             .await?
             .is_some()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{CallBegin, CallEnd, Error, Millis, Result, Store};
+use crate::{CallBegin, CallEnd, Error, GatewayStore, Millis, Result};
 
 struct Begin {
     begin: CallBegin,
@@ -44,7 +44,7 @@ const ATTEMPTS: u32 = 5;
 
 impl CallWriter {
     /// Starts the writer task. It ends when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: Arc<dyn GatewayStore>) -> Self {
         let (tx, rx) = mpsc::channel((MAX_BEGINS + MAX_ENDS) * 4);
         tokio::spawn(run(store, rx));
         CallWriter { tx }
@@ -114,7 +114,7 @@ impl Batch {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
+async fn run(store: Arc<dyn GatewayStore>, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Batch::default();
         batch.add(first);
@@ -130,7 +130,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn write(store: &dyn Store, batch: &mut Batch) {
+async fn write(store: &dyn GatewayStore, batch: &mut Batch) {
     let begins: Vec<CallBegin> = batch.begins.iter().map(|b| b.begin.clone()).collect();
     // The starts are written at the latest of their calls' times.
     let now = batch.begins.iter().map(|b| b.now).max().unwrap_or_default();
@@ -158,7 +158,7 @@ async fn write(store: &dyn Store, batch: &mut Batch) {
     }
 }
 
-async fn write_ends(store: &dyn Store, ends: &[CallEnd]) {
+async fn write_ends(store: &dyn GatewayStore, ends: &[CallEnd]) {
     if ends.is_empty() {
         return;
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Claim, Error, JournalEntry, Millis, Result, Store};
+use crate::{Claim, Error, JournalEntry, JournalStore, Millis, Result};
 
 type Waiter = oneshot::Sender<Result<()>>;
 type Audit = Vec<(Millis, String)>;
@@ -33,7 +33,7 @@ pub struct JournalWriter {
 
 impl JournalWriter {
     /// Starts the writer task. It ends when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>, max_batch: usize) -> Self {
+    pub fn start(store: Arc<dyn JournalStore>, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         tokio::spawn(run(store, rx, max_batch.max(1)));
         JournalWriter { tx }
@@ -73,7 +73,7 @@ impl JournalWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+async fn run(store: Arc<dyn JournalStore>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
     let mut pending: Vec<Request> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut count = first.entries.len();

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::{
-    Error, LeaseRequest, Millis, NewTask, Result, Store, TaskBatch, TaskFinish, TaskRecord,
+    Error, LeaseRequest, Millis, NewTask, Result, TaskBatch, TaskFinish, TaskRecord, TaskStore,
 };
 
 type LeaseReply = oneshot::Sender<Result<Vec<TaskRecord>>>;
@@ -66,7 +66,7 @@ fn stopped<T>(_: T) -> Error {
 
 impl TaskWriter {
     /// Starts the writer task. It ends when every handle is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: Arc<dyn TaskStore>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let draining = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(store, rx, draining.clone()));
@@ -117,7 +117,7 @@ impl TaskWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Op>, draining: Arc<AtomicBool>) {
+async fn run(store: Arc<dyn TaskStore>, mut rx: mpsc::Receiver<Op>, draining: Arc<AtomicBool>) {
     let mut parked: Vec<Parked> = Vec::new();
     let mut last_recheck = Instant::now();
     loop {

@@ -6,7 +6,7 @@ use super::*;
 #[utoipa::path(post, path = "/api/v1/agents", request_body(content = String, content_type = "application/yaml"),
     responses((status = 200, body = ApplyResult), (status = 400, body = ErrorBody)))]
 pub async fn apply(State(e): State<Engine>, Text(body): Text) -> ApiResult<Json<ApplyResult>> {
-    let (applied, supervisors) = e.apply_documents(&body).await?;
+    let (applied, supervisors) = e.agents().apply_documents(&body).await?;
     Ok(Json(ApplyResult {
         supervisors,
         agents: applied
@@ -24,7 +24,8 @@ pub async fn apply(State(e): State<Engine>, Text(body): Text) -> ApiResult<Json<
 pub async fn list_agents(State(e): State<Engine>) -> ApiResult<Json<AgentList>> {
     Ok(Json(AgentList {
         agents: e
-            .list_agents()
+            .agents()
+            .list()
             .await?
             .into_iter()
             .map(Agent::from)
@@ -46,5 +47,5 @@ pub async fn get_agent(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<AgentQuery>,
 ) -> ApiResult<Json<Agent>> {
-    Ok(Json(e.get_agent(&name, q.version).await?.into()))
+    Ok(Json(e.agents().get(&name, q.version).await?.into()))
 }

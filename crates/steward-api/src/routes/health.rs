@@ -40,6 +40,7 @@ pub async fn not_found() -> ApiError {
 pub async fn list_circuits(State(e): State<Engine>) -> Json<CircuitList> {
     Json(CircuitList {
         circuits: e
+            .gateway()
             .open_circuits()
             .into_iter()
             .map(|(deployment, open_for_ms)| OpenCircuit {

@@ -8,7 +8,7 @@ pub async fn create_run(
     State(e): State<Engine>,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
-    let run = e.create_run(&req.agent, &req.input).await?;
+    let run = e.runs().create(&req.agent, &req.input).await?;
     Ok((StatusCode::CREATED, Json(run.into())))
 }
 
@@ -45,7 +45,8 @@ pub async fn list_runs(
     };
     Ok(Json(RunList {
         runs: e
-            .list_runs(&filter)
+            .runs()
+            .list(&filter)
             .await?
             .into_iter()
             .map(Run::from)
@@ -63,7 +64,7 @@ pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     responses((status = 200, body = Run), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_run(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     check_id(&id)?;
-    Ok(Json(e.get_run(&id).await?.into()))
+    Ok(Json(e.runs().get(&id).await?.into()))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -84,8 +85,11 @@ pub async fn journal(
 ) -> ApiResult<Json<Journal>> {
     check_id(&id)?;
     // Read the state first: a client that sees a terminal state knows the entries are complete.
-    let run = e.get_run(&id).await?;
-    let entries = e.journal(&id, q.after, q.limit.unwrap_or(1000)).await?;
+    let run = e.runs().get(&id).await?;
+    let entries = e
+        .runs()
+        .journal(&id, q.after, q.limit.unwrap_or(1000))
+        .await?;
     Ok(Json(Journal {
         run_id: run.id.to_string(),
         state: run.state.to_string(),
@@ -101,7 +105,7 @@ pub async fn cancel_run(
     ApiJson(req): ApiJson<CancelRun>,
 ) -> ApiResult<Json<Run>> {
     check_id(&id)?;
-    Ok(Json(e.cancel(&id, &req.reason).await?.into()))
+    Ok(Json(e.runs().cancel(&id, &req.reason).await?.into()))
 }
 
 /// Answers a run waiting for a human after an in-doubt step: retry the step or fail the run.
@@ -114,7 +118,8 @@ pub async fn resolve_run(
 ) -> ApiResult<Json<Run>> {
     check_id(&id)?;
     Ok(Json(
-        e.resolve(&id, matches!(req.action, ResolveAction::Retry))
+        e.runs()
+            .resolve(&id, matches!(req.action, ResolveAction::Retry))
             .await?
             .into(),
     ))

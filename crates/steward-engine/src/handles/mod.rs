@@ -2,13 +2,16 @@
 //! `Engine` (`engine.secrets().put(..)`, `engine.sandboxes().exec(..)`): each route module
 //! of the API maps onto one of them.
 
+pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod budgets;
 pub mod delegations;
+pub mod gateway;
 pub mod identities;
 pub mod keys;
 pub mod policies;
 pub mod responses;
+pub mod runs;
 pub mod sandboxes;
 pub mod secrets;

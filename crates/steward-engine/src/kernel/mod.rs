@@ -284,6 +284,8 @@ pub struct Kernel {
     pub(crate) journal: JournalWriter,
     pub(crate) router: Arc<Router>,
     pub(crate) budgets: Budgets,
+    /// Approvals a policy asked for, one per step.
+    pub(crate) approvals: Arc<dyn steward_store::ApprovalStore>,
     /// The policy, identities and grants every decision on a run's action consults.
     pub(crate) authority: Authority,
     /// What metered resources (sandbox CPU) cost, for the tools that use them.
@@ -586,7 +588,7 @@ impl Kernel {
             }
         }
         if let (true, Some(group)) = (d.allow, d.approval.clone()) {
-            let store = &self.budgets.store;
+            let store = &self.approvals;
             let store_err = |e: steward_store::Error| StepError::Store(e.to_string());
             let run = ctx.run.id.as_str();
             let existing = store.approval_for(run, seq).await.map_err(store_err)?;

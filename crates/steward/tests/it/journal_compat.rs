@@ -51,7 +51,7 @@ fn tools(calls: Arc<AtomicUsize>) -> Tools {
 
 async fn finished(e: &Engine, id: &RunId) -> steward_store::RunRecord {
     common::eventually("the run ends", || async {
-        let r = e.get_run(id.as_str()).await.unwrap();
+        let r = e.runs().get(id.as_str()).await.unwrap();
         r.state.is_terminal().then_some(r)
     })
     .await
@@ -116,7 +116,7 @@ async fn interrupted(b: Backend, cut: usize) -> Interrupted {
         Meters::default(),
     )
     .await;
-    setup.apply(AGENT).await.unwrap();
+    setup.agents().apply(AGENT).await.unwrap();
     setup.shutdown(Duration::from_secs(5)).await;
 
     let id = RunId::parse(doc["run"].as_str().unwrap()).unwrap();
@@ -173,7 +173,7 @@ async fn resumes_after(b: Backend, cut: usize, tally_calls: usize) {
         tally_calls,
         "cut {cut}: journaled tool steps acted again, or missing ones not acted"
     );
-    let after = e.journal(id.as_str(), None, 100).await.unwrap();
+    let after = e.runs().journal(id.as_str(), None, 100).await.unwrap();
     let shape = |j: &JournalEntry| {
         (
             j.seq,
@@ -220,7 +220,7 @@ async fn an_earlier_builds_step_in_doubt_is_not_redone(b: Backend) {
         ..
     } = interrupted(b, 3).await;
     let r = common::eventually("the run waits for a human", || async {
-        let r = e.get_run(id.as_str()).await.unwrap();
+        let r = e.runs().get(id.as_str()).await.unwrap();
         (r.state == RunState::Waiting).then_some(r)
     })
     .await;
@@ -231,7 +231,7 @@ async fn an_earlier_builds_step_in_doubt_is_not_redone(b: Backend) {
         "an in-doubt step was redone"
     );
     // A human says acting again is safe: the tally runs again once, the rest as usual.
-    e.resolve(id.as_str(), true).await.unwrap();
+    e.runs().resolve(id.as_str(), true).await.unwrap();
     let r = finished(&e, &id).await;
     assert_eq!(
         (r.state, r.result.as_deref()),

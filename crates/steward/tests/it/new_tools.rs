@@ -82,7 +82,7 @@ async fn engine(b: Backend, dir: &std::path::Path, calls: Arc<AtomicUsize>) -> E
 
 async fn finished(e: &Engine, id: &RunId) -> steward_store::RunRecord {
     common::eventually("the run ends", || async {
-        let r = e.get_run(id.as_str()).await.unwrap();
+        let r = e.runs().get(id.as_str()).await.unwrap();
         r.state.is_terminal().then_some(r)
     })
     .await
@@ -114,16 +114,18 @@ forbid (principal, action == Steward::Action::"memory.write", resource == Stewar
     )
     .await
     .unwrap();
-    e.apply(&writer("writer", "1.0", &["secrets", "notes"]))
+    e.agents()
+        .apply(&writer("writer", "1.0", &["secrets", "notes"]))
         .await
         .unwrap();
-    let run = e.create_run("writer", "go").await.unwrap();
+    let run = e.runs().create("writer", "go").await.unwrap();
     let r = finished(&e, &run.id).await;
     assert_eq!(r.state, RunState::Succeeded, "{r:?}");
     // The tool's own second decision refused the first write before it ran; the second ran
     // for longer than the step timeout, as its wait allows.
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let outcomes: Vec<_> = e
+        .runs()
         .journal(run.id.as_str(), None, 100)
         .await
         .unwrap()
@@ -145,10 +147,11 @@ forbid (principal, action == Steward::Action::"memory.write", resource == Stewar
     );
 
     // A run whose budget cannot cover the meter's worst case is stopped before the tool runs.
-    e.apply(&writer("thrifty", "0.00005", &["notes"]))
+    e.agents()
+        .apply(&writer("thrifty", "0.00005", &["notes"]))
         .await
         .unwrap();
-    let run = e.create_run("thrifty", "go").await.unwrap();
+    let run = e.runs().create("thrifty", "go").await.unwrap();
     let r = finished(&e, &run.id).await;
     assert_eq!(
         (r.state, r.error_code.as_deref()),
