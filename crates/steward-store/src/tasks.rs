@@ -608,11 +608,18 @@ macro_rules! impl_tasks {
             }
 
             async fn queues(&self) -> Result<Vec<QueueConfig>> {
+                // A queue never configured has the defaults. Typed NULLs: PostgreSQL resolves an
+                // untyped one under DISTINCT as text, which no UNION with BIGINT accepts.
+                let d = QueueConfig::named("");
                 let rows: Vec<(String, Option<i64>, Option<i64>, i64, i64, i64)> = sqlx::query_as(
                     "SELECT name, max_in_flight, per_worker, max_attempts, retry_base_ms, lease_ms FROM queues \
-                     UNION SELECT DISTINCT queue, NULL, NULL, 3, 1000, 30000 FROM tasks \
+                     UNION SELECT DISTINCT queue, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                       CAST($1 AS BIGINT), CAST($2 AS BIGINT), CAST($3 AS BIGINT) FROM tasks \
                        WHERE queue NOT IN (SELECT name FROM queues) ORDER BY 1",
                 )
+                .bind(d.max_attempts)
+                .bind(d.retry_base_ms)
+                .bind(d.lease_ms)
                 .fetch_all(&self.read)
                 .await?;
                 Ok(rows

@@ -184,6 +184,25 @@ async fn tasks_are_leased_by_priority_fairly_once_and_within_limits(b: Backend) 
     assert_eq!(q["depth"]["leased"], 6, "nothing more was enqueued: {q}");
     let (st, _) = s.get("/api/v1/tasks/task_nope").await;
     assert_eq!(st, 404);
+
+    // Every queue, configured or known only from its tasks, with its settings and depth.
+    let (st, all) = s.get("/api/v1/queues").await;
+    assert_eq!(st, 200, "{all}");
+    let listed: Vec<(&str, i64)> = all["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["name"].as_str().unwrap(),
+                q["max_attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    for name in ["dedup", "limited", "work"] {
+        assert!(listed.iter().any(|(n, _)| *n == name), "{name}: {listed:?}");
+    }
+    assert!(listed.contains(&("work", 3)), "the defaults: {listed:?}");
 }
 
 both_backends!(
