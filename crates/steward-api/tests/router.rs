@@ -7,16 +7,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use steward_engine::{Engine, EngineOptions, SystemClock};
-use steward_types::config::{EngineConfig, ServerConfig, StoreConfig, ToolsConfig};
+use steward_types::config::{EngineConfig, ServerConfig, ToolsConfig};
 use steward_types::NodeId;
 use tower::ServiceExt;
 
 async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = steward_store::open(&url, &StoreConfig::default())
-        .await
-        .unwrap();
+    let fresh = steward_testkit::FreshStore::sqlite().await;
+    let (store, dir) = (fresh.store, fresh.dir);
     let engine = Engine::start(
         store,
         EngineOptions {

@@ -10,8 +10,8 @@ use steward_gov::checkpointer::checkpoint_now;
 use steward_gov::proof::{verify_inclusion, Tree};
 use steward_gov::{verify_log, AuditKey};
 use steward_store::merkle::{hex, unhex};
-use steward_store::{open, Store};
-use steward_types::config::StoreConfig;
+use steward_store::Store;
+use steward_testkit::{Backend, FreshStore};
 
 struct Fresh {
     store: Arc<dyn Store>,
@@ -21,22 +21,17 @@ struct Fresh {
 }
 
 async fn fresh(postgres: bool) -> Fresh {
-    let dir = tempfile::tempdir().unwrap();
-    let url = if postgres {
-        let base = std::env::var("STEWARD_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
-        steward_store::pg_schema::new_schema(&base, "t")
-            .await
-            .unwrap()
-            .1
+    let backend = if postgres {
+        Backend::Postgres
     } else {
-        format!("sqlite://{}", dir.path().join("t.db").display())
+        Backend::Sqlite
     };
+    let f = FreshStore::open(backend).await;
     Fresh {
-        store: open(&url, &StoreConfig::default()).await.unwrap(),
-        key: AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap(),
-        url,
-        _dir: dir,
+        key: AuditKey::load_or_create(&f.dir.path().join("audit.key")).unwrap(),
+        store: f.store,
+        url: f.url,
+        _dir: f.dir,
     }
 }
 

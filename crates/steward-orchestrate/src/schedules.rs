@@ -249,25 +249,10 @@ impl Schedules {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicI64, Ordering};
-
     use steward_store::TaskFilter;
+    use steward_testkit::{FreshStore, ManualClock};
 
     use super::*;
-
-    struct ManualClock(AtomicI64);
-
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> Millis {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn new_run_id(&self) -> RunId {
-            RunId::from_uuid(uuid::Uuid::now_v7())
-        }
-        fn new_id(&self, prefix: &str) -> String {
-            format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
-        }
-    }
 
     /// Starts runs straight in the store (the engine's launcher adds the input limit and the
     /// audit record, which these tests do not look at).
@@ -295,16 +280,13 @@ mod tests {
 
     impl Setup {
         async fn at(now: Millis) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("s.db").display());
-            let store = steward_store::open(&url, &Default::default())
-                .await
-                .unwrap();
-            let clock = Arc::new(ManualClock(AtomicI64::new(now)));
+            let fresh = FreshStore::sqlite().await;
+            let store = fresh.store.clone();
+            let clock = Arc::new(ManualClock::at(now));
             Setup {
                 tasks: Tasks::new(store.clone(), clock.clone()),
                 schedules: Self::schedules(&store, &clock),
-                _dir: dir,
+                _dir: fresh.dir,
                 store,
                 clock,
             }
@@ -348,7 +330,7 @@ mod tests {
         }
         assert_eq!(schedules.get("once").await.unwrap().next_at, Some(t0));
         // Down from before t0 until 10 s after the fifth minute.
-        clock.0.store(t0 + 4 * 60_000 + 10_000, Ordering::SeqCst);
+        clock.set(t0 + 4 * 60_000 + 10_000);
         for _ in 0..3 {
             schedules.fire_due(&tasks).await.unwrap();
         }
@@ -383,7 +365,7 @@ mod tests {
             assert_eq!(s.next_at, Some(minute(5)), "{missed}");
         }
         // On time from then on: every policy fires.
-        clock.0.store(minute(5) + 200, Ordering::SeqCst);
+        clock.set(minute(5) + 200);
         schedules.fire_due(&tasks).await.unwrap();
         assert_eq!(due("q-skip").await, vec![minute(5)]);
         assert_eq!(due("q-once").await, vec![minute(4), minute(5)]);
@@ -422,13 +404,13 @@ mod tests {
         };
         // Passes 2.5 s apart: every second in between still fires.
         for at in [t0 + 100, t0 + 2_600, t0 + 5_100] {
-            clock.0.store(at, Ordering::SeqCst);
+            clock.set(at);
             schedules.fire_due(&tasks).await.unwrap();
         }
         assert_eq!((fired("skip").await, fired("once").await), (6, 6));
         // The node stops; another starts 10.5 s later: t0+6..t0+15 passed with nobody looking.
         let restarted = Setup::schedules(&store, &clock);
-        clock.0.store(t0 + 15_500, Ordering::SeqCst);
+        clock.set(t0 + 15_500);
         restarted.fire_due(&tasks).await.unwrap();
         // On time: t0+15 s. `once` also fires the latest missed time, t0+14 s.
         assert_eq!((fired("skip").await, fired("once").await), (7, 8));

@@ -139,8 +139,7 @@ fn nix_free(path: &std::path::Path) -> u64 {
 /// pool replaces its connections, writes go on, and every acknowledged run is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_their_connections_being_killed() {
-    let base = std::env::var("STEWARD_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let base = steward_testkit::pg_base();
     let (schema, url) = steward_store::pg_schema::new_schema(&base, "t")
         .await
         .unwrap();

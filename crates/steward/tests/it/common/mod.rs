@@ -11,11 +11,7 @@ use serde_json::{json, Value};
 pub mod in_process;
 pub mod openapi;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use steward_testkit::Backend;
 
 pub struct TestServer {
     pub backend: Backend,
@@ -104,21 +100,11 @@ fn admin_client(env: &[(String, String)]) -> reqwest::Client {
         .unwrap()
 }
 
-pub fn pg_base() -> String {
-    std::env::var("STEWARD_TEST_PG_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into())
-}
+pub use steward_testkit::pg_base;
 
 /// A fresh database URL for `backend`.
 pub async fn fresh_db(backend: Backend, dir: &std::path::Path) -> String {
-    match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.join("steward.db").display()),
-        Backend::Postgres => {
-            steward_store::pg_schema::new_schema(&pg_base(), "t")
-                .await
-                .expect("PostgreSQL must be running (STEWARD_TEST_PG_URL)")
-                .1
-        }
-    }
+    steward_testkit::store::fresh_url(backend, dir).await
 }
 
 impl TestServer {
