@@ -205,6 +205,11 @@ impl Kernel {
     /// (`llm.call` on `provider/model`, decided beside the one on the name the spec gives): a
     /// forbidden deployment is never reached through an alias. Refusals are audited; a call
     /// none of whose deployments may be called is denied.
+    ///
+    /// A child run's grant is not consulted here: a grant's `models` name routes, as a caller
+    /// asks for a model, and the route was checked against it with the call itself; the
+    /// deployments a granted route lists are the operator's, each decided by the policy — as
+    /// the gateway does for a delegated token.
     async fn permitted_plan(
         &self,
         ctx: &RunCtx,
