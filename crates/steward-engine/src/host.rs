@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     /// Signalled whenever a run this node drove has ended.
     pub finished: Notify,
     /// The runs this node drives now, each with the claim it drives it under.
-    pub active: Arc<crate::ActiveRuns>,
+    pub active: Arc<crate::active::ActiveRuns>,
     /// Credentials for tools (`{{secret:NAME}}`), when a vault is configured.
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// Runs' sandboxes, when code execution is configured.

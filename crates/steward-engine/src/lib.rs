@@ -1,6 +1,7 @@
 //! The engine: the Kernel (the syscall path), durable runs driven from their journal, and the
 //! scheduler that leases runs to this node and keeps the leases alive.
 
+mod active;
 mod agent_loop;
 mod authority;
 mod budgets;
@@ -29,8 +30,7 @@ pub use steward_orchestrate::{
     merge_queue, schedules, supervisors, tasks, Error as OrchestrateError,
 };
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -54,6 +54,7 @@ pub use kernel::{
     Journaled, Kernel, ModelCall, RunCtx, StepError, StepStats, Syscall, ToolCall, ToolResult,
 };
 
+use active::{stop_cancelled, ActiveRuns, Stop};
 use host::{Host, Shared};
 
 /// A change made through the management API, for its audit record.
@@ -98,69 +99,6 @@ pub(crate) fn trace_id() -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
-}
-
-/// Why a run task was told to stop.
-#[derive(Clone, Debug)]
-pub(crate) enum Stop {
-    Cancel(String),
-    LeaseLost,
-}
-
-/// Stops run `id` with its recorded cancel reason, if this node drives it.
-async fn stop_cancelled(shared: &Shared, id: &RunId) {
-    if shared.claim_of(id).is_none() {
-        return;
-    }
-    if let Ok(Some(run)) = shared.store.get_run(id).await {
-        if let Some(reason) = run.cancel_reason {
-            shared.active.stop(id, Stop::Cancel(reason));
-        }
-    }
-}
-
-/// The runs this node drives now, each with the claim it drives it under; shared by the
-/// scheduler, the heartbeat, and everything that stops runs (cancels, supervisors).
-#[derive(Default)]
-pub(crate) struct ActiveRuns(Mutex<HashMap<RunId, Active>>);
-
-/// Supervisors stop the children they cancel through this.
-impl steward_orchestrate::StopRun for ActiveRuns {
-    fn cancel(&self, id: &RunId, why: &str) {
-        self.stop(id, Stop::Cancel(why.to_string()));
-    }
-}
-
-impl std::ops::Deref for ActiveRuns {
-    type Target = Mutex<HashMap<RunId, Active>>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl ActiveRuns {
-    /// Stops run `id`'s task now, if this node drives it (the first reason given wins).
-    pub(crate) fn stop(&self, id: &RunId, why: Stop) {
-        if let Ok(active) = self.0.lock() {
-            if let Some(a) = active.get(id) {
-                if let Ok(mut s) = a.stop.lock() {
-                    s.get_or_insert(why);
-                }
-                a.token.cancel();
-            }
-        }
-    }
-}
-
-pub(crate) struct Active {
-    token: CancellationToken,
-    stop: Arc<Mutex<Option<Stop>>>,
-    /// The claim the task drives the run under, and until when its lease lasts.
-    held: Arc<runs::Held>,
-    /// A later claim of the run, made while this task still drove it under an earlier one
-    /// that another node held in between: the task is stopped, and the run starts afresh from
-    /// its journal under this claim once the task has ended.
-    successor: Option<steward_store::RunRecord>,
 }
 
 pub struct EngineOptions {

@@ -12,9 +12,10 @@ use steward_types::{AgentName, AgentSpec, BudgetPolicy, NodeId, RecoveryPolicy, 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::active::{Active, Stop};
 use crate::agent_loop::{self, LoopEnd};
 use crate::kernel::{step_error_text, RunCtx, StepError};
-use crate::{Active, Inner, Stop};
+use crate::Inner;
 
 /// Most runs claimed in one query.
 const CLAIM_BATCH: usize = 256;

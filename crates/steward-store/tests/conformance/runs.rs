@@ -345,24 +345,9 @@ async fn concurrent_claims_never_share_a_run(s: Arc<dyn Store>) {
 
 /// An agent's pool of task runs stays within its size however many nodes fill it at once.
 async fn an_agent_pool_holds_its_size_across_racing_nodes(s: Arc<dyn Store>) {
-    use steward_store::{NewTask, TaskBatch};
     with_agent(&*s).await;
     let enqueues = (0..40)
-        .map(|i| {
-            (
-                NewTask {
-                    id: format!("p{i}"),
-                    queue: "pool".into(),
-                    tenant: "t".into(),
-                    priority: 0,
-                    payload: "{}".into(),
-                    dedup_key: None,
-                    run_at: 0,
-                    deadline: None,
-                },
-                0,
-            )
-        })
+        .map(|i| (new_task(&format!("p{i}"), "pool", 0), 0))
         .collect();
     s.task_batch(&TaskBatch {
         enqueues,

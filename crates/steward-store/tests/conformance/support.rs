@@ -83,3 +83,17 @@ pub(crate) fn entry(run: &RunId, seq: i64, phase: i64) -> JournalEntry {
         duration_us: 0,
     }
 }
+
+/// A task of tenant `t`, priority 0, ready at `run_at`.
+pub(crate) fn new_task(id: &str, queue: &str, run_at: i64) -> NewTask {
+    NewTask {
+        id: id.into(),
+        queue: queue.into(),
+        tenant: "t".into(),
+        priority: 0,
+        payload: "{}".into(),
+        dedup_key: None,
+        run_at,
+        deadline: None,
+    }
+}

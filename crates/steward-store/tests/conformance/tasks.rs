@@ -76,19 +76,7 @@ async fn tenants_take_turns_across_batches(s: &dyn Store) {
 async fn only_the_lease_holder_reports(s: &dyn Store) {
     let lease_ms = steward_store::QueueConfig::named("holders").lease_ms;
     let enqueue = |id: &str| TaskBatch {
-        enqueues: vec![(
-            NewTask {
-                id: id.into(),
-                queue: "holders".into(),
-                tenant: "t".into(),
-                priority: 0,
-                payload: "{}".into(),
-                dedup_key: None,
-                run_at: 0,
-                deadline: None,
-            },
-            0,
-        )],
+        enqueues: vec![(new_task(id, "holders", 0), 0)],
         ..TaskBatch::default()
     };
     let lease = |worker: &str, now: i64| TaskBatch {
@@ -216,19 +204,6 @@ async fn only_the_lease_holder_reports(s: &dyn Store) {
     assert_eq!(s.get_task("late").await.unwrap().unwrap().state, "leased");
     assert!(s.sweep_tasks(until + 1).await.unwrap() >= 1);
     assert_eq!(s.get_task("late").await.unwrap().unwrap().state, "pending");
-}
-
-fn new_task(id: &str, queue: &str, run_at: i64) -> NewTask {
-    NewTask {
-        id: id.into(),
-        queue: queue.into(),
-        tenant: "t".into(),
-        priority: 0,
-        payload: "{}".into(),
-        dedup_key: None,
-        run_at,
-        deadline: None,
-    }
 }
 
 fn depths(rows: Vec<(String, i64)>) -> std::collections::BTreeMap<String, i64> {
