@@ -29,7 +29,8 @@ e = results.get("engine", {})
 rows += [
     ("engine", "PostgreSQL steps/s", get(e, "postgres", "steps_per_s"), "DBOS", get(e, "dbos", "steps_per_s"), True),
     ("engine", "PostgreSQL ms a step (idle p50)", get(e, "postgres", "p50_ms"), "DBOS", get(e, "dbos", "p50_ms"), False),
-    ("engine", "SQLite steps/s", get(e, "sqlite", "steps_per_s"), None, None, True),
+    ("engine", "SQLite steps/s", get(e, "sqlite", "steps_per_s"), "Restate", get(e, "restate", "steps_per_s"), True),
+    ("engine", "SQLite ms a step (idle p50)", get(e, "sqlite", "p50_ms"), "Restate", get(e, "restate", "p50_ms"), False),
 ]
 g = results.get("gateway", {})
 for peer in ("litellm", "portkey"):

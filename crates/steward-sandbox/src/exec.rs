@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,6 +204,8 @@ pub struct Sandboxes {
     cgroups: Option<CgroupRoot>,
     options: Options,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Forks each sandbox's helper, started ahead.
+    zygote: Arc<crate::zygote::Zygote>,
 }
 
 impl Sandboxes {
@@ -265,6 +266,7 @@ impl Sandboxes {
             }
         }
         Ok(Sandboxes {
+            zygote: Arc::new(crate::zygote::Zygote::new(&helper)),
             helper,
             scratch,
             cgroups,
@@ -383,6 +385,12 @@ impl Sandboxes {
             Some(q) => Some(q.saturating_sub(crate::quota::usage(written.clone()).await.bytes)),
             None => None,
         };
+        let mut child = self.zygote.fork().await.map_err(|e| {
+            Error::Setup(format!(
+                "starting a helper of {}: {e}",
+                self.helper.display()
+            ))
+        })?;
         let spec = InitSpec {
             root: root.clone(),
             workspace,
@@ -396,7 +404,7 @@ impl Sandboxes {
             file_size_limit,
             host_uid: self.options.host_uid,
             host_gid: self.options.host_gid,
-            parent_pid: std::process::id(),
+            parent_pid: child.parent,
             // The server ends the exec at its limit; this is the init's own, a little later.
             deadline_s: req.limits.wall.as_secs() + 5,
             allow_io_uring: self.options.allow_io_uring,
@@ -406,21 +414,7 @@ impl Sandboxes {
         // environment, where any host user could read the secrets in it.
         let spec = crate::init::encode(&spec).map_err(Error::Setup)?;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&self.helper)
-            .arg0("steward-sandbox")
-            .arg(crate::INIT_ARG)
-            .env_clear()
-            // The helper lives for one command: a transparent huge page its allocator would ask
-            // for is 2 MiB zeroed per sandbox started, most of it never used. (The helper's own
-            // environment; the command's is the spec's.)
-            .env("MIMALLOC_ALLOW_THP", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Setup(format!("starting {}: {e}", self.helper.display())))?;
-        let helper = child.id();
+        let helper = child.killer();
         let mut stdin = child.stdin.take();
         let input = req.stdin.clone();
         let feed = async move {
@@ -475,16 +469,10 @@ impl Sandboxes {
             Err(why) => {
                 // Every process of the tree, the helper included, is in the group: once they
                 // are killed the pipes close and what was printed so far can be read.
-                match (&group, helper) {
-                    (Some(g), _) => g.kill_all(),
+                match &group {
+                    Some(g) => g.kill_all(),
                     // Without a group: the helper's death takes the sandbox with it.
-                    (None, Some(pid)) => {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    (None, None) => {}
+                    None => helper.kill(),
                 }
                 let done = tokio::time::timeout(Duration::from_secs(5), &mut waited).await;
                 (done.ok(), Some(why))

@@ -5,9 +5,10 @@
 //! sandboxed code never needs, cgroup limits on memory, processes and CPU, and a wall-clock
 //! timeout that kills the whole tree. [`probe`] reports which of these the host enforces.
 //!
-//! The isolation is set up by a helper process — the `steward` binary re-executed as
-//! `steward __sandbox-init`, told what to build on its standard input ([`init::main`]) — because namespaces, mounts and `fork` need a
-//! single-threaded process, which the server is not. This crate knows nothing of the store or
+//! The isolation is set up by a helper process, told what to build on its standard input
+//! ([`init::main`]), because namespaces, mounts and `fork` need a single-threaded process, which
+//! the server is not. Helpers are forked by a [`zygote`] — the `steward` binary executed once as
+//! `steward __sandbox-init zygote` — so a sandbox does not pay for executing the binary anew. This crate knows nothing of the store or
 //! the engine: it runs a command and reports what happened.
 
 pub mod cgroup;
@@ -19,6 +20,7 @@ pub mod layers;
 mod probe;
 mod quota;
 mod seccomp;
+pub mod zygote;
 
 pub use control::{Control, Process};
 pub use exec::{

@@ -136,6 +136,10 @@ fn main() -> std::process::ExitCode {
     // The sandbox helper must start single-threaded: before the runtime, before anything.
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(steward_sandbox::INIT_ARG) {
+        if args.next().as_deref() == Some(steward_sandbox::zygote::ZYGOTE_ARG) {
+            let server = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            steward_sandbox::zygote::main(server);
+        }
         steward_sandbox::init::main();
     }
     let cli = Cli::parse();

@@ -1700,3 +1700,142 @@ async fn a_killed_server_takes_its_sandboxes_with_it() {
     })
     .await;
 }
+
+/// The process that forked the helper running the command whose command line holds `marker`:
+/// the ancestor whose parent is this test process.
+fn zygote_of(marker: &str) -> Option<u32> {
+    let ppid = |pid: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut pid = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })?;
+    for _ in 0..8 {
+        let parent = ppid(pid)?;
+        if parent == std::process::id() {
+            return Some(pid);
+        }
+        pid = parent;
+    }
+    None
+}
+
+/// Each sandbox's helper is forked by one zygote the server started ahead, not executed anew:
+/// commands started together each get their own input and output; one zygote forks them all;
+/// a zygote that dies takes the command it was running with it (the exec ends, it does not
+/// hang) and the next command starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_are_forked_by_a_zygote_started_again_when_it_dies() {
+    let scratch = tempfile::tempdir().unwrap();
+    let s = sandboxes(scratch.path());
+    let ws = tempfile::tempdir().unwrap();
+    let mut together = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (s, ws) = (s.clone(), ws.path().to_path_buf());
+        together.spawn(async move {
+            let r = s
+                .exec(ExecRequest {
+                    workspace: ws.as_path().into(),
+                    argv: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        format!("cat; echo out{i} >&2"),
+                    ],
+                    env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                    stdin: format!("in{i}\n").into_bytes(),
+                    egress: None,
+                    output: None,
+                    control: None,
+                    limits: Limits::default(),
+                })
+                .await
+                .expect("the sandbox starts");
+            (i, r)
+        });
+    }
+    while let Some(done) = together.join_next().await {
+        let (i, r) = done.unwrap();
+        assert_eq!(r.ended, Ended::Exit(0), "{}", out(&r));
+        assert_eq!(r.stdout, format!("in{i}\n").into_bytes(), "{}", out(&r));
+        assert_eq!(r.stderr, format!("out{i}\n").into_bytes(), "{}", out(&r));
+    }
+
+    let sleep = |marker: String| {
+        let (s, ws) = (s.clone(), ws.path().to_path_buf());
+        tokio::spawn(async move {
+            s.exec(ExecRequest {
+                workspace: ws.as_path().into(),
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("{marker}=1; sleep 30"),
+                ],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                stdin: Vec::new(),
+                egress: None,
+                output: None,
+                control: None,
+                limits: Limits::default(),
+            })
+            .await
+        })
+    };
+    let zygote_running = |marker: String| async move {
+        common::eventually("the command runs", || {
+            let marker = marker.clone();
+            async move { zygote_of(&marker) }
+        })
+        .await
+    };
+    let (m1, m2) = (
+        format!("m{}", uuid::Uuid::new_v4().simple()),
+        format!("m{}", uuid::Uuid::new_v4().simple()),
+    );
+    let first = sleep(m1.clone());
+    let second = sleep(m2.clone());
+    let zygote = zygote_running(m1).await;
+    assert_eq!(
+        zygote_running(m2).await,
+        zygote,
+        "one zygote forks every helper"
+    );
+    let cmdline = std::fs::read(format!("/proc/{zygote}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).starts_with("steward-sandbox\0__sandbox-init\0zygote"),
+        "{cmdline:?}"
+    );
+
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &zygote.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for command in [first, second] {
+        let r = tokio::time::timeout(Duration::from_secs(20), command)
+            .await
+            .expect("a command whose zygote died ends")
+            .unwrap();
+        if let Ok(r) = r {
+            assert_ne!(r.ended, Ended::Exit(0), "{}", out(&r));
+        }
+    }
+
+    let m3 = format!("m{}", uuid::Uuid::new_v4().simple());
+    let third = sleep(m3.clone());
+    let again = zygote_running(m3).await;
+    assert_ne!(again, zygote, "a new zygote");
+    third.abort();
+    let r = sh(&s, ws.path(), "echo again", Limits::default()).await;
+    assert_eq!(r.stdout, b"again\n", "{}", out(&r));
+}
