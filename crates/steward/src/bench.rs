@@ -79,8 +79,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         2 * args.tool_calls + 1
     );
     let sqlite = measure("sqlite", &sqlite_url, &args).await;
+    let sqlite_bound = crate::bench_bounds::sqlite(&dir, &args.sqlite_synchronous).await;
     let _ = std::fs::remove_dir_all(&dir);
-    let sqlite = sqlite?;
+    let mut sqlite = sqlite?;
+    sqlite["lone"] = sqlite_bound?;
 
     let (schema, pg_url) = steward_store::pg_schema::new_schema(&args.postgres_url, "bench")
         .await
@@ -89,10 +91,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     let postgres = measure("postgres", &pg_url, &args).await;
+    let postgres_bound = crate::bench_bounds::postgres(&pg_url).await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await?;
-    let postgres = postgres?;
+    let mut postgres = postgres?;
+    postgres["lone"] = postgres_bound?;
 
     println!(
         "{}",

@@ -2,6 +2,7 @@
 //! every verb but `serve` (and `demo`, which runs `serve`) is an HTTP client of the API.
 
 mod bench;
+mod bench_bounds;
 mod bench_gateway;
 mod bench_governance;
 mod bench_queue;

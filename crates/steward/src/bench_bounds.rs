@@ -1,0 +1,80 @@
+//! What bounds a lone step: one durable commit of one small row, alone, on the same database
+//! and with the same durability settings the benchmark's store uses. No step that waits for its
+//! outcome to be durable can take less; the engine's idle overhead and the gateway's added
+//! latency are read against it.
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+const COMMITS: usize = 500;
+/// About what a journal entry with its audit record weighs.
+const ROW_BYTES: usize = 400;
+
+fn figures(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        let v = ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+        (v * 1000.0).round() / 1000.0
+    };
+    json!({"commit_p50_ms": at(0.5), "commit_p99_ms": at(0.99)})
+}
+
+/// Lone commits on a SQLite file of its own in `dir` (WAL, `synchronous` as given).
+pub async fn sqlite(dir: &std::path::Path, synchronous: &str) -> anyhow::Result<Value> {
+    let sync = if synchronous == "normal" {
+        SqliteSynchronous::Normal
+    } else {
+        SqliteSynchronous::Full
+    };
+    let url = format!("sqlite://{}", dir.join("lone-commit.db").display());
+    let opts = SqliteConnectOptions::from_str(&url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(sync);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    sqlx::query("CREATE TABLE lone (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let body = "x".repeat(ROW_BYTES);
+    let mut ms = Vec::with_capacity(COMMITS);
+    for _ in 0..COMMITS {
+        let t = Instant::now();
+        sqlx::query("INSERT INTO lone (body) VALUES (?)")
+            .bind(&body)
+            .execute(&pool)
+            .await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    pool.close().await;
+    Ok(figures(ms))
+}
+
+/// Lone commits on PostgreSQL at `url` (a table made for it and dropped after).
+pub async fn postgres(url: &str) -> anyhow::Result<Value> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    sqlx::query("CREATE TABLE lone_commit (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let body = "x".repeat(ROW_BYTES);
+    let mut ms = Vec::with_capacity(COMMITS);
+    for _ in 0..COMMITS {
+        let t = Instant::now();
+        sqlx::query("INSERT INTO lone_commit (body) VALUES ($1)")
+            .bind(&body)
+            .execute(&pool)
+            .await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    sqlx::query("DROP TABLE lone_commit").execute(&pool).await?;
+    pool.close().await;
+    Ok(figures(ms))
+}
