@@ -13,13 +13,24 @@ const COMMITS: usize = 500;
 /// About what a journal entry with its audit record weighs.
 const ROW_BYTES: usize = 400;
 
-fn figures(mut ms: Vec<f64>) -> Value {
+/// Times `COMMITS` lone commits, one after another.
+async fn timed<F, Fut, T>(mut commit: F) -> anyhow::Result<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut ms = Vec::with_capacity(COMMITS);
+    for _ in 0..COMMITS {
+        let t = Instant::now();
+        commit().await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     ms.sort_by(f64::total_cmp);
     let at = |p: f64| {
         let v = ms[((ms.len() as f64 - 1.0) * p).round() as usize];
         (v * 1000.0).round() / 1000.0
     };
-    json!({"commit_p50_ms": at(0.5), "commit_p99_ms": at(0.99)})
+    Ok(json!({"commit_p50_ms": at(0.5), "commit_p99_ms": at(0.99)}))
 }
 
 /// Lone commits on a SQLite file of its own in `dir` (WAL, `synchronous` as given).
@@ -42,17 +53,14 @@ pub async fn sqlite(dir: &std::path::Path, synchronous: &str) -> anyhow::Result<
         .execute(&pool)
         .await?;
     let body = "x".repeat(ROW_BYTES);
-    let mut ms = Vec::with_capacity(COMMITS);
-    for _ in 0..COMMITS {
-        let t = Instant::now();
+    let figures = timed(|| {
         sqlx::query("INSERT INTO lone (body) VALUES (?)")
             .bind(&body)
             .execute(&pool)
-            .await?;
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    })
+    .await;
     pool.close().await;
-    Ok(figures(ms))
+    figures
 }
 
 /// Lone commits on PostgreSQL at `url` (a table made for it and dropped after).
@@ -65,16 +73,13 @@ pub async fn postgres(url: &str) -> anyhow::Result<Value> {
         .execute(&pool)
         .await?;
     let body = "x".repeat(ROW_BYTES);
-    let mut ms = Vec::with_capacity(COMMITS);
-    for _ in 0..COMMITS {
-        let t = Instant::now();
+    let figures = timed(|| {
         sqlx::query("INSERT INTO lone_commit (body) VALUES ($1)")
             .bind(&body)
             .execute(&pool)
-            .await?;
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    })
+    .await;
     sqlx::query("DROP TABLE lone_commit").execute(&pool).await?;
     pool.close().await;
-    Ok(figures(ms))
+    figures
 }
