@@ -10,9 +10,7 @@ use std::sync::Arc;
 use biscuit_auth::Biscuit;
 use steward_gov::delegation::{revocation_ids, Delegator, Requested, TokenError, ACTIONS};
 use steward_gov::Scope;
-use steward_store::{
-    ApiKeyRecord, BudgetStore, DelegationRecord, DelegationStore, GatewayStore, Store,
-};
+use steward_store::{ApiKeyRecord, DelegationRecord, DelegationStore, GatewayStore, Store};
 
 use crate::clock::Clock;
 use crate::identities::Identities;
@@ -85,7 +83,6 @@ pub enum Refusal {
 pub(crate) struct Delegations {
     links_store: Arc<dyn DelegationStore>,
     keys_store: Arc<dyn GatewayStore>,
-    budgets: Arc<dyn BudgetStore>,
     pub clock: Arc<dyn Clock>,
     pub delegator: Delegator,
     pub identities: Arc<Identities>,
@@ -106,8 +103,7 @@ impl Delegations {
     ) -> Self {
         Delegations {
             links_store: store.clone(),
-            keys_store: store.clone(),
-            budgets: store,
+            keys_store: store,
             clock,
             delegator,
             identities,
@@ -308,21 +304,22 @@ impl Delegations {
             revoked_at: None,
             revoke_reason: None,
         };
-        if let Some(cap) = scope.budget_nanos {
-            // Spending under the link also counts against the link above it, or else the
-            // agent whose key began the chain.
-            let above = parent
-                .and_then(Delegated::budget_account)
-                .unwrap_or_else(|| format!("agent:{}", parent.map_or(issuer, |p| p.root_agent())));
-            self.budgets
-                .put_budget(&format!("delegation:{id}"), Some(&above), cap, "total", now)
-                .await
-                .map_err(internal)?;
+        match scope.budget_nanos {
+            Some(cap) => {
+                // Spending under the link also counts against the link above it, or else the
+                // agent whose key began the chain.
+                let above = parent
+                    .and_then(Delegated::budget_account)
+                    .unwrap_or_else(|| {
+                        format!("agent:{}", parent.map_or(issuer, |p| p.root_agent()))
+                    });
+                self.links_store
+                    .create_budgeted_delegation(&rec, &format!("delegation:{id}"), &above, cap)
+                    .await
+            }
+            None => self.links_store.create_delegation(&rec).await,
         }
-        self.links_store
-            .create_delegation(&rec)
-            .await
-            .map_err(internal)?;
+        .map_err(internal)?;
         Ok((rec, minted.token))
     }
 }

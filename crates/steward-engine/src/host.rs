@@ -276,24 +276,15 @@ impl Host {
             .agent;
         let now = s.clock.now_ms();
         let id = run_link(child);
-        if let Some(cap) = scope.budget_nanos {
-            // The child's spending also counts against what the parent was granted, or else
-            // against the parent run's own account.
+        // The child's spending also counts against what the parent was granted, or else
+        // against the parent run's own account.
+        let budget = scope.budget_nanos.map(|cap| {
             let parent_account = match &above {
                 Some(l) if held.budget_nanos.is_some() => format!("delegation:{}", l.id),
                 _ => format!("run:{parent}"),
             };
-            s.store
-                .put_budget(
-                    &format!("delegation:{id}"),
-                    Some(&parent_account),
-                    cap,
-                    "total",
-                    now,
-                )
-                .await
-                .map_err(failed)?;
-        }
+            (format!("delegation:{id}"), parent_account, cap)
+        });
         let rec = DelegationRecord {
             id: id.clone(),
             parent_id: above.map(|l| l.id),
@@ -307,7 +298,15 @@ impl Host {
             revoked_at: None,
             revoke_reason: None,
         };
-        match s.store.create_delegation(&rec).await {
+        let made = match budget {
+            Some((account, parent_account, cap)) => {
+                s.store
+                    .create_budgeted_delegation(&rec, &account, &parent_account, cap)
+                    .await
+            }
+            None => s.store.create_delegation(&rec).await,
+        };
+        match made {
             // A replayed spawn finds the link its first life made.
             Ok(()) | Err(steward_store::Error::Conflict(_)) => Ok(()),
             Err(e) => Err(failed(e)),

@@ -119,20 +119,8 @@ macro_rules! impl_budgets {
             }
 
             async fn put_budget(&self, account: &str, parent: Option<&str>, cap: i64, period: &str, now: Millis) -> Result<BudgetRecord> {
-                Ok(sqlx::query_as(
-                    "INSERT INTO budgets (account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 0, 0, $5) \
-                     ON CONFLICT (account) DO UPDATE SET parent = excluded.parent, cap_nanos = excluded.cap_nanos, \
-                       period = excluded.period, updated_at = excluded.updated_at \
-                     RETURNING account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at",
-                )
-                .bind(account)
-                .bind(parent)
-                .bind(cap)
-                .bind(period)
-                .bind(now)
-                .fetch_one(&self.write)
-                .await?)
+                let mut conn = self.write.acquire().await?;
+                Self::put_budget_in(&mut conn, account, parent, cap, period, now).await
             }
 
             async fn get_budget(&self, account: &str) -> Result<Option<BudgetRecord>> {

@@ -7,6 +7,16 @@ use crate::sql::prelude::*;
 pub trait DelegationStore: Send + Sync {
     /// `Conflict` when the id or the revocation id exists already.
     async fn create_delegation(&self, rec: &DelegationRecord) -> Result<()>;
+    /// As [`create_delegation`](Self::create_delegation), with the link's budget account
+    /// (`account`, below `parent`, capped at `cap` in total) made or updated in the same
+    /// transaction: a link never exists without its cap, and a refused link leaves no account.
+    async fn create_budgeted_delegation(
+        &self,
+        rec: &DelegationRecord,
+        account: &str,
+        parent: &str,
+        cap: i64,
+    ) -> Result<()>;
     async fn get_delegation(&self, id: &str) -> Result<Option<DelegationRecord>>;
     async fn delegation_by_revocation(
         &self,
@@ -25,10 +35,10 @@ pub trait DelegationStore: Send + Sync {
 }
 
 macro_rules! impl_delegations {
-    ($store:ty) => {
-        #[async_trait]
-        impl DelegationStore for $store {
-            async fn create_delegation(&self, r: &DelegationRecord) -> Result<()> {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Inserts link `r` on `conn`; `Conflict` when its id or revocation id exists.
+            async fn insert_delegation_in(conn: &mut <$db as sqlx::Database>::Connection, r: &DelegationRecord) -> Result<()> {
                 let done = sqlx::query(
                     "INSERT INTO delegations (id, parent_id, revocation_id, issuer, holder, key_id, scope, expires_at, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
@@ -42,11 +52,28 @@ macro_rules! impl_delegations {
                 .bind(&r.scope)
                 .bind(r.expires_at)
                 .bind(r.created_at)
-                .execute(&self.write)
+                .execute(&mut *conn)
                 .await?;
                 if done.rows_affected() == 0 {
                     return Err(Error::Conflict(format!("delegation {} exists already", r.id)));
                 }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl DelegationStore for $store {
+            async fn create_delegation(&self, r: &DelegationRecord) -> Result<()> {
+                let mut conn = self.write.acquire().await?;
+                Self::insert_delegation_in(&mut conn, r).await
+            }
+
+            async fn create_budgeted_delegation(&self, r: &DelegationRecord, account: &str, parent: &str, cap: i64) -> Result<()> {
+                let mut tx = self.write.begin().await?;
+                Self::put_budget_in(&mut tx, account, Some(parent), cap, "total", r.created_at).await?;
+                // A conflict drops the transaction, and the account with it.
+                Self::insert_delegation_in(&mut tx, r).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -101,5 +128,5 @@ macro_rules! impl_delegations {
     };
 }
 
-impl_delegations!(SqliteStore);
-impl_delegations!(PgStore);
+impl_delegations!(SqliteStore, sqlx::Sqlite);
+impl_delegations!(PgStore, sqlx::Postgres);

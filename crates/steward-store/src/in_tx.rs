@@ -38,6 +38,25 @@ macro_rules! impl_in_tx {
                 Ok((row.try_into()?, inserted == 1))
             }
 
+            /// Makes budget account `account` (below `parent`, capped at `cap` per `period`), or
+            /// changes its parent, cap and period, keeping what it has spent; on `conn`.
+            pub(crate) async fn put_budget_in(conn: &mut <$db as sqlx::Database>::Connection, account: &str, parent: Option<&str>, cap: i64, period: &str, now: Millis) -> Result<BudgetRecord> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO budgets (account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, 0, $5) \
+                     ON CONFLICT (account) DO UPDATE SET parent = excluded.parent, cap_nanos = excluded.cap_nanos, \
+                       period = excluded.period, updated_at = excluded.updated_at \
+                     RETURNING account, parent, cap_nanos, period, period_start, spent_nanos, reserved_nanos, updated_at",
+                )
+                .bind(account)
+                .bind(parent)
+                .bind(cap)
+                .bind(period)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?)
+            }
+
             /// Holds `h.amount` on every account of the hold (leaf to root) and records the hold,
             /// on `conn`, inside the caller's transaction (or savepoint). Returns the account
             /// whose cap the hold would pass; the caller then rolls back.

@@ -2,7 +2,10 @@
 
 use crate::support::*;
 
-on_both_backends!(delegations_revoke_everything_below);
+on_both_backends!(
+    delegations_revoke_everything_below,
+    a_link_and_its_budget_are_made_together
+);
 
 fn link(id: &str, parent: Option<&str>, at: i64) -> DelegationRecord {
     DelegationRecord {
@@ -69,5 +72,44 @@ async fn delegations_revoke_everything_below(s: &dyn Store) {
     assert_eq!(
         s.ensure_signing_key("k", "second", 2).await.unwrap(),
         "first"
+    );
+}
+
+async fn a_link_and_its_budget_are_made_together(s: &dyn Store) {
+    s.put_budget("agent:a", None, 1_000, "total", 1)
+        .await
+        .unwrap();
+    s.create_budgeted_delegation(&link("d1", None, 2), "delegation:d1", "agent:a", 300)
+        .await
+        .unwrap();
+    let b = s.get_budget("delegation:d1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.parent.as_deref(), b.cap_nanos, b.period.as_str()),
+        (Some("agent:a"), 300, "total")
+    );
+    assert!(s.get_delegation("d1").await.unwrap().is_some());
+
+    // A link refused (its id taken) leaves no account behind, and does not change the one
+    // its id already has.
+    let mut taken = link("d1", None, 3);
+    taken.revocation_id = "rid-other".into();
+    assert!(matches!(
+        s.create_budgeted_delegation(&taken, "delegation:fresh", "agent:a", 50)
+            .await,
+        Err(steward_store::Error::Conflict(_))
+    ));
+    assert!(s.get_budget("delegation:fresh").await.unwrap().is_none());
+    assert!(matches!(
+        s.create_budgeted_delegation(&link("d1", None, 4), "delegation:d1", "agent:a", 999)
+            .await,
+        Err(steward_store::Error::Conflict(_))
+    ));
+    assert_eq!(
+        s.get_budget("delegation:d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .cap_nanos,
+        300
     );
 }
