@@ -1,5 +1,6 @@
 //! What bounds a lone step: one durable commit of one small row, alone, on the same database
-//! and with the same durability settings the benchmark's store uses. No step that waits for its
+//! engine and disk, with the same durability settings the benchmark's store uses (SQLite: a
+//! file of its own beside the store's; PostgreSQL: a table in the benchmark's schema). No step that waits for its
 //! outcome to be durable can take less; the engine's idle overhead and the gateway's added
 //! latency are read against it.
 
