@@ -1,12 +1,23 @@
 use serde_json::{json, Value};
 
-use crate::{Result, Tool, ToolContext, ToolInfo};
+use crate::{Annotations, Result, Tool, ToolContext, ToolInfo};
 
 /// Returns its arguments. No effect: the benchmark's no-op tool, and handy for tests.
 pub struct Echo;
 
 #[async_trait::async_trait]
 impl Tool for Echo {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: true,
+            destructive: false,
+            idempotent: true,
+            open_world: false,
+        }
+    }
+    fn outside_runs(&self) -> bool {
+        true
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "echo",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use steward_types::config::HttpToolConfig;
 
-use crate::{str_arg, Result, Tool, ToolContext, ToolError, ToolInfo};
+use crate::{str_arg, Annotations, Result, Tool, ToolContext, ToolError, ToolInfo};
 
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
@@ -159,6 +159,17 @@ fn is_private(ip: &IpAddr) -> bool {
 
 #[async_trait::async_trait]
 impl Tool for HttpRequest {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: true,
+        }
+    }
+    fn outside_runs(&self) -> bool {
+        true
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "http_request",
@@ -292,7 +303,12 @@ async fn with_secrets(
             .find("}}")
             .ok_or_else(|| ToolError::InvalidArgs("`{{secret:` without its closing `}}`".into()))?;
         let name = &after[..end];
-        let secret = ctx.host.use_secret(&ctx.run_id, name, destination).await?;
+        let run = ctx.run_id.as_ref().ok_or_else(|| {
+            ToolError::Denied(format!(
+                "secret {name:?}: secrets from the vault are sent only by a run's tool calls"
+            ))
+        })?;
+        let secret = ctx.host.use_secret(run, name, destination).await?;
         out.push_str(&secret);
         used.push((name.to_string(), secret));
         rest = &after[end + 2..];

@@ -5,6 +5,7 @@ mod echo;
 mod http_request;
 mod sandbox;
 mod scratchpad;
+mod search;
 mod spawn_agent;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ pub use echo::Echo;
 pub use http_request::HttpRequest;
 pub use sandbox::{SandboxExec, SandboxReadFile, SandboxWriteFile};
 pub use scratchpad::{ScratchpadGet, ScratchpadSet};
+pub use search::{Catalog, Entry as CatalogEntry};
 pub use spawn_agent::SpawnAgent;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -48,6 +50,32 @@ pub struct ToolInfo {
     pub description: &'static str,
     /// JSON Schema of the arguments.
     pub parameters: Value,
+}
+
+/// What a tool says of its effects, as MCP's annotations do: hints for callers and the
+/// registry's cache, never a substitute for policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Annotations {
+    /// It changes nothing outside itself.
+    pub read_only: bool,
+    /// It may delete or overwrite (meaningful when not read-only).
+    pub destructive: bool,
+    /// Calling it again with the same arguments has no further effect.
+    pub idempotent: bool,
+    /// It reaches beyond the server (the network, other systems).
+    pub open_world: bool,
+}
+
+impl Default for Annotations {
+    /// What a caller must assume of a tool that says nothing (MCP's defaults).
+    fn default() -> Self {
+        Annotations {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: true,
+        }
+    }
 }
 
 /// What a parent run grants the child it spawns: never more than it holds itself. A list
@@ -121,7 +149,8 @@ pub trait ToolHost: Send + Sync {
 }
 
 pub struct ToolContext {
-    pub run_id: RunId,
+    /// The run that calls, or none for a caller outside any run (an MCP client).
+    pub run_id: Option<RunId>,
     /// The step's journal position.
     pub seq: i64,
     /// `run:seq`, the same on every retry of this step: upstreams can deduplicate on it.
@@ -129,9 +158,30 @@ pub struct ToolContext {
     pub host: Arc<dyn ToolHost>,
 }
 
+impl ToolContext {
+    /// The calling run, for tools that work on a run's state (its scratchpad, sandbox,
+    /// children).
+    pub fn run(&self) -> Result<&RunId> {
+        self.run_id.as_ref().ok_or_else(|| {
+            ToolError::Denied(
+                "this tool works on a run's own state and is called only from inside a run".into(),
+            )
+        })
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Tool: Send + Sync {
     fn info(&self) -> ToolInfo;
+    /// Hints on what the tool does to the world (MCP's tool annotations).
+    fn annotations(&self) -> Annotations {
+        Annotations::default()
+    }
+    /// Whether a caller outside any run (an MCP client) may call it: only tools that need
+    /// nothing of a run's state.
+    fn outside_runs(&self) -> bool {
+        false
+    }
     /// Whether running this call twice has the effect of running it once. Decides whether a
     /// call interrupted by a crash may be retried without asking anyone.
     fn idempotent(&self, args: &Value) -> bool;

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use steward_types::RunId;
 
 use crate::{
-    str_arg, AlsoDecided, Meter, Result, Tool, ToolContext, ToolError, ToolInfo, SANDBOX_CPU_MS,
+    str_arg, AlsoDecided, Annotations, Meter, Result, Tool, ToolContext, ToolError, ToolInfo,
+    SANDBOX_CPU_MS,
 };
 
 pub struct SandboxExec;
@@ -17,6 +18,14 @@ pub struct SandboxReadFile;
 
 #[async_trait::async_trait]
 impl Tool for SandboxExec {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "sandbox_exec",
@@ -50,13 +59,21 @@ impl Tool for SandboxExec {
             Some(_) => return Err(ToolError::InvalidArgs("`stdin` must be a string".into())),
         };
         ctx.host
-            .sandbox_exec(&ctx.run_id, ctx.seq, command, stdin)
+            .sandbox_exec(ctx.run()?, ctx.seq, command, stdin)
             .await
     }
 }
 
 #[async_trait::async_trait]
 impl Tool for SandboxWriteFile {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: false,
+            destructive: true,
+            idempotent: true,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "sandbox_write_file",
@@ -73,7 +90,7 @@ impl Tool for SandboxWriteFile {
         let path = str_arg(&args, "path")?;
         let content = str_arg(&args, "content")?;
         ctx.host
-            .workspace_write(&ctx.run_id, ctx.seq, path, content.as_bytes())
+            .workspace_write(ctx.run()?, ctx.seq, path, content.as_bytes())
             .await?;
         Ok(json!({"path": path, "bytes": content.len()}))
     }
@@ -81,6 +98,14 @@ impl Tool for SandboxWriteFile {
 
 #[async_trait::async_trait]
 impl Tool for SandboxReadFile {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: true,
+            destructive: false,
+            idempotent: true,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "sandbox_read_file",
@@ -95,7 +120,7 @@ impl Tool for SandboxReadFile {
     }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let path = str_arg(&args, "path")?;
-        let bytes = ctx.host.workspace_read(&ctx.run_id, ctx.seq, path).await?;
+        let bytes = ctx.host.workspace_read(ctx.run()?, ctx.seq, path).await?;
         Ok(json!({"path": path, "content": String::from_utf8_lossy(&bytes)}))
     }
 }

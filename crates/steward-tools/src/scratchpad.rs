@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{str_arg, Result, Tool, ToolContext, ToolError, ToolInfo};
+use crate::{str_arg, Annotations, Result, Tool, ToolContext, ToolError, ToolInfo};
 
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 64 * 1024;
@@ -12,6 +12,14 @@ pub struct ScratchpadGet;
 
 #[async_trait::async_trait]
 impl Tool for ScratchpadSet {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: false,
+            destructive: true,
+            idempotent: true,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "scratchpad_set",
@@ -36,13 +44,21 @@ impl Tool for ScratchpadSet {
                 "`value` is larger than {MAX_VALUE} bytes"
             )));
         }
-        ctx.host.scratch_put(&ctx.run_id, key, value).await?;
+        ctx.host.scratch_put(ctx.run()?, key, value).await?;
         Ok(json!({"stored": key}))
     }
 }
 
 #[async_trait::async_trait]
 impl Tool for ScratchpadGet {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: true,
+            destructive: false,
+            idempotent: true,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "scratchpad_get",
@@ -55,7 +71,7 @@ impl Tool for ScratchpadGet {
     }
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let key = str_arg(&args, "key")?;
-        let value = ctx.host.scratch_get(&ctx.run_id, key).await?;
+        let value = ctx.host.scratch_get(ctx.run()?, key).await?;
         Ok(json!({"key": key, "value": value}))
     }
 }

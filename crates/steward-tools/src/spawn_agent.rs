@@ -5,12 +5,22 @@
 use serde_json::{json, Value};
 use steward_types::RunId;
 
-use crate::{str_arg, AlsoDecided, Grant, Result, Tool, ToolContext, ToolError, ToolInfo, Wait};
+use crate::{
+    str_arg, AlsoDecided, Annotations, Grant, Result, Tool, ToolContext, ToolError, ToolInfo, Wait,
+};
 
 pub struct SpawnAgent;
 
 #[async_trait::async_trait]
 impl Tool for SpawnAgent {
+    fn annotations(&self) -> Annotations {
+        Annotations {
+            read_only: false,
+            destructive: false,
+            idempotent: true,
+            open_world: false,
+        }
+    }
     fn info(&self) -> ToolInfo {
         ToolInfo {
             name: "spawn_agent",
@@ -44,11 +54,11 @@ impl Tool for SpawnAgent {
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value> {
         let agent = str_arg(&args, "agent")?;
         let input = str_arg(&args, "input")?;
-        let child = RunId::child_of(&ctx.run_id, ctx.seq);
+        let child = RunId::child_of(ctx.run()?, ctx.seq);
         let grant = grant(&args)?;
         let out = ctx
             .host
-            .spawn_and_wait(&ctx.run_id, &child, agent, input, grant)
+            .spawn_and_wait(ctx.run()?, &child, agent, input, grant)
             .await?;
         Ok(
             json!({"run_id": out.run_id, "state": out.state, "result": out.result, "error": out.error}),

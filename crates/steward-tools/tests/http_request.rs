@@ -38,7 +38,7 @@ fn ctx() -> ToolContext {
     let run = RunId::parse("run_0123456789abcdef0123456789abcdef").unwrap();
     ToolContext {
         idempotency_key: format!("{run}:4"),
-        run_id: run,
+        run_id: Some(run),
         seq: 4,
         host: Arc::new(NoHost),
     }

@@ -100,7 +100,7 @@ impl Syscall for ToolCall<'_> {
             return Ok(((Err(format!("no tool named {name:?} exists"))), 0));
         };
         let tctx = ToolContext {
-            run_id: ctx.run.id.clone(),
+            run_id: Some(ctx.run.id.clone()),
             seq,
             idempotency_key: key.to_string(),
             host: kernel.host.clone(),
