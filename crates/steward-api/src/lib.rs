@@ -5,6 +5,7 @@ mod change_audit;
 pub mod error;
 mod events;
 mod extract;
+mod mcp;
 pub mod messages;
 pub mod openai;
 mod queues;
@@ -63,6 +64,8 @@ use crate::openapi::CommonResponses;
         routes::put_secret,
         routes::list_secrets,
         routes::delete_secret,
+        routes::list_tools,
+        routes::get_tool,
         routes::list_keys,
         routes::revoke_key,
         routes::rotate_key,
@@ -153,6 +156,9 @@ use crate::openapi::CommonResponses;
         wire::PutSecret,
         wire::Secret,
         wire::SecretList,
+        wire::ToolHints,
+        wire::ToolInfo,
+        wire::ToolList,
         wire::KeyInfo,
         wire::KeyList,
         wire::Reason,
@@ -349,6 +355,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/audit/verify", get(routes::verify_audit))
         .route("/approvals", get(routes::list_approvals))
         .route("/secrets", get(routes::list_secrets))
+        .route("/tools", get(routes::list_tools))
+        .route("/tools/{name}", get(routes::get_tool))
         .route(
             "/secrets/{name}",
             axum::routing::put(routes::put_secret).delete(routes::delete_secret),
@@ -403,7 +411,15 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/models/{*id}", get(openai::model))
         .route("/delegations", post(openai::delegate))
         .fallback(openai::not_found);
+    // MCP clients authenticate as agents, like `/v1` callers.
+    let mcp = Router::new()
+        .route_service("/mcp", mcp::service(engine.clone()))
+        .layer(middleware::from_fn_with_state(
+            engine.clone(),
+            mcp::authenticate,
+        ));
     Router::new()
+        .merge(mcp)
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

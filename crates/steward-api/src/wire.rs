@@ -578,6 +578,35 @@ pub struct SecretList {
     pub secrets: Vec<Secret>,
 }
 
+/// What a tool says of its effects (MCP's annotations): hints, never a substitute for policy.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ToolHints {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+/// A tool of the registry.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ToolInfo {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of its arguments.
+    #[schema(value_type = Object)]
+    pub input_schema: serde_json::Value,
+    pub annotations: ToolHints,
+    /// Where it comes from: `native` for the server's built-in tools.
+    pub source: String,
+    /// Whether MCP clients (callers outside a run) may be given it at `/mcp`.
+    pub outside_runs: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ToolList {
+    pub tools: Vec<ToolInfo>,
+}
+
 /// `POST /v1/delegations`: a token for another agent, narrower than the caller's own
 /// credential. Every list left out is inherited from the caller's credential.
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -28,6 +28,9 @@ use crate::metrics::Metrics;
 pub use crate::principal::Principal;
 use crate::ttl_cache::TtlCache;
 
+mod tools;
+pub use tools::{ToolCallError, ToolView};
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
@@ -98,6 +101,11 @@ pub(crate) struct Gateway {
     /// parent applies to calls within the TTL.
     pub keys: TtlCache<String, ApiKeyRecord>,
     pub chains: TtlCache<(String, Option<RunId>), Vec<String>>,
+    /// The registry's tools, of which callers outside a run get those that need no run.
+    pub tools: steward_tools::Tools,
+    /// What those tools may ask of the engine (no run's state: they are called with none).
+    pub tool_host: Arc<dyn steward_tools::ToolHost>,
+    pub validators: tools::Validators,
 }
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.

@@ -49,7 +49,7 @@ pub use clock::{Clock, SystemClock};
 pub use costs::{CostBy, CostLine, OutcomeCosts};
 pub use delegations::Delegated;
 pub use error::{Error, Result};
-pub use gateway::{GatewayApi, GatewayError, GatewayReply, Principal};
+pub use gateway::{GatewayApi, GatewayError, GatewayReply, Principal, ToolCallError, ToolView};
 pub use kernel::{
     Journaled, Kernel, ModelCall, RunCtx, StepError, StepStats, Syscall, ToolCall, ToolResult,
 };
@@ -268,6 +268,9 @@ impl Engine {
             calls: steward_store::CallWriter::start(store.clone()),
             keys: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
             chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
+            tools: opts.tools.clone(),
+            tool_host: Arc::new(Host(shared.clone())),
+            validators: Default::default(),
         };
         let mut meters = opts.meters.clone();
         if let Some(s) = &opts.sandboxes {
@@ -455,6 +458,11 @@ impl Engine {
     /// The `/v1` gateway for external agents.
     pub fn gateway(&self) -> handles::gateway::Gateway<'_> {
         handles::gateway::Gateway(self)
+    }
+
+    /// The tool registry.
+    pub fn tools(&self) -> handles::tools::Tools<'_> {
+        handles::tools::Tools(self)
     }
 
     /// Budget accounts, calls and costs.

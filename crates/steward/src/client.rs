@@ -35,6 +35,14 @@ pub enum AuditWhat {
     },
 }
 
+#[derive(Clone, clap::Subcommand)]
+pub enum ToolsWhat {
+    /// The registry's tools: name, annotations, whether MCP clients may be given it.
+    Ls,
+    /// One tool in full: description, argument schema, annotations.
+    Describe { name: String },
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -426,6 +434,47 @@ impl Client {
                 "cancelling"
             }
         );
+        Ok(())
+    }
+
+    pub async fn tools(&self, what: ToolsWhat) -> anyhow::Result<()> {
+        match what {
+            ToolsWhat::Ls => {
+                let list: steward_api::wire::ToolList = self.get_json("/api/v1/tools").await?;
+                println!("{:<22} {:<8} {:<36} MCP", "NAME", "SOURCE", "HINTS");
+                for t in list.tools {
+                    let a = &t.annotations;
+                    let hints: Vec<&str> = [
+                        (a.read_only, "read-only"),
+                        (a.destructive, "destructive"),
+                        (a.idempotent, "idempotent"),
+                        (a.open_world, "open-world"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                    let mcp = if t.outside_runs { "yes" } else { "runs only" };
+                    println!(
+                        "{:<22} {:<8} {:<36} {mcp}",
+                        t.name,
+                        t.source,
+                        hints.join(",")
+                    );
+                }
+            }
+            ToolsWhat::Describe { name } => {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                {
+                    bail!("a tool name is letters, digits, `_`, `.` and `-`: {name:?}");
+                }
+                let path = format!("/api/v1/tools/{name}");
+                let t: serde_json::Value = self.get_json(&path).await?;
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            }
+        }
         Ok(())
     }
 

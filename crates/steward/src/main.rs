@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         what: client::AuditWhat,
     },
+    /// The tool registry: `ls`, `describe NAME`.
+    Tools {
+        #[command(subcommand)]
+        what: client::ToolsWhat,
+    },
     /// Persistent sandboxes: create, exec, cp, snapshot, fork, restore, ls, rm.
     Sandbox {
         #[command(subcommand)]
@@ -171,6 +176,7 @@ fn main() -> std::process::ExitCode {
             Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Audit { what } => c?.audit(what).await,
             Command::Sandbox { what } => c?.sandbox(what).await,
+            Command::Tools { what } => c?.tools(what).await,
             Command::Approvals { state } => c?.approvals(&state).await,
             Command::Incidents {
                 state,

@@ -26,6 +26,7 @@ mod policies;
 mod runs;
 mod sandboxes;
 mod secrets;
+mod tools;
 
 pub use agents::*;
 pub use approvals::*;
@@ -39,3 +40,4 @@ pub use policies::*;
 pub use runs::*;
 pub use sandboxes::*;
 pub use secrets::*;
+pub use tools::*;

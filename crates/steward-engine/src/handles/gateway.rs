@@ -36,6 +36,23 @@ impl Gateway<'_> {
             .await
     }
 
+    /// The tools `who` may call from outside a run (an MCP client): registry tools that need
+    /// no run and that its token and the policy allow it, then the meta-tools.
+    pub async fn tools(&self, who: &Principal) -> Result<Vec<ToolView>, GatewayError> {
+        self.0.inner.gateway.visible_tools(who).await
+    }
+
+    /// Calls a tool for `who` outside any run, on the governance path (decided, schema-checked,
+    /// bounded in time, audited).
+    pub async fn call_tool(
+        &self,
+        who: &Principal,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, ToolCallError> {
+        self.0.inner.gateway.call_tool(who, name, args).await
+    }
+
     /// An OpenAI-format chat completion for an external agent, through the syscall path.
     pub async fn chat(
         &self,

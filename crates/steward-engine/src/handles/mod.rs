@@ -15,3 +15,4 @@ pub mod responses;
 pub mod runs;
 pub mod sandboxes;
 pub mod secrets;
+pub mod tools;

@@ -21,6 +21,7 @@ mod identities;
 mod journal_compat;
 mod journal_complete;
 mod limits;
+mod mcp;
 mod merge_queue;
 mod new_tools;
 mod nodes;

@@ -1,0 +1,158 @@
+//! `/mcp`: Steward as an MCP server (Streamable HTTP, stateless, on the official Rust SDK),
+//! serving the tool registry to agents outside any run. A caller authenticates as at `/v1` —
+//! its own API key (`Authorization: Bearer sk-steward-…`), with `X-Steward-Delegation` to act
+//! under a delegated token and `X-Steward-Run` to attribute its calls to a run — before the
+//! protocol is spoken at all. `tools/list` shows only the tools the policy lets it call;
+//! `tools/call` takes the gateway's governance path (decided, schema-checked, audited).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, ServerHandler};
+use serde_json::{json, Value};
+use steward_engine::{Engine, GatewayError, Principal, ToolCallError, ToolView};
+use steward_types::ErrorCode;
+
+use crate::error::ApiError;
+
+/// The MCP service, mounted at `/mcp` behind [`authenticate`].
+pub fn service(engine: Engine) -> StreamableHttpService<Mcp, NeverSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        // Stateless: any node answers any request, and nothing is kept between them.
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        // The Host check guards unauthenticated local servers against DNS rebinding; every
+        // request here carries the agent's own API key, which a rebinding page does not have.
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || Ok(Mcp(engine.clone())),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
+
+/// Identifies the caller before any MCP message is read; a request without a valid credential
+/// is refused with 401 (403 for a token its key may not use), audited by the gateway.
+pub async fn authenticate(State(engine): State<Engine>, mut req: Request, next: Next) -> Response {
+    // Read before the await: a request body is not `Sync`, so no borrow of it may be held.
+    let (bearer, delegation, run) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+        };
+        (
+            header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string)),
+            header("x-steward-delegation"),
+            header("x-steward-run"),
+        )
+    };
+    match engine
+        .gateway()
+        .authenticate(bearer.as_deref(), delegation.as_deref(), run.as_deref())
+        .await
+    {
+        Ok(who) => {
+            req.extensions_mut().insert(Arc::new(who));
+            next.run(req).await
+        }
+        Err(e) => {
+            let code = match e {
+                GatewayError::Unauthorized(_) => ErrorCode::Unauthorized,
+                GatewayError::Forbidden(_) => ErrorCode::Forbidden,
+                GatewayError::BadRequest(_) => ErrorCode::InvalidRequest,
+                _ => ErrorCode::Unavailable,
+            };
+            ApiError::new(code, e.to_string()).into_response()
+        }
+    }
+}
+
+/// One request's MCP handler: the engine, and the caller [`authenticate`] found.
+#[derive(Clone)]
+pub struct Mcp(Engine);
+
+fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<Principal>, McpError> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Arc<Principal>>())
+        .cloned()
+        .ok_or_else(|| McpError::internal_error("the request reached MCP unauthenticated", None))
+}
+
+fn to_mcp(t: ToolView) -> Tool {
+    let schema = match t.input_schema {
+        Value::Object(m) => m,
+        _ => serde_json::Map::from_iter([("type".to_string(), json!("object"))]),
+    };
+    let mut tool = Tool::new(t.name, t.description, Arc::new(schema));
+    tool.annotations = Some(ToolAnnotations::from_raw(
+        None,
+        Some(t.annotations.read_only),
+        Some(t.annotations.destructive),
+        Some(t.annotations.idempotent),
+        Some(t.annotations.open_world),
+    ));
+    tool
+}
+
+fn unavailable(e: GatewayError) -> McpError {
+    McpError::internal_error(e.to_string(), None)
+}
+
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("steward", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Steward's governed tools. tools/list shows the tools you may call; with many, \
+                 find them with tools_search and read their schemas with tools_describe.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let who = caller(&ctx)?;
+        let tools = self.0.gateway().tools(&who).await.map_err(unavailable)?;
+        Ok(ListToolsResult::with_all_items(
+            tools.into_iter().map(to_mcp).collect(),
+        ))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let who = caller(&ctx)?;
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let result = match self.0.gateway().call_tool(&who, &request.name, args).await {
+            // Structured output is an object; anything else is wrapped as `result`.
+            Ok(v @ Value::Object(_)) => CallToolResult::structured(v),
+            Ok(v) => CallToolResult::structured(json!({ "result": v })),
+            // What the caller can act on comes back as the tool's error, for the model to read.
+            Err(
+                e @ (ToolCallError::Forbidden(_)
+                | ToolCallError::InvalidArguments(_)
+                | ToolCallError::Failed(_)),
+            ) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+            Err(ToolCallError::Gateway(e)) => return Err(unavailable(e)),
+        };
+        Ok(result.into())
+    }
+}

@@ -1,0 +1,375 @@
+//! Tools for callers outside any run (MCP clients at `/mcp`), on the gateway's governance path:
+//! a caller sees only the tools it may call — the delegated token's scope, then the policy for
+//! every agent whose authority the call uses — and each call is decided the same way, its
+//! arguments checked against the tool's schema before the tool is asked, bounded in time, and
+//! audited with the caller's chain before the caller hears the outcome.
+//!
+//! Two meta-tools are always there: `tools_search` (ranked full-text search over the tools
+//! the caller may call) and `tools_describe` (their schemas), so a caller with hundreds of
+//! tools loads only the schemas it needs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use steward_tools::{Annotations, Catalog, CatalogEntry, ToolContext, ToolError};
+
+use super::*;
+
+/// How long a tool called outside any run may take.
+pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// What `tools_search` returns when the caller does not say.
+const SEARCH_LIMIT: usize = 10;
+const SEARCH_MAX_LIMIT: usize = 100;
+/// Tool names are at most this long (as MCP clients and model APIs expect).
+const MAX_NAME: usize = 64;
+pub const TOOLS_SEARCH: &str = "tools_search";
+pub const TOOLS_DESCRIBE: &str = "tools_describe";
+
+/// A tool as a caller sees it.
+#[derive(Clone, Debug)]
+pub struct ToolView {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    pub input_schema: Value,
+    pub annotations: Annotations,
+}
+
+impl ToolView {
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "annotations": {
+                "readOnlyHint": self.annotations.read_only,
+                "destructiveHint": self.annotations.destructive,
+                "idempotentHint": self.annotations.idempotent,
+                "openWorldHint": self.annotations.open_world,
+            },
+        })
+    }
+}
+
+/// Why a tool call has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolCallError {
+    /// The caller may not call it (or it does not exist for this caller): the refusal is
+    /// audited.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The arguments break the tool's schema; the tool was not asked.
+    #[error("{0}")]
+    InvalidArguments(String),
+    /// The tool ran and failed, or did not finish in time.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+}
+
+/// Compiled argument schemas by tool name: compiling one is far dearer than checking with it.
+#[derive(Default)]
+pub(crate) struct Validators(Mutex<HashMap<String, Arc<jsonschema::Validator>>>);
+
+impl Validators {
+    fn get(&self, name: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+        if let Some(v) = self.0.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(v);
+        }
+        let v = Arc::new(
+            jsonschema::validator_for(schema)
+                .map_err(|e| format!("tool {name:?} has an invalid argument schema: {e}"))?,
+        );
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(name.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+}
+
+/// The meta-tools every caller has.
+fn meta_tools() -> [ToolView; 2] {
+    let read_only = Annotations {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+    [
+        ToolView {
+            name: TOOLS_SEARCH.into(),
+            description: "Finds the tools you may call that match a query (ranked full-text search over their names, descriptions and arguments). Returns names and descriptions; get a tool's argument schema with tools_describe.".into(),
+            input_schema: json!({"type": "object", "required": ["query"], "properties": {
+                "query": {"type": "string", "description": "words describing what the tool should do"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "at most this many tools (default 10)"}},
+                "additionalProperties": false}),
+            annotations: read_only,
+        },
+        ToolView {
+            name: TOOLS_DESCRIBE.into(),
+            description: "The full description, argument schema and annotations of tools you may call, by name.".into(),
+            input_schema: json!({"type": "object", "required": ["names"], "properties": {
+                "names": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": SEARCH_MAX_LIMIT}},
+                "additionalProperties": false}),
+            annotations: read_only,
+        },
+    ]
+}
+
+/// The path of the first schema violation and what is wrong there.
+fn violation(validator: &jsonschema::Validator, args: &Value) -> Option<String> {
+    validator.iter_errors(args).next().map(|e| {
+        let path = e.instance_path.to_string();
+        let at = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        format!("invalid arguments at {at}: {e}")
+    })
+}
+
+impl Gateway {
+    /// Whether `who` may call tool `name` outside any run: `None` if so, else why not (and the
+    /// decision behind it, when the policy made one). A permit that asks for approval is no:
+    /// nobody is asked on behalf of a caller outside a run.
+    async fn tool_refusal(
+        &self,
+        who: &Principal,
+        name: &str,
+    ) -> Result<Option<(Option<Decision>, String)>, GatewayError> {
+        let now = self.clock.now_ms();
+        if let Some(d) = &who.delegated {
+            if let Err(e) = self.authority.delegations.delegator.allows(
+                &d.token,
+                "tool.call",
+                "tool",
+                name,
+                now,
+            ) {
+                return Ok(Some((
+                    None,
+                    format!(
+                        "the delegated token of agent {} does not allow tool.call on tool {name}: {e}",
+                        who.agent
+                    ),
+                )));
+            }
+        }
+        let (d, up_chain) = self.decide_chain(who, "tool.call", name, 0, None).await?;
+        if d.allow && d.approval.is_none() {
+            return Ok(None);
+        }
+        let by = up_chain.unwrap_or_else(|| who.agent.to_string());
+        let why = if d.allow {
+            format!("tool {name} needs approval, which is not asked for calls made outside a run")
+        } else if d.policy_ids.is_empty() {
+            format!(
+                "no policy permits agent {by} to call tool {name} (permit Steward::Action::\"tool.call\" on Steward::Tool::\"{name}\")"
+            )
+        } else {
+            format!(
+                "agent {by} may not call tool {name}: forbidden by {}",
+                d.policy_ids.join(", ")
+            )
+        };
+        Ok(Some((Some(d), why)))
+    }
+
+    /// The registry's tools `who` may call outside a run, by name, then the meta-tools.
+    pub async fn visible_tools(&self, who: &Principal) -> Result<Vec<ToolView>, GatewayError> {
+        let mut out = Vec::new();
+        for name in self.tools.names() {
+            let Some(tool) = self.tools.get(name) else {
+                continue;
+            };
+            if !tool.outside_runs() || self.tool_refusal(who, name).await?.is_some() {
+                continue;
+            }
+            let info = tool.info();
+            out.push(ToolView {
+                name: name.to_string(),
+                description: info.description.to_string(),
+                input_schema: info.parameters,
+                annotations: tool.annotations(),
+            });
+        }
+        out.extend(meta_tools());
+        Ok(out)
+    }
+
+    /// Calls tool `name` for `who`, outside any run: decided, checked against its schema,
+    /// bounded by [`TOOL_CALL_TIMEOUT`], and audited (a refusal as a decision, a call with its
+    /// outcome) before the answer is given.
+    pub async fn call_tool(
+        &self,
+        who: &Principal,
+        name: &str,
+        args: Value,
+    ) -> Result<Value, ToolCallError> {
+        if name.len() > MAX_NAME {
+            return Err(ToolCallError::InvalidArguments(format!(
+                "a tool name is at most {MAX_NAME} bytes; this one is {}",
+                name.len()
+            )));
+        }
+        if name == TOOLS_SEARCH || name == TOOLS_DESCRIBE {
+            return self.meta_call(who, name, args).await;
+        }
+        let tool = match self.tools.get(name).filter(|t| t.outside_runs()) {
+            Some(tool) => match self.tool_refusal(who, name).await? {
+                None => tool,
+                Some((d, why)) => return Err(self.refuse_tool(who, name, d, why).await),
+            },
+            None => {
+                let why = format!(
+                    "there is no tool {name:?} for callers outside a run (tools_search finds the ones there are)"
+                );
+                return Err(self.refuse_tool(who, name, None, why).await);
+            }
+        };
+        let info = tool.info();
+        let validator = self
+            .validators
+            .get(name, &info.parameters)
+            .map_err(ToolCallError::Failed)?;
+        if let Some(why) = violation(&validator, &args) {
+            return Err(ToolCallError::InvalidArguments(why));
+        }
+        let call_id = format!("tc_{}", uuid::Uuid::now_v7().simple());
+        let ctx = ToolContext {
+            run_id: None,
+            seq: 0,
+            idempotency_key: call_id.clone(),
+            host: self.tool_host.clone(),
+        };
+        let result = match tokio::time::timeout(TOOL_CALL_TIMEOUT, tool.call(&ctx, args)).await {
+            Ok(r) => r.map_err(|e| match e {
+                ToolError::InvalidArgs(m) => ToolCallError::InvalidArguments(m),
+                other => ToolCallError::Failed(other.to_string()),
+            }),
+            Err(_) => Err(ToolCallError::Failed(format!(
+                "tool {name} did not finish within {} s",
+                TOOL_CALL_TIMEOUT.as_secs()
+            ))),
+        };
+        let now = self.clock.now_ms();
+        let record = steward_gov::AuditRecord {
+            delegations: who.link_ids(),
+            outcome: Some(if result.is_ok() { "ok" } else { "error" }.into()),
+            error: result.as_ref().err().map(|e| e.to_string()),
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Syscall,
+                now,
+                format!("agent:{}", who.agent),
+                who.chain.clone(),
+                "tool.call",
+                name,
+            )
+            .in_run(who.run.as_ref().map(|r| r.to_string()), Some(call_id))
+            .decided("allow", None)
+        }
+        .to_json();
+        self.audit_log
+            .append_audit(&[(now, record)])
+            .await
+            .map_err(internal)?;
+        result
+    }
+
+    /// Refuses a tool call, audited (as a decision, with the policy's when it made one) before
+    /// the caller hears of it.
+    async fn refuse_tool(
+        &self,
+        who: &Principal,
+        name: &str,
+        d: Option<Decision>,
+        why: String,
+    ) -> ToolCallError {
+        let action = (steward_gov::AuditEvent::Decision, "tool.call");
+        let error = GatewayError::Forbidden(why);
+        let error = match d {
+            Some(d) => self.refuse_decided(action, who, name, &d, error).await,
+            None => {
+                let principal = format!("agent:{}", who.agent);
+                self.refuse_as(
+                    action,
+                    &principal,
+                    who.chain.clone(),
+                    who.link_ids(),
+                    name,
+                    error,
+                )
+                .await
+            }
+        };
+        match error {
+            GatewayError::Forbidden(why) => ToolCallError::Forbidden(why),
+            other => ToolCallError::Gateway(other),
+        }
+    }
+
+    /// `tools_search` and `tools_describe`, over the tools `who` may call.
+    async fn meta_call(
+        &self,
+        who: &Principal,
+        name: &str,
+        args: Value,
+    ) -> Result<Value, ToolCallError> {
+        let meta = meta_tools();
+        let schema = &meta
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.input_schema.clone())
+            .unwrap_or_default();
+        let validator = self
+            .validators
+            .get(name, schema)
+            .map_err(ToolCallError::Failed)?;
+        if let Some(why) = violation(&validator, &args) {
+            return Err(ToolCallError::InvalidArguments(why));
+        }
+        let visible = self.visible_tools(who).await?;
+        if name == TOOLS_SEARCH {
+            let query = args["query"].as_str().unwrap_or_default();
+            let limit = args["limit"].as_u64().map_or(SEARCH_LIMIT, |l| l as usize);
+            // The meta-tools themselves are not what a search looks for.
+            let searched = visible
+                .iter()
+                .filter(|t| t.name != TOOLS_SEARCH && t.name != TOOLS_DESCRIBE);
+            let catalog = Catalog::new(searched.map(|t| CatalogEntry {
+                name: &t.name,
+                description: &t.description,
+                schema: &t.input_schema,
+            }));
+            let by_name: HashMap<&str, &ToolView> =
+                visible.iter().map(|t| (t.name.as_str(), t)).collect();
+            let hits: Vec<Value> = catalog
+                .search(query, limit)
+                .into_iter()
+                .filter_map(|(n, score)| {
+                    let t = by_name.get(n.as_str())?;
+                    Some(json!({"name": n, "description": t.description, "score": (score * 1000.0).round() / 1000.0}))
+                })
+                .collect();
+            return Ok(json!({"tools": hits}));
+        }
+        let names: Vec<&str> = args["names"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let found: Vec<Value> = names
+            .iter()
+            .filter_map(|n| visible.iter().find(|t| t.name == *n).map(ToolView::to_json))
+            .collect();
+        let unknown: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !visible.iter().any(|t| t.name == *n))
+            .collect();
+        Ok(json!({"tools": found, "unknown": unknown}))
+    }
+}
