@@ -66,6 +66,11 @@ use crate::openapi::CommonResponses;
         routes::delete_secret,
         routes::list_tools,
         routes::get_tool,
+        routes::put_mcp_server,
+        routes::list_mcp_servers,
+        routes::get_mcp_server,
+        routes::delete_mcp_server,
+        routes::restart_mcp_server,
         routes::list_keys,
         routes::revoke_key,
         routes::rotate_key,
@@ -159,6 +164,10 @@ use crate::openapi::CommonResponses;
         wire::ToolHints,
         wire::ToolInfo,
         wire::ToolList,
+        wire::PutMcpServer,
+        wire::McpServerStatus,
+        wire::McpServer,
+        wire::McpServerList,
         wire::KeyInfo,
         wire::KeyList,
         wire::Reason,
@@ -357,6 +366,17 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/secrets", get(routes::list_secrets))
         .route("/tools", get(routes::list_tools))
         .route("/tools/{name}", get(routes::get_tool))
+        .route("/mcp-servers", get(routes::list_mcp_servers))
+        .route(
+            "/mcp-servers/{name}",
+            get(routes::get_mcp_server)
+                .put(routes::put_mcp_server)
+                .delete(routes::delete_mcp_server),
+        )
+        .route(
+            "/mcp-servers/{name}/restart",
+            post(routes::restart_mcp_server),
+        )
         .route(
             "/secrets/{name}",
             axum::routing::put(routes::put_secret).delete(routes::delete_secret),

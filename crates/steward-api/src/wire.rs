@@ -602,6 +602,48 @@ pub struct ToolInfo {
     pub outside_runs: bool,
 }
 
+/// `PUT /api/v1/mcp-servers/{name}`: a server spoken to over stdio.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutMcpServer {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Environment variables the program gets (their values are never shown again).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// How an upstream MCP server is doing on the node that answered.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct McpServerStatus {
+    /// `starting`, `connected` or `restarting`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// How many tools it offers.
+    pub tools: usize,
+    /// How many times it was started again.
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct McpServer {
+    pub name: String,
+    pub transport: String,
+    pub command: Vec<String>,
+    /// The names of its environment variables.
+    pub env: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// None until the answering node has started it.
+    pub status: Option<McpServerStatus>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct McpServerList {
+    pub servers: Vec<McpServer>,
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ToolList {
     pub tools: Vec<ToolInfo>,

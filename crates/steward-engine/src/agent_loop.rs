@@ -25,10 +25,10 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     } else {
         spec.model.clone() // an alias or provider/model: the router resolves it per attempt
     };
-    let tools: Vec<ToolSpec> = spec
+    let tools: Vec<ToolSpec> = kernel
         .tools
-        .iter()
-        .filter_map(|n| kernel.tools.get(n))
+        .matching(&spec.tools)
+        .into_iter()
         .map(|t| {
             let i = t.info();
             ToolSpec {

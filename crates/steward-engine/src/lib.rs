@@ -23,6 +23,7 @@ mod principal;
 mod runs;
 pub mod sandboxes;
 mod ttl_cache;
+pub mod upstreams;
 pub mod vault;
 mod workspace_sync;
 
@@ -137,6 +138,7 @@ struct Inner {
     cfg: EngineConfig,
     draining: CancellationToken,
     tracker: TaskTracker,
+    upstreams: Arc<upstreams::Upstreams>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -206,6 +208,7 @@ impl Engine {
             identities: identities.clone(),
             delegations: delegations.clone(),
         };
+        let store_for_upstreams: Arc<dyn steward_store::McpServerStore> = store.clone();
         let shared = Arc::new(Shared {
             launch: launch.clone(),
             store: store.clone(),
@@ -284,7 +287,7 @@ impl Engine {
             budgets,
             authority,
             approval_timeout_ms: opts.gov.approval_timeout_ms as i64,
-            tools: opts.tools,
+            tools: opts.tools.clone(),
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
             draining: draining.clone(),
@@ -302,10 +305,28 @@ impl Engine {
                 kernel,
                 gateway,
                 cfg: opts.cfg,
+                upstreams: upstreams::Upstreams::new(opts.tools, store_for_upstreams),
                 draining,
                 tracker: TaskTracker::new(),
             }),
         };
+        // Upstream MCP servers: started now, and followed as nodes add, change or remove them.
+        {
+            let upstreams = engine.inner.upstreams.clone();
+            let draining = engine.inner.draining.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = upstreams.follow().await {
+                        tracing::warn!(error = %e, "could not read the upstream MCP servers");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(upstreams::FOLLOW_EVERY) => {}
+                        _ = draining.cancelled() => break,
+                    }
+                }
+                upstreams.stop_all();
+            });
+        }
         // The policy set in force is the database's latest, when there is one: as it was
         // stored, or not at all — never the permissive default in its place.
         if let Some(latest) = engine.inner.shared.store.latest_policy_set().await? {
@@ -458,6 +479,11 @@ impl Engine {
     /// The `/v1` gateway for external agents.
     pub fn gateway(&self) -> handles::gateway::Gateway<'_> {
         handles::gateway::Gateway(self)
+    }
+
+    /// Upstream MCP servers.
+    pub fn mcp_servers(&self) -> handles::mcp_servers::McpServers<'_> {
+        handles::mcp_servers::McpServers(self)
     }
 
     /// The tool registry.

@@ -16,6 +16,7 @@ mod group_commit;
 mod identities;
 mod in_tx;
 mod journal;
+mod mcp_servers;
 mod merges;
 pub mod merkle;
 mod model;
@@ -49,6 +50,7 @@ pub use gateway_calls::GatewayStore;
 pub use group_commit::JournalWriter;
 pub use identities::IdentityStore;
 pub use journal::JournalStore;
+pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use policies::PolicyStore;
@@ -88,6 +90,7 @@ pub trait Store:
     + MergeStore
     + WorkspaceStore
     + ResponseStore
+    + McpServerStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -20,8 +20,8 @@ impl Tool for Echo {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "echo",
-            description: "Returns its arguments unchanged.",
+            name: "echo".into(),
+            description: "Returns its arguments unchanged.".into(),
             parameters: json!({"type": "object"}),
         }
     }

@@ -172,8 +172,8 @@ impl Tool for HttpRequest {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "http_request",
-            description: "Makes an HTTP request and returns status, content type and body (truncated at a size cap).",
+            name: "http_request".into(),
+            description: "Makes an HTTP request and returns status, content type and body (truncated at a size cap).".into(),
             parameters: json!({"type": "object", "required": ["url"], "properties": {
                 "method": {"type": "string", "enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]},
                 "url": {"type": "string"},

@@ -8,8 +8,9 @@ mod scratchpad;
 mod search;
 mod spawn_agent;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 use steward_types::config::ToolsConfig;
@@ -46,8 +47,8 @@ pub type Result<T, E = ToolError> = std::result::Result<T, E>;
 /// How a tool describes itself to a model.
 #[derive(Clone, Debug)]
 pub struct ToolInfo {
-    pub name: &'static str,
-    pub description: &'static str,
+    pub name: Cow<'static, str>,
+    pub description: Cow<'static, str>,
     /// JSON Schema of the arguments.
     pub parameters: Value,
 }
@@ -177,6 +178,11 @@ pub trait Tool: Send + Sync {
     fn annotations(&self) -> Annotations {
         Annotations::default()
     }
+    /// Where it comes from: `native` for the server's own tools, `mcp:<server>` for an
+    /// upstream MCP server's.
+    fn source(&self) -> String {
+        "native".into()
+    }
     /// Whether a caller outside any run (an MCP client) may call it: only tools that need
     /// nothing of a run's state.
     fn outside_runs(&self) -> bool {
@@ -238,10 +244,12 @@ impl std::fmt::Debug for Meter {
 /// Sandbox CPU, in milliseconds: what `sandbox_exec` reports as `cpu_ms`.
 pub const SANDBOX_CPU_MS: &str = "sandbox.cpu_ms";
 
-/// The tools an agent may name in `spec.tools`.
+/// The registry: the tools an agent may name in `spec.tools` and MCP clients may be given.
+/// Clones share one registry, so tools an upstream MCP server offers appear in it, and go
+/// from it, while the server runs.
 #[derive(Clone, Default)]
 pub struct Tools {
-    by_name: BTreeMap<String, Arc<dyn Tool>>,
+    by_name: Arc<RwLock<BTreeMap<String, Arc<dyn Tool>>>>,
 }
 
 impl Tools {
@@ -258,16 +266,68 @@ impl Tools {
         Ok(t)
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
+        // A panic while holding the lock cannot leave the map half-changed (each change is
+        // one insert or one retain), so a poisoned lock is still sound to read.
+        self.by_name.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
+        self.by_name.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn insert(&mut self, tool: Arc<dyn Tool>) {
-        self.by_name.insert(tool.info().name.to_string(), tool);
+        let name = tool.info().name.to_string();
+        self.write().insert(name, tool);
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.read().get(name).cloned()
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+    /// Every tool's name, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The tools `patterns` (entries of `spec.tools`: names, or `prefix.*`) name, in the order
+    /// the patterns give, each once.
+    pub fn matching(&self, patterns: &[String]) -> Vec<Arc<dyn Tool>> {
+        let all = self.read();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for p in patterns {
+            let names: Vec<&String> = match p.strip_suffix(".*") {
+                Some(_) => all
+                    .keys()
+                    .filter(|n| steward_types::manifest::tool_pattern_covers(p, n))
+                    .collect(),
+                None => all
+                    .get_key_value(p.as_str())
+                    .map(|(k, _)| k)
+                    .into_iter()
+                    .collect(),
+            };
+            for n in names {
+                if seen.insert(n.clone()) {
+                    if let Some(t) = all.get(n) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts `tools` in place of every tool named `prefix.…` (an upstream's whole offer, as it
+    /// stands now).
+    pub fn replace_prefix(&self, prefix: &str, tools: Vec<Arc<dyn Tool>>) {
+        let mut all = self.write();
+        let dotted = format!("{prefix}.");
+        all.retain(|n, _| !n.starts_with(&dotted));
+        for t in tools {
+            all.insert(t.info().name.to_string(), t);
+        }
     }
 }
 

@@ -28,8 +28,8 @@ impl Tool for SandboxExec {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "sandbox_exec",
-            description: "Runs a shell command in this run's isolated sandbox (no network; the workspace persists between calls; bash, python3 and the host's other interpreters). Returns the exit code, stdout and stderr.",
+            name: "sandbox_exec".into(),
+            description: "Runs a shell command in this run's isolated sandbox (no network; the workspace persists between calls; bash, python3 and the host's other interpreters). Returns the exit code, stdout and stderr.".into(),
             parameters: json!({"type": "object", "required": ["command"],
                 "properties": {
                     "command": {"type": "string", "description": "a /bin/sh command line"},
@@ -76,9 +76,10 @@ impl Tool for SandboxWriteFile {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "sandbox_write_file",
+            name: "sandbox_write_file".into(),
             description:
-                "Writes a text file into this run's sandbox workspace (a path relative to it).",
+                "Writes a text file into this run's sandbox workspace (a path relative to it)."
+                    .into(),
             parameters: json!({"type": "object", "required": ["path", "content"],
                 "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}),
         }
@@ -108,9 +109,10 @@ impl Tool for SandboxReadFile {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "sandbox_read_file",
+            name: "sandbox_read_file".into(),
             description:
-                "Reads a text file from this run's sandbox workspace (a path relative to it).",
+                "Reads a text file from this run's sandbox workspace (a path relative to it)."
+                    .into(),
             parameters: json!({"type": "object", "required": ["path"],
                 "properties": {"path": {"type": "string"}}}),
         }

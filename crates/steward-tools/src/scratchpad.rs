@@ -22,8 +22,8 @@ impl Tool for ScratchpadSet {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "scratchpad_set",
-            description: "Stores a value under a key in this run's scratchpad.",
+            name: "scratchpad_set".into(),
+            description: "Stores a value under a key in this run's scratchpad.".into(),
             parameters: json!({"type": "object", "required": ["key", "value"],
                 "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}),
         }
@@ -61,8 +61,9 @@ impl Tool for ScratchpadGet {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "scratchpad_get",
-            description: "Reads a value from this run's scratchpad; null when the key is unset.",
+            name: "scratchpad_get".into(),
+            description: "Reads a value from this run's scratchpad; null when the key is unset."
+                .into(),
             parameters: json!({"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}),
         }
     }

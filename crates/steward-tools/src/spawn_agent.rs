@@ -23,8 +23,8 @@ impl Tool for SpawnAgent {
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "spawn_agent",
-            description: "Runs another agent with an input and returns its final answer.",
+            name: "spawn_agent".into(),
+            description: "Runs another agent with an input and returns its final answer.".into(),
             parameters: json!({"type": "object", "required": ["agent", "input"],
                 "properties": {"agent": {"type": "string"}, "input": {"type": "string"},
                     "tools": {"type": "array", "items": {"type": "string"},

@@ -362,7 +362,23 @@ impl AgentManifest {
     }
 }
 
+/// Whether an entry of `spec.tools` names `tool`: the tool's own name, or `prefix.*` for every
+/// tool an upstream MCP server `prefix` offers (`github.*` covers `github.create_issue`).
+pub fn tool_pattern_covers(pattern: &str, tool: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => tool
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')),
+        None => pattern == tool,
+    }
+}
+
 impl AgentSpec {
+    /// Whether `spec.tools` gives the agent `tool`, by name or by an upstream's prefix.
+    pub fn lists_tool(&self, tool: &str) -> bool {
+        self.tools.iter().any(|p| tool_pattern_covers(p, tool))
+    }
+
     pub fn is_scripted(&self) -> bool {
         self.model == "scripted"
     }
@@ -381,7 +397,7 @@ impl AgentSpec {
             }
         }
         for (name, c) in &self.compensation {
-            if !self.tools.contains(name) || !self.tools.contains(&c.tool) {
+            if !self.lists_tool(name) || !self.lists_tool(&c.tool) {
                 return err(format!(
                     "spec.compensation.{name}: both {name:?} and its undo tool {:?} must be in spec.tools",
                     c.tool
@@ -390,11 +406,11 @@ impl AgentSpec {
         }
         for (name, p) in &self.tool_policies {
             let at = format!("spec.toolPolicies.{name}");
-            if !self.tools.contains(name) {
+            if !self.lists_tool(name) {
                 return err(format!("{at}: {name:?} is not in spec.tools"));
             }
             if let Some(f) = &p.fallback {
-                if !self.tools.contains(f) || f == name {
+                if !self.lists_tool(f) || f == name {
                     return err(format!(
                         "{at}.fallback: {f:?} must be another tool in spec.tools"
                     ));
@@ -479,7 +495,7 @@ impl AgentSpec {
                 ));
             }
             for (j, call) in turn.tool_calls.iter().enumerate() {
-                if !self.tools.contains(&call.name) {
+                if !self.lists_tool(&call.name) {
                     return err(format!(
                         "spec.script[{i}].toolCalls[{j}].name: {:?} is not in spec.tools",
                         call.name
@@ -538,6 +554,25 @@ pub mod duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_pattern_covers_its_servers_tools_only() {
+        assert!(tool_pattern_covers("github.*", "github.create_issue"));
+        assert!(tool_pattern_covers("github.*", "github.a.b"));
+        assert!(
+            !tool_pattern_covers("github.*", "github."),
+            "a name, not the bare prefix"
+        );
+        assert!(!tool_pattern_covers("github.*", "githubx.create_issue"));
+        assert!(!tool_pattern_covers("github.*", "gitlab.create_issue"));
+        assert!(!tool_pattern_covers("github.*", "github"));
+        assert!(tool_pattern_covers("echo", "echo"));
+        assert!(!tool_pattern_covers("echo", "echo2"));
+        assert!(
+            !tool_pattern_covers("*", "echo"),
+            "no wildcard for every tool"
+        );
+    }
 
     const GOOD: &str = r#"
 apiVersion: steward.dev/v1

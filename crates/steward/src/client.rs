@@ -43,6 +43,37 @@ pub enum ToolsWhat {
     Describe { name: String },
 }
 
+#[derive(Clone, clap::Subcommand)]
+pub enum McpWhat {
+    /// Adds (or replaces) an upstream MCP server spoken to over stdio: `steward mcp add NAME
+    /// [--env K=V]... -- PROGRAM ARGS...`. Its tools appear as `NAME.tool`.
+    Add {
+        name: String,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The upstream servers and how each is doing.
+    Ls,
+    /// Removes a server: its process stops and its tools leave the registry.
+    Rm { name: String },
+    /// Starts a server again.
+    Restart { name: String },
+}
+
+/// A server name as the CLI puts it in a path.
+fn mcp_name(name: &str) -> anyhow::Result<&str> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
+        bail!("an MCP server name is letters, digits, `_` and `-`: {name:?}");
+    }
+    Ok(name)
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -473,6 +504,76 @@ impl Client {
                 let path = format!("/api/v1/tools/{name}");
                 let t: serde_json::Value = self.get_json(&path).await?;
                 println!("{}", serde_json::to_string_pretty(&t)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn mcp(&self, what: McpWhat) -> anyhow::Result<()> {
+        use steward_api::wire::{McpServer, McpServerList};
+        let show = |s: &McpServer| {
+            let status = s
+                .status
+                .as_ref()
+                .map_or("not started here".to_string(), |st| {
+                    let mut line = format!(
+                        "{} ({} tools, {} restarts)",
+                        st.state, st.tools, st.restarts
+                    );
+                    if let Some(e) = &st.last_error {
+                        line.push_str(&format!(": {e}"));
+                    }
+                    line
+                });
+            println!("{:<16} {:<40} {status}", s.name, s.command.join(" "));
+        };
+        match what {
+            McpWhat::Add { name, env, command } => {
+                let mut vars = serde_json::Map::new();
+                for kv in env {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("--env takes K=V, not {kv:?}"))?;
+                    vars.insert(k.to_string(), Value::String(v.to_string()));
+                }
+                let body = serde_json::json!({"command": command, "env": vars});
+                let s: McpServer = self
+                    .send(
+                        self.http
+                            .put(format!(
+                                "{}/api/v1/mcp-servers/{}",
+                                self.base,
+                                mcp_name(&name)?
+                            ))
+                            .json(&body),
+                    )
+                    .await?;
+                show(&s);
+            }
+            McpWhat::Ls => {
+                let list: McpServerList = self.get_json("/api/v1/mcp-servers").await?;
+                for s in &list.servers {
+                    show(s);
+                }
+            }
+            McpWhat::Rm { name } => {
+                let resp = self
+                    .http
+                    .delete(format!(
+                        "{}/api/v1/mcp-servers/{}",
+                        self.base,
+                        mcp_name(&name)?
+                    ))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("{}", resp.text().await.unwrap_or_default());
+                }
+            }
+            McpWhat::Restart { name } => {
+                let path = format!("/api/v1/mcp-servers/{}/restart", mcp_name(&name)?);
+                let s: McpServer = self.post_json(&path, &serde_json::json!({})).await?;
+                show(&s);
             }
         }
         Ok(())

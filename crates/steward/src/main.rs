@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         what: client::AuditWhat,
     },
+    /// Upstream MCP servers whose tools join the registry: `add`, `ls`, `rm`, `restart`.
+    Mcp {
+        #[command(subcommand)]
+        what: client::McpWhat,
+    },
     /// The tool registry: `ls`, `describe NAME`.
     Tools {
         #[command(subcommand)]
@@ -177,6 +182,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit { what } => c?.audit(what).await,
             Command::Sandbox { what } => c?.sandbox(what).await,
             Command::Tools { what } => c?.tools(what).await,
+            Command::Mcp { what } => c?.mcp(what).await,
             Command::Approvals { state } => c?.approvals(&state).await,
             Command::Incidents {
                 state,

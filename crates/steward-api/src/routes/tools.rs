@@ -13,7 +13,7 @@ fn wire(t: steward_engine::handles::tools::ToolEntry) -> ToolInfo {
             idempotent: t.annotations.idempotent,
             open_world: t.annotations.open_world,
         },
-        source: t.source.to_string(),
+        source: t.source,
         outside_runs: t.outside_runs,
     }
 }

@@ -183,15 +183,15 @@ impl Gateway {
     pub async fn visible_tools(&self, who: &Principal) -> Result<Vec<ToolView>, GatewayError> {
         let mut out = Vec::new();
         for name in self.tools.names() {
-            let Some(tool) = self.tools.get(name) else {
+            let Some(tool) = self.tools.get(&name) else {
                 continue;
             };
-            if !tool.outside_runs() || self.tool_refusal(who, name).await?.is_some() {
+            if !tool.outside_runs() || self.tool_refusal(who, &name).await?.is_some() {
                 continue;
             }
             let info = tool.info();
             out.push(ToolView {
-                name: name.to_string(),
+                name,
                 description: info.description.to_string(),
                 input_schema: info.parameters,
                 annotations: tool.annotations(),

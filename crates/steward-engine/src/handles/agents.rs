@@ -7,13 +7,7 @@ pub struct Agents<'a>(pub(crate) &'a Engine);
 
 impl Agents<'_> {
     pub fn tool_names(&self) -> Vec<String> {
-        self.0
-            .inner
-            .kernel
-            .tools
-            .names()
-            .map(str::to_string)
-            .collect()
+        self.0.inner.kernel.tools.names()
     }
 
     /// Creates or updates every agent in a YAML/JSON manifest stream, all or nothing.
@@ -118,7 +112,10 @@ impl Agents<'_> {
             }
         }
         for (i, t) in spec.tools.iter().enumerate() {
-            if self.0.inner.kernel.tools.get(t).is_none() {
+            // A name with a `.` is an upstream MCP server's (`github.create_issue`, or
+            // `github.*` for all it offers): resolved when a run starts, as the server may be
+            // starting, restarting or not added yet.
+            if !t.contains('.') && self.0.inner.kernel.tools.get(t).is_none() {
                 return Err(Error::InvalidManifest(format!(
                     "{name}: spec.tools[{i}]: no tool named {t:?}; available: {}",
                     self.tool_names().join(", ")

@@ -10,6 +10,7 @@ pub mod delegations;
 pub mod gateway;
 pub mod identities;
 pub mod keys;
+pub mod mcp_servers;
 pub mod policies;
 pub mod responses;
 pub mod runs;

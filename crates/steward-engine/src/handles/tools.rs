@@ -12,7 +12,7 @@ pub struct ToolEntry {
     pub input_schema: serde_json::Value,
     pub annotations: Annotations,
     /// Where it comes from (`native` for the server's built-in tools).
-    pub source: &'static str,
+    pub source: String,
     /// Whether callers outside a run (MCP clients) may be given it.
     pub outside_runs: bool,
 }
@@ -26,15 +26,16 @@ impl Tools<'_> {
         let tools = &self.0.inner.kernel.tools;
         tools
             .names()
+            .into_iter()
             .filter_map(|name| {
-                let t = tools.get(name)?;
+                let t = tools.get(&name)?;
                 let info = t.info();
                 Some(ToolEntry {
-                    name: name.to_string(),
+                    name,
                     description: info.description.to_string(),
                     input_schema: info.parameters,
                     annotations: t.annotations(),
-                    source: "native",
+                    source: t.source(),
                     outside_runs: t.outside_runs(),
                 })
             })

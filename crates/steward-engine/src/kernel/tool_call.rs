@@ -90,7 +90,7 @@ impl Syscall for ToolCall<'_> {
         let (name, args) = (self.name, self.args);
         let step_timeout = Duration::from_millis(ctx.spec.step_timeout);
         // Authorize: an agent calls only the tools its spec lists.
-        if !ctx.spec.tools.iter().any(|t| t == name) {
+        if !ctx.spec.lists_tool(name) {
             return Ok((
                 (Err(format!("tool {name:?} is not available to this agent"))),
                 0,
@@ -344,7 +344,7 @@ impl Kernel {
         args: &Value,
         seq: i64,
     ) -> Result<Option<String>, StepError> {
-        if !ctx.spec.tools.iter().any(|t| t == tool) {
+        if !ctx.spec.lists_tool(tool) {
             return Ok(Some(
                 "it is not one of this agent's tools (spec.tools)".to_string(),
             ));

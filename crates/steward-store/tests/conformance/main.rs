@@ -15,6 +15,7 @@ mod delegations;
 mod gateway_calls;
 mod journal;
 mod limits;
+mod mcp_servers;
 mod merges;
 mod policies;
 mod responses;

@@ -26,8 +26,8 @@ struct Tally {
 impl Tool for Tally {
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "tally",
-            description: "Counts.",
+            name: "tally".into(),
+            description: "Counts.".into(),
             parameters: json!({"type": "object"}),
         }
     }

@@ -175,3 +175,212 @@ both_backends!(
     the_registry_lists_tools_with_their_annotations,
     the_registry_lists_tools_with_their_annotations
 );
+
+/// The official reference server, installed from npm by `.ci/run`.
+fn everything_server() -> String {
+    let path = std::env::var("STEWARD_TEST_MCP_EVERYTHING").unwrap_or_else(|_| {
+        "/var/tmp/steward-npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+            .into()
+    });
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: .ci/run installs @modelcontextprotocol/server-everything (or set STEWARD_TEST_MCP_EVERYTHING)"
+    );
+    path
+}
+
+/// A JSON-RPC `tools/call` at `/mcp`, stateless: the result, or the JSON-RPC error.
+async fn mcp_call(s: &TestServer, key: &str, tool: &str, args: Value) -> Value {
+    let (st, body) = common::send(
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": tool, "arguments": args}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    body
+}
+
+fn text_of(result: &Value) -> String {
+    result["result"]["content"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+async fn server_status(s: &TestServer) -> Value {
+    let (st, e) = s.get("/api/v1/mcp-servers/everything").await;
+    assert_eq!(st, 200, "{e}");
+    e["status"].clone()
+}
+
+/// An upstream MCP server over stdio: its tools join the registry under its name, are called
+/// by managed runs (`spec.tools: [everything.*]`) and MCP clients on the governance path; when
+/// its process dies it is started again and its tools work again; removed, they are gone.
+async fn an_upstream_servers_tools_join_the_registry_and_survive_its_crash(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/everything",
+            json!({"command": ["node", everything_server(), "stdio"], "env": {"EVERYTHING_TOKEN": "not-shown"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["env"], json!(["EVERYTHING_TOKEN"]), "names only: {e}");
+    assert!(!e.to_string().contains("not-shown"), "{e}");
+    let first_pid = common::eventually("the upstream to connect", || async {
+        let st = server_status(&s).await;
+        (st["state"] == "connected")
+            .then(|| st["pid"].as_u64())
+            .flatten()
+    })
+    .await;
+    let (_, tools) = s.get("/api/v1/tools").await;
+    let sum = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "everything.get-sum")
+        .cloned()
+        .unwrap_or_else(|| panic!("{tools}"));
+    assert_eq!(sum["source"], "mcp:everything");
+    assert_eq!(
+        sum["annotations"]["read_only"], true,
+        "its own hints: {sum}"
+    );
+    assert_eq!(sum["input_schema"]["required"], json!(["a", "b"]), "{sum}");
+
+    let key = key_of(&s, "tooler", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("sum") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"everything.get-sum");
+@id("runs-think") permit (principal is Steward::Run, action == Steward::Action::"llm.call", resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+
+    // An MCP client through Steward: arguments checked against the upstream's schema first.
+    let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": 2, "b": 3})).await;
+    assert!(text_of(&r).contains("The sum of 2 and 3 is 5"), "{r}");
+    let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": "two", "b": 3})).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(text_of(&r).contains("/a"), "the bad field's path: {r}");
+    // Not permitted: refused, though the upstream offers it.
+    let r = mcp_call(&s, &key, "everything.echo", json!({"message": "hi"})).await;
+    assert!(text_of(&r).contains("no policy permits"), "{r}");
+
+    // A managed run names the upstream's tools by prefix.
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: summer}\nspec:\n  model: scripted\n  tools: [everything.*]\n  script:\n    - toolCalls: [{name: everything.get-sum, arguments: {a: 20, b: 22}}]\n    - content: done\n",
+    )
+    .await;
+    let run = s.start_run("summer", "x").await;
+    let ended = s.wait_run(&run).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let journal = s.journal(&run).await;
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.to_string().contains("The sum of 20 and 22 is 42")),
+        "{journal:?}"
+    );
+
+    // Its process is killed: it is started again, and its tools answer again.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &first_pid.to_string()])
+        .status();
+    common::eventually("the upstream to be started again", || async {
+        let st = server_status(&s).await;
+        (st["state"] == "connected"
+            && st["pid"].as_u64() != Some(first_pid)
+            && st["restarts"].as_u64() >= Some(1))
+        .then_some(())
+    })
+    .await;
+    let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": 1, "b": 1})).await;
+    assert!(text_of(&r).contains("is 2"), "{r}");
+
+    // Removed: its tools are gone.
+    let (st, _) = common::send(
+        s.http
+            .delete(format!("{}/api/v1/mcp-servers/everything", s.url)),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (_, tools) = s.get("/api/v1/tools").await;
+    assert!(!tools.to_string().contains("everything."), "{tools}");
+    let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": 1, "b": 1})).await;
+    assert!(text_of(&r).contains("no tool"), "{r}");
+    let (st, _) = s.get("/api/v1/mcp-servers/everything").await;
+    assert_eq!(st, 404);
+}
+both_backends!(
+    an_upstream_servers_tools_join_the_registry_and_survive_its_crash,
+    an_upstream_servers_tools_join_the_registry_and_survive_its_crash
+);
+
+/// Bad server definitions are refused with what is wrong, and nothing is stored.
+async fn bad_mcp_server_definitions_are_refused(b: Backend) {
+    let s = TestServer::start(b).await;
+    for (name, body, says) in [
+        ("everything", json!({"command": []}), "command"),
+        ("everything", json!({"command": [""]}), "command"),
+        ("every.thing", json!({"command": ["node"]}), "name"),
+        ("Everything", json!({"command": ["node"]}), "name"),
+        (
+            "everything",
+            json!({"command": ["node"], "extra": 1}),
+            "extra",
+        ),
+        ("everything", json!({"command": "node"}), "command"),
+        (
+            "everything",
+            json!({"command": ["node"], "env": {"A=B": "x"}}),
+            "env",
+        ),
+        (
+            "everything",
+            json!({"command": ["node", "x".repeat(5000)]}),
+            "command",
+        ),
+    ] {
+        let (st, e) = s
+            .put(&format!("/api/v1/mcp-servers/{name}"), body.clone())
+            .await;
+        assert_eq!(st, 400, "{body}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {e}"
+        );
+    }
+    let (_, list) = s.get("/api/v1/mcp-servers").await;
+    assert_eq!(list["servers"], json!([]), "{list}");
+    // A command that cannot start is reported, not fatal, and tried again.
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/broken",
+            json!({"command": ["/no/such/program"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the failure to be reported", || async {
+        let (_, e) = s.get("/api/v1/mcp-servers/broken").await;
+        e["status"]["last_error"]
+            .as_str()
+            .filter(|m| m.contains("cannot start"))
+            .map(|_| ())
+    })
+    .await;
+}
+both_backends!(
+    bad_mcp_server_definitions_are_refused,
+    bad_mcp_server_definitions_are_refused
+);

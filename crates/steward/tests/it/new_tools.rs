@@ -28,8 +28,8 @@ const NOTE_BYTES: &str = "notes.bytes";
 impl Tool for NoteWrite {
     fn info(&self) -> ToolInfo {
         ToolInfo {
-            name: "note_write",
-            description: "Writes a note.",
+            name: "note_write".into(),
+            description: "Writes a note.".into(),
             parameters: json!({"type": "object"}),
         }
     }
