@@ -48,6 +48,13 @@ b = results.get("sandbox", {})
 rows += [
     ("sandbox", "cold start p50 ms", get(b, "cold_start_p50_ms"), "bubblewrap", get(b, "bwrap_p50_ms"), False),
 ]
+t = results.get("tools", {})
+rows += [
+    # The peer is the upstream itself, called directly: the difference is what /mcp adds.
+    ("tools", "call p50 ms (upstream direct)", get(t, "through_steward", "p50_ms"), "direct", get(t, "direct", "p50_ms"), False),
+    ("tools", "p50 ms added by /mcp", get(t, "p50_added_ms"), None, None, False),
+    ("tools", "calls/s through /mcp", get(t, "calls_per_s"), None, None, True),
+]
 
 
 def fmt(x):

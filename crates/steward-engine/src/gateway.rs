@@ -106,6 +106,9 @@ pub(crate) struct Gateway {
     /// What those tools may ask of the engine (no run's state: they are called with none).
     pub tool_host: Arc<dyn steward_tools::ToolHost>,
     pub validators: tools::Validators,
+    /// Tool calls' outcome records, group-committed with the journal's writes: concurrent
+    /// calls share a commit.
+    pub outcomes: steward_store::JournalWriter,
 }
 
 /// Keys are random and long; a plain SHA-256 is enough to keep them unreadable at rest.

@@ -256,7 +256,9 @@ impl Engine {
             store: store.clone(),
             prices: opts.prices.clone(),
         };
+        let journal = JournalWriter::start(store.clone(), opts.group_commit_max_batch);
         let gateway = gateway::Gateway {
+            outcomes: journal.clone(),
             authority: authority.clone(),
             router: router.clone(),
             limits: opts.llm.rate_limits.clone(),
@@ -282,7 +284,7 @@ impl Engine {
         let kernel = Kernel {
             meters,
             approvals: store.clone(),
-            journal: JournalWriter::start(store, opts.group_commit_max_batch),
+            journal,
             router,
             budgets,
             authority,

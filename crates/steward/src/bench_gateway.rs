@@ -140,7 +140,7 @@ async fn max_rps(
     done.load(std::sync::atomic::Ordering::Relaxed) as f64 / seconds as f64
 }
 
-async fn first_line_url(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+pub(crate) async fn first_line_url(child: &mut tokio::process::Child) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())

@@ -7,6 +7,7 @@ mod bench_gateway;
 mod bench_governance;
 mod bench_queue;
 mod bench_sandbox;
+mod bench_tools;
 mod client;
 mod demo;
 mod serve;

@@ -273,8 +273,8 @@ impl Gateway {
             .decided("allow", None)
         }
         .to_json();
-        self.audit_log
-            .append_audit(&[(now, record)])
+        self.outcomes
+            .append_audited(None, Vec::new(), vec![(now, record)], Vec::new())
             .await
             .map_err(internal)?;
         result

@@ -109,12 +109,14 @@ fn signal(pid: u32, sig: &str) {
 async fn a_stalled_node_of_two_never_drives_a_run_twice() {
     let counter = Counter::start().await;
     let a = TestServer::start(Backend::Postgres).await;
-    let b = TestServer::join(&a);
     poster(&a, &counter).await;
     let mut runs = Vec::new();
     for i in 0..8 {
         runs.push(a.start_run("poster", &format!("r{i}")).await);
     }
+    // b joins once a drives the runs: had b claimed them all first (a loaded machine can
+    // start it sooner than a's scheduler wakes), there would be nothing to take over.
+    let b = TestServer::join(&a);
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         signal(a.child_id(), "-STOP");
