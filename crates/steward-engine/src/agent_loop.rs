@@ -1,6 +1,8 @@
 //! The managed agent loop: model → tool calls → model … → final answer, every step through
 //! the Kernel. It is deterministic given the journal, which is what makes replay work.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use steward_llm::{ChatRequest, Message, Role, ToolSpec};
 
@@ -25,14 +27,21 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     } else {
         spec.model.clone() // an alias or provider/model: the router resolves it per attempt
     };
+    // Model APIs take tool names of `[a-zA-Z0-9_-]` only: an upstream's `server.tool` is
+    // offered as `server__tool`, and a call of that name is the tool's.
+    let mut real_names: HashMap<String, String> = HashMap::new();
     let tools: Vec<ToolSpec> = kernel
         .tools
         .matching(&spec.tools)
         .into_iter()
         .map(|t| {
             let i = t.info();
+            let offered = model_name(&i.name);
+            if offered != i.name {
+                real_names.insert(offered.clone(), i.name.to_string());
+            }
             ToolSpec {
-                name: i.name.to_string(),
+                name: offered,
                 description: i.description.to_string(),
                 parameters: i.parameters,
             }
@@ -69,9 +78,12 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         let calls = reply.tool_calls;
         let mut results = Vec::with_capacity(calls.len());
         for call in &calls {
+            let name = real_names
+                .get(&call.name)
+                .map_or(call.name.as_str(), String::as_str);
             // Only agents that ask for loop detection pay for comparing calls.
             if let Some(max) = max_repeats {
-                let this = (call.name.clone(), call.arguments.to_string());
+                let this = (name.to_string(), call.arguments.to_string());
                 repeats = if last.as_ref() == Some(&this) {
                     repeats + 1
                 } else {
@@ -80,7 +92,7 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
                 last = Some(this);
                 if repeats > max {
                     return LoopEnd::Looping {
-                        tool: call.name.clone(),
+                        tool: name.to_string(),
                         times: repeats,
                     };
                 }
@@ -89,7 +101,7 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
                 .call(
                     ctx,
                     ToolCall {
-                        name: &call.name,
+                        name,
                         args: &call.arguments,
                     },
                 )
@@ -114,4 +126,35 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         request.messages.extend(results);
     }
     LoopEnd::MaxSteps(spec.max_steps)
+}
+
+/// `name` as model APIs accept a tool's: `.` (an upstream server's prefix) becomes `__`, any
+/// other character outside `[a-zA-Z0-9_-]` becomes `_`.
+fn model_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    for c in name.chars() {
+        match c {
+            '.' => out.push_str("__"),
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_name;
+
+    #[test]
+    fn upstream_tool_names_are_offered_as_model_apis_accept_them() {
+        assert_eq!(model_name("everything.get-sum"), "everything__get-sum");
+        assert_eq!(model_name("github.repos.list"), "github__repos__list");
+        assert_eq!(
+            model_name("http_request"),
+            "http_request",
+            "native names are unchanged"
+        );
+        assert_eq!(model_name("odd name!"), "odd_name_");
+    }
 }
