@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Json;
-use common::{Backend, TestServer};
+use common::{key_of, Backend, TestServer};
 use serde_json::{json, Value};
 
 type Seen = Arc<Mutex<Vec<Value>>>;
@@ -747,20 +747,6 @@ async fn python(s: &TestServer, script: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr),
         s.log()
     );
-}
-
-/// A key for `agent`, registered under `owner`.
-async fn key_of(s: &TestServer, agent: &str, owner: &str) -> String {
-    let (st, e) = s
-        .post(
-            &format!("/api/v1/agents/{agent}/resume"),
-            json!({"reason": "registered", "owner": owner}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    let (st, key) = s.post("/api/v1/keys", json!({"agent": agent})).await;
-    assert_eq!(st, 201, "{key}");
-    key["key"].as_str().unwrap().to_string()
 }
 
 /// The Responses API, driven by the `openai` SDK's `responses` (create, stream, tools,

@@ -7,22 +7,8 @@
 
 use crate::common;
 
-use common::{Backend, TestServer};
+use common::{key_of, Backend, TestServer};
 use serde_json::{json, Value};
-
-/// A key for `agent`, registered under `owner`.
-async fn key_of(s: &TestServer, agent: &str, owner: &str) -> String {
-    let (st, e) = s
-        .post(
-            &format!("/api/v1/agents/{agent}/resume"),
-            json!({"reason": "registered", "owner": owner}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    let (st, key) = s.post("/api/v1/keys", json!({"agent": agent})).await;
-    assert_eq!(st, 201, "{key}");
-    key["key"].as_str().unwrap().to_string()
-}
 
 async fn the_mcp_sdk_sees_and_calls_only_what_policy_permits(b: Backend) {
     let s = TestServer::start(b).await;

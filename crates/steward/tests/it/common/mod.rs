@@ -514,6 +514,20 @@ pub fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
 
 /// A mock OpenAI-compatible upstream on loopback answering every chat call with "ok" (1 token
 /// in, 1 out). Returns its `/v1` base URL.
+/// A key for `agent`, registered under `owner`.
+pub async fn key_of(s: &TestServer, agent: &str, owner: &str) -> String {
+    let (st, e) = s
+        .post(
+            &format!("/api/v1/agents/{agent}/resume"),
+            json!({"reason": "registered", "owner": owner}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, key) = s.post("/api/v1/keys", json!({"agent": agent})).await;
+    assert_eq!(st, 201, "{key}");
+    key["key"].as_str().unwrap().to_string()
+}
+
 pub async fn ok_upstream() -> String {
     use axum::routing::post;
     use axum::Json;
