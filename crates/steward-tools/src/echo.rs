@@ -8,12 +8,7 @@ pub struct Echo;
 #[async_trait::async_trait]
 impl Tool for Echo {
     fn annotations(&self) -> Annotations {
-        Annotations {
-            read_only: true,
-            destructive: false,
-            idempotent: true,
-            open_world: false,
-        }
+        Annotations::LOCAL_READ
     }
     fn outside_runs(&self) -> bool {
         true

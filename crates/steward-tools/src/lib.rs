@@ -67,6 +67,23 @@ pub struct Annotations {
     pub open_world: bool,
 }
 
+impl Annotations {
+    /// Reads what the server holds and changes nothing (`echo`, the file and scratchpad reads).
+    pub const LOCAL_READ: Annotations = Annotations {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+    /// Writes a value in place on the server: again with the same arguments, the same state.
+    pub const LOCAL_OVERWRITE: Annotations = Annotations {
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        open_world: false,
+    };
+}
+
 impl Default for Annotations {
     /// What a caller must assume of a tool that says nothing (MCP's defaults).
     fn default() -> Self {

@@ -67,12 +67,7 @@ impl Tool for SandboxExec {
 #[async_trait::async_trait]
 impl Tool for SandboxWriteFile {
     fn annotations(&self) -> Annotations {
-        Annotations {
-            read_only: false,
-            destructive: true,
-            idempotent: true,
-            open_world: false,
-        }
+        Annotations::LOCAL_OVERWRITE
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
@@ -100,12 +95,7 @@ impl Tool for SandboxWriteFile {
 #[async_trait::async_trait]
 impl Tool for SandboxReadFile {
     fn annotations(&self) -> Annotations {
-        Annotations {
-            read_only: true,
-            destructive: false,
-            idempotent: true,
-            open_world: false,
-        }
+        Annotations::LOCAL_READ
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {

@@ -13,12 +13,7 @@ pub struct ScratchpadGet;
 #[async_trait::async_trait]
 impl Tool for ScratchpadSet {
     fn annotations(&self) -> Annotations {
-        Annotations {
-            read_only: false,
-            destructive: true,
-            idempotent: true,
-            open_world: false,
-        }
+        Annotations::LOCAL_OVERWRITE
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {
@@ -52,12 +47,7 @@ impl Tool for ScratchpadSet {
 #[async_trait::async_trait]
 impl Tool for ScratchpadGet {
     fn annotations(&self) -> Annotations {
-        Annotations {
-            read_only: true,
-            destructive: false,
-            idempotent: true,
-            open_world: false,
-        }
+        Annotations::LOCAL_READ
     }
     fn info(&self) -> ToolInfo {
         ToolInfo {

@@ -92,12 +92,7 @@ impl Validators {
 
 /// The meta-tools every caller has.
 fn meta_tools() -> [ToolView; 2] {
-    let read_only = Annotations {
-        read_only: true,
-        destructive: false,
-        idempotent: true,
-        open_world: false,
-    };
+    let read_only = Annotations::LOCAL_READ;
     [
         ToolView {
             name: TOOLS_SEARCH.into(),
