@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ type Slot = Arc<RwLock<Option<Peer<RoleClient>>>>;
 struct Running {
     updated_at: Millis,
     stop: CancellationToken,
+    /// Set when it stops because a newer definition replaces it: its successor's import
+    /// replaces its tools, so it must not remove them on the way out.
+    replaced: Arc<AtomicBool>,
     restart: Arc<Notify>,
     status: Shared<Status>,
 }
@@ -87,10 +91,10 @@ impl Upstreams {
         let wanted = self.store.mcp_servers().await?;
         let mut running = lock(&self.running);
         running.retain(|name, r| {
-            let keep = wanted
-                .iter()
-                .any(|w| &w.name == name && w.updated_at == r.updated_at);
+            let same = wanted.iter().find(|w| &w.name == name);
+            let keep = same.is_some_and(|w| w.updated_at == r.updated_at);
             if !keep {
+                r.replaced.store(same.is_some(), Ordering::SeqCst);
                 r.stop.cancel();
             }
             keep
@@ -102,6 +106,7 @@ impl Upstreams {
             let r = Running {
                 updated_at: w.updated_at,
                 stop: CancellationToken::new(),
+                replaced: Arc::default(),
                 restart: Arc::new(Notify::new()),
                 status: Arc::new(Mutex::new(Status {
                     state: "starting",
@@ -112,7 +117,7 @@ impl Upstreams {
                 w.clone(),
                 self.tools.clone(),
                 r.status.clone(),
-                r.stop.clone(),
+                (r.stop.clone(), r.replaced.clone()),
                 r.restart.clone(),
             ));
             running.insert(w.name, r);
@@ -152,7 +157,7 @@ async fn supervise(
     spec: McpServerRecord,
     tools: Tools,
     status: Shared<Status>,
-    stop: CancellationToken,
+    (stop, replaced): (CancellationToken, Arc<AtomicBool>),
     restart: Arc<Notify>,
 ) {
     let slot: Slot = Arc::default();
@@ -203,9 +208,11 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    // Stopped: its tools leave the registry.
+    // Stopped: its tools leave the registry, unless a newer definition of it took over.
     *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
-    tools.replace_prefix(&spec.name, Vec::new());
+    if !replaced.load(Ordering::SeqCst) {
+        tools.replace_prefix(&spec.name, Vec::new());
+    }
 }
 
 type Service = rmcp::service::RunningService<RoleClient, Watch>;

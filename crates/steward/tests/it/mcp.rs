@@ -294,6 +294,26 @@ async fn an_upstream_servers_tools_join_the_registry_and_survive_its_crash(b: Ba
     let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": 1, "b": 1})).await;
     assert!(text_of(&r).contains("is 2"), "{r}");
 
+    // Replaced by a new definition: started again under it, its tools still there.
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/everything",
+            json!({"command": ["node", everything_server(), "stdio"], "env": {"OTHER": "1"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the new definition to connect", || async {
+        let (_, e) = s.get("/api/v1/mcp-servers/everything").await;
+        (e["env"] == json!(["OTHER"]) && e["status"]["state"] == "connected").then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = mcp_call(&s, &key, "everything.get-sum", json!({"a": 2, "b": 2})).await;
+    assert!(
+        text_of(&r).contains("is 4"),
+        "the old connection's exit took nothing away: {r}"
+    );
+
     // Removed: its tools are gone.
     let (st, _) = common::send(
         s.http
