@@ -149,7 +149,8 @@ impl ServerHandler for Mcp {
             Err(
                 e @ (ToolCallError::Forbidden(_)
                 | ToolCallError::InvalidArguments(_)
-                | ToolCallError::Failed(_)),
+                | ToolCallError::Failed(_)
+                | ToolCallError::Limited(_)),
             ) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
             Err(ToolCallError::Gateway(e)) => return Err(unavailable(e)),
         };

@@ -602,15 +602,25 @@ pub struct ToolInfo {
     pub outside_runs: bool,
 }
 
-/// `PUT /api/v1/mcp-servers/{name}`: a server spoken to over stdio.
+/// `PUT /api/v1/mcp-servers/{name}`: a server spoken to over stdio (`command`) or Streamable
+/// HTTP (`url`).
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutMcpServer {
-    /// The program and its arguments.
+    /// A server spoken to over stdio: the program and its arguments. Give this or `url`.
+    #[serde(default)]
     pub command: Vec<String>,
-    /// Environment variables the program gets (their values are never shown again).
+    /// Environment variables the program gets (their values are never shown again; a value
+    /// may name vault secrets as `{{secret:NAME}}`).
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// A server spoken to over Streamable HTTP: its endpoint (`http://` or `https://`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Headers sent with every request to `url`, e.g. `{"Authorization": "Bearer
+    /// {{secret:GITHUB_TOKEN}}"}` (their values are never shown again).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// How an upstream MCP server is doing on the node that answered.
@@ -630,9 +640,14 @@ pub struct McpServerStatus {
 pub struct McpServer {
     pub name: String,
     pub transport: String,
+    /// Its program and arguments (`stdio`).
     pub command: Vec<String>,
     /// The names of its environment variables.
     pub env: Vec<String>,
+    /// Its endpoint (`http`).
+    pub url: Option<String>,
+    /// The names of the headers sent to it.
+    pub headers: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until the answering node has started it.

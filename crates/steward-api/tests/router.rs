@@ -34,6 +34,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             vault: None,
             sandboxes: None,
             meters: Default::default(),
+            tool_rules: Default::default(),
         },
     )
     .await

@@ -105,7 +105,8 @@ pub(crate) struct Gateway {
     pub tools: steward_tools::Tools,
     /// What those tools may ask of the engine (no run's state: they are called with none).
     pub tool_host: Arc<dyn steward_tools::ToolHost>,
-    pub validators: tools::Validators,
+    /// Argument checks, per-minute limits and the result cache of tool calls.
+    pub tool_plane: Arc<crate::tool_plane::ToolPlane>,
     /// Tool calls' outcome records, group-committed with the journal's writes: concurrent
     /// calls share a commit.
     pub outcomes: steward_store::JournalWriter,

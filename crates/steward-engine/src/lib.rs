@@ -22,6 +22,7 @@ mod metrics;
 mod principal;
 mod runs;
 pub mod sandboxes;
+mod tool_plane;
 mod ttl_cache;
 pub mod upstreams;
 pub mod vault;
@@ -125,6 +126,8 @@ pub struct EngineOptions {
     pub sandboxes: Option<Arc<sandboxes::SandboxService>>,
     /// What metered resources of other tools cost (`steward_tools::Tool::meter`).
     pub meters: meters::Meters,
+    /// Tool calls' per-minute limits and result cache.
+    pub tool_rules: steward_types::config::ToolsConfig,
 }
 
 struct Inner {
@@ -257,6 +260,12 @@ impl Engine {
             prices: opts.prices.clone(),
         };
         let journal = JournalWriter::start(store.clone(), opts.group_commit_max_batch);
+        let tool_plane = Arc::new(tool_plane::ToolPlane::new(
+            opts.tool_rules.limits.clone(),
+            opts.tool_rules.cache.clone(),
+            store.clone(),
+            opts.clock.clone(),
+        ));
         let gateway = gateway::Gateway {
             outcomes: journal.clone(),
             authority: authority.clone(),
@@ -275,7 +284,7 @@ impl Engine {
             chains: ttl_cache::TtlCache::new(ttl_cache::LOOKUP_TTL),
             tools: opts.tools.clone(),
             tool_host: Arc::new(Host(shared.clone())),
-            validators: Default::default(),
+            tool_plane: tool_plane.clone(),
         };
         let mut meters = opts.meters.clone();
         if let Some(s) = &opts.sandboxes {
@@ -290,6 +299,7 @@ impl Engine {
             authority,
             approval_timeout_ms: opts.gov.approval_timeout_ms as i64,
             tools: opts.tools.clone(),
+            tool_plane,
             host: Arc::new(Host(shared.clone())),
             clock: opts.clock,
             draining: draining.clone(),
@@ -307,7 +317,13 @@ impl Engine {
                 kernel,
                 gateway,
                 cfg: opts.cfg,
-                upstreams: upstreams::Upstreams::new(opts.tools, store_for_upstreams),
+                upstreams: upstreams::Upstreams::new(
+                    opts.tools,
+                    store_for_upstreams,
+                    opts.vault
+                        .clone()
+                        .map(|v| v as Arc<dyn steward_llm::SecretSource>),
+                ),
                 draining,
                 tracker: TaskTracker::new(),
             }),

@@ -1,9 +1,14 @@
 //! Upstream MCP servers: each one's tools in the registry under its name as a prefix
 //! (`everything.echo`), for managed runs (`spec.tools: [everything.*]`) and MCP clients alike,
-//! on the same governance path as native tools. Every node runs its own connection to every
-//! configured server and follows the store's list of them; a server's process is supervised —
-//! started again with growing pauses when it exits — and its tools are listed again when it
+//! on the same governance path as native tools. A server is a command spoken to over stdio or
+//! a URL spoken to over Streamable HTTP. Every node runs its own connection to every
+//! configured server and follows the store's list of them; a connection is supervised —
+//! made again with growing pauses when it ends — and its tools are listed again when the server
 //! says they changed, so they appear and disappear without a restart of Steward.
+//!
+//! Credentials: a definition's environment values and headers may name vault secrets as
+//! `{{secret:NAME}}`; they are resolved when connecting, so the store, the API and the logs only
+//! ever hold the placeholder, and a rotated secret is used from the next connection on.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -11,11 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, ContentBlock};
-use rmcp::service::{NotificationContext, Peer, RoleClient};
-use rmcp::transport::TokioChildProcess;
+use rmcp::model::{CallToolRequestParams, ClientRequest, ContentBlock, PingRequest};
+use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceError};
+use rmcp::transport::common::client_side_sse::ExponentialBackoff;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{json, Value};
+use steward_llm::SecretSource;
 use steward_store::{McpServerRecord, McpServerStore};
 use steward_tools::{Annotations, Tool, ToolContext, ToolError, ToolInfo, Tools};
 use steward_types::Millis;
@@ -56,8 +64,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where a server's tools find its connection: none while it is down.
-type Slot = Arc<RwLock<Option<Peer<RoleClient>>>>;
+/// Where a server's tools find its connection (none while it is down), and how they say it
+/// broke.
+#[derive(Clone)]
+struct Slot {
+    peer: Arc<RwLock<Option<Peer<RoleClient>>>>,
+    restart: Arc<Notify>,
+}
+
+impl Slot {
+    fn peer(&self) -> Option<Peer<RoleClient>> {
+        self.peer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, peer: Option<Peer<RoleClient>>) {
+        *self.peer.write().unwrap_or_else(|e| e.into_inner()) = peer;
+    }
+
+    /// A call found the connection broken (the server went away, or forgot the session when
+    /// it restarted): calls fail at once until a new connection is made, which starts now.
+    fn broken(&self) {
+        self.set(None);
+        self.restart.notify_one();
+    }
+}
 
 struct Running {
     updated_at: Millis,
@@ -73,14 +103,23 @@ struct Running {
 pub struct Upstreams {
     tools: Tools,
     store: Arc<dyn McpServerStore>,
+    secrets: Option<Arc<dyn SecretSource>>,
     running: Mutex<HashMap<String, Running>>,
 }
 
 impl Upstreams {
-    pub fn new(tools: Tools, store: Arc<dyn McpServerStore>) -> Arc<Upstreams> {
+    pub fn new(
+        tools: Tools,
+        store: Arc<dyn McpServerStore>,
+        secrets: Option<Arc<dyn SecretSource>>,
+    ) -> Arc<Upstreams> {
+        // The HTTP client of Streamable HTTP upstreams uses the process's rustls provider.
+        // Another part of the process may have installed one already; either is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Arc::new(Upstreams {
             tools,
             store,
+            secrets,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -115,7 +154,7 @@ impl Upstreams {
             };
             tokio::spawn(supervise(
                 w.clone(),
-                self.tools.clone(),
+                (self.tools.clone(), self.secrets.clone()),
                 r.status.clone(),
                 (r.stop.clone(), r.replaced.clone()),
                 r.restart.clone(),
@@ -155,16 +194,19 @@ impl Upstreams {
 /// it again after a pause that grows while it keeps failing.
 async fn supervise(
     spec: McpServerRecord,
-    tools: Tools,
+    (tools, secrets): (Tools, Option<Arc<dyn SecretSource>>),
     status: Shared<Status>,
     (stop, replaced): (CancellationToken, Arc<AtomicBool>),
     restart: Arc<Notify>,
 ) {
-    let slot: Slot = Arc::default();
+    let slot = Slot {
+        peer: Arc::default(),
+        restart: restart.clone(),
+    };
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        match connect(&spec, &tools, &slot, &status).await {
+        match connect(&spec, &tools, secrets.as_deref(), &slot, &status).await {
             Ok(service) => {
                 let ct = service.cancellation_token();
                 {
@@ -172,9 +214,20 @@ async fn supervise(
                     s.state = "connected";
                     s.last_error = None;
                 }
+                let peer = service.peer().clone();
                 tokio::select! {
                     _ = service.waiting() => {
-                        lock(&status).last_error = Some("the server's process ended".into());
+                        lock(&status).last_error = Some(match spec.transport.as_str() {
+                            "http" => "the connection to the server ended".into(),
+                            _ => "the server's process ended".into(),
+                        });
+                    }
+                    // A server over HTTP that restarted has forgotten the session: nothing
+                    // ends on this side, so it is asked whether it still answers.
+                    why = stops_answering(&peer), if spec.transport == "http" => {
+                        lock(&status).last_error = Some(why);
+                        ct.cancel();
+                        backoff = MIN_BACKOFF;
                     }
                     _ = stop.cancelled() => {
                         ct.cancel();
@@ -191,7 +244,7 @@ async fn supervise(
                 lock(&status).last_error = Some(e);
             }
         }
-        *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.set(None);
         if started.elapsed() > HEALTHY_AFTER {
             backoff = MIN_BACKOFF;
         }
@@ -209,7 +262,7 @@ async fn supervise(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     // Stopped: its tools leave the registry, unless a newer definition of it took over.
-    *slot.write().unwrap_or_else(|e| e.into_inner()) = None;
+    slot.set(None);
     if !replaced.load(Ordering::SeqCst) {
         tools.replace_prefix(&spec.name, Vec::new());
     }
@@ -217,35 +270,98 @@ async fn supervise(
 
 type Service = rmcp::service::RunningService<RoleClient, Watch>;
 
-/// Starts the server's process, speaks the handshake and imports its tools.
+/// How often a connection is checked, and how long a check may take.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the server answers a ping within [`PING_TIMEOUT`].
+async fn answers(peer: &Peer<RoleClient>) -> Result<(), String> {
+    let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
+    match tokio::time::timeout(PING_TIMEOUT, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the server stopped answering: {e}")),
+        Err(_) => Err(format!(
+            "the server did not answer a ping within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Returns (why) once the server stops answering pings sent every [`PING_EVERY`].
+async fn stops_answering(peer: &Peer<RoleClient>) -> String {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        if let Err(why) = answers(peer).await {
+            return why;
+        }
+    }
+}
+
+/// Starts the server's process or reaches its URL, speaks the handshake and imports its tools.
 async fn connect(
     spec: &McpServerRecord,
     tools: &Tools,
+    secrets: Option<&dyn SecretSource>,
     slot: &Slot,
     status: &Shared<Status>,
 ) -> Result<Service, String> {
-    let argv: Vec<String> = serde_json::from_str(&spec.command)
-        .map_err(|e| format!("command is not a JSON array of strings: {e}"))?;
-    let env: HashMap<String, String> = serde_json::from_str(&spec.env)
-        .map_err(|e| format!("env is not a JSON object of strings: {e}"))?;
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| "command is empty".to_string())?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).envs(env).kill_on_drop(true);
-    let (process, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-    lock(status).pid = process.id();
     let watch = Watch {
         server: spec.name.clone(),
         tools: tools.clone(),
         slot: slot.clone(),
         status: status.clone(),
     };
-    let service = tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(process))
-        .await
+    let handshake = match spec.transport.as_str() {
+        "http" => {
+            let headers: HashMap<String, String> = serde_json::from_str(&spec.headers)
+                .map_err(|e| format!("headers is not a JSON object of strings: {e}"))?;
+            let mut custom = HashMap::new();
+            for (k, v) in headers {
+                let v = with_secrets(&v, secrets).map_err(|e| format!("header {k}: {e}"))?;
+                let name = http::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|e| format!("header {k}: {e}"))?;
+                let mut value = http::HeaderValue::from_str(&v)
+                    .map_err(|_| format!("header {k}: its value is not a valid header value"))?;
+                value.set_sensitive(true);
+                custom.insert(name, value);
+            }
+            let mut config = StreamableHttpClientTransportConfig::with_uri(spec.url.as_str())
+                .custom_headers(custom);
+            // A response stream cut short is resumed a few times, briefly; then the call fails
+            // (the server is down, say) rather than wait for it without end.
+            let mut retry = ExponentialBackoff::default();
+            retry.max_times = Some(3);
+            retry.base_duration = Duration::from_millis(250);
+            retry.max_delay = Some(Duration::from_secs(2));
+            config.retry_config = Arc::new(retry);
+            let transport = StreamableHttpClientTransport::from_config(config);
+            tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(transport)).await
+        }
+        _ => {
+            let argv: Vec<String> = serde_json::from_str(&spec.command)
+                .map_err(|e| format!("command is not a JSON array of strings: {e}"))?;
+            let env: HashMap<String, String> = serde_json::from_str(&spec.env)
+                .map_err(|e| format!("env is not a JSON object of strings: {e}"))?;
+            let (program, args) = argv
+                .split_first()
+                .ok_or_else(|| "command is empty".to_string())?;
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args).kill_on_drop(true);
+            for (k, v) in env {
+                cmd.env(
+                    &k,
+                    with_secrets(&v, secrets).map_err(|e| format!("env {k}: {e}"))?,
+                );
+            }
+            let (process, _) = TokioChildProcess::builder(cmd)
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+            lock(status).pid = process.id();
+            tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(process)).await
+        }
+    };
+    let service = handshake
         .map_err(|_| {
             format!(
                 "no answer to the handshake within {} s",
@@ -254,9 +370,33 @@ async fn connect(
         })?
         .map_err(|e| format!("the handshake failed: {e}"))?;
     let peer = service.peer().clone();
-    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
+    slot.set(Some(peer.clone()));
     import(&spec.name, &peer, tools, slot, status).await?;
     Ok(service)
+}
+
+/// `value` with each `{{secret:NAME}}` replaced by the vault's value of NAME.
+fn with_secrets(value: &str, secrets: Option<&dyn SecretSource>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("{{secret:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "{{secret:".len()..];
+        let end = after
+            .find("}}")
+            .ok_or("`{{secret:` without its closing `}}`")?;
+        let name = &after[..end];
+        let secrets = secrets.ok_or_else(|| {
+            format!("secret {name:?}: this node has no vault (set STEWARD_VAULT_KEY)")
+        })?;
+        let secret = secrets.secret(name).ok_or_else(|| {
+            format!("secret {name:?} is not in the vault (PUT /api/v1/secrets/{name})")
+        })?;
+        out.push_str(&secret);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Lists the server's tools and puts them in the registry in place of what it offered before.
@@ -370,17 +510,12 @@ impl Tool for UpstreamTool {
         self.annotations.idempotent || self.annotations.read_only
     }
     async fn call(&self, _ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
-        let peer = self
-            .slot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                ToolError::Failed(format!(
-                    "upstream MCP server {} is not connected now (it is being started again)",
-                    self.server
-                ))
-            })?;
+        let peer = self.slot.peer().ok_or_else(|| {
+            ToolError::Failed(format!(
+                "upstream MCP server {} is not connected now (it is being connected again)",
+                self.server
+            ))
+        })?;
         let arguments = match args {
             Value::Object(m) => m,
             Value::Null => serde_json::Map::new(),
@@ -390,10 +525,38 @@ impl Tool for UpstreamTool {
                 )))
             }
         };
-        let result = peer
-            .call_tool(CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments))
-            .await
-            .map_err(|e| ToolError::Failed(format!("upstream MCP server {}: {e}", self.server)))?;
+        // A call waits as long as its caller lets it, while the server still answers pings;
+        // one that no longer does (it died, or restarted and forgot the session) fails the call
+        // now rather than at the caller's timeout.
+        let call = peer
+            .call_tool(CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments));
+        let answer = tokio::select! {
+            r = call => r,
+            why = stops_answering(&peer) => {
+                self.slot.broken();
+                return Err(ToolError::Failed(format!(
+                    "upstream MCP server {}: {why} (connecting to it again)",
+                    self.server
+                )));
+            }
+        };
+        let result = match answer {
+            Ok(r) => r,
+            // The server answered, with an error of its own: the connection is fine.
+            Err(ServiceError::McpError(e)) => {
+                return Err(ToolError::Failed(format!(
+                    "upstream MCP server {}: {}",
+                    self.server, e.message
+                )))
+            }
+            Err(e) => {
+                self.slot.broken();
+                return Err(ToolError::Failed(format!(
+                    "upstream MCP server {}: {e} (connecting to it again)",
+                    self.server
+                )));
+            }
+        };
         let text: Vec<&str> = result
             .content
             .iter()

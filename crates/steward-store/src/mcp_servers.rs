@@ -6,12 +6,17 @@ use crate::sql::prelude::*;
 pub struct McpServerRecord {
     /// The prefix of its tools' names in the registry (`everything` → `everything.echo`).
     pub name: String,
-    /// `stdio`: a command started and spoken to on its stdin and stdout.
+    /// `stdio`: a command started and spoken to on its stdin and stdout; `http`: a server at
+    /// `url`, spoken to over Streamable HTTP.
     pub transport: String,
-    /// JSON array: the command and its arguments.
+    /// JSON array: the command and its arguments (`stdio`).
     pub command: String,
-    /// JSON object: environment variables the command gets.
+    /// JSON object: environment variables the command gets (`stdio`).
     pub env: String,
+    /// Where the server answers (`http`); empty for `stdio`.
+    pub url: String,
+    /// JSON object: headers sent with every request (`http`).
+    pub headers: String,
     pub created_at: Millis,
     /// Changed whenever the record is: every node restarts its connection when it sees a newer one.
     pub updated_at: Millis,
@@ -33,15 +38,18 @@ macro_rules! impl_mcp_servers {
         impl McpServerStore for $store {
             async fn put_mcp_server(&self, s: &McpServerRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO mcp_servers (name, transport, command, env, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                    "INSERT INTO mcp_servers (name, transport, command, env, url, headers, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (name) DO UPDATE SET transport = excluded.transport, \
-                       command = excluded.command, env = excluded.env, updated_at = excluded.updated_at",
+                       command = excluded.command, env = excluded.env, url = excluded.url, \
+                       headers = excluded.headers, updated_at = excluded.updated_at",
                 )
                 .bind(&s.name)
                 .bind(&s.transport)
                 .bind(&s.command)
                 .bind(&s.env)
+                .bind(&s.url)
+                .bind(&s.headers)
                 .bind(s.created_at)
                 .bind(s.updated_at)
                 .execute(&self.write)
@@ -51,7 +59,8 @@ macro_rules! impl_mcp_servers {
 
             async fn mcp_servers(&self) -> Result<Vec<McpServerRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT name, transport, command, env, created_at, updated_at FROM mcp_servers ORDER BY name",
+                    "SELECT name, transport, command, env, url, headers, created_at, updated_at \
+                     FROM mcp_servers ORDER BY name",
                 )
                 .fetch_all(&self.read)
                 .await?)

@@ -405,6 +405,67 @@ pub enum ProviderKind {
 #[serde(default, deny_unknown_fields)]
 pub struct ToolsConfig {
     pub http: HttpToolConfig,
+    /// Tool calls per minute, counted in the store so every node shares them.
+    pub limits: ToolLimits,
+    /// Results of read-only and idempotent tools kept for MCP clients asking again.
+    pub cache: ToolCacheConfig,
+}
+
+/// Calls per minute: of each tool (all callers together), of each agent, of each run. A
+/// limit not set does not apply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolLimits {
+    /// Every tool's calls per minute, unless `per_tool` names it.
+    pub tool: Option<i64>,
+    /// An agent's tool calls per minute (through `/mcp` and in its runs).
+    pub agent: Option<i64>,
+    /// A run's tool calls per minute.
+    pub run: Option<i64>,
+    /// Calls per minute of the tools a pattern names (`github.*`, `echo`), in place of `tool`;
+    /// an exact name wins over a prefix, a longer prefix over a shorter.
+    pub per_tool: BTreeMap<String, i64>,
+}
+
+/// How long a read-only or idempotent tool's result answers the same call again (same tool,
+/// arguments and caller). Off unless a TTL is set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolCacheConfig {
+    /// For every such tool, unless `per_tool` names it.
+    pub ttl_ms: u64,
+    /// By pattern (`github.*`, `echo`), as for limits; 0 turns caching off for those tools.
+    pub per_tool: BTreeMap<String, u64>,
+}
+
+impl ToolLimits {
+    /// The per-minute limit of tool `name`.
+    pub fn of_tool(&self, name: &str) -> Option<i64> {
+        most_specific(&self.per_tool, name).or(self.tool)
+    }
+}
+
+impl ToolCacheConfig {
+    /// How long tool `name`'s results are kept; 0 is not at all.
+    pub fn ttl_of(&self, name: &str) -> u64 {
+        most_specific(&self.per_tool, name).unwrap_or(self.ttl_ms)
+    }
+}
+
+/// The value of the pattern that names `tool` most specifically: its exact name, else the
+/// longest `prefix.*` it starts with.
+fn most_specific<T: Copy>(patterns: &BTreeMap<String, T>, tool: &str) -> Option<T> {
+    if let Some(v) = patterns.get(tool) {
+        return Some(*v);
+    }
+    patterns
+        .iter()
+        .filter_map(|(p, v)| {
+            let prefix = p.strip_suffix('*')?;
+            tool.starts_with(prefix).then_some((prefix.len(), *v))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, v)| v)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -451,9 +512,30 @@ impl Config {
         for (path, v) in overrides {
             set_path(&mut root, path, v)?;
         }
-        toml::Value::Table(root)
+        let cfg: Config = toml::Value::Table(root)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))
+            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))?;
+        cfg.tools.limits.check()?;
+        Ok(cfg)
+    }
+}
+
+impl ToolLimits {
+    fn check(&self) -> Result<(), ConfigError> {
+        let named = [
+            ("tool", self.tool),
+            ("agent", self.agent),
+            ("run", self.run),
+        ];
+        let per_tool = self.per_tool.iter().map(|(p, v)| (p.as_str(), Some(*v)));
+        for (what, limit) in named.into_iter().chain(per_tool) {
+            if limit.is_some_and(|l| l < 1) {
+                return Err(ConfigError(format!(
+                    "tools.limits: {what}: calls per minute must be at least 1 (leave it out for no limit)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -500,6 +582,36 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9");
         assert_eq!(c.engine.lease_ttl_ms, 200);
         assert_eq!(c.engine.heartbeat_ms, 5_000);
+    }
+
+    #[test]
+    fn tool_limits_and_ttls_pick_the_most_specific_pattern() {
+        let file = "[tools.limits]\ntool = 100\nper_tool = { \"github.*\" = 30, \"github.issues.*\" = 5, \"echo\" = 7 }\n[tools.cache]\nttl_ms = 1000\nper_tool = { \"web.*\" = 0 }\n";
+        let c = Config::load(Some(file), vec![], &[]).unwrap();
+        let l = &c.tools.limits;
+        assert_eq!(l.of_tool("github.search"), Some(30));
+        assert_eq!(
+            l.of_tool("github.issues.list"),
+            Some(5),
+            "the longer prefix"
+        );
+        assert_eq!(l.of_tool("echo"), Some(7), "the exact name");
+        assert_eq!(l.of_tool("echoes"), Some(100), "not a prefix pattern");
+        assert_eq!(l.of_tool("other.x"), Some(100));
+        assert_eq!(c.tools.cache.ttl_of("web.fetch"), 0);
+        assert_eq!(c.tools.cache.ttl_of("x"), 1000);
+        for bad in [
+            "[tools.limits]\nrun = 0\n",
+            "[tools.limits]\nper_tool = { \"a.*\" = -1 }\n",
+        ] {
+            let e = Config::load(Some(bad), vec![], &[]).unwrap_err();
+            assert!(e.0.contains("at least 1"), "{e}");
+        }
+        let env = vec![("STEWARD_TOOLS__LIMITS__AGENT".to_string(), "12".to_string())];
+        assert_eq!(
+            Config::load(None, env, &[]).unwrap().tools.limits.agent,
+            Some(12)
+        );
     }
 
     #[test]

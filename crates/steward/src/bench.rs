@@ -178,6 +178,7 @@ pub(crate) fn engine_options(
         vault: None,
         sandboxes: None,
         meters: Default::default(),
+        tool_rules: Default::default(),
     })
 }
 

@@ -41,17 +41,45 @@ pub enum ToolsWhat {
     Ls,
     /// One tool in full: description, argument schema, annotations.
     Describe { name: String },
+    /// Calls a tool as the agent whose API key is given, through `/mcp`: decided by policy,
+    /// its arguments checked against its schema, audited. Prints the result as JSON.
+    Call {
+        name: String,
+        /// The arguments, a JSON object.
+        #[arg(default_value = "{}")]
+        arguments: String,
+        /// The calling agent's API key.
+        #[arg(long, env = "STEWARD_API_KEY", hide_env_values = true)]
+        key: String,
+    },
+    /// Ranked search over the tools the agent whose API key is given may call.
+    Search {
+        /// Words describing what the tool should do.
+        query: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// The searching agent's API key.
+        #[arg(long, env = "STEWARD_API_KEY", hide_env_values = true)]
+        key: String,
+    },
 }
 
 #[derive(Clone, clap::Subcommand)]
 pub enum McpWhat {
-    /// Adds (or replaces) an upstream MCP server spoken to over stdio: `steward mcp add NAME
-    /// [--env K=V]... -- PROGRAM ARGS...`. Its tools appear as `NAME.tool`.
+    /// Adds (or replaces) an upstream MCP server, spoken to over stdio (`steward mcp add NAME
+    /// [--env K=V]... -- PROGRAM ARGS...`) or Streamable HTTP (`steward mcp add NAME --url URL
+    /// [--header 'Authorization=Bearer {{secret:TOKEN}}']...`). Its tools appear as `NAME.tool`.
     Add {
         name: String,
-        #[arg(long = "env", value_name = "K=V")]
+        #[arg(long = "env", value_name = "K=V", conflicts_with = "url")]
         env: Vec<String>,
-        #[arg(last = true, required = true)]
+        /// The server's Streamable HTTP endpoint, in place of a command.
+        #[arg(long, conflicts_with = "command")]
+        url: Option<String>,
+        /// A header sent with every request to `--url`; `{{secret:NAME}}` is taken from the vault.
+        #[arg(long = "header", value_name = "K=V", requires = "url")]
+        header: Vec<String>,
+        #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
     },
     /// The upstream servers and how each is doing.
@@ -505,8 +533,74 @@ impl Client {
                 let t: serde_json::Value = self.get_json(&path).await?;
                 println!("{}", serde_json::to_string_pretty(&t)?);
             }
+            ToolsWhat::Call {
+                name,
+                arguments,
+                key,
+            } => {
+                let arguments: Value = serde_json::from_str(&arguments)
+                    .context("the arguments are not JSON (give an object, e.g. '{\"a\": 1}')")?;
+                let result = self.mcp_tool_call(&key, &name, arguments).await?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            }
+            ToolsWhat::Search { query, limit, key } => {
+                let args = serde_json::json!({"query": query, "limit": limit});
+                let result = self.mcp_tool_call(&key, "tools_search", args).await?;
+                for t in result["tools"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {:>6}  {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["score"],
+                        t["description"].as_str().unwrap_or_default()
+                    );
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `tools/call` at `/mcp` as the agent with API key `key`: the tool's structured result,
+    /// or its text as `{"content": …}`; an error result is an error.
+    async fn mcp_tool_call(
+        &self,
+        key: &str,
+        name: &str,
+        arguments: Value,
+    ) -> anyhow::Result<Value> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}});
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key holds characters a header cannot")?;
+        auth.set_sensitive(true);
+        let reply: Value = self
+            .send(
+                self.stream
+                    .post(format!("{}/mcp", self.base))
+                    .header(reqwest::header::AUTHORIZATION, auth)
+                    .header(
+                        reqwest::header::ACCEPT,
+                        "application/json, text/event-stream",
+                    )
+                    .json(&body),
+            )
+            .await?;
+        if let Some(e) = reply.get("error") {
+            bail!("{}", e["message"].as_str().unwrap_or("the call failed"));
+        }
+        let result = &reply["result"];
+        let text: Vec<&str> = result["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["text"].as_str())
+            .collect();
+        if result["isError"] == true {
+            bail!("{}", text.join(" "));
+        }
+        Ok(match result.get("structuredContent") {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => serde_json::json!({"content": text.join("\n")}),
+        })
     }
 
     pub async fn mcp(&self, what: McpWhat) -> anyhow::Result<()> {
@@ -525,18 +619,33 @@ impl Client {
                     }
                     line
                 });
-            println!("{:<16} {:<40} {status}", s.name, s.command.join(" "));
+            let what = s.url.clone().unwrap_or_else(|| s.command.join(" "));
+            println!("{:<16} {what:<40} {status}", s.name);
         };
         match what {
-            McpWhat::Add { name, env, command } => {
-                let mut vars = serde_json::Map::new();
-                for kv in env {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .with_context(|| format!("--env takes K=V, not {kv:?}"))?;
-                    vars.insert(k.to_string(), Value::String(v.to_string()));
-                }
-                let body = serde_json::json!({"command": command, "env": vars});
+            McpWhat::Add {
+                name,
+                env,
+                url,
+                header,
+                command,
+            } => {
+                let pairs = |flag: &str, kvs: Vec<String>| {
+                    let mut m = serde_json::Map::new();
+                    for kv in kvs {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .with_context(|| format!("--{flag} takes K=V, not {kv:?}"))?;
+                        m.insert(k.to_string(), Value::String(v.to_string()));
+                    }
+                    anyhow::Ok(m)
+                };
+                let body = match url {
+                    Some(url) => {
+                        serde_json::json!({"url": url, "headers": pairs("header", header)?})
+                    }
+                    None => serde_json::json!({"command": command, "env": pairs("env", env)?}),
+                };
                 let s: McpServer = self
                     .send(
                         self.http

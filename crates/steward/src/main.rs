@@ -127,7 +127,7 @@ enum Command {
         #[command(subcommand)]
         what: client::McpWhat,
     },
-    /// The tool registry: `ls`, `describe NAME`.
+    /// The tool registry: `ls`, `describe NAME`, `call NAME ARGS`, `search QUERY`.
     Tools {
         #[command(subcommand)]
         what: client::ToolsWhat,

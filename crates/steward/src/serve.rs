@@ -127,6 +127,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         vault: Some(vault),
         sandboxes: sandboxes(cfg).await,
         meters: Default::default(),
+        tool_rules: cfg.tools.clone(),
     };
     Ok(Engine::start(store, opts).await?)
 }

@@ -8,6 +8,8 @@ fn wire(s: steward_engine::handles::mcp_servers::McpServerInfo) -> McpServer {
         transport: s.transport,
         command: s.command,
         env: s.env,
+        url: s.url,
+        headers: s.headers,
         created_at: s.created_at,
         updated_at: s.updated_at,
         status: s.status.map(|st| McpServerStatus {
@@ -20,8 +22,9 @@ fn wire(s: steward_engine::handles::mcp_servers::McpServerInfo) -> McpServer {
     }
 }
 
-/// Adds an upstream MCP server (a command spoken to over stdio), or replaces one: it is
-/// started (again) at once, and its tools appear as `NAME.tool`.
+/// Adds an upstream MCP server (a command spoken to over stdio, or a URL spoken to over
+/// Streamable HTTP), or replaces one: it is connected (again) at once, and its tools appear as
+/// `NAME.tool`.
 #[utoipa::path(put, path = "/api/v1/mcp-servers/{name}", params(("name" = String, Path)),
     request_body = PutMcpServer,
     responses((status = 200, body = McpServer), (status = 400, body = ErrorBody)))]
@@ -30,9 +33,24 @@ pub async fn put_mcp_server(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<PutMcpServer>,
 ) -> ApiResult<Json<McpServer>> {
-    Ok(Json(wire(
-        e.mcp_servers().put(&name, b.command, b.env).await?,
-    )))
+    use steward_engine::handles::mcp_servers::Transport;
+    let transport = match b.url {
+        Some(url) if b.command.is_empty() && b.env.is_empty() => Transport::Http {
+            url,
+            headers: b.headers,
+        },
+        None if b.headers.is_empty() => Transport::Stdio {
+            command: b.command,
+            env: b.env,
+        },
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give either `command` (and `env`) for a server over stdio, or `url` (and `headers`) for one over Streamable HTTP",
+            ))
+        }
+    };
+    Ok(Json(wire(e.mcp_servers().put(&name, transport).await?)))
 }
 
 /// Every upstream MCP server, with how it is doing on the node that answers.

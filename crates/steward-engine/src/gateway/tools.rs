@@ -1,21 +1,23 @@
 //! Tools for callers outside any run (MCP clients at `/mcp`), on the gateway's governance path:
 //! a caller sees only the tools it may call — the delegated token's scope, then the policy for
 //! every agent whose authority the call uses — and each call is decided the same way, its
-//! arguments checked against the tool's schema before the tool is asked, bounded in time, and
-//! audited with the caller's chain before the caller hears the outcome.
+//! arguments checked against the tool's schema before the tool is asked, counted against the
+//! per-minute limits, answered from the result cache when the tool is read-only or idempotent
+//! and the same caller asked the same within its TTL, bounded in time, and audited with the
+//! caller's chain before the caller hears the outcome (a cached answer too, marked so).
 //!
 //! Two meta-tools are always there: `tools_search` (ranked full-text search over the tools
 //! the caller may call) and `tools_describe` (their schemas), so a caller with hundreds of
 //! tools loads only the schemas it needs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use steward_tools::{Annotations, Catalog, CatalogEntry, ToolContext, ToolError};
 
 use super::*;
+use crate::tool_plane::ResultCache;
 
 /// How long a tool called outside any run may take.
 pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,28 +68,11 @@ pub enum ToolCallError {
     /// The tool ran and failed, or did not finish in time.
     #[error("{0}")]
     Failed(String),
+    /// A per-minute limit was reached (or could not be counted); the tool was not asked.
+    #[error("{0}")]
+    Limited(String),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-}
-
-/// Compiled argument schemas by tool name: compiling one is far dearer than checking with it.
-#[derive(Default)]
-pub(crate) struct Validators(Mutex<HashMap<String, Arc<jsonschema::Validator>>>);
-
-impl Validators {
-    fn get(&self, name: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
-        if let Some(v) = self.0.lock().ok().and_then(|m| m.get(name).cloned()) {
-            return Ok(v);
-        }
-        let v = Arc::new(
-            jsonschema::validator_for(schema)
-                .map_err(|e| format!("tool {name:?} has an invalid argument schema: {e}"))?,
-        );
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(name.to_string(), v.clone());
-        }
-        Ok(v)
-    }
 }
 
 /// The meta-tools every caller has.
@@ -112,19 +97,6 @@ fn meta_tools() -> [ToolView; 2] {
             annotations: read_only,
         },
     ]
-}
-
-/// The path of the first schema violation and what is wrong there.
-fn violation(validator: &jsonschema::Validator, args: &Value) -> Option<String> {
-    validator.iter_errors(args).next().map(|e| {
-        let path = e.instance_path.to_string();
-        let at = if path.is_empty() {
-            "/".to_string()
-        } else {
-            path
-        };
-        format!("invalid arguments at {at}: {e}")
-    })
 }
 
 impl Gateway {
@@ -227,34 +199,72 @@ impl Gateway {
             }
         };
         let info = tool.info();
-        let validator = self
-            .validators
-            .get(name, &info.parameters)
-            .map_err(ToolCallError::Failed)?;
-        if let Some(why) = violation(&validator, &args) {
-            return Err(ToolCallError::InvalidArguments(why));
-        }
+        self.tool_plane
+            .check_args(name, &info.parameters, &args)
+            .map_err(ToolCallError::InvalidArguments)?;
+        let hints = tool.annotations();
+        let cache = match self.tool_plane.cache.ttl(name) {
+            Some(ttl) if hints.read_only || hints.idempotent => {
+                Some((ResultCache::key(name, &args, &who.chain), ttl))
+            }
+            _ => None,
+        };
+        let cached = cache
+            .as_ref()
+            .and_then(|(key, ttl)| self.tool_plane.cache.get(key, *ttl));
+        let from_cache = cached.is_some();
         let call_id = format!("tc_{}", uuid::Uuid::now_v7().simple());
-        let ctx = ToolContext {
-            run_id: None,
-            seq: 0,
-            idempotency_key: call_id.clone(),
-            host: self.tool_host.clone(),
-        };
-        let result = match tokio::time::timeout(TOOL_CALL_TIMEOUT, tool.call(&ctx, args)).await {
-            Ok(r) => r.map_err(|e| match e {
-                ToolError::InvalidArgs(m) => ToolCallError::InvalidArguments(m),
-                other => ToolCallError::Failed(other.to_string()),
-            }),
-            Err(_) => Err(ToolCallError::Failed(format!(
-                "tool {name} did not finish within {} s",
-                TOOL_CALL_TIMEOUT.as_secs()
-            ))),
-        };
+        let result =
+            match cached {
+                Some(v) => Ok(v),
+                None => match self
+                    .tool_plane
+                    .take_rate(
+                        name,
+                        who.agent.as_str(),
+                        who.run.as_ref().map(|r| r.as_str()),
+                    )
+                    .await
+                {
+                    Err(refused) => Err(ToolCallError::Limited(refused.to_string())),
+                    Ok(()) => {
+                        let ctx = ToolContext {
+                            run_id: None,
+                            seq: 0,
+                            idempotency_key: call_id.clone(),
+                            host: self.tool_host.clone(),
+                        };
+                        let result =
+                            match tokio::time::timeout(TOOL_CALL_TIMEOUT, tool.call(&ctx, args))
+                                .await
+                            {
+                                Ok(r) => r.map_err(|e| match e {
+                                    ToolError::InvalidArgs(m) => ToolCallError::InvalidArguments(m),
+                                    other => ToolCallError::Failed(other.to_string()),
+                                }),
+                                Err(_) => Err(ToolCallError::Failed(format!(
+                                    "tool {name} did not finish within {} s",
+                                    TOOL_CALL_TIMEOUT.as_secs()
+                                ))),
+                            };
+                        if let (Ok(v), Some((key, _))) = (&result, &cache) {
+                            self.tool_plane.cache.put(*key, v);
+                        }
+                        result
+                    }
+                },
+            };
         let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             delegations: who.link_ids(),
-            outcome: Some(if result.is_ok() { "ok" } else { "error" }.into()),
+            outcome: Some(
+                match (&result, from_cache) {
+                    (Ok(_), true) => "ok (cached)",
+                    (Ok(_), false) => "ok",
+                    _ => "error",
+                }
+                .into(),
+            ),
             error: result.as_ref().err().map(|e| e.to_string()),
             ..steward_gov::AuditRecord::new(
                 steward_gov::AuditEvent::Syscall,
@@ -320,13 +330,9 @@ impl Gateway {
             .find(|t| t.name == name)
             .map(|t| t.input_schema.clone())
             .unwrap_or_default();
-        let validator = self
-            .validators
-            .get(name, schema)
-            .map_err(ToolCallError::Failed)?;
-        if let Some(why) = violation(&validator, &args) {
-            return Err(ToolCallError::InvalidArguments(why));
-        }
+        self.tool_plane
+            .check_args(name, schema, &args)
+            .map_err(ToolCallError::InvalidArguments)?;
         let visible = self.visible_tools(who).await?;
         if name == TOOLS_SEARCH {
             let query = args["query"].as_str().unwrap_or_default();

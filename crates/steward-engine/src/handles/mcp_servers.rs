@@ -1,5 +1,5 @@
 //! Upstream MCP servers: added, listed, removed, started again. Administrators' only: a server
-//! is a command this node runs.
+//! is a command this node runs, or a URL it connects to with the credentials given.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,31 @@ use crate::*;
 const MAX_ARGS: usize = 64;
 const MAX_ARG_BYTES: usize = 4096;
 const MAX_ENV: usize = 64;
+const MAX_URL: usize = 2048;
+/// Headers the MCP transport sets itself.
+const RESERVED_HEADERS: [&str; 6] = [
+    "accept",
+    "content-type",
+    "content-length",
+    "host",
+    "mcp-session-id",
+    "last-event-id",
+];
+
+/// How a server is reached.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// A command started on each node and spoken to on its stdin and stdout.
+    Stdio {
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    /// A server at `url`, spoken to over Streamable HTTP with `headers` on every request.
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
+}
 /// Leaves room for its tools' names (`server.tool`) under MCP's 64.
 const MAX_NAME: usize = 32;
 
@@ -23,6 +48,9 @@ pub struct McpServerInfo {
     /// The names of the environment variables it gets; their values are never shown (they
     /// often hold credentials).
     pub env: Vec<String>,
+    pub url: Option<String>,
+    /// The names of the headers sent to it; their values are never shown either.
+    pub headers: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until this node has started it (at most a couple of seconds after it was added
@@ -37,25 +65,24 @@ impl McpServers<'_> {
     fn info(&self, r: McpServerRecord) -> McpServerInfo {
         let command = serde_json::from_str(&r.command).unwrap_or_default();
         let env: BTreeMap<String, String> = serde_json::from_str(&r.env).unwrap_or_default();
+        let headers: BTreeMap<String, String> =
+            serde_json::from_str(&r.headers).unwrap_or_default();
         McpServerInfo {
             status: self.0.inner.upstreams.status(&r.name),
             name: r.name,
             transport: r.transport,
             command,
             env: env.into_keys().collect(),
+            url: (!r.url.is_empty()).then_some(r.url),
+            headers: headers.into_keys().collect(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
     }
 
-    /// Adds server `name` (its tools become `name.tool`), or replaces its command and
-    /// environment (it is started again); started on this node before this returns.
-    pub async fn put(
-        &self,
-        name: &str,
-        command: Vec<String>,
-        env: BTreeMap<String, String>,
-    ) -> Result<McpServerInfo> {
+    /// Adds server `name` (its tools become `name.tool`), or replaces its definition (it is
+    /// connected again); connected on this node before this returns.
+    pub async fn put(&self, name: &str, transport: Transport) -> Result<McpServerInfo> {
         let bad = |m: String| Err(Error::InvalidRequest(m));
         if name.is_empty()
             || name.len() > MAX_NAME
@@ -67,31 +94,16 @@ impl McpServers<'_> {
                 "name: 1 to {MAX_NAME} of a-z, 0-9, `_` and `-` (it prefixes its tools' names: {name:?}.tool)"
             ));
         }
-        if command.is_empty() || command[0].is_empty() {
-            return bad("command: the program to start and its arguments, e.g. [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"]".into());
-        }
-        if command.len() > MAX_ARGS
-            || command
-                .iter()
-                .any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0'))
-        {
-            return bad(format!(
-                "command: at most {MAX_ARGS} arguments of at most {MAX_ARG_BYTES} bytes, without NUL"
-            ));
-        }
-        if env.len() > MAX_ENV
-            || env.iter().any(|(k, v)| {
-                k.is_empty()
-                    || k.contains('=')
-                    || k.contains('\0')
-                    || v.contains('\0')
-                    || k.len() + v.len() > MAX_ARG_BYTES
-            })
-        {
-            return bad(format!(
-                "env: at most {MAX_ENV} variables, names without `=`, no NUL, each at most {MAX_ARG_BYTES} bytes"
-            ));
-        }
+        let (kind, command, env, url, headers) = match transport {
+            Transport::Stdio { command, env } => {
+                check_stdio(&command, &env)?;
+                ("stdio", command, env, String::new(), BTreeMap::new())
+            }
+            Transport::Http { url, headers } => {
+                check_http(&url, &headers)?;
+                ("http", Vec::new(), BTreeMap::new(), url, headers)
+            }
+        };
         let now = self.0.inner.shared.clock.now_ms();
         let store = self.0.store();
         let created_at = store
@@ -102,9 +114,11 @@ impl McpServers<'_> {
             .map_or(now, |s| s.created_at);
         let record = McpServerRecord {
             name: name.to_string(),
-            transport: "stdio".into(),
+            transport: kind.into(),
             command: serde_json::to_string(&command).unwrap_or_default(),
             env: serde_json::to_string(&env).unwrap_or_default(),
+            url,
+            headers: serde_json::to_string(&headers).unwrap_or_default(),
             created_at,
             // Strictly newer than what it replaces, so every node sees the change.
             updated_at: now.max(created_at + 1),
@@ -150,4 +164,101 @@ impl McpServers<'_> {
         self.0.inner.upstreams.restart(name);
         Ok(info)
     }
+}
+
+fn check_stdio(command: &[String], env: &BTreeMap<String, String>) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidRequest(m));
+    if command.is_empty() || command[0].is_empty() {
+        return bad("command: the program to start and its arguments, e.g. [\"npx\", \"-y\", \"@modelcontextprotocol/server-everything\"]".into());
+    }
+    if command.len() > MAX_ARGS
+        || command
+            .iter()
+            .any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0'))
+    {
+        return bad(format!(
+            "command: at most {MAX_ARGS} arguments of at most {MAX_ARG_BYTES} bytes, without NUL"
+        ));
+    }
+    if env.len() > MAX_ENV
+        || env.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.contains('=')
+                || k.contains('\0')
+                || v.contains('\0')
+                || k.len() + v.len() > MAX_ARG_BYTES
+        })
+    {
+        return bad(format!(
+            "env: at most {MAX_ENV} variables, names without `=`, no NUL, each at most {MAX_ARG_BYTES} bytes"
+        ));
+    }
+    for (k, v) in env {
+        check_placeholders(v).map_err(|e| Error::InvalidRequest(format!("env {k}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn check_http(url: &str, headers: &BTreeMap<String, String>) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidRequest(m));
+    let uri: http::Uri = match url.parse() {
+        Ok(u) if url.len() <= MAX_URL => u,
+        _ => {
+            return bad(format!(
+                "url: an absolute http:// or https:// URL of at most {MAX_URL} bytes, e.g. https://mcp.example.com/mcp"
+            ))
+        }
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return bad(format!(
+            "url: an absolute http:// or https:// URL, not {url:?}"
+        ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return bad("url: credentials go in `headers` (from the vault), not in the URL".into());
+    }
+    if headers.len() > MAX_ENV {
+        return bad(format!("headers: at most {MAX_ENV}"));
+    }
+    for (k, v) in headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return bad(format!("headers: {k:?} is not a header name"));
+        }
+        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+            || k.eq_ignore_ascii_case("mcp-protocol-version")
+        {
+            return bad(format!("headers: {k} is set by the MCP transport itself"));
+        }
+        if v.len() > MAX_ARG_BYTES || http::HeaderValue::from_str(v).is_err() {
+            return bad(format!(
+                "headers: the value of {k} must be visible ASCII of at most {MAX_ARG_BYTES} bytes"
+            ));
+        }
+        check_placeholders(v).map_err(|e| Error::InvalidRequest(format!("headers {k}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `{{secret:NAME}}` placeholders are whole, and name what a vault secret can be called.
+fn check_placeholders(value: &str) -> std::result::Result<(), String> {
+    let mut rest = value;
+    while let Some(start) = rest.find("{{secret:") {
+        let after = &rest[start + "{{secret:".len()..];
+        let end = after
+            .find("}}")
+            .ok_or("`{{secret:` without its closing `}}`")?;
+        let name = &after[..end];
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "{{{{secret:{name}}}}}: a secret's name is 1-64 of a-z A-Z 0-9 - _ ."
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
 }

@@ -293,6 +293,8 @@ pub struct Kernel {
     /// How long an approval may stay pending before it counts as denied.
     pub(crate) approval_timeout_ms: i64,
     pub(crate) tools: Tools,
+    /// Argument checks and per-minute limits every tool call passes.
+    pub(crate) tool_plane: Arc<crate::tool_plane::ToolPlane>,
     pub(crate) host: Arc<dyn ToolHost>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) draining: CancellationToken,

@@ -99,6 +99,16 @@ impl Syscall for ToolCall<'_> {
         let Some(tool) = kernel.tools.get(name) else {
             return Ok(((Err(format!("no tool named {name:?} exists"))), 0));
         };
+        // Arguments that break the tool's schema never reach it (an upstream server, say): the
+        // model is told which field is wrong. Then the per-minute limits.
+        let plane = &kernel.tool_plane;
+        if let Err(why) = plane.check_args(name, &tool.info().parameters, args) {
+            return Ok((Err(why), 0));
+        }
+        let run = ctx.run.id.as_str();
+        if let Err(refused) = plane.take_rate(name, &ctx.run.agent, Some(run)).await {
+            return Ok((Err(refused.to_string()), 0));
+        }
         let tctx = ToolContext {
             run_id: Some(ctx.run.id.clone()),
             seq,

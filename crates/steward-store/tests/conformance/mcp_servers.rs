@@ -11,6 +11,8 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         transport: "stdio".into(),
         command: command.into(),
         env: r#"{"A":"1"}"#.into(),
+        url: String::new(),
+        headers: "{}".into(),
         created_at: at,
         updated_at: at,
     };
@@ -34,6 +36,24 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         (all[0].created_at, all[0].updated_at),
         (2, 3),
         "created once, updated after"
+    );
+    // From a command to a URL: the whole definition is replaced.
+    let http = McpServerRecord {
+        transport: "http".into(),
+        command: "[]".into(),
+        env: "{}".into(),
+        url: "http://127.0.0.1:9/mcp".into(),
+        headers: r#"{"Authorization":"Bearer {{secret:T}}"}"#.into(),
+        ..record("b", "", 4)
+    };
+    s.put_mcp_server(&http).await.unwrap();
+    let b = s.mcp_servers().await.unwrap().remove(1);
+    assert_eq!(
+        b,
+        McpServerRecord {
+            created_at: 1,
+            ..http
+        }
     );
     assert!(s.delete_mcp_server("a").await.unwrap());
     assert!(

@@ -163,7 +163,7 @@ both_backends!(
 );
 
 /// The official reference server, installed from npm by `.ci/run`.
-fn everything_server() -> String {
+pub(crate) fn everything_server() -> String {
     let path = std::env::var("STEWARD_TEST_MCP_EVERYTHING").unwrap_or_else(|_| {
         "/var/tmp/steward-npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
             .into()
@@ -176,7 +176,7 @@ fn everything_server() -> String {
 }
 
 /// A JSON-RPC `tools/call` at `/mcp`, stateless: the result, or the JSON-RPC error.
-async fn mcp_call(s: &TestServer, key: &str, tool: &str, args: Value) -> Value {
+pub(crate) async fn mcp_call(s: &TestServer, key: &str, tool: &str, args: Value) -> Value {
     let (st, body) = common::send(
         s.http
             .post(format!("{}/mcp", s.url))
@@ -190,7 +190,7 @@ async fn mcp_call(s: &TestServer, key: &str, tool: &str, args: Value) -> Value {
     body
 }
 
-fn text_of(result: &Value) -> String {
+pub(crate) fn text_of(result: &Value) -> String {
     result["result"]["content"]
         .as_array()
         .map(|c| {
@@ -277,6 +277,26 @@ async fn an_upstream_servers_tools_join_the_registry_and_survive_its_crash(b: Ba
             .iter()
             .any(|e| e.to_string().contains("The sum of 20 and 22 is 42")),
         "{journal:?}"
+    );
+
+    // A run's arguments that break the upstream's schema are refused before it is asked, and
+    // the model is told which field.
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: typo}\nspec:\n  model: scripted\n  tools: [everything.*]\n  script:\n    - toolCalls: [{name: everything.get-sum, arguments: {a: two, b: 22}}]\n    - content: done\n",
+    )
+    .await;
+    let run = s.start_run("typo", "x").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = s.journal(&run).await;
+    let outcome = journal
+        .iter()
+        .find(|e| e["kind"] == "tool" && e["phase"] == "outcome")
+        .unwrap_or_else(|| panic!("{journal:?}"));
+    assert!(
+        outcome["body"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid arguments at /a")),
+        "{outcome}"
     );
 
     // Its process is killed: it is started again, and its tools answer again.

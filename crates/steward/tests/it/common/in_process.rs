@@ -50,6 +50,7 @@ pub async fn engine(
             vault: None,
             sandboxes: None,
             meters,
+            tool_rules: Default::default(),
         },
     )
     .await

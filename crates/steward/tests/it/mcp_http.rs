@@ -1,0 +1,431 @@
+//! Upstream MCP servers reached over Streamable HTTP: the official reference server
+//! (`@modelcontextprotocol/server-everything`) crashing mid-call and coming back, and a server
+//! built on the official MCP Python SDK that answers only with a bearer token, which Steward
+//! takes from the vault when connecting and never shows.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use crate::common;
+use crate::mcp::{everything_server, mcp_call, text_of};
+
+use common::{key_of, Backend, TestServer};
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The reference server on `port`, over Streamable HTTP.
+fn everything_on(port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("node")
+        .args([everything_server().as_str(), "streamableHttp"])
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (for the reference MCP server)")
+}
+
+async fn listening(port: u16) {
+    common::eventually("the upstream to listen", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// The guarded server (tests/python/mcp_http_upstream.py), answering only `token`, listening.
+async fn guarded(token: &str) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/mcp_http_upstream.py"
+    );
+    let child = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .env("UPSTREAM_TOKEN", token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with the mcp package (installed by .ci/run)");
+    listening(port).await;
+    (child, port)
+}
+
+async fn status_of(s: &TestServer, name: &str) -> Value {
+    let (st, e) = s.get(&format!("/api/v1/mcp-servers/{name}")).await;
+    assert_eq!(st, 200, "{e}");
+    e
+}
+
+async fn connected(s: &TestServer, name: &str) -> Value {
+    common::eventually("the upstream to connect", || async {
+        let e = status_of(s, name).await;
+        (e["status"]["state"] == "connected" && e["status"]["tools"].as_u64() > Some(0))
+            .then_some(e)
+    })
+    .await
+}
+
+/// The reference server over Streamable HTTP: its tools join the registry; killed in the
+/// middle of a call, the call ends with a clear error (no hang) and, once the server is back
+/// on its port, calls work again without anyone touching Steward.
+async fn an_http_upstream_crashing_mid_call_fails_the_call_and_comes_back(b: Backend) {
+    let s = TestServer::start(b).await;
+    let port = free_port();
+    let mut upstream = everything_on(port);
+    listening(port).await;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let (st, e) = s.put("/api/v1/mcp-servers/web", json!({"url": url})).await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["transport"], "http", "{e}");
+    assert_eq!(e["url"], url.as_str(), "{e}");
+    let e = connected(&s, "web").await;
+    assert_eq!(e["status"]["pid"], Value::Null, "no process of ours: {e}");
+    let (_, tools) = s.get("/api/v1/tools/web.get-sum").await;
+    assert_eq!(tools["source"], "mcp:web", "{tools}");
+
+    let key = key_of(&s, "tooler", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("web-sum") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"web.get-sum");
+@id("web-long") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"web.trigger-long-running-operation");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let r = mcp_call(&s, &key, "web.get-sum", json!({"a": 2, "b": 3})).await;
+    assert!(text_of(&r).contains("The sum of 2 and 3 is 5"), "{r}");
+
+    // A call that takes 6 s; the server dies 1 s into it.
+    let call = {
+        let (url, http, key) = (s.url.clone(), s.http.clone(), key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (st, body) = common::send(
+                http.post(format!("{url}/mcp"))
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                        "params": {"name": "web.trigger-long-running-operation",
+                                   "arguments": {"duration": 6, "steps": 3}}})),
+            )
+            .await;
+            (st, body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    upstream.kill().await.unwrap();
+    let (st, r, took) = call.await.unwrap();
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["result"]["isError"], true,
+        "the crash is the call's error: {r}"
+    );
+    assert!(
+        text_of(&r).contains("web"),
+        "says which upstream failed: {r}"
+    );
+    assert!(
+        took < Duration::from_secs(70),
+        "bounded by the call timeout, not hung: {took:?}"
+    );
+
+    // While it is down, calls fail at once with the reason.
+    let r = mcp_call(&s, &key, "web.get-sum", json!({"a": 1, "b": 1})).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+
+    // Back on its port: Steward reconnects by itself and calls work again.
+    let mut upstream = everything_on(port);
+    listening(port).await;
+    common::eventually("calls to work again", || async {
+        let r = mcp_call(&s, &key, "web.get-sum", json!({"a": 20, "b": 22})).await;
+        text_of(&r).contains("is 42").then_some(())
+    })
+    .await;
+
+    // Restarted between two calls, it has forgotten Steward's session though nothing failed:
+    // found out (a call may fail, saying so, never hang) and connected again.
+    upstream.kill().await.unwrap();
+    let _upstream = everything_on(port);
+    listening(port).await;
+    common::eventually("calls to work after a quiet restart", || async {
+        let started = Instant::now();
+        let r = mcp_call(&s, &key, "web.get-sum", json!({"a": 1, "b": 2})).await;
+        assert!(started.elapsed() < Duration::from_secs(20), "{r}");
+        text_of(&r).contains("is 3").then_some(())
+    })
+    .await;
+}
+both_backends!(
+    an_http_upstream_crashing_mid_call_fails_the_call_and_comes_back,
+    an_http_upstream_crashing_mid_call_fails_the_call_and_comes_back
+);
+
+/// A guarded upstream (401 without its bearer token): the header names a vault secret, which
+/// Steward resolves when it connects. Before the secret exists the server is not connected and
+/// says why; once it exists, tools work; the token never shows in the API, the tool list or the
+/// log; a wrong token is a clear error.
+async fn an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown(b: Backend) {
+    let s = TestServer::start(b).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = guarded(&token).await;
+
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["headers"], json!(["Authorization"]), "names only: {e}");
+    let e = common::eventually("the missing secret to be reported", || async {
+        let e = status_of(&s, "guarded").await;
+        e["status"]["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("GUARDED_TOKEN"))
+            .then_some(e)
+    })
+    .await;
+    assert!(
+        e["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the vault"),
+        "{e}"
+    );
+
+    // The secret is set: the next attempt (or a restart) connects with it.
+    let (st, v) = common::send(
+        s.http
+            .put(format!("{}/api/v1/secrets/GUARDED_TOKEN", s.url))
+            .json(&json!({"value": token})),
+    )
+    .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, _) = s
+        .post("/api/v1/mcp-servers/guarded/restart", json!({}))
+        .await;
+    assert_eq!(st, 200);
+    let e = connected(&s, "guarded").await;
+    assert_eq!(e["status"]["tools"], 3, "{e}");
+
+    let key = key_of(&s, "tooler", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("guarded") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.add");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let r = mcp_call(&s, &key, "guarded.add", json!({"a": 40, "b": 2})).await;
+    assert_eq!(r["result"]["isError"], Value::Bool(false), "{r}");
+    assert!(r.to_string().contains("42"), "{r}");
+    let (_, tool) = s.get("/api/v1/tools/guarded.add").await;
+    assert_eq!(tool["annotations"]["read_only"], true, "{tool}");
+
+    // The same from the CLI, as that agent: call, search, and a call policy does not permit.
+    let (ok, out, err) = common::cli(
+        &s,
+        &[
+            "tools",
+            "call",
+            "guarded.add",
+            r#"{"a": 5, "b": 6}"#,
+            "--key",
+            &key,
+        ],
+    );
+    assert!(ok && out.contains("11"), "{out}\n{err}");
+    let (ok, out, err) = common::cli(&s, &["tools", "search", "adds integers", "--key", &key]);
+    assert!(ok && out.contains("guarded.add"), "{out}\n{err}");
+    assert!(
+        !out.contains("guarded.count"),
+        "only what it may call: {out}"
+    );
+    let (ok, _, err) = common::cli(&s, &["tools", "call", "guarded.count", "--key", &key]);
+    assert!(!ok && err.contains("no policy permits"), "{err}");
+    let (ok, out, _) = common::cli(&s, &["mcp", "ls"]);
+    assert!(
+        ok && out.contains(&format!("127.0.0.1:{port}/mcp")) && out.contains("connected"),
+        "{out}"
+    );
+
+    // The token is nowhere a client or an operator can read it.
+    let (_, servers) = s.get("/api/v1/mcp-servers").await;
+    let (_, tools) = s.get("/api/v1/tools").await;
+    for shown in [servers.to_string(), tools.to_string(), s.log()] {
+        assert!(!shown.contains(&token), "the token leaked: {shown}");
+    }
+
+    // A wrong token: the server refuses, and the status says so.
+    let (st, _) = common::send(
+        s.http
+            .put(format!("{}/api/v1/secrets/GUARDED_TOKEN", s.url))
+            .json(&json!({"value": "wrong"})),
+    )
+    .await;
+    assert!(st == 200 || st == 204);
+    let (st, _) = s
+        .post("/api/v1/mcp-servers/guarded/restart", json!({}))
+        .await;
+    assert_eq!(st, 200);
+    common::eventually("the refusal to be reported", || async {
+        let e = status_of(&s, "guarded").await;
+        e["status"]["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("401") || m.to_lowercase().contains("unauthorized"))
+            .then_some(())
+    })
+    .await;
+}
+both_backends!(
+    an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown,
+    an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown
+);
+
+/// Read-only and idempotent tools' results answer the same caller's same call again within
+/// the TTL, without asking the upstream; another caller, other arguments or a tool that is
+/// neither are asked anew; cached answers are audited as such.
+async fn cached_results_answer_only_the_same_caller_and_call(b: Backend) {
+    let s = TestServer::start_with(b, &[("STEWARD_TOOLS__CACHE__TTL_MS", "60000")]).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = guarded(&token).await;
+    let (st, v) = common::send(
+        s.http
+            .put(format!("{}/api/v1/secrets/T", s.url))
+            .json(&json!({"value": token})),
+    )
+    .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:T}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    connected(&s, "guarded").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("add") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.add");
+@id("count") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.count");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let alice = key_of(&s, "alice-agent", "alice").await;
+    let bob = key_of(&s, "bob-agent", "bob").await;
+    for _ in 0..3 {
+        let r = mcp_call(&s, &alice, "guarded.add", json!({"a": 1, "b": 2})).await;
+        assert!(r.to_string().contains('3'), "{r}");
+    }
+    let r = mcp_call(&s, &alice, "guarded.add", json!({"b": 2, "a": 1})).await;
+    assert!(
+        r.to_string().contains('3'),
+        "same arguments in another order: {r}"
+    );
+    let r = mcp_call(&s, &bob, "guarded.add", json!({"a": 1, "b": 2})).await;
+    assert!(r.to_string().contains('3'), "{r}");
+    let r = mcp_call(&s, &alice, "guarded.add", json!({"a": 2, "b": 2})).await;
+    assert!(r.to_string().contains('4'), "{r}");
+
+    let records = common::audit_records(&s).await;
+    let outcomes = |principal: &str| {
+        records
+            .iter()
+            .filter(|r| r["resource"] == "guarded.add" && r["principal"] == principal)
+            .map(|r| r["outcome"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        outcomes("agent:alice-agent"),
+        ["ok", "ok (cached)", "ok (cached)", "ok (cached)", "ok"],
+        "asked once per distinct call, every call audited"
+    );
+    assert_eq!(
+        outcomes("agent:bob-agent"),
+        ["ok"],
+        "never given alice's answer"
+    );
+    let r = mcp_call(&s, &alice, "guarded.count", json!({})).await;
+    assert_eq!(
+        r["result"]["structuredContent"]["result"], 3,
+        "the upstream ran `add` three times for six calls: {r}"
+    );
+}
+both_backends!(
+    cached_results_answer_only_the_same_caller_and_call,
+    cached_results_answer_only_the_same_caller_and_call
+);
+
+/// Bad HTTP definitions are refused with what is wrong.
+async fn bad_http_upstream_definitions_are_refused(b: Backend) {
+    let s = TestServer::start(b).await;
+    for (body, says) in [
+        (json!({"url": "ftp://example.com/mcp"}), "url"),
+        (json!({"url": "not a url"}), "url"),
+        (json!({"url": "/mcp"}), "url"),
+        (
+            json!({"url": "https://user:pw@example.com/mcp"}),
+            "credentials",
+        ),
+        (
+            json!({"url": format!("https://example.com/{}", "a".repeat(3000))}),
+            "url",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "command": ["x"]}),
+            "either",
+        ),
+        (json!({"command": ["x"], "headers": {"A": "b"}}), "either"),
+        (
+            json!({"url": "https://example.com/mcp", "env": {"A": "b"}}),
+            "either",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"Mcp-Session-Id": "x"}}),
+            "MCP transport",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"bad header": "x"}}),
+            "header name",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"X-A": "line\nbreak"}}),
+            "visible ASCII",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"X-A": "{{secret:NAME"}}),
+            "closing",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"X-A": "{{secret:bad name}}"}}),
+            "secret's name",
+        ),
+        (json!({"url": 7}), "url"),
+        (
+            json!({"command": ["x"], "env": {"K": "{{secret:}}"}}),
+            "secret's name",
+        ),
+    ] {
+        let (st, e) = s.put("/api/v1/mcp-servers/bad", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {e}");
+        assert!(e.to_string().contains(says), "{body}: {e}");
+    }
+    let (_, list) = s.get("/api/v1/mcp-servers").await;
+    assert_eq!(list["servers"], json!([]), "nothing stored: {list}");
+}
+both_backends!(
+    bad_http_upstream_definitions_are_refused,
+    bad_http_upstream_definitions_are_refused
+);
