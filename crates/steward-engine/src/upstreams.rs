@@ -25,7 +25,7 @@ use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{json, Value};
 use steward_llm::SecretSource;
 use steward_store::{McpServerRecord, McpServerStore};
-use steward_tools::{Annotations, Tool, ToolContext, ToolError, ToolInfo, Tools};
+use steward_tools::{secret_refs, Annotations, Tool, ToolContext, ToolError, ToolInfo, Tools};
 use steward_types::Millis;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -378,24 +378,20 @@ async fn connect(
 /// `value` with each `{{secret:NAME}}` replaced by the vault's value of NAME.
 fn with_secrets(value: &str, secrets: Option<&dyn SecretSource>) -> Result<String, String> {
     let mut out = String::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("{{secret:") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + "{{secret:".len()..];
-        let end = after
-            .find("}}")
-            .ok_or("`{{secret:` without its closing `}}`")?;
-        let name = &after[..end];
-        let secrets = secrets.ok_or_else(|| {
-            format!("secret {name:?}: this node has no vault (set STEWARD_VAULT_KEY)")
-        })?;
-        let secret = secrets.secret(name).ok_or_else(|| {
-            format!("secret {name:?} is not in the vault (PUT /api/v1/secrets/{name})")
-        })?;
-        out.push_str(&secret);
-        rest = &after[end + 2..];
+    for part in secret_refs::parts(value)? {
+        match part {
+            secret_refs::Part::Text(t) => out.push_str(t),
+            secret_refs::Part::Secret(name) => {
+                let secrets = secrets.ok_or_else(|| {
+                    format!("secret {name:?}: this node has no vault (set STEWARD_VAULT_KEY)")
+                })?;
+                let secret = secrets.secret(name).ok_or_else(|| {
+                    format!("secret {name:?} is not in the vault (PUT /api/v1/secrets/{name})")
+                })?;
+                out.push_str(&secret);
+            }
+        }
     }
-    out.push_str(rest);
     Ok(out)
 }
 

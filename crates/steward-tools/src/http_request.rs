@@ -295,14 +295,14 @@ async fn with_secrets(
     used: &mut Vec<(String, String)>,
 ) -> Result<String, ToolError> {
     let mut out = String::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("{{secret:") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + "{{secret:".len()..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| ToolError::InvalidArgs("`{{secret:` without its closing `}}`".into()))?;
-        let name = &after[..end];
+    for part in crate::secret_refs::parts(value).map_err(ToolError::InvalidArgs)? {
+        let name = match part {
+            crate::secret_refs::Part::Text(t) => {
+                out.push_str(t);
+                continue;
+            }
+            crate::secret_refs::Part::Secret(name) => name,
+        };
         let run = ctx.run_id.as_ref().ok_or_else(|| {
             ToolError::Denied(format!(
                 "secret {name:?}: secrets from the vault are sent only by a run's tool calls"
@@ -311,9 +311,7 @@ async fn with_secrets(
         let secret = ctx.host.use_secret(run, name, destination).await?;
         out.push_str(&secret);
         used.push((name.to_string(), secret));
-        rest = &after[end + 2..];
     }
-    out.push_str(rest);
     Ok(out)
 }
 

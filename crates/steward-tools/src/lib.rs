@@ -6,6 +6,7 @@ mod http_request;
 mod sandbox;
 mod scratchpad;
 mod search;
+pub mod secret_refs;
 mod spawn_agent;
 
 use std::borrow::Cow;

@@ -241,24 +241,5 @@ fn check_http(url: &str, headers: &BTreeMap<String, String>) -> Result<()> {
 
 /// `{{secret:NAME}}` placeholders are whole, and name what a vault secret can be called.
 fn check_placeholders(value: &str) -> std::result::Result<(), String> {
-    let mut rest = value;
-    while let Some(start) = rest.find("{{secret:") {
-        let after = &rest[start + "{{secret:".len()..];
-        let end = after
-            .find("}}")
-            .ok_or("`{{secret:` without its closing `}}`")?;
-        let name = &after[..end];
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(format!(
-                "{{{{secret:{name}}}}}: a secret's name is 1-64 of a-z A-Z 0-9 - _ ."
-            ));
-        }
-        rest = &after[end + 2..];
-    }
-    Ok(())
+    steward_tools::secret_refs::parts(value).map(|_| ())
 }
