@@ -71,6 +71,10 @@ use crate::openapi::CommonResponses;
         routes::get_mcp_server,
         routes::delete_mcp_server,
         routes::restart_mcp_server,
+        routes::put_openapi,
+        routes::list_openapis,
+        routes::get_openapi,
+        routes::delete_openapi,
         routes::list_keys,
         routes::revoke_key,
         routes::rotate_key,
@@ -168,6 +172,10 @@ use crate::openapi::CommonResponses;
         wire::McpServerStatus,
         wire::McpServer,
         wire::McpServerList,
+        wire::PutOpenApi,
+        wire::OAuthClientSpec,
+        wire::OpenApi,
+        wire::OpenApiList,
         wire::KeyInfo,
         wire::KeyList,
         wire::Reason,
@@ -376,6 +384,13 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route(
             "/mcp-servers/{name}/restart",
             post(routes::restart_mcp_server),
+        )
+        .route("/openapi", get(routes::list_openapis))
+        .route(
+            "/openapi/{name}",
+            get(routes::get_openapi)
+                .put(routes::put_openapi)
+                .delete(routes::delete_openapi),
         )
         .route(
             "/secrets/{name}",

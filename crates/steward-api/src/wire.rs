@@ -659,6 +659,70 @@ pub struct McpServerList {
     pub servers: Vec<McpServer>,
 }
 
+/// `PUT /api/v1/openapi/{name}`: an HTTP API from its OpenAPI 3 document.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutOpenApi {
+    /// The OpenAPI 3.0 or 3.1 document: a JSON object, or its text in JSON or YAML.
+    #[schema(value_type = Object)]
+    pub document: serde_json::Value,
+    /// Where the operations' paths are appended; the document's first server when left out.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Headers every call carries, e.g. `{"Authorization": "Bearer {{secret:API_TOKEN}}"}`
+    /// (their values are never shown again, nor offered to callers as parameters).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Query parameters every call carries, e.g. `{"api_key": "{{secret:API_KEY}}"}`.
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, String>,
+    /// An OAuth 2 client every call is authorised with (`Authorization: Bearer`), its token
+    /// obtained and refreshed by one node of the cluster at a time.
+    #[serde(default)]
+    pub oauth: Option<OAuthClientSpec>,
+}
+
+/// An OAuth 2 client: the client-credentials grant, or the refresh-token grant when
+/// `refresh_token` is given.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientSpec {
+    pub token_url: String,
+    pub client_id: String,
+    /// `{{secret:NAME}}`: the client's secret, from the vault.
+    #[serde(default)]
+    pub client_secret: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `{{secret:NAME}}`: the first refresh token, from the vault; those the server rotates in
+    /// are kept sealed in the store.
+    #[serde(default)]
+    pub refresh_token: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OpenApi {
+    pub name: String,
+    pub base_url: String,
+    /// The names of the headers every call carries.
+    pub headers: Vec<String>,
+    /// The names of the query parameters every call carries.
+    pub query: Vec<String>,
+    /// Its OAuth client's token endpoint, when it has one.
+    pub oauth_token_url: Option<String>,
+    /// Its tools, on the node that answered.
+    pub tools: Vec<String>,
+    /// Operations that did not become tools, each with why.
+    pub skipped: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OpenApiList {
+    pub apis: Vec<OpenApi>,
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ToolList {
     pub tools: Vec<ToolInfo>,

@@ -19,6 +19,8 @@ mod kernel;
 mod launch;
 pub mod meters;
 mod metrics;
+pub mod oauth;
+pub mod openapis;
 mod principal;
 mod runs;
 pub mod sandboxes;
@@ -142,6 +144,8 @@ struct Inner {
     draining: CancellationToken,
     tracker: TaskTracker,
     upstreams: Arc<upstreams::Upstreams>,
+    openapis: Arc<openapis::OpenApis>,
+    oauth: Arc<oauth::OAuthTokens>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -212,6 +216,21 @@ impl Engine {
             delegations: delegations.clone(),
         };
         let store_for_upstreams: Arc<dyn steward_store::McpServerStore> = store.clone();
+        let oauth = oauth::OAuthTokens::new(
+            store.clone(),
+            opts.vault.clone(),
+            opts.node.0.clone(),
+            opts.clock.clone(),
+        );
+        let openapis = openapis::OpenApis::new(
+            opts.tools.clone(),
+            store.clone(),
+            Arc::new(oauth::ApiCredentials {
+                vault: opts.vault.clone(),
+                tokens: oauth.clone(),
+            }),
+            opts.tool_rules.http.clone(),
+        );
         let shared = Arc::new(Shared {
             launch: launch.clone(),
             store: store.clone(),
@@ -324,18 +343,25 @@ impl Engine {
                         .clone()
                         .map(|v| v as Arc<dyn steward_llm::SecretSource>),
                 ),
+                openapis,
+                oauth,
                 draining,
                 tracker: TaskTracker::new(),
             }),
         };
-        // Upstream MCP servers: started now, and followed as nodes add, change or remove them.
+        // Upstream MCP servers and OpenAPI APIs: their tools in the registry now, and followed
+        // as nodes add, change or remove them.
         {
             let upstreams = engine.inner.upstreams.clone();
+            let apis = engine.inner.openapis.clone();
             let draining = engine.inner.draining.clone();
             tokio::spawn(async move {
                 loop {
                     if let Err(e) = upstreams.follow().await {
                         tracing::warn!(error = %e, "could not read the upstream MCP servers");
+                    }
+                    if let Err(e) = apis.follow().await {
+                        tracing::warn!(error = %e, "could not read the OpenAPI APIs");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(upstreams::FOLLOW_EVERY) => {}
@@ -502,6 +528,11 @@ impl Engine {
     /// Upstream MCP servers.
     pub fn mcp_servers(&self) -> handles::mcp_servers::McpServers<'_> {
         handles::mcp_servers::McpServers(self)
+    }
+
+    /// HTTP APIs described by OpenAPI documents.
+    pub fn openapis(&self) -> handles::openapis::OpenApis<'_> {
+        handles::openapis::OpenApis(self)
     }
 
     /// The tool registry.

@@ -99,6 +99,21 @@ impl Vault {
             .map_err(|e| Error::Unavailable(format!("the {name} signing key: {e}")))
     }
 
+    /// `value` sealed under the vault's key for `purpose` (what opens it must name the same),
+    /// for values kept outside the secrets table (OAuth tokens).
+    pub fn seal_value(&self, purpose: &str, value: &str) -> Result<String> {
+        self.cipher
+            .seal(purpose, value)
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    /// What `seal_value(purpose, …)` sealed.
+    pub fn open_value(&self, purpose: &str, sealed: &str) -> Result<String> {
+        self.cipher
+            .open(purpose, sealed)
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
     /// Names and when each was last set; never values.
     pub async fn names(&self) -> Result<Vec<(String, i64)>> {
         Ok(self

@@ -20,6 +20,7 @@ mod mcp_servers;
 mod merges;
 pub mod merkle;
 mod model;
+mod openapi_apis;
 pub mod pg_schema;
 mod policies;
 mod rates;
@@ -53,6 +54,7 @@ pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
+pub use openapi_apis::{OAuthTokenRecord, OAuthTokenStore, OpenApiRecord, OpenApiStore};
 pub use policies::PolicyStore;
 pub use rates::RateStore;
 pub use responses::{ResponseStore, StoredResponse};
@@ -91,6 +93,8 @@ pub trait Store:
     + WorkspaceStore
     + ResponseStore
     + McpServerStore
+    + OpenApiStore
+    + OAuthTokenStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

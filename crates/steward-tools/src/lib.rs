@@ -3,6 +3,7 @@
 
 mod echo;
 mod http_request;
+pub mod openapi;
 mod sandbox;
 mod scratchpad;
 mod search;

@@ -90,6 +90,43 @@ pub enum McpWhat {
     Restart { name: String },
 }
 
+#[derive(Clone, clap::Subcommand)]
+pub enum OpenApiWhat {
+    /// Adds (or replaces) an HTTP API from its OpenAPI 3 document — a file, or an http(s) URL
+    /// this command fetches — each operation a tool `NAME.operationId`: `steward openapi add
+    /// NAME DOCUMENT [--base-url URL] [--header 'Authorization=Bearer {{secret:TOKEN}}']
+    /// [--query 'api_key={{secret:KEY}}']`.
+    Add {
+        name: String,
+        document: String,
+        /// Where the operations' paths are appended (else the document's first server).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// A header every call carries; `{{secret:NAME}}` is taken from the vault.
+        #[arg(long = "header", value_name = "K=V")]
+        header: Vec<String>,
+        /// A query parameter every call carries; `{{secret:NAME}}` is taken from the vault.
+        #[arg(long = "query", value_name = "K=V")]
+        query: Vec<String>,
+    },
+    /// The configured APIs and their tools.
+    Ls,
+    /// Removes an API: its tools leave the registry.
+    Rm { name: String },
+}
+
+/// `--flag K=V` arguments as a JSON object.
+fn key_values(flag: &str, kvs: Vec<String>) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut m = serde_json::Map::new();
+    for kv in kvs {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--{flag} takes K=V, not {kv:?}"))?;
+        m.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(m)
+}
+
 /// A server name as the CLI puts it in a path.
 fn mcp_name(name: &str) -> anyhow::Result<&str> {
     if name.is_empty()
@@ -630,21 +667,11 @@ impl Client {
                 header,
                 command,
             } => {
-                let pairs = |flag: &str, kvs: Vec<String>| {
-                    let mut m = serde_json::Map::new();
-                    for kv in kvs {
-                        let (k, v) = kv
-                            .split_once('=')
-                            .with_context(|| format!("--{flag} takes K=V, not {kv:?}"))?;
-                        m.insert(k.to_string(), Value::String(v.to_string()));
-                    }
-                    anyhow::Ok(m)
-                };
                 let body = match url {
                     Some(url) => {
-                        serde_json::json!({"url": url, "headers": pairs("header", header)?})
+                        serde_json::json!({"url": url, "headers": key_values("header", header)?})
                     }
-                    None => serde_json::json!({"command": command, "env": pairs("env", env)?}),
+                    None => serde_json::json!({"command": command, "env": key_values("env", env)?}),
                 };
                 let s: McpServer = self
                     .send(
@@ -683,6 +710,75 @@ impl Client {
                 let path = format!("/api/v1/mcp-servers/{}/restart", mcp_name(&name)?);
                 let s: McpServer = self.post_json(&path, &serde_json::json!({})).await?;
                 show(&s);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn openapi(&self, what: OpenApiWhat) -> anyhow::Result<()> {
+        use steward_api::wire::{OpenApi, OpenApiList};
+        let show = |a: &OpenApi| {
+            println!("{:<16} {:<40} {} tools", a.name, a.base_url, a.tools.len());
+            for t in &a.tools {
+                println!("  {t}");
+            }
+            for s in &a.skipped {
+                println!("  left out: {s}");
+            }
+        };
+        match what {
+            OpenApiWhat::Add {
+                name,
+                document,
+                base_url,
+                header,
+                query,
+            } => {
+                let text = if document.starts_with("http://") || document.starts_with("https://") {
+                    let resp = self
+                        .http
+                        .get(&document)
+                        .send()
+                        .await
+                        .with_context(|| format!("fetching {document}"))?;
+                    if !resp.status().is_success() {
+                        bail!("fetching {document}: HTTP {}", resp.status());
+                    }
+                    resp.text().await?
+                } else {
+                    std::fs::read_to_string(&document)
+                        .with_context(|| format!("reading {document}"))?
+                };
+                let body = serde_json::json!({
+                    "document": text,
+                    "base_url": base_url,
+                    "headers": key_values("header", header)?,
+                    "query": key_values("query", query)?,
+                });
+                let a: OpenApi = self
+                    .send(
+                        self.http
+                            .put(format!("{}/api/v1/openapi/{}", self.base, mcp_name(&name)?))
+                            .json(&body),
+                    )
+                    .await?;
+                show(&a);
+            }
+            OpenApiWhat::Ls => {
+                let list: OpenApiList = self.get_json("/api/v1/openapi").await?;
+                for a in &list.apis {
+                    show(a);
+                }
+            }
+            OpenApiWhat::Rm { name } => {
+                let resp = self
+                    .http
+                    .delete(format!("{}/api/v1/openapi/{}", self.base, mcp_name(&name)?))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("{}", resp.text().await.unwrap_or_default());
+                }
             }
         }
         Ok(())

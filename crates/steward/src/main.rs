@@ -127,6 +127,11 @@ enum Command {
         #[command(subcommand)]
         what: client::McpWhat,
     },
+    /// HTTP APIs whose OpenAPI documents' operations join the registry: `add`, `ls`, `rm`.
+    Openapi {
+        #[command(subcommand)]
+        what: client::OpenApiWhat,
+    },
     /// The tool registry: `ls`, `describe NAME`, `call NAME ARGS`, `search QUERY`.
     Tools {
         #[command(subcommand)]
@@ -184,6 +189,7 @@ fn main() -> std::process::ExitCode {
             Command::Sandbox { what } => c?.sandbox(what).await,
             Command::Tools { what } => c?.tools(what).await,
             Command::Mcp { what } => c?.mcp(what).await,
+            Command::Openapi { what } => c?.openapi(what).await,
             Command::Approvals { state } => c?.approvals(&state).await,
             Command::Incidents {
                 state,

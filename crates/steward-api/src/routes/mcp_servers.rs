@@ -27,7 +27,7 @@ fn wire(s: steward_engine::handles::mcp_servers::McpServerInfo) -> McpServer {
 /// `NAME.tool`.
 #[utoipa::path(put, path = "/api/v1/mcp-servers/{name}", params(("name" = String, Path)),
     request_body = PutMcpServer,
-    responses((status = 200, body = McpServer), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = McpServer), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn put_mcp_server(
     State(e): State<Engine>,
     Path(name): Path<String>,

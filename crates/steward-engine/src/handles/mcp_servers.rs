@@ -83,16 +83,18 @@ impl McpServers<'_> {
     /// Adds server `name` (its tools become `name.tool`), or replaces its definition (it is
     /// connected again); connected on this node before this returns.
     pub async fn put(&self, name: &str, transport: Transport) -> Result<McpServerInfo> {
-        let bad = |m: String| Err(Error::InvalidRequest(m));
-        if name.is_empty()
-            || name.len() > MAX_NAME
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        check_name(name)?;
+        if self
+            .0
+            .store()
+            .openapis()
+            .await?
+            .iter()
+            .any(|a| a.name == name)
         {
-            return bad(format!(
-                "name: 1 to {MAX_NAME} of a-z, 0-9, `_` and `-` (it prefixes its tools' names: {name:?}.tool)"
-            ));
+            return Err(Error::Conflict(format!(
+                "{name:?} is an OpenAPI API's name, and prefixes its tools: choose another"
+            )));
         }
         let (kind, command, env, url, headers) = match transport {
             Transport::Stdio { command, env } => {
@@ -164,6 +166,21 @@ impl McpServers<'_> {
         self.0.inner.upstreams.restart(name);
         Ok(info)
     }
+}
+
+/// A name that prefixes tools' names (an MCP server's, an OpenAPI API's).
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(Error::InvalidRequest(format!(
+            "name: 1 to {MAX_NAME} of a-z, 0-9, `_` and `-` (it prefixes its tools' names: {name:?}.tool)"
+        )));
+    }
+    Ok(())
 }
 
 fn check_stdio(command: &[String], env: &BTreeMap<String, String>) -> Result<()> {

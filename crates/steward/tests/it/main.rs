@@ -26,6 +26,7 @@ mod mcp_http;
 mod merge_queue;
 mod new_tools;
 mod nodes;
+mod openapi_tools;
 mod policy;
 mod queues;
 mod recovery;
