@@ -152,6 +152,18 @@ impl OAuthTokens {
                 .await
                 .map_err(store_err)?
             {
+                // Read again under the lease: what was read before it may be from before
+                // another node's refresh, and its refresh token already spent.
+                let row = self.store.oauth_token(api).await.map_err(store_err)?;
+                if let Some(r) = row
+                    .as_ref()
+                    .filter(|r| !r.access_sealed.is_empty() && r.refresh_at > now)
+                {
+                    let _ = self.store.release_oauth_lease(api, &self.node).await;
+                    let access = self.open(api, "access", &r.access_sealed)?;
+                    self.remember(api, &access, r);
+                    return Ok(access);
+                }
                 return match self.obtain(api, client, row.as_ref()).await {
                     Ok((access, record)) => {
                         self.store
