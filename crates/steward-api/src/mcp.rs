@@ -141,7 +141,14 @@ impl ServerHandler for Mcp {
     ) -> Result<CallToolResponse, McpError> {
         let who = caller(&ctx)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = match self.0.gateway().call_tool(&who, &request.name, args).await {
+        // `ctx.ct` fires when the caller goes away: at the current revision, closing the
+        // request is how a client cancels it.
+        let result = match self
+            .0
+            .gateway()
+            .call_tool(&who, &request.name, args, &ctx.ct)
+            .await
+        {
             // Structured output is an object; anything else is wrapped as `result`.
             Ok(v @ Value::Object(_)) => CallToolResult::structured(v),
             Ok(v) => CallToolResult::structured(json!({ "result": v })),

@@ -176,6 +176,7 @@ impl Gateway {
         who: &Principal,
         name: &str,
         args: Value,
+        cancelled: &tokio_util::sync::CancellationToken,
     ) -> Result<Value, ToolCallError> {
         if name.len() > MAX_NAME {
             return Err(ToolCallError::InvalidArguments(format!(
@@ -214,46 +215,52 @@ impl Gateway {
             .and_then(|(key, ttl)| self.tool_plane.cache.get(key, *ttl));
         let from_cache = cached.is_some();
         let call_id = format!("tc_{}", uuid::Uuid::now_v7().simple());
-        let result =
-            match cached {
-                Some(v) => Ok(v),
-                None => match self
-                    .tool_plane
-                    .take_rate(
-                        name,
-                        who.agent.as_str(),
-                        who.run.as_ref().map(|r| r.as_str()),
-                    )
-                    .await
-                {
-                    Err(refused) => Err(ToolCallError::Limited(refused.to_string())),
-                    Ok(()) => {
-                        let ctx = ToolContext {
-                            run_id: None,
-                            seq: 0,
-                            idempotency_key: call_id.clone(),
-                            host: self.tool_host.clone(),
-                        };
-                        let result =
-                            match tokio::time::timeout(TOOL_CALL_TIMEOUT, tool.call(&ctx, args))
-                                .await
-                            {
-                                Ok(r) => r.map_err(|e| match e {
-                                    ToolError::InvalidArgs(m) => ToolCallError::InvalidArguments(m),
-                                    other => ToolCallError::Failed(other.to_string()),
-                                }),
-                                Err(_) => Err(ToolCallError::Failed(format!(
-                                    "tool {name} did not finish within {} s",
-                                    TOOL_CALL_TIMEOUT.as_secs()
-                                ))),
-                            };
-                        if let (Ok(v), Some((key, _))) = (&result, &cache) {
-                            self.tool_plane.cache.put(*key, v);
+        let mut given_up = false;
+        let result = match cached {
+            Some(v) => Ok(v),
+            None => match self
+                .tool_plane
+                .take_rate(
+                    name,
+                    who.agent.as_str(),
+                    who.run.as_ref().map(|r| r.as_str()),
+                )
+                .await
+            {
+                Err(refused) => Err(ToolCallError::Limited(refused.to_string())),
+                Ok(()) => {
+                    let ctx = ToolContext {
+                        run_id: None,
+                        seq: 0,
+                        idempotency_key: call_id.clone(),
+                        host: self.tool_host.clone(),
+                    };
+                    // Dropping the call is how it is given up: an upstream MCP server is
+                    // sent `notifications/cancelled`, an HTTP request is aborted.
+                    let call = tokio::time::timeout(TOOL_CALL_TIMEOUT, tool.call(&ctx, args));
+                    let result = tokio::select! {
+                        r = call => match r {
+                            Ok(r) => r.map_err(|e| match e {
+                                ToolError::InvalidArgs(m) => ToolCallError::InvalidArguments(m),
+                                other => ToolCallError::Failed(other.to_string()),
+                            }),
+                            Err(_) => Err(ToolCallError::Failed(format!(
+                                "tool {name} did not finish within {} s",
+                                TOOL_CALL_TIMEOUT.as_secs()
+                            ))),
+                        },
+                        _ = cancelled.cancelled() => {
+                            given_up = true;
+                            Err(ToolCallError::Failed(format!("the caller cancelled the call of {name}")))
                         }
-                        result
+                    };
+                    if let (Ok(v), Some((key, _))) = (&result, &cache) {
+                        self.tool_plane.cache.put(*key, v);
                     }
-                },
-            };
+                    result
+                }
+            },
+        };
         let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             delegations: who.link_ids(),
@@ -261,6 +268,7 @@ impl Gateway {
                 match (&result, from_cache) {
                     (Ok(_), true) => "ok (cached)",
                     (Ok(_), false) => "ok",
+                    _ if given_up => "cancelled",
                     _ => "error",
                 }
                 .into(),

@@ -38,6 +38,24 @@ async fn the_mcp_sdk_sees_and_calls_only_what_policy_permits(b: Backend) {
         s.log()
     );
 
+    // A LangGraph agent with its tools from /mcp through langchain-mcp-adapters.
+    let python = langgraph_python();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/langgraph_mcp.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", &tooler)
+        .output()
+        .await
+        .expect("the LangGraph environment's python");
+    assert!(
+        out.status.success(),
+        "the LangGraph agent failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Oslo"));
+
     // Every call is on the record with who made it; refusals as decisions, before the answer.
     let records = common::audit_records(&s).await;
     let calls = |principal: &str, outcome: Option<&str>, decision: &str| {
@@ -53,7 +71,11 @@ async fn the_mcp_sdk_sees_and_calls_only_what_policy_permits(b: Backend) {
             .collect::<Vec<Value>>()
     };
     let ok = calls("agent:tooler", Some("ok"), "allow");
-    assert_eq!(ok.len(), 2, "one echo per protocol revision: {ok:?}");
+    assert_eq!(
+        ok.len(),
+        3,
+        "one echo per protocol revision of the SDK, one by the LangGraph agent: {ok:?}"
+    );
     assert_eq!(ok[0]["resource"], "echo");
     assert_eq!(
         ok[0]["chain"],
@@ -163,6 +185,18 @@ both_backends!(
 );
 
 /// The official reference server, installed from npm by `.ci/run`.
+/// The Python of the environment `.ci/run` makes for LangGraph and langchain-mcp-adapters
+/// (which need the MCP SDK 1.x; the other tests use 2.x).
+fn langgraph_python() -> String {
+    let path = std::env::var("STEWARD_TEST_LANGGRAPH_PYTHON")
+        .unwrap_or_else(|_| "/var/tmp/steward-langgraph/bin/python".into());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: .ci/run makes that environment (or set STEWARD_TEST_LANGGRAPH_PYTHON)"
+    );
+    path
+}
+
 pub(crate) fn everything_server() -> String {
     let path = std::env::var("STEWARD_TEST_MCP_EVERYTHING").unwrap_or_else(|_| {
         "/var/tmp/steward-npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"

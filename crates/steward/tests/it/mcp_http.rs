@@ -218,7 +218,7 @@ async fn an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown(b
         .await;
     assert_eq!(st, 200);
     let e = connected(&s, "guarded").await;
-    assert_eq!(e["status"]["tools"], 3, "{e}");
+    assert_eq!(e["status"]["tools"], 4, "{e}");
 
     let key = key_of(&s, "tooler", "team-a").await;
     let (st, e) = s
@@ -428,4 +428,60 @@ async fn bad_http_upstream_definitions_are_refused(b: Backend) {
 both_backends!(
     bad_http_upstream_definitions_are_refused,
     bad_http_upstream_definitions_are_refused
+);
+
+/// The official MCP Python SDK gives up on a slow call through `/mcp`: Steward gives up the
+/// upstream call too — the upstream's handler is cancelled, not left to run — and the audit
+/// record says the call was cancelled.
+async fn a_client_cancelling_a_call_cancels_it_upstream(b: Backend) {
+    let s = TestServer::start(b).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = guarded(&token).await;
+    let (st, v) = s
+        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    connected(&s, "guarded").await;
+    let key = key_of(&s, "canceller", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("slow") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.slow");
+@id("stats") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.stats");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_cancel.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", &key)
+        .output()
+        .await
+        .expect("python3 with the mcp package (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "the cancellation did not reach the upstream:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let records = common::audit_records(&s).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["resource"] == "guarded.slow" && r["outcome"] == "cancelled"),
+        "{records:?}"
+    );
+}
+both_backends!(
+    a_client_cancelling_a_call_cancels_it_upstream,
+    a_client_cancelling_a_call_cancels_it_upstream
 );

@@ -2,7 +2,8 @@
 answers only requests carrying `Authorization: Bearer $UPSTREAM_TOKEN` (401 otherwise).
 
 Usage: mcp_http_upstream.py PORT. Tools: `add` (read-only, idempotent), `count` (how many
-times `add` ran here), `slow` (sleeps, to be cancelled or timed out)."""
+times `add` ran here), `slow` (sleeps, to be cancelled or timed out), `stats` (how many `slow`
+calls finished and how many were cancelled)."""
 
 import asyncio
 import os
@@ -14,7 +15,7 @@ from mcp.types import ToolAnnotations
 
 TOKEN = os.environ["UPSTREAM_TOKEN"]
 server = MCPServer("guarded")
-ran = {"add": 0}
+ran = {"add": 0, "slow_done": 0, "slow_cancelled": 0}
 
 
 @server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
@@ -33,8 +34,19 @@ def count() -> int:
 @server.tool()
 async def slow(seconds: float) -> str:
     """Sleeps, then answers."""
-    await asyncio.sleep(seconds)
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        ran["slow_cancelled"] += 1
+        raise
+    ran["slow_done"] += 1
     return "slept"
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def stats() -> dict:
+    """How many `slow` calls finished here, and how many were cancelled."""
+    return {"slow_done": ran["slow_done"], "slow_cancelled": ran["slow_cancelled"]}
 
 
 def guarded(app):
