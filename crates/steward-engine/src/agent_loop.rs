@@ -7,6 +7,7 @@ use serde_json::Value;
 use steward_llm::{ChatRequest, Message, Role, ToolSpec};
 
 use crate::kernel::{Kernel, ModelCall, RunCtx, StepError, ToolCall};
+use crate::tool_search;
 
 pub(crate) enum LoopEnd {
     Answer(String),
@@ -30,23 +31,30 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     // Model APIs take tool names of `[a-zA-Z0-9_-]` only: an upstream's `server.tool` is
     // offered as `server__tool`, and a call of that name is the tool's.
     let mut real_names: HashMap<String, String> = HashMap::new();
-    let tools: Vec<ToolSpec> = kernel
-        .tools
-        .matching(&spec.tools)
-        .into_iter()
-        .map(|t| {
+    let mut tools: Vec<ToolSpec> = Vec::new();
+    if spec.tool_search {
+        // Only the meta-tools at first; `tools_describe` adds what it shows.
+        for t in tool_search::meta_tools() {
+            offer(
+                &mut tools,
+                &mut real_names,
+                &t.name,
+                t.description,
+                t.input_schema,
+            );
+        }
+    } else {
+        for t in kernel.tools.matching(&spec.tools) {
             let i = t.info();
-            let offered = model_name(&i.name);
-            if offered != i.name {
-                real_names.insert(offered.clone(), i.name.to_string());
-            }
-            ToolSpec {
-                name: offered,
-                description: i.description.to_string(),
-                parameters: i.parameters,
-            }
-        })
-        .collect();
+            offer(
+                &mut tools,
+                &mut real_names,
+                &i.name,
+                i.description.to_string(),
+                i.parameters,
+            );
+        }
+    }
     let mut request = ChatRequest {
         model,
         messages: Vec::new(),
@@ -110,6 +118,11 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
                 Ok(r) => r,
                 Err(e) => return LoopEnd::Step(e),
             };
+            if spec.tool_search && name == tool_search::TOOLS_DESCRIBE {
+                if let Ok(shown) = &out {
+                    load_described(shown, &spec, &mut request.tools, &mut real_names);
+                }
+            }
             let text = match out {
                 Ok(Value::String(s)) => s,
                 Ok(v) => v.to_string(),
@@ -126,6 +139,54 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         request.messages.extend(results);
     }
     LoopEnd::MaxSteps(spec.max_steps)
+}
+
+/// Adds tool `name` to what the model is offered, under a name model APIs accept.
+fn offer(
+    tools: &mut Vec<ToolSpec>,
+    real_names: &mut HashMap<String, String>,
+    name: &str,
+    description: String,
+    parameters: Value,
+) {
+    let offered = model_name(name);
+    if tools.iter().any(|t| t.name == offered) {
+        return;
+    }
+    if offered != name {
+        real_names.insert(offered.clone(), name.to_string());
+    }
+    tools.push(ToolSpec {
+        name: offered,
+        description,
+        parameters,
+    });
+}
+
+/// The tools a `tools_describe` result shows (from the journal, on a replay), offered to the
+/// model from now on: those the agent's spec gives it, with the schema as shown.
+fn load_described(
+    shown: &Value,
+    spec: &steward_types::manifest::AgentSpec,
+    tools: &mut Vec<ToolSpec>,
+    real_names: &mut HashMap<String, String>,
+) {
+    for t in shown["tools"].as_array().into_iter().flatten() {
+        let Some(name) = t["name"].as_str() else {
+            continue;
+        };
+        if tool_search::is_meta(name) || !spec.lists_tool(name) {
+            continue;
+        }
+        let description = t["description"].as_str().unwrap_or_default().to_string();
+        offer(
+            tools,
+            real_names,
+            name,
+            description,
+            t["inputSchema"].clone(),
+        );
+    }
 }
 
 /// `name` as model APIs accept a tool's: `.` (an upstream server's prefix) becomes `__`, any

@@ -25,6 +25,7 @@ mod principal;
 mod runs;
 pub mod sandboxes;
 mod tool_plane;
+pub mod tool_search;
 mod ttl_cache;
 pub mod upstreams;
 pub mod vault;

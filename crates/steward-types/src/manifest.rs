@@ -30,6 +30,12 @@ pub struct Metadata {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// The meta-tool that finds tools by what they do (MCP clients always have it; managed agents
+/// with `spec.toolSearch`).
+pub const TOOLS_SEARCH: &str = "tools_search";
+/// The meta-tool that shows tools' argument schemas, by name.
+pub const TOOLS_DESCRIBE: &str = "tools_describe";
+
 /// What an agent is: the version of this a run starts with is the version it keeps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -41,6 +47,10 @@ pub struct AgentSpec {
     pub system_prompt: String,
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Offer the model `tools_search` and `tools_describe` instead of every tool `tools`
+    /// gives: a tool's schema joins what the model is offered once `tools_describe` showed it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool_search: bool,
     #[serde(default = "default_max_steps")]
     pub max_steps: u32,
     #[serde(default = "default_step_timeout", with = "duration")]
@@ -377,6 +387,7 @@ impl AgentSpec {
     /// Whether `spec.tools` gives the agent `tool`, by name or by an upstream's prefix.
     pub fn lists_tool(&self, tool: &str) -> bool {
         self.tools.iter().any(|p| tool_pattern_covers(p, tool))
+            || (self.tool_search && (tool == TOOLS_SEARCH || tool == TOOLS_DESCRIBE))
     }
 
     pub fn is_scripted(&self) -> bool {
@@ -618,6 +629,28 @@ spec:
         assert_eq!(m[0].spec.step_timeout, 5_000);
         assert_eq!(m[0].spec.max_steps, 20);
         assert_eq!(m[0].spec.recovery, RecoveryPolicy::WaitForHuman);
+    }
+
+    #[test]
+    fn tool_search_gives_the_meta_tools_and_is_left_out_when_off() {
+        let m = parse_manifests(GOOD).unwrap();
+        assert!(!m[0].spec.tool_search);
+        assert!(!m[0].spec.lists_tool(TOOLS_SEARCH));
+        // Off, it is not written: the specs stored before it existed read back the same.
+        let written = serde_json::to_value(&m[0].spec).unwrap();
+        assert!(written.get("toolSearch").is_none(), "{written}");
+        let on = GOOD.replace("stepTimeout: 5s", "stepTimeout: 5s\n  toolSearch: true");
+        let m = parse_manifests(&on).unwrap();
+        assert!(m[0].spec.tool_search);
+        assert!(m[0].spec.lists_tool(TOOLS_SEARCH) && m[0].spec.lists_tool(TOOLS_DESCRIBE));
+        let bad = GOOD.replace(
+            "stepTimeout: 5s",
+            "stepTimeout: 5s\n  toolSearch: yes please",
+        );
+        assert!(parse_manifests(&bad)
+            .unwrap_err()
+            .0
+            .contains("spec.toolSearch"));
     }
 
     #[test]

@@ -10,50 +10,20 @@
 //! the caller may call) and `tools_describe` (their schemas), so a caller with hundreds of
 //! tools loads only the schemas it needs.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use steward_tools::{Annotations, Catalog, CatalogEntry, ToolContext, ToolError};
+use serde_json::Value;
+use steward_tools::{ToolContext, ToolError};
 
 use super::*;
 use crate::tool_plane::ResultCache;
+use crate::tool_search::{self, meta_tools};
+pub use crate::tool_search::{ToolView, TOOLS_DESCRIBE, TOOLS_SEARCH};
 
 /// How long a tool called outside any run may take.
 pub const TOOL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// What `tools_search` returns when the caller does not say.
-const SEARCH_LIMIT: usize = 10;
-const SEARCH_MAX_LIMIT: usize = 100;
 /// Tool names are at most this long (as MCP clients and model APIs expect).
 const MAX_NAME: usize = 64;
-pub const TOOLS_SEARCH: &str = "tools_search";
-pub const TOOLS_DESCRIBE: &str = "tools_describe";
-
-/// A tool as a caller sees it.
-#[derive(Clone, Debug)]
-pub struct ToolView {
-    pub name: String,
-    pub description: String,
-    /// JSON Schema of the arguments (an object schema).
-    pub input_schema: Value,
-    pub annotations: Annotations,
-}
-
-impl ToolView {
-    fn to_json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "description": self.description,
-            "inputSchema": self.input_schema,
-            "annotations": {
-                "readOnlyHint": self.annotations.read_only,
-                "destructiveHint": self.annotations.destructive,
-                "idempotentHint": self.annotations.idempotent,
-                "openWorldHint": self.annotations.open_world,
-            },
-        })
-    }
-}
 
 /// Why a tool call has no result.
 #[derive(Debug, thiserror::Error)]
@@ -73,30 +43,6 @@ pub enum ToolCallError {
     Limited(String),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-}
-
-/// The meta-tools every caller has.
-fn meta_tools() -> [ToolView; 2] {
-    let read_only = Annotations::LOCAL_READ;
-    [
-        ToolView {
-            name: TOOLS_SEARCH.into(),
-            description: "Finds the tools you may call that match a query (ranked full-text search over their names, descriptions and arguments). Returns names and descriptions; get a tool's argument schema with tools_describe.".into(),
-            input_schema: json!({"type": "object", "required": ["query"], "properties": {
-                "query": {"type": "string", "description": "words describing what the tool should do"},
-                "limit": {"type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "at most this many tools (default 10)"}},
-                "additionalProperties": false}),
-            annotations: read_only,
-        },
-        ToolView {
-            name: TOOLS_DESCRIBE.into(),
-            description: "The full description, argument schema and annotations of tools you may call, by name.".into(),
-            input_schema: json!({"type": "object", "required": ["names"], "properties": {
-                "names": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": SEARCH_MAX_LIMIT}},
-                "additionalProperties": false}),
-            annotations: read_only,
-        },
-    ]
 }
 
 impl Gateway {
@@ -156,13 +102,7 @@ impl Gateway {
             if !tool.outside_runs() || self.tool_refusal(who, &name).await?.is_some() {
                 continue;
             }
-            let info = tool.info();
-            out.push(ToolView {
-                name,
-                description: info.description.to_string(),
-                input_schema: info.parameters,
-                annotations: tool.annotations(),
-            });
+            out.push(ToolView::of(name, tool.as_ref()));
         }
         out.extend(meta_tools());
         Ok(out)
@@ -332,53 +272,10 @@ impl Gateway {
         name: &str,
         args: Value,
     ) -> Result<Value, ToolCallError> {
-        let meta = meta_tools();
-        let schema = &meta
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.input_schema.clone())
-            .unwrap_or_default();
         self.tool_plane
-            .check_args(name, schema, &args)
+            .check_args(name, &tool_search::schema_of(name), &args)
             .map_err(ToolCallError::InvalidArguments)?;
         let visible = self.visible_tools(who).await?;
-        if name == TOOLS_SEARCH {
-            let query = args["query"].as_str().unwrap_or_default();
-            let limit = args["limit"].as_u64().map_or(SEARCH_LIMIT, |l| l as usize);
-            // The meta-tools themselves are not what a search looks for.
-            let searched = visible
-                .iter()
-                .filter(|t| t.name != TOOLS_SEARCH && t.name != TOOLS_DESCRIBE);
-            let catalog = Catalog::new(searched.map(|t| CatalogEntry {
-                name: &t.name,
-                description: &t.description,
-                schema: &t.input_schema,
-            }));
-            let by_name: HashMap<&str, &ToolView> =
-                visible.iter().map(|t| (t.name.as_str(), t)).collect();
-            let hits: Vec<Value> = catalog
-                .search(query, limit)
-                .into_iter()
-                .filter_map(|(n, score)| {
-                    let t = by_name.get(n.as_str())?;
-                    Some(json!({"name": n, "description": t.description, "score": (score * 1000.0).round() / 1000.0}))
-                })
-                .collect();
-            return Ok(json!({"tools": hits}));
-        }
-        let names: Vec<&str> = args["names"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let found: Vec<Value> = names
-            .iter()
-            .filter_map(|n| visible.iter().find(|t| t.name == *n).map(ToolView::to_json))
-            .collect();
-        let unknown: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| !visible.iter().any(|t| t.name == *n))
-            .collect();
-        Ok(json!({"tools": found, "unknown": unknown}))
+        Ok(tool_search::answer(name, &args, &visible))
     }
 }

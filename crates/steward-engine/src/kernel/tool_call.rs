@@ -64,10 +64,11 @@ impl Syscall for ToolCall<'_> {
     }
 
     fn idempotent(&self, kernel: &Kernel) -> bool {
-        kernel
-            .tools
-            .get(self.name)
-            .is_some_and(|t| t.idempotent(self.args))
+        crate::tool_search::is_meta(self.name)
+            || kernel
+                .tools
+                .get(self.name)
+                .is_some_and(|t| t.idempotent(self.args))
     }
 
     /// A metered tool (sandbox CPU, when charged) holds its worst case like a model call.
@@ -95,6 +96,25 @@ impl Syscall for ToolCall<'_> {
                 (Err(format!("tool {name:?} is not available to this agent"))),
                 0,
             ));
+        }
+        // The meta-tools search and describe what the agent's spec gives it; what they answer
+        // is journaled like any result, so a replay offers the model the same tools.
+        if crate::tool_search::is_meta(name) {
+            use crate::tool_search::{self, ToolView};
+            if let Err(why) =
+                kernel
+                    .tool_plane
+                    .check_args(name, &tool_search::schema_of(name), args)
+            {
+                return Ok((Err(why), 0));
+            }
+            let visible: Vec<ToolView> = kernel
+                .tools
+                .matching(&ctx.spec.tools)
+                .iter()
+                .map(|t| ToolView::of(t.info().name.to_string(), t.as_ref()))
+                .collect();
+            return Ok((Ok(tool_search::answer(name, args, &visible)), 0));
         }
         let Some(tool) = kernel.tools.get(name) else {
             return Ok(((Err(format!("no tool named {name:?} exists"))), 0));

@@ -36,5 +36,6 @@ mod stall;
 mod supervisors;
 mod telemetry;
 mod tool_limits;
+mod tool_search;
 mod vault;
 mod workspaces;
