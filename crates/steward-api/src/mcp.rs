@@ -25,6 +25,9 @@ use steward_types::ErrorCode;
 
 use crate::error::ApiError;
 
+/// How long a client may reuse a `tools/list` answer (MCP 2026-07-28's `ttlMs`).
+const LIST_TTL_MS: u64 = 2_000;
+
 /// The MCP service, mounted at `/mcp` behind [`authenticate`].
 pub fn service(engine: Engine) -> StreamableHttpService<Mcp, NeverSessionManager> {
     let config = StreamableHttpServerConfig::default()
@@ -129,9 +132,14 @@ impl ServerHandler for Mcp {
     ) -> Result<ListToolsResult, McpError> {
         let who = caller(&ctx)?;
         let tools = self.0.gateway().tools(&who).await.map_err(unavailable)?;
-        Ok(ListToolsResult::with_all_items(
-            tools.into_iter().map(to_mcp).collect(),
-        ))
+        // The list is this caller's (policy filters it): `private`. It may change as the
+        // registry and the policy do, which every node follows within a couple of seconds;
+        // calls are decided when made, so a list kept that long grants nothing.
+        Ok(
+            ListToolsResult::with_all_items(tools.into_iter().map(to_mcp).collect())
+                .with_ttl_ms(LIST_TTL_MS)
+                .with_cache_scope(rmcp::model::CacheScope::Private),
+        )
     }
 
     async fn call_tool(
@@ -141,14 +149,22 @@ impl ServerHandler for Mcp {
     ) -> Result<CallToolResponse, McpError> {
         let who = caller(&ctx)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
+        // The call's span joins the caller's trace when `_meta` names one (`traceparent`).
+        let span = tracing::info_span!(
+            "mcp_tool_call",
+            "otel.name" = %format_args!("execute_tool {}", request.name),
+            "gen_ai.operation.name" = "execute_tool",
+            "gen_ai.tool.name" = %request.name,
+            agent = %who.agent,
+        );
+        if let Some(tp) = ctx.meta.get_traceparent() {
+            steward_engine::continue_trace(&span, tp, ctx.meta.get_tracestate());
+        }
         // `ctx.ct` fires when the caller goes away: at the current revision, closing the
         // request is how a client cancels it.
-        let result = match self
-            .0
-            .gateway()
-            .call_tool(&who, &request.name, args, &ctx.ct)
-            .await
-        {
+        let gateway = self.0.gateway();
+        let call = gateway.call_tool(&who, &request.name, args, &ctx.ct);
+        let result = match tracing::Instrument::instrument(call, span).await {
             // Structured output is an object; anything else is wrapped as `result`.
             Ok(v @ Value::Object(_)) => CallToolResult::structured(v),
             Ok(v) => CallToolResult::structured(json!({ "result": v })),

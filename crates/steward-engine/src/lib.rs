@@ -106,6 +106,34 @@ pub(crate) fn trace_id() -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// The current span's W3C `traceparent`, when traces are exported: what a tool call passes on
+/// to the server it calls, so the caller's trace continues there.
+pub(crate) fn traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote span a caller named (W3C `traceparent`, and
+/// `tracestate`), so Steward's spans join the caller's trace. A malformed value is ignored.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_string(), state.to_string());
+    }
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
 pub struct EngineOptions {
     pub cfg: EngineConfig,
     pub node: NodeId,

@@ -505,7 +505,7 @@ impl Tool for UpstreamTool {
     fn idempotent(&self, _: &Value) -> bool {
         self.annotations.idempotent || self.annotations.read_only
     }
-    async fn call(&self, _ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
+    async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
         let peer = self.slot.peer().ok_or_else(|| {
             ToolError::Failed(format!(
                 "upstream MCP server {} is not connected now (it is being connected again)",
@@ -524,8 +524,13 @@ impl Tool for UpstreamTool {
         // A call waits as long as its caller lets it, while the server still answers pings;
         // one that no longer does (it died, or restarted and forgot the session) fails the call
         // now rather than at the caller's timeout.
-        let call = peer
-            .call_tool(CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments));
+        let mut params = CallToolRequestParams::new(self.remote.clone()).with_arguments(arguments);
+        if let Some(tp) = &ctx.traceparent {
+            let mut meta = rmcp::model::RequestMetaObject::default();
+            meta.0.set_traceparent(tp.clone());
+            params.meta = Some(meta);
+        }
+        let call = peer.call_tool(params);
         let answer = tokio::select! {
             r = call => r,
             why = stops_answering(&peer) => {

@@ -176,6 +176,9 @@ pub struct ToolContext {
     /// `run:seq`, the same on every retry of this step: upstreams can deduplicate on it.
     pub idempotency_key: String,
     pub host: Arc<dyn ToolHost>,
+    /// The W3C `traceparent` of the span the call runs in (when traces are exported): passed
+    /// on to the server the tool calls, so the trace continues there.
+    pub traceparent: Option<String>,
 }
 
 impl ToolContext {

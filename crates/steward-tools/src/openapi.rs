@@ -740,6 +740,9 @@ impl Tool for ApiTool {
             .client
             .request(method, url.clone())
             .header("Idempotency-Key", &ctx.idempotency_key);
+        if let Some(tp) = &ctx.traceparent {
+            rb = rb.header("traceparent", tp);
+        }
         for p in self
             .op
             .params

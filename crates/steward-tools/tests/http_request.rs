@@ -41,6 +41,7 @@ fn ctx() -> ToolContext {
         run_id: Some(run),
         seq: 4,
         host: Arc::new(NoHost),
+        traceparent: None,
     }
 }
 

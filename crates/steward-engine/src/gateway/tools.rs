@@ -125,7 +125,13 @@ impl Gateway {
             )));
         }
         if name == TOOLS_SEARCH || name == TOOLS_DESCRIBE {
-            return self.meta_call(who, name, args).await;
+            // What a caller searched for and was shown is on the record too.
+            let result = self.meta_call(who, name, args).await;
+            let call_id = format!("tc_{}", uuid::Uuid::now_v7().simple());
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            self.audit_call(who, name, call_id, outcome, &result)
+                .await?;
+            return result;
         }
         let tool = match self.tools.get(name).filter(|t| t.outside_runs()) {
             Some(tool) => match self.tool_refusal(who, name).await? {
@@ -174,6 +180,7 @@ impl Gateway {
                         seq: 0,
                         idempotency_key: call_id.clone(),
                         host: self.tool_host.clone(),
+                        traceparent: crate::traceparent(),
                     };
                     // Dropping the call is how it is given up: an upstream MCP server is
                     // sent `notifications/cancelled`, an HTTP request is aborted.
@@ -201,18 +208,32 @@ impl Gateway {
                 }
             },
         };
+        let outcome = match (&result, from_cache) {
+            (Ok(_), true) => "ok (cached)",
+            (Ok(_), false) => "ok",
+            _ if given_up => "cancelled",
+            _ => "error",
+        };
+        self.audit_call(who, name, call_id, outcome, &result)
+            .await?;
+        result
+    }
+
+    /// The record of a tool call made outside a run, with its outcome, written before the
+    /// caller hears it.
+    async fn audit_call(
+        &self,
+        who: &Principal,
+        name: &str,
+        call_id: String,
+        outcome: &str,
+        result: &Result<Value, ToolCallError>,
+    ) -> Result<(), ToolCallError> {
         let now = self.clock.now_ms();
         let record = steward_gov::AuditRecord {
             delegations: who.link_ids(),
-            outcome: Some(
-                match (&result, from_cache) {
-                    (Ok(_), true) => "ok (cached)",
-                    (Ok(_), false) => "ok",
-                    _ if given_up => "cancelled",
-                    _ => "error",
-                }
-                .into(),
-            ),
+            trace_id: crate::trace_id(),
+            outcome: Some(outcome.into()),
             error: result.as_ref().err().map(|e| e.to_string()),
             ..steward_gov::AuditRecord::new(
                 steward_gov::AuditEvent::Syscall,
@@ -230,7 +251,7 @@ impl Gateway {
             .append_audited(None, Vec::new(), vec![(now, record)], Vec::new())
             .await
             .map_err(internal)?;
-        result
+        Ok(())
     }
 
     /// Refuses a tool call, audited (as a decision, with the policy's when it made one) before

@@ -134,6 +134,7 @@ impl Syscall for ToolCall<'_> {
             seq,
             idempotency_key: key.to_string(),
             host: kernel.host.clone(),
+            traceparent: crate::traceparent(),
         };
         let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
             kernel

@@ -71,6 +71,11 @@ async fn the_mcp_sdk_sees_and_calls_only_what_policy_permits(b: Backend) {
             .collect::<Vec<Value>>()
     };
     let ok = calls("agent:tooler", Some("ok"), "allow");
+    // What it searched for and was shown is on the record too.
+    for meta in ["tools_search", "tools_describe"] {
+        assert!(ok.iter().any(|r| r["resource"] == meta), "{meta}: {ok:?}");
+    }
+    let ok: Vec<Value> = ok.into_iter().filter(|r| r["resource"] == "echo").collect();
     assert_eq!(
         ok.len(),
         3,

@@ -43,7 +43,7 @@ async fn listening(port: u16) {
 }
 
 /// The guarded server (tests/python/mcp_http_upstream.py), answering only `token`, listening.
-async fn guarded(token: &str) -> (tokio::process::Child, u16) {
+pub(crate) async fn guarded(token: &str) -> (tokio::process::Child, u16) {
     let port = free_port();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -68,7 +68,7 @@ async fn status_of(s: &TestServer, name: &str) -> Value {
     e
 }
 
-async fn connected(s: &TestServer, name: &str) -> Value {
+pub(crate) async fn connected(s: &TestServer, name: &str) -> Value {
     common::eventually("the upstream to connect", || async {
         let e = status_of(s, name).await;
         (e["status"]["state"] == "connected" && e["status"]["tools"].as_u64() > Some(0))
@@ -218,7 +218,7 @@ async fn an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown(b
         .await;
     assert_eq!(st, 200);
     let e = connected(&s, "guarded").await;
-    assert_eq!(e["status"]["tools"], 4, "{e}");
+    assert_eq!(e["status"]["tools"], 5, "{e}");
 
     let key = key_of(&s, "tooler", "team-a").await;
     let (st, e) = s

@@ -273,6 +273,9 @@ async fn an_openapi_documents_operations_are_governed_tools(b: Backend) {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert!(names.contains(&"shop.getItem"), "{names:?}");
+    // This caller's list: cacheable by it alone, briefly (MCP 2026-07-28's hints).
+    assert_eq!(list["result"]["cacheScope"], "private", "{list}");
+    assert_eq!(list["result"]["ttlMs"], 2000, "{list}");
     assert!(!names.contains(&"shop.deleteItem"), "{names:?}");
 
     // A call: path, query (an array repeated), the key added by Steward.

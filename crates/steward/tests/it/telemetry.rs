@@ -157,3 +157,149 @@ async fn spans_reach_the_collector_with_genai_attributes() {
     let step_record = syscall(&|r| r["run_id"] == run.as_str() && r["action"] == "llm.call");
     assert_eq!(step_record["trace_id"], step["traceId"], "{step_record}");
 }
+
+/// An MCP client's trace (`traceparent` in the call's `_meta`, as the 2026-07-28 revision
+/// carries it) continues through Steward: the tool call's span is a child of the caller's
+/// span, its audit record names the caller's trace, and the HTTP API the tool calls receives a
+/// `traceparent` of the same trace whose parent is Steward's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_callers_trace_continues_through_steward_to_the_api() {
+    use axum::http::HeaderMap;
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let (endpoint, spans) = collector().await;
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let api = {
+        let received = received.clone();
+        let app = axum::Router::new().route(
+            "/ping",
+            axum::routing::get(move |h: HeaderMap| {
+                let received = received.clone();
+                async move {
+                    let tp = h
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    received.lock().unwrap().push(tp.to_string());
+                    Json(json!({"pong": true}))
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    };
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_TELEMETRY__OTLP_ENDPOINT", &endpoint),
+            ("STEWARD_TELEMETRY__EXPORT_INTERVAL_MS", "100"),
+        ],
+    )
+    .await;
+    let doc = json!({"openapi": "3.1.0", "paths": {"/ping": {"get": {"operationId": "ping"}}}});
+    let (st, e) = s
+        .put(
+            "/api/v1/openapi/probe",
+            json!({"document": doc, "base_url": api}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let key = common::key_of(&s, "tracer", "team-a").await;
+    let (st, e) = s
+        .put_policies(r#"@id("ping") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.ping");"#)
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, r) = common::send(
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "probe.ping", "arguments": {},
+                           "_meta": {"traceparent": format!("00-{TRACE}-{CALLER_SPAN}-01")}}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_ne!(r["result"]["isError"], true, "{r}");
+
+    let span = eventually("the tool call's span", || {
+        let spans = spans.clone();
+        async move {
+            spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "execute_tool probe.ping")
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(span["traceId"], TRACE, "{span}");
+    assert_eq!(span["parentSpanId"], CALLER_SPAN, "{span}");
+    assert_eq!(attr(&span, "gen_ai.tool.name"), "probe.ping");
+
+    let sent = received.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let parts: Vec<&str> = sent[0].split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent:?}");
+    assert_eq!(
+        parts[1], TRACE,
+        "the API is in the caller's trace: {sent:?}"
+    );
+    assert_ne!(
+        parts[2], CALLER_SPAN,
+        "its parent is Steward's span: {sent:?}"
+    );
+
+    // An upstream MCP server (on the official Python SDK) is sent the trace in `_meta`.
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = crate::mcp_http::guarded(&token).await;
+    let (st, v) = s
+        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    crate::mcp_http::connected(&s, "guarded").await;
+    let (st, e) = s
+        .put_policies(r#"@id("ping") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.ping");
+@id("trace") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.traceparent");"#)
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, r) = common::send(
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                "params": {"name": "guarded.traceparent", "arguments": {},
+                           "_meta": {"traceparent": format!("00-{TRACE}-{CALLER_SPAN}-01")}}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let seen = crate::mcp::text_of(&r);
+    assert!(
+        seen.contains(&format!("00-{TRACE}-")),
+        "the upstream saw {seen:?}: {r}"
+    );
+    assert!(
+        !seen.contains(CALLER_SPAN),
+        "its parent is Steward's span: {seen}"
+    );
+
+    common::settled(&s).await;
+    let records = common::audit_records(&s).await;
+    let call = records
+        .iter()
+        .find(|r| r["resource"] == "probe.ping" && r["outcome"] == "ok")
+        .expect("the call's record");
+    assert_eq!(call["trace_id"], TRACE, "{call}");
+}

@@ -3,14 +3,15 @@ answers only requests carrying `Authorization: Bearer $UPSTREAM_TOKEN` (401 othe
 
 Usage: mcp_http_upstream.py PORT. Tools: `add` (read-only, idempotent), `count` (how many
 times `add` ran here), `slow` (sleeps, to be cancelled or timed out), `stats` (how many `slow`
-calls finished and how many were cancelled)."""
+calls finished and how many were cancelled), `traceparent` (the W3C traceparent the call's
+`_meta` carried)."""
 
 import asyncio
 import os
 import sys
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 
 TOKEN = os.environ["UPSTREAM_TOKEN"]
@@ -47,6 +48,18 @@ async def slow(seconds: float) -> str:
 def stats() -> dict:
     """How many `slow` calls finished here, and how many were cancelled."""
     return {"slow_done": ran["slow_done"], "slow_cancelled": ran["slow_cancelled"]}
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def traceparent(ctx: Context) -> str:
+    """The W3C traceparent this call's `_meta` carried, or ''."""
+    meta = ctx.request_context.meta
+    if meta is None:
+        return ""
+    if isinstance(meta, dict):
+        return meta.get("traceparent") or ""
+    extra = getattr(meta, "model_extra", None) or {}
+    return getattr(meta, "traceparent", None) or extra.get("traceparent") or ""
 
 
 def guarded(app):
