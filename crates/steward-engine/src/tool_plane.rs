@@ -187,13 +187,14 @@ impl ResultCache {
         h.finalize().into()
     }
 
-    pub fn get(&self, key: &[u8; 32], ttl: Duration) -> Option<Value> {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Value> {
         let map = self.map.lock().ok()?;
-        let (at, v) = map.get(key)?;
-        (at.elapsed() < ttl).then(|| v.clone())
+        let (until, v) = map.get(key)?;
+        (Instant::now() < *until).then(|| v.clone())
     }
 
-    pub fn put(&self, key: [u8; 32], value: &Value) {
+    /// Keeps `value` for `ttl`.
+    pub fn put(&self, key: [u8; 32], value: &Value, ttl: Duration) {
         if value.to_string().len() > MAX_CACHED_BYTES {
             return;
         }
@@ -206,7 +207,7 @@ impl ResultCache {
                     map.remove(&k);
                 }
             }
-            map.insert(key, (Instant::now(), value.clone()));
+            map.insert(key, (Instant::now() + ttl, value.clone()));
         }
     }
 }
@@ -270,11 +271,17 @@ mod tests {
     fn cached_results_expire_and_oversized_ones_are_not_kept() {
         let c = ResultCache::new(ToolCacheConfig::default());
         let k = ResultCache::key("t", &json!({}), &[]);
-        c.put(k, &json!({"r": 1}));
-        assert_eq!(c.get(&k, Duration::from_secs(60)), Some(json!({"r": 1})));
-        assert_eq!(c.get(&k, Duration::ZERO), None, "past its TTL");
+        c.put(k, &json!({"r": 1}), Duration::from_secs(60));
+        assert_eq!(c.get(&k), Some(json!({"r": 1})));
+        let gone = ResultCache::key("gone", &json!({}), &[]);
+        c.put(gone, &json!({"r": 2}), Duration::ZERO);
+        assert_eq!(c.get(&gone), None, "past its TTL");
         let big = ResultCache::key("big", &json!({}), &[]);
-        c.put(big, &json!("x".repeat(MAX_CACHED_BYTES + 1)));
-        assert_eq!(c.get(&big, Duration::from_secs(60)), None);
+        c.put(
+            big,
+            &json!("x".repeat(MAX_CACHED_BYTES + 1)),
+            Duration::from_secs(60),
+        );
+        assert_eq!(c.get(&big), None);
     }
 }

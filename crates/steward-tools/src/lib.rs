@@ -223,6 +223,11 @@ pub trait Tool: Send + Sync {
     fn wait(&self) -> Wait {
         Wait::StepTimeout
     }
+    /// How long the server that answered lets `result` be reused, when it said (an HTTP
+    /// API's `Cache-Control`): the result cache keeps it no longer. `Some(ZERO)`: not at all.
+    fn result_max_age(&self, _result: &Value) -> Option<std::time::Duration> {
+        None
+    }
     /// The metered resource the call uses, if any: its worst case is held against the run's
     /// budgets before the call and what it used is charged after.
     fn meter(&self) -> Option<Meter> {

@@ -831,6 +831,11 @@ impl Tool for ApiTool {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let cache_control = resp
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = Vec::new();
         let mut truncated = false;
         while let Some(chunk) = resp.chunk().await.map_err(fail)? {
@@ -862,13 +867,43 @@ impl Tool for ApiTool {
             Ok(v) if is_json && !truncated => v,
             _ => Value::String(text),
         };
-        Ok(json!({
+        let mut out = json!({
             "status": status.as_u16(),
             "content_type": content_type,
             "body": body,
             "truncated": truncated,
-        }))
+        });
+        if let Some(cc) = cache_control {
+            out["cache_control"] = Value::String(cc);
+        }
+        Ok(out)
     }
+
+    fn result_max_age(&self, result: &Value) -> Option<Duration> {
+        max_age(result["cache_control"].as_str()?)
+    }
+}
+
+/// What a `Cache-Control` header allows a cache private to one caller: `no-store` and
+/// `no-cache`, nothing (`Some(ZERO)`); `max-age=N`, N seconds; else no hint.
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut found = None;
+    for directive in cache_control
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+    {
+        if directive == "no-store" || directive == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = directive.strip_prefix("max-age=") {
+            found = Some(
+                n.trim_matches('"')
+                    .parse()
+                    .map_or(Duration::ZERO, Duration::from_secs),
+            );
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -983,6 +1018,27 @@ mod tests {
         assert!(parse_document(&" ".repeat(2000), 1000)
             .unwrap_err()
             .contains("larger"));
+    }
+
+    #[test]
+    fn cache_control_bounds_how_long_a_result_is_kept() {
+        assert_eq!(max_age("max-age=60"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            max_age("public, MAX-AGE=5, must-revalidate"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(max_age("max-age=60, no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("no-cache"), Some(Duration::ZERO));
+        assert_eq!(
+            max_age("max-age=soon"),
+            Some(Duration::ZERO),
+            "unreadable: not kept"
+        );
+        assert_eq!(
+            max_age("private"),
+            None,
+            "this cache is private to the caller already"
+        );
     }
 
     #[test]

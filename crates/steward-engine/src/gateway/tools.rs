@@ -158,7 +158,7 @@ impl Gateway {
         };
         let cached = cache
             .as_ref()
-            .and_then(|(key, ttl)| self.tool_plane.cache.get(key, *ttl));
+            .and_then(|(key, _)| self.tool_plane.cache.get(key));
         let from_cache = cached.is_some();
         let call_id = format!("tc_{}", uuid::Uuid::now_v7().simple());
         let mut given_up = false;
@@ -201,8 +201,12 @@ impl Gateway {
                             Err(ToolCallError::Failed(format!("the caller cancelled the call of {name}")))
                         }
                     };
-                    if let (Ok(v), Some((key, _))) = (&result, &cache) {
-                        self.tool_plane.cache.put(*key, v);
+                    // Kept no longer than the configured TTL, nor than the server allows.
+                    if let (Ok(v), Some((key, ttl))) = (&result, &cache) {
+                        let ttl = tool.result_max_age(v).map_or(*ttl, |hint| hint.min(*ttl));
+                        if !ttl.is_zero() {
+                            self.tool_plane.cache.put(*key, v, ttl);
+                        }
                     }
                     result
                 }

@@ -926,3 +926,69 @@ both_backends!(
     oauth_tokens_are_refreshed_once_across_the_cluster,
     oauth_tokens_are_refreshed_once_across_the_cluster
 );
+
+/// The result cache keeps an HTTP API's answer no longer than the API's `Cache-Control`
+/// allows (and no longer than `[tools.cache]` says): `no-store` is never kept, `max-age` bounds
+/// the configured TTL, no header leaves it as configured.
+async fn an_apis_cache_control_bounds_the_result_cache(b: Backend) {
+    let s = TestServer::start_with(b, &[("STEWARD_TOOLS__CACHE__TTL_MS", "600000")]).await;
+    let seen = Seen::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let header = |cc: &'static str| {
+        get(move || async move {
+            let mut h = HeaderMap::new();
+            if !cc.is_empty() {
+                h.insert("cache-control", cc.parse().unwrap());
+            }
+            (h, Json(json!({"fresh": true})))
+        })
+    };
+    let app = Router::new()
+        .route("/plain", header(""))
+        .route("/nostore", header("no-store"))
+        .route("/long", header("public, max-age=600"))
+        .route("/zero", header("max-age=0"))
+        .layer(axum::middleware::from_fn_with_state(
+            seen.clone(),
+            |State(seen): State<Seen>,
+             req: axum::extract::Request,
+             next: axum::middleware::Next| async move {
+                seen.0.lock().unwrap().push(req.uri().path().to_string());
+                next.run(req).await
+            },
+        ));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let op = |id: &str| json!({"get": {"operationId": id}});
+    let doc = json!({"openapi": "3.1.0", "paths": {
+        "/plain": op("plain"), "/nostore": op("nostore"), "/long": op("long"), "/zero": op("zero")}});
+    let (st, e) = s
+        .put(
+            "/api/v1/openapi/cc",
+            json!({"document": doc, "base_url": format!("http://127.0.0.1:{port}")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let key = key_of(&s, "cacher", "team-a").await;
+    let policies: String = ["plain", "nostore", "long", "zero"]
+        .iter()
+        .map(|t| format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"cc.{t}\");\n"))
+        .collect();
+    let (st, e) = s.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+    for tool in ["plain", "nostore", "long", "zero"] {
+        for _ in 0..2 {
+            let r = mcp_call(&s, &key, &format!("cc.{tool}"), json!({})).await;
+            assert_ne!(r["result"]["isError"], true, "{r}");
+        }
+    }
+    let hits = |path: &str| seen.all().iter().filter(|p| *p == path).count();
+    assert_eq!(hits("/plain"), 1, "no header: the configured TTL");
+    assert_eq!(hits("/long"), 1, "max-age=600 within the configured TTL");
+    assert_eq!(hits("/nostore"), 2, "no-store is never kept");
+    assert_eq!(hits("/zero"), 2, "max-age=0 is never kept");
+}
+both_backends!(
+    an_apis_cache_control_bounds_the_result_cache,
+    an_apis_cache_control_bounds_the_result_cache
+);
