@@ -25,6 +25,32 @@ use steward_types::ErrorCode;
 
 use crate::error::ApiError;
 
+/// Sends what a tool reports of its progress to the client that asked for it (with
+/// `progressToken`), in order: the answer then comes as an event stream.
+fn progress_to(
+    peer: rmcp::service::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+) -> steward_tools::ProgressSink {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<steward_tools::Progress>();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let mut n = rmcp::model::ProgressNotificationParam::new(token.clone(), p.progress);
+            if let Some(total) = p.total {
+                n = n.with_total(total);
+            }
+            if let Some(m) = p.message {
+                n = n.with_message(m);
+            }
+            if peer.notify_progress(n).await.is_err() {
+                break; // the client is gone
+            }
+        }
+    });
+    std::sync::Arc::new(move |p| {
+        let _ = tx.send(p);
+    })
+}
+
 /// How long a client may reuse a `tools/list` answer (MCP 2026-07-28's `ttlMs`).
 const LIST_TTL_MS: u64 = 2_000;
 
@@ -162,8 +188,12 @@ impl ServerHandler for Mcp {
         }
         // `ctx.ct` fires when the caller goes away: at the current revision, closing the
         // request is how a client cancels it.
+        let progress = ctx
+            .meta
+            .get_progress_token()
+            .map(|token| progress_to(ctx.peer.clone(), token));
         let gateway = self.0.gateway();
-        let call = gateway.call_tool(&who, &request.name, args, &ctx.ct);
+        let call = gateway.call_tool(&who, &request.name, args, &ctx.ct, progress);
         let result = match tracing::Instrument::instrument(call, span).await {
             // Structured output is an object; anything else is wrapped as `result`.
             Ok(v @ Value::Object(_)) => CallToolResult::structured(v),

@@ -16,7 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, ClientRequest, ContentBlock, PingRequest};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
+    ClientRequest, ContentBlock, PingRequest, ProgressNotificationParam, ProgressToken, RequestId,
+    ServerResult,
+};
+use rmcp::service::PeerRequestOptions;
 use rmcp::service::{NotificationContext, Peer, RoleClient, ServiceError};
 use rmcp::transport::common::client_side_sse::ExponentialBackoff;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -25,7 +30,9 @@ use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{json, Value};
 use steward_llm::SecretSource;
 use steward_store::{McpServerRecord, McpServerStore};
-use steward_tools::{secret_refs, Annotations, Tool, ToolContext, ToolError, ToolInfo, Tools};
+use steward_tools::{
+    secret_refs, Annotations, Progress, ProgressSink, Tool, ToolContext, ToolError, ToolInfo, Tools,
+};
 use steward_types::Millis;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -70,6 +77,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Slot {
     peer: Arc<RwLock<Option<Peer<RoleClient>>>>,
     restart: Arc<Notify>,
+    /// Calls in flight whose caller asked for progress, by the token sent upstream.
+    progress: Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>,
 }
 
 impl Slot {
@@ -202,6 +211,7 @@ async fn supervise(
     let slot = Slot {
         peer: Arc::default(),
         restart: restart.clone(),
+        progress: Arc::default(),
     };
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -446,6 +456,62 @@ async fn import(
     Ok(())
 }
 
+/// Calls a tool upstream. A call whose caller asked for progress is sent so its progress
+/// token is known, and the server's progress for it goes to the caller; a call given up
+/// (dropped) before its answer is cancelled upstream, as rmcp's own `call_tool` does.
+async fn call_upstream(
+    peer: &Peer<RoleClient>,
+    params: CallToolRequestParams,
+    slot: &Slot,
+    progress: Option<ProgressSink>,
+) -> Result<CallToolResult, ServiceError> {
+    let Some(sink) = progress else {
+        return peer.call_tool(params).await;
+    };
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let handle = peer
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await?;
+    let mut pending = InFlight {
+        peer: peer.clone(),
+        id: Some(handle.id.clone()),
+        token: handle.progress_token.clone(),
+        progress: slot.progress.clone(),
+    };
+    lock(&slot.progress).insert(handle.progress_token.clone(), sink);
+    let answer = handle.await_response().await;
+    pending.id = None; // answered: nothing to cancel
+    match answer? {
+        ServerResult::CallToolResult(r) => Ok(r),
+        _ => Err(ServiceError::UnexpectedResponse),
+    }
+}
+
+/// A call sent upstream with a progress token: when it goes, its token is forgotten, and if
+/// it had no answer yet the server is told to cancel it.
+struct InFlight {
+    peer: Peer<RoleClient>,
+    id: Option<RequestId>,
+    token: ProgressToken,
+    progress: Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.progress).remove(&self.token);
+        if let Some(id) = self.id.take() {
+            let peer = self.peer.clone();
+            tokio::spawn(async move {
+                let cancel = CancelledNotificationParam::new(
+                    Some(id),
+                    Some("the caller cancelled the call".into()),
+                );
+                let _ = peer.notify_cancelled(cancel).await;
+            });
+        }
+    }
+}
+
 /// The client side of a connection: lists the tools again when the server says they changed.
 struct Watch {
     server: String,
@@ -455,6 +521,24 @@ struct Watch {
 }
 
 impl ClientHandler for Watch {
+    /// Progress of a call whose caller asked for it: passed on to that caller.
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let sink = lock(&self.slot.progress)
+            .get(&params.progress_token)
+            .cloned();
+        if let Some(sink) = sink {
+            sink(Progress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            });
+        }
+    }
+
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         if let Err(e) = import(
             &self.server,
@@ -530,7 +614,7 @@ impl Tool for UpstreamTool {
             meta.0.set_traceparent(tp.clone());
             params.meta = Some(meta);
         }
-        let call = peer.call_tool(params);
+        let call = call_upstream(&peer, params, &self.slot, ctx.progress.clone());
         let answer = tokio::select! {
             r = call => r,
             why = stops_answering(&peer) => {

@@ -168,6 +168,18 @@ pub trait ToolHost: Send + Sync {
     }
 }
 
+/// How far a long call got, as the server doing it reports (MCP's progress notifications).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Where a call's progress goes: the caller that asked for it (an MCP client that sent a
+/// `progressToken`).
+pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
 pub struct ToolContext {
     /// The run that calls, or none for a caller outside any run (an MCP client).
     pub run_id: Option<RunId>,
@@ -179,6 +191,8 @@ pub struct ToolContext {
     /// The W3C `traceparent` of the span the call runs in (when traces are exported): passed
     /// on to the server the tool calls, so the trace continues there.
     pub traceparent: Option<String>,
+    /// Where to report progress, when the caller asked for it.
+    pub progress: Option<ProgressSink>,
 }
 
 impl ToolContext {

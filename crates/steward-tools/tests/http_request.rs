@@ -42,6 +42,7 @@ fn ctx() -> ToolContext {
         seq: 4,
         host: Arc::new(NoHost),
         traceparent: None,
+        progress: None,
     }
 }
 

@@ -117,6 +117,7 @@ impl Gateway {
         name: &str,
         args: Value,
         cancelled: &tokio_util::sync::CancellationToken,
+        progress: Option<steward_tools::ProgressSink>,
     ) -> Result<Value, ToolCallError> {
         if name.len() > MAX_NAME {
             return Err(ToolCallError::InvalidArguments(format!(
@@ -181,6 +182,7 @@ impl Gateway {
                         idempotency_key: call_id.clone(),
                         host: self.tool_host.clone(),
                         traceparent: crate::traceparent(),
+                        progress,
                     };
                     // Dropping the call is how it is given up: an upstream MCP server is
                     // sent `notifications/cancelled`, an HTTP request is aborted.

@@ -45,18 +45,19 @@ impl Gateway<'_> {
     /// Calls a tool for `who` outside any run, on the governance path (decided, schema-checked,
     /// bounded in time, audited). When `cancelled` fires (the caller went away) the call is
     /// given up: an upstream MCP server is told to cancel it, an HTTP request is aborted, and
-    /// the record says so.
+    /// the record says so. `progress` receives what the tool reports of a long call.
     pub async fn call_tool(
         &self,
         who: &Principal,
         name: &str,
         args: serde_json::Value,
         cancelled: &tokio_util::sync::CancellationToken,
+        progress: Option<steward_tools::ProgressSink>,
     ) -> Result<serde_json::Value, ToolCallError> {
         self.0
             .inner
             .gateway
-            .call_tool(who, name, args, cancelled)
+            .call_tool(who, name, args, cancelled, progress)
             .await
     }
 

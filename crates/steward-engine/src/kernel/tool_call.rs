@@ -135,6 +135,7 @@ impl Syscall for ToolCall<'_> {
             idempotency_key: key.to_string(),
             host: kernel.host.clone(),
             traceparent: crate::traceparent(),
+            progress: None,
         };
         let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
             kernel

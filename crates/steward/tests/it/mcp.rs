@@ -449,3 +449,49 @@ both_backends!(
     bad_mcp_server_definitions_are_refused,
     bad_mcp_server_definitions_are_refused
 );
+
+/// An MCP client that asks for progress of a long upstream call (a `progressToken`) gets the
+/// upstream's reports, in order, before the answer: the reference server's long-running
+/// operation, through Steward, to the official Python SDK.
+async fn progress_of_an_upstream_call_reaches_the_client(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/everything",
+            json!({"command": ["node", everything_server()]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the upstream's tools", || async {
+        let (st, _) = s
+            .get("/api/v1/tools/everything.trigger-long-running-operation")
+            .await;
+        (st == 200).then_some(())
+    })
+    .await;
+    let key = key_of(&s, "watcher", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("long") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"everything.trigger-long-running-operation");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_progress.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", &key)
+        .output()
+        .await
+        .expect("python3 with the mcp package (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "progress did not reach the client:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+both_backends!(
+    progress_of_an_upstream_call_reaches_the_client,
+    progress_of_an_upstream_call_reaches_the_client
+);
