@@ -391,6 +391,11 @@ fn with_secrets(value: &str, secrets: Option<&dyn SecretSource>) -> Result<Strin
     for part in secret_refs::parts(value)? {
         match part {
             secret_refs::Part::Text(t) => out.push_str(t),
+            secret_refs::Part::UserSecret(name) => {
+                return Err(format!(
+                    "{{{{user_secret:{name}}}}}: one connection serves every caller, so it cannot carry a caller's own credential"
+                ))
+            }
             secret_refs::Part::Secret(name) => {
                 let secrets = secrets.ok_or_else(|| {
                     format!("secret {name:?}: this node has no vault (set STEWARD_VAULT_KEY)")

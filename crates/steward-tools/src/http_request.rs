@@ -302,6 +302,11 @@ async fn with_secrets(
                 continue;
             }
             crate::secret_refs::Part::Secret(name) => name,
+            crate::secret_refs::Part::UserSecret(name) => {
+                return Err(ToolError::InvalidArgs(format!(
+                    "{{{{user_secret:{name}}}}}: a caller's own credential is for the APIs an administrator configured; here, name the secret"
+                )))
+            }
         };
         let run = ctx.run_id.as_ref().ok_or_else(|| {
             ToolError::Denied(format!(

@@ -193,6 +193,9 @@ pub struct ToolContext {
     pub traceparent: Option<String>,
     /// Where to report progress, when the caller asked for it.
     pub progress: Option<ProgressSink>,
+    /// Who the calling agent belongs to (`user:alice`): whose own credentials
+    /// `{{user_secret:NAME}}` means.
+    pub owner: Option<String>,
 }
 
 impl ToolContext {

@@ -587,11 +587,38 @@ impl Api {
 
     /// `value` with its `{{secret:NAME}}` filled from the vault; the secrets used are added to
     /// `used`, to be kept out of whatever the call returns.
-    fn fill(&self, value: &str, used: &mut Vec<(String, String)>) -> Result<String> {
+    fn fill(
+        &self,
+        value: &str,
+        owner: Option<&str>,
+        used: &mut Vec<(String, String)>,
+    ) -> Result<String> {
         let mut out = String::new();
         for part in secret_refs::parts(value).map_err(ToolError::Failed)? {
             match part {
                 Part::Text(t) => out.push_str(t),
+                Part::UserSecret(name) => {
+                    let who = owner.ok_or_else(|| {
+                        ToolError::Denied(format!(
+                            "API {}: calls carry their caller's own credential ({name}), and this caller has no owner",
+                            self.name
+                        ))
+                    })?;
+                    let full = secret_refs::user_secret_name(name, who).ok_or_else(|| {
+                        ToolError::Denied(format!(
+                            "API {}: the owner {who:?} cannot name a secret",
+                            self.name
+                        ))
+                    })?;
+                    let secret = self.credentials.secret(&full).ok_or_else(|| {
+                        ToolError::Denied(format!(
+                            "API {}: {who} has no credential of their own for it: an administrator sets the vault secret {full}",
+                            self.name
+                        ))
+                    })?;
+                    out.push_str(&secret);
+                    used.push((full, secret));
+                }
                 Part::Secret(name) => {
                     let secret = self.credentials.secret(name).ok_or_else(|| {
                         ToolError::Failed(format!(
@@ -727,7 +754,7 @@ impl Tool for ApiTool {
                 }
             }
             for (k, v) in &self.api.query {
-                q.append_pair(k, &self.api.fill(v, &mut used)?);
+                q.append_pair(k, &self.api.fill(v, ctx.owner.as_deref(), &mut used)?);
             }
         }
         if url.query() == Some("") {
@@ -757,7 +784,10 @@ impl Tool for ApiTool {
             }
         }
         for (k, v) in &self.api.headers {
-            rb = rb.header(k.as_str(), self.api.fill(v, &mut used)?);
+            rb = rb.header(
+                k.as_str(),
+                self.api.fill(v, ctx.owner.as_deref(), &mut used)?,
+            );
         }
         if let Some(client) = &self.api.oauth {
             let token = self

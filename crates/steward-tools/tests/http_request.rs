@@ -43,6 +43,7 @@ fn ctx() -> ToolContext {
         host: Arc::new(NoHost),
         traceparent: None,
         progress: None,
+        owner: None,
     }
 }
 

@@ -183,6 +183,7 @@ impl Gateway {
                         host: self.tool_host.clone(),
                         traceparent: crate::traceparent(),
                         progress,
+                        owner: who.chain.first().cloned(),
                     };
                     // Dropping the call is how it is given up: an upstream MCP server is
                     // sent `notifications/cancelled`, an HTTP request is aborted.

@@ -258,5 +258,13 @@ fn check_http(url: &str, headers: &BTreeMap<String, String>) -> Result<()> {
 
 /// `{{secret:NAME}}` placeholders are whole, and name what a vault secret can be called.
 fn check_placeholders(value: &str) -> std::result::Result<(), String> {
-    steward_tools::secret_refs::parts(value).map(|_| ())
+    use steward_tools::secret_refs::{parts, Part};
+    for part in parts(value)? {
+        if let Part::UserSecret(name) = part {
+            return Err(format!(
+                "{{{{user_secret:{name}}}}}: one connection serves every caller, so it cannot carry a caller's own credential (OpenAPI APIs can)"
+            ));
+        }
+    }
+    Ok(())
 }

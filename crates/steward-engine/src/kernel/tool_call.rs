@@ -136,6 +136,15 @@ impl Syscall for ToolCall<'_> {
             host: kernel.host.clone(),
             traceparent: crate::traceparent(),
             progress: None,
+            // Whose own credentials `{{user_secret:NAME}}` means: the agent's owner.
+            owner: kernel
+                .authority
+                .identities
+                .owner(&ctx.run.agent)
+                .await
+                .ok()
+                .flatten()
+                .map(|o| format!("user:{o}")),
         };
         let result = if let Some(p) = ctx.spec.tool_policies.get(name as &str) {
             kernel

@@ -992,3 +992,102 @@ both_backends!(
     an_apis_cache_control_bounds_the_result_cache,
     an_apis_cache_control_bounds_the_result_cache
 );
+
+/// Calls carry their caller's own credential: `{{user_secret:TOKEN}}` is the vault secret
+/// `TOKEN.<owner>` of the calling agent's owner — from MCP clients and managed runs alike; an
+/// owner without one is refused, saying which secret an administrator sets; a shared MCP
+/// connection cannot carry one.
+async fn each_caller_brings_their_own_credential(b: Backend) {
+    let s = TestServer::start(b).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new().route(
+        "/whoami",
+        get(|h: HeaderMap| async move {
+            match h.get("x-user-token").and_then(|v| v.to_str().ok()) {
+                Some("alice-token") => (
+                    StatusCode::OK,
+                    Json(json!({"user": "alice", "echo": "alice-token"})),
+                ),
+                Some("bob-token") => (StatusCode::OK, Json(json!({"user": "bob"}))),
+                _ => (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "who are you?"})),
+                ),
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for (name, value) in [("TOKEN.alice", "alice-token"), ("TOKEN.bob", "bob-token")] {
+        let (st, e) = s
+            .put(&format!("/api/v1/secrets/{name}"), json!({"value": value}))
+            .await;
+        assert!(st == 200 || st == 204, "{e}");
+    }
+    let doc = json!({"openapi": "3.1.0", "paths": {"/whoami": {"get": {"operationId": "whoami"}}}});
+    let (st, e) = s
+        .put(
+            "/api/v1/openapi/me",
+            json!({"document": doc, "base_url": format!("http://127.0.0.1:{port}"),
+                   "headers": {"X-User-Token": "{{user_secret:TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = s
+        .put_policies(
+            r#"@id("me") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"me.whoami");
+@id("think") permit (principal is Steward::Run, action == Steward::Action::"llm.call", resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+
+    let alice = key_of(&s, "alices-agent", "alice").await;
+    let bob = key_of(&s, "bobs-agent", "bob").await;
+    let carol = key_of(&s, "carols-agent", "carol").await;
+    let r = mcp_call(&s, &alice, "me.whoami", json!({})).await;
+    assert_eq!(result_body(&r)["body"]["user"], "alice", "{r}");
+    assert!(!r.to_string().contains("alice-token"), "never shown: {r}");
+    let r = mcp_call(&s, &bob, "me.whoami", json!({})).await;
+    assert_eq!(result_body(&r)["body"]["user"], "bob", "{r}");
+    let r = mcp_call(&s, &carol, "me.whoami", json!({})).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        text_of(&r).contains("TOKEN.carol"),
+        "says which secret to set: {r}"
+    );
+
+    // A managed run acts with its agent's owner's credential.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: bobs-runner}\nspec:\n  model: scripted\n  tools: [me.*]\n  script:\n    - toolCalls: [{name: me.whoami, arguments: {}}]\n    - content: done\n").await;
+    let (st, e) = s
+        .post(
+            "/api/v1/agents/bobs-runner/resume",
+            json!({"reason": "registered", "owner": "bob"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let run = s.start_run("bobs-runner", "x").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    let journal = s.journal(&run).await;
+    let outcome = journal
+        .iter()
+        .find(|e| e["kind"] == "tool" && e["phase"] == "outcome")
+        .unwrap_or_else(|| panic!("{journal:?}"));
+    assert!(
+        outcome.to_string().contains("\\\"bob\\\"") || outcome.to_string().contains("\"bob\""),
+        "{outcome}"
+    );
+
+    // One connection serves every caller of an MCP server: it cannot carry one's own.
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/shared",
+            json!({"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer {{user_secret:TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e.to_string().contains("every caller"), "{e}");
+}
+both_backends!(
+    each_caller_brings_their_own_credential,
+    each_caller_brings_their_own_credential
+);
