@@ -30,7 +30,7 @@ const ERROR_BODY_SHOWN: usize = 2_048;
 /// How long a token endpoint may take to answer.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Headers the HTTP client sets, or that a parameter must never set.
-const RESERVED_HEADERS: [&str; 8] = [
+const RESERVED_HEADERS: [&str; 10] = [
     "host",
     "content-length",
     "content-type",
@@ -39,6 +39,8 @@ const RESERVED_HEADERS: [&str; 8] = [
     "cookie",
     "authorization",
     "idempotency-key",
+    "traceparent",
+    "tracestate",
 ];
 const METHODS: [&str; 7] = ["get", "head", "options", "delete", "put", "post", "patch"];
 

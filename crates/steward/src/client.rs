@@ -108,6 +108,25 @@ pub enum OpenApiWhat {
         /// A query parameter every call carries; `{{secret:NAME}}` is taken from the vault.
         #[arg(long = "query", value_name = "K=V")]
         query: Vec<String>,
+        /// Authorise every call with an OAuth 2 access token from this token endpoint (the
+        /// client-credentials grant, or the refresh-token grant with --oauth-refresh-token).
+        #[arg(long, value_name = "URL", requires = "oauth_client_id")]
+        oauth_token_url: Option<String>,
+        #[arg(long, value_name = "ID", requires = "oauth_token_url")]
+        oauth_client_id: Option<String>,
+        /// The client's secret, from the vault: `{{secret:NAME}}`.
+        #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
+        oauth_client_secret: Option<String>,
+        /// A scope to ask for (repeatable).
+        #[arg(
+            long = "oauth-scope",
+            value_name = "SCOPE",
+            requires = "oauth_token_url"
+        )]
+        oauth_scopes: Vec<String>,
+        /// The first refresh token, from the vault: `{{secret:NAME}}`.
+        #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
+        oauth_refresh_token: Option<String>,
     },
     /// The configured APIs and their tools.
     Ls,
@@ -733,6 +752,11 @@ impl Client {
                 base_url,
                 header,
                 query,
+                oauth_token_url,
+                oauth_client_id,
+                oauth_client_secret,
+                oauth_scopes,
+                oauth_refresh_token,
             } => {
                 let text = if document.starts_with("http://") || document.starts_with("https://") {
                     let resp = self
@@ -749,12 +773,21 @@ impl Client {
                     std::fs::read_to_string(&document)
                         .with_context(|| format!("reading {document}"))?
                 };
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "document": text,
                     "base_url": base_url,
                     "headers": key_values("header", header)?,
                     "query": key_values("query", query)?,
                 });
+                if let (Some(token_url), Some(client_id)) = (oauth_token_url, oauth_client_id) {
+                    body["oauth"] = serde_json::json!({
+                        "token_url": token_url,
+                        "client_id": client_id,
+                        "client_secret": oauth_client_secret.unwrap_or_default(),
+                        "scopes": oauth_scopes,
+                        "refresh_token": oauth_refresh_token.unwrap_or_default(),
+                    });
+                }
                 let a: OpenApi = self
                     .send(
                         self.http

@@ -755,15 +755,32 @@ async fn oauth_tokens_are_refreshed_once_across_the_cluster(b: Backend) {
         )
         .await;
     assert_eq!(st, 200, "{e}");
-    let (st, e) = s
-        .put(
-            "/api/v1/openapi/steady",
-            json!({"document": doc, "base_url": base, "oauth": {
-            "token_url": format!("http://127.0.0.1:{port}/token"), "client_id": "cid",
-            "client_secret": "{{secret:CLIENT_SECRET}}", "scopes": ["long"]}}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
+    // The same through the CLI: client credentials, an hour-long token.
+    let doc_file = s.dir.path().join("steady.json");
+    std::fs::write(&doc_file, doc.to_string()).unwrap();
+    let token_url = format!("http://127.0.0.1:{port}/token");
+    let (ok, out, err) = common::cli(
+        &s,
+        &[
+            "openapi",
+            "add",
+            "steady",
+            doc_file.to_str().unwrap(),
+            "--base-url",
+            &base,
+            "--oauth-token-url",
+            &token_url,
+            "--oauth-client-id",
+            "cid",
+            "--oauth-client-secret",
+            "{{secret:CLIENT_SECRET}}",
+            "--oauth-scope",
+            "long",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (_, e) = s.get("/api/v1/openapi/steady").await;
+    assert_eq!(e["oauth_token_url"], token_url.as_str(), "{e}");
     let key = key_of(&s, "oauther", "team-a").await;
     let (st, e) = s
         .put_policies(
