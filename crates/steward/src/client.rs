@@ -91,6 +91,8 @@ pub enum McpWhat {
 }
 
 #[derive(Clone, clap::Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum OpenApiWhat {
     /// Adds (or replaces) an HTTP API from its OpenAPI 3 document — a file, or an http(s) URL
     /// this command fetches — each operation a tool `NAME.operationId`: `steward openapi add
