@@ -11,8 +11,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool,
     ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
@@ -20,8 +21,11 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use serde_json::{json, Value};
+use steward_engine::mcp_tasks::TASK_AFTER;
 use steward_engine::{Engine, GatewayError, Principal, ToolCallError, ToolView};
+use steward_store::McpTaskRecord;
 use steward_types::ErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 
@@ -50,6 +54,9 @@ fn progress_to(
         let _ = tx.send(p);
     })
 }
+
+/// How often a client should poll a task (`tasks/get`).
+const POLL_INTERVAL_MS: u64 = 500;
 
 /// How long a client may reuse a `tools/list` answer (MCP 2026-07-28's `ttlMs`).
 const LIST_TTL_MS: u64 = 2_000;
@@ -143,12 +150,17 @@ fn unavailable(e: GatewayError) -> McpError {
 
 impl ServerHandler for Mcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("steward", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Steward's governed tools. tools/list shows the tools you may call; with many, \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(Implementation::new("steward", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Steward's governed tools. tools/list shows the tools you may call; with many, \
                  find them with tools_search and read their schemas with tools_describe.",
-            )
+        )
     }
 
     async fn list_tools(
@@ -186,18 +198,58 @@ impl ServerHandler for Mcp {
         if let Some(tp) = ctx.meta.get_traceparent() {
             steward_engine::continue_trace(&span, tp, ctx.meta.get_tracestate());
         }
-        // `ctx.ct` fires when the caller goes away: at the current revision, closing the
-        // request is how a client cancels it.
         let progress = ctx
             .meta
             .get_progress_token()
             .map(|token| progress_to(ctx.peer.clone(), token));
-        let gateway = self.0.gateway();
-        let call = gateway.call_tool(&who, &request.name, args, &ctx.ct, progress);
-        let result = match tracing::Instrument::instrument(call, span).await {
-            // Structured output is an object; anything else is wrapped as `result`.
-            Ok(v @ Value::Object(_)) => CallToolResult::structured(v),
-            Ok(v) => CallToolResult::structured(json!({ "result": v })),
+        // The call runs on a token of its own, which follows the request's (`ctx.ct` fires
+        // when the caller goes away: at the current revision, closing the request is how a
+        // client cancels) until the call becomes a task that outlives the request.
+        let cancel = CancellationToken::new();
+        let call = {
+            let (engine, who, name, cancel) = (
+                self.0.clone(),
+                who.clone(),
+                request.name.to_string(),
+                cancel.clone(),
+            );
+            let call = async move {
+                engine
+                    .gateway()
+                    .call_tool(&who, &name, args, &cancel, progress)
+                    .await
+            };
+            Box::pin(tracing::Instrument::instrument(call, span))
+        };
+        let mut call = call;
+        let tasks_accepted = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        let becomes_task = async {
+            if tasks_accepted {
+                tokio::time::sleep(TASK_AFTER).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let answer = tokio::select! {
+            r = &mut call => r,
+            _ = ctx.ct.cancelled() => {
+                cancel.cancel();
+                call.await
+            }
+            _ = becomes_task => {
+                let task = self
+                    .0
+                    .mcp_tasks()
+                    .adopt(who.agent.as_str(), &request.name, call, cancel)
+                    .await
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                return Ok(CallToolResponse::Task(CreateTaskResult::new(task_view(&task))));
+            }
+        };
+        let result = match answer {
+            Ok(v) => ok_result(v),
             // What the caller can act on comes back as the tool's error, for the model to read.
             Err(
                 e @ (ToolCallError::Forbidden(_)
@@ -208,5 +260,126 @@ impl ServerHandler for Mcp {
             Err(ToolCallError::Gateway(e)) => return Err(unavailable(e)),
         };
         Ok(result.into())
+    }
+
+    /// A task's state, for the agent that made it (any node answers).
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let who = caller(&ctx)?;
+        let task = self
+            .0
+            .mcp_tasks()
+            .get(who.agent.as_str(), &request.task_id)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?
+            .ok_or_else(|| no_task(&request.task_id))?;
+        Ok(GetTaskResult::new(detailed(&task)))
+    }
+
+    /// Asks a working task to stop (the tool's call is given up, as when a caller goes away).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let who = caller(&ctx)?;
+        let working = self
+            .0
+            .mcp_tasks()
+            .cancel(who.agent.as_str(), &request.task_id)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        if working {
+            Ok(())
+        } else {
+            Err(no_task(&request.task_id))
+        }
+    }
+}
+
+fn no_task(id: &str) -> McpError {
+    McpError::invalid_params(format!("no working task {id:?} of yours"), None)
+}
+
+/// A tool's answer as MCP's: structured output is an object; anything else is wrapped as
+/// `result`.
+fn ok_result(v: Value) -> CallToolResult {
+    match v {
+        v @ Value::Object(_) => CallToolResult::structured(v),
+        v => CallToolResult::structured(json!({ "result": v })),
+    }
+}
+
+fn task_view(t: &McpTaskRecord) -> Task {
+    let status = match t.status.as_str() {
+        "working" => TaskStatus::Working,
+        "completed" => TaskStatus::Completed,
+        "cancelled" => TaskStatus::Cancelled,
+        _ => TaskStatus::Failed,
+    };
+    Task::new(&t.id, status, iso8601(t.created_at), iso8601(t.updated_at))
+        .with_poll_interval_ms(POLL_INTERVAL_MS)
+}
+
+/// A task with what it ended as: the tool's answer, its error (as a completed call with
+/// `isError`), or why it failed.
+fn detailed(t: &McpTaskRecord) -> DetailedTask {
+    let outcome: Value = serde_json::from_str(&t.outcome).unwrap_or(Value::Null);
+    let object = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let payload = match t.status.as_str() {
+        "working" => TaskPayload::Working,
+        "cancelled" => TaskPayload::Cancelled,
+        "completed" => {
+            let result = match outcome.get("ok") {
+                Some(v) => ok_result(v.clone()),
+                None => CallToolResult::error(vec![ContentBlock::text(
+                    outcome["error"].as_str().unwrap_or_default().to_string(),
+                )]),
+            };
+            TaskPayload::Completed {
+                result: object(serde_json::to_value(result).unwrap_or_default()),
+            }
+        }
+        _ => TaskPayload::Failed {
+            error: object(json!({"code": -32603, "message": outcome["failed"]})),
+        },
+    };
+    DetailedTask::new(task_view(t), payload)
+}
+
+/// `ms` since the epoch as an ISO 8601 UTC timestamp (what MCP's task times are).
+fn iso8601(ms: i64) -> String {
+    // Days to a civil date: Howard Hinnant's algorithm (proleptic Gregorian calendar).
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1_000 % 60,
+        rem % 1_000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso8601;
+
+    #[test]
+    fn task_times_are_iso_8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(1_796_592_724_218), "2026-12-06T21:32:04.218Z");
     }
 }

@@ -17,6 +17,7 @@ mod housekeeping;
 mod identities;
 mod kernel;
 mod launch;
+pub mod mcp_tasks;
 pub mod meters;
 mod metrics;
 pub mod oauth;
@@ -175,6 +176,7 @@ struct Inner {
     upstreams: Arc<upstreams::Upstreams>,
     openapis: Arc<openapis::OpenApis>,
     oauth: Arc<oauth::OAuthTokens>,
+    mcp_tasks: Arc<mcp_tasks::McpTasks>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -245,6 +247,8 @@ impl Engine {
             delegations: delegations.clone(),
         };
         let store_for_upstreams: Arc<dyn steward_store::McpServerStore> = store.clone();
+        let mcp_tasks =
+            mcp_tasks::McpTasks::new(store.clone(), opts.node.0.clone(), opts.clock.clone());
         let oauth = oauth::OAuthTokens::new(
             store.clone(),
             opts.vault.clone(),
@@ -374,12 +378,17 @@ impl Engine {
                 ),
                 openapis,
                 oauth,
+                mcp_tasks,
                 draining,
                 tracker: TaskTracker::new(),
             }),
         };
         // Upstream MCP servers and OpenAPI APIs: their tools in the registry now, and followed
         // as nodes add, change or remove them.
+        // Tasks this node was running when it stopped ended in doubt.
+        if let Err(e) = engine.inner.mcp_tasks.settle_earlier_life().await {
+            tracing::warn!(error = %e, "could not settle the MCP tasks of this node's earlier life");
+        }
         {
             let upstreams = engine.inner.upstreams.clone();
             let apis = engine.inner.openapis.clone();
@@ -557,6 +566,11 @@ impl Engine {
     /// Upstream MCP servers.
     pub fn mcp_servers(&self) -> handles::mcp_servers::McpServers<'_> {
         handles::mcp_servers::McpServers(self)
+    }
+
+    /// Tool calls through `/mcp` that became tasks.
+    pub fn mcp_tasks(&self) -> Arc<mcp_tasks::McpTasks> {
+        self.inner.mcp_tasks.clone()
     }
 
     /// HTTP APIs described by OpenAPI documents.

@@ -17,6 +17,7 @@ mod identities;
 mod in_tx;
 mod journal;
 mod mcp_servers;
+mod mcp_tasks;
 mod merges;
 pub mod merkle;
 mod model;
@@ -52,6 +53,7 @@ pub use group_commit::JournalWriter;
 pub use identities::IdentityStore;
 pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
+pub use mcp_tasks::{McpTaskRecord, McpTaskStore};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use openapi_apis::{OAuthTokenRecord, OAuthTokenStore, OpenApiRecord, OpenApiStore};
@@ -95,6 +97,7 @@ pub trait Store:
     + McpServerStore
     + OpenApiStore
     + OAuthTokenStore
+    + McpTaskStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

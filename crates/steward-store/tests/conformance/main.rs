@@ -16,6 +16,7 @@ mod gateway_calls;
 mod journal;
 mod limits;
 mod mcp_servers;
+mod mcp_tasks;
 mod merges;
 mod openapi_apis;
 mod policies;

@@ -485,3 +485,149 @@ both_backends!(
     a_client_cancelling_a_call_cancels_it_upstream,
     a_client_cancelling_a_call_cancels_it_upstream
 );
+
+/// A JSON-RPC request to `/mcp` from a client that accepts tasks (the 2026-07-28 tasks
+/// extension, declared in the request's `_meta` as a stateless client does).
+async fn mcp_task_rpc(s: &TestServer, key: &str, method: &str, params: Value) -> Value {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+    });
+    let mut rb = s
+        .http
+        .post(format!("{}/mcp", s.url))
+        .header("authorization", format!("Bearer {key}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params["name"].as_str().or(params["taskId"].as_str()) {
+        rb = rb.header("mcp-name", name);
+    }
+    let (st, body) = common::send(
+        rb.json(&json!({"jsonrpc": "2.0", "id": 11, "method": method, "params": params})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    body
+}
+
+async fn task_state(s: &TestServer, key: &str, id: &str) -> Value {
+    mcp_task_rpc(s, key, "tasks/get", json!({ "taskId": id })).await
+}
+
+/// A long call from a client that accepts tasks becomes a task: polled with `tasks/get` by the
+/// agent that made it (no other), cancelled with `tasks/cancel` (the upstream's handler is
+/// cancelled), and kept in the store — a task whose node was killed mid-call ends in doubt,
+/// saying the call may or may not have taken effect. A quick call is answered at once.
+async fn long_calls_become_durable_tasks(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = guarded(&token).await;
+    let (st, v) = s
+        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    connected(&s, "guarded").await;
+    let key = key_of(&s, "tasker", "team-a").await;
+    let other = key_of(&s, "snooper", "team-b").await;
+    let mut policies = String::new();
+    for t in ["slow", "stats", "add"] {
+        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
+    }
+    let (st, e) = s.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+
+    // Quick: answered at once.
+    let r = mcp_task_rpc(
+        &s,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.add", "arguments": {"a": 1, "b": 2}}),
+    )
+    .await;
+    assert!(r["result"]["taskId"].is_null(), "{r}");
+    assert!(r.to_string().contains('3'), "{r}");
+
+    // Long: a task, then its answer.
+    let r = mcp_task_rpc(
+        &s,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.slow", "arguments": {"seconds": 3}}),
+    )
+    .await;
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    assert_eq!(r["result"]["status"], "working", "{r}");
+    let id = r["result"]["taskId"].as_str().unwrap().to_string();
+    let snooped = task_state(&s, &other, &id).await;
+    assert!(
+        snooped["error"].is_object(),
+        "another agent's task is not there: {snooped}"
+    );
+    let done = common::eventually("the task to complete", || async {
+        let t = task_state(&s, &key, &id).await;
+        (t["result"]["status"] == "completed").then_some(t)
+    })
+    .await;
+    assert!(done.to_string().contains("slept"), "{done}");
+
+    // Cancelled: the upstream's handler is cancelled, and the task says so.
+    let r = mcp_task_rpc(
+        &s,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.slow", "arguments": {"seconds": 30}}),
+    )
+    .await;
+    let id = r["result"]["taskId"].as_str().unwrap().to_string();
+    let c = mcp_task_rpc(&s, &key, "tasks/cancel", json!({ "taskId": id })).await;
+    assert!(c["error"].is_null(), "{c}");
+    common::eventually("the task to be cancelled", || async {
+        let t = task_state(&s, &key, &id).await;
+        (t["result"]["status"] == "cancelled").then_some(())
+    })
+    .await;
+    common::eventually("the upstream to see the cancellation", || async {
+        let r = mcp_call(&s, &key, "guarded.stats", json!({})).await;
+        // Steward passes the upstream's text on as `content`.
+        let sc = &r["result"]["structuredContent"];
+        let stats: Value = sc["content"]
+            .as_str()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_else(|| sc.clone());
+        (stats["slow_cancelled"].as_i64() >= Some(1)).then_some(())
+    })
+    .await;
+
+    // Killed mid-call: after the restart the task ended in doubt, and says so.
+    let r = mcp_task_rpc(
+        &s,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.slow", "arguments": {"seconds": 30}}),
+    )
+    .await;
+    let id = r["result"]["taskId"].as_str().unwrap().to_string();
+    s.kill9();
+    s.spawn();
+    let t = task_state(&s, &key, &id).await;
+    assert_eq!(t["result"]["status"], "failed", "{t}");
+    assert!(
+        t.to_string().contains("may or may not have taken effect"),
+        "{t}"
+    );
+}
+both_backends!(
+    long_calls_become_durable_tasks,
+    long_calls_become_durable_tasks
+);

@@ -1,0 +1,158 @@
+//! Tool calls through `/mcp` that outlive their request (the MCP tasks extension): a call
+//! that has not answered within [`TASK_AFTER`] becomes a task kept in the store, which the
+//! agent that made it polls from any node, and may cancel. The node running it says so every
+//! [`HEARTBEAT`]; a task whose node stopped saying so — it died, or restarted — ended in doubt:
+//! the call may or may not have taken effect, and the caller is told exactly that.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use steward_store::{McpTaskRecord, McpTaskStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Clock, ToolCallError};
+
+/// How long a call may take before it becomes a task (for callers that accept tasks).
+pub const TASK_AFTER: Duration = Duration::from_secs(1);
+/// How often the node running a task says it still is, and looks for a cancel request.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A working task whose node has been silent this long ended in doubt.
+const SILENT_FOR_MS: i64 = 15_000;
+/// What a caller is told of a task whose node stopped running it.
+pub const IN_DOUBT: &str = "the node running this call stopped before it answered: the call may or may not have taken effect";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // One insert or removal under the lock: a panic leaves nothing half-made.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This node's tasks.
+pub struct McpTasks {
+    store: Arc<dyn McpTaskStore>,
+    node: String,
+    clock: Arc<dyn Clock>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl McpTasks {
+    pub fn new(store: Arc<dyn McpTaskStore>, node: String, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(McpTasks {
+            store,
+            node,
+            clock,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Tasks this node had working in an earlier life ended in doubt.
+    pub async fn settle_earlier_life(&self) -> steward_store::Result<()> {
+        let now = self.clock.now_ms();
+        for t in self.store.working_mcp_tasks(&self.node).await? {
+            let outcome = json!({ "failed": IN_DOUBT }).to_string();
+            self.store
+                .finish_mcp_task(&t.id, "failed", &outcome, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the call `call` (already running for `agent`, on `cancel`) a task, and keeps it
+    /// running until it answers or is cancelled. Returns the task as stored.
+    pub async fn adopt<F>(
+        self: &Arc<Self>,
+        agent: &str,
+        tool: &str,
+        call: F,
+        cancel: CancellationToken,
+    ) -> steward_store::Result<McpTaskRecord>
+    where
+        F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
+    {
+        let now = self.clock.now_ms();
+        let task = McpTaskRecord {
+            id: format!("task_{}", uuid::Uuid::now_v7().simple()),
+            agent: agent.to_string(),
+            tool: tool.to_string(),
+            status: "working".into(),
+            outcome: String::new(),
+            node: self.node.clone(),
+            cancel_requested: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.put_mcp_task(&task).await?;
+        lock(&self.running).insert(task.id.clone(), cancel.clone());
+        let me = self.clone();
+        let id = task.id.clone();
+        tokio::spawn(async move {
+            let mut call = std::pin::pin!(call);
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            let result = loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    _ = beat.tick() => {
+                        let now = me.clock.now_ms();
+                        let _ = me.store.touch_mcp_task(&id, now).await;
+                        // A cancel asked through another node.
+                        if let Ok(Some(t)) = me.store.mcp_task(&id).await {
+                            if t.cancel_requested != 0 {
+                                cancel.cancel();
+                            }
+                        }
+                    }
+                }
+            };
+            let (status, outcome) = match result {
+                Ok(v) => ("completed", json!({ "ok": v })),
+                Err(ToolCallError::Gateway(e)) => ("failed", json!({ "failed": e.to_string() })),
+                Err(_) if cancel.is_cancelled() => ("cancelled", Value::Null),
+                // The tool's own error is its answer (`isError`), as when it is not a task.
+                Err(e) => ("completed", json!({ "error": e.to_string() })),
+            };
+            let now = me.clock.now_ms();
+            if let Err(e) = me
+                .store
+                .finish_mcp_task(&id, status, &outcome.to_string(), now)
+                .await
+            {
+                tracing::error!(task = %id, error = %e, "could not store a task's outcome");
+            }
+            lock(&me.running).remove(&id);
+        });
+        Ok(task)
+    }
+
+    /// Task `id`, if `agent` made it. A working task whose node has been silent too long
+    /// ended in doubt (and is stored so).
+    pub async fn get(&self, agent: &str, id: &str) -> steward_store::Result<Option<McpTaskRecord>> {
+        let Some(mut t) = self.store.mcp_task(id).await?.filter(|t| t.agent == agent) else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        if t.status == "working" && now - t.updated_at > SILENT_FOR_MS {
+            let outcome = json!({ "failed": IN_DOUBT }).to_string();
+            self.store
+                .finish_mcp_task(id, "failed", &outcome, now)
+                .await?;
+            t = self.store.mcp_task(id).await?.unwrap_or(t);
+        }
+        Ok(Some(t))
+    }
+
+    /// Asks task `id` (if `agent` made it) to stop: at once when it runs here, else at its
+    /// node's next heartbeat. Whether there was such a task still working.
+    pub async fn cancel(&self, agent: &str, id: &str) -> steward_store::Result<bool> {
+        if self.get(agent, id).await?.is_none() {
+            return Ok(false);
+        }
+        if let Some(ct) = lock(&self.running).get(id) {
+            ct.cancel();
+        }
+        self.store
+            .request_mcp_task_cancel(id, self.clock.now_ms())
+            .await
+    }
+}

@@ -1,0 +1,126 @@
+//! Tool calls made through `/mcp` that became tasks (the MCP tasks extension).
+
+use crate::sql::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct McpTaskRecord {
+    pub id: String,
+    /// The agent that made the call: the only one that may read or cancel it.
+    pub agent: String,
+    pub tool: String,
+    /// `working`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// JSON once it ended; empty while working.
+    pub outcome: String,
+    /// The node running it.
+    pub node: String,
+    pub cancel_requested: i64,
+    pub created_at: Millis,
+    /// When it changed, or when its node last said it is still running it.
+    pub updated_at: Millis,
+}
+
+#[async_trait]
+pub trait McpTaskStore: Send + Sync {
+    async fn put_mcp_task(&self, task: &McpTaskRecord) -> Result<()>;
+    async fn mcp_task(&self, id: &str) -> Result<Option<McpTaskRecord>>;
+    /// Ends a task still working: whether it was.
+    async fn finish_mcp_task(
+        &self,
+        id: &str,
+        status: &str,
+        outcome: &str,
+        now: Millis,
+    ) -> Result<bool>;
+    /// Says the node running a task is still at it.
+    async fn touch_mcp_task(&self, id: &str, now: Millis) -> Result<()>;
+    /// Asks for a working task to be cancelled: whether it is working.
+    async fn request_mcp_task_cancel(&self, id: &str, now: Millis) -> Result<bool>;
+    /// The tasks `node` has working.
+    async fn working_mcp_tasks(&self, node: &str) -> Result<Vec<McpTaskRecord>>;
+}
+
+const COLUMNS: &str =
+    "id, agent, tool, status, outcome, node, cancel_requested, created_at, updated_at";
+
+macro_rules! impl_mcp_tasks {
+    ($store:ty) => {
+        #[async_trait]
+        impl McpTaskStore for $store {
+            async fn put_mcp_task(&self, t: &McpTaskRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO mcp_tasks (id, agent, tool, status, outcome, node, cancel_requested, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&t.id)
+                .bind(&t.agent)
+                .bind(&t.tool)
+                .bind(&t.status)
+                .bind(&t.outcome)
+                .bind(&t.node)
+                .bind(t.cancel_requested)
+                .bind(t.created_at)
+                .bind(t.updated_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn mcp_task(&self, id: &str) -> Result<Option<McpTaskRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {COLUMNS} FROM mcp_tasks WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.write)
+                    .await?)
+            }
+
+            async fn finish_mcp_task(&self, id: &str, status: &str, outcome: &str, now: Millis) -> Result<bool> {
+                Ok(sqlx::query(
+                    "UPDATE mcp_tasks SET status = $2, outcome = $3, updated_at = $4 \
+                     WHERE id = $1 AND status = 'working'",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(outcome)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn touch_mcp_task(&self, id: &str, now: Millis) -> Result<()> {
+                sqlx::query("UPDATE mcp_tasks SET updated_at = $2 WHERE id = $1 AND status = 'working'")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn request_mcp_task_cancel(&self, id: &str, now: Millis) -> Result<bool> {
+                Ok(sqlx::query(
+                    "UPDATE mcp_tasks SET cancel_requested = 1, updated_at = $2 \
+                     WHERE id = $1 AND status = 'working'",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn working_mcp_tasks(&self, node: &str) -> Result<Vec<McpTaskRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM mcp_tasks WHERE node = $1 AND status = 'working' ORDER BY id"
+                ))
+                .bind(node)
+                .fetch_all(&self.read)
+                .await?)
+            }
+        }
+    };
+}
+
+impl_mcp_tasks!(SqliteStore);
+impl_mcp_tasks!(PgStore);
