@@ -22,6 +22,7 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use serde_json::{json, Value};
 use steward_engine::mcp_tasks::TASK_AFTER;
+use steward_engine::Approval;
 use steward_engine::{Engine, GatewayError, Principal, ToolCallError, ToolView};
 use steward_store::McpTaskRecord;
 use steward_types::ErrorCode;
@@ -206,6 +207,17 @@ impl ServerHandler for Mcp {
         // when the caller goes away: at the current revision, closing the request is how a
         // client cancels) until the call becomes a task that outlives the request.
         let cancel = CancellationToken::new();
+        let tasks_accepted = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        // A caller that can wait (it accepts tasks) waits for a person's approval when the
+        // policy asks for one; any other is refused, as nobody would see the answer.
+        let approval = if tasks_accepted {
+            Approval::Wait
+        } else {
+            Approval::Refuse
+        };
+        let parked_args = tasks_accepted.then(|| args.clone());
         let call = {
             let (engine, who, name, cancel) = (
                 self.0.clone(),
@@ -216,15 +228,12 @@ impl ServerHandler for Mcp {
             let call = async move {
                 engine
                     .gateway()
-                    .call_tool(&who, &name, args, &cancel, progress)
+                    .call_tool(&who, &name, args, &cancel, progress, approval)
                     .await
             };
             Box::pin(tracing::Instrument::instrument(call, span))
         };
         let mut call = call;
-        let tasks_accepted = ctx
-            .client_capabilities()
-            .is_some_and(|c| c.supports_tasks());
         let becomes_task = async {
             if tasks_accepted {
                 tokio::time::sleep(TASK_AFTER).await
@@ -250,6 +259,44 @@ impl ServerHandler for Mcp {
         };
         let result = match answer {
             Ok(v) => ok_result(v),
+            // The policy wants a person to approve: the call waits for it as a task.
+            Err(ToolCallError::NeedsApproval {
+                approvers,
+                policy_ids,
+            }) => {
+                let (engine, caller, name) =
+                    (self.0.clone(), who.clone(), request.name.to_string());
+                let args = parked_args.unwrap_or_default();
+                let cancel = CancellationToken::new();
+                let stop = cancel.clone();
+                let (task, asked) = self
+                    .0
+                    .mcp_tasks()
+                    .park(
+                        who.agent.as_str(),
+                        &request.name,
+                        (&approvers, &policy_ids),
+                        self.0.approval_timeout_ms(),
+                        cancel,
+                        move |given| async move {
+                            engine
+                                .gateway()
+                                .call_tool(
+                                    &caller,
+                                    &name,
+                                    args,
+                                    &stop,
+                                    None,
+                                    Approval::Given(given),
+                                )
+                                .await
+                        },
+                    )
+                    .await
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                let task = task_view(&task).with_status_message(waiting_for(&asked, &approvers));
+                return Ok(CallToolResponse::Task(CreateTaskResult::new(task)));
+            }
             // What the caller can act on comes back as the tool's error, for the model to read.
             Err(
                 e @ (ToolCallError::Forbidden(_)
@@ -276,7 +323,13 @@ impl ServerHandler for Mcp {
             .await
             .map_err(|e| McpError::internal_error(e.to_string(), None))?
             .ok_or_else(|| no_task(&request.task_id))?;
-        Ok(GetTaskResult::new(detailed(&task)))
+        let mut detailed = detailed(&task);
+        if task.status == "working" {
+            if let Some((asked, approvers)) = self.0.mcp_tasks().pending_approval(&task.id).await {
+                detailed.task.status_message = Some(waiting_for(&asked, &approvers));
+            }
+        }
+        Ok(GetTaskResult::new(detailed))
     }
 
     /// Asks a working task to stop (the tool's call is given up, as when a caller goes away).
@@ -298,6 +351,10 @@ impl ServerHandler for Mcp {
             Err(no_task(&request.task_id))
         }
     }
+}
+
+fn waiting_for(approval: &str, approvers: &str) -> String {
+    format!("waiting for a person of {approvers:?} to approve it ({approval})")
 }
 
 fn no_task(id: &str) -> McpError {

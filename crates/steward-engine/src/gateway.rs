@@ -29,7 +29,7 @@ pub use crate::principal::Principal;
 use crate::ttl_cache::TtlCache;
 
 mod tools;
-pub use tools::{ToolCallError, ToolView};
+pub use tools::{Approval, ToolCallError, ToolView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -88,6 +88,8 @@ pub(crate) struct Gateway {
     pub run_store: Arc<dyn RunStore>,
     pub rate_store: Arc<dyn RateStore>,
     pub cache_store: Arc<dyn CacheStore>,
+    /// Approvals given for calls outside a run (MCP tasks waiting for a person).
+    pub approvals: Arc<dyn steward_store::ApprovalStore>,
     pub budgets: Budgets,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,

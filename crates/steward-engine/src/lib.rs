@@ -55,7 +55,9 @@ pub use clock::{Clock, SystemClock};
 pub use costs::{CostBy, CostLine, OutcomeCosts};
 pub use delegations::Delegated;
 pub use error::{Error, Result};
-pub use gateway::{GatewayApi, GatewayError, GatewayReply, Principal, ToolCallError, ToolView};
+pub use gateway::{
+    Approval, GatewayApi, GatewayError, GatewayReply, Principal, ToolCallError, ToolView,
+};
 pub use kernel::{
     Journaled, Kernel, ModelCall, RunCtx, StepError, StepStats, Syscall, ToolCall, ToolResult,
 };
@@ -327,6 +329,7 @@ impl Engine {
             key_store: store.clone(),
             run_store: store.clone(),
             rate_store: store.clone(),
+            approvals: store.clone(),
             cache_store: store.clone(),
             budgets: budgets.clone(),
             clock: opts.clock.clone(),
@@ -566,6 +569,11 @@ impl Engine {
     /// Upstream MCP servers.
     pub fn mcp_servers(&self) -> handles::mcp_servers::McpServers<'_> {
         handles::mcp_servers::McpServers(self)
+    }
+
+    /// How long a step, or a call outside a run, waits for a person's approval.
+    pub fn approval_timeout_ms(&self) -> i64 {
+        self.inner.gov.approval_timeout_ms as i64
     }
 
     /// Tool calls through `/mcp` that became tasks.

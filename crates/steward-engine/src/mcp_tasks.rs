@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use steward_store::{McpTaskRecord, McpTaskStore};
+use steward_store::{McpTaskRecord, NewApproval, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Clock, ToolCallError};
@@ -21,8 +21,14 @@ pub const TASK_AFTER: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A working task whose node has been silent this long ended in doubt.
 const SILENT_FOR_MS: i64 = 15_000;
+/// How often a task waiting for approval looks at it.
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// What a caller is told of a task whose node stopped running it.
 pub const IN_DOUBT: &str = "the node running this call stopped before it answered: the call may or may not have taken effect";
+
+fn new_id() -> String {
+    format!("task_{}", uuid::Uuid::now_v7().simple())
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // One insert or removal under the lock: a panic leaves nothing half-made.
@@ -31,14 +37,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// This node's tasks.
 pub struct McpTasks {
-    store: Arc<dyn McpTaskStore>,
+    store: Arc<dyn Store>,
     node: String,
     clock: Arc<dyn Clock>,
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
 impl McpTasks {
-    pub fn new(store: Arc<dyn McpTaskStore>, node: String, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, node: String, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(McpTasks {
             store,
             node,
@@ -71,9 +77,95 @@ impl McpTasks {
     where
         F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
     {
+        self.adopt_as(new_id(), agent, tool, call, cancel).await
+    }
+
+    /// Makes a call that waits for a person's approval a task: the approval is asked (in
+    /// `approvals`, for the task), and `call` runs with its id once it is given. Denied, the
+    /// task's answer is the refusal; expired or cancelled, it ends without calling.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn park<F, Fut>(
+        self: &Arc<Self>,
+        agent: &str,
+        tool: &str,
+        (approvers, policy_ids): (&str, &[String]),
+        wait_ms: i64,
+        cancel: CancellationToken,
+        call: F,
+    ) -> steward_store::Result<(McpTaskRecord, String)>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
+    {
+        let id = new_id();
+        let now = self.clock.now_ms();
+        let asked = self
+            .store
+            .request_approval(
+                &NewApproval {
+                    id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
+                    run_id: id.clone(),
+                    seq: 0,
+                    approvers: approvers.to_string(),
+                    action: "tool.call".into(),
+                    resource: tool.to_string(),
+                    policy_ids: serde_json::to_string(policy_ids).unwrap_or_default(),
+                    expires_at: now + wait_ms,
+                },
+                now,
+            )
+            .await?;
+        let (store, approval, stop) = (self.store.clone(), asked.id.clone(), cancel.clone());
+        let waiting = async move {
+            loop {
+                match store.get_approval(&approval).await {
+                    Ok(Some(a)) if a.state == "approved" => return call(approval).await,
+                    Ok(Some(a)) if a.state == "denied" => {
+                        return Err(ToolCallError::Forbidden(format!(
+                            "{} denied the call: {}",
+                            a.decided_by.unwrap_or_default(),
+                            a.reason.unwrap_or_default()
+                        )))
+                    }
+                    Ok(Some(a)) if a.state == "expired" => {
+                        return Err(ToolCallError::Failed(
+                            "nobody approved the call in time".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(LOOK_AGAIN) => {}
+                    _ = stop.cancelled() => {
+                        return Err(ToolCallError::Failed("cancelled while waiting for approval".into()))
+                    }
+                }
+            }
+        };
+        let task = self.adopt_as(id, agent, tool, waiting, cancel).await?;
+        Ok((task, asked.id))
+    }
+
+    /// The approval task `id` waits for, while it waits.
+    pub async fn pending_approval(&self, id: &str) -> Option<(String, String)> {
+        let a = self.store.approval_for(id, 0).await.ok()??;
+        (a.state == "pending").then_some((a.id, a.approvers))
+    }
+
+    async fn adopt_as<F>(
+        self: &Arc<Self>,
+        id: String,
+        agent: &str,
+        tool: &str,
+        call: F,
+        cancel: CancellationToken,
+    ) -> steward_store::Result<McpTaskRecord>
+    where
+        F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
+    {
         let now = self.clock.now_ms();
         let task = McpTaskRecord {
-            id: format!("task_{}", uuid::Uuid::now_v7().simple()),
+            id,
             agent: agent.to_string(),
             tool: tool.to_string(),
             status: "working".into(),

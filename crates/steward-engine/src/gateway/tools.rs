@@ -41,8 +41,26 @@ pub enum ToolCallError {
     /// A per-minute limit was reached (or could not be counted); the tool was not asked.
     #[error("{0}")]
     Limited(String),
+    /// The policy allows the call once a person of `approvers` approves it
+    /// (`@approval("group")`), and the caller asked for such calls to wait, not be refused.
+    #[error("tool call needs the approval of {approvers}")]
+    NeedsApproval {
+        approvers: String,
+        policy_ids: Vec<String>,
+    },
     #[error(transparent)]
     Gateway(#[from] GatewayError),
+}
+
+/// What a call outside a run does about a policy that asks for a person's approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Approval {
+    /// Refused: nobody is asked on behalf of a caller that cannot wait.
+    Refuse,
+    /// Answered with [`ToolCallError::NeedsApproval`]: the caller waits for it (as a task).
+    Wait,
+    /// Approval `0` was given for this call: it goes ahead, if the record says so.
+    Given(String),
 }
 
 impl Gateway {
@@ -118,6 +136,7 @@ impl Gateway {
         args: Value,
         cancelled: &tokio_util::sync::CancellationToken,
         progress: Option<steward_tools::ProgressSink>,
+        approval: Approval,
     ) -> Result<Value, ToolCallError> {
         if name.len() > MAX_NAME {
             return Err(ToolCallError::InvalidArguments(format!(
@@ -137,6 +156,16 @@ impl Gateway {
         let tool = match self.tools.get(name).filter(|t| t.outside_runs()) {
             Some(tool) => match self.tool_refusal(who, name).await? {
                 None => tool,
+                Some((Some(d), why)) if d.allow && d.approval.is_some() => match &approval {
+                    Approval::Wait => {
+                        return Err(ToolCallError::NeedsApproval {
+                            approvers: d.approval.clone().unwrap_or_default(),
+                            policy_ids: d.policy_ids.clone(),
+                        })
+                    }
+                    Approval::Given(id) if self.approved(id, name).await? => tool,
+                    _ => return Err(self.refuse_tool(who, name, Some(d), why).await),
+                },
                 Some((d, why)) => return Err(self.refuse_tool(who, name, d, why).await),
             },
             None => {
@@ -259,6 +288,14 @@ impl Gateway {
             .await
             .map_err(internal)?;
         Ok(())
+    }
+
+    /// Whether approval `id` was given for a call of tool `name`.
+    async fn approved(&self, id: &str, name: &str) -> Result<bool, GatewayError> {
+        let rec = self.approvals.get_approval(id).await.map_err(internal)?;
+        Ok(rec.is_some_and(|a| {
+            a.state == "approved" && a.action == "tool.call" && a.resource == name
+        }))
     }
 
     /// Refuses a tool call, audited (as a decision, with the policy's when it made one) before

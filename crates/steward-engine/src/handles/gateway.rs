@@ -53,11 +53,12 @@ impl Gateway<'_> {
         args: serde_json::Value,
         cancelled: &tokio_util::sync::CancellationToken,
         progress: Option<steward_tools::ProgressSink>,
+        approval: crate::gateway::Approval,
     ) -> Result<serde_json::Value, ToolCallError> {
         self.0
             .inner
             .gateway
-            .call_tool(who, name, args, cancelled, progress)
+            .call_tool(who, name, args, cancelled, progress, approval)
             .await
     }
 

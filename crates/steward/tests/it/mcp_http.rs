@@ -609,6 +609,66 @@ async fn long_calls_become_durable_tasks(b: Backend) {
     })
     .await;
 
+    // A policy that asks a person: a caller that accepts tasks waits for the approval as a
+    // task (the approval is listed like a run's); approved, the call runs; denied, the
+    // answer says who denied it and why. A caller that cannot wait is refused.
+    policies.push_str("@id(\"count-needs-ops\") @approval(\"ops\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.count\");\n");
+    let (st, e) = s.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+    let r = mcp_call(&s, &key, "guarded.count", json!({})).await;
+    assert!(
+        text_of(&r).contains("approval"),
+        "refused without tasks: {r}"
+    );
+    for (verdict, reason) in [("approve", "counted on purpose"), ("deny", "not today")] {
+        let r = mcp_task_rpc(
+            &s,
+            &key,
+            "tools/call",
+            json!({"name": "guarded.count", "arguments": {}}),
+        )
+        .await;
+        assert_eq!(r["result"]["resultType"], "task", "{r}");
+        assert!(
+            r["result"]["statusMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("ops")),
+            "{r}"
+        );
+        let id = r["result"]["taskId"].as_str().unwrap().to_string();
+        let t = task_state(&s, &key, &id).await;
+        assert_eq!(t["result"]["status"], "working", "{t}");
+        let (_, pending) = s.get("/api/v1/approvals?state=pending").await;
+        let approval = pending
+            .as_array()
+            .or(pending["approvals"].as_array())
+            .and_then(|a| a.iter().find(|a| a["resource"] == "guarded.count"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{pending}"));
+        assert_eq!(approval["approvers"], "ops", "{approval}");
+        let (ok, out, err) = common::cli(
+            &s,
+            &[
+                verdict,
+                approval["id"].as_str().unwrap(),
+                "--reason",
+                reason,
+            ],
+        );
+        assert!(ok, "{out}{err}");
+        let done = common::eventually("the parked call to end", || async {
+            let t = task_state(&s, &key, &id).await;
+            (t["result"]["status"] == "completed").then_some(t)
+        })
+        .await;
+        if verdict == "approve" {
+            assert_ne!(done["result"]["result"]["isError"], true, "{done}");
+        } else {
+            assert_eq!(done["result"]["result"]["isError"], true, "{done}");
+            assert!(done.to_string().contains("not today"), "{done}");
+        }
+    }
+
     // Killed mid-call: after the restart the task ended in doubt, and says so.
     let r = mcp_task_rpc(
         &s,
