@@ -237,14 +237,22 @@ impl McpTasks {
     /// Asks task `id` (if `agent` made it) to stop: at once when it runs here, else at its
     /// node's next heartbeat. Whether there was such a task still working.
     pub async fn cancel(&self, agent: &str, id: &str) -> steward_store::Result<bool> {
-        if self.get(agent, id).await?.is_none() {
+        let working = self
+            .get(agent, id)
+            .await?
+            .is_some_and(|t| t.status == "working");
+        if !working {
             return Ok(false);
         }
+        // Flagged first (for a node running it elsewhere), then stopped here if it runs here:
+        // stopped first, it could end before the flag and the flag would find it ended.
+        self.store
+            .request_mcp_task_cancel(id, self.clock.now_ms())
+            .await?;
         if let Some(ct) = lock(&self.running).get(id) {
             ct.cancel();
         }
-        self.store
-            .request_mcp_task_cancel(id, self.clock.now_ms())
-            .await
+        // Cooperative, as the tasks extension says: it may have answered meanwhile.
+        Ok(true)
     }
 }
