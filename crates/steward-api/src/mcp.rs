@@ -377,8 +377,11 @@ fn task_view(t: &McpTaskRecord) -> Task {
         "cancelled" => TaskStatus::Cancelled,
         _ => TaskStatus::Failed,
     };
+    // Kept a day after it ends; the creation time is what a TTL counts from.
+    let kept_for = (t.updated_at - t.created_at).max(0) + steward_engine::mcp_tasks::KEPT_FOR_MS;
     Task::new(&t.id, status, iso8601(t.created_at), iso8601(t.updated_at))
         .with_poll_interval_ms(POLL_INTERVAL_MS)
+        .with_ttl_ms(kept_for as u64)
 }
 
 /// A task with what it ended as: the tool's answer, its error (as a completed call with

@@ -395,6 +395,7 @@ impl Engine {
         {
             let upstreams = engine.inner.upstreams.clone();
             let apis = engine.inner.openapis.clone();
+            let tasks = engine.inner.mcp_tasks.clone();
             let draining = engine.inner.draining.clone();
             tokio::spawn(async move {
                 loop {
@@ -403,6 +404,9 @@ impl Engine {
                     }
                     if let Err(e) = apis.follow().await {
                         tracing::warn!(error = %e, "could not read the OpenAPI APIs");
+                    }
+                    if let Err(e) = tasks.prune().await {
+                        tracing::warn!(error = %e, "could not forget old MCP tasks");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(upstreams::FOLLOW_EVERY) => {}

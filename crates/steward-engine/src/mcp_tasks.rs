@@ -21,6 +21,10 @@ pub const TASK_AFTER: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A working task whose node has been silent this long ended in doubt.
 const SILENT_FOR_MS: i64 = 15_000;
+/// How long an ended task is kept for its caller to read (then it is forgotten).
+pub const KEPT_FOR_MS: i64 = 24 * 3_600_000;
+/// How often ended tasks past [`KEPT_FOR_MS`] are looked for.
+const PRUNE_EVERY_MS: i64 = 600_000;
 /// How often a task waiting for approval looks at it.
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// What a caller is told of a task whose node stopped running it.
@@ -41,6 +45,7 @@ pub struct McpTasks {
     node: String,
     clock: Arc<dyn Clock>,
     running: Mutex<HashMap<String, CancellationToken>>,
+    last_pruned: Mutex<i64>,
 }
 
 impl McpTasks {
@@ -50,7 +55,23 @@ impl McpTasks {
             node,
             clock,
             running: Mutex::new(HashMap::new()),
+            last_pruned: Mutex::new(0),
         })
+    }
+
+    /// Forgets tasks that ended more than [`KEPT_FOR_MS`] ago (at most every
+    /// [`PRUNE_EVERY_MS`]; any node may, the delete is the same).
+    pub async fn prune(&self) -> steward_store::Result<()> {
+        let now = self.clock.now_ms();
+        {
+            let mut last = lock(&self.last_pruned);
+            if now - *last < PRUNE_EVERY_MS {
+                return Ok(());
+            }
+            *last = now;
+        }
+        self.store.prune_mcp_tasks(now - KEPT_FOR_MS).await?;
+        Ok(())
     }
 
     /// Tasks this node had working in an earlier life ended in doubt.

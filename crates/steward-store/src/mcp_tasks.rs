@@ -38,6 +38,8 @@ pub trait McpTaskStore: Send + Sync {
     async fn request_mcp_task_cancel(&self, id: &str, now: Millis) -> Result<bool>;
     /// The tasks `node` has working.
     async fn working_mcp_tasks(&self, node: &str) -> Result<Vec<McpTaskRecord>>;
+    /// Forgets tasks that ended before `before`: how many.
+    async fn prune_mcp_tasks(&self, before: Millis) -> Result<u64>;
 }
 
 const COLUMNS: &str =
@@ -117,6 +119,14 @@ macro_rules! impl_mcp_tasks {
                 .bind(node)
                 .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn prune_mcp_tasks(&self, before: Millis) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM mcp_tasks WHERE status <> 'working' AND updated_at < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
             }
         }
     };

@@ -40,4 +40,16 @@ async fn an_mcp_task_ends_once_and_is_cancelled_only_while_working(s: &dyn Store
     assert_eq!((x.status.as_str(), x.updated_at), ("cancelled", 7));
     assert_eq!(s.working_mcp_tasks("n1").await.unwrap(), [task("y")]);
     assert_eq!(s.mcp_task("nope").await.unwrap(), None);
+    // Ended tasks go once old enough; working ones stay, however old.
+    assert_eq!(
+        s.prune_mcp_tasks(7).await.unwrap(),
+        0,
+        "x ended at 7, not before"
+    );
+    assert_eq!(s.prune_mcp_tasks(100).await.unwrap(), 1);
+    assert_eq!(s.mcp_task("x").await.unwrap(), None);
+    assert!(
+        s.mcp_task("y").await.unwrap().is_some(),
+        "y is still working"
+    );
 }
