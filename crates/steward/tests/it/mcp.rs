@@ -39,15 +39,7 @@ async fn the_mcp_sdk_sees_and_calls_only_what_policy_permits(b: Backend) {
     );
 
     // A LangGraph agent with its tools from /mcp through langchain-mcp-adapters.
-    let python = langgraph_python();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/langgraph_mcp.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("STEWARD_BASE", &s.url)
-        .env("STEWARD_KEY", &tooler)
-        .output()
-        .await
-        .expect("the LangGraph environment's python");
+    let out = sdk_script(&langgraph_python(), "langgraph_mcp.py", &s, &tooler).await;
     assert!(
         out.status.success(),
         "the LangGraph agent failed:\n{}\n{}",
@@ -190,6 +182,24 @@ both_backends!(
 );
 
 /// The official reference server, installed from npm by `.ci/run`.
+/// Runs `tests/python/SCRIPT` with `python` against `s` as the agent of `key` (the scripts
+/// read STEWARD_BASE and STEWARD_KEY).
+pub(crate) async fn sdk_script(
+    python: &str,
+    script: &str,
+    s: &TestServer,
+    key: &str,
+) -> std::process::Output {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    tokio::process::Command::new(python)
+        .arg(path)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", key)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{python} for {script} (.ci/run installs what it needs): {e}"))
+}
+
 /// The Python of the environment `.ci/run` makes for LangGraph and langchain-mcp-adapters
 /// (which need the MCP SDK 1.x; the other tests use 2.x).
 fn langgraph_python() -> String {
@@ -476,14 +486,7 @@ async fn progress_of_an_upstream_call_reaches_the_client(b: Backend) {
         )
         .await;
     assert_eq!(st, 200, "{e}");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_progress.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("STEWARD_BASE", &s.url)
-        .env("STEWARD_KEY", &key)
-        .output()
-        .await
-        .expect("python3 with the mcp package (installed by .ci/run)");
+    let out = sdk_script("python3", "mcp_progress.py", &s, &key).await;
     assert!(
         out.status.success(),
         "progress did not reach the client:\n{}\n{}",

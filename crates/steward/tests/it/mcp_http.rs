@@ -68,6 +68,26 @@ async fn status_of(s: &TestServer, name: &str) -> Value {
     e
 }
 
+/// The guarded server, its token in the vault, added to `s` as `guarded` and connected.
+pub(crate) async fn guarded_upstream(s: &TestServer) -> tokio::process::Child {
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let (upstream, port) = guarded(&token).await;
+    let (st, v) = s
+        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    connected(s, "guarded").await;
+    upstream
+}
+
 pub(crate) async fn connected(s: &TestServer, name: &str) -> Value {
     common::eventually("the upstream to connect", || async {
         let e = status_of(s, name).await;
@@ -435,21 +455,7 @@ both_backends!(
 /// record says the call was cancelled.
 async fn a_client_cancelling_a_call_cancels_it_upstream(b: Backend) {
     let s = TestServer::start(b).await;
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let (_upstream, port) = guarded(&token).await;
-    let (st, v) = s
-        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
-        .await;
-    assert!(st == 200 || st == 204, "{st} {v}");
-    let (st, e) = s
-        .put(
-            "/api/v1/mcp-servers/guarded",
-            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
-                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    connected(&s, "guarded").await;
+    let _upstream = guarded_upstream(&s).await;
     let key = key_of(&s, "canceller", "team-a").await;
     let (st, e) = s
         .put_policies(
@@ -459,14 +465,7 @@ async fn a_client_cancelling_a_call_cancels_it_upstream(b: Backend) {
         .await;
     assert_eq!(st, 200, "{e}");
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/mcp_cancel.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("STEWARD_BASE", &s.url)
-        .env("STEWARD_KEY", &key)
-        .output()
-        .await
-        .expect("python3 with the mcp package (installed by .ci/run)");
+    let out = crate::mcp::sdk_script("python3", "mcp_cancel.py", &s, &key).await;
     assert!(
         out.status.success(),
         "the cancellation did not reach the upstream:\n{}\n{}",
@@ -523,21 +522,7 @@ async fn task_state(s: &TestServer, key: &str, id: &str) -> Value {
 /// saying the call may or may not have taken effect. A quick call is answered at once.
 async fn long_calls_become_durable_tasks(b: Backend) {
     let mut s = TestServer::start(b).await;
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let (_upstream, port) = guarded(&token).await;
-    let (st, v) = s
-        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
-        .await;
-    assert!(st == 200 || st == 204, "{st} {v}");
-    let (st, e) = s
-        .put(
-            "/api/v1/mcp-servers/guarded",
-            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
-                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    connected(&s, "guarded").await;
+    let _upstream = guarded_upstream(&s).await;
     let key = key_of(&s, "tasker", "team-a").await;
     let other = key_of(&s, "snooper", "team-b").await;
     let mut policies = String::new();

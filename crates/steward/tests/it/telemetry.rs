@@ -158,6 +158,21 @@ async fn spans_reach_the_collector_with_genai_attributes() {
     assert_eq!(step_record["trace_id"], step["traceId"], "{step_record}");
 }
 
+/// A tools/call at `/mcp` whose `_meta` names the caller's span (`traceparent`).
+async fn call_in_trace(s: &TestServer, key: &str, tool: &str, traceparent: &str) -> Value {
+    let (st, r) = common::send(
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": tool, "arguments": {}, "_meta": {"traceparent": traceparent}}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    r
+}
+
 /// An MCP client's trace (`traceparent` in the call's `_meta`, as the 2026-07-28 revision
 /// carries it) continues through Steward: the tool call's span is a child of the caller's
 /// span, its audit record names the caller's trace, and the HTTP API the tool calls receives a
@@ -211,17 +226,13 @@ async fn an_mcp_callers_trace_continues_through_steward_to_the_api() {
         .put_policies(r#"@id("ping") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.ping");"#)
         .await;
     assert_eq!(st, 200, "{e}");
-    let (st, r) = common::send(
-        s.http
-            .post(format!("{}/mcp", s.url))
-            .header("authorization", format!("Bearer {key}"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                "params": {"name": "probe.ping", "arguments": {},
-                           "_meta": {"traceparent": format!("00-{TRACE}-{CALLER_SPAN}-01")}}})),
+    let r = call_in_trace(
+        &s,
+        &key,
+        "probe.ping",
+        &format!("00-{TRACE}-{CALLER_SPAN}-01"),
     )
     .await;
-    assert_eq!(st, 200, "{r}");
     assert_ne!(r["result"]["isError"], true, "{r}");
 
     let span = eventually("the tool call's span", || {
@@ -254,37 +265,19 @@ async fn an_mcp_callers_trace_continues_through_steward_to_the_api() {
     );
 
     // An upstream MCP server (on the official Python SDK) is sent the trace in `_meta`.
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let (_upstream, port) = crate::mcp_http::guarded(&token).await;
-    let (st, v) = s
-        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
-        .await;
-    assert!(st == 200 || st == 204, "{st} {v}");
-    let (st, e) = s
-        .put(
-            "/api/v1/mcp-servers/guarded",
-            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
-                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
-        )
-        .await;
-    assert_eq!(st, 200, "{e}");
-    crate::mcp_http::connected(&s, "guarded").await;
+    let _upstream = crate::mcp_http::guarded_upstream(&s).await;
     let (st, e) = s
         .put_policies(r#"@id("ping") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.ping");
 @id("trace") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.traceparent");"#)
         .await;
     assert_eq!(st, 200, "{e}");
-    let (st, r) = common::send(
-        s.http
-            .post(format!("{}/mcp", s.url))
-            .header("authorization", format!("Bearer {key}"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
-                "params": {"name": "guarded.traceparent", "arguments": {},
-                           "_meta": {"traceparent": format!("00-{TRACE}-{CALLER_SPAN}-01")}}})),
+    let r = call_in_trace(
+        &s,
+        &key,
+        "guarded.traceparent",
+        &format!("00-{TRACE}-{CALLER_SPAN}-01"),
     )
     .await;
-    assert_eq!(st, 200, "{r}");
     let seen = crate::mcp::text_of(&r);
     assert!(
         seen.contains(&format!("00-{TRACE}-")),
