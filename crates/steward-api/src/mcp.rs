@@ -217,7 +217,12 @@ impl ServerHandler for Mcp {
         } else {
             Approval::Refuse
         };
-        let parked_args = tasks_accepted.then(|| args.clone());
+        // Kept for a task: to run it again should its node stop, or once it is approved.
+        let task_args = if tasks_accepted {
+            args.clone()
+        } else {
+            Value::Null
+        };
         let call = {
             let (engine, who, name, cancel) = (
                 self.0.clone(),
@@ -251,7 +256,7 @@ impl ServerHandler for Mcp {
                 let task = self
                     .0
                     .mcp_tasks()
-                    .adopt(who.agent.as_str(), &request.name, call, cancel)
+                    .adopt(who.agent.as_str(), (&request.name, &task_args), call, cancel)
                     .await
                     .map_err(|e| McpError::internal_error(e.to_string(), None))?;
                 return Ok(CallToolResponse::Task(CreateTaskResult::new(task_view(&task))));
@@ -266,7 +271,7 @@ impl ServerHandler for Mcp {
             }) => {
                 let (engine, caller, name) =
                     (self.0.clone(), who.clone(), request.name.to_string());
-                let args = parked_args.unwrap_or_default();
+                let args = task_args.clone();
                 let cancel = CancellationToken::new();
                 let stop = cancel.clone();
                 let (task, asked) = self
@@ -274,7 +279,7 @@ impl ServerHandler for Mcp {
                     .mcp_tasks()
                     .park(
                         who.agent.as_str(),
-                        &request.name,
+                        (&request.name, &task_args),
                         (&approvers, &policy_ids),
                         self.0.approval_timeout_ms(),
                         cancel,
@@ -316,10 +321,18 @@ impl ServerHandler for Mcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, McpError> {
         let who = caller(&ctx)?;
+        // A task whose node stopped mid-call may be run again here, as this caller.
+        let (engine, caller) = (self.0.clone(), who.clone());
+        let again = move |tool: String, args, approval, cancel: CancellationToken| async move {
+            engine
+                .gateway()
+                .call_tool(&caller, &tool, args, &cancel, None, approval)
+                .await
+        };
         let task = self
             .0
             .mcp_tasks()
-            .get(who.agent.as_str(), &request.task_id)
+            .get(who.agent.as_str(), &request.task_id, again)
             .await
             .map_err(|e| McpError::internal_error(e.to_string(), None))?
             .ok_or_else(|| no_task(&request.task_id))?;

@@ -621,6 +621,10 @@ pub struct PutMcpServer {
     /// {{secret:GITHUB_TOKEN}}"}` (their values are never shown again).
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// An OAuth 2 client every request to `url` is authorised with (`Authorization: Bearer`),
+    /// its token obtained and refreshed by one node of the cluster at a time.
+    #[serde(default)]
+    pub oauth: Option<OAuthClientSpec>,
 }
 
 /// How an upstream MCP server is doing on the node that answered.
@@ -648,6 +652,8 @@ pub struct McpServer {
     pub url: Option<String>,
     /// The names of the headers sent to it.
     pub headers: Vec<String>,
+    /// The token endpoint of the OAuth 2 client its requests are authorised with (`http`).
+    pub oauth_token_url: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until the answering node has started it.
@@ -698,6 +704,18 @@ pub struct OAuthClientSpec {
     /// are kept sealed in the store.
     #[serde(default)]
     pub refresh_token: String,
+}
+
+impl From<OAuthClientSpec> for steward_tools::openapi::OAuthClient {
+    fn from(c: OAuthClientSpec) -> Self {
+        steward_tools::openapi::OAuthClient {
+            token_url: c.token_url,
+            client_id: c.client_id,
+            client_secret: c.client_secret,
+            scopes: c.scopes,
+            refresh_token: c.refresh_token,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

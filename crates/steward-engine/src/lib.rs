@@ -28,6 +28,7 @@ pub mod sandboxes;
 mod tool_plane;
 pub mod tool_search;
 mod ttl_cache;
+mod upstream_oauth;
 pub mod upstreams;
 pub mod vault;
 mod workspace_sync;
@@ -249,8 +250,12 @@ impl Engine {
             delegations: delegations.clone(),
         };
         let store_for_upstreams: Arc<dyn steward_store::McpServerStore> = store.clone();
-        let mcp_tasks =
-            mcp_tasks::McpTasks::new(store.clone(), opts.node.0.clone(), opts.clock.clone());
+        let mcp_tasks = mcp_tasks::McpTasks::new(
+            store.clone(),
+            opts.node.0.clone(),
+            opts.clock.clone(),
+            opts.tools.clone(),
+        );
         let oauth = oauth::OAuthTokens::new(
             store.clone(),
             opts.vault.clone(),
@@ -373,11 +378,15 @@ impl Engine {
                 gateway,
                 cfg: opts.cfg,
                 upstreams: upstreams::Upstreams::new(
-                    opts.tools,
+                    upstreams::Means {
+                        tools: opts.tools,
+                        secrets: opts
+                            .vault
+                            .clone()
+                            .map(|v| v as Arc<dyn steward_llm::SecretSource>),
+                        tokens: oauth.clone(),
+                    },
                     store_for_upstreams,
-                    opts.vault
-                        .clone()
-                        .map(|v| v as Arc<dyn steward_llm::SecretSource>),
                 ),
                 openapis,
                 oauth,

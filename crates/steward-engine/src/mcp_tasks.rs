@@ -1,8 +1,11 @@
 //! Tool calls through `/mcp` that outlive their request (the MCP tasks extension): a call
 //! that has not answered within [`TASK_AFTER`] becomes a task kept in the store, which the
 //! agent that made it polls from any node, and may cancel. The node running it says so every
-//! [`HEARTBEAT`]; a task whose node stopped saying so — it died, or restarted — ended in doubt:
-//! the call may or may not have taken effect, and the caller is told exactly that.
+//! [`HEARTBEAT`]. A task whose node stopped saying so — it died, or restarted — is in doubt,
+//! and the Kernel's rule for a step in doubt applies: a call its tool said is idempotent (or one
+//! still waiting for its approval, which has not run at all) is run again, under the caller's
+//! own authority, when its caller next asks for it; any other ended in doubt — the call may or
+//! may not have taken effect, and the caller is told exactly that.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +16,7 @@ use serde_json::{json, Value};
 use steward_store::{McpTaskRecord, NewApproval, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::Approval;
 use crate::{Clock, ToolCallError};
 
 /// How long a call may take before it becomes a task (for callers that accept tasks).
@@ -27,6 +31,11 @@ pub const KEPT_FOR_MS: i64 = 24 * 3_600_000;
 const PRUNE_EVERY_MS: i64 = 600_000;
 /// How often a task waiting for approval looks at it.
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
+/// How long a task to run again waits for its tool to be in the registry.
+const TOOL_AWAITED_MS: i64 = 120_000;
+/// How many times a task is started before one in doubt is given up (a call that kills the
+/// node running it is not tried for ever).
+const MAX_ATTEMPTS: i64 = 3;
 /// What a caller is told of a task whose node stopped running it.
 pub const IN_DOUBT: &str = "the node running this call stopped before it answered: the call may or may not have taken effect";
 
@@ -44,23 +53,33 @@ pub struct McpTasks {
     store: Arc<dyn Store>,
     node: String,
     clock: Arc<dyn Clock>,
+    /// The registry: whether a call is idempotent.
+    tools: steward_tools::Tools,
     running: Mutex<HashMap<String, CancellationToken>>,
     last_pruned: Mutex<i64>,
 }
 
 impl McpTasks {
-    pub fn new(store: Arc<dyn Store>, node: String, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        node: String,
+        clock: Arc<dyn Clock>,
+        tools: steward_tools::Tools,
+    ) -> Arc<Self> {
         Arc::new(McpTasks {
             store,
             node,
             clock,
+            tools,
             running: Mutex::new(HashMap::new()),
             last_pruned: Mutex::new(0),
         })
     }
 
-    /// Forgets tasks that ended more than [`KEPT_FOR_MS`] ago (at most every
-    /// [`PRUNE_EVERY_MS`]; any node may, the delete is the same).
+    /// Ends tasks whose node stopped and that will not run again (idempotent ones are run
+    /// again when their caller asks, unless nobody did for [`KEPT_FOR_MS`]), and forgets tasks
+    /// that ended more than [`KEPT_FOR_MS`] ago (at most every [`PRUNE_EVERY_MS`]; any node
+    /// may, the changes are the same).
     pub async fn prune(&self) -> steward_store::Result<()> {
         let now = self.clock.now_ms();
         {
@@ -70,35 +89,64 @@ impl McpTasks {
             }
             *last = now;
         }
+        let outcome = json!({ "failed": IN_DOUBT }).to_string();
+        self.store
+            .settle_silent_mcp_tasks(now - SILENT_FOR_MS, now - KEPT_FOR_MS, &outcome, now)
+            .await?;
         self.store.prune_mcp_tasks(now - KEPT_FOR_MS).await?;
         Ok(())
     }
 
-    /// Tasks this node had working in an earlier life ended in doubt.
+    /// Tasks this node had working in an earlier life are in doubt: those that may run again
+    /// are left for their caller's next look (marked silent from now on), the rest ended.
     pub async fn settle_earlier_life(&self) -> steward_store::Result<()> {
         let now = self.clock.now_ms();
         for t in self.store.working_mcp_tasks(&self.node).await? {
-            let outcome = json!({ "failed": IN_DOUBT }).to_string();
-            self.store
-                .finish_mcp_task(&t.id, "failed", &outcome, now)
-                .await?;
+            if self.may_run_again(&t).await? {
+                self.store
+                    .touch_mcp_task(&t.id, now - SILENT_FOR_MS - 1)
+                    .await?;
+            } else {
+                let outcome = json!({ "failed": IN_DOUBT }).to_string();
+                self.store
+                    .finish_mcp_task(&t.id, "failed", &outcome, now)
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    /// Makes the call `call` (already running for `agent`, on `cancel`) a task, and keeps it
-    /// running until it answers or is cancelled. Returns the task as stored.
+    /// Whether task `t`, in doubt, may be run again: its call is idempotent, or it has not
+    /// run at all (it waits for its approval); it was not asked to stop, nor tried too often.
+    async fn may_run_again(&self, t: &McpTaskRecord) -> steward_store::Result<bool> {
+        if t.cancel_requested != 0 || t.attempts >= MAX_ATTEMPTS || t.arguments.is_empty() {
+            return Ok(false);
+        }
+        if t.idempotent != 0 {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .approval_for(&t.id, 0)
+            .await?
+            .is_some_and(|a| a.state == "pending"))
+    }
+
+    /// Makes the call `call` of `tool` with `args` (already running for `agent`, on `cancel`)
+    /// a task, and keeps it running until it answers or is cancelled. Returns the task as
+    /// stored.
     pub async fn adopt<F>(
         self: &Arc<Self>,
         agent: &str,
-        tool: &str,
+        (tool, args): (&str, &Value),
         call: F,
         cancel: CancellationToken,
     ) -> steward_store::Result<McpTaskRecord>
     where
         F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
     {
-        self.adopt_as(new_id(), agent, tool, call, cancel).await
+        self.adopt_as(new_id(), agent, (tool, args), call, cancel)
+            .await
     }
 
     /// Makes a call that waits for a person's approval a task: the approval is asked (in
@@ -108,7 +156,7 @@ impl McpTasks {
     pub async fn park<F, Fut>(
         self: &Arc<Self>,
         agent: &str,
-        tool: &str,
+        (tool, args): (&str, &Value),
         (approvers, policy_ids): (&str, &[String]),
         wait_ms: i64,
         cancel: CancellationToken,
@@ -136,34 +184,10 @@ impl McpTasks {
                 now,
             )
             .await?;
-        let (store, approval, stop) = (self.store.clone(), asked.id.clone(), cancel.clone());
-        let waiting = async move {
-            loop {
-                match store.get_approval(&approval).await {
-                    Ok(Some(a)) if a.state == "approved" => return call(approval).await,
-                    Ok(Some(a)) if a.state == "denied" => {
-                        return Err(ToolCallError::Forbidden(format!(
-                            "{} denied the call: {}",
-                            a.decided_by.unwrap_or_default(),
-                            a.reason.unwrap_or_default()
-                        )))
-                    }
-                    Ok(Some(a)) if a.state == "expired" => {
-                        return Err(ToolCallError::Failed(
-                            "nobody approved the call in time".into(),
-                        ))
-                    }
-                    _ => {}
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(LOOK_AGAIN) => {}
-                    _ = stop.cancelled() => {
-                        return Err(ToolCallError::Failed("cancelled while waiting for approval".into()))
-                    }
-                }
-            }
-        };
-        let task = self.adopt_as(id, agent, tool, waiting, cancel).await?;
+        let waiting = approved_then(self.store.clone(), asked.id.clone(), cancel.clone(), call);
+        let task = self
+            .adopt_as(id, agent, (tool, args), waiting, cancel)
+            .await?;
         Ok((task, asked.id))
     }
 
@@ -177,7 +201,7 @@ impl McpTasks {
         self: &Arc<Self>,
         id: String,
         agent: &str,
-        tool: &str,
+        (tool, args): (&str, &Value),
         call: F,
         cancel: CancellationToken,
     ) -> steward_store::Result<McpTaskRecord>
@@ -185,6 +209,7 @@ impl McpTasks {
         F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
     {
         let now = self.clock.now_ms();
+        let idempotent = self.tools.get(tool).is_some_and(|t| t.idempotent(args));
         let task = McpTaskRecord {
             id,
             agent: agent.to_string(),
@@ -195,11 +220,23 @@ impl McpTasks {
             cancel_requested: 0,
             created_at: now,
             updated_at: now,
+            arguments: args.to_string(),
+            idempotent: i64::from(idempotent),
+            attempts: 1,
         };
         self.store.put_mcp_task(&task).await?;
-        lock(&self.running).insert(task.id.clone(), cancel.clone());
+        self.run(task.id.clone(), call, cancel);
+        Ok(task)
+    }
+
+    /// Runs task `id`'s `call` here, saying so every [`HEARTBEAT`], until it answers or is
+    /// cancelled; then stores its outcome.
+    fn run<F>(self: &Arc<Self>, id: String, call: F, cancel: CancellationToken)
+    where
+        F: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
+    {
+        lock(&self.running).insert(id.clone(), cancel.clone());
         let me = self.clone();
-        let id = task.id.clone();
         tokio::spawn(async move {
             let mut call = std::pin::pin!(call);
             let mut beat = tokio::time::interval(HEARTBEAT);
@@ -235,31 +272,72 @@ impl McpTasks {
             }
             lock(&me.running).remove(&id);
         });
-        Ok(task)
     }
 
-    /// Task `id`, if `agent` made it. A working task whose node has been silent too long
-    /// ended in doubt (and is stored so).
-    pub async fn get(&self, agent: &str, id: &str) -> steward_store::Result<Option<McpTaskRecord>> {
-        let Some(mut t) = self.store.mcp_task(id).await?.filter(|t| t.agent == agent) else {
+    /// Task `id`, if `agent` made it. A working task whose node has been silent too long is in
+    /// doubt: run again here if it may be (`again` makes its call, from the tool's name, the
+    /// arguments, the approval it has, on a cancellation token), else ended in doubt.
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        agent: &str,
+        id: &str,
+        again: F,
+    ) -> steward_store::Result<Option<McpTaskRecord>>
+    where
+        F: FnOnce(String, Value, Approval, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, ToolCallError>> + Send + 'static,
+    {
+        let Some(t) = self.look(agent, id).await? else {
             return Ok(None);
         };
         let now = self.clock.now_ms();
-        if t.status == "working" && now - t.updated_at > SILENT_FOR_MS {
+        if t.status != "working" || now - t.updated_at <= SILENT_FOR_MS {
+            return Ok(Some(t));
+        }
+        let may = self.may_run_again(&t).await?;
+        // Just after a restart an upstream's tools are not back yet: the task waits for them
+        // (a while) rather than fail for want of them.
+        if may && self.tools.get(&t.tool).is_none() && now - t.updated_at < TOOL_AWAITED_MS {
+            return Ok(Some(t));
+        }
+        if !may {
             let outcome = json!({ "failed": IN_DOUBT }).to_string();
             self.store
                 .finish_mcp_task(id, "failed", &outcome, now)
                 .await?;
-            t = self.store.mcp_task(id).await?.unwrap_or(t);
+        } else if self
+            .store
+            .claim_mcp_task(id, t.updated_at, &self.node, now)
+            .await?
+        {
+            tracing::info!(task = %id, tool = %t.tool, attempt = t.attempts + 1, "running a task in doubt again");
+            let args: Value = serde_json::from_str(&t.arguments).unwrap_or_default();
+            let cancel = CancellationToken::new();
+            let approval = self.store.approval_for(id, 0).await?;
+            let call: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match approval {
+                // Asked for: the call waits for it (or runs, if it was given).
+                Some(a) => Box::pin(approved_then(self.store.clone(), a.id, cancel.clone(), {
+                    let cancel = cancel.clone();
+                    move |given| again(t.tool, args, Approval::Given(given), cancel)
+                })),
+                None => Box::pin(again(t.tool, args, Approval::Refuse, cancel.clone())),
+            };
+            self.run(id.to_string(), call, cancel);
         }
-        Ok(Some(t))
+        // Whatever this node or another did meanwhile.
+        self.store.mcp_task(id).await
+    }
+
+    /// Task `id` if `agent` made it, as stored.
+    async fn look(&self, agent: &str, id: &str) -> steward_store::Result<Option<McpTaskRecord>> {
+        Ok(self.store.mcp_task(id).await?.filter(|t| t.agent == agent))
     }
 
     /// Asks task `id` (if `agent` made it) to stop: at once when it runs here, else at its
     /// node's next heartbeat. Whether there was such a task still working.
     pub async fn cancel(&self, agent: &str, id: &str) -> steward_store::Result<bool> {
         let working = self
-            .get(agent, id)
+            .look(agent, id)
             .await?
             .is_some_and(|t| t.status == "working");
         if !working {
@@ -275,5 +353,43 @@ impl McpTasks {
         }
         // Cooperative, as the tasks extension says: it may have answered meanwhile.
         Ok(true)
+    }
+}
+
+/// Waits for approval `approval` (until `stop`), then makes the call with it; denied or
+/// expired, the call is not made and the answer says why.
+async fn approved_then<F, Fut>(
+    store: Arc<dyn Store>,
+    approval: String,
+    stop: CancellationToken,
+    call: F,
+) -> Result<Value, ToolCallError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<Value, ToolCallError>>,
+{
+    loop {
+        match store.get_approval(&approval).await {
+            Ok(Some(a)) if a.state == "approved" => return call(approval).await,
+            Ok(Some(a)) if a.state == "denied" => {
+                return Err(ToolCallError::Forbidden(format!(
+                    "{} denied the call: {}",
+                    a.decided_by.unwrap_or_default(),
+                    a.reason.unwrap_or_default()
+                )))
+            }
+            Ok(Some(a)) if a.state == "expired" => {
+                return Err(ToolCallError::Failed(
+                    "nobody approved the call in time".into(),
+                ))
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            _ = stop.cancelled() => {
+                return Err(ToolCallError::Failed("cancelled while waiting for approval".into()))
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! Credentials: a definition's environment values and headers may name vault secrets as
 //! `{{secret:NAME}}`; they are resolved when connecting, so the store, the API and the logs only
-//! ever hold the placeholder, and a rotated secret is used from the next connection on.
+//! ever hold the placeholder, and a rotated secret is used from the next connection on. A server
+//! over HTTP may instead be reached with an OAuth 2 client: its token, shared by the cluster,
+//! goes on each request (see `upstream_oauth`).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -30,6 +32,7 @@ use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{json, Value};
 use steward_llm::SecretSource;
 use steward_store::{McpServerRecord, McpServerStore};
+use steward_tools::openapi::OAuthClient;
 use steward_tools::{
     secret_refs, Annotations, Progress, ProgressSink, Tool, ToolContext, ToolError, ToolInfo, Tools,
 };
@@ -37,6 +40,9 @@ use steward_types::Millis;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::oauth::OAuthTokens;
+use crate::upstream_oauth::Authorised;
 
 /// The first pause before starting a server again; it doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -108,27 +114,29 @@ struct Running {
     status: Shared<Status>,
 }
 
+/// What connections are made with, and where their tools go.
+#[derive(Clone)]
+pub struct Means {
+    pub tools: Tools,
+    pub secrets: Option<Arc<dyn SecretSource>>,
+    pub tokens: Arc<OAuthTokens>,
+}
+
 /// This node's connections to the configured upstream servers.
 pub struct Upstreams {
-    tools: Tools,
+    means: Means,
     store: Arc<dyn McpServerStore>,
-    secrets: Option<Arc<dyn SecretSource>>,
     running: Mutex<HashMap<String, Running>>,
 }
 
 impl Upstreams {
-    pub fn new(
-        tools: Tools,
-        store: Arc<dyn McpServerStore>,
-        secrets: Option<Arc<dyn SecretSource>>,
-    ) -> Arc<Upstreams> {
+    pub fn new(means: Means, store: Arc<dyn McpServerStore>) -> Arc<Upstreams> {
         // The HTTP client of Streamable HTTP upstreams uses the process's rustls provider.
         // Another part of the process may have installed one already; either is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Arc::new(Upstreams {
-            tools,
+            means,
             store,
-            secrets,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -163,7 +171,7 @@ impl Upstreams {
             };
             tokio::spawn(supervise(
                 w.clone(),
-                (self.tools.clone(), self.secrets.clone()),
+                self.means.clone(),
                 r.status.clone(),
                 (r.stop.clone(), r.replaced.clone()),
                 r.restart.clone(),
@@ -203,7 +211,7 @@ impl Upstreams {
 /// it again after a pause that grows while it keeps failing.
 async fn supervise(
     spec: McpServerRecord,
-    (tools, secrets): (Tools, Option<Arc<dyn SecretSource>>),
+    means: Means,
     status: Shared<Status>,
     (stop, replaced): (CancellationToken, Arc<AtomicBool>),
     restart: Arc<Notify>,
@@ -216,7 +224,7 @@ async fn supervise(
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        match connect(&spec, &tools, secrets.as_deref(), &slot, &status).await {
+        match connect(&spec, &means, &slot, &status).await {
             Ok(service) => {
                 let ct = service.cancellation_token();
                 {
@@ -274,7 +282,7 @@ async fn supervise(
     // Stopped: its tools leave the registry, unless a newer definition of it took over.
     slot.set(None);
     if !replaced.load(Ordering::SeqCst) {
-        tools.replace_prefix(&spec.name, Vec::new());
+        means.tools.replace_prefix(&spec.name, Vec::new());
     }
 }
 
@@ -310,11 +318,11 @@ async fn stops_answering(peer: &Peer<RoleClient>) -> String {
 /// Starts the server's process or reaches its URL, speaks the handshake and imports its tools.
 async fn connect(
     spec: &McpServerRecord,
-    tools: &Tools,
-    secrets: Option<&dyn SecretSource>,
+    means: &Means,
     slot: &Slot,
     status: &Shared<Status>,
 ) -> Result<Service, String> {
+    let (tools, secrets) = (&means.tools, means.secrets.as_deref());
     let watch = Watch {
         server: spec.name.clone(),
         tools: tools.clone(),
@@ -344,8 +352,16 @@ async fn connect(
             retry.base_duration = Duration::from_millis(250);
             retry.max_delay = Some(Duration::from_secs(2));
             config.retry_config = Arc::new(retry);
-            let transport = StreamableHttpClientTransport::from_config(config);
-            tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(transport)).await
+            if spec.oauth.is_empty() {
+                let transport = StreamableHttpClientTransport::from_config(config);
+                tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(transport)).await
+            } else {
+                let client: OAuthClient = serde_json::from_str(&spec.oauth)
+                    .map_err(|e| format!("the stored OAuth client: {e}"))?;
+                let http = Authorised::new(&spec.name, client, means.tokens.clone());
+                let transport = StreamableHttpClientTransport::with_client(http, config);
+                tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(transport)).await
+            }
         }
         _ => {
             let argv: Vec<String> = serde_json::from_str(&spec.command)

@@ -17,6 +17,8 @@ pub struct McpServerRecord {
     pub url: String,
     /// JSON object: headers sent with every request (`http`).
     pub headers: String,
+    /// JSON: the OAuth 2 client whose token authorises every request (`http`); empty for none.
+    pub oauth: String,
     pub created_at: Millis,
     /// Changed whenever the record is: every node restarts its connection when it sees a newer one.
     pub updated_at: Millis,
@@ -38,11 +40,11 @@ macro_rules! impl_mcp_servers {
         impl McpServerStore for $store {
             async fn put_mcp_server(&self, s: &McpServerRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO mcp_servers (name, transport, command, env, url, headers, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO mcp_servers (name, transport, command, env, url, headers, oauth, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (name) DO UPDATE SET transport = excluded.transport, \
                        command = excluded.command, env = excluded.env, url = excluded.url, \
-                       headers = excluded.headers, updated_at = excluded.updated_at",
+                       headers = excluded.headers, oauth = excluded.oauth, updated_at = excluded.updated_at",
                 )
                 .bind(&s.name)
                 .bind(&s.transport)
@@ -50,6 +52,7 @@ macro_rules! impl_mcp_servers {
                 .bind(&s.env)
                 .bind(&s.url)
                 .bind(&s.headers)
+                .bind(&s.oauth)
                 .bind(s.created_at)
                 .bind(s.updated_at)
                 .execute(&self.write)
@@ -59,7 +62,7 @@ macro_rules! impl_mcp_servers {
 
             async fn mcp_servers(&self) -> Result<Vec<McpServerRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT name, transport, command, env, url, headers, created_at, updated_at \
+                    "SELECT name, transport, command, env, url, headers, oauth, created_at, updated_at \
                      FROM mcp_servers ORDER BY name",
                 )
                 .fetch_all(&self.read)

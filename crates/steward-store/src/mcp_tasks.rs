@@ -18,13 +18,20 @@ pub struct McpTaskRecord {
     pub created_at: Millis,
     /// When it changed, or when its node last said it is still running it.
     pub updated_at: Millis,
+    /// The call's arguments (JSON) while it works, to run it again if it is idempotent and its
+    /// node stops; cleared once it ended.
+    pub arguments: String,
+    /// 1 when the tool said this call is idempotent (it may be run again).
+    pub idempotent: i64,
+    /// How many times it was started.
+    pub attempts: i64,
 }
 
 #[async_trait]
 pub trait McpTaskStore: Send + Sync {
     async fn put_mcp_task(&self, task: &McpTaskRecord) -> Result<()>;
     async fn mcp_task(&self, id: &str) -> Result<Option<McpTaskRecord>>;
-    /// Ends a task still working: whether it was.
+    /// Ends a task still working (its arguments are forgotten): whether it was.
     async fn finish_mcp_task(
         &self,
         id: &str,
@@ -40,10 +47,24 @@ pub trait McpTaskStore: Send + Sync {
     async fn working_mcp_tasks(&self, node: &str) -> Result<Vec<McpTaskRecord>>;
     /// Forgets tasks that ended before `before`: how many.
     async fn prune_mcp_tasks(&self, before: Millis) -> Result<u64>;
+    /// Takes over a working task whose node stopped, to run it again: whether this node got it
+    /// (`seen` is the `updated_at` read, so of two nodes only one does).
+    async fn claim_mcp_task(&self, id: &str, seen: Millis, node: &str, now: Millis)
+        -> Result<bool>;
+    /// Ends (as `failed`, with `outcome`) working tasks silent since before `before`, and
+    /// idempotent ones — which their caller's next look runs again — silent since before
+    /// `idempotent_before`: how many.
+    async fn settle_silent_mcp_tasks(
+        &self,
+        before: Millis,
+        idempotent_before: Millis,
+        outcome: &str,
+        now: Millis,
+    ) -> Result<u64>;
 }
 
-const COLUMNS: &str =
-    "id, agent, tool, status, outcome, node, cancel_requested, created_at, updated_at";
+const COLUMNS: &str = "id, agent, tool, status, outcome, node, cancel_requested, created_at, \
+     updated_at, arguments, idempotent, attempts";
 
 macro_rules! impl_mcp_tasks {
     ($store:ty) => {
@@ -51,8 +72,9 @@ macro_rules! impl_mcp_tasks {
         impl McpTaskStore for $store {
             async fn put_mcp_task(&self, t: &McpTaskRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO mcp_tasks (id, agent, tool, status, outcome, node, cancel_requested, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO mcp_tasks (id, agent, tool, status, outcome, node, cancel_requested, created_at, \
+                       updated_at, arguments, idempotent, attempts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 )
                 .bind(&t.id)
                 .bind(&t.agent)
@@ -63,6 +85,9 @@ macro_rules! impl_mcp_tasks {
                 .bind(t.cancel_requested)
                 .bind(t.created_at)
                 .bind(t.updated_at)
+                .bind(&t.arguments)
+                .bind(t.idempotent)
+                .bind(t.attempts)
                 .execute(&self.write)
                 .await?;
                 Ok(())
@@ -77,7 +102,7 @@ macro_rules! impl_mcp_tasks {
 
             async fn finish_mcp_task(&self, id: &str, status: &str, outcome: &str, now: Millis) -> Result<bool> {
                 Ok(sqlx::query(
-                    "UPDATE mcp_tasks SET status = $2, outcome = $3, updated_at = $4 \
+                    "UPDATE mcp_tasks SET status = $2, outcome = $3, updated_at = $4, arguments = '' \
                      WHERE id = $1 AND status = 'working'",
                 )
                 .bind(id)
@@ -127,6 +152,42 @@ macro_rules! impl_mcp_tasks {
                     .execute(&self.write)
                     .await?
                     .rows_affected())
+            }
+
+            async fn claim_mcp_task(&self, id: &str, seen: Millis, node: &str, now: Millis) -> Result<bool> {
+                Ok(sqlx::query(
+                    "UPDATE mcp_tasks SET node = $3, updated_at = $4, attempts = attempts + 1 \
+                     WHERE id = $1 AND status = 'working' AND updated_at = $2",
+                )
+                .bind(id)
+                .bind(seen)
+                .bind(node)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn settle_silent_mcp_tasks(
+                &self,
+                before: Millis,
+                idempotent_before: Millis,
+                outcome: &str,
+                now: Millis,
+            ) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE mcp_tasks SET status = 'failed', outcome = $3, updated_at = $4, arguments = '' \
+                     WHERE status = 'working' \
+                       AND ((idempotent = 0 AND updated_at < $1) OR updated_at < $2)",
+                )
+                .bind(before)
+                .bind(idempotent_before)
+                .bind(outcome)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected())
             }
         }
     };

@@ -65,10 +65,13 @@ pub enum ToolsWhat {
 }
 
 #[derive(Clone, clap::Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum McpWhat {
     /// Adds (or replaces) an upstream MCP server, spoken to over stdio (`steward mcp add NAME
     /// [--env K=V]... -- PROGRAM ARGS...`) or Streamable HTTP (`steward mcp add NAME --url URL
-    /// [--header 'Authorization=Bearer {{secret:TOKEN}}']...`). Its tools appear as `NAME.tool`.
+    /// [--header 'Authorization=Bearer {{secret:TOKEN}}']... [--oauth-token-url URL
+    /// --oauth-client-id ID ...]`). Its tools appear as `NAME.tool`.
     Add {
         name: String,
         #[arg(long = "env", value_name = "K=V", conflicts_with = "url")]
@@ -79,6 +82,8 @@ pub enum McpWhat {
         /// A header sent with every request to `--url`; `{{secret:NAME}}` is taken from the vault.
         #[arg(long = "header", value_name = "K=V", requires = "url")]
         header: Vec<String>,
+        #[command(flatten)]
+        oauth: OAuthFlags,
         #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
     },
@@ -110,30 +115,51 @@ pub enum OpenApiWhat {
         /// A query parameter every call carries; `{{secret:NAME}}` is taken from the vault.
         #[arg(long = "query", value_name = "K=V")]
         query: Vec<String>,
-        /// Authorise every call with an OAuth 2 access token from this token endpoint (the
-        /// client-credentials grant, or the refresh-token grant with --oauth-refresh-token).
-        #[arg(long, value_name = "URL", requires = "oauth_client_id")]
-        oauth_token_url: Option<String>,
-        #[arg(long, value_name = "ID", requires = "oauth_token_url")]
-        oauth_client_id: Option<String>,
-        /// The client's secret, from the vault: `{{secret:NAME}}`.
-        #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
-        oauth_client_secret: Option<String>,
-        /// A scope to ask for (repeatable).
-        #[arg(
-            long = "oauth-scope",
-            value_name = "SCOPE",
-            requires = "oauth_token_url"
-        )]
-        oauth_scopes: Vec<String>,
-        /// The first refresh token, from the vault: `{{secret:NAME}}`.
-        #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
-        oauth_refresh_token: Option<String>,
+        #[command(flatten)]
+        oauth: OAuthFlags,
     },
     /// The configured APIs and their tools.
     Ls,
     /// Removes an API: its tools leave the registry.
     Rm { name: String },
+}
+
+/// An OAuth 2 client, for `openapi add` and `mcp add --url`.
+#[derive(Clone, clap::Args)]
+pub struct OAuthFlags {
+    /// Authorise every request with an OAuth 2 access token from this token endpoint (the
+    /// client-credentials grant, or the refresh-token grant with --oauth-refresh-token).
+    #[arg(long, value_name = "URL", requires = "oauth_client_id")]
+    oauth_token_url: Option<String>,
+    #[arg(long, value_name = "ID", requires = "oauth_token_url")]
+    oauth_client_id: Option<String>,
+    /// The client's secret, from the vault: `{{secret:NAME}}`.
+    #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
+    oauth_client_secret: Option<String>,
+    /// A scope to ask for (repeatable).
+    #[arg(
+        long = "oauth-scope",
+        value_name = "SCOPE",
+        requires = "oauth_token_url"
+    )]
+    oauth_scopes: Vec<String>,
+    /// The first refresh token, from the vault: `{{secret:NAME}}`.
+    #[arg(long, value_name = "{{secret:NAME}}", requires = "oauth_token_url")]
+    oauth_refresh_token: Option<String>,
+}
+
+impl OAuthFlags {
+    /// The `oauth` member of a request body, if a client was given.
+    fn body(self) -> Option<Value> {
+        let (token_url, client_id) = (self.oauth_token_url?, self.oauth_client_id?);
+        Some(serde_json::json!({
+            "token_url": token_url,
+            "client_id": client_id,
+            "client_secret": self.oauth_client_secret.unwrap_or_default(),
+            "scopes": self.oauth_scopes,
+            "refresh_token": self.oauth_refresh_token.unwrap_or_default(),
+        }))
+    }
 }
 
 /// `--flag K=V` arguments as a JSON object.
@@ -677,7 +703,10 @@ impl Client {
                     }
                     line
                 });
-            let what = s.url.clone().unwrap_or_else(|| s.command.join(" "));
+            let mut what = s.url.clone().unwrap_or_else(|| s.command.join(" "));
+            if let Some(token_url) = &s.oauth_token_url {
+                what.push_str(&format!(" (OAuth: {token_url})"));
+            }
             println!("{:<16} {what:<40} {status}", s.name);
         };
         match what {
@@ -686,12 +715,19 @@ impl Client {
                 env,
                 url,
                 header,
+                oauth,
                 command,
             } => {
+                let oauth = oauth.body();
+                if url.is_none() && oauth.is_some() {
+                    bail!("--oauth-* authorise requests to --url: a server over stdio has none");
+                }
                 let body = match url {
-                    Some(url) => {
-                        serde_json::json!({"url": url, "headers": key_values("header", header)?})
-                    }
+                    Some(url) => serde_json::json!({
+                        "url": url,
+                        "headers": key_values("header", header)?,
+                        "oauth": oauth,
+                    }),
                     None => serde_json::json!({"command": command, "env": key_values("env", env)?}),
                 };
                 let s: McpServer = self
@@ -754,11 +790,7 @@ impl Client {
                 base_url,
                 header,
                 query,
-                oauth_token_url,
-                oauth_client_id,
-                oauth_client_secret,
-                oauth_scopes,
-                oauth_refresh_token,
+                oauth,
             } => {
                 let text = if document.starts_with("http://") || document.starts_with("https://") {
                     let resp = self
@@ -781,14 +813,8 @@ impl Client {
                     "headers": key_values("header", header)?,
                     "query": key_values("query", query)?,
                 });
-                if let (Some(token_url), Some(client_id)) = (oauth_token_url, oauth_client_id) {
-                    body["oauth"] = serde_json::json!({
-                        "token_url": token_url,
-                        "client_id": client_id,
-                        "client_secret": oauth_client_secret.unwrap_or_default(),
-                        "scopes": oauth_scopes,
-                        "refresh_token": oauth_refresh_token.unwrap_or_default(),
-                    });
+                if let Some(oauth) = oauth.body() {
+                    body["oauth"] = oauth;
                 }
                 let a: OpenApi = self
                     .send(

@@ -10,6 +10,7 @@ fn wire(s: steward_engine::handles::mcp_servers::McpServerInfo) -> McpServer {
         env: s.env,
         url: s.url,
         headers: s.headers,
+        oauth_token_url: s.oauth_token_url,
         created_at: s.created_at,
         updated_at: s.updated_at,
         status: s.status.map(|st| McpServerStatus {
@@ -38,15 +39,16 @@ pub async fn put_mcp_server(
         Some(url) if b.command.is_empty() && b.env.is_empty() => Transport::Http {
             url,
             headers: b.headers,
+            oauth: b.oauth.map(Into::into),
         },
-        None if b.headers.is_empty() => Transport::Stdio {
+        None if b.headers.is_empty() && b.oauth.is_none() => Transport::Stdio {
             command: b.command,
             env: b.env,
         },
         _ => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                "give either `command` (and `env`) for a server over stdio, or `url` (and `headers`) for one over Streamable HTTP",
+                "give either `command` (and `env`) for a server over stdio, or `url` (and `headers`, `oauth`) for one over Streamable HTTP",
             ))
         }
     };

@@ -32,13 +32,7 @@ pub async fn put_openapi(
         base_url: b.base_url,
         headers: b.headers,
         query: b.query,
-        oauth: b.oauth.map(|c| steward_tools::openapi::OAuthClient {
-            token_url: c.token_url,
-            client_id: c.client_id,
-            client_secret: c.client_secret,
-            scopes: c.scopes,
-            refresh_token: c.refresh_token,
-        }),
+        oauth: b.oauth.map(Into::into),
     };
     Ok(Json(wire(e.openapis().put(&name, def).await?)))
 }

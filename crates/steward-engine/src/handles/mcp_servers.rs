@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use steward_store::McpServerRecord;
+use steward_tools::openapi::OAuthClient;
 
 use crate::upstreams::Status;
 use crate::*;
@@ -30,10 +31,12 @@ pub enum Transport {
         command: Vec<String>,
         env: BTreeMap<String, String>,
     },
-    /// A server at `url`, spoken to over Streamable HTTP with `headers` on every request.
+    /// A server at `url`, spoken to over Streamable HTTP with `headers` on every request,
+    /// and `Authorization: Bearer` a token of the OAuth 2 client `oauth` if there is one.
     Http {
         url: String,
         headers: BTreeMap<String, String>,
+        oauth: Option<OAuthClient>,
     },
 }
 /// Leaves room for its tools' names (`server.tool`) under MCP's 64.
@@ -51,6 +54,8 @@ pub struct McpServerInfo {
     pub url: Option<String>,
     /// The names of the headers sent to it; their values are never shown either.
     pub headers: Vec<String>,
+    /// The token endpoint of the OAuth 2 client its requests are authorised with.
+    pub oauth_token_url: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until this node has started it (at most a couple of seconds after it was added
@@ -67,6 +72,9 @@ impl McpServers<'_> {
         let env: BTreeMap<String, String> = serde_json::from_str(&r.env).unwrap_or_default();
         let headers: BTreeMap<String, String> =
             serde_json::from_str(&r.headers).unwrap_or_default();
+        let oauth_token_url = serde_json::from_str::<OAuthClient>(&r.oauth)
+            .ok()
+            .map(|c| c.token_url);
         McpServerInfo {
             status: self.0.inner.upstreams.status(&r.name),
             name: r.name,
@@ -75,6 +83,7 @@ impl McpServers<'_> {
             env: env.into_keys().collect(),
             url: (!r.url.is_empty()).then_some(r.url),
             headers: headers.into_keys().collect(),
+            oauth_token_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -96,14 +105,21 @@ impl McpServers<'_> {
                 "{name:?} is an OpenAPI API's name, and prefixes its tools: choose another"
             )));
         }
-        let (kind, command, env, url, headers) = match transport {
+        let (kind, command, env, url, headers, oauth) = match transport {
             Transport::Stdio { command, env } => {
                 check_stdio(&command, &env)?;
-                ("stdio", command, env, String::new(), BTreeMap::new())
+                ("stdio", command, env, String::new(), BTreeMap::new(), None)
             }
-            Transport::Http { url, headers } => {
+            Transport::Http {
+                url,
+                headers,
+                oauth,
+            } => {
                 check_http(&url, &headers)?;
-                ("http", Vec::new(), BTreeMap::new(), url, headers)
+                if let Some(client) = &oauth {
+                    self.check_oauth(client, &headers)?;
+                }
+                ("http", Vec::new(), BTreeMap::new(), url, headers, oauth)
             }
         };
         let now = self.0.inner.shared.clock.now_ms();
@@ -121,13 +137,38 @@ impl McpServers<'_> {
             env: serde_json::to_string(&env).unwrap_or_default(),
             url,
             headers: serde_json::to_string(&headers).unwrap_or_default(),
+            oauth: oauth
+                .map(|c| serde_json::to_string(&c).unwrap_or_default())
+                .unwrap_or_default(),
             created_at,
             // Strictly newer than what it replaces, so every node sees the change.
             updated_at: now.max(created_at + 1),
         };
         store.put_mcp_server(&record).await?;
+        // A changed client may name another server or scopes: the connection gets a new token.
+        self.0.inner.oauth.forget(name).await?;
         self.0.inner.upstreams.follow().await?;
         Ok(self.info(record))
+    }
+
+    fn check_oauth(&self, client: &OAuthClient, headers: &BTreeMap<String, String>) -> Result<()> {
+        let bad = |m: String| Error::InvalidRequest(format!("oauth: {m}"));
+        client.check().map_err(bad)?;
+        if self.0.inner.shared.vault.is_none() {
+            return Err(bad(
+                "tokens are kept sealed with the vault's key; start the server with STEWARD_VAULT_KEY"
+                    .into(),
+            ));
+        }
+        if headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(Error::InvalidRequest(
+                "headers: Authorization is set by `oauth`; give one or the other".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Every configured server, by name.
@@ -155,6 +196,7 @@ impl McpServers<'_> {
         if !self.0.store().delete_mcp_server(name).await? {
             return Err(Error::NotFound(format!("no MCP server {name:?}")));
         }
+        self.0.inner.oauth.forget(name).await?;
         self.0.inner.upstreams.follow().await?;
         Ok(())
     }

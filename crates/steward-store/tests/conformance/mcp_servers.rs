@@ -13,6 +13,7 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         env: r#"{"A":"1"}"#.into(),
         url: String::new(),
         headers: "{}".into(),
+        oauth: String::new(),
         created_at: at,
         updated_at: at,
     };
@@ -37,13 +38,14 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         (2, 3),
         "created once, updated after"
     );
-    // From a command to a URL: the whole definition is replaced.
+    // From a command to a URL (with an OAuth client): the whole definition is replaced.
     let http = McpServerRecord {
         transport: "http".into(),
         command: "[]".into(),
         env: "{}".into(),
         url: "http://127.0.0.1:9/mcp".into(),
-        headers: r#"{"Authorization":"Bearer {{secret:T}}"}"#.into(),
+        headers: r#"{"X-Team":"a"}"#.into(),
+        oauth: r#"{"token_url":"http://127.0.0.1:9/token","client_id":"c"}"#.into(),
         ..record("b", "", 4)
     };
     s.put_mcp_server(&http).await.unwrap();

@@ -1,7 +1,8 @@
 //! Upstream MCP servers reached over Streamable HTTP: the official reference server
 //! (`@modelcontextprotocol/server-everything`) crashing mid-call and coming back, and a server
 //! built on the official MCP Python SDK that answers only with a bearer token, which Steward
-//! takes from the vault when connecting and never shows.
+//! takes from the vault when connecting and never shows — or with an OAuth 2 client, whose
+//! short-lived tokens it obtains, refreshes before they expire and replaces when refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -44,6 +45,11 @@ async fn listening(port: u16) {
 
 /// The guarded server (tests/python/mcp_http_upstream.py), answering only `token`, listening.
 pub(crate) async fn guarded(token: &str) -> (tokio::process::Child, u16) {
+    guarded_with(&[("UPSTREAM_TOKEN", token)]).await
+}
+
+/// The guarded server with environment `env` (which says how it lets requests in), listening.
+async fn guarded_with(env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
     let port = free_port();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -52,7 +58,7 @@ pub(crate) async fn guarded(token: &str) -> (tokio::process::Child, u16) {
     let child = tokio::process::Command::new("python3")
         .arg(script)
         .arg(port.to_string())
-        .env("UPSTREAM_TOKEN", token)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -238,7 +244,7 @@ async fn an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown(b
         .await;
     assert_eq!(st, 200);
     let e = connected(&s, "guarded").await;
-    assert_eq!(e["status"]["tools"], 5, "{e}");
+    assert_eq!(e["status"]["tools"], 8, "{e}");
 
     let key = key_of(&s, "tooler", "team-a").await;
     let (st, e) = s
@@ -388,6 +394,169 @@ both_backends!(
     cached_results_answer_only_the_same_caller_and_call
 );
 
+/// What a call's tool returned: its structured content — unwrapped from `result` when the
+/// SDK wrapped a plain value, parsed when Steward passed the upstream's text on as `content`.
+fn result_of(r: &Value) -> Value {
+    assert_eq!(r["result"]["isError"], Value::Bool(false), "{r}");
+    let sc = &r["result"]["structuredContent"];
+    let v: Value = sc["content"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_else(|| sc.clone());
+    match v.as_object() {
+        Some(o) if o.len() == 1 && o.contains_key("result") => o["result"].clone(),
+        _ => v,
+    }
+}
+
+/// An upstream reached with an OAuth 2 client (the client-credentials grant) whose tokens live
+/// 3 s: over several lifetimes every call goes through, each token is replaced before it
+/// expires (the server never sees an expired one) and not fetched per request; tokens the
+/// server revokes are replaced at the next request, which still succeeds; the client's secret
+/// never shows; a wrong secret is a clear error; the CLI configures the same.
+async fn an_http_upstream_reached_with_oauth_gets_fresh_tokens(b: Backend) {
+    let s = TestServer::start(b).await;
+    let secret = format!("cs-{}", uuid::Uuid::new_v4().simple());
+    let (_upstream, port) = guarded_with(&[
+        ("UPSTREAM_OAUTH_SECRET", secret.as_str()),
+        ("UPSTREAM_TOKEN_LIFETIME", "3"),
+    ])
+    .await;
+    let (url, token_url) = (
+        format!("http://127.0.0.1:{port}/mcp"),
+        format!("http://127.0.0.1:{port}/token"),
+    );
+    for (name, value) in [("OAUTH_CLIENT", secret.as_str()), ("OAUTH_WRONG", "nope")] {
+        let (st, v) = s
+            .put(&format!("/api/v1/secrets/{name}"), json!({"value": value}))
+            .await;
+        assert!(st == 200 || st == 204, "{st} {v}");
+    }
+    let oauth = |secret: &str| {
+        json!({"token_url": token_url, "client_id": "steward",
+               "client_secret": format!("{{{{secret:{secret}}}}}")})
+    };
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/oauthed",
+            json!({"url": url, "oauth": oauth("OAUTH_CLIENT")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["oauth_token_url"], token_url.as_str(), "{e}");
+    connected(&s, "oauthed").await;
+
+    let key = key_of(&s, "oauther", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("add") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"oauthed.add");
+@id("stats") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"oauthed.auth_stats");
+@id("revoke") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"oauthed.revoke");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+
+    // Three token lifetimes of calls, each answered.
+    let until = Instant::now() + Duration::from_secs(9);
+    let mut i = 0;
+    while Instant::now() < until {
+        i += 1;
+        let r = mcp_call(&s, &key, "oauthed.add", json!({"a": i, "b": 1000})).await;
+        assert_eq!(result_of(&r), json!(i + 1000), "call {i}: {r}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let stats = result_of(&mcp_call(&s, &key, "oauthed.auth_stats", json!({})).await);
+    let granted = stats["granted"].as_u64().unwrap();
+    assert!(
+        (4..=10).contains(&granted),
+        "a token about every 2 s (refreshed a third of its life early), not one per request ({i} calls): {stats}"
+    );
+    assert_eq!(
+        stats["refused_expired"], 0,
+        "no token used past its life: {stats}"
+    );
+    assert_eq!(stats["bad_client"], 0, "{stats}");
+
+    // The server revokes every token: the next request is refused, gets a new token, and is
+    // sent again — the caller sees only its answer.
+    result_of(&mcp_call(&s, &key, "oauthed.revoke", json!({})).await);
+    let r = mcp_call(&s, &key, "oauthed.add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(result_of(&r), json!(3), "{r}");
+    let after = result_of(&mcp_call(&s, &key, "oauthed.auth_stats", json!({})).await);
+    assert!(
+        after["refused"].as_u64() > stats["refused"].as_u64()
+            && after["granted"].as_u64() > Some(granted),
+        "refused once, then a new token: {stats} then {after}"
+    );
+
+    // The client's secret is nowhere a client or an operator can read it.
+    let (_, servers) = s.get("/api/v1/mcp-servers").await;
+    let (_, tools) = s.get("/api/v1/tools").await;
+    for shown in [servers.to_string(), tools.to_string(), s.log()] {
+        assert!(!shown.contains(&secret), "the secret leaked: {shown}");
+    }
+
+    // A wrong client secret: the token endpoint refuses, and the status says so.
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/oauthed",
+            json!({"url": url, "oauth": oauth("OAUTH_WRONG")}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the token endpoint's refusal to be reported", || async {
+        let e = status_of(&s, "oauthed").await;
+        (e["status"]["state"] != "connected"
+            && e["status"]["last_error"]
+                .as_str()
+                .is_some_and(|m| m.contains("token endpoint") && m.contains("invalid_client")))
+        .then_some(())
+    })
+    .await;
+
+    // Put right from the CLI.
+    let secret_ref = "{{secret:OAUTH_CLIENT}}";
+    let (ok, out, err) = common::cli(
+        &s,
+        &[
+            "mcp",
+            "add",
+            "oauthed",
+            "--url",
+            &url,
+            "--oauth-token-url",
+            &token_url,
+            "--oauth-client-id",
+            "steward",
+            "--oauth-client-secret",
+            secret_ref,
+        ],
+    );
+    assert!(ok && out.contains(&token_url), "{out}\n{err}");
+    connected(&s, "oauthed").await;
+    let r = mcp_call(&s, &key, "oauthed.add", json!({"a": 2, "b": 2})).await;
+    assert_eq!(result_of(&r), json!(4), "{r}");
+    let (ok, _, err) = common::cli(
+        &s,
+        &[
+            "mcp",
+            "add",
+            "stdio-oauth",
+            "--oauth-token-url",
+            &token_url,
+            "--oauth-client-id",
+            "steward",
+            "--",
+            "true",
+        ],
+    );
+    assert!(!ok && err.contains("--url"), "{err}");
+}
+both_backends!(
+    an_http_upstream_reached_with_oauth_gets_fresh_tokens,
+    an_http_upstream_reached_with_oauth_gets_fresh_tokens
+);
+
 /// Bad HTTP definitions are refused with what is wrong.
 async fn bad_http_upstream_definitions_are_refused(b: Backend) {
     let s = TestServer::start(b).await;
@@ -436,6 +605,31 @@ async fn bad_http_upstream_definitions_are_refused(b: Backend) {
         (
             json!({"command": ["x"], "env": {"K": "{{secret:}}"}}),
             "secret's name",
+        ),
+        (
+            json!({"command": ["x"], "oauth": {"token_url": "https://a.example/token", "client_id": "c"}}),
+            "either",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "oauth": {"token_url": "ftp://a.example/token", "client_id": "c"}}),
+            "oauth",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "oauth": {"token_url": "https://a.example/token", "client_id": "c", "client_secret": "plain"}}),
+            "oauth",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer x"},
+                   "oauth": {"token_url": "https://a.example/token", "client_id": "c"}}),
+            "Authorization is set by `oauth`",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "oauth": {"token_url": "https://a.example/token"}}),
+            "client_id",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "oauth": "https://a.example/token"}),
+            "oauth",
         ),
     ] {
         let (st, e) = s.put("/api/v1/mcp-servers/bad", body.clone()).await;
@@ -519,14 +713,15 @@ async fn task_state(s: &TestServer, key: &str, id: &str) -> Value {
 /// A long call from a client that accepts tasks becomes a task: polled with `tasks/get` by the
 /// agent that made it (no other), cancelled with `tasks/cancel` (the upstream's handler is
 /// cancelled), and kept in the store — a task whose node was killed mid-call ends in doubt,
-/// saying the call may or may not have taken effect. A quick call is answered at once.
+/// saying the call may or may not have taken effect, unless its tool is idempotent: then it
+/// runs again when its caller next asks, and answers. A quick call is answered at once.
 async fn long_calls_become_durable_tasks(b: Backend) {
     let mut s = TestServer::start(b).await;
     let _upstream = guarded_upstream(&s).await;
     let key = key_of(&s, "tasker", "team-a").await;
     let other = key_of(&s, "snooper", "team-b").await;
     let mut policies = String::new();
-    for t in ["slow", "stats", "add"] {
+    for t in ["slow", "stats", "add", "slow_read"] {
         policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
     }
     let (st, e) = s.put_policies(&policies).await;
@@ -583,13 +778,7 @@ async fn long_calls_become_durable_tasks(b: Backend) {
     })
     .await;
     common::eventually("the upstream to see the cancellation", || async {
-        let r = mcp_call(&s, &key, "guarded.stats", json!({})).await;
-        // Steward passes the upstream's text on as `content`.
-        let sc = &r["result"]["structuredContent"];
-        let stats: Value = sc["content"]
-            .as_str()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_else(|| sc.clone());
+        let stats = result_of(&mcp_call(&s, &key, "guarded.stats", json!({})).await);
         (stats["slow_cancelled"].as_i64() >= Some(1)).then_some(())
     })
     .await;
@@ -671,6 +860,37 @@ async fn long_calls_become_durable_tasks(b: Backend) {
         t.to_string().contains("may or may not have taken effect"),
         "{t}"
     );
+
+    // Killed mid-call of an idempotent tool: run again at the caller's next look, it answers;
+    // the upstream saw it start twice. Another agent's look does not start it.
+    connected(&s, "guarded").await;
+    let r = mcp_task_rpc(
+        &s,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.slow_read", "arguments": {"seconds": 3}}),
+    )
+    .await;
+    let id = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    s.kill9();
+    s.spawn();
+    connected(&s, "guarded").await;
+    let snooped = task_state(&s, &other, &id).await;
+    assert!(snooped["error"].is_object(), "{snooped}");
+    let t = task_state(&s, &key, &id).await;
+    assert_eq!(t["result"]["status"], "working", "run again: {t}");
+    let done = common::eventually("the task run again to complete", || async {
+        let t = task_state(&s, &key, &id).await;
+        (t["result"]["status"] != "working").then_some(t)
+    })
+    .await;
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert!(done.to_string().contains(r#""read""#), "{done}");
+    let stats = result_of(&mcp_call(&s, &key, "guarded.stats", json!({})).await);
+    assert_eq!(stats["slow_read_started"], 2, "started twice: {stats}");
 }
 both_backends!(
     long_calls_become_durable_tasks,
