@@ -372,7 +372,12 @@ async fn connect(
                 .split_first()
                 .ok_or_else(|| "command is empty".to_string())?;
             let mut cmd = tokio::process::Command::new(program);
-            cmd.args(args).kill_on_drop(true);
+            // None of Steward's own environment (its vault key, database URL, tokens): only
+            // what a program needs, and the server's configured variables.
+            cmd.args(args)
+                .env_clear()
+                .envs(steward_types::child_env::passed_on())
+                .kill_on_drop(true);
             for (k, v) in env {
                 cmd.env(
                     &k,

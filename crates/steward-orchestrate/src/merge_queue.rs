@@ -758,10 +758,13 @@ impl MergeQueue {
                 Err(e) => return Err(Error::Unavailable(e)),
             }
         }
+        // The check runs the repository's code: none of Steward's own environment.
         let run = tokio::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
             .current_dir(dir)
+            .env_clear()
+            .envs(steward_types::child_env::passed_on())
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(600), run)

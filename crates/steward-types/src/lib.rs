@@ -1,6 +1,7 @@
 //! Domain vocabulary shared by every Steward crate: ids, states, error codes,
 //! agent manifests and configuration. No IO lives here.
 
+pub mod child_env;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -402,6 +402,60 @@ both_backends!(
     an_upstream_servers_tools_join_the_registry_and_survive_its_crash
 );
 
+/// An upstream server's process gets none of Steward's own environment — which holds its
+/// database password, model providers' keys, the vault's key — only what a program needs
+/// (PATH, HOME, …) and the variables it was configured with.
+async fn an_upstream_server_gets_none_of_stewards_environment(b: Backend) {
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("OPENAI_API_KEY", "sk-steward-only"),
+            ("PGPASSWORD", "pg-steward-only"),
+        ],
+    )
+    .await;
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/everything",
+            json!({"command": ["node", everything_server(), "stdio"], "env": {"GIVEN": "to-the-server"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the upstream to connect", || async {
+        (server_status(&s).await["state"] == "connected").then_some(())
+    })
+    .await;
+    let key = key_of(&s, "env-reader", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("env") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"everything.get-env");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let r = mcp_call(&s, &key, "everything.get-env", json!({})).await;
+    let env: Value = serde_json::from_str(&text_of(&r)).unwrap_or_else(|_| panic!("{r}"));
+    // Steward passes the upstream's text on as `content`.
+    let env: Value = env["content"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(env);
+    assert_eq!(env["GIVEN"], "to-the-server", "{env}");
+    assert!(env["PATH"].is_string(), "{env}");
+    for (name, _) in env.as_object().unwrap() {
+        assert!(
+            !name.starts_with("STEWARD_") && !name.starts_with("CARGO"),
+            "{name} reached the server: {env}"
+        );
+    }
+    for leaked in ["sk-steward-only", "pg-steward-only"] {
+        assert!(!env.to_string().contains(leaked), "{leaked}: {env}");
+    }
+}
+both_backends!(
+    an_upstream_server_gets_none_of_stewards_environment,
+    an_upstream_server_gets_none_of_stewards_environment
+);
+
 /// Bad server definitions are refused with what is wrong, and nothing is stored.
 async fn bad_mcp_server_definitions_are_refused(b: Backend) {
     let s = TestServer::start(b).await;
