@@ -81,7 +81,7 @@ pub fn service(engine: Engine) -> StreamableHttpService<Mcp, NeverSessionManager
 
 /// Identifies the caller before any MCP message is read; a request without a valid credential
 /// is refused with 401 (403 for a token its key may not use), audited by the gateway.
-pub async fn authenticate(State(engine): State<Engine>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(State(engine): State<Engine>, req: Request, next: Next) -> Response {
     // Read before the await: a request body is not `Sync`, so no borrow of it may be held.
     let (bearer, delegation, run) = {
         let header = |name: &str| {
@@ -102,6 +102,16 @@ pub async fn authenticate(State(engine): State<Engine>, mut req: Request, next: 
         .await
     {
         Ok(who) => {
+            let req = match cancellation(req).await {
+                Ok((request_id, reason)) => {
+                    // rmcp's stateless server drops notifications: the call is found here.
+                    let found = engine.mcp_calls().cancel(who.agent.as_str(), &request_id);
+                    tracing::debug!(agent = %who.agent, request_id, reason, found, "notifications/cancelled");
+                    return axum::http::StatusCode::ACCEPTED.into_response();
+                }
+                Err(req) => req,
+            };
+            let mut req = req;
             req.extensions_mut().insert(Arc::new(who));
             next.run(req).await
         }
@@ -114,6 +124,46 @@ pub async fn authenticate(State(engine): State<Engine>, mut req: Request, next: 
             };
             ApiError::new(code, e.to_string()).into_response()
         }
+    }
+}
+
+/// The largest body looked into for a `notifications/cancelled` (one is a few dozen bytes).
+const CANCELLATION_MAX: u64 = 4096;
+
+/// The request id and reason of an earlier-revision client's `notifications/cancelled`, or
+/// the request as it was (rebuilt, if its body was read). Current-revision clients name the
+/// method in a header (`Mcp-Method`), so only their cancellations are read; a larger body, or
+/// one of unknown length, is never a cancellation worth reading.
+async fn cancellation(req: Request) -> Result<(String, String), Request> {
+    let method = req.headers().get("mcp-method").map(|m| m.as_bytes());
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= CANCELLATION_MAX);
+    if req.method() != axum::http::Method::POST
+        || !small
+        || method.is_some_and(|m| m != b"notifications/cancelled")
+    {
+        return Err(req);
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, CANCELLATION_MAX as usize).await else {
+        return Err(Request::from_parts(parts, axum::body::Body::empty()));
+    };
+    let message: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    match (
+        &message["method"],
+        message.get("id"),
+        &message["params"]["requestId"],
+    ) {
+        (Value::String(m), None, id @ (Value::Number(_) | Value::String(_)))
+            if m == "notifications/cancelled" =>
+        {
+            let reason = message["params"]["reason"].as_str().unwrap_or_default();
+            Ok((id.to_string(), reason.to_string()))
+        }
+        _ => Err(Request::from_parts(parts, axum::body::Body::from(bytes))),
     }
 }
 
@@ -207,6 +257,12 @@ impl ServerHandler for Mcp {
         // when the caller goes away: at the current revision, closing the request is how a
         // client cancels) until the call becomes a task that outlives the request.
         let cancel = CancellationToken::new();
+        // Until it answers, an earlier-revision client's `notifications/cancelled` finds it.
+        let _findable = self.0.mcp_calls().track(
+            who.agent.as_str(),
+            &serde_json::to_string(&ctx.id).unwrap_or_default(),
+            cancel.clone(),
+        );
         let tasks_accepted = ctx
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());

@@ -17,6 +17,7 @@ mod housekeeping;
 mod identities;
 mod kernel;
 mod launch;
+pub mod mcp_calls;
 pub mod mcp_tasks;
 pub mod meters;
 mod metrics;
@@ -180,6 +181,7 @@ struct Inner {
     openapis: Arc<openapis::OpenApis>,
     oauth: Arc<oauth::OAuthTokens>,
     mcp_tasks: Arc<mcp_tasks::McpTasks>,
+    mcp_calls: Arc<mcp_calls::McpCalls>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -391,6 +393,7 @@ impl Engine {
                 openapis,
                 oauth,
                 mcp_tasks,
+                mcp_calls: Arc::default(),
                 draining,
                 tracker: TaskTracker::new(),
             }),
@@ -592,6 +595,11 @@ impl Engine {
     /// Tool calls through `/mcp` that became tasks.
     pub fn mcp_tasks(&self) -> Arc<mcp_tasks::McpTasks> {
         self.inner.mcp_tasks.clone()
+    }
+
+    /// This node's `/mcp` calls in flight, for an earlier-revision client's cancellation.
+    pub fn mcp_calls(&self) -> Arc<mcp_calls::McpCalls> {
+        self.inner.mcp_calls.clone()
     }
 
     /// HTTP APIs described by OpenAPI documents.

@@ -679,6 +679,58 @@ both_backends!(
     a_client_cancelling_a_call_cancels_it_upstream
 );
 
+/// The official MCP TypeScript SDK, a client of the earlier revision, aborts a slow call: it
+/// sends `notifications/cancelled` with the call's request id, and Steward gives the upstream
+/// call up too (the upstream's handler is cancelled, not left to run to its end).
+async fn an_earlier_revision_client_cancels_by_notification(b: Backend) {
+    let s = TestServer::start(b).await;
+    let _upstream = guarded_upstream(&s).await;
+    let key = key_of(&s, "ts-canceller", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("slow") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.slow");
+@id("stats") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"guarded.stats");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    // The SDK comes with the reference server, in the same node_modules.
+    let everything = everything_server();
+    let sdk = everything
+        .split("/server-everything/")
+        .next()
+        .map(|dir| format!("{dir}/sdk"))
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/node/mcp_cancel_earlier.mjs"
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", &key)
+        .env("MCP_SDK", &sdk)
+        .output()
+        .await
+        .expect("node (for the MCP TypeScript SDK)");
+    assert!(
+        out.status.success(),
+        "the cancellation did not reach the upstream:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let records = common::audit_records(&s).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["resource"] == "guarded.slow" && r["outcome"] == "cancelled"),
+        "{records:?}"
+    );
+}
+both_backends!(
+    an_earlier_revision_client_cancels_by_notification,
+    an_earlier_revision_client_cancels_by_notification
+);
+
 /// A JSON-RPC request to `/mcp` from a client that accepts tasks (the 2026-07-28 tasks
 /// extension, declared in the request's `_meta` as a stateless client does).
 async fn mcp_task_rpc(s: &TestServer, key: &str, method: &str, params: Value) -> Value {
