@@ -185,6 +185,9 @@ fn to_mcp(t: ToolView) -> Tool {
         _ => serde_json::Map::from_iter([("type".to_string(), json!("object"))]),
     };
     let mut tool = Tool::new(t.name, t.description, Arc::new(schema));
+    if let Some(Value::Object(out)) = t.output_schema {
+        tool.output_schema = Some(Arc::new(out));
+    }
     tool.annotations = Some(ToolAnnotations::from_raw(
         None,
         Some(t.annotations.read_only),

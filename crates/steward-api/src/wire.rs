@@ -600,6 +600,13 @@ pub struct ToolInfo {
     pub source: String,
     /// Whether MCP clients (callers outside a run) may be given it at `/mcp`.
     pub outside_runs: bool,
+    /// JSON Schema of its structured result (an object), when it declares one.
+    #[schema(value_type = Option<Object>)]
+    pub output_schema: Option<serde_json::Value>,
+    /// Steward's version for its own tools; an upstream server's, or an API document's.
+    pub version: String,
+    /// Who answers for it: `steward` for its own tools, else its definition's owner.
+    pub owner: String,
 }
 
 /// `PUT /api/v1/mcp-servers/{name}`: a server spoken to over stdio (`command`) or Streamable
@@ -625,6 +632,10 @@ pub struct PutMcpServer {
     /// its token obtained and refreshed by one node of the cluster at a time.
     #[serde(default)]
     pub oauth: Option<OAuthClientSpec>,
+    /// Who answers for its tools (a team's or a person's name; the registry shows `admin`
+    /// when none is given).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// How an upstream MCP server is doing on the node that answered.
@@ -654,6 +665,8 @@ pub struct McpServer {
     pub headers: Vec<String>,
     /// The token endpoint of the OAuth 2 client its requests are authorised with (`http`).
     pub oauth_token_url: Option<String>,
+    /// Who answers for its tools (empty: nobody named).
+    pub owner: String,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until the answering node has started it.
@@ -686,6 +699,10 @@ pub struct PutOpenApi {
     /// obtained and refreshed by one node of the cluster at a time.
     #[serde(default)]
     pub oauth: Option<OAuthClientSpec>,
+    /// Who answers for its tools (a team's or a person's name; the registry shows `admin`
+    /// when none is given).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// An OAuth 2 client: the client-credentials grant, or the refresh-token grant when
@@ -728,6 +745,8 @@ pub struct OpenApi {
     pub query: Vec<String>,
     /// Its OAuth client's token endpoint, when it has one.
     pub oauth_token_url: Option<String>,
+    /// Who answers for its tools (empty: nobody named).
+    pub owner: String,
     /// Its tools, on the node that answered.
     pub tools: Vec<String>,
     /// Operations that did not become tools, each with why.

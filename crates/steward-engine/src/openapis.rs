@@ -68,7 +68,10 @@ pub fn build(
     if oauth.is_some() {
         set.insert("authorization".into());
     }
-    let import = openapi::operations(&r.name, &document, &set)?;
+    let mut import = openapi::operations(&r.name, &document, &set)?;
+    for op in &mut import.operations {
+        op.owner.clone_from(&r.owner);
+    }
     let api = Api::new(
         &r.name,
         &r.base_url,

@@ -20,6 +20,8 @@ pub struct ToolView {
     pub description: String,
     /// JSON Schema of the arguments (an object schema).
     pub input_schema: Value,
+    /// JSON Schema of its structured result, when it declares one.
+    pub output_schema: Option<Value>,
     pub annotations: Annotations,
 }
 
@@ -30,12 +32,13 @@ impl ToolView {
             name,
             description: info.description.to_string(),
             input_schema: info.parameters,
+            output_schema: tool.output_schema(),
             annotations: tool.annotations(),
         }
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "name": self.name,
             "description": self.description,
             "inputSchema": self.input_schema,
@@ -45,7 +48,11 @@ impl ToolView {
                 "idempotentHint": self.annotations.idempotent,
                 "openWorldHint": self.annotations.open_world,
             },
-        })
+        });
+        if let Some(out) = &self.output_schema {
+            v["outputSchema"] = out.clone();
+        }
+        v
     }
 }
 
@@ -60,6 +67,7 @@ pub fn meta_tools() -> [ToolView; 2] {
                 "query": {"type": "string", "description": "words describing what the tool should do"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": SEARCH_MAX_LIMIT, "description": "at most this many tools (default 10)"}},
                 "additionalProperties": false}),
+            output_schema: None,
             annotations: read_only,
         },
         ToolView {
@@ -68,6 +76,7 @@ pub fn meta_tools() -> [ToolView; 2] {
             input_schema: json!({"type": "object", "required": ["names"], "properties": {
                 "names": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": SEARCH_MAX_LIMIT}},
                 "additionalProperties": false}),
+            output_schema: None,
             annotations: read_only,
         },
     ]

@@ -85,6 +85,8 @@ struct Slot {
     restart: Arc<Notify>,
     /// Calls in flight whose caller asked for progress, by the token sent upstream.
     progress: Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>,
+    /// Who answers for the server's tools (its definition's owner).
+    owner: Arc<str>,
 }
 
 impl Slot {
@@ -220,6 +222,11 @@ async fn supervise(
         peer: Arc::default(),
         restart: restart.clone(),
         progress: Arc::default(),
+        owner: if spec.owner.is_empty() {
+            "admin".into()
+        } else {
+            spec.owner.as_str().into()
+        },
     };
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -448,6 +455,10 @@ async fn import(
             )
         })?
         .map_err(|e| format!("tools/list failed: {e}"))?;
+    let version = peer
+        .peer_info()
+        .and_then(|i| i.server_info.as_ref().map(|s| s.version.clone()))
+        .unwrap_or_default();
     let mut offered: Vec<Arc<dyn Tool>> = Vec::new();
     for t in listed {
         let name = format!("{server}.{}", t.name);
@@ -468,6 +479,8 @@ async fn import(
             remote: t.name.to_string(),
             description: t.description.as_deref().unwrap_or_default().to_string(),
             schema: Value::Object((*t.input_schema).clone()),
+            output_schema: t.output_schema.map(|o| Value::Object((*o).clone())),
+            version: version.clone(),
             annotations: Annotations {
                 read_only: hints.read_only_hint.unwrap_or(defaults.read_only),
                 destructive: hints.destructive_hint.unwrap_or(defaults.destructive),
@@ -588,6 +601,9 @@ struct UpstreamTool {
     remote: String,
     description: String,
     schema: Value,
+    output_schema: Option<Value>,
+    /// The server's version, as it says when connected.
+    version: String,
     annotations: Annotations,
     slot: Slot,
 }
@@ -606,6 +622,15 @@ impl Tool for UpstreamTool {
     }
     fn source(&self) -> String {
         format!("mcp:{}", self.server)
+    }
+    fn output_schema(&self) -> Option<Value> {
+        self.output_schema.clone()
+    }
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+    fn owner(&self) -> String {
+        self.slot.owner.to_string()
     }
     fn outside_runs(&self) -> bool {
         true

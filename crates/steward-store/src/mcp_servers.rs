@@ -19,6 +19,8 @@ pub struct McpServerRecord {
     pub headers: String,
     /// JSON: the OAuth 2 client whose token authorises every request (`http`); empty for none.
     pub oauth: String,
+    /// Who answers for its tools; empty for nobody named.
+    pub owner: String,
     pub created_at: Millis,
     /// Changed whenever the record is: every node restarts its connection when it sees a newer one.
     pub updated_at: Millis,
@@ -40,11 +42,11 @@ macro_rules! impl_mcp_servers {
         impl McpServerStore for $store {
             async fn put_mcp_server(&self, s: &McpServerRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO mcp_servers (name, transport, command, env, url, headers, oauth, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                    "INSERT INTO mcp_servers (name, transport, command, env, url, headers, oauth, owner, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (name) DO UPDATE SET transport = excluded.transport, \
                        command = excluded.command, env = excluded.env, url = excluded.url, \
-                       headers = excluded.headers, oauth = excluded.oauth, updated_at = excluded.updated_at",
+                       headers = excluded.headers, oauth = excluded.oauth, owner = excluded.owner, updated_at = excluded.updated_at",
                 )
                 .bind(&s.name)
                 .bind(&s.transport)
@@ -53,6 +55,7 @@ macro_rules! impl_mcp_servers {
                 .bind(&s.url)
                 .bind(&s.headers)
                 .bind(&s.oauth)
+                .bind(&s.owner)
                 .bind(s.created_at)
                 .bind(s.updated_at)
                 .execute(&self.write)
@@ -62,7 +65,7 @@ macro_rules! impl_mcp_servers {
 
             async fn mcp_servers(&self) -> Result<Vec<McpServerRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT name, transport, command, env, url, headers, oauth, created_at, updated_at \
+                    "SELECT name, transport, command, env, url, headers, oauth, owner, created_at, updated_at \
                      FROM mcp_servers ORDER BY name",
                 )
                 .fetch_all(&self.read)

@@ -16,6 +16,8 @@ pub struct OpenApiRecord {
     pub query: String,
     /// JSON: the OAuth 2 client its calls are authorised with; empty for none.
     pub oauth: String,
+    /// Who answers for its tools; empty for nobody named.
+    pub owner: String,
     pub created_at: Millis,
     /// Changed whenever the record is: every node rebuilds the API's tools when it sees a
     /// newer one.
@@ -161,11 +163,11 @@ macro_rules! impl_openapi {
         impl OpenApiStore for $store {
             async fn put_openapi(&self, a: &OpenApiRecord) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO openapi_apis (name, document, base_url, headers, query, oauth, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO openapi_apis (name, document, base_url, headers, query, oauth, owner, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (name) DO UPDATE SET document = excluded.document, \
                        base_url = excluded.base_url, headers = excluded.headers, \
-                       query = excluded.query, oauth = excluded.oauth, updated_at = excluded.updated_at",
+                       query = excluded.query, oauth = excluded.oauth, owner = excluded.owner, updated_at = excluded.updated_at",
                 )
                 .bind(&a.name)
                 .bind(&a.document)
@@ -173,6 +175,7 @@ macro_rules! impl_openapi {
                 .bind(&a.headers)
                 .bind(&a.query)
                 .bind(&a.oauth)
+                .bind(&a.owner)
                 .bind(a.created_at)
                 .bind(a.updated_at)
                 .execute(&self.write)
@@ -182,7 +185,7 @@ macro_rules! impl_openapi {
 
             async fn openapis(&self) -> Result<Vec<OpenApiRecord>> {
                 Ok(sqlx::query_as(
-                    "SELECT name, document, base_url, headers, query, oauth, created_at, updated_at \
+                    "SELECT name, document, base_url, headers, query, oauth, owner, created_at, updated_at \
                      FROM openapi_apis ORDER BY name",
                 )
                 .fetch_all(&self.read)

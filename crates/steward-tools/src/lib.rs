@@ -222,6 +222,21 @@ pub trait Tool: Send + Sync {
     fn source(&self) -> String {
         "native".into()
     }
+    /// JSON Schema of its structured result, an object, when it declares one (MCP's
+    /// `outputSchema`): its answers are then that object.
+    fn output_schema(&self) -> Option<Value> {
+        None
+    }
+    /// Its version: Steward's for its own tools, an upstream server's or an API document's
+    /// for theirs.
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+    /// Who answers for it: `steward` for its own tools; for an upstream server's or an API's,
+    /// the owner its definition names (`admin` when it names none).
+    fn owner(&self) -> String {
+        "steward".into()
+    }
     /// Whether a caller outside any run (an MCP client) may call it: only tools that need
     /// nothing of a run's state.
     fn outside_runs(&self) -> bool {

@@ -208,7 +208,14 @@ pub struct Operation {
     pub description: String,
     /// JSON Schema of the tool's arguments.
     pub input_schema: Value,
+    /// JSON Schema of the tool's result: the answer's status, content type and body (the
+    /// body as the document describes a success's JSON, when it does).
+    pub output_schema: Value,
     pub annotations: Annotations,
+    /// The document's `info.version`.
+    pub version: String,
+    /// Who answers for it (the API definition's owner).
+    pub owner: String,
     params: Vec<Param>,
     body: Option<Body>,
 }
@@ -475,9 +482,48 @@ fn operation(
         path: path.to_string(),
         description,
         input_schema,
+        output_schema: output_schema(success_schema(doc, op, &mut budget)),
         annotations,
+        version: doc["info"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        owner: String::new(),
         params,
         body,
+    })
+}
+
+/// The JSON schema the document gives a successful answer's body (its first 2xx response
+/// with JSON content), if it gives one that resolves within `budget`.
+fn success_schema(doc: &Value, op: &Value, budget: &mut usize) -> Option<Value> {
+    let responses = op.get("responses")?.as_object()?;
+    let (_, response) = responses.iter().find(|(code, _)| code.starts_with('2'))?;
+    let response = resolve(doc, response, budget).ok()?;
+    let content = response.get("content")?.as_object()?;
+    let (_, media) = content
+        .iter()
+        .find(|(t, _)| t.starts_with("application/json") || t.contains("+json"))?;
+    resolve(doc, media.get("schema")?, budget).ok()
+}
+
+/// The schema of what an operation's tool returns (see `ApiTool::call`).
+fn output_schema(success: Option<Value>) -> Value {
+    let text = json!({"type": "string", "description": "the body as text: it was not JSON, or was cut short"});
+    let body = match success {
+        Some(s) => json!({"anyOf": [s, text]}),
+        None => json!({}),
+    };
+    json!({
+        "type": "object",
+        "properties": {
+            "status": {"type": "integer", "description": "the HTTP status of the answer"},
+            "content_type": {"type": "string"},
+            "body": body,
+            "truncated": {"type": "boolean", "description": "whether the body was cut at the size limit"},
+            "cache_control": {"type": "string"},
+        },
+        "required": ["status", "content_type", "body", "truncated"],
     })
 }
 
@@ -714,6 +760,19 @@ impl Tool for ApiTool {
     }
     fn source(&self) -> String {
         format!("openapi:{}", self.api.name)
+    }
+    fn output_schema(&self) -> Option<Value> {
+        Some(self.op.output_schema.clone())
+    }
+    fn version(&self) -> String {
+        self.op.version.clone()
+    }
+    fn owner(&self) -> String {
+        if self.op.owner.is_empty() {
+            "admin".into()
+        } else {
+            self.op.owner.clone()
+        }
     }
     fn outside_runs(&self) -> bool {
         true

@@ -84,6 +84,9 @@ pub enum McpWhat {
         header: Vec<String>,
         #[command(flatten)]
         oauth: OAuthFlags,
+        /// Who answers for its tools (a team's or a person's name).
+        #[arg(long)]
+        owner: Option<String>,
         #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
     },
@@ -117,6 +120,9 @@ pub enum OpenApiWhat {
         query: Vec<String>,
         #[command(flatten)]
         oauth: OAuthFlags,
+        /// Who answers for its tools (a team's or a person's name).
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// The configured APIs and their tools.
     Ls,
@@ -716,6 +722,7 @@ impl Client {
                 url,
                 header,
                 oauth,
+                owner,
                 command,
             } => {
                 let oauth = oauth.body();
@@ -730,6 +737,10 @@ impl Client {
                     }),
                     None => serde_json::json!({"command": command, "env": key_values("env", env)?}),
                 };
+                let mut body = body;
+                if let Some(owner) = owner {
+                    body["owner"] = owner.into();
+                }
                 let s: McpServer = self
                     .send(
                         self.http
@@ -791,6 +802,7 @@ impl Client {
                 header,
                 query,
                 oauth,
+                owner,
             } => {
                 let text = if document.starts_with("http://") || document.starts_with("https://") {
                     let resp = self
@@ -815,6 +827,9 @@ impl Client {
                 });
                 if let Some(oauth) = oauth.body() {
                     body["oauth"] = oauth;
+                }
+                if let Some(owner) = owner {
+                    body["owner"] = owner.into();
                 }
                 let a: OpenApi = self
                     .send(

@@ -11,6 +11,7 @@ fn wire(s: steward_engine::handles::mcp_servers::McpServerInfo) -> McpServer {
         url: s.url,
         headers: s.headers,
         oauth_token_url: s.oauth_token_url,
+        owner: s.owner,
         created_at: s.created_at,
         updated_at: s.updated_at,
         status: s.status.map(|st| McpServerStatus {
@@ -52,7 +53,9 @@ pub async fn put_mcp_server(
             ))
         }
     };
-    Ok(Json(wire(e.mcp_servers().put(&name, transport).await?)))
+    Ok(Json(wire(
+        e.mcp_servers().put(&name, transport, b.owner).await?,
+    )))
 }
 
 /// Every upstream MCP server, with how it is doing on the node that answers.

@@ -10,6 +10,7 @@ fn wire(a: steward_engine::handles::openapis::OpenApiInfo) -> OpenApi {
         headers: a.headers,
         query: a.query,
         oauth_token_url: a.oauth_token_url,
+        owner: a.owner,
         tools: a.tools,
         skipped: a.skipped,
         created_at: a.created_at,
@@ -33,6 +34,7 @@ pub async fn put_openapi(
         headers: b.headers,
         query: b.query,
         oauth: b.oauth.map(Into::into),
+        owner: b.owner,
     };
     Ok(Json(wire(e.openapis().put(&name, def).await?)))
 }

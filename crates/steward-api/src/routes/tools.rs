@@ -15,6 +15,9 @@ fn wire(t: steward_engine::handles::tools::ToolEntry) -> ToolInfo {
         },
         source: t.source,
         outside_runs: t.outside_runs,
+        output_schema: t.output_schema,
+        version: t.version,
+        owner: t.owner,
     }
 }
 

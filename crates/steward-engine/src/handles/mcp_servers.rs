@@ -56,6 +56,8 @@ pub struct McpServerInfo {
     pub headers: Vec<String>,
     /// The token endpoint of the OAuth 2 client its requests are authorised with.
     pub oauth_token_url: Option<String>,
+    /// Who answers for its tools (empty: nobody named).
+    pub owner: String,
     pub created_at: i64,
     pub updated_at: i64,
     /// None until this node has started it (at most a couple of seconds after it was added
@@ -84,6 +86,7 @@ impl McpServers<'_> {
             url: (!r.url.is_empty()).then_some(r.url),
             headers: headers.into_keys().collect(),
             oauth_token_url,
+            owner: r.owner,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -91,8 +94,15 @@ impl McpServers<'_> {
 
     /// Adds server `name` (its tools become `name.tool`), or replaces its definition (it is
     /// connected again); connected on this node before this returns.
-    pub async fn put(&self, name: &str, transport: Transport) -> Result<McpServerInfo> {
+    pub async fn put(
+        &self,
+        name: &str,
+        transport: Transport,
+        owner: Option<String>,
+    ) -> Result<McpServerInfo> {
         check_name(name)?;
+        let owner = owner.unwrap_or_default();
+        check_owner(&owner)?;
         if self
             .0
             .store()
@@ -140,6 +150,7 @@ impl McpServers<'_> {
             oauth: oauth
                 .map(|c| serde_json::to_string(&c).unwrap_or_default())
                 .unwrap_or_default(),
+            owner,
             created_at,
             // Strictly newer than what it replaces, so every node sees the change.
             updated_at: now.max(created_at + 1),
@@ -208,6 +219,17 @@ impl McpServers<'_> {
         self.0.inner.upstreams.restart(name);
         Ok(info)
     }
+}
+
+/// Who answers for a definition's tools: a team's or a person's name.
+pub(crate) fn check_owner(owner: &str) -> Result<()> {
+    if owner.len() > 128 || owner.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(
+            "owner: at most 128 characters, no control characters (a team's or a person's name)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A name that prefixes tools' names (an MCP server's, an OpenAPI API's).

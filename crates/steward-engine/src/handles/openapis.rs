@@ -34,6 +34,8 @@ pub struct OpenApiDefinition {
     pub query: BTreeMap<String, String>,
     /// The OAuth 2 client its calls are authorised with.
     pub oauth: Option<openapi::OAuthClient>,
+    /// Who answers for its tools.
+    pub owner: Option<String>,
 }
 
 /// A configured API and what became of it on this node.
@@ -47,6 +49,8 @@ pub struct OpenApiInfo {
     pub query: Vec<String>,
     /// Its OAuth client's token endpoint, if it has one.
     pub oauth_token_url: Option<String>,
+    /// Who answers for its tools (empty: nobody named).
+    pub owner: String,
     /// Its tools' names.
     pub tools: Vec<String>,
     /// Operations left out, each with why.
@@ -72,6 +76,7 @@ impl OpenApis<'_> {
             .map(|c| c.token_url);
         OpenApiInfo {
             oauth_token_url,
+            owner: r.owner,
             headers: names(&r.headers),
             query: names(&r.query),
             tools: built.tools,
@@ -118,6 +123,8 @@ impl OpenApis<'_> {
         }
         check_set("headers", &def.headers, true)?;
         check_set("query", &def.query, false)?;
+        let owner = def.owner.unwrap_or_default();
+        super::mcp_servers::check_owner(&owner)?;
         if let Some(client) = &def.oauth {
             client.check().map_err(|e| bad(format!("oauth: {e}")))?;
             if self.0.inner.shared.vault.is_none() {
@@ -165,6 +172,7 @@ impl OpenApis<'_> {
                 .as_ref()
                 .map(|c| serde_json::to_string(c).unwrap_or_default())
                 .unwrap_or_default(),
+            owner,
             created_at,
             // Strictly newer than what it replaces, so every node sees the change.
             updated_at: now.max(created_at + 1),

@@ -15,6 +15,11 @@ pub struct ToolEntry {
     pub source: String,
     /// Whether callers outside a run (MCP clients) may be given it.
     pub outside_runs: bool,
+    /// JSON Schema of its structured result, when it declares one.
+    pub output_schema: Option<serde_json::Value>,
+    pub version: String,
+    /// Who answers for it (`steward` for the server's own tools).
+    pub owner: String,
 }
 
 /// `Engine::tools()`.
@@ -37,6 +42,9 @@ impl Tools<'_> {
                     annotations: t.annotations(),
                     source: t.source(),
                     outside_runs: t.outside_runs(),
+                    output_schema: t.output_schema(),
+                    version: t.version(),
+                    owner: t.owner(),
                 })
             })
             .collect()

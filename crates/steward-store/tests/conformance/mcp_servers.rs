@@ -14,6 +14,7 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         url: String::new(),
         headers: "{}".into(),
         oauth: String::new(),
+        owner: String::new(),
         created_at: at,
         updated_at: at,
     };
@@ -46,6 +47,7 @@ async fn mcp_servers_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         url: "http://127.0.0.1:9/mcp".into(),
         headers: r#"{"X-Team":"a"}"#.into(),
         oauth: r#"{"token_url":"http://127.0.0.1:9/token","client_id":"c"}"#.into(),
+        owner: "team-web".into(),
         ..record("b", "", 4)
     };
     s.put_mcp_server(&http).await.unwrap();

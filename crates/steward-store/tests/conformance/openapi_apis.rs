@@ -16,6 +16,7 @@ async fn openapi_apis_are_kept_by_name_and_replaced_whole(s: &dyn Store) {
         headers: r#"{"Authorization":"Bearer {{secret:T}}"}"#.into(),
         query: "{}".into(),
         oauth: String::new(),
+        owner: format!("team-{at}"),
         created_at: 1,
         updated_at: at,
     };

@@ -165,6 +165,12 @@ async fn the_registry_lists_tools_with_their_annotations(b: Backend) {
     assert_eq!(echo["annotations"]["read_only"], true);
     assert_eq!(echo["outside_runs"], true);
     assert_eq!(echo["source"], "native");
+    assert_eq!(
+        (echo["owner"].as_str(), echo["version"].as_str()),
+        (Some("steward"), Some(env!("CARGO_PKG_VERSION"))),
+        "Steward's own, of its version: {echo}"
+    );
+    assert_eq!(echo["output_schema"], Value::Null, "{echo}");
     let exec = tools.iter().find(|t| t["name"] == "sandbox_exec").unwrap();
     assert_eq!(exec["annotations"]["destructive"], true);
     assert_eq!(exec["outside_runs"], false);
@@ -222,6 +228,23 @@ pub(crate) fn everything_server() -> String {
         "{path} is missing: .ci/run installs @modelcontextprotocol/server-everything (or set STEWARD_TEST_MCP_EVERYTHING)"
     );
     path
+}
+
+/// The tools `/mcp` lists for `key` (stateless `tools/list`).
+pub(crate) async fn mcp_list(s: &TestServer, key: &str) -> Vec<Value> {
+    let (st, body) = common::send(
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list", "params": {}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    body["result"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{body}"))
 }
 
 /// A JSON-RPC `tools/call` at `/mcp`, stateless: the result, or the JSON-RPC error.
@@ -292,6 +315,11 @@ async fn an_upstream_servers_tools_join_the_registry_and_survive_its_crash(b: Ba
         "its own hints: {sum}"
     );
     assert_eq!(sum["input_schema"]["required"], json!(["a", "b"]), "{sum}");
+    assert!(
+        sum["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "the server's version, as it says it: {sum}"
+    );
+    assert_eq!(sum["owner"], "admin", "nobody named: {sum}");
 
     let key = key_of(&s, "tooler", "team-a").await;
     let (st, e) = s

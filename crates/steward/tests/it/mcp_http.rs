@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::mcp::{everything_server, mcp_call, text_of};
+use crate::mcp::{everything_server, mcp_call, mcp_list, text_of};
 
 use common::{key_of, Backend, TestServer};
 use serde_json::{json, Value};
@@ -258,6 +258,18 @@ async fn an_http_upstreams_credentials_come_from_the_vault_and_are_never_shown(b
     assert!(r.to_string().contains("42"), "{r}");
     let (_, tool) = s.get("/api/v1/tools/guarded.add").await;
     assert_eq!(tool["annotations"]["read_only"], true, "{tool}");
+    // Its result's schema as the server says it (this server names no version in its
+    // discovery answer); nobody named as its owner.
+    assert_eq!(
+        tool["output_schema"]["properties"]["result"]["type"], "integer",
+        "{tool}"
+    );
+    assert!(tool["version"].is_string(), "{tool}");
+    assert_eq!(tool["owner"], "admin", "{tool}");
+    // An MCP client is told the result's schema too.
+    let listed = mcp_list(&s, &key).await;
+    let add = listed.iter().find(|t| t["name"] == "guarded.add").unwrap();
+    assert_eq!(add["outputSchema"], tool["output_schema"], "{add}");
 
     // The same from the CLI, as that agent: call, search, and a call policy does not permit.
     let (ok, out, err) = common::cli(
@@ -439,12 +451,15 @@ async fn an_http_upstream_reached_with_oauth_gets_fresh_tokens(b: Backend) {
     let (st, e) = s
         .put(
             "/api/v1/mcp-servers/oauthed",
-            json!({"url": url, "oauth": oauth("OAUTH_CLIENT")}),
+            json!({"url": url, "oauth": oauth("OAUTH_CLIENT"), "owner": "team-payments"}),
         )
         .await;
     assert_eq!(st, 200, "{e}");
     assert_eq!(e["oauth_token_url"], token_url.as_str(), "{e}");
+    assert_eq!(e["owner"], "team-payments", "{e}");
     connected(&s, "oauthed").await;
+    let (_, tool) = s.get("/api/v1/tools/oauthed.add").await;
+    assert_eq!(tool["owner"], "team-payments", "its server's owner: {tool}");
 
     let key = key_of(&s, "oauther", "team-a").await;
     let (st, e) = s
@@ -630,6 +645,14 @@ async fn bad_http_upstream_definitions_are_refused(b: Backend) {
         (
             json!({"url": "https://example.com/mcp", "oauth": "https://a.example/token"}),
             "oauth",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "owner": "team\nweb"}),
+            "owner",
+        ),
+        (
+            json!({"url": "https://example.com/mcp", "owner": "x".repeat(200)}),
+            "owner",
         ),
     ] {
         let (st, e) = s.put("/api/v1/mcp-servers/bad", body.clone()).await;

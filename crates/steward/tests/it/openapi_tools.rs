@@ -31,7 +31,10 @@ paths:
         - {name: verbose, in: query, schema: {type: boolean}}
         - {name: tags, in: query, schema: {type: array, items: {type: string}}}
         - {name: X-Api-Key, in: header, required: true, schema: {type: string}}
-      responses: {"200": {description: the item}}
+      responses:
+        "200":
+          description: the item
+          content: {application/json: {schema: {type: object, properties: {id: {type: string}}}}}
     delete:
       operationId: deleteItem
       responses: {"204": {description: gone}}
@@ -199,6 +202,8 @@ async fn an_openapi_documents_operations_are_governed_tools(b: Backend) {
             &doc_url,
             "--header",
             "X-Api-Key={{secret:SHOP_KEY}}",
+            "--owner",
+            "team-shop",
         ],
     );
     assert!(ok, "{out}{err}");
@@ -238,6 +243,19 @@ async fn an_openapi_documents_operations_are_governed_tools(b: Backend) {
     let (st, t) = s.get("/api/v1/tools/shop.getItem").await;
     assert_eq!(st, 200, "{t}");
     assert_eq!(t["source"], "openapi:shop", "{t}");
+    assert_eq!(t["version"], "1.0", "the document's: {t}");
+    assert_eq!(t["owner"], "team-shop", "{t}");
+    // What it returns: the answer's status and body, the body as the document describes it.
+    let out = &t["output_schema"];
+    assert_eq!(
+        out["required"],
+        json!(["status", "content_type", "body", "truncated"]),
+        "{t}"
+    );
+    assert_eq!(
+        out["properties"]["body"]["anyOf"][0]["properties"]["id"]["type"], "string",
+        "{t}"
+    );
     assert_eq!(t["annotations"]["read_only"], true, "{t}");
     let props = &t["input_schema"]["properties"];
     assert!(
