@@ -640,20 +640,74 @@ impl Tool for UpstreamTool {
     fn idempotent(&self, _: &Value) -> bool {
         self.annotations.idempotent || self.annotations.read_only
     }
+    /// A call whose connection broke before its answer is in doubt, and the Kernel's rule
+    /// applies: an idempotent one is made once more on the next connection (if one is made
+    /// within [`RECONNECT_WAIT`]); any other fails, saying it may or may not have taken effect.
     async fn call(&self, ctx: &ToolContext, args: Value) -> Result<Value, ToolError> {
-        let peer = self.slot.peer().ok_or_else(|| {
-            ToolError::Failed(format!(
+        let why = match self.call_once(ctx, &args).await {
+            Attempt::Answered(r) => return r,
+            Attempt::Broke(why) => why,
+        };
+        if !self.idempotent(&args) {
+            return Err(ToolError::Failed(format!(
+                "{why}; the call may or may not have taken effect"
+            )));
+        }
+        tracing::info!(tool = %self.name, %why, "an idempotent upstream call broke: making it again");
+        if !self.slot.reconnected(RECONNECT_WAIT).await {
+            return Err(ToolError::Failed(format!(
+                "{why}; it is idempotent, but the server was not back within {} s to make it again",
+                RECONNECT_WAIT.as_secs()
+            )));
+        }
+        match self.call_once(ctx, &args).await {
+            Attempt::Answered(r) => r,
+            Attempt::Broke(why) => Err(ToolError::Failed(format!("{why} (the second time)"))),
+        }
+    }
+}
+
+/// What became of one attempt at a call.
+enum Attempt {
+    /// The server answered (or the call never left): what it said.
+    Answered(Result<Value, ToolError>),
+    /// The connection broke before the answer: the call is in doubt. Why.
+    Broke(String),
+}
+
+/// How long an idempotent call whose connection broke waits for the next one.
+const RECONNECT_WAIT: Duration = Duration::from_secs(15);
+
+impl Slot {
+    /// Whether a connection is there within `wait` (the broken one has been dropped).
+    async fn reconnected(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.peer().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl UpstreamTool {
+    /// One attempt at the call.
+    async fn call_once(&self, ctx: &ToolContext, args: &Value) -> Attempt {
+        let Some(peer) = self.slot.peer() else {
+            return Attempt::Answered(Err(ToolError::Failed(format!(
                 "upstream MCP server {} is not connected now (it is being connected again)",
                 self.server
-            ))
-        })?;
-        let arguments = match args {
+            ))));
+        };
+        let arguments = match args.clone() {
             Value::Object(m) => m,
             Value::Null => serde_json::Map::new(),
             other => {
-                return Err(ToolError::InvalidArgs(format!(
+                return Attempt::Answered(Err(ToolError::InvalidArgs(format!(
                     "arguments must be an object, not {other}"
-                )))
+                ))))
             }
         };
         // A call waits as long as its caller lets it, while the server still answers pings;
@@ -670,27 +724,27 @@ impl Tool for UpstreamTool {
             r = call => r,
             why = stops_answering(&peer) => {
                 self.slot.broken();
-                return Err(ToolError::Failed(format!(
+                return Attempt::Broke(format!(
                     "upstream MCP server {}: {why} (connecting to it again)",
                     self.server
-                )));
+                ));
             }
         };
         let result = match answer {
             Ok(r) => r,
             // The server answered, with an error of its own: the connection is fine.
             Err(ServiceError::McpError(e)) => {
-                return Err(ToolError::Failed(format!(
+                return Attempt::Answered(Err(ToolError::Failed(format!(
                     "upstream MCP server {}: {}",
                     self.server, e.message
-                )))
+                ))))
             }
             Err(e) => {
                 self.slot.broken();
-                return Err(ToolError::Failed(format!(
+                return Attempt::Broke(format!(
                     "upstream MCP server {}: {e} (connecting to it again)",
                     self.server
-                )));
+                ));
             }
         };
         let text: Vec<&str> = result
@@ -702,15 +756,15 @@ impl Tool for UpstreamTool {
             })
             .collect();
         if result.is_error == Some(true) {
-            return Err(ToolError::Failed(format!(
+            return Attempt::Answered(Err(ToolError::Failed(format!(
                 "{} answered with an error: {}",
                 self.name,
                 text.join(" ")
-            )));
+            ))));
         }
-        Ok(match result.structured_content {
+        Attempt::Answered(Ok(match result.structured_content {
             Some(v) => v,
             None => json!({ "content": text.join("\n") }),
-        })
+        }))
     }
 }

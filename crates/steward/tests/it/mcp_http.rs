@@ -51,6 +51,11 @@ pub(crate) async fn guarded(token: &str) -> (tokio::process::Child, u16) {
 /// The guarded server with environment `env` (which says how it lets requests in), listening.
 async fn guarded_with(env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
     let port = free_port();
+    (guarded_on(port, env).await, port)
+}
+
+/// The guarded server on `port`, listening.
+async fn guarded_on(port: u16, env: &[(&str, &str)]) -> tokio::process::Child {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/mcp_http_upstream.py"
@@ -65,7 +70,7 @@ async fn guarded_with(env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
         .spawn()
         .expect("python3 with the mcp package (installed by .ci/run)");
     listening(port).await;
-    (child, port)
+    child
 }
 
 async fn status_of(s: &TestServer, name: &str) -> Value {
@@ -570,6 +575,77 @@ async fn an_http_upstream_reached_with_oauth_gets_fresh_tokens(b: Backend) {
 both_backends!(
     an_http_upstream_reached_with_oauth_gets_fresh_tokens,
     an_http_upstream_reached_with_oauth_gets_fresh_tokens
+);
+
+/// The upstream dies in the middle of calls and comes back on its port: a call its tool says
+/// is idempotent is made again on the new connection and answers; one that is not fails,
+/// saying it may or may not have taken effect — the Kernel's rule for a step in doubt.
+async fn a_call_in_doubt_is_made_again_only_if_idempotent(b: Backend) {
+    let s = TestServer::start(b).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let port = free_port();
+    let env = [("UPSTREAM_TOKEN", token.as_str())];
+    let mut upstream = guarded_on(port, &env).await;
+    let (st, v) = s
+        .put("/api/v1/secrets/GUARDED_TOKEN", json!({"value": token}))
+        .await;
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/guarded",
+            json!({"url": format!("http://127.0.0.1:{port}/mcp"),
+                   "headers": {"Authorization": "Bearer {{secret:GUARDED_TOKEN}}"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    connected(&s, "guarded").await;
+    let key = key_of(&s, "doubter", "team-a").await;
+    let mut policies = String::new();
+    for t in ["slow", "slow_read", "stats"] {
+        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
+    }
+    let (st, e) = s.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+
+    for (tool, idempotent) in [("guarded.slow_read", true), ("guarded.slow", false)] {
+        let call = {
+            let (url, http, key) = (s.url.clone(), s.http.clone(), key.clone());
+            tokio::spawn(async move {
+                common::send(
+                    http.post(format!("{url}/mcp"))
+                        .header("authorization", format!("Bearer {key}"))
+                        .header("accept", "application/json, text/event-stream")
+                        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                            "params": {"name": tool, "arguments": {"seconds": 3}}})),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        upstream.kill().await.unwrap();
+        let _ = upstream.wait().await;
+        upstream = guarded_on(port, &env).await;
+        let (st, r) = call.await.unwrap();
+        assert_eq!(st, 200, "{r}");
+        if idempotent {
+            assert_eq!(result_of(&r), json!("read"), "made again, answered: {r}");
+            let stats = result_of(&mcp_call(&s, &key, "guarded.stats", json!({})).await);
+            assert_eq!(
+                stats["slow_read_started"], 1,
+                "once on the new server: {stats}"
+            );
+        } else {
+            assert_eq!(r["result"]["isError"], true, "{r}");
+            assert!(
+                text_of(&r).contains("may or may not have taken effect"),
+                "{r}"
+            );
+        }
+    }
+}
+both_backends!(
+    a_call_in_doubt_is_made_again_only_if_idempotent,
+    a_call_in_doubt_is_made_again_only_if_idempotent
 );
 
 /// Bad HTTP definitions are refused with what is wrong.
