@@ -151,6 +151,11 @@ async fn cancellation(req: Request) -> Result<(String, String), Request> {
     let Ok(bytes) = axum::body::to_bytes(body, CANCELLATION_MAX as usize).await else {
         return Err(Request::from_parts(parts, axum::body::Body::empty()));
     };
+    // Most bodies are calls: looked at as bytes first, parsed only when they may be one.
+    const METHOD: &[u8] = b"notifications/cancelled";
+    if !bytes.windows(METHOD.len()).any(|w| w == METHOD) {
+        return Err(Request::from_parts(parts, axum::body::Body::from(bytes)));
+    }
     let message: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     match (
         &message["method"],
