@@ -387,6 +387,7 @@ impl Engine {
                             .clone()
                             .map(|v| v as Arc<dyn steward_llm::SecretSource>),
                         tokens: oauth.clone(),
+                        user: upstreams::ServerUser::of(&opts.tool_rules.mcp_servers),
                     },
                     store_for_upstreams,
                 ),

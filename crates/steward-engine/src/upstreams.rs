@@ -122,6 +122,44 @@ pub struct Means {
     pub tools: Tools,
     pub secrets: Option<Arc<dyn SecretSource>>,
     pub tokens: Arc<OAuthTokens>,
+    /// Who servers over stdio run as, when not as Steward's own user.
+    pub user: Option<ServerUser>,
+}
+
+/// An unprivileged user servers over stdio run as (when Steward runs as root): each start
+/// gets a fresh private home, its working directory, removed when the process ends.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ServerUser {
+    /// The user servers run as under `cfg`: none unless this process is root and `cfg` names
+    /// another.
+    pub fn of(cfg: &steward_types::config::McpServersConfig) -> Option<ServerUser> {
+        (nix::unistd::geteuid().is_root() && cfg.uid != 0).then_some(ServerUser {
+            uid: cfg.uid,
+            gid: cfg.gid,
+        })
+    }
+
+    /// Makes `cmd` start as this user, in a new home of its own (returned: the process's
+    /// life long).
+    fn apply(&self, cmd: &mut tokio::process::Command) -> Result<tempfile::TempDir, String> {
+        let home = tempfile::Builder::new()
+            .prefix("steward-mcp-")
+            .tempdir()
+            .map_err(|e| format!("cannot make the server's home: {e}"))?;
+        std::os::unix::fs::chown(home.path(), Some(self.uid), Some(self.gid))
+            .map_err(|e| format!("cannot give the server's home to uid {}: {e}", self.uid))?;
+        cmd.uid(self.uid)
+            .gid(self.gid)
+            .current_dir(home.path())
+            .env("HOME", home.path())
+            .env("TMPDIR", home.path());
+        Ok(home)
+    }
 }
 
 /// This node's connections to the configured upstream servers.
@@ -232,7 +270,8 @@ async fn supervise(
     loop {
         let started = Instant::now();
         match connect(&spec, &means, &slot, &status).await {
-            Ok(service) => {
+            // The server's home is kept while its process lives, and removed after.
+            Ok((service, _home)) => {
                 let ct = service.cancellation_token();
                 {
                     let mut s = lock(&status);
@@ -328,8 +367,9 @@ async fn connect(
     means: &Means,
     slot: &Slot,
     status: &Shared<Status>,
-) -> Result<Service, String> {
+) -> Result<(Service, Option<tempfile::TempDir>), String> {
     let (tools, secrets) = (&means.tools, means.secrets.as_deref());
+    let mut home = None;
     let watch = Watch {
         server: spec.name.clone(),
         tools: tools.clone(),
@@ -391,6 +431,10 @@ async fn connect(
                     with_secrets(&v, secrets).map_err(|e| format!("env {k}: {e}"))?,
                 );
             }
+            // Not as root: as a user of its own, in a home of its own.
+            if let Some(user) = means.user {
+                home = Some(user.apply(&mut cmd)?);
+            }
             let (process, _) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::null())
                 .spawn()
@@ -410,7 +454,7 @@ async fn connect(
     let peer = service.peer().clone();
     slot.set(Some(peer.clone()));
     import(&spec.name, &peer, tools, slot, status).await?;
-    Ok(service)
+    Ok((service, home))
 }
 
 /// `value` with each `{{secret:NAME}}` replaced by the vault's value of NAME.

@@ -409,6 +409,28 @@ pub struct ToolsConfig {
     pub limits: ToolLimits,
     /// Results of read-only and idempotent tools kept for MCP clients asking again.
     pub cache: ToolCacheConfig,
+    /// Upstream MCP servers started over stdio.
+    pub mcp_servers: McpServersConfig,
+}
+
+/// Who upstream MCP servers over stdio run as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpServersConfig {
+    /// When the server runs as root, each server's process runs as this uid and gid — an
+    /// unprivileged id of their own (not the sandboxes'), with a private home of its own — so
+    /// it cannot read Steward's data directory, its vault key or its database. 0: as root.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for McpServersConfig {
+    fn default() -> Self {
+        McpServersConfig {
+            uid: 1_879_048_193,
+            gid: 1_879_048_193,
+        }
+    }
 }
 
 /// Calls per minute: of each tool (all callers together), of each agent, of each run. A

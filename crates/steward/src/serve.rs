@@ -87,6 +87,18 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
             cfg.server.data_dir.display()
         )
     })?;
+    // The database, the vault's key and the sandboxes' workspaces are Steward's alone: no
+    // other user — an upstream MCP server's among them — may enter.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.server.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| {
+                format!(
+                    "making the data directory {} private",
+                    cfg.server.data_dir.display()
+                )
+            })?;
+    }
     let url = database_url(cfg);
     let store = steward_store::open(&url, &cfg.store)
         .await

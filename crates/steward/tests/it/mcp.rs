@@ -484,6 +484,95 @@ both_backends!(
     an_upstream_server_gets_none_of_stewards_environment
 );
 
+/// When Steward runs as root, an upstream server's process runs as an unprivileged user of its
+/// own, in a fresh home of its own: it can read what everyone may (its own script) but not
+/// Steward's data directory — the vault's key, the database. Run as another user, Steward
+/// starts servers as itself.
+async fn an_upstream_server_runs_as_a_user_of_its_own(b: Backend) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = TestServer::start(b).await;
+    // The probe where any user may read it (a checkout may sit under a private home).
+    let public = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = public.path().join("probe.mjs");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/node/mcp_stdio_probe.mjs"
+        ),
+        &probe,
+    )
+    .unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let sdk = everything_server()
+        .split("/server-everything/")
+        .next()
+        .map(|dir| format!("{dir}/sdk"))
+        .unwrap();
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/probe",
+            json!({"command": ["node", probe.to_str().unwrap()], "env": {"MCP_SDK": sdk}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the probe to connect", || async {
+        let (_, e) = s.get("/api/v1/mcp-servers/probe").await;
+        (e["status"]["state"] == "connected").then_some(())
+    })
+    .await;
+    let key = key_of(&s, "prober", "team-a").await;
+    let (st, e) = s
+        .put_policies(
+            r#"@id("who") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.whoami");
+@id("read") permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"probe.read");"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let said = |r: Value| -> Value {
+        let outer: Value = serde_json::from_str(&text_of(&r)).unwrap_or_else(|_| panic!("{r}"));
+        outer["content"]
+            .as_str()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(outer)
+    };
+    let who = said(mcp_call(&s, &key, "probe.whoami", json!({})).await);
+    let read = |path: String| {
+        let (s, key) = (&s, &key);
+        async move { said(mcp_call(s, key, "probe.read", json!({"path": path})).await) }
+    };
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    if me != 0 {
+        assert_eq!(who["uid"], me, "as Steward itself: {who}");
+        return;
+    }
+    assert_eq!(
+        (who["uid"].as_u64(), who["gid"].as_u64()),
+        (Some(1_879_048_193), Some(1_879_048_193)),
+        "{who}"
+    );
+    let home = who["home"].as_str().unwrap();
+    assert!(home != "/root" && home.contains("steward-mcp-"), "{who}");
+    assert_eq!(who["cwd"], home, "{who}");
+    let public_read = read(probe.to_str().unwrap().to_string()).await;
+    assert_eq!(public_read["read"], true, "{public_read}");
+    for private in ["vault.key", "steward.db"] {
+        let path = s.dir.path().join(private);
+        if path.exists() {
+            let r = read(path.to_str().unwrap().to_string()).await;
+            assert_eq!(r["read"], false, "{private}: {r}");
+        }
+    }
+    assert!(
+        s.dir.path().join("vault.key").exists(),
+        "the vault key is where it is looked for"
+    );
+}
+both_backends!(
+    an_upstream_server_runs_as_a_user_of_its_own,
+    an_upstream_server_runs_as_a_user_of_its_own
+);
+
 /// Bad server definitions are refused with what is wrong, and nothing is stored.
 async fn bad_mcp_server_definitions_are_refused(b: Backend) {
     let s = TestServer::start(b).await;
