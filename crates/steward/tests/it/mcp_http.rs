@@ -648,6 +648,61 @@ both_backends!(
     a_call_in_doubt_is_made_again_only_if_idempotent
 );
 
+/// Two nodes; the one running an idempotent call as a task is killed and stays down. The other
+/// answers the task as working while the dead node might still be at it, then — once the dead
+/// node has been silent long enough — takes the task over and runs the call again, and the
+/// task completes (PostgreSQL, the cluster engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_node_died_is_run_again_by_another() {
+    let mut a = TestServer::start_with(
+        Backend::Postgres,
+        &[("STEWARD_VAULT_KEY", &"b5".repeat(32))],
+    )
+    .await;
+    let b = TestServer::join(&a);
+    let _upstream = guarded_upstream(&a).await;
+    connected(&b, "guarded").await;
+    let key = key_of(&a, "survivor", "team-a").await;
+    let mut policies = String::new();
+    for t in ["slow_read", "stats"] {
+        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
+    }
+    let (st, e) = a.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the other node to follow the policy", || async {
+        let r = mcp_call(&b, &key, "guarded.stats", json!({})).await;
+        (r["result"]["isError"] == false).then_some(())
+    })
+    .await;
+
+    let r = mcp_task_rpc(
+        &a,
+        &key,
+        "tools/call",
+        json!({"name": "guarded.slow_read", "arguments": {"seconds": 4}}),
+    )
+    .await;
+    let id = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    a.kill9();
+    let t = task_state(&b, &key, &id).await;
+    assert_eq!(
+        t["result"]["status"], "working",
+        "its node may still be at it: {t}"
+    );
+    let done = common::eventually("the other node to run the task again", || async {
+        let t = task_state(&b, &key, &id).await;
+        (t["result"]["status"] != "working").then_some(t)
+    })
+    .await;
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert!(done.to_string().contains(r#""read""#), "{done}");
+    let stats = result_of(&mcp_call(&b, &key, "guarded.stats", json!({})).await);
+    assert_eq!(stats["slow_read_started"], 2, "started again: {stats}");
+}
+
 /// Bad HTTP definitions are refused with what is wrong.
 async fn bad_http_upstream_definitions_are_refused(b: Backend) {
     let s = TestServer::start(b).await;
