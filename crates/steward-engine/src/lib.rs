@@ -388,6 +388,7 @@ impl Engine {
                             .map(|v| v as Arc<dyn steward_llm::SecretSource>),
                         tokens: oauth.clone(),
                         user: upstreams::ServerUser::of(&opts.tool_rules.mcp_servers),
+                        limits: upstreams::ServerLimits::of(&opts.tool_rules.mcp_servers),
                     },
                     store_for_upstreams,
                 ),

@@ -124,6 +124,92 @@ pub struct Means {
     pub tokens: Arc<OAuthTokens>,
     /// Who servers over stdio run as, when not as Steward's own user.
     pub user: Option<ServerUser>,
+    /// The cgroups that bound servers' processes, where this host has them.
+    pub limits: Option<Arc<ServerLimits>>,
+}
+
+/// The cgroup of one Steward process's servers: this, and its pid.
+const SCOPE: &str = "mcp-servers-";
+
+/// Memory and process limits of servers over stdio: each server's processes in a cgroup of its
+/// own (below one for this Steward process), removed — and whatever is left in it killed —
+/// when its process ends. The process is moved in just after it starts.
+pub struct ServerLimits {
+    root: steward_sandbox::cgroup::CgroupRoot,
+    limits: steward_sandbox::Limits,
+}
+
+impl ServerLimits {
+    /// None where this host has no cgroup tree Steward may write (then servers run unbounded,
+    /// as the log says), or when `cfg` sets no limit.
+    pub fn of(cfg: &steward_types::config::McpServersConfig) -> Option<Arc<ServerLimits>> {
+        if cfg.memory_mb == 0 && cfg.pids == 0 {
+            return None;
+        }
+        let base = steward_sandbox::cgroup::CgroupRoot::detect();
+        // Groups of Steward processes that are gone: what is left in them (servers orphaned
+        // by a killed Steward) is killed, and they are removed.
+        for stale in base.iter().flat_map(|b| b.children(SCOPE)) {
+            let gone = stale[SCOPE.len()..]
+                .parse::<u32>()
+                .is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if let Some(scope) = base
+                .as_ref()
+                .filter(|_| gone)
+                .and_then(|b| b.scoped(&stale).ok())
+            {
+                scope.sweep_named("");
+                scope.remove_empty();
+            }
+        }
+        let root = base.and_then(|r| r.scoped(&format!("{SCOPE}{}", std::process::id())).ok());
+        let Some(root) = root else {
+            tracing::warn!("no writable cgroup tree: upstream MCP servers run without memory and process limits");
+            return None;
+        };
+        Some(Arc::new(ServerLimits {
+            root,
+            limits: steward_sandbox::Limits {
+                memory_bytes: if cfg.memory_mb == 0 {
+                    u64::MAX
+                } else {
+                    cfg.memory_mb << 20
+                },
+                pids: if cfg.pids == 0 { u64::MAX } else { cfg.pids },
+                cpu_millicores: None,
+                ..steward_sandbox::Limits::default()
+            },
+        }))
+    }
+
+    /// Moves process `pid` of server `server` into a group of its own, limited.
+    fn confine(&self, server: &str, pid: u32) -> Result<Confined, String> {
+        let group = self
+            .root
+            .create(&format!("{server}-{pid}"), &self.limits)
+            .map_err(|e| format!("cannot make the server's cgroup: {e}"))?;
+        let group = Confined(Some(group));
+        for procs in group.0.iter().flat_map(|g| g.procs_files()) {
+            std::fs::write(&procs, pid.to_string())
+                .map_err(|e| format!("cannot move the server into its cgroup: {e}"))?;
+        }
+        Ok(group)
+    }
+}
+
+/// A server's cgroup: removed (what is left in it killed) when dropped.
+struct Confined(Option<steward_sandbox::cgroup::Cgroup>);
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            // Removing waits a little for the kernel: not on the runtime's threads.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || g.remove())),
+                Err(_) => g.remove(),
+            }
+        }
+    }
 }
 
 /// An unprivileged user servers over stdio run as (when Steward runs as root): each start
@@ -270,8 +356,8 @@ async fn supervise(
     loop {
         let started = Instant::now();
         match connect(&spec, &means, &slot, &status).await {
-            // The server's home is kept while its process lives, and removed after.
-            Ok((service, _home)) => {
+            // The server's home and cgroup are kept while its process lives, removed after.
+            Ok((service, _kept)) => {
                 let ct = service.cancellation_token();
                 {
                     let mut s = lock(&status);
@@ -367,9 +453,10 @@ async fn connect(
     means: &Means,
     slot: &Slot,
     status: &Shared<Status>,
-) -> Result<(Service, Option<tempfile::TempDir>), String> {
+) -> Result<(Service, Kept), String> {
     let (tools, secrets) = (&means.tools, means.secrets.as_deref());
-    let mut home = None;
+    // What the server's process keeps while it lives: its home, its cgroup.
+    let mut kept: Kept = (None, None);
     let watch = Watch {
         server: spec.name.clone(),
         tools: tools.clone(),
@@ -433,13 +520,16 @@ async fn connect(
             }
             // Not as root: as a user of its own, in a home of its own.
             if let Some(user) = means.user {
-                home = Some(user.apply(&mut cmd)?);
+                kept.0 = Some(user.apply(&mut cmd)?);
             }
             let (process, _) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start {program:?}: {e}"))?;
             lock(status).pid = process.id();
+            if let (Some(limits), Some(pid)) = (&means.limits, process.id()) {
+                kept.1 = Some(limits.confine(&spec.name, pid)?);
+            }
             tokio::time::timeout(CONNECT_TIMEOUT, watch.serve(process)).await
         }
     };
@@ -454,8 +544,11 @@ async fn connect(
     let peer = service.peer().clone();
     slot.set(Some(peer.clone()));
     import(&spec.name, &peer, tools, slot, status).await?;
-    Ok((service, home))
+    Ok((service, kept))
 }
+
+/// A server process's home and cgroup, kept while it lives.
+type Kept = (Option<tempfile::TempDir>, Option<Confined>);
 
 /// `value` with each `{{secret:NAME}}` replaced by the vault's value of NAME.
 fn with_secrets(value: &str, secrets: Option<&dyn SecretSource>) -> Result<String, String> {

@@ -102,15 +102,34 @@ impl CgroupRoot {
 
     /// Kills and removes every sandbox group below this one; returns how many there were.
     pub fn sweep(&self) -> usize {
+        self.sweep_named("sbx-")
+    }
+
+    /// The groups directly below this one whose names start with `prefix`.
+    pub fn children(&self, prefix: &str) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for (_, parent) in &self.parents {
             for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("sbx-") && e.path().is_dir() && !names.contains(&name) {
+                if name.starts_with(prefix) && e.path().is_dir() && !names.contains(&name) {
                     names.push(name);
                 }
             }
         }
+        names
+    }
+
+    /// Removes this group itself, once nothing is below it (a scope whose owner is gone).
+    pub fn remove_empty(&self) {
+        for (_, d) in &self.parents {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+
+    /// Kills and removes every group below this one whose name starts with `prefix`; returns
+    /// how many there were.
+    pub fn sweep_named(&self, prefix: &str) -> usize {
+        let names = self.children(prefix);
         for name in &names {
             let g = Cgroup {
                 version: self.version.clone(),

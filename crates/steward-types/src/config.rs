@@ -422,6 +422,10 @@ pub struct McpServersConfig {
     /// it cannot read Steward's data directory, its vault key or its database. 0: as root.
     pub uid: u32,
     pub gid: u32,
+    /// Memory and processes (and threads) each server may use, all its processes together,
+    /// in a cgroup of its own where this host lets Steward make one; 0: no limit.
+    pub memory_mb: u64,
+    pub pids: u64,
 }
 
 impl Default for McpServersConfig {
@@ -429,6 +433,8 @@ impl Default for McpServersConfig {
         McpServersConfig {
             uid: 1_879_048_193,
             gid: 1_879_048_193,
+            memory_mb: 1024,
+            pids: 256,
         }
     }
 }

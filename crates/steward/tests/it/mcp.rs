@@ -490,7 +490,7 @@ both_backends!(
 /// starts servers as itself.
 async fn an_upstream_server_runs_as_a_user_of_its_own(b: Backend) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let s = TestServer::start(b).await;
+    let mut s = TestServer::start(b).await;
     // The probe where any user may read it (a checkout may sit under a private home).
     let public = tempfile::tempdir().unwrap();
     std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -567,6 +567,62 @@ async fn an_upstream_server_runs_as_a_user_of_its_own(b: Backend) {
         s.dir.path().join("vault.key").exists(),
         "the vault key is where it is looked for"
     );
+    // In a cgroup of its own, with the default limits: 1 GiB of memory, 256 processes.
+    let (_, e) = s.get("/api/v1/mcp-servers/probe").await;
+    let pid = e["status"]["pid"].as_u64().unwrap_or_else(|| panic!("{e}"));
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let group_of = |controller: &str| -> String {
+        // cgroup v1: a tree per controller; v2: one tree.
+        let (tree, path) = groups
+            .lines()
+            .find_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, names, path) = (p.next()?, p.next()?, p.next()?);
+                if names.split(',').any(|n| n == controller) {
+                    Some((format!("/sys/fs/cgroup/{controller}"), path))
+                } else if names.is_empty() {
+                    Some(("/sys/fs/cgroup".to_string(), path))
+                } else {
+                    None
+                }
+            })
+            .unwrap_or_else(|| panic!("{groups}"));
+        assert!(
+            path.contains("/mcp-servers-") && path.ends_with(&format!("/probe-{pid}")),
+            "{groups}"
+        );
+        format!("{tree}{path}")
+    };
+    let limit = |controller: &str, file: &str| -> String {
+        let path = format!("{}/{file}", group_of(controller));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let memory = limit(
+        "memory",
+        if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        },
+    );
+    assert_eq!(
+        (memory.as_str(), limit("pids", "pids.max").as_str()),
+        ("1073741824", "256")
+    );
+
+    // Steward killed: the next one to start removes the dead one's groups.
+    let group = group_of("memory");
+    let scope = std::path::Path::new(&group).parent().unwrap().to_path_buf();
+    s.kill9();
+    s.spawn();
+    common::eventually("the dead Steward's cgroups to be removed", || async {
+        (!scope.exists()).then_some(())
+    })
+    .await;
 }
 both_backends!(
     an_upstream_server_runs_as_a_user_of_its_own,
