@@ -214,6 +214,9 @@ pub struct Operation {
     pub annotations: Annotations,
     /// The document's `info.version`.
     pub version: String,
+    /// The schema the document gives a success's JSON body, compiled: an answer that does not
+    /// match it is returned as text, so the result always matches the output schema.
+    success: Option<Arc<jsonschema::Validator>>,
     /// Who answers for it (the API definition's owner).
     pub owner: String,
     params: Vec<Param>,
@@ -461,6 +464,11 @@ fn operation(
         }
         description.truncate(cut);
     }
+    // A schema that does not compile is not declared (a client could not check it either).
+    let success = success_schema(doc, op, &mut budget).and_then(|s| {
+        let v = jsonschema::validator_for(&s).ok()?;
+        Some((s, Arc::new(v)))
+    });
     let annotations = match method {
         "get" | "head" | "options" => Annotations {
             read_only: true,
@@ -482,7 +490,8 @@ fn operation(
         path: path.to_string(),
         description,
         input_schema,
-        output_schema: output_schema(success_schema(doc, op, &mut budget)),
+        output_schema: output_schema(success.as_ref().map(|(s, _)| s.clone())),
+        success: success.map(|(_, v)| v),
         annotations,
         version: doc["info"]["version"]
             .as_str()
@@ -954,8 +963,15 @@ impl Tool for ApiTool {
         }
         let is_json =
             content_type.starts_with("application/json") || content_type.contains("+json");
+        // Not JSON, cut short, or not what the document says a success is: the text.
         let body = match serde_json::from_str::<Value>(&text) {
-            Ok(v) if is_json && !truncated => v,
+            Ok(v)
+                if is_json
+                    && !truncated
+                    && self.op.success.as_ref().is_none_or(|s| s.is_valid(&v)) =>
+            {
+                v
+            }
             _ => Value::String(text),
         };
         let mut out = json!({
