@@ -43,7 +43,7 @@ impl ToolPlane {
     pub fn check_args(&self, name: &str, schema: &Value, args: &Value) -> Result<(), String> {
         let validator = self.validators.get(name, schema)?;
         match violation(&validator, args) {
-            Some(why) => Err(why),
+            Some(why) => Err(format!("invalid arguments {why}")),
             None => Ok(()),
         }
     }
@@ -132,16 +132,16 @@ impl Validators {
     }
 }
 
-/// The first way `args` break the schema, with the path of the field.
-pub(crate) fn violation(validator: &jsonschema::Validator, args: &Value) -> Option<String> {
-    validator.iter_errors(args).next().map(|e| {
+/// The first way `value` breaks the schema, with the path of the field (`at /a: …`).
+pub(crate) fn violation(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
+    validator.iter_errors(value).next().map(|e| {
         let path = e.instance_path.to_string();
         let at = if path.is_empty() {
             "/".to_string()
         } else {
             path
         };
-        format!("invalid arguments at {at}: {e}")
+        format!("at {at}: {e}")
     })
 }
 

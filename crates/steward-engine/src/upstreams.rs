@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::oauth::OAuthTokens;
+use crate::tool_plane::violation;
 use crate::upstream_oauth::Authorised;
 
 /// The first pause before starting a server again; it doubles up to `MAX_BACKOFF`.
@@ -598,6 +599,12 @@ async fn import(
         .unwrap_or_default();
     let mut offered: Vec<Arc<dyn Tool>> = Vec::new();
     for t in listed {
+        // An output schema that does not compile is not passed on (nobody could check it).
+        let output = t.output_schema.as_ref().and_then(|o| {
+            let schema = Value::Object((**o).clone());
+            let check = jsonschema::validator_for(&schema).ok()?;
+            Some((schema, Arc::new(check)))
+        });
         let name = format!("{server}.{}", t.name);
         let fits = name.len() <= MAX_TOOL_NAME
             && !t.name.is_empty()
@@ -616,7 +623,8 @@ async fn import(
             remote: t.name.to_string(),
             description: t.description.as_deref().unwrap_or_default().to_string(),
             schema: Value::Object((*t.input_schema).clone()),
-            output_schema: t.output_schema.map(|o| Value::Object((*o).clone())),
+            output_schema: output.as_ref().map(|(s, _)| s.clone()),
+            output_check: output.map(|(_, c)| c),
             version: version.clone(),
             annotations: Annotations {
                 read_only: hints.read_only_hint.unwrap_or(defaults.read_only),
@@ -739,6 +747,8 @@ struct UpstreamTool {
     description: String,
     schema: Value,
     output_schema: Option<Value>,
+    /// The output schema, compiled: a result it does not allow is refused, not passed on.
+    output_check: Option<Arc<jsonschema::Validator>>,
     /// The server's version, as it says when connected.
     version: String,
     annotations: Annotations,
@@ -898,6 +908,19 @@ impl UpstreamTool {
                 self.name,
                 text.join(" ")
             ))));
+        }
+        // The server promised results of a shape: one of another shape is its error.
+        if let Some(check) = &self.output_check {
+            let broken = match &result.structured_content {
+                None => Some("it has no structured result".to_string()),
+                Some(v) => violation(check, v),
+            };
+            if let Some(why) = broken {
+                return Attempt::Answered(Err(ToolError::Failed(format!(
+                    "{} answered with a result its own output schema does not allow: {}",
+                    self.name, why
+                ))));
+            }
         }
         Attempt::Answered(Ok(match result.structured_content {
             Some(v) => v,

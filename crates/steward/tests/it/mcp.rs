@@ -484,26 +484,69 @@ both_backends!(
     an_upstream_server_gets_none_of_stewards_environment
 );
 
+/// A copy of test script `tests/node/NAME` where any user may read it (a checkout may sit
+/// under a private home, and servers run as a user of their own): its directory, and it.
+fn public_copy(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let public = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = public.path().join(name);
+    let original = format!("{}/tests/node/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(original, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (public, copy)
+}
+
+/// An upstream whose results break the output schema it declares: Steward refuses them with
+/// what is wrong (the path of the bad field), rather than pass on what a client that checks
+/// would reject; a result of the promised shape passes.
+async fn an_upstream_result_that_breaks_its_own_schema_is_an_error(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_public, raw) = public_copy("mcp_stdio_raw.mjs");
+    let (st, e) = s
+        .put(
+            "/api/v1/mcp-servers/raw",
+            json!({"command": ["node", raw.to_str().unwrap()]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    common::eventually("the raw server to connect", || async {
+        let (_, e) = s.get("/api/v1/mcp-servers/raw").await;
+        (e["status"]["state"] == "connected").then_some(())
+    })
+    .await;
+    let key = key_of(&s, "shaper", "team-a").await;
+    let mut policies = String::new();
+    for t in ["shaped", "misshaped", "unshaped"] {
+        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"raw.{t}\");\n"));
+    }
+    let (st, e) = s.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+    let r = mcp_call(&s, &key, "raw.shaped", json!({})).await;
+    assert_eq!(r["result"]["structuredContent"], json!({"n": 3}), "{r}");
+    let r = mcp_call(&s, &key, "raw.misshaped", json!({})).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        text_of(&r).contains("output schema does not allow") && text_of(&r).contains("/n"),
+        "{r}"
+    );
+    let r = mcp_call(&s, &key, "raw.unshaped", json!({})).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(text_of(&r).contains("no structured result"), "{r}");
+}
+both_backends!(
+    an_upstream_result_that_breaks_its_own_schema_is_an_error,
+    an_upstream_result_that_breaks_its_own_schema_is_an_error
+);
+
 /// When Steward runs as root, an upstream server's process runs as an unprivileged user of its
 /// own, in a fresh home of its own: it can read what everyone may (its own script) but not
 /// Steward's data directory — the vault's key, the database. Run as another user, Steward
 /// starts servers as itself.
 async fn an_upstream_server_runs_as_a_user_of_its_own(b: Backend) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let mut s = TestServer::start(b).await;
-    // The probe where any user may read it (a checkout may sit under a private home).
-    let public = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let probe = public.path().join("probe.mjs");
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/node/mcp_stdio_probe.mjs"
-        ),
-        &probe,
-    )
-    .unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_public, probe) = public_copy("mcp_stdio_probe.mjs");
     let sdk = everything_server()
         .split("/server-everything/")
         .next()
