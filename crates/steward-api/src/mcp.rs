@@ -105,7 +105,10 @@ pub async fn authenticate(State(engine): State<Engine>, req: Request, next: Next
             let req = match cancellation(req).await {
                 Ok((request_id, reason)) => {
                     // rmcp's stateless server drops notifications: the call is found here.
-                    let found = engine.mcp_calls().cancel(who.agent.as_str(), &request_id);
+                    let found = engine
+                        .mcp_calls()
+                        .cancel(who.agent.as_str(), &request_id)
+                        .await;
                     tracing::debug!(agent = %who.agent, request_id, reason, found, "notifications/cancelled");
                     return axum::http::StatusCode::ACCEPTED.into_response();
                 }

@@ -258,6 +258,7 @@ impl Engine {
             opts.clock.clone(),
             opts.tools.clone(),
         );
+        let mcp_calls = mcp_calls::McpCalls::new(store.clone(), opts.clock.clone());
         let oauth = oauth::OAuthTokens::new(
             store.clone(),
             opts.vault.clone(),
@@ -395,7 +396,7 @@ impl Engine {
                 openapis,
                 oauth,
                 mcp_tasks,
-                mcp_calls: Arc::default(),
+                mcp_calls,
                 draining,
                 tracker: TaskTracker::new(),
             }),
@@ -410,7 +411,23 @@ impl Engine {
             let upstreams = engine.inner.upstreams.clone();
             let apis = engine.inner.openapis.clone();
             let tasks = engine.inner.mcp_tasks.clone();
+            let calls = engine.inner.mcp_calls.clone();
             let draining = engine.inner.draining.clone();
+            {
+                // Cancellations other nodes received for calls running here.
+                let (calls, draining) = (calls.clone(), draining.clone());
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = calls.follow().await {
+                            tracing::warn!(error = %e, "could not read MCP call cancellations");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(mcp_calls::LOOK_EVERY) => {}
+                            _ = draining.cancelled() => break,
+                        }
+                    }
+                });
+            }
             tokio::spawn(async move {
                 loop {
                     if let Err(e) = upstreams.follow().await {
@@ -421,6 +438,9 @@ impl Engine {
                     }
                     if let Err(e) = tasks.prune().await {
                         tracing::warn!(error = %e, "could not forget old MCP tasks");
+                    }
+                    if let Err(e) = calls.prune().await {
+                        tracing::warn!(error = %e, "could not forget old MCP call cancellations");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(upstreams::FOLLOW_EVERY) => {}

@@ -47,6 +47,18 @@ pub trait McpTaskStore: Send + Sync {
     async fn working_mcp_tasks(&self, node: &str) -> Result<Vec<McpTaskRecord>>;
     /// Forgets tasks that ended before `before`: how many.
     async fn prune_mcp_tasks(&self, before: Millis) -> Result<u64>;
+    /// Asks whichever node runs `agent`'s call `request_id` to give it up (an earlier-revision
+    /// client's `notifications/cancelled` that reached another node).
+    async fn request_mcp_call_cancel(
+        &self,
+        agent: &str,
+        request_id: &str,
+        at: Millis,
+    ) -> Result<()>;
+    /// The calls asked to be given up since `since`: (agent, request id, when asked).
+    async fn mcp_call_cancels(&self, since: Millis) -> Result<Vec<(String, String, Millis)>>;
+    /// Forgets requests older than `before`: how many.
+    async fn prune_mcp_call_cancels(&self, before: Millis) -> Result<u64>;
     /// Takes over a working task whose node stopped, to run it again: whether this node got it
     /// (`seen` is the `updated_at` read, so of two nodes only one does).
     async fn claim_mcp_task(&self, id: &str, seen: Millis, node: &str, now: Millis)
@@ -148,6 +160,36 @@ macro_rules! impl_mcp_tasks {
 
             async fn prune_mcp_tasks(&self, before: Millis) -> Result<u64> {
                 Ok(sqlx::query("DELETE FROM mcp_tasks WHERE status <> 'working' AND updated_at < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn request_mcp_call_cancel(&self, agent: &str, request_id: &str, at: Millis) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO mcp_call_cancels (agent, request_id, at) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(agent)
+                .bind(request_id)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn mcp_call_cancels(&self, since: Millis) -> Result<Vec<(String, String, Millis)>> {
+                Ok(sqlx::query_as(
+                    "SELECT agent, request_id, at FROM mcp_call_cancels WHERE at >= $1 ORDER BY at, agent, request_id",
+                )
+                .bind(since)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn prune_mcp_call_cancels(&self, before: Millis) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM mcp_call_cancels WHERE at < $1")
                     .bind(before)
                     .execute(&self.write)
                     .await?

@@ -5,8 +5,28 @@ use steward_store::McpTaskRecord;
 
 on_both_backends!(
     an_mcp_task_ends_once_and_is_cancelled_only_while_working,
-    a_silent_task_is_claimed_by_one_node_or_settled
+    a_silent_task_is_claimed_by_one_node_or_settled,
+    call_cancels_are_read_by_time_and_pruned
 );
+
+async fn call_cancels_are_read_by_time_and_pruned(s: &dyn Store) {
+    s.request_mcp_call_cancel("a", "7", 10).await.unwrap();
+    s.request_mcp_call_cancel("a", "7", 10).await.unwrap(); // the same, again
+    s.request_mcp_call_cancel("b", "\"x\"", 20).await.unwrap();
+    assert_eq!(
+        s.mcp_call_cancels(5).await.unwrap(),
+        [
+            ("a".into(), "7".into(), 10),
+            ("b".into(), "\"x\"".into(), 20)
+        ]
+    );
+    assert_eq!(
+        s.mcp_call_cancels(15).await.unwrap(),
+        [("b".into(), "\"x\"".into(), 20)]
+    );
+    assert_eq!(s.prune_mcp_call_cancels(15).await.unwrap(), 1);
+    assert_eq!(s.mcp_call_cancels(0).await.unwrap().len(), 1);
+}
 
 async fn an_mcp_task_ends_once_and_is_cancelled_only_while_working(s: &dyn Store) {
     let task = |id: &str| McpTaskRecord {

@@ -703,6 +703,62 @@ async fn a_task_whose_node_died_is_run_again_by_another() {
     assert_eq!(stats["slow_read_started"], 2, "started again: {stats}");
 }
 
+/// An earlier-revision client's `notifications/cancelled` that reaches another node than the
+/// one running the call (a load balancer between them) still gives the call up: the upstream's
+/// handler is cancelled and the call answers at once (PostgreSQL, the cluster engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_reaching_another_node_gives_the_call_up() {
+    let a = TestServer::start_with(
+        Backend::Postgres,
+        &[("STEWARD_VAULT_KEY", &"c9".repeat(32))],
+    )
+    .await;
+    let b = TestServer::join(&a);
+    let _upstream = guarded_upstream(&a).await;
+    let key = key_of(&a, "far-canceller", "team-a").await;
+    let mut policies = String::new();
+    for t in ["slow", "stats"] {
+        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
+    }
+    let (st, e) = a.put_policies(&policies).await;
+    assert_eq!(st, 200, "{e}");
+    // As a client of the earlier revision sends them: no Mcp-Method header.
+    let post = |s: &TestServer, body: Value| {
+        s.http
+            .post(format!("{}/mcp", s.url))
+            .header("authorization", format!("Bearer {key}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+    };
+    let started = Instant::now();
+    let call = tokio::spawn(common::send(post(
+        &a,
+        json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call",
+               "params": {"name": "guarded.slow", "arguments": {"seconds": 30}}}),
+    )));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resp = post(
+        &b,
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+               "params": {"requestId": 41, "reason": "the caller changed its mind"}}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let (st, r) = call.await.unwrap();
+    assert_eq!(st, 200, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "given up, not run to its end: {r}"
+    );
+    common::eventually("the upstream to see the cancellation", || async {
+        let stats = result_of(&mcp_call(&a, &key, "guarded.stats", json!({})).await);
+        (stats["slow_cancelled"].as_i64() >= Some(1)).then_some(())
+    })
+    .await;
+}
+
 /// Bad HTTP definitions are refused with what is wrong.
 async fn bad_http_upstream_definitions_are_refused(b: Backend) {
     let s = TestServer::start(b).await;
