@@ -230,6 +230,15 @@ pub(crate) fn everything_server() -> String {
     path
 }
 
+/// A policy set permitting every caller to call `server.tool` for each of `tools`, one policy
+/// each (Cedar has no `resource in [..]` over entity literals here).
+pub(crate) fn permits(server: &str, tools: &[&str]) -> String {
+    tools
+        .iter()
+        .map(|t| format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"{server}.{t}\");\n"))
+        .collect()
+}
+
 /// The tools `/mcp` lists for `key` (stateless `tools/list`).
 pub(crate) async fn mcp_list(s: &TestServer, key: &str) -> Vec<Value> {
     let (st, body) = common::send(
@@ -516,10 +525,7 @@ async fn an_upstream_result_that_breaks_its_own_schema_is_an_error(b: Backend) {
     })
     .await;
     let key = key_of(&s, "shaper", "team-a").await;
-    let mut policies = String::new();
-    for t in ["shaped", "misshaped", "unshaped"] {
-        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"raw.{t}\");\n"));
-    }
+    let policies = permits("raw", &["shaped", "misshaped", "unshaped"]);
     let (st, e) = s.put_policies(&policies).await;
     assert_eq!(st, 200, "{e}");
     let r = mcp_call(&s, &key, "raw.shaped", json!({})).await;

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::mcp::{everything_server, mcp_call, mcp_list, text_of};
+use crate::mcp::{everything_server, mcp_call, mcp_list, permits, text_of};
 
 use common::{key_of, Backend, TestServer};
 use serde_json::{json, Value};
@@ -600,10 +600,7 @@ async fn a_call_in_doubt_is_made_again_only_if_idempotent(b: Backend) {
     assert_eq!(st, 200, "{e}");
     connected(&s, "guarded").await;
     let key = key_of(&s, "doubter", "team-a").await;
-    let mut policies = String::new();
-    for t in ["slow", "slow_read", "stats"] {
-        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
-    }
+    let policies = permits("guarded", &["slow", "slow_read", "stats"]);
     let (st, e) = s.put_policies(&policies).await;
     assert_eq!(st, 200, "{e}");
 
@@ -663,10 +660,7 @@ async fn a_task_whose_node_died_is_run_again_by_another() {
     let _upstream = guarded_upstream(&a).await;
     connected(&b, "guarded").await;
     let key = key_of(&a, "survivor", "team-a").await;
-    let mut policies = String::new();
-    for t in ["slow_read", "stats"] {
-        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
-    }
+    let policies = permits("guarded", &["slow_read", "stats"]);
     let (st, e) = a.put_policies(&policies).await;
     assert_eq!(st, 200, "{e}");
     common::eventually("the other node to follow the policy", || async {
@@ -716,10 +710,7 @@ async fn a_cancellation_reaching_another_node_gives_the_call_up() {
     let b = TestServer::join(&a);
     let _upstream = guarded_upstream(&a).await;
     let key = key_of(&a, "far-canceller", "team-a").await;
-    let mut policies = String::new();
-    for t in ["slow", "stats"] {
-        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
-    }
+    let policies = permits("guarded", &["slow", "stats"]);
     let (st, e) = a.put_policies(&policies).await;
     assert_eq!(st, 200, "{e}");
     // As a client of the earlier revision sends them: no Mcp-Method header.
@@ -982,10 +973,7 @@ async fn long_calls_become_durable_tasks(b: Backend) {
     let _upstream = guarded_upstream(&s).await;
     let key = key_of(&s, "tasker", "team-a").await;
     let other = key_of(&s, "snooper", "team-b").await;
-    let mut policies = String::new();
-    for t in ["slow", "stats", "add", "slow_read"] {
-        policies.push_str(&format!("@id(\"{t}\") permit (principal, action == Steward::Action::\"tool.call\", resource == Steward::Tool::\"guarded.{t}\");\n"));
-    }
+    let mut policies = permits("guarded", &["slow", "stats", "add", "slow_read"]);
     let (st, e) = s.put_policies(&policies).await;
     assert_eq!(st, 200, "{e}");
 
