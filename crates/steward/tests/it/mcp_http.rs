@@ -845,6 +845,24 @@ both_backends!(
     bad_http_upstream_definitions_are_refused
 );
 
+/// A client script (`out`) that gave up a `guarded.slow` call saw the upstream cancel it, and
+/// the audit record says the call was cancelled.
+async fn cancelled_upstream(s: &TestServer, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "the cancellation did not reach the upstream:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let records = common::audit_records(s).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["resource"] == "guarded.slow" && r["outcome"] == "cancelled"),
+        "{records:?}"
+    );
+}
+
 /// The official MCP Python SDK gives up on a slow call through `/mcp`: Steward gives up the
 /// upstream call too — the upstream's handler is cancelled, not left to run — and the audit
 /// record says the call was cancelled.
@@ -861,19 +879,7 @@ async fn a_client_cancelling_a_call_cancels_it_upstream(b: Backend) {
     assert_eq!(st, 200, "{e}");
 
     let out = crate::mcp::sdk_script("python3", "mcp_cancel.py", &s, &key).await;
-    assert!(
-        out.status.success(),
-        "the cancellation did not reach the upstream:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    let records = common::audit_records(&s).await;
-    assert!(
-        records
-            .iter()
-            .any(|r| r["resource"] == "guarded.slow" && r["outcome"] == "cancelled"),
-        "{records:?}"
-    );
+    cancelled_upstream(&s, &out).await;
 }
 both_backends!(
     a_client_cancelling_a_call_cancels_it_upstream,
@@ -913,19 +919,7 @@ async fn an_earlier_revision_client_cancels_by_notification(b: Backend) {
         .output()
         .await
         .expect("node (for the MCP TypeScript SDK)");
-    assert!(
-        out.status.success(),
-        "the cancellation did not reach the upstream:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    let records = common::audit_records(&s).await;
-    assert!(
-        records
-            .iter()
-            .any(|r| r["resource"] == "guarded.slow" && r["outcome"] == "cancelled"),
-        "{records:?}"
-    );
+    cancelled_upstream(&s, &out).await;
 }
 both_backends!(
     an_earlier_revision_client_cancels_by_notification,
