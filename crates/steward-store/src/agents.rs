@@ -24,7 +24,7 @@ macro_rules! impl_agents {
         #[async_trait]
         impl AgentStore for $store {
             async fn put_agents(&self, specs: &[NewAgent], now: Millis) -> Result<Vec<(AgentRecord, bool)>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let mut out = Vec::with_capacity(specs.len());
                 for s in specs {
                     let latest: Option<AgentRecord> = sqlx::query_as(

@@ -30,7 +30,7 @@ macro_rules! impl_approvals {
         #[async_trait]
         impl ApprovalStore for $store {
             async fn request_approval(&self, a: &NewApproval, now: Millis) -> Result<ApprovalRecord> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO approvals (id, run_id, seq, approvers, action, resource, policy_ids, state, \
                        created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) \
@@ -83,7 +83,7 @@ macro_rules! impl_approvals {
             }
 
             async fn decide_approval(&self, id: &str, approve: bool, reason: &str, by: &str, now: Millis) -> Result<Option<ApprovalRecord>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE approvals SET state = $1, reason = $2, decided_by = $3, decided_at = $4 \
                      WHERE id = $5 AND state = 'pending'",
@@ -113,7 +113,7 @@ macro_rules! impl_approvals {
             }
 
             async fn expire_approvals(&self, now: Millis) -> Result<u64> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let expired: Vec<(String,)> = sqlx::query_as(
                     "UPDATE approvals SET state = 'expired', decided_at = $1, reason = 'no approver decided in time' \
                      WHERE state = 'pending' AND expires_at <= $1 RETURNING run_id",

@@ -27,7 +27,7 @@ macro_rules! impl_audit {
         #[async_trait]
         impl AuditStore for $store {
             async fn append_audit(&self, entries: &[(Millis, String)]) -> Result<(i64, String)> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let head = Self::append_audit_in(&mut tx, entries).await?;
                 tx.commit().await?;
                 Ok(head)

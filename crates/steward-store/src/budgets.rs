@@ -47,7 +47,7 @@ macro_rules! impl_budgets {
         #[async_trait]
         impl BudgetStore for $store {
             async fn hold(&self, h: &NewHold<'_>, now: Millis) -> Result<HoldResult> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let exists: Option<(i64,)> = sqlx::query_as("SELECT amount FROM budget_holds WHERE id = $1")
                     .bind(h.id)
                     .fetch_optional(&mut *tx)
@@ -64,7 +64,7 @@ macro_rules! impl_budgets {
             }
 
             async fn settle(&self, id: &str, spent: i64, now: Millis) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 Self::settle_in(&mut tx, id, spent, now).await?;
                 tx.commit().await?;
                 Ok(())
@@ -80,7 +80,7 @@ macro_rules! impl_budgets {
                 .fetch_all(&self.read)
                 .await?;
                 for (id, kind, amount, run_id) in &stale {
-                    let mut tx = self.write.begin().await?;
+                    let mut tx = self.begin_write().await?;
                     Self::settle_in(&mut tx, id, *amount, now).await?;
                     if kind == HOLD_CALL {
                         sqlx::query(
@@ -101,7 +101,7 @@ macro_rules! impl_budgets {
             }
 
             async fn book_interrupted(&self, run: &RunId, seq: i64, name: &str, hold: &str, worst_case: i64, now: Millis) -> Result<i64> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let open: Option<(i64,)> = sqlx::query_as("SELECT amount FROM budget_holds WHERE id = $1")
                     .bind(hold)
                     .fetch_optional(&mut *tx)

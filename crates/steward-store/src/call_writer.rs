@@ -43,10 +43,11 @@ const ENDS_WAIT: Duration = Duration::from_millis(5);
 const ATTEMPTS: u32 = 5;
 
 impl CallWriter {
-    /// Starts the writer task. It ends when every handle is dropped.
+    /// Starts the writer. It ends when every handle is dropped.
     pub fn start(store: Arc<dyn GatewayStore>) -> Self {
         let (tx, rx) = mpsc::channel((MAX_BEGINS + MAX_ENDS) * 4);
-        tokio::spawn(run(store, rx));
+        let own_thread = store.writes_on_calling_thread();
+        crate::group_commit::spawn_writer("call-writer", own_thread, run(store, rx));
         CallWriter { tx }
     }
 

@@ -69,7 +69,7 @@ macro_rules! impl_delegations {
             }
 
             async fn create_budgeted_delegation(&self, r: &DelegationRecord, account: &str, parent: &str, cap: i64) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 Self::put_budget_in(&mut tx, account, Some(parent), cap, "total", r.created_at).await?;
                 // A conflict drops the transaction, and the account with it.
                 Self::insert_delegation_in(&mut tx, r).await?;
@@ -99,7 +99,7 @@ macro_rules! impl_delegations {
             }
 
             async fn revoke_delegation(&self, id: &str, reason: &str, now: Millis) -> Result<Option<Vec<String>>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM delegations WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *tx)

@@ -8,6 +8,9 @@ pub enum Error {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A failure of the SQLite connection that runs the journal's commits on one thread.
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     /// A write made under a claim of a run that a later claim has replaced: this node no
     /// longer holds the run, and whoever does replays it from its journal.
     #[error("run {0} was claimed again since this node took it; it writes nothing more for it")]
@@ -31,8 +34,10 @@ impl Error {
     /// to a request the store refused. Such a failure is worth retrying once the cause is gone,
     /// and is answered `503`, not `500`.
     pub fn unavailable(&self) -> Option<String> {
-        let Error::Database(e) = self else {
-            return None;
+        let e = match self {
+            Error::Database(e) => e,
+            Error::Sqlite(e) => return sqlite_unavailable(e),
+            _ => return None,
         };
         match e {
             sqlx::Error::Io(io) => Some(format!("the database cannot be reached: {io}")),
@@ -63,6 +68,19 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// [`Error::unavailable`] for the SQLite writer's errors: the same causes, by SQLite's codes.
+fn sqlite_unavailable(e: &rusqlite::Error) -> Option<String> {
+    use rusqlite::ErrorCode;
+    let why = match e.sqlite_error_code()? {
+        ErrorCode::DiskFull => "the disk holding the database is full",
+        ErrorCode::SystemIoFailure => "the device holding the database fails to read or write",
+        ErrorCode::ReadOnly => "the database is read-only",
+        ErrorCode::CannotOpen => "the database file cannot be opened",
+        _ => return None,
+    };
+    Some(format!("{why} ({e})"))
 }
 
 impl Error {

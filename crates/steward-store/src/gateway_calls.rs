@@ -59,6 +59,11 @@ pub trait GatewayStore: Send + Sync {
         begins: &[CallBegin],
         now: Millis,
     ) -> Result<Vec<Option<String>>>;
+    /// Whether [`write_calls`](Self::write_calls) does its work — fsync included — on the
+    /// thread that polls it: its caller should then give it a thread of its own.
+    fn writes_on_calling_thread(&self) -> bool {
+        false
+    }
     /// Most recent first; `agent` filters.
     async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>>;
     /// Usage of models since a time, managed runs and gateway calls together.
@@ -67,71 +72,6 @@ pub trait GatewayStore: Send + Sync {
 
 macro_rules! impl_gateway_calls {
     ($store:ty, $db:ty) => {
-        impl $store {
-            /// Ends calls inside `tx` in a handful of statements whatever their number (each a
-            /// round trip, to SQLite's worker thread or to the server): their holds deleted in
-            /// one, each account charged once for all of them (in name order), their outcomes
-            /// recorded in one. A hold already settled is found gone and charged nothing.
-            async fn end_calls_in(tx: &mut sqlx::Transaction<'static, $db>, ends: &[CallEnd]) -> Result<()> {
-                let Some(at) = ends.iter().map(|e| e.at).max() else { return Ok(()) };
-                let mut charges: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-                // Under SQLite's 32,766 and PostgreSQL's 65,535 bound values a statement.
-                for chunk in ends.chunks(1000) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM budget_holds WHERE id IN (");
-                    let mut ids = qb.separated(", ");
-                    for e in chunk {
-                        ids.push_bind(e.id.clone());
-                    }
-                    qb.push(") RETURNING id, accounts, amount");
-                    let held: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                    for (id, accounts, amount) in held {
-                        let spent = chunk.iter().find(|e| e.id == id).map_or(0, |e| e.spent);
-                        let accounts: Vec<String> = serde_json::from_str(&accounts)
-                            .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
-                        for account in accounts {
-                            let c = charges.entry(account).or_default();
-                            c.0 += amount;
-                            c.1 += spent;
-                        }
-                    }
-                }
-                for (account, (released, spent)) in &charges {
-                    Self::charge_in(tx, account, *released, *spent, at).await?;
-                }
-                // A VALUES list names its columns column1, column2, … in both engines.
-                for chunk in ends.chunks(1000) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE gateway_calls SET deployment = v.column2, status = v.column3, error = v.column4, \
-                           tokens_in = v.column5, tokens_out = v.column6, duration_us = v.column7 FROM (",
-                    );
-                    qb.push_values(chunk, |mut b, e| {
-                        let o = &e.outcome;
-                        b.push_bind(e.id.clone())
-                            .push_bind(o.deployment.clone())
-                            .push_bind(o.status.clone())
-                            .push_bind(o.error.clone())
-                            .push_bind(o.tokens_in)
-                            .push_bind(o.tokens_out)
-                            .push_bind(o.duration_us);
-                    });
-                    qb.push(") AS v WHERE gateway_calls.id = v.column1");
-                    qb.build().execute(&mut **tx).await?;
-                }
-                for e in ends {
-                    let tokens = e.outcome.tokens_in + e.outcome.tokens_out;
-                    for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
-                        sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
-                            .bind(tokens)
-                            .bind(scope)
-                            .bind(e.rate_window)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
-                Ok(())
-            }
-        }
-
         #[async_trait]
         impl GatewayStore for $store {
             async fn create_key(&self, id: &str, key_hash: &str, agent: &AgentName, expires_at: Option<Millis>, now: Millis) -> Result<ApiKeyRecord> {
@@ -172,7 +112,7 @@ macro_rules! impl_gateway_calls {
             }
 
             async fn revoke_key(&self, id: &str, reason: &str, now: Millis) -> Result<Option<ApiKeyRecord>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query("UPDATE api_keys SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(reason)
@@ -192,56 +132,11 @@ macro_rules! impl_gateway_calls {
             }
 
             async fn write_calls(&self, ends: &[CallEnd], begins: &[CallBegin], now: Millis) -> Result<Vec<Option<String>>> {
-                let mut tx = self.write.begin().await?;
-                // Ends first: a settled hold frees what a call begun in the same commit may take.
-                let audit: Vec<(Millis, String)> =
-                    ends.iter().filter_map(|e| Some((e.at, e.audit.clone()?))).collect();
-                if !audit.is_empty() {
-                    Self::append_audit_in(&mut tx, &audit).await?;
-                }
-                Self::end_calls_in(&mut tx, ends).await?;
-                // A refused hold must undo what it took at the accounts it passed. A hold on one
-                // account takes nothing when refused; a lone call with nothing else in the
-                // transaction rolls the transaction back; only the rest need a savepoint (two
-                // more statements).
-                let alone = ends.is_empty() && begins.len() == 1;
-                let mut refused = Vec::with_capacity(begins.len());
-                for c in begins {
-                    let hold = NewHold { id: &c.call.id, kind: HOLD_CALL, run_id: c.call.run_id.as_deref(), accounts: &c.accounts, amount: c.amount };
-                    if c.accounts.len() == 1 || (alone && !c.accounts.is_empty()) {
-                        if let Some(account) = Self::hold_in(&mut *tx, &hold, now).await? {
-                            if alone {
-                                tx.rollback().await?;
-                                return Ok(vec![Some(account)]);
-                            }
-                            refused.push(Some(account));
-                            continue;
-                        }
-                    } else if !c.accounts.is_empty() {
-                        let mut one = sqlx::Acquire::begin(&mut *tx).await?;
-                        if let Some(account) = Self::hold_in(&mut *one, &hold, now).await? {
-                            one.rollback().await?;
-                            refused.push(Some(account));
-                            continue;
-                        }
-                        one.commit().await?;
-                    }
-                    sqlx::query(
-                        "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
-                           started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
-                    )
-                    .bind(&c.call.id)
-                    .bind(&c.call.agent)
-                    .bind(&c.call.run_id)
-                    .bind(&c.call.model)
-                    .bind(i64::from(c.call.stream))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    refused.push(None);
-                }
-                tx.commit().await?;
-                Ok(refused)
+                self.write_calls_now(ends, begins, now).await
+            }
+
+            fn writes_on_calling_thread(&self) -> bool {
+                self.direct_writes()
             }
 
             async fn list_calls(&self, agent: Option<&str>, limit: i64) -> Result<Vec<CallRecord>> {
@@ -289,3 +184,162 @@ macro_rules! impl_gateway_calls {
 
 impl_gateway_calls!(SqliteStore, sqlx::Sqlite);
 impl_gateway_calls!(PgStore, sqlx::Postgres);
+
+impl SqliteStore {
+    fn direct_writes(&self) -> bool {
+        true
+    }
+
+    async fn write_calls_now(
+        &self,
+        ends: &[CallEnd],
+        begins: &[CallBegin],
+        now: Millis,
+    ) -> Result<Vec<Option<String>>> {
+        // The store's one write connection, held for the transaction (see `sqlite_direct`); the
+        // work runs on this thread, which the call writer gives it (`writes_on_calling_thread`).
+        let _writing = self.write.acquire().await?;
+        self.direct.write_calls(ends, begins, now)
+    }
+}
+
+impl PgStore {
+    fn direct_writes(&self) -> bool {
+        false
+    }
+
+    /// Ends calls inside `tx` in a handful of statements whatever their number (each a
+    /// round trip to the server): their holds deleted in
+    /// one, each account charged once for all of them (in name order), their outcomes
+    /// recorded in one. A hold already settled is found gone and charged nothing.
+    async fn end_calls_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        ends: &[CallEnd],
+    ) -> Result<()> {
+        let Some(at) = ends.iter().map(|e| e.at).max() else {
+            return Ok(());
+        };
+        let mut charges: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        // Under PostgreSQL's 65,535 bound values a statement.
+        for chunk in ends.chunks(1000) {
+            let mut qb =
+                sqlx::QueryBuilder::<sqlx::Postgres>::new("DELETE FROM budget_holds WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for e in chunk {
+                ids.push_bind(e.id.clone());
+            }
+            qb.push(") RETURNING id, accounts, amount");
+            let held: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+            for (id, accounts, amount) in held {
+                let spent = chunk.iter().find(|e| e.id == id).map_or(0, |e| e.spent);
+                let accounts: Vec<String> = serde_json::from_str(&accounts)
+                    .map_err(|e| Error::Corrupt(format!("budget hold {id}: {e}")))?;
+                for account in accounts {
+                    let c = charges.entry(account).or_default();
+                    c.0 += amount;
+                    c.1 += spent;
+                }
+            }
+        }
+        for (account, (released, spent)) in &charges {
+            Self::charge_in(tx, account, *released, *spent, at).await?;
+        }
+        // A VALUES list names its columns column1, column2, … in both engines.
+        for chunk in ends.chunks(1000) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "UPDATE gateway_calls SET deployment = v.column2, status = v.column3, error = v.column4, \
+                   tokens_in = v.column5, tokens_out = v.column6, duration_us = v.column7 FROM (",
+            );
+            qb.push_values(chunk, |mut b, e| {
+                let o = &e.outcome;
+                b.push_bind(e.id.clone())
+                    .push_bind(o.deployment.clone())
+                    .push_bind(o.status.clone())
+                    .push_bind(o.error.clone())
+                    .push_bind(o.tokens_in)
+                    .push_bind(o.tokens_out)
+                    .push_bind(o.duration_us);
+            });
+            qb.push(") AS v WHERE gateway_calls.id = v.column1");
+            qb.build().execute(&mut **tx).await?;
+        }
+        for e in ends {
+            let tokens = e.outcome.tokens_in + e.outcome.tokens_out;
+            for scope in e.rate_scopes.iter().filter(|_| tokens > 0) {
+                sqlx::query("UPDATE rate_windows SET tokens = tokens + $1 WHERE scope = $2 AND window_start = $3")
+                    .bind(tokens)
+                    .bind(scope)
+                    .bind(e.rate_window)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_calls_now(
+        &self,
+        ends: &[CallEnd],
+        begins: &[CallBegin],
+        now: Millis,
+    ) -> Result<Vec<Option<String>>> {
+        let mut tx = self.begin_write().await?;
+        // Ends first: a settled hold frees what a call begun in the same commit may take.
+        let audit: Vec<(Millis, String)> = ends
+            .iter()
+            .filter_map(|e| Some((e.at, e.audit.clone()?)))
+            .collect();
+        if !audit.is_empty() {
+            Self::append_audit_in(&mut tx, &audit).await?;
+        }
+        Self::end_calls_in(&mut tx, ends).await?;
+        // A refused hold must undo what it took at the accounts it passed. A hold on one
+        // account takes nothing when refused; a lone call with nothing else in the
+        // transaction rolls the transaction back; only the rest need a savepoint (two
+        // more statements).
+        let alone = ends.is_empty() && begins.len() == 1;
+        let mut refused = Vec::with_capacity(begins.len());
+        for c in begins {
+            let hold = NewHold {
+                id: &c.call.id,
+                kind: HOLD_CALL,
+                run_id: c.call.run_id.as_deref(),
+                accounts: &c.accounts,
+                amount: c.amount,
+            };
+            if c.accounts.len() == 1 || (alone && !c.accounts.is_empty()) {
+                if let Some(account) = Self::hold_in(&mut tx, &hold, now).await? {
+                    if alone {
+                        tx.rollback().await?;
+                        return Ok(vec![Some(account)]);
+                    }
+                    refused.push(Some(account));
+                    continue;
+                }
+            } else if !c.accounts.is_empty() {
+                let mut one = sqlx::Acquire::begin(&mut *tx).await?;
+                if let Some(account) = Self::hold_in(&mut one, &hold, now).await? {
+                    one.rollback().await?;
+                    refused.push(Some(account));
+                    continue;
+                }
+                one.commit().await?;
+            }
+            sqlx::query(
+                "INSERT INTO gateway_calls (id, agent, run_id, model, status, stream, tokens_in, tokens_out, \
+                   started_at, duration_us) VALUES ($1, $2, $3, $4, 'started', $5, 0, 0, $6, 0)",
+            )
+            .bind(&c.call.id)
+            .bind(&c.call.agent)
+            .bind(&c.call.run_id)
+            .bind(&c.call.model)
+            .bind(i64::from(c.call.stream))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            refused.push(None);
+        }
+        tx.commit().await?;
+        Ok(refused)
+    }
+}

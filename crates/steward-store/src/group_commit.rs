@@ -32,10 +32,31 @@ pub struct JournalWriter {
 }
 
 impl JournalWriter {
-    /// Starts the writer task. It ends when every handle is dropped.
+    /// Starts the writer. It ends when every handle is dropped.
     pub fn start(store: Arc<dyn JournalStore>, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(run(store, rx, max_batch.max(1)));
+        let max_batch = max_batch.max(1);
+        if store.writes_on_calling_thread() {
+            // A store that commits on the calling thread (SQLite) gets a thread of its own, so
+            // its fsyncs never hold up one of the runtime's workers.
+            let spawned = std::thread::Builder::new()
+                .name("journal-writer".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(run(store, rx, max_batch)),
+                        // Every append then fails: "the journal writer has stopped".
+                        Err(e) => tracing::error!("the journal writer cannot start: {e}"),
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("the journal writer's thread cannot start: {e}");
+            }
+        } else {
+            tokio::spawn(run(store, rx, max_batch));
+        }
         JournalWriter { tx }
     }
 
@@ -123,5 +144,34 @@ async fn run(store: Arc<dyn JournalStore>, mut rx: mpsc::Receiver<Request>, max_
                 }
             }
         }
+    }
+}
+
+/// Runs a writer's loop: on a thread of its own (with a runtime of its own for its timers and
+/// channels) when its store blocks the thread it writes on, else as a task. A writer that
+/// cannot start is logged; its handles then fail every request ("the writer has stopped").
+pub(crate) fn spawn_writer(
+    name: &str,
+    own_thread: bool,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if !own_thread {
+        tokio::spawn(work);
+        return;
+    }
+    let what = name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(work),
+                Err(e) => tracing::error!("the {what} cannot start: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("the {name}'s thread cannot start: {e}");
     }
 }

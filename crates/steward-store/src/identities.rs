@@ -30,7 +30,7 @@ macro_rules! impl_identities {
             }
 
             async fn set_identity(&self, agent: &str, status: &str, owner: Option<&str>, reason: &str, now: Millis) -> Result<IdentityRecord> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let current: Option<IdentityRecord> =
                     sqlx::query_as("SELECT agent, owner, status, reason, updated_at FROM identities WHERE agent = $1")
                         .bind(agent)

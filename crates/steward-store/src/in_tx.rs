@@ -1,16 +1,43 @@
 //! Steps that run inside another aggregate's transaction: creating a run with its audit
-//! record, taking and settling budget holds, checking that claims still stand, appending to the
+//! record, taking and settling budget holds, appending to the
 //! audit log, putting a run waiting on an approval back in the queue. Each is written once and
 //! called from the aggregates whose commits must include it.
 
 use crate::sql::prelude::*;
 
+// Statements both these steps and SQLite's one-thread writer (`sqlite_direct`) run. Their
+// placeholders first appear in number order, so they bind by position in either.
+
+/// Holds `$3` on account `$5` at `$4` unless that passes its cap, starting a new period (day
+/// `$1`, month `$2`) first when the current one is over: one row changed, or none if refused.
+pub(crate) const HOLD_ON_ACCOUNT: &str = "UPDATE budgets SET \
+     spent_nanos = CASE WHEN (period = 'day' AND period_start < $1) \
+       OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END, \
+     period_start = CASE WHEN period = 'day' AND period_start < $1 THEN $1 \
+       WHEN period = 'month' AND period_start < $2 THEN $2 ELSE period_start END, \
+     reserved_nanos = reserved_nanos + $3, updated_at = $4 \
+   WHERE account = $5 AND reserved_nanos + $3 + CASE WHEN (period = 'day' AND period_start < $1) \
+       OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END <= cap_nanos";
+pub(crate) const INSERT_HOLD: &str =
+    "INSERT INTO budget_holds (id, kind, run_id, accounts, amount, created_at) \
+   VALUES ($1, $2, $3, $4, $5, $6)";
+/// Deleting a hold first makes settling it once a matter of the row: a second finds nothing.
+pub(crate) const TAKE_HOLD: &str =
+    "DELETE FROM budget_holds WHERE id = $1 RETURNING accounts, amount";
+/// Releases `$1` held on account `$4` and books `$2` to it, at `$3`.
+pub(crate) const CHARGE_ACCOUNT: &str = "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, \
+   spent_nanos = spent_nanos + $2, updated_at = $3 WHERE account = $4";
+/// Taking the head row first serialises appenders to the audit log, on one node or many.
+pub(crate) const TAKE_AUDIT_HEAD: &str =
+    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier";
+pub(crate) const SET_AUDIT_FRONTIER: &str = "UPDATE audit_head SET frontier = $1 WHERE id = 0";
+
 macro_rules! impl_in_tx {
-    ($store:ty, $db:ty, share = $share:literal) => {
+    ($store:ty, $db:ty) => {
         impl $store {
             /// Creates a run unless its id exists, with `audit` (for a new one) in the same commit.
             pub(crate) async fn create_run_with(&self, run: &NewRun, audit: Option<&str>, now: Millis) -> Result<(RunRecord, bool)> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
                      VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT (id) DO NOTHING",
@@ -68,14 +95,7 @@ macro_rules! impl_in_tx {
                     // One statement checks the cap and takes the hold — exact under any
                     // concurrency — and starts a new period when the current one is over.
                     let held = sqlx::query(
-                        "UPDATE budgets SET \
-                           spent_nanos = CASE WHEN (period = 'day' AND period_start < $1) \
-                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END, \
-                           period_start = CASE WHEN period = 'day' AND period_start < $1 THEN $1 \
-                             WHEN period = 'month' AND period_start < $2 THEN $2 ELSE period_start END, \
-                           reserved_nanos = reserved_nanos + $3, updated_at = $4 \
-                         WHERE account = $5 AND reserved_nanos + $3 + CASE WHEN (period = 'day' AND period_start < $1) \
-                             OR (period = 'month' AND period_start < $2) THEN 0 ELSE spent_nanos END <= cap_nanos",
+                        HOLD_ON_ACCOUNT,
                     )
                     .bind(periods.day)
                     .bind(periods.month)
@@ -91,8 +111,7 @@ macro_rules! impl_in_tx {
                 }
                 let accounts = serde_json::to_string(h.accounts).map_err(|e| Error::Corrupt(e.to_string()))?;
                 sqlx::query(
-                    "INSERT INTO budget_holds (id, kind, run_id, accounts, amount, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    INSERT_HOLD,
                 )
                 .bind(h.id)
                 .bind(h.kind)
@@ -105,38 +124,12 @@ macro_rules! impl_in_tx {
                 Ok(None)
             }
 
-            /// Fails with [`Error::Fenced`] unless every run of `claims` is still held under it.
-            /// The rows are locked (shared, in id order) until `tx` ends, so a claim cannot take
-            /// a run between this check and the commit: whoever claims next sees what `tx`
-            /// wrote.
-            pub(crate) async fn check_claims_in(tx: &mut sqlx::Transaction<'static, $db>, claims: &[Claim]) -> Result<()> {
-                if claims.is_empty() {
-                    return Ok(());
-                }
-                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN (");
-                let mut sep = qb.separated(", ");
-                for c in claims {
-                    sep.push_bind(c.run.as_str().to_string());
-                }
-                qb.push(format!(") ORDER BY id {}", $share));
-                let rows: Vec<(String, Option<String>, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                for c in claims {
-                    let held = rows.iter().any(|(id, owner, epoch)| {
-                        id == c.run.as_str() && owner.as_deref() == Some(c.node.0.as_str()) && *epoch == c.epoch
-                    });
-                    if !held {
-                        return Err(Error::Fenced(c.run.to_string()));
-                    }
-                }
-                Ok(())
-            }
-
             /// Appends audit records inside `tx`, numbering them after the last; returns the
             /// tree's size and root after them.
             pub(crate) async fn append_audit_in(tx: &mut sqlx::Transaction<'static, $db>, entries: &[(Millis, String)]) -> Result<(i64, String)> {
                 // Taking the head row first serialises appenders, on one node or many.
                 let (size, frontier): (i64, String) = sqlx::query_as(
-                    "UPDATE audit_head SET size = size + $1 WHERE id = 0 RETURNING size, frontier",
+                    TAKE_AUDIT_HEAD,
                 )
                 .bind(entries.len() as i64)
                 .fetch_one(&mut **tx)
@@ -162,7 +155,7 @@ macro_rules! impl_in_tx {
                     });
                     qb.build().execute(&mut **tx).await?;
                 }
-                sqlx::query("UPDATE audit_head SET frontier = $1 WHERE id = 0")
+                sqlx::query(SET_AUDIT_FRONTIER)
                     .bind(tree.to_json())
                     .execute(&mut **tx)
                     .await?;
@@ -212,7 +205,7 @@ macro_rules! impl_in_tx {
                 // Deleting first makes settling once a matter of the row: a second settle finds
                 // nothing.
                 let row: Option<(String, i64)> =
-                    sqlx::query_as("DELETE FROM budget_holds WHERE id = $1 RETURNING accounts, amount")
+                    sqlx::query_as(TAKE_HOLD)
                         .bind(id)
                         .fetch_optional(&mut **tx)
                         .await?;
@@ -228,8 +221,7 @@ macro_rules! impl_in_tx {
             /// Releases `released` held on `account` and books `spent` to it, inside `tx`.
             pub(crate) async fn charge_in(tx: &mut sqlx::Transaction<'static, $db>, account: &str, released: i64, spent: i64, now: Millis) -> Result<()> {
                 sqlx::query(
-                    "UPDATE budgets SET reserved_nanos = reserved_nanos - $1, spent_nanos = spent_nanos + $2, \
-                       updated_at = $3 WHERE account = $4",
+                    CHARGE_ACCOUNT,
                 )
                 .bind(released)
                 .bind(spent)
@@ -243,5 +235,5 @@ macro_rules! impl_in_tx {
     };
 }
 
-impl_in_tx!(SqliteStore, sqlx::Sqlite, share = "");
-impl_in_tx!(PgStore, sqlx::Postgres, share = "FOR SHARE");
+impl_in_tx!(SqliteStore, sqlx::Sqlite);
+impl_in_tx!(PgStore, sqlx::Postgres);

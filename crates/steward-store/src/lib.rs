@@ -31,6 +31,7 @@ mod schedules;
 mod scratchpad;
 mod secrets;
 mod sql;
+mod sqlite_direct;
 mod supervisors;
 mod task_writer;
 mod tasks;

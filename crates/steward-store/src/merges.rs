@@ -179,7 +179,7 @@ macro_rules! impl_merges {
             }
 
             async fn claim_submission(&self, repo: &str, node: &str, now: Millis, until: Millis) -> Result<Option<SubmissionRecord>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "UPDATE submissions SET state = 'queued', checker = NULL, check_until = NULL, updated_at = $1 \
                      WHERE repo = $2 AND state = 'checking' AND (check_until IS NULL OR check_until < $1)",
@@ -266,7 +266,7 @@ macro_rules! impl_merges {
             }
 
             async fn lease_paths(&self, repo: &str, holder: &str, paths: &[String], expires_at: Millis, now: Millis) -> Result<Vec<PathLease>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("DELETE FROM path_leases WHERE repo = $1 AND expires_at <= $2")
                     .bind(repo)
                     .bind(now)

@@ -16,7 +16,7 @@ macro_rules! impl_policies {
         #[async_trait]
         impl PolicyStore for $store {
             async fn put_policy_set(&self, hash: &str, text: &str, now: Millis) -> Result<PolicySetRecord> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let latest: Option<PolicySetRecord> = sqlx::query_as(
                     "SELECT version, hash, text, created_at FROM policy_sets ORDER BY version DESC LIMIT 1",
                 )

@@ -22,7 +22,7 @@ macro_rules! impl_rates {
         #[async_trait]
         impl RateStore for $store {
             async fn take_request(&self, scopes: &[(String, i64, i64)], window: Millis) -> Result<Option<String>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 for (scope, rpm, tpm) in scopes {
                     // Counting and checking in one statement keeps the limit exact across nodes.
                     let counted: Option<(i64,)> = sqlx::query_as(

@@ -176,7 +176,7 @@ macro_rules! impl_runs {
             }
 
             async fn request_cancel(&self, id: &RunId, reason: &str, now: Millis) -> Result<Option<RunRecord>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(&format!(
                     "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $1), updated_at = $2 \
                      WHERE id = $3 AND state NOT IN {TERMINAL}"
@@ -210,7 +210,7 @@ macro_rules! impl_runs {
             }
 
             async fn resolve_waiting(&self, id: &RunId, retry: bool, now: Millis) -> Result<Option<RunRecord>> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let n = if retry {
                     sqlx::query(
                         "UPDATE runs SET state = 'queued', wait_kind = NULL, error_code = NULL, error_message = NULL, \

@@ -24,6 +24,8 @@ use crate::{Error, Result, Store};
 pub struct SqliteStore {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
+    /// The journal's group commits, on one thread (see `sqlite_direct`).
+    pub(crate) direct: std::sync::Arc<crate::sqlite_direct::DirectWriter>,
 }
 
 /// Cluster storage: many nodes share one database.
@@ -45,7 +47,17 @@ impl SqliteStore {
             }
         };
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::Config(format!("database url {url:?}: {e}")))?
+            .map_err(|e| Error::Config(format!("database url {url:?}: {e}")))?;
+        // An in-memory database is gone when the process ends: nothing in it would be durable,
+        // and connections beyond the first could not share it.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(Error::Config(format!(
+                "database url {url:?}: an in-memory SQLite database loses every run on exit; \
+                 give a file, sqlite://PATH"
+            )));
+        }
+        let path = opts.get_filename().to_path_buf();
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
@@ -67,7 +79,15 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { read, write })
+        let direct = std::sync::Arc::new(crate::sqlite_direct::DirectWriter::new(
+            path,
+            matches!(sync, SqliteSynchronous::Full),
+        ));
+        Ok(SqliteStore {
+            read,
+            write,
+            direct,
+        })
     }
 }
 
@@ -186,6 +206,14 @@ macro_rules! impl_store {
 const WAKE_CHANNEL: &str = "steward_wake";
 
 impl SqliteStore {
+    /// A write transaction, holding SQLite's write lock from its first statement. A deferred
+    /// one (sqlx's default) that read before it wrote cannot wait for another connection's
+    /// write to end — SQLite answers `SQLITE_BUSY` at once rather than let its snapshot go
+    /// stale — so with a second process on the file its writes would fail instead of waiting.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// One process owns a SQLite file: its engine is woken in-process, nobody else to tell.
     pub(crate) async fn wake(&self, _what: &str) {}
 
@@ -195,6 +223,10 @@ impl SqliteStore {
 }
 
 impl PgStore {
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.write.begin().await?)
+    }
+
     /// Tells every node listening that a run was queued (`run`) or ended (`done`). Best effort:
     /// nodes also poll, so a lost notification only costs latency.
     pub(crate) async fn wake(&self, what: &str) {

@@ -132,7 +132,7 @@ macro_rules! impl_supervisors {
                 incident: Option<&IncidentRecord>,
                 now: Millis,
             ) -> Result<bool> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE supervisors SET state = $1, status = $2, version = version + 1, updated_at = $3 \
                      WHERE name = $4 AND version = $5",

@@ -637,7 +637,7 @@ macro_rules! impl_tasks {
 
             async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult> {
                 let queues = self.configs(batch).await?;
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let enqueued = Self::enqueue_in(&mut tx, &batch.enqueues, &queues).await?;
                 let leased = Self::lease_in(&mut tx, &batch.leases, &queues).await?;
                 let finished = Self::finish_in(&mut tx, &batch.finishes).await?;
@@ -655,7 +655,7 @@ macro_rules! impl_tasks {
             ) -> Result<Vec<TaskRecord>> {
                 let q = self.queue(queue).await?;
                 let owner = agent_owner(agent);
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 // One pool's leases at a time across nodes, so its count below is the truth
                 // until commit (SQLite's writer is one at a time already).
                 sqlx::query($pool_lock)

@@ -90,7 +90,7 @@ macro_rules! impl_workspaces {
                 blobs: &[Blob],
                 now: Millis,
             ) -> Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 for chunk in blobs.chunks(CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO workspace_blobs (hash, data, size, last_used) ");
                     qb.push_values(chunk, |mut b, blob| {
@@ -153,7 +153,7 @@ macro_rules! impl_workspaces {
             }
 
             async fn sweep_workspaces(&self, ended_before: Millis, unused_since: Millis) -> Result<(u64, u64)> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let ended = "SELECT id FROM runs WHERE state IN ('succeeded', 'failed', 'cancelled') AND updated_at < $1";
                 let states = sqlx::query(&format!("DELETE FROM workspace_states WHERE run_id IN ({ended})"))
                     .bind(ended_before)

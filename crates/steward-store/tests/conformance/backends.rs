@@ -77,3 +77,15 @@ async fn sqlite_has_nobody_to_announce_to() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
+    for url in ["sqlite::memory:", "sqlite://x.db?mode=memory"] {
+        let e = open(url, &StoreConfig::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sqlite://PATH"), "{url}: {e}");
+    }
+}

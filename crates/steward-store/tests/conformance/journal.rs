@@ -143,3 +143,101 @@ async fn a_steps_outcome_and_its_cost_commit_together(s: &dyn Store) {
     let b = s.get_budget("agent:a").await.unwrap().unwrap();
     assert_eq!((b.reserved_nanos, b.spent_nanos), (0, 150));
 }
+
+/// Two nodes on one database, each with its journal writer, appending steps with their audit
+/// records under their claims while other writes (probes, agents) go on beside them: every
+/// step lands once, the audit log is one chain numbered without a gap or a repeat, and its
+/// root is the one its rows hash to. On SQLite the writer runs on a connection of its own
+/// beside the store's other writes; this is what keeps them from losing or forking anything.
+async fn two_nodes_journal_writers_keep_one_audit_log(url: &str, a: Arc<dyn Store>) {
+    let b = open(url, &StoreConfig::default()).await.unwrap();
+    with_agent(&*a).await;
+    const RUNS: usize = 3;
+    const STEPS: i64 = 40;
+    let mut tasks = Vec::new();
+    for (node, store) in [("a", a.clone()), ("b", b.clone())] {
+        let n = NodeId(node.into());
+        for _ in 0..RUNS {
+            store.create_run(&new_run(&new_id()), 1).await.unwrap();
+        }
+        let claims: Vec<Claim> = store
+            .claim_runs(&n, 2, 600_000, RUNS as i64)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.claim(&n))
+            .collect();
+        assert_eq!(claims.len(), RUNS);
+        let writer = JournalWriter::start(store.clone(), 16);
+        for claim in claims {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                for seq in 0..STEPS {
+                    let body = format!("{}:{seq}", claim.run);
+                    writer
+                        .append_audited(
+                            Some(&claim),
+                            vec![entry(&claim.run, seq, PHASE_INTENT)],
+                            vec![(seq, body)],
+                            Vec::new(),
+                        )
+                        .await
+                        .unwrap();
+                }
+                claim.run
+            }));
+        }
+        // Writes through the store's other path, racing the writer for the write lock.
+        let other = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for now in 0..STEPS {
+                other.probe_write(node, now).await.unwrap();
+                other
+                    .put_agents(&[agent(&format!("busy-{node}"), &now.to_string())], now)
+                    .await
+                    .unwrap();
+            }
+            new_id()
+        }));
+    }
+    let mut runs = Vec::new();
+    for t in tasks {
+        runs.push(t.await.unwrap());
+    }
+    for run in runs
+        .iter()
+        .take(RUNS)
+        .chain(runs.iter().skip(RUNS + 1).take(RUNS))
+    {
+        let steps = a.load_journal(run, None, 1000).await.unwrap();
+        assert_eq!(steps.len() as i64, STEPS, "run {run}");
+    }
+    let total = 2 * RUNS as i64 * STEPS;
+    let (size, root) = b.audit_head().await.unwrap();
+    assert_eq!(size, total);
+    let rows = a.audit_rows(0, 10 * total).await.unwrap();
+    let mut tree = merkle::Frontier::from_json(0, "[]").unwrap();
+    let mut bodies = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.seq, i as i64, "audit records are numbered without gaps");
+        let body = row.body.clone().unwrap();
+        let leaf = merkle::leaf_hash(row.seq, body.as_bytes());
+        assert_eq!(row.leaf_hash, merkle::hex(&leaf));
+        tree.push(leaf);
+        assert!(bodies.insert(body), "an audit record written twice");
+    }
+    assert_eq!(rows.len() as i64, total);
+    assert_eq!(merkle::hex(&tree.root()), root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_nodes_journal_writers_keep_one_audit_log() {
+    let fresh = FreshStore::sqlite().await;
+    two_nodes_journal_writers_keep_one_audit_log(&fresh.url, fresh.store.clone()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_nodes_journal_writers_keep_one_audit_log() {
+    let fresh = FreshStore::postgres().await;
+    two_nodes_journal_writers_keep_one_audit_log(&fresh.url, fresh.store.clone()).await
+}
