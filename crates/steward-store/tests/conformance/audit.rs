@@ -3,7 +3,10 @@
 
 use crate::support::*;
 
-on_both_backends!(audit_records_are_numbered_checkpointed_and_pruned);
+on_both_backends!(
+    audit_records_are_numbered_checkpointed_and_pruned,
+    appends_of_many_records_keep_the_tree_whole
+);
 
 async fn audit_records_are_numbered_checkpointed_and_pruned(s: &dyn Store) {
     assert_eq!(s.audit_head().await.unwrap().0, 0);
@@ -69,4 +72,34 @@ async fn audit_records_are_numbered_checkpointed_and_pruned(s: &dyn Store) {
         rows.iter().map(|r| &r.leaf_hash).collect::<Vec<_>>()
     );
     assert_eq!(s.audit_head().await.unwrap(), (3, root));
+}
+
+/// Appends larger than one statement's rows (written in several, the new frontier with the
+/// last on PostgreSQL), then a small one after them: the tree stays the one the rows hash to,
+/// and what comes next is numbered after it.
+async fn appends_of_many_records_keep_the_tree_whole(s: &dyn Store) {
+    let many: Vec<(i64, String)> = (0..2_345).map(|i| (i, format!("record {i}"))).collect();
+    let (size, _) = s.append_audit(&many).await.unwrap();
+    assert_eq!(size, 2_345);
+    let (size, root) = s.append_audit(&[(9_999, "last".into())]).await.unwrap();
+    assert_eq!(size, 2_346);
+    let mut tree = merkle::Frontier::default();
+    let mut next = 0;
+    loop {
+        let rows = s.audit_rows(next, 1_000).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            assert_eq!(r.seq, next, "numbered without gaps");
+            tree.push(merkle::leaf_hash(
+                r.seq,
+                r.body.as_deref().unwrap().as_bytes(),
+            ));
+            next += 1;
+        }
+    }
+    assert_eq!(next, 2_346);
+    assert_eq!(merkle::hex(&tree.root()), root);
+    assert_eq!(s.audit_head().await.unwrap(), (2_346, root));
 }
