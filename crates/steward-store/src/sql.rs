@@ -79,6 +79,9 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.read_only(true))
             .await?;
+        // The file exists now (the pools made it): pin its absolute path, so the writer's own
+        // connection, opened later, opens this file whatever the working directory is by then.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
         let direct = std::sync::Arc::new(crate::sqlite_direct::DirectWriter::new(
             path,
             matches!(sync, SqliteSynchronous::Full),
