@@ -65,11 +65,16 @@ fn stopped<T>(_: T) -> Error {
 }
 
 impl TaskWriter {
-    /// Starts the writer task. It ends when every handle is dropped.
+    /// Starts the writer. It ends when every handle is dropped.
     pub fn start(store: Arc<dyn TaskStore>) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let draining = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(store, rx, draining.clone()));
+        let own_thread = store.writes_on_calling_thread();
+        crate::group_commit::spawn_writer(
+            "task-writer",
+            own_thread,
+            run(store, rx, draining.clone()),
+        );
         TaskWriter { tx, draining }
     }
 

@@ -79,10 +79,38 @@ pub struct TaskRecord {
     pub finished_at: Option<Millis>,
 }
 
-const TASK_COLUMNS: &str =
+pub(crate) const TASK_COLUMNS: &str =
     "id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, run_at, \
     deadline, attempts, max_attempts, lease_owner, lease_until, run_id, result, error, \
     enqueued_at, leased_at, finished_at";
+
+/// Leases up to `$5` ready tasks of queue `$4` to `$1` until `$2`, at `$3`: highest priority
+/// first, then each tenant's n-th task before anyone's (n+1)-th. `lock` is the dialect's row
+/// lock for the tasks picked.
+pub(crate) fn lease_ready_sql(lock: &str) -> String {
+    format!(
+        "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_until = $2, \
+           leased_at = $3, attempts = attempts + 1, updated_at = $3 \
+         WHERE id IN (SELECT id FROM tasks WHERE queue = $4 AND state = 'pending' AND run_at <= $3 \
+           AND (deadline IS NULL OR deadline > $3) \
+           ORDER BY priority DESC, tenant_seq, enqueued_at LIMIT $5 {lock}) \
+         RETURNING {TASK_COLUMNS}"
+    )
+}
+
+/// Ends leased task `$6` as `$1` (`done` or `failed`) if its report matches the lease in force
+/// (owner `$7`, attempt `$8`, not expired at `$5`): a failure is retried at `$2` while attempts
+/// remain, else dead-lettered.
+pub(crate) const FAIL_TASK: &str = "UPDATE tasks SET \
+     state = CASE WHEN $1 = 'done' THEN 'done' \
+                  WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
+                  ELSE 'dead' END, \
+     run_at = COALESCE($2, run_at), result = $3, error = $4, \
+     lease_owner = NULL, lease_until = NULL, \
+     finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
+     updated_at = $5 \
+   WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL \
+     AND lease_until >= $5";
 
 /// Which tasks to list.
 #[derive(Clone, Debug, Default)]
@@ -152,6 +180,11 @@ pub trait TaskStore: Send + Sync {
     /// within the queue's limits; then ends each attempt (false when the worker's lease was
     /// lost — expired and taken by another worker, or ended already — and nothing changed).
     async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult>;
+    /// Whether [`task_batch`](Self::task_batch) does its work — fsync included — on the thread
+    /// that polls it: its caller should then give it a thread of its own.
+    fn writes_on_calling_thread(&self) -> bool {
+        false
+    }
     /// Leases ready tasks of `queue` to new runs of `agent` (one each, created in the same
     /// transaction, input = the payload) until `pool` of the agent's tasks are leased, counted
     /// inside that transaction (and, on PostgreSQL, under a lock of the agent's pool): the
@@ -274,10 +307,7 @@ macro_rules! impl_tasks {
                 if room <= 0 {
                     return Ok(Vec::new());
                 }
-                let mut leased: Vec<TaskRecord> = sqlx::query_as(&format!(
-                    "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_until = $2,                        leased_at = $3, attempts = attempts + 1, updated_at = $3                      WHERE id IN (SELECT id FROM tasks WHERE queue = $4 AND state = 'pending' AND run_at <= $3                        AND (deadline IS NULL OR deadline > $3)                        ORDER BY priority DESC, tenant_seq, enqueued_at LIMIT $5 {})                      RETURNING {TASK_COLUMNS}",
-                    $lock
-                ))
+                let mut leased: Vec<TaskRecord> = sqlx::query_as(&lease_ready_sql($lock))
                 .bind(owner)
                 .bind(until)
                 .bind(now)
@@ -289,257 +319,6 @@ macro_rules! impl_tasks {
                     (b.priority, a.tenant_seq, a.enqueued_at).cmp(&(a.priority, b.tenant_seq, b.enqueued_at))
                 });
                 Ok(leased)
-            }
-
-            async fn enqueue_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                tasks: &[(NewTask, Millis)],
-                queues: &std::collections::HashMap<String, QueueConfig>,
-            ) -> Result<Vec<(TaskRecord, bool)>> {
-                use std::collections::HashMap;
-                let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; tasks.len()];
-                // A task with a dedup key the queue holds is that task.
-                for (i, (t, _)) in tasks.iter().enumerate() {
-                    if let Some(key) = &t.dedup_key {
-                        let found: Option<TaskRecord> = sqlx::query_as(&format!(
-                            "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = $1 AND dedup_key = $2"
-                        ))
-                        .bind(&t.queue)
-                        .bind(key)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        out[i] = found.map(|f| (f, false));
-                    }
-                }
-                let mut fresh: Vec<usize> = (0..tasks.len()).filter(|i| out[*i].is_none()).collect();
-                // Two tasks of one batch with the same key: the first is enqueued, the second
-                // is it.
-                let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
-                let mut same_as: Vec<(usize, usize)> = Vec::new();
-                fresh.retain(|&i| match &tasks[i].0.dedup_key {
-                    Some(k) => match keys.get(&(tasks[i].0.queue.as_str(), k.as_str())) {
-                        Some(&first) => {
-                            same_as.push((i, first));
-                            false
-                        }
-                        None => {
-                            keys.insert((tasks[i].0.queue.as_str(), k.as_str()), i);
-                            true
-                        }
-                    },
-                    None => true,
-                });
-                // Each tenant's places: every (queue, tenant) of the batch advanced in one
-                // statement (each statement is a round trip to the database's thread).
-                let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-                for &i in &fresh {
-                    groups
-                        .entry((tasks[i].0.queue.as_str(), tasks[i].0.tenant.as_str()))
-                        .or_default()
-                        .push(i);
-                }
-                let mut seq = vec![0i64; tasks.len()];
-                let keys: Vec<(&(&str, &str), &Vec<usize>)> = groups.iter().collect();
-                for chunk in keys.chunks(256) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO task_tenants (queue, tenant, next_seq) ");
-                    qb.push_values(chunk, |mut b, ((queue, tenant), members)| {
-                        b.push_bind(queue.to_string())
-                            .push_bind(tenant.to_string())
-                            .push_bind(members.len() as i64);
-                    });
-                    qb.push(
-                        " ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + excluded.next_seq \
-                         RETURNING queue, tenant, next_seq",
-                    );
-                    let rows: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                    for (queue, tenant, last) in rows {
-                        let members = groups.get(&(queue.as_str(), tenant.as_str())).ok_or_else(|| {
-                            crate::Error::Corrupt(format!("tenant {tenant} of {queue} was not counted"))
-                        })?;
-                        let k = members.len() as i64;
-                        for (n, &i) in members.iter().enumerate() {
-                            seq[i] = last - k + 1 + n as i64;
-                        }
-                    }
-                }
-                // The tasks, many rows to a statement. A unique violation (another node
-                // enqueued the same key meanwhile) fails the transaction; the writer then
-                // enqueues each task on its own, and the retry finds the other node's task.
-                for chunk in fresh.chunks(256) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO tasks (id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, \
-                           run_at, deadline, attempts, max_attempts, enqueued_at, updated_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, &i| {
-                        let (t, now) = &tasks[i];
-                        b.push_bind(t.id.clone())
-                            .push_bind(t.queue.clone())
-                            .push_bind(t.tenant.clone())
-                            .push_bind(seq[i])
-                            .push_bind(t.priority)
-                            .push_bind(t.payload.clone())
-                            .push_bind(t.dedup_key.clone())
-                            .push_bind(TASK_PENDING)
-                            .push_bind(t.run_at)
-                            .push_bind(t.deadline)
-                            .push_bind(0i64)
-                            .push_bind(queues.get(&t.queue).map_or(3, |q| q.max_attempts))
-                            .push_bind(*now)
-                            .push_bind(*now);
-                    });
-                    qb.push(format!(" RETURNING {TASK_COLUMNS}"));
-                    let rows: Vec<TaskRecord> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                    let mut by_id: HashMap<String, TaskRecord> =
-                        rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-                    for &i in chunk {
-                        let rec = by_id.remove(&tasks[i].0.id).ok_or_else(|| {
-                            crate::Error::Corrupt(format!("task {} was not stored", tasks[i].0.id))
-                        })?;
-                        out[i] = Some((rec, true));
-                    }
-                }
-                for (i, first) in same_as {
-                    out[i] = out[first].clone().map(|(r, _)| (r, false));
-                }
-                out.into_iter()
-                    .map(|o| o.ok_or_else(|| crate::Error::Corrupt("a task was lost in its batch".into())))
-                    .collect()
-            }
-
-            async fn lease_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                requests: &[LeaseRequest],
-                queues: &std::collections::HashMap<String, QueueConfig>,
-            ) -> Result<Vec<Vec<TaskRecord>>> {
-                let mut out = Vec::with_capacity(requests.len());
-                // Queues this batch found nothing more ready in: later requests in the same
-                // transaction would find nothing either.
-                let mut drained: std::collections::HashSet<&str> = std::collections::HashSet::new();
-                for r in requests {
-                    if drained.contains(r.queue.as_str()) {
-                        out.push(Vec::new());
-                        continue;
-                    }
-                    let q = queues.get(&r.queue).cloned().unwrap_or_else(|| QueueConfig::named(&r.queue));
-                    let room = Self::room(tx, &q, &r.worker, r.max).await?;
-                    let leased = Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?;
-                    if (leased.len() as i64) < room {
-                        drained.insert(&r.queue);
-                    }
-                    out.push(leased);
-                }
-                Ok(out)
-            }
-
-            async fn finish_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                ends: &[(TaskFinish, Millis)],
-            ) -> Result<Vec<bool>> {
-                let mut out = vec![false; ends.len()];
-                // Completions, many to a statement; each must still hold its lease (owner, attempt,
-                // and time). Reports of one task go to separate statements, in batch order, so a
-                // stale worker's report can never stand in for the holder's: at most one matches
-                // the lease, and once it has, the others find it gone.
-                let done: Vec<usize> = (0..ends.len())
-                    .filter(|&i| matches!(ends[i].0.end, TaskEnd::Done { .. }))
-                    .collect();
-                for round in Self::one_per_task(ends, &done) {
-                    for chunk in round.chunks(256) {
-                        let held = Self::complete_held(tx, ends, chunk).await?;
-                        for &i in chunk {
-                            out[i] = held.contains(&ends[i].0.id);
-                        }
-                    }
-                }
-                // Failures one by one: each decides between a retry and the dead-letter queue.
-                for (i, (f, now)) in ends.iter().enumerate() {
-                    if matches!(f.end, TaskEnd::Done { .. }) {
-                        continue;
-                    }
-                    let (how, result, error, retry_at) = Self::end_columns(&f.end);
-                    let n = sqlx::query(
-                        "UPDATE tasks SET \
-                           state = CASE WHEN $1 = 'done' THEN 'done' \
-                                        WHEN $2 IS NOT NULL AND attempts < max_attempts THEN 'pending' \
-                                        ELSE 'dead' END, \
-                           run_at = COALESCE($2, run_at), result = $3, error = $4, \
-                           lease_owner = NULL, lease_until = NULL, \
-                           finished_at = CASE WHEN $1 = 'done' OR $2 IS NULL OR attempts >= max_attempts THEN $5 ELSE NULL END, \
-                           updated_at = $5 \
-                         WHERE id = $6 AND state = 'leased' AND lease_owner = $7 AND attempts = $8 AND run_id IS NULL \
-                           AND lease_until >= $5",
-                    )
-                    .bind(how)
-                    .bind(retry_at)
-                    .bind(result)
-                    .bind(error)
-                    .bind(now)
-                    .bind(&f.id)
-                    .bind(&f.worker)
-                    .bind(f.attempt)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                    out[i] = n == 1;
-                }
-                Ok(out)
-            }
-
-            /// `picked` (indexes into `ends`) split into rounds with each task at most once per
-            /// round, keeping batch order: the n-th report of a task goes to round n.
-            fn one_per_task(ends: &[(TaskFinish, Millis)], picked: &[usize]) -> Vec<Vec<usize>> {
-                let mut rounds: Vec<Vec<usize>> = Vec::new();
-                let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-                for &i in picked {
-                    let n = seen.entry(ends[i].0.id.as_str()).or_insert(0);
-                    if rounds.len() <= *n {
-                        rounds.push(Vec::new());
-                    }
-                    rounds[*n].push(i);
-                    *n += 1;
-                }
-                rounds
-            }
-
-            /// Marks done the tasks of `chunk` (distinct ids) whose report matches a lease still
-            /// in force; returns their ids.
-            async fn complete_held(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                ends: &[(TaskFinish, Millis)],
-                chunk: &[usize],
-            ) -> Result<std::collections::HashSet<String>> {
-                let now = chunk.iter().map(|&i| ends[i].1).max().unwrap_or_default();
-                let mut qb = sqlx::QueryBuilder::<$db>::new("UPDATE tasks SET state = 'done', result = CASE id");
-                for &i in chunk {
-                    let result = match &ends[i].0.end {
-                        TaskEnd::Done { result } => result.clone(),
-                        TaskEnd::Failed { .. } => String::new(),
-                    };
-                    qb.push(" WHEN ").push_bind(ends[i].0.id.clone()).push(" THEN ").push_bind(result);
-                }
-                qb.push(" END, error = NULL, lease_owner = NULL, lease_until = NULL, finished_at = ")
-                    .push_bind(now)
-                    .push(", updated_at = ")
-                    .push_bind(now)
-                    .push(" WHERE state = 'leased' AND run_id IS NULL AND (");
-                for (n, &i) in chunk.iter().enumerate() {
-                    let (f, at) = &ends[i];
-                    if n > 0 {
-                        qb.push(" OR ");
-                    }
-                    qb.push("(id = ")
-                        .push_bind(f.id.clone())
-                        .push(" AND lease_owner = ")
-                        .push_bind(f.worker.clone())
-                        .push(" AND attempts = ")
-                        .push_bind(f.attempt)
-                        .push(" AND lease_until >= ")
-                        .push_bind(*at)
-                        .push(")");
-                }
-                qb.push(") RETURNING id");
-                let held: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-                Ok(held.into_iter().map(|(id,)| id).collect())
             }
 
             /// The settings of every queue `batch` names.
@@ -637,12 +416,11 @@ macro_rules! impl_tasks {
 
             async fn task_batch(&self, batch: &TaskBatch) -> Result<TaskBatchResult> {
                 let queues = self.configs(batch).await?;
-                let mut tx = self.begin_write().await?;
-                let enqueued = Self::enqueue_in(&mut tx, &batch.enqueues, &queues).await?;
-                let leased = Self::lease_in(&mut tx, &batch.leases, &queues).await?;
-                let finished = Self::finish_in(&mut tx, &batch.finishes).await?;
-                tx.commit().await?;
-                Ok(TaskBatchResult { enqueued, leased, finished })
+                self.task_batch_now(batch, &queues).await
+            }
+
+            fn writes_on_calling_thread(&self) -> bool {
+                self.direct_task_writes()
             }
 
             async fn lease_tasks_to_runs(
@@ -870,3 +648,295 @@ impl_tasks!(
     queue_lock = "FOR UPDATE",
     pool_lock = "SELECT pg_advisory_xact_lock(hashtext($1))"
 );
+
+impl SqliteStore {
+    fn direct_task_writes(&self) -> bool {
+        true
+    }
+
+    /// On the one-thread writer (`sqlite_direct`), holding the store's write connection.
+    async fn task_batch_now(
+        &self,
+        batch: &TaskBatch,
+        queues: &std::collections::HashMap<String, QueueConfig>,
+    ) -> Result<TaskBatchResult> {
+        let _writing = self.write.acquire().await?;
+        self.direct.task_batch(batch, queues)
+    }
+}
+
+impl PgStore {
+    fn direct_task_writes(&self) -> bool {
+        false
+    }
+
+    async fn enqueue_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tasks: &[(NewTask, Millis)],
+        queues: &std::collections::HashMap<String, QueueConfig>,
+    ) -> Result<Vec<(TaskRecord, bool)>> {
+        use std::collections::HashMap;
+        let mut out: Vec<Option<(TaskRecord, bool)>> = vec![None; tasks.len()];
+        // A task with a dedup key the queue holds is that task.
+        for (i, (t, _)) in tasks.iter().enumerate() {
+            if let Some(key) = &t.dedup_key {
+                let found: Option<TaskRecord> = sqlx::query_as(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE queue = $1 AND dedup_key = $2"
+                ))
+                .bind(&t.queue)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+                out[i] = found.map(|f| (f, false));
+            }
+        }
+        let mut fresh: Vec<usize> = (0..tasks.len()).filter(|i| out[*i].is_none()).collect();
+        // Two tasks of one batch with the same key: the first is enqueued, the second
+        // is it.
+        let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut same_as: Vec<(usize, usize)> = Vec::new();
+        fresh.retain(|&i| match &tasks[i].0.dedup_key {
+            Some(k) => match keys.get(&(tasks[i].0.queue.as_str(), k.as_str())) {
+                Some(&first) => {
+                    same_as.push((i, first));
+                    false
+                }
+                None => {
+                    keys.insert((tasks[i].0.queue.as_str(), k.as_str()), i);
+                    true
+                }
+            },
+            None => true,
+        });
+        // Each tenant's places: every (queue, tenant) of the batch advanced in one
+        // statement (each statement is a round trip to the database's thread).
+        let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for &i in &fresh {
+            groups
+                .entry((tasks[i].0.queue.as_str(), tasks[i].0.tenant.as_str()))
+                .or_default()
+                .push(i);
+        }
+        let mut seq = vec![0i64; tasks.len()];
+        let keys: Vec<(&(&str, &str), &Vec<usize>)> = groups.iter().collect();
+        for chunk in keys.chunks(256) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO task_tenants (queue, tenant, next_seq) ",
+            );
+            qb.push_values(chunk, |mut b, ((queue, tenant), members)| {
+                b.push_bind(queue.to_string())
+                    .push_bind(tenant.to_string())
+                    .push_bind(members.len() as i64);
+            });
+            qb.push(
+                " ON CONFLICT (queue, tenant) DO UPDATE SET next_seq = task_tenants.next_seq + excluded.next_seq \
+                 RETURNING queue, tenant, next_seq",
+            );
+            let rows: Vec<(String, String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+            for (queue, tenant, last) in rows {
+                let members = groups
+                    .get(&(queue.as_str(), tenant.as_str()))
+                    .ok_or_else(|| {
+                        crate::Error::Corrupt(format!("tenant {tenant} of {queue} was not counted"))
+                    })?;
+                let k = members.len() as i64;
+                for (n, &i) in members.iter().enumerate() {
+                    seq[i] = last - k + 1 + n as i64;
+                }
+            }
+        }
+        // The tasks, many rows to a statement. A unique violation (another node
+        // enqueued the same key meanwhile) fails the transaction; the writer then
+        // enqueues each task on its own, and the retry finds the other node's task.
+        for chunk in fresh.chunks(256) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO tasks (id, queue, tenant, tenant_seq, priority, payload, dedup_key, state, \
+                   run_at, deadline, attempts, max_attempts, enqueued_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, &i| {
+                let (t, now) = &tasks[i];
+                b.push_bind(t.id.clone())
+                    .push_bind(t.queue.clone())
+                    .push_bind(t.tenant.clone())
+                    .push_bind(seq[i])
+                    .push_bind(t.priority)
+                    .push_bind(t.payload.clone())
+                    .push_bind(t.dedup_key.clone())
+                    .push_bind(TASK_PENDING)
+                    .push_bind(t.run_at)
+                    .push_bind(t.deadline)
+                    .push_bind(0i64)
+                    .push_bind(queues.get(&t.queue).map_or(3, |q| q.max_attempts))
+                    .push_bind(*now)
+                    .push_bind(*now);
+            });
+            qb.push(format!(" RETURNING {TASK_COLUMNS}"));
+            let rows: Vec<TaskRecord> = qb.build_query_as().fetch_all(&mut **tx).await?;
+            let mut by_id: HashMap<String, TaskRecord> =
+                rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+            for &i in chunk {
+                let rec = by_id.remove(&tasks[i].0.id).ok_or_else(|| {
+                    crate::Error::Corrupt(format!("task {} was not stored", tasks[i].0.id))
+                })?;
+                out[i] = Some((rec, true));
+            }
+        }
+        for (i, first) in same_as {
+            out[i] = out[first].clone().map(|(r, _)| (r, false));
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| crate::Error::Corrupt("a task was lost in its batch".into())))
+            .collect()
+    }
+
+    async fn lease_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        requests: &[LeaseRequest],
+        queues: &std::collections::HashMap<String, QueueConfig>,
+    ) -> Result<Vec<Vec<TaskRecord>>> {
+        let mut out = Vec::with_capacity(requests.len());
+        // Queues this batch found nothing more ready in: later requests in the same
+        // transaction would find nothing either.
+        let mut drained: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for r in requests {
+            if drained.contains(r.queue.as_str()) {
+                out.push(Vec::new());
+                continue;
+            }
+            let q = queues
+                .get(&r.queue)
+                .cloned()
+                .unwrap_or_else(|| QueueConfig::named(&r.queue));
+            let room = Self::room(tx, &q, &r.worker, r.max).await?;
+            let leased =
+                Self::lease_ready(tx, &q, &r.worker, Some(r.now + q.lease_ms), room, r.now).await?;
+            if (leased.len() as i64) < room {
+                drained.insert(&r.queue);
+            }
+            out.push(leased);
+        }
+        Ok(out)
+    }
+
+    async fn finish_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        ends: &[(TaskFinish, Millis)],
+    ) -> Result<Vec<bool>> {
+        let mut out = vec![false; ends.len()];
+        // Completions, many to a statement; each must still hold its lease (owner, attempt,
+        // and time). Reports of one task go to separate statements, in batch order, so a
+        // stale worker's report can never stand in for the holder's: at most one matches
+        // the lease, and once it has, the others find it gone.
+        let done: Vec<usize> = (0..ends.len())
+            .filter(|&i| matches!(ends[i].0.end, TaskEnd::Done { .. }))
+            .collect();
+        for round in Self::one_per_task(ends, &done) {
+            for chunk in round.chunks(256) {
+                let held = Self::complete_held(tx, ends, chunk).await?;
+                for &i in chunk {
+                    out[i] = held.contains(&ends[i].0.id);
+                }
+            }
+        }
+        // Failures one by one: each decides between a retry and the dead-letter queue.
+        for (i, (f, now)) in ends.iter().enumerate() {
+            if matches!(f.end, TaskEnd::Done { .. }) {
+                continue;
+            }
+            let (how, result, error, retry_at) = Self::end_columns(&f.end);
+            let n = sqlx::query(FAIL_TASK)
+                .bind(how)
+                .bind(retry_at)
+                .bind(result)
+                .bind(error)
+                .bind(now)
+                .bind(&f.id)
+                .bind(&f.worker)
+                .bind(f.attempt)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            out[i] = n == 1;
+        }
+        Ok(out)
+    }
+
+    /// `picked` (indexes into `ends`) split into rounds with each task at most once per
+    /// round, keeping batch order: the n-th report of a task goes to round n.
+    fn one_per_task(ends: &[(TaskFinish, Millis)], picked: &[usize]) -> Vec<Vec<usize>> {
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for &i in picked {
+            let n = seen.entry(ends[i].0.id.as_str()).or_insert(0);
+            if rounds.len() <= *n {
+                rounds.push(Vec::new());
+            }
+            rounds[*n].push(i);
+            *n += 1;
+        }
+        rounds
+    }
+
+    /// Marks done the tasks of `chunk` (distinct ids) whose report matches a lease still
+    /// in force; returns their ids.
+    async fn complete_held(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        ends: &[(TaskFinish, Millis)],
+        chunk: &[usize],
+    ) -> Result<std::collections::HashSet<String>> {
+        let now = chunk.iter().map(|&i| ends[i].1).max().unwrap_or_default();
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "UPDATE tasks SET state = 'done', result = CASE id",
+        );
+        for &i in chunk {
+            let result = match &ends[i].0.end {
+                TaskEnd::Done { result } => result.clone(),
+                TaskEnd::Failed { .. } => String::new(),
+            };
+            qb.push(" WHEN ")
+                .push_bind(ends[i].0.id.clone())
+                .push(" THEN ")
+                .push_bind(result);
+        }
+        qb.push(" END, error = NULL, lease_owner = NULL, lease_until = NULL, finished_at = ")
+            .push_bind(now)
+            .push(", updated_at = ")
+            .push_bind(now)
+            .push(" WHERE state = 'leased' AND run_id IS NULL AND (");
+        for (n, &i) in chunk.iter().enumerate() {
+            let (f, at) = &ends[i];
+            if n > 0 {
+                qb.push(" OR ");
+            }
+            qb.push("(id = ")
+                .push_bind(f.id.clone())
+                .push(" AND lease_owner = ")
+                .push_bind(f.worker.clone())
+                .push(" AND attempts = ")
+                .push_bind(f.attempt)
+                .push(" AND lease_until >= ")
+                .push_bind(*at)
+                .push(")");
+        }
+        qb.push(") RETURNING id");
+        let held: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+        Ok(held.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn task_batch_now(
+        &self,
+        batch: &TaskBatch,
+        queues: &std::collections::HashMap<String, QueueConfig>,
+    ) -> Result<TaskBatchResult> {
+        let mut tx = self.begin_write().await?;
+        let enqueued = Self::enqueue_in(&mut tx, &batch.enqueues, queues).await?;
+        let leased = Self::lease_in(&mut tx, &batch.leases, queues).await?;
+        let finished = Self::finish_in(&mut tx, &batch.finishes).await?;
+        tx.commit().await?;
+        Ok(TaskBatchResult {
+            enqueued,
+            leased,
+            finished,
+        })
+    }
+}

@@ -1,11 +1,11 @@
 //! SQLite's hottest transactions run whole on one thread: the journal's group commit (entries,
-//! the audit records and budget settlements that go with them, under their runs' claims) and
-//! the gateway's call starts and ends (holds, records, audit). Through sqlx every statement is
-//! a round trip to the connection's worker thread (a journal commit: begin, insert, claim
-//! check, audit head, audit rows, frontier, commit — seven hand-offs and wake-ups). Here the
-//! statements run back to back on a connection of their own, prepared once and kept, on the
-//! thread of the writer that asks (`writes_on_calling_thread`): the only hand-offs left are
-//! the request and the answers.
+//! the audit records and budget settlements that go with them, under their runs' claims), the
+//! gateway's call starts and ends (holds, records, audit), and the task queue's batches.
+//! Through sqlx every statement is a round trip to the connection's worker thread (a journal
+//! commit: begin, insert, claim check, audit head, audit rows, frontier, commit — seven
+//! hand-offs and wake-ups). Here the statements run back to back on a connection of their own,
+//! prepared once and kept, on the thread of the writer that asks (`writes_on_calling_thread`):
+//! the only hand-offs left are the request and the answers.
 //!
 //! SQLite has one writer. The store's other writes go through its one-connection sqlx write
 //! pool, so this writer takes that connection from the pool for the length of its transaction:
@@ -25,6 +25,7 @@ use crate::{merkle, Error, Millis, Result};
 
 mod calls;
 mod journal;
+mod tasks;
 
 /// The connection, opened when first needed and again after a failure left it unusable.
 pub(crate) struct DirectWriter {

@@ -364,3 +364,92 @@ async fn a_task_leased_to_a_run_is_found_by_its_run_and_when_it_ends(s: &dyn Sto
         "finished once"
     );
 }
+
+/// Two nodes on one database, each with its task writer: producers on both enqueue while
+/// workers on both lease and complete. Every task is done exactly once — none lost, none
+/// leased twice — though the writers race each other (and on SQLite, each its own store's
+/// other writes) for the database.
+async fn two_nodes_task_writers_hand_out_each_task_once(url: &str, a: Arc<dyn Store>) {
+    let b = open(url, &StoreConfig::default()).await.unwrap();
+    const PER_NODE: usize = 150;
+    let writers = [TaskWriter::start(a.clone()), TaskWriter::start(b.clone())];
+    let mut producers = Vec::new();
+    for (n, w) in writers.iter().enumerate() {
+        let w = w.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..PER_NODE {
+                w.enqueue(new_task(&format!("n{n}-{i}"), "q", 0), 1)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for (n, w) in writers.iter().enumerate() {
+        for k in 0..3 {
+            let (w, done) = (w.clone(), done.clone());
+            workers.push(tokio::spawn(async move {
+                let worker = format!("w{n}-{k}");
+                let mut idle = 0;
+                while idle < 20 {
+                    let request = LeaseRequest {
+                        queue: "q".into(),
+                        worker: worker.clone(),
+                        max: 4,
+                        now: 2,
+                    };
+                    let leased = w
+                        .lease(request, std::time::Duration::from_millis(20))
+                        .await
+                        .unwrap();
+                    if leased.is_empty() {
+                        idle += 1;
+                        continue;
+                    }
+                    idle = 0;
+                    for t in leased {
+                        let end = TaskFinish {
+                            id: t.id.clone(),
+                            worker: worker.clone(),
+                            attempt: t.attempts,
+                            end: TaskEnd::Done {
+                                result: "ok".into(),
+                            },
+                        };
+                        assert!(
+                            w.finish(end, 3).await.unwrap(),
+                            "{} was done under its lease",
+                            t.id
+                        );
+                        done.lock().unwrap().push(t.id);
+                    }
+                }
+            }));
+        }
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let mut done = done.lock().unwrap().clone();
+    done.sort();
+    let before = done.len();
+    done.dedup();
+    assert_eq!(before, done.len(), "a task was done twice");
+    assert_eq!(done.len(), 2 * PER_NODE, "every task is done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_nodes_task_writers_hand_out_each_task_once() {
+    let fresh = FreshStore::sqlite().await;
+    two_nodes_task_writers_hand_out_each_task_once(&fresh.url, fresh.store.clone()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_nodes_task_writers_hand_out_each_task_once() {
+    let fresh = FreshStore::postgres().await;
+    two_nodes_task_writers_hand_out_each_task_once(&fresh.url, fresh.store.clone()).await
+}
