@@ -185,6 +185,13 @@ macro_rules! impl_gateway_calls {
 impl_gateway_calls!(SqliteStore, sqlx::Sqlite);
 impl_gateway_calls!(PgStore, sqlx::Postgres);
 
+/// The audit records that go with calls' ends, `(at, body)`.
+pub(crate) fn end_records(ends: &[CallEnd]) -> Vec<(Millis, String)> {
+    ends.iter()
+        .filter_map(|e| Some((e.at, e.audit.clone()?)))
+        .collect()
+}
+
 impl SqliteStore {
     fn direct_writes(&self) -> bool {
         true
@@ -285,10 +292,7 @@ impl PgStore {
     ) -> Result<Vec<Option<String>>> {
         let mut tx = self.begin_write().await?;
         // Ends first: a settled hold frees what a call begun in the same commit may take.
-        let audit: Vec<(Millis, String)> = ends
-            .iter()
-            .filter_map(|e| Some((e.at, e.audit.clone()?)))
-            .collect();
+        let audit = end_records(ends);
         if !audit.is_empty() {
             Self::append_audit_in(&mut tx, &audit).await?;
         }

@@ -40,6 +40,16 @@ pub trait JournalStore: Send + Sync {
     ) -> Result<Vec<JournalEntry>>;
 }
 
+/// The time a journal batch's budget settlements are booked at: its latest entry or record.
+pub(crate) fn batch_time(entries: &[JournalEntry], audit: &[(Millis, String)]) -> Millis {
+    entries
+        .iter()
+        .map(|e| e.at)
+        .chain(audit.iter().map(|a| a.0))
+        .max()
+        .unwrap_or_default()
+}
+
 #[async_trait]
 impl JournalStore for SqliteStore {
     fn writes_on_calling_thread(&self) -> bool {
@@ -143,12 +153,7 @@ impl JournalStore for PgStore {
             Self::check_claims_in(&mut tx, claims, with).await?;
         }
         // Budget rows after runs rows and before the audit head, as everywhere.
-        let now = entries
-            .iter()
-            .map(|e| e.at)
-            .chain(audit.iter().map(|a| a.0))
-            .max()
-            .unwrap_or_default();
+        let now = batch_time(entries, audit);
         for (hold, spent) in settles {
             Self::settle_in(&mut tx, hold, *spent, now).await?;
         }

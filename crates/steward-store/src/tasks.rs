@@ -98,6 +98,14 @@ pub(crate) fn lease_ready_sql(lock: &str) -> String {
     )
 }
 
+/// Sorts leased tasks as they are handed out: highest priority first, then each tenant's n-th
+/// task before anyone's (n+1)-th, then the oldest.
+pub(crate) fn in_dispatch_order(tasks: &mut [TaskRecord]) {
+    tasks.sort_by(|a, b| {
+        (b.priority, a.tenant_seq, a.enqueued_at).cmp(&(a.priority, b.tenant_seq, b.enqueued_at))
+    });
+}
+
 /// Ends leased task `$6` as `$1` (`done` or `failed`) if its report matches the lease in force
 /// (owner `$7`, attempt `$8`, not expired at `$5`): a failure is retried at `$2` while attempts
 /// remain, else dead-lettered.
@@ -315,9 +323,7 @@ macro_rules! impl_tasks {
                 .bind(room)
                 .fetch_all(&mut **tx)
                 .await?;
-                leased.sort_by(|a, b| {
-                    (b.priority, a.tenant_seq, a.enqueued_at).cmp(&(a.priority, b.tenant_seq, b.enqueued_at))
-                });
+                in_dispatch_order(&mut leased);
                 Ok(leased)
             }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{append_audit, charge, hold_accounts, DirectWriter};
+use crate::gateway_calls::end_records;
 use crate::in_tx::{HOLD_ON_ACCOUNT, INSERT_HOLD, TAKE_HOLD};
 use crate::{CallBegin, CallEnd, Millis, PeriodStarts, Result, HOLD_CALL};
 
@@ -21,10 +22,7 @@ impl DirectWriter {
     ) -> Result<Vec<Option<String>>> {
         self.transaction(|tx| {
             // Ends first: a settled hold frees what a call begun in the same commit may take.
-            let audit: Vec<(Millis, String)> = ends
-                .iter()
-                .filter_map(|e| Some((e.at, e.audit.clone()?)))
-                .collect();
+            let audit = end_records(ends);
             if !audit.is_empty() {
                 append_audit(tx, &audit)?;
             }

@@ -3,6 +3,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{append_audit, settle, DirectWriter};
+use crate::journal::batch_time;
 use crate::{Claim, Error, JournalEntry, Millis, Result};
 
 impl DirectWriter {
@@ -39,12 +40,7 @@ impl DirectWriter {
                 ])?;
             }
             check_claims(tx, claims)?;
-            let now = entries
-                .iter()
-                .map(|e| e.at)
-                .chain(audit.iter().map(|a| a.0))
-                .max()
-                .unwrap_or_default();
+            let now = batch_time(entries, audit);
             for (hold, spent) in settles {
                 settle(tx, hold, *spent, now)?;
             }

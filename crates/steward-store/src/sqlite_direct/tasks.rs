@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use super::DirectWriter;
-use crate::tasks::{lease_ready_sql, FAIL_TASK, TASK_COLUMNS};
+use crate::tasks::{in_dispatch_order, lease_ready_sql, FAIL_TASK, TASK_COLUMNS};
 use crate::{
     LeaseRequest, Millis, NewTask, QueueConfig, Result, TaskBatch, TaskBatchResult, TaskEnd,
     TaskFinish, TaskRecord, TASK_PENDING,
@@ -139,13 +139,7 @@ fn lease(
             for row in rows {
                 leased.push(row?);
             }
-            leased.sort_by(|a, b| {
-                (b.priority, a.tenant_seq, a.enqueued_at).cmp(&(
-                    a.priority,
-                    b.tenant_seq,
-                    b.enqueued_at,
-                ))
-            });
+            in_dispatch_order(&mut leased);
         }
         if (leased.len() as i64) < room {
             drained.insert(&r.queue);
