@@ -18,6 +18,7 @@ mod in_tx;
 mod journal;
 mod mcp_servers;
 mod mcp_tasks;
+mod memories;
 mod merges;
 pub mod merkle;
 mod model;
@@ -55,6 +56,7 @@ pub use identities::IdentityStore;
 pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use mcp_tasks::{McpTaskRecord, McpTaskStore};
+pub use memories::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use openapi_apis::{OAuthTokenRecord, OAuthTokenStore, OpenApiRecord, OpenApiStore};
@@ -99,6 +101,7 @@ pub trait Store:
     + OpenApiStore
     + OAuthTokenStore
     + McpTaskStore
+    + MemoryStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -62,7 +62,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted content is overwritten as it is freed: an erased memory leaves no bytes
+            // behind in the file (see `memories.rs`).
+            .pragma("secure_delete", "on");
         // A connection to a local file cannot go stale as a network one can: no ping (a round
         // trip to SQLite's worker thread) before each use.
         let write = SqlitePoolOptions::new()

@@ -50,14 +50,14 @@ impl DirectWriter {
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         // The same settings as the store's other connections: WAL is the file's (set when it
-        // was made); durability and keys are the connection's.
+        // was made); durability, keys and zeroing what is deleted are the connection's.
         let sync = if self.synchronous_full {
             "FULL"
         } else {
             "NORMAL"
         };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
         ))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)

@@ -17,6 +17,7 @@ mod journal;
 mod limits;
 mod mcp_servers;
 mod mcp_tasks;
+mod memories;
 mod merges;
 mod openapi_apis;
 mod policies;

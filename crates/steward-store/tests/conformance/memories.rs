@@ -1,0 +1,253 @@
+//! Memories: versions never overwritten, superseding in one commit, following by change
+//! time, and erasure that leaves ids only.
+
+use crate::support::*;
+use steward_store::{MemoryErase, MemoryRecord};
+
+on_both_backends!(
+    a_superseded_memory_is_closed_and_linked_in_the_same_commit,
+    only_a_current_version_of_the_same_scope_can_be_superseded,
+    changes_are_followed_in_order_of_their_time,
+    erasure_removes_every_version_and_leaves_ids_only,
+    an_expired_version_is_erased_alone,
+);
+
+fn mem(id: &str, scope: &str, text: &str, at: i64) -> MemoryRecord {
+    MemoryRecord {
+        id: id.into(),
+        lineage: id.into(),
+        scope: scope.into(),
+        text: text.into(),
+        subject: None,
+        tags: r#"["a"]"#.into(),
+        metadata: r#"{"k":"v"}"#.into(),
+        source: Some(r#"{"message":"m1"}"#.into()),
+        written_by: "agent:x".into(),
+        valid_from: at,
+        valid_to: None,
+        created_at: at,
+        expired_at: None,
+        superseded_by: None,
+        expires_at: None,
+        updated_at: at,
+    }
+}
+
+fn next(id: &str, of: &MemoryRecord, text: &str, at: i64) -> MemoryRecord {
+    MemoryRecord {
+        lineage: of.lineage.clone(),
+        ..mem(id, &of.scope, text, at)
+    }
+}
+
+async fn a_superseded_memory_is_closed_and_linked_in_the_same_commit(s: &dyn Store) {
+    let v1 = mem("m1", "user:alice", "lives in Paris", 100);
+    assert_eq!(s.add_memory(&v1, None, None).await.unwrap(), None);
+    assert_eq!(
+        s.memory("m1").await.unwrap().unwrap(),
+        v1,
+        "read back as written"
+    );
+    let v2 = next("m2", &v1, "lives in Lisbon", 200);
+    let head = s.audit_head().await.unwrap().0;
+    let closed = s
+        .add_memory(
+            &v2,
+            Some("m1"),
+            Some((200, r#"{"event":"syscall"}"#.into())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.expired_at, Some(200));
+    assert_eq!(
+        closed.valid_to,
+        Some(200),
+        "true until the new version became true"
+    );
+    assert_eq!(closed.superseded_by.as_deref(), Some("m2"));
+    assert_eq!(closed.updated_at, 200, "followers see the change");
+    assert_eq!(
+        s.audit_head().await.unwrap().0,
+        head + 1,
+        "the audit record in the commit"
+    );
+    let history = s.memory_versions("m1").await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2"]
+    );
+    assert_eq!(history[0].text, "lives in Paris", "nothing overwritten");
+
+    // A version already closed earlier in the world keeps its own end.
+    let mut w1 = mem("w1", "org", "was CEO", 10);
+    w1.valid_to = Some(50);
+    s.add_memory(&w1, None, None).await.unwrap();
+    let closed = s
+        .add_memory(&next("w2", &w1, "is chair", 300), Some("w1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.valid_to, Some(50));
+}
+
+async fn only_a_current_version_of_the_same_scope_can_be_superseded(s: &dyn Store) {
+    let v1 = mem("m1", "user:alice", "one", 1);
+    s.add_memory(&v1, None, None).await.unwrap();
+    s.add_memory(&next("m2", &v1, "two", 2), Some("m1"), None)
+        .await
+        .unwrap();
+    let head = s.audit_head().await.unwrap().0;
+    let e = s
+        .add_memory(
+            &next("m3", &v1, "three", 3),
+            Some("m1"),
+            Some((3, "{}".into())),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_store::Error::Conflict(_)), "{e}");
+    assert!(
+        s.memory("m3").await.unwrap().is_none(),
+        "nothing half-written"
+    );
+    assert_eq!(s.audit_head().await.unwrap().0, head, "nor audited");
+
+    let other = MemoryRecord {
+        scope: "user:bob".into(),
+        ..next("m4", &v1, "four", 4)
+    };
+    assert!(s.add_memory(&other, Some("m2"), None).await.is_err());
+    assert!(s.memory("m4").await.unwrap().is_none());
+    assert!(s
+        .add_memory(&next("m5", &v1, "five", 5), Some("nope"), None)
+        .await
+        .is_err());
+    assert_eq!(s.memory("m2").await.unwrap().unwrap().expired_at, None);
+}
+
+async fn changes_are_followed_in_order_of_their_time(s: &dyn Store) {
+    for i in 0..25 {
+        s.add_memory(
+            &mem(&format!("m{i:02}"), "org", "x", 100 + i / 10),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let (mut since, mut after) = (0, String::new());
+    loop {
+        let page = s.memories_changed(since, &after, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        (since, after) = (last.updated_at, last.id.clone());
+        seen.extend(page.into_iter().map(|m| m.id));
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(
+        seen, want,
+        "every version once, in (time, id) order, across pages"
+    );
+    assert!(s.memories_changed(101, "m19", 100).await.unwrap().len() == 5);
+}
+
+async fn erasure_removes_every_version_and_leaves_ids_only(s: &dyn Store) {
+    let v1 = mem("a1", "user:alice", "alice secret one", 1);
+    s.add_memory(&v1, None, None).await.unwrap();
+    s.add_memory(&next("a2", &v1, "alice secret two", 2), Some("a1"), None)
+        .await
+        .unwrap();
+    let mut about = mem("b1", "user:alice", "about carol", 3);
+    about.subject = Some("carol".into());
+    s.add_memory(&about, None, None).await.unwrap();
+    s.add_memory(&mem("c1", "user:bob", "bob's", 4), None, None)
+        .await
+        .unwrap();
+
+    // By id of any version: the whole fact goes, in its scope only.
+    let none = s
+        .erase_memories(
+            &MemoryErase::Ids {
+                scope: "user:bob".into(),
+                ids: vec!["a2".into()],
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "an id of another scope erases nothing");
+    let head = s.audit_head().await.unwrap().0;
+    let mut gone = s
+        .erase_memories(
+            &MemoryErase::Ids {
+                scope: "user:alice".into(),
+                ids: vec!["a2".into()],
+            },
+            10,
+            Some((10, r#"{"ids":["a1","a2"]}"#.into())),
+        )
+        .await
+        .unwrap();
+    gone.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    assert!(gone
+        .iter()
+        .all(|e| e.lineage == "a1" && e.scope == "user:alice"));
+    assert_eq!(s.audit_head().await.unwrap().0, head + 1);
+    assert!(s.memory("a1").await.unwrap().is_none());
+    assert!(
+        s.memory_versions("a1").await.unwrap().is_empty(),
+        "history too"
+    );
+    let tomb = s.memory_erasures(0).await.unwrap();
+    assert_eq!(tomb, [("a1".to_string(), 10), ("a2".to_string(), 10)]);
+
+    let by_subject = s
+        .erase_memories(
+            &MemoryErase::Subject {
+                scope: "user:alice".into(),
+                subject: "carol".into(),
+            },
+            11,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_subject.len(), 1);
+    let scope = s
+        .erase_memories(&MemoryErase::Scope("user:bob".into()), 12, None)
+        .await
+        .unwrap();
+    assert_eq!(scope.len(), 1);
+    assert!(s.memories_changed(0, "", 100).await.unwrap().is_empty());
+    assert_eq!(s.memory_erasures(12).await.unwrap().len(), 1);
+}
+
+async fn an_expired_version_is_erased_alone(s: &dyn Store) {
+    let mut short = mem("s1", "org", "short lived", 1);
+    short.expires_at = Some(100);
+    s.add_memory(&short, None, None).await.unwrap();
+    s.add_memory(&mem("k1", "org", "kept", 1), None, None)
+        .await
+        .unwrap();
+    assert!(s
+        .erase_memories(&MemoryErase::Expired, 99, None)
+        .await
+        .unwrap()
+        .is_empty());
+    let gone = s
+        .erase_memories(&MemoryErase::Expired, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].id, "s1");
+    assert!(s.memory("k1").await.unwrap().is_some());
+}
