@@ -1,0 +1,272 @@
+//! The in-process full-text index over memory versions: an inverted index with BM25 scores,
+//! derived from the store's rows (rebuilt on start, followed while running), so it is never
+//! the only copy of anything and holds nothing an erasure leaves behind on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use steward_store::MemoryRecord;
+use steward_types::Millis;
+
+use crate::text::Analyzer;
+
+/// BM25's usual constants: term-frequency saturation and length normalisation.
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+
+/// One version as the index keeps it: the record, and what filters read, parsed once.
+pub struct Doc {
+    pub record: Arc<MemoryRecord>,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
+    len: u32,
+}
+
+impl Doc {
+    fn new(record: MemoryRecord, len: u32) -> Doc {
+        // The rows were checked when written; unreadable JSON filters as empty.
+        let tags = serde_json::from_str(&record.tags).unwrap_or_default();
+        let metadata = serde_json::from_str(&record.metadata).unwrap_or_default();
+        Doc {
+            record: Arc::new(record),
+            tags,
+            metadata,
+            len,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Index {
+    analyzer: Analyzer,
+    slots: Vec<Option<Doc>>,
+    free: Vec<u32>,
+    by_id: HashMap<String, u32>,
+    /// term → slot → frequency.
+    postings: HashMap<String, HashMap<u32, u32>>,
+    total_len: u64,
+    /// Bumped by every erasure: a follower that read rows before one does not apply them.
+    pub erasures: u64,
+}
+
+impl Index {
+    pub fn analyzer(&self) -> &Analyzer {
+        &self.analyzer
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Doc> {
+        self.by_id
+            .get(id)
+            .and_then(|&slot| self.slots[slot as usize].as_ref())
+    }
+
+    /// Adds a version, or replaces the one with its id if this one is as new or newer (a
+    /// follower may read an older copy after the writer indexed a newer one). Whether it did.
+    pub fn upsert(&mut self, record: MemoryRecord) -> bool {
+        if let Some(old) = self.get(&record.id) {
+            if old.record.updated_at > record.updated_at {
+                return false;
+            }
+            if *old.record == record {
+                return false;
+            }
+            let id = record.id.clone();
+            self.remove(&id);
+        }
+        let terms = self.analyzer.terms(&record.text);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        for t in &terms {
+            *self
+                .postings
+                .entry(t.clone())
+                .or_default()
+                .entry(slot)
+                .or_default() += 1;
+        }
+        self.total_len += terms.len() as u64;
+        self.by_id.insert(record.id.clone(), slot);
+        self.slots[slot as usize] = Some(Doc::new(record, terms.len() as u32));
+        true
+    }
+
+    /// Removes a version and its postings; how many postings went (0: it was not here).
+    pub fn remove(&mut self, id: &str) -> usize {
+        let Some(slot) = self.by_id.remove(id) else {
+            return 0;
+        };
+        let Some(doc) = self.slots[slot as usize].take() else {
+            return 0;
+        };
+        let mut removed = 0;
+        for t in self.analyzer.terms(&doc.record.text) {
+            if let Some(list) = self.postings.get_mut(&t) {
+                if list.remove(&slot).is_some() {
+                    removed += 1;
+                }
+                if list.is_empty() {
+                    self.postings.remove(&t);
+                }
+            }
+        }
+        self.total_len -= u64::from(doc.len);
+        self.free.push(slot);
+        removed
+    }
+
+    /// The `limit` best versions for `terms` by BM25 among those `keep` accepts, best first;
+    /// versions sharing no term are left out. Ties go to the newer version.
+    pub fn bm25(
+        &self,
+        terms: &[String],
+        keep: &dyn Fn(&Doc) -> bool,
+        limit: usize,
+    ) -> Vec<(&Doc, f64)> {
+        let n = self.by_id.len() as f64;
+        if n == 0.0 {
+            return Vec::new();
+        }
+        let avg_len = (self.total_len as f64 / n).max(1.0);
+        let mut unique: Vec<&String> = terms.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut scores: HashMap<u32, f64> = HashMap::new();
+        for t in unique {
+            let Some(list) = self.postings.get(t) else {
+                continue;
+            };
+            let df = list.len() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for (&slot, &tf) in list {
+                let Some(doc) = &self.slots[slot as usize] else {
+                    continue;
+                };
+                let tf = f64::from(tf);
+                let norm = K1 * (1.0 - B + B * f64::from(doc.len) / avg_len);
+                *scores.entry(slot).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
+            }
+        }
+        let mut hits: Vec<(&Doc, f64)> = scores
+            .into_iter()
+            .filter_map(|(slot, s)| self.slots[slot as usize].as_ref().map(|d| (d, s)))
+            .filter(|(d, _)| keep(d))
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| newer_first(a.0, b.0)));
+        hits.truncate(limit);
+        hits
+    }
+
+    /// The `limit` newest versions (by when they became true) that `keep` accepts.
+    pub fn newest(&self, keep: &dyn Fn(&Doc) -> bool, limit: usize) -> Vec<&Doc> {
+        let mut docs: Vec<&Doc> = self.slots.iter().flatten().filter(|d| keep(d)).collect();
+        docs.sort_by(|a, b| newer_first(a, b));
+        docs.truncate(limit);
+        docs
+    }
+
+    /// Ids of every version in the index whose time to live ran out by `now`.
+    pub fn expired(&self, now: Millis) -> Vec<String> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|d| d.record.expires_at.is_some_and(|e| e <= now))
+            .map(|d| d.record.id.clone())
+            .collect()
+    }
+}
+
+/// Newer first: by when the fact became true, then when it was recorded, then by id.
+pub fn newer_first(a: &Doc, b: &Doc) -> std::cmp::Ordering {
+    b.record
+        .valid_from
+        .cmp(&a.record.valid_from)
+        .then_with(|| b.record.created_at.cmp(&a.record.created_at))
+        .then_with(|| a.record.id.cmp(&b.record.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn rec(id: &str, text: &str, at: Millis) -> MemoryRecord {
+        MemoryRecord {
+            id: id.into(),
+            lineage: id.into(),
+            scope: "org".into(),
+            text: text.into(),
+            subject: None,
+            tags: "[]".into(),
+            metadata: "{}".into(),
+            source: None,
+            written_by: "admin".into(),
+            valid_from: at,
+            valid_to: None,
+            created_at: at,
+            expired_at: None,
+            superseded_by: None,
+            expires_at: None,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn rarer_terms_weigh_more_and_removal_takes_every_posting() {
+        let mut ix = Index::default();
+        ix.upsert(rec("a", "Alice likes green tea", 1));
+        ix.upsert(rec("b", "Bob likes coffee", 2));
+        ix.upsert(rec("c", "Carol likes tea and likes cake", 3));
+        let q = ix.analyzer().terms("green tea");
+        let hits: Vec<&str> = ix
+            .bm25(&q, &|_| true, 10)
+            .iter()
+            .map(|(d, _)| d.record.id.as_str())
+            .collect();
+        assert_eq!(hits, ["a", "c"], "both terms beat one; b shares none");
+
+        assert_eq!(ix.remove("a"), 4, "alice, like, green, tea");
+        assert_eq!(ix.remove("a"), 0);
+        assert!(
+            !ix.postings.contains_key("green"),
+            "no empty posting lists left"
+        );
+        let q = ix.analyzer().terms("green");
+        assert!(ix.bm25(&q, &|_| true, 10).is_empty());
+        assert_eq!(ix.len(), 2);
+    }
+
+    #[test]
+    fn an_older_copy_never_replaces_a_newer_one() {
+        let mut ix = Index::default();
+        let mut newer = rec("a", "lives in Lisbon", 1);
+        newer.updated_at = 5;
+        newer.expired_at = Some(5);
+        assert!(ix.upsert(newer));
+        assert!(!ix.upsert(rec("a", "lives in Lisbon", 1)));
+        assert_eq!(ix.get("a").unwrap().record.expired_at, Some(5));
+    }
+
+    #[test]
+    fn slots_are_reused_and_lengths_stay_balanced() {
+        let mut ix = Index::default();
+        for i in 0..100 {
+            ix.upsert(rec(&format!("m{i}"), "one two three", i));
+        }
+        for i in 0..100 {
+            ix.remove(&format!("m{i}"));
+        }
+        assert_eq!(ix.total_len, 0);
+        assert!(ix.postings.is_empty());
+        ix.upsert(rec("x", "four", 1));
+        assert_eq!(ix.slots.len(), 100, "a freed slot was taken");
+    }
+}

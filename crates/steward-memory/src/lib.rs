@@ -1,0 +1,473 @@
+//! Agent memory: facts kept per scope, versioned in both times (when true in the world, when
+//! recorded), searchable the moment they are written, erasable with a report of what went.
+//!
+//! The store's rows are the only copy; the search index here is derived from them, rebuilt
+//! on start and following other nodes' writes and erasures. Who may read or write a scope is
+//! decided by the engine before it calls in: this crate decides nothing.
+
+mod index;
+mod scope;
+mod search;
+mod text;
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use steward_store::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore};
+use steward_types::clock::Clock;
+use steward_types::Millis;
+
+pub use scope::Scope;
+pub use search::{Found, Hit, Method, Query};
+pub use text::estimate_tokens;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(steward_store::Error),
+}
+
+impl From<steward_store::Error> for MemoryError {
+    fn from(e: steward_store::Error) -> Self {
+        match e {
+            steward_store::Error::Conflict(m) => MemoryError::Conflict(m),
+            other => MemoryError::Store(other),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, MemoryError>;
+
+/// Bounds on what one request may hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_tags: usize,
+    pub max_tag_bytes: usize,
+    /// Metadata and source, each, as JSON text.
+    pub max_json_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_results: usize,
+    pub max_query_scopes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_bytes: 32 * 1024,
+            max_tags: 32,
+            max_tag_bytes: 64,
+            max_json_bytes: 16 * 1024,
+            max_json_depth: 8,
+            max_results: 100,
+            max_query_scopes: 32,
+        }
+    }
+}
+
+/// A memory to write, as a caller gives it.
+#[derive(Clone, Debug, Default)]
+pub struct NewMemory {
+    pub scope: String,
+    pub text: String,
+    /// Who or what the fact is about (erasure by subject finds it).
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    /// A JSON object, returned unchanged with every result.
+    pub metadata: Option<Value>,
+    /// Where it came from (a message, a run), as JSON.
+    pub source: Option<Value>,
+    /// When it became true; now if absent.
+    pub valid_from: Option<Millis>,
+    /// When it stopped being true, if it has.
+    pub valid_to: Option<Millis>,
+    /// Erased this long after it is written.
+    pub ttl_ms: Option<Millis>,
+    /// A current version this one replaces: it is closed, linked to this one, kept in history.
+    pub supersedes: Option<String>,
+}
+
+/// A memory checked and numbered, ready to commit.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub record: MemoryRecord,
+    pub supersedes: Option<String>,
+}
+
+/// What an erasure removed, place by place.
+#[derive(Clone, Debug, Default)]
+pub struct ErasureReport {
+    /// Every version erased (its fact and scope).
+    pub erased: Vec<ErasedMemory>,
+    /// How many facts (lineages) those versions were.
+    pub facts: usize,
+    /// Rows deleted from the store: the versions, history included.
+    pub rows: usize,
+    /// Postings removed from this node's full-text index.
+    pub index_postings: usize,
+}
+
+/// The memory service: the store's rows and the index over them.
+pub struct Memory {
+    store: Arc<dyn MemoryStore>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    index: RwLock<index::Index>,
+    /// Where following other nodes' changes has got to.
+    follow: Mutex<Follow>,
+}
+
+#[derive(Default, Clone)]
+struct Follow {
+    since: Millis,
+    after_id: String,
+    erasures_since: Millis,
+}
+
+/// Rows read per page while rebuilding or following.
+const PAGE: i64 = 1000;
+/// How far back each follow looks again: a commit can land after a later-stamped one
+/// (the time is taken before the transaction waits for the writer).
+const LOOKBACK_MS: Millis = 2_000;
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Memory {
+    /// Opens the service, building the index from every stored version.
+    pub async fn open(
+        store: Arc<dyn MemoryStore>,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+    ) -> Result<Memory> {
+        let started = clock.now_ms();
+        let m = Memory {
+            store,
+            clock,
+            limits,
+            index: RwLock::new(index::Index::default()),
+            follow: Mutex::new(Follow {
+                erasures_since: started,
+                ..Follow::default()
+            }),
+        };
+        let n = m.follow_changes().await?;
+        tracing::info!(versions = n, "memory index built");
+        Ok(m)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Versions in this node's index.
+    pub fn indexed(&self) -> usize {
+        read(&self.index).len()
+    }
+
+    /// Checks a new memory and gives it an id and times (nothing is written yet).
+    pub async fn prepare(&self, by: &str, new: NewMemory) -> Result<Prepared> {
+        let l = &self.limits;
+        let scope = Scope::parse(&new.scope)?.to_string();
+        if new.text.trim().is_empty() {
+            return Err(MemoryError::BadRequest(
+                "text: a memory needs some text".into(),
+            ));
+        }
+        if new.text.len() > l.max_text_bytes {
+            return Err(MemoryError::BadRequest(format!(
+                "text: {} bytes, more than the {} a memory may hold; split it into several facts",
+                new.text.len(),
+                l.max_text_bytes
+            )));
+        }
+        if let Some(s) = &new.subject {
+            if s.is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
+                return Err(MemoryError::BadRequest(
+                    "subject: 1 to 200 characters, none of them control characters".into(),
+                ));
+            }
+        }
+        if new.tags.len() > l.max_tags {
+            return Err(MemoryError::BadRequest(format!(
+                "tags: {} of them, more than {}",
+                new.tags.len(),
+                l.max_tags
+            )));
+        }
+        if let Some(t) = new
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > l.max_tag_bytes || t.chars().any(char::is_control))
+        {
+            return Err(MemoryError::BadRequest(format!(
+                "tags: {:?} must be 1 to {} bytes with no control characters",
+                t.chars().take(80).collect::<String>(),
+                l.max_tag_bytes
+            )));
+        }
+        let metadata = match new.metadata {
+            None => "{}".to_string(),
+            Some(v @ Value::Object(_)) => self.bounded_json("metadata", &v)?,
+            Some(_) => {
+                return Err(MemoryError::BadRequest(
+                    "metadata: expected a JSON object".into(),
+                ))
+            }
+        };
+        let source = new
+            .source
+            .as_ref()
+            .map(|v| self.bounded_json("source", v))
+            .transpose()?;
+        let now = self.clock.now_ms();
+        let valid_from = new.valid_from.unwrap_or(now);
+        if let Some(to) = new.valid_to {
+            if to <= valid_from {
+                return Err(MemoryError::BadRequest(format!(
+                    "valid_to ({to}) must be after valid_from ({valid_from})"
+                )));
+            }
+        }
+        let expires_at = match new.ttl_ms {
+            Some(t) if t <= 0 => {
+                return Err(MemoryError::BadRequest(
+                    "ttl_ms: expected a positive number of milliseconds".into(),
+                ))
+            }
+            Some(t) => Some(now.saturating_add(t)),
+            None => None,
+        };
+        let id = self.clock.new_id("mem");
+        let lineage = match &new.supersedes {
+            None => id.clone(),
+            Some(old) => {
+                let found = self.store.memory(old).await?.filter(|r| r.scope == scope);
+                match found {
+                    Some(r) if r.expired_at.is_none() => r.lineage,
+                    Some(r) => {
+                        return Err(MemoryError::Conflict(format!(
+                        "memory {old} was already superseded by {}; supersede the current version",
+                        r.superseded_by.as_deref().unwrap_or("another version")
+                    )))
+                    }
+                    None => {
+                        return Err(MemoryError::NotFound(format!(
+                            "supersedes: no memory {old} in scope {scope}"
+                        )))
+                    }
+                }
+            }
+        };
+        Ok(Prepared {
+            record: MemoryRecord {
+                id,
+                lineage,
+                scope,
+                text: new.text,
+                subject: new.subject,
+                tags: Value::from(new.tags).to_string(),
+                metadata,
+                source,
+                written_by: by.to_string(),
+                valid_from,
+                valid_to: new.valid_to,
+                created_at: now,
+                expired_at: None,
+                superseded_by: None,
+                expires_at,
+                updated_at: now,
+            },
+            supersedes: new.supersedes,
+        })
+    }
+
+    fn bounded_json(&self, field: &str, v: &Value) -> Result<String> {
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        if depth(v) > self.limits.max_json_depth {
+            return Err(MemoryError::BadRequest(format!(
+                "{field}: nested deeper than {} levels",
+                self.limits.max_json_depth
+            )));
+        }
+        let text = v.to_string();
+        if text.len() > self.limits.max_json_bytes {
+            return Err(MemoryError::BadRequest(format!(
+                "{field}: {} bytes of JSON, more than {}",
+                text.len(),
+                self.limits.max_json_bytes
+            )));
+        }
+        Ok(text)
+    }
+
+    /// Commits a prepared memory (with `audit` in the same commit) and indexes it: searchable
+    /// by the time this returns. The version it superseded comes back, closed.
+    pub async fn commit(
+        &self,
+        p: Prepared,
+        audit: Option<(Millis, String)>,
+    ) -> Result<(MemoryRecord, Option<MemoryRecord>)> {
+        let closed = self
+            .store
+            .add_memory(&p.record, p.supersedes.as_deref(), audit)
+            .await?;
+        let mut ix = write(&self.index);
+        ix.upsert(p.record.clone());
+        if let Some(c) = &closed {
+            ix.upsert(c.clone());
+        }
+        Ok((p.record, closed))
+    }
+
+    /// Searches this node's index. Scopes must be authorized already.
+    pub fn search(&self, q: &Query) -> Result<Found> {
+        if q.scopes.len() > self.limits.max_query_scopes {
+            return Err(MemoryError::BadRequest(format!(
+                "scopes: {} of them, more than {}",
+                q.scopes.len(),
+                self.limits.max_query_scopes
+            )));
+        }
+        if q.limit == 0 || q.limit > self.limits.max_results {
+            return Err(MemoryError::BadRequest(format!(
+                "limit: expected 1 to {}",
+                self.limits.max_results
+            )));
+        }
+        if q.text.len() > self.limits.max_text_bytes {
+            return Err(MemoryError::BadRequest(format!(
+                "query: more than {} bytes",
+                self.limits.max_text_bytes
+            )));
+        }
+        Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+    }
+
+    pub async fn get(&self, id: &str) -> Result<MemoryRecord> {
+        self.store
+            .memory(id)
+            .await?
+            .ok_or_else(|| MemoryError::NotFound(format!("no memory {id}")))
+    }
+
+    /// Every version of the fact `id` is a version of, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<MemoryRecord>> {
+        let m = self.get(id).await?;
+        Ok(self.store.memory_versions(&m.lineage).await?)
+    }
+
+    /// Erases what `what` selects from the store (with `audit` in the same commit) and from
+    /// this node's index; other nodes' indexes drop it when they next follow.
+    pub async fn erase(
+        &self,
+        what: &MemoryErase,
+        audit: Option<(Millis, String)>,
+    ) -> Result<ErasureReport> {
+        let now = self.clock.now_ms();
+        let erased = self.store.erase_memories(what, now, audit).await?;
+        let mut ix = write(&self.index);
+        ix.erasures += 1;
+        let index_postings = erased.iter().map(|e| ix.remove(&e.id)).sum();
+        drop(ix);
+        let mut facts: Vec<&str> = erased.iter().map(|e| e.lineage.as_str()).collect();
+        facts.sort_unstable();
+        facts.dedup();
+        Ok(ErasureReport {
+            facts: facts.len(),
+            rows: erased.len(),
+            index_postings,
+            erased,
+        })
+    }
+
+    /// Erases every version whose time to live has run out; how many.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        if read(&self.index).expired(self.clock.now_ms()).is_empty() {
+            return Ok(0);
+        }
+        Ok(self.erase(&MemoryErase::Expired, None).await?.rows)
+    }
+
+    /// Brings the index up to date with the store: versions written or changed and ids erased
+    /// since the last call (by any node). How many versions it read.
+    pub async fn follow_changes(&self) -> Result<usize> {
+        let start = self
+            .follow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let epoch = read(&self.index).erasures;
+        let mut at = Follow {
+            since: (start.since - LOOKBACK_MS).max(0),
+            after_id: String::new(),
+            erasures_since: start.erasures_since,
+        };
+        let erasures_read_at = self.clock.now_ms();
+        let mut rows = Vec::new();
+        loop {
+            let page = self
+                .store
+                .memories_changed(at.since, &at.after_id, PAGE)
+                .await?;
+            let full = page.len() as i64 == PAGE;
+            if let Some(last) = page.last() {
+                at.since = last.updated_at;
+                at.after_id = last.id.clone();
+            }
+            rows.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let erased = self
+            .store
+            .memory_erasures((start.erasures_since - LOOKBACK_MS).max(0))
+            .await?;
+        let mut ix = write(&self.index);
+        if ix.erasures != epoch {
+            // An erasure on this node landed while the rows were read: they may hold what it
+            // removed. Read again next time.
+            return Ok(0);
+        }
+        let n = rows.len();
+        let erased_ids: std::collections::HashSet<&str> =
+            erased.iter().map(|(id, _)| id.as_str()).collect();
+        for r in rows {
+            if !erased_ids.contains(r.id.as_str()) {
+                ix.upsert(r);
+            }
+        }
+        for id in &erased_ids {
+            ix.remove(id);
+        }
+        drop(ix);
+        at.erasures_since = erasures_read_at;
+        if at.since < start.since {
+            at = Follow {
+                since: start.since,
+                after_id: start.after_id,
+                ..at
+            };
+        }
+        *self.follow.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        Ok(n)
+    }
+}

@@ -1,0 +1,337 @@
+//! Retrieval: which versions a query may see (scope, time, tags, metadata, subject), ranked by
+//! full text and recency, fused by reciprocal rank, cut to a token budget.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use steward_store::MemoryRecord;
+use steward_types::Millis;
+
+use crate::index::{Doc, Index};
+use crate::text::estimate_tokens;
+
+/// Reciprocal rank fusion's constant: how much the first places count over the later ones.
+const RRF_K: f64 = 60.0;
+/// Recency breaks near-ties between full-text ranks; it does not outvote them.
+const RECENCY_WEIGHT: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// Full text and recency, fused.
+    #[default]
+    Hybrid,
+    /// BM25 alone.
+    FullText,
+    /// Newest first, text ignored.
+    Recency,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "hybrid" => Some(Method::Hybrid),
+            "bm25" | "full_text" => Some(Method::FullText),
+            "recency" => Some(Method::Recency),
+            _ => None,
+        }
+    }
+}
+
+/// What a search asks. Scopes are already authorized.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub text: String,
+    pub scopes: Vec<String>,
+    /// Facts true in the world at this time (valid from ≤ T < valid to).
+    pub valid_at: Option<Millis>,
+    /// Versions as they were recorded at this time (created ≤ K < expired); without it,
+    /// only current versions — unless `include_history`.
+    pub known_at: Option<Millis>,
+    pub include_history: bool,
+    /// Every one of these tags.
+    pub tags: Vec<String>,
+    /// Top-level metadata keys equal to these values.
+    pub metadata: Map<String, Value>,
+    pub subject: Option<String>,
+    pub limit: usize,
+    /// At most about this many tokens of memory text in all.
+    pub max_tokens: Option<usize>,
+    pub method: Method,
+}
+
+/// One result: the version, its fused score, and what each method made of it.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub record: Arc<MemoryRecord>,
+    pub score: f64,
+    pub bm25: Option<f64>,
+    pub bm25_rank: Option<usize>,
+    pub recency_rank: Option<usize>,
+    pub tokens: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    /// Tokens of memory text in `hits`.
+    pub tokens: usize,
+    /// Whether results were left out to keep within `max_tokens`.
+    pub truncated: bool,
+}
+
+/// Whether `d` is visible to `q` at `now`.
+fn visible(q: &Query, now: Millis, d: &Doc) -> bool {
+    let r = &d.record;
+    if !q.scopes.iter().any(|s| *s == r.scope) {
+        return false;
+    }
+    if r.expires_at.is_some_and(|e| e <= now) {
+        return false;
+    }
+    let recorded = match q.known_at {
+        Some(k) => r.created_at <= k && r.expired_at.is_none_or(|e| e > k),
+        None => q.include_history || r.expired_at.is_none(),
+    };
+    if !recorded {
+        return false;
+    }
+    if let Some(t) = q.valid_at {
+        if r.valid_from > t || r.valid_to.is_some_and(|v| v <= t) {
+            return false;
+        }
+    }
+    if q.subject
+        .as_ref()
+        .is_some_and(|s| r.subject.as_ref() != Some(s))
+    {
+        return false;
+    }
+    q.tags.iter().all(|t| d.tags.contains(t))
+        && q.metadata.iter().all(|(k, v)| d.metadata.get(k) == Some(v))
+}
+
+/// Runs `q` over `ix` at `now`.
+pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
+    let keep = |d: &Doc| visible(q, now, d);
+    let terms = ix.analyzer().terms(&q.text);
+    let mut hits: Vec<Hit> = if q.method == Method::Recency || terms.is_empty() {
+        ix.newest(&keep, q.limit)
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Hit {
+                record: d.record.clone(),
+                score: 1.0 / (RRF_K + i as f64 + 1.0),
+                bm25: None,
+                bm25_rank: None,
+                recency_rank: Some(i + 1),
+                tokens: estimate_tokens(&d.record.text),
+            })
+            .collect()
+    } else {
+        // Fusion reorders the full-text candidates; take more than asked so it can.
+        let pool = if q.method == Method::Hybrid {
+            (q.limit * 5).max(50)
+        } else {
+            q.limit
+        };
+        let ranked = ix.bm25(&terms, &keep, pool);
+        let mut by_recency: Vec<usize> = (0..ranked.len()).collect();
+        by_recency.sort_by(|&a, &b| crate::index::newer_first(ranked[a].0, ranked[b].0));
+        let recency: HashMap<usize, usize> = by_recency
+            .into_iter()
+            .enumerate()
+            .map(|(rank, i)| (i, rank + 1))
+            .collect();
+        let mut hits: Vec<Hit> = ranked
+            .iter()
+            .enumerate()
+            .map(|(i, (d, s))| {
+                let (bm25_rank, recency_rank) = (i + 1, recency[&i]);
+                let score = match q.method {
+                    Method::Hybrid => {
+                        1.0 / (RRF_K + bm25_rank as f64)
+                            + RECENCY_WEIGHT / (RRF_K + recency_rank as f64)
+                    }
+                    _ => *s,
+                };
+                Hit {
+                    record: d.record.clone(),
+                    score,
+                    bm25: Some(*s),
+                    bm25_rank: Some(bm25_rank),
+                    recency_rank: (q.method == Method::Hybrid).then_some(recency_rank),
+                    tokens: estimate_tokens(&d.record.text),
+                }
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.bm25_rank.cmp(&b.bm25_rank))
+        });
+        hits.truncate(q.limit);
+        hits
+    };
+    let mut found = Found::default();
+    if let Some(budget) = q.max_tokens {
+        let before = hits.len();
+        hits.retain(|h| {
+            let fits = found.tokens + h.tokens <= budget;
+            if fits {
+                found.tokens += h.tokens;
+            }
+            fits
+        });
+        found.truncated = hits.len() < before;
+    } else {
+        found.tokens = hits.iter().map(|h| h.tokens).sum();
+    }
+    found.hits = hits;
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, scope: &str, text: &str, at: Millis) -> MemoryRecord {
+        MemoryRecord {
+            id: id.into(),
+            lineage: id.into(),
+            scope: scope.into(),
+            text: text.into(),
+            subject: None,
+            tags: "[]".into(),
+            metadata: "{}".into(),
+            source: None,
+            written_by: "admin".into(),
+            valid_from: at,
+            valid_to: None,
+            created_at: at,
+            expired_at: None,
+            superseded_by: None,
+            expires_at: None,
+            updated_at: at,
+        }
+    }
+
+    fn q(text: &str, scopes: &[&str]) -> Query {
+        Query {
+            text: text.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            limit: 10,
+            ..Query::default()
+        }
+    }
+
+    fn ids(f: &Found) -> Vec<&str> {
+        f.hits.iter().map(|h| h.record.id.as_str()).collect()
+    }
+
+    #[test]
+    fn other_scopes_are_never_seen() {
+        let mut ix = Index::default();
+        ix.upsert(rec("a", "user:alice", "likes tea", 1));
+        ix.upsert(rec("b", "user:bob", "likes tea", 2));
+        assert_eq!(ids(&search(&ix, &q("tea", &["user:alice"]), 10)), ["a"]);
+        assert_eq!(ids(&search(&ix, &q("", &["user:bob"]), 10)), ["b"]);
+        assert!(search(&ix, &q("tea", &[]), 10).hits.is_empty());
+    }
+
+    #[test]
+    fn time_travel_sees_what_was_true_and_what_was_known() {
+        let mut ix = Index::default();
+        let mut old = rec("v1", "org", "Alice lives in Paris", 100);
+        old.valid_to = Some(500);
+        old.expired_at = Some(600);
+        old.superseded_by = Some("v2".into());
+        old.updated_at = 600;
+        let mut new = rec("v2", "org", "Alice lives in Lisbon", 500);
+        new.lineage = "v1".into();
+        new.created_at = 600;
+        new.updated_at = 600;
+        ix.upsert(old);
+        ix.upsert(new);
+        let now = 1000;
+        assert_eq!(
+            ids(&search(&ix, &q("where does alice live", &["org"]), now)),
+            ["v2"]
+        );
+        let mut past = q("alice lives", &["org"]);
+        past.valid_at = Some(300);
+        assert!(
+            search(&ix, &past, now).hits.is_empty(),
+            "current knowledge: the Paris version is superseded"
+        );
+        past.known_at = Some(300);
+        assert_eq!(
+            ids(&search(&ix, &past, now)),
+            ["v1"],
+            "as known at 300, true at 300"
+        );
+        let mut all = q("alice", &["org"]);
+        all.include_history = true;
+        assert_eq!(ids(&search(&ix, &all, now)).len(), 2);
+    }
+
+    #[test]
+    fn filters_on_tags_metadata_subject_and_expiry() {
+        let mut ix = Index::default();
+        let mut a = rec("a", "org", "prefers email", 1);
+        a.tags = r#"["contact","pref"]"#.into();
+        a.metadata = r#"{"source":"crm","n":1}"#.into();
+        a.subject = Some("alice".into());
+        let mut b = rec("b", "org", "prefers phone", 2);
+        b.tags = r#"["contact"]"#.into();
+        b.expires_at = Some(50);
+        ix.upsert(a);
+        ix.upsert(b);
+        let mut t = q("prefers", &["org"]);
+        t.tags = vec!["contact".into(), "pref".into()];
+        assert_eq!(ids(&search(&ix, &t, 10)), ["a"]);
+        let mut m = q("prefers", &["org"]);
+        m.metadata.insert("n".into(), Value::from(1));
+        assert_eq!(ids(&search(&ix, &m, 10)), ["a"]);
+        m.metadata.insert("n".into(), Value::from("1"));
+        assert!(
+            search(&ix, &m, 10).hits.is_empty(),
+            "values compare as JSON"
+        );
+        let mut s = q("prefers", &["org"]);
+        s.subject = Some("alice".into());
+        assert_eq!(ids(&search(&ix, &s, 10)), ["a"]);
+        assert_eq!(ids(&search(&ix, &q("prefers", &["org"]), 10)).len(), 2);
+        assert_eq!(
+            ids(&search(&ix, &q("prefers", &["org"]), 50)),
+            ["a"],
+            "past its time to live, b is gone from results before it is swept"
+        );
+    }
+
+    #[test]
+    fn recency_breaks_ties_and_the_budget_cuts_whole_results() {
+        let mut ix = Index::default();
+        ix.upsert(rec("old", "org", "the meeting is on monday", 1));
+        ix.upsert(rec("new", "org", "the meeting is on tuesday", 9));
+        let found = search(&ix, &q("meeting", &["org"]), 10);
+        assert_eq!(ids(&found), ["new", "old"]);
+        assert!(found.hits[0].score > found.hits[1].score);
+        assert_eq!(found.hits[0].recency_rank, Some(1));
+        let mut full_text = q("meeting", &["org"]);
+        full_text.method = Method::FullText;
+        let f = search(&ix, &full_text, 10);
+        assert_eq!(f.hits[0].recency_rank, None);
+
+        let mut budget = q("meeting", &["org"]);
+        budget.max_tokens = Some(8);
+        let f = search(&ix, &budget, 10);
+        assert_eq!(
+            ids(&f),
+            ["new"],
+            "25 bytes is 7 tokens; a second would make 14"
+        );
+        assert!(f.truncated);
+        assert_eq!(f.tokens, 7);
+    }
+}

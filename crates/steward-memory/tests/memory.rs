@@ -1,0 +1,359 @@
+//! The memory service over a real store, on SQLite and PostgreSQL: read your own write,
+//! history in both times, two nodes following each other, erasure that leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use serde_json::json;
+use steward_memory::{Limits, Memory, MemoryError, NewMemory, Query};
+use steward_store::{MemoryErase, Store};
+use steward_testkit::{Backend, FreshStore, ManualClock};
+
+async fn open(store: &Arc<dyn Store>, clock: &Arc<ManualClock>) -> Memory {
+    Memory::open(store.clone(), clock.clone(), Limits::default())
+        .await
+        .unwrap()
+}
+
+fn new(scope: &str, text: &str) -> NewMemory {
+    NewMemory {
+        scope: scope.into(),
+        text: text.into(),
+        ..NewMemory::default()
+    }
+}
+
+async fn add(m: &Memory, n: NewMemory) -> String {
+    let p = m.prepare("admin", n).await.unwrap();
+    m.commit(p, None).await.unwrap().0.id
+}
+
+fn query(text: &str, scope: &str) -> Query {
+    Query {
+        text: text.into(),
+        scopes: vec![scope.into()],
+        limit: 10,
+        ..Query::default()
+    }
+}
+
+fn texts(m: &Memory, q: &Query) -> Vec<String> {
+    m.search(q)
+        .unwrap()
+        .hits
+        .iter()
+        .map(|h| h.record.text.clone())
+        .collect()
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod sqlite { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
+    };
+}
+
+on_both!(
+    a_write_is_found_by_the_next_search_with_its_metadata_unchanged,
+    a_correction_keeps_the_old_fact_in_history_and_out_of_current_results,
+    a_second_node_follows_writes_and_erasures,
+    bad_input_is_refused_and_nothing_is_written,
+    a_time_to_live_ends_a_memory
+);
+
+async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    let metadata = json!({"source": "crm", "score": 0.75, "nested": {"list": [1, "two", null]}});
+    let p = m
+        .prepare(
+            "agent:a",
+            NewMemory {
+                metadata: Some(metadata.clone()),
+                tags: vec!["food".into()],
+                source: Some(json!({"message": "msg_1"})),
+                ..new("user:alice", "Alice is allergic to peanuts")
+            },
+        )
+        .await
+        .unwrap();
+    let id = m.commit(p, None).await.unwrap().0.id;
+    let found = m.search(&query("peanut allergy", "user:alice")).unwrap();
+    assert_eq!(
+        found.hits.len(),
+        1,
+        "found in the same breath as it was written"
+    );
+    let hit = &found.hits[0];
+    assert_eq!(hit.record.id, id);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&hit.record.metadata).unwrap(),
+        metadata
+    );
+    assert_eq!(hit.record.written_by, "agent:a");
+    assert!(hit.bm25.unwrap() > 0.0 && hit.score > 0.0);
+    assert!(
+        m.search(&query("peanut", "user:bob"))
+            .unwrap()
+            .hits
+            .is_empty(),
+        "another scope sees nothing"
+    );
+
+    // A fresh node rebuilds the same index from the rows.
+    let again = open(&fresh.store, &clock).await;
+    assert_eq!(texts(&again, &query("peanuts", "user:alice")).len(), 1);
+}
+
+async fn a_correction_keeps_the_old_fact_in_history_and_out_of_current_results(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    let paris = add(&m, new("user:alice", "Alice lives in Paris")).await;
+    clock.set(5_000);
+    let lisbon = add(
+        &m,
+        NewMemory {
+            supersedes: Some(paris.clone()),
+            source: Some(json!({"message": "I moved to Lisbon last month"})),
+            valid_from: Some(4_000),
+            ..new("user:alice", "Alice lives in Lisbon")
+        },
+    )
+    .await;
+    assert_eq!(
+        texts(&m, &query("where does alice live", "user:alice")),
+        ["Alice lives in Lisbon"]
+    );
+    let mut then = query("alice lives", "user:alice");
+    then.known_at = Some(2_000);
+    then.valid_at = Some(2_000);
+    assert_eq!(
+        texts(&m, &then),
+        ["Alice lives in Paris"],
+        "as known and true then"
+    );
+
+    let history = m.history(&lisbon).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].id, paris);
+    assert_eq!(history[0].valid_to, Some(4_000));
+    assert_eq!(history[0].expired_at, Some(5_000));
+    assert_eq!(history[0].superseded_by.as_deref(), Some(lisbon.as_str()));
+    assert_eq!(
+        m.history(&paris).await.unwrap(),
+        history,
+        "from either version"
+    );
+
+    // Superseding an old version again is a conflict, and writes nothing.
+    let e = m
+        .prepare(
+            "admin",
+            NewMemory {
+                supersedes: Some(paris.clone()),
+                ..new("user:alice", "Alice lives in Rome")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MemoryError::Conflict(_)), "{e}");
+    assert_eq!(m.history(&paris).await.unwrap().len(), 2);
+}
+
+async fn a_second_node_follows_writes_and_erasures(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let one = open(&fresh.store, &clock).await;
+    let two = open(&fresh.store, &clock).await;
+    let id = add(&one, new("org", "the release is on friday")).await;
+    assert!(texts(&two, &query("release", "org")).is_empty());
+    two.follow_changes().await.unwrap();
+    assert_eq!(texts(&two, &query("release", "org")).len(), 1);
+
+    clock.advance(10);
+    let moved = add(
+        &one,
+        NewMemory {
+            supersedes: Some(id.clone()),
+            ..new("org", "the release moved to monday")
+        },
+    )
+    .await;
+    two.follow_changes().await.unwrap();
+    assert_eq!(
+        texts(&two, &query("release", "org")),
+        ["the release moved to monday"],
+        "the closed version left current results on the follower too"
+    );
+
+    let report = one
+        .erase(
+            &MemoryErase::Ids {
+                scope: "org".into(),
+                ids: vec![moved],
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.facts, report.rows), (1, 2));
+    assert!(report.index_postings > 0);
+    two.follow_changes().await.unwrap();
+    let mut all = query("release", "org");
+    all.include_history = true;
+    assert!(
+        texts(&two, &all).is_empty(),
+        "gone from the follower, history too"
+    );
+    assert_eq!(two.indexed(), 0);
+}
+
+async fn bad_input_is_refused_and_nothing_is_written(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    let deep = (0..20).fold(json!(1), |v, _| json!([v]));
+    let cases = [
+        new("team:x", "t"),
+        new("org", "   "),
+        new("org", &"x".repeat(40_000)),
+        NewMemory {
+            metadata: Some(json!([1, 2])),
+            ..new("org", "t")
+        },
+        NewMemory {
+            metadata: Some(json!({ "deep": deep })),
+            ..new("org", "t")
+        },
+        NewMemory {
+            metadata: Some(json!({ "big": "y".repeat(20_000) })),
+            ..new("org", "t")
+        },
+        NewMemory {
+            tags: vec![String::new()],
+            ..new("org", "t")
+        },
+        NewMemory {
+            tags: (0..40).map(|i| i.to_string()).collect(),
+            ..new("org", "t")
+        },
+        NewMemory {
+            valid_from: Some(10),
+            valid_to: Some(5),
+            ..new("org", "t")
+        },
+        NewMemory {
+            ttl_ms: Some(0),
+            ..new("org", "t")
+        },
+        NewMemory {
+            subject: Some("a\nb".into()),
+            ..new("org", "t")
+        },
+        NewMemory {
+            supersedes: Some("mem_none".into()),
+            ..new("org", "t")
+        },
+    ];
+    for c in cases {
+        let e = m.prepare("admin", c.clone()).await.unwrap_err();
+        assert!(
+            matches!(e, MemoryError::BadRequest(_) | MemoryError::NotFound(_)),
+            "{c:?}: {e}"
+        );
+    }
+    let mut q = query("t", "org");
+    q.limit = 1000;
+    assert!(matches!(m.search(&q), Err(MemoryError::BadRequest(_))));
+    assert!(fresh
+        .store
+        .memories_changed(0, "", 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_time_to_live_ends_a_memory(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    add(
+        &m,
+        NewMemory {
+            ttl_ms: Some(500),
+            ..new("run:r1", "scratch note about the build")
+        },
+    )
+    .await;
+    add(&m, new("run:r1", "keep the build logs")).await;
+    assert_eq!(texts(&m, &query("build", "run:r1")).len(), 2);
+    clock.set(1_500);
+    assert_eq!(
+        texts(&m, &query("build", "run:r1")),
+        ["keep the build logs"]
+    );
+    assert_eq!(m.sweep_expired().await.unwrap(), 1);
+    assert_eq!(
+        fresh.store.memories_changed(0, "", 10).await.unwrap().len(),
+        1
+    );
+}
+
+/// Erased text is nowhere in SQLite's files afterwards: not in the database, not in its
+/// write-ahead log, not in an index's pages.
+#[tokio::test]
+async fn erased_text_is_left_in_no_file_of_the_database() {
+    let fresh = FreshStore::sqlite().await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    let secret = "Quetzalcoatl-7731 is my bank PIN";
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(
+            add(
+                &m,
+                NewMemory {
+                    subject: Some("Quetzalcoatl-7731-subject".into()),
+                    ..new("user:carol", &format!("{secret} (note {i})"))
+                },
+            )
+            .await,
+        );
+        add(&m, new("user:carol", &format!("an ordinary note {i}"))).await;
+    }
+    let dir = fresh.dir.path().to_path_buf();
+    let holds = |needle: &str| -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                let bytes = std::fs::read(&p).ok()?;
+                bytes
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes())
+                    .then(|| p.display().to_string())
+            })
+            .collect()
+    };
+    assert!(
+        !holds("Quetzalcoatl-7731").is_empty(),
+        "the check can see it before"
+    );
+    let report = m
+        .erase(
+            &MemoryErase::Subject {
+                scope: "user:carol".into(),
+                subject: "Quetzalcoatl-7731-subject".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 50);
+    assert_eq!(holds("Quetzalcoatl-7731"), Vec::<String>::new());
+    assert!(!holds("an ordinary note 49").is_empty(), "the rest is kept");
+    assert_eq!(texts(&m, &query("ordinary", "user:carol")).len(), 10);
+    assert!(texts(&m, &query("bank PIN", "user:carol")).is_empty());
+}
