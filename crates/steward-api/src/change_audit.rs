@@ -3,7 +3,8 @@
 //! how it ended (the status). Reads are not recorded, nor a task lease's heartbeat (it renews,
 //! it changes nothing); request bodies never are (a secret's value travels in one). Routes whose
 //! handlers record richer entries of their own — policy updates with their decision, sandbox
-//! actions with their outcome — are left to them.
+//! actions with their outcome, memory writes and erasures in their own commit — are left to
+//! them.
 
 use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::Method;
@@ -11,10 +12,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use steward_engine::Engine;
 
-use crate::queues::Caller;
+use crate::caller::Caller;
 
 /// Routes that audit themselves.
-const SELF_AUDITED: [&str; 2] = ["/api/v1/policies", "/api/v1/sandboxes"];
+const SELF_AUDITED: [&str; 3] = ["/api/v1/policies", "/api/v1/sandboxes", "/api/v1/memories"];
 
 pub async fn audit_changes(State(engine): State<Engine>, req: Request, next: Next) -> Response {
     let method = req.method().clone();

@@ -1,11 +1,13 @@
 //! The HTTP face of Steward: REST under `/api/v1`, its OpenAPI document, health probes.
 //! Only this crate knows HTTP and JSON wire shapes.
 
+mod caller;
 mod change_audit;
 pub mod error;
 mod events;
 mod extract;
 mod mcp;
+mod memories;
 pub mod messages;
 pub mod openai;
 mod queues;
@@ -127,7 +129,12 @@ use crate::openapi::CommonResponses;
         queues::list_submissions,
         queues::lease_paths,
         queues::path_leases,
-        queues::release_paths
+        queues::release_paths,
+        memories::add,
+        memories::search,
+        memories::get,
+        memories::history,
+        memories::erase
     ),
     components(schemas(
         wire::Agent,
@@ -198,6 +205,17 @@ use crate::openapi::CommonResponses;
         wire::FileEntry,
         wire::FileList,
         wire::QueueSettings,
+        wire::AddMemory,
+        wire::Memory,
+        wire::AddedMemory,
+        wire::SearchMemories,
+        wire::MemoryScores,
+        wire::MemoryHit,
+        wire::MemorySearchResult,
+        wire::MemoryHistory,
+        wire::EraseMemories,
+        wire::ErasedVersion,
+        wire::ErasureReport,
         wire::QueueInfo,
         wire::QueueList,
         wire::EnqueueTask,
@@ -412,8 +430,14 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             cfg.admin_token.clone().filter(|t| !t.is_empty()),
             admin_only,
         ));
-    // What a task worker does, open to the admin token and to agents' own credentials.
+    // What task workers and agents' memory do, open to the admin token and to agents' own
+    // credentials.
     let workers = Router::new()
+        .route("/memories", post(memories::add))
+        .route("/memories/search", post(memories::search))
+        .route("/memories/erase", post(memories::erase))
+        .route("/memories/{id}", get(memories::get))
+        .route("/memories/{id}/history", get(memories::history))
         .route("/queues/{name}/tasks", post(queues::enqueue))
         .route("/queues/{name}/lease", post(queues::lease))
         .route("/tasks/{id}/heartbeat", post(queues::heartbeat))
@@ -428,7 +452,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
                 engine.clone(),
                 cfg.admin_token.clone().filter(|t| !t.is_empty()),
             ),
-            queues::worker_auth,
+            caller::worker_auth,
         ));
     let api = api.merge(workers);
     let v1 = Router::new()

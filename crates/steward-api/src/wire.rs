@@ -1424,3 +1424,215 @@ impl From<Vec<steward_store::PathLease>> for PathLeases {
         }
     }
 }
+
+/// `POST /api/v1/memories`: a fact to remember, searchable as soon as this answers.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemory {
+    /// Whose it is: `org`, `user:<id>`, `agent:<name>`, `run:<id>` or `collection:<name>`.
+    pub scope: String,
+    /// The fact, up to 32 KiB.
+    pub text: String,
+    /// Who or what it is about (erasing by subject finds it).
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Any JSON object (up to 16 KiB, 8 levels), returned unchanged with the memory.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Where it came from (a message, a run): any JSON, kept as provenance.
+    #[serde(default)]
+    pub source: Option<Value>,
+    /// When it became true (ms since the epoch); now if absent.
+    #[serde(default)]
+    pub valid_from: Option<i64>,
+    /// When it stopped being true, if it has.
+    #[serde(default)]
+    pub valid_to: Option<i64>,
+    /// Erased this many milliseconds after it is written.
+    #[serde(default)]
+    pub ttl_ms: Option<i64>,
+    /// The id of the current version this one corrects: that version is closed (its
+    /// `valid_to`, `expired_at`, `superseded_by` set) and kept in the fact's history.
+    #[serde(default)]
+    pub supersedes: Option<String>,
+}
+
+/// One version of a remembered fact.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Memory {
+    pub id: String,
+    /// The fact this is a version of (its first version's id).
+    pub fact: String,
+    pub scope: String,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Value>,
+    /// `admin:admin`, or `agent:<name>`.
+    pub written_by: String,
+    /// When it became true in the world (ms since the epoch).
+    pub valid_from: i64,
+    /// When it stopped being true; absent while it still is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<i64>,
+    /// When it was recorded.
+    pub created_at: i64,
+    /// When a newer version replaced it; absent while it is current.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    /// When its time to live ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl From<steward_store::MemoryRecord> for Memory {
+    fn from(m: steward_store::MemoryRecord) -> Self {
+        Memory {
+            tags: serde_json::from_str(&m.tags).unwrap_or_default(),
+            metadata: serde_json::from_str(&m.metadata)
+                .unwrap_or_else(|_| Value::Object(Default::default())),
+            source: m.source.map(json_or_text),
+            id: m.id,
+            fact: m.lineage,
+            scope: m.scope,
+            text: m.text,
+            subject: m.subject,
+            written_by: m.written_by,
+            valid_from: m.valid_from,
+            valid_to: m.valid_to,
+            created_at: m.created_at,
+            expired_at: m.expired_at,
+            superseded_by: m.superseded_by,
+            expires_at: m.expires_at,
+        }
+    }
+}
+
+/// A memory written, and the version it superseded (closed), if any.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AddedMemory {
+    pub memory: Memory,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Memory>,
+}
+
+/// `POST /api/v1/memories/search`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchMemories {
+    /// Words to look for; empty lists the newest.
+    #[serde(default)]
+    pub query: String,
+    /// The scopes to search, each of which the caller must be allowed to read.
+    pub scopes: Vec<String>,
+    /// `hybrid` (full text and recency fused; the default), `bm25`, or `recency`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Facts true in the world at this time (ms since the epoch).
+    #[serde(default)]
+    pub valid_at: Option<i64>,
+    /// Versions as they were recorded at this time; without it, current versions only.
+    #[serde(default)]
+    pub known_at: Option<i64>,
+    /// Superseded versions too.
+    #[serde(default)]
+    pub include_history: bool,
+    /// Memories carrying every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Memories whose metadata has these top-level keys with these values.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// 1 to 100 (default 10).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// At most about this many tokens of memory text in all (a token is counted as 4 bytes).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+}
+
+/// What each method made of a result.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MemoryScores {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bm25: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bm25_rank: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recency_rank: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MemoryHit {
+    pub memory: Memory,
+    /// The fused score results are ordered by.
+    pub score: f64,
+    pub scores: MemoryScores,
+    /// Tokens of its text, as counted for `max_tokens`.
+    pub tokens: usize,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MemorySearchResult {
+    pub results: Vec<MemoryHit>,
+    /// Tokens of memory text in `results`.
+    pub tokens: usize,
+    /// Whether results were left out to stay within `max_tokens`.
+    pub truncated: bool,
+}
+
+/// Every version of a fact, oldest first.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MemoryHistory {
+    pub versions: Vec<Memory>,
+}
+
+/// `POST /api/v1/memories/erase`: exactly one of `ids`, `subject` or `all`, within `scope`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseMemories {
+    pub scope: String,
+    /// Facts to erase, by the id of any of their versions (1 to 1000).
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Every fact about this subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Everything in the scope.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErasedVersion {
+    pub id: String,
+    pub fact: String,
+    pub scope: String,
+}
+
+/// What an erasure removed, place by place.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErasureReport {
+    pub erased: Vec<ErasedVersion>,
+    /// Facts erased, every version of each.
+    pub facts: usize,
+    /// Rows deleted from the store (current versions and history).
+    pub rows: usize,
+    /// Postings removed from this node's full-text index (other nodes drop theirs within a
+    /// second).
+    pub index_postings: usize,
+    /// Where the data was removed from.
+    pub places: Vec<String>,
+}

@@ -344,48 +344,69 @@ impl Gateway {
     }
 
     /// Whether an agent working a task queue with its own credential may `task.enqueue` or
-    /// `task.lease` on `queue`: its delegated token's scope, if it presented one, then the
-    /// policy (a permit that asks for approval is no: a worker cannot wait for a person). A
-    /// refusal is audited before the caller hears of it.
+    /// `task.lease` on `queue` (see [`Gateway::authorize_on`]).
     pub async fn authorize_queue(
         &self,
         who: &Principal,
         action: &str,
         queue: &str,
     ) -> Result<(), GatewayError> {
+        self.authorize_on(who, action, ("queue", "Queue"), queue, false)
+            .await
+            .map(drop)
+    }
+
+    /// Whether an agent calling with its own credential may do `action` on the resource
+    /// `name` of `kind` (`queue`, `namespace`; `entity` its Cedar type): its delegated token's
+    /// scope, if it presented one, then the policy (a permit that asks for approval is no:
+    /// these callers cannot wait for a person). With `own`, the resource is the caller's own
+    /// (its agent's memory scope): allowed when no policy applies to it at all — a forbid
+    /// still refuses, and an agent up a delegated chain must be permitted as always. A
+    /// refusal is audited before the caller hears of it. The decision, when a policy made it.
+    pub async fn authorize_on(
+        &self,
+        who: &Principal,
+        action: &str,
+        (kind, entity): (&str, &str),
+        name: &str,
+        own: bool,
+    ) -> Result<Option<Decision>, GatewayError> {
         let now = self.clock.now_ms();
         let scoped = who.delegated.as_ref().and_then(|d| {
             self.authority
                 .delegations
                 .delegator
-                .allows(&d.token, action, "queue", queue, now)
+                .allows(&d.token, action, kind, name, now)
                 .err()
         });
         let (d, why) = match scoped {
             Some(e) => (
                 None,
                 format!(
-                    "the delegated token of agent {} does not allow {action} on queue {queue}: {e}",
+                    "the delegated token of agent {} does not allow {action} on {kind} {name}: {e}",
                     who.agent
                 ),
             ),
             None => {
-                let (d, up_chain) = self.decide_chain(who, action, queue, 0, None).await?;
+                let (d, up_chain) = self.decide_chain(who, action, name, 0, None).await?;
                 if d.allow && d.approval.is_none() {
-                    return Ok(());
+                    return Ok(Some(d));
+                }
+                if own && !d.allow && d.policy_ids.is_empty() && up_chain.is_none() {
+                    return Ok(None);
                 }
                 let by = up_chain.unwrap_or_else(|| who.agent.to_string());
                 let why = if d.allow {
                     format!(
-                        "{action} on queue {queue} needs approval, which a worker cannot wait for"
+                        "{action} on {kind} {name} needs approval, which this caller cannot wait for"
                     )
                 } else if d.policy_ids.is_empty() {
                     format!(
-                        "no policy permits agent {by} to {action} on queue {queue} (permit Steward::Action::\"{action}\" on Steward::Queue::\"{queue}\")"
+                        "no policy permits agent {by} to {action} on {kind} {name} (permit Steward::Action::\"{action}\" on Steward::{entity}::\"{name}\")"
                     )
                 } else {
                     format!(
-                        "agent {by} may not {action} on queue {queue}: forbidden by {}",
+                        "agent {by} may not {action} on {kind} {name}: forbidden by {}",
                         d.policy_ids.join(", ")
                     )
                 };
@@ -401,7 +422,7 @@ impl Gateway {
                 format!("agent:{}", who.agent),
                 who.chain.clone(),
                 action,
-                queue,
+                name,
             )
             .decided("deny", d.as_ref())
         }

@@ -139,6 +139,29 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: Optio
     }
 }
 
+/// Keeps this node's memory index following what other nodes write and erase (every
+/// second), and erases memories whose time to live ran out (every minute).
+async fn follow_memory(memory: Arc<steward_memory::Memory>, draining: CancellationToken) {
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = draining.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = memory.follow_changes().await {
+            tracing::warn!(error = %e, "following memory changes failed; trying again in a second");
+        }
+        ticks += 1;
+        if ticks % 60 == 0 {
+            match memory.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(versions = n, "erased memories past their time to live"),
+                Err(e) => tracing::warn!(error = %e, "erasing expired memories failed"),
+            }
+        }
+    }
+}
+
 pub struct EngineOptions {
     pub cfg: EngineConfig,
     pub node: NodeId,
@@ -182,6 +205,8 @@ struct Inner {
     oauth: Arc<oauth::OAuthTokens>,
     mcp_tasks: Arc<mcp_tasks::McpTasks>,
     mcp_calls: Arc<mcp_calls::McpCalls>,
+    /// Agents' memory: the store's rows and this node's index over them.
+    memory: Arc<steward_memory::Memory>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -370,8 +395,18 @@ impl Engine {
             metrics: metrics.clone(),
             journal_tick: Arc::new(tokio::sync::Notify::new()),
         };
+        let memory = Arc::new(
+            steward_memory::Memory::open(
+                store.clone(),
+                shared.clock.clone(),
+                steward_memory::Limits::default(),
+            )
+            .await
+            .map_err(Error::from)?,
+        );
         let engine = Engine {
             inner: Arc::new(Inner {
+                memory,
                 shared,
                 audit_key: opts.audit_key,
                 gov: opts.gov,
@@ -538,10 +573,19 @@ impl Engine {
                 }
             });
         }
+        tokio::spawn(follow_memory(
+            engine.inner.memory.clone(),
+            engine.inner.draining.clone(),
+        ));
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::serve_queues(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));
         Ok(engine)
+    }
+
+    /// Agents' memory (`/api/v1/memories`).
+    pub fn memories(&self) -> handles::memories::Memories<'_> {
+        handles::memories::Memories(self)
     }
 
     /// Persistent sandboxes (the management API's `/api/v1/sandboxes`).

@@ -5,11 +5,13 @@ mod bench;
 mod bench_bounds;
 mod bench_gateway;
 mod bench_governance;
+mod bench_memory;
 mod bench_queue;
 mod bench_sandbox;
 mod bench_tools;
 mod client;
 mod demo;
+mod memory_cli;
 mod serve;
 mod telemetry;
 
@@ -137,6 +139,11 @@ enum Command {
         #[command(subcommand)]
         what: client::ToolsWhat,
     },
+    /// Agents' memory: `add`, `search`, `history`, `erase`.
+    Memory {
+        #[command(subcommand)]
+        what: memory_cli::MemoryWhat,
+    },
     /// Persistent sandboxes: create, exec, cp, snapshot, fork, restore, ls, rm.
     Sandbox {
         #[command(subcommand)]
@@ -187,6 +194,7 @@ fn main() -> std::process::ExitCode {
             Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Audit { what } => c?.audit(what).await,
             Command::Sandbox { what } => c?.sandbox(what).await,
+            Command::Memory { what } => c?.memory(what).await,
             Command::Tools { what } => c?.tools(what).await,
             Command::Mcp { what } => c?.mcp(what).await,
             Command::Openapi { what } => c?.openapi(what).await,

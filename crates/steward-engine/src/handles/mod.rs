@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod identities;
 pub mod keys;
 pub mod mcp_servers;
+pub mod memories;
 pub mod openapis;
 pub mod policies;
 pub mod responses;

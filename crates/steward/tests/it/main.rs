@@ -23,6 +23,7 @@ mod journal_complete;
 mod limits;
 mod mcp;
 mod mcp_http;
+mod memory;
 mod merge_queue;
 mod new_tools;
 mod nodes;

@@ -1,0 +1,190 @@
+//! Agent memory over HTTP: add, search, get, history, erase. Open to the admin token and to
+//! agents' own credentials; the engine decides each access per scope.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use steward_engine::handles::memories::Accessor;
+use steward_engine::Engine;
+use steward_memory::{Method, NewMemory, Query};
+use steward_store::MemoryErase;
+use steward_types::ErrorCode;
+
+use crate::caller::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiJson;
+use crate::wire::*;
+
+fn accessor(c: &Caller) -> Accessor<'_> {
+    match c {
+        Caller::Admin => Accessor::Admin,
+        Caller::Agent(p) => Accessor::Agent(p),
+    }
+}
+
+/// Writes a memory: 201, searchable as soon as this answers.
+#[utoipa::path(post, path = "/api/v1/memories", request_body = AddMemory,
+    responses((status = 201, body = AddedMemory), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent write that scope"),
+        (status = 404, body = ErrorBody, description = "`supersedes` names no memory of that scope"),
+        (status = 409, body = ErrorBody, description = "`supersedes` names a version already superseded")))]
+pub async fn add(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(m): ApiJson<AddMemory>,
+) -> ApiResult<(StatusCode, Json<AddedMemory>)> {
+    let (memory, superseded) = e
+        .memories()
+        .add(
+            accessor(&caller),
+            NewMemory {
+                scope: m.scope,
+                text: m.text,
+                subject: m.subject,
+                tags: m.tags,
+                metadata: m.metadata,
+                source: m.source,
+                valid_from: m.valid_from,
+                valid_to: m.valid_to,
+                ttl_ms: m.ttl_ms,
+                supersedes: m.supersedes,
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AddedMemory {
+            memory: memory.into(),
+            superseded: superseded.map(Into::into),
+        }),
+    ))
+}
+
+/// Searches scopes the caller may read: full text, recency, or both fused; filtered by time,
+/// tags, metadata and subject; cut to a token budget.
+#[utoipa::path(post, path = "/api/v1/memories/search", request_body = SearchMemories,
+    responses((status = 200, body = MemorySearchResult), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent read one of the scopes")))]
+pub async fn search(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(s): ApiJson<SearchMemories>,
+) -> ApiResult<Json<MemorySearchResult>> {
+    let method = match s.method.as_deref() {
+        None => Method::Hybrid,
+        Some(m) => Method::parse(m).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("method: {m:?} is none of hybrid, bm25, recency"),
+            )
+        })?,
+    };
+    let found = e
+        .memories()
+        .search(
+            accessor(&caller),
+            Query {
+                text: s.query,
+                scopes: s.scopes,
+                valid_at: s.valid_at,
+                known_at: s.known_at,
+                include_history: s.include_history,
+                tags: s.tags,
+                metadata: s.metadata.unwrap_or_default(),
+                subject: s.subject,
+                limit: s.limit.unwrap_or(10),
+                max_tokens: s.max_tokens,
+                method,
+            },
+        )
+        .await?;
+    Ok(Json(MemorySearchResult {
+        results: found
+            .hits
+            .into_iter()
+            .map(|h| MemoryHit {
+                memory: (*h.record).clone().into(),
+                score: h.score,
+                scores: MemoryScores {
+                    bm25: h.bm25,
+                    bm25_rank: h.bm25_rank,
+                    recency_rank: h.recency_rank,
+                },
+                tokens: h.tokens,
+            })
+            .collect(),
+        tokens: found.tokens,
+        truncated: found.truncated,
+    }))
+}
+
+/// One version of a memory.
+#[utoipa::path(get, path = "/api/v1/memories/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Memory), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Memory>> {
+    Ok(Json(e.memories().get(accessor(&caller), &id).await?.into()))
+}
+
+/// Every version of the fact a memory belongs to, oldest first.
+#[utoipa::path(get, path = "/api/v1/memories/{id}/history", params(("id" = String, Path)),
+    responses((status = 200, body = MemoryHistory), (status = 404, body = ErrorBody)))]
+pub async fn history(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MemoryHistory>> {
+    let versions = e.memories().history(accessor(&caller), &id).await?;
+    Ok(Json(MemoryHistory {
+        versions: versions.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Erases facts — every version — by id, subject or whole scope, and reports what went.
+#[utoipa::path(post, path = "/api/v1/memories/erase", request_body = EraseMemories,
+    responses((status = 200, body = ErasureReport), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent write that scope")))]
+pub async fn erase(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(r): ApiJson<EraseMemories>,
+) -> ApiResult<Json<ErasureReport>> {
+    let what = match (r.ids, r.subject, r.all) {
+        (Some(ids), None, false) => MemoryErase::Ids {
+            scope: r.scope,
+            ids,
+        },
+        (None, Some(subject), false) => MemoryErase::Subject {
+            scope: r.scope,
+            subject,
+        },
+        (None, None, true) => MemoryErase::Scope(r.scope),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give exactly one of ids, subject, or all: true",
+            ))
+        }
+    };
+    let report = e.memories().erase(accessor(&caller), what).await?;
+    Ok(Json(ErasureReport {
+        facts: report.facts,
+        rows: report.rows,
+        index_postings: report.index_postings,
+        places: ["store rows and history", "full-text index"]
+            .map(String::from)
+            .to_vec(),
+        erased: report
+            .erased
+            .into_iter()
+            .map(|v| ErasedVersion {
+                id: v.id,
+                fact: v.lineage,
+                scope: v.scope,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,235 @@
+//! Agent memory as its callers reach it: every access decided — an agent's own scopes
+//! (`agent:<itself>`, `user:<its owner>`, `run:<the run it names>`) unless a policy forbids,
+//! any other only where a policy permits `memory.read` / `memory.write` on
+//! `Steward::Namespace::"<scope>"` — writes and erasures audited in their own commit, agents'
+//! reads audited too. Audit records carry ids and scopes, never a memory's text, so an
+//! erasure leaves nothing behind in the audit log.
+
+use steward_gov::{AuditEvent, AuditRecord, Decision};
+use steward_memory::{ErasureReport, Found, MemoryError, NewMemory, Query};
+use steward_store::{MemoryErase, MemoryRecord};
+
+use crate::*;
+
+/// Who asks: the administrator (the management API) or an agent with its own credential.
+#[derive(Clone, Copy)]
+pub enum Accessor<'a> {
+    Admin,
+    Agent(&'a Principal),
+}
+
+/// `Engine::memories()`.
+pub struct Memories<'a>(pub(crate) &'a Engine);
+
+impl From<MemoryError> for Error {
+    fn from(e: MemoryError) -> Self {
+        match e {
+            MemoryError::BadRequest(m) => Error::InvalidRequest(m),
+            MemoryError::NotFound(m) => Error::NotFound(m),
+            MemoryError::Conflict(m) => Error::Conflict(m),
+            MemoryError::Store(e) => Error::Store(e),
+        }
+    }
+}
+
+fn refused(e: GatewayError) -> Error {
+    match e {
+        GatewayError::Forbidden(m) | GatewayError::Unauthorized(m) => Error::Forbidden(m),
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+/// What an access was allowed by, for its audit record.
+struct Allowed {
+    principal: String,
+    chain: Vec<String>,
+    delegations: Vec<String>,
+    decision: Option<Decision>,
+    /// Allowed as the agent's own scope, no policy applying.
+    own: bool,
+}
+
+impl Allowed {
+    fn record(&self, at: i64, action: &str, scope: &str, outcome: String) -> (i64, String) {
+        let mut r = AuditRecord {
+            delegations: self.delegations.clone(),
+            outcome: Some(outcome),
+            ..AuditRecord::new(
+                AuditEvent::Syscall,
+                at,
+                self.principal.clone(),
+                self.chain.clone(),
+                action,
+                scope,
+            )
+            .decided("allow", self.decision.as_ref())
+        };
+        if self.own {
+            r.policy_ids = vec!["own-scope".into()];
+        }
+        (at, r.to_json())
+    }
+}
+
+impl Memories<'_> {
+    fn memory(&self) -> &steward_memory::Memory {
+        &self.0.inner.memory
+    }
+
+    fn now(&self) -> i64 {
+        self.0.inner.shared.clock.now_ms()
+    }
+
+    /// Decides `action` on `scope` for `who`.
+    async fn allow(&self, who: Accessor<'_>, action: &str, scope: &str) -> Result<Allowed> {
+        steward_memory::Scope::parse(scope)?;
+        match who {
+            Accessor::Admin => {
+                let admin = format!("admin:{}", steward_gov::policy::ADMIN);
+                Ok(Allowed {
+                    principal: admin.clone(),
+                    chain: vec![admin],
+                    delegations: vec![],
+                    decision: None,
+                    own: false,
+                })
+            }
+            Accessor::Agent(p) => {
+                let own = scope == format!("agent:{}", p.agent)
+                    || p.owner
+                        .as_ref()
+                        .is_some_and(|o| scope == format!("user:{o}"))
+                    || p.run.as_ref().is_some_and(|r| scope == format!("run:{r}"));
+                let decision = self
+                    .0
+                    .inner
+                    .gateway
+                    .authorize_on(p, action, ("namespace", "Namespace"), scope, own)
+                    .await
+                    .map_err(refused)?;
+                Ok(Allowed {
+                    principal: format!("agent:{}", p.agent),
+                    chain: p.chain.clone(),
+                    delegations: p.link_ids(),
+                    own: decision.is_none(),
+                    decision,
+                })
+            }
+        }
+    }
+
+    /// Audits an agent's read (the administrator's reads are not syscalls).
+    async fn audit_read(
+        &self,
+        who: Accessor<'_>,
+        a: &Allowed,
+        scope: &str,
+        outcome: String,
+    ) -> Result<()> {
+        if let Accessor::Agent(_) = who {
+            let rec = a.record(self.now(), "memory.read", scope, outcome);
+            self.0.inner.shared.store.append_audit(&[rec]).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a memory (`memory.write` on its scope): searchable when this returns. The
+    /// version it superseded, closed, comes back beside it.
+    pub async fn add(
+        &self,
+        who: Accessor<'_>,
+        new: NewMemory,
+    ) -> Result<(MemoryRecord, Option<MemoryRecord>)> {
+        let allowed = self.allow(who, "memory.write", &new.scope).await?;
+        let p = self.memory().prepare(&allowed.principal, new).await?;
+        let outcome = match &p.supersedes {
+            Some(old) => format!("added {} superseding {old}", p.record.id),
+            None => format!("added {}", p.record.id),
+        };
+        let audit = allowed.record(
+            p.record.created_at,
+            "memory.write",
+            &p.record.scope,
+            outcome,
+        );
+        Ok(self.memory().commit(p, Some(audit)).await?)
+    }
+
+    /// Searches the scopes `q` names, each of which `who` must be allowed to read.
+    pub async fn search(&self, who: Accessor<'_>, q: Query) -> Result<Found> {
+        if q.scopes.is_empty() {
+            return Err(Error::InvalidRequest(
+                "scopes: name at least one scope to search".into(),
+            ));
+        }
+        let mut allowed = Vec::new();
+        for s in &q.scopes {
+            allowed.push(self.allow(who, "memory.read", s).await?);
+        }
+        let found = self.memory().search(&q)?;
+        for (a, s) in allowed.iter().zip(&q.scopes) {
+            let n = found.hits.iter().filter(|h| h.record.scope == *s).count();
+            self.audit_read(who, a, s, format!("searched, {n} returned"))
+                .await?;
+        }
+        Ok(found)
+    }
+
+    /// One version, if `who` may read its scope. A version of a scope it may not read is
+    /// not found, as if it did not exist.
+    pub async fn get(&self, who: Accessor<'_>, id: &str) -> Result<MemoryRecord> {
+        let m = self.memory().get(id).await?;
+        let a = self.readable(who, &m.scope, id).await?;
+        self.audit_read(who, &a, &m.scope, format!("read {id}"))
+            .await?;
+        Ok(m)
+    }
+
+    /// Every version of the fact `id` belongs to, oldest first.
+    pub async fn history(&self, who: Accessor<'_>, id: &str) -> Result<Vec<MemoryRecord>> {
+        let m = self.memory().get(id).await?;
+        let a = self.readable(who, &m.scope, id).await?;
+        let versions = self.memory().history(id).await?;
+        self.audit_read(who, &a, &m.scope, format!("history of {id}"))
+            .await?;
+        Ok(versions)
+    }
+
+    async fn readable(&self, who: Accessor<'_>, scope: &str, id: &str) -> Result<Allowed> {
+        match self.allow(who, "memory.read", scope).await {
+            Err(Error::Forbidden(_)) => Err(Error::NotFound(format!("no memory {id}"))),
+            other => other,
+        }
+    }
+
+    /// Erases what `what` selects (`memory.write` on its scope): every version, from the
+    /// store and this node's index (other nodes' within a follow), with a report of what went.
+    pub async fn erase(&self, who: Accessor<'_>, what: MemoryErase) -> Result<ErasureReport> {
+        // A subject can name a person: the record says one was given, not who.
+        let (scope, selector) = match &what {
+            MemoryErase::Ids { scope, ids } => {
+                if ids.is_empty() || ids.len() > 1000 {
+                    return Err(Error::InvalidRequest(
+                        "ids: name 1 to 1000 memories to erase".into(),
+                    ));
+                }
+                (scope, format!("ids {}", ids.join(",")))
+            }
+            MemoryErase::Scope(s) => (s, "the whole scope".to_string()),
+            MemoryErase::Subject { scope, .. } => (scope, "by subject".to_string()),
+            MemoryErase::Expired => {
+                return Err(Error::InvalidRequest(
+                    "expired memories are erased by the node itself".into(),
+                ))
+            }
+        };
+        let allowed = self.allow(who, "memory.write", scope).await?;
+        let audit = allowed.record(
+            self.now(),
+            "memory.write",
+            scope,
+            format!("erased {selector}"),
+        );
+        Ok(self.memory().erase(&what, Some(audit)).await?)
+    }
+}

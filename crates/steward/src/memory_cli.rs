@@ -1,0 +1,159 @@
+//! `steward memory`: agents' memory from the command line, as the administrator.
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use steward_api::wire::{AddedMemory, ErasureReport, MemoryHistory, MemorySearchResult};
+
+use crate::client::Client;
+
+#[derive(Clone, clap::Subcommand)]
+pub enum MemoryWhat {
+    /// Remember a fact in a scope; prints its id.
+    Add {
+        /// `org`, `user:<id>`, `agent:<name>`, `run:<id>` or `collection:<name>`.
+        #[arg(long)]
+        scope: String,
+        text: String,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// A JSON object kept with the memory.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// The id of the current version this one corrects.
+        #[arg(long)]
+        supersedes: Option<String>,
+        /// Erase it this many milliseconds from now.
+        #[arg(long)]
+        ttl_ms: Option<i64>,
+    },
+    /// Search scopes; prints the best matches, best first.
+    Search {
+        query: String,
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// hybrid, bm25 or recency.
+        #[arg(long)]
+        method: Option<String>,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of the fact a memory belongs to, oldest first.
+    History { id: String },
+    /// Erase facts (every version) by id, by subject, or a whole scope; prints the report.
+    Erase {
+        #[arg(long)]
+        scope: String,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Everything in the scope.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+impl Client {
+    pub async fn memory(&self, what: MemoryWhat) -> anyhow::Result<()> {
+        match what {
+            MemoryWhat::Add {
+                scope,
+                text,
+                subject,
+                tags,
+                metadata,
+                supersedes,
+                ttl_ms,
+            } => {
+                let metadata: Option<Value> = metadata
+                    .map(|m| serde_json::from_str(&m))
+                    .transpose()
+                    .context("--metadata is not JSON (give an object, e.g. '{\"k\": 1}')")?;
+                let body = json!({"scope": scope, "text": text, "subject": subject, "tags": tags,
+                    "metadata": metadata, "supersedes": supersedes, "ttl_ms": ttl_ms});
+                let r: AddedMemory = self.post_json("/api/v1/memories", &body).await?;
+                println!("{}", r.memory.id);
+            }
+            MemoryWhat::Search {
+                query,
+                scopes,
+                limit,
+                method,
+                json,
+            } => {
+                let body =
+                    json!({"query": query, "scopes": scopes, "limit": limit, "method": method});
+                if json {
+                    let r: Value = self.post_json("/api/v1/memories/search", &body).await?;
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(());
+                }
+                let r: MemorySearchResult =
+                    self.post_json("/api/v1/memories/search", &body).await?;
+                for h in r.results {
+                    println!(
+                        "{:.4}  {}  {}  {}",
+                        h.score, h.memory.id, h.memory.scope, h.memory.text
+                    );
+                }
+            }
+            MemoryWhat::History { id } => {
+                let r: MemoryHistory = self
+                    .get_json(&format!("/api/v1/memories/{}/history", path_segment(&id)?))
+                    .await?;
+                for v in r.versions {
+                    let state = match (&v.superseded_by, v.expired_at) {
+                        (Some(by), Some(at)) => format!("superseded by {by} at {at}"),
+                        _ => "current".to_string(),
+                    };
+                    println!(
+                        "{}  valid {}..{}  {}  {}",
+                        v.id,
+                        v.valid_from,
+                        v.valid_to.map(|t| t.to_string()).unwrap_or_default(),
+                        state,
+                        v.text
+                    );
+                }
+            }
+            MemoryWhat::Erase {
+                scope,
+                ids,
+                subject,
+                all,
+            } => {
+                let ids = (!ids.is_empty()).then_some(ids);
+                let body = json!({"scope": scope, "ids": ids, "subject": subject, "all": all});
+                let r: ErasureReport = self.post_json("/api/v1/memories/erase", &body).await?;
+                println!(
+                    "erased {} facts ({} versions) from {}; {} index postings removed",
+                    r.facts,
+                    r.rows,
+                    r.places.join(", "),
+                    r.index_postings
+                );
+                for v in r.erased {
+                    println!("{}  {}  {}", v.id, v.fact, v.scope);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An id as one path segment: memory ids are letters, digits and `_`.
+fn path_segment(id: &str) -> anyhow::Result<&str> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
+        anyhow::bail!("a memory id is letters, digits, `_` and `-`: {id:?}");
+    }
+    Ok(id)
+}

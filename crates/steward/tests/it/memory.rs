@@ -1,0 +1,350 @@
+//! Agents' memory through the real binary, on SQLite and PostgreSQL: each agent's own scopes
+//! and nobody else's unless a policy says so, corrections kept as history, erasure with its
+//! report, two nodes sharing one memory, a kill -9 losing nothing acknowledged, and bad input
+//! refused with nothing written.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::{as_agent, cli, eventually, key_of, send, Backend, TestServer};
+use serde_json::{json, Value};
+
+const AGENTS: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: alice-bot}\nspec:\n  model: scripted\n  script:\n    - {content: x}\n---\napiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: bob-bot}\nspec:\n  model: scripted\n  script:\n    - {content: x}\n";
+
+async fn get_as(s: &TestServer, key: &str, path: &str) -> (u16, Value) {
+    send(as_agent(
+        reqwest::Client::new().get(format!("{}{path}", s.url)),
+        key,
+    ))
+    .await
+}
+
+fn texts(r: &Value) -> Vec<String> {
+    r["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|h| h["memory"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn search(s: &TestServer, key: Option<&str>, query: &str, scope: &str) -> (u16, Value) {
+    let body = json!({"query": query, "scopes": [scope]});
+    match key {
+        Some(k) => s.post_as(k, "/api/v1/memories/search", body).await,
+        None => s.post("/api/v1/memories/search", body).await,
+    }
+}
+
+/// An agent reads and writes its own scopes (its agent's, its owner's) unless a policy
+/// forbids; any other scope only where a policy permits, and a scope it may not read hides
+/// its memories as if they did not exist. Every write and every refusal is audited, and no
+/// audit record carries a memory's text.
+async fn agents_reach_their_own_scopes_and_others_only_by_policy(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(AGENTS).await;
+    let alice = key_of(&s, "alice-bot", "alice").await;
+    let bob = key_of(&s, "bob-bot", "bob").await;
+    let add = |key: &str, scope: &str, text: &str| {
+        let (s, key) = (&s, key.to_string());
+        let body = json!({"scope": scope, "text": text});
+        async move { s.post_as(&key, "/api/v1/memories", body).await }
+    };
+    let (st, own) = add(&alice, "agent:alice-bot", "Prefers answers in French").await;
+    assert_eq!(st, 201, "{own}");
+    assert_eq!(own["memory"]["written_by"], "agent:alice-bot");
+    let (st, r) = add(&alice, "user:alice", "Alice's birthday is 12 March").await;
+    assert_eq!(st, 201, "its owner's scope: {r}");
+    let (st, r) = add(&alice, "user:bob", "Bob owes Alice 20 euros").await;
+    assert_eq!(st, 403, "another owner's scope: {r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory.write"),
+        "the refusal names what was missing: {r}"
+    );
+    let (st, r) = search(&s, Some(&bob), "French", "agent:alice-bot").await;
+    assert_eq!(st, 403, "{r}");
+    let id = own["memory"]["id"].as_str().unwrap();
+    let (st, _) = get_as(&s, &bob, &format!("/api/v1/memories/{id}")).await;
+    assert_eq!(st, 404, "not readable is not there");
+    let (st, r) = get_as(&s, &alice, &format!("/api/v1/memories/{id}")).await;
+    assert_eq!(
+        (st, r["text"].as_str()),
+        (200, Some("Prefers answers in French"))
+    );
+    let (st, r) = search(&s, Some(&alice), "french answers", "agent:alice-bot").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(texts(&r), ["Prefers answers in French"]);
+
+    // A shared collection: the administrator writes, a policy lets bob-bot read it.
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "collection:faq", "text": "Refunds take five working days"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    assert_eq!(r["memory"]["written_by"], "admin:admin");
+    let (st, _) = search(&s, Some(&bob), "refunds", "collection:faq").await;
+    assert_eq!(st, 403);
+    let (st, r) = s
+        .put_policies(
+            r#"permit (principal == Steward::Agent::"bob-bot", action == Steward::Action::"memory.read", resource == Steward::Namespace::"collection:faq");
+forbid (principal == Steward::Agent::"alice-bot", action == Steward::Action::"memory.write", resource == Steward::Namespace::"agent:alice-bot");
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = search(&s, Some(&bob), "refunds", "collection:faq").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(texts(&r), ["Refunds take five working days"]);
+    let (st, r) = add(&bob, "collection:faq", "Refunds are instant").await;
+    assert_eq!(st, 403, "reading is not writing: {r}");
+    let (st, r) = add(&alice, "agent:alice-bot", "Prefers answers in German").await;
+    assert_eq!(st, 403, "a forbid takes even its own scope away: {r}");
+    let (st, _) = search(&s, Some(&alice), "french", "agent:alice-bot").await;
+    assert_eq!(st, 200, "reading its own is still allowed");
+
+    let audit = common::audit_records(&s).await;
+    let writes: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["action"] == "memory.write" && r["decision"] == "allow")
+        .collect();
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    let denials = audit
+        .iter()
+        .filter(|r| {
+            r["action"].as_str().unwrap_or("").starts_with("memory.") && r["decision"] == "deny"
+        })
+        .count();
+    assert_eq!(denials, 6, "each refusal audited");
+    let reads = audit
+        .iter()
+        .filter(|r| r["action"] == "memory.read" && r["decision"] == "allow")
+        .count();
+    assert!(reads >= 4, "agents' reads are audited: {reads}");
+    let all = serde_json::to_string(&audit).unwrap();
+    for text in ["French", "birthday", "Refunds"] {
+        assert!(
+            !all.contains(text),
+            "the audit log holds no memory text ({text})"
+        );
+    }
+}
+
+both_backends!(
+    memory_scopes,
+    agents_reach_their_own_scopes_and_others_only_by_policy
+);
+
+/// A correction closes the old version and keeps it in history; time travel finds it; the
+/// CLI shows the history; a kill -9 loses no acknowledged write (the index is rebuilt from
+/// the store); an erasure reports what went, and afterwards nothing of the fact is found.
+async fn corrections_history_crash_and_erasure(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (st, v1) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:dana", "text": "Dana lives in Porto", "subject": "dana",
+                   "metadata": {"confidence": 0.9, "from": ["chat", 3]}, "tags": ["home"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v1}");
+    let v1_id = v1["memory"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        v1["memory"]["metadata"],
+        json!({"confidence": 0.9, "from": ["chat", 3]})
+    );
+    let before_move = v1["memory"]["created_at"].as_i64().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (st, v2) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:dana", "text": "Dana lives in Berlin", "subject": "dana",
+                   "supersedes": v1_id, "source": {"message": "I just moved to Berlin"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v2}");
+    assert_eq!(v2["superseded"]["id"], v1_id.as_str());
+    assert_eq!(v2["superseded"]["superseded_by"], v2["memory"]["id"]);
+    let v2_id = v2["memory"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        v2["memory"]["fact"],
+        v1_id.as_str(),
+        "one fact, two versions"
+    );
+
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:dana", "text": "Dana lives in Rome", "supersedes": v1_id}),
+        )
+        .await;
+    assert_eq!(st, 409, "an old version cannot be superseded again: {r}");
+
+    let (_, r) = search(&s, None, "where does dana live", "user:dana").await;
+    assert_eq!(texts(&r), ["Dana lives in Berlin"]);
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "dana lives", "scopes": ["user:dana"], "known_at": before_move}),
+        )
+        .await;
+    assert_eq!(
+        texts(&r),
+        ["Dana lives in Porto"],
+        "as it was known then: {r}"
+    );
+
+    let (ok, out, err) = cli(&s, &["memory", "history", &v2_id]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("Porto") && lines[0].contains("superseded by"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("Berlin") && lines[1].contains("current"),
+        "{out}"
+    );
+
+    // Acknowledged means durable: kill -9 right after, and the next life finds it.
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:dana", "text": "Dana's cat is called Miso", "subject": "dana"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    s.kill9();
+    s.spawn();
+    let (_, r) = search(&s, None, "cat", "user:dana").await;
+    assert_eq!(texts(&r), ["Dana's cat is called Miso"]);
+
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "memory",
+            "erase",
+            "--scope",
+            "user:dana",
+            "--subject",
+            "dana",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("erased 2 facts (3 versions)"), "{out}");
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "dana", "scopes": ["user:dana"], "include_history": true}),
+        )
+        .await;
+    assert!(texts(&r).is_empty(), "{r}");
+    let (st, _) = s.get(&format!("/api/v1/memories/{v1_id}")).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.get(&format!("/api/v1/memories/{v2_id}/history")).await;
+    assert_eq!(st, 404);
+}
+
+both_backends!(memory_history, corrections_history_crash_and_erasure);
+
+/// Two nodes on one database: what one writes the other finds, what one erases the other
+/// stops finding.
+async fn two_nodes_share_one_memory(b: Backend) {
+    let one = TestServer::start(b).await;
+    let two = TestServer::join(&one);
+    let (st, r) = one
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "org", "text": "The office closes at six on Fridays"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    eventually("the second node to find the memory", || async {
+        let (_, r) = search(&two, None, "office fridays", "org").await;
+        (texts(&r).len() == 1).then_some(())
+    })
+    .await;
+    let (st, r) = two
+        .post(
+            "/api/v1/memories/erase",
+            json!({"scope": "org", "ids": [r["memory"]["id"]]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["rows"], 1);
+    eventually("the first node to drop the erased memory", || async {
+        let (_, r) = search(&one, None, "office", "org").await;
+        texts(&r).is_empty().then_some(())
+    })
+    .await;
+}
+
+both_backends!(memory_two_nodes, two_nodes_share_one_memory);
+
+/// Wrong types, unknown fields, oversized or deeply nested values, unknown scopes and
+/// contradictory erasures: each a 400 that says what is wrong, and nothing written.
+async fn bad_memory_requests_are_refused_and_write_nothing(b: Backend) {
+    let s = TestServer::start(b).await;
+    let deep = (0..30).fold(json!("x"), |v, _| json!({ "a": v }));
+    let adds = [
+        json!({"scope": "org", "text": 5}),
+        json!({"scope": "org"}),
+        json!({"scope": "org", "text": "t", "colour": "red"}),
+        json!({"scope": "org", "text": "t", "metadata": "not an object"}),
+        json!({"scope": "org", "text": "t", "metadata": {"deep": deep}}),
+        json!({"scope": "org", "text": "x".repeat(33 * 1024)}),
+        json!({"scope": "galaxy:far", "text": "t"}),
+        json!({"scope": "user:../../etc", "text": "t"}),
+        json!({"scope": "org", "text": "t", "tags": [""]}),
+        json!({"scope": "org", "text": "t", "valid_from": 10, "valid_to": 5}),
+        json!({"scope": "org", "text": "t", "ttl_ms": -1}),
+    ];
+    for body in adds {
+        let (st, r) = s.post("/api/v1/memories", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+    }
+    let searches = [
+        json!({"query": "t"}),
+        json!({"query": "t", "scopes": []}),
+        json!({"query": "t", "scopes": ["org"], "limit": 0}),
+        json!({"query": "t", "scopes": ["org"], "limit": 5000}),
+        json!({"query": "t", "scopes": ["org"], "method": "psychic"}),
+        json!({"query": "t", "scopes": ["nope"]}),
+    ];
+    for body in searches {
+        let (st, r) = s.post("/api/v1/memories/search", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {r}");
+    }
+    let erasures = [
+        json!({"scope": "org"}),
+        json!({"scope": "org", "ids": ["a"], "all": true}),
+        json!({"scope": "org", "ids": []}),
+    ];
+    for body in erasures {
+        let (st, r) = s.post("/api/v1/memories/erase", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {r}");
+    }
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "", "scopes": ["org"], "include_history": true}),
+        )
+        .await;
+    assert!(texts(&r).is_empty(), "nothing was written: {r}");
+}
+
+both_backends!(
+    memory_bad_input,
+    bad_memory_requests_are_refused_and_write_nothing
+);
