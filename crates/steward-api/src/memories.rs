@@ -60,7 +60,7 @@ pub async fn add(
     ))
 }
 
-/// Searches scopes the caller may read: full text, recency, or both fused; filtered by time,
+/// Searches scopes the caller may read: full text, recency, or both; filtered by time,
 /// tags, metadata and subject; cut to a token budget.
 #[utoipa::path(post, path = "/api/v1/memories/search", request_body = SearchMemories,
     responses((status = 200, body = MemorySearchResult), (status = 400, body = ErrorBody),

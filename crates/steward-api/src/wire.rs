@@ -1534,7 +1534,7 @@ pub struct SearchMemories {
     pub query: String,
     /// The scopes to search, each of which the caller must be allowed to read.
     pub scopes: Vec<String>,
-    /// `hybrid` (full text and recency fused; the default), `bm25`, or `recency`.
+    /// `hybrid` (full text, recency breaking near-ties; the default), `bm25`, or `recency`.
     #[serde(default)]
     pub method: Option<String>,
     /// Facts true in the world at this time (ms since the epoch).
@@ -1577,7 +1577,8 @@ pub struct MemoryScores {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MemoryHit {
     pub memory: Memory,
-    /// The fused score results are ordered by.
+    /// The score results are ordered by (hybrid: full text scaled to the best match's 1.0, plus
+    /// up to 0.1 for recency).
     pub score: f64,
     pub scores: MemoryScores,
     /// Tokens of its text, as counted for `max_tokens`.

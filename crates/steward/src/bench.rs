@@ -19,7 +19,7 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `gateway`, `governance`, `queue`, `sandbox` or `tools`.
+    /// Which benchmark: `engine`, `gateway`, `governance`, `memory`, `queue`, `sandbox` or `tools`.
     name: String,
     /// gateway: requests a second for the latency measurement.
     #[arg(long, default_value_t = 500)]
@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// SQLite `synchronous`: `full` (the target's setting) or `normal`, to see what fsync costs.
     #[arg(long, default_value = "full")]
     sqlite_synchronous: String,
+    /// memory: memories written (in conversations of 500 turns; search is timed at 10k too).
+    #[arg(long, default_value_t = 100_000)]
+    memories: usize,
     /// tools: the MCP reference server's entry point (`…/server-everything/dist/index.js`).
     #[arg(long, default_value = "")]
     mcp_server: String,
@@ -67,12 +70,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.name == "governance" {
         return crate::bench_governance::run(args.seconds, args.clients, args.verify_records).await;
     }
+    if args.name == "memory" {
+        return crate::bench_memory::run(args.memories).await;
+    }
     if args.name == "tools" {
         return crate::bench_tools::run(&args.mcp_server).await;
     }
     if args.name != "engine" {
         bail!(
-            "unknown benchmark {:?}; available: engine, gateway, governance, queue, sandbox, tools",
+            "unknown benchmark {:?}; available: engine, gateway, governance, memory, queue, sandbox, tools",
             args.name
         );
     }
