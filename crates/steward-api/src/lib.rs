@@ -134,7 +134,9 @@ use crate::openapi::CommonResponses;
         memories::search,
         memories::get,
         memories::history,
-        memories::erase
+        memories::erase,
+        memories::export,
+        memories::import
     ),
     components(schemas(
         wire::Agent,
@@ -216,6 +218,8 @@ use crate::openapi::CommonResponses;
         wire::EraseMemories,
         wire::ErasedVersion,
         wire::ErasureReport,
+        wire::ExportMemories,
+        wire::ImportedMemories,
         wire::QueueInfo,
         wire::QueueList,
         wire::EnqueueTask,
@@ -297,6 +301,9 @@ pub(crate) fn same_secret(given: &str, token: &str) -> bool {
 }
 
 /// The whole application.
+/// The largest memory export an import takes in one request.
+const MAX_MEMORY_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+
 pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
     let api = Router::new()
         .route("/agents", post(routes::apply).get(routes::list_agents))
@@ -436,6 +443,11 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/memories", post(memories::add))
         .route("/memories/search", post(memories::search))
         .route("/memories/erase", post(memories::erase))
+        .route("/memories/export", post(memories::export))
+        .route(
+            "/memories/import",
+            post(memories::import).layer(DefaultBodyLimit::max(MAX_MEMORY_IMPORT_BYTES)),
+        )
         .route("/memories/{id}", get(memories::get))
         .route("/memories/{id}/history", get(memories::history))
         .route("/queues/{name}/tasks", post(queues::enqueue))

@@ -188,3 +188,45 @@ pub async fn erase(
             .collect(),
     }))
 }
+
+/// Exports scopes the caller may read as JSON lines: a header naming the format, then every
+/// version (history included), by scope, then by when it was recorded. See docs/memory.md.
+#[utoipa::path(post, path = "/api/v1/memories/export", request_body = ExportMemories,
+    responses((status = 200, description = "JSON lines", content_type = "application/x-ndjson"),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent read one of the scopes")))]
+pub async fn export(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(x): ApiJson<ExportMemories>,
+) -> ApiResult<impl axum::response::IntoResponse> {
+    let text = e.memories().export(accessor(&caller), &x.scopes).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        text,
+    ))
+}
+
+/// Imports an export (JSON lines, up to 64 MiB), all or nothing: every line is checked and
+/// every scope decided before anything is written; a version stored already must be
+/// identical. Ids, facts and times are kept.
+#[utoipa::path(post, path = "/api/v1/memories/import",
+    request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 200, body = ImportedMemories), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent write one of the scopes"),
+        (status = 409, body = ErrorBody, description = "A version is stored already with other content"),
+        (status = 413, body = ErrorBody)))]
+pub async fn import(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<ImportedMemories>> {
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the export is not UTF-8 text: {e}"),
+        )
+    })?;
+    let (written, unchanged) = e.memories().import(accessor(&caller), text).await?;
+    Ok(Json(ImportedMemories { written, unchanged }))
+}

@@ -1637,3 +1637,20 @@ pub struct ErasureReport {
     /// Where the data was removed from.
     pub places: Vec<String>,
 }
+
+/// `POST /api/v1/memories/export`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportMemories {
+    /// The scopes to export (1 to 32), each of which the caller must be allowed to read.
+    pub scopes: Vec<String>,
+}
+
+/// What an import wrote.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ImportedMemories {
+    /// Versions written.
+    pub written: u64,
+    /// Versions stored already, identical, left as they were.
+    pub unchanged: u64,
+}

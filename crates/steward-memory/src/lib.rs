@@ -6,6 +6,7 @@
 //! decided by the engine before it calls in: this crate decides nothing.
 
 mod index;
+pub mod portable;
 mod scope;
 mod search;
 mod text;
@@ -396,6 +397,58 @@ impl Memory {
             index_postings,
             erased,
         })
+    }
+
+    /// Every version of `scopes` in the portable format ([`portable`]), header first.
+    pub async fn export(&self, scopes: &[String]) -> Result<String> {
+        let mut scopes: Vec<String> = scopes
+            .iter()
+            .map(|s| Scope::parse(s).map(|s| s.to_string()))
+            .collect::<Result<_>>()?;
+        scopes.sort();
+        scopes.dedup();
+        let mut out = portable::header();
+        out.push('\n');
+        for scope in &scopes {
+            let mut after = (Millis::MIN, String::new());
+            loop {
+                let page = self
+                    .store
+                    .scope_memories(scope, (after.0, &after.1), PAGE)
+                    .await?;
+                for m in &page {
+                    out.push_str(&portable::line(m));
+                    out.push('\n');
+                }
+                match page.last() {
+                    Some(last) if page.len() as i64 == PAGE => {
+                        after = (last.created_at, last.id.clone());
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads an export, checking every line; nothing is written.
+    pub fn read_export(&self, text: &str) -> Result<Vec<MemoryRecord>> {
+        portable::read(text, &self.limits, self.clock.now_ms())
+    }
+
+    /// Writes what [`Memory::read_export`] read, all or nothing, with `audit` in the same
+    /// commit, and indexes it. Returns (written, already there unchanged).
+    pub async fn import(
+        &self,
+        versions: Vec<MemoryRecord>,
+        audit: Option<(Millis, String)>,
+    ) -> Result<(u64, u64)> {
+        let counts = self.store.import_memories(&versions, audit).await?;
+        let mut ix = write(&self.index);
+        for v in versions {
+            ix.upsert(v);
+        }
+        Ok(counts)
     }
 
     /// Erases every version whose time to live has run out; how many.

@@ -78,6 +78,22 @@ pub trait MemoryStore: Send + Sync {
         after_id: &str,
         limit: i64,
     ) -> Result<Vec<MemoryRecord>>;
+    /// Up to `limit` versions of `scope` after (`created_at`, `id`) in that order: what an
+    /// export reads.
+    async fn scope_memories(
+        &self,
+        scope: &str,
+        after: (Millis, &str),
+        limit: i64,
+    ) -> Result<Vec<MemoryRecord>>;
+    /// Writes versions as they are (ids, facts, times, links kept), all in one commit with
+    /// `audit`: a version whose id is stored already must be identical to it (counted as
+    /// unchanged) or nothing is written (`Conflict`). Returns (written, unchanged).
+    async fn import_memories(
+        &self,
+        versions: &[MemoryRecord],
+        audit: Option<(Millis, String)>,
+    ) -> Result<(u64, u64)>;
     /// Ids erased at `since` or later.
     async fn memory_erasures(&self, since: Millis) -> Result<Vec<(String, Millis)>>;
     /// Erases what `what` selects — every version of each fact — leaving only the ids in
@@ -211,6 +227,75 @@ macro_rules! impl_memories {
                 .bind(limit)
                 .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn scope_memories(&self, scope: &str, after: (Millis, &str), limit: i64) -> Result<Vec<MemoryRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM memories WHERE scope = $1 AND (created_at > $2 OR (created_at = $2 AND id > $3)) \
+                     ORDER BY created_at, id LIMIT $4"
+                ))
+                .bind(scope)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn import_memories(
+                &self,
+                versions: &[MemoryRecord],
+                audit: Option<(Millis, String)>,
+            ) -> Result<(u64, u64)> {
+                let mut tx = self.begin_write().await?;
+                let (mut written, mut unchanged) = (0, 0);
+                for m in versions {
+                    let done = sqlx::query(&format!(
+                        "INSERT INTO memories ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                         ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .bind(&m.id)
+                    .bind(&m.lineage)
+                    .bind(&m.scope)
+                    .bind(&m.text)
+                    .bind(&m.subject)
+                    .bind(&m.tags)
+                    .bind(&m.metadata)
+                    .bind(&m.source)
+                    .bind(&m.written_by)
+                    .bind(m.valid_from)
+                    .bind(m.valid_to)
+                    .bind(m.created_at)
+                    .bind(m.expired_at)
+                    .bind(&m.superseded_by)
+                    .bind(m.expires_at)
+                    .bind(m.updated_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 1 {
+                        written += 1;
+                        continue;
+                    }
+                    let stored: MemoryRecord = sqlx::query_as(&format!("SELECT {COLUMNS} FROM memories WHERE id = $1"))
+                        .bind(&m.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    // What changes as a copy moves between stores is when it last changed.
+                    let same = MemoryRecord { updated_at: m.updated_at, ..stored } == *m;
+                    if !same {
+                        return Err(Error::Conflict(format!(
+                            "memory {} is stored already with other content; nothing was imported",
+                            m.id
+                        )));
+                    }
+                    unchanged += 1;
+                }
+                if let Some(record) = audit {
+                    Self::append_audit_in(&mut tx, &[record]).await?;
+                }
+                tx.commit().await?;
+                Ok((written, unchanged))
             }
 
             async fn memory_erasures(&self, since: Millis) -> Result<Vec<(String, Millis)>> {

@@ -271,6 +271,44 @@ impl Client {
             .await
     }
 
+    /// POSTs `body` as JSON and returns the answer's text (e.g. JSON lines).
+    pub async fn post_for_text(&self, path: &str, body: &Value) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Steward at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let msg = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or(&text);
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(text)
+    }
+
+    /// POSTs `body` with `content_type`; the answer is JSON.
+    pub async fn post_body<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> anyhow::Result<T> {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
     pub async fn apply_text(&self, text: String) -> anyhow::Result<ApplyResult> {
         self.send(
             self.http

@@ -1,8 +1,11 @@
-//! `steward memory`: agents' memory from the command line, as the administrator.
+//! `steward memory`: agents' memory from the command line, as the administrator (with
+//! `STEWARD_TOKEN` when the server asks for one).
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use steward_api::wire::{AddedMemory, ErasureReport, MemoryHistory, MemorySearchResult};
+use steward_api::wire::{
+    AddedMemory, ErasureReport, ImportedMemories, MemoryHistory, MemorySearchResult,
+};
 
 use crate::client::Client;
 
@@ -44,6 +47,13 @@ pub enum MemoryWhat {
     },
     /// Every version of the fact a memory belongs to, oldest first.
     History { id: String },
+    /// Write scopes' memories (history included) to standard output as JSON lines.
+    Export {
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Import an export (a file, or `-` for standard input), all or nothing.
+    Import { file: std::path::PathBuf },
     /// Erase facts (every version) by id, by subject, or a whole scope; prints the report.
     Erase {
         #[arg(long)]
@@ -120,6 +130,30 @@ impl Client {
                         v.text
                     );
                 }
+            }
+            MemoryWhat::Export { scopes } => {
+                let text = self
+                    .post_for_text("/api/v1/memories/export", &json!({"scopes": scopes}))
+                    .await?;
+                print!("{text}");
+            }
+            MemoryWhat::Import { file } => {
+                let text = if file.as_os_str() == "-" {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .context("reading the export from standard input")?;
+                    s
+                } else {
+                    std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                };
+                let r: ImportedMemories = self
+                    .post_body("/api/v1/memories/import", "application/x-ndjson", text)
+                    .await?;
+                println!(
+                    "imported {} versions ({} already there, unchanged)",
+                    r.written, r.unchanged
+                );
             }
             MemoryWhat::Erase {
                 scope,

@@ -232,4 +232,46 @@ impl Memories<'_> {
         );
         Ok(self.memory().erase(&what, Some(audit)).await?)
     }
+
+    /// Every version of `scopes` (each readable by `who`) in the portable format.
+    pub async fn export(&self, who: Accessor<'_>, scopes: &[String]) -> Result<String> {
+        if scopes.is_empty() || scopes.len() > self.memory().limits().max_query_scopes {
+            return Err(Error::InvalidRequest(format!(
+                "scopes: name 1 to {} scopes to export",
+                self.memory().limits().max_query_scopes
+            )));
+        }
+        let mut allowed = Vec::new();
+        for s in scopes {
+            allowed.push(self.allow(who, "memory.read", s).await?);
+        }
+        let text = self.memory().export(scopes).await?;
+        for (a, s) in allowed.iter().zip(scopes) {
+            self.audit_read(who, a, s, "exported".into()).await?;
+        }
+        Ok(text)
+    }
+
+    /// Imports an export, all or nothing: every line checked, `memory.write` decided on every
+    /// scope it holds, then one commit. Returns (written, already there unchanged).
+    pub async fn import(&self, who: Accessor<'_>, text: &str) -> Result<(u64, u64)> {
+        let versions = self.memory().read_export(text)?;
+        let mut scopes: Vec<&str> = versions.iter().map(|v| v.scope.as_str()).collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        let mut first = None;
+        for s in &scopes {
+            let a = self.allow(who, "memory.write", s).await?;
+            first.get_or_insert(a);
+        }
+        let audit = first.map(|a| {
+            a.record(
+                self.now(),
+                "memory.write",
+                &scopes.join(","),
+                format!("imported {} versions", versions.len()),
+            )
+        });
+        Ok(self.memory().import(versions, audit).await?)
+    }
 }

@@ -10,6 +10,7 @@ on_both_backends!(
     changes_are_followed_in_order_of_their_time,
     erasure_removes_every_version_and_leaves_ids_only,
     an_expired_version_is_erased_alone,
+    an_import_is_all_or_nothing_and_keeps_what_it_is_given,
 );
 
 fn mem(id: &str, scope: &str, text: &str, at: i64) -> MemoryRecord {
@@ -250,4 +251,58 @@ async fn an_expired_version_is_erased_alone(s: &dyn Store) {
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].id, "s1");
     assert!(s.memory("k1").await.unwrap().is_some());
+}
+
+async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
+    let v1 = MemoryRecord {
+        expired_at: Some(20),
+        superseded_by: Some("i2".into()),
+        valid_to: Some(20),
+        ..mem("i1", "user:a", "first", 10)
+    };
+    let v2 = next("i2", &v1, "second", 20);
+    let head = s.audit_head().await.unwrap().0;
+    assert_eq!(
+        s.import_memories(&[v1.clone(), v2.clone()], Some((30, "{}".into())))
+            .await
+            .unwrap(),
+        (2, 0)
+    );
+    assert_eq!(s.audit_head().await.unwrap().0, head + 1);
+    assert_eq!(s.memory("i1").await.unwrap().unwrap(), v1, "kept as given");
+    assert_eq!(
+        s.scope_memories("user:a", (i64::MIN, ""), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>(),
+        ["i1", "i2"]
+    );
+
+    // Again, with a later change time: nothing new, nothing changed.
+    let again = MemoryRecord {
+        updated_at: 99,
+        ..v2.clone()
+    };
+    assert_eq!(s.import_memories(&[again], None).await.unwrap(), (0, 1));
+
+    // A new version beside one that differs from what is stored: neither goes in.
+    let fresh = mem("i3", "user:a", "third", 40);
+    let altered = MemoryRecord {
+        text: "changed".into(),
+        ..v1.clone()
+    };
+    let head = s.audit_head().await.unwrap().0;
+    let e = s
+        .import_memories(&[fresh, altered], Some((50, "{}".into())))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_store::Error::Conflict(_)), "{e}");
+    assert!(
+        s.memory("i3").await.unwrap().is_none(),
+        "nothing half-written"
+    );
+    assert_eq!(s.memory("i1").await.unwrap().unwrap().text, "first");
+    assert_eq!(s.audit_head().await.unwrap().0, head);
 }

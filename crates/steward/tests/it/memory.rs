@@ -348,3 +348,59 @@ both_backends!(
     memory_bad_input,
     bad_memory_requests_are_refused_and_write_nothing
 );
+
+/// `steward memory export` from a server on SQLite, `steward memory import` into one on
+/// PostgreSQL: the same memories, history and all; an agent may import only into scopes it
+/// may write, and a refused import writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memories_move_between_servers_through_the_cli() {
+    let from = TestServer::start(Backend::Sqlite).await;
+    let to = TestServer::start(Backend::Postgres).await;
+    let (_, v1) = from
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:fay", "text": "Fay drinks oat milk"}),
+        )
+        .await;
+    let (st, _) = from
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:fay", "text": "Fay drinks soy milk", "supersedes": v1["memory"]["id"]}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (ok, export, err) = cli(&from, &["memory", "export", "--scope", "user:fay"]);
+    assert!(ok, "{err}");
+    assert_eq!(export.lines().count(), 3, "{export}");
+    let file = to.dir.path().join("fay.jsonl");
+    std::fs::write(&file, &export).unwrap();
+
+    to.apply(AGENTS).await;
+    let key = key_of(&to, "bob-bot", "bob").await;
+    let (st, r) = send(as_agent(
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/memories/import", to.url))
+            .header("content-type", "application/x-ndjson")
+            .body(export.clone()),
+        &key,
+    ))
+    .await;
+    assert_eq!(st, 403, "bob-bot may not write user:fay: {r}");
+
+    let (ok, out, err) = cli(&to, &["memory", "import", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "imported 2 versions (0 already there, unchanged)"
+    );
+    let (_, r) = search(&to, None, "milk", "user:fay").await;
+    assert_eq!(texts(&r), ["Fay drinks soy milk"]);
+    let (ok, again, err) = cli(&to, &["memory", "export", "--scope", "user:fay"]);
+    assert!(ok, "{err}");
+    assert_eq!(again, export, "byte for byte");
+    let (ok, _, err) = cli(&to, &["memory", "import", "/nonexistent/file.jsonl"]);
+    assert!(
+        !ok && err.contains("reading /nonexistent/file.jsonl"),
+        "{err}"
+    );
+}
