@@ -38,6 +38,7 @@ pub async fn add(
         .add(
             accessor(&caller),
             NewMemory {
+                id: None,
                 scope: m.scope,
                 text: m.text,
                 subject: m.subject,

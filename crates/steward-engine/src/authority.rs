@@ -195,6 +195,31 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// [`Authority::unattended`] for a resource that is the run's own (its agent's memory
+    /// scope, its owner's, its own): allowed when no policy applies to it at all — a forbid
+    /// still refuses, as do a barred agent and a grant that leaves it out.
+    pub async fn unattended_own(
+        &self,
+        run: &RunRecord,
+        acts: &ActsFor,
+        (action, resource): (&str, &str),
+        own: bool,
+        now: i64,
+    ) -> steward_store::Result<Unattended> {
+        let mut u = self
+            .unattended(run, acts, (action, resource), None, now)
+            .await?;
+        if own && !u.decision.allow && u.decision.policy_ids.is_empty() {
+            u.refused = self.barred(run).await?;
+            if u.refused.is_none() {
+                u.refused = self.outside_grant(run, action, resource, now).await?;
+            }
+        }
+        Ok(u)
+    }
+}
+
 /// The chain of authority of run `run` of `agent`, outermost first: its agent's owner, the run
 /// that spawned it (if any), the agent, the run.
 pub(crate) fn run_chain(

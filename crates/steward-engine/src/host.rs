@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub supervisors: crate::supervisors::Supervisors,
     /// Agents' branches landing on git repositories.
     pub merges: Arc<crate::merge_queue::MergeQueue>,
+    /// Agents' memory: the store's rows and this node's index over them.
+    pub memory: Arc<steward_memory::Memory>,
 }
 
 impl Shared {
@@ -94,7 +96,10 @@ impl Host {
     }
 
     /// The run a tool acts for.
-    async fn run_record(&self, run: &RunId) -> Result<steward_store::RunRecord, ToolError> {
+    pub(crate) async fn run_record(
+        &self,
+        run: &RunId,
+    ) -> Result<steward_store::RunRecord, ToolError> {
         self.0
             .store
             .get_run(run)
@@ -335,6 +340,23 @@ impl ToolHost for Host {
 
     async fn scratch_get(&self, run: &RunId, key: &str) -> Result<Option<String>, ToolError> {
         self.0.store.scratch_get(run, key).await.map_err(failed)
+    }
+
+    async fn memory_add(
+        &self,
+        run: &RunId,
+        seq: i64,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, ToolError> {
+        crate::memory_tools::add(self, run, seq, args).await
+    }
+
+    async fn memory_search(
+        &self,
+        run: &RunId,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, ToolError> {
+        crate::memory_tools::search(self, run, args).await
     }
 
     async fn sandbox_exec(

@@ -19,6 +19,7 @@ mod kernel;
 mod launch;
 pub mod mcp_calls;
 pub mod mcp_tasks;
+mod memory_tools;
 pub mod meters;
 mod metrics;
 pub mod oauth;
@@ -205,8 +206,6 @@ struct Inner {
     oauth: Arc<oauth::OAuthTokens>,
     mcp_tasks: Arc<mcp_tasks::McpTasks>,
     mcp_calls: Arc<mcp_calls::McpCalls>,
-    /// Agents' memory: the store's rows and this node's index over them.
-    memory: Arc<steward_memory::Memory>,
 }
 
 /// A handle to the running engine. Cheap to clone.
@@ -299,7 +298,17 @@ impl Engine {
             }),
             opts.tool_rules.http.clone(),
         );
+        let memory = Arc::new(
+            steward_memory::Memory::open(
+                store.clone(),
+                opts.clock.clone(),
+                steward_memory::Limits::default(),
+            )
+            .await
+            .map_err(Error::from)?,
+        );
         let shared = Arc::new(Shared {
+            memory,
             launch: launch.clone(),
             store: store.clone(),
             node: opts.node.clone(),
@@ -395,18 +404,8 @@ impl Engine {
             metrics: metrics.clone(),
             journal_tick: Arc::new(tokio::sync::Notify::new()),
         };
-        let memory = Arc::new(
-            steward_memory::Memory::open(
-                store.clone(),
-                shared.clock.clone(),
-                steward_memory::Limits::default(),
-            )
-            .await
-            .map_err(Error::from)?,
-        );
         let engine = Engine {
             inner: Arc::new(Inner {
-                memory,
                 shared,
                 audit_key: opts.audit_key,
                 gov: opts.gov,
@@ -574,7 +573,7 @@ impl Engine {
             });
         }
         tokio::spawn(follow_memory(
-            engine.inner.memory.clone(),
+            engine.inner.shared.memory.clone(),
             engine.inner.draining.clone(),
         ));
         tokio::spawn(runs::schedule(engine.inner.clone()));

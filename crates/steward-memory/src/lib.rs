@@ -75,6 +75,9 @@ impl Default for Limits {
 /// A memory to write, as a caller gives it.
 #[derive(Clone, Debug, Default)]
 pub struct NewMemory {
+    /// Its id, when the writer names it (a run's step, so a retry finds what it wrote);
+    /// a fresh one otherwise.
+    pub id: Option<String>,
     pub scope: String,
     pub text: String,
     /// Who or what the fact is about (erasure by subject finds it).
@@ -250,7 +253,21 @@ impl Memory {
             Some(t) => Some(now.saturating_add(t)),
             None => None,
         };
-        let id = self.clock.new_id("mem");
+        let id = match new.id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 100
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                id
+            }
+            Some(_) => {
+                return Err(MemoryError::BadRequest(
+                    "id: 1 to 100 letters, digits and `_`".into(),
+                ))
+            }
+            None => self.clock.new_id("mem"),
+        };
         let lineage = match &new.supersedes {
             None => id.clone(),
             Some(old) => {
@@ -360,6 +377,11 @@ impl Memory {
             )));
         }
         Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+    }
+
+    /// The version with this id, if one was written.
+    pub async fn written(&self, id: &str) -> Result<Option<MemoryRecord>> {
+        Ok(self.store.memory(id).await?)
     }
 
     pub async fn get(&self, id: &str) -> Result<MemoryRecord> {

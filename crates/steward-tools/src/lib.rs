@@ -3,6 +3,7 @@
 
 mod echo;
 mod http_request;
+mod memory;
 pub mod openapi;
 mod sandbox;
 mod scratchpad;
@@ -20,6 +21,7 @@ use steward_types::RunId;
 
 pub use echo::Echo;
 pub use http_request::HttpRequest;
+pub use memory::{MemoryAdd, MemorySearch};
 pub use sandbox::{SandboxExec, SandboxReadFile, SandboxWriteFile};
 pub use scratchpad::{ScratchpadGet, ScratchpadSet};
 pub use search::{Catalog, Entry as CatalogEntry};
@@ -164,6 +166,19 @@ pub trait ToolHost: Send + Sync {
     async fn workspace_read(&self, _run: &RunId, _seq: i64, _path: &str) -> Result<Vec<u8>> {
         Err(ToolError::Denied(
             "sandboxes are not available on this server".into(),
+        ))
+    }
+    /// Writes a memory for the run (step `seq` of it: a retry finds what the first try wrote),
+    /// if the run may write the scope `args` names.
+    async fn memory_add(&self, _run: &RunId, _seq: i64, _args: Value) -> Result<Value> {
+        Err(ToolError::Denied(
+            "memory is not available on this server".into(),
+        ))
+    }
+    /// Searches the scopes `args` names (or the run's own), each of which the run may read.
+    async fn memory_search(&self, _run: &RunId, _args: Value) -> Result<Value> {
+        Err(ToolError::Denied(
+            "memory is not available on this server".into(),
         ))
     }
 }
@@ -318,6 +333,8 @@ impl Tools {
         t.insert(Arc::new(HttpRequest::new(&cfg.http)?));
         t.insert(Arc::new(ScratchpadSet));
         t.insert(Arc::new(ScratchpadGet));
+        t.insert(Arc::new(MemoryAdd));
+        t.insert(Arc::new(MemorySearch));
         t.insert(Arc::new(SpawnAgent));
         t.insert(Arc::new(SandboxExec));
         t.insert(Arc::new(SandboxWriteFile));

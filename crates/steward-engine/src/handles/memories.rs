@@ -73,7 +73,7 @@ impl Allowed {
 
 impl Memories<'_> {
     fn memory(&self) -> &steward_memory::Memory {
-        &self.0.inner.memory
+        &self.0.inner.shared.memory
     }
 
     fn now(&self) -> i64 {

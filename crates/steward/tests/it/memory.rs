@@ -404,3 +404,123 @@ async fn memories_move_between_servers_through_the_cli() {
         "{err}"
     );
 }
+
+/// A managed agent remembers with `memory_add` and recalls with `memory_search` in its own
+/// scope; a scope it may not read is refused and the refusal shown to the model; what it
+/// wrote carries its run and step as provenance and is found over the API.
+async fn a_managed_agent_remembers_and_recalls(b: Backend) {
+    let s = TestServer::start(b).await;
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: keeper}\nspec:\n  model: scripted\n  tools: [memory_add, memory_search]\n  script:\n    - toolCalls: [{name: memory_add, arguments: {text: \"The deploy key rotates on Mondays\", subject: deploys, tags: [ops]}}]\n    - toolCalls: [{name: memory_search, arguments: {query: \"when does the deploy key rotate\"}}]\n    - toolCalls: [{name: memory_search, arguments: {query: \"salary\", scopes: [\"user:stranger\"]}}]\n    - content: done\n",
+    )
+    .await;
+    let id = s.start_run("keeper", "").await;
+    let run = s.wait_run(&id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let j = s.journal(&id).await;
+    let outcomes: Vec<&Value> = j
+        .iter()
+        .filter(|e| e["phase"] == "outcome" && e["kind"] == "tool")
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{j:?}");
+    let added = &outcomes[0]["body"]["ok"];
+    assert_eq!(added["scope"], "agent:keeper", "{added}");
+    let found = &outcomes[1]["body"]["ok"]["results"];
+    assert_eq!(
+        found[0]["text"], "The deploy key rotates on Mondays",
+        "{found}"
+    );
+    assert_eq!(found[0]["id"], added["id"]);
+    let refusal = outcomes[2]["body"]["error"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("memory.read") && refusal.contains("user:stranger"),
+        "the model is told why: {}",
+        outcomes[2]
+    );
+
+    let (st, m) = s
+        .get(&format!(
+            "/api/v1/memories/{}",
+            added["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["written_by"], "agent:keeper");
+    assert_eq!(m["source"]["run"], id.as_str());
+    assert_eq!(m["tags"], json!(["ops"]));
+    let audit = common::audit_records(&s).await;
+    let by_run: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|r| {
+            r["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("memory."))
+        })
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_run,
+        [
+            ("memory.write", "allow"),
+            ("memory.read", "allow"),
+            ("memory.read", "deny")
+        ],
+        "each access decided and audited"
+    );
+}
+
+both_backends!(memory_tools, a_managed_agent_remembers_and_recalls);
+
+/// Runs writing memories are killed (-9) three times and carry on from their journals: every
+/// run finishes, and every memory a step wrote is there exactly once — a step retried after
+/// the crash finds what its first try wrote.
+async fn killed_runs_write_each_memory_once(b: Backend) {
+    const RUNS: usize = 12;
+    const NOTES: usize = 12;
+    let mut s = TestServer::start(b).await;
+    let script: String = (0..NOTES)
+        .map(|i| format!("    - {{delayMs: 40, toolCalls: [{{name: memory_add, arguments: {{text: \"note {i} of {{{{input}}}}\"}}}}]}}\n"))
+        .collect();
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  model: scripted\n  tools: [memory_add]\n  maxSteps: 40\n  script:\n{script}    - content: done\n"
+    ))
+    .await;
+    let mut runs = Vec::new();
+    for r in 0..RUNS {
+        runs.push(s.start_run("scribe", &format!("run{r}")).await);
+    }
+    for pause in [120, 200, 280] {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        s.kill9();
+        s.spawn();
+    }
+    for id in &runs {
+        let run = s.wait_run(id).await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+    }
+    let (ok, export, err) = cli(&s, &["memory", "export", "--scope", "agent:scribe"]);
+    assert!(ok, "{err}");
+    let mut texts: Vec<String> = export
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    texts.sort();
+    let mut want: Vec<String> = (0..RUNS)
+        .flat_map(|r| (0..NOTES).map(move |i| format!("note {i} of run{r}")))
+        .collect();
+    want.sort();
+    assert_eq!(texts, want, "each note once, none lost");
+}
+
+both_backends!(memory_crash, killed_runs_write_each_memory_once);
