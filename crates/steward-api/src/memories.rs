@@ -76,7 +76,7 @@ pub async fn search(
         Some(m) => Method::parse(m).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("method: {m:?} is none of hybrid, bm25, recency"),
+                format!("method: {m:?} is none of hybrid, bm25, vector, recency"),
             )
         })?,
     };
@@ -96,6 +96,7 @@ pub async fn search(
                 limit: s.limit.unwrap_or(10),
                 max_tokens: s.max_tokens,
                 method,
+                vector: None,
             },
         )
         .await?;
@@ -109,6 +110,8 @@ pub async fn search(
                 scores: MemoryScores {
                     bm25: h.bm25,
                     bm25_rank: h.bm25_rank,
+                    vector: h.vector,
+                    vector_rank: h.vector_rank,
                     recency_rank: h.recency_rank,
                 },
                 tokens: h.tokens,

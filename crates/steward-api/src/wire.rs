@@ -1534,7 +1534,8 @@ pub struct SearchMemories {
     pub query: String,
     /// The scopes to search, each of which the caller must be allowed to read.
     pub scopes: Vec<String>,
-    /// `hybrid` (full text, recency breaking near-ties; the default), `bm25`, or `recency`.
+    /// `hybrid` (the default: full text and embeddings fused by rank; with no embedding model,
+    /// full text with recency breaking near-ties), `bm25`, `vector`, or `recency`.
     #[serde(default)]
     pub method: Option<String>,
     /// Facts true in the world at this time (ms since the epoch).
@@ -1570,6 +1571,11 @@ pub struct MemoryScores {
     pub bm25: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bm25_rank: Option<usize>,
+    /// Cosine similarity of its embedding to the query's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_rank: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recency_rank: Option<usize>,
 }
@@ -1577,8 +1583,9 @@ pub struct MemoryScores {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MemoryHit {
     pub memory: Memory,
-    /// The score results are ordered by (hybrid: full text scaled to the best match's 1.0, plus
-    /// up to 0.1 for recency).
+    /// The score results are ordered by (hybrid: the sum of 1/(60 + rank) over full text and
+    /// embeddings; without embeddings, full text scaled to the best match's 1.0 plus up to 0.1
+    /// for recency).
     pub score: f64,
     pub scores: MemoryScores,
     /// Tokens of its text, as counted for `max_tokens`.

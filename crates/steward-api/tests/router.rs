@@ -35,6 +35,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             sandboxes: None,
             meters: Default::default(),
             tool_rules: Default::default(),
+            embedder: None,
         },
     )
     .await

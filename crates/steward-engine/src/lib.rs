@@ -163,6 +163,24 @@ async fn follow_memory(memory: Arc<steward_memory::Memory>, draining: Cancellati
     }
 }
 
+/// Embeds new memories as they are written (and any left unembedded, e.g. by a node without
+/// the model), so vector search finds them within moments of their write.
+async fn embed_memory(memory: Arc<steward_memory::Memory>, draining: CancellationToken) {
+    if memory.embedding_model().is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = draining.cancelled() => break,
+            _ = memory.wait_for_writes(Duration::from_secs(5)) => {}
+        }
+        if let Err(e) = memory.embed_pending().await {
+            tracing::warn!(error = %e, "embedding memories failed; trying again shortly");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 pub struct EngineOptions {
     pub cfg: EngineConfig,
     pub node: NodeId,
@@ -188,6 +206,8 @@ pub struct EngineOptions {
     pub meters: meters::Meters,
     /// Tool calls' per-minute limits and result cache.
     pub tool_rules: steward_types::config::ToolsConfig,
+    /// Makes memories' embeddings for vector search; none: full text and recency only.
+    pub embedder: Option<Arc<dyn steward_memory::Embedder>>,
 }
 
 struct Inner {
@@ -303,6 +323,7 @@ impl Engine {
                 store.clone(),
                 opts.clock.clone(),
                 steward_memory::Limits::default(),
+                opts.embedder.clone(),
             )
             .await
             .map_err(Error::from)?,
@@ -573,6 +594,10 @@ impl Engine {
             });
         }
         tokio::spawn(follow_memory(
+            engine.inner.shared.memory.clone(),
+            engine.inner.draining.clone(),
+        ));
+        tokio::spawn(embed_memory(
             engine.inner.shared.memory.clone(),
             engine.inner.draining.clone(),
         ));

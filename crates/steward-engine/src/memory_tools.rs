@@ -24,6 +24,7 @@ fn refused(e: MemoryError) -> ToolError {
         MemoryError::BadRequest(m) => ToolError::InvalidArgs(m),
         MemoryError::NotFound(m) => ToolError::NotFound(m),
         MemoryError::Conflict(m) => ToolError::Conflict(m),
+        MemoryError::Embedder(m) => ToolError::Failed(m),
         MemoryError::Store(e) => failed(e),
     }
 }
@@ -184,6 +185,7 @@ pub(crate) async fn search(host: &Host, run: &RunId, args: Value) -> Result<Valu
             method: Method::Hybrid,
             ..Query::default()
         })
+        .await
         .map_err(refused)?;
     let now = s.clock.now_ms();
     let records: Vec<(i64, String)> = scopes

@@ -46,6 +46,10 @@ pub struct Index {
     /// term → slot → frequency.
     postings: HashMap<String, HashMap<u32, u32>>,
     total_len: u64,
+    /// Each version's embedding, by slot (unit length).
+    vectors: HashMap<u32, Vec<f32>>,
+    /// Embeddings that arrived before their version did (another node's, followed).
+    early_vectors: HashMap<String, Vec<f32>>,
     /// Bumped by every erasure: a follower that read rows before one does not apply them.
     pub erasures: u64,
 }
@@ -76,7 +80,14 @@ impl Index {
                 return false;
             }
             let id = record.id.clone();
+            let vector = self
+                .by_id
+                .get(&id)
+                .and_then(|slot| self.vectors.remove(slot));
             self.remove(&id);
+            if let Some(v) = vector {
+                self.early_vectors.insert(id, v);
+            }
         }
         let terms = self.analyzer.terms(&record.text);
         let slot = match self.free.pop() {
@@ -95,9 +106,54 @@ impl Index {
                 .or_default() += 1;
         }
         self.total_len += terms.len() as u64;
+        if let Some(v) = self.early_vectors.remove(&record.id) {
+            self.vectors.insert(slot, v);
+        }
         self.by_id.insert(record.id.clone(), slot);
         self.slots[slot as usize] = Some(Doc::new(record, terms.len() as u32));
         true
+    }
+
+    /// Sets a version's embedding (kept aside until the version itself arrives).
+    pub fn set_vector(&mut self, id: &str, v: Vec<f32>) {
+        match self.by_id.get(id) {
+            Some(&slot) => {
+                self.vectors.insert(slot, v);
+            }
+            None => {
+                self.early_vectors.insert(id.to_string(), v);
+            }
+        }
+    }
+
+    /// Versions with an embedding.
+    pub fn embedded(&self) -> usize {
+        self.vectors.len()
+    }
+
+    /// The `limit` versions `keep` accepts whose embeddings are nearest `q` (cosine: all are
+    /// unit length), nearest first. Exact: every embedding is compared.
+    pub fn nearest(
+        &self,
+        q: &[f32],
+        keep: &dyn Fn(&Doc) -> bool,
+        limit: usize,
+    ) -> Vec<(&Doc, f64)> {
+        let mut hits: Vec<(&Doc, f64)> = self
+            .vectors
+            .iter()
+            .filter(|(_, v)| v.len() == q.len())
+            .filter_map(|(&slot, v)| {
+                let d = self.slots[slot as usize].as_ref()?;
+                keep(d).then(|| {
+                    let dot: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                    (d, f64::from(dot))
+                })
+            })
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| newer_first(a.0, b.0)));
+        hits.truncate(limit);
+        hits
     }
 
     /// Removes a version and its postings; how many postings went (0: it was not here).
@@ -108,6 +164,8 @@ impl Index {
         let Some(doc) = self.slots[slot as usize].take() else {
             return 0;
         };
+        self.vectors.remove(&slot);
+        self.early_vectors.remove(id);
         let mut removed = 0;
         for t in self.analyzer.terms(&doc.record.text) {
             if let Some(list) = self.postings.get_mut(&t) {

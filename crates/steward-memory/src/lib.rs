@@ -5,6 +5,7 @@
 //! on start and following other nodes' writes and erasures. Who may read or write a scope is
 //! decided by the engine before it calls in: this crate decides nothing.
 
+pub mod embed;
 mod index;
 pub mod portable;
 mod scope;
@@ -14,10 +15,11 @@ mod text;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
-use steward_store::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore};
+use steward_store::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore, MemoryVector};
 use steward_types::clock::Clock;
 use steward_types::Millis;
 
+pub use embed::Embedder;
 pub use scope::Scope;
 pub use search::{Found, Hit, Method, Query};
 pub use text::estimate_tokens;
@@ -30,6 +32,9 @@ pub enum MemoryError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The embedding model failed.
+    #[error("embedding: {0}")]
+    Embedder(String),
     #[error(transparent)]
     Store(steward_store::Error),
 }
@@ -125,6 +130,10 @@ pub struct Memory {
     index: RwLock<index::Index>,
     /// Where following other nodes' changes has got to.
     follow: Mutex<Follow>,
+    /// Makes the embeddings vector search compares, when there is one.
+    embedder: Option<Arc<dyn Embedder>>,
+    /// Rung by every write: there is something to embed.
+    to_embed: tokio::sync::Notify,
 }
 
 #[derive(Default, Clone)]
@@ -132,10 +141,14 @@ struct Follow {
     since: Millis,
     after_id: String,
     erasures_since: Millis,
+    vectors_since: Millis,
+    vectors_after_id: String,
 }
 
 /// Rows read per page while rebuilding or following.
 const PAGE: i64 = 1000;
+/// Texts embedded at once.
+const EMBED_BATCH: i64 = 32;
 /// How far back each follow looks again: a commit can land after a later-stamped one
 /// (the time is taken before the transaction waits for the writer).
 const LOOKBACK_MS: Millis = 2_000;
@@ -154,6 +167,7 @@ impl Memory {
         store: Arc<dyn MemoryStore>,
         clock: Arc<dyn Clock>,
         limits: Limits,
+        embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Memory> {
         let started = clock.now_ms();
         let m = Memory {
@@ -165,6 +179,8 @@ impl Memory {
                 erasures_since: started,
                 ..Follow::default()
             }),
+            embedder,
+            to_embed: tokio::sync::Notify::new(),
         };
         let n = m.follow_changes().await?;
         tracing::info!(versions = n, "memory index built");
@@ -352,11 +368,38 @@ impl Memory {
         if let Some(c) = &closed {
             ix.upsert(c.clone());
         }
+        drop(ix);
+        self.to_embed.notify_one();
         Ok((p.record, closed))
     }
 
-    /// Searches this node's index. Scopes must be authorized already.
-    pub fn search(&self, q: &Query) -> Result<Found> {
+    /// Searches this node's index, embedding the query when there is an embedder and the
+    /// method uses it. Scopes must be authorized already.
+    pub async fn search(&self, q: &Query) -> Result<Found> {
+        let mut q = q.clone();
+        if q.vector.is_none()
+            && !q.text.trim().is_empty()
+            && matches!(q.method, Method::Hybrid | Method::Vector)
+        {
+            if let Some(e) = &self.embedder {
+                let (e, text) = (e.clone(), q.text.clone());
+                let v = tokio::task::spawn_blocking(move || e.embed(&[text.as_str()]))
+                    .await
+                    .map_err(|e| MemoryError::Embedder(e.to_string()))?
+                    .map_err(MemoryError::Embedder)?;
+                q.vector = v.into_iter().next();
+            }
+        }
+        if q.method == Method::Vector && self.embedder.is_none() {
+            return Err(MemoryError::BadRequest(
+                "method vector: this server has no embedding model (see memory.model_dir)".into(),
+            ));
+        }
+        self.search_now(&q)
+    }
+
+    /// Searches with what `q` carries (its embedding, if any), on this thread.
+    pub fn search_now(&self, q: &Query) -> Result<Found> {
         if q.scopes.len() > self.limits.max_query_scopes {
             return Err(MemoryError::BadRequest(format!(
                 "scopes: {} of them, more than {}",
@@ -377,6 +420,68 @@ impl Memory {
             )));
         }
         Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+    }
+
+    /// The embedding model in use, if any.
+    pub fn embedding_model(&self) -> Option<&str> {
+        self.embedder.as_deref().map(|e| e.model())
+    }
+
+    /// Versions in this node's index with an embedding.
+    pub fn embedded(&self) -> usize {
+        read(&self.index).embedded()
+    }
+
+    /// Waits until a write rings, or `timeout` passes.
+    pub async fn wait_for_writes(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.to_embed.notified()).await;
+    }
+
+    /// Embeds versions that have no embedding by the current model yet, a batch at a time,
+    /// until none is left; how many it embedded. Without an embedder, nothing.
+    pub async fn embed_pending(&self) -> Result<usize> {
+        let Some(embedder) = self.embedder.clone() else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        loop {
+            let batch = self
+                .store
+                .memories_to_embed(embedder.model(), EMBED_BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(done);
+            }
+            let texts: Vec<String> = batch.iter().map(|m| m.text.clone()).collect();
+            let e = embedder.clone();
+            let vectors = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                e.embed(&refs)
+            })
+            .await
+            .map_err(|e| MemoryError::Embedder(e.to_string()))?
+            .map_err(MemoryError::Embedder)?;
+            let now = self.clock.now_ms();
+            let rows: Vec<MemoryVector> = batch
+                .iter()
+                .zip(&vectors)
+                .map(|(m, v)| MemoryVector {
+                    id: m.id.clone(),
+                    model: embedder.model().to_string(),
+                    vector: embed::encode(v),
+                    updated_at: now,
+                })
+                .collect();
+            self.store.put_memory_vectors(&rows).await?;
+            let mut ix = write(&self.index);
+            for (m, v) in batch.iter().zip(vectors) {
+                // A version erased meanwhile keeps no embedding here either.
+                if ix.get(&m.id).is_some() {
+                    ix.set_vector(&m.id, v);
+                }
+            }
+            done += batch.len();
+        }
     }
 
     /// The version with this id, if one was written.
@@ -494,6 +599,8 @@ impl Memory {
             since: (start.since - LOOKBACK_MS).max(0),
             after_id: String::new(),
             erasures_since: start.erasures_since,
+            vectors_since: start.vectors_since,
+            vectors_after_id: String::new(),
         };
         let erasures_read_at = self.clock.now_ms();
         let mut rows = Vec::new();
@@ -510,6 +617,29 @@ impl Memory {
             rows.extend(page);
             if !full {
                 break;
+            }
+        }
+        let mut vectors = Vec::new();
+        if let Some(model) = self.embedding_model() {
+            at.vectors_since = (start.vectors_since - LOOKBACK_MS).max(0);
+            loop {
+                let page = self
+                    .store
+                    .memory_vectors_changed(at.vectors_since, &at.vectors_after_id, PAGE)
+                    .await?;
+                let full = page.len() as i64 == PAGE;
+                if let Some(last) = page.last() {
+                    at.vectors_since = last.updated_at;
+                    at.vectors_after_id = last.id.clone();
+                }
+                vectors.extend(
+                    page.into_iter()
+                        .filter(|v| v.model == model)
+                        .filter_map(|v| Some((v.id, embed::decode(&v.vector)?))),
+                );
+                if !full {
+                    break;
+                }
             }
         }
         let erased = self
@@ -530,17 +660,23 @@ impl Memory {
                 ix.upsert(r);
             }
         }
+        for (id, v) in vectors {
+            if !erased_ids.contains(id.as_str()) {
+                ix.set_vector(&id, v);
+            }
+        }
         for id in &erased_ids {
             ix.remove(id);
         }
         drop(ix);
         at.erasures_since = erasures_read_at;
         if at.since < start.since {
-            at = Follow {
-                since: start.since,
-                after_id: start.after_id,
-                ..at
-            };
+            at.since = start.since;
+            at.after_id = start.after_id;
+        }
+        if at.vectors_since < start.vectors_since {
+            at.vectors_since = start.vectors_since;
+            at.vectors_after_id = start.vectors_after_id;
         }
         *self.follow.lock().unwrap_or_else(|p| p.into_inner()) = at;
         Ok(n)

@@ -20,9 +20,12 @@ const RECENCY_WEIGHT: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Method {
-    /// Full text, recency breaking near-ties.
+    /// Full text and embeddings fused by reciprocal rank; without embeddings, full text with
+    /// recency breaking near-ties.
     #[default]
     Hybrid,
+    /// Embeddings alone (cosine similarity).
+    Vector,
     /// BM25 alone.
     FullText,
     /// Newest first, text ignored.
@@ -33,6 +36,7 @@ impl Method {
     pub fn parse(s: &str) -> Option<Method> {
         match s {
             "hybrid" => Some(Method::Hybrid),
+            "vector" => Some(Method::Vector),
             "bm25" | "full_text" => Some(Method::FullText),
             "recency" => Some(Method::Recency),
             _ => None,
@@ -60,6 +64,8 @@ pub struct Query {
     /// At most about this many tokens of memory text in all.
     pub max_tokens: Option<usize>,
     pub method: Method,
+    /// The query's embedding, when memory has an embedder.
+    pub vector: Option<Vec<f32>>,
 }
 
 /// One result: the version, the score results are ordered by, and what each method made of it.
@@ -69,6 +75,9 @@ pub struct Hit {
     pub score: f64,
     pub bm25: Option<f64>,
     pub bm25_rank: Option<usize>,
+    /// Cosine similarity to the query's embedding.
+    pub vector: Option<f64>,
+    pub vector_rank: Option<usize>,
     pub recency_rank: Option<usize>,
     pub tokens: usize,
 }
@@ -113,69 +122,44 @@ fn visible(q: &Query, now: Millis, d: &Doc) -> bool {
         && q.metadata.iter().all(|(k, v)| d.metadata.get(k) == Some(v))
 }
 
+/// Reciprocal rank fusion's constant: how much the first places count over the later ones.
+const RRF_K: f64 = 60.0;
+
+fn hit(d: &Doc, score: f64) -> Hit {
+    Hit {
+        record: d.record.clone(),
+        score,
+        bm25: None,
+        bm25_rank: None,
+        vector: None,
+        vector_rank: None,
+        recency_rank: None,
+        tokens: estimate_tokens(&d.record.text),
+    }
+}
+
 /// Runs `q` over `ix` at `now`.
 pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
     let keep = |d: &Doc| visible(q, now, d);
     let terms = ix.analyzer().terms(&q.text);
-    let mut hits: Vec<Hit> = if q.method == Method::Recency || terms.is_empty() {
-        ix.newest(&keep, q.limit)
+    let mut hits: Vec<Hit> = match (q.method, &q.vector) {
+        (Method::Recency, _) => newest(ix, &keep, q.limit),
+        (Method::Vector, Some(v)) => ix
+            .nearest(v, &keep, q.limit)
             .into_iter()
             .enumerate()
-            .map(|(i, d)| Hit {
-                record: d.record.clone(),
-                score: 1.0 / (i as f64 + 1.0),
-                bm25: None,
-                bm25_rank: None,
-                recency_rank: Some(i + 1),
-                tokens: estimate_tokens(&d.record.text),
+            .map(|(i, (d, s))| Hit {
+                vector: Some(s),
+                vector_rank: Some(i + 1),
+                ..hit(d, s)
             })
-            .collect()
-    } else {
-        // Recency reorders the full-text candidates; take more than asked so it can.
-        let pool = if q.method == Method::Hybrid {
-            (q.limit * 5).max(50)
-        } else {
-            q.limit
-        };
-        let ranked = ix.bm25(&terms, &keep, pool);
-        let mut by_recency: Vec<usize> = (0..ranked.len()).collect();
-        by_recency.sort_by(|&a, &b| crate::index::newer_first(ranked[a].0, ranked[b].0));
-        let recency: HashMap<usize, usize> = by_recency
-            .into_iter()
-            .enumerate()
-            .map(|(rank, i)| (i, rank + 1))
-            .collect();
-        let best = ranked.first().map_or(1.0, |r| r.1).max(f64::MIN_POSITIVE);
-        let pool_len = ranked.len().max(1) as f64;
-        let mut hits: Vec<Hit> = ranked
-            .iter()
-            .enumerate()
-            .map(|(i, (d, s))| {
-                let (bm25_rank, recency_rank) = (i + 1, recency[&i]);
-                let score = match q.method {
-                    Method::Hybrid => {
-                        *s / best + RECENCY_WEIGHT * (1.0 - (recency_rank - 1) as f64 / pool_len)
-                    }
-                    _ => *s,
-                };
-                Hit {
-                    record: d.record.clone(),
-                    score,
-                    bm25: Some(*s),
-                    bm25_rank: Some(bm25_rank),
-                    recency_rank: (q.method == Method::Hybrid).then_some(recency_rank),
-                    tokens: estimate_tokens(&d.record.text),
-                }
-            })
-            .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.bm25_rank.cmp(&b.bm25_rank))
-        });
-        hits.truncate(q.limit);
-        hits
+            .collect(),
+        (Method::Vector, None) => Vec::new(),
+        (Method::Hybrid, Some(v)) => fused(ix, &terms, v, &keep, q.limit),
+        _ if terms.is_empty() => newest(ix, &keep, q.limit),
+        (method, _) => full_text(ix, &terms, &keep, q.limit, method == Method::Hybrid),
     };
+    hits.truncate(q.limit);
     let mut found = Found::default();
     if let Some(budget) = q.max_tokens {
         let before = hits.len();
@@ -192,6 +176,105 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
     }
     found.hits = hits;
     found
+}
+
+/// The newest versions, newest first.
+fn newest(ix: &Index, keep: &dyn Fn(&Doc) -> bool, limit: usize) -> Vec<Hit> {
+    ix.newest(keep, limit)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| Hit {
+            recency_rank: Some(i + 1),
+            ..hit(d, 1.0 / (i as f64 + 1.0))
+        })
+        .collect()
+}
+
+/// BM25; with `recency`, scaled to the best match and nudged by recency (no embeddings).
+fn full_text(
+    ix: &Index,
+    terms: &[String],
+    keep: &dyn Fn(&Doc) -> bool,
+    limit: usize,
+    recency: bool,
+) -> Vec<Hit> {
+    // Recency reorders the full-text candidates; take more than asked so it can.
+    let pool = if recency { (limit * 5).max(50) } else { limit };
+    let ranked = ix.bm25(terms, keep, pool);
+    let mut by_recency: Vec<usize> = (0..ranked.len()).collect();
+    by_recency.sort_by(|&a, &b| crate::index::newer_first(ranked[a].0, ranked[b].0));
+    let recency_of: HashMap<usize, usize> = by_recency
+        .into_iter()
+        .enumerate()
+        .map(|(rank, i)| (i, rank + 1))
+        .collect();
+    let best = ranked.first().map_or(1.0, |r| r.1).max(f64::MIN_POSITIVE);
+    let pool_len = ranked.len().max(1) as f64;
+    let mut hits: Vec<Hit> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, (d, s))| {
+            let recency_rank = recency_of[&i];
+            let score = if recency {
+                *s / best + RECENCY_WEIGHT * (1.0 - (recency_rank - 1) as f64 / pool_len)
+            } else {
+                *s
+            };
+            Hit {
+                bm25: Some(*s),
+                bm25_rank: Some(i + 1),
+                recency_rank: recency.then_some(recency_rank),
+                ..hit(d, score)
+            }
+        })
+        .collect();
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.bm25_rank.cmp(&b.bm25_rank))
+    });
+    hits
+}
+
+/// Full text and embeddings, fused by reciprocal rank (each list's places, not its scores,
+/// which are on different scales); ties go to the newer version.
+fn fused(
+    ix: &Index,
+    terms: &[String],
+    v: &[f32],
+    keep: &dyn Fn(&Doc) -> bool,
+    limit: usize,
+) -> Vec<Hit> {
+    let pool = (limit * 5).max(50);
+    let mut by_id: HashMap<&str, Hit> = HashMap::new();
+    if !terms.is_empty() {
+        for (i, (d, s)) in ix.bm25(terms, keep, pool).into_iter().enumerate() {
+            let h = by_id
+                .entry(d.record.id.as_str())
+                .or_insert_with(|| hit(d, 0.0));
+            h.bm25 = Some(s);
+            h.bm25_rank = Some(i + 1);
+            h.score += 1.0 / (RRF_K + (i + 1) as f64);
+        }
+    }
+    for (i, (d, s)) in ix.nearest(v, keep, pool).into_iter().enumerate() {
+        let h = by_id
+            .entry(d.record.id.as_str())
+            .or_insert_with(|| hit(d, 0.0));
+        h.vector = Some(s);
+        h.vector_rank = Some(i + 1);
+        h.score += 1.0 / (RRF_K + (i + 1) as f64);
+    }
+    let mut hits: Vec<Hit> = by_id.into_values().collect();
+    hits.sort_by(|a, b| {
+        b.score.total_cmp(&a.score).then_with(|| {
+            b.record
+                .valid_from
+                .cmp(&a.record.valid_from)
+                .then_with(|| a.record.id.cmp(&b.record.id))
+        })
+    });
+    hits
 }
 
 #[cfg(test)]

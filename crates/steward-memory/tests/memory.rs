@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use steward_memory::{Limits, Memory, MemoryError, NewMemory, Query};
+use steward_memory::{Limits, Memory, MemoryError, Method, NewMemory, Query};
 use steward_store::{MemoryErase, Store};
 use steward_testkit::{Backend, FreshStore, ManualClock};
 
 async fn open(store: &Arc<dyn Store>, clock: &Arc<ManualClock>) -> Memory {
-    Memory::open(store.clone(), clock.clone(), Limits::default())
+    Memory::open(store.clone(), clock.clone(), Limits::default(), None)
         .await
         .unwrap()
 }
@@ -38,7 +38,7 @@ fn query(text: &str, scope: &str) -> Query {
 }
 
 fn texts(m: &Memory, q: &Query) -> Vec<String> {
-    m.search(q)
+    m.search_now(q)
         .unwrap()
         .hits
         .iter()
@@ -79,7 +79,9 @@ async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Back
         .await
         .unwrap();
     let id = m.commit(p, None).await.unwrap().0.id;
-    let found = m.search(&query("peanut allergy", "user:alice")).unwrap();
+    let found = m
+        .search_now(&query("peanut allergy", "user:alice"))
+        .unwrap();
     assert_eq!(
         found.hits.len(),
         1,
@@ -94,7 +96,7 @@ async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Back
     assert_eq!(hit.record.written_by, "agent:a");
     assert!(hit.bm25.unwrap() > 0.0 && hit.score > 0.0);
     assert!(
-        m.search(&query("peanut", "user:bob"))
+        m.search_now(&query("peanut", "user:bob"))
             .unwrap()
             .hits
             .is_empty(),
@@ -266,7 +268,7 @@ async fn bad_input_is_refused_and_nothing_is_written(b: Backend) {
     }
     let mut q = query("t", "org");
     q.limit = 1000;
-    assert!(matches!(m.search(&q), Err(MemoryError::BadRequest(_))));
+    assert!(matches!(m.search_now(&q), Err(MemoryError::BadRequest(_))));
     assert!(fresh
         .store
         .memories_changed(0, "", 10)
@@ -474,4 +476,78 @@ async fn an_export_round_trips_byte_for_byte_between_backends() {
         ["The VPN rotates keys monthly"]
     );
     assert_eq!(d.export(&scopes).await.unwrap().lines().count(), 2);
+}
+
+/// The embedding model's files (scripts/fetch-memory-model puts them there; `.ci/run` does).
+fn model_dir() -> std::path::PathBuf {
+    std::env::var_os("STEWARD_TEST_MEMORY_MODEL")
+        .map(Into::into)
+        .expect("STEWARD_TEST_MEMORY_MODEL: a directory holding all-MiniLM-L6-v2 (run scripts/fetch-memory-model DIR)")
+}
+
+/// With the embedding model, search finds memories that say what the query asks in other
+/// words; a second node follows the embeddings; an erased memory's embedding goes with it.
+#[tokio::test]
+async fn embeddings_find_what_full_text_cannot() {
+    let fresh = FreshStore::sqlite().await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let model: Arc<dyn steward_memory::Embedder> =
+        Arc::new(steward_memory::embed::MiniLm::load(&model_dir()).unwrap());
+    let open_embedding = || {
+        Memory::open(
+            fresh.store.clone(),
+            clock.clone(),
+            Limits::default(),
+            Some(model.clone()),
+        )
+    };
+    let m = open_embedding().await.unwrap();
+    let puppy = add(&m, new("user:gus", "Gus adopted a golden retriever puppy")).await;
+    add(&m, new("user:gus", "Gus bought a new laptop for work")).await;
+    add(&m, new("user:gus", "The quarterly report is due on Friday")).await;
+    assert_eq!(m.embed_pending().await.unwrap(), 3);
+    assert_eq!(m.embed_pending().await.unwrap(), 0, "nothing left to embed");
+
+    let ask = |method| Query {
+        method,
+        ..query("which dog does he have", "user:gus")
+    };
+    let full_text = m.search(&ask(Method::FullText)).await.unwrap();
+    assert!(full_text.hits.is_empty(), "no word in common");
+    let by_meaning = m.search(&ask(Method::Vector)).await.unwrap();
+    assert_eq!(by_meaning.hits[0].record.id, puppy);
+    assert!(by_meaning.hits[0].vector.unwrap() > by_meaning.hits[1].vector.unwrap());
+    let hybrid = m.search(&ask(Method::Hybrid)).await.unwrap();
+    assert_eq!(hybrid.hits[0].record.id, puppy);
+
+    let two = open_embedding().await.unwrap();
+    assert_eq!(
+        two.embedded(),
+        3,
+        "a node starting later loads the stored embeddings"
+    );
+    m.erase(
+        &MemoryErase::Ids {
+            scope: "user:gus".into(),
+            ids: vec![puppy.clone()],
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.embedded(), 2);
+    assert!(
+        fresh
+            .store
+            .memory_vectors_changed(0, "", 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.id != puppy),
+        "the stored embedding is erased with its memory"
+    );
+    two.follow_changes().await.unwrap();
+    assert_eq!(two.embedded(), 2);
+    let found = two.search(&ask(Method::Vector)).await.unwrap();
+    assert!(found.hits.iter().all(|h| h.record.id != puppy));
 }

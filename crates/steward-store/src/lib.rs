@@ -56,7 +56,7 @@ pub use identities::IdentityStore;
 pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use mcp_tasks::{McpTaskRecord, McpTaskStore};
-pub use memories::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore};
+pub use memories::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore, MemoryVector};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use openapi_apis::{OAuthTokenRecord, OAuthTokenStore, OpenApiRecord, OpenApiStore};

@@ -50,6 +50,16 @@ pub struct ErasedMemory {
     pub scope: String,
 }
 
+/// A version's embedding: which model made it, the vector as stored (base64 of little-endian
+/// f32s), and when it was stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemoryVector {
+    pub id: String,
+    pub model: String,
+    pub vector: String,
+    pub updated_at: Millis,
+}
+
 const COLUMNS: &str = "id, lineage, scope, text, subject, tags, metadata, source, written_by, \
      valid_from, valid_to, created_at, expired_at, superseded_by, expires_at, updated_at";
 
@@ -94,11 +104,24 @@ pub trait MemoryStore: Send + Sync {
         versions: &[MemoryRecord],
         audit: Option<(Millis, String)>,
     ) -> Result<(u64, u64)>;
+    /// Stores embeddings of versions that still exist (a version erased meanwhile gets
+    /// none), replacing any earlier one; how many were stored.
+    async fn put_memory_vectors(&self, vectors: &[MemoryVector]) -> Result<u64>;
+    /// Up to `limit` embeddings stored at `since` or later, after (`since`, `after_id`).
+    async fn memory_vectors_changed(
+        &self,
+        since: Millis,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<MemoryVector>>;
+    /// Up to `limit` versions with no embedding by `model` yet, oldest first: what is left to
+    /// embed.
+    async fn memories_to_embed(&self, model: &str, limit: i64) -> Result<Vec<MemoryRecord>>;
     /// Ids erased at `since` or later.
     async fn memory_erasures(&self, since: Millis) -> Result<Vec<(String, Millis)>>;
     /// Erases what `what` selects — every version of each fact — leaving only the ids in
     /// `memory_erasures`, with `audit` appended in the same commit (the audit record names
-    /// ids, never content). On SQLite the freed space is zeroed (`secure_delete`) and the
+    /// ids, never content), their embeddings with them. On SQLite the freed space is zeroed (`secure_delete`) and the
     /// write-ahead log truncated afterwards, so the text is left nowhere in the files.
     async fn erase_memories(
         &self,
@@ -298,6 +321,51 @@ macro_rules! impl_memories {
                 Ok((written, unchanged))
             }
 
+            async fn put_memory_vectors(&self, vectors: &[MemoryVector]) -> Result<u64> {
+                let mut tx = self.begin_write().await?;
+                let mut stored = 0;
+                for v in vectors {
+                    stored += sqlx::query(
+                        "INSERT INTO memory_vectors (id, model, vector, updated_at) \
+                         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM memories WHERE id = $1) \
+                         ON CONFLICT (id) DO UPDATE SET model = excluded.model, vector = excluded.vector, updated_at = excluded.updated_at",
+                    )
+                    .bind(&v.id)
+                    .bind(&v.model)
+                    .bind(&v.vector)
+                    .bind(v.updated_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn memory_vectors_changed(&self, since: Millis, after_id: &str, limit: i64) -> Result<Vec<MemoryVector>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, model, vector, updated_at FROM memory_vectors \
+                     WHERE updated_at > $1 OR (updated_at = $1 AND id > $2) ORDER BY updated_at, id LIMIT $3",
+                )
+                .bind(since)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn memories_to_embed(&self, model: &str, limit: i64) -> Result<Vec<MemoryRecord>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM memories m LEFT JOIN memory_vectors v ON v.id = m.id \
+                     WHERE v.id IS NULL OR v.model <> $1 ORDER BY m.created_at, m.id LIMIT $2",
+                    COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
+                ))
+                .bind(model)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             async fn memory_erasures(&self, since: Millis) -> Result<Vec<(String, Millis)>> {
                 Ok(sqlx::query_as(
                     "SELECT id, erased_at FROM memory_erasures WHERE erased_at >= $1 ORDER BY erased_at, id",
@@ -322,6 +390,10 @@ macro_rules! impl_memories {
                 }
                 let erased = q.fetch_all(&mut *tx).await?;
                 for e in &erased {
+                    sqlx::query("DELETE FROM memory_vectors WHERE id = $1")
+                        .bind(&e.id)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query(
                         "INSERT INTO memory_erasures (id, erased_at) VALUES ($1, $2) \
                          ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at",

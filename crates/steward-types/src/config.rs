@@ -24,6 +24,20 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub gov: GovConfig,
     pub sandbox: SandboxConfig,
+    pub memory: MemoryConfig,
+}
+
+/// Agents' memory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Where all-MiniLM-L6-v2's files are (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`; `scripts/fetch-memory-model DIR` puts them there). Unset:
+    /// `models/all-MiniLM-L6-v2` in the data directory, when it holds them. Without the model,
+    /// memory is searched by full text and recency.
+    pub model_dir: Option<PathBuf>,
+    /// Off: no embeddings, even with the model there.
+    pub no_embeddings: bool,
 }
 
 /// Sandboxes for agents' code (`sandbox_exec` and friends).

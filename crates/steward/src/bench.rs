@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// memory: memories written (in conversations of 500 turns; search is timed at 10k too).
     #[arg(long, default_value_t = 100_000)]
     memories: usize,
+    /// memory: all-MiniLM-L6-v2's files, for embeddings (scripts/fetch-memory-model).
+    #[arg(long)]
+    model_dir: Option<std::path::PathBuf>,
     /// tools: the MCP reference server's entry point (`…/server-everything/dist/index.js`).
     #[arg(long, default_value = "")]
     mcp_server: String,
@@ -71,7 +74,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return crate::bench_governance::run(args.seconds, args.clients, args.verify_records).await;
     }
     if args.name == "memory" {
-        return crate::bench_memory::run(args.memories).await;
+        return crate::bench_memory::run(args.memories, args.model_dir.as_deref()).await;
     }
     if args.name == "tools" {
         return crate::bench_tools::run(&args.mcp_server).await;
@@ -185,6 +188,7 @@ pub(crate) fn engine_options(
         sandboxes: None,
         meters: Default::default(),
         tool_rules: Default::default(),
+        embedder: None,
     })
 }
 

@@ -313,9 +313,10 @@ fn query(q: &Question, method: Method, limit: usize) -> Query {
 }
 
 /// The turn ids of a search's results.
-fn turn_ids(memory: &Memory, q: &Query) -> anyhow::Result<Vec<String>> {
+async fn turn_ids(memory: &Memory, q: &Query) -> anyhow::Result<Vec<String>> {
     Ok(memory
-        .search(q)?
+        .search(q)
+        .await?
         .hits
         .iter()
         .map(|h| {
@@ -328,7 +329,7 @@ fn turn_ids(memory: &Memory, q: &Query) -> anyhow::Result<Vec<String>> {
 }
 
 /// Mean share of each question's evidence found in the top `k`.
-fn recall(
+async fn recall(
     memory: &Memory,
     questions: &[Question],
     method: Method,
@@ -336,26 +337,26 @@ fn recall(
 ) -> anyhow::Result<f64> {
     let mut sum = 0.0;
     for q in questions {
-        let found = turn_ids(memory, &query(q, method, k))?;
+        let found = turn_ids(memory, &query(q, method, k)).await?;
         let hit = q.evidence.iter().filter(|e| found.contains(e)).count();
         sum += hit as f64 / q.evidence.len() as f64;
     }
     Ok(sum / questions.len() as f64)
 }
 
-/// Search latency (ms) over every question, hybrid, top 10.
-fn latencies(memory: &Memory, questions: &[Question]) -> anyhow::Result<Vec<f64>> {
+/// Search latency (ms) over every question, hybrid, top 10 (the query's embedding included).
+async fn latencies(memory: &Memory, questions: &[Question]) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(questions.len());
     for q in questions {
         let query = query(q, Method::Hybrid, 10);
         let t = Instant::now();
-        memory.search(&query)?;
+        memory.search(&query).await?;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(sorted(out))
 }
 
-pub async fn run(total: usize) -> anyhow::Result<()> {
+pub async fn run(total: usize, model_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let per_conv = SESSIONS * TURNS_PER_SESSION;
     let convs_small = 10_000 / per_conv;
     let convs = total.div_ceil(per_conv).max(convs_small);
@@ -366,7 +367,17 @@ pub async fn run(total: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let url = format!("sqlite://{}", dir.join("bench.db").display());
     let store = steward_store::open(&url, &StoreConfig::default()).await?;
-    let memory = Memory::open(store, Arc::new(SystemClock), Limits::default()).await?;
+    let embedder: Option<Arc<dyn steward_memory::Embedder>> = match model_dir {
+        Some(dir) => Some(Arc::new(
+            steward_memory::embed::MiniLm::load(dir).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => {
+            eprintln!("memory: no --model-dir, so no embeddings: vector recall is not measured");
+            None
+        }
+    };
+    let memory = Memory::open(store, Arc::new(SystemClock), Limits::default(), embedder).await?;
+    let mut embed_secs = 0.0;
     eprintln!("memory: {convs} conversations × {per_conv} turns, SQLite (synchronous=FULL)");
 
     let mut questions = Vec::new();
@@ -400,18 +411,43 @@ pub async fn run(total: usize) -> anyhow::Result<()> {
         }
         questions.extend(qs);
         if c + 1 == convs_small {
-            at_10k = Some(latencies(&memory, &questions)?);
+            let t = Instant::now();
+            memory.embed_pending().await?;
+            embed_secs += t.elapsed().as_secs_f64();
+            at_10k = Some(latencies(&memory, &questions).await?);
             eprintln!("memory: 10k written; search measured");
         }
     }
-    let at_100k = latencies(&memory, &questions)?;
+    let t = Instant::now();
+    memory.embed_pending().await?;
+    embed_secs += t.elapsed().as_secs_f64();
+    let at_100k = latencies(&memory, &questions).await?;
     let n = memory.indexed();
-    let recall_of = |m: Method, k: usize| recall(&memory, &questions, m, k).map(round);
-    let r5 = json!({"bm25": recall_of(Method::FullText, 5)?, "vector": null, "hybrid": recall_of(Method::Hybrid, 5)?, "recency": recall_of(Method::Recency, 5)?});
-    let r10 = json!({"bm25": recall_of(Method::FullText, 10)?, "vector": null, "hybrid": recall_of(Method::Hybrid, 10)?, "recency": recall_of(Method::Recency, 10)?});
+    let mut r5 = serde_json::Map::new();
+    let mut r10 = serde_json::Map::new();
+    for (name, m) in [
+        ("bm25", Method::FullText),
+        ("vector", Method::Vector),
+        ("hybrid", Method::Hybrid),
+        ("recency", Method::Recency),
+    ] {
+        if m == Method::Vector && memory.embedding_model().is_none() {
+            r5.insert(name.into(), serde_json::Value::Null);
+            r10.insert(name.into(), serde_json::Value::Null);
+            continue;
+        }
+        r5.insert(
+            name.into(),
+            json!(round(recall(&memory, &questions, m, 5).await?)),
+        );
+        r10.insert(
+            name.into(),
+            json!(round(recall(&memory, &questions, m, 10).await?)),
+        );
+    }
     let mut tokens = 0usize;
     for q in &questions {
-        tokens += memory.search(&query(q, Method::Hybrid, 10))?.tokens;
+        tokens += memory.search(&query(q, Method::Hybrid, 10)).await?.tokens;
     }
     let at_10k = at_10k.unwrap_or_default();
     let writes = sorted(writes);
@@ -430,6 +466,8 @@ pub async fn run(total: usize) -> anyhow::Result<()> {
             "search_p95_ms_100k": round(percentile(&at_100k, 0.95)),
             "write_p50_ms": round(percentile(&writes, 0.5)),
             "write_p95_ms": round(percentile(&writes, 0.95)),
+            "embedding_model": memory.embedding_model(),
+            "embedded_per_s": round(memory.embedded() as f64 / embed_secs.max(1e-9)),
             "tokens_per_query": round(tokens as f64 / questions.len() as f64),
             "full_context_tokens": round(context_tokens.iter().sum::<f64>() / context_tokens.len() as f64),
         })

@@ -140,8 +140,39 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         sandboxes: sandboxes(cfg).await,
         meters: Default::default(),
         tool_rules: cfg.tools.clone(),
+        embedder: embedder(cfg)?,
     };
     Ok(Engine::start(store, opts).await?)
+}
+
+/// The embedding model memory uses: `memory.model_dir`, else the data directory's
+/// `models/all-MiniLM-L6-v2` when it is there. A directory named but unreadable is an error.
+fn embedder(cfg: &Config) -> anyhow::Result<Option<Arc<dyn steward_memory::Embedder>>> {
+    if cfg.memory.no_embeddings {
+        return Ok(None);
+    }
+    let dir = match &cfg.memory.model_dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = cfg
+                .server
+                .data_dir
+                .join("models")
+                .join(steward_memory::embed::MINILM);
+            if !d.join("model.safetensors").exists() {
+                tracing::info!(
+                    "memory: no embedding model in {} (scripts/fetch-memory-model puts it there); searching by full text and recency",
+                    d.display()
+                );
+                return Ok(None);
+            }
+            d
+        }
+    };
+    let model = steward_memory::embed::MiniLm::load(&dir)
+        .map_err(|e| anyhow::anyhow!("memory.model_dir: {e}"))?;
+    tracing::info!(model = steward_memory::embed::MINILM, dir = %dir.display(), "memory embeddings on");
+    Ok(Some(Arc::new(model)))
 }
 
 /// Runs' sandboxes: the isolation this host enforces is probed at start and reported; without

@@ -27,6 +27,7 @@ impl From<MemoryError> for Error {
             MemoryError::BadRequest(m) => Error::InvalidRequest(m),
             MemoryError::NotFound(m) => Error::NotFound(m),
             MemoryError::Conflict(m) => Error::Conflict(m),
+            MemoryError::Embedder(m) => Error::Unavailable(m),
             MemoryError::Store(e) => Error::Store(e),
         }
     }
@@ -166,7 +167,7 @@ impl Memories<'_> {
         for s in &q.scopes {
             allowed.push(self.allow(who, "memory.read", s).await?);
         }
-        let found = self.memory().search(&q)?;
+        let found = self.memory().search(&q).await?;
         for (a, s) in allowed.iter().zip(&q.scopes) {
             let n = found.hits.iter().filter(|h| h.record.scope == *s).count();
             self.audit_read(who, a, s, format!("searched, {n} returned"))

@@ -2,7 +2,7 @@
 //! time, and erasure that leaves ids only.
 
 use crate::support::*;
-use steward_store::{MemoryErase, MemoryRecord};
+use steward_store::{MemoryErase, MemoryRecord, MemoryVector};
 
 on_both_backends!(
     a_superseded_memory_is_closed_and_linked_in_the_same_commit,
@@ -11,6 +11,7 @@ on_both_backends!(
     erasure_removes_every_version_and_leaves_ids_only,
     an_expired_version_is_erased_alone,
     an_import_is_all_or_nothing_and_keeps_what_it_is_given,
+    embeddings_belong_to_versions_that_exist_and_go_with_them,
 );
 
 fn mem(id: &str, scope: &str, text: &str, at: i64) -> MemoryRecord {
@@ -305,4 +306,59 @@ async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
     );
     assert_eq!(s.memory("i1").await.unwrap().unwrap().text, "first");
     assert_eq!(s.audit_head().await.unwrap().0, head);
+}
+
+async fn embeddings_belong_to_versions_that_exist_and_go_with_them(s: &dyn Store) {
+    s.add_memory(&mem("e1", "org", "one", 1), None, None)
+        .await
+        .unwrap();
+    s.add_memory(&mem("e2", "org", "two", 2), None, None)
+        .await
+        .unwrap();
+    let backlog = |model: &'static str| async move {
+        s.memories_to_embed(model, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(backlog("m1").await, ["e1", "e2"], "oldest first");
+    let v = |id: &str, model: &str, at: i64| MemoryVector {
+        id: id.into(),
+        model: model.into(),
+        vector: "AACAPw==".into(),
+        updated_at: at,
+    };
+    assert_eq!(
+        s.put_memory_vectors(&[v("e1", "m1", 5), v("gone", "m1", 5)])
+            .await
+            .unwrap(),
+        1,
+        "no embedding for a version that does not exist"
+    );
+    assert_eq!(backlog("m1").await, ["e2"]);
+    assert_eq!(
+        backlog("m2").await,
+        ["e1", "e2"],
+        "another model's embedding does not count"
+    );
+    s.put_memory_vectors(&[v("e1", "m2", 6)]).await.unwrap();
+    let changed = s.memory_vectors_changed(0, "", 10).await.unwrap();
+    assert_eq!(changed, [v("e1", "m2", 6)], "replaced, one per version");
+    s.erase_memories(
+        &MemoryErase::Ids {
+            scope: "org".into(),
+            ids: vec!["e1".into()],
+        },
+        7,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(s
+        .memory_vectors_changed(0, "", 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -321,6 +321,7 @@ async fn bad_memory_requests_are_refused_and_write_nothing(b: Backend) {
         json!({"query": "t", "scopes": ["org"], "limit": 5000}),
         json!({"query": "t", "scopes": ["org"], "method": "psychic"}),
         json!({"query": "t", "scopes": ["nope"]}),
+        json!({"query": "t", "scopes": ["org"], "method": "vector"}),
     ];
     for body in searches {
         let (st, r) = s.post("/api/v1/memories/search", body.clone()).await;
@@ -524,3 +525,47 @@ async fn killed_runs_write_each_memory_once(b: Backend) {
 }
 
 both_backends!(memory_crash, killed_runs_write_each_memory_once);
+
+/// A server with the embedding model (`memory.model_dir`) embeds what is written in the
+/// background and finds it by meaning; the results say how each method ranked them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_the_model_searches_by_meaning() {
+    let model = std::env::var("STEWARD_TEST_MEMORY_MODEL").expect(
+        "STEWARD_TEST_MEMORY_MODEL: a directory holding all-MiniLM-L6-v2 (run scripts/fetch-memory-model DIR)",
+    );
+    let s = TestServer::start_with(Backend::Sqlite, &[("STEWARD_MEMORY__MODEL_DIR", &model)]).await;
+    for text in [
+        "Hana is allergic to shellfish",
+        "Hana's flight to Oslo leaves at 7am",
+        "Hana prefers window seats",
+    ] {
+        let (st, r) = s
+            .post(
+                "/api/v1/memories",
+                json!({"scope": "user:hana", "text": text}),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    let hit = eventually("the memories to be embedded and found by meaning", || async {
+        let (st, r) = s
+            .post(
+                "/api/v1/memories/search",
+                json!({"query": "seafood intolerance", "scopes": ["user:hana"], "method": "vector", "limit": 1}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        let first = r["results"].get(0)?.clone();
+        (first["memory"]["text"] == "Hana is allergic to shellfish").then_some(first)
+    })
+    .await;
+    assert!(hit["scores"]["vector"].as_f64().unwrap() > 0.3, "{hit}");
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "seafood intolerance", "scopes": ["user:hana"]}),
+        )
+        .await;
+    assert_eq!(texts(&r)[0], "Hana is allergic to shellfish", "hybrid: {r}");
+    assert_eq!(r["results"][0]["scores"]["vector_rank"], 1);
+}

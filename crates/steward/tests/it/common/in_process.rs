@@ -51,6 +51,7 @@ pub async fn engine(
             sandboxes: None,
             meters,
             tool_rules: Default::default(),
+            embedder: None,
         },
     )
     .await
