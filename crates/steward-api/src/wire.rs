@@ -1534,8 +1534,9 @@ pub struct SearchMemories {
     pub query: String,
     /// The scopes to search, each of which the caller must be allowed to read.
     pub scopes: Vec<String>,
-    /// `hybrid` (the default: full text and embeddings fused by rank; with no embedding model,
-    /// full text with recency breaking near-ties), `bm25`, `vector`, or `recency`.
+    /// `hybrid` (the default: full text and embeddings, their scaled scores summed; with no
+    /// embedding model, full text with recency breaking near-ties), `bm25`, `vector`, or
+    /// `recency`.
     #[serde(default)]
     pub method: Option<String>,
     /// Facts true in the world at this time (ms since the epoch).
@@ -1583,9 +1584,9 @@ pub struct MemoryScores {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct MemoryHit {
     pub memory: Memory,
-    /// The score results are ordered by (hybrid: the sum of 1/(60 + rank) over full text and
-    /// embeddings; without embeddings, full text scaled to the best match's 1.0 plus up to 0.1
-    /// for recency).
+    /// The score results are ordered by (hybrid: full text scaled to the best match's 1.0 plus
+    /// cosine scaled between the farthest and nearest candidate's 0 and 1; without embeddings,
+    /// full text scaled plus up to 0.1 for recency).
     pub score: f64,
     pub scores: MemoryScores,
     /// Tokens of its text, as counted for `max_tokens`.
