@@ -254,9 +254,20 @@ impl Memories<'_> {
     }
 
     /// Imports an export, all or nothing: every line checked, `memory.write` decided on every
-    /// scope it holds, then one commit. Returns (written, already there unchanged).
+    /// scope it holds, then one commit. Returns (written, already there unchanged). An agent
+    /// imports only memories it wrote itself: who wrote a memory is kept as the file says, so
+    /// only the administrator may bring in others' (a migration).
     pub async fn import(&self, who: Accessor<'_>, text: &str) -> Result<(u64, u64)> {
         let versions = self.memory().read_export(text)?;
+        if let Accessor::Agent(p) = who {
+            let me = format!("agent:{}", p.agent);
+            if let Some(v) = versions.iter().find(|v| v.written_by != me) {
+                return Err(Error::Forbidden(format!(
+                    "memory {} says it was written by {}: with agent {}'s credential an import holds only memories written by {me}; the administrator imports others'",
+                    v.id, v.written_by, p.agent
+                )));
+            }
+        }
         let mut scopes: Vec<&str> = versions.iter().map(|v| v.scope.as_str()).collect();
         scopes.sort_unstable();
         scopes.dedup();

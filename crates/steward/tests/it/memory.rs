@@ -387,6 +387,35 @@ async fn memories_move_between_servers_through_the_cli() {
     ))
     .await;
     assert_eq!(st, 403, "bob-bot may not write user:fay: {r}");
+    // Nor claim, in its own scope, that someone else wrote a memory.
+    let import_as_bob = |body: String| {
+        let (to, key) = (&to, key.clone());
+        async move {
+            send(as_agent(
+                reqwest::Client::new()
+                    .post(format!("{}/api/v1/memories/import", to.url))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body),
+                &key,
+            ))
+            .await
+        }
+    };
+    let header = export.lines().next().unwrap();
+    let forged = export
+        .lines()
+        .nth(1)
+        .unwrap()
+        .replace("user:fay", "agent:bob-bot")
+        .replacen("\"id\":\"", "\"id\":\"bob", 1);
+    let (st, r) = import_as_bob(format!("{header}\n{forged}\n")).await;
+    assert_eq!(st, 403, "written by admin:admin, imported by bob-bot: {r}");
+    let own = forged.replace(
+        "\"written_by\":\"admin:admin\"",
+        "\"written_by\":\"agent:bob-bot\"",
+    );
+    let (st, r) = import_as_bob(format!("{header}\n{own}\n")).await;
+    assert_eq!(st, 200, "its own memory, in its own scope: {r}");
 
     let (ok, out, err) = cli(&to, &["memory", "import", file.to_str().unwrap()]);
     assert!(ok, "{err}");
