@@ -444,14 +444,16 @@ impl Memory {
             return Ok(0);
         };
         let mut done = 0;
+        let mut after = (Millis::MIN, String::new());
         loop {
             let batch = self
                 .store
-                .memories_to_embed(embedder.model(), EMBED_BATCH)
+                .memories_to_embed(embedder.model(), (after.0, &after.1), EMBED_BATCH)
                 .await?;
-            if batch.is_empty() {
+            let Some(last) = batch.last() else {
                 return Ok(done);
-            }
+            };
+            after = (last.created_at, last.id.clone());
             let texts: Vec<String> = batch.iter().map(|m| m.text.clone()).collect();
             let e = embedder.clone();
             let vectors = tokio::task::spawn_blocking(move || {

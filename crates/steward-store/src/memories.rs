@@ -114,9 +114,14 @@ pub trait MemoryStore: Send + Sync {
         after_id: &str,
         limit: i64,
     ) -> Result<Vec<MemoryVector>>;
-    /// Up to `limit` versions with no embedding by `model` yet, oldest first: what is left to
-    /// embed.
-    async fn memories_to_embed(&self, model: &str, limit: i64) -> Result<Vec<MemoryRecord>>;
+    /// Up to `limit` versions recorded after (`created_at`, `id`) `after` with no embedding by
+    /// `model` yet, oldest first: what is left to embed, paged so a pass reads each row once.
+    async fn memories_to_embed(
+        &self,
+        model: &str,
+        after: (Millis, &str),
+        limit: i64,
+    ) -> Result<Vec<MemoryRecord>>;
     /// Ids erased at `since` or later.
     async fn memory_erasures(&self, since: Millis) -> Result<Vec<(String, Millis)>>;
     /// Erases what `what` selects — every version of each fact — leaving only the ids in
@@ -354,13 +359,16 @@ macro_rules! impl_memories {
                 .await?)
             }
 
-            async fn memories_to_embed(&self, model: &str, limit: i64) -> Result<Vec<MemoryRecord>> {
+            async fn memories_to_embed(&self, model: &str, after: (Millis, &str), limit: i64) -> Result<Vec<MemoryRecord>> {
                 Ok(sqlx::query_as(&format!(
                     "SELECT {} FROM memories m LEFT JOIN memory_vectors v ON v.id = m.id \
-                     WHERE v.id IS NULL OR v.model <> $1 ORDER BY m.created_at, m.id LIMIT $2",
+                     WHERE (m.created_at > $2 OR (m.created_at = $2 AND m.id > $3)) AND (v.id IS NULL OR v.model <> $1) \
+                     ORDER BY m.created_at, m.id LIMIT $4",
                     COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
                 ))
                 .bind(model)
+                .bind(after.0)
+                .bind(after.1)
                 .bind(limit)
                 .fetch_all(&self.read)
                 .await?)

@@ -316,7 +316,7 @@ async fn embeddings_belong_to_versions_that_exist_and_go_with_them(s: &dyn Store
         .await
         .unwrap();
     let backlog = |model: &'static str| async move {
-        s.memories_to_embed(model, 10)
+        s.memories_to_embed(model, (i64::MIN, ""), 10)
             .await
             .unwrap()
             .into_iter()
@@ -324,6 +324,9 @@ async fn embeddings_belong_to_versions_that_exist_and_go_with_them(s: &dyn Store
             .collect::<Vec<_>>()
     };
     assert_eq!(backlog("m1").await, ["e1", "e2"], "oldest first");
+    let rest = s.memories_to_embed("m1", (1, "e1"), 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "paged after the last one read");
+    assert_eq!(rest[0].id, "e2");
     let v = |id: &str, model: &str, at: i64| MemoryVector {
         id: id.into(),
         model: model.into(),
