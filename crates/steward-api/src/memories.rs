@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use steward_engine::handles::memories::Accessor;
 use steward_engine::Engine;
-use steward_memory::{Method, NewMemory, Query};
+use steward_memory::{Method, NewEntity, NewMemory, NewRelation, Query};
 use steward_store::MemoryErase;
 use steward_types::ErrorCode;
 
@@ -33,7 +33,7 @@ pub async fn add(
     Extension(caller): Extension<Caller>,
     ApiJson(m): ApiJson<AddMemory>,
 ) -> ApiResult<(StatusCode, Json<AddedMemory>)> {
-    let (memory, superseded) = e
+    let added = e
         .memories()
         .add(
             accessor(&caller),
@@ -49,14 +49,33 @@ pub async fn add(
                 valid_to: m.valid_to,
                 ttl_ms: m.ttl_ms,
                 supersedes: m.supersedes,
+                entities: m
+                    .entities
+                    .into_iter()
+                    .map(|e| NewEntity {
+                        name: e.name,
+                        kind: e.kind,
+                        aliases: e.aliases,
+                    })
+                    .collect(),
+                relations: m
+                    .relations
+                    .into_iter()
+                    .map(|r| NewRelation {
+                        subject: r.subject,
+                        relation: r.relation,
+                        object: r.object,
+                    })
+                    .collect(),
             },
         )
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(AddedMemory {
-            memory: memory.into(),
-            superseded: superseded.map(Into::into),
+            memory: added.record.into(),
+            superseded: added.superseded.map(Into::into),
+            entities: added.entities.into_iter().map(Into::into).collect(),
         }),
     ))
 }
@@ -76,7 +95,7 @@ pub async fn search(
         Some(m) => Method::parse(m).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("method: {m:?} is none of hybrid, bm25, vector, recency"),
+                format!("method: {m:?} is none of hybrid, bm25, vector, graph, recency"),
             )
         })?,
     };
@@ -96,7 +115,7 @@ pub async fn search(
                 limit: s.limit.unwrap_or(10),
                 max_tokens: s.max_tokens,
                 method,
-                vector: None,
+                ..Query::default()
             },
         )
         .await?;
@@ -113,6 +132,8 @@ pub async fn search(
                     vector: h.vector,
                     vector_rank: h.vector_rank,
                     recency_rank: h.recency_rank,
+                    graph: h.graph,
+                    graph_path: h.graph_path,
                 },
                 tokens: h.tokens,
             })
@@ -147,7 +168,8 @@ pub async fn history(
     }))
 }
 
-/// Erases facts — every version — by id, subject or whole scope, and reports what went.
+/// Erases facts — every version — by id, subject, entity or whole scope, and reports what went:
+/// versions, their embeddings, the edges they stated, and entities nothing names any more.
 #[utoipa::path(post, path = "/api/v1/memories/erase", request_body = EraseMemories,
     responses((status = 200, body = ErasureReport), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "No policy lets this agent write that scope")))]
@@ -156,20 +178,32 @@ pub async fn erase(
     Extension(caller): Extension<Caller>,
     ApiJson(r): ApiJson<EraseMemories>,
 ) -> ApiResult<Json<ErasureReport>> {
-    let what = match (r.ids, r.subject, r.all) {
-        (Some(ids), None, false) => MemoryErase::Ids {
+    let what = match (r.ids, r.subject, r.entity, r.all) {
+        (Some(ids), None, None, false) => MemoryErase::Ids {
             scope: r.scope,
             ids,
         },
-        (None, Some(subject), false) => MemoryErase::Subject {
+        (None, Some(subject), None, false) => MemoryErase::Subject {
             scope: r.scope,
             subject,
         },
-        (None, None, true) => MemoryErase::Scope(r.scope),
+        (None, None, Some(entity), false) if !entity.trim().is_empty() && entity.len() <= 200 => {
+            MemoryErase::Entity {
+                scope: r.scope,
+                entity,
+            }
+        }
+        (None, None, Some(_), false) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "entity: an entity's id or one of its names, 1 to 200 bytes",
+            ))
+        }
+        (None, None, None, true) => MemoryErase::Scope(r.scope),
         _ => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                "give exactly one of ids, subject, or all: true",
+                "give exactly one of ids, subject, entity, or all: true",
             ))
         }
     };
@@ -178,9 +212,18 @@ pub async fn erase(
         facts: report.facts,
         rows: report.rows,
         index_postings: report.index_postings,
-        places: ["store rows and history", "full-text index"]
-            .map(String::from)
-            .to_vec(),
+        vectors: report.vectors,
+        entities: report.entities,
+        relations: report.relations,
+        mentions: report.mentions,
+        places: [
+            "store rows and history",
+            "full-text index",
+            "embeddings",
+            "graph: edges, mentions, orphaned entities and their names",
+        ]
+        .map(String::from)
+        .to_vec(),
         erased: report
             .erased
             .into_iter()

@@ -1458,6 +1458,57 @@ pub struct AddMemory {
     /// `valid_to`, `expired_at`, `superseded_by` set) and kept in the fact's history.
     #[serde(default)]
     pub supersedes: Option<String>,
+    /// Entities it names (up to 32): each is the scope's entity known by its name or one of
+    /// its aliases (case and punctuation aside), made if there is none.
+    #[serde(default)]
+    pub entities: Vec<EntityIn>,
+    /// Edges it states (up to 32), by entity name; a name not in `entities` is added.
+    #[serde(default)]
+    pub relations: Vec<RelationIn>,
+}
+
+/// An entity a memory names.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntityIn {
+    pub name: String,
+    /// `person`, `place`, `organization`, … as the writer likes.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Other names it goes by (up to 16).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `subject` `relation` `object`: `{"subject":"Alice","relation":"works_at","object":"Acme"}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelationIn {
+    pub subject: String,
+    pub relation: String,
+    pub object: String,
+}
+
+/// An entity as stored.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MemoryEntity {
+    pub id: String,
+    pub scope: String,
+    /// The name it was first given.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl From<steward_store::MemoryEntity> for MemoryEntity {
+    fn from(e: steward_store::MemoryEntity) -> Self {
+        MemoryEntity {
+            id: e.id,
+            scope: e.scope,
+            name: e.name,
+            kind: e.kind,
+        }
+    }
 }
 
 /// One version of a remembered fact.
@@ -1523,6 +1574,9 @@ pub struct AddedMemory {
     pub memory: Memory,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded: Option<Memory>,
+    /// The entities it names, as resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<MemoryEntity>,
 }
 
 /// `POST /api/v1/memories/search`.
@@ -1534,9 +1588,9 @@ pub struct SearchMemories {
     pub query: String,
     /// The scopes to search, each of which the caller must be allowed to read.
     pub scopes: Vec<String>,
-    /// `hybrid` (the default: full text and embeddings, their scaled scores summed; with no
-    /// embedding model, full text with recency breaking near-ties), `bm25`, `vector`, or
-    /// `recency`.
+    /// `hybrid` (the default: full text, embeddings and the graph around the entities the
+    /// query names, their scaled scores summed; with no embedding model, full text with recency
+    /// breaking near-ties, plus the graph), `bm25`, `vector`, `graph`, or `recency`.
     #[serde(default)]
     pub method: Option<String>,
     /// Facts true in the world at this time (ms since the epoch).
@@ -1579,6 +1633,13 @@ pub struct MemoryScores {
     pub vector_rank: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recency_rank: Option<usize>,
+    /// The graph's score (0–1): 1 for a version stating an edge from an entity the query
+    /// names by a relation the query says, less for other edges and for merely naming it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<f64>,
+    /// The path that reached it: `Jon -lives_in-> Denver`, or `names Jon`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_path: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -1586,7 +1647,7 @@ pub struct MemoryHit {
     pub memory: Memory,
     /// The score results are ordered by (hybrid: full text scaled to the best match's 1.0 plus
     /// cosine scaled between the farthest and nearest candidate's 0 and 1; without embeddings,
-    /// full text scaled plus up to 0.1 for recency).
+    /// full text scaled plus up to 0.1 for recency; either plus the graph's score).
     pub score: f64,
     pub scores: MemoryScores,
     /// Tokens of its text, as counted for `max_tokens`.
@@ -1608,7 +1669,8 @@ pub struct MemoryHistory {
     pub versions: Vec<Memory>,
 }
 
-/// `POST /api/v1/memories/erase`: exactly one of `ids`, `subject` or `all`, within `scope`.
+/// `POST /api/v1/memories/erase`: exactly one of `ids`, `subject`, `entity` or `all`, within
+/// `scope`.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EraseMemories {
@@ -1619,6 +1681,9 @@ pub struct EraseMemories {
     /// Every fact about this subject.
     #[serde(default)]
     pub subject: Option<String>,
+    /// Every fact naming this entity (its id, or any of its names), and the entity.
+    #[serde(default)]
+    pub entity: Option<String>,
     /// Everything in the scope.
     #[serde(default)]
     pub all: bool,
@@ -1642,6 +1707,18 @@ pub struct ErasureReport {
     /// Postings removed from this node's full-text index (other nodes drop theirs within a
     /// second).
     pub index_postings: usize,
+    /// Embeddings erased with the versions (from the store and this node's index).
+    #[serde(default)]
+    pub vectors: usize,
+    /// Entities no memory names any more, erased with all their names.
+    #[serde(default)]
+    pub entities: Vec<String>,
+    /// Edges erased with the versions that stated them.
+    #[serde(default)]
+    pub relations: u64,
+    /// Links from the erased versions to the entities they named.
+    #[serde(default)]
+    pub mentions: u64,
     /// Where the data was removed from.
     pub places: Vec<String>,
 }

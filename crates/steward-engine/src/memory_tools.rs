@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use steward_gov::Decision;
-use steward_memory::{MemoryError, Method, NewMemory, Query};
+use steward_memory::{MemoryError, Method, NewEntity, NewMemory, NewRelation, Query};
 use steward_store::RunRecord;
 use steward_tools::ToolError;
 use steward_types::RunId;
@@ -124,7 +124,48 @@ pub(crate) async fn add(
             .ok_or_else(|| ToolError::InvalidArgs("`tags` must be strings".into()))?,
         Some(_) => return Err(ToolError::InvalidArgs("`tags` must be an array".into())),
     };
+    let entities = match args.get("entities") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| {
+                t.as_str().map(|n| NewEntity {
+                    name: n.to_string(),
+                    ..NewEntity::default()
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ToolError::InvalidArgs("`entities` must be names (strings)".into()))?,
+        Some(_) => return Err(ToolError::InvalidArgs("`entities` must be an array".into())),
+    };
+    let relations = match args.get("relations") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|r| {
+                let part = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+                Some(NewRelation {
+                    subject: part("subject")?,
+                    relation: part("relation")?,
+                    object: part("object")?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ToolError::InvalidArgs(
+                    "`relations` must be objects with `subject`, `relation` and `object` strings"
+                        .into(),
+                )
+            })?,
+        Some(_) => {
+            return Err(ToolError::InvalidArgs(
+                "`relations` must be an array".into(),
+            ))
+        }
+    };
     let new = NewMemory {
+        entities,
+        relations,
         id: Some(id),
         scope: scope.clone(),
         text: opt_str(&args, "text")?
@@ -149,7 +190,12 @@ pub(crate) async fn add(
         format!("added {}", p.record.id),
         p.record.created_at,
     );
-    let (m, _) = s.memory.commit(p, Some(audit)).await.map_err(refused)?;
+    let m = s
+        .memory
+        .commit(p, Some(audit))
+        .await
+        .map_err(refused)?
+        .record;
     Ok(answer(&m))
 }
 

@@ -126,6 +126,13 @@ impl Index {
         }
     }
 
+    /// Whether a version has an embedding here.
+    pub fn has_vector(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|slot| self.vectors.contains_key(slot))
+    }
+
     /// Versions with an embedding.
     pub fn embedded(&self) -> usize {
         self.vectors.len()

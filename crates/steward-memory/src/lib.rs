@@ -15,14 +15,17 @@ mod text;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
-use steward_store::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore, MemoryVector};
+use steward_store::{
+    entity_key, EntityMention, ErasedMemory, MemoryEntity, MemoryErase, MemoryGraph, MemoryRecord,
+    MemoryRelation, MemoryStore, MemoryVector,
+};
 use steward_types::clock::Clock;
 use steward_types::Millis;
 
 pub use embed::Embedder;
 pub use scope::Scope;
 pub use search::{Found, Hit, Method, Query};
-pub use text::estimate_tokens;
+pub use text::{estimate_tokens, name_candidates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -100,6 +103,37 @@ pub struct NewMemory {
     pub ttl_ms: Option<Millis>,
     /// A current version this one replaces: it is closed, linked to this one, kept in history.
     pub supersedes: Option<String>,
+    /// The entities it names: each resolved to the scope's entity known by its name or an
+    /// alias, or made.
+    pub entities: Vec<NewEntity>,
+    /// Edges it states between entities, by name (a name not among `entities` is added).
+    pub relations: Vec<NewRelation>,
+}
+
+/// An entity a memory names.
+#[derive(Clone, Debug, Default)]
+pub struct NewEntity {
+    pub name: String,
+    /// What sort of thing it is (`person`, `place`, …), when the writer says.
+    pub kind: Option<String>,
+    /// Other names it goes by.
+    pub aliases: Vec<String>,
+}
+
+/// An edge a memory states: `subject` `relation` `object` (`Alice` `works_at` `Acme`).
+#[derive(Clone, Debug, Default)]
+pub struct NewRelation {
+    pub subject: String,
+    pub relation: String,
+    pub object: String,
+}
+
+/// A memory written: the version, the one it superseded (closed), and the entities it names.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub record: MemoryRecord,
+    pub superseded: Option<MemoryRecord>,
+    pub entities: Vec<MemoryEntity>,
 }
 
 /// A memory checked and numbered, ready to commit.
@@ -107,6 +141,7 @@ pub struct NewMemory {
 pub struct Prepared {
     pub record: MemoryRecord,
     pub supersedes: Option<String>,
+    pub graph: MemoryGraph,
 }
 
 /// What an erasure removed, place by place.
@@ -120,7 +155,20 @@ pub struct ErasureReport {
     pub rows: usize,
     /// Postings removed from this node's full-text index.
     pub index_postings: usize,
+    /// Embeddings erased with the versions.
+    pub vectors: usize,
+    /// Entities no memory names any more, erased with all their names.
+    pub entities: Vec<String>,
+    /// Edges erased with the versions that stated them.
+    pub relations: u64,
+    /// Links from the erased versions to the entities they named.
+    pub mentions: u64,
 }
+
+/// Most entities and most relations one memory may name.
+const MAX_GRAPH_ITEMS: usize = 32;
+/// Most aliases one entity may be given at once.
+const MAX_ALIASES: usize = 16;
 
 /// The memory service: the store's rows and the index over them.
 pub struct Memory {
@@ -147,6 +195,9 @@ struct Follow {
 
 /// Rows read per page while rebuilding or following.
 const PAGE: i64 = 1000;
+/// Names a query is looked up by in the graph, and rows the graph answers with, at most.
+const GRAPH_KEYS: usize = 64;
+const GRAPH_ROWS: i64 = 500;
 /// Texts embedded at once.
 const EMBED_BATCH: i64 = 32;
 /// How far back each follow looks again: a commit can land after a later-stamped one
@@ -304,7 +355,9 @@ impl Memory {
                 }
             }
         };
+        let graph = self.graph(&new.entities, &new.relations)?;
         Ok(Prepared {
+            graph,
             record: MemoryRecord {
                 id,
                 lineage,
@@ -325,6 +378,88 @@ impl Memory {
             },
             supersedes: new.supersedes,
         })
+    }
+
+    /// Checks what a memory says of the graph and numbers new entities.
+    fn graph(&self, entities: &[NewEntity], relations: &[NewRelation]) -> Result<MemoryGraph> {
+        fn name(field: &str, n: &str, max: usize) -> Result<()> {
+            if entity_key(n).is_empty() || n.len() > max || n.chars().any(char::is_control) {
+                return Err(MemoryError::BadRequest(format!(
+                    "{field}: {:?} must be 1 to {max} bytes with a letter or digit and no control characters",
+                    n.chars().take(80).collect::<String>()
+                )));
+            }
+            Ok(())
+        }
+        if entities.len() > MAX_GRAPH_ITEMS || relations.len() > MAX_GRAPH_ITEMS {
+            return Err(MemoryError::BadRequest(format!(
+                "entities and relations: at most {MAX_GRAPH_ITEMS} of each per memory"
+            )));
+        }
+        let mut graph = MemoryGraph::default();
+        let mut by_key: std::collections::HashMap<String, usize> = Default::default();
+        let mut add = |graph: &mut MemoryGraph, e: EntityMention| -> usize {
+            let names: Vec<String> = std::iter::once(&e.name)
+                .chain(&e.aliases)
+                .map(|n| entity_key(n))
+                .collect();
+            if let Some(&i) = names.iter().find_map(|k| by_key.get(k)) {
+                return i;
+            }
+            let i = graph.entities.len();
+            for k in names {
+                by_key.entry(k).or_insert(i);
+            }
+            graph.entities.push(e);
+            i
+        };
+        for e in entities {
+            name("entities.name", &e.name, 200)?;
+            if let Some(k) = &e.kind {
+                name("entities.kind", k, 64)?;
+            }
+            if e.aliases.len() > MAX_ALIASES {
+                return Err(MemoryError::BadRequest(format!(
+                    "entities.aliases: at most {MAX_ALIASES} per entity"
+                )));
+            }
+            for a in &e.aliases {
+                name("entities.aliases", a, 200)?;
+            }
+            add(
+                &mut graph,
+                EntityMention {
+                    id: self.clock.new_id("ent"),
+                    name: e.name.trim().to_string(),
+                    kind: e.kind.clone(),
+                    aliases: e.aliases.iter().map(|a| a.trim().to_string()).collect(),
+                },
+            );
+        }
+        for r in relations {
+            name("relations.subject", &r.subject, 200)?;
+            name("relations.object", &r.object, 200)?;
+            name("relations.relation", &r.relation, 100)?;
+            let mut end = |n: &str| {
+                add(
+                    &mut graph,
+                    EntityMention {
+                        id: self.clock.new_id("ent"),
+                        name: n.trim().to_string(),
+                        ..EntityMention::default()
+                    },
+                )
+            };
+            let (s, o) = (end(&r.subject), end(&r.object));
+            graph.relations.push((s, r.relation.trim().to_string(), o));
+        }
+        if graph.entities.len() > MAX_GRAPH_ITEMS {
+            return Err(MemoryError::BadRequest(format!(
+                "entities: relations name {} entities in all, more than {MAX_GRAPH_ITEMS}",
+                graph.entities.len()
+            )));
+        }
+        Ok(graph)
     }
 
     fn bounded_json(&self, field: &str, v: &Value) -> Result<String> {
@@ -352,16 +487,12 @@ impl Memory {
         Ok(text)
     }
 
-    /// Commits a prepared memory (with `audit` in the same commit) and indexes it: searchable
-    /// by the time this returns. The version it superseded comes back, closed.
-    pub async fn commit(
-        &self,
-        p: Prepared,
-        audit: Option<(Millis, String)>,
-    ) -> Result<(MemoryRecord, Option<MemoryRecord>)> {
-        let closed = self
+    /// Commits a prepared memory (with `audit` and its entities and edges in the same commit)
+    /// and indexes it: searchable by the time this returns.
+    pub async fn commit(&self, p: Prepared, audit: Option<(Millis, String)>) -> Result<Committed> {
+        let (closed, entities) = self
             .store
-            .add_memory(&p.record, p.supersedes.as_deref(), audit)
+            .add_memory_graph(&p.record, p.supersedes.as_deref(), &p.graph, audit)
             .await?;
         let mut ix = write(&self.index);
         ix.upsert(p.record.clone());
@@ -370,12 +501,17 @@ impl Memory {
         }
         drop(ix);
         self.to_embed.notify_one();
-        Ok((p.record, closed))
+        Ok(Committed {
+            record: p.record,
+            superseded: closed,
+            entities,
+        })
     }
 
     /// Searches this node's index, embedding the query when there is an embedder and the
     /// method uses it. Scopes must be authorized already.
     pub async fn search(&self, q: &Query) -> Result<Found> {
+        self.check(q)?;
         let mut q = q.clone();
         if q.vector.is_none()
             && !q.text.trim().is_empty()
@@ -390,6 +526,9 @@ impl Memory {
                 q.vector = v.into_iter().next();
             }
         }
+        if matches!(q.method, Method::Hybrid | Method::Graph) && !q.text.trim().is_empty() {
+            q.graph = self.graph_around(&q).await?;
+        }
         if q.method == Method::Vector && self.embedder.is_none() {
             return Err(MemoryError::BadRequest(
                 "method vector: this server has no embedding model (see memory.model_dir)".into(),
@@ -398,8 +537,88 @@ impl Memory {
         self.search_now(&q)
     }
 
+    /// Scores versions by the graph around the entities the query names: a version stating an
+    /// edge that touches one scores most when the edge's relation is a word of the query
+    /// ("where does Jon live" and `Jon -lives_in-> Denver`), less when it is not, half that two
+    /// hops away; a version merely naming one scores least.
+    async fn graph_around(
+        &self,
+        q: &Query,
+    ) -> Result<std::collections::HashMap<String, (f64, String)>> {
+        let keys = name_candidates(&q.text, GRAPH_KEYS);
+        let around = self
+            .store
+            .memory_graph_around(&q.scopes, &keys, 2, GRAPH_ROWS)
+            .await?;
+        let mut scores: std::collections::HashMap<String, (f64, String)> = Default::default();
+        if around.seeds.is_empty() {
+            return Ok(scores);
+        }
+        let seeds: std::collections::HashMap<&str, &str> = around
+            .seeds
+            .iter()
+            .map(|e| (e.id.as_str(), e.name.as_str()))
+            .collect();
+        let mut better = |id: &str, score: f64, path: String| {
+            let e = scores.entry(id.to_string()).or_insert((0.0, String::new()));
+            if score > e.0 {
+                *e = (score, path);
+            }
+        };
+        for (memory, entity) in &around.mentions {
+            better(
+                memory,
+                0.2,
+                format!("names {}", seeds.get(entity.as_str()).unwrap_or(&"")),
+            );
+        }
+        let ix = read(&self.index);
+        let asked: std::collections::HashSet<String> =
+            ix.analyzer().terms(&q.text).into_iter().collect();
+        let said = |relation: &str| {
+            ix.analyzer()
+                .terms(&relation.replace(['_', '-'], " "))
+                .iter()
+                .any(|t| asked.contains(t))
+        };
+        let names: std::collections::HashMap<&str, &str> = around
+            .seeds
+            .iter()
+            .chain(&around.neighbours)
+            .map(|e| (e.id.as_str(), e.name.as_str()))
+            .collect();
+        let named = |id: &str| names.get(id).map_or(id, |n| n).to_string();
+        for r in &around.relations {
+            let near =
+                seeds.contains_key(r.subject.as_str()) || seeds.contains_key(r.object.as_str());
+            let score = match (near, said(&r.relation)) {
+                (true, true) => 1.0,
+                (true, false) => 0.4,
+                (false, true) => 0.5,
+                (false, false) => 0.2,
+            };
+            better(
+                &r.memory,
+                score,
+                format!(
+                    "{} -{}-> {}",
+                    named(&r.subject),
+                    r.relation,
+                    named(&r.object)
+                ),
+            );
+        }
+        Ok(scores)
+    }
+
     /// Searches with what `q` carries (its embedding, if any), on this thread.
     pub fn search_now(&self, q: &Query) -> Result<Found> {
+        self.check(q)?;
+        Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+    }
+
+    /// Refuses a query beyond the limits.
+    fn check(&self, q: &Query) -> Result<()> {
         if q.scopes.len() > self.limits.max_query_scopes {
             return Err(MemoryError::BadRequest(format!(
                 "scopes: {} of them, more than {}",
@@ -419,7 +638,7 @@ impl Memory {
                 self.limits.max_text_bytes
             )));
         }
-        Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+        Ok(())
     }
 
     /// The embedding model in use, if any.
@@ -512,9 +731,11 @@ impl Memory {
         audit: Option<(Millis, String)>,
     ) -> Result<ErasureReport> {
         let now = self.clock.now_ms();
-        let erased = self.store.erase_memories(what, now, audit).await?;
+        let done = self.store.erase_memories(what, now, audit).await?;
+        let erased = done.memories;
         let mut ix = write(&self.index);
         ix.erasures += 1;
+        let vectors = erased.iter().filter(|e| ix.has_vector(&e.id)).count();
         let index_postings = erased.iter().map(|e| ix.remove(&e.id)).sum();
         drop(ix);
         let mut facts: Vec<&str> = erased.iter().map(|e| e.lineage.as_str()).collect();
@@ -524,6 +745,10 @@ impl Memory {
             facts: facts.len(),
             rows: erased.len(),
             index_postings,
+            vectors,
+            entities: done.entities,
+            relations: done.relations,
+            mentions: done.mentions,
             erased,
         })
     }
@@ -539,14 +764,50 @@ impl Memory {
         let mut out = portable::header();
         out.push('\n');
         for scope in &scopes {
+            let entities = self.store.scope_entities(scope).await?;
+            let ids: Vec<String> = entities.iter().map(|e| e.id.clone()).collect();
+            let mut names: std::collections::HashMap<String, Vec<String>> = Default::default();
+            for (entity, name) in self.store.memory_entity_names(&ids).await? {
+                names.entry(entity).or_default().push(name);
+            }
+            for e in &entities {
+                let names = names.get(&e.id).map(Vec::as_slice).unwrap_or_default();
+                out.push_str(&portable::entity_line(e, names));
+                out.push('\n');
+            }
             let mut after = (Millis::MIN, String::new());
             loop {
                 let page = self
                     .store
                     .scope_memories(scope, (after.0, &after.1), PAGE)
                     .await?;
+                let ids: Vec<String> = page.iter().map(|m| m.id.clone()).collect();
+                let vectors: std::collections::HashMap<String, MemoryVector> = self
+                    .store
+                    .memory_vectors(&ids)
+                    .await?
+                    .into_iter()
+                    .map(|v| (v.id.clone(), v))
+                    .collect();
+                let (named, stated) = self.store.memory_graph_of(&ids).await?;
+                let mut mentions: std::collections::HashMap<&str, Vec<String>> = Default::default();
+                for (memory, e) in &named {
+                    mentions
+                        .entry(memory.as_str())
+                        .or_default()
+                        .push(e.id.clone());
+                }
+                let mut edges: std::collections::HashMap<&str, Vec<MemoryRelation>> =
+                    Default::default();
+                for r in &stated {
+                    edges.entry(r.memory.as_str()).or_default().push(r.clone());
+                }
                 for m in &page {
-                    out.push_str(&portable::line(m));
+                    let mut named = mentions.remove(m.id.as_str()).unwrap_or_default();
+                    named.sort();
+                    let mut stated = edges.remove(m.id.as_str()).unwrap_or_default();
+                    stated.sort();
+                    out.push_str(&portable::line(m, &named, &stated, vectors.get(&m.id)));
                     out.push('\n');
                 }
                 match page.last() {
@@ -561,22 +822,38 @@ impl Memory {
     }
 
     /// Reads an export, checking every line; nothing is written.
-    pub fn read_export(&self, text: &str) -> Result<Vec<MemoryRecord>> {
+    pub fn read_export(&self, text: &str) -> Result<portable::Imported> {
         portable::read(text, &self.limits, self.clock.now_ms())
     }
 
     /// Writes what [`Memory::read_export`] read, all or nothing, with `audit` in the same
-    /// commit, and indexes it. Returns (written, already there unchanged).
+    /// commit, and indexes it. Embeddings by this node's model are used as they are; the rest
+    /// are kept, and the versions embedded again by this model in the background. Returns
+    /// (written, already there unchanged).
     pub async fn import(
         &self,
-        versions: Vec<MemoryRecord>,
+        imported: portable::Imported,
         audit: Option<(Millis, String)>,
     ) -> Result<(u64, u64)> {
-        let counts = self.store.import_memories(&versions, audit).await?;
+        let counts = self.store.import_memories(&imported, audit).await?;
+        let portable::Imported {
+            versions, vectors, ..
+        } = imported;
         let mut ix = write(&self.index);
         for v in versions {
             ix.upsert(v);
         }
+        // A version already stored keeps its own embedding, which the index follows.
+        let model = self.embedding_model();
+        for v in vectors.iter().filter(|v| Some(v.model.as_str()) == model) {
+            if ix.get(&v.id).is_some() {
+                if let Some(x) = embed::decode(&v.vector) {
+                    ix.set_vector(&v.id, x);
+                }
+            }
+        }
+        drop(ix);
+        self.to_embed.notify_one();
         Ok(counts)
     }
 
@@ -586,6 +863,14 @@ impl Memory {
             return Ok(0);
         }
         Ok(self.erase(&MemoryErase::Expired, None).await?.rows)
+    }
+
+    /// The entities these versions name, as (version, entity), and the edges they state.
+    pub async fn graph_of(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<(String, MemoryEntity)>, Vec<MemoryRelation>)> {
+        Ok(self.store.memory_graph_of(ids).await?)
     }
 
     /// Brings the index up to date with the store: versions written or changed and ids erased

@@ -2,16 +2,22 @@
 //! format; each next line is one version of a fact, every field kept (ids, the fact it belongs
 //! to, both times, who wrote it, what superseded it, metadata and provenance as given). Lines
 //! are ordered by scope, then by when each version was recorded, then id, and fields are
-//! written in one order, so exporting what was imported gives the same bytes.
+//! written in one order, so exporting what was imported gives the same bytes. A version's
+//! embedding travels with it, with the model that made it: a store embedding with the same
+//! model keeps it instead of embedding the text again. Each scope's entities come first, each
+//! with every name it has; a version lists the entities it names and the edges it states.
 //!
 //! ```text
 //! {"format":"steward-memory","version":1}
-//! {"id":"mem_…","fact":"mem_…","scope":"user:alice","text":"…","tags":[],"metadata":{},…}
+//! {"entity":"ent_…","scope":"user:alice","name":"Alice","kind":"person","names":["Al","Alice"],"created_at":…}
+//! {"id":"mem_…","fact":"mem_…","scope":"user:alice","text":"…","tags":[],"metadata":{},…,"entities":["ent_…"],"relations":[…],"embedding":{"model":"…","vector":"…"}}
 //! ```
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use steward_store::MemoryRecord;
+use steward_store::{
+    entity_key, MemoryEntity, MemoryImport, MemoryRecord, MemoryRelation, MemoryVector,
+};
 use steward_types::Millis;
 
 use crate::{MemoryError, Result, Scope};
@@ -51,6 +57,62 @@ struct Line {
     superseded_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    relations: Vec<Edge>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    embedding: Option<Embedding>,
+}
+
+/// An edge a version states, between entities of its scope, by id.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edge {
+    subject: String,
+    relation: String,
+    object: String,
+}
+
+/// An entity, as a line.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntityLine {
+    entity: String,
+    scope: String,
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// Every name it is known by (its first among them), in key order.
+    names: Vec<String>,
+    created_at: Millis,
+}
+
+/// A version's embedding: the model's id and the vector (base64 of little-endian f32s).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Embedding {
+    model: String,
+    vector: String,
+}
+
+/// The most dimensions a vector read from an export may have.
+const MAX_DIMENSIONS: usize = 8192;
+
+/// What an export holds.
+pub type Imported = MemoryImport;
+
+/// An entity as its line, with every name it has.
+pub fn entity_line(e: &MemoryEntity, names: &[String]) -> String {
+    serde_json::to_string(&EntityLine {
+        entity: e.id.clone(),
+        scope: e.scope.clone(),
+        name: e.name.clone(),
+        kind: e.kind.clone(),
+        names: names.to_vec(),
+        created_at: e.created_at,
+    })
+    .unwrap_or_default()
 }
 
 /// The format's first line.
@@ -62,8 +124,14 @@ pub fn header() -> String {
     .unwrap_or_default()
 }
 
-/// A stored version as its line.
-pub fn line(m: &MemoryRecord) -> String {
+/// A stored version as its line, with the entities it names (ids, sorted), the edges it
+/// states (sorted) and its embedding, if it has one.
+pub fn line(
+    m: &MemoryRecord,
+    entities: &[String],
+    relations: &[MemoryRelation],
+    vector: Option<&MemoryVector>,
+) -> String {
     let l = Line {
         id: m.id.clone(),
         fact: m.lineage.clone(),
@@ -83,6 +151,19 @@ pub fn line(m: &MemoryRecord) -> String {
         expired_at: m.expired_at,
         superseded_by: m.superseded_by.clone(),
         expires_at: m.expires_at,
+        entities: entities.to_vec(),
+        relations: relations
+            .iter()
+            .map(|r| Edge {
+                subject: r.subject.clone(),
+                relation: r.relation.clone(),
+                object: r.object.clone(),
+            })
+            .collect(),
+        embedding: vector.map(|v| Embedding {
+            model: v.model.clone(),
+            vector: v.vector.clone(),
+        }),
     };
     serde_json::to_string(&l).unwrap_or_default()
 }
@@ -90,7 +171,7 @@ pub fn line(m: &MemoryRecord) -> String {
 /// Reads an export: every line checked (the header first, then versions whose scopes parse,
 /// whose facts and links hold together within the file), or an error naming the first bad
 /// line. `now` becomes each version's change time, so other nodes pick the import up.
-pub fn read(text: &str, limits: &crate::Limits, now: Millis) -> Result<Vec<MemoryRecord>> {
+pub fn read(text: &str, limits: &crate::Limits, now: Millis) -> Result<Imported> {
     let bad = |n: usize, why: String| MemoryError::BadRequest(format!("line {n}: {why}"));
     let mut lines = text
         .lines()
@@ -114,9 +195,65 @@ pub fn read(text: &str, limits: &crate::Limits, now: Millis) -> Result<Vec<Memor
             ),
         ));
     }
-    let mut out = Vec::new();
+    let mut out = Imported::default();
     let mut ids = std::collections::HashSet::new();
+    // Entity id → its scope, and name key → entity, as read so far.
+    let mut entity_scope: std::collections::HashMap<String, String> = Default::default();
+    let mut keys: std::collections::HashMap<(String, String), String> = Default::default();
     for (n, text) in lines {
+        if text.trim_start().starts_with("{\"entity\"") {
+            let e: EntityLine =
+                serde_json::from_str(text).map_err(|e| bad(n + 1, e.to_string()))?;
+            Scope::parse(&e.scope).map_err(|e| bad(n + 1, e.to_string()))?;
+            let ok = |s: &str, max: usize| {
+                !entity_key(s).is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+            };
+            if e.entity.is_empty() || e.entity.len() > 100 || !ok(&e.name, 200) {
+                return Err(bad(
+                    n + 1,
+                    "entity: an id of 1 to 100 characters and a name of 1 to 200 bytes".into(),
+                ));
+            }
+            if e.kind.as_deref().is_some_and(|k| !ok(k, 64)) {
+                return Err(bad(n + 1, "kind: 1 to 64 bytes".into()));
+            }
+            if !e.names.contains(&e.name)
+                || e.names.len() > 1000
+                || !e.names.iter().all(|x| ok(x, 200))
+            {
+                return Err(bad(
+                    n + 1,
+                    "names: every name of the entity, its name among them, each 1 to 200 bytes"
+                        .into(),
+                ));
+            }
+            if entity_scope
+                .insert(e.entity.clone(), e.scope.clone())
+                .is_some()
+            {
+                return Err(bad(n + 1, format!("entity {} appears twice", e.entity)));
+            }
+            for x in &e.names {
+                if let Some(other) = keys.insert((e.scope.clone(), entity_key(x)), e.entity.clone())
+                {
+                    return Err(bad(
+                        n + 1,
+                        format!("the name {x:?} is entity {other}'s already"),
+                    ));
+                }
+            }
+            out.entities.push((
+                MemoryEntity {
+                    id: e.entity,
+                    scope: e.scope,
+                    name: e.name,
+                    kind: e.kind,
+                    created_at: e.created_at,
+                },
+                e.names,
+            ));
+            continue;
+        }
         let l: Line = serde_json::from_str(text).map_err(|e| bad(n + 1, e.to_string()))?;
         Scope::parse(&l.scope).map_err(|e| bad(n + 1, e.to_string()))?;
         if l.id.is_empty() || l.id.len() > 100 || l.fact.is_empty() || l.fact.len() > 100 {
@@ -155,7 +292,68 @@ pub fn read(text: &str, limits: &crate::Limits, now: Millis) -> Result<Vec<Memor
                 ),
             ));
         }
-        out.push(MemoryRecord {
+        let of_scope = |id: &str| entity_scope.get(id) == Some(&l.scope);
+        if let Some(e) = l.entities.iter().find(|e| !of_scope(e)) {
+            return Err(bad(
+                n + 1,
+                format!(
+                    "entities: {e} is not an entity of scope {} listed before this line",
+                    l.scope
+                ),
+            ));
+        }
+        for r in &l.relations {
+            if !of_scope(&r.subject) || !of_scope(&r.object) {
+                return Err(bad(
+                    n + 1,
+                    format!(
+                        "relations: {} or {} is not an entity of scope {} listed before this line",
+                        r.subject, r.object, l.scope
+                    ),
+                ));
+            }
+            if r.relation.trim().is_empty()
+                || r.relation.len() > 100
+                || r.relation.chars().any(char::is_control)
+            {
+                return Err(bad(n + 1, "relations: a relation is 1 to 100 bytes".into()));
+            }
+        }
+        out.mentions
+            .extend(l.entities.iter().map(|e| (l.id.clone(), e.clone())));
+        out.relations
+            .extend(l.relations.iter().map(|r| MemoryRelation {
+                memory: l.id.clone(),
+                subject: r.subject.clone(),
+                relation: r.relation.clone(),
+                object: r.object.clone(),
+            }));
+        if let Some(e) = l.embedding {
+            // Vector search compares by dot product: every embedding must be of unit length.
+            let dims = crate::embed::decode(&e.vector).map(|v| {
+                let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                (v.len(), (norm - 1.0).abs() < 1e-3)
+            });
+            match dims {
+                _ if e.model.trim().is_empty() || e.model.len() > 200 => {
+                    return Err(bad(n + 1, "embedding.model: 1 to 200 characters".into()))
+                }
+                Some((d, true)) if (1..=MAX_DIMENSIONS).contains(&d) => {}
+                _ => {
+                    return Err(bad(
+                        n + 1,
+                        format!("embedding.vector: expected base64 of 1 to {MAX_DIMENSIONS} little-endian f32s, a vector of unit length"),
+                    ))
+                }
+            }
+            out.vectors.push(MemoryVector {
+                id: l.id.clone(),
+                model: e.model,
+                vector: e.vector,
+                updated_at: now,
+            });
+        }
+        out.versions.push(MemoryRecord {
             id: l.id,
             lineage: l.fact,
             scope: l.scope,

@@ -30,6 +30,9 @@ pub enum Method {
     FullText,
     /// Newest first, text ignored.
     Recency,
+    /// The graph alone: versions naming the entities the query names, and those stating edges
+    /// one or two hops from them.
+    Graph,
 }
 
 impl Method {
@@ -39,6 +42,7 @@ impl Method {
             "vector" => Some(Method::Vector),
             "bm25" | "full_text" => Some(Method::FullText),
             "recency" => Some(Method::Recency),
+            "graph" => Some(Method::Graph),
             _ => None,
         }
     }
@@ -66,6 +70,9 @@ pub struct Query {
     pub method: Method,
     /// The query's embedding, when memory has an embedder.
     pub vector: Option<Vec<f32>>,
+    /// Versions the graph around the query's entities reaches: version id → its graph score
+    /// (0–1) and the path that reached it.
+    pub graph: HashMap<String, (f64, String)>,
 }
 
 /// One result: the version, the score results are ordered by, and what each method made of it.
@@ -79,6 +86,9 @@ pub struct Hit {
     pub vector: Option<f64>,
     pub vector_rank: Option<usize>,
     pub recency_rank: Option<usize>,
+    /// The graph's score (0–1) and the path that reached the version (`Alice -works_at-> Acme`).
+    pub graph: Option<f64>,
+    pub graph_path: Option<String>,
     pub tokens: usize,
 }
 
@@ -131,6 +141,8 @@ fn hit(d: &Doc, score: f64) -> Hit {
         vector: None,
         vector_rank: None,
         recency_rank: None,
+        graph: None,
+        graph_path: None,
         tokens: estimate_tokens(&d.record.text),
     }
 }
@@ -152,9 +164,13 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
             })
             .collect(),
         (Method::Vector, None) => Vec::new(),
-        (Method::Hybrid, Some(v)) => fused(ix, &terms, v, &keep, q.limit),
-        _ if terms.is_empty() => newest(ix, &keep, q.limit),
-        (method, _) => full_text(ix, &terms, &keep, q.limit, method == Method::Hybrid),
+        (Method::Graph, _) => with_graph(ix, q, &keep, Vec::new()),
+        (Method::Hybrid, Some(v)) => with_graph(ix, q, &keep, fused(ix, &terms, v, &keep, q.limit)),
+        _ if terms.is_empty() && q.graph.is_empty() => newest(ix, &keep, q.limit),
+        (Method::Hybrid, None) => {
+            with_graph(ix, q, &keep, full_text(ix, &terms, &keep, q.limit, true))
+        }
+        (_, _) => full_text(ix, &terms, &keep, q.limit, false),
     };
     hits.truncate(q.limit);
     let mut found = Found::default();
@@ -173,6 +189,35 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
     }
     found.hits = hits;
     found
+}
+
+/// Adds the graph's score to each version it reached (one the other methods did not find comes
+/// in with the graph's score alone), and orders all by score, newer first on ties.
+fn with_graph(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool, hits: Vec<Hit>) -> Vec<Hit> {
+    if q.graph.is_empty() {
+        return hits;
+    }
+    let mut by_id: HashMap<String, Hit> =
+        hits.into_iter().map(|h| (h.record.id.clone(), h)).collect();
+    for (id, (score, path)) in &q.graph {
+        let Some(d) = ix.get(id).filter(|d| keep(d)) else {
+            continue;
+        };
+        let h = by_id.entry(id.clone()).or_insert_with(|| hit(d, 0.0));
+        h.graph = Some(*score);
+        h.graph_path = Some(path.clone());
+        h.score += score;
+    }
+    let mut hits: Vec<Hit> = by_id.into_values().collect();
+    hits.sort_by(|a, b| {
+        b.score.total_cmp(&a.score).then_with(|| {
+            b.record
+                .valid_from
+                .cmp(&a.record.valid_from)
+                .then_with(|| a.record.id.cmp(&b.record.id))
+        })
+    });
+    hits
 }
 
 /// The newest versions, newest first.

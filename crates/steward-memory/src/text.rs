@@ -38,6 +38,36 @@ impl Analyzer {
     }
 }
 
+/// The names `text` may mention, as entity keys: every run of one to three words (possessives
+/// dropped: "Jon's" is Jon), at most `max` of them, shortest runs first.
+pub fn name_candidates(text: &str, max: usize) -> Vec<String> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+            let w = w
+                .strip_suffix("'s")
+                .or_else(|| w.strip_suffix("\u{2019}s"))
+                .unwrap_or(w);
+            w.to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for n in 1..=3 {
+        for run in words.windows(n) {
+            if out.len() == max {
+                return out;
+            }
+            let key = run.join(" ");
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+    }
+    out
+}
+
 /// About how many tokens a model counts in `text`: a quarter of its bytes, rounded up — the
 /// usual rule of thumb for English with BPE tokenizers; budgets are sized with it.
 pub fn estimate_tokens(text: &str) -> usize {
@@ -69,6 +99,29 @@ mod tests {
             Vec::<String>::new(),
             "single letters say nothing"
         );
+    }
+
+    #[test]
+    fn names_are_runs_of_up_to_three_words() {
+        assert_eq!(
+            name_candidates("Where does Jon's sister live?", 100),
+            [
+                "where",
+                "does",
+                "jon",
+                "sister",
+                "live",
+                "where does",
+                "does jon",
+                "jon sister",
+                "sister live",
+                "where does jon",
+                "does jon sister",
+                "jon sister live"
+            ]
+        );
+        assert_eq!(name_candidates("a b c d", 3), ["a", "b", "c"]);
+        assert!(name_candidates(" ?! ", 10).is_empty());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use steward_memory::{Limits, Memory, MemoryError, Method, NewMemory, Query};
+use steward_memory::{
+    Limits, Memory, MemoryError, Method, NewEntity, NewMemory, NewRelation, Query,
+};
 use steward_store::{MemoryErase, Store};
 use steward_testkit::{Backend, FreshStore, ManualClock};
 
@@ -25,7 +27,7 @@ fn new(scope: &str, text: &str) -> NewMemory {
 
 async fn add(m: &Memory, n: NewMemory) -> String {
     let p = m.prepare("admin", n).await.unwrap();
-    m.commit(p, None).await.unwrap().0.id
+    m.commit(p, None).await.unwrap().record.id
 }
 
 fn query(text: &str, scope: &str) -> Query {
@@ -58,7 +60,8 @@ on_both!(
     a_correction_keeps_the_old_fact_in_history_and_out_of_current_results,
     a_second_node_follows_writes_and_erasures,
     bad_input_is_refused_and_nothing_is_written,
-    a_time_to_live_ends_a_memory
+    a_time_to_live_ends_a_memory,
+    the_graph_connects_questions_to_facts_that_share_no_words
 );
 
 async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Backend) {
@@ -78,7 +81,7 @@ async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Back
         )
         .await
         .unwrap();
-    let id = m.commit(p, None).await.unwrap().0.id;
+    let id = m.commit(p, None).await.unwrap().record.id;
     let found = m
         .search_now(&query("peanut allergy", "user:alice"))
         .unwrap();
@@ -478,6 +481,144 @@ async fn an_export_round_trips_byte_for_byte_between_backends() {
     assert_eq!(d.export(&scopes).await.unwrap().lines().count(), 2);
 }
 
+/// A small embedder for tests of where embeddings go (not of what they mean): letter counts,
+/// scaled to unit length, under a model id of the test's choosing.
+struct Letters(&'static str);
+
+impl steward_memory::Embedder for Letters {
+    fn model(&self) -> &str {
+        self.0
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = [0.01f32; 26];
+                for c in t
+                    .to_ascii_lowercase()
+                    .bytes()
+                    .filter(u8::is_ascii_lowercase)
+                {
+                    v[usize::from(c - b'a')] += 1.0;
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter().map(|x| x / norm).collect()
+            })
+            .collect())
+    }
+}
+
+/// An export carries each version's embedding with its model: a store embedding with the
+/// same model uses it as it is (nothing embedded again, found by vector search at once), one
+/// with another model embeds again, one with none keeps it for later; the bytes round-trip.
+#[tokio::test]
+async fn embeddings_travel_in_an_export_and_are_not_made_again() {
+    let lite = FreshStore::sqlite().await;
+    let pg = FreshStore::postgres().await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let with = |store: &Arc<dyn Store>, model: Option<&'static str>| {
+        Memory::open(
+            store.clone(),
+            clock.clone(),
+            Limits::default(),
+            model.map(|m| Arc::new(Letters(m)) as Arc<dyn steward_memory::Embedder>),
+        )
+    };
+    let a = with(&lite.store, Some("letters-1")).await.unwrap();
+    for t in ["zebras buzz", "apples and bananas", "quiet kayak"] {
+        add(&a, new("user:ivy", t)).await;
+    }
+    assert_eq!(a.embed_pending().await.unwrap(), 3);
+    let scopes = ["user:ivy".to_string()];
+    let exported = a.export(&scopes).await.unwrap();
+    assert_eq!(
+        exported
+            .matches("\"embedding\":{\"model\":\"letters-1\"")
+            .count(),
+        3,
+        "{exported}"
+    );
+
+    let b = with(&pg.store, Some("letters-1")).await.unwrap();
+    b.import(b.read_export(&exported).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(b.embedded(), 3, "searchable by meaning on import");
+    assert_eq!(
+        b.embed_pending().await.unwrap(),
+        0,
+        "nothing embedded again"
+    );
+    let zebra = b
+        .search(&Query {
+            method: Method::Vector,
+            ..query("buzzing zebra", "user:ivy")
+        })
+        .await
+        .unwrap();
+    assert_eq!(zebra.hits[0].record.text, "zebras buzz");
+    assert_eq!(b.export(&scopes).await.unwrap(), exported, "the same bytes");
+
+    // Another model: the versions are embedded again by it.
+    let other = FreshStore::sqlite().await;
+    let c = with(&other.store, Some("letters-2")).await.unwrap();
+    c.import(c.read_export(&exported).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(c.embedded(), 0, "another model's vectors are not compared");
+    assert_eq!(c.embed_pending().await.unwrap(), 3);
+    assert_eq!(c.embedded(), 3);
+    assert!(c
+        .export(&scopes)
+        .await
+        .unwrap()
+        .contains("\"model\":\"letters-2\""));
+
+    // No model: the embeddings are kept as they came, for a node that has one.
+    let none = FreshStore::sqlite().await;
+    let d = with(&none.store, None).await.unwrap();
+    d.import(d.read_export(&exported).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(d.export(&scopes).await.unwrap(), exported);
+
+    // An embedding that is not one: the line is named, nothing is read.
+    let line = exported.lines().nth(1).unwrap();
+    let vector = line
+        .split("\"vector\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let long = steward_memory::embed::encode(&vec![1.0 / 9_000f32.sqrt(); 9_000]);
+    let header = exported.lines().next().unwrap();
+    for (bad, says) in [
+        (line.replace(vector, "not base64!"), "embedding.vector"),
+        (line.replace(vector, "AAAAAAAAAAA="), "embedding.vector"),
+        (
+            line.replace(vector, &steward_memory::embed::encode(&[3.0, 4.0])),
+            "unit length",
+        ),
+        (line.replace(vector, &long), "embedding.vector"),
+        (line.replace("letters-1", ""), "embedding.model"),
+        (
+            line.replace(
+                "\"model\":\"letters-1\"",
+                "\"model\":\"letters-1\",\"dims\":26",
+            ),
+            "dims",
+        ),
+    ] {
+        let e = d
+            .read_export(&format!("{header}\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains(says), "{bad}: {e}");
+    }
+}
+
 /// The embedding model's files (scripts/fetch-memory-model puts them there; `.ci/run` does).
 fn model_dir() -> std::path::PathBuf {
     std::env::var_os("STEWARD_TEST_MEMORY_MODEL")
@@ -550,4 +691,205 @@ async fn embeddings_find_what_full_text_cannot() {
     assert_eq!(two.embedded(), 2);
     let found = two.search(&ask(Method::Vector)).await.unwrap();
     assert!(found.hits.iter().all(|h| h.record.id != puppy));
+}
+
+fn states(scope: &str, text: &str, edges: &[(&str, &str, &str)]) -> NewMemory {
+    NewMemory {
+        relations: edges
+            .iter()
+            .map(|(s, r, o)| NewRelation {
+                subject: s.to_string(),
+                relation: r.to_string(),
+                object: o.to_string(),
+            })
+            .collect(),
+        ..new(scope, text)
+    }
+}
+
+/// Entities and edges written with memories let a question reach facts that share no word
+/// with it, one or two hops away, in current knowledge only; erasing an entity takes every
+/// fact naming it, its edges and its names; an export carries the graph, byte for byte.
+async fn the_graph_connects_questions_to_facts_that_share_no_words(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let m = open(&fresh.store, &clock).await;
+    let scope = "user:jon";
+    let first_home = add(
+        &m,
+        states(
+            scope,
+            "We moved to Denver last spring",
+            &[("Jon", "lives_in", "Denver")],
+        ),
+    )
+    .await;
+    clock.advance(10);
+    add(
+        &m,
+        NewMemory {
+            entities: vec![NewEntity {
+                name: "Jon".into(),
+                kind: Some("person".into()),
+                aliases: vec!["Jonathan".into()],
+            }],
+            ..states(
+                scope,
+                "Started at Acme on Monday",
+                &[("Jon", "works_at", "Acme")],
+            )
+        },
+    )
+    .await;
+    clock.advance(10);
+    let office = add(
+        &m,
+        states(
+            scope,
+            "Their office is near the harbour in Boston",
+            &[("acme", "located_in", "Boston")],
+        ),
+    )
+    .await;
+    for i in 0..20 {
+        clock.advance(1);
+        add(
+            &m,
+            new(scope, &format!("Small talk number {i} about the weather")),
+        )
+        .await;
+    }
+    let ask = |text: &str, method| Query {
+        method,
+        ..query(text, scope)
+    };
+    let full_text = m
+        .search(&ask("Which city does Jon live in?", Method::FullText))
+        .await
+        .unwrap();
+    assert!(
+        full_text.hits.iter().all(|h| h.record.id != first_home),
+        "no word in common"
+    );
+    let graph = m
+        .search(&ask("Which city does Jon live in?", Method::Graph))
+        .await
+        .unwrap();
+    assert_eq!(graph.hits[0].record.id, first_home);
+    assert_eq!(graph.hits[0].graph, Some(1.0));
+    assert_eq!(
+        graph.hits[0].graph_path.as_deref(),
+        Some("Jon -lives_in-> Denver")
+    );
+    let hybrid = m
+        .search(&ask("Which city does Jon live in?", Method::Hybrid))
+        .await
+        .unwrap();
+    assert_eq!(hybrid.hits[0].record.id, first_home);
+    // By an alias, two hops away: Jonathan -works_at-> Acme -located_in-> Boston.
+    let two = m
+        .search(&ask("Where is Jonathan's employer located?", Method::Graph))
+        .await
+        .unwrap();
+    let reached = two
+        .hits
+        .iter()
+        .find(|h| h.record.id == office)
+        .expect("two hops away");
+    assert_eq!(
+        reached.graph_path.as_deref(),
+        Some("Acme -located_in-> Boston")
+    );
+
+    // A correction: the edge of the version it superseded is history, not current knowledge.
+    clock.advance(10);
+    let moved = add(
+        &m,
+        NewMemory {
+            supersedes: Some(first_home.clone()),
+            ..states(
+                scope,
+                "Now settled in Austin",
+                &[("jon", "lives_in", "Austin")],
+            )
+        },
+    )
+    .await;
+    let now = m
+        .search(&ask("Where does Jon live?", Method::Graph))
+        .await
+        .unwrap();
+    assert_eq!(now.hits[0].record.id, moved);
+    assert!(now.hits.iter().all(|h| h.record.id != first_home));
+    let mut then = ask("Where does Jon live?", Method::Graph);
+    then.include_history = true;
+    let then = m.search(&then).await.unwrap();
+    assert!(then.hits.iter().any(|h| h.record.id == first_home));
+
+    // An export carries the graph; another store answers the same from it.
+    let exported = m.export(&[scope.to_string()]).await.unwrap();
+    assert!(
+        exported.lines().nth(1).unwrap().starts_with("{\"entity\":"),
+        "{exported}"
+    );
+    let other = FreshStore::open(match b {
+        Backend::Sqlite => Backend::Postgres,
+        Backend::Postgres => Backend::Sqlite,
+    })
+    .await;
+    let copy = open(&other.store, &clock).await;
+    copy.import(copy.read_export(&exported).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        copy.export(&[scope.to_string()]).await.unwrap(),
+        exported,
+        "the same bytes"
+    );
+    let there = copy
+        .search(&ask("Where does Jon live?", Method::Graph))
+        .await
+        .unwrap();
+    assert_eq!(there.hits[0].record.id, moved);
+    let orphan_ref = exported
+        .lines()
+        .filter(|l| !l.starts_with("{\"entity\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let e = copy.read_export(&orphan_ref).unwrap_err().to_string();
+    assert!(e.contains("entities") || e.contains("relations"), "{e}");
+
+    // Erasing Jon by another spelling: every fact naming him, history included, his edges,
+    // and the entities only those facts named.
+    let report = m
+        .erase(
+            &MemoryErase::Entity {
+                scope: scope.into(),
+                entity: "JONATHAN".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 3, "the home in both versions, and the job");
+    assert_eq!(report.relations, 3);
+    assert_eq!(
+        report.entities.len(),
+        3,
+        "Jon, Denver, Austin; Acme and Boston remain"
+    );
+    assert!(m
+        .search(&ask("Where does Jon live?", Method::Graph))
+        .await
+        .unwrap()
+        .hits
+        .is_empty());
+    let left = m.export(&[scope.to_string()]).await.unwrap();
+    for gone in ["Jon", "Jonathan", "Denver", "Austin"] {
+        assert!(
+            !left.contains(&format!("\"{gone}\"")),
+            "{gone} is still in {left}"
+        );
+    }
+    assert!(left.contains("\"Boston\""));
 }

@@ -56,7 +56,10 @@ pub use identities::IdentityStore;
 pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use mcp_tasks::{McpTaskRecord, McpTaskStore};
-pub use memories::{ErasedMemory, MemoryErase, MemoryRecord, MemoryStore, MemoryVector};
+pub use memories::{
+    entity_key, EntityMention, ErasedMemory, GraphAround, MemoryEntity, MemoryErase, MemoryErasure,
+    MemoryGraph, MemoryImport, MemoryRecord, MemoryRelation, MemoryStore, MemoryVector,
+};
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;
 pub use openapi_apis::{OAuthTokenRecord, OAuthTokenStore, OpenApiRecord, OpenApiStore};

@@ -38,6 +38,9 @@ pub enum MemoryErase {
     Scope(String),
     /// Every fact about a subject, in a scope.
     Subject { scope: String, subject: String },
+    /// Every fact whose versions name an entity (by its id or any of its names), in a scope;
+    /// the entity goes with them.
+    Entity { scope: String, entity: String },
     /// Versions whose time to live ran out by `now` (any scope).
     Expired,
 }
@@ -60,6 +63,93 @@ pub struct MemoryVector {
     pub updated_at: Millis,
 }
 
+/// The key a name of an entity is resolved by within a scope: its words in lower case, with
+/// the punctuation around each word left out, one space between — "Alice  Smith" and
+/// "alice smith" name one entity, as do "Acme Corp." and "acme corp".
+pub fn entity_key(name: &str) -> String {
+    name.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// An entity a memory names, as its writer gave it: resolved to the scope's entity known by
+/// any of its names, or made with `id` when none is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntityMention {
+    pub id: String,
+    pub name: String,
+    pub kind: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+/// What a new memory says of the graph: the entities it names and the edges it states between
+/// them (`subject` and `object` index `entities`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryGraph {
+    pub entities: Vec<EntityMention>,
+    pub relations: Vec<(usize, String, usize)>,
+}
+
+/// An entity as stored: its first name and kind; other names are aliases.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemoryEntity {
+    pub id: String,
+    pub scope: String,
+    pub name: String,
+    pub kind: Option<String>,
+    pub created_at: Millis,
+}
+
+/// An edge between two entities, stated by a memory version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, sqlx::FromRow)]
+pub struct MemoryRelation {
+    pub memory: String,
+    pub subject: String,
+    pub relation: String,
+    pub object: String,
+}
+
+/// The graph around the entities a query names.
+#[derive(Clone, Debug, Default)]
+pub struct GraphAround {
+    /// The entities named (by any of their names).
+    pub seeds: Vec<MemoryEntity>,
+    /// (memory version, entity) for versions naming a seed.
+    pub mentions: Vec<(String, String)>,
+    /// Edges touching a seed, then (with two hops) edges touching their neighbours.
+    pub relations: Vec<MemoryRelation>,
+    /// The entities at the other ends of those edges.
+    pub neighbours: Vec<MemoryEntity>,
+}
+
+/// What an import writes, in one commit: versions as they are, the embeddings of some, the
+/// entities they name (each with all its names), which version names which, and the edges.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryImport {
+    pub versions: Vec<MemoryRecord>,
+    pub vectors: Vec<MemoryVector>,
+    pub entities: Vec<(MemoryEntity, Vec<String>)>,
+    /// (version, entity).
+    pub mentions: Vec<(String, String)>,
+    pub relations: Vec<MemoryRelation>,
+}
+
+/// What an erasure removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryErasure {
+    /// Every version erased (its fact and scope).
+    pub memories: Vec<ErasedMemory>,
+    /// Entities left named by no memory, erased with their names.
+    pub entities: Vec<String>,
+    /// Edges erased with the versions that stated them.
+    pub relations: u64,
+    /// Links from the erased versions to the entities they named.
+    pub mentions: u64,
+}
+
 const COLUMNS: &str = "id, lineage, scope, text, subject, tags, metadata, source, written_by, \
      valid_from, valid_to, created_at, expired_at, superseded_by, expires_at, updated_at";
 
@@ -76,7 +166,40 @@ pub trait MemoryStore: Send + Sync {
         m: &MemoryRecord,
         supersedes: Option<&str>,
         audit: Option<(Millis, String)>,
-    ) -> Result<Option<MemoryRecord>>;
+    ) -> Result<Option<MemoryRecord>> {
+        Ok(self
+            .add_memory_graph(m, supersedes, &MemoryGraph::default(), audit)
+            .await?
+            .0)
+    }
+    /// [`MemoryStore::add_memory`], with the entities the version names and the edges it
+    /// states, in the same commit: each entity is resolved to the scope's entity known by its
+    /// name or one of its aliases (made if there is none), and learns the names it lacks (a name
+    /// another entity has already stays that entity's). Returns the closed version and the
+    /// entities, in the order given.
+    async fn add_memory_graph(
+        &self,
+        m: &MemoryRecord,
+        supersedes: Option<&str>,
+        graph: &MemoryGraph,
+        audit: Option<(Millis, String)>,
+    ) -> Result<(Option<MemoryRecord>, Vec<MemoryEntity>)>;
+    /// The entities these versions name, as (version, entity), and the edges they state.
+    async fn memory_graph_of(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<(String, MemoryEntity)>, Vec<MemoryRelation>)>;
+    /// Every name of these entities, as (entity, name), in name order.
+    async fn memory_entity_names(&self, entities: &[String]) -> Result<Vec<(String, String)>>;
+    /// The graph around the entities of `scopes` named by `keys` ([`entity_key`]s): versions
+    /// naming them and edges up to `hops` (1 or 2) away, at most `cap` rows of each.
+    async fn memory_graph_around(
+        &self,
+        scopes: &[String],
+        keys: &[String],
+        hops: u8,
+        cap: i64,
+    ) -> Result<GraphAround>;
     async fn memory(&self, id: &str) -> Result<Option<MemoryRecord>>;
     /// Every version of a fact, oldest first.
     async fn memory_versions(&self, lineage: &str) -> Result<Vec<MemoryRecord>>;
@@ -97,13 +220,20 @@ pub trait MemoryStore: Send + Sync {
         limit: i64,
     ) -> Result<Vec<MemoryRecord>>;
     /// Writes versions as they are (ids, facts, times, links kept), all in one commit with
-    /// `audit`: a version whose id is stored already must be identical to it (counted as
+    /// `audit` and with `vectors` (embeddings of those versions; one a version has already is
+    /// kept): a version whose id is stored already must be identical to it (counted as
     /// unchanged) or nothing is written (`Conflict`). Returns (written, unchanged).
+    /// Entities follow the same rule (an entity stored already must be the same, and each of
+    /// its names must not be another entity's in that scope); mentions and edges are added.
     async fn import_memories(
         &self,
-        versions: &[MemoryRecord],
+        import: &MemoryImport,
         audit: Option<(Millis, String)>,
     ) -> Result<(u64, u64)>;
+    /// Every entity of a scope, in id order.
+    async fn scope_entities(&self, scope: &str) -> Result<Vec<MemoryEntity>>;
+    /// The embeddings stored for these versions (those that have one).
+    async fn memory_vectors(&self, ids: &[String]) -> Result<Vec<MemoryVector>>;
     /// Stores embeddings of versions that still exist (a version erased meanwhile gets
     /// none), replacing any earlier one; how many were stored.
     async fn put_memory_vectors(&self, vectors: &[MemoryVector]) -> Result<u64>;
@@ -133,8 +263,21 @@ pub trait MemoryStore: Send + Sync {
         what: &MemoryErase,
         now: Millis,
         audit: Option<(Millis, String)>,
-    ) -> Result<Vec<ErasedMemory>>;
+    ) -> Result<MemoryErasure>;
 }
+
+/// `$first, $first+1, …` for `n` binds.
+fn marks(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows of a graph query are bounded; lists of ids bound into one statement too.
+const IN_CHUNK: usize = 500;
+
+const ENTITY_COLUMNS: &str = "id, scope, name, kind, created_at";
 
 /// The WHERE clause selecting what `what` erases, with its binds after `$1` (`now`).
 fn erase_filter(what: &MemoryErase) -> (String, Vec<String>) {
@@ -154,6 +297,13 @@ fn erase_filter(what: &MemoryErase) -> (String, Vec<String>) {
             "scope = $2 AND subject = $3".into(),
             vec![scope.clone(), subject.clone()],
         ),
+        MemoryErase::Entity { scope, entity } => (
+            "scope = $2 AND lineage IN (SELECT m.lineage FROM memories m JOIN memory_mentions x ON x.memory = m.id \
+             WHERE m.scope = $2 AND x.entity IN (SELECT id FROM memory_entities WHERE scope = $2 AND id = $3 \
+             UNION SELECT entity FROM memory_entity_names WHERE scope = $2 AND name_key = $4))"
+                .into(),
+            vec![scope.clone(), entity.clone(), entity_key(entity)],
+        ),
         MemoryErase::Expired => ("expires_at IS NOT NULL AND expires_at <= $1".into(), vec![]),
     }
 }
@@ -162,12 +312,13 @@ macro_rules! impl_memories {
     ($store:ty) => {
         #[async_trait]
         impl MemoryStore for $store {
-            async fn add_memory(
+            async fn add_memory_graph(
                 &self,
                 m: &MemoryRecord,
                 supersedes: Option<&str>,
+                graph: &MemoryGraph,
                 audit: Option<(Millis, String)>,
-            ) -> Result<Option<MemoryRecord>> {
+            ) -> Result<(Option<MemoryRecord>, Vec<MemoryEntity>)> {
                 let mut tx = self.begin_write().await?;
                 let closed = match supersedes {
                     None => None,
@@ -222,11 +373,244 @@ macro_rules! impl_memories {
                 .bind(m.updated_at)
                 .execute(&mut *tx)
                 .await?;
+                let mut entities = Vec::with_capacity(graph.entities.len());
+                for e in &graph.entities {
+                    let names: Vec<&str> = std::iter::once(e.name.as_str())
+                        .chain(e.aliases.iter().map(String::as_str))
+                        .collect();
+                    let mut found: Option<String> = None;
+                    for n in &names {
+                        found = sqlx::query_scalar(
+                            "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                        )
+                        .bind(&m.scope)
+                        .bind(entity_key(n))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if found.is_some() {
+                            break;
+                        }
+                    }
+                    let id = match found {
+                        Some(id) => id,
+                        None => {
+                            // Claim the first name; a writer that claimed it meanwhile made the
+                            // entity, and this version names that one.
+                            let claimed = sqlx::query(
+                                "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (scope, name_key) DO NOTHING",
+                            )
+                            .bind(&m.scope)
+                            .bind(entity_key(&e.name))
+                            .bind(&e.name)
+                            .bind(&e.id)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            if claimed == 1 {
+                                sqlx::query(
+                                    "INSERT INTO memory_entities (id, scope, name, kind, created_at) VALUES ($1, $2, $3, $4, $5)",
+                                )
+                                .bind(&e.id)
+                                .bind(&m.scope)
+                                .bind(&e.name)
+                                .bind(&e.kind)
+                                .bind(m.created_at)
+                                .execute(&mut *tx)
+                                .await?;
+                                e.id.clone()
+                            } else {
+                                sqlx::query_scalar(
+                                    "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                                )
+                                .bind(&m.scope)
+                                .bind(entity_key(&e.name))
+                                .fetch_one(&mut *tx)
+                                .await?
+                            }
+                        }
+                    };
+                    for n in &names {
+                        sqlx::query(
+                            "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (scope, name_key) DO NOTHING",
+                        )
+                        .bind(&m.scope)
+                        .bind(entity_key(n))
+                        .bind(*n)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO memory_mentions (memory, entity) VALUES ($1, $2) ON CONFLICT (memory, entity) DO NOTHING",
+                    )
+                    .bind(&m.id)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let entity: MemoryEntity = sqlx::query_as(&format!(
+                        "SELECT {ENTITY_COLUMNS} FROM memory_entities WHERE id = $1"
+                    ))
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    entities.push(entity);
+                }
+                for (subject, relation, object) in &graph.relations {
+                    let (Some(s), Some(o)) = (entities.get(*subject), entities.get(*object)) else {
+                        return Err(Error::Corrupt(format!(
+                            "relation {relation:?} names an entity the memory does not"
+                        )));
+                    };
+                    sqlx::query(
+                        "INSERT INTO memory_relations (memory, subject, relation, object) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (memory, subject, relation, object) DO NOTHING",
+                    )
+                    .bind(&m.id)
+                    .bind(&s.id)
+                    .bind(relation)
+                    .bind(&o.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 if let Some(record) = audit {
                     Self::append_audit_in(&mut tx, &[record]).await?;
                 }
                 tx.commit().await?;
-                Ok(closed)
+                Ok((closed, entities))
+            }
+
+            async fn memory_graph_of(
+                &self,
+                ids: &[String],
+            ) -> Result<(Vec<(String, MemoryEntity)>, Vec<MemoryRelation>)> {
+                let (mut named, mut relations) = (Vec::new(), Vec::new());
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT x.memory, e.id, e.scope, e.name, e.kind, e.created_at FROM memory_mentions x \
+                         JOIN memory_entities e ON e.id = x.entity WHERE x.memory IN ({}) ORDER BY x.memory, e.id",
+                        marks(1, chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, (String, String, String, String, Option<String>, Millis)>(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    for (memory, id, scope, name, kind, created_at) in q.fetch_all(&self.read).await? {
+                        named.push((memory, MemoryEntity { id, scope, name, kind, created_at }));
+                    }
+                    let sql = format!(
+                        "SELECT memory, subject, relation, object FROM memory_relations WHERE memory IN ({}) \
+                         ORDER BY memory, subject, relation, object",
+                        marks(1, chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, MemoryRelation>(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    relations.extend(q.fetch_all(&self.read).await?);
+                }
+                Ok((named, relations))
+            }
+
+            async fn memory_entity_names(&self, entities: &[String]) -> Result<Vec<(String, String)>> {
+                let mut out = Vec::new();
+                for chunk in entities.chunks(IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT entity, name FROM memory_entity_names WHERE entity IN ({}) ORDER BY entity, name_key",
+                        marks(1, chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    out.extend(q.fetch_all(&self.read).await?);
+                }
+                Ok(out)
+            }
+
+            async fn memory_graph_around(
+                &self,
+                scopes: &[String],
+                keys: &[String],
+                hops: u8,
+                cap: i64,
+            ) -> Result<GraphAround> {
+                let mut around = GraphAround::default();
+                if scopes.is_empty() || keys.is_empty() {
+                    return Ok(around);
+                }
+                let sql = format!(
+                    "SELECT DISTINCT e.id, e.scope, e.name, e.kind, e.created_at FROM memory_entity_names n \
+                     JOIN memory_entities e ON e.id = n.entity WHERE n.scope IN ({}) AND n.name_key IN ({}) ORDER BY e.id",
+                    marks(1, scopes.len()),
+                    marks(scopes.len() + 1, keys.len())
+                );
+                let mut q = sqlx::query_as::<_, MemoryEntity>(&sql);
+                for b in scopes.iter().chain(keys) {
+                    q = q.bind(b);
+                }
+                around.seeds = q.fetch_all(&self.read).await?;
+                if around.seeds.is_empty() {
+                    return Ok(around);
+                }
+                let seeds: Vec<String> = around.seeds.iter().map(|e| e.id.clone()).collect();
+                let sql = format!(
+                    "SELECT memory, entity FROM memory_mentions WHERE entity IN ({}) ORDER BY memory DESC LIMIT ${}",
+                    marks(1, seeds.len()),
+                    seeds.len() + 1
+                );
+                let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+                for id in &seeds {
+                    q = q.bind(id);
+                }
+                around.mentions = q.bind(cap).fetch_all(&self.read).await?;
+                let mut frontier = seeds.clone();
+                let mut seen: std::collections::HashSet<String> = seeds.into_iter().collect();
+                for _ in 0..hops.clamp(1, 2) {
+                    if frontier.is_empty() {
+                        break;
+                    }
+                    let sql = format!(
+                        "SELECT memory, subject, relation, object FROM memory_relations \
+                         WHERE subject IN ({0}) OR object IN ({0}) ORDER BY memory DESC LIMIT ${1}",
+                        marks(1, frontier.len()),
+                        frontier.len() + 1
+                    );
+                    let mut q = sqlx::query_as::<_, MemoryRelation>(&sql);
+                    for id in &frontier {
+                        q = q.bind(id);
+                    }
+                    let edges = q.bind(cap).fetch_all(&self.read).await?;
+                    frontier = Vec::new();
+                    for e in &edges {
+                        for end in [&e.subject, &e.object] {
+                            if seen.insert(end.clone()) {
+                                frontier.push(end.clone());
+                            }
+                        }
+                    }
+                    frontier.truncate(IN_CHUNK);
+                    around.relations.extend(edges);
+                }
+                around.relations.sort();
+                around.relations.dedup();
+                let ends: Vec<&String> = seen
+                    .iter()
+                    .filter(|id| !around.seeds.iter().any(|e| &e.id == *id))
+                    .collect();
+                for chunk in ends.chunks(IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT {ENTITY_COLUMNS} FROM memory_entities WHERE id IN ({}) ORDER BY id",
+                        marks(1, chunk.len())
+                    );
+                    let mut q = sqlx::query_as::<_, MemoryEntity>(&sql);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    around.neighbours.extend(q.fetch_all(&self.read).await?);
+                }
+                Ok(around)
             }
 
             async fn memory(&self, id: &str) -> Result<Option<MemoryRecord>> {
@@ -272,9 +656,10 @@ macro_rules! impl_memories {
 
             async fn import_memories(
                 &self,
-                versions: &[MemoryRecord],
+                import: &MemoryImport,
                 audit: Option<(Millis, String)>,
             ) -> Result<(u64, u64)> {
+                let MemoryImport { versions, vectors, entities, mentions, relations } = import;
                 let mut tx = self.begin_write().await?;
                 let (mut written, mut unchanged) = (0, 0);
                 for m in versions {
@@ -319,11 +704,107 @@ macro_rules! impl_memories {
                     }
                     unchanged += 1;
                 }
+                for v in vectors {
+                    sqlx::query(
+                        "INSERT INTO memory_vectors (id, model, vector, updated_at) \
+                         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM memories WHERE id = $1) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&v.id)
+                    .bind(&v.model)
+                    .bind(&v.vector)
+                    .bind(v.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (e, names) in entities {
+                    let made = sqlx::query(
+                        "INSERT INTO memory_entities (id, scope, name, kind, created_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&e.id)
+                    .bind(&e.scope)
+                    .bind(&e.name)
+                    .bind(&e.kind)
+                    .bind(e.created_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if made == 0 {
+                        let stored: MemoryEntity = sqlx::query_as(&format!(
+                            "SELECT {ENTITY_COLUMNS} FROM memory_entities WHERE id = $1"
+                        ))
+                        .bind(&e.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if stored != *e {
+                            return Err(Error::Conflict(format!(
+                                "entity {} is stored already with another name, kind or scope; nothing was imported",
+                                e.id
+                            )));
+                        }
+                    }
+                    for n in names {
+                        sqlx::query(
+                            "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (scope, name_key) DO NOTHING",
+                        )
+                        .bind(&e.scope)
+                        .bind(entity_key(n))
+                        .bind(n)
+                        .bind(&e.id)
+                        .execute(&mut *tx)
+                        .await?;
+                        let owner: String = sqlx::query_scalar(
+                            "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                        )
+                        .bind(&e.scope)
+                        .bind(entity_key(n))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if owner != e.id {
+                            return Err(Error::Conflict(format!(
+                                "the name {n:?} is entity {owner}'s in scope {} here, and {}'s in the import; nothing was imported",
+                                e.scope, e.id
+                            )));
+                        }
+                    }
+                }
+                for (memory, entity) in mentions {
+                    sqlx::query(
+                        "INSERT INTO memory_mentions (memory, entity) VALUES ($1, $2) ON CONFLICT (memory, entity) DO NOTHING",
+                    )
+                    .bind(memory)
+                    .bind(entity)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for r in relations {
+                    sqlx::query(
+                        "INSERT INTO memory_relations (memory, subject, relation, object) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (memory, subject, relation, object) DO NOTHING",
+                    )
+                    .bind(&r.memory)
+                    .bind(&r.subject)
+                    .bind(&r.relation)
+                    .bind(&r.object)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 if let Some(record) = audit {
                     Self::append_audit_in(&mut tx, &[record]).await?;
                 }
                 tx.commit().await?;
                 Ok((written, unchanged))
+            }
+
+            async fn scope_entities(&self, scope: &str) -> Result<Vec<MemoryEntity>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ENTITY_COLUMNS} FROM memory_entities WHERE scope = $1 ORDER BY id"
+                ))
+                .bind(scope)
+                .fetch_all(&self.read)
+                .await?)
             }
 
             async fn put_memory_vectors(&self, vectors: &[MemoryVector]) -> Result<u64> {
@@ -345,6 +826,23 @@ macro_rules! impl_memories {
                 }
                 tx.commit().await?;
                 Ok(stored)
+            }
+
+            async fn memory_vectors(&self, ids: &[String]) -> Result<Vec<MemoryVector>> {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "SELECT id, model, vector, updated_at FROM memory_vectors WHERE id IN ({})",
+                        marks.join(", ")
+                    );
+                    let mut q = sqlx::query_as::<_, MemoryVector>(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    out.extend(q.fetch_all(&self.read).await?);
+                }
+                Ok(out)
             }
 
             async fn memory_vectors_changed(&self, since: Millis, after_id: &str, limit: i64) -> Result<Vec<MemoryVector>> {
@@ -388,7 +886,7 @@ macro_rules! impl_memories {
                 what: &MemoryErase,
                 now: Millis,
                 audit: Option<(Millis, String)>,
-            ) -> Result<Vec<ErasedMemory>> {
+            ) -> Result<MemoryErasure> {
                 let (filter, binds) = erase_filter(what);
                 let sql = format!("DELETE FROM memories WHERE {filter} RETURNING id, lineage, scope");
                 let mut tx = self.begin_write().await?;
@@ -397,11 +895,22 @@ macro_rules! impl_memories {
                     q = q.bind(b);
                 }
                 let erased = q.fetch_all(&mut *tx).await?;
+                let mut report = MemoryErasure::default();
                 for e in &erased {
                     sqlx::query("DELETE FROM memory_vectors WHERE id = $1")
                         .bind(&e.id)
                         .execute(&mut *tx)
                         .await?;
+                    report.mentions += sqlx::query("DELETE FROM memory_mentions WHERE memory = $1")
+                        .bind(&e.id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    report.relations += sqlx::query("DELETE FROM memory_relations WHERE memory = $1")
+                        .bind(&e.id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                     sqlx::query(
                         "INSERT INTO memory_erasures (id, erased_at) VALUES ($1, $2) \
                          ON CONFLICT (id) DO UPDATE SET erased_at = excluded.erased_at",
@@ -411,6 +920,29 @@ macro_rules! impl_memories {
                     .execute(&mut *tx)
                     .await?;
                 }
+                // Entities no memory names any more go too, with every name they had.
+                let mut scopes: Vec<&str> = erased.iter().map(|e| e.scope.as_str()).collect();
+                scopes.sort_unstable();
+                scopes.dedup();
+                if report.mentions > 0 {
+                    for scope in scopes {
+                        let orphans: Vec<String> = sqlx::query_scalar(
+                            "DELETE FROM memory_entities WHERE scope = $1 AND NOT EXISTS \
+                             (SELECT 1 FROM memory_mentions x WHERE x.entity = memory_entities.id) RETURNING id",
+                        )
+                        .bind(scope)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        for id in &orphans {
+                            sqlx::query("DELETE FROM memory_entity_names WHERE entity = $1")
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        report.entities.extend(orphans);
+                    }
+                    report.entities.sort();
+                }
                 if let Some(record) = audit {
                     Self::append_audit_in(&mut tx, &[record]).await?;
                 }
@@ -418,7 +950,8 @@ macro_rules! impl_memories {
                 if !erased.is_empty() {
                     self.scrub().await;
                 }
-                Ok(erased)
+                report.memories = erased;
+                Ok(report)
             }
         }
     };

@@ -63,7 +63,13 @@ impl Tool for MemoryAdd {
                 "subject": {"type": "string", "description": "Who or what it is about."},
                 "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
                 "metadata": {"type": "object"},
-                "supersedes": {"type": "string"}
+                "supersedes": {"type": "string"},
+                "entities": {"type": "array", "items": {"type": "string"}, "maxItems": 32,
+                    "description": "Names of the people, places and things it is about."},
+                "relations": {"type": "array", "maxItems": 32,
+                    "description": "Edges it states, e.g. {\"subject\": \"Alice\", \"relation\": \"works_at\", \"object\": \"Acme\"}.",
+                    "items": {"type": "object", "required": ["subject", "relation", "object"], "properties": {
+                        "subject": {"type": "string"}, "relation": {"type": "string"}, "object": {"type": "string"}}}}
             }}),
         }
     }

@@ -30,6 +30,12 @@ pub enum MemoryWhat {
         /// Erase it this many milliseconds from now.
         #[arg(long)]
         ttl_ms: Option<i64>,
+        /// An entity it names (repeat for more).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+        /// An edge it states, `SUBJECT|RELATION|OBJECT` (e.g. `Alice|works_at|Acme`).
+        #[arg(long = "relation")]
+        relations: Vec<String>,
     },
     /// Search scopes; prints the best matches, best first.
     Search {
@@ -38,7 +44,7 @@ pub enum MemoryWhat {
         scopes: Vec<String>,
         #[arg(long, default_value_t = 10)]
         limit: usize,
-        /// hybrid, bm25 or recency.
+        /// hybrid, bm25, vector, graph or recency.
         #[arg(long)]
         method: Option<String>,
         /// Print the whole answer as JSON.
@@ -62,6 +68,9 @@ pub enum MemoryWhat {
         ids: Vec<String>,
         #[arg(long)]
         subject: Option<String>,
+        /// Every fact naming this entity (its id or any of its names), and the entity.
+        #[arg(long)]
+        entity: Option<String>,
         /// Everything in the scope.
         #[arg(long)]
         all: bool,
@@ -79,13 +88,24 @@ impl Client {
                 metadata,
                 supersedes,
                 ttl_ms,
+                entities,
+                relations,
             } => {
+                let relations = relations
+                    .iter()
+                    .map(|r| match r.split('|').collect::<Vec<_>>()[..] {
+                        [s, rel, o] => Ok(json!({"subject": s, "relation": rel, "object": o})),
+                        _ => anyhow::bail!("--relation {r:?}: expected SUBJECT|RELATION|OBJECT"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let entities: Vec<Value> = entities.iter().map(|e| json!({"name": e})).collect();
                 let metadata: Option<Value> = metadata
                     .map(|m| serde_json::from_str(&m))
                     .transpose()
                     .context("--metadata is not JSON (give an object, e.g. '{\"k\": 1}')")?;
                 let body = json!({"scope": scope, "text": text, "subject": subject, "tags": tags,
-                    "metadata": metadata, "supersedes": supersedes, "ttl_ms": ttl_ms});
+                    "metadata": metadata, "supersedes": supersedes, "ttl_ms": ttl_ms,
+                    "entities": entities, "relations": relations});
                 let r: AddedMemory = self.post_json("/api/v1/memories", &body).await?;
                 println!("{}", r.memory.id);
             }
@@ -159,10 +179,12 @@ impl Client {
                 scope,
                 ids,
                 subject,
+                entity,
                 all,
             } => {
                 let ids = (!ids.is_empty()).then_some(ids);
-                let body = json!({"scope": scope, "ids": ids, "subject": subject, "all": all});
+                let body = json!({"scope": scope, "ids": ids, "subject": subject,
+                    "entity": entity, "all": all});
                 let r: ErasureReport = self.post_json("/api/v1/memories/erase", &body).await?;
                 println!(
                     "erased {} facts ({} versions) from {}; {} index postings removed",
@@ -171,8 +193,19 @@ impl Client {
                     r.places.join(", "),
                     r.index_postings
                 );
+                if !r.entities.is_empty() || r.relations > 0 {
+                    println!(
+                        "{} edges, {} mentions and {} entities left unnamed went with them",
+                        r.relations,
+                        r.mentions,
+                        r.entities.len()
+                    );
+                }
                 for v in r.erased {
                     println!("{}  {}  {}", v.id, v.fact, v.scope);
+                }
+                for e in r.entities {
+                    println!("{e}  (entity)");
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! erasure leaves nothing behind in the audit log.
 
 use steward_gov::{AuditEvent, AuditRecord, Decision};
-use steward_memory::{ErasureReport, Found, MemoryError, NewMemory, Query};
+use steward_memory::{Committed, ErasureReport, Found, MemoryError, NewMemory, Query};
 use steward_store::{MemoryErase, MemoryRecord};
 
 use crate::*;
@@ -136,11 +136,7 @@ impl Memories<'_> {
 
     /// Writes a memory (`memory.write` on its scope): searchable when this returns. The
     /// version it superseded, closed, comes back beside it.
-    pub async fn add(
-        &self,
-        who: Accessor<'_>,
-        new: NewMemory,
-    ) -> Result<(MemoryRecord, Option<MemoryRecord>)> {
+    pub async fn add(&self, who: Accessor<'_>, new: NewMemory) -> Result<Committed> {
         let allowed = self.allow(who, "memory.write", &new.scope).await?;
         let p = self.memory().prepare(&allowed.principal, new).await?;
         let outcome = match &p.supersedes {
@@ -218,6 +214,8 @@ impl Memories<'_> {
             }
             MemoryErase::Scope(s) => (s, "the whole scope".to_string()),
             MemoryErase::Subject { scope, .. } => (scope, "by subject".to_string()),
+            // An entity's name can name a person too.
+            MemoryErase::Entity { scope, .. } => (scope, "by entity".to_string()),
             MemoryErase::Expired => {
                 return Err(Error::InvalidRequest(
                     "expired memories are erased by the node itself".into(),
@@ -258,7 +256,8 @@ impl Memories<'_> {
     /// imports only memories it wrote itself: who wrote a memory is kept as the file says, so
     /// only the administrator may bring in others' (a migration).
     pub async fn import(&self, who: Accessor<'_>, text: &str) -> Result<(u64, u64)> {
-        let versions = self.memory().read_export(text)?;
+        let imported = self.memory().read_export(text)?;
+        let versions = &imported.versions;
         if let Accessor::Agent(p) = who {
             let me = format!("agent:{}", p.agent);
             if let Some(v) = versions.iter().find(|v| v.written_by != me) {
@@ -284,6 +283,6 @@ impl Memories<'_> {
                 format!("imported {} versions", versions.len()),
             )
         });
-        Ok(self.memory().import(versions, audit).await?)
+        Ok(self.memory().import(imported, audit).await?)
     }
 }

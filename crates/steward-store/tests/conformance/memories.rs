@@ -2,7 +2,9 @@
 //! time, and erasure that leaves ids only.
 
 use crate::support::*;
-use steward_store::{MemoryErase, MemoryRecord, MemoryVector};
+use steward_store::{
+    EntityMention, MemoryErase, MemoryGraph, MemoryImport, MemoryRecord, MemoryVector,
+};
 
 on_both_backends!(
     a_superseded_memory_is_closed_and_linked_in_the_same_commit,
@@ -12,6 +14,7 @@ on_both_backends!(
     an_expired_version_is_erased_alone,
     an_import_is_all_or_nothing_and_keeps_what_it_is_given,
     embeddings_belong_to_versions_that_exist_and_go_with_them,
+    entities_resolve_by_any_name_and_go_when_nothing_names_them,
 );
 
 fn mem(id: &str, scope: &str, text: &str, at: i64) -> MemoryRecord {
@@ -182,7 +185,10 @@ async fn erasure_removes_every_version_and_leaves_ids_only(s: &dyn Store) {
         )
         .await
         .unwrap();
-    assert!(none.is_empty(), "an id of another scope erases nothing");
+    assert!(
+        none.memories.is_empty(),
+        "an id of another scope erases nothing"
+    );
     let head = s.audit_head().await.unwrap().0;
     let mut gone = s
         .erase_memories(
@@ -194,7 +200,8 @@ async fn erasure_removes_every_version_and_leaves_ids_only(s: &dyn Store) {
             Some((10, r#"{"ids":["a1","a2"]}"#.into())),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .memories;
     gone.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(
         gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
@@ -223,12 +230,12 @@ async fn erasure_removes_every_version_and_leaves_ids_only(s: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(by_subject.len(), 1);
+    assert_eq!(by_subject.memories.len(), 1);
     let scope = s
         .erase_memories(&MemoryErase::Scope("user:bob".into()), 12, None)
         .await
         .unwrap();
-    assert_eq!(scope.len(), 1);
+    assert_eq!(scope.memories.len(), 1);
     assert!(s.memories_changed(0, "", 100).await.unwrap().is_empty());
     assert_eq!(s.memory_erasures(12).await.unwrap().len(), 1);
 }
@@ -244,11 +251,13 @@ async fn an_expired_version_is_erased_alone(s: &dyn Store) {
         .erase_memories(&MemoryErase::Expired, 99, None)
         .await
         .unwrap()
+        .memories
         .is_empty());
     let gone = s
         .erase_memories(&MemoryErase::Expired, 100, None)
         .await
-        .unwrap();
+        .unwrap()
+        .memories;
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].id, "s1");
     assert!(s.memory("k1").await.unwrap().is_some());
@@ -262,12 +271,33 @@ async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
         ..mem("i1", "user:a", "first", 10)
     };
     let v2 = next("i2", &v1, "second", 20);
+    let vector = |id: &str, model: &str| MemoryVector {
+        id: id.into(),
+        model: model.into(),
+        vector: "AACAPw==".into(),
+        updated_at: 30,
+    };
     let head = s.audit_head().await.unwrap().0;
     assert_eq!(
-        s.import_memories(&[v1.clone(), v2.clone()], Some((30, "{}".into())))
+        s.import_memories(
+            &MemoryImport {
+                versions: vec![v1.clone(), v2.clone()],
+                // One for a version not in the import and not stored: it has nowhere to go.
+                vectors: vec![vector("i1", "m1"), vector("nowhere", "m1")],
+                ..MemoryImport::default()
+            },
+            Some((30, "{}".into()))
+        )
+        .await
+        .unwrap(),
+        (2, 0)
+    );
+    assert_eq!(
+        s.memory_vectors(&["i1".into(), "i2".into(), "nowhere".into()])
             .await
             .unwrap(),
-        (2, 0)
+        [vector("i1", "m1")],
+        "the embedding came in with its version, in the same commit"
     );
     assert_eq!(s.audit_head().await.unwrap().0, head + 1);
     assert_eq!(s.memory("i1").await.unwrap().unwrap(), v1, "kept as given");
@@ -286,7 +316,37 @@ async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
         updated_at: 99,
         ..v2.clone()
     };
-    assert_eq!(s.import_memories(&[again], None).await.unwrap(), (0, 1));
+    assert_eq!(
+        s.import_memories(
+            &MemoryImport {
+                versions: vec![again],
+                vectors: vec![vector("i2", "m1")],
+                ..MemoryImport::default()
+            },
+            None
+        )
+        .await
+        .unwrap(),
+        (0, 1)
+    );
+    // A version embedded already keeps its own embedding.
+    assert_eq!(
+        s.import_memories(
+            &MemoryImport {
+                versions: vec![v1.clone()],
+                vectors: vec![vector("i1", "m2")],
+                ..MemoryImport::default()
+            },
+            None
+        )
+        .await
+        .unwrap(),
+        (0, 1)
+    );
+    assert_eq!(
+        s.memory_vectors(&["i1".into()]).await.unwrap()[0].model,
+        "m1"
+    );
 
     // A new version beside one that differs from what is stored: neither goes in.
     let fresh = mem("i3", "user:a", "third", 40);
@@ -296,7 +356,14 @@ async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
     };
     let head = s.audit_head().await.unwrap().0;
     let e = s
-        .import_memories(&[fresh, altered], Some((50, "{}".into())))
+        .import_memories(
+            &MemoryImport {
+                versions: vec![fresh, altered],
+                vectors: vec![vector("i3", "m1")],
+                ..MemoryImport::default()
+            },
+            Some((50, "{}".into())),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, steward_store::Error::Conflict(_)), "{e}");
@@ -304,6 +371,7 @@ async fn an_import_is_all_or_nothing_and_keeps_what_it_is_given(s: &dyn Store) {
         s.memory("i3").await.unwrap().is_none(),
         "nothing half-written"
     );
+    assert!(s.memory_vectors(&["i3".into()]).await.unwrap().is_empty());
     assert_eq!(s.memory("i1").await.unwrap().unwrap().text, "first");
     assert_eq!(s.audit_head().await.unwrap().0, head);
 }
@@ -363,5 +431,210 @@ async fn embeddings_belong_to_versions_that_exist_and_go_with_them(s: &dyn Store
         .memory_vectors_changed(0, "", 10)
         .await
         .unwrap()
+        .is_empty());
+}
+
+fn entity(id: &str, name: &str, aliases: &[&str]) -> EntityMention {
+    EntityMention {
+        id: id.into(),
+        name: name.into(),
+        kind: Some("thing".into()),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+async fn entities_resolve_by_any_name_and_go_when_nothing_names_them(s: &dyn Store) {
+    let graph = |entities: Vec<EntityMention>, relations: &[(usize, &str, usize)]| MemoryGraph {
+        entities,
+        relations: relations
+            .iter()
+            .map(|(a, r, b)| (*a, r.to_string(), *b))
+            .collect(),
+    };
+    let (_, named) = s
+        .add_memory_graph(
+            &mem("g1", "user:a", "Alice works at Acme", 1),
+            None,
+            &graph(
+                vec![
+                    entity("e_alice", "Alice", &["Al"]),
+                    entity("e_acme", "Acme", &[]),
+                ],
+                &[(0, "works_at", 1)],
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        named.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["e_alice", "e_acme"]
+    );
+    // Another spelling of a name, or an alias, is the same entity; its new names are learnt.
+    let (_, named) = s
+        .add_memory_graph(
+            &mem("g2", "user:a", "She moved to Denver", 2),
+            None,
+            &graph(
+                vec![
+                    entity("e_new", "  ALICE ", &["Alice Smith"]),
+                    entity("e_denver", "Denver", &[]),
+                ],
+                &[(0, "lives_in", 1)],
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(named[0].id, "e_alice");
+    assert_eq!(
+        named[0].name, "Alice",
+        "the first name stays the entity's name"
+    );
+    s.add_memory_graph(
+        &mem("g3", "user:a", "Acme's office is in Denver", 3),
+        None,
+        &graph(
+            vec![entity("x1", "acme", &[]), entity("x2", "denver", &[])],
+            &[(0, "located_in", 1)],
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    // The same name in another scope is another entity.
+    let (_, other) = s
+        .add_memory_graph(
+            &mem("g4", "user:b", "Alice is a cat", 4),
+            None,
+            &graph(vec![entity("e_cat", "Alice", &[])], &[]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other[0].id, "e_cat");
+    let names = s.memory_entity_names(&["e_alice".into()]).await.unwrap();
+    assert_eq!(
+        names.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+        ["Al", "Alice", "Alice Smith"]
+    );
+
+    let edges = |g: &steward_store::GraphAround| {
+        g.relations
+            .iter()
+            .map(|r| (r.memory.clone(), r.relation.clone()))
+            .collect::<Vec<_>>()
+    };
+    let scopes = ["user:a".to_string()];
+    let one = s
+        .memory_graph_around(&scopes, &["al".into()], 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(one.seeds.len(), 1);
+    assert_eq!(one.seeds[0].id, "e_alice");
+    let mut mentions: Vec<&str> = one.mentions.iter().map(|(m, _)| m.as_str()).collect();
+    mentions.sort_unstable();
+    assert_eq!(mentions, ["g1", "g2"]);
+    assert_eq!(
+        edges(&one),
+        [
+            ("g1".to_string(), "works_at".to_string()),
+            ("g2".into(), "lives_in".into())
+        ]
+    );
+    let two = s
+        .memory_graph_around(&scopes, &["alice".into()], 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(edges(&two).len(), 3, "Acme and Denver lead to g3");
+    assert!(s
+        .memory_graph_around(&["user:c".into()], &["alice".into()], 2, 100)
+        .await
+        .unwrap()
+        .seeds
+        .is_empty());
+    let (named, stated) = s.memory_graph_of(&["g1".into()]).await.unwrap();
+    assert_eq!(named.len(), 2);
+    assert_eq!(stated.len(), 1);
+    assert_eq!(
+        (stated[0].subject.as_str(), stated[0].object.as_str()),
+        ("e_alice", "e_acme")
+    );
+
+    // Erasing by an alias erases every fact naming the entity, then the entity and its names.
+    let report = s
+        .erase_memories(
+            &MemoryErase::Entity {
+                scope: "user:a".into(),
+                entity: "AL".into(),
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    let mut gone: Vec<&str> = report.memories.iter().map(|m| m.id.as_str()).collect();
+    gone.sort_unstable();
+    assert_eq!(gone, ["g1", "g2"]);
+    assert_eq!((report.relations, report.mentions), (2, 4));
+    assert_eq!(
+        report.entities,
+        ["e_alice"],
+        "Acme and Denver are still named by g3"
+    );
+    assert!(s
+        .memory_entity_names(&["e_alice".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .memory_graph_around(&scopes, &["alice smith".into()], 2, 100)
+        .await
+        .unwrap()
+        .seeds
+        .is_empty());
+    assert_eq!(
+        s.memory_graph_around(&["user:b".into()], &["alice".into()], 1, 100)
+            .await
+            .unwrap()
+            .seeds[0]
+            .id,
+        "e_cat",
+        "the other scope's Alice is untouched"
+    );
+    let report = s
+        .erase_memories(
+            &MemoryErase::Ids {
+                scope: "user:a".into(),
+                ids: vec!["g3".into()],
+            },
+            11,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.entities,
+        ["e_acme", "e_denver"],
+        "no orphans are left"
+    );
+
+    // A relation naming an entity the memory does not: nothing of it is written.
+    let e = s
+        .add_memory_graph(
+            &mem("g5", "user:a", "broken", 12),
+            None,
+            &graph(vec![entity("e_x", "X", &[])], &[(0, "knows", 3)]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("knows"), "{e}");
+    assert!(s.memory("g5").await.unwrap().is_none());
+    assert!(s
+        .memory_graph_around(&scopes, &["x".into()], 1, 100)
+        .await
+        .unwrap()
+        .seeds
         .is_empty());
 }

@@ -303,6 +303,18 @@ async fn bad_memory_requests_are_refused_and_write_nothing(b: Backend) {
         json!({"scope": "org", "text": "t", "tags": [""]}),
         json!({"scope": "org", "text": "t", "valid_from": 10, "valid_to": 5}),
         json!({"scope": "org", "text": "t", "ttl_ms": -1}),
+        json!({"scope": "org", "text": "t", "entities": "Alice"}),
+        json!({"scope": "org", "text": "t", "entities": [{"name": ""}]}),
+        json!({"scope": "org", "text": "t", "entities": [{"name": "!!!"}]}),
+        json!({"scope": "org", "text": "t", "entities": [{"name": "a\u{0}b"}]}),
+        json!({"scope": "org", "text": "t", "entities": [{"name": "a", "age": 3}]}),
+        json!({"scope": "org", "text": "t", "entities": (0..33).map(|i| json!({"name": format!("e{i}")})).collect::<Vec<_>>()}),
+        json!({"scope": "org", "text": "t", "entities": [{"name": "a", "aliases": vec!["b"; 17]}]}),
+        json!({"scope": "org", "text": "t", "relations": [{"subject": "a", "relation": "r"}]}),
+        json!({"scope": "org", "text": "t", "relations": [{"subject": "a", "relation": " ", "object": "b"}]}),
+        json!({"scope": "org", "text": "t", "relations": [["a", "r", "b", "c"]]}),
+        json!({"scope": "org", "text": "t", "relations": [["a", "r"]]}),
+        json!({"scope": "org", "text": "t", "relations": (0..17).map(|i| json!({"subject": format!("s{i}"), "relation": "r", "object": format!("o{i}")})).collect::<Vec<_>>()}),
     ];
     for body in adds {
         let (st, r) = s.post("/api/v1/memories", body.clone()).await;
@@ -331,6 +343,8 @@ async fn bad_memory_requests_are_refused_and_write_nothing(b: Backend) {
         json!({"scope": "org"}),
         json!({"scope": "org", "ids": ["a"], "all": true}),
         json!({"scope": "org", "ids": []}),
+        json!({"scope": "org", "entity": ""}),
+        json!({"scope": "org", "entity": "x", "subject": "y"}),
     ];
     for body in erasures {
         let (st, r) = s.post("/api/v1/memories/erase", body.clone()).await;
@@ -349,6 +363,60 @@ both_backends!(
     memory_bad_input,
     bad_memory_requests_are_refused_and_write_nothing
 );
+
+/// Over HTTP: a memory names entities and states an edge; a question sharing no word with it
+/// reaches it through the graph; erasing the entity by another spelling takes it all and says
+/// what went.
+async fn the_graph_over_http(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (st, added) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:jon", "text": "We finally moved to Denver",
+                "entities": [{"name": "Jon", "kind": "person", "aliases": ["Jonathan"]}],
+                "relations": [{"subject": "Jon", "relation": "lives_in", "object": "Denver"}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{added}");
+    let names: Vec<&str> = added["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Jon", "Denver"]);
+    let (st, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "Which city does jon live in?", "scopes": ["user:jon"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["results"][0]["memory"]["id"], added["memory"]["id"]);
+    assert_eq!(
+        r["results"][0]["scores"]["graph_path"],
+        "Jon -lives_in-> Denver"
+    );
+    let (st, report) = s
+        .post(
+            "/api/v1/memories/erase",
+            json!({"scope": "user:jon", "entity": "jonathan"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{report}");
+    assert_eq!(report["rows"], 1);
+    assert_eq!(report["relations"], 1);
+    assert_eq!(report["entities"].as_array().unwrap().len(), 2);
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "jon", "scopes": ["user:jon"], "method": "graph"}),
+        )
+        .await;
+    assert!(texts(&r).is_empty(), "{r}");
+}
+
+both_backends!(memory_graph_over_http, the_graph_over_http);
 
 /// `steward memory export` from a server on SQLite, `steward memory import` into one on
 /// PostgreSQL: the same memories, history and all; an agent may import only into scopes it
