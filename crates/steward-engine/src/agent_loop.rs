@@ -66,6 +66,13 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
             .messages
             .push(Message::text(Role::System, spec.system_prompt.clone()));
     }
+    if let Some(recall) = &spec.memory {
+        match recalled(kernel, ctx, recall).await {
+            Ok(Some(m)) => request.messages.push(m),
+            Ok(None) => {}
+            Err(e) => return LoopEnd::Step(e),
+        }
+    }
     request
         .messages
         .push(Message::text(Role::User, ctx.run.input.clone()));
@@ -139,6 +146,72 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
         request.messages.extend(results);
     }
     LoopEnd::MaxSteps(spec.max_steps)
+}
+
+/// Bytes of the run's input its recall searches by.
+const RECALL_QUERY_BYTES: usize = 2048;
+
+/// `spec.memory`: a `memory_search` step with the run's input as the query — decided, audited
+/// and journaled like any tool call, so a replayed run recalls what its first life did — and
+/// what it found as a system message. A search refused or failing leaves the context as it
+/// was; the run goes on without memories.
+async fn recalled(
+    kernel: &Kernel,
+    ctx: &mut RunCtx,
+    recall: &steward_types::manifest::MemoryRecall,
+) -> Result<Option<Message>, StepError> {
+    let input = &ctx.run.input;
+    let mut end = input.len().min(RECALL_QUERY_BYTES);
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut args = serde_json::json!({
+        "query": &input[..end],
+        "limit": recall.recall,
+        "max_tokens": recall.max_tokens,
+    });
+    if !recall.scopes.is_empty() {
+        args["scopes"] = Value::from(recall.scopes.clone());
+    }
+    let found = kernel
+        .call(
+            ctx,
+            ToolCall {
+                name: steward_types::manifest::MEMORY_SEARCH,
+                args: &args,
+            },
+        )
+        .await?;
+    let found = match found {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::info!(run = %ctx.run.id, %why, "spec.memory: nothing recalled");
+            return Ok(None);
+        }
+    };
+    let lines: Vec<String> = found["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some(format!(
+                "- {} (memory {}, {})",
+                m["text"].as_str()?,
+                m["id"].as_str()?,
+                m["scope"].as_str()?
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Message::text(
+        Role::System,
+        format!(
+            "Memories that may be relevant, most relevant first (from long-term memory; a later fact may correct an earlier one):\n{}",
+            lines.join("\n")
+        ),
+    )))
 }
 
 /// Adds tool `name` to what the model is offered, under a name model APIs accept.

@@ -84,6 +84,10 @@ pub struct AgentSpec {
     /// task's payload as input, and the run's end finishes the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TaskSource>,
+    /// Memories recalled into the run's context before its first model call: a
+    /// `memory_search` step with the run's input as the query, journaled like any step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryRecall>,
     /// The turns the `scripted` provider plays, in order. Only with `model: scripted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub script: Vec<ScriptTurn>,
@@ -384,10 +388,12 @@ pub fn tool_pattern_covers(pattern: &str, tool: &str) -> bool {
 }
 
 impl AgentSpec {
-    /// Whether `spec.tools` gives the agent `tool`, by name or by an upstream's prefix.
+    /// Whether `spec.tools` gives the agent `tool`, by name or by an upstream's prefix (or
+    /// `spec.memory` gives it `memory_search`, which its recall step is).
     pub fn lists_tool(&self, tool: &str) -> bool {
         self.tools.iter().any(|p| tool_pattern_covers(p, tool))
             || (self.tool_search && (tool == TOOLS_SEARCH || tool == TOOLS_DESCRIBE))
+            || (self.memory.is_some() && tool == MEMORY_SEARCH)
     }
 
     pub fn is_scripted(&self) -> bool {
@@ -396,6 +402,20 @@ impl AgentSpec {
 
     fn validate(&self) -> Result<(), ManifestError> {
         let err = |m: String| Err(ManifestError(m));
+        if let Some(m) = &self.memory {
+            if !(1..=20).contains(&m.recall) {
+                return err(format!("spec.memory.recall: {} is not 1 to 20", m.recall));
+            }
+            if !(1..=8000).contains(&m.max_tokens) {
+                return err(format!(
+                    "spec.memory.maxTokens: {} is not 1 to 8000",
+                    m.max_tokens
+                ));
+            }
+            if m.scopes.len() > 8 || m.scopes.iter().any(|s| s.is_empty() || s.len() > 200) {
+                return err("spec.memory.scopes: at most 8, each 1 to 200 characters".into());
+            }
+        }
         if let Some(l) = &self.liveness {
             if !["fail", "escalate", "restart"].contains(&l.on_loop.as_str()) {
                 return err(format!(
@@ -775,6 +795,33 @@ fn default_retry_initial() -> u64 {
 fn default_retry_on() -> Vec<String> {
     vec!["error".into(), "timeout".into()]
 }
+
+/// `spec.memory`: what a run recalls before its first model call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MemoryRecall {
+    /// At most this many memories (1 to 20).
+    #[serde(default = "default_recall")]
+    pub recall: u32,
+    /// At most about this many tokens of them in all (1 to 8000).
+    #[serde(default = "default_recall_tokens")]
+    pub max_tokens: u32,
+    /// The scopes searched; by default the agent's own and its owner's. Any other needs a
+    /// policy permitting `memory.read` on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+fn default_recall() -> u32 {
+    5
+}
+
+fn default_recall_tokens() -> u32 {
+    1000
+}
+
+/// The memory tool a run's recall step calls.
+pub const MEMORY_SEARCH: &str = "memory_search";
 
 /// When a run counts as stuck.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,9 @@
 
 use crate::common;
 
-use common::{as_agent, cli, eventually, key_of, send, Backend, TestServer};
+use common::{as_agent, audit_records, cli, eventually, key_of, send, Backend, TestServer};
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 
 const AGENTS: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: alice-bot}\nspec:\n  model: scripted\n  script:\n    - {content: x}\n---\napiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: bob-bot}\nspec:\n  model: scripted\n  script:\n    - {content: x}\n";
 
@@ -666,3 +667,199 @@ async fn a_server_with_the_model_searches_by_meaning() {
     assert_eq!(texts(&r)[0], "Hana is allergic to shellfish", "hybrid: {r}");
     assert_eq!(r["results"][0]["scores"]["vector_rank"], 1);
 }
+
+/// A mock OpenAI-compatible upstream on loopback that keeps every chat request it is sent and
+/// answers "ok". Returns its `/v1` base URL and the requests.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    use axum::Json;
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.clone());
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+/// `spec.memory`: before its first model call a run recalls its owner's memories relevant to
+/// its input — a journaled `memory_search` step — and the model is sent them; another
+/// person's memories are not among them, and a scope no policy opens is refused (audited) and
+/// the run goes on without.
+async fn a_run_recalls_relevant_memories_into_its_context(b: Backend) {
+    let (upstream, seen) = recording_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    for (scope, text) in [
+        ("user:ana", "Ana is vegetarian and allergic to walnuts"),
+        ("user:ana", "Ana's quarterly report is due in March"),
+        ("user:bo", "Bo is vegetarian too, and keeps it private"),
+    ] {
+        let (st, r) = s
+            .post("/api/v1/memories", json!({"scope": scope, "text": text}))
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: host}\nspec:\n  model: mock/gpt-mock\n  systemPrompt: You plan dinners.\n  memory: {recall: 3}\n---\napiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: snoop}\nspec:\n  model: mock/gpt-mock\n  memory: {scopes: [\"user:bo\"]}\n",
+    )
+    .await;
+    key_of(&s, "host", "ana").await;
+    key_of(&s, "snoop", "ana").await;
+
+    let id = s
+        .start_run("host", "Plan a vegetarian dinner for Ana")
+        .await;
+    let run = s.wait_run(&id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let sent = seen.lock().unwrap().pop().expect("the model was called");
+    let messages = sent["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "system", "user"], "{sent}");
+    let recalled = messages[1]["content"].as_str().unwrap();
+    assert!(
+        recalled.contains("Ana is vegetarian and allergic to walnuts"),
+        "{recalled}"
+    );
+    assert!(
+        !recalled.contains("Bo is"),
+        "another person's memory: {recalled}"
+    );
+    let j = s.journal(&id).await;
+    let first = j.iter().find(|e| e["phase"] == "intent").unwrap();
+    assert_eq!(
+        (first["kind"].as_str(), first["name"].as_str()),
+        (Some("tool"), Some("memory_search")),
+        "{j:?}"
+    );
+    assert_eq!(first["body"]["query"], "Plan a vegetarian dinner for Ana");
+
+    let id = s.start_run("snoop", "What does Bo eat?").await;
+    let run = s.wait_run(&id).await;
+    assert_eq!(
+        run["state"], "succeeded",
+        "the run goes on without memories: {run}"
+    );
+    let sent = seen.lock().unwrap().pop().unwrap();
+    let roles: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user"], "nothing recalled: {sent}");
+    assert!(!sent.to_string().contains("keeps it private"));
+    let refused = audit_records(&s).await.into_iter().any(|r| {
+        r["action"] == "memory.read"
+            && r["resource"]
+                .as_str()
+                .is_some_and(|x| x.contains("user:bo"))
+            && r["decision"] == "deny"
+    });
+    assert!(refused, "the refusal is audited");
+
+    // A recall that is not one: refused when applied, saying what is wrong.
+    for (memory, says) in [
+        ("{recall: 50}", "spec.memory.recall"),
+        ("{maxTokens: 0}", "spec.memory.maxTokens"),
+        ("{recal: 3}", "recal"),
+        ("5", "memory"),
+    ] {
+        let (status, body) = s
+            .post_raw(
+                "/api/v1/agents",
+                "application/yaml",
+                format!("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: odd}}\nspec:\n  model: mock/gpt-mock\n  memory: {memory}\n"),
+            )
+            .await;
+        assert_eq!(status, 400, "{memory}: {body}");
+        assert!(body.to_string().contains(says), "{memory}: {body}");
+    }
+}
+
+both_backends!(
+    memory_recall,
+    a_run_recalls_relevant_memories_into_its_context
+);
+
+/// A run killed (`kill -9`) after its recall is journaled is told, when it resumes, exactly
+/// what it recalled the first time — one recall step, the same outcome — and finishes.
+async fn a_resumed_run_recalls_what_its_first_life_did(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    s.apply(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: recaller}\nspec:\n  model: scripted\n  memory: {recall: 3}\n  script:\n    - {delayMs: 1500, content: done}\n",
+    )
+    .await;
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "agent:recaller", "text": "The tea order goes out on Fridays"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        runs.push(
+            s.start_run("recaller", &format!("when does the tea order go out {i}"))
+                .await,
+        );
+    }
+    let recall_of = |j: &[Value]| -> Vec<Value> {
+        j.iter()
+            .filter(|e| e["kind"] == "tool" && e["name"] == "memory_search")
+            .cloned()
+            .collect()
+    };
+    let mut before = Vec::new();
+    for id in &runs {
+        let entries = eventually("the recall step's outcome", || async {
+            let entries = recall_of(&s.journal(id).await);
+            entries
+                .iter()
+                .any(|e| e["phase"] == "outcome")
+                .then_some(entries)
+        })
+        .await;
+        before.push(entries);
+    }
+    s.kill9();
+    s.spawn();
+    for (id, before) in runs.iter().zip(&before) {
+        let run = s.wait_run(id).await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+        let after = recall_of(&s.journal(id).await);
+        assert_eq!(&after, before, "recalled once, replayed after the kill");
+        let outcome = after.iter().find(|e| e["phase"] == "outcome").unwrap();
+        assert_eq!(
+            outcome["body"]["ok"]["results"][0]["text"],
+            "The tea order goes out on Fridays"
+        );
+    }
+}
+
+both_backends!(
+    memory_recall_crash,
+    a_resumed_run_recalls_what_its_first_life_did
+);
