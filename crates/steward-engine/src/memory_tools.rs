@@ -99,22 +99,8 @@ fn allowed_record(
     (now, record.to_json())
 }
 
-pub(crate) async fn add(
-    host: &Host,
-    run: &RunId,
-    seq: i64,
-    args: Value,
-) -> Result<Value, ToolError> {
-    let s = &host.0;
-    let id = step_id(run, seq);
-    let answer = |m: &steward_store::MemoryRecord| json!({"id": m.id, "fact": m.lineage, "scope": m.scope, "superseded": m.lineage != m.id});
-    if let Some(m) = s.memory.written(&id).await.map_err(refused)? {
-        return Ok(answer(&m));
-    }
-    let rec = host.run_record(run).await?;
-    let acts = s.authority.acts_for(&rec).await.map_err(failed)?;
-    let scope = opt_str(&args, "scope")?.unwrap_or_else(|| format!("agent:{}", rec.agent));
-    let decision = decided(host, &rec, &acts, "memory.write", &scope).await?;
+/// The memory `memory_add`'s arguments describe (its scope, id and source are the caller's).
+pub(crate) fn memory_of(args: &Value) -> Result<NewMemory, ToolError> {
     let tags = match args.get("tags") {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(a)) => a
@@ -163,19 +149,88 @@ pub(crate) async fn add(
             ))
         }
     };
-    let new = NewMemory {
+    Ok(NewMemory {
         entities,
         relations,
-        id: Some(id),
-        scope: scope.clone(),
-        text: opt_str(&args, "text")?
+        text: opt_str(args, "text")?
             .ok_or_else(|| ToolError::InvalidArgs("`text` is required".into()))?,
-        subject: opt_str(&args, "subject")?,
+        subject: opt_str(args, "subject")?,
         tags,
         metadata: args.get("metadata").filter(|m| !m.is_null()).cloned(),
-        source: Some(json!({"run": run.as_str(), "step": seq})),
-        supersedes: opt_str(&args, "supersedes")?,
+        supersedes: opt_str(args, "supersedes")?,
         ..NewMemory::default()
+    })
+}
+
+/// The scopes `memory_search` names, or `own` when it names none.
+pub(crate) fn scopes_of(args: &Value, own: Vec<String>) -> Result<Vec<String>, ToolError> {
+    match args.get("scopes") {
+        None | Some(Value::Null) => Ok(own),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ToolError::InvalidArgs("`scopes` must be strings".into())),
+        Some(_) => Err(ToolError::InvalidArgs("`scopes` must be an array".into())),
+    }
+}
+
+/// The search `memory_search`'s arguments describe, over `scopes`.
+pub(crate) fn query_of(args: &Value, scopes: Vec<String>) -> Result<Query, ToolError> {
+    Ok(Query {
+        text: opt_str(args, "query")?.unwrap_or_default(),
+        scopes,
+        limit: args.get("limit").and_then(Value::as_u64).unwrap_or(5) as usize,
+        max_tokens: args
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .map(|t| t as usize),
+        method: Method::Hybrid,
+        ..Query::default()
+    })
+}
+
+/// What `memory_search` answers.
+pub(crate) fn found_json(found: &steward_memory::Found) -> Value {
+    json!({
+        "results": found.hits.iter().map(|h| json!({
+            "id": h.record.id,
+            "text": h.record.text,
+            "scope": h.record.scope,
+            "valid_from": h.record.valid_from,
+            "score": h.score,
+            "metadata": serde_json::from_str::<Value>(&h.record.metadata).unwrap_or(Value::Null),
+        })).collect::<Vec<_>>(),
+        "tokens": found.tokens,
+    })
+}
+
+/// What `memory_add` answers.
+pub(crate) fn added_json(m: &steward_store::MemoryRecord) -> Value {
+    json!({"id": m.id, "fact": m.lineage, "scope": m.scope, "superseded": m.lineage != m.id})
+}
+
+pub(crate) async fn add(
+    host: &Host,
+    run: &RunId,
+    seq: i64,
+    args: Value,
+) -> Result<Value, ToolError> {
+    let s = &host.0;
+    let id = step_id(run, seq);
+    let answer = added_json;
+    if let Some(m) = s.memory.written(&id).await.map_err(refused)? {
+        return Ok(answer(&m));
+    }
+    let rec = host.run_record(run).await?;
+    let acts = s.authority.acts_for(&rec).await.map_err(failed)?;
+    let scope = opt_str(&args, "scope")?.unwrap_or_else(|| format!("agent:{}", rec.agent));
+    let decision = decided(host, &rec, &acts, "memory.write", &scope).await?;
+    let new = NewMemory {
+        id: Some(id),
+        scope: scope.clone(),
+        source: Some(json!({"run": run.as_str(), "step": seq})),
+        ..memory_of(&args)?
     };
     let p = s
         .memory
@@ -203,34 +258,17 @@ pub(crate) async fn search(host: &Host, run: &RunId, args: Value) -> Result<Valu
     let s = &host.0;
     let rec = host.run_record(run).await?;
     let acts = s.authority.acts_for(&rec).await.map_err(failed)?;
-    let scopes: Vec<String> = match args.get("scopes") {
-        None | Some(Value::Null) => std::iter::once(format!("agent:{}", rec.agent))
-            .chain(acts.owner.as_ref().map(|o| format!("user:{o}")))
-            .collect(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ToolError::InvalidArgs("`scopes` must be strings".into()))?,
-        Some(_) => return Err(ToolError::InvalidArgs("`scopes` must be an array".into())),
-    };
+    let own = std::iter::once(format!("agent:{}", rec.agent))
+        .chain(acts.owner.as_ref().map(|o| format!("user:{o}")))
+        .collect();
+    let scopes = scopes_of(&args, own)?;
     let mut decisions = Vec::new();
     for scope in &scopes {
         decisions.push(decided(host, &rec, &acts, "memory.read", scope).await?);
     }
     let found = s
         .memory
-        .search(&Query {
-            text: opt_str(&args, "query")?.unwrap_or_default(),
-            scopes: scopes.clone(),
-            limit: args.get("limit").and_then(Value::as_u64).unwrap_or(5) as usize,
-            max_tokens: args
-                .get("max_tokens")
-                .and_then(Value::as_u64)
-                .map(|t| t as usize),
-            method: Method::Hybrid,
-            ..Query::default()
-        })
+        .search(&query_of(&args, scopes.clone())?)
         .await
         .map_err(refused)?;
     let now = s.clock.now_ms();
@@ -254,15 +292,5 @@ pub(crate) async fn search(host: &Host, run: &RunId, args: Value) -> Result<Valu
         })
         .collect();
     s.store.append_audit(&records).await.map_err(failed)?;
-    Ok(json!({
-        "results": found.hits.iter().map(|h| json!({
-            "id": h.record.id,
-            "text": h.record.text,
-            "scope": h.record.scope,
-            "valid_from": h.record.valid_from,
-            "score": h.score,
-            "metadata": serde_json::from_str::<Value>(&h.record.metadata).unwrap_or(Value::Null),
-        })).collect::<Vec<_>>(),
-        "tokens": found.tokens,
-    }))
+    Ok(found_json(&found))
 }

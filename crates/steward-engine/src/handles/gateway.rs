@@ -39,7 +39,10 @@ impl Gateway<'_> {
     /// The tools `who` may call from outside a run (an MCP client): registry tools that need
     /// no run and that its token and the policy allow it, then the meta-tools.
     pub async fn tools(&self, who: &Principal) -> Result<Vec<ToolView>, GatewayError> {
-        self.0.inner.gateway.visible_tools(who).await
+        let mut tools = self.0.inner.gateway.visible_tools(who).await?;
+        // Memory is every agent's: each scope is decided when a call names it.
+        tools.extend(handles::memories::tool_views());
+        Ok(tools)
     }
 
     /// Calls a tool for `who` outside any run, on the governance path (decided, schema-checked,
@@ -55,6 +58,9 @@ impl Gateway<'_> {
         progress: Option<steward_tools::ProgressSink>,
         approval: crate::gateway::Approval,
     ) -> Result<serde_json::Value, ToolCallError> {
+        if handles::memories::is_memory_tool(name) {
+            return self.0.memories().tool_call(who, name, args).await;
+        }
         self.0
             .inner
             .gateway

@@ -18,6 +18,31 @@ pub enum Accessor<'a> {
     Agent(&'a Principal),
 }
 
+/// The memory tools, as a caller outside any run (an MCP client) sees them.
+pub(crate) fn tool_views() -> Vec<ToolView> {
+    vec![
+        ToolView::of("memory_search".into(), &steward_tools::MemorySearch),
+        ToolView::of("memory_add".into(), &steward_tools::MemoryAdd),
+    ]
+}
+
+pub(crate) fn is_memory_tool(name: &str) -> bool {
+    name == "memory_search" || name == "memory_add"
+}
+
+/// A memory tool's refusal or failure, as a tool call's.
+fn tool_error(e: Error) -> ToolCallError {
+    match e {
+        Error::Forbidden(m) => ToolCallError::Forbidden(m),
+        Error::InvalidRequest(m) => ToolCallError::InvalidArguments(m),
+        other => ToolCallError::Failed(other.to_string()),
+    }
+}
+
+fn bad_args(e: steward_tools::ToolError) -> ToolCallError {
+    ToolCallError::InvalidArguments(e.to_string())
+}
+
 /// `Engine::memories()`.
 pub struct Memories<'a>(pub(crate) &'a Engine);
 
@@ -230,6 +255,48 @@ impl Memories<'_> {
             format!("erased {selector}"),
         );
         Ok(self.memory().erase(&what, Some(audit)).await?)
+    }
+
+    /// `memory_search` or `memory_add` called by `who` outside any run (over `/mcp`): the same
+    /// arguments and answers as in a run, each scope decided for `who` (its own by default:
+    /// `agent:<itself>`, and `user:<its owner>` for search), audited as the API's accesses are.
+    pub async fn tool_call(
+        &self,
+        who: &Principal,
+        name: &str,
+        args: serde_json::Value,
+    ) -> std::result::Result<serde_json::Value, ToolCallError> {
+        if !args.is_object() {
+            return Err(ToolCallError::InvalidArguments(
+                "the arguments must be a JSON object".into(),
+            ));
+        }
+        if name == "memory_add" {
+            let scope = args
+                .get("scope")
+                .and_then(|s| s.as_str())
+                .map_or_else(|| format!("agent:{}", who.agent), str::to_string);
+            let new = NewMemory {
+                scope,
+                source: Some(serde_json::json!({"mcp": who.agent.as_str()})),
+                ..crate::memory_tools::memory_of(&args).map_err(bad_args)?
+            };
+            let added = self
+                .add(Accessor::Agent(who), new)
+                .await
+                .map_err(tool_error)?;
+            return Ok(crate::memory_tools::added_json(&added.record));
+        }
+        let own = std::iter::once(format!("agent:{}", who.agent))
+            .chain(who.owner.as_ref().map(|o| format!("user:{o}")))
+            .collect();
+        let scopes = crate::memory_tools::scopes_of(&args, own).map_err(bad_args)?;
+        let q = crate::memory_tools::query_of(&args, scopes).map_err(bad_args)?;
+        let found = self
+            .search(Accessor::Agent(who), q)
+            .await
+            .map_err(tool_error)?;
+        Ok(crate::memory_tools::found_json(&found))
     }
 
     /// Every version of `scopes` (each readable by `who`) in the portable format.

@@ -34,7 +34,7 @@ async def main():
     tools = await client.get_tools()
     names = sorted(t.name for t in tools)
     # Only what the policy lets this agent call.
-    assert names == ["echo", "tools_describe", "tools_search"], names
+    assert names == ["echo", "memory_add", "memory_search", "tools_describe", "tools_search"], names
 
     model = ScriptedModel(messages=iter([
         AIMessage(content="", tool_calls=[{"name": "echo", "args": {"city": "Oslo"}, "id": "call_1"}]),

@@ -26,8 +26,9 @@ def text(result):
 async def permitted(mode):
     async with connect(os.environ["STEWARD_KEY"], mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        # Only what the policy lets this agent call, and only tools that need no run.
-        assert names == {"echo", "tools_search", "tools_describe"}, (mode, names)
+        # Only what the policy lets this agent call, and only tools that need no run; memory is
+        # every agent's own (each scope decided when a call names it).
+        assert names == {"echo", "tools_search", "tools_describe", "memory_search", "memory_add"}, (mode, names)
         echo = next(t for t in (await client.list_tools()).tools if t.name == "echo")
         assert echo.annotations.read_only_hint is True, echo
         assert echo.annotations.idempotent_hint is True, echo
@@ -59,13 +60,34 @@ async def permitted(mode):
         r = await client.call_tool("tools_search", {"query": "x", "limit": 0})
         assert r.is_error and "/limit" in text(r), r
 
+        # Memory: written to the agent's own scope, found by the next search, with entities.
+        r = await client.call_tool("memory_add", {
+            "text": f"The Oslo office opens at nine ({mode})", "entities": ["Oslo"],
+            "relations": [{"subject": "office", "relation": "located_in", "object": "Oslo"}]})
+        assert not r.is_error, r
+        assert r.structured_content["scope"] == "agent:tooler", r
+        r = await client.call_tool("memory_search", {"query": "when does the Oslo office open"})
+        assert not r.is_error, r
+        found = [m["text"] for m in r.structured_content["results"]]
+        assert f"The Oslo office opens at nine ({mode})" in found, found
+        # Another's scope needs a policy; bad arguments say what is wrong.
+        r = await client.call_tool("memory_search", {"query": "salary", "scopes": ["user:stranger"]})
+        assert r.is_error and "memory.read" in text(r), r
+        r = await client.call_tool("memory_add", {"text": "x", "tags": "not-a-list"})
+        assert r.is_error and "tags" in text(r), r
+
 
 async def refused(mode):
     async with connect(os.environ["STEWARD_OTHER_KEY"], mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        assert names == {"tools_search", "tools_describe"}, (mode, names)
+        assert names == {"tools_search", "tools_describe", "memory_search", "memory_add"}, (mode, names)
         r = await client.call_tool("echo", {"x": 1})
         assert r.is_error and "no policy permits agent outsider" in text(r), r
+        # Its own memory holds nothing of tooler's.
+        r = await client.call_tool("memory_search", {"query": "Oslo office"})
+        assert not r.is_error and r.structured_content["results"] == [], r
+        r = await client.call_tool("memory_search", {"query": "Oslo office", "scopes": ["agent:tooler"]})
+        assert r.is_error and "memory.read" in text(r), r
         r = await client.call_tool("tools_search", {"query": "echo arguments"})
         assert r.structured_content["tools"] == [], r
 
