@@ -2,7 +2,7 @@
 //! derived from the store's rows (rebuilt on start, followed while running), so it is never
 //! the only copy of anything and holds nothing an erasure leaves behind on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -50,6 +50,9 @@ pub struct Index {
     vectors: HashMap<u32, Vec<f32>>,
     /// Embeddings that arrived before their version did (another node's, followed).
     early_vectors: HashMap<String, Vec<f32>>,
+    /// Slots by scope: a search reads only the scopes it asks for, however many others there
+    /// are (vector search and recency compare every version of those scopes).
+    by_scope: HashMap<String, HashSet<u32>>,
     /// Bumped by every erasure: a follower that read rows before one does not apply them.
     pub erasures: u64,
 }
@@ -110,6 +113,10 @@ impl Index {
             self.vectors.insert(slot, v);
         }
         self.by_id.insert(record.id.clone(), slot);
+        self.by_scope
+            .entry(record.scope.clone())
+            .or_default()
+            .insert(slot);
         self.slots[slot as usize] = Some(Doc::new(record, terms.len() as u32));
         true
     }
@@ -143,14 +150,15 @@ impl Index {
     pub fn nearest(
         &self,
         q: &[f32],
+        scopes: &[String],
         keep: &dyn Fn(&Doc) -> bool,
         limit: usize,
     ) -> Vec<(&Doc, f64)> {
         let mut hits: Vec<(&Doc, f64)> = self
-            .vectors
-            .iter()
+            .in_scopes(scopes)
+            .filter_map(|slot| Some((slot, self.vectors.get(&slot)?)))
             .filter(|(_, v)| v.len() == q.len())
-            .filter_map(|(&slot, v)| {
+            .filter_map(|(slot, v)| {
                 let d = self.slots[slot as usize].as_ref()?;
                 keep(d).then(|| {
                     let dot: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
@@ -173,6 +181,12 @@ impl Index {
         };
         self.vectors.remove(&slot);
         self.early_vectors.remove(id);
+        if let Some(set) = self.by_scope.get_mut(&doc.record.scope) {
+            set.remove(&slot);
+            if set.is_empty() {
+                self.by_scope.remove(&doc.record.scope);
+            }
+        }
         let mut removed = 0;
         for t in self.analyzer.terms(&doc.record.text) {
             if let Some(list) = self.postings.get_mut(&t) {
@@ -194,6 +208,7 @@ impl Index {
     pub fn bm25(
         &self,
         terms: &[String],
+        scopes: &[String],
         keep: &dyn Fn(&Doc) -> bool,
         limit: usize,
     ) -> Vec<(&Doc, f64)> {
@@ -216,6 +231,9 @@ impl Index {
                 let Some(doc) = &self.slots[slot as usize] else {
                     continue;
                 };
+                if !scopes.contains(&doc.record.scope) {
+                    continue;
+                }
                 let tf = f64::from(tf);
                 let norm = K1 * (1.0 - B + B * f64::from(doc.len) / avg_len);
                 *scores.entry(slot).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
@@ -231,9 +249,32 @@ impl Index {
         hits
     }
 
-    /// The `limit` newest versions (by when they became true) that `keep` accepts.
-    pub fn newest(&self, keep: &dyn Fn(&Doc) -> bool, limit: usize) -> Vec<&Doc> {
-        let mut docs: Vec<&Doc> = self.slots.iter().flatten().filter(|d| keep(d)).collect();
+    /// The slots of versions in `scopes`.
+    fn in_scopes<'a>(&'a self, scopes: &'a [String]) -> impl Iterator<Item = u32> + 'a {
+        let mut seen: Vec<&String> = Vec::new();
+        scopes
+            .iter()
+            .filter(move |s| {
+                let first = !seen.contains(s);
+                seen.push(s);
+                first
+            })
+            .filter_map(|s| self.by_scope.get(s))
+            .flat_map(|set| set.iter().copied())
+    }
+
+    /// The `limit` newest versions of `scopes` (by when they became true) that `keep` accepts.
+    pub fn newest(
+        &self,
+        scopes: &[String],
+        keep: &dyn Fn(&Doc) -> bool,
+        limit: usize,
+    ) -> Vec<&Doc> {
+        let mut docs: Vec<&Doc> = self
+            .in_scopes(scopes)
+            .filter_map(|slot| self.slots[slot as usize].as_ref())
+            .filter(|d| keep(d))
+            .collect();
         docs.sort_by(|a, b| newer_first(a, b));
         docs.truncate(limit);
         docs
@@ -285,6 +326,46 @@ mod tests {
     }
 
     #[test]
+    fn a_search_reads_only_the_scopes_it_asks_for() {
+        let mut ix = Index::default();
+        let at = |id: &str, scope: &str, t: Millis| MemoryRecord {
+            scope: scope.into(),
+            ..rec(id, "likes tea", t)
+        };
+        ix.upsert(at("a1", "user:a", 1));
+        ix.upsert(at("b1", "user:b", 2));
+        ix.upsert(at("b2", "user:b", 3));
+        for id in ["a1", "b1", "b2"] {
+            ix.set_vector(id, vec![1.0, 0.0]);
+        }
+        let a = ["user:a".to_string()];
+        let ids = |hits: Vec<&Doc>| hits.iter().map(|d| d.record.id.clone()).collect::<Vec<_>>();
+        let near = ix.nearest(&[1.0, 0.0], &a, &|_| true, 10);
+        assert_eq!(ids(near.into_iter().map(|h| h.0).collect()), ["a1"]);
+        let both = [
+            "user:b".to_string(),
+            "user:a".to_string(),
+            "user:b".to_string(),
+        ];
+        assert_eq!(
+            ids(ix.newest(&both, &|_| true, 10)),
+            ["b2", "b1", "a1"],
+            "each once"
+        );
+        let q = ix.analyzer().terms("tea");
+        assert_eq!(ix.bm25(&q, &a, &|_| true, 10).len(), 1);
+        ix.remove("a1");
+        assert!(!ix.by_scope.contains_key("user:a"), "an emptied scope goes");
+        assert!(ix.nearest(&[1.0, 0.0], &a, &|_| true, 10).is_empty());
+        // A newer copy of a version keeps it in its scope, once.
+        let mut newer = at("b1", "user:b", 2);
+        newer.updated_at = 9;
+        ix.upsert(newer);
+        assert_eq!(ix.by_scope["user:b"].len(), 2);
+        assert_eq!(ix.nearest(&[1.0, 0.0], &both, &|_| true, 10).len(), 2);
+    }
+
+    #[test]
     fn rarer_terms_weigh_more_and_removal_takes_every_posting() {
         let mut ix = Index::default();
         ix.upsert(rec("a", "Alice likes green tea", 1));
@@ -292,7 +373,7 @@ mod tests {
         ix.upsert(rec("c", "Carol likes tea and likes cake", 3));
         let q = ix.analyzer().terms("green tea");
         let hits: Vec<&str> = ix
-            .bm25(&q, &|_| true, 10)
+            .bm25(&q, &["org".to_string()], &|_| true, 10)
             .iter()
             .map(|(d, _)| d.record.id.as_str())
             .collect();
@@ -305,7 +386,7 @@ mod tests {
             "no empty posting lists left"
         );
         let q = ix.analyzer().terms("green");
-        assert!(ix.bm25(&q, &|_| true, 10).is_empty());
+        assert!(ix.bm25(&q, &["org".to_string()], &|_| true, 10).is_empty());
         assert_eq!(ix.len(), 2);
     }
 

@@ -152,9 +152,9 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
     let keep = |d: &Doc| visible(q, now, d);
     let terms = ix.analyzer().terms(&q.text);
     let mut hits: Vec<Hit> = match (q.method, &q.vector) {
-        (Method::Recency, _) => newest(ix, &keep, q.limit),
+        (Method::Recency, _) => newest(ix, q, &keep),
         (Method::Vector, Some(v)) => ix
-            .nearest(v, &keep, q.limit)
+            .nearest(v, &q.scopes, &keep, q.limit)
             .into_iter()
             .enumerate()
             .map(|(i, (d, s))| Hit {
@@ -165,12 +165,10 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
             .collect(),
         (Method::Vector, None) => Vec::new(),
         (Method::Graph, _) => with_graph(ix, q, &keep, Vec::new()),
-        (Method::Hybrid, Some(v)) => with_graph(ix, q, &keep, fused(ix, &terms, v, &keep, q.limit)),
-        _ if terms.is_empty() && q.graph.is_empty() => newest(ix, &keep, q.limit),
-        (Method::Hybrid, None) => {
-            with_graph(ix, q, &keep, full_text(ix, &terms, &keep, q.limit, true))
-        }
-        (_, _) => full_text(ix, &terms, &keep, q.limit, false),
+        (Method::Hybrid, Some(v)) => with_graph(ix, q, &keep, fused(ix, &terms, v, q, &keep)),
+        _ if terms.is_empty() && q.graph.is_empty() => newest(ix, q, &keep),
+        (Method::Hybrid, None) => with_graph(ix, q, &keep, full_text(ix, &terms, q, &keep, true)),
+        (_, _) => full_text(ix, &terms, q, &keep, false),
     };
     hits.truncate(q.limit);
     let mut found = Found::default();
@@ -221,8 +219,8 @@ fn with_graph(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool, hits: Vec<Hit>
 }
 
 /// The newest versions, newest first.
-fn newest(ix: &Index, keep: &dyn Fn(&Doc) -> bool, limit: usize) -> Vec<Hit> {
-    ix.newest(keep, limit)
+fn newest(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool) -> Vec<Hit> {
+    ix.newest(&q.scopes, keep, q.limit)
         .into_iter()
         .enumerate()
         .map(|(i, d)| Hit {
@@ -236,13 +234,14 @@ fn newest(ix: &Index, keep: &dyn Fn(&Doc) -> bool, limit: usize) -> Vec<Hit> {
 fn full_text(
     ix: &Index,
     terms: &[String],
+    q: &Query,
     keep: &dyn Fn(&Doc) -> bool,
-    limit: usize,
     recency: bool,
 ) -> Vec<Hit> {
+    let limit = q.limit;
     // Recency reorders the full-text candidates; take more than asked so it can.
     let pool = if recency { (limit * 5).max(50) } else { limit };
-    let ranked = ix.bm25(terms, keep, pool);
+    let ranked = ix.bm25(terms, &q.scopes, keep, pool);
     let mut by_recency: Vec<usize> = (0..ranked.len()).collect();
     by_recency.sort_by(|&a, &b| crate::index::newer_first(ranked[a].0, ranked[b].0));
     let recency_of: HashMap<usize, usize> = by_recency
@@ -286,13 +285,13 @@ fn fused(
     ix: &Index,
     terms: &[String],
     v: &[f32],
+    q: &Query,
     keep: &dyn Fn(&Doc) -> bool,
-    limit: usize,
 ) -> Vec<Hit> {
-    let pool = (limit * 5).max(50);
+    let pool = (q.limit * 5).max(50);
     let mut by_id: HashMap<&str, Hit> = HashMap::new();
     if !terms.is_empty() {
-        let ranked = ix.bm25(terms, keep, pool);
+        let ranked = ix.bm25(terms, &q.scopes, keep, pool);
         let best = ranked.first().map_or(1.0, |r| r.1).max(f64::MIN_POSITIVE);
         for (i, (d, s)) in ranked.into_iter().enumerate() {
             let h = by_id
@@ -303,7 +302,7 @@ fn fused(
             h.score += s / best;
         }
     }
-    let near = ix.nearest(v, keep, pool);
+    let near = ix.nearest(v, &q.scopes, keep, pool);
     let (top, bottom) = (
         near.first().map_or(1.0, |n| n.1),
         near.last().map_or(0.0, |n| n.1),
