@@ -36,6 +36,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             meters: Default::default(),
             tool_rules: Default::default(),
             embedder: None,
+            memory_limits: Default::default(),
         },
     )
     .await

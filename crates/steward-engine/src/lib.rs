@@ -208,6 +208,8 @@ pub struct EngineOptions {
     pub tool_rules: steward_types::config::ToolsConfig,
     /// Makes memories' embeddings for vector search; none: full text and recency only.
     pub embedder: Option<Arc<dyn steward_memory::Embedder>>,
+    /// Memory's bounds and its scopes' default times to live.
+    pub memory_limits: steward_memory::Limits,
 }
 
 struct Inner {
@@ -322,7 +324,7 @@ impl Engine {
             steward_memory::Memory::open(
                 store.clone(),
                 opts.clock.clone(),
-                steward_memory::Limits::default(),
+                opts.memory_limits.clone(),
                 opts.embedder.clone(),
             )
             .await

@@ -64,6 +64,9 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub max_results: usize,
     pub max_query_scopes: usize,
+    /// How long memories of a scope live when a write gives no `ttl_ms`: (a scope, or a
+    /// prefix ending in `*`; milliseconds). The longest matching pattern wins.
+    pub scope_ttls: Vec<(String, Millis)>,
 }
 
 impl Default for Limits {
@@ -76,7 +79,48 @@ impl Default for Limits {
             max_json_depth: 8,
             max_results: 100,
             max_query_scopes: 32,
+            scope_ttls: Vec::new(),
         }
+    }
+}
+
+impl Limits {
+    /// With time-to-live patterns (`[memory.ttl_ms]`), each checked: a scope, or a prefix of
+    /// one ending in `*`; a positive number of milliseconds.
+    pub fn with_scope_ttls(
+        mut self,
+        ttls: impl IntoIterator<Item = (String, Millis)>,
+    ) -> Result<Limits> {
+        for (pattern, ms) in ttls {
+            let ok = match pattern.strip_suffix('*') {
+                Some(prefix) => !prefix.is_empty() && !prefix.contains('*'),
+                None => Scope::parse(&pattern).is_ok(),
+            };
+            if !ok {
+                return Err(MemoryError::BadRequest(format!(
+                    "memory.ttl_ms: {pattern:?} is neither a scope nor a prefix of one ending in *"
+                )));
+            }
+            if ms <= 0 {
+                return Err(MemoryError::BadRequest(format!(
+                    "memory.ttl_ms.{pattern:?}: {ms} is not a positive number of milliseconds"
+                )));
+            }
+            self.scope_ttls.push((pattern, ms));
+        }
+        Ok(self)
+    }
+
+    /// The time to live of a scope's memories by default, if a pattern gives one.
+    pub fn ttl_for(&self, scope: &str) -> Option<Millis> {
+        self.scope_ttls
+            .iter()
+            .filter(|(p, _)| match p.strip_suffix('*') {
+                Some(prefix) => scope.starts_with(prefix),
+                None => p == scope,
+            })
+            .max_by_key(|(p, _)| (p.len(), !p.ends_with('*')))
+            .map(|(_, ms)| *ms)
     }
 }
 
@@ -311,7 +355,7 @@ impl Memory {
                 )));
             }
         }
-        let expires_at = match new.ttl_ms {
+        let expires_at = match new.ttl_ms.or_else(|| self.limits.ttl_for(&scope)) {
             Some(t) if t <= 0 => {
                 return Err(MemoryError::BadRequest(
                     "ttl_ms: expected a positive number of milliseconds".into(),

@@ -61,6 +61,7 @@ on_both!(
     a_second_node_follows_writes_and_erasures,
     bad_input_is_refused_and_nothing_is_written,
     a_time_to_live_ends_a_memory,
+    a_scope_gives_its_memories_a_time_to_live,
     the_graph_connects_questions_to_facts_that_share_no_words
 );
 
@@ -304,6 +305,70 @@ async fn a_time_to_live_ends_a_memory(b: Backend) {
         fresh.store.memories_changed(0, "", 10).await.unwrap().len(),
         1
     );
+}
+
+/// `[memory.ttl_ms]`: a scope's memories live as long as its most specific pattern says when a
+/// write sets no `ttl_ms`; a write's own wins; scopes no pattern matches keep theirs forever.
+async fn a_scope_gives_its_memories_a_time_to_live(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let limits = Limits::default()
+        .with_scope_ttls([
+            ("run:*".to_string(), 100),
+            ("run:long*".to_string(), 10_000),
+            ("collection:scratch".to_string(), 300),
+        ])
+        .unwrap();
+    let m = Memory::open(fresh.store.clone(), clock.clone(), limits, None)
+        .await
+        .unwrap();
+    let expiry = |id: String| {
+        let m = &m;
+        async move { m.get(&id).await.unwrap().expires_at }
+    };
+    assert_eq!(expiry(add(&m, new("run:r1", "a")).await).await, Some(1_100));
+    assert_eq!(
+        expiry(add(&m, new("run:longjob", "b")).await).await,
+        Some(11_000),
+        "the longest pattern"
+    );
+    assert_eq!(
+        expiry(add(&m, new("collection:scratch", "c")).await).await,
+        Some(1_300)
+    );
+    assert_eq!(
+        expiry(add(&m, new("collection:scratchpad", "d")).await).await,
+        None,
+        "not a prefix pattern"
+    );
+    assert_eq!(expiry(add(&m, new("org", "e")).await).await, None);
+    let own = NewMemory {
+        ttl_ms: Some(5),
+        ..new("run:r1", "f")
+    };
+    assert_eq!(
+        expiry(add(&m, own).await).await,
+        Some(1_005),
+        "the write's own"
+    );
+    clock.set(1_400);
+    assert_eq!(m.sweep_expired().await.unwrap(), 3);
+
+    for (pattern, ms) in [
+        ("*", 10),
+        ("galaxy:x", 10),
+        ("run:*x*", 10),
+        ("org", 0),
+        ("org", -5),
+    ] {
+        let e = Limits::default()
+            .with_scope_ttls([(pattern.to_string(), ms)])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("memory.ttl_ms"),
+            "{pattern} {ms}: {e}"
+        );
+    }
 }
 
 /// Erased text is nowhere in SQLite's files afterwards: not in the database, not in its

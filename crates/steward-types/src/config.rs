@@ -38,6 +38,9 @@ pub struct MemoryConfig {
     pub model_dir: Option<PathBuf>,
     /// Off: no embeddings, even with the model there.
     pub no_embeddings: bool,
+    /// How long memories of a scope live when a write gives no `ttl_ms`: a scope (`org`,
+    /// `user:ana`) or a prefix ending in `*` (`run:*`) → milliseconds. The longest match wins.
+    pub ttl_ms: std::collections::BTreeMap<String, i64>,
 }
 
 /// Sandboxes for agents' code (`sandbox_exec` and friends).

@@ -189,6 +189,7 @@ pub(crate) fn engine_options(
         meters: Default::default(),
         tool_rules: Default::default(),
         embedder: None,
+        memory_limits: Default::default(),
     })
 }
 

@@ -141,6 +141,9 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         meters: Default::default(),
         tool_rules: cfg.tools.clone(),
         embedder: embedder(cfg)?,
+        memory_limits: steward_memory::Limits::default()
+            .with_scope_ttls(cfg.memory.ttl_ms.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     Ok(Engine::start(store, opts).await?)
 }

@@ -52,6 +52,7 @@ pub async fn engine(
             meters,
             tool_rules: Default::default(),
             embedder: None,
+            memory_limits: Default::default(),
         },
     )
     .await
