@@ -37,6 +37,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             tool_rules: Default::default(),
             embedder: None,
             memory_limits: Default::default(),
+            memory_embeddings_model: None,
         },
     )
     .await

@@ -19,6 +19,7 @@ mod kernel;
 mod launch;
 pub mod mcp_calls;
 pub mod mcp_tasks;
+pub mod memory_embeddings;
 mod memory_tools;
 pub mod meters;
 mod metrics;
@@ -210,6 +211,9 @@ pub struct EngineOptions {
     pub embedder: Option<Arc<dyn steward_memory::Embedder>>,
     /// Memory's bounds and its scopes' default times to live.
     pub memory_limits: steward_memory::Limits,
+    /// A model or route whose OpenAI-compatible embeddings endpoint makes memory's embeddings
+    /// through the router, as the agent `memory` (instead of `embedder`).
+    pub memory_embeddings_model: Option<String>,
 }
 
 struct Inner {
@@ -320,12 +324,20 @@ impl Engine {
             }),
             opts.tool_rules.http.clone(),
         );
+        let router_embedder = opts
+            .memory_embeddings_model
+            .clone()
+            .map(|m| Arc::new(memory_embeddings::RouterEmbedder::new(m)));
+        let embedder = match &router_embedder {
+            Some(r) => Some(r.clone() as Arc<dyn steward_memory::Embedder>),
+            None => opts.embedder.clone(),
+        };
         let memory = Arc::new(
             steward_memory::Memory::open(
                 store.clone(),
                 opts.clock.clone(),
                 opts.memory_limits.clone(),
-                opts.embedder.clone(),
+                embedder,
             )
             .await
             .map_err(Error::from)?,
@@ -458,6 +470,9 @@ impl Engine {
                 tracker: TaskTracker::new(),
             }),
         };
+        if let Some(r) = &router_embedder {
+            r.attach(&engine.inner);
+        }
         // Upstream MCP servers and OpenAPI APIs: their tools in the registry now, and followed
         // as nodes add, change or remove them.
         // Tasks this node was running when it stopped ended in doubt.

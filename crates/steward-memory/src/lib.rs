@@ -563,11 +563,18 @@ impl Memory {
         {
             if let Some(e) = &self.embedder {
                 let (e, text) = (e.clone(), q.text.clone());
-                let v = tokio::task::spawn_blocking(move || e.embed(&[text.as_str()]))
+                let made = tokio::task::spawn_blocking(move || e.embed(&[text.as_str()]))
                     .await
-                    .map_err(|e| MemoryError::Embedder(e.to_string()))?
-                    .map_err(MemoryError::Embedder)?;
-                q.vector = v.into_iter().next();
+                    .map_err(|e| MemoryError::Embedder(e.to_string()))?;
+                match made {
+                    Ok(v) => q.vector = v.into_iter().next(),
+                    // Hybrid goes on without the vector (an embeddings endpoint down, or its
+                    // budget spent): full text, graph and recency still answer.
+                    Err(why) if q.method == Method::Hybrid => {
+                        tracing::warn!(%why, "embedding a query failed; searching without its vector");
+                    }
+                    Err(why) => return Err(MemoryError::Embedder(why)),
+                }
             }
         }
         if matches!(q.method, Method::Hybrid | Method::Graph) && !q.text.trim().is_empty() {

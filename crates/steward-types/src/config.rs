@@ -38,6 +38,10 @@ pub struct MemoryConfig {
     pub model_dir: Option<PathBuf>,
     /// Off: no embeddings, even with the model there.
     pub no_embeddings: bool,
+    /// A model or route of `[llm]` whose OpenAI-compatible embeddings endpoint makes the
+    /// embeddings, through the router, instead of the model in process: each call made as the
+    /// agent `memory`, decided by policy and held on the budget account `agent:memory`.
+    pub embeddings_model: Option<String>,
     /// How long memories of a scope live when a write gives no `ttl_ms`: a scope (`org`,
     /// `user:ana`) or a prefix ending in `*` (`run:*`) → milliseconds. The longest match wins.
     pub ttl_ms: std::collections::BTreeMap<String, i64>,

@@ -190,6 +190,7 @@ pub(crate) fn engine_options(
         tool_rules: Default::default(),
         embedder: None,
         memory_limits: Default::default(),
+        memory_embeddings_model: None,
     })
 }
 

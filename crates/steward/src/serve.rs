@@ -144,6 +144,11 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         memory_limits: steward_memory::Limits::default()
             .with_scope_ttls(cfg.memory.ttl_ms.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
+        memory_embeddings_model: cfg
+            .memory
+            .embeddings_model
+            .clone()
+            .filter(|_| !cfg.memory.no_embeddings),
     };
     Ok(Engine::start(store, opts).await?)
 }
@@ -151,7 +156,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
 /// The embedding model memory uses: `memory.model_dir`, else the data directory's
 /// `models/all-MiniLM-L6-v2` when it is there. A directory named but unreadable is an error.
 fn embedder(cfg: &Config) -> anyhow::Result<Option<Arc<dyn steward_memory::Embedder>>> {
-    if cfg.memory.no_embeddings {
+    if cfg.memory.no_embeddings || cfg.memory.embeddings_model.is_some() {
         return Ok(None);
     }
     let dir = match &cfg.memory.model_dir {

@@ -863,3 +863,142 @@ both_backends!(
     memory_recall_crash,
     a_resumed_run_recalls_what_its_first_life_did
 );
+
+/// A mock OpenAI-compatible embeddings endpoint on loopback: letter counts as vectors (so
+/// texts sharing letters are near), a token per 4 bytes in its usage. Its `/v1` base URL.
+async fn embeddings_upstream() -> String {
+    use axum::routing::post;
+    use axum::Json;
+    let app = axum::Router::new().route(
+        "/v1/embeddings",
+        post(|Json(body): Json<Value>| async move {
+            let inputs: Vec<String> = match &body["input"] {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .map(|t| t.as_str().unwrap_or("").to_string())
+                    .collect(),
+                _ => vec![],
+            };
+            let tokens: usize = inputs.iter().map(|t| t.len().div_ceil(4)).sum();
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut v = [0.01f64; 26];
+                    for c in t
+                        .to_ascii_lowercase()
+                        .bytes()
+                        .filter(u8::is_ascii_lowercase)
+                    {
+                        v[usize::from(c - b'a')] += 1.0;
+                    }
+                    json!({"object": "embedding", "index": i, "embedding": v.to_vec()})
+                })
+                .collect();
+            Json(
+                json!({"object": "list", "data": data, "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+            )
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+/// `[memory] embeddings_model`: embeddings come from an OpenAI-compatible endpoint through the
+/// router, as the agent `memory` — audited, and held on its own budget account. With that
+/// account spent, new memories wait unembedded and hybrid search still answers by full text.
+async fn embeddings_through_the_router_on_their_own_budget(b: Backend) {
+    let upstream = embeddings_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__EMBED-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__EMBED-MOCK__OUTPUT", "1.0"),
+            ("STEWARD_MEMORY__EMBEDDINGS_MODEL", "mock/embed-mock"),
+        ],
+    )
+    .await;
+    for text in [
+        "zebras buzz loudly",
+        "apples and bananas",
+        "a quiet kayak trip",
+    ] {
+        let (st, r) = s
+            .post(
+                "/api/v1/memories",
+                json!({"scope": "user:gus", "text": text}),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    let by_meaning = |q: &'static str| {
+        let s = &s;
+        async move {
+            s.post(
+                "/api/v1/memories/search",
+                json!({"query": q, "scopes": ["user:gus"], "method": "vector"}),
+            )
+            .await
+        }
+    };
+    let found = eventually("the memories embedded through the router", || async {
+        let (st, r) = by_meaning("buzzing zebra").await;
+        (st == 200 && r["results"].as_array().is_some_and(|a| a.len() == 3)).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        found["results"][0]["memory"]["text"], "zebras buzz loudly",
+        "{found}"
+    );
+    assert!(
+        audit_records(&s)
+            .await
+            .iter()
+            .any(|r| r["action"] == "llm.embeddings"
+                && r["principal"] == "agent:memory"
+                && r["resource"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("embed-mock"))),
+        "each embedding call is on the record, as the agent memory"
+    );
+
+    // Its own account, spent: nothing more is embedded; full text still answers.
+    let (st, r) = s
+        .put("/api/v1/budgets/agent:memory", json!({"cap_usd": 0.0}))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:gus", "text": "xylophone lessons on Tuesdays"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (st, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "xylophone", "scopes": ["user:gus"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["results"][0]["memory"]["text"],
+        "xylophone lessons on Tuesdays"
+    );
+    assert!(r["results"][0]["scores"]["vector"].is_null(), "{r}");
+    let (st, r) = by_meaning("xylophone").await;
+    assert_eq!(st, 503, "a search by meaning alone says why it cannot: {r}");
+    assert!(r.to_string().contains("budget"), "{r}");
+}
+
+both_backends!(
+    memory_router_embeddings,
+    embeddings_through_the_router_on_their_own_budget
+);

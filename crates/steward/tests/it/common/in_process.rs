@@ -53,6 +53,7 @@ pub async fn engine(
             tool_rules: Default::default(),
             embedder: None,
             memory_limits: Default::default(),
+            memory_embeddings_model: None,
         },
     )
     .await
