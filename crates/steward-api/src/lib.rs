@@ -136,6 +136,8 @@ use crate::openapi::CommonResponses;
         memories::history,
         memories::erase,
         memories::export,
+        memories::curate,
+        memories::curation,
         memories::import
     ),
     components(schemas(
@@ -222,6 +224,9 @@ use crate::openapi::CommonResponses;
         wire::ErasedVersion,
         wire::ErasureReport,
         wire::ExportMemories,
+        wire::CurateMemories,
+        wire::CurateMessage,
+        wire::Curation,
         wire::ImportedMemories,
         wire::QueueInfo,
         wire::QueueList,
@@ -447,6 +452,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/memories/search", post(memories::search))
         .route("/memories/erase", post(memories::erase))
         .route("/memories/export", post(memories::export))
+        .route("/memories/curate", post(memories::curate))
+        .route("/memories/curations/{id}", get(memories::curation))
         .route(
             "/memories/import",
             post(memories::import).layer(DefaultBodyLimit::max(MAX_MEMORY_IMPORT_BYTES)),

@@ -236,6 +236,46 @@ pub async fn erase(
     }))
 }
 
+/// Queues messages for a model to learn from into a scope the caller may write: 202 with the
+/// request; `GET /api/v1/memories/curations/{id}` follows it to `done` (what was written,
+/// skipped, and what it cost per memory) or `failed`.
+#[utoipa::path(post, path = "/api/v1/memories/curate", request_body = CurateMemories,
+    responses((status = 202, body = Curation), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "No policy lets this agent write that scope"),
+        (status = 503, body = ErrorBody, description = "No curation model is configured")))]
+pub async fn curate(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(r): ApiJson<CurateMemories>,
+) -> ApiResult<(StatusCode, Json<Curation>)> {
+    let c = e
+        .memories()
+        .curate(
+            accessor(&caller),
+            &r.scope,
+            r.messages
+                .into_iter()
+                .map(|m| (m.role, m.content))
+                .collect(),
+            r.source,
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(c.into())))
+}
+
+/// A curation request and how far it got.
+#[utoipa::path(get, path = "/api/v1/memories/curations/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Curation), (status = 404, body = ErrorBody)))]
+pub async fn curation(
+    State(e): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Curation>> {
+    Ok(Json(
+        e.memories().curation(accessor(&caller), &id).await?.into(),
+    ))
+}
+
 /// Exports scopes the caller may read as JSON lines: a header naming the format, then every
 /// version (history included), by scope, then by when it was recorded. See docs/memory.md.
 #[utoipa::path(post, path = "/api/v1/memories/export", request_body = ExportMemories,

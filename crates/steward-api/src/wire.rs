@@ -1723,6 +1723,70 @@ pub struct ErasureReport {
     pub places: Vec<String>,
 }
 
+/// `POST /api/v1/memories/curate`: messages for a model to learn from, into one scope.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CurateMemories {
+    pub scope: String,
+    /// 1 to 200 messages, each `{"role": user|assistant|system|tool, "content": "…"}`.
+    pub messages: Vec<CurateMessage>,
+    /// Where they came from, kept with the request as provenance.
+    #[serde(default)]
+    pub source: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CurateMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A curation request and how far it got.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Curation {
+    pub id: String,
+    pub scope: String,
+    /// `queued`, `running`, `done` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    /// The model or route asked, and the prompt's version.
+    pub model: String,
+    pub prompt: String,
+    /// What the model's call cost, US dollars.
+    pub cost_usd: f64,
+    /// When done: `written` (ids), `skipped` (decisions not applied, with why), `cost_usd`,
+    /// `cost_usd_per_memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<steward_store::CurationRecord> for Curation {
+    fn from(c: steward_store::CurationRecord) -> Self {
+        Curation {
+            result: c
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok()),
+            cost_usd: c.cost_nanos as f64 / 1e9,
+            id: c.id,
+            scope: c.scope,
+            state: c.state,
+            attempts: c.attempts,
+            model: c.model,
+            prompt: c.prompt,
+            error: c.error,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
 /// `POST /api/v1/memories/export`.
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,7 @@ async fn app(cfg: ServerConfig) -> (axum::Router, tempfile::TempDir) {
             embedder: None,
             memory_limits: Default::default(),
             memory_embeddings_model: None,
+            memory_curation_model: None,
         },
     )
     .await

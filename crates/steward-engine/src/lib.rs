@@ -8,6 +8,7 @@ mod budgets;
 mod clock;
 mod compensation;
 mod costs;
+pub mod curation;
 mod delegations;
 mod error;
 mod gateway;
@@ -214,6 +215,9 @@ pub struct EngineOptions {
     /// A model or route whose OpenAI-compatible embeddings endpoint makes memory's embeddings
     /// through the router, as the agent `memory` (instead of `embedder`).
     pub memory_embeddings_model: Option<String>,
+    /// The model or route that curates memories from messages (`[memory] curation_model`);
+    /// none: curation requests are refused.
+    pub memory_curation_model: Option<String>,
 }
 
 struct Inner {
@@ -222,6 +226,8 @@ struct Inner {
     gov: steward_types::config::GovConfig,
     metrics: Arc<metrics::Metrics>,
     prices: steward_llm::Prices,
+    /// What curates memories, when anything does.
+    curation_model: Option<String>,
     kernel: Kernel,
     gateway: gateway::Gateway,
     cfg: EngineConfig,
@@ -446,6 +452,7 @@ impl Engine {
                 gov: opts.gov,
                 metrics,
                 prices: opts.prices,
+                curation_model: opts.memory_curation_model.clone(),
                 kernel,
                 gateway,
                 cfg: opts.cfg,
@@ -618,6 +625,13 @@ impl Engine {
             engine.inner.shared.memory.clone(),
             engine.inner.draining.clone(),
         ));
+        if let Some(model) = engine.inner.curation_model.clone() {
+            tokio::spawn(curation::work(
+                engine.inner.clone(),
+                model,
+                engine.inner.draining.clone(),
+            ));
+        }
         tokio::spawn(runs::schedule(engine.inner.clone()));
         tokio::spawn(runs::serve_queues(engine.inner.clone()));
         tokio::spawn(runs::heartbeat(engine.inner.clone()));

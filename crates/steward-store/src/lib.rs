@@ -57,8 +57,9 @@ pub use journal::JournalStore;
 pub use mcp_servers::{McpServerRecord, McpServerStore};
 pub use mcp_tasks::{McpTaskRecord, McpTaskStore};
 pub use memories::{
-    entity_key, EntityMention, ErasedMemory, GraphAround, MemoryEntity, MemoryErase, MemoryErasure,
-    MemoryGraph, MemoryImport, MemoryRecord, MemoryRelation, MemoryStore, MemoryVector,
+    entity_key, CurationRecord, EntityMention, ErasedMemory, GraphAround, MemoryEntity,
+    MemoryErase, MemoryErasure, MemoryGraph, MemoryImport, MemoryRecord, MemoryRelation,
+    MemoryStore, MemoryVector,
 };
 pub use merges::{overlaps, MergeStore, PathLease, RepoRecord, SubmissionRecord};
 pub use model::*;

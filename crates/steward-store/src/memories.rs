@@ -137,6 +137,34 @@ pub struct MemoryImport {
     pub relations: Vec<MemoryRelation>,
 }
 
+/// A request to curate memories from messages, and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CurationRecord {
+    pub id: String,
+    pub scope: String,
+    pub requested_by: String,
+    /// JSON: the messages and their provenance.
+    pub input: String,
+    pub state: String,
+    pub attempts: i64,
+    pub lease_until: Millis,
+    /// The prompt's version.
+    pub prompt: String,
+    pub model: String,
+    /// The model's reply, kept once it came.
+    pub reply: Option<String>,
+    pub cost_nanos: i64,
+    /// JSON: what was written.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+const CURATION_COLUMNS: &str =
+    "id, scope, requested_by, input, state, attempts, lease_until, prompt, model, \
+     reply, cost_nanos, result, error, created_at, updated_at";
+
 /// What an erasure removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryErasure {
@@ -232,6 +260,36 @@ pub trait MemoryStore: Send + Sync {
     ) -> Result<(u64, u64)>;
     /// Every entity of a scope, in id order.
     async fn scope_entities(&self, scope: &str) -> Result<Vec<MemoryEntity>>;
+    /// Queues a curation, with `audit` in the same commit.
+    async fn add_curation(&self, c: &CurationRecord, audit: Option<(Millis, String)>)
+        -> Result<()>;
+    async fn curation(&self, id: &str) -> Result<Option<CurationRecord>>;
+    /// Takes the oldest curation queued, or running with its lease run out (its node died),
+    /// leasing it until `lease_until` and counting the attempt; none when there is none.
+    async fn claim_curation(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<CurationRecord>>;
+    /// Extends the lease of a curation still running (its node is alive).
+    async fn renew_curation(&self, id: &str, lease_until: Millis) -> Result<()>;
+    /// Keeps the model's reply and what it cost, before anything is applied.
+    async fn keep_curation_reply(
+        &self,
+        id: &str,
+        reply: &str,
+        cost_nanos: i64,
+        now: Millis,
+    ) -> Result<()>;
+    /// Ends a curation: `done` with its result, or `failed` with its error.
+    async fn end_curation(
+        &self,
+        id: &str,
+        state: &str,
+        result: Option<&str>,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
     /// The embeddings stored for these versions (those that have one).
     async fn memory_vectors(&self, ids: &[String]) -> Result<Vec<MemoryVector>>;
     /// Stores embeddings of versions that still exist (a version erased meanwhile gets
@@ -796,6 +854,105 @@ macro_rules! impl_memories {
                 }
                 tx.commit().await?;
                 Ok((written, unchanged))
+            }
+
+            async fn add_curation(&self, c: &CurationRecord, audit: Option<(Millis, String)>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(&format!(
+                    "INSERT INTO memory_curations ({CURATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                ))
+                .bind(&c.id)
+                .bind(&c.scope)
+                .bind(&c.requested_by)
+                .bind(&c.input)
+                .bind(&c.state)
+                .bind(c.attempts)
+                .bind(c.lease_until)
+                .bind(&c.prompt)
+                .bind(&c.model)
+                .bind(&c.reply)
+                .bind(c.cost_nanos)
+                .bind(&c.result)
+                .bind(&c.error)
+                .bind(c.created_at)
+                .bind(c.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(record) = audit {
+                    Self::append_audit_in(&mut tx, &[record]).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn curation(&self, id: &str) -> Result<Option<CurationRecord>> {
+                Ok(sqlx::query_as(&format!("SELECT {CURATION_COLUMNS} FROM memory_curations WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            async fn claim_curation(&self, now: Millis, lease_until: Millis) -> Result<Option<CurationRecord>> {
+                let mut tx = self.begin_write().await?;
+                // The state is checked again as the row is taken: of two nodes after one row,
+                // one takes it.
+                let claimed: Option<CurationRecord> = sqlx::query_as(&format!(
+                    "UPDATE memory_curations SET state = 'running', lease_until = $2, attempts = attempts + 1, updated_at = $1 \
+                     WHERE id = (SELECT id FROM memory_curations WHERE state = 'queued' OR (state = 'running' AND lease_until < $1) \
+                     ORDER BY created_at, id LIMIT 1) \
+                     AND (state = 'queued' OR (state = 'running' AND lease_until < $1)) RETURNING {CURATION_COLUMNS}"
+                ))
+                .bind(now)
+                .bind(lease_until)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn renew_curation(&self, id: &str, lease_until: Millis) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("UPDATE memory_curations SET lease_until = $2 WHERE id = $1 AND state = 'running'")
+                    .bind(id)
+                    .bind(lease_until)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn keep_curation_reply(&self, id: &str, reply: &str, cost_nanos: i64, now: Millis) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("UPDATE memory_curations SET reply = $2, cost_nanos = $3, updated_at = $4 WHERE id = $1")
+                    .bind(id)
+                    .bind(reply)
+                    .bind(cost_nanos)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn end_curation(
+                &self,
+                id: &str,
+                state: &str,
+                result: Option<&str>,
+                error: Option<&str>,
+                now: Millis,
+            ) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("UPDATE memory_curations SET state = $2, result = $3, error = $4, updated_at = $5 WHERE id = $1")
+                    .bind(id)
+                    .bind(state)
+                    .bind(result)
+                    .bind(error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn scope_entities(&self, scope: &str) -> Result<Vec<MemoryEntity>> {

@@ -42,6 +42,10 @@ pub struct MemoryConfig {
     /// embeddings, through the router, instead of the model in process: each call made as the
     /// agent `memory`, decided by policy and held on the budget account `agent:memory`.
     pub embeddings_model: Option<String>,
+    /// A model or route of `[llm]` that curates memories from messages
+    /// (`POST /api/v1/memories/curate`), called as the agent `memory-curator`: decided by
+    /// policy, held on the budget account `agent:memory-curator`. Unset: no curation.
+    pub curation_model: Option<String>,
     /// How long memories of a scope live when a write gives no `ttl_ms`: a scope (`org`,
     /// `user:ana`) or a prefix ending in `*` (`run:*`) → milliseconds. The longest match wins.
     pub ttl_ms: std::collections::BTreeMap<String, i64>,

@@ -191,6 +191,7 @@ pub(crate) fn engine_options(
         embedder: None,
         memory_limits: Default::default(),
         memory_embeddings_model: None,
+        memory_curation_model: None,
     })
 }
 

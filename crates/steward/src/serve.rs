@@ -149,6 +149,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
             .embeddings_model
             .clone()
             .filter(|_| !cfg.memory.no_embeddings),
+        memory_curation_model: cfg.memory.curation_model.clone(),
     };
     Ok(Engine::start(store, opts).await?)
 }

@@ -299,6 +299,104 @@ impl Memories<'_> {
         Ok(crate::memory_tools::found_json(&found))
     }
 
+    /// Queues a curation of `messages` into `scope` (`memory.write` on it): a model decides what
+    /// to remember from them, in the background (see [`crate::curation`]). The request, queued.
+    pub async fn curate(
+        &self,
+        who: Accessor<'_>,
+        scope: &str,
+        messages: Vec<(String, String)>,
+        source: Option<serde_json::Value>,
+    ) -> Result<steward_store::CurationRecord> {
+        let Some(model) = self.0.inner.curation_model.clone() else {
+            return Err(Error::Unavailable(
+                "no curation model is configured ([memory] curation_model)".into(),
+            ));
+        };
+        if messages.is_empty() || messages.len() > 200 {
+            return Err(Error::InvalidRequest("messages: 1 to 200 of them".into()));
+        }
+        let limit = self.memory().limits().max_text_bytes;
+        let mut total = 0;
+        for (role, content) in &messages {
+            if !["user", "assistant", "system", "tool"].contains(&role.as_str()) {
+                return Err(Error::InvalidRequest(format!(
+                    "messages: role {role:?} is none of user, assistant, system, tool"
+                )));
+            }
+            if content.trim().is_empty() || content.len() > limit {
+                return Err(Error::InvalidRequest(format!(
+                    "messages: each content 1 to {limit} bytes"
+                )));
+            }
+            total += content.len();
+        }
+        if total > 8 * limit {
+            return Err(Error::InvalidRequest(format!(
+                "messages: {total} bytes in all, more than {}",
+                8 * limit
+            )));
+        }
+        let allowed = self.allow(who, "memory.write", scope).await?;
+        let scope = steward_memory::Scope::parse(scope)?.to_string();
+        let now = self.now();
+        let id = self.0.inner.shared.clock.new_id("cur");
+        let input = serde_json::json!({
+            "messages": messages.iter().map(|(r, c)| serde_json::json!({"role": r, "content": c})).collect::<Vec<_>>(),
+            "source": source,
+        });
+        let c = steward_store::CurationRecord {
+            id: id.clone(),
+            scope: scope.clone(),
+            requested_by: allowed.principal.clone(),
+            input: input.to_string(),
+            state: "queued".into(),
+            attempts: 0,
+            lease_until: 0,
+            prompt: crate::curation::PROMPT_VERSION.into(),
+            model,
+            reply: None,
+            cost_nanos: 0,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = allowed.record(now, "memory.write", &scope, format!("curation {id} queued"));
+        self.0
+            .inner
+            .shared
+            .store
+            .add_curation(&c, Some(audit))
+            .await?;
+        Ok(c)
+    }
+
+    /// A curation request and how far it got (`memory.read` on its scope).
+    pub async fn curation(
+        &self,
+        who: Accessor<'_>,
+        id: &str,
+    ) -> Result<steward_store::CurationRecord> {
+        let missing = || Error::NotFound(format!("no curation {id}"));
+        let c = self
+            .0
+            .inner
+            .shared
+            .store
+            .curation(id)
+            .await?
+            .ok_or_else(missing)?;
+        // One the caller may not read is as if it did not exist.
+        let a = self
+            .allow(who, "memory.read", &c.scope)
+            .await
+            .map_err(|_| missing())?;
+        self.audit_read(who, &a, &c.scope, format!("curation {id} read"))
+            .await?;
+        Ok(c)
+    }
+
     /// Every version of `scopes` (each readable by `who`) in the portable format.
     pub async fn export(&self, who: Accessor<'_>, scopes: &[String]) -> Result<String> {
         if scopes.is_empty() || scopes.len() > self.memory().limits().max_query_scopes {

@@ -1002,3 +1002,196 @@ both_backends!(
     memory_router_embeddings,
     embeddings_through_the_router_on_their_own_budget
 );
+
+/// A mock model for curation on loopback: it answers with the decisions a curating model
+/// would make for the test's conversation — a fact to add, the stored home to update (its id
+/// read from the prompt), and two decisions that must be skipped — after a delay when the
+/// conversation says "slowly". Its `/v1` base URL and the requests it was sent.
+async fn curating_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    use axum::Json;
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.clone());
+                let asked = body["messages"][1]["content"].as_str().unwrap_or("").to_string();
+                if asked.contains("slowly") {
+                    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                }
+                let home = asked
+                    .lines()
+                    .find(|l| l.contains("Denver"))
+                    .and_then(|l| l.trim_start_matches("- ").split(':').next())
+                    .unwrap_or("none")
+                    .to_string();
+                let pet = if asked.contains("slowly") { "Biscuit" } else { "Miso" };
+                let facts = json!({"facts": [
+                    {"action": "add", "text": format!("Jon has a cat named {pet}"), "subject": "jon",
+                     "entities": ["Jon", pet], "relations": [{"subject": "Jon", "relation": "has_pet", "object": pet}]},
+                    {"action": "update", "target": home, "text": "Jon lives in Austin",
+                     "relations": [{"subject": "Jon", "relation": "lives_in", "object": "Austin"}]},
+                    {"action": "add"},
+                    {"action": "update", "target": "mem_of_someone_else", "text": "Jon owes me money"}
+                ]});
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-mock",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": facts.to_string()}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+async fn curate(s: &TestServer, content: &str) -> String {
+    let (st, c) = s
+        .post(
+            "/api/v1/memories/curate",
+            json!({"scope": "user:jon", "messages": [{"role": "user", "content": content}],
+                "source": {"thread": "t1"}}),
+        )
+        .await;
+    assert_eq!(st, 202, "{c}");
+    assert_eq!(c["state"], "queued");
+    c["id"].as_str().unwrap().to_string()
+}
+
+async fn ended(s: &TestServer, id: &str) -> Value {
+    eventually("the curation to end", || async {
+        let (st, c) = s.get(&format!("/api/v1/memories/curations/{id}")).await;
+        assert_eq!(st, 200, "{c}");
+        (c["state"] == "done" || c["state"] == "failed").then_some(c)
+    })
+    .await
+}
+
+/// Curation: messages queued for a model, which decides against the stored memories most like
+/// them — a fact added with its entities, a stored one superseded, nonsense skipped — applied
+/// to the request's scope only, with the cost reported per memory; a node killed mid-call
+/// leaves the request to be finished after, writing nothing twice; a spent budget fails it.
+async fn a_model_curates_memories_from_messages(b: Backend) {
+    let (upstream, seen) = curating_upstream().await;
+    let mut s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+            ("STEWARD_MEMORY__CURATION_MODEL", "mock/gpt-mock"),
+        ],
+    )
+    .await;
+    let (st, denver) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:jon", "text": "Jon lives in Denver"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{denver}");
+    let denver = denver["memory"]["id"].as_str().unwrap().to_string();
+    let id = curate(
+        &s,
+        "We moved to Austin last week! Miso the cat loves the yard.",
+    )
+    .await;
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(c["prompt"], "memory-curate.v1");
+    let written = c["result"]["written"].as_array().unwrap().clone();
+    assert_eq!(written.len(), 2, "{c}");
+    assert_eq!(c["result"]["skipped"].as_array().unwrap().len(), 2, "{c}");
+    let cost = c["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{c}");
+    assert_eq!(
+        c["result"]["cost_usd_per_memory"].as_f64().unwrap(),
+        cost / 2.0
+    );
+    let asked = seen.lock().unwrap()[0].clone();
+    assert!(asked["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("You curate long-term memory"));
+    assert!(
+        asked["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains(&denver),
+        "the stored memory is shown by id"
+    );
+
+    let (_, home) = search(&s, None, "where does Jon live", "user:jon").await;
+    assert_eq!(texts(&home)[0], "Jon lives in Austin", "{home}");
+    let (_, history) = s.get(&format!("/api/v1/memories/{denver}/history")).await;
+    assert_eq!(
+        history["versions"].as_array().unwrap().len(),
+        2,
+        "{history}"
+    );
+    assert_eq!(history["versions"][1]["source"]["curation"], id.as_str());
+    let (_, pet) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "what pet does Jon have", "scopes": ["user:jon"], "method": "graph"}),
+        )
+        .await;
+    assert_eq!(texts(&pet)[0], "Jon has a cat named Miso", "{pet}");
+
+    // Killed while the model is thinking: taken up again after, its decisions applied once.
+    let slow = curate(&s, "Speaking slowly now: we adopted a second cat, Biscuit.").await;
+    eventually("the slow call to be in flight", || async {
+        (seen.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    s.kill9();
+    s.spawn();
+    let c = ended(&s, &slow).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(c["attempts"], 2, "{c}");
+    let (_, all) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "Biscuit", "scopes": ["user:jon"], "include_history": true, "method": "bm25"}),
+        )
+        .await;
+    assert_eq!(
+        texts(&all),
+        ["Jon has a cat named Biscuit"],
+        "written once: {all}"
+    );
+
+    // Its own budget account, spent: the request fails, saying why; nothing is written.
+    let (st, r) = s
+        .put(
+            "/api/v1/budgets/agent:memory-curator",
+            json!({"cap_usd": 0.0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let parrot = curate(&s, "We also got a parrot.").await;
+    let c = ended(&s, &parrot).await;
+    assert_eq!(c["state"], "failed", "{c}");
+    assert!(c["error"].as_str().unwrap().contains("budget"), "{c}");
+
+    // Bad requests say what is wrong.
+    for body in [
+        json!({"scope": "user:jon", "messages": []}),
+        json!({"scope": "user:jon", "messages": [{"role": "boss", "content": "x"}]}),
+        json!({"scope": "user:jon", "messages": [{"role": "user", "content": ""}]}),
+        json!({"scope": "galaxy:x", "messages": [{"role": "user", "content": "x"}]}),
+        json!({"scope": "user:jon", "messages": [{"role": "user"}]}),
+    ] {
+        let (st, r) = s.post("/api/v1/memories/curate", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {r}");
+    }
+    let (st, _) = s.get("/api/v1/memories/curations/cur_nope").await;
+    assert_eq!(st, 404);
+}
+
+both_backends!(memory_curation, a_model_curates_memories_from_messages);

@@ -54,6 +54,7 @@ pub async fn engine(
             embedder: None,
             memory_limits: Default::default(),
             memory_embeddings_model: None,
+            memory_curation_model: None,
         },
     )
     .await

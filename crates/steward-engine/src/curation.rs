@@ -1,0 +1,396 @@
+//! Curation: a model reads messages and decides what memory should learn from them — add a
+//! fact, update or invalidate a stored one, or nothing — against the stored memories most like
+//! them. Asynchronous and durable: a request is a row any node works through; the model's
+//! reply is kept before anything is applied (a node that dies after paying for it never asks
+//! again), and each decision is applied under an id made from the request's, so applying again
+//! writes nothing twice. The model is called through the gateway as the agent
+//! `memory-curator` — decided by policy, audited, held on the budget account
+//! `agent:memory-curator` — and what it cost is reported per memory written.
+//!
+//! Least authority: the requester was allowed `memory.write` on the request's scope; the
+//! model's decisions are applied to that scope only, whatever the messages or the model say.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use steward_memory::{Method, NewEntity, NewMemory, NewRelation, Query};
+use steward_store::CurationRecord;
+use steward_types::AgentName;
+use tokio_util::sync::CancellationToken;
+
+use crate::{GatewayError, GatewayReply, Inner, Principal};
+
+/// The agent curation's model calls are made as.
+pub const CURATOR_AGENT: &str = "memory-curator";
+/// The prompt in use, by the name of its file (`prompts/`): kept with every request.
+pub const PROMPT_VERSION: &str = "memory-curate.v1";
+const PROMPT: &str = include_str!("../prompts/memory-curate.v1.md");
+/// How long a node holds a request it works on before another may take it over (a node that
+/// died); renewed while the node works on it.
+const LEASE_MS: i64 = 10_000;
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// Tries of a request whose model call fails before it is failed.
+pub const MAX_ATTEMPTS: i64 = 3;
+/// Stored memories shown to the model beside the messages.
+const RELATED: usize = 8;
+/// The most facts one request may apply.
+const MAX_FACTS: usize = 32;
+
+fn curator() -> Principal {
+    Principal {
+        agent: AgentName::parse(CURATOR_AGENT).unwrap_or_else(|_| unreachable!()),
+        key_id: CURATOR_AGENT.into(),
+        run: None,
+        chain: vec![format!("agent:{CURATOR_AGENT}")],
+        on_behalf_of: None,
+        owner: None,
+        delegated: None,
+    }
+}
+
+/// Works through curation requests until the node drains.
+pub(crate) async fn work(engine: Arc<Inner>, model: String, draining: CancellationToken) {
+    loop {
+        let now = engine.shared.clock.now_ms();
+        let claimed = engine
+            .shared
+            .store
+            .claim_curation(now, now + LEASE_MS)
+            .await;
+        match claimed {
+            Ok(Some(c)) => {
+                let id = c.id.clone();
+                let work = curate(&engine, &model, c);
+                tokio::pin!(work);
+                let mut renew = tokio::time::interval(RENEW_EVERY);
+                renew.tick().await;
+                let done = loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = renew.tick() => {
+                            let until = engine.shared.clock.now_ms() + LEASE_MS;
+                            if let Err(e) = engine.shared.store.renew_curation(&id, until).await {
+                                tracing::warn!(curation = %id, error = %e, "could not renew a curation's lease");
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(curation = %id, error = %e, "curation could not be recorded; it is taken up again when its lease ends");
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for curation requests failed"),
+        }
+        tokio::select! {
+            _ = draining.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// One request, from wherever it got to.
+async fn curate(engine: &Inner, model: &str, c: CurationRecord) -> steward_store::Result<()> {
+    let store = &engine.shared.store;
+    let now = || engine.shared.clock.now_ms();
+    let reply = match &c.reply {
+        Some(r) => r.clone(),
+        None => match ask(engine, model, &c).await {
+            Ok((reply, cost)) => {
+                store
+                    .keep_curation_reply(&c.id, &reply, cost, now())
+                    .await?;
+                reply
+            }
+            Err(e) => {
+                let spent = matches!(e, GatewayError::BudgetExceeded { .. });
+                let (state, error) = if spent || c.attempts >= MAX_ATTEMPTS {
+                    ("failed", format!("{model}: {e}"))
+                } else {
+                    ("queued", format!("{model} (try {}): {e}", c.attempts))
+                };
+                return store
+                    .end_curation(&c.id, state, None, Some(&error), now())
+                    .await;
+            }
+        },
+    };
+    let cost_nanos = store
+        .curation(&c.id)
+        .await?
+        .map_or(c.cost_nanos, |r| r.cost_nanos);
+    match apply(engine, &c, &reply).await {
+        Ok((written, skipped)) => {
+            let cost_usd = cost_nanos as f64 / 1e9;
+            let result = json!({
+                "written": written,
+                "skipped": skipped,
+                "cost_usd": cost_usd,
+                "cost_usd_per_memory": if written.is_empty() { Value::Null } else { json!(cost_usd / written.len() as f64) },
+            });
+            store
+                .end_curation(&c.id, "done", Some(&result.to_string()), None, now())
+                .await
+        }
+        Err(why) => {
+            store
+                .end_curation(&c.id, "failed", None, Some(&why), now())
+                .await
+        }
+    }
+}
+
+/// Asks the model: the prompt, the messages, and the stored memories most like them. The
+/// reply's text and what it cost, in nano-dollars.
+async fn ask(
+    engine: &Inner,
+    model: &str,
+    c: &CurationRecord,
+) -> Result<(String, i64), GatewayError> {
+    let input: Value = serde_json::from_str(&c.input).unwrap_or(Value::Null);
+    let transcript: String = input["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m["role"].as_str().unwrap_or("user"),
+                m["content"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The stored memories most like the messages, then the newest, so a fact the messages
+    // change is shown even when they share no words with it.
+    let memory = &engine.shared.memory;
+    let mut related: Vec<String> = Vec::new();
+    let mut shown = std::collections::HashSet::new();
+    for text in [
+        transcript.chars().take(4000).collect::<String>(),
+        String::new(),
+    ] {
+        let found = memory
+            .search(&Query {
+                text,
+                scopes: vec![c.scope.clone()],
+                limit: RELATED,
+                method: Method::Hybrid,
+                ..Query::default()
+            })
+            .await
+            .map(|f| f.hits)
+            .unwrap_or_default();
+        for h in found {
+            if related.len() < RELATED && shown.insert(h.record.id.clone()) {
+                related.push(format!("- {}: {}", h.record.id, h.record.text));
+            }
+        }
+    }
+    let stored = if related.is_empty() {
+        "(none)".to_string()
+    } else {
+        related.join("\n")
+    };
+    let body = json!({
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 2048,
+        "messages": [
+            {"role": "system", "content": PROMPT},
+            {"role": "user", "content": format!("Stored memories:\n{stored}\n\nConversation:\n{transcript}")}
+        ]
+    });
+    let reply = engine
+        .gateway
+        .chat(&curator(), body, crate::GatewayApi::ChatCompletions)
+        .await?;
+    let GatewayReply::Json(v) = reply else {
+        return Err(GatewayError::Internal(
+            "the model's answer was not JSON".into(),
+        ));
+    };
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let usage = |k: &str| v["usage"][k].as_i64().unwrap_or(0);
+    let cost = engine
+        .prices
+        .cost(
+            v["model"].as_str().unwrap_or(model),
+            usage("prompt_tokens"),
+            usage("completion_tokens"),
+        )
+        .map_or(0, |usd| (usd * 1e9).round() as i64);
+    Ok((text, cost))
+}
+
+/// The id of decision `i` of curation `id`: the same every time it is applied.
+fn fact_id(id: &str, i: usize) -> String {
+    let h = Sha256::digest(format!("{id}:{i}").as_bytes());
+    format!("mem_{}", &hex::encode(h)[..32])
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Applies the model's decisions to the request's scope: the ids written (or written before,
+/// by an earlier try), and the decisions skipped with why. An answer that is not the JSON asked
+/// for fails the request.
+async fn apply(
+    engine: &Inner,
+    c: &CurationRecord,
+    reply: &str,
+) -> Result<(Vec<String>, Vec<Value>), String> {
+    let text = reply
+        .trim()
+        .trim_start_matches("```json")
+        .trim_start_matches("```")
+        .trim_end_matches("```")
+        .trim();
+    let answer: Value = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "the model's answer is not the JSON asked for ({e}): {:?}",
+            reply.chars().take(200).collect::<String>()
+        )
+    })?;
+    let facts = answer["facts"]
+        .as_array()
+        .ok_or("the model's answer has no `facts` list")?;
+    let memory = &engine.shared.memory;
+    let by = format!("agent:{CURATOR_AGENT}");
+    let (mut written, mut skipped) = (Vec::new(), Vec::new());
+    for (i, f) in facts.iter().take(MAX_FACTS).enumerate() {
+        let id = fact_id(&c.id, i);
+        if memory
+            .written(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            written.push(id);
+            continue;
+        }
+        let action = f["action"].as_str().unwrap_or("");
+        let target = f["target"].as_str().map(str::to_string);
+        // A target must be a current memory of this scope.
+        let current = match &target {
+            Some(t) => memory
+                .written(t)
+                .await
+                .map_err(|e| e.to_string())?
+                .filter(|m| m.scope == c.scope && m.expired_at.is_none()),
+            None => None,
+        };
+        let new = |text: String| NewMemory {
+            id: Some(id.clone()),
+            scope: c.scope.clone(),
+            text,
+            subject: f["subject"].as_str().map(str::to_string),
+            source: Some(json!({"curation": c.id, "requested_by": c.requested_by})),
+            entities: strings(&f["entities"])
+                .into_iter()
+                .map(|name| NewEntity {
+                    name,
+                    ..NewEntity::default()
+                })
+                .collect(),
+            relations: f["relations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some(NewRelation {
+                        subject: r["subject"].as_str()?.to_string(),
+                        relation: r["relation"].as_str()?.to_string(),
+                        object: r["object"].as_str()?.to_string(),
+                    })
+                })
+                .collect(),
+            ..NewMemory::default()
+        };
+        let text = f["text"].as_str().map(str::to_string);
+        let decided = match (action, text, &current) {
+            ("add", Some(t), _) => Ok(new(t)),
+            ("update", Some(t), Some(old)) => Ok(NewMemory {
+                supersedes: Some(old.id.clone()),
+                ..new(t)
+            }),
+            // Invalidated: the same fact again, true until now, closing the stored one.
+            ("invalidate", _, Some(old)) => Ok(NewMemory {
+                supersedes: Some(old.id.clone()),
+                valid_from: Some(old.valid_from),
+                valid_to: Some(engine.shared.clock.now_ms().max(old.valid_from + 1)),
+                entities: Vec::new(),
+                relations: Vec::new(),
+                ..new(old.text.clone())
+            }),
+            ("none", _, _) => Err("nothing to do".to_string()),
+            ("update" | "invalidate", _, None) => Err(format!(
+                "target {:?} is not a current memory of {}",
+                target.as_deref().unwrap_or(""),
+                c.scope
+            )),
+            ("add" | "update", None, _) => Err("no text".into()),
+            (other, _, _) => Err(format!("unknown action {other:?}")),
+        };
+        let new = match decided {
+            Ok(n) => n,
+            Err(why) => {
+                skipped.push(json!({"index": i, "action": action, "why": why}));
+                continue;
+            }
+        };
+        let p = match memory.prepare(&by, new).await {
+            Ok(p) => p,
+            Err(e) => {
+                skipped.push(json!({"index": i, "action": action, "why": e.to_string()}));
+                continue;
+            }
+        };
+        let now = engine.shared.clock.now_ms();
+        let audit = steward_gov::AuditRecord {
+            outcome: Some(format!("{action} {} (curation {})", p.record.id, c.id)),
+            ..steward_gov::AuditRecord::new(
+                steward_gov::AuditEvent::Syscall,
+                now,
+                by.clone(),
+                vec![c.requested_by.clone(), by.clone()],
+                "memory.write",
+                &c.scope,
+            )
+            .decided("allow", None)
+        }
+        .to_json();
+        match memory.commit(p, Some((now, audit))).await {
+            Ok(done) => written.push(done.record.id),
+            Err(e) => skipped.push(json!({"index": i, "action": action, "why": e.to_string()})),
+        }
+    }
+    Ok((written, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_keeps_its_id_across_tries() {
+        assert_eq!(fact_id("cur_1", 0), fact_id("cur_1", 0));
+        assert_ne!(fact_id("cur_1", 0), fact_id("cur_1", 1));
+        assert_ne!(fact_id("cur_1", 0), fact_id("cur_2", 0));
+        assert!(
+            PROMPT.contains("\"facts\""),
+            "the prompt asks for the JSON apply reads"
+        );
+    }
+}
