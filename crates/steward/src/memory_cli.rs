@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::{json, Value};
 use steward_api::wire::{
-    AddedMemory, ErasureReport, ImportedMemories, MemoryHistory, MemorySearchResult,
+    AddedMemory, Curation, ErasureReport, ImportedMemories, MemoryHistory, MemorySearchResult,
 };
 
 use crate::client::Client;
@@ -60,6 +60,18 @@ pub enum MemoryWhat {
     },
     /// Import an export (a file, or `-` for standard input), all or nothing.
     Import { file: std::path::PathBuf },
+    /// Have the curation model learn from a conversation (needs `[memory] curation_model`);
+    /// prints the request's id, or with `--wait` what it wrote.
+    Curate {
+        #[arg(long)]
+        scope: String,
+        /// The conversation: a JSON array of `{"role", "content"}` messages, or plain text (one
+        /// user message); `-` for standard input.
+        file: std::path::PathBuf,
+        /// Wait until it is done (at most two minutes) and print what it wrote.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Erase facts (every version) by id, by subject, or a whole scope; prints the report.
     Erase {
         #[arg(long)]
@@ -158,15 +170,7 @@ impl Client {
                 print!("{text}");
             }
             MemoryWhat::Import { file } => {
-                let text = if file.as_os_str() == "-" {
-                    let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                        .context("reading the export from standard input")?;
-                    s
-                } else {
-                    std::fs::read_to_string(&file)
-                        .with_context(|| format!("reading {}", file.display()))?
-                };
+                let text = read_input(&file)?;
                 let r: ImportedMemories = self
                     .post_body("/api/v1/memories/import", "application/x-ndjson", text)
                     .await?;
@@ -174,6 +178,50 @@ impl Client {
                     "imported {} versions ({} already there, unchanged)",
                     r.written, r.unchanged
                 );
+            }
+            MemoryWhat::Curate { scope, file, wait } => {
+                let text = read_input(&file)?;
+                let messages: Value = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Array(_)) => v,
+                    _ => json!([{"role": "user", "content": text}]),
+                };
+                let c: Curation = self
+                    .post_json(
+                        "/api/v1/memories/curate",
+                        &json!({"scope": scope, "messages": messages}),
+                    )
+                    .await?;
+                if !wait {
+                    println!("{}", c.id);
+                    return Ok(());
+                }
+                let path = format!("/api/v1/memories/curations/{}", path_segment(&c.id)?);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                let c = loop {
+                    let c: Curation = self.get_json(&path).await?;
+                    if c.state == "done" || c.state == "failed" {
+                        break c;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!("curation {} is still {} after two minutes", c.id, c.state);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                };
+                if c.state == "failed" {
+                    anyhow::bail!("curation {} failed: {}", c.id, c.error.unwrap_or_default());
+                }
+                let result = c.result.unwrap_or(Value::Null);
+                let written = result["written"].as_array().cloned().unwrap_or_default();
+                println!(
+                    "curation {} wrote {} memories ({} decisions skipped) for ${:.6}",
+                    c.id,
+                    written.len(),
+                    result["skipped"].as_array().map_or(0, Vec::len),
+                    c.cost_usd
+                );
+                for id in written {
+                    println!("{}", id.as_str().unwrap_or_default());
+                }
             }
             MemoryWhat::Erase {
                 scope,
@@ -210,6 +258,18 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// A file's text, or standard input's for `-`.
+fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
     }
 }
 

@@ -1178,6 +1178,24 @@ async fn a_model_curates_memories_from_messages(b: Backend) {
     let c = ended(&s, &parrot).await;
     assert_eq!(c["state"], "failed", "{c}");
     assert!(c["error"].as_str().unwrap().contains("budget"), "{c}");
+    // The same from the CLI, which waits and says why.
+    let file = s.dir.path().join("conversation.txt");
+    std::fs::write(&file, "We also got a goldfish.").unwrap();
+    let (ok, _, err) = cli(
+        &s,
+        &[
+            "memory",
+            "curate",
+            "--scope",
+            "user:jon",
+            "--wait",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("failed") && err.contains("budget"),
+        "{err}"
+    );
 
     // Bad requests say what is wrong.
     for body in [
