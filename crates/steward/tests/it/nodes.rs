@@ -180,7 +180,9 @@ async fn three_nodes_share_a_queue_and_survive_losing_one() {
     let a = TestServer::start(Backend::Postgres).await;
     let mut b = TestServer::join(&a);
     let nodes = [a, TestServer::join(&b)];
-    let script = "    - {delayMs: 200, toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]}\n    - {delayMs: 200, content: done}\n";
+    // Each run takes over a second, so a run node b drives is seen running even when polls
+    // are slow on a loaded machine, and the queue outlasts b's first wake-up.
+    let script = "    - {delayMs: 600, toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]}\n    - {delayMs: 600, content: done}\n";
     nodes[0]
         .apply(&format!(
             "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: shared}}\nspec:\n  model: scripted\n  tools: [http_request]\n  recovery: fail\n  tasks: {{queue: shared, concurrency: 9}}\n  script:\n{script}"
