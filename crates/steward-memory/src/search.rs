@@ -206,7 +206,11 @@ fn with_graph(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool, hits: Vec<Hit>
         h.graph_path = Some(path.clone());
         h.score += score;
     }
-    let mut hits: Vec<Hit> = by_id.into_values().collect();
+    best_first(by_id.into_values().collect())
+}
+
+/// Hits by score, best first; ties to the version true since later, then by id.
+fn best_first(mut hits: Vec<Hit>) -> Vec<Hit> {
     hits.sort_by(|a, b| {
         b.score.total_cmp(&a.score).then_with(|| {
             b.record
@@ -316,16 +320,7 @@ fn fused(
         h.vector_rank = Some(i + 1);
         h.score += (s - bottom) / span;
     }
-    let mut hits: Vec<Hit> = by_id.into_values().collect();
-    hits.sort_by(|a, b| {
-        b.score.total_cmp(&a.score).then_with(|| {
-            b.record
-                .valid_from
-                .cmp(&a.record.valid_from)
-                .then_with(|| a.record.id.cmp(&b.record.id))
-        })
-    });
-    hits
+    best_first(by_id.into_values().collect())
 }
 
 #[cfg(test)]

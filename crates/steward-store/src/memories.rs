@@ -337,6 +337,14 @@ const IN_CHUNK: usize = 500;
 
 const ENTITY_COLUMNS: &str = "id, scope, name, kind, created_at";
 
+/// The entity a name key of a scope belongs to.
+const NAME_OWNER: &str =
+    "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2";
+/// Gives a name key of a scope to an entity, unless another has it already.
+const CLAIM_NAME: &str =
+    "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (scope, name_key) DO NOTHING";
+
 /// The WHERE clause selecting what `what` erases, with its binds after `$1` (`now`).
 fn erase_filter(what: &MemoryErase) -> (String, Vec<String>) {
     match what {
@@ -439,7 +447,7 @@ macro_rules! impl_memories {
                     let mut found: Option<String> = None;
                     for n in &names {
                         found = sqlx::query_scalar(
-                            "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                            NAME_OWNER,
                         )
                         .bind(&m.scope)
                         .bind(entity_key(n))
@@ -455,8 +463,7 @@ macro_rules! impl_memories {
                             // Claim the first name; a writer that claimed it meanwhile made the
                             // entity, and this version names that one.
                             let claimed = sqlx::query(
-                                "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
-                                 ON CONFLICT (scope, name_key) DO NOTHING",
+                                CLAIM_NAME,
                             )
                             .bind(&m.scope)
                             .bind(entity_key(&e.name))
@@ -479,7 +486,7 @@ macro_rules! impl_memories {
                                 e.id.clone()
                             } else {
                                 sqlx::query_scalar(
-                                    "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                                    NAME_OWNER,
                                 )
                                 .bind(&m.scope)
                                 .bind(entity_key(&e.name))
@@ -490,8 +497,7 @@ macro_rules! impl_memories {
                     };
                     for n in &names {
                         sqlx::query(
-                            "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (scope, name_key) DO NOTHING",
+                            CLAIM_NAME,
                         )
                         .bind(&m.scope)
                         .bind(entity_key(n))
@@ -804,8 +810,7 @@ macro_rules! impl_memories {
                     }
                     for n in names {
                         sqlx::query(
-                            "INSERT INTO memory_entity_names (scope, name_key, name, entity) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (scope, name_key) DO NOTHING",
+                            CLAIM_NAME,
                         )
                         .bind(&e.scope)
                         .bind(entity_key(n))
@@ -814,7 +819,7 @@ macro_rules! impl_memories {
                         .execute(&mut *tx)
                         .await?;
                         let owner: String = sqlx::query_scalar(
-                            "SELECT entity FROM memory_entity_names WHERE scope = $1 AND name_key = $2",
+                            NAME_OWNER,
                         )
                         .bind(&e.scope)
                         .bind(entity_key(n))

@@ -668,6 +668,14 @@ async fn a_server_with_the_model_searches_by_meaning() {
     assert_eq!(r["results"][0]["scores"]["vector_rank"], 1);
 }
 
+/// Serves `app` on a loopback port of its own; its `/v1` base URL.
+async fn serve(app: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
 /// A mock OpenAI-compatible upstream on loopback that keeps every chat request it is sent and
 /// answers "ok". Returns its `/v1` base URL and the requests.
 async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -687,10 +695,7 @@ async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    (url, seen)
+    (serve(app).await, seen)
 }
 
 /// `spec.memory`: before its first model call a run recalls its owner's memories relevant to
@@ -902,10 +907,7 @@ async fn embeddings_upstream() -> String {
             )
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
+    serve(app).await
 }
 
 /// `[memory] embeddings_model`: embeddings come from an OpenAI-compatible endpoint through the
@@ -1043,10 +1045,7 @@ async fn curating_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    (url, seen)
+    (serve(app).await, seen)
 }
 
 async fn curate(s: &TestServer, content: &str) -> String {
