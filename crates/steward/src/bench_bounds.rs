@@ -84,3 +84,54 @@ pub async fn postgres(url: &str) -> anyhow::Result<Value> {
     pool.close().await;
     figures
 }
+
+/// Round trips between two threads on different cores, each parked between messages, as the
+/// gateway's hops are at a steady request rate (a message, then the answer, 2 ms apart): what
+/// one hand-off from a thread to another and back costs on this machine. Every hop a request
+/// takes that a direct call does not — into the server, to its writer thread and back, out to
+/// the upstream and back — pays one wake-up of a parked thread.
+pub fn wake_round_trip() -> Value {
+    const TRIPS: usize = 1000;
+    let (to_echo, echo_rx) = std::sync::mpsc::channel::<()>();
+    let (to_caller, caller_rx) = std::sync::mpsc::channel::<()>();
+    let echo = std::thread::spawn(move || {
+        pin_to_cpu(1);
+        while echo_rx.recv().is_ok() {
+            if to_caller.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let us = std::thread::spawn(move || {
+        pin_to_cpu(0);
+        let mut us = Vec::with_capacity(TRIPS);
+        for _ in 0..TRIPS {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let t = Instant::now();
+            if to_echo.send(()).is_err() || caller_rx.recv().is_err() {
+                break;
+            }
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        us
+    })
+    .join()
+    .unwrap_or_default();
+    let _ = echo.join();
+    let mut us = us;
+    us.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        us.get(((us.len().max(1) - 1) as f64 * p).round() as usize)
+            .map(|v| v.round())
+    };
+    json!({"wake_round_trip_p50_us": at(0.5), "wake_round_trip_p99_us": at(0.99)})
+}
+
+/// Keeps the calling thread on one core (where the machine has it), so that the two ends of a
+/// round trip are on different cores, as the server's threads usually are.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}

@@ -96,6 +96,28 @@ async fn fixed_rate(
     }
 }
 
+/// Closed-loop load at `clients` callers and at four times as many, `seconds` each: the best
+/// figure, and each. With a 20 ms upstream, `clients` callers cannot pass `clients` / 20 ms
+/// however fast the gateway is (64 callers: 3,200 requests a second), so one count alone would
+/// measure the callers, not the gateway.
+async fn max_rps_sweep(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+    clients: usize,
+    seconds: u64,
+) -> (f64, Value) {
+    let mut best = 0.0f64;
+    let mut by = serde_json::Map::new();
+    for n in [clients, clients * 4] {
+        let rps = max_rps(http, url, key, model, n, seconds).await;
+        best = best.max(rps);
+        by.insert(n.to_string(), json!(rps.round()));
+    }
+    (best, Value::Object(by))
+}
+
 /// Closed-loop load: `clients` callers back to back for `seconds`; successful requests a second.
 async fn max_rps(
     http: &reqwest::Client,
@@ -310,6 +332,15 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
     )
     .await;
     eprintln!("direct to upstream: {direct:?}");
+    // What bounds the time added: the durable commit a call's start waits for, and the
+    // wake-ups of the hops it takes that a direct call does not.
+    let lone = crate::bench_bounds::sqlite(&dir, "full")
+        .await
+        .unwrap_or(Value::Null);
+    let wake = tokio::task::spawn_blocking(crate::bench_bounds::wake_round_trip)
+        .await
+        .unwrap_or(Value::Null);
+    eprintln!("bounds: lone commit {lone}, wake-ups {wake}");
 
     let (mut steward, url) = start_steward(&dir, &upstream).await?;
     let key: Value = http
@@ -363,7 +394,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
     )
     .await;
     eprintln!("steward /v1/responses: {responses:?}; /v1/messages: {messages:?}");
-    let s_rps = max_rps(
+    let (s_rps, s_by) = max_rps_sweep(
         &http,
         &format!("{url}/v1/chat/completions"),
         &key,
@@ -379,9 +410,11 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
         "p50_added_ms": round(s.p50_ms - direct.p50_ms),
         "p99_added_ms": round(s.p99_ms - direct.p99_ms),
         "max_rps": s_rps.round(),
+        "max_rps_by_clients": s_by,
         "errors": s.errors,
         "responses": added(&responses),
         "messages": added(&messages),
+        "bounds": {"lone": lone, "wake": wake},
     });
 
     let litellm_json = match start_litellm(&dir, &upstream).await {
@@ -404,7 +437,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
                 seconds,
             )
             .await;
-            let l_rps = max_rps(
+            let (l_rps, l_by) = max_rps_sweep(
                 &http,
                 &format!("{url}/v1/chat/completions"),
                 LITELLM_KEY,
@@ -415,7 +448,7 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             .await;
             eprintln!("litellm: {l:?}, max {l_rps:.0} rps");
             child.start_kill()?;
-            json!({"p50_added_ms": round(l.p50_ms - direct.p50_ms), "p99_added_ms": round(l.p99_ms - direct.p99_ms), "max_rps": l_rps.round(), "errors": l.errors})
+            json!({"p50_added_ms": round(l.p50_ms - direct.p50_ms), "p99_added_ms": round(l.p99_ms - direct.p99_ms), "max_rps": l_rps.round(), "max_rps_by_clients": l_by, "errors": l.errors})
         }
         Ok(None) => {
             eprintln!("litellm: not installed (pip install 'litellm[proxy]'); skipped");
@@ -432,10 +465,11 @@ pub async fn run(rate: u32, seconds: u64, clients: usize) -> anyhow::Result<()> 
             let body = request_body("gpt-mock");
             let _ = fixed_rate(&http, &chat, "sk-none", &body, rate, 1).await;
             let p = fixed_rate(&http, &chat, "sk-none", &body, rate, seconds).await;
-            let p_rps = max_rps(&http, &chat, "sk-none", "gpt-mock", clients, seconds).await;
+            let (p_rps, p_by) =
+                max_rps_sweep(&http, &chat, "sk-none", "gpt-mock", clients, seconds).await;
             eprintln!("portkey: {p:?}, max {p_rps:.0} rps");
             child.start_kill()?;
-            json!({"p50_added_ms": round(p.p50_ms - direct.p50_ms), "p99_added_ms": round(p.p99_ms - direct.p99_ms), "max_rps": p_rps.round(), "errors": p.errors})
+            json!({"p50_added_ms": round(p.p50_ms - direct.p50_ms), "p99_added_ms": round(p.p99_ms - direct.p99_ms), "max_rps": p_rps.round(), "max_rps_by_clients": p_by, "errors": p.errors})
         }
         Ok(None) => {
             eprintln!(
