@@ -7,8 +7,10 @@
 //! `memory-curator` — decided by policy, audited, held on the budget account
 //! `agent:memory-curator` — and what it cost is reported per memory written.
 //!
-//! Least authority: the requester was allowed `memory.write` on the request's scope; the
-//! model's decisions are applied to that scope only, whatever the messages or the model say.
+//! Least authority: the requester was allowed `memory.write` on the request's scope, and is
+//! asked again when the decisions are about to be applied (a requester suspended, a delegation
+//! revoked or expired, a policy changed since the request stops it, and nothing is written);
+//! the model's decisions are applied to that scope only, whatever the messages or the model say.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,8 @@ const LEASE_MS: i64 = 10_000;
 const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// Tries of a request whose model call fails before it is failed.
 pub const MAX_ATTEMPTS: i64 = 3;
+/// The pause before a failed try is taken up again, doubled after each further one.
+const RETRY_AFTER_MS: i64 = 2_000;
 /// Stored memories shown to the model beside the messages.
 const RELATED: usize = 8;
 /// The most facts one request may apply.
@@ -107,13 +111,17 @@ async fn curate(engine: &Inner, model: &str, c: CurationRecord) -> steward_store
             }
             Err(e) => {
                 let spent = matches!(e, GatewayError::BudgetExceeded { .. });
-                let (state, error) = if spent || c.attempts >= MAX_ATTEMPTS {
-                    ("failed", format!("{model}: {e}"))
-                } else {
-                    ("queued", format!("{model} (try {}): {e}", c.attempts))
-                };
+                if spent || c.attempts >= MAX_ATTEMPTS {
+                    let error = format!("{model}: {e}");
+                    return store
+                        .end_curation(&c.id, "failed", None, Some(&error), now())
+                        .await;
+                }
+                // Tried again after a pause that doubles with each try, not at once.
+                let error = format!("{model} (try {}): {e}", c.attempts);
+                let pause = RETRY_AFTER_MS << (c.attempts - 1).clamp(0, 10);
                 return store
-                    .end_curation(&c.id, state, None, Some(&error), now())
+                    .requeue_curation(&c.id, &error, now() + pause, now())
                     .await;
             }
         },
@@ -122,7 +130,13 @@ async fn curate(engine: &Inner, model: &str, c: CurationRecord) -> steward_store
         .curation(&c.id)
         .await?
         .map_or(c.cost_nanos, |r| r.cost_nanos);
-    match apply(engine, &c, &reply).await {
+    let applied = match refusal(engine, &c).await? {
+        None => apply(engine, &c, &reply).await,
+        Some(why) => Err(format!(
+            "not applied, the requester's authority changed: {why}"
+        )),
+    };
+    match applied {
         Ok((written, skipped)) => {
             let cost_usd = cost_nanos as f64 / 1e9;
             let result = json!({
@@ -241,6 +255,97 @@ fn strings(v: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|s| s.as_str().map(str::to_string))
         .collect()
+}
+
+/// Why the requester may no longer write the request's scope, if it may not, decided again as
+/// when the request was made: every link of the delegated chain it came through unrevoked and
+/// unexpired, and every agent of that chain not suspended and allowed `memory.write` there by
+/// policy (a refusal is audited). The administrator's requests stand. A failure to read what
+/// decides is an error (the request is taken up again), never a yes.
+async fn refusal(engine: &Inner, c: &CurationRecord) -> steward_store::Result<Option<String>> {
+    let Some(requester) = c.requested_by.strip_prefix("agent:") else {
+        return Ok(None);
+    };
+    let input: Value = serde_json::from_str(&c.input).unwrap_or(Value::Null);
+    let chain = strings(&input["authority"]["chain"]);
+    let now = engine.shared.clock.now_ms();
+    let mut agents: Vec<String> = Vec::new();
+    for id in strings(&input["authority"]["delegations"]) {
+        let Some(link) = engine.shared.store.get_delegation(&id).await? else {
+            return Ok(Some(format!(
+                "delegation {id}, which the request came through, is gone"
+            )));
+        };
+        if link.revoked_at.is_some() {
+            return Ok(Some(format!(
+                "delegation {id}, which the request came through, was revoked since: {}",
+                link.revoke_reason.unwrap_or_default()
+            )));
+        }
+        if link.expires_at <= now {
+            return Ok(Some(format!(
+                "delegation {id}, which the request came through, has expired"
+            )));
+        }
+        if agents.is_empty() {
+            agents.push(link.issuer);
+        }
+        agents.push(link.holder);
+    }
+    agents.push(requester.to_string());
+    let mut seen = std::collections::HashSet::new();
+    agents.retain(|a| seen.insert(a.clone()));
+    let identities = &engine.gateway.authority.identities;
+    let requester_owner = identities.owner(requester).await?;
+    for agent in agents {
+        if let Some(why) = identities.barred(&agent).await? {
+            return Ok(Some(why));
+        }
+        let Ok(name) = AgentName::parse(&agent) else {
+            return Ok(Some(format!("{agent:?} is not an agent's name")));
+        };
+        let owner = identities.owner(&agent).await?;
+        // The requester's own scope needs no policy, as when the request was made.
+        let own = agent == requester
+            && (c.scope == format!("agent:{agent}")
+                || owner
+                    .as_ref()
+                    .is_some_and(|o| c.scope == format!("user:{o}")));
+        let chain = if chain.is_empty() {
+            owner
+                .iter()
+                .map(|o| format!("user:{o}"))
+                .chain([format!("agent:{agent}")])
+                .collect()
+        } else {
+            chain.clone()
+        };
+        let who = Principal {
+            agent: name,
+            key_id: c.id.clone(),
+            run: None,
+            chain,
+            on_behalf_of: requester_owner.clone(),
+            owner,
+            delegated: None,
+        };
+        let decided = engine
+            .gateway
+            .authorize_on(
+                &who,
+                "memory.write",
+                ("namespace", "Namespace"),
+                &c.scope,
+                own,
+            )
+            .await;
+        match decided {
+            Ok(_) => {}
+            Err(GatewayError::Forbidden(why)) => return Ok(Some(why)),
+            Err(e) => return Err(steward_store::Error::Config(e.to_string())),
+        }
+    }
+    Ok(None)
 }
 
 /// Applies the model's decisions to the request's scope: the ids written (or written before,

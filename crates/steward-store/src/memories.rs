@@ -281,6 +281,15 @@ pub trait MemoryStore: Send + Sync {
         cost_nanos: i64,
         now: Millis,
     ) -> Result<()>;
+    /// Puts a curation whose try failed back in the queue with why, not to be taken again
+    /// before `not_before`.
+    async fn requeue_curation(
+        &self,
+        id: &str,
+        error: &str,
+        not_before: Millis,
+        now: Millis,
+    ) -> Result<()>;
     /// Ends a curation: `done` with its result, or `failed` with its error.
     async fn end_curation(
         &self,
@@ -903,9 +912,9 @@ macro_rules! impl_memories {
                 // one takes it.
                 let claimed: Option<CurationRecord> = sqlx::query_as(&format!(
                     "UPDATE memory_curations SET state = 'running', lease_until = $2, attempts = attempts + 1, updated_at = $1 \
-                     WHERE id = (SELECT id FROM memory_curations WHERE state = 'queued' OR (state = 'running' AND lease_until < $1) \
+                     WHERE id = (SELECT id FROM memory_curations WHERE (state = 'queued' AND lease_until <= $1) OR (state = 'running' AND lease_until < $1) \
                      ORDER BY created_at, id LIMIT 1) \
-                     AND (state = 'queued' OR (state = 'running' AND lease_until < $1)) RETURNING {CURATION_COLUMNS}"
+                     AND ((state = 'queued' AND lease_until <= $1) OR (state = 'running' AND lease_until < $1)) RETURNING {CURATION_COLUMNS}"
                 ))
                 .bind(now)
                 .bind(lease_until)
@@ -932,6 +941,20 @@ macro_rules! impl_memories {
                     .bind(id)
                     .bind(reply)
                     .bind(cost_nanos)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn requeue_curation(&self, id: &str, error: &str, not_before: Millis, now: Millis) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                // `lease_until` of a queued request is the time before which it waits.
+                sqlx::query("UPDATE memory_curations SET state = 'queued', error = $2, lease_until = $3, updated_at = $4 WHERE id = $1 AND state = 'running'")
+                    .bind(id)
+                    .bind(error)
+                    .bind(not_before)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;

@@ -341,9 +341,11 @@ impl Memories<'_> {
         let scope = steward_memory::Scope::parse(scope)?.to_string();
         let now = self.now();
         let id = self.0.inner.shared.clock.new_id("cur");
+        // The authority the request was made with, decided again before anything is applied.
         let input = serde_json::json!({
             "messages": messages.iter().map(|(r, c)| serde_json::json!({"role": r, "content": c})).collect::<Vec<_>>(),
             "source": source,
+            "authority": {"chain": allowed.chain, "delegations": allowed.delegations},
         });
         let c = steward_store::CurationRecord {
             id: id.clone(),

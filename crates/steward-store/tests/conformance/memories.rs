@@ -3,7 +3,8 @@
 
 use crate::support::*;
 use steward_store::{
-    EntityMention, MemoryErase, MemoryGraph, MemoryImport, MemoryRecord, MemoryVector,
+    CurationRecord, EntityMention, MemoryErase, MemoryGraph, MemoryImport, MemoryRecord,
+    MemoryVector,
 };
 
 on_both_backends!(
@@ -15,6 +16,7 @@ on_both_backends!(
     an_import_is_all_or_nothing_and_keeps_what_it_is_given,
     embeddings_belong_to_versions_that_exist_and_go_with_them,
     entities_resolve_by_any_name_and_go_when_nothing_names_them,
+    a_failed_curation_waits_before_it_is_taken_again,
 );
 
 fn mem(id: &str, scope: &str, text: &str, at: i64) -> MemoryRecord {
@@ -637,4 +639,60 @@ async fn entities_resolve_by_any_name_and_go_when_nothing_names_them(s: &dyn Sto
         .unwrap()
         .seeds
         .is_empty());
+}
+
+/// A curation whose try failed goes back in the queue with why, and is not taken again before
+/// its pause is over; then it is, counting the try. One that died running is taken once its
+/// lease runs out.
+async fn a_failed_curation_waits_before_it_is_taken_again(s: &dyn Store) {
+    let c = CurationRecord {
+        id: "cur_1".into(),
+        scope: "user:jon".into(),
+        requested_by: "agent:x".into(),
+        input: r#"{"messages":[]}"#.into(),
+        state: "queued".into(),
+        attempts: 0,
+        lease_until: 0,
+        prompt: "memory-curate.v1".into(),
+        model: "m".into(),
+        reply: None,
+        cost_nanos: 0,
+        result: None,
+        error: None,
+        created_at: 1_000,
+        updated_at: 1_000,
+    };
+    s.add_curation(&c, None).await.unwrap();
+    let taken = s.claim_curation(2_000, 12_000).await.unwrap().unwrap();
+    assert_eq!((taken.state.as_str(), taken.attempts), ("running", 1));
+    assert!(
+        s.claim_curation(3_000, 13_000).await.unwrap().is_none(),
+        "leased"
+    );
+
+    s.requeue_curation("cur_1", "m (try 1): upstream 500", 5_000, 3_000)
+        .await
+        .unwrap();
+    let waiting = s.curation("cur_1").await.unwrap().unwrap();
+    assert_eq!(waiting.state, "queued");
+    assert_eq!(waiting.error.as_deref(), Some("m (try 1): upstream 500"));
+    assert!(
+        s.claim_curation(4_999, 14_999).await.unwrap().is_none(),
+        "not before its pause is over"
+    );
+    let again = s.claim_curation(5_000, 15_000).await.unwrap().unwrap();
+    assert_eq!((again.state.as_str(), again.attempts), ("running", 2));
+
+    // Its node died: taken over once the lease has run out, not before.
+    assert!(s.claim_curation(14_999, 24_999).await.unwrap().is_none());
+    let over = s.claim_curation(15_001, 25_001).await.unwrap().unwrap();
+    assert_eq!(over.attempts, 3);
+    // A requeue of a request no longer running (ended meanwhile) changes nothing.
+    s.end_curation("cur_1", "done", Some("{}"), None, 16_000)
+        .await
+        .unwrap();
+    s.requeue_curation("cur_1", "late", 17_000, 16_500)
+        .await
+        .unwrap();
+    assert_eq!(s.curation("cur_1").await.unwrap().unwrap().state, "done");
 }

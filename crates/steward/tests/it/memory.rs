@@ -1212,3 +1212,115 @@ async fn a_model_curates_memories_from_messages(b: Backend) {
 }
 
 both_backends!(memory_curation, a_model_curates_memories_from_messages);
+
+/// An agent's curation request is decided again when its decisions are about to be applied:
+/// the agent suspended, or a policy forbidding the write, while the model was thinking fails
+/// the request saying why, with nothing written; left alone, the same request is applied.
+async fn a_curation_is_authorized_again_before_it_is_applied(b: Backend) {
+    let (upstream, seen) = curating_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_MEMORY__CURATION_MODEL", "mock/gpt-mock"),
+        ],
+    )
+    .await;
+    s.apply(AGENTS).await;
+    let alice = key_of(&s, "alice-bot", "alice").await;
+    let scope = "agent:alice-bot";
+    let request = |content: &str| {
+        let (s, alice) = (&s, alice.clone());
+        let body = json!({"scope": scope, "messages": [{"role": "user", "content": content}]});
+        async move {
+            let (st, c) = s.post_as(&alice, "/api/v1/memories/curate", body).await;
+            assert_eq!(st, 202, "{c}");
+            c["id"].as_str().unwrap().to_string()
+        }
+    };
+    let in_flight = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            eventually("the model call to be in flight", || async {
+                (seen.lock().unwrap().len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    let biscuits = || async {
+        let (_, r) = s
+            .post(
+                "/api/v1/memories/search",
+                json!({"query": "Biscuit", "scopes": [scope], "include_history": true, "method": "bm25"}),
+            )
+            .await;
+        texts(&r)
+    };
+
+    // Suspended while the model thinks: nothing is applied.
+    let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
+    in_flight(1).await;
+    let (st, r) = s
+        .post(
+            "/api/v1/agents/alice-bot/suspend",
+            json!({"reason": "audit"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "failed", "{c}");
+    assert!(c["error"].as_str().unwrap().contains("suspended"), "{c}");
+    assert!(biscuits().await.is_empty(), "nothing written");
+    let (st, r) = s
+        .post(
+            "/api/v1/agents/alice-bot/resume",
+            json!({"reason": "cleared"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+
+    // A policy forbidding the write, put in place while the model thinks: refused, audited.
+    let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
+    in_flight(2).await;
+    let (st, r) = s
+        .put_policies(
+            r#"forbid (principal == Steward::Agent::"alice-bot", action == Steward::Action::"memory.write", resource == Steward::Namespace::"agent:alice-bot");
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "failed", "{c}");
+    assert!(
+        c["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not memory.write"),
+        "{c}"
+    );
+    assert!(biscuits().await.is_empty(), "nothing written");
+    let refused = audit_records(&s)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "memory.write" && r["decision"] == "deny")
+        .count();
+    assert!(refused >= 1, "the refusal is audited");
+
+    // The same request with its authority unchanged is applied.
+    let (st, r) = s
+        .put_policies(
+            r#"permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(biscuits().await, ["Jon has a cat named Biscuit"]);
+}
+
+both_backends!(
+    memory_curation_reauthorized,
+    a_curation_is_authorized_again_before_it_is_applied
+);
