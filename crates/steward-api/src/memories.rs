@@ -134,6 +134,7 @@ pub async fn search(
                     recency_rank: h.recency_rank,
                     graph: h.graph,
                     graph_path: h.graph_path,
+                    decay: h.decay,
                 },
                 tokens: h.tokens,
             })

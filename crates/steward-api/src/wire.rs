@@ -1640,6 +1640,10 @@ pub struct MemoryScores {
     /// The path that reached it: `Jon -lives_in-> Denver`, or `names Jon`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_path: Option<String>,
+    /// What its scope's decay (`[memory.decay_half_life_ms]`) left of its score: 1 when new,
+    /// 0.5 one half-life after it became true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

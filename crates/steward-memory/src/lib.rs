@@ -67,6 +67,10 @@ pub struct Limits {
     /// How long memories of a scope live when a write gives no `ttl_ms`: (a scope, or a
     /// prefix ending in `*`; milliseconds). The longest matching pattern wins.
     pub scope_ttls: Vec<(String, Millis)>,
+    /// How fast memories of a scope fade in ranking: (a scope or a prefix ending in `*`; the
+    /// half-life in milliseconds). A version's score is halved for each half-life between the
+    /// time it became true and the time searched. The longest matching pattern wins.
+    pub scope_half_lives: Vec<(String, Millis)>,
 }
 
 impl Default for Limits {
@@ -80,6 +84,7 @@ impl Default for Limits {
             max_results: 100,
             max_query_scopes: 32,
             scope_ttls: Vec::new(),
+            scope_half_lives: Vec::new(),
         }
     }
 }
@@ -91,37 +96,69 @@ impl Limits {
         mut self,
         ttls: impl IntoIterator<Item = (String, Millis)>,
     ) -> Result<Limits> {
-        for (pattern, ms) in ttls {
-            let ok = match pattern.strip_suffix('*') {
-                Some(prefix) => !prefix.is_empty() && !prefix.contains('*'),
-                None => Scope::parse(&pattern).is_ok(),
-            };
-            if !ok {
-                return Err(MemoryError::BadRequest(format!(
-                    "memory.ttl_ms: {pattern:?} is neither a scope nor a prefix of one ending in *"
-                )));
-            }
-            if ms <= 0 {
-                return Err(MemoryError::BadRequest(format!(
-                    "memory.ttl_ms.{pattern:?}: {ms} is not a positive number of milliseconds"
-                )));
-            }
-            self.scope_ttls.push((pattern, ms));
-        }
+        self.scope_ttls
+            .extend(checked_patterns("memory.ttl_ms", ttls)?);
+        Ok(self)
+    }
+
+    /// With half-life patterns (`[memory.decay_half_life_ms]`), checked as time-to-live ones.
+    pub fn with_scope_half_lives(
+        mut self,
+        half_lives: impl IntoIterator<Item = (String, Millis)>,
+    ) -> Result<Limits> {
+        self.scope_half_lives
+            .extend(checked_patterns("memory.decay_half_life_ms", half_lives)?);
         Ok(self)
     }
 
     /// The time to live of a scope's memories by default, if a pattern gives one.
     pub fn ttl_for(&self, scope: &str) -> Option<Millis> {
-        self.scope_ttls
-            .iter()
-            .filter(|(p, _)| match p.strip_suffix('*') {
-                Some(prefix) => scope.starts_with(prefix),
-                None => p == scope,
-            })
-            .max_by_key(|(p, _)| (p.len(), !p.ends_with('*')))
-            .map(|(_, ms)| *ms)
+        longest_match(&self.scope_ttls, scope)
     }
+
+    /// How fast a scope's memories fade in ranking, if a pattern says.
+    pub fn half_life_for(&self, scope: &str) -> Option<Millis> {
+        longest_match(&self.scope_half_lives, scope)
+    }
+}
+
+/// Scope patterns with a number each: a scope, or a prefix of one ending in `*`; a positive
+/// number of milliseconds. `setting` names them in errors.
+fn checked_patterns(
+    setting: &str,
+    patterns: impl IntoIterator<Item = (String, Millis)>,
+) -> Result<Vec<(String, Millis)>> {
+    let mut checked = Vec::new();
+    for (pattern, ms) in patterns {
+        let ok = match pattern.strip_suffix('*') {
+            Some(prefix) => !prefix.is_empty() && !prefix.contains('*'),
+            None => Scope::parse(&pattern).is_ok(),
+        };
+        if !ok {
+            return Err(MemoryError::BadRequest(format!(
+                "{setting}: {pattern:?} is neither a scope nor a prefix of one ending in *"
+            )));
+        }
+        if ms <= 0 {
+            return Err(MemoryError::BadRequest(format!(
+                "{setting}.{pattern:?}: {ms} is not a positive number of milliseconds"
+            )));
+        }
+        checked.push((pattern, ms));
+    }
+    Ok(checked)
+}
+
+/// The number of the most specific pattern matching `scope` (an exact scope over a prefix).
+fn longest_match(patterns: &[(String, Millis)], scope: &str) -> Option<Millis> {
+    patterns
+        .iter()
+        .filter(|(p, _)| match p.strip_suffix('*') {
+            Some(prefix) => scope.starts_with(prefix),
+            None => p == scope,
+        })
+        .max_by_key(|(p, _)| (p.len(), !p.ends_with('*')))
+        .map(|(_, ms)| *ms)
 }
 
 /// A memory to write, as a caller gives it.
@@ -665,7 +702,13 @@ impl Memory {
     /// Searches with what `q` carries (its embedding, if any), on this thread.
     pub fn search_now(&self, q: &Query) -> Result<Found> {
         self.check(q)?;
-        Ok(search::search(&read(&self.index), q, self.clock.now_ms()))
+        let mut q = q.clone();
+        q.half_lives = q
+            .scopes
+            .iter()
+            .filter_map(|s| Some((s.clone(), self.limits.half_life_for(s)?)))
+            .collect();
+        Ok(search::search(&read(&self.index), &q, self.clock.now_ms()))
     }
 
     /// Refuses a query beyond the limits.

@@ -73,6 +73,8 @@ pub struct Query {
     /// Versions the graph around the query's entities reaches: version id → its graph score
     /// (0–1) and the path that reached it.
     pub graph: HashMap<String, (f64, String)>,
+    /// The half-life of the asked scopes that fade in ranking (`[memory.decay_half_life_ms]`).
+    pub half_lives: HashMap<String, Millis>,
 }
 
 /// One result: the version, the score results are ordered by, and what each method made of it.
@@ -89,6 +91,8 @@ pub struct Hit {
     /// The graph's score (0–1) and the path that reached the version (`Alice -works_at-> Acme`).
     pub graph: Option<f64>,
     pub graph_path: Option<String>,
+    /// What its scope's decay left of its score (1 new, 0.5 one half-life old).
+    pub decay: Option<f64>,
     pub tokens: usize,
 }
 
@@ -143,6 +147,7 @@ fn hit(d: &Doc, score: f64) -> Hit {
         recency_rank: None,
         graph: None,
         graph_path: None,
+        decay: None,
         tokens: estimate_tokens(&d.record.text),
     }
 }
@@ -151,10 +156,17 @@ fn hit(d: &Doc, score: f64) -> Hit {
 pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
     let keep = |d: &Doc| visible(q, now, d);
     let terms = ix.analyzer().terms(&q.text);
+    // Decay reorders candidates: take more than asked so an older strong match can give way.
+    let fading = !q.half_lives.is_empty() && q.method != Method::Recency;
+    let pool = if fading {
+        (q.limit * 5).max(50)
+    } else {
+        q.limit
+    };
     let mut hits: Vec<Hit> = match (q.method, &q.vector) {
         (Method::Recency, _) => newest(ix, q, &keep),
         (Method::Vector, Some(v)) => ix
-            .nearest(v, &q.scopes, &keep, q.limit)
+            .nearest(v, &q.scopes, &keep, pool)
             .into_iter()
             .enumerate()
             .map(|(i, (d, s))| Hit {
@@ -167,9 +179,14 @@ pub fn search(ix: &Index, q: &Query, now: Millis) -> Found {
         (Method::Graph, _) => with_graph(ix, q, &keep, Vec::new()),
         (Method::Hybrid, Some(v)) => with_graph(ix, q, &keep, fused(ix, &terms, v, q, &keep)),
         _ if terms.is_empty() && q.graph.is_empty() => newest(ix, q, &keep),
-        (Method::Hybrid, None) => with_graph(ix, q, &keep, full_text(ix, &terms, q, &keep, true)),
-        (_, _) => full_text(ix, &terms, q, &keep, false),
+        (Method::Hybrid, None) => {
+            with_graph(ix, q, &keep, full_text(ix, &terms, q, &keep, true, pool))
+        }
+        (_, _) => full_text(ix, &terms, q, &keep, false, pool),
     };
+    if fading {
+        hits = faded(hits, q.half_lives.clone(), q.valid_at.unwrap_or(now));
+    }
     hits.truncate(q.limit);
     let mut found = Found::default();
     if let Some(budget) = q.max_tokens {
@@ -209,6 +226,20 @@ fn with_graph(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool, hits: Vec<Hit>
     best_first(by_id.into_values().collect())
 }
 
+/// Each hit's score halved for every half-life of its scope between the time it became true and
+/// `at`, best first again. Hits of scopes without one keep their score.
+fn faded(mut hits: Vec<Hit>, half_lives: HashMap<String, Millis>, at: Millis) -> Vec<Hit> {
+    for h in &mut hits {
+        if let Some(half_life) = half_lives.get(&h.record.scope) {
+            let age = at.saturating_sub(h.record.valid_from).max(0);
+            let left = 0.5f64.powf(age as f64 / *half_life as f64);
+            h.score *= left;
+            h.decay = Some(left);
+        }
+    }
+    best_first(hits)
+}
+
 /// Hits by score, best first; ties to the version true since later, then by id.
 fn best_first(mut hits: Vec<Hit>) -> Vec<Hit> {
     hits.sort_by(|a, b| {
@@ -234,17 +265,22 @@ fn newest(ix: &Index, q: &Query, keep: &dyn Fn(&Doc) -> bool) -> Vec<Hit> {
         .collect()
 }
 
-/// BM25; with `recency`, scaled to the best match and nudged by recency (no embeddings).
+/// BM25, the best `pool` candidates; with `recency`, scaled to the best match and nudged by
+/// recency (no embeddings).
 fn full_text(
     ix: &Index,
     terms: &[String],
     q: &Query,
     keep: &dyn Fn(&Doc) -> bool,
     recency: bool,
+    pool: usize,
 ) -> Vec<Hit> {
-    let limit = q.limit;
     // Recency reorders the full-text candidates; take more than asked so it can.
-    let pool = if recency { (limit * 5).max(50) } else { limit };
+    let pool = if recency {
+        pool.max(q.limit * 5).max(50)
+    } else {
+        pool
+    };
     let ranked = ix.bm25(terms, &q.scopes, keep, pool);
     let mut by_recency: Vec<usize> = (0..ranked.len()).collect();
     by_recency.sort_by(|&a, &b| crate::index::newer_first(ranked[a].0, ranked[b].0));

@@ -62,6 +62,7 @@ on_both!(
     bad_input_is_refused_and_nothing_is_written,
     a_time_to_live_ends_a_memory,
     a_scope_gives_its_memories_a_time_to_live,
+    old_memories_fade_by_their_scope_half_life,
     the_graph_connects_questions_to_facts_that_share_no_words
 );
 
@@ -366,6 +367,79 @@ async fn a_scope_gives_its_memories_a_time_to_live(b: Backend) {
             .unwrap_err();
         assert!(
             e.to_string().contains("memory.ttl_ms"),
+            "{pattern} {ms}: {e}"
+        );
+    }
+}
+
+/// `[memory.decay_half_life_ms]`: in a scope that fades, an old fact that matches best gives way
+/// to a newer one that matches less well, its score halved for each half-life of age, and says
+/// so in `decay`; it still comes back when nothing newer matches, and as it was at a time asked
+/// (`valid_at`). A scope without a half-life ranks as before; a recency search is not reordered.
+async fn old_memories_fade_by_their_scope_half_life(b: Backend) {
+    let fresh = FreshStore::open(b).await;
+    let clock = Arc::new(ManualClock::at(1_000));
+    let limits = Limits::default()
+        .with_scope_half_lives([("user:*".to_string(), 1_000)])
+        .unwrap();
+    let m = Memory::open(fresh.store.clone(), clock.clone(), limits, None)
+        .await
+        .unwrap();
+    let old = "Jon lives in Denver, Jon lives downtown in Denver";
+    let newer = "Jon lives in Austin now";
+    for scope in ["user:jon", "collection:notes"] {
+        clock.set(1_000);
+        add(&m, new(scope, old)).await;
+        clock.set(4_000);
+        add(&m, new(scope, newer)).await;
+    }
+    clock.set(5_000);
+    for method in [Method::FullText, Method::Hybrid] {
+        let q = |scope: &str| Query {
+            method,
+            ..query("where does Jon live in Denver", scope)
+        };
+        assert_eq!(
+            texts(&m, &q("collection:notes")),
+            [old, newer],
+            "{method:?}: no half-life, the better match first"
+        );
+        let faded = m.search_now(&q("user:jon")).unwrap().hits;
+        assert_eq!(faded[0].record.text, newer, "{method:?}");
+        assert_eq!(faded[0].decay, Some(0.5), "{method:?}: one half-life old");
+        assert_eq!(faded[1].decay, Some(1.0 / 16.0), "{method:?}: four");
+        // As it was at 2,000: only the old fact was true, one half-life old.
+        let then = m
+            .search_now(&Query {
+                valid_at: Some(2_000),
+                ..q("user:jon")
+            })
+            .unwrap()
+            .hits;
+        assert_eq!(then.len(), 1);
+        assert_eq!(
+            (then[0].record.text.as_str(), then[0].decay),
+            (old, Some(0.5))
+        );
+    }
+    assert_eq!(
+        texts(&m, &query("Denver downtown", "user:jon")),
+        [old],
+        "nothing newer matches: the old fact still comes back"
+    );
+    let recent = Query {
+        method: Method::Recency,
+        ..query("", "user:jon")
+    };
+    assert_eq!(texts(&m, &recent), [newer, old]);
+    assert!(m.search_now(&recent).unwrap().hits[0].decay.is_none());
+
+    for (pattern, ms) in [("*", 10), ("galaxy:x", 10), ("org", 0)] {
+        let e = Limits::default()
+            .with_scope_half_lives([(pattern.to_string(), ms)])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("memory.decay_half_life_ms"),
             "{pattern} {ms}: {e}"
         );
     }

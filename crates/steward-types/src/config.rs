@@ -49,6 +49,10 @@ pub struct MemoryConfig {
     /// How long memories of a scope live when a write gives no `ttl_ms`: a scope (`org`,
     /// `user:ana`) or a prefix ending in `*` (`run:*`) → milliseconds. The longest match wins.
     pub ttl_ms: std::collections::BTreeMap<String, i64>,
+    /// How fast memories of a scope fade in search ranking: a scope or a prefix ending in `*`
+    /// → the half-life in milliseconds (a score halves for each half-life since the fact
+    /// became true). The longest match wins; scopes no pattern matches do not fade.
+    pub decay_half_life_ms: std::collections::BTreeMap<String, i64>,
 }
 
 /// Sandboxes for agents' code (`sandbox_exec` and friends).

@@ -143,6 +143,7 @@ pub async fn start_engine(cfg: &Config, stats: Option<Arc<StepStats>>) -> anyhow
         embedder: embedder(cfg)?,
         memory_limits: steward_memory::Limits::default()
             .with_scope_ttls(cfg.memory.ttl_ms.clone())
+            .and_then(|l| l.with_scope_half_lives(cfg.memory.decay_half_life_ms.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         memory_embeddings_model: cfg
             .memory
