@@ -10,6 +10,7 @@ mod mcp;
 mod memories;
 pub mod messages;
 pub mod openai;
+mod otlp;
 mod queues;
 pub mod responses;
 mod responses_native;
@@ -138,9 +139,12 @@ use crate::openapi::CommonResponses;
         memories::export,
         memories::curate,
         memories::curation,
-        memories::import
+        memories::import,
+        routes::get_trace
     ),
     components(schemas(
+        wire::Trace,
+        wire::Span,
         wire::Agent,
         wire::AgentList,
         wire::AppliedAgent,
@@ -436,6 +440,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(routes::get_policies).put(routes::put_policies),
         )
         .route("/audit/export", get(routes::export_audit))
+        .route("/traces/{trace_id}", get(routes::get_trace))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget))
         .layer(middleware::from_fn_with_state(
             engine.clone(),
@@ -491,6 +496,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/models", get(openai::models))
         .route("/models/{*id}", get(openai::model))
         .route("/delegations", post(openai::delegate))
+        .route("/traces", post(otlp::traces))
         .fallback(openai::not_found);
     // MCP clients authenticate as agents, like `/v1` callers.
     let mcp = Router::new()

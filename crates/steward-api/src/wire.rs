@@ -1807,3 +1807,62 @@ pub struct ImportedMemories {
     /// Versions stored already, identical, left as they were.
     pub unchanged: u64,
 }
+
+/// A trace: its spans, by start time.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Trace {
+    pub trace_id: String,
+    pub spans: Vec<Span>,
+}
+
+/// A span kept: ids in lowercase hex, times in nanoseconds since the epoch.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Span {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    /// `internal`, `server`, `client`, `producer`, `consumer` or `unspecified`.
+    pub kind: String,
+    /// The sender's `service.name`.
+    pub service: Option<String>,
+    /// `agent:NAME`: the agent whose API key sent it.
+    pub sent_by: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// `unset`, `ok` or `error`.
+    pub status: String,
+    pub status_message: Option<String>,
+    #[schema(value_type = Object)]
+    pub attributes: Value,
+    #[schema(value_type = Vec<Object>)]
+    pub events: Value,
+    /// The sender's resource attributes.
+    #[schema(value_type = Object)]
+    pub resource: Value,
+    /// When Steward received it (Unix milliseconds).
+    pub received_at: i64,
+}
+
+impl From<steward_store::SpanRecord> for Span {
+    fn from(s: steward_store::SpanRecord) -> Self {
+        let json = |t: &str| serde_json::from_str(t).unwrap_or(Value::Null);
+        Span {
+            attributes: json(&s.attributes),
+            events: json(&s.events),
+            resource: json(&s.resource),
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            name: s.name,
+            kind: s.kind,
+            service: s.service,
+            sent_by: s.sent_by,
+            start_ns: s.start_ns,
+            end_ns: s.end_ns,
+            status: s.status,
+            status_message: s.status_message,
+            received_at: s.received_at,
+        }
+    }
+}

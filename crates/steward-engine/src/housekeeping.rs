@@ -2,7 +2,8 @@
 //! gone (a gateway call cut off by a crash, a step of a run that ended — without this a hold
 //! would count against its accounts forever), rate-limit windows long past, expired cached
 //! answers, the bodies of audit records past their retention, the kept workspaces of runs
-//! long ended, and stored Responses API responses past 30 days. Every statement is idempotent, so nodes sharing a database may all run it.
+//! long ended, stored Responses API responses past 30 days, and trace spans past
+//! `engine.trace_retention_ms`. Every statement is idempotent, so nodes sharing a database may all run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub(crate) async fn run(
     every: Duration,
     stale_call_ms: i64,
     audit_retention_ms: Option<i64>,
+    trace_retention_ms: i64,
     stop: CancellationToken,
 ) {
     loop {
@@ -82,10 +84,35 @@ pub(crate) async fn run(
             Ok(n) => tracing::info!(deleted = n, "deleted stored responses past 30 days"),
             Err(e) => tracing::warn!(error = %e, "could not sweep stored responses; will retry"),
         }
+        sweep_spans(&*store, now - trace_retention_ms).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Deletes trace spans received before `before`, a bounded batch per transaction, so a large
+/// backlog never holds the writer for long.
+async fn sweep_spans(store: &dyn Store, before: i64) {
+    const BATCH: i64 = 10_000;
+    let mut deleted = 0;
+    loop {
+        match store.sweep_spans(before, BATCH).await {
+            Ok(n) => {
+                deleted += n;
+                if (n as i64) < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sweep old trace spans; will retry");
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted trace spans past their retention");
     }
 }
 

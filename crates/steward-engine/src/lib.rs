@@ -585,6 +585,7 @@ impl Engine {
                 .gov
                 .audit_retention_days
                 .map(|d| d as i64 * 86_400_000),
+            engine.inner.cfg.trace_retention_ms as i64,
             engine.inner.draining.clone(),
         ));
         {
@@ -681,6 +682,11 @@ impl Engine {
     /// Approvals a policy asked for.
     pub fn approvals(&self) -> handles::approvals::Approvals<'_> {
         handles::approvals::Approvals(self)
+    }
+
+    /// Traces kept in the store (`POST /v1/traces`, `/api/v1/traces`).
+    pub fn traces(&self) -> handles::traces::Traces<'_> {
+        handles::traces::Traces(self)
     }
 
     /// The audit log.

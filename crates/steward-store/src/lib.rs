@@ -31,6 +31,7 @@ mod runs;
 mod schedules;
 mod scratchpad;
 mod secrets;
+mod spans;
 mod sql;
 mod sqlite_direct;
 mod supervisors;
@@ -71,6 +72,7 @@ pub use runs::RunStore;
 pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use scratchpad::ScratchpadStore;
 pub use secrets::SecretStore;
+pub use spans::{SpanRecord, SpanStore};
 pub use sql::{PgStore, SqliteStore};
 pub use supervisors::{IncidentRecord, SupervisorRecord, SupervisorStore};
 pub use task_writer::TaskWriter;
@@ -106,6 +108,7 @@ pub trait Store:
     + OAuthTokenStore
     + McpTaskStore
     + MemoryStore
+    + SpanStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -270,6 +270,8 @@ pub struct EngineConfig {
     /// A gateway call still open this long after it started was cut off by a crash: its
     /// budget hold is booked in full. Keep it above any call's possible duration.
     pub stale_call_ms: u64,
+    /// How long trace spans are kept after they arrive (`POST /v1/traces`), in milliseconds.
+    pub trace_retention_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -283,6 +285,7 @@ impl Default for EngineConfig {
             max_input_bytes: 256 * 1024,
             housekeeping_ms: 60_000,
             stale_call_ms: 3_600_000,
+            trace_retention_ms: 7 * 86_400_000,
         }
     }
 }

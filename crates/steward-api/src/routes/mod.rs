@@ -29,6 +29,7 @@ mod runs;
 mod sandboxes;
 mod secrets;
 mod tools;
+mod traces;
 
 pub use agents::*;
 pub use approvals::*;
@@ -45,3 +46,4 @@ pub use runs::*;
 pub use sandboxes::*;
 pub use secrets::*;
 pub use tools::*;
+pub use traces::*;

@@ -19,3 +19,4 @@ pub mod runs;
 pub mod sandboxes;
 pub mod secrets;
 pub mod tools;
+pub mod traces;

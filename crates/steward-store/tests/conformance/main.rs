@@ -25,6 +25,7 @@ mod responses;
 mod runs;
 mod schedules;
 mod secrets;
+mod spans;
 mod supervisors;
 mod tasks;
 mod workspaces;

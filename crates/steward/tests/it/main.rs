@@ -38,5 +38,6 @@ mod supervisors;
 mod telemetry;
 mod tool_limits;
 mod tool_search;
+mod traces;
 mod vault;
 mod workspaces;

@@ -1,0 +1,177 @@
+//! Traces from outside: an agent exports its OpenTelemetry spans to `POST /v1/traces` with the
+//! official OTLP exporter (protobuf) or as OTLP JSON, authenticated by its API key; Steward
+//! keeps them by trace id (once, however often they are sent), shows them through the
+//! management API, refuses malformed ones whole, and forgets them after their retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::{eventually, key_of, Backend, TestServer};
+use serde_json::{json, Value};
+
+async fn otlp(
+    s: &TestServer,
+    key: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/traces", s.url))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.unwrap();
+    let st = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn json_span(trace: &str, span: &str, parent: &str) -> Value {
+    json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "notebook"}}]},
+        "scopeSpans": [{"scope": {"name": "langgraph"}, "spans": [{
+            "traceId": trace, "spanId": span, "parentSpanId": parent,
+            "name": "execute_tool search", "kind": 3,
+            "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000500000000",
+            "attributes": [
+                {"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}},
+                {"key": "retries", "value": {"intValue": "2"}},
+                {"key": "tags", "value": {"arrayValue": {"values": [{"stringValue": "a"}, {"boolValue": true}]}}}
+            ],
+            "status": {"code": 2, "message": "timed out"}
+        }]}]
+    }]})
+}
+
+async fn spans_from_agents_are_kept_by_trace(b: Backend) {
+    let s = TestServer::start(b).await;
+    let key = key_of(&s, "support-bot", "ana").await;
+
+    // The official OpenTelemetry SDK and its OTLP/HTTP exporter, protobuf on the wire.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otel_export.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STEWARD_BASE", &s.url)
+        .env("STEWARD_KEY", &key)
+        .output()
+        .await
+        .expect("python3 with opentelemetry-sdk and its OTLP exporter (installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "the exporter script failed:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    let trace = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (st, t) = s.get(&format!("/api/v1/traces/{trace}")).await;
+    assert_eq!(st, 200, "{t}");
+    let spans = t["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 3, "{t}");
+    let root = &spans[0];
+    assert_eq!(root["name"], "invoke_agent triage");
+    assert!(root["parent_span_id"].is_null());
+    assert_eq!(root["service"], "support-bot");
+    assert_eq!(root["sent_by"], "agent:support-bot");
+    assert_eq!(root["resource"]["service.name"], "support-bot");
+    assert_eq!(root["attributes"]["otel.scope.name"], "support-bot.agent");
+    let by_name = |n: &str| spans.iter().find(|x| x["name"] == n).unwrap().clone();
+    let chat = by_name("chat gpt-4o");
+    assert_eq!(chat["parent_span_id"], root["span_id"]);
+    assert_eq!(chat["kind"], "client");
+    assert_eq!(chat["attributes"]["gen_ai.request.model"], "gpt-4o");
+    assert_eq!(chat["attributes"]["gen_ai.usage.input_tokens"], 42);
+    assert_eq!(chat["events"][0]["name"], "gen_ai.choice");
+    assert_eq!(
+        chat["events"][0]["attributes"]["finish_reason"],
+        "tool_calls"
+    );
+    let tool = by_name("execute_tool lookup_order");
+    assert_eq!(tool["parent_span_id"], root["span_id"]);
+    assert_eq!(
+        (tool["status"].as_str(), tool["status_message"].as_str()),
+        (Some("error"), Some("order not found"))
+    );
+    assert!(tool["start_ns"].as_i64().unwrap() <= tool["end_ns"].as_i64().unwrap());
+
+    // OTLP JSON, sent twice (an exporter retrying): kept once, values as sent.
+    let t2 = "5b8efff798038103d269b633813fc60c";
+    let body = serde_json::to_vec(&json_span(t2, "eee19b7ec3c1b174", "eee19b7ec3c1b173")).unwrap();
+    for _ in 0..2 {
+        let (st, r) = otlp(&s, Some(&key), "application/json", body.clone()).await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let (_, t) = s
+        .get(&format!("/api/v1/traces/{}", t2.to_uppercase()))
+        .await;
+    assert_eq!(t["spans"].as_array().unwrap().len(), 1, "{t}");
+    let x = &t["spans"][0];
+    assert_eq!(x["kind"], "client");
+    assert_eq!(x["service"], "notebook");
+    assert_eq!(x["attributes"]["retries"], 2);
+    assert_eq!(x["attributes"]["tags"], json!(["a", true]));
+    assert_eq!(x["start_ns"], 1_700_000_000_000_000_000i64);
+    assert_eq!(
+        (x["status"].as_str(), x["status_message"].as_str()),
+        (Some("error"), Some("timed out"))
+    );
+
+    // Refused, saying why, with nothing kept.
+    let t3 = "6b8efff798038103d269b633813fc60c";
+    let bad_span = serde_json::to_vec(&json_span(t3, "0000000000000000", "")).unwrap();
+    let (st, r) = otlp(&s, Some(&key), "application/json", bad_span).await;
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("spanId"),
+        "{r}"
+    );
+    let (st, _) = s.get(&format!("/api/v1/traces/{t3}")).await;
+    assert_eq!(st, 404, "nothing of a refused request is kept");
+    let (st, r) = otlp(&s, Some(&key), "application/x-protobuf", vec![0xff; 64]).await;
+    assert_eq!(st, 400, "{r}");
+    let (st, r) = otlp(
+        &s,
+        Some(&key),
+        "application/json",
+        b"{\"resourceSpans\": 7}".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    let (st, r) = otlp(&s, Some(&key), "text/plain", b"hello".to_vec()).await;
+    assert_eq!(st, 415, "{r}");
+    let (st, _) = otlp(&s, None, "application/json", body.clone()).await;
+    assert_eq!(st, 401, "spans come from agents with a key");
+    let (st, _) = otlp(&s, Some("sk-not-a-key"), "application/json", body).await;
+    assert_eq!(st, 401);
+    let (st, _) = s.get("/api/v1/traces/not-a-trace").await;
+    assert_eq!(st, 400);
+}
+
+both_backends!(traces_from_agents, spans_from_agents_are_kept_by_trace);
+
+/// Spans are forgotten once `engine.trace_retention_ms` has passed since they arrived.
+async fn spans_are_forgotten_after_their_retention(b: Backend) {
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_ENGINE__TRACE_RETENTION_MS", "1500"),
+            ("STEWARD_ENGINE__HOUSEKEEPING_MS", "100"),
+        ],
+    )
+    .await;
+    let key = key_of(&s, "support-bot", "ana").await;
+    let t = "7b8efff798038103d269b633813fc60c";
+    let body = serde_json::to_vec(&json_span(t, "eee19b7ec3c1b174", "")).unwrap();
+    let (st, r) = otlp(&s, Some(&key), "application/json", body).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, _) = s.get(&format!("/api/v1/traces/{t}")).await;
+    assert_eq!(st, 200, "kept at first");
+    eventually("the span to be swept", || async {
+        (s.get(&format!("/api/v1/traces/{t}")).await.0 == 404).then_some(())
+    })
+    .await;
+}
+
+both_backends!(trace_retention, spans_are_forgotten_after_their_retention);
