@@ -19,12 +19,13 @@ use steward_types::{AgentName, NodeId, RunId, RunState};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `gateway`, `governance`, `memory`, `queue`, `sandbox` or `tools`.
+    /// Which benchmark: `console`, `engine`, `gateway`, `governance`, `memory`, `queue`,
+    /// `sandbox` or `tools`.
     name: String,
     /// gateway: requests a second for the latency measurement.
     #[arg(long, default_value_t = 500)]
     rate: u32,
-    /// gateway: seconds per measurement.
+    /// gateway, console: seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// governance: records in the log whose verification is timed.
@@ -79,9 +80,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.name == "tools" {
         return crate::bench_tools::run(&args.mcp_server).await;
     }
+    if args.name == "console" {
+        return crate::bench_console::run(args.seconds).await;
+    }
     if args.name != "engine" {
         bail!(
-            "unknown benchmark {:?}; available: engine, gateway, governance, memory, queue, sandbox, tools",
+            "unknown benchmark {:?}; available: console, engine, gateway, governance, memory, queue, sandbox, tools",
             args.name
         );
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_bounds;
+mod bench_console;
 mod bench_gateway;
 mod bench_governance;
 mod bench_memory;
