@@ -140,11 +140,14 @@ use crate::openapi::CommonResponses;
         memories::curate,
         memories::curation,
         memories::import,
+        routes::list_traces,
         routes::get_trace
     ),
     components(schemas(
         wire::Trace,
         wire::Span,
+        wire::TraceList,
+        wire::TraceSummary,
         wire::Agent,
         wire::AgentList,
         wire::AppliedAgent,
@@ -440,6 +443,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(routes::get_policies).put(routes::put_policies),
         )
         .route("/audit/export", get(routes::export_audit))
+        .route("/traces", get(routes::list_traces))
         .route("/traces/{trace_id}", get(routes::get_trace))
         .route("/budgets/{account}", axum::routing::put(routes::put_budget))
         .layer(middleware::from_fn_with_state(

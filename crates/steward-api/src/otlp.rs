@@ -91,7 +91,8 @@ fn spans_of(request: ExportTraceServiceRequest) -> Result<Vec<SpanRecord>, Strin
             .get("service.name")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let resource_text = Value::Object(resource).to_string();
+        let resource_text = Value::Object(resource.clone()).to_string();
+        let resource_attrs = resource;
         for (sc, ss) in rs.scope_spans.into_iter().enumerate() {
             let scope = ss.scope.map(|s| s.name).filter(|n| !n.is_empty());
             for (i, s) in ss.spans.into_iter().enumerate() {
@@ -116,6 +117,16 @@ fn spans_of(request: ExportTraceServiceRequest) -> Result<Vec<SpanRecord>, Strin
                     return Err(format!("{at}: ends before it starts"));
                 }
                 let mut attrs = attributes(s.attributes);
+                // The session and end user, by OpenTelemetry's names, on the span or its sender.
+                let said = |keys: &[&str]| {
+                    keys.iter()
+                        .find_map(|k| attrs.get(*k).or_else(|| resource_attrs.get(*k)))
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty() && v.len() <= 256)
+                        .map(str::to_string)
+                };
+                let session_id = said(&["session.id", "gen_ai.conversation.id"]);
+                let end_user = said(&["user.id", "enduser.id"]);
                 if let Some(scope) = &scope {
                     attrs.insert("otel.scope.name".into(), json!(scope));
                 }
@@ -154,6 +165,8 @@ fn spans_of(request: ExportTraceServiceRequest) -> Result<Vec<SpanRecord>, Strin
                     events: Value::Array(events).to_string(),
                     resource: resource_text.clone(),
                     received_at: 0,
+                    session_id,
+                    end_user,
                 });
             }
         }

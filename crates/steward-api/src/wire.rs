@@ -1842,6 +1842,43 @@ pub struct Span {
     pub resource: Value,
     /// When Steward received it (Unix milliseconds).
     pub received_at: i64,
+    /// Its `session.id` (or `gen_ai.conversation.id`) attribute.
+    pub session_id: Option<String>,
+    /// Its `user.id` (or `enduser.id`) attribute.
+    pub end_user: Option<String>,
+}
+
+/// Traces, the latest to start first.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TraceList {
+    pub traces: Vec<TraceSummary>,
+}
+
+/// A trace in a list.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// Its first span's start and its last span's end, in nanoseconds since the epoch.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub spans: i64,
+    pub session_id: Option<String>,
+    pub end_user: Option<String>,
+    pub sent_by: String,
+}
+
+impl From<steward_store::TraceSummary> for TraceSummary {
+    fn from(t: steward_store::TraceSummary) -> Self {
+        TraceSummary {
+            trace_id: t.trace_id,
+            start_ns: t.start_ns,
+            end_ns: t.end_ns,
+            spans: t.spans,
+            session_id: t.session_id,
+            end_user: t.end_user,
+            sent_by: t.sent_by,
+        }
+    }
 }
 
 impl From<steward_store::SpanRecord> for Span {
@@ -1863,6 +1900,8 @@ impl From<steward_store::SpanRecord> for Span {
             status: s.status,
             status_message: s.status_message,
             received_at: s.received_at,
+            session_id: s.session_id,
+            end_user: s.end_user,
         }
     }
 }

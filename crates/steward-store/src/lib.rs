@@ -72,7 +72,7 @@ pub use runs::RunStore;
 pub use schedules::{ScheduleRecord, ScheduleStore};
 pub use scratchpad::ScratchpadStore;
 pub use secrets::SecretStore;
-pub use spans::{SpanRecord, SpanStore};
+pub use spans::{SpanRecord, SpanStore, TraceFilter, TraceSummary};
 pub use sql::{PgStore, SqliteStore};
 pub use supervisors::{IncidentRecord, SupervisorRecord, SupervisorStore};
 pub use task_writer::TaskWriter;

@@ -25,12 +25,37 @@ pub struct SpanRecord {
     pub events: String,
     pub resource: String,
     pub received_at: Millis,
+    /// The session (thread of runs and calls) it belongs to: its `session.id` attribute.
+    pub session_id: Option<String>,
+    /// The end user it was for: its `user.id` attribute.
+    pub end_user: Option<String>,
+}
+
+/// A trace in a list: when it ran, how many spans, and whose it was.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub spans: i64,
+    pub session_id: Option<String>,
+    pub end_user: Option<String>,
+    pub sent_by: String,
+}
+
+/// Which traces to list: all of a session, or of an end user; newest first.
+#[derive(Clone, Debug, Default)]
+pub struct TraceFilter {
+    pub session_id: Option<String>,
+    pub end_user: Option<String>,
+    pub limit: i64,
 }
 
 const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, name, kind, service, sent_by, \
-     start_ns, end_ns, status, status_message, attributes, events, resource, received_at";
+     start_ns, end_ns, status, status_message, attributes, events, resource, received_at, \
+     session_id, end_user";
 
-/// Most spans one statement inserts (15 values each, under PostgreSQL's 65,535 bound ones).
+/// Most spans one statement inserts (17 values each, under PostgreSQL's 65,535 bound ones).
 const ROWS_PER_INSERT: usize = 500;
 
 #[async_trait]
@@ -40,6 +65,9 @@ pub trait SpanStore: Send + Sync {
     async fn put_spans(&self, spans: &[SpanRecord]) -> Result<u64>;
     /// Every span of a trace, by start time.
     async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>>;
+    /// Traces with a span of the session or end user asked (all without either), the latest
+    /// to start first, at most `limit`.
+    async fn list_traces(&self, filter: &TraceFilter) -> Result<Vec<TraceSummary>>;
     /// Deletes up to `limit` spans received before `before` (a transaction of bounded size);
     /// how many.
     async fn sweep_spans(&self, before: Millis, limit: i64) -> Result<u64>;
@@ -74,7 +102,9 @@ macro_rules! impl_spans {
                             .push_bind(s.attributes.clone())
                             .push_bind(s.events.clone())
                             .push_bind(s.resource.clone())
-                            .push_bind(s.received_at);
+                            .push_bind(s.received_at)
+                            .push_bind(s.session_id.clone())
+                            .push_bind(s.end_user.clone());
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     kept += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -90,6 +120,23 @@ macro_rules! impl_spans {
                 .bind(trace_id)
                 .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn list_traces(&self, f: &TraceFilter) -> Result<Vec<TraceSummary>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT trace_id, MIN(start_ns) AS start_ns, MAX(end_ns) AS end_ns, \
+                     COUNT(*) AS spans, MAX(session_id) AS session_id, MAX(end_user) AS end_user, \
+                     MIN(sent_by) AS sent_by FROM spans WHERE trace_id IN (SELECT trace_id FROM spans WHERE 1 = 1",
+                );
+                if let Some(sid) = &f.session_id {
+                    qb.push(" AND session_id = ").push_bind(sid.clone());
+                }
+                if let Some(u) = &f.end_user {
+                    qb.push(" AND end_user = ").push_bind(u.clone());
+                }
+                qb.push(") GROUP BY trace_id ORDER BY MIN(start_ns) DESC, trace_id LIMIT ")
+                    .push_bind(f.limit.clamp(1, 1_000));
+                Ok(qb.build_query_as().fetch_all(&self.read).await?)
             }
 
             async fn sweep_spans(&self, before: Millis, limit: i64) -> Result<u64> {

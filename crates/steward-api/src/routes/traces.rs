@@ -1,6 +1,38 @@
-//! Traces kept in the store: read by trace id.
+//! Traces kept in the store: listed by session or end user, read by trace id.
 
 use super::*;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TraceListQuery {
+    /// Only traces with a span of this session (`session.id`).
+    pub session_id: Option<String>,
+    /// Only traces with a span for this end user (`user.id`).
+    pub end_user: Option<String>,
+    /// At most this many (1 to 1,000; default 50).
+    pub limit: Option<i64>,
+}
+
+/// Traces kept, the latest to start first: all of a session, or of an end user.
+#[utoipa::path(get, path = "/api/v1/traces", params(TraceListQuery),
+    responses((status = 200, body = TraceList)))]
+pub async fn list_traces(
+    State(e): State<Engine>,
+    ApiQuery(q): ApiQuery<TraceListQuery>,
+) -> ApiResult<Json<TraceList>> {
+    let traces = e
+        .traces()
+        .list(steward_store::TraceFilter {
+            session_id: q.session_id,
+            end_user: q.end_user,
+            limit: q.limit.unwrap_or(50),
+        })
+        .await?;
+    Ok(Json(TraceList {
+        traces: traces.into_iter().map(Into::into).collect(),
+    }))
+}
 
 /// Every span kept of a trace — sent over OTLP (`POST /v1/traces`) by agents, and Steward's
 /// own — by start time. `404` when none is kept.

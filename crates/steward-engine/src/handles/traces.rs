@@ -30,6 +30,20 @@ impl Traces<'_> {
         Ok(self.0.store().put_spans(&spans).await?)
     }
 
+    /// Traces with a span of a session or an end user (all without either), latest first.
+    pub async fn list(
+        &self,
+        filter: steward_store::TraceFilter,
+    ) -> Result<Vec<steward_store::TraceSummary>> {
+        if !(1..=1_000).contains(&filter.limit) {
+            return Err(Error::InvalidRequest(format!(
+                "limit: {}: expected 1 to 1000",
+                filter.limit
+            )));
+        }
+        Ok(self.0.store().list_traces(&filter).await?)
+    }
+
     /// Every span kept of trace `trace_id` (32 lowercase hex digits), by start time.
     pub async fn trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>> {
         if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -1,12 +1,13 @@
-//! Trace spans: kept once however often they are sent, read by trace in start order, swept by
-//! age in bounded batches.
+//! Trace spans: kept once however often they are sent, read by trace in start order, listed by
+//! session and end user, swept by age in bounded batches.
 
 use crate::support::*;
-use steward_store::SpanRecord;
+use steward_store::{SpanRecord, TraceFilter};
 
 on_both_backends!(
     spans_are_kept_once_and_read_by_trace,
-    old_spans_are_swept_in_batches
+    old_spans_are_swept_in_batches,
+    traces_are_listed_by_session_and_end_user,
 );
 
 fn span(trace: &str, id: &str, parent: Option<&str>, start: i64, received: i64) -> SpanRecord {
@@ -26,6 +27,8 @@ fn span(trace: &str, id: &str, parent: Option<&str>, start: i64, received: i64) 
         events: "[]".into(),
         resource: r#"{"service.name":"svc"}"#.into(),
         received_at: received,
+        session_id: None,
+        end_user: None,
     }
 }
 
@@ -89,4 +92,45 @@ async fn old_spans_are_swept_in_batches(s: &dyn Store) {
     let left = s.trace_spans("2222").await.unwrap();
     assert_eq!(left.len(), 5, "the newer ones stay");
     assert!(left.iter().all(|x| x.received_at == 50));
+}
+
+async fn traces_are_listed_by_session_and_end_user(s: &dyn Store) {
+    let with =
+        |trace: &str, id: &str, start: i64, session: Option<&str>, user: Option<&str>| SpanRecord {
+            session_id: session.map(str::to_string),
+            end_user: user.map(str::to_string),
+            ..span(trace, id, None, start, 1)
+        };
+    s.put_spans(&[
+        with("t1", "01", 100, Some("s1"), Some("ana")),
+        with("t1", "02", 150, None, None),
+        with("t2", "01", 300, Some("s1"), Some("bo")),
+        with("t3", "01", 200, Some("s2"), Some("ana")),
+    ])
+    .await
+    .unwrap();
+    let list = |session: Option<&str>, user: Option<&str>, limit: i64| {
+        let f = TraceFilter {
+            session_id: session.map(str::to_string),
+            end_user: user.map(str::to_string),
+            limit,
+        };
+        async move { s.list_traces(&f).await.unwrap() }
+    };
+    let s1 = list(Some("s1"), None, 10).await;
+    let ids: Vec<&str> = s1.iter().map(|t| t.trace_id.as_str()).collect();
+    assert_eq!(ids, ["t2", "t1"], "the session's traces, latest first");
+    let t1 = &s1[1];
+    assert_eq!(
+        (t1.start_ns, t1.end_ns, t1.spans),
+        (100, 160, 2),
+        "the whole trace"
+    );
+    assert_eq!(t1.session_id.as_deref(), Some("s1"));
+    let ana = list(None, Some("ana"), 10).await;
+    let ids: Vec<&str> = ana.iter().map(|t| t.trace_id.as_str()).collect();
+    assert_eq!(ids, ["t3", "t1"]);
+    assert_eq!(list(Some("s1"), Some("ana"), 10).await.len(), 1);
+    assert_eq!(list(None, None, 2).await.len(), 2, "limited");
+    assert!(list(Some("nope"), None, 10).await.is_empty());
 }

@@ -118,6 +118,46 @@ async fn spans_from_agents_are_kept_by_trace(b: Backend) {
         (Some("error"), Some("timed out"))
     );
 
+    // Found by session and by end user: `session.id` on the span, `user.id` on its sender.
+    let t4 = "8b8efff798038103d269b633813fc60c";
+    let mut with_session = json_span(t4, "eee19b7ec3c1b175", "");
+    with_session["resourceSpans"][0]["resource"]["attributes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": "user.id", "value": {"stringValue": "ana"}}));
+    with_session["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": "session.id", "value": {"stringValue": "thread-7"}}));
+    let (st, r) = otlp(
+        &s,
+        Some(&key),
+        "application/json",
+        serde_json::to_vec(&with_session).unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, l) = s.get("/api/v1/traces?session_id=thread-7").await;
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(l["traces"].as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l["traces"][0]["trace_id"], t4);
+    assert_eq!(l["traces"][0]["end_user"], "ana");
+    assert_eq!(l["traces"][0]["sent_by"], "agent:support-bot");
+    let (_, l) = s.get("/api/v1/traces?end_user=ana").await;
+    assert_eq!(l["traces"][0]["trace_id"], t4, "{l}");
+    let (_, l) = s.get("/api/v1/traces").await;
+    assert_eq!(l["traces"].as_array().unwrap().len(), 3, "every trace: {l}");
+    let (_, l) = s.get("/api/v1/traces?session_id=thread-8").await;
+    assert!(l["traces"].as_array().unwrap().is_empty());
+    for bad in [
+        "/api/v1/traces?limit=0",
+        "/api/v1/traces?limit=x",
+        "/api/v1/traces?colour=red",
+    ] {
+        let (st, r) = s.get(bad).await;
+        assert_eq!(st, 400, "{bad}: {r}");
+    }
+
     // Refused, saying why, with nothing kept.
     let t3 = "6b8efff798038103d269b633813fc60c";
     let bad_span = serde_json::to_vec(&json_span(t3, "0000000000000000", "")).unwrap();
