@@ -702,13 +702,18 @@ impl Memory {
     /// Searches with what `q` carries (its embedding, if any), on this thread.
     pub fn search_now(&self, q: &Query) -> Result<Found> {
         self.check(q)?;
+        let now = self.clock.now_ms();
+        if self.limits.scope_half_lives.is_empty() {
+            return Ok(search::search(&read(&self.index), q, now));
+        }
+        // The half-lives of the scopes asked, for the ranking to apply.
         let mut q = q.clone();
         q.half_lives = q
             .scopes
             .iter()
             .filter_map(|s| Some((s.clone(), self.limits.half_life_for(s)?)))
             .collect();
-        Ok(search::search(&read(&self.index), &q, self.clock.now_ms()))
+        Ok(search::search(&read(&self.index), &q, now))
     }
 
     /// Refuses a query beyond the limits.
