@@ -37,6 +37,13 @@ impl Doc {
     }
 }
 
+/// One scope's versions and the length of their text in terms, BM25's collection statistics.
+#[derive(Default)]
+struct Scope {
+    slots: HashSet<u32>,
+    total_len: u64,
+}
+
 #[derive(Default)]
 pub struct Index {
     analyzer: Analyzer,
@@ -45,14 +52,14 @@ pub struct Index {
     by_id: HashMap<String, u32>,
     /// term → slot → frequency.
     postings: HashMap<String, HashMap<u32, u32>>,
-    total_len: u64,
     /// Each version's embedding, by slot (unit length).
     vectors: HashMap<u32, Vec<f32>>,
     /// Embeddings that arrived before their version did (another node's, followed).
     early_vectors: HashMap<String, Vec<f32>>,
-    /// Slots by scope: a search reads only the scopes it asks for, however many others there
-    /// are (vector search and recency compare every version of those scopes).
-    by_scope: HashMap<String, HashSet<u32>>,
+    /// Versions by scope: a search reads only the scopes it asks for, however many others there
+    /// are (vector search and recency compare every version of those scopes), and BM25 weighs
+    /// terms by those scopes alone.
+    by_scope: HashMap<String, Scope>,
     /// Bumped by every erasure: a follower that read rows before one does not apply them.
     pub erasures: u64,
 }
@@ -108,15 +115,13 @@ impl Index {
                 .entry(slot)
                 .or_default() += 1;
         }
-        self.total_len += terms.len() as u64;
         if let Some(v) = self.early_vectors.remove(&record.id) {
             self.vectors.insert(slot, v);
         }
         self.by_id.insert(record.id.clone(), slot);
-        self.by_scope
-            .entry(record.scope.clone())
-            .or_default()
-            .insert(slot);
+        let scope = self.by_scope.entry(record.scope.clone()).or_default();
+        scope.slots.insert(slot);
+        scope.total_len += terms.len() as u64;
         self.slots[slot as usize] = Some(Doc::new(record, terms.len() as u32));
         true
     }
@@ -181,9 +186,10 @@ impl Index {
         };
         self.vectors.remove(&slot);
         self.early_vectors.remove(id);
-        if let Some(set) = self.by_scope.get_mut(&doc.record.scope) {
-            set.remove(&slot);
-            if set.is_empty() {
+        if let Some(scope) = self.by_scope.get_mut(&doc.record.scope) {
+            scope.slots.remove(&slot);
+            scope.total_len -= u64::from(doc.len);
+            if scope.slots.is_empty() {
                 self.by_scope.remove(&doc.record.scope);
             }
         }
@@ -198,13 +204,16 @@ impl Index {
                 }
             }
         }
-        self.total_len -= u64::from(doc.len);
         self.free.push(slot);
         removed
     }
 
     /// The `limit` best versions for `terms` by BM25 among those `keep` accepts, best first;
     /// versions sharing no term are left out. Ties go to the newer version.
+    ///
+    /// A term's rarity and the average length are those of `scopes`, not of the whole node: a
+    /// speaker's name in every turn of their own conversation weighs little there however rare
+    /// it is elsewhere, and a score reveals nothing about scopes the searcher may not read.
     pub fn bm25(
         &self,
         terms: &[String],
@@ -212,11 +221,15 @@ impl Index {
         keep: &dyn Fn(&Doc) -> bool,
         limit: usize,
     ) -> Vec<(&Doc, f64)> {
-        let n = self.by_id.len() as f64;
-        if n == 0.0 {
+        let asked = self.asked(scopes);
+        let n: usize = asked.iter().map(|s| s.slots.len()).sum();
+        if n == 0 {
             return Vec::new();
         }
-        let avg_len = (self.total_len as f64 / n).max(1.0);
+        let n = n as f64;
+        let total_len: u64 = asked.iter().map(|s| s.total_len).sum();
+        let avg_len = (total_len as f64 / n).max(1.0);
+        let in_scope = |slot: &u32| asked.iter().any(|s| s.slots.contains(slot));
         let mut unique: Vec<&String> = terms.iter().collect();
         unique.sort();
         unique.dedup();
@@ -225,15 +238,17 @@ impl Index {
             let Some(list) = self.postings.get(t) else {
                 continue;
             };
-            let df = list.len() as f64;
+            let here: Vec<(u32, u32)> = list
+                .iter()
+                .filter(|(slot, _)| in_scope(slot))
+                .map(|(&slot, &tf)| (slot, tf))
+                .collect();
+            let df = here.len() as f64;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for (&slot, &tf) in list {
+            for (slot, tf) in here {
                 let Some(doc) = &self.slots[slot as usize] else {
                     continue;
                 };
-                if !scopes.contains(&doc.record.scope) {
-                    continue;
-                }
                 let tf = f64::from(tf);
                 let norm = K1 * (1.0 - B + B * f64::from(doc.len) / avg_len);
                 *scores.entry(slot).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
@@ -249,18 +264,25 @@ impl Index {
         hits
     }
 
-    /// The slots of versions in `scopes`.
-    fn in_scopes<'a>(&'a self, scopes: &'a [String]) -> impl Iterator<Item = u32> + 'a {
+    /// The scopes asked for that hold anything, each once.
+    fn asked(&self, scopes: &[String]) -> Vec<&Scope> {
         let mut seen: Vec<&String> = Vec::new();
         scopes
             .iter()
-            .filter(move |s| {
+            .filter(|s| {
                 let first = !seen.contains(s);
                 seen.push(s);
                 first
             })
             .filter_map(|s| self.by_scope.get(s))
-            .flat_map(|set| set.iter().copied())
+            .collect()
+    }
+
+    /// The slots of versions in `scopes`.
+    fn in_scopes<'a>(&'a self, scopes: &'a [String]) -> impl Iterator<Item = u32> + 'a {
+        self.asked(scopes)
+            .into_iter()
+            .flat_map(|scope| scope.slots.iter().copied())
     }
 
     /// The `limit` newest versions of `scopes` (by when they became true) that `keep` accepts.
@@ -361,7 +383,7 @@ mod tests {
         let mut newer = at("b1", "user:b", 2);
         newer.updated_at = 9;
         ix.upsert(newer);
-        assert_eq!(ix.by_scope["user:b"].len(), 2);
+        assert_eq!(ix.by_scope["user:b"].slots.len(), 2);
         assert_eq!(ix.nearest(&[1.0, 0.0], &both, &|_| true, 10).len(), 2);
     }
 
@@ -391,6 +413,56 @@ mod tests {
     }
 
     #[test]
+    fn term_weights_come_from_the_scopes_searched() {
+        let in_scope = |id: &str, scope: &str, text: &str| {
+            let mut r = rec(id, text, 1);
+            r.scope = scope.into();
+            r
+        };
+        let mut ix = Index::default();
+        // In user:jon, "jon" is in every version and "moved" in one; elsewhere both are rare.
+        ix.upsert(in_scope("j1", "user:jon", "jon we moved to denver"));
+        ix.upsert(in_scope("j2", "user:jon", "jon jon the weather jon"));
+        ix.upsert(in_scope("j3", "user:jon", "jon had pasta"));
+        for i in 0..50 {
+            ix.upsert(in_scope(&format!("o{i}"), "user:other", "coffee and cake"));
+        }
+        let jon = ["user:jon".to_string()];
+        let q = ix.analyzer().terms("where has jon moved");
+        let hits = ix.bm25(&q, &jon, &|_| true, 10);
+        assert_eq!(hits[0].0.record.id, "j1", "the scope's rare term decides");
+        let name_only = hits.iter().find(|h| h.0.record.id == "j2").unwrap().1;
+        assert!(
+            name_only < 0.2 * hits[0].1,
+            "a term in every version of the scope weighs almost nothing: {name_only}"
+        );
+
+        // What other scopes hold does not move a score: no leak between owners.
+        let before: Vec<f64> = hits.iter().map(|h| h.1).collect();
+        for i in 0..50 {
+            ix.upsert(in_scope(
+                &format!("m{i}"),
+                "user:mallory",
+                "jon moved jon moved",
+            ));
+        }
+        let after: Vec<f64> = ix
+            .bm25(&q, &jon, &|_| true, 10)
+            .iter()
+            .map(|h| h.1)
+            .collect();
+        assert_eq!(before, after);
+        ix.remove("m0");
+        ix.remove("j3");
+        let fewer = ix.bm25(&q, &jon, &|_| true, 10);
+        assert_eq!(
+            fewer.len(),
+            2,
+            "a removed version leaves the scope's statistics"
+        );
+    }
+
+    #[test]
     fn an_older_copy_never_replaces_a_newer_one() {
         let mut ix = Index::default();
         let mut newer = rec("a", "lives in Lisbon", 1);
@@ -410,7 +482,7 @@ mod tests {
         for i in 0..100 {
             ix.remove(&format!("m{i}"));
         }
-        assert_eq!(ix.total_len, 0);
+        assert!(ix.by_scope.is_empty(), "no scope left with a length");
         assert!(ix.postings.is_empty());
         ix.upsert(rec("x", "four", 1));
         assert_eq!(ix.slots.len(), 100, "a freed slot was taken");
