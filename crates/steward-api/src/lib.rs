@@ -283,6 +283,36 @@ async fn deadline(State(ms): State<u64>, req: Request, next: Next) -> Response {
     }
 }
 
+/// A `/v1` request that names its caller's span (W3C `traceparent`, as OpenTelemetry's HTTP
+/// instrumentations send it) runs in a server span of that trace, so the gateway's `gen_ai`
+/// span joins the agent's own trace. Without the header, nothing is added.
+async fn caller_trace(req: Request, next: Next) -> Response {
+    let header = |req: &Request, name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some(traceparent) = header(&req, "traceparent") else {
+        return next.run(req).await;
+    };
+    let tracestate = header(&req, "tracestate");
+    // The path as the client sent it (a nested router sees only its own part).
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+    let span = tracing::info_span!(
+        "http",
+        "otel.name" = %format_args!("{} {path}", req.method()),
+        "otel.kind" = "server",
+        "http.request.method" = %req.method(),
+        "url.path" = %path,
+    );
+    steward_engine::continue_trace(&span, &traceparent, tracestate.as_deref());
+    tracing::Instrument::instrument(next.run(req), span).await
+}
+
 /// Guards the management API: when an admin token is configured, a request must carry it.
 async fn admin_only(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
     let Some(token) = token else {
@@ -501,7 +531,8 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/models/{*id}", get(openai::model))
         .route("/delegations", post(openai::delegate))
         .route("/traces", post(otlp::traces))
-        .fallback(openai::not_found);
+        .fallback(openai::not_found)
+        .layer(middleware::from_fn(caller_trace));
     // MCP clients authenticate as agents, like `/v1` callers.
     let mcp = Router::new()
         .route_service("/mcp", mcp::service(engine.clone()))

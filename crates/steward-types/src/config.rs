@@ -182,6 +182,9 @@ pub struct TelemetryConfig {
     /// `/v1/traces` under it). Unset: no export.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// Keep Steward's own spans (runs, model, tool and gateway calls) in the store, beside the
+    /// spans agents send to `/v1/traces`, for `engine.trace_retention_ms`.
+    pub store_spans: bool,
     /// How often batched spans are sent.
     pub export_interval_ms: u64,
     /// Bound on one export request: a collector that hangs cannot hold spans forever.
@@ -193,6 +196,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             otlp_endpoint: None,
             service_name: "steward".into(),
+            store_spans: true,
             export_interval_ms: 5_000,
             export_timeout_ms: 10_000,
         }

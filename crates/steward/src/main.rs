@@ -13,6 +13,7 @@ mod bench_tools;
 mod client;
 mod demo;
 mod memory_cli;
+mod own_spans;
 mod serve;
 mod telemetry;
 

@@ -262,11 +262,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args)?;
     // The exporter's HTTP client is a blocking one, which must be built off the async threads.
     let tcfg = cfg.telemetry.clone();
-    let telemetry = tokio::task::spawn_blocking(move || crate::telemetry::init(&tcfg)).await??;
+    let mut telemetry =
+        tokio::task::spawn_blocking(move || crate::telemetry::init(&tcfg)).await??;
     if cfg.engine.heartbeat_ms >= cfg.engine.lease_ttl_ms {
         bail!("engine.heartbeat_ms must be shorter than engine.lease_ttl_ms, or leases expire between renewals");
     }
     let engine = start_engine(&cfg, None).await?;
+    let own_spans = telemetry
+        .own_spans
+        .take()
+        .map(|own| tokio::spawn(crate::own_spans::keep(engine.clone(), own)));
     if let Some(path) = &cfg.gov.policy_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading gov.policy_file {}", path.display()))?;
@@ -303,8 +308,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await?;
     tracing::info!("stopped");
-    // Sends the spans still buffered; blocking, so off the async threads.
+    // Sends the spans still buffered; blocking, so off the async threads. Shutting the
+    // tracer down closes the store's channel, so its writer ends once the last are kept.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    if let Some(writer) = own_spans {
+        let _ = tokio::time::timeout(crate::own_spans::FLUSH_WAIT, writer).await;
+    }
     Ok(())
 }
 

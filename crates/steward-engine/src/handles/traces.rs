@@ -1,5 +1,5 @@
-//! Traces kept in the store: spans external agents send over OTLP (`POST /v1/traces`), read
-//! back by trace id.
+//! Traces kept in the store: spans external agents send over OTLP (`POST /v1/traces`) and
+//! Steward's own, read back by trace id.
 
 use steward_store::SpanRecord;
 
@@ -25,6 +25,16 @@ impl Traces<'_> {
         let sent_by = format!("agent:{}", who.agent);
         for s in &mut spans {
             s.sent_by.clone_from(&sent_by);
+            s.received_at = now;
+        }
+        Ok(self.0.store().put_spans(&spans).await?)
+    }
+
+    /// Keeps spans of Steward's own (`sent_by` `steward`); a span kept before is kept once.
+    pub async fn keep_own(&self, mut spans: Vec<SpanRecord>) -> Result<u64> {
+        let now = self.0.inner.shared.clock.now_ms();
+        for s in &mut spans {
+            s.sent_by = "steward".into();
             s.received_at = now;
         }
         Ok(self.0.store().put_spans(&spans).await?)

@@ -67,7 +67,7 @@ fn attr(holder: &Value, key: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-async fn mock_upstream() -> String {
+pub(crate) async fn mock_upstream() -> String {
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         post(|Json(body): Json<Value>| async move {

@@ -215,3 +215,148 @@ async fn spans_are_forgotten_after_their_retention(b: Backend) {
 }
 
 both_backends!(trace_retention, spans_are_forgotten_after_their_retention);
+
+/// The spans of one trace, by name (the first of each).
+async fn trace_spans(s: &TestServer, trace: &str) -> Vec<Value> {
+    let (st, t) = s.get(&format!("/api/v1/traces/{trace}")).await;
+    if st != 200 {
+        return Vec::new();
+    }
+    t["spans"].as_array().cloned().unwrap_or_default()
+}
+
+/// Steward keeps its own spans beside an agent's: a gateway call made with the agent's
+/// `traceparent` is a server span in the agent's trace with the `gen_ai` span under it, and a
+/// managed run's model call is kept with its run, all read back through one trace.
+async fn steward_spans_join_the_agents_trace(b: Backend) {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const AGENT_SPAN: &str = "b7ad6b7169203331";
+    let upstream = crate::telemetry::mock_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+        ],
+    )
+    .await;
+    let key = key_of(&s, "support-bot", "ana").await;
+    // The agent's own span, exported as OpenTelemetry's SDK would.
+    let body = serde_json::to_vec(&json_span(TRACE, AGENT_SPAN, "")).unwrap();
+    let (st, r) = otlp(&s, Some(&key), "application/json", body).await;
+    assert_eq!(st, 200, "{r}");
+    // Its model call through the gateway, in that span (as HTTP instrumentations send it).
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{TRACE}-{AGENT_SPAN}-01"))
+        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let spans = eventually("Steward's spans in the agent's trace", || async {
+        let spans = trace_spans(&s, TRACE).await;
+        (spans.len() >= 3).then_some(spans)
+    })
+    .await;
+    let named = |n: &str| {
+        spans
+            .iter()
+            .find(|x| x["name"] == n)
+            .unwrap_or_else(|| panic!("no span {n:?} in {spans:#?}"))
+            .clone()
+    };
+    let agent = named("execute_tool search");
+    assert_eq!(agent["sent_by"], "agent:support-bot");
+    let server = named("POST /v1/chat/completions");
+    assert_eq!(server["sent_by"], "steward");
+    assert_eq!(server["kind"], "server");
+    assert_eq!(server["parent_span_id"], AGENT_SPAN, "{server}");
+    assert_eq!(server["service"], "steward");
+    let call = named("chat mock/m");
+    assert_eq!(call["sent_by"], "steward");
+    assert_eq!(call["kind"], "client");
+    assert_eq!(call["parent_span_id"], server["span_id"], "{call}");
+    assert_eq!(call["attributes"]["gen_ai.operation.name"], "chat");
+    assert_eq!(call["attributes"]["gen_ai.provider.name"], "mock");
+    assert_eq!(call["attributes"]["gen_ai.usage.input_tokens"], 10);
+    assert_eq!(call["attributes"]["gen_ai.usage.output_tokens"], 3);
+    assert_eq!(call["attributes"]["agent"], "support-bot");
+    assert!(call["end_ns"].as_i64() >= call["start_ns"].as_i64());
+
+    // A call without a traceparent starts a trace of its own, kept too.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "again"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A managed run's model call, a syscall of its run, found by the trace its audit names.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: worker}\nspec:\n  model: mock/m\n  tools: [echo]\n").await;
+    let run = s.start_run("worker", "go").await;
+    assert_eq!(s.wait_run(&run).await["state"], "succeeded");
+    common::settled(&s).await;
+    let records = common::audit_records(&s).await;
+    let step = records
+        .iter()
+        .find(|r| r["run_id"] == run.as_str() && r["action"] == "llm.call")
+        .expect("the run's model call audited")
+        .clone();
+    let trace = step["trace_id"].as_str().expect("a trace id").to_string();
+    let spans = eventually("the run's spans", || async {
+        let spans = trace_spans(&s, &trace).await;
+        spans
+            .iter()
+            .any(|x| x["name"] == "chat mock/m")
+            .then_some(spans)
+    })
+    .await;
+    let chat = spans.iter().find(|x| x["name"] == "chat mock/m").unwrap();
+    assert_eq!(chat["attributes"]["run_id"], run.as_str(), "{chat}");
+    assert_eq!(chat["sent_by"], "steward");
+    let (st, listed) = s.get("/api/v1/traces?limit=10").await;
+    assert_eq!(st, 200, "{listed}");
+    assert!(
+        listed["traces"].as_array().unwrap().len() >= 3,
+        "the agent's, the lone call's and the run's: {listed}"
+    );
+}
+
+both_backends!(own_spans, steward_spans_join_the_agents_trace);
+
+/// With `[telemetry] store_spans = false`, only what agents send is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_spans_can_be_left_out() {
+    const TRACE: &str = "1af7651916cd43dd8448eb211c80319d";
+    const AGENT_SPAN: &str = "c7ad6b7169203332";
+    let upstream = crate::telemetry::mock_upstream().await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_TELEMETRY__STORE_SPANS", "false"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+        ],
+    )
+    .await;
+    let key = key_of(&s, "support-bot", "ana").await;
+    let body = serde_json::to_vec(&json_span(TRACE, AGENT_SPAN, "")).unwrap();
+    assert_eq!(otlp(&s, Some(&key), "application/json", body).await.0, 200);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{TRACE}-{AGENT_SPAN}-01"))
+        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Kept spans are written within a second of ending; wait well past that.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let spans = trace_spans(&s, TRACE).await;
+    assert_eq!(spans.len(), 1, "only the agent's: {spans:#?}");
+}
