@@ -3,6 +3,7 @@
 
 mod caller;
 mod change_audit;
+mod console;
 pub mod error;
 mod events;
 mod extract;
@@ -542,6 +543,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         ));
     Router::new()
         .merge(mcp)
+        .merge(console::router())
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

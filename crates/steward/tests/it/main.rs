@@ -12,6 +12,7 @@ mod audit;
 mod budgets;
 mod cache;
 mod cli;
+mod console;
 mod crash;
 mod delegation;
 mod fallbacks;

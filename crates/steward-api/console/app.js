@@ -1,0 +1,339 @@
+// Steward's console: one page, plain JavaScript, no build step and nothing vendored. Every
+// figure comes from the management API (/api/v1) with the token given at sign-in, kept for
+// this tab only (sessionStorage). Text from runs, tools and agents is shown with textContent,
+// never parsed as HTML.
+"use strict";
+
+const TOKEN_KEY = "steward.token";
+const REFRESH_MS = 2000;
+const main = document.getElementById("main");
+let refresh = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function show(...nodes) {
+  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : "";
+}
+
+function state(s) {
+  return el("span", { class: "state " + s }, s);
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, options) {
+  const opts = Object.assign({ headers: {} }, options || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) opts.headers.authorization = "Bearer " + token;
+  if (opts.json !== undefined) {
+    opts.method = opts.method || "POST";
+    opts.headers["content-type"] = "application/json";
+    opts.body = JSON.stringify(opts.json);
+  }
+  const r = await fetch("/api/v1" + path, opts);
+  const body = await r.json().catch(() => null);
+  if (!r.ok) {
+    const msg = (body && body.error && body.error.message) || r.status + " " + r.statusText;
+    throw new ApiError(r.status, msg);
+  }
+  return body;
+}
+
+function signIn(reason) {
+  document.getElementById("nav").hidden = true;
+  document.getElementById("sign-out").hidden = true;
+  const input = el("input", { id: "token", type: "password", placeholder: "admin token",
+    autocomplete: "current-password", size: 40 });
+  show(
+    el("h1", {}, "Sign in"),
+    reason ? el("p", { class: "error" }, reason) : null,
+    el("p", { class: "muted" }, "The server's admin token (server.admin_token)."),
+    el("form", { class: "inline", id: "sign-in", onsubmit: (e) => {
+      e.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, input.value);
+      route();
+    } }, input, el("button", { class: "primary", type: "submit" }, "Sign in")),
+  );
+  input.focus();
+}
+
+function failed(e) {
+  if (e instanceof ApiError && e.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    signIn("That token was refused.");
+    return;
+  }
+  show(el("p", { class: "error", id: "failure" }, String(e.message || e)));
+}
+
+// Pages: each renders once, and again every REFRESH_MS while it is shown.
+async function overview() {
+  const [runs, approvals] = await Promise.all([
+    api("/runs?limit=1000"),
+    api("/approvals?state=pending&limit=1000"),
+  ]);
+  const counts = {};
+  for (const r of runs.runs) counts[r.state] = (counts[r.state] || 0) + 1;
+  const card = (n, what, href) => el("a", { class: "card", href }, el("div", { class: "n" }, n),
+    el("div", { class: "what" }, what));
+  show(
+    el("h1", {}, "Overview"),
+    el("div", { class: "cards", id: "states" },
+      ["running", "waiting", "queued", "succeeded", "failed", "cancelled"].map((s) =>
+        card(counts[s] || 0, s, "#/runs?state=" + s)),
+      card(approvals.approvals.length, "approvals open", "#/approvals")),
+    el("p", { class: "muted" }, "Of the latest " + runs.runs.length + " runs."),
+  );
+}
+
+async function runsPage(params) {
+  const filter = new URLSearchParams();
+  filter.set("limit", "200");
+  for (const k of ["state", "agent", "parent"]) if (params.get(k)) filter.set(k, params.get(k));
+  const { runs } = await api("/runs?" + filter);
+  const pick = el("select", { id: "state-filter", onchange: (e) => {
+    location.hash = "#/runs" + (e.target.value ? "?state=" + e.target.value : "");
+  } }, ["", "queued", "running", "waiting", "succeeded", "failed", "cancelled"].map((s) =>
+    el("option", { value: s, selected: s === (params.get("state") || "") }, s || "any state")));
+  show(
+    el("h1", {}, "Runs"),
+    el("form", { class: "inline" }, pick),
+    runTable(runs, "runs"),
+  );
+}
+
+function runTable(runs, id) {
+  if (!runs.length) return el("p", { class: "muted", id }, "No runs.");
+  return el("table", { id },
+    el("tr", {}, ["run", "agent", "state", "started", "updated"].map((h) => el("th", {}, h))),
+    runs.map((r) => el("tr", { class: "run" },
+      el("td", {}, el("a", { href: "#/runs/" + r.id }, r.id)),
+      el("td", {}, r.agent),
+      el("td", {}, state(r.state), r.wait_kind ? " (" + r.wait_kind + ")" : ""),
+      el("td", {}, when(r.created_at)),
+      el("td", {}, when(r.updated_at)))));
+}
+
+function pretty(body) {
+  const text = typeof body === "string" ? body : JSON.stringify(body, null, 2);
+  return text.length > 4000 ? text.slice(0, 4000) + "\n…" : text;
+}
+
+async function runPage(id) {
+  const [run, journal, children, approvals] = await Promise.all([
+    api("/runs/" + encodeURIComponent(id)),
+    api("/runs/" + encodeURIComponent(id) + "/journal?limit=1000"),
+    api("/runs?parent=" + encodeURIComponent(id) + "&limit=200"),
+    api("/approvals?state=pending&limit=1000"),
+  ]);
+  const open = approvals.approvals.filter((a) => a.run_id === run.id);
+  const terminal = ["succeeded", "failed", "cancelled"].includes(run.state);
+  const facts = el("dl", { class: "facts" },
+    el("dt", {}, "agent"), el("dd", {}, run.agent + " v" + run.agent_version),
+    el("dt", {}, "state"), el("dd", { id: "run-state" }, state(run.state)),
+    el("dt", {}, "input"), el("dd", {}, el("pre", {}, run.input)),
+    run.result !== null && run.result !== undefined ? [el("dt", {}, "result"),
+      el("dd", {}, el("pre", { id: "run-result" }, run.result))] : null,
+    run.error ? [el("dt", {}, "error"), el("dd", {}, el("pre", {}, pretty(run.error)))] : null,
+    run.parent_id ? [el("dt", {}, "parent"),
+      el("dd", {}, el("a", { href: "#/runs/" + run.parent_id }, run.parent_id))] : null);
+  const cancel = terminal ? null : el("button", { id: "cancel", type: "button", onclick: async () => {
+    const reason = prompt("Why cancel this run?");
+    if (!reason) return;
+    await api("/runs/" + encodeURIComponent(run.id) + "/cancel", { json: { reason } }).catch(failed);
+    route();
+  } }, "Cancel run");
+  show(
+    el("h1", {}, "Run ", run.id),
+    facts,
+    cancel,
+    open.length ? [el("h2", {}, "Waiting for approval"), approvalTable(open)] : null,
+    el("h2", {}, "Timeline"),
+    timeline(journal.entries),
+    children.runs.length ? [el("h2", {}, "Children"), runTable(children.runs, "children")] : null,
+  );
+  return !terminal;
+}
+
+function timeline(entries) {
+  if (!entries.length) return el("p", { class: "muted", id: "timeline" }, "No steps yet.");
+  return el("table", { id: "timeline" },
+    el("tr", {}, ["#", "step", "phase", "ok", "tokens in/out", "ms", "at", "body"].map((h) =>
+      el("th", {}, h))),
+    entries.map((e) => el("tr", { class: "step" },
+      el("td", { class: "num" }, e.seq),
+      el("td", {}, e.kind + " ", el("strong", {}, e.name)),
+      el("td", {}, e.phase),
+      el("td", {}, state(e.ok ? "ok" : "error")),
+      el("td", { class: "num" }, e.tokens_in || e.tokens_out ? e.tokens_in + " / " + e.tokens_out : ""),
+      el("td", { class: "num" }, e.duration_us ? (e.duration_us / 1000).toFixed(1) : ""),
+      el("td", {}, when(e.at)),
+      el("td", {}, el("pre", {}, pretty(e.body))))));
+}
+
+function approvalTable(list) {
+  return el("table", { id: "approvals" },
+    el("tr", {}, ["run", "action", "resource", "approvers", "expires", "decide"].map((h) =>
+      el("th", {}, h))),
+    list.map((a) => {
+      const reason = el("input", { class: "reason", placeholder: "reason", required: true });
+      const decide = (verdict) => async () => {
+        if (!reason.value.trim()) {
+          reason.focus();
+          return;
+        }
+        try {
+          await api("/approvals/" + encodeURIComponent(a.id) + "/" + verdict,
+            { json: { reason: reason.value } });
+          route();
+        } catch (e) {
+          failed(e);
+        }
+      };
+      return el("tr", { class: "approval" },
+        el("td", {}, el("a", { href: "#/runs/" + a.run_id }, a.run_id)),
+        el("td", {}, a.action),
+        el("td", {}, a.resource),
+        el("td", {}, a.approvers),
+        el("td", {}, when(a.expires_at)),
+        el("td", {}, reason,
+          el("button", { class: "approve primary", type: "button", onclick: decide("approve") }, "Approve"),
+          " ",
+          el("button", { class: "deny", type: "button", onclick: decide("deny") }, "Deny")));
+    }));
+}
+
+async function approvalsPage() {
+  const { approvals } = await api("/approvals?state=pending&limit=1000");
+  show(
+    el("h1", {}, "Approvals"),
+    approvals.length ? approvalTable(approvals) : el("p", { class: "muted", id: "approvals" },
+      "Nothing is waiting for a decision."),
+  );
+  return true;
+}
+
+async function tracesPage(params) {
+  const q = new URLSearchParams({ limit: "100" });
+  for (const k of ["session_id", "end_user"]) if (params.get(k)) q.set(k, params.get(k));
+  const { traces } = await api("/traces?" + q);
+  show(
+    el("h1", {}, "Traces"),
+    traces.length ? el("table", { id: "traces" },
+      el("tr", {}, ["trace", "started", "ms", "spans", "session", "end user", "from"].map((h) =>
+        el("th", {}, h))),
+      traces.map((t) => el("tr", { class: "trace" },
+        el("td", {}, el("a", { href: "#/traces/" + t.trace_id }, t.trace_id)),
+        el("td", {}, when(t.start_ns / 1e6)),
+        el("td", { class: "num" }, ((t.end_ns - t.start_ns) / 1e6).toFixed(1)),
+        el("td", { class: "num" }, t.spans),
+        el("td", {}, t.session_id || ""),
+        el("td", {}, t.end_user || ""),
+        el("td", {}, t.sent_by)))) : el("p", { class: "muted", id: "traces" }, "No traces yet."),
+  );
+  return true;
+}
+
+async function tracePage(id) {
+  const t = await api("/traces/" + encodeURIComponent(id));
+  const spans = t.spans;
+  const t0 = Math.min(...spans.map((s) => s.start_ns));
+  const t1 = Math.max(...spans.map((s) => s.end_ns));
+  const total = Math.max(t1 - t0, 1);
+  const depth = {};
+  const byId = Object.fromEntries(spans.map((s) => [s.span_id, s]));
+  const level = (s, seen = 0) => {
+    if (depth[s.span_id] !== undefined) return depth[s.span_id];
+    const parent = s.parent_span_id && byId[s.parent_span_id];
+    depth[s.span_id] = parent && seen < 64 ? level(parent, seen + 1) + 1 : 0;
+    return depth[s.span_id];
+  };
+  show(
+    el("h1", {}, "Trace ", id),
+    el("table", { id: "waterfall" },
+      el("tr", {}, ["span", "from", "ms", "status", ""].map((h) => el("th", {}, h))),
+      spans.map((s) => {
+        const bar = el("div", { class: "bar" + (s.sent_by === "steward" ? "" : " external") });
+        bar.style.left = ((s.start_ns - t0) / total * 100).toFixed(2) + "%";
+        bar.style.width = ((s.end_ns - s.start_ns) / total * 100).toFixed(2) + "%";
+        const name = el("td", {}, s.name);
+        name.style.paddingLeft = 10 + 16 * level(s) + "px";
+        return el("tr", { class: "span" },
+          name,
+          el("td", {}, s.sent_by),
+          el("td", { class: "num" }, ((s.end_ns - s.start_ns) / 1e6).toFixed(1)),
+          el("td", {}, state(s.status)),
+          el("td", { class: "bar-cell" }, el("div", { class: "bar-track" }, bar)));
+      })),
+  );
+  return false;
+}
+
+async function route() {
+  clearTimeout(refresh);
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    signIn();
+    return;
+  }
+  document.getElementById("nav").hidden = false;
+  document.getElementById("sign-out").hidden = false;
+  const [path, query] = (location.hash.slice(1) || "/").split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  for (const a of document.querySelectorAll("nav a")) {
+    const target = a.getAttribute("href").slice(1);
+    a.classList.toggle("here", target === "/" ? parts.length === 0 : path.startsWith(target));
+  }
+  let page;
+  if (parts.length === 0) page = () => overview().then(() => true);
+  else if (parts[0] === "runs" && parts[1]) page = () => runPage(parts[1]);
+  else if (parts[0] === "runs") page = () => runsPage(params).then(() => true);
+  else if (parts[0] === "approvals") page = () => approvalsPage();
+  else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
+  else if (parts[0] === "traces") page = () => tracesPage(params);
+  else page = async () => show(el("p", { class: "error" }, "No such page."));
+  const hash = location.hash;
+  try {
+    const live = await page();
+    // Live pages follow changes; a form being filled in is left alone.
+    if (live && location.hash === hash) {
+      const tick = () => {
+        if (main.contains(document.activeElement)) refresh = setTimeout(tick, REFRESH_MS);
+        else route();
+      };
+      refresh = setTimeout(tick, REFRESH_MS);
+    }
+  } catch (e) {
+    failed(e);
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  location.hash = "#/";
+  signIn();
+});
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,352 @@
+//! The web console in a real browser: Debian's headless Chromium, driven by chromedriver over
+//! the W3C WebDriver protocol (both installed by `.ci/run`). A person signs in with the admin
+//! token, sees runs and a run's timeline, approves a waiting step from the page — and the run
+//! resumes — and reads a trace's waterfall; no page logs an error to the browser's console.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crate::common;
+
+use common::{eventually, Backend, TestServer};
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const TOKEN: &str = "console-test-admin-token";
+
+/// A chromedriver and one headless Chromium session, ended when dropped.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    driver: std::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let driver = std::process::Command::new(
+            std::env::var("STEWARD_TEST_CHROMEDRIVER").unwrap_or("chromedriver".into()),
+        )
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver, installed by .ci/run)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,900"]
+            },
+            "goog:loggingPrefs": {"browser": "ALL"}
+        }}});
+        let created = eventually("chromedriver to start a session", || {
+            let (http, base, caps) = (http.clone(), base.clone(), caps.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}/session"))
+                    .json(&caps)
+                    .send()
+                    .await
+                    .ok()?;
+                let v: Value = r.json().await.ok()?;
+                v["value"]["sessionId"].as_str().map(str::to_string)
+            }
+        })
+        .await;
+        Browser {
+            http,
+            base,
+            session: created,
+            driver,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    /// The element `css` selects, once it is on the page.
+    async fn find(&self, css: &str) -> String {
+        eventually(&format!("an element {css:?} on the page"), || async {
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            v[ELEMENT].as_str().map(str::to_string)
+        })
+        .await
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until the text of `css` contains `wanted`, and returns it.
+    async fn wait_text(&self, css: &str, wanted: &str) -> String {
+        eventually(&format!("{css:?} to show {wanted:?}"), || async {
+            let t = self.text(css).await;
+            t.contains(wanted).then_some(t)
+        })
+        .await
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// What the page logged to the browser's console at level SEVERE (errors).
+    async fn errors(&self) -> Vec<Value> {
+        let log = self
+            .call(
+                reqwest::Method::POST,
+                "/se/log",
+                Some(json!({"type": "browser"})),
+            )
+            .await;
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .cloned()
+            .collect()
+    }
+
+    /// The page as a PNG.
+    async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap_or_default())
+            .unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        // Ends the browser; chromedriver goes with the test's process either way.
+        let _ = std::thread::spawn(move || {
+            let _ = reqwest::blocking::Client::new().delete(url).send();
+        })
+        .join();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const POLICIES: &str = r#"
+@id("models") permit (principal, action == Steward::Action::"llm.call", resource);
+@id("payments-need-finance") @approval("finance")
+permit (principal, action == Steward::Action::"tool.call", resource == Steward::Tool::"http_request");
+"#;
+
+const PAYER: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: payer}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{name: http_request, arguments: {method: PUT, url: \"{{input}}\"}}]\n    - content: paid\n";
+
+async fn the_console_shows_runs_and_approves_from_the_page(b: Backend) {
+    let counter = common::Counter::start().await;
+    let s = TestServer::start_with(b, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    let (st, e) = common::send(
+        s.http
+            .put(format!("{}/api/v1/policies", s.url))
+            .body(POLICIES),
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    s.apply(PAYER).await;
+    let run = s
+        .start_run("payer", &format!("{}/pay/1", counter.url))
+        .await;
+    let r = s.wait_run(&run).await;
+    assert_eq!(r["wait_kind"], "approval", "{r}");
+
+    let browser = Browser::start().await;
+    // The console's address, and the sign-in it asks for first.
+    browser.open(&format!("{}/", s.url)).await;
+    browser.find("form#sign-in").await;
+    browser.type_into("#token", "not-the-token").await;
+    browser.click("form#sign-in button").await;
+    browser.wait_text("p.error", "refused").await;
+    // The browser logs the refused calls; nothing else may be logged.
+    let refused = browser.errors().await;
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["message"].as_str().unwrap_or("").contains("401")),
+        "{refused:?}"
+    );
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    // The overview counts the waiting run and the open approval.
+    let cards = browser.wait_text("#states", "approvals open").await;
+    assert!(cards.contains("1\nwaiting"), "{cards}");
+    assert!(cards.contains("1\napprovals open"), "{cards}");
+
+    // The runs list, then the run's page with its timeline.
+    browser.open(&format!("{}/ui/#/runs", s.url)).await;
+    browser.wait_text("table#runs", &run).await;
+    browser.click(&format!("a[href='#/runs/{run}']")).await;
+    let steps = browser.wait_text("table#timeline", "http_request").await;
+    assert!(steps.contains("scripted"), "the model step: {steps}");
+    browser.wait_text("#run-state", "waiting").await;
+    let paid = || counter.hits.lock().unwrap().values().sum::<u32>();
+    assert_eq!(paid(), 0, "nothing paid yet");
+
+    // Approved from the page where the step waits: the run resumes and pays once.
+    browser
+        .type_into("tr.approval input.reason", "invoice checked")
+        .await;
+    browser.click("tr.approval button.approve").await;
+    browser.wait_text("#run-state", "succeeded").await;
+    browser.wait_text("#run-result", "paid").await;
+    assert_eq!(paid(), 1, "paid exactly once");
+    let (_, approvals) = s.get("/api/v1/approvals?state=approved").await;
+    assert_eq!(
+        approvals["approvals"][0]["reason"], "invoice checked",
+        "{approvals}"
+    );
+
+    // Screenshots of the main pages, for the docs (written only when asked for).
+    let shots = std::env::var_os("STEWARD_CONSOLE_SCREENSHOTS");
+    if let Some(dir) = &shots {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("console-run.png"), browser.screenshot().await).unwrap();
+    }
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}
+
+both_backends!(console, the_console_shows_runs_and_approves_from_the_page);
+
+/// A trace's page draws the agent's spans and Steward's together as a waterfall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_draws_a_trace() {
+    const TRACE: &str = "5af7651916cd43dd8448eb211c80319e";
+    let upstream = crate::telemetry::mock_upstream().await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+        ],
+    )
+    .await;
+    let key = common::key_of(&s, "support-bot", "ana").await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{TRACE}-b7ad6b7169203331-01"))
+        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually("Steward's spans kept", || async {
+        let (st, t) = s.get(&format!("/api/v1/traces/{TRACE}")).await;
+        (st == 200 && t["spans"].as_array().is_some_and(|a| a.len() >= 2)).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/traces", s.url)).await;
+    browser.wait_text("table#traces", TRACE).await;
+    browser.click(&format!("a[href='#/traces/{TRACE}']")).await;
+    let waterfall = browser.wait_text("table#waterfall", "chat mock/m").await;
+    assert!(
+        waterfall.contains("POST /v1/chat/completions"),
+        "{waterfall}"
+    );
+    let shots = std::env::var_os("STEWARD_CONSOLE_SCREENSHOTS");
+    if let Some(dir) = &shots {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("console-trace.png"), browser.screenshot().await).unwrap();
+    }
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}
+
+/// The console's files come with a policy that runs only their own script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_a_strict_policy() {
+    let s =
+        TestServer::start_with(Backend::Sqlite, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain.get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/");
+    for (path, kind) in [
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = plain.get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with(kind));
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+    // The page itself holds nothing; the API behind it still wants the token.
+    let r = plain
+        .get(format!("{}/api/v1/runs", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
