@@ -66,10 +66,17 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let mut exporting = None;
     if cfg.store_spans {
         let (exporter, own) = crate::own_spans::exporter(&cfg.service_name);
-        // Kept within a second of ending, so a trace can be read back while it is current.
+        // Kept within a second of ending, so a trace can be read back while it is current;
+        // in large batches, as each is a commit of the store's.
         provider = provider.with_span_processor(
             BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batches(1_000))
+                .with_batch_config(
+                    BatchConfigBuilder::default()
+                        .with_scheduled_delay(Duration::from_secs(1))
+                        .with_max_queue_size(16_384)
+                        .with_max_export_batch_size(4_096)
+                        .build(),
+                )
                 .build(),
         );
         own_spans = Some(own);
