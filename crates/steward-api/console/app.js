@@ -64,12 +64,13 @@ async function api(path, options) {
 function signIn(reason) {
   document.getElementById("nav").hidden = true;
   document.getElementById("sign-out").hidden = true;
-  const input = el("input", { id: "token", type: "password", placeholder: "admin token",
+  const input = el("input", { id: "token", type: "password", placeholder: "admin or viewer token",
     autocomplete: "current-password", size: 40 });
   show(
     el("h1", {}, "Sign in"),
     reason ? el("p", { class: "error" }, reason) : null,
-    el("p", { class: "muted" }, "The server's admin token (server.admin_token)."),
+    el("p", { class: "muted" },
+      "The server's admin token (server.admin_token), or its viewer token to read only."),
     el("form", { class: "inline", id: "sign-in", onsubmit: (e) => {
       e.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, input.value);

@@ -314,9 +314,14 @@ async fn caller_trace(req: Request, next: Next) -> Response {
     tracing::Instrument::instrument(next.run(req), span).await
 }
 
-/// Guards the management API: when an admin token is configured, a request must carry it.
-async fn admin_only(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
-    let Some(token) = token else {
+/// Guards the management API: when an admin token is configured, a request must carry it —
+/// or the viewer token, for reading only.
+async fn admin_only(
+    State((admin, viewer)): State<(Option<String>, Option<String>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(admin) = admin else {
         return next.run(req).await;
     };
     let given = req
@@ -325,15 +330,29 @@ async fn admin_only(State(token): State<Option<String>>, req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if same_secret(given, &token) {
-        next.run(req).await
-    } else {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "the management API needs `Authorization: Bearer <admin token>` (STEWARD_TOKEN for the CLI)",
-        )
-        .into_response()
+    if same_secret(given, &admin) {
+        return next.run(req).await;
     }
+    if viewer.as_deref().is_some_and(|v| same_secret(given, v)) {
+        let reads = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        return if reads {
+            next.run(req).await
+        } else {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "the viewer token only reads: this needs the admin token",
+            )
+            .into_response()
+        };
+    }
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "the management API needs `Authorization: Bearer <admin token>` (STEWARD_TOKEN for the CLI), or the viewer token to read",
+    )
+    .into_response()
 }
 
 /// Compared in constant time: the token is a secret.
@@ -482,7 +501,10 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             change_audit::audit_changes,
         ))
         .layer(middleware::from_fn_with_state(
-            cfg.admin_token.clone().filter(|t| !t.is_empty()),
+            (
+                cfg.admin_token.clone().filter(|t| !t.is_empty()),
+                cfg.viewer_token.clone().filter(|t| !t.is_empty()),
+            ),
             admin_only,
         ));
     // What task workers and agents' memory do, open to the admin token and to agents' own

@@ -218,6 +218,10 @@ pub struct ServerConfig {
     /// `STEWARD_SERVER__ADMIN_TOKEN`, not in the file). Unset: the management API is open, for
     /// a trusted network only.
     pub admin_token: Option<String>,
+    /// With an admin token set, a second token that may only read the management API (`GET`):
+    /// for the web console's viewers (`STEWARD_SERVER__VIEWER_TOKEN`). It reads neither
+    /// memories nor secrets' values, which the management API never shows anyway.
+    pub viewer_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -229,6 +233,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             request_timeout_ms: 30_000,
             admin_token: None,
+            viewer_token: None,
         }
     }
 }

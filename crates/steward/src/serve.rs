@@ -264,6 +264,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tcfg = cfg.telemetry.clone();
     let mut telemetry =
         tokio::task::spawn_blocking(move || crate::telemetry::init(&tcfg)).await??;
+    let (admin, viewer) = (
+        cfg.server.admin_token.as_deref().unwrap_or(""),
+        cfg.server.viewer_token.as_deref().unwrap_or(""),
+    );
+    if !viewer.is_empty() && admin.is_empty() {
+        bail!("server.viewer_token is set without server.admin_token: with no admin token the management API is open to everyone; set both, or neither");
+    }
+    if !viewer.is_empty() && viewer == admin {
+        bail!("server.viewer_token must differ from server.admin_token: it may only read");
+    }
     if cfg.engine.heartbeat_ms >= cfg.engine.lease_ttl_ms {
         bail!("engine.heartbeat_ms must be shorter than engine.lease_ttl_ms, or leases expire between renewals");
     }

@@ -350,3 +350,92 @@ async fn the_console_is_served_with_a_strict_policy() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// The viewer token reads every page's data and changes nothing; the admin token still does.
+/// A viewer token without an admin token, or equal to it, stops the server at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_token_only_reads() {
+    const VIEWER: &str = "console-test-viewer-token";
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_SERVER__VIEWER_TOKEN", VIEWER),
+        ],
+    )
+    .await;
+    s.apply(PAYER).await;
+    let run = s.start_run("payer", "http://127.0.0.1:9/").await;
+    let plain = reqwest::Client::new();
+    let as_viewer = |r: reqwest::RequestBuilder| async move {
+        let r = r.bearer_auth(VIEWER).send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    for path in [
+        "/api/v1/runs".to_string(),
+        format!("/api/v1/runs/{run}"),
+        format!("/api/v1/runs/{run}/journal"),
+        "/api/v1/approvals?state=pending".into(),
+        "/api/v1/traces".into(),
+        "/api/v1/agents".into(),
+    ] {
+        let (st, body) = as_viewer(plain.get(format!("{}{path}", s.url))).await;
+        assert_eq!(st, 200, "{path}: {body}");
+    }
+    let (st, body) = as_viewer(
+        plain
+            .post(format!("{}/api/v1/runs/{run}/cancel", s.url))
+            .json(&json!({"reason": "a viewer tried"})),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let (st, _) = as_viewer(
+        plain
+            .post(format!("{}/api/v1/keys", s.url))
+            .json(&json!({"agent": "payer"})),
+    )
+    .await;
+    assert_eq!(st, 403, "a viewer cannot mint keys");
+    let (st, _) = as_viewer(
+        plain
+            .post(format!("{}/api/v1/memories/search", s.url))
+            .json(&json!({"query": "x", "scopes": ["org"]})),
+    )
+    .await;
+    assert_eq!(st, 401, "nor read memories: they are not the console's");
+    // The admin token still acts.
+    let (st, r) = common::send(
+        s.http
+            .post(format!("{}/api/v1/runs/{run}/cancel", s.url))
+            .json(&json!({"reason": "the admin did"})),
+    )
+    .await;
+    assert!(st == 200 || st == 409, "{st} {r}");
+
+    for (viewer, says) in [
+        (
+            &[("STEWARD_SERVER__VIEWER_TOKEN", VIEWER)][..],
+            "without server.admin_token",
+        ),
+        (
+            &[
+                ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+                ("STEWARD_SERVER__VIEWER_TOKEN", TOKEN),
+            ][..],
+            "must differ",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .envs(viewer.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}
