@@ -179,6 +179,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     };
     let per_s = (spans.load(Ordering::Relaxed) as f64 / elapsed).round();
     eprintln!("ingest: {per_s} spans/s");
+    let pages = page_timings(&http, &url, &dir).await?;
     server.start_kill()?;
     let _ = server.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -188,7 +189,145 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
             "spans_per_request": SPANS_PER_REQUEST, "clients": CLIENTS,
             "request_p50_ms": at(0.5), "request_p99_ms": at(0.99),
             "errors": errors.load(Ordering::Relaxed),
-            "runs_page_p95_ms": null, "run_page_p95_ms": null})
+            "runs": RUNS, "run_steps": STEPS, "pages": pages,
+            "runs_page_p95_ms": pages["runs"]["p95_ms"], "run_page_p95_ms": pages["run"]["p95_ms"]})
     );
     Ok(())
+}
+
+/// Finished runs in the store when the console's pages are timed, and the steps of the one
+/// whose page is.
+const RUNS: usize = 100_000;
+const STEPS: usize = 1_000;
+/// Page loads timed, each after a few untimed ones.
+const LOADS: usize = 200;
+
+/// Fills the store behind a running server with `RUNS` finished runs, one of them with `STEPS`
+/// model steps (intent and outcome each), in one transaction straight into its SQLite file
+/// (faster than running them, and the same rows). Returns the long run's id.
+async fn seed_runs(
+    http: &reqwest::Client,
+    url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{url}/api/v1/agents"))
+        .header("content-type", "application/yaml")
+        .body("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: bench}\nspec:\n  model: scripted\n  script:\n    - content: done\n")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "applying the bench agent: {}",
+        r.text().await?
+    );
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.join("steward.db"))
+        .busy_timeout(Duration::from_secs(30));
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let long = format!("run_{}", "f".repeat(32));
+    let mut tx = sqlx::Connection::begin(&mut db).await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO runs (id, agent, agent_version, input, state, result, created_at, updated_at) \
+         SELECT printf('run_%032x', i), 'bench', 1, 'question ' || i, 'succeeded', \
+                'answer ' || i, ?2 - ?1 + i, ?2 - ?1 + i FROM n",
+    )
+    .bind((RUNS - 2) as i64)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO runs (id, agent, agent_version, input, state, result, created_at, updated_at) \
+         VALUES (?1, 'bench', 1, 'a long task', 'succeeded', 'done', ?2, ?2)",
+    )
+    .bind(&long)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?2 * 2 - 1) \
+         INSERT INTO journal (run_id, seq, phase, kind, name, request_hash, idempotency_key, body, \
+                              ok, tokens_in, tokens_out, at, duration_us) \
+         SELECT ?1, i / 2, i % 2, 'model', 'scripted', 'h' || (i / 2), ?1 || ':' || (i / 2), \
+                CASE i % 2 WHEN 0 THEN '{\"model\":\"scripted\",\"messages\":' || (i / 2 + 1) || '}' \
+                ELSE '{\"content\":\"step ' || (i / 2) || ' of a long task, with a sentence or two of an answer\"}' END, \
+                1, 120, 40, ?3 + i, 900 FROM n",
+    )
+    .bind(&long)
+    .bind(STEPS as i64)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(long)
+}
+
+/// Time to first byte (ms) of the API requests each console page makes, p50 and p95 over
+/// `LOADS` loads of the page (its requests made together, as the page makes them).
+async fn page_timings(
+    http: &reqwest::Client,
+    url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let long = seed_runs(http, url, dir).await?;
+    eprintln!(
+        "console: {RUNS} runs and a {STEPS}-step run written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let pages: [(&str, Vec<String>); 3] = [
+        (
+            "overview",
+            vec![
+                "/api/v1/runs?limit=1000".into(),
+                "/api/v1/approvals?state=pending&limit=1000".into(),
+            ],
+        ),
+        ("runs", vec!["/api/v1/runs?limit=200".into()]),
+        (
+            "run",
+            vec![
+                format!("/api/v1/runs/{long}"),
+                format!("/api/v1/runs/{long}/journal?limit=1000"),
+                format!("/api/v1/runs?parent={long}&limit=200"),
+                "/api/v1/approvals?state=pending&limit=1000".into(),
+            ],
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (page, paths) in &pages {
+        let mut ms = Vec::with_capacity(LOADS);
+        for i in 0..LOADS + 10 {
+            let t = Instant::now();
+            let loads = paths.iter().map(|p| {
+                let req = http.get(format!("{url}{p}"));
+                async move {
+                    // The first byte: the status line and headers.
+                    let r = req.send().await?;
+                    anyhow::ensure!(r.status().is_success(), "{p}: {}", r.status());
+                    let first = t.elapsed();
+                    r.bytes().await?;
+                    Ok(first)
+                }
+            });
+            let firsts = futures::future::try_join_all(loads).await?;
+            if i >= 10 {
+                let slowest = firsts.into_iter().max().unwrap_or_default();
+                ms.push(slowest.as_secs_f64() * 1000.0);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| (ms[((ms.len() - 1) as f64 * q).round() as usize] * 1000.0).round() / 1000.0;
+        eprintln!("{page}: p50 {} ms, p95 {} ms", at(0.5), at(0.95));
+        out.insert(
+            (*page).into(),
+            json!({"requests": paths, "p50_ms": at(0.5), "p95_ms": at(0.95)}),
+        );
+    }
+    Ok(Value::Object(out))
 }
