@@ -55,6 +55,22 @@ rows += [
     ("tools", "p50 ms added by /mcp", get(t, "p50_added_ms"), None, None, False),
     ("tools", "calls/s through /mcp", get(t, "calls_per_s"), None, None, True),
 ]
+m = results.get("memory", {})
+rows += [
+    # No peer runs here (Mem0, Zep and Letta write through a model API); their published
+    # figures are in bench/README.md.
+    ("memory", "search p95 ms at the full size", get(m, "search_p95_ms_100k"), None, None, False),
+    ("memory", "fast-path write p50 ms", get(m, "write_p50_ms"), None, None, False),
+    ("memory", "recall@10 hybrid", get(m, "recall_at_10", "hybrid"), None, None, True),
+    ("memory", "recall@10 vector", get(m, "recall_at_10", "vector"), None, None, True),
+    ("memory", "recall@10 full text", get(m, "recall_at_10", "bm25"), None, None, True),
+]
+c = results.get("console", {})
+rows += [
+    ("console", "spans/s ingested over OTLP", get(c, "ingest_spans_per_s"), None, None, True),
+    ("console", "runs page p95 ms (100k runs)", get(c, "runs_page_p95_ms"), None, None, False),
+    ("console", "run page p95 ms (1,000 steps)", get(c, "run_page_p95_ms"), None, None, False),
+]
 
 
 def fmt(x):
