@@ -1324,3 +1324,112 @@ both_backends!(
     memory_curation_reauthorized,
     a_curation_is_authorized_again_before_it_is_applied
 );
+
+/// A curation asked for through a delegation (alice-bot's grant to bob-bot) is decided again
+/// link by link before it is applied: the grant revoked while the model thinks fails the
+/// request saying so, with nothing written; a grant left in place is applied.
+async fn a_delegated_curation_dies_with_its_grant(b: Backend) {
+    let (upstream, seen) = curating_upstream().await;
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_MEMORY__CURATION_MODEL", "mock/gpt-mock"),
+        ],
+    )
+    .await;
+    s.apply(AGENTS).await;
+    let (st, r) = s
+        .put_policies(
+            r#"permit (principal, action in [Steward::Action::"memory.write", Steward::Action::"memory.read"], resource == Steward::Namespace::"collection:pets");
+permit (principal == Steward::Agent::"alice-bot", action == Steward::Action::"agent.delegate", resource == Steward::Agent::"bob-bot");
+permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"tool.call"], resource);"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let alice = key_of(&s, "alice-bot", "alice").await;
+    let scope = "collection:pets";
+    // alice-bot grants bob-bot; bob-bot asks with its own key and the grant.
+    let grant = || async {
+        let (st, d) = s
+            .post_as(&alice, "/v1/delegations", json!({"to": "bob-bot"}))
+            .await;
+        assert_eq!(st, 201, "{d}");
+        let (st, k) = s.post("/api/v1/keys", json!({"agent": "bob-bot"})).await;
+        assert_eq!(st, 201, "{k}");
+        (
+            d["id"].as_str().unwrap().to_string(),
+            format!(
+                "{}|{}",
+                k["key"].as_str().unwrap(),
+                d["token"].as_str().unwrap()
+            ),
+        )
+    };
+    let request = |credential: String| {
+        let s = &s;
+        let body = json!({"scope": scope, "messages": [{"role": "user", "content": "Speaking slowly: we adopted a cat, Biscuit."}]});
+        async move {
+            let (st, c) = s
+                .post_as(&credential, "/api/v1/memories/curate", body)
+                .await;
+            assert_eq!(st, 202, "{c}");
+            c["id"].as_str().unwrap().to_string()
+        }
+    };
+    let in_flight = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            eventually("the model call to be in flight", || async {
+                (seen.lock().unwrap().len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    let biscuits = || async {
+        let (_, r) = s
+            .post(
+                "/api/v1/memories/search",
+                json!({"query": "Biscuit", "scopes": [scope], "include_history": true, "method": "bm25"}),
+            )
+            .await;
+        texts(&r)
+    };
+
+    let (link, bob) = grant().await;
+    let id = request(bob.clone()).await;
+    in_flight(1).await;
+    let (st, r) = s
+        .post(
+            &format!("/api/v1/delegations/{link}/revoke"),
+            json!({"reason": "bob moved teams"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "failed", "{c}");
+    assert!(c["error"].as_str().unwrap().contains("revoked"), "{c}");
+    assert!(biscuits().await.is_empty(), "nothing written");
+    // The revoked grant cannot ask again.
+    let (st, _) = s
+        .post_as(
+            &bob,
+            "/api/v1/memories/curate",
+            json!({"scope": scope, "messages": [{"role": "user", "content": "again"}]}),
+        )
+        .await;
+    assert_eq!(st, 401);
+
+    // A grant left in place: the same request is applied.
+    let (_, bob) = grant().await;
+    let id = request(bob).await;
+    let c = ended(&s, &id).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(biscuits().await, ["Jon has a cat named Biscuit"]);
+}
+
+both_backends!(
+    memory_curation_delegated,
+    a_delegated_curation_dies_with_its_grant
+);
