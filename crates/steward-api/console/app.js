@@ -292,6 +292,40 @@ async function tracePage(id) {
   return false;
 }
 
+async function policiesPage() {
+  const p = await api("/policies");
+  const text = el("textarea", { id: "policy-text", rows: 24, spellcheck: "false" });
+  text.value = p.text;
+  const status = el("p", { id: "policy-status", class: "muted" },
+    "Version " + p.version + " is in force.");
+  const problems = el("pre", { id: "policy-errors", class: "error", hidden: true });
+  const save = async () => {
+    problems.hidden = true;
+    try {
+      const r = await api("/policies", { method: "PUT", body: text.value,
+        headers: { "content-type": "text/plain" } });
+      status.textContent = "Version " + r.version + " saved: it is in force.";
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) return failed(e);
+      // Cedar's diagnostics, in place; the set in force is unchanged.
+      problems.textContent = e.message;
+      problems.hidden = false;
+      status.textContent = "Not saved: version " + p.version + " is still in force.";
+    }
+  };
+  show(
+    el("h1", {}, "Policies"),
+    el("p", { class: "muted" },
+      "Cedar policies, validated against Steward's schema before they take effect."),
+    status,
+    text,
+    el("p", {}, el("button", { class: "primary", id: "policy-save", type: "button", onclick: save },
+      "Validate and save")),
+    problems,
+  );
+  return false;
+}
+
 async function route() {
   clearTimeout(refresh);
   if (!sessionStorage.getItem(TOKEN_KEY)) {
@@ -312,6 +346,7 @@ async function route() {
   else if (parts[0] === "runs" && parts[1]) page = () => runPage(parts[1]);
   else if (parts[0] === "runs") page = () => runsPage(params).then(() => true);
   else if (parts[0] === "approvals") page = () => approvalsPage();
+  else if (parts[0] === "policies") page = () => policiesPage();
   else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
   else if (parts[0] === "traces") page = () => tracesPage(params);
   else page = async () => show(el("p", { class: "error" }, "No such page."));
