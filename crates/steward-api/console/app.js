@@ -292,6 +292,65 @@ async function tracePage(id) {
   return false;
 }
 
+const COST_GROUPS = ["agent", "model", "tool", "run", "task", "outcome", "day"];
+
+async function costsPage(params) {
+  const by = COST_GROUPS.includes(params.get("by")) ? params.get("by") : "agent";
+  const days = params.get("days") || "30";
+  const report = await api("/costs?by=" + by + "&days=" + encodeURIComponent(days));
+  const go = (b, d) => { location.hash = "#/costs?by=" + b + "&days=" + d; };
+  const pickBy = el("select", { id: "cost-by", onchange: (e) => go(e.target.value, days) },
+    COST_GROUPS.map((g) => el("option", { value: g, selected: g === by }, "by " + g)));
+  const pickDays = el("select", { id: "cost-days", onchange: (e) => go(by, e.target.value) },
+    ["1", "7", "30", "90", "365"].map((d) => el("option", { value: d, selected: d === days },
+      "last " + d + (d === "1" ? " day" : " days"))));
+  const lines = by === "day" ? [...report.lines].sort((a, b) => a.key.localeCompare(b.key))
+    : report.lines;
+  const most = Math.max(...lines.map((l) => l.cost_usd), 1e-12);
+  const usd = (x) => "$" + x.toFixed(x >= 1 ? 2 : 6);
+  const o = report.outcomes;
+  show(
+    el("h1", {}, "Costs"),
+    el("form", { class: "inline" }, pickBy, pickDays),
+    el("p", { id: "cost-total" }, "Total " + usd(report.total_usd) + " — " + o.successful_runs +
+      " of " + o.runs + " runs succeeded" + (o.cost_per_successful_run_usd !== null &&
+      o.cost_per_successful_run_usd !== undefined ? ", " + usd(o.cost_per_successful_run_usd) +
+      " per successful run" : "") + "."),
+    lines.length ? el("table", { id: "costs" },
+      el("tr", {}, [by, "model calls", "tool calls", "tokens in / out", "cost", ""].map((h) =>
+        el("th", {}, h))),
+      lines.map((l) => {
+        const bar = el("div", { class: "bar" });
+        bar.style.width = (l.cost_usd / most * 100).toFixed(2) + "%";
+        return el("tr", { class: "cost" },
+          el("td", {}, l.key + (l.outcome ? " (" + l.outcome + ")" : "")),
+          el("td", { class: "num" }, l.calls),
+          el("td", { class: "num" }, l.tool_calls),
+          el("td", { class: "num" }, l.tokens_in + " / " + l.tokens_out),
+          el("td", { class: "num" }, usd(l.cost_usd)),
+          el("td", { class: "bar-cell" }, el("div", { class: "bar-track" }, bar)));
+      })) : el("p", { class: "muted", id: "costs" }, "Nothing spent in this period."),
+  );
+  return true;
+}
+
+async function auditPage() {
+  show(el("h1", {}, "Audit"), el("p", { class: "muted", id: "audit" }, "Verifying…"));
+  const r = await api("/audit/verify");
+  show(
+    el("h1", {}, "Audit"),
+    el("p", { id: "audit" }, r.ok
+      ? el("span", { class: "state ok" }, "verified")
+      : el("span", { class: "state error" }, "problems found"),
+      " — " + r.records + " records checked against their hashes and " + r.checkpoints +
+      " signed checkpoints" + (r.pruned ? "; " + r.pruned + " pruned before them" : "") + "."),
+    r.problems.length ? el("table", { id: "audit-problems" },
+      el("tr", {}, el("th", {}, "problem")),
+      r.problems.map((p) => el("tr", {}, el("td", {}, el("pre", {}, pretty(p)))))) : null,
+  );
+  return false;
+}
+
 async function policiesPage() {
   const p = await api("/policies");
   const text = el("textarea", { id: "policy-text", rows: 24, spellcheck: "false" });
@@ -347,6 +406,8 @@ async function route() {
   else if (parts[0] === "runs") page = () => runsPage(params).then(() => true);
   else if (parts[0] === "approvals") page = () => approvalsPage();
   else if (parts[0] === "policies") page = () => policiesPage();
+  else if (parts[0] === "costs") page = () => costsPage(params);
+  else if (parts[0] === "audit") page = () => auditPage();
   else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
   else if (parts[0] === "traces") page = () => tracesPage(params);
   else page = async () => show(el("p", { class: "error" }, "No such page."));

@@ -261,6 +261,16 @@ async fn the_console_shows_runs_and_approves_from_the_page(b: Backend) {
         "{approvals}"
     );
 
+    // What it cost, by agent, and the audit log verified — each model and tool call of it.
+    browser.open(&format!("{}/ui/#/costs", s.url)).await;
+    let costs = browser.wait_text("table#costs", "payer").await;
+    assert!(costs.contains("payer"), "{costs}");
+    browser
+        .wait_text("#cost-total", "1 of 1 runs succeeded")
+        .await;
+    browser.open(&format!("{}/ui/#/audit", s.url)).await;
+    browser.wait_text("#audit", "verified").await;
+
     // Screenshots of the main pages, for the docs (written only when asked for).
     let shots = std::env::var_os("STEWARD_CONSOLE_SCREENSHOTS");
     if let Some(dir) = &shots {
