@@ -91,9 +91,10 @@ function failed(e) {
 
 // Pages: each renders once, and again every REFRESH_MS while it is shown.
 async function overview() {
-  const [runs, approvals] = await Promise.all([
+  const [runs, approvals, spend] = await Promise.all([
     api("/runs?limit=1000"),
     api("/approvals?state=pending&limit=1000"),
+    api("/costs?by=hour&days=1"),
   ]);
   const counts = {};
   for (const r of runs.runs) counts[r.state] = (counts[r.state] || 0) + 1;
@@ -105,8 +106,35 @@ async function overview() {
       ["running", "waiting", "queued", "succeeded", "failed", "cancelled"].map((s) =>
         card(counts[s] || 0, s, "#/runs?state=" + s)),
       card(approvals.approvals.length, "approvals open", "#/approvals")),
-    el("p", { class: "muted" }, "Of the latest " + runs.runs.length + " runs."),
+    el("p", { class: "muted" }, "Of the latest " + runs.runs.length + " runs" +
+      errorRate(counts) + "."),
+    el("h2", {}, "Spend per hour, last 24 hours (UTC)"),
+    hourly(spend.lines),
   );
+}
+
+function errorRate(counts) {
+  const ended = (counts.succeeded || 0) + (counts.failed || 0);
+  return ended ? "; " + ((counts.failed || 0) / ended * 100).toFixed(1) +
+    "% of those that ended failed" : "";
+}
+
+// One bar per hour, from 23 hours ago to this one; an hour with no spend has none.
+function hourly(lines) {
+  const byHour = Object.fromEntries(lines.map((l) => [l.key, l.cost_usd]));
+  const now = Date.now();
+  const hours = [];
+  for (let i = 23; i >= 0; i--) {
+    const t = new Date(now - i * 3600000).toISOString();
+    hours.push([t.slice(11, 13) + ":00", byHour[t.slice(0, 10) + " " + t.slice(11, 13) + ":00"] || 0]);
+  }
+  const most = Math.max(...hours.map((h) => h[1]), 1e-12);
+  return el("div", { class: "chart", id: "spend-chart" }, hours.map(([label, usd]) => {
+    const bar = el("div", { class: "column" });
+    bar.style.height = (usd / most * 100).toFixed(1) + "%";
+    return el("div", { class: "slot", title: label + " $" + usd.toFixed(6) },
+      el("div", { class: "column-track" }, bar), el("div", { class: "label" }, label.slice(0, 2)));
+  }));
 }
 
 async function runsPage(params) {
@@ -292,7 +320,7 @@ async function tracePage(id) {
   return false;
 }
 
-const COST_GROUPS = ["agent", "model", "tool", "run", "task", "outcome", "day"];
+const COST_GROUPS = ["agent", "model", "tool", "run", "task", "outcome", "day", "hour"];
 
 async function costsPage(params) {
   const by = COST_GROUPS.includes(params.get("by")) ? params.get("by") : "agent";
@@ -304,7 +332,7 @@ async function costsPage(params) {
   const pickDays = el("select", { id: "cost-days", onchange: (e) => go(by, e.target.value) },
     ["1", "7", "30", "90", "365"].map((d) => el("option", { value: d, selected: d === days },
       "last " + d + (d === "1" ? " day" : " days"))));
-  const lines = by === "day" ? [...report.lines].sort((a, b) => a.key.localeCompare(b.key))
+  const lines = by === "day" || by === "hour" ? [...report.lines].sort((a, b) => a.key.localeCompare(b.key))
     : report.lines;
   const most = Math.max(...lines.map((l) => l.cost_usd), 1e-12);
   const usd = (x) => "$" + x.toFixed(x >= 1 ? 2 : 6);

@@ -320,7 +320,7 @@ pub struct CallList {
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CostLine {
-    /// The agent, model, run id, task id, tool, outcome or day (YYYY-MM-DD), per the report's
+    /// The agent, model, run id, task id, tool, outcome, day (YYYY-MM-DD) or hour (YYYY-MM-DD HH:00, UTC), per the report's
     /// `by`.
     pub key: String,
     /// Model calls (tool calls, by tool).

@@ -1,5 +1,5 @@
 //! Cost reports: token usage from managed runs and gateway calls, priced with the price table,
-//! grouped by agent, model, run, task, tool, outcome or day — and what an outcome costs: all
+//! grouped by agent, model, run, task, tool, outcome, day or hour — and what an outcome costs: all
 //! spend on runs (or tasks, failed attempts included) over the runs that succeeded (the tasks
 //! done).
 
@@ -16,6 +16,8 @@ pub enum CostBy {
     Model,
     Run,
     Day,
+    /// UTC hours (`2026-12-07 14:00`): what the console charts.
+    Hour,
     /// The task a run served (`(no task)` for the rest).
     Task,
     /// Tool calls by tool.
@@ -31,11 +33,12 @@ impl CostBy {
             "model" => Ok(CostBy::Model),
             "run" => Ok(CostBy::Run),
             "day" => Ok(CostBy::Day),
+            "hour" => Ok(CostBy::Hour),
             "task" => Ok(CostBy::Task),
             "tool" => Ok(CostBy::Tool),
             "outcome" => Ok(CostBy::Outcome),
             other => Err(Error::InvalidRequest(format!(
-                "by: {other:?} is not one of agent, model, run, task, tool, outcome, day"
+                "by: {other:?} is not one of agent, model, run, task, tool, outcome, day, hour"
             ))),
         }
     }
@@ -91,7 +94,15 @@ pub fn report(rows: &[UsageRow], prices: &Prices, by: CostBy) -> Vec<CostLine> {
                 r.run_id.clone().unwrap_or_else(|| "(no run)".into()),
                 r.run_state.clone(),
             ),
-            CostBy::Day => (date_of(r.day), None),
+            CostBy::Day => (date_of(r.hour.div_euclid(24)), None),
+            CostBy::Hour => (
+                format!(
+                    "{} {:02}:00",
+                    date_of(r.hour.div_euclid(24)),
+                    r.hour.rem_euclid(24)
+                ),
+                None,
+            ),
             CostBy::Task => (
                 r.task_id.clone().unwrap_or_else(|| "(no task)".into()),
                 r.task_state.clone(),
@@ -173,6 +184,7 @@ pub fn outcomes(rows: &[UsageRow], prices: &Prices) -> OutcomeCosts {
 mod tests {
     use super::*;
 
+    /// A row of `day` (its hour 0, or `hour` added by the caller).
     fn row(agent: &str, model: &str, day: i64, tin: i64, tout: i64) -> UsageRow {
         UsageRow {
             kind: "model".into(),
@@ -182,7 +194,7 @@ mod tests {
             task_id: None,
             task_state: None,
             run_state: None,
-            day,
+            hour: day * 24,
             calls: 1,
             tokens_in: tin,
             tokens_out: tout,
@@ -212,6 +224,15 @@ mod tests {
         assert_eq!(
             by_day.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
             vec!["1970-01-01", "1970-01-02"]
+        );
+        let late = UsageRow {
+            hour: 24 + 23,
+            ..row("a", "mystery", 0, 1, 1)
+        };
+        let by_hour = report(&[rows[0].clone(), late], &prices, CostBy::Hour);
+        assert_eq!(
+            by_hour.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
+            vec!["1970-01-01 00:00", "1970-01-02 23:00"]
         );
         let c = by_agent.iter().find(|l| l.key == "c").unwrap();
         assert_eq!((c.calls, c.unpriced_calls), (1, 0));

@@ -154,25 +154,25 @@ macro_rules! impl_gateway_calls {
             async fn usage(&self, since: Millis) -> Result<Vec<UsageRow>> {
                 Ok(sqlx::query_as(
                     "SELECT j.kind AS kind, r.agent AS agent, j.name AS model, j.run_id AS run_id, \
-                       r.task_id AS task_id, t.state AS task_state, COALESCE(r.verdict, r.state) AS run_state, j.at / 86400000 AS day, \
+                       r.task_id AS task_id, t.state AS task_state, COALESCE(r.verdict, r.state) AS run_state, j.at / 3600000 AS hour, \
                        COUNT(*) AS calls, CAST(SUM(j.tokens_in) AS BIGINT) AS tokens_in, \
                        CAST(SUM(j.tokens_out) AS BIGINT) AS tokens_out, CAST(0 AS BIGINT) AS booked_nanos \
                      FROM journal j JOIN runs r ON r.id = j.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE j.phase = 1 AND j.kind IN ('model', 'tool') AND j.at >= $1 \
-                     GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, r.verdict, j.at / 86400000 \
+                     GROUP BY j.kind, r.agent, j.name, j.run_id, r.task_id, t.state, r.state, r.verdict, j.at / 3600000 \
                      UNION ALL \
                      SELECT 'model', g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), \
-                       g.started_at / 86400000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT), \
+                       g.started_at / 3600000, COUNT(*), CAST(SUM(g.tokens_in) AS BIGINT), CAST(SUM(g.tokens_out) AS BIGINT), \
                        CAST(SUM(COALESCE(g.booked_nanos, 0)) AS BIGINT) \
                      FROM gateway_calls g LEFT JOIN runs r ON r.id = g.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE g.status <> 'started' AND g.started_at >= $1 \
-                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 86400000 \
+                     GROUP BY g.agent, COALESCE(g.deployment, g.model), g.run_id, r.task_id, t.state, r.state, r.verdict, g.started_at / 3600000 \
                      UNION ALL \
-                     SELECT 'model', r.agent, i.name, i.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), i.at / 86400000, \
+                     SELECT 'model', r.agent, i.name, i.run_id, r.task_id, t.state, COALESCE(r.verdict, r.state), i.at / 3600000, \
                        COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(SUM(i.booked_nanos) AS BIGINT) \
                      FROM interrupted_steps i JOIN runs r ON r.id = i.run_id LEFT JOIN tasks t ON t.id = r.task_id \
                      WHERE i.at >= $1 \
-                     GROUP BY r.agent, i.name, i.run_id, r.task_id, t.state, r.state, r.verdict, i.at / 86400000",
+                     GROUP BY r.agent, i.name, i.run_id, r.task_id, t.state, r.state, r.verdict, i.at / 3600000",
                 )
                 .bind(since)
                 .fetch_all(&self.read)

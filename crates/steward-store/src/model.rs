@@ -297,7 +297,7 @@ pub struct CallRecord {
     pub duration_us: i64,
 }
 
-/// Token usage summed per agent, model, run and day, from managed runs' model steps and from
+/// Token usage summed per agent, model, run and hour, from managed runs' model steps and from
 /// gateway calls alike.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct UsageRow {
@@ -313,8 +313,8 @@ pub struct UsageRow {
     pub task_state: Option<String>,
     /// The run's state, or an evaluator's verdict on it (`accepted`, `rejected`) when it had one.
     pub run_state: Option<String>,
-    /// Days since the Unix epoch (UTC).
-    pub day: i64,
+    /// Hours since the Unix epoch (UTC).
+    pub hour: i64,
     pub calls: i64,
     pub tokens_in: i64,
     pub tokens_out: i64,

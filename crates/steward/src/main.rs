@@ -85,7 +85,7 @@ enum Command {
         #[arg(value_enum)]
         action: client::ResolveWhat,
     },
-    /// Spend by agent, model, run, task, tool, outcome or day, and the cost per successful
+    /// Spend by agent, model, run, task, tool, outcome, day or hour, and the cost per successful
     /// run and task.
     Cost {
         #[arg(long, default_value = "agent")]

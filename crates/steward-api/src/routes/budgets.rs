@@ -29,7 +29,7 @@ pub async fn list_calls(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CostQuery {
-    /// agent (default), model, run or day.
+    /// agent (default), model, run, task, tool, outcome, day or hour.
     pub by: Option<String>,
     /// Only usage from the last this many days (default 30).
     pub days: Option<i64>,

@@ -306,7 +306,7 @@ async fn calls_begun_together_are_held_each_on_its_own(store: Arc<dyn Store>) {
 }
 
 /// Usage adds managed steps (their journaled outcomes), ended gateway calls and steps cut off
-/// before their answer, per agent, model, run and day, from a time on; an evaluator's verdict
+/// before their answer, per agent, model, run and hour, from a time on; an evaluator's verdict
 /// stands in for its run's state.
 async fn usage_adds_steps_calls_and_interrupted_steps(s: &dyn Store) {
     with_agent(s).await;
@@ -371,7 +371,7 @@ async fn usage_adds_steps_calls_and_interrupted_steps(s: &dyn Store) {
                     u.model,
                     u.run_id,
                     u.run_state,
-                    u.day,
+                    u.hour,
                     (u.calls, u.tokens_in, u.tokens_out, u.booked_nanos),
                 )
             })

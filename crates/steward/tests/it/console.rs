@@ -236,6 +236,8 @@ async fn the_console_shows_runs_and_approves_from_the_page(b: Backend) {
     let cards = browser.wait_text("#states", "approvals open").await;
     assert!(cards.contains("1\nwaiting"), "{cards}");
     assert!(cards.contains("1\napprovals open"), "{cards}");
+    let chart = browser.find("#spend-chart .slot").await;
+    assert!(!chart.is_empty(), "the spend chart is drawn");
 
     // The runs list, then the run's page with its timeline.
     browser.open(&format!("{}/ui/#/runs", s.url)).await;
