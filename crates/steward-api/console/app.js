@@ -379,6 +379,42 @@ async function auditPage() {
   return false;
 }
 
+async function keysPage() {
+  const { keys } = await api("/keys");
+  show(
+    el("h1", {}, "Keys"),
+    el("p", { class: "muted" }, "Agents' API keys (their secrets are shown once, when made)."),
+    keys.length ? el("table", { id: "keys" },
+      el("tr", {}, ["key", "agent", "made", "expires", "state", "revoke"].map((h) =>
+        el("th", {}, h))),
+      keys.map((k) => {
+        const reason = el("input", { class: "reason", placeholder: "reason" });
+        const revoke = async () => {
+          if (!reason.value.trim()) {
+            reason.focus();
+            return;
+          }
+          try {
+            await api("/keys/" + encodeURIComponent(k.id) + "/revoke",
+              { json: { reason: reason.value } });
+            route();
+          } catch (e) {
+            failed(e);
+          }
+        };
+        return el("tr", { class: "key" },
+          el("td", {}, k.id),
+          el("td", {}, k.agent),
+          el("td", {}, when(k.created_at)),
+          el("td", {}, k.expires_at ? when(k.expires_at) : "never"),
+          el("td", {}, k.revoked_at ? [state("revoked"), " " + (k.revoke_reason || "")] : state("active")),
+          el("td", {}, k.revoked_at ? null : [reason, " ",
+            el("button", { class: "revoke", type: "button", onclick: revoke }, "Revoke")]));
+      })) : el("p", { class: "muted", id: "keys" }, "No keys."),
+  );
+  return true;
+}
+
 async function policiesPage() {
   const p = await api("/policies");
   const text = el("textarea", { id: "policy-text", rows: 24, spellcheck: "false" });
@@ -435,6 +471,7 @@ async function route() {
   else if (parts[0] === "approvals") page = () => approvalsPage();
   else if (parts[0] === "policies") page = () => policiesPage();
   else if (parts[0] === "costs") page = () => costsPage(params);
+  else if (parts[0] === "keys") page = () => keysPage();
   else if (parts[0] === "audit") page = () => auditPage();
   else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
   else if (parts[0] === "traces") page = () => tracesPage(params);

@@ -523,3 +523,41 @@ async fn a_policy_with_an_error_shows_the_error() {
         "only the refused save is logged: {errors:?}"
     );
 }
+
+/// Keys listed in the page and revoked from it: the key is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_revoked_from_the_page() {
+    let s =
+        TestServer::start_with(Backend::Sqlite, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    let (st, k) = s.post("/api/v1/keys", json!({"agent": "leaky-bot"})).await;
+    assert_eq!(st, 201, "{k}");
+    let (id, secret) = (
+        k["id"].as_str().unwrap().to_string(),
+        k["key"].as_str().unwrap().to_string(),
+    );
+    let models = || {
+        reqwest::Client::new()
+            .get(format!("{}/v1/models", s.url))
+            .bearer_auth(&secret)
+            .send()
+    };
+    assert_eq!(models().await.unwrap().status(), 200);
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/keys", s.url)).await;
+    let row = browser.wait_text("table#keys", &id).await;
+    assert!(row.contains("leaky-bot") && row.contains("active"), "{row}");
+    assert!(!row.contains(&secret), "a key's secret is never shown");
+    browser
+        .type_into("tr.key input.reason", "pasted in a ticket")
+        .await;
+    browser.click("tr.key button.revoke").await;
+    browser.wait_text("table#keys", "pasted in a ticket").await;
+    assert_eq!(models().await.unwrap().status(), 401, "refused from now on");
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}
