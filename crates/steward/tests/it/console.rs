@@ -301,15 +301,13 @@ async fn the_console_draws_a_trace() {
     )
     .await;
     let key = common::key_of(&s, "support-bot", "ana").await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.url))
-        .bearer_auth(&key)
-        .header("traceparent", format!("00-{TRACE}-b7ad6b7169203331-01"))
-        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    crate::traces::chat(
+        &s,
+        &key,
+        Some(&format!("00-{TRACE}-b7ad6b7169203331-01")),
+        "hi",
+    )
+    .await;
     eventually("Steward's spans kept", || async {
         let (st, t) = s.get(&format!("/api/v1/traces/{TRACE}")).await;
         (st == 200 && t["spans"].as_array().is_some_and(|a| a.len() >= 2)).then_some(())

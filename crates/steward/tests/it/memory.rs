@@ -1213,6 +1213,25 @@ async fn a_model_curates_memories_from_messages(b: Backend) {
 
 both_backends!(memory_curation, a_model_curates_memories_from_messages);
 
+/// Waits until the curating model has been asked `n` times (the latest call is in flight).
+async fn calls_reached(seen: &Arc<Mutex<Vec<Value>>>, n: usize) {
+    eventually("the model call to be in flight", || async {
+        (seen.lock().unwrap().len() == n).then_some(())
+    })
+    .await
+}
+
+/// Every version in `scope` that mentions Biscuit, history included.
+async fn biscuits(s: &TestServer, scope: &str) -> Vec<String> {
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "Biscuit", "scopes": [scope], "include_history": true, "method": "bm25"}),
+        )
+        .await;
+    texts(&r)
+}
+
 /// An agent's curation request is decided again when its decisions are about to be applied:
 /// the agent suspended, or a policy forbidding the write, while the model was thinking fails
 /// the request saying why, with nothing written; left alone, the same request is applied.
@@ -1239,28 +1258,10 @@ async fn a_curation_is_authorized_again_before_it_is_applied(b: Backend) {
             c["id"].as_str().unwrap().to_string()
         }
     };
-    let in_flight = |n: usize| {
-        let seen = seen.clone();
-        async move {
-            eventually("the model call to be in flight", || async {
-                (seen.lock().unwrap().len() == n).then_some(())
-            })
-            .await
-        }
-    };
-    let biscuits = || async {
-        let (_, r) = s
-            .post(
-                "/api/v1/memories/search",
-                json!({"query": "Biscuit", "scopes": [scope], "include_history": true, "method": "bm25"}),
-            )
-            .await;
-        texts(&r)
-    };
 
     // Suspended while the model thinks: nothing is applied.
     let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
-    in_flight(1).await;
+    calls_reached(&seen, 1).await;
     let (st, r) = s
         .post(
             "/api/v1/agents/alice-bot/suspend",
@@ -1271,7 +1272,7 @@ async fn a_curation_is_authorized_again_before_it_is_applied(b: Backend) {
     let c = ended(&s, &id).await;
     assert_eq!(c["state"], "failed", "{c}");
     assert!(c["error"].as_str().unwrap().contains("suspended"), "{c}");
-    assert!(biscuits().await.is_empty(), "nothing written");
+    assert!(biscuits(&s, scope).await.is_empty(), "nothing written");
     let (st, r) = s
         .post(
             "/api/v1/agents/alice-bot/resume",
@@ -1282,7 +1283,7 @@ async fn a_curation_is_authorized_again_before_it_is_applied(b: Backend) {
 
     // A policy forbidding the write, put in place while the model thinks: refused, audited.
     let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
-    in_flight(2).await;
+    calls_reached(&seen, 2).await;
     let (st, r) = s
         .put_policies(
             r#"forbid (principal == Steward::Agent::"alice-bot", action == Steward::Action::"memory.write", resource == Steward::Namespace::"agent:alice-bot");
@@ -1299,7 +1300,7 @@ permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"too
             .contains("may not memory.write"),
         "{c}"
     );
-    assert!(biscuits().await.is_empty(), "nothing written");
+    assert!(biscuits(&s, scope).await.is_empty(), "nothing written");
     let refused = audit_records(&s)
         .await
         .into_iter()
@@ -1317,7 +1318,7 @@ permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"too
     let id = request("Speaking slowly: we adopted a cat, Biscuit.").await;
     let c = ended(&s, &id).await;
     assert_eq!(c["state"], "done", "{c}");
-    assert_eq!(biscuits().await, ["Jon has a cat named Biscuit"]);
+    assert_eq!(biscuits(&s, scope).await, ["Jon has a cat named Biscuit"]);
 }
 
 both_backends!(
@@ -1378,28 +1379,10 @@ permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"too
             c["id"].as_str().unwrap().to_string()
         }
     };
-    let in_flight = |n: usize| {
-        let seen = seen.clone();
-        async move {
-            eventually("the model call to be in flight", || async {
-                (seen.lock().unwrap().len() == n).then_some(())
-            })
-            .await
-        }
-    };
-    let biscuits = || async {
-        let (_, r) = s
-            .post(
-                "/api/v1/memories/search",
-                json!({"query": "Biscuit", "scopes": [scope], "include_history": true, "method": "bm25"}),
-            )
-            .await;
-        texts(&r)
-    };
 
     let (link, bob) = grant().await;
     let id = request(bob.clone()).await;
-    in_flight(1).await;
+    calls_reached(&seen, 1).await;
     let (st, r) = s
         .post(
             &format!("/api/v1/delegations/{link}/revoke"),
@@ -1410,7 +1393,7 @@ permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"too
     let c = ended(&s, &id).await;
     assert_eq!(c["state"], "failed", "{c}");
     assert!(c["error"].as_str().unwrap().contains("revoked"), "{c}");
-    assert!(biscuits().await.is_empty(), "nothing written");
+    assert!(biscuits(&s, scope).await.is_empty(), "nothing written");
     // The revoked grant cannot ask again.
     let (st, _) = s
         .post_as(
@@ -1426,7 +1409,7 @@ permit (principal, action in [Steward::Action::"llm.call", Steward::Action::"too
     let id = request(bob).await;
     let c = ended(&s, &id).await;
     assert_eq!(c["state"], "done", "{c}");
-    assert_eq!(biscuits().await, ["Jon has a cat named Biscuit"]);
+    assert_eq!(biscuits(&s, scope).await, ["Jon has a cat named Biscuit"]);
 }
 
 both_backends!(

@@ -216,7 +216,21 @@ async fn spans_are_forgotten_after_their_retention(b: Backend) {
 
 both_backends!(trace_retention, spans_are_forgotten_after_their_retention);
 
-/// The spans of one trace, by name (the first of each).
+/// A chat completion through the gateway by `key`'s agent, in the caller's span when a
+/// `traceparent` is given (as OpenTelemetry's HTTP instrumentations send it).
+pub(crate) async fn chat(s: &TestServer, key: &str, traceparent: Option<&str>, content: &str) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(key)
+        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": content}]}));
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The spans kept of one trace (none when nothing of it is kept).
 async fn trace_spans(s: &TestServer, trace: &str) -> Vec<Value> {
     let (st, t) = s.get(&format!("/api/v1/traces/{trace}")).await;
     if st != 200 {
@@ -246,15 +260,7 @@ async fn steward_spans_join_the_agents_trace(b: Backend) {
     let (st, r) = otlp(&s, Some(&key), "application/json", body).await;
     assert_eq!(st, 200, "{r}");
     // Its model call through the gateway, in that span (as HTTP instrumentations send it).
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.url))
-        .bearer_auth(&key)
-        .header("traceparent", format!("00-{TRACE}-{AGENT_SPAN}-01"))
-        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    chat(&s, &key, Some(&format!("00-{TRACE}-{AGENT_SPAN}-01")), "hi").await;
 
     let spans = eventually("Steward's spans in the agent's trace", || async {
         let spans = trace_spans(&s, TRACE).await;
@@ -287,14 +293,7 @@ async fn steward_spans_join_the_agents_trace(b: Backend) {
     assert!(call["end_ns"].as_i64() >= call["start_ns"].as_i64());
 
     // A call without a traceparent starts a trace of its own, kept too.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.url))
-        .bearer_auth(&key)
-        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "again"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    chat(&s, &key, None, "again").await;
     // A managed run's model call, a syscall of its run, found by the trace its audit names.
     s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: worker}\nspec:\n  model: mock/m\n  tools: [echo]\n").await;
     let run = s.start_run("worker", "go").await;
@@ -346,15 +345,7 @@ async fn own_spans_can_be_left_out() {
     let key = key_of(&s, "support-bot", "ana").await;
     let body = serde_json::to_vec(&json_span(TRACE, AGENT_SPAN, "")).unwrap();
     assert_eq!(otlp(&s, Some(&key), "application/json", body).await.0, 200);
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", s.url))
-        .bearer_auth(&key)
-        .header("traceparent", format!("00-{TRACE}-{AGENT_SPAN}-01"))
-        .json(&json!({"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    chat(&s, &key, Some(&format!("00-{TRACE}-{AGENT_SPAN}-01")), "hi").await;
     // Kept spans are written within a second of ending; wait well past that.
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let spans = trace_spans(&s, TRACE).await;
