@@ -509,7 +509,9 @@ async fn a_policy_with_an_error_shows_the_error() {
         )
         .await;
     browser.click("#policy-save").await;
-    browser.wait_text("#policy-status", "saved: it is in force").await;
+    browser
+        .wait_text("#policy-status", "saved: it is in force")
+        .await;
     let (_, now) = s.get("/api/v1/policies").await;
     assert_ne!(now["version"], before["version"]);
     assert!(now["text"].as_str().unwrap().contains("llm.call"), "{now}");
