@@ -88,6 +88,8 @@ struct Slot {
     progress: Arc<Mutex<HashMap<ProgressToken, ProgressSink>>>,
     /// Who answers for the server's tools (its definition's owner).
     owner: Arc<str>,
+    /// Cancelled when this definition of the server is removed or replaced.
+    stop: CancellationToken,
 }
 
 impl Slot {
@@ -273,15 +275,24 @@ impl Upstreams {
     pub async fn follow(&self) -> steward_store::Result<()> {
         let wanted = self.store.mcp_servers().await?;
         let mut running = lock(&self.running);
+        let mut removed = Vec::new();
         running.retain(|name, r| {
             let same = wanted.iter().find(|w| &w.name == name);
             let keep = same.is_some_and(|w| w.updated_at == r.updated_at);
             if !keep {
                 r.replaced.store(same.is_some(), Ordering::SeqCst);
                 r.stop.cancel();
+                if same.is_none() {
+                    removed.push(name.clone());
+                }
             }
             keep
         });
+        // A removed server's tools leave the registry before its removal is answered: its
+        // supervisor stops on its own time, and nothing may call them in between.
+        for name in removed {
+            self.means.tools.replace_prefix(&name, Vec::new());
+        }
         for w in wanted {
             if running.contains_key(&w.name) {
                 continue;
@@ -346,6 +357,7 @@ async fn supervise(
     let slot = Slot {
         peer: Arc::default(),
         restart: restart.clone(),
+        stop: stop.clone(),
         progress: Arc::default(),
         owner: if spec.owner.is_empty() {
             "admin".into()
@@ -634,6 +646,11 @@ async fn import(
             },
             slot: slot.clone(),
         }));
+    }
+    // A definition removed or replaced while it connected must not bring back its tools (a
+    // successor's would be replaced by ones bound to a connection about to close).
+    if slot.stop.is_cancelled() {
+        return Err("the server's definition was removed or replaced".into());
     }
     lock(status).tools = offered.len();
     tools.replace_prefix(server, offered);
