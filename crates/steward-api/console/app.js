@@ -8,6 +8,7 @@ const TOKEN_KEY = "steward.token";
 const REFRESH_MS = 2000;
 const main = document.getElementById("main");
 let refresh = null;
+let shown = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -17,7 +18,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -187,7 +188,13 @@ async function runPage(id) {
       el("dd", {}, el("pre", { id: "run-result" }, run.result))] : null,
     run.error ? [el("dt", {}, "error"), el("dd", {}, el("pre", {}, pretty(run.error)))] : null,
     run.parent_id ? [el("dt", {}, "parent"),
-      el("dd", {}, el("a", { href: "#/runs/" + run.parent_id }, run.parent_id))] : null);
+      el("dd", {}, el("a", { href: "#/runs/" + run.parent_id }, run.parent_id))] : null,
+    run.fork ? [el("dt", {}, "forked from"),
+      el("dd", { id: "forked-from" },
+        el("a", { href: "#/runs/" + run.fork.source }, run.fork.source),
+        " at step " + run.fork.at + " · ",
+        el("a", { href: "#/compare/" + run.fork.source + "/" + run.id }, "compare"))] : null,
+    run.fork ? forkEdits(run.fork) : null);
   const cancel = terminal ? null : el("button", { id: "cancel", type: "button", onclick: async () => {
     const reason = prompt("Why cancel this run?");
     if (!reason) return;
@@ -200,19 +207,74 @@ async function runPage(id) {
     cancel,
     open.length ? [el("h2", {}, "Waiting for approval"), approvalTable(open)] : null,
     el("h2", {}, "Timeline"),
-    timeline(journal.entries),
+    forkForm(run),
+    timeline(journal.entries, true),
     children.runs.length ? [el("h2", {}, "Children"), runTable(children.runs, "children")] : null,
   );
   return !terminal;
 }
 
-function timeline(entries) {
+// The edits a fork's model sees from its step on.
+function forkEdits(fork) {
+  const edits = [["input", fork.input], ["system prompt", fork.system_prompt], ["model", fork.model]]
+    .filter(([, v]) => v !== undefined && v !== null);
+  return edits.map(([k, v]) => [el("dt", {}, "fork's " + k), el("dd", {}, el("pre", {}, v))]);
+}
+
+// Starting a fork: the steps before the chosen one are replayed from this run's journal, and
+// from it on the model sees what is filled in here (left empty: as this run had it).
+function forkForm(run) {
+  const at = el("input", { id: "fork-at", type: "number", min: 0, required: true });
+  const input = el("textarea", { id: "fork-input", rows: 3 });
+  input.value = run.input;
+  const system = el("textarea", { id: "fork-system", rows: 2, placeholder: "unchanged" });
+  const model = el("input", { id: "fork-model", placeholder: "unchanged (alias or provider/model)" });
+  const problem = el("p", { class: "error", id: "fork-error", hidden: true });
+  const form = el("form", { id: "fork-form", class: "panel", hidden: true, onsubmit: async (ev) => {
+    ev.preventDefault();
+    const body = { at: Number(at.value) };
+    if (input.value !== run.input) body.input = input.value;
+    if (system.value) body.system_prompt = system.value;
+    if (model.value.trim()) body.model = model.value.trim();
+    try {
+      const fork = await api("/runs/" + encodeURIComponent(run.id) + "/fork", { json: body });
+      location.hash = "#/compare/" + run.id + "/" + fork.id;
+    } catch (e) {
+      problem.textContent = e.message;
+      problem.hidden = false;
+    }
+  } },
+    el("h3", {}, "Fork this run"),
+    el("p", { class: "muted" },
+      "The steps before the one chosen are replayed from this run, not made or paid for again; from it on the new run is live, with what you change here."),
+    el("label", {}, "from step ", at),
+    el("label", {}, "input", input),
+    el("label", {}, "system prompt", system),
+    el("label", {}, "model ", model),
+    problem,
+    el("p", {}, el("button", { class: "primary", id: "fork-start", type: "submit" }, "Start the fork"),
+      " ", el("button", { type: "button", onclick: () => { form.hidden = true; } }, "Close")));
+  form.open = (seq) => {
+    at.value = seq;
+    form.hidden = false;
+    input.focus();
+  };
+  return form;
+}
+
+function timeline(entries, forkable) {
   if (!entries.length) return el("p", { class: "muted", id: "timeline" }, "No steps yet.");
+  // A fork departs at a step whose outcome is recorded, or just after the last one.
+  const whole = new Set(entries.filter((e) => e.phase === "outcome").map((e) => e.seq));
+  const fork = (seq) => forkable && whole.has(seq) ? el("button", {
+    class: "fork", type: "button", "data-seq": seq, title: "Redo from this step in a new run",
+    onclick: () => document.getElementById("fork-form").open(seq),
+  }, "Fork here") : null;
   return el("table", { id: "timeline" },
     el("tr", {}, ["#", "step", "phase", "ok", "tokens in/out", "ms", "at", "body"].map((h) =>
       el("th", {}, h))),
     entries.map((e) => el("tr", { class: "step" },
-      el("td", { class: "num" }, e.seq),
+      el("td", { class: "num" }, e.seq, e.phase === "intent" ? [" ", fork(e.seq)] : null),
       el("td", {}, e.kind + " ", el("strong", {}, e.name)),
       el("td", {}, e.phase),
       el("td", {}, state(e.ok ? "ok" : "error")),
@@ -252,6 +314,54 @@ function approvalTable(list) {
           " ",
           el("button", { class: "deny", type: "button", onclick: decide("deny") }, "Deny")));
     }));
+}
+
+// Two runs side by side — a fork and its source, as a rule: how each ended, what it cost, and
+// step by step what each did (the fork's steps before its step are the source's, replayed).
+async function comparePage(a, b) {
+  const load = (id) => Promise.all([
+    api("/runs/" + encodeURIComponent(id)),
+    api("/runs/" + encodeURIComponent(id) + "/journal?limit=10000"),
+  ]);
+  const [[ra, ja], [rb, jb], costs] = await Promise.all([load(a), load(b),
+    api("/costs?by=run&days=36500&run=" + encodeURIComponent(a) + "," + encodeURIComponent(b))]);
+  const cost = (id) => costs.lines.find((l) => l.key === id);
+  const sum = (j, f) => j.entries.filter((e) => e.phase === "outcome").reduce((n, e) => n + e[f], 0);
+  const steps = (j) => j.entries.filter((e) => e.phase === "outcome").length;
+  const took = (r) => ["succeeded", "failed", "cancelled"].includes(r.state)
+    ? ((r.updated_at - r.created_at) / 1000).toFixed(2) + " s" : "";
+  const replayedBelow = (r, other) => r.fork && r.fork.source === other.id ? r.fork.at : 0;
+  const row = (label, f, id) => el("tr", { id },
+    el("th", {}, label), el("td", {}, f(ra, ja)), el("td", {}, f(rb, jb)));
+  const summary = el("table", { id: "compare" },
+    el("tr", {}, el("th", {}, ""),
+      el("th", {}, el("a", { href: "#/runs/" + ra.id }, ra.id)),
+      el("th", {}, el("a", { href: "#/runs/" + rb.id }, rb.id))),
+    row("agent", (r) => r.agent + " v" + r.agent_version),
+    row("state", (r) => state(r.state), "compare-state"),
+    row("result", (r) => el("pre", {}, r.result ?? (r.error ? pretty(r.error) : "")), "compare-result"),
+    row("forked", (r) => r.fork ? "from step " + r.fork.at + " of " + r.fork.source : ""),
+    row("fork's edits", (r) => r.fork ? el("dl", { class: "facts" }, forkEdits(r.fork)) : ""),
+    row("steps", (r, j) => String(steps(j)), "compare-steps"),
+    row("tokens in / out", (r, j) => sum(j, "tokens_in") + " / " + sum(j, "tokens_out")),
+    row("cost", (r) => {
+      const c = cost(r.id);
+      return c ? "$" + c.cost_usd.toFixed(6) + (c.unpriced_calls ? " (+" + c.unpriced_calls + " unpriced)" : "") : "$0";
+    }, "compare-cost"),
+    row("duration", (r) => took(r)));
+  const outcomes = (j) => new Map(j.entries.filter((e) => e.phase === "outcome").map((e) => [e.seq, e]));
+  const [oa, ob] = [outcomes(ja), outcomes(jb)];
+  const seqs = [...new Set([...oa.keys(), ...ob.keys()])].sort((x, y) => x - y);
+  const below = Math.max(replayedBelow(rb, ra), replayedBelow(ra, rb));
+  const cell = (e) => e ? [e.kind + " ", el("strong", {}, e.name), " ", state(e.ok ? "ok" : "error"),
+    el("pre", {}, pretty(e.body))] : "";
+  const byStep = el("table", { id: "compare-steps-table" },
+    el("tr", {}, ["#", ra.id, rb.id].map((h) => el("th", {}, h))),
+    seqs.map((seq) => el("tr", { class: seq < below ? "replayed" : "live" },
+      el("td", { class: "num" }, seq, seq < below ? el("div", { class: "muted" }, "replayed") : null),
+      el("td", {}, cell(oa.get(seq))), el("td", {}, cell(ob.get(seq))))));
+  show(el("h1", {}, "Compare runs"), summary, el("h2", {}, "Step by step"), byStep);
+  return ![ra, rb].every((r) => ["succeeded", "failed", "cancelled"].includes(r.state));
 }
 
 async function approvalsPage() {
@@ -467,6 +577,7 @@ async function route() {
   let page;
   if (parts.length === 0) page = () => overview().then(() => true);
   else if (parts[0] === "runs" && parts[1]) page = () => runPage(parts[1]);
+  else if (parts[0] === "compare" && parts[2]) page = () => comparePage(parts[1], parts[2]);
   else if (parts[0] === "runs") page = () => runsPage(params).then(() => true);
   else if (parts[0] === "approvals") page = () => approvalsPage();
   else if (parts[0] === "policies") page = () => policiesPage();
@@ -479,6 +590,9 @@ async function route() {
   const hash = location.hash;
   try {
     const live = await page();
+    // A new page starts at its top; the same page refreshed stays where it was read.
+    if (hash !== shown) window.scrollTo(0, 0);
+    shown = hash;
     // Live pages follow changes; a form being filled in is left alone.
     if (live && location.hash === hash) {
       const tick = () => {

@@ -51,6 +51,7 @@ use crate::openapi::CommonResponses;
         routes::journal,
         events::run_events,
         routes::cancel_run,
+        routes::fork_run,
         routes::resolve_run,
         routes::create_key,
         routes::list_calls,
@@ -160,6 +161,8 @@ use crate::openapi::CommonResponses;
         wire::JournalItem,
         wire::Journal,
         wire::CancelRun,
+        wire::ForkRun,
+        wire::Fork,
         wire::ResolveRun,
         wire::ResolveAction,
         wire::Health,
@@ -378,6 +381,7 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         .route("/runs/{id}/journal", get(routes::journal))
         .route("/runs/{id}/events", get(events::run_events))
         .route("/runs/{id}/cancel", post(routes::cancel_run))
+        .route("/runs/{id}/fork", post(routes::fork_run))
         .route("/runs/{id}/resolve", post(routes::resolve_run))
         .route("/keys", post(routes::create_key).get(routes::list_keys))
         .route("/keys/{id}/revoke", post(routes::revoke_key))

@@ -82,6 +82,52 @@ pub struct Run {
     pub lease_owner: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Where the run was forked from, when it is a fork (given by `GET /api/v1/runs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<Fork>,
+}
+
+/// How a fork departs from its source: the source's steps before `at` are replayed in it, and
+/// from step `at` on its model sees the edits given (absent: as the source had it).
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+pub struct Fork {
+    pub source: String,
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl From<steward_store::RunFork> for Fork {
+    fn from(f: steward_store::RunFork) -> Self {
+        Fork {
+            source: f.source.to_string(),
+            at: f.at,
+            input: f.input,
+            system_prompt: f.system_prompt,
+            model: f.model,
+        }
+    }
+}
+
+/// `POST /api/v1/runs/{id}/fork`: a new run from this run's journal up to step `at`, with
+/// what its model sees from that step on edited.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRun {
+    /// The step the fork departs at (a journal `seq`): the steps before it are the source's,
+    /// replayed without being made or paid for again; from it on the fork runs live.
+    #[schema(minimum = 0)]
+    pub at: i64,
+    /// The user's message in place of the run's input.
+    pub input: Option<String>,
+    /// The system prompt in place of the agent's (empty: none).
+    pub system_prompt: Option<String>,
+    /// The model (an alias or `provider/model`) in place of the agent's.
+    pub model: Option<String>,
 }
 
 impl From<RunRecord> for Run {
@@ -104,6 +150,7 @@ impl From<RunRecord> for Run {
             lease_owner: r.lease_owner,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            fork: None,
         }
     }
 }

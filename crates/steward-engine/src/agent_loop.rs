@@ -21,6 +21,17 @@ pub(crate) enum LoopEnd {
 }
 
 pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
+    // A fork departing at its first step starts with its edits; one departing later, at the
+    // first model call from its step on (the steps before are the source's, replayed).
+    let mut edits = ctx.fork.clone();
+    let mut input = ctx.run.input.clone();
+    if let Some(f) = edits.clone().filter(|f| f.at == 0) {
+        // Its recall, before any model call, searches by the edited input too.
+        if let Some(i) = &f.input {
+            input.clone_from(i);
+        }
+        edit_spec(ctx, &f);
+    }
     let spec = ctx.spec.clone();
     let model = if spec.is_scripted() {
         ctx.provider = kernel.router.providers().scripted(&spec);
@@ -67,15 +78,13 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
             .push(Message::text(Role::System, spec.system_prompt.clone()));
     }
     if let Some(recall) = &spec.memory {
-        match recalled(kernel, ctx, recall).await {
+        match recalled(kernel, ctx, recall, &input).await {
             Ok(Some(m)) => request.messages.push(m),
             Ok(None) => {}
             Err(e) => return LoopEnd::Step(e),
         }
     }
-    request
-        .messages
-        .push(Message::text(Role::User, ctx.run.input.clone()));
+    request.messages.push(Message::text(Role::User, input));
 
     // The last tool call and how many times in a row it was made. The model's replies come
     // from the journal on replay, so the count is the same in every life of the run.
@@ -83,6 +92,9 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     let mut last: Option<(String, String)> = None;
     let mut repeats = 0u32;
     for _ in 0..spec.max_steps {
+        if let Some(f) = edits.take_if(|f| ctx.next_seq() >= f.at) {
+            fork_edits(ctx, &f, &mut request);
+        }
         let reply = match kernel.call(ctx, ModelCall { request: &request }).await {
             Ok(r) => r,
             Err(e) => return LoopEnd::Step(e),
@@ -148,6 +160,56 @@ pub(crate) async fn run(kernel: &Kernel, ctx: &mut RunCtx) -> LoopEnd {
     LoopEnd::MaxSteps(spec.max_steps)
 }
 
+/// A fork's model edit: the model is decided, planned and paid for as the agent's own would
+/// be, and a scripted agent moved to a real model leaves its script.
+fn edit_spec(ctx: &mut RunCtx, fork: &steward_store::RunFork) {
+    if let Some(m) = &fork.model {
+        let mut spec = (*ctx.spec).clone();
+        spec.model.clone_from(m);
+        if !spec.is_scripted() {
+            ctx.provider = None;
+        }
+        ctx.spec = std::sync::Arc::new(spec);
+    }
+}
+
+/// A fork's edits, made to the conversation before its first model call at or after the
+/// fork's step: the user's message, the system prompt (empty: none), the model.
+fn fork_edits(ctx: &mut RunCtx, fork: &steward_store::RunFork, request: &mut ChatRequest) {
+    if let Some(i) = &fork.input {
+        if let Some(m) = request.messages.iter_mut().find(|m| m.role == Role::User) {
+            m.content = Some(i.clone());
+        }
+    }
+    if let Some(p) = &fork.system_prompt {
+        // The agent's own prompt is the first message when it has one; a recall comes after.
+        let has_own = !ctx.spec.system_prompt.is_empty()
+            && request
+                .messages
+                .first()
+                .is_some_and(|m| m.role == Role::System);
+        match (has_own, p.is_empty()) {
+            (true, true) => {
+                request.messages.remove(0);
+            }
+            (true, false) => request.messages[0].content = Some(p.clone()),
+            (false, false) => request
+                .messages
+                .insert(0, Message::text(Role::System, p.clone())),
+            (false, true) => {}
+        }
+    }
+    edit_spec(ctx, fork);
+    if fork.model.is_some() {
+        request.model = if ctx.spec.is_scripted() {
+            steward_llm::SCRIPTED_LABEL.to_string()
+        } else {
+            ctx.spec.model.clone()
+        };
+    }
+    ctx.conversation_rewritten();
+}
+
 /// Bytes of the run's input its recall searches by.
 const RECALL_QUERY_BYTES: usize = 2048;
 
@@ -159,8 +221,8 @@ async fn recalled(
     kernel: &Kernel,
     ctx: &mut RunCtx,
     recall: &steward_types::manifest::MemoryRecall,
+    input: &str,
 ) -> Result<Option<Message>, StepError> {
-    let input = &ctx.run.input;
     let mut end = input.len().min(RECALL_QUERY_BYTES);
     while !input.is_char_boundary(end) {
         end -= 1;

@@ -49,6 +49,44 @@ impl Launcher {
             });
         }
         let now = self.clock.now_ms();
+        let audit = self.audit_of(&run, &origin, now).await?;
+        Ok(self.store.create_run_audited(&run, &audit, now).await?)
+    }
+
+    /// Creates `run` as `fork` of its source: its journal up to the fork's step copied, in the
+    /// commit that creates it, with the audit record that names the source.
+    pub(crate) async fn fork(
+        &self,
+        run: NewRun,
+        fork: &steward_store::RunFork,
+    ) -> Result<RunRecord, LaunchError> {
+        for text in [Some(&run.input), fork.input.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if text.len() > self.max_input_bytes {
+                return Err(LaunchError::TooLarge {
+                    size: text.len(),
+                    limit: self.max_input_bytes,
+                });
+            }
+        }
+        let now = self.clock.now_ms();
+        let origin = Origin::Fork {
+            source: fork.source.to_string(),
+            at: fork.at,
+        };
+        let audit = self.audit_of(&run, &origin, now).await?;
+        Ok(self.store.fork_run_audited(&run, fork, &audit, now).await?)
+    }
+
+    /// The audit record of `run`'s creation from `origin`.
+    async fn audit_of(
+        &self,
+        run: &NewRun,
+        origin: &Origin,
+        now: i64,
+    ) -> Result<String, LaunchError> {
         // The new run's chain, as its own actions will carry it.
         let owner = self.identities.owner(run.agent.as_str()).await?;
         let chain = crate::authority::run_chain(
@@ -61,7 +99,7 @@ impl Launcher {
             Some(p) => format!("run:{p}"),
             None => format!("steward:{}", origin.describe()),
         };
-        let audit = steward_gov::AuditRecord {
+        Ok(steward_gov::AuditRecord {
             outcome: Some(format!("origin:{}", origin.describe())),
             ..steward_gov::AuditRecord::new(
                 steward_gov::AuditEvent::Lifecycle,
@@ -73,8 +111,7 @@ impl Launcher {
             )
             .in_run(Some(run.id.to_string()), None)
         }
-        .to_json();
-        Ok(self.store.create_run_audited(&run, &audit, now).await?)
+        .to_json())
     }
 }
 

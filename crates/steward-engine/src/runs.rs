@@ -402,6 +402,14 @@ async fn execute(
             return None;
         }
     };
+    // A fork's edits, applied again at the same step in every life of the run.
+    let fork = match s.store.run_fork(&run.id).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the run's fork failed; the run will be retried");
+            return None;
+        }
+    };
     let replaying = entries.len();
     let deadline = run.created_at.saturating_add(spec.run_timeout as i64);
     let remaining = deadline - s.clock.now_ms();
@@ -416,6 +424,7 @@ async fn execute(
     }
     let run_timeout = spec.run_timeout;
     let mut ctx = RunCtx::new(run, Arc::new(spec), entries);
+    ctx.fork = fork;
     ctx.hold_lease(held, inner.cfg.heartbeat_ms as i64);
     let update = drive(inner, &mut ctx, token, stop, remaining, run_timeout).await;
     // The last step's outcome is committed before the run's state moves on, whichever way

@@ -37,6 +37,8 @@ pub enum Origin {
     Schedule(String),
     /// Resolving a merge conflict on a repository.
     MergeResolver(String),
+    /// A fork of a run (`POST /api/v1/runs/{id}/fork`): the source and the step it departs at.
+    Fork { source: String, at: i64 },
 }
 
 impl Origin {
@@ -49,6 +51,7 @@ impl Origin {
             Origin::Supervisor(n) => format!("supervisor:{n}"),
             Origin::Schedule(n) => format!("schedule:{n}"),
             Origin::MergeResolver(r) => format!("merge_resolver:{r}"),
+            Origin::Fork { source, at } => format!("fork:{source}@{at}"),
         }
     }
 }

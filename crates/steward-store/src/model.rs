@@ -36,6 +36,20 @@ pub struct NewRun {
     pub input: String,
 }
 
+/// How a fork departs from its source run: the source's steps before `at` are its own (copied,
+/// replayed), and from step `at` on its model sees these edits (`None`: as the source had it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFork {
+    pub source: RunId,
+    pub at: i64,
+    /// The user's message, in place of the run's input.
+    pub input: Option<String>,
+    /// The system prompt, in place of the agent's.
+    pub system_prompt: Option<String>,
+    /// The model (an alias or `provider/model`), in place of the agent's.
+    pub model: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct RunRow {
     pub id: String,

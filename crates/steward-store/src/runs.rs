@@ -14,6 +14,17 @@ pub trait RunStore: Send + Sync {
         audit: &str,
         now: Millis,
     ) -> Result<(RunRecord, bool)>;
+    /// Creates `run` as `fork` of its source in one commit: the source's journal entries before
+    /// step `fork.at` copied as the new run's, the fork's edits, and `audit`.
+    async fn fork_run_audited(
+        &self,
+        run: &NewRun,
+        fork: &RunFork,
+        audit: &str,
+        now: Millis,
+    ) -> Result<RunRecord>;
+    /// What run `id` was forked from, if it is a fork.
+    async fn run_fork(&self, id: &RunId) -> Result<Option<RunFork>>;
     async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     /// Leases up to `limit` runs that need a node: queued, running or waiting on a child, whose
@@ -67,6 +78,71 @@ macro_rules! impl_runs {
 
             async fn create_run_audited(&self, run: &NewRun, audit: &str, now: Millis) -> Result<(RunRecord, bool)> {
                 self.create_run_with(run, Some(audit), now).await
+            }
+
+            async fn fork_run_audited(&self, run: &NewRun, fork: &RunFork, audit: &str, now: Millis) -> Result<RunRecord> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO runs (id, agent, agent_version, parent_id, input, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, NULL, $4, 'queued', $5, $5)",
+                )
+                .bind(run.id.as_str())
+                .bind(run.agent.as_str())
+                .bind(run.agent_version)
+                .bind(&run.input)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO journal (run_id, seq, phase, kind, name, request_hash, idempotency_key, body, ok, tokens_in, tokens_out, at, duration_us) \
+                     SELECT $1, seq, phase, kind, name, request_hash, idempotency_key, body, ok, tokens_in, tokens_out, at, duration_us \
+                     FROM journal WHERE run_id = $2 AND seq < $3",
+                )
+                .bind(run.id.as_str())
+                .bind(fork.source.as_str())
+                .bind(fork.at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO run_forks (run_id, source_id, at_seq, input, system_prompt, model, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(run.id.as_str())
+                .bind(fork.source.as_str())
+                .bind(fork.at)
+                .bind(&fork.input)
+                .bind(&fork.system_prompt)
+                .bind(&fork.model)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Self::append_audit_in(&mut tx, &[(now, audit.to_string())]).await?;
+                let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+                    .bind(run.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                self.wake(WAKE_RUN).await;
+                row.try_into()
+            }
+
+            async fn run_fork(&self, id: &RunId) -> Result<Option<RunFork>> {
+                let row: Option<(String, i64, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT source_id, at_seq, input, system_prompt, model FROM run_forks WHERE run_id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|(source, at, input, system_prompt, model)| {
+                    Ok(RunFork {
+                        source: RunId::parse(&source).map_err(|e| Error::Corrupt(e.0))?,
+                        at,
+                        input,
+                        system_prompt,
+                        model,
+                    })
+                })
+                .transpose()
             }
 
             async fn get_run(&self, id: &RunId) -> Result<Option<RunRecord>> {

@@ -605,6 +605,14 @@ impl Client {
         Ok(())
     }
 
+    pub async fn fork(&self, id: &str, edits: &Value) -> anyhow::Result<()> {
+        let r: Run = self
+            .post_json(&format!("/api/v1/runs/{id}/fork"), edits)
+            .await?;
+        println!("run {} forked from {id}", r.id);
+        Ok(())
+    }
+
     pub async fn cancel(&self, id: &str, reason: &str) -> anyhow::Result<()> {
         let r: Run = self
             .post_json(

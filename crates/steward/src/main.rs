@@ -79,6 +79,20 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Start a fork of a run: its steps before `--at` replayed, the rest run live with the
+    /// input, system prompt or model changed.
+    Fork {
+        run: String,
+        /// The step (a journal seq, as `steward logs` shows) the fork departs at.
+        #[arg(long)]
+        at: i64,
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        system_prompt: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Answer a run waiting for a human after an in-doubt step.
     Resolve {
         run: String,
@@ -192,6 +206,16 @@ fn main() -> std::process::ExitCode {
             Command::Get { what, state, limit } => c?.get(what, state.as_deref(), limit).await,
             Command::Logs { run } => c?.logs(&run).await,
             Command::Cancel { run, reason } => c?.cancel(&run, &reason).await,
+            Command::Fork {
+                run,
+                at,
+                input,
+                system_prompt,
+                model,
+            } => {
+                let edits = serde_json::json!({"at": at, "input": input, "system_prompt": system_prompt, "model": model});
+                c?.fork(&run, &edits).await
+            }
             Command::Resolve { run, action } => c?.resolve(&run, action).await,
             Command::Cost { by, days } => c?.cost(&by, days).await,
             Command::Audit { what } => c?.audit(what).await,

@@ -33,6 +33,8 @@ pub struct CostQuery {
     pub by: Option<String>,
     /// Only usage from the last this many days (default 30).
     pub days: Option<i64>,
+    /// Only these runs' spend: run ids, comma-separated (at most 20).
+    pub run: Option<String>,
 }
 
 /// Model spend of managed runs and gateway calls, priced and grouped.
@@ -54,7 +56,26 @@ pub async fn costs(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let since = now - days * 86_400_000;
-    let (lines, outcomes) = e.budgets().costs(&by, since).await?;
+    let mut runs = Vec::new();
+    for id in q
+        .run
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        runs.push(
+            RunId::parse(id)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("run: {}", e.0)))?,
+        );
+    }
+    if runs.len() > 20 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "run: at most 20 run ids",
+        ));
+    }
+    let (lines, outcomes) = e.budgets().costs(&by, since, &runs).await?;
     let lines: Vec<CostLine> = lines.into_iter().map(CostLine::from).collect();
     let total_usd = lines.iter().map(|l| l.cost_usd).sum();
     Ok(Json(CostReport {

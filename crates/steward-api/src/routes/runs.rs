@@ -64,7 +64,60 @@ pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     responses((status = 200, body = Run), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_run(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     check_id(&id)?;
-    Ok(Json(e.runs().get(&id).await?.into()))
+    let rec = e.runs().get(&id).await?;
+    let fork = e.runs().fork_of(&rec.id).await?;
+    let mut run = Run::from(rec);
+    run.fork = fork.map(Fork::from);
+    Ok(Json(run))
+}
+
+/// Starts a fork of the run: its steps before `at` replayed, the rest run live with the edits.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/fork", params(("id" = String, Path)), request_body = ForkRun,
+    responses((status = 201, body = Run), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn fork_run(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ForkRun>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    check_id(&id)?;
+    if req.at < 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("at: a step of the run, from 0; found {}", req.at),
+        ));
+    }
+    if req
+        .model
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty() || m.len() > 256)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "model: an alias or provider/model of at most 256 characters",
+        ));
+    }
+    if req
+        .system_prompt
+        .as_ref()
+        .is_some_and(|p| p.len() > 256 * 1024)
+    {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "system_prompt: longer than 256 KiB, the limit of an agent's",
+        ));
+    }
+    let fork = steward_store::RunFork {
+        source: RunId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.0))?,
+        at: req.at,
+        input: req.input,
+        system_prompt: req.system_prompt,
+        model: req.model,
+    };
+    let rec = e.runs().fork(&id, fork).await?;
+    let fork = e.runs().fork_of(&rec.id).await?;
+    let mut run = Run::from(rec);
+    run.fork = fork.map(Fork::from);
+    Ok((StatusCode::CREATED, Json(run)))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -16,13 +16,22 @@ impl Budgets<'_> {
 
     /// Model spend since `since`, grouped `by` agent, model, run or day, most expensive first.
     /// Spend since `since`, grouped `by`, and what outcomes cost over the same period.
+    /// Spend since `since` grouped `by`; of `runs` only, when some are named.
     pub async fn costs(
         &self,
         by: &str,
         since: steward_types::Millis,
+        runs: &[RunId],
     ) -> Result<(Vec<CostLine>, OutcomeCosts)> {
         let by = CostBy::parse(by)?;
-        let rows = self.0.store().usage(since).await?;
+        let mut rows = self.0.store().usage(since).await?;
+        if !runs.is_empty() {
+            rows.retain(|r| {
+                r.run_id
+                    .as_deref()
+                    .is_some_and(|id| runs.iter().any(|w| w.as_str() == id))
+            });
+        }
         Ok((
             costs::report(&rows, &self.0.inner.prices, by),
             costs::outcomes(&rows, &self.0.inner.prices),

@@ -28,6 +28,80 @@ impl Runs<'_> {
         Ok(rec)
     }
 
+    /// Starts a fork of run `id`: a new run of the same agent version whose journal holds the
+    /// source's steps before `fork.at` (replayed, never redone or paid again) and whose model
+    /// sees `fork`'s edits from step `fork.at` on.
+    pub async fn fork(&self, id: &str, mut fork: steward_store::RunFork) -> Result<RunRecord> {
+        let source = self.get(id).await?;
+        if crate::compensation::steps_of(&source).is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "run {id} undoes another run's steps (a compensation); fork the run it compensates"
+            )));
+        }
+        let at = fork.at;
+        let before = if at > 0 {
+            self.0
+                .store()
+                .load_journal(&source.id, None, at.saturating_mul(2))
+                .await?
+        } else {
+            Vec::new()
+        };
+        // Every step before `at` must be whole: a step in doubt cannot be replayed.
+        for seq in 0..at {
+            let phases = before.iter().filter(|e| e.seq == seq).count();
+            if phases < 2 {
+                let taken = before.iter().filter(|e| e.phase == 1).count();
+                return Err(Error::InvalidRequest(format!(
+                    "at: run {id} has {taken} completed steps, so a fork departs at a step from 0 to {taken}; {at} is past them"
+                )));
+            }
+        }
+        let agent = self
+            .0
+            .agents()
+            .get(&source.agent, Some(source.agent_version))
+            .await?;
+        let spec: AgentSpec = serde_json::from_str(&agent.spec).map_err(|e| {
+            steward_store::Error::Corrupt(format!("the stored spec of {}: {e}", agent.name))
+        })?;
+        if let Some(m) = &fork.model {
+            if m == steward_llm::SCRIPTED_LABEL {
+                if !spec.is_scripted() {
+                    return Err(Error::InvalidRequest(
+                        "model: the scripted model plays an agent's script, and this agent has none; name an alias or provider/model".into(),
+                    ));
+                }
+                fork.model = None;
+            } else {
+                self.0
+                    .inner
+                    .kernel
+                    .router
+                    .providers()
+                    .deployments(m)
+                    .map_err(|e| Error::InvalidRequest(format!("model: {e}")))?;
+            }
+        }
+        fork.source = source.id.clone();
+        let run = NewRun {
+            id: self.0.inner.shared.clock.new_run_id(),
+            agent: AgentName::parse(&source.agent)
+                .map_err(|e| steward_store::Error::Corrupt(e.0))?,
+            agent_version: source.agent_version,
+            parent_id: None,
+            input: source.input.clone(),
+        };
+        let rec = self.0.inner.shared.launch.fork(run, &fork).await?;
+        self.0.inner.shared.wake.notify_one();
+        Ok(rec)
+    }
+
+    /// What run `id` was forked from, if it is a fork.
+    pub async fn fork_of(&self, id: &RunId) -> Result<Option<steward_store::RunFork>> {
+        Ok(self.0.store().run_fork(id).await?)
+    }
+
     pub async fn get(&self, id: &str) -> Result<RunRecord> {
         let id = RunId::parse(id).map_err(|e| Error::InvalidRequest(e.0))?;
         self.0

@@ -161,6 +161,8 @@ pub struct RunCtx {
     pub spec: Arc<AgentSpec>,
     /// The provider the agent's route selects, resolved once per run.
     pub provider: Option<Arc<dyn Provider>>,
+    /// What the run was forked from and what its model sees differently from the fork's step.
+    pub fork: Option<steward_store::RunFork>,
     conversation: ConversationHash,
     next_seq: i64,
     /// What earlier lives recorded, for replay. Steps taken in this life are not kept: the loop
@@ -218,6 +220,16 @@ impl RunCtx {
         self.defer(later);
     }
 
+    /// The position of the run's next step.
+    pub(crate) fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// The conversation changed before its end (a fork's edits): its hash starts over.
+    pub(crate) fn conversation_rewritten(&mut self) {
+        self.conversation = ConversationHash::default();
+    }
+
     /// Writes for the run under `held`'s claim, and starts steps only while its lease has at
     /// least `margin` ms left.
     pub(crate) fn hold_lease(&mut self, held: Arc<crate::runs::Held>, margin: i64) {
@@ -252,6 +264,7 @@ impl RunCtx {
             run,
             spec,
             provider: None,
+            fork: None,
             conversation: ConversationHash::default(),
             next_seq: 0,
             journal,
@@ -359,8 +372,13 @@ impl Kernel {
 
         if let Some(intent) = &recorded.intent {
             if intent.request_hash != request_hash || intent.kind != kind {
+                let asked = if intent.kind == kind && intent.name == name {
+                    format!("the same {kind} {name:?} with another request (a changed conversation or arguments)")
+                } else {
+                    format!("{kind} {name:?}")
+                };
                 return Err(StepError::Divergence(format!(
-                    "step {seq}: the journal holds {} {:?} but the run now asks for {kind} {name:?}",
+                    "step {seq}: the journal holds {} {:?} but the run now asks for {asked}",
                     intent.kind, intent.name
                 )));
             }

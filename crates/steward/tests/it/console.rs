@@ -561,3 +561,69 @@ async fn a_key_is_revoked_from_the_page() {
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
+
+/// A fork started from a run's timeline is a second run: the page compares the two side by
+/// side, the steps before the fork's step marked as replayed, and the fork's edit in its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_produces_a_second_run() {
+    let counter = common::Counter::start().await;
+    let s =
+        TestServer::start_with(Backend::Sqlite, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    s.apply(&format!(
+        "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: greeter}}\nspec:\n  model: scripted\n  tools: [http_request]\n  script:\n    - toolCalls: [{{name: http_request, arguments: {{method: POST, url: \"{}/greet\"}}}}]\n    - content: \"hello {{{{input}}}}\"\n",
+        counter.url
+    ))
+    .await;
+    let source = s.start_run("greeter", "ana").await;
+    assert_eq!(s.wait_run(&source).await["result"], "hello ana");
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/runs/{source}", s.url)).await;
+    browser.wait_text("#run-result", "hello ana").await;
+    // Step 2 is the model's answer: the greeting already sent is replayed, not sent again.
+    browser.click("button.fork[data-seq='2']").await;
+    browser.clear("#fork-input").await;
+    browser.type_into("#fork-input", "bea").await;
+    browser.click("#fork-start").await;
+    let result = browser.wait_text("#compare-result", "hello bea").await;
+    assert!(
+        result.contains("hello ana"),
+        "both answers side by side: {result}"
+    );
+    let replayed = browser.text("#compare-steps-table").await;
+    assert!(replayed.contains("replayed"), "{replayed}");
+
+    let (_, runs) = s.get("/api/v1/runs?agent=greeter").await;
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "a second run: {runs:?}");
+    let fork = runs.iter().find(|r| r["id"] != source.as_str()).unwrap();
+    let fork_id = fork["id"].as_str().unwrap();
+    assert_eq!(fork["result"], "hello bea", "{fork}");
+    assert_eq!(counter.total_for_run(&source), 1);
+    assert_eq!(
+        counter.total_for_run(fork_id),
+        0,
+        "the greeting was not sent again"
+    );
+    // The fork's own page says where it came from.
+    browser
+        .open(&format!("{}/ui/#/runs/{fork_id}", s.url))
+        .await;
+    browser.wait_text("#forked-from", &source).await;
+    let shots = std::env::var_os("STEWARD_CONSOLE_SCREENSHOTS");
+    if let Some(dir) = &shots {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        browser
+            .open(&format!("{}/ui/#/compare/{source}/{fork_id}", s.url))
+            .await;
+        browser.wait_text("#compare-result", "hello bea").await;
+        std::fs::write(dir.join("console-fork.png"), browser.screenshot().await).unwrap();
+    }
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}

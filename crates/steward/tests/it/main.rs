@@ -16,6 +16,7 @@ mod console;
 mod crash;
 mod delegation;
 mod fallbacks;
+mod fork;
 mod full_disk;
 mod gateway;
 mod identities;
