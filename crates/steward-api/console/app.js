@@ -489,6 +489,58 @@ async function auditPage() {
   return false;
 }
 
+// Alert rules with how each stands, and the incidents open (alerts' and supervisors'),
+// resolved in place with a resolution.
+async function alertsPage() {
+  const [{ alerts }, { incidents }] = await Promise.all([
+    api("/alerts"), api("/incidents?state=open")]);
+  const rule = (a) => a.metric + " > " + a.above +
+    (a.metric === "budget_used" ? " of " + a.account : " over " + a.window_minutes + " min") +
+    (a.agent ? " (" + a.agent + ")" : "");
+  show(
+    el("h1", {}, "Alerts"),
+    el("p", { class: "muted" },
+      "Rules on spend, error rate, latency, loops and budgets (PUT /api/v1/alerts/{name}); a rule above its threshold opens an incident and calls its signed webhook."),
+    alerts.length ? el("table", { id: "alerts" },
+      el("tr", {}, ["alert", "rule", "state", "value", "checked", "since", "webhook"].map((h) =>
+        el("th", {}, h))),
+      alerts.map((a) => el("tr", { class: "alert" },
+        el("td", {}, a.name),
+        el("td", {}, rule(a)),
+        el("td", {}, state(a.state === "firing" ? "failed" : "ok"), " ", a.state),
+        el("td", { class: "num" }, a.value === null || a.value === undefined ? "" : String(a.value)),
+        el("td", {}, when(a.checked_at)),
+        el("td", {}, when(a.changed_at)),
+        el("td", {}, a.webhook ? a.webhook.url : "")))) :
+      el("p", { class: "muted", id: "alerts" }, "No alert rules."),
+    el("h2", {}, "Open incidents"),
+    incidents.length ? el("table", { id: "incidents" },
+      el("tr", {}, ["incident", "raised by", "reason", "opened", "resolve"].map((h) => el("th", {}, h))),
+      incidents.map((i) => {
+        const resolution = el("input", { class: "reason", placeholder: "resolution" });
+        const resolve = async () => {
+          if (!resolution.value.trim()) {
+            resolution.focus();
+            return;
+          }
+          try {
+            await api("/incidents/" + encodeURIComponent(i.id) + "/resolve",
+              { json: { resolution: resolution.value } });
+            route();
+          } catch (e) {
+            failed(e);
+          }
+        };
+        return el("tr", { class: "incident" },
+          el("td", {}, i.id), el("td", {}, i.supervisor), el("td", {}, i.reason),
+          el("td", {}, when(i.created_at)),
+          el("td", {}, resolution, " ",
+            el("button", { class: "resolve", type: "button", onclick: resolve }, "Resolve")));
+      })) : el("p", { class: "muted", id: "incidents" }, "No open incidents."),
+  );
+  return true;
+}
+
 async function keysPage() {
   const { keys } = await api("/keys");
   show(
@@ -583,6 +635,7 @@ async function route() {
   else if (parts[0] === "policies") page = () => policiesPage();
   else if (parts[0] === "costs") page = () => costsPage(params);
   else if (parts[0] === "keys") page = () => keysPage();
+  else if (parts[0] === "alerts") page = () => alertsPage();
   else if (parts[0] === "audit") page = () => auditPage();
   else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
   else if (parts[0] === "traces") page = () => tracesPage(params);

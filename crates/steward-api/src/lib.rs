@@ -51,6 +51,10 @@ use crate::openapi::CommonResponses;
         routes::journal,
         events::run_events,
         routes::cancel_run,
+        routes::put_alert,
+        routes::list_alerts,
+        routes::delete_alert,
+        routes::alert_deliveries,
         routes::fork_run,
         routes::resolve_run,
         routes::create_key,
@@ -161,6 +165,13 @@ use crate::openapi::CommonResponses;
         wire::JournalItem,
         wire::Journal,
         wire::CancelRun,
+        wire::AlertMetric,
+        wire::AlertWebhook,
+        wire::PutAlert,
+        wire::Alert,
+        wire::AlertList,
+        wire::Delivery,
+        wire::DeliveryList,
         wire::ForkRun,
         wire::Fork,
         wire::ResolveRun,
@@ -439,6 +450,12 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(queues::get_supervisor).put(queues::put_supervisor),
         )
         .route("/incidents", get(queues::list_incidents))
+        .route("/alerts", get(routes::list_alerts))
+        .route(
+            "/alerts/{name}",
+            axum::routing::put(routes::put_alert).delete(routes::delete_alert),
+        )
+        .route("/alerts/{name}/deliveries", get(routes::alert_deliveries))
         .route("/repos", get(queues::list_repos))
         .route("/repos/{name}", axum::routing::put(queues::put_repo))
         .route(

@@ -1952,3 +1952,182 @@ impl From<steward_store::SpanRecord> for Span {
         }
     }
 }
+
+/// What an alert rule measures.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertMetric {
+    /// US dollars spent on models in the window (summed over the whole hours it touches).
+    SpendUsd,
+    /// The share (0–1) of runs started in the window and ended that failed.
+    ErrorRate,
+    /// The 95th percentile of gateway calls' duration in the window, in ms.
+    LatencyMs,
+    /// Runs started in the window that were stopped as looping.
+    Loops,
+    /// The share (0–1) of budget account `account`'s cap spent or held.
+    BudgetUsed,
+}
+
+impl From<AlertMetric> for steward_engine::alerts::Metric {
+    fn from(m: AlertMetric) -> Self {
+        use steward_engine::alerts::Metric as M;
+        match m {
+            AlertMetric::SpendUsd => M::SpendUsd,
+            AlertMetric::ErrorRate => M::ErrorRate,
+            AlertMetric::LatencyMs => M::LatencyMs,
+            AlertMetric::Loops => M::Loops,
+            AlertMetric::BudgetUsed => M::BudgetUsed,
+        }
+    }
+}
+
+impl From<steward_engine::alerts::Metric> for AlertMetric {
+    fn from(m: steward_engine::alerts::Metric) -> Self {
+        use steward_engine::alerts::Metric as M;
+        match m {
+            M::SpendUsd => AlertMetric::SpendUsd,
+            M::ErrorRate => AlertMetric::ErrorRate,
+            M::LatencyMs => AlertMetric::LatencyMs,
+            M::Loops => AlertMetric::Loops,
+            M::BudgetUsed => AlertMetric::BudgetUsed,
+        }
+    }
+}
+
+/// Where an alert's calls go, signed with a vault secret: each call carries
+/// `Steward-Signature: t=<unix ms>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, `Steward-Delivery`
+/// (the same on every retry of one call) and `Steward-Event` (`alert.firing`, `alert.resolved`).
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AlertWebhook {
+    pub url: String,
+    /// The name of the vault secret calls are signed with.
+    pub secret: String,
+}
+
+/// `PUT /api/v1/alerts/{name}`: fires when `metric` is above `above`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutAlert {
+    pub metric: AlertMetric,
+    pub above: f64,
+    /// The window measured, back from now (default 60; not used by `budget_used`).
+    pub window_minutes: Option<u32>,
+    /// Only this agent's runs or calls.
+    pub agent: Option<String>,
+    /// The budget account `budget_used` watches.
+    pub account: Option<String>,
+    /// Fewer ended runs (`error_rate`) or calls (`latency_ms`) than this judge nothing (default 1).
+    pub min_samples: Option<u32>,
+    pub webhook: Option<AlertWebhook>,
+}
+
+impl From<PutAlert> for steward_engine::alerts::AlertSpec {
+    fn from(r: PutAlert) -> Self {
+        steward_engine::alerts::AlertSpec {
+            metric: r.metric.into(),
+            above: r.above,
+            window_minutes: r.window_minutes.unwrap_or(60),
+            agent: r.agent,
+            account: r.account,
+            min_samples: r.min_samples.unwrap_or(1),
+            webhook: r.webhook.map(|w| steward_engine::alerts::Webhook {
+                url: w.url,
+                secret: w.secret,
+            }),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Alert {
+    pub name: String,
+    pub metric: AlertMetric,
+    pub above: f64,
+    pub window_minutes: u32,
+    pub agent: Option<String>,
+    pub account: Option<String>,
+    pub min_samples: u32,
+    pub webhook: Option<AlertWebhook>,
+    /// `ok` or `firing`.
+    pub state: String,
+    /// The measure when last checked.
+    pub value: Option<f64>,
+    /// The incident it opened when it last fired.
+    pub incident_id: Option<String>,
+    pub checked_at: i64,
+    /// When it last fired or calmed.
+    pub changed_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<steward_engine::handles::alerts::AlertInfo> for Alert {
+    fn from(a: steward_engine::handles::alerts::AlertInfo) -> Self {
+        Alert {
+            name: a.name,
+            metric: a.spec.metric.into(),
+            above: a.spec.above,
+            window_minutes: a.spec.window_minutes,
+            agent: a.spec.agent,
+            account: a.spec.account,
+            min_samples: a.spec.min_samples,
+            webhook: a.spec.webhook.map(|w| AlertWebhook {
+                url: w.url,
+                secret: w.secret,
+            }),
+            state: a.record.state,
+            value: a.record.value,
+            incident_id: a.record.incident_id,
+            checked_at: a.record.checked_at,
+            changed_at: a.record.changed_at,
+            updated_at: a.record.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<Alert>,
+}
+
+/// One webhook call an alert queued.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub alert: String,
+    /// `alert.firing` or `alert.resolved`.
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// `pending`, `delivered` or `failed` (given up on after 8 attempts).
+    pub state: String,
+    pub attempts: i64,
+    /// When it is tried next, while pending.
+    pub next_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+impl From<steward_store::DeliveryRecord> for Delivery {
+    fn from(d: steward_store::DeliveryRecord) -> Self {
+        Delivery {
+            id: d.id,
+            alert: d.alert,
+            event: d.event,
+            body: serde_json::from_str(&d.body).unwrap_or(Value::Null),
+            state: d.state,
+            attempts: d.attempts,
+            next_at: d.next_at,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
+}

@@ -3,6 +3,7 @@
 
 mod active;
 mod agent_loop;
+pub mod alerts;
 mod authority;
 mod budgets;
 mod clock;
@@ -575,6 +576,14 @@ impl Engine {
             Duration::from_millis(breaker_sync_ms.max(10)),
             engine.inner.draining.clone(),
         ));
+        tokio::spawn(alerts::run(
+            engine.inner.shared.store.clone(),
+            engine.inner.shared.clock.clone(),
+            engine.inner.prices.clone(),
+            engine.inner.shared.vault.clone(),
+            Duration::from_millis(engine.inner.cfg.alert_every_ms.max(10)),
+            engine.inner.draining.clone(),
+        ));
         tokio::spawn(housekeeping::run(
             engine.inner.shared.store.clone(),
             engine.inner.shared.clock.clone(),
@@ -650,6 +659,10 @@ impl Engine {
     }
 
     /// The vault's secrets.
+    pub fn alerts(&self) -> handles::alerts::Alerts<'_> {
+        handles::alerts::Alerts(self)
+    }
+
     pub fn secrets(&self) -> handles::secrets::Secrets<'_> {
         handles::secrets::Secrets(self)
     }

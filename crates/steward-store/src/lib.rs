@@ -3,6 +3,7 @@
 //! run against both. The store is the only durable state.
 
 mod agents;
+mod alerts;
 mod approvals;
 mod audit;
 mod breakers;
@@ -43,6 +44,7 @@ use async_trait::async_trait;
 use steward_types::Millis;
 
 pub use agents::AgentStore;
+pub use alerts::{AlertChange, AlertRecord, AlertStore, DeliveryOutcome, DeliveryRecord};
 pub use approvals::ApprovalStore;
 pub use audit::AuditStore;
 pub use breakers::BreakerStore;
@@ -109,6 +111,7 @@ pub trait Store:
     + McpTaskStore
     + MemoryStore
     + SpanStore
+    + AlertStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -281,6 +281,8 @@ pub struct EngineConfig {
     pub stale_call_ms: u64,
     /// How long trace spans are kept after they arrive (`POST /v1/traces`), in milliseconds.
     pub trace_retention_ms: u64,
+    /// How often alert rules are checked (`/api/v1/alerts`), in milliseconds.
+    pub alert_every_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -295,6 +297,7 @@ impl Default for EngineConfig {
             housekeeping_ms: 60_000,
             stale_call_ms: 3_600_000,
             trace_retention_ms: 7 * 86_400_000,
+            alert_every_ms: 15_000,
         }
     }
 }

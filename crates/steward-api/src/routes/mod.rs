@@ -15,6 +15,7 @@ use crate::extract::{ApiJson, ApiQuery, Raw, Text};
 use crate::wire::*;
 
 mod agents;
+mod alerts;
 mod approvals;
 mod audit;
 mod budgets;
@@ -32,6 +33,7 @@ mod tools;
 mod traces;
 
 pub use agents::*;
+pub use alerts::*;
 pub use approvals::*;
 pub use audit::*;
 pub use budgets::*;

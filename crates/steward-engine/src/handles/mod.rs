@@ -3,6 +3,7 @@
 //! of the API maps onto one of them.
 
 pub mod agents;
+pub mod alerts;
 pub mod approvals;
 pub mod audit;
 pub mod budgets;

@@ -627,3 +627,49 @@ async fn a_fork_produces_a_second_run() {
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
+
+/// A rule that fired shows on the alerts page, and its incident is resolved from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_is_seen_and_its_incident_resolved_from_the_page() {
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_ENGINE__ALERT_EVERY_MS", "100"),
+        ],
+    )
+    .await;
+    let (st, a) = s
+        .put(
+            "/api/v1/alerts/looping",
+            json!({"metric": "loops", "above": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{a}");
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: looper}\nspec:\n  model: scripted\n  tools: [echo]\n  liveness: {maxRepeats: 1}\n  script:\n    - {toolCalls: [{name: echo, arguments: {n: 1}}]}\n    - {toolCalls: [{name: echo, arguments: {n: 1}}]}\n    - {content: never}\n").await;
+    let run = s.start_run("looper", "x").await;
+    s.wait_run(&run).await;
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/alerts", s.url)).await;
+    let row = browser.wait_text("table#alerts", "firing").await;
+    assert!(row.contains("loops > 0"), "{row}");
+    let open = browser.wait_text("table#incidents", "alert:looping").await;
+    assert!(open.contains("loops is 1, above 0"), "{open}");
+    browser
+        .type_into("tr.incident input.reason", "the looper was fixed")
+        .await;
+    browser.click("tr.incident button.resolve").await;
+    browser.wait_text("#incidents", "No open incidents").await;
+    let (_, l) = s.get("/api/v1/incidents?state=resolved").await;
+    assert_eq!(
+        l["incidents"][0]["resolution"], "the looper was fixed",
+        "{l}"
+    );
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}

@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod alerts;
 mod api;
 mod approvals;
 mod audit;
