@@ -210,8 +210,104 @@ async function runPage(id) {
     forkForm(run),
     timeline(journal.entries, true),
     children.runs.length ? [el("h2", {}, "Children"), runTable(children.runs, "children")] : null,
+    el("h2", {}, "Audit"),
+    auditButton(run.id),
   );
   return !terminal;
+}
+
+// Reading the run's audit records takes the whole log's tree (and signs a checkpoint first):
+// done when asked, not on every refresh of the page.
+function auditButton(id) {
+  const place = el("div", { id: "run-audit" });
+  place.append(el("button", { id: "verify-run-audit", type: "button", onclick: async () => {
+    place.replaceChildren(el("p", { class: "muted" }, "Checking…"));
+    try {
+      place.replaceChildren(await runAudit(id));
+    } catch (e) {
+      place.replaceChildren(el("p", { class: "error" }, e.message));
+    }
+  } }, "Show and verify its audit records"));
+  return place;
+}
+
+// The run's audit records, each checked here, in the browser: its leaf hash recomputed from
+// its body, and its inclusion proof followed up to the signed checkpoint's root (RFC 9162).
+async function runAudit(id) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const r = await fetch("/api/v1/audit/export?run=" + encodeURIComponent(id),
+    { headers: token ? { authorization: "Bearer " + token } : {} });
+  if (!r.ok) throw new ApiError(r.status, "the audit export was refused: " + r.status);
+  const lines = (await r.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  const rows = await Promise.all(lines.map(async (l) => {
+    const verdict = await checkRecord(l);
+    return el("tr", { class: "audit-record " + (verdict.ok ? "verified" : "unverified") },
+      el("td", { class: "num" }, l.seq),
+      el("td", {}, when(l.at)),
+      el("td", {}, l.record.action || ""),
+      el("td", {}, l.record.resource || ""),
+      el("td", {}, l.record.decision || l.record.outcome || ""),
+      el("td", {}, state(verdict.ok ? "ok" : "error"), " " + verdict.why));
+  }));
+  return table("audit-records", ["#", "at", "action", "resource", "decision", "proof"], rows,
+    "No audit records.");
+}
+
+async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+function unhex(h) {
+  return new Uint8Array((h.match(/../g) || []).map((b) => parseInt(b, 16)));
+}
+
+function same(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+async function nodeHash(left, right) {
+  const buf = new Uint8Array(65);
+  buf[0] = 1;
+  buf.set(left, 1);
+  buf.set(right, 33);
+  return sha256(buf);
+}
+
+// One exported record: its leaf is SHA-256(0x00 ‖ seq as 8 bytes big-endian ‖ body), and its
+// audit path leads to the checkpoint's root.
+async function checkRecord(l) {
+  if (l.body === null || l.body === undefined) return { ok: false, why: "its body was cleared (retention)" };
+  const body = new TextEncoder().encode(l.body);
+  const buf = new Uint8Array(9 + body.length);
+  new DataView(buf.buffer).setBigInt64(1, BigInt(l.seq));
+  buf.set(body, 9);
+  const leaf = await sha256(buf);
+  if (!same(leaf, unhex(l.leaf_hash))) return { ok: false, why: "does not verify: its body is not what was logged" };
+  if (!l.proof || !l.checkpoint) return { ok: false, why: "not yet in a signed checkpoint" };
+  let fn = l.seq;
+  let sn = l.checkpoint.size - 1;
+  if (fn > sn) return { ok: false, why: "does not verify: past the checkpoint" };
+  let r = leaf;
+  for (const p of l.proof.map(unhex)) {
+    if (sn === 0) return { ok: false, why: "does not verify: the proof is too long" };
+    if ((fn & 1) === 1 || fn === sn) {
+      r = await nodeHash(p, r);
+      if ((fn & 1) === 0) {
+        while ((fn & 1) === 0 && fn !== 0) {
+          fn = Math.floor(fn / 2);
+          sn = Math.floor(sn / 2);
+        }
+      }
+    } else {
+      r = await nodeHash(r, p);
+    }
+    fn = Math.floor(fn / 2);
+    sn = Math.floor(sn / 2);
+  }
+  if (sn !== 0 || !same(r, unhex(l.checkpoint.root))) {
+    return { ok: false, why: "does not verify against the checkpoint's root" };
+  }
+  return { ok: true, why: "verified: in the signed checkpoint of " + l.checkpoint.size + " records" };
 }
 
 // The edits a fork's model sees from its step on.
@@ -541,6 +637,245 @@ async function alertsPage() {
   return true;
 }
 
+// A button that asks for a reason, then POSTs `{[field]: reason}` to `path` and reloads.
+function withReason(cls, label, path, field) {
+  const reason = el("input", { class: "reason", placeholder: field });
+  const act = async () => {
+    if (!reason.value.trim()) {
+      reason.focus();
+      return;
+    }
+    try {
+      await api(path, { json: { [field]: reason.value } });
+      route();
+    } catch (e) {
+      failed(e);
+    }
+  };
+  return [reason, " ", el("button", { class: cls, type: "button", onclick: act }, label)];
+}
+
+function table(id, heads, rows, none) {
+  if (!rows.length) return el("p", { class: "muted", id }, none);
+  return el("table", { id }, el("tr", {}, heads.map((h) => el("th", {}, h))), rows);
+}
+
+// Queues with their depth by state, the dead-letter queue (each task requeued in place), and
+// the latest tasks.
+async function queuesPage(params) {
+  const queue = params.get("queue") || "";
+  const q = queue ? "&queue=" + encodeURIComponent(queue) : "";
+  const [{ queues }, dead, latest] = await Promise.all([api("/queues"),
+    api("/tasks?state=dead&limit=200" + q), api("/tasks?limit=100" + q)]);
+  const depth = (d, s) => String(d[s] || 0);
+  const taskRow = (t, requeue) => el("tr", { class: "task" },
+    el("td", {}, t.id), el("td", {}, t.queue), el("td", {}, t.tenant), el("td", {}, state(t.state)),
+    el("td", { class: "num" }, t.attempts + " / " + t.max_attempts),
+    el("td", {}, t.run_id ? el("a", { href: "#/runs/" + t.run_id }, t.run_id) : ""),
+    el("td", {}, el("pre", {}, t.error || pretty(t.payload))),
+    el("td", {}, when(t.enqueued_at)),
+    requeue ? el("td", {}, el("button", { class: "requeue", type: "button", onclick: async () => {
+      try {
+        await api("/tasks/" + encodeURIComponent(t.id) + "/requeue", { method: "POST" });
+        route();
+      } catch (e) {
+        failed(e);
+      }
+    } }, "Requeue")) : null);
+  const heads = ["task", "queue", "tenant", "state", "attempts", "run", "error or payload", "enqueued"];
+  show(
+    el("h1", {}, "Queues"),
+    table("queues", ["queue", "pending", "leased", "done", "dead", "max in flight", "max attempts"],
+      queues.map((x) => el("tr", { class: "queue" },
+        el("td", {}, el("a", { href: "#/queues?queue=" + encodeURIComponent(x.name) }, x.name)),
+        ["pending", "leased", "done", "dead"].map((s) => el("td", { class: "num" }, depth(x.depth, s))),
+        el("td", { class: "num" }, x.max_in_flight ?? "∞"),
+        el("td", { class: "num" }, x.max_attempts))), "No queues."),
+    el("h2", {}, "Dead-letter queue" + (queue ? " of " + queue : "")),
+    table("dead-letters", heads.concat(["requeue"]), dead.tasks.map((t) => taskRow(t, true)),
+      "No dead tasks."),
+    el("h2", {}, "Latest tasks" + (queue ? " of " + queue : "")),
+    table("tasks", heads, latest.tasks.map((t) => taskRow(t, false)), "No tasks."),
+  );
+  return true;
+}
+
+async function schedulesPage() {
+  const { schedules } = await api("/schedules");
+  show(
+    el("h1", {}, "Schedules"),
+    table("schedules", ["schedule", "when", "what", "next", "last fired", "fired", "missed"],
+      schedules.map((x) => el("tr", { class: "schedule" },
+        el("td", {}, x.name),
+        el("td", {}, x.cron || "once"),
+        el("td", {}, x.agent ? "a run of " + x.agent : "a task on " + x.queue),
+        el("td", {}, when(x.next_at)),
+        el("td", {}, when(x.last_fired_at)),
+        el("td", { class: "num" }, x.fired),
+        el("td", {}, x.missed))), "No schedules."),
+  );
+  return true;
+}
+
+// Each supervisor with its children: a run of an agent (its attempts, current run, result) or
+// another supervisor, linked — the tree read top down.
+async function supervisorsPage() {
+  const { supervisors } = await api("/supervisors");
+  const nested = new Set(supervisors.flatMap((s) =>
+    (s.spec.children || []).map((c) => c.supervisor).filter(Boolean)));
+  const section = (sup) => {
+    const states = new Map(((sup.state && sup.state.children) || []).map((c) => [c.name, c]));
+    return el("section", { class: "supervisor", id: "supervisor-" + sup.name },
+      el("h2", {}, sup.name, " ", state(sup.status === "running" ? "running" :
+        sup.status === "completed" ? "succeeded" : "failed"), " " + sup.status),
+      el("p", { class: "muted" }, (sup.spec.strategy || "") + " · at most " +
+        (sup.spec.maxRestarts ?? 3) + " restarts within " + ((sup.spec.withinMs ?? 60000) / 1000) + " s" +
+        (nested.has(sup.name) ? " · a child of another supervisor" : ""),
+        sup.state && sup.state.reason ? el("span", { class: "error" }, " gave up: " + sup.state.reason) : null),
+      table("children-" + sup.name, ["child", "is", "attempt", "run", "done", "result or feedback"],
+        (sup.spec.children || []).map((c) => {
+          const st = states.get(c.name) || {};
+          return el("tr", { class: "child" },
+            el("td", {}, c.name),
+            el("td", {}, c.supervisor ? ["supervisor ",
+              el("a", { href: "#/supervisors", onclick: () => {
+                setTimeout(() => {
+                  const target = document.getElementById("supervisor-" + c.supervisor);
+                  if (target) target.scrollIntoView();
+                });
+              } }, c.supervisor)] : "agent " + c.agent),
+            el("td", { class: "num" }, st.attempt ?? ""),
+            el("td", {}, st.run_id ? el("a", { href: "#/runs/" + st.run_id }, st.run_id) : ""),
+            el("td", {}, st.done ? "yes" : "no"),
+            el("td", {}, el("pre", {}, st.result || st.feedback || "")));
+        }), "No children."));
+  };
+  // Roots first, then the supervisors below them.
+  const ordered = supervisors.filter((s) => !nested.has(s.name))
+    .concat(supervisors.filter((s) => nested.has(s.name)));
+  show(el("h1", {}, "Supervisors"),
+    supervisors.length ? ordered.map(section) : el("p", { class: "muted", id: "supervisors" }, "No supervisors."));
+  return true;
+}
+
+// The merge queue: each repository and its submissions in order, with how each went.
+async function mergesPage() {
+  const { repos } = await api("/repos");
+  const subs = await Promise.all(repos.map((r) =>
+    api("/repos/" + encodeURIComponent(r.name) + "/submissions")));
+  show(
+    el("h1", {}, "Merge queue"),
+    repos.length ? repos.map((r, i) => el("section", { class: "repo" },
+      el("h2", {}, r.name, el("span", { class: "muted" }, " → " + r.target + " · check: " + r.check)),
+      table("submissions-" + r.name, ["submission", "branch", "by", "state", "detail", "merged", "updated"],
+        subs[i].submissions.slice().reverse().map((x) => el("tr", { class: "submission" },
+          el("td", {}, x.id), el("td", {}, x.branch), el("td", {}, x.submitter),
+          el("td", {}, state(x.state === "merged" ? "succeeded" : x.state === "rejected" ? "failed" : "queued"), " " + x.state),
+          el("td", {}, el("pre", {}, x.detail || "")), el("td", {}, x.merged || ""),
+          el("td", {}, when(x.updated_at)))), "No submissions."))) :
+      el("p", { class: "muted", id: "repos" }, "No repositories."),
+  );
+  return true;
+}
+
+// Agents' identities: who owns each, whether it is active, suspended or retired, and suspend /
+// resume in place with a reason.
+async function identitiesPage() {
+  // Managed agents, and external ones known by their keys.
+  const [managed, { keys }] = await Promise.all([api("/agents"), api("/keys")]);
+  const names = [...new Set(managed.agents.map((a) => a.name).concat(keys.map((k) => k.agent)))].sort();
+  const agents = names.map((name) => ({ name }));
+  const ids = await Promise.all(agents.map((a) =>
+    api("/agents/" + encodeURIComponent(a.name) + "/identity").catch(() => null)));
+  show(
+    el("h1", {}, "Identities"),
+    table("identities", ["agent", "owner", "status", "reason", "changed", "act"],
+      agents.map((a, i) => {
+        const id = ids[i] || { status: "active" };
+        const base = "/agents/" + encodeURIComponent(a.name);
+        return el("tr", { class: "identity" },
+          el("td", {}, a.name), el("td", {}, id.owner || ""),
+          el("td", {}, state(id.status === "active" ? "active" : "revoked"), " " + id.status),
+          el("td", {}, id.reason || ""), el("td", {}, when(id.updated_at)),
+          el("td", {}, id.status === "active" ? withReason("suspend", "Suspend", base + "/suspend", "reason") :
+            id.status === "suspended" ? withReason("resume", "Resume", base + "/resume", "reason") : ""));
+      }), "No agents."),
+  );
+  return true;
+}
+
+// Delegations: who granted what to whom, below which link, until when; revoked in place (the
+// links below a revoked one go with it).
+async function delegationsPage() {
+  const { delegations } = await api("/delegations");
+  show(
+    el("h1", {}, "Delegations"),
+    table("delegations", ["link", "from", "to", "below", "scope", "expires", "state", "revoke"],
+      delegations.map((d) => el("tr", { class: "delegation" },
+        el("td", {}, d.id), el("td", {}, d.issuer), el("td", {}, d.holder),
+        el("td", {}, d.parent_id || ""), el("td", {}, el("pre", {}, pretty(d.scope))),
+        el("td", {}, when(d.expires_at)),
+        el("td", {}, d.revoked_at ? [state("revoked"), " " + (d.revoke_reason || "")] : state("active")),
+        el("td", {}, d.revoked_at ? "" : withReason("revoke", "Revoke",
+          "/delegations/" + encodeURIComponent(d.id) + "/revoke", "reason")))), "No delegations."),
+  );
+  return true;
+}
+
+async function sandboxesPage() {
+  const { sandboxes } = await api("/sandboxes");
+  const create = el("button", { id: "new-sandbox", class: "primary", type: "button", onclick: async () => {
+    try {
+      const made = await api("/sandboxes", { json: {} });
+      location.hash = "#/sandboxes/" + made.sandboxes[0];
+    } catch (e) {
+      failed(e);
+    }
+  } }, "New sandbox");
+  show(
+    el("h1", {}, "Sandboxes"),
+    el("p", {}, create),
+    table("sandboxes", ["sandbox", "state", "layers"], sandboxes.map((x) => el("tr", { class: "sandbox" },
+      el("td", {}, el("a", { href: "#/sandboxes/" + x.id }, x.id)),
+      el("td", {}, x.state), el("td", { class: "num" }, x.layers.length))), "No persistent sandboxes."),
+  );
+  return true;
+}
+
+// A sandbox's exec console: each command line runs in a fresh isolated process tree on the
+// sandbox's workspace (`/bin/sh -c`, in /workspace), its output and exit shown below it.
+async function sandboxPage(id) {
+  const { sandboxes } = await api("/sandboxes");
+  const sb = sandboxes.find((x) => x.id === id);
+  if (!sb) throw new ApiError(404, "no sandbox " + id);
+  const log = el("div", { id: "exec-log" });
+  const line = el("input", { id: "exec-command", placeholder: "a command line, e.g. ls -la", autocomplete: "off" });
+  const form = el("form", { id: "exec-form", class: "inline", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const command = line.value;
+    if (!command.trim()) return;
+    line.value = "";
+    const entry = el("div", { class: "exec" }, el("pre", { class: "command" }, "$ " + command));
+    log.append(entry);
+    try {
+      const r = await api("/sandboxes/" + encodeURIComponent(id) + "/exec", { json: { command } });
+      entry.append(
+        r.stdout ? el("pre", { class: "stdout" }, r.stdout) : null,
+        r.stderr ? el("pre", { class: "stderr" }, r.stderr) : null,
+        el("p", { class: "muted exit" }, r.ended + (r.exit_code !== null ? " " + r.exit_code : "") +
+          (r.signal ? " (signal " + r.signal + ")" : "") + " · " + r.wall_ms + " ms" +
+          (r.truncated ? " · output truncated" : "")));
+    } catch (e) {
+      entry.append(el("p", { class: "error" }, e.message));
+    }
+    line.focus();
+  } }, line, el("button", { class: "primary", type: "submit" }, "Run"));
+  show(el("h1", {}, "Sandbox ", id), el("p", { class: "muted" }, sb.state + " · " +
+    sb.layers.length + " layers"), form, log);
+  line.focus();
+  return false;
+}
+
 async function keysPage() {
   const { keys } = await api("/keys");
   show(
@@ -636,6 +971,14 @@ async function route() {
   else if (parts[0] === "costs") page = () => costsPage(params);
   else if (parts[0] === "keys") page = () => keysPage();
   else if (parts[0] === "alerts") page = () => alertsPage();
+  else if (parts[0] === "queues") page = () => queuesPage(params);
+  else if (parts[0] === "schedules") page = () => schedulesPage();
+  else if (parts[0] === "supervisors") page = () => supervisorsPage();
+  else if (parts[0] === "merges") page = () => mergesPage();
+  else if (parts[0] === "sandboxes" && parts[1]) page = () => sandboxPage(parts[1]);
+  else if (parts[0] === "sandboxes") page = () => sandboxesPage();
+  else if (parts[0] === "identities") page = () => identitiesPage();
+  else if (parts[0] === "delegations") page = () => delegationsPage();
   else if (parts[0] === "audit") page = () => auditPage();
   else if (parts[0] === "traces" && parts[1]) page = () => tracePage(parts[1]);
   else if (parts[0] === "traces") page = () => tracesPage(params);

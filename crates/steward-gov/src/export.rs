@@ -10,9 +10,13 @@ use crate::proof::Tree;
 
 const PAGE: i64 = 10_000;
 
-/// The export's lines. Records after the latest checkpoint carry no proof (`"proof": null`);
-/// sign a checkpoint first to cover them.
-pub async fn export_lines(store: &dyn Store, since: i64) -> steward_store::Result<Vec<String>> {
+/// The export's lines (of run `run`'s records only, when given). Records after the latest
+/// checkpoint carry no proof (`"proof": null`); sign a checkpoint first to cover them.
+pub async fn export_lines(
+    store: &dyn Store,
+    since: i64,
+    run: Option<&str>,
+) -> steward_store::Result<Vec<String>> {
     let checkpoint = store.audit_checkpoints().await?.pop();
     let mut rows = Vec::new();
     let mut from = 0;
@@ -41,24 +45,29 @@ pub async fn export_lines(store: &dyn Store, since: i64) -> steward_store::Resul
         .iter()
         .enumerate()
         .filter(|(_, r)| r.at >= since)
-        .map(|(i, r)| {
+        .filter_map(|(i, r)| {
             let record: Value = r
                 .body
                 .as_deref()
                 .and_then(|b| serde_json::from_str(b).ok())
                 .unwrap_or(Value::Null);
+            if run.is_some_and(|id| record["run_id"].as_str() != Some(id)) {
+                return None;
+            }
             let proof = (i < signed && i == r.seq as usize)
                 .then(|| tree.proof(i).iter().map(|h| hex(h)).collect::<Vec<_>>());
-            json!({
-                "seq": r.seq,
-                "at": r.at,
-                "record": record,
-                "body": r.body,
-                "leaf_hash": r.leaf_hash,
-                "proof": proof,
-                "checkpoint": if proof.is_some() { cp.clone() } else { None },
-            })
-            .to_string()
+            Some(
+                json!({
+                    "seq": r.seq,
+                    "at": r.at,
+                    "record": record,
+                    "body": r.body,
+                    "leaf_hash": r.leaf_hash,
+                    "proof": proof,
+                    "checkpoint": if proof.is_some() { cp.clone() } else { None },
+                })
+                .to_string(),
+            )
         })
         .collect())
 }

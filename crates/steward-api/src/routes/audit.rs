@@ -15,6 +15,8 @@ pub async fn verify_audit(State(e): State<Engine>) -> ApiResult<Json<AuditReport
 pub struct AuditExportQuery {
     /// Only records from this time on (Unix milliseconds; default: all).
     pub since: Option<i64>,
+    /// Only this run's records.
+    pub run: Option<String>,
 }
 
 /// Audit evidence: one JSON object per line — the record, its leaf hash, and its inclusion
@@ -25,7 +27,19 @@ pub async fn export_audit(
     State(e): State<Engine>,
     ApiQuery(q): ApiQuery<AuditExportQuery>,
 ) -> ApiResult<impl axum::response::IntoResponse> {
-    let mut lines = e.audit().export(q.since.unwrap_or(0)).await?.join("\n");
+    let run = q
+        .run
+        .as_deref()
+        .map(|id| {
+            RunId::parse(id)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("run: {}", e.0)))
+        })
+        .transpose()?;
+    let mut lines = e
+        .audit()
+        .export(q.since.unwrap_or(0), run.as_ref())
+        .await?
+        .join("\n");
     if !lines.is_empty() {
         lines.push('\n');
     }

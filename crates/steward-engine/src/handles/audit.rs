@@ -34,9 +34,14 @@ impl Audit<'_> {
 
     /// The audit records since `since` (Unix ms) as JSON lines with inclusion proofs, after
     /// signing a checkpoint that covers the newest.
-    pub async fn export(&self, since: i64) -> Result<Vec<String>> {
+    pub async fn export(&self, since: i64, run: Option<&RunId>) -> Result<Vec<String>> {
         self.checkpoint().await?;
-        Ok(steward_gov::export::export_lines(self.0.store().as_ref(), since).await?)
+        Ok(steward_gov::export::export_lines(
+            self.0.store().as_ref(),
+            since,
+            run.map(RunId::as_str),
+        )
+        .await?)
     }
 
     /// Records a change made through the management API, durably.

@@ -609,11 +609,36 @@ async fn a_fork_produces_a_second_run() {
         0,
         "the greeting was not sent again"
     );
-    // The fork's own page says where it came from.
+    // The fork's own page says where it came from, and its audit records verify in the page.
     browser
         .open(&format!("{}/ui/#/runs/{fork_id}", s.url))
         .await;
     browser.wait_text("#forked-from", &source).await;
+    browser.click("#verify-run-audit").await;
+    let audit = browser.wait_text("#audit-records", "verified").await;
+    assert!(audit.contains("run.create"), "{audit}");
+    assert!(!audit.contains("does not verify"), "{audit}");
+    // A record changed in the database behind the log's back is shown as such.
+    let pool = sqlx::SqlitePool::connect(&s.db_url).await.unwrap();
+    let changed = sqlx::query(
+        "UPDATE audit_log SET body = replace(body, 'run.create', 'run.created') \
+         WHERE body LIKE '%run.create%' AND body LIKE $1",
+    )
+    .bind(format!("%\"run_id\":\"{fork_id}\"%"))
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    pool.close().await;
+    assert!(changed >= 1);
+    browser.open(&format!("{}/ui/#/runs", s.url)).await;
+    browser
+        .open(&format!("{}/ui/#/runs/{fork_id}", s.url))
+        .await;
+    browser.click("#verify-run-audit").await;
+    browser
+        .wait_text("#audit-records", "its body is not what was logged")
+        .await;
     let shots = std::env::var_os("STEWARD_CONSOLE_SCREENSHOTS");
     if let Some(dir) = &shots {
         let dir = std::path::PathBuf::from(dir);
@@ -670,6 +695,154 @@ async fn an_alert_is_seen_and_its_incident_resolved_from_the_page() {
         l["incidents"][0]["resolution"], "the looper was fixed",
         "{l}"
     );
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}
+
+/// The fleet's other pages: a dead task requeued from the queues page, a schedule, a tree of
+/// supervisors, the merge queue, an agent suspended and a delegation revoked in place — and no
+/// page logs an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_pages_show_and_act() {
+    let s =
+        TestServer::start_with(Backend::Sqlite, &[("STEWARD_SERVER__ADMIN_TOKEN", TOKEN)]).await;
+    // A task that failed for good.
+    let (st, e) = s
+        .put("/api/v1/queues/jobs", json!({"max_attempts": 1}))
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (_, t) = s
+        .post("/api/v1/queues/jobs/tasks", json!({"payload": "flaky"}))
+        .await;
+    let task = t["task"]["id"].as_str().unwrap().to_string();
+    let (_, got) = s
+        .post(
+            "/api/v1/queues/jobs/lease",
+            json!({"worker": "w1", "max": 1}),
+        )
+        .await;
+    let (st, e) = s
+        .post(
+            &format!("/api/v1/tasks/{task}/fail"),
+            json!({"worker": "w1", "attempt": got["tasks"][0]["attempts"], "error": "upstream 503"}),
+        )
+        .await;
+    assert_eq!(st, 204, "{e}");
+    let (st, e) = s
+        .put(
+            "/api/v1/schedules/nightly",
+            json!({"cron": "0 0 3 * * *", "queue": "jobs", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: worker}\nspec:\n  model: scripted\n  script:\n    - {content: done}\n")
+        .await;
+    for (name, spec) in [
+        (
+            "inner",
+            json!({"strategy": "one_for_one", "children": [{"name": "w", "agent": "worker"}]}),
+        ),
+        (
+            "outer",
+            json!({"strategy": "one_for_one", "children": [{"name": "inner", "supervisor": "inner"}]}),
+        ),
+    ] {
+        let (st, e) = s.put(&format!("/api/v1/supervisors/{name}"), spec).await;
+        assert_eq!(st, 200, "{e}");
+    }
+    let lead = common::key_of(&s, "lead-bot", "ana").await;
+    let (st, d) = common::send(
+        common::as_agent(s.http.post(format!("{}/v1/delegations", s.url)), &lead)
+            .json(&json!({"to": "helper-bot"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{d}");
+    let link = d["id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+
+    browser.open(&format!("{}/ui/#/queues", s.url)).await;
+    let queues = browser.wait_text("table#queues", "jobs").await;
+    assert!(queues.contains("jobs"), "{queues}");
+    let dead = browser.wait_text("table#dead-letters", &task).await;
+    assert!(dead.contains("upstream 503"), "{dead}");
+    browser.click("#dead-letters button.requeue").await;
+    browser.wait_text("#dead-letters", "No dead tasks").await;
+    let (_, t) = s.get(&format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(t["state"], "pending", "requeued: {t}");
+
+    browser.open(&format!("{}/ui/#/schedules", s.url)).await;
+    let sched = browser.wait_text("table#schedules", "nightly").await;
+    assert!(
+        sched.contains("0 0 3 * * *") && sched.contains("a task on jobs"),
+        "{sched}"
+    );
+
+    browser.open(&format!("{}/ui/#/supervisors", s.url)).await;
+    let tree = browser.wait_text("#main", "outer").await;
+    assert!(
+        tree.contains("supervisor inner"),
+        "outer's child is a supervisor: {tree}"
+    );
+    assert!(
+        tree.contains("agent worker"),
+        "inner's child is a run: {tree}"
+    );
+
+    browser.open(&format!("{}/ui/#/merges", s.url)).await;
+    browser.wait_text("#repos", "No repositories").await;
+
+    // A sandbox made from the page, and commands run in its console on one workspace.
+    browser.open(&format!("{}/ui/#/sandboxes", s.url)).await;
+    browser.click("#new-sandbox").await;
+    browser.find("#exec-form").await;
+    browser
+        .type_into("#exec-command", "echo kept > note && cat note")
+        .await;
+    browser.click("#exec-form button").await;
+    browser.wait_text("#exec-log", "kept").await;
+    browser
+        .type_into("#exec-command", "wc -c < note; exit 3")
+        .await;
+    browser.click("#exec-form button").await;
+    let second = browser
+        .wait_text("#exec-log .exec:nth-child(2)", "exit 3 ·")
+        .await;
+    assert_eq!(
+        browser
+            .text("#exec-log .exec:nth-child(2) .stdout")
+            .await
+            .trim(),
+        "5",
+        "the file the first command wrote is there for the second: {second}"
+    );
+
+    browser.open(&format!("{}/ui/#/identities", s.url)).await;
+    browser.wait_text("table#identities", "lead-bot").await;
+    browser
+        .type_into("tr.identity input.reason", "on leave")
+        .await;
+    browser.click("tr.identity button.suspend").await;
+    browser.wait_text("table#identities", "suspended").await;
+    let (_, id) = s.get("/api/v1/agents/lead-bot/identity").await;
+    assert_eq!(id["status"], "suspended", "{id}");
+
+    browser.open(&format!("{}/ui/#/delegations", s.url)).await;
+    browser.wait_text("table#delegations", &link).await;
+    browser
+        .type_into("tr.delegation input.reason", "no longer needed")
+        .await;
+    browser.click("tr.delegation button.revoke").await;
+    browser
+        .wait_text("table#delegations", "no longer needed")
+        .await;
+    let (_, d) = s.get(&format!("/api/v1/delegations/{link}")).await;
+    assert!(d["revoked_at"].is_i64(), "{d}");
+
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
