@@ -172,11 +172,12 @@ function pretty(body) {
 }
 
 async function runPage(id) {
-  const [run, journal, children, approvals] = await Promise.all([
+  const [run, journal, children, approvals, scores] = await Promise.all([
     api("/runs/" + encodeURIComponent(id)),
     api("/runs/" + encodeURIComponent(id) + "/journal?limit=1000"),
     api("/runs?parent=" + encodeURIComponent(id) + "&limit=200"),
     api("/approvals?state=pending&limit=1000"),
+    api("/scores?run=" + encodeURIComponent(id)),
   ]);
   const open = approvals.approvals.filter((a) => a.run_id === run.id);
   const terminal = ["succeeded", "failed", "cancelled"].includes(run.state);
@@ -210,6 +211,7 @@ async function runPage(id) {
     forkForm(run),
     timeline(journal.entries, true),
     children.runs.length ? [el("h2", {}, "Children"), runTable(children.runs, "children")] : null,
+    scores.scores.length ? [el("h2", {}, "Scores"), scoreTable(scores.scores, "run-scores")] : null,
     el("h2", {}, "Audit"),
     auditButton(run.id),
   );
@@ -876,6 +878,56 @@ async function sandboxPage(id) {
   return false;
 }
 
+function scoreTable(scores, id) {
+  return table(id, ["run", "evaluator", "score", "passed", "why", "cost", "at"], scores.map((x) =>
+    el("tr", { class: "score" },
+      el("td", {}, el("a", { href: "#/runs/" + x.run_id }, x.run_id)),
+      el("td", {}, x.evaluator),
+      el("td", { class: "num" }, x.score === null || x.score === undefined ? "—" : x.score.toFixed(2)),
+      el("td", {}, x.passed === null || x.passed === undefined ? "" : state(x.passed ? "ok" : "error")),
+      el("td", {}, x.reason || ""),
+      el("td", { class: "num" }, x.cost_usd ? "$" + x.cost_usd.toFixed(6) : ""),
+      el("td", {}, when(x.at)))), "No scores.");
+}
+
+// A bar as long as `m` (0 to 1) of its track; sized through the CSSOM, as the page's policy
+// allows no inline style attributes.
+function meanBar(m) {
+  const bar = el("div", { class: "bar" });
+  bar.style.width = (m * 100).toFixed(1) + "%";
+  return el("div", { class: "bar-track" }, bar);
+}
+
+// Evaluators, each with its mean score and pass rate charted, and the latest scores.
+async function evaluationPage(params) {
+  const pick = params.get("evaluator");
+  const { evaluators } = await api("/evaluators");
+  const each = await Promise.all(evaluators.map((e) =>
+    api("/scores?limit=1000&evaluator=" + encodeURIComponent(e.name))));
+  const latest = await api("/scores?limit=100" + (pick ? "&evaluator=" + encodeURIComponent(pick) : ""));
+  const what = (s) => s.kind + (s.agents && s.agents.length ? " · online on " + s.agents.join(", ") +
+    (s.sample < 1 ? " (" + Math.round(s.sample * 100) + "% sampled)" : "") : " · on request");
+  show(
+    el("h1", {}, "Evaluation"),
+    el("p", { class: "muted" },
+      "Evaluators score whole runs — rules, code in a sandbox, or a model as judge (PUT /api/v1/evaluators/{name})."),
+    table("evaluators", ["evaluator", "what", "scored", "mean score", "pass rate"],
+      evaluators.map((e, i) => {
+        const m = each[i].mean;
+        return el("tr", { class: "evaluator" },
+          el("td", {}, el("a", { href: "#/evaluation?evaluator=" + encodeURIComponent(e.name) }, e.name)),
+          el("td", {}, what(e.spec)),
+          el("td", { class: "num" }, each[i].scores.length),
+          el("td", { class: "bar-cell" }, m === null || m === undefined ? "—" : [meanBar(m), " " + m.toFixed(2)]),
+          el("td", { class: "num" }, each[i].pass_rate === null || each[i].pass_rate === undefined ? "—" :
+            Math.round(each[i].pass_rate * 100) + "%"));
+      }), "No evaluators."),
+    el("h2", {}, "Latest scores" + (pick ? " of " + pick : "")),
+    scoreTable(latest.scores, "scores"),
+  );
+  return true;
+}
+
 async function keysPage() {
   const { keys } = await api("/keys");
   show(
@@ -971,6 +1023,7 @@ async function route() {
   else if (parts[0] === "costs") page = () => costsPage(params);
   else if (parts[0] === "keys") page = () => keysPage();
   else if (parts[0] === "alerts") page = () => alertsPage();
+  else if (parts[0] === "evaluation") page = () => evaluationPage(params);
   else if (parts[0] === "queues") page = () => queuesPage(params);
   else if (parts[0] === "schedules") page = () => schedulesPage();
   else if (parts[0] === "supervisors") page = () => supervisorsPage();

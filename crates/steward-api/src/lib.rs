@@ -51,6 +51,11 @@ use crate::openapi::CommonResponses;
         routes::journal,
         events::run_events,
         routes::cancel_run,
+        routes::put_evaluator,
+        routes::list_evaluators,
+        routes::delete_evaluator,
+        routes::score_run,
+        routes::list_scores,
         routes::put_alert,
         routes::list_alerts,
         routes::delete_alert,
@@ -165,6 +170,11 @@ use crate::openapi::CommonResponses;
         wire::JournalItem,
         wire::Journal,
         wire::CancelRun,
+        wire::Evaluator,
+        wire::EvaluatorList,
+        wire::ScoreRun,
+        wire::Score,
+        wire::ScoreList,
         wire::AlertMetric,
         wire::AlertWebhook,
         wire::PutAlert,
@@ -450,6 +460,13 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
             get(queues::get_supervisor).put(queues::put_supervisor),
         )
         .route("/incidents", get(queues::list_incidents))
+        .route("/evaluators", get(routes::list_evaluators))
+        .route(
+            "/evaluators/{name}",
+            axum::routing::put(routes::put_evaluator).delete(routes::delete_evaluator),
+        )
+        .route("/evaluators/{name}/score", post(routes::score_run))
+        .route("/scores", get(routes::list_scores))
         .route("/alerts", get(routes::list_alerts))
         .route(
             "/alerts/{name}",

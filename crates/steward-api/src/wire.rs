@@ -2131,3 +2131,85 @@ impl From<steward_store::DeliveryRecord> for Delivery {
 pub struct DeliveryList {
     pub deliveries: Vec<Delivery>,
 }
+
+/// An evaluator as given, with when it was made and changed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Evaluator {
+    pub name: String,
+    /// kind, and its `rules`, `judge` or `code`; `agents` and `sample` when online.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl
+    From<(
+        steward_engine::evaluation::EvaluatorSpec,
+        steward_store::EvaluatorRecord,
+    )> for Evaluator
+{
+    fn from(
+        (spec, r): (
+            steward_engine::evaluation::EvaluatorSpec,
+            steward_store::EvaluatorRecord,
+        ),
+    ) -> Self {
+        Evaluator {
+            name: r.name,
+            spec: serde_json::to_value(spec).unwrap_or(Value::Null),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EvaluatorList {
+    pub evaluators: Vec<Evaluator>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRun {
+    pub run: String,
+}
+
+/// An evaluator's score of a run.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Score {
+    pub run_id: String,
+    pub evaluator: String,
+    pub agent: String,
+    /// From 0 to 1; absent when it could not be scored (`reason` says why).
+    pub score: Option<f64>,
+    pub passed: Option<bool>,
+    pub reason: Option<String>,
+    /// What scoring cost (a judge's model call), in US dollars.
+    pub cost_usd: f64,
+    pub at: i64,
+}
+
+impl From<steward_store::ScoreRecord> for Score {
+    fn from(s: steward_store::ScoreRecord) -> Self {
+        Score {
+            run_id: s.run_id,
+            evaluator: s.evaluator,
+            agent: s.agent,
+            score: s.score,
+            passed: s.passed.map(|p| p == 1),
+            reason: s.reason,
+            cost_usd: s.cost_nanos as f64 / 1e9,
+            at: s.at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ScoreList {
+    pub scores: Vec<Score>,
+    /// The mean of the scores listed.
+    pub mean: Option<f64>,
+    /// The share of those judged that passed.
+    pub pass_rate: Option<f64>,
+}

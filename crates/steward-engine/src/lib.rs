@@ -12,6 +12,7 @@ mod costs;
 pub mod curation;
 mod delegations;
 mod error;
+pub mod evaluation;
 mod gateway;
 pub mod handles;
 mod host;
@@ -576,6 +577,11 @@ impl Engine {
             Duration::from_millis(breaker_sync_ms.max(10)),
             engine.inner.draining.clone(),
         ));
+        tokio::spawn(evaluation::online(
+            engine.inner.clone(),
+            Duration::from_millis(engine.inner.cfg.alert_every_ms.clamp(10, 1000)),
+            engine.inner.draining.clone(),
+        ));
         tokio::spawn(alerts::run(
             engine.inner.shared.store.clone(),
             engine.inner.shared.clock.clone(),
@@ -659,6 +665,10 @@ impl Engine {
     }
 
     /// The vault's secrets.
+    pub fn evaluators(&self) -> handles::evaluators::Evaluators<'_> {
+        handles::evaluators::Evaluators(self)
+    }
+
     pub fn alerts(&self) -> handles::alerts::Alerts<'_> {
         handles::alerts::Alerts(self)
     }

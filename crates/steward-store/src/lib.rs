@@ -12,6 +12,7 @@ mod cache;
 mod call_writer;
 mod delegations;
 mod error;
+mod evaluation;
 mod gateway_calls;
 mod group_commit;
 mod identities;
@@ -53,6 +54,7 @@ pub use cache::CacheStore;
 pub use call_writer::CallWriter;
 pub use delegations::DelegationStore;
 pub use error::{Error, Result};
+pub use evaluation::{EvaluationStore, EvaluatorRecord, ScoreRecord};
 pub use gateway_calls::GatewayStore;
 pub use group_commit::JournalWriter;
 pub use identities::IdentityStore;
@@ -112,6 +114,7 @@ pub trait Store:
     + MemoryStore
     + SpanStore
     + AlertStore
+    + EvaluationStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod audit;
 pub mod budgets;
 pub mod delegations;
+pub mod evaluators;
 pub mod gateway;
 pub mod identities;
 pub mod keys;

@@ -846,3 +846,48 @@ async fn the_fleet_pages_show_and_act() {
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
+
+/// Scores show on the evaluation page, charted per evaluator, and on the run's own page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_are_charted_and_shown_with_their_run() {
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_ENGINE__ALERT_EVERY_MS", "100"),
+        ],
+    )
+    .await;
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: greeter}\nspec:\n  model: scripted\n  script:\n    - content: \"hello {{input}}\"\n")
+        .await;
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/polite",
+            json!({"kind": "rules", "rules": {"result_contains": "hello"}, "agents": ["greeter"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let run = s.start_run("greeter", "ana").await;
+    s.wait_run(&run).await;
+    eventually("the run scored", || async {
+        let (_, l) = s.get("/api/v1/scores?evaluator=polite").await;
+        (!l["scores"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/evaluation", s.url)).await;
+    let row = browser.wait_text("table#evaluators", "polite").await;
+    assert!(row.contains("1.00") && row.contains("100%"), "{row}");
+    assert!(row.contains("online on greeter"), "{row}");
+    browser.wait_text("table#scores", &run).await;
+    browser.open(&format!("{}/ui/#/runs/{run}", s.url)).await;
+    let scored = browser.wait_text("table#run-scores", "polite").await;
+    assert!(scored.contains("all 1 checks held"), "{scored}");
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}

@@ -16,6 +16,7 @@ mod cli;
 mod console;
 mod crash;
 mod delegation;
+mod evaluation;
 mod fallbacks;
 mod fork;
 mod full_disk;

@@ -1,0 +1,281 @@
+//! Evaluation against the real binary: online evaluators score a sample of their agents' ended
+//! runs once each, with rules, a model as judge (on its own budget) or code in a sandbox; any
+//! run is scored on request; bad evaluators are refused — on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::{eventually, Backend, TestServer};
+use serde_json::{json, Value};
+
+const CLERK: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: clerk}\nspec:\n  model: scripted\n  tools: [echo]\n  script:\n    - toolCalls: [{name: echo, arguments: {n: 1}}]\n    - content: \"paid {{input}}\"\n";
+const SLOPPY: &str = "apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: sloppy}\nspec:\n  model: scripted\n  script:\n    - content: done\n";
+
+async fn scores(s: &TestServer, query: &str) -> Value {
+    s.get(&format!("/api/v1/scores?{query}")).await.1
+}
+
+async fn an_online_evaluator_scores_each_ended_run_once(b: Backend) {
+    let s = TestServer::start_with(b, &[("STEWARD_ENGINE__ALERT_EVERY_MS", "100")]).await;
+    s.apply(CLERK).await;
+    s.apply(SLOPPY).await;
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/paid",
+            json!({"kind": "rules", "rules": {"succeeded": true, "result_contains": "paid",
+                "must_call": ["echo"], "max_steps": 10}, "agents": ["clerk", "sloppy"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/none-sampled",
+            json!({"kind": "rules", "rules": {"succeeded": true}, "agents": ["clerk"], "sample": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let mut runs = Vec::new();
+    for (agent, input) in [("clerk", "a"), ("clerk", "b"), ("sloppy", "c")] {
+        let id = s.start_run(agent, input).await;
+        s.wait_run(&id).await;
+        runs.push(id);
+    }
+    let all = eventually("every run scored", || async {
+        let l = scores(&s, "evaluator=paid").await;
+        (l["scores"].as_array().unwrap().len() == 3).then_some(l)
+    })
+    .await;
+    let of = |run: &str| {
+        all["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["run_id"] == run)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of(&runs[0])["score"], 1.0, "{all}");
+    assert_eq!(of(&runs[0])["passed"], true);
+    let sloppy = of(&runs[2]);
+    assert_eq!(sloppy["score"], 0.5, "two of four checks hold: {sloppy}");
+    assert_eq!(sloppy["passed"], false);
+    let why = sloppy["reason"].as_str().unwrap();
+    assert!(
+        why.contains("result contains \"paid\"") && why.contains("called echo"),
+        "{why}"
+    );
+    assert!(
+        (all["mean"].as_f64().unwrap() - 2.5 / 3.0).abs() < 1e-9,
+        "{all}"
+    );
+    assert!((all["pass_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    // Scored once: later checks add nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        scores(&s, "evaluator=paid").await["scores"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        scores(&s, "evaluator=none-sampled").await["scores"],
+        json!([]),
+        "a sample of 0 scores nothing"
+    );
+    let one = scores(&s, &format!("run={}", runs[1])).await;
+    assert_eq!(one["scores"][0]["evaluator"], "paid", "{one}");
+
+    // On request: a run of an agent the evaluator does not watch.
+    s.apply("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {name: outsider}\nspec:\n  model: scripted\n  tools: [echo]\n  script:\n    - toolCalls: [{name: echo, arguments: {n: 2}}]\n    - content: paid in full\n").await;
+    let outsider = s.start_run("outsider", "x").await;
+    s.wait_run(&outsider).await;
+    let (st, sc) = s
+        .post("/api/v1/evaluators/paid/score", json!({"run": outsider}))
+        .await;
+    assert_eq!(st, 200, "{sc}");
+    assert_eq!(sc["score"], 1.0, "{sc}");
+    let (_, again) = s
+        .post("/api/v1/evaluators/paid/score", json!({"run": outsider}))
+        .await;
+    assert_eq!(again["at"], sc["at"], "scored once");
+    let (st, _) = s
+        .post("/api/v1/evaluators/nobody/score", json!({"run": outsider}))
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = s
+        .post("/api/v1/evaluators/paid/score", json!({"run": "not-a-run"}))
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = common::send(s.http.delete(format!("{}/api/v1/evaluators/paid", s.url))).await;
+    assert_eq!(st, 204);
+    let (_, l) = s.get("/api/v1/evaluators").await;
+    assert_eq!(l["evaluators"].as_array().unwrap().len(), 1, "{l}");
+}
+both_backends!(
+    an_online_evaluator_scores_each_ended_run_once,
+    an_online_evaluator_scores_each_ended_run_once
+);
+
+/// A model as judge: asked through the gateway as `eval-<name>`, on its own budget account;
+/// its score and its cost kept.
+async fn a_judge_scores_a_run_on_its_own_budget(b: Backend) {
+    use axum::routing::post;
+    use axum::Json;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|Json(body): Json<Value>| async move {
+            let asked = body["messages"][1]["content"].as_str().unwrap_or_default().to_string();
+            // The judge sees the criteria and the trajectory.
+            let content = if asked.contains("pays once") && asked.contains("\"tools_called\":[\"echo\"]") {
+                "SCORE: 0.75\nIt paid, once."
+            } else {
+                "no idea"
+            };
+            Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let s = TestServer::start_with(
+        b,
+        &[
+            ("STEWARD_ENGINE__ALERT_EVERY_MS", "100"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__JUDGE__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__JUDGE__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    s.apply(CLERK).await;
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/judge",
+            json!({"kind": "judge", "judge": {"model": "mock/judge", "criteria": "The clerk pays once."},
+                "agents": ["clerk"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let run = s.start_run("clerk", "x").await;
+    s.wait_run(&run).await;
+    let l = eventually("the judge's score", || async {
+        let l = scores(&s, "evaluator=judge").await;
+        (!l["scores"].as_array().unwrap().is_empty()).then_some(l)
+    })
+    .await;
+    let sc = &l["scores"][0];
+    assert_eq!(sc["score"], 0.75, "{sc}");
+    assert_eq!(sc["reason"], "It paid, once.");
+    // 100 tokens in at $1, 10 out at $2 per million.
+    assert!(
+        (sc["cost_usd"].as_f64().unwrap() - 120e-6).abs() < 1e-12,
+        "{sc}"
+    );
+    common::settled(&s).await;
+    let (_, costs) = s.get("/api/v1/costs?by=agent").await;
+    assert!(
+        costs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["key"] == "eval-judge" && l["calls"] == 1),
+        "its calls are its own agent's: {costs}"
+    );
+}
+both_backends!(
+    a_judge_scores_a_run_on_its_own_budget,
+    a_judge_scores_a_run_on_its_own_budget
+);
+
+/// Code in a sandbox reads the trajectory on its standard input and prints the score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_scores_a_run_in_a_sandbox() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.apply(CLERK).await;
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/counted",
+            json!({"kind": "code", "code": {"language": "python3", "source":
+                "import json, sys\nt = json.load(sys.stdin)\nprint(json.dumps({'score': 1.0 if t['tool_calls'] == 1 else 0.0, 'reason': 'tools: %d, state: %s' % (t['tool_calls'], t['state'])}))\n"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let run = s.start_run("clerk", "x").await;
+    s.wait_run(&run).await;
+    let (st, sc) = s
+        .post("/api/v1/evaluators/counted/score", json!({"run": run}))
+        .await;
+    assert_eq!(st, 200, "{sc}");
+    assert_eq!(sc["score"], 1.0, "{sc}");
+    assert_eq!(sc["reason"], "tools: 1, state: succeeded");
+    // A program that prints no score gives none, and says why.
+    s.put(
+        "/api/v1/evaluators/silent",
+        json!({"kind": "code", "code": {"language": "sh", "source": "echo oops >&2; exit 2"}}),
+    )
+    .await;
+    let (_, sc) = s
+        .post("/api/v1/evaluators/silent/score", json!({"run": run}))
+        .await;
+    assert!(sc["score"].is_null(), "{sc}");
+    assert!(sc["reason"].as_str().unwrap().contains("oops"), "{sc}");
+}
+
+/// Every bad evaluator gets a clear error and is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_evaluators_are_refused() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    for (body, says) in [
+        (json!({"kind": "rules"}), "rules: a rules evaluator"),
+        (json!({"kind": "rules", "rules": {}}), "at least one check"),
+        (
+            json!({"kind": "rules", "rules": {"succeeded": true}, "judge": {"model": "m", "criteria": "c"}}),
+            "nothing of the other kinds",
+        ),
+        (
+            json!({"kind": "judge", "judge": {"model": "nowhere/x", "criteria": "c"}}),
+            "judge.model",
+        ),
+        (
+            json!({"kind": "judge", "judge": {"model": "scripted", "criteria": ""}}),
+            "judge.criteria",
+        ),
+        (
+            json!({"kind": "code", "code": {"language": "ruby", "source": "x"}}),
+            "code.language",
+        ),
+        (
+            json!({"kind": "rules", "rules": {"succeeded": true}, "sample": 2}),
+            "sample",
+        ),
+        (
+            json!({"kind": "rules", "rules": {"succeeded": true}, "agents": ["Not Valid"]}),
+            "agents[0]",
+        ),
+        (json!({"kind": "vibes"}), "unknown variant"),
+        (
+            json!({"kind": "rules", "rules": {"succeeded": true, "also": 1}}),
+            "unknown field",
+        ),
+    ] {
+        let (st, e) = s.put("/api/v1/evaluators/bad", body.clone()).await;
+        assert_eq!(st, 400, "{body}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {e}"
+        );
+    }
+    let (st, _) = s
+        .put(
+            "/api/v1/evaluators/Bad%20Name",
+            json!({"kind": "rules", "rules": {"succeeded": true}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (_, l) = s.get("/api/v1/evaluators").await;
+    assert_eq!(l["evaluators"], json!([]));
+}
