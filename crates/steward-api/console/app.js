@@ -904,7 +904,9 @@ async function evaluationPage(params) {
   const { evaluators } = await api("/evaluators");
   const each = await Promise.all(evaluators.map((e) =>
     api("/scores?limit=1000&evaluator=" + encodeURIComponent(e.name))));
-  const latest = await api("/scores?limit=100" + (pick ? "&evaluator=" + encodeURIComponent(pick) : ""));
+  const [latest, { experiments }, { datasets }] = await Promise.all([
+    api("/scores?limit=100" + (pick ? "&evaluator=" + encodeURIComponent(pick) : "")),
+    api("/experiments"), api("/datasets")]);
   const what = (s) => s.kind + (s.agents && s.agents.length ? " · online on " + s.agents.join(", ") +
     (s.sample < 1 ? " (" + Math.round(s.sample * 100) + "% sampled)" : "") : " · on request");
   show(
@@ -922,10 +924,79 @@ async function evaluationPage(params) {
           el("td", { class: "num" }, each[i].pass_rate === null || each[i].pass_rate === undefined ? "—" :
             Math.round(each[i].pass_rate * 100) + "%"));
       }), "No evaluators."),
+    el("h2", {}, "Experiments"),
+    experimentTable(experiments),
+    el("h2", {}, "Datasets"),
+    table("datasets", ["dataset", "items", "updated"], datasets.map((d) => el("tr", { class: "dataset" },
+      el("td", {}, d.name), el("td", { class: "num" }, d.items), el("td", {}, when(d.updated_at)))),
+      "No datasets."),
     el("h2", {}, "Latest scores" + (pick ? " of " + pick : "")),
     scoreTable(latest.scores, "scores"),
   );
   return true;
+}
+
+// Experiments with their summaries; two ticked are compared side by side.
+function experimentTable(experiments) {
+  const ticked = new Set();
+  const compare = el("button", { id: "compare-experiments", type: "button", disabled: true, onclick: () => {
+    const [a, b] = [...ticked];
+    location.hash = "#/experiments/" + a + "/" + b;
+  } }, "Compare the two ticked");
+  const mean = (x) => Object.entries(x.summary.evaluators).map(([k, v]) =>
+    k + " " + (v.mean === null || v.mean === undefined ? "—" : v.mean.toFixed(2))).join(", ");
+  return [table("experiments", ["", "experiment", "dataset", "agent", "runs", "succeeded", "scores", "cost"],
+    experiments.map((x) => el("tr", { class: "experiment" },
+      el("td", {}, el("input", { type: "checkbox", class: "pick", "data-id": x.id, onchange: (ev) => {
+        if (ev.target.checked) ticked.add(x.id); else ticked.delete(x.id);
+        compare.disabled = ticked.size !== 2;
+      } })),
+      el("td", {}, el("a", { href: "#/experiments/" + x.id }, x.id)),
+      el("td", {}, x.dataset), el("td", {}, x.agent + " v" + x.agent_version),
+      el("td", { class: "num" }, x.summary.ended + " / " + x.summary.runs),
+      el("td", { class: "num" }, x.summary.succeeded),
+      el("td", {}, mean(x)),
+      el("td", { class: "num" }, "$" + x.summary.cost_usd.toFixed(6)))), "No experiments."),
+    experiments.length > 1 ? el("p", {}, compare) : null];
+}
+
+// One experiment, or two side by side: their summaries, then item by item each run's result
+// and scores.
+async function experimentsPage(ids) {
+  const xs = await Promise.all(ids.map((id) => api("/experiments/" + encodeURIComponent(id))));
+  const row = (label, f, id) => el("tr", { id }, el("th", {}, label), xs.map((x) => el("td", {}, f(x))));
+  const names = [...new Set(xs.flatMap((x) => x.evaluators))];
+  const summary = el("table", { id: "experiment-summary" },
+    el("tr", {}, el("th", {}, ""), xs.map((x) => el("th", {}, el("a", { href: "#/experiments/" + x.id }, x.id)))),
+    row("agent", (x) => x.agent + " v" + x.agent_version),
+    row("dataset", (x) => x.dataset),
+    row("runs ended", (x) => x.summary.ended + " / " + x.summary.runs),
+    row("succeeded", (x) => String(x.summary.succeeded)),
+    names.map((n) => row(n + " (mean, pass rate)", (x) => {
+      const e = x.summary.evaluators[n];
+      if (!e || e.mean === null || e.mean === undefined) return "—";
+      return [meanBar(e.mean), " " + e.mean.toFixed(2) + " · " +
+        (e.pass_rate === null || e.pass_rate === undefined ? "—" : Math.round(e.pass_rate * 100) + "%")];
+    }, "score-" + n)),
+    row("cost", (x) => "$" + x.summary.cost_usd.toFixed(6)),
+    row("mean duration", (x) => x.summary.mean_duration_ms === null ? "" :
+      (x.summary.mean_duration_ms / 1000).toFixed(2) + " s"));
+  const items = xs[0].items.map((it, i) => el("tr", { class: "experiment-item" },
+    el("td", {}, el("pre", {}, it.input), it.expected ? el("div", { class: "muted" }, "expected: " + it.expected) : null),
+    xs.map((x) => {
+      const r = x.items[i];
+      if (!r) return el("td", {}, "");
+      return el("td", {}, r.state ? state(r.state) : "", " ",
+        el("a", { href: "#/runs/" + r.run_id }, "run"),
+        el("pre", {}, r.result || ""),
+        Object.entries(r.scores).map(([k, v]) => el("div", {}, k + ": " +
+          (v.score === null || v.score === undefined ? "—" : v.score.toFixed(2)) + (v.reason ? " · " + v.reason : ""))));
+    })));
+  show(el("h1", {}, xs.length > 1 ? "Compare experiments" : "Experiment " + xs[0].id), summary,
+    el("h2", {}, "Item by item"),
+    el("table", { id: "experiment-items" }, el("tr", {}, el("th", {}, "item"), xs.map((x) => el("th", {}, x.id))), items));
+  return xs.some((x) => x.summary.ended < x.summary.runs ||
+    Object.values(x.summary.evaluators).some((e) => e.scored < x.summary.runs));
 }
 
 async function keysPage() {
@@ -1024,6 +1095,7 @@ async function route() {
   else if (parts[0] === "keys") page = () => keysPage();
   else if (parts[0] === "alerts") page = () => alertsPage();
   else if (parts[0] === "evaluation") page = () => evaluationPage(params);
+  else if (parts[0] === "experiments" && parts[1]) page = () => experimentsPage(parts.slice(1, 3));
   else if (parts[0] === "queues") page = () => queuesPage(params);
   else if (parts[0] === "schedules") page = () => schedulesPage();
   else if (parts[0] === "supervisors") page = () => supervisorsPage();

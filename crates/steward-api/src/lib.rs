@@ -56,6 +56,13 @@ use crate::openapi::CommonResponses;
         routes::delete_evaluator,
         routes::score_run,
         routes::list_scores,
+        routes::put_dataset,
+        routes::get_dataset,
+        routes::list_datasets,
+        routes::add_runs,
+        routes::start_experiment,
+        routes::get_experiment,
+        routes::list_experiments,
         routes::put_alert,
         routes::list_alerts,
         routes::delete_alert,
@@ -175,6 +182,9 @@ use crate::openapi::CommonResponses;
         wire::ScoreRun,
         wire::Score,
         wire::ScoreList,
+        routes::PutDataset,
+        routes::AddRuns,
+        routes::StartExperiment,
         wire::AlertMetric,
         wire::AlertWebhook,
         wire::PutAlert,
@@ -467,6 +477,17 @@ pub fn router(engine: Engine, cfg: &ServerConfig) -> Router {
         )
         .route("/evaluators/{name}/score", post(routes::score_run))
         .route("/scores", get(routes::list_scores))
+        .route("/datasets", get(routes::list_datasets))
+        .route(
+            "/datasets/{name}",
+            get(routes::get_dataset).put(routes::put_dataset),
+        )
+        .route("/datasets/{name}/runs", post(routes::add_runs))
+        .route(
+            "/experiments",
+            post(routes::start_experiment).get(routes::list_experiments),
+        )
+        .route("/experiments/{id}", get(routes::get_experiment))
         .route("/alerts", get(routes::list_alerts))
         .route(
             "/alerts/{name}",

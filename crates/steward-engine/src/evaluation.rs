@@ -36,6 +36,9 @@ pub struct Rules {
     /// Its result contains this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_contains: Option<String>,
+    /// Its result contains what the dataset's item expects (runs of an experiment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_contains_expected: Option<bool>,
     /// At most this many steps (model and tool calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u32>,
@@ -97,6 +100,7 @@ impl EvaluatorSpec {
             (Kind::Rules, Some(r), None, None) => {
                 let none = r.succeeded.is_none()
                     && r.result_contains.is_none()
+                    && r.result_contains_expected.is_none()
                     && r.max_steps.is_none()
                     && r.max_cost_usd.is_none()
                     && r.must_call.is_empty()
@@ -157,7 +161,11 @@ pub fn judge_agent(evaluator: &str) -> String {
 }
 
 /// What a run did, as evaluators see it.
-pub(crate) async fn trajectory(inner: &Inner, run: &RunRecord) -> steward_store::Result<Value> {
+pub(crate) async fn trajectory(
+    inner: &Inner,
+    run: &RunRecord,
+    expected: Option<&str>,
+) -> steward_store::Result<Value> {
     let store = &inner.shared.store;
     let entries = store.load_journal(&run.id, None, 100_000).await?;
     let outcomes: Vec<&steward_store::JournalEntry> = entries
@@ -195,6 +203,7 @@ pub(crate) async fn trajectory(inner: &Inner, run: &RunRecord) -> steward_store:
         "tool_calls": tools.len(),
         "cost_usd": cost,
         "duration_ms": run.updated_at - run.created_at,
+        "expected": expected,
     }))
 }
 
@@ -220,6 +229,13 @@ fn rules(r: &Rules, t: &Value) -> Scored {
             .as_str()
             .is_some_and(|s| s.contains(text.as_str()));
         checks.push((format!("result contains {text:?}"), ok));
+    }
+    if r.result_contains_expected == Some(true) {
+        let ok = match (t["result"].as_str(), t["expected"].as_str()) {
+            (Some(got), Some(want)) => got.contains(want),
+            _ => false,
+        };
+        checks.push(("result contains what is expected".to_string(), ok));
     }
     if let Some(max) = r.max_steps {
         let n = t["steps"].as_array().map_or(0, Vec::len);
@@ -430,8 +446,9 @@ pub(crate) async fn score(
     name: &str,
     spec: &EvaluatorSpec,
     run: &RunRecord,
+    expected: Option<&str>,
 ) -> steward_store::Result<ScoreRecord> {
-    let t = trajectory(inner, run).await?;
+    let t = trajectory(inner, run, expected).await?;
     let s = match spec.kind {
         Kind::Rules => rules(spec.rules.as_ref().unwrap_or(&Rules::default()), &t),
         Kind::Judge => match &spec.judge {
@@ -478,7 +495,37 @@ pub(crate) async fn online(inner: Arc<Inner>, every: Duration, stop: Cancellatio
 
 async fn score_online(inner: &Inner) -> steward_store::Result<()> {
     let store = &inner.shared.store;
-    for ev in store.list_evaluators().await? {
+    let evaluators = store.list_evaluators().await?;
+    // Experiments' runs, by each evaluator the experiment named, with the item's expectation.
+    for (id, name, expected) in store.experiment_runs_to_score(50).await? {
+        let Ok(rid) = steward_types::RunId::parse(&id) else {
+            continue;
+        };
+        let Some(run) = store.get_run(&rid).await? else {
+            continue;
+        };
+        let spec = evaluators
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| serde_json::from_str::<EvaluatorSpec>(&e.spec).ok());
+        let record = match spec {
+            Some(spec) => score(inner, &name, &spec, &run, expected.as_deref()).await?,
+            // Removed since the experiment began: said once, not looked for again.
+            None => ScoreRecord {
+                run_id: id.clone(),
+                evaluator: name.clone(),
+                sampled: 1,
+                score: None,
+                passed: None,
+                reason: Some(format!("evaluator {name} was removed")),
+                cost_nanos: 0,
+                agent: run.agent.clone(),
+                at: inner.shared.clock.now_ms(),
+            },
+        };
+        store.put_score(&record).await?;
+    }
+    for ev in evaluators {
         let Ok(spec) = serde_json::from_str::<EvaluatorSpec>(&ev.spec) else {
             continue;
         };
@@ -494,7 +541,7 @@ async fn score_online(inner: &Inner) -> steward_store::Result<()> {
                     continue;
                 };
                 let record = if sampled(&ev.name, &id, spec.sample) {
-                    score(inner, &ev.name, &spec, &run).await?
+                    score(inner, &ev.name, &spec, &run, None).await?
                 } else {
                     ScoreRecord {
                         run_id: id.clone(),

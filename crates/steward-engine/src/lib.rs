@@ -665,6 +665,10 @@ impl Engine {
     }
 
     /// The vault's secrets.
+    pub fn experiments(&self) -> handles::experiments::Experiments<'_> {
+        handles::experiments::Experiments(self)
+    }
+
     pub fn evaluators(&self) -> handles::evaluators::Evaluators<'_> {
         handles::evaluators::Evaluators(self)
     }

@@ -37,6 +37,8 @@ pub enum Origin {
     Schedule(String),
     /// Resolving a merge conflict on a repository.
     MergeResolver(String),
+    /// A run of an experiment over a dataset.
+    Experiment(String),
     /// A fork of a run (`POST /api/v1/runs/{id}/fork`): the source and the step it departs at.
     Fork { source: String, at: i64 },
 }
@@ -52,6 +54,7 @@ impl Origin {
             Origin::Schedule(n) => format!("schedule:{n}"),
             Origin::MergeResolver(r) => format!("merge_resolver:{r}"),
             Origin::Fork { source, at } => format!("fork:{source}@{at}"),
+            Origin::Experiment(id) => format!("experiment:{id}"),
         }
     }
 }

@@ -13,6 +13,7 @@ mod call_writer;
 mod delegations;
 mod error;
 mod evaluation;
+mod experiments;
 mod gateway_calls;
 mod group_commit;
 mod identities;
@@ -55,6 +56,7 @@ pub use call_writer::CallWriter;
 pub use delegations::DelegationStore;
 pub use error::{Error, Result};
 pub use evaluation::{EvaluationStore, EvaluatorRecord, ScoreRecord};
+pub use experiments::{DatasetRecord, ExperimentRecord, ExperimentStore};
 pub use gateway_calls::GatewayStore;
 pub use group_commit::JournalWriter;
 pub use identities::IdentityStore;
@@ -115,6 +117,7 @@ pub trait Store:
     + SpanStore
     + AlertStore
     + EvaluationStore
+    + ExperimentStore
 {
     fn backend(&self) -> &'static str;
     /// Changes made by other nodes, as they happen (`WAKE_RUN`, `WAKE_DONE`), where the backend

@@ -86,3 +86,115 @@ pub async fn list_scores(
         scores,
     }))
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutDataset {
+    /// `[{"input": "…", "expected": "…"}]`, 1 to 1000 of them.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<steward_engine::handles::experiments::Item>,
+}
+
+/// Creates or replaces a dataset: inputs, each with what a good run's result contains.
+#[utoipa::path(put, path = "/api/v1/datasets/{name}", params(("name" = String, Path)), request_body = PutDataset,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn put_dataset(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<PutDataset>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let items = e.experiments().put_dataset(&name, req.items).await?;
+    Ok(Json(serde_json::json!({"name": name, "items": items})))
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_dataset(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let items = e.experiments().dataset(&name).await?;
+    Ok(Json(serde_json::json!({"name": name, "items": items})))
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets", responses((status = 200, body = Object)))]
+pub async fn list_datasets(State(e): State<Engine>) -> ApiResult<Json<serde_json::Value>> {
+    let list: Vec<serde_json::Value> = e
+        .experiments()
+        .datasets()
+        .await?
+        .into_iter()
+        .map(
+            |(name, items, at)| serde_json::json!({"name": name, "items": items, "updated_at": at}),
+        )
+        .collect();
+    Ok(Json(serde_json::json!({"datasets": list})))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddRuns {
+    /// Past runs: each one's input, and its result as what is expected.
+    pub runs: Vec<String>,
+}
+
+/// Adds past runs to a dataset (made if new).
+#[utoipa::path(post, path = "/api/v1/datasets/{name}/runs", params(("name" = String, Path)), request_body = AddRuns,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)))]
+pub async fn add_runs(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AddRuns>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if req.runs.is_empty() || req.runs.len() > 1000 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "runs: from 1 to 1000 run ids",
+        ));
+    }
+    let items = e.experiments().add_runs(&name, &req.runs).await?;
+    Ok(Json(serde_json::json!({"name": name, "items": items})))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartExperiment {
+    pub dataset: String,
+    /// The agent (its latest version) run over the dataset.
+    pub agent: String,
+    /// The evaluators that score each run once it has ended.
+    pub evaluators: Vec<String>,
+}
+
+/// Runs an agent version over a dataset, one run per item; the evaluators named score each.
+#[utoipa::path(post, path = "/api/v1/experiments", request_body = StartExperiment,
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn start_experiment(
+    State(e): State<Engine>,
+    ApiJson(req): ApiJson<StartExperiment>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let x = e
+        .experiments()
+        .start(&req.dataset, &req.agent, &req.evaluators)
+        .await?;
+    Ok((StatusCode::CREATED, Json(e.experiments().get(&x.id).await?)))
+}
+
+/// An experiment: each item's run, result and scores, and its summary (runs ended and
+/// succeeded, cost, mean duration, each evaluator's mean score and pass rate).
+#[utoipa::path(get, path = "/api/v1/experiments/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_experiment(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(e.experiments().get(&id).await?))
+}
+
+/// The latest 100 experiments with their summaries.
+#[utoipa::path(get, path = "/api/v1/experiments", responses((status = 200, body = Object)))]
+pub async fn list_experiments(State(e): State<Engine>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(
+        serde_json::json!({"experiments": e.experiments().list().await?}),
+    ))
+}

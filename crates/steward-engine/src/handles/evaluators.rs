@@ -96,7 +96,7 @@ impl Evaluators<'_> {
         {
             return Ok(s);
         }
-        let s = evaluation::score(&self.0.inner, name, &spec, &run).await?;
+        let s = evaluation::score(&self.0.inner, name, &spec, &run, None).await?;
         store.put_score(&s).await?;
         Ok(store
             .list_scores(Some(run.id.as_str()), Some(name), 1)

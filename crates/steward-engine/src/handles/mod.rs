@@ -9,6 +9,7 @@ pub mod audit;
 pub mod budgets;
 pub mod delegations;
 pub mod evaluators;
+pub mod experiments;
 pub mod gateway;
 pub mod identities;
 pub mod keys;

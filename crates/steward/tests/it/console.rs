@@ -891,3 +891,70 @@ async fn scores_are_charted_and_shown_with_their_run() {
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
+
+/// Two experiments ticked on the evaluation page are compared side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_experiments_are_compared_side_by_side() {
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_ENGINE__ALERT_EVERY_MS", "100"),
+        ],
+    )
+    .await;
+    let greeter = |word: &str| {
+        format!("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: greeter}}\nspec:\n  model: scripted\n  script:\n    - content: \"{word} {{{{input}}}}\"\n")
+    };
+    s.put(
+        "/api/v1/datasets/names",
+        json!({"items": [{"input": "ana", "expected": "hello ana"}]}),
+    )
+    .await;
+    s.put(
+        "/api/v1/evaluators/exact",
+        json!({"kind": "rules", "rules": {"result_contains_expected": true}}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for word in ["hello", "bye"] {
+        s.apply(&greeter(word)).await;
+        let (st, x) = s
+            .post(
+                "/api/v1/experiments",
+                json!({"dataset": "names", "agent": "greeter", "evaluators": ["exact"]}),
+            )
+            .await;
+        assert_eq!(st, 201, "{x}");
+        let id = x["id"].as_str().unwrap().to_string();
+        eventually("the experiment scored", || async {
+            let (_, x) = s.get(&format!("/api/v1/experiments/{id}")).await;
+            (x["summary"]["evaluators"]["exact"]["scored"] == 1).then_some(())
+        })
+        .await;
+        ids.push(id);
+    }
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/evaluation", s.url)).await;
+    browser.wait_text("table#experiments", &ids[1]).await;
+    for id in &ids {
+        browser.click(&format!("input.pick[data-id='{id}']")).await;
+    }
+    browser.click("#compare-experiments").await;
+    let summary = browser.wait_text("#experiment-summary", "greeter v2").await;
+    assert!(summary.contains("greeter v1"), "{summary}");
+    let exact = browser.text("#score-exact").await;
+    assert!(exact.contains("1.00") && exact.contains("0.00"), "{exact}");
+    let items = browser.text("#experiment-items").await;
+    assert!(
+        items.contains("hello ana") && items.contains("bye ana"),
+        "{items}"
+    );
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}

@@ -279,3 +279,136 @@ async fn bad_evaluators_are_refused() {
     let (_, l) = s.get("/api/v1/evaluators").await;
     assert_eq!(l["evaluators"], json!([]));
 }
+
+fn greeter(word: &str) -> String {
+    format!("apiVersion: steward.dev/v1\nkind: Agent\nmetadata: {{name: greeter}}\nspec:\n  model: scripted\n  script:\n    - content: \"{word} {{{{input}}}}\"\n")
+}
+
+async fn experiment_done(s: &TestServer, id: &str) -> Value {
+    eventually("the experiment scored", || async {
+        let (_, x) = s.get(&format!("/api/v1/experiments/{id}")).await;
+        (x["summary"]["evaluators"]["exact"]["scored"] == 2).then_some(x)
+    })
+    .await
+}
+
+/// Two versions of an agent run over one dataset, scored against its expectations, compared.
+async fn experiments_compare_two_versions_over_a_dataset(b: Backend) {
+    let s = TestServer::start_with(b, &[("STEWARD_ENGINE__ALERT_EVERY_MS", "100")]).await;
+    s.apply(&greeter("hello")).await;
+    let (st, d) = s
+        .put(
+            "/api/v1/datasets/names",
+            json!({"items": [{"input": "ana", "expected": "hello ana"}, {"input": "bo", "expected": "hello bo"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{d}");
+    let (st, e) = s
+        .put(
+            "/api/v1/evaluators/exact",
+            json!({"kind": "rules", "rules": {"result_contains_expected": true}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let start = || {
+        s.post(
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "greeter", "evaluators": ["exact"]}),
+        )
+    };
+    let (st, first) = start().await;
+    assert_eq!(st, 201, "{first}");
+    let first = experiment_done(&s, first["id"].as_str().unwrap()).await;
+    assert_eq!(first["agent_version"], 1);
+    assert_eq!(first["summary"]["succeeded"], 2, "{first}");
+    assert_eq!(
+        first["summary"]["evaluators"]["exact"]["mean"], 1.0,
+        "{first}"
+    );
+    assert_eq!(first["items"][1]["result"], "hello bo");
+    assert_eq!(first["items"][1]["scores"]["exact"]["passed"], true);
+
+    // Version 2 says something else: the same dataset scores it lower.
+    s.apply(&greeter("bye")).await;
+    let (st, second) = start().await;
+    assert_eq!(st, 201, "{second}");
+    let second = experiment_done(&s, second["id"].as_str().unwrap()).await;
+    assert_eq!(second["agent_version"], 2);
+    assert_eq!(
+        second["summary"]["evaluators"]["exact"]["mean"], 0.0,
+        "{second}"
+    );
+    assert_eq!(second["summary"]["evaluators"]["exact"]["pass_rate"], 0.0);
+    let (_, l) = s.get("/api/v1/experiments").await;
+    let listed: Vec<&str> = l["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            second["id"].as_str().unwrap(),
+            first["id"].as_str().unwrap()
+        ]
+    );
+
+    // A dataset from past runs: each one's input, its result as what is expected.
+    let past = first["items"][0]["run_id"].as_str().unwrap();
+    let (st, d) = s
+        .post("/api/v1/datasets/from-past/runs", json!({"runs": [past]}))
+        .await;
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(
+        d["items"],
+        json!([{"input": "ana", "expected": "hello ana"}])
+    );
+
+    // Bad requests, each with its reason; nothing started.
+    for (path, body, status) in [
+        (
+            "/api/v1/experiments",
+            json!({"dataset": "nope", "agent": "greeter", "evaluators": ["exact"]}),
+            404,
+        ),
+        (
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "nobody", "evaluators": ["exact"]}),
+            404,
+        ),
+        (
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "greeter", "evaluators": ["missing"]}),
+            400,
+        ),
+        (
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "greeter", "evaluators": []}),
+            400,
+        ),
+        (
+            "/api/v1/datasets/from-past/runs",
+            json!({"runs": ["run_00000000000000000000000000000000"]}),
+            400,
+        ),
+    ] {
+        let (st, e) = s.post(path, body.clone()).await;
+        assert_eq!(st, status, "{body}: {e}");
+    }
+    let (st, _) = s.put("/api/v1/datasets/empty", json!({"items": []})).await;
+    assert_eq!(st, 400);
+    let (st, _) = s
+        .put(
+            "/api/v1/datasets/big",
+            json!({"items": [{"input": "x".repeat(300 * 1024)}]}),
+        )
+        .await;
+    assert_eq!(st, 413);
+    let (_, l) = s.get("/api/v1/experiments").await;
+    assert_eq!(l["experiments"].as_array().unwrap().len(), 2);
+}
+both_backends!(
+    experiments_compare_two_versions_over_a_dataset,
+    experiments_compare_two_versions_over_a_dataset
+);
