@@ -533,7 +533,8 @@ const COST_GROUPS = ["agent", "model", "tool", "run", "task", "outcome", "day", 
 async function costsPage(params) {
   const by = COST_GROUPS.includes(params.get("by")) ? params.get("by") : "agent";
   const days = params.get("days") || "30";
-  const report = await api("/costs?by=" + by + "&days=" + encodeURIComponent(days));
+  const [report, { budgets }] = await Promise.all([
+    api("/costs?by=" + by + "&days=" + encodeURIComponent(days)), api("/budgets")]);
   const go = (b, d) => { location.hash = "#/costs?by=" + b + "&days=" + d; };
   const pickBy = el("select", { id: "cost-by", onchange: (e) => go(e.target.value, days) },
     COST_GROUPS.map((g) => el("option", { value: g, selected: g === by }, "by " + g)));
@@ -566,6 +567,36 @@ async function costsPage(params) {
           el("td", { class: "num" }, usd(l.cost_usd)),
           el("td", { class: "bar-cell" }, el("div", { class: "bar-track" }, bar)));
       })) : el("p", { class: "muted", id: "costs" }, "Nothing spent in this period."),
+    el("h2", {}, "Budgets"),
+    table("budgets", ["account", "below", "period", "spent / cap", "", "held for calls in flight"],
+      budgets.map((b) => el("tr", { class: "budget" },
+        el("td", {}, b.account), el("td", {}, b.parent || ""), el("td", {}, b.period),
+        el("td", { class: "num" }, usd(b.spent_usd) + " / " + usd(b.cap_usd)),
+        el("td", { class: "bar-cell" }, meanBar(Math.min(1, b.cap_usd > 0 ? (b.spent_usd + b.reserved_usd) / b.cap_usd : 1))),
+        el("td", { class: "num" }, usd(b.reserved_usd)))), "No budget accounts."),
+  );
+  return true;
+}
+
+// The gateway's calls, newest first: who asked for which model, which deployment answered,
+// how it went, tokens and time.
+async function callsPage(params) {
+  const agent = params.get("agent") || "";
+  const { calls } = await api("/calls?limit=200" + (agent ? "&agent=" + encodeURIComponent(agent) : ""));
+  show(
+    el("h1", {}, "Gateway calls" + (agent ? " of " + agent : "")),
+    table("calls", ["call", "agent", "model", "deployment", "status", "tokens in / out", "ms", "started", "run"],
+      calls.map((c) => el("tr", { class: "call" },
+        el("td", {}, c.id),
+        el("td", {}, el("a", { href: "#/calls?agent=" + encodeURIComponent(c.agent) }, c.agent)),
+        el("td", {}, c.model + (c.stream ? " (stream)" : "")),
+        el("td", {}, c.deployment || ""),
+        el("td", {}, state(c.status === "ok" ? "ok" : c.status === "started" ? "running" : "error"), " " + c.status,
+          c.error ? el("div", { class: "muted" }, c.error) : null),
+        el("td", { class: "num" }, c.tokens_in + " / " + c.tokens_out),
+        el("td", { class: "num" }, (c.duration_us / 1000).toFixed(1)),
+        el("td", {}, when(c.started_at)),
+        el("td", {}, c.run_id ? el("a", { href: "#/runs/" + c.run_id }, c.run_id) : ""))), "No gateway calls."),
   );
   return true;
 }
@@ -1092,6 +1123,7 @@ async function route() {
   else if (parts[0] === "approvals") page = () => approvalsPage();
   else if (parts[0] === "policies") page = () => policiesPage();
   else if (parts[0] === "costs") page = () => costsPage(params);
+  else if (parts[0] === "calls") page = () => callsPage(params);
   else if (parts[0] === "keys") page = () => keysPage();
   else if (parts[0] === "alerts") page = () => alertsPage();
   else if (parts[0] === "evaluation") page = () => evaluationPage(params);

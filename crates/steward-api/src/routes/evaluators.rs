@@ -160,13 +160,16 @@ pub async fn add_runs(
 #[serde(deny_unknown_fields)]
 pub struct StartExperiment {
     pub dataset: String,
-    /// The agent (its latest version) run over the dataset.
+    /// The agent run over the dataset.
     pub agent: String,
+    /// Its version (default: the latest).
+    pub version: Option<i64>,
     /// The evaluators that score each run once it has ended.
     pub evaluators: Vec<String>,
 }
 
-/// Runs an agent version over a dataset, one run per item; the evaluators named score each.
+/// Runs an agent version (the latest unless `version` is given) over a dataset, one run per
+/// item; the evaluators named score each.
 #[utoipa::path(post, path = "/api/v1/experiments", request_body = StartExperiment,
     responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn start_experiment(
@@ -175,7 +178,7 @@ pub async fn start_experiment(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let x = e
         .experiments()
-        .start(&req.dataset, &req.agent, &req.evaluators)
+        .start(&req.dataset, &req.agent, req.version, &req.evaluators)
         .await?;
     Ok((StatusCode::CREATED, Json(e.experiments().get(&x.id).await?)))
 }

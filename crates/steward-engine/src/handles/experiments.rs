@@ -127,16 +127,17 @@ impl Experiments<'_> {
         self.put_dataset(name, items).await
     }
 
-    /// Runs agent `agent` (its latest version) over dataset `dataset`, one run per item, and
-    /// has `evaluators` score each run once it has ended.
+    /// Runs agent `agent` (at `version`, or its latest) over dataset `dataset`, one run per
+    /// item, and has `evaluators` score each run once it has ended.
     pub async fn start(
         &self,
         dataset: &str,
         agent: &str,
+        version: Option<i64>,
         evaluators: &[String],
     ) -> Result<steward_store::ExperimentRecord> {
         let items = self.dataset(dataset).await?;
-        let a = self.0.agents().get(agent, None).await?;
+        let a = self.0.agents().get(agent, version).await?;
         let known: Vec<String> = self
             .0
             .store()

@@ -958,3 +958,49 @@ async fn two_experiments_are_compared_side_by_side() {
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the console logged errors: {errors:?}");
 }
+
+/// The gateway's calls are listed, and the costs page shows each budget's spend, cap and holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_budgets_are_shown() {
+    let upstream = common::ok_upstream().await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_SERVER__ADMIN_TOKEN", TOKEN),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            // A model held against a budget needs a price.
+            ("STEWARD_LLM__PRICES__M__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__M__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    let (st, e) = s
+        .put("/api/v1/budgets/agent:caller-bot", json!({"cap_usd": 5.0}))
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let key = common::key_of(&s, "caller-bot", "ana").await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "mock/m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    common::settled(&s).await;
+
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/ui/", s.url)).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("form#sign-in button").await;
+    browser.find("#states").await;
+    browser.open(&format!("{}/ui/#/calls", s.url)).await;
+    let calls = browser.wait_text("table#calls", "caller-bot").await;
+    assert!(calls.contains("mock/m") && calls.contains("ok"), "{calls}");
+    browser.open(&format!("{}/ui/#/costs", s.url)).await;
+    let budgets = browser.wait_text("table#budgets", "agent:caller-bot").await;
+    assert!(budgets.contains("$5.00"), "the cap: {budgets}");
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the console logged errors: {errors:?}");
+}

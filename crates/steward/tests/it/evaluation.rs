@@ -339,6 +339,27 @@ async fn experiments_compare_two_versions_over_a_dataset(b: Backend) {
         "{second}"
     );
     assert_eq!(second["summary"]["evaluators"]["exact"]["pass_rate"], 0.0);
+    // Version 1 again, named: it scores as it did.
+    let (st, pinned) = s
+        .post(
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "greeter", "version": 1, "evaluators": ["exact"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{pinned}");
+    let pinned = experiment_done(&s, pinned["id"].as_str().unwrap()).await;
+    assert_eq!(pinned["agent_version"], 1);
+    assert_eq!(
+        pinned["summary"]["evaluators"]["exact"]["mean"], 1.0,
+        "{pinned}"
+    );
+    let (st, e) = s
+        .post(
+            "/api/v1/experiments",
+            json!({"dataset": "names", "agent": "greeter", "version": 9, "evaluators": ["exact"]}),
+        )
+        .await;
+    assert_eq!(st, 404, "{e}");
     let (_, l) = s.get("/api/v1/experiments").await;
     let listed: Vec<&str> = l["experiments"]
         .as_array()
@@ -349,6 +370,7 @@ async fn experiments_compare_two_versions_over_a_dataset(b: Backend) {
     assert_eq!(
         listed,
         vec![
+            pinned["id"].as_str().unwrap(),
             second["id"].as_str().unwrap(),
             first["id"].as_str().unwrap()
         ]
@@ -406,7 +428,7 @@ async fn experiments_compare_two_versions_over_a_dataset(b: Backend) {
         .await;
     assert_eq!(st, 413);
     let (_, l) = s.get("/api/v1/experiments").await;
-    assert_eq!(l["experiments"].as_array().unwrap().len(), 2);
+    assert_eq!(l["experiments"].as_array().unwrap().len(), 3);
 }
 both_backends!(
     experiments_compare_two_versions_over_a_dataset,
