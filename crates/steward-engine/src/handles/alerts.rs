@@ -15,19 +15,7 @@ pub struct AlertInfo {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!(
-            "name: lowercase letters, digits, '-' and '_', 1 to 63 of them; found {:?}",
-            name.chars().take(80).collect::<String>()
-        )))
-    }
+    handles::check_resource_name("name", name, 63)
 }
 
 impl Alerts<'_> {

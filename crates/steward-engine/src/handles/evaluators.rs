@@ -9,19 +9,7 @@ pub struct Evaluators<'a>(pub(crate) &'a Engine);
 
 fn check_name(name: &str) -> Result<()> {
     // A judge's calls are made as agent `eval-<name>`: the name must make an agent's.
-    let ok = !name.is_empty()
-        && name.len() <= 56
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!(
-            "name: lowercase letters, digits, '-' and '_', 1 to 56 of them; found {:?}",
-            name.chars().take(80).collect::<String>()
-        )))
-    }
+    handles::check_resource_name("name", name, 56)
 }
 
 impl Evaluators<'_> {

@@ -31,19 +31,7 @@ pub struct RunItem {
 const MAX_ITEMS: usize = 1000;
 
 fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!(
-            "{what}: lowercase letters, digits, '-' and '_', 1 to 63 of them; found {:?}",
-            name.chars().take(80).collect::<String>()
-        )))
-    }
+    handles::check_resource_name(what, name, 63)
 }
 
 impl Experiments<'_> {

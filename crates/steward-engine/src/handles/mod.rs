@@ -23,3 +23,20 @@ pub mod sandboxes;
 pub mod secrets;
 pub mod tools;
 pub mod traces;
+
+/// A name of a rule, evaluator or dataset: lowercase letters, digits, '-' and '_', 1 to `max`.
+pub(crate) fn check_resource_name(what: &str, name: &str, max: usize) -> crate::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidRequest(format!(
+            "{what}: lowercase letters, digits, '-' and '_', 1 to {max} of them; found {:?}",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
