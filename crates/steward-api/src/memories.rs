@@ -217,14 +217,17 @@ pub async fn erase(
         entities: report.entities,
         relations: report.relations,
         mentions: report.mentions,
+        files_scrubbed: report.files_scrubbed,
         places: [
             "store rows and history",
             "full-text index",
             "embeddings",
             "graph: edges, mentions, orphaned entities and their names",
         ]
+        .into_iter()
+        .chain(report.files_scrubbed.then_some("the database's files"))
         .map(String::from)
-        .to_vec(),
+        .collect(),
         erased: report
             .erased
             .into_iter()

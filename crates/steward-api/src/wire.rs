@@ -1770,6 +1770,11 @@ pub struct ErasureReport {
     /// Links from the erased versions to the entities they named.
     #[serde(default)]
     pub mentions: u64,
+    /// Whether the database's own files held none of the erased bytes when this was answered
+    /// (SQLite's write-ahead log truncated; PostgreSQL's memory tables rewritten). False when
+    /// the database was too busy to do it now; the next erasure tries again.
+    #[serde(default)]
+    pub files_scrubbed: bool,
     /// Where the data was removed from.
     pub places: Vec<String>,
 }

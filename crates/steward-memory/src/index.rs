@@ -3,13 +3,18 @@
 //! the only copy of anything and holds nothing an erasure leaves behind on disk.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use steward_store::MemoryRecord;
 use steward_types::Millis;
 
+use crate::ann::Graph;
 use crate::text::Analyzer;
+
+/// Scopes with at most this many embeddings are searched by comparing every one, which is
+/// exact and, at this size, about as fast as a graph; bigger ones through a graph of their own.
+pub const EXACT_UP_TO: usize = 4096;
 
 /// BM25's usual constants: term-frequency saturation and length normalisation.
 const K1: f64 = 1.2;
@@ -42,6 +47,43 @@ impl Doc {
 struct Scope {
     slots: HashSet<u32>,
     total_len: u64,
+    /// Versions of the scope with an embedding.
+    embedded: usize,
+    ann: Ann,
+    /// How many embeddings the scope had when building its graph last failed: not tried again
+    /// until it has twice as many.
+    failed_at: usize,
+}
+
+/// Where a scope's vector search stands.
+#[derive(Default)]
+enum Ann {
+    /// Every embedding is compared.
+    #[default]
+    Exact,
+    /// A graph of embeddings of length `dims` is being built elsewhere from a copy; the slots
+    /// changed since the copy are applied to it when it is installed.
+    Building {
+        ticket: u64,
+        dims: usize,
+        touched: HashSet<u32>,
+    },
+    Ready(Graph),
+}
+
+/// A graph to build: a copy of a scope's embeddings of one length.
+pub struct GraphJob {
+    pub scope: String,
+    pub ticket: u64,
+    pub dims: usize,
+    pub vectors: Vec<(u32, Vec<f32>)>,
+}
+
+/// A graph built (or not), waiting to be installed.
+pub struct BuiltGraph {
+    pub scope: String,
+    pub ticket: u64,
+    pub graph: Result<Graph, String>,
 }
 
 #[derive(Default)]
@@ -62,9 +104,25 @@ pub struct Index {
     by_scope: HashMap<String, Scope>,
     /// Bumped by every erasure: a follower that read rows before one does not apply them.
     pub erasures: u64,
+    /// Graphs built off the lock, for [`Index::install_graphs`].
+    built: Arc<Mutex<Vec<BuiltGraph>>>,
+    tickets: u64,
+    /// Scopes with more embeddings than this get a graph ([`EXACT_UP_TO`] when unset).
+    graph_above: Option<usize>,
+    /// Scopes with a graph that were searched by comparing every embedding all the same.
+    #[cfg(test)]
+    graph_passed_over: std::sync::atomic::AtomicUsize,
 }
 
 impl Index {
+    /// An empty index whose scopes get a graph above `graph_above` embeddings.
+    pub fn new(graph_above: usize) -> Index {
+        Index {
+            graph_above: Some(graph_above),
+            ..Index::default()
+        }
+    }
+
     pub fn analyzer(&self) -> &Analyzer {
         &self.analyzer
     }
@@ -93,7 +151,7 @@ impl Index {
             let vector = self
                 .by_id
                 .get(&id)
-                .and_then(|slot| self.vectors.remove(slot));
+                .and_then(|slot| self.vectors.get(slot).cloned());
             self.remove(&id);
             if let Some(v) = vector {
                 self.early_vectors.insert(id, v);
@@ -115,14 +173,18 @@ impl Index {
                 .entry(slot)
                 .or_default() += 1;
         }
-        if let Some(v) = self.early_vectors.remove(&record.id) {
-            self.vectors.insert(slot, v);
-        }
+        let vector = self.early_vectors.remove(&record.id);
         self.by_id.insert(record.id.clone(), slot);
+        let scope_name = record.scope.clone();
         let scope = self.by_scope.entry(record.scope.clone()).or_default();
         scope.slots.insert(slot);
         scope.total_len += terms.len() as u64;
         self.slots[slot as usize] = Some(Doc::new(record, terms.len() as u32));
+        if let Some(v) = vector {
+            scope.embedded += 1;
+            self.vectors.insert(slot, v);
+            self.touch(&scope_name, slot);
+        }
         true
     }
 
@@ -130,7 +192,16 @@ impl Index {
     pub fn set_vector(&mut self, id: &str, v: Vec<f32>) {
         match self.by_id.get(id) {
             Some(&slot) => {
-                self.vectors.insert(slot, v);
+                let Some(doc) = &self.slots[slot as usize] else {
+                    return;
+                };
+                let scope_name = doc.record.scope.clone();
+                if self.vectors.insert(slot, v).is_none() {
+                    if let Some(scope) = self.by_scope.get_mut(&scope_name) {
+                        scope.embedded += 1;
+                    }
+                }
+                self.touch(&scope_name, slot);
             }
             None => {
                 self.early_vectors.insert(id.to_string(), v);
@@ -151,7 +222,10 @@ impl Index {
     }
 
     /// The `limit` versions `keep` accepts whose embeddings are nearest `q` (cosine: all are
-    /// unit length), nearest first. Exact: every embedding is compared.
+    /// unit length), nearest first. A small scope compares every embedding; a big one asks its
+    /// graph for candidates — filtered as they are found — and compares every embedding only
+    /// when the graph finds fewer than `limit` (a filter few versions pass). Either way the
+    /// scores are the embeddings' own.
     pub fn nearest(
         &self,
         q: &[f32],
@@ -159,21 +233,192 @@ impl Index {
         keep: &dyn Fn(&Doc) -> bool,
         limit: usize,
     ) -> Vec<(&Doc, f64)> {
-        let mut hits: Vec<(&Doc, f64)> = self
-            .in_scopes(scopes)
-            .filter_map(|slot| Some((slot, self.vectors.get(&slot)?)))
-            .filter(|(_, v)| v.len() == q.len())
-            .filter_map(|(slot, v)| {
-                let d = self.slots[slot as usize].as_ref()?;
-                keep(d).then(|| {
-                    let dot: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
-                    (d, f64::from(dot))
-                })
+        let score = |slot: u32| -> Option<(&Doc, f64)> {
+            let v = self.vectors.get(&slot).filter(|v| v.len() == q.len())?;
+            let d = self.slots[slot as usize].as_ref()?;
+            keep(d).then(|| {
+                let dot: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                (d, f64::from(dot))
             })
-            .collect();
+        };
+        let mut hits: Vec<(&Doc, f64)> = Vec::new();
+        for scope in self.asked(scopes) {
+            if let Ann::Ready(graph) = &scope.ann {
+                let want = limit.min(scope.embedded);
+                let near = graph.search(q, want, &|slot| {
+                    scope.slots.contains(&slot)
+                        && self.slots[slot as usize].as_ref().is_some_and(keep)
+                });
+                if near.len() >= want && want > 0 {
+                    hits.extend(near.into_iter().filter_map(score));
+                    continue;
+                }
+                #[cfg(test)]
+                self.graph_passed_over
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            hits.extend(scope.slots.iter().filter_map(|&slot| score(slot)));
+        }
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| newer_first(a.0, b.0)));
         hits.truncate(limit);
         hits
+    }
+
+    /// Applies a change of `slot` (its embedding set or replaced, or the slot gone from
+    /// `scope`) to the scope's graph, or notes it for the graph being built.
+    fn touch(&mut self, scope: &str, slot: u32) {
+        let Some(sc) = self.by_scope.get_mut(scope) else {
+            return;
+        };
+        match &mut sc.ann {
+            Ann::Exact => {}
+            Ann::Building { touched, .. } => {
+                touched.insert(slot);
+            }
+            Ann::Ready(graph) => {
+                let current = sc
+                    .slots
+                    .contains(&slot)
+                    .then(|| self.vectors.get(&slot))
+                    .flatten();
+                match current {
+                    Some(v) if v.len() == graph.dims() => {
+                        if !graph.put(slot, v) {
+                            tracing::warn!(scope, "adding to a memory scope's graph failed; the scope is searched exactly until it is built again");
+                            sc.ann = Ann::Exact;
+                        }
+                    }
+                    Some(_) => {
+                        // Embeddings of another length: another model's; the graph is of
+                        // the old one. Build again from what the scope has now.
+                        sc.ann = Ann::Exact;
+                    }
+                    None => graph.remove(slot),
+                }
+            }
+        }
+    }
+
+    /// Scopes that have grown big enough for a graph and have none: each is marked as being
+    /// built, and a copy of its embeddings (of the most common length) returned to build from.
+    pub fn graphs_wanted(&mut self) -> Vec<GraphJob> {
+        let mut jobs = Vec::new();
+        let above = self.graph_above.unwrap_or(EXACT_UP_TO);
+        for (name, sc) in &mut self.by_scope {
+            if !matches!(sc.ann, Ann::Exact)
+                || sc.embedded <= above
+                || sc.embedded < 2 * sc.failed_at
+            {
+                continue;
+            }
+            let mut lengths: HashMap<usize, usize> = HashMap::new();
+            for slot in &sc.slots {
+                if let Some(v) = self.vectors.get(slot) {
+                    *lengths.entry(v.len()).or_default() += 1;
+                }
+            }
+            let Some((dims, _)) = lengths.into_iter().max_by_key(|&(d, n)| (n, d)) else {
+                continue;
+            };
+            let vectors: Vec<(u32, Vec<f32>)> = sc
+                .slots
+                .iter()
+                .filter_map(|&slot| Some((slot, self.vectors.get(&slot)?.clone())))
+                .filter(|(_, v)| v.len() == dims)
+                .collect();
+            self.tickets += 1;
+            sc.ann = Ann::Building {
+                ticket: self.tickets,
+                dims,
+                touched: HashSet::new(),
+            };
+            jobs.push(GraphJob {
+                scope: name.clone(),
+                ticket: self.tickets,
+                dims,
+                vectors,
+            });
+        }
+        jobs
+    }
+
+    /// Where a graph built from a [`GraphJob`] is handed back, from any thread.
+    pub fn graph_sink(&self) -> Arc<Mutex<Vec<BuiltGraph>>> {
+        self.built.clone()
+    }
+
+    /// Whether graphs are waiting to be installed.
+    pub fn graphs_built(&self) -> bool {
+        !self
+            .built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Installs the graphs built since the last call, each brought up to date with the
+    /// changes its scope had meanwhile; a graph whose scope was emptied or rebuilt since is
+    /// dropped. How many were installed.
+    pub fn install_graphs(&mut self) -> usize {
+        let built = std::mem::take(&mut *self.built.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut installed = 0;
+        for b in built {
+            let Some(sc) = self.by_scope.get_mut(&b.scope) else {
+                continue;
+            };
+            let Ann::Building {
+                ticket,
+                dims,
+                touched,
+            } = &mut sc.ann
+            else {
+                continue;
+            };
+            if *ticket != b.ticket {
+                continue;
+            }
+            let (dims, touched) = (*dims, std::mem::take(touched));
+            let graph = match b.graph {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(scope = %b.scope, error = %e, "building a memory scope's graph failed; it is searched exactly");
+                    sc.failed_at = sc.embedded;
+                    sc.ann = Ann::Exact;
+                    continue;
+                }
+            };
+            let mut whole = true;
+            for slot in touched {
+                let current = sc
+                    .slots
+                    .contains(&slot)
+                    .then(|| self.vectors.get(&slot))
+                    .flatten();
+                match current {
+                    Some(v) if v.len() == dims => whole &= graph.put(slot, v),
+                    _ => graph.remove(slot),
+                }
+            }
+            if whole {
+                sc.ann = Ann::Ready(graph);
+                installed += 1;
+            } else {
+                sc.failed_at = sc.embedded;
+                sc.ann = Ann::Exact;
+            }
+        }
+        installed
+    }
+
+    /// Scopes searched through a graph, and scopes whose graph is being built.
+    pub fn graphs(&self) -> (usize, usize) {
+        self.by_scope
+            .values()
+            .fold((0, 0), |(r, b), sc| match sc.ann {
+                Ann::Ready(_) => (r + 1, b),
+                Ann::Building { .. } => (r, b + 1),
+                Ann::Exact => (r, b),
+            })
     }
 
     /// Removes a version and its postings; how many postings went (0: it was not here).
@@ -184,13 +429,16 @@ impl Index {
         let Some(doc) = self.slots[slot as usize].take() else {
             return 0;
         };
-        self.vectors.remove(&slot);
+        let had_vector = self.vectors.remove(&slot).is_some();
         self.early_vectors.remove(id);
         if let Some(scope) = self.by_scope.get_mut(&doc.record.scope) {
             scope.slots.remove(&slot);
             scope.total_len -= u64::from(doc.len);
+            scope.embedded -= usize::from(had_vector);
             if scope.slots.is_empty() {
                 self.by_scope.remove(&doc.record.scope);
+            } else {
+                self.touch(&doc.record.scope, slot);
             }
         }
         let mut removed = 0;
@@ -385,6 +633,149 @@ mod tests {
         ix.upsert(newer);
         assert_eq!(ix.by_scope["user:b"].slots.len(), 2);
         assert_eq!(ix.nearest(&[1.0, 0.0], &both, &|_| true, 10).len(), 2);
+    }
+
+    /// Builds the graphs `ix` wants, as the service does off the lock, and installs them.
+    fn build_graphs(ix: &mut Index) -> usize {
+        let sink = ix.graph_sink();
+        for job in ix.graphs_wanted() {
+            let graph = Graph::build(job.dims, &job.vectors, 2);
+            sink.lock().unwrap().push(BuiltGraph {
+                scope: job.scope,
+                ticket: job.ticket,
+                graph,
+            });
+        }
+        ix.install_graphs()
+    }
+
+    fn ids(hits: &[(&Doc, f64)]) -> Vec<String> {
+        hits.iter().map(|h| h.0.record.id.clone()).collect()
+    }
+
+    #[test]
+    fn a_big_scope_is_searched_through_its_graph_and_finds_what_comparing_everything_finds() {
+        let n = EXACT_UP_TO + 500;
+        let vs = crate::ann::tests::vectors(n + 3, 16, 21);
+        let mut ix = Index::default();
+        let big = |i: usize| MemoryRecord {
+            scope: "user:big".into(),
+            ..rec(&format!("m{i}"), "a note", i as Millis)
+        };
+        for (i, (_, v)) in vs.iter().take(n).enumerate() {
+            ix.upsert(big(i));
+            ix.set_vector(&format!("m{i}"), v.clone());
+        }
+        // A small scope beside it never gets a graph.
+        ix.upsert(MemoryRecord {
+            scope: "user:small".into(),
+            ..rec("s0", "a note", 1)
+        });
+        ix.set_vector("s0", vs[0].1.clone());
+        let scope = ["user:big".to_string()];
+
+        let sink = ix.graph_sink();
+        let jobs = ix.graphs_wanted();
+        assert_eq!(jobs.len(), 1, "only the big scope");
+        assert_eq!(ix.graphs(), (0, 1));
+        assert!(ix.graphs_wanted().is_empty(), "one build at a time");
+        // While it is built from a copy, the scope changes: a version goes, one is added,
+        // one gets another embedding.
+        ix.remove("m5");
+        ix.upsert(big(n));
+        ix.set_vector(&format!("m{n}"), vs[n + 1].1.clone());
+        ix.set_vector("m7", vs[n + 2].1.clone());
+        for job in jobs {
+            let graph = Graph::build(job.dims, &job.vectors, 2);
+            sink.lock().unwrap().push(BuiltGraph {
+                scope: job.scope,
+                ticket: job.ticket,
+                graph,
+            });
+        }
+        assert_eq!(ix.install_graphs(), 1);
+        assert_eq!(ix.graphs(), (1, 0));
+
+        // The changes made while building are in the graph.
+        let near = |ix: &Index, q: &[f32], keep: &dyn Fn(&Doc) -> bool| {
+            ids(&ix.nearest(q, &scope, keep, 10))
+        };
+        assert_eq!(near(&ix, &vs[n + 1].1, &|_| true)[0], format!("m{n}"));
+        assert_eq!(near(&ix, &vs[n + 2].1, &|_| true)[0], "m7");
+        assert!(!near(&ix, &vs[5].1, &|_| true).contains(&"m5".to_string()));
+
+        // Through the graph, the same answers as comparing everything (recall over queries).
+        let mut found = 0;
+        for q in crate::ann::tests::vectors(40, 16, 77) {
+            let through_graph = near(&ix, &q.1, &|_| true);
+            let mut all: Vec<(String, f32)> = ix.by_scope["user:big"]
+                .slots
+                .iter()
+                .map(|s| {
+                    let d = ix.slots[*s as usize].as_ref().unwrap();
+                    let v = &ix.vectors[s];
+                    (
+                        d.record.id.clone(),
+                        v.iter().zip(&q.1).map(|(a, b)| a * b).sum(),
+                    )
+                })
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1));
+            found += all[..10]
+                .iter()
+                .filter(|(id, _)| through_graph.contains(id))
+                .count();
+        }
+        assert!(found >= 380, "recall at 10 through the graph: {found}/400");
+        let passed_over = || {
+            ix.graph_passed_over
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(passed_over(), 0, "every search went through the graph");
+
+        // A filter few versions pass: the graph finds fewer than asked, so every embedding is
+        // compared, and the answer is exact.
+        let rare = |d: &Doc| d.record.id.ends_with("077");
+        let hits = ix.nearest(&vs[3].1, &scope, &rare, 10);
+        let mut expected: Vec<(String, f32)> = ix.by_scope["user:big"]
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let d = ix.slots[*s as usize].as_ref()?;
+                rare(d).then(|| {
+                    let v = &ix.vectors[s];
+                    (
+                        d.record.id.clone(),
+                        v.iter().zip(&vs[3].1).map(|(a, b)| a * b).sum(),
+                    )
+                })
+            })
+            .collect();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+        expected.truncate(10);
+        assert_eq!(
+            ids(&hits),
+            expected.into_iter().map(|e| e.0).collect::<Vec<_>>()
+        );
+        assert_eq!(passed_over(), 1, "the rare filter compared every embedding");
+
+        // Another scope's versions never come back through this scope's graph.
+        let both = ["user:big".to_string(), "user:small".to_string()];
+        assert!(ids(&ix.nearest(&vs[0].1, &both, &|_| true, 10)).contains(&"s0".to_string()));
+        assert!(!near(&ix, &vs[0].1, &|_| true).contains(&"s0".to_string()));
+
+        // Emptied, the scope and its graph go; filled again, it is searched exactly until
+        // a new graph is built — a graph built for the old scope is not installed.
+        let stale = ix.graphs_wanted();
+        assert!(stale.is_empty());
+        for i in 0..=n {
+            ix.remove(&format!("m{i}"));
+        }
+        assert_eq!(ix.graphs(), (0, 0));
+        ix.upsert(big(1));
+        ix.set_vector("m1", vs[1].1.clone());
+        assert_eq!(near(&ix, &vs[1].1, &|_| true), ["m1"]);
+        assert_eq!(build_graphs(&mut ix), 0, "small again: no graph wanted");
     }
 
     #[test]

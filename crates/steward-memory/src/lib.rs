@@ -5,6 +5,7 @@
 //! on start and following other nodes' writes and erasures. Who may read or write a scope is
 //! decided by the engine before it calls in: this crate decides nothing.
 
+mod ann;
 pub mod embed;
 mod index;
 pub mod portable;
@@ -64,6 +65,10 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub max_results: usize,
     pub max_query_scopes: usize,
+    /// Scopes with more embeddings than this are searched through a graph (approximate
+    /// nearest neighbours); smaller ones, and all of them when this is `usize::MAX`, by
+    /// comparing every embedding.
+    pub graph_above: usize,
     /// How long memories of a scope live when a write gives no `ttl_ms`: (a scope, or a
     /// prefix ending in `*`; milliseconds). The longest matching pattern wins.
     pub scope_ttls: Vec<(String, Millis)>,
@@ -83,6 +88,7 @@ impl Default for Limits {
             max_json_depth: 8,
             max_results: 100,
             max_query_scopes: 32,
+            graph_above: index::EXACT_UP_TO,
             scope_ttls: Vec::new(),
             scope_half_lives: Vec::new(),
         }
@@ -244,7 +250,26 @@ pub struct ErasureReport {
     pub relations: u64,
     /// Links from the erased versions to the entities they named.
     pub mentions: u64,
+    /// Whether the database's files were rid of the erased bytes before this returned.
+    pub files_scrubbed: bool,
 }
+
+/// An entity a name was found to mean ([`Memory::entity_meant`]).
+#[derive(Clone, Debug)]
+pub struct EntityMeant {
+    pub entity: MemoryEntity,
+    /// The entity's name (or alias) that matched.
+    pub by_name: String,
+    /// How alike the two names' embeddings are; `None` when a name or alias matched as it is.
+    pub similarity: Option<f64>,
+}
+
+/// How alike (the cosine of their embeddings) a name and a known entity's name must be to be
+/// taken as naming one entity. Set high: merging two entities wrongly is worse than keeping a
+/// duplicate, which a later curation can still merge.
+pub const SAME_ENTITY: f32 = 0.85;
+/// Memories nearest a name whose entities are the candidates it may mean.
+const ENTITY_NEIGHBOURS: usize = 20;
 
 /// Most entities and most relations one memory may name.
 const MAX_GRAPH_ITEMS: usize = 32;
@@ -302,11 +327,12 @@ impl Memory {
         embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Memory> {
         let started = clock.now_ms();
+        let graph_above = limits.graph_above;
         let m = Memory {
             store,
             clock,
             limits,
-            index: RwLock::new(index::Index::default()),
+            index: RwLock::new(index::Index::new(graph_above)),
             follow: Mutex::new(Follow {
                 erasures_since: started,
                 ..Follow::default()
@@ -699,9 +725,70 @@ impl Memory {
         Ok(scores)
     }
 
+    /// Installs the graphs built since the last call and starts building those now wanted
+    /// (scopes grown past [`Limits::graph_above`] embeddings), each on a thread of its own, off
+    /// the index's lock: until a scope's graph is installed it is searched exactly.
+    fn tend_graphs(&self) {
+        let (jobs, sink) = {
+            let mut ix = write(&self.index);
+            ix.install_graphs();
+            (ix.graphs_wanted(), ix.graph_sink())
+        };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        for job in jobs {
+            let to = sink.clone();
+            let (scope, ticket) = (job.scope.clone(), job.ticket);
+            let spawned = std::thread::Builder::new()
+                .name("memory-graph".into())
+                .spawn(move || {
+                    let graph = ann::Graph::build(job.dims, &job.vectors, threads);
+                    to.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(index::BuiltGraph {
+                            scope: job.scope,
+                            ticket: job.ticket,
+                            graph,
+                        });
+                });
+            if let Err(e) = spawned {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(index::BuiltGraph {
+                        scope,
+                        ticket,
+                        graph: Err(e.to_string()),
+                    });
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) until every scope big enough for a graph has one installed;
+    /// whether they all do. For benchmarks and tests: searches never wait for a graph.
+    pub async fn graphs_ready(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.tend_graphs();
+            if read(&self.index).graphs().1 == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Scopes searched through a graph, and scopes whose graph is being built.
+    pub fn graphs(&self) -> (usize, usize) {
+        read(&self.index).graphs()
+    }
+
     /// Searches with what `q` carries (its embedding, if any), on this thread.
     pub fn search_now(&self, q: &Query) -> Result<Found> {
         self.check(q)?;
+        if read(&self.index).graphs_built() {
+            write(&self.index).install_graphs();
+        }
         let now = self.clock.now_ms();
         if self.limits.scope_half_lives.is_empty() {
             return Ok(search::search(&read(&self.index), q, now));
@@ -769,6 +856,7 @@ impl Memory {
                 .memories_to_embed(embedder.model(), (after.0, &after.1), EMBED_BATCH)
                 .await?;
             let Some(last) = batch.last() else {
+                self.tend_graphs();
                 return Ok(done);
             };
             after = (last.created_at, last.id.clone());
@@ -848,6 +936,7 @@ impl Memory {
             entities: done.entities,
             relations: done.relations,
             mentions: done.mentions,
+            files_scrubbed: done.files_scrubbed,
             erased,
         })
     }
@@ -964,6 +1053,101 @@ impl Memory {
         Ok(self.erase(&MemoryErase::Expired, None).await?.rows)
     }
 
+    /// The entity of `scope` a name means: the one known by that name or one of its aliases;
+    /// failing that, with an embedder, the one whose name means the same — among the entities
+    /// named by the scope's current memories nearest the name's embedding, the entity with a
+    /// name (or alias) whose embedding is nearest it, when at least [`SAME_ENTITY`] alike. So
+    /// "Acme Corporation" finds the stored "Acme Corp" and "NYC" "New York City", while two
+    /// people sharing a first name stay two.
+    pub async fn entity_meant(&self, scope: &str, name: &str) -> Result<Option<EntityMeant>> {
+        let key = entity_key(name);
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let scopes = [scope.to_string()];
+        let known = self
+            .store
+            .memory_graph_around(&scopes, &[key], 1, 1)
+            .await?;
+        if let Some(entity) = known.seeds.into_iter().next() {
+            return Ok(Some(EntityMeant {
+                entity,
+                by_name: name.to_string(),
+                similarity: None,
+            }));
+        }
+        let Some(embedder) = self.embedder.clone() else {
+            return Ok(None);
+        };
+        let wanted = [name.to_string()];
+        let e = embedder.clone();
+        let v = tokio::task::spawn_blocking(move || {
+            e.embed(&wanted.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| MemoryError::Embedder(e.to_string()))?
+        .map_err(MemoryError::Embedder)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| MemoryError::Embedder("no embedding for the name".into()))?;
+        let near: Vec<String> = read(&self.index)
+            .nearest(
+                &v,
+                &scopes,
+                &|d| d.record.expired_at.is_none(),
+                ENTITY_NEIGHBOURS,
+            )
+            .into_iter()
+            .map(|(d, _)| d.record.id.clone())
+            .collect();
+        if near.is_empty() {
+            return Ok(None);
+        }
+        let (mentions, _) = self.store.memory_graph_of(&near).await?;
+        let mut candidates: Vec<MemoryEntity> = Vec::new();
+        for (_, entity) in mentions {
+            if !candidates.iter().any(|c| c.id == entity.id) {
+                candidates.push(entity);
+            }
+        }
+        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let names = self.store.memory_entity_names(&ids).await?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let texts: Vec<String> = names.iter().map(|(_, n)| n.clone()).collect();
+        let made = tokio::task::spawn_blocking(move || {
+            embedder.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| MemoryError::Embedder(e.to_string()))?
+        .map_err(MemoryError::Embedder)?;
+        let best = names
+            .iter()
+            .zip(&made)
+            .filter(|(_, w)| w.len() == v.len())
+            .map(|((entity, n), w)| {
+                let dot: f32 = v.iter().zip(w).map(|(a, b)| a * b).sum();
+                (entity, n, dot)
+            })
+            .max_by(|a, b| a.2.total_cmp(&b.2));
+        Ok(best
+            .filter(|b| b.2 >= SAME_ENTITY)
+            .and_then(|(entity, n, dot)| {
+                let entity = candidates.iter().find(|c| &c.id == entity)?.clone();
+                Some(EntityMeant {
+                    entity,
+                    by_name: n.clone(),
+                    similarity: Some(f64::from(dot)),
+                })
+            }))
+    }
+
+    /// Every name of these entities, as (entity, name), in name order.
+    pub async fn entity_names(&self, entities: &[String]) -> Result<Vec<(String, String)>> {
+        Ok(self.store.memory_entity_names(entities).await?)
+    }
+
     /// The entities these versions name, as (version, entity), and the edges they state.
     pub async fn graph_of(
         &self,
@@ -1055,6 +1239,7 @@ impl Memory {
             ix.remove(id);
         }
         drop(ix);
+        self.tend_graphs();
         at.erasures_since = erasures_read_at;
         if at.since < start.since {
             at.since = start.since;

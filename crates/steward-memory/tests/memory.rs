@@ -63,7 +63,8 @@ on_both!(
     a_time_to_live_ends_a_memory,
     a_scope_gives_its_memories_a_time_to_live,
     old_memories_fade_by_their_scope_half_life,
-    the_graph_connects_questions_to_facts_that_share_no_words
+    the_graph_connects_questions_to_facts_that_share_no_words,
+    erased_text_is_left_in_no_file_of_the_database
 );
 
 async fn a_write_is_found_by_the_next_search_with_its_metadata_unchanged(b: Backend) {
@@ -445,46 +446,104 @@ async fn old_memories_fade_by_their_scope_half_life(b: Backend) {
     }
 }
 
-/// Erased text is nowhere in SQLite's files afterwards: not in the database, not in its
-/// write-ahead log, not in an index's pages.
-#[tokio::test]
-async fn erased_text_is_left_in_no_file_of_the_database() {
-    let fresh = FreshStore::sqlite().await;
+/// Where a backend keeps its bytes, read as files: SQLite's database, log and shared memory;
+/// PostgreSQL's data files of every table and index of the test's schema, their TOAST tables
+/// and TOAST indexes included, read by the server itself (`pg_read_binary_file`) after a
+/// checkpoint has written every page out.
+async fn database_files(fresh: &FreshStore) -> Vec<(String, Vec<u8>)> {
+    if fresh.url.starts_with("sqlite") {
+        return std::fs::read_dir(fresh.dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                Some((p.display().to_string(), std::fs::read(&p).ok()?))
+            })
+            .collect();
+    }
+    let pool = sqlx::PgPool::connect(&fresh.url).await.unwrap();
+    sqlx::raw_sql("CHECKPOINT").execute(&pool).await.unwrap();
+    let paths: Vec<String> = sqlx::query_scalar(
+        "WITH own AS (SELECT c.oid, c.reltoastrelid FROM pg_class c \
+                      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()), \
+              toast AS (SELECT reltoastrelid AS oid FROM own WHERE reltoastrelid <> 0), \
+              toast_index AS (SELECT indexrelid AS oid FROM pg_index WHERE indrelid IN (SELECT oid FROM toast)), \
+              rels AS (SELECT oid FROM own UNION SELECT oid FROM toast UNION SELECT oid FROM toast_index) \
+         SELECT pg_relation_filepath(oid) FROM rels WHERE pg_relation_filepath(oid) IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(paths.len() > 20, "every relation of the schema: {paths:?}");
+    let mut files = Vec::new();
+    for p in paths {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT pg_read_binary_file($1, 0, 67108864, true)")
+                .bind(&p)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        files.extend(bytes.map(|b| (p, b)));
+    }
+    pool.close().await;
+    files
+}
+
+/// Erased text is nowhere in the database's files afterwards. SQLite: not in the database,
+/// not in its write-ahead log, not in an index's pages. PostgreSQL: not in any table's or
+/// index's data file, nor in TOAST (one text is long enough to be stored out of line).
+async fn erased_text_is_left_in_no_file_of_the_database(b: Backend) {
+    let fresh = FreshStore::open(b).await;
     let clock = Arc::new(ManualClock::at(1_000));
     let m = open(&fresh.store, &clock).await;
     let secret = "Quetzalcoatl-7731 is my bank PIN";
+    // Hex does not compress, so PostgreSQL keeps this one out of line uncompressed.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let long: String = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:x}", x >> 60)
+        })
+        .collect();
     let mut ids = Vec::new();
     for i in 0..50 {
+        let text = if i == 0 {
+            format!("{secret} {long} {secret}")
+        } else {
+            format!("{secret} (note {i})")
+        };
         ids.push(
             add(
                 &m,
                 NewMemory {
                     subject: Some("Quetzalcoatl-7731-subject".into()),
-                    ..new("user:carol", &format!("{secret} (note {i})"))
+                    entities: vec![NewEntity {
+                        name: "Quetzalcoatl-7731 Bank".into(),
+                        kind: None,
+                        aliases: vec!["Q7731 Savings".into()],
+                    }],
+                    ..new("user:carol", &text)
                 },
             )
             .await,
         );
         add(&m, new("user:carol", &format!("an ordinary note {i}"))).await;
     }
-    let dir = fresh.dir.path().to_path_buf();
-    let holds = |needle: &str| -> Vec<String> {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| {
-                let p = e.unwrap().path();
-                let bytes = std::fs::read(&p).ok()?;
-                bytes
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
-                    .then(|| p.display().to_string())
-            })
+    let holds = |files: &[(String, Vec<u8>)], needle: &str| -> Vec<String> {
+        files
+            .iter()
+            .filter(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .map(|(p, _)| p.clone())
             .collect()
     };
-    assert!(
-        !holds("Quetzalcoatl-7731").is_empty(),
-        "the check can see it before"
-    );
+    let before = database_files(&fresh).await;
+    for needle in ["Quetzalcoatl-7731", "Q7731 Savings", &long[..64]] {
+        assert!(
+            !holds(&before, needle).is_empty(),
+            "the check can see {needle:?} before"
+        );
+    }
     let report = m
         .erase(
             &MemoryErase::Subject {
@@ -496,8 +555,20 @@ async fn erased_text_is_left_in_no_file_of_the_database() {
         .await
         .unwrap();
     assert_eq!(report.rows, 50);
-    assert_eq!(holds("Quetzalcoatl-7731"), Vec::<String>::new());
-    assert!(!holds("an ordinary note 49").is_empty(), "the rest is kept");
+    assert_eq!(
+        report.entities.len(),
+        1,
+        "the bank no memory names any more"
+    );
+    assert!(report.files_scrubbed, "nothing kept the database busy");
+    let after = database_files(&fresh).await;
+    for needle in ["Quetzalcoatl-7731", "Q7731 Savings", &long[..64]] {
+        assert_eq!(holds(&after, needle), Vec::<String>::new(), "{needle:?}");
+    }
+    assert!(
+        !holds(&after, "an ordinary note 49").is_empty(),
+        "the rest is kept"
+    );
     assert_eq!(texts(&m, &query("ordinary", "user:carol")).len(), 10);
     assert!(texts(&m, &query("bank PIN", "user:carol")).is_empty());
 }

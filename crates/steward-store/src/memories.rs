@@ -176,6 +176,10 @@ pub struct MemoryErasure {
     pub relations: u64,
     /// Links from the erased versions to the entities they named.
     pub mentions: u64,
+    /// Whether the database's files were rid of the erased bytes before this returned (SQLite:
+    /// the write-ahead log truncated; PostgreSQL: the tables rewritten). When not, the next
+    /// erasure tries again.
+    pub files_scrubbed: bool,
 }
 
 const COLUMNS: &str = "id, lineage, scope, text, subject, tags, metadata, source, written_by, \
@@ -1132,9 +1136,7 @@ macro_rules! impl_memories {
                     Self::append_audit_in(&mut tx, &[record]).await?;
                 }
                 tx.commit().await?;
-                if !erased.is_empty() {
-                    self.scrub().await;
-                }
+                report.files_scrubbed = erased.is_empty() || self.scrub().await;
                 report.memories = erased;
                 Ok(report)
             }
@@ -1151,20 +1153,69 @@ impl SqliteStore {
     /// their pages until a checkpoint moves the current pages into the file and truncates it.
     /// A checkpoint that readers keep from finishing is retried by the next erasure; the
     /// log's frames are overwritten as it is reused meanwhile.
-    async fn scrub(&self) {
+    async fn scrub(&self) -> bool {
         let done: std::result::Result<(i64, i64, i64), _> =
             sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&self.write)
                 .await;
         match done {
-            Ok((0, _, _)) => {}
-            Ok(_) => tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); the next erasure tries again"),
-            Err(e) => tracing::warn!(error = %e, "checkpointing the write-ahead log after an erasure failed"),
+            Ok((0, _, _)) => true,
+            Ok(_) => {
+                tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); the next erasure tries again");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the write-ahead log after an erasure failed");
+                false
+            }
         }
     }
 }
 
+/// Rewrites of the tables an erasure deletes from: every place a memory's text, names or
+/// embedding lives.
+const REWRITE_ERASED_FROM: [&str; 6] = [
+    "VACUUM FULL memories",
+    "VACUUM FULL memory_vectors",
+    "VACUUM FULL memory_mentions",
+    "VACUUM FULL memory_relations",
+    "VACUUM FULL memory_entities",
+    "VACUUM FULL memory_entity_names",
+];
+
 impl PgStore {
-    /// PostgreSQL frees deleted rows' space at its next vacuum; nothing to do in the commit.
-    async fn scrub(&self) {}
+    /// After an erasure: a deleted row's bytes stay in its table's pages (and a plain vacuum
+    /// only marks the space free, it does not overwrite it), so each table an erasure touched
+    /// is rewritten by `VACUUM FULL` into new files, its indexes and TOAST with it; the old
+    /// files are truncated when that commits. Each rewrite holds its table exclusively while it
+    /// runs, so it waits at most two seconds ([`SCRUB_LOCK_WAIT`]) for the lock (readers of the table queue
+    /// behind a waiting rewrite); a table it could not take is left for the next erasure, and
+    /// the report says so. Older copies remain in the write-ahead log until PostgreSQL recycles
+    /// its segments, and in any replica or backup.
+    async fn scrub(&self) -> bool {
+        let mut conn = match self.write.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no connection to rewrite the memory tables after an erasure; the next erasure tries again");
+                return false;
+            }
+        };
+        if let Err(e) = sqlx::query(SCRUB_LOCK_WAIT).execute(&mut *conn).await {
+            tracing::warn!(error = %e, "setting a lock timeout for the rewrite after an erasure failed");
+            return false;
+        }
+        let mut all = true;
+        for rewrite in REWRITE_ERASED_FROM {
+            // One statement per call: VACUUM cannot run inside a transaction block.
+            if let Err(e) = sqlx::query(rewrite).execute(&mut *conn).await {
+                tracing::warn!(error = %e, rewrite, "rewriting a table after an erasure failed (it was busy); the next erasure tries again");
+                all = false;
+            }
+        }
+        let _ = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
+        all
+    }
 }
+
+/// How long an erasure's rewrite of one table waits for that table.
+const SCRUB_LOCK_WAIT: &str = "SET lock_timeout = '2s'";

@@ -241,6 +241,9 @@ impl Client {
                     r.places.join(", "),
                     r.index_postings
                 );
+                if !r.files_scrubbed {
+                    println!("the database was busy: its files may still hold the erased bytes until the next erasure rewrites them");
+                }
                 if !r.entities.is_empty() || r.relations > 0 {
                     println!(
                         "{} edges, {} mentions and {} entities left unnamed went with them",
