@@ -27,8 +27,8 @@ use crate::{GatewayError, GatewayReply, Inner, Principal};
 /// The agent curation's model calls are made as.
 pub const CURATOR_AGENT: &str = "memory-curator";
 /// The prompt in use, by the name of its file (`prompts/`): kept with every request.
-pub const PROMPT_VERSION: &str = "memory-curate.v1";
-const PROMPT: &str = include_str!("../prompts/memory-curate.v1.md");
+pub const PROMPT_VERSION: &str = "memory-curate.v2";
+const PROMPT: &str = include_str!("../prompts/memory-curate.v2.md");
 /// How long a node holds a request it works on before another may take it over (a node that
 /// died); renewed while the node works on it.
 const LEASE_MS: i64 = 10_000;
@@ -209,13 +209,14 @@ async fn ask(
     } else {
         related.join("\n")
     };
+    let known = known_entities(memory, shown.into_iter().collect()).await;
     let body = json!({
         "model": model,
         "temperature": 0,
         "max_tokens": 2048,
         "messages": [
             {"role": "system", "content": PROMPT},
-            {"role": "user", "content": format!("Stored memories:\n{stored}\n\nConversation:\n{transcript}")}
+            {"role": "user", "content": format!("Stored memories:\n{stored}\n\nKnown entities:\n{known}\n\nConversation:\n{transcript}")}
         ]
     });
     let reply = engine
@@ -247,6 +248,93 @@ async fn ask(
 fn fact_id(id: &str, i: usize) -> String {
     let h = Sha256::digest(format!("{id}:{i}").as_bytes());
     format!("mem_{}", &hex::encode(h)[..32])
+}
+
+/// The entities the shown memories name, one line each with the other names each is known by,
+/// for the model to name them the same way.
+async fn known_entities(memory: &steward_memory::Memory, shown: Vec<String>) -> String {
+    let Ok((mentions, _)) = memory.graph_of(&shown).await else {
+        return "(none)".into();
+    };
+    let mut entities: Vec<(String, String)> =
+        mentions.into_iter().map(|(_, e)| (e.id, e.name)).collect();
+    entities.sort();
+    entities.dedup();
+    let ids: Vec<String> = entities.iter().map(|e| e.0.clone()).collect();
+    let names = memory.entity_names(&ids).await.unwrap_or_default();
+    let lines: Vec<String> = entities
+        .iter()
+        .map(|(id, name)| {
+            let others: Vec<&str> = names
+                .iter()
+                .filter(|(e, n)| e == id && n != name)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            if others.is_empty() {
+                format!("- {name}")
+            } else {
+                format!("- {name} (also: {})", others.join(", "))
+            }
+        })
+        .collect();
+    if lines.is_empty() {
+        "(none)".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// The entities a fact names, as the model gave them: a name, or `{"name", "aliases"}`.
+fn entities_of(v: &Value) -> Vec<NewEntity> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            Value::String(name) => Some(NewEntity {
+                name: name.clone(),
+                ..NewEntity::default()
+            }),
+            Value::Object(_) => Some(NewEntity {
+                name: e["name"].as_str()?.to_string(),
+                aliases: strings(&e["aliases"]),
+                ..NewEntity::default()
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each name a fact gives (its entities', its relations' ends) that no entity of the scope is
+/// known by, but that means one of them by its embedding ([`steward_memory::Memory::entity_meant`]),
+/// mapped to that entity's name: the fact then names the known entity, with the new name as
+/// one more of its aliases, instead of making a duplicate.
+async fn names_meant(
+    memory: &steward_memory::Memory,
+    scope: &str,
+    entities: &[NewEntity],
+    relations: &[NewRelation],
+) -> std::collections::HashMap<String, String> {
+    let mut given: Vec<&str> = entities.iter().map(|e| e.name.as_str()).collect();
+    for r in relations {
+        given.push(&r.subject);
+        given.push(&r.object);
+    }
+    given.sort_unstable();
+    given.dedup();
+    let mut meant = std::collections::HashMap::new();
+    for name in given {
+        match memory.entity_meant(scope, name).await {
+            Ok(Some(m)) if m.similarity.is_some() && m.entity.name != name => {
+                meant.insert(name.to_string(), m.entity.name);
+            }
+            Ok(_) => {}
+            // Resolving by meaning is a help, not a condition: the name stands as given.
+            Err(e) => {
+                tracing::warn!(error = %e, name, "resolving an entity by its embedding failed")
+            }
+        }
+    }
+    meant
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -396,31 +484,48 @@ async fn apply(
                 .filter(|m| m.scope == c.scope && m.expired_at.is_none()),
             None => None,
         };
+        let mut entities = entities_of(&f["entities"]);
+        let mut relations: Vec<NewRelation> = f["relations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some(NewRelation {
+                    subject: r["subject"].as_str()?.to_string(),
+                    relation: r["relation"].as_str()?.to_string(),
+                    object: r["object"].as_str()?.to_string(),
+                })
+            })
+            .collect();
+        let meant = names_meant(memory, &c.scope, &entities, &relations).await;
+        for e in &mut entities {
+            if let Some(known) = meant.get(&e.name) {
+                e.aliases
+                    .push(std::mem::replace(&mut e.name, known.clone()));
+            }
+        }
+        for r in &mut relations {
+            for end in [&mut r.subject, &mut r.object] {
+                if let Some(known) = meant.get(end.as_str()) {
+                    if !entities.iter().any(|e| &e.name == known) {
+                        entities.push(NewEntity {
+                            name: known.clone(),
+                            aliases: vec![end.clone()],
+                            ..NewEntity::default()
+                        });
+                    }
+                    *end = known.clone();
+                }
+            }
+        }
         let new = |text: String| NewMemory {
             id: Some(id.clone()),
             scope: c.scope.clone(),
             text,
             subject: f["subject"].as_str().map(str::to_string),
             source: Some(json!({"curation": c.id, "requested_by": c.requested_by})),
-            entities: strings(&f["entities"])
-                .into_iter()
-                .map(|name| NewEntity {
-                    name,
-                    ..NewEntity::default()
-                })
-                .collect(),
-            relations: f["relations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| {
-                    Some(NewRelation {
-                        subject: r["subject"].as_str()?.to_string(),
-                        relation: r["relation"].as_str()?.to_string(),
-                        object: r["object"].as_str()?.to_string(),
-                    })
-                })
-                .collect(),
+            entities: entities.clone(),
+            relations: relations.clone(),
             ..NewMemory::default()
         };
         let text = f["text"].as_str().map(str::to_string);

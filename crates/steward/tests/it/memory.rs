@@ -1102,7 +1102,7 @@ async fn a_model_curates_memories_from_messages(b: Backend) {
     .await;
     let c = ended(&s, &id).await;
     assert_eq!(c["state"], "done", "{c}");
-    assert_eq!(c["prompt"], "memory-curate.v1");
+    assert_eq!(c["prompt"], "memory-curate.v2");
     let written = c["result"]["written"].as_array().unwrap().clone();
     assert_eq!(written.len(), 2, "{c}");
     assert_eq!(c["result"]["skipped"].as_array().unwrap().len(), 2, "{c}");
@@ -1416,3 +1416,144 @@ both_backends!(
     memory_curation_delegated,
     a_delegated_curation_dies_with_its_grant
 );
+
+/// A mock curating model on loopback that answers every conversation with `facts`; its `/v1`
+/// base URL and the requests it was sent.
+async fn answering_upstream(facts: Value) -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    use axum::Json;
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let (kept, facts) = (kept.clone(), facts.clone());
+            async move {
+                kept.lock().unwrap().push(body);
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-mock",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": facts.to_string()}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}))
+            }
+        }),
+    );
+    (serve(app).await, seen)
+}
+
+/// Entity resolution when curating: the model is shown the entities the related memories name
+/// with their aliases; a name it gives that no entity is known by, but that means a known one
+/// by its embedding ("Acme Corp" for "Acme Corporation"), joins that entity as an alias —
+/// in the fact's entities and in its edges — instead of making a duplicate; a name that only
+/// resembles one ("Ada Byron" beside "Ada Lovelace") stays an entity of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curation_merges_an_entity_named_another_way() {
+    let model = std::env::var("STEWARD_TEST_MEMORY_MODEL").expect(
+        "STEWARD_TEST_MEMORY_MODEL: a directory holding all-MiniLM-L6-v2 (run scripts/fetch-memory-model DIR)",
+    );
+    let (upstream, seen) = answering_upstream(json!({"facts": [
+        {"action": "add", "text": "Acme Corp is opening an office in Lyon",
+         "entities": ["Acme Corp", {"name": "Lyon", "aliases": ["Lyons"]}],
+         "relations": [{"subject": "Acme Corp", "relation": "has_office_in", "object": "Lyon"}]},
+        {"action": "add", "text": "Ada Byron mentors new hires at Acme",
+         "entities": ["Ada Byron"],
+         "relations": [{"subject": "Ada Byron", "relation": "mentors_at", "object": "Acme Corp"}]}
+    ]}))
+    .await;
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[
+            ("STEWARD_MEMORY__MODEL_DIR", &model),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__GPT-MOCK__OUTPUT", "2.0"),
+            ("STEWARD_MEMORY__CURATION_MODEL", "mock/gpt-mock"),
+        ],
+    )
+    .await;
+    let (st, r) = s
+        .post(
+            "/api/v1/memories",
+            json!({"scope": "user:ada", "text": "Ada Lovelace works at Acme Corporation",
+                "entities": [{"name": "Ada Lovelace", "kind": "person", "aliases": ["Ada"]}],
+                "relations": [{"subject": "Ada Lovelace", "relation": "works_at", "object": "Acme Corporation"}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    eventually("the memory to be embedded", || async {
+        let (_, r) = s
+            .post(
+                "/api/v1/memories/search",
+                json!({"query": "employer", "scopes": ["user:ada"], "method": "vector", "limit": 1}),
+            )
+            .await;
+        (!texts(&r).is_empty()).then_some(())
+    })
+    .await;
+    let (st, c) = s
+        .post(
+            "/api/v1/memories/curate",
+            json!({"scope": "user:ada", "messages": [{"role": "user",
+                "content": "Ada says Acme Corp is opening an office in Lyon, and Ada Byron mentors the new hires."}]}),
+        )
+        .await;
+    assert_eq!(st, 202, "{c}");
+    let c = ended(&s, c["id"].as_str().unwrap()).await;
+    assert_eq!(c["state"], "done", "{c}");
+    assert_eq!(c["result"]["written"].as_array().unwrap().len(), 2, "{c}");
+    let asked = seen.lock().unwrap()[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        asked.contains("Known entities:\n") && asked.contains("- Ada Lovelace (also: Ada)"),
+        "the known entities are shown with their aliases: {asked}"
+    );
+
+    let (ok, export, err) = cli(&s, &["memory", "export", "--scope", "user:ada"]);
+    assert!(ok, "{err}");
+    let entities: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l.get("entity").is_some())
+        .collect();
+    let named = |name: &str| -> Vec<Value> {
+        entities
+            .iter()
+            .filter(|e| e["names"].as_array().unwrap().iter().any(|n| n == name))
+            .cloned()
+            .collect()
+    };
+    let acme = named("Acme Corp");
+    assert_eq!(acme.len(), 1, "{export}");
+    assert_eq!(
+        acme[0]["name"], "Acme Corporation",
+        "merged into the known one: {export}"
+    );
+    assert_eq!(named("Acme Corporation").len(), 1);
+    assert_eq!(named("Lyons").len(), 1, "an alias the model gave is kept");
+    let ada = named("Ada Byron");
+    assert_eq!(ada.len(), 1, "{export}");
+    assert_ne!(
+        ada[0]["entity"],
+        named("Ada Lovelace")[0]["entity"],
+        "another person"
+    );
+    assert_eq!(
+        entities.len(),
+        4,
+        "Ada Lovelace, Acme, Lyon, Ada Byron: {export}"
+    );
+
+    // The edge the model stated with the other name reaches the known entity: a question
+    // about the company finds the new fact through the graph.
+    let (_, r) = s
+        .post(
+            "/api/v1/memories/search",
+            json!({"query": "Where does Acme Corporation have offices?", "scopes": ["user:ada"], "method": "graph"}),
+        )
+        .await;
+    assert!(
+        texts(&r).contains(&"Acme Corp is opening an office in Lyon".to_string()),
+        "{r}"
+    );
+}
