@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use steward_store::{RunRecord, ScoreRecord};
-use steward_types::AgentName;
+use steward_types::{AgentName, Millis};
 use tokio_util::sync::CancellationToken;
 
 use crate::costs::{self, CostBy};
@@ -493,6 +493,22 @@ pub(crate) async fn online(inner: Arc<Inner>, every: Duration, stop: Cancellatio
     }
 }
 
+/// How long a node's claim on scoring a run holds others off: longer than a judge's call with
+/// its retries. A node that dies while scoring leaves the run to another after it.
+const CLAIM_MS: Millis = 5 * 60 * 1000;
+
+/// Whether this node may score `run` by `evaluator` now: two nodes looking at the same ended
+/// run must not both pay a judge (or start a sandbox) for it.
+async fn claim(inner: &Inner, run: &str, evaluator: &str) -> steward_store::Result<bool> {
+    let now = inner.shared.clock.now_ms();
+    let node = inner.shared.node.to_string();
+    inner
+        .shared
+        .store
+        .claim_score(run, evaluator, &node, now, now + CLAIM_MS)
+        .await
+}
+
 async fn score_online(inner: &Inner) -> steward_store::Result<()> {
     let store = &inner.shared.store;
     let evaluators = store.list_evaluators().await?;
@@ -504,6 +520,9 @@ async fn score_online(inner: &Inner) -> steward_store::Result<()> {
         let Some(run) = store.get_run(&rid).await? else {
             continue;
         };
+        if !claim(inner, &id, &name).await? {
+            continue;
+        }
         let spec = evaluators
             .iter()
             .find(|e| e.name == name)
@@ -541,6 +560,9 @@ async fn score_online(inner: &Inner) -> steward_store::Result<()> {
                     continue;
                 };
                 let record = if sampled(&ev.name, &id, spec.sample) {
+                    if !claim(inner, &id, &ev.name).await? {
+                        continue;
+                    }
                     score(inner, &ev.name, &spec, &run, None).await?
                 } else {
                     ScoreRecord {

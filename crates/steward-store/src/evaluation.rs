@@ -45,6 +45,18 @@ pub trait EvaluationStore: Send + Sync {
         since: Millis,
         limit: i64,
     ) -> Result<Vec<String>>;
+    /// Claims the scoring of `run` by `evaluator` for `node` until `until`: true unless the run
+    /// has that score already or another node holds an unexpired claim (an expired one, or this
+    /// node's own, is taken over). Claims are kept after the score, so a node that read the run
+    /// as unscored before the score landed cannot claim it again.
+    async fn claim_score(
+        &self,
+        run: &str,
+        evaluator: &str,
+        node: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool>;
     /// Keeps a score; false when the run already had one from this evaluator.
     async fn put_score(&self, s: &ScoreRecord) -> Result<bool>;
     /// Scores (sampled ones), newest first: of `run`, of `evaluator`, or both.
@@ -101,6 +113,24 @@ macro_rules! impl_evaluation {
                 .fetch_all(&self.read)
                 .await?;
                 Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn claim_score(&self, run: &str, evaluator: &str, node: &str, now: Millis, until: Millis) -> Result<bool> {
+                Ok(sqlx::query(
+                    "INSERT INTO eval_claims (run_id, evaluator, node, until) SELECT $1, $2, $3, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM eval_scores WHERE run_id = $1 AND evaluator = $2) \
+                     ON CONFLICT (run_id, evaluator) DO UPDATE SET node = excluded.node, until = excluded.until \
+                     WHERE eval_claims.until <= $5 OR eval_claims.node = excluded.node",
+                )
+                .bind(run)
+                .bind(evaluator)
+                .bind(node)
+                .bind(until)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
             }
 
             async fn put_score(&self, s: &ScoreRecord) -> Result<bool> {

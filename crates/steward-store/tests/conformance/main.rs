@@ -12,6 +12,7 @@ mod audit;
 mod backends;
 mod budgets;
 mod delegations;
+mod evaluation;
 mod gateway_calls;
 mod journal;
 mod limits;

@@ -434,3 +434,68 @@ both_backends!(
     experiments_compare_two_versions_over_a_dataset,
     experiments_compare_two_versions_over_a_dataset
 );
+
+/// Two nodes score the same ended runs online with a slow judge: each run's judge is asked
+/// once, by whichever node claimed it, never by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_pay_one_judge_per_run() {
+    use axum::routing::post;
+    use axum::Json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that both nodes look at each run while its judge thinks.
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                Json(json!({"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "SCORE: 1\nfine"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let a = TestServer::start_with(
+        Backend::Postgres,
+        &[
+            ("STEWARD_ENGINE__ALERT_EVERY_MS", "50"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__KIND", "openai"),
+            ("STEWARD_LLM__PROVIDERS__MOCK__BASE_URL", &upstream),
+            ("STEWARD_LLM__PRICES__JUDGE__INPUT", "1.0"),
+            ("STEWARD_LLM__PRICES__JUDGE__OUTPUT", "2.0"),
+        ],
+    )
+    .await;
+    let b = TestServer::join(&a);
+    a.apply(CLERK).await;
+    let (st, e) = a
+        .put(
+            "/api/v1/evaluators/judge",
+            json!({"kind": "judge", "judge": {"model": "mock/judge", "criteria": "The clerk pays once."},
+                "agents": ["clerk"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        runs.push(a.start_run("clerk", &format!("bill {i}")).await);
+    }
+    for r in &runs {
+        a.wait_run(r).await;
+    }
+    eventually("every run's score", || async {
+        let l = scores(&b, "evaluator=judge").await;
+        (l["scores"].as_array().unwrap().len() == 6).then_some(())
+    })
+    .await;
+    // Long enough for a second node's late call to land, were it made.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 6, "one judge call per run");
+}
