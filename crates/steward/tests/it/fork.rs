@@ -307,3 +307,45 @@ both_backends!(
     bad_forks_are_refused_and_create_nothing,
     bad_forks_are_refused_and_create_nothing
 );
+
+/// `steward fork` from the command line: the fork it names runs the rest with the edited
+/// input and pays nothing again; a step out of range is refused with the server's reason and a
+/// failing exit, creating nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_forks_a_run() {
+    let c = Counter::start().await;
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.apply(&payer(&c.url, false)).await;
+    let source = s.start_run("payer", "alpha").await;
+    s.wait_run(&source).await;
+
+    let (ok, out, err) = common::cli(&s, &["fork", &source, "--at", "3", "--input", "gamma"]);
+    assert!(ok, "{err}");
+    let forked = out
+        .strip_prefix("run ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        out.trim_end().ends_with(&format!("forked from {source}")),
+        "{out}"
+    );
+    let ended = s.wait_run(&forked).await;
+    assert_eq!(ended["result"], "done for gamma", "{ended}");
+    assert_eq!(ended["fork"]["at"], 3);
+    assert_eq!(
+        c.count(&format!("{forked}:1")),
+        0,
+        "the payment is replayed"
+    );
+
+    let (_, before) = s.get("/api/v1/runs?limit=1000").await;
+    let (ok, _, err) = common::cli(&s, &["fork", &source, "--at", "99"]);
+    assert!(!ok, "a step out of range fails");
+    assert!(err.contains("from 0 to 5"), "{err}");
+    let (_, after) = s.get("/api/v1/runs?limit=1000").await;
+    assert_eq!(
+        before["runs"].as_array().unwrap().len(),
+        after["runs"].as_array().unwrap().len()
+    );
+}
