@@ -15,6 +15,8 @@ use crate::text::Analyzer;
 /// Scopes with at most this many embeddings are searched by comparing every one, which is
 /// exact and, at this size, about as fast as a graph; bigger ones through a graph of their own.
 pub const EXACT_UP_TO: usize = 4096;
+/// Fewest candidates a graph is asked for.
+const GRAPH_CANDIDATES: usize = 64;
 
 /// BM25's usual constants: term-frequency saturation and length normalisation.
 const K1: f64 = 1.2;
@@ -245,7 +247,9 @@ impl Index {
         for scope in self.asked(scopes) {
             if let Ann::Ready(graph) = &scope.ann {
                 let want = limit.min(scope.embedded);
-                let near = graph.search(q, want, &|slot| {
+                // More candidates than asked for: scored here with their own embeddings and
+                // ordered with ties going to the newer, as comparing everything would.
+                let near = graph.search(q, (limit * 4).max(GRAPH_CANDIDATES), &|slot| {
                     scope.slots.contains(&slot)
                         && self.slots[slot as usize].as_ref().is_some_and(keep)
                 });
@@ -378,7 +382,7 @@ impl Index {
                 continue;
             }
             let (dims, touched) = (*dims, std::mem::take(touched));
-            let graph = match b.graph {
+            let mut graph = match b.graph {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!(scope = %b.scope, error = %e, "building a memory scope's graph failed; it is searched exactly");

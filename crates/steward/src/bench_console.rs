@@ -295,6 +295,7 @@ async fn page_timings(
                 format!("/api/v1/runs/{long}/journal?limit=1000"),
                 format!("/api/v1/runs?parent={long}&limit=200"),
                 "/api/v1/approvals?state=pending&limit=1000".into(),
+                format!("/api/v1/scores?run={long}"),
             ],
         ),
     ];

@@ -6,14 +6,72 @@
 //! that answer them (the newest mention, for a fact that changed). Reports evidence recall at
 //! 5 and 10 per retrieval method, search latency at 10k and 100k memories, the fast path's
 //! write latency, and the tokens a query returns against the whole conversation's.
+//!
+//! Then the same turns again, all in one scope: the size at which a scope is searched through
+//! its graph (approximate nearest neighbours) rather than by comparing every embedding. Vector
+//! and hybrid search there are timed both ways over one store, and the graph's top 10 is
+//! compared with the exact top 10.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use steward_memory::{Limits, Memory, Method, NewMemory, Query};
 use steward_types::clock::SystemClock;
 use steward_types::config::StoreConfig;
+
+/// An embedder that remembers what it made, so the one-scope copy of the turns, and the
+/// questions asked of it, are not embedded again: that phase times searching, not the model.
+struct Remembering {
+    inner: Arc<dyn steward_memory::Embedder>,
+    made: Mutex<HashMap<String, Vec<f32>>>,
+    /// Off while the first pass is timed (every text embedded by the model, queries too);
+    /// on for the one-scope phase.
+    recall: std::sync::atomic::AtomicBool,
+}
+
+impl steward_memory::Embedder for Remembering {
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        if !self.recall.load(std::sync::atomic::Ordering::Relaxed) {
+            let made = self.inner.embed(texts)?;
+            let mut kept = self.made.lock().unwrap_or_else(|p| p.into_inner());
+            for (t, v) in texts.iter().zip(&made) {
+                kept.insert(t.to_string(), v.clone());
+            }
+            return Ok(made);
+        }
+        let missing: Vec<&str> = {
+            let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !made.contains_key(*t))
+                .collect()
+        };
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.embed(&missing)?
+        };
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, v) in missing.into_iter().zip(fresh) {
+            made.insert(t.to_string(), v);
+        }
+        texts
+            .iter()
+            .map(|t| {
+                made.get(*t)
+                    .cloned()
+                    .ok_or_else(|| format!("no embedding for {t:?}"))
+            })
+            .collect()
+    }
+}
 
 /// A small deterministic generator (splitmix64): the same data every run.
 struct Rng(u64);
@@ -312,6 +370,16 @@ fn query(q: &Question, method: Method, limit: usize) -> Query {
     }
 }
 
+/// The same question asked of the one scope that holds every conversation.
+fn query_all(q: &Question, method: Method, limit: usize) -> Query {
+    Query {
+        scopes: vec![ONE_SCOPE.into()],
+        ..query(q, method, limit)
+    }
+}
+
+const ONE_SCOPE: &str = "collection:everyone";
+
 /// The turn ids of a search's results.
 async fn turn_ids(memory: &Memory, q: &Query) -> anyhow::Result<Vec<String>> {
     Ok(memory
@@ -335,9 +403,17 @@ async fn recall(
     method: Method,
     k: usize,
 ) -> anyhow::Result<f64> {
+    recall_by(memory, questions, &|q| query(q, method, k)).await
+}
+
+async fn recall_by(
+    memory: &Memory,
+    questions: &[Question],
+    ask: &dyn Fn(&Question) -> Query,
+) -> anyhow::Result<f64> {
     let mut sum = 0.0;
     for q in questions {
-        let found = turn_ids(memory, &query(q, method, k)).await?;
+        let found = turn_ids(memory, &ask(q)).await?;
         let hit = q.evidence.iter().filter(|e| found.contains(e)).count();
         sum += hit as f64 / q.evidence.len() as f64;
     }
@@ -346,9 +422,17 @@ async fn recall(
 
 /// Search latency (ms) over every question, hybrid, top 10 (the query's embedding included).
 async fn latencies(memory: &Memory, questions: &[Question]) -> anyhow::Result<Vec<f64>> {
+    latencies_by(memory, questions, &|q| query(q, Method::Hybrid, 10)).await
+}
+
+async fn latencies_by(
+    memory: &Memory,
+    questions: &[Question],
+    ask: &dyn Fn(&Question) -> Query,
+) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(questions.len());
     for q in questions {
-        let query = query(q, Method::Hybrid, 10);
+        let query = ask(q);
         let t = Instant::now();
         memory.search(&query).await?;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -367,10 +451,18 @@ pub async fn run(total: usize, model_dir: Option<&std::path::Path>) -> anyhow::R
     std::fs::create_dir_all(&dir)?;
     let url = format!("sqlite://{}", dir.join("bench.db").display());
     let store = steward_store::open(&url, &StoreConfig::default()).await?;
-    let embedder: Option<Arc<dyn steward_memory::Embedder>> = match model_dir {
-        Some(dir) => Some(Arc::new(
-            steward_memory::embed::MiniLm::load(dir).map_err(|e| anyhow::anyhow!(e))?,
-        )),
+    let remembering = match model_dir {
+        Some(dir) => Some(Arc::new(Remembering {
+            inner: Arc::new(
+                steward_memory::embed::MiniLm::load(dir).map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            made: Mutex::default(),
+            recall: false.into(),
+        })),
+        None => None,
+    };
+    let embedder: Option<Arc<dyn steward_memory::Embedder>> = match &remembering {
+        Some(r) => Some(r.clone()),
         None => {
             eprintln!("memory: no --model-dir, so no embeddings: vector recall is not measured");
             None
@@ -451,6 +543,10 @@ pub async fn run(total: usize, model_dir: Option<&std::path::Path>) -> anyhow::R
     }
     let at_10k = at_10k.unwrap_or_default();
     let writes = sorted(writes);
+    let one_scope = match remembering {
+        Some(e) => one_scope(&dir, e, convs, &questions).await?,
+        None => serde_json::Value::Null,
+    };
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{}",
@@ -470,7 +566,116 @@ pub async fn run(total: usize, model_dir: Option<&std::path::Path>) -> anyhow::R
             "embedded_per_s": round(memory.embedded() as f64 / embed_secs.max(1e-9)),
             "tokens_per_query": round(tokens as f64 / questions.len() as f64),
             "full_context_tokens": round(context_tokens.iter().sum::<f64>() / context_tokens.len() as f64),
+            "one_scope": one_scope,
         })
     );
     Ok(())
+}
+
+/// Every conversation's turns again, in one scope of their own store, embedded from what the
+/// first pass made; then the questions asked of that scope, first by comparing every
+/// embedding, then through the scope's graph (from a second service over the same store, as a
+/// node restarted with graphs on would build it).
+async fn one_scope(
+    dir: &std::path::Path,
+    embedder: Arc<Remembering>,
+    convs: usize,
+    questions: &[Question],
+) -> anyhow::Result<serde_json::Value> {
+    embedder
+        .recall
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let url = format!("sqlite://{}", dir.join("one-scope.db").display());
+    let store = steward_store::open(&url, &StoreConfig::default()).await?;
+    let exact_limits = Limits {
+        graph_above: usize::MAX,
+        ..Limits::default()
+    };
+    let exact = Memory::open(
+        store.clone(),
+        Arc::new(SystemClock),
+        exact_limits,
+        Some(embedder.clone()),
+    )
+    .await?;
+    for c in 0..convs {
+        for t in conversation(c).0 {
+            let p = exact
+                .prepare(
+                    "admin:admin",
+                    NewMemory {
+                        scope: ONE_SCOPE.into(),
+                        text: t.text,
+                        metadata: Some(json!({"turn": t.id})),
+                        valid_from: Some(t.at),
+                        ..NewMemory::default()
+                    },
+                )
+                .await?;
+            exact.commit(p, None).await?;
+        }
+    }
+    exact.embed_pending().await?;
+    // The questions' embeddings, made once: what follows times the search alone.
+    let texts: Vec<&str> = questions.iter().map(|q| q.text.as_str()).collect();
+    for chunk in texts.chunks(32) {
+        steward_memory::Embedder::embed(embedder.as_ref(), chunk)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    eprintln!(
+        "memory: {} memories in one scope; searching it exactly",
+        exact.indexed()
+    );
+    let vector = |q: &Question| query_all(q, Method::Vector, 10);
+    let hybrid = |q: &Question| query_all(q, Method::Hybrid, 10);
+    let exact_vector = latencies_by(&exact, questions, &vector).await?;
+    let exact_hybrid = latencies_by(&exact, questions, &hybrid).await?;
+    let exact_recall = recall_by(&exact, questions, &vector).await?;
+    // Each question's tenth-best similarity: a graph's result is as good as exact when it
+    // reaches it (many turns repeat word for word, so ids alone would count ties as misses).
+    let mut tenth = Vec::with_capacity(questions.len());
+    for q in questions {
+        let hits = exact.search(&vector(q)).await?.hits;
+        tenth.push(hits.last().and_then(|h| h.vector).unwrap_or(f64::MIN));
+    }
+    drop(exact);
+
+    let started = Instant::now();
+    let graphed = Memory::open(
+        store,
+        Arc::new(SystemClock),
+        Limits::default(),
+        Some(embedder),
+    )
+    .await?;
+    let loaded_s = started.elapsed().as_secs_f64();
+    if !graphed.graphs_ready(Duration::from_secs(3600)).await {
+        anyhow::bail!("the one scope's graph was not built within an hour");
+    }
+    let built_s = started.elapsed().as_secs_f64() - loaded_s;
+    eprintln!("memory: graph built in {built_s:.1} s; searching through it");
+    let graph_vector = latencies_by(&graphed, questions, &vector).await?;
+    let graph_hybrid = latencies_by(&graphed, questions, &hybrid).await?;
+    let graph_recall = recall_by(&graphed, questions, &vector).await?;
+    let mut same = 0usize;
+    let mut asked = 0usize;
+    for (q, bar) in questions.iter().zip(&tenth) {
+        let hits = graphed.search(&vector(q)).await?.hits;
+        same += hits
+            .iter()
+            .filter(|h| h.vector.is_some_and(|v| v >= bar - 1e-6))
+            .count();
+        asked += 10;
+    }
+    let ms =
+        |v: &[f64]| json!({"p50": round(percentile(v, 0.5)), "p95": round(percentile(v, 0.95))});
+    Ok(json!({
+        "memories": graphed.indexed(),
+        "graphs": graphed.graphs().0,
+        "index_load_s": round(loaded_s),
+        "graph_build_s": round(built_s),
+        "exact": {"vector_ms": ms(&exact_vector), "hybrid_ms": ms(&exact_hybrid), "vector_recall_at_10": round(exact_recall)},
+        "graph": {"vector_ms": ms(&graph_vector), "hybrid_ms": ms(&graph_hybrid), "vector_recall_at_10": round(graph_recall)},
+        "graph_recall_at_10_vs_exact": round(same as f64 / asked.max(1) as f64),
+    }))
 }
