@@ -280,11 +280,7 @@ impl Index {
                 touched.insert(slot);
             }
             Ann::Ready(graph) => {
-                let current = sc
-                    .slots
-                    .contains(&slot)
-                    .then(|| self.vectors.get(&slot))
-                    .flatten();
+                let current = in_scope(&sc.slots, &self.vectors, slot);
                 match current {
                     Some(v) if v.len() == graph.dims() => {
                         if !graph.put(slot, v) {
@@ -393,11 +389,7 @@ impl Index {
             };
             let mut whole = true;
             for slot in touched {
-                let current = sc
-                    .slots
-                    .contains(&slot)
-                    .then(|| self.vectors.get(&slot))
-                    .flatten();
+                let current = in_scope(&sc.slots, &self.vectors, slot);
                 match current {
                     Some(v) if v.len() == dims => whole &= graph.put(slot, v),
                     _ => graph.remove(slot),
@@ -563,6 +555,15 @@ impl Index {
             .map(|d| d.record.id.clone())
             .collect()
     }
+}
+
+/// A slot's embedding, while the slot is one of `slots` (a scope's).
+fn in_scope<'a>(
+    slots: &HashSet<u32>,
+    vectors: &'a HashMap<u32, Vec<f32>>,
+    slot: u32,
+) -> Option<&'a Vec<f32>> {
+    slots.contains(&slot).then(|| vectors.get(&slot)).flatten()
 }
 
 /// Newer first: by when the fact became true, then when it was recorded, then by id.
